@@ -1,0 +1,219 @@
+"""Every error caresync raises on purpose.
+
+A caller catches :class:`CaresyncError` to catch them all; nothing from pycrdt,
+msgpack, sqlite3 or websockets escapes the public API untranslated.
+
+.. code-block:: text
+
+    CaresyncError
+     ├── InvalidInputError            bad input from the caller; nothing was stored
+     │    ├── InvalidPathError         a field path the record model does not accept
+     │    ├── InvalidValueError        a value that is not JSON-like, or fails its schema
+     │    └── UnknownCollectionError   an entry in a collection the schema does not declare
+     ├── RecordError                  a record cannot do what was asked
+     │    ├── UnknownRecordError       no record with that id
+     │    ├── UnknownEntryError        no entry with that id in that collection
+     │    ├── FieldConflictError       the field has several candidates; choose one first
+     │    ├── ImmutableFieldError      the field belongs to a signed note; add an addendum
+     │    ├── InvalidUpdateError       bytes that are not a valid update for this record
+     │    └── RecordMismatchError      an update or document that belongs to another record
+     ├── ConflictError                a conflict cannot be resolved as asked
+     │    ├── UnknownConflictError     no open conflict with that id (resolved, or never was)
+     │    └── InvalidResolutionError   a choice out of range, or choose and value both given
+     ├── RuleError                    a safety rule misbehaved (raised, or returned junk)
+     ├── StorageError                 the local database cannot do what was asked
+     │    ├── NotACaresyncDatabaseError the file is not a caresync database; left untouched
+     │    ├── DatabaseTooNewError      written by a newer caresync; left untouched
+     │    ├── CorruptDatabaseError     the consistency check failed
+     │    └── UnsyncedChangesError     refused: it would delete changes not yet acknowledged
+     ├── ProtocolError                a sync peer broke the protocol
+     │    ├── LocalProtocolError       we tried an illegal move (a bug in the caller)
+     │    └── RemoteProtocolError      the peer sent something malformed or illegal
+     │         └── FrameTooLargeError  a frame over the negotiated maximum size
+     ├── SyncRefusedError             the server, or the replica, refused to sync
+     │    ├── WrongServerError         enrolled to another server
+     │    ├── WrongOrganisationError   enrolled to another organisation
+     │    ├── AuthenticationError      bad username or password, or an expired session
+     │    ├── ReplicaRevokedError      the replica was revoked; it is locked
+     │    └── NotEnrolledError         the replica has not been enrolled yet
+     ├── ConnectionLostError          the connection dropped; unsynced work is kept
+     └── NotImplementedFeatureError   a documented feature that is not built yet
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "CaresyncError",
+    "ConflictError",
+    "ConnectionLostError",
+    "CorruptDatabaseError",
+    "DatabaseTooNewError",
+    "FieldConflictError",
+    "FrameTooLargeError",
+    "ImmutableFieldError",
+    "InvalidInputError",
+    "InvalidPathError",
+    "InvalidResolutionError",
+    "InvalidUpdateError",
+    "InvalidValueError",
+    "LocalProtocolError",
+    "NotACaresyncDatabaseError",
+    "NotEnrolledError",
+    "NotImplementedFeatureError",
+    "ProtocolError",
+    "RecordError",
+    "RecordMismatchError",
+    "RemoteProtocolError",
+    "ReplicaRevokedError",
+    "RuleError",
+    "StorageError",
+    "SyncRefusedError",
+    "UnknownCollectionError",
+    "UnknownConflictError",
+    "UnknownEntryError",
+    "UnknownRecordError",
+    "UnsyncedChangesError",
+    "WrongOrganisationError",
+    "WrongServerError",
+]
+
+
+class CaresyncError(Exception):
+    """Root of every error caresync raises on purpose."""
+
+
+class InvalidInputError(CaresyncError, ValueError):
+    """The caller passed something caresync cannot accept; nothing was stored."""
+
+
+class InvalidPathError(InvalidInputError):
+    """A field path the record model does not accept."""
+
+
+class InvalidValueError(InvalidInputError):
+    """A value that is not JSON-like, or that its schema rejects."""
+
+
+class UnknownCollectionError(InvalidInputError):
+    """An entry was added to a collection the schema does not declare."""
+
+
+class RecordError(CaresyncError):
+    """A record cannot do what was asked."""
+
+
+class UnknownRecordError(RecordError, LookupError):
+    """No record with that id is stored here."""
+
+
+class UnknownEntryError(RecordError, LookupError):
+    """No entry with that id exists in that collection of the record."""
+
+
+class FieldConflictError(RecordError):
+    """The field has several concurrent candidates; a person must choose one.
+
+    ``conflict_id`` names the conflict to pass to ``resolve``.
+    """
+
+    def __init__(self, message: str, *, path: str, conflict_id: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.conflict_id = conflict_id
+
+
+class ImmutableFieldError(RecordError):
+    """The field belongs to a signed note: it can no longer change; add an addendum."""
+
+
+class InvalidUpdateError(RecordError):
+    """Bytes that are not a valid update for this record."""
+
+
+class RecordMismatchError(RecordError):
+    """An update or a document that belongs to a different record."""
+
+
+class ConflictError(CaresyncError):
+    """A conflict cannot be resolved as asked."""
+
+
+class UnknownConflictError(ConflictError, LookupError):
+    """No open conflict has that id: it was resolved already, or never existed here."""
+
+
+class InvalidResolutionError(ConflictError, InvalidInputError):
+    """A resolution that does not fit its conflict (bad choice index, or none given)."""
+
+
+class RuleError(CaresyncError):
+    """A safety rule raised, or returned something that is not a finding."""
+
+
+class StorageError(CaresyncError):
+    """The local database cannot do what was asked."""
+
+
+class NotACaresyncDatabaseError(StorageError):
+    """The file is not a caresync database. It was left untouched."""
+
+
+class DatabaseTooNewError(StorageError):
+    """The database was written by a newer caresync. It was left untouched."""
+
+
+class CorruptDatabaseError(StorageError):
+    """The store's consistency check failed."""
+
+
+class UnsyncedChangesError(StorageError):
+    """Refused: the operation would delete changes the server has not acknowledged."""
+
+
+class ProtocolError(CaresyncError):
+    """A sync peer broke the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried a move the protocol does not allow in its current state."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed, unknown or illegal in the current state."""
+
+
+class FrameTooLargeError(RemoteProtocolError):
+    """A frame larger than the maximum frame size."""
+
+
+class SyncRefusedError(CaresyncError):
+    """The server or the replica refused to sync; nothing moved."""
+
+
+class WrongServerError(SyncRefusedError):
+    """The replica is enrolled to another server."""
+
+
+class WrongOrganisationError(SyncRefusedError):
+    """The replica is enrolled to another organisation."""
+
+
+class AuthenticationError(SyncRefusedError):
+    """Bad username or password, or a session that is no longer valid."""
+
+
+class ReplicaRevokedError(SyncRefusedError):
+    """The replica was revoked by its server; it is locked, its unsynced work kept."""
+
+
+class NotEnrolledError(SyncRefusedError):
+    """The replica has not been enrolled to a server yet."""
+
+
+class ConnectionLostError(CaresyncError):
+    """The connection dropped; unsynced work stays in the outbox."""
+
+
+class NotImplementedFeatureError(CaresyncError, NotImplementedError):
+    """A documented feature that is not built yet (see the README's list)."""

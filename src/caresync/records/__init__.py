@@ -1,0 +1,46 @@
+"""The record model: patient records whose fields never lose a value (pure, no I/O)."""
+
+from caresync.records.clock import HybridLogicalClock, Timestamp
+from caresync.records.ids import new_entry_id, new_record_id
+from caresync.records.record import (
+    ADDENDA_FIELD,
+    NOTES_COLLECTION,
+    SIGNATURE_FIELD,
+    Entry,
+    FieldState,
+    Record,
+    UpdateListener,
+)
+from caresync.records.revision import Revision
+from caresync.records.schema import (
+    DEFAULT_COLLECTIONS,
+    DEFAULT_SCHEMA,
+    STATUS_FIELD,
+    FieldSpec,
+    Schema,
+    Validator,
+)
+from caresync.records.values import JSONValue, canonical_json
+
+__all__ = [
+    "ADDENDA_FIELD",
+    "DEFAULT_COLLECTIONS",
+    "DEFAULT_SCHEMA",
+    "NOTES_COLLECTION",
+    "SIGNATURE_FIELD",
+    "STATUS_FIELD",
+    "Entry",
+    "FieldSpec",
+    "FieldState",
+    "HybridLogicalClock",
+    "JSONValue",
+    "Record",
+    "Revision",
+    "Schema",
+    "Timestamp",
+    "UpdateListener",
+    "Validator",
+    "canonical_json",
+    "new_entry_id",
+    "new_record_id",
+]

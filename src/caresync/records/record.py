@@ -1,0 +1,579 @@
+"""A patient record: one pycrdt document whose fields never lose a value.
+
+Theory of operation
+-------------------
+A Yjs map keeps one value per key and silently drops the loser of two
+concurrent writes. So a record never overwrites a key: every write of a field
+is a new :class:`Revision` stored under its own id in the ``revisions`` map,
+naming as ``parents`` the heads of that field the writer had seen. The heads of
+a path are its revisions no other revision names as a parent:
+
+* one head, or several with equal values: that is the field's value;
+* several heads with different values: an open conflict, every candidate kept.
+
+Revisions are only ever added, so the Yjs merge of two documents is the union
+of their revisions, and every replica with the same updates computes the same
+heads, values and conflicts. The history of a path is its revision graph.
+
+Collections (allergies, medications, ...) hold entries with stable ids; each
+entry field is a register at ``<collection>/<entry-id>/<field>``. Nothing is
+deleted: a status field says ``stopped`` or ``entered-in-error``. A signed note
+is immutable: its fields keep the values they had when signed, and changes are
+addenda.
+
+The record does no I/O. It hands out update bytes (``update_since``, or
+``on_update`` listeners) and takes them in (``apply_update``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Doc, Map, MapEvent, TransactionEvent
+
+from caresync.exceptions import (
+    FieldConflictError,
+    ImmutableFieldError,
+    InvalidInputError,
+    InvalidUpdateError,
+    RecordMismatchError,
+    UnknownCollectionError,
+    UnknownEntryError,
+)
+from caresync.records.clock import HybridLogicalClock
+from caresync.records.ids import conflict_id_for, new_entry_id, new_record_id, new_revision_id
+from caresync.records.index import RevisionIndex
+from caresync.records.revision import Revision, decode_revision, encode_revision
+from caresync.records.schema import DEFAULT_SCHEMA, STATUS_FIELD, FieldSpec, Schema
+from caresync.records.values import JSONValue, check_value
+
+__all__ = [
+    "ADDENDA_FIELD",
+    "NOTES_COLLECTION",
+    "SIGNATURE_FIELD",
+    "Entry",
+    "FieldState",
+    "Record",
+    "UpdateListener",
+]
+
+NOTES_COLLECTION = "notes"
+SIGNATURE_FIELD = "signature"
+ADDENDA_FIELD = "addenda"
+ACK_PREFIX = "_ack/"
+_CREATED_FIELD = "_created"
+# Fields of a signed note that may still change: its status (entered-in-error),
+# further signatures, and addenda.
+_MUTABLE_AFTER_SIGNING = frozenset({STATUS_FIELD, SIGNATURE_FIELD})
+_MAX_AUTHOR_LENGTH = 256
+
+UpdateListener = Callable[[bytes, bool], None]
+"""Called with each transaction's update bytes and whether it was a local write."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldState:
+    """What a field holds now: its heads, and whether they disagree."""
+
+    record_id: str
+    path: str
+    heads: tuple[Revision, ...]
+
+    @property
+    def exists(self) -> bool:
+        """False for a path that was never written."""
+        return bool(self.heads)
+
+    @property
+    def in_conflict(self) -> bool:
+        """Several heads with different values: a person must choose."""
+        return len({h.value_key for h in self.heads}) > 1
+
+    @property
+    def conflict_id(self) -> str | None:
+        """The conflict's id (the same on every replica), or None when there is none."""
+        if not self.in_conflict:
+            return None
+        return conflict_id_for(self.record_id, self.path, (h.id for h in self.heads))
+
+    @property
+    def candidates(self) -> tuple[Revision, ...]:
+        """The heads, oldest first: one per concurrent value."""
+        return self.heads
+
+    @property
+    def value(self) -> JSONValue:
+        """The current value (None if never written).
+
+        Raises FieldConflictError when the heads disagree: read ``candidates``.
+        """
+        if not self.heads:
+            return None
+        if self.in_conflict:
+            conflict_id = self.conflict_id or ""
+            raise FieldConflictError(
+                f"{self.path} has {len(self.heads)} concurrent values; "
+                f"resolve conflict {conflict_id} first",
+                path=self.path,
+                conflict_id=conflict_id,
+            )
+        return self.heads[-1].value
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry of a collection, with its fields by name."""
+
+    collection: str
+    id: str
+    fields: dict[str, FieldState]
+
+    @property
+    def status(self) -> JSONValue:
+        """The ``status`` field's value, None if unset (raises if in conflict)."""
+        state = self.fields.get(STATUS_FIELD)
+        return state.value if state is not None else None
+
+    def value(self, name: str, default: JSONValue = None) -> JSONValue:
+        """A field's value, or ``default`` if never written (raises if in conflict)."""
+        state = self.fields.get(name)
+        return state.value if state is not None and state.exists else default
+
+    @property
+    def signed(self) -> bool:
+        """True for a signed note."""
+        state = self.fields.get(SIGNATURE_FIELD)
+        return state is not None and state.exists
+
+
+class Record:
+    """One patient record. Pure: no I/O, no event loop.
+
+    Make one with :meth:`create` (a new patient) or :meth:`from_update`
+    (bytes received or loaded). ``replica`` names the replica writing; each
+    write also names its ``author``, the person who made it.
+    """
+
+    def __init__(
+        self,
+        record_id: str,
+        *,
+        replica: str,
+        schema: Schema = DEFAULT_SCHEMA,
+        clock: HybridLogicalClock | None = None,
+        new_id: Callable[[], str] = new_revision_id,
+        doc: Doc[Any] | None = None,
+    ) -> None:
+        if not isinstance(record_id, str) or not record_id:
+            raise InvalidInputError("record_id must be a non-empty string")
+        _check_name(replica, "replica")
+        self.record_id = record_id
+        self.replica = replica
+        self.schema = schema
+        self.clock = clock if clock is not None else HybridLogicalClock()
+        self._new_id = new_id
+        self._doc: Doc[Any] = doc if doc is not None else Doc()
+        self._meta: Map[Any] = self._doc.get("meta", type=Map)
+        self._revisions: Map[Any] = self._doc.get("revisions", type=Map)
+        self._index = RevisionIndex()
+        self._applying = False
+        self._listeners: list[UpdateListener] = []
+        self._checked_paths: dict[str, tuple[tuple[str, str] | None, FieldSpec | None]] = {}
+        self._doc_subscription: Any = None
+        self._rebuild_index()
+
+    # ----------------------------------------------------------------- creating
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        replica: str,
+        record_id: str | None = None,
+        schema: Schema = DEFAULT_SCHEMA,
+        clock: HybridLogicalClock | None = None,
+        new_id: Callable[[], str] = new_revision_id,
+    ) -> Record:
+        """A new, empty record with a fresh id (or the one given)."""
+        record = cls(
+            record_id or new_record_id(), replica=replica, schema=schema, clock=clock, new_id=new_id
+        )
+        record._meta["id"] = record.record_id
+        return record
+
+    @classmethod
+    def from_update(
+        cls,
+        record_id: str,
+        update: bytes,
+        *,
+        replica: str,
+        schema: Schema = DEFAULT_SCHEMA,
+        clock: HybridLogicalClock | None = None,
+        new_id: Callable[[], str] = new_revision_id,
+    ) -> Record:
+        """A record rebuilt from its update bytes (a stored state or a received copy)."""
+        record = cls(record_id, replica=replica, schema=schema, clock=clock, new_id=new_id)
+        record.apply_update(update)
+        stored_id = record._meta.get("id")
+        if stored_id is not None and stored_id != record_id:
+            raise RecordMismatchError(
+                f"the update belongs to record {stored_id!r}, not {record_id!r}"
+            )
+        return record
+
+    # ------------------------------------------------------------------ writing
+
+    def set(self, path: str, value: JSONValue, *, author: str) -> Revision:
+        """Write ``value`` at ``path``: a new revision whose parents are the current heads.
+
+        Writing while the field is in conflict resolves it with the new value.
+        """
+        _check_name(author, "author")
+        entry_key = self._checked_entry_key(path, value)
+        if entry_key is not None:
+            self._require_entry(entry_key)
+            self._refuse_if_signed(entry_key, path)
+        return self._write(path, value, author, entry_key)
+
+    def add_entry(
+        self,
+        collection: str,
+        fields: dict[str, JSONValue] | None = None,
+        *,
+        author: str,
+        entry_id: str | None = None,
+    ) -> str:
+        """Add an entry to a collection, with its first field values; returns its id."""
+        _check_name(author, "author")
+        if collection not in self.schema.collections:
+            raise UnknownCollectionError(
+                f"{collection!r} is not a collection of this schema "
+                f"(known: {', '.join(sorted(self.schema.collections))})"
+            )
+        entry_id = entry_id or new_entry_id()
+        _check_name(entry_id, "entry_id")
+        if "/" in entry_id:
+            raise InvalidInputError(f"entry id {entry_id!r} must not contain '/'")
+        key = (collection, entry_id)
+        if key in self._index.entries:
+            raise InvalidInputError(f"{collection}/{entry_id} exists already")
+        fields = dict(fields or {})
+        paths = {name: f"{collection}/{entry_id}/{name}" for name in fields}
+        for name, value in fields.items():  # validate everything before writing anything
+            if not isinstance(name, str):
+                raise InvalidInputError(f"field names must be strings, got {name!r}")
+            self.schema.check_write(paths[name], value)
+        with self.batch():
+            self._write(f"{collection}/{entry_id}/{_CREATED_FIELD}", True, author, key)
+            for name, value in fields.items():
+                self._write(paths[name], value, author, key)
+        return entry_id
+
+    def set_status(self, collection: str, entry_id: str, status: str, *, author: str) -> Revision:
+        """Change an entry's status (``stopped``, ``entered-in-error``, ...) instead of deleting."""
+        return self.set(f"{collection}/{entry_id}/{STATUS_FIELD}", status, author=author)
+
+    def sign_note(self, entry_id: str, *, author: str) -> Revision:
+        """Sign a note: its fields are frozen at their current values from now on."""
+        _check_name(author, "author")
+        key = (NOTES_COLLECTION, entry_id)
+        self._require_entry(key)
+        for path in self._entry_register_paths(key):
+            if self._index.paths[path].is_conflicted():
+                raise FieldConflictError(
+                    f"cannot sign: {path} has concurrent values; resolve that first",
+                    path=path,
+                    conflict_id=self.get(path).conflict_id or "",
+                )
+        path = f"{NOTES_COLLECTION}/{entry_id}/{SIGNATURE_FIELD}"
+        return self._write(path, {"by": author}, author, key)
+
+    def add_addendum(self, entry_id: str, text: str, *, author: str) -> str:
+        """Add an addendum to a note (signed or not); returns the addendum's id."""
+        _check_name(author, "author")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInputError("an addendum needs non-empty text")
+        check_value(text, what="addendum")
+        key = (NOTES_COLLECTION, entry_id)
+        self._require_entry(key)
+        addendum_id = new_entry_id()
+        path = f"{NOTES_COLLECTION}/{entry_id}/{ADDENDA_FIELD}/{addendum_id}"
+        self._write(path, text, author, key)
+        return addendum_id
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group writes into one Yjs transaction, so they travel as one update."""
+        with self._doc.transaction():
+            yield
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, path: str) -> FieldState:
+        """The field's state: its heads, value, and conflict if any. Never raises for a path."""
+        state = self._index.paths.get(path)
+        if state is None:
+            return FieldState(self.record_id, path, ())
+        key = self.schema.entry_key(path)
+        if key is not None and key[0] == NOTES_COLLECTION:
+            frozen = self._signed_heads(key, path)
+            if frozen is not None:
+                return FieldState(self.record_id, path, frozen)
+        return FieldState(self.record_id, path, tuple(state.head_revisions()))
+
+    def value(self, path: str, default: JSONValue = None) -> JSONValue:
+        """The field's value, ``default`` if never written; FieldConflictError if in conflict."""
+        state = self.get(path)
+        return state.value if state.exists else default
+
+    def history(self, path: str) -> list[Revision]:
+        """Every revision of the path, oldest first (by hybrid time, replica, id)."""
+        state = self._index.paths.get(path)
+        if state is None:
+            return []
+        return sorted(state.revisions.values(), key=lambda r: (r.at, r.replica, r.id))
+
+    def revision(self, revision_id: str) -> Revision | None:
+        """One revision by id, or None."""
+        return self._index.by_id.get(revision_id)
+
+    def revisions(self) -> list[Revision]:
+        """Every revision of the record, oldest first."""
+        return sorted(self._index.by_id.values(), key=lambda r: (r.at, r.replica, r.id))
+
+    def paths(self) -> list[str]:
+        """Every path written by the application (entry bookkeeping excluded), sorted."""
+        return sorted(
+            p for p in self._index.paths if not p.startswith("_") and not _is_bookkeeping(p)
+        )
+
+    def fields(self) -> dict[str, FieldState]:
+        """Every application path and its state."""
+        return {path: self.get(path) for path in self.paths()}
+
+    def conflicted_paths(self) -> list[str]:
+        """Paths whose heads disagree, sorted. Costs in proportion to those paths."""
+        paths = set(self._index.conflicted)
+        # A signed note's frozen fields show their signed value, not later heads.
+        return sorted(p for p in paths if self.get(p).in_conflict)
+
+    def entry_ids(self, collection: str) -> list[str]:
+        """Ids of the entries of a collection, sorted."""
+        return sorted(eid for (coll, eid) in self._index.entries if coll == collection)
+
+    def entry(self, collection: str, entry_id: str) -> Entry:
+        """One entry with all its fields."""
+        key = (collection, entry_id)
+        self._require_entry(key)
+        prefix = f"{collection}/{entry_id}/"
+        fields = {
+            path[len(prefix) :]: self.get(path)
+            for path in sorted(self._index.entries[key])
+            if not _is_bookkeeping(path)
+        }
+        return Entry(collection, entry_id, fields)
+
+    def entries(self, collection: str) -> list[Entry]:
+        """Every entry of a collection, sorted by id."""
+        return [self.entry(collection, eid) for eid in self.entry_ids(collection)]
+
+    def saw(self, later: Revision, earlier: Revision) -> bool:
+        """True if the writer of ``later`` had seen ``earlier`` when writing it.
+
+        Known for revisions of the same path, and of two fields of one entry;
+        for anything else this returns False (treat them as concurrent).
+        """
+        if later.path == earlier.path:
+            state = self._index.paths[later.path]
+            return any(state.is_ancestor(earlier.id, p) for p in later.parents)
+        earlier_state = self._index.paths.get(earlier.path)
+        if earlier_state is None:
+            return False
+        return any(
+            earlier_state.is_ancestor(earlier.id, h) for h in later.seen.get(earlier.path, ())
+        )
+
+    def concurrent(self, a: Revision, b: Revision) -> bool:
+        """Neither writer had seen the other's revision."""
+        return a.id != b.id and not self.saw(a, b) and not self.saw(b, a)
+
+    @property
+    def version(self) -> int:
+        """Grows with every revision taken in; use it to cache derived results."""
+        return self._index.version
+
+    @property
+    def invalid_revision_ids(self) -> frozenset[str]:
+        """Ids of stored revisions that were malformed and are ignored (everywhere alike)."""
+        return frozenset(self._index.invalid)
+
+    # ------------------------------------------------------------------ syncing
+
+    def state_vector(self) -> bytes:
+        """The Yjs state vector: what this copy has seen, to ask a peer for the rest."""
+        return self._doc.get_state()
+
+    def update_since(self, state_vector: bytes | None = None) -> bytes:
+        """Everything this copy has that a peer with ``state_vector`` lacks (all if None)."""
+        if state_vector is None:
+            return self._doc.get_update()
+        try:
+            return self._doc.get_update(state_vector)
+        except ValueError as exc:
+            raise InvalidUpdateError(f"not a valid state vector: {exc}") from None
+
+    def apply_update(self, update: bytes) -> None:
+        """Merge update bytes from a peer or from storage. Idempotent and commutative."""
+        if not isinstance(update, (bytes, bytearray, memoryview)):
+            raise InvalidUpdateError(f"an update must be bytes, not {type(update).__name__}")
+        # Observing the map costs more than a local write itself, so the index
+        # listens only while foreign revisions come in; local writes index directly.
+        self._applying = True
+        subscription = self._revisions.observe(self._on_revisions_changed)
+        try:
+            self._doc.apply_update(bytes(update))
+        except ValueError as exc:
+            raise InvalidUpdateError(
+                f"record {self.record_id}: not a valid update: {exc}"
+            ) from None
+        finally:
+            self._revisions.unobserve(subscription)
+            self._applying = False
+
+    def on_update(self, listener: UpdateListener) -> Callable[[], None]:
+        """Call ``listener(update, is_local)`` after each transaction; returns an unsubscribe."""
+        self._listeners.append(listener)
+        if self._doc_subscription is None:
+            self._doc_subscription = self._doc.observe(self._on_transaction)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    # ----------------------------------------------------------------- internals
+
+    def _write(
+        self, path: str, value: JSONValue, author: str, entry_key: tuple[str, str] | None
+    ) -> Revision:
+        index = self._index
+        state = index.paths.get(path)
+        parents = tuple(sorted(state.heads)) if state is not None else ()
+        seen: dict[str, tuple[str, ...]] = {}
+        if entry_key is not None and not _is_sub_path(path):
+            for other in self._entry_register_paths(entry_key):
+                if other != path:
+                    seen[other] = tuple(sorted(index.paths[other].heads))
+        if isinstance(value, (list, dict)):
+            value = json.loads(json.dumps(value))  # a private copy: revisions are immutable
+        rev = Revision(
+            self._new_id(), path, value, parents, author, self.replica, self.clock.tick(), seen
+        )
+        if rev.id in index.by_id:
+            raise InvalidInputError(f"revision id {rev.id} is taken; the id source repeats")
+        self._revisions[rev.id] = encode_revision(rev)
+        index.add(rev, entry_key)
+        return rev
+
+    def _checked_entry_key(self, path: str, value: JSONValue) -> tuple[str, str] | None:
+        """Check a write against the schema; returns the path's entry, if any."""
+        known = self._checked_paths.get(path)
+        if known is None:
+            self.schema.check_write(path, value)
+            # Remember paths this record accepted: rewriting a field is the hot path.
+            known = self._checked_paths[path] = (
+                self.schema.entry_key(path),
+                self.schema.spec_for(path),
+            )
+            return known[0]
+        check_value(value, what=path)
+        if known[1] is not None:
+            known[1].check(path, value)
+        return known[0]
+
+    def _entry_register_paths(self, key: tuple[str, str]) -> list[str]:
+        return [p for p in self._index.entries.get(key, ()) if not _is_sub_path(p)]
+
+    def _require_entry(self, key: tuple[str, str]) -> None:
+        if key not in self._index.entries:
+            raise UnknownEntryError(f"record {self.record_id} has no entry {key[0]}/{key[1]}")
+
+    def _signature_heads(self, key: tuple[str, str]) -> list[Revision]:
+        state = self._index.paths.get(f"{key[0]}/{key[1]}/{SIGNATURE_FIELD}")
+        return state.head_revisions() if state is not None else []
+
+    def _refuse_if_signed(self, key: tuple[str, str], path: str) -> None:
+        field = path.split("/", 2)[2]
+        if field in _MUTABLE_AFTER_SIGNING or field.startswith(ADDENDA_FIELD + "/"):
+            return
+        if key[0] == NOTES_COLLECTION and self._signature_heads(key):
+            raise ImmutableFieldError(
+                f"{path} belongs to a signed note and cannot change; add an addendum instead"
+            )
+
+    def _signed_heads(self, key: tuple[str, str], path: str) -> tuple[Revision, ...] | None:
+        """For a frozen field of a signed note: the heads it had when signed."""
+        field = path.split("/", 2)[2]
+        if field in _MUTABLE_AFTER_SIGNING or _is_sub_path(path):
+            return None
+        signatures = self._signature_heads(key)
+        if not signatures:
+            return None
+        ids = {i for sig in signatures for i in sig.seen.get(path, ())}
+        revs = [self._index.by_id[i] for i in ids if i in self._index.by_id]
+        revs.sort(key=lambda r: (r.at, r.replica, r.id))
+        return tuple(revs)
+
+    def _take_in(self, rev_id: str, stored: object) -> None:
+        rev = decode_revision(rev_id, stored)
+        if rev is None:
+            self._index.invalid.add(rev_id)
+            return
+        self.clock.observe(rev.at.wall_ms, rev.at.counter)
+        self._index.add(rev, self.schema.entry_key(rev.path))
+
+    def _rebuild_index(self) -> None:
+        self._index = RevisionIndex(version=self._index.version + 1)
+        for rev_id, stored in self._revisions.items():
+            self._take_in(rev_id, stored)
+
+    def _on_revisions_changed(self, event: MapEvent) -> None:
+        rebuild = False
+        changes: dict[str, dict[str, Any]] = event.keys  # type: ignore[attr-defined]
+        for rev_id, change in changes.items():
+            if change.get("action") == "add":
+                self._take_in(rev_id, change.get("newValue"))
+            else:
+                # Revisions are never changed or removed by caresync; a peer that did
+                # so gets the same treatment on every replica: reindex from the doc.
+                rebuild = True
+        if rebuild:
+            self._rebuild_index()
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        update: bytes = event.update
+        if update == b"\x00\x00":
+            return  # an empty transaction
+        is_local = not self._applying
+        for listener in list(self._listeners):
+            listener(update, is_local)
+
+
+def _check_name(value: object, what: str) -> None:
+    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_AUTHOR_LENGTH:
+        raise InvalidInputError(f"{what} must be a non-empty string of at most 256 characters")
+
+
+def _is_sub_path(path: str) -> bool:
+    """A path below an entry's field, like an addendum: ``notes/<id>/addenda/<aid>``."""
+    return path.count("/") > 2
+
+
+def _is_bookkeeping(path: str) -> bool:
+    return path.endswith("/" + _CREATED_FIELD)
