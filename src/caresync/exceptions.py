@@ -25,6 +25,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── NotACaresyncDatabaseError the file is not a caresync database; left untouched
      │    ├── DatabaseTooNewError      written by a newer caresync; left untouched
      │    ├── CorruptDatabaseError     the consistency check failed
+     │    ├── DatabaseNotFoundError    no database at that path, and creating one was not asked
+     │    ├── ExportFileError          an export of unsynced changes is damaged or unreadable
      │    └── UnsyncedChangesError     refused: it would delete changes not yet acknowledged
      ├── ProtocolError                a sync peer broke the protocol
      │    ├── LocalProtocolError       we tried an illegal move (a bug in the caller)
@@ -48,7 +50,9 @@ __all__ = [
     "ConflictError",
     "ConnectionLostError",
     "CorruptDatabaseError",
+    "DatabaseNotFoundError",
     "DatabaseTooNewError",
+    "ExportFileError",
     "FieldConflictError",
     "FrameTooLargeError",
     "ImmutableFieldError",
@@ -165,6 +169,14 @@ class DatabaseTooNewError(StorageError):
 
 class CorruptDatabaseError(StorageError):
     """The store's consistency check failed."""
+
+
+class DatabaseNotFoundError(StorageError, FileNotFoundError):
+    """No database at that path, and the caller asked not to create one. Nothing was created."""
+
+
+class ExportFileError(StorageError):
+    """A file of exported unsynced changes is missing, damaged, not one, or from a newer version."""
 
 
 class UnsyncedChangesError(StorageError):
