@@ -1,0 +1,395 @@
+"""The laptop's end of a sync connection (sans-I/O).
+
+Theory of operation
+-------------------
+
+One :class:`ClientProtocol` per connection. The replica shell builds it with what the
+replica knows about itself (its replica id, the server and organisation it is enrolled
+to, or nothing for a replica not enrolled yet), calls :meth:`~ClientProtocol.send_hello`,
+and pumps frames (see :mod:`caresync.protocol.base`).
+
+The client guards the promises that are its to keep:
+
+* **Bound to its origin.** On ``Welcome``, an enrolled replica compares the server's id
+  with the one it was enrolled to. If they differ, ``receive_data`` raises
+  :class:`~caresync.exceptions.WrongServerError` naming both servers, queues nothing
+  (not even an error: nothing more goes to a server we do not know) and the state is
+  ``FAILED``. Credentials can only be sent after a ``Welcome`` that passed that check,
+  and :meth:`~ClientProtocol.authenticate` refuses another organisation than the
+  replica's own (:class:`~caresync.exceptions.WrongOrganisationError`, nothing sent).
+* **Replies that fit their request.** A ``CopyBatch`` holds at most the records asked
+  for, all after ``after_record_id``; a ``PullBatch`` at most ``limit`` entries, all
+  after ``after_seq``; a ``PushAck`` acknowledges within the batch pushed; live updates
+  arrive only after ``Subscribe`` and in ascending ``seq``. Anything else is a
+  :class:`~caresync.exceptions.RemoteProtocolError`.
+
+Events (:data:`ClientEvent`) are the messages the server sent, once checked:
+``Welcome``, ``Authenticated``, ``Enrolled``, ``CopyBatch``, ``PullBatch``, ``PushAck``,
+``LiveUpdate``, a non-fatal ``Error`` (one request refused; the connection stays) and
+``Goodbye``.
+
+What the client does not do: store anything. After a ``CopyBatch`` the shell commits
+the records and the resume point (``last_record_id``); after a ``PushAck`` it removes
+the acknowledged entries from the outbox. To overlap network and disk, the shell may
+send the next request before committing the batch it just received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from caresync.exceptions import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    WrongOrganisationError,
+    WrongServerError,
+)
+from caresync.protocol.base import SyncProtocol
+from caresync.protocol.errors import ErrorCode
+from caresync.protocol.messages import (
+    DEFAULT_COPY_BATCH_RECORDS,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_PULL_LIMIT,
+    SUPPORTED_VERSIONS,
+    Authenticate,
+    Authenticated,
+    CopyBatch,
+    CopyRequest,
+    Enrol,
+    Enrolled,
+    Error,
+    Goodbye,
+    Hello,
+    LiveUpdate,
+    Message,
+    PullBatch,
+    PullRequest,
+    PushAck,
+    PushBatch,
+    PushItem,
+    ResumeSession,
+    Subscribe,
+    Welcome,
+)
+from caresync.protocol.states import CLIENT_TRANSITIONS, NEEDS_ENROLMENT, ClientState, RequestKind
+
+__all__ = ["ClientEvent", "ClientProtocol"]
+
+ClientEvent = (
+    Welcome
+    | Authenticated
+    | Enrolled
+    | CopyBatch
+    | PullBatch
+    | PushAck
+    | LiveUpdate
+    | Error
+    | Goodbye
+)
+"""What :meth:`ClientProtocol.events_received` returns: messages from the server, checked."""
+
+
+def _versions(protocol_versions: Iterable[int]) -> tuple[int, ...]:
+    versions = tuple(protocol_versions)
+    if not versions or any(v not in SUPPORTED_VERSIONS for v in versions):
+        raise LocalProtocolError(
+            f"protocol_versions must be a non-empty subset of {SUPPORTED_VERSIONS}, "
+            f"got {versions!r}"
+        )
+    return versions
+
+
+class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
+    """The client end of one sync connection.
+
+    ``replica_id``, ``server_id`` and ``organisation`` describe an enrolled replica
+    (all three, checked against the server); a replica not enrolled yet gives none and
+    enrols with :meth:`enrol`. ``max_frame_bytes`` is the largest frame this end
+    accepts. Raises :class:`~caresync.exceptions.LocalProtocolError` for a bad
+    combination.
+    """
+
+    _side = "client"
+    _peer = "server"
+
+    def __init__(
+        self,
+        *,
+        replica_id: str | None = None,
+        server_id: str | None = None,
+        organisation: str | None = None,
+        protocol_versions: Iterable[int] = SUPPORTED_VERSIONS,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        versions = _versions(protocol_versions)
+        super().__init__(
+            transitions=CLIENT_TRANSITIONS,
+            initial=ClientState.START,
+            closed=ClientState.CLOSED,
+            failed=ClientState.FAILED,
+            max_frame_bytes=max_frame_bytes,
+            fallback_version=max(versions),
+        )
+        if organisation is not None and replica_id is None:
+            raise LocalProtocolError(
+                "organisation is given only with replica_id and server_id (an enrolled "
+                "replica); a new replica names its organisation in authenticate()"
+            )
+        self._hello = Hello(versions, max_frame_bytes, replica_id, server_id, organisation)
+        self._replica_id = replica_id
+        self._expected_server_id = server_id
+        self._organisation = organisation
+        self._enrolled = replica_id is not None
+        self._server_id: str | None = None
+        self._session: Authenticated | None = None
+        self._subscribed = False
+        self._live_seq = 0
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def hello(self) -> Hello:
+        """The Hello this client sends (or sent)."""
+        return self._hello
+
+    @property
+    def server_id(self) -> str | None:
+        """The server's id from its Welcome, once received and checked."""
+        return self._server_id
+
+    @property
+    def replica_id(self) -> str | None:
+        """This replica's id: given when built, or from Enrolled."""
+        return self._replica_id
+
+    @property
+    def organisation(self) -> str | None:
+        """The organisation this replica is enrolled to: given when built, or from Enrolled."""
+        return self._organisation
+
+    @property
+    def session(self) -> Authenticated | None:
+        """The server's Authenticated (session token, expiry, user), once logged in."""
+        return self._session
+
+    @property
+    def subscribed(self) -> bool:
+        """True once Subscribe was sent: live updates may arrive."""
+        return self._subscribed
+
+    @property
+    def live_seq(self) -> int:
+        """The highest feed seq received live (or the ``after_seq`` of Subscribe)."""
+        return self._live_seq
+
+    # ---------------------------------------------------------------- moves
+
+    def send_hello(self) -> None:
+        """Queue Hello (state START → HELLO_SENT)."""
+        self._send(self._hello)
+
+    def authenticate(self, username: str, password: str, organisation: str) -> None:
+        """Queue Authenticate (WELCOMED → AUTHENTICATING).
+
+        Raises :class:`~caresync.exceptions.WrongOrganisationError`, sending nothing,
+        if the replica is enrolled to another organisation.
+        """
+        message = Authenticate(username, password, organisation)
+        if self._organisation is not None and organisation != self._organisation:
+            raise WrongOrganisationError(
+                f"this replica is enrolled to organisation {self._organisation!r}, "
+                f"not {organisation!r}; refusing to log in there"
+            )
+        self._send(message)
+
+    def resume_session(self, session_token: str) -> None:
+        """Queue ResumeSession with an earlier session token (WELCOMED → AUTHENTICATING)."""
+        self._send(ResumeSession(session_token))
+
+    def enrol(self, device_name: str = "", replica_id: str | None = None) -> None:
+        """Queue Enrol (READY; a replica not enrolled yet; one at a time)."""
+        message = Enrol(device_name, replica_id)
+        if self._enrolled:
+            raise LocalProtocolError(f"this replica is already enrolled as {self._replica_id!r}")
+        self._send(message)
+
+    def request_copy(
+        self, after_record_id: str | None = None, batch_records: int = DEFAULT_COPY_BATCH_RECORDS
+    ) -> None:
+        """Queue CopyRequest for the next first-copy batch (READY, enrolled, one at a time).
+
+        ``after_record_id`` is ``None`` to start, or the ``last_record_id`` of the last
+        batch committed, to resume.
+        """
+        self._send_sync(CopyRequest(after_record_id, batch_records))
+
+    def request_pull(self, after_seq: int, limit: int = DEFAULT_PULL_LIMIT) -> None:
+        """Queue PullRequest for feed entries after the checkpoint ``after_seq``."""
+        self._send_sync(PullRequest(after_seq, limit))
+
+    def push(self, items: Iterable[PushItem | tuple[int, str, bytes]]) -> None:
+        """Queue PushBatch with outbox entries in ascending ``local_seq`` (one at a time).
+
+        Raises :class:`~caresync.exceptions.LocalProtocolError`, queueing nothing, if
+        the frame would exceed the server's maximum: send fewer entries (size batches
+        with :func:`~caresync.protocol.codec.item_wire_size`).
+        """
+        self._send_sync(PushBatch(tuple(PushItem(*item) for item in items)))
+
+    def subscribe(self, after_seq: int) -> None:
+        """Queue Subscribe: the server forwards new feed entries after ``after_seq``."""
+        message = Subscribe(after_seq)
+        if self._subscribed:
+            raise LocalProtocolError("already subscribed")
+        self._send_sync(message)
+        self._subscribed = True
+        self._live_seq = after_seq
+
+    def close(self, reason: str = "") -> None:
+        """Say Goodbye and move to CLOSED; before Hello, just move to CLOSED."""
+        if self._state is ClientState.START:
+            Goodbye(reason)  # validate all the same
+            self._state = ClientState.CLOSED
+            return
+        super().close(reason)
+
+    def _send_sync(self, message: Message) -> None:
+        if type(message) in NEEDS_ENROLMENT and not self._enrolled:
+            raise LocalProtocolError(
+                f"{type(message).__name__} needs an enrolled replica; enrol first"
+            )
+        self._send(message)
+
+    # ------------------------------------------------------------- receiving
+
+    def _on_message(self, version: int, message: Message) -> None:
+        if isinstance(message, Welcome):
+            self._on_welcome(version, message)
+        elif isinstance(message, Authenticated):
+            self._on_authenticated(message)
+        elif isinstance(message, Enrolled):
+            self._on_enrolled(message)
+        elif isinstance(message, CopyBatch):
+            self._on_copy_batch(message)
+        elif isinstance(message, PullBatch):
+            self._on_pull_batch(message)
+        elif isinstance(message, PushAck):
+            self._on_push_ack(message)
+        elif isinstance(message, LiveUpdate):
+            self._on_live_update(message)
+        else:  # pragma: no cover - the transition table admits nothing else
+            raise RemoteProtocolError(f"unexpected {type(message).__name__}")
+        self._emit(message)
+
+    def _on_welcome(self, version: int, welcome: Welcome) -> None:
+        if welcome.protocol_version not in self._hello.protocol_versions:
+            raise RemoteProtocolError(
+                f"the server chose protocol version {welcome.protocol_version}, which this "
+                f"client did not offer {self._hello.protocol_versions}"
+            )
+        if version != welcome.protocol_version:
+            raise RemoteProtocolError(
+                f"Welcome written in version {version} announces version {welcome.protocol_version}"
+            )
+        expected = self._expected_server_id
+        if expected is not None and welcome.server_id != expected:
+            exc = WrongServerError(
+                f"replica {self._replica_id!r} is enrolled to server {expected!r}, but the "
+                f"server reached is {welcome.server_id!r}; refusing to sync with it"
+            )
+            self._fail(exc, None)  # nothing more goes to a server we do not know
+            raise exc
+        self._version = welcome.protocol_version
+        self._server_id = welcome.server_id
+        self._peer_max_frame_bytes = welcome.max_frame_bytes
+
+    def _on_authenticated(self, session: Authenticated) -> None:
+        if self._organisation is not None and session.organisation != self._organisation:
+            exc = WrongOrganisationError(
+                f"replica {self._replica_id!r} is enrolled to organisation "
+                f"{self._organisation!r}, but the server logged it in to "
+                f"{session.organisation!r}; refusing to sync"
+            )
+            self._fail(
+                exc,
+                Error(
+                    ErrorCode.WRONG_ORGANISATION,
+                    str(exc),
+                    detail={"expected": self._organisation, "actual": session.organisation},
+                ),
+            )
+            raise exc
+        self._session = session
+
+    def _on_enrolled(self, enrolled: Enrolled) -> None:
+        if enrolled.server_id != self._server_id:
+            raise RemoteProtocolError(
+                f"Enrolled names server {enrolled.server_id!r}, but the Welcome came from "
+                f"{self._server_id!r}"
+            )
+        organisation = self._session.organisation if self._session else None
+        if enrolled.organisation != organisation:
+            raise RemoteProtocolError(
+                f"Enrolled names organisation {enrolled.organisation!r}, but the session "
+                f"is in {organisation!r}"
+            )
+        self._replica_id = enrolled.replica_id
+        self._expected_server_id = enrolled.server_id
+        self._organisation = enrolled.organisation
+        self._enrolled = True
+
+    def _on_copy_batch(self, batch: CopyBatch) -> None:
+        request = self._outstanding[RequestKind.COPY]
+        if not isinstance(request, CopyRequest):  # pragma: no cover - kept by the tables
+            raise RemoteProtocolError("CopyBatch without a CopyRequest")
+        if len(batch.records) > request.batch_records:
+            raise RemoteProtocolError(
+                f"CopyBatch of {len(batch.records)} records; {request.batch_records} were asked for"
+            )
+        after = request.after_record_id
+        if batch.records and after is not None and batch.records[0].record_id <= after:
+            raise RemoteProtocolError(
+                f"CopyBatch starts at record {batch.records[0].record_id!r}, "
+                f"not after {after!r} as asked"
+            )
+        if not batch.records and batch.last_record_id != after:
+            raise RemoteProtocolError(
+                f"an empty CopyBatch must resume at {after!r}, not {batch.last_record_id!r}"
+            )
+
+    def _on_pull_batch(self, batch: PullBatch) -> None:
+        request = self._outstanding[RequestKind.PULL]
+        if not isinstance(request, PullRequest):  # pragma: no cover - kept by the tables
+            raise RemoteProtocolError("PullBatch without a PullRequest")
+        if len(batch.items) > request.limit:
+            raise RemoteProtocolError(
+                f"PullBatch of {len(batch.items)} entries; at most {request.limit} were asked for"
+            )
+        if batch.items and batch.items[0].seq <= request.after_seq:
+            raise RemoteProtocolError(
+                f"PullBatch starts at seq {batch.items[0].seq}, not after {request.after_seq}"
+            )
+        if batch.checkpoint < request.after_seq:
+            raise RemoteProtocolError(
+                f"PullBatch checkpoint {batch.checkpoint} is before the request's "
+                f"after_seq {request.after_seq}"
+            )
+
+    def _on_push_ack(self, ack: PushAck) -> None:
+        request = self._outstanding[RequestKind.PUSH]
+        if not isinstance(request, PushBatch):  # pragma: no cover - kept by the tables
+            raise RemoteProtocolError("PushAck without a PushBatch")
+        first, last = request.items[0].local_seq, request.items[-1].local_seq
+        if not first <= ack.up_to_local_seq <= last:
+            raise RemoteProtocolError(
+                f"PushAck up to {ack.up_to_local_seq} is outside the batch pushed [{first}, {last}]"
+            )
+
+    def _on_live_update(self, update: LiveUpdate) -> None:
+        if not self._subscribed:
+            raise RemoteProtocolError("a LiveUpdate before Subscribe")
+        if update.seq <= self._live_seq:
+            raise RemoteProtocolError(
+                f"LiveUpdate seq {update.seq} is not after the last one, {self._live_seq}"
+            )
+        self._live_seq = update.seq

@@ -1,0 +1,767 @@
+"""The sync protocol's messages: frozen, slotted dataclasses validated when built.
+
+Every message checks every field in ``__post_init__``: its type (``bool`` is not an
+``int``; ``bytes`` are not ``str``), its range and its length. A bad value passed by a
+local caller raises :class:`~caresync.exceptions.LocalProtocolError`; the codec
+(:mod:`caresync.protocol.codec`) builds messages from the wire the same way and re-raises
+that as :class:`~caresync.exceptions.RemoteProtocolError`, as h11 does. So a message
+object that exists is a valid message, whoever made it.
+
+The items inside batches (:class:`CopyRecord`, :class:`FeedItem`, :class:`PushItem`)
+are ``NamedTuple``\\ s rather than dataclasses: a first copy builds one per record, a
+NamedTuple costs a quarter as much, msgpack packs it as a plain array, and the batch
+that holds them validates them. A plain tuple of the right shape is accepted and
+converted.
+
+Each message class carries its wire ``TYPE_CODE``. ``FROZEN_LAYOUT`` marks the messages
+whose layout never changes between protocol versions (:class:`Hello`, :class:`Welcome`,
+:class:`Error`, :class:`Goodbye`): they are the ones exchanged before a version is agreed,
+so a peer must be able to read them whatever version it speaks.
+
+See ``docs/protocol.md`` for the message table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple, NoReturn
+
+from caresync.exceptions import LocalProtocolError
+
+__all__ = [
+    "DEFAULT_COPY_BATCH_RECORDS",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_PULL_LIMIT",
+    "MAX_BATCH_ITEMS",
+    "MAX_DETAIL_ENTRIES",
+    "MAX_ID_LENGTH",
+    "MAX_MAX_FRAME_BYTES",
+    "MAX_MESSAGE_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_PASSWORD_LENGTH",
+    "MAX_SEQ",
+    "MAX_TOKEN_LENGTH",
+    "MAX_VERSION",
+    "MESSAGE_TYPES",
+    "MIN_MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Authenticate",
+    "Authenticated",
+    "CopyBatch",
+    "CopyRecord",
+    "CopyRequest",
+    "DetailValue",
+    "Enrol",
+    "Enrolled",
+    "Error",
+    "FeedItem",
+    "Goodbye",
+    "Hello",
+    "LiveUpdate",
+    "Message",
+    "PullBatch",
+    "PullRequest",
+    "PushAck",
+    "PushBatch",
+    "PushItem",
+    "ResumeSession",
+    "Subscribe",
+    "Welcome",
+]
+
+# --------------------------------------------------------------------------- limits
+
+PROTOCOL_VERSION = 1
+"""The newest protocol version this caresync speaks."""
+
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+"""Every protocol version this caresync speaks, oldest first."""
+
+MAX_VERSION = 0xFFFF
+"""The largest protocol version number the envelope may carry."""
+
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Default largest frame a side accepts (16 MiB)."""
+
+MIN_MAX_FRAME_BYTES = 64 * 1024
+"""The smallest maximum frame size a side may announce; every control message fits."""
+
+MAX_MAX_FRAME_BYTES = 1024 * 1024 * 1024
+"""The largest maximum frame size a side may announce (1 GiB)."""
+
+MAX_BATCH_ITEMS = 100_000
+"""The most records or updates one batch, or one request for a batch, may hold."""
+
+DEFAULT_COPY_BATCH_RECORDS = 1_000
+"""Records a client asks for per first-copy batch unless told otherwise."""
+
+DEFAULT_PULL_LIMIT = 1_000
+"""Updates a client asks for per pull batch unless told otherwise."""
+
+MAX_SEQ = 2**63 - 1
+"""The largest sequence number, count, byte total or timestamp (fits a signed 64-bit)."""
+
+MAX_ID_LENGTH = 128
+"""Longest identifier (record, replica, server, organisation), in characters."""
+
+MAX_NAME_LENGTH = 256
+"""Longest user name or device name, in characters."""
+
+MAX_PASSWORD_LENGTH = 1024
+"""Longest password, in characters."""
+
+MAX_TOKEN_LENGTH = 512
+"""Longest session token, in characters."""
+
+MAX_MESSAGE_LENGTH = 4096
+"""Longest human-readable text (an error message, a goodbye reason), in characters."""
+
+MAX_DETAIL_ENTRIES = 16
+"""Most entries in an :class:`Error`'s ``detail``."""
+
+_MAX_DETAIL_KEY = 64
+_MAX_DETAIL_TEXT = 256
+_MAX_VERSIONS = 16
+_CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+DetailValue = str | int | bool | None
+"""A value in an :class:`Error`'s ``detail`` map."""
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad(owner: str, name: str, what: str, value: object, *, secret: bool = False) -> NoReturn:
+    shown = f"a {type(value).__name__}" if secret else _show(value)
+    raise LocalProtocolError(f"{owner}.{name} must be {what}, got {shown}")
+
+
+def _int(owner: str, name: str, value: object, lo: int, hi: int = MAX_SEQ) -> None:
+    if type(value) is not int or not lo <= value <= hi:
+        _bad(owner, name, f"an int in [{lo}, {hi}]", value)
+
+
+def _bool(owner: str, name: str, value: object) -> None:
+    if type(value) is not bool:
+        _bad(owner, name, "a bool", value)
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(
+    owner: str,
+    name: str,
+    value: object,
+    max_len: int,
+    *,
+    min_len: int = 1,
+    printable: bool = True,
+    secret: bool = False,
+) -> None:
+    if (
+        type(value) is not str
+        or not min_len <= len(value) <= max_len
+        or (printable and not value.isprintable())
+        or (not printable and not _encodable(value))
+    ):
+        kind = "printable " if printable else ""
+        _bad(
+            owner,
+            name,
+            f"a {kind}str of {min_len} to {max_len} characters",
+            value,
+            secret=secret,
+        )
+
+
+def _opt_text(owner: str, name: str, value: object, max_len: int) -> None:
+    if value is not None:
+        _text(owner, name, value, max_len)
+
+
+def _update(owner: str, name: str, value: object) -> None:
+    if type(value) is not bytes or not value:
+        _bad(owner, name, "non-empty bytes", value)
+
+
+def _items(owner: str, name: str, value: object, *, allow_empty: bool) -> tuple[Any, ...]:
+    if not isinstance(value, (tuple, list)):
+        _bad(owner, name, "a tuple", value)
+    if len(value) > MAX_BATCH_ITEMS:
+        _bad(owner, name, f"at most {MAX_BATCH_ITEMS} items", f"{len(value)} items")
+    if not value and not allow_empty:
+        _bad(owner, name, "non-empty", value)
+    return tuple(value)
+
+
+def _set(message: object, name: str, value: object) -> None:
+    object.__setattr__(message, name, value)
+
+
+# ------------------------------------------------------------------------ batch items
+
+
+class CopyRecord(NamedTuple):
+    """One record in a :class:`CopyBatch`: its id and its whole state as one update."""
+
+    record_id: str
+    update: bytes
+
+
+class FeedItem(NamedTuple):
+    """One entry of the server's change feed: its sequence number, record and update."""
+
+    seq: int
+    record_id: str
+    update: bytes
+
+
+class PushItem(NamedTuple):
+    """One outbox entry: the replica's own sequence number, the record and the update."""
+
+    local_seq: int
+    record_id: str
+    update: bytes
+
+
+def _check_record_id(owner: str, name: str, value: object) -> None:
+    if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable():
+        _bad(owner, name, f"a printable str of 1 to {MAX_ID_LENGTH} characters", value)
+
+
+# ------------------------------------------------------------------------- messages
+
+
+class Message:
+    """Base of every protocol message.
+
+    Subclasses are frozen, slotted dataclasses; ``TYPE_CODE`` is the message's number
+    on the wire and ``FROZEN_LAYOUT`` says whether its layout is the same in every
+    protocol version.
+    """
+
+    __slots__ = ()
+
+    TYPE_CODE: ClassVar[int]
+    FROZEN_LAYOUT: ClassVar[bool] = False
+
+    def to_body(self) -> dict[str, object]:
+        """The message's fields as the body map of its envelope."""
+        names: tuple[str, ...] = type(self).__slots__  # a slotted dataclass: its fields
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """Client → server, first frame: who the client is and what it speaks.
+
+    ``protocol_versions`` lists the versions the client speaks. ``max_frame_bytes`` is
+    the largest frame the client accepts. An enrolled replica gives its ``replica_id``,
+    the ``server_id_expected`` it was enrolled to and its ``organisation``; a replica
+    not enrolled yet gives none of the first two.
+    """
+
+    TYPE_CODE: ClassVar[int] = 1
+    FROZEN_LAYOUT: ClassVar[bool] = True
+
+    protocol_versions: tuple[int, ...]
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    replica_id: str | None = None
+    server_id_expected: str | None = None
+    organisation: str | None = None
+
+    def __post_init__(self) -> None:
+        owner = "Hello"
+        versions = self.protocol_versions
+        if not isinstance(versions, (tuple, list)) or not 0 < len(versions) <= _MAX_VERSIONS:
+            _bad(owner, "protocol_versions", f"a tuple of 1 to {_MAX_VERSIONS} ints", versions)
+        for version in versions:
+            _int(owner, "protocol_versions[]", version, 1, MAX_VERSION)
+        if len(set(versions)) != len(versions):
+            _bad(owner, "protocol_versions", "distinct versions", versions)
+        _set(self, "protocol_versions", tuple(versions))
+        _int(
+            owner, "max_frame_bytes", self.max_frame_bytes, MIN_MAX_FRAME_BYTES, MAX_MAX_FRAME_BYTES
+        )
+        _opt_text(owner, "replica_id", self.replica_id, MAX_ID_LENGTH)
+        _opt_text(owner, "server_id_expected", self.server_id_expected, MAX_ID_LENGTH)
+        _opt_text(owner, "organisation", self.organisation, MAX_ID_LENGTH)
+        if (self.replica_id is None) != (self.server_id_expected is None):
+            raise LocalProtocolError(
+                "Hello: replica_id and server_id_expected go together (an enrolled "
+                "replica gives both, a new one neither)"
+            )
+        if self.replica_id is not None and self.organisation is None:
+            raise LocalProtocolError("Hello: an enrolled replica must give its organisation")
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """Server → client, answer to :class:`Hello`: the version chosen and who the server is.
+
+    ``max_frame_bytes`` is the largest frame the server accepts.
+    """
+
+    TYPE_CODE: ClassVar[int] = 2
+    FROZEN_LAYOUT: ClassVar[bool] = True
+
+    protocol_version: int
+    server_id: str
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+
+    def __post_init__(self) -> None:
+        _int("Welcome", "protocol_version", self.protocol_version, 1, MAX_VERSION)
+        _text("Welcome", "server_id", self.server_id, MAX_ID_LENGTH)
+        _int(
+            "Welcome",
+            "max_frame_bytes",
+            self.max_frame_bytes,
+            MIN_MAX_FRAME_BYTES,
+            MAX_MAX_FRAME_BYTES,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate(Message):
+    """Client → server: log in with a user name and password, within an organisation.
+
+    The password is never shown in an error message or a ``repr``.
+    """
+
+    TYPE_CODE: ClassVar[int] = 3
+
+    username: str
+    password: str
+    organisation: str
+
+    def __post_init__(self) -> None:
+        _text("Authenticate", "username", self.username, MAX_NAME_LENGTH)
+        _text(
+            "Authenticate",
+            "password",
+            self.password,
+            MAX_PASSWORD_LENGTH,
+            printable=False,
+            secret=True,
+        )
+        _text("Authenticate", "organisation", self.organisation, MAX_ID_LENGTH)
+
+    def __repr__(self) -> str:
+        return (
+            f"Authenticate(username={self.username!r}, password='***', "
+            f"organisation={self.organisation!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeSession(Message):
+    """Client → server: log in again with a session token from :class:`Authenticated`."""
+
+    TYPE_CODE: ClassVar[int] = 4
+
+    session_token: str
+
+    def __post_init__(self) -> None:
+        _text("ResumeSession", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
+
+    def __repr__(self) -> str:
+        return "ResumeSession(session_token='***')"
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated(Message):
+    """Server → client: the login succeeded.
+
+    ``session_token`` resumes the session on a later connection until
+    ``expires_at_ms`` (milliseconds since the Unix epoch). ``user`` and
+    ``organisation`` say who is logged in, and where.
+    """
+
+    TYPE_CODE: ClassVar[int] = 5
+
+    session_token: str
+    expires_at_ms: int
+    user: str
+    organisation: str
+
+    def __post_init__(self) -> None:
+        _text("Authenticated", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
+        _int("Authenticated", "expires_at_ms", self.expires_at_ms, 0)
+        _text("Authenticated", "user", self.user, MAX_NAME_LENGTH)
+        _text("Authenticated", "organisation", self.organisation, MAX_ID_LENGTH)
+
+    def __repr__(self) -> str:
+        return (
+            f"Authenticated(session_token='***', expires_at_ms={self.expires_at_ms}, "
+            f"user={self.user!r}, organisation={self.organisation!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Enrol(Message):
+    """Client → server: enrol this replica to the server and the session's organisation.
+
+    ``device_name`` is a label for people (e.g. the laptop's name; may be empty).
+    ``replica_id`` is an id the replica already uses, if any; the server may keep it or
+    assign another.
+    """
+
+    TYPE_CODE: ClassVar[int] = 6
+
+    device_name: str = ""
+    replica_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _text("Enrol", "device_name", self.device_name, MAX_NAME_LENGTH, min_len=0)
+        _opt_text("Enrol", "replica_id", self.replica_id, MAX_ID_LENGTH)
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled(Message):
+    """Server → client: the replica is bound to this server and this organisation."""
+
+    TYPE_CODE: ClassVar[int] = 7
+
+    replica_id: str
+    server_id: str
+    organisation: str
+
+    def __post_init__(self) -> None:
+        _text("Enrolled", "replica_id", self.replica_id, MAX_ID_LENGTH)
+        _text("Enrolled", "server_id", self.server_id, MAX_ID_LENGTH)
+        _text("Enrolled", "organisation", self.organisation, MAX_ID_LENGTH)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRequest(Message):
+    """Client → server: the next batch of the first copy, records after ``after_record_id``.
+
+    ``after_record_id`` is ``None`` to start; to resume, the ``last_record_id`` of the
+    last batch committed. ``batch_records`` is the most records the batch may hold.
+    """
+
+    TYPE_CODE: ClassVar[int] = 16
+
+    after_record_id: str | None = None
+    batch_records: int = DEFAULT_COPY_BATCH_RECORDS
+
+    def __post_init__(self) -> None:
+        _opt_text("CopyRequest", "after_record_id", self.after_record_id, MAX_ID_LENGTH)
+        _int("CopyRequest", "batch_records", self.batch_records, 1, MAX_BATCH_ITEMS)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyBatch(Message):
+    """Server → client: one batch of the first copy, records in ascending id order.
+
+    ``records`` have strictly ascending ids. ``last_record_id`` is where the next batch
+    resumes: the last record's id, or the request's ``after_record_id`` when the batch
+    is empty. ``done_records``/``done_bytes`` count the records (and their update bytes)
+    with an id up to ``last_record_id``; ``total_records``/``total_bytes`` count every
+    record the client may see. ``feed_checkpoint`` is the server's change-feed head
+    when these records were read. ``final`` is true on the last batch; a batch that is
+    not final holds at least one record.
+    """
+
+    TYPE_CODE: ClassVar[int] = 17
+
+    records: tuple[CopyRecord, ...]
+    done_records: int
+    total_records: int
+    done_bytes: int
+    total_bytes: int
+    last_record_id: str | None
+    feed_checkpoint: int
+    final: bool
+
+    def __post_init__(self) -> None:
+        owner = "CopyBatch"
+        items = _items(owner, "records", self.records, allow_empty=True)
+        out: list[CopyRecord] = []
+        previous: str | None = None
+        for item in items:
+            if type(item) is not CopyRecord:
+                if not isinstance(item, (tuple, list)) or len(item) != 2:
+                    _bad(owner, "records[]", "a (record_id, update) pair", item)
+                item = CopyRecord(*item)
+            _check_record_id(owner, "records[].record_id", item.record_id)
+            _update(owner, "records[].update", item.update)
+            if previous is not None and item.record_id <= previous:
+                _bad(owner, "records", "in strictly ascending record_id order", item.record_id)
+            previous = item.record_id
+            out.append(item)
+        _set(self, "records", tuple(out))
+        _int(owner, "done_records", self.done_records, len(out))
+        _int(owner, "total_records", self.total_records, self.done_records)
+        _int(owner, "done_bytes", self.done_bytes, 0)
+        _int(owner, "total_bytes", self.total_bytes, self.done_bytes)
+        _opt_text(owner, "last_record_id", self.last_record_id, MAX_ID_LENGTH)
+        if previous is not None and self.last_record_id != previous:
+            _bad(owner, "last_record_id", f"the last record's id {previous!r}", self.last_record_id)
+        _int(owner, "feed_checkpoint", self.feed_checkpoint, 0)
+        _bool(owner, "final", self.final)
+        if not self.final and not out:
+            raise LocalProtocolError("CopyBatch: a batch that is not final must hold a record")
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest(Message):
+    """Client → server: change-feed entries after ``after_seq``, at most ``limit``."""
+
+    TYPE_CODE: ClassVar[int] = 18
+
+    after_seq: int
+    limit: int = DEFAULT_PULL_LIMIT
+
+    def __post_init__(self) -> None:
+        _int("PullRequest", "after_seq", self.after_seq, 0)
+        _int("PullRequest", "limit", self.limit, 1, MAX_BATCH_ITEMS)
+
+
+@dataclass(frozen=True, slots=True)
+class PullBatch(Message):
+    """Server → client: change-feed entries, in strictly ascending ``seq`` order.
+
+    ``checkpoint`` is how far this batch covers the feed (at least the last item's
+    seq; entries the client may not see are skipped, so it may be more): the client
+    stores it and pulls after it next. ``head_seq`` is the feed's head; ``more`` is
+    true while ``checkpoint < head_seq``.
+    """
+
+    TYPE_CODE: ClassVar[int] = 19
+
+    items: tuple[FeedItem, ...]
+    checkpoint: int
+    head_seq: int
+
+    def __post_init__(self) -> None:
+        owner = "PullBatch"
+        items = _items(owner, "items", self.items, allow_empty=True)
+        out: list[FeedItem] = []
+        previous = 0
+        for item in items:
+            if type(item) is not FeedItem:
+                if not isinstance(item, (tuple, list)) or len(item) != 3:
+                    _bad(owner, "items[]", "a (seq, record_id, update) triple", item)
+                item = FeedItem(*item)
+            _int(owner, "items[].seq", item.seq, previous + 1)
+            _check_record_id(owner, "items[].record_id", item.record_id)
+            _update(owner, "items[].update", item.update)
+            previous = item.seq
+            out.append(item)
+        _set(self, "items", tuple(out))
+        _int(owner, "checkpoint", self.checkpoint, previous)
+        _int(owner, "head_seq", self.head_seq, self.checkpoint)
+
+    @property
+    def more(self) -> bool:
+        """True while the feed holds entries past ``checkpoint``: pull again."""
+        return self.checkpoint < self.head_seq
+
+
+@dataclass(frozen=True, slots=True)
+class PushBatch(Message):
+    """Client → server: outbox entries, in strictly ascending ``local_seq`` order.
+
+    The server commits them, then answers :class:`PushAck`. Entries are keyed on
+    (replica, ``local_seq``), so a batch sent again changes nothing.
+    """
+
+    TYPE_CODE: ClassVar[int] = 20
+
+    items: tuple[PushItem, ...]
+
+    def __post_init__(self) -> None:
+        owner = "PushBatch"
+        items = _items(owner, "items", self.items, allow_empty=False)
+        out: list[PushItem] = []
+        previous = 0
+        for item in items:
+            if type(item) is not PushItem:
+                if not isinstance(item, (tuple, list)) or len(item) != 3:
+                    _bad(owner, "items[]", "a (local_seq, record_id, update) triple", item)
+                item = PushItem(*item)
+            _int(owner, "items[].local_seq", item.local_seq, previous + 1)
+            _check_record_id(owner, "items[].record_id", item.record_id)
+            _update(owner, "items[].update", item.update)
+            previous = item.local_seq
+            out.append(item)
+        _set(self, "items", tuple(out))
+
+
+@dataclass(frozen=True, slots=True)
+class PushAck(Message):
+    """Server → client: every pushed entry up to ``up_to_local_seq`` is committed."""
+
+    TYPE_CODE: ClassVar[int] = 21
+
+    up_to_local_seq: int
+
+    def __post_init__(self) -> None:
+        _int("PushAck", "up_to_local_seq", self.up_to_local_seq, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Message):
+    """Client → server: forward new feed entries after ``after_seq`` as they commit."""
+
+    TYPE_CODE: ClassVar[int] = 22
+
+    after_seq: int
+
+    def __post_init__(self) -> None:
+        _int("Subscribe", "after_seq", self.after_seq, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveUpdate(Message):
+    """Server → subscribed client: one new feed entry, in strictly ascending ``seq``."""
+
+    TYPE_CODE: ClassVar[int] = 23
+
+    seq: int
+    record_id: str
+    update: bytes
+
+    def __post_init__(self) -> None:
+        _int("LiveUpdate", "seq", self.seq, 1)
+        _check_record_id("LiveUpdate", "record_id", self.record_id)
+        _update("LiveUpdate", "update", self.update)
+
+
+_EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
+
+# Type codes of the requests an Error may answer (see caresync.protocol.states.REQUESTS).
+_REQUEST_CODES = frozenset({6, 16, 18, 20})
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """Either way: something went wrong; see :mod:`caresync.protocol.errors` for codes.
+
+    A ``fatal`` error ends the connection: its sender closes after it. A non-fatal one
+    refuses one request, named by its type code in ``in_reply_to``, and the
+    connection stays usable. ``detail`` holds machine-readable facts (e.g. both
+    server ids for ``wrong_server``).
+    """
+
+    TYPE_CODE: ClassVar[int] = 126
+    FROZEN_LAYOUT: ClassVar[bool] = True
+
+    code: str
+    message: str
+    fatal: bool = True
+    detail: Mapping[str, DetailValue] = field(default_factory=lambda: _EMPTY_DETAIL)
+    in_reply_to: int | None = None
+
+    def __post_init__(self) -> None:
+        owner = "Error"
+        if type(self.code) is not str or not _CODE_RE.fullmatch(self.code):
+            _bad(owner, "code", "a snake_case code of 1 to 64 characters", self.code)
+        _text(owner, "message", self.message, MAX_MESSAGE_LENGTH, min_len=0, printable=False)
+        _bool(owner, "fatal", self.fatal)
+        detail = self.detail
+        if not isinstance(detail, Mapping) or len(detail) > MAX_DETAIL_ENTRIES:
+            _bad(owner, "detail", f"a map of at most {MAX_DETAIL_ENTRIES} entries", detail)
+        for key, value in detail.items():
+            _text(owner, "detail key", key, _MAX_DETAIL_KEY)
+            if value is None or type(value) is bool:
+                continue
+            if type(value) is int:
+                _int(owner, f"detail[{key!r}]", value, -MAX_SEQ - 1)
+            else:
+                _text(
+                    owner, f"detail[{key!r}]", value, _MAX_DETAIL_TEXT, min_len=0, printable=False
+                )
+        _set(self, "detail", MappingProxyType(dict(detail)))
+        if self.in_reply_to is not None and self.in_reply_to not in _REQUEST_CODES:
+            _bad(
+                owner,
+                "in_reply_to",
+                f"None or a request type code {sorted(_REQUEST_CODES)}",
+                self.in_reply_to,
+            )
+        if not self.fatal and self.in_reply_to is None:
+            raise LocalProtocolError("Error: a non-fatal error must name the request it refuses")
+
+    def __hash__(self) -> int:
+        return hash(
+            (
+                self.code,
+                self.message,
+                self.fatal,
+                tuple(sorted(self.detail.items())),
+                self.in_reply_to,
+            )
+        )
+
+    def to_body(self) -> dict[str, object]:
+        """The message's fields as a body map (``detail`` as a plain dict)."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "fatal": self.fatal,
+            "detail": dict(self.detail),
+            "in_reply_to": self.in_reply_to,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    """Either way: a polite close; the sender sends nothing more."""
+
+    TYPE_CODE: ClassVar[int] = 127
+    FROZEN_LAYOUT: ClassVar[bool] = True
+
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _text("Goodbye", "reason", self.reason, MAX_MESSAGE_LENGTH, min_len=0, printable=False)
+
+
+def _registry(classes: Iterable[type[Message]]) -> Mapping[int, type[Message]]:
+    table: dict[int, type[Message]] = {}
+    for cls in classes:
+        if cls.TYPE_CODE in table:  # pragma: no cover - a programming error, caught at import
+            raise RuntimeError(f"duplicate type code {cls.TYPE_CODE}")
+        table[cls.TYPE_CODE] = cls
+    return MappingProxyType(table)
+
+
+MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
+    [
+        Hello,
+        Welcome,
+        Authenticate,
+        ResumeSession,
+        Authenticated,
+        Enrol,
+        Enrolled,
+        CopyRequest,
+        CopyBatch,
+        PullRequest,
+        PullBatch,
+        PushBatch,
+        PushAck,
+        Subscribe,
+        LiveUpdate,
+        Error,
+        Goodbye,
+    ]
+)
+"""Every message class, by its wire type code."""

@@ -1,0 +1,443 @@
+"""The server's end of a sync connection (sans-I/O).
+
+Theory of operation
+-------------------
+
+One :class:`ServerProtocol` per accepted connection, built with the server's id. It
+decides nothing that needs a database: it checks the shape and order of what the
+client sends, negotiates the version, and turns each client message into an event
+(:data:`ServerEvent`) that the server shell answers through a method.
+
+=====================  ======================================================
+event                  the shell answers with
+=====================  ======================================================
+``Hello``              nothing needed: Welcome was already queued; may
+                       ``reject`` (e.g. ``revoked``) before credentials arrive
+``Authenticate``       ``accept_authentication(...)`` or ``reject(...)``
+``ResumeSession``      ``accept_authentication(...)`` or ``reject(...)``
+``Enrol``              ``accept_enrolment(...)`` or ``refuse``/``reject``
+``CopyRequest``        ``send_copy_batch(...)``
+``PullRequest``        ``send_pull_batch(...)``
+``PushBatch``          commit, then ``ack_push()`` — never before the commit
+``Subscribe``          ``send_live_update(...)`` for each new entry, in seq order
+``Goodbye``            close the websocket
+=====================  ======================================================
+
+What the protocol decides on its own, because it needs no database:
+
+* **Version.** The highest version both sides speak; none → fatal
+  ``unsupported_version`` and :class:`~caresync.exceptions.SyncRefusedError`.
+* **Server identity.** A Hello whose ``server_id_expected`` is not this server's id →
+  fatal ``wrong_server`` naming both and :class:`~caresync.exceptions.WrongServerError`.
+  Nothing else has moved: no Welcome is sent.
+* **Organisation.** An enrolled replica's Authenticate for another organisation than
+  its Hello named → fatal ``wrong_organisation`` and
+  :class:`~caresync.exceptions.WrongOrganisationError`.
+* **Enrolment.** Copy, pull, push or subscribe from a replica not enrolled → fatal
+  ``not_enrolled`` and :class:`~caresync.exceptions.RemoteProtocolError`.
+
+Whether a password is right, a session valid, a replica revoked or a record visible to
+the organisation is the shell's to decide; it answers with ``reject`` (fatal) or
+``refuse`` (non-fatal, one request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from caresync.exceptions import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    SyncRefusedError,
+    WrongOrganisationError,
+    WrongServerError,
+)
+from caresync.protocol.base import SyncProtocol
+from caresync.protocol.errors import ErrorCode
+from caresync.protocol.messages import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_ID_LENGTH,
+    SUPPORTED_VERSIONS,
+    Authenticate,
+    Authenticated,
+    CopyBatch,
+    CopyRecord,
+    CopyRequest,
+    DetailValue,
+    Enrol,
+    Enrolled,
+    Error,
+    FeedItem,
+    Goodbye,
+    Hello,
+    LiveUpdate,
+    Message,
+    PullBatch,
+    PullRequest,
+    PushAck,
+    PushBatch,
+    ResumeSession,
+    Subscribe,
+    Welcome,
+)
+from caresync.protocol.states import (
+    NEEDS_ENROLMENT,
+    REQUESTS,
+    SERVER_TRANSITIONS,
+    RequestKind,
+    ServerState,
+)
+
+__all__ = ["ServerEvent", "ServerProtocol"]
+
+ServerEvent = (
+    Hello
+    | Authenticate
+    | ResumeSession
+    | Enrol
+    | CopyRequest
+    | PullRequest
+    | PushBatch
+    | Subscribe
+    | Goodbye
+)
+"""What :meth:`ServerProtocol.events_received` returns: messages from the client, checked."""
+
+
+def _versions_text(versions: Iterable[int]) -> str:
+    return ", ".join(str(v) for v in sorted(versions))
+
+
+class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
+    """The server end of one sync connection.
+
+    ``server_id`` is this server's stable id (what replicas are enrolled to);
+    ``max_frame_bytes`` the largest frame this end accepts.
+    """
+
+    _side = "server"
+    _peer = "client"
+
+    def __init__(
+        self,
+        server_id: str,
+        *,
+        protocol_versions: Iterable[int] = SUPPORTED_VERSIONS,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        versions = tuple(protocol_versions)
+        if not versions or any(v not in SUPPORTED_VERSIONS for v in versions):
+            raise LocalProtocolError(
+                f"protocol_versions must be a non-empty subset of {SUPPORTED_VERSIONS}"
+            )
+        if (
+            type(server_id) is not str
+            or not 0 < len(server_id) <= MAX_ID_LENGTH
+            or not server_id.isprintable()
+        ):
+            raise LocalProtocolError(
+                f"server_id must be a printable str of 1 to {MAX_ID_LENGTH} characters"
+            )
+        super().__init__(
+            transitions=SERVER_TRANSITIONS,
+            initial=ServerState.AWAITING_HELLO,
+            closed=ServerState.CLOSED,
+            failed=ServerState.FAILED,
+            max_frame_bytes=max_frame_bytes,
+            fallback_version=max(versions),
+        )
+        self._server_id = server_id
+        self._versions = versions
+        self._hello: Hello | None = None
+        self._credentials: Authenticate | ResumeSession | None = None
+        self._session: Authenticated | None = None
+        self._replica_id: str | None = None
+        self._organisation: str | None = None
+        self._subscribed = False
+        self._live_seq = 0
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def server_id(self) -> str:
+        """This server's id."""
+        return self._server_id
+
+    @property
+    def hello(self) -> Hello | None:
+        """The client's Hello, once received."""
+        return self._hello
+
+    @property
+    def credentials(self) -> Authenticate | ResumeSession | None:
+        """What the client logged in with, once received."""
+        return self._credentials
+
+    @property
+    def session(self) -> Authenticated | None:
+        """The Authenticated this server sent, once sent."""
+        return self._session
+
+    @property
+    def replica_id(self) -> str | None:
+        """The client replica's id: from its Hello, or as enrolled here."""
+        return self._replica_id
+
+    @property
+    def organisation(self) -> str | None:
+        """The organisation of the session, once authenticated (else the Hello's, if any)."""
+        return self._session.organisation if self._session else self._organisation
+
+    @property
+    def subscribed(self) -> bool:
+        """True once the client subscribed to live updates."""
+        return self._subscribed
+
+    @property
+    def live_seq(self) -> int:
+        """The highest seq sent live (or the Subscribe's ``after_seq``): send only later ones."""
+        return self._live_seq
+
+    # ---------------------------------------------------------------- moves
+
+    def accept_authentication(
+        self, session_token: str, expires_at_ms: int, user: str, organisation: str
+    ) -> None:
+        """Queue Authenticated (AUTHENTICATING → READY).
+
+        ``organisation`` must be the one the client asked for (and, for an enrolled
+        replica, the one its Hello named): otherwise ``reject`` with
+        ``wrong_organisation`` instead.
+        """
+        message = Authenticated(session_token, expires_at_ms, user, organisation)
+        asked = (
+            self._credentials.organisation if isinstance(self._credentials, Authenticate) else None
+        )
+        for wanted in (asked, self._hello.organisation if self._hello else None):
+            if wanted is not None and organisation != wanted:
+                raise LocalProtocolError(
+                    f"the client asked for organisation {wanted!r}, not {organisation!r}; "
+                    f"reject it with {ErrorCode.WRONG_ORGANISATION!s} instead"
+                )
+        self._send(message)
+        self._session = message
+
+    def accept_enrolment(self, replica_id: str, organisation: str | None = None) -> None:
+        """Queue Enrolled: the replica ``replica_id`` is bound to this server and organisation.
+
+        ``organisation`` defaults to the session's, and must equal it.
+        """
+        session_organisation = self._session.organisation if self._session else None
+        organisation = organisation if organisation is not None else session_organisation
+        if organisation is None or organisation != session_organisation:
+            raise LocalProtocolError(
+                f"a replica is enrolled to the session's organisation {session_organisation!r}, "
+                f"not {organisation!r}"
+            )
+        message = Enrolled(replica_id, self._server_id, organisation)
+        self._send(message)
+        self._replica_id = replica_id
+        self._organisation = organisation
+        self._enrolled = True
+
+    def send_copy_batch(
+        self,
+        records: Iterable[CopyRecord | tuple[str, bytes]],
+        *,
+        done_records: int,
+        total_records: int,
+        done_bytes: int,
+        total_bytes: int,
+        feed_checkpoint: int,
+        final: bool,
+    ) -> None:
+        """Queue CopyBatch answering the outstanding CopyRequest.
+
+        ``records`` in ascending id order, all after the request's ``after_record_id``,
+        at most its ``batch_records``; ``last_record_id`` is derived. Raises
+        :class:`~caresync.exceptions.LocalProtocolError`, queueing nothing, if the
+        batch breaks those rules or its frame would exceed the client's maximum.
+        """
+        request = self._expect(RequestKind.COPY)
+        if not isinstance(request, CopyRequest):  # pragma: no cover - kept by the tables
+            raise LocalProtocolError("no CopyRequest outstanding")
+        items = tuple(item if type(item) is CopyRecord else CopyRecord(*item) for item in records)
+        last = items[-1].record_id if items else request.after_record_id
+        batch = CopyBatch(
+            items,
+            done_records,
+            total_records,
+            done_bytes,
+            total_bytes,
+            last,
+            feed_checkpoint,
+            final,
+        )
+        if len(items) > request.batch_records:
+            raise LocalProtocolError(
+                f"{len(items)} records; the client asked for at most {request.batch_records}"
+            )
+        after = request.after_record_id
+        if items and after is not None and items[0].record_id <= after:
+            raise LocalProtocolError(f"records must come after {after!r}, as asked")
+        self._send(batch)
+
+    def send_pull_batch(
+        self,
+        items: Iterable[FeedItem | tuple[int, str, bytes]],
+        *,
+        checkpoint: int,
+        head_seq: int,
+    ) -> None:
+        """Queue PullBatch answering the outstanding PullRequest.
+
+        ``items`` in ascending seq, all after the request's ``after_seq``, at most its
+        ``limit``; ``checkpoint`` is how far the batch covers the feed (at least the
+        last item's seq), ``head_seq`` the feed's head.
+        """
+        request = self._expect(RequestKind.PULL)
+        if not isinstance(request, PullRequest):  # pragma: no cover - kept by the tables
+            raise LocalProtocolError("no PullRequest outstanding")
+        entries = tuple(item if type(item) is FeedItem else FeedItem(*item) for item in items)
+        batch = PullBatch(entries, checkpoint, head_seq)
+        if len(entries) > request.limit:
+            raise LocalProtocolError(
+                f"{len(entries)} entries; the client asked for at most {request.limit}"
+            )
+        if entries and entries[0].seq <= request.after_seq:
+            raise LocalProtocolError(f"entries must come after seq {request.after_seq}, as asked")
+        if checkpoint < request.after_seq:
+            raise LocalProtocolError(
+                f"checkpoint {checkpoint} is before the request's after_seq {request.after_seq}"
+            )
+        self._send(batch)
+
+    def ack_push(self, up_to_local_seq: int | None = None) -> None:
+        """Queue PushAck for the outstanding PushBatch. Call only after the commit.
+
+        ``up_to_local_seq`` defaults to the batch's last entry.
+        """
+        request = self._expect(RequestKind.PUSH)
+        if not isinstance(request, PushBatch):  # pragma: no cover - kept by the tables
+            raise LocalProtocolError("no PushBatch outstanding")
+        first, last = request.items[0].local_seq, request.items[-1].local_seq
+        up_to = last if up_to_local_seq is None else up_to_local_seq
+        message = PushAck(up_to)
+        if not first <= up_to <= last:
+            raise LocalProtocolError(f"ack up to {up_to} is outside the batch [{first}, {last}]")
+        self._send(message)
+
+    def send_live_update(self, seq: int, record_id: str, update: bytes) -> None:
+        """Queue LiveUpdate for a subscribed client; ``seq`` after :attr:`live_seq`.
+
+        Send an entry live only once every entry with a lower seq that the client may
+        see has been sent (live or in a pull batch): the client may then move its
+        checkpoint to ``seq``.
+        """
+        message = LiveUpdate(seq, record_id, update)
+        if not self._subscribed:
+            raise LocalProtocolError("the client has not subscribed to live updates")
+        if seq <= self._live_seq:
+            raise LocalProtocolError(f"seq {seq} is not after the last one sent, {self._live_seq}")
+        self._send(message)
+        self._live_seq = seq
+
+    def refuse(
+        self,
+        request: RequestKind,
+        code: str,
+        message: str,
+        *,
+        detail: Mapping[str, DetailValue] | None = None,
+    ) -> None:
+        """Refuse one outstanding request with a non-fatal Error; the connection stays READY."""
+        error = Error(
+            code, message, False, detail or {}, in_reply_to=REQUESTS[request][0].TYPE_CODE
+        )
+        self._send(error)
+
+    # ------------------------------------------------------------- receiving
+
+    def _refuse_fatally(
+        self,
+        exc: SyncRefusedError | RemoteProtocolError,
+        code: ErrorCode,
+        detail: Mapping[str, DetailValue] | None = None,
+    ) -> None:
+        self._fail(exc, Error(code, str(exc), True, detail or {}))
+        raise exc
+
+    def _on_message(self, version: int, message: Message) -> None:
+        if isinstance(message, Hello):
+            self._on_hello(message)
+        elif isinstance(message, Authenticate | ResumeSession):
+            self._on_credentials(message)
+        elif isinstance(message, Enrol):
+            if self._enrolled:
+                raise RemoteProtocolError(f"Enrol from a replica enrolled as {self._replica_id!r}")
+        elif type(message) in NEEDS_ENROLMENT:
+            if not self._enrolled:
+                self._refuse_fatally(
+                    RemoteProtocolError(
+                        f"{type(message).__name__} from a replica that is not enrolled"
+                    ),
+                    ErrorCode.NOT_ENROLLED,
+                )
+            if isinstance(message, Subscribe):
+                if self._subscribed:
+                    raise RemoteProtocolError("a second Subscribe")
+                self._subscribed = True
+                self._live_seq = message.after_seq
+        else:  # pragma: no cover - the transition table admits nothing else
+            raise RemoteProtocolError(f"unexpected {type(message).__name__}")
+        self._emit(message)
+
+    def _on_hello(self, hello: Hello) -> None:
+        common = set(hello.protocol_versions) & set(self._versions)
+        if not common:
+            self._refuse_fatally(
+                SyncRefusedError(
+                    f"no protocol version in common: the client speaks "
+                    f"{_versions_text(hello.protocol_versions)}, this server speaks "
+                    f"{_versions_text(self._versions)}"
+                ),
+                ErrorCode.UNSUPPORTED_VERSION,
+                {
+                    "client_versions": _versions_text(hello.protocol_versions),
+                    "server_versions": _versions_text(self._versions),
+                },
+            )
+        expected = hello.server_id_expected
+        if expected is not None and expected != self._server_id:
+            self._refuse_fatally(
+                WrongServerError(
+                    f"replica {hello.replica_id!r} is enrolled to server {expected!r}, but "
+                    f"this is server {self._server_id!r}; refusing to sync with it"
+                ),
+                ErrorCode.WRONG_SERVER,
+                {"expected": expected, "actual": self._server_id},
+            )
+        self._version = max(common)
+        self._peer_max_frame_bytes = hello.max_frame_bytes
+        self._hello = hello
+        self._replica_id = hello.replica_id
+        self._organisation = hello.organisation
+        self._enrolled = hello.replica_id is not None
+        self._queue(Welcome(self._version, self._server_id, self._max_frame_bytes))
+
+    def _on_credentials(self, credentials: Authenticate | ResumeSession) -> None:
+        hello_organisation = self._hello.organisation if self._hello else None
+        if (
+            isinstance(credentials, Authenticate)
+            and hello_organisation is not None
+            and credentials.organisation != hello_organisation
+        ):
+            self._refuse_fatally(
+                WrongOrganisationError(
+                    f"replica {self._replica_id!r} is enrolled to organisation "
+                    f"{hello_organisation!r}, not {credentials.organisation!r}"
+                ),
+                ErrorCode.WRONG_ORGANISATION,
+                {"expected": hello_organisation, "actual": credentials.organisation},
+            )
+        self._credentials = credentials
