@@ -152,9 +152,7 @@ def test_a_draft_edited_concurrently_with_signing_keeps_the_signed_text() -> Non
         ("medications/only-entry", InvalidPathError),
     ],
 )
-def test_bad_paths_are_refused_and_nothing_is_written(
-    path: str, error: type[Exception]
-) -> None:
+def test_bad_paths_are_refused_and_nothing_is_written(path: str, error: type[Exception]) -> None:
     a, _ = pair()
     before = a.update_since()
     with pytest.raises(error):
@@ -191,3 +189,15 @@ def test_garbage_update_is_a_typed_error() -> None:
         a.apply_update(b"\x01\x02garbage")
     with pytest.raises(InvalidUpdateError):
         a.apply_update("not bytes")  # type: ignore[arg-type]
+
+
+def test_a_signed_note_can_be_signed_again_after_a_concurrent_edit() -> None:
+    a, b = pair()
+    note = a.add_entry("notes", {"text": "draft"}, author="dr.a")
+    exchange(a, b)
+    a.sign_note(note, author="dr.a")
+    b.set(f"notes/{note}/text", "edited", author="dr.b")
+    exchange(a, b)
+    second = a.sign_note(note, author="dr.c")
+    assert second.path.endswith("/signature")
+    assert a.value(f"notes/{note}/text") == "draft"

@@ -3,6 +3,7 @@
 from caresync.records.clock import HybridLogicalClock, Timestamp
 from caresync.records.ids import new_entry_id, new_record_id
 from caresync.records.record import (
+    ACK_PREFIX,
     ADDENDA_FIELD,
     NOTES_COLLECTION,
     SIGNATURE_FIELD,
@@ -23,6 +24,7 @@ from caresync.records.schema import (
 from caresync.records.values import JSONValue, canonical_json
 
 __all__ = [
+    "ACK_PREFIX",
     "ADDENDA_FIELD",
     "DEFAULT_COLLECTIONS",
     "DEFAULT_SCHEMA",

@@ -52,6 +52,7 @@ from caresync.records.schema import DEFAULT_SCHEMA, STATUS_FIELD, FieldSpec, Sch
 from caresync.records.values import JSONValue, check_value
 
 __all__ = [
+    "ACK_PREFIX",
     "ADDENDA_FIELD",
     "NOTES_COLLECTION",
     "SIGNATURE_FIELD",
@@ -284,14 +285,22 @@ class Record:
         key = (NOTES_COLLECTION, entry_id)
         self._require_entry(key)
         for path in self._entry_register_paths(key):
-            if self._index.paths[path].is_conflicted():
+            # The same view readers get: a field frozen by an earlier signature
+            # shows its signed value, whatever was written concurrently.
+            state = self.get(path)
+            if state.in_conflict:
                 raise FieldConflictError(
                     f"cannot sign: {path} has concurrent values; resolve that first",
                     path=path,
-                    conflict_id=self.get(path).conflict_id or "",
+                    conflict_id=state.conflict_id or "",
                 )
+        signed = {
+            path: sorted(h.id for h in self.get(path).heads)
+            for path in sorted(self._entry_register_paths(key))
+            if not _is_bookkeeping(path) and path.rsplit("/", 1)[1] not in _MUTABLE_AFTER_SIGNING
+        }
         path = f"{NOTES_COLLECTION}/{entry_id}/{SIGNATURE_FIELD}"
-        return self._write(path, {"by": author}, author, key)
+        return self._write(path, {"by": author, "signed": signed}, author, key)
 
     def add_addendum(self, entry_id: str, text: str, *, author: str) -> str:
         """Add an addendum to a note (signed or not); returns the addendum's id."""
@@ -305,6 +314,20 @@ class Record:
         path = f"{NOTES_COLLECTION}/{entry_id}/{ADDENDA_FIELD}/{addendum_id}"
         self._write(path, text, author, key)
         return addendum_id
+
+    def acknowledge_finding(self, finding_id: str, decision: JSONValue, *, author: str) -> Revision:
+        """Record a person's decision on a safety-rule finding (``_ack/<finding-id>``).
+
+        Used by :mod:`caresync.conflicts`; an acknowledgement is a revision like
+        any other, so it replicates, works offline and keeps its author and time.
+        """
+        _check_name(author, "author")
+        check_value(decision, what="decision")
+        return self._write(ACK_PREFIX + finding_id, decision, author, None)
+
+    def acknowledgement(self, finding_id: str) -> FieldState:
+        """The decisions recorded on a finding (no heads if none)."""
+        return self.get(ACK_PREFIX + finding_id)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -518,15 +541,26 @@ class Record:
             )
 
     def _signed_heads(self, key: tuple[str, str], path: str) -> tuple[Revision, ...] | None:
-        """For a frozen field of a signed note: the heads it had when signed."""
+        """For a frozen field of a signed note: the revisions its signature signed.
+
+        Two concurrent signatures may have signed different versions; the first
+        in the stable (time, replica, id) order is the one shown, on every replica
+        alike, and the other version is reported by the note-changed-while-signed
+        rule. So a frozen field never shows a conflict nobody could resolve.
+        """
         field = path.split("/", 2)[2]
         if field in _MUTABLE_AFTER_SIGNING or _is_sub_path(path):
             return None
         signatures = self._signature_heads(key)
         if not signatures:
             return None
-        ids = {i for sig in signatures for i in sig.seen.get(path, ())}
-        revs = [self._index.by_id[i] for i in ids if i in self._index.by_id]
+        signed = signatures[0].value
+        ids: object = None
+        if isinstance(signed, dict) and isinstance(signed.get("signed"), dict):
+            ids = signed["signed"].get(path, [])
+        if not isinstance(ids, list):
+            ids = list(signatures[0].seen.get(path, ()))  # a malformed signature: what it saw
+        revs = [self._index.by_id[i] for i in ids if isinstance(i, str) and i in self._index.by_id]
         revs.sort(key=lambda r: (r.at, r.replica, r.id))
         return tuple(revs)
 

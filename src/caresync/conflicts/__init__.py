@@ -1,0 +1,59 @@
+"""Conflicts and clinical safety rules, derived from a record's state alone (pure)."""
+
+from caresync.conflicts.builtin import (
+    ENTERED_IN_ERROR,
+    INACTIVE_ALLERGY_STATUSES,
+    INACTIVE_MEDICATION_STATUSES,
+    TERMINAL_ENCOUNTER_STATUSES,
+    Rule,
+    allergy_versus_prescription,
+    builtin_rules,
+    duplicate_allergy,
+    entered_in_error_versus_edit,
+    note_changed_while_signed,
+    stopped_versus_dose_change,
+    terminal_encounter_clash,
+)
+from caresync.conflicts.cross import (
+    SUMMARY_FIELDS,
+    CrossRecordFinding,
+    CrossRecordRule,
+    RecordSummary,
+    possible_duplicate_person,
+    summarize,
+)
+from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
+from caresync.conflicts.rulebook import DEFAULT_RULEBOOK, Rulebook
+from caresync.conflicts.substances import DEFAULT_SUBSTANCES, SubstanceTable
+from caresync.conflicts.view import RecordView
+
+__all__ = [
+    "DEFAULT_RULEBOOK",
+    "DEFAULT_SUBSTANCES",
+    "ENTERED_IN_ERROR",
+    "INACTIVE_ALLERGY_STATUSES",
+    "INACTIVE_MEDICATION_STATUSES",
+    "SUMMARY_FIELDS",
+    "TERMINAL_ENCOUNTER_STATUSES",
+    "Candidate",
+    "Conflict",
+    "ConflictKind",
+    "CrossRecordFinding",
+    "CrossRecordRule",
+    "Finding",
+    "RecordSummary",
+    "RecordView",
+    "Rule",
+    "Rulebook",
+    "Severity",
+    "SubstanceTable",
+    "allergy_versus_prescription",
+    "builtin_rules",
+    "duplicate_allergy",
+    "entered_in_error_versus_edit",
+    "note_changed_while_signed",
+    "possible_duplicate_person",
+    "stopped_versus_dose_change",
+    "summarize",
+    "terminal_encounter_clash",
+]

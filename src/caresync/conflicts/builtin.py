@@ -1,0 +1,250 @@
+"""The built-in clinical safety rules.
+
+Each rule is a plain function from a :class:`RecordView` to findings. The
+field names they read are the conventional ones of the default schema:
+
+================  =====================================================
+collection        fields read
+================  =====================================================
+medications       ``drug``, ``dose``, ``status``
+allergies         ``substance``, ``status``
+encounters        ``status``
+notes             every field frozen by a ``signature``
+(any)             ``status`` (``entered-in-error``) and every other field
+================  =====================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from caresync.conflicts.model import Finding, Severity
+from caresync.conflicts.substances import DEFAULT_SUBSTANCES, SubstanceTable, normalise
+from caresync.conflicts.view import RecordView
+from caresync.records import (
+    ADDENDA_FIELD,
+    DEFAULT_COLLECTIONS,
+    NOTES_COLLECTION,
+    SIGNATURE_FIELD,
+    STATUS_FIELD,
+    Entry,
+    Revision,
+)
+
+__all__ = [
+    "ENTERED_IN_ERROR",
+    "INACTIVE_ALLERGY_STATUSES",
+    "INACTIVE_MEDICATION_STATUSES",
+    "TERMINAL_ENCOUNTER_STATUSES",
+    "Rule",
+    "allergy_versus_prescription",
+    "builtin_rules",
+    "duplicate_allergy",
+    "entered_in_error_versus_edit",
+    "note_changed_while_signed",
+    "stopped_versus_dose_change",
+    "terminal_encounter_clash",
+]
+
+Rule = Callable[[RecordView], Iterable[Finding]]
+"""A safety rule: a plain function over a read-only view of a merged record."""
+
+ENTERED_IN_ERROR = "entered-in-error"
+INACTIVE_MEDICATION_STATUSES = frozenset({"stopped", ENTERED_IN_ERROR, "completed", "cancelled"})
+INACTIVE_ALLERGY_STATUSES = frozenset({ENTERED_IN_ERROR, "inactive", "resolved", "refuted"})
+TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERROR})
+
+
+def _who(rev: Revision) -> str:
+    return f"{rev.author} on {rev.replica}"
+
+
+def _heads(entry: Entry, name: str) -> tuple[Revision, ...]:
+    state = entry.fields.get(name)
+    return state.heads if state is not None else ()
+
+
+def _is_active(entry: Entry, inactive: frozenset[str]) -> bool:
+    """Active unless every status candidate says otherwise (a conflict counts as active)."""
+    statuses = _heads(entry, STATUS_FIELD)
+    return not statuses or any(s.value not in inactive for s in statuses)
+
+
+def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
+    """A medication stopped on one replica while its dose changed on another (block)."""
+    for entry in view.entries("medications"):
+        for stop in _heads(entry, STATUS_FIELD):
+            if stop.value != "stopped":
+                continue
+            for dose in _heads(entry, "dose"):
+                if view.concurrent(stop, dose):
+                    yield Finding(
+                        rule="stopped-vs-dose-change",
+                        severity=Severity.BLOCK,
+                        message=(
+                            f"{entry.value('drug', 'a medication')} was stopped by {_who(stop)} "
+                            f"while {_who(dose)} changed its dose to {dose.value!r}: "
+                            "choose whether it stays stopped or continues at the new dose"
+                        ),
+                        revisions=(stop.id, dose.id),
+                        key=entry.id,
+                    )
+
+
+def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
+    """An entry marked entered-in-error on one replica while edited on another (block)."""
+    for collection in sorted(DEFAULT_COLLECTIONS):
+        for entry in view.entries(collection):
+            for mark in _heads(entry, STATUS_FIELD):
+                if mark.value != ENTERED_IN_ERROR:
+                    continue
+                for name, state in entry.fields.items():
+                    if name in (STATUS_FIELD, SIGNATURE_FIELD) or "/" in name:
+                        continue
+                    for edit in state.heads:
+                        if view.concurrent(mark, edit):
+                            yield Finding(
+                                rule="entered-in-error-vs-edit",
+                                severity=Severity.BLOCK,
+                                message=(
+                                    f"{collection} entry {entry.id} was marked entered-in-error "
+                                    f"by {_who(mark)} while {_who(edit)} set {name} to "
+                                    f"{edit.value!r}: choose whether the entry is in error"
+                                ),
+                                revisions=(mark.id, edit.id),
+                                key=f"{collection}/{entry.id}/{name}",
+                            )
+
+
+def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> Rule:
+    """A rule: an active allergy and an active medication it rules out (flag).
+
+    Typically one laptop records the allergy while another prescribes the drug;
+    an application should also warn at the moment of prescribing, and this rule
+    catches every pair a merge brings together.
+    """
+
+    def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
+        allergies = [
+            a for a in view.entries("allergies") if _is_active(a, INACTIVE_ALLERGY_STATUSES)
+        ]
+        if not allergies:
+            return
+        medications = [
+            m for m in view.entries("medications") if _is_active(m, INACTIVE_MEDICATION_STATUSES)
+        ]
+        for allergy in allergies:
+            for substance in _heads(allergy, "substance"):
+                for medication in medications:
+                    for drug in _heads(medication, "drug"):
+                        if table.matches(substance.value, drug.value):
+                            yield Finding(
+                                rule="allergy-vs-prescription",
+                                severity=Severity.FLAG,
+                                message=(
+                                    f"allergy to {substance.value!r} (recorded by "
+                                    f"{_who(substance)}) and {drug.value!r} prescribed by "
+                                    f"{_who(drug)}: review the prescription"
+                                ),
+                                revisions=(substance.id, drug.id),
+                                key=f"{allergy.id}/{medication.id}",
+                            )
+
+    return allergy_versus_prescription
+
+
+def duplicate_allergy(view: RecordView) -> Iterator[Finding]:
+    """The same allergy entered twice as separate active entries (flag)."""
+    by_substance: dict[str, list[Revision]] = {}
+    for allergy in view.entries("allergies"):
+        if not _is_active(allergy, INACTIVE_ALLERGY_STATUSES):
+            continue
+        seen_here: set[str] = set()
+        for substance in _heads(allergy, "substance"):
+            key = normalise(substance.value)
+            if key and key not in seen_here:
+                seen_here.add(key)
+                by_substance.setdefault(key, []).append(substance)
+    for key, revisions in sorted(by_substance.items()):
+        if len(revisions) > 1:
+            yield Finding(
+                rule="duplicate-allergy",
+                severity=Severity.FLAG,
+                message=(
+                    f"an allergy to {key!r} is recorded {len(revisions)} times "
+                    f"(by {', '.join(sorted({_who(r) for r in revisions}))}): "
+                    "mark the extra entries entered-in-error"
+                ),
+                revisions=tuple(r.id for r in revisions),
+                key=key,
+            )
+
+
+def terminal_encounter_clash(view: RecordView) -> Iterator[Finding]:
+    """An encounter's terminal status (finished, cancelled, ...) clashing with another (block)."""
+    for entry in view.entries("encounters"):
+        state = entry.fields.get(STATUS_FIELD)
+        if state is None or not state.in_conflict:
+            continue
+        values = [h.value for h in state.heads]
+        if not any(v in TERMINAL_ENCOUNTER_STATUSES for v in values):
+            continue
+        yield Finding(
+            rule="terminal-encounter-clash",
+            severity=Severity.BLOCK,
+            message=(
+                f"encounter {entry.id} has clashing statuses "
+                f"{', '.join(repr(v) for v in values)}: choose the one that happened"
+            ),
+            revisions=tuple(h.id for h in state.heads),
+            key=entry.id,
+            escalates=state.path,
+        )
+
+
+def note_changed_while_signed(view: RecordView) -> Iterator[Finding]:
+    """A note's field edited on one replica while the note was signed on another (flag).
+
+    The signed value stays the value; the concurrent edit is kept in the history
+    and shown here, so it can be added as an addendum if it matters.
+    """
+    for entry in view.entries(NOTES_COLLECTION):
+        signatures = _heads(entry, SIGNATURE_FIELD)
+        if not signatures:
+            continue
+        for name in entry.fields:
+            if name in (STATUS_FIELD, SIGNATURE_FIELD) or name.startswith(ADDENDA_FIELD + "/"):
+                continue
+            path = f"{NOTES_COLLECTION}/{entry.id}/{name}"
+            signed = entry.fields[name].heads  # the frozen view: what was signed
+            signed_ids = {s.id for s in signed}
+            unseen = [
+                rev
+                for rev in view.history(path)
+                if rev.id not in signed_ids and not any(view.saw(s, rev) for s in signed)
+            ]
+            if unseen:
+                yield Finding(
+                    rule="note-changed-while-signed",
+                    severity=Severity.FLAG,
+                    message=(
+                        f"note {entry.id}: {name} was changed by "
+                        f"{', '.join(sorted({_who(r) for r in unseen}))} while "
+                        f"{_who(signatures[0])} signed it; the signed text stands, "
+                        "add the change as an addendum if it matters"
+                    ),
+                    revisions=tuple(r.id for r in (*signed, *unseen)),
+                    key=path,
+                )
+
+
+def builtin_rules(table: SubstanceTable = DEFAULT_SUBSTANCES) -> tuple[Rule, ...]:
+    """The built-in rules, with ``table`` for the allergy rule."""
+    return (
+        stopped_versus_dose_change,
+        entered_in_error_versus_edit,
+        allergy_versus_prescription(table),
+        duplicate_allergy,
+        terminal_encounter_clash,
+        note_changed_while_signed,
+    )

@@ -1,0 +1,205 @@
+"""Deriving, listing and resolving the conflicts of a record.
+
+Conflicts are a function of the document's state: field conflicts come from
+the heads index, findings from running the rules over a read-only view. Every
+replica with the same updates lists the same conflicts with the same ids, so
+no conflict flag ever travels on its own.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import cast
+
+from caresync.conflicts.builtin import Rule, builtin_rules
+from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
+from caresync.conflicts.view import RecordView
+from caresync.exceptions import (
+    CaresyncError,
+    InvalidResolutionError,
+    RuleError,
+    UnknownConflictError,
+)
+from caresync.records import ACK_PREFIX, JSONValue, Record, Revision
+from caresync.records.ids import finding_id_for
+
+__all__ = ["DEFAULT_RULEBOOK", "Rulebook"]
+
+_SEVERITY_ORDER = {Severity.BLOCK: 0, Severity.FLAG: 1, Severity.INFO: 2}
+_UNSET: object = object()
+
+
+class Rulebook:
+    """A set of safety rules, and the operations that list and resolve conflicts.
+
+    ``Rulebook()`` has the built-in rules; ``Rulebook([...])`` exactly the rules
+    given; :meth:`with_rules` adds an application's own.
+    """
+
+    def __init__(self, rules: Iterable[Rule] | None = None) -> None:
+        self.rules: tuple[Rule, ...] = tuple(builtin_rules() if rules is None else rules)
+        self._cache: weakref.WeakKeyDictionary[Record, tuple[int, list[Conflict]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def with_rules(self, *rules: Rule) -> Rulebook:
+        """A new rulebook with these rules added."""
+        return Rulebook((*self.rules, *rules))
+
+    # ------------------------------------------------------------------ listing
+
+    def findings(self, record: Record) -> list[tuple[str, Finding]]:
+        """Every rule finding, open or acknowledged, with its id; sorted by id."""
+        view = RecordView(record)
+        found: dict[str, Finding] = {}
+        for rule in self.rules:
+            name = getattr(rule, "__name__", repr(rule))
+            try:
+                results = list(rule(view))
+            except CaresyncError as exc:
+                raise RuleError(f"safety rule {name} failed: {exc}") from exc
+            except Exception as exc:  # an application's rule: report, don't hide
+                raise RuleError(f"safety rule {name} raised {type(exc).__name__}: {exc}") from exc
+            for finding in results:
+                if not isinstance(finding, Finding):
+                    raise RuleError(f"safety rule {name} returned {finding!r}, not a Finding")
+                missing = [r for r in finding.revisions if record.revision(r) is None]
+                if missing:
+                    raise RuleError(f"safety rule {name} named unknown revisions {missing}")
+                fid = finding_id_for(record.record_id, finding.rule, finding.key, finding.revisions)
+                found[fid] = finding
+        return sorted(found.items())
+
+    def conflicts(self, record: Record) -> list[Conflict]:
+        """The open conflicts of a record: blocks first, then flags, then info."""
+        cached = self._cache.get(record)
+        if cached is not None and cached[0] == record.version:
+            return list(cached[1])
+        by_path: dict[str, Conflict] = {}
+        for path in record.conflicted_paths():
+            state = record.get(path)
+            conflict_id = state.conflict_id
+            if conflict_id is None:
+                continue
+            by_path[path] = Conflict(
+                id=conflict_id,
+                record_id=record.record_id,
+                kind=ConflictKind.FIELD,
+                severity=Severity.BLOCK,
+                subject=path,
+                message=f"{path} has {len(state.heads)} concurrent values: choose one",
+                candidates=tuple(Candidate.from_revision(h) for h in state.heads),
+                paths=(path,),
+            )
+        rule_conflicts: list[Conflict] = []
+        for fid, finding in self.findings(record):
+            if finding.escalates is not None and finding.escalates in by_path:
+                plain = by_path[finding.escalates]
+                by_path[finding.escalates] = Conflict(
+                    id=plain.id,
+                    record_id=plain.record_id,
+                    kind=plain.kind,
+                    severity=finding.severity,
+                    subject=plain.subject,
+                    message=finding.message,
+                    candidates=plain.candidates,
+                    rule=finding.rule,
+                    paths=plain.paths,
+                )
+                continue
+            if record.acknowledgement(fid).exists:
+                continue
+            revisions = [r for r in (record.revision(i) for i in finding.revisions) if r]
+            rule_conflicts.append(
+                Conflict(
+                    id=fid,
+                    record_id=record.record_id,
+                    kind=ConflictKind.RULE,
+                    severity=finding.severity,
+                    subject=finding.rule,
+                    message=finding.message,
+                    candidates=tuple(Candidate.from_revision(r) for r in revisions),
+                    rule=finding.rule,
+                    paths=tuple(dict.fromkeys(r.path for r in revisions)),
+                )
+            )
+        result = sorted(
+            [*by_path.values(), *rule_conflicts],
+            key=lambda c: (_SEVERITY_ORDER[c.severity], c.subject, c.id),
+        )
+        self._cache[record] = (record.version, result)
+        return list(result)
+
+    def conflict(self, record: Record, conflict_id: str) -> Conflict:
+        """One open conflict by id; UnknownConflictError if it is not open."""
+        for conflict in self.conflicts(record):
+            if conflict.id == conflict_id:
+                return conflict
+        raise UnknownConflictError(
+            f"record {record.record_id} has no open conflict {conflict_id}: it was resolved, "
+            "or new values arrived since it was listed (list the conflicts again)"
+        )
+
+    # ---------------------------------------------------------------- resolving
+
+    def resolve(
+        self,
+        record: Record,
+        conflict_id: str,
+        *,
+        author: str,
+        choose: int | None = None,
+        value: JSONValue | object = _UNSET,
+    ) -> Revision:
+        """Resolve a conflict by choosing candidate ``choose`` or entering a new ``value``.
+
+        A field conflict is resolved by an ordinary write whose parents are all the
+        current heads, so it replicates like any edit and works offline. A rule
+        finding is resolved by recording the chosen candidate as the decision.
+        """
+        conflict = self.conflict(record, conflict_id)
+        if (choose is None) == (value is _UNSET):
+            raise InvalidResolutionError("give exactly one of choose=N or value=...")
+        if choose is not None:
+            if not isinstance(choose, int) or isinstance(choose, bool):
+                raise InvalidResolutionError(f"choose must be an integer, got {choose!r}")
+            if not 0 <= choose < len(conflict.candidates):
+                raise InvalidResolutionError(
+                    f"conflict {conflict_id} has {len(conflict.candidates)} candidates "
+                    f"(0 to {len(conflict.candidates) - 1}); {choose} is out of range"
+                )
+        if conflict.kind is ConflictKind.FIELD:
+            path = conflict.subject
+            # ``value`` was checked above to be given when ``choose`` is not.
+            new_value = cast(
+                JSONValue, conflict.candidates[choose].value if choose is not None else value
+            )
+            if path.startswith(ACK_PREFIX):
+                return record.acknowledge_finding(path[len(ACK_PREFIX) :], new_value, author=author)
+            return record.set(path, new_value, author=author)
+        if choose is None:
+            raise InvalidResolutionError(
+                f"conflict {conflict_id} is a finding of rule {conflict.rule}: resolve it by "
+                "choosing a candidate (or write the field itself to change its value)"
+            )
+        chosen = conflict.candidates[choose]
+        return record.acknowledge_finding(
+            conflict.id,
+            {"decision": "chose", "revision": chosen.revision},
+            author=author,
+        )
+
+    def acknowledge(self, record: Record, conflict_id: str, *, author: str) -> Revision:
+        """Acknowledge a ``flag`` or ``info`` finding; a ``block`` needs :meth:`resolve`."""
+        conflict = self.conflict(record, conflict_id)
+        if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
+            raise InvalidResolutionError(
+                f"conflict {conflict_id} is a {conflict.severity.value} {conflict.kind.value} "
+                "conflict: a person must choose (resolve with choose=N or value=...)"
+            )
+        return record.acknowledge_finding(conflict.id, {"decision": "acknowledged"}, author=author)
+
+
+DEFAULT_RULEBOOK = Rulebook()
+"""The built-in rules; what replicas use unless given another rulebook."""

@@ -1,0 +1,52 @@
+"""A read-only view of a merged record, the only thing safety rules see."""
+
+from __future__ import annotations
+
+from caresync.records import Entry, FieldState, JSONValue, Record, Revision
+
+__all__ = ["RecordView"]
+
+
+class RecordView:
+    """Read-only access to one record. Rules get this, never the record itself."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Record) -> None:
+        self._record = record
+
+    @property
+    def record_id(self) -> str:
+        return self._record.record_id
+
+    def get(self, path: str) -> FieldState:
+        """A field's heads and conflict state."""
+        return self._record.get(path)
+
+    def value(self, path: str, default: JSONValue = None) -> JSONValue:
+        """A field's value (raises FieldConflictError when in conflict)."""
+        return self._record.value(path, default)
+
+    def history(self, path: str) -> list[Revision]:
+        """Every revision of a path, oldest first."""
+        return self._record.history(path)
+
+    def revision(self, revision_id: str) -> Revision | None:
+        return self._record.revision(revision_id)
+
+    def entry_ids(self, collection: str) -> list[str]:
+        return self._record.entry_ids(collection)
+
+    def entries(self, collection: str) -> list[Entry]:
+        return self._record.entries(collection)
+
+    def paths(self) -> list[str]:
+        return self._record.paths()
+
+    def saw(self, later: Revision, earlier: Revision) -> bool:
+        """True if the writer of ``later`` had seen ``earlier`` (same path or same entry)."""
+        return self._record.saw(later, earlier)
+
+    def concurrent(self, a: Revision, b: Revision) -> bool:
+        """Neither writer had seen the other's revision."""
+        return self._record.concurrent(a, b)

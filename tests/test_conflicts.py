@@ -1,0 +1,349 @@
+"""Conflicts and safety rules: one example for each case of DESIGN's "The problem" and
+each built-in rule, plus resolving and acknowledging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from tests.helpers import exchange, replicas
+
+from caresync import (
+    DEFAULT_RULEBOOK,
+    ConflictKind,
+    Finding,
+    InvalidResolutionError,
+    Record,
+    RecordSummary,
+    RecordView,
+    Rulebook,
+    RuleError,
+    Severity,
+    SubstanceTable,
+    UnknownConflictError,
+    possible_duplicate_person,
+    summarize,
+)
+
+rules = DEFAULT_RULEBOOK
+
+
+def only(conflicts: list, rule: str | None = None):  # type: ignore[no-untyped-def]
+    matching = [c for c in conflicts if rule is None or c.rule == rule]
+    assert len(matching) == 1, conflicts
+    return matching[0]
+
+
+# ------------------------------------------------------------- DESIGN's three cases
+
+
+def test_problem_date_of_birth_both_values_kept_and_flagged_everywhere() -> None:
+    a, b = replicas()
+    a.set("birthDate", "1990-01-02", author="dr.a")
+    b.set("birthDate", "1991-01-01", author="dr.b")
+    exchange(a, b)
+    ca, cb = rules.conflicts(a), rules.conflicts(b)
+    assert ca == cb
+    conflict = only(ca)
+    assert conflict.kind is ConflictKind.FIELD
+    assert conflict.path == "birthDate"
+    assert {c.value for c in conflict.candidates} == {"1990-01-02", "1991-01-01"}
+    assert {(c.author, c.replica) for c in conflict.candidates} == {
+        ("dr.a", "laptop-0"),
+        ("dr.b", "laptop-1"),
+    }
+
+
+def test_problem_stopped_versus_dose_change_is_a_block_not_a_silent_mix() -> None:
+    a, b = replicas()
+    med = a.add_entry(
+        "medications",
+        {"drug": "metformin", "dose": "500mg", "status": "active"},
+        author="dr.a",
+    )
+    exchange(a, b)
+    a.set_status("medications", med, "stopped", author="dr.a")
+    b.set(f"medications/{med}/dose", "1000mg", author="dr.b")
+    exchange(a, b)
+    conflict = only(rules.conflicts(a), "stopped-vs-dose-change")
+    assert conflict.severity is Severity.BLOCK
+    assert {c.value for c in conflict.candidates} == {"stopped", "1000mg"}
+    assert rules.conflicts(b) == rules.conflicts(a)
+
+
+def test_problem_note_edits_do_not_interleave_characters() -> None:
+    a, b = replicas()
+    note = a.add_entry("notes", {"text": "amoxicillin 10 mg/kg"}, author="dr.a")
+    exchange(a, b)
+    a.set(f"notes/{note}/text", "amoxicillin 15 mg/kg", author="dr.a")
+    b.set(f"notes/{note}/text", "amoxicillin 10 mg/kg twice daily", author="dr.b")
+    exchange(a, b)
+    conflict = only(rules.conflicts(a))
+    assert sorted(c.value for c in conflict.candidates) == [
+        "amoxicillin 10 mg/kg twice daily",
+        "amoxicillin 15 mg/kg",
+    ]
+
+
+# ------------------------------------------------------------------ resolving
+
+
+def test_resolving_by_choice_converges_and_keeps_the_loser_in_history() -> None:
+    a, b = replicas()
+    a.set("birthDate", "1990-01-02", author="dr.a")
+    b.set("birthDate", "1991-01-01", author="dr.b")
+    exchange(a, b)
+    conflict = only(rules.conflicts(b))
+    chosen = next(i for i, c in enumerate(conflict.candidates) if c.value == "1991-01-01")
+    rules.resolve(b, conflict.id, choose=chosen, author="dr.b")
+    exchange(a, b)
+    assert rules.conflicts(a) == [] == rules.conflicts(b)
+    assert a.value("birthDate") == "1991-01-01"
+    assert "1990-01-02" in [r.value for r in a.history("birthDate")]
+    with pytest.raises(UnknownConflictError):
+        rules.resolve(a, conflict.id, choose=0, author="dr.a")
+
+
+def test_resolving_with_a_new_value() -> None:
+    a, b = replicas()
+    a.set("name", "Jon", author="dr.a")
+    b.set("name", "John", author="dr.b")
+    exchange(a, b)
+    rules.resolve(a, only(rules.conflicts(a)).id, value="Jonathan", author="dr.a")
+    exchange(a, b)
+    assert b.value("name") == "Jonathan"
+
+
+def test_concurrent_resolutions_can_themselves_conflict() -> None:
+    a, b = replicas()
+    a.set("name", "Jon", author="dr.a")
+    b.set("name", "John", author="dr.b")
+    exchange(a, b)
+    cid = only(rules.conflicts(a)).id
+    rules.resolve(a, cid, value="Jonathan", author="dr.a")
+    rules.resolve(b, cid, value="Johnny", author="dr.b")
+    exchange(a, b)
+    second = only(rules.conflicts(a))
+    assert second.id != cid
+    assert {c.value for c in second.candidates} == {"Jonathan", "Johnny"}
+
+
+def test_a_conflict_that_changed_since_listing_is_not_resolved_blindly() -> None:
+    a, b, c = replicas(3)
+    a.set("name", "Jon", author="dr.a")
+    b.set("name", "John", author="dr.b")
+    exchange(a, b)
+    stale = only(rules.conflicts(a)).id
+    c.set("name", "Jean", author="dr.c")
+    exchange(a, c)
+    with pytest.raises(UnknownConflictError):
+        rules.resolve(a, stale, choose=0, author="dr.a")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"choose": 5}, {"choose": -1}, {"choose": 0, "value": "x"}, {"choose": True}]
+)
+def test_bad_resolutions_are_refused_and_write_nothing(kwargs: dict) -> None:  # type: ignore[type-arg]
+    a, b = replicas()
+    a.set("name", "Jon", author="dr.a")
+    b.set("name", "John", author="dr.b")
+    exchange(a, b)
+    cid = only(rules.conflicts(a)).id
+    before = a.update_since()
+    with pytest.raises(InvalidResolutionError):
+        rules.resolve(a, cid, author="dr.a", **kwargs)
+    assert a.update_since() == before
+
+
+def test_resolving_a_block_finding_records_the_decision_and_closes_it() -> None:
+    a, b = replicas()
+    med = a.add_entry("medications", {"drug": "warfarin", "dose": "5mg"}, author="dr.a")
+    exchange(a, b)
+    a.set_status("medications", med, "stopped", author="dr.a")
+    b.set(f"medications/{med}/dose", "3mg", author="dr.b")
+    exchange(a, b)
+    finding = only(rules.conflicts(a), "stopped-vs-dose-change")
+    with pytest.raises(InvalidResolutionError):
+        rules.acknowledge(a, finding.id, author="dr.a")
+    with pytest.raises(InvalidResolutionError):
+        rules.resolve(a, finding.id, value="x", author="dr.a")
+    rules.resolve(a, finding.id, choose=0, author="dr.a")
+    exchange(a, b)
+    assert rules.conflicts(b) == []
+    decision = b.acknowledgement(finding.id)
+    assert decision.value == {"decision": "chose", "revision": finding.candidates[0].revision}
+
+
+def test_writing_the_status_after_seeing_both_sides_also_clears_the_block() -> None:
+    a, b = replicas()
+    med = a.add_entry("medications", {"drug": "warfarin", "dose": "5mg"}, author="dr.a")
+    exchange(a, b)
+    a.set_status("medications", med, "stopped", author="dr.a")
+    b.set(f"medications/{med}/dose", "3mg", author="dr.b")
+    exchange(a, b)
+    a.set_status("medications", med, "active", author="dr.a")
+    exchange(a, b)
+    assert rules.conflicts(b) == []
+
+
+# ----------------------------------------------------------------- each rule
+
+
+def test_rule_entered_in_error_versus_concurrent_edit() -> None:
+    a, b = replicas()
+    problem = a.add_entry("problems", {"code": "J45", "onset": "2020"}, author="dr.a")
+    exchange(a, b)
+    a.set_status("problems", problem, "entered-in-error", author="dr.a")
+    b.set(f"problems/{problem}/onset", "2019", author="dr.b")
+    exchange(a, b)
+    conflict = only(rules.conflicts(a), "entered-in-error-vs-edit")
+    assert conflict.severity is Severity.BLOCK
+    assert {c.value for c in conflict.candidates} == {"entered-in-error", "2019"}
+
+
+def test_entered_in_error_after_seeing_the_edit_is_no_conflict() -> None:
+    a, b = replicas()
+    problem = a.add_entry("problems", {"code": "J45"}, author="dr.a")
+    exchange(a, b)
+    b.set(f"problems/{problem}/onset", "2019", author="dr.b")
+    exchange(a, b)
+    a.set_status("problems", problem, "entered-in-error", author="dr.a")
+    exchange(a, b)
+    assert rules.conflicts(b) == []
+
+
+def test_rule_allergy_on_one_side_drug_on_the_other_and_acknowledging_it() -> None:
+    a, b = replicas()
+    a.add_entry("allergies", {"substance": "Penicillin", "criticality": "high"}, author="dr.a")
+    b.add_entry("medications", {"drug": "Amoxicillin 500 mg capsules"}, author="dr.b")
+    assert rules.conflicts(a) == [] == rules.conflicts(b)
+    exchange(a, b)
+    conflict = only(rules.conflicts(a), "allergy-vs-prescription")
+    assert conflict.severity is Severity.FLAG
+    assert rules.conflicts(b) == rules.conflicts(a)
+    rules.acknowledge(b, conflict.id, author="dr.b")
+    exchange(a, b)
+    assert rules.conflicts(a) == []
+
+
+def test_allergy_rule_ignores_stopped_drugs_and_inactive_allergies() -> None:
+    (a,) = replicas(1)
+    allergy = a.add_entry("allergies", {"substance": "penicillin"}, author="dr.a")
+    med = a.add_entry("medications", {"drug": "amoxicillin", "status": "stopped"}, author="dr.a")
+    assert rules.conflicts(a) == []
+    a.set_status("medications", med, "active", author="dr.a")
+    assert len(rules.conflicts(a)) == 1
+    a.set_status("allergies", allergy, "refuted", author="dr.a")
+    assert rules.conflicts(a) == []
+
+
+def test_substance_table_is_extensible() -> None:
+    table = SubstanceTable.of({"peanut": ["arachis oil"]}).extended({"peanut": ["peanut oil"]})
+    assert table.matches("Peanut", "Arachis oil 5 ml")
+    assert table.matches("peanut", "peanut oil")
+    assert not table.matches("peanut", "olive oil")
+    (a,) = replicas(1)
+    a.add_entry("allergies", {"substance": "peanut"}, author="dr.a")
+    a.add_entry("medications", {"drug": "arachis oil"}, author="dr.a")
+    assert rules.conflicts(a) == []
+    custom = Rulebook().with_rules()
+    assert custom.conflicts(a) == []
+    from caresync import builtin_rules
+
+    assert len(Rulebook(builtin_rules(table)).conflicts(a)) == 1
+
+
+def test_rule_same_allergy_entered_twice() -> None:
+    a, b = replicas()
+    a.add_entry("allergies", {"substance": "Latex"}, author="dr.a")
+    b.add_entry("allergies", {"substance": "latex "}, author="dr.b")
+    exchange(a, b)
+    conflict = only(rules.conflicts(a), "duplicate-allergy")
+    assert conflict.severity is Severity.FLAG
+    assert len(conflict.candidates) == 2
+
+
+def test_rule_terminal_encounter_status_clash_escalates_the_field_conflict() -> None:
+    a, b = replicas()
+    enc = a.add_entry("encounters", {"status": "in-progress"}, author="dr.a")
+    exchange(a, b)
+    a.set_status("encounters", enc, "finished", author="dr.a")
+    b.set_status("encounters", enc, "cancelled", author="dr.b")
+    exchange(a, b)
+    conflict = only(rules.conflicts(a))
+    assert conflict.kind is ConflictKind.FIELD
+    assert conflict.rule == "terminal-encounter-clash"
+    assert conflict.severity is Severity.BLOCK
+    assert conflict.id == a.get(f"encounters/{enc}/status").conflict_id
+    rules.resolve(a, conflict.id, choose=0, author="dr.a")
+    assert rules.conflicts(a) == []
+
+
+def test_rule_note_changed_while_signed() -> None:
+    a, b = replicas()
+    note = a.add_entry("notes", {"text": "draft"}, author="dr.a")
+    exchange(a, b)
+    a.sign_note(note, author="dr.a")
+    b.set(f"notes/{note}/text", "draft with more", author="dr.b")
+    exchange(a, b)
+    conflict = only(rules.conflicts(b), "note-changed-while-signed")
+    assert [c.value for c in conflict.candidates] == ["draft", "draft with more"]
+    assert b.value(f"notes/{note}/text") == "draft"
+
+
+# ------------------------------------------------------ application rules
+
+
+def test_an_application_rule_is_registered_and_its_findings_acknowledged() -> None:
+    def height_is_plausible(view: RecordView) -> Iterator[Finding]:
+        for rev in view.get("heightCm").heads:
+            if isinstance(rev.value, (int, float)) and not 30 <= rev.value <= 250:
+                yield Finding("implausible-height", Severity.FLAG, "check height", (rev.id,))
+
+    book = Rulebook().with_rules(height_is_plausible)
+    (a,) = replicas(1)
+    a.set("heightCm", 1800, author="dr.a")
+    conflict = only(book.conflicts(a), "implausible-height")
+    book.acknowledge(a, conflict.id, author="dr.a")
+    assert book.conflicts(a) == []
+    a.set("heightCm", 18000, author="dr.a")
+    assert len(book.conflicts(a)) == 1  # a new value is a new finding
+
+
+def test_a_failing_rule_is_a_rule_error_not_a_hidden_problem() -> None:
+    def broken(view: RecordView) -> list[Finding]:
+        raise KeyError("oops")
+
+    def junk(view: RecordView) -> list[object]:
+        return ["not a finding"]
+
+    (a,) = replicas(1)
+    with pytest.raises(RuleError, match="broken"):
+        Rulebook([broken]).conflicts(a)
+    with pytest.raises(RuleError, match="junk"):
+        Rulebook([junk]).conflicts(a)  # type: ignore[list-item]
+
+
+# -------------------------------------------------------- across records
+
+
+def test_the_same_person_registered_twice_is_a_candidate_link() -> None:
+    one = Record.create(replica="laptop-a")
+    two = Record.create(replica="laptop-b")
+    other = Record.create(replica="laptop-b")
+    for rec, name in ((one, "Ann  Smith"), (two, "ann smith"), (other, "Bob Smith")):
+        rec.set("name", name, author="x")
+        rec.set("birthDate", "1990-01-02", author="x")
+    findings = list(possible_duplicate_person([summarize(r) for r in (one, two, other)]))
+    assert len(findings) == 1
+    assert set(findings[0].record_ids) == {one.record_id, two.record_id}
+    assert (
+        findings[0].id
+        == next(
+            iter(
+                possible_duplicate_person(
+                    [RecordSummary(s.record_id, s.fields) for s in [summarize(two), summarize(one)]]
+                )
+            )
+        ).id
+    )
