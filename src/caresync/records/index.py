@@ -24,6 +24,8 @@ class PathState:
     # Ids named as a parent by some revision of this path. May name revisions not
     # received yet: a child can arrive before its parent.
     superseded: set[str] = field(default_factory=set)
+    # Canonical JSON of head values, computed once per revision when needed.
+    value_keys: dict[str, str] = field(default_factory=dict)
 
     def head_revisions(self) -> list[Revision]:
         """Heads in a stable order: by time, then replica, then id."""
@@ -35,7 +37,17 @@ class PathState:
         """Several heads whose values differ."""
         if len(self.heads) < 2:
             return False
-        return len({self.revisions[h].value_key for h in self.heads}) > 1
+        keys = self.value_keys
+        first: str | None = None
+        for head in self.heads:
+            key = keys.get(head)
+            if key is None:
+                key = keys[head] = self.revisions[head].value_key
+            if first is None:
+                first = key
+            elif key != first:
+                return True
+        return False
 
     def is_ancestor(self, ancestor: str, of: str) -> bool:
         """True if ``ancestor`` equals ``of`` or is reachable from it through parents."""
@@ -63,10 +75,12 @@ class RevisionIndex:
     entries: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     conflicted: set[str] = field(default_factory=set)
     invalid: set[str] = field(default_factory=set)
+    # Paths whose heads changed since conflicts were last settled.
+    dirty: set[str] = field(default_factory=set)
     version: int = 0
 
     def add(self, rev: Revision, entry_key: tuple[str, str] | None) -> None:
-        """Take in one revision (idempotent)."""
+        """Take in one revision (idempotent); call :meth:`settle` after a batch."""
         if rev.id in self.by_id:
             return
         self.by_id[rev.id] = rev
@@ -79,10 +93,20 @@ class RevisionIndex:
             state.heads.discard(parent)
         if rev.id not in state.superseded:
             state.heads.add(rev.id)
-        if state.is_conflicted():
-            self.conflicted.add(rev.path)
-        else:
-            self.conflicted.discard(rev.path)
+        self.dirty.add(rev.path)
         if entry_key is not None:
             self.entries.setdefault(entry_key, set()).add(rev.path)
         self.version += 1
+
+    def settle(self) -> None:
+        """Recompute which of the changed paths are in conflict.
+
+        Deferred to the end of a batch: revisions of an update arrive in map
+        order, not causal order, so a chain briefly has many heads mid-batch.
+        """
+        for path in self.dirty:
+            if self.paths[path].is_conflicted():
+                self.conflicted.add(path)
+            else:
+                self.conflicted.discard(path)
+        self.dirty.clear()

@@ -457,7 +457,10 @@ class Record:
         # Observing the map costs more than a local write itself, so the index
         # listens only while foreign revisions come in; local writes index directly.
         self._applying = True
-        subscription = self._revisions.observe(self._on_revisions_changed)
+        # A record that holds nothing yet (being loaded) indexes the map once
+        # afterwards, which is much cheaper than a change event per revision.
+        loading = not self._index.by_id
+        subscription = None if loading else self._revisions.observe(self._on_revisions_changed)
         try:
             self._doc.apply_update(bytes(update))
         except ValueError as exc:
@@ -465,8 +468,12 @@ class Record:
                 f"record {self.record_id}: not a valid update: {exc}"
             ) from None
         finally:
-            self._revisions.unobserve(subscription)
+            if subscription is not None:
+                self._revisions.unobserve(subscription)
             self._applying = False
+        if loading:
+            self._rebuild_index()
+        self._index.settle()
 
     def on_update(self, listener: UpdateListener) -> Callable[[], None]:
         """Call ``listener(update, is_local)`` after each transaction; returns an unsubscribe."""
@@ -502,6 +509,7 @@ class Record:
             raise InvalidInputError(f"revision id {rev.id} is taken; the id source repeats")
         self._revisions[rev.id] = encode_revision(rev)
         index.add(rev, entry_key)
+        index.settle()
         return rev
 
     def _checked_entry_key(self, path: str, value: JSONValue) -> tuple[str, str] | None:
@@ -576,6 +584,7 @@ class Record:
         self._index = RevisionIndex(version=self._index.version + 1)
         for rev_id, stored in self._revisions.items():
             self._take_in(rev_id, stored)
+        self._index.settle()
 
     def _on_revisions_changed(self, event: MapEvent) -> None:
         rebuild = False

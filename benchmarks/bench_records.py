@@ -1,0 +1,132 @@
+"""The record model's costs beside the raw pycrdt operations it wraps, in one run.
+
+For records of 10, 1,000 and 10,000 revisions:
+
+* write: one field revision (``Record.set``) vs a raw ``Map[key] = same bytes``;
+* merge: taking in a whole record's update (``Record.from_update``, which also
+  indexes heads) vs a raw ``Doc.apply_update`` of the same bytes;
+* read: one field's value, and listing the record's open conflicts (rules
+  included, cache bypassed) — these should stay flat as the record grows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from pycrdt import Doc, Map
+
+from benchmarks.common import median_seconds, parse_args, write_results
+from caresync import Record, Rulebook
+
+FIELDS_PER_RECORD = 50
+
+
+def build_record(revisions: int) -> Record:
+    """A record with ``revisions`` revisions over 50 top-level fields and a medication."""
+    record = Record.create(replica="bench")
+    record.add_entry("medications", {"drug": "metformin", "dose": "500mg"}, author="dr")
+    with record.batch():
+        for i in range(max(0, revisions - record_revision_count(record))):
+            record.set(f"field{i % FIELDS_PER_RECORD}", i, author="dr")
+    return record
+
+
+def record_revision_count(record: Record) -> int:
+    return len(record.revisions())
+
+
+def bench_write(record: Record, writes: int, repeats: int) -> tuple[float, float]:
+    """Seconds per write: Record.set vs raw Map write of the same stored bytes."""
+    counter = itertools.count()
+
+    def ours() -> None:
+        for _ in range(writes):
+            record.set("heightCm", next(counter), author="dr")
+
+    doc: Doc[Any] = Doc()
+    raw_map: Map[Any] = doc.get("revisions", type=Map)
+    stored = '{"p":"heightCm","v":1234,"ps":["0123456789abcdef"],"a":"dr","r":"bench","t":1,"c":0}'
+    with doc.transaction():
+        for i in range(len(record.revisions())):
+            raw_map[f"pre{i}"] = stored
+    raw_keys = itertools.count()
+
+    def raw() -> None:
+        for _ in range(writes):
+            raw_map[f"{next(raw_keys):016x}"] = stored
+
+    return (
+        median_seconds(ours, repeats) / writes,
+        median_seconds(raw, repeats) / writes,
+    )
+
+
+def bench_merge(record: Record, repeats: int) -> tuple[float, float]:
+    update = record.update_since()
+
+    def ours() -> None:
+        Record.from_update(record.record_id, update, replica="other")
+
+    def raw() -> None:
+        Doc().apply_update(update)
+
+    return median_seconds(ours, repeats), median_seconds(raw, repeats)
+
+
+def bench_reads(record: Record, repeats: int) -> tuple[float, float]:
+    def read() -> None:
+        for _ in range(100):
+            record.get("field1").value  # noqa: B018 - the read is what is measured
+
+    def conflicts() -> None:
+        for _ in range(10):
+            Rulebook().conflicts(record)  # a new rulebook: no cached result
+
+    return median_seconds(read, repeats) / 100, median_seconds(conflicts, repeats) / 10
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv, "records")
+    sizes = [10, 200] if args.tiny else [10, 1_000, 10_000]
+    repeats = 1 if args.tiny else 7
+    writes = 20 if args.tiny else 500
+    cases: list[dict[str, Any]] = []
+    for size in sizes:
+        record = build_record(size)
+        merged = build_record(size)
+        ours_w, raw_w = bench_write(record, writes, repeats)
+        ours_m, raw_m = bench_merge(merged, repeats)
+        read_s, conflicts_s = bench_reads(merged, repeats)
+        cases += [
+            {
+                "case": "write one revision",
+                "revisions": size,
+                "caresync_us": round(ours_w * 1e6, 2),
+                "raw_pycrdt_us": round(raw_w * 1e6, 2),
+                "ratio": round(ours_w / raw_w, 2),
+            },
+            {
+                "case": "merge whole record",
+                "revisions": size,
+                "caresync_ms": round(ours_m * 1e3, 3),
+                "raw_pycrdt_ms": round(raw_m * 1e3, 3),
+                "ratio": round(ours_m / raw_m, 2),
+            },
+            {
+                "case": "read one field",
+                "revisions": size,
+                "caresync_us": round(read_s * 1e6, 2),
+            },
+            {
+                "case": "list conflicts (rules run, no cache)",
+                "revisions": size,
+                "caresync_us": round(conflicts_s * 1e6, 2),
+            },
+        ]
+    write_results(args.out, "records", cases)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
