@@ -1,0 +1,43 @@
+"""Durable replica storage: the Store protocol, SQLite on aiosqlite, and an in-memory twin.
+
+See docs/storage.md for the schema, the durability guarantees and the rules
+that keep unsynced work from ever being deleted.
+"""
+
+from caresync.storage.base import (
+    ConflictRow,
+    FeedItem,
+    Identity,
+    IncomingUpdate,
+    OutboxItem,
+    ReplicaInfo,
+    Role,
+    Store,
+    StoreOpener,
+    UserAccount,
+)
+from caresync.storage.cache import CachedRecord, RecordCache
+from caresync.storage.memory import MemoryStore
+from caresync.storage.schema import SCHEMA_VERSION
+from caresync.storage.sqlite import SQLiteStore
+from caresync.storage.unsynced import EXPORT_FORMAT, EXPORT_VERSION
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "SCHEMA_VERSION",
+    "CachedRecord",
+    "ConflictRow",
+    "FeedItem",
+    "Identity",
+    "IncomingUpdate",
+    "MemoryStore",
+    "OutboxItem",
+    "RecordCache",
+    "ReplicaInfo",
+    "Role",
+    "SQLiteStore",
+    "Store",
+    "StoreOpener",
+    "UserAccount",
+]

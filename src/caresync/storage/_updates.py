@@ -1,0 +1,70 @@
+"""Pure helpers over Yjs update bytes, with pycrdt's errors translated (no I/O).
+
+The store never needs a document to store or serve a record: ``merge_updates``
+and ``get_state`` work on bytes. A document is built only to check a
+compaction, so that the check does not trust the code it checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pycrdt import Doc, get_state, merge_updates
+
+from caresync.exceptions import InvalidUpdateError
+
+__all__ = ["EMPTY_UPDATE", "merge", "state_vector_of", "verify_compaction"]
+
+EMPTY_UPDATE = b"\x00\x00"
+"""A Yjs v1 update that holds nothing: the state of a record before its first write."""
+
+
+def merge(parts: Sequence[bytes], *, record_id: str) -> bytes:
+    """Merge update bytes into one update; InvalidUpdateError if any part is not one."""
+    if not parts:
+        return EMPTY_UPDATE
+    try:
+        return merge_updates(*parts)
+    except Exception as exc:  # noqa: BLE001 - pycrdt's core reports bad bytes in varied types
+        raise InvalidUpdateError(
+            f"record {record_id}: bytes that are not a Yjs update ({exc})"
+        ) from None
+
+
+def state_vector_of(merged: bytes, *, record_id: str) -> bytes:
+    """The state vector of merged update bytes."""
+    try:
+        return get_state(merged)
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise InvalidUpdateError(
+            f"record {record_id}: bytes that are not a Yjs update ({exc})"
+        ) from None
+
+
+def verify_compaction(
+    state: bytes, log: Sequence[bytes], compacted: bytes, expected_vector: bytes
+) -> str | None:
+    """Why ``compacted`` does not hold exactly ``state`` plus ``log``; None when it does.
+
+    Two independent checks: the compacted bytes have the state vector stored at
+    write time, and a document built by applying the pieces one by one encodes
+    the same content as a document built from the compacted bytes.
+    """
+    try:
+        vector = get_state(compacted)
+        if vector != expected_vector:
+            return "the compacted state has another state vector than the stored one"
+        before: Doc[Any] = Doc()
+        before.apply_update(state)
+        for update in log:
+            before.apply_update(update)
+        after: Doc[Any] = Doc()
+        after.apply_update(compacted)
+        if before.get_state() != after.get_state():
+            return "the compacted state has another state vector than its pieces"
+        if before.get_update() != after.get_update():
+            return "the compacted state decodes to other content than its pieces"
+    except Exception as exc:  # noqa: BLE001 - any failure to decode is a finding, reported
+        return f"the record's bytes cannot be decoded ({exc})"
+    return None

@@ -1,0 +1,143 @@
+"""Rules both stores share, as pure functions: planning a batch of writes, rebinding checks.
+
+Planning is done before anything is written: it merges each record's new
+updates into its current bytes (refusing bytes that are not an update, and a
+record claimed by two organisations), so a batch either plans whole or
+raises with nothing stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from caresync.exceptions import InvalidInputError, WrongOrganisationError, WrongServerError
+from caresync.storage._updates import merge, state_vector_of
+from caresync.storage.base import ConflictRow, Identity, check_text
+from caresync.storage.cache import CachedRecord
+from caresync.storage.schema import RESERVED_META_PREFIX
+
+__all__ = ["PlannedRecord", "Write", "check_meta_key", "check_rebind", "plan_writes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One update to store: local or remote, with the conflict rows that go with it."""
+
+    record_id: str
+    update: bytes
+    conflicts: tuple[ConflictRow, ...] | None
+    organisation: str | None
+
+
+@dataclass(slots=True)
+class PlannedRecord:
+    """What a batch does to one record."""
+
+    record_id: str
+    organisation: str | None
+    merged: bytes
+    state_vector: bytes
+    is_new: bool
+    changed: bool
+    appended: list[int]
+    appended_bytes: int
+    conflicts: tuple[ConflictRow, ...] | None
+    organisation_set: bool
+
+    @property
+    def cached(self) -> CachedRecord:
+        """The record as it will be once the batch commits."""
+        return CachedRecord(self.merged, self.state_vector, self.organisation)
+
+
+def plan_writes(
+    writes: Sequence[Write],
+    current: Callable[[str], CachedRecord | None],
+    *,
+    skip_duplicates: bool,
+) -> dict[str, PlannedRecord]:
+    """Merge each record's updates into its current bytes, in the order given.
+
+    ``appended`` lists the indexes (into ``writes``) to append to the log. With
+    ``skip_duplicates``, a record whose merged bytes do not change appends
+    nothing: its updates were all stored already (a resent batch is harmless).
+    """
+    groups: dict[str, list[int]] = {}
+    for index, write in enumerate(writes):
+        groups.setdefault(write.record_id, []).append(index)
+    planned: dict[str, PlannedRecord] = {}
+    for record_id, indexes in groups.items():
+        cur = current(record_id)
+        organisation = cur.organisation if cur is not None else None
+        organisation_set = False
+        for i in indexes:
+            claimed = writes[i].organisation
+            if claimed is None or claimed == organisation:
+                continue
+            if organisation is not None:
+                raise InvalidInputError(
+                    f"record {record_id} belongs to organisation {organisation!r}, "
+                    f"not {claimed!r}; nothing was stored"
+                )
+            organisation = claimed
+            organisation_set = cur is not None
+        updates = [writes[i].update for i in indexes]
+        merged = merge(updates if cur is None else [cur.merged, *updates], record_id=record_id)
+        if cur is None or merged != cur.merged:
+            changed, vector = True, state_vector_of(merged, record_id=record_id)
+        else:
+            changed, vector = False, cur.state_vector
+        conflicts: tuple[ConflictRow, ...] | None = None
+        for i in indexes:
+            if writes[i].conflicts is not None:
+                conflicts = writes[i].conflicts
+        appended = indexes if changed or not skip_duplicates else []
+        planned[record_id] = PlannedRecord(
+            record_id=record_id,
+            organisation=organisation,
+            merged=merged,
+            state_vector=vector,
+            is_new=cur is None,
+            changed=changed,
+            appended=list(appended),
+            appended_bytes=sum(len(writes[i].update) for i in appended),
+            conflicts=conflicts,
+            organisation_set=organisation_set,
+        )
+    return planned
+
+
+def check_meta_key(key: object) -> str:
+    """Refuse meta keys the store keeps for itself."""
+    key = check_text(key, "meta key")
+    if key.startswith(RESERVED_META_PREFIX):
+        raise InvalidInputError(f"meta keys starting with {RESERVED_META_PREFIX!r} are reserved")
+    return key
+
+
+def check_rebind(old: Identity | None, new: Identity) -> None:
+    """Refuse an identity change that would rebind this replica (promise 4).
+
+    Allowed: the first identity; filling a field that was None; the same
+    values again; a new ``server_url``. Refused: another replica id or role,
+    and another (or no longer any) server id or organisation.
+    """
+    if not isinstance(new, Identity):
+        raise InvalidInputError(f"identity must be an Identity, not {type(new).__name__}")
+    if old is None:
+        return
+    if new.replica_id != old.replica_id or new.role != old.role:
+        raise InvalidInputError(
+            f"this store belongs to {old.role} {old.replica_id!r}; its replica id and role "
+            "cannot change"
+        )
+    if old.server_id is not None and new.server_id != old.server_id:
+        raise WrongServerError(
+            f"this replica is enrolled to server {old.server_id!r}, not {new.server_id!r}"
+        )
+    if old.organisation is not None and new.organisation != old.organisation:
+        raise WrongOrganisationError(
+            f"this replica is enrolled to organisation {old.organisation!r}, "
+            f"not {new.organisation!r}"
+        )

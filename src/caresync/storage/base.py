@@ -1,0 +1,445 @@
+"""What a replica store keeps, and the :class:`Store` protocol every store implements.
+
+Theory of operation
+-------------------
+A store keeps, for each record, its compacted **state** (Yjs update bytes), an
+append-only **log** of the updates written since the last compaction, and the
+**state vector** of the two merged. Every local write also lands in the
+**outbox**, numbered by the replica's own sequence, until the server
+acknowledges it; on a server every stored update also gets a number in the
+global **change feed**. Open **conflicts** are kept as an index of opaque rows
+per record, replaced in the same transaction as the update that changed them.
+
+Each mutating call is one transaction, committed before the call returns
+(promise 3 of the design). No call deletes an unacknowledged outbox row
+unless the caller proves it was exported first (:meth:`Store.discard_unsynced`).
+
+The two implementations, :class:`~caresync.storage.sqlite.SQLiteStore` and
+:class:`~caresync.storage.memory.MemoryStore`, pass one conformance suite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Protocol, Self, TypeVar
+
+from caresync.exceptions import InvalidInputError
+
+__all__ = [
+    "ConflictRow",
+    "FeedItem",
+    "Identity",
+    "IncomingUpdate",
+    "OutboxItem",
+    "ReplicaInfo",
+    "Role",
+    "Store",
+    "StoreOpener",
+    "UserAccount",
+]
+
+Role = Literal["laptop", "server"]
+"""What a replica is: a laptop that works offline, or the clinic's server."""
+
+StrPath = str | os.PathLike[str]
+
+_MAX_ID_LENGTH = 256
+
+
+def check_text(value: object, what: str, *, max_length: int = _MAX_ID_LENGTH) -> str:
+    """Refuse anything but a non-empty string of at most ``max_length`` characters."""
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise InvalidInputError(
+            f"{what} must be a non-empty string of at most {max_length} characters, "
+            f"not {value!r:.80}"
+        )
+    return value
+
+
+def check_optional_text(value: object, what: str) -> str | None:
+    """Like :func:`check_text`, but None is allowed."""
+    return None if value is None else check_text(value, what, max_length=2048)
+
+
+def check_bytes(value: object, what: str) -> bytes:
+    """Refuse anything that is not bytes-like; return plain bytes."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"{what} must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+def check_count(value: object, what: str, *, minimum: int = 0) -> int:
+    """Refuse anything but an int (not a bool) of at least ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidInputError(f"{what} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who this replica is, and which server and organisation it is bound to.
+
+    A laptop stores its identity when it enrols; the store then refuses to
+    change its replica id or role, or to move it to another server or
+    organisation (promise 4). ``server_url`` may change (a server moves).
+    """
+
+    replica_id: str
+    role: Role
+    server_id: str | None = None
+    server_url: str | None = None
+    organisation: str | None = None
+
+    def __post_init__(self) -> None:
+        check_text(self.replica_id, "replica_id")
+        if self.role not in ("laptop", "server"):
+            raise InvalidInputError(f"role must be 'laptop' or 'server', not {self.role!r}")
+        check_optional_text(self.server_id, "server_id")
+        check_optional_text(self.server_url, "server_url")
+        check_optional_text(self.organisation, "organisation")
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictRow:
+    """One open conflict or finding of a record, as the conflicts package describes it.
+
+    The store does not interpret it: ``payload`` is the conflicts package's JSON.
+    """
+
+    id: str
+    record_id: str
+    kind: str
+    subject: str
+    severity: str
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        check_text(self.id, "conflict id")
+        check_text(self.record_id, "record_id")
+        check_text(self.kind, "conflict kind")
+        check_text(self.subject, "conflict subject", max_length=4096)
+        check_text(self.severity, "conflict severity")
+        if not isinstance(self.payload, bytes):
+            raise InvalidInputError("a conflict's payload must be bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A local update the server has not acknowledged yet, numbered by this replica."""
+
+    seq: int
+    record_id: str
+    update: bytes
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    """One update in the server's change feed, numbered in one global sequence."""
+
+    seq: int
+    record_id: str
+    update: bytes
+    organisation: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingUpdate:
+    """An update received from a peer, for :meth:`Store.write_remote`.
+
+    ``conflicts=None`` leaves the record's conflict rows as they are; a tuple
+    (possibly empty) replaces them.
+    """
+
+    record_id: str
+    update: bytes
+    conflicts: tuple[ConflictRow, ...] | None
+    organisation: str | None = None
+
+    def __post_init__(self) -> None:
+        check_text(self.record_id, "record_id")
+        check_bytes(self.update, "update")
+        check_optional_text(self.organisation, "organisation")
+        if self.conflicts is not None:
+            check_conflicts(self.record_id, self.conflicts)
+
+
+@dataclass(frozen=True, slots=True)
+class UserAccount:
+    """A user of a server's organisation; ``password_hash`` is an argon2id hash."""
+
+    organisation: str
+    username: str
+    password_hash: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    """A server's bookkeeping of one enrolled replica."""
+
+    replica_id: str
+    organisation: str
+    enrolled_by: str | None
+    enrolled_ms: int
+    last_seen_ms: int | None
+    revoked_ms: int | None
+
+    @property
+    def revoked(self) -> bool:
+        """True once the replica was revoked: it is locked at its next contact."""
+        return self.revoked_ms is not None
+
+
+def check_conflicts(record_id: str, rows: Sequence[ConflictRow]) -> tuple[ConflictRow, ...]:
+    """Refuse conflict rows of another record, or two rows with one id."""
+    if isinstance(rows, (str, bytes)):
+        raise InvalidInputError("conflicts must be a sequence of ConflictRow")
+    rows = tuple(rows)
+    seen: set[str] = set()
+    for row in rows:
+        if not isinstance(row, ConflictRow):
+            raise InvalidInputError(f"conflicts must be ConflictRow, not {type(row).__name__}")
+        if row.record_id != record_id:
+            raise InvalidInputError(
+                f"conflict {row.id} belongs to record {row.record_id!r}, not {record_id!r}"
+            )
+        if row.id in seen:
+            raise InvalidInputError(f"conflict id {row.id} appears twice for record {record_id}")
+        seen.add(row.id)
+    return rows
+
+
+class Store(Protocol):
+    """A replica's durable storage. Every method is a coroutine; every write is one transaction.
+
+    Errors are caresync's own: :class:`~caresync.exceptions.StorageError` and
+    its subclasses for the database, :class:`~caresync.exceptions.InvalidInputError`
+    for bad arguments, :class:`~caresync.exceptions.InvalidUpdateError` for
+    bytes that are not a Yjs update (nothing is stored then).
+    """
+
+    async def close(self) -> None:
+        """Close the store; further calls raise StorageError. Closing twice is harmless."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    # identity and settings
+    async def get_identity(self) -> Identity | None:
+        """This replica's identity, or None before it is set."""
+        ...
+
+    async def set_identity(self, identity: Identity) -> None:
+        """Store the identity; refuses to rebind a replica (see :class:`Identity`)."""
+        ...
+
+    async def get_meta(self, key: str) -> str | None:
+        """A stored setting or checkpoint, or None."""
+        ...
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a setting or checkpoint (committed before returning)."""
+        ...
+
+    # writing
+    async def write_local(
+        self,
+        record_id: str,
+        update: bytes,
+        *,
+        conflicts: Sequence[ConflictRow] | None,
+        organisation: str | None = None,
+    ) -> int:
+        """Commit a local edit to the record's log and the outbox; returns its outbox seq."""
+        ...
+
+    async def write_remote(
+        self,
+        items: Sequence[IncomingUpdate],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        to_feed: bool = False,
+    ) -> list[int]:
+        """Commit a batch of received updates (and the checkpoint) in one transaction."""
+        ...
+
+    async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
+        """Replace a stored record's conflict rows without writing an update."""
+        ...
+
+    # reading records
+    async def load(self, record_id: str) -> bytes | None:
+        """The record's state merged with its log, as one update; None if unknown."""
+        ...
+
+    async def state_vector(self, record_id: str) -> bytes | None:
+        """The stored state vector of the record, or None if unknown."""
+        ...
+
+    async def has_record(self, record_id: str) -> bool:
+        """True if the record is stored here."""
+        ...
+
+    async def record_ids(
+        self, organisation: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Record ids in ascending order, after ``after``; for paging a first copy."""
+        ...
+
+    async def count_records(self, organisation: str | None = None) -> int:
+        """How many records are stored (in that organisation)."""
+        ...
+
+    async def log_length(self, record_id: str) -> int:
+        """How many updates the record's log holds since its last compaction."""
+        ...
+
+    # conflicts
+    async def conflicts(
+        self,
+        record_id: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConflictRow]:
+        """Open conflict rows, ordered by (record_id, id), from the index."""
+        ...
+
+    async def count_conflicts(self, record_id: str | None = None) -> int:
+        """How many conflict rows are open (for one record, or in all)."""
+        ...
+
+    # outbox
+    async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
+        """Unacknowledged local updates with seq > ``after_seq``, oldest first."""
+        ...
+
+    async def pending_count(self) -> int:
+        """How many local updates wait for the server's acknowledgement."""
+        ...
+
+    async def oldest_pending_ms(self) -> int | None:
+        """When the oldest unacknowledged update was written, or None if none waits."""
+        ...
+
+    async def acknowledge(self, up_to_seq: int) -> int:
+        """Drop outbox rows with seq <= ``up_to_seq``; returns how many were dropped."""
+        ...
+
+    # change feed (server)
+    async def feed_since(
+        self, after_seq: int, *, limit: int, organisation: str | None = None
+    ) -> list[FeedItem]:
+        """Feed items with seq > ``after_seq``, in order, at most ``limit``."""
+        ...
+
+    async def feed_head(self) -> int:
+        """The highest feed seq given out (0 when the feed is empty)."""
+        ...
+
+    # maintenance
+    async def compact(self, record_id: str) -> int:
+        """Merge the record's log into its state; returns how many log updates were folded."""
+        ...
+
+    async def check(self) -> list[str]:
+        """Problems found by a full consistency check; empty when the store is sound."""
+        ...
+
+    # unsynced changes
+    async def export_unsynced(self, path: StrPath) -> int:
+        """Write every pending update to a new file at ``path``; returns how many."""
+        ...
+
+    async def import_unsynced(self, path: StrPath) -> int:
+        """Re-apply the updates of an export file as local writes; returns how many."""
+        ...
+
+    async def discard_unsynced(self, *, exported_to: StrPath) -> int:
+        """Empty the outbox, only if ``exported_to`` holds every pending update."""
+        ...
+
+    # accounts (server)
+    async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
+        """Add a user to an organisation; refuses a username that exists there."""
+        ...
+
+    async def get_user(self, organisation: str, username: str) -> UserAccount | None:
+        """A user of the organisation, or None."""
+        ...
+
+    async def set_password_hash(self, organisation: str, username: str, password_hash: str) -> None:
+        """Replace a user's password hash (a new password, or a rehash)."""
+        ...
+
+    async def enrol_replica(
+        self, replica_id: str, organisation: str, *, enrolled_by: str | None = None
+    ) -> ReplicaInfo:
+        """Record that a replica enrolled to this server; refuses a known replica id."""
+        ...
+
+    async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
+        """An enrolled replica, or None."""
+        ...
+
+    async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
+        """Every enrolled replica (of that organisation), by id."""
+        ...
+
+    async def touch_replica(self, replica_id: str, seen_ms: int | None = None) -> None:
+        """Note that the replica was seen now (or at ``seen_ms``)."""
+        ...
+
+    async def revoke_replica(self, replica_id: str) -> None:
+        """Revoke a replica: it is locked at its next contact. Its unsynced work is its own."""
+        ...
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
+
+
+class StoreOpener(Awaitable[S]):
+    """What ``open()`` returns: await it for a store, or use it as ``async with``.
+
+    Like ``aiosqlite.connect``: ``store = await SQLiteStore.open(path)`` or
+    ``async with SQLiteStore.open(path) as store: ...`` (closed on exit).
+    """
+
+    __slots__ = ("_factory", "_store")
+
+    def __init__(self, factory: Callable[[], Awaitable[S]]) -> None:
+        self._factory = factory
+        self._store: S | None = None
+
+    def __await__(self) -> Generator[object, None, S]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> S:
+        self._store = await self._factory()
+        return self._store
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        store = self._store
+        self._store = None
+        if store is not None:
+            await store.close()

@@ -1,0 +1,100 @@
+"""A bounded least-recently-used cache of loaded records.
+
+The SQLite store keeps each recently used record's merged bytes and state
+vector here, so a write to a hot record merges one new update instead of
+re-reading its log, and a read costs no database round trip. The cache is
+bounded both by entry count and by bytes: opening a store reads nothing into
+it, and a first copy of 100,000 records keeps only the most recent ones.
+
+It is thread-safe: the store fills it on its database thread and reads it
+from the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from caresync.exceptions import InvalidInputError
+
+__all__ = ["CachedRecord", "RecordCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRecord:
+    """A record's merged update bytes and their state vector, as committed."""
+
+    merged: bytes
+    state_vector: bytes
+    organisation: str | None
+
+    @property
+    def size(self) -> int:
+        """Bytes this entry holds (what the cache's byte bound counts)."""
+        return len(self.merged) + len(self.state_vector)
+
+
+class RecordCache:
+    """LRU of :class:`CachedRecord` by record id, bounded by entries and bytes.
+
+    An entry larger than ``max_bytes`` is never kept. ``max_entries=0``
+    disables the cache.
+    """
+
+    def __init__(self, *, max_entries: int = 4096, max_bytes: int = 64 * 1024 * 1024) -> None:
+        if max_entries < 0 or max_bytes < 0:
+            raise InvalidInputError("cache bounds must not be negative")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, CachedRecord] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes held by all entries."""
+        return self._bytes
+
+    def get(self, record_id: str) -> CachedRecord | None:
+        """The cached entry (now the most recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(record_id)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(record_id)
+            self.hits += 1
+            return entry
+
+    def put(self, record_id: str, entry: CachedRecord) -> None:
+        """Keep ``entry`` as the most recently used, evicting the least used beyond bounds."""
+        with self._lock:
+            old = self._entries.pop(record_id, None)
+            if old is not None:
+                self._bytes -= old.size
+            if entry.size > self.max_bytes or self.max_entries == 0:
+                return
+            self._entries[record_id] = entry
+            self._bytes += entry.size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.size
+
+    def discard(self, record_id: str) -> None:
+        """Forget one record (after a failed transaction, say)."""
+        with self._lock:
+            old = self._entries.pop(record_id, None)
+            if old is not None:
+                self._bytes -= old.size
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

@@ -1,0 +1,592 @@
+"""The in-memory twin of the SQLite store, for fast unit and property tests.
+
+It keeps the same things the same way (state + log per record, outbox, feed,
+conflict index, accounts), shares the SQLite store's planning and checking
+rules, and passes the same conformance suite. Each call is atomic: it plans
+everything first and only then changes its dictionaries, so a refused call
+leaves nothing half-done. Nothing survives the process, of course.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from caresync.exceptions import (
+    CorruptDatabaseError,
+    ExportFileError,
+    InvalidInputError,
+    StorageError,
+    UnknownRecordError,
+    UnsyncedChangesError,
+)
+from caresync.storage._updates import EMPTY_UPDATE, merge, state_vector_of, verify_compaction
+from caresync.storage._writes import PlannedRecord, Write, check_meta_key, check_rebind, plan_writes
+from caresync.storage.base import (
+    ConflictRow,
+    FeedItem,
+    Identity,
+    IncomingUpdate,
+    OutboxItem,
+    ReplicaInfo,
+    StoreOpener,
+    StrPath,
+    UserAccount,
+    check_bytes,
+    check_conflicts,
+    check_count,
+    check_optional_text,
+    check_text,
+)
+from caresync.storage.cache import CachedRecord
+from caresync.storage.unsynced import (
+    ExportedUpdate,
+    UnsyncedExport,
+    content_key,
+    read_export_file,
+    write_export_file,
+)
+
+__all__ = ["MemoryStore"]
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Record:
+    organisation: str | None
+    state: bytes
+    state_vector: bytes
+    log: list[bytes] = field(default_factory=list)
+
+    def merged(self, record_id: str) -> bytes:
+        return merge([self.state, *self.log], record_id=record_id) if self.log else self.state
+
+
+class MemoryStore:
+    """A :class:`~caresync.storage.base.Store` held in dictionaries."""
+
+    def __init__(self, *, clock: Callable[[], int] | None = None) -> None:
+        self._now_ms = clock or _wall_ms
+        self._closed = False
+        self._meta: dict[str, str] = {}
+        self._identity: Identity | None = None
+        self._records: dict[str, _Record] = {}
+        self._merged: dict[str, CachedRecord] = {}
+        self._outbox: dict[int, OutboxItem] = {}
+        self._outbox_head = 0
+        self._feed: list[FeedItem] = []
+        self._conflicts: dict[str, dict[str, ConflictRow]] = {}
+        self._users: dict[tuple[str, str], UserAccount] = {}
+        self._replicas: dict[str, ReplicaInfo] = {}
+
+    @classmethod
+    def open(cls, *, clock: Callable[[], int] | None = None) -> StoreOpener[MemoryStore]:
+        """A new, empty store: ``await MemoryStore.open()`` or ``async with MemoryStore.open()``."""
+
+        async def factory() -> MemoryStore:
+            return cls(clock=clock)
+
+        return StoreOpener(factory)
+
+    async def close(self) -> None:
+        """Close the store; further calls raise StorageError."""
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _open_or_raise(self, what: str) -> None:
+        if self._closed:
+            raise StorageError(f"{what}: the store is closed")
+
+    # ----------------------------------------------------------- identity, meta
+
+    async def get_identity(self) -> Identity | None:
+        """This replica's identity, or None before it is set."""
+        self._open_or_raise("reading the identity")
+        return self._identity
+
+    async def set_identity(self, identity: Identity) -> None:
+        """Store the identity; refuses to rebind the replica."""
+        self._open_or_raise("storing the identity")
+        check_rebind(self._identity, identity)
+        self._identity = identity
+
+    async def get_meta(self, key: str) -> str | None:
+        """A stored setting or checkpoint, or None."""
+        check_text(key, "meta key")
+        self._open_or_raise("reading meta")
+        return self._meta.get(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a setting or checkpoint."""
+        check_meta_key(key)
+        if not isinstance(value, str):
+            raise InvalidInputError("meta values must be strings")
+        self._open_or_raise("storing meta")
+        self._meta[key] = value
+
+    # ------------------------------------------------------------------ writing
+
+    def _current(self, record_id: str) -> CachedRecord | None:
+        return self._merged.get(record_id)
+
+    def _store_planned(self, writes: Sequence[Write], planned: dict[str, PlannedRecord]) -> None:
+        for record_id, plan in planned.items():
+            record = self._records.get(record_id)
+            if record is None:
+                record = self._records[record_id] = _Record(
+                    plan.organisation, EMPTY_UPDATE, plan.state_vector
+                )
+            record.organisation = plan.organisation
+            record.state_vector = plan.state_vector
+            record.log.extend(writes[i].update for i in plan.appended)
+            self._merged[record_id] = plan.cached
+            if plan.conflicts is not None:
+                self._conflicts[record_id] = {c.id: c for c in plan.conflicts}
+                if not plan.conflicts:
+                    del self._conflicts[record_id]
+
+    def _write_local(self, writes: Sequence[Write]) -> list[int]:
+        planned = plan_writes(writes, self._current, skip_duplicates=False)
+        now = self._now_ms()
+        self._store_planned(writes, planned)
+        seqs = []
+        for write in writes:
+            self._outbox_head += 1
+            seqs.append(self._outbox_head)
+            self._outbox[self._outbox_head] = OutboxItem(
+                self._outbox_head, write.record_id, write.update, now
+            )
+        return seqs
+
+    async def write_local(
+        self,
+        record_id: str,
+        update: bytes,
+        *,
+        conflicts: Sequence[ConflictRow] | None,
+        organisation: str | None = None,
+    ) -> int:
+        """Store a local edit in the record's log and the outbox; returns its outbox seq."""
+        check_text(record_id, "record_id")
+        write = Write(
+            record_id,
+            check_bytes(update, "update"),
+            None if conflicts is None else check_conflicts(record_id, conflicts),
+            check_optional_text(organisation, "organisation"),
+        )
+        self._open_or_raise(f"writing record {record_id}")
+        return self._write_local([write])[0]
+
+    async def write_remote(
+        self,
+        items: Sequence[IncomingUpdate],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        to_feed: bool = False,
+    ) -> list[int]:
+        """Store a batch of received updates and the checkpoint, all or nothing."""
+        writes = []
+        for item in items:
+            if not isinstance(item, IncomingUpdate):
+                raise InvalidInputError(f"items must be IncomingUpdate, not {type(item).__name__}")
+            writes.append(Write(item.record_id, item.update, item.conflicts, item.organisation))
+        if checkpoint is not None:
+            if not isinstance(checkpoint, tuple) or len(checkpoint) != 2:
+                raise InvalidInputError("checkpoint must be a (key, value) tuple")
+            check_meta_key(checkpoint[0])
+            if not isinstance(checkpoint[1], str):
+                raise InvalidInputError("checkpoint values must be strings")
+        self._open_or_raise(f"storing {len(writes)} received updates")
+        planned = plan_writes(writes, self._current, skip_duplicates=True)
+        self._store_planned(writes, planned)
+        seqs = [0] * len(writes)
+        if to_feed:
+            for i in sorted(i for p in planned.values() for i in p.appended):
+                write = writes[i]
+                seq = len(self._feed) + 1
+                organisation = planned[write.record_id].organisation
+                self._feed.append(FeedItem(seq, write.record_id, write.update, organisation))
+                seqs[i] = seq
+        if checkpoint is not None:
+            self._meta[checkpoint[0]] = checkpoint[1]
+        return seqs
+
+    async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
+        """Replace a stored record's conflict rows."""
+        check_text(record_id, "record_id")
+        rows = check_conflicts(record_id, conflicts)
+        self._open_or_raise(f"storing conflicts of {record_id}")
+        if record_id not in self._records:
+            raise UnknownRecordError(f"no record {record_id} is stored here")
+        self._conflicts[record_id] = {c.id: c for c in rows}
+        if not rows:
+            del self._conflicts[record_id]
+
+    # ------------------------------------------------------------------ reading
+
+    async def load(self, record_id: str) -> bytes | None:
+        """The record's state merged with its log, as one update; None if unknown."""
+        check_text(record_id, "record_id")
+        self._open_or_raise(f"loading record {record_id}")
+        current = self._merged.get(record_id)
+        return None if current is None else current.merged
+
+    async def state_vector(self, record_id: str) -> bytes | None:
+        """The record's stored state vector, or None."""
+        check_text(record_id, "record_id")
+        self._open_or_raise(f"reading the state vector of {record_id}")
+        record = self._records.get(record_id)
+        return None if record is None else record.state_vector
+
+    async def has_record(self, record_id: str) -> bool:
+        """True if the record is stored here."""
+        check_text(record_id, "record_id")
+        self._open_or_raise(f"looking up {record_id}")
+        return record_id in self._records
+
+    async def record_ids(
+        self, organisation: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Record ids in ascending order, after ``after``."""
+        check_optional_text(organisation, "organisation")
+        check_optional_text(after, "after")
+        if limit is not None:
+            check_count(limit, "limit")
+        self._open_or_raise("listing records")
+        ids = sorted(
+            rid
+            for rid, rec in self._records.items()
+            if (organisation is None or rec.organisation == organisation) and rid > (after or "")
+        )
+        return ids if limit is None else ids[:limit]
+
+    async def count_records(self, organisation: str | None = None) -> int:
+        """How many records are stored (in that organisation)."""
+        check_optional_text(organisation, "organisation")
+        self._open_or_raise("counting records")
+        if organisation is None:
+            return len(self._records)
+        return sum(1 for r in self._records.values() if r.organisation == organisation)
+
+    async def log_length(self, record_id: str) -> int:
+        """How many updates the record's log holds since its last compaction (0 if unknown)."""
+        check_text(record_id, "record_id")
+        self._open_or_raise(f"reading the log of {record_id}")
+        record = self._records.get(record_id)
+        return 0 if record is None else len(record.log)
+
+    # ---------------------------------------------------------------- conflicts
+
+    async def conflicts(
+        self,
+        record_id: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConflictRow]:
+        """Open conflict rows ordered by (record_id, id)."""
+        check_optional_text(record_id, "record_id")
+        if limit is not None:
+            check_count(limit, "limit")
+        self._open_or_raise("listing conflicts")
+        after_key = ("", "") if after is None else (str(after[0]), str(after[1]))
+        rows = sorted(
+            (
+                row
+                for rid, by_id in self._conflicts.items()
+                if record_id is None or rid == record_id
+                for row in by_id.values()
+            ),
+            key=lambda c: (c.record_id, c.id),
+        )
+        rows = [c for c in rows if (c.record_id, c.id) > after_key]
+        return rows if limit is None else rows[:limit]
+
+    async def count_conflicts(self, record_id: str | None = None) -> int:
+        """How many conflict rows are open (for one record, or in all)."""
+        check_optional_text(record_id, "record_id")
+        self._open_or_raise("counting conflicts")
+        if record_id is not None:
+            return len(self._conflicts.get(record_id, {}))
+        return sum(len(rows) for rows in self._conflicts.values())
+
+    # ------------------------------------------------------------------- outbox
+
+    async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
+        """Unacknowledged local updates with seq > ``after_seq``, oldest first."""
+        check_count(limit, "limit")
+        check_count(after_seq, "after_seq")
+        self._open_or_raise("reading the outbox")
+        return [item for seq, item in sorted(self._outbox.items()) if seq > after_seq][:limit]
+
+    async def pending_count(self) -> int:
+        """How many local updates wait for acknowledgement."""
+        self._open_or_raise("counting the outbox")
+        return len(self._outbox)
+
+    async def oldest_pending_ms(self) -> int | None:
+        """When the oldest unacknowledged update was written, or None."""
+        self._open_or_raise("reading the outbox")
+        if not self._outbox:
+            return None
+        return self._outbox[min(self._outbox)].created_ms
+
+    async def acknowledge(self, up_to_seq: int) -> int:
+        """Drop outbox rows with seq <= ``up_to_seq``; refuses numbers never given out."""
+        check_count(up_to_seq, "up_to_seq")
+        self._open_or_raise("acknowledging the outbox")
+        if up_to_seq > self._outbox_head:
+            raise InvalidInputError(
+                f"cannot acknowledge up to {up_to_seq}: this replica's outbox has only "
+                f"reached {self._outbox_head}"
+            )
+        done = [seq for seq in self._outbox if seq <= up_to_seq]
+        for seq in done:
+            del self._outbox[seq]
+        return len(done)
+
+    # -------------------------------------------------------------------- feed
+
+    async def feed_since(
+        self, after_seq: int, *, limit: int, organisation: str | None = None
+    ) -> list[FeedItem]:
+        """Change-feed items with seq > ``after_seq``, in order, at most ``limit``."""
+        check_count(after_seq, "after_seq")
+        check_count(limit, "limit")
+        check_optional_text(organisation, "organisation")
+        self._open_or_raise("reading the change feed")
+        items = (
+            item
+            for item in self._feed[after_seq:]
+            if organisation is None or item.organisation == organisation
+        )
+        result: list[FeedItem] = []
+        for item in items:
+            if len(result) >= limit:
+                break
+            result.append(item)
+        return result
+
+    async def feed_head(self) -> int:
+        """The highest change-feed number given out (0 when empty)."""
+        self._open_or_raise("reading the change feed")
+        return len(self._feed)
+
+    # ------------------------------------------------------------- maintenance
+
+    async def compact(self, record_id: str) -> int:
+        """Fold the record's log into its state, after checking nothing changes."""
+        check_text(record_id, "record_id")
+        self._open_or_raise(f"compacting record {record_id}")
+        record = self._records.get(record_id)
+        if record is None:
+            raise UnknownRecordError(f"no record {record_id} is stored here")
+        if not record.log:
+            return 0
+        compacted = merge([record.state, *record.log], record_id=record_id)
+        problem = verify_compaction(record.state, record.log, compacted, record.state_vector)
+        if problem is not None:
+            raise CorruptDatabaseError(
+                f"compaction of record {record_id} refused, nothing changed: {problem}"
+            )
+        folded = len(record.log)
+        record.state = compacted
+        record.log = []
+        self._merged[record_id] = CachedRecord(compacted, record.state_vector, record.organisation)
+        return folded
+
+    async def check(self) -> list[str]:
+        """A full consistency check; returns the problems found (empty when sound)."""
+        self._open_or_raise("checking the store")
+        problems: list[str] = []
+        for record_id, record in self._records.items():
+            try:
+                merged = record.merged(record_id)
+                if state_vector_of(merged, record_id=record_id) != record.state_vector:
+                    problems.append(
+                        f"record {record_id}: its stored state vector does not match its content"
+                    )
+            except InvalidInputError as exc:
+                problems.append(f"record {record_id}: {exc}")
+        for name, ids in (
+            ("outbox", {i.record_id for i in self._outbox.values()}),
+            ("feed", {i.record_id for i in self._feed}),
+            ("conflicts", set(self._conflicts)),
+        ):
+            orphans = ids - set(self._records)
+            if orphans:
+                problems.append(f"{len(orphans)} {name} rows belong to no stored record")
+        if self._outbox and max(self._outbox) > self._outbox_head:
+            problems.append("outbox numbers run ahead of their sequence")
+        return problems
+
+    # ------------------------------------------------------------ unsynced work
+
+    async def export_unsynced(self, path: StrPath) -> int:
+        """Write every pending update to a new file at ``path``; returns how many."""
+        self._open_or_raise("exporting unsynced changes")
+        export = UnsyncedExport(
+            replica_id=None if self._identity is None else self._identity.replica_id,
+            exported_ms=self._now_ms(),
+            updates=tuple(
+                ExportedUpdate(
+                    item.seq,
+                    item.record_id,
+                    self._records[item.record_id].organisation,
+                    item.created_ms,
+                    item.update,
+                )
+                for _, item in sorted(self._outbox.items())
+            ),
+        )
+        await asyncio.to_thread(write_export_file, path, export)
+        return len(export.updates)
+
+    async def import_unsynced(self, path: StrPath) -> int:
+        """Re-apply an export's updates as local writes, all or nothing."""
+        self._open_or_raise("importing unsynced changes")
+        export = await asyncio.to_thread(read_export_file, path)
+        writes = [Write(u.record_id, u.update, None, u.organisation) for u in export.updates]
+        return len(self._write_local(writes))
+
+    async def discard_unsynced(self, *, exported_to: StrPath) -> int:
+        """Empty the outbox, if and only if ``exported_to`` holds every pending update."""
+        self._open_or_raise("discarding unsynced changes")
+        try:
+            export = await asyncio.to_thread(read_export_file, exported_to)
+        except ExportFileError as exc:
+            raise UnsyncedChangesError(
+                f"refused to discard unsynced changes: {exc}; export them first"
+            ) from exc
+        kept = export.keys()
+        missing = [
+            seq
+            for seq, item in sorted(self._outbox.items())
+            if content_key(item.record_id, item.update) not in kept
+        ]
+        if missing:
+            raise UnsyncedChangesError(
+                f"refused to discard unsynced changes: {len(missing)} pending updates "
+                f"(outbox {missing[0]}...) are not in {exported_to}; export them again"
+            )
+        count = len(self._outbox)
+        self._outbox.clear()
+        return count
+
+    # ----------------------------------------------------------------- accounts
+
+    async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
+        """Add a user to an organisation; InvalidInputError if the name is taken there."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+        check_text(password_hash, "password_hash", max_length=4096)
+        self._open_or_raise(f"adding user {username!r}")
+        if (organisation, username) in self._users:
+            raise InvalidInputError(f"user {username!r} exists in {organisation!r}")
+        self._users[organisation, username] = UserAccount(
+            organisation, username, password_hash, self._now_ms()
+        )
+
+    async def get_user(self, organisation: str, username: str) -> UserAccount | None:
+        """A user of the organisation, or None."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+        self._open_or_raise(f"reading user {username!r}")
+        return self._users.get((organisation, username))
+
+    async def set_password_hash(self, organisation: str, username: str, password_hash: str) -> None:
+        """Replace a user's password hash; InvalidInputError for an unknown user."""
+        check_text(password_hash, "password_hash", max_length=4096)
+        self._open_or_raise(f"updating user {username!r}")
+        user = self._users.get((organisation, username))
+        if user is None:
+            raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+        self._users[organisation, username] = UserAccount(
+            organisation, username, password_hash, user.created_ms
+        )
+
+    async def enrol_replica(
+        self, replica_id: str, organisation: str, *, enrolled_by: str | None = None
+    ) -> ReplicaInfo:
+        """Record a replica's enrolment; InvalidInputError for a replica id already known."""
+        check_text(replica_id, "replica_id")
+        check_text(organisation, "organisation")
+        check_optional_text(enrolled_by, "enrolled_by")
+        self._open_or_raise(f"enrolling replica {replica_id!r}")
+        if replica_id in self._replicas:
+            raise InvalidInputError(f"replica {replica_id!r} is enrolled already")
+        info = ReplicaInfo(replica_id, organisation, enrolled_by, self._now_ms(), None, None)
+        self._replicas[replica_id] = info
+        return info
+
+    async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
+        """An enrolled replica, or None."""
+        check_text(replica_id, "replica_id")
+        self._open_or_raise(f"reading replica {replica_id!r}")
+        return self._replicas.get(replica_id)
+
+    async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
+        """Every enrolled replica (of that organisation), by id."""
+        check_optional_text(organisation, "organisation")
+        self._open_or_raise("listing replicas")
+        return [
+            info
+            for _, info in sorted(self._replicas.items())
+            if organisation is None or info.organisation == organisation
+        ]
+
+    async def touch_replica(self, replica_id: str, seen_ms: int | None = None) -> None:
+        """Note that a replica was seen now (or at ``seen_ms``)."""
+        check_text(replica_id, "replica_id")
+        seen = self._now_ms() if seen_ms is None else check_count(seen_ms, "seen_ms")
+        info = self._replica_or_raise(replica_id)
+        self._replicas[replica_id] = _replace_replica(info, last_seen_ms=seen)
+
+    async def revoke_replica(self, replica_id: str) -> None:
+        """Revoke a replica; revoking twice keeps the first time."""
+        check_text(replica_id, "replica_id")
+        info = self._replica_or_raise(replica_id)
+        if info.revoked_ms is None:
+            self._replicas[replica_id] = _replace_replica(info, revoked_ms=self._now_ms())
+
+    def _replica_or_raise(self, replica_id: str) -> ReplicaInfo:
+        self._open_or_raise(f"updating replica {replica_id!r}")
+        info = self._replicas.get(replica_id)
+        if info is None:
+            raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
+        return info
+
+
+def _replace_replica(
+    info: ReplicaInfo, *, last_seen_ms: int | None = None, revoked_ms: int | None = None
+) -> ReplicaInfo:
+    return ReplicaInfo(
+        info.replica_id,
+        info.organisation,
+        info.enrolled_by,
+        info.enrolled_ms,
+        info.last_seen_ms if last_seen_ms is None else last_seen_ms,
+        info.revoked_ms if revoked_ms is None else revoked_ms,
+    )

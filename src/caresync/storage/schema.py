@@ -1,0 +1,155 @@
+"""The SQLite schema of a caresync replica, version by version.
+
+A caresync database is recognised by three marks, all checked before anything
+is written: SQLite's ``application_id`` is :data:`APPLICATION_ID`,
+``user_version`` is a schema version this code knows, and the ``meta`` table
+says ``caresync.format = caresync-replica``.
+
+Each version's statements are frozen once released: a database at version N
+is brought to :data:`SCHEMA_VERSION` by running the steps N+1..latest, in one
+transaction (see :mod:`caresync.storage.migrations`).
+
+Version 1, the core of a replica::
+
+    meta      (key PK, value)                      settings, checkpoints, the format mark
+    identity  (singleton=1 PK, replica_id, role, server_id, server_url, organisation)
+    records   (record_id PK, organisation, state, state_vector,
+               log_count, log_bytes, created_ms, updated_ms)
+              index records_by_organisation (organisation, record_id)
+    log       (id PK, record_id, data, created_ms)  updates since the record's compaction
+              index log_by_record (record_id, id)
+    outbox    (seq PK AUTOINCREMENT, record_id, data, created_ms)   unacknowledged local updates
+    feed      (seq PK AUTOINCREMENT, record_id, organisation, data) the server's change feed
+              index feed_by_organisation (organisation, seq)
+
+Version 2 added the conflict index and the server's accounts::
+
+    conflicts (record_id, id) PK, kind, subject, severity, payload   WITHOUT ROWID
+    users     (organisation, username) PK, password_hash, created_ms  WITHOUT ROWID
+    replicas  (replica_id PK, organisation, enrolled_by, enrolled_ms,
+               last_seen_ms, revoked_ms)                            WITHOUT ROWID
+              index replicas_by_organisation (organisation, replica_id)
+
+``AUTOINCREMENT`` makes outbox and feed numbers strictly increasing for the
+life of the file, even after every row was acknowledged and removed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APPLICATION_ID",
+    "CONNECTION_PRAGMAS",
+    "FORMAT_KEY",
+    "FORMAT_VALUE",
+    "RESERVED_META_PREFIX",
+    "SCHEMA_STEPS",
+    "SCHEMA_VERSION",
+    "SQLITE_MAGIC",
+]
+
+APPLICATION_ID = 0x63727379
+"""``PRAGMA application_id`` of every caresync database ("crsy")."""
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file."""
+
+FORMAT_KEY = "caresync.format"
+FORMAT_VALUE = "caresync-replica"
+RESERVED_META_PREFIX = "caresync."
+"""Meta keys under this prefix belong to the store; callers cannot set them."""
+
+_V1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE identity (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        replica_id TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('laptop', 'server')),
+        server_id TEXT,
+        server_url TEXT,
+        organisation TEXT
+    )""",
+    """CREATE TABLE records (
+        record_id TEXT PRIMARY KEY NOT NULL,
+        organisation TEXT,
+        state BLOB NOT NULL,
+        state_vector BLOB NOT NULL,
+        log_count INTEGER NOT NULL DEFAULT 0,
+        log_bytes INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    )""",
+    "CREATE INDEX records_by_organisation ON records (organisation, record_id)",
+    """CREATE TABLE log (
+        id INTEGER PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    )""",
+    "CREATE INDEX log_by_record ON log (record_id, id)",
+    """CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        record_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    )""",
+    """CREATE TABLE feed (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        record_id TEXT NOT NULL,
+        organisation TEXT,
+        data BLOB NOT NULL
+    )""",
+    "CREATE INDEX feed_by_organisation ON feed (organisation, seq)",
+)
+
+_V2 = (
+    """CREATE TABLE conflicts (
+        record_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (record_id, id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE users (
+        organisation TEXT NOT NULL,
+        username TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (organisation, username)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE replicas (
+        replica_id TEXT PRIMARY KEY NOT NULL,
+        organisation TEXT NOT NULL,
+        enrolled_by TEXT,
+        enrolled_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER,
+        revoked_ms INTEGER
+    ) WITHOUT ROWID""",
+    "CREATE INDEX replicas_by_organisation ON replicas (organisation, replica_id)",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+"""Statements that bring a database from version N-1 to N. Never edit a released step."""
+
+SCHEMA_VERSION = max(SCHEMA_STEPS)
+"""The version this code writes; it opens every version up to this one."""
+
+CONNECTION_PRAGMAS = (
+    # One writer per file: the store caches records and numbers outbox rows,
+    # so a second process must not write behind its back. The lock is taken
+    # when the store opens and released when it closes (or its process dies).
+    "PRAGMA locking_mode = EXCLUSIVE",
+    # Write-ahead log: a commit appends to the log, readers are not blocked,
+    # and a crash at any point leaves the last committed state.
+    "PRAGMA journal_mode = WAL",
+    # FULL: every commit is fsynced to the write-ahead log before it returns,
+    # so an acknowledged edit survives a power cut, not just a killed process.
+    # (NORMAL would be ~20x faster here but may lose the last commits when the
+    # battery dies; promise 3 rules it out.)
+    "PRAGMA synchronous = FULL",
+    "PRAGMA foreign_keys = OFF",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA cache_size = -16384",
+)
+"""Set on every read-write connection, after the file was recognised."""

@@ -1,0 +1,1244 @@
+"""The durable replica store: SQLite through aiosqlite.
+
+Theory of operation
+-------------------
+Every call runs as **one job on aiosqlite's connection thread**: the whole
+transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) is a single function handed
+to that thread, so statements of two coroutines never interleave inside one
+transaction, and a durable edit costs one thread round trip plus one fsync.
+(aiosqlite has no public call for "run this function on your thread"; we use
+its ``_execute``, pinned by the ``aiosqlite`` version range in
+``pyproject.toml`` and checked when a store opens.)
+
+Durability: WAL with ``synchronous = FULL`` (see :mod:`caresync.storage.schema`),
+so a call that returned has its commit fsynced to the write-ahead log. The
+connection holds the file's lock exclusively (``locking_mode = EXCLUSIVE``):
+one process writes a replica, and the bounded :class:`RecordCache` of merged
+record bytes can never go stale behind its back.
+
+Opening never writes to a file before recognising it (:mod:`.migrations`).
+A new database is built under a temporary name beside the target and
+hard-linked into place when complete; nothing here ever renames, truncates or
+deletes a file at a path the caller gave.
+
+Errors from sqlite3 and aiosqlite are translated into
+:class:`~caresync.exceptions.StorageError` and its subclasses at this edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+import aiosqlite
+
+from caresync.exceptions import (
+    CorruptDatabaseError,
+    DatabaseNotFoundError,
+    ExportFileError,
+    InvalidInputError,
+    NotACaresyncDatabaseError,
+    StorageError,
+    UnknownRecordError,
+    UnsyncedChangesError,
+)
+from caresync.storage._updates import EMPTY_UPDATE, merge, state_vector_of, verify_compaction
+from caresync.storage._writes import (
+    PlannedRecord,
+    Write,
+    check_meta_key,
+    check_rebind,
+    plan_writes,
+)
+from caresync.storage.base import (
+    ConflictRow,
+    FeedItem,
+    Identity,
+    IncomingUpdate,
+    OutboxItem,
+    ReplicaInfo,
+    StoreOpener,
+    StrPath,
+    UserAccount,
+    check_bytes,
+    check_conflicts,
+    check_count,
+    check_optional_text,
+    check_text,
+)
+from caresync.storage.cache import CachedRecord, RecordCache
+from caresync.storage.migrations import (
+    create_schema,
+    migrate,
+    read_header,
+    read_marks,
+    refuse_unless_ours,
+)
+from caresync.storage.schema import (
+    APPLICATION_ID,
+    CONNECTION_PRAGMAS,
+    FORMAT_VALUE,
+    SCHEMA_VERSION,
+)
+from caresync.storage.unsynced import (
+    ExportedUpdate,
+    UnsyncedExport,
+    content_key,
+    read_export_file,
+    write_export_file,
+)
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], T]
+
+_BUSY_TIMEOUT_S = 2.0
+_MAX_PROBLEMS = 100
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SQLiteStore:
+    """A replica's records, outbox, change feed and accounts in one SQLite file.
+
+    Open it with :meth:`open`; it satisfies :class:`~caresync.storage.base.Store`.
+    """
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        *,
+        cache: RecordCache,
+        clock: Callable[[], int],
+    ) -> None:
+        self._conn: aiosqlite.Connection | None = conn
+        self._raw: sqlite3.Connection = conn._conn
+        self.path = path
+        self.cache = cache
+        self._now_ms = clock
+        self.migrated_from: int | None = None
+        """The schema version the file had, if opening migrated it; else None."""
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: StrPath,
+        *,
+        create: bool = True,
+        cache_entries: int = 4096,
+        cache_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], int] | None = None,
+    ) -> StoreOpener[SQLiteStore]:
+        """Open (or, with ``create``, create) the store at ``path``.
+
+        ``await SQLiteStore.open(path)`` or ``async with SQLiteStore.open(path) as store``.
+        A missing file with ``create=False`` raises DatabaseNotFoundError and
+        creates nothing. A file that is not a caresync database raises
+        NotACaresyncDatabaseError, one from a newer caresync DatabaseTooNewError;
+        either way the file is left byte for byte as it was. An older schema is
+        migrated forward in one transaction. Opening reads no record.
+        ``clock`` returns milliseconds (for outbox times and accounts).
+        """
+
+        async def factory() -> SQLiteStore:
+            return await cls._open(
+                Path(os.fspath(path)),
+                create=create,
+                cache=RecordCache(max_entries=cache_entries, max_bytes=cache_bytes),
+                clock=clock or _wall_ms,
+            )
+
+        return StoreOpener(factory)
+
+    @classmethod
+    async def _open(
+        cls, path: Path, *, create: bool, cache: RecordCache, clock: Callable[[], int]
+    ) -> SQLiteStore:
+        await asyncio.to_thread(_recognise_or_create, path, create, clock())
+        conn = aiosqlite.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        try:
+            await conn
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"opening {path}") from exc
+        if not callable(getattr(conn, "_execute", None)):
+            await conn.close()
+            raise StorageError("this aiosqlite version is not supported (no connection thread)")
+        store = cls(conn, path, cache=cache, clock=clock)
+        try:
+            store.migrated_from = await store._run(f"opening {path}", store._prepare)
+        except BaseException:
+            await store._close_quietly()
+            raise
+        return store
+
+    def _prepare(self, raw: sqlite3.Connection) -> int | None:
+        for pragma in CONNECTION_PRAGMAS:
+            row = raw.execute(pragma).fetchone()
+            if pragma.startswith("PRAGMA journal_mode") and (row is None or row[0] != "wal"):
+                raise StorageError(f"{self.path}: the database cannot use a write-ahead log")
+        # BEGIN IMMEDIATE inside migrate() also takes the exclusive lock, for good.
+        before = migrate(raw, self.path)
+        return before if before != SCHEMA_VERSION else None
+
+    async def close(self) -> None:
+        """Close the store (the write-ahead log is checkpointed). Closing twice is harmless."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        self.cache.clear()
+        try:
+            await conn.close()
+        except sqlite3.Error as exc:
+            raise _translate(exc, f"closing {self.path}") from exc
+
+    async def _close_quietly(self) -> None:
+        """Close after a failed open; the open's own error is the one to report."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._conn is None
+
+    async def _run(self, what: str, job: Job[T]) -> T:
+        """Run ``job(raw_connection)`` on the connection's thread; translate its errors."""
+        conn = self._conn
+        if conn is None:
+            raise StorageError(f"{what}: the store at {self.path} is closed")
+        execute = cast(Callable[..., Any], conn._execute)
+        try:
+            return cast(T, await execute(job, self._raw))
+        except sqlite3.Error as exc:
+            raise _translate(exc, what) from exc
+
+    def _write(self, raw: sqlite3.Connection, body: Callable[[], T]) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, committed before returning."""
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        return result
+
+    # ----------------------------------------------------------- identity, meta
+
+    async def get_identity(self) -> Identity | None:
+        """This replica's identity, or None before it is set."""
+        return await self._run("reading the identity", _read_identity)
+
+    async def set_identity(self, identity: Identity) -> None:
+        """Store the identity; refuses to rebind the replica (see :class:`Identity`)."""
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                check_rebind(_read_identity(raw), identity)
+                raw.execute(
+                    "INSERT OR REPLACE INTO identity (singleton, replica_id, role, server_id,"
+                    " server_url, organisation) VALUES (1, ?, ?, ?, ?, ?)",
+                    (
+                        identity.replica_id,
+                        identity.role,
+                        identity.server_id,
+                        identity.server_url,
+                        identity.organisation,
+                    ),
+                )
+
+            self._write(raw, body)
+
+        check_rebind(None, identity)
+        await self._run("storing the identity", job)
+
+    async def get_meta(self, key: str) -> str | None:
+        """A stored setting or checkpoint, or None."""
+        check_text(key, "meta key")
+
+        def job(raw: sqlite3.Connection) -> str | None:
+            row = raw.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(f"reading meta {key!r}", job)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a setting or checkpoint, committed before returning."""
+        check_meta_key(key)
+        if not isinstance(value, str):
+            raise InvalidInputError("meta values must be strings")
+
+        def job(raw: sqlite3.Connection) -> None:
+            self._write(raw, lambda: _put_meta(raw, key, value))
+
+        await self._run(f"storing meta {key!r}", job)
+
+    # ------------------------------------------------------------------ writing
+
+    async def write_local(
+        self,
+        record_id: str,
+        update: bytes,
+        *,
+        conflicts: Sequence[ConflictRow] | None,
+        organisation: str | None = None,
+    ) -> int:
+        """Commit a local edit: the record's log, the outbox and its conflict rows, at once.
+
+        Returns the edit's outbox sequence number (strictly increasing for the
+        life of the file). The commit is fsynced before this returns.
+        Raises InvalidUpdateError for bytes that are not an update (nothing stored).
+        """
+        check_text(record_id, "record_id")
+        write = Write(
+            record_id,
+            check_bytes(update, "update"),
+            None if conflicts is None else check_conflicts(record_id, conflicts),
+            check_optional_text(organisation, "organisation"),
+        )
+        seqs = await self._run(
+            f"writing record {record_id}", lambda raw: self._write_local(raw, [write])
+        )
+        return seqs[0]
+
+    def _write_local(self, raw: sqlite3.Connection, writes: Sequence[Write]) -> list[int]:
+        now = self._now_ms()
+
+        def body() -> tuple[list[int], dict[str, PlannedRecord]]:
+            planned = plan_writes(
+                writes, lambda rid: self._current(raw, rid), skip_duplicates=False
+            )
+            self._store_planned(raw, writes, planned, now)
+            head = _sequence(raw, "outbox")
+            raw.executemany(
+                "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
+                [(w.record_id, w.update, now) for w in writes],
+            )
+            seqs = list(range(head + 1, head + 1 + len(writes)))
+            _expect_sequence(raw, "outbox", seqs[-1] if seqs else head)
+            return seqs, planned
+
+        return self._commit_planned(raw, body)
+
+    async def write_remote(
+        self,
+        items: Sequence[IncomingUpdate],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        to_feed: bool = False,
+    ) -> list[int]:
+        """Commit a batch of received updates, and the checkpoint, in one transaction.
+
+        Returns one number per item: its change-feed sequence number when
+        ``to_feed`` (the server), or 0 when nothing was appended — without
+        ``to_feed``, or when the record already held every part of the update
+        (a resent update is stored once). Remote updates never enter the outbox.
+        """
+        writes = []
+        for item in items:
+            if not isinstance(item, IncomingUpdate):
+                raise InvalidInputError(f"items must be IncomingUpdate, not {type(item).__name__}")
+            writes.append(Write(item.record_id, item.update, item.conflicts, item.organisation))
+        if checkpoint is not None:
+            if not isinstance(checkpoint, tuple) or len(checkpoint) != 2:
+                raise InvalidInputError("checkpoint must be a (key, value) tuple")
+            check_meta_key(checkpoint[0])
+            if not isinstance(checkpoint[1], str):
+                raise InvalidInputError("checkpoint values must be strings")
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> list[int]:
+            def body() -> tuple[list[int], dict[str, PlannedRecord]]:
+                planned = plan_writes(
+                    writes, lambda rid: self._current(raw, rid), skip_duplicates=True
+                )
+                self._store_planned(raw, writes, planned, now)
+                seqs = [0] * len(writes)
+                if to_feed:
+                    appended = sorted(i for p in planned.values() for i in p.appended)
+                    head = _sequence(raw, "feed")
+                    raw.executemany(
+                        "INSERT INTO feed (record_id, organisation, data) VALUES (?, ?, ?)",
+                        [
+                            (
+                                writes[i].record_id,
+                                planned[writes[i].record_id].organisation,
+                                writes[i].update,
+                            )
+                            for i in appended
+                        ],
+                    )
+                    for n, i in enumerate(appended, start=head + 1):
+                        seqs[i] = n
+                    _expect_sequence(raw, "feed", head + len(appended))
+                if checkpoint is not None:
+                    _put_meta(raw, checkpoint[0], checkpoint[1])
+                return seqs, planned
+
+            return self._commit_planned(raw, body)
+
+        return await self._run(f"storing {len(writes)} received updates", job)
+
+    def _commit_planned(
+        self,
+        raw: sqlite3.Connection,
+        body: Callable[[], tuple[list[int], dict[str, PlannedRecord]]],
+    ) -> list[int]:
+        try:
+            seqs, planned = self._write(raw, body)
+        except BaseException:
+            # The cache holds only committed state; after a failed commit, be sure.
+            self.cache.clear()
+            raise
+        for record_id, plan in planned.items():
+            self.cache.put(record_id, plan.cached)
+        return seqs
+
+    def _store_planned(
+        self,
+        raw: sqlite3.Connection,
+        writes: Sequence[Write],
+        planned: dict[str, PlannedRecord],
+        now: int,
+    ) -> None:
+        new_rows = []
+        changed_rows = []
+        appended: list[int] = []
+        for plan in planned.values():
+            if plan.is_new:
+                new_rows.append(
+                    (
+                        plan.record_id,
+                        plan.organisation,
+                        EMPTY_UPDATE,
+                        plan.state_vector,
+                        len(plan.appended),
+                        plan.appended_bytes,
+                        now,
+                        now,
+                    )
+                )
+            elif plan.changed or plan.appended or plan.organisation_set:
+                changed_rows.append(
+                    (
+                        plan.state_vector,
+                        len(plan.appended),
+                        plan.appended_bytes,
+                        now,
+                        plan.organisation,
+                        plan.record_id,
+                    )
+                )
+            appended.extend(plan.appended)
+        if new_rows:
+            raw.executemany(
+                "INSERT INTO records (record_id, organisation, state, state_vector, log_count,"
+                " log_bytes, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                new_rows,
+            )
+        if changed_rows:
+            raw.executemany(
+                "UPDATE records SET state_vector = ?, log_count = log_count + ?,"
+                " log_bytes = log_bytes + ?, updated_ms = ?,"
+                " organisation = COALESCE(organisation, ?) WHERE record_id = ?",
+                changed_rows,
+            )
+        # Log rows in the order the writes came, whatever their record.
+        raw.executemany(
+            "INSERT INTO log (record_id, data, created_ms) VALUES (?, ?, ?)",
+            [(writes[i].record_id, writes[i].update, now) for i in sorted(appended)],
+        )
+        for plan in planned.values():
+            if plan.conflicts is not None:
+                _replace_conflicts(raw, plan.record_id, plan.conflicts)
+
+    def _current(self, raw: sqlite3.Connection, record_id: str) -> CachedRecord | None:
+        """A record's committed merged bytes: from the cache, else state + log."""
+        cached = self.cache.get(record_id)
+        if cached is not None:
+            return cached
+        row = raw.execute(
+            "SELECT organisation, state, state_vector, log_count FROM records WHERE record_id = ?",
+            (record_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        organisation, state, vector, log_count = row
+        merged = bytes(state)
+        if log_count:
+            log = [
+                bytes(r[0])
+                for r in raw.execute(
+                    "SELECT data FROM log WHERE record_id = ? ORDER BY id", (record_id,)
+                )
+            ]
+            merged = merge([merged, *log], record_id=record_id)
+        return CachedRecord(merged, bytes(vector), organisation)
+
+    async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
+        """Replace a stored record's conflict rows (after the rules changed, say)."""
+        check_text(record_id, "record_id")
+        rows = check_conflicts(record_id, conflicts)
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                if _record_row(raw, record_id) is None:
+                    raise UnknownRecordError(f"no record {record_id} is stored here")
+                _replace_conflicts(raw, record_id, rows)
+
+            self._write(raw, body)
+
+        await self._run(f"storing conflicts of {record_id}", job)
+
+    # ------------------------------------------------------------------ reading
+
+    async def load(self, record_id: str) -> bytes | None:
+        """The record's state merged with its log, as one update; None if unknown."""
+        check_text(record_id, "record_id")
+        cached = self.cache.get(record_id)
+        if cached is not None:
+            return cached.merged
+
+        def job(raw: sqlite3.Connection) -> bytes | None:
+            current = self._current(raw, record_id)
+            if current is None:
+                return None
+            self.cache.put(record_id, current)
+            return current.merged
+
+        return await self._run(f"loading record {record_id}", job)
+
+    async def state_vector(self, record_id: str) -> bytes | None:
+        """The record's stored state vector (of state and log together), or None."""
+        check_text(record_id, "record_id")
+        cached = self.cache.get(record_id)
+        if cached is not None:
+            return cached.state_vector
+
+        def job(raw: sqlite3.Connection) -> bytes | None:
+            row = raw.execute(
+                "SELECT state_vector FROM records WHERE record_id = ?", (record_id,)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(f"reading the state vector of {record_id}", job)
+
+    async def has_record(self, record_id: str) -> bool:
+        """True if the record is stored here."""
+        check_text(record_id, "record_id")
+        if self.cache.get(record_id) is not None:
+            return True
+        return await self._run(
+            f"looking up {record_id}", lambda raw: _record_row(raw, record_id) is not None
+        )
+
+    async def record_ids(
+        self, organisation: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Record ids in ascending order, after ``after``: pages for a first copy."""
+        check_optional_text(organisation, "organisation")
+        check_optional_text(after, "after")
+        lim = -1 if limit is None else check_count(limit, "limit")
+        if organisation is None:
+            sql = "SELECT record_id FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?"
+            args: tuple[object, ...] = (after or "", lim)
+        else:
+            sql = (
+                "SELECT record_id FROM records WHERE organisation = ? AND record_id > ?"
+                " ORDER BY record_id LIMIT ?"
+            )
+            args = (organisation, after or "", lim)
+        return await self._run(
+            "listing records", lambda raw: [r[0] for r in raw.execute(sql, args)]
+        )
+
+    async def count_records(self, organisation: str | None = None) -> int:
+        """How many records are stored (in that organisation)."""
+        check_optional_text(organisation, "organisation")
+        if organisation is None:
+            return await self._run(
+                "counting records", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM records")
+            )
+        return await self._run(
+            "counting records",
+            lambda raw: _scalar(
+                raw, "SELECT COUNT(*) FROM records WHERE organisation = ?", organisation
+            ),
+        )
+
+    async def log_length(self, record_id: str) -> int:
+        """How many updates the record's log holds since its last compaction (0 if unknown)."""
+        check_text(record_id, "record_id")
+        return await self._run(
+            f"reading the log of {record_id}",
+            lambda raw: _scalar(
+                raw, "SELECT log_count FROM records WHERE record_id = ?", record_id
+            ),
+        )
+
+    # ---------------------------------------------------------------- conflicts
+
+    async def conflicts(
+        self,
+        record_id: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConflictRow]:
+        """Open conflict rows ordered by (record_id, id), read from the conflict index.
+
+        ``after`` is the (record_id, id) of the last row of the previous page.
+        """
+        check_optional_text(record_id, "record_id")
+        lim = -1 if limit is None else check_count(limit, "limit")
+        after_key = ("", "") if after is None else (str(after[0]), str(after[1]))
+        columns = "id, record_id, kind, subject, severity, payload"
+        if record_id is None:
+            sql = (
+                f"SELECT {columns} FROM conflicts WHERE (record_id, id) > (?, ?)"
+                " ORDER BY record_id, id LIMIT ?"
+            )
+            args: tuple[object, ...] = (*after_key, lim)
+        else:
+            sql = (
+                f"SELECT {columns} FROM conflicts WHERE record_id = ? AND id > ?"
+                " ORDER BY id LIMIT ?"
+            )
+            args = (record_id, after_key[1] if after_key[0] == record_id else "", lim)
+
+        def job(raw: sqlite3.Connection) -> list[ConflictRow]:
+            return [
+                ConflictRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]))
+                for r in raw.execute(sql, args)
+            ]
+
+        return await self._run("listing conflicts", job)
+
+    async def count_conflicts(self, record_id: str | None = None) -> int:
+        """How many conflict rows are open (for one record, or in all)."""
+        check_optional_text(record_id, "record_id")
+        if record_id is None:
+            return await self._run(
+                "counting conflicts", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM conflicts")
+            )
+        return await self._run(
+            "counting conflicts",
+            lambda raw: _scalar(
+                raw, "SELECT COUNT(*) FROM conflicts WHERE record_id = ?", record_id
+            ),
+        )
+
+    # ------------------------------------------------------------------- outbox
+
+    async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
+        """Up to ``limit`` unacknowledged local updates with seq > ``after_seq``, oldest first."""
+        check_count(limit, "limit")
+        check_count(after_seq, "after_seq")
+
+        def job(raw: sqlite3.Connection) -> list[OutboxItem]:
+            return [
+                OutboxItem(r[0], r[1], bytes(r[2]), r[3])
+                for r in raw.execute(
+                    "SELECT seq, record_id, data, created_ms FROM outbox WHERE seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (after_seq, limit),
+                )
+            ]
+
+        return await self._run("reading the outbox", job)
+
+    async def pending_count(self) -> int:
+        """How many local updates wait for the server's acknowledgement."""
+        return await self._run(
+            "counting the outbox", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM outbox")
+        )
+
+    async def oldest_pending_ms(self) -> int | None:
+        """When the oldest unacknowledged update was written (ms), or None if none waits."""
+
+        def job(raw: sqlite3.Connection) -> int | None:
+            row = raw.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run("reading the outbox", job)
+
+    async def acknowledge(self, up_to_seq: int) -> int:
+        """Drop outbox rows with seq <= ``up_to_seq`` (the server committed them).
+
+        Only the outbox shrinks; the records keep every update. Refuses a
+        sequence number this replica never gave out. Returns how many rows went.
+        """
+        check_count(up_to_seq, "up_to_seq")
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                head = _sequence(raw, "outbox")
+                if up_to_seq > head:
+                    raise InvalidInputError(
+                        f"cannot acknowledge up to {up_to_seq}: this replica's outbox has only "
+                        f"reached {head}"
+                    )
+                return raw.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)).rowcount
+
+            return self._write(raw, body)
+
+        return await self._run("acknowledging the outbox", job)
+
+    # -------------------------------------------------------------------- feed
+
+    async def feed_since(
+        self, after_seq: int, *, limit: int, organisation: str | None = None
+    ) -> list[FeedItem]:
+        """Change-feed items with seq > ``after_seq``, in order, at most ``limit``."""
+        check_count(after_seq, "after_seq")
+        check_count(limit, "limit")
+        check_optional_text(organisation, "organisation")
+        if organisation is None:
+            sql = (
+                "SELECT seq, record_id, data, organisation FROM feed WHERE seq > ?"
+                " ORDER BY seq LIMIT ?"
+            )
+            args: tuple[object, ...] = (after_seq, limit)
+        else:
+            sql = (
+                "SELECT seq, record_id, data, organisation FROM feed"
+                " WHERE organisation = ? AND seq > ? ORDER BY seq LIMIT ?"
+            )
+            args = (organisation, after_seq, limit)
+
+        def job(raw: sqlite3.Connection) -> list[FeedItem]:
+            return [FeedItem(r[0], r[1], bytes(r[2]), r[3]) for r in raw.execute(sql, args)]
+
+        return await self._run("reading the change feed", job)
+
+    async def feed_head(self) -> int:
+        """The highest change-feed number given out (0 when the feed is empty)."""
+        return await self._run("reading the change feed", lambda raw: _sequence(raw, "feed"))
+
+    # ------------------------------------------------------------- maintenance
+
+    async def compact(self, record_id: str) -> int:
+        """Fold the record's log into its state, in one transaction; returns how many updates.
+
+        Before committing, checks that the new state holds exactly what state
+        and log held (same state vector as stored, same decoded content);
+        otherwise raises CorruptDatabaseError and changes nothing. History is
+        never dropped (merging keeps every revision) and the outbox is not touched.
+        """
+        check_text(record_id, "record_id")
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> tuple[int, CachedRecord | None]:
+                row = raw.execute(
+                    "SELECT organisation, state, state_vector FROM records WHERE record_id = ?",
+                    (record_id,),
+                ).fetchone()
+                if row is None:
+                    raise UnknownRecordError(f"no record {record_id} is stored here")
+                organisation, state, vector = row[0], bytes(row[1]), bytes(row[2])
+                log = raw.execute(
+                    "SELECT id, data FROM log WHERE record_id = ? ORDER BY id", (record_id,)
+                ).fetchall()
+                if not log:
+                    return 0, None
+                updates = [bytes(r[1]) for r in log]
+                compacted = merge([state, *updates], record_id=record_id)
+                problem = verify_compaction(state, updates, compacted, vector)
+                if problem is not None:
+                    raise CorruptDatabaseError(
+                        f"compaction of record {record_id} refused, nothing changed: {problem}"
+                    )
+                raw.execute(
+                    "UPDATE records SET state = ?, log_count = 0, log_bytes = 0"
+                    " WHERE record_id = ?",
+                    (compacted, record_id),
+                )
+                raw.execute(
+                    "DELETE FROM log WHERE record_id = ? AND id <= ?", (record_id, log[-1][0])
+                )
+                return len(log), CachedRecord(compacted, vector, organisation)
+
+            try:
+                folded, cached = self._write(raw, body)
+            except BaseException:
+                self.cache.discard(record_id)
+                raise
+            if cached is not None:
+                self.cache.put(record_id, cached)
+            return folded
+
+        return await self._run(f"compacting record {record_id}", job)
+
+    async def check(self) -> list[str]:
+        """A full consistency check; returns the problems found (empty when sound).
+
+        Reads the whole database: SQLite's own ``quick_check``, the format
+        marks, rows without their record, every record's state and log
+        (decodable, and merging to the stored state vector), log counters,
+        and outbox and feed numbers.
+        """
+        return await self._run("checking the database", self._check)
+
+    def _check(self, raw: sqlite3.Connection) -> list[str]:
+        problems: list[str] = []
+        raw.execute("BEGIN")
+        try:
+            problems.extend(
+                f"sqlite: {r[0]}" for r in raw.execute("PRAGMA quick_check") if r[0] != "ok"
+            )
+            if problems:
+                return problems
+            marks = read_marks(raw)
+            if marks.application_id != APPLICATION_ID or marks.format != FORMAT_VALUE:
+                problems.append("the caresync marks (application id, format) are missing")
+            if marks.user_version != SCHEMA_VERSION:
+                problems.append(f"schema version {marks.user_version}, not {SCHEMA_VERSION}")
+            for table in ("log", "outbox", "feed", "conflicts"):
+                orphans = _scalar(
+                    raw,
+                    f"SELECT COUNT(*) FROM {table} WHERE record_id NOT IN"
+                    " (SELECT record_id FROM records)",
+                )
+                if orphans:
+                    problems.append(f"{orphans} {table} rows belong to no stored record")
+            for table in ("outbox", "feed"):
+                top = _scalar(raw, f"SELECT COALESCE(MAX(seq), 0) FROM {table}")
+                if top > _sequence(raw, table):
+                    problems.append(f"{table} numbers run ahead of their sequence")
+            for seq, record_id, data in raw.execute("SELECT seq, record_id, data FROM outbox"):
+                try:
+                    merge([bytes(data)], record_id=record_id)
+                except InvalidInputError as exc:
+                    problems.append(f"outbox row {seq}: {exc}")
+            problems.extend(self._check_records(raw))
+        finally:
+            raw.execute("ROLLBACK")
+        if len(problems) > _MAX_PROBLEMS:
+            problems[_MAX_PROBLEMS:] = [f"... and {len(problems) - _MAX_PROBLEMS} more"]
+        return problems
+
+    def _check_records(self, raw: sqlite3.Connection) -> Iterable[str]:
+        records = raw.execute(
+            "SELECT record_id, state, state_vector, log_count, log_bytes FROM records"
+        )
+        for record_id, state, vector, log_count, log_bytes in records:
+            log = [
+                bytes(r[0])
+                for r in raw.execute(
+                    "SELECT data FROM log WHERE record_id = ? ORDER BY id", (record_id,)
+                )
+            ]
+            if len(log) != log_count or sum(map(len, log)) != log_bytes:
+                yield f"record {record_id}: its log counters do not match its log"
+            try:
+                merged = merge([bytes(state), *log], record_id=record_id)
+                if state_vector_of(merged, record_id=record_id) != bytes(vector):
+                    yield f"record {record_id}: its stored state vector does not match its content"
+            except InvalidInputError as exc:
+                yield f"record {record_id}: {exc}"
+            cached = self.cache.get(record_id)
+            if cached is not None and cached.state_vector != bytes(vector):
+                yield f"record {record_id}: the cache disagrees with the database"
+
+    # ------------------------------------------------------------ unsynced work
+
+    async def export_unsynced(self, path: StrPath) -> int:
+        """Write every pending update to a new file at ``path``; returns how many.
+
+        The file never overwrites an existing one, is fsynced, and carries a
+        version and a checksum (format: :mod:`caresync.storage.unsynced`).
+        """
+
+        def job(raw: sqlite3.Connection) -> UnsyncedExport:
+            identity = _read_identity(raw)
+            rows = raw.execute(
+                "SELECT o.seq, o.record_id, r.organisation, o.created_ms, o.data FROM outbox o"
+                " LEFT JOIN records r ON r.record_id = o.record_id ORDER BY o.seq"
+            ).fetchall()
+            return UnsyncedExport(
+                replica_id=None if identity is None else identity.replica_id,
+                exported_ms=self._now_ms(),
+                updates=tuple(ExportedUpdate(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows),
+            )
+
+        export = await self._run("exporting unsynced changes", job)
+        await asyncio.to_thread(write_export_file, path, export)
+        return len(export.updates)
+
+    async def import_unsynced(self, path: StrPath) -> int:
+        """Re-apply an export's updates as local writes (they enter the outbox again).
+
+        All or nothing, in one transaction; conflict rows are left as they are
+        (recompute them for the records touched). Returns how many updates.
+        """
+        export = await asyncio.to_thread(read_export_file, path)
+        writes = [Write(u.record_id, u.update, None, u.organisation) for u in export.updates]
+        seqs = await self._run(
+            "importing unsynced changes", lambda raw: self._write_local(raw, writes)
+        )
+        return len(seqs)
+
+    async def discard_unsynced(self, *, exported_to: StrPath) -> int:
+        """Empty the outbox, if and only if ``exported_to`` holds every pending update.
+
+        Raises UnsyncedChangesError (and deletes nothing) when the file is
+        missing, damaged, or lacks any pending update. The records keep the
+        updates; only the duty to upload them goes. Returns how many rows went.
+        """
+        try:
+            export = await asyncio.to_thread(read_export_file, exported_to)
+        except ExportFileError as exc:
+            raise UnsyncedChangesError(
+                f"refused to discard unsynced changes: {exc}; export them first"
+            ) from exc
+        kept = export.keys()
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                rows = raw.execute("SELECT seq, record_id, data FROM outbox ORDER BY seq")
+                missing = [
+                    seq
+                    for seq, record_id, data in rows
+                    if content_key(record_id, bytes(data)) not in kept
+                ]
+                if missing:
+                    raise UnsyncedChangesError(
+                        f"refused to discard unsynced changes: {len(missing)} pending updates "
+                        f"(outbox {missing[0]}...) are not in {exported_to}; export them again"
+                    )
+                return raw.execute("DELETE FROM outbox").rowcount
+
+            return self._write(raw, body)
+
+        return await self._run("discarding unsynced changes", job)
+
+    # ----------------------------------------------------------------- accounts
+
+    async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
+        """Add a user to an organisation; InvalidInputError if the name is taken there."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+        check_text(password_hash, "password_hash", max_length=4096)
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                if raw.execute(
+                    "SELECT 1 FROM users WHERE organisation = ? AND username = ?",
+                    (organisation, username),
+                ).fetchone():
+                    raise InvalidInputError(f"user {username!r} exists in {organisation!r}")
+                raw.execute(
+                    "INSERT INTO users (organisation, username, password_hash, created_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (organisation, username, password_hash, now),
+                )
+
+            self._write(raw, body)
+
+        await self._run(f"adding user {username!r}", job)
+
+    async def get_user(self, organisation: str, username: str) -> UserAccount | None:
+        """A user of the organisation, or None."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+
+        def job(raw: sqlite3.Connection) -> UserAccount | None:
+            row = raw.execute(
+                "SELECT password_hash, created_ms FROM users WHERE organisation = ?"
+                " AND username = ?",
+                (organisation, username),
+            ).fetchone()
+            return None if row is None else UserAccount(organisation, username, row[0], row[1])
+
+        return await self._run(f"reading user {username!r}", job)
+
+    async def set_password_hash(self, organisation: str, username: str, password_hash: str) -> None:
+        """Replace a user's password hash; InvalidInputError for an unknown user."""
+        check_text(password_hash, "password_hash", max_length=4096)
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                changed = raw.execute(
+                    "UPDATE users SET password_hash = ? WHERE organisation = ? AND username = ?",
+                    (password_hash, organisation, username),
+                ).rowcount
+                if not changed:
+                    raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+
+            self._write(raw, body)
+
+        await self._run(f"updating user {username!r}", job)
+
+    async def enrol_replica(
+        self, replica_id: str, organisation: str, *, enrolled_by: str | None = None
+    ) -> ReplicaInfo:
+        """Record a replica's enrolment; InvalidInputError for a replica id already known."""
+        check_text(replica_id, "replica_id")
+        check_text(organisation, "organisation")
+        check_optional_text(enrolled_by, "enrolled_by")
+        info = ReplicaInfo(replica_id, organisation, enrolled_by, self._now_ms(), None, None)
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                if raw.execute(
+                    "SELECT 1 FROM replicas WHERE replica_id = ?", (replica_id,)
+                ).fetchone():
+                    raise InvalidInputError(f"replica {replica_id!r} is enrolled already")
+                raw.execute(
+                    "INSERT INTO replicas (replica_id, organisation, enrolled_by, enrolled_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (replica_id, organisation, enrolled_by, info.enrolled_ms),
+                )
+
+            self._write(raw, body)
+
+        await self._run(f"enrolling replica {replica_id!r}", job)
+        return info
+
+    async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
+        """An enrolled replica, or None."""
+        check_text(replica_id, "replica_id")
+
+        def job(raw: sqlite3.Connection) -> ReplicaInfo | None:
+            row = raw.execute(
+                f"SELECT {_REPLICA_COLUMNS} FROM replicas WHERE replica_id = ?", (replica_id,)
+            ).fetchone()
+            return None if row is None else ReplicaInfo(*row)
+
+        return await self._run(f"reading replica {replica_id!r}", job)
+
+    async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
+        """Every enrolled replica (of that organisation), by id."""
+        check_optional_text(organisation, "organisation")
+        if organisation is None:
+            sql = f"SELECT {_REPLICA_COLUMNS} FROM replicas ORDER BY replica_id"
+            args: tuple[object, ...] = ()
+        else:
+            sql = (
+                f"SELECT {_REPLICA_COLUMNS} FROM replicas WHERE organisation = ?"
+                " ORDER BY replica_id"
+            )
+            args = (organisation,)
+        return await self._run(
+            "listing replicas", lambda raw: [ReplicaInfo(*r) for r in raw.execute(sql, args)]
+        )
+
+    async def touch_replica(self, replica_id: str, seen_ms: int | None = None) -> None:
+        """Note that a replica was seen now (or at ``seen_ms``)."""
+        check_text(replica_id, "replica_id")
+        seen = self._now_ms() if seen_ms is None else check_count(seen_ms, "seen_ms")
+        await self._update_replica(
+            replica_id, "UPDATE replicas SET last_seen_ms = ? WHERE replica_id = ?", seen
+        )
+
+    async def revoke_replica(self, replica_id: str) -> None:
+        """Revoke a replica: it is locked at its next contact (revoking twice keeps the first)."""
+        check_text(replica_id, "replica_id")
+        await self._update_replica(
+            replica_id,
+            "UPDATE replicas SET revoked_ms = COALESCE(revoked_ms, ?) WHERE replica_id = ?",
+            self._now_ms(),
+        )
+
+    async def _update_replica(self, replica_id: str, sql: str, value: int) -> None:
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                if not raw.execute(sql, (value, replica_id)).rowcount:
+                    raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
+
+            self._write(raw, body)
+
+        await self._run(f"updating replica {replica_id!r}", job)
+
+
+_REPLICA_COLUMNS = "replica_id, organisation, enrolled_by, enrolled_ms, last_seen_ms, revoked_ms"
+
+
+# ---------------------------------------------------------------- SQL helpers
+
+
+def _scalar(raw: sqlite3.Connection, sql: str, *args: object) -> int:
+    row = raw.execute(sql, args).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _sequence(raw: sqlite3.Connection, table: str) -> int:
+    """The last number an AUTOINCREMENT table gave out (0 if none yet)."""
+    return _scalar(raw, "SELECT seq FROM sqlite_sequence WHERE name = ?", table)
+
+
+def _expect_sequence(raw: sqlite3.Connection, table: str, expected: int) -> None:
+    head = _sequence(raw, table)
+    if head != expected:
+        raise CorruptDatabaseError(
+            f"{table} numbering is inconsistent (at {head}, expected {expected}); nothing written"
+        )
+
+
+def _record_row(raw: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | None:
+    row: tuple[Any, ...] | None = raw.execute(
+        "SELECT 1 FROM records WHERE record_id = ?", (record_id,)
+    ).fetchone()
+    return row
+
+
+def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:
+    raw.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _replace_conflicts(
+    raw: sqlite3.Connection, record_id: str, rows: Sequence[ConflictRow]
+) -> None:
+    raw.execute("DELETE FROM conflicts WHERE record_id = ?", (record_id,))
+    raw.executemany(
+        "INSERT INTO conflicts (record_id, id, kind, subject, severity, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(c.record_id, c.id, c.kind, c.subject, c.severity, c.payload) for c in rows],
+    )
+
+
+def _read_identity(raw: sqlite3.Connection) -> Identity | None:
+    row = raw.execute(
+        "SELECT replica_id, role, server_id, server_url, organisation FROM identity"
+    ).fetchone()
+    return None if row is None else Identity(*row)
+
+
+def _translate(exc: sqlite3.Error, what: str) -> StorageError:
+    """A caresync error for an sqlite3 error (the edge of the store)."""
+    message = str(exc)
+    lowered = message.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        return CorruptDatabaseError(f"{what}: the database is damaged ({message})")
+    if "locked" in lowered or "busy" in lowered:
+        return StorageError(f"{what}: the database is in use by another process ({message})")
+    if "full" in lowered:
+        return StorageError(f"{what}: the disk is full; nothing was written ({message})")
+    if "readonly" in lowered or "read-only" in lowered:
+        return StorageError(f"{what}: the database is read-only ({message})")
+    return StorageError(f"{what}: {message}")
+
+
+# ---------------------------------------------------------------- file helpers
+
+
+def _recognise_or_create(path: Path, create: bool, now_ms: int) -> None:
+    """Refuse a file that is not ours; create a missing one only if asked."""
+    if not path.exists():
+        if not create:
+            raise DatabaseNotFoundError(
+                f"there is no caresync database at {path}, and create=False: nothing was created"
+            )
+        _create_file(path, now_ms)
+    elif not path.is_file():
+        raise NotACaresyncDatabaseError(f"{path} is not a file; it was left untouched")
+    _recognise(path)
+
+
+def _recognise(path: Path) -> None:
+    """Refuse a file that is not a caresync database we can open; never write to it."""
+    read_header(path)
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _translate(exc, f"opening {path}") from exc
+    try:
+        marks = read_marks(conn)
+    except sqlite3.DatabaseError as exc:
+        error = _translate(exc, f"opening {path}")
+        if isinstance(error, CorruptDatabaseError):
+            raise NotACaresyncDatabaseError(
+                f"{path} is not a readable caresync database ({exc}); it was left untouched"
+            ) from exc
+        raise error from exc
+    finally:
+        conn.close()
+    refuse_unless_ours(path, marks)
+
+
+def _create_file(path: Path, now_ms: int) -> None:
+    """Build a new database beside ``path`` and link it into place when whole.
+
+    A crash part way leaves at most a hidden ``.<name>.*.creating`` file,
+    never a half-made database at ``path``.
+    """
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".creating", dir=path.parent
+        )
+    except OSError as exc:
+        raise StorageError(f"cannot create a database in {path.parent}: {exc}") from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            create_schema(conn, now_ms=now_ms)
+        finally:
+            conn.close()  # checkpoints the write-ahead log into the file, and removes it
+        with tmp.open("rb+") as file:
+            os.fsync(file.fileno())
+        _link_into_place(tmp, path)
+    except sqlite3.Error as exc:
+        raise _translate(exc, f"creating {path}") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc}") from exc
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)  # our own temporary file, never the user's
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_into_place(tmp: Path, path: Path) -> None:
+    """Give the finished temporary file its name, never replacing an existing file."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        # Someone created a file there meanwhile: leave it alone; opening checks it.
+        return
+    except OSError:
+        # No hard links on this file system: copy into a file that must not exist yet.
+        with path.open("xb") as target, tmp.open("rb") as source:
+            while chunk := source.read(1 << 20):
+                target.write(chunk)
+            target.flush()
+            os.fsync(target.fileno())
+    # Our connection used WAL; the link is the only name the database keeps.
+    if path.stat().st_size == 0:
+        raise StorageError(f"{path} was created empty")

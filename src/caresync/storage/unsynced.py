@@ -1,0 +1,231 @@
+"""The file format for exported unsynced changes (pure encoding, plus careful file I/O).
+
+An export is what a user keeps before the outbox may be emptied without the
+server's acknowledgement (promise 3). It is a UTF-8 text file of JSON lines::
+
+    {"count": 2, "exported_ms": 1700000000000, "format": "caresync-unsynced",
+     "replica_id": "laptop-7", "version": 1}
+    {"created_ms": ..., "organisation": "clinic-a", "record_id": "...", "seq": 41,
+     "update": "<base64 of the Yjs update>"}
+    {"created_ms": ..., ...                                           "seq": 42, ...}
+    {"sha256": "<hex digest of every byte above this line>"}
+
+(each object on one line; keys sorted). The first line names the format and
+its version; a reader refuses a version it does not know. The last line is a
+SHA-256 checksum of everything before it, so a truncated or damaged file is
+refused as a whole, never half-imported. Files are created exclusively: an
+export never overwrites an existing file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from caresync.exceptions import ExportFileError
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "ExportedUpdate",
+    "UnsyncedExport",
+    "content_key",
+    "decode_export",
+    "encode_export",
+    "read_export_file",
+    "write_export_file",
+]
+
+EXPORT_FORMAT = "caresync-unsynced"
+EXPORT_VERSION = 1
+_MAX_EXPORT_BYTES = 4 * 1024 * 1024 * 1024
+# Directory fsync is not supported everywhere; the file itself was fsynced already.
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES})
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedUpdate:
+    """One unsynced local update as exported."""
+
+    seq: int
+    record_id: str
+    organisation: str | None
+    created_ms: int
+    update: bytes
+
+    @property
+    def key(self) -> tuple[str, bytes]:
+        """What identifies the update's content: see :func:`content_key`."""
+        return content_key(self.record_id, self.update)
+
+
+@dataclass(frozen=True, slots=True)
+class UnsyncedExport:
+    """The content of an export file."""
+
+    replica_id: str | None
+    exported_ms: int
+    updates: tuple[ExportedUpdate, ...]
+
+    def keys(self) -> set[tuple[str, bytes]]:
+        """The content keys of every update in the file."""
+        return {u.key for u in self.updates}
+
+
+def content_key(record_id: str, update: bytes) -> tuple[str, bytes]:
+    """What identifies an update's content: its record and the SHA-256 of its bytes."""
+    return (record_id, hashlib.sha256(update).digest())
+
+
+def encode_export(export: UnsyncedExport) -> bytes:
+    """The file's bytes for ``export``."""
+    header = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "replica_id": export.replica_id,
+        "exported_ms": export.exported_ms,
+        "count": len(export.updates),
+    }
+    lines = [_line(header)]
+    lines.extend(
+        _line(
+            {
+                "seq": u.seq,
+                "record_id": u.record_id,
+                "organisation": u.organisation,
+                "created_ms": u.created_ms,
+                "update": base64.b64encode(u.update).decode("ascii"),
+            }
+        )
+        for u in export.updates
+    )
+    body = b"".join(lines)
+    return body + _line({"sha256": hashlib.sha256(body).hexdigest()})
+
+
+def decode_export(data: bytes) -> UnsyncedExport:
+    """Parse and verify an export; ExportFileError for anything but a sound, known file."""
+    first, _, _ = data.partition(b"\n")
+    header = _json_object(first)
+    if header is None or header.get("format") != EXPORT_FORMAT:
+        raise ExportFileError("not an export of caresync unsynced changes")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ExportFileError("the export's header has no valid version")
+    if version > EXPORT_VERSION:
+        raise ExportFileError(
+            f"the export was written by a newer caresync (format version {version}; "
+            f"this one reads up to {EXPORT_VERSION})"
+        )
+    if not data.endswith(b"\n"):
+        raise ExportFileError("the export is incomplete (no checksum line at its end)")
+    body, _, last = data[:-1].rpartition(b"\n")
+    body += b"\n"
+    trailer = _json_object(last)
+    digest = trailer.get("sha256") if trailer is not None else None
+    if not isinstance(digest, str) or hashlib.sha256(body).hexdigest() != digest:
+        raise ExportFileError("the export is damaged or incomplete: its checksum does not match")
+    lines = body.split(b"\n")[1:-1]
+    count = header.get("count")
+    if count != len(lines):
+        raise ExportFileError(f"the export's header says {count} updates, it holds {len(lines)}")
+    replica_id = header.get("replica_id")
+    exported_ms = header.get("exported_ms")
+    if not (replica_id is None or isinstance(replica_id, str)) or not isinstance(exported_ms, int):
+        raise ExportFileError("the export's header is malformed")
+    return UnsyncedExport(replica_id, exported_ms, tuple(_entry(line) for line in lines))
+
+
+def write_export_file(path: str | os.PathLike[str], export: UnsyncedExport) -> None:
+    """Create ``path`` (never overwriting a file) with ``export``, flushed to disk."""
+    target = Path(path)
+    data = encode_export(export)
+    try:
+        with target.open("xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except FileExistsError:
+        raise ExportFileError(
+            f"{target} exists already; an export never overwrites a file, choose a new name"
+        ) from None
+    except OSError as exc:
+        raise ExportFileError(f"cannot write the export to {target}: {exc}") from exc
+    _fsync_directory(target.parent)
+
+
+def read_export_file(path: str | os.PathLike[str]) -> UnsyncedExport:
+    """Read and verify the export file at ``path``."""
+    target = Path(path)
+    try:
+        if target.stat().st_size > _MAX_EXPORT_BYTES:
+            raise ExportFileError(f"{target} is too large to be an export")
+        data = target.read_bytes()
+    except FileNotFoundError:
+        raise ExportFileError(f"there is no export file at {target}") from None
+    except OSError as exc:
+        raise ExportFileError(f"cannot read the export at {target}: {exc}") from exc
+    return decode_export(data)
+
+
+def _line(obj: dict[str, object]) -> bytes:
+    return (
+        json.dumps(obj, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+    )
+
+
+def _json_object(line: bytes) -> dict[str, object] | None:
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _entry(line: bytes) -> ExportedUpdate:
+    obj = _json_object(line)
+    if obj is None:
+        raise ExportFileError("the export holds a line that is not an update")
+    seq, record_id = obj.get("seq"), obj.get("record_id")
+    organisation, created_ms, update = (
+        obj.get("organisation"),
+        obj.get("created_ms"),
+        obj.get("update"),
+    )
+    if (
+        not isinstance(seq, int)
+        or not isinstance(record_id, str)
+        or not record_id
+        or not (organisation is None or isinstance(organisation, str))
+        or not isinstance(created_ms, int)
+        or not isinstance(update, str)
+    ):
+        raise ExportFileError("the export holds a malformed update line")
+    try:
+        raw = base64.b64decode(update.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ExportFileError("the export holds an update that is not base64") from None
+    return ExportedUpdate(seq, record_id, organisation, created_ms, raw)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the new file's directory entry durable too."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno in _DIR_FSYNC_UNSUPPORTED:
+            return
+        raise ExportFileError(f"cannot open {directory} to flush it: {exc}") from exc
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
+            raise ExportFileError(f"cannot flush {directory}: {exc}") from exc
+    finally:
+        os.close(fd)

@@ -1,0 +1,554 @@
+"""The conformance suite: every store (SQLite, in-memory) must pass each of these."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from conftest import FakeClock
+from pycrdt import get_state
+from store_helpers import Patient, conflict, digest, revision_ids
+
+from caresync import (
+    CaresyncError,
+    ExportFileError,
+    InvalidInputError,
+    InvalidUpdateError,
+    Record,
+    StorageError,
+    UnknownRecordError,
+    UnsyncedChangesError,
+    WrongOrganisationError,
+    WrongServerError,
+)
+from caresync.storage import (
+    ConflictRow,
+    Identity,
+    IncomingUpdate,
+    MemoryStore,
+    SQLiteStore,
+    Store,
+)
+
+
+def remote(patient: Patient, update: bytes, org: str | None = None) -> IncomingUpdate:
+    return IncomingUpdate(patient.id, update, None, org)
+
+
+# ------------------------------------------------------------------- local edits
+
+
+async def test_a_local_edit_is_stored_in_the_record_and_the_outbox(store: Store) -> None:
+    p = Patient()
+    first = await store.write_local(p.id, p.created, conflicts=[])
+    second = await store.write_local(p.id, p.edit("birthDate", "1990-01-01"), conflicts=[])
+    assert second > first > 0
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "1990-01-01"
+    assert await store.state_vector(p.id) == p.record.state_vector() == get_state(loaded)
+    assert [(i.seq, i.update) for i in await store.pending()] == [
+        (first, p.updates[0]),
+        (second, p.updates[1]),
+    ]
+    assert await store.has_record(p.id)
+    assert await store.log_length(p.id) == 2
+    assert await store.check() == []
+
+
+async def test_unknown_records_read_as_none(store: Store) -> None:
+    assert await store.load("nobody") is None
+    assert await store.state_vector("nobody") is None
+    assert not await store.has_record("nobody")
+    assert await store.log_length("nobody") == 0
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00", b"not an update", b"\xff" * 40])
+async def test_bytes_that_are_not_an_update_are_refused_and_nothing_is_stored(
+    store: Store, garbage: bytes
+) -> None:
+    p = Patient()
+    with pytest.raises(InvalidUpdateError):
+        await store.write_local(p.id, garbage, conflicts=[conflict(p.id)])
+    with pytest.raises(InvalidUpdateError):
+        await store.write_remote([remote(p, p.created), remote(p, garbage)], checkpoint=("k", "1"))
+    assert await store.count_records() == 0
+    assert await store.pending_count() == 0
+    assert await store.count_conflicts() == 0
+    assert await store.get_meta("k") is None
+    assert await store.feed_head() == 0
+    assert await store.check() == []
+
+
+async def test_a_bad_update_for_an_existing_record_changes_nothing(store: Store) -> None:
+    p = Patient()
+    await store.write_local(p.id, p.created, conflicts=[])
+    before = await store.load(p.id)
+    with pytest.raises(InvalidUpdateError):
+        await store.write_local(p.id, b"\x01\x02\x03", conflicts=[])
+    assert await store.load(p.id) == before
+    assert await store.pending_count() == 1
+    assert await store.check() == []
+
+
+@pytest.mark.parametrize(
+    ("record_id", "update"),
+    [("", b"\x00\x00"), (None, b"\x00\x00"), ("r", "text"), ("r", None), ("r" * 300, b"\x00\x00")],
+)
+async def test_bad_arguments_are_typed_errors(store: Store, record_id: object, update: object) -> None:
+    with pytest.raises(InvalidInputError):
+        await store.write_local(record_id, update, conflicts=None)  # type: ignore[arg-type]
+
+
+async def test_outbox_numbers_only_grow_even_after_everything_was_acknowledged(
+    store: Store,
+) -> None:
+    p = Patient()
+    seqs = [await store.write_local(p.id, p.created, conflicts=None)]
+    seqs += [await store.write_local(p.id, p.edit(), conflicts=None) for _ in range(3)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert await store.acknowledge(seqs[-1]) == 4
+    assert await store.pending_count() == 0
+    later = await store.write_local(p.id, p.edit(), conflicts=None)
+    assert later > seqs[-1]
+
+
+async def test_concurrent_local_writes_all_commit_with_distinct_numbers(store: Store) -> None:
+    patients = [Patient() for _ in range(20)]
+    seqs = await asyncio.gather(
+        *(store.write_local(p.id, p.created, conflicts=None) for p in patients)
+    )
+    assert len(set(seqs)) == 20
+    assert await store.count_records() == 20
+    assert await store.pending_count() == 20
+    assert await store.check() == []
+
+
+# ----------------------------------------------------------------------- outbox
+
+
+async def test_pending_pages_in_order_and_acknowledge_keeps_the_records(
+    store: Store, clock: FakeClock
+) -> None:
+    p = Patient()
+    await store.write_local(p.id, p.created, conflicts=None)
+    for _ in range(5):
+        clock.advance(1000)
+        await store.write_local(p.id, p.edit(), conflicts=None)
+    everything = await store.pending()
+    assert len(everything) == 6
+    assert await store.pending(2) == everything[:2]
+    assert await store.pending(2, after_seq=everything[1].seq) == everything[2:4]
+    assert await store.oldest_pending_ms() == everything[0].created_ms
+    assert everything[-1].created_ms - everything[0].created_ms == 5000
+
+    assert await store.acknowledge(everything[2].seq) == 3
+    assert await store.pending() == everything[3:]
+    assert await store.oldest_pending_ms() == everything[3].created_ms
+    assert await store.acknowledge(everything[2].seq) == 0  # a repeated ack is harmless
+    # The record still holds every edit: acknowledging only empties the outbox.
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+    assert await store.acknowledge(everything[-1].seq) == 3
+    assert await store.oldest_pending_ms() is None
+
+
+async def test_acknowledging_a_number_never_given_out_is_refused(store: Store) -> None:
+    p = Patient()
+    seq = await store.write_local(p.id, p.created, conflicts=None)
+    with pytest.raises(InvalidInputError):
+        await store.acknowledge(seq + 1)
+    with pytest.raises(InvalidInputError):
+        await store.acknowledge(-1)
+    assert await store.pending_count() == 1
+
+
+async def test_remote_updates_never_enter_the_outbox(store: Store) -> None:
+    p = Patient("laptop-b")
+    await store.write_remote([remote(p, p.created), remote(p, p.edit())])
+    assert await store.pending_count() == 0
+    assert await store.count_records() == 1
+
+
+# -------------------------------------------------------------------- conflicts
+
+
+async def test_conflict_rows_are_replaced_with_the_update_that_changed_them(store: Store) -> None:
+    p, q = Patient(), Patient()
+    await store.write_local(p.id, p.created, conflicts=[conflict(p.id, 0), conflict(p.id, 1)])
+    await store.write_local(q.id, q.created, conflicts=[conflict(q.id, 0)])
+    assert await store.count_conflicts() == 3
+    assert await store.count_conflicts(p.id) == 2
+    # None leaves the rows; a new list replaces them; an empty one clears them.
+    await store.write_local(p.id, p.edit(), conflicts=None)
+    assert await store.count_conflicts(p.id) == 2
+    await store.write_local(p.id, p.edit(), conflicts=[conflict(p.id, 7)])
+    assert [c.id for c in await store.conflicts(p.id)] == [conflict(p.id, 7).id]
+    await store.write_remote([IncomingUpdate(p.id, p.edit(), ())])
+    assert await store.conflicts(p.id) == []
+    assert await store.conflicts() == [conflict(q.id, 0)]
+
+
+async def test_conflicts_list_in_order_and_page(store: Store) -> None:
+    patients = [Patient() for _ in range(5)]
+    for p in patients:
+        await store.write_local(p.id, p.created, conflicts=[conflict(p.id, n) for n in range(3)])
+    everything = await store.conflicts()
+    assert len(everything) == 15
+    assert everything == sorted(everything, key=lambda c: (c.record_id, c.id))
+    pages: list[ConflictRow] = []
+    after = None
+    while page := await store.conflicts(limit=4, after=after):
+        pages.extend(page)
+        after = (page[-1].record_id, page[-1].id)
+    assert pages == everything
+    one = patients[2].id
+    assert await store.conflicts(one, limit=2) == [c for c in everything if c.record_id == one][:2]
+    assert all(isinstance(c.payload, bytes) for c in everything)
+
+
+async def test_conflict_rows_of_another_record_or_twice_one_id_are_refused(store: Store) -> None:
+    p, q = Patient(), Patient()
+    with pytest.raises(InvalidInputError):
+        await store.write_local(p.id, p.created, conflicts=[conflict(q.id)])
+    with pytest.raises(InvalidInputError):
+        await store.write_local(p.id, p.created, conflicts=[conflict(p.id), conflict(p.id)])
+    with pytest.raises(InvalidInputError):
+        IncomingUpdate(p.id, p.created, (conflict(q.id),))
+    assert await store.count_records() == 0
+
+
+async def test_set_conflicts_replaces_rows_of_a_stored_record_only(store: Store) -> None:
+    p = Patient()
+    with pytest.raises(UnknownRecordError):
+        await store.set_conflicts(p.id, [conflict(p.id)])
+    await store.write_local(p.id, p.created, conflicts=None)
+    await store.set_conflicts(p.id, [conflict(p.id, 3)])
+    assert await store.conflicts() == [conflict(p.id, 3)]
+    await store.set_conflicts(p.id, [])
+    assert await store.count_conflicts() == 0
+
+
+# ------------------------------------------------------- remote updates and feed
+
+
+async def test_a_pulled_batch_commits_with_its_checkpoint(store: Store) -> None:
+    a, b = Patient("laptop-b"), Patient("laptop-c")
+    items = [remote(a, a.created), remote(b, b.created), remote(a, a.edit("birthDate", "2001"))]
+    assert await store.write_remote(items, checkpoint=("pull", "42")) == [0, 0, 0]
+    assert await store.get_meta("pull") == "42"
+    loaded = await store.load(a.id)
+    assert loaded is not None
+    assert Record.from_update(a.id, loaded, replica="x").value("birthDate") == "2001"
+    assert await store.count_records() == 2
+
+
+async def test_the_feed_numbers_every_new_update_once(store: Store) -> None:
+    a, b = Patient("laptop-b"), Patient("laptop-c")
+    seqs = await store.write_remote(
+        [IncomingUpdate(a.id, a.created, None, "org-1"), IncomingUpdate(b.id, b.created, None, "org-2")],
+        to_feed=True,
+    )
+    assert seqs == [1, 2]
+    edit = a.edit()
+    # A resent update (and a duplicate within a batch of one record) is stored once.
+    assert await store.write_remote([remote(a, a.created)], to_feed=True) == [0]
+    assert await store.write_remote([remote(a, edit), remote(b, b.edit())], to_feed=True) == [3, 4]
+    assert await store.feed_head() == 4
+    feed = await store.feed_since(0, limit=10)
+    assert [(f.seq, f.record_id, f.organisation) for f in feed] == [
+        (1, a.id, "org-1"),
+        (2, b.id, "org-2"),
+        (3, a.id, "org-1"),
+        (4, b.id, "org-2"),
+    ]
+    assert feed[2].update == edit
+    assert [f.seq for f in await store.feed_since(1, limit=2)] == [2, 3]
+    assert [f.seq for f in await store.feed_since(0, limit=10, organisation="org-1")] == [1, 3]
+    assert await store.feed_since(4, limit=10) == []
+    assert await store.log_length(a.id) == 2
+
+
+async def test_updates_arriving_out_of_order_are_all_kept(store: Store) -> None:
+    p = Patient("laptop-b")
+    first, second = p.edit("birthDate", "1"), p.edit("birthDate", "2")
+    await store.write_remote([remote(p, p.created)])
+    await store.write_remote([remote(p, second)])  # its parent has not arrived yet
+    await store.write_remote([remote(p, second)])
+    await store.write_remote([remote(p, first)])
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "2"
+    assert await store.state_vector(p.id) == p.record.state_vector()
+    assert await store.check() == []
+
+
+async def test_a_record_belongs_to_one_organisation(store: Store) -> None:
+    p = Patient()
+    await store.write_local(p.id, p.created, conflicts=None, organisation="org-1")
+    await store.write_local(p.id, p.edit(), conflicts=None)  # None: the record's own
+    with pytest.raises(InvalidInputError):
+        await store.write_local(p.id, p.edit(), conflicts=None, organisation="org-2")
+    with pytest.raises(InvalidInputError):
+        await store.write_remote([IncomingUpdate(p.id, p.edit(), None, "org-2")])
+    assert await store.log_length(p.id) == 2
+    assert await store.record_ids("org-1") == [p.id]
+    assert await store.record_ids("org-2") == []
+
+
+async def test_record_ids_page_in_order_by_organisation(store: Store) -> None:
+    ids = []
+    for n in range(12):
+        p = Patient()
+        org = "org-a" if n % 3 else "org-b"
+        await store.write_remote([IncomingUpdate(p.id, p.created, None, org)])
+        ids.append((p.id, org))
+    everything = await store.record_ids()
+    assert everything == sorted(i for i, _ in ids)
+    paged: list[str] = []
+    after = None
+    while page := await store.record_ids(after=after, limit=5):
+        paged += page
+        after = page[-1]
+    assert paged == everything
+    assert await store.record_ids("org-b") == sorted(i for i, o in ids if o == "org-b")
+    assert await store.count_records() == 12
+    assert await store.count_records("org-b") == 4
+
+
+# ------------------------------------------------------------------- compaction
+
+
+async def test_compaction_folds_the_log_and_keeps_every_revision_and_the_outbox(
+    store: Store,
+) -> None:
+    p = Patient()
+    peer = p.copy("laptop-b")
+    await store.write_local(p.id, p.created, conflicts=None)
+    for n in range(10):
+        await store.write_local(p.id, p.edit("birthDate", f"19{n:02d}"), conflicts=None)
+    await store.write_remote([remote(peer, peer.edit("name", "Ada"))])
+    before = await store.load(p.id)
+    vector = await store.state_vector(p.id)
+    outbox = await store.pending()
+    assert await store.compact(p.id) == 12
+    assert await store.log_length(p.id) == 0
+    after = await store.load(p.id)
+    assert after is not None and before is not None
+    assert await store.state_vector(p.id) == vector == get_state(after)
+    assert revision_ids(after, p.id) == revision_ids(before, p.id)
+    assert len(revision_ids(after, p.id)) == 11  # history is the audit trail: all kept
+    assert await store.pending() == outbox
+    assert await store.compact(p.id) == 0
+    # Writing on after a compaction works as before.
+    await store.write_local(p.id, p.edit("birthDate", "2000"), conflicts=None)
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "2000"
+    assert await store.check() == []
+
+
+async def test_compacting_an_unknown_record_is_a_typed_error(store: Store) -> None:
+    with pytest.raises(UnknownRecordError):
+        await store.compact("nobody")
+
+
+# ---------------------------------------------------------------- identity, meta
+
+
+async def test_identity_can_be_set_and_filled_in_but_never_rebound(store: Store) -> None:
+    assert await store.get_identity() is None
+    laptop = Identity("laptop-7", "laptop")
+    await store.set_identity(laptop)
+    assert await store.get_identity() == laptop
+    enrolled = Identity("laptop-7", "laptop", "server-1", "wss://clinic", "org-1")
+    await store.set_identity(enrolled)
+    await store.set_identity(enrolled)
+    moved = Identity("laptop-7", "laptop", "server-1", "wss://clinic.new", "org-1")
+    await store.set_identity(moved)  # a server may move
+    with pytest.raises(WrongServerError):
+        await store.set_identity(Identity("laptop-7", "laptop", "server-2", None, "org-1"))
+    with pytest.raises(WrongOrganisationError):
+        await store.set_identity(Identity("laptop-7", "laptop", "server-1", None, "org-2"))
+    with pytest.raises(InvalidInputError):
+        await store.set_identity(Identity("laptop-8", "laptop", "server-1", None, "org-1"))
+    with pytest.raises(InvalidInputError):
+        await store.set_identity(Identity("laptop-7", "server", "server-1", None, "org-1"))
+    assert await store.get_identity() == moved
+
+
+def test_identity_is_validated_when_built() -> None:
+    with pytest.raises(InvalidInputError):
+        Identity("", "laptop")
+    with pytest.raises(InvalidInputError):
+        Identity("x", "desktop")  # type: ignore[arg-type]
+
+
+async def test_meta_keeps_settings_and_refuses_reserved_keys(store: Store) -> None:
+    assert await store.get_meta("checkpoint") is None
+    await store.set_meta("checkpoint", "17")
+    await store.set_meta("checkpoint", "18")
+    assert await store.get_meta("checkpoint") == "18"
+    with pytest.raises(InvalidInputError):
+        await store.set_meta("caresync.format", "mine")
+    with pytest.raises(InvalidInputError):
+        await store.write_remote([], checkpoint=("caresync.x", "1"))
+    with pytest.raises(InvalidInputError):
+        await store.set_meta("k", 5)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- unsynced changes
+
+
+async def test_discarding_unsynced_changes_needs_an_export_that_holds_them_all(
+    store: Store, tmp_path: Path
+) -> None:
+    p = Patient()
+    await store.write_local(p.id, p.created, conflicts=None)
+    await store.write_local(p.id, p.edit(), conflicts=None)
+    export = tmp_path / "unsynced.caresync"
+    with pytest.raises(UnsyncedChangesError):
+        await store.discard_unsynced(exported_to=export)
+    assert await store.export_unsynced(export) == 2
+    await store.write_local(p.id, p.edit(), conflicts=None)  # not in the export
+    with pytest.raises(UnsyncedChangesError):
+        await store.discard_unsynced(exported_to=export)
+    assert await store.pending_count() == 3
+    complete = tmp_path / "complete.caresync"
+    assert await store.export_unsynced(complete) == 3
+    assert await store.discard_unsynced(exported_to=complete) == 3
+    assert await store.pending_count() == 0
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert len(revision_ids(loaded, p.id)) == 2  # the records keep the edits
+
+
+async def test_an_export_never_overwrites_a_file(store: Store, tmp_path: Path) -> None:
+    p = Patient()
+    await store.write_local(p.id, p.created, conflicts=None)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file")
+    before = digest(precious)
+    with pytest.raises(ExportFileError):
+        await store.export_unsynced(precious)
+    assert digest(precious) == before
+    with pytest.raises(UnsyncedChangesError):
+        await store.discard_unsynced(exported_to=precious)
+    assert await store.pending_count() == 1
+
+
+async def test_a_damaged_export_is_refused_whole(store: Store, tmp_path: Path) -> None:
+    p = Patient()
+    await store.write_local(p.id, p.created, conflicts=None)
+    await store.write_local(p.id, p.edit(), conflicts=None)
+    export = tmp_path / "out.caresync"
+    await store.export_unsynced(export)
+    data = export.read_bytes()
+    truncated = tmp_path / "truncated.caresync"
+    truncated.write_bytes(data[: len(data) // 2])
+    flipped = tmp_path / "flipped.caresync"
+    flipped.write_bytes(data.replace(b'"seq":2', b'"seq":3'))
+    for bad in (truncated, flipped):
+        with pytest.raises(ExportFileError):
+            await store.import_unsynced(bad)
+        with pytest.raises(UnsyncedChangesError):
+            await store.discard_unsynced(exported_to=bad)
+    assert await store.pending_count() == 2
+
+
+async def test_an_import_reapplies_the_updates_as_local_writes(
+    store: Store, tmp_path: Path
+) -> None:
+    p = Patient()
+    source = MemoryStore()
+    await source.write_local(p.id, p.created, conflicts=None, organisation="org-1")
+    await source.write_local(p.id, p.edit("birthDate", "1980"), conflicts=None)
+    export = tmp_path / "from-old-laptop.caresync"
+    assert await source.export_unsynced(export) == 2
+    assert await store.import_unsynced(export) == 2
+    assert [i.update for i in await store.pending()] == p.updates
+    assert await store.record_ids("org-1") == [p.id]
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "1980"
+    assert await store.check() == []
+
+
+# ---------------------------------------------------------------------- accounts
+
+
+async def test_users_are_kept_per_organisation(store: Store) -> None:
+    assert await store.get_user("org-1", "ada") is None
+    await store.add_user("org-1", "ada", "$argon2id$one")
+    await store.add_user("org-2", "ada", "$argon2id$two")
+    with pytest.raises(InvalidInputError):
+        await store.add_user("org-1", "ada", "$argon2id$three")
+    user = await store.get_user("org-1", "ada")
+    assert user is not None and user.password_hash == "$argon2id$one"
+    await store.set_password_hash("org-1", "ada", "$argon2id$rehashed")
+    user = await store.get_user("org-1", "ada")
+    assert user is not None and user.password_hash == "$argon2id$rehashed"
+    with pytest.raises(InvalidInputError):
+        await store.set_password_hash("org-1", "bob", "$argon2id$x")
+
+
+async def test_replicas_enrol_are_seen_and_revoked(store: Store, clock: FakeClock) -> None:
+    info = await store.enrol_replica("laptop-7", "org-1", enrolled_by="ada")
+    assert info.enrolled_ms == clock.now and not info.revoked
+    with pytest.raises(InvalidInputError):
+        await store.enrol_replica("laptop-7", "org-1")
+    await store.enrol_replica("laptop-8", "org-2")
+    clock.advance(500)
+    await store.touch_replica("laptop-7")
+    clock.advance(500)
+    await store.revoke_replica("laptop-7")
+    await store.revoke_replica("laptop-7")
+    got = await store.get_replica("laptop-7")
+    assert got is not None
+    assert got.last_seen_ms == info.enrolled_ms + 500
+    assert got.revoked and got.revoked_ms == info.enrolled_ms + 1000
+    assert [r.replica_id for r in await store.replicas()] == ["laptop-7", "laptop-8"]
+    assert [r.replica_id for r in await store.replicas("org-2")] == ["laptop-8"]
+    assert await store.get_replica("laptop-9") is None
+    with pytest.raises(InvalidInputError):
+        await store.revoke_replica("laptop-9")
+
+
+# ------------------------------------------------------------------- lifecycle
+
+
+async def test_a_closed_store_refuses_every_call(store: Store) -> None:
+    await store.close()
+    await store.close()
+    with pytest.raises(StorageError):
+        await store.pending_count()
+    with pytest.raises(StorageError):
+        await store.write_local("r", b"\x00\x00", conflicts=None)
+
+
+async def test_both_stores_open_with_await_and_with_async_with(tmp_path: Path) -> None:
+    memory = await MemoryStore.open()
+    async with memory:
+        assert await memory.count_records() == 0
+    assert memory.closed
+    sqlite = await SQLiteStore.open(tmp_path / "a.db")
+    async with sqlite:
+        assert await sqlite.count_records() == 0
+    assert sqlite.closed
+    async with SQLiteStore.open(tmp_path / "a.db", create=False) as again:
+        assert await again.check() == []
+    assert again.closed
+
+
+async def test_every_error_is_a_caresync_error(store: Store) -> None:
+    for call in (
+        store.load(""),
+        store.pending(-1),
+        store.feed_since(0, limit=-5),
+        store.record_ids(limit=-1),
+        store.write_remote(["not an item"]),  # type: ignore[list-item]
+    ):
+        with pytest.raises(CaresyncError):
+            await call
