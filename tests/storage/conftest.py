@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from store_helpers import FakeClock
 
 from caresync.storage import MemoryStore, SQLiteStore, Store
-
-
-class FakeClock:
-    """Milliseconds that move only when a test says so."""
-
-    def __init__(self, start: int = 1_700_000_000_000) -> None:
-        self.now = start
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-StoreFactory = Callable[[], "AsyncIterator[Store]"]
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -49,6 +49,19 @@ class Patient:
         return other
 
 
+class FakeClock:
+    """Milliseconds that move only when a test says so."""
+
+    def __init__(self, start: int = 1_700_000_000_000) -> None:
+        self.now = start
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
 def conflict(record_id: str, n: int = 0, *, kind: str = "field") -> ConflictRow:
     """A conflict row the store treats as opaque."""
     return ConflictRow(

@@ -6,9 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock
 from pycrdt import get_state
-from store_helpers import Patient, conflict, digest, revision_ids
+from store_helpers import FakeClock, Patient, conflict, digest, revision_ids
 
 from caresync import (
     CaresyncError,
@@ -96,7 +95,9 @@ async def test_a_bad_update_for_an_existing_record_changes_nothing(store: Store)
     ("record_id", "update"),
     [("", b"\x00\x00"), (None, b"\x00\x00"), ("r", "text"), ("r", None), ("r" * 300, b"\x00\x00")],
 )
-async def test_bad_arguments_are_typed_errors(store: Store, record_id: object, update: object) -> None:
+async def test_bad_arguments_are_typed_errors(
+    store: Store, record_id: object, update: object
+) -> None:
     with pytest.raises(InvalidInputError):
         await store.write_local(record_id, update, conflicts=None)  # type: ignore[arg-type]
 
@@ -107,7 +108,8 @@ async def test_outbox_numbers_only_grow_even_after_everything_was_acknowledged(
     p = Patient()
     seqs = [await store.write_local(p.id, p.created, conflicts=None)]
     seqs += [await store.write_local(p.id, p.edit(), conflicts=None) for _ in range(3)]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 4
     assert await store.acknowledge(seqs[-1]) == 4
     assert await store.pending_count() == 0
     later = await store.write_local(p.id, p.edit(), conflicts=None)
@@ -248,7 +250,10 @@ async def test_a_pulled_batch_commits_with_its_checkpoint(store: Store) -> None:
 async def test_the_feed_numbers_every_new_update_once(store: Store) -> None:
     a, b = Patient("laptop-b"), Patient("laptop-c")
     seqs = await store.write_remote(
-        [IncomingUpdate(a.id, a.created, None, "org-1"), IncomingUpdate(b.id, b.created, None, "org-2")],
+        [
+            IncomingUpdate(a.id, a.created, None, "org-1"),
+            IncomingUpdate(b.id, b.created, None, "org-2"),
+        ],
         to_feed=True,
     )
     assert seqs == [1, 2]
@@ -336,7 +341,8 @@ async def test_compaction_folds_the_log_and_keeps_every_revision_and_the_outbox(
     assert await store.compact(p.id) == 12
     assert await store.log_length(p.id) == 0
     after = await store.load(p.id)
-    assert after is not None and before is not None
+    assert after is not None
+    assert before is not None
     assert await store.state_vector(p.id) == vector == get_state(after)
     assert revision_ids(after, p.id) == revision_ids(before, p.id)
     assert len(revision_ids(after, p.id)) == 11  # history is the audit trail: all kept
@@ -486,17 +492,20 @@ async def test_users_are_kept_per_organisation(store: Store) -> None:
     with pytest.raises(InvalidInputError):
         await store.add_user("org-1", "ada", "$argon2id$three")
     user = await store.get_user("org-1", "ada")
-    assert user is not None and user.password_hash == "$argon2id$one"
+    assert user is not None
+    assert user.password_hash == "$argon2id$one"
     await store.set_password_hash("org-1", "ada", "$argon2id$rehashed")
     user = await store.get_user("org-1", "ada")
-    assert user is not None and user.password_hash == "$argon2id$rehashed"
+    assert user is not None
+    assert user.password_hash == "$argon2id$rehashed"
     with pytest.raises(InvalidInputError):
         await store.set_password_hash("org-1", "bob", "$argon2id$x")
 
 
 async def test_replicas_enrol_are_seen_and_revoked(store: Store, clock: FakeClock) -> None:
     info = await store.enrol_replica("laptop-7", "org-1", enrolled_by="ada")
-    assert info.enrolled_ms == clock.now and not info.revoked
+    assert info.enrolled_ms == clock.now
+    assert not info.revoked
     with pytest.raises(InvalidInputError):
         await store.enrol_replica("laptop-7", "org-1")
     await store.enrol_replica("laptop-8", "org-2")
@@ -508,7 +517,8 @@ async def test_replicas_enrol_are_seen_and_revoked(store: Store, clock: FakeCloc
     got = await store.get_replica("laptop-7")
     assert got is not None
     assert got.last_seen_ms == info.enrolled_ms + 500
-    assert got.revoked and got.revoked_ms == info.enrolled_ms + 1000
+    assert got.revoked
+    assert got.revoked_ms == info.enrolled_ms + 1000
     assert [r.replica_id for r in await store.replicas()] == ["laptop-7", "laptop-8"]
     assert [r.replica_id for r in await store.replicas("org-2")] == ["laptop-8"]
     assert await store.get_replica("laptop-9") is None
