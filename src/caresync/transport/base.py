@@ -1,0 +1,60 @@
+"""A channel carries whole frames (bytes) between two peers, and nothing else.
+
+The sync protocol is sans-I/O; a channel is the only thing between it and the
+network. Two implementations pass one conformance suite: websockets over TCP
+(with TLS when given an ssl context) and an in-memory twin for tests and
+simulations, whose links can be cut at will.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "Channel", "ChannelHandler", "Listener"]
+
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """One connection. ``send``/``recv`` raise ConnectionLostError once it is closed."""
+
+    @property
+    def peer(self) -> str:
+        """Who is at the other end (an address, or a name for in-memory links)."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """True once either side closed or the link broke."""
+        ...
+
+    async def send(self, frame: bytes) -> None:
+        """Send one frame; returns when handed to the transport."""
+        ...
+
+    async def recv(self) -> bytes:
+        """The next frame from the peer; FrameTooLargeError for an oversized one."""
+        ...
+
+    async def close(self, reason: str = "") -> None:
+        """Close the channel (idempotent)."""
+        ...
+
+
+ChannelHandler = Callable[[Channel], Awaitable[None]]
+"""What a listener runs for each accepted channel."""
+
+
+class Listener(Protocol):
+    """Accepts channels and runs a handler for each, until closed."""
+
+    @property
+    def url(self) -> str:
+        """Where clients connect."""
+        ...
+
+    async def close(self) -> None:
+        """Stop accepting and close every open channel."""
+        ...

@@ -1,0 +1,151 @@
+"""Channels over websockets (``ws://`` and ``wss://``), on the asyncio implementation.
+
+websockets' exceptions never escape: a dropped connection is ConnectionLostError,
+an oversized frame FrameTooLargeError, a refused handshake ConnectionLostError.
+"""
+
+from __future__ import annotations
+
+import ssl as ssl_module
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
+
+from caresync.exceptions import (
+    ConnectionLostError,
+    FrameTooLargeError,
+    InvalidInputError,
+    RemoteProtocolError,
+)
+from caresync.transport.base import DEFAULT_MAX_FRAME_BYTES, ChannelHandler
+
+__all__ = ["WebSocketChannel", "WebSocketListener", "connect_websocket", "serve_websockets"]
+
+
+class WebSocketChannel:
+    """A :class:`~caresync.transport.base.Channel` over one websocket connection."""
+
+    def __init__(self, connection: ClientConnection | ServerConnection, peer: str) -> None:
+        self._connection = connection
+        self._peer = peer
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    @property
+    def closed(self) -> bool:
+        return self._connection.close_code is not None
+
+    async def send(self, frame: bytes) -> None:
+        try:
+            await self._connection.send(frame)
+        except ConnectionClosed as exc:
+            raise ConnectionLostError(f"connection to {self._peer} closed: {exc}") from None
+
+    async def recv(self) -> bytes:
+        try:
+            message = await self._connection.recv()
+        except ConnectionClosed as exc:
+            if isinstance(exc.__cause__, PayloadTooBig) or (exc.rcvd and exc.rcvd.code == 1009):
+                raise FrameTooLargeError(f"{self._peer} sent a frame over the limit") from None
+            raise ConnectionLostError(f"connection to {self._peer} closed: {exc}") from None
+        if isinstance(message, str):
+            await self.close("text frames are not part of the protocol")
+            raise RemoteProtocolError(f"{self._peer} sent a text frame; caresync frames are binary")
+        return message
+
+    async def close(self, reason: str = "") -> None:
+        try:
+            await self._connection.close(1000, reason[:120])
+        except ConnectionClosed:
+            return  # already closed: closing is idempotent
+
+
+async def connect_websocket(
+    url: str,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    open_timeout: float = 10.0,
+) -> WebSocketChannel:
+    """Open a channel to ``url`` (``ws://`` or ``wss://``); ConnectionLostError if it fails."""
+    if not url.startswith(("ws://", "wss://")):
+        raise InvalidInputError(f"server URL must start with ws:// or wss://, got {url!r}")
+    if url.startswith("wss://") and ssl is None:
+        ssl = ssl_module.create_default_context()
+    kwargs: dict[str, Any] = {"ssl": ssl} if url.startswith("wss://") else {}
+    try:
+        connection = await connect(
+            url,
+            max_size=max_frame_bytes,
+            open_timeout=open_timeout,
+            compression=None,  # updates are already compact; deflate costs latency
+            proxy=None,
+            **kwargs,
+        )
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        raise ConnectionLostError(f"cannot connect to {url}: {exc}") from None
+    return WebSocketChannel(connection, url)
+
+
+class WebSocketListener:
+    """A websocket server running a handler per channel. Use :func:`serve_websockets`."""
+
+    def __init__(self, server: Server, url: str) -> None:
+        self._server = server
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def port(self) -> int:
+        """The TCP port bound (useful with port 0)."""
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> WebSocketListener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve_websockets(
+    handler: ChannelHandler,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> WebSocketListener:
+    """Listen on ``host:port`` (port 0 picks a free one) and run ``handler`` per channel."""
+
+    async def on_connection(connection: ServerConnection) -> None:
+        address = connection.remote_address
+        peer = f"{address[0]}:{address[1]}" if address else "unknown"
+        await handler(WebSocketChannel(connection, peer))
+
+    try:
+        server = await serve(
+            on_connection,
+            host,
+            port,
+            ssl=ssl,
+            max_size=max_frame_bytes,
+            compression=None,
+        )
+    except OSError as exc:
+        raise ConnectionLostError(f"cannot listen on {host}:{port}: {exc}") from None
+    bound = next(iter(server.sockets)).getsockname()[1]
+    scheme = "wss" if ssl is not None else "ws"
+    shown = f"[{host}]" if ":" in host else host
+    return WebSocketListener(server, f"{scheme}://{shown}:{bound}")
