@@ -671,6 +671,8 @@ class Error(Message):
 
     def __post_init__(self) -> None:
         owner = "Error"
+        if isinstance(self.code, str) and type(self.code) is not str:
+            _set(self, "code", str(self.code))  # an ErrorCode member: keep the plain str
         if type(self.code) is not str or not _CODE_RE.fullmatch(self.code):
             _bad(owner, "code", "a snake_case code of 1 to 64 characters", self.code)
         _text(owner, "message", self.message, MAX_MESSAGE_LENGTH, min_len=0, printable=False)
