@@ -34,7 +34,7 @@ from caresync.protocol import (
 )
 
 FUZZ = settings(
-    max_examples=400,
+    max_examples=max(400, settings.default.max_examples),  # the soak profile goes further
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
