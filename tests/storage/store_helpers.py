@@ -8,6 +8,7 @@ from pathlib import Path
 
 from caresync import Record
 from caresync.storage import ConflictRow
+from caresync.storage._updates import decode_state_vector
 
 _ids = itertools.count()
 
@@ -88,3 +89,8 @@ def digest(path: Path) -> str:
 def snapshot(directory: Path) -> dict[str, str]:
     """Every file in a directory and its digest."""
     return {p.name: digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def same_vector(a: bytes, b: bytes) -> bool:
+    """Two encoded state vectors that say the same (clients may come in any order)."""
+    return decode_state_vector(a) == decode_state_vector(b)

@@ -24,7 +24,13 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
-from caresync.storage._updates import EMPTY_UPDATE, merge, state_vector_of, verify_compaction
+from caresync.storage._updates import (
+    EMPTY_UPDATE,
+    merge,
+    same_state_vector,
+    state_vector_of,
+    verify_compaction,
+)
 from caresync.storage._writes import PlannedRecord, Write, check_meta_key, check_rebind, plan_writes
 from caresync.storage.base import (
     ConflictRow,
@@ -424,7 +430,8 @@ class MemoryStore:
         for record_id, record in self._records.items():
             try:
                 merged = record.merged(record_id)
-                if state_vector_of(merged, record_id=record_id) != record.state_vector:
+                vector = state_vector_of(merged, record_id=record_id)
+                if not same_state_vector(vector, record.state_vector):
                     problems.append(
                         f"record {record_id}: its stored state vector does not match its content"
                     )

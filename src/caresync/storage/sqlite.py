@@ -50,7 +50,13 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
-from caresync.storage._updates import EMPTY_UPDATE, merge, state_vector_of, verify_compaction
+from caresync.storage._updates import (
+    EMPTY_UPDATE,
+    merge,
+    same_state_vector,
+    state_vector_of,
+    verify_compaction,
+)
 from caresync.storage._writes import (
     PlannedRecord,
     Write,
@@ -860,12 +866,12 @@ class SQLiteStore:
                 yield f"record {record_id}: its log counters do not match its log"
             try:
                 merged = merge([bytes(state), *log], record_id=record_id)
-                if state_vector_of(merged, record_id=record_id) != bytes(vector):
+                if not same_state_vector(state_vector_of(merged, record_id=record_id), vector):
                     yield f"record {record_id}: its stored state vector does not match its content"
             except InvalidInputError as exc:
                 yield f"record {record_id}: {exc}"
             cached = self.cache.get(record_id)
-            if cached is not None and cached.state_vector != bytes(vector):
+            if cached is not None and not same_state_vector(cached.state_vector, vector):
                 yield f"record {record_id}: the cache disagrees with the database"
 
     # ------------------------------------------------------------ unsynced work

@@ -1,0 +1,347 @@
+"""The SQLite store and the files it is given: recognise, refuse, create, migrate, never harm."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from store_helpers import Patient, conflict, digest, revision_ids, snapshot
+
+from caresync import (
+    CaresyncError,
+    DatabaseNotFoundError,
+    DatabaseTooNewError,
+    NotACaresyncDatabaseError,
+    StorageError,
+)
+from caresync.storage import SCHEMA_VERSION, Identity, IncomingUpdate, SQLiteStore
+from caresync.storage import migrations as migrations_module
+from caresync.storage import sqlite as sqlite_module
+from caresync.storage.migrations import create_schema
+from caresync.storage.schema import SCHEMA_STEPS
+
+
+def make_old_database(path: Path, version: int) -> None:
+    """A database as an older caresync laid it out (WAL, marks, schema ``version``)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        create_schema(conn, now_ms=1, version=version)
+    finally:
+        conn.close()
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_create_false_on_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseNotFoundError):
+        await SQLiteStore.open(tmp_path / "missing.db", create=False)
+    assert names(tmp_path) == []
+
+
+async def test_creating_leaves_only_the_database(tmp_path: Path) -> None:
+    async with SQLiteStore.open(tmp_path / "new.db") as store:
+        assert await store.check() == []
+    assert [n for n in names(tmp_path) if not n.endswith("-shm")] == ["new.db"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"Patient notes, not a database\n" * 10,
+        b"SQLite format 3\x00" + b"\x00" * 50,  # a header cut short
+        bytes(range(256)) * 64,
+    ],
+    ids=["empty", "text", "short-header", "binary"],
+)
+async def test_a_file_that_is_not_a_database_is_refused_and_untouched(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    before = snapshot(tmp_path)
+    with pytest.raises(NotACaresyncDatabaseError):
+        await SQLiteStore.open(path)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+async def test_another_applications_database_is_refused_and_untouched(
+    tmp_path: Path, journal: str
+) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA journal_mode = {journal}")
+    conn.execute("CREATE TABLE patients (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO patients (name) VALUES ('Ada')")
+    conn.close()
+    before = snapshot(tmp_path)
+    with pytest.raises(NotACaresyncDatabaseError):
+        await SQLiteStore.open(path)
+    assert snapshot(tmp_path) == before
+
+
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(NotACaresyncDatabaseError):
+        await SQLiteStore.open(tmp_path)
+
+
+async def test_a_database_from_a_newer_caresync_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    async with SQLiteStore.open(path) as store:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = snapshot(tmp_path)
+    with pytest.raises(DatabaseTooNewError):
+        await SQLiteStore.open(path)
+    assert snapshot(tmp_path) == before
+
+
+async def test_a_newer_version_still_in_the_write_ahead_log_is_refused_too(
+    tmp_path: Path,
+) -> None:
+    """The file's header says an old version; the WAL, not yet checkpointed, a newer one."""
+    original = tmp_path / "original"
+    original.mkdir()
+    path = original / "replica.db"
+    async with SQLiteStore.open(path):
+        pass
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(path, copy / "replica.db")
+    shutil.copy(Path(f"{path}-wal"), copy / "replica.db-wal")
+    conn.close()
+    before = {name: h for name, h in snapshot(copy).items()}
+    with pytest.raises(DatabaseTooNewError):
+        await SQLiteStore.open(copy / "replica.db")
+    after = snapshot(copy)
+    assert {n: after[n] for n in before} == before  # the database and its WAL, byte for byte
+
+
+async def test_an_older_database_migrates_forward_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    make_old_database(path, version=1)
+    p = Patient()
+    edit = p.edit("birthDate", "1970-01-01")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO records VALUES (?, 'org-1', x'0000', ?, 2, ?, 1, 1)",
+        (p.id, p.record.state_vector(), len(p.created) + len(edit)),
+    )
+    conn.executemany(
+        "INSERT INTO log (record_id, data, created_ms) VALUES (?, ?, 1)",
+        [(p.id, p.created), (p.id, edit)],
+    )
+    conn.execute("INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, 1)", (p.id, edit))
+    conn.close()
+    async with SQLiteStore.open(path) as store:
+        assert store.migrated_from == 1
+        assert await store.check() == []
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+        assert [i.update for i in await store.pending()] == [edit]
+        await store.set_conflicts(p.id, [conflict(p.id)])  # a table version 2 added
+        await store.add_user("org-1", "ada", "$argon2id$x")
+    async with SQLiteStore.open(path) as again:
+        assert again.migrated_from is None
+        assert await again.count_conflicts() == 1
+
+
+async def test_a_failed_migration_leaves_the_old_version_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v1.db"
+    make_old_database(path, version=1)
+    broken = dict(SCHEMA_STEPS)
+    broken[2] = (*SCHEMA_STEPS[2], "THIS IS NOT SQL")
+    monkeypatch.setattr(migrations_module, "SCHEMA_STEPS", broken)
+    with pytest.raises(StorageError):
+        await SQLiteStore.open(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    conn.close()
+    assert "conflicts" not in tables
+    monkeypatch.undo()
+    async with SQLiteStore.open(path) as store:
+        assert store.migrated_from == 1
+
+
+async def test_one_process_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    async with SQLiteStore.open(path) as first:
+        with pytest.raises(StorageError, match="in use"):
+            await SQLiteStore.open(path)
+        p = Patient()
+        await first.write_local(p.id, p.created, conflicts=None)
+    async with SQLiteStore.open(path) as second:
+        assert await second.pending_count() == 1
+
+
+async def test_everything_survives_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    p, q = Patient(), Patient("laptop-b")
+    identity = Identity("laptop-a", "laptop", "server-1", "wss://x", "org-1")
+    async with SQLiteStore.open(path) as store:
+        await store.set_identity(identity)
+        await store.write_local(p.id, p.created, conflicts=[conflict(p.id)])
+        await store.write_local(p.id, p.edit(), conflicts=None)
+        await store.write_remote([IncomingUpdate(q.id, q.created, None)], checkpoint=("pull", "9"))
+        before = (await store.load(p.id), await store.pending(), await store.conflicts())
+    async with SQLiteStore.open(path, create=False) as store:
+        assert await store.get_identity() == identity
+        assert (await store.load(p.id), await store.pending(), await store.conflicts()) == before
+        assert await store.get_meta("pull") == "9"
+        assert await store.has_record(q.id)
+        assert await store.check() == []
+
+
+async def test_durability_settings(tmp_path: Path) -> None:
+    async with SQLiteStore.open(tmp_path / "replica.db") as store:
+
+        def pragmas(raw: sqlite3.Connection) -> tuple[Any, ...]:
+            return tuple(
+                raw.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "synchronous", "locking_mode")
+            )
+
+        assert await store._run("pragmas", pragmas) == ("wal", 2, "exclusive")
+
+
+# -------------------------------------------------- what opening and listing read
+
+
+class Traced(sqlite3.Connection):
+    statements: list[str] = []  # noqa: RUF012 - one list, reset by the fixture
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_trace_callback(Traced.statements.append)
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    real_connect = aiosqlite.connect
+
+    def connect(database: Any, **kwargs: Any) -> aiosqlite.Connection:
+        return real_connect(database, factory=Traced, **kwargs)
+
+    monkeypatch.setattr(sqlite_module.aiosqlite, "connect", connect)
+    Traced.statements = []
+    return Traced.statements
+
+
+async def test_opening_reads_no_record(tmp_path: Path, traced: list[str]) -> None:
+    path = tmp_path / "replica.db"
+    async with SQLiteStore.open(path) as store:
+        patients = [Patient() for _ in range(300)]
+        await store.write_remote([IncomingUpdate(p.id, p.created, None) for p in patients])
+    traced.clear()
+    async with SQLiteStore.open(path) as store:
+        opened = list(traced)
+        assert len(store.cache) == 0
+    touching = [s for s in opened if " records" in s or " log" in s or " outbox" in s]
+    assert touching == []
+    assert len(opened) < 30
+
+
+async def test_listing_conflicts_reads_only_the_conflict_index(
+    tmp_path: Path, traced: list[str]
+) -> None:
+    async with SQLiteStore.open(tmp_path / "replica.db") as store:
+        patients = [Patient() for _ in range(50)]
+        await store.write_remote(
+            [IncomingUpdate(p.id, p.created, (conflict(p.id),)) for p in patients]
+        )
+        traced.clear()
+        assert len(await store.conflicts()) == 50
+        assert await store.count_conflicts() == 50
+        statements = list(traced)
+
+        def plan(raw: sqlite3.Connection) -> list[str]:
+            return [
+                str(row[-1])
+                for s in statements
+                for row in raw.execute(f"EXPLAIN QUERY PLAN {s}", _dummy_args(s))
+            ]
+
+        details = await store._run("plan", plan)
+    assert statements
+    assert all("FROM conflicts" in s and "records" not in s for s in statements)
+    assert all("records" not in d and "log" not in d for d in details)
+
+
+def _dummy_args(statement: str) -> tuple[object, ...]:
+    return tuple("" for _ in range(statement.count("?")))
+
+
+# ------------------------------------------------------------- cache and damage
+
+
+async def test_the_record_cache_stays_within_its_bounds(tmp_path: Path) -> None:
+    async with SQLiteStore.open(tmp_path / "replica.db", cache_entries=8) as store:
+        patients = [Patient() for _ in range(50)]
+        for p in patients:
+            await store.write_local(p.id, p.created, conflicts=None)
+            await store.write_local(p.id, p.edit("name", p.id), conflicts=None)
+        assert len(store.cache) <= 8
+        for p in patients:
+            loaded = await store.load(p.id)
+            assert loaded is not None
+            assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+        assert len(store.cache) <= 8
+        assert await store.check() == []
+    async with SQLiteStore.open(tmp_path / "small.db", cache_bytes=64) as store:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None)
+        assert store.cache.size_bytes <= 64
+        assert await store.load(p.id) is not None
+
+
+async def test_a_damaged_file_gives_caresync_errors_only(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    async with SQLiteStore.open(path) as store:
+        patients = [Patient() for _ in range(200)]
+        for p in patients:
+            p.edit("name", "x" * 500)
+        await store.write_remote(
+            [IncomingUpdate(p.id, p.record.update_since(), None) for p in patients]
+        )
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    for offset in range(4 * 4096, len(data) - 4096, 4096 * 3):
+        data[offset + 100 : offset + 400] = b"\xa5" * 300
+    path.write_bytes(bytes(data))
+    # Opening may refuse the file, or open it and find the damage: either way with
+    # caresync's errors, never sqlite3's.
+    try:
+        async with SQLiteStore.open(path) as store:
+            assert await store.check()
+            for p in patients:
+                await store.load(p.id)
+    except CaresyncError:
+        return
+
+
+def test_a_new_database_never_replaces_a_file_that_appeared_meanwhile(tmp_path: Path) -> None:
+    finished = tmp_path / ".replica.db.x.creating"
+    finished.write_bytes(b"a finished database")
+    theirs = tmp_path / "replica.db"
+    theirs.write_bytes(b"a file someone made in the meantime")
+    before = digest(theirs)
+    sqlite_module._link_into_place(finished, theirs)
+    assert digest(theirs) == before
