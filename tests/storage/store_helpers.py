@@ -8,7 +8,7 @@ from pathlib import Path
 
 from caresync import Record
 from caresync.storage import ConflictRow
-from caresync.storage._updates import decode_state_vector
+from caresync.storage._updates import same_state_vector
 
 _ids = itertools.count()
 
@@ -93,4 +93,4 @@ def snapshot(directory: Path) -> dict[str, str]:
 
 def same_vector(a: bytes, b: bytes) -> bool:
     """Two encoded state vectors that say the same (clients may come in any order)."""
-    return decode_state_vector(a) == decode_state_vector(b)
+    return same_state_vector(a, b)
