@@ -1,0 +1,120 @@
+"""Loaded records of one replica: a bounded LRU over the store, and their index rows.
+
+Both the laptop replica and the server keep recently used records loaded here,
+so an edit or an incoming update merges into a live document instead of
+reloading its history. Evicting costs nothing: everything is in the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+
+from caresync.conflicts import Rulebook
+from caresync.exceptions import UnknownRecordError
+from caresync.records import DEFAULT_SCHEMA, HybridLogicalClock, Record, Schema
+from caresync.records.ids import new_revision_id
+from caresync.storage import ConflictRow, Store
+
+__all__ = ["RecordPool", "conflict_rows"]
+
+
+def conflict_rows(record: Record, rulebook: Rulebook) -> tuple[ConflictRow, ...]:
+    """The record's open conflicts as the store's index rows (payload: the conflict's JSON)."""
+    return tuple(
+        ConflictRow(
+            id=c.id,
+            record_id=record.record_id,
+            kind=c.kind.value,
+            subject=c.subject,
+            severity=c.severity.value,
+            payload=json.dumps(c.as_dict(), separators=(",", ":")).encode(),
+        )
+        for c in rulebook.conflicts(record)
+    )
+
+
+class RecordPool:
+    """Up to ``max_records`` records loaded from ``store``, least recently used evicted."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        replica: str,
+        rulebook: Rulebook,
+        schema: Schema = DEFAULT_SCHEMA,
+        max_records: int = 1024,
+        clock: HybridLogicalClock | None = None,
+        new_id: Callable[[], str] = new_revision_id,
+    ) -> None:
+        self.store = store
+        self.replica = replica
+        self.rulebook = rulebook
+        self.schema = schema
+        self.clock = clock if clock is not None else HybridLogicalClock()
+        self._new_id = new_id
+        self._max = max_records
+        self._records: OrderedDict[str, Record] = OrderedDict()
+
+    async def get(self, record_id: str) -> Record:
+        """The record, loaded if needed; UnknownRecordError if the store has none."""
+        record = self._records.get(record_id)
+        if record is not None:
+            self._records.move_to_end(record_id)
+            return record
+        stored = await self.store.load(record_id)
+        if stored is None:
+            raise UnknownRecordError(f"no record {record_id!r} in this database")
+        return self.adopt(
+            Record.from_update(
+                record_id,
+                stored,
+                replica=self.replica,
+                schema=self.schema,
+                clock=self.clock,
+                new_id=self._new_id,
+            )
+        )
+
+    async def get_or_empty(self, record_id: str) -> Record:
+        """The record, or a new empty one to merge a first received update into."""
+        try:
+            return await self.get(record_id)
+        except UnknownRecordError:
+            return self.adopt(
+                Record(
+                    record_id,
+                    replica=self.replica,
+                    schema=self.schema,
+                    clock=self.clock,
+                    new_id=self._new_id,
+                )
+            )
+
+    def create(self, record_id: str | None = None) -> Record:
+        """A new record, kept loaded (the caller stores its first update)."""
+        return self.adopt(
+            Record.create(
+                replica=self.replica,
+                record_id=record_id,
+                schema=self.schema,
+                clock=self.clock,
+                new_id=self._new_id,
+            )
+        )
+
+    def adopt(self, record: Record) -> Record:
+        self._records[record.record_id] = record
+        self._records.move_to_end(record.record_id)
+        while len(self._records) > self._max:
+            self._records.popitem(last=False)
+        return record
+
+    def forget(self, record_id: str) -> None:
+        """Drop a loaded record (after a failed commit, so memory never runs ahead of disk)."""
+        self._records.pop(record_id, None)
+
+    def rows(self, record: Record) -> tuple[ConflictRow, ...]:
+        return conflict_rows(record, self.rulebook)

@@ -1,0 +1,428 @@
+"""The clinic's sync server: accounts, enrolment, change feed and live fan-out.
+
+A thin asyncio shell: each websocket connection drives one sans-I/O
+:class:`~caresync.protocol.ServerProtocol`; the :class:`~caresync.storage.Store`
+keeps records, the change feed, accounts and enrolled replicas. The server is
+authoritative for identity and access, never for merges: every replica computes
+the same merge from the same updates.
+
+Ordering promise of the live feed: pushes are committed and fanned out under one
+lock, so every subscriber receives feed entries in ascending sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import ssl as ssl_module
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
+from caresync.exceptions import (
+    CaresyncError,
+    ConnectionLostError,
+    InvalidInputError,
+    ProtocolError,
+    StorageError,
+)
+from caresync.pool import RecordPool
+from caresync.protocol import (
+    Authenticate,
+    CopyRequest,
+    Enrol,
+    ErrorCode,
+    Goodbye,
+    Hello,
+    PullRequest,
+    PushBatch,
+    ResumeSession,
+    ServerProtocol,
+    Subscribe,
+)
+from caresync.storage import Identity, IncomingUpdate, SQLiteStore, Store
+from caresync.transport import Channel, WebSocketListener, serve_websockets
+
+__all__ = ["SyncServer", "hash_password"]
+
+SESSION_TTL_S = 12 * 3600
+_PUSHED_KEY = "pushed:"  # meta key prefix: highest local seq committed per replica
+_SESSION_KEY = "session:"
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password``."""
+    if not isinstance(password, str) or not password:
+        raise InvalidInputError("a password must be a non-empty string")
+    return _hasher.hash(password)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One connected replica: its protocol, channel and send lock."""
+
+    protocol: ServerProtocol
+    channel: Channel
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    user: str | None = None
+    organisation: str | None = None
+    # Feed entries to forward, queued in commit order by whoever committed them.
+    live: asyncio.Queue[list[tuple[int, str, bytes]]] = field(default_factory=asyncio.Queue)
+    writer: asyncio.Task[None] | None = None
+
+    async def flush(self) -> None:
+        for frame in self.protocol.data_to_send():
+            await self.channel.send(frame)
+
+    async def forward_live(self) -> None:
+        """Send queued feed entries in order; entries already sent (by seq) are skipped."""
+        while True:
+            entries = await self.live.get()
+            async with self.lock:
+                for seq, record_id, update in entries:
+                    if seq > self.protocol.live_seq:
+                        self.protocol.send_live_update(seq, record_id, update)
+                await self.flush()
+
+
+class SyncServer:
+    """A sync server over a store. Make one with :meth:`open`; run it with :meth:`serve`."""
+
+    def __init__(
+        self,
+        store: Store,
+        server_id: str,
+        *,
+        rulebook: Rulebook = DEFAULT_RULEBOOK,
+        session_ttl_s: float = SESSION_TTL_S,
+        now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.store = store
+        self.server_id = server_id
+        self.session_ttl_s = session_ttl_s
+        self._now_ms = now_ms
+        self._pool = RecordPool(store, replica=server_id, rulebook=rulebook)
+        self._connections: set[_Connection] = set()
+        self._commit_lock = asyncio.Lock()
+        self._listener: WebSocketListener | None = None
+        self.on_commit: list[Callable[[int], Awaitable[None] | None]] = []
+
+    @classmethod
+    async def open(cls, path: str | Path, **kwargs: Any) -> SyncServer:
+        """Open (or create) a server database and take its server id from it."""
+        store = await SQLiteStore.open(path)
+        try:
+            identity = await store.get_identity()
+            if identity is None:
+                identity = Identity(replica_id=f"server-{uuid.uuid4()}", role="server")
+                await store.set_identity(identity)
+            elif identity.role != "server":
+                raise StorageError(f"{path} is a laptop's database, not a server's")
+        except BaseException:
+            await store.close()
+            raise
+        return cls(store, identity.replica_id, **kwargs)
+
+    # ------------------------------------------------------------------ accounts
+
+    async def add_user(self, organisation: str, username: str, password: str) -> None:
+        """Create an account (password stored as an argon2id hash)."""
+        password_hash = await asyncio.to_thread(hash_password, password)
+        await self.store.add_user(organisation, username, password_hash)
+
+    async def revoke(self, replica_id: str) -> None:
+        """Revoke a replica: it is refused, and locks itself, at its next contact."""
+        await self.store.revoke_replica(replica_id)
+        for conn in list(self._connections):
+            if conn.protocol.replica_id == replica_id:
+                await conn.channel.close("revoked")
+
+    # ------------------------------------------------------------------- serving
+
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl: ssl_module.SSLContext | None = None
+    ) -> WebSocketListener:
+        """Start listening; returns the listener (its ``url`` and ``port``)."""
+        self._listener = await serve_websockets(self.handle, host, port, ssl=ssl)
+        return self._listener
+
+    @property
+    def url(self) -> str:
+        if self._listener is None:
+            raise InvalidInputError("the server is not listening; call serve() first")
+        return self._listener.url
+
+    async def close(self) -> None:
+        """Stop listening, drop connections, close the store."""
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        for conn in list(self._connections):
+            await conn.channel.close("server stopping")
+        await self.store.close()
+
+    async def __aenter__(self) -> SyncServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def handle(self, channel: Channel) -> None:
+        """Serve one connection until it closes (the listener calls this)."""
+        conn = _Connection(ServerProtocol(self.server_id), channel)
+        self._connections.add(conn)
+        try:
+            while not conn.protocol.close_expected:
+                try:
+                    frame = await channel.recv()
+                except ConnectionLostError:
+                    conn.protocol.connection_lost()
+                    return
+                async with conn.lock:
+                    try:
+                        conn.protocol.receive_data(frame)
+                    except CaresyncError:
+                        # A malformed frame or a refusal (wrong server, ...): the
+                        # protocol queued the Error frame that tells the peer why.
+                        await conn.flush()
+                        return
+                    for event in conn.protocol.events_received():
+                        await self._on_event(conn, event)
+                    await conn.flush()
+                    if conn.protocol.failure is not None:
+                        return  # a fatal reject() by this shell; its Error was just sent
+        except (ConnectionLostError, ProtocolError):
+            return  # the peer went away or broke the protocol; nothing half-done stays
+        finally:
+            self._connections.discard(conn)
+            if conn.writer is not None:
+                conn.writer.cancel()
+            await channel.close()
+
+    # -------------------------------------------------------------------- events
+
+    async def _on_event(self, conn: _Connection, event: object) -> None:
+        if isinstance(event, Hello):
+            await self._on_hello(conn, event)
+        elif isinstance(event, (Authenticate, ResumeSession)):
+            await self._on_login(conn, event)
+        elif isinstance(event, Enrol):
+            await self._on_enrol(conn, event)
+        elif isinstance(event, CopyRequest):
+            await self._on_copy(conn, event)
+        elif isinstance(event, PullRequest):
+            await self._on_pull(conn, event)
+        elif isinstance(event, PushBatch):
+            await self._on_push(conn, event)
+        elif isinstance(event, Subscribe):
+            await self._on_subscribe(conn, event)
+        elif isinstance(event, Goodbye):
+            return
+
+    async def _on_hello(self, conn: _Connection, hello: Hello) -> None:
+        if hello.replica_id is None:
+            return
+        info = await self.store.get_replica(hello.replica_id)
+        if info is None:
+            conn.protocol.reject(
+                ErrorCode.NOT_ENROLLED,
+                f"replica {hello.replica_id} is not enrolled to server {self.server_id}",
+            )
+        elif info.revoked:
+            conn.protocol.reject(ErrorCode.REVOKED, f"replica {hello.replica_id} was revoked")
+        elif hello.organisation is not None and hello.organisation != info.organisation:
+            conn.protocol.reject(
+                ErrorCode.WRONG_ORGANISATION,
+                f"replica {hello.replica_id} belongs to {info.organisation}, "
+                f"not {hello.organisation}",
+            )
+        else:
+            await self.store.touch_replica(hello.replica_id, self._now_ms())
+
+    async def _on_login(self, conn: _Connection, login: Authenticate | ResumeSession) -> None:
+        now = self._now_ms()
+        if isinstance(login, Authenticate):
+            account = await self.store.get_user(login.organisation, login.username)
+            ok = account is not None and await asyncio.to_thread(
+                _verify, account.password_hash, login.password
+            )
+            if not ok:
+                conn.protocol.reject(
+                    ErrorCode.BAD_CREDENTIALS,
+                    f"unknown user or wrong password for {login.username} in {login.organisation}",
+                )
+                return
+            user, organisation = login.username, login.organisation
+        else:
+            stored = await self.store.get_meta(_SESSION_KEY + login.session_token)
+            session = json.loads(stored) if stored else None
+            if not session or session["expires_ms"] <= now:
+                conn.protocol.reject(
+                    ErrorCode.SESSION_EXPIRED, "the session expired: log in with your password"
+                )
+                return
+            user, organisation = session["user"], session["organisation"]
+        expected = conn.protocol.organisation
+        if expected is not None and expected != organisation:
+            conn.protocol.reject(
+                ErrorCode.WRONG_ORGANISATION,
+                f"this replica belongs to {expected}; {user} logged in to {organisation}",
+            )
+            return
+        token = secrets.token_urlsafe(32)
+        expires = now + int(self.session_ttl_s * 1000)
+        await self.store.set_meta(
+            _SESSION_KEY + token,
+            json.dumps({"user": user, "organisation": organisation, "expires_ms": expires}),
+        )
+        conn.user, conn.organisation = user, organisation
+        conn.protocol.accept_authentication(token, expires, user, organisation)
+
+    async def _on_enrol(self, conn: _Connection, enrol: Enrol) -> None:
+        organisation = conn.organisation or ""
+        replica_id = f"replica-{uuid.uuid4()}"
+        if enrol.replica_id is not None and await self.store.get_replica(enrol.replica_id) is None:
+            replica_id = enrol.replica_id
+        await self.store.enrol_replica(replica_id, organisation, enrolled_by=conn.user)
+        conn.protocol.accept_enrolment(replica_id, organisation)
+
+    async def _on_copy(self, conn: _Connection, request: CopyRequest) -> None:
+        organisation = conn.organisation
+        checkpoint = await self.store.feed_head()
+        total = await self.store.count_records(organisation)
+        done_before = 0
+        if request.after_record_id is not None:
+            # Progress after a resume: count what lies at or before the resume point.
+            done_before = len(await self.store.record_ids(organisation))
+            done_before -= len(
+                await self.store.record_ids(organisation, after=request.after_record_id)
+            )
+        ids = await self.store.record_ids(
+            organisation, after=request.after_record_id, limit=request.batch_records
+        )
+        records: list[tuple[str, bytes]] = []
+        budget = conn.protocol.peer_max_frame_bytes - 4096
+        size = 0
+        for record_id in ids:
+            stored = await self.store.load(record_id)
+            if stored is None:
+                continue
+            if records and size + len(stored) + 64 > budget:
+                break  # the rest goes in the next batch
+            records.append((record_id, stored))
+            size += len(stored) + 64
+        done = done_before + len(records)
+        conn.protocol.send_copy_batch(
+            records,
+            done_records=done,
+            total_records=max(total, done),
+            done_bytes=size,
+            total_bytes=size,
+            feed_checkpoint=checkpoint,
+            final=done >= total or not records,
+        )
+
+    async def _on_pull(self, conn: _Connection, request: PullRequest) -> None:
+        head = await self.store.feed_head()
+        items = await self.store.feed_since(
+            request.after_seq, limit=request.limit, organisation=conn.organisation
+        )
+        if len(items) == request.limit:
+            checkpoint = items[-1].seq
+        else:
+            checkpoint = max(head, items[-1].seq if items else request.after_seq)
+        conn.protocol.send_pull_batch(
+            [(i.seq, i.record_id, i.update) for i in items],
+            checkpoint=max(checkpoint, request.after_seq),
+            head_seq=max(head, checkpoint),
+        )
+
+    async def _on_push(self, conn: _Connection, batch: PushBatch) -> None:
+        replica_id = conn.protocol.replica_id or ""
+        key = _PUSHED_KEY + replica_id
+        async with self._commit_lock:
+            committed = int(await self.store.get_meta(key) or 0)
+            fresh = [item for item in batch.items if item.local_seq > committed]
+            if fresh:
+                incoming = []
+                touched = []
+                for item in fresh:
+                    record = await self._pool.get_or_empty(item.record_id)
+                    record.apply_update(item.update)
+                    touched.append(record.record_id)
+                    incoming.append(
+                        IncomingUpdate(
+                            item.record_id,
+                            item.update,
+                            self._pool.rows(record),
+                            conn.organisation,
+                        )
+                    )
+                try:
+                    seqs = await self.store.write_remote(
+                        incoming,
+                        checkpoint=(key, str(fresh[-1].local_seq)),
+                        to_feed=True,
+                    )
+                except CaresyncError:
+                    for record_id in touched:
+                        self._pool.forget(record_id)
+                    raise
+                # Acknowledge only now: the batch is committed. Fan-out is queued
+                # under the commit lock, so every subscriber sees commit order.
+                conn.protocol.ack_push(batch.items[-1].local_seq)
+                self._fan_out(
+                    conn,
+                    [
+                        (seq, item.record_id, item.update)
+                        for seq, item in zip(seqs, fresh, strict=True)
+                    ],
+                )
+                for hook in self.on_commit:
+                    result = hook(seqs[-1])
+                    if result is not None:
+                        await result
+            else:
+                conn.protocol.ack_push(batch.items[-1].local_seq)
+
+    def _fan_out(self, source: _Connection, entries: list[tuple[int, str, bytes]]) -> None:
+        for conn in self._connections:
+            if conn is source or conn.writer is None or conn.organisation != source.organisation:
+                continue
+            conn.live.put_nowait(entries)
+
+    async def _on_subscribe(self, conn: _Connection, request: Subscribe) -> None:
+        # Start forwarding first: anything committed from now on is queued for this
+        # connection; the backlog below covers what was committed before.
+        conn.writer = asyncio.create_task(self._forward(conn))
+        after = request.after_seq
+        while True:
+            items = await self.store.feed_since(after, limit=1000, organisation=conn.organisation)
+            for item in items:
+                if item.seq > conn.protocol.live_seq:
+                    conn.protocol.send_live_update(item.seq, item.record_id, item.update)
+            if len(items) < 1000:
+                return
+            after = items[-1].seq
+
+    async def _forward(self, conn: _Connection) -> None:
+        try:
+            await conn.forward_live()
+        except (ConnectionLostError, ProtocolError):
+            await conn.channel.close()  # the replica catches up by pulling when it returns
