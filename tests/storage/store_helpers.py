@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 from pathlib import Path
+from typing import Any
+
+from pycrdt import Doc, Map
 
 from caresync import Record
 from caresync.storage import ConflictRow
@@ -76,9 +79,10 @@ def conflict(record_id: str, n: int = 0, *, kind: str = "field") -> ConflictRow:
 
 
 def revision_ids(update: bytes, record_id: str) -> set[str]:
-    """Ids of the revisions an update (or merged state) holds."""
-    record = Record.from_update(record_id, update, replica="reader")
-    return {r.id for r in record.revisions()}
+    """Ids of the revisions an update (or merged state) holds: its ``revisions`` map's keys."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(update)
+    return set(doc.get("revisions", type=Map).keys())
 
 
 def digest(path: Path) -> str:
