@@ -12,7 +12,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from caresync.exceptions import InvalidInputError, WrongOrganisationError, WrongServerError
-from caresync.storage._updates import merge, state_vector_of
+from caresync.storage._updates import (
+    advance,
+    covered_by,
+    has_pending,
+    merge,
+    same_state_vector,
+    state_vector_of,
+)
 from caresync.storage.base import ConflictRow, Identity, check_text
 from caresync.storage.cache import CachedRecord
 from caresync.storage.schema import RESERVED_META_PREFIX
@@ -36,8 +43,9 @@ class PlannedRecord:
 
     record_id: str
     organisation: str | None
-    merged: bytes
     state_vector: bytes
+    pending: bool
+    merged: bytes | None
     is_new: bool
     changed: bool
     appended: list[int]
@@ -48,20 +56,26 @@ class PlannedRecord:
     @property
     def cached(self) -> CachedRecord:
         """The record as it will be once the batch commits."""
-        return CachedRecord(self.merged, self.state_vector, self.organisation)
+        return CachedRecord(self.state_vector, self.organisation, self.pending, self.merged)
 
 
 def plan_writes(
     writes: Sequence[Write],
     current: Callable[[str], CachedRecord | None],
+    full: Callable[[str], bytes],
     *,
     skip_duplicates: bool,
 ) -> dict[str, PlannedRecord]:
-    """Merge each record's updates into its current bytes, in the order given.
+    """Work out each record's new state vector from the updates, in the order given.
+
+    ``current`` returns what is known of a stored record (None if new);
+    ``full`` its state merged with its log. The whole record is merged only
+    when it holds waiting items; otherwise the cost follows the updates
+    (see :func:`~caresync.storage._updates.advance`).
 
     ``appended`` lists the indexes (into ``writes``) to append to the log. With
-    ``skip_duplicates``, a record whose merged bytes do not change appends
-    nothing: its updates were all stored already (a resent batch is harmless).
+    ``skip_duplicates``, a record that already held every part of its updates
+    appends nothing (a resent batch is harmless and stored once).
     """
     groups: dict[str, list[int]] = {}
     for index, write in enumerate(writes):
@@ -69,25 +83,25 @@ def plan_writes(
     planned: dict[str, PlannedRecord] = {}
     for record_id, indexes in groups.items():
         cur = current(record_id)
-        organisation = cur.organisation if cur is not None else None
-        organisation_set = False
-        for i in indexes:
-            claimed = writes[i].organisation
-            if claimed is None or claimed == organisation:
-                continue
-            if organisation is not None:
-                raise InvalidInputError(
-                    f"record {record_id} belongs to organisation {organisation!r}, "
-                    f"not {claimed!r}; nothing was stored"
-                )
-            organisation = claimed
-            organisation_set = cur is not None
+        organisation, organisation_set = _organisation(record_id, cur, writes, indexes)
         updates = [writes[i].update for i in indexes]
-        merged = merge(updates if cur is None else [cur.merged, *updates], record_id=record_id)
-        if cur is None or merged != cur.merged:
-            changed, vector = True, state_vector_of(merged, record_id=record_id)
+        merged: bytes | None = None
+        if cur is None:
+            merged = merge(updates, record_id=record_id)
+            vector = state_vector_of(merged, record_id=record_id)
+            pending, changed = has_pending(merged, vector), True
+        elif not cur.pending:
+            vector, pending = advance(cur.state_vector, updates, record_id=record_id)
+            changed = not same_state_vector(vector, cur.state_vector) or not all(
+                covered_by(u, cur.state_vector) for u in updates
+            )
         else:
-            changed, vector = False, cur.state_vector
+            before = cur.merged if cur.merged is not None else full(record_id)
+            merged = merge([before, *updates], record_id=record_id)
+            vector = state_vector_of(merged, record_id=record_id)
+            pending, changed = has_pending(merged, vector), merged != before
+        if not changed and cur is not None:
+            vector, merged = cur.state_vector, cur.merged
         conflicts: tuple[ConflictRow, ...] | None = None
         for i in indexes:
             if writes[i].conflicts is not None:
@@ -96,8 +110,9 @@ def plan_writes(
         planned[record_id] = PlannedRecord(
             record_id=record_id,
             organisation=organisation,
-            merged=merged,
             state_vector=vector,
+            pending=pending,
+            merged=merged,
             is_new=cur is None,
             changed=changed,
             appended=list(appended),
@@ -106,6 +121,26 @@ def plan_writes(
             organisation_set=organisation_set,
         )
     return planned
+
+
+def _organisation(
+    record_id: str, cur: CachedRecord | None, writes: Sequence[Write], indexes: list[int]
+) -> tuple[str | None, bool]:
+    """The record's organisation after the writes, and whether they set it."""
+    organisation = cur.organisation if cur is not None else None
+    organisation_set = False
+    for i in indexes:
+        claimed = writes[i].organisation
+        if claimed is None or claimed == organisation:
+            continue
+        if organisation is not None:
+            raise InvalidInputError(
+                f"record {record_id} belongs to organisation {organisation!r}, "
+                f"not {claimed!r}; nothing was stored"
+            )
+        organisation = claimed
+        organisation_set = cur is not None
+    return organisation, organisation_set
 
 
 def check_meta_key(key: object) -> str:

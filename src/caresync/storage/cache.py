@@ -1,10 +1,11 @@
 """A bounded least-recently-used cache of loaded records.
 
-The SQLite store keeps each recently used record's merged bytes and state
-vector here, so a write to a hot record merges one new update instead of
-re-reading its log, and a read costs no database round trip. The cache is
-bounded both by entry count and by bytes: opening a store reads nothing into
-it, and a first copy of 100,000 records keeps only the most recent ones.
+The SQLite store keeps each recently used record's state vector (and, once it
+was loaded, its merged bytes) here, so a write to a hot record reads nothing
+from the database, and a read of a loaded record costs no round trip. The
+cache is bounded both by entry count and by bytes: opening a store reads
+nothing into it, and a first copy of 100,000 records keeps only the most
+recent ones.
 
 It is thread-safe: the store fills it on its database thread and reads it
 from the event loop.
@@ -23,16 +24,22 @@ __all__ = ["CachedRecord", "RecordCache"]
 
 @dataclass(frozen=True, slots=True)
 class CachedRecord:
-    """A record's merged update bytes and their state vector, as committed."""
+    """What a store knows of a record, as committed.
 
-    merged: bytes
+    ``pending`` is True when the record holds items that wait for an update
+    they depend on; ``merged`` is the record's state merged with its log, when
+    known (None after a write: keeping it would cost a merge of the whole record).
+    """
+
     state_vector: bytes
     organisation: str | None
+    pending: bool
+    merged: bytes | None = None
 
     @property
     def size(self) -> int:
         """Bytes this entry holds (what the cache's byte bound counts)."""
-        return len(self.merged) + len(self.state_vector)
+        return len(self.merged or b"") + len(self.state_vector) + 64
 
 
 class RecordCache:

@@ -26,6 +26,7 @@ from caresync.exceptions import (
 )
 from caresync.storage._updates import (
     EMPTY_UPDATE,
+    has_pending,
     merge,
     same_state_vector,
     state_vector_of,
@@ -69,6 +70,7 @@ class _Record:
     organisation: str | None
     state: bytes
     state_vector: bytes
+    pending: bool
     log: list[bytes] = field(default_factory=list)
 
     def merged(self, record_id: str) -> bytes:
@@ -84,7 +86,6 @@ class MemoryStore:
         self._meta: dict[str, str] = {}
         self._identity: Identity | None = None
         self._records: dict[str, _Record] = {}
-        self._merged: dict[str, CachedRecord] = {}
         self._outbox: dict[int, OutboxItem] = {}
         self._outbox_head = 0
         self._feed: list[FeedItem] = []
@@ -155,26 +156,32 @@ class MemoryStore:
     # ------------------------------------------------------------------ writing
 
     def _current(self, record_id: str) -> CachedRecord | None:
-        return self._merged.get(record_id)
+        record = self._records.get(record_id)
+        if record is None:
+            return None
+        return CachedRecord(record.state_vector, record.organisation, record.pending)
+
+    def _full(self, record_id: str) -> bytes:
+        return self._records[record_id].merged(record_id)
 
     def _store_planned(self, writes: Sequence[Write], planned: dict[str, PlannedRecord]) -> None:
         for record_id, plan in planned.items():
             record = self._records.get(record_id)
             if record is None:
                 record = self._records[record_id] = _Record(
-                    plan.organisation, EMPTY_UPDATE, plan.state_vector
+                    plan.organisation, EMPTY_UPDATE, plan.state_vector, plan.pending
                 )
             record.organisation = plan.organisation
             record.state_vector = plan.state_vector
+            record.pending = plan.pending
             record.log.extend(writes[i].update for i in plan.appended)
-            self._merged[record_id] = plan.cached
             if plan.conflicts is not None:
                 self._conflicts[record_id] = {c.id: c for c in plan.conflicts}
                 if not plan.conflicts:
                     del self._conflicts[record_id]
 
     def _write_local(self, writes: Sequence[Write]) -> list[int]:
-        planned = plan_writes(writes, self._current, skip_duplicates=False)
+        planned = plan_writes(writes, self._current, self._full, skip_duplicates=False)
         now = self._now_ms()
         self._store_planned(writes, planned)
         seqs = []
@@ -225,7 +232,7 @@ class MemoryStore:
             if not isinstance(checkpoint[1], str):
                 raise InvalidInputError("checkpoint values must be strings")
         self._open_or_raise(f"storing {len(writes)} received updates")
-        planned = plan_writes(writes, self._current, skip_duplicates=True)
+        planned = plan_writes(writes, self._current, self._full, skip_duplicates=True)
         self._store_planned(writes, planned)
         seqs = [0] * len(writes)
         if to_feed:
@@ -256,8 +263,7 @@ class MemoryStore:
         """The record's state merged with its log, as one update; None if unknown."""
         check_text(record_id, "record_id")
         self._open_or_raise(f"loading record {record_id}")
-        current = self._merged.get(record_id)
-        return None if current is None else current.merged
+        return None if record_id not in self._records else self._full(record_id)
 
     async def state_vector(self, record_id: str) -> bytes | None:
         """The record's stored state vector, or None."""
@@ -420,7 +426,7 @@ class MemoryStore:
         folded = len(record.log)
         record.state = compacted
         record.log = []
-        self._merged[record_id] = CachedRecord(compacted, record.state_vector, record.organisation)
+        record.pending = has_pending(compacted, record.state_vector)
         return folded
 
     async def check(self) -> list[str]:
@@ -435,6 +441,8 @@ class MemoryStore:
                     problems.append(
                         f"record {record_id}: its stored state vector does not match its content"
                     )
+                elif not record.pending and has_pending(merged, vector):
+                    problems.append(f"record {record_id}: holds waiting updates, not marked so")
             except InvalidInputError as exc:
                 problems.append(f"record {record_id}: {exc}")
         for name, ids in (

@@ -13,7 +13,7 @@ Version 1, the core of a replica::
 
     meta      (key PK, value)                      settings, checkpoints, the format mark
     identity  (singleton=1 PK, replica_id, role, server_id, server_url, organisation)
-    records   (record_id PK, organisation, state, state_vector,
+    records   (record_id PK, organisation, state, state_vector, pending,
                log_count, log_bytes, created_ms, updated_ms)
               index records_by_organisation (organisation, record_id)
     log       (id PK, record_id, data, created_ms)  updates since the record's compaction
@@ -29,6 +29,10 @@ Version 2 added the conflict index and the server's accounts::
     replicas  (replica_id PK, organisation, enrolled_by, enrolled_ms,
                last_seen_ms, revoked_ms)                            WITHOUT ROWID
               index replicas_by_organisation (organisation, replica_id)
+
+``pending`` is 1 while a record holds updates that arrived before one they
+depend on; such a record's next write merges the whole record, any other
+write costs in proportion to its updates.
 
 ``AUTOINCREMENT`` makes outbox and feed numbers strictly increasing for the
 life of the file, even after every row was acknowledged and removed.
@@ -73,6 +77,7 @@ _V1 = (
         organisation TEXT,
         state BLOB NOT NULL,
         state_vector BLOB NOT NULL,
+        pending INTEGER NOT NULL DEFAULT 0,
         log_count INTEGER NOT NULL DEFAULT 0,
         log_bytes INTEGER NOT NULL DEFAULT 0,
         created_ms INTEGER NOT NULL,

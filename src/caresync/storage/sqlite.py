@@ -52,6 +52,7 @@ from caresync.exceptions import (
 )
 from caresync.storage._updates import (
     EMPTY_UPDATE,
+    has_pending,
     merge,
     same_state_vector,
     state_vector_of,
@@ -340,7 +341,10 @@ class SQLiteStore:
 
         def body() -> tuple[list[int], dict[str, PlannedRecord]]:
             planned = plan_writes(
-                writes, lambda rid: self._current(raw, rid), skip_duplicates=False
+                writes,
+                lambda rid: self._current(raw, rid),
+                lambda rid: _full(raw, rid),
+                skip_duplicates=False,
             )
             self._store_planned(raw, writes, planned, now)
             head = _sequence(raw, "outbox")
@@ -384,7 +388,10 @@ class SQLiteStore:
         def job(raw: sqlite3.Connection) -> list[int]:
             def body() -> tuple[list[int], dict[str, PlannedRecord]]:
                 planned = plan_writes(
-                    writes, lambda rid: self._current(raw, rid), skip_duplicates=True
+                    writes,
+                    lambda rid: self._current(raw, rid),
+                    lambda rid: _full(raw, rid),
+                    skip_duplicates=True,
                 )
                 self._store_planned(raw, writes, planned, now)
                 seqs = [0] * len(writes)
@@ -446,6 +453,7 @@ class SQLiteStore:
                         plan.organisation,
                         EMPTY_UPDATE,
                         plan.state_vector,
+                        plan.pending,
                         len(plan.appended),
                         plan.appended_bytes,
                         now,
@@ -456,6 +464,7 @@ class SQLiteStore:
                 changed_rows.append(
                     (
                         plan.state_vector,
+                        plan.pending,
                         len(plan.appended),
                         plan.appended_bytes,
                         now,
@@ -466,13 +475,14 @@ class SQLiteStore:
             appended.extend(plan.appended)
         if new_rows:
             raw.executemany(
-                "INSERT INTO records (record_id, organisation, state, state_vector, log_count,"
-                " log_bytes, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records (record_id, organisation, state, state_vector, pending,"
+                " log_count, log_bytes, created_ms, updated_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 new_rows,
             )
         if changed_rows:
             raw.executemany(
-                "UPDATE records SET state_vector = ?, log_count = log_count + ?,"
+                "UPDATE records SET state_vector = ?, pending = ?, log_count = log_count + ?,"
                 " log_bytes = log_bytes + ?, updated_ms = ?,"
                 " organisation = COALESCE(organisation, ?) WHERE record_id = ?",
                 changed_rows,
@@ -487,27 +497,15 @@ class SQLiteStore:
                 _replace_conflicts(raw, plan.record_id, plan.conflicts)
 
     def _current(self, raw: sqlite3.Connection, record_id: str) -> CachedRecord | None:
-        """A record's committed merged bytes: from the cache, else state + log."""
+        """What is known of a committed record: from the cache, else its row (not its bytes)."""
         cached = self.cache.get(record_id)
         if cached is not None:
             return cached
         row = raw.execute(
-            "SELECT organisation, state, state_vector, log_count FROM records WHERE record_id = ?",
+            "SELECT state_vector, organisation, pending FROM records WHERE record_id = ?",
             (record_id,),
         ).fetchone()
-        if row is None:
-            return None
-        organisation, state, vector, log_count = row
-        merged = bytes(state)
-        if log_count:
-            log = [
-                bytes(r[0])
-                for r in raw.execute(
-                    "SELECT data FROM log WHERE record_id = ? ORDER BY id", (record_id,)
-                )
-            ]
-            merged = merge([merged, *log], record_id=record_id)
-        return CachedRecord(merged, bytes(vector), organisation)
+        return None if row is None else CachedRecord(bytes(row[0]), row[1], bool(row[2]))
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
         """Replace a stored record's conflict rows (after the rules changed, say)."""
@@ -530,15 +528,19 @@ class SQLiteStore:
         """The record's state merged with its log, as one update; None if unknown."""
         check_text(record_id, "record_id")
         cached = self.cache.get(record_id)
-        if cached is not None:
+        if cached is not None and cached.merged is not None:
             return cached.merged
 
         def job(raw: sqlite3.Connection) -> bytes | None:
             current = self._current(raw, record_id)
             if current is None:
                 return None
-            self.cache.put(record_id, current)
-            return current.merged
+            merged = _full(raw, record_id)
+            self.cache.put(
+                record_id,
+                CachedRecord(current.state_vector, current.organisation, current.pending, merged),
+            )
+            return merged
 
         return await self._run(f"loading record {record_id}", job)
 
@@ -782,15 +784,16 @@ class SQLiteStore:
                     raise CorruptDatabaseError(
                         f"compaction of record {record_id} refused, nothing changed: {problem}"
                     )
+                pending = has_pending(compacted, vector)
                 raw.execute(
-                    "UPDATE records SET state = ?, log_count = 0, log_bytes = 0"
+                    "UPDATE records SET state = ?, pending = ?, log_count = 0, log_bytes = 0"
                     " WHERE record_id = ?",
-                    (compacted, record_id),
+                    (compacted, pending, record_id),
                 )
                 raw.execute(
                     "DELETE FROM log WHERE record_id = ? AND id <= ?", (record_id, log[-1][0])
                 )
-                return len(log), CachedRecord(compacted, vector, organisation)
+                return len(log), CachedRecord(vector, organisation, pending, compacted)
 
             try:
                 folded, cached = self._write(raw, body)
@@ -853,9 +856,9 @@ class SQLiteStore:
 
     def _check_records(self, raw: sqlite3.Connection) -> Iterable[str]:
         records = raw.execute(
-            "SELECT record_id, state, state_vector, log_count, log_bytes FROM records"
+            "SELECT record_id, state, state_vector, pending, log_count, log_bytes FROM records"
         )
-        for record_id, state, vector, log_count, log_bytes in records:
+        for record_id, state, vector, pending, log_count, log_bytes in records:
             log = [
                 bytes(r[0])
                 for r in raw.execute(
@@ -868,6 +871,8 @@ class SQLiteStore:
                 merged = merge([bytes(state), *log], record_id=record_id)
                 if not same_state_vector(state_vector_of(merged, record_id=record_id), vector):
                     yield f"record {record_id}: its stored state vector does not match its content"
+                elif not pending and has_pending(merged, vector):
+                    yield f"record {record_id}: holds waiting updates but is not marked so"
             except InvalidInputError as exc:
                 yield f"record {record_id}: {exc}"
             cached = self.cache.get(record_id)
@@ -1115,6 +1120,23 @@ def _record_row(raw: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | No
         "SELECT 1 FROM records WHERE record_id = ?", (record_id,)
     ).fetchone()
     return row
+
+
+def _full(raw: sqlite3.Connection, record_id: str) -> bytes:
+    """A stored record's state merged with its log (reads the whole record)."""
+    row = raw.execute(
+        "SELECT state, log_count FROM records WHERE record_id = ?", (record_id,)
+    ).fetchone()
+    if row is None:
+        raise UnknownRecordError(f"no record {record_id} is stored here")
+    state, log_count = bytes(row[0]), row[1]
+    if not log_count:
+        return state
+    log = [
+        bytes(r[0])
+        for r in raw.execute("SELECT data FROM log WHERE record_id = ? ORDER BY id", (record_id,))
+    ]
+    return merge([state, *log], record_id=record_id)
 
 
 def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:
