@@ -138,8 +138,8 @@ async def test_an_older_database_migrates_forward_keeping_its_data(tmp_path: Pat
     edit = p.edit("birthDate", "1970-01-01")
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute(
-        "INSERT INTO records (record_id, organisation, state, state_vector, log_count,"
-        " log_bytes, created_ms, updated_ms) VALUES (?, 'org-1', x'0000', ?, 2, ?, 1, 1)",
+        "INSERT INTO records (record_id, organisation, state_vector, log_count,"
+        " log_bytes, created_ms, updated_ms) VALUES (?, 'org-1', ?, 2, ?, 1, 1)",
         (p.id, p.record.state_vector(), len(p.created) + len(edit)),
     )
     conn.executemany(

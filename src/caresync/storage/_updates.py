@@ -7,6 +7,7 @@ compaction, so that the check does not trust the code it checks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,21 +82,45 @@ def advance(vector: bytes, updates: Sequence[bytes], *, record_id: str) -> tuple
     the state is stood in for by one garbage-collected run per client, up to
     its clock. That costs in proportion to the updates, not to the record.
     """
-    stand_in = _runs_up_to(decode_state_vector(vector))
-    merged = merge([stand_in, *updates], record_id=record_id)
+    merged = merge([_runs_up_to(vector), *updates], record_id=record_id)
     new_vector = state_vector_of(merged, record_id=record_id)
     return new_vector, has_pending(merged, new_vector)
 
 
-def _runs_up_to(vector: dict[int, int]) -> bytes:
+_VARUINT = re.compile(rb"[\x80-\xff]*[\x00-\x7f]")
+
+
+def _varuints(vector: bytes) -> list[bytes]:
+    """The encoded varuints of a state vector: its count, then (client, clock) pairs."""
+    tokens: list[bytes] = _VARUINT.findall(vector)
+    if (
+        not tokens
+        or sum(map(len, tokens)) != len(vector)
+        or len(tokens) != 1 + 2 * _decode_varuint(tokens[0])
+    ):
+        raise InvalidUpdateError("bytes that are not a Yjs state vector")
+    return tokens
+
+
+def _decode_varuint(token: bytes) -> int:
+    if len(token) == 1:
+        return token[0]
+    value = 0
+    for shift, byte in enumerate(token):
+        value |= (byte & 0x7F) << (7 * shift)
+    return value
+
+
+def _runs_up_to(vector: bytes) -> bytes:
     """A Yjs v1 update of one GC struct per client covering clocks [0, clock)."""
-    clients = [(client, clock) for client, clock in vector.items() if clock]
-    out = bytearray(_varuint(len(clients)))
-    for client, clock in clients:
-        # one struct, the client, first clock 0, info 0 (GC), its length
-        out += b"\x01" + _varuint(client) + b"\x00\x00" + _varuint(clock)
-    out += b"\x00"  # an empty delete set
-    return bytes(out)
+    tokens = _varuints(vector)
+    # Per client: one struct, the client, first clock 0, info 0 (GC), its length.
+    runs = [
+        b"\x01" + tokens[i] + b"\x00\x00" + tokens[i + 1]
+        for i in range(1, len(tokens), 2)
+        if tokens[i + 1] != b"\x00"
+    ]
+    return _varuint(len(runs)) + b"".join(runs) + b"\x00"  # and an empty delete set
 
 
 def _varuint(value: int) -> bytes:
@@ -113,16 +138,7 @@ def decode_state_vector(vector: bytes) -> dict[int, int]:
     Two encodings of one state vector may list the clients in different
     orders, so state vectors are compared decoded, never as bytes.
     """
-    values: list[int] = []
-    value = shift = 0
-    for byte in vector:
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            values.append(value)
-            value = shift = 0
-    if shift or not values or len(values) != 1 + 2 * values[0]:
-        raise InvalidUpdateError("bytes that are not a Yjs state vector")
+    values = [_decode_varuint(t) for t in _varuints(vector)]
     return dict(zip(values[1::2], values[2::2], strict=True))
 
 

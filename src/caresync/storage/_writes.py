@@ -8,8 +8,9 @@ raises with nothing stored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from caresync.exceptions import InvalidInputError, WrongOrganisationError, WrongServerError
 from caresync.storage._updates import (
@@ -17,14 +18,20 @@ from caresync.storage._updates import (
     covered_by,
     has_pending,
     merge,
-    same_state_vector,
     state_vector_of,
 )
 from caresync.storage.base import ConflictRow, Identity, check_text
 from caresync.storage.cache import CachedRecord
 from caresync.storage.schema import RESERVED_META_PREFIX
 
-__all__ = ["PlannedRecord", "Write", "check_meta_key", "check_rebind", "plan_writes"]
+__all__ = [
+    "PlannedRecord",
+    "Write",
+    "WriteLike",
+    "check_meta_key",
+    "check_rebind",
+    "plan_writes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +66,33 @@ class PlannedRecord:
         return CachedRecord(self.state_vector, self.organisation, self.pending, self.merged)
 
 
+class WriteLike(Protocol):
+    """What planning reads of a write: a :class:`Write` or an ``IncomingUpdate``."""
+
+    @property
+    def record_id(self) -> str: ...
+    @property
+    def update(self) -> bytes: ...
+    @property
+    def conflicts(self) -> tuple[ConflictRow, ...] | None: ...
+    @property
+    def organisation(self) -> str | None: ...
+
+
 def plan_writes(
-    writes: Sequence[Write],
-    current: Callable[[str], CachedRecord | None],
+    writes: Sequence[WriteLike],
+    known: Mapping[str, CachedRecord],
     full: Callable[[str], bytes],
     *,
     skip_duplicates: bool,
 ) -> dict[str, PlannedRecord]:
     """Work out each record's new state vector from the updates, in the order given.
 
-    ``current`` returns what is known of a stored record (None if new);
-    ``full`` its state merged with its log. The whole record is merged only
-    when it holds waiting items; otherwise the cost follows the updates
-    (see :func:`~caresync.storage._updates.advance`).
+    ``known`` holds what is known of every stored record the writes touch (a
+    record not in it is new); ``full`` returns a stored record's state merged
+    with its log. The whole record is merged only when it holds waiting items;
+    otherwise the cost follows the updates (see
+    :func:`~caresync.storage._updates.advance`).
 
     ``appended`` lists the indexes (into ``writes``) to append to the log. With
     ``skip_duplicates``, a record that already held every part of its updates
@@ -79,10 +100,14 @@ def plan_writes(
     """
     groups: dict[str, list[int]] = {}
     for index, write in enumerate(writes):
-        groups.setdefault(write.record_id, []).append(index)
+        group = groups.get(write.record_id)
+        if group is None:
+            groups[write.record_id] = [index]
+        else:
+            group.append(index)
     planned: dict[str, PlannedRecord] = {}
     for record_id, indexes in groups.items():
-        cur = current(record_id)
+        cur = known.get(record_id)
         organisation, organisation_set = _organisation(record_id, cur, writes, indexes)
         updates = [writes[i].update for i in indexes]
         merged: bytes | None = None
@@ -91,44 +116,50 @@ def plan_writes(
             vector = state_vector_of(merged, record_id=record_id)
             pending, changed = has_pending(merged, vector), True
         elif not cur.pending:
-            vector, pending = advance(cur.state_vector, updates, record_id=record_id)
-            changed = not same_state_vector(vector, cur.state_vector) or not all(
-                covered_by(u, cur.state_vector) for u in updates
-            )
+            # Updates the record holds entirely change nothing: no state vector to work out.
+            vector, pending, merged = cur.state_vector, False, cur.merged
+            changed = not all(covered_by(u, vector) for u in updates)
+            if changed:
+                vector, pending = advance(vector, updates, record_id=record_id)
+                merged = None
         else:
             before = cur.merged if cur.merged is not None else full(record_id)
             merged = merge([before, *updates], record_id=record_id)
-            vector = state_vector_of(merged, record_id=record_id)
-            pending, changed = has_pending(merged, vector), merged != before
-        if not changed and cur is not None:
-            vector, merged = cur.state_vector, cur.merged
+            changed = merged != before
+            if changed:
+                vector = state_vector_of(merged, record_id=record_id)
+                pending = has_pending(merged, vector)
+            else:
+                vector, pending = cur.state_vector, True
         conflicts: tuple[ConflictRow, ...] | None = None
         for i in indexes:
             if writes[i].conflicts is not None:
                 conflicts = writes[i].conflicts
         appended = indexes if changed or not skip_duplicates else []
         planned[record_id] = PlannedRecord(
-            record_id=record_id,
-            organisation=organisation,
-            state_vector=vector,
-            pending=pending,
-            merged=merged,
-            is_new=cur is None,
-            changed=changed,
-            appended=list(appended),
-            appended_bytes=sum(len(writes[i].update) for i in appended),
-            conflicts=conflicts,
-            organisation_set=organisation_set,
+            record_id,
+            organisation,
+            vector,
+            pending,
+            merged,
+            cur is None,
+            changed,
+            appended,
+            sum(len(u) for u in updates) if appended else 0,
+            conflicts,
+            organisation_set,
         )
     return planned
 
 
 def _organisation(
-    record_id: str, cur: CachedRecord | None, writes: Sequence[Write], indexes: list[int]
+    record_id: str, cur: CachedRecord | None, writes: Sequence[WriteLike], indexes: list[int]
 ) -> tuple[str | None, bool]:
     """The record's organisation after the writes, and whether they set it."""
     organisation = cur.organisation if cur is not None else None
     organisation_set = False
+    if len(indexes) == 1 and writes[indexes[0]].organisation is None:
+        return organisation, False
     for i in indexes:
         claimed = writes[i].organisation
         if claimed is None or claimed == organisation:

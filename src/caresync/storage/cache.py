@@ -54,7 +54,7 @@ class RecordCache:
             raise InvalidInputError("cache bounds must not be negative")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, CachedRecord] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[CachedRecord, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -71,34 +71,35 @@ class RecordCache:
     def get(self, record_id: str) -> CachedRecord | None:
         """The cached entry (now the most recently used), or None."""
         with self._lock:
-            entry = self._entries.get(record_id)
-            if entry is None:
+            found = self._entries.get(record_id)
+            if found is None:
                 self.misses += 1
                 return None
             self._entries.move_to_end(record_id)
             self.hits += 1
-            return entry
+            return found[0]
 
     def put(self, record_id: str, entry: CachedRecord) -> None:
         """Keep ``entry`` as the most recently used, evicting the least used beyond bounds."""
+        size = entry.size
         with self._lock:
             old = self._entries.pop(record_id, None)
             if old is not None:
-                self._bytes -= old.size
-            if entry.size > self.max_bytes or self.max_entries == 0:
+                self._bytes -= old[1]
+            if size > self.max_bytes or self.max_entries == 0:
                 return
-            self._entries[record_id] = entry
-            self._bytes += entry.size
+            self._entries[record_id] = (entry, size)
+            self._bytes += size
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.size
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
 
     def discard(self, record_id: str) -> None:
         """Forget one record (after a failed transaction, say)."""
         with self._lock:
             old = self._entries.pop(record_id, None)
             if old is not None:
-                self._bytes -= old.size
+                self._bytes -= old[1]
 
     def clear(self) -> None:
         """Forget everything."""

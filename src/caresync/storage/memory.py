@@ -32,7 +32,14 @@ from caresync.storage._updates import (
     state_vector_of,
     verify_compaction,
 )
-from caresync.storage._writes import PlannedRecord, Write, check_meta_key, check_rebind, plan_writes
+from caresync.storage._writes import (
+    PlannedRecord,
+    Write,
+    WriteLike,
+    check_meta_key,
+    check_rebind,
+    plan_writes,
+)
 from caresync.storage.base import (
     ConflictRow,
     FeedItem,
@@ -155,16 +162,22 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _current(self, record_id: str) -> CachedRecord | None:
-        record = self._records.get(record_id)
-        if record is None:
-            return None
-        return CachedRecord(record.state_vector, record.organisation, record.pending)
+    def _known(self, writes: Sequence[WriteLike]) -> dict[str, CachedRecord]:
+        known = {}
+        for record_id in dict.fromkeys(w.record_id for w in writes):
+            record = self._records.get(record_id)
+            if record is not None:
+                known[record_id] = CachedRecord(
+                    record.state_vector, record.organisation, record.pending
+                )
+        return known
 
     def _full(self, record_id: str) -> bytes:
         return self._records[record_id].merged(record_id)
 
-    def _store_planned(self, writes: Sequence[Write], planned: dict[str, PlannedRecord]) -> None:
+    def _store_planned(
+        self, writes: Sequence[WriteLike], planned: dict[str, PlannedRecord]
+    ) -> None:
         for record_id, plan in planned.items():
             record = self._records.get(record_id)
             if record is None:
@@ -181,7 +194,7 @@ class MemoryStore:
                     del self._conflicts[record_id]
 
     def _write_local(self, writes: Sequence[Write]) -> list[int]:
-        planned = plan_writes(writes, self._current, self._full, skip_duplicates=False)
+        planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=False)
         now = self._now_ms()
         self._store_planned(writes, planned)
         seqs = []
@@ -220,11 +233,10 @@ class MemoryStore:
         to_feed: bool = False,
     ) -> list[int]:
         """Store a batch of received updates and the checkpoint, all or nothing."""
-        writes = []
-        for item in items:
+        writes = list(items)
+        for item in writes:
             if not isinstance(item, IncomingUpdate):
                 raise InvalidInputError(f"items must be IncomingUpdate, not {type(item).__name__}")
-            writes.append(Write(item.record_id, item.update, item.conflicts, item.organisation))
         if checkpoint is not None:
             if not isinstance(checkpoint, tuple) or len(checkpoint) != 2:
                 raise InvalidInputError("checkpoint must be a (key, value) tuple")
@@ -232,7 +244,7 @@ class MemoryStore:
             if not isinstance(checkpoint[1], str):
                 raise InvalidInputError("checkpoint values must be strings")
         self._open_or_raise(f"storing {len(writes)} received updates")
-        planned = plan_writes(writes, self._current, self._full, skip_duplicates=True)
+        planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=True)
         self._store_planned(writes, planned)
         seqs = [0] * len(writes)
         if to_feed:

@@ -13,9 +13,10 @@ Version 1, the core of a replica::
 
     meta      (key PK, value)                      settings, checkpoints, the format mark
     identity  (singleton=1 PK, replica_id, role, server_id, server_url, organisation)
-    records   (record_id PK, organisation, state, state_vector, pending,
-               log_count, log_bytes, created_ms, updated_ms)
+    records   (record_id PK, organisation, state_vector, pending,
+               log_count, log_bytes, created_ms, updated_ms)      WITHOUT ROWID
               index records_by_organisation (organisation, record_id)
+    states    (record_id PK, state)       the compacted state, from the first compaction on
     log       (id PK, record_id, data, created_ms)  updates since the record's compaction
               index log_by_record (record_id, id)
     outbox    (seq PK AUTOINCREMENT, record_id, data, created_ms)   unacknowledged local updates
@@ -29,6 +30,10 @@ Version 2 added the conflict index and the server's accounts::
     replicas  (replica_id PK, organisation, enrolled_by, enrolled_ms,
                last_seen_ms, revoked_ms)                            WITHOUT ROWID
               index replicas_by_organisation (organisation, replica_id)
+
+A record's row is small and changes with every write; its compacted state
+lives apart in ``states``, written only by compaction, so that a write never
+rewrites the record's bytes (an update of a row rewrites all of it).
 
 ``pending`` is 1 while a record holds updates that arrived before one they
 depend on; such a record's next write merges the whole record, any other
@@ -75,15 +80,15 @@ _V1 = (
     """CREATE TABLE records (
         record_id TEXT PRIMARY KEY NOT NULL,
         organisation TEXT,
-        state BLOB NOT NULL,
         state_vector BLOB NOT NULL,
         pending INTEGER NOT NULL DEFAULT 0,
         log_count INTEGER NOT NULL DEFAULT 0,
         log_bytes INTEGER NOT NULL DEFAULT 0,
         created_ms INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL
-    )""",
+    ) WITHOUT ROWID""",
     "CREATE INDEX records_by_organisation ON records (organisation, record_id)",
+    "CREATE TABLE states (record_id TEXT PRIMARY KEY NOT NULL, state BLOB NOT NULL)",
     """CREATE TABLE log (
         id INTEGER PRIMARY KEY,
         record_id TEXT NOT NULL,

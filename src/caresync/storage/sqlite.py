@@ -61,6 +61,7 @@ from caresync.storage._updates import (
 from caresync.storage._writes import (
     PlannedRecord,
     Write,
+    WriteLike,
     check_meta_key,
     check_rebind,
     plan_writes,
@@ -109,6 +110,7 @@ T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
 
 _BUSY_TIMEOUT_S = 2.0
+_IN_CHUNK = 500  # record ids per "IN (...)" lookup, well under SQLite's parameter limit
 _MAX_PROBLEMS = 100
 
 
@@ -342,7 +344,7 @@ class SQLiteStore:
         def body() -> tuple[list[int], dict[str, PlannedRecord]]:
             planned = plan_writes(
                 writes,
-                lambda rid: self._current(raw, rid),
+                self._known(raw, writes),
                 lambda rid: _full(raw, rid),
                 skip_duplicates=False,
             )
@@ -372,11 +374,10 @@ class SQLiteStore:
         ``to_feed``, or when the record already held every part of the update
         (a resent update is stored once). Remote updates never enter the outbox.
         """
-        writes = []
-        for item in items:
+        writes = list(items)
+        for item in writes:
             if not isinstance(item, IncomingUpdate):
                 raise InvalidInputError(f"items must be IncomingUpdate, not {type(item).__name__}")
-            writes.append(Write(item.record_id, item.update, item.conflicts, item.organisation))
         if checkpoint is not None:
             if not isinstance(checkpoint, tuple) or len(checkpoint) != 2:
                 raise InvalidInputError("checkpoint must be a (key, value) tuple")
@@ -389,7 +390,7 @@ class SQLiteStore:
             def body() -> tuple[list[int], dict[str, PlannedRecord]]:
                 planned = plan_writes(
                     writes,
-                    lambda rid: self._current(raw, rid),
+                    self._known(raw, writes),
                     lambda rid: _full(raw, rid),
                     skip_duplicates=True,
                 )
@@ -438,7 +439,7 @@ class SQLiteStore:
     def _store_planned(
         self,
         raw: sqlite3.Connection,
-        writes: Sequence[Write],
+        writes: Sequence[WriteLike],
         planned: dict[str, PlannedRecord],
         now: int,
     ) -> None:
@@ -451,7 +452,6 @@ class SQLiteStore:
                     (
                         plan.record_id,
                         plan.organisation,
-                        EMPTY_UPDATE,
                         plan.state_vector,
                         plan.pending,
                         len(plan.appended),
@@ -475,9 +475,8 @@ class SQLiteStore:
             appended.extend(plan.appended)
         if new_rows:
             raw.executemany(
-                "INSERT INTO records (record_id, organisation, state, state_vector, pending,"
-                " log_count, log_bytes, created_ms, updated_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records (record_id, organisation, state_vector, pending,"
+                " log_count, log_bytes, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 new_rows,
             )
         if changed_rows:
@@ -495,6 +494,29 @@ class SQLiteStore:
         for plan in planned.values():
             if plan.conflicts is not None:
                 _replace_conflicts(raw, plan.record_id, plan.conflicts)
+
+    def _known(
+        self, raw: sqlite3.Connection, writes: Sequence[WriteLike]
+    ) -> dict[str, CachedRecord]:
+        """What is known of the stored records among those written: cache, then one query."""
+        known: dict[str, CachedRecord] = {}
+        missing: list[str] = []
+        for record_id in dict.fromkeys(w.record_id for w in writes):
+            cached = self.cache.get(record_id)
+            if cached is None:
+                missing.append(record_id)
+            else:
+                known[record_id] = cached
+        for start in range(0, len(missing), _IN_CHUNK):
+            chunk = missing[start : start + _IN_CHUNK]
+            rows = raw.execute(
+                "SELECT record_id, state_vector, organisation, pending FROM records"
+                f" WHERE record_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for record_id, vector, organisation, pending in rows:
+                known[record_id] = CachedRecord(bytes(vector), organisation, bool(pending))
+        return known
 
     def _current(self, raw: sqlite3.Connection, record_id: str) -> CachedRecord | None:
         """What is known of a committed record: from the cache, else its row (not its bytes)."""
@@ -766,12 +788,12 @@ class SQLiteStore:
         def job(raw: sqlite3.Connection) -> int:
             def body() -> tuple[int, CachedRecord | None]:
                 row = raw.execute(
-                    "SELECT organisation, state, state_vector FROM records WHERE record_id = ?",
+                    "SELECT organisation, state_vector FROM records WHERE record_id = ?",
                     (record_id,),
                 ).fetchone()
                 if row is None:
                     raise UnknownRecordError(f"no record {record_id} is stored here")
-                organisation, state, vector = row[0], bytes(row[1]), bytes(row[2])
+                organisation, vector, state = row[0], bytes(row[1]), _state(raw, record_id)
                 log = raw.execute(
                     "SELECT id, data FROM log WHERE record_id = ? ORDER BY id", (record_id,)
                 ).fetchall()
@@ -786,9 +808,13 @@ class SQLiteStore:
                     )
                 pending = has_pending(compacted, vector)
                 raw.execute(
-                    "UPDATE records SET state = ?, pending = ?, log_count = 0, log_bytes = 0"
+                    "INSERT OR REPLACE INTO states (record_id, state) VALUES (?, ?)",
+                    (record_id, compacted),
+                )
+                raw.execute(
+                    "UPDATE records SET pending = ?, log_count = 0, log_bytes = 0"
                     " WHERE record_id = ?",
-                    (compacted, pending, record_id),
+                    (pending, record_id),
                 )
                 raw.execute(
                     "DELETE FROM log WHERE record_id = ? AND id <= ?", (record_id, log[-1][0])
@@ -830,7 +856,7 @@ class SQLiteStore:
                 problems.append("the caresync marks (application id, format) are missing")
             if marks.user_version != SCHEMA_VERSION:
                 problems.append(f"schema version {marks.user_version}, not {SCHEMA_VERSION}")
-            for table in ("log", "outbox", "feed", "conflicts"):
+            for table in ("states", "log", "outbox", "feed", "conflicts"):
                 orphans = _scalar(
                     raw,
                     f"SELECT COUNT(*) FROM {table} WHERE record_id NOT IN"
@@ -856,7 +882,9 @@ class SQLiteStore:
 
     def _check_records(self, raw: sqlite3.Connection) -> Iterable[str]:
         records = raw.execute(
-            "SELECT record_id, state, state_vector, pending, log_count, log_bytes FROM records"
+            "SELECT r.record_id, COALESCE(s.state, ?), r.state_vector, r.pending, r.log_count,"
+            " r.log_bytes FROM records r LEFT JOIN states s ON s.record_id = r.record_id",
+            (EMPTY_UPDATE,),
         )
         for record_id, state, vector, pending, log_count, log_bytes in records:
             log = [
@@ -1122,15 +1150,19 @@ def _record_row(raw: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | No
     return row
 
 
+def _state(raw: sqlite3.Connection, record_id: str) -> bytes:
+    """A record's compacted state (empty until its first compaction)."""
+    row = raw.execute("SELECT state FROM states WHERE record_id = ?", (record_id,)).fetchone()
+    return EMPTY_UPDATE if row is None else bytes(row[0])
+
+
 def _full(raw: sqlite3.Connection, record_id: str) -> bytes:
     """A stored record's state merged with its log (reads the whole record)."""
-    row = raw.execute(
-        "SELECT state, log_count FROM records WHERE record_id = ?", (record_id,)
-    ).fetchone()
+    row = raw.execute("SELECT log_count FROM records WHERE record_id = ?", (record_id,)).fetchone()
     if row is None:
         raise UnknownRecordError(f"no record {record_id} is stored here")
-    state, log_count = bytes(row[0]), row[1]
-    if not log_count:
+    state = _state(raw, record_id)
+    if not row[0]:
         return state
     log = [
         bytes(r[0])
