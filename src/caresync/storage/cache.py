@@ -49,7 +49,7 @@ class RecordCache:
     disables the cache.
     """
 
-    def __init__(self, *, max_entries: int = 4096, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, *, max_entries: int = 32768, max_bytes: int = 64 * 1024 * 1024) -> None:
         if max_entries < 0 or max_bytes < 0:
             raise InvalidInputError("cache bounds must not be negative")
         self.max_entries = max_entries

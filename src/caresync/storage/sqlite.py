@@ -148,7 +148,7 @@ class SQLiteStore:
         path: StrPath,
         *,
         create: bool = True,
-        cache_entries: int = 4096,
+        cache_entries: int = 32768,
         cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], int] | None = None,
     ) -> StoreOpener[SQLiteStore]:
@@ -349,6 +349,14 @@ class SQLiteStore:
                 skip_duplicates=False,
             )
             self._store_planned(raw, writes, planned, now)
+            if len(writes) == 1:  # the durable single edit: as few statements as can be
+                cursor = raw.execute(
+                    "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
+                    (writes[0].record_id, writes[0].update, now),
+                )
+                if cursor.lastrowid is None:
+                    raise CorruptDatabaseError("the outbox gave the edit no number")
+                return [cursor.lastrowid], planned
             head = _sequence(raw, "outbox")
             raw.executemany(
                 "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
