@@ -6,16 +6,37 @@ around the sans-I/O :class:`~caresync.protocol.ClientProtocol`: it pushes the
 outbox (entries leave it only when the server acknowledged its commit) and
 pulls the change feed from the last checkpoint, committing each batch with its
 checkpoint.
+
+Two ways to sync:
+
+* :meth:`Replica.sync` runs one round (finish the first copy, push, pull) and
+  disconnects;
+* :meth:`Replica.stay_connected` keeps a connection open until told to stop:
+  after a full round it subscribes to the server's live feed, commits every
+  live update with its checkpoint, and pushes each local edit as soon as it is
+  committed. When the link drops it reconnects by itself, waiting delays drawn
+  from :func:`backoff_delays`. Refusals (wrong server, wrong organisation, bad
+  credentials or an expired session, a revoked replica) are never retried.
+
+Theory of operation of a live connection: one task reads frames and routes
+them (live updates to a committer, everything else to whoever waits for a
+reply); one task commits live updates, as many as have arrived in one
+transaction with the checkpoint of the last; one task pushes the outbox
+whenever an edit wakes it, one batch at a time, each waiting for its
+acknowledgement. Whichever fails first ends the connection; the outbox is only
+ever emptied by acknowledgements, so no failure loses unsynced work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
+import random
 import ssl as ssl_module
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,12 +60,15 @@ from caresync.exceptions import (
 )
 from caresync.pool import RecordPool
 from caresync.protocol import (
+    MAX_BATCH_ITEMS,
+    MAX_MAX_FRAME_BYTES,
     Authenticated,
     ClientProtocol,
     CopyBatch,
     Enrolled,
     Error,
     Goodbye,
+    LiveUpdate,
     PullBatch,
     PushAck,
     Welcome,
@@ -54,11 +78,25 @@ from caresync.records import JSONValue, Record, Revision
 from caresync.storage import Identity, IncomingUpdate, SQLiteStore, Store
 from caresync.transport import Channel, connect_websocket
 
-__all__ = ["CopyProgress", "Replica", "ReplicaState", "ReplicaStatus", "SyncReport"]
+__all__ = [
+    "AcknowledgedListener",
+    "BackoffFactory",
+    "CopyProgress",
+    "ProgressCallback",
+    "ReceivedListener",
+    "Replica",
+    "ReplicaState",
+    "ReplicaStatus",
+    "StatusListener",
+    "SyncLimits",
+    "SyncReport",
+    "backoff_delays",
+]
 
 T = TypeVar("T")
 _UNSET: Any = object()
 _hasher = PasswordHasher()
+logger = logging.getLogger("caresync.replica")
 
 # Meta keys of a laptop's store.
 _CHECKPOINT = "sync.checkpoint"  # how far the server's change feed was read
@@ -69,11 +107,14 @@ _LAST_SYNC_MS = "sync.last_ms"
 _SESSION = "session.token"
 _SESSION_USER = "session.user"
 _OFFLINE_LOGIN = "login.offline:"  # + username: argon2id hash of the password
+_LOCKED = "replica.locked"  # why the server revoked this replica; set once, kept
 
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 500
+LIVE_QUEUE_ITEMS = 10_000
+"""Live updates received but not yet committed before the reader stops reading."""
 
 
 class ReplicaState(enum.StrEnum):
@@ -98,10 +139,13 @@ class ReplicaStatus:
     """Local changes the server has not acknowledged."""
     oldest_pending_age_s: float | None
     last_sync: datetime | None
+    """When the local copy was last known in step with the server (now, while ONLINE)."""
     copy_age_s: float | None
     """Seconds since the local copy was last brought up to date (None before the first copy)."""
     conflicts_open: int
     records: int
+    last_error: str | None = None
+    """Why the last connection ended badly (cleared when a sync round succeeds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,22 +168,98 @@ class SyncReport:
     copied: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SyncLimits:
+    """Batch sizes a replica asks for and sends. The defaults suit a laptop."""
+
+    copy_batch_records: int = COPY_BATCH_RECORDS
+    """Records per first-copy batch: the unit that is committed, and resumed after."""
+    push_batch_items: int = PUSH_BATCH_ITEMS
+    """Outbox entries per push batch (each batch waits for its acknowledgement)."""
+    push_batch_bytes: int = PUSH_BATCH_BYTES
+    """Update bytes per push batch (one larger entry still goes alone)."""
+    pull_limit: int = PULL_LIMIT
+    """Feed entries per pull batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("copy_batch_records", "push_batch_items", "push_batch_bytes", "pull_limit"):
+            value = getattr(self, name)
+            top = MAX_MAX_FRAME_BYTES if name == "push_batch_bytes" else MAX_BATCH_ITEMS
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise InvalidInputError(f"{name} must be an integer in 1..{top}, not {value!r}")
+
+
 ProgressCallback = Callable[[CopyProgress], None]
+"""Called with the first copy's progress after each committed batch."""
 StatusListener = Callable[[ReplicaState], None]
+"""Called with the new state on every state change."""
+ReceivedListener = Callable[[tuple[str, ...]], None]
+"""Called with the ids of the records changed by each committed batch from the server."""
+AcknowledgedListener = Callable[[int], None]
+"""Called with how many outbox entries the server acknowledged (they left the outbox)."""
+BackoffFactory = Callable[[], Iterator[float]]
+"""Makes a fresh sequence of reconnection delays (seconds); a finite one bounds the retries."""
+
+
+def backoff_delays(
+    initial: float = 0.5,
+    *,
+    factor: float = 2.0,
+    maximum: float = 30.0,
+    jitter: float = 0.5,
+    attempts: int | None = None,
+    rand: Callable[[], float] = random.random,
+) -> Iterator[float]:
+    """Delays before each reconnection: exponential, capped at ``maximum``, with jitter.
+
+    The n-th delay (from 0) is ``min(maximum, initial * factor**n)`` scaled by a
+    random factor in ``[1 - jitter, 1]``, so laptops cut off together by a
+    server restart do not all come back at the same instant. ``attempts``
+    bounds how many delays are given (None: without end). Pure: the only
+    source of randomness is ``rand`` (give a seeded ``Random().random`` for a
+    repeatable sequence); nothing sleeps here.
+    """
+    if not initial > 0 or not maximum >= initial:
+        raise InvalidInputError("backoff needs 0 < initial <= maximum")
+    if not factor >= 1 or not 0 <= jitter <= 1:
+        raise InvalidInputError("backoff needs factor >= 1 and 0 <= jitter <= 1")
+    if attempts is not None and attempts < 0:
+        raise InvalidInputError("attempts must be None or >= 0")
+    delay = initial
+    given = 0
+    while attempts is None or given < attempts:
+        yield delay * (1.0 - jitter * rand())
+        given += 1
+        delay = min(maximum, delay * factor)
 
 
 class Replica:
     """A laptop's replica. Open with :meth:`open`; use as ``async with``."""
 
-    def __init__(self, store: Store, identity: Identity, *, rulebook: Rulebook) -> None:
+    def __init__(
+        self,
+        store: Store,
+        identity: Identity,
+        *,
+        rulebook: Rulebook,
+        limits: SyncLimits | None = None,
+        locked: str | None = None,
+    ) -> None:
         self.store = store
         self.identity = identity
         self.rulebook = rulebook
+        self.limits = limits or SyncLimits()
         self._pool = RecordPool(store, replica=identity.replica_id, rulebook=rulebook)
-        self._state = ReplicaState.OFFLINE
+        self._locked = locked
+        self._state = ReplicaState.LOCKED if locked is not None else ReplicaState.OFFLINE
         self._listeners: list[StatusListener] = []
+        self._received: list[ReceivedListener] = []
+        self._acknowledged: list[AcknowledgedListener] = []
         self._sync_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
+        self._outbox_changed = asyncio.Event()
+        self._live = False
+        self._last_error: str | None = None
 
     @classmethod
     async def open(
@@ -148,6 +268,7 @@ class Replica:
         *,
         create: bool = True,
         rulebook: Rulebook = DEFAULT_RULEBOOK,
+        limits: SyncLimits | None = None,
     ) -> Replica:
         """Open a laptop database (created unless ``create=False``)."""
         store = await SQLiteStore.open(path, create=create)
@@ -158,12 +279,14 @@ class Replica:
                 await store.set_identity(identity)
             elif identity.role != "laptop":
                 raise StorageError(f"{path} is a server's database, not a laptop's")
+            locked = await store.get_meta(_LOCKED)
         except BaseException:
             await store.close()
             raise
-        return cls(store, identity, rulebook=rulebook)
+        return cls(store, identity, rulebook=rulebook, limits=limits, locked=locked)
 
     async def close(self) -> None:
+        """Close the local database (stop :meth:`stay_connected` first)."""
         await self.store.close()
 
     async def __aenter__(self) -> Replica:
@@ -174,11 +297,18 @@ class Replica:
 
     @property
     def replica_id(self) -> str:
+        """This replica's id (chosen when the database was created)."""
         return self.identity.replica_id
 
     @property
     def enrolled(self) -> bool:
+        """True once the replica is bound to a server and an organisation."""
         return self.identity.server_id is not None
+
+    @property
+    def locked(self) -> bool:
+        """True once the server revoked this replica: it no longer syncs; its work is kept."""
+        return self._locked is not None
 
     # ---------------------------------------------------------------- editing
 
@@ -196,6 +326,7 @@ class Replica:
             except BaseException:
                 self._pool.forget(record.record_id)
                 raise
+            self._outbox_changed.set()
             return record.record_id
 
     async def set(self, record_id: str, path: str, value: JSONValue, *, author: str) -> Revision:
@@ -222,9 +353,11 @@ class Replica:
         )
 
     async def sign_note(self, record_id: str, entry_id: str, *, author: str) -> Revision:
+        """Sign a note: its text can no longer change (add addenda instead)."""
         return await self._edit(record_id, lambda r: r.sign_note(entry_id, author=author))
 
     async def add_addendum(self, record_id: str, entry_id: str, text: str, *, author: str) -> str:
+        """Add an addendum to a signed note; returns its id."""
         return await self._edit(record_id, lambda r: r.add_addendum(entry_id, text, author=author))
 
     async def _edit(self, record_id: str, mutate: Callable[[Record], T]) -> T:
@@ -256,6 +389,7 @@ class Replica:
             except BaseException:
                 self._pool.forget(record_id)
                 raise
+            self._outbox_changed.set()  # wakes a live connection's pusher
             return result
 
     # ---------------------------------------------------------------- reading
@@ -269,6 +403,7 @@ class Replica:
         return (await self._pool.get(record_id)).fields()
 
     async def record_ids(self) -> list[str]:
+        """The ids of every record stored here, in ascending order."""
         return await self.store.record_ids()
 
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
@@ -282,6 +417,7 @@ class Replica:
         return result
 
     async def find_conflict(self, conflict_id: str) -> Conflict:
+        """The open conflict with that id (UnknownConflictError if none)."""
         for row in await self.store.conflicts():
             if row.id == conflict_id:
                 return self.rulebook.conflict(await self._pool.get(row.record_id), conflict_id)
@@ -317,6 +453,7 @@ class Replica:
 
     @property
     def state(self) -> ReplicaState:
+        """The current state (also reported to :meth:`on_status` listeners)."""
         return self._state
 
     def on_status(self, listener: StatusListener) -> Callable[[], None]:
@@ -324,17 +461,48 @@ class Replica:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
+    def on_received(self, listener: ReceivedListener) -> Callable[[], None]:
+        """Call ``listener(record_ids)`` after each batch from the server is committed.
+
+        Covers the first copy, pulls and live updates: the place for an
+        application to refresh what it shows. Returns an unsubscribe.
+        """
+        self._received.append(listener)
+        return lambda: self._received.remove(listener) if listener in self._received else None
+
+    def on_acknowledged(self, listener: AcknowledgedListener) -> Callable[[], None]:
+        """Call ``listener(count)`` when the server acknowledged ``count`` outbox entries.
+
+        They have left the outbox by then: the place to refresh a "changes not
+        yet synced" counter. Returns an unsubscribe.
+        """
+        self._acknowledged.append(listener)
+        return lambda: (
+            self._acknowledged.remove(listener) if listener in self._acknowledged else None
+        )
+
     def _set_state(self, state: ReplicaState) -> None:
         if state is not self._state:
             self._state = state
             for listener in list(self._listeners):
                 listener(state)
 
+    def _notify_received(self, record_ids: tuple[str, ...]) -> None:
+        for listener in list(self._received):
+            listener(record_ids)
+
+    def _notify_acknowledged(self, count: int) -> None:
+        for listener in list(self._acknowledged):
+            listener(count)
+
     async def status(self) -> ReplicaStatus:
+        """Where the replica stands: state, unsynced changes, age of the copy, conflicts."""
         now = time.time()
         oldest = await self.store.oldest_pending_ms()
         last_ms = await self.store.get_meta(_LAST_SYNC_MS)
-        last = datetime.fromtimestamp(int(last_ms) / 1000, tz=UTC) if last_ms else None
+        last_s = int(last_ms) / 1000 if last_ms else None
+        if self._state is ReplicaState.ONLINE:
+            last_s = now  # in step: live updates arrive as they commit
         return ReplicaStatus(
             state=self._state,
             replica_id=self.replica_id,
@@ -342,10 +510,11 @@ class Replica:
             organisation=self.identity.organisation,
             pending=await self.store.pending_count(),
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest / 1000),
-            last_sync=last,
-            copy_age_s=None if last is None else max(0.0, now - int(last_ms or 0) / 1000),
+            last_sync=None if last_s is None else datetime.fromtimestamp(last_s, tz=UTC),
+            copy_age_s=None if last_s is None else max(0.0, now - last_s),
             conflicts_open=await self.store.count_conflicts(),
             records=await self.store.count_records(),
+            last_error=self._last_error,
         )
 
     async def login_offline(self, username: str, password: str) -> None:
@@ -373,7 +542,11 @@ class Replica:
         device_name: str = "",
         progress: ProgressCallback | None = None,
     ) -> SyncReport:
-        """Bind this laptop to the server at ``url`` and one organisation; make the first copy."""
+        """Bind this laptop to the server at ``url`` and one organisation; make the first copy.
+
+        The binding is stored before the copy starts: if the copy is interrupted,
+        :meth:`sync` (or :meth:`stay_connected`) resumes it where it stopped.
+        """
         if self.enrolled:
             raise InvalidInputError(
                 f"this laptop is already enrolled to server {self.identity.server_id}"
@@ -411,10 +584,16 @@ class Replica:
 
         ``url`` may point elsewhere only if it is the same server (its id is
         checked before anything moves). Logs in with ``username``/``password``,
-        or else with the session from the last online login.
+        or else with the session from the last online login. Raises
+        :class:`~caresync.exceptions.ConnectionLostError` if the link fails
+        (unsynced work stays in the outbox; call again), or a
+        :class:`~caresync.exceptions.SyncRefusedError` for a refusal.
         """
-        if not self.enrolled:
-            raise NotEnrolledError("this laptop is not enrolled to a server; enrol it first")
+        self._check_can_sync()
+        if self._live:
+            raise InvalidInputError(
+                "this replica is in live mode (stay_connected); it syncs by itself"
+            )
         target = url or self.identity.server_url or ""
         async with self._sync_lock, _Session.connect(self, target, ssl) as session:
             if password is not None:
@@ -424,6 +603,136 @@ class Replica:
                 await session.resume()
             return await session.synchronise(progress)
 
+    async def stay_connected(
+        self,
+        *,
+        stop: asyncio.Event,
+        url: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        backoff: BackoffFactory = backoff_delays,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Stay in step with the server until ``stop`` is set (live mode).
+
+        Each connection resumes the session of the last online login, runs a
+        full round (first copy if unfinished, push, pull), subscribes to the
+        live feed, then commits every live update with its checkpoint and
+        pushes each local edit as soon as it is committed. States:
+        CONNECTING → SYNCHRONISING → ONLINE; OFFLINE when the link drops.
+
+        A dropped or failed connection is retried after the next delay from
+        ``backoff()``; the sequence starts afresh once a connection reached
+        ONLINE. If the sequence runs out, the last
+        :class:`~caresync.exceptions.ConnectionLostError` is raised. Refusals
+        are raised at once, never retried: wrong server or organisation, bad
+        credentials or an expired session (log in again with :meth:`sync`), a
+        revoked replica (state LOCKED). Any other error is raised too. In every
+        case the outbox keeps what the server has not acknowledged.
+
+        Returns promptly once ``stop`` is set (saying Goodbye if connected).
+        """
+        self._check_can_sync()
+        if self._live:
+            raise InvalidInputError("this replica is already in live mode")
+        target = url or self.identity.server_url or ""
+        self._live = True
+        try:
+            delays = backoff()
+            while not stop.is_set():
+                attempt = _LiveAttempt()
+                try:
+                    await self._live_attempt(target, ssl, stop, progress, attempt)
+                except ConnectionLostError as exc:
+                    self._last_error = str(exc)
+                    if stop.is_set():
+                        return
+                    if attempt.online:
+                        delays = backoff()  # it worked for a while: start gently again
+                    delay = next(delays, None)
+                    if delay is None:
+                        raise
+                    logger.info(
+                        "replica %s offline (%s); retry in %.2fs", self.replica_id, exc, delay
+                    )
+                    await _wait_for_event(stop, delay)
+        finally:
+            self._live = False
+
+    def _check_can_sync(self) -> None:
+        if not self.enrolled:
+            raise NotEnrolledError("this laptop is not enrolled to a server; enrol it first")
+        if self._locked is not None:
+            raise ReplicaRevokedError(
+                f"this replica is locked: {self._locked}; its unsynced changes are kept "
+                "(export them with store.export_unsynced)"
+            )
+
+    async def _live_attempt(
+        self,
+        target: str,
+        ssl: ssl_module.SSLContext | None,
+        stop: asyncio.Event,
+        progress: ProgressCallback | None,
+        attempt: _LiveAttempt,
+    ) -> None:
+        """One connection in live mode, raced against ``stop``."""
+        task = asyncio.create_task(self._live_session(target, ssl, stop, progress, attempt))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller cancelled stay_connected
+            task.cancel()
+            await asyncio.wait({task})
+            raise
+        finally:
+            stopper.cancel()
+        if not task.done():
+            # Stopped. A live connection notices by itself and says Goodbye; one still
+            # connecting or in its first round is cancelled (nothing half-committed:
+            # every store write is one transaction).
+            if not attempt.live:
+                task.cancel()
+            await asyncio.wait({task})
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            raise error
+
+    async def _live_session(
+        self,
+        target: str,
+        ssl: ssl_module.SSLContext | None,
+        stop: asyncio.Event,
+        progress: ProgressCallback | None,
+        attempt: _LiveAttempt,
+    ) -> None:
+        async with self._sync_lock, _Session.connect(self, target, ssl) as session:
+            await session.resume()
+            await session.synchronise(progress)
+            await session.live(stop, attempt)
+
+
+@dataclass(slots=True)
+class _LiveAttempt:
+    """What one live connection got to: ONLINE at some point, in its live phase now."""
+
+    online: bool = False
+    live: bool = False
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def _wait_for_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass, whichever comes first."""
+    waiter = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
+
 
 class _Session:
     """One connection to the server, driving a ClientProtocol for a replica."""
@@ -432,7 +741,11 @@ class _Session:
         self.replica = replica
         self.channel = channel
         self.protocol = protocol
+        self.limits = replica.limits
         self._events: list[object] = []
+        self._send_lock = asyncio.Lock()
+        # In live mode one reader task owns the channel: replies reach waiters here.
+        self._replies: asyncio.Queue[object] | None = None
 
     @classmethod
     def connect(
@@ -441,8 +754,31 @@ class _Session:
         return _SessionContext(replica, url, ssl)
 
     async def flush(self) -> None:
-        for frame in self.protocol.data_to_send():
-            await self.channel.send(frame)
+        async with self._send_lock:
+            for frame in self.protocol.data_to_send():
+                try:
+                    await self.channel.send(frame)
+                except ConnectionLostError:
+                    await self._read_why_closed()
+                    raise
+
+    async def _read_why_closed(self) -> None:
+        """After a failed send, read what the server sent before closing.
+
+        A server that refuses (e.g. a revoked replica, right after Welcome)
+        sends a fatal Error and closes; if our next frame crossed that close,
+        the Error is still buffered. Feeding it to the protocol raises the
+        refusal it means, which tells the caller more than "connection lost".
+        """
+        if not self.channel.closed:
+            return
+        while True:
+            try:
+                frame = await self.channel.recv()
+            except ConnectionLostError:
+                return
+            self.protocol.receive_data(frame)  # raises the peer's fatal Error, if any
+            self._events.extend(self.protocol.events_received())
 
     async def next_event(self) -> object:
         while not self._events:
@@ -451,14 +787,31 @@ class _Session:
             try:
                 self.protocol.receive_data(frame)
             except CaresyncError:
-                await self.flush()  # tell the server why, then give up
+                await self._send_last_words()
                 raise
             self._events.extend(self.protocol.events_received())
         return self._events.pop(0)
 
+    async def _send_last_words(self) -> None:
+        """Send what the protocol queued on failing (the Error telling the server why).
+
+        The link may already be gone; then the server learns nothing more, and the
+        error that ended the session is what the caller sees.
+        """
+        try:
+            async with self._send_lock:
+                for frame in self.protocol.data_to_send():
+                    await self.channel.send(frame)
+        except ConnectionLostError as exc:
+            logger.debug("could not tell the server why the session ends: %s", exc)
+
     async def expect(self, kind: type[T]) -> T:
         while True:
-            event = await self.next_event()
+            if self._replies is not None:
+                await self.flush()
+                event = await self._replies.get()
+            else:
+                event = await self.next_event()
             if isinstance(event, kind):
                 return event
             if isinstance(event, Error):
@@ -491,12 +844,45 @@ class _Session:
         uploaded = await self.push()
         downloaded = await self.pull()
         await replica.store.set_meta(_LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+        replica._last_error = None
         return SyncReport(
             uploaded=uploaded,
             downloaded=downloaded + copied,
             conflicts_open=await replica.store.count_conflicts(),
             copied=copied,
         )
+
+    async def commit_remote(
+        self, updates: Sequence[tuple[str, bytes]], checkpoint: tuple[str, str]
+    ) -> None:
+        """Merge updates from the server and commit them with ``checkpoint``, in one transaction.
+
+        Holds the replica's write lock, so a local edit never interleaves with
+        the merge; after a failed commit the records touched are reloaded from
+        disk next time (memory never runs ahead of the store).
+        """
+        replica = self.replica
+        pool = replica._pool
+        touched: list[str] = []
+        async with replica._write_lock:
+            try:
+                items = []
+                for record_id, update in updates:
+                    record = await pool.get_or_empty(record_id)
+                    touched.append(record_id)
+                    record.apply_update(update)
+                    items.append(
+                        IncomingUpdate(
+                            record_id, update, pool.rows(record), replica.identity.organisation
+                        )
+                    )
+                await replica.store.write_remote(items, checkpoint=checkpoint)
+            except BaseException:
+                for record_id in touched:
+                    pool.forget(record_id)
+                raise
+        if touched:
+            replica._notify_received(tuple(dict.fromkeys(touched)))
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
         store = self.replica.store
@@ -505,16 +891,16 @@ class _Session:
         resume = await store.get_meta(_COPY_RESUME) or None
         copied = 0
         while True:
-            self.protocol.request_copy(resume, COPY_BATCH_RECORDS)
+            self.protocol.request_copy(resume, self.limits.copy_batch_records)
             batch = await self.expect(CopyBatch)
             if await store.get_meta(_COPY_CHECKPOINT) is None:
                 await store.set_meta(_COPY_CHECKPOINT, str(batch.feed_checkpoint))
             if batch.records:
-                items = [await self._incoming(rec.record_id, rec.update) for rec in batch.records]
-                await store.write_remote(
-                    items, checkpoint=(_COPY_RESUME, batch.last_record_id or "")
+                await self.commit_remote(
+                    [(rec.record_id, rec.update) for rec in batch.records],
+                    checkpoint=(_COPY_RESUME, batch.last_record_id or ""),
                 )
-                copied += len(items)
+                copied += len(batch.records)
             resume = batch.last_record_id
             if progress is not None:
                 progress(
@@ -530,49 +916,119 @@ class _Session:
         await store.set_meta(_COPY_DONE_MS, str(time.time_ns() // 1_000_000))
         return copied
 
-    async def _incoming(self, record_id: str, update: bytes) -> IncomingUpdate:
-        pool = self.replica._pool
-        record = await pool.get_or_empty(record_id)
-        record.apply_update(update)
-        return IncomingUpdate(
-            record_id, update, pool.rows(record), self.replica.identity.organisation
-        )
-
     async def push(self) -> int:
+        """Push the whole outbox, a batch at a time, each acknowledged before the next."""
         store = self.replica.store
         uploaded = 0
         after = 0
         while True:
-            pending = await store.pending(PUSH_BATCH_ITEMS, after_seq=after)
+            pending = await store.pending(self.limits.push_batch_items, after_seq=after)
             if not pending:
                 return uploaded
             batch: list[tuple[int, str, bytes]] = []
             size = 0
             for item in pending:
-                if batch and size + len(item.update) > PUSH_BATCH_BYTES:
+                if batch and size + len(item.update) > self.limits.push_batch_bytes:
                     break
                 batch.append((item.seq, item.record_id, item.update))
                 size += len(item.update)
             self.protocol.push(batch)
             ack = await self.expect(PushAck)
             # Leave the outbox only what the server says it committed.
-            uploaded += await store.acknowledge(ack.up_to_local_seq)
+            dropped = await store.acknowledge(ack.up_to_local_seq)
+            uploaded += dropped
             after = ack.up_to_local_seq
+            if dropped:
+                self.replica._notify_acknowledged(dropped)
 
     async def pull(self) -> int:
         store = self.replica.store
         checkpoint = int(await store.get_meta(_CHECKPOINT) or 0)
         downloaded = 0
         while True:
-            self.protocol.request_pull(checkpoint, PULL_LIMIT)
+            self.protocol.request_pull(checkpoint, self.limits.pull_limit)
             batch = await self.expect(PullBatch)
-            items = [await self._incoming(i.record_id, i.update) for i in batch.items]
-            if items or batch.checkpoint != checkpoint:
-                await store.write_remote(items, checkpoint=(_CHECKPOINT, str(batch.checkpoint)))
-            downloaded += len(items)
+            if batch.items or batch.checkpoint != checkpoint:
+                await self.commit_remote(
+                    [(i.record_id, i.update) for i in batch.items],
+                    checkpoint=(_CHECKPOINT, str(batch.checkpoint)),
+                )
+            downloaded += len(batch.items)
             checkpoint = batch.checkpoint
             if not batch.more:
                 return downloaded
+
+    # ------------------------------------------------------------------- live
+
+    async def live(self, stop: asyncio.Event, attempt: _LiveAttempt) -> None:
+        """Subscribe, then apply live updates and push new edits until ``stop`` or a failure."""
+        replica = self.replica
+        checkpoint = int(await replica.store.get_meta(_CHECKPOINT) or 0)
+        self.protocol.subscribe(checkpoint)
+        await self.flush()
+        self._replies = asyncio.Queue()
+        for event in self._events:  # anything read past the round's last reply
+            self._replies.put_nowait(event)
+        self._events.clear()
+        updates: asyncio.Queue[LiveUpdate] = asyncio.Queue(LIVE_QUEUE_ITEMS)
+        attempt.online = attempt.live = True
+        replica._set_state(ReplicaState.ONLINE)
+        replica._outbox_changed.set()  # push whatever was written during the round
+        tasks = {
+            asyncio.create_task(self._read_live(updates)),
+            asyncio.create_task(self._commit_live(updates)),
+            asyncio.create_task(self._push_live()),
+        }
+        stopper = asyncio.create_task(_until(stop))
+        try:
+            done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait({*tasks, stopper})
+            await replica.store.set_meta(_LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+        for task in done:
+            if task is not stopper and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
+
+    async def _read_live(self, updates: asyncio.Queue[LiveUpdate]) -> None:
+        replies = self._replies
+        if replies is None:  # pragma: no cover - set by live() before this starts
+            raise InvalidInputError("the live reader needs live mode")
+        while True:
+            frame = await self.channel.recv()
+            try:
+                self.protocol.receive_data(frame)
+            except CaresyncError:
+                await self._send_last_words()
+                raise
+            for event in self.protocol.events_received():
+                if isinstance(event, LiveUpdate):
+                    await updates.put(event)
+                elif isinstance(event, Goodbye):
+                    raise ConnectionLostError(f"the server closed the session: {event.reason}")
+                else:
+                    replies.put_nowait(event)
+
+    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate]) -> None:
+        while True:
+            batch = [await updates.get()]
+            while not updates.empty() and len(batch) < self.limits.pull_limit:
+                batch.append(updates.get_nowait())
+            await self.commit_remote(
+                [(u.record_id, u.update) for u in batch],
+                checkpoint=(_CHECKPOINT, str(batch[-1].seq)),
+            )
+
+    async def _push_live(self) -> None:
+        changed = self.replica._outbox_changed
+        while True:
+            await changed.wait()
+            changed.clear()  # an edit committed from now on wakes the next round
+            await self.push()
 
 
 class _SessionContext:
@@ -587,7 +1043,8 @@ class _SessionContext:
         replica._set_state(ReplicaState.CONNECTING)
         try:
             channel = await connect_websocket(self.url, ssl=self.ssl)
-        except BaseException:
+        except BaseException as exc:
+            replica._last_error = str(exc)
             replica._set_state(ReplicaState.OFFLINE)
             raise
         identity = replica.identity
@@ -600,27 +1057,34 @@ class _SessionContext:
         try:
             protocol.send_hello()
             await self.session.expect(Welcome)
-        except BaseException:
-            await self._finish(failed=True)
+        except BaseException as exc:
+            await self._finish(exc)
             raise
         return self.session
 
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        await self._finish(failed=exc is not None)
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        await self._finish(exc)
 
-    async def _finish(self, *, failed: bool) -> None:
+    async def _finish(self, exc: BaseException | None) -> None:
         session = self.session
         if session is None:
             return
-        if not failed and session.protocol.failure is None:
+        self.session = None
+        replica = self.replica
+        if exc is None and session.protocol.failure is None:
             try:
                 session.protocol.close("sync done")
                 await session.flush()
-            except CaresyncError:
-                failed = True
+            except CaresyncError as goodbye_lost:  # the work is done; only the Goodbye is lost
+                logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
         await session.channel.close()
-        error = session.protocol.failure
+        error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
         if isinstance(error, ReplicaRevokedError):
-            self.replica._set_state(ReplicaState.LOCKED)
-        else:
-            self.replica._set_state(ReplicaState.OFFLINE)
+            replica._locked = str(error)
+            replica._last_error = str(error)
+            await replica.store.set_meta(_LOCKED, str(error))
+            replica._set_state(ReplicaState.LOCKED)
+            return
+        if isinstance(exc, Exception):
+            replica._last_error = str(exc) or type(exc).__name__
+        replica._set_state(ReplicaState.OFFLINE)
