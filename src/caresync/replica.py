@@ -60,6 +60,7 @@ from caresync.exceptions import (
 )
 from caresync.pool import RecordPool
 from caresync.protocol import (
+    BATCH_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
     MAX_MAX_FRAME_BYTES,
     Authenticated,
@@ -73,6 +74,7 @@ from caresync.protocol import (
     PushAck,
     Welcome,
     error_for,
+    item_wire_size,
 )
 from caresync.records import JSONValue, Record, Revision
 from caresync.storage import Identity, IncomingUpdate, SQLiteStore, Store
@@ -759,7 +761,8 @@ class _Session:
                 try:
                     await self.channel.send(frame)
                 except ConnectionLostError:
-                    await self._read_why_closed()
+                    if self._replies is None:  # in live mode the reader task reads
+                        await self._read_why_closed()
                     raise
 
     async def _read_why_closed(self) -> None:
@@ -925,13 +928,20 @@ class _Session:
             pending = await store.pending(self.limits.push_batch_items, after_seq=after)
             if not pending:
                 return uploaded
+            # Within our own budget and within the largest frame the server accepts
+            # (one entry larger than that still goes alone, and the protocol says so).
+            budget = min(
+                self.limits.push_batch_bytes,
+                self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES,
+            )
             batch: list[tuple[int, str, bytes]] = []
             size = 0
             for item in pending:
-                if batch and size + len(item.update) > self.limits.push_batch_bytes:
+                item_size = item_wire_size(item.record_id, item.update)
+                if batch and size + item_size > budget:
                     break
                 batch.append((item.seq, item.record_id, item.update))
-                size += len(item.update)
+                size += item_size
             self.protocol.push(batch)
             ack = await self.expect(PushAck)
             # Leave the outbox only what the server says it committed.

@@ -304,3 +304,36 @@ def test_backoff_grows_exponentially_with_jitter_and_stays_bounded() -> None:
     for bad in ({"initial": 0.0}, {"initial": 2.0, "maximum": 1.0}, {"jitter": 1.5}):
         with pytest.raises(InvalidInputError):
             next(backoff_delays(**bad))  # type: ignore[arg-type]
+
+
+async def test_an_unexpected_error_ends_live_mode_and_keeps_the_outbox(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    a = await enrolled(tmp_path, server, "laptop-a")
+    b = await enrolled(tmp_path, server, "laptop-b", user="dr.b")
+    record_id = await b.create_record()
+    await b.sync()
+
+    def broken_listener(record_ids: tuple[str, ...]) -> None:
+        raise RuntimeError("a bug in the application's refresh")
+
+    unsubscribe = a.on_received(broken_listener)
+    async with live(a) as run, asyncio.timeout(LIMIT_S):
+        error = await run.outcome()  # the round's pull brings b's record: the listener raises
+        assert isinstance(error, RuntimeError)
+        assert run.states.seen[-1] is OFFLINE
+        assert run.states.seen.count(ReplicaState.CONNECTING) == 1  # not retried
+    assert "bug" in ((await a.status()).last_error or "")
+    await a.set(record_id, "name", "Ann", author="dr.a")
+    assert (await a.status()).pending == 1
+    unsubscribe()
+    signal = watch(a)
+    async with live(a), asyncio.timeout(LIMIT_S):
+
+        async def pushed() -> bool:
+            return (await a.status()).pending == 0
+
+        await until(pushed, signal)
+    await b.sync()
+    assert await value(b, record_id, "name") == "Ann"
+    for closable in (a, b, server):
+        await closable.close()
