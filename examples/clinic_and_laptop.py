@@ -50,8 +50,10 @@ async def run(workdir: Path) -> int:
         for i, candidate in enumerate(conflict.candidates):
             print(f"  [{i}] {candidate.value} by {candidate.author}")
 
-        # Dr Ba checks the patient's papers and chooses.
-        await south.resolve(conflict.id, choose=0, author="dr.ba")
+        # Dr Ba checks the patient's papers and chooses the candidate they confirm.
+        # (Candidates are ordered by time; pick by what the person chose, not position.)
+        confirmed = next(i for i, c in enumerate(conflict.candidates) if c.value == "1988-04-21")
+        await south.resolve(conflict.id, choose=confirmed, author="dr.ba")
         for laptop in (south, north):
             await laptop.sync()
         view = await north.record(patient)
