@@ -29,7 +29,7 @@ from caresync import (
     ReplicaRevokedError,
     WrongServerError,
 )
-from caresync.replica import Replica, ReplicaState, backoff_delays
+from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
 from caresync.server import SyncServer
 
 ONLINE, OFFLINE = ReplicaState.ONLINE, ReplicaState.OFFLINE
@@ -337,3 +337,41 @@ async def test_an_unexpected_error_ends_live_mode_and_keeps_the_outbox(tmp_path:
     assert await value(b, record_id, "name") == "Ann"
     for closable in (a, b, server):
         await closable.close()
+
+
+async def test_the_server_stops_in_the_middle_of_a_live_push_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    port = int(server.url.rsplit(":", 1)[1])
+    a = await enrolled(tmp_path, server, "laptop-a", limits=SyncLimits(push_batch_items=10))
+    record_id = await a.create_record()
+    await a.sync()
+    for i in range(25):  # three push batches, made offline
+        await a.set(record_id, "visits", i, author="dr.a")
+    outbox = await a.store.pending(1000)
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop_after_first_batch(seq: int) -> None:
+        if not stopping:  # the server goes down right after committing the first batch
+            stopping.append(asyncio.create_task(server.close()))
+
+    server.on_commit.append(stop_after_first_batch)
+    signal = watch(a)
+    async with live(a) as run, asyncio.timeout(LIMIT_S):
+        await run.states.reach(OFFLINE)
+        await stopping[0]
+        assert (await a.status()).pending > 0
+        server = await SyncServer.open(tmp_path / "server.db")
+        assert await server.store.feed_head() < 1 + 25  # it stopped in the middle of the push
+        await server.serve("127.0.0.1", port)
+
+        async def caught_up() -> bool:
+            return a.state is ONLINE and (await a.status()).pending == 0
+
+        await until(caught_up, signal)
+    feed = await server.store.feed_since(0, limit=1000)
+    assert [item.update for item in feed[1:]] == [item.update for item in outbox]
+    assert (await a.record(record_id)).value("visits") == 24
+    await a.close()
+    await server.close()
