@@ -85,6 +85,11 @@ class _Connection:
     # Feed entries to forward, queued in commit order by whoever committed them.
     live: asyncio.Queue[list[tuple[int, str, bytes]]] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
+    # First-copy progress on this connection: where the last batch ended, and the
+    # records and bytes sent up to there.
+    copy_last: str | None = None
+    copy_done: int = 0
+    copy_bytes: int = 0
 
     async def flush(self) -> None:
         for frame in self.protocol.data_to_send():
@@ -306,9 +311,12 @@ class SyncServer:
         organisation = conn.organisation
         checkpoint = await self.store.feed_head()
         total = await self.store.count_records(organisation)
-        done_before = 0
-        if request.after_record_id is not None:
-            # Progress after a resume: count what lies at or before the resume point.
+        done_before, bytes_before = 0, 0
+        if request.after_record_id is not None and request.after_record_id == conn.copy_last:
+            done_before, bytes_before = conn.copy_done, conn.copy_bytes
+        elif request.after_record_id is not None:
+            # A resume on a new connection: count the records at or before the resume
+            # point once (the bytes sent before it are not known here).
             done_before = len(await self.store.record_ids(organisation))
             done_before -= len(
                 await self.store.record_ids(organisation, after=request.after_record_id)
@@ -328,15 +336,18 @@ class SyncServer:
             records.append((record_id, stored))
             size += len(stored) + 64
         done = done_before + len(records)
+        sent_bytes = bytes_before + size
         conn.protocol.send_copy_batch(
             records,
             done_records=done,
             total_records=max(total, done),
-            done_bytes=size,
-            total_bytes=size,
+            done_bytes=sent_bytes,
+            total_bytes=sent_bytes,  # the total is unknown without reading every record
             feed_checkpoint=checkpoint,
             final=done >= total or not records,
         )
+        conn.copy_last = records[-1][0] if records else request.after_record_id
+        conn.copy_done, conn.copy_bytes = done, sent_bytes
 
     async def _on_pull(self, conn: _Connection, request: PullRequest) -> None:
         head = await self.store.feed_head()
