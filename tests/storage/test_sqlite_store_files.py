@@ -157,6 +157,8 @@ async def test_an_older_database_migrates_forward_keeping_its_data(tmp_path: Pat
         assert [i.update for i in await store.pending()] == [edit]
         await store.set_conflicts(p.id, [conflict(p.id)])  # a table version 2 added
         await store.add_user("org-1", "ada", "$argon2id$x")
+        await store.enrol_replica("laptop-1", "org-1")
+        await store.touch_replica("laptop-1", pending=2, oldest_pending_ms=5)  # version 3
     async with SQLiteStore.open(path) as again:
         assert again.migrated_from is None
         assert await again.count_conflicts() == 1

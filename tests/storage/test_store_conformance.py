@@ -533,6 +533,30 @@ async def test_replicas_enrol_are_seen_and_revoked(store: Store, clock: FakeCloc
         await store.revoke_replica("laptop-9")
 
 
+async def test_a_replica_reports_its_outbox_when_seen(store: Store, clock: FakeClock) -> None:
+    await store.enrol_replica("laptop-7", "org-1")
+    assert (await store.replicas())[0].pending is None  # nothing said yet
+    await store.touch_replica("laptop-7", pending=3, oldest_pending_ms=clock.now - 90_000)
+    got = await store.get_replica("laptop-7")
+    assert got is not None
+    assert (got.pending, got.oldest_pending_ms) == (3, clock.now - 90_000)
+    clock.advance(10)
+    await store.touch_replica("laptop-7")  # seen again, saying nothing: the report stays
+    got = await store.get_replica("laptop-7")
+    assert got is not None
+    assert (got.last_seen_ms, got.pending) == (clock.now, 3)
+    await store.touch_replica("laptop-7", pending=0)
+    got = await store.get_replica("laptop-7")
+    assert got is not None
+    assert (got.pending, got.oldest_pending_ms) == (0, None)
+    for bad in ({"pending": -1}, {"oldest_pending_ms": 5}, {"pending": 0, "oldest_pending_ms": 5}):
+        with pytest.raises(InvalidInputError):
+            await store.touch_replica("laptop-7", **bad)  # type: ignore[arg-type]
+    got = await store.get_replica("laptop-7")
+    assert got is not None
+    assert (got.last_seen_ms, got.pending) == (clock.now, 0)  # nothing stored half-way
+
+
 # ------------------------------------------------------------------- lifecycle
 
 

@@ -187,11 +187,32 @@ class ReplicaInfo:
     enrolled_ms: int
     last_seen_ms: int | None
     revoked_ms: int | None
+    pending: int | None = None
+    """Changes the replica had not had acknowledged when it last connected (None: not said)."""
+    oldest_pending_ms: int | None = None
+    """When the oldest of those changes was made (ms since the epoch), or None."""
 
     @property
     def revoked(self) -> bool:
         """True once the replica was revoked: it is locked at its next contact."""
         return self.revoked_ms is not None
+
+
+def check_outbox_report(
+    pending: object, oldest_pending_ms: object
+) -> tuple[int | None, int | None]:
+    """Validate what a replica reported of its outbox (both None: it said nothing)."""
+    if pending is None:
+        if oldest_pending_ms is not None:
+            raise InvalidInputError("oldest_pending_ms needs pending")
+        return None, None
+    count = check_count(pending, "pending")
+    oldest = (
+        None if oldest_pending_ms is None else check_count(oldest_pending_ms, "oldest_pending_ms")
+    )
+    if count == 0 and oldest is not None:
+        raise InvalidInputError("an empty outbox has no oldest change")
+    return count, oldest
 
 
 def check_conflicts(record_id: str, rows: Sequence[ConflictRow]) -> tuple[ConflictRow, ...]:
@@ -397,8 +418,19 @@ class Store(Protocol):
         """Every enrolled replica (of that organisation), by id."""
         ...
 
-    async def touch_replica(self, replica_id: str, seen_ms: int | None = None) -> None:
-        """Note that the replica was seen now (or at ``seen_ms``)."""
+    async def touch_replica(
+        self,
+        replica_id: str,
+        seen_ms: int | None = None,
+        *,
+        pending: int | None = None,
+        oldest_pending_ms: int | None = None,
+    ) -> None:
+        """Note that the replica was seen now (or at ``seen_ms``).
+
+        With ``pending``, also what the replica reported of its outbox: how many
+        changes wait for an acknowledgement and when the oldest was made.
+        """
         ...
 
     async def revoke_replica(self, replica_id: str) -> None:

@@ -10,6 +10,7 @@ leaves nothing half-done. Nothing survives the process, of course.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from caresync.storage.base import (
     check_conflicts,
     check_count,
     check_optional_text,
+    check_outbox_report,
     check_text,
 )
 from caresync.storage.cache import CachedRecord
@@ -584,19 +586,30 @@ class MemoryStore:
             if organisation is None or info.organisation == organisation
         ]
 
-    async def touch_replica(self, replica_id: str, seen_ms: int | None = None) -> None:
-        """Note that a replica was seen now (or at ``seen_ms``)."""
+    async def touch_replica(
+        self,
+        replica_id: str,
+        seen_ms: int | None = None,
+        *,
+        pending: int | None = None,
+        oldest_pending_ms: int | None = None,
+    ) -> None:
+        """Note that a replica was seen now (or at ``seen_ms``), and what it reported."""
         check_text(replica_id, "replica_id")
         seen = self._now_ms() if seen_ms is None else check_count(seen_ms, "seen_ms")
+        count, oldest = check_outbox_report(pending, oldest_pending_ms)
         info = self._replica_or_raise(replica_id)
-        self._replicas[replica_id] = _replace_replica(info, last_seen_ms=seen)
+        info = dataclasses.replace(info, last_seen_ms=seen)
+        if count is not None:
+            info = dataclasses.replace(info, pending=count, oldest_pending_ms=oldest)
+        self._replicas[replica_id] = info
 
     async def revoke_replica(self, replica_id: str) -> None:
         """Revoke a replica; revoking twice keeps the first time."""
         check_text(replica_id, "replica_id")
         info = self._replica_or_raise(replica_id)
         if info.revoked_ms is None:
-            self._replicas[replica_id] = _replace_replica(info, revoked_ms=self._now_ms())
+            self._replicas[replica_id] = dataclasses.replace(info, revoked_ms=self._now_ms())
 
     def _replica_or_raise(self, replica_id: str) -> ReplicaInfo:
         self._open_or_raise(f"updating replica {replica_id!r}")
@@ -604,16 +617,3 @@ class MemoryStore:
         if info is None:
             raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
         return info
-
-
-def _replace_replica(
-    info: ReplicaInfo, *, last_seen_ms: int | None = None, revoked_ms: int | None = None
-) -> ReplicaInfo:
-    return ReplicaInfo(
-        info.replica_id,
-        info.organisation,
-        info.enrolled_by,
-        info.enrolled_ms,
-        info.last_seen_ms if last_seen_ms is None else last_seen_ms,
-        info.revoked_ms if revoked_ms is None else revoked_ms,
-    )

@@ -31,6 +31,10 @@ Version 2 added the conflict index and the server's accounts::
                last_seen_ms, revoked_ms)                            WITHOUT ROWID
               index replicas_by_organisation (organisation, replica_id)
 
+Version 3 added what a laptop reports of its outbox when it connects (for monitoring)::
+
+    replicas  + pending, oldest_pending_ms
+
 A record's row is small and changes with every write; its compacted state
 lives apart in ``states``, written only by compaction, so that a write never
 rewrites the record's bytes (an update of a row rewrites all of it).
@@ -139,7 +143,12 @@ _V2 = (
     "CREATE INDEX replicas_by_organisation ON replicas (organisation, replica_id)",
 )
 
-SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+_V3 = (
+    "ALTER TABLE replicas ADD COLUMN pending INTEGER",
+    "ALTER TABLE replicas ADD COLUMN oldest_pending_ms INTEGER",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 
 SCHEMA_VERSION = max(SCHEMA_STEPS)

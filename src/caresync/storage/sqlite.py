@@ -80,6 +80,7 @@ from caresync.storage.base import (
     check_conflicts,
     check_count,
     check_optional_text,
+    check_outbox_report,
     check_text,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
@@ -1099,12 +1100,30 @@ class SQLiteStore:
             "listing replicas", lambda raw: [ReplicaInfo(*r) for r in raw.execute(sql, args)]
         )
 
-    async def touch_replica(self, replica_id: str, seen_ms: int | None = None) -> None:
-        """Note that a replica was seen now (or at ``seen_ms``)."""
+    async def touch_replica(
+        self,
+        replica_id: str,
+        seen_ms: int | None = None,
+        *,
+        pending: int | None = None,
+        oldest_pending_ms: int | None = None,
+    ) -> None:
+        """Note that a replica was seen now (or at ``seen_ms``), and what it reported."""
         check_text(replica_id, "replica_id")
         seen = self._now_ms() if seen_ms is None else check_count(seen_ms, "seen_ms")
+        count, oldest = check_outbox_report(pending, oldest_pending_ms)
+        if count is None:
+            await self._update_replica(
+                replica_id, "UPDATE replicas SET last_seen_ms = ? WHERE replica_id = ?", seen
+            )
+            return
         await self._update_replica(
-            replica_id, "UPDATE replicas SET last_seen_ms = ? WHERE replica_id = ?", seen
+            replica_id,
+            "UPDATE replicas SET last_seen_ms = ?, pending = ?, oldest_pending_ms = ?"
+            " WHERE replica_id = ?",
+            seen,
+            count,
+            oldest,
         )
 
     async def revoke_replica(self, replica_id: str) -> None:
@@ -1116,10 +1135,10 @@ class SQLiteStore:
             self._now_ms(),
         )
 
-    async def _update_replica(self, replica_id: str, sql: str, value: int) -> None:
+    async def _update_replica(self, replica_id: str, sql: str, *values: int | None) -> None:
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
-                if not raw.execute(sql, (value, replica_id)).rowcount:
+                if not raw.execute(sql, (*values, replica_id)).rowcount:
                     raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
 
             self._write(raw, body)
@@ -1127,7 +1146,10 @@ class SQLiteStore:
         await self._run(f"updating replica {replica_id!r}", job)
 
 
-_REPLICA_COLUMNS = "replica_id, organisation, enrolled_by, enrolled_ms, last_seen_ms, revoked_ms"
+_REPLICA_COLUMNS = (
+    "replica_id, organisation, enrolled_by, enrolled_ms, last_seen_ms, revoked_ms,"
+    " pending, oldest_pending_ms"
+)
 
 
 # ---------------------------------------------------------------- SQL helpers
