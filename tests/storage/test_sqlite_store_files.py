@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,8 @@ async def test_create_false_on_a_missing_file_creates_nothing(tmp_path: Path) ->
 async def test_creating_leaves_only_the_database(tmp_path: Path) -> None:
     async with SQLiteStore.open(tmp_path / "new.db") as store:
         assert await store.check() == []
-    assert [n for n in names(tmp_path) if not n.endswith("-shm")] == ["new.db"]
+    # Beside it only SQLite's shared-memory index and the writer's lock file.
+    assert [n for n in names(tmp_path) if not n.endswith(("-shm", "-writer.lock"))] == ["new.db"]
 
 
 @pytest.mark.parametrize(
@@ -195,6 +198,78 @@ async def test_one_process_at_a_time(tmp_path: Path) -> None:
         assert await second.pending_count() == 1
 
 
+_WRITER_CHILD = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[2])
+from store_helpers import Patient
+from caresync.storage import SQLiteStore
+
+async def main() -> None:
+    async with SQLiteStore.open(sys.argv[1]) as store:
+        for _ in range(2):
+            p = Patient()
+            await store.write_local(p.id, p.created, conflicts=None)
+            print(p.id, flush=True)
+            sys.stdin.readline()  # the parent has read; write the next one
+
+asyncio.run(main())
+"""
+
+
+async def test_a_reader_reads_while_another_process_writes(tmp_path: Path) -> None:
+    path = tmp_path / "server.db"
+    await (await SQLiteStore.open(path)).close()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WRITER_CHILD,
+        str(path),
+        str(Path(__file__).parent),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+
+    async def line() -> str:
+        assert child.stdout is not None
+        return (await asyncio.wait_for(child.stdout.readline(), 30)).decode().strip()
+
+    try:
+        first = await line()  # committed before it was printed
+        with pytest.raises(StorageError, match="in use by another process"):
+            await SQLiteStore.open(path)
+        async with SQLiteStore.open(path, read_only=True) as reader:
+            assert reader.read_only
+            assert await reader.record_ids() == [first]
+            assert await reader.load(first) is not None
+            with pytest.raises(StorageError, match="read-only"):
+                await reader.set_meta("x", "y")
+            child.stdin.write(b"\n")
+            second = await line()
+            assert sorted(await reader.record_ids()) == sorted([first, second])  # no stale cache
+        child.stdin.write(b"\n")
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    async with SQLiteStore.open(path) as writer:  # the lock went with the child
+        assert await writer.pending_count() == 2
+
+
+async def test_read_only_creates_and_migrates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseNotFoundError):
+        await SQLiteStore.open(tmp_path / "missing.db", read_only=True)
+    assert names(tmp_path) == []
+    path = tmp_path / "v2.db"
+    make_old_database(path, version=2)
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="Open it once for writing"):
+        await SQLiteStore.open(path, read_only=True)
+    assert path.read_bytes() == before
+
+
 async def test_everything_survives_closing_and_reopening(tmp_path: Path) -> None:
     path = tmp_path / "replica.db"
     p, q = Patient(), Patient("laptop-b")
@@ -222,7 +297,9 @@ async def test_durability_settings(tmp_path: Path) -> None:
                 for name in ("journal_mode", "synchronous", "locking_mode")
             )
 
-        assert await store._run("pragmas", pragmas) == ("wal", 2, "exclusive")
+        # Normal locking, so that readers can read while it runs: the writer lock
+        # (a file lock beside the database) keeps other writers out.
+        assert await store._run("pragmas", pragmas) == ("wal", 2, "normal")
 
 
 # -------------------------------------------------- what opening and listing read

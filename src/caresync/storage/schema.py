@@ -155,10 +155,9 @@ SCHEMA_VERSION = max(SCHEMA_STEPS)
 """The version this code writes; it opens every version up to this one."""
 
 CONNECTION_PRAGMAS = (
-    # One writer per file: the store caches records and numbers outbox rows,
-    # so a second process must not write behind its back. The lock is taken
-    # when the store opens and released when it closes (or its process dies).
-    "PRAGMA locking_mode = EXCLUSIVE",
+    # One writer per file is ensured by the store's writer lock
+    # (caresync.storage._lock), not by SQLite's exclusive locking mode, so
+    # that readers can read a database while its writer runs.
     # Write-ahead log: a commit appends to the log, readers are not blocked,
     # and a crash at any point leaves the last committed state.
     "PRAGMA journal_mode = WAL",

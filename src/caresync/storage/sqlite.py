@@ -11,10 +11,12 @@ its ``_execute``, pinned by the ``aiosqlite`` version range in
 ``pyproject.toml`` and checked when a store opens.)
 
 Durability: WAL with ``synchronous = FULL`` (see :mod:`caresync.storage.schema`),
-so a call that returned has its commit fsynced to the write-ahead log. The
-connection holds the file's lock exclusively (``locking_mode = EXCLUSIVE``):
-one process writes a replica, and the bounded :class:`RecordCache` of merged
-record bytes can never go stale behind its back.
+so a call that returned has its commit fsynced to the write-ahead log. One
+process writes a replica: the store holds a writer lock (:mod:`._lock`) while
+open, so the bounded :class:`RecordCache` of merged record bytes can never go
+stale behind its back. Other processes may open the same file with
+``read_only=True`` while it runs (an operator reading a live server's
+database); a read-only store caches nothing and refuses every write.
 
 Opening never writes to a file before recognising it (:mod:`.migrations`).
 A new database is built under a temporary name beside the target and
@@ -50,6 +52,8 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
+from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
+from caresync.storage._lock import WriterLock
 from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
@@ -140,6 +144,9 @@ class SQLiteStore:
         self._now_ms = clock
         self.migrated_from: int | None = None
         """The schema version the file had, if opening migrated it; else None."""
+        self.read_only = False
+        """True for a store opened with ``read_only=True``: it refuses every write."""
+        self._lock: WriterLock | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -149,6 +156,7 @@ class SQLiteStore:
         path: StrPath,
         *,
         create: bool = True,
+        read_only: bool = False,
         cache_entries: int = 32768,
         cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], int] | None = None,
@@ -162,13 +170,22 @@ class SQLiteStore:
         either way the file is left byte for byte as it was. An older schema is
         migrated forward in one transaction. Opening reads no record.
         ``clock`` returns milliseconds (for outbox times and accounts).
+
+        One process at a time opens a database for writing (StorageError "in
+        use" for a second). ``read_only`` opens it for reading even while its
+        writer runs: it never creates, migrates or writes (every write raises
+        StorageError), and it caches nothing, so each read sees the last commit.
         """
 
         async def factory() -> SQLiteStore:
             return await cls._open(
                 Path(os.fspath(path)),
-                create=create,
-                cache=RecordCache(max_entries=cache_entries, max_bytes=cache_bytes),
+                create=create and not read_only,
+                read_only=read_only,
+                cache=RecordCache(
+                    max_entries=0 if read_only else cache_entries,
+                    max_bytes=0 if read_only else cache_bytes,
+                ),
                 clock=clock or _wall_ms,
             )
 
@@ -176,33 +193,61 @@ class SQLiteStore:
 
     @classmethod
     async def _open(
-        cls, path: Path, *, create: bool, cache: RecordCache, clock: Callable[[], int]
+        cls,
+        path: Path,
+        *,
+        create: bool,
+        read_only: bool,
+        cache: RecordCache,
+        clock: Callable[[], int],
     ) -> SQLiteStore:
         await asyncio.to_thread(_recognise_or_create, path, create, clock())
-        conn = aiosqlite.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        lock = None if read_only else WriterLock.acquire(path)
+        resolved = await asyncio.to_thread(path.resolve)
+        target: str | Path = resolved.as_uri() + "?mode=ro" if read_only else path
+        conn = aiosqlite.connect(
+            target, isolation_level=None, timeout=_BUSY_TIMEOUT_S, uri=read_only
+        )
         try:
             await conn
         except sqlite3.Error as exc:
+            if lock is not None:
+                lock.release()
             raise _translate(exc, f"opening {path}") from exc
         if not callable(getattr(conn, "_execute", None)):
             await conn.close()
+            if lock is not None:
+                lock.release()
             raise StorageError("this aiosqlite version is not supported (no connection thread)")
         store = cls(conn, path, cache=cache, clock=clock)
+        store._lock = lock
+        store.read_only = read_only
         try:
-            store.migrated_from = await store._run(f"opening {path}", store._prepare)
+            prepare = store._prepare_read_only if read_only else store._prepare
+            store.migrated_from = await store._run(f"opening {path}", prepare)
         except BaseException:
             await store._close_quietly()
             raise
         return store
 
     def _prepare(self, raw: sqlite3.Connection) -> int | None:
+        if not LOCK_AVAILABLE:  # pragma: no cover - no advisory locks: SQLite's own lock
+            raw.execute("PRAGMA locking_mode = EXCLUSIVE")
         for pragma in CONNECTION_PRAGMAS:
             row = raw.execute(pragma).fetchone()
             if pragma.startswith("PRAGMA journal_mode") and (row is None or row[0] != "wal"):
                 raise StorageError(f"{self.path}: the database cannot use a write-ahead log")
-        # BEGIN IMMEDIATE inside migrate() also takes the exclusive lock, for good.
         before = migrate(raw, self.path)
         return before if before != SCHEMA_VERSION else None
+
+    def _prepare_read_only(self, raw: sqlite3.Connection) -> None:
+        raw.execute("PRAGMA query_only = 1")
+        version = read_marks(raw).user_version
+        if version != SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has schema version {version}; this caresync reads version "
+                f"{SCHEMA_VERSION}. Open it once for writing (it migrates forward), then read it"
+            )
 
     async def close(self) -> None:
         """Close the store (the write-ahead log is checkpointed). Closing twice is harmless."""
@@ -214,6 +259,13 @@ class SQLiteStore:
             await conn.close()
         except sqlite3.Error as exc:
             raise _translate(exc, f"closing {self.path}") from exc
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     async def _close_quietly(self) -> None:
         """Close after a failed open; the open's own error is the one to report."""
@@ -221,6 +273,7 @@ class SQLiteStore:
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 await conn.close()
+        self._release_lock()
 
     async def __aenter__(self) -> Self:
         return self
@@ -251,6 +304,8 @@ class SQLiteStore:
 
     def _write(self, raw: sqlite3.Connection, body: Callable[[], T]) -> T:
         """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, committed before returning."""
+        if self.read_only:
+            raise StorageError(f"{self.path} was opened read-only; nothing was written")
         raw.execute("BEGIN IMMEDIATE")
         try:
             result = body()
