@@ -1,0 +1,35 @@
+"""Many offline laptops against one clinic server, seeded and repeatable, checked by an oracle.
+
+From Python::
+
+    import asyncio
+    from caresync.simulation import SimulationConfig, run_simulation
+
+    result = asyncio.run(run_simulation(SimulationConfig(laptops=10, patients=100, seed=1)))
+    assert result.converged and result.lost_values == 0
+
+From a shell: ``python -m caresync.simulation --laptops 20 --patients 200``
+(or ``caresync simulate``). See docs/simulation.md.
+"""
+
+from caresync.simulation.config import SimulationConfig, SimulationResult
+from caresync.simulation.observer import NullObserver, SimulationObserver
+from caresync.simulation.oracle import Oracle, OracleReport
+from caresync.simulation.present import RichObserver, result_table, run_simulate_command
+from caresync.simulation.runner import run_simulation
+from caresync.simulation.scenario import Scenario, plan
+
+__all__ = [
+    "NullObserver",
+    "Oracle",
+    "OracleReport",
+    "RichObserver",
+    "Scenario",
+    "SimulationConfig",
+    "SimulationObserver",
+    "SimulationResult",
+    "plan",
+    "result_table",
+    "run_simulate_command",
+    "run_simulation",
+]

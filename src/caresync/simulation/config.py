@@ -1,0 +1,130 @@
+"""What a simulation is asked to do, and what it found.
+
+:class:`SimulationConfig` is validated when built (bad values raise
+:class:`~caresync.exceptions.InvalidValueError` naming the option and the
+allowed range), so a CLI or a harness can hand user input straight to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from caresync.exceptions import InvalidValueError
+
+__all__ = ["MAX_LAPTOPS", "MAX_PATIENTS", "SimulationConfig", "SimulationResult"]
+
+MAX_LAPTOPS = 1000
+"""More laptops than this in one process would exhaust file descriptors and patience."""
+MAX_PATIENTS = 1_000_000
+MAX_EDITS_PER_LAPTOP = 100_000
+MAX_ROUNDS = 100
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidValueError(
+            f"{name} must be a whole number from {low} to {high}, not {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """A simulation: ``laptops`` replicas against one clinic server, ``patients`` records.
+
+    ``edits_per_laptop`` edits are made on each laptop over ``rounds`` rounds of
+    work; a share ``conflict_rate`` of them are aimed at fields that other
+    laptops edit in the same round (concurrent edits of the same field). The same
+    ``seed`` gives the same edits. ``workdir`` keeps the SQLite files there;
+    None uses a temporary directory, removed afterwards.
+    """
+
+    laptops: int
+    patients: int
+    edits_per_laptop: int = 20
+    conflict_rate: float = 0.1
+    seed: int = 0
+    workdir: Path | None = None
+    rounds: int = 3
+    """Rounds of offline work; in each, every laptop is online (syncs) or offline at random."""
+    online_rate: float = 0.5
+    """Chance that a laptop syncs at the end of a round of work."""
+    concurrency: int = 16
+    """How many laptops enrol, edit or sync at the same moment."""
+    deep_checks: int = 3
+    """How many laptops (a seeded sample) the oracle loads record by record."""
+
+    def __post_init__(self) -> None:
+        _check_int("laptops", self.laptops, 1, MAX_LAPTOPS)
+        _check_int("patients", self.patients, 1, MAX_PATIENTS)
+        _check_int("edits_per_laptop", self.edits_per_laptop, 0, MAX_EDITS_PER_LAPTOP)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("rounds", self.rounds, 1, MAX_ROUNDS)
+        _check_int("concurrency", self.concurrency, 1, MAX_LAPTOPS)
+        _check_int("deep_checks", self.deep_checks, 0, MAX_LAPTOPS)
+        for name in ("conflict_rate", "online_rate"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not 0.0 <= value <= 1.0
+            ):
+                raise InvalidValueError(f"{name} must be a number from 0 to 1, not {value!r}")
+        if self.workdir is not None and not isinstance(self.workdir, Path):
+            raise InvalidValueError(f"workdir must be a pathlib.Path or None, not {self.workdir!r}")
+
+
+@dataclass
+class SimulationResult:
+    """What a simulation found. ``ok`` when every replica converged and nothing was lost.
+
+    Times are wall seconds; bytes are frame payloads on the websockets, counted
+    at the server (``bytes_up``: laptops to server, ``bytes_down``: server to
+    laptops).
+    """
+
+    converged: bool
+    lost_values: int
+    conflicts_open: int
+    duration_s: float
+    first_copy_s: float
+    final_sync_s: float
+    bytes_up: int
+    bytes_down: int
+    laptops: int = 0
+    patients: int = 0
+    seed: int = 0
+    edits: int = 0
+    """Edits made on laptops (each one write committed locally)."""
+    values_logged: int = 0
+    """Distinct (record, path, value) the oracle saw written (patients' seeds included)."""
+    concurrent_groups: int = 0
+    """Fields that several laptops were made to edit in the same round."""
+    clinical_cases: int = 0
+    conflicts_seen: int = 0
+    """Most open conflicts seen on any laptop during the offline rounds."""
+    sync_rounds: int = 0
+    """Sync rounds the laptops ran (enrolment excluded)."""
+    edit_s: float = 0.0
+    check_s: float = 0.0
+    replicas_checked: int = 0
+    replicas_checked_in_depth: int = 0
+    details: list[str] = field(default_factory=list)
+    """Why ``converged`` is false or ``lost_values`` is not zero (at most a few lines each)."""
+
+    @property
+    def ok(self) -> bool:
+        """True when every replica and the server agree and no written value is lost."""
+        return self.converged and self.lost_values == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with every field (times rounded to the millisecond)."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, float):
+                data[key] = round(value, 3)
+        data["ok"] = self.ok
+        return data
