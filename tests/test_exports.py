@@ -37,3 +37,17 @@ def test_demo_runs_and_converges() -> None:
     from caresync import demo
 
     assert demo.main([]) == 0
+
+
+def test_io_shells_are_exported_lazily() -> None:
+    import subprocess
+    import sys
+
+    assert set(caresync._LAZY) <= set(caresync.__all__)
+    probe = "import caresync, sys; print('caresync.replica' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False"  # `import caresync` does not load the shells
+    assert caresync.Replica.__module__ == "caresync.replica"
+    assert caresync.SyncServer.__module__ == "caresync.server"
