@@ -1,0 +1,110 @@
+"""The ``caresync`` command: the parser of every command, and one place for errors.
+
+Each command group lives in its own module and registers its parsers here; a
+command's handler returns its exit code or raises. Here every error becomes
+one line on standard error and an exit code (:mod:`caresync.cli.errors`):
+never a traceback for a person's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from caresync import __version__
+from caresync.cli import (
+    conflicts,
+    records,
+    replicas,
+    serve,
+    simulate,
+    status,
+    sync,
+    transfer,
+    users,
+)
+from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
+from caresync.cli.output import Output
+from caresync.exceptions import CaresyncError
+
+__all__ = ["build_parser", "main"]
+
+DEBUG_ENV = "CARESYNC_DEBUG"
+
+
+class _UsageError(Exception):
+    """A command line argparse refused."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused command line is one line of error, not usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every ``caresync`` command."""
+    parser = _Parser(
+        prog="caresync",
+        description="Offline-first replication of clinical records: run a clinic server, "
+        "enrol and sync laptops, read and resolve conflicts. See docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"caresync {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what happens on standard error"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (serve, users, sync, status, records, conflicts, transfer, replicas, simulate):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``caresync`` command; returns its exit code (0 on success)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _error(str(exc), prefix=False)
+        return ExitCode.USAGE
+    except SystemExit as exc:  # --help and --version print and "exit" 0
+        return exc.code if isinstance(exc.code, int) else ExitCode.OK
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    out = Output(json_output=getattr(args, "json", False))
+    try:
+        return int(args.handler(args, out))
+    except KeyboardInterrupt:
+        _error("interrupted; every change committed so far is kept")
+        return ExitCode.INTERRUPTED
+    except (CaresyncError, CliError) as exc:
+        _error(one_line(exc))
+        return exit_code_for(exc)
+    except BrokenPipeError:  # the reader went away (`caresync ... | head`)
+        return ExitCode.OK
+    except OSError as exc:
+        _error(one_line(exc))
+        return ExitCode.NOT_FOUND if isinstance(exc, FileNotFoundError) else ExitCode.DATABASE
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        _error(
+            f"internal error ({type(exc).__name__}: {one_line(exc)}); this is a bug in "
+            f"caresync: please report it (set {DEBUG_ENV}=1 for the traceback)"
+        )
+        return ExitCode.INTERNAL
+
+
+def _error(message: str, *, prefix: bool = True) -> None:
+    line = f"caresync: error: {message}" if prefix else message.replace(": ", ": error: ", 1)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,172 @@
+"""``caresync conflicts``: list open conflicts; resolve or acknowledge one.
+
+``list`` and ``resolve`` derive a conflict the same way (the rulebook over the
+merged record), so candidate N of the list is candidate N of ``--choose N``,
+and a conflict's id is the same on every replica that has the same updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from caresync.cli.common import add_db, add_json, author, parse_value, run
+from caresync.cli.databases import open_laptop, open_reader
+from caresync.cli.output import Output
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    """Add ``conflicts list``, ``conflicts resolve`` and ``conflicts acknowledge``."""
+    group = commands.add_parser(
+        "conflicts",
+        help="list and resolve conflicts",
+        description="Conflicts: fields with several concurrent values, and findings of the "
+        "clinical safety rules.",
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    list_ = actions.add_parser(
+        "list",
+        help="list open conflicts",
+        description="List open conflicts with their candidates, numbered from 0 as "
+        "`resolve --choose N` takes them. Reads a running server's database too.",
+    )
+    add_db(list_, "a laptop's or a server's database")
+    list_.add_argument("--record", metavar="RECORD_ID", help="only this record's conflicts")
+    add_json(list_)
+    list_.set_defaults(handler=_list)
+
+    resolve = actions.add_parser(
+        "resolve",
+        help="resolve a conflict",
+        description="Resolve a conflict by choosing candidate N (0-based, as `conflicts "
+        "list` shows them) or by entering a new VALUE (JSON when it parses as JSON, else "
+        "text). The resolution is an ordinary edit: it syncs like any other.",
+    )
+    add_db(resolve, "a laptop's database")
+    resolve.add_argument("conflict_id", metavar="CONFLICT_ID")
+    how = resolve.add_mutually_exclusive_group(required=True)
+    how.add_argument("--choose", type=_index, metavar="N", help="keep candidate N")
+    how.add_argument("--value", metavar="VALUE", help="enter a new value instead")
+    resolve.add_argument("--author", required=True, type=author, help="the person deciding")
+    add_json(resolve)
+    resolve.set_defaults(handler=_resolve)
+
+    ack = actions.add_parser(
+        "acknowledge",
+        help="acknowledge a flag or info finding",
+        description="Acknowledge a finding of severity flag or info (a block must be resolved).",
+    )
+    add_db(ack, "a laptop's database")
+    ack.add_argument("conflict_id", metavar="CONFLICT_ID")
+    ack.add_argument("--author", required=True, type=author, help="the person acknowledging")
+    add_json(ack)
+    ack.set_defaults(handler=_acknowledge)
+
+
+def _index(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"N must be a whole number, not {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"N counts from 0; {value} is negative")
+    return value
+
+
+def _list(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> list[dict[str, Any]]:
+        reader = await open_reader(args.db)
+        try:
+            return [c.as_dict() for c in await reader.conflicts(args.record)]
+        finally:
+            await reader.close()
+
+    conflicts = run(go())
+    out.result({"conflicts": conflicts, "count": len(conflicts)}, _render_list)
+    return 0
+
+
+def _resolve(args: argparse.Namespace, out: Output) -> int:
+    kwargs: dict[str, Any] = (
+        {"choose": args.choose} if args.choose is not None else {"value": parse_value(args.value)}
+    )
+
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            conflict = await replica.find_conflict(args.conflict_id)
+            rev = await replica.resolve(args.conflict_id, author=args.author, **kwargs)
+            return {
+                "conflict_id": args.conflict_id,
+                "record_id": conflict.record_id,
+                "path": rev.path,
+                "value": rev.value,
+                "revision": rev.id,
+                "author": rev.author,
+                "conflicts_open": await replica.store.count_conflicts(),
+            }
+
+    out.result(run(go()), _render_done("resolved"))
+    return 0
+
+
+def _acknowledge(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            conflict = await replica.find_conflict(args.conflict_id)
+            rev = await replica.acknowledge(args.conflict_id, author=args.author)
+            return {
+                "conflict_id": args.conflict_id,
+                "record_id": conflict.record_id,
+                "revision": rev.id,
+                "author": rev.author,
+                "conflicts_open": await replica.store.count_conflicts(),
+            }
+
+    out.result(run(go()), _render_done("acknowledged"))
+    return 0
+
+
+def _render_done(verb: str) -> Any:
+    def render(console: Console, data: Mapping[str, Any]) -> None:
+        console.print(
+            f"{verb} {data['conflict_id']} (revision {data['revision']}); "
+            f"{data['conflicts_open']} conflict(s) still open",
+            markup=False,
+        )
+
+    return render
+
+
+def _render_list(console: Console, data: Mapping[str, Any]) -> None:
+    conflicts = data["conflicts"]
+    if not conflicts:
+        console.print("no open conflicts", markup=False)
+        return
+    for c in conflicts:
+        console.print(
+            f"{c['id']}  {c['severity']}  {c['kind']}  record {c['record_id']}  {c['path']}",
+            markup=False,
+            style="bold",
+        )
+        console.print(f"  {c['message']}", markup=False)
+        table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+        for column in ("N", "value", "author", "replica", "at"):
+            table.add_column(column, overflow="fold")
+        for n, cand in enumerate(c["candidates"]):
+            table.add_row(
+                str(n), repr_value(cand["value"]), cand["author"], cand["replica"], cand["at"]
+            )
+        console.print(table)
+
+
+def repr_value(value: Any) -> str:
+    """A value as JSON (so that the text "42" and the number 42 look different)."""
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,134 @@
+"""Opening databases for commands, by the rules of the command line.
+
+* Only ``serve``, ``user add`` and ``enrol`` create a database; every other
+  command given a missing path fails with DatabaseNotFoundError and creates
+  nothing.
+* Commands that only read (``status``, ``record show``, ``conflicts list``,
+  ``replicas``) open the store read-only, so they work on a database whose
+  writer is running (a live server) and can never write to it.
+* Each command says which kind of database it needs: a laptop's, a server's,
+  or either; the other kind is refused before anything is read or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView
+from caresync.exceptions import StorageError
+from caresync.pool import RecordPool
+from caresync.replica import Replica
+from caresync.storage import Identity, SQLiteStore
+
+__all__ = [
+    "LaptopReader",
+    "Reader",
+    "ServerReader",
+    "open_laptop",
+    "open_reader",
+    "open_server_store",
+]
+
+# Meta key where a laptop keeps why its server revoked it (see caresync.replica).
+_LOCKED_META = "replica.locked"
+
+
+async def open_laptop(path: str | Path, *, create: bool = False) -> Replica:
+    """A laptop's replica for writing (created only with ``create``)."""
+    return await Replica.open(path, create=create)
+
+
+async def open_server_store(path: str | Path, *, read_only: bool = False) -> SQLiteStore:
+    """An existing server database's store (StorageError for a laptop's)."""
+    store = await SQLiteStore.open(path, create=False, read_only=read_only)
+    try:
+        identity = await _identity(store, path)
+        if identity.role != "server":
+            raise StorageError(f"{path} is a laptop's database; this command needs a server's")
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+@dataclass
+class LaptopReader:
+    """Read access to a laptop's database, through a read-only :class:`Replica`."""
+
+    replica: Replica
+    role: str = "laptop"
+
+    async def view(self, record_id: str) -> RecordView:
+        return await self.replica.record(record_id)
+
+    async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
+        return await self.replica.conflicts(record_id)
+
+    async def close(self) -> None:
+        await self.replica.close()
+
+
+@dataclass
+class ServerReader:
+    """Read access to a server's database: its records loaded on demand, nothing cached."""
+
+    store: SQLiteStore
+    identity: Identity
+    role: str = "server"
+    _pool: RecordPool | None = field(default=None, repr=False)
+
+    @property
+    def pool(self) -> RecordPool:
+        if self._pool is None:
+            self._pool = RecordPool(
+                self.store, replica=self.identity.replica_id, rulebook=DEFAULT_RULEBOOK
+            )
+        return self._pool
+
+    async def view(self, record_id: str) -> RecordView:
+        return RecordView(await self.pool.get(record_id))
+
+    async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
+        rulebook = self.pool.rulebook
+        if record_id is not None:
+            return rulebook.conflicts(await self.pool.get(record_id))
+        # The index names the records with open conflicts; each is derived afresh,
+        # exactly as a laptop derives it (same ids, same candidate order).
+        ids = dict.fromkeys(row.record_id for row in await self.store.conflicts())
+        result: list[Conflict] = []
+        for rid in ids:
+            result.extend(rulebook.conflicts(await self.pool.get(rid)))
+        return result
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+Reader = LaptopReader | ServerReader
+
+
+async def open_reader(path: str | Path) -> Reader:
+    """Read-only access to a laptop's or a server's database (works while its writer runs)."""
+    store = await SQLiteStore.open(path, create=False, read_only=True)
+    try:
+        identity = await _identity(store, path)
+        if identity.role == "server":
+            return ServerReader(store, identity)
+        locked = await store.get_meta(_LOCKED_META)
+        replica = Replica(store, identity, rulebook=DEFAULT_RULEBOOK, locked=locked)
+        return LaptopReader(replica)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _identity(store: Any, path: str | Path) -> Identity:
+    identity: Identity | None = await store.get_identity()
+    if identity is None:
+        raise StorageError(
+            f"{path} is a caresync database that holds no replica yet "
+            "(create one with `caresync enrol` or `caresync serve`)"
+        )
+    return identity

@@ -1,0 +1,84 @@
+"""Where a command's result goes: one JSON object, or text for a person.
+
+With ``--json`` a command writes exactly one JSON object on standard output
+and nothing else there; progress bars and notes go to standard error (and
+are left out entirely with ``--json``). Without it, results are written for
+a person with rich.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["Output", "Renderer", "iso_ms", "to_json"]
+
+_PIPE_WIDTH = 200
+
+Renderer = Callable[[Console, Mapping[str, Any]], None]
+"""Writes a result for a person."""
+
+
+def iso_ms(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 (UTC), or None."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def to_json(data: Mapping[str, Any]) -> str:
+    """One line of JSON (UTF-8 text kept as is; a datetime becomes ISO 8601)."""
+
+    def default(value: object) -> object:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    return json.dumps(dict(data), ensure_ascii=False, default=default)
+
+
+class Output:
+    """A command's voice: ``result`` once at the end, ``note`` for a person only."""
+
+    def __init__(self, *, json_output: bool) -> None:
+        self.json = json_output
+        # Consoles look up sys.stdout/sys.stderr when they write (pytest's capsys works).
+        # Piped output is read by tools, not a terminal: keep table rows whole.
+        width = None if sys.stdout.isatty() else _PIPE_WIDTH
+        self.console = Console(highlight=False, soft_wrap=True, width=width)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._done = False
+
+    def result(self, data: Mapping[str, Any], render: Renderer | None = None) -> None:
+        """Write the command's result: the JSON object, or ``render`` (default: key: value)."""
+        if self._done:  # one JSON object per run, whatever a command does
+            raise RuntimeError("a command wrote two results")
+        self._done = True
+        if self.json:
+            sys.stdout.write(to_json(data) + "\n")
+            sys.stdout.flush()
+        elif render is not None:
+            render(self.console, data)
+        else:
+            for key, value in data.items():
+                self.console.print(f"{key}: {_plain(value)}", markup=False)
+
+    def note(self, text: str) -> None:
+        """A line for a person, on standard error; nothing with --json."""
+        if not self.json:
+            self.err.print(text, markup=False)
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,227 @@
+"""``caresync record``: create a record, write a field, add an entry, show a record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from caresync.cli.common import add_db, add_json, author, parse_value, run, text
+from caresync.cli.databases import open_laptop, open_reader
+from caresync.cli.errors import CliError
+from caresync.cli.output import Output
+from caresync.conflicts import Candidate, RecordView
+from caresync.records import FieldState
+
+__all__ = ["field_json", "register", "show_record"]
+
+
+def register(commands: Any) -> None:
+    """Add ``record new``, ``record set``, ``record add-entry`` and ``record show``."""
+    group = commands.add_parser(
+        "record", help="create, change and show patient records", description="Patient records."
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    new = actions.add_parser(
+        "new", help="create a record", description="Create a new, empty patient record."
+    )
+    add_db(new, "a laptop's database")
+    new.add_argument("--author", required=True, type=author, help="the person creating it")
+    add_json(new)
+    new.set_defaults(handler=_new)
+
+    set_ = actions.add_parser(
+        "set",
+        help="write a field",
+        description="Write VALUE at PATH (committed before the command returns). VALUE is "
+        'JSON when it parses as JSON (42, true, null, [1,2], {...}, "quoted"), else the '
+        "text as given. Writing a field in conflict resolves the conflict with this value.",
+    )
+    add_db(set_, "a laptop's database")
+    set_.add_argument("record_id", metavar="RECORD_ID")
+    set_.add_argument(
+        "path", metavar="PATH", help="birthDate, allergies/<entry-id>/criticality, ..."
+    )
+    set_.add_argument("value", metavar="VALUE")
+    set_.add_argument("--author", required=True, type=author, help="the person writing")
+    add_json(set_)
+    set_.set_defaults(handler=_set)
+
+    entry = actions.add_parser(
+        "add-entry",
+        help="add an entry to a collection",
+        description="Add an entry (an allergy, a medication, a note, ...) with its first "
+        "fields; prints the new entry's id. Its fields are then at "
+        "COLLECTION/<entry-id>/<field>.",
+    )
+    add_db(entry, "a laptop's database")
+    entry.add_argument("record_id", metavar="RECORD_ID")
+    entry.add_argument("collection", metavar="COLLECTION", type=text("collection"))
+    entry.add_argument(
+        "fields", metavar="FIELDS", nargs="?", default="{}", help='a JSON object: {"drug": "..."}'
+    )
+    entry.add_argument("--author", required=True, type=author, help="the person writing")
+    add_json(entry)
+    entry.set_defaults(handler=_add_entry)
+
+    show = actions.add_parser(
+        "show",
+        help="show a record",
+        description="Show every field's value, or its candidates when in conflict, and the "
+        "record's open conflicts. Reads a running server's database too; never writes.",
+    )
+    add_db(show, "a laptop's or a server's database")
+    show.add_argument("record_id", metavar="RECORD_ID")
+    show.add_argument("--history", action="store_true", help="also every revision of every field")
+    add_json(show)
+    show.set_defaults(handler=_show)
+
+
+# ------------------------------------------------------------------- writing
+
+
+def _new(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> str:
+        async with await open_laptop(args.db) as replica:
+            return await replica.create_record()
+
+    record_id = run(go())
+    out.result({"record_id": record_id, "author": args.author}, _render_id("record_id"))
+    return 0
+
+
+def _set(args: argparse.Namespace, out: Output) -> int:
+    value = parse_value(args.value)
+
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            rev = await replica.set(args.record_id, args.path, value, author=args.author)
+            return {
+                "record_id": args.record_id,
+                "path": rev.path,
+                "value": rev.value,
+                "revision": rev.id,
+                "author": rev.author,
+                "at": rev.at.isoformat(),
+            }
+
+    out.result(run(go()), _render_set)
+    return 0
+
+
+def _add_entry(args: argparse.Namespace, out: Output) -> int:
+    fields = parse_value(args.fields)
+    if not isinstance(fields, dict):
+        raise CliError(f'FIELDS must be a JSON object like {{"drug": "..."}}, not {args.fields!r}')
+
+    async def go() -> str:
+        async with await open_laptop(args.db) as replica:
+            return await replica.add_entry(
+                args.record_id, args.collection, fields, author=args.author
+            )
+
+    entry_id = run(go())
+    out.result(
+        {"record_id": args.record_id, "collection": args.collection, "entry_id": entry_id},
+        _render_id("entry_id"),
+    )
+    return 0
+
+
+def _render_id(key: str) -> Any:
+    def render(console: Console, data: Mapping[str, Any]) -> None:
+        console.print(str(data[key]), markup=False)
+
+    return render
+
+
+def _render_set(console: Console, data: Mapping[str, Any]) -> None:
+    console.print(
+        f"{data['path']} = {_short(data['value'])}  (revision {data['revision']})", markup=False
+    )
+
+
+# ------------------------------------------------------------------- reading
+
+
+def _show(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> dict[str, Any]:
+        reader = await open_reader(args.db)
+        try:
+            view = await reader.view(args.record_id)
+            conflicts = await reader.conflicts(args.record_id)
+        finally:
+            await reader.close()
+        return show_record(view, [c.as_dict() for c in conflicts], history=args.history)
+
+    out.result(run(go()), _render_show)
+    return 0
+
+
+def field_json(state: FieldState) -> Any:
+    """A field as ``record show`` prints it: its value, or its conflict and candidates."""
+    if state.in_conflict:
+        return {
+            "conflict": state.conflict_id,
+            "candidates": [Candidate.from_revision(h).as_dict() for h in state.candidates],
+        }
+    return state.value
+
+
+def show_record(
+    view: RecordView, conflicts: list[dict[str, Any]], *, history: bool = False
+) -> dict[str, Any]:
+    """The ``record show`` object for a record."""
+    data: dict[str, Any] = {
+        "record_id": view.record_id,
+        "fields": {path: field_json(view.get(path)) for path in view.paths()},
+        "conflicts": conflicts,
+    }
+    if history:
+        data["history"] = {
+            path: [rev.as_dict() for rev in view.history(path)] for path in view.paths()
+        }
+    return data
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text_ = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text_ if len(text_) <= limit else text_[: limit - 1] + "…"
+
+
+def _render_show(console: Console, data: Mapping[str, Any]) -> None:
+    console.print(f"record {data['record_id']}", markup=False, style="bold")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("field", overflow="fold")
+    table.add_column("value", overflow="fold")
+    for path, value in data["fields"].items():
+        if isinstance(value, dict) and "conflict" in value and "candidates" in value:
+            shown = (
+                "CONFLICT "
+                + value["conflict"]
+                + ": "
+                + " | ".join(
+                    f"[{i}] {_short(c['value'], 30)} ({c['author']})"
+                    for i, c in enumerate(value["candidates"])
+                )
+            )
+        else:
+            shown = _short(value)
+        table.add_row(path, shown)
+    console.print(table)
+    conflicts = data["conflicts"]
+    console.print(f"{len(conflicts)} open conflict(s)", markup=False)
+    for c in conflicts:
+        console.print(f"  {c['id']}  {c['severity']}  {c['message']}", markup=False)
+    for path, revisions in data.get("history", {}).items():
+        console.print(f"history of {path}:", markup=False, style="bold")
+        for rev in revisions:
+            console.print(
+                f"  {rev['at']}  {rev['author']}@{rev['replica']}  {_short(rev['value'])}",
+                markup=False,
+            )

@@ -1,0 +1,89 @@
+"""``caresync serve``: run the clinic's sync server until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import ssl
+import sys
+from typing import Any
+
+from caresync.cli.common import add_db, run
+from caresync.cli.errors import CliError
+from caresync.cli.output import Output
+from caresync.server import SyncServer
+
+__all__ = ["LISTENING", "register"]
+
+LISTENING = "caresync server listening on "
+"""The first line ``serve`` prints, followed by the URL (scripts read the port from it)."""
+
+
+def register(commands: Any) -> None:
+    """Add ``serve``."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the sync server",
+        description="Run the clinic's sync server on a server database (created if "
+        "missing) until SIGINT or SIGTERM, then close it cleanly. Prints "
+        f"'{LISTENING}URL' when ready (with --port 0, the port chosen).",
+    )
+    add_db(serve, "the server's database (created if missing)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8765, help="port (8765; 0: any free one)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM) for wss://")
+    serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    serve.set_defaults(handler=_serve)
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a number, not {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, not {port}")
+    return port
+
+
+def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise CliError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot load the TLS certificate {cert} and key {key}: {exc}") from None
+    return context
+
+
+def _serve(args: argparse.Namespace, out: Output) -> int:
+    context = _tls(args.tls_cert, args.tls_key)
+    run(_run_server(args.db, args.host, args.port, context, out))
+    return 0
+
+
+async def _run_server(
+    db: str, host: str, port: int, context: ssl.SSLContext | None, out: Output
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with await SyncServer.open(db) as server:
+            await server.serve(host, port, ssl=context)
+            # Scripts wait for this line (and read the port from it): flush at once.
+            sys.stdout.write(f"{LISTENING}{server.url}\n")
+            sys.stdout.flush()
+            out.note(f"server {server.server_id}, database {db}; Ctrl-C or SIGTERM stops it")
+            await stop.wait()
+            out.note("stopping: closing connections and the database")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    out.note("caresync server stopped")

@@ -1,0 +1,101 @@
+"""``caresync status``: where a laptop or a server database stands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from caresync.cli.common import add_db, add_json, run
+from caresync.cli.databases import LaptopReader, Reader, ServerReader, open_reader
+from caresync.cli.output import Output
+
+__all__ = ["register", "status_of"]
+
+
+def register(commands: Any) -> None:
+    """Add the ``status`` command."""
+    parser = commands.add_parser(
+        "status",
+        help="where a laptop (or a server) database stands",
+        description="Show a database's identity, unsynced changes, last sync, conflicts and "
+        "records. Reads a running server's database too; never writes.",
+    )
+    add_db(parser, "a laptop's or a server's database")
+    add_json(parser)
+    parser.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace, out: Output) -> int:
+    out.result(run(_status(args.db)), _render)
+    return 0
+
+
+async def _status(path: str) -> dict[str, Any]:
+    reader = await open_reader(path)
+    try:
+        return await status_of(reader)
+    finally:
+        await reader.close()
+
+
+async def status_of(reader: Reader) -> dict[str, Any]:
+    """The status object of ``docs/cli.md`` for a laptop's or a server's database."""
+    if isinstance(reader, LaptopReader):
+        replica = reader.replica
+        status = await replica.status()
+        return {
+            "role": "laptop",
+            "replica_id": status.replica_id,
+            "server_id": status.server_id,
+            "server_url": replica.identity.server_url,
+            "org": status.organisation,
+            "state": "locked" if replica.locked else "offline",
+            "pending": status.pending,
+            "oldest_pending_age_s": _round(status.oldest_pending_age_s),
+            "last_sync": None if status.last_sync is None else status.last_sync.isoformat(),
+            "copy_age_s": _round(status.copy_age_s),
+            "conflicts_open": status.conflicts_open,
+            "records": status.records,
+        }
+    return await _server_status(reader)
+
+
+async def _server_status(reader: ServerReader) -> dict[str, Any]:
+    store = reader.store
+    replicas = await store.replicas()
+    return {
+        "role": "server",
+        "replica_id": reader.identity.replica_id,
+        "server_id": reader.identity.replica_id,
+        "server_url": None,
+        "org": None,
+        "state": None,
+        "pending": await store.pending_count(),
+        "oldest_pending_age_s": None,
+        "last_sync": None,
+        "copy_age_s": None,
+        "conflicts_open": await store.count_conflicts(),
+        "records": await store.count_records(),
+        "feed_head": await store.feed_head(),
+        "replicas": sum(1 for r in replicas if not r.revoked),
+        "replicas_revoked": sum(1 for r in replicas if r.revoked),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _render(console: Console, data: Mapping[str, Any]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in data.items():
+        if value is None and key in ("server_url", "state", "copy_age_s", "org"):
+            continue
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)

@@ -1,0 +1,209 @@
+"""``caresync enrol`` and ``caresync sync``: bind a laptop to its server, and sync with it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from caresync.cli.common import add_db, add_json, run, text
+from caresync.cli.databases import open_laptop
+from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
+from caresync.cli.output import Output
+from caresync.cli.password import PASSWORD_ENV, read_password
+from caresync.cli.progress import copy_progress
+from caresync.exceptions import AuthenticationError, CaresyncError
+from caresync.replica import Replica, SyncReport
+
+__all__ = ["register"]
+
+# Files SQLite and the store keep beside a database.
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-writer.lock")
+
+
+def register(commands: Any) -> None:
+    """Add ``enrol`` and ``sync``."""
+    enrol = commands.add_parser(
+        "enrol",
+        help="bind a laptop to a server and make the first copy",
+        description="Create (or open) a laptop database, bind it to the server at URL and to "
+        f"one organisation, and copy the records it may see. The password comes from "
+        f"{PASSWORD_ENV} or a prompt. If the copy is interrupted, `caresync sync` resumes it.",
+    )
+    add_db(enrol, "the laptop's database (created if missing)")
+    enrol.add_argument("--server", required=True, metavar="URL", help="ws://host:port or wss://…")
+    enrol.add_argument("--org", required=True, type=text("organisation"), help="organisation")
+    enrol.add_argument("--username", required=True, type=text("username"), help="your account")
+    enrol.add_argument("--device-name", default="", help="a name for this laptop (shown to admins)")
+    _add_cafile(enrol)
+    add_json(enrol)
+    enrol.set_defaults(handler=_enrol)
+
+    sync = commands.add_parser(
+        "sync",
+        help="one sync round with the enrolled server",
+        description="Finish the first copy if it was interrupted, push unsynced changes (they "
+        "leave the outbox only when the server has committed them), pull everyone else's. "
+        "Logs in with the session of the last online login, or with --username and a "
+        f"password from {PASSWORD_ENV} or a prompt.",
+    )
+    add_db(sync, "the laptop's database")
+    sync.add_argument(
+        "--server",
+        metavar="URL",
+        help="where to reach the enrolled server (it must be the same server: another one "
+        "is refused before anything moves)",
+    )
+    sync.add_argument("--username", type=text("username"), help="log in with a password")
+    _add_cafile(sync)
+    add_json(sync)
+    sync.set_defaults(handler=_sync)
+
+
+def _add_cafile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="PEM certificates to trust for a wss:// server (default: the system's)",
+    )
+
+
+def _ssl_for(url: str, cafile: str | None) -> ssl.SSLContext | None:
+    if not url.startswith("wss://"):
+        if cafile is not None:
+            raise CliError("--cafile is for wss:// servers; this one is not")
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot read --cafile {cafile}: {exc}") from None
+
+
+# --------------------------------------------------------------------- enrol
+
+
+def _enrol(args: argparse.Namespace, out: Output) -> int:
+    context = _ssl_for(args.server, args.cafile)
+    password = read_password(f"Password for {args.username} ({args.org}): ")
+    db = Path(args.db)
+    before = {suffix: Path(f"{db}{suffix}").exists() for suffix in ("", *_SIDE_FILES)}
+    bound = False
+
+    async def go() -> dict[str, Any]:
+        nonlocal bound
+        replica = await open_laptop(db, create=True)
+        try:
+            with copy_progress(out) as progress:
+                report = await replica.enrol(
+                    args.server,
+                    username=args.username,
+                    password=password,
+                    organisation=args.org,
+                    ssl=context,
+                    device_name=args.device_name,
+                    progress=progress,
+                )
+            return await _result(replica, report)
+        except CaresyncError as exc:
+            if replica.enrolled:  # bound, but the copy stopped: keep it, say how to go on
+                raise CliError(
+                    f"enrolled to server {replica.identity.server_id}, but the first copy "
+                    f"stopped: {one_line(exc)}; run `caresync sync --db {db}` to resume it",
+                    exit_code_for(exc),
+                ) from exc
+            raise
+        finally:
+            bound = replica.enrolled
+            await replica.close()
+
+    try:
+        data = run(go())
+    except BaseException:
+        if not bound:
+            _remove_if_new(db, before)
+        raise
+    out.result(data, _render("enrolled to"))
+    return 0
+
+
+def _remove_if_new(db: Path, before: Mapping[str, bool]) -> None:
+    """After a failed enrolment, remove the database this command created.
+
+    Only a database that did not exist before this command, and that never got
+    bound to a server, is removed: it holds nothing anyone wrote.
+    """
+    if before[""]:
+        return
+    for suffix, existed in before.items():
+        if not existed:
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{db}{suffix}").unlink()
+
+
+# ---------------------------------------------------------------------- sync
+
+
+def _sync(args: argparse.Namespace, out: Output) -> int:
+    password = None
+    if args.username is not None:
+        password = read_password(f"Password for {args.username}: ")
+
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            target = args.server or replica.identity.server_url or ""
+            context = _ssl_for(target, args.cafile) if target else None
+            try:
+                with copy_progress(out, "finishing the first copy") as progress:
+                    report = await replica.sync(
+                        url=args.server,
+                        username=args.username,
+                        password=password,
+                        ssl=context,
+                        progress=progress,
+                    )
+            except AuthenticationError as exc:
+                if args.username is None:
+                    raise CliError(
+                        f"{one_line(exc)} (log in again: --username NAME, with the password "
+                        f"from {PASSWORD_ENV} or a prompt)",
+                        ExitCode.REFUSED,
+                    ) from exc
+                raise
+            return await _result(replica, report)
+
+    out.result(run(go()), _render("synced with"))
+    return 0
+
+
+async def _result(replica: Replica, report: SyncReport) -> dict[str, Any]:
+    status = await replica.status()
+    return {
+        "replica_id": replica.replica_id,
+        "server_id": replica.identity.server_id,
+        "server_url": replica.identity.server_url,
+        "org": replica.identity.organisation,
+        "uploaded": report.uploaded,
+        "downloaded": report.downloaded,
+        "copied": report.copied,
+        "conflicts_open": report.conflicts_open,
+        "pending": status.pending,
+        "records": status.records,
+    }
+
+
+def _render(verb: str) -> Any:
+    def render(console: Console, data: Mapping[str, Any]) -> None:
+        console.print(
+            f"{verb} {data['server_id']} ({data['org']}) as {data['replica_id']}: "
+            f"uploaded {data['uploaded']}, downloaded {data['downloaded']} "
+            f"(first copy {data['copied']} records); {data['records']} records, "
+            f"{data['pending']} unsynced, {data['conflicts_open']} open conflict(s)",
+            markup=False,
+        )
+
+    return render

@@ -1,0 +1,94 @@
+"""``caresync export`` and ``caresync import``: unsynced changes to and from a file.
+
+An export keeps a laptop's unsynced work safe outside its database (before a
+laptop is wiped or replaced); an import puts it back in a laptop's outbox, to
+be pushed at its next sync. Updates are idempotent: importing something the
+server already has changes nothing there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from caresync.cli.common import add_db, add_json, run
+from caresync.cli.databases import open_laptop
+from caresync.cli.output import Output
+from caresync.exceptions import NotEnrolledError, WrongOrganisationError
+from caresync.pool import RecordPool
+from caresync.storage.unsynced import read_export_file
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    """Add ``export`` and ``import``."""
+    export = commands.add_parser(
+        "export",
+        help="write unsynced changes to a file",
+        description="Write every change the server has not acknowledged to a new file "
+        "(never overwrites one). The changes stay in the laptop's outbox too.",
+    )
+    add_db(export, "the laptop's database")
+    export.add_argument("--out", required=True, metavar="FILE", help="the new file")
+    add_json(export)
+    export.set_defaults(handler=_export)
+
+    import_ = commands.add_parser(
+        "import",
+        help="put exported changes back in a laptop's outbox",
+        description="Re-apply the changes of an export file as local changes of this laptop "
+        "(all or nothing); they are pushed at its next sync. The laptop must be enrolled to "
+        "the organisation the changes belong to.",
+    )
+    add_db(import_, "the laptop's database")
+    import_.add_argument("file", metavar="FILE", help="a file written by `caresync export`")
+    add_json(import_)
+    import_.set_defaults(handler=_import)
+
+
+def _export(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            count = await replica.store.export_unsynced(args.out)
+            return {"exported": count, "file": args.out, "replica_id": replica.replica_id}
+
+    out.result(run(go()))
+    return 0
+
+
+def _import(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            organisation = replica.identity.organisation
+            if organisation is None:
+                raise NotEnrolledError(
+                    "this laptop is not enrolled; enrol it (to the organisation the changes "
+                    "belong to) before importing"
+                )
+            export = await asyncio.to_thread(read_export_file, args.file)
+            foreign = sorted({u.organisation or "(none)" for u in export.updates} - {organisation})
+            if foreign:
+                raise WrongOrganisationError(
+                    f"{args.file} holds changes of {', '.join(foreign)}; this laptop belongs "
+                    f"to {organisation}: nothing was imported"
+                )
+            count = await replica.store.import_unsynced(args.file)
+            # The store leaves conflict rows to us: index the records touched afresh.
+            pool = RecordPool(replica.store, replica=replica.replica_id, rulebook=replica.rulebook)
+            touched = dict.fromkeys(u.record_id for u in export.updates)
+            for record_id in touched:
+                record = await pool.get(record_id)
+                await replica.store.set_conflicts(record_id, pool.rows(record))
+                pool.forget(record_id)
+            return {
+                "imported": count,
+                "records": len(touched),
+                "file": args.file,
+                "pending": await replica.store.pending_count(),
+                "conflicts_open": await replica.store.count_conflicts(),
+            }
+
+    out.result(run(go()))
+    return 0

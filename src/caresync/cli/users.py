@@ -1,0 +1,79 @@
+"""``caresync user``: accounts on a server (add one, change a password)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from caresync.cli.common import add_db, add_json, run, text
+from caresync.cli.databases import open_server_store
+from caresync.cli.errors import CliError, ExitCode
+from caresync.cli.output import Output
+from caresync.cli.password import PASSWORD_ENV, read_password
+from caresync.server import SyncServer, hash_password
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    """Add ``user add`` and ``user passwd``."""
+    group = commands.add_parser(
+        "user", help="accounts on a server", description="Accounts of a server's organisations."
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = actions.add_parser(
+        "add",
+        help="add an account",
+        description="Add a user to an organisation of a server database (created if "
+        f"missing). The password comes from {PASSWORD_ENV} or a prompt (asked twice); it is "
+        "stored as an argon2id hash. Stop the server first: its database has one writer.",
+    )
+    add_db(add, "the server's database (created if missing)")
+    add.add_argument("--org", required=True, type=text("organisation"), help="organisation")
+    add.add_argument("--username", required=True, type=text("username"), help="the new user")
+    add_json(add)
+    add.set_defaults(handler=_add)
+
+    passwd = actions.add_parser(
+        "passwd",
+        help="change a password",
+        description=f"Set a user's new password (from {PASSWORD_ENV} or a prompt, asked "
+        "twice). Sessions already open stay valid until they expire.",
+    )
+    add_db(passwd, "the server's database")
+    passwd.add_argument("--org", required=True, type=text("organisation"), help="organisation")
+    passwd.add_argument("--username", required=True, type=text("username"), help="the user")
+    add_json(passwd)
+    passwd.set_defaults(handler=_passwd)
+
+
+def _add(args: argparse.Namespace, out: Output) -> int:
+    # The password first: a command that cannot get one creates nothing.
+    password = read_password(f"New password for {args.username} ({args.org}): ", confirm=True)
+
+    async def go() -> str:
+        password_hash = await asyncio.to_thread(hash_password, password)
+        async with await SyncServer.open(args.db) as server:
+            await server.store.add_user(args.org, args.username, password_hash)
+            return server.server_id
+
+    server_id = run(go())
+    out.result({"org": args.org, "username": args.username, "server_id": server_id})
+    return 0
+
+
+def _passwd(args: argparse.Namespace, out: Output) -> int:
+    password = read_password(f"New password for {args.username} ({args.org}): ", confirm=True)
+
+    async def go() -> None:
+        password_hash = await asyncio.to_thread(hash_password, password)
+        async with await open_server_store(args.db) as store:
+            if await store.get_user(args.org, args.username) is None:
+                raise CliError(f"no user {args.username!r} in {args.org!r}", ExitCode.NOT_FOUND)
+            await store.set_password_hash(args.org, args.username, password_hash)
+
+    run(go())
+    out.result({"org": args.org, "username": args.username, "changed": True})
+    return 0
