@@ -1,0 +1,515 @@
+"""A clinic server and its laptops, for an application's tests: :class:`Clinic`, :class:`Laptop`.
+
+Everything is real: a :class:`~caresync.server.SyncServer` on an SQLite file, listening
+on 127.0.0.1; laptops that are :class:`~caresync.replica.Replica` objects on their own
+SQLite files, each reaching the server through its own :class:`~caresync.testing.link.Link`
+so that a test can take it offline (the link is cut: it cannot sync, live mode drops
+and keeps retrying) and online again.
+
+Waiting is done on events, never on the clock: :meth:`Clinic.quiescent` re-checks the
+databases only when something happened (a status change, a batch committed from the
+server, an acknowledgement, a commit on the server, a laptop switched on or off), and
+drives explicit sync rounds for laptops that are not in live mode. Every wait has an
+upper bound, and running past it raises an error naming what did not settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import types
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
+from caresync.exceptions import InvalidInputError
+from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
+from caresync.server import SyncServer
+from caresync.testing.checks import Snapshot, describe_differences, lag, snapshot
+from caresync.testing.link import Link
+
+__all__ = [
+    "DEFAULT_PASSWORD",
+    "DEFAULT_TIMEOUT_S",
+    "MAX_ROUNDS",
+    "Clinic",
+    "Laptop",
+    "NotConvergedError",
+    "NotQuiescentError",
+    "quick_backoff",
+]
+
+DEFAULT_PASSWORD = "caresync test passphrase"
+DEFAULT_TIMEOUT_S = 10.0
+"""Upper bound of one wait (quiescence, going live, stopping): a passing test is far below it."""
+MAX_ROUNDS = 25
+"""Sync rounds :meth:`Clinic.quiescent` runs for laptops not in live mode before giving up."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def quick_backoff() -> Iterator[float]:
+    """Reconnection delays for tests: a few milliseconds, never more than 50 ms."""
+    return backoff_delays(0.005, maximum=0.05)
+
+
+class NotQuiescentError(AssertionError):
+    """The clinic did not settle in time. ``laggards`` maps each laptop's name to what it lacks.
+
+    An AssertionError, so test runners report it as a failed expectation.
+    """
+
+    def __init__(self, message: str, laggards: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.laggards = dict(laggards)
+
+
+class NotConvergedError(AssertionError):
+    """Laptops hold other records, revisions or conflicts than the server.
+
+    ``differences`` maps each laptop's name to its differences, one line each.
+    """
+
+    def __init__(self, message: str, differences: Mapping[str, list[str]]) -> None:
+        super().__init__(message)
+        self.differences = dict(differences)
+
+
+class _Signal:
+    """An event any source may set. Waiters clear it *before* checking, so nothing is missed."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def __call__(self, *args: object) -> None:
+        self.event.set()
+
+
+class Laptop(Replica):
+    """A laptop replica made by a :class:`Clinic`: a real Replica with a network switch.
+
+    :meth:`offline` cuts its link to the server (a sync raises ConnectionLostError;
+    live mode drops and retries), :meth:`online` restores it. In live mode it is kept
+    by the clinic (:meth:`start_live`, or ``clinic.laptop(name, live=True)``) or by the
+    application calling :meth:`stay_connected` itself; either way it reconnects within
+    milliseconds unless given another ``backoff``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = ""
+        self._link: Link | None = None
+        self._changed: Callable[..., None] = lambda *args: None
+        self._timeout = DEFAULT_TIMEOUT_S
+        self._live_runs = 0
+        self._live_task: asyncio.Task[None] | None = None
+        self._live_stop: asyncio.Event | None = None
+        self._error_seen = False
+
+    def __repr__(self) -> str:
+        switch = "online" if self.is_online else "offline"
+        return f"<Laptop {self.name!r} {self.replica_id} {switch} {self.state.value}>"
+
+    def _attach(self, name: str, link: Link, changed: Callable[..., None], timeout: float) -> None:
+        self.name, self._link, self._changed, self._timeout = name, link, changed, timeout
+        self.on_status(changed)
+        self.on_received(changed)
+        self.on_acknowledged(changed)
+
+    @property
+    def link(self) -> Link:
+        """The laptop's link to the server."""
+        if self._link is None:
+            raise InvalidInputError("this laptop was not made by a Clinic; it has no link")
+        return self._link
+
+    @property
+    def is_online(self) -> bool:
+        """True unless :meth:`offline` cut the link (a laptop starts online)."""
+        return self._link is not None and self._link.up
+
+    @property
+    def live(self) -> bool:
+        """True while :meth:`stay_connected` runs."""
+        return self._live_runs > 0
+
+    def offline(self) -> None:
+        """Cut the link now: open connections drop, new ones fail until :meth:`online`."""
+        self.link.cut()
+        self._changed()
+
+    def online(self) -> None:
+        """Restore the link. A live laptop reconnects by itself; otherwise sync as usual."""
+        self.link.restore()
+        self._changed()
+
+    async def stay_connected(self, **kwargs: Any) -> None:
+        """:meth:`Replica.stay_connected`, with reconnection delays of milliseconds by default."""
+        kwargs.setdefault("backoff", quick_backoff)
+        self._live_runs += 1
+        self._changed()
+        try:
+            await super().stay_connected(**kwargs)
+        finally:
+            self._live_runs -= 1
+            self._changed()
+
+    async def start_live(self) -> None:
+        """Run live mode in the background until :meth:`stop_live` (or the clinic closes).
+
+        Returns once the laptop is ONLINE; at once if it is offline (it connects when
+        put online). Raises what live mode raised if it ended first (e.g. a refusal).
+        """
+        if self._live_task is not None:
+            raise InvalidInputError(f"laptop {self.name!r} is already in live mode")
+        stop = asyncio.Event()
+        reached = asyncio.Event()
+        unsubscribe = self.on_status(
+            lambda state: reached.set() if state is ReplicaState.ONLINE else None
+        )
+        task = asyncio.create_task(
+            self.stay_connected(stop=stop), name=f"caresync laptop {self.name} live"
+        )
+        task.add_done_callback(lambda _: self._changed())
+        self._live_task, self._live_stop, self._error_seen = task, stop, False
+        if not self.is_online:
+            unsubscribe()
+            return
+        waiter = asyncio.create_task(reached.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, waiter}, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiter.cancel()
+            unsubscribe()
+        if task in done:
+            await self.stop_live()  # raises why live mode ended
+        elif not done:
+            last_error = (await self.status()).last_error
+            await self.stop_live()
+            raise TimeoutError(
+                f"laptop {self.name!r} did not come online within {self._timeout:g} s "
+                f"(state {self.state.value}, last error: {last_error})"
+            )
+
+    async def stop_live(self) -> None:
+        """Stop the live mode :meth:`start_live` began; raise its error if none saw it yet."""
+        task, stop = self._live_task, self._live_stop
+        if task is None or stop is None:
+            return
+        stop.set()
+        _, pending = await asyncio.wait({task}, timeout=self._timeout)
+        self._live_task = self._live_stop = None
+        if pending:  # stopping is prompt; this is a bug, not a slow machine
+            task.cancel()
+            await asyncio.wait({task})
+            raise TimeoutError(f"laptop {self.name!r} did not leave live mode when told to")
+        error = self._take_error(task)
+        if error is not None:
+            raise error
+
+    def _live_failure(self) -> BaseException | None:
+        """What ended the clinic-kept live mode, once (None while it runs or if stopped)."""
+        task = self._live_task
+        if task is None or not task.done():
+            return None
+        return self._take_error(task)
+
+    def _take_error(self, task: asyncio.Task[None]) -> BaseException | None:
+        if self._error_seen or task.cancelled():
+            return None
+        error = task.exception()
+        if error is not None:
+            self._error_seen = True
+            error.add_note(f"(live mode of laptop {self.name!r})")
+        return error
+
+
+class Clinic:
+    """A running clinic server with laptops, for tests. Use ``async with Clinic(dir) as c``.
+
+    The server's database is ``directory/server.db``, each laptop's ``directory/<name>.db``.
+    One user (``user`` in ``organisation``, password ``password``) exists from the start;
+    laptops enrol as that user unless told otherwise (other users are created on demand).
+    ``rulebook`` is used by the server and every laptop; ``timeout`` bounds every wait.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        organisation: str = "clinic",
+        user: str = "dr.test",
+        password: str = DEFAULT_PASSWORD,
+        rulebook: Rulebook = DEFAULT_RULEBOOK,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        for label, text in (("organisation", organisation), ("user", user), ("password", password)):
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInputError(f"the clinic's {label} must be a non-empty string")
+        if not isinstance(timeout, int | float) or not timeout > 0:
+            raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout}")
+        self.directory = Path(directory)
+        self.organisation = organisation
+        self.user = user
+        self.password = password
+        self.rulebook = rulebook
+        self.timeout = float(timeout)
+        self._server: SyncServer | None = None
+        self._port = 0
+        self._started = False
+        self._laptops: dict[str, Laptop] = {}
+        self._users: set[tuple[str, str]] = set()
+        self._signal = _Signal()
+        self._stack = contextlib.AsyncExitStack()
+
+    # ------------------------------------------------------------- life cycle
+
+    async def start(self) -> Clinic:
+        """Create the directory, start the server and create the clinic's user."""
+        if self._started:
+            raise InvalidInputError("this clinic was started already")
+        self._started = True
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._stack.push_async_callback(self.stop_server)
+        try:
+            await self.start_server()
+            await self.add_user(self.user)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Stop live modes, close laptops, links and the server.
+
+        Raises an error a live laptop ended with that no call has raised yet.
+        """
+        self._laptops.clear()
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> Clinic:
+        return self if self._started else await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start_server(self) -> None:
+        """Start the server on its database (after :meth:`stop_server`); links follow its port."""
+        if self._server is not None:
+            raise InvalidInputError("the clinic's server is running already")
+        server = await SyncServer.open(self.directory / "server.db", rulebook=self.rulebook)
+        try:
+            listener = await server.serve("127.0.0.1", 0)
+        except BaseException:
+            await server.close()
+            raise
+        server.on_commit.append(self._signal)
+        self._server, self._port = server, listener.port
+        for laptop in self._laptops.values():
+            laptop.link.retarget("127.0.0.1", self._port)
+        self._signal()
+
+    async def stop_server(self) -> None:
+        """Stop the server (connections drop; laptops keep working offline)."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.close()
+            self._signal()
+
+    async def restart_server(self) -> None:
+        """Stop the server and start it again on the same database."""
+        await self.stop_server()
+        await self.start_server()
+
+    # ------------------------------------------------------------ the pieces
+
+    @property
+    def server(self) -> SyncServer:
+        """The running server."""
+        if self._server is None:
+            raise InvalidInputError("the clinic's server is not running (start the clinic first)")
+        return self._server
+
+    def _running_port(self) -> int:
+        self.server  # noqa: B018 - raises if the server is not running
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The server's own address (laptops go through their links instead)."""
+        return self.server.url
+
+    @property
+    def laptops(self) -> Mapping[str, Laptop]:
+        """The laptops by name, in the order they were made."""
+        return types.MappingProxyType(self._laptops)
+
+    async def add_user(self, username: str, *, organisation: str | None = None) -> None:
+        """Create an account with the clinic's password (in the clinic's organisation)."""
+        org = organisation or self.organisation
+        await self.server.add_user(org, username, self.password)
+        self._users.add((org, username))
+
+    async def laptop(
+        self,
+        name: str,
+        *,
+        user: str | None = None,
+        organisation: str | None = None,
+        live: bool = False,
+        limits: SyncLimits | None = None,
+    ) -> Laptop:
+        """A new laptop database, enrolled (with its first copy made) as ``user``.
+
+        ``live=True`` keeps it in live mode (:meth:`Laptop.start_live`); otherwise it
+        syncs when told to (``await laptop.sync()``, or :meth:`quiescent`).
+        """
+        port = self._running_port()
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "server":
+            raise InvalidInputError(
+                f"a laptop name is 1-64 letters, digits, '.', '_' or '-' (not 'server'): {name!r}"
+            )
+        if name in self._laptops:
+            raise InvalidInputError(f"this clinic already has a laptop named {name!r}")
+        org = organisation or self.organisation
+        username = user or self.user
+        if (org, username) not in self._users:
+            await self.add_user(username, organisation=org)
+        async with contextlib.AsyncExitStack() as undo:
+            link = await Link.open("127.0.0.1", port)
+            undo.push_async_callback(link.close)
+            opened = await Laptop.open(
+                self.directory / f"{name}.db", rulebook=self.rulebook, limits=limits
+            )
+            undo.push_async_callback(opened.close)
+            if not isinstance(opened, Laptop):  # pragma: no cover - Replica.open builds cls()
+                raise TypeError("Replica.open did not build a Laptop")
+            opened._attach(name, link, self._signal, self.timeout)
+            await opened.enrol(
+                link.url,
+                username=username,
+                password=self.password,
+                organisation=org,
+                device_name=name,
+            )
+            laptop = opened
+            undo.pop_all()  # enrolled: from now on the clinic closes it
+        self._laptops[name] = laptop
+        self._stack.push_async_callback(link.close)
+        self._stack.push_async_callback(laptop.close)
+        self._stack.push_async_callback(laptop.stop_live)
+        if live:
+            await laptop.start_live()
+        return laptop
+
+    # -------------------------------------------------------------- settling
+
+    def _settling(self) -> list[Laptop]:
+        """The laptops quiescence is about: online, and not locked by a revocation."""
+        return [lap for lap in self._laptops.values() if lap.is_online and not lap.locked]
+
+    # The bound is ours, not the caller's asyncio.timeout: running past it must say which
+    # laptop did not settle, which a cancellation from outside cannot.
+    async def quiescent(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Wait until every online laptop holds what the server holds, and vice versa.
+
+        That is: its outbox is empty (the server acknowledged every local change) and
+        it holds every entry of the server's change feed its organisation may see.
+        Laptops in live mode are waited for; the others are synced, one explicit round
+        each, as often as needed (at most :data:`MAX_ROUNDS` rounds). Offline and
+        locked laptops are left out. Raises :class:`NotQuiescentError` naming each
+        laptop that did not settle within ``timeout`` (default: the clinic's), and
+        raises at once what a laptop's sync or live mode raised.
+        """
+        server = self.server
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                await self._settle(server)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            laggards = await self._laggards(server)
+            if laggards:
+                raise NotQuiescentError(
+                    f"the clinic did not settle within {limit:g} s: " + _listing(laggards),
+                    laggards,
+                ) from None
+
+    async def _settle(self, server: SyncServer) -> None:
+        rounds = 0
+        while True:
+            self._signal.event.clear()  # before checking: whatever happens next wakes us
+            for laptop in self._laptops.values():
+                failure = laptop._live_failure()
+                if failure is not None:
+                    raise failure
+            lagging = [lap for lap in self._settling() if await lag(lap, server) is not None]
+            if not lagging:
+                return
+            by_rounds = [lap for lap in lagging if not lap.live]
+            if not by_rounds:
+                await self._signal.event.wait()
+                continue
+            rounds += 1
+            if rounds > MAX_ROUNDS:
+                laggards = await self._laggards(server)
+                raise NotQuiescentError(
+                    f"the clinic did not settle after {MAX_ROUNDS} sync rounds: "
+                    + _listing(laggards),
+                    laggards,
+                )
+            for laptop in by_rounds:
+                try:
+                    await laptop.sync()
+                except Exception as exc:
+                    exc.add_note(f"(syncing laptop {laptop.name!r} to quiescence)")
+                    raise
+
+    async def _laggards(self, server: SyncServer) -> dict[str, str]:
+        laggards: dict[str, str] = {}
+        for laptop in self._settling():
+            behind = await lag(laptop, server, count_all=True)
+            if behind is None:
+                continue
+            mode = "live" if laptop.live else "synced in rounds"
+            text = f"({mode}, state {laptop.state.value}) {behind.describe()}"
+            last_error = (await laptop.status()).last_error
+            if last_error is not None:
+                text += f"; last error: {last_error}"
+            laggards[laptop.name] = text
+        return laggards
+
+    async def assert_converged(self, *laptops: Laptop) -> None:
+        """Check that laptops (default: every online one) hold exactly what the server holds.
+
+        Compares every record's revision ids and open conflict ids with the server's
+        records of the laptop's organisation; call it after :meth:`quiescent`. Raises
+        :class:`NotConvergedError` listing the differences.
+        """
+        server = self.server
+        expected: dict[str | None, Snapshot] = {}
+        differences: dict[str, list[str]] = {}
+        for laptop in laptops or tuple(self._settling()):
+            organisation = laptop.identity.organisation
+            if organisation not in expected:
+                expected[organisation] = await snapshot(
+                    server.store, self.rulebook, organisation=organisation
+                )
+            lines = describe_differences(
+                expected[organisation], await snapshot(laptop.store, self.rulebook)
+            )
+            if lines:
+                differences[laptop.name] = lines
+        if differences:
+            listing = {name: ", ".join(lines) for name, lines in differences.items()}
+            raise NotConvergedError(
+                "laptops differ from the server: " + _listing(listing), differences
+            )
+
+
+def _listing(by_laptop: Mapping[str, str]) -> str:
+    return "; ".join(f"laptop {name!r} {text}" for name, text in by_laptop.items())
