@@ -1,0 +1,159 @@
+"""The oracle: cheap digests for every replica, full depth where it matters, and it catches faults.
+
+The faults are injected into the files a real run left behind: a value the
+oracle logged that was never written, a laptop that wrote after the last sync,
+a conflict index that no longer matches its records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from caresync.conflicts import DEFAULT_RULEBOOK
+from caresync.exceptions import CorruptDatabaseError
+from caresync.replica import Replica
+from caresync.simulation import Oracle, SimulationConfig, plan, run_simulation
+from caresync.simulation.oracle import (
+    ReplicaDigest,
+    ReplicaFile,
+    compare_digests,
+    decode_state_vector,
+    read_digest,
+)
+from caresync.simulation.runner import SERVER_FILE, laptop_file
+
+LAPTOPS = 4
+CONFIG = dict(laptops=LAPTOPS, patients=12, edits_per_laptop=6, conflict_rate=0.3, seed=11)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files of one real, converged run (tests copy them before damaging anything)."""
+    workdir = tmp_path_factory.mktemp("run")
+
+    result = asyncio.run(run_simulation(SimulationConfig(**CONFIG, workdir=workdir)))  # type: ignore[arg-type]
+    assert result.ok, result.details
+    assert result.conflicts_open > 0
+    return workdir
+
+
+@pytest.fixture
+def workdir(finished_run: Path, tmp_path: Path) -> Path:
+    for source in finished_run.iterdir():
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    return tmp_path
+
+
+def _files(workdir: Path) -> tuple[ReplicaFile, list[ReplicaFile]]:
+    return (
+        ReplicaFile("server", workdir / SERVER_FILE),
+        [ReplicaFile(f"laptop-{i}", workdir / laptop_file(i)) for i in range(LAPTOPS)],
+    )
+
+
+def _seeded_oracle() -> Oracle:
+    """An oracle that logged what the run's patients were imported with."""
+    oracle = Oracle(DEFAULT_RULEBOOK)
+    for patient in plan(SimulationConfig(**CONFIG)).patients:  # type: ignore[arg-type]
+        oracle.wrote(patient.record_id, "name", patient.name)
+        oracle.wrote(patient.record_id, "birthDate", patient.birth_date)
+    return oracle
+
+
+async def test_a_converged_run_passes(workdir: Path) -> None:
+    server, laptops = _files(workdir)
+    report = await _seeded_oracle().check(server, laptops, deep=[0, 2])
+    assert report.converged, report.details
+    assert report.lost_values == 0
+    assert report.values_logged == 2 * 12
+    assert report.replicas_checked == 1 + LAPTOPS
+    assert report.replicas_checked_in_depth == 3
+    assert report.conflicts_open > 0
+
+
+async def test_a_value_written_nowhere_is_counted_lost(workdir: Path) -> None:
+    oracle = _seeded_oracle()
+    patient = plan(SimulationConfig(**CONFIG)).patients[3]  # type: ignore[arg-type]
+    oracle.wrote(patient.record_id, "phone", "+221 00 000 0000")  # never written anywhere
+    oracle.wrote(patient.record_id, "name", "Someone Else")
+    server, laptops = _files(workdir)
+    report = await oracle.check(server, laptops, deep=[])
+    assert report.converged
+    assert report.lost_values == 2
+    assert any("+221 00 000 0000" in line for line in report.details)
+
+
+async def test_a_laptop_that_wrote_after_the_last_sync_diverges(workdir: Path) -> None:
+    patient = plan(SimulationConfig(**CONFIG)).patients[0]  # type: ignore[arg-type]
+    async with await Replica.open(workdir / laptop_file(2), create=False) as laptop:
+        await laptop.set(patient.record_id, "phone", "+221 11 111 1111", author="late")
+    oracle = _seeded_oracle()
+    oracle.wrote(patient.record_id, "phone", "+221 11 111 1111")
+    server, laptops = _files(workdir)
+    report = await oracle.check(server, laptops, deep=[])
+    assert not report.converged
+    assert any("laptop-2" in line and "other updates" in line for line in report.details)
+    assert any("laptop-2" in line and "unacknowledged" in line for line in report.details)
+    # The diverging laptop was loaded in full, so its value is not counted lost.
+    assert report.replicas_checked_in_depth == 2
+    assert report.lost_values == 0
+
+
+async def test_a_conflict_index_that_does_not_match_the_records_is_caught(workdir: Path) -> None:
+    raw = sqlite3.connect(workdir / SERVER_FILE)
+    with raw:
+        raw.execute(
+            "DELETE FROM conflicts WHERE (record_id, id) = "
+            "(SELECT record_id, id FROM conflicts ORDER BY record_id, id LIMIT 1)"
+        )
+    raw.close()
+    server, laptops = _files(workdir)
+    report = await _seeded_oracle().check(server, laptops, deep=[])
+    assert not report.converged
+    assert any("conflict index does not match" in line for line in report.details)
+    assert any("open conflicts differ" in line for line in report.details)
+
+
+def test_state_vectors_compare_whatever_order_they_were_encoded_in() -> None:
+    # two clients: (5, 3) and (300, 1); 300 takes two varuint bytes
+    one = bytes([2, 5, 3, 0xAC, 0x02, 1])
+    other = bytes([2, 0xAC, 0x02, 1, 5, 3])
+    assert decode_state_vector(one) == decode_state_vector(other) == ((5, 3), (300, 1))
+    with pytest.raises(CorruptDatabaseError):
+        decode_state_vector(bytes([2, 5]))
+    with pytest.raises(CorruptDatabaseError):
+        decode_state_vector(bytes([1, 5, 3, 9]))
+
+
+def test_digests_name_every_kind_of_difference() -> None:
+    reference = ReplicaDigest("server", {"a": ((1, 2),), "b": ()}, frozenset(), frozenset(), 0)
+    same = ReplicaDigest("laptop-1", {"a": ((1, 2),), "b": ()}, frozenset(), frozenset(), 0)
+    assert compare_digests(reference, same) == []
+    broken = ReplicaDigest(
+        "laptop-2",
+        {"a": ((1, 1),), "c": ()},
+        frozenset({"a"}),
+        frozenset({("a", "x", "field", "block", "00")}),
+        3,
+    )
+    problems = " | ".join(compare_digests(reference, broken))
+    for expected in (
+        "lacks 1 records",
+        "has 1 records",
+        "other updates",
+        "waiting",
+        "conflicts differ",
+        "3 unacknowledged",
+    ):
+        assert expected in problems
+
+
+def test_a_file_that_is_not_a_replica_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    sqlite3.connect(junk).close()
+    with pytest.raises(CorruptDatabaseError, match=r"junk\.db"):
+        read_digest(ReplicaFile("junk", junk))
