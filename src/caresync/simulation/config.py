@@ -106,6 +106,8 @@ class SimulationResult:
     clinical_cases: int = 0
     conflicts_seen: int = 0
     """Most open conflicts seen on any laptop during the offline rounds."""
+    conflicts_resolved: int = 0
+    """Conflicts settled on laptops during the rounds (each an ordinary, replicated write)."""
     sync_rounds: int = 0
     """Sync rounds the laptops ran (enrolment excluded)."""
     edit_s: float = 0.0
@@ -114,6 +116,8 @@ class SimulationResult:
     replicas_checked_in_depth: int = 0
     details: list[str] = field(default_factory=list)
     """Why ``converged`` is false or ``lost_values`` is not zero (at most a few lines each)."""
+    conflict_examples: list[dict[str, Any]] = field(default_factory=list)
+    """A few of the open conflicts at the end, as ``Conflict.as_dict()`` (blocks first)."""
 
     @property
     def ok(self) -> bool:

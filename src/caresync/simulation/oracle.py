@@ -34,13 +34,15 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from caresync.conflicts import Rulebook
+from caresync.conflicts import Conflict, Rulebook, Severity
 from caresync.exceptions import CorruptDatabaseError
 from caresync.records import JSONValue, Record, canonical_json
 from caresync.storage import SQLiteStore
 
 __all__ = [
+    "CONFLICT_EXAMPLES",
     "MAX_DETAILS",
     "Oracle",
     "OracleReport",
@@ -56,6 +58,8 @@ __all__ = [
 
 MAX_DETAILS = 20
 """At most this many lines explain a failed check (a broken run could list thousands)."""
+CONFLICT_EXAMPLES = 5
+"""How many open conflicts the report shows as examples."""
 
 StateVector = tuple[tuple[int, int], ...]
 ConflictKey = tuple[str, str, str, str, str]
@@ -224,6 +228,7 @@ class OracleReport:
     replicas_checked: int
     replicas_checked_in_depth: int
     details: list[str] = field(default_factory=list)
+    conflict_examples: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Oracle:
@@ -294,7 +299,20 @@ class Oracle:
             replicas_checked=1 + len(laptops),
             replicas_checked_in_depth=len(loaded),
             details=details[:MAX_DETAILS],
+            conflict_examples=self._examples(loaded[0].records),
         )
+
+    def _examples(self, records: Mapping[str, Record]) -> list[dict[str, Any]]:
+        """A few open conflicts: one per safety rule first, then one per field name."""
+        order = {Severity.BLOCK: 0, Severity.FLAG: 1, Severity.INFO: 2}
+        conflicts = sorted(
+            (c for rid in sorted(records) for c in self.rulebook.conflicts(records[rid])),
+            key=lambda c: (c.rule is None, order[c.severity], c.record_id, c.id),
+        )
+        picked: dict[str, Conflict] = {}
+        for conflict in conflicts:
+            picked.setdefault(conflict.rule or conflict.subject.rsplit("/", 1)[-1], conflict)
+        return [c.as_dict() for c in list(picked.values())[:CONFLICT_EXAMPLES]]
 
     async def _load_checked(
         self, replica: ReplicaFile, digest: ReplicaDigest, problems: list[str]

@@ -26,7 +26,7 @@ from rich.table import Table
 from caresync.simulation.config import SimulationConfig, SimulationResult
 from caresync.simulation.runner import run_simulation
 
-__all__ = ["RichObserver", "result_table", "run_simulate_command"]
+__all__ = ["RichObserver", "conflicts_table", "result_table", "run_simulate_command"]
 
 
 class RichObserver:
@@ -102,6 +102,7 @@ def result_table(result: SimulationResult) -> Table:
     )
     table.add_row("values written but reachable nowhere", lost)
     table.add_row("values the oracle logged", str(result.values_logged))
+    table.add_row("conflicts resolved on laptops while offline", str(result.conflicts_resolved))
     table.add_row("open conflicts, the same everywhere", str(result.conflicts_open))
     table.add_row(
         "replicas checked (in full)",
@@ -113,6 +114,20 @@ def result_table(result: SimulationResult) -> Table:
     table.add_row("oracle's check", f"{result.check_s:.2f} s")
     table.add_row("total", f"{result.duration_s:.2f} s")
     table.add_row("bytes up / down", f"{_size(result.bytes_up)} / {_size(result.bytes_down)}")
+    return table
+
+
+def conflicts_table(result: SimulationResult) -> Table:
+    """Some of the conflicts left open, as every replica shows them."""
+    table = Table(title="Some open conflicts (the same on every replica and the server)")
+    table.add_column("severity")
+    table.add_column("what")
+    table.add_column("candidates")
+    for conflict in result.conflict_examples:
+        candidates = "\n".join(
+            f"[{i}] {c['value']!r} by {c['author']}" for i, c in enumerate(conflict["candidates"])
+        )
+        table.add_row(conflict["severity"], conflict["message"], candidates)
     return table
 
 
@@ -139,6 +154,8 @@ def run_simulate_command(
     )
     with RichObserver(console) as observer:
         result = asyncio.run(run_simulation(config, observer=observer))
+    if result.conflict_examples:
+        console.print(conflicts_table(result))
     console.print(result_table(result))
     for line in result.details:
         console.print(f"[red]{line}[/red]", highlight=False)

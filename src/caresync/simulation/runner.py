@@ -8,8 +8,9 @@ steps:
    batches of one transaction each), as a clinic bringing its existing register;
 2. enrol every laptop (each makes its first copy of every patient);
 3. for each round of the scenario: every laptop makes its edits (all of them
-   before anyone syncs, so edits of one round are concurrent), then the laptops
-   that are online this round sync once;
+   before anyone syncs, so edits of one round are concurrent; a few laptops
+   first resolve conflicts they see), then the laptops that are online this
+   round sync once;
 4. everyone comes online: sync rounds until one in which nobody uploaded
    anything (every earlier upload has then been pulled by everyone);
 5. close everything and let the :class:`~caresync.simulation.oracle.Oracle`
@@ -31,8 +32,8 @@ from typing import TypeVar
 
 from argon2 import PasswordHasher
 
-from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
-from caresync.exceptions import InvalidValueError
+from caresync.conflicts import DEFAULT_RULEBOOK, ConflictKind, Rulebook, Severity
+from caresync.exceptions import InvalidValueError, UnknownConflictError
 from caresync.pool import conflict_rows
 from caresync.records import Record
 from caresync.replica import Replica
@@ -40,7 +41,7 @@ from caresync.server import SyncServer
 from caresync.simulation.config import SimulationConfig, SimulationResult
 from caresync.simulation.observer import NullObserver, SimulationObserver
 from caresync.simulation.oracle import Oracle, ReplicaFile
-from caresync.simulation.scenario import Edit, Patient, Scenario, plan
+from caresync.simulation.scenario import RESOLUTIONS_PER_RESOLVER, Edit, Patient, Scenario, plan
 from caresync.simulation.wire import WireCounter
 from caresync.storage import IncomingUpdate
 from caresync.transport import WebSocketListener, serve_websockets
@@ -162,7 +163,10 @@ class _Run:
                     f"round {round_.index + 1}: offline edits", sum(map(len, round_.edits))
                 )
                 await self._each(
-                    [(i, edits) for i, edits in enumerate(round_.edits)],
+                    [
+                        (i, edits, i in round_.resolvers, round_.index)
+                        for i, edits in enumerate(round_.edits)
+                    ],
                     lambda job: self._edit(*job),
                 )
                 online = [self.fleet[i] for i in sorted(round_.online)]
@@ -208,6 +212,7 @@ class _Run:
         result.replicas_checked = report.replicas_checked
         result.replicas_checked_in_depth = report.replicas_checked_in_depth
         result.details = report.details
+        result.conflict_examples = report.conflict_examples
         result.duration_s = time.perf_counter() - started
         return result
 
@@ -265,9 +270,13 @@ class _Run:
         )
         self.observer.advance()
 
-    async def _edit(self, index: int, edits: Sequence[Edit]) -> None:
+    async def _edit(
+        self, index: int, edits: Sequence[Edit], resolves: bool, round_index: int
+    ) -> None:
         laptop = self.fleet[index]
         author = f"clinician-{index}"
+        if resolves:
+            await self._resolve(laptop, author, random.Random(f"{self.config.seed}/{round_index}"))
         for edit in edits:
             rid = self.scenario.patients[edit.patient].record_id
             if edit.op == "set":
@@ -284,6 +293,20 @@ class _Run:
                 for name, value in fields.items():
                     self.oracle.wrote(rid, f"{edit.path}/{entry_id}/{name}", value)
             self.observer.advance()
+
+    async def _resolve(self, laptop: Replica, author: str, rng: random.Random) -> None:
+        """Settle the first few conflicts this laptop sees, as a clinician would, offline."""
+        conflicts = sorted(await laptop.conflicts(), key=lambda c: (c.record_id, c.subject, c.id))
+        for conflict in conflicts[:RESOLUTIONS_PER_RESOLVER]:
+            try:
+                if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
+                    choice = rng.randrange(len(conflict.candidates))
+                    await laptop.resolve(conflict.id, choose=choice, author=author)
+                else:
+                    await laptop.acknowledge(conflict.id, author=author)
+            except UnknownConflictError:
+                continue  # settling an earlier one settled this one too
+            self.result.conflicts_resolved += 1
 
     async def _sync_all(self, laptops: Sequence[Replica]) -> int:
         """One sync round of ``laptops`` (bounded concurrency); returns how many updates went up."""

@@ -15,6 +15,10 @@ round: two dates of birth; a medication stopped on one laptop while its dose
 changed on another; an allergy recorded on one while the matching drug was
 prescribed on another; an entry marked entered-in-error while edited
 elsewhere; the same allergy recorded twice.
+
+From the second round on, a few laptops also resolve conflicts they see
+(choosing a candidate, or acknowledging a flag) before their edits: a
+resolution is an ordinary write, made offline like any other.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from caresync.simulation.config import SimulationConfig
 __all__ = [
     "CLINICAL_CASES",
     "FIELD_PATHS",
+    "LAPTOPS_PER_CASE",
+    "LAPTOPS_PER_RESOLVER",
+    "RESOLUTIONS_PER_RESOLVER",
     "Edit",
     "EditOp",
     "Patient",
@@ -54,6 +61,10 @@ CLINICAL_CASES = (
 
 LAPTOPS_PER_CASE = 5
 """One clinical case per this many laptops (at least one when there are two laptops)."""
+LAPTOPS_PER_RESOLVER = 10
+"""From the second round on, one laptop in this many resolves conflicts it sees (at least one)."""
+RESOLUTIONS_PER_RESOLVER = 3
+"""How many open conflicts a resolver settles (the first ones by record and subject)."""
 
 _CITIES = ("Dakar", "Thiès", "Saint-Louis", "Kaolack", "Ziguinchor", "Touba")
 _FIRST = ("Awa", "Moussa", "Fatou", "Ibrahima", "Aminata", "Cheikh", "Mariama", "Ousmane")
@@ -100,6 +111,8 @@ class Round:
     edits: tuple[tuple[Edit, ...], ...]
     """``edits[laptop]``: that laptop's edits in this round, in order."""
     online: frozenset[int]
+    resolvers: frozenset[int] = frozenset()
+    """Laptops where someone resolves a few open conflicts before this round's edits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +207,11 @@ def plan(config: SimulationConfig) -> Scenario:
             index=r,
             edits=tuple(tuple(edits) for edits in per_laptop[r]),
             online=frozenset(i for i in range(laptops) if rng.random() < config.online_rate),
+            resolvers=frozenset(
+                rng.sample(range(laptops), max(1, laptops // LAPTOPS_PER_RESOLVER))
+                if r > 0 and laptops > 1
+                else ()
+            ),
         )
         for r in range(config.rounds)
     )
