@@ -144,6 +144,29 @@ class Laptop(Replica):
         self.link.restore()
         self._changed()
 
+    async def wait_for_state(self, state: ReplicaState, *, within: float | None = None) -> None:
+        """Return once the laptop is in ``state`` (at once if it is already).
+
+        E.g. after :meth:`offline`, a live laptop notices the cut a moment later. Raises
+        TimeoutError naming the laptop and its state after ``within`` seconds (default:
+        the clinic's timeout).
+        """
+        if not isinstance(state, ReplicaState):
+            raise InvalidInputError(f"not a ReplicaState: {state!r}")
+        reached = asyncio.Event()
+        unsubscribe = self.on_status(lambda now: reached.set() if now is state else None)
+        limit = self._timeout if within is None else within
+        try:
+            if self.state is not state:
+                await asyncio.wait_for(reached.wait(), limit)
+        except TimeoutError:
+            raise TimeoutError(
+                f"laptop {self.name!r} did not reach state {state.value} within {limit:g} s "
+                f"(it is {self.state.value})"
+            ) from None
+        finally:
+            unsubscribe()
+
     async def stay_connected(self, **kwargs: Any) -> None:
         """:meth:`Replica.stay_connected`, with reconnection delays of milliseconds by default."""
         kwargs.setdefault("backoff", quick_backoff)
@@ -408,8 +431,16 @@ class Clinic:
     # -------------------------------------------------------------- settling
 
     def _settling(self) -> list[Laptop]:
-        """The laptops quiescence is about: online, and not locked by a revocation."""
-        return [lap for lap in self._laptops.values() if lap.is_online and not lap.locked]
+        """The laptops quiescence is about: online, and not locked by a revocation.
+
+        A locked laptop still in live mode counts until live mode has ended, so that
+        what ended it is raised, not passed over.
+        """
+        return [
+            lap
+            for lap in self._laptops.values()
+            if lap.is_online and not (lap.locked and not lap.live)
+        ]
 
     # The bound is ours, not the caller's asyncio.timeout: running past it must say which
     # laptop did not settle, which a cancellation from outside cannot.
@@ -447,7 +478,11 @@ class Clinic:
                 failure = laptop._live_failure()
                 if failure is not None:
                     raise failure
-            lagging = [lap for lap in self._settling() if await lag(lap, server) is not None]
+            lagging = [
+                lap
+                for lap in self._settling()
+                if lap.locked or await lag(lap, server) is not None  # locked: live mode ending
+            ]
             if not lagging:
                 return
             by_rounds = [lap for lap in lagging if not lap.live]
@@ -473,10 +508,11 @@ class Clinic:
         laggards: dict[str, str] = {}
         for laptop in self._settling():
             behind = await lag(laptop, server, count_all=True)
-            if behind is None:
+            if behind is None and not laptop.locked:
                 continue
             mode = "live" if laptop.live else "synced in rounds"
-            text = f"({mode}, state {laptop.state.value}) {behind.describe()}"
+            what = "locked, its live mode not ended" if behind is None else behind.describe()
+            text = f"({mode}, state {laptop.state.value}) {what}"
             last_error = (await laptop.status()).last_error
             if last_error is not None:
                 text += f"; last error: {last_error}"
