@@ -84,7 +84,8 @@ class Link:
     def cut(self) -> None:
         """Drop every relayed connection now and refuse new ones until :meth:`restore`."""
         self._up = False
-        for pair in list(self._pairs):
+        pairs, self._pairs = self._pairs, set()
+        for pair in pairs:
             pair.abort()
 
     def restore(self) -> None:
