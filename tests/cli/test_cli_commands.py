@@ -1,0 +1,416 @@
+"""Every laptop and admin command through a real `caresync` subprocess, against a real server.
+
+One `caresync serve` process (module fixture) with its own SQLite file; each
+laptop is its own SQLite file, enrolled and synced by the CLI over websockets
+on 127.0.0.1. Bad input must give a one-line error, the documented exit code,
+and leave every database as it was. Each command runs at least once as a real
+subprocess (`sh`); further cases of the same command run in this process
+(`inproc`), where a subprocess would only add start-up time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tests.cli.clitools import ServerProcess, digest, files_at, inproc, sh
+from tests.cli.conftest import Clinic
+
+from caresync.replica import Replica
+
+SYNC_KEYS = {"uploaded", "downloaded", "conflicts_open"}
+STATUS_KEYS = {
+    "replica_id",
+    "server_id",
+    "org",
+    "pending",
+    "oldest_pending_age_s",
+    "last_sync",
+    "conflicts_open",
+    "records",
+}
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def status(db: Path) -> dict[str, Any]:
+    return inproc("status --db {db} --json", db=db).ok().json()
+
+
+def new_record(db: Path) -> str:
+    record_id = inproc("record new --db {db} --author dr.a --json", db=db).ok().json()["record_id"]
+    assert isinstance(record_id, str)
+    return record_id
+
+
+def refused(result: Any, code: int, *fragments: str) -> None:
+    """The command failed with ``code`` and one error line holding every fragment."""
+    assert result.code == code, result.stderr
+    line = result.error_line()
+    for fragment in fragments:
+        assert fragment in line
+
+
+# ---------------------------------------------------------------- enrol, sync
+
+
+def test_enrol_copies_what_the_server_has_and_sync_reports_counts(clinic: Clinic) -> None:
+    north = clinic.dir / "north.db"
+    first = sh(
+        "enrol --db {db} --server {url} --org clinic-a --username dr.a --json",
+        db=north,
+        url=clinic.url,
+    ).ok()
+    assert first.stderr == ""  # no progress bar with --json
+    enrolled = first.json()
+    assert enrolled.keys() >= SYNC_KEYS
+    assert enrolled["org"] == "clinic-a"
+    assert enrolled["server_url"] == clinic.url
+    assert enrolled["server_id"].startswith("server-")
+
+    made = sh("record new --db {db} --author dr.a --json", db=north).ok().json()
+    record_id = made["record_id"]
+    sh("record set --db {db} {r} birthDate 1988-04-21 --author dr.a", db=north, r=record_id).ok()
+    assert status(north)["pending"] == 2  # created, then written: both committed, unsynced
+    pushed = sh("sync --db {db} --json", db=north).ok().json()
+    assert pushed.keys() >= SYNC_KEYS
+    assert pushed["uploaded"] == 2
+    assert pushed["conflicts_open"] == 0
+    assert status(north)["pending"] == 0
+
+    # A second laptop's first copy brings the record, with a progress bar (no --json).
+    south = clinic.dir / "south.db"
+    copy = sh(
+        "enrol --db {db} --server {url} --org clinic-a --username dr.b", db=south, url=clinic.url
+    ).ok()
+    assert "first copy" in copy.stderr
+    assert "enrolled to" in copy.stdout
+    shown = sh("record show --db {db} {r} --json", db=south, r=record_id).ok().json()
+    assert shown["fields"] == {"birthDate": "1988-04-21"}
+    assert shown["conflicts"] == []
+
+
+def test_enrol_refusals_create_nothing(clinic: Clinic) -> None:
+    target = clinic.dir / "refused.db"
+    enrol = "enrol --db {db} --server {url} --org {org} --username dr.a"
+    bad_password = sh(enrol, db=target, url=clinic.url, org="clinic-a", password="not it")
+    refused(bad_password, 5, "wrong password")
+    assert files_at(target) == []
+    unreachable = f"ws://127.0.0.1:{closed_port()}"
+    cases = [
+        ({"url": unreachable, "org": "clinic-a"}, 6, "cannot connect"),
+        ({"url": clinic.url, "org": "clinic-b"}, 5, "dr.a"),  # no such user there
+        ({"url": "http://127.0.0.1:1", "org": "clinic-a"}, 2, "ws://"),
+        ({"url": clinic.url, "org": ""}, 2, "organisation"),
+    ]
+    for values, code, fragment in cases:
+        refused(inproc(enrol, db=target, **values), code, fragment)
+        assert files_at(target) == [], values
+
+
+def test_no_password_and_no_terminal_is_a_clear_error(clinic: Clinic) -> None:
+    target = clinic.dir / "nopassword.db"
+    result = sh(
+        "enrol --db {db} --server {url} --org clinic-a --username dr.a",
+        db=target,
+        url=clinic.url,
+        password=None,
+    )
+    refused(result, 2, "CARESYNC_PASSWORD")
+    assert files_at(target) == []
+    server = clinic.dir / "nopassword-server.db"
+    result = inproc("user add --db {db} --org o --username u", db=server, password=None)
+    refused(result, 2, "CARESYNC_PASSWORD")
+    assert files_at(server) == []
+    assert inproc("user add --db {db} --org o --username u", db=server, password="").code == 2
+
+
+def test_enrolling_twice_is_refused_and_changes_nothing(clinic: Clinic) -> None:
+    laptop = clinic.enrol("twice")
+    before = digest(laptop)
+    again = inproc(
+        "enrol --db {db} --server {url} --org clinic-a --username dr.a", db=laptop, url=clinic.url
+    )
+    refused(again, 2, "already enrolled")
+    assert digest(laptop) == before
+
+
+def test_sync_refuses_another_server_before_anything_moves(clinic: Clinic) -> None:
+    laptop = clinic.enrol("loyal")
+    new_record(laptop)
+    other = ServerProcess(clinic.dir / "other-server.db")
+    try:
+        result = sh("sync --db {db} --server {url} --json", db=laptop, url=other.url)
+    finally:
+        code, _ = other.stop()
+    assert code == 0
+    mine = status(laptop)
+    refused(result, 5, mine["server_id"])  # names the server it is enrolled to
+    assert result.stdout == ""
+    assert mine["pending"] == 1  # the edit waits for its own server
+    # The enrolled server, named explicitly, is accepted.
+    synced = inproc("sync --db {db} --server {url} --json", db=laptop, url=clinic.url)
+    assert synced.ok().json()["uploaded"] == 1
+
+
+def test_sync_failures_keep_the_outbox(clinic: Clinic) -> None:
+    laptop = clinic.enrol("keeper")
+    new_record(laptop)
+    unreachable = f"ws://127.0.0.1:{closed_port()}"
+    refused(inproc("sync --db {db} --server {u}", db=laptop, u=unreachable), 6, "cannot connect")
+    bad_login = inproc("sync --db {db} --username dr.a", db=laptop, password="not it")
+    refused(bad_login, 5, "wrong password")
+    assert status(laptop)["pending"] == 1
+    good_login = inproc("sync --db {db} --username dr.a --json", db=laptop).ok().json()
+    assert good_login["uploaded"] == 1
+
+
+def test_sync_of_a_laptop_never_enrolled(clinic: Clinic) -> None:
+    laptop = clinic.dir / "fresh.db"
+
+    async def make() -> None:
+        await (await Replica.open(laptop)).close()
+
+    asyncio.run(make())
+    refused(inproc("sync --db {db} --server {url}", db=laptop, url=clinic.url), 5, "not enrolled")
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_status_of_a_laptop_and_of_the_running_server(clinic: Clinic) -> None:
+    laptop = clinic.enrol("status")
+    new_record(laptop)
+    mine = sh("status --db {db} --json", db=laptop).ok().json()
+    assert mine.keys() >= STATUS_KEYS
+    assert mine["role"] == "laptop"
+    assert mine["org"] == "clinic-a"
+    assert mine["pending"] == 1
+    assert isinstance(mine["oldest_pending_age_s"], float)
+    assert mine["oldest_pending_age_s"] >= 0
+    datetime.fromisoformat(mine["last_sync"])  # ISO 8601
+
+    # Read while `caresync serve` holds the file for writing.
+    server = sh("status --db {db} --json", db=clinic.db).ok().json()
+    assert server.keys() >= STATUS_KEYS
+    assert server["role"] == "server"
+    assert server["server_id"] == mine["server_id"]
+    assert server["pending"] == 0
+    assert server["last_sync"] is None
+    assert server["replicas"] >= 1
+
+    human = inproc("status --db {db}", db=laptop).ok()
+    assert "pending" in human.stdout
+    assert "{" not in human.stdout
+
+
+# ---------------------------------------------------------------- conflicts
+
+
+def test_conflict_resolved_with_a_new_value_and_refused_choices(clinic: Clinic) -> None:
+    a, b = clinic.enrol("left"), clinic.enrol("right", username="dr.b")
+    record_id = new_record(a)
+    inproc("sync --db {db}", db=a).ok()
+    inproc("sync --db {db}", db=b).ok()
+    inproc("record set --db {db} {r} weightKg 71.5 --author dr.a", db=a, r=record_id).ok()
+    inproc("record set --db {db} {r} weightKg 75 --author dr.b", db=b, r=record_id).ok()
+    for laptop in (a, b, a):
+        inproc("sync --db {db}", db=laptop).ok()
+
+    listed = sh("conflicts list --db {db} --record {r} --json", db=a, r=record_id).ok().json()
+    assert listed["count"] == 1
+    conflict = listed["conflicts"][0]
+    assert {c["value"] for c in conflict["candidates"]} == {71.5, 75}  # numbers, not text
+    human = inproc("conflicts list --db {db}", db=a).ok().stdout
+    assert conflict["id"] in human
+    assert "71.5" in human
+
+    before = digest(a)
+    resolve = "conflicts resolve --db {db} {c} --choose {n} --author dr.a"
+    cid = conflict["id"]
+    refused(sh(resolve, db=a, c=cid, n=2), 2, "out of range")
+    refused(inproc(resolve, db=a, c=cid, n=-1), 2, "negative")
+    refused(inproc(resolve, db=a, c=cid, n="one"), 2, "whole number")
+    refused(inproc(resolve, db=a, c="c-nope", n=0), 3, "c-nope")
+    both = inproc("conflicts resolve --db {db} {c} --choose 0 --value 1 --author x", db=a, c=cid)
+    refused(both, 2, "not allowed with")
+    refused(inproc("conflicts resolve --db {db} {c} --author x", db=a, c=cid), 2, "--choose")
+    assert digest(a) == before
+
+    done = sh("conflicts resolve --db {db} {c} --value 73 --author dr.a --json", db=a, c=cid).ok()
+    resolved = done.json()
+    assert resolved["value"] == 73
+    assert resolved["conflicts_open"] == 0
+    for laptop in (a, b):
+        inproc("sync --db {db}", db=laptop).ok()
+    for db in (a, b, clinic.db):
+        shown = inproc("record show --db {db} {r} --json", db=db, r=record_id).ok().json()
+        assert shown["fields"]["weightKg"] == 73
+        assert shown["conflicts"] == []
+    history = inproc("record show --db {db} {r} --history --json", db=b, r=record_id).ok().json()
+    values = [r["value"] for r in history["history"]["weightKg"]]
+    assert sorted(values[:2]) == [71.5, 75]  # nothing lost: both sides are in the history
+    assert values[2:] == [73]
+
+
+def test_a_safety_rule_finding_is_acknowledged(clinic: Clinic) -> None:
+    a, b = clinic.enrol("ward-1"), clinic.enrol("ward-2", username="dr.b")
+    record_id = new_record(a)
+    add = "record add-entry --db {db} {r} allergies {fields} --author dr.a"
+    inproc(add, db=a, r=record_id, fields='{"substance": "penicillin"}').ok()
+    inproc("sync --db {db}", db=a).ok()
+    inproc("sync --db {db}", db=b).ok()
+    sh(add, db=b, r=record_id, fields='{"substance": "Penicillin", "criticality": "high"}').ok()
+    inproc("sync --db {db}", db=b).ok()
+    listed = inproc("conflicts list --db {db} --record {r} --json", db=b, r=record_id).ok().json()
+    rules = [c for c in listed["conflicts"] if c["path"] == "duplicate-allergy"]
+    assert len(rules) == 1, listed
+    finding = rules[0]
+    assert finding["kind"] == "rule"
+    assert finding["severity"] == "flag"
+    assert {c["value"] for c in finding["candidates"]} == {"penicillin", "Penicillin"}
+    done = sh("conflicts acknowledge --db {db} {c} --author dr.b --json", db=b, c=finding["id"])
+    assert done.ok().json()["conflict_id"] == finding["id"]
+    after = inproc("conflicts list --db {db} --json", db=b).ok().json()
+    assert finding["id"] not in {c["id"] for c in after["conflicts"]}
+
+
+# ---------------------------------------------------------------- records
+
+
+def test_record_values_paths_and_refusals(clinic: Clinic) -> None:
+    laptop = clinic.enrol("records")
+    record_id = new_record(laptop)
+    values: dict[str, tuple[str, object]] = {
+        "a/number": ("42", 42),
+        "a/quoted": ('"42"', "42"),
+        "a/text": ("42 mg twice daily", "42 mg twice daily"),
+        "a/object": ('{"code": "J45", "system": "icd10"}', {"code": "J45", "system": "icd10"}),
+        "a/flag": ("true", True),
+        "a/nan": ("NaN", "NaN"),
+        "a/huge": ("1e999", "1e999"),
+    }
+    write = "record set --db {db} {r} {path} {value} --author dr.a --json"
+    for path, (raw, _) in values.items():
+        written = inproc(write, db=laptop, r=record_id, path=path, value=raw).ok().json()
+        assert written["path"] == path
+    entry = (
+        inproc(
+            "record add-entry --db {db} {r} allergies {fields} --author dr.a --json",
+            db=laptop,
+            r=record_id,
+            fields='{"substance": "latex"}',
+        )
+        .ok()
+        .json()["entry_id"]
+    )
+    criticality = f"allergies/{entry}/criticality"
+    inproc(write, db=laptop, r=record_id, path=criticality, value="high").ok()
+    fields = inproc("record show --db {db} {r} --json", db=laptop, r=record_id).ok().json()
+    for path, (_, expected) in values.items():
+        assert fields["fields"][path] == expected, path
+    assert fields["fields"][criticality] == "high"
+    assert fields["fields"][f"allergies/{entry}/substance"] == "latex"
+
+    before = digest(laptop)
+    set_ = "record set --db {db} {r} {path} 1 --author {who}"
+    cases = [
+        (sh(set_, db=laptop, r="no-such-record", path="birthDate", who="x"), 3, "no-such-record"),
+        (inproc(set_, db=laptop, r=record_id, path="a//b", who="x"), 2, "a//b"),
+        (inproc(set_, db=laptop, r=record_id, path="birthDate", who=" "), 2, "author"),
+        (inproc(set_, db=laptop, r=record_id, path="allergies/nope/x", who="x"), 3, "nope"),
+        (
+            inproc(
+                "record add-entry --db {db} {r} allergies [1] --author x", db=laptop, r=record_id
+            ),
+            2,
+            "JSON object",
+        ),
+        (
+            inproc("record add-entry --db {db} {r} pets --author x", db=laptop, r=record_id),
+            2,
+            "pets",
+        ),
+        (sh("record show --db {db} no-such-record", db=laptop), 3, "no-such-record"),
+    ]
+    for result, code, fragment in cases:
+        refused(result, code, fragment)
+    assert digest(laptop) == before
+
+
+def test_the_running_servers_database_is_refused_for_writes(clinic: Clinic) -> None:
+    added = inproc("user add --db {db} --org clinic-a --username dr.z", db=clinic.db)
+    refused(added, 4, "in use")
+    refused(inproc("replica revoke --db {db} replica-x", db=clinic.db), 4, "in use")
+    refused(inproc("record new --db {db} --author x", db=clinic.db), 4, "in use")
+
+
+# ---------------------------------------------------------------- export, import
+
+
+def test_export_and_import_unsynced_changes(clinic: Clinic) -> None:
+    old, new = clinic.enrol("old-laptop"), clinic.enrol("new-laptop")
+    record_id = new_record(old)
+    inproc("record set --db {db} {r} birthDate 1990-01-01 --author dr.a", db=old, r=record_id)
+    file = clinic.dir / "unsynced.jsonl"
+    exported = sh("export --db {db} --out {f} --json", db=old, f=file).ok().json()
+    assert exported["exported"] == 2
+    kept = file.read_bytes()
+    refused(inproc("export --db {db} --out {f}", db=old, f=file), 4, str(file))
+    assert file.read_bytes() == kept  # never overwritten
+
+    # Another organisation's laptop is refused, untouched.
+    foreign = clinic.enrol("foreign", username="dr.c", org="clinic-b")
+    before = digest(foreign)
+    refused(inproc("import --db {db} {f}", db=foreign, f=file), 5, "clinic-a", "clinic-b")
+    assert digest(foreign) == before
+
+    damaged = clinic.dir / "damaged.jsonl"
+    damaged.write_bytes(kept[:-20])
+    before = digest(new)
+    refused(inproc("import --db {db} {f}", db=new, f=damaged), 4)
+    assert digest(new) == before
+
+    imported = sh("import --db {db} {f} --json", db=new, f=file).ok().json()
+    assert imported["imported"] == 2
+    assert imported["pending"] == 2
+    assert inproc("sync --db {db} --json", db=new).ok().json()["uploaded"] == 2
+    shown = inproc("record show --db {db} {r} --json", db=clinic.db, r=record_id).ok().json()
+    assert shown["fields"]["birthDate"] == "1990-01-01"
+
+
+# ---------------------------------------------------------------- replicas
+
+
+def test_replicas_lists_laptops_and_flags_stale_ones(clinic: Clinic) -> None:
+    laptop = clinic.enrol("watched")
+    me = status(laptop)["replica_id"]
+    inproc("sync --db {db}", db=laptop).ok()  # enrolment alone is not "seen"
+    fresh = sh("replicas --db {db} --org clinic-a --json", db=clinic.db)
+    assert fresh.code == 0, fresh.stderr
+    listed = fresh.json()
+    rows = {row["replica_id"]: row for row in listed["replicas"]}
+    assert rows[me]["org"] == "clinic-a"
+    assert not rows[me]["stale"]
+    assert rows[me]["last_seen"] is not None
+    assert listed["stale"] == 0
+    assert all(row["org"] == "clinic-a" for row in rows.values())
+
+    # With a threshold of a few milliseconds every laptop is stale: exit 1, for monitoring.
+    strict = inproc("replicas --db {db} --stale-hours 0.000001 --json", db=clinic.db)
+    assert strict.code == 1
+    data = strict.json()
+    assert data["stale"] == len(data["replicas"])
+    assert data["stale"] >= 1
+    assert "not seen" in {r for row in data["replicas"] for r in row["reasons"]}
+    human = inproc("replicas --db {db} --stale-hours 0.000001", db=clinic.db)
+    assert human.code == 1
+    assert "STALE" in human.stdout
