@@ -272,3 +272,20 @@ async def test_the_harness_works_without_the_fixtures(tmp_path: Path) -> None:
     assert (tmp_path / "plain" / "server.db").is_file()
     with pytest.raises(InvalidInputError, match="not running"):
         clinic.server  # noqa: B018
+
+
+async def test_the_example_of_docs_testing_md(clinic: Clinic) -> None:
+    nurse = await clinic.laptop("nurse")
+    doctor = await clinic.laptop("doctor", live=True)
+
+    patient = await nurse.create_record()
+    await clinic.quiescent()
+
+    nurse.offline()
+    await nurse.add_entry(patient, "encounters", {"type": "home visit"}, author="nurse.sow")
+    nurse.online()
+    await clinic.quiescent()
+
+    [visit] = (await doctor.record(patient)).entries("encounters")
+    assert visit.value("type") == "home visit"
+    await clinic.assert_converged()
