@@ -23,6 +23,7 @@ from caresync.simulation.oracle import (
     compare_digests,
     decode_state_vector,
     read_digest,
+    same_vector,
 )
 from caresync.simulation.runner import SERVER_FILE, laptop_file
 
@@ -123,6 +124,9 @@ def test_state_vectors_compare_whatever_order_they_were_encoded_in() -> None:
     one = bytes([2, 5, 3, 0xAC, 0x02, 1])
     other = bytes([2, 0xAC, 0x02, 1, 5, 3])
     assert decode_state_vector(one) == decode_state_vector(other) == ((5, 3), (300, 1))
+    assert same_vector(one, other)
+    assert not same_vector(one, bytes([1, 5, 3]))
+    assert not same_vector(one, None)
     with pytest.raises(CorruptDatabaseError):
         decode_state_vector(bytes([2, 5]))
     with pytest.raises(CorruptDatabaseError):
@@ -130,12 +134,16 @@ def test_state_vectors_compare_whatever_order_they_were_encoded_in() -> None:
 
 
 def test_digests_name_every_kind_of_difference() -> None:
-    reference = ReplicaDigest("server", {"a": ((1, 2),), "b": ()}, frozenset(), frozenset(), 0)
-    same = ReplicaDigest("laptop-1", {"a": ((1, 2),), "b": ()}, frozenset(), frozenset(), 0)
+    reference = ReplicaDigest(
+        "server", {"a": bytes([2, 1, 2, 7, 1]), "b": b"\x00"}, frozenset(), frozenset(), 0
+    )
+    same = ReplicaDigest(  # the same vectors, encoded in another order
+        "laptop-1", {"a": bytes([2, 7, 1, 1, 2]), "b": b"\x00"}, frozenset(), frozenset(), 0
+    )
     assert compare_digests(reference, same) == []
     broken = ReplicaDigest(
         "laptop-2",
-        {"a": ((1, 1),), "c": ()},
+        {"a": bytes([2, 1, 1, 7, 1]), "c": b"\x00"},
         frozenset({"a"}),
         frozenset({("a", "x", "field", "block", "00")}),
         3,
