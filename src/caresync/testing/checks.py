@@ -39,10 +39,18 @@ class Lag:
     pending: int
     """Local changes the server has not acknowledged."""
     missing: int
-    """Feed entries of the laptop's organisation it does not hold (0 if not counted)."""
+    """Feed entries of the laptop's organisation it does not hold (at least 1 if any, when
+    not all were counted)."""
     checkpoint: int
-    head: int
-    """The server's feed head (all organisations)."""
+    verified: int
+    """Every feed entry up to this sequence number is held: the next check starts here."""
+    head: int | None = None
+    """The server's feed head (all organisations), read when the laptop lags."""
+
+    @property
+    def settled(self) -> bool:
+        """True when the laptop holds what the server holds, and the server what it wrote."""
+        return self.pending == 0 and self.missing == 0
 
     def describe(self) -> str:
         """One line a person can act on."""
@@ -57,34 +65,39 @@ class Lag:
         return "; ".join(parts) or "in step"
 
 
-async def lag(laptop: Replica, server: SyncServer, *, count_all: bool = False) -> Lag | None:
-    """None if ``laptop`` is in step with ``server``; else what it lacks.
+async def lag(
+    laptop: Replica, server: SyncServer, *, verified: int = 0, count_all: bool = False
+) -> Lag:
+    """How far ``laptop`` is from ``server`` (see :attr:`Lag.settled`).
 
-    Stops at the first missing feed entry unless ``count_all`` (for error messages).
+    The feed is read from the laptop's checkpoint, or from ``verified`` (a
+    :attr:`Lag.verified` of an earlier check) if further: holding an update is forever.
+    Stops at the first missing entry unless ``count_all`` (for error messages).
     """
     pending = await laptop.store.pending_count()
     raw = await laptop.store.get_meta(CHECKPOINT_KEY)
     checkpoint = int(raw) if raw is not None and raw.isdigit() else 0
     organisation = laptop.identity.organisation
-    held: dict[str, bytes | None] = {}
+    state_vectors: dict[str, bytes | None] = {}
     missing = 0
-    after = checkpoint
-    while pending == 0 or count_all:
+    after = verified = max(checkpoint, verified)
+    while True:
         items = await server.store.feed_since(after, limit=_PAGE, organisation=organisation)
         for item in items:
-            if item.record_id not in held:
-                held[item.record_id] = await laptop.store.state_vector(item.record_id)
-            state_vector = held[item.record_id]
+            if item.record_id not in state_vectors:
+                state_vectors[item.record_id] = await laptop.store.state_vector(item.record_id)
+            state_vector = state_vectors[item.record_id]
             if state_vector is None or not _holds(state_vector, item.update):
                 missing += 1
                 if not count_all:
                     break
+            elif not missing:
+                verified = item.seq
         if len(items) < _PAGE or (missing and not count_all):
             break
         after = items[-1].seq
-    if pending == 0 and missing == 0:
-        return None
-    return Lag(pending, missing, checkpoint, await server.store.feed_head())
+    head = None if pending == 0 and missing == 0 else await server.store.feed_head()
+    return Lag(pending, missing, checkpoint, verified, head)
 
 
 def _holds(state_vector: bytes, update: bytes) -> bool:

@@ -106,6 +106,7 @@ class Laptop(Replica):
         self._live_task: asyncio.Task[None] | None = None
         self._live_stop: asyncio.Event | None = None
         self._error_seen = False
+        self._verified = 0  # feed entries up to here are known to be held
 
     def __repr__(self) -> str:
         switch = "online" if self.is_online else "offline"
@@ -232,6 +233,12 @@ class Laptop(Replica):
         error = self._take_error(task)
         if error is not None:
             raise error
+
+    async def _measure(self, server: SyncServer) -> bool:
+        """True if in step with ``server``; remembers how far the feed was found held."""
+        measured = await lag(self, server, verified=self._verified)
+        self._verified = measured.verified
+        return measured.settled
 
     def _live_failure(self) -> BaseException | None:
         """What ended the clinic-kept live mode, once (None while it runs or if stopped)."""
@@ -481,7 +488,7 @@ class Clinic:
             lagging = [
                 lap
                 for lap in self._settling()
-                if lap.locked or await lag(lap, server) is not None  # locked: live mode ending
+                if lap.locked or not await lap._measure(server)  # locked: live mode ending
             ]
             if not lagging:
                 return
@@ -508,10 +515,10 @@ class Clinic:
         laggards: dict[str, str] = {}
         for laptop in self._settling():
             behind = await lag(laptop, server, count_all=True)
-            if behind is None and not laptop.locked:
+            if behind.settled and not laptop.locked:
                 continue
             mode = "live" if laptop.live else "synced in rounds"
-            what = "locked, its live mode not ended" if behind is None else behind.describe()
+            what = "locked, its live mode not ended" if behind.settled else behind.describe()
             text = f"({mode}, state {laptop.state.value}) {what}"
             last_error = (await laptop.status()).last_error
             if last_error is not None:
