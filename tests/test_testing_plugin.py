@@ -220,6 +220,29 @@ async def test_the_server_stops_and_restarts_while_laptops_keep_working(clinic: 
     await clinic.assert_converged()
 
 
+async def test_a_laptop_restarted_while_offline_keeps_its_unsynced_work(clinic: Clinic) -> None:
+    north = await clinic.laptop("north", live=True)
+    south = await clinic.laptop("south")
+    north.offline()
+    record_id = await north.create_record()
+    await north.set(record_id, "name", "Ousmane Sy", author="dr.test")
+
+    again = await clinic.reopen("north")  # the application restarts, still with no network
+    assert again is not north
+    assert again is clinic.laptops["north"]
+    assert not again.is_online
+    assert not again.live
+    assert (await again.status()).pending == 2
+
+    again.online()
+    await again.start_live()
+    await clinic.quiescent()
+    assert await value(south, record_id, "name") == "Ousmane Sy"
+    await clinic.assert_converged()
+    with pytest.raises(InvalidInputError, match="no laptop named 'east'"):
+        await clinic.reopen("east")
+
+
 async def test_a_laptop_refuses_another_clinics_server(clinic_factory: ClinicFactory) -> None:
     first = await clinic_factory("first")
     second = await clinic_factory("second", organisation="other", user="dr.other")

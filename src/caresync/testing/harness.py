@@ -411,26 +411,51 @@ class Clinic:
         async with contextlib.AsyncExitStack() as undo:
             link = await Link.open("127.0.0.1", port)
             undo.push_async_callback(link.close)
-            opened = await Laptop.open(
-                self.directory / f"{name}.db", rulebook=self.rulebook, limits=limits
-            )
-            undo.push_async_callback(opened.close)
-            if not isinstance(opened, Laptop):  # pragma: no cover - Replica.open builds cls()
-                raise TypeError("Replica.open did not build a Laptop")
-            opened._attach(name, link, self._signal, self.timeout)
-            await opened.enrol(
+            laptop = await self._open_laptop(name, link, limits=limits, create=True)
+            undo.push_async_callback(laptop.close)
+            await laptop.enrol(
                 link.url,
                 username=username,
                 password=self.password,
                 organisation=org,
                 device_name=name,
             )
-            laptop = opened
             undo.pop_all()  # enrolled: from now on the clinic closes it
-        self._laptops[name] = laptop
         self._stack.push_async_callback(link.close)
+        return await self._keep(laptop, live=live)
+
+    async def reopen(self, name: str, *, live: bool = False) -> Laptop:
+        """Close a laptop's database and open it again, as when its application restarts.
+
+        Returns the new :class:`Laptop` (the old object is closed). It keeps its link,
+        online or offline as it was, and everything its database holds, outbox included.
+        """
+        old = self._laptops.get(name)
+        if old is None:
+            raise InvalidInputError(f"this clinic has no laptop named {name!r}")
+        await old.stop_live()
+        await old.close()
+        laptop = await self._open_laptop(name, old.link, limits=old.limits, create=False)
+        return await self._keep(laptop, live=live)
+
+    async def _open_laptop(
+        self, name: str, link: Link, *, limits: SyncLimits | None, create: bool
+    ) -> Laptop:
+        opened = await Laptop.open(
+            self.directory / f"{name}.db", create=create, rulebook=self.rulebook, limits=limits
+        )
+        if not isinstance(opened, Laptop):  # pragma: no cover - Replica.open builds cls()
+            await opened.close()
+            raise TypeError("Replica.open did not build a Laptop")
+        opened._attach(name, link, self._signal, self.timeout)
+        return opened
+
+    async def _keep(self, laptop: Laptop, *, live: bool) -> Laptop:
+        """From now on the clinic closes ``laptop``; start its live mode if asked."""
+        self._laptops[laptop.name] = laptop
         self._stack.push_async_callback(laptop.close)
         self._stack.push_async_callback(laptop.stop_live)
+        self._signal()
         if live:
             await laptop.start_live()
         return laptop
