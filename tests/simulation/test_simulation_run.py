@@ -113,3 +113,21 @@ def test_python_m_refuses_bad_options_with_one_line(capsys: pytest.CaptureFixtur
     assert captured.out == ""
     assert captured.err.count("\n") == 1
     assert "laptops" in captured.err
+
+
+async def test_a_failing_laptop_fails_the_run_with_its_own_typed_error(tmp_path: Path) -> None:
+    from caresync.exceptions import UnknownRecordError
+    from caresync.simulation.observer import NullObserver
+    from caresync.simulation.runner import _Run
+
+    run = _Run(SimulationConfig(laptops=3, patients=2, concurrency=2), tmp_path, NullObserver())
+    finished: list[int] = []
+
+    async def job(item: int) -> None:
+        if item == 1:
+            raise UnknownRecordError("laptop 1 lost its record")
+        finished.append(item)
+
+    with pytest.raises(UnknownRecordError, match="laptop 1"):  # not an ExceptionGroup
+        await run._each([0, 1, 2], job)
+    assert 1 not in finished

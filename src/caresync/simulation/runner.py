@@ -33,7 +33,7 @@ from typing import TypeVar
 from argon2 import PasswordHasher
 
 from caresync.conflicts import DEFAULT_RULEBOOK, ConflictKind, Rulebook, Severity
-from caresync.exceptions import InvalidValueError, UnknownConflictError
+from caresync.exceptions import ConnectionLostError, InvalidValueError, UnknownConflictError
 from caresync.pool import conflict_rows
 from caresync.records import Record
 from caresync.replica import Replica
@@ -51,6 +51,7 @@ __all__ = [
     "MAX_FINAL_ROUNDS",
     "ORGANISATION",
     "SERVER_FILE",
+    "STEP_TIMEOUT_S",
     "USERNAME",
     "laptop_file",
     "run_simulation",
@@ -63,12 +64,22 @@ IMPORT_BATCH = 500
 """Patients imported into the server per transaction."""
 MAX_FINAL_ROUNDS = 4
 """Two rounds reach quiescence (one to push, one to pull); more means something is wrong."""
+STEP_TIMEOUT_S = 600.0
+"""A laptop's enrolment or sync round that takes longer than this fails the run."""
 
 # The run's throwaway account: argon2id with small costs, since the server verifies
 # one login per laptop enrolled (the hash records its own parameters).
 T = TypeVar("T")
 
 _ACCOUNT_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+async def _within(step: Awaitable[T], what: str) -> T:
+    """Await ``step``; a step that hangs fails the run with a typed error instead."""
+    try:
+        return await asyncio.wait_for(step, STEP_TIMEOUT_S)
+    except TimeoutError:
+        raise ConnectionLostError(f"{what} took more than {STEP_TIMEOUT_S:.0f} s") from None
 
 
 def laptop_file(index: int) -> str:
@@ -217,15 +228,25 @@ class _Run:
         return result
 
     async def _each(self, items: Sequence[T], job: Callable[[T], Awaitable[None]]) -> None:
-        """Run ``job`` on every item, at most ``concurrency`` at once; the first error stops all."""
+        """Run ``job`` on every item, at most ``concurrency`` at once.
+
+        The first error cancels the rest and is raised as itself (not wrapped in
+        an ExceptionGroup), so a caller sees caresync's typed error.
+        """
 
         async def bounded(item: T) -> None:
             async with self.semaphore:
                 await job(item)
 
-        async with asyncio.TaskGroup() as group:
-            for item in items:
-                group.create_task(bounded(item))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for item in items:
+                    group.create_task(bounded(item))
+        except BaseExceptionGroup as failed:
+            first: BaseException = failed
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
 
     async def _import_patients(self, server: SyncServer) -> None:
         patients = self.scenario.patients
@@ -265,8 +286,9 @@ class _Run:
         return record
 
     async def _enrol(self, laptop: Replica, url: str) -> None:
-        await laptop.enrol(
-            url, username=USERNAME, password=self.password, organisation=ORGANISATION
+        await _within(
+            laptop.enrol(url, username=USERNAME, password=self.password, organisation=ORGANISATION),
+            f"{laptop.replica_id} enrolling",
         )
         self.observer.advance()
 
@@ -314,7 +336,7 @@ class _Run:
 
         async def sync(laptop: Replica) -> None:
             nonlocal uploaded
-            report = await laptop.sync()
+            report = await _within(laptop.sync(), f"{laptop.replica_id} syncing")
             uploaded += report.uploaded
             self.observer.advance()
 
