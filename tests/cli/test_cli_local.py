@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import pty
+import select
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from tests.cli.clitools import digest, files_at, inproc, sh
 
 from caresync.cli.common import parse_value
@@ -24,7 +31,7 @@ from caresync.exceptions import (
     UnknownRecordError,
     WrongServerError,
 )
-from caresync.storage import ReplicaInfo
+from caresync.storage import ReplicaInfo, SQLiteStore
 
 HOUR_MS = 3_600_000
 
@@ -251,3 +258,67 @@ def test_simulate_runs_a_small_simulation_as_a_subprocess(tmp_path: Path) -> Non
         assert key in data
     assert data["converged"] is True
     assert data["lost_values"] == 0
+
+
+def _prompted(db: Path, typed: list[bytes]) -> tuple[int, str, bytes]:
+    """`user add` on a terminal (a pty) with no CARESYNC_PASSWORD; ``typed`` answers each prompt."""
+    environment = {k: v for k, v in os.environ.items() if k != "CARESYNC_PASSWORD"}
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "caresync",
+            "user",
+            "add",
+            "--db",
+            str(db),
+            "--org",
+            "clinic",
+            "--username",
+            "dr.t",
+            "--json",
+        ],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        env=environment,
+        start_new_session=True,  # the pty is its terminal: getpass prompts there
+    )
+    os.close(terminal)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        for prompt, answer in zip((b"New password", b"Repeat the password"), typed, strict=False):
+            while prompt not in seen:
+                ready, _, _ = select.select([controller], [], [], deadline - time.monotonic())
+                assert ready, f"no prompt {prompt!r} within 30 s: {seen!r}"
+                seen += os.read(controller, 1024)
+            os.write(controller, answer + b"\n")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        os.close(controller)
+    return proc.returncode, out.decode(), seen
+
+
+def test_the_password_is_asked_on_the_terminal_twice_and_not_echoed(tmp_path: Path) -> None:
+    db = tmp_path / "server.db"
+    mismatch, _, _ = _prompted(db, [b"first try", b"second try"])
+    assert mismatch == ExitCode.USAGE
+    assert files_at(db) == []
+
+    code, out, seen = _prompted(db, [b"typed secret", b"typed secret"])
+    assert code == 0, seen
+    assert json.loads(out)["username"] == "dr.t"
+    assert b"typed secret" not in seen  # not echoed
+
+    async def stored_hash() -> str:
+        async with SQLiteStore.open(db, create=False, read_only=True) as store:
+            account = await store.get_user("clinic", "dr.t")
+            assert account is not None
+            return account.password_hash
+
+    assert PasswordHasher().verify(asyncio.run(stored_hash()), "typed secret")
