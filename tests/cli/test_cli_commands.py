@@ -414,3 +414,29 @@ def test_replicas_lists_laptops_and_flags_stale_ones(clinic: Clinic) -> None:
     human = inproc("replicas --db {db} --stale-hours 0.000001", db=clinic.db)
     assert human.code == 1
     assert "STALE" in human.stdout
+
+
+# ---------------------------------------------------------------- backup
+
+
+def test_backup_of_the_running_servers_database(clinic: Clinic) -> None:
+    laptop = clinic.enrol("backed-up")
+    record_id = new_record(laptop)
+    inproc("sync --db {db}", db=laptop).ok()
+    copy = clinic.dir / "backups" / "server-copy.db"
+    copy.parent.mkdir()
+    made = sh("backup --db {db} --out {out} --json", db=clinic.db, out=copy).ok().json()
+    assert made["verified"] is True
+    assert made["role"] == "server"
+    live = status(clinic.db)
+    assert made["replica_id"] == live["server_id"]
+    assert made["records"] >= 1
+    assert files_at(copy) == [copy.name]  # one self-contained file, no -wal beside it
+    kept = digest(copy)
+    refused(inproc("backup --db {db} --out {out}", db=clinic.db, out=copy), 4, "exists")
+    assert digest(copy) == kept
+    # The copy is a database the server can be restored from.
+    shown = inproc("record show --db {db} {r} --json", db=copy, r=record_id).ok().json()
+    assert shown["record_id"] == record_id
+    restored = inproc("user add --db {db} --org clinic-a --username dr.r --json", db=copy)
+    assert restored.ok().json()["server_id"] == live["server_id"]

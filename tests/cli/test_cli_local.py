@@ -51,6 +51,7 @@ NON_CREATING = [
     "replicas --db {db}",
     "replica revoke --db {db} replica-1",
     "user passwd --db {db} --org o --username u",
+    "backup --db {db} --out {db}.copy",
 ]
 
 

@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from caresync import __version__
 from caresync.cli import (
+    backup,
     conflicts,
     records,
     replicas,
@@ -60,7 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log what happens on standard error"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, users, sync, status, records, conflicts, transfer, replicas, simulate):
+    for module in (
+        serve,
+        users,
+        sync,
+        status,
+        records,
+        conflicts,
+        transfer,
+        backup,
+        replicas,
+        simulate,
+    ):
         module.register(commands)
     return parser
 
@@ -75,11 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     except SystemExit as exc:  # --help and --version print and "exit" 0
         return exc.code if isinstance(exc.code, int) else ExitCode.OK
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    if args.verbose:
+        # Otherwise logging's last-resort handler writes warnings to stderr by itself.
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
     out = Output(json_output=getattr(args, "json", False))
     try:
         return int(args.handler(args, out))

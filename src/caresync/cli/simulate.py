@@ -40,7 +40,11 @@ def register(commands: Any) -> None:
     )
     simulate.add_argument("--seed", type=int, default=0, help="random seed (0)")
     simulate.add_argument(
-        "--workdir", metavar="DIR", help="keep the databases here (default: a temporary one)"
+        "--workdir",
+        "--dir",
+        dest="workdir",
+        metavar="DIR",
+        help="keep the databases here (default: a temporary directory, removed after)",
     )
     add_json(simulate)
     simulate.set_defaults(handler=_simulate)
