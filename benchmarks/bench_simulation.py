@@ -37,6 +37,7 @@ print(json.dumps(result))
 
 KEPT = (
     "duration_s",
+    "setup_s",
     "first_copy_s",
     "edit_s",
     "final_sync_s",

@@ -110,6 +110,8 @@ class SimulationResult:
     """Conflicts settled on laptops during the rounds (each an ordinary, replicated write)."""
     sync_rounds: int = 0
     """Sync rounds the laptops ran (enrolment excluded)."""
+    setup_s: float = 0.0
+    """Server database created, patients imported, laptops' databases created."""
     edit_s: float = 0.0
     check_s: float = 0.0
     replicas_checked: int = 0

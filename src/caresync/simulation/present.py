@@ -108,6 +108,7 @@ def result_table(result: SimulationResult) -> Table:
         "replicas checked (in full)",
         f"{result.replicas_checked} ({result.replicas_checked_in_depth})",
     )
+    table.add_row("set-up (server, patients, laptops' files)", f"{result.setup_s:.2f} s")
     table.add_row("first copy (all laptops enrolled)", f"{result.first_copy_s:.2f} s")
     table.add_row("offline rounds", f"{result.edit_s:.2f} s")
     table.add_row("final sync to quiescence", f"{result.final_sync_s:.2f} s")
