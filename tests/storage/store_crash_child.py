@@ -9,7 +9,7 @@ line by line, it reports what it is about to do and what has returned:
     P <n> <record_id>:<revision_id> ...      about to store pull n (checkpoint "pull" = n)
     PA <n> <feed seqs or ->                  pull n returned
     CI <record_id> / C <record_id> <folded>  about to compact / compaction returned
-    A <seq>                                  acknowledge(seq) returned
+    AI <seq> / A <seq>                       about to acknowledge(seq) / it returned
 
 The parent kills it with SIGKILL at a random line, then checks the file.
 """
@@ -113,6 +113,7 @@ async def work(store: SQLiteStore, rng: random.Random, run: int) -> None:
             pending = await store.pending(50)
             if pending:
                 seq = rng.choice(pending).seq
+                say(f"AI {seq}")
                 await store.acknowledge(seq)
                 say(f"A {seq}")
 

@@ -35,6 +35,7 @@ class Expected:
 
     local: dict[int, tuple[str, str]] = field(default_factory=dict)  # seq -> (record, revision)
     acked_up_to: int = 0
+    ack_intended_up_to: int = 0  # a kill between the commit and its report may have acked these
     present: set[tuple[str, str]] = field(default_factory=set)  # (record, revision)
     absent: set[tuple[str, str]] = field(default_factory=set)
     feed: set[int] = field(default_factory=set)  # feed numbers a returned pull gave out
@@ -74,6 +75,8 @@ def take_reports(expected: Expected, lines: list[str]) -> dict[int, list[tuple[s
         kind, *args = line.split(" ")
         if kind == "L":
             expected.local[int(args[0])] = (args[1], args[2])
+        elif kind == "AI":
+            expected.ack_intended_up_to = max(expected.ack_intended_up_to, int(args[0]))
         elif kind == "A":
             expected.acked_up_to = max(expected.acked_up_to, int(args[0]))
         elif kind == "P":
@@ -102,7 +105,7 @@ async def verify(db: Path, expected: Expected, intents: dict[int, list[tuple[str
         half = {(r, rev) for r, rev in expected.absent if rev in by_record[r]}
         assert not half, f"{len(half)} edits of an uncommitted batch were stored"
         pending = {item.seq for item in await store.pending(100_000)}
-        unacked = {seq for seq in expected.local if seq > expected.acked_up_to}
+        unacked = {seq for seq in expected.local if seq > expected.ack_intended_up_to}
         assert unacked <= pending, "an unacknowledged edit left the outbox"
         assert all(seq > expected.acked_up_to for seq in pending)
         feed = {item.seq for item in await store.feed_since(0, limit=1_000_000)}
