@@ -78,6 +78,30 @@ class RecordPool:
             )
         )
 
+    def peek(self, record_id: str) -> Record | None:
+        """The record if it is loaded now, else None (nothing is read from the store)."""
+        record = self._records.get(record_id)
+        if record is not None:
+            self._records.move_to_end(record_id)
+        return record
+
+    def load_bytes(self, record_id: str, update: bytes) -> Record:
+        """Build the record from ``update`` (its whole state) and keep it loaded.
+
+        Indexing a record built from bytes takes one pass over its revisions,
+        cheaper than merging the same bytes into an empty record.
+        """
+        return self.adopt(
+            Record.from_update(
+                record_id,
+                update,
+                replica=self.replica,
+                schema=self.schema,
+                clock=self.clock,
+                new_id=self._new_id,
+            )
+        )
+
     async def get_or_empty(self, record_id: str) -> Record:
         """The record, or a new empty one to merge a first received update into."""
         try:

@@ -36,7 +36,7 @@ import random
 import ssl as ssl_module
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from caresync.exceptions import (
     CaresyncError,
     ConnectionLostError,
     InvalidInputError,
+    InvalidUpdateError,
     NotEnrolledError,
     RemoteProtocolError,
     ReplicaRevokedError,
@@ -117,6 +118,10 @@ PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 500
 LIVE_QUEUE_ITEMS = 10_000
 """Live updates received but not yet committed before the reader stops reading."""
+OWN_UPDATES_KEPT = 20_000
+"""Pushed updates remembered, to skip them when the pull brings them back."""
+OWN_UPDATES_BYTES = 32 * 1024 * 1024
+"""Bytes of pushed updates remembered, at most."""
 
 
 class ReplicaState(enum.StrEnum):
@@ -246,8 +251,10 @@ class Replica:
         rulebook: Rulebook,
         limits: SyncLimits | None = None,
         locked: str | None = None,
+        password_hasher: PasswordHasher | None = None,
     ) -> None:
         self.store = store
+        self._hasher = password_hasher if password_hasher is not None else _hasher
         self.identity = identity
         self.rulebook = rulebook
         self.limits = limits or SyncLimits()
@@ -262,6 +269,7 @@ class Replica:
         self._outbox_changed = asyncio.Event()
         self._live = False
         self._last_error: str | None = None
+        self._own_updates = _OwnUpdates()
 
     @classmethod
     async def open(
@@ -271,8 +279,14 @@ class Replica:
         create: bool = True,
         rulebook: Rulebook = DEFAULT_RULEBOOK,
         limits: SyncLimits | None = None,
+        password_hasher: PasswordHasher | None = None,
     ) -> Replica:
-        """Open a laptop database (created unless ``create=False``)."""
+        """Open a laptop database (created unless ``create=False``).
+
+        ``password_hasher`` makes the hash kept for offline login (argon2id with
+        the library's defaults unless given; a simulation may pass cheaper
+        parameters).
+        """
         store = await SQLiteStore.open(path, create=create)
         try:
             identity = await store.get_identity()
@@ -285,7 +299,14 @@ class Replica:
         except BaseException:
             await store.close()
             raise
-        return cls(store, identity, rulebook=rulebook, limits=limits, locked=locked)
+        return cls(
+            store,
+            identity,
+            rulebook=rulebook,
+            limits=limits,
+            locked=locked,
+            password_hasher=password_hasher,
+        )
 
     async def close(self) -> None:
         """Close the local database (stop :meth:`stay_connected` first)."""
@@ -527,7 +548,7 @@ class Replica:
                 f"{username} has never logged in online on this laptop; connect to log in"
             )
         try:
-            _hasher.verify(stored, password)
+            self._hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             raise AuthenticationError(f"wrong password for {username}") from None
 
@@ -715,6 +736,50 @@ class Replica:
             await session.live(stop, attempt)
 
 
+def _merge(record_id: str, updates: list[bytes]) -> bytes:
+    """Several updates of one record as one (bytes only, no document loaded)."""
+    try:
+        return merge_updates(*updates)
+    except ValueError as exc:
+        raise InvalidUpdateError(f"record {record_id}: not a valid update: {exc}") from None
+
+
+class _OwnUpdates:
+    """Update bytes this replica pushed recently, to skip them when pulled back.
+
+    The server relays a pushed update byte for byte, and the laptop stored it
+    before pushing it, so pulling it back changes nothing. Bounded (oldest
+    forgotten first) and in memory only: an update forgotten, or pulled after
+    a restart, is merged as usual, which is merely slower.
+    """
+
+    def __init__(
+        self, max_items: int = OWN_UPDATES_KEPT, max_bytes: int = OWN_UPDATES_BYTES
+    ) -> None:
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._updates: dict[bytes, None] = {}
+
+    def add(self, update: bytes) -> None:
+        if update in self._updates or len(update) > self._max_bytes:
+            return
+        self._updates[update] = None
+        self._bytes += len(update)
+        while len(self._updates) > self._max_items or self._bytes > self._max_bytes:
+            oldest = next(iter(self._updates))
+            del self._updates[oldest]
+            self._bytes -= len(oldest)
+
+    def take(self, update: bytes) -> bool:
+        """True (once) if ``update`` is one of ours."""
+        if update not in self._updates:
+            return False
+        del self._updates[update]
+        self._bytes -= len(update)
+        return True
+
+
 @dataclass(slots=True)
 class _LiveAttempt:
     """What one live connection got to: ONLINE at some point, in its live phase now."""
@@ -826,7 +891,7 @@ class _Session:
         self.protocol.authenticate(username, password, organisation)
         session = await self.expect(Authenticated)
         await self._remember(session)
-        password_hash = await asyncio.to_thread(_hasher.hash, password)
+        password_hash = await asyncio.to_thread(self.replica._hasher.hash, password)
         await self.replica.store.set_meta(_OFFLINE_LOGIN + username, password_hash)
 
     async def resume(self) -> None:
@@ -856,24 +921,50 @@ class _Session:
         )
 
     async def commit_remote(
-        self, updates: Sequence[tuple[str, bytes]], checkpoint: tuple[str, str]
+        self,
+        updates: Sequence[tuple[str, bytes]],
+        checkpoint: tuple[str, str],
+        *,
+        absent: Collection[str] = (),
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one transaction.
 
+        Cost follows the records changed, not the updates received: the updates
+        of one record are merged (bytes only) and taken in at once, so its rules
+        run once per batch; a record that is not loaded is built in one pass
+        from its stored state and the new bytes; an update this laptop pushed
+        itself and now pulls back is already stored and is skipped. Each
+        changed record's conflict rows are committed with its update.
+
         Holds the replica's write lock, so a local edit never interleaves with
         the merge; after a failed commit the records touched are reloaded from
-        disk next time (memory never runs ahead of the store).
+        disk next time (memory never runs ahead of the store). ``absent`` names
+        records known not to be stored here (a first copy's), not looked up.
         """
         replica = self.replica
         pool = replica._pool
+        groups: dict[str, list[bytes]] = {}
+        for record_id, update in updates:
+            if not replica._own_updates.take(update):
+                groups.setdefault(record_id, []).append(update)
         touched: list[str] = []
         async with replica._write_lock:
             try:
+                unloaded = [rid for rid in groups if rid not in absent and pool.peek(rid) is None]
+                # Pipelined: the store's thread answers them back to back.
+                stored = await asyncio.gather(*(replica.store.load(rid) for rid in unloaded))
+                stored_by_id = dict(zip(unloaded, stored, strict=True))
                 items = []
-                for record_id, update in updates:
-                    record = await pool.get_or_empty(record_id)
+                for record_id, parts in groups.items():
+                    update = parts[0] if len(parts) == 1 else _merge(record_id, parts)
                     touched.append(record_id)
-                    record.apply_update(update)
+                    record = pool.peek(record_id)
+                    if record is not None:
+                        record.apply_update(update)
+                    else:
+                        before = stored_by_id.get(record_id)
+                        whole = update if before is None else _merge(record_id, [before, update])
+                        record = pool.load_bytes(record_id, whole)
                     items.append(
                         IncomingUpdate(
                             record_id, update, pool.rows(record), replica.identity.organisation
@@ -885,7 +976,7 @@ class _Session:
                     pool.forget(record_id)
                 raise
         if touched:
-            replica._notify_received(tuple(dict.fromkeys(touched)))
+            replica._notify_received(tuple(touched))
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
         store = self.replica.store
@@ -899,9 +990,13 @@ class _Session:
             if await store.get_meta(_COPY_CHECKPOINT) is None:
                 await store.set_meta(_COPY_CHECKPOINT, str(batch.feed_checkpoint))
             if batch.records:
+                # Records after the resume point are new here, unless this laptop
+                # created them itself: one query instead of a lookup per record.
+                ours = set(await store.record_ids(after=resume))
                 await self.commit_remote(
                     [(rec.record_id, rec.update) for rec in batch.records],
                     checkpoint=(_COPY_RESUME, batch.last_record_id or ""),
+                    absent={r.record_id for r in batch.records} - ours,
                 )
                 copied += len(batch.records)
             resume = batch.last_record_id
@@ -943,6 +1038,8 @@ class _Session:
                 batch.append((item.seq, item.record_id, item.update))
                 size += item_size
             self.protocol.push(batch)
+            for _seq, _record_id, update in batch:
+                self.replica._own_updates.add(update)
             ack = await self.expect(PushAck)
             # Leave the outbox only what the server says it committed.
             dropped = await store.acknowledge(ack.up_to_local_seq)

@@ -36,6 +36,7 @@ from caresync.exceptions import (
 )
 from caresync.pool import RecordPool
 from caresync.protocol import (
+    BATCH_OVERHEAD_BYTES,
     Authenticate,
     CopyRequest,
     Enrol,
@@ -44,10 +45,12 @@ from caresync.protocol import (
     Hello,
     PullRequest,
     PushBatch,
+    PushItem,
     ResumeSession,
     ServerProtocol,
     Subscribe,
 )
+from caresync.records import Record
 from caresync.storage import Identity, IncomingUpdate, SQLiteStore, Store
 from caresync.transport import Channel, WebSocketListener, serve_websockets
 
@@ -66,9 +69,9 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def _verify(password_hash: str, password: str) -> bool:
+def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash, password)
+        return hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -117,8 +120,13 @@ class SyncServer:
         rulebook: Rulebook = DEFAULT_RULEBOOK,
         session_ttl_s: float = SESSION_TTL_S,
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        password_hasher: PasswordHasher | None = None,
     ) -> None:
+        """``password_hasher`` hashes new passwords (argon2id, the library's defaults
+        unless given; a simulation may pass cheaper parameters). Stored hashes are
+        checked with the parameters they were made with."""
         self.store = store
+        self._hasher = password_hasher if password_hasher is not None else _hasher
         self.server_id = server_id
         self.session_ttl_s = session_ttl_s
         self._now_ms = now_ms
@@ -148,7 +156,9 @@ class SyncServer:
 
     async def add_user(self, organisation: str, username: str, password: str) -> None:
         """Create an account (password stored as an argon2id hash)."""
-        password_hash = await asyncio.to_thread(hash_password, password)
+        if not isinstance(password, str) or not password:
+            raise InvalidInputError("a password must be a non-empty string")
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)
         await self.store.add_user(organisation, username, password_hash)
 
     async def revoke(self, replica_id: str) -> None:
@@ -265,7 +275,7 @@ class SyncServer:
         if isinstance(login, Authenticate):
             account = await self.store.get_user(login.organisation, login.username)
             ok = account is not None and await asyncio.to_thread(
-                _verify, account.password_hash, login.password
+                _verify, self._hasher, account.password_hash, login.password
             )
             if not ok:
                 conn.protocol.reject(
@@ -325,10 +335,11 @@ class SyncServer:
             organisation, after=request.after_record_id, limit=request.batch_records
         )
         records: list[tuple[str, bytes]] = []
-        budget = conn.protocol.peer_max_frame_bytes - 4096
+        budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         size = 0
-        for record_id in ids:
-            stored = await self.store.load(record_id)
+        # Pipelined: the store's thread answers the loads back to back.
+        loaded = await asyncio.gather(*(self.store.load(record_id) for record_id in ids))
+        for record_id, stored in zip(ids, loaded, strict=True):
             if stored is None:
                 continue
             if records and size + len(stored) + 64 > budget:
@@ -371,46 +382,56 @@ class SyncServer:
             committed = int(await self.store.get_meta(key) or 0)
             fresh = [item for item in batch.items if item.local_seq > committed]
             if fresh:
-                incoming = []
-                touched = []
-                for item in fresh:
+                await self._commit_push(conn, key, fresh)
+            # Acknowledge only now: the batch is committed (or was, before a resend).
+            conn.protocol.ack_push(batch.items[-1].local_seq)
+
+    async def _commit_push(self, conn: _Connection, key: str, fresh: list[PushItem]) -> None:
+        """Commit pushed items with the replica's high-water mark; fan out what was new.
+
+        Each record's conflict rows are computed once, after all its updates in
+        the batch, and committed with its last one. Called under the commit lock,
+        so fan-out is queued in commit order.
+        """
+        last_of: dict[str, int] = {}
+        # Held here, not looked up again: a large batch may push them out of the pool.
+        records: dict[str, Record] = {}
+        try:
+            for index, item in enumerate(fresh):
+                record = records.get(item.record_id)
+                if record is None:
                     record = await self._pool.get_or_empty(item.record_id)
-                    record.apply_update(item.update)
-                    touched.append(record.record_id)
-                    incoming.append(
-                        IncomingUpdate(
-                            item.record_id,
-                            item.update,
-                            self._pool.rows(record),
-                            conn.organisation,
-                        )
-                    )
-                try:
-                    seqs = await self.store.write_remote(
-                        incoming,
-                        checkpoint=(key, str(fresh[-1].local_seq)),
-                        to_feed=True,
-                    )
-                except CaresyncError:
-                    for record_id in touched:
-                        self._pool.forget(record_id)
-                    raise
-                # Acknowledge only now: the batch is committed. Fan-out is queued
-                # under the commit lock, so every subscriber sees commit order.
-                conn.protocol.ack_push(batch.items[-1].local_seq)
-                self._fan_out(
-                    conn,
-                    [
-                        (seq, item.record_id, item.update)
-                        for seq, item in zip(seqs, fresh, strict=True)
-                    ],
+                    records[item.record_id] = record
+                record.apply_update(item.update)
+                last_of[item.record_id] = index
+            incoming = []
+            for index, item in enumerate(fresh):
+                rows = None
+                if last_of[item.record_id] == index:
+                    rows = self._pool.rows(records[item.record_id])
+                incoming.append(
+                    IncomingUpdate(item.record_id, item.update, rows, conn.organisation)
                 )
-                for hook in self.on_commit:
-                    result = hook(seqs[-1])
-                    if result is not None:
-                        await result
-            else:
-                conn.protocol.ack_push(batch.items[-1].local_seq)
+            seqs = await self.store.write_remote(
+                incoming, checkpoint=(key, str(fresh[-1].local_seq)), to_feed=True
+            )
+        except CaresyncError:
+            for record_id in records:
+                self._pool.forget(record_id)
+            raise
+        # Updates the server held already got no feed entry (seq 0): nothing to relay.
+        entries = [
+            (seq, item.record_id, item.update)
+            for seq, item in zip(seqs, fresh, strict=True)
+            if seq > 0
+        ]
+        if not entries:
+            return
+        self._fan_out(conn, entries)
+        for hook in self.on_commit:
+            result = hook(entries[-1][0])
+            if result is not None:
+                await result
 
     def _fan_out(self, source: _Connection, entries: list[tuple[int, str, bytes]]) -> None:
         for conn in self._connections:
