@@ -327,6 +327,14 @@ def test_record_values_paths_and_refusals(clinic: Clinic) -> None:
         (inproc(set_, db=laptop, r=record_id, path="a//b", who="x"), 2, "a//b"),
         (inproc(set_, db=laptop, r=record_id, path="birthDate", who=" "), 2, "author"),
         (inproc(set_, db=laptop, r=record_id, path="allergies/nope/x", who="x"), 3, "nope"),
+        (inproc(set_, db=laptop, r=record_id, path="_x", who="x"), 2, "reserved"),
+        (
+            inproc(
+                "record set --db {db} {r} big 9007199254740993 --author x", db=laptop, r=record_id
+            ),
+            2,
+            "2**53",
+        ),
         (
             inproc(
                 "record add-entry --db {db} {r} allergies [1] --author x", db=laptop, r=record_id
