@@ -908,8 +908,10 @@ class _Session:
     async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
         replica = self.replica
         replica._set_state(ReplicaState.SYNCHRONISING)
+        await self.report_outbox()  # what waits, even if this round fails
         copied = await self.first_copy(progress)
         uploaded = await self.push()
+        await self.report_outbox()  # what is left
         downloaded = await self.pull()
         await replica.store.set_meta(_LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
         replica._last_error = None
@@ -919,6 +921,14 @@ class _Session:
             conflicts_open=await replica.store.count_conflicts(),
             copied=copied,
         )
+
+    async def report_outbox(self) -> None:
+        """Tell the server what waits in the outbox (protocol version 2 on), for operators."""
+        if self.protocol.can_report_outbox:
+            store = self.replica.store
+            self.protocol.report_outbox(
+                await store.pending_count(), await store.oldest_pending_ms()
+            )
 
     async def commit_remote(
         self,

@@ -43,6 +43,7 @@ from caresync.protocol import (
     ErrorCode,
     Goodbye,
     Hello,
+    OutboxReport,
     PullRequest,
     PushBatch,
     PushItem,
@@ -51,7 +52,7 @@ from caresync.protocol import (
     Subscribe,
 )
 from caresync.records import Record
-from caresync.storage import Identity, IncomingUpdate, SQLiteStore, Store
+from caresync.storage import Identity, IncomingUpdate, ReplicaInfo, SQLiteStore, Store
 from caresync.transport import Channel, WebSocketListener, serve_websockets
 
 __all__ = ["SyncServer", "hash_password"]
@@ -161,6 +162,12 @@ class SyncServer:
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         await self.store.add_user(organisation, username, password_hash)
 
+    async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
+        """Every enrolled replica (of ``organisation``), by id: when each was last seen,
+        whether it is revoked, and what it last reported of its outbox (``pending``
+        changes not yet acknowledged, the oldest made at ``oldest_pending_ms``)."""
+        return await self.store.replicas(organisation)
+
     async def revoke(self, replica_id: str) -> None:
         """Revoke a replica: it is refused, and locks itself, at its next contact."""
         await self.store.revoke_replica(replica_id)
@@ -247,6 +254,8 @@ class SyncServer:
             await self._on_push(conn, event)
         elif isinstance(event, Subscribe):
             await self._on_subscribe(conn, event)
+        elif isinstance(event, OutboxReport):
+            await self._on_outbox_report(conn, event)
         elif isinstance(event, Goodbye):
             return
 
@@ -432,6 +441,17 @@ class SyncServer:
             result = hook(entries[-1][0])
             if result is not None:
                 await result
+
+    async def _on_outbox_report(self, conn: _Connection, report: OutboxReport) -> None:
+        # Kept for operators (``replicas()``): who carries unsynced work, since when.
+        replica_id = conn.protocol.replica_id
+        if replica_id is not None:
+            await self.store.touch_replica(
+                replica_id,
+                self._now_ms(),
+                pending=report.pending,
+                oldest_pending_ms=report.oldest_pending_ms,
+            )
 
     def _fan_out(self, source: _Connection, entries: list[tuple[int, str, bytes]]) -> None:
         for conn in self._connections:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from caresync.protocol import (
+    PROTOCOL_VERSION,
     Authenticate,
     Authenticated,
     ClientProtocol,
@@ -20,6 +21,7 @@ from caresync.protocol import (
     Hello,
     LiveUpdate,
     Message,
+    OutboxReport,
     PullBatch,
     PullRequest,
     PushAck,
@@ -58,6 +60,7 @@ SAMPLES: dict[type[Message], Message] = {
     PushAck: PushAck(1),
     Subscribe: Subscribe(0),
     LiveUpdate: LiveUpdate(1, "a", b"u"),
+    OutboxReport: OutboxReport(3, 1_700_000_000_000),
     Error: Error("busy", "later", False, in_reply_to=PullRequest.TYPE_CODE),
     Goodbye: Goodbye("bye"),
 }
@@ -77,7 +80,7 @@ def sent_messages(proto: SyncProtocol[Any, Any]) -> list[Message]:
     return [decode_frame(frame)[1] for frame in proto.data_to_send()]
 
 
-def frame(message: Message, version: int = 1) -> bytes:
+def frame(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
     """A frame for ``message``, as any peer (well-behaved or not) could send it."""
     return encode_frame(message, version=version)
 

@@ -31,6 +31,7 @@ from caresync.protocol import (
     MAX_SEQ,
     MESSAGE_TYPES,
     MIN_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     Authenticate,
     CopyBatch,
     CopyRecord,
@@ -43,6 +44,7 @@ from caresync.protocol import (
     Hello,
     LiveUpdate,
     Message,
+    OutboxReport,
     PullBatch,
     PullRequest,
     PushAck,
@@ -64,16 +66,18 @@ def raw(version: Any, code: Any, body: Any) -> bytes:
 @pytest.mark.parametrize("message", list(SAMPLES.values()), ids=lambda m: type(m).__name__)
 def test_round_trip(message: Message) -> None:
     data = encode_frame(message)
-    assert decode_frame(data) == (1, message)
-    assert decode_frame(bytearray(data)) == (1, message)
-    assert decode_frame(memoryview(data)) == (1, message)
+    assert decode_frame(data) == (PROTOCOL_VERSION, message)
+    assert decode_frame(bytearray(data)) == (PROTOCOL_VERSION, message)
+    assert decode_frame(memoryview(data)) == (PROTOCOL_VERSION, message)
 
 
 def test_envelope_layout() -> None:
     data = encode_frame(PullRequest(7, 50))
-    assert msgpack.unpackb(data) == [1, 18, {"after_seq": 7, "limit": 50}]
-    data = encode_frame(LiveUpdate(3, "r", b"\x01\x02"))
+    assert msgpack.unpackb(data) == [2, 18, {"after_seq": 7, "limit": 50}]
+    data = encode_frame(LiveUpdate(3, "r", b"\x01\x02"), version=1)
     assert msgpack.unpackb(data) == [1, 23, {"seq": 3, "record_id": "r", "update": b"\x01\x02"}]
+    data = encode_frame(OutboxReport(2, 1234))
+    assert msgpack.unpackb(data) == [2, 24, {"pending": 2, "oldest_pending_ms": 1234}]
 
 
 def test_type_codes_are_unique_small_ints() -> None:

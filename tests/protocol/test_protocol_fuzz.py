@@ -17,6 +17,7 @@ from caresync.exceptions import (
 from caresync.protocol import (
     MAX_ID_LENGTH,
     MESSAGE_TYPES,
+    PROTOCOL_VERSION,
     ClientProtocol,
     ClientState,
     CopyBatch,
@@ -217,7 +218,7 @@ def valid_messages(draw: st.DrawFn) -> Message:
 @FUZZ
 @given(valid_messages())
 def test_round_trip_of_generated_messages(message: Message) -> None:
-    assert decode_frame(encode_frame(message)) == (1, message)
+    assert decode_frame(encode_frame(message)) == (PROTOCOL_VERSION, message)
 
 
 def test_structured_strategy_reaches_every_type() -> None:

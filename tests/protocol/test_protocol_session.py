@@ -33,6 +33,8 @@ from caresync.exceptions import (
 )
 from caresync.protocol import (
     MIN_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Authenticate,
     Authenticated,
     ClientProtocol,
@@ -122,7 +124,7 @@ def test_full_session_enrol_copy_resume_pull_push_live() -> None:
     assert server.state is ServerState.WELCOMED
     pump(server, client)
     [welcome] = client.events_received()
-    assert welcome == Welcome(1, SERVER_ID, server.max_frame_bytes)
+    assert welcome == Welcome(PROTOCOL_VERSION, SERVER_ID, server.max_frame_bytes)
     assert client.state is ClientState.WELCOMED
     assert client.server_id == SERVER_ID
 
@@ -382,7 +384,7 @@ def test_wrong_server_refused_by_the_client_before_anything_moves() -> None:
     client.data_to_send()
     # an impostor (or a server that does not check) welcomes the replica
     with pytest.raises(WrongServerError) as raised:
-        client.receive_data(frame(Welcome(1, "server-b")))
+        client.receive_data(frame(Welcome(PROTOCOL_VERSION, "server-b")))
     assert "server-a" in str(raised.value)
     assert "server-b" in str(raised.value)
     assert client.state is ClientState.FAILED
@@ -417,7 +419,9 @@ def test_wrong_organisation_refused_by_the_client_locally() -> None:
 
 def test_wrong_organisation_refused_by_the_server() -> None:
     server = ServerProtocol(SERVER_ID)
-    server.receive_data(frame(Hello((1,), MIN_MAX_FRAME_BYTES, REPLICA_ID, SERVER_ID, ORG)))
+    server.receive_data(
+        frame(Hello(SUPPORTED_VERSIONS, MIN_MAX_FRAME_BYTES, REPLICA_ID, SERVER_ID, ORG))
+    )
     server.data_to_send()
     with pytest.raises(WrongOrganisationError) as raised:
         server.receive_data(frame(Authenticate(USER, PASSWORD, "clinic-south")))
@@ -427,7 +431,7 @@ def test_wrong_organisation_refused_by_the_server() -> None:
     assert isinstance(error, Error)
     assert error.code == "wrong_organisation"
     assert server.events_received() == [
-        Hello((1,), MIN_MAX_FRAME_BYTES, REPLICA_ID, SERVER_ID, ORG)
+        Hello(SUPPORTED_VERSIONS, MIN_MAX_FRAME_BYTES, REPLICA_ID, SERVER_ID, ORG)
     ]
 
 
@@ -435,7 +439,7 @@ def test_wrong_organisation_in_authenticated_refused_by_the_client() -> None:
     client = enrolled_client()
     client.send_hello()
     client.data_to_send()
-    client.receive_data(frame(Welcome(1, SERVER_ID)))
+    client.receive_data(frame(Welcome(PROTOCOL_VERSION, SERVER_ID)))
     client.authenticate(USER, PASSWORD, ORG)
     client.data_to_send()
     with pytest.raises(WrongOrganisationError):
@@ -477,12 +481,12 @@ def test_revoked_replica() -> None:
 def test_version_mismatch_refused_by_the_server() -> None:
     server = ServerProtocol(SERVER_ID)
     with pytest.raises(SyncRefusedError, match="no protocol version in common") as raised:
-        server.receive_data(frame(Hello((2, 3)), version=3))
+        server.receive_data(frame(Hello((3, 4)), version=3))
     assert not isinstance(raised.value, ProtocolError)
     [error] = sent_messages(server)
     assert isinstance(error, Error)
     assert error.code == "unsupported_version"
-    assert dict(error.detail) == {"client_versions": "2, 3", "server_versions": "1"}
+    assert dict(error.detail) == {"client_versions": "3, 4", "server_versions": "1, 2"}
     # the client side of such a refusal: a SyncRefusedError, whatever the frame's version
     client = ClientProtocol()
     client.send_hello()
@@ -499,7 +503,7 @@ def test_version_negotiation_picks_the_highest_common() -> None:
 
 
 def test_client_refuses_a_version_it_did_not_offer() -> None:
-    client = ClientProtocol()
+    client = ClientProtocol(protocol_versions=(1,))
     client.send_hello()
     client.data_to_send()
     with pytest.raises(RemoteProtocolError, match="did not offer"):
@@ -512,7 +516,7 @@ def test_client_refuses_a_version_it_did_not_offer() -> None:
 def test_frames_after_agreement_must_carry_the_agreed_version() -> None:
     _client, server = ready_pair()
     with pytest.raises(RemoteProtocolError, match="version"):
-        server.receive_data(frame(Goodbye(), version=2))
+        server.receive_data(frame(Goodbye(), version=1))
 
 
 def test_copy_before_enrolment_is_refused_not_enrolled() -> None:

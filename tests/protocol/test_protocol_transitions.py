@@ -41,6 +41,7 @@ from caresync.protocol import (
     Hello,
     LiveUpdate,
     Message,
+    OutboxReport,
     Pseudo,
     PullBatch,
     PullRequest,
@@ -66,6 +67,7 @@ CLIENT_SENDS: dict[type[Message] | Pseudo, Callable[[ClientProtocol], None]] = {
     PullRequest: lambda c: c.request_pull(0),
     PushBatch: lambda c: c.push([(1, "a", b"u")]),
     Subscribe: lambda c: c.subscribe(0),
+    OutboxReport: lambda c: c.report_outbox(1, 5),
     Goodbye: lambda c: c.close(),
     Pseudo.FATAL_ERROR: lambda c: c.reject("internal", "x"),
 }
@@ -375,7 +377,7 @@ def test_server_refuses_to_send_replies_that_do_not_fit() -> None:
 
 def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
-        ClientProtocol(protocol_versions=(2,))
+        ClientProtocol(protocol_versions=(3,))
     with pytest.raises(LocalProtocolError):
         ClientProtocol(protocol_versions=())
     with pytest.raises(LocalProtocolError):

@@ -62,6 +62,7 @@ from caresync.protocol.messages import (
     Hello,
     LiveUpdate,
     Message,
+    OutboxReport,
     PullBatch,
     PullRequest,
     PushAck,
@@ -235,6 +236,19 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         with :func:`~caresync.protocol.codec.item_wire_size`).
         """
         self._send_sync(PushBatch(tuple(PushItem(*item) for item in items)))
+
+    @property
+    def can_report_outbox(self) -> bool:
+        """True once the agreed protocol version (2 on) carries :meth:`report_outbox`."""
+        return self._version is not None and self._version >= OutboxReport.SINCE_VERSION
+
+    def report_outbox(self, pending: int, oldest_pending_ms: int | None) -> None:
+        """Queue OutboxReport: ``pending`` unacknowledged entries, the oldest written then.
+
+        READY, enrolled, and protocol version 2 or later (see
+        :attr:`can_report_outbox`); otherwise LocalProtocolError and nothing queued.
+        """
+        self._send_sync(OutboxReport(pending, oldest_pending_ms))
 
     def subscribe(self, after_seq: int) -> None:
         """Queue Subscribe: the server forwards new feed entries after ``after_seq``."""

@@ -74,6 +74,11 @@ def encode_frame(
         raise LocalProtocolError(f"not a protocol message: {type(message).__name__}")
     if type(version) is not int or not 1 <= version <= MAX_VERSION:
         raise LocalProtocolError(f"protocol version must be an int in [1, {MAX_VERSION}]")
+    if version < message.SINCE_VERSION:
+        raise LocalProtocolError(
+            f"{type(message).__name__} exists from protocol version {message.SINCE_VERSION}; "
+            f"this connection speaks version {version}"
+        )
     try:
         frame = msgpack.packb([version, message.TYPE_CODE, message.to_body()], use_bin_type=True)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -148,6 +153,11 @@ def decode_frame(
         raise RemoteProtocolError(f"unknown message type {code}")
     if version not in SUPPORTED_VERSIONS and not cls.FROZEN_LAYOUT:
         raise RemoteProtocolError(f"{cls.__name__} in unsupported protocol version {version}")
+    if version < cls.SINCE_VERSION:
+        raise RemoteProtocolError(
+            f"{cls.__name__} in protocol version {version}; it exists from version "
+            f"{cls.SINCE_VERSION}"
+        )
     if type(body) is not dict:
         raise RemoteProtocolError(f"{cls.__name__}: the body is not a map")
     expected: tuple[str, ...] = cls.__slots__

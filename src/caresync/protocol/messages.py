@@ -63,6 +63,7 @@ __all__ = [
     "Hello",
     "LiveUpdate",
     "Message",
+    "OutboxReport",
     "PullBatch",
     "PullRequest",
     "PushAck",
@@ -75,11 +76,15 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-"""Every protocol version this caresync speaks, oldest first."""
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+"""Every protocol version this caresync speaks, oldest first.
+
+Version 2 adds :class:`OutboxReport`; everything else is as in version 1, so a
+peer that speaks only version 1 agrees on it and simply never sees one.
+"""
 
 MAX_VERSION = 0xFFFF
 """The largest protocol version number the envelope may carry."""
@@ -259,6 +264,8 @@ class Message:
 
     TYPE_CODE: ClassVar[int]
     FROZEN_LAYOUT: ClassVar[bool] = False
+    SINCE_VERSION: ClassVar[int] = 1
+    """The first protocol version that has this message."""
 
     def to_body(self) -> dict[str, object]:
         """The message's fields as the body map of its envelope."""
@@ -644,6 +651,34 @@ class LiveUpdate(Message):
         _update("LiveUpdate", "update", self.update)
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxReport(Message):
+    """Client → server (protocol version 2 on): how much of its work waits to be pushed.
+
+    Sent once per session, right after login, so the server can show operators
+    which laptops carry unsynced work and since when. ``pending`` counts the
+    outbox entries the server has not acknowledged; ``oldest_pending_ms`` is
+    when the oldest was written (milliseconds since the Unix epoch), ``None``
+    exactly when ``pending`` is 0. No reply.
+    """
+
+    TYPE_CODE: ClassVar[int] = 24
+    SINCE_VERSION: ClassVar[int] = 2
+
+    pending: int
+    oldest_pending_ms: int | None
+
+    def __post_init__(self) -> None:
+        _int("OutboxReport", "pending", self.pending, 0)
+        if self.oldest_pending_ms is not None:
+            _int("OutboxReport", "oldest_pending_ms", self.oldest_pending_ms, 0)
+        if (self.pending == 0) != (self.oldest_pending_ms is None):
+            raise LocalProtocolError(
+                "OutboxReport: oldest_pending_ms is None exactly when pending is 0, got "
+                f"pending={self.pending!r}, oldest_pending_ms={self.oldest_pending_ms!r}"
+            )
+
+
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
 
 # Type codes of the requests an Error may answer (see caresync.protocol.states.REQUESTS).
@@ -762,6 +797,7 @@ MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
         PushAck,
         Subscribe,
         LiveUpdate,
+        OutboxReport,
         Error,
         Goodbye,
     ]

@@ -20,6 +20,7 @@ event                  the shell answers with
 ``PullRequest``        ``send_pull_batch(...)``
 ``PushBatch``          commit, then ``ack_push()`` — never before the commit
 ``Subscribe``          ``send_live_update(...)`` for each new entry, in seq order
+``OutboxReport``       nothing to send; keep it for operators (version 2 on)
 ``Goodbye``            close the websocket
 =====================  ======================================================
 
@@ -72,6 +73,7 @@ from caresync.protocol.messages import (
     Hello,
     LiveUpdate,
     Message,
+    OutboxReport,
     PullBatch,
     PullRequest,
     PushAck,
@@ -99,6 +101,7 @@ ServerEvent = (
     | PullRequest
     | PushBatch
     | Subscribe
+    | OutboxReport
     | Goodbye
 )
 """What :meth:`ServerProtocol.events_received` returns: messages from the client, checked."""

@@ -55,6 +55,7 @@ from caresync.protocol.messages import (
     Hello,
     LiveUpdate,
     Message,
+    OutboxReport,
     PullBatch,
     PullRequest,
     PushAck,
@@ -153,7 +154,7 @@ REQUESTS: Mapping[RequestKind, tuple[type[Message], type[Message]]] = MappingPro
 """Each request kind: (the client's request, the server's reply). One outstanding per kind."""
 
 NEEDS_ENROLMENT: frozenset[type[Message]] = frozenset(
-    {CopyRequest, PullRequest, PushBatch, Subscribe}
+    {CopyRequest, PullRequest, PushBatch, Subscribe, OutboxReport}
 )
 """Messages a client may send only as an enrolled replica."""
 
@@ -198,6 +199,7 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
             (_SEND, PullRequest): _C.READY,
             (_SEND, PushBatch): _C.READY,
             (_SEND, Subscribe): _C.READY,
+            (_SEND, OutboxReport): _C.READY,  # protocol version 2 on; no reply
             (_RECV, Enrolled): _C.READY,
             (_RECV, CopyBatch): _C.READY,
             (_RECV, PullBatch): _C.READY,
@@ -227,6 +229,7 @@ SERVER_TRANSITIONS: Mapping[ServerState, Mapping[tuple[Direction, EventKey], Ser
             (_RECV, PullRequest): _V.READY,
             (_RECV, PushBatch): _V.READY,
             (_RECV, Subscribe): _V.READY,
+            (_RECV, OutboxReport): _V.READY,  # protocol version 2 on; no reply
             (_SEND, Enrolled): _V.READY,
             (_SEND, CopyBatch): _V.READY,
             (_SEND, PullBatch): _V.READY,

@@ -1,0 +1,149 @@
+"""End to end, real parts: outbox reports for operators, relaying only what is new,
+and a pull that skips what the laptop pushed itself and merges per record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
+
+from caresync.protocol import ClientProtocol, PushAck, Welcome
+from caresync.protocol import OutboxReport as Report
+from caresync.replica import Replica
+from caresync.server import SyncServer
+from caresync.transport import connect_websocket
+
+
+class RecordingServer(SyncServer):
+    """A server that also keeps every OutboxReport it received, in order."""
+
+    reports: list[tuple[str, int, int | None]]
+
+    async def _on_outbox_report(self, conn: object, report: Report) -> None:  # type: ignore[override]
+        self.reports.append(
+            (conn.protocol.replica_id or "", report.pending, report.oldest_pending_ms)  # type: ignore[attr-defined]
+        )
+        await super()._on_outbox_report(conn, report)  # type: ignore[arg-type]
+
+
+async def test_a_laptop_reports_its_outbox_and_operators_see_it(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, server_class=RecordingServer)
+    assert isinstance(server, RecordingServer)
+    server.reports = []
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        [info] = await server.replicas()
+        assert (info.replica_id, info.pending, info.oldest_pending_ms) == (
+            laptop.replica_id,
+            0,
+            None,
+        )
+        server.reports.clear()
+        # Offline work: two edits wait in the outbox.
+        record_id = await laptop.create_record()
+        await laptop.set(record_id, "birthDate", "1990-01-01", author="dr.a")
+        oldest = await laptop.store.oldest_pending_ms()
+        assert oldest is not None
+        await laptop.sync()
+        # Reported when the session started (2 waiting), then after the push (none left).
+        assert server.reports == [(laptop.replica_id, 2, oldest), (laptop.replica_id, 0, None)]
+        [info] = await server.replicas("clinic-a")
+        assert (info.pending, info.oldest_pending_ms) == (0, None)
+        assert info.last_seen_ms is not None
+        assert await server.replicas("clinic-b") == []
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_push_of_updates_the_server_holds_relays_and_reports_nothing(
+    tmp_path: Path,
+) -> None:
+    """A batch that adds nothing gets no feed entry, no fan-out, no on_commit(0)."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    committed: list[int] = []
+    server.on_commit.append(committed.append)
+    try:
+        record_id = await laptop.create_record()
+        [pending] = await laptop.store.pending(10)
+        await laptop.sync()
+        assert len(committed) == 1
+        assert committed[0] > 0
+        head = await server.store.feed_head()
+
+        # The same bytes again under a new local sequence number, as a replica
+        # restored from an export would send them.
+        token = await laptop.store.get_meta("session.token")
+        assert token is not None
+        identity = laptop.identity
+        protocol = ClientProtocol(
+            replica_id=identity.replica_id,
+            server_id=identity.server_id,
+            organisation=identity.organisation,
+        )
+        channel = await connect_websocket(server.url)
+        try:
+            protocol.send_hello()
+            for frame in protocol.data_to_send():
+                await channel.send(frame)
+            protocol.receive_data(await channel.recv())
+            assert any(isinstance(e, Welcome) for e in protocol.events_received())
+            protocol.resume_session(token)
+            for frame in protocol.data_to_send():
+                await channel.send(frame)
+            protocol.receive_data(await channel.recv())
+            protocol.events_received()
+            protocol.push([(pending.seq + 100, record_id, pending.update)])
+            for frame in protocol.data_to_send():
+                await channel.send(frame)
+            protocol.receive_data(await channel.recv())
+            [ack] = protocol.events_received()
+            assert ack == PushAck(pending.seq + 100)
+        finally:
+            await channel.close()
+        assert committed == committed[:1]  # no hook call, in particular none with seq 0
+        assert await server.store.feed_head() == head
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_pulling_many_updates_of_one_record_and_our_own_converges(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    a = await enrolled(tmp_path, server, "a")
+    b = await enrolled(tmp_path, server, "b", user="dr.b")
+    try:
+        record_id = await a.create_record()
+        for day in range(1, 21):  # 21 updates of one record in the feed
+            await a.set(record_id, "birthDate", f"1990-01-{day:02d}", author="dr.a")
+        await a.sync()
+        assert (await b.sync()).downloaded == 21
+        assert (await b.record(record_id)).value("birthDate") == "1990-01-20"
+        # Offline on both: more on A, one concurrent value on B.
+        for day in range(21, 26):
+            await a.set(record_id, "birthDate", f"1990-01-{day:02d}", author="dr.a")
+        await b.set(record_id, "birthDate", "1991-01-01", author="dr.b")
+        await a.sync()
+        report = await b.sync()  # A's 5 in one batch, and its own pushed update back
+        assert (report.uploaded, report.downloaded) == (1, 6)
+        await a.sync()
+        for laptop in (a, b):
+            view = await laptop.record(record_id)
+            assert {r.value for r in view.history("birthDate")} >= {"1990-01-25", "1991-01-01"}
+        conflicts_a, conflicts_b = await a.conflicts(), await b.conflicts()
+        assert len(conflicts_a) == 1
+        assert conflicts_a == conflicts_b
+        assert await a.store.count_conflicts() == await b.store.count_conflicts() == 1
+        # A fresh laptop's first copy holds the same record and the same conflict.
+        c = await Replica.open(tmp_path / "c.db")
+        try:
+            await c.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+            assert await c.conflicts() == conflicts_a
+            assert (await c.fields(record_id)) == (await a.fields(record_id))
+        finally:
+            await c.close()
+    finally:
+        await a.close()
+        await b.close()
+        await server.close()
