@@ -17,7 +17,7 @@ from rich.table import Table
 
 from caresync.cli.common import add_db, add_json, author, parse_value, run
 from caresync.cli.databases import open_laptop, open_reader
-from caresync.cli.output import Output
+from caresync.cli.output import Output, cells
 
 __all__ = ["register"]
 
@@ -162,7 +162,7 @@ def _render_list(console: Console, data: Mapping[str, Any]) -> None:
             table.add_column(column, overflow="fold")
         for n, cand in enumerate(c["candidates"]):
             table.add_row(
-                str(n), repr_value(cand["value"]), cand["author"], cand["replica"], cand["at"]
+                *cells(n, repr_value(cand["value"]), cand["author"], cand["replica"], cand["at"])
             )
         console.print(table)
 

@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
-__all__ = ["Output", "Renderer", "iso_ms", "to_json"]
+__all__ = ["Output", "Renderer", "cells", "iso_ms", "to_json"]
 
 _PIPE_WIDTH = 200
 
@@ -29,6 +30,11 @@ def iso_ms(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def cells(*values: object) -> list[Text]:
+    """Table cells shown as given: a value like ``[red]`` is data, not rich markup."""
+    return [Text("-" if value is None else str(value)) for value in values]
 
 
 def to_json(data: Mapping[str, Any]) -> str:

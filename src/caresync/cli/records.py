@@ -13,7 +13,7 @@ from rich.table import Table
 from caresync.cli.common import add_db, add_json, author, parse_value, run, text
 from caresync.cli.databases import open_laptop, open_reader
 from caresync.cli.errors import CliError
-from caresync.cli.output import Output
+from caresync.cli.output import Output, cells
 from caresync.conflicts import Candidate, RecordView
 from caresync.records import FieldState
 
@@ -212,7 +212,7 @@ def _render_show(console: Console, data: Mapping[str, Any]) -> None:
             )
         else:
             shown = _short(value)
-        table.add_row(path, shown)
+        table.add_row(*cells(path, shown))
     console.print(table)
     conflicts = data["conflicts"]
     console.print(f"{len(conflicts)} open conflict(s)", markup=False)

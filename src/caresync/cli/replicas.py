@@ -20,7 +20,7 @@ from rich.table import Table
 from caresync.cli.common import add_db, add_json, run, text
 from caresync.cli.databases import open_server_store
 from caresync.cli.errors import CliError, ExitCode
-from caresync.cli.output import Output, iso_ms
+from caresync.cli.output import Output, cells, iso_ms
 from caresync.storage import ReplicaInfo
 
 __all__ = ["register", "replica_report"]
@@ -150,12 +150,14 @@ def _render_list(console: Console, data: Mapping[str, Any]) -> None:
             else ("STALE: " + ", ".join(row["reasons"]) if row["stale"] else "ok")
         )
         table.add_row(
-            row["replica_id"],
-            row["org"],
-            _when(row["last_seen"], row["last_seen_age_h"]),
-            "-" if row["pending"] is None else str(row["pending"]),
-            _when(row["oldest_pending"], row["oldest_pending_age_h"]),
-            state,
+            *cells(
+                row["replica_id"],
+                row["org"],
+                _when(row["last_seen"], row["last_seen_age_h"]),
+                "-" if row["pending"] is None else str(row["pending"]),
+                _when(row["oldest_pending"], row["oldest_pending_age_h"]),
+                state,
+            )
         )
     console.print(table)
     console.print(

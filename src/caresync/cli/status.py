@@ -11,7 +11,7 @@ from rich.table import Table
 
 from caresync.cli.common import add_db, add_json, run
 from caresync.cli.databases import LaptopReader, Reader, ServerReader, open_reader
-from caresync.cli.output import Output
+from caresync.cli.output import Output, cells
 
 __all__ = ["register", "status_of"]
 
@@ -97,5 +97,5 @@ def _render(console: Console, data: Mapping[str, Any]) -> None:
     for key, value in data.items():
         if value is None and key in ("server_url", "state", "copy_age_s", "org"):
             continue
-        table.add_row(key, "-" if value is None else str(value))
+        table.add_row(*cells(key, value))
     console.print(table)
