@@ -401,6 +401,7 @@ def test_export_and_import_unsynced_changes(clinic: Clinic) -> None:
 def test_replicas_lists_laptops_and_flags_stale_ones(clinic: Clinic) -> None:
     laptop = clinic.enrol("watched")
     me = status(laptop)["replica_id"]
+    new_record(laptop)
     inproc("sync --db {db}", db=laptop).ok()  # enrolment alone is not "seen"
     fresh = sh("replicas --db {db} --org clinic-a --json", db=clinic.db)
     assert fresh.code == 0, fresh.stderr
@@ -409,6 +410,8 @@ def test_replicas_lists_laptops_and_flags_stale_ones(clinic: Clinic) -> None:
     assert rows[me]["org"] == "clinic-a"
     assert not rows[me]["stale"]
     assert rows[me]["last_seen"] is not None
+    assert rows[me]["pending"] == 0  # what the laptop reported of its outbox after its push
+    assert rows[me]["oldest_pending"] is None
     assert listed["stale"] == 0
     assert all(row["org"] == "clinic-a" for row in rows.values())
 
