@@ -1,0 +1,674 @@
+"""Sync beside the peer (pycrdt-websocket 0.16 with pycrdt-store's SQLite store), one run.
+
+Each server runs in a process of its own (``benchmarks/sync_peer.py``); the laptops
+run in this process, so the server and its clients have a core each. Every case:
+
+* **first copy**, persisted on the laptop: caresync ``Replica.enrol`` into a new
+  SQLite file, timed from the end of the login to the last batch committed (the
+  login, an argon2id check, is reported apart); the peer: a new ``Doc`` joins the
+  room holding every record, timed until it is synced and its state written to
+  the laptop's own ``SQLiteYStore``;
+* **incremental sync** with 1% of the records changed by another client: caresync
+  ``Replica.sync`` (log in with the session, push nothing, pull, commit); the
+  peer: the laptop's ``Doc`` reconnects and exchanges state vectors, then writes
+  what it received;
+* **latency to 50 laptops**: one client writes, 50 subscribed clients receive;
+  each delivery is a sample (edit sent → update received), and the time until the
+  last of the 50 has it;
+* **sustained edits/s with 50 laptops writing at once**: each laptop makes edits
+  at a fixed rate and every laptop receives everyone's; caresync laptops push all
+  edits made since their last acknowledgement in one batch, like ``Replica`` does;
+  then the server is stopped while the laptops are still writing, and its
+  database is counted: every acknowledged edit must be there;
+* **server memory** (resident, now and peak) after the first copy of 100,000.
+
+Laptops in the 50-laptop cases are protocol clients with edits prepared beforehand
+(caresync: ``ClientProtocol`` over a websocket; the peer: ``Doc`` + ``Provider``),
+so the numbers are the servers' and the protocols', not 50 laptop databases'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pycrdt import Doc, Map, Provider
+
+from benchmarks.common import parse_args, write_results
+from benchmarks.sync_peer import connect_peer, peer_store
+from caresync import Record
+from caresync.protocol import (
+    Authenticated,
+    ClientProtocol,
+    Enrolled,
+    LiveUpdate,
+    PushAck,
+    Welcome,
+)
+from caresync.replica import Replica, ReplicaState
+from caresync.server import SyncServer
+from caresync.storage import IncomingUpdate
+from caresync.transport import Channel, connect_websocket
+
+ORG = "clinic"
+USER = "dr.bench"
+PASSWORD = "a long benchmark passphrase"
+LIMIT_S = 600.0  # no wait in this benchmark may exceed this
+
+
+# --------------------------------------------------------------------------- data
+
+
+def patient(i: int) -> tuple[str, bytes]:
+    """One patient record as caresync stores it (5 fields and an allergy: 8 revisions)."""
+    record = Record.create(replica="clinic-import")
+    record.set("name", f"Patient {i}", author="import")
+    record.set("birthDate", f"19{50 + i % 50}-0{1 + i % 9}-1{i % 10}", author="import")
+    record.set("gender", "female" if i % 2 else "male", author="import")
+    record.set("address/city", "Dakar", author="import")
+    record.add_entry(
+        "allergies", {"substance": "penicillin", "criticality": "high"}, author="import"
+    )
+    return record.record_id, record.update_since()
+
+
+def peer_record(records: Map[Any], rid: str, i: int) -> None:
+    """The same patient in the peer's one document: a map of fields per record."""
+    records[rid] = Map(
+        {
+            "name": f"Patient {i}",
+            "birthDate": f"19{50 + i % 50}-0{1 + i % 9}-1{i % 10}",
+            "gender": "female" if i % 2 else "male",
+            "city": "Dakar",
+            "allergy": "penicillin/high",
+        }
+    )
+
+
+async def build_caresync_server(db: Path, records: list[tuple[str, bytes]]) -> None:
+    server = await SyncServer.open(db)
+    await server.add_user(ORG, USER, PASSWORD)
+    for start in range(0, len(records), 2000):
+        await server.store.write_remote(
+            [IncomingUpdate(rid, data, (), ORG) for rid, data in records[start : start + 2000]],
+            to_feed=True,
+        )
+    await server.close()
+
+
+async def build_peer_server(db: Path, ids: list[str]) -> None:
+    doc: Doc = Doc()
+    records = doc.get("records", type=Map)
+    with doc.transaction():
+        for i, rid in enumerate(ids):
+            peer_record(records, rid, i)
+    async with peer_store(db) as store:
+        await store.write(doc.get_update())
+
+
+class Counted:
+    """Counts calls and wakes waiters on each: wait for an event, never for the clock."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._event = asyncio.Event()
+
+    def __call__(self, _event: object) -> None:
+        self.count += 1
+        self._event.set()
+
+    async def wait_until(self, done: Any) -> None:
+        async with asyncio.timeout(LIMIT_S):
+            while True:
+                self._event.clear()
+                if done():
+                    return
+                await self._event.wait()
+
+    async def wait_for(self, count: int) -> None:
+        await self.wait_until(lambda: self.count >= count)
+
+
+# ------------------------------------------------------------------------ servers
+
+
+class ServerProcess:
+    """A server in a process of its own (see benchmarks/sync_peer.py)."""
+
+    def __init__(self, kind: str, db: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.sync_peer", kind, str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+        )
+        self.port = int(self._line()["port"])
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def _line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the benchmark server exited early")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def stats(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return await asyncio.to_thread(self._line)
+
+    async def stop(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        final = await asyncio.to_thread(self._line)
+        await asyncio.to_thread(self.proc.wait, 60)
+        return final
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def running(kind: str, db: Path) -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(kind, db)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# ---------------------------------------------------------------- caresync clients
+
+
+@dataclass
+class RawLaptop:
+    """A caresync laptop as a bare protocol client: push prepared edits, receive live ones."""
+
+    channel: Channel
+    protocol: ClientProtocol
+    events: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    received: list[float] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+    on_live: Counted | None = None
+
+    @classmethod
+    async def join(cls, url: str, token: str | None) -> tuple[RawLaptop, str]:
+        """Connect, log in (password, or the session ``token``) and enrol a new replica."""
+        laptop = cls(await connect_websocket(url), ClientProtocol())
+        laptop.reader = asyncio.create_task(laptop._read())
+        laptop.protocol.send_hello()
+        await laptop.expect(Welcome)
+        if token is None:
+            laptop.protocol.authenticate(USER, PASSWORD, ORG)
+        else:
+            laptop.protocol.resume_session(token)
+        session = await laptop.expect(Authenticated)
+        laptop.protocol.enrol("bench")
+        await laptop.expect(Enrolled)
+        return laptop, session.session_token
+
+    async def flush(self) -> None:
+        for frame in self.protocol.data_to_send():
+            await self.channel.send(frame)
+
+    async def _read(self) -> None:
+        while True:
+            frame = await self.channel.recv()
+            self.protocol.receive_data(frame)
+            for event in self.protocol.events_received():
+                if isinstance(event, LiveUpdate):
+                    self.received.append(time.perf_counter())
+                    if self.on_live is not None:
+                        self.on_live(event)
+                else:
+                    self.events.put_nowait(event)
+
+    async def expect(self, kind: type[Any]) -> Any:
+        await self.flush()
+        async with asyncio.timeout(LIMIT_S):
+            event = await self.events.get()
+        if not isinstance(event, kind):
+            raise RuntimeError(f"expected {kind.__name__}, got {event!r}")
+        return event
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+        await self.channel.close()
+
+
+async def raw_laptops(url: str, count: int) -> list[RawLaptop]:
+    first, token = await RawLaptop.join(url, None)
+    rest = [(await RawLaptop.join(url, token))[0] for _ in range(count - 1)]
+    return [first, *rest]
+
+
+class EditMaker:
+    """Prepared edits of one record: each a caresync update of one field."""
+
+    def __init__(self, replica: str) -> None:
+        self.record = Record.create(replica=replica)
+        self.updates = [self.record.update_since()]
+        self.record.on_update(lambda update, local: self.updates.append(update))
+
+    def make(self, count: int) -> list[tuple[str, bytes]]:
+        for n in range(count):
+            self.record.set("birthDate", f"edit {n}", author="dr")
+        return [(self.record.record_id, u) for u in self.updates]
+
+
+# ------------------------------------------------------------------ peer clients
+
+
+async def peer_join(port: int, doc: Doc | None = None) -> tuple[Doc, Provider, asyncio.Task[None]]:
+    """A peer client: a Doc joined to the room, synced once this returns."""
+    doc = doc if doc is not None else Doc()
+    provider = Provider(doc, await connect_peer(port))
+    started = asyncio.Event()
+
+    async def run() -> None:
+        async with provider:
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    task = asyncio.create_task(run())
+    async with asyncio.timeout(LIMIT_S):
+        await started.wait()
+        await provider.synced.wait()
+    return doc, provider, task
+
+
+async def peer_leave(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def peer_rows(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM yupdates").fetchone()[0])
+
+
+# ----------------------------------------------------------------------- cases
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def copy_cases(
+    work: Path, n: int, changed: int, ids_data: list[tuple[str, bytes]]
+) -> list[dict[str, Any]]:
+    """First copy of ``n`` records, then an incremental sync with ``changed`` of them changed."""
+    cases: list[dict[str, Any]] = []
+    # caresync
+    sdb = work / f"cs-server-{n}.db"
+    await build_caresync_server(sdb, ids_data)
+    async with running("caresync", sdb) as server:
+        laptop = await Replica.open(work / f"cs-laptop-{n}.db")
+        marks: dict[str, float] = {}
+        laptop.on_status(
+            lambda s: (
+                marks.setdefault("copy", time.perf_counter())
+                if s is ReplicaState.SYNCHRONISING
+                else None
+            )
+        )
+        start = time.perf_counter()
+        await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
+        end = time.perf_counter()
+        assert await laptop.store.count_records() == n
+        memory = await server.stats()
+        cases.append(
+            {
+                "case": f"first copy of {n} records, persisted",
+                "system": "caresync",
+                "seconds": round(end - marks["copy"], 3),
+                "login_seconds": round(marks["copy"] - start, 3),
+                "server_rss_mb": round(memory["VmRSS"] / 1024, 1),
+                "server_peak_rss_mb": round(memory["VmHWM"] / 1024, 1),
+            }
+        )
+        # 1% changed by another client, then the laptop syncs.
+        editor, _token = await RawLaptop.join(server.url, None)
+        rng = random.Random(n)
+        chosen = rng.sample(ids_data, changed)
+        edits = []
+        for rid, data in chosen:
+            record = Record.from_update(rid, data, replica="editor")
+            before = record.state_vector()
+            record.set("address/city", "Thiès", author="dr.edit")
+            edits.append((rid, record.update_since(before)))
+        for start_i in range(0, len(edits), 500):
+            batch = edits[start_i : start_i + 500]
+            editor.protocol.push([(start_i + k + 1, rid, u) for k, (rid, u) in enumerate(batch)])
+            await editor.expect(PushAck)
+        await editor.close()
+        t0 = time.perf_counter()
+        report = await laptop.sync()
+        seconds = time.perf_counter() - t0
+        assert report.downloaded == changed, report
+        cases.append(
+            {
+                "case": f"incremental sync, {changed} of {n} records changed",
+                "system": "caresync",
+                "seconds": round(seconds, 3),
+            }
+        )
+        await laptop.close()
+        await server.stop()
+    # the peer
+    pdb = work / f"peer-server-{n}.db"
+    await build_peer_server(pdb, [rid for rid, _ in ids_data])
+    async with running("peer", pdb) as server:
+        t0 = time.perf_counter()
+        doc, _provider, task = await peer_join(server.port)
+        laptop_store = peer_store(work / f"peer-laptop-{n}.db")
+        async with laptop_store:
+            await laptop_store.write(doc.get_update())
+            seconds = time.perf_counter() - t0
+            await peer_leave(task)
+            memory = await server.stats()
+            cases.append(
+                {
+                    "case": f"first copy of {n} records, persisted",
+                    "system": "peer",
+                    "seconds": round(seconds, 3),
+                    "server_rss_mb": round(memory["VmRSS"] / 1024, 1),
+                    "server_peak_rss_mb": round(memory["VmHWM"] / 1024, 1),
+                }
+            )
+            # 1% changed by another client while the laptop is away; a witness
+            # client receiving them all shows the room merged them.
+            editor_doc, _p, editor_task = await peer_join(server.port)
+            witness_doc, _w, witness_task = await peer_join(server.port)
+            seen = Counted()
+            witness_doc.observe(seen)
+            records = editor_doc.get("records", type=Map)
+            for rid, _data in chosen:
+                records[rid]["city"] = "Thiès"  # one transaction (one update) per edit
+            await seen.wait_for(changed)
+            await peer_leave(editor_task)
+            await peer_leave(witness_task)
+            before = doc.get_state()
+            t0 = time.perf_counter()
+            _doc, _provider, task = await peer_join(server.port, doc)
+            await laptop_store.write(doc.get_update(before))
+            seconds = time.perf_counter() - t0
+            await peer_leave(task)
+            got = doc.get("records", type=Map)
+            assert all(got[rid]["city"] == "Thiès" for rid, _ in chosen)
+        cases.append(
+            {
+                "case": f"incremental sync, {changed} of {n} records changed",
+                "system": "peer",
+                "seconds": round(seconds, 3),
+            }
+        )
+        await server.stop()
+    return cases
+
+
+async def latency_cases(work: Path, laptops: int, edits: int) -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = []
+    sdb = work / "cs-latency.db"
+    await build_caresync_server(sdb, [])
+    async with running("caresync", sdb) as server:
+        clients = await raw_laptops(server.url, laptops + 1)
+        writer, readers = clients[0], clients[1:]
+        arrived = Counted()
+        for reader in readers:
+            reader.on_live = arrived
+            reader.protocol.subscribe(0)
+            await reader.flush()
+        maker = EditMaker("writer")
+        prepared = maker.make(edits)
+        samples: list[float] = []
+        last: list[float] = []
+        for seq, (rid, update) in enumerate(prepared, start=1):
+            counts = [len(r.received) for r in readers]
+            t0 = time.perf_counter()
+            writer.protocol.push([(seq, rid, update)])
+            await writer.flush()
+            await arrived.wait_until(
+                lambda counts=counts: all(
+                    len(r.received) > c for r, c in zip(readers, counts, strict=True)
+                )
+            )
+            await writer.expect(PushAck)
+            arrivals = [r.received[c] - t0 for r, c in zip(readers, counts, strict=True)]
+            samples.extend(arrivals)
+            last.append(max(arrivals))
+        for client in clients:
+            await client.close()
+        await server.stop()
+    cases.append(latency_case("caresync", laptops, samples, last))
+    # the peer
+    pdb = work / "peer-latency.db"
+    await build_peer_server(pdb, [])
+    async with running("peer", pdb) as server:
+        joined = [await peer_join(server.port) for _ in range(laptops + 1)]
+        writer_doc = joined[0][0]
+        stamps: list[list[float]] = [[] for _ in range(laptops)]
+        arrived = Counted()
+
+        def stamp(k: int) -> None:
+            stamps[k].append(time.perf_counter())
+            arrived(None)
+
+        for k, (doc, _p, _t) in enumerate(joined[1:]):
+            doc.observe(lambda _e, k=k: stamp(k))
+        records = writer_doc.get("records", type=Map)
+        samples, last = [], []
+        for n in range(edits):
+            counts = [len(s) for s in stamps]
+            t0 = time.perf_counter()
+            records[f"r{n}"] = "edit"
+            await arrived.wait_until(
+                lambda counts=counts: all(len(s) > c for s, c in zip(stamps, counts, strict=True))
+            )
+            arrivals = [s[c] - t0 for s, c in zip(stamps, counts, strict=True)]
+            samples.extend(arrivals)
+            last.append(max(arrivals))
+        for _doc, _p, task in joined:
+            await peer_leave(task)
+        await server.stop()
+    cases.append(latency_case("peer", laptops, samples, last))
+    return cases
+
+
+def latency_case(
+    system: str, laptops: int, samples: list[float], last: list[float]
+) -> dict[str, Any]:
+    return {
+        "case": f"latency of an edit reaching {laptops} connected laptops",
+        "system": system,
+        "median_ms": round(statistics.median(samples) * 1000, 2),
+        "p99_ms": round(pct(samples, 0.99) * 1000, 2),
+        "last_laptop_median_ms": round(statistics.median(last) * 1000, 2),
+        "last_laptop_p99_ms": round(pct(last, 0.99) * 1000, 2),
+        "samples": len(samples),
+    }
+
+
+async def pace(rate: float, seconds: float, on_tick: Any) -> None:
+    """Call ``on_tick(count)`` every 10 ms with the edits due since the last tick."""
+    start = time.perf_counter()
+    made = 0
+    while (now := time.perf_counter()) - start < seconds:
+        due = int((now - start) * rate) - made
+        if due > 0:
+            await on_tick(due)
+            made += due
+        await asyncio.sleep(0.01)  # load generation at a fixed rate, not a wait for an event
+
+
+async def throughput_cases(
+    work: Path, laptops: int, rate: float, seconds: float
+) -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = []
+    per_laptop = int(rate * seconds * 1.5) + 10
+    sdb = work / "cs-throughput.db"
+    await build_caresync_server(sdb, [])
+    async with running("caresync", sdb) as server:
+        clients = await raw_laptops(server.url, laptops)
+        for client in clients:
+            client.protocol.subscribe(0)
+            await client.flush()
+        made = [0] * laptops
+        acked = [0] * laptops
+        wake = [asyncio.Event() for _ in range(laptops)]
+        prepared = [EditMaker(f"l{i}").make(per_laptop) for i in range(laptops)]
+
+        async def pusher(i: int, stop: asyncio.Event) -> None:
+            client = clients[i]
+            while not stop.is_set():
+                if made[i] > acked[i]:
+                    batch = [(seq + 1, *prepared[i][seq]) for seq in range(acked[i], made[i])]
+                    client.protocol.push(batch)
+                    ack = await client.expect(PushAck)
+                    acked[i] = ack.up_to_local_seq
+                else:
+                    wake[i].clear()
+                    await wake[i].wait()  # set by the writer when it makes an edit
+
+        async def writer(i: int) -> None:
+            async def tick(due: int) -> None:
+                made[i] = min(per_laptop, made[i] + due)
+                wake[i].set()
+
+            await pace(rate, seconds, tick)
+
+        stop = asyncio.Event()
+        pushers = [asyncio.create_task(pusher(i, stop)) for i in range(laptops)]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer(i) for i in range(laptops)))
+        # Stop the server while the laptops are still pushing.
+        acked_at_stop = list(acked)
+        elapsed = time.perf_counter() - t0
+        await server.stop()
+        stop.set()
+        for event in wake:
+            event.set()
+        for task in pushers:
+            task.cancel()
+        await asyncio.gather(*pushers, return_exceptions=True)
+        for client in clients:
+            await client.close()
+    received = sum(len(c.received) for c in clients)
+    with contextlib.closing(sqlite3.connect(sdb)) as conn:
+        stored = {bytes(r[0]) for r in conn.execute("SELECT data FROM feed")}
+    acked_total = sum(acked)
+    lost = sum(
+        1 for i in range(laptops) for seq in range(acked[i]) if prepared[i][seq][1] not in stored
+    )
+    cases.append(
+        {
+            "case": f"sustained edits/s, {laptops} laptops writing at once",
+            "system": "caresync",
+            "offered_per_s": round(rate * laptops),
+            "acknowledged_per_s": round(sum(acked_at_stop) / elapsed),
+            "persisted_per_s": round(sum(acked_at_stop) / elapsed),
+            "delivered_live_per_s": round(received / elapsed),
+            "made": sum(made),
+            "acknowledged": acked_total,
+            "acknowledged_then_lost_at_stop": lost,
+            "unacknowledged_kept_in_outboxes": sum(made) - acked_total,
+        }
+    )
+    # the peer
+    pdb = work / "peer-throughput.db"
+    await build_peer_server(pdb, [])
+    async with running("peer", pdb) as server:
+        joined = [await peer_join(server.port) for _ in range(laptops)]
+        base_rows = peer_rows(pdb)
+        got = [0] * laptops
+        for k, (doc, _p, _t) in enumerate(joined):
+            doc.observe(lambda _e, k=k: got.__setitem__(k, got[k] + 1))
+        made = [0] * laptops
+
+        async def peer_writer(i: int) -> None:
+            records = joined[i][0].get("records", type=Map)
+
+            async def tick(due: int) -> None:
+                for _ in range(due):
+                    made[i] += 1
+                    records[f"l{i}-{made[i] % 50}"] = made[i]  # one update per edit
+
+            await pace(rate, seconds, tick)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(peer_writer(i) for i in range(laptops)))
+        elapsed = time.perf_counter() - t0
+        final = await server.stop()
+        for _doc, _p, task in joined:
+            await peer_leave(task)
+    persisted = peer_rows(pdb) - base_rows
+    own = sum(made)
+    cases.append(
+        {
+            "case": f"sustained edits/s, {laptops} laptops writing at once",
+            "system": "peer",
+            "offered_per_s": round(rate * laptops),
+            "merged_by_server_per_s": round(final["merged"] / elapsed),
+            "persisted_per_s": round(persisted / elapsed),
+            "delivered_live_per_s": round((sum(got) - own) / elapsed),
+            "made": own,
+            "merged_by_server": final["merged"],
+            "persisted": persisted,
+            "merged_then_lost_at_stop": final["merged"] - persisted,
+        }
+    )
+    return cases
+
+
+async def run(tiny: bool) -> list[dict[str, Any]]:
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    try:
+        sizes = [(20, 2), (50, 5)] if tiny else [(10_000, 100), (100_000, 1_000)]
+        largest = max(n for n, _ in sizes)
+        data = [patient(i) for i in range(largest)]
+        cases: list[dict[str, Any]] = []
+        for n, changed in sizes:
+            cases.extend(await copy_cases(work, n, changed, data[:n]))
+        laptops = 3 if tiny else 50
+        cases.extend(await latency_cases(work, laptops, 5 if tiny else 200))
+        cases.extend(
+            await throughput_cases(work, laptops, 20 if tiny else 100, 0.5 if tiny else 5.0)
+        )
+        return cases
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv, "sync")
+    cases = asyncio.run(run(args.tiny))
+    write_results(args.out, "sync", cases)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
