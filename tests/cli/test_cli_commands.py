@@ -354,11 +354,22 @@ def test_record_values_paths_and_refusals(clinic: Clinic) -> None:
     assert digest(laptop) == before
 
 
-def test_the_running_servers_database_is_refused_for_writes(clinic: Clinic) -> None:
-    added = inproc("user add --db {db} --org clinic-a --username dr.z", db=clinic.db)
-    refused(added, 4, "in use")
-    refused(inproc("replica revoke --db {db} replica-x", db=clinic.db), 4, "in use")
+def test_the_running_servers_database_takes_account_changes_only(clinic: Clinic) -> None:
     refused(inproc("record new --db {db} --author x", db=clinic.db), 4, "in use")
+    # Accounts change beside the running server, and it honours them at once.
+    sh("user add --db {db} --org clinic-a --username dr.z", db=clinic.db).ok()
+    laptop = clinic.enrol("laptop-of-dr-z", username="dr.z")
+    status = sh("status --db {db} --json", db=laptop).ok().json()
+    sh(
+        "user passwd --db {db} --org clinic-a --username dr.z", db=clinic.db, password="new-pw-9"
+    ).ok()
+    refused(
+        sh("sync --db {db} --username dr.z", db=laptop), 5, "password"
+    )  # the old password no longer logs in
+    sh("sync --db {db} --username dr.z", db=laptop, password="new-pw-9").ok()
+    sh("replica revoke --db {db} {r}", db=clinic.db, r=status["replica_id"]).ok()
+    refused(sh("sync --db {db}", db=laptop), 5, "revoked")
+    refused(inproc("replica revoke --db {db} replica-x", db=clinic.db), 3, "replica-x")
 
 
 # ---------------------------------------------------------------- export, import

@@ -17,6 +17,7 @@ from caresync import (
     CaresyncError,
     DatabaseNotFoundError,
     DatabaseTooNewError,
+    InvalidInputError,
     NotACaresyncDatabaseError,
     StorageError,
 )
@@ -256,6 +257,35 @@ async def test_a_reader_reads_while_another_process_writes(tmp_path: Path) -> No
             await child.wait()
     async with SQLiteStore.open(path) as writer:  # the lock went with the child
         assert await writer.pending_count() == 2
+
+
+async def test_accounts_change_beside_a_running_writer(tmp_path: Path) -> None:
+    path = tmp_path / "server.db"
+    async with SQLiteStore.open(path) as writer:
+        await writer.set_identity(Identity("server-1", "server"))
+        await writer.enrol_replica("laptop-1", "org-1")
+        async with SQLiteStore.open(path, accounts_only=True) as admin:
+            await admin.add_user("org-1", "ada", "$argon2id$x")
+            await admin.set_password_hash("org-1", "ada", "$argon2id$y")
+            await admin.revoke_replica("laptop-1")
+            p = Patient()
+            with pytest.raises(StorageError, match="for accounts only"):
+                await admin.write_local(p.id, p.created, conflicts=None)
+            with pytest.raises(StorageError, match="for accounts only"):
+                await admin.set_meta("x", "y")
+            assert await admin.count_records() == 0
+        # The running writer sees the changes at once (it caches no accounts).
+        user = await writer.get_user("org-1", "ada")
+        assert user is not None
+        assert user.password_hash == "$argon2id$y"
+        replica = await writer.get_replica("laptop-1")
+        assert replica is not None
+        assert replica.revoked
+        await writer.write_local(p.id, p.created, conflicts=None)  # and writes on
+    with pytest.raises(InvalidInputError):
+        await SQLiteStore.open(path, read_only=True, accounts_only=True)
+    with pytest.raises(DatabaseNotFoundError):
+        await SQLiteStore.open(tmp_path / "missing.db", accounts_only=True)
 
 
 async def test_read_only_creates_and_migrates_nothing(tmp_path: Path) -> None:

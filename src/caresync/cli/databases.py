@@ -6,6 +6,9 @@
 * Commands that only read (``status``, ``record show``, ``conflicts list``,
   ``replicas``) open the store read-only, so they work on a database whose
   writer is running (a live server) and can never write to it.
+* Commands that change accounts (``user add`` on an existing database,
+  ``user passwd``, ``replica revoke``) open it for accounts only, so they
+  work while the server runs and can change nothing else.
 * Each command says which kind of database it needs: a laptop's, a server's,
   or either; the other kind is refused before anything is read or written.
 """
@@ -40,9 +43,17 @@ async def open_laptop(path: str | Path, *, create: bool = False) -> Replica:
     return await Replica.open(path, create=create)
 
 
-async def open_server_store(path: str | Path, *, read_only: bool = False) -> SQLiteStore:
-    """An existing server database's store (StorageError for a laptop's)."""
-    store = await SQLiteStore.open(path, create=False, read_only=read_only)
+async def open_server_store(
+    path: str | Path, *, read_only: bool = False, accounts_only: bool = False
+) -> SQLiteStore:
+    """An existing server database's store (StorageError for a laptop's).
+
+    ``read_only`` and ``accounts_only`` open it beside a running server (see
+    :meth:`caresync.storage.SQLiteStore.open`).
+    """
+    store = await SQLiteStore.open(
+        path, create=False, read_only=read_only, accounts_only=accounts_only
+    )
     try:
         identity = await _identity(store, path)
         if identity.role != "server":

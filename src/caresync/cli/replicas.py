@@ -52,8 +52,8 @@ def register(commands: Any) -> None:
         "revoke",
         help="revoke a laptop",
         description="Revoke a laptop: it is refused, and locks itself, at its next contact; "
-        "its unsynced work stays on it (export it with `caresync export`). Stop the server "
-        "first: its database has one writer.",
+        "its unsynced work stays on it (export it with `caresync export`). Works while the "
+        "server runs.",
     )
     add_db(revoke, "the server's database")
     revoke.add_argument("replica_id", metavar="REPLICA_ID")
@@ -119,7 +119,7 @@ def _list(args: argparse.Namespace, out: Output) -> int:
 
 def _revoke(args: argparse.Namespace, out: Output) -> int:
     async def go() -> dict[str, Any]:
-        async with await open_server_store(args.db) as store:
+        async with await open_server_store(args.db, accounts_only=True) as store:
             info = await store.get_replica(args.replica_id)
             if info is None:
                 raise CliError(

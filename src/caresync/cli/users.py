@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from caresync.cli.common import add_db, add_json, run, text
@@ -28,7 +29,7 @@ def register(commands: Any) -> None:
         help="add an account",
         description="Add a user to an organisation of a server database (created if "
         f"missing). The password comes from {PASSWORD_ENV} or a prompt (asked twice); it is "
-        "stored as an argon2id hash. Stop the server first: its database has one writer.",
+        "stored as an argon2id hash. Works while the server runs.",
     )
     add_db(add, "the server's database (created if missing)")
     add.add_argument("--org", required=True, type=text("organisation"), help="organisation")
@@ -55,9 +56,15 @@ def _add(args: argparse.Namespace, out: Output) -> int:
 
     async def go() -> str:
         password_hash = await asyncio.to_thread(hash_password, password)
-        async with await SyncServer.open(args.db) as server:
-            await server.store.add_user(args.org, args.username, password_hash)
-            return server.server_id
+        if not await asyncio.to_thread(Path(args.db).exists):
+            async with await SyncServer.open(args.db) as server:  # a new server database
+                await server.store.add_user(args.org, args.username, password_hash)
+                return server.server_id
+        # An existing one, perhaps served right now: accounts only, beside the server.
+        async with await open_server_store(args.db, accounts_only=True) as store:
+            identity = await store.get_identity()
+            await store.add_user(args.org, args.username, password_hash)
+            return "" if identity is None else identity.replica_id
 
     server_id = run(go())
     out.result({"org": args.org, "username": args.username, "server_id": server_id})
@@ -69,7 +76,7 @@ def _passwd(args: argparse.Namespace, out: Output) -> int:
 
     async def go() -> None:
         password_hash = await asyncio.to_thread(hash_password, password)
-        async with await open_server_store(args.db) as store:
+        async with await open_server_store(args.db, accounts_only=True) as store:
             if await store.get_user(args.org, args.username) is None:
                 raise CliError(f"no user {args.username!r} in {args.org!r}", ExitCode.NOT_FOUND)
             await store.set_password_hash(args.org, args.username, password_hash)

@@ -146,6 +146,8 @@ class SQLiteStore:
         """The schema version the file had, if opening migrated it; else None."""
         self.read_only = False
         """True for a store opened with ``read_only=True``: it refuses every write."""
+        self.accounts_only = False
+        """True for a store opened with ``accounts_only=True`` (see :meth:`open`)."""
         self._lock: WriterLock | None = None
 
     # ------------------------------------------------------------------ opening
@@ -157,6 +159,7 @@ class SQLiteStore:
         *,
         create: bool = True,
         read_only: bool = False,
+        accounts_only: bool = False,
         cache_entries: int = 32768,
         cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], int] | None = None,
@@ -175,16 +178,24 @@ class SQLiteStore:
         use" for a second). ``read_only`` opens it for reading even while its
         writer runs: it never creates, migrates or writes (every write raises
         StorageError), and it caches nothing, so each read sees the last commit.
+        ``accounts_only`` is the same, except that it may also change accounts
+        and enrolments (add a user, set a password, revoke a replica): tables
+        the writer keeps no cache of, so an administrator can change them while
+        a server runs. Writes are then short transactions beside the writer's.
         """
+        if read_only and accounts_only:
+            raise InvalidInputError("open a store read_only or accounts_only, not both")
+        side_door = read_only or accounts_only
 
         async def factory() -> SQLiteStore:
             return await cls._open(
                 Path(os.fspath(path)),
-                create=create and not read_only,
+                create=create and not side_door,
                 read_only=read_only,
+                accounts_only=accounts_only,
                 cache=RecordCache(
-                    max_entries=0 if read_only else cache_entries,
-                    max_bytes=0 if read_only else cache_bytes,
+                    max_entries=0 if side_door else cache_entries,
+                    max_bytes=0 if side_door else cache_bytes,
                 ),
                 clock=clock or _wall_ms,
             )
@@ -198,11 +209,13 @@ class SQLiteStore:
         *,
         create: bool,
         read_only: bool,
+        accounts_only: bool,
         cache: RecordCache,
         clock: Callable[[], int],
     ) -> SQLiteStore:
         await asyncio.to_thread(_recognise_or_create, path, create, clock())
-        lock = None if read_only else WriterLock.acquire(path)
+        side_door = read_only or accounts_only
+        lock = None if side_door else WriterLock.acquire(path)
         resolved = await asyncio.to_thread(path.resolve)
         target: str | Path = resolved.as_uri() + "?mode=ro" if read_only else path
         conn = aiosqlite.connect(
@@ -222,8 +235,9 @@ class SQLiteStore:
         store = cls(conn, path, cache=cache, clock=clock)
         store._lock = lock
         store.read_only = read_only
+        store.accounts_only = accounts_only
         try:
-            prepare = store._prepare_read_only if read_only else store._prepare
+            prepare = store._prepare_side_door if side_door else store._prepare
             store.migrated_from = await store._run(f"opening {path}", prepare)
         except BaseException:
             await store._close_quietly()
@@ -240,8 +254,11 @@ class SQLiteStore:
         before = migrate(raw, self.path)
         return before if before != SCHEMA_VERSION else None
 
-    def _prepare_read_only(self, raw: sqlite3.Connection) -> None:
-        raw.execute("PRAGMA query_only = 1")
+    def _prepare_side_door(self, raw: sqlite3.Connection) -> None:
+        if self.read_only:
+            raw.execute("PRAGMA query_only = 1")
+        else:
+            raw.execute("PRAGMA synchronous = FULL")
         version = read_marks(raw).user_version
         if version != SCHEMA_VERSION:
             raise StorageError(
@@ -302,10 +319,13 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _translate(exc, what) from exc
 
-    def _write(self, raw: sqlite3.Connection, body: Callable[[], T]) -> T:
+    def _write(
+        self, raw: sqlite3.Connection, body: Callable[[], T], *, accounts: bool = False
+    ) -> T:
         """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, committed before returning."""
-        if self.read_only:
-            raise StorageError(f"{self.path} was opened read-only; nothing was written")
+        if self.read_only or (self.accounts_only and not accounts):
+            how = "read-only" if self.read_only else "for accounts only"
+            raise StorageError(f"{self.path} was opened {how}; nothing was written")
         raw.execute("BEGIN IMMEDIATE")
         try:
             result = body()
@@ -1065,7 +1085,7 @@ class SQLiteStore:
                     (organisation, username, password_hash, now),
                 )
 
-            self._write(raw, body)
+            self._write(raw, body, accounts=True)
 
         await self._run(f"adding user {username!r}", job)
 
@@ -1097,7 +1117,7 @@ class SQLiteStore:
                 if not changed:
                     raise InvalidInputError(f"no user {username!r} in {organisation!r}")
 
-            self._write(raw, body)
+            self._write(raw, body, accounts=True)
 
         await self._run(f"updating user {username!r}", job)
 
@@ -1196,7 +1216,7 @@ class SQLiteStore:
                 if not raw.execute(sql, (*values, replica_id)).rowcount:
                     raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
 
-            self._write(raw, body)
+            self._write(raw, body, accounts=True)
 
         await self._run(f"updating replica {replica_id!r}", job)
 
