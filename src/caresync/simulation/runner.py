@@ -67,8 +67,9 @@ MAX_FINAL_ROUNDS = 4
 STEP_TIMEOUT_S = 600.0
 """A laptop's enrolment or sync round that takes longer than this fails the run."""
 
-# The run's throwaway account: argon2id with small costs, since the server verifies
-# one login per laptop enrolled (the hash records its own parameters).
+# The run's throwaway account: argon2id with small costs, since the server verifies one
+# login per laptop enrolled (the hash records its own parameters) and each laptop hashes
+# the password for offline login.
 T = TypeVar("T")
 
 _ACCOUNT_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -290,7 +291,9 @@ class _Run:
 
         async def open_one(index: int) -> None:
             opened[index] = await Replica.open(
-                self.workdir / laptop_file(index), rulebook=self.rulebook
+                self.workdir / laptop_file(index),
+                rulebook=self.rulebook,
+                password_hasher=_ACCOUNT_HASHER,
             )
             self.observer.advance()
 
