@@ -324,6 +324,34 @@ def test_a_failing_rule_is_a_rule_error_not_a_hidden_problem() -> None:
         Rulebook([junk]).conflicts(a)  # type: ignore[list-item]
 
 
+def test_a_rule_that_changes_its_entries_does_not_change_what_the_next_rule_sees() -> None:
+    seen: list[list[str]] = []
+
+    def vandal(view: RecordView) -> list[Finding]:
+        for entry in view.entries("medications"):
+            entry.fields.clear()
+        return []
+
+    def reader(view: RecordView) -> list[Finding]:
+        seen.append(sorted(view.entries("medications")[0].fields))
+        return []
+
+    (a,) = replicas(1)
+    a.add_entry("medications", {"drug": "metformin", "dose": "500mg"}, author="dr.a")
+    Rulebook([vandal, reader]).findings(a)
+    assert seen == [["dose", "drug"]]
+
+
+def test_a_view_follows_its_record_when_the_record_changes() -> None:
+    (a,) = replicas(1)
+    view = RecordView(a)
+    assert view.entries("allergies") == []
+    allergy = a.add_entry("allergies", {"substance": "penicillin"}, author="dr.a")
+    assert view.entry_ids("allergies") == [allergy]
+    a.set(f"allergies/{allergy}/substance", "latex", author="dr.a")
+    assert view.entries("allergies")[0].value("substance") == "latex"
+
+
 # -------------------------------------------------------- across records
 
 

@@ -8,12 +8,20 @@ __all__ = ["RecordView"]
 
 
 class RecordView:
-    """Read-only access to one record. Rules get this, never the record itself."""
+    """Read-only access to one record. Rules get this, never the record itself.
 
-    __slots__ = ("_record",)
+    The built-in rules ask for the same collections many times over (medications
+    three times, allergies three times), and building an entry costs a field
+    lookup per field, so a view keeps each collection's entries for as long as
+    the record's version stays the same.
+    """
+
+    __slots__ = ("_entries", "_record", "_version")
 
     def __init__(self, record: Record) -> None:
         self._record = record
+        self._version = record.version
+        self._entries: dict[str, list[Entry]] = {}
 
     @property
     def record_id(self) -> str:
@@ -35,10 +43,12 @@ class RecordView:
         return self._record.revision(revision_id)
 
     def entry_ids(self, collection: str) -> list[str]:
-        return self._record.entry_ids(collection)
+        return [entry.id for entry in self._cached_entries(collection)]
 
     def entries(self, collection: str) -> list[Entry]:
-        return self._record.entries(collection)
+        # Each caller gets its own field dicts, so one rule cannot change what
+        # the next one sees.
+        return [Entry(e.collection, e.id, dict(e.fields)) for e in self._cached_entries(collection)]
 
     def paths(self) -> list[str]:
         return self._record.paths()
@@ -50,3 +60,13 @@ class RecordView:
     def concurrent(self, a: Revision, b: Revision) -> bool:
         """Neither writer had seen the other's revision."""
         return self._record.concurrent(a, b)
+
+    def _cached_entries(self, collection: str) -> list[Entry]:
+        version = self._record.version
+        if version != self._version:  # the record changed under the view: start afresh
+            self._entries.clear()
+            self._version = version
+        entries = self._entries.get(collection)
+        if entries is None:
+            entries = self._entries[collection] = self._record.entries(collection)
+        return entries

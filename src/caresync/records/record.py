@@ -339,15 +339,7 @@ class Record:
 
     def get(self, path: str) -> FieldState:
         """The field's state: its heads, value, and conflict if any. Never raises for a path."""
-        state = self._index.paths.get(path)
-        if state is None:
-            return FieldState(self.record_id, path, ())
-        key = self.schema.entry_key(path)
-        if key is not None and key[0] == NOTES_COLLECTION:
-            frozen = self._signed_heads(key, path)
-            if frozen is not None:
-                return FieldState(self.record_id, path, frozen)
-        return FieldState(self.record_id, path, tuple(state.head_revisions()))
+        return self._field_state(path, self.schema.entry_key(path))
 
     def value(self, path: str, default: JSONValue = None) -> JSONValue:
         """The field's value, ``default`` if never written; FieldConflictError if in conflict."""
@@ -393,9 +385,9 @@ class Record:
         """One entry with all its fields."""
         key = (collection, entry_id)
         self._require_entry(key)
-        prefix = f"{collection}/{entry_id}/"
+        start = len(collection) + len(entry_id) + 2  # past "<collection>/<entry-id>/"
         fields = {
-            path[len(prefix) :]: self.get(path)
+            path[start:]: self._field_state(path, key)
             for path in sorted(self._index.entries[key])
             if not _is_bookkeeping(path)
         }
@@ -488,6 +480,17 @@ class Record:
         return unsubscribe
 
     # ----------------------------------------------------------------- internals
+
+    def _field_state(self, path: str, key: tuple[str, str] | None) -> FieldState:
+        """What :meth:`get` returns, for a path whose entry (if any) is already known."""
+        state = self._index.paths.get(path)
+        if state is None:
+            return FieldState(self.record_id, path, ())
+        if key is not None and key[0] == NOTES_COLLECTION:
+            frozen = self._signed_heads(key, path)
+            if frozen is not None:
+                return FieldState(self.record_id, path, frozen)
+        return FieldState(self.record_id, path, tuple(state.head_revisions()))
 
     def _write(
         self, path: str, value: JSONValue, author: str, entry_key: tuple[str, str] | None
