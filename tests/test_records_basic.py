@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pycrdt import Doc, Map
 
 from caresync import (
     FieldConflictError,
@@ -14,6 +15,8 @@ from caresync import (
     UnknownCollectionError,
     UnknownEntryError,
 )
+from caresync.records.clock import Timestamp
+from caresync.records.revision import Revision, encode_revision
 
 
 def exchange(a: Record, b: Record) -> None:
@@ -201,3 +204,28 @@ def test_a_signed_note_can_be_signed_again_after_a_concurrent_edit() -> None:
     second = a.sign_note(note, author="dr.c")
     assert second.path.endswith("/signature")
     assert a.value(f"notes/{note}/text") == "draft"
+
+
+def test_malformed_stored_revisions_are_ignored_alike_when_loaded_and_when_merged() -> None:
+    a, b = pair()
+    a.set("birthDate", "1990-01-01", author="dr.a")
+    exchange(a, b)
+    # A peer that is not caresync writes the revisions map by hand.
+    peer = Doc()
+    peer.apply_update(a.update_since())
+    stored = encode_revision(
+        Revision("w1", "weightKg", 70, (), "dr.c", "laptop-c", Timestamp(1, 0))
+    )
+    revisions = peer.get("revisions", type=Map)
+    with peer.transaction():
+        revisions["w1"] = " " + stored + "\n"  # padding around one JSON value: still read
+        revisions["tail"] = stored + "x"
+        revisions["nojson"] = "not json"
+        revisions["list"] = "[1]"
+        revisions["number"] = 5
+    loaded = Record.from_update(a.record_id, peer.get_update(), replica="laptop-d")
+    b.apply_update(peer.get_update(b.state_vector()))
+    for record in (loaded, b):
+        assert record.invalid_revision_ids == {"tail", "nojson", "list", "number"}
+        assert record.value("weightKg") == 70
+        assert record.value("birthDate") == "1990-01-01"

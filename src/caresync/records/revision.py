@@ -20,6 +20,8 @@ __all__ = ["Revision", "decode_revision", "encode_revision"]
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _quote: Callable[[str], str] = json.encoder.encode_basestring
+# ``json.loads`` without its wrappers: a third of the cost of decoding a revision.
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 _NO_SEEN: Mapping[str, tuple[str, ...]] = MappingProxyType({})
@@ -117,9 +119,16 @@ def decode_revision(rev_id: str, stored: object) -> Revision | None:
     if not isinstance(stored, str):
         return None
     try:
-        body = json.loads(stored)
+        body, end = _raw_decode(stored)
     except ValueError:
-        return None
+        end = -1
+    if end != len(stored):
+        # Not one bare JSON value (padding, trailing data, or no JSON at all):
+        # let the standard parser decide, as it always has.
+        try:
+            body = json.loads(stored)
+        except ValueError:
+            return None
     if not isinstance(body, dict):
         return None
     path, author, replica = body.get("p"), body.get("a"), body.get("r")
@@ -145,13 +154,7 @@ def decode_revision(rev_id: str, stored: object) -> Revision | None:
         if seen_ids is None:
             return None
         seen[seen_path] = seen_ids
+    # Positional arguments: this runs once per revision of every record loaded.
     return Revision(
-        id=rev_id,
-        path=path,
-        value=body["v"],
-        parents=parents,
-        author=author,
-        replica=replica,
-        at=Timestamp(wall, counter),
-        seen=seen,
+        rev_id, path, body["v"], parents, author, replica, Timestamp(wall, counter), seen
     )
