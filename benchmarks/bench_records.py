@@ -6,7 +6,9 @@ For records of 10, 1,000 and 10,000 revisions:
 * merge: taking in a whole record's update (``Record.from_update``, which also
   indexes heads) vs a raw ``Doc.apply_update`` of the same bytes;
 * read: one field's value, and listing the record's open conflicts (rules
-  included, cache bypassed) — these should stay flat as the record grows.
+  included, cache bypassed) — these should stay flat as the record grows;
+* load and check many small records (11 revisions, an allergy and a medication),
+  as a first copy does: ``Record.from_update``, then the rules over each.
 """
 
 from __future__ import annotations
@@ -86,6 +88,42 @@ def bench_reads(record: Record, repeats: int) -> tuple[float, float]:
     return median_seconds(read, repeats) / 100, median_seconds(conflicts, repeats) / 10
 
 
+def small_record_update(i: int) -> tuple[str, bytes]:
+    """A typical small chart: demographics, one allergy, one medication, one correction."""
+    record = Record.create(replica="clinic")
+    with record.batch():
+        record.set("name", f"patient {i}", author="dr")
+        record.set("birthDate", "1980-01-01", author="dr")
+        record.set("sex", "female", author="dr")
+        record.add_entry(
+            "allergies", {"substance": "penicillin", "criticality": "high"}, author="dr"
+        )
+        record.add_entry(
+            "medications", {"drug": "metformin", "dose": "500mg", "status": "active"}, author="dr"
+        )
+        record.set("birthDate", "1980-01-02", author="dr")
+    return record.record_id, record.update_since()
+
+
+def bench_small_records(count: int, repeats: int) -> tuple[float, float]:
+    """Seconds per record: loading it, and loading it then listing its conflicts."""
+    updates = [small_record_update(i) for i in range(count)]
+    rulebook = Rulebook()
+
+    def load() -> None:
+        for record_id, update in updates:
+            Record.from_update(record_id, update, replica="laptop")
+
+    def load_and_check() -> None:
+        for record_id, update in updates:
+            rulebook.conflicts(Record.from_update(record_id, update, replica="laptop"))
+
+    return (
+        median_seconds(load, repeats) / count,
+        median_seconds(load_and_check, repeats) / count,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, "records")
     sizes = [10, 200] if args.tiny else [10, 1_000, 10_000]
@@ -124,6 +162,19 @@ def main(argv: list[str] | None = None) -> int:
                 "caresync_us": round(conflicts_s * 1e6, 2),
             },
         ]
+    small = 50 if args.tiny else 2_000
+    load_s, check_s = bench_small_records(small, repeats)
+    cases.append(
+        {
+            "case": "load small records, then list conflicts",
+            "records": small,
+            "revisions_each": record_revision_count(
+                Record.from_update(*small_record_update(0), replica="count")
+            ),
+            "load_us": round(load_s * 1e6, 1),
+            "load_and_conflicts_us": round(check_s * 1e6, 1),
+        }
+    )
     write_results(args.out, "records", cases)
     return 0
 
