@@ -6,10 +6,10 @@ From Python::
     from caresync.simulation import SimulationConfig, run_simulation
 
     result = asyncio.run(run_simulation(SimulationConfig(laptops=10, patients=100, seed=1)))
-    assert result.converged and result.lost_values == 0
+    print(result.converged, result.lost_values)   # True 0: converged, nothing lost
 
-From a shell: ``python -m caresync.simulation --laptops 20 --patients 200``
-(or ``caresync simulate``). See docs/simulation.md.
+From a shell: ``caresync simulate --laptops 20 --patients 200`` (or
+``python -m caresync.simulation`` with the same options). See docs/simulation.md.
 """
 
 from caresync.simulation.config import SimulationConfig, SimulationResult
