@@ -22,6 +22,12 @@ from caresync.conflicts.cross import (
     possible_duplicate_person,
     summarize,
 )
+from caresync.conflicts.fingerprint import (
+    DERIVATION_VERSION,
+    FINGERPRINT_FORMAT,
+    rule_fingerprint,
+    versioned,
+)
 from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
 from caresync.conflicts.rulebook import DEFAULT_RULEBOOK, Rulebook
 from caresync.conflicts.substances import DEFAULT_SUBSTANCES, SubstanceTable
@@ -30,7 +36,9 @@ from caresync.conflicts.view import RecordView
 __all__ = [
     "DEFAULT_RULEBOOK",
     "DEFAULT_SUBSTANCES",
+    "DERIVATION_VERSION",
     "ENTERED_IN_ERROR",
+    "FINGERPRINT_FORMAT",
     "INACTIVE_ALLERGY_STATUSES",
     "INACTIVE_MEDICATION_STATUSES",
     "SUMMARY_FIELDS",
@@ -53,7 +61,9 @@ __all__ = [
     "entered_in_error_versus_edit",
     "note_changed_while_signed",
     "possible_duplicate_person",
+    "rule_fingerprint",
     "stopped_versus_dose_change",
     "summarize",
     "terminal_encounter_clash",
+    "versioned",
 ]

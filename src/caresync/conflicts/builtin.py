@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
+from caresync.conflicts.fingerprint import versioned
 from caresync.conflicts.model import Finding, Severity
 from caresync.conflicts.substances import DEFAULT_SUBSTANCES, SubstanceTable, normalise
 from caresync.conflicts.view import RecordView
@@ -55,6 +56,18 @@ INACTIVE_ALLERGY_STATUSES = frozenset({ENTERED_IN_ERROR, "inactive", "resolved",
 TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERROR})
 
 
+# Versions of the built-in rules, part of every rulebook's fingerprint. BUMP a
+# rule's version whenever its behaviour changes (what it finds, its severity,
+# message, key or revisions): replicas whose rulebooks have equal fingerprints
+# store each other's conflict rows without running the rules themselves.
+_STOPPED_VERSUS_DOSE_CHANGE = 1
+_ENTERED_IN_ERROR_VERSUS_EDIT = 1
+_ALLERGY_VERSUS_PRESCRIPTION = 1  # the substance table is part of its identity
+_DUPLICATE_ALLERGY = 1
+_TERMINAL_ENCOUNTER_CLASH = 1
+_NOTE_CHANGED_WHILE_SIGNED = 1
+
+
 def _who(rev: Revision) -> str:
     return f"{rev.author} on {rev.replica}"
 
@@ -70,6 +83,7 @@ def _is_active(entry: Entry, inactive: frozenset[str]) -> bool:
     return not statuses or any(s.value not in inactive for s in statuses)
 
 
+@versioned(_STOPPED_VERSUS_DOSE_CHANGE)
 def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
     """A medication stopped on one replica while its dose changed on another (block)."""
     for entry in view.entries("medications"):
@@ -91,6 +105,7 @@ def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
                     )
 
 
+@versioned(_ENTERED_IN_ERROR_VERSUS_EDIT)
 def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
     """An entry marked entered-in-error on one replica while edited on another (block)."""
     for collection in sorted(DEFAULT_COLLECTIONS):
@@ -124,6 +139,10 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
     catches every pair a merge brings together.
     """
 
+    @versioned(
+        _ALLERGY_VERSUS_PRESCRIPTION,
+        identity=f"{__name__}:allergy_versus_prescription(table={table.digest()})",
+    )
     def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
         allergies = [
             a for a in view.entries("allergies") if _is_active(a, INACTIVE_ALLERGY_STATUSES)
@@ -153,6 +172,7 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
     return allergy_versus_prescription
 
 
+@versioned(_DUPLICATE_ALLERGY)
 def duplicate_allergy(view: RecordView) -> Iterator[Finding]:
     """The same allergy entered twice as separate active entries (flag)."""
     by_substance: dict[str, list[Revision]] = {}
@@ -180,6 +200,7 @@ def duplicate_allergy(view: RecordView) -> Iterator[Finding]:
             )
 
 
+@versioned(_TERMINAL_ENCOUNTER_CLASH)
 def terminal_encounter_clash(view: RecordView) -> Iterator[Finding]:
     """An encounter's terminal status (finished, cancelled, ...) clashing with another (block)."""
     for entry in view.entries("encounters"):
@@ -202,6 +223,7 @@ def terminal_encounter_clash(view: RecordView) -> Iterator[Finding]:
         )
 
 
+@versioned(_NOTE_CHANGED_WHILE_SIGNED)
 def note_changed_while_signed(view: RecordView) -> Iterator[Finding]:
     """A note's field edited on one replica while the note was signed on another (flag).
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from caresync.conflicts.builtin import Rule, builtin_rules
+from caresync.conflicts.fingerprint import rulebook_fingerprint
 from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
 from caresync.conflicts.view import RecordView
 from caresync.exceptions import (
@@ -38,14 +39,34 @@ class Rulebook:
     """
 
     def __init__(self, rules: Iterable[Rule] | None = None) -> None:
-        self.rules: tuple[Rule, ...] = tuple(builtin_rules() if rules is None else rules)
+        self._rules: tuple[Rule, ...] = tuple(builtin_rules() if rules is None else rules)
+        # Computed once, here, so a bad ``rule_version`` is refused at construction.
+        self._fingerprint = rulebook_fingerprint(self._rules)
         self._cache: weakref.WeakKeyDictionary[Record, tuple[int, list[Conflict]]] = (
             weakref.WeakKeyDictionary()
         )
 
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The rules, in the order they run."""
+        return self._rules
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable digest of the rules and their versions, with a format prefix.
+
+        Equal for rulebooks that compute the same conflicts (the same rules, in
+        the same order, at the same versions), in any process; different when a
+        rule is added, removed or changes version. A rule without a stable name
+        (a lambda, a closure, a partial, a callable object, a function defined in
+        ``__main__``) makes it unique to this rulebook. Replicas whose rulebooks
+        have equal fingerprints may store each other's conflict rows as they are.
+        """
+        return self._fingerprint
+
     def with_rules(self, *rules: Rule) -> Rulebook:
         """A new rulebook with these rules added."""
-        return Rulebook((*self.rules, *rules))
+        return Rulebook((*self._rules, *rules))
 
     # ------------------------------------------------------------------ listing
 
@@ -53,7 +74,7 @@ class Rulebook:
         """Every rule finding, open or acknowledged, with its id; sorted by id."""
         view = RecordView(record)
         found: dict[str, Finding] = {}
-        for rule in self.rules:
+        for rule in self._rules:
             name = getattr(rule, "__name__", repr(rule))
             try:
                 results = list(rule(view))

@@ -8,6 +8,8 @@ this one with :meth:`SubstanceTable.extended`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,6 +47,12 @@ class SubstanceTable:
         for substance, drugs in SubstanceTable.of(table).drugs_by_substance.items():
             merged.setdefault(substance, set()).update(drugs)
         return SubstanceTable({k: frozenset(v) for k, v in merged.items()})
+
+    def digest(self) -> str:
+        """A digest of the table's contents: equal for tables that match alike."""
+        canonical = sorted((k, sorted(v)) for k, v in self.drugs_by_substance.items())
+        text = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def matches(self, substance: object, drug: object) -> bool:
         """True if a patient allergic to ``substance`` should not simply get ``drug``.
