@@ -395,6 +395,46 @@ async def test_listing_conflicts_reads_only_the_conflict_index(
     assert all("records" not in d and "log" not in d for d in details)
 
 
+async def test_bulk_reads_take_a_few_queries_not_one_per_record(
+    tmp_path: Path, traced: list[str]
+) -> None:
+    async with SQLiteStore.open(tmp_path / "replica.db", cache_entries=0) as store:
+        patients = [Patient() for _ in range(1200)]
+        await store.write_remote(
+            [IncomingUpdate(p.id, p.created, (conflict(p.id),)) for p in patients]
+        )
+        await store.write_remote([IncomingUpdate(p.id, p.edit(), None) for p in patients])
+        await store.compact(patients[0].id)
+        ids = [p.id for p in patients]
+        traced.clear()
+        loaded = await store.load_many(ids)
+        rows = await store.conflict_rows(ids)
+        statements = list(traced)
+    assert len(loaded) == len(rows) == 1200
+    assert revision_ids(loaded[patients[0].id], patients[0].id) == {
+        r.id for r in patients[0].record.revisions()
+    }
+    # Three slices of ids: per slice one records query and one log query, one conflicts query.
+    assert len([s for s in statements if s.startswith("SELECT")]) == 9
+    assert len(statements) <= 13  # and a read transaction around each call
+
+
+async def test_a_read_only_store_reads_in_bulk_and_sees_each_commit(tmp_path: Path) -> None:
+    path = tmp_path / "server.db"
+    p, q = Patient(), Patient("laptop-b")
+    async with SQLiteStore.open(path) as writer:
+        await writer.write_local(p.id, p.created, conflicts=[conflict(p.id)])
+        async with SQLiteStore.open(path, read_only=True) as reader:
+            assert await reader.load_many([p.id, q.id]) == {p.id: await writer.load(p.id)}
+            assert await reader.conflict_rows([p.id, q.id]) == {p.id: (conflict(p.id),)}
+            await writer.write_remote([IncomingUpdate(q.id, q.created, (conflict(q.id, 2),))])
+            await writer.write_local(p.id, p.edit("birthDate", "1999"), conflicts=[])
+            loaded = await reader.load_many([p.id, q.id])
+            assert loaded == await writer.load_many([p.id, q.id])
+            assert revision_ids(loaded[p.id], p.id) == {r.id for r in p.record.revisions()}
+            assert await reader.conflict_rows([p.id, q.id]) == {q.id: (conflict(q.id, 2),)}
+
+
 def _dummy_args(statement: str) -> tuple[object, ...]:
     return tuple("" for _ in range(statement.count("?")))
 

@@ -328,6 +328,89 @@ async def test_record_ids_page_in_order_by_organisation(store: Store) -> None:
     assert await store.count_records("org-b") == 4
 
 
+# ------------------------------------------------------------ reading in bulk
+
+
+async def test_load_many_returns_what_load_returns_for_each_known_record(store: Store) -> None:
+    compacted, logged, fresh = Patient(), Patient("laptop-b"), Patient("laptop-c")
+    await store.write_local(compacted.id, compacted.created, conflicts=None)
+    await store.write_local(compacted.id, compacted.edit("birthDate", "1970"), conflicts=None)
+    await store.compact(compacted.id)
+    await store.write_local(compacted.id, compacted.edit("name", "Ada"), conflicts=None)
+    await store.write_remote([remote(logged, logged.created), remote(logged, logged.edit())])
+    await store.write_remote([remote(fresh, fresh.created)])
+    asked = [fresh.id, "nobody", compacted.id, logged.id, compacted.id]
+    loaded = await store.load_many(asked)
+    assert list(loaded) == [fresh.id, compacted.id, logged.id]  # as asked, once, unknown absent
+    for p in (compacted, logged, fresh):
+        assert loaded[p.id] == await store.load(p.id)
+        assert revision_ids(loaded[p.id], p.id) == {r.id for r in p.record.revisions()}
+    assert Record.from_update(compacted.id, loaded[compacted.id], replica="x").value("name") == (
+        "Ada"
+    )
+    assert await store.load_many([]) == {}
+    assert await store.load_many(("nobody",)) == {}
+
+
+async def test_load_many_reads_ids_past_one_query_and_records_written_since(store: Store) -> None:
+    patients = [Patient() for _ in range(700)]
+    await store.write_remote([remote(p, p.created) for p in patients])
+    edited = patients[::50]
+    await store.write_remote([remote(p, p.edit("birthDate", "2020")) for p in edited])
+    # Known and unknown ids interleaved, more than one IN list holds.
+    asked = [rid for p in patients for rid in (p.id, f"unknown-{p.id}")]
+    first = await store.load_many(asked)
+    assert list(first) == [p.id for p in patients]
+    assert all(
+        revision_ids(first[p.id], p.id) == {r.id for r in p.record.revisions()} for p in edited
+    )
+    # A write after a bulk load is seen by the next one (no stale copy kept).
+    await store.write_remote([remote(p, p.edit("birthDate", "2021")) for p in edited])
+    again = await store.load_many([p.id for p in edited])
+    for p in edited:
+        assert Record.from_update(p.id, again[p.id], replica="x").value("birthDate") == "2021"
+
+
+@pytest.mark.parametrize("bad", ["one-id", b"id", None, 5, [""], ["r", None], ["r" * 300]])
+async def test_bulk_reads_refuse_anything_but_a_sequence_of_ids(store: Store, bad: object) -> None:
+    with pytest.raises(InvalidInputError):
+        await store.load_many(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        await store.conflict_rows(bad)  # type: ignore[arg-type]
+
+
+async def test_conflict_rows_of_many_records_in_one_call(store: Store) -> None:
+    two, none, later = Patient(), Patient(), Patient()
+    await store.write_local(
+        two.id, two.created, conflicts=[conflict(two.id, 5), conflict(two.id, 1)]
+    )
+    await store.write_local(none.id, none.created, conflicts=[])
+    await store.write_local(later.id, later.created, conflicts=None)
+    rows = await store.conflict_rows([later.id, none.id, two.id, "nobody", two.id])
+    # Records without rows (stored or not) are absent; each record's rows ordered by id.
+    assert rows == {two.id: (conflict(two.id, 1), conflict(two.id, 5))}
+    await store.set_conflicts(later.id, [conflict(later.id, 3)])
+    await store.write_remote([IncomingUpdate(two.id, two.edit(), ())])  # cleared with an update
+    rows = await store.conflict_rows([two.id, later.id])
+    assert rows == {later.id: (conflict(later.id, 3),)}
+    assert rows.get(two.id, ()) == ()
+    assert await store.conflict_rows([]) == {}
+    assert rows[later.id] == tuple(await store.conflicts(later.id))
+
+
+async def test_conflict_rows_reads_ids_past_one_query(store: Store) -> None:
+    patients = [Patient() for _ in range(600)]
+    await store.write_remote(
+        [
+            IncomingUpdate(p.id, p.created, (conflict(p.id, 0), conflict(p.id, 1)) if n % 2 else ())
+            for n, p in enumerate(patients)
+        ]
+    )
+    rows = await store.conflict_rows([p.id for p in reversed(patients)])
+    assert list(rows) == [p.id for n, p in reversed(list(enumerate(patients))) if n % 2]
+    assert sum(len(r) for r in rows.values()) == await store.count_conflicts() == 600
+
+
 # ------------------------------------------------------------------- compaction
 
 
@@ -567,6 +650,10 @@ async def test_a_closed_store_refuses_every_call(store: Store) -> None:
         await store.pending_count()
     with pytest.raises(StorageError):
         await store.write_local("r", b"\x00\x00", conflicts=None)
+    with pytest.raises(StorageError):
+        await store.load_many([])
+    with pytest.raises(StorageError):
+        await store.conflict_rows(["r"])
 
 
 async def test_both_stores_open_with_await_and_with_async_with(tmp_path: Path) -> None:

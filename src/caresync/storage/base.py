@@ -21,7 +21,7 @@ The two implementations, :class:`~caresync.storage.sqlite.SQLiteStore` and
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
@@ -69,6 +69,15 @@ def check_bytes(value: object, what: str) -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise InvalidInputError(f"{what} must be bytes, not {type(value).__name__}")
     return bytes(value)
+
+
+def check_record_ids(value: object) -> list[str]:
+    """Refuse anything but a sequence of record ids (a lone string is not one)."""
+    if isinstance(value, (str, bytes, bytearray, memoryview)) or not isinstance(value, Collection):
+        raise InvalidInputError(
+            f"record_ids must be a sequence of record ids, not {type(value).__name__}"
+        )
+    return [check_text(record_id, "record_id") for record_id in value]
 
 
 def check_count(value: object, what: str, *, minimum: int = 0) -> int:
@@ -304,6 +313,13 @@ class Store(Protocol):
         """The record's state merged with its log, as one update; None if unknown."""
         ...
 
+    async def load_many(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """What :meth:`load` returns, for many records at once; unknown ids are absent.
+
+        One consistent read (one database job), whatever the number of ids.
+        """
+        ...
+
     async def state_vector(self, record_id: str) -> bytes | None:
         """The stored state vector of the record, or None if unknown."""
         ...
@@ -339,6 +355,14 @@ class Store(Protocol):
 
     async def count_conflicts(self, record_id: str | None = None) -> int:
         """How many conflict rows are open (for one record, or in all)."""
+        ...
+
+    async def conflict_rows(self, record_ids: Sequence[str]) -> dict[str, tuple[ConflictRow, ...]]:
+        """The stored conflict rows of many records at once, each record's ordered by id.
+
+        A record without rows (or not stored at all) is absent from the dict:
+        read it with ``rows.get(record_id, ())``.
+        """
         ...
 
     # outbox

@@ -56,6 +56,7 @@ from caresync.storage.base import (
     check_count,
     check_optional_text,
     check_outbox_report,
+    check_record_ids,
     check_text,
 )
 from caresync.storage.cache import CachedRecord
@@ -279,6 +280,12 @@ class MemoryStore:
         self._open_or_raise(f"loading record {record_id}")
         return None if record_id not in self._records else self._full(record_id)
 
+    async def load_many(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """What :meth:`load` returns, for many records; unknown ids are absent."""
+        ids = dict.fromkeys(check_record_ids(record_ids))
+        self._open_or_raise(f"loading {len(ids)} records")
+        return {record_id: self._full(record_id) for record_id in ids if record_id in self._records}
+
     async def state_vector(self, record_id: str) -> bytes | None:
         """The record's stored state vector, or None."""
         check_text(record_id, "record_id")
@@ -357,6 +364,16 @@ class MemoryStore:
         if record_id is not None:
             return len(self._conflicts.get(record_id, {}))
         return sum(len(rows) for rows in self._conflicts.values())
+
+    async def conflict_rows(self, record_ids: Sequence[str]) -> dict[str, tuple[ConflictRow, ...]]:
+        """The conflict rows of many records, each's ordered by id; records without any absent."""
+        ids = dict.fromkeys(check_record_ids(record_ids))
+        self._open_or_raise(f"reading the conflicts of {len(ids)} records")
+        return {
+            record_id: tuple(row for _, row in sorted(self._conflicts[record_id].items()))
+            for record_id in ids
+            if self._conflicts.get(record_id)
+        }
 
     # ------------------------------------------------------------------- outbox
 

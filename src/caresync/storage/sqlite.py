@@ -85,6 +85,7 @@ from caresync.storage.base import (
     check_count,
     check_optional_text,
     check_outbox_report,
+    check_record_ids,
     check_text,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
@@ -650,6 +651,76 @@ class SQLiteStore:
 
         return await self._run(f"loading record {record_id}", job)
 
+    async def load_many(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """What :meth:`load` returns, for many records in one database job.
+
+        Unknown ids are absent from the dict; it lists the others in the order
+        asked. Records whose merged bytes are cached cost nothing; the rest are
+        read in one read transaction (so all of them as of one commit), a few
+        hundred ids per query, and merged on the database thread.
+        """
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+        found: dict[str, bytes] = {}
+        missing: list[str] = []
+        for record_id in ids:
+            cached = self.cache.get(record_id)
+            if cached is not None and cached.merged is not None:
+                found[record_id] = cached.merged
+            else:
+                missing.append(record_id)
+        if missing or self._conn is None:
+            found.update(
+                await self._run(
+                    f"loading {len(missing)} records", lambda raw: self._load_many(raw, missing)
+                )
+            )
+        return {record_id: found[record_id] for record_id in ids if record_id in found}
+
+    def _load_many(self, raw: sqlite3.Connection, ids: list[str]) -> dict[str, bytes]:
+        rows: list[tuple[str, CachedRecord, bytes, int]] = []
+        logs: dict[str, list[bytes]] = {}
+        raw.execute("BEGIN")  # one snapshot for every chunk, even beside another process
+        try:
+            for chunk in _chunks(ids):
+                first = len(rows)
+                marks = _marks(len(chunk))
+                for record_id, vector, organisation, pending, log_count, state in raw.execute(
+                    "SELECT r.record_id, r.state_vector, r.organisation, r.pending, r.log_count,"
+                    " s.state FROM records r LEFT JOIN states s ON s.record_id = r.record_id"
+                    f" WHERE r.record_id IN ({marks})",
+                    chunk,
+                ):
+                    known = CachedRecord(bytes(vector), organisation, bool(pending))
+                    rows.append(
+                        (
+                            record_id,
+                            known,
+                            EMPTY_UPDATE if state is None else bytes(state),
+                            log_count,
+                        )
+                    )
+                with_log = [row[0] for row in rows[first:] if row[3]]
+                if not with_log:
+                    continue
+                for record_id, data in raw.execute(
+                    "SELECT record_id, data FROM log"
+                    f" WHERE record_id IN ({_marks(len(with_log))}) ORDER BY record_id, id",
+                    with_log,
+                ):
+                    logs.setdefault(record_id, []).append(bytes(data))
+        finally:
+            raw.execute("COMMIT")
+        loaded: dict[str, bytes] = {}
+        for record_id, known, state, log_count in rows:
+            log = logs.get(record_id)
+            merged = merge([state, *log], record_id=record_id) if log_count and log else state
+            loaded[record_id] = merged
+            self.cache.put(
+                record_id,
+                CachedRecord(known.state_vector, known.organisation, known.pending, merged),
+            )
+        return loaded
+
     async def state_vector(self, record_id: str) -> bytes | None:
         """The record's stored state vector (of state and log together), or None."""
         check_text(record_id, "record_id")
@@ -769,6 +840,32 @@ class SQLiteStore:
                 raw, "SELECT COUNT(*) FROM conflicts WHERE record_id = ?", record_id
             ),
         )
+
+    async def conflict_rows(self, record_ids: Sequence[str]) -> dict[str, tuple[ConflictRow, ...]]:
+        """The stored conflict rows of many records, in one database job.
+
+        Each record's rows are ordered by id. A record without rows (or not
+        stored here) is absent: read the result with ``rows.get(record_id, ())``.
+        """
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: sqlite3.Connection) -> dict[str, tuple[ConflictRow, ...]]:
+            found: dict[str, list[ConflictRow]] = {}
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for chunk in _chunks(ids):
+                    for r in raw.execute(
+                        "SELECT id, record_id, kind, subject, severity, payload FROM conflicts"
+                        f" WHERE record_id IN ({_marks(len(chunk))}) ORDER BY record_id, id",
+                        chunk,
+                    ):
+                        row = ConflictRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]))
+                        found.setdefault(row.record_id, []).append(row)
+            finally:
+                raw.execute("COMMIT")
+            return {record_id: tuple(found[record_id]) for record_id in ids if record_id in found}
+
+        return await self._run(f"reading the conflicts of {len(ids)} records", job)
 
     # ------------------------------------------------------------------- outbox
 
@@ -1228,6 +1325,16 @@ _REPLICA_COLUMNS = (
 
 
 # ---------------------------------------------------------------- SQL helpers
+
+
+def _chunks(ids: list[str]) -> Iterable[list[str]]:
+    """Ids in slices short enough for one ``IN (...)`` list."""
+    return (ids[start : start + _IN_CHUNK] for start in range(0, len(ids), _IN_CHUNK))
+
+
+def _marks(count: int) -> str:
+    """``?, ?, ...``: the placeholders of an ``IN`` list of ``count`` values."""
+    return ", ".join("?" * count)
 
 
 def _scalar(raw: sqlite3.Connection, sql: str, *args: object) -> int:
