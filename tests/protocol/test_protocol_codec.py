@@ -73,11 +73,15 @@ def test_round_trip(message: Message) -> None:
 
 def test_envelope_layout() -> None:
     data = encode_frame(PullRequest(7, 50))
-    assert msgpack.unpackb(data) == [2, 18, {"after_seq": 7, "limit": 50}]
+    assert msgpack.unpackb(data) == [PROTOCOL_VERSION, 18, {"after_seq": 7, "limit": 50}]
     data = encode_frame(LiveUpdate(3, "r", b"\x01\x02"), version=1)
     assert msgpack.unpackb(data) == [1, 23, {"seq": 3, "record_id": "r", "update": b"\x01\x02"}]
     data = encode_frame(OutboxReport(2, 1234))
-    assert msgpack.unpackb(data) == [2, 24, {"pending": 2, "oldest_pending_ms": 1234}]
+    assert msgpack.unpackb(data) == [
+        PROTOCOL_VERSION,
+        24,
+        {"pending": 2, "oldest_pending_ms": 1234},
+    ]
 
 
 def test_type_codes_are_unique_small_ints() -> None:

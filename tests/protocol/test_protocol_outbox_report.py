@@ -17,6 +17,7 @@ from tests.protocol.session import (
 
 from caresync.exceptions import LocalProtocolError, RemoteProtocolError
 from caresync.protocol import (
+    PROTOCOL_VERSION,
     ClientProtocol,
     Error,
     OutboxReport,
@@ -29,7 +30,7 @@ from caresync.protocol import (
 
 def test_an_enrolled_client_reports_its_outbox_and_the_server_sees_it() -> None:
     client, server = ready_pair()
-    assert client.protocol_version == server.protocol_version == 2
+    assert client.protocol_version == server.protocol_version == PROTOCOL_VERSION
     assert client.can_report_outbox
     client.report_outbox(12, 1_700_000_000_123)
     assert pump(client, server) == 1

@@ -481,12 +481,12 @@ def test_revoked_replica() -> None:
 def test_version_mismatch_refused_by_the_server() -> None:
     server = ServerProtocol(SERVER_ID)
     with pytest.raises(SyncRefusedError, match="no protocol version in common") as raised:
-        server.receive_data(frame(Hello((3, 4)), version=3))
+        server.receive_data(frame(Hello((7, 8)), version=7))
     assert not isinstance(raised.value, ProtocolError)
     [error] = sent_messages(server)
     assert isinstance(error, Error)
     assert error.code == "unsupported_version"
-    assert dict(error.detail) == {"client_versions": "3, 4", "server_versions": "1, 2"}
+    assert dict(error.detail) == {"client_versions": "7, 8", "server_versions": "1, 2, 3"}
     # the client side of such a refusal: a SyncRefusedError, whatever the frame's version
     client = ClientProtocol()
     client.send_hello()

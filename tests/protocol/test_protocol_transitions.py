@@ -377,7 +377,7 @@ def test_server_refuses_to_send_replies_that_do_not_fit() -> None:
 
 def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
-        ClientProtocol(protocol_versions=(3,))
+        ClientProtocol(protocol_versions=(7,))
     with pytest.raises(LocalProtocolError):
         ClientProtocol(protocol_versions=())
     with pytest.raises(LocalProtocolError):

@@ -215,14 +215,21 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         self._send(message)
 
     def request_copy(
-        self, after_record_id: str | None = None, batch_records: int = DEFAULT_COPY_BATCH_RECORDS
+        self,
+        after_record_id: str | None = None,
+        batch_records: int = DEFAULT_COPY_BATCH_RECORDS,
+        rulebook: str | None = None,
     ) -> None:
         """Queue CopyRequest for the next first-copy batch (READY, enrolled, one at a time).
 
         ``after_record_id`` is ``None`` to start, or the ``last_record_id`` of the last
-        batch committed, to resume.
+        batch committed, to resume. ``rulebook`` is the fingerprint of this replica's
+        rulebook: a server with the same one may send conflict index rows with the
+        records (protocol version 3 on; on an older version it is not sent).
         """
-        self._send_sync(CopyRequest(after_record_id, batch_records))
+        if self._version is not None and self._version < 3:
+            rulebook = None
+        self._send_sync(CopyRequest(after_record_id, batch_records, rulebook))
 
     def request_pull(self, after_seq: int, limit: int = DEFAULT_PULL_LIMIT) -> None:
         """Queue PullRequest for feed entries after the checkpoint ``after_seq``."""
@@ -369,6 +376,10 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         if not batch.records and batch.last_record_id != after:
             raise RemoteProtocolError(
                 f"an empty CopyBatch must resume at {after!r}, not {batch.last_record_id!r}"
+            )
+        if batch.conflicts is not None and request.rulebook is None:
+            raise RemoteProtocolError(
+                "CopyBatch carries conflict index rows, but the request named no rulebook"
             )
 
     def _on_pull_batch(self, batch: PullBatch) -> None:

@@ -80,7 +80,8 @@ def encode_frame(
             f"this connection speaks version {version}"
         )
     try:
-        frame = msgpack.packb([version, message.TYPE_CODE, message.to_body()], use_bin_type=True)
+        body = message.to_body(version)
+        frame = msgpack.packb([version, message.TYPE_CODE, body], use_bin_type=True)
     except (ValueError, TypeError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: {exc}") from exc
     if len(frame) > max_frame_bytes:
@@ -160,7 +161,7 @@ def decode_frame(
         )
     if type(body) is not dict:
         raise RemoteProtocolError(f"{cls.__name__}: the body is not a map")
-    expected: tuple[str, ...] = cls.__slots__
+    expected = cls.fields_in(version)
     if len(body) != len(expected) or not all(name in body for name in expected):
         missing = sorted(set(expected) - set(body))
         unknown = sorted(str(key)[:40] for key in set(body) - set(expected))

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_PULL_LIMIT",
     "MAX_BATCH_ITEMS",
     "MAX_DETAIL_ENTRIES",
+    "MAX_FINGERPRINT_LENGTH",
     "MAX_ID_LENGTH",
     "MAX_MAX_FRAME_BYTES",
     "MAX_MESSAGE_LENGTH",
@@ -52,6 +53,7 @@ __all__ = [
     "Authenticate",
     "Authenticated",
     "CopyBatch",
+    "CopyConflict",
     "CopyRecord",
     "CopyRequest",
     "DetailValue",
@@ -76,14 +78,18 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
 """Every protocol version this caresync speaks, oldest first.
 
-Version 2 adds :class:`OutboxReport`; everything else is as in version 1, so a
-peer that speaks only version 1 agrees on it and simply never sees one.
+Version 2 adds :class:`OutboxReport`. Version 3 adds two fields to the first copy:
+:attr:`CopyRequest.rulebook` and :attr:`CopyBatch.conflicts`, so a laptop whose
+rulebook is the server's takes each record's conflict index rows as they are
+instead of building the record and running the rules. A field added in version N is
+absent from frames written in an older version (see :attr:`Message.FIELDS_SINCE`),
+so peers that agree on an older version work as before.
 """
 
 MAX_VERSION = 0xFFFF
@@ -121,6 +127,9 @@ MAX_PASSWORD_LENGTH = 1024
 
 MAX_TOKEN_LENGTH = 512
 """Longest session token, in characters."""
+
+MAX_FINGERPRINT_LENGTH = 256
+"""Longest rulebook fingerprint, in characters."""
 
 MAX_MESSAGE_LENGTH = 4096
 """Longest human-readable text (an error message, a goodbye reason), in characters."""
@@ -236,6 +245,21 @@ class FeedItem(NamedTuple):
     update: bytes
 
 
+class CopyConflict(NamedTuple):
+    """One conflict index row of a copied record (protocol version 3 on).
+
+    The fields of :class:`caresync.storage.ConflictRow`: the conflict's id, kind,
+    subject and severity, and ``payload``, the conflicts package's JSON of it.
+    """
+
+    record_id: str
+    id: str
+    kind: str
+    subject: str
+    severity: str
+    payload: bytes
+
+
 class PushItem(NamedTuple):
     """One outbox entry: the replica's own sequence number, the record and the update."""
 
@@ -266,10 +290,35 @@ class Message:
     FROZEN_LAYOUT: ClassVar[bool] = False
     SINCE_VERSION: ClassVar[int] = 1
     """The first protocol version that has this message."""
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({})
+    """Fields added after the message itself, by the protocol version that added them.
 
-    def to_body(self) -> dict[str, object]:
-        """The message's fields as the body map of its envelope."""
-        names: tuple[str, ...] = type(self).__slots__  # a slotted dataclass: its fields
+    A frame written in an older version has no such key; decoding it gives the
+    field its default, which means "not sent" (``None``).
+    """
+
+    @classmethod
+    def fields_in(cls, version: int) -> tuple[str, ...]:
+        """The field names a frame of this message carries in protocol ``version``."""
+        names: tuple[str, ...] = cls.__slots__  # a slotted dataclass: its fields
+        since = cls.FIELDS_SINCE
+        if not since:
+            return names
+        return tuple(name for name in names if since.get(name, 1) <= version)
+
+    def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
+        """The message's fields, as protocol ``version`` has them, as an envelope's body.
+
+        Raises LocalProtocolError if a field newer than ``version`` holds a value
+        (anything but ``None``): it would be dropped without a word.
+        """
+        names = self.fields_in(version)
+        for name, since in self.FIELDS_SINCE.items():
+            if since > version and getattr(self, name) is not None:
+                raise LocalProtocolError(
+                    f"{type(self).__name__}.{name} exists from protocol version {since}; "
+                    f"this connection speaks version {version}"
+                )
         return {name: getattr(self, name) for name in names}
 
 
@@ -460,16 +509,22 @@ class CopyRequest(Message):
 
     ``after_record_id`` is ``None`` to start; to resume, the ``last_record_id`` of the
     last batch committed. ``batch_records`` is the most records the batch may hold.
+    ``rulebook`` (version 3 on) is the fingerprint of the client's rulebook
+    (:attr:`caresync.conflicts.Rulebook.fingerprint`): a server whose conflict index
+    was computed by the same rulebook may send each record's index rows with it.
     """
 
     TYPE_CODE: ClassVar[int] = 16
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"rulebook": 3})
 
     after_record_id: str | None = None
     batch_records: int = DEFAULT_COPY_BATCH_RECORDS
+    rulebook: str | None = None
 
     def __post_init__(self) -> None:
         _opt_text("CopyRequest", "after_record_id", self.after_record_id, MAX_ID_LENGTH)
         _int("CopyRequest", "batch_records", self.batch_records, 1, MAX_BATCH_ITEMS)
+        _opt_text("CopyRequest", "rulebook", self.rulebook, MAX_FINGERPRINT_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,9 +538,15 @@ class CopyBatch(Message):
     record the client may see. ``feed_checkpoint`` is the server's change-feed head
     when these records were read. ``final`` is true on the last batch; a batch that is
     not final holds at least one record.
+
+    ``conflicts`` (version 3 on) is ``None`` when the server sends no conflict index
+    rows (the client computes them), or every index row of the batch's records, in
+    record order, computed by the rulebook the request named (a record with no row has
+    no open conflict). Only a request that named a rulebook may get them.
     """
 
     TYPE_CODE: ClassVar[int] = 17
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"conflicts": 3})
 
     records: tuple[CopyRecord, ...]
     done_records: int
@@ -495,6 +556,7 @@ class CopyBatch(Message):
     last_record_id: str | None
     feed_checkpoint: int
     final: bool
+    conflicts: tuple[CopyConflict, ...] | None = None
 
     def __post_init__(self) -> None:
         owner = "CopyBatch"
@@ -524,6 +586,42 @@ class CopyBatch(Message):
         _bool(owner, "final", self.final)
         if not self.final and not out:
             raise LocalProtocolError("CopyBatch: a batch that is not final must hold a record")
+        if self.conflicts is not None:
+            _set(self, "conflicts", _copy_conflicts(self.conflicts, out))
+
+
+def _copy_conflicts(value: object, records: list[CopyRecord]) -> tuple[CopyConflict, ...]:
+    """Validate a CopyBatch's conflict rows: each names a record of the batch, in order."""
+    owner = "CopyBatch"
+    items = _items(owner, "conflicts", value, allow_empty=True)
+    order = {record.record_id: index for index, record in enumerate(records)}
+    out: list[CopyConflict] = []
+    previous: tuple[int, str] | None = None
+    for item in items:
+        if type(item) is not CopyConflict:
+            if not isinstance(item, (tuple, list)) or len(item) != 6:
+                _bad(
+                    owner,
+                    "conflicts[]",
+                    "a (record_id, id, kind, subject, severity, payload) tuple",
+                    item,
+                )
+            item = CopyConflict(*item)
+        position = order.get(item.record_id) if type(item.record_id) is str else None
+        if position is None:
+            _bad(owner, "conflicts[].record_id", "the id of a record in this batch", item.record_id)
+        # The bounds of the store's ConflictRow, so that every stored row can be sent.
+        _text(owner, "conflicts[].id", item.id, MAX_NAME_LENGTH, printable=False)
+        _text(owner, "conflicts[].kind", item.kind, MAX_NAME_LENGTH, printable=False)
+        _text(owner, "conflicts[].subject", item.subject, MAX_MESSAGE_LENGTH, printable=False)
+        _text(owner, "conflicts[].severity", item.severity, MAX_NAME_LENGTH, printable=False)
+        _update(owner, "conflicts[].payload", item.payload)
+        key = (position, item.id)
+        if previous is not None and key <= previous:
+            _bad(owner, "conflicts", "in record order, each id once per record", item.id)
+        previous = key
+        out.append(item)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -747,7 +845,7 @@ class Error(Message):
             )
         )
 
-    def to_body(self) -> dict[str, object]:
+    def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
         """The message's fields as a body map (``detail`` as a plain dict)."""
         return {
             "code": self.code,

@@ -62,6 +62,7 @@ from caresync.protocol.messages import (
     Authenticate,
     Authenticated,
     CopyBatch,
+    CopyConflict,
     CopyRecord,
     CopyRequest,
     DetailValue,
@@ -253,11 +254,14 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         total_bytes: int,
         feed_checkpoint: int,
         final: bool,
+        conflicts: Iterable[CopyConflict | tuple[str, str, str, str, str, bytes]] | None = None,
     ) -> None:
         """Queue CopyBatch answering the outstanding CopyRequest.
 
         ``records`` in ascending id order, all after the request's ``after_record_id``,
-        at most its ``batch_records``; ``last_record_id`` is derived. Raises
+        at most its ``batch_records``; ``last_record_id`` is derived. ``conflicts``:
+        ``None``, or every conflict index row of those records, computed by the
+        rulebook the request named (``CopyRequest.rulebook``). Raises
         :class:`~caresync.exceptions.LocalProtocolError`, queueing nothing, if the
         batch breaks those rules or its frame would exceed the client's maximum.
         """
@@ -275,7 +279,10 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             last,
             feed_checkpoint,
             final,
+            None if conflicts is None else tuple(conflicts),
         )
+        if batch.conflicts is not None and request.rulebook is None:
+            raise LocalProtocolError("conflict index rows for a request that named no rulebook")
         if len(items) > request.batch_records:
             raise LocalProtocolError(
                 f"{len(items)} records; the client asked for at most {request.batch_records}"
