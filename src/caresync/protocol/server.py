@@ -279,7 +279,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             last,
             feed_checkpoint,
             final,
-            None if conflicts is None else tuple(conflicts),
+            None if conflicts is None else tuple(CopyConflict(*row) for row in conflicts),
         )
         if batch.conflicts is not None and request.rulebook is None:
             raise LocalProtocolError("conflict index rows for a request that named no rulebook")
