@@ -30,6 +30,7 @@ from caresync.exceptions import RuleError
 __all__ = [
     "DERIVATION_VERSION",
     "FINGERPRINT_FORMAT",
+    "check_rule_versions",
     "rule_fingerprint",
     "rulebook_fingerprint",
     "versioned",
@@ -79,11 +80,7 @@ def rule_fingerprint(rule: object) -> tuple[str, str] | None:
         version_text = f"{type(version).__name__}:{version}"
     identity = getattr(rule, "rule_identity", None)
     if identity is not None:
-        if not isinstance(identity, str) or not identity:
-            raise RuleError(
-                f"safety rule {name} has rule_identity {identity!r}: use a non-empty string"
-            )
-        return identity, version_text
+        return _check_identity(identity, rule), version_text
     module = getattr(rule, "__module__", None)
     qualname = getattr(rule, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str):
@@ -93,6 +90,17 @@ def rule_fingerprint(rule: object) -> tuple[str, str] | None:
     if inspect.ismethod(rule) and not isinstance(rule.__self__, type):
         return None  # bound to an instance whose state may differ
     return f"{module}:{qualname}", version_text
+
+
+def check_rule_versions(rules: Iterable[object]) -> None:
+    """Raise RuleError for a bad ``rule_version`` or ``rule_identity`` (cheaper than hashing)."""
+    for rule in rules:
+        version = getattr(rule, "rule_version", None)
+        if version is not None:
+            _check_version(version, f"safety rule {_describe(rule)}")
+        identity = getattr(rule, "rule_identity", None)
+        if identity is not None:
+            _check_identity(identity, rule)
 
 
 def rulebook_fingerprint(rules: Iterable[object]) -> str:
@@ -109,6 +117,14 @@ def rulebook_fingerprint(rules: Iterable[object]) -> str:
 def _check_version(version: object, what: str) -> None:
     if isinstance(version, bool) or not isinstance(version, (int, str)):
         raise RuleError(f"{what} has rule_version {version!r}: use an int or a string")
+
+
+def _check_identity(identity: object, rule: object) -> str:
+    if not isinstance(identity, str) or not identity:
+        raise RuleError(
+            f"safety rule {_describe(rule)} has rule_identity {identity!r}: use a non-empty string"
+        )
+    return identity
 
 
 def _describe(rule: object) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from caresync.conflicts.builtin import Rule, builtin_rules
-from caresync.conflicts.fingerprint import rulebook_fingerprint
+from caresync.conflicts.fingerprint import check_rule_versions, rulebook_fingerprint
 from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
 from caresync.conflicts.view import RecordView
 from caresync.exceptions import (
@@ -40,8 +40,8 @@ class Rulebook:
 
     def __init__(self, rules: Iterable[Rule] | None = None) -> None:
         self._rules: tuple[Rule, ...] = tuple(builtin_rules() if rules is None else rules)
-        # Computed once, here, so a bad ``rule_version`` is refused at construction.
-        self._fingerprint = rulebook_fingerprint(self._rules)
+        check_rule_versions(self._rules)  # a bad version is refused here, not when syncing
+        self._fingerprint: str | None = None  # on first use: rulebooks are made per call too
         self._cache: weakref.WeakKeyDictionary[Record, tuple[int, list[Conflict]]] = (
             weakref.WeakKeyDictionary()
         )
@@ -62,6 +62,8 @@ class Rulebook:
         ``__main__``) makes it unique to this rulebook. Replicas whose rulebooks
         have equal fingerprints may store each other's conflict rows as they are.
         """
+        if self._fingerprint is None:
+            self._fingerprint = rulebook_fingerprint(self._rules)
         return self._fingerprint
 
     def with_rules(self, *rules: Rule) -> Rulebook:
