@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from caresync.exceptions import InvalidInputError, WrongOrganisationError, WrongServerError
+from caresync.storage._spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage._updates import (
     advance,
     covered_by,
@@ -59,11 +60,14 @@ class PlannedRecord:
     appended_bytes: int
     conflicts: tuple[ConflictRow, ...] | None
     organisation_set: bool
+    clocks: dict[bytes, int] | None = None
 
     @property
     def cached(self) -> CachedRecord:
         """The record as it will be once the batch commits."""
-        return CachedRecord(self.state_vector, self.organisation, self.pending, self.merged)
+        return CachedRecord(
+            self.state_vector, self.organisation, self.pending, self.merged, self.clocks
+        )
 
 
 class WriteLike(Protocol):
@@ -97,6 +101,11 @@ def plan_writes(
     ``appended`` lists the indexes (into ``writes``) to append to the log. With
     ``skip_duplicates``, a record that already held every part of its updates
     appends nothing (a resent batch is harmless and stored once).
+
+    Most updates are simple (one client's edit that depends on nothing else,
+    see :mod:`~caresync.storage._spans`): for a record without waiting items,
+    their client and clocks decide everything, read in Python without a pycrdt
+    call. Any other update, or one that would wait, goes the general way.
     """
     groups: dict[str, list[int]] = {}
     for index, write in enumerate(writes):
@@ -111,7 +120,16 @@ def plan_writes(
         organisation, organisation_set = _organisation(record_id, cur, writes, indexes)
         updates = [writes[i].update for i in indexes]
         merged: bytes | None = None
-        if cur is None:
+        clocks: dict[bytes, int] | None = None
+        simple = None if cur is not None and cur.pending else _advance_simply(cur, updates)
+        if simple is not None:
+            clocks, changed = simple
+            pending = False
+            if cur is None or changed:
+                vector = encode_clocks(clocks)
+            else:
+                vector, merged = cur.state_vector, cur.merged
+        elif cur is None:
             merged = merge(updates, record_id=record_id)
             vector = state_vector_of(merged, record_id=record_id)
             pending, changed = has_pending(merged, vector), True
@@ -148,8 +166,41 @@ def plan_writes(
             sum(len(u) for u in updates) if appended else 0,
             conflicts,
             organisation_set,
+            clocks,
         )
     return planned
+
+
+def _advance_simply(
+    cur: CachedRecord | None, updates: Sequence[bytes]
+) -> tuple[dict[bytes, int], bool] | None:
+    """The record's clocks after simple updates, and whether they held anything new.
+
+    None when any update is not simple, or would wait for one not yet held
+    (it starts past its client's clock): the general way decides those.
+    """
+    if cur is None:
+        clocks: dict[bytes, int] | None = {}
+    elif cur.clocks is not None:
+        clocks = cur.clocks
+    else:
+        clocks = decode_clocks(cur.state_vector)
+    if clocks is None:
+        return None
+    new = clocks
+    for update in updates:
+        span = simple_span(update)
+        if span is None:
+            return None
+        client, first, end = span
+        have = new.get(client, 0)
+        if first > have:
+            return None
+        if end > have:
+            if new is clocks:
+                new = dict(clocks)  # the cached dict is shared: never change it in place
+            new[client] = end
+    return new, new is not clocks or cur is None
 
 
 def _organisation(

@@ -35,11 +35,14 @@ class CachedRecord:
     organisation: str | None
     pending: bool
     merged: bytes | None = None
+    clocks: dict[bytes, int] | None = None
+    """The state vector decoded, {client: clock}, when known. Never changed in place."""
 
     @property
     def size(self) -> int:
         """Bytes this entry holds (what the cache's byte bound counts)."""
-        return len(self.merged or b"") + len(self.state_vector) + 64
+        clocks = 0 if self.clocks is None else 64 + 48 * len(self.clocks)
+        return len(self.merged or b"") + len(self.state_vector) + 64 + clocks
 
 
 class RecordCache:

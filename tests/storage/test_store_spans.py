@@ -1,0 +1,254 @@
+"""The strict reader of simple updates, checked against pycrdt, and planning with and without it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
+from store_helpers import Patient
+
+from caresync.storage import CachedRecord, IncomingUpdate
+from caresync.storage import _writes as writes_module
+from caresync.storage._spans import decode_clocks, encode_clocks, simple_span
+from caresync.storage._updates import (
+    _runs_up_to,
+    covered_by,
+    decode_state_vector,
+    has_pending,
+    merge,
+    same_state_vector,
+)
+from caresync.storage._writes import plan_writes
+
+# ------------------------------------------------------------- making updates
+
+values = st.one_of(
+    st.text(max_size=3),
+    st.text(min_size=120, max_size=300),  # a length of two varuint bytes
+    st.integers(-(2**40), 2**40),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=2),
+)
+ops = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(["revisions", "meta"]), st.text(max_size=4), values),
+    st.tuples(st.just("batch"), st.lists(st.text(max_size=4), min_size=1, max_size=4)),
+    st.tuples(st.just("delete"), st.text(max_size=4)),
+    st.tuples(st.just("array"), values),
+    st.tuples(st.just("text"), st.text(min_size=1, max_size=4)),
+    st.tuples(st.just("nested"), st.text(max_size=4)),
+    st.tuples(st.just("other client"), st.text(max_size=4)),
+)
+
+
+def updates_of(script: list[tuple[Any, ...]]) -> list[bytes]:
+    """Run a script of operations on a document (and a second client's copy); every update."""
+    doc: Doc[Any] = Doc()
+    seen: list[bytes] = []
+    doc.observe(lambda event: seen.append(event.update))
+    revisions = doc.get("revisions", type=Map)
+    for op in script:
+        kind = op[0]
+        if kind == "set":
+            doc.get(op[1], type=Map)[op[2]] = op[3]
+        elif kind == "batch":
+            with doc.transaction():
+                for n, key in enumerate(op[1]):
+                    revisions[f"{key}/{n}"] = f"value {n}"
+        elif kind == "delete" and op[1] in revisions:
+            del revisions[op[1]]
+        elif kind == "array":
+            doc.get("array", type=Array).append(op[1])
+        elif kind == "text":
+            doc.get("text", type=Text).insert(0, op[1])
+        elif kind == "nested":
+            revisions[op[1]] = Map({"a": "b"})
+        elif kind == "other client":
+            other: Doc[Any] = Doc()
+            other.apply_update(doc.get_update())
+            before = other.get_state()
+            other.get("revisions", type=Map)[op[1]] = "from elsewhere"
+            update = other.get_update(before)
+            doc.apply_update(update)
+            seen.append(update)
+    return seen
+
+
+def mutations(update: bytes) -> list[bytes]:
+    """Damaged copies of an update: every byte changed a few ways, cut short, extended."""
+    out = [update[:cut] for cut in range(len(update))]
+    out += [update + b"\x00", update + b"\x01", update[:-1] + b"\x01\x00"]
+    for pos in range(len(update)):
+        for value in {0x00, 0x01, 0x7F, 0x80, 0xFF, update[pos] ^ 0x01, update[pos] ^ 0x40}:
+            out.append(update[:pos] + bytes([value]) + update[pos + 1 :])
+    return out
+
+
+def assert_pycrdt_agrees(candidate: bytes) -> bool:
+    """If the reader vouches for the bytes, pycrdt reads them and agrees on every number."""
+    span = simple_span(candidate)
+    if span is None:
+        return False
+    client, first, end = span
+    assert first < end
+    (client_id,) = decode_state_vector(encode_clocks({client: 0}))
+    before = encode_clocks({client: first} if first else {})
+    merged = merge_updates(_runs_up_to(before), candidate)  # raises if pycrdt cannot read it
+    vector = get_state(merged)
+    held = {c: clock for c, clock in decode_state_vector(vector).items() if clock}
+    assert held == {client_id: end}
+    assert not has_pending(merged, vector)
+    assert covered_by(candidate, encode_clocks({client: end}))
+    assert not covered_by(candidate, encode_clocks({client: end - 1}))
+    Doc().apply_update(candidate)  # a document reads them too
+    return True
+
+
+@given(st.lists(ops, min_size=1, max_size=6))
+def test_the_reader_vouches_only_for_what_pycrdt_reads_the_same_way(
+    script: list[tuple[Any, ...]],
+) -> None:
+    for update in updates_of(script):
+        assert_pycrdt_agrees(update)
+        for damaged in mutations(update):
+            assert_pycrdt_agrees(damaged)
+
+
+def test_the_updates_a_record_makes_are_simple() -> None:
+    p = Patient()
+    assert simple_span(p.created) is not None
+    with p.record.batch():
+        p.record.set("birthDate", "1990-01-01", author="dr.a")
+        p.record.set("name", "Ada Lovelace, née Byron", author="dr.a")
+    for update in [p.edit("birthDate", "x" * 500), *p.updates]:
+        assert assert_pycrdt_agrees(update)
+
+
+def test_what_the_reader_leaves_to_pycrdt() -> None:
+    doc: Doc[Any] = Doc()
+    seen: list[bytes] = []
+    doc.observe(lambda event: seen.append(event.update))
+    revisions = doc.get("revisions", type=Map)
+    revisions["a"] = "1"
+    revisions["a"] = "2"  # overwriting a key depends on the entry it replaces
+    del revisions["a"]  # a delete set
+    revisions["n"] = 5  # not a string
+    doc.get("text", type=Text).insert(0, "abc")
+    assert simple_span(seen[0]) is not None
+    assert [simple_span(u) for u in seen[1:]] == [None] * 4
+    assert simple_span(merge_updates(seen[0], Patient().created)) is None  # two clients
+    assert simple_span(b"") is None
+
+
+@given(st.dictionaries(st.integers(0, 2**53 - 1), st.integers(0, 2**31 - 1), max_size=6))
+def test_state_vectors_decode_and_encode_as_pycrdt_does(vector: dict[int, int]) -> None:
+    doc_vector = _vector_bytes(vector)
+    clocks = decode_clocks(doc_vector)
+    assert clocks is not None
+    assert same_state_vector(encode_clocks(clocks), doc_vector)
+    assert decode_state_vector(encode_clocks(clocks)) == vector
+
+
+def test_state_vectors_of_real_documents_decode() -> None:
+    p, q = Patient(), Patient()
+    both = merge_updates(*p.updates, *q.updates)
+    clocks = decode_clocks(get_state(both))
+    assert clocks is not None
+    assert same_state_vector(encode_clocks(clocks), get_state(both))
+    assert decode_clocks(b"\x02\x01") is None  # cut short
+    assert decode_clocks(b"\x01\x81\x00\x01") is None  # not canonical
+    assert decode_clocks(b"\x00\x00") is None  # a byte too many
+
+
+def _vector_bytes(vector: dict[int, int]) -> bytes:
+    out = bytearray(_varuint(len(vector)))
+    for client, clock in vector.items():
+        out += _varuint(client) + _varuint(clock)
+    return bytes(out)
+
+
+def _varuint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# ------------------------------------------------ planning, with and without
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(["edit", "batch", "merged"])),
+        min_size=1,
+        max_size=8,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_planning_decides_the_same_with_the_reader_as_pycrdt_alone(
+    script: list[tuple[int, str]], rng: Any
+) -> None:
+    """Three replicas edit one record; their updates arrive shuffled, in batches, twice."""
+    origin = Patient()
+    replicas = [origin, origin.copy("laptop-b"), origin.copy("laptop-c")]
+    produced = [origin.created]
+    for who, kind in script:
+        p = replicas[who]
+        if kind == "edit":
+            produced.append(p.edit())
+        elif kind == "batch":
+            with p.record.batch():
+                p.record.set("birthDate", "1", author="dr.a")
+                p.record.set("name", "2", author="dr.a")
+            produced.append(p.updates[-1])
+        else:
+            produced.append(merge_updates(*p.updates[1:]) if len(p.updates) > 1 else p.created)
+    deliveries = produced + rng.sample(produced, len(produced))
+    rng.shuffle(deliveries)
+    batches: list[list[bytes]] = []
+    while deliveries:
+        size = rng.randint(1, 3)
+        batches.append(deliveries[:size])
+        deliveries = deliveries[size:]
+    fast = _Replay(origin.id)
+    slow = _Replay(origin.id)
+    for batch in batches:
+        a = fast.plan(batch)
+        b = slow.plan(batch, without_reader=True)
+        assert same_state_vector(a.state_vector, b.state_vector)
+        assert (a.pending, a.changed, a.appended, a.is_new) == (
+            b.pending,
+            b.changed,
+            b.appended,
+            b.is_new,
+        )
+    assert same_state_vector(fast.known.state_vector, get_state(merge(fast.log, record_id="r")))
+
+
+class _Replay:
+    """One record's store, reduced to what planning reads: its known state and its log."""
+
+    def __init__(self, record_id: str) -> None:
+        self.record_id = record_id
+        self.known: CachedRecord | None = None
+        self.log: list[bytes] = []
+
+    def plan(self, batch: list[bytes], *, without_reader: bool = False) -> Any:
+        items = [IncomingUpdate(self.record_id, update, None) for update in batch]
+        known = {} if self.known is None else {self.record_id: self.known}
+        full: Callable[[str], bytes] = lambda _: merge(self.log, record_id=self.record_id)  # noqa: E731
+        with pytest.MonkeyPatch.context() as patch:
+            if without_reader:
+                patch.setattr(writes_module, "simple_span", lambda update: None)
+            planned = plan_writes(items, known, full, skip_duplicates=True)[self.record_id]
+        self.log += [batch[i] for i in planned.appended]
+        self.known = planned.cached
+        return planned
