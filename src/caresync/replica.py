@@ -36,7 +36,7 @@ import random
 import ssl as ssl_module
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,7 @@ from caresync.exceptions import (
     StorageError,
     UnknownConflictError,
 )
+from caresync.index import ensure_index
 from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
@@ -78,7 +79,7 @@ from caresync.protocol import (
     item_wire_size,
 )
 from caresync.records import JSONValue, Record, Revision
-from caresync.storage import Identity, IncomingUpdate, SQLiteStore, Store
+from caresync.storage import ConflictRow, Identity, IncomingUpdate, SQLiteStore, Store
 from caresync.transport import Channel, connect_websocket
 
 __all__ = [
@@ -283,6 +284,9 @@ class Replica:
     ) -> Replica:
         """Open a laptop database (created unless ``create=False``).
 
+        A database whose conflict index another rulebook computed is re-indexed
+        first (see :mod:`caresync.index`).
+
         ``password_hasher`` makes the hash kept for offline login (argon2id with
         the library's defaults unless given; a simulation may pass cheaper
         parameters).
@@ -296,6 +300,7 @@ class Replica:
             elif identity.role != "laptop":
                 raise StorageError(f"{path} is a server's database, not a laptop's")
             locked = await store.get_meta(_LOCKED)
+            await ensure_index(store, rulebook, replica=identity.replica_id)
         except BaseException:
             await store.close()
             raise
@@ -736,6 +741,16 @@ class Replica:
             await session.live(stop, attempt)
 
 
+def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
+    """A first-copy batch's conflict rows, as the store's rows, per record."""
+    grouped: dict[str, list[ConflictRow]] = {}
+    for row in batch.conflicts or ():
+        grouped.setdefault(row.record_id, []).append(
+            ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
+        )
+    return {record_id: tuple(rows) for record_id, rows in grouped.items()}
+
+
 def _merge(record_id: str, updates: list[bytes]) -> bytes:
     """Several updates of one record as one (bytes only, no document loaded)."""
     try:
@@ -936,6 +951,7 @@ class _Session:
         checkpoint: tuple[str, str],
         *,
         absent: Collection[str] = (),
+        trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one transaction.
 
@@ -950,6 +966,9 @@ class _Session:
         the merge; after a failed commit the records touched are reloaded from
         disk next time (memory never runs ahead of the store). ``absent`` names
         records known not to be stored here (a first copy's), not looked up.
+        With ``trusted_rows`` (a first copy from a server whose rulebook is ours),
+        an absent record is stored with those conflict rows as they are: it is
+        not built and its rules do not run.
         """
         replica = self.replica
         pool = replica._pool
@@ -964,10 +983,15 @@ class _Session:
                 # Pipelined: the store's thread answers them back to back.
                 stored = await asyncio.gather(*(replica.store.load(rid) for rid in unloaded))
                 stored_by_id = dict(zip(unloaded, stored, strict=True))
-                items = []
+                organisation = replica.identity.organisation
+                items: list[IncomingUpdate] = []
                 for record_id, parts in groups.items():
                     update = parts[0] if len(parts) == 1 else _merge(record_id, parts)
                     touched.append(record_id)
+                    if trusted_rows is not None and record_id in absent:
+                        rows = trusted_rows.get(record_id, ())
+                        items.append(IncomingUpdate(record_id, update, rows, organisation))
+                        continue
                     record = pool.peek(record_id)
                     if record is not None:
                         record.apply_update(update)
@@ -975,11 +999,7 @@ class _Session:
                         before = stored_by_id.get(record_id)
                         whole = update if before is None else _merge(record_id, [before, update])
                         record = pool.load_bytes(record_id, whole)
-                    items.append(
-                        IncomingUpdate(
-                            record_id, update, pool.rows(record), replica.identity.organisation
-                        )
-                    )
+                    items.append(IncomingUpdate(record_id, update, pool.rows(record), organisation))
                 await replica.store.write_remote(items, checkpoint=checkpoint)
             except BaseException:
                 for record_id in touched:
@@ -989,14 +1009,25 @@ class _Session:
             replica._notify_received(tuple(touched))
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
+        """Copy every record this replica may see, a batch per transaction, resumable.
+
+        The next batch is asked for before this one is committed, so the server
+        reads it while the laptop writes. A server whose rulebook is ours sends
+        each record's conflict rows, stored as they are (see :mod:`caresync.index`).
+        """
         store = self.replica.store
         if await store.get_meta(_COPY_DONE_MS) is not None:
             return 0
         resume = await store.get_meta(_COPY_RESUME) or None
+        rulebook = self.replica.rulebook.fingerprint
+        batch_records = self.limits.copy_batch_records
         copied = 0
+        self.protocol.request_copy(resume, batch_records, rulebook)
+        batch = await self.expect(CopyBatch)
         while True:
-            self.protocol.request_copy(resume, self.limits.copy_batch_records)
-            batch = await self.expect(CopyBatch)
+            if not batch.final:
+                self.protocol.request_copy(batch.last_record_id, batch_records, rulebook)
+                await self.flush()
             if await store.get_meta(_COPY_CHECKPOINT) is None:
                 await store.set_meta(_COPY_CHECKPOINT, str(batch.feed_checkpoint))
             if batch.records:
@@ -1007,6 +1038,7 @@ class _Session:
                     [(rec.record_id, rec.update) for rec in batch.records],
                     checkpoint=(_COPY_RESUME, batch.last_record_id or ""),
                     absent={r.record_id for r in batch.records} - ours,
+                    trusted_rows=None if batch.conflicts is None else _rows_by_record(batch),
                 )
                 copied += len(batch.records)
             resume = batch.last_record_id
@@ -1018,6 +1050,7 @@ class _Session:
                 )
             if batch.final:
                 break
+            batch = await self.expect(CopyBatch)
         start = await store.get_meta(_COPY_CHECKPOINT) or "0"
         if await store.get_meta(_CHECKPOINT) is None:
             await store.set_meta(_CHECKPOINT, start)

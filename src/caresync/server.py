@@ -34,10 +34,13 @@ from caresync.exceptions import (
     ProtocolError,
     StorageError,
 )
+from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
+    ITEM_OVERHEAD_BYTES,
     Authenticate,
+    CopyConflict,
     CopyRequest,
     Enrol,
     ErrorCode,
@@ -50,6 +53,7 @@ from caresync.protocol import (
     ResumeSession,
     ServerProtocol,
     Subscribe,
+    item_wire_size,
 )
 from caresync.records import Record
 from caresync.storage import Identity, IncomingUpdate, ReplicaInfo, SQLiteStore, Store
@@ -68,6 +72,13 @@ def hash_password(password: str) -> str:
     if not isinstance(password, str) or not password:
         raise InvalidInputError("a password must be a non-empty string")
     return _hasher.hash(password)
+
+
+def _row_wire_size(row: CopyConflict) -> int:
+    """An upper bound on the bytes one conflict row takes in a CopyBatch frame."""
+    text = len(row.record_id) + len(row.id) + len(row.kind) + len(row.subject) + len(row.severity)
+    # UTF-8 takes at most 4 bytes a character; msgpack adds a few bytes per field.
+    return 4 * text + len(row.payload) + ITEM_OVERHEAD_BYTES
 
 
 def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
@@ -131,7 +142,10 @@ class SyncServer:
         self.server_id = server_id
         self.session_ttl_s = session_ttl_s
         self._now_ms = now_ms
+        self.rulebook = rulebook
         self._pool = RecordPool(store, replica=server_id, rulebook=rulebook)
+        # Whether the stored conflict index was computed by ``rulebook`` (read once).
+        self._index_current: bool | None = None
         self._connections: set[_Connection] = set()
         self._commit_lock = asyncio.Lock()
         self._listener: WebSocketListener | None = None
@@ -139,7 +153,11 @@ class SyncServer:
 
     @classmethod
     async def open(cls, path: str | Path, **kwargs: Any) -> SyncServer:
-        """Open (or create) a server database and take its server id from it."""
+        """Open (or create) a server database and take its server id from it.
+
+        A database whose conflict index another rulebook computed is re-indexed
+        first (see :mod:`caresync.index`).
+        """
         store = await SQLiteStore.open(path)
         try:
             identity = await store.get_identity()
@@ -148,6 +166,8 @@ class SyncServer:
                 await store.set_identity(identity)
             elif identity.role != "server":
                 raise StorageError(f"{path} is a laptop's database, not a server's")
+            rulebook = kwargs.get("rulebook", DEFAULT_RULEBOOK)
+            await ensure_index(store, rulebook, replica=identity.replica_id)
         except BaseException:
             await store.close()
             raise
@@ -328,33 +348,47 @@ class SyncServer:
 
     async def _on_copy(self, conn: _Connection, request: CopyRequest) -> None:
         organisation = conn.organisation
-        checkpoint = await self.store.feed_head()
-        total = await self.store.count_records(organisation)
-        done_before, bytes_before = 0, 0
-        if request.after_record_id is not None and request.after_record_id == conn.copy_last:
-            done_before, bytes_before = conn.copy_done, conn.copy_bytes
-        elif request.after_record_id is not None:
-            # A resume on a new connection: count the records at or before the resume
-            # point once (the bytes sent before it are not known here).
-            done_before = len(await self.store.record_ids(organisation))
-            done_before -= len(
-                await self.store.record_ids(organisation, after=request.after_record_id)
+        send_rows = request.rulebook == self.rulebook.fingerprint and await self._index_is_current()
+        # Under the commit lock: the records, their conflict rows and the feed head
+        # are read as of one moment (a push committing in between would pair a
+        # record's state with rows of another state).
+        async with self._commit_lock:
+            checkpoint = await self.store.feed_head()
+            total = await self.store.count_records(organisation)
+            done_before, bytes_before = 0, 0
+            if request.after_record_id is not None and request.after_record_id == conn.copy_last:
+                done_before, bytes_before = conn.copy_done, conn.copy_bytes
+            elif request.after_record_id is not None:
+                # A resume on a new connection: count the records at or before the
+                # resume point once (the bytes sent before it are not known here).
+                done_before = len(await self.store.record_ids(organisation))
+                done_before -= len(
+                    await self.store.record_ids(organisation, after=request.after_record_id)
+                )
+            ids = await self.store.record_ids(
+                organisation, after=request.after_record_id, limit=request.batch_records
             )
-        ids = await self.store.record_ids(
-            organisation, after=request.after_record_id, limit=request.batch_records
-        )
+            loaded = await self.store.load_many(ids)
+            stored_rows = await self.store.conflict_rows(ids) if send_rows else {}
         records: list[tuple[str, bytes]] = []
+        rows: list[CopyConflict] = []
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         size = 0
-        # Pipelined: the store's thread answers the loads back to back.
-        loaded = await asyncio.gather(*(self.store.load(record_id) for record_id in ids))
-        for record_id, stored in zip(ids, loaded, strict=True):
+        for record_id in ids:
+            stored = loaded.get(record_id)
             if stored is None:
                 continue
-            if records and size + len(stored) + 64 > budget:
+            record_rows = [
+                CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
+                for row in stored_rows.get(record_id, ())
+            ]
+            record_size = item_wire_size(record_id, stored)
+            record_size += sum(_row_wire_size(row) for row in record_rows)
+            if records and size + record_size > budget:
                 break  # the rest goes in the next batch
             records.append((record_id, stored))
-            size += len(stored) + 64
+            rows.extend(record_rows)
+            size += record_size
         done = done_before + len(records)
         sent_bytes = bytes_before + size
         conn.protocol.send_copy_batch(
@@ -365,9 +399,17 @@ class SyncServer:
             total_bytes=sent_bytes,  # the total is unknown without reading every record
             feed_checkpoint=checkpoint,
             final=done >= total or not records,
+            conflicts=rows if send_rows else None,
         )
         conn.copy_last = records[-1][0] if records else request.after_record_id
         conn.copy_done, conn.copy_bytes = done, sent_bytes
+
+    async def _index_is_current(self) -> bool:
+        """True if the stored conflict index was computed by this server's rulebook."""
+        if self._index_current is None:
+            marked = await self.store.get_meta(INDEX_RULEBOOK_KEY)
+            self._index_current = marked == self.rulebook.fingerprint
+        return self._index_current
 
     async def _on_pull(self, conn: _Connection, request: PullRequest) -> None:
         head = await self.store.feed_head()

@@ -1,0 +1,53 @@
+"""Keeping a replica's conflict index true to the rulebook it runs with.
+
+Every replica keeps, per record, the rows of its open conflicts (the store's
+conflict index), written in the same transaction as the update that changed
+them. Those rows were computed by a rulebook; when the application's rulebook
+changes (a rule added, removed or given a new version), rows of records that
+nothing touched since would be stale, and a conflict a new rule finds would be
+listed nowhere. So each database remembers the fingerprint of the rulebook that
+computed its index (meta :data:`INDEX_RULEBOOK_KEY`), and opening it with another
+rulebook re-indexes every record first.
+
+The same mark lets a server send its rows to a laptop in a first copy: only when
+the server's index was computed by the rulebook the laptop runs.
+"""
+
+from __future__ import annotations
+
+from caresync.conflicts import Rulebook
+from caresync.pool import conflict_rows
+from caresync.records import Record
+from caresync.storage import Store
+
+__all__ = ["INDEX_RULEBOOK_KEY", "REINDEX_BATCH_RECORDS", "ensure_index"]
+
+INDEX_RULEBOOK_KEY = "index.rulebook"
+"""Meta key: the fingerprint of the rulebook that computed the stored conflict rows."""
+
+REINDEX_BATCH_RECORDS = 500
+"""Records read per store call while re-indexing."""
+
+
+async def ensure_index(store: Store, rulebook: Rulebook, *, replica: str) -> int:
+    """Re-index every record's conflicts unless ``rulebook`` computed the stored index.
+
+    Returns the number of records re-indexed (0 when the index was current, or
+    the database holds no record). Each record's rows are replaced in a
+    transaction of their own; the mark is written last, so an interrupted run
+    starts again at the next open. A rulebook holding a rule without a stable
+    name has a fingerprint of its own, so such a database re-indexes at every
+    open: give rules importable names (see ``docs/conflicts.md``).
+    """
+    current = rulebook.fingerprint
+    if await store.get_meta(INDEX_RULEBOOK_KEY) == current:
+        return 0
+    ids = await store.record_ids()
+    for start in range(0, len(ids), REINDEX_BATCH_RECORDS):
+        chunk = ids[start : start + REINDEX_BATCH_RECORDS]
+        loaded = await store.load_many(chunk)
+        for record_id, data in loaded.items():
+            record = Record.from_update(record_id, data, replica=replica)
+            await store.set_conflicts(record_id, conflict_rows(record, rulebook))
+    await store.set_meta(INDEX_RULEBOOK_KEY, current)
+    return len(ids)
