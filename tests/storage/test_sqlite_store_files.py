@@ -11,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from pycrdt import merge_updates
 from store_helpers import Patient, conflict, digest, revision_ids, snapshot
 
 from caresync import (
@@ -166,6 +167,112 @@ async def test_an_older_database_migrates_forward_keeping_its_data(tmp_path: Pat
     async with SQLiteStore.open(path) as again:
         assert again.migrated_from is None
         assert await again.count_conflicts() == 1
+
+
+def fill_like_an_old_server(path: Path) -> dict[str, Patient]:
+    """Rows as caresync up to version 3 wrote them: every feed update also in the log.
+
+    ``fed`` was compacted after two updates and written once more; ``fresh``
+    has one update; ``local`` is a laptop's record (log and outbox, no feed).
+    """
+    fed, fresh, local = Patient("laptop-b"), Patient("laptop-c"), Patient("laptop-a")
+    fed_updates = [fed.created, fed.edit("birthDate", "1970"), fed.edit("name", "Ada")]
+    local_updates = [local.created, local.edit("birthDate", "1999")]
+    conn = sqlite3.connect(path, isolation_level=None)
+    records = [
+        (fed.id, fed.record.state_vector(), 1, len(fed_updates[2])),
+        (fresh.id, fresh.record.state_vector(), 1, len(fresh.created)),
+        (local.id, local.record.state_vector(), 2, sum(map(len, local_updates))),
+    ]
+    conn.executemany(
+        "INSERT INTO records (record_id, organisation, state_vector, log_count, log_bytes,"
+        " created_ms, updated_ms) VALUES (?, 'org-1', ?, ?, ?, 1, 1)",
+        records,
+    )
+    conn.execute(
+        "INSERT INTO states (record_id, state) VALUES (?, ?)",
+        (fed.id, merge_updates(*fed_updates[:2])),
+    )
+    log = [(fed.id, fed_updates[2]), (fresh.id, fresh.created)]
+    log += [(local.id, u) for u in local_updates]
+    conn.executemany("INSERT INTO log (record_id, data, created_ms) VALUES (?, ?, 1)", log)
+    feed = [(fed.id, u) for u in fed_updates[:2]] + [(fresh.id, fresh.created)]
+    feed += [(fed.id, fed_updates[2])]
+    conn.executemany(
+        "INSERT INTO feed (record_id, organisation, data) VALUES (?, 'org-1', ?)", feed
+    )
+    conn.execute(
+        "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, 1)",
+        (local.id, local_updates[1]),
+    )
+    conn.close()
+    return {"fed": fed, "fresh": fresh, "local": local}
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+async def test_an_old_server_migrates_to_integer_keys_and_a_feed_that_is_its_log(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / f"v{version}.db"
+    make_old_database(path, version=version)
+    patients = fill_like_an_old_server(path)
+    fed, fresh, local = patients["fed"], patients["fresh"], patients["local"]
+    async with SQLiteStore.open(path) as store:
+        assert store.migrated_from == version
+        assert await store.check() == []
+        for p in patients.values():
+            loaded = await store.load(p.id)
+            assert loaded is not None
+            assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+        feed = await store.feed_since(0, limit=10)
+        assert [(f.seq, f.record_id) for f in feed] == [
+            (1, fed.id),
+            (2, fed.id),
+            (3, fresh.id),
+            (4, fed.id),
+        ]
+        assert [await store.log_length(p.id) for p in (fed, fresh, local)] == [1, 1, 2]
+        assert [i.record_id for i in await store.pending()] == [local.id]
+        # Writing on: into the feed (stored once), compacting, a new record.
+        new = Patient("laptop-d")
+        seqs = await store.write_remote(
+            [IncomingUpdate(fed.id, fed.edit("birthDate", "1971"), None), remote_of(new)],
+            to_feed=True,
+        )
+        assert seqs == [5, 6]
+        assert await store.log_length(fed.id) == 2
+        assert await store.compact(fed.id) == 2
+        assert await store.log_length(fed.id) == 0
+        assert len(await store.feed_since(0, limit=10)) == 6
+        assert await store.check() == []
+    async with SQLiteStore.open(path) as again:
+        assert again.migrated_from is None
+        loaded = await again.load(fed.id)
+        assert loaded is not None
+        assert revision_ids(loaded, fed.id) == {r.id for r in fed.record.revisions()}
+        assert await again.has_record(new.id)
+        assert await again.check() == []
+
+
+def remote_of(p: Patient) -> IncomingUpdate:
+    return IncomingUpdate(p.id, p.created, None, "org-1")
+
+
+async def test_a_log_row_of_no_record_stops_the_migration_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
+    make_old_database(path, version=3)
+    fill_like_an_old_server(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO log (record_id, data, created_ms) VALUES ('gone', x'0000', 1)")
+    conn.close()
+    with pytest.raises(StorageError, match="NOT NULL"):
+        await SQLiteStore.open(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT COUNT(*) FROM log").fetchone()[0] == 5
+    conn.close()
 
 
 async def test_a_failed_migration_leaves_the_old_version_whole(
@@ -414,9 +521,10 @@ async def test_bulk_reads_take_a_few_queries_not_one_per_record(
     assert revision_ids(loaded[patients[0].id], patients[0].id) == {
         r.id for r in patients[0].record.revisions()
     }
-    # Three slices of ids: per slice one records query and one log query, one conflicts query.
-    assert len([s for s in statements if s.startswith("SELECT")]) == 9
-    assert len(statements) <= 13  # and a read transaction around each call
+    # Three slices of ids: per slice a query of records, of their log and of their feed rows;
+    # one of conflicts per slice.
+    assert len([s for s in statements if s.startswith("SELECT")]) == 12
+    assert len(statements) <= 16  # and a read transaction around each call
 
 
 async def test_a_read_only_store_reads_in_bulk_and_sees_each_commit(tmp_path: Path) -> None:
@@ -433,6 +541,39 @@ async def test_a_read_only_store_reads_in_bulk_and_sees_each_commit(tmp_path: Pa
             assert loaded == await writer.load_many([p.id, q.id])
             assert revision_ids(loaded[p.id], p.id) == {r.id for r in p.record.revisions()}
             assert await reader.conflict_rows([p.id, q.id]) == {q.id: (conflict(q.id, 2),)}
+
+
+async def test_reading_a_record_and_the_feed_searches_indexes_and_never_sorts(
+    tmp_path: Path, traced: list[str]
+) -> None:
+    async with SQLiteStore.open(tmp_path / "server.db", cache_entries=0) as store:
+        patients = [Patient() for _ in range(20)]
+        await store.write_remote([remote_of(p) for p in patients], to_feed=True)
+        await store.write_remote([IncomingUpdate(p.id, p.edit(), None) for p in patients])
+        await store.write_remote(
+            [IncomingUpdate(p.id, p.edit(), None) for p in patients[:5]], to_feed=True
+        )
+        traced.clear()
+        await store.load(patients[0].id)
+        await store.load_many([p.id for p in patients])
+        await store.feed_since(3, limit=10, organisation="org-1")
+        await store.feed_since(3, limit=10)
+        await store.compact(patients[1].id)
+        statements = [s for s in traced if s.startswith(("SELECT", "DELETE"))]
+
+        def plan(raw: sqlite3.Connection) -> list[str]:
+            return [
+                str(row[-1])
+                for s in statements
+                for row in raw.execute(f"EXPLAIN QUERY PLAN {s}", _dummy_args(s))
+            ]
+
+        details = await store._run("plan", plan)
+    assert any("FROM feed" in s and "rk" in s for s in statements)
+    assert any("FROM log" in s for s in statements)
+    scans = [d for d in details if d.startswith("SCAN") and "sqlite_sequence" not in d]
+    assert scans == []
+    assert not [d for d in details if "TEMP B-TREE" in d]
 
 
 def _dummy_args(statement: str) -> tuple[object, ...]:

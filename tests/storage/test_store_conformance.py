@@ -446,6 +446,39 @@ async def test_compaction_folds_the_log_and_keeps_every_revision_and_the_outbox(
     assert await store.check() == []
 
 
+async def test_a_server_compacts_what_it_wrote_into_the_feed_and_the_feed_keeps_it(
+    store: Store,
+) -> None:
+    p, peer = Patient("laptop-b"), Patient("laptop-c")
+    await store.write_remote([IncomingUpdate(p.id, p.created, None, "org-1")], to_feed=True)
+    await store.write_remote([remote(p, p.edit("birthDate", "1980"))], to_feed=True)
+    await store.write_remote([remote(p, p.edit("name", "Ada"))])  # not into the feed
+    await store.write_remote([IncomingUpdate(peer.id, peer.created, None, "org-1")], to_feed=True)
+    feed = await store.feed_since(0, limit=100)
+    assert await store.log_length(p.id) == 3
+    assert await store.compact(p.id) == 3
+    assert await store.log_length(p.id) == 0
+    assert await store.compact(p.id) == 0  # nothing folded twice
+    assert await store.feed_since(0, limit=100) == feed
+    await store.write_remote([remote(p, p.edit("birthDate", "1981"))], to_feed=True)
+    await store.write_local(p.id, p.edit("name", "Ada B."), conflicts=None)
+    assert await store.log_length(p.id) == 2
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+    assert await store.check() == []
+    assert await store.compact(p.id) == 2
+    again = await store.load(p.id)
+    assert again is not None
+    assert revision_ids(again, p.id) == revision_ids(loaded, p.id)
+    assert [f.seq for f in await store.feed_since(0, limit=100)] == [1, 2, 3, 4]
+    assert await store.load_many([p.id, peer.id]) == {
+        p.id: again,
+        peer.id: await store.load(peer.id),
+    }
+    assert await store.check() == []
+
+
 async def test_compacting_an_unknown_record_is_a_typed_error(store: Store) -> None:
     with pytest.raises(UnknownRecordError):
         await store.compact("nobody")

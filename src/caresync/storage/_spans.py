@@ -59,8 +59,9 @@ class _NotSimple(Exception):
 
 def _number(token: bytes) -> int:
     """The value of a canonical varuint token."""
-    if len(token) == 1:
-        return token[0]
+    value = token[0]
+    if value < 0x80:
+        return value
     value = 0
     for shift, byte in enumerate(token):
         value |= (byte & 0x7F) << (7 * shift)
@@ -119,30 +120,58 @@ def _span(buf: bytes) -> tuple[Client, int, int] | None:
     head = _HEADER.match(buf)
     if head is None:
         return None
-    structs_token, client, first_token = head.groups()
-    structs, first = _number(structs_token), _number(first_token)
+    structs, first = _number(head[1]), _number(head[3])
     if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
         return None
     pos = head.end()
-    clock = first
+    if buf[pos:].isascii():
+        # Every byte after the header is below 0x80: every varuint is one byte and
+        # every string ASCII (valid UTF-8), so lengths are read directly.
+        clock = first
+        for _ in range(structs):
+            info = buf[pos]
+            if (info != _ITEM_WITH_KEY and info != _ITEM) or buf[pos + 1] != _ROOT_BY_NAME:
+                return None
+            pos += 3 + buf[pos + 2]  # info, parent info, the root type's name
+            if info == _ITEM_WITH_KEY:
+                pos += 1 + buf[pos]  # the key
+            count = buf[pos]
+            if count == 0:
+                return None
+            pos += 1
+            for _ in range(count):
+                if buf[pos] != _ANY_STRING:
+                    return None
+                pos += 2 + buf[pos + 1]
+            clock += count
+    else:
+        clock, pos = _structs(buf, pos, structs, first)
+    if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:
+        return None  # the delete set must be empty, and be the last byte
+    return head[2], first, clock
+
+
+def _structs(buf: bytes, pos: int, structs: int, clock: int) -> tuple[int, int]:
+    """Walk the structs in general: multi-byte varuints, strings checked as UTF-8.
+
+    Returns the clock after them and the position after them.
+    """
     for _ in range(structs):
         info = buf[pos]
         if (info != _ITEM_WITH_KEY and info != _ITEM) or buf[pos + 1] != _ROOT_BY_NAME:
-            return None
+            raise _NotSimple
         pos = _string(buf, pos + 2)  # the root type's name
         if info == _ITEM_WITH_KEY:
             pos = _string(buf, pos)  # the key
         count, pos = _uint(buf, pos)
         if count == 0:
-            return None
+            raise _NotSimple
         for _ in range(count):
             if buf[pos] != _ANY_STRING:
-                return None
+                raise _NotSimple
             pos = _string(buf, pos + 1)
         clock += count
-    if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:  # empty delete set, the end
-        return None
-    return client, first, clock
+    return clock, pos
 
 
 def decode_clocks(vector: bytes) -> dict[Client, int] | None:

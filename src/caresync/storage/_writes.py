@@ -61,12 +61,15 @@ class PlannedRecord:
     conflicts: tuple[ConflictRow, ...] | None
     organisation_set: bool
     clocks: dict[bytes, int] | None = None
+    key: int | None = None
+    """The record's integer key (the SQLite store gives a new record one)."""
 
     @property
     def cached(self) -> CachedRecord:
         """The record as it will be once the batch commits."""
+        clocks = None if self.clocks is None else tuple(self.clocks.items())
         return CachedRecord(
-            self.state_vector, self.organisation, self.pending, self.merged, self.clocks
+            self.state_vector, self.organisation, self.pending, self.merged, clocks, self.key
         )
 
 
@@ -163,10 +166,11 @@ def plan_writes(
             cur is None,
             changed,
             appended,
-            sum(len(u) for u in updates) if appended else 0,
+            sum(map(len, updates)) if appended else 0,
             conflicts,
             organisation_set,
             clocks,
+            None if cur is None else cur.key,
         )
     return planned
 
@@ -182,25 +186,24 @@ def _advance_simply(
     if cur is None:
         clocks: dict[bytes, int] | None = {}
     elif cur.clocks is not None:
-        clocks = cur.clocks
+        clocks = dict(cur.clocks)
     else:
         clocks = decode_clocks(cur.state_vector)
     if clocks is None:
         return None
-    new = clocks
+    changed = cur is None
     for update in updates:
         span = simple_span(update)
         if span is None:
             return None
         client, first, end = span
-        have = new.get(client, 0)
+        have = clocks.get(client, 0)
         if first > have:
             return None
         if end > have:
-            if new is clocks:
-                new = dict(clocks)  # the cached dict is shared: never change it in place
-            new[client] = end
-    return new, new is not clocks or cur is None
+            clocks[client] = end
+            changed = True
+    return clocks, changed
 
 
 def _organisation(

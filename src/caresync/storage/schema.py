@@ -35,6 +35,22 @@ Version 3 added what a laptop reports of its outbox when it connects (for monito
 
     replicas  + pending, oldest_pending_ms
 
+Version 4 gave records integer keys and let the server's feed double as the log::
+
+    records   + rk (unique index records_by_key), feed_folded
+    log       (id PK, rk, data, created_ms)      rebuilt keyed by rk; index log_by_record (rk)
+    feed      + rk; index feed_by_record (rk); feed_by_organisation now (organisation)
+
+(An index entry ends with its row's rowid, so an index on (rk) is ordered by
+(rk, id), and one on (organisation) by (organisation, seq): the same order as
+the two-column indexes, in smaller entries.)
+
+A record holds its state, its log rows, and its feed rows after
+``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
+as a feed row, instead of as a log row and a feed row; compaction folds the
+feed rows by raising ``feed_folded`` (the feed itself is never rewritten).
+``log_count`` and ``log_bytes`` count log rows and unfolded feed rows together.
+
 A record's row is small and changes with every write; its compacted state
 lives apart in ``states``, written only by compaction, so that a write never
 rewrites the record's bytes (an update of a row rewrites all of it).
@@ -148,7 +164,48 @@ _V3 = (
     "ALTER TABLE replicas ADD COLUMN oldest_pending_ms INTEGER",
 )
 
-SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
+_V4 = (
+    # Every record gets a small integer key, so the log's index is by integer
+    # (half the cost of an index by the record's text id per stored update).
+    "ALTER TABLE records ADD COLUMN rk INTEGER",
+    "ALTER TABLE records ADD COLUMN feed_folded INTEGER NOT NULL DEFAULT 0",
+    "CREATE TEMP TABLE caresync_v4_keys (rk INTEGER PRIMARY KEY, record_id TEXT UNIQUE NOT NULL)",
+    "INSERT INTO caresync_v4_keys (record_id) SELECT record_id FROM records ORDER BY record_id",
+    """UPDATE records SET rk = (
+        SELECT k.rk FROM caresync_v4_keys k WHERE k.record_id = records.record_id
+    )""",
+    "DROP TABLE caresync_v4_keys",
+    "CREATE UNIQUE INDEX records_by_key ON records (rk)",
+    """CREATE TABLE log_v4 (
+        id INTEGER PRIMARY KEY,
+        rk INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    )""",
+    # A log row of no record (a damaged file) has no key: the NOT NULL refuses
+    # the migration, which rolls back whole, rather than dropping the row.
+    """INSERT INTO log_v4 (id, rk, data, created_ms)
+        SELECT l.id, r.rk, l.data, l.created_ms
+        FROM log l LEFT JOIN records r ON r.record_id = l.record_id""",
+    "DROP TABLE log",
+    "ALTER TABLE log_v4 RENAME TO log",
+    # An index holds each row's rowid after its columns: (rk) is ordered by
+    # (rk, id) already, in smaller entries than (rk, id) would be.
+    "CREATE INDEX log_by_record ON log (rk)",
+    # The feed doubles as the log of what is written into it: its rows after a
+    # record's feed_folded are part of the record. Up to version 3 each feed
+    # row was written to the log as well, so every existing one is folded.
+    "ALTER TABLE feed ADD COLUMN rk INTEGER",
+    "UPDATE feed SET rk = (SELECT r.rk FROM records r WHERE r.record_id = feed.record_id)",
+    "CREATE INDEX feed_by_record ON feed (rk)",
+    "DROP INDEX feed_by_organisation",
+    "CREATE INDEX feed_by_organisation ON feed (organisation)",
+    """UPDATE records SET feed_folded = COALESCE(
+        (SELECT MAX(f.seq) FROM feed f WHERE f.rk = records.rk), 0
+    )""",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 
 SCHEMA_VERSION = max(SCHEMA_STEPS)

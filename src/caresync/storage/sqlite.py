@@ -425,7 +425,7 @@ class SQLiteStore:
                 lambda rid: _full(raw, rid),
                 skip_duplicates=False,
             )
-            self._store_planned(raw, writes, planned, now)
+            self._store_planned(raw, writes, planned, now, log=True)
             if len(writes) == 1:  # the durable single edit: as few statements as can be
                 cursor = raw.execute(
                     "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
@@ -479,21 +479,21 @@ class SQLiteStore:
                     lambda rid: _full(raw, rid),
                     skip_duplicates=True,
                 )
-                self._store_planned(raw, writes, planned, now)
+                # Into the feed, an update is stored once: its feed row is its log row.
+                self._store_planned(raw, writes, planned, now, log=not to_feed)
                 seqs = [0] * len(writes)
                 if to_feed:
                     appended = sorted(i for p in planned.values() for i in p.appended)
                     head = _sequence(raw, "feed")
+                    rows = []
+                    for i in appended:
+                        plan = planned[writes[i].record_id]
+                        rows.append(
+                            (writes[i].record_id, plan.organisation, writes[i].update, plan.key)
+                        )
                     raw.executemany(
-                        "INSERT INTO feed (record_id, organisation, data) VALUES (?, ?, ?)",
-                        [
-                            (
-                                writes[i].record_id,
-                                planned[writes[i].record_id].organisation,
-                                writes[i].update,
-                            )
-                            for i in appended
-                        ],
+                        "INSERT INTO feed (record_id, organisation, data, rk) VALUES (?, ?, ?, ?)",
+                        rows,
                     )
                     for n, i in enumerate(appended, start=head + 1):
                         seqs[i] = n
@@ -517,8 +517,7 @@ class SQLiteStore:
             # The cache holds only committed state; after a failed commit, be sure.
             self.cache.clear()
             raise
-        for record_id, plan in planned.items():
-            self.cache.put(record_id, plan.cached)
+        self.cache.put_many([(record_id, plan.cached) for record_id, plan in planned.items()])
         return seqs
 
     def _store_planned(
@@ -527,12 +526,23 @@ class SQLiteStore:
         writes: Sequence[WriteLike],
         planned: dict[str, PlannedRecord],
         now: int,
+        *,
+        log: bool,
     ) -> None:
+        """Write the records' rows, their log rows (with ``log``) and their conflict rows.
+
+        Gives each new record its integer key first (``plan.key``).
+        """
         new_rows = []
         changed_rows = []
+        organisation_rows = []
         appended: list[int] = []
+        next_key = 0
         for plan in planned.values():
             if plan.is_new:
+                if not next_key:
+                    next_key = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
+                plan.key, next_key = next_key, next_key + 1
                 new_rows.append(
                     (
                         plan.record_id,
@@ -543,39 +553,53 @@ class SQLiteStore:
                         plan.appended_bytes,
                         now,
                         now,
+                        plan.key,
                     )
                 )
-            elif plan.changed or plan.appended or plan.organisation_set:
-                changed_rows.append(
-                    (
-                        plan.state_vector,
-                        plan.pending,
-                        len(plan.appended),
-                        plan.appended_bytes,
-                        now,
-                        plan.organisation,
-                        plan.record_id,
+            else:
+                if plan.key is None:
+                    raise CorruptDatabaseError(f"record {plan.record_id} has no key; run check()")
+                if plan.changed or plan.appended:
+                    changed_rows.append(
+                        (
+                            plan.state_vector,
+                            plan.pending,
+                            len(plan.appended),
+                            plan.appended_bytes,
+                            now,
+                            plan.record_id,
+                        )
                     )
-                )
+                if plan.organisation_set:
+                    organisation_rows.append((plan.organisation, plan.record_id))
             appended.extend(plan.appended)
         if new_rows:
             raw.executemany(
-                "INSERT INTO records (record_id, organisation, state_vector, pending,"
-                " log_count, log_bytes, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO records (record_id, organisation, state_vector, pending, log_count,"
+                " log_bytes, created_ms, updated_ms, rk) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 new_rows,
             )
         if changed_rows:
+            # The organisation is set apart: naming it here would rewrite its index entry.
             raw.executemany(
                 "UPDATE records SET state_vector = ?, pending = ?, log_count = log_count + ?,"
-                " log_bytes = log_bytes + ?, updated_ms = ?,"
-                " organisation = COALESCE(organisation, ?) WHERE record_id = ?",
+                " log_bytes = log_bytes + ?, updated_ms = ? WHERE record_id = ?",
                 changed_rows,
             )
-        # Log rows in the order the writes came, whatever their record.
-        raw.executemany(
-            "INSERT INTO log (record_id, data, created_ms) VALUES (?, ?, ?)",
-            [(writes[i].record_id, writes[i].update, now) for i in sorted(appended)],
-        )
+        if organisation_rows:
+            raw.executemany(
+                "UPDATE records SET organisation = ? WHERE record_id = ? AND organisation IS NULL",
+                organisation_rows,
+            )
+        if log:
+            # Log rows in the order the writes came, whatever their record.
+            raw.executemany(
+                "INSERT INTO log (rk, data, created_ms) VALUES (?, ?, ?)",
+                [
+                    (planned[writes[i].record_id].key, writes[i].update, now)
+                    for i in sorted(appended)
+                ],
+            )
         for plan in planned.values():
             if plan.conflicts is not None:
                 _replace_conflicts(raw, plan.record_id, plan.conflicts)
@@ -595,12 +619,12 @@ class SQLiteStore:
         for start in range(0, len(missing), _IN_CHUNK):
             chunk = missing[start : start + _IN_CHUNK]
             rows = raw.execute(
-                "SELECT record_id, state_vector, organisation, pending FROM records"
-                f" WHERE record_id IN ({', '.join('?' * len(chunk))})",
+                "SELECT record_id, state_vector, organisation, pending, rk FROM records"
+                f" WHERE record_id IN ({_marks(len(chunk))})",
                 chunk,
             )
-            for record_id, vector, organisation, pending in rows:
-                known[record_id] = CachedRecord(bytes(vector), organisation, bool(pending))
+            for record_id, vector, organisation, pending, key in rows:
+                known[record_id] = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
         return known
 
     def _current(self, raw: sqlite3.Connection, record_id: str) -> CachedRecord | None:
@@ -609,10 +633,12 @@ class SQLiteStore:
         if cached is not None:
             return cached
         row = raw.execute(
-            "SELECT state_vector, organisation, pending FROM records WHERE record_id = ?",
+            "SELECT state_vector, organisation, pending, rk FROM records WHERE record_id = ?",
             (record_id,),
         ).fetchone()
-        return None if row is None else CachedRecord(bytes(row[0]), row[1], bool(row[2]))
+        return (
+            None if row is None else CachedRecord(bytes(row[0]), row[1], bool(row[2]), key=row[3])
+        )
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
         """Replace a stored record's conflict rows (after the rules changed, say)."""
@@ -643,10 +669,7 @@ class SQLiteStore:
             if current is None:
                 return None
             merged = _full(raw, record_id)
-            self.cache.put(
-                record_id,
-                CachedRecord(current.state_vector, current.organisation, current.pending, merged),
-            )
+            self.cache.put(record_id, current._replace(merged=merged))
             return merged
 
         return await self._run(f"loading record {record_id}", job)
@@ -678,47 +701,46 @@ class SQLiteStore:
 
     def _load_many(self, raw: sqlite3.Connection, ids: list[str]) -> dict[str, bytes]:
         rows: list[tuple[str, CachedRecord, bytes, int]] = []
-        logs: dict[str, list[bytes]] = {}
+        pieces: dict[int, list[bytes]] = {}
         raw.execute("BEGIN")  # one snapshot for every chunk, even beside another process
         try:
             for chunk in _chunks(ids):
                 first = len(rows)
-                marks = _marks(len(chunk))
-                for record_id, vector, organisation, pending, log_count, state in raw.execute(
+                for record_id, vector, organisation, pending, log_count, key, state in raw.execute(
                     "SELECT r.record_id, r.state_vector, r.organisation, r.pending, r.log_count,"
-                    " s.state FROM records r LEFT JOIN states s ON s.record_id = r.record_id"
-                    f" WHERE r.record_id IN ({marks})",
+                    " r.rk, s.state FROM records r LEFT JOIN states s ON s.record_id = r.record_id"
+                    f" WHERE r.record_id IN ({_marks(len(chunk))})",
                     chunk,
                 ):
-                    known = CachedRecord(bytes(vector), organisation, bool(pending))
-                    rows.append(
-                        (
-                            record_id,
-                            known,
-                            EMPTY_UPDATE if state is None else bytes(state),
-                            log_count,
-                        )
-                    )
-                with_log = [row[0] for row in rows[first:] if row[3]]
-                if not with_log:
+                    known = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
+                    state = EMPTY_UPDATE if state is None else bytes(state)
+                    rows.append((record_id, known, state, log_count))
+                keys = [row[1].key for row in rows[first:] if row[3]]
+                if not keys:
                     continue
-                for record_id, data in raw.execute(
-                    "SELECT record_id, data FROM log"
-                    f" WHERE record_id IN ({_marks(len(with_log))}) ORDER BY record_id, id",
-                    with_log,
+                marks = _marks(len(keys))
+                for key, data in raw.execute(
+                    f"SELECT rk, data FROM log WHERE rk IN ({marks}) ORDER BY rk, id", keys
                 ):
-                    logs.setdefault(record_id, []).append(bytes(data))
+                    pieces.setdefault(key, []).append(bytes(data))
+                # Unfolded feed rows, by record; sorted here, which spares SQLite a sort.
+                fed: dict[int, list[tuple[int, bytes]]] = {}
+                for key, seq, data in raw.execute(
+                    "SELECT f.rk, f.seq, f.data FROM feed f JOIN records r ON r.rk = f.rk"
+                    f" WHERE f.rk IN ({marks}) AND f.seq > r.feed_folded",
+                    keys,
+                ):
+                    fed.setdefault(key, []).append((seq, bytes(data)))
+                for key, rows_of_key in fed.items():
+                    pieces.setdefault(key, []).extend(data for _, data in sorted(rows_of_key))
         finally:
             raw.execute("COMMIT")
         loaded: dict[str, bytes] = {}
         for record_id, known, state, log_count in rows:
-            log = logs.get(record_id)
-            merged = merge([state, *log], record_id=record_id) if log_count and log else state
+            more = pieces.get(known.key) if log_count and known.key is not None else None
+            merged = merge([state, *more], record_id=record_id) if more else state
             loaded[record_id] = merged
-            self.cache.put(
-                record_id,
-                CachedRecord(known.state_vector, known.organisation, known.pending, merged),
-            )
+            self.cache.put(record_id, known._replace(merged=merged))
         return loaded
 
     async def state_vector(self, record_id: str) -> bytes | None:
@@ -969,18 +991,24 @@ class SQLiteStore:
         def job(raw: sqlite3.Connection) -> int:
             def body() -> tuple[int, CachedRecord | None]:
                 row = raw.execute(
-                    "SELECT organisation, state_vector FROM records WHERE record_id = ?",
+                    "SELECT organisation, state_vector, rk, feed_folded FROM records"
+                    " WHERE record_id = ?",
                     (record_id,),
                 ).fetchone()
                 if row is None:
                     raise UnknownRecordError(f"no record {record_id} is stored here")
-                organisation, vector, state = row[0], bytes(row[1]), _state(raw, record_id)
+                organisation, vector, key, folded = row[0], bytes(row[1]), row[2], row[3]
+                state = _state(raw, record_id)
                 log = raw.execute(
-                    "SELECT id, data FROM log WHERE record_id = ? ORDER BY id", (record_id,)
+                    "SELECT id, data FROM log WHERE rk = ? ORDER BY id", (key,)
                 ).fetchall()
-                if not log:
+                fed = raw.execute(
+                    "SELECT seq, data FROM feed WHERE rk = ? AND seq > ? ORDER BY seq",
+                    (key, folded),
+                ).fetchall()
+                if not log and not fed:
                     return 0, None
-                updates = [bytes(r[1]) for r in log]
+                updates = [bytes(r[1]) for r in log] + [bytes(r[1]) for r in fed]
                 compacted = merge([state, *updates], record_id=record_id)
                 problem = verify_compaction(state, updates, compacted, vector)
                 if problem is not None:
@@ -992,24 +1020,24 @@ class SQLiteStore:
                     "INSERT OR REPLACE INTO states (record_id, state) VALUES (?, ?)",
                     (record_id, compacted),
                 )
+                # Feed rows are folded by moving the mark past them: the feed keeps them.
                 raw.execute(
-                    "UPDATE records SET pending = ?, log_count = 0, log_bytes = 0"
-                    " WHERE record_id = ?",
-                    (pending, record_id),
+                    "UPDATE records SET pending = ?, log_count = 0, log_bytes = 0,"
+                    " feed_folded = ? WHERE record_id = ?",
+                    (pending, fed[-1][0] if fed else folded, record_id),
                 )
-                raw.execute(
-                    "DELETE FROM log WHERE record_id = ? AND id <= ?", (record_id, log[-1][0])
-                )
-                return len(log), CachedRecord(vector, organisation, pending, compacted)
+                if log:
+                    raw.execute("DELETE FROM log WHERE rk = ? AND id <= ?", (key, log[-1][0]))
+                return len(updates), CachedRecord(vector, organisation, pending, compacted, key=key)
 
             try:
-                folded, cached = self._write(raw, body)
+                folded_count, cached = self._write(raw, body)
             except BaseException:
                 self.cache.discard(record_id)
                 raise
             if cached is not None:
                 self.cache.put(record_id, cached)
-            return folded
+            return folded_count
 
         return await self._run(f"compacting record {record_id}", job)
 
@@ -1037,7 +1065,7 @@ class SQLiteStore:
                 problems.append("the caresync marks (application id, format) are missing")
             if marks.user_version != SCHEMA_VERSION:
                 problems.append(f"schema version {marks.user_version}, not {SCHEMA_VERSION}")
-            for table in ("states", "log", "outbox", "feed", "conflicts"):
+            for table in ("states", "outbox", "feed", "conflicts"):
                 orphans = _scalar(
                     raw,
                     f"SELECT COUNT(*) FROM {table} WHERE record_id NOT IN"
@@ -1045,6 +1073,10 @@ class SQLiteStore:
                 )
                 if orphans:
                     problems.append(f"{orphans} {table} rows belong to no stored record")
+            for sql, problem in _KEY_CHECKS:
+                count = _scalar(raw, sql)
+                if count:
+                    problems.append(f"{count} {problem}")
             for table in ("outbox", "feed"):
                 top = _scalar(raw, f"SELECT COALESCE(MAX(seq), 0) FROM {table}")
                 if top > _sequence(raw, table):
@@ -1064,16 +1096,12 @@ class SQLiteStore:
     def _check_records(self, raw: sqlite3.Connection) -> Iterable[str]:
         records = raw.execute(
             "SELECT r.record_id, COALESCE(s.state, ?), r.state_vector, r.pending, r.log_count,"
-            " r.log_bytes FROM records r LEFT JOIN states s ON s.record_id = r.record_id",
+            " r.log_bytes, r.rk, r.feed_folded FROM records r"
+            " LEFT JOIN states s ON s.record_id = r.record_id",
             (EMPTY_UPDATE,),
         )
-        for record_id, state, vector, pending, log_count, log_bytes in records:
-            log = [
-                bytes(r[0])
-                for r in raw.execute(
-                    "SELECT data FROM log WHERE record_id = ? ORDER BY id", (record_id,)
-                )
-            ]
+        for record_id, state, vector, pending, log_count, log_bytes, key, folded in records:
+            log = _pieces(raw, key, folded)
             if len(log) != log_count or sum(map(len, log)) != log_bytes:
                 yield f"record {record_id}: its log counters do not match its log"
             try:
@@ -1370,17 +1398,48 @@ def _state(raw: sqlite3.Connection, record_id: str) -> bytes:
 
 def _full(raw: sqlite3.Connection, record_id: str) -> bytes:
     """A stored record's state merged with its log (reads the whole record)."""
-    row = raw.execute("SELECT log_count FROM records WHERE record_id = ?", (record_id,)).fetchone()
+    row = raw.execute(
+        "SELECT log_count, rk, feed_folded FROM records WHERE record_id = ?", (record_id,)
+    ).fetchone()
     if row is None:
         raise UnknownRecordError(f"no record {record_id} is stored here")
     state = _state(raw, record_id)
     if not row[0]:
         return state
+    return merge([state, *_pieces(raw, row[1], row[2])], record_id=record_id)
+
+
+def _pieces(raw: sqlite3.Connection, key: int | None, folded: int) -> list[bytes]:
+    """A record's updates since its compaction: its log rows, then its unfolded feed rows."""
     log = [
-        bytes(r[0])
-        for r in raw.execute("SELECT data FROM log WHERE record_id = ? ORDER BY id", (record_id,))
+        bytes(r[0]) for r in raw.execute("SELECT data FROM log WHERE rk = ? ORDER BY id", (key,))
     ]
-    return merge([state, *log], record_id=record_id)
+    log += [
+        bytes(r[0])
+        for r in raw.execute(
+            "SELECT data FROM feed WHERE rk = ? AND seq > ? ORDER BY seq", (key, folded)
+        )
+    ]
+    return log
+
+
+_KEY_CHECKS = (
+    ("SELECT COUNT(*) FROM records WHERE rk IS NULL", "records have no key"),
+    (
+        "SELECT COUNT(*) FROM log WHERE rk NOT IN (SELECT rk FROM records WHERE rk IS NOT NULL)",
+        "log rows belong to no stored record",
+    ),
+    (
+        "SELECT COUNT(*) FROM feed f JOIN records r ON r.record_id = f.record_id"
+        " WHERE f.rk IS NOT r.rk",
+        "feed rows carry another key than their record's",
+    ),
+    (
+        "SELECT COUNT(*) FROM records WHERE feed_folded > (SELECT COALESCE(MAX(seq), 0) FROM feed)",
+        "records are folded past the end of the feed",
+    ),
+)
+"""Queries that count broken links between records, log and feed, and what they mean."""
 
 
 def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:
