@@ -232,14 +232,18 @@ async def test_an_old_server_migrates_to_integer_keys_and_a_feed_that_is_its_log
             (4, fed.id),
         ]
         assert [await store.log_length(p.id) for p in (fed, fresh, local)] == [1, 1, 2]
+        assert [f.origin for f in feed] == [None] * 4  # sent to everyone, as before
+        assert len(await store.feed_since(0, limit=10, exclude_origin="laptop-b")) == 4
         assert [i.record_id for i in await store.pending()] == [local.id]
         # Writing on: into the feed (stored once), compacting, a new record.
         new = Patient("laptop-d")
         seqs = await store.write_remote(
             [IncomingUpdate(fed.id, fed.edit("birthDate", "1971"), None), remote_of(new)],
             to_feed=True,
+            origin="laptop-d",
         )
         assert seqs == [5, 6]
+        assert len(await store.feed_since(0, limit=10, exclude_origin="laptop-d")) == 4
         assert await store.log_length(fed.id) == 2
         assert await store.compact(fed.id) == 2
         assert await store.log_length(fed.id) == 0

@@ -279,6 +279,59 @@ async def test_the_feed_numbers_every_new_update_once(store: Store) -> None:
     assert await store.log_length(a.id) == 2
 
 
+async def test_the_feed_keeps_who_sent_each_update_and_leaves_a_senders_own_out(
+    store: Store,
+) -> None:
+    a, b, c = Patient("laptop-a"), Patient("laptop-b"), Patient("admin")
+    org = "org-1"
+    await store.write_remote(
+        [IncomingUpdate(a.id, a.created, None, org)], to_feed=True, origin="laptop-a"
+    )
+    await store.write_remote(
+        [IncomingUpdate(b.id, b.created, None, org)], to_feed=True, origin="laptop-b"
+    )
+    await store.write_remote(
+        [IncomingUpdate(c.id, c.created, None, org)], to_feed=True
+    )  # none said
+    edits = [IncomingUpdate(a.id, a.edit(), None), IncomingUpdate(a.id, a.edit(), None)]
+    assert await store.write_remote(edits, to_feed=True, origin="laptop-a") == [4, 5]
+    # A resend from another replica is stored once, with its first sender.
+    assert await store.write_remote([edits[0]], to_feed=True, origin="laptop-b") == [0]
+    feed = await store.feed_since(0, limit=10)
+    assert [(f.seq, f.origin) for f in feed] == [
+        (1, "laptop-a"),
+        (2, "laptop-b"),
+        (3, None),
+        (4, "laptop-a"),
+        (5, "laptop-a"),
+    ]
+    for_a = await store.feed_since(0, limit=10, organisation=org, exclude_origin="laptop-a")
+    assert [f.seq for f in for_a] == [2, 3]  # rows of no origin are sent to everyone
+    assert [f.seq for f in await store.feed_since(0, limit=1, exclude_origin="laptop-a")] == [2]
+    assert [f.seq for f in await store.feed_since(3, limit=10, exclude_origin="laptop-a")] == []
+    assert [f.seq for f in await store.feed_since(0, limit=10, exclude_origin="laptop-b")] == [
+        1,
+        3,
+        4,
+        5,
+    ]
+    assert await store.feed_since(0, limit=10, organisation="org-2", exclude_origin="x") == []
+    assert await store.feed_head() == 5
+
+
+async def test_an_origin_outside_the_feed_or_not_an_id_is_refused(store: Store) -> None:
+    p = Patient()
+    with pytest.raises(InvalidInputError, match="to_feed"):
+        await store.write_remote([remote(p, p.created)], origin="laptop-a")
+    for bad in ("", 5, "x" * 300):
+        with pytest.raises(InvalidInputError):
+            await store.write_remote([remote(p, p.created)], to_feed=True, origin=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            await store.feed_since(0, limit=5, exclude_origin=bad)  # type: ignore[arg-type]
+    assert await store.count_records() == 0
+    assert await store.feed_head() == 0
+
+
 async def test_updates_arriving_out_of_order_are_all_kept(store: Store) -> None:
     p = Patient("laptop-b")
     first, second = p.edit("birthDate", "1"), p.edit("birthDate", "2")

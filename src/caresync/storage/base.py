@@ -153,6 +153,8 @@ class FeedItem:
     record_id: str
     update: bytes
     organisation: str | None
+    origin: str | None = None
+    """Who sent the update (a replica id), as given to ``write_remote``; None if not said."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,32 @@ def check_outbox_report(
     if count == 0 and oldest is not None:
         raise InvalidInputError("an empty outbox has no oldest change")
     return count, oldest
+
+
+def check_write_remote(
+    items: Sequence[IncomingUpdate],
+    checkpoint: tuple[str, str] | None,
+    to_feed: bool,
+    origin: str | None,
+) -> list[IncomingUpdate]:
+    """The arguments of ``write_remote``, checked (both stores); the items as a list."""
+    writes = list(items)
+    for item in writes:
+        if not isinstance(item, IncomingUpdate):
+            raise InvalidInputError(f"items must be IncomingUpdate, not {type(item).__name__}")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, tuple) or len(checkpoint) != 2:
+            raise InvalidInputError("checkpoint must be a (key, value) tuple")
+        check_text(checkpoint[0], "meta key")
+        if not isinstance(checkpoint[1], str):
+            raise InvalidInputError("checkpoint values must be strings")
+    if origin is not None:
+        check_text(origin, "origin")
+        if not to_feed:
+            raise InvalidInputError(
+                "origin is kept with feed rows only: pass to_feed=True, or no origin"
+            )
+    return writes
 
 
 def check_conflicts(record_id: str, rows: Sequence[ConflictRow]) -> tuple[ConflictRow, ...]:
@@ -300,8 +328,14 @@ class Store(Protocol):
         *,
         checkpoint: tuple[str, str] | None = None,
         to_feed: bool = False,
+        origin: str | None = None,
     ) -> list[int]:
-        """Commit a batch of received updates (and the checkpoint) in one transaction."""
+        """Commit a batch of received updates (and the checkpoint) in one transaction.
+
+        With ``to_feed``, ``origin`` (the sending replica's id) is kept with
+        each feed row, so that :meth:`feed_since` can leave a replica's own
+        updates out of what it is sent back.
+        """
         ...
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
@@ -384,9 +418,20 @@ class Store(Protocol):
 
     # change feed (server)
     async def feed_since(
-        self, after_seq: int, *, limit: int, organisation: str | None = None
+        self,
+        after_seq: int,
+        *,
+        limit: int,
+        organisation: str | None = None,
+        exclude_origin: str | None = None,
     ) -> list[FeedItem]:
-        """Feed items with seq > ``after_seq``, in order, at most ``limit``."""
+        """Feed items with seq > ``after_seq``, in order, at most ``limit``.
+
+        ``exclude_origin`` leaves out the items written with that origin (a
+        replica's own updates); they still count as passed: a caller that
+        checkpoints at the feed head, or at the last item of a full page,
+        moves past them.
+        """
         ...
 
     async def feed_head(self) -> int:

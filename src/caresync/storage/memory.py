@@ -58,6 +58,7 @@ from caresync.storage.base import (
     check_outbox_report,
     check_record_ids,
     check_text,
+    check_write_remote,
 )
 from caresync.storage.cache import CachedRecord
 from caresync.storage.unsynced import (
@@ -234,18 +235,12 @@ class MemoryStore:
         *,
         checkpoint: tuple[str, str] | None = None,
         to_feed: bool = False,
+        origin: str | None = None,
     ) -> list[int]:
         """Store a batch of received updates and the checkpoint, all or nothing."""
-        writes = list(items)
-        for item in writes:
-            if not isinstance(item, IncomingUpdate):
-                raise InvalidInputError(f"items must be IncomingUpdate, not {type(item).__name__}")
+        writes = check_write_remote(items, checkpoint, to_feed, origin)
         if checkpoint is not None:
-            if not isinstance(checkpoint, tuple) or len(checkpoint) != 2:
-                raise InvalidInputError("checkpoint must be a (key, value) tuple")
             check_meta_key(checkpoint[0])
-            if not isinstance(checkpoint[1], str):
-                raise InvalidInputError("checkpoint values must be strings")
         self._open_or_raise(f"storing {len(writes)} received updates")
         planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=True)
         self._store_planned(writes, planned)
@@ -255,7 +250,9 @@ class MemoryStore:
                 write = writes[i]
                 seq = len(self._feed) + 1
                 organisation = planned[write.record_id].organisation
-                self._feed.append(FeedItem(seq, write.record_id, write.update, organisation))
+                self._feed.append(
+                    FeedItem(seq, write.record_id, write.update, organisation, origin)
+                )
                 seqs[i] = seq
         if checkpoint is not None:
             self._meta[checkpoint[0]] = checkpoint[1]
@@ -413,17 +410,25 @@ class MemoryStore:
     # -------------------------------------------------------------------- feed
 
     async def feed_since(
-        self, after_seq: int, *, limit: int, organisation: str | None = None
+        self,
+        after_seq: int,
+        *,
+        limit: int,
+        organisation: str | None = None,
+        exclude_origin: str | None = None,
     ) -> list[FeedItem]:
         """Change-feed items with seq > ``after_seq``, in order, at most ``limit``."""
         check_count(after_seq, "after_seq")
         check_count(limit, "limit")
         check_optional_text(organisation, "organisation")
+        if exclude_origin is not None:
+            check_text(exclude_origin, "exclude_origin")
         self._open_or_raise("reading the change feed")
         items = (
             item
             for item in self._feed[after_seq:]
-            if organisation is None or item.organisation == organisation
+            if (organisation is None or item.organisation == organisation)
+            and (exclude_origin is None or item.origin != exclude_origin)
         )
         result: list[FeedItem] = []
         for item in items:

@@ -45,6 +45,10 @@ Version 4 gave records integer keys and let the server's feed double as the log:
 (rk, id), and one on (organisation) by (organisation, seq): the same order as
 the two-column indexes, in smaller entries.)
 
+Version 5 keeps who sent each update into the feed::
+
+    feed      + origin              the sending replica's id (None: not said)
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -205,7 +209,13 @@ _V4 = (
     )""",
 )
 
-SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+_V5 = (
+    # Who sent each update into the feed, so that a replica's pull can leave
+    # out its own updates. Rows from before have none, and are sent to all.
+    "ALTER TABLE feed ADD COLUMN origin TEXT",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 
 SCHEMA_VERSION = max(SCHEMA_STEPS)

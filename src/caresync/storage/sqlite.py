@@ -87,6 +87,7 @@ from caresync.storage.base import (
     check_outbox_report,
     check_record_ids,
     check_text,
+    check_write_remote,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
 from caresync.storage.migrations import (
@@ -451,6 +452,7 @@ class SQLiteStore:
         *,
         checkpoint: tuple[str, str] | None = None,
         to_feed: bool = False,
+        origin: str | None = None,
     ) -> list[int]:
         """Commit a batch of received updates, and the checkpoint, in one transaction.
 
@@ -459,16 +461,9 @@ class SQLiteStore:
         ``to_feed``, or when the record already held every part of the update
         (a resent update is stored once). Remote updates never enter the outbox.
         """
-        writes = list(items)
-        for item in writes:
-            if not isinstance(item, IncomingUpdate):
-                raise InvalidInputError(f"items must be IncomingUpdate, not {type(item).__name__}")
+        writes = check_write_remote(items, checkpoint, to_feed, origin)
         if checkpoint is not None:
-            if not isinstance(checkpoint, tuple) or len(checkpoint) != 2:
-                raise InvalidInputError("checkpoint must be a (key, value) tuple")
             check_meta_key(checkpoint[0])
-            if not isinstance(checkpoint[1], str):
-                raise InvalidInputError("checkpoint values must be strings")
         now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> list[int]:
@@ -489,10 +484,17 @@ class SQLiteStore:
                     for i in appended:
                         plan = planned[writes[i].record_id]
                         rows.append(
-                            (writes[i].record_id, plan.organisation, writes[i].update, plan.key)
+                            (
+                                writes[i].record_id,
+                                plan.organisation,
+                                writes[i].update,
+                                plan.key,
+                                origin,
+                            )
                         )
                     raw.executemany(
-                        "INSERT INTO feed (record_id, organisation, data, rk) VALUES (?, ?, ?, ?)",
+                        "INSERT INTO feed (record_id, organisation, data, rk, origin)"
+                        " VALUES (?, ?, ?, ?, ?)",
                         rows,
                     )
                     for n, i in enumerate(appended, start=head + 1):
@@ -948,27 +950,39 @@ class SQLiteStore:
     # -------------------------------------------------------------------- feed
 
     async def feed_since(
-        self, after_seq: int, *, limit: int, organisation: str | None = None
+        self,
+        after_seq: int,
+        *,
+        limit: int,
+        organisation: str | None = None,
+        exclude_origin: str | None = None,
     ) -> list[FeedItem]:
-        """Change-feed items with seq > ``after_seq``, in order, at most ``limit``."""
+        """Change-feed items with seq > ``after_seq``, in order, at most ``limit``.
+
+        ``exclude_origin`` leaves out items written with that origin (they
+        still count as passed for a caller that checkpoints at the head).
+        """
         check_count(after_seq, "after_seq")
         check_count(limit, "limit")
         check_optional_text(organisation, "organisation")
-        if organisation is None:
-            sql = (
-                "SELECT seq, record_id, data, organisation FROM feed WHERE seq > ?"
-                " ORDER BY seq LIMIT ?"
-            )
-            args: tuple[object, ...] = (after_seq, limit)
-        else:
-            sql = (
-                "SELECT seq, record_id, data, organisation FROM feed"
-                " WHERE organisation = ? AND seq > ? ORDER BY seq LIMIT ?"
-            )
-            args = (organisation, after_seq, limit)
+        if exclude_origin is not None:
+            check_text(exclude_origin, "exclude_origin")
+        where = ["seq > ?"]
+        args: list[object] = [after_seq]
+        if organisation is not None:
+            where.insert(0, "organisation = ?")
+            args.insert(0, organisation)
+        if exclude_origin is not None:
+            where.append("origin IS NOT ?")  # rows of no origin are kept
+            args.append(exclude_origin)
+        sql = (
+            "SELECT seq, record_id, data, organisation, origin FROM feed"
+            f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        )
+        args.append(limit)
 
         def job(raw: sqlite3.Connection) -> list[FeedItem]:
-            return [FeedItem(r[0], r[1], bytes(r[2]), r[3]) for r in raw.execute(sql, args)]
+            return [FeedItem(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in raw.execute(sql, args)]
 
         return await self._run("reading the change feed", job)
 
