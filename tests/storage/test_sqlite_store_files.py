@@ -262,20 +262,28 @@ def remote_of(p: Patient) -> IncomingUpdate:
     return IncomingUpdate(p.id, p.created, None, "org-1")
 
 
-async def test_a_log_row_of_no_record_stops_the_migration_and_nothing_is_lost(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("table", "orphan"),
+    [
+        ("log", "INSERT INTO log (record_id, data, created_ms) VALUES ('gone', x'0000', 1)"),
+        ("feed", "INSERT INTO feed (record_id, organisation, data) VALUES ('gone', 'o', x'0000')"),
+    ],
+)
+async def test_a_row_of_no_record_stops_the_migration_and_nothing_is_lost(
+    tmp_path: Path, table: str, orphan: str
 ) -> None:
     path = tmp_path / "v3.db"
     make_old_database(path, version=3)
     fill_like_an_old_server(path)
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("INSERT INTO log (record_id, data, created_ms) VALUES ('gone', x'0000', 1)")
+    before = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    conn.execute(orphan)
     conn.close()
     with pytest.raises(StorageError, match="NOT NULL"):
         await SQLiteStore.open(path)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert conn.execute("SELECT COUNT(*) FROM log").fetchone()[0] == 5
+    assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == before + 1
     conn.close()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from caresync.exceptions import InvalidInputError
@@ -91,6 +92,22 @@ class RecordCache:
             self._entries.move_to_end(record_id)
             self.hits += 1
         return CachedRecord._make(found[0])
+
+    def get_many(self, record_ids: Iterable[str]) -> dict[str, CachedRecord]:
+        """The cached entries among ``record_ids`` (now the most recently used), by id."""
+        found: dict[str, tuple[object, ...]] = {}
+        entries = self._entries
+        with self._lock:
+            for record_id in record_ids:
+                hit = entries.get(record_id)
+                if hit is None:
+                    self.misses += 1
+                else:
+                    entries.move_to_end(record_id)
+                    found[record_id] = hit[0]
+            self.hits += len(found)
+        make = CachedRecord._make
+        return {record_id: make(stored) for record_id, stored in found.items()}
 
     def put_many(self, entries: list[tuple[str, CachedRecord]]) -> None:
         """:meth:`put` each (record id, entry), in order, under one acquisition of the lock."""

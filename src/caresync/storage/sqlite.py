@@ -479,27 +479,18 @@ class SQLiteStore:
                 seqs = [0] * len(writes)
                 if to_feed:
                     appended = sorted(i for p in planned.values() for i in p.appended)
-                    head = _sequence(raw, "feed")
+                    # Numbered explicitly after the highest: a clash would raise, not reuse.
+                    head = _feed_head(raw)
                     rows = []
-                    for i in appended:
+                    for seq, i in enumerate(appended, start=head + 1):
                         plan = planned[writes[i].record_id]
-                        rows.append(
-                            (
-                                writes[i].record_id,
-                                plan.organisation,
-                                writes[i].update,
-                                plan.key,
-                                origin,
-                            )
-                        )
+                        rows.append((seq, plan.key, plan.organisation, origin, writes[i].update))
+                        seqs[i] = seq
                     raw.executemany(
-                        "INSERT INTO feed (record_id, organisation, data, rk, origin)"
+                        "INSERT INTO feed (seq, rk, organisation, origin, data)"
                         " VALUES (?, ?, ?, ?, ?)",
                         rows,
                     )
-                    for n, i in enumerate(appended, start=head + 1):
-                        seqs[i] = n
-                    _expect_sequence(raw, "feed", head + len(appended))
                 if checkpoint is not None:
                     _put_meta(raw, checkpoint[0], checkpoint[1])
                 return seqs, planned
@@ -610,14 +601,9 @@ class SQLiteStore:
         self, raw: sqlite3.Connection, writes: Sequence[WriteLike]
     ) -> dict[str, CachedRecord]:
         """What is known of the stored records among those written: cache, then one query."""
-        known: dict[str, CachedRecord] = {}
-        missing: list[str] = []
-        for record_id in dict.fromkeys(w.record_id for w in writes):
-            cached = self.cache.get(record_id)
-            if cached is None:
-                missing.append(record_id)
-            else:
-                known[record_id] = cached
+        ids = dict.fromkeys(w.record_id for w in writes)
+        known = self.cache.get_many(ids)
+        missing = [record_id for record_id in ids if record_id not in known]
         for start in range(0, len(missing), _IN_CHUNK):
             chunk = missing[start : start + _IN_CHUNK]
             rows = raw.execute(
@@ -975,20 +961,24 @@ class SQLiteStore:
         if exclude_origin is not None:
             where.append("origin IS NOT ?")  # rows of no origin are kept
             args.append(exclude_origin)
+        # A row names its record by key; the id is read from records_by_key.
         sql = (
-            "SELECT seq, record_id, data, organisation, origin FROM feed"
-            f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+            "SELECT seq, (SELECT r.record_id FROM records r WHERE r.rk = feed.rk), data,"
+            f" organisation, origin FROM feed WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         )
         args.append(limit)
 
         def job(raw: sqlite3.Connection) -> list[FeedItem]:
-            return [FeedItem(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in raw.execute(sql, args)]
+            items = [FeedItem(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in raw.execute(sql, args)]
+            if any(item.record_id is None for item in items):
+                raise CorruptDatabaseError("the change feed holds a row of no record; run check()")
+            return items
 
         return await self._run("reading the change feed", job)
 
     async def feed_head(self) -> int:
         """The highest change-feed number given out (0 when the feed is empty)."""
-        return await self._run("reading the change feed", lambda raw: _sequence(raw, "feed"))
+        return await self._run("reading the change feed", _feed_head)
 
     # ------------------------------------------------------------- maintenance
 
@@ -1079,7 +1069,7 @@ class SQLiteStore:
                 problems.append("the caresync marks (application id, format) are missing")
             if marks.user_version != SCHEMA_VERSION:
                 problems.append(f"schema version {marks.user_version}, not {SCHEMA_VERSION}")
-            for table in ("states", "outbox", "feed", "conflicts"):
+            for table in ("states", "outbox", "conflicts"):
                 orphans = _scalar(
                     raw,
                     f"SELECT COUNT(*) FROM {table} WHERE record_id NOT IN"
@@ -1091,10 +1081,8 @@ class SQLiteStore:
                 count = _scalar(raw, sql)
                 if count:
                     problems.append(f"{count} {problem}")
-            for table in ("outbox", "feed"):
-                top = _scalar(raw, f"SELECT COALESCE(MAX(seq), 0) FROM {table}")
-                if top > _sequence(raw, table):
-                    problems.append(f"{table} numbers run ahead of their sequence")
+            if _scalar(raw, "SELECT COALESCE(MAX(seq), 0) FROM outbox") > _sequence(raw, "outbox"):
+                problems.append("outbox numbers run ahead of their sequence")
             for seq, record_id, data in raw.execute("SELECT seq, record_id, data FROM outbox"):
                 try:
                     merge([bytes(data)], record_id=record_id)
@@ -1389,6 +1377,11 @@ def _sequence(raw: sqlite3.Connection, table: str) -> int:
     return _scalar(raw, "SELECT seq FROM sqlite_sequence WHERE name = ?", table)
 
 
+def _feed_head(raw: sqlite3.Connection) -> int:
+    """The highest change-feed number given out (feed rows are never deleted)."""
+    return _scalar(raw, "SELECT MAX(seq) FROM feed")
+
+
 def _expect_sequence(raw: sqlite3.Connection, table: str, expected: int) -> None:
     head = _sequence(raw, table)
     if head != expected:
@@ -1444,9 +1437,8 @@ _KEY_CHECKS = (
         "log rows belong to no stored record",
     ),
     (
-        "SELECT COUNT(*) FROM feed f JOIN records r ON r.record_id = f.record_id"
-        " WHERE f.rk IS NOT r.rk",
-        "feed rows carry another key than their record's",
+        "SELECT COUNT(*) FROM feed WHERE rk NOT IN (SELECT rk FROM records WHERE rk IS NOT NULL)",
+        "feed rows belong to no stored record",
     ),
     (
         "SELECT COUNT(*) FROM records WHERE feed_folded > (SELECT COALESCE(MAX(seq), 0) FROM feed)",
