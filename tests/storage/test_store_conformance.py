@@ -250,6 +250,21 @@ async def test_a_pulled_batch_commits_with_its_checkpoint(store: Store) -> None:
     assert await store.count_records() == 2
 
 
+async def test_updates_may_come_as_any_bytes_like_object(store: Store) -> None:
+    p = Patient("laptop-b")
+    edit = p.edit("birthDate", "1999")
+    items = [
+        IncomingUpdate(p.id, bytearray(p.created), None),
+        IncomingUpdate(p.id, memoryview(edit), None),  # type: ignore[arg-type]
+    ]
+    assert await store.write_remote(items, to_feed=True) == [1, 2]
+    assert [f.update for f in await store.feed_since(0, limit=5)] == [p.created, edit]
+    loaded = await store.load(p.id)
+    assert loaded is not None
+    assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "1999"
+    assert await store.check() == []
+
+
 async def test_the_feed_numbers_every_new_update_once(store: Store) -> None:
     a, b = Patient("laptop-b"), Patient("laptop-c")
     seqs = await store.write_remote(

@@ -110,6 +110,8 @@ def simple_span(update: bytes) -> tuple[Client, int, int] | None:
     The update holds the client's clocks ``[first, end)`` and nothing else,
     and depends only on that client's clocks below ``first``.
     """
+    if type(update) is not bytes:  # a bytearray's client token could not be a dict key
+        return None
     try:
         return _span(update)
     except (_NotSimple, IndexError, UnicodeDecodeError):

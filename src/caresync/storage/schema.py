@@ -41,19 +41,25 @@ Version 4 gave records integer keys and let the server's feed double as the log:
     log       (id PK, rk, data, created_ms)      rebuilt keyed by rk; index log_by_record (rk)
     feed      + rk; index feed_by_record (rk); feed_by_organisation now (organisation)
 
-(An index entry ends with its row's rowid, so an index on (rk) is ordered by
-(rk, id), and one on (organisation) by (organisation, seq): the same order as
-the two-column indexes, in smaller entries.)
-
 Version 5 keeps who sent each update into the feed::
 
     feed      + origin              the sending replica's id (None: not said)
+
+Version 6 rebuilt the feed lean (no record id, no AUTOINCREMENT)::
+
+    feed      (seq PK, rk, organisation, origin, data)
+              index feed_by_record (rk), feed_by_organisation (organisation)
 
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
 feed rows by raising ``feed_folded`` (the feed itself is never rewritten).
 ``log_count`` and ``log_bytes`` count log rows and unfolded feed rows together.
+
+An index entry ends with its row's rowid, so an index on (rk) is ordered by
+(rk, id), and one on (organisation) by (organisation, seq): the order of the
+two-column indexes, in smaller entries. Integer keys, not the records' text
+ids, halve what an index costs per stored update.
 
 A record's row is small and changes with every write; its compacted state
 lives apart in ``states``, written only by compaction, so that a write never
@@ -63,8 +69,10 @@ rewrites the record's bytes (an update of a row rewrites all of it).
 depend on; such a record's next write merges the whole record, any other
 write costs in proportion to its updates.
 
-``AUTOINCREMENT`` makes outbox and feed numbers strictly increasing for the
-life of the file, even after every row was acknowledged and removed.
+``AUTOINCREMENT`` makes outbox numbers strictly increasing for the life of the
+file, even after every row was acknowledged and removed. Feed rows are never
+deleted, so numbering each after the highest (``MAX(seq) + 1``) never gives a
+number twice either.
 """
 
 from __future__ import annotations
