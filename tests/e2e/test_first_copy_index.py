@@ -1,0 +1,136 @@
+"""A first copy takes the server's conflict rows when both run the same rulebook.
+
+Real parts: a server on 127.0.0.1 and SQLite files. The server holds records,
+some with an open conflict; a laptop whose rulebook has the server's fingerprint
+stores the server's rows as they are (its rules never run), one with another
+rulebook computes its own; and a database opened with another rulebook than the
+one that indexed it is re-indexed first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.e2e.live_helpers import enrolled, start_server
+
+from caresync import Record
+from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, Finding, RecordView, Rulebook, Severity
+from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.pool import conflict_rows
+from caresync.replica import Replica
+from caresync.server import SyncServer
+from caresync.storage import IncomingUpdate
+
+RECORDS = 30
+CONFLICTED = 7  # the first CONFLICTED records have two birth dates
+
+
+def flag_every_name(view: RecordView) -> Iterator[Finding]:
+    """A rule of this test's application: flags every record with a name."""
+    for revision in view.get("name").heads:
+        yield Finding(
+            rule="flag-every-name",
+            severity=Severity.INFO,
+            message="a name was recorded",
+            revisions=(revision.id,),
+        )
+
+
+EXTENDED = DEFAULT_RULEBOOK.with_rules(flag_every_name)
+
+
+class CountingRulebook(Rulebook):
+    """The built-in rules (so the same fingerprint), counting how often they run."""
+
+    runs = 0
+
+    def conflicts(self, record: Record) -> list[Conflict]:
+        CountingRulebook.runs += 1
+        return super().conflicts(record)
+
+
+async def seed(server: SyncServer) -> None:
+    """RECORDS records on the server, indexed by its rulebook; some in conflict."""
+    items = []
+    for i in range(RECORDS):
+        a = Record.create(replica="desk-a")
+        a.set("name", f"patient {i}", author="registrar")
+        if i < CONFLICTED:
+            b = Record.from_update(a.record_id, a.update_since(), replica="desk-b")
+            a.set("birthDate", "1980-01-01", author="dr.a")
+            b.set("birthDate", "1981-01-01", author="dr.b")
+            a.apply_update(b.update_since())
+        rows = conflict_rows(a, server.rulebook)
+        items.append(IncomingUpdate(a.record_id, a.update_since(), rows, "clinic-a"))
+    await server.store.write_remote(items, to_feed=True)
+
+
+async def rows_by_record(replica: Replica | SyncServer) -> dict[str, list[str]]:
+    rows: dict[str, list[str]] = {}
+    for row in await replica.store.conflicts():
+        rows.setdefault(row.record_id, []).append(row.id)
+    return rows
+
+
+async def test_the_same_rulebook_takes_the_servers_rows_as_they_are(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    await seed(server)
+    expected = await rows_by_record(server)
+    assert len(expected) == CONFLICTED
+
+    CountingRulebook.runs = 0
+    rulebook = CountingRulebook()
+    assert rulebook.fingerprint == server.rulebook.fingerprint
+    laptop = await enrolled(tmp_path, server, "same", rulebook=rulebook)
+    assert CountingRulebook.runs == 0  # no record was built, no rule ran
+    assert len(await laptop.record_ids()) == RECORDS
+    assert await rows_by_record(laptop) == expected
+    # The rows are the laptop's index: its conflicts, computed from the records, agree.
+    listed = await laptop.conflicts()
+    assert {c.record_id for c in listed} == set(expected)
+    await laptop.close()
+    await server.close()
+
+
+async def test_another_rulebook_computes_its_own_rows(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    await seed(server)
+    laptop = await enrolled(tmp_path, server, "other", rulebook=EXTENDED)
+    rows = await rows_by_record(laptop)
+    assert len(rows) == RECORDS  # every record has a name, so every record is flagged
+    assert sum(len(ids) for ids in rows.values()) == RECORDS + CONFLICTED
+    await laptop.close()
+    await server.close()
+
+
+async def test_a_database_opened_with_another_rulebook_is_reindexed(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    await seed(server)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    await laptop.close()
+    await server.close()
+
+    laptop = await Replica.open(tmp_path / "laptop.db", rulebook=EXTENDED)
+    assert len(await rows_by_record(laptop)) == RECORDS
+    assert await laptop.store.get_meta(INDEX_RULEBOOK_KEY) == EXTENDED.fingerprint
+    assert await ensure_index(laptop.store, EXTENDED, replica=laptop.replica_id) == 0
+    await laptop.close()
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    assert len(await rows_by_record(laptop)) == CONFLICTED
+    await laptop.close()
+
+    # The server too: reopened with the extended rulebook, it re-indexes, and then
+    # sends its rows only to a laptop that runs that rulebook.
+    server = await SyncServer.open(tmp_path / "server.db", rulebook=EXTENDED)
+    await server.serve("127.0.0.1", 0)
+    assert len(await rows_by_record(server)) == RECORDS
+    same = await enrolled(tmp_path, server, "extended", rulebook=EXTENDED)
+    assert len(await rows_by_record(same)) == RECORDS
+    CountingRulebook.runs = 0
+    default = await enrolled(tmp_path, server, "default", rulebook=CountingRulebook())
+    assert CountingRulebook.runs == RECORDS  # computed its own, built-in rules only
+    assert len(await rows_by_record(default)) == CONFLICTED
+    for replica in (same, default):
+        await replica.close()
+    await server.close()
