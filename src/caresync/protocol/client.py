@@ -26,7 +26,8 @@ The client guards the promises that are its to keep:
 Events (:data:`ClientEvent`) are the messages the server sent, once checked:
 ``Welcome``, ``Authenticated``, ``Enrolled``, ``CopyBatch``, ``PullBatch``, ``PushAck``,
 ``LiveUpdate``, a non-fatal ``Error`` (one request refused; the connection stays) and
-``Goodbye``.
+``Goodbye``. A ``LiveBatch`` (protocol version 3 on) is checked whole, then given
+as the ``LiveUpdate`` events of its items, in order: shells handle one kind.
 
 What the client does not do: store anything. After a ``CopyBatch`` the shell commits
 the records and the resume point (``last_record_id``); after a ``PushAck`` it removes
@@ -60,6 +61,7 @@ from caresync.protocol.messages import (
     Error,
     Goodbye,
     Hello,
+    LiveBatch,
     LiveUpdate,
     Message,
     OutboxReport,
@@ -298,6 +300,13 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             self._on_push_ack(message)
         elif isinstance(message, LiveUpdate):
             self._on_live_update(message)
+        elif isinstance(message, LiveBatch):
+            updates = [LiveUpdate(*item) for item in message.items]
+            for update in updates:
+                self._on_live_update(update)
+            for update in updates:
+                self._emit(update)
+            return
         else:  # pragma: no cover - the transition table admits nothing else
             raise RemoteProtocolError(f"unexpected {type(message).__name__}")
         self._emit(message)

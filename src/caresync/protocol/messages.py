@@ -63,6 +63,7 @@ __all__ = [
     "FeedItem",
     "Goodbye",
     "Hello",
+    "LiveBatch",
     "LiveUpdate",
     "Message",
     "OutboxReport",
@@ -84,7 +85,8 @@ PROTOCOL_VERSION = 3
 SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
 """Every protocol version this caresync speaks, oldest first.
 
-Version 2 adds :class:`OutboxReport`. Version 3 adds two fields to the first copy:
+Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
+live entries in one frame) and two fields to the first copy:
 :attr:`CopyRequest.rulebook` and :attr:`CopyBatch.conflicts`, so a laptop whose
 rulebook is the server's takes each record's conflict index rows as they are
 instead of building the record and running the rules. A field added in version N is
@@ -777,6 +779,39 @@ class OutboxReport(Message):
             )
 
 
+@dataclass(frozen=True, slots=True)
+class LiveBatch(Message):
+    """Server → subscribed client (protocol version 3 on): several new feed entries.
+
+    What the :class:`LiveUpdate` messages of its items would say, in one frame:
+    entries committed together, or queued while the connection was busy, cost one
+    frame instead of one each. Items in strictly ascending ``seq``; at least one.
+    A client takes each item in as a ``LiveUpdate``.
+    """
+
+    TYPE_CODE: ClassVar[int] = 25
+    SINCE_VERSION: ClassVar[int] = 3
+
+    items: tuple[FeedItem, ...]
+
+    def __post_init__(self) -> None:
+        owner = "LiveBatch"
+        items = _items(owner, "items", self.items, allow_empty=False)
+        out: list[FeedItem] = []
+        previous = 0
+        for item in items:
+            if type(item) is not FeedItem:
+                if not isinstance(item, (tuple, list)) or len(item) != 3:
+                    _bad(owner, "items[]", "a (seq, record_id, update) triple", item)
+                item = FeedItem(*item)
+            _int(owner, "items[].seq", item.seq, previous + 1)
+            _check_record_id(owner, "items[].record_id", item.record_id)
+            _update(owner, "items[].update", item.update)
+            previous = item.seq
+            out.append(item)
+        _set(self, "items", tuple(out))
+
+
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
 
 # Type codes of the requests an Error may answer (see caresync.protocol.states.REQUESTS).
@@ -896,6 +931,7 @@ MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
         Subscribe,
         LiveUpdate,
         OutboxReport,
+        LiveBatch,
         Error,
         Goodbye,
     ]

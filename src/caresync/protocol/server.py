@@ -19,7 +19,8 @@ event                  the shell answers with
 ``CopyRequest``        ``send_copy_batch(...)``
 ``PullRequest``        ``send_pull_batch(...)``
 ``PushBatch``          commit, then ``ack_push()`` — never before the commit
-``Subscribe``          ``send_live_update(...)`` for each new entry, in seq order
+``Subscribe``          ``send_live_updates(...)`` (or ``send_live_update``) for
+                       new entries, in seq order
 ``OutboxReport``       nothing to send; keep it for operators (version 2 on)
 ``Goodbye``            close the websocket
 =====================  ======================================================
@@ -44,7 +45,7 @@ the organisation is the shell's to decide; it answers with ``reject`` (fatal) or
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from caresync.exceptions import (
     LocalProtocolError,
@@ -54,6 +55,7 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.protocol.base import SyncProtocol
+from caresync.protocol.codec import BATCH_OVERHEAD_BYTES, item_wire_size
 from caresync.protocol.errors import ErrorCode
 from caresync.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -72,6 +74,7 @@ from caresync.protocol.messages import (
     FeedItem,
     Goodbye,
     Hello,
+    LiveBatch,
     LiveUpdate,
     Message,
     OutboxReport,
@@ -336,6 +339,45 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         if not first <= up_to <= last:
             raise LocalProtocolError(f"ack up to {up_to} is outside the batch [{first}, {last}]")
         self._send(message)
+
+    def send_live_updates(self, entries: Sequence[tuple[int, str, bytes]]) -> int:
+        """Queue new feed entries for a subscribed client, skipping those already sent.
+
+        Entries in ascending seq; those at or below :attr:`live_seq` are skipped (a
+        backlog and a live queue may overlap). From protocol version 3 on, several
+        go in one :class:`LiveBatch` frame; before, one LiveUpdate each. Returns
+        the number queued. The rule of :meth:`send_live_update` applies to each.
+        """
+        fresh = [entry for entry in entries if entry[0] > self._live_seq]
+        if not fresh:
+            return 0
+        if len(fresh) == 1 or self._version is None or self._version < LiveBatch.SINCE_VERSION:
+            for seq, record_id, update in fresh:
+                self.send_live_update(seq, record_id, update)
+            return len(fresh)
+        if not self._subscribed:
+            raise LocalProtocolError("the client has not subscribed to live updates")
+        # Frames within the client's maximum: an entry too large for a batch goes alone.
+        budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+        frame: list[FeedItem] = []
+        size = 0
+        for seq, record_id, update in fresh:
+            item_size = item_wire_size(record_id, update)
+            if frame and size + item_size > budget:
+                self._send_live_frame(frame)
+                frame, size = [], 0
+            frame.append(FeedItem(seq, record_id, update))
+            size += item_size
+        self._send_live_frame(frame)
+        return len(fresh)
+
+    def _send_live_frame(self, items: list[FeedItem]) -> None:
+        if len(items) == 1:
+            self.send_live_update(*items[0])
+            return
+        message = LiveBatch(tuple(items))
+        self._send(message)
+        self._live_seq = items[-1].seq
 
     def send_live_update(self, seq: int, record_id: str, update: bytes) -> None:
         """Queue LiveUpdate for a subscribed client; ``seq`` after :attr:`live_seq`.

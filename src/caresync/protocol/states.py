@@ -53,6 +53,7 @@ from caresync.protocol.messages import (
     Error,
     Goodbye,
     Hello,
+    LiveBatch,
     LiveUpdate,
     Message,
     OutboxReport,
@@ -205,6 +206,7 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
             (_RECV, PullBatch): _C.READY,
             (_RECV, PushAck): _C.READY,
             (_RECV, LiveUpdate): _C.READY,
+            (_RECV, LiveBatch): _C.READY,  # protocol version 3 on
             (_RECV, Error): _C.READY,  # non-fatal: refuses one outstanding request
         },
     },
@@ -235,6 +237,7 @@ SERVER_TRANSITIONS: Mapping[ServerState, Mapping[tuple[Direction, EventKey], Ser
             (_SEND, PullBatch): _V.READY,
             (_SEND, PushAck): _V.READY,
             (_SEND, LiveUpdate): _V.READY,
+            (_SEND, LiveBatch): _V.READY,  # protocol version 3 on
             (_SEND, Error): _V.READY,  # non-fatal: refuses one outstanding request
         },
     },
