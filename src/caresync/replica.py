@@ -980,9 +980,7 @@ class _Session:
         async with replica._write_lock:
             try:
                 unloaded = [rid for rid in groups if rid not in absent and pool.peek(rid) is None]
-                # Pipelined: the store's thread answers them back to back.
-                stored = await asyncio.gather(*(replica.store.load(rid) for rid in unloaded))
-                stored_by_id = dict(zip(unloaded, stored, strict=True))
+                stored_by_id = await replica.store.load_many(unloaded) if unloaded else {}
                 organisation = replica.identity.organisation
                 items: list[IncomingUpdate] = []
                 for record_id, parts in groups.items():
@@ -1095,9 +1093,14 @@ class _Session:
         store = self.replica.store
         checkpoint = int(await store.get_meta(_CHECKPOINT) or 0)
         downloaded = 0
+        self.protocol.request_pull(checkpoint, self.limits.pull_limit)
+        batch = await self.expect(PullBatch)
         while True:
-            self.protocol.request_pull(checkpoint, self.limits.pull_limit)
-            batch = await self.expect(PullBatch)
+            if batch.more:
+                # Ask for the next batch before committing this one: the server
+                # reads it while this laptop writes.
+                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit)
+                await self.flush()
             if batch.items or batch.checkpoint != checkpoint:
                 await self.commit_remote(
                     [(i.record_id, i.update) for i in batch.items],
@@ -1107,6 +1110,7 @@ class _Session:
             checkpoint = batch.checkpoint
             if not batch.more:
                 return downloaded
+            batch = await self.expect(PullBatch)
 
     # ------------------------------------------------------------------- live
 
