@@ -419,8 +419,12 @@ class SyncServer:
 
     async def _on_pull(self, conn: _Connection, request: PullRequest) -> None:
         head = await self.store.feed_head()
+        # A replica is not sent back its own updates (it holds them already).
         items = await self.store.feed_since(
-            request.after_seq, limit=request.limit, organisation=conn.organisation
+            request.after_seq,
+            limit=request.limit,
+            organisation=conn.organisation,
+            exclude_origin=conn.protocol.replica_id,
         )
         if len(items) == request.limit:
             checkpoint = items[-1].seq
@@ -470,7 +474,10 @@ class SyncServer:
                     IncomingUpdate(item.record_id, item.update, rows, conn.organisation)
                 )
             seqs = await self.store.write_remote(
-                incoming, checkpoint=(key, str(fresh[-1].local_seq)), to_feed=True
+                incoming,
+                checkpoint=(key, str(fresh[-1].local_seq)),
+                to_feed=True,
+                origin=conn.protocol.replica_id,
             )
         except CaresyncError:
             for record_id in records:
@@ -513,7 +520,12 @@ class SyncServer:
         conn.writer = asyncio.create_task(self._forward(conn))
         after = request.after_seq
         while True:
-            items = await self.store.feed_since(after, limit=1000, organisation=conn.organisation)
+            items = await self.store.feed_since(
+                after,
+                limit=1000,
+                organisation=conn.organisation,
+                exclude_origin=conn.protocol.replica_id,
+            )
             conn.protocol.send_live_updates([(i.seq, i.record_id, i.update) for i in items])
             if len(items) < 1000:
                 return
