@@ -86,7 +86,7 @@ def _is_active(entry: Entry, inactive: frozenset[str]) -> bool:
 @versioned(_STOPPED_VERSUS_DOSE_CHANGE)
 def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
     """A medication stopped on one replica while its dose changed on another (block)."""
-    for entry in view.entries("medications"):
+    for entry in view.shared_entries("medications"):
         for stop in _heads(entry, STATUS_FIELD):
             if stop.value != "stopped":
                 continue
@@ -109,7 +109,7 @@ def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
 def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
     """An entry marked entered-in-error on one replica while edited on another (block)."""
     for collection in sorted(DEFAULT_COLLECTIONS):
-        for entry in view.entries(collection):
+        for entry in view.shared_entries(collection):
             for mark in _heads(entry, STATUS_FIELD):
                 if mark.value != ENTERED_IN_ERROR:
                     continue
@@ -145,12 +145,14 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
     )
     def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
         allergies = [
-            a for a in view.entries("allergies") if _is_active(a, INACTIVE_ALLERGY_STATUSES)
+            a for a in view.shared_entries("allergies") if _is_active(a, INACTIVE_ALLERGY_STATUSES)
         ]
         if not allergies:
             return
         medications = [
-            m for m in view.entries("medications") if _is_active(m, INACTIVE_MEDICATION_STATUSES)
+            m
+            for m in view.shared_entries("medications")
+            if _is_active(m, INACTIVE_MEDICATION_STATUSES)
         ]
         for allergy in allergies:
             for substance in _heads(allergy, "substance"):
@@ -176,7 +178,7 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
 def duplicate_allergy(view: RecordView) -> Iterator[Finding]:
     """The same allergy entered twice as separate active entries (flag)."""
     by_substance: dict[str, list[Revision]] = {}
-    for allergy in view.entries("allergies"):
+    for allergy in view.shared_entries("allergies"):
         if not _is_active(allergy, INACTIVE_ALLERGY_STATUSES):
             continue
         seen_here: set[str] = set()
@@ -203,7 +205,7 @@ def duplicate_allergy(view: RecordView) -> Iterator[Finding]:
 @versioned(_TERMINAL_ENCOUNTER_CLASH)
 def terminal_encounter_clash(view: RecordView) -> Iterator[Finding]:
     """An encounter's terminal status (finished, cancelled, ...) clashing with another (block)."""
-    for entry in view.entries("encounters"):
+    for entry in view.shared_entries("encounters"):
         state = entry.fields.get(STATUS_FIELD)
         if state is None or not state.in_conflict:
             continue
@@ -230,7 +232,7 @@ def note_changed_while_signed(view: RecordView) -> Iterator[Finding]:
     The signed value stays the value; the concurrent edit is kept in the history
     and shown here, so it can be added as an addendum if it matters.
     """
-    for entry in view.entries(NOTES_COLLECTION):
+    for entry in view.shared_entries(NOTES_COLLECTION):
         signatures = _heads(entry, SIGNATURE_FIELD)
         if not signatures:
             continue

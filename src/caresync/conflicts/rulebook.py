@@ -77,19 +77,22 @@ class Rulebook:
         view = RecordView(record)
         found: dict[str, Finding] = {}
         for rule in self._rules:
-            name = getattr(rule, "__name__", repr(rule))
             try:
                 results = list(rule(view))
             except CaresyncError as exc:
-                raise RuleError(f"safety rule {name} failed: {exc}") from exc
+                raise RuleError(f"safety rule {_name(rule)} failed: {exc}") from exc
             except Exception as exc:  # an application's rule: report, don't hide
-                raise RuleError(f"safety rule {name} raised {type(exc).__name__}: {exc}") from exc
+                raise RuleError(
+                    f"safety rule {_name(rule)} raised {type(exc).__name__}: {exc}"
+                ) from exc
             for finding in results:
                 if not isinstance(finding, Finding):
-                    raise RuleError(f"safety rule {name} returned {finding!r}, not a Finding")
+                    raise RuleError(
+                        f"safety rule {_name(rule)} returned {finding!r}, not a Finding"
+                    )
                 missing = [r for r in finding.revisions if record.revision(r) is None]
                 if missing:
-                    raise RuleError(f"safety rule {name} named unknown revisions {missing}")
+                    raise RuleError(f"safety rule {_name(rule)} named unknown revisions {missing}")
                 fid = finding_id_for(record.record_id, finding.rule, finding.key, finding.revisions)
                 found[fid] = finding
         return sorted(found.items())
@@ -222,6 +225,12 @@ class Rulebook:
                 "conflict: a person must choose (resolve with choose=N or value=...)"
             )
         return record.acknowledge_finding(conflict.id, {"decision": "acknowledged"}, author=author)
+
+
+def _name(rule: Rule) -> object:
+    """How an error names a rule (only then: repr() of a function is not free)."""
+    name = getattr(rule, "__name__", _UNSET)
+    return repr(rule) if name is _UNSET else name
 
 
 DEFAULT_RULEBOOK = Rulebook()

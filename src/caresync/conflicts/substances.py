@@ -8,6 +8,7 @@ this one with :meth:`SubstanceTable.extended`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -17,13 +18,24 @@ from dataclasses import dataclass
 __all__ = ["DEFAULT_SUBSTANCES", "SubstanceTable", "normalise"]
 
 _WORDS = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+# Rules normalise the same few drug and substance names for every record they check.
+_CACHED_TEXT_LENGTH = 200  # longer texts are rare and would make the cache large
 
 
 def normalise(text: object) -> str:
     """Lower case, words only, single spaces: " Amoxicillin  500 MG" → "amoxicillin 500 mg"."""
     if not isinstance(text, str):
         return ""
+    if len(text) <= _CACHED_TEXT_LENGTH:
+        return _normalise_short(text)
+    return _normalise(text)
+
+
+def _normalise(text: str) -> str:
     return " ".join(_WORDS.findall(text.lower()))
+
+
+_normalise_short = functools.lru_cache(maxsize=4096)(_normalise)
 
 
 @dataclass(frozen=True, slots=True)

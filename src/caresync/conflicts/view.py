@@ -46,9 +46,17 @@ class RecordView:
         return [entry.id for entry in self._cached_entries(collection)]
 
     def entries(self, collection: str) -> list[Entry]:
+        """Every entry of a collection, sorted by id; the caller's own copies."""
         # Each caller gets its own field dicts, so one rule cannot change what
         # the next one sees.
         return [Entry(e.collection, e.id, dict(e.fields)) for e in self._cached_entries(collection)]
+
+    def shared_entries(self, collection: str) -> list[Entry]:
+        """The same entries as :meth:`entries`, shared by every caller: never change them.
+
+        The built-in rules read entries and change nothing, so they skip the copies.
+        """
+        return self._cached_entries(collection)
 
     def paths(self) -> list[str]:
         return self._record.paths()

@@ -8,11 +8,18 @@ by a scan except when a record is loaded.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from caresync.records.revision import Revision
 
 __all__ = ["PathState", "RevisionIndex"]
+
+_NO_IDS: list[str] = []  # shared and never changed: callers copy what they return
+
+
+def _display_order(rev: Revision) -> tuple[object, ...]:
+    return (rev.at, rev.replica, rev.id)
 
 
 @dataclass(slots=True)
@@ -27,11 +34,14 @@ class PathState:
     # Canonical JSON of head values, computed once per revision when needed.
     value_keys: dict[str, str] = field(default_factory=dict)
 
-    def head_revisions(self) -> list[Revision]:
+    def head_revisions(self) -> tuple[Revision, ...]:
         """Heads in a stable order: by time, then replica, then id."""
-        revs = [self.revisions[h] for h in self.heads]
-        revs.sort(key=lambda r: (r.at, r.replica, r.id))
-        return revs
+        heads = self.heads
+        if len(heads) == 1:  # the usual case: nothing to sort
+            for head in heads:
+                return (self.revisions[head],)
+        revisions = self.revisions
+        return tuple(sorted([revisions[h] for h in heads], key=_display_order))
 
     def is_conflicted(self) -> bool:
         """Several heads whose values differ."""
@@ -78,6 +88,20 @@ class RevisionIndex:
     # Paths whose heads changed since conflicts were last settled.
     dirty: set[str] = field(default_factory=set)
     version: int = 0
+    # collection -> its entry ids, sorted; None until asked for, and after a new entry.
+    _entry_ids: dict[str, list[str]] | None = None
+
+    def entry_ids(self, collection: str) -> list[str]:
+        """The ids of a collection's entries, sorted (the index's own list: do not change it)."""
+        grouped = self._entry_ids
+        if grouped is None:
+            grouped = {}
+            for coll, entry_id in self.entries:
+                grouped.setdefault(coll, []).append(entry_id)
+            for ids in grouped.values():
+                ids.sort()
+            self._entry_ids = grouped
+        return grouped.get(collection, _NO_IDS)
 
     def add(self, rev: Revision, entry_key: tuple[str, str] | None) -> None:
         """Take in one revision (idempotent); call :meth:`settle` after a batch."""
@@ -95,8 +119,62 @@ class RevisionIndex:
             state.heads.add(rev.id)
         self.dirty.add(rev.path)
         if entry_key is not None:
-            self.entries.setdefault(entry_key, set()).add(rev.path)
+            paths = self.entries.get(entry_key)
+            if paths is None:
+                paths = self.entries[entry_key] = set()
+                self._entry_ids = None
+            paths.add(rev.path)
         self.version += 1
+
+    def add_all(
+        self,
+        revisions: Iterable[Revision],
+        entry_key: Callable[[str], tuple[str, str] | None],
+    ) -> None:
+        """Take in many revisions, as :meth:`add` one by one would, with less work.
+
+        The heads of a path do not depend on the order its revisions arrive in:
+        they are the revisions no revision of the path names as a parent. So
+        they are computed once per path at the end, and each path's entry once.
+        ``entry_key`` gives a path's entry; a path without a "/" has none.
+        """
+        if self.by_id:  # heads already kept: take the incremental road
+            for rev in revisions:
+                self.add(rev, entry_key(rev.path))
+            return
+        by_id, paths, entries = self.by_id, self.paths, self.entries
+        # Paths with more than one revision: only their heads need working out.
+        several: list[tuple[str, PathState]] = []
+        for rev in revisions:
+            rev_id = rev.id
+            if rev_id in by_id:
+                continue
+            by_id[rev_id] = rev
+            path = rev.path
+            state = paths.get(path)
+            if state is None:
+                parents = rev.parents
+                heads = set() if rev_id in parents else {rev_id}
+                paths[path] = PathState({rev_id: rev}, heads, set(parents))
+                # Only a path with a "/" can be an entry's field.
+                key = entry_key(path) if "/" in path else None
+                if key is not None:
+                    entries.setdefault(key, set()).add(path)
+                    self._entry_ids = None
+                continue
+            if len(state.revisions) == 1:
+                several.append((path, state))
+            state.revisions[rev_id] = rev
+            if rev.parents:
+                state.superseded.update(rev.parents)
+        conflicted = self.conflicted
+        for path, state in several:
+            superseded = state.superseded
+            heads = state.heads = {h for h in state.revisions if h not in superseded}
+            # What settle() would find, without marking every path dirty first.
+            if len(heads) > 1 and state.is_conflicted():
+                conflicted.add(path)
+        self.version += len(by_id)
 
     def settle(self) -> None:
         """Recompute which of the changed paths are in conflict.

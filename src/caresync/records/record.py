@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,9 +46,10 @@ from caresync.exceptions import (
     UnknownCollectionError,
     UnknownEntryError,
 )
-from caresync.records.clock import HybridLogicalClock
+from caresync.records.clock import HybridLogicalClock, Timestamp
 from caresync.records.ids import conflict_id_for, new_entry_id, new_record_id, new_revision_id
 from caresync.records.index import RevisionIndex
+from caresync.records.maps import read_items, read_value
 from caresync.records.revision import Revision, decode_revision, encode_revision
 from caresync.records.schema import DEFAULT_SCHEMA, STATUS_FIELD, FieldSpec, Schema
 from caresync.records.values import JSONValue, check_value
@@ -68,10 +70,12 @@ SIGNATURE_FIELD = "signature"
 ADDENDA_FIELD = "addenda"
 ACK_PREFIX = "_ack/"
 _CREATED_FIELD = "_created"
+_BOOKKEEPING_SUFFIX = "/" + _CREATED_FIELD
 # Fields of a signed note that may still change: its status (entered-in-error),
 # further signatures, and addenda.
 _MUTABLE_AFTER_SIGNING = frozenset({STATUS_FIELD, SIGNATURE_FIELD})
 _MAX_AUTHOR_LENGTH = 256
+_AT: Callable[[Revision], Timestamp] = operator.itemgetter(Revision._fields.index("at"))
 
 UpdateListener = Callable[[bytes, bool], None]
 """Called with each transaction's update bytes and whether it was a local write."""
@@ -179,8 +183,9 @@ class Record:
         self.clock = clock if clock is not None else HybridLogicalClock()
         self._new_id = new_id
         self._doc: Doc[Any] = doc if doc is not None else Doc()
-        self._meta: Map[Any] = self._doc.get("meta", type=Map)
-        self._revisions: Map[Any] = self._doc.get("revisions", type=Map)
+        with self._doc.transaction():  # one commit for both roots, not one each
+            self._meta: Map[Any] = self._doc.get("meta", type=Map)
+            self._revisions: Map[Any] = self._doc.get("revisions", type=Map)
         self._index = RevisionIndex()
         self._applying = False
         self._listeners: list[UpdateListener] = []
@@ -221,8 +226,11 @@ class Record:
     ) -> Record:
         """A record rebuilt from its update bytes (a stored state or a received copy)."""
         record = cls(record_id, replica=replica, schema=schema, clock=clock, new_id=new_id)
-        record.apply_update(update)
-        stored_id = record._meta.get("id")
+        # One transaction for applying, indexing and reading the id: each costs a
+        # commit otherwise. Nothing listens to a record this new.
+        with record._doc.transaction():
+            record.apply_update(update)
+            stored_id = read_value(record._doc, record._meta, "id")
         if stored_id is not None and stored_id != record_id:
             raise RecordMismatchError(
                 f"the update belongs to record {stored_id!r}, not {record_id!r}"
@@ -381,23 +389,17 @@ class Record:
 
     def entry_ids(self, collection: str) -> list[str]:
         """Ids of the entries of a collection, sorted."""
-        return sorted(eid for (coll, eid) in self._index.entries if coll == collection)
+        return list(self._index.entry_ids(collection))
 
     def entry(self, collection: str, entry_id: str) -> Entry:
         """One entry with all its fields."""
         key = (collection, entry_id)
         self._require_entry(key)
-        start = len(collection) + len(entry_id) + 2  # past "<collection>/<entry-id>/"
-        fields = {
-            path[start:]: self._field_state(path, key)
-            for path in sorted(self._index.entries[key])
-            if not _is_bookkeeping(path)
-        }
-        return Entry(collection, entry_id, fields)
+        return self._entry(key)
 
     def entries(self, collection: str) -> list[Entry]:
         """Every entry of a collection, sorted by id."""
-        return [self.entry(collection, eid) for eid in self.entry_ids(collection)]
+        return [self._entry((collection, eid)) for eid in self._index.entry_ids(collection)]
 
     def saw(self, later: Revision, earlier: Revision) -> bool:
         """True if the writer of ``later`` had seen ``earlier`` when writing it.
@@ -456,18 +458,25 @@ class Record:
         loading = not self._index.by_id
         subscription = None if loading else self._revisions.observe(_RevisionsObserver(self))
         try:
-            self._doc.apply_update(bytes(update))
-        except ValueError as exc:
-            raise InvalidUpdateError(
-                f"record {self.record_id}: not a valid update: {exc}"
-            ) from None
+            if loading:
+                with self._doc.transaction():  # applying and reading share one commit
+                    self._apply(update)
+                    self._rebuild_index()
+            else:
+                self._apply(update)
         finally:
             if subscription is not None:
                 self._revisions.unobserve(subscription)
             self._applying = False
-        if loading:
-            self._rebuild_index()
         self._index.settle()
+
+    def _apply(self, update: bytes | bytearray | memoryview) -> None:
+        try:
+            self._doc.apply_update(update if type(update) is bytes else bytes(update))
+        except ValueError as exc:
+            raise InvalidUpdateError(
+                f"record {self.record_id}: not a valid update: {exc}"
+            ) from None
 
     def on_update(self, listener: UpdateListener) -> Callable[[], None]:
         """Call ``listener(update, is_local)`` after each transaction; returns an unsubscribe."""
@@ -492,7 +501,23 @@ class Record:
             frozen = self._signed_heads(key, path)
             if frozen is not None:
                 return FieldState(self.record_id, path, frozen)
-        return FieldState(self.record_id, path, tuple(state.head_revisions()))
+        return FieldState(self.record_id, path, state.head_revisions())
+
+    def _entry(self, key: tuple[str, str]) -> Entry:
+        """The entry of a key known to the index."""
+        start = len(key[0]) + len(key[1]) + 2  # past "<collection>/<entry-id>/"
+        fields: dict[str, FieldState] = {}
+        if key[0] == NOTES_COLLECTION:  # a signed note shows what was signed
+            for path in sorted(self._index.entries[key]):
+                if not path.endswith(_BOOKKEEPING_SUFFIX):
+                    fields[path[start:]] = self._field_state(path, key)
+            return Entry(key[0], key[1], fields)
+        # Built inline: rules ask for every entry of a record each time they run.
+        record_id, paths = self.record_id, self._index.paths
+        for path in sorted(self._index.entries[key]):
+            if not path.endswith(_BOOKKEEPING_SUFFIX):
+                fields[path[start:]] = FieldState(record_id, path, paths[path].head_revisions())
+        return Entry(key[0], key[1], fields)
 
     def _write(
         self, path: str, value: JSONValue, author: str, entry_key: tuple[str, str] | None
@@ -542,7 +567,7 @@ class Record:
 
     def _signature_heads(self, key: tuple[str, str]) -> list[Revision]:
         state = self._index.paths.get(f"{key[0]}/{key[1]}/{SIGNATURE_FIELD}")
-        return state.head_revisions() if state is not None else []
+        return list(state.head_revisions()) if state is not None else []
 
     def _refuse_if_signed(self, key: tuple[str, str], path: str) -> None:
         field = path.split("/", 2)[2]
@@ -586,10 +611,21 @@ class Record:
         self._index.add(rev, self.schema.entry_key(rev.path))
 
     def _rebuild_index(self) -> None:
-        self._index = RevisionIndex(version=self._index.version + 1)
-        for rev_id, stored in self._revisions.items():
-            self._take_in(rev_id, stored)
-        self._index.settle()
+        """Index the whole map in one pass (loading, or after a peer changed a revision)."""
+        index = RevisionIndex(version=self._index.version + 1)
+        revisions: list[Revision] = []
+        for rev_id, stored in read_items(self._doc, self._revisions):
+            rev = decode_revision(rev_id, stored)
+            if rev is None:
+                index.invalid.add(rev_id)
+            else:
+                revisions.append(rev)
+        if revisions:
+            latest = max(map(_AT, revisions))
+            self.clock.observe(latest.wall_ms, latest.counter)
+        index.add_all(revisions, self.schema.entry_key)
+        index.settle()
+        self._index = index
 
     def _on_revisions_changed(self, event: MapEvent) -> None:
         rebuild = False
@@ -645,4 +681,4 @@ def _is_sub_path(path: str) -> bool:
 
 
 def _is_bookkeeping(path: str) -> bool:
-    return path.endswith("/" + _CREATED_FIELD)
+    return path.endswith(_BOOKKEEPING_SUFFIX)

@@ -9,6 +9,7 @@ write, and is readable by any Yjs peer with ``JSON.parse``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -22,6 +23,15 @@ _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 _quote: Callable[[str], str] = json.encoder.encode_basestring
 # ``json.loads`` without its wrappers: a third of the cost of decoding a revision.
 _raw_decode = json.JSONDecoder().raw_decode
+
+# JSON nested deeper than this is malformed, decided alike on every replica.
+# Values are at most 32 deep (checked on write); the revision adds two levels.
+# Without this bound the parser's recursion limit would decide, and that
+# depends on the caller's stack depth: a RecursionError on one replica, a
+# revision on another.
+MAX_STORED_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_INNERMOST_PAIR = re.compile(r"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
 
 
 _NO_SEEN: Mapping[str, tuple[str, ...]] = MappingProxyType({})
@@ -104,13 +114,22 @@ def encode_revision(rev: Revision) -> str:
     )
 
 
-def _str_tuple(raw: object) -> tuple[str, ...] | None:
-    if not isinstance(raw, list):
-        return None
-    for item in raw:  # a plain loop: all() over a generator costs twice as much here
-        if not isinstance(item, str):
-            return None
-    return tuple(raw)
+def _too_deep(stored: str) -> bool:
+    """True unless the brackets outside strings pair up within MAX_STORED_DEPTH levels.
+
+    Valid JSON nested ``d`` deep loses every bracket in ``d`` passes that each
+    drop the innermost pairs; anything left over is too deep or not JSON.
+    """
+    text = _JSON_STRING.sub("", stored)
+    for _ in range(MAX_STORED_DEPTH):
+        text, dropped = _INNERMOST_PAIR.subn("", text)
+        if not dropped:
+            break
+    return any(bracket in text for bracket in "[]{}")
+
+
+_new_tuple = tuple.__new__
+_ABSENT: object = object()
 
 
 def decode_revision(rev_id: str, stored: object) -> Revision | None:
@@ -118,8 +137,15 @@ def decode_revision(rev_id: str, stored: object) -> Revision | None:
 
     Input may come from any peer, so nothing here raises: a malformed revision is
     skipped the same way on every replica, which keeps replicas convergent.
+    Runs once per revision of every record loaded, hence the plain code: no
+    helper calls, keys read with ``[]`` under one ``try``, tuples built directly.
     """
     if not isinstance(stored, str):
+        return None
+    if (
+        stored.count("[") + stored.count("{") > MAX_STORED_DEPTH  # cheap: rarely true
+        and _too_deep(stored)
+    ):
         return None
     try:
         body, end = _raw_decode(stored)
@@ -132,32 +158,47 @@ def decode_revision(rev_id: str, stored: object) -> Revision | None:
             body = json.loads(stored)
         except ValueError:
             return None
-    if not isinstance(body, dict):
+    # JSON parsing makes exact dicts, lists, strs and ints (bool is not int here),
+    # so ``type(x) is`` checks say the same as isinstance, for less.
+    if type(body) is not dict:
         return None
-    path, author, replica = body.get("p"), body.get("a"), body.get("r")
-    wall, counter = body.get("t"), body.get("c")
-    parents = _str_tuple(body.get("ps"))
+    try:
+        path = body["p"]
+        value = body["v"]
+        raw_parents = body["ps"]
+        author = body["a"]
+        replica = body["r"]
+        wall = body["t"]
+        counter = body["c"]
+    except KeyError:
+        return None
     if not (
-        isinstance(path, str)
+        type(path) is str
         and path
-        and isinstance(author, str)
-        and isinstance(replica, str)
+        and type(author) is str
+        and type(replica) is str
         and type(wall) is int
         and type(counter) is int
-        and parents is not None
-        and "v" in body
+        and type(raw_parents) is list
     ):
         return None
-    seen: dict[str, tuple[str, ...]] = {}
-    raw_seen = body.get("s", {})
-    if not isinstance(raw_seen, dict):
-        return None
-    for seen_path, ids in raw_seen.items():
-        seen_ids = _str_tuple(ids)
-        if seen_ids is None:
+    for parent in raw_parents:  # a plain loop: all() over a generator costs twice as much
+        if type(parent) is not str:
             return None
-        seen[seen_path] = seen_ids
-    # Positional arguments: this runs once per revision of every record loaded.
-    return Revision(
-        rev_id, path, body["v"], parents, author, replica, Timestamp(wall, counter), seen
+    raw_seen = body.get("s", _ABSENT)
+    seen: dict[str, tuple[str, ...]] = {}
+    if raw_seen is not _ABSENT:
+        if type(raw_seen) is not dict:
+            return None
+        for seen_path, ids in raw_seen.items():
+            if type(ids) is not list:
+                return None
+            for item in ids:
+                if type(item) is not str:
+                    return None
+            seen[seen_path] = tuple(ids)
+    # tuple.__new__ directly: a NamedTuple's generated __new__ costs twice as much.
+    at: Timestamp = _new_tuple(Timestamp, (wall, counter))
+    return _new_tuple(
+        Revision, (rev_id, path, value, tuple(raw_parents), author, replica, at, seen)
     )
