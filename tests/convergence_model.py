@@ -105,12 +105,28 @@ def snapshot(record: Record) -> dict[str, Any]:
         fields[path] = sorted(h.value_key for h in state.heads)
     histories = {
         path: [
-            (r.id, r.value_key, r.parents, r.author, r.replica, r.at) for r in record.history(path)
+            (r.id, r.value_key, r.parents, r.author, r.replica, r.at, dict(r.seen))
+            for r in record.history(path)
         ]
         for path in record.paths()
     }
+    # Entries as rules see them (a loaded record indexes them in one pass, a live
+    # one revision by revision: both must agree).
+    entries = {
+        collection: [
+            (e.id, {name: [h.id for h in state.heads] for name, state in e.fields.items()})
+            for e in record.entries(collection)
+        ]
+        for collection in COLLECTIONS
+    }
     conflicts = [c.as_dict() for c in DEFAULT_RULEBOOK.conflicts(record)]
-    return {"fields": fields, "histories": histories, "conflicts": conflicts}
+    return {
+        "fields": fields,
+        "histories": histories,
+        "entries": entries,
+        "conflicted": record.conflicted_paths(),
+        "conflicts": conflicts,
+    }
 
 
 def revision_ids(record: Record) -> frozenset[str]:
