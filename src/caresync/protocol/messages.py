@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple, NoReturn
+from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
 from caresync.exceptions import LocalProtocolError
 
@@ -273,6 +273,29 @@ class PushItem(NamedTuple):
 def _check_record_id(owner: str, name: str, value: object) -> None:
     if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable():
         _bad(owner, name, f"a printable str of 1 to {MAX_ID_LENGTH} characters", value)
+
+
+_Numbered = TypeVar("_Numbered", FeedItem, PushItem)
+
+
+def _numbered_items(
+    owner: str, value: object, item_type: type[_Numbered], *, allow_empty: bool
+) -> tuple[_Numbered, ...]:
+    """Validate a batch of (number, record_id, update) items in strictly ascending number."""
+    number = item_type._fields[0]
+    out: list[_Numbered] = []
+    previous = 0
+    for item in _items(owner, "items", value, allow_empty=allow_empty):
+        if type(item) is not item_type:
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                _bad(owner, "items[]", f"a ({number}, record_id, update) triple", item)
+            item = item_type(*item)
+        _int(owner, f"items[].{number}", item[0], previous + 1)
+        _check_record_id(owner, "items[].record_id", item[1])
+        _update(owner, "items[].update", item[2])
+        previous = item[0]
+        out.append(item)
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------- messages
@@ -658,21 +681,9 @@ class PullBatch(Message):
 
     def __post_init__(self) -> None:
         owner = "PullBatch"
-        items = _items(owner, "items", self.items, allow_empty=True)
-        out: list[FeedItem] = []
-        previous = 0
-        for item in items:
-            if type(item) is not FeedItem:
-                if not isinstance(item, (tuple, list)) or len(item) != 3:
-                    _bad(owner, "items[]", "a (seq, record_id, update) triple", item)
-                item = FeedItem(*item)
-            _int(owner, "items[].seq", item.seq, previous + 1)
-            _check_record_id(owner, "items[].record_id", item.record_id)
-            _update(owner, "items[].update", item.update)
-            previous = item.seq
-            out.append(item)
-        _set(self, "items", tuple(out))
-        _int(owner, "checkpoint", self.checkpoint, previous)
+        items = _numbered_items(owner, self.items, FeedItem, allow_empty=True)
+        _set(self, "items", items)
+        _int(owner, "checkpoint", self.checkpoint, items[-1].seq if items else 0)
         _int(owner, "head_seq", self.head_seq, self.checkpoint)
 
     @property
@@ -694,21 +705,7 @@ class PushBatch(Message):
     items: tuple[PushItem, ...]
 
     def __post_init__(self) -> None:
-        owner = "PushBatch"
-        items = _items(owner, "items", self.items, allow_empty=False)
-        out: list[PushItem] = []
-        previous = 0
-        for item in items:
-            if type(item) is not PushItem:
-                if not isinstance(item, (tuple, list)) or len(item) != 3:
-                    _bad(owner, "items[]", "a (local_seq, record_id, update) triple", item)
-                item = PushItem(*item)
-            _int(owner, "items[].local_seq", item.local_seq, previous + 1)
-            _check_record_id(owner, "items[].record_id", item.record_id)
-            _update(owner, "items[].update", item.update)
-            previous = item.local_seq
-            out.append(item)
-        _set(self, "items", tuple(out))
+        _set(self, "items", _numbered_items("PushBatch", self.items, PushItem, allow_empty=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -795,21 +792,7 @@ class LiveBatch(Message):
     items: tuple[FeedItem, ...]
 
     def __post_init__(self) -> None:
-        owner = "LiveBatch"
-        items = _items(owner, "items", self.items, allow_empty=False)
-        out: list[FeedItem] = []
-        previous = 0
-        for item in items:
-            if type(item) is not FeedItem:
-                if not isinstance(item, (tuple, list)) or len(item) != 3:
-                    _bad(owner, "items[]", "a (seq, record_id, update) triple", item)
-                item = FeedItem(*item)
-            _int(owner, "items[].seq", item.seq, previous + 1)
-            _check_record_id(owner, "items[].record_id", item.record_id)
-            _update(owner, "items[].update", item.update)
-            previous = item.seq
-            out.append(item)
-        _set(self, "items", tuple(out))
+        _set(self, "items", _numbered_items("LiveBatch", self.items, FeedItem, allow_empty=False))
 
 
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
