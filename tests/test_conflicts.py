@@ -24,6 +24,7 @@ from caresync import (
     possible_duplicate_person,
     summarize,
 )
+from caresync.conflicts.substances import normalise
 
 rules = DEFAULT_RULEBOOK
 
@@ -350,6 +351,28 @@ def test_a_view_follows_its_record_when_the_record_changes() -> None:
     assert view.entry_ids("allergies") == [allergy]
     a.set(f"allergies/{allergy}/substance", "latex", author="dr.a")
     assert view.entries("allergies")[0].value("substance") == "latex"
+
+
+def test_shared_entries_are_the_entries_and_copies_stay_private() -> None:
+    a = Record.create(replica="laptop-a")
+    a.add_entry("medications", {"drug": "metformin", "dose": "500mg"}, author="dr.a")
+    view = RecordView(a)
+    shared = view.shared_entries("medications")
+    assert shared == view.entries("medications")
+    assert view.shared_entries("medications") is shared  # built once per record version
+    copy = view.entries("medications")[0]
+    copy.fields.clear()  # a rule changing its own copy changes nothing for the next rule
+    assert view.entries("medications") == shared
+    assert sorted(shared[0].fields) == ["dose", "drug"]
+
+
+def test_normalised_names_are_the_same_cached_or_not() -> None:
+    short = "  Amoxicillin 500 MG capsules "
+    long = "Co-Amoxiclav, " * 40  # over the cached length
+    for _ in range(2):  # the second time from the cache, for the short one
+        assert normalise(short) == "amoxicillin 500 mg capsules"
+        assert normalise(long) == " ".join(["co-amoxiclav"] * 40)
+    assert normalise(5) == normalise(None) == ""
 
 
 # -------------------------------------------------------- across records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from caresync import DEFAULT_RULEBOOK, Record
+from caresync import DEFAULT_RULEBOOK, Entry, FieldState, Record
 from caresync.records.clock import Timestamp
 from caresync.records.maps import read_items, read_value
 from caresync.records.revision import MAX_STORED_DEPTH, Revision, encode_revision
@@ -164,3 +165,18 @@ def test_entries_appear_as_they_are_added_after_being_listed() -> None:
     third = b.add_entry("allergies", {"substance": "codeine"}, author="dr.b")
     a.apply_update(b.update_since(a.state_vector()))
     assert a.entry_ids("allergies") == b.entry_ids("allergies") == sorted([first, second, third])
+
+
+def test_fast_built_field_states_and_entries_equal_the_dataclasses() -> None:
+    # record.py builds these by setting their slots directly: a new field would
+    # be left unset there, so this names the fields it knows.
+    assert [f.name for f in dataclasses.fields(FieldState)] == ["record_id", "path", "heads"]
+    assert [f.name for f in dataclasses.fields(Entry)] == ["collection", "id", "fields"]
+    a = Record.create(replica="laptop-a")
+    med = a.add_entry("medications", {"drug": "metformin"}, author="dr.a")
+    [entry] = a.entries("medications")
+    state = entry.fields["drug"]
+    assert state == FieldState(a.record_id, f"medications/{med}/drug", state.heads)
+    assert entry == Entry("medications", med, dict(entry.fields))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.path = "elsewhere"  # type: ignore[misc]

@@ -54,6 +54,7 @@ ENTERED_IN_ERROR = "entered-in-error"
 INACTIVE_MEDICATION_STATUSES = frozenset({"stopped", ENTERED_IN_ERROR, "completed", "cancelled"})
 INACTIVE_ALLERGY_STATUSES = frozenset({ENTERED_IN_ERROR, "inactive", "resolved", "refuted"})
 TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERROR})
+_SORTED_COLLECTIONS = tuple(sorted(DEFAULT_COLLECTIONS))
 
 
 # Versions of the built-in rules, part of every rulebook's fingerprint. BUMP a
@@ -108,7 +109,7 @@ def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
 @versioned(_ENTERED_IN_ERROR_VERSUS_EDIT)
 def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
     """An entry marked entered-in-error on one replica while edited on another (block)."""
-    for collection in sorted(DEFAULT_COLLECTIONS):
+    for collection in _SORTED_COLLECTIONS:
         for entry in view.shared_entries(collection):
             for mark in _heads(entry, STATUS_FIELD):
                 if mark.value != ENTERED_IN_ERROR:

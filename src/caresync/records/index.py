@@ -22,17 +22,31 @@ def _display_order(rev: Revision) -> tuple[object, ...]:
     return (rev.at, rev.replica, rev.id)
 
 
-@dataclass(slots=True)
 class PathState:
-    """All revisions of one path, and which of them are heads."""
+    """All revisions of one path, and which of them are heads.
 
-    revisions: dict[str, Revision] = field(default_factory=dict)
-    heads: set[str] = field(default_factory=set)
-    # Ids named as a parent by some revision of this path. May name revisions not
-    # received yet: a child can arrive before its parent.
-    superseded: set[str] = field(default_factory=set)
-    # Canonical JSON of head values, computed once per revision when needed.
-    value_keys: dict[str, str] = field(default_factory=dict)
+    A plain class rather than a dataclass: a loaded record makes one per path,
+    and a dataclass's default factories cost more than the state they build.
+    """
+
+    __slots__ = ("heads", "revisions", "superseded", "value_keys")
+
+    def __init__(
+        self,
+        revisions: dict[str, Revision] | None = None,
+        heads: set[str] | None = None,
+        superseded: set[str] | None = None,
+    ) -> None:
+        self.revisions: dict[str, Revision] = {} if revisions is None else revisions
+        self.heads: set[str] = set() if heads is None else heads
+        # Ids named as a parent by some revision of this path. May name revisions
+        # not received yet: a child can arrive before its parent.
+        self.superseded: set[str] = set() if superseded is None else superseded
+        # Canonical JSON of head values, made when heads are first compared.
+        self.value_keys: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"PathState(heads={sorted(self.heads)}, revisions={len(self.revisions)})"
 
     def head_revisions(self) -> tuple[Revision, ...]:
         """Heads in a stable order: by time, then replica, then id."""
@@ -48,6 +62,8 @@ class PathState:
         if len(self.heads) < 2:
             return False
         keys = self.value_keys
+        if keys is None:
+            keys = self.value_keys = {}
         first: str | None = None
         for head in self.heads:
             key = keys.get(head)
@@ -159,8 +175,12 @@ class RevisionIndex:
                 # Only a path with a "/" can be an entry's field.
                 key = entry_key(path) if "/" in path else None
                 if key is not None:
-                    entries.setdefault(key, set()).add(path)
-                    self._entry_ids = None
+                    entry_paths = entries.get(key)
+                    if entry_paths is None:
+                        entries[key] = {path}
+                        self._entry_ids = None
+                    else:
+                        entry_paths.add(path)
                 continue
             if len(state.revisions) == 1:
                 several.append((path, state))

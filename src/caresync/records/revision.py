@@ -21,15 +21,19 @@ __all__ = ["Revision", "decode_revision", "encode_revision"]
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _quote: Callable[[str], str] = json.encoder.encode_basestring
-# ``json.loads`` without its wrappers: a third of the cost of decoding a revision.
-_raw_decode = json.JSONDecoder().raw_decode
+# ``json.loads`` without its wrappers: the scanner ``JSONDecoder.raw_decode`` calls
+# (in C), minus the whitespace skip; a value with surrounding whitespace goes to
+# ``json.loads`` below, as anything not exactly one JSON value does.
+# (``scan_once`` is set by JSONDecoder.__init__; typeshed does not declare it.)
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 # JSON nested deeper than this is malformed, decided alike on every replica.
-# Values are at most 32 deep (checked on write); the revision adds two levels.
-# Without this bound the parser's recursion limit would decide, and that
-# depends on the caller's stack depth: a RecursionError on one replica, a
-# revision on another.
-MAX_STORED_DEPTH = 64
+# Without a bound the parser's recursion limit would decide, and that depends on
+# the caller's stack depth: a RecursionError on one replica, a revision on
+# another. Values are at most 32 deep (checked on write); 200 leaves the parser
+# far from Python's limit of 1,000 frames, and it lets a revision shorter than
+# 400 characters (most of them) skip the check.
+MAX_STORED_DEPTH = 200
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _INNERMOST_PAIR = re.compile(r"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
 
@@ -140,16 +144,18 @@ def decode_revision(rev_id: str, stored: object) -> Revision | None:
     Runs once per revision of every record loaded, hence the plain code: no
     helper calls, keys read with ``[]`` under one ``try``, tuples built directly.
     """
-    if not isinstance(stored, str):
+    if type(stored) is not str:  # pycrdt hands out exact strs
         return None
     if (
-        stored.count("[") + stored.count("{") > MAX_STORED_DEPTH  # cheap: rarely true
+        # Nesting deeper than the bound takes two brackets a level; most are shorter.
+        len(stored) > 2 * MAX_STORED_DEPTH
+        and stored.count("[") + stored.count("{") > MAX_STORED_DEPTH
         and _too_deep(stored)
     ):
         return None
     try:
-        body, end = _raw_decode(stored)
-    except ValueError:
+        body, end = _scan_once(stored, 0)
+    except (ValueError, StopIteration):
         end = -1
     if end != len(stored):
         # Not one bare JSON value (padding, trailing data, or no JSON at all):
@@ -185,12 +191,14 @@ def decode_revision(rev_id: str, stored: object) -> Revision | None:
     for parent in raw_parents:  # a plain loop: all() over a generator costs twice as much
         if type(parent) is not str:
             return None
-    raw_seen = body.get("s", _ABSENT)
-    seen: dict[str, tuple[str, ...]] = {}
-    if raw_seen is not _ABSENT:
-        if type(raw_seen) is not dict:
-            return None
-        for seen_path, ids in raw_seen.items():
+    seen = body.get("s", _ABSENT)
+    if seen is _ABSENT:
+        seen = {}
+    elif type(seen) is not dict:
+        return None
+    else:
+        # The parsed dict is this call's own: its lists become tuples in place.
+        for seen_path, ids in seen.items():
             if type(ids) is not list:
                 return None
             for item in ids:
