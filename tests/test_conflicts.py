@@ -366,6 +366,17 @@ def test_shared_entries_are_the_entries_and_copies_stay_private() -> None:
     assert sorted(shared[0].fields) == ["dose", "drug"]
 
 
+def test_a_view_reads_a_field_once_per_record_version() -> None:
+    a = Record.create(replica="laptop-a")
+    a.set("birthDate", "1990-01-01", author="dr.a")
+    view = RecordView(a)
+    first = view.get("birthDate")
+    assert view.get("birthDate") is first  # kept while the record stays the same
+    a.set("birthDate", "1990-02-02", author="dr.a")
+    assert view.get("birthDate").value == "1990-02-02"
+    assert view.entry_ids("allergies") == []
+
+
 def test_normalised_names_are_the_same_cached_or_not() -> None:
     short = "  Amoxicillin 500 MG capsules "
     long = "Co-Amoxiclav, " * 40  # over the cached length

@@ -10,18 +10,18 @@ __all__ = ["RecordView"]
 class RecordView:
     """Read-only access to one record. Rules get this, never the record itself.
 
-    The built-in rules ask for the same collections many times over (medications
-    three times, allergies three times), and building an entry costs a field
-    lookup per field, so a view keeps each collection's entries for as long as
-    the record's version stays the same.
+    The built-in rules ask for the same fields and collections many times over
+    (a medication's status three times), so a view keeps the field states and
+    entries it built for as long as the record's version stays the same.
     """
 
-    __slots__ = ("_entries", "_record", "_version")
+    __slots__ = ("_entries", "_record", "_states", "_version")
 
     def __init__(self, record: Record) -> None:
         self._record = record
         self._version = record.version
         self._entries: dict[str, list[Entry]] = {}
+        self._states: dict[str, FieldState] = {}
 
     @property
     def record_id(self) -> str:
@@ -29,7 +29,12 @@ class RecordView:
 
     def get(self, path: str) -> FieldState:
         """A field's heads and conflict state."""
-        return self._record.get(path)
+        if self._record.version != self._version:
+            self._start_afresh()
+        state = self._states.get(path)
+        if state is None:
+            state = self._states[path] = self._record.get(path)
+        return state
 
     def value(self, path: str, default: JSONValue = None) -> JSONValue:
         """A field's value (raises FieldConflictError when in conflict)."""
@@ -43,7 +48,8 @@ class RecordView:
         return self._record.revision(revision_id)
 
     def entry_ids(self, collection: str) -> list[str]:
-        return [entry.id for entry in self._cached_entries(collection)]
+        """The ids of a collection's entries, sorted (no entry is built for this)."""
+        return self._record.entry_ids(collection)
 
     def entries(self, collection: str) -> list[Entry]:
         """Every entry of a collection, sorted by id; the caller's own copies."""
@@ -69,11 +75,15 @@ class RecordView:
         """Neither writer had seen the other's revision."""
         return self._record.concurrent(a, b)
 
+    def _start_afresh(self) -> None:
+        """The record changed under the view: forget what was built from it."""
+        self._entries.clear()
+        self._states.clear()
+        self._version = self._record.version
+
     def _cached_entries(self, collection: str) -> list[Entry]:
-        version = self._record.version
-        if version != self._version:  # the record changed under the view: start afresh
-            self._entries.clear()
-            self._version = version
+        if self._record.version != self._version:
+            self._start_afresh()
         entries = self._entries.get(collection)
         if entries is None:
             entries = self._entries[collection] = self._record.entries(collection)
