@@ -138,6 +138,9 @@ def test_the_substance_table_is_part_of_it() -> None:
     a = SubstanceTable.of({"latex": [], "penicillin": ["amoxicillin", "ampicillin"]})
     b = SubstanceTable.of({"penicillin": ["Ampicillin", "amoxicillin"], "latex": []})
     assert Rulebook(builtin_rules(a)).fingerprint == Rulebook(builtin_rules(b)).fingerprint
+    # A copy of the default table (its digest computed, not the one kept at import).
+    copy = SubstanceTable(dict(DEFAULT_SUBSTANCES.drugs_by_substance))
+    assert Rulebook(builtin_rules(copy)).fingerprint == DEFAULT_RULEBOOK.fingerprint
 
 
 def test_the_order_of_rules_counts() -> None:

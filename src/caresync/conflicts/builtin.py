@@ -55,6 +55,7 @@ INACTIVE_MEDICATION_STATUSES = frozenset({"stopped", ENTERED_IN_ERROR, "complete
 INACTIVE_ALLERGY_STATUSES = frozenset({ENTERED_IN_ERROR, "inactive", "resolved", "refuted"})
 TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERROR})
 _SORTED_COLLECTIONS = tuple(sorted(DEFAULT_COLLECTIONS))
+_DEFAULT_TABLE_DIGEST = DEFAULT_SUBSTANCES.digest()
 
 
 # Versions of the built-in rules, part of every rulebook's fingerprint. BUMP a
@@ -153,9 +154,12 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
     catches every pair a merge brings together.
     """
 
+    # Hashing a table costs 10 us and Rulebook() builds this rule each time.
+    digest = _DEFAULT_TABLE_DIGEST if table is DEFAULT_SUBSTANCES else table.digest()
+
     @versioned(
         _ALLERGY_VERSUS_PRESCRIPTION,
-        identity=f"{__name__}:allergy_versus_prescription(table={table.digest()})",
+        identity=f"{__name__}:allergy_versus_prescription(table={digest})",
     )
     def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
         allergies = [

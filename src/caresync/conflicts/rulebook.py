@@ -39,8 +39,11 @@ class Rulebook:
     """
 
     def __init__(self, rules: Iterable[Rule] | None = None) -> None:
-        self._rules: tuple[Rule, ...] = tuple(builtin_rules() if rules is None else rules)
-        check_rule_versions(self._rules)  # a bad version is refused here, not when syncing
+        if rules is None:
+            self._rules: tuple[Rule, ...] = builtin_rules()  # versioned correctly, by us
+        else:
+            self._rules = tuple(rules)
+            check_rule_versions(self._rules)  # a bad version is refused here, not when syncing
         self._fingerprint: str | None = None  # on first use: rulebooks are made per call too
         self._cache: weakref.WeakKeyDictionary[Record, tuple[int, list[Conflict]]] = (
             weakref.WeakKeyDictionary()
