@@ -10,10 +10,19 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from caresync import DEFAULT_RULEBOOK, Entry, FieldState, Record
+from caresync import (
+    DEFAULT_RULEBOOK,
+    Entry,
+    FieldState,
+    InvalidUpdateError,
+    Record,
+    RecordMismatchError,
+)
+from caresync.pool import RecordPool
 from caresync.records.clock import Timestamp
 from caresync.records.maps import read_items, read_value
 from caresync.records.revision import MAX_STORED_DEPTH, Revision, encode_revision
+from caresync.storage.memory import MemoryStore
 
 
 def index_view(record: Record) -> dict[str, Any]:
@@ -180,3 +189,46 @@ def test_fast_built_field_states_and_entries_equal_the_dataclasses() -> None:
     assert entry == Entry("medications", med, dict(entry.fields))
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.path = "elsewhere"  # type: ignore[misc]
+
+
+def test_loading_several_updates_at_once_is_loading_then_applying() -> None:
+    source, updates = busy_record()
+    stored, arrived = updates[:6], updates[6:]
+    everything = Doc()
+    for update in stored:
+        everything.apply_update(update)
+    state = everything.get_update()
+    at_once = Record.from_updates(source.record_id, [state, *arrived], replica="laptop-x")
+    stepwise = Record.from_update(source.record_id, state, replica="laptop-y")
+    for update in arrived:
+        stepwise.apply_update(update)
+    assert index_view(at_once) == index_view(stepwise)
+    reloaded = Record.from_update(source.record_id, at_once.update_since(), replica="z")
+    assert index_view(reloaded) == index_view(stepwise)
+    assert index_view(Record.from_updates(source.record_id, [], replica="e"))["revisions"] == []
+
+
+def test_loading_several_updates_refuses_bad_ones_and_another_records() -> None:
+    a = Record.create(replica="laptop-a")
+    other = Record.create(replica="laptop-b")
+    with pytest.raises(InvalidUpdateError, match="must be bytes"):
+        Record.from_updates(a.record_id, [a.update_since(), "text"], replica="x")  # type: ignore[list-item]
+    with pytest.raises(InvalidUpdateError, match="not a valid update"):
+        Record.from_updates(a.record_id, [a.update_since(), b"\xff\x00garbage"], replica="x")
+    with pytest.raises(RecordMismatchError):
+        Record.from_updates(a.record_id, [other.update_since()], replica="x")
+
+
+def test_a_pool_loads_a_stored_state_and_what_arrived_in_one_pass() -> None:
+    source, updates = busy_record()
+    pool = RecordPool(MemoryStore(), replica="laptop-p", rulebook=DEFAULT_RULEBOOK)
+    record = pool.load_bytes(source.record_id, updates[0], *updates[1:])
+    assert pool.peek(source.record_id) is record
+    everything = Doc()
+    for update in updates:
+        everything.apply_update(update)
+    whole = Record.from_update(source.record_id, everything.get_update(), replica="laptop-q")
+    assert index_view(record) == index_view(whole)
+    assert {row.id for row in pool.rows(record)} == {
+        c.id for c in DEFAULT_RULEBOOK.conflicts(record)
+    }

@@ -85,16 +85,18 @@ class RecordPool:
             self._records.move_to_end(record_id)
         return record
 
-    def load_bytes(self, record_id: str, update: bytes) -> Record:
+    def load_bytes(self, record_id: str, update: bytes, *more: bytes) -> Record:
         """Build the record from ``update`` (its whole state) and keep it loaded.
 
         Indexing a record built from bytes takes one pass over its revisions,
-        cheaper than merging the same bytes into an empty record.
+        cheaper than merging the same bytes into an empty record. ``more``
+        updates (what arrived for a stored record) are taken in the same pass:
+        cheaper than merging them into one update first, or applying them after.
         """
         return self.adopt(
-            Record.from_update(
+            Record.from_updates(
                 record_id,
-                update,
+                (update, *more),
                 replica=self.replica,
                 schema=self.schema,
                 clock=self.clock,
