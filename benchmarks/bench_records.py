@@ -8,7 +8,10 @@ For records of 10, 1,000 and 10,000 revisions:
 * read: one field's value, and listing the record's open conflicts (rules
   included, cache bypassed) — these should stay flat as the record grows;
 * load and check many small records (11 revisions, an allergy and a medication),
-  as a first copy does: ``Record.from_update``, then the rules over each.
+  as a first copy does: ``Record.from_update``, then the rules over each;
+* the same records with one field changed elsewhere, as an incremental sync
+  takes them in: loaded then merged (``from_update`` + ``apply_update``) vs
+  both at once (``Record.from_updates``), then the rules.
 """
 
 from __future__ import annotations
@@ -124,6 +127,33 @@ def bench_small_records(count: int, repeats: int) -> tuple[float, float]:
     )
 
 
+def bench_small_records_with_increment(count: int, repeats: int) -> tuple[float, float]:
+    """Seconds per record: a stored small record and an arrived change, then the rules."""
+    cases = []
+    for i in range(count):
+        record_id, stored = small_record_update(i)
+        elsewhere = Record.from_update(record_id, stored, replica="elsewhere")
+        before = elsewhere.state_vector()
+        elsewhere.set("birthDate", "1980-03-03", author="dr")
+        cases.append((record_id, stored, elsewhere.update_since(before)))
+    rulebook = Rulebook()
+
+    def load_then_merge() -> None:
+        for record_id, stored, arrived in cases:
+            record = Record.from_update(record_id, stored, replica="laptop")
+            record.apply_update(arrived)
+            rulebook.conflicts(record)
+
+    def at_once() -> None:
+        for record_id, stored, arrived in cases:
+            rulebook.conflicts(Record.from_updates(record_id, (stored, arrived), replica="laptop"))
+
+    return (
+        median_seconds(load_then_merge, repeats) / count,
+        median_seconds(at_once, repeats) / count,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, "records")
     sizes = [10, 200] if args.tiny else [10, 1_000, 10_000]
@@ -173,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "load_us": round(load_s * 1e6, 1),
             "load_and_conflicts_us": round(check_s * 1e6, 1),
+        }
+    )
+    merge_s, at_once_s = bench_small_records_with_increment(small, repeats)
+    cases.append(
+        {
+            "case": "small record and an arrived change, then list conflicts",
+            "records": small,
+            "load_then_merge_us": round(merge_s * 1e6, 1),
+            "from_updates_us": round(at_once_s * 1e6, 1),
         }
     )
     write_results(args.out, "records", cases)
