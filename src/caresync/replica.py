@@ -35,7 +35,6 @@ import logging
 import random
 import ssl as ssl_module
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +55,6 @@ from caresync.exceptions import (
     NotEnrolledError,
     RemoteProtocolError,
     ReplicaRevokedError,
-    StorageError,
     UnknownConflictError,
 )
 from caresync.index import ensure_index
@@ -79,7 +77,14 @@ from caresync.protocol import (
     item_wire_size,
 )
 from caresync.records import JSONValue, Record, Revision
-from caresync.storage import ConflictRow, Identity, IncomingUpdate, SQLiteStore, Store
+from caresync.storage import (
+    ConflictRow,
+    Identity,
+    IncomingUpdate,
+    SQLiteStore,
+    Store,
+    own_identity,
+)
 from caresync.transport import Channel, connect_websocket
 
 __all__ = [
@@ -293,12 +298,7 @@ class Replica:
         """
         store = await SQLiteStore.open(path, create=create)
         try:
-            identity = await store.get_identity()
-            if identity is None:
-                identity = Identity(replica_id=f"replica-{uuid.uuid4()}", role="laptop")
-                await store.set_identity(identity)
-            elif identity.role != "laptop":
-                raise StorageError(f"{path} is a server's database, not a laptop's")
+            identity = await own_identity(store, "laptop", id_prefix="replica", where=path)
             locked = await store.get_meta(_LOCKED)
             await ensure_index(store, rulebook, replica=identity.replica_id)
         except BaseException:

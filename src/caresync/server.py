@@ -32,7 +32,6 @@ from caresync.exceptions import (
     ConnectionLostError,
     InvalidInputError,
     ProtocolError,
-    StorageError,
 )
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.pool import RecordPool
@@ -56,7 +55,7 @@ from caresync.protocol import (
     item_wire_size,
 )
 from caresync.records import Record
-from caresync.storage import Identity, IncomingUpdate, ReplicaInfo, SQLiteStore, Store
+from caresync.storage import IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
 from caresync.transport import Channel, WebSocketListener, serve_websockets
 
 __all__ = ["SyncServer", "hash_password"]
@@ -119,9 +118,10 @@ class _Connection:
         frames instead of falling behind one frame per entry.
         """
         while True:
-            entries = await self.live.get()
+            # The queued lists are shared by every connection: copy before extending.
+            entries = list(await self.live.get())
             while not self.live.empty() and len(entries) < _LIVE_BATCH_ENTRIES:
-                entries = entries + self.live.get_nowait()
+                entries.extend(self.live.get_nowait())
             async with self.lock:
                 self.protocol.send_live_updates(entries)
                 await self.flush()
@@ -166,12 +166,7 @@ class SyncServer:
         """
         store = await SQLiteStore.open(path)
         try:
-            identity = await store.get_identity()
-            if identity is None:
-                identity = Identity(replica_id=f"server-{uuid.uuid4()}", role="server")
-                await store.set_identity(identity)
-            elif identity.role != "server":
-                raise StorageError(f"{path} is a laptop's database, not a server's")
+            identity = await own_identity(store, "server", id_prefix="server", where=path)
             rulebook = kwargs.get("rulebook", DEFAULT_RULEBOOK)
             await ensure_index(store, rulebook, replica=identity.replica_id)
         except BaseException:

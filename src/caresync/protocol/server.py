@@ -282,7 +282,11 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             last,
             feed_checkpoint,
             final,
-            None if conflicts is None else tuple(CopyConflict(*row) for row in conflicts),
+            None
+            if conflicts is None
+            else tuple(
+                row if isinstance(row, CopyConflict) else CopyConflict(*row) for row in conflicts
+            ),
         )
         if batch.conflicts is not None and request.rulebook is None:
             raise LocalProtocolError("conflict index rows for a request that named no rulebook")

@@ -15,6 +15,7 @@ from caresync.storage.base import (
     Store,
     StoreOpener,
     UserAccount,
+    own_identity,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
 from caresync.storage.memory import MemoryStore
@@ -30,6 +31,7 @@ __all__ = [
     "ConflictRow",
     "FeedItem",
     "Identity",
+    "own_identity",
     "IncomingUpdate",
     "MemoryStore",
     "OutboxItem",

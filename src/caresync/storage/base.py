@@ -21,12 +21,13 @@ The two implementations, :class:`~caresync.storage.sqlite.SQLiteStore` and
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
 
-from caresync.exceptions import InvalidInputError
+from caresync.exceptions import InvalidInputError, StorageError
 
 __all__ = [
     "ConflictRow",
@@ -39,6 +40,7 @@ __all__ = [
     "Store",
     "StoreOpener",
     "UserAccount",
+    "own_identity",
 ]
 
 Role = Literal["laptop", "server"]
@@ -544,3 +546,18 @@ class StoreOpener(Awaitable[S]):
         self._store = None
         if store is not None:
             await store.close()
+
+
+async def own_identity(store: Store, role: Role, *, id_prefix: str, where: object) -> Identity:
+    """The identity of the replica this database belongs to, made on its first open.
+
+    A new database gets a replica id ``<id_prefix>-<uuid4>`` and ``role``. A
+    database of the other role is refused with StorageError naming ``where``.
+    """
+    identity = await store.get_identity()
+    if identity is None:
+        identity = Identity(replica_id=f"{id_prefix}-{uuid.uuid4()}", role=role)
+        await store.set_identity(identity)
+    elif identity.role != role:
+        raise StorageError(f"{where} is a {identity.role}'s database, not a {role}'s")
+    return identity
