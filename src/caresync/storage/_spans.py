@@ -88,22 +88,6 @@ def _uint(buf: bytes, pos: int) -> tuple[int, int]:
     return value, pos
 
 
-def _string(buf: bytes, pos: int) -> int:
-    """Skip a varuint-prefixed UTF-8 string at ``pos``, checking it; the position after."""
-    length = buf[pos]
-    if length < 0x80:
-        pos += 1
-    else:
-        length, pos = _uint(buf, pos)
-    end = pos + length
-    if end > len(buf):
-        raise _NotSimple
-    text = buf[pos:end]
-    if not text.isascii():
-        text.decode("utf-8")  # UnicodeDecodeError: not a string pycrdt would read
-    return end
-
-
 def simple_span(update: bytes) -> tuple[Client, int, int] | None:
     """``(client, first clock, end clock)`` of a simple update, or None (see module doc).
 
@@ -125,55 +109,56 @@ def _span(buf: bytes) -> tuple[Client, int, int] | None:
     structs, first = _number(head[1]), _number(head[3])
     if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
         return None
-    pos = head.end()
-    if buf[pos:].isascii():
-        # Every byte after the header is below 0x80: every varuint is one byte and
-        # every string ASCII (valid UTF-8), so lengths are read directly.
-        clock = first
-        for _ in range(structs):
-            info = buf[pos]
-            if (info != _ITEM_WITH_KEY and info != _ITEM) or buf[pos + 1] != _ROOT_BY_NAME:
-                return None
-            pos += 3 + buf[pos + 2]  # info, parent info, the root type's name
-            if info == _ITEM_WITH_KEY:
-                pos += 1 + buf[pos]  # the key
-            count = buf[pos]
-            if count == 0:
-                return None
-            pos += 1
-            for _ in range(count):
-                if buf[pos] != _ANY_STRING:
-                    return None
-                pos += 2 + buf[pos + 1]
-            clock += count
-    else:
-        clock, pos = _structs(buf, pos, structs, first)
+    start = head.end()
+    clock, pos, strings = _structs(buf, start, structs, first)
+    # NUL cannot continue a multi-byte sequence, so the joined strings are valid
+    # UTF-8 exactly when each one is: one C call checks them all.
+    b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
     if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:
         return None  # the delete set must be empty, and be the last byte
     return head[2], first, clock
 
 
-def _structs(buf: bytes, pos: int, structs: int, clock: int) -> tuple[int, int]:
-    """Walk the structs in general: multi-byte varuints, strings checked as UTF-8.
+def _structs(buf: bytes, pos: int, structs: int, clock: int) -> tuple[int, int, list[bytes]]:
+    """Walk the structs: the clock and position after them, and every string's bytes.
 
-    Returns the clock after them and the position after them.
+    One-byte varuints (the usual case) are read inline; the caller checks the
+    strings are UTF-8.
     """
+    strings: list[bytes] = []
+    append = strings.append
     for _ in range(structs):
         info = buf[pos]
         if (info != _ITEM_WITH_KEY and info != _ITEM) or buf[pos + 1] != _ROOT_BY_NAME:
             raise _NotSimple
-        pos = _string(buf, pos + 2)  # the root type's name
-        if info == _ITEM_WITH_KEY:
-            pos = _string(buf, pos)  # the key
-        count, pos = _uint(buf, pos)
+        pos += 2
+        for _ in range(2 if info == _ITEM_WITH_KEY else 1):  # the root type's name, the key
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _uint(buf, pos)
+            append(buf[pos : pos + length])
+            pos += length
+        count = buf[pos]
+        if count < 0x80:
+            pos += 1
+        else:
+            count, pos = _uint(buf, pos)
         if count == 0:
             raise _NotSimple
         for _ in range(count):
             if buf[pos] != _ANY_STRING:
                 raise _NotSimple
-            pos = _string(buf, pos + 1)
+            length = buf[pos + 1]
+            if length < 0x80:
+                pos += 2
+            else:
+                length, pos = _uint(buf, pos + 1)
+            append(buf[pos : pos + length])
+            pos += length
         clock += count
-    return clock, pos
+    return clock, pos, strings
 
 
 def decode_clocks(vector: bytes) -> dict[Client, int] | None:
