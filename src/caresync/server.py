@@ -100,11 +100,12 @@ class _Connection:
     # Feed entries to forward, queued in commit order by whoever committed them.
     live: asyncio.Queue[list[tuple[int, str, bytes]]] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
-    # First-copy progress on this connection: where the last batch ended, and the
-    # records and bytes sent up to there.
+    # First-copy progress on this connection: where the last batch ended, the
+    # records and bytes sent up to there, and the records counted when it began.
     copy_last: str | None = None
     copy_done: int = 0
     copy_bytes: int = 0
+    copy_total: int = 0
 
     async def flush(self) -> None:
         for frame in self.protocol.data_to_send():
@@ -355,20 +356,25 @@ class SyncServer:
         # record's state with rows of another state).
         async with self._commit_lock:
             checkpoint = await self.store.feed_head()
-            total = await self.store.count_records(organisation)
-            done_before, bytes_before = 0, 0
             if request.after_record_id is not None and request.after_record_id == conn.copy_last:
                 done_before, bytes_before = conn.copy_done, conn.copy_bytes
-            elif request.after_record_id is not None:
-                # A resume on a new connection: count the records at or before the
-                # resume point once (the bytes sent before it are not known here).
-                done_before = len(await self.store.record_ids(organisation))
-                done_before -= len(
-                    await self.store.record_ids(organisation, after=request.after_record_id)
-                )
+            else:
+                # A copy starts, or resumes on a new connection: count once for the
+                # progress (the bytes sent before a resume point are not known here).
+                conn.copy_total = await self.store.count_records(organisation)
+                done_before, bytes_before = 0, 0
+                if request.after_record_id is not None:
+                    done_before = len(await self.store.record_ids(organisation))
+                    done_before -= len(
+                        await self.store.record_ids(organisation, after=request.after_record_id)
+                    )
+            # One id more than asked says whether the copy ends with this batch:
+            # exact even while records are being added, unlike comparing counts.
             ids = await self.store.record_ids(
-                organisation, after=request.after_record_id, limit=request.batch_records
+                organisation, after=request.after_record_id, limit=request.batch_records + 1
             )
+            more = len(ids) > request.batch_records
+            del ids[request.batch_records :]
             loaded = await self.store.load_many(ids)
             stored_rows = await self.store.conflict_rows(ids) if send_rows else {}
         records: list[tuple[str, bytes]] = []
@@ -386,7 +392,8 @@ class SyncServer:
             record_size = item_wire_size(record_id, stored)
             record_size += sum(_row_wire_size(row) for row in record_rows)
             if records and size + record_size > budget:
-                break  # the rest goes in the next batch
+                more = True  # the rest goes in the next batch
+                break
             records.append((record_id, stored))
             rows.extend(record_rows)
             size += record_size
@@ -395,11 +402,11 @@ class SyncServer:
         conn.protocol.send_copy_batch(
             records,
             done_records=done,
-            total_records=max(total, done),
+            total_records=max(conn.copy_total, done),
             done_bytes=sent_bytes,
             total_bytes=sent_bytes,  # the total is unknown without reading every record
             feed_checkpoint=checkpoint,
-            final=done >= total or not records,
+            final=not more or not records,
             conflicts=rows if send_rows else None,
         )
         conn.copy_last = records[-1][0] if records else request.after_record_id

@@ -125,6 +125,45 @@ async def test_an_interrupted_first_copy_resumes_where_it_stopped(tmp_path: Path
     await server.close()
 
 
+class GrowingServer(SyncServer):
+    """Stores ``added`` more records just before answering the second CopyRequest."""
+
+    added = 300
+    requests = 0
+
+    async def _on_copy(self, conn: Any, request: CopyRequest) -> None:
+        self.requests += 1
+        if self.requests == 2:
+            await seed_server(self, self.added)
+        await super()._on_copy(conn, request)
+
+
+async def test_records_added_during_a_first_copy_all_reach_the_laptop(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, server_class=GrowingServer)
+    assert isinstance(server, GrowingServer)
+    await seed_server(server, RECORDS)
+    laptop = await Replica.open(
+        tmp_path / "laptop.db", limits=SyncLimits(copy_batch_records=COPY_BATCH)
+    )
+    seen: list[CopyProgress] = []
+    await laptop.enrol(
+        server.url,
+        username="dr.a",
+        password=PASSWORD,
+        organisation="clinic-a",
+        progress=seen.append,
+    )
+    # New ids fall before and after the copy's cursor: those before it come by the
+    # feed, those after it in the copy, which ends only when no record is left.
+    everything = await server.store.record_ids("clinic-a")
+    assert len(everything) == RECORDS + GrowingServer.added
+    assert await laptop.record_ids() == everything
+    assert seen[0].total_records == RECORDS  # counted when the copy began
+    assert seen[-1].done_records <= seen[-1].total_records
+    await laptop.close()
+    await server.close()
+
+
 async def test_a_push_cut_between_commit_and_ack_loses_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:

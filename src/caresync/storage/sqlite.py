@@ -593,9 +593,20 @@ class SQLiteStore:
                     for i in sorted(appended)
                 ],
             )
-        for plan in planned.values():
-            if plan.conflicts is not None:
-                _replace_conflicts(raw, plan.record_id, plan.conflicts)
+        replaced = [plan for plan in planned.values() if plan.conflicts is not None]
+        if replaced:
+            # Two statements for the whole batch, not two per record.
+            raw.executemany(
+                "DELETE FROM conflicts WHERE record_id = ?", [(p.record_id,) for p in replaced]
+            )
+            raw.executemany(
+                _INSERT_CONFLICT,
+                [
+                    (c.record_id, c.id, c.kind, c.subject, c.severity, c.payload)
+                    for plan in replaced
+                    for c in plan.conflicts or ()
+                ],
+            )
 
     def _known(
         self, raw: sqlite3.Connection, writes: Sequence[WriteLike]
@@ -1457,10 +1468,15 @@ def _replace_conflicts(
 ) -> None:
     raw.execute("DELETE FROM conflicts WHERE record_id = ?", (record_id,))
     raw.executemany(
-        "INSERT INTO conflicts (record_id, id, kind, subject, severity, payload)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        _INSERT_CONFLICT,
         [(c.record_id, c.id, c.kind, c.subject, c.severity, c.payload) for c in rows],
     )
+
+
+_INSERT_CONFLICT = (
+    "INSERT INTO conflicts (record_id, id, kind, subject, severity, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 def _read_identity(raw: sqlite3.Connection) -> Identity | None:
