@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Doc, Map, MapEvent, TransactionEvent
+from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
 
 from caresync.exceptions import (
     FieldConflictError,
@@ -226,9 +226,10 @@ class Record:
             self._revisions: Map[Any] = self._doc.get("revisions", type=Map)
         self._index = RevisionIndex()
         self._applying = False
-        self._listeners: list[UpdateListener] = []
+        # Keyed by a token per subscription: one listener may be subscribed twice.
+        self._listeners: dict[object, UpdateListener] = {}
         self._checked_paths: dict[str, tuple[tuple[str, str] | None, FieldSpec | None]] = {}
-        self._doc_subscription: Any = None
+        self._doc_subscription: Subscription | None = None
         if doc is not None:  # a new Doc holds nothing to index
             self._rebuild_index()
 
@@ -548,14 +549,23 @@ class Record:
             ) from None
 
     def on_update(self, listener: UpdateListener) -> Callable[[], None]:
-        """Call ``listener(update, is_local)`` after each transaction; returns an unsubscribe."""
-        self._listeners.append(listener)
+        """Call ``listener(update, is_local)`` after each transaction; returns an unsubscribe.
+
+        The record observes its document only while it has a listener: the
+        observer holds the record, so one left behind would keep it (and its
+        document) in memory for good. Calling the unsubscribe twice is harmless.
+        """
+        token = object()
+        self._listeners[token] = listener
         if self._doc_subscription is None:
-            self._doc_subscription = self._doc.observe(self._on_transaction)
+            self._doc_subscription = self._doc.observe(_TransactionObserver(self))
 
         def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            if self._listeners.pop(token, None) is None or self._listeners:
+                return
+            subscription, self._doc_subscription = self._doc_subscription, None
+            if subscription is not None:
+                self._doc.unobserve(subscription)
 
         return unsubscribe
 
@@ -718,8 +728,29 @@ class Record:
         if update == b"\x00\x00":
             return  # an empty transaction
         is_local = not self._applying
-        for listener in list(self._listeners):
-            listener(update, is_local)
+        listeners = self._listeners
+        for token, listener in list(listeners.items()):
+            if token in listeners:  # not unsubscribed by an earlier listener
+                listener(update, is_local)
+
+
+class _TransactionObserver:
+    """Hands the document's transaction events to its record's listeners.
+
+    Like :class:`_RevisionsObserver`, with its signature ready: a record
+    subscribes again each time it gains a first listener (every replica edit).
+    """
+
+    __slots__ = ("_record",)
+    __signature__ = inspect.Signature(
+        [inspect.Parameter("event", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    )
+
+    def __init__(self, record: Record) -> None:
+        self._record = record
+
+    def __call__(self, event: TransactionEvent) -> None:
+        self._record._on_transaction(event)
 
 
 class _RevisionsObserver:
