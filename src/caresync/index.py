@@ -26,18 +26,19 @@ INDEX_RULEBOOK_KEY = "index.rulebook"
 """Meta key: the fingerprint of the rulebook that computed the stored conflict rows."""
 
 REINDEX_BATCH_RECORDS = 500
-"""Records read per store call while re-indexing."""
+"""Records read, and their rows replaced, per store call (one transaction) while re-indexing."""
 
 
 async def ensure_index(store: Store, rulebook: Rulebook, *, replica: str) -> int:
     """Re-index every record's conflicts unless ``rulebook`` computed the stored index.
 
     Returns the number of records re-indexed (0 when the index was current, or
-    the database holds no record). Each record's rows are replaced in a
-    transaction of their own; the mark is written last, so an interrupted run
-    starts again at the next open. A rulebook holding a rule without a stable
-    name has a fingerprint of its own, so such a database re-indexes at every
-    open: give rules importable names (see ``docs/conflicts.md``).
+    the database holds no record). The rows of each chunk of
+    :data:`REINDEX_BATCH_RECORDS` records are replaced in one transaction; the
+    mark is written last, so an interrupted run starts again at the next open.
+    A rulebook holding a rule without a stable name has a fingerprint of its
+    own, so such a database re-indexes at every open: give rules importable
+    names (see ``docs/conflicts.md``).
     """
     current = rulebook.fingerprint
     if await store.get_meta(INDEX_RULEBOOK_KEY) == current:
@@ -46,8 +47,13 @@ async def ensure_index(store: Store, rulebook: Rulebook, *, replica: str) -> int
     for start in range(0, len(ids), REINDEX_BATCH_RECORDS):
         chunk = ids[start : start + REINDEX_BATCH_RECORDS]
         loaded = await store.load_many(chunk)
-        for record_id, data in loaded.items():
-            record = Record.from_update(record_id, data, replica=replica)
-            await store.set_conflicts(record_id, conflict_rows(record, rulebook))
+        await store.set_conflicts_many(
+            {
+                record_id: conflict_rows(
+                    Record.from_update(record_id, data, replica=replica), rulebook
+                )
+                for record_id, data in loaded.items()
+            }
+        )
     await store.set_meta(INDEX_RULEBOOK_KEY, current)
     return len(ids)

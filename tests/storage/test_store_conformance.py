@@ -236,6 +236,59 @@ async def test_set_conflicts_replaces_rows_of_a_stored_record_only(store: Store)
     assert await store.count_conflicts() == 0
 
 
+async def test_set_conflicts_many_replaces_the_rows_of_the_records_named(store: Store) -> None:
+    p, q, r = Patient(), Patient(), Patient()
+    for patient in (p, q, r):
+        await store.write_local(patient.id, patient.created, conflicts=[conflict(patient.id)])
+    await store.set_conflicts_many(
+        {p.id: [conflict(p.id, 1), conflict(p.id, 2)], q.id: (), r.id: [conflict(r.id)]}
+    )
+    assert await store.conflict_rows([p.id, q.id, r.id]) == {
+        p.id: (conflict(p.id, 1), conflict(p.id, 2)),
+        r.id: (conflict(r.id),),
+    }
+    await store.set_conflicts_many({q.id: [conflict(q.id, 5)]})  # the others keep theirs
+    assert await store.count_conflicts() == 4
+    await store.set_conflicts_many({})
+    assert await store.count_conflicts() == 4
+    assert await store.check() == []
+
+
+async def test_set_conflicts_many_stores_nothing_half_way(store: Store) -> None:
+    p, q, stranger = Patient(), Patient(), Patient()
+    for patient in (p, q):
+        await store.write_local(patient.id, patient.created, conflicts=[conflict(patient.id)])
+    before = await store.conflicts()
+    good = {p.id: [conflict(p.id, 7)], q.id: []}
+    # The bad part comes last, so a store that wrote as it checked would be caught.
+    with pytest.raises(UnknownRecordError, match=stranger.id):
+        await store.set_conflicts_many({**good, stranger.id: [conflict(stranger.id)]})
+    bad_inputs: list[object] = [
+        {**good, "r-x": [conflict(p.id, 8)]},  # rows of another record
+        {**good, q.id: [conflict(q.id, 1), conflict(q.id, 1)]},  # one id twice
+        {**good, q.id: 5},  # not rows at all
+        {**good, q.id: "rows"},
+        {**good, 7: []},  # not a record id
+        [(p.id, [conflict(p.id, 7)])],  # not a mapping
+    ]
+    for bad in bad_inputs:
+        with pytest.raises(InvalidInputError):
+            await store.set_conflicts_many(bad)  # type: ignore[arg-type]
+    assert await store.conflicts() == before
+    assert await store.check() == []
+
+
+async def test_set_conflicts_many_names_the_first_unknown_record_and_how_many_more(
+    store: Store,
+) -> None:
+    p, q, r = Patient(), Patient(), Patient()
+    await store.write_local(q.id, q.created, conflicts=None)
+    with pytest.raises(UnknownRecordError) as refused:
+        await store.set_conflicts_many({p.id: [], q.id: [], r.id: []})
+    assert p.id in str(refused.value)
+    assert "1 more of the 3" in str(refused.value)
+
+
 # ------------------------------------------------------- remote updates and feed
 
 
@@ -673,6 +726,51 @@ async def test_an_import_reapplies_the_updates_as_local_writes(
     assert await store.check() == []
 
 
+async def test_an_import_stores_the_conflict_rows_given_in_the_same_write(
+    store: Store, tmp_path: Path
+) -> None:
+    p, q, kept = Patient(), Patient(), Patient()
+    await store.write_local(kept.id, kept.created, conflicts=[conflict(kept.id)])
+    await store.write_local(q.id, q.created, conflicts=[conflict(q.id)])
+    source = MemoryStore()
+    for patient in (p, q):
+        await source.write_local(patient.id, patient.created, conflicts=None, organisation="o")
+        await source.write_local(patient.id, patient.edit(), conflicts=None)
+    export = tmp_path / "unsynced.caresync"
+    assert await source.export_unsynced(export) == 4
+    rows = {p.id: [conflict(p.id, 1)], q.id: []}
+    assert await store.import_unsynced(export, conflicts=rows) == 4
+    assert await store.conflict_rows([p.id, q.id, kept.id]) == {
+        p.id: (conflict(p.id, 1),),  # a record new to this store has its rows at once
+        kept.id: (conflict(kept.id),),  # not touched, not named: kept
+    }
+    assert await store.pending_count() == 6
+    assert await store.check() == []
+
+
+async def test_an_import_with_bad_conflict_rows_imports_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    p, untouched = Patient(), Patient()
+    await store.write_local(untouched.id, untouched.created, conflicts=None)
+    source = MemoryStore()
+    await source.write_local(p.id, p.created, conflicts=None, organisation="o")
+    export = tmp_path / "unsynced.caresync"
+    await source.export_unsynced(export)
+    bad_inputs: list[object] = [
+        {untouched.id: []},  # a record the import does not touch
+        {p.id: [conflict(untouched.id)]},  # rows of another record
+        {p.id: [conflict(p.id), conflict(p.id)]},  # one id twice
+        [p.id],  # not a mapping
+    ]
+    for bad in bad_inputs:
+        with pytest.raises(InvalidInputError):
+            await store.import_unsynced(export, conflicts=bad)  # type: ignore[arg-type]
+    assert await store.pending_count() == 1
+    assert await store.record_ids() == [untouched.id]
+    assert await store.count_conflicts() == 0
+
+
 # ---------------------------------------------------------------------- accounts
 
 
@@ -755,6 +853,8 @@ async def test_a_closed_store_refuses_every_call(store: Store) -> None:
         await store.load_many([])
     with pytest.raises(StorageError):
         await store.conflict_rows(["r"])
+    with pytest.raises(StorageError):
+        await store.set_conflicts_many({"r": []})
 
 
 async def test_both_stores_open_with_await_and_with_async_with(tmp_path: Path) -> None:

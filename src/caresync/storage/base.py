@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
 
-from caresync.exceptions import InvalidInputError, StorageError
+from caresync.exceptions import InvalidInputError, StorageError, UnknownRecordError
 
 __all__ = [
     "ConflictRow",
@@ -256,8 +256,11 @@ def check_write_remote(
 
 def check_conflicts(record_id: str, rows: Sequence[ConflictRow]) -> tuple[ConflictRow, ...]:
     """Refuse conflict rows of another record, or two rows with one id."""
-    if isinstance(rows, (str, bytes)):
-        raise InvalidInputError("conflicts must be a sequence of ConflictRow")
+    if isinstance(rows, (str, bytes, bytearray, memoryview)) or not isinstance(rows, Iterable):
+        raise InvalidInputError(
+            f"conflicts of record {record_id} must be a sequence of ConflictRow, "
+            f"not {type(rows).__name__}"
+        )
     rows = tuple(rows)
     seen: set[str] = set()
     for row in rows:
@@ -271,6 +274,53 @@ def check_conflicts(record_id: str, rows: Sequence[ConflictRow]) -> tuple[Confli
             raise InvalidInputError(f"conflict id {row.id} appears twice for record {record_id}")
         seen.add(row.id)
     return rows
+
+
+def check_conflicts_by_record(value: object) -> dict[str, tuple[ConflictRow, ...]]:
+    """Refuse anything but a mapping of record id to that record's conflict rows.
+
+    Each record's rows are checked as :func:`check_conflicts` does (rows of
+    another record, or two rows with one id, are refused).
+    """
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(
+            "rows_by_record must be a mapping of record id to conflict rows, "
+            f"not {type(value).__name__}"
+        )
+    return {
+        check_text(record_id, "record_id"): check_conflicts(record_id, rows)
+        for record_id, rows in value.items()
+    }
+
+
+def unknown_records_error(missing: Sequence[str], named: int) -> UnknownRecordError:
+    """The error for conflict rows of records that are not stored (nothing was stored)."""
+    more = f" (and {len(missing) - 1} more of the {named} named)" if len(missing) > 1 else ""
+    return UnknownRecordError(
+        f"no record {missing[0]} is stored here{more}; no conflict rows were stored"
+    )
+
+
+def import_conflicts(
+    record_ids: Sequence[str], conflicts: object
+) -> dict[int, tuple[ConflictRow, ...]]:
+    """Which write of an import carries which record's conflict rows (its last one).
+
+    ``record_ids`` names the record of each imported update, in order;
+    ``conflicts`` is what ``import_unsynced`` was given. Rows for a record the
+    import does not touch are refused: they would be stored for nothing.
+    """
+    if conflicts is None:
+        return {}
+    rows = check_conflicts_by_record(conflicts)
+    last = {record_id: index for index, record_id in enumerate(record_ids)}
+    strangers = sorted(set(rows) - set(last))
+    if strangers:
+        raise InvalidInputError(
+            f"conflict rows were given for record {strangers[0]}, which the import does not "
+            "touch; nothing was imported"
+        )
+    return {last[record_id]: record_rows for record_id, record_rows in rows.items()}
 
 
 class Store(Protocol):
@@ -342,6 +392,16 @@ class Store(Protocol):
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
         """Replace a stored record's conflict rows without writing an update."""
+        ...
+
+    async def set_conflicts_many(self, rows_by_record: Mapping[str, Sequence[ConflictRow]]) -> None:
+        """Replace the conflict rows of many stored records in one transaction.
+
+        Everything is checked before anything is written: a record that is not
+        stored raises UnknownRecordError naming it, rows of another record or
+        two rows with one id raise InvalidInputError; either way no row changes.
+        A record not named keeps its rows; one named with no rows has none left.
+        """
         ...
 
     # reading records
@@ -454,8 +514,19 @@ class Store(Protocol):
         """Write every pending update to a new file at ``path``; returns how many."""
         ...
 
-    async def import_unsynced(self, path: StrPath) -> int:
-        """Re-apply the updates of an export file as local writes; returns how many."""
+    async def import_unsynced(
+        self,
+        path: StrPath,
+        *,
+        conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
+    ) -> int:
+        """Re-apply the updates of an export file as local writes; returns how many.
+
+        All or nothing, in one transaction. ``conflicts`` gives the rows of
+        records the import touches, replaced in that same transaction (a
+        record not named keeps its rows); naming a record the file does not
+        touch raises InvalidInputError, and nothing is stored.
+        """
         ...
 
     async def discard_unsynced(self, *, exported_to: StrPath) -> int:

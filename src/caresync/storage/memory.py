@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -53,12 +53,15 @@ from caresync.storage.base import (
     UserAccount,
     check_bytes,
     check_conflicts,
+    check_conflicts_by_record,
     check_count,
     check_optional_text,
     check_outbox_report,
     check_record_ids,
     check_text,
     check_write_remote,
+    import_conflicts,
+    unknown_records_error,
 )
 from caresync.storage.cache import CachedRecord
 from caresync.storage.unsynced import (
@@ -268,6 +271,19 @@ class MemoryStore:
         self._conflicts[record_id] = {c.id: c for c in rows}
         if not rows:
             del self._conflicts[record_id]
+
+    async def set_conflicts_many(self, rows_by_record: Mapping[str, Sequence[ConflictRow]]) -> None:
+        """Replace the conflict rows of many stored records at once, all or nothing."""
+        rows = check_conflicts_by_record(rows_by_record)
+        self._open_or_raise(f"storing conflicts of {len(rows)} records")
+        missing = [record_id for record_id in rows if record_id not in self._records]
+        if missing:
+            raise unknown_records_error(missing, len(rows))
+        for record_id, record_rows in rows.items():
+            if record_rows:
+                self._conflicts[record_id] = {c.id: c for c in record_rows}
+            else:
+                self._conflicts.pop(record_id, None)
 
     # ------------------------------------------------------------------ reading
 
@@ -515,11 +531,20 @@ class MemoryStore:
         await asyncio.to_thread(write_export_file, path, export)
         return len(export.updates)
 
-    async def import_unsynced(self, path: StrPath) -> int:
-        """Re-apply an export's updates as local writes, all or nothing."""
+    async def import_unsynced(
+        self,
+        path: StrPath,
+        *,
+        conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
+    ) -> int:
+        """Re-apply an export's updates as local writes (with ``conflicts``), all or nothing."""
         self._open_or_raise("importing unsynced changes")
         export = await asyncio.to_thread(read_export_file, path)
-        writes = [Write(u.record_id, u.update, None, u.organisation) for u in export.updates]
+        rows_at = import_conflicts([u.record_id for u in export.updates], conflicts)
+        writes = [
+            Write(u.record_id, u.update, rows_at.get(i), u.organisation)
+            for i, u in enumerate(export.updates)
+        ]
         return len(self._write_local(writes))
 
     async def discard_unsynced(self, *, exported_to: StrPath) -> int:

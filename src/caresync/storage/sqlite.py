@@ -35,7 +35,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -82,12 +82,15 @@ from caresync.storage.base import (
     UserAccount,
     check_bytes,
     check_conflicts,
+    check_conflicts_by_record,
     check_count,
     check_optional_text,
     check_outbox_report,
     check_record_ids,
     check_text,
     check_write_remote,
+    import_conflicts,
+    unknown_records_error,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
 from caresync.storage.migrations import (
@@ -654,6 +657,41 @@ class SQLiteStore:
 
         await self._run(f"storing conflicts of {record_id}", job)
 
+    async def set_conflicts_many(self, rows_by_record: Mapping[str, Sequence[ConflictRow]]) -> None:
+        """Replace the conflict rows of many stored records in one transaction.
+
+        All checked first (see :meth:`Store.set_conflicts_many`); a re-index
+        writes a chunk of records per commit instead of one commit per record.
+        """
+        rows = check_conflicts_by_record(rows_by_record)
+        ids = list(rows)
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                # Committed records are in the cache or the table; ask SQLite for the rest.
+                cached = self.cache.get_many(ids)
+                found = set(cached)
+                for chunk in _chunks([i for i in ids if i not in cached]):
+                    sql = f"SELECT record_id FROM records WHERE record_id IN ({_marks(len(chunk))})"
+                    found.update(row[0] for row in raw.execute(sql, chunk))
+                missing = [record_id for record_id in ids if record_id not in found]
+                if missing:
+                    raise unknown_records_error(missing, len(ids))
+                raw.executemany("DELETE FROM conflicts WHERE record_id = ?", [(i,) for i in ids])
+                raw.executemany(
+                    _INSERT_CONFLICT,
+                    [
+                        (c.record_id, c.id, c.kind, c.subject, c.severity, c.payload)
+                        for record_rows in rows.values()
+                        for c in record_rows
+                    ],
+                )
+
+            if ids:
+                self._write(raw, body)
+
+        await self._run(f"storing conflicts of {len(ids)} records", job)
+
     # ------------------------------------------------------------------ reading
 
     async def load(self, record_id: str) -> bytes | None:
@@ -1154,14 +1192,23 @@ class SQLiteStore:
         await asyncio.to_thread(write_export_file, path, export)
         return len(export.updates)
 
-    async def import_unsynced(self, path: StrPath) -> int:
+    async def import_unsynced(
+        self,
+        path: StrPath,
+        *,
+        conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
+    ) -> int:
         """Re-apply an export's updates as local writes (they enter the outbox again).
 
-        All or nothing, in one transaction; conflict rows are left as they are
-        (recompute them for the records touched). Returns how many updates.
+        All or nothing, in one transaction, with the conflict rows given for
+        the records touched (the others keep theirs). Returns how many updates.
         """
         export = await asyncio.to_thread(read_export_file, path)
-        writes = [Write(u.record_id, u.update, None, u.organisation) for u in export.updates]
+        rows_at = import_conflicts([u.record_id for u in export.updates], conflicts)
+        writes = [
+            Write(u.record_id, u.update, rows_at.get(i), u.organisation)
+            for i, u in enumerate(export.updates)
+        ]
         seqs = await self._run(
             "importing unsynced changes", lambda raw: self._write_local(raw, writes)
         )
