@@ -995,8 +995,12 @@ class _Session:
                         record.apply_update(update)
                     else:
                         before = stored_by_id.get(record_id)
-                        whole = update if before is None else _merge(record_id, [before, update])
-                        record = pool.load_bytes(record_id, whole)
+                        # Stored state and arrival taken in one pass, with no merge first.
+                        record = (
+                            pool.load_bytes(record_id, update)
+                            if before is None
+                            else pool.load_bytes(record_id, before, update)
+                        )
                     items.append(IncomingUpdate(record_id, update, pool.rows(record), organisation))
                 await replica.store.write_remote(items, checkpoint=checkpoint)
             except BaseException:

@@ -31,7 +31,9 @@ from caresync.exceptions import (
     CaresyncError,
     ConnectionLostError,
     InvalidInputError,
+    InvalidUpdateError,
     ProtocolError,
+    RecordMismatchError,
 )
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.pool import RecordPool
@@ -49,6 +51,7 @@ from caresync.protocol import (
     PullRequest,
     PushBatch,
     PushItem,
+    RequestKind,
     ResumeSession,
     ServerProtocol,
     Subscribe,
@@ -445,7 +448,17 @@ class SyncServer:
             committed = int(await self.store.get_meta(key) or 0)
             fresh = [item for item in batch.items if item.local_seq > committed]
             if fresh:
-                await self._commit_push(conn, key, fresh)
+                try:
+                    await self._commit_push(conn, key, fresh)
+                except (InvalidUpdateError, RecordMismatchError) as exc:
+                    # Nothing was stored: an update that is not one, or that names
+                    # another record, would fail every replica that pulled it.
+                    conn.protocol.refuse(
+                        RequestKind.PUSH,
+                        ErrorCode.BAD_MESSAGE,
+                        f"push refused, nothing stored: {exc}",
+                    )
+                    return
             # Acknowledge only now: the batch is committed (or was, before a resend).
             conn.protocol.ack_push(batch.items[-1].local_seq)
 
@@ -453,25 +466,42 @@ class SyncServer:
         """Commit pushed items with the replica's high-water mark; fan out what was new.
 
         Each record's conflict rows are computed once, after all its updates in
-        the batch, and committed with its last one. Called under the commit lock,
-        so fan-out is queued in commit order.
+        the batch, and committed with its last one. A record that is not loaded is
+        built from its stored state and its pushed updates in one pass. Raises
+        InvalidUpdateError or RecordMismatchError, storing nothing, for an update
+        that is not one or that belongs to another record. Called under the commit
+        lock, so fan-out is queued in commit order.
         """
+        pool = self._pool
+        parts: dict[str, list[bytes]] = {}
         last_of: dict[str, int] = {}
+        for index, item in enumerate(fresh):
+            parts.setdefault(item.record_id, []).append(item.update)
+            last_of[item.record_id] = index
         # Held here, not looked up again: a large batch may push them out of the pool.
         records: dict[str, Record] = {}
         try:
-            for index, item in enumerate(fresh):
-                record = records.get(item.record_id)
+            unloaded = [record_id for record_id in parts if pool.peek(record_id) is None]
+            stored = await self.store.load_many(unloaded) if unloaded else {}
+            for record_id, updates in parts.items():
+                record = pool.peek(record_id)
                 if record is None:
-                    record = await self._pool.get_or_empty(item.record_id)
-                    records[item.record_id] = record
-                record.apply_update(item.update)
-                last_of[item.record_id] = index
+                    before = stored.get(record_id)
+                    record = (
+                        pool.load_bytes(record_id, *updates)
+                        if before is None
+                        else pool.load_bytes(record_id, before, *updates)
+                    )
+                else:
+                    for update in updates:
+                        record.apply_update(update)
+                    record.check_id()
+                records[record_id] = record
             incoming = []
             for index, item in enumerate(fresh):
                 rows = None
                 if last_of[item.record_id] == index:
-                    rows = self._pool.rows(records[item.record_id])
+                    rows = pool.rows(records[item.record_id])
                 incoming.append(
                     IncomingUpdate(item.record_id, item.update, rows, conn.organisation)
                 )
@@ -482,8 +512,8 @@ class SyncServer:
                 origin=conn.protocol.replica_id,
             )
         except CaresyncError:
-            for record_id in records:
-                self._pool.forget(record_id)
+            for record_id in parts:
+                pool.forget(record_id)
             raise
         # Updates the server held already got no feed entry (seq 0): nothing to relay.
         entries = [

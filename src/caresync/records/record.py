@@ -293,12 +293,20 @@ class Record:
         # commit otherwise. Nothing listens to a record this new.
         with record._doc.transaction():
             record._load(updates)
-            stored_id = read_value(record._doc, record._meta, "id")
-        if stored_id is not None and stored_id != record_id:
-            raise RecordMismatchError(
-                f"the update belongs to record {stored_id!r}, not {record_id!r}"
-            )
+            record.check_id()
         return record
+
+    def check_id(self) -> None:
+        """Raise RecordMismatchError if the document names a record other than this one.
+
+        A record's id is written once, when it is created; an update that
+        changes it (a broken or hostile peer) would make the record another's.
+        """
+        stored_id = read_value(self._doc, self._meta, "id")
+        if stored_id is not None and stored_id != self.record_id:
+            raise RecordMismatchError(
+                f"the update belongs to record {stored_id!r}, not {self.record_id!r}"
+            )
 
     # ------------------------------------------------------------------ writing
 
