@@ -6,11 +6,11 @@ trace) count the transactions.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.sqlite_trace import traced, write_transactions
 
 from caresync import DEFAULT_RULEBOOK, Record
 from caresync.conflicts import Conflict, Rulebook
@@ -107,15 +107,10 @@ async def test_an_interrupted_reindex_keeps_whole_chunks_and_starts_again(store:
 async def test_sqlite_reindexes_one_transaction_per_chunk(tmp_path: Path) -> None:
     async with SQLiteStore.open(tmp_path / "replica.db") as store:
         await seed(store)
-        statements: list[str] = []
-        await store._run("tracing", lambda raw: raw.set_trace_callback(statements.append))
-        try:
+        async with traced(store) as statements:
             await ensure_index(store, DEFAULT_RULEBOOK, replica="laptop")
-        finally:
-            await store._run("tracing", _untrace)
-    commits = [s for s in statements if s.strip().upper() == "COMMIT"]
-    assert len(commits) == -(-RECORDS // CHUNK) + 1  # one per chunk, then the mark
-
-
-def _untrace(raw: sqlite3.Connection) -> None:
-    raw.set_trace_callback(None)
+    transactions = write_transactions(statements)
+    chunks = -(-RECORDS // CHUNK)
+    assert len(transactions) == chunks + 1  # one per chunk, then the mark
+    for inside in transactions[:chunks]:
+        assert any("INTO conflicts " in s for s in inside)

@@ -1,42 +1,21 @@
 """Conflict rows of many records in one SQLite transaction: set_conflicts_many, an import.
 
-SQLite's own trace of the statements it runs shows how many transactions a
-call made: one ``COMMIT`` each.
+SQLite's own trace of the statements it runs shows how many write
+transactions a call made.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from store_helpers import Patient, conflict
+from tests.sqlite_trace import traced, write_transactions
 
 from caresync import UnknownRecordError
 from caresync.storage import IncomingUpdate, MemoryStore, SQLiteStore
 
 RECORDS = 1100  # past two lookups of 500 ids
-
-
-@asynccontextmanager
-async def traced(store: SQLiteStore) -> AsyncIterator[list[str]]:
-    """The statements the store's connection runs meanwhile (on its own thread)."""
-    statements: list[str] = []
-
-    def install(callback: Callable[[str], object] | None) -> Callable[[sqlite3.Connection], None]:
-        return lambda raw: raw.set_trace_callback(callback)
-
-    await store._run("tracing", install(statements.append))
-    try:
-        yield statements
-    finally:
-        await store._run("tracing", install(None))
-
-
-def commits(statements: list[str]) -> int:
-    return sum(1 for s in statements if s.strip().upper() == "COMMIT")
 
 
 async def stored_patients(path: Path, count: int) -> list[Patient]:
@@ -53,7 +32,7 @@ async def test_rows_of_many_records_are_one_transaction(tmp_path: Path) -> None:
     async with SQLiteStore.open(tmp_path / "r.db") as store:
         async with traced(store) as statements:
             await store.set_conflicts_many(rows)
-        assert commits(statements) == 1
+        assert len(write_transactions(statements)) == 1
         assert await store.count_conflicts() == 2 * RECORDS
         assert await store.check() == []
 
@@ -80,8 +59,8 @@ async def test_an_import_commits_its_records_and_their_rows_together(tmp_path: P
     async with SQLiteStore.open(tmp_path / "laptop.db") as store:
         async with traced(store) as statements:
             await store.import_unsynced(export, conflicts={p.id: [conflict(p.id)]})
-        assert commits(statements) == 1
-        inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO CONFLICTS")]
-        assert inserts  # the rows were written inside that one transaction
+        assert len(write_transactions(statements)) == 1
+        [inside] = write_transactions(statements)
+        assert any("INTO conflicts " in s for s in inside)  # the rows, in that transaction
         assert await store.conflict_rows([p.id, q.id]) == {p.id: (conflict(p.id),)}
         assert await store.pending_count() == 4

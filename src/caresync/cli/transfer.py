@@ -16,10 +16,14 @@ from caresync.cli.common import add_db, add_json, run
 from caresync.cli.databases import open_laptop
 from caresync.cli.output import Output
 from caresync.exceptions import NotEnrolledError, WrongOrganisationError
-from caresync.pool import RecordPool
+from caresync.index import REINDEX_BATCH_RECORDS
+from caresync.pool import conflict_rows
+from caresync.records import Record
+from caresync.replica import Replica
+from caresync.storage import ConflictRow
 from caresync.storage.unsynced import read_export_file
 
-__all__ = ["register"]
+__all__ = ["import_file", "register"]
 
 
 def register(commands: Any) -> None:
@@ -61,34 +65,53 @@ def _export(args: argparse.Namespace, out: Output) -> int:
 def _import(args: argparse.Namespace, out: Output) -> int:
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
-            organisation = replica.identity.organisation
-            if organisation is None:
-                raise NotEnrolledError(
-                    "this laptop is not enrolled; enrol it (to the organisation the changes "
-                    "belong to) before importing"
-                )
-            export = await asyncio.to_thread(read_export_file, args.file)
-            foreign = sorted({u.organisation or "(none)" for u in export.updates} - {organisation})
-            if foreign:
-                raise WrongOrganisationError(
-                    f"{args.file} holds changes of {', '.join(foreign)}; this laptop belongs "
-                    f"to {organisation}: nothing was imported"
-                )
-            count = await replica.store.import_unsynced(args.file)
-            # The store leaves conflict rows to us: index the records touched afresh.
-            pool = RecordPool(replica.store, replica=replica.replica_id, rulebook=replica.rulebook)
-            touched = dict.fromkeys(u.record_id for u in export.updates)
-            for record_id in touched:
-                record = await pool.get(record_id)
-                await replica.store.set_conflicts(record_id, pool.rows(record))
-                pool.forget(record_id)
-            return {
-                "imported": count,
-                "records": len(touched),
-                "file": args.file,
-                "pending": await replica.store.pending_count(),
-                "conflicts_open": await replica.store.count_conflicts(),
-            }
+            return await import_file(replica, args.file)
 
     out.result(run(go()))
     return 0
+
+
+async def import_file(replica: Replica, file: str) -> dict[str, Any]:
+    """Put an export's changes in the laptop's outbox, with the conflict rows they make.
+
+    The records and their conflict rows are committed in one transaction, so
+    no crash can leave imported changes whose conflicts are not listed. The
+    rows are worked out first, from each record as stored plus what the file
+    holds for it; a file that does not apply is refused before anything is
+    written. Returns what ``caresync import --json`` prints.
+    """
+    organisation = replica.identity.organisation
+    if organisation is None:
+        raise NotEnrolledError(
+            "this laptop is not enrolled; enrol it (to the organisation the changes "
+            "belong to) before importing"
+        )
+    export = await asyncio.to_thread(read_export_file, file)
+    foreign = sorted({u.organisation or "(none)" for u in export.updates} - {organisation})
+    if foreign:
+        raise WrongOrganisationError(
+            f"{file} holds changes of {', '.join(foreign)}; this laptop belongs "
+            f"to {organisation}: nothing was imported"
+        )
+    arrived: dict[str, list[bytes]] = {}
+    for update in export.updates:
+        arrived.setdefault(update.record_id, []).append(update.update)
+    touched = list(arrived)
+    rows: dict[str, tuple[ConflictRow, ...]] = {}
+    # A chunk of records loaded at a time: an export may touch many.
+    for start in range(0, len(touched), REINDEX_BATCH_RECORDS):
+        chunk = touched[start : start + REINDEX_BATCH_RECORDS]
+        stored = await replica.store.load_many(chunk)
+        for record_id in chunk:
+            before = stored.get(record_id)
+            parts = arrived[record_id] if before is None else [before, *arrived[record_id]]
+            record = Record.from_updates(record_id, parts, replica=replica.replica_id)
+            rows[record_id] = conflict_rows(record, replica.rulebook)
+    count = await replica.store.import_unsynced(file, conflicts=rows)
+    return {
+        "imported": count,
+        "records": len(touched),
+        "file": file,
+        "pending": await replica.store.pending_count(),
+        "conflicts_open": await replica.store.count_conflicts(),
+    }
