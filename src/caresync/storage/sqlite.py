@@ -596,20 +596,9 @@ class SQLiteStore:
                     for i in sorted(appended)
                 ],
             )
-        replaced = [plan for plan in planned.values() if plan.conflicts is not None]
+        replaced = {p.record_id: p.conflicts for p in planned.values() if p.conflicts is not None}
         if replaced:
-            # Two statements for the whole batch, not two per record.
-            raw.executemany(
-                "DELETE FROM conflicts WHERE record_id = ?", [(p.record_id,) for p in replaced]
-            )
-            raw.executemany(
-                _INSERT_CONFLICT,
-                [
-                    (c.record_id, c.id, c.kind, c.subject, c.severity, c.payload)
-                    for plan in replaced
-                    for c in plan.conflicts or ()
-                ],
-            )
+            _replace_conflicts_of(raw, replaced)
 
     def _known(
         self, raw: sqlite3.Connection, writes: Sequence[WriteLike]
@@ -651,7 +640,7 @@ class SQLiteStore:
             def body() -> None:
                 if _record_row(raw, record_id) is None:
                     raise UnknownRecordError(f"no record {record_id} is stored here")
-                _replace_conflicts(raw, record_id, rows)
+                _replace_conflicts_of(raw, {record_id: rows})
 
             self._write(raw, body)
 
@@ -677,15 +666,7 @@ class SQLiteStore:
                 missing = [record_id for record_id in ids if record_id not in found]
                 if missing:
                     raise unknown_records_error(missing, len(ids))
-                raw.executemany("DELETE FROM conflicts WHERE record_id = ?", [(i,) for i in ids])
-                raw.executemany(
-                    _INSERT_CONFLICT,
-                    [
-                        (c.record_id, c.id, c.kind, c.subject, c.severity, c.payload)
-                        for record_rows in rows.values()
-                        for c in record_rows
-                    ],
-                )
+                _replace_conflicts_of(raw, rows)
 
             if ids:
                 self._write(raw, body)
@@ -1510,20 +1491,25 @@ def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:
     raw.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
 
-def _replace_conflicts(
-    raw: sqlite3.Connection, record_id: str, rows: Sequence[ConflictRow]
-) -> None:
-    raw.execute("DELETE FROM conflicts WHERE record_id = ?", (record_id,))
-    raw.executemany(
-        _INSERT_CONFLICT,
-        [(c.record_id, c.id, c.kind, c.subject, c.severity, c.payload) for c in rows],
-    )
-
-
 _INSERT_CONFLICT = (
     "INSERT INTO conflicts (record_id, id, kind, subject, severity, payload)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+
+
+def _replace_conflicts_of(
+    raw: sqlite3.Connection, rows_by_record: Mapping[str, Sequence[ConflictRow]]
+) -> None:
+    """Replace the rows of many records: two statements for all, not two per record."""
+    raw.executemany("DELETE FROM conflicts WHERE record_id = ?", [(rid,) for rid in rows_by_record])
+    raw.executemany(
+        _INSERT_CONFLICT,
+        [
+            (c.record_id, c.id, c.kind, c.subject, c.severity, c.payload)
+            for record_rows in rows_by_record.values()
+            for c in record_rows
+        ],
+    )
 
 
 def _read_identity(raw: sqlite3.Connection) -> Identity | None:
