@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from caresync.protocol import ClientProtocol, Welcome
 from caresync.replica import Replica, ReplicaState, backoff_delays
 from caresync.server import SyncServer
+from caresync.transport import Channel, connect_websocket
 
 PASSWORD = "correct horse battery staple"
 LIMIT_S = 20.0
@@ -140,3 +142,45 @@ async def live(replica: Replica, **kwargs: Any) -> AsyncIterator[LiveRun]:
         error = None if task.cancelled() else task.exception()
         if error is not None and not run.checked:
             raise error
+
+
+class RawSession:
+    """A laptop's session driven by hand: push what a correct laptop never would."""
+
+    def __init__(self, protocol: ClientProtocol, channel: Channel) -> None:
+        self.protocol = protocol
+        self.channel = channel
+
+    async def round_trip(self) -> list[object]:
+        for frame in self.protocol.data_to_send():
+            await self.channel.send(frame)
+        self.protocol.receive_data(await self.channel.recv())
+        return list(self.protocol.events_received())
+
+    async def push(self, seq: int, record_id: str, update: bytes) -> object:
+        self.protocol.push([(seq, record_id, update)])
+        [reply] = await self.round_trip()
+        return reply
+
+
+@asynccontextmanager
+async def raw_session(server: SyncServer, laptop: Replica) -> AsyncIterator[RawSession]:
+    """A second session of ``laptop``'s replica, logged in with its stored session token."""
+    token = await laptop.store.get_meta("session.token")
+    assert token is not None
+    identity = laptop.identity
+    protocol = ClientProtocol(
+        replica_id=identity.replica_id,
+        server_id=identity.server_id,
+        organisation=identity.organisation,
+    )
+    channel = await connect_websocket(server.url)
+    session = RawSession(protocol, channel)
+    try:
+        protocol.send_hello()
+        assert any(isinstance(e, Welcome) for e in await session.round_trip())
+        protocol.resume_session(token)
+        await session.round_trip()
+        yield session
+    finally:
+        await channel.close()

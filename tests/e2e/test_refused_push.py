@@ -10,58 +10,12 @@ protocol client for the pushes a correct laptop never makes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tests.e2e.live_helpers import enrolled, start_server
+from tests.e2e.live_helpers import enrolled, raw_session, start_server
 
 from caresync import Record
-from caresync.protocol import ClientProtocol, Error, ErrorCode, PushAck, PushBatch
-from caresync.replica import Replica
-from caresync.server import SyncServer
-from caresync.transport import Channel, connect_websocket
-
-
-class RawSession:
-    """A laptop's session driven by hand: push what a correct laptop never would."""
-
-    def __init__(self, protocol: ClientProtocol, channel: Channel) -> None:
-        self.protocol = protocol
-        self.channel = channel
-
-    async def round_trip(self) -> list[object]:
-        for frame in self.protocol.data_to_send():
-            await self.channel.send(frame)
-        self.protocol.receive_data(await self.channel.recv())
-        return list(self.protocol.events_received())
-
-    async def push(self, seq: int, record_id: str, update: bytes) -> object:
-        self.protocol.push([(seq, record_id, update)])
-        [reply] = await self.round_trip()
-        return reply
-
-
-@asynccontextmanager
-async def raw_session(server: SyncServer, laptop: Replica) -> AsyncIterator[RawSession]:
-    token = await laptop.store.get_meta("session.token")
-    assert token is not None
-    identity = laptop.identity
-    protocol = ClientProtocol(
-        replica_id=identity.replica_id,
-        server_id=identity.server_id,
-        organisation=identity.organisation,
-    )
-    channel = await connect_websocket(server.url)
-    session = RawSession(protocol, channel)
-    try:
-        protocol.send_hello()
-        await session.round_trip()
-        protocol.resume_session(token)
-        await session.round_trip()
-        yield session
-    finally:
-        await channel.close()
+from caresync.protocol import Error, ErrorCode, PushAck, PushBatch
 
 
 def assert_refused(reply: object, *words: str) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
+from tests.e2e.live_helpers import PASSWORD, enrolled, raw_session, start_server
 
-from caresync.protocol import ClientProtocol, PushAck, Welcome
 from caresync.protocol import OutboxReport as Report
+from caresync.protocol import PushAck
 from caresync.replica import Replica
 from caresync.server import SyncServer
-from caresync.transport import connect_websocket
 
 
 class RecordingServer(SyncServer):
@@ -74,34 +73,9 @@ async def test_a_push_of_updates_the_server_holds_relays_and_reports_nothing(
 
         # The same bytes again under a new local sequence number, as a replica
         # restored from an export would send them.
-        token = await laptop.store.get_meta("session.token")
-        assert token is not None
-        identity = laptop.identity
-        protocol = ClientProtocol(
-            replica_id=identity.replica_id,
-            server_id=identity.server_id,
-            organisation=identity.organisation,
-        )
-        channel = await connect_websocket(server.url)
-        try:
-            protocol.send_hello()
-            for frame in protocol.data_to_send():
-                await channel.send(frame)
-            protocol.receive_data(await channel.recv())
-            assert any(isinstance(e, Welcome) for e in protocol.events_received())
-            protocol.resume_session(token)
-            for frame in protocol.data_to_send():
-                await channel.send(frame)
-            protocol.receive_data(await channel.recv())
-            protocol.events_received()
-            protocol.push([(pending.seq + 100, record_id, pending.update)])
-            for frame in protocol.data_to_send():
-                await channel.send(frame)
-            protocol.receive_data(await channel.recv())
-            [ack] = protocol.events_received()
+        async with raw_session(server, laptop) as session:
+            ack = await session.push(pending.seq + 100, record_id, pending.update)
             assert ack == PushAck(pending.seq + 100)
-        finally:
-            await channel.close()
         assert committed == committed[:1]  # no hook call, in particular none with seq 0
         assert await server.store.feed_head() == head
     finally:
