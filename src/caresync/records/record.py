@@ -528,7 +528,7 @@ class Record:
         # Observing the map costs more than a local write itself, so the index
         # listens only while foreign revisions come in; local writes index directly.
         self._applying = True
-        subscription = self._revisions.observe(_RevisionsObserver(self))
+        subscription = self._revisions.observe(_Observer(self._on_revisions_changed))
         try:
             self._apply(update)
         finally:
@@ -566,7 +566,7 @@ class Record:
         token = object()
         self._listeners[token] = listener
         if self._doc_subscription is None:
-            self._doc_subscription = self._doc.observe(_TransactionObserver(self))
+            self._doc_subscription = self._doc.observe(_Observer(self._on_transaction))
 
         def unsubscribe() -> None:
             if self._listeners.pop(token, None) is None or self._listeners:
@@ -742,44 +742,26 @@ class Record:
                 listener(update, is_local)
 
 
-class _TransactionObserver:
-    """Hands the document's transaction events to its record's listeners.
-
-    Like :class:`_RevisionsObserver`, with its signature ready: a record
-    subscribes again each time it gains a first listener (every replica edit).
-    """
-
-    __slots__ = ("_record",)
-    __signature__ = inspect.Signature(
-        [inspect.Parameter("event", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    )
-
-    def __init__(self, record: Record) -> None:
-        self._record = record
-
-    def __call__(self, event: TransactionEvent) -> None:
-        self._record._on_transaction(event)
-
-
-class _RevisionsObserver:
-    """Hands the revisions map's change events to its record.
+class _Observer:
+    """Hands a pycrdt event to one of its record's handlers.
 
     pycrdt's ``observe`` runs ``inspect.signature`` on the callback at every
-    subscription, and a record subscribes for every update it applies: with the
-    signature ready here, that costs a sixth of what it costs for a bound method.
-    Made per subscription, so a record holds no reference cycle to itself.
+    subscription, and a record subscribes for every update it applies (and,
+    for its listeners, at every replica edit): with the signature ready here,
+    that costs a sixth of what it costs for a bound method. Made per
+    subscription, so a record holds no reference cycle to itself.
     """
 
-    __slots__ = ("_record",)
+    __slots__ = ("_handle",)
     __signature__ = inspect.Signature(
         [inspect.Parameter("event", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     )
 
-    def __init__(self, record: Record) -> None:
-        self._record = record
+    def __init__(self, handle: Callable[[Any], None]) -> None:
+        self._handle = handle
 
-    def __call__(self, event: MapEvent) -> None:
-        self._record._on_revisions_changed(event)
+    def __call__(self, event: MapEvent | TransactionEvent) -> None:
+        self._handle(event)
 
 
 def _check_update(update: object) -> None:
