@@ -78,11 +78,16 @@ def bench_protocol(records: list[CopyRecord], repeats: int) -> float:
         client.send_hello()
         server.receive_data(client.data_to_send()[0])
         client.receive_data(server.data_to_send()[0])
+        client.prove_server(b"n" * 32)  # the proof's bytes; checking it is the shell's
+        server.receive_data(client.data_to_send()[0])
+        server.send_server_proof(b"k" * 32, b"s" * 64)
+        client.receive_data(server.data_to_send()[0])
+        client.confirm_server()
         client.authenticate("u", "p", "o")
         server.receive_data(client.data_to_send()[0])
         server.accept_authentication("t", 0, "u", "o")
         client.receive_data(server.data_to_send()[0])
-        client.events_received()  # Welcome, Authenticated
+        client.events_received()  # Welcome, ServerProof, Authenticated
         after: str | None = None
         start = 0
         while True:

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -53,13 +54,16 @@ from pycrdt import Doc, Map, Provider
 from benchmarks.common import parse_args, write_results
 from benchmarks.sync_peer import connect_peer, peer_store
 from caresync import Record
+from caresync.credentials import verify_server_signature
 from caresync.protocol import (
     Authenticated,
     ClientProtocol,
     Enrolled,
     LiveUpdate,
     PushAck,
+    ServerProof,
     Welcome,
+    server_proof_payload,
 )
 from caresync.replica import Replica, ReplicaState
 from caresync.server import SyncServer
@@ -217,20 +221,27 @@ class RawLaptop:
     on_live: Counted | None = None
 
     @classmethod
-    async def join(cls, url: str, token: str | None) -> tuple[RawLaptop, str]:
-        """Connect, log in (password, or the session ``token``) and enrol a new replica."""
+    async def join(cls, url: str) -> RawLaptop:
+        """Connect, check the server's proof, log in with the password, enrol a new replica.
+
+        (Enrolment needs a password login: a resumed session may not enrol.)
+        """
         laptop = cls(await connect_websocket(url), ClientProtocol())
         laptop.reader = asyncio.create_task(laptop._read())
         laptop.protocol.send_hello()
         await laptop.expect(Welcome)
-        if token is None:
-            laptop.protocol.authenticate(USER, PASSWORD, ORG)
-        else:
-            laptop.protocol.resume_session(token)
-        session = await laptop.expect(Authenticated)
+        nonce = os.urandom(32)
+        laptop.protocol.prove_server(nonce)
+        proof = await laptop.expect(ServerProof)
+        payload = server_proof_payload(nonce, laptop.protocol.server_id or "", None, None)
+        if not verify_server_signature(proof.server_key, payload, proof.signature):
+            raise RuntimeError("the server's proof does not verify")
+        laptop.protocol.confirm_server()
+        laptop.protocol.authenticate(USER, PASSWORD, ORG)
+        await laptop.expect(Authenticated)
         laptop.protocol.enrol("bench")
         await laptop.expect(Enrolled)
-        return laptop, session.session_token
+        return laptop
 
     async def flush(self) -> None:
         for frame in self.protocol.data_to_send():
@@ -265,9 +276,7 @@ class RawLaptop:
 
 
 async def raw_laptops(url: str, count: int) -> list[RawLaptop]:
-    first, token = await RawLaptop.join(url, None)
-    rest = [(await RawLaptop.join(url, token))[0] for _ in range(count - 1)]
-    return [first, *rest]
+    return [await RawLaptop.join(url) for _ in range(count)]
 
 
 class EditMaker:
@@ -376,7 +385,7 @@ async def copy_cases(
             if round_no == 0:
                 memory = await server.stats()
             # 1% changed by another client, then the laptop syncs.
-            editor, _token = await RawLaptop.join(server.url, None)
+            editor = await RawLaptop.join(server.url)
             edits = []
             for rid, city in one_percent_edits(ids_data, changed, round_no):
                 record = Record.from_update(rid, states[rid], replica=f"editor-{round_no}")

@@ -16,6 +16,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── FieldConflictError       the field has several candidates; choose one first
      │    ├── ImmutableFieldError      the field belongs to a signed note; add an addendum
      │    ├── InvalidUpdateError       bytes that are not a valid update for this record
+     │    │    └── RefusedUpdateError  a valid update a server does not admit from a peer
      │    └── RecordMismatchError      an update or document that belongs to another record
      ├── ConflictError                a conflict cannot be resolved as asked
      │    ├── UnknownConflictError     no open conflict with that id (resolved, or never was)
@@ -37,7 +38,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── WrongOrganisationError   enrolled to another organisation
      │    ├── AuthenticationError      bad username or password, or an expired session
      │    ├── ReplicaRevokedError      the replica was revoked; it is locked
-     │    └── NotEnrolledError         the replica has not been enrolled yet
+     │    ├── NotEnrolledError         the replica has not been enrolled yet
+     │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
      ├── ConnectionLostError          the connection dropped; unsynced work is kept
      └── NotImplementedFeatureError   a documented feature that is not built yet
 """
@@ -56,6 +58,7 @@ __all__ = [
     "FieldConflictError",
     "FrameTooLargeError",
     "ImmutableFieldError",
+    "InsecureConnectionError",
     "InvalidInputError",
     "InvalidPathError",
     "InvalidResolutionError",
@@ -68,6 +71,7 @@ __all__ = [
     "ProtocolError",
     "RecordError",
     "RecordMismatchError",
+    "RefusedUpdateError",
     "RemoteProtocolError",
     "ReplicaRevokedError",
     "RuleError",
@@ -133,6 +137,20 @@ class ImmutableFieldError(RecordError):
 
 class InvalidUpdateError(RecordError):
     """Bytes that are not a valid update for this record."""
+
+
+class RefusedUpdateError(InvalidUpdateError):
+    """A valid Yjs update that a server does not admit into a record from a peer.
+
+    An update may only add new, well-formed revisions (see
+    :mod:`caresync.records.admission`); the message names the record and says
+    what is wrong, for the developer of the client that sent it. ``record_id``
+    names the record.
+    """
+
+    def __init__(self, message: str, *, record_id: str = "") -> None:
+        super().__init__(message)
+        self.record_id = record_id
 
 
 class RecordMismatchError(RecordError):
@@ -221,6 +239,11 @@ class ReplicaRevokedError(SyncRefusedError):
 
 class NotEnrolledError(SyncRefusedError):
     """The replica has not been enrolled to a server yet."""
+
+
+class InsecureConnectionError(SyncRefusedError):
+    """A plain ``ws://`` URL to another machine: passwords and records would cross the
+    network unencrypted. Use ``wss://``, or allow it explicitly (``insecure=True``)."""
 
 
 class ConnectionLostError(CaresyncError):

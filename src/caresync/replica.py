@@ -30,8 +30,10 @@ ever emptied by acknowledgements, so no failure loses unsynced work.
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
 import logging
+import os
 import random
 import ssl as ssl_module
 import time
@@ -43,18 +45,21 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pycrdt import merge_updates
 
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView, Rulebook
+from caresync.credentials import key_fingerprint, parse_fingerprint, verify_server_signature
 from caresync.exceptions import (
     AuthenticationError,
     CaresyncError,
     ConnectionLostError,
+    CorruptDatabaseError,
     InvalidInputError,
     InvalidUpdateError,
     NotEnrolledError,
+    ProtocolError,
     RemoteProtocolError,
     ReplicaRevokedError,
+    StorageError,
     UnknownConflictError,
 )
 from caresync.index import ensure_index
@@ -70,22 +75,28 @@ from caresync.protocol import (
     Error,
     Goodbye,
     LiveUpdate,
+    ProveServer,
     PullBatch,
     PushAck,
+    ServerProof,
     Welcome,
     error_for,
     item_wire_size,
+    server_proof_payload,
 )
 from caresync.records import JSONValue, Record, Revision
+from caresync.records.crdt import merge as merge_updates_of
+from caresync.records.crdt import state_vector_of
 from caresync.storage import (
     ConflictRow,
     Identity,
     IncomingUpdate,
+    QuarantinedUpdate,
     SQLiteStore,
     Store,
     own_identity,
 )
-from caresync.transport import Channel, connect_websocket
+from caresync.transport import Channel, check_server_url, connect_websocket
 
 __all__ = [
     "AcknowledgedListener",
@@ -117,6 +128,10 @@ _SESSION = "session.token"
 _SESSION_USER = "session.user"
 _OFFLINE_LOGIN = "login.offline:"  # + username: argon2id hash of the password
 _LOCKED = "replica.locked"  # why the server revoked this replica; set once, kept
+_SECRET = "replica.secret"  # base64: the secret this replica proves at every login
+_PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
+_PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
+_PROTOCOL_VERSIONS = (ProveServer.SINCE_VERSION,)  # a server must prove itself: version 4 on
 
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
@@ -159,6 +174,8 @@ class ReplicaStatus:
     records: int
     last_error: str | None = None
     """Why the last connection ended badly (cleared when a sync round succeeds)."""
+    quarantined: int = 0
+    """Updates from the server that could not be merged, kept aside (see ``quarantined()``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +275,8 @@ class Replica:
         limits: SyncLimits | None = None,
         locked: str | None = None,
         password_hasher: PasswordHasher | None = None,
+        secret: bytes | None = None,
+        pinned_key: bytes | None = None,
     ) -> None:
         self.store = store
         self._hasher = password_hasher if password_hasher is not None else _hasher
@@ -276,6 +295,8 @@ class Replica:
         self._live = False
         self._last_error: str | None = None
         self._own_updates = _OwnUpdates()
+        self._secret = secret
+        self._pinned_key = pinned_key
 
     @classmethod
     async def open(
@@ -300,6 +321,8 @@ class Replica:
         try:
             identity = await own_identity(store, "laptop", id_prefix="replica", where=path)
             locked = await store.get_meta(_LOCKED)
+            secret = _unb64(await store.get_meta(_SECRET))
+            pinned_key = _unb64(await store.get_meta(_PINNED_KEY))
             await ensure_index(store, rulebook, replica=identity.replica_id)
         except BaseException:
             await store.close()
@@ -311,6 +334,8 @@ class Replica:
             limits=limits,
             locked=locked,
             password_hasher=password_hasher,
+            secret=secret,
+            pinned_key=pinned_key,
         )
 
     async def close(self) -> None:
@@ -406,7 +431,11 @@ class Replica:
                 unsubscribe()
             if not captured:
                 return result
-            update = captured[0] if len(captured) == 1 else merge_updates(*captured)
+            update = (
+                captured[0]
+                if len(captured) == 1
+                else merge_updates_of(captured, record_id=record_id)
+            )
             try:
                 await self.store.write_local(
                     record_id,
@@ -526,7 +555,8 @@ class Replica:
     async def status(self) -> ReplicaStatus:
         """Where the replica stands: state, unsynced changes, age of the copy, conflicts."""
         now = time.time()
-        oldest = await self.store.oldest_pending_ms()
+        outbox = await self.store.outbox_summary()
+        oldest = outbox.oldest_pending_ms
         last_ms = await self.store.get_meta(_LAST_SYNC_MS)
         last_s = int(last_ms) / 1000 if last_ms else None
         if self._state is ReplicaState.ONLINE:
@@ -536,14 +566,28 @@ class Replica:
             replica_id=self.replica_id,
             server_id=self.identity.server_id,
             organisation=self.identity.organisation,
-            pending=await self.store.pending_count(),
+            pending=outbox.pending,
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest / 1000),
             last_sync=None if last_s is None else datetime.fromtimestamp(last_s, tz=UTC),
             copy_age_s=None if last_s is None else max(0.0, now - last_s),
             conflicts_open=await self.store.count_conflicts(),
             records=await self.store.count_records(),
             last_error=self._last_error,
+            quarantined=await self.store.count_quarantined(),
         )
+
+    async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
+        """Updates from the server that could not be merged, kept aside with the reason.
+
+        A record named here may lack what those updates held; the sync went on
+        with everything else. Show them to an administrator.
+        """
+        return await self.store.quarantined(record_id)
+
+    @property
+    def pinned_server_key(self) -> str | None:
+        """The fingerprint of the server key pinned at enrolment (None before)."""
+        return None if self._pinned_key is None else key_fingerprint(self._pinned_key)
 
     async def login_offline(self, username: str, password: str) -> None:
         """Check a password offline; only users who logged in online here before can."""
@@ -569,17 +613,29 @@ class Replica:
         ssl: ssl_module.SSLContext | None = None,
         device_name: str = "",
         progress: ProgressCallback | None = None,
+        server_key: str | None = None,
+        insecure: bool = False,
     ) -> SyncReport:
         """Bind this laptop to the server at ``url`` and one organisation; make the first copy.
+
+        The server's key is pinned here: every later connection must prove it
+        holds it, before the laptop sends a password, a token or its outbox.
+        Give ``server_key`` (its fingerprint, from the administrator:
+        ``caresync server-key``) to check the key now, so that not even this
+        first connection can be an impostor's. ``insecure`` allows plain
+        ``ws://`` to another machine (refused otherwise).
 
         The binding is stored before the copy starts: if the copy is interrupted,
         :meth:`sync` (or :meth:`stay_connected`) resumes it where it stopped.
         """
         if self.enrolled:
             raise InvalidInputError(
-                f"this laptop is already enrolled to server {self.identity.server_id}"
+                f"this laptop is already enrolled to server {self.identity.server_id}; "
+                "it syncs with `sync` (a laptop enrols once)"
             )
-        async with self._sync_lock, _Session.connect(self, url, ssl) as session:
+        expected = None if server_key is None else parse_fingerprint(server_key)
+        check_server_url(url, insecure=insecure)
+        async with self._sync_lock, _Session.connect(self, url, ssl, expected) as session:
             await session.login(username, password, organisation)
             session.protocol.enrol(device_name, self.replica_id)
             enrolled = await session.expect(Enrolled)
@@ -588,6 +644,11 @@ class Replica:
                     f"the server assigned replica id {enrolled.replica_id}; "
                     f"this laptop is {self.replica_id}"
                 )
+            if enrolled.replica_secret is None or session.server_key is None:
+                raise RemoteProtocolError("the server enrolled this laptop without a secret")
+            # The secret and the pinned key first: an identity without them could
+            # never log in again.
+            await self._remember_credentials(enrolled.replica_secret, session.server_key)
             self.identity = Identity(
                 replica_id=self.replica_id,
                 role="laptop",
@@ -607,22 +668,24 @@ class Replica:
         organisation: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
         progress: ProgressCallback | None = None,
+        insecure: bool = False,
     ) -> SyncReport:
         """One round with the enrolled server: finish the first copy, push, pull.
 
-        ``url`` may point elsewhere only if it is the same server (its id is
-        checked before anything moves). Logs in with ``username``/``password``,
-        or else with the session from the last online login. Raises
-        :class:`~caresync.exceptions.ConnectionLostError` if the link fails
-        (unsynced work stays in the outbox; call again), or a
+        ``url`` may point elsewhere only if it is the same server: it must prove
+        it holds the key pinned at enrolment before anything moves. Logs in with
+        ``username``/``password``, or else with the session from the last online
+        login. Raises :class:`~caresync.exceptions.ConnectionLostError` if the
+        link fails (unsynced work stays in the outbox; call again), or a
         :class:`~caresync.exceptions.SyncRefusedError` for a refusal.
+        ``insecure`` allows plain ``ws://`` to another machine.
         """
         self._check_can_sync()
         if self._live:
             raise InvalidInputError(
                 "this replica is in live mode (stay_connected); it syncs by itself"
             )
-        target = url or self.identity.server_url or ""
+        target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
         async with self._sync_lock, _Session.connect(self, target, ssl) as session:
             if password is not None:
                 org = organisation or self.identity.organisation or ""
@@ -639,6 +702,7 @@ class Replica:
         ssl: ssl_module.SSLContext | None = None,
         backoff: BackoffFactory = backoff_delays,
         progress: ProgressCallback | None = None,
+        insecure: bool = False,
     ) -> None:
         """Stay in step with the server until ``stop`` is set (live mode).
 
@@ -648,21 +712,22 @@ class Replica:
         pushes each local edit as soon as it is committed. States:
         CONNECTING → SYNCHRONISING → ONLINE; OFFLINE when the link drops.
 
-        A dropped or failed connection is retried after the next delay from
-        ``backoff()``; the sequence starts afresh once a connection reached
-        ONLINE. If the sequence runs out, the last
-        :class:`~caresync.exceptions.ConnectionLostError` is raised. Refusals
-        are raised at once, never retried: wrong server or organisation, bad
-        credentials or an expired session (log in again with :meth:`sync`), a
-        revoked replica (state LOCKED). Any other error is raised too. In every
-        case the outbox keeps what the server has not acknowledged.
+        A dropped or failed connection, and any transient error (a protocol
+        error, a busy or full local disk), is retried after the next delay
+        from ``backoff()``; the sequence starts afresh once a connection
+        reached ONLINE. If the sequence runs out, the last error is raised.
+        Refusals are raised at once, never retried: wrong server or
+        organisation, bad credentials or an expired session (log in again with
+        :meth:`sync`), a revoked replica (state LOCKED); so are bad arguments
+        and a damaged database. In every case the outbox keeps what the server
+        has not acknowledged.
 
         Returns promptly once ``stop`` is set (saying Goodbye if connected).
         """
         self._check_can_sync()
         if self._live:
             raise InvalidInputError("this replica is already in live mode")
-        target = url or self.identity.server_url or ""
+        target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
         self._live = True
         try:
             delays = backoff()
@@ -670,7 +735,10 @@ class Replica:
                 attempt = _LiveAttempt()
                 try:
                     await self._live_attempt(target, ssl, stop, progress, attempt)
-                except ConnectionLostError as exc:
+                except (ConnectionLostError, ProtocolError, StorageError) as exc:
+                    if isinstance(exc, CorruptDatabaseError):
+                        raise  # not transient: the database needs a person
+                    logger.debug("live connection failed: %r", exc)
                     self._last_error = str(exc)
                     if stop.is_set():
                         return
@@ -685,6 +753,17 @@ class Replica:
                     await _wait_for_event(stop, delay)
         finally:
             self._live = False
+
+    async def _remember_credentials(
+        self, secret: bytes | None = None, pinned_key: bytes | None = None
+    ) -> None:
+        """Store the replica's secret and the server's pinned key, then use them."""
+        if secret is not None:
+            await self.store.set_meta(_SECRET, base64.b64encode(secret).decode("ascii"))
+            self._secret = secret
+        if pinned_key is not None:
+            await self.store.set_meta(_PINNED_KEY, base64.b64encode(pinned_key).decode("ascii"))
+            self._pinned_key = pinned_key
 
     def _check_can_sync(self) -> None:
         if not self.enrolled:
@@ -751,12 +830,31 @@ def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
     return {record_id: tuple(rows) for record_id, rows in grouped.items()}
 
 
-def _merge(record_id: str, updates: list[bytes]) -> bytes:
-    """Several updates of one record as one (bytes only, no document loaded)."""
+def _merged(record_id: str, parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else merge_updates_of(parts, record_id=record_id)
+
+
+def _trusted_copy(
+    record_id: str, parts: list[bytes], kept_aside: list[QuarantinedUpdate]
+) -> bytes | None:
+    """A copied record stored without building it: its bytes, if they read as an update."""
     try:
-        return merge_updates(*updates)
-    except ValueError as exc:
-        raise InvalidUpdateError(f"record {record_id}: not a valid update: {exc}") from None
+        update = _merged(record_id, parts)
+        state_vector_of(update, record_id=record_id)  # what the store will read of it
+    except InvalidUpdateError as exc:
+        kept_aside.extend(QuarantinedUpdate(record_id, part, str(exc)) for part in parts)
+        return None
+    return update
+
+
+def _unb64(text: str | None) -> bytes | None:
+    """Bytes kept base64 in meta (None if absent)."""
+    if not text:
+        return None
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise CorruptDatabaseError("a credential stored in this database is damaged") from None
 
 
 class _OwnUpdates:
@@ -826,14 +924,63 @@ class _Session:
         self.limits = replica.limits
         self._events: list[object] = []
         self._send_lock = asyncio.Lock()
+        self.server_key: bytes | None = None  # proven on this connection
+        self.include_own = False  # pull this replica's own updates too (after a restore)
+        self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
         # In live mode one reader task owns the channel: replies reach waiters here.
         self._replies: asyncio.Queue[object] | None = None
 
     @classmethod
     def connect(
-        cls, replica: Replica, url: str, ssl: ssl_module.SSLContext | None
+        cls,
+        replica: Replica,
+        url: str,
+        ssl: ssl_module.SSLContext | None,
+        expected_key: str | None = None,
     ) -> _SessionContext:
-        return _SessionContext(replica, url, ssl)
+        return _SessionContext(replica, url, ssl, expected_key)
+
+    async def prove_server(self, expected_key: str | None) -> None:
+        """Have the server prove it holds the pinned key (or, enrolling, the expected one).
+
+        Nothing secret has been sent yet. A proof that does not verify, or a key
+        other than the pinned one, fails the session with WrongServerError and
+        sends nothing more.
+        """
+        replica = self.replica
+        nonce = os.urandom(32)
+        self.protocol.prove_server(nonce)
+        proof = await self.expect(ServerProof)
+        payload = server_proof_payload(
+            nonce,
+            self.protocol.server_id or "",
+            self.protocol.replica_id,
+            self.channel.channel_binding,
+        )
+        shown = key_fingerprint(proof.server_key)
+        if not verify_server_signature(proof.server_key, payload, proof.signature):
+            self.protocol.reject_server(
+                f"the server at {self.channel.peer} could not prove its identity (its "
+                "signature does not verify for this connection); refusing to send anything"
+            )
+        pinned = replica._pinned_key
+        if pinned is not None and proof.server_key != pinned:
+            self.protocol.reject_server(
+                f"the server at {self.channel.peer} holds key {shown}, not the key "
+                f"{key_fingerprint(pinned)} pinned when this laptop enrolled: an impostor, or "
+                "a server that was replaced; refusing to send anything"
+            )
+        if expected_key is not None and shown != expected_key:
+            self.protocol.reject_server(
+                f"the server at {self.channel.peer} holds key {shown}, not the expected "
+                f"{expected_key}; refusing to enrol"
+            )
+        self.protocol.confirm_server()
+        self.server_key = proof.server_key
+        if pinned is None and replica.enrolled:
+            # Enrolled before servers had keys: pin this one from now on.
+            logger.warning("pinning server key %s for replica %s", shown, replica.replica_id)
+            await replica._remember_credentials(pinned_key=proof.server_key)
 
     async def flush(self) -> None:
         async with self._send_lock:
@@ -903,29 +1050,86 @@ class _Session:
                 raise ConnectionLostError(f"the server closed the session: {event.reason}")
 
     async def login(self, username: str, password: str, organisation: str) -> None:
-        self.protocol.authenticate(username, password, organisation)
+        """Log in with a password (and this replica's secret, once enrolled).
+
+        The new token and the offline-login hash are stored after the push
+        (:meth:`remember_login`): a laptop whose disk is full still gets its
+        work to the server.
+        """
+        self.protocol.authenticate(username, password, organisation, self.replica._secret)
         session = await self.expect(Authenticated)
-        await self._remember(session)
-        password_hash = await asyncio.to_thread(self.replica._hasher.hash, password)
-        await self.replica.store.set_meta(_OFFLINE_LOGIN + username, password_hash)
+        self._token_to_store = (session.session_token, session.user, password)
+        await self._logged_in(session)
 
     async def resume(self) -> None:
         token = await self.replica.store.get_meta(_SESSION)
         if not token:
             raise AuthenticationError("no session on this laptop: log in with a password")
-        self.protocol.resume_session(token)
-        await self._remember(await self.expect(Authenticated))
+        if self.replica._secret is None:
+            raise AuthenticationError(
+                "this laptop holds no replica secret yet: log in with a password once"
+            )
+        self.protocol.resume_session(token, self.replica._secret)
+        await self._logged_in(await self.expect(Authenticated))
 
-    async def _remember(self, session: Authenticated) -> None:
-        await self.replica.store.set_meta(_SESSION, session.session_token)
-        await self.replica.store.set_meta(_SESSION_USER, session.user)
+    async def _logged_in(self, session: Authenticated) -> None:
+        replica = self.replica
+        if session.replica_secret is not None:
+            # The server gave a replica enrolled before secrets its first one: keep it
+            # now, or this laptop could never log in again.
+            await replica._remember_credentials(secret=session.replica_secret)
+        if session.pushed_up_to is not None:
+            await self.catch_up_after_restore(session.pushed_up_to)
+
+    async def catch_up_after_restore(self, pushed_up_to: int) -> None:
+        """If the server holds more of this replica's pushes than this copy knows of,
+        this copy is older than the replica (a backup, a snapshot, a copied file):
+        renumber what waits after the server's mark, and pull our own updates back.
+
+        Nothing would be lost without it (the server commits whatever is pushed,
+        whatever its number), but the numbering stays true and this copy gets
+        back the edits it made after the copy was taken.
+        """
+        store = self.replica.store
+        outbox = await store.outbox_summary()
+        if pushed_up_to <= outbox.acknowledged_up_to:
+            return
+        logger.warning(
+            "replica %s: the server has committed its changes up to %d, this copy only "
+            "knows of %d (restored from an older copy?); renumbering %d waiting changes "
+            "and pulling this replica's own changes back",
+            self.replica.replica_id,
+            pushed_up_to,
+            outbox.acknowledged_up_to,
+            outbox.pending,
+        )
+        self.include_own = True
+        try:
+            await store.renumber_outbox(pushed_up_to, checkpoint=(_PULL_OWN, "1"))
+        except StorageError as exc:  # a full disk: pushing is still safe, pulling own too
+            logger.warning("could not renumber the outbox: %s", exc)
+
+    async def remember_login(self) -> None:
+        """Store the session token and the offline-login hash of a password login."""
+        if self._token_to_store is None:
+            return
+        token, user, password = self._token_to_store
+        self._token_to_store = None
+        store = self.replica.store
+        await store.set_meta(_SESSION, token)
+        await store.set_meta(_SESSION_USER, user)
+        password_hash = await asyncio.to_thread(self.replica._hasher.hash, password)
+        await store.set_meta(_OFFLINE_LOGIN + user, password_hash)
 
     async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
         replica = self.replica
         replica._set_state(ReplicaState.SYNCHRONISING)
         await self.report_outbox()  # what waits, even if this round fails
-        copied = await self.first_copy(progress)
+        # Push first: what this laptop holds alone reaches the server before
+        # anything is written here (a full disk must not keep work back).
         uploaded = await self.push()
+        await self.remember_login()
+        copied = await self.first_copy(progress)
         await self.report_outbox()  # what is left
         downloaded = await self.pull()
         await replica.store.set_meta(_LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
@@ -940,10 +1144,9 @@ class _Session:
     async def report_outbox(self) -> None:
         """Tell the server what waits in the outbox (protocol version 2 on), for operators."""
         if self.protocol.can_report_outbox:
-            store = self.replica.store
-            self.protocol.report_outbox(
-                await store.pending_count(), await store.oldest_pending_ms()
-            )
+            # One read: two would let an acknowledgement slip between them.
+            outbox = await self.replica.store.outbox_summary()
+            self.protocol.report_outbox(outbox.pending, outbox.oldest_pending_ms)
 
     async def commit_remote(
         self,
@@ -977,6 +1180,7 @@ class _Session:
             if not replica._own_updates.take(update):
                 groups.setdefault(record_id, []).append(update)
         touched: list[str] = []
+        kept_aside: list[QuarantinedUpdate] = []
         async with replica._write_lock:
             try:
                 unloaded = [rid for rid in groups if rid not in absent and pool.peek(rid) is None]
@@ -984,31 +1188,89 @@ class _Session:
                 organisation = replica.identity.organisation
                 items: list[IncomingUpdate] = []
                 for record_id, parts in groups.items():
-                    update = parts[0] if len(parts) == 1 else _merge(record_id, parts)
                     touched.append(record_id)
                     if trusted_rows is not None and record_id in absent:
-                        rows = trusted_rows.get(record_id, ())
-                        items.append(IncomingUpdate(record_id, update, rows, organisation))
+                        trusted = _trusted_copy(record_id, parts, kept_aside)
+                        if trusted is not None:
+                            rows = trusted_rows.get(record_id, ())
+                            items.append(IncomingUpdate(record_id, trusted, rows, organisation))
                         continue
-                    record = pool.peek(record_id)
-                    if record is not None:
-                        record.apply_update(update)
-                    else:
-                        before = stored_by_id.get(record_id)
-                        # Stored state and arrival taken in one pass, with no merge first.
-                        record = (
-                            pool.load_bytes(record_id, update)
-                            if before is None
-                            else pool.load_bytes(record_id, before, update)
-                        )
-                    items.append(IncomingUpdate(record_id, update, pool.rows(record), organisation))
-                await replica.store.write_remote(items, checkpoint=checkpoint)
+                    try:
+                        update = _merged(record_id, parts)
+                        record = pool.peek(record_id)
+                        if record is not None:
+                            record.apply_update(update)
+                        else:
+                            before = stored_by_id.get(record_id)
+                            # Stored state and arrival taken in one pass, with no merge first.
+                            record = (
+                                pool.load_bytes(record_id, update)
+                                if before is None
+                                else pool.load_bytes(record_id, before, update)
+                            )
+                        item = IncomingUpdate(record_id, update, pool.rows(record), organisation)
+                    except InvalidUpdateError:
+                        # Bytes this replica cannot merge: keep the bad ones aside, take
+                        # the rest, and finish the sync (it would fail at every sync after).
+                        pool.forget(record_id)
+                        if record_id in absent:
+                            before = None
+                        elif record_id in stored_by_id:
+                            before = stored_by_id[record_id]
+                        else:
+                            before = await replica.store.load(record_id)
+                        found = self._take_in_one_by_one(record_id, parts, before, kept_aside)
+                        if found is None:
+                            continue
+                        item = found
+                    items.append(item)
+                if kept_aside:
+                    logger.warning(
+                        "replica %s: %d updates from the server could not be merged and were "
+                        "kept aside (records: %s)",
+                        replica.replica_id,
+                        len(kept_aside),
+                        ", ".join(sorted({q.record_id for q in kept_aside})),
+                    )
+                await replica.store.write_remote(
+                    items, checkpoint=checkpoint, quarantine=kept_aside
+                )
             except BaseException:
                 for record_id in touched:
                     pool.forget(record_id)
                 raise
         if touched:
             replica._notify_received(tuple(touched))
+
+    def _take_in_one_by_one(
+        self,
+        record_id: str,
+        parts: list[bytes],
+        before: bytes | None,
+        kept_aside: list[QuarantinedUpdate],
+    ) -> IncomingUpdate | None:
+        """Take in the updates of one record that merge, keeping the others aside."""
+        pool = self.replica._pool
+        base = [] if before is None else [before]
+        accepted: list[bytes] = []
+        record: Record | None = None
+        for part in parts:
+            try:
+                # Built afresh each time: a failed merge may leave a document unusable.
+                record = pool.load_bytes(record_id, *base, *accepted, part)
+                accepted.append(part)
+            except InvalidUpdateError as exc:
+                pool.forget(record_id)
+                record = None
+                kept_aside.append(QuarantinedUpdate(record_id, part, str(exc)))
+        if not accepted:
+            return None
+        if record is None:
+            record = pool.load_bytes(record_id, *base, *accepted)
+        update = _merged(record_id, accepted)
+        return IncomingUpdate(
+            record_id, update, pool.rows(record), self.replica.identity.organisation
+        )
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
         """Copy every record this replica may see, a batch per transaction, resumable.
@@ -1096,14 +1358,15 @@ class _Session:
     async def pull(self) -> int:
         store = self.replica.store
         checkpoint = int(await store.get_meta(_CHECKPOINT) or 0)
+        own = self.include_own or await store.get_meta(_PULL_OWN) == "1"
         downloaded = 0
-        self.protocol.request_pull(checkpoint, self.limits.pull_limit)
+        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own)
         batch = await self.expect(PullBatch)
         while True:
             if batch.more:
                 # Ask for the next batch before committing this one: the server
                 # reads it while this laptop writes.
-                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit)
+                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own)
                 await self.flush()
             if batch.items or batch.checkpoint != checkpoint:
                 await self.commit_remote(
@@ -1113,6 +1376,9 @@ class _Session:
             downloaded += len(batch.items)
             checkpoint = batch.checkpoint
             if not batch.more:
+                if own:  # caught up with our own changes: back to leaving them out
+                    await store.set_meta(_PULL_OWN, "0")
+                    self.include_own = False
                 return downloaded
             batch = await self.expect(PullBatch)
 
@@ -1192,8 +1458,15 @@ class _Session:
 class _SessionContext:
     """``async with _Session.connect(...)``: connect, hello, and always clean up."""
 
-    def __init__(self, replica: Replica, url: str, ssl: ssl_module.SSLContext | None) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        url: str,
+        ssl: ssl_module.SSLContext | None,
+        expected_key: str | None = None,
+    ) -> None:
         self.replica, self.url, self.ssl = replica, url, ssl
+        self.expected_key = expected_key
         self.session: _Session | None = None
 
     async def __aenter__(self) -> _Session:
@@ -1210,11 +1483,13 @@ class _SessionContext:
             replica_id=identity.replica_id if identity.server_id else None,
             server_id=identity.server_id,
             organisation=identity.organisation,
+            protocol_versions=_PROTOCOL_VERSIONS,
         )
         self.session = _Session(replica, channel, protocol)
         try:
             protocol.send_hello()
             await self.session.expect(Welcome)
+            await self.session.prove_server(self.expected_key)
         except BaseException as exc:
             await self._finish(exc)
             raise

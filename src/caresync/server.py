@@ -8,25 +8,33 @@ the same merge from the same updates.
 
 Ordering promise of the live feed: pushes are committed and fanned out under one
 lock, so every subscriber receives feed entries in ascending sequence.
+
+Trust (see :mod:`caresync.gate`): a connection starts small (frames of a few
+KiB, a few queued) and must log in within ``login_timeout_s``; at most
+``max_pending_logins`` connections may wait to log in at once. Every pushed
+update is admitted by :class:`~caresync.records.Admission` before anything of
+its batch is stored: it may only add new revisions that the record schema
+allows, dated no later than the server's clock allows. A session ends at its
+absolute expiry, or as soon as its replica is revoked, its password changed or
+its account disabled, even by another process (the accounts generation is
+watched every ``security_poll_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
+import logging
 import ssl as ssl_module
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
+from caresync.credentials import ServerKey
 from caresync.exceptions import (
     CaresyncError,
     ConnectionLostError,
@@ -34,8 +42,12 @@ from caresync.exceptions import (
     InvalidUpdateError,
     ProtocolError,
     RecordMismatchError,
+    RefusedUpdateError,
+    StorageError,
 )
+from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.names import check_organisation, check_username
 from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
@@ -48,6 +60,7 @@ from caresync.protocol import (
     Goodbye,
     Hello,
     OutboxReport,
+    ProveServer,
     PullRequest,
     PushBatch,
     PushItem,
@@ -57,17 +70,31 @@ from caresync.protocol import (
     Subscribe,
     item_wire_size,
 )
-from caresync.records import Record
+from caresync.records import Admission, AdmissionLimits, Record
 from caresync.storage import IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
-from caresync.transport import Channel, WebSocketListener, serve_websockets
+from caresync.throttle import LoginThrottle
+from caresync.transport import Channel, ChannelHandler, WebSocketListener, serve_websockets
 
 __all__ = ["SyncServer", "hash_password"]
 
+_UNSET_THROTTLE: Any = object()
+
 SESSION_TTL_S = 12 * 3600
-_PUSHED_KEY = "pushed:"  # meta key prefix: highest local seq committed per replica
-_SESSION_KEY = "session:"
+"""How long a session lasts from its password login (absolute: resuming never extends it)."""
+LOGIN_TIMEOUT_S = 10.0
+"""A connection must log in within this long, or it is closed."""
+PRE_LOGIN_MAX_FRAME_BYTES = 16 * 1024
+"""The largest frame accepted before a login: Hello, ProveServer and credentials fit."""
+PRE_LOGIN_QUEUED_FRAMES = 4
+MAX_QUEUED_FRAMES = 8
+"""Received frames that may wait per connection once logged in (each up to the frame limit)."""
+MAX_PENDING_LOGINS = 256
+"""Connections that may wait to log in at once; more are refused with ``busy``."""
+SECURITY_POLL_S = 1.0
+"""How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
 _hasher = PasswordHasher()
+logger = logging.getLogger("caresync.server")
 
 
 def hash_password(password: str) -> str:
@@ -77,18 +104,15 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+class _Forbidden(CaresyncError):
+    """A push names a record this replica's organisation may not write."""
+
+
 def _row_wire_size(row: CopyConflict) -> int:
     """An upper bound on the bytes one conflict row takes in a CopyBatch frame."""
     text = len(row.record_id) + len(row.id) + len(row.kind) + len(row.subject) + len(row.severity)
     # UTF-8 takes at most 4 bytes a character; msgpack adds a few bytes per field.
     return 4 * text + len(row.payload) + ITEM_OVERHEAD_BYTES
-
-
-def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
-    try:
-        return hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
 
 
 @dataclass(eq=False)
@@ -100,6 +124,7 @@ class _Connection:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     user: str | None = None
     organisation: str | None = None
+    login: Login | None = None
     # Feed entries to forward, queued in commit order by whoever committed them.
     live: asyncio.Queue[list[tuple[int, str, bytes]]] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
@@ -143,27 +168,59 @@ class SyncServer:
         session_ttl_s: float = SESSION_TTL_S,
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         password_hasher: PasswordHasher | None = None,
+        server_key: ServerKey | None = None,
+        throttle: LoginThrottle | None = _UNSET_THROTTLE,
+        admission: AdmissionLimits | None = None,
+        login_timeout_s: float = LOGIN_TIMEOUT_S,
+        max_pending_logins: int = MAX_PENDING_LOGINS,
+        security_poll_s: float = SECURITY_POLL_S,
     ) -> None:
         """``password_hasher`` hashes new passwords (argon2id, the library's defaults
         unless given; a simulation may pass cheaper parameters). Stored hashes are
-        checked with the parameters they were made with."""
+        checked with the parameters they were made with.
+
+        ``server_key`` signs the server's proofs (default: the key kept in the
+        store, made on first use). ``throttle`` slows password guessing (default:
+        a :class:`~caresync.throttle.LoginThrottle`; None turns it off).
+        ``admission`` bounds what a pushed update may hold and how far ahead of
+        this server's clock a revision may be dated.
+        """
+        if not 0 < login_timeout_s <= 3600 or not 0 < security_poll_s <= 3600:
+            raise InvalidInputError("login_timeout_s and security_poll_s must be in (0, 3600]")
+        if not isinstance(max_pending_logins, int) or max_pending_logins < 1:
+            raise InvalidInputError("max_pending_logins must be a positive int")
         self.store = store
         self._hasher = password_hasher if password_hasher is not None else _hasher
         self.server_id = server_id
         self.session_ttl_s = session_ttl_s
         self._now_ms = now_ms
         self.rulebook = rulebook
+        self.admission = admission if admission is not None else AdmissionLimits()
+        self.login_timeout_s = login_timeout_s
+        self.max_pending_logins = max_pending_logins
+        self.security_poll_s = security_poll_s
+        self.gate = Gatekeeper(
+            store,
+            server_id=server_id,
+            hasher=self._hasher,
+            session_ttl_s=session_ttl_s,
+            now_ms=now_ms,
+            throttle=LoginThrottle() if throttle is _UNSET_THROTTLE else throttle,
+            server_key=server_key,
+        )
         self._pool = RecordPool(store, replica=server_id, rulebook=rulebook)
         # Whether the stored conflict index was computed by ``rulebook`` (read once).
         self._index_current: bool | None = None
         self._connections: set[_Connection] = set()
+        self._pending_logins = 0
         self._commit_lock = asyncio.Lock()
         self._listener: WebSocketListener | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.on_commit: list[Callable[[int], Awaitable[None] | None]] = []
 
     @classmethod
     async def open(cls, path: str | Path, **kwargs: Any) -> SyncServer:
-        """Open (or create) a server database and take its server id from it.
+        """Open (or create) a server database and take its server id and key from it.
 
         A database whose conflict index another rulebook computed is re-indexed
         first (see :mod:`caresync.index`).
@@ -171,6 +228,8 @@ class SyncServer:
         store = await SQLiteStore.open(path)
         try:
             identity = await own_identity(store, "server", id_prefix="server", where=path)
+            if kwargs.get("server_key") is None:
+                kwargs["server_key"] = await ensure_server_key(store)
             rulebook = kwargs.get("rulebook", DEFAULT_RULEBOOK)
             await ensure_index(store, rulebook, replica=identity.replica_id)
         except BaseException:
@@ -178,14 +237,37 @@ class SyncServer:
             raise
         return cls(store, identity.replica_id, **kwargs)
 
+    async def server_key_fingerprint(self) -> str:
+        """The fingerprint of this server's key, as laptops pin it (compare it out of band)."""
+        return (await self.gate.server_key()).fingerprint
+
     # ------------------------------------------------------------------ accounts
 
     async def add_user(self, organisation: str, username: str, password: str) -> None:
         """Create an account (password stored as an argon2id hash)."""
+        check_organisation(organisation)
+        check_username(username)
         if not isinstance(password, str) or not password:
             raise InvalidInputError("a password must be a non-empty string")
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         await self.store.add_user(organisation, username, password_hash)
+
+    async def set_password(self, organisation: str, username: str, password: str) -> None:
+        """Give a user a new password: every session of theirs ends now."""
+        if not isinstance(password, str) or not password:
+            raise InvalidInputError("a password must be a non-empty string")
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        await self.store.set_password_hash(organisation, username, password_hash)
+        await self.recheck_sessions()
+
+    async def disable_user(self, organisation: str, username: str) -> None:
+        """Disable an account: it cannot log in, and its sessions and connections end now."""
+        await self.store.set_user_disabled(organisation, username, True)
+        await self.recheck_sessions()
+
+    async def enable_user(self, organisation: str, username: str) -> None:
+        """Let a disabled account log in again (with its password)."""
+        await self.store.set_user_disabled(organisation, username, False)
 
     async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
         """Every enrolled replica (of ``organisation``), by id: when each was last seen,
@@ -194,19 +276,93 @@ class SyncServer:
         return await self.store.replicas(organisation)
 
     async def revoke(self, replica_id: str) -> None:
-        """Revoke a replica: it is refused, and locks itself, at its next contact."""
+        """Revoke a replica: its sessions end, its live connections close now (told
+        ``revoked``, so it locks itself), and it is refused at every later contact."""
         await self.store.revoke_replica(replica_id)
+        await self.recheck_sessions()
+
+    async def recheck_sessions(self) -> int:
+        """Close every connection whose session ended (revoked, expired, new password,
+        disabled account); returns how many. Runs by itself every ``security_poll_s``."""
+        closed = 0
         for conn in list(self._connections):
-            if conn.protocol.replica_id == replica_id:
-                await conn.channel.close("revoked")
+            login = conn.login
+            if login is None:
+                continue
+            replica_id = conn.protocol.replica_id
+            revoked = False
+            if replica_id is not None:
+                info = await self.store.get_replica(replica_id)
+                revoked = info is None or info.revoked
+            if revoked:
+                await self._end(conn, ErrorCode.REVOKED, f"replica {replica_id} was revoked")
+            elif not await self.gate.session_valid(login.session_hash):
+                await self._end(
+                    conn,
+                    ErrorCode.SESSION_EXPIRED,
+                    "the session ended (expired, a new password, or the account was disabled): "
+                    "log in with your password",
+                )
+            else:
+                continue
+            closed += 1
+        return closed
+
+    async def _end(self, conn: _Connection, code: str, message: str) -> None:
+        """Tell the peer why (a fatal Error), then close its connection."""
+        async with conn.lock:
+            if not conn.protocol.close_expected:
+                try:
+                    conn.protocol.reject(code, message)
+                    await conn.flush()
+                except CaresyncError as exc:
+                    logger.debug("could not tell %s why it ends: %s", conn.channel.peer, exc)
+        await conn.channel.close(message[:100])
+
+    async def _watch_sessions(self) -> None:
+        """Re-check open connections when another process ended sessions, or one expired."""
+        generation = await self.store.accounts_generation()
+        while True:
+            await asyncio.sleep(self.security_poll_s)
+            try:
+                current = await self.store.accounts_generation()
+                now = self._now_ms()
+                expired = any(
+                    c.login is not None and c.login.expires_ms <= now for c in self._connections
+                )
+                if current != generation or expired:
+                    generation = current
+                    await self.recheck_sessions()
+            except StorageError as exc:  # a busy or full disk: try again next round
+                logger.warning("could not re-check sessions: %s", exc)
 
     # ------------------------------------------------------------------- serving
 
     async def serve(
-        self, host: str = "127.0.0.1", port: int = 0, *, ssl: ssl_module.SSLContext | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        wrap: Callable[[ChannelHandler], ChannelHandler] | None = None,
     ) -> WebSocketListener:
-        """Start listening; returns the listener (its ``url`` and ``port``)."""
-        self._listener = await serve_websockets(self.handle, host, port, ssl=ssl)
+        """Start listening; returns the listener (its ``url`` and ``port``).
+
+        Connections start with the small pre-login limits; the key is ready
+        before the first one arrives. ``wrap`` wraps the connection handler
+        (a simulation counts the bytes on the wire that way).
+        """
+        await self.gate.server_key()
+        self._listener = await serve_websockets(
+            self.handle if wrap is None else wrap(self.handle),
+            host,
+            port,
+            ssl=ssl,
+            max_frame_bytes=PRE_LOGIN_MAX_FRAME_BYTES,
+            max_queued_frames=PRE_LOGIN_QUEUED_FRAMES,
+        )
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_sessions())
         return self._listener
 
     @property
@@ -217,6 +373,10 @@ class SyncServer:
 
     async def close(self) -> None:
         """Stop listening, drop connections, close the store."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.wait({self._watcher})
+            self._watcher = None
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -233,11 +393,24 @@ class SyncServer:
     async def handle(self, channel: Channel) -> None:
         """Serve one connection until it closes (the listener calls this)."""
         conn = _Connection(ServerProtocol(self.server_id), channel)
+        if self._pending_logins >= self.max_pending_logins:
+            await self._end(conn, ErrorCode.BUSY, "too many connections are logging in; retry")
+            return
+        self._pending_logins += 1
+        waiting = True
         self._connections.add(conn)
+        deadline = asyncio.get_running_loop().time() + self.login_timeout_s
         try:
             while not conn.protocol.close_expected:
                 try:
-                    frame = await channel.recv()
+                    if waiting:
+                        async with asyncio.timeout_at(deadline):
+                            frame = await channel.recv()
+                    else:
+                        frame = await channel.recv()
+                except TimeoutError:
+                    await channel.close(f"no login within {self.login_timeout_s:g} s")
+                    return
                 except ConnectionLostError:
                     conn.protocol.connection_lost()
                     return
@@ -254,9 +427,22 @@ class SyncServer:
                     await conn.flush()
                     if conn.protocol.failure is not None:
                         return  # a fatal reject() by this shell; its Error was just sent
+                if waiting and conn.login is not None:
+                    waiting = False
+                    self._pending_logins -= 1
+                    channel.set_limits(
+                        max_frame_bytes=conn.protocol.max_frame_bytes,
+                        max_queued_frames=MAX_QUEUED_FRAMES,
+                    )
         except (ConnectionLostError, ProtocolError):
             return  # the peer went away or broke the protocol; nothing half-done stays
+        except Exception:
+            # A fault of ours (a full disk outside a push, a bug): say so, keep serving others.
+            logger.exception("connection from %s failed", channel.peer)
+            await self._end(conn, ErrorCode.INTERNAL, "the server failed; nothing more was done")
         finally:
+            if waiting:
+                self._pending_logins -= 1
             self._connections.discard(conn)
             if conn.writer is not None:
                 conn.writer.cancel()
@@ -266,7 +452,12 @@ class SyncServer:
 
     async def _on_event(self, conn: _Connection, event: object) -> None:
         if isinstance(event, Hello):
-            await self._on_hello(conn, event)
+            await self._refuse_if(conn, await self.gate.check_hello(event))
+        elif isinstance(event, ProveServer):
+            key, signature = await self.gate.prove(
+                event.nonce, conn.protocol.replica_id, conn.channel.channel_binding
+            )
+            conn.protocol.send_server_proof(key, signature)
         elif isinstance(event, (Authenticate, ResumeSession)):
             await self._on_login(conn, event)
         elif isinstance(event, Enrol):
@@ -284,72 +475,51 @@ class SyncServer:
         elif isinstance(event, Goodbye):
             return
 
-    async def _on_hello(self, conn: _Connection, hello: Hello) -> None:
-        if hello.replica_id is None:
-            return
-        info = await self.store.get_replica(hello.replica_id)
-        if info is None:
-            conn.protocol.reject(
-                ErrorCode.NOT_ENROLLED,
-                f"replica {hello.replica_id} is not enrolled to server {self.server_id}",
-            )
-        elif info.revoked:
-            conn.protocol.reject(ErrorCode.REVOKED, f"replica {hello.replica_id} was revoked")
-        elif hello.organisation is not None and hello.organisation != info.organisation:
-            conn.protocol.reject(
-                ErrorCode.WRONG_ORGANISATION,
-                f"replica {hello.replica_id} belongs to {info.organisation}, "
-                f"not {hello.organisation}",
-            )
-        else:
-            await self.store.touch_replica(hello.replica_id, self._now_ms())
+    async def _refuse_if(self, conn: _Connection, refused: Refused | None) -> None:
+        if refused is not None:
+            conn.protocol.reject(refused.code, refused.message)
 
     async def _on_login(self, conn: _Connection, login: Authenticate | ResumeSession) -> None:
-        now = self._now_ms()
+        hello = conn.protocol.hello
+        address = conn.channel.remote_host
         if isinstance(login, Authenticate):
-            account = await self.store.get_user(login.organisation, login.username)
-            ok = account is not None and await asyncio.to_thread(
-                _verify, self._hasher, account.password_hash, login.password
-            )
-            if not ok:
-                conn.protocol.reject(
-                    ErrorCode.BAD_CREDENTIALS,
-                    f"unknown user or wrong password for {login.username} in {login.organisation}",
-                )
-                return
-            user, organisation = login.username, login.organisation
+            outcome = await self.gate.password_login(login, hello, address)
         else:
-            stored = await self.store.get_meta(_SESSION_KEY + login.session_token)
-            session = json.loads(stored) if stored else None
-            if not session or session["expires_ms"] <= now:
-                conn.protocol.reject(
-                    ErrorCode.SESSION_EXPIRED, "the session expired: log in with your password"
-                )
-                return
-            user, organisation = session["user"], session["organisation"]
+            outcome = await self.gate.resume(login, hello, address)
+        if isinstance(outcome, Refused):
+            conn.protocol.reject(outcome.code, outcome.message)
+            return
         expected = conn.protocol.organisation
-        if expected is not None and expected != organisation:
+        if expected is not None and expected != outcome.organisation:
             conn.protocol.reject(
                 ErrorCode.WRONG_ORGANISATION,
-                f"this replica belongs to {expected}; {user} logged in to {organisation}",
+                f"this replica belongs to {expected}; {outcome.user} logged in to "
+                f"{outcome.organisation}",
             )
             return
-        token = secrets.token_urlsafe(32)
-        expires = now + int(self.session_ttl_s * 1000)
-        await self.store.set_meta(
-            _SESSION_KEY + token,
-            json.dumps({"user": user, "organisation": organisation, "expires_ms": expires}),
+        conn.user, conn.organisation, conn.login = outcome.user, outcome.organisation, outcome
+        conn.protocol.accept_authentication(
+            outcome.token,
+            outcome.expires_ms,
+            outcome.user,
+            outcome.organisation,
+            pushed_up_to=outcome.pushed_up_to,
+            replica_secret=outcome.new_secret,
         )
-        conn.user, conn.organisation = user, organisation
-        conn.protocol.accept_authentication(token, expires, user, organisation)
+        replica_id = conn.protocol.replica_id
+        if replica_id is not None:  # seen: only now that it proved who it is
+            await self.store.touch_replica(replica_id, self._now_ms())
 
     async def _on_enrol(self, conn: _Connection, enrol: Enrol) -> None:
-        organisation = conn.organisation or ""
-        replica_id = f"replica-{uuid.uuid4()}"
-        if enrol.replica_id is not None and await self.store.get_replica(enrol.replica_id) is None:
-            replica_id = enrol.replica_id
-        await self.store.enrol_replica(replica_id, organisation, enrolled_by=conn.user)
-        conn.protocol.accept_enrolment(replica_id, organisation)
+        login = conn.login
+        if login is None:  # pragma: no cover - the protocol allows Enrol only once READY
+            raise InvalidInputError("Enrol before a login")
+        outcome = await self.gate.enrol(login, enrol.device_name, enrol.replica_id)
+        if isinstance(outcome, Refused):
+            conn.protocol.refuse(RequestKind.ENROL, outcome.code, outcome.message)
+            return
+        replica_id, secret = outcome
+        conn.protocol.accept_enrolment(replica_id, login.organisation, replica_secret=secret)
 
     async def _on_copy(self, conn: _Connection, request: CopyRequest) -> None:
         organisation = conn.organisation
@@ -424,12 +594,13 @@ class SyncServer:
 
     async def _on_pull(self, conn: _Connection, request: PullRequest) -> None:
         head = await self.store.feed_head()
-        # A replica is not sent back its own updates (it holds them already).
+        # A replica is not sent back its own updates (it holds them already),
+        # unless it asks: a copy restored from a backup lacks its later ones.
         items = await self.store.feed_since(
             request.after_seq,
             limit=request.limit,
             organisation=conn.organisation,
-            exclude_origin=conn.protocol.replica_id,
+            exclude_origin=None if request.include_own else conn.protocol.replica_id,
         )
         if len(items) == request.limit:
             checkpoint = items[-1].seq
@@ -442,63 +613,103 @@ class SyncServer:
         )
 
     async def _on_push(self, conn: _Connection, batch: PushBatch) -> None:
+        """Admit and commit a pushed batch whole, then acknowledge it; or refuse it whole.
+
+        Every item is committed whatever its ``local_seq`` says: the store keeps
+        an update it already holds once, so a resent batch changes nothing,
+        and no number a client claims can make the server skip an edit. The
+        replica's mark (``pushed:<replica>``, the highest seq committed) only
+        tells a replica restored from an older copy that it must renumber.
+        """
         replica_id = conn.protocol.replica_id or ""
-        key = _PUSHED_KEY + replica_id
+        key = PUSHED_KEY_PREFIX + replica_id
+        refusal: tuple[str, str] | None = None
         async with self._commit_lock:
-            committed = int(await self.store.get_meta(key) or 0)
-            fresh = [item for item in batch.items if item.local_seq > committed]
-            if fresh:
-                try:
-                    await self._commit_push(conn, key, fresh)
-                except (InvalidUpdateError, RecordMismatchError) as exc:
-                    # Nothing was stored: an update that is not one, or that names
-                    # another record, would fail every replica that pulled it.
-                    conn.protocol.refuse(
-                        RequestKind.PUSH,
-                        ErrorCode.BAD_MESSAGE,
-                        f"push refused, nothing stored: {exc}",
-                    )
-                    return
+            try:
+                committed = int(await self.store.get_meta(key) or 0)
+                mark = str(max(committed, batch.items[-1].local_seq))
+                await self._commit_push(conn, (key, mark), list(batch.items))
+            except (InvalidUpdateError, RecordMismatchError) as exc:
+                # Nothing was stored: an update the schema forbids, that is not one,
+                # or that names another record would reach every replica.
+                refusal = (ErrorCode.BAD_MESSAGE, f"push refused, nothing stored: {exc}")
+            except _Forbidden as exc:
+                refusal = (ErrorCode.FORBIDDEN, str(exc))
+            except StorageError as exc:
+                logger.error("push from %s not stored: %s", replica_id, exc)
+                refusal = (
+                    ErrorCode.BUSY,
+                    f"the server could not store this push ({exc}); nothing was committed; "
+                    "it stays in your outbox: try again later",
+                )
+            if refusal is not None:
+                conn.protocol.refuse(RequestKind.PUSH, *refusal)
+                return
             # Acknowledge only now: the batch is committed (or was, before a resend).
             conn.protocol.ack_push(batch.items[-1].local_seq)
 
-    async def _commit_push(self, conn: _Connection, key: str, fresh: list[PushItem]) -> None:
-        """Commit pushed items with the replica's high-water mark; fan out what was new.
+    async def _commit_push(
+        self, conn: _Connection, checkpoint: tuple[str, str], items: list[PushItem]
+    ) -> None:
+        """Admit, then commit pushed items with the replica's mark; fan out what was new.
 
         Each record's conflict rows are computed once, after all its updates in
-        the batch, and committed with its last one. A record that is not loaded is
-        built from its stored state and its pushed updates in one pass. Raises
-        InvalidUpdateError or RecordMismatchError, storing nothing, for an update
-        that is not one or that belongs to another record. Called under the commit
-        lock, so fan-out is queued in commit order.
+        the batch, and committed with its last one. Raises (storing nothing)
+        RefusedUpdateError for an update admission refuses, InvalidUpdateError
+        or RecordMismatchError for bytes that are not an update of that record,
+        _Forbidden for a record of another organisation. Called under the
+        commit lock, so fan-out is queued in commit order.
         """
         pool = self._pool
         parts: dict[str, list[bytes]] = {}
         last_of: dict[str, int] = {}
-        for index, item in enumerate(fresh):
+        for index, item in enumerate(items):
             parts.setdefault(item.record_id, []).append(item.update)
             last_of[item.record_id] = index
+        owners = await self.store.record_organisations(list(parts))
+        for record_id, owner in owners.items():
+            if owner is not None and owner != conn.organisation:
+                # Said the same way whatever the reason: nothing about the record leaks.
+                raise _Forbidden(f"record {record_id} cannot be written by this replica")
         # Held here, not looked up again: a large batch may push them out of the pool.
         records: dict[str, Record] = {}
+        writers: dict[int, str] = {}  # Yjs client ids this batch writes new changes under
+        replica_id = conn.protocol.replica_id or ""
         try:
             unloaded = [record_id for record_id in parts if pool.peek(record_id) is None]
             stored = await self.store.load_many(unloaded) if unloaded else {}
             for record_id, updates in parts.items():
                 record = pool.peek(record_id)
+                before = stored.get(record_id)
+                if record is None and before is not None:
+                    record = pool.load_bytes(record_id, before)
+                admission = (
+                    Admission(record_id, now_ms=self._now_ms, limits=self.admission)
+                    if record is None
+                    else Admission.for_record(record, now_ms=self._now_ms, limits=self.admission)
+                )
+                for update in updates:
+                    admission.admit(update)
+                    if admission.last_writer is not None:
+                        writers[admission.last_writer] = record_id
                 if record is None:
-                    before = stored.get(record_id)
-                    record = (
-                        pool.load_bytes(record_id, *updates)
-                        if before is None
-                        else pool.load_bytes(record_id, before, *updates)
-                    )
+                    record = pool.load_bytes(record_id, *updates)
                 else:
                     for update in updates:
                         record.apply_update(update)
                     record.check_id()
                 records[record_id] = record
+            bound = await self.store.client_owners(writers)
+            for client, owner in bound.items():
+                if owner != replica_id:
+                    raise RefusedUpdateError(
+                        f"record {writers[client]}: update refused: it writes as Yjs client "
+                        f"{client}, which another replica writes with (a document's client id "
+                        "belongs to its writer; never reuse one)",
+                        record_id=writers[client],
+                    )
             incoming = []
-            for index, item in enumerate(fresh):
+            for index, item in enumerate(items):
                 rows = None
                 if last_of[item.record_id] == index:
                     rows = pool.rows(records[item.record_id])
@@ -507,18 +718,20 @@ class SyncServer:
                 )
             seqs = await self.store.write_remote(
                 incoming,
-                checkpoint=(key, str(fresh[-1].local_seq)),
+                checkpoint=checkpoint,
                 to_feed=True,
                 origin=conn.protocol.replica_id,
+                claim_clients=dict.fromkeys(writers.keys() - bound.keys(), replica_id),
             )
-        except CaresyncError:
+        except BaseException:
+            # Memory never runs ahead of disk: whatever was taken in is reloaded.
             for record_id in parts:
                 pool.forget(record_id)
             raise
         # Updates the server held already got no feed entry (seq 0): nothing to relay.
         entries = [
             (seq, item.record_id, item.update)
-            for seq, item in zip(seqs, fresh, strict=True)
+            for seq, item in zip(seqs, items, strict=True)
             if seq > 0
         ]
         if not entries:

@@ -8,13 +8,14 @@ commit); callers bound each wait with ``asyncio.timeout`` as an upper limit only
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caresync.protocol import ClientProtocol, Welcome
+from caresync.protocol import ClientProtocol, ServerProof, Welcome
 from caresync.replica import Replica, ReplicaState, backoff_delays
 from caresync.server import SyncServer
 from caresync.transport import Channel, connect_websocket
@@ -179,7 +180,12 @@ async def raw_session(server: SyncServer, laptop: Replica) -> AsyncIterator[RawS
     try:
         protocol.send_hello()
         assert any(isinstance(e, Welcome) for e in await session.round_trip())
-        protocol.resume_session(token)
+        protocol.prove_server(os.urandom(32))
+        [proof] = await session.round_trip()
+        assert isinstance(proof, ServerProof)
+        assert proof.server_key == laptop._pinned_key  # the server the laptop pinned
+        protocol.confirm_server()
+        protocol.resume_session(token, laptop._secret)
         await session.round_trip()
         yield session
     finally:

@@ -175,7 +175,7 @@ async def test_the_server_restarts_and_a_live_laptop_reconnects_and_catches_up(
         await closable.close()
 
 
-async def test_a_live_replica_revoked_is_refused_at_its_next_contact_and_locks(
+async def test_a_live_replica_revoked_is_told_at_once_and_locks(
     tmp_path: Path,
 ) -> None:
     server = await start_server(tmp_path)
@@ -183,10 +183,11 @@ async def test_a_live_replica_revoked_is_refused_at_its_next_contact_and_locks(
     record_id = await a.create_record()
     async with live(a) as run, asyncio.timeout(LIMIT_S):
         await run.states.reach(ONLINE)
-        await server.revoke(a.replica_id)  # drops the live link; the reconnection is refused
+        await server.revoke(a.replica_id)  # the live link is told why and closed at once
         error = await run.outcome()
         assert isinstance(error, ReplicaRevokedError)
-        assert run.states.seen[-2:] == [ReplicaState.CONNECTING, ReplicaState.LOCKED]
+        # Locked straight from ONLINE: no reconnection was needed to learn it.
+        assert run.states.seen[-2:] == [ReplicaState.ONLINE, ReplicaState.LOCKED]
     assert a.state is ReplicaState.LOCKED
     assert a.locked
     # Locked: work stays local and is kept; nothing reaches the server any more.

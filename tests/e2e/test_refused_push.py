@@ -51,9 +51,10 @@ async def test_pushes_that_would_fail_every_puller_are_refused_and_nothing_is_st
             # A new record's update pushed under another id.
             reply = await session.push(1_000, pushed_for, elsewhere.update_since())
             assert_refused(reply, pushed_for, elsewhere.record_id, "nothing stored")
-            # An update that renames a record the server holds.
+            # An update that renames a record the server holds: admission sees it
+            # overwrite meta/id before any document is touched.
             reply = await session.push(1_001, held, renamed.update_since(before))
-            assert_refused(reply, held, "another-record")
+            assert_refused(reply, held, "overwrites an existing map entry")
             # Bytes that are no update at all.
             reply = await session.push(1_002, pushed_for, b"\x01\x02 not an update")
             assert_refused(reply, pushed_for)

@@ -23,12 +23,14 @@ from caresync.protocol import (
     LiveUpdate,
     Message,
     OutboxReport,
+    ProveServer,
     PullBatch,
     PullRequest,
     PushAck,
     PushBatch,
     PushItem,
     ResumeSession,
+    ServerProof,
     ServerProtocol,
     ServerState,
     Subscribe,
@@ -44,10 +46,15 @@ REPLICA_ID = "replica-1"
 USER = "ann"
 PASSWORD = "correct horse"
 TOKEN = "tok-123"
+NONCE = b"n" * 32
+SERVER_KEY = b"k" * 32
+SIGNATURE = b"s" * 64  # the protocol carries it; checking it is the shell's work
 
 SAMPLES: dict[type[Message], Message] = {
     Hello: Hello((1,)),
     Welcome: Welcome(1, SERVER_ID),
+    ProveServer: ProveServer(NONCE),
+    ServerProof: ServerProof(SERVER_KEY, SIGNATURE),
     Authenticate: Authenticate(USER, PASSWORD, ORG),
     ResumeSession: ResumeSession(TOKEN),
     Authenticated: Authenticated(TOKEN, 0, USER, ORG),
@@ -95,12 +102,13 @@ def enrolled_client(**kwargs: Any) -> ClientProtocol:
 def handshake(
     client: ClientProtocol, server: ServerProtocol, *, organisation: str = ORG
 ) -> tuple[ClientProtocol, ServerProtocol]:
-    """Hello, Welcome, Authenticate, Authenticated: both ends READY."""
+    """Hello, Welcome, ProveServer, ServerProof, Authenticate, Authenticated: both READY."""
     client.send_hello()
     pump(client, server)
     server.events_received()
     pump(server, client)
     client.events_received()
+    prove(client, server)
     client.authenticate(USER, PASSWORD, organisation)
     pump(client, server)
     server.events_received()
@@ -110,6 +118,20 @@ def handshake(
     assert client.state is ClientState.READY
     assert server.state is ServerState.READY
     return client, server
+
+
+def prove(client: ClientProtocol, server: ServerProtocol) -> None:
+    """ProveServer, ServerProof, and the client's shell confirming it (version 4 on;
+    an older version has no proof, and this does nothing)."""
+    if (client.protocol_version or 0) < ProveServer.SINCE_VERSION:
+        return
+    client.prove_server(NONCE)
+    pump(client, server)
+    server.events_received()
+    server.send_server_proof(SERVER_KEY, SIGNATURE)
+    pump(server, client)
+    client.events_received()
+    client.confirm_server()
 
 
 def ready_pair(*, enrolled: bool = True) -> tuple[ClientProtocol, ServerProtocol]:
@@ -139,6 +161,15 @@ def _client_towards(state: ClientState) -> ClientProtocol:
     pump(server, client)
     if state is ClientState.WELCOMED:
         return client
+    client.prove_server(NONCE)
+    if state is ClientState.PROVING:
+        return client
+    pump(client, server)
+    server.send_server_proof(SERVER_KEY, SIGNATURE)
+    pump(server, client)
+    client.confirm_server()
+    if state is ClientState.PROVEN:
+        return client
     client.authenticate(USER, PASSWORD, ORG)
     if state is ClientState.AUTHENTICATING:
         return client
@@ -165,6 +196,18 @@ def server_in(state: ServerState, *, enrolled: bool = True) -> ServerProtocol:
     pump(server, client)
     if state is ServerState.WELCOMED:
         server.events_received()
+        return server
+    client.prove_server(NONCE)
+    pump(client, server)
+    if state is ServerState.PROVING:
+        server.events_received()
+        return server
+    server.send_server_proof(SERVER_KEY, SIGNATURE)
+    pump(server, client)
+    client.confirm_server()
+    if state is ServerState.PROVEN:
+        server.events_received()
+        server.data_to_send()
         return server
     client.authenticate(USER, PASSWORD, ORG)
     pump(client, server)

@@ -72,8 +72,10 @@ def test_round_trip(message: Message) -> None:
 
 
 def test_envelope_layout() -> None:
-    data = encode_frame(PullRequest(7, 50))
-    assert msgpack.unpackb(data) == [PROTOCOL_VERSION, 18, {"after_seq": 7, "limit": 50}]
+    data = encode_frame(PullRequest(7, 50), version=3)
+    assert msgpack.unpackb(data) == [3, 18, {"after_seq": 7, "limit": 50}]
+    data = encode_frame(PullRequest(7, 50, include_own=True), version=4)
+    assert msgpack.unpackb(data) == [4, 18, {"after_seq": 7, "limit": 50, "include_own": True}]
     data = encode_frame(LiveUpdate(3, "r", b"\x01\x02"), version=1)
     assert msgpack.unpackb(data) == [1, 23, {"seq": 3, "record_id": "r", "update": b"\x01\x02"}]
     data = encode_frame(OutboxReport(2, 1234))
@@ -408,6 +410,7 @@ def test_every_code_maps_to_one_caresync_exception() -> None:
         "wrong_organisation": WrongOrganisationError,
         "bad_credentials": AuthenticationError,
         "session_expired": AuthenticationError,
+        "throttled": AuthenticationError,
         "revoked": ReplicaRevokedError,
         "not_enrolled": NotEnrolledError,
         "forbidden": SyncRefusedError,

@@ -15,6 +15,7 @@ from tests.protocol.session import (
 
 from caresync.exceptions import LocalProtocolError, RemoteProtocolError
 from caresync.protocol import (
+    PROTOCOL_VERSION,
     CopyBatch,
     CopyConflict,
     CopyRecord,
@@ -97,7 +98,7 @@ def test_rows_in_record_order_with_several_per_record_are_accepted() -> None:
 
 def test_a_copy_with_rows_through_both_protocol_objects() -> None:
     client, server = ready_pair()
-    assert client.protocol_version == 3
+    assert client.protocol_version == PROTOCOL_VERSION
     client.request_copy(None, 5, FP)
     pump(client, server)
     [request] = server.events_received()

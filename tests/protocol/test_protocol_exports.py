@@ -8,7 +8,7 @@ import pytest
 
 import caresync.protocol as protocol
 
-MODULES = ["base", "client", "codec", "errors", "messages", "server", "states"]
+MODULES = ["base", "client", "codec", "errors", "identity", "messages", "server", "states"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pytest
 from tests.protocol.session import (
+    NONCE,
     ORG,
     PASSWORD,
     REPLICA_ID,
     SERVER_ID,
+    SERVER_KEY,
+    SIGNATURE,
     TOKEN,
     USER,
     enrolled_client,
     frame,
     handshake,
+    prove,
     pump,
     ready_pair,
     sent_messages,
@@ -57,6 +61,7 @@ from caresync.protocol import (
     PushItem,
     RequestKind,
     ResumeSession,
+    ServerProof,
     ServerProtocol,
     ServerState,
     Subscribe,
@@ -128,6 +133,7 @@ def test_full_session_enrol_copy_resume_pull_push_live() -> None:
     assert client.state is ClientState.WELCOMED
     assert client.server_id == SERVER_ID
 
+    prove(client, server)
     client.authenticate(USER, PASSWORD, ORG)
     pump(client, server)
     [auth] = server.events_received()
@@ -304,6 +310,7 @@ def test_resume_session_with_token() -> None:
     client.send_hello()
     pump(client, server)
     pump(server, client)
+    prove(client, server)
     client.resume_session(TOKEN)
     pump(client, server)
     assert server.events_received()[-1] == ResumeSession(TOKEN)
@@ -321,6 +328,7 @@ def test_session_expired_is_an_authentication_error() -> None:
     client.send_hello()
     pump(client, server)
     pump(server, client)
+    prove(client, server)
     client.resume_session("stale")
     pump(client, server)
     server.reject(ErrorCode.SESSION_EXPIRED, "log in again")
@@ -342,6 +350,7 @@ def test_bad_credentials() -> None:
     client.send_hello()
     pump(client, server)
     pump(server, client)
+    prove(client, server)
     client.authenticate(USER, "wrong", ORG)
     pump(client, server)
     server.reject(ErrorCode.BAD_CREDENTIALS, "bad user name or password")
@@ -440,6 +449,9 @@ def test_wrong_organisation_in_authenticated_refused_by_the_client() -> None:
     client.send_hello()
     client.data_to_send()
     client.receive_data(frame(Welcome(PROTOCOL_VERSION, SERVER_ID)))
+    client.prove_server(NONCE)
+    client.receive_data(frame(ServerProof(SERVER_KEY, SIGNATURE)))
+    client.confirm_server()
     client.authenticate(USER, PASSWORD, ORG)
     client.data_to_send()
     with pytest.raises(WrongOrganisationError):
@@ -456,6 +468,7 @@ def test_server_accepting_another_organisation_is_a_local_error() -> None:
     client.send_hello()
     pump(client, server)
     pump(server, client)
+    prove(client, server)
     client.authenticate(USER, PASSWORD, ORG)
     pump(client, server)
     with pytest.raises(LocalProtocolError, match="wrong_organisation"):
@@ -486,7 +499,7 @@ def test_version_mismatch_refused_by_the_server() -> None:
     [error] = sent_messages(server)
     assert isinstance(error, Error)
     assert error.code == "unsupported_version"
-    assert dict(error.detail) == {"client_versions": "7, 8", "server_versions": "1, 2, 3"}
+    assert dict(error.detail) == {"client_versions": "7, 8", "server_versions": "1, 2, 3, 4"}
     # the client side of such a refusal: a SyncRefusedError, whatever the frame's version
     client = ClientProtocol()
     client.send_hello()

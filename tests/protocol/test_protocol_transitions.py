@@ -7,10 +7,13 @@ from typing import Any, TypeVar
 
 import pytest
 from tests.protocol.session import (
+    NONCE,
     ORG,
     PASSWORD,
     SAMPLES,
     SERVER_ID,
+    SERVER_KEY,
+    SIGNATURE,
     TOKEN,
     USER,
     client_in,
@@ -43,6 +46,7 @@ from caresync.protocol import (
     LiveUpdate,
     Message,
     OutboxReport,
+    ProveServer,
     Pseudo,
     PullBatch,
     PullRequest,
@@ -50,6 +54,7 @@ from caresync.protocol import (
     PushBatch,
     RequestKind,
     ResumeSession,
+    ServerProof,
     ServerProtocol,
     ServerState,
     Subscribe,
@@ -61,6 +66,7 @@ StateT = TypeVar("StateT", ClientState, ServerState)
 
 CLIENT_SENDS: dict[type[Message] | Pseudo, Callable[[ClientProtocol], None]] = {
     Hello: lambda c: c.send_hello(),
+    ProveServer: lambda c: c.prove_server(NONCE),
     Authenticate: lambda c: c.authenticate(USER, PASSWORD, ORG),
     ResumeSession: lambda c: c.resume_session(TOKEN),
     Enrol: lambda c: c.enrol("laptop"),
@@ -74,6 +80,7 @@ CLIENT_SENDS: dict[type[Message] | Pseudo, Callable[[ClientProtocol], None]] = {
 }
 
 SERVER_SENDS: dict[type[Message] | Pseudo, Callable[[ServerProtocol], None]] = {
+    ServerProof: lambda s: s.send_server_proof(SERVER_KEY, SIGNATURE),
     Authenticated: lambda s: s.accept_authentication(TOKEN, 0, USER, ORG),
     Enrolled: lambda s: s.accept_enrolment("r1"),
     CopyBatch: lambda s: s.send_copy_batch(

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
 from store_helpers import Patient
 
+from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage import CachedRecord, IncomingUpdate
 from caresync.storage import _writes as writes_module
-from caresync.storage._spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage._updates import (
     _runs_up_to,
     covered_by,

@@ -29,7 +29,8 @@ from caresync.cli import (
     transfer,
     users,
 )
-from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
+from caresync.cli.common import guard_arguments
+from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line, printable
 from caresync.cli.output import Output
 from caresync.exceptions import CaresyncError
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         simulate,
     ):
         module.register(commands)
+    guard_arguments(parser)  # no NUL, valid text: every argument of every command
     return parser
 
 
@@ -120,5 +122,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str, *, prefix: bool = True) -> None:
     line = f"caresync: error: {message}" if prefix else message.replace(": ", ": error: ", 1)
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(printable(line) + "\n")
     sys.stderr.flush()

@@ -8,7 +8,9 @@ beside it, and a copy of the two taken at different moments is inconsistent.
 
 The copy is written under a temporary name, fsynced, then linked into place
 (never over an existing file), and checked: it must open as a caresync
-database of the same replica and pass the store's consistency check.
+database of the same replica and pass the store's consistency check. It holds
+every patient, password hash and live session token, so it is created with
+mode 0600 (only its owner may read it) before anything is written into it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import argparse
 import contextlib
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from caresync.cli.common import add_db, add_json, run
+from caresync.cli.common import add_db, add_json, path, run
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.storage import Identity, SQLiteStore
+from caresync.storage.unsynced import PRIVATE_FILE_MODE
 
 __all__ = ["register"]
 
@@ -38,7 +42,7 @@ def register(commands: Any) -> None:
         "Never copy a live database or its -wal file by hand.",
     )
     add_db(backup, "the database to copy")
-    backup.add_argument("--out", required=True, metavar="FILE", help="the new file")
+    backup.add_argument("--out", required=True, metavar="FILE", type=path, help="the new file")
     add_json(backup)
     backup.set_defaults(handler=_backup)
 
@@ -87,12 +91,20 @@ async def _verify(path: Path) -> tuple[Identity | None, list[str], int, int]:
 
 
 def _copy(source: Path, target: Path) -> None:
-    """Back ``source`` up into a new file at ``target`` (fsynced; never overwrites)."""
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    """Back ``source`` up into a new file at ``target`` (fsynced; never overwrites).
+
+    The copy holds every patient, password hash and session token of the
+    database: it is created with mode 0600 (only its owner may read it),
+    whatever the umask, before a byte is written into it.
+    """
+    partial: Path | None = None
     uri = source.resolve().as_uri() + "?mode=ro"
     try:
+        partial = _new_private_file(target)
         src = sqlite3.connect(uri, uri=True)
         try:
+            # An existing empty file is an empty database: SQLite writes into it and
+            # keeps its mode (its journal beside it gets the same mode).
             dst = sqlite3.connect(partial)
             try:
                 src.backup(dst)  # one step: one consistent snapshot
@@ -118,5 +130,16 @@ def _copy(source: Path, target: Path) -> None:
     except (sqlite3.Error, OSError) as exc:
         raise CliError(f"backing {source} up to {target} failed: {exc}", ExitCode.DATABASE) from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+        if partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+
+def _new_private_file(target: Path) -> Path:
+    """A new, empty, hidden file beside ``target``, mode 0600 from its creation."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # mkstemp made it 0600 less the umask: exactly 0600
+    finally:
+        os.close(fd)
+    return Path(name)

@@ -15,9 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from caresync.cli.common import add_db, add_json, author, parse_value, run
+from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run
 from caresync.cli.databases import open_laptop, open_reader
 from caresync.cli.output import Output, cells
+from caresync.names import shown
 
 __all__ = ["register"]
 
@@ -39,7 +40,12 @@ def register(commands: Any) -> None:
         "`resolve --choose N` takes them. Reads a running server's database too.",
     )
     add_db(list_, "a laptop's or a server's database")
-    list_.add_argument("--record", metavar="RECORD_ID", help="only this record's conflicts")
+    list_.add_argument(
+        "--record",
+        metavar="RECORD_ID",
+        type=identifier("RECORD_ID"),
+        help="only this record's conflicts",
+    )
     add_json(list_)
     list_.set_defaults(handler=_list)
 
@@ -51,7 +57,7 @@ def register(commands: Any) -> None:
         "text). The resolution is an ordinary edit: it syncs like any other.",
     )
     add_db(resolve, "a laptop's database")
-    resolve.add_argument("conflict_id", metavar="CONFLICT_ID")
+    resolve.add_argument("conflict_id", metavar="CONFLICT_ID", type=identifier("CONFLICT_ID"))
     how = resolve.add_mutually_exclusive_group(required=True)
     how.add_argument("--choose", type=_index, metavar="N", help="keep candidate N")
     how.add_argument("--value", metavar="VALUE", help="enter a new value instead")
@@ -65,7 +71,7 @@ def register(commands: Any) -> None:
         description="Acknowledge a finding of severity flag or info (a block must be resolved).",
     )
     add_db(ack, "a laptop's database")
-    ack.add_argument("conflict_id", metavar="CONFLICT_ID")
+    ack.add_argument("conflict_id", metavar="CONFLICT_ID", type=identifier("CONFLICT_ID"))
     ack.add_argument("--author", required=True, type=author, help="the person acknowledging")
     add_json(ack)
     ack.set_defaults(handler=_acknowledge)
@@ -75,7 +81,7 @@ def _index(raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"N must be a whole number, not {raw!r}") from None
+        raise argparse.ArgumentTypeError(f"N must be a whole number, not {shown(raw)}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"N counts from 0; {value} is negative")
     return value
@@ -96,7 +102,9 @@ def _list(args: argparse.Namespace, out: Output) -> int:
 
 def _resolve(args: argparse.Namespace, out: Output) -> int:
     kwargs: dict[str, Any] = (
-        {"choose": args.choose} if args.choose is not None else {"value": parse_value(args.value)}
+        {"choose": args.choose}
+        if args.choose is not None
+        else {"value": parse_value(args.value, "--value")}
     )
 
     async def go() -> dict[str, Any]:

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,34 @@ __all__ = [
     "open_laptop",
     "open_reader",
     "open_server_store",
+    "remove_if_new",
+    "files_before",
 ]
 
 # Meta key where a laptop keeps why its server revoked it (see caresync.replica).
 _LOCKED_META = "replica.locked"
+# Files SQLite and the store keep beside a database.
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-writer.lock")
+
+
+def files_before(db: Path) -> dict[str, bool]:
+    """Which of the database's files exist now (see :func:`remove_if_new`)."""
+    return {suffix: Path(f"{db}{suffix}").exists() for suffix in ("", *_SIDE_FILES)}
+
+
+def remove_if_new(db: Path, before: Mapping[str, bool]) -> None:
+    """After a command that creates a database failed, remove the one it created.
+
+    Only a database that did not exist before the command (``before``, from
+    :func:`files_before`), and that the command never got to use, is removed:
+    it holds nothing anyone wrote.
+    """
+    if before[""]:
+        return
+    for suffix, existed in before.items():
+        if not existed:
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{db}{suffix}").unlink()
 
 
 async def open_laptop(path: str | Path, *, create: bool = False) -> Replica:

@@ -24,7 +24,10 @@ from caresync.exceptions import (
     UnknownRecordError,
 )
 
-__all__ = ["CliError", "ExitCode", "exit_code_for", "one_line"]
+__all__ = ["CliError", "ExitCode", "exit_code_for", "one_line", "printable"]
+
+MAX_LINE = 2000
+"""An error line is cut here: a message echoing a hostile argument stays readable."""
 
 
 class ExitCode(enum.IntEnum):
@@ -94,6 +97,24 @@ def exit_code_for(error: BaseException) -> ExitCode:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (never empty)."""
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+    """The error's message on one line (never empty), as :func:`printable` makes it."""
+    return printable(str(error)) or type(error).__name__
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write on a terminal, on one line of at most MAX_LINE characters.
+
+    Runs of whitespace become one space; any other character that is not
+    printable (a control character such as a terminal escape, a bidirectional
+    override, a lone surrogate from bytes that are not UTF-8) is written as its
+    escape (``\\x1b``, ``\\u202e``, ``\\udcff``), so an error that echoes an argument
+    can neither break the line nor act on the terminal.
+    """
+    joined = " ".join(text.split())
+    if not joined.isprintable():
+        joined = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in joined
+        )
+    if len(joined) > MAX_LINE:
+        joined = f"{joined[:MAX_LINE]}… ({len(joined) - MAX_LINE} more characters)"
+    return joined

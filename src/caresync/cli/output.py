@@ -9,6 +9,7 @@ a person with rich.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -17,9 +18,12 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from caresync.cli.errors import printable
+
 __all__ = ["Output", "Renderer", "cells", "iso_ms", "to_json"]
 
 _PIPE_WIDTH = 200
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Renderer = Callable[[Console, Mapping[str, Any]], None]
 """Writes a result for a person."""
@@ -45,7 +49,10 @@ def to_json(data: Mapping[str, Any]) -> str:
             return value.isoformat()
         raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-    return json.dumps(dict(data), ensure_ascii=False, default=default)
+    text = json.dumps(dict(data), ensure_ascii=False, default=default)
+    # A file path may hold bytes that are not UTF-8 (lone surrogates in Python): JSON
+    # writes them as \\udcXX escapes, which standard output can always encode.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class Output:
@@ -87,4 +94,6 @@ def _plain(value: object) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, float):
         return f"{value:.1f}"
-    return str(value)
+    # A file name given on the command line: shown escaped if it holds a control
+    # character or bytes that are not UTF-8 (which standard output cannot encode).
+    return printable(str(value))

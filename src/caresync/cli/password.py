@@ -12,6 +12,7 @@ import os
 import sys
 
 from caresync.cli.errors import CliError, ExitCode
+from caresync.protocol.messages import MAX_PASSWORD_LENGTH
 
 __all__ = ["PASSWORD_ENV", "read_password"]
 
@@ -27,7 +28,7 @@ def read_password(prompt: str, *, confirm: bool = False) -> str:
     if from_env is not None:
         if not from_env:
             raise CliError(f"{PASSWORD_ENV} is set but empty", ExitCode.USAGE)
-        return from_env
+        return _checked(from_env, f"the password in {PASSWORD_ENV}")
     if not sys.stdin or not sys.stdin.isatty():
         raise CliError(
             f"a password is needed: set {PASSWORD_ENV} or run this in a terminal to be asked",
@@ -41,4 +42,26 @@ def read_password(prompt: str, *, confirm: bool = False) -> str:
         raise CliError("no password was entered", ExitCode.USAGE) from None
     if not password:
         raise CliError("the password is empty", ExitCode.USAGE)
+    return _checked(password, "the password")
+
+
+def _checked(password: str, what: str) -> str:
+    """A password the protocol can carry: UTF-8 text of at most MAX_PASSWORD_LENGTH characters.
+
+    Refused otherwise, before anything is stored: an account whose password
+    cannot be sent could never log in.
+    """
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise CliError(
+            f"{what} is {len(password)} characters; at most {MAX_PASSWORD_LENGTH} are allowed",
+            ExitCode.USAGE,
+        )
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CliError(
+            f"{what} holds bytes that are not UTF-8 text (check the terminal's or the "
+            "script's encoding)",
+            ExitCode.USAGE,
+        ) from None
     return password

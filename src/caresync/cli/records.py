@@ -10,11 +10,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from caresync.cli.common import add_db, add_json, author, parse_value, run, text
+from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run, text
 from caresync.cli.databases import open_laptop, open_reader
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output, cells
 from caresync.conflicts import Candidate, RecordView
+from caresync.names import shown
 from caresync.records import FieldState
 
 __all__ = ["field_json", "register", "show_record"]
@@ -43,7 +44,7 @@ def register(commands: Any) -> None:
         "text as given. Writing a field in conflict resolves the conflict with this value.",
     )
     add_db(set_, "a laptop's database")
-    set_.add_argument("record_id", metavar="RECORD_ID")
+    set_.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
     set_.add_argument(
         "path", metavar="PATH", help="birthDate, allergies/<entry-id>/criticality, ..."
     )
@@ -60,7 +61,7 @@ def register(commands: Any) -> None:
         "COLLECTION/<entry-id>/<field>.",
     )
     add_db(entry, "a laptop's database")
-    entry.add_argument("record_id", metavar="RECORD_ID")
+    entry.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
     entry.add_argument("collection", metavar="COLLECTION", type=text("collection"))
     entry.add_argument(
         "fields", metavar="FIELDS", nargs="?", default="{}", help='a JSON object: {"drug": "..."}'
@@ -76,7 +77,7 @@ def register(commands: Any) -> None:
         "record's open conflicts. Reads a running server's database too; never writes.",
     )
     add_db(show, "a laptop's or a server's database")
-    show.add_argument("record_id", metavar="RECORD_ID")
+    show.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
     show.add_argument("--history", action="store_true", help="also every revision of every field")
     add_json(show)
     show.set_defaults(handler=_show)
@@ -115,9 +116,11 @@ def _set(args: argparse.Namespace, out: Output) -> int:
 
 
 def _add_entry(args: argparse.Namespace, out: Output) -> int:
-    fields = parse_value(args.fields)
+    fields = parse_value(args.fields, "FIELDS")
     if not isinstance(fields, dict):
-        raise CliError(f'FIELDS must be a JSON object like {{"drug": "..."}}, not {args.fields!r}')
+        raise CliError(
+            f'FIELDS must be a JSON object like {{"drug": "..."}}, not {shown(args.fields)}'
+        )
 
     async def go() -> str:
         async with await open_laptop(args.db) as replica:

@@ -17,10 +17,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from caresync.cli.common import add_db, add_json, run, text
+from caresync.cli.common import add_db, add_json, identifier, organisation, run
 from caresync.cli.databases import open_server_store
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output, cells, iso_ms
+from caresync.names import shown
 from caresync.storage import ReplicaInfo
 
 __all__ = ["register", "replica_report"]
@@ -37,7 +38,7 @@ def register(commands: Any) -> None:
         "are listed, never stale. Reads a running server's database; never writes.",
     )
     add_db(listing, "the server's database")
-    listing.add_argument("--org", type=text("organisation"), help="only this organisation")
+    listing.add_argument("--org", type=organisation, help="only this organisation")
     listing.add_argument(
         "--stale-hours", type=_hours, default=24.0, help="hours before a laptop is stale (24)"
     )
@@ -56,18 +57,23 @@ def register(commands: Any) -> None:
         "server runs.",
     )
     add_db(revoke, "the server's database")
-    revoke.add_argument("replica_id", metavar="REPLICA_ID")
+    revoke.add_argument("replica_id", metavar="REPLICA_ID", type=identifier("REPLICA_ID"))
     add_json(revoke)
     revoke.set_defaults(handler=_revoke)
+
+
+_MAX_STALE_HOURS = 100 * 365 * 24  # a century: more is a typo, and overflows milliseconds
 
 
 def _hours(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of hours, not {raw!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {raw}")
+        raise argparse.ArgumentTypeError(f"expected a number of hours, not {shown(raw)}") from None
+    if not 0 < value <= _MAX_STALE_HOURS:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {_MAX_STALE_HOURS} (a century), not {shown(raw)}"
+        )
     return value
 
 

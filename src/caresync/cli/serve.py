@@ -7,9 +7,11 @@ import asyncio
 import signal
 import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
-from caresync.cli.common import add_db, run
+from caresync.cli.common import add_db, listen_host, path, port, run
+from caresync.cli.databases import files_before, remove_if_new
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
 from caresync.server import SyncServer
@@ -30,21 +32,15 @@ def register(commands: Any) -> None:
         f"'{LISTENING}URL' when ready (with --port 0, the port chosen).",
     )
     add_db(serve, "the server's database (created if missing)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=8765, help="port (8765; 0: any free one)")
-    serve.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM) for wss://")
-    serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", type=listen_host, help="address to listen on (127.0.0.1)"
+    )
+    serve.add_argument("--port", type=port, default=8765, help="port (8765; 0: any free one)")
+    serve.add_argument(
+        "--tls-cert", metavar="FILE", type=path, help="certificate chain (PEM) for wss://"
+    )
+    serve.add_argument("--tls-key", metavar="FILE", type=path, help="its private key (PEM)")
     serve.set_defaults(handler=_serve)
-
-
-def _port(raw: str) -> int:
-    try:
-        port = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a port is a number, not {raw!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0..65535, not {port}")
-    return port
 
 
 def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -62,12 +58,24 @@ def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
     context = _tls(args.tls_cert, args.tls_key)
-    run(_run_server(args.db, args.host, args.port, context, out))
+    before = files_before(Path(args.db))
+    listening = asyncio.Event()
+    try:
+        run(_run_server(args.db, args.host, args.port, context, out, listening))
+    except BaseException:
+        if not listening.is_set():  # it never served: a database it made holds nothing
+            remove_if_new(Path(args.db), before)
+        raise
     return 0
 
 
 async def _run_server(
-    db: str, host: str, port: int, context: ssl.SSLContext | None, out: Output
+    db: str,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    out: Output,
+    listening: asyncio.Event,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,6 +85,7 @@ async def _run_server(
     try:
         async with await SyncServer.open(db) as server:
             await server.serve(host, port, ssl=context)
+            listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.
             sys.stdout.write(f"{LISTENING}{server.url}\n")
             sys.stdout.flush()

@@ -10,8 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from caresync.cli.common import add_json
+from caresync.cli.common import add_json, path
 from caresync.cli.output import Output
+from caresync.names import shown
 
 __all__ = ["register"]
 
@@ -44,6 +45,7 @@ def register(commands: Any) -> None:
         "--dir",
         dest="workdir",
         metavar="DIR",
+        type=path,
         help="keep the databases here (default: a temporary directory, removed after)",
     )
     add_json(simulate)
@@ -55,7 +57,7 @@ def _count(minimum: int) -> Any:
         try:
             value = int(raw)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, not {raw!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {shown(raw)}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
         return value
@@ -67,9 +69,9 @@ def _rate(raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {raw!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, not {shown(raw)}") from None
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {raw}")
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {shown(raw)}")
     return value
 
 

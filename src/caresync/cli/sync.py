@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,8 +10,17 @@ from typing import Any
 
 from rich.console import Console
 
-from caresync.cli.common import add_db, add_json, run, text
-from caresync.cli.databases import open_laptop
+from caresync.cli.common import (
+    add_db,
+    add_json,
+    device_name,
+    organisation,
+    path,
+    run,
+    server_url,
+    username,
+)
+from caresync.cli.databases import files_before, open_laptop, remove_if_new
 from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
 from caresync.cli.output import Output
 from caresync.cli.password import PASSWORD_ENV, read_password
@@ -21,9 +29,6 @@ from caresync.exceptions import AuthenticationError, CaresyncError
 from caresync.replica import Replica, SyncReport
 
 __all__ = ["register"]
-
-# Files SQLite and the store keep beside a database.
-_SIDE_FILES = ("-wal", "-shm", "-journal", "-writer.lock")
 
 
 def register(commands: Any) -> None:
@@ -36,10 +41,17 @@ def register(commands: Any) -> None:
         f"{PASSWORD_ENV} or a prompt. If the copy is interrupted, `caresync sync` resumes it.",
     )
     add_db(enrol, "the laptop's database (created if missing)")
-    enrol.add_argument("--server", required=True, metavar="URL", help="ws://host:port or wss://…")
-    enrol.add_argument("--org", required=True, type=text("organisation"), help="organisation")
-    enrol.add_argument("--username", required=True, type=text("username"), help="your account")
-    enrol.add_argument("--device-name", default="", help="a name for this laptop (shown to admins)")
+    enrol.add_argument(
+        "--server", required=True, metavar="URL", type=server_url, help="ws://host:port or wss://…"
+    )
+    enrol.add_argument("--org", required=True, type=organisation, help="organisation")
+    enrol.add_argument("--username", required=True, type=username, help="your account")
+    enrol.add_argument(
+        "--device-name",
+        default="",
+        type=device_name,
+        help="a name for this laptop (shown to admins; printable, at most 256 characters)",
+    )
     _add_cafile(enrol)
     add_json(enrol)
     enrol.set_defaults(handler=_enrol)
@@ -56,10 +68,11 @@ def register(commands: Any) -> None:
     sync.add_argument(
         "--server",
         metavar="URL",
+        type=server_url,
         help="where to reach the enrolled server (it must be the same server: another one "
         "is refused before anything moves)",
     )
-    sync.add_argument("--username", type=text("username"), help="log in with a password")
+    sync.add_argument("--username", type=username, help="log in with a password")
     _add_cafile(sync)
     add_json(sync)
     sync.set_defaults(handler=_sync)
@@ -69,6 +82,7 @@ def _add_cafile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cafile",
         metavar="FILE",
+        type=path,
         help="PEM certificates to trust for a wss:// server (default: the system's)",
     )
 
@@ -91,7 +105,7 @@ def _enrol(args: argparse.Namespace, out: Output) -> int:
     context = _ssl_for(args.server, args.cafile)
     password = read_password(f"Password for {args.username} ({args.org}): ")
     db = Path(args.db)
-    before = {suffix: Path(f"{db}{suffix}").exists() for suffix in ("", *_SIDE_FILES)}
+    before = files_before(db)
     bound = False
 
     async def go() -> dict[str, Any]:
@@ -124,25 +138,11 @@ def _enrol(args: argparse.Namespace, out: Output) -> int:
     try:
         data = run(go())
     except BaseException:
-        if not bound:
-            _remove_if_new(db, before)
+        if not bound:  # a database this command made, never bound to a server: it goes
+            remove_if_new(db, before)
         raise
     out.result(data, _render("enrolled to"))
     return 0
-
-
-def _remove_if_new(db: Path, before: Mapping[str, bool]) -> None:
-    """After a failed enrolment, remove the database this command created.
-
-    Only a database that did not exist before this command, and that never got
-    bound to a server, is removed: it holds nothing anyone wrote.
-    """
-    if before[""]:
-        return
-    for suffix, existed in before.items():
-        if not existed:
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{db}{suffix}").unlink()
 
 
 # ---------------------------------------------------------------------- sync

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from caresync.cli.common import add_db, add_json, run
+from caresync.cli.common import add_db, add_json, path, run
 from caresync.cli.databases import open_laptop
 from caresync.cli.output import Output
 from caresync.exceptions import NotEnrolledError, WrongOrganisationError
@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
         "(never overwrites one). The changes stay in the laptop's outbox too.",
     )
     add_db(export, "the laptop's database")
-    export.add_argument("--out", required=True, metavar="FILE", help="the new file")
+    export.add_argument("--out", required=True, metavar="FILE", type=path, help="the new file")
     add_json(export)
     export.set_defaults(handler=_export)
 
@@ -47,7 +47,9 @@ def register(commands: Any) -> None:
         "the organisation the changes belong to.",
     )
     add_db(import_, "the laptop's database")
-    import_.add_argument("file", metavar="FILE", help="a file written by `caresync export`")
+    import_.add_argument(
+        "file", metavar="FILE", type=path, help="a file written by `caresync export`"
+    )
     add_json(import_)
     import_.set_defaults(handler=_import)
 

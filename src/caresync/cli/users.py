@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from caresync.cli.common import add_db, add_json, run, text
+from caresync.cli.common import add_db, add_json, organisation, run, username
 from caresync.cli.databases import open_server_store
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
@@ -32,8 +32,8 @@ def register(commands: Any) -> None:
         "stored as an argon2id hash. Works while the server runs.",
     )
     add_db(add, "the server's database (created if missing)")
-    add.add_argument("--org", required=True, type=text("organisation"), help="organisation")
-    add.add_argument("--username", required=True, type=text("username"), help="the new user")
+    add.add_argument("--org", required=True, type=organisation, help="organisation")
+    add.add_argument("--username", required=True, type=username, help="the new user")
     add_json(add)
     add.set_defaults(handler=_add)
 
@@ -44,8 +44,8 @@ def register(commands: Any) -> None:
         "twice). Sessions already open stay valid until they expire.",
     )
     add_db(passwd, "the server's database")
-    passwd.add_argument("--org", required=True, type=text("organisation"), help="organisation")
-    passwd.add_argument("--username", required=True, type=text("username"), help="the user")
+    passwd.add_argument("--org", required=True, type=organisation, help="organisation")
+    passwd.add_argument("--username", required=True, type=username, help="the user")
     add_json(passwd)
     passwd.set_defaults(handler=_passwd)
 

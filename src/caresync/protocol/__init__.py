@@ -15,6 +15,7 @@ from caresync.protocol.codec import (
     item_wire_size,
 )
 from caresync.protocol.errors import ERROR_CLASSES, ErrorCode, error_for
+from caresync.protocol.identity import PROOF_CONTEXT, server_proof_payload
 from caresync.protocol.messages import (
     DEFAULT_COPY_BATCH_RECORDS,
     DEFAULT_MAX_FRAME_BYTES,
@@ -26,13 +27,19 @@ from caresync.protocol.messages import (
     MAX_MAX_FRAME_BYTES,
     MAX_MESSAGE_LENGTH,
     MAX_NAME_LENGTH,
+    MAX_NONCE_BYTES,
     MAX_PASSWORD_LENGTH,
+    MAX_SECRET_BYTES,
     MAX_SEQ,
     MAX_TOKEN_LENGTH,
     MAX_VERSION,
     MESSAGE_TYPES,
     MIN_MAX_FRAME_BYTES,
+    MIN_NONCE_BYTES,
+    MIN_SECRET_BYTES,
     PROTOCOL_VERSION,
+    SERVER_KEY_BYTES,
+    SIGNATURE_BYTES,
     SUPPORTED_VERSIONS,
     Authenticate,
     Authenticated,
@@ -51,12 +58,14 @@ from caresync.protocol.messages import (
     LiveUpdate,
     Message,
     OutboxReport,
+    ProveServer,
     PullBatch,
     PullRequest,
     PushAck,
     PushBatch,
     PushItem,
     ResumeSession,
+    ServerProof,
     Subscribe,
     Welcome,
 )
@@ -75,6 +84,16 @@ from caresync.protocol.states import (
 )
 
 __all__ = [
+    "MAX_NONCE_BYTES",
+    "MAX_SECRET_BYTES",
+    "MIN_NONCE_BYTES",
+    "MIN_SECRET_BYTES",
+    "PROOF_CONTEXT",
+    "SERVER_KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "ProveServer",
+    "ServerProof",
+    "server_proof_payload",
     "BATCH_OVERHEAD_BYTES",
     "CLIENT_TRANSITIONS",
     "DEFAULT_COPY_BATCH_RECORDS",

@@ -17,6 +17,14 @@ The client guards the promises that are its to keep:
   ``FAILED``. Credentials can only be sent after a ``Welcome`` that passed that check,
   and :meth:`~ClientProtocol.authenticate` refuses another organisation than the
   replica's own (:class:`~caresync.exceptions.WrongOrganisationError`, nothing sent).
+* **A server that proves who it is** (version 4 on). After Welcome the shell sends
+  :meth:`~ClientProtocol.prove_server` with a fresh nonce; the server answers
+  ``ServerProof``, which the shell checks (the key it pinned at enrolment, the
+  signature over :func:`~caresync.protocol.identity.server_proof_payload`) and
+  then calls :meth:`~ClientProtocol.confirm_server` or
+  :meth:`~ClientProtocol.reject_server`. Until confirmed, no credential can be
+  sent: the password, the session token and the replica's secret go only to a
+  server that proved itself.
 * **Replies that fit their request.** A ``CopyBatch`` holds at most the records asked
   for, all after ``after_record_id``; a ``PullBatch`` at most ``limit`` entries, all
   after ``after_seq``; a ``PushAck`` acknowledges within the batch pushed; live updates
@@ -65,21 +73,26 @@ from caresync.protocol.messages import (
     LiveUpdate,
     Message,
     OutboxReport,
+    ProveServer,
     PullBatch,
     PullRequest,
     PushAck,
     PushBatch,
     PushItem,
     ResumeSession,
+    ServerProof,
     Subscribe,
     Welcome,
 )
 from caresync.protocol.states import CLIENT_TRANSITIONS, NEEDS_ENROLMENT, ClientState, RequestKind
 
+_PROOF_SINCE = ProveServer.SINCE_VERSION
+
 __all__ = ["ClientEvent", "ClientProtocol"]
 
 ClientEvent = (
     Welcome
+    | ServerProof
     | Authenticated
     | Enrolled
     | CopyBatch
@@ -147,6 +160,9 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         self._session: Authenticated | None = None
         self._subscribed = False
         self._live_seq = 0
+        self._nonce: bytes | None = None
+        self._proof: ServerProof | None = None
+        self._server_confirmed = False
 
     # ----------------------------------------------------------------- properties
 
@@ -176,6 +192,21 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         return self._session
 
     @property
+    def nonce(self) -> bytes | None:
+        """The nonce sent in ProveServer, once sent."""
+        return self._nonce
+
+    @property
+    def server_proof(self) -> ServerProof | None:
+        """The server's ServerProof, once received (check it, then confirm_server)."""
+        return self._proof
+
+    @property
+    def server_confirmed(self) -> bool:
+        """True once the shell confirmed the server's proof (version 4 on)."""
+        return self._server_confirmed
+
+    @property
     def subscribed(self) -> bool:
         """True once Subscribe was sent: live updates may arrive."""
         return self._subscribed
@@ -191,23 +222,77 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         """Queue Hello (state START → HELLO_SENT)."""
         self._send(self._hello)
 
-    def authenticate(self, username: str, password: str, organisation: str) -> None:
-        """Queue Authenticate (WELCOMED → AUTHENTICATING).
+    def prove_server(self, nonce: bytes) -> None:
+        """Queue ProveServer with a fresh random ``nonce`` (WELCOMED → PROVING; version 4 on)."""
+        message = ProveServer(nonce)
+        if self._version is not None and self._version < _PROOF_SINCE:
+            raise LocalProtocolError(
+                f"the server speaks protocol version {self._version}, which has no server "
+                f"proof (version {_PROOF_SINCE} on)"
+            )
+        self._send(message)
+        self._nonce = nonce
 
-        Raises :class:`~caresync.exceptions.WrongOrganisationError`, sending nothing,
-        if the replica is enrolled to another organisation.
+    def confirm_server(self) -> None:
+        """The shell checked the ServerProof: credentials may now be sent."""
+        if self._state is not ClientState.PROVEN:
+            raise LocalProtocolError(
+                f"nothing to confirm in state {self._state.name}: a ServerProof comes first"
+            )
+        self._server_confirmed = True
+
+    def reject_server(self, reason: str) -> None:
+        """The ServerProof did not check out: fail with WrongServerError, sending nothing.
+
+        Raises the error (as ``receive_data`` does for a refusal), after moving to
+        ``FAILED``; nothing more goes to a server that could not prove itself.
         """
-        message = Authenticate(username, password, organisation)
+        exc = WrongServerError(reason)
+        self._fail(exc, None)
+        raise exc
+
+    def _require_proven(self) -> None:
+        if (
+            self._version is not None
+            and self._version >= _PROOF_SINCE
+            and not self._server_confirmed
+        ):
+            raise LocalProtocolError(
+                "credentials go only to a server that proved who it is: send prove_server(), "
+                "check its ServerProof, then confirm_server()"
+            )
+
+    def authenticate(
+        self,
+        username: str,
+        password: str,
+        organisation: str,
+        replica_secret: bytes | None = None,
+    ) -> None:
+        """Queue Authenticate (→ AUTHENTICATING).
+
+        From version 4, only after :meth:`confirm_server`; an enrolled replica
+        gives its ``replica_secret``. Raises
+        :class:`~caresync.exceptions.WrongOrganisationError`, sending nothing, if
+        the replica is enrolled to another organisation.
+        """
+        message = Authenticate(username, password, organisation, replica_secret)
         if self._organisation is not None and organisation != self._organisation:
             raise WrongOrganisationError(
                 f"this replica is enrolled to organisation {self._organisation!r}, "
                 f"not {organisation!r}; refusing to log in there"
             )
+        self._require_proven()
         self._send(message)
 
-    def resume_session(self, session_token: str) -> None:
-        """Queue ResumeSession with an earlier session token (WELCOMED → AUTHENTICATING)."""
-        self._send(ResumeSession(session_token))
+    def resume_session(self, session_token: str, replica_secret: bytes | None = None) -> None:
+        """Queue ResumeSession with an earlier session token (→ AUTHENTICATING).
+
+        From version 4, only after :meth:`confirm_server`, with the replica's secret.
+        """
+        message = ResumeSession(session_token, replica_secret)
+        self._require_proven()
+        self._send(message)
 
     def enrol(self, device_name: str = "", replica_id: str | None = None) -> None:
         """Queue Enrol (READY; a replica not enrolled yet; one at a time)."""
@@ -233,9 +318,19 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             rulebook = None
         self._send_sync(CopyRequest(after_record_id, batch_records, rulebook))
 
-    def request_pull(self, after_seq: int, limit: int = DEFAULT_PULL_LIMIT) -> None:
-        """Queue PullRequest for feed entries after the checkpoint ``after_seq``."""
-        self._send_sync(PullRequest(after_seq, limit))
+    def request_pull(
+        self, after_seq: int, limit: int = DEFAULT_PULL_LIMIT, include_own: bool = False
+    ) -> None:
+        """Queue PullRequest for feed entries after the checkpoint ``after_seq``.
+
+        ``include_own`` (version 4 on) asks for this replica's own updates too.
+        """
+        if include_own and self._version is not None and self._version < _PROOF_SINCE:
+            raise LocalProtocolError(
+                f"include_own needs protocol version {_PROOF_SINCE}; this connection "
+                f"speaks {self._version}"
+            )
+        self._send_sync(PullRequest(after_seq, limit, True if include_own else None))
 
     def push(self, items: Iterable[PushItem | tuple[int, str, bytes]]) -> None:
         """Queue PushBatch with outbox entries in ascending ``local_seq`` (one at a time).
@@ -288,6 +383,8 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
     def _on_message(self, version: int, message: Message) -> None:
         if isinstance(message, Welcome):
             self._on_welcome(version, message)
+        elif isinstance(message, ServerProof):
+            self._proof = message
         elif isinstance(message, Authenticated):
             self._on_authenticated(message)
         elif isinstance(message, Enrolled):

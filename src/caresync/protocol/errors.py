@@ -11,7 +11,9 @@ code                   exception on the receiving side  meaning
 unsupported_version    SyncRefusedError                 no protocol version in common
 wrong_server           WrongServerError                 enrolled to another server
 wrong_organisation     WrongOrganisationError           enrolled to, or logged in to, another org
-bad_credentials        AuthenticationError              bad user name or password
+bad_credentials        AuthenticationError              bad user name or password, or a
+                                                        replica that did not prove its secret
+throttled              AuthenticationError              too many failed logins; wait
 session_expired        AuthenticationError              session token unknown or expired
 revoked                ReplicaRevokedError              this replica was revoked; it must lock
 not_enrolled           NotEnrolledError                 a sync request before enrolment
@@ -57,6 +59,7 @@ class ErrorCode(enum.StrEnum):
     WRONG_SERVER = "wrong_server"
     WRONG_ORGANISATION = "wrong_organisation"
     BAD_CREDENTIALS = "bad_credentials"
+    THROTTLED = "throttled"
     SESSION_EXPIRED = "session_expired"
     REVOKED = "revoked"
     NOT_ENROLLED = "not_enrolled"
@@ -74,6 +77,7 @@ ERROR_CLASSES: Mapping[str, type[CaresyncError]] = MappingProxyType(
         ErrorCode.WRONG_SERVER: WrongServerError,
         ErrorCode.WRONG_ORGANISATION: WrongOrganisationError,
         ErrorCode.BAD_CREDENTIALS: AuthenticationError,
+        ErrorCode.THROTTLED: AuthenticationError,
         ErrorCode.SESSION_EXPIRED: AuthenticationError,
         ErrorCode.REVOKED: ReplicaRevokedError,
         ErrorCode.NOT_ENROLLED: NotEnrolledError,

@@ -38,6 +38,8 @@ __all__ = [
     "MAX_BATCH_ITEMS",
     "MAX_DETAIL_ENTRIES",
     "MAX_FINGERPRINT_LENGTH",
+    "MAX_NONCE_BYTES",
+    "MAX_SECRET_BYTES",
     "MAX_ID_LENGTH",
     "MAX_MAX_FRAME_BYTES",
     "MAX_MESSAGE_LENGTH",
@@ -48,7 +50,11 @@ __all__ = [
     "MAX_VERSION",
     "MESSAGE_TYPES",
     "MIN_MAX_FRAME_BYTES",
+    "MIN_NONCE_BYTES",
+    "MIN_SECRET_BYTES",
     "PROTOCOL_VERSION",
+    "SERVER_KEY_BYTES",
+    "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
     "Authenticate",
     "Authenticated",
@@ -71,18 +77,20 @@ __all__ = [
     "PullRequest",
     "PushAck",
     "PushBatch",
+    "ProveServer",
     "PushItem",
     "ResumeSession",
+    "ServerProof",
     "Subscribe",
     "Welcome",
 ]
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -92,7 +100,25 @@ rulebook is the server's takes each record's conflict index rows as they are
 instead of building the record and running the rules. A field added in version N is
 absent from frames written in an older version (see :attr:`Message.FIELDS_SINCE`),
 so peers that agree on an older version work as before.
+
+Version 4 is the trust-nothing release: the server proves it holds the key the
+replica pinned at enrolment (:class:`ProveServer`, :class:`ServerProof`) before
+any credential is sent; a replica proves its own secret at every login
+(``Authenticate.replica_secret``, ``ResumeSession.replica_secret``), issued at
+enrolment (``Enrolled.replica_secret``); ``Authenticated.pushed_up_to`` tells a
+replica how far the server has committed its pushes (a replica restored from an
+older copy renumbers what waits), and ``PullRequest.include_own`` asks for the
+replica's own updates too (pulling back what the restored copy lacks).
 """
+
+MIN_NONCE_BYTES = 16
+MAX_NONCE_BYTES = 64
+SERVER_KEY_BYTES = 32
+"""An Ed25519 public key, raw."""
+SIGNATURE_BYTES = 64
+"""An Ed25519 signature."""
+MIN_SECRET_BYTES = 16
+MAX_SECRET_BYTES = 64
 
 MAX_VERSION = 0xFFFF
 """The largest protocol version number the envelope may carry."""
@@ -208,6 +234,16 @@ def _text(
 def _opt_text(owner: str, name: str, value: object, max_len: int) -> None:
     if value is not None:
         _text(owner, name, value, max_len)
+
+
+def _blob(owner: str, name: str, value: object, lo: int, hi: int, *, secret: bool = False) -> None:
+    if type(value) is not bytes or not lo <= len(value) <= hi:
+        _bad(owner, name, f"bytes of {lo} to {hi}", value, secret=secret)
+
+
+def _opt_blob(owner: str, name: str, value: object, lo: int, hi: int) -> None:
+    if value is not None:
+        _blob(owner, name, value, lo, hi, secret=True)
 
 
 def _update(owner: str, name: str, value: object) -> None:
@@ -425,10 +461,12 @@ class Authenticate(Message):
     """
 
     TYPE_CODE: ClassVar[int] = 3
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"replica_secret": 4})
 
     username: str
     password: str
     organisation: str
+    replica_secret: bytes | None = None
 
     def __post_init__(self) -> None:
         _text("Authenticate", "username", self.username, MAX_NAME_LENGTH)
@@ -441,11 +479,19 @@ class Authenticate(Message):
             secret=True,
         )
         _text("Authenticate", "organisation", self.organisation, MAX_ID_LENGTH)
+        _opt_blob(
+            "Authenticate",
+            "replica_secret",
+            self.replica_secret,
+            MIN_SECRET_BYTES,
+            MAX_SECRET_BYTES,
+        )
 
     def __repr__(self) -> str:
         return (
             f"Authenticate(username={self.username!r}, password='***', "
-            f"organisation={self.organisation!r})"
+            f"organisation={self.organisation!r}, "
+            f"replica_secret={'***' if self.replica_secret else None})"
         )
 
 
@@ -454,14 +500,24 @@ class ResumeSession(Message):
     """Client → server: log in again with a session token from :class:`Authenticated`."""
 
     TYPE_CODE: ClassVar[int] = 4
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"replica_secret": 4})
 
     session_token: str
+    replica_secret: bytes | None = None
 
     def __post_init__(self) -> None:
         _text("ResumeSession", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
+        _opt_blob(
+            "ResumeSession",
+            "replica_secret",
+            self.replica_secret,
+            MIN_SECRET_BYTES,
+            MAX_SECRET_BYTES,
+        )
 
     def __repr__(self) -> str:
-        return "ResumeSession(session_token='***')"
+        secret = "'***'" if self.replica_secret else None
+        return f"ResumeSession(session_token='***', replica_secret={secret})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,27 +525,47 @@ class Authenticated(Message):
     """Server → client: the login succeeded.
 
     ``session_token`` resumes the session on a later connection until
-    ``expires_at_ms`` (milliseconds since the Unix epoch). ``user`` and
-    ``organisation`` say who is logged in, and where.
+    ``expires_at_ms`` (milliseconds since the Unix epoch; absolute: resuming
+    never moves it). ``user`` and ``organisation`` say who is logged in, and
+    where. Version 4 on: ``pushed_up_to`` is the highest ``local_seq`` of this
+    replica the server has committed (0: none; None for a replica not enrolled
+    yet); ``replica_secret`` is set only when the server gives an enrolled
+    replica that has none (enrolled before version 4) its first secret.
     """
 
     TYPE_CODE: ClassVar[int] = 5
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"pushed_up_to": 4, "replica_secret": 4}
+    )
 
     session_token: str
     expires_at_ms: int
     user: str
     organisation: str
+    pushed_up_to: int | None = None
+    replica_secret: bytes | None = None
 
     def __post_init__(self) -> None:
         _text("Authenticated", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
         _int("Authenticated", "expires_at_ms", self.expires_at_ms, 0)
         _text("Authenticated", "user", self.user, MAX_NAME_LENGTH)
         _text("Authenticated", "organisation", self.organisation, MAX_ID_LENGTH)
+        if self.pushed_up_to is not None:
+            _int("Authenticated", "pushed_up_to", self.pushed_up_to, 0)
+        _opt_blob(
+            "Authenticated",
+            "replica_secret",
+            self.replica_secret,
+            MIN_SECRET_BYTES,
+            MAX_SECRET_BYTES,
+        )
 
     def __repr__(self) -> str:
+        secret = "'***'" if self.replica_secret else None
         return (
             f"Authenticated(session_token='***', expires_at_ms={self.expires_at_ms}, "
-            f"user={self.user!r}, organisation={self.organisation!r})"
+            f"user={self.user!r}, organisation={self.organisation!r}, "
+            f"pushed_up_to={self.pushed_up_to!r}, replica_secret={secret})"
         )
 
 
@@ -514,18 +590,71 @@ class Enrol(Message):
 
 @dataclass(frozen=True, slots=True)
 class Enrolled(Message):
-    """Server → client: the replica is bound to this server and this organisation."""
+    """Server → client: the replica is bound to this server and this organisation.
+
+    ``replica_secret`` (version 4 on) is the secret the replica proves at every
+    later login; the server keeps only its hash, so it is sent this once.
+    """
 
     TYPE_CODE: ClassVar[int] = 7
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"replica_secret": 4})
 
     replica_id: str
     server_id: str
     organisation: str
+    replica_secret: bytes | None = None
 
     def __post_init__(self) -> None:
         _text("Enrolled", "replica_id", self.replica_id, MAX_ID_LENGTH)
         _text("Enrolled", "server_id", self.server_id, MAX_ID_LENGTH)
         _text("Enrolled", "organisation", self.organisation, MAX_ID_LENGTH)
+        _opt_blob(
+            "Enrolled", "replica_secret", self.replica_secret, MIN_SECRET_BYTES, MAX_SECRET_BYTES
+        )
+
+    def __repr__(self) -> str:
+        secret = "'***'" if self.replica_secret else None
+        return (
+            f"Enrolled(replica_id={self.replica_id!r}, server_id={self.server_id!r}, "
+            f"organisation={self.organisation!r}, replica_secret={secret})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProveServer(Message):
+    """Client → server (version 4 on), right after Welcome: prove who you are.
+
+    ``nonce`` is fresh random bytes; the server answers :class:`ServerProof`.
+    """
+
+    TYPE_CODE: ClassVar[int] = 8
+    SINCE_VERSION: ClassVar[int] = 4
+
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        _blob("ProveServer", "nonce", self.nonce, MIN_NONCE_BYTES, MAX_NONCE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProof(Message):
+    """Server → client (version 4 on): the server's public key and its signature.
+
+    ``signature`` is an Ed25519 signature by ``server_key`` over
+    :func:`caresync.protocol.identity.server_proof_payload` of the client's
+    nonce, the server id, the client's replica id and the TLS channel binding.
+    The client compares ``server_key`` with the key it pinned at enrolment.
+    """
+
+    TYPE_CODE: ClassVar[int] = 9
+    SINCE_VERSION: ClassVar[int] = 4
+
+    server_key: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _blob("ServerProof", "server_key", self.server_key, SERVER_KEY_BYTES, SERVER_KEY_BYTES)
+        _blob("ServerProof", "signature", self.signature, SIGNATURE_BYTES, SIGNATURE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,16 +780,25 @@ def _copy_conflicts(value: object, records: list[CopyRecord]) -> tuple[CopyConfl
 
 @dataclass(frozen=True, slots=True)
 class PullRequest(Message):
-    """Client → server: change-feed entries after ``after_seq``, at most ``limit``."""
+    """Client → server: change-feed entries after ``after_seq``, at most ``limit``.
+
+    The server leaves out the replica's own updates (it holds them) unless
+    ``include_own`` (version 4 on) asks for them: a replica restored from an
+    older copy of itself lacks what it pushed after that copy was made.
+    """
 
     TYPE_CODE: ClassVar[int] = 18
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"include_own": 4})
 
     after_seq: int
     limit: int = DEFAULT_PULL_LIMIT
+    include_own: bool | None = None
 
     def __post_init__(self) -> None:
         _int("PullRequest", "after_seq", self.after_seq, 0)
         _int("PullRequest", "limit", self.limit, 1, MAX_BATCH_ITEMS)
+        if self.include_own is not None:
+            _bool("PullRequest", "include_own", self.include_own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -905,6 +1043,8 @@ MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
         Authenticated,
         Enrol,
         Enrolled,
+        ProveServer,
+        ServerProof,
         CopyRequest,
         CopyBatch,
         PullRequest,

@@ -13,6 +13,7 @@ event                  the shell answers with
 =====================  ======================================================
 ``Hello``              nothing needed: Welcome was already queued; may
                        ``reject`` (e.g. ``revoked``) before credentials arrive
+``ProveServer``        ``send_server_proof(key, signature)`` (version 4 on)
 ``Authenticate``       ``accept_authentication(...)`` or ``reject(...)``
 ``ResumeSession``      ``accept_authentication(...)`` or ``reject(...)``
 ``Enrol``              ``accept_enrolment(...)`` or ``refuse``/``reject``
@@ -78,11 +79,13 @@ from caresync.protocol.messages import (
     LiveUpdate,
     Message,
     OutboxReport,
+    ProveServer,
     PullBatch,
     PullRequest,
     PushAck,
     PushBatch,
     ResumeSession,
+    ServerProof,
     Subscribe,
     Welcome,
 )
@@ -98,6 +101,7 @@ __all__ = ["ServerEvent", "ServerProtocol"]
 
 ServerEvent = (
     Hello
+    | ProveServer
     | Authenticate
     | ResumeSession
     | Enrol
@@ -162,6 +166,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         self._organisation: str | None = None
         self._subscribed = False
         self._live_seq = 0
+        self._nonce: bytes | None = None
 
     # ----------------------------------------------------------------- properties
 
@@ -207,16 +212,42 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
 
     # ---------------------------------------------------------------- moves
 
+    def send_server_proof(self, server_key: bytes, signature: bytes) -> None:
+        """Queue ServerProof answering the client's ProveServer (PROVING → PROVEN).
+
+        ``signature`` signs :func:`~caresync.protocol.identity.server_proof_payload`
+        of the client's nonce (:attr:`proof_nonce`), this server's id, the client's
+        replica id and the connection's TLS channel binding.
+        """
+        self._send(ServerProof(server_key, signature))
+
+    @property
+    def proof_nonce(self) -> bytes | None:
+        """The nonce of the client's ProveServer, once received."""
+        return self._nonce
+
     def accept_authentication(
-        self, session_token: str, expires_at_ms: int, user: str, organisation: str
+        self,
+        session_token: str,
+        expires_at_ms: int,
+        user: str,
+        organisation: str,
+        *,
+        pushed_up_to: int | None = None,
+        replica_secret: bytes | None = None,
     ) -> None:
         """Queue Authenticated (AUTHENTICATING → READY).
 
         ``organisation`` must be the one the client asked for (and, for an enrolled
         replica, the one its Hello named): otherwise ``reject`` with
-        ``wrong_organisation`` instead.
+        ``wrong_organisation`` instead. ``pushed_up_to`` and ``replica_secret``
+        are sent from version 4 on (dropped, as "not said", before).
         """
-        message = Authenticated(session_token, expires_at_ms, user, organisation)
+        if self._version is not None and self._version < ProveServer.SINCE_VERSION:
+            pushed_up_to = replica_secret = None
+        message = Authenticated(
+            session_token, expires_at_ms, user, organisation, pushed_up_to, replica_secret
+        )
         asked = (
             self._credentials.organisation if isinstance(self._credentials, Authenticate) else None
         )
@@ -229,11 +260,20 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         self._send(message)
         self._session = message
 
-    def accept_enrolment(self, replica_id: str, organisation: str | None = None) -> None:
+    def accept_enrolment(
+        self,
+        replica_id: str,
+        organisation: str | None = None,
+        *,
+        replica_secret: bytes | None = None,
+    ) -> None:
         """Queue Enrolled: the replica ``replica_id`` is bound to this server and organisation.
 
         ``organisation`` defaults to the session's, and must equal it.
+        ``replica_secret`` (version 4 on) is the secret the replica proves from now on.
         """
+        if self._version is not None and self._version < ProveServer.SINCE_VERSION:
+            replica_secret = None
         session_organisation = self._session.organisation if self._session else None
         organisation = organisation if organisation is not None else session_organisation
         if organisation is None or organisation != session_organisation:
@@ -241,7 +281,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
                 f"a replica is enrolled to the session's organisation {session_organisation!r}, "
                 f"not {organisation!r}"
             )
-        message = Enrolled(replica_id, self._server_id, organisation)
+        message = Enrolled(replica_id, self._server_id, organisation, replica_secret)
         self._send(message)
         self._replica_id = replica_id
         self._organisation = organisation
@@ -426,6 +466,8 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
     def _on_message(self, version: int, message: Message) -> None:
         if isinstance(message, Hello):
             self._on_hello(message)
+        elif isinstance(message, ProveServer):
+            self._nonce = message.nonce
         elif isinstance(message, Authenticate | ResumeSession):
             self._on_credentials(message)
         elif isinstance(message, Enrol):

@@ -18,9 +18,16 @@ The happy path is a handshake and then a long ``READY`` phase::
     client                                   server
     START ── Hello ──────────────────────▶ AWAITING_HELLO
     HELLO_SENT ◀──────────────── Welcome ── WELCOMED        (sent at once on Hello)
-    WELCOMED ── Authenticate | ResumeSession ▶ AUTHENTICATING
+    WELCOMED ── ProveServer ─────────────▶ PROVING          (version 4 on)
+    PROVING ◀──────────────── ServerProof ── PROVEN
+    PROVEN ── Authenticate | ResumeSession ▶ AUTHENTICATING
     AUTHENTICATING ◀──────── Authenticated ── READY
     READY ◀── requests and replies, live updates ──▶ READY
+
+From version 4 the client proves the server before it sends a credential:
+credentials leave ``PROVEN`` only once the shell confirmed the proof (checked
+in code: the tables cannot see the version). A version 1 to 3 connection skips
+the proof, ``WELCOMED`` straight to ``AUTHENTICATING``.
 
 In ``READY``, four kinds of request (:class:`RequestKind`) may run at the same time,
 but at most one of each kind: a second ``PullRequest`` before the ``PullBatch`` that
@@ -57,11 +64,13 @@ from caresync.protocol.messages import (
     LiveUpdate,
     Message,
     OutboxReport,
+    ProveServer,
     PullBatch,
     PullRequest,
     PushAck,
     PushBatch,
     ResumeSession,
+    ServerProof,
     Subscribe,
     Welcome,
 )
@@ -88,7 +97,11 @@ class ClientState(enum.Enum):
     HELLO_SENT = "hello_sent"
     """Hello sent; waiting for Welcome."""
     WELCOMED = "welcomed"
-    """The server is the expected one; credentials may now be sent."""
+    """Welcome received (its server id checked); from version 4, prove the server next."""
+    PROVING = "proving"
+    """ProveServer sent; waiting for the ServerProof (version 4 on)."""
+    PROVEN = "proven"
+    """ServerProof received; credentials go once the shell confirmed it (version 4 on)."""
     AUTHENTICATING = "authenticating"
     """Authenticate or ResumeSession sent; waiting for Authenticated."""
     READY = "ready"
@@ -105,7 +118,12 @@ class ServerState(enum.Enum):
     AWAITING_HELLO = "awaiting_hello"
     """Nothing received yet."""
     WELCOMED = "welcomed"
-    """Hello received and Welcome sent; waiting for credentials."""
+    """Hello received and Welcome sent; waiting for ProveServer (or, before version 4,
+    credentials)."""
+    PROVING = "proving"
+    """ProveServer received; the shell answers with its signed proof."""
+    PROVEN = "proven"
+    """ServerProof sent; waiting for credentials."""
     AUTHENTICATING = "authenticating"
     """Credentials received; the shell decides (accept_authentication or reject)."""
     READY = "ready"
@@ -190,6 +208,12 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
         _C.START: {(_SEND, Hello): _C.HELLO_SENT},
         _C.HELLO_SENT: {(_RECV, Welcome): _C.WELCOMED},
         _C.WELCOMED: {
+            (_SEND, ProveServer): _C.PROVING,
+            (_SEND, Authenticate): _C.AUTHENTICATING,  # before version 4 only
+            (_SEND, ResumeSession): _C.AUTHENTICATING,  # before version 4 only
+        },
+        _C.PROVING: {(_RECV, ServerProof): _C.PROVEN},
+        _C.PROVEN: {
             (_SEND, Authenticate): _C.AUTHENTICATING,
             (_SEND, ResumeSession): _C.AUTHENTICATING,
         },
@@ -221,6 +245,12 @@ SERVER_TRANSITIONS: Mapping[ServerState, Mapping[tuple[Direction, EventKey], Ser
         # Receiving Hello queues Welcome in the same step (or refuses it).
         _V.AWAITING_HELLO: {(_RECV, Hello): _V.WELCOMED},
         _V.WELCOMED: {
+            (_RECV, ProveServer): _V.PROVING,
+            (_RECV, Authenticate): _V.AUTHENTICATING,  # a client that skips the proof
+            (_RECV, ResumeSession): _V.AUTHENTICATING,
+        },
+        _V.PROVING: {(_SEND, ServerProof): _V.PROVEN},
+        _V.PROVEN: {
             (_RECV, Authenticate): _V.AUTHENTICATING,
             (_RECV, ResumeSession): _V.AUTHENTICATING,
         },

@@ -1,6 +1,7 @@
 """The record model: patient records whose fields never lose a value (pure, no I/O)."""
 
-from caresync.records.clock import HybridLogicalClock, Timestamp
+from caresync.records.admission import Admission, AdmissionLimits
+from caresync.records.clock import MAX_CLOCK_AHEAD_MS, HybridLogicalClock, Timestamp
 from caresync.records.ids import new_entry_id, new_record_id
 from caresync.records.record import (
     ACK_PREFIX,
@@ -28,9 +29,12 @@ __all__ = [
     "ADDENDA_FIELD",
     "DEFAULT_COLLECTIONS",
     "DEFAULT_SCHEMA",
+    "MAX_CLOCK_AHEAD_MS",
     "NOTES_COLLECTION",
     "SIGNATURE_FIELD",
     "STATUS_FIELD",
+    "Admission",
+    "AdmissionLimits",
     "Entry",
     "FieldSpec",
     "FieldState",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pycrdt import Doc, Map
+from caresync.records.crdt import Doc, Map
 
 __all__ = ["read_items", "read_value"]
 

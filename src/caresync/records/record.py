@@ -35,8 +35,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
-
 from caresync.exceptions import (
     FieldConflictError,
     ImmutableFieldError,
@@ -46,7 +44,9 @@ from caresync.exceptions import (
     UnknownCollectionError,
     UnknownEntryError,
 )
+from caresync.records import crdt
 from caresync.records.clock import HybridLogicalClock, Timestamp
+from caresync.records.crdt import Doc, Map, MapEvent, Subscription, TransactionEvent
 from caresync.records.ids import conflict_id_for, new_entry_id, new_record_id, new_revision_id
 from caresync.records.index import RevisionIndex
 from caresync.records.maps import read_items, read_value
@@ -230,6 +230,9 @@ class Record:
         self._listeners: dict[object, UpdateListener] = {}
         self._checked_paths: dict[str, tuple[tuple[str, str] | None, FieldSpec | None]] = {}
         self._doc_subscription: Subscription | None = None
+        # Why the record refuses further use, once pycrdt failed in a way that may
+        # have left its document holding part of an update (see _note_failure).
+        self._broken: str | None = None
         if doc is not None:  # a new Doc holds nothing to index
             self._rebuild_index()
 
@@ -290,8 +293,9 @@ class Record:
             _check_update(update)
         record = cls(record_id, replica=replica, schema=schema, clock=clock, new_id=new_id)
         # One transaction for applying, indexing and reading the id: each costs a
-        # commit otherwise. Nothing listens to a record this new.
-        with record._doc.transaction():
+        # commit otherwise. Nothing listens to a record this new. The commit runs
+        # pycrdt code over what was applied, so it is inside the boundary too.
+        with crdt.pycrdt_errors(record_id=record_id), record._doc.transaction():
             record._load(updates)
             record.check_id()
         return record
@@ -506,16 +510,17 @@ class Record:
 
     def state_vector(self) -> bytes:
         """The Yjs state vector: what this copy has seen, to ask a peer for the rest."""
-        return self._doc.get_state()
+        self._refuse_if_broken()
+        return crdt.encode_state_vector(self._doc, record_id=self.record_id)
 
     def update_since(self, state_vector: bytes | None = None) -> bytes:
         """Everything this copy has that a peer with ``state_vector`` lacks (all if None)."""
-        if state_vector is None:
-            return self._doc.get_update()
+        self._refuse_if_broken()
         try:
-            return self._doc.get_update(state_vector)
-        except ValueError as exc:
-            raise InvalidUpdateError(f"not a valid state vector: {exc}") from None
+            return crdt.encode_state_as_update(self._doc, state_vector, record_id=self.record_id)
+        except InvalidUpdateError as exc:
+            self._note_failure(exc)
+            raise
 
     def apply_update(self, update: bytes) -> None:
         """Merge update bytes from a peer or from storage. Idempotent and commutative."""
@@ -540,21 +545,48 @@ class Record:
         """Apply updates, then index the whole map once (for a record holding nothing)."""
         self._applying = True
         try:
-            with self._doc.transaction():  # applying and reading share one commit
+            # Applying and reading share one commit, which runs pycrdt code over
+            # the foreign bytes too: inside the boundary.
+            with crdt.pycrdt_errors(record_id=self.record_id), self._doc.transaction():
                 for update in updates:
                     self._apply(update)
                 self._rebuild_index()
+        except InvalidUpdateError as exc:
+            self._note_failure(exc)
+            raise
         finally:
             self._applying = False
         self._index.settle()
 
     def _apply(self, update: bytes | bytearray | memoryview) -> None:
+        self._refuse_if_broken()
         try:
-            self._doc.apply_update(update if type(update) is bytes else bytes(update))
-        except ValueError as exc:
-            raise InvalidUpdateError(
-                f"record {self.record_id}: not a valid update: {exc}"
-            ) from None
+            crdt.apply_update(
+                self._doc,
+                update if type(update) is bytes else bytes(update),
+                record_id=self.record_id,
+            )
+        except InvalidUpdateError as exc:
+            self._note_failure(exc)
+            raise
+
+    def _note_failure(self, error: InvalidUpdateError) -> None:
+        """Refuse further use if pycrdt failed in a way that may have changed the document.
+
+        pycrdt refuses bytes it cannot decode before touching the document; after
+        anything else (a panic in its Rust core) the document may hold part of an
+        update, and its index and state vector can no longer be trusted.
+        """
+        if self._broken is None and not crdt.doc_untouched(error):
+            self._broken = (
+                f"record {self.record_id} is no longer usable: pycrdt failed on foreign "
+                "bytes and may have left its document half-changed; load the record again "
+                f"from its stored updates (the failure: {error})"
+            )
+
+    def _refuse_if_broken(self) -> None:
+        if self._broken is not None:
+            raise InvalidUpdateError(self._broken)
 
     def on_update(self, listener: UpdateListener) -> Callable[[], None]:
         """Call ``listener(update, is_local)`` after each transaction; returns an unsubscribe.
@@ -609,6 +641,7 @@ class Record:
     def _write(
         self, path: str, value: JSONValue, author: str, entry_key: tuple[str, str] | None
     ) -> Revision:
+        self._refuse_if_broken()  # a write would build on a document of unknown state
         index = self._index
         state = index.paths.get(path)
         parents = tuple(sorted(state.heads)) if state is not None else ()
@@ -713,6 +746,12 @@ class Record:
                 revisions.append(rev)
         if revisions:
             latest = max(map(_AT, revisions))
+            if latest.wall_ms > self.clock.horizon_ms():
+                # A time too far ahead is ignored by the clock; the latest sane one is not.
+                horizon = self.clock.horizon_ms()
+                latest = max(
+                    (at for at in map(_AT, revisions) if at.wall_ms <= horizon), default=latest
+                )
             self.clock.observe(latest.wall_ms, latest.counter)
         index.add_all(revisions, self.schema.entry_key)
         index.settle()

@@ -112,6 +112,10 @@ class Schema:
                 f"{first!r} is a collection: write a field of one of its entries, "
                 f"as {first}/<entry-id>/<field>"
             )
+        if first in self.collections and rest.partition("/")[2].startswith("_"):
+            raise InvalidPathError(
+                f"field path {path!r}: an entry field starting with '_' is reserved for caresync"
+            )
         self.check_value(path, value)
 
     def check_value(self, path: str, value: object) -> None:

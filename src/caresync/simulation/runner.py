@@ -46,7 +46,7 @@ from caresync.simulation.oracle import Oracle, ReplicaFile
 from caresync.simulation.scenario import RESOLUTIONS_PER_RESOLVER, Edit, Patient, Scenario, plan
 from caresync.simulation.wire import WireCounter
 from caresync.storage import IncomingUpdate
-from caresync.transport import WebSocketListener, serve_websockets
+from caresync.transport import WebSocketListener
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -181,7 +181,7 @@ class _Run:
         listener: WebSocketListener | None = None
         try:
             await server.add_user(ORGANISATION, USERNAME, self.password)
-            listener = await serve_websockets(self.wire.wrap(server.handle), "127.0.0.1", 0)
+            listener = await server.serve("127.0.0.1", 0, wrap=self.wire.wrap)
             await self._import_patients(server)
             await self._open_laptops()
             result.setup_s = time.perf_counter() - started

@@ -49,6 +49,17 @@ class CountingChannel:
     def closed(self) -> bool:
         return self._inner.closed
 
+    @property
+    def remote_host(self) -> str | None:
+        return self._inner.remote_host
+
+    @property
+    def channel_binding(self) -> bytes | None:
+        return self._inner.channel_binding
+
+    def set_limits(self, *, max_frame_bytes: int, max_queued_frames: int) -> None:
+        self._inner.set_limits(max_frame_bytes=max_frame_bytes, max_queued_frames=max_queued_frames)
+
     async def send(self, frame: bytes) -> None:
         await self._inner.send(frame)
         self._counter.bytes_down += len(frame)

@@ -1,8 +1,11 @@
 """Pure helpers over Yjs update bytes, with pycrdt's errors translated (no I/O).
 
-The store never needs a document to store or serve a record: ``merge_updates``
-and ``get_state`` work on bytes. A document is built only to check a
-compaction, so that the check does not trust the code it checks.
+The store never needs a document to store or serve a record: merging and
+state vectors work on bytes. A document is built only to check a
+compaction, so that the check does not trust the code it checks. Every
+pycrdt call goes through :mod:`caresync.records.crdt`, the package's one
+boundary around pycrdt, so bytes that make pycrdt fail (or panic) raise
+InvalidUpdateError here.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pycrdt import Doc, get_state, get_update, merge_updates
-
 from caresync.exceptions import InvalidUpdateError
+from caresync.records import crdt
+from caresync.records.crdt import EMPTY_UPDATE
 
 __all__ = [
     "EMPTY_UPDATE",
@@ -27,39 +30,21 @@ __all__ = [
     "verify_compaction",
 ]
 
-EMPTY_UPDATE = b"\x00\x00"
-"""A Yjs v1 update that holds nothing: the state of a record before its first write."""
-
 
 def merge(parts: Sequence[bytes], *, record_id: str) -> bytes:
     """Merge update bytes into one update; InvalidUpdateError if any part is not one."""
-    if not parts:
-        return EMPTY_UPDATE
-    try:
-        return merge_updates(*parts)
-    except Exception as exc:  # noqa: BLE001 - pycrdt's core reports bad bytes in varied types
-        raise InvalidUpdateError(
-            f"record {record_id}: bytes that are not a Yjs update ({exc})"
-        ) from None
+    return crdt.merge(parts, record_id=record_id)
 
 
 def state_vector_of(merged: bytes, *, record_id: str) -> bytes:
     """The state vector of merged update bytes."""
-    try:
-        return get_state(merged)
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise InvalidUpdateError(
-            f"record {record_id}: bytes that are not a Yjs update ({exc})"
-        ) from None
+    return crdt.state_vector_of(merged, record_id=record_id)
 
 
 def has_pending(merged: bytes, vector: bytes) -> bool:
     """True if ``merged`` holds items beyond its state vector: updates that arrived
     before one they depend on (they wait, and count in no state vector yet)."""
-    try:
-        rest = get_update(merged, vector)
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise InvalidUpdateError(f"bytes that are not a Yjs update ({exc})") from None
+    rest = crdt.diff_update(merged, vector)
     return rest[:1] != b"\x00"
 
 
@@ -68,10 +53,7 @@ def covered_by(update: bytes, vector: bytes) -> bool:
 
     Conservative: an update that deletes anything is never called covered.
     """
-    try:
-        return get_update(update, vector) == EMPTY_UPDATE
-    except Exception as exc:  # noqa: BLE001 - as above
-        raise InvalidUpdateError(f"bytes that are not a Yjs update ({exc})") from None
+    return crdt.diff_update(update, vector) == EMPTY_UPDATE
 
 
 def advance(vector: bytes, updates: Sequence[bytes], *, record_id: str) -> tuple[bytes, bool]:
@@ -167,18 +149,18 @@ def verify_compaction(
     the same content as a document built from the compacted bytes.
     """
     try:
-        if not same_state_vector(get_state(compacted), expected_vector):
+        if not same_state_vector(crdt.state_vector_of(compacted), expected_vector):
             return "the compacted state has another state vector than the stored one"
-        before: Doc[Any] = Doc()
-        before.apply_update(state)
+        before: crdt.Doc[Any] = crdt.Doc()
+        crdt.apply_update(before, state)
         for update in log:
-            before.apply_update(update)
-        after: Doc[Any] = Doc()
-        after.apply_update(compacted)
-        if not same_state_vector(before.get_state(), after.get_state()):
+            crdt.apply_update(before, update)
+        after: crdt.Doc[Any] = crdt.Doc()
+        crdt.apply_update(after, compacted)
+        if not same_state_vector(crdt.encode_state_vector(before), crdt.encode_state_vector(after)):
             return "the compacted state has another state vector than its pieces"
-        if before.get_update() != after.get_update():
+        if crdt.encode_state_as_update(before) != crdt.encode_state_as_update(after):
             return "the compacted state decodes to other content than its pieces"
-    except Exception as exc:  # noqa: BLE001 - any failure to decode is a finding, reported
+    except InvalidUpdateError as exc:  # any failure to decode is a finding, reported
         return f"the record's bytes cannot be decoded ({exc})"
     return None

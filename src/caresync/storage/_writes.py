@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from caresync.exceptions import InvalidInputError, WrongOrganisationError, WrongServerError
-from caresync.storage._spans import decode_clocks, encode_clocks, simple_span
+from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage._updates import (
     advance,
     covered_by,
@@ -106,7 +106,7 @@ def plan_writes(
     appends nothing (a resent batch is harmless and stored once).
 
     Most updates are simple (one client's edit that depends on nothing else,
-    see :mod:`~caresync.storage._spans`): for a record without waiting items,
+    see :mod:`~caresync.records.spans`): for a record without waiting items,
     their client and clocks decide everything, read in Python without a pycrdt
     call. Any other update, or one that would wait, goes the general way.
     """

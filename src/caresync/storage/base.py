@@ -35,8 +35,11 @@ __all__ = [
     "Identity",
     "IncomingUpdate",
     "OutboxItem",
+    "OutboxSummary",
+    "QuarantinedUpdate",
     "ReplicaInfo",
     "Role",
+    "SessionRow",
     "Store",
     "StoreOpener",
     "UserAccount",
@@ -148,6 +151,73 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxSummary:
+    """The outbox at one moment, read in one query (so its parts agree).
+
+    ``first_seq`` is the lowest unacknowledged seq (None when nothing waits);
+    ``last_seq`` the highest seq this replica ever gave out (0 before its
+    first local write). Every seq below ``first_seq`` (or up to ``last_seq``
+    when nothing waits) was acknowledged by the server.
+    """
+
+    pending: int
+    oldest_pending_ms: int | None
+    first_seq: int | None
+    last_seq: int
+
+    @property
+    def acknowledged_up_to(self) -> int:
+        """The highest seq the server is known here to have acknowledged."""
+        return self.last_seq if self.first_seq is None else self.first_seq - 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedUpdate:
+    """An update from the server that this replica could not merge, kept aside.
+
+    A laptop that pulls bytes it cannot merge stores them here (with why) and
+    goes on with the rest of the sync, instead of failing every sync after.
+    """
+
+    record_id: str
+    update: bytes
+    reason: str
+    received_ms: int = 0
+    id: int = 0
+    """The store's number for it (0 until stored)."""
+
+    def __post_init__(self) -> None:
+        check_text(self.record_id, "record_id")
+        check_bytes(self.update, "update")
+        check_text(self.reason, "quarantine reason", max_length=4096)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A server session: who logged in, from which replica, until when.
+
+    The token itself is never stored: ``token_hash`` is its SHA-256 (hex).
+    ``replica_id`` is None for a session opened before its replica enrolled;
+    enrolling binds it. ``expires_ms`` is absolute: resuming never extends it.
+    """
+
+    token_hash: str
+    organisation: str
+    username: str
+    replica_id: str | None
+    created_ms: int
+    expires_ms: int
+
+    def __post_init__(self) -> None:
+        check_text(self.token_hash, "token_hash")
+        check_text(self.organisation, "organisation")
+        check_text(self.username, "username")
+        check_optional_text(self.replica_id, "replica_id")
+        check_count(self.created_ms, "created_ms")
+        check_count(self.expires_ms, "expires_ms")
+
+
+@dataclass(frozen=True, slots=True)
 class FeedItem:
     """One update in the server's change feed, numbered in one global sequence."""
 
@@ -188,6 +258,13 @@ class UserAccount:
     username: str
     password_hash: str
     created_ms: int
+    disabled_ms: int | None = None
+    """When the account was disabled (it can no longer log in), or None."""
+
+    @property
+    def disabled(self) -> bool:
+        """True once the account was disabled."""
+        return self.disabled_ms is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +281,8 @@ class ReplicaInfo:
     """Changes the replica had not had acknowledged when it last connected (None: not said)."""
     oldest_pending_ms: int | None = None
     """When the oldest of those changes was made (ms since the epoch), or None."""
+    device_name: str | None = None
+    """The label the replica gave when it enrolled (the laptop's name), if any."""
 
     @property
     def revoked(self) -> bool:
@@ -252,6 +331,62 @@ def check_write_remote(
                 "origin is kept with feed rows only: pass to_feed=True, or no origin"
             )
     return writes
+
+
+def check_quarantine(items: object) -> tuple[QuarantinedUpdate, ...]:
+    """The updates to keep aside, checked (both stores)."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InvalidInputError("quarantine must be a sequence of QuarantinedUpdate")
+    out = tuple(items)
+    for item in out:
+        if not isinstance(item, QuarantinedUpdate):
+            raise InvalidInputError(
+                f"quarantine must hold QuarantinedUpdate, not {type(item).__name__}"
+            )
+    return out
+
+
+def check_client_claims(value: object) -> dict[int, str]:
+    """Yjs client ids (ints below 2**53) and the replica each is bound to, checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError("claim_clients must map Yjs client ids to replica ids")
+    return {check_client_id(c): check_text(r, "replica_id") for c, r in value.items()}
+
+
+def check_client_id(value: object) -> int:
+    """A Yjs client id: an int in [0, 2**53)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+        raise InvalidInputError(f"a Yjs client id is an int in [0, 2**53), not {value!r:.40}")
+    return value
+
+
+def check_session_selector(
+    replica_id: str | None,
+    user: tuple[str, str] | None,
+    expired_at_ms: int | None,
+    token_hash: str | None,
+) -> tuple[str, tuple[object, ...]]:
+    """Which sessions ``end_sessions`` was asked to end: (kind, values), checked.
+
+    Exactly one way must be given: a replica, a user (organisation, username),
+    an expiry time, or one token hash.
+    """
+    chosen = [x is not None for x in (replica_id, user, expired_at_ms, token_hash)]
+    if sum(chosen) != 1:
+        raise InvalidInputError(
+            "end sessions by exactly one of replica_id, user, expired_at_ms, token_hash"
+        )
+    if replica_id is not None:
+        return "replica_id", (check_text(replica_id, "replica_id"),)
+    if user is not None:
+        if not isinstance(user, tuple) or len(user) != 2:
+            raise InvalidInputError("user must be an (organisation, username) pair")
+        return "user", (check_text(user[0], "organisation"), check_text(user[1], "username"))
+    if expired_at_ms is not None:
+        return "expired_at_ms", (check_count(expired_at_ms, "expired_at_ms"),)
+    return "token_hash", (check_text(token_hash, "token_hash"),)
 
 
 def check_conflicts(record_id: str, rows: Sequence[ConflictRow]) -> tuple[ConflictRow, ...]:
@@ -381,13 +516,22 @@ class Store(Protocol):
         checkpoint: tuple[str, str] | None = None,
         to_feed: bool = False,
         origin: str | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+        claim_clients: Mapping[int, str] | None = None,
     ) -> list[int]:
         """Commit a batch of received updates (and the checkpoint) in one transaction.
 
         With ``to_feed``, ``origin`` (the sending replica's id) is kept with
         each feed row, so that :meth:`feed_since` can leave a replica's own
-        updates out of what it is sent back.
+        updates out of what it is sent back. ``quarantine`` holds updates that
+        could not be merged, kept aside in the same transaction.
+        ``claim_clients`` binds Yjs client ids to the replica that wrote with
+        them (a server's bookkeeping; a client id bound already keeps its owner).
         """
+        ...
+
+    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
+        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
         ...
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
@@ -434,6 +578,10 @@ class Store(Protocol):
         """How many records are stored (in that organisation)."""
         ...
 
+    async def record_organisations(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """The organisation of each stored record named (unknown ids are absent)."""
+        ...
+
     async def log_length(self, record_id: str) -> int:
         """How many updates the record's log holds since its last compaction."""
         ...
@@ -476,6 +624,23 @@ class Store(Protocol):
 
     async def acknowledge(self, up_to_seq: int) -> int:
         """Drop outbox rows with seq <= ``up_to_seq``; returns how many were dropped."""
+        ...
+
+    async def outbox_summary(self) -> OutboxSummary:
+        """How many updates wait, the oldest's time, and the seqs around them, in one read."""
+        ...
+
+    async def renumber_outbox(
+        self, above: int, *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Give every waiting update a new seq above ``above`` (and above every seq given out).
+
+        For a replica restored from an older copy of itself: the server has
+        committed seqs up to ``above`` already, so reused numbers would be
+        taken as sent. Order is kept; later writes are numbered after. With
+        ``checkpoint``, that meta key is set in the same transaction. Returns
+        how many were renumbered.
+        """
         ...
 
     # change feed (server)
@@ -533,6 +698,15 @@ class Store(Protocol):
         """Empty the outbox, only if ``exported_to`` holds every pending update."""
         ...
 
+    # quarantine (laptop)
+    async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
+        """Updates kept aside because they could not be merged (of one record, or all)."""
+        ...
+
+    async def count_quarantined(self) -> int:
+        """How many updates are kept aside."""
+        ...
+
     # accounts (server)
     async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
         """Add a user to an organisation; refuses a username that exists there."""
@@ -542,14 +716,41 @@ class Store(Protocol):
         """A user of the organisation, or None."""
         ...
 
-    async def set_password_hash(self, organisation: str, username: str, password_hash: str) -> None:
-        """Replace a user's password hash (a new password, or a rehash)."""
+    async def set_password_hash(
+        self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
+    ) -> None:
+        """Replace a user's password hash; a new password ends the user's sessions.
+
+        ``end_sessions=False`` keeps them (a rehash of the same password).
+        """
+        ...
+
+    async def set_user_disabled(self, organisation: str, username: str, disabled: bool) -> None:
+        """Disable an account (its sessions end, it cannot log in) or enable it again."""
         ...
 
     async def enrol_replica(
-        self, replica_id: str, organisation: str, *, enrolled_by: str | None = None
+        self,
+        replica_id: str,
+        organisation: str,
+        *,
+        enrolled_by: str | None = None,
+        device_name: str | None = None,
+        secret_hash: str | None = None,
     ) -> ReplicaInfo:
-        """Record that a replica enrolled to this server; refuses a known replica id."""
+        """Record that a replica enrolled to this server; refuses a known replica id.
+
+        ``secret_hash`` is the SHA-256 (hex) of the secret the replica proves
+        at every login; the secret itself is never stored here.
+        """
+        ...
+
+    async def replica_secret_hash(self, replica_id: str) -> str | None:
+        """The hash of an enrolled replica's secret (None: unknown, or enrolled without one)."""
+        ...
+
+    async def set_replica_secret_hash(self, replica_id: str, secret_hash: str) -> None:
+        """Give a replica enrolled without a secret its first one (refuses to replace one)."""
         ...
 
     async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
@@ -576,7 +777,41 @@ class Store(Protocol):
         ...
 
     async def revoke_replica(self, replica_id: str) -> None:
-        """Revoke a replica: it is locked at its next contact. Its unsynced work is its own."""
+        """Revoke a replica: it is locked at its next contact, its sessions end.
+
+        Its unsynced work is its own (it keeps it).
+        """
+        ...
+
+    # sessions (server)
+    async def add_session(self, session: SessionRow) -> None:
+        """Store a new session (refuses a token hash already stored)."""
+        ...
+
+    async def get_session(self, token_hash: str) -> SessionRow | None:
+        """The session with that token hash, or None."""
+        ...
+
+    async def bind_session(self, token_hash: str, replica_id: str) -> None:
+        """Bind a session opened before enrolment to the replica it enrolled."""
+        ...
+
+    async def end_sessions(
+        self,
+        *,
+        replica_id: str | None = None,
+        user: tuple[str, str] | None = None,
+        expired_at_ms: int | None = None,
+        token_hash: str | None = None,
+    ) -> int:
+        """Delete the sessions of a replica, of a user (organisation, username), those
+        expired at ``expired_at_ms``, or one by token hash; returns how many went."""
+        ...
+
+    async def accounts_generation(self) -> int:
+        """A number that grows whenever a session ends early (revocation, a new
+        password, a disabled account): a running server re-checks its connections
+        when it changes, even if another process made the change."""
         ...
 
 

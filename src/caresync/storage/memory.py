@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from caresync.exceptions import (
     CorruptDatabaseError,
@@ -47,17 +47,24 @@ from caresync.storage.base import (
     Identity,
     IncomingUpdate,
     OutboxItem,
+    OutboxSummary,
+    QuarantinedUpdate,
     ReplicaInfo,
+    SessionRow,
     StoreOpener,
     StrPath,
     UserAccount,
     check_bytes,
+    check_client_claims,
+    check_client_id,
     check_conflicts,
     check_conflicts_by_record,
     check_count,
     check_optional_text,
     check_outbox_report,
+    check_quarantine,
     check_record_ids,
+    check_session_selector,
     check_text,
     check_write_remote,
     import_conflicts,
@@ -106,6 +113,11 @@ class MemoryStore:
         self._conflicts: dict[str, dict[str, ConflictRow]] = {}
         self._users: dict[tuple[str, str], UserAccount] = {}
         self._replicas: dict[str, ReplicaInfo] = {}
+        self._secrets: dict[str, str] = {}
+        self._sessions: dict[str, SessionRow] = {}
+        self._generation = 0
+        self._quarantine: list[QuarantinedUpdate] = []
+        self._client_owners: dict[int, str] = {}
 
     @classmethod
     def open(cls, *, clock: Callable[[], int] | None = None) -> StoreOpener[MemoryStore]:
@@ -239,9 +251,13 @@ class MemoryStore:
         checkpoint: tuple[str, str] | None = None,
         to_feed: bool = False,
         origin: str | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+        claim_clients: Mapping[int, str] | None = None,
     ) -> list[int]:
         """Store a batch of received updates and the checkpoint, all or nothing."""
         writes = check_write_remote(items, checkpoint, to_feed, origin)
+        kept_aside = check_quarantine(quarantine)
+        claims = check_client_claims(claim_clients)
         if checkpoint is not None:
             check_meta_key(checkpoint[0])
         self._open_or_raise(f"storing {len(writes)} received updates")
@@ -257,6 +273,13 @@ class MemoryStore:
                     FeedItem(seq, write.record_id, write.update, organisation, origin)
                 )
                 seqs[i] = seq
+        for client, replica_id in claims.items():
+            self._client_owners.setdefault(client, replica_id)
+        now = self._now_ms()
+        for q in kept_aside:
+            self._quarantine.append(
+                dataclasses.replace(q, received_ms=now, id=len(self._quarantine) + 1)
+            )
         if checkpoint is not None:
             self._meta[checkpoint[0]] = checkpoint[1]
         return seqs
@@ -335,6 +358,18 @@ class MemoryStore:
         if organisation is None:
             return len(self._records)
         return sum(1 for r in self._records.values() if r.organisation == organisation)
+
+    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
+        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
+        wanted = {check_client_id(c) for c in clients}
+        self._open_or_raise("reading Yjs client owners")
+        return {c: self._client_owners[c] for c in wanted if c in self._client_owners}
+
+    async def record_organisations(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """The organisation of each stored record named (unknown ids are absent)."""
+        ids = check_record_ids(record_ids)
+        self._open_or_raise("reading record organisations")
+        return {rid: self._records[rid].organisation for rid in ids if rid in self._records}
 
     async def log_length(self, record_id: str) -> int:
         """How many updates the record's log holds since its last compaction (0 if unknown)."""
@@ -422,6 +457,36 @@ class MemoryStore:
         for seq in done:
             del self._outbox[seq]
         return len(done)
+
+    async def outbox_summary(self) -> OutboxSummary:
+        """The outbox's count, oldest time and seq range, as of one moment."""
+        self._open_or_raise("reading the outbox")
+        if not self._outbox:
+            return OutboxSummary(0, None, None, self._outbox_head)
+        first = min(self._outbox)
+        return OutboxSummary(
+            len(self._outbox), self._outbox[first].created_ms, first, self._outbox_head
+        )
+
+    async def renumber_outbox(
+        self, above: int, *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Number every waiting update after ``above`` and every seq given out, in order."""
+        check_count(above, "above")
+        if checkpoint is not None:
+            check_meta_key(checkpoint[0])
+            check_text(checkpoint[1], "checkpoint value", max_length=4096)
+        self._open_or_raise("renumbering the outbox")
+        start = max(above, self._outbox_head)
+        items = [item for _, item in sorted(self._outbox.items())]
+        self._outbox = {
+            start + index + 1: dataclasses.replace(item, seq=start + index + 1)
+            for index, item in enumerate(items)
+        }
+        self._outbox_head = start + len(items)
+        if checkpoint is not None:
+            self._meta[checkpoint[0]] = checkpoint[1]
+        return len(items)
 
     # -------------------------------------------------------------------- feed
 
@@ -571,6 +636,20 @@ class MemoryStore:
         self._outbox.clear()
         return count
 
+    # --------------------------------------------------------------- quarantine
+
+    async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
+        """Updates kept aside because they could not be merged, oldest first."""
+        if record_id is not None:
+            check_text(record_id, "record_id")
+        self._open_or_raise("reading the quarantine")
+        return [q for q in self._quarantine if record_id is None or q.record_id == record_id]
+
+    async def count_quarantined(self) -> int:
+        """How many updates are kept aside."""
+        self._open_or_raise("counting the quarantine")
+        return len(self._quarantine)
+
     # ----------------------------------------------------------------- accounts
 
     async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
@@ -592,30 +671,87 @@ class MemoryStore:
         self._open_or_raise(f"reading user {username!r}")
         return self._users.get((organisation, username))
 
-    async def set_password_hash(self, organisation: str, username: str, password_hash: str) -> None:
-        """Replace a user's password hash; InvalidInputError for an unknown user."""
+    async def set_password_hash(
+        self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
+    ) -> None:
+        """Replace a user's password hash; a new password ends the user's sessions."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
         check_text(password_hash, "password_hash", max_length=4096)
+        user = self._user_or_raise(organisation, username)
+        self._users[organisation, username] = dataclasses.replace(user, password_hash=password_hash)
+        if end_sessions:
+            self._end_sessions_where(
+                lambda s: (s.organisation, s.username) == (organisation, username)
+            )
+
+    async def set_user_disabled(self, organisation: str, username: str, disabled: bool) -> None:
+        """Disable an account (its sessions end at once) or enable it again."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+        user = self._user_or_raise(organisation, username)
+        when = (user.disabled_ms or self._now_ms()) if disabled else None
+        self._users[organisation, username] = dataclasses.replace(user, disabled_ms=when)
+        if disabled:
+            self._end_sessions_where(
+                lambda s: (s.organisation, s.username) == (organisation, username)
+            )
+
+    def _user_or_raise(self, organisation: str, username: str) -> UserAccount:
         self._open_or_raise(f"updating user {username!r}")
         user = self._users.get((organisation, username))
         if user is None:
             raise InvalidInputError(f"no user {username!r} in {organisation!r}")
-        self._users[organisation, username] = UserAccount(
-            organisation, username, password_hash, user.created_ms
-        )
+        return user
 
     async def enrol_replica(
-        self, replica_id: str, organisation: str, *, enrolled_by: str | None = None
+        self,
+        replica_id: str,
+        organisation: str,
+        *,
+        enrolled_by: str | None = None,
+        device_name: str | None = None,
+        secret_hash: str | None = None,
     ) -> ReplicaInfo:
         """Record a replica's enrolment; InvalidInputError for a replica id already known."""
         check_text(replica_id, "replica_id")
         check_text(organisation, "organisation")
         check_optional_text(enrolled_by, "enrolled_by")
+        check_optional_text(device_name, "device_name")
+        check_optional_text(secret_hash, "secret_hash")
         self._open_or_raise(f"enrolling replica {replica_id!r}")
         if replica_id in self._replicas:
             raise InvalidInputError(f"replica {replica_id!r} is enrolled already")
-        info = ReplicaInfo(replica_id, organisation, enrolled_by, self._now_ms(), None, None)
+        info = ReplicaInfo(
+            replica_id,
+            organisation,
+            enrolled_by,
+            self._now_ms(),
+            None,
+            None,
+            device_name=device_name,
+        )
         self._replicas[replica_id] = info
+        if secret_hash is not None:
+            self._secrets[replica_id] = secret_hash
         return info
+
+    async def replica_secret_hash(self, replica_id: str) -> str | None:
+        """The SHA-256 (hex) of the replica's secret, or None."""
+        check_text(replica_id, "replica_id")
+        self._open_or_raise(f"reading replica {replica_id!r}")
+        return self._secrets.get(replica_id)
+
+    async def set_replica_secret_hash(self, replica_id: str, secret_hash: str) -> None:
+        """Give a replica enrolled without a secret its first one; never replaces one."""
+        check_text(replica_id, "replica_id")
+        check_text(secret_hash, "secret_hash")
+        self._open_or_raise(f"updating replica {replica_id!r}")
+        if replica_id not in self._replicas or replica_id in self._secrets:
+            raise InvalidInputError(
+                f"replica {replica_id!r} is not enrolled here, or has a secret already"
+            )
+        self._secrets[replica_id] = secret_hash
 
     async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
         """An enrolled replica, or None."""
@@ -657,6 +793,7 @@ class MemoryStore:
         info = self._replica_or_raise(replica_id)
         if info.revoked_ms is None:
             self._replicas[replica_id] = dataclasses.replace(info, revoked_ms=self._now_ms())
+        self._end_sessions_where(lambda s: s.replica_id == replica_id)
 
     def _replica_or_raise(self, replica_id: str) -> ReplicaInfo:
         self._open_or_raise(f"updating replica {replica_id!r}")
@@ -664,3 +801,72 @@ class MemoryStore:
         if info is None:
             raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
         return info
+
+    # ----------------------------------------------------------------- sessions
+
+    async def add_session(self, session: SessionRow) -> None:
+        """Store a new session; InvalidInputError for a token hash already stored."""
+        if not isinstance(session, SessionRow):
+            raise InvalidInputError(f"a session must be a SessionRow, not {type(session).__name__}")
+        self._open_or_raise("storing a session")
+        if session.token_hash in self._sessions:
+            raise InvalidInputError("that session token is stored already")
+        self._sessions[session.token_hash] = session
+
+    async def get_session(self, token_hash: str) -> SessionRow | None:
+        """The session with that token hash, or None."""
+        check_text(token_hash, "token_hash")
+        self._open_or_raise("reading a session")
+        return self._sessions.get(token_hash)
+
+    async def bind_session(self, token_hash: str, replica_id: str) -> None:
+        """Bind a session opened before enrolment to its new replica (only an unbound one)."""
+        check_text(token_hash, "token_hash")
+        check_text(replica_id, "replica_id")
+        self._open_or_raise("binding a session")
+        session = self._sessions.get(token_hash)
+        if session is None or session.replica_id is not None:
+            raise InvalidInputError("no unbound session with that token")
+        self._sessions[token_hash] = dataclasses.replace(session, replica_id=replica_id)
+
+    async def end_sessions(
+        self,
+        *,
+        replica_id: str | None = None,
+        user: tuple[str, str] | None = None,
+        expired_at_ms: int | None = None,
+        token_hash: str | None = None,
+    ) -> int:
+        """Delete sessions of a replica, of a user, expired ones, or one; returns how many."""
+        kind, values = check_session_selector(replica_id, user, expired_at_ms, token_hash)
+        self._open_or_raise("ending sessions")
+        chooses: dict[str, Callable[[SessionRow], bool]] = {
+            "replica_id": lambda s: s.replica_id == values[0],
+            "user": lambda s: (s.organisation, s.username) == values,
+            "expired_at_ms": lambda s: s.expires_ms <= cast(int, values[0]),
+            "token_hash": lambda s: s.token_hash == values[0],
+        }
+        return self._end_sessions_where(
+            chooses[kind], early=kind != "expired_at_ms", account_change=False
+        )
+
+    def _end_sessions_where(
+        self,
+        chosen: Callable[[SessionRow], bool],
+        *,
+        early: bool = True,
+        account_change: bool = True,
+    ) -> int:
+        """End the chosen sessions. ``early`` (not by expiry) moves the generation on,
+        always for an account change (as the SQLite store does), else only if any ended."""
+        ended = [h for h, s in self._sessions.items() if chosen(s)]
+        for token_hash in ended:
+            del self._sessions[token_hash]
+        if early and (ended or account_change):
+            self._generation += 1
+        return len(ended)
+
+    async def accounts_generation(self) -> int:
+        """Grows whenever sessions end early."""
+        self._open_or_raise("reading the accounts generation")
+        return self._generation

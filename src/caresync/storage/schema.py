@@ -50,6 +50,18 @@ Version 6 rebuilt the feed lean (no record id, no AUTOINCREMENT)::
     feed      (seq PK, rk, organisation, origin, data)
               index feed_by_record (rk), feed_by_organisation (organisation)
 
+Version 7 keeps who may sync, and what a laptop could not merge::
+
+    users     + disabled_ms         when the account was disabled (None: enabled)
+    replicas  + device_name, secret_hash   the enrolment label; SHA-256 of the replica's secret
+    sessions  (token_hash PK, organisation, username, replica_id, created_ms, expires_ms)
+              WITHOUT ROWID; indexes by expiry, replica and user
+    quarantine (id PK, record_id, data, reason, received_ms)   updates a laptop could not merge
+    yjs_clients (client PK, replica_id)   which replica first wrote under each Yjs client id
+
+    and deletes the ``session:<token>`` meta rows of version 6 (plain tokens, now
+    kept only as hashes: their laptops log in with a password once).
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -245,6 +257,36 @@ _V6 = (
     "CREATE INDEX feed_by_organisation ON feed (organisation)",
 )
 
+_V7 = (
+    "ALTER TABLE users ADD COLUMN disabled_ms INTEGER",
+    "ALTER TABLE replicas ADD COLUMN device_name TEXT",
+    "ALTER TABLE replicas ADD COLUMN secret_hash TEXT",
+    # A session token is kept only as its SHA-256: a copy of the database (a
+    # backup) holds no token anyone could resume with.
+    """CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY NOT NULL,
+        organisation TEXT NOT NULL,
+        username TEXT NOT NULL,
+        replica_id TEXT,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX sessions_by_expiry ON sessions (expires_ms)",
+    "CREATE INDEX sessions_by_replica ON sessions (replica_id)",
+    "CREATE INDEX sessions_by_user ON sessions (organisation, username)",
+    "DELETE FROM meta WHERE substr(key, 1, 8) = 'session:'",
+    """CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        received_ms INTEGER NOT NULL
+    )""",
+    # A Yjs client id belongs to the replica that first wrote with it: another
+    # writing under it could make that replica's next edit look already held.
+    "CREATE TABLE yjs_clients (client INTEGER PRIMARY KEY, replica_id TEXT NOT NULL)",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -252,6 +294,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     4: _V4,
     5: _V5,
     6: _V6,
+    7: _V7,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

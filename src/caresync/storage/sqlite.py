@@ -35,7 +35,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -76,17 +76,24 @@ from caresync.storage.base import (
     Identity,
     IncomingUpdate,
     OutboxItem,
+    OutboxSummary,
+    QuarantinedUpdate,
     ReplicaInfo,
+    SessionRow,
     StoreOpener,
     StrPath,
     UserAccount,
     check_bytes,
+    check_client_claims,
+    check_client_id,
     check_conflicts,
     check_conflicts_by_record,
     check_count,
     check_optional_text,
     check_outbox_report,
+    check_quarantine,
     check_record_ids,
+    check_session_selector,
     check_text,
     check_write_remote,
     import_conflicts,
@@ -153,6 +160,9 @@ class SQLiteStore:
         """True for a store opened with ``read_only=True``: it refuses every write."""
         self.accounts_only = False
         """True for a store opened with ``accounts_only=True`` (see :meth:`open`)."""
+        self.damaged: str | None = None
+        """Why the database failed its integrity check, or None. A damaged database
+        refuses every write (reads, and exporting unsynced work, still work)."""
         self._lock: WriterLock | None = None
 
     # ------------------------------------------------------------------ opening
@@ -256,6 +266,20 @@ class SQLiteStore:
             row = raw.execute(pragma).fetchone()
             if pragma.startswith("PRAGMA journal_mode") and (row is None or row[0] != "wal"):
                 raise StorageError(f"{self.path}: the database cannot use a write-ahead log")
+        # Checked before anything is written: SQLite writes into a damaged page
+        # without a word when it does not read it first (a sync, a new record).
+        try:
+            problems = [str(row[0]) for row in raw.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:  # too damaged even to check
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            self.damaged = "; ".join(problems)
+            if read_marks(raw).user_version != SCHEMA_VERSION:
+                raise CorruptDatabaseError(
+                    f"{self.path} failed its integrity check ({self.damaged}) and needs a "
+                    "migration; nothing was written. Restore it from a backup"
+                )
+            return None
         before = migrate(raw, self.path)
         return before if before != SCHEMA_VERSION else None
 
@@ -322,7 +346,10 @@ class SQLiteStore:
         try:
             return cast(T, await execute(job, self._raw))
         except sqlite3.Error as exc:
-            raise _translate(exc, what) from exc
+            error = _translate(exc, what)
+            if isinstance(error, CorruptDatabaseError) and self.damaged is None:
+                self.damaged = str(exc)  # found damaged while running: no more writes
+            raise error from exc
 
     def _write(
         self, raw: sqlite3.Connection, body: Callable[[], T], *, accounts: bool = False
@@ -331,6 +358,12 @@ class SQLiteStore:
         if self.read_only or (self.accounts_only and not accounts):
             how = "read-only" if self.read_only else "for accounts only"
             raise StorageError(f"{self.path} was opened {how}; nothing was written")
+        if self.damaged is not None:
+            raise CorruptDatabaseError(
+                f"{self.path} failed its integrity check ({self.damaged}); nothing was "
+                "written. Export its unsynced changes (caresync export), then restore the "
+                "database from a backup (or enrol a new one and import them)"
+            )
         raw.execute("BEGIN IMMEDIATE")
         try:
             result = body()
@@ -456,6 +489,8 @@ class SQLiteStore:
         checkpoint: tuple[str, str] | None = None,
         to_feed: bool = False,
         origin: str | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+        claim_clients: Mapping[int, str] | None = None,
     ) -> list[int]:
         """Commit a batch of received updates, and the checkpoint, in one transaction.
 
@@ -463,8 +498,11 @@ class SQLiteStore:
         ``to_feed`` (the server), or 0 when nothing was appended — without
         ``to_feed``, or when the record already held every part of the update
         (a resent update is stored once). Remote updates never enter the outbox.
+        ``quarantine``: updates that could not be merged, kept aside with them.
         """
         writes = check_write_remote(items, checkpoint, to_feed, origin)
+        kept_aside = check_quarantine(quarantine)
+        claims = check_client_claims(claim_clients)
         if checkpoint is not None:
             check_meta_key(checkpoint[0])
         now = self._now_ms()
@@ -493,6 +531,17 @@ class SQLiteStore:
                         "INSERT INTO feed (seq, rk, organisation, origin, data)"
                         " VALUES (?, ?, ?, ?, ?)",
                         rows,
+                    )
+                if claims:
+                    raw.executemany(
+                        "INSERT OR IGNORE INTO yjs_clients (client, replica_id) VALUES (?, ?)",
+                        list(claims.items()),
+                    )
+                if kept_aside:
+                    raw.executemany(
+                        "INSERT INTO quarantine (record_id, data, reason, received_ms)"
+                        " VALUES (?, ?, ?, ?)",
+                        [(q.record_id, q.update, q.reason, now) for q in kept_aside],
                     )
                 if checkpoint is not None:
                     _put_meta(raw, checkpoint[0], checkpoint[1])
@@ -819,6 +868,41 @@ class SQLiteStore:
             ),
         )
 
+    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
+        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
+        wanted = sorted({check_client_id(c) for c in clients})
+
+        def job(raw: sqlite3.Connection) -> dict[int, str]:
+            found: dict[int, str] = {}
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                for client, replica_id in raw.execute(
+                    "SELECT client, replica_id FROM yjs_clients"
+                    f" WHERE client IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    found[int(client)] = str(replica_id)
+            return found
+
+        return await self._run("reading Yjs client owners", job)
+
+    async def record_organisations(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """The organisation of each stored record named (unknown ids are absent)."""
+        ids = check_record_ids(record_ids)
+
+        def job(raw: sqlite3.Connection) -> dict[str, str | None]:
+            found: dict[str, str | None] = {}
+            for chunk in _chunks(ids):
+                for record_id, organisation in raw.execute(
+                    "SELECT record_id, organisation FROM records"
+                    f" WHERE record_id IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    found[record_id] = organisation
+            return found
+
+        return await self._run(f"reading the organisations of {len(ids)} records", job)
+
     async def log_length(self, record_id: str) -> int:
         """How many updates the record's log holds since its last compaction (0 if unknown)."""
         check_text(record_id, "record_id")
@@ -962,6 +1046,54 @@ class SQLiteStore:
             return self._write(raw, body)
 
         return await self._run("acknowledging the outbox", job)
+
+    async def outbox_summary(self) -> OutboxSummary:
+        """The outbox's count, oldest time and seq range, read in one query."""
+
+        def job(raw: sqlite3.Connection) -> OutboxSummary:
+            row = raw.execute(
+                "SELECT COUNT(*), MIN(seq),"
+                " (SELECT created_ms FROM outbox ORDER BY seq LIMIT 1),"
+                " (SELECT seq FROM sqlite_sequence WHERE name = 'outbox')"
+                " FROM outbox"
+            ).fetchone()
+            return OutboxSummary(int(row[0]), row[2], row[1], int(row[3] or 0))
+
+        return await self._run("reading the outbox", job)
+
+    async def renumber_outbox(
+        self, above: int, *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Number every waiting update after ``above`` and every seq given out, in order."""
+        check_count(above, "above")
+        if checkpoint is not None:
+            check_meta_key(checkpoint[0])
+            check_text(checkpoint[1], "checkpoint value", max_length=4096)
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                start = max(above, _sequence(raw, "outbox"))
+                seqs = [r[0] for r in raw.execute("SELECT seq FROM outbox ORDER BY seq")]
+                # Highest first, each to a number above every existing one: no clash.
+                moves = [(start + index + 1, seq) for index, seq in enumerate(seqs)]
+                raw.executemany("UPDATE outbox SET seq = ? WHERE seq = ?", reversed(moves))
+                last = start + len(seqs)
+                if (
+                    raw.execute(
+                        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (last,)
+                    ).rowcount
+                    == 0
+                ):
+                    raw.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (last,)
+                    )
+                if checkpoint is not None:
+                    _put_meta(raw, checkpoint[0], checkpoint[1])
+                return len(seqs)
+
+            return self._write(raw, body)
+
+        return await self._run("renumbering the outbox", job)
 
     # -------------------------------------------------------------------- feed
 
@@ -1229,6 +1361,32 @@ class SQLiteStore:
 
         return await self._run("discarding unsynced changes", job)
 
+    # --------------------------------------------------------------- quarantine
+
+    async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
+        """Updates kept aside because they could not be merged, oldest first."""
+        if record_id is not None:
+            check_text(record_id, "record_id")
+        sql = "SELECT record_id, data, reason, received_ms, id FROM quarantine"
+        args: tuple[object, ...] = ()
+        if record_id is not None:
+            sql += " WHERE record_id = ?"
+            args = (record_id,)
+
+        def job(raw: sqlite3.Connection) -> list[QuarantinedUpdate]:
+            return [
+                QuarantinedUpdate(r[0], bytes(r[1]), r[2], r[3], r[4])
+                for r in raw.execute(sql + " ORDER BY id", args)
+            ]
+
+        return await self._run("reading the quarantine", job)
+
+    async def count_quarantined(self) -> int:
+        """How many updates are kept aside."""
+        return await self._run(
+            "counting the quarantine", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM quarantine")
+        )
+
     # ----------------------------------------------------------------- accounts
 
     async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
@@ -1262,16 +1420,27 @@ class SQLiteStore:
 
         def job(raw: sqlite3.Connection) -> UserAccount | None:
             row = raw.execute(
-                "SELECT password_hash, created_ms FROM users WHERE organisation = ?"
-                " AND username = ?",
+                "SELECT password_hash, created_ms, disabled_ms FROM users"
+                " WHERE organisation = ? AND username = ?",
                 (organisation, username),
             ).fetchone()
-            return None if row is None else UserAccount(organisation, username, row[0], row[1])
+            if row is None:
+                return None
+            return UserAccount(organisation, username, row[0], row[1], row[2])
 
         return await self._run(f"reading user {username!r}", job)
 
-    async def set_password_hash(self, organisation: str, username: str, password_hash: str) -> None:
-        """Replace a user's password hash; InvalidInputError for an unknown user."""
+    async def set_password_hash(
+        self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
+    ) -> None:
+        """Replace a user's password hash; InvalidInputError for an unknown user.
+
+        A new password ends the user's sessions (in the same transaction), so a
+        token taken before the change resumes nothing; ``end_sessions=False``
+        keeps them (a rehash of the same password).
+        """
+        check_text(organisation, "organisation")
+        check_text(username, "username")
         check_text(password_hash, "password_hash", max_length=4096)
 
         def job(raw: sqlite3.Connection) -> None:
@@ -1282,19 +1451,60 @@ class SQLiteStore:
                 ).rowcount
                 if not changed:
                     raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+                if end_sessions:
+                    _end_user_sessions(raw, organisation, username)
 
             self._write(raw, body, accounts=True)
 
         await self._run(f"updating user {username!r}", job)
 
+    async def set_user_disabled(self, organisation: str, username: str, disabled: bool) -> None:
+        """Disable an account (its sessions end at once) or enable it again."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+        when = self._now_ms() if disabled else None
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                changed = raw.execute(
+                    "UPDATE users SET disabled_ms = CASE WHEN ? IS NULL THEN NULL"
+                    " ELSE COALESCE(disabled_ms, ?) END"
+                    " WHERE organisation = ? AND username = ?",
+                    (when, when, organisation, username),
+                ).rowcount
+                if not changed:
+                    raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+                if disabled:
+                    _end_user_sessions(raw, organisation, username)
+
+            self._write(raw, body, accounts=True)
+
+        await self._run(f"{'disabling' if disabled else 'enabling'} user {username!r}", job)
+
     async def enrol_replica(
-        self, replica_id: str, organisation: str, *, enrolled_by: str | None = None
+        self,
+        replica_id: str,
+        organisation: str,
+        *,
+        enrolled_by: str | None = None,
+        device_name: str | None = None,
+        secret_hash: str | None = None,
     ) -> ReplicaInfo:
         """Record a replica's enrolment; InvalidInputError for a replica id already known."""
         check_text(replica_id, "replica_id")
         check_text(organisation, "organisation")
         check_optional_text(enrolled_by, "enrolled_by")
-        info = ReplicaInfo(replica_id, organisation, enrolled_by, self._now_ms(), None, None)
+        check_optional_text(device_name, "device_name")
+        check_optional_text(secret_hash, "secret_hash")
+        info = ReplicaInfo(
+            replica_id,
+            organisation,
+            enrolled_by,
+            self._now_ms(),
+            None,
+            None,
+            device_name=device_name,
+        )
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
@@ -1303,9 +1513,16 @@ class SQLiteStore:
                 ).fetchone():
                     raise InvalidInputError(f"replica {replica_id!r} is enrolled already")
                 raw.execute(
-                    "INSERT INTO replicas (replica_id, organisation, enrolled_by, enrolled_ms)"
-                    " VALUES (?, ?, ?, ?)",
-                    (replica_id, organisation, enrolled_by, info.enrolled_ms),
+                    "INSERT INTO replicas (replica_id, organisation, enrolled_by, enrolled_ms,"
+                    " device_name, secret_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        replica_id,
+                        organisation,
+                        enrolled_by,
+                        info.enrolled_ms,
+                        device_name,
+                        secret_hash,
+                    ),
                 )
 
             self._write(raw, body)
@@ -1324,6 +1541,39 @@ class SQLiteStore:
             return None if row is None else ReplicaInfo(*row)
 
         return await self._run(f"reading replica {replica_id!r}", job)
+
+    async def replica_secret_hash(self, replica_id: str) -> str | None:
+        """The SHA-256 (hex) of the replica's secret, or None."""
+        check_text(replica_id, "replica_id")
+
+        def job(raw: sqlite3.Connection) -> str | None:
+            row = raw.execute(
+                "SELECT secret_hash FROM replicas WHERE replica_id = ?", (replica_id,)
+            ).fetchone()
+            return None if row is None or row[0] is None else str(row[0])
+
+        return await self._run(f"reading replica {replica_id!r}", job)
+
+    async def set_replica_secret_hash(self, replica_id: str, secret_hash: str) -> None:
+        """Give a replica enrolled without a secret its first one; never replaces one."""
+        check_text(replica_id, "replica_id")
+        check_text(secret_hash, "secret_hash")
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                changed = raw.execute(
+                    "UPDATE replicas SET secret_hash = ? WHERE replica_id = ?"
+                    " AND secret_hash IS NULL",
+                    (secret_hash, replica_id),
+                ).rowcount
+                if not changed:
+                    raise InvalidInputError(
+                        f"replica {replica_id!r} is not enrolled here, or has a secret already"
+                    )
+
+            self._write(raw, body, accounts=True)
+
+        await self._run(f"updating replica {replica_id!r}", job)
 
     async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
         """Every enrolled replica (of that organisation), by id."""
@@ -1368,29 +1618,163 @@ class SQLiteStore:
         )
 
     async def revoke_replica(self, replica_id: str) -> None:
-        """Revoke a replica: it is locked at its next contact (revoking twice keeps the first)."""
+        """Revoke a replica: it is locked at its next contact, and its sessions end now.
+
+        Revoking twice keeps the first time.
+        """
         check_text(replica_id, "replica_id")
         await self._update_replica(
             replica_id,
             "UPDATE replicas SET revoked_ms = COALESCE(revoked_ms, ?) WHERE replica_id = ?",
             self._now_ms(),
+            end_sessions=True,
         )
 
-    async def _update_replica(self, replica_id: str, sql: str, *values: int | None) -> None:
+    async def _update_replica(
+        self, replica_id: str, sql: str, *values: int | None, end_sessions: bool = False
+    ) -> None:
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
                 if not raw.execute(sql, (*values, replica_id)).rowcount:
                     raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
+                if end_sessions:
+                    raw.execute("DELETE FROM sessions WHERE replica_id = ?", (replica_id,))
+                    _bump_accounts_generation(raw)
 
             self._write(raw, body, accounts=True)
 
         await self._run(f"updating replica {replica_id!r}", job)
 
+    # ----------------------------------------------------------------- sessions
+
+    async def add_session(self, session: SessionRow) -> None:
+        """Store a new session; InvalidInputError for a token hash already stored."""
+        if not isinstance(session, SessionRow):
+            raise InvalidInputError(f"a session must be a SessionRow, not {type(session).__name__}")
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                try:
+                    raw.execute(
+                        "INSERT INTO sessions (token_hash, organisation, username, replica_id,"
+                        " created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            session.token_hash,
+                            session.organisation,
+                            session.username,
+                            session.replica_id,
+                            session.created_ms,
+                            session.expires_ms,
+                        ),
+                    )
+                except sqlite3.IntegrityError:
+                    raise InvalidInputError("that session token is stored already") from None
+
+            self._write(raw, body, accounts=True)
+
+        await self._run("storing a session", job)
+
+    async def get_session(self, token_hash: str) -> SessionRow | None:
+        """The session with that token hash, or None."""
+        check_text(token_hash, "token_hash")
+
+        def job(raw: sqlite3.Connection) -> SessionRow | None:
+            row = raw.execute(
+                "SELECT token_hash, organisation, username, replica_id, created_ms, expires_ms"
+                " FROM sessions WHERE token_hash = ?",
+                (token_hash,),
+            ).fetchone()
+            return None if row is None else SessionRow(*row)
+
+        return await self._run("reading a session", job)
+
+    async def bind_session(self, token_hash: str, replica_id: str) -> None:
+        """Bind a session opened before enrolment to its new replica (only an unbound one)."""
+        check_text(token_hash, "token_hash")
+        check_text(replica_id, "replica_id")
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                if not raw.execute(
+                    "UPDATE sessions SET replica_id = ? WHERE token_hash = ?"
+                    " AND replica_id IS NULL",
+                    (replica_id, token_hash),
+                ).rowcount:
+                    raise InvalidInputError("no unbound session with that token")
+
+            self._write(raw, body, accounts=True)
+
+        await self._run("binding a session", job)
+
+    async def end_sessions(
+        self,
+        *,
+        replica_id: str | None = None,
+        user: tuple[str, str] | None = None,
+        expired_at_ms: int | None = None,
+        token_hash: str | None = None,
+    ) -> int:
+        """Delete sessions of a replica, of a user, expired ones, or one; returns how many."""
+        where, args = _session_filter(replica_id, user, expired_at_ms, token_hash)
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                ended = raw.execute(f"DELETE FROM sessions WHERE {where}", args).rowcount
+                if ended and expired_at_ms is None:
+                    _bump_accounts_generation(raw)  # ended early: connections re-check
+                return ended
+
+            return self._write(raw, body, accounts=True)
+
+        return await self._run("ending sessions", job)
+
+    async def accounts_generation(self) -> int:
+        """Grows whenever sessions end early; see :class:`~caresync.storage.base.Store`."""
+        return await self._run(
+            "reading the accounts generation",
+            lambda raw: _scalar(raw, "SELECT value FROM meta WHERE key = ?", _GENERATION_KEY),
+        )
+
 
 _REPLICA_COLUMNS = (
     "replica_id, organisation, enrolled_by, enrolled_ms, last_seen_ms, revoked_ms,"
-    " pending, oldest_pending_ms"
+    " pending, oldest_pending_ms, device_name"
 )
+_GENERATION_KEY = "caresync.accounts_generation"
+
+
+def _bump_accounts_generation(raw: sqlite3.Connection) -> None:
+    raw.execute(
+        "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key)"
+        " DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        (_GENERATION_KEY,),
+    )
+
+
+def _end_user_sessions(raw: sqlite3.Connection, organisation: str, username: str) -> None:
+    raw.execute(
+        "DELETE FROM sessions WHERE organisation = ? AND username = ?", (organisation, username)
+    )
+    _bump_accounts_generation(raw)
+
+
+_SESSION_WHERE = {
+    "replica_id": "replica_id = ?",
+    "user": "organisation = ? AND username = ?",
+    "expired_at_ms": "expires_ms <= ?",
+    "token_hash": "token_hash = ?",
+}
+
+
+def _session_filter(
+    replica_id: str | None,
+    user: tuple[str, str] | None,
+    expired_at_ms: int | None,
+    token_hash: str | None,
+) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause of the one way of choosing sessions the caller gave."""
+    kind, values = check_session_selector(replica_id, user, expired_at_ms, token_hash)
+    return _SESSION_WHERE[kind], values
 
 
 # ---------------------------------------------------------------- SQL helpers

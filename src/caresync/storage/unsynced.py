@@ -14,7 +14,8 @@ server's acknowledgement (promise 3). It is a UTF-8 text file of JSON lines::
 its version; a reader refuses a version it does not know. The last line is a
 SHA-256 checksum of everything before it, so a truncated or damaged file is
 refused as a whole, never half-imported. Files are created exclusively: an
-export never overwrites an existing file.
+export never overwrites an existing file. They are created with mode 0600
+(only their owner may read them), whatever the umask.
 """
 
 from __future__ import annotations
@@ -33,16 +34,20 @@ from caresync.exceptions import ExportFileError
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
+    "PRIVATE_FILE_MODE",
     "ExportedUpdate",
     "UnsyncedExport",
     "content_key",
     "decode_export",
     "encode_export",
+    "private_opener",
     "read_export_file",
     "write_export_file",
 ]
 
 EXPORT_FORMAT = "caresync-unsynced"
+PRIVATE_FILE_MODE = 0o600
+"""The mode of every file caresync writes that holds patient data or secrets."""
 EXPORT_VERSION = 1
 _MAX_EXPORT_BYTES = 4 * 1024 * 1024 * 1024
 # Directory fsync is not supported everywhere; the file itself was fsynced already.
@@ -143,11 +148,16 @@ def decode_export(data: bytes) -> UnsyncedExport:
 
 
 def write_export_file(path: str | os.PathLike[str], export: UnsyncedExport) -> None:
-    """Create ``path`` (never overwriting a file) with ``export``, flushed to disk."""
+    """Create ``path`` (never overwriting a file) with ``export``, flushed to disk.
+
+    The file holds patient data: it is created readable and writable by its
+    owner only (mode 0600, whatever the umask), so no other user can read it,
+    not even while it is being written.
+    """
     target = Path(path)
     data = encode_export(export)
     try:
-        with target.open("xb") as file:
+        with open(target, "xb", opener=private_opener) as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -158,6 +168,24 @@ def write_export_file(path: str | os.PathLike[str], export: UnsyncedExport) -> N
     except OSError as exc:
         raise ExportFileError(f"cannot write the export to {target}: {exc}") from exc
     _fsync_directory(target.parent)
+
+
+def private_opener(path: str | os.PathLike[str], flags: int) -> int:
+    """An ``opener`` for :func:`open`: a file created with mode 0600, whatever the umask.
+
+    The mode is set as the file is created (``os.open``), never after it was
+    written, so at no moment can another user read it. A umask that would take
+    the owner's own bits away is overridden too (``fchmod`` on the new file
+    of a file this call created exclusively: others have no access from the start).
+    """
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
+    try:
+        if flags & os.O_EXCL and hasattr(os, "fchmod"):  # a file this call created
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_export_file(path: str | os.PathLike[str]) -> UnsyncedExport:

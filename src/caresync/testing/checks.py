@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pycrdt import get_update
-
 from caresync.conflicts import Rulebook
-from caresync.records import Record
+from caresync.records import Record, crdt
 from caresync.replica import Replica
 from caresync.server import SyncServer
 from caresync.storage import Store
@@ -104,7 +102,7 @@ def _holds(state_vector: bytes, update: bytes) -> bool:
     # What of ``update`` is not covered by the state vector; its first varint counts
     # the clients with items missing (caresync records never delete, so the delete
     # set that follows has nothing to add).
-    rest = get_update(update, state_vector)
+    rest = crdt.diff_update(update, state_vector)
     return not rest or rest[0] == 0
 
 

@@ -5,7 +5,9 @@ from caresync.transport.memory import MemoryChannel, MemoryListener, memory_pipe
 from caresync.transport.websocket import (
     WebSocketChannel,
     WebSocketListener,
+    check_server_url,
     connect_websocket,
+    is_loopback_host,
     serve_websockets,
 )
 
@@ -18,7 +20,9 @@ __all__ = [
     "MemoryListener",
     "WebSocketChannel",
     "WebSocketListener",
+    "check_server_url",
     "connect_websocket",
+    "is_loopback_host",
     "memory_pipe",
     "serve_websockets",
 ]

@@ -30,6 +30,28 @@ class Channel(Protocol):
         """True once either side closed or the link broke."""
         ...
 
+    @property
+    def remote_host(self) -> str | None:
+        """The peer's network address without its port (None for in-memory links)."""
+        ...
+
+    @property
+    def channel_binding(self) -> bytes | None:
+        """The TLS channel binding (``tls-unique``) of this connection; None without TLS.
+
+        Both ends of one TLS connection see the same bytes; a man in the middle
+        holds two connections with two different bindings.
+        """
+        ...
+
+    def set_limits(self, *, max_frame_bytes: int, max_queued_frames: int) -> None:
+        """Change the largest frame accepted and how many received frames may wait.
+
+        A server starts every connection small (an unauthenticated peer gets a
+        few KiB) and raises the limits once the peer has logged in.
+        """
+        ...
+
     async def send(self, frame: bytes) -> None:
         """Send one frame; returns when handed to the transport."""
         ...

@@ -38,6 +38,19 @@ class MemoryChannel:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def remote_host(self) -> str | None:
+        return None
+
+    @property
+    def channel_binding(self) -> bytes | None:
+        return None
+
+    def set_limits(self, *, max_frame_bytes: int, max_queued_frames: int) -> None:
+        """Change the largest frame accepted (an in-memory link queues without bound)."""
+        _check_limits(max_frame_bytes, max_queued_frames)
+        self._max = max_frame_bytes
+
     async def send(self, frame: bytes) -> None:
         if self._closed or self._other is None:
             raise ConnectionLostError(f"link to {self._peer} is closed")
@@ -69,6 +82,15 @@ class MemoryChannel:
             if end is not None and not end._closed:
                 end._closed = True
                 end._inbox.put_nowait(_CLOSED)
+
+
+def _check_limits(max_frame_bytes: object, max_queued_frames: object) -> None:
+    for name, value in (
+        ("max_frame_bytes", max_frame_bytes),
+        ("max_queued_frames", max_queued_frames),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
 
 
 def memory_pipe(

@@ -6,8 +6,10 @@ an oversized frame FrameTooLargeError, a refused handshake ConnectionLostError.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl as ssl_module
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -16,12 +18,20 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from caresync.exceptions import (
     ConnectionLostError,
     FrameTooLargeError,
+    InsecureConnectionError,
     InvalidInputError,
     RemoteProtocolError,
 )
 from caresync.transport.base import DEFAULT_MAX_FRAME_BYTES, ChannelHandler
 
-__all__ = ["WebSocketChannel", "WebSocketListener", "connect_websocket", "serve_websockets"]
+__all__ = [
+    "WebSocketChannel",
+    "WebSocketListener",
+    "check_server_url",
+    "connect_websocket",
+    "is_loopback_host",
+    "serve_websockets",
+]
 
 
 class WebSocketChannel:
@@ -38,6 +48,32 @@ class WebSocketChannel:
     @property
     def closed(self) -> bool:
         return self._connection.close_code is not None
+
+    @property
+    def remote_host(self) -> str | None:
+        address = self._connection.remote_address
+        return str(address[0]) if address else None
+
+    @property
+    def channel_binding(self) -> bytes | None:
+        ssl_object = self._connection.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        binding: bytes | None = ssl_object.get_channel_binding("tls-unique")
+        return binding
+
+    def set_limits(self, *, max_frame_bytes: int, max_queued_frames: int) -> None:
+        """Change the limits of the running connection (websockets reads them per frame)."""
+        for name, value in (
+            ("max_frame_bytes", max_frame_bytes),
+            ("max_queued_frames", max_queued_frames),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
+        self._connection.protocol.max_message_size = max_frame_bytes
+        # The reader pauses above ``high`` queued frames and resumes below ``low``.
+        assembler = self._connection.recv_messages
+        assembler.high, assembler.low = max_queued_frames, max(1, max_queued_frames // 4)
 
     async def send(self, frame: bytes) -> None:
         try:
@@ -64,6 +100,47 @@ class WebSocketChannel:
             return  # already closed: closing is idempotent
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: object, *, insecure: bool = False) -> str:
+    """A server URL, checked: ``ws://`` or ``wss://``, a host, a valid port.
+
+    Plain ``ws://`` is refused (InsecureConnectionError) unless the host is this
+    machine (loopback) or ``insecure`` says the network is trusted: without TLS,
+    a password, a token and every record cross the network readable by anyone.
+    A malformed URL is an InvalidInputError that says what is wrong.
+    """
+    if not isinstance(url, str):
+        raise InvalidInputError(f"a server URL must be a string, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidInputError(f"not a valid server URL {url!r:.200}: {exc}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise InvalidInputError(f"server URL must start with ws:// or wss://, got {url!r:.200}")
+    if not host:
+        raise InvalidInputError(f"server URL {url!r:.200} names no host")
+    if port == 0:
+        raise InvalidInputError(f"server URL {url!r:.200}: port 0 cannot be connected to")
+    if parts.scheme == "ws" and not insecure and not is_loopback_host(host):
+        raise InsecureConnectionError(
+            f"refusing plain ws:// to {host}: the password, the session and every record "
+            "would cross the network unencrypted. Use wss:// (see docs/operations.md), or "
+            "allow it explicitly on a network you trust (insecure=True, --insecure)"
+        )
+    return url
+
+
 async def connect_websocket(
     url: str,
     *,
@@ -71,9 +148,12 @@ async def connect_websocket(
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     open_timeout: float = 10.0,
 ) -> WebSocketChannel:
-    """Open a channel to ``url`` (``ws://`` or ``wss://``); ConnectionLostError if it fails."""
-    if not url.startswith(("ws://", "wss://")):
-        raise InvalidInputError(f"server URL must start with ws:// or wss://, got {url!r}")
+    """Open a channel to ``url`` (``ws://`` or ``wss://``); ConnectionLostError if it fails.
+
+    The URL is checked first (:func:`check_server_url`, ``insecure=True``: the
+    policy on plain ``ws://`` is the caller's).
+    """
+    check_server_url(url, insecure=True)
     if url.startswith("wss://") and ssl is None:
         ssl = ssl_module.create_default_context()
     kwargs: dict[str, Any] = {"ssl": ssl} if url.startswith("wss://") else {}
@@ -126,8 +206,13 @@ async def serve_websockets(
     *,
     ssl: ssl_module.SSLContext | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_queued_frames: int = 16,
 ) -> WebSocketListener:
-    """Listen on ``host:port`` (port 0 picks a free one) and run ``handler`` per channel."""
+    """Listen on ``host:port`` (port 0 picks a free one) and run ``handler`` per channel.
+
+    ``max_frame_bytes`` and ``max_queued_frames`` apply from a connection's first
+    byte; a handler may raise them for its channel (``set_limits``).
+    """
 
     async def on_connection(connection: ServerConnection) -> None:
         address = connection.remote_address
@@ -141,6 +226,7 @@ async def serve_websockets(
             port,
             ssl=ssl,
             max_size=max_frame_bytes,
+            max_queue=max_queued_frames,
             compression=None,
         )
     except OSError as exc:

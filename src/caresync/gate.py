@@ -1,0 +1,329 @@
+"""Who may sync: the server's checks of Hello, server proofs, logins, sessions and enrolment.
+
+Theory of operation
+-------------------
+A connection is trusted in steps, and nothing moves before its step:
+
+1. **Hello** names a replica (or none, for a laptop about to enrol). An unknown
+   or revoked replica is refused here; nothing is written (``last_seen`` moves
+   only after a login).
+2. **ProveServer**: the server signs the client's nonce with its key
+   (:mod:`caresync.credentials`), bound to this connection (:mod:`caresync.protocol.identity`).
+3. **Authenticate** (password) or **ResumeSession** (token). Either way, an
+   enrolled replica must also prove its secret, so a session is bound to one
+   account *and* one replica: a colleague's password cannot act as another
+   laptop, and a token taken from a laptop is useless without that laptop's
+   secret. Failed passwords are slowed per account and per address
+   (:mod:`caresync.throttle`); an unknown user costs as long as a wrong password.
+   Sessions expire for good at an absolute time; resuming never extends one.
+4. **Enrol** needs a password login on the same connection (never a resumed
+   session), and gives the new replica its secret, returned once.
+
+Refusals are values (:class:`Refused`), not exceptions: the server shell turns
+them into the protocol's fatal ``Error`` and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from caresync.credentials import (
+    ServerKey,
+    new_replica_secret,
+    new_session_token,
+    secret_matches,
+    sha256_hex,
+)
+from caresync.exceptions import InvalidInputError
+from caresync.protocol import (
+    Authenticate,
+    ErrorCode,
+    Hello,
+    ResumeSession,
+    server_proof_payload,
+)
+from caresync.storage import SessionRow, Store
+from caresync.throttle import LoginThrottle, ThrottleKey
+
+__all__ = ["PUSHED_KEY_PREFIX", "SERVER_KEY_META", "Gatekeeper", "Login", "Refused"]
+
+PUSHED_KEY_PREFIX = "pushed:"
+"""Meta key prefix: the highest ``local_seq`` committed per replica."""
+SERVER_KEY_META = "server.key"
+"""Meta key of the server's private signing key (base64)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A refusal: the protocol error code and a message for the peer."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A login the gate accepted: who, where, the session, and what the replica learns."""
+
+    user: str
+    organisation: str
+    token: str
+    session_hash: str
+    expires_ms: int
+    by_password: bool
+    pushed_up_to: int | None
+    new_secret: bytes | None
+
+
+class Gatekeeper:
+    """The server's trust decisions; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        server_id: str,
+        hasher: PasswordHasher,
+        session_ttl_s: float,
+        now_ms: Callable[[], int],
+        throttle: LoginThrottle | None,
+        server_key: ServerKey | None = None,
+    ) -> None:
+        self.store = store
+        self.server_id = server_id
+        self.hasher = hasher
+        self.session_ttl_s = session_ttl_s
+        self.now_ms = now_ms
+        self.throttle = throttle
+        self._key = server_key
+        self._dummy_hash: str | None = None
+
+    async def server_key(self) -> ServerKey:
+        """The server's signing key: from its database, or made and stored there once."""
+        if self._key is None:
+            self._key = await ensure_server_key(self.store)
+        return self._key
+
+    async def prove(
+        self, nonce: bytes, replica_id: str | None, channel_binding: bytes | None
+    ) -> tuple[bytes, bytes]:
+        """The server's public key and its signature for this connection."""
+        key = await self.server_key()
+        payload = server_proof_payload(nonce, self.server_id, replica_id, channel_binding)
+        return key.public_bytes, key.sign(payload)
+
+    async def check_hello(self, hello: Hello) -> Refused | None:
+        """Refuse an unknown or revoked replica, or one of another organisation."""
+        if hello.replica_id is None:
+            return None
+        info = await self.store.get_replica(hello.replica_id)
+        if info is None:
+            return Refused(
+                ErrorCode.NOT_ENROLLED,
+                f"replica {hello.replica_id} is not enrolled to server {self.server_id}",
+            )
+        if info.revoked:
+            return Refused(ErrorCode.REVOKED, f"replica {hello.replica_id} was revoked")
+        if hello.organisation is not None and hello.organisation != info.organisation:
+            return Refused(
+                ErrorCode.WRONG_ORGANISATION,
+                f"replica {hello.replica_id} belongs to {info.organisation}, "
+                f"not {hello.organisation}",
+            )
+        return None
+
+    # ----------------------------------------------------------------- logins
+
+    async def password_login(
+        self, login: Authenticate, hello: Hello | None, address: str | None
+    ) -> Login | Refused:
+        """Check a password (and, for an enrolled replica, its secret); open a session."""
+        keys = LoginThrottle.keys(login.organisation, login.username, address)
+        wait = self._wait(keys)
+        if wait > 0:
+            return Refused(
+                ErrorCode.THROTTLED,
+                f"too many failed logins for {login.username} or from this address; "
+                f"try again in {wait:.0f} s",
+            )
+        account = await self.store.get_user(login.organisation, login.username)
+        # An unknown user is checked against a dummy hash: it costs what a wrong
+        # password costs, so timing does not tell which accounts exist.
+        stored = account.password_hash if account is not None else await self._dummy()
+        right = await asyncio.to_thread(_verify, self.hasher, stored, login.password)
+        if not right or account is None:
+            self._failed(keys)
+            return Refused(
+                ErrorCode.BAD_CREDENTIALS,
+                f"unknown user or wrong password for {login.username} in {login.organisation}",
+            )
+        if self.throttle is not None:
+            self.throttle.succeeded(login.organisation, login.username)
+        if account.disabled:
+            return Refused(
+                ErrorCode.BAD_CREDENTIALS,
+                f"the account {login.username} in {login.organisation} is disabled; "
+                "ask an administrator",
+            )
+        replica_id = hello.replica_id if hello is not None else None
+        new_secret: bytes | None = None
+        if replica_id is not None:
+            proof = await self._check_replica(replica_id, login.replica_secret, login.username)
+            if isinstance(proof, Refused):
+                self._failed(keys[1:])  # the address guessed; the account was right
+                return proof
+            new_secret = proof
+        return await self._open_session(login.username, login.organisation, replica_id, new_secret)
+
+    async def resume(
+        self, login: ResumeSession, hello: Hello | None, address: str | None
+    ) -> Login | Refused:
+        """Resume a session: its token, bound to this replica, which proves its secret."""
+        expired = Refused(
+            ErrorCode.SESSION_EXPIRED, "the session ended or expired: log in with your password"
+        )
+        keys: list[ThrottleKey] = [("address", address)] if address else []
+        if self._wait(keys) > 0:
+            return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
+        replica_id = hello.replica_id if hello is not None else None
+        session = await self.store.get_session(sha256_hex(login.session_token))
+        now = self.now_ms()
+        if (
+            replica_id is None
+            or session is None
+            or session.expires_ms <= now
+            or session.replica_id != replica_id
+        ):
+            self._failed(keys)
+            return expired
+        secret_hash = await self.store.replica_secret_hash(replica_id)
+        if not secret_matches(login.replica_secret, secret_hash):
+            self._failed(keys)
+            return Refused(
+                ErrorCode.BAD_CREDENTIALS,
+                f"replica {replica_id} did not prove its secret; log in with your password",
+            )
+        account = await self.store.get_user(session.organisation, session.username)
+        if account is None or account.disabled:
+            return expired
+        return Login(
+            session.username,
+            session.organisation,
+            login.session_token,
+            session.token_hash,
+            session.expires_ms,
+            False,
+            await self.pushed_up_to(replica_id),
+            None,
+        )
+
+    async def enrol(
+        self, login: Login, device_name: str, proposed_id: str | None
+    ) -> tuple[str, bytes] | Refused:
+        """Enrol a new replica for a password login; returns its id and its secret."""
+        if not login.by_password:
+            return Refused(
+                ErrorCode.FORBIDDEN,
+                "enrolment needs a password login on this connection, not a resumed session",
+            )
+        replica_id = f"replica-{uuid.uuid4()}"
+        if proposed_id is not None and await self.store.get_replica(proposed_id) is None:
+            replica_id = proposed_id
+        secret = new_replica_secret()
+        await self.store.enrol_replica(
+            replica_id,
+            login.organisation,
+            enrolled_by=login.user,
+            device_name=device_name or None,
+            secret_hash=sha256_hex(secret),
+        )
+        await self.store.bind_session(login.session_hash, replica_id)
+        return replica_id, secret
+
+    async def session_valid(self, session_hash: str) -> bool:
+        """True while the session exists and has not expired."""
+        session = await self.store.get_session(session_hash)
+        return session is not None and session.expires_ms > self.now_ms()
+
+    async def pushed_up_to(self, replica_id: str) -> int:
+        """The highest local seq of ``replica_id`` committed here (0: none)."""
+        stored = await self.store.get_meta(PUSHED_KEY_PREFIX + replica_id)
+        return int(stored) if stored else 0
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _check_replica(
+        self, replica_id: str, secret: bytes | None, username: str
+    ) -> bytes | Refused | None:
+        """None if ``secret`` is the replica's; a new secret for a replica enrolled
+        before secrets existed, logged in by the account that enrolled it; else Refused."""
+        stored = await self.store.replica_secret_hash(replica_id)
+        if stored is not None:
+            if secret_matches(secret, stored):
+                return None
+            return Refused(
+                ErrorCode.BAD_CREDENTIALS,
+                f"replica {replica_id} did not prove its secret: only that laptop can log in as it",
+            )
+        info = await self.store.get_replica(replica_id)
+        if info is None or info.enrolled_by != username:
+            return Refused(
+                ErrorCode.BAD_CREDENTIALS,
+                f"replica {replica_id} was enrolled before replica secrets; only the account "
+                "that enrolled it can log it in (once), or re-enrol the laptop",
+            )
+        new_secret = new_replica_secret()
+        await self.store.set_replica_secret_hash(replica_id, sha256_hex(new_secret))
+        return new_secret
+
+    async def _open_session(
+        self, user: str, organisation: str, replica_id: str | None, new_secret: bytes | None
+    ) -> Login:
+        now = self.now_ms()
+        await self.store.end_sessions(expired_at_ms=now)  # expired sessions go
+        token = new_session_token()
+        expires = now + int(self.session_ttl_s * 1000)
+        token_hash = sha256_hex(token)
+        await self.store.add_session(
+            SessionRow(token_hash, organisation, user, replica_id, now, expires)
+        )
+        pushed = await self.pushed_up_to(replica_id) if replica_id is not None else None
+        return Login(user, organisation, token, token_hash, expires, True, pushed, new_secret)
+
+    def _wait(self, keys: Sequence[ThrottleKey]) -> float:
+        if self.throttle is None or not keys:
+            return 0.0
+        return self.throttle.retry_after(keys, time.monotonic())
+
+    def _failed(self, keys: Sequence[ThrottleKey]) -> None:
+        if self.throttle is not None and keys:
+            self.throttle.failed(keys, time.monotonic())
+
+    async def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = await asyncio.to_thread(self.hasher.hash, uuid.uuid4().hex)
+        return self._dummy_hash
+
+
+async def ensure_server_key(store: Store) -> ServerKey:
+    """The server key kept in ``store``, made and stored on first use."""
+    stored = await store.get_meta(SERVER_KEY_META)
+    if stored:
+        return ServerKey.from_text(stored)
+    key = ServerKey.generate()
+    await store.set_meta(SERVER_KEY_META, key.to_text())
+    return key
+
+
+def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
+    try:
+        return hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError, InvalidInputError):
+        return False

@@ -1,0 +1,392 @@
+"""A strict reader for the commonest Yjs update, so most updates need no pycrdt call.
+
+Theory of operation
+-------------------
+Almost every update a replica stores is one edit of one record: a single
+client's run of map writes under fresh keys. Such an update depends on nothing
+but the same client's earlier clocks, so whether it is new, already held, or
+must wait, and the state vector after it, follow from three numbers: its
+client, its first clock and its end clock (:func:`simple_span`, used by the
+stores on every write). The same walk also hands out the items themselves
+(:func:`simple_items`): what a server admits from an untrusted peer
+(:mod:`caresync.records.admission`) is exactly such an update, and
+:func:`why_not_simple` says in words what disqualifies any other.
+
+The reader vouches only for updates of exactly this shape, v1 encoding:
+
+* one client block of one or more Items;
+* each Item without a left or right origin (``info`` ``0x28`` or ``0x08``),
+  whose parent is a root type given by name;
+* content ``Any`` of one or more strings;
+* an empty delete set, and not one byte more.
+
+Every string must be valid UTF-8, every number within bounds no wider than
+Yrs' own (clients below 2**53, clocks and counts below 2**31) and in its one
+canonical encoding (a client is keyed by its encoded bytes). Anything else,
+including any byte the reader cannot account for, gets ``None``, and the
+caller falls back to pycrdt, which decides. So the reader may pass over a
+simple update (that only costs time), but it never vouches for bytes pycrdt
+would read otherwise: ``tests/storage/test_store_spans.py`` checks it against
+pycrdt on valid, damaged and truncated updates of many shapes (2,000
+examples under ``HYPOTHESIS_PROFILE=soak``), and checks that planning decides
+the same with it as with pycrdt alone.
+
+Pure: bytes in, numbers and strings out. It lives in the record layer (not in
+storage, whose package loads aiosqlite) so that the record model may use it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+__all__ = [
+    "Client",
+    "SimpleItem",
+    "SimpleUpdate",
+    "decode_clocks",
+    "encode_clocks",
+    "simple_items",
+    "simple_span",
+    "why_not_simple",
+]
+
+_MAX_CLOCK = 1 << 31
+_ITEM_WITH_KEY = 0x28  # Item, content Any, a parent key (map entry), no origins
+_ITEM = 0x08  # the same without a parent key
+_ANY_STRING = 0x77  # lib0 Any: a string
+_ROOT_BY_NAME = 0x01  # parent info: the parent is a root type, given by name
+
+# Canonical varuints (no trailing zero group): a count or clock of at most 5
+# bytes, a client below 2**53 (8 bytes at most, the last one below 0x10).
+# pycrdt keeps only the low 53 bits of a larger client id (the property test
+# found that), so a larger one would name another client than it seems to.
+_COUNT = rb"([\x00-\x7f]|[\x80-\xff]{1,4}[\x01-\x7f])"
+_CLIENT = rb"([\x00-\x7f]|[\x80-\xff]{1,6}[\x01-\x7f]|[\x80-\xff]{7}[\x01-\x0f])"
+_HEADER = re.compile(rb"\x01" + _COUNT + _CLIENT + _COUNT, re.DOTALL)
+_PAIR = re.compile(_CLIENT + _COUNT, re.DOTALL)
+
+Client = bytes
+"""A client id as its canonical varuint bytes: one key per client, no decoding needed."""
+
+
+class SimpleItem(NamedTuple):
+    """One Item of a simple update: a write into a root type given by name."""
+
+    clock: int
+    """The item's first clock (it covers ``len(strings)`` clocks)."""
+    root: str
+    """The name of the root type it writes into (``revisions``, ``meta``, ...)."""
+    key: str | None
+    """The map key it writes, or None for an item without one (a list element)."""
+    strings: tuple[str, ...]
+    """Its content: one or more strings."""
+
+
+class SimpleUpdate(NamedTuple):
+    """A simple update read in full: its client, its clocks ``[first, end)``, its items."""
+
+    client: Client
+    first: int
+    end: int
+    items: tuple[SimpleItem, ...]
+
+
+_BAD_NUMBER = (
+    "it holds a number out of range (clocks and counts below 2**31, client ids below "
+    "2**53) or not in its shortest encoding"
+)
+
+_TRUNCATED = "it ends in the middle (truncated, or not a Yjs v1 update)"
+
+
+class _NotSimple(Exception):
+    """Raised inside the reader: not an update it vouches for (the argument says why)."""
+
+
+def _number(token: bytes) -> int:
+    """The value of a canonical varuint token."""
+    value = token[0]
+    if value < 0x80:
+        return value
+    value = 0
+    for shift, byte in enumerate(token):
+        value |= (byte & 0x7F) << (7 * shift)
+    return value
+
+
+def _uint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A canonical varuint below 2**31 at ``pos``, and the position after it."""
+    byte = buf[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    value, shift = 0, 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift > 28:
+            raise _NotSimple(_BAD_NUMBER)
+    if byte == 0 or value >= _MAX_CLOCK:  # a trailing zero group is not canonical
+        raise _NotSimple(_BAD_NUMBER)
+    return value, pos
+
+
+def simple_span(update: bytes) -> tuple[Client, int, int] | None:
+    """``(client, first clock, end clock)`` of a simple update, or None (see module doc).
+
+    The update holds the client's clocks ``[first, end)`` and nothing else,
+    and depends only on that client's clocks below ``first``.
+    """
+    if type(update) is not bytes:  # a bytearray's client token could not be a dict key
+        return None
+    try:
+        return _span(update)
+    except (_NotSimple, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _span(buf: bytes) -> tuple[Client, int, int] | None:
+    """:func:`_read` without the strings, for the hot path (returns None, not raising)."""
+    head = _HEADER.match(buf)
+    if head is None:
+        return None
+    structs, first = _number(head[1]), _number(head[3])
+    if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
+        return None
+    clock, pos, strings = _structs(buf, head.end(), structs, first, None)
+    b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
+    if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:
+        return None  # the delete set must be empty, and be the last byte
+    return head[2], first, clock
+
+
+def simple_items(update: bytes) -> SimpleUpdate | None:
+    """A simple update's client, clocks and items, or None for any other update.
+
+    Vouches for exactly what :func:`simple_span` vouches for (the same walk);
+    :func:`why_not_simple` says why an update is not simple.
+    """
+    if type(update) is not bytes:
+        return None
+    layout: list[int] = []
+    try:
+        client, first, end, raw = _read(update, layout)
+    except (_NotSimple, IndexError, UnicodeDecodeError):
+        return None
+    # The walk listed, per struct, its info byte and string count, and every
+    # string in order: the root's name, the key (if any), the content.
+    strings = [part.decode("utf-8") for part in raw]
+    items: list[SimpleItem] = []
+    clock, at = first, 0
+    for index in range(0, len(layout), 2):
+        info, count = layout[index], layout[index + 1]
+        root = strings[at]
+        if info == _ITEM_WITH_KEY:
+            key: str | None = strings[at + 1]
+            at += 2
+        else:
+            key = None
+            at += 1
+        items.append(SimpleItem(clock, root, key, tuple(strings[at : at + count])))
+        at += count
+        clock += count
+    return SimpleUpdate(client, first, end, tuple(items))
+
+
+def why_not_simple(update: bytes) -> str | None:
+    """Why an update is not simple, in words for whoever wrote it; None if it is simple.
+
+    A clause such as ``it deletes entries (a delete set)``.
+    """
+    if type(update) is not bytes:
+        return f"an update must be bytes, not {type(update).__name__}"
+    try:
+        _read(update, None)
+    except _NotSimple as exc:
+        return str(exc)
+    except IndexError:
+        return _TRUNCATED
+    except UnicodeDecodeError:
+        return "it holds a string that is not valid UTF-8"
+    return None
+
+
+def _read(buf: bytes, layout: list[int] | None) -> tuple[Client, int, int, list[bytes]]:
+    """Client, first and end clock, and every string's bytes; raises _NotSimple.
+
+    :func:`_span` is the same without the strings, kept apart for speed.
+    """
+    head = _HEADER.match(buf)
+    if head is None:
+        raise _NotSimple(_header_problem(buf))
+    structs, first = _number(head[1]), _number(head[3])
+    if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
+        raise _NotSimple(_BAD_NUMBER if structs else "it holds a client block without items")
+    clock, pos, strings = _structs(buf, head.end(), structs, first, layout)
+    # NUL cannot continue a multi-byte sequence, so the joined strings are valid
+    # UTF-8 exactly when each one is: one C call checks them all.
+    b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
+    if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:
+        # The delete set must be empty, and be the last byte.
+        raise _NotSimple(_BAD_NUMBER if clock >= _MAX_CLOCK else _tail_problem(buf, pos))
+    return head[2], first, clock, strings
+
+
+def _structs(
+    buf: bytes, pos: int, structs: int, clock: int, layout: list[int] | None
+) -> tuple[int, int, list[bytes]]:
+    """Walk the structs: the clock and position after them, and every string's bytes.
+
+    With ``layout``, also appends each struct's info byte and string count
+    (the span reader passes None: it needs neither). One-byte varuints (the
+    usual case) are read inline; the caller checks the strings are UTF-8.
+    """
+    strings: list[bytes] = []
+    append = strings.append
+    for _ in range(structs):
+        info = buf[pos]
+        if (info != _ITEM_WITH_KEY and info != _ITEM) or buf[pos + 1] != _ROOT_BY_NAME:
+            raise _NotSimple(_struct_problem(info, buf[pos + 1]))
+        pos += 2
+        for _ in range(2 if info == _ITEM_WITH_KEY else 1):  # the root type's name, the key
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _uint(buf, pos)
+            append(buf[pos : pos + length])
+            pos += length
+        count = buf[pos]
+        if count < 0x80:
+            pos += 1
+        else:
+            count, pos = _uint(buf, pos)
+        if count == 0:
+            raise _NotSimple("it holds an item without content")
+        for _ in range(count):
+            if buf[pos] != _ANY_STRING:
+                raise _NotSimple(
+                    "it holds a value that is not a string (each entry is one JSON string)"
+                )
+            length = buf[pos + 1]
+            if length < 0x80:
+                pos += 2
+            else:
+                length, pos = _uint(buf, pos + 1)
+            append(buf[pos : pos + length])
+            pos += length
+        clock += count
+        if layout is not None:
+            layout.append(info)
+            layout.append(count)
+    return clock, pos, strings
+
+
+# Yjs v1 content kinds (the low five bits of an item's info byte).
+_CONTENTS = {
+    1: "deleted content",
+    2: "JSON content (ContentJSON)",
+    3: "binary content",
+    4: "text (a Y.Text's content)",
+    5: "an embed",
+    6: "text formatting",
+    7: "a nested shared type (a Y.Map, Y.Array or Y.Text) as a value",
+    9: "a sub-document",
+}
+
+
+def _struct_problem(info: int, parent: int) -> str:
+    """What makes a struct not a simple Item (only called on the way out)."""
+    kind = info & 0x1F
+    if kind == 0:
+        return "it holds a garbage-collected range (a GC struct)"
+    if kind == 10:
+        return "it holds a skipped range (a Skip struct)"
+    if info & 0xC0:
+        return (
+            "it holds an item with an origin: it overwrites an existing map entry, or "
+            "inserts next to existing content"
+        )
+    if kind != 8:
+        return f"it holds {_CONTENTS.get(kind, f'an unknown content kind ({kind})')}"
+    if parent != _ROOT_BY_NAME:
+        return "it writes inside a nested type (an item whose parent is not a root type)"
+    return f"it holds an item of an unknown kind (info byte {info:#04x})"
+
+
+def _header_problem(buf: bytes) -> str:
+    """What makes an update's start not one client block (only called on the way out)."""
+    try:
+        blocks, _ = _uint(buf, 0)
+    except (_NotSimple, IndexError):
+        return "it does not start like a Yjs v1 update"
+    if blocks == 0:
+        if buf == b"\x00\x00":
+            return "it holds nothing"
+        return "it adds nothing and deletes entries (a delete set)"
+    if blocks > 1:
+        return (
+            f"it holds the changes of {blocks} clients: send each client's changes "
+            "as its own update"
+        )
+    pos = 1
+    for _ in range(3):  # the struct count, the client, its first clock: all there?
+        while pos < len(buf) and buf[pos] >= 0x80:
+            pos += 1
+        if pos >= len(buf):
+            return _TRUNCATED
+        pos += 1
+    return _BAD_NUMBER
+
+
+def _tail_problem(buf: bytes, pos: int) -> str:
+    """What follows the items instead of an empty delete set."""
+    if pos < len(buf) and buf[pos] != 0:
+        return "it deletes entries (a delete set)"
+    return "it has bytes after its end"
+
+
+def decode_clocks(vector: bytes) -> dict[Client, int] | None:
+    """A state vector as {client: clock}, or None if it is not one this reader vouches for."""
+    try:
+        count, pos = _uint(vector, 0)
+    except (_NotSimple, IndexError):
+        return None
+    clocks: dict[Client, int] = {}
+    for _ in range(count):
+        pair = _PAIR.match(vector, pos)
+        if pair is None:
+            return None
+        client, clock = pair.groups()
+        clocks[client] = _number(clock)
+        pos = pair.end()
+    if pos != len(vector) or len(clocks) != count or max(clocks.values(), default=0) >= _MAX_CLOCK:
+        return None
+    return clocks
+
+
+_SMALL = [bytes((n,)) for n in range(0x80)]
+
+
+def _varuint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_clocks(clocks: dict[Client, int]) -> bytes:
+    """A Yjs v1 state vector of {client: clock} (clients in the dict's order)."""
+    parts = [_varuint(len(clocks))]
+    for client, clock in clocks.items():
+        parts.append(client)
+        parts.append(_varuint(clock))
+    return b"".join(parts)
