@@ -47,10 +47,27 @@ class Hostile:
         organisation: str | None = None,
     ) -> Hostile:
         """Connect, say Hello (naming a replica, or none), get Welcome, check the server's proof."""
+        return await cls.over(
+            await connect_websocket(url),
+            replica_id=replica_id,
+            server_id=server_id,
+            organisation=organisation,
+        )
+
+    @classmethod
+    async def over(
+        cls,
+        channel: Channel,
+        *,
+        replica_id: str | None = None,
+        server_id: str | None = None,
+        organisation: str | None = None,
+    ) -> Hostile:
+        """The same over a channel already open (an in-memory link, say)."""
         protocol = ClientProtocol(
             replica_id=replica_id, server_id=server_id, organisation=organisation
         )
-        client = cls(protocol, await connect_websocket(url))
+        client = cls(protocol, channel)
         protocol.send_hello()
         await client.expect(Welcome)
         nonce = os.urandom(32)
