@@ -47,6 +47,7 @@ from pycrdt import Doc, Map
 from benchmarks.common import RESULTS_DIR, write_results
 from caresync import CaresyncError, InvalidUpdateError, Record, RecordMismatchError
 from caresync.records import HybridLogicalClock
+from caresync.records.spans import encode_varuint
 from caresync.storage import IncomingUpdate, MemoryStore, _updates
 
 RECORD_ID = "0f0e0d0c-0000-4000-8000-00000000f022"
@@ -213,15 +214,6 @@ def set_varint(rng: random.Random, data: bytes, corpus: Corpus) -> bytes:
 
 def decode_varuint(token: bytes) -> int:
     return sum((byte & 0x7F) << (7 * shift) for shift, byte in enumerate(token))
-
-
-def encode_varuint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def insert_run(rng: random.Random, data: bytes, corpus: Corpus) -> bytes:

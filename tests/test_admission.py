@@ -34,6 +34,7 @@ from caresync.records.ids import new_revision_id
 from caresync.records.revision import encode_revision
 from caresync.records.spans import (
     decode_clocks,
+    encode_varuint,
     simple_items,
     simple_span,
     why_not_simple,
@@ -168,28 +169,21 @@ def write_raw(record: Record, entries: dict[str, str], *, root: str = "revisions
     return captured(doc, change)
 
 
-def _varuint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _varstr(text: str) -> bytes:
     data = text.encode()
-    return _varuint(len(data)) + data
+    return encode_varuint(len(data)) + data
 
 
 def encode_simple(client: int, first: int, items: list[tuple[str, str | None, list[str]]]) -> bytes:
     """A simple update built byte by byte: items of (root, key or None, strings)."""
-    out = bytearray(b"\x01" + _varuint(len(items)) + _varuint(client) + _varuint(first))
+    out = bytearray(
+        b"\x01" + encode_varuint(len(items)) + encode_varuint(client) + encode_varuint(first)
+    )
     for root, key, strings in items:
         out += bytes((0x28 if key is not None else 0x08, 0x01)) + _varstr(root)
         if key is not None:
             out += _varstr(key)
-        out += _varuint(len(strings))
+        out += encode_varuint(len(strings))
         for text in strings:
             out += b"\x77" + _varstr(text)
     return bytes(out + b"\x00")

@@ -31,6 +31,14 @@ async def _copy_closed_file(source: Path, target: Path) -> None:
     await asyncio.to_thread(shutil.copyfile, source, target)
 
 
+async def _restore(saved: Path, path: Path) -> Replica:
+    """Put the saved copy back in place of the laptop's database (its side files too)."""
+    await asyncio.to_thread(shutil.copyfile, saved, path)
+    for suffix in ("-wal", "-shm"):
+        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
+    return await Replica.open(path)
+
+
 @pytest.mark.parametrize("how", ["backup", "file-copy"])
 async def test_a_restored_laptop_keeps_what_it_writes_and_gets_its_later_edits_back(
     tmp_path: Path, how: str
@@ -58,10 +66,7 @@ async def test_a_restored_laptop_keeps_what_it_writes_and_gets_its_later_edits_b
         await laptop.close()
 
         # The laptop is restored from the older copy and goes on working.
-        await asyncio.to_thread(shutil.copyfile, saved, path)
-        for suffix in ("-wal", "-shm"):
-            await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-        restored = await Replica.open(path)
+        restored = await _restore(saved, path)
         allergy = await restored.add_entry(
             record, "allergies", {"substance": "penicillin"}, author="dr.a"
         )
@@ -114,10 +119,7 @@ async def test_a_restored_laptop_that_waits_offline_renumbers_before_it_pushes(
             await laptop.set(record, "visits", n, author="dr.a")
         await laptop.sync()
         await laptop.close()
-        await asyncio.to_thread(shutil.copyfile, saved, path)
-        for suffix in ("-wal", "-shm"):
-            await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-        restored = await Replica.open(path)
+        restored = await _restore(saved, path)
         # Offline: these take the numbers the server already committed for the original.
         for n in range(3):
             await restored.set(record, f"note{n}", f"written after the restore {n}", author="dr.a")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
 from store_helpers import Patient
 
-from caresync.records.spans import decode_clocks, encode_clocks, simple_span
+from caresync.records.spans import decode_clocks, encode_clocks, encode_varuint, simple_span
 from caresync.storage import CachedRecord, IncomingUpdate
 from caresync.storage import _writes as writes_module
 from caresync.storage._updates import (
@@ -167,18 +167,9 @@ def test_state_vectors_of_real_documents_decode() -> None:
 
 
 def _vector_bytes(vector: dict[int, int]) -> bytes:
-    out = bytearray(_varuint(len(vector)))
+    out = bytearray(encode_varuint(len(vector)))
     for client, clock in vector.items():
-        out += _varuint(client) + _varuint(clock)
-    return bytes(out)
-
-
-def _varuint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+        out += encode_varuint(client) + encode_varuint(clock)
     return bytes(out)
 
 

@@ -41,6 +41,7 @@ import re
 from typing import NamedTuple
 
 __all__ = [
+    "encode_varuint",
     "Client",
     "SimpleItem",
     "SimpleUpdate",
@@ -372,7 +373,8 @@ def decode_clocks(vector: bytes) -> dict[Client, int] | None:
 _SMALL = [bytes((n,)) for n in range(0x80)]
 
 
-def _varuint(value: int) -> bytes:
+def encode_varuint(value: int) -> bytes:
+    """``value`` (>= 0) as a canonical lib0 varuint, as Yjs writes counts, clients and clocks."""
     if value < 0x80:
         return _SMALL[value]
     out = bytearray()
@@ -385,8 +387,8 @@ def _varuint(value: int) -> bytes:
 
 def encode_clocks(clocks: dict[Client, int]) -> bytes:
     """A Yjs v1 state vector of {client: clock} (clients in the dict's order)."""
-    parts = [_varuint(len(clocks))]
+    parts = [encode_varuint(len(clocks))]
     for client, clock in clocks.items():
         parts.append(client)
-        parts.append(_varuint(clock))
+        parts.append(encode_varuint(clock))
     return b"".join(parts)

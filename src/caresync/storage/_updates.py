@@ -17,6 +17,7 @@ from typing import Any
 from caresync.exceptions import InvalidUpdateError
 from caresync.records import crdt
 from caresync.records.crdt import EMPTY_UPDATE
+from caresync.records.spans import encode_varuint
 
 __all__ = [
     "EMPTY_UPDATE",
@@ -78,13 +79,13 @@ def _varuints(vector: bytes) -> list[bytes]:
     if (
         not tokens
         or sum(map(len, tokens)) != len(vector)
-        or len(tokens) != 1 + 2 * _decode_varuint(tokens[0])
+        or len(tokens) != 1 + 2 * _decodeencode_varuint(tokens[0])
     ):
         raise InvalidUpdateError("bytes that are not a Yjs state vector")
     return tokens
 
 
-def _decode_varuint(token: bytes) -> int:
+def _decodeencode_varuint(token: bytes) -> int:
     if len(token) == 1:
         return token[0]
     value = 0
@@ -102,16 +103,7 @@ def _runs_up_to(vector: bytes) -> bytes:
         for i in range(1, len(tokens), 2)
         if tokens[i + 1] != b"\x00"
     ]
-    return _varuint(len(runs)) + b"".join(runs) + b"\x00"  # and an empty delete set
-
-
-def _varuint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return encode_varuint(len(runs)) + b"".join(runs) + b"\x00"  # and an empty delete set
 
 
 def decode_state_vector(vector: bytes) -> dict[int, int]:
@@ -120,7 +112,7 @@ def decode_state_vector(vector: bytes) -> dict[int, int]:
     Two encodings of one state vector may list the clients in different
     orders, so state vectors are compared decoded, never as bytes.
     """
-    values = [_decode_varuint(t) for t in _varuints(vector)]
+    values = [_decodeencode_varuint(t) for t in _varuints(vector)]
     return dict(zip(values[1::2], values[2::2], strict=True))
 
 
