@@ -42,6 +42,7 @@ from caresync.credentials import (
     sha256_hex,
 )
 from caresync.exceptions import InvalidInputError
+from caresync.names import check_device_name
 from caresync.protocol import (
     Authenticate,
     ErrorCode,
@@ -233,6 +234,10 @@ class Gatekeeper:
                 ErrorCode.FORBIDDEN,
                 "enrolment needs a password login on this connection, not a resumed session",
             )
+        try:
+            check_device_name(device_name)
+        except InvalidInputError as exc:
+            return Refused(ErrorCode.BAD_MESSAGE, str(exc))
         replica_id = f"replica-{uuid.uuid4()}"
         if proposed_id is not None and await self.store.get_replica(proposed_id) is None:
             replica_id = proposed_id

@@ -320,22 +320,38 @@ class Replica:
         store = await SQLiteStore.open(path, create=create)
         try:
             identity = await own_identity(store, "laptop", id_prefix="replica", where=path)
-            locked = await store.get_meta(_LOCKED)
-            secret = _unb64(await store.get_meta(_SECRET))
-            pinned_key = _unb64(await store.get_meta(_PINNED_KEY))
             await ensure_index(store, rulebook, replica=identity.replica_id)
+            return await cls.from_store(
+                store, identity, rulebook=rulebook, limits=limits, password_hasher=password_hasher
+            )
         except BaseException:
             await store.close()
             raise
+
+    @classmethod
+    async def from_store(
+        cls,
+        store: Store,
+        identity: Identity,
+        *,
+        rulebook: Rulebook = DEFAULT_RULEBOOK,
+        limits: SyncLimits | None = None,
+        password_hasher: PasswordHasher | None = None,
+    ) -> Replica:
+        """A replica over a store already open (read-only tools use this); writes nothing.
+
+        What the replica keeps in its store is read here: whether it is locked,
+        its secret, and the server key it pinned.
+        """
         return cls(
             store,
             identity,
             rulebook=rulebook,
             limits=limits,
-            locked=locked,
+            locked=await store.get_meta(_LOCKED),
             password_hasher=password_hasher,
-            secret=secret,
-            pinned_key=pinned_key,
+            secret=_unb64(await store.get_meta(_SECRET)),
+            pinned_key=_unb64(await store.get_meta(_PINNED_KEY)),
         )
 
     async def close(self) -> None:

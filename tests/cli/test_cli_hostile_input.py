@@ -36,6 +36,7 @@ import pytest
 from argon2 import PasswordHasher
 from tests.cli.clitools import PASSWORD, Result, cli
 
+import caresync.cli.status
 import caresync.cli.users
 from caresync.cli import main
 from caresync.cli.app import build_parser
@@ -530,3 +531,22 @@ def test_as_a_real_process_undecodable_bytes_and_a_bad_url_are_handled(place: Pl
     assert bad_url.code == ExitCode.USAGE
     assert bad_url.error_line().startswith("caresync enrol: error: argument --server:")
     assert not (place.dir / "new.db").exists()
+
+
+def test_a_panic_in_native_code_is_still_one_line(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyo3's PanicException (pycrdt) is a BaseException: the last resort catches it too."""
+
+    class PanicException(BaseException):
+        pass
+
+    def panics(args: argparse.Namespace, out: object) -> int:
+        raise PanicException("called `Result::unwrap()` on an `Err` value")
+
+    monkeypatch.setattr(caresync.cli.status, "_handle", panics)
+    result = run_strict(["status", "--db", str(place.laptop)])
+    assert result.code == ExitCode.INTERNAL
+    assert result.stderr.count("\n") == 1
+    assert "internal error (PanicException: called `Result::unwrap()`" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -110,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         _error(one_line(exc))
         return ExitCode.NOT_FOUND if isinstance(exc, FileNotFoundError) else ExitCode.DATABASE
-    except Exception as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
+        # BaseException: a native extension's panic (pyo3's PanicException) is one too.
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
         _error(

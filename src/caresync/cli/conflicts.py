@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run
-from caresync.cli.databases import open_laptop, open_reader
+from caresync.cli.databases import LaptopReader, open_laptop, open_reader
 from caresync.cli.output import Output, cells
 from caresync.names import shown
 
@@ -88,15 +88,22 @@ def _index(raw: str) -> int:
 
 
 def _list(args: argparse.Namespace, out: Output) -> int:
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         reader = await open_reader(args.db)
         try:
-            return [c.as_dict() for c in await reader.conflicts(args.record)]
+            conflicts = [c.as_dict() for c in await reader.conflicts(args.record)]
+            kept: list[dict[str, Any]] = []
+            if isinstance(reader, LaptopReader):  # a laptop keeps aside what it cannot merge
+                kept = [
+                    {"record_id": q.record_id, "reason": q.reason, "received_ms": q.received_ms}
+                    for q in await reader.replica.quarantined(args.record)
+                ]
+            return conflicts, kept
         finally:
             await reader.close()
 
-    conflicts = run(go())
-    out.result({"conflicts": conflicts, "count": len(conflicts)}, _render_list)
+    conflicts, kept = run(go())
+    out.result({"conflicts": conflicts, "count": len(conflicts), "quarantined": kept}, _render_list)
     return 0
 
 
@@ -155,6 +162,13 @@ def _render_done(verb: str) -> Any:
 
 def _render_list(console: Console, data: Mapping[str, Any]) -> None:
     conflicts = data["conflicts"]
+    for kept in data.get("quarantined", ()):
+        console.print(
+            f"quarantined  record {kept['record_id']}: an update from the server could not be "
+            f"merged and was kept aside ({kept['reason']}); show it to an administrator",
+            markup=False,
+            style="bold",
+        )
     if not conflicts:
         console.print("no open conflicts", markup=False)
         return

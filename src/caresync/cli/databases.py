@@ -38,8 +38,6 @@ __all__ = [
     "files_before",
 ]
 
-# Meta key where a laptop keeps why its server revoked it (see caresync.replica).
-_LOCKED_META = "replica.locked"
 # Files SQLite and the store keep beside a database.
 _SIDE_FILES = ("-wal", "-shm", "-journal", "-writer.lock")
 
@@ -153,9 +151,7 @@ async def open_reader(path: str | Path) -> Reader:
         identity = await _identity(store, path)
         if identity.role == "server":
             return ServerReader(store, identity)
-        locked = await store.get_meta(_LOCKED_META)
-        replica = Replica(store, identity, rulebook=DEFAULT_RULEBOOK, locked=locked)
-        return LaptopReader(replica)
+        return LaptopReader(await Replica.from_store(store, identity, rulebook=DEFAULT_RULEBOOK))
     except BaseException:
         await store.close()
         raise

@@ -52,7 +52,8 @@ def register(commands: Any) -> None:
     revoke = actions.add_parser(
         "revoke",
         help="revoke a laptop",
-        description="Revoke a laptop: it is refused, and locks itself, at its next contact; "
+        description="Revoke a laptop: its sessions end and a running server closes its "
+        "connections within a second; it is refused at every later contact and locks itself; "
         "its unsynced work stays on it (export it with `caresync export`). Works while the "
         "server runs.",
     )
@@ -90,6 +91,7 @@ def replica_report(info: ReplicaInfo, *, now_ms: int, stale_ms: int) -> dict[str
             reasons.append("changes pending")
     return {
         "replica_id": info.replica_id,
+        "device_name": info.device_name,
         "org": info.organisation,
         "enrolled_by": info.enrolled_by,
         "enrolled_at": iso_ms(info.enrolled_ms),

@@ -14,6 +14,7 @@ from caresync.cli.common import add_db, listen_host, path, port, run
 from caresync.cli.databases import files_before, remove_if_new
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
+from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
 
 __all__ = ["LISTENING", "register"]
@@ -40,7 +41,25 @@ def register(commands: Any) -> None:
         "--tls-cert", metavar="FILE", type=path, help="certificate chain (PEM) for wss://"
     )
     serve.add_argument("--tls-key", metavar="FILE", type=path, help="its private key (PEM)")
+    serve.add_argument(
+        "--max-clock-ahead",
+        metavar="HOURS",
+        type=_hours,
+        default=None,
+        help="refuse revisions dated more than this far past the server's clock (24); raise "
+        "it for a while to let in edits a laptop made with its clock far ahead",
+    )
     serve.set_defaults(handler=_serve)
+
+
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of hours") from None
+    if not 0 < hours <= 24 * 365 * 10:  # up to ten years; finite, positive
+        raise argparse.ArgumentTypeError("hours must be more than 0 and at most 87600")
+    return hours
 
 
 def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -61,7 +80,12 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     before = files_before(Path(args.db))
     listening = asyncio.Event()
     try:
-        run(_run_server(args.db, args.host, args.port, context, out, listening))
+        admission = (
+            None
+            if args.max_clock_ahead is None
+            else AdmissionLimits(max_clock_ahead_ms=int(args.max_clock_ahead * 3_600_000))
+        )
+        run(_run_server(args.db, args.host, args.port, context, out, listening, admission))
     except BaseException:
         if not listening.is_set():  # it never served: a database it made holds nothing
             remove_if_new(Path(args.db), before)
@@ -76,6 +100,7 @@ async def _run_server(
     context: ssl.SSLContext | None,
     out: Output,
     listening: asyncio.Event,
+    admission: AdmissionLimits | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,7 +108,7 @@ async def _run_server(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with await SyncServer.open(db) as server:
+        async with await SyncServer.open(db, admission=admission) as server:
             await server.serve(host, port, ssl=context)
             listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.

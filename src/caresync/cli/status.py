@@ -11,7 +11,10 @@ from rich.table import Table
 
 from caresync.cli.common import add_db, add_json, run
 from caresync.cli.databases import LaptopReader, Reader, ServerReader, open_reader
+from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output, cells
+from caresync.credentials import ServerKey
+from caresync.gate import SERVER_KEY_META
 
 __all__ = ["register", "status_of"]
 
@@ -27,6 +30,17 @@ def register(commands: Any) -> None:
     add_db(parser, "a laptop's or a server's database")
     add_json(parser)
     parser.set_defaults(handler=_handle)
+
+    key = commands.add_parser(
+        "server-key",
+        help="the fingerprint of a server's key",
+        description="Print the fingerprint of the key a server proves itself with. Give it to "
+        "whoever enrols laptops (`caresync enrol --server-key ...`), so that even the first "
+        "connection cannot be an impostor's. Reads a running server's database; never writes.",
+    )
+    add_db(key, "the server's database")
+    add_json(key)
+    key.set_defaults(handler=_server_key)
 
 
 def _handle(args: argparse.Namespace, out: Output) -> int:
@@ -60,6 +74,9 @@ async def status_of(reader: Reader) -> dict[str, Any]:
             "copy_age_s": _round(status.copy_age_s),
             "conflicts_open": status.conflicts_open,
             "records": status.records,
+            "quarantined": status.quarantined,
+            "quarantined_records": sorted({kept.record_id for kept in await replica.quarantined()}),
+            "server_key": replica.pinned_server_key,
         }
     return await _server_status(reader)
 
@@ -83,7 +100,37 @@ async def _server_status(reader: ServerReader) -> dict[str, Any]:
         "feed_head": await store.feed_head(),
         "replicas": sum(1 for r in replicas if not r.revoked),
         "replicas_revoked": sum(1 for r in replicas if r.revoked),
+        "server_key": await _fingerprint(reader),
     }
+
+
+async def _fingerprint(reader: ServerReader) -> str | None:
+    stored = await reader.store.get_meta(SERVER_KEY_META)
+    return None if stored is None else ServerKey.from_text(stored).fingerprint
+
+
+def _server_key(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> dict[str, Any]:
+        reader = await open_reader(args.db)
+        try:
+            if not isinstance(reader, ServerReader):
+                raise CliError(
+                    f"{args.db} is a laptop's database: a laptop shows the key it pinned in "
+                    "`caresync status`"
+                )
+            fingerprint = await _fingerprint(reader)
+            if fingerprint is None:
+                raise CliError(
+                    f"{args.db} holds no server key yet: the server makes it when it first "
+                    "serves (`caresync serve`)",
+                    ExitCode.NOT_FOUND,
+                )
+            return {"server_id": reader.identity.replica_id, "server_key": fingerprint}
+        finally:
+            await reader.close()
+
+    out.result(run(go()), lambda console, data: console.print(data["server_key"], markup=False))
+    return 0
 
 
 def _round(value: float | None) -> float | None:
@@ -97,5 +144,7 @@ def _render(console: Console, data: Mapping[str, Any]) -> None:
     for key, value in data.items():
         if value is None and key in ("server_url", "state", "copy_age_s", "org"):
             continue
+        if key in ("quarantined", "quarantined_records") and not value:
+            continue  # shown only when something was kept aside
         table.add_row(*cells(key, value))
     console.print(table)

@@ -25,7 +25,8 @@ from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
 from caresync.cli.output import Output
 from caresync.cli.password import PASSWORD_ENV, read_password
 from caresync.cli.progress import copy_progress
-from caresync.exceptions import AuthenticationError, CaresyncError
+from caresync.credentials import parse_fingerprint
+from caresync.exceptions import AuthenticationError, CaresyncError, InvalidInputError
 from caresync.replica import Replica, SyncReport
 
 __all__ = ["register"]
@@ -52,7 +53,15 @@ def register(commands: Any) -> None:
         type=device_name,
         help="a name for this laptop (shown to admins; printable, at most 256 characters)",
     )
+    enrol.add_argument(
+        "--server-key",
+        metavar="FINGERPRINT",
+        type=_fingerprint,
+        help="the server key's fingerprint (SHA256:…, from `caresync server-key` on the "
+        "server): checked before the password is sent, and pinned for good",
+    )
     _add_cafile(enrol)
+    _add_insecure(enrol)
     add_json(enrol)
     enrol.set_defaults(handler=_enrol)
 
@@ -74,6 +83,7 @@ def register(commands: Any) -> None:
     )
     sync.add_argument("--username", type=username, help="log in with a password")
     _add_cafile(sync)
+    _add_insecure(sync)
     add_json(sync)
     sync.set_defaults(handler=_sync)
 
@@ -85,6 +95,22 @@ def _add_cafile(parser: argparse.ArgumentParser) -> None:
         type=path,
         help="PEM certificates to trust for a wss:// server (default: the system's)",
     )
+
+
+def _add_insecure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain ws:// to another machine (refused otherwise: the password and "
+        "every record would cross the network unencrypted); loopback is always allowed",
+    )
+
+
+def _fingerprint(text: str) -> str:
+    try:
+        return parse_fingerprint(text)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _ssl_for(url: str, cafile: str | None) -> ssl.SSLContext | None:
@@ -121,6 +147,8 @@ def _enrol(args: argparse.Namespace, out: Output) -> int:
                     ssl=context,
                     device_name=args.device_name,
                     progress=progress,
+                    server_key=args.server_key,
+                    insecure=args.insecure,
                 )
             return await _result(replica, report)
         except CaresyncError as exc:
@@ -165,6 +193,7 @@ def _sync(args: argparse.Namespace, out: Output) -> int:
                         password=password,
                         ssl=context,
                         progress=progress,
+                        insecure=args.insecure,
                     )
             except AuthenticationError as exc:
                 if args.username is None:
@@ -193,6 +222,8 @@ async def _result(replica: Replica, report: SyncReport) -> dict[str, Any]:
         "conflicts_open": report.conflicts_open,
         "pending": status.pending,
         "records": status.records,
+        "quarantined": status.quarantined,
+        "server_key": replica.pinned_server_key,
     }
 
 
@@ -205,5 +236,11 @@ def _render(verb: str) -> Any:
             f"{data['pending']} unsynced, {data['conflicts_open']} open conflict(s)",
             markup=False,
         )
+        if data["quarantined"]:
+            console.print(
+                f"{data['quarantined']} update(s) from the server could not be merged and "
+                "were kept aside: see `caresync status`",
+                markup=False,
+            )
 
     return render

@@ -18,7 +18,7 @@ __all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    """Add ``user add`` and ``user passwd``."""
+    """Add ``user add``, ``user passwd``, ``user disable`` and ``user enable``."""
     group = commands.add_parser(
         "user", help="accounts on a server", description="Accounts of a server's organisations."
     )
@@ -41,13 +41,35 @@ def register(commands: Any) -> None:
         "passwd",
         help="change a password",
         description=f"Set a user's new password (from {PASSWORD_ENV} or a prompt, asked "
-        "twice). Sessions already open stay valid until they expire.",
+        "twice). The user's sessions end at once: a running server closes their connections "
+        "within a second, and laptops ask for the new password.",
     )
     add_db(passwd, "the server's database")
     passwd.add_argument("--org", required=True, type=organisation, help="organisation")
     passwd.add_argument("--username", required=True, type=username, help="the user")
     add_json(passwd)
     passwd.set_defaults(handler=_passwd)
+
+    for action, verb, what in (
+        (
+            "disable",
+            "disable an account",
+            "It can no longer log in, and its sessions end at once (a running server closes "
+            "their connections within a second). Nothing it wrote is touched; `user enable` "
+            "undoes it.",
+        ),
+        (
+            "enable",
+            "let a disabled account log in again",
+            "With its password, as before it was disabled.",
+        ),
+    ):
+        parser = actions.add_parser(action, help=verb, description=f"{verb.capitalize()}. {what}")
+        add_db(parser, "the server's database")
+        parser.add_argument("--org", required=True, type=organisation, help="organisation")
+        parser.add_argument("--username", required=True, type=username, help="the user")
+        add_json(parser)
+        parser.set_defaults(handler=_disable if action == "disable" else _enable)
 
 
 def _add(args: argparse.Namespace, out: Output) -> int:
@@ -83,4 +105,24 @@ def _passwd(args: argparse.Namespace, out: Output) -> int:
 
     run(go())
     out.result({"org": args.org, "username": args.username, "changed": True})
+    return 0
+
+
+def _disable(args: argparse.Namespace, out: Output) -> int:
+    return _set_disabled(args, out, True)
+
+
+def _enable(args: argparse.Namespace, out: Output) -> int:
+    return _set_disabled(args, out, False)
+
+
+def _set_disabled(args: argparse.Namespace, out: Output, disabled: bool) -> int:
+    async def go() -> None:
+        async with await open_server_store(args.db, accounts_only=True) as store:
+            if await store.get_user(args.org, args.username) is None:
+                raise CliError(f"no user {args.username!r} in {args.org!r}", ExitCode.NOT_FOUND)
+            await store.set_user_disabled(args.org, args.username, disabled)
+
+    run(go())
+    out.result({"org": args.org, "username": args.username, "disabled": disabled})
     return 0

@@ -75,6 +75,7 @@ _BOOKKEEPING_SUFFIX = "/" + _CREATED_FIELD
 # further signatures, and addenda.
 _MUTABLE_AFTER_SIGNING = frozenset({STATUS_FIELD, SIGNATURE_FIELD})
 _MAX_AUTHOR_LENGTH = 256
+_MAX_RECORD_ID_LENGTH = 128  # the sync protocol's MAX_ID_LENGTH
 _AT: Callable[[Revision], Timestamp] = operator.itemgetter(Revision._fields.index("at"))
 
 UpdateListener = Callable[[bytes, bool], None]
@@ -248,7 +249,20 @@ class Record:
         clock: HybridLogicalClock | None = None,
         new_id: Callable[[], str] = new_revision_id,
     ) -> Record:
-        """A new, empty record with a fresh id (or the one given)."""
+        """A new, empty record with a fresh id (or the one given).
+
+        A given id is printable text of 1 to 128 characters: what the sync
+        protocol carries (a longer one could never leave this replica).
+        """
+        if record_id is not None and (
+            not isinstance(record_id, str)
+            or not 0 < len(record_id) <= _MAX_RECORD_ID_LENGTH
+            or not record_id.isprintable()
+        ):
+            raise InvalidInputError(
+                f"a record id is printable text of 1 to {_MAX_RECORD_ID_LENGTH} characters, "
+                f"not {record_id!r:.80}"
+            )
         record = cls(
             record_id or new_record_id(), replica=replica, schema=schema, clock=clock, new_id=new_id
         )
@@ -811,6 +825,11 @@ def _check_update(update: object) -> None:
 def _check_name(value: object, what: str) -> None:
     if not isinstance(value, str) or not value.strip() or len(value) > _MAX_AUTHOR_LENGTH:
         raise InvalidInputError(f"{what} must be a non-empty string of at most 256 characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"{what} holds a lone surrogate (not valid UTF-8)") from None
 
 
 def _is_sub_path(path: str) -> bool:

@@ -46,6 +46,10 @@ def check_path(path: object) -> str:
         raise InvalidPathError(
             f"a field path must be 1 to {MAX_PATH_LENGTH} characters, got {len(path)}"
         )
+    if not _is_utf8(path):
+        raise InvalidPathError(
+            f"field path {path!r:.80} holds a lone surrogate (text that is not valid UTF-8)"
+        )
     if _BAD_SEGMENT.search(path):
         raise InvalidPathError(
             f"field path {path!r} has an empty segment, a segment with surrounding "
@@ -72,10 +76,23 @@ def check_value(value: object, *, what: str = "value") -> None:
         raise InvalidValueError(f"{what} is {size} bytes encoded; the limit is {MAX_VALUE_BYTES}")
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a str holding a lone surrogate, which no replica could store or send."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check(value: object, what: str, depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise InvalidValueError(f"{what} is nested more than {_MAX_DEPTH} levels deep")
-    if value is None or isinstance(value, (bool, str)):
+    if isinstance(value, str):
+        if not value.isascii() and not _is_utf8(value):
+            raise InvalidValueError(f"{what}: text with a lone surrogate is not valid UTF-8")
+        return
+    if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
         if abs(value) > _MAX_SAFE_INT:
@@ -93,6 +110,8 @@ def _check(value: object, what: str, depth: int) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidValueError(f"{what}: dictionary keys must be strings, got {key!r}")
+            if not key.isascii() and not _is_utf8(key):
+                raise InvalidValueError(f"{what}: a key with a lone surrogate is not valid UTF-8")
             _check(item, what, depth + 1)
         return
     raise InvalidValueError(

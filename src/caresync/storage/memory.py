@@ -25,6 +25,7 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
+from caresync.names import check_organisation, check_username
 from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
@@ -654,8 +655,8 @@ class MemoryStore:
 
     async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
+        check_organisation(organisation)
+        check_username(username)
         check_text(password_hash, "password_hash", max_length=4096)
         self._open_or_raise(f"adding user {username!r}")
         if (organisation, username) in self._users:

@@ -52,6 +52,7 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
+from caresync.names import check_organisation, check_username
 from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
 from caresync.storage._lock import WriterLock
 from caresync.storage._updates import (
@@ -1391,8 +1392,8 @@ class SQLiteStore:
 
     async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
+        check_organisation(organisation)
+        check_username(username)
         check_text(password_hash, "password_hash", max_length=4096)
         now = self._now_ms()
 
@@ -1968,7 +1969,12 @@ def _create_file(path: Path, now_ms: int) -> None:
         )
     except OSError as exc:
         raise StorageError(f"cannot create a database in {path.parent}: {exc}") from exc
-    os.close(fd)
+    try:
+        # Owner only, whatever the umask (mkstemp's 0600 is masked by it): a replica
+        # holds patients, and a server their password hashes too.
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         conn = sqlite3.connect(tmp, isolation_level=None)

@@ -130,6 +130,16 @@ def check_server_url(url: object, *, insecure: bool = False) -> str:
         raise InvalidInputError(f"server URL must start with ws:// or wss://, got {url!r:.200}")
     if not host:
         raise InvalidInputError(f"server URL {url!r:.200} names no host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInputError(
+            f"server URL {url!r:.200} carries a user name or password: credentials go in "
+            "the login, never in a URL (it is stored and shown)"
+        )
+    try:
+        url.encode("utf-8")
+        host.encode("idna")  # a label over 63 characters, or not encodable at all
+    except UnicodeError as exc:
+        raise InvalidInputError(f"not a valid server URL {url!r:.200}: {exc}") from None
     if port == 0:
         raise InvalidInputError(f"server URL {url!r:.200}: port 0 cannot be connected to")
     if parts.scheme == "ws" and not insecure and not is_loopback_host(host):
@@ -168,6 +178,8 @@ async def connect_websocket(
         )
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         raise ConnectionLostError(f"cannot connect to {url}: {exc}") from None
+    except ValueError as exc:
+        raise InvalidInputError(f"not a valid server URL {url!r:.200}: {exc}") from None
     return WebSocketChannel(connection, url)
 
 
@@ -229,6 +241,8 @@ async def serve_websockets(
             max_queue=max_queued_frames,
             compression=None,
         )
+    except ValueError as exc:  # a host that is not one (a NUL, an over-long label)
+        raise InvalidInputError(f"cannot listen on {host!r:.100}: {exc}") from None
     except OSError as exc:
         raise ConnectionLostError(f"cannot listen on {host}:{port}: {exc}") from None
     bound = next(iter(server.sockets)).getsockname()[1]
