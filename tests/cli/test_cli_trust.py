@@ -118,3 +118,20 @@ def test_serve_takes_a_clock_bound(tmp_path: Path) -> None:
     bad = inproc("serve --db {db} --max-clock-ahead -1", db=db)
     assert bad.code == 2
     assert "hours" in bad.error_line()
+
+
+def test_a_terminal_escape_from_another_laptop_is_shown_escaped(clinic: Clinic) -> None:
+    """A value synced from a peer never acts on the terminal of whoever reads it."""
+    laptop = clinic.enrol("escapes")
+    record = inproc("record new --db {db} --author dr.a --json", db=laptop).ok().json()
+    hostile = '"\\u001b[2J\\u202eevil"'  # JSON: clear the screen, then a bidi override
+    inproc(
+        "record set --db {db} {rid} name {value} --author dr.a",
+        db=laptop,
+        rid=record["record_id"],
+        value=hostile,
+    ).ok()
+    shown = inproc("record show --db {db} {rid} --history", db=laptop, rid=record["record_id"])
+    assert "\x1b" not in shown.ok().stdout
+    assert "\u202e" not in shown.stdout
+    assert "\\x1b[2J" in shown.stdout

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run
 from caresync.cli.databases import LaptopReader, open_laptop, open_reader
-from caresync.cli.output import Output, cells
+from caresync.cli.output import Output, cells, escaped
 from caresync.names import shown
 
 __all__ = ["register"]
@@ -164,8 +164,10 @@ def _render_list(console: Console, data: Mapping[str, Any]) -> None:
     conflicts = data["conflicts"]
     for kept in data.get("quarantined", ()):
         console.print(
-            f"quarantined  record {kept['record_id']}: an update from the server could not be "
-            f"merged and was kept aside ({kept['reason']}); show it to an administrator",
+            escaped(
+                f"quarantined  record {kept['record_id']}: an update from the server could not "
+                f"be merged and was kept aside ({kept['reason']}); show it to an administrator"
+            ),
             markup=False,
             style="bold",
         )
@@ -174,11 +176,13 @@ def _render_list(console: Console, data: Mapping[str, Any]) -> None:
         return
     for c in conflicts:
         console.print(
-            f"{c['id']}  {c['severity']}  {c['kind']}  record {c['record_id']}  {c['path']}",
+            escaped(
+                f"{c['id']}  {c['severity']}  {c['kind']}  record {c['record_id']}  {c['path']}"
+            ),
             markup=False,
             style="bold",
         )
-        console.print(f"  {c['message']}", markup=False)
+        console.print(escaped(f"  {c['message']}"), markup=False)
         table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
         for column in ("N", "value", "author", "replica", "at"):
             table.add_column(column, overflow="fold")

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from caresync.cli.errors import printable
 
-__all__ = ["Output", "Renderer", "cells", "iso_ms", "to_json"]
+__all__ = ["escaped", "Output", "Renderer", "cells", "iso_ms", "to_json"]
 
 _PIPE_WIDTH = 200
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -36,9 +36,24 @@ def iso_ms(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
+def escaped(value: object) -> str:
+    """``value`` as text safe on a terminal: what is not printable is written as its escape.
+
+    Values come from other laptops (a name, a note, a revision's author): a terminal
+    escape or a bidirectional override in one must show as ``\x1b`` or ``\u202e``,
+    never act on the person's terminal.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def cells(*values: object) -> list[Text]:
-    """Table cells shown as given: a value like ``[red]`` is data, not rich markup."""
-    return [Text("-" if value is None else str(value)) for value in values]
+    """Table cells shown as given: ``[red]`` is data, not rich markup; escapes are escaped."""
+    return [Text("-" if value is None else escaped(value)) for value in values]
 
 
 def to_json(data: Mapping[str, Any]) -> str:

@@ -13,7 +13,7 @@ from rich.table import Table
 from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run, text
 from caresync.cli.databases import open_laptop, open_reader
 from caresync.cli.errors import CliError
-from caresync.cli.output import Output, cells
+from caresync.cli.output import Output, cells, escaped
 from caresync.conflicts import Candidate, RecordView
 from caresync.names import shown
 from caresync.records import FieldState
@@ -198,7 +198,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _render_show(console: Console, data: Mapping[str, Any]) -> None:
-    console.print(f"record {data['record_id']}", markup=False, style="bold")
+    console.print(f"record {escaped(data['record_id'])}", markup=False, style="bold")
     table = Table(show_header=True, header_style="bold")
     table.add_column("field", overflow="fold")
     table.add_column("value", overflow="fold")
@@ -220,11 +220,11 @@ def _render_show(console: Console, data: Mapping[str, Any]) -> None:
     conflicts = data["conflicts"]
     console.print(f"{len(conflicts)} open conflict(s)", markup=False)
     for c in conflicts:
-        console.print(f"  {c['id']}  {c['severity']}  {c['message']}", markup=False)
+        console.print(escaped(f"  {c['id']}  {c['severity']}  {c['message']}"), markup=False)
     for path, revisions in data.get("history", {}).items():
-        console.print(f"history of {path}:", markup=False, style="bold")
+        console.print(escaped(f"history of {path}:"), markup=False, style="bold")
         for rev in revisions:
             console.print(
-                f"  {rev['at']}  {rev['author']}@{rev['replica']}  {_short(rev['value'])}",
+                escaped(f"  {rev['at']}  {rev['author']}@{rev['replica']}  {_short(rev['value'])}"),
                 markup=False,
             )
