@@ -22,7 +22,7 @@ __all__ = ["field_json", "register", "show_record"]
 
 
 def register(commands: Any) -> None:
-    """Add ``record new``, ``record set``, ``record add-entry`` and ``record show``."""
+    """Add ``record new``, ``set``, ``add-entry``, ``sign`` and ``show``."""
     group = commands.add_parser(
         "record", help="create, change and show patient records", description="Patient records."
     )
@@ -69,6 +69,20 @@ def register(commands: Any) -> None:
     entry.add_argument("--author", required=True, type=author, help="the person writing")
     add_json(entry)
     entry.set_defaults(handler=_add_entry)
+
+    sign = actions.add_parser(
+        "sign",
+        help="sign a note",
+        description="Sign a note of a record: its text can no longer change (add an addendum "
+        "instead). A note whose fields are in conflict cannot be signed until they are "
+        "resolved.",
+    )
+    add_db(sign, "a laptop's database")
+    sign.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
+    sign.add_argument("note_id", metavar="NOTE_ID", type=identifier("NOTE_ID"))
+    sign.add_argument("--author", required=True, type=author, help="the person signing")
+    add_json(sign)
+    sign.set_defaults(handler=_sign)
 
     show = actions.add_parser(
         "show",
@@ -132,6 +146,28 @@ def _add_entry(args: argparse.Namespace, out: Output) -> int:
     out.result(
         {"record_id": args.record_id, "collection": args.collection, "entry_id": entry_id},
         _render_id("entry_id"),
+    )
+    return 0
+
+
+def _sign(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            rev = await replica.sign_note(args.record_id, args.note_id, author=args.author)
+            return {
+                "record_id": args.record_id,
+                "note_id": args.note_id,
+                "revision": rev.id,
+                "author": rev.author,
+                "at": rev.at.isoformat(),
+            }
+
+    out.result(
+        run(go()),
+        lambda console, data: console.print(
+            escaped(f"signed note {data['note_id']} as {data['author']} at {data['at']}"),
+            markup=False,
+        ),
     )
     return 0
 
