@@ -126,14 +126,18 @@ def ref_allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) 
             for substance in _heads(allergy, "substance"):
                 for medication in medications:
                     for drug in _heads(medication, "drug"):
-                        if table.matches(substance.value, drug.value):
+                        # Since version 2 the message says why (match.reason); the charts
+                        # below record no criticality or reaction, only allergens the table
+                        # knows and no cross-reactive drug, so every finding is this flag.
+                        match = table.match(substance.value, drug.value)
+                        if match is not None:
                             yield Finding(
                                 rule="allergy-vs-prescription",
                                 severity=Severity.FLAG,
                                 message=(
                                     f"allergy to {substance.value!r} (recorded by "
                                     f"{_who(substance)}) and {drug.value!r} prescribed by "
-                                    f"{_who(drug)}: review the prescription"
+                                    f"{_who(drug)}: {match.reason}; review the prescription"
                                 ),
                                 revisions=(substance.id, drug.id),
                                 key=f"{allergy.id}/{medication.id}",

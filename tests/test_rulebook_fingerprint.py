@@ -123,7 +123,7 @@ def test_a_builtin_rule_version_is_part_of_it() -> None:
     described = rule_fingerprint(table_rule)
     assert described is not None
     assert described[0].startswith("caresync.conflicts.builtin:allergy_versus_prescription(table=")
-    assert described[1] == "int:1"
+    assert described[1] == "int:2"  # 2 since issue 13: matching, severities, unrecognised
     assert rule_fingerprint(duplicate_allergy) == (
         "caresync.conflicts.builtin:duplicate_allergy",
         "int:1",
@@ -139,7 +139,7 @@ def test_the_substance_table_is_part_of_it() -> None:
     b = SubstanceTable.of({"penicillin": ["Ampicillin", "amoxicillin"], "latex": []})
     assert Rulebook(builtin_rules(a)).fingerprint == Rulebook(builtin_rules(b)).fingerprint
     # A copy of the default table (its digest computed, not the one kept at import).
-    copy = SubstanceTable(dict(DEFAULT_SUBSTANCES.drugs_by_substance))
+    copy = SubstanceTable.from_data(DEFAULT_SUBSTANCES.to_data())
     assert Rulebook(builtin_rules(copy)).fingerprint == DEFAULT_RULEBOOK.fingerprint
 
 

@@ -30,7 +30,13 @@ from caresync.conflicts.fingerprint import (
 )
 from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
 from caresync.conflicts.rulebook import DEFAULT_RULEBOOK, Rulebook
-from caresync.conflicts.substances import DEFAULT_SUBSTANCES, SubstanceTable
+from caresync.conflicts.substances import (
+    DEFAULT_SUBSTANCES,
+    Match,
+    MatchKind,
+    Reading,
+    SubstanceTable,
+)
 from caresync.conflicts.view import RecordView
 
 __all__ = [
@@ -49,6 +55,9 @@ __all__ = [
     "CrossRecordFinding",
     "CrossRecordRule",
     "Finding",
+    "Match",
+    "MatchKind",
+    "Reading",
     "RecordSummary",
     "RecordView",
     "Rule",

@@ -7,7 +7,7 @@ field names they read are the conventional ones of the default schema:
 collection        fields read
 ================  =====================================================
 medications       ``drug``, ``dose``, ``status``
-allergies         ``substance``, ``status``
+allergies         ``substance``, ``status``, ``criticality``, ``reaction``
 encounters        ``status``
 notes             every field frozen by a ``signature``
 (any)             ``status`` (``entered-in-error``) and every other field
@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 from caresync.conflicts.fingerprint import versioned
 from caresync.conflicts.model import Finding, Severity
-from caresync.conflicts.substances import DEFAULT_SUBSTANCES, SubstanceTable, normalise
+from caresync.conflicts.substances import (
+    DEFAULT_SUBSTANCES,
+    Match,
+    Reading,
+    SubstanceTable,
+    normalise,
+)
 from caresync.conflicts.view import RecordView
 from caresync.records import (
     ADDENDA_FIELD,
@@ -55,7 +61,6 @@ INACTIVE_MEDICATION_STATUSES = frozenset({"stopped", ENTERED_IN_ERROR, "complete
 INACTIVE_ALLERGY_STATUSES = frozenset({ENTERED_IN_ERROR, "inactive", "resolved", "refuted"})
 TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERROR})
 _SORTED_COLLECTIONS = tuple(sorted(DEFAULT_COLLECTIONS))
-_DEFAULT_TABLE_DIGEST = DEFAULT_SUBSTANCES.digest()
 
 
 # Versions of the built-in rules, part of every rulebook's fingerprint. BUMP a
@@ -64,7 +69,7 @@ _DEFAULT_TABLE_DIGEST = DEFAULT_SUBSTANCES.digest()
 # store each other's conflict rows without running the rules themselves.
 _STOPPED_VERSUS_DOSE_CHANGE = 1
 _ENTERED_IN_ERROR_VERSUS_EDIT = 1
-_ALLERGY_VERSUS_PRESCRIPTION = 1  # the substance table is part of its identity
+_ALLERGY_VERSUS_PRESCRIPTION = 2  # the substance table is part of its identity
 _DUPLICATE_ALLERGY = 1
 _TERMINAL_ENCOUNTER_CLASH = 1
 _NOTE_CHANGED_WHILE_SIGNED = 1
@@ -147,19 +152,21 @@ def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
 
 
 def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> Rule:
-    """A rule: an active allergy and an active medication it rules out (flag).
+    """A rule: an active allergy and an active medication it rules out (block or flag).
 
     Typically one laptop records the allergy while another prescribes the drug;
     an application should also warn at the moment of prescribing, and this rule
-    catches every pair a merge brings together.
+    catches every pair a merge brings together. What matches is the table's
+    business (:meth:`SubstanceTable.match`); the severity follows the allergy:
+    ``block`` when its criticality is ``high`` or a reaction of anaphylaxis is
+    recorded, ``flag`` otherwise, and ``flag`` for a possible cross-reactivity
+    only. An allergen the table does not recognise gets an ``info`` finding
+    (``allergen-not-recognised``): prescriptions are not checked against it.
     """
-
-    # Hashing a table costs 10 us and Rulebook() builds this rule each time.
-    digest = _DEFAULT_TABLE_DIGEST if table is DEFAULT_SUBSTANCES else table.digest()
 
     @versioned(
         _ALLERGY_VERSUS_PRESCRIPTION,
-        identity=f"{__name__}:allergy_versus_prescription(table={digest})",
+        identity=f"{__name__}:allergy_versus_prescription(table={table.digest()})",
     )
     def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
         allergies = [
@@ -175,23 +182,106 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
             if _is_active(view, "medications", m, INACTIVE_MEDICATION_STATUSES)
         ]
         for allergy in allergies:
+            serious: str | None = None  # why the allergy blocks; read on the first match
+            serious_read = False
             for substance in _field(view, "allergies", allergy, "substance"):
+                if substance.value is None or (
+                    isinstance(substance.value, str) and not normalise(substance.value)
+                ):
+                    continue
+                reading = table.read(substance.value)
+                if reading.unrecognised:
+                    yield _not_recognised(allergy, substance, reading)
                 for medication, drugs in medications:
                     for drug in drugs:
-                        if table.matches(substance.value, drug.value):
-                            yield Finding(
-                                rule="allergy-vs-prescription",
-                                severity=Severity.FLAG,
-                                message=(
-                                    f"allergy to {substance.value!r} (recorded by "
-                                    f"{_who(substance)}) and {drug.value!r} prescribed by "
-                                    f"{_who(drug)}: review the prescription"
-                                ),
-                                revisions=(substance.id, drug.id),
-                                key=f"{allergy}/{medication}",
-                            )
+                        match = table.match(substance.value, drug.value)
+                        if match is None:
+                            continue
+                        if not serious_read:
+                            serious, serious_read = _serious(view, allergy), True
+                        why = serious
+                        if why is None and reading.anaphylaxis:
+                            why = "anaphylaxis is recorded"
+                        yield _allergy_finding(allergy, medication, substance, drug, match, why)
 
     return allergy_versus_prescription
+
+
+def _serious(view: RecordView, allergy: str) -> str | None:
+    """Why an allergy is serious enough to block: high criticality, or anaphylaxis recorded."""
+    for rev in _field(view, "allergies", allergy, "criticality"):
+        if normalise(rev.value) == "high":
+            return "the allergy's criticality is high"
+    for name in _REACTION_FIELDS:
+        for rev in _field(view, "allergies", allergy, name):
+            if _mentions_anaphylaxis(rev.value):
+                return "anaphylaxis is recorded"
+    return None
+
+
+_REACTION_FIELDS = ("reaction", "reactions", "manifestation")
+
+
+def _mentions_anaphylaxis(value: object) -> bool:
+    """True if a reaction (text, or FHIR-like lists and objects of text) says anaphylaxis."""
+    if isinstance(value, str):
+        return "anaphyla" in value.lower()
+    if isinstance(value, list):
+        return any(_mentions_anaphylaxis(v) for v in value)
+    if isinstance(value, dict):
+        return any(_mentions_anaphylaxis(v) for v in value.values())
+    return False
+
+
+def _allergy_finding(
+    allergy: str,
+    medication: str,
+    substance: Revision,
+    drug: Revision,
+    match: Match,
+    serious: str | None,
+) -> Finding:
+    read_as = f" (read as {match.allergen})" if match.corrected else ""
+    said = (
+        f"allergy to {substance.value!r}{read_as} (recorded by {_who(substance)}) and "
+        f"{drug.value!r} prescribed by {_who(drug)}: {match.reason}"
+    )
+    if serious is not None and not match.cross_reactivity:
+        return Finding(
+            rule="allergy-vs-prescription",
+            severity=Severity.BLOCK,
+            message=f"{said}; {serious}: choose whether the prescription stands",
+            revisions=(substance.id, drug.id),
+            key=f"{allergy}/{medication}/block",  # a flag acknowledged earlier does not cover it
+        )
+    return Finding(
+        rule="allergy-vs-prescription",
+        severity=Severity.FLAG,
+        message=f"{said}; review the prescription",
+        revisions=(substance.id, drug.id),
+        key=f"{allergy}/{medication}",
+    )
+
+
+def _not_recognised(allergy: str, substance: Revision, reading: Reading) -> Finding:
+    if reading.recognised:
+        unknown = ", ".join(repr(u) for u in reading.unrecognised)
+        said = (
+            f"allergy to {substance.value!r} (recorded by {_who(substance)}): {unknown} "
+            "not recognised"
+        )
+    else:
+        said = f"allergy to {substance.value!r} (recorded by {_who(substance)}) not recognised"
+    return Finding(
+        rule="allergen-not-recognised",
+        severity=Severity.INFO,
+        message=(
+            f"{said}: prescriptions are not checked against it, only for its own name; "
+            "check them by hand or record the substance by a name the table knows"
+        ),
+        revisions=(substance.id,),
+        key=allergy,
+    )
 
 
 @versioned(_DUPLICATE_ALLERGY)

@@ -15,9 +15,11 @@ from typing import cast
 from caresync.conflicts.builtin import Rule, builtin_rules
 from caresync.conflicts.fingerprint import check_rule_versions, rulebook_fingerprint
 from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
+from caresync.conflicts.substances import SubstanceTable
 from caresync.conflicts.view import RecordView
 from caresync.exceptions import (
     CaresyncError,
+    InvalidInputError,
     InvalidResolutionError,
     RuleError,
     UnknownConflictError,
@@ -34,13 +36,25 @@ _UNSET: object = object()
 class Rulebook:
     """A set of safety rules, and the operations that list and resolve conflicts.
 
-    ``Rulebook()`` has the built-in rules; ``Rulebook([...])`` exactly the rules
-    given; :meth:`with_rules` adds an application's own.
+    ``Rulebook()`` has the built-in rules; ``Rulebook(substances=table)`` the
+    built-in rules with an application's own substance table for the allergy
+    rule (its digest is part of the fingerprint); ``Rulebook([...])`` exactly
+    the rules given; :meth:`with_rules` adds an application's own.
     """
 
-    def __init__(self, rules: Iterable[Rule] | None = None) -> None:
+    def __init__(
+        self, rules: Iterable[Rule] | None = None, *, substances: SubstanceTable | None = None
+    ) -> None:
         if rules is None:
-            self._rules: tuple[Rule, ...] = builtin_rules()  # versioned correctly, by us
+            # versioned correctly, by us
+            self._rules: tuple[Rule, ...] = (
+                builtin_rules() if substances is None else builtin_rules(substances)
+            )
+        elif substances is not None:
+            raise InvalidInputError(
+                "give a rulebook its rules or a substance table for the built-in rules, not "
+                "both (builtin_rules(table) gives the built-in rules with a table)"
+            )
         else:
             self._rules = tuple(rules)
             check_rule_versions(self._rules)  # a bad version is refused here, not when syncing
