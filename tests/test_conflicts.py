@@ -68,8 +68,15 @@ def test_problem_stopped_versus_dose_change_is_a_block_not_a_silent_mix() -> Non
     exchange(a, b)
     conflict = only(rules.conflicts(a), "stopped-vs-dose-change")
     assert conflict.severity is Severity.BLOCK
-    assert {c.value for c in conflict.candidates} == {"stopped", "1000mg"}
+    # The candidates are complete outcomes, in words, with who chose each side.
+    assert [c.value for c in conflict.candidates] == ["stopped", "continue at 1000mg"]
+    assert [c.author for c in conflict.candidates] == ["dr.a", "dr.b"]
+    assert "metformin 500mg / 1000mg" in conflict.message or "metformin" in conflict.message
     assert rules.conflicts(b) == rules.conflicts(a)
+    # Until someone decides, both fields the finding involves are contested.
+    contested = rules.contested(a)
+    assert contested[f"medications/{med}/status"].id == conflict.id
+    assert contested[f"medications/{med}/dose"].id == conflict.id
 
 
 def test_problem_note_edits_do_not_interleave_characters() -> None:
@@ -168,11 +175,65 @@ def test_resolving_a_block_finding_records_the_decision_and_closes_it() -> None:
         rules.acknowledge(a, finding.id, author="dr.a")
     with pytest.raises(InvalidResolutionError):
         rules.resolve(a, finding.id, value="x", author="dr.a")
-    rules.resolve(a, finding.id, choose=0, author="dr.a")
+    rules.resolve(a, finding.id, choose=1, author="dr.a")  # "continue at 3mg"
     exchange(a, b)
     assert rules.conflicts(b) == []
+    assert rules.contested(b) == {}
+    # The record says what the clinician chose, on every replica.
+    for replica in (a, b):
+        assert replica.value(f"medications/{med}/status") == "active"
+        assert replica.value(f"medications/{med}/dose") == "3mg"
     decision = b.acknowledgement(finding.id)
-    assert decision.value == {"decision": "chose", "revision": finding.candidates[0].revision}
+    assert decision.value == {
+        "decision": "continue at 3mg",
+        "outcome": 1,
+        "writes": {f"medications/{med}/status": "active", f"medications/{med}/dose": "3mg"},
+    }
+    # The history keeps the rest: the stop and both doses are still there.
+    assert [r.value for r in b.history(f"medications/{med}/status")][-2:] == ["stopped", "active"]
+
+
+def test_choosing_stopped_writes_stopped_everywhere() -> None:
+    a, b = replicas()
+    med = a.add_entry("medications", {"drug": "warfarin", "dose": "5mg"}, author="dr.a")
+    exchange(a, b)
+    a.set_status("medications", med, "stopped", author="dr.a")
+    b.set(f"medications/{med}/dose", "3mg", author="dr.b")
+    exchange(a, b)
+    finding = only(rules.conflicts(b), "stopped-vs-dose-change")
+    rules.resolve(b, finding.id, choose=0, author="dr.b")
+    exchange(a, b)
+    for replica in (a, b):
+        assert replica.value(f"medications/{med}/status") == "stopped"
+        assert rules.conflicts(replica) == []
+
+
+def test_two_different_decisions_stay_a_conflict_that_reads_as_the_decisions() -> None:
+    a, b = replicas()
+    med = a.add_entry("medications", {"drug": "warfarin", "dose": "5mg"}, author="dr.a")
+    exchange(a, b)
+    a.set_status("medications", med, "stopped", author="dr.a")
+    b.set(f"medications/{med}/dose", "3mg", author="dr.b")
+    exchange(a, b)
+    finding = only(rules.conflicts(a), "stopped-vs-dose-change")
+    rules.resolve(a, finding.id, choose=0, author="dr.a")  # offline, each decides
+    rules.resolve(b, finding.id, choose=1, author="dr.b")
+    exchange(a, b)
+    decisions = [c for c in rules.conflicts(a) if c.subject.startswith("_ack/")]
+    assert len(decisions) == 1
+    [conflict] = decisions
+    assert sorted(c.value for c in conflict.candidates) == ["continue at 3mg", "stopped"]
+    assert {c.author for c in conflict.candidates} == {"dr.a", "dr.b"}
+    assert "decided one finding differently" in conflict.message
+    assert rules.conflicts(b) == rules.conflicts(a)
+    # Settling it writes the chosen decision again, over every head.
+    pick = [c.value for c in conflict.candidates].index("continue at 3mg")
+    rules.resolve(a, conflict.id, choose=pick, author="dr.c")
+    exchange(a, b)
+    for replica in (a, b):
+        assert rules.conflicts(replica) == []
+        assert replica.value(f"medications/{med}/status") == "active"
+        assert replica.value(f"medications/{med}/dose") == "3mg"
 
 
 def test_writing_the_status_after_seeing_both_sides_also_clears_the_block() -> None:
@@ -199,7 +260,17 @@ def test_rule_entered_in_error_versus_concurrent_edit() -> None:
     exchange(a, b)
     conflict = only(rules.conflicts(a), "entered-in-error-vs-edit")
     assert conflict.severity is Severity.BLOCK
-    assert {c.value for c in conflict.candidates} == {"entered-in-error", "2019"}
+    assert [c.value for c in conflict.candidates] == [
+        "entered-in-error",
+        "keep it, with onset 2019",
+    ]
+    assert conflict.message.startswith("J45 (problems) was marked entered-in-error")
+    rules.resolve(a, conflict.id, choose=1, author="dr.a")
+    exchange(a, b)
+    for replica in (a, b):
+        assert replica.value(f"problems/{problem}/status") == "active"
+        assert replica.value(f"problems/{problem}/onset") == "2019"
+        assert rules.conflicts(replica) == []
 
 
 def test_entered_in_error_after_seeing_the_edit_is_no_conflict() -> None:

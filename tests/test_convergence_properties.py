@@ -24,7 +24,13 @@ from tests.convergence_model import (
     snapshot,
 )
 
-from caresync import DEFAULT_RULEBOOK, ConflictKind, InvalidResolutionError, Severity
+from caresync import (
+    DEFAULT_RULEBOOK,
+    ConflictKind,
+    InvalidResolutionError,
+    Severity,
+    canonical_json,
+)
 
 replica_index = st.integers(min_value=0, max_value=5)
 
@@ -100,6 +106,10 @@ class ReplicasConverge(RuleBasedStateMachine):
         chosen = choose % len(conflict.candidates)
         if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
             DEFAULT_RULEBOOK.resolve(record, conflict.id, choose=chosen, author=f"author-{i}")
+            # A decision means what it says: the record now holds the chosen outcome.
+            writes = conflict.outcomes[chosen].writes if conflict.outcomes else ()
+            for path, value in writes:
+                assert canonical_json(record.value(path)) == canonical_json(value), path
         else:
             DEFAULT_RULEBOOK.acknowledge(record, conflict.id, author=f"author-{i}")
         # Resolving the same conflict again must be refused, never duplicated.

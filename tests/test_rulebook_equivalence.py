@@ -9,6 +9,7 @@ exactly the same findings, conflicts and errors.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -23,11 +24,13 @@ from caresync.conflicts import (
     INACTIVE_MEDICATION_STATUSES,
     TERMINAL_ENCOUNTER_STATUSES,
     Finding,
+    Outcome,
     RecordView,
     Rule,
     Severity,
     SubstanceTable,
 )
+from caresync.conflicts.describe import describe_entry
 from caresync.conflicts.substances import normalise
 from caresync.exceptions import CaresyncError
 from caresync.records import (
@@ -38,6 +41,7 @@ from caresync.records import (
     STATUS_FIELD,
     Entry,
     Revision,
+    canonical_json,
 )
 
 # ---------------------------------------------------------------- the reference
@@ -59,29 +63,67 @@ def _is_active(entry: Entry, inactive: frozenset[str]) -> bool:
     return not statuses or any(s.value not in inactive for s in statuses)
 
 
+def _words(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _before(view: RecordView, rev: Revision, default: str) -> object:
+    values = {
+        canonical_json(p.value): p.value
+        for p in (view.revision(i) for i in rev.parents)
+        if p is not None
+    }
+    return next(iter(values.values())) if len(values) == 1 else default
+
+
 def ref_stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
-    """A medication stopped on one replica while its dose changed on another (block)."""
+    """A medication stopped on one replica while its dose changed on another (block).
+
+    Version 2: outcomes, and the entry named by its content.
+    """
     for entry in view.entries("medications"):
         for stop in _heads(entry, STATUS_FIELD):
             if stop.value != "stopped":
                 continue
             for dose in _heads(entry, "dose"):
                 if view.concurrent(stop, dose):
+                    drug = entry.value("drug", "a medication")
+                    status_path = f"medications/{entry.id}/{STATUS_FIELD}"
+                    dose_path = f"medications/{entry.id}/dose"
                     yield Finding(
                         rule="stopped-vs-dose-change",
                         severity=Severity.BLOCK,
                         message=(
-                            f"{entry.value('drug', 'a medication')} was stopped by {_who(stop)} "
-                            f"while {_who(dose)} changed its dose to {dose.value!r}: "
-                            "choose whether it stays stopped or continues at the new dose"
+                            f"{describe_entry(view, 'medications', entry.id)} was stopped by "
+                            f"{_who(stop)} while {_who(dose)} changed its dose to "
+                            f"{_words(dose.value)}: choose whether {drug} stays stopped or "
+                            "continues at the new dose"
                         ),
                         revisions=(stop.id, dose.id),
                         key=entry.id,
+                        outcomes=(
+                            Outcome(
+                                "stopped",
+                                ((status_path, "stopped"), (dose_path, dose.value)),
+                                stop.id,
+                            ),
+                            Outcome(
+                                f"continue at {_words(dose.value)}",
+                                (
+                                    (status_path, _before(view, stop, "active")),
+                                    (dose_path, dose.value),
+                                ),
+                                dose.id,
+                            ),
+                        ),
                     )
 
 
 def ref_entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
-    """An entry marked entered-in-error on one replica while edited on another (block)."""
+    """An entry marked entered-in-error on one replica while edited on another (block).
+
+    Version 2: outcomes, and the entry named by its content.
+    """
     for collection in sorted(DEFAULT_COLLECTIONS):
         for entry in view.entries(collection):
             for mark in _heads(entry, STATUS_FIELD):
@@ -92,16 +134,32 @@ def ref_entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
                         continue
                     for edit in state.heads:
                         if view.concurrent(mark, edit):
+                            status_path = f"{collection}/{entry.id}/{STATUS_FIELD}"
+                            field_path = f"{collection}/{entry.id}/{name}"
+                            kept = () if entry.signed else ((field_path, edit.value),)
                             yield Finding(
                                 rule="entered-in-error-vs-edit",
                                 severity=Severity.BLOCK,
                                 message=(
-                                    f"{collection} entry {entry.id} was marked entered-in-error "
-                                    f"by {_who(mark)} while {_who(edit)} set {name} to "
-                                    f"{edit.value!r}: choose whether the entry is in error"
+                                    f"{describe_entry(view, collection, entry.id)} was marked "
+                                    f"entered-in-error by {_who(mark)} while {_who(edit)} set "
+                                    f"{name} to {_words(edit.value)}: choose whether the entry "
+                                    "is in error"
                                 ),
                                 revisions=(mark.id, edit.id),
                                 key=f"{collection}/{entry.id}/{name}",
+                                outcomes=(
+                                    Outcome(
+                                        ENTERED_IN_ERROR,
+                                        ((status_path, ENTERED_IN_ERROR), *kept),
+                                        mark.id,
+                                    ),
+                                    Outcome(
+                                        f"keep it, with {name} {_words(edit.value)}",
+                                        ((status_path, _before(view, mark, "active")), *kept),
+                                        edit.id,
+                                    ),
+                                ),
                             )
 
 

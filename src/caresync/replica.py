@@ -489,6 +489,14 @@ class Replica:
             result.extend(self.rulebook.conflicts(await self._pool.get(rid)))
         return result
 
+    async def contested(self, record_id: str) -> dict[str, Conflict]:
+        """The fields of a record that an open ``block`` conflict involves, and that conflict.
+
+        Until a person chooses, such a field has no settled value: show the conflict
+        and its candidates, not one of them (see :meth:`Rulebook.contested`).
+        """
+        return self.rulebook.contested(await self._pool.get(record_id))
+
     async def find_conflict(self, conflict_id: str) -> Conflict:
         """The open conflict with that id (UnknownConflictError if none)."""
         for row in await self.store.conflicts():

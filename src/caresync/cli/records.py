@@ -215,10 +215,26 @@ def field_json(state: FieldState) -> Any:
 def show_record(
     view: RecordView, conflicts: list[dict[str, Any]], *, history: bool = False
 ) -> dict[str, Any]:
-    """The ``record show`` object for a record."""
+    """The ``record show`` object for a record.
+
+    A field that an open ``block`` finding involves (a medication's status *and* its
+    dose, while it was stopped on one laptop and its dose changed on another) is no
+    settled value until a person chooses: it shows as that finding and its candidates,
+    as a field conflict does.
+    """
+    fields = {path: field_json(view.get(path)) for path in view.paths()}
+    for conflict in conflicts:
+        if conflict.get("severity") != "block":
+            continue
+        for path in conflict.get("paths", ()):
+            if path in fields and not view.get(path).in_conflict:  # its own conflict shows
+                fields[path] = {
+                    "conflict": conflict["id"],
+                    "candidates": conflict["candidates"],
+                }
     data: dict[str, Any] = {
         "record_id": view.record_id,
-        "fields": {path: field_json(view.get(path)) for path in view.paths()},
+        "fields": fields,
         "conflicts": conflicts,
     }
     if history:

@@ -22,13 +22,21 @@ from caresync.conflicts.cross import (
     possible_duplicate_person,
     summarize,
 )
+from caresync.conflicts.describe import describe_entry, describe_path
 from caresync.conflicts.fingerprint import (
     DERIVATION_VERSION,
     FINGERPRINT_FORMAT,
     rule_fingerprint,
     versioned,
 )
-from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
+from caresync.conflicts.model import (
+    Candidate,
+    Conflict,
+    ConflictKind,
+    Finding,
+    Outcome,
+    Severity,
+)
 from caresync.conflicts.rulebook import DEFAULT_RULEBOOK, Rulebook
 from caresync.conflicts.substances import (
     DEFAULT_SUBSTANCES,
@@ -40,6 +48,8 @@ from caresync.conflicts.substances import (
 from caresync.conflicts.view import RecordView
 
 __all__ = [
+    "describe_entry",
+    "describe_path",
     "DEFAULT_RULEBOOK",
     "DEFAULT_SUBSTANCES",
     "DERIVATION_VERSION",
@@ -55,6 +65,7 @@ __all__ = [
     "CrossRecordFinding",
     "CrossRecordRule",
     "Finding",
+    "Outcome",
     "Match",
     "MatchKind",
     "Reading",

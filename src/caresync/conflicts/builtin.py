@@ -16,10 +16,12 @@ notes             every field frozen by a ``signature``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 
+from caresync.conflicts.describe import describe_entry
 from caresync.conflicts.fingerprint import versioned
-from caresync.conflicts.model import Finding, Severity
+from caresync.conflicts.model import Finding, Outcome, Severity
 from caresync.conflicts.substances import (
     DEFAULT_SUBSTANCES,
     Match,
@@ -35,7 +37,9 @@ from caresync.records import (
     SIGNATURE_FIELD,
     STATUS_FIELD,
     Entry,
+    JSONValue,
     Revision,
+    canonical_json,
 )
 
 __all__ = [
@@ -67,9 +71,9 @@ _SORTED_COLLECTIONS = tuple(sorted(DEFAULT_COLLECTIONS))
 # rule's version whenever its behaviour changes (what it finds, its severity,
 # message, key or revisions): replicas whose rulebooks have equal fingerprints
 # store each other's conflict rows without running the rules themselves.
-_STOPPED_VERSUS_DOSE_CHANGE = 1
-_ENTERED_IN_ERROR_VERSUS_EDIT = 1
-_ALLERGY_VERSUS_PRESCRIPTION = 2  # the substance table is part of its identity
+_STOPPED_VERSUS_DOSE_CHANGE = 2  # 2: outcomes; entries named by their content
+_ENTERED_IN_ERROR_VERSUS_EDIT = 2  # 2: outcomes; entries named by their content
+_ALLERGY_VERSUS_PRESCRIPTION = 3  # the substance table is part of its identity; 3: outcomes
 _DUPLICATE_ALLERGY = 1
 _TERMINAL_ENCOUNTER_CLASH = 1
 _NOTE_CHANGED_WHILE_SIGNED = 1
@@ -77,6 +81,20 @@ _NOTE_CHANGED_WHILE_SIGNED = 1
 
 def _who(rev: Revision) -> str:
     return f"{rev.author} on {rev.replica}"
+
+
+def _words(value: JSONValue) -> str:
+    """A value as a clinician reads it in a sentence: text as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _before(view: RecordView, rev: Revision, default: str) -> JSONValue:
+    """The value ``rev`` replaced (its parents agree on it), or ``default`` if it replaced none."""
+    parents = [p for p in (view.revision(i) for i in rev.parents) if p is not None]
+    values = {canonical_json(p.value): p.value for p in parents}
+    if len(values) == 1:
+        return next(iter(values.values()))
+    return default
 
 
 def _heads(entry: Entry, name: str) -> tuple[Revision, ...]:
@@ -109,16 +127,34 @@ def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
             for dose in _field(view, "medications", entry_id, "dose"):
                 if view.concurrent(stop, dose):
                     drug = view.value(f"medications/{entry_id}/drug", "a medication")
+                    status_path = f"medications/{entry_id}/{STATUS_FIELD}"
+                    dose_path = f"medications/{entry_id}/dose"
                     yield Finding(
                         rule="stopped-vs-dose-change",
                         severity=Severity.BLOCK,
                         message=(
-                            f"{drug} was stopped by {_who(stop)} "
-                            f"while {_who(dose)} changed its dose to {dose.value!r}: "
-                            "choose whether it stays stopped or continues at the new dose"
+                            f"{describe_entry(view, 'medications', entry_id)} was stopped by "
+                            f"{_who(stop)} while {_who(dose)} changed its dose to "
+                            f"{_words(dose.value)}: choose whether {drug} stays stopped or "
+                            "continues at the new dose"
                         ),
                         revisions=(stop.id, dose.id),
                         key=entry_id,
+                        outcomes=(
+                            Outcome(
+                                "stopped",
+                                ((status_path, "stopped"), (dose_path, dose.value)),
+                                stop.id,
+                            ),
+                            Outcome(
+                                f"continue at {_words(dose.value)}",
+                                (
+                                    (status_path, _before(view, stop, "active")),
+                                    (dose_path, dose.value),
+                                ),
+                                dose.id,
+                            ),
+                        ),
                     )
 
 
@@ -138,16 +174,35 @@ def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
                         continue
                     for edit in state.heads:
                         if view.concurrent(mark, edit):
+                            status_path = f"{collection}/{entry_id}/{STATUS_FIELD}"
+                            field_path = f"{collection}/{entry_id}/{name}"
+                            # A signed note's text is frozen: its outcomes write the status only.
+                            kept: tuple[tuple[str, JSONValue], ...] = (
+                                () if entries[entry_id].signed else ((field_path, edit.value),)
+                            )
                             yield Finding(
                                 rule="entered-in-error-vs-edit",
                                 severity=Severity.BLOCK,
                                 message=(
-                                    f"{collection} entry {entry_id} was marked entered-in-error "
-                                    f"by {_who(mark)} while {_who(edit)} set {name} to "
-                                    f"{edit.value!r}: choose whether the entry is in error"
+                                    f"{describe_entry(view, collection, entry_id)} was marked "
+                                    f"entered-in-error by {_who(mark)} while {_who(edit)} set "
+                                    f"{name} to {_words(edit.value)}: choose whether the entry "
+                                    "is in error"
                                 ),
                                 revisions=(mark.id, edit.id),
                                 key=f"{collection}/{entry_id}/{name}",
+                                outcomes=(
+                                    Outcome(
+                                        ENTERED_IN_ERROR,
+                                        ((status_path, ENTERED_IN_ERROR), *kept),
+                                        mark.id,
+                                    ),
+                                    Outcome(
+                                        f"keep it, with {name} {_words(edit.value)}",
+                                        ((status_path, _before(view, mark, "active")), *kept),
+                                        edit.id,
+                                    ),
+                                ),
                             )
 
 
@@ -253,6 +308,18 @@ def _allergy_finding(
             message=f"{said}; {serious}: choose whether the prescription stands",
             revisions=(substance.id, drug.id),
             key=f"{allergy}/{medication}/block",  # a flag acknowledged earlier does not cover it
+            outcomes=(
+                Outcome(
+                    f"stop {_words(drug.value)}",
+                    ((f"medications/{medication}/{STATUS_FIELD}", "stopped"),),
+                    substance.id,
+                ),
+                Outcome(
+                    f"continue {_words(drug.value)} despite the allergy",
+                    (),
+                    drug.id,
+                ),
+            ),
         )
     return Finding(
         rule="allergy-vs-prescription",

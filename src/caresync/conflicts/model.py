@@ -9,7 +9,7 @@ from typing import Any
 from caresync.exceptions import InvalidInputError
 from caresync.records import JSONValue, Revision, Timestamp
 
-__all__ = ["Candidate", "Conflict", "ConflictKind", "Finding", "Severity"]
+__all__ = ["Candidate", "Conflict", "ConflictKind", "Finding", "Outcome", "Severity"]
 
 
 class Severity(StrEnum):
@@ -33,8 +33,37 @@ class ConflictKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """One complete way out of a finding, in words, and the writes that make it so.
+
+    ``label`` is what a clinician chooses ("stopped", "continue at 7.5 mg");
+    ``writes`` the value of every path the finding involves under that outcome
+    (a resolution writes each of them, over all their current heads, so the
+    record then says what was chosen); ``revision`` is the revision the outcome
+    stands for, whose author, replica and time the candidate shows.
+    """
+
+    label: str
+    writes: tuple[tuple[str, JSONValue], ...]
+    revision: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, str) or not self.label.strip():
+            raise InvalidInputError("an outcome needs a label a person can read")
+        if not isinstance(self.revision, str) or not self.revision:
+            raise InvalidInputError("an outcome names the revision it stands for")
+        paths = [path for path, _value in self.writes]
+        if len(set(paths)) != len(paths):
+            raise InvalidInputError(f"outcome {self.label!r} writes one path twice")
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
-    """One side of a conflict: a value and who wrote it, where and when."""
+    """One side of a conflict: a value and who wrote it, where and when.
+
+    For a rule finding with outcomes, each candidate is an outcome: ``value`` is
+    its label and ``writes`` what choosing it writes (path, value).
+    """
 
     path: str
     value: JSONValue
@@ -42,14 +71,16 @@ class Candidate:
     replica: str
     at: Timestamp
     revision: str
+    writes: tuple[tuple[str, JSONValue], ...] = ()
 
     @classmethod
     def from_revision(cls, rev: Revision) -> Candidate:
         return cls(rev.path, rev.value, rev.author, rev.replica, rev.at, rev.id)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: value, author, replica, at (ISO 8601), path and revision."""
-        return {
+        """JSON-ready: value, author, replica, at (ISO 8601), path and revision (and
+        ``writes``, a path → value object, for an outcome)."""
+        described: dict[str, Any] = {
             "value": self.value,
             "author": self.author,
             "replica": self.replica,
@@ -57,6 +88,9 @@ class Candidate:
             "path": self.path,
             "revision": self.revision,
         }
+        if self.writes:
+            described["writes"] = dict(self.writes)
+        return described
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +110,8 @@ class Finding:
     revisions: tuple[str, ...]
     key: str = ""
     escalates: str | None = None
+    outcomes: tuple[Outcome, ...] = ()
+    """The complete ways out a person chooses from (none: choosing acknowledges)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rule, str) or not self.rule:
@@ -84,6 +120,10 @@ class Finding:
             raise InvalidInputError(f"severity must be a Severity, got {self.severity!r}")
         if not self.revisions or not all(isinstance(r, str) for r in self.revisions):
             raise InvalidInputError("a finding must name the revisions it is about")
+        if not all(isinstance(o, Outcome) for o in self.outcomes):
+            raise InvalidInputError("a finding's outcomes must be Outcome objects")
+        if len({o.label for o in self.outcomes}) != len(self.outcomes):
+            raise InvalidInputError("a finding's outcomes need different labels")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +140,9 @@ class Conflict:
     candidates: tuple[Candidate, ...]
     rule: str | None = None
     paths: tuple[str, ...] = field(default=())
+    """Every field the conflict involves: shown as contested while it is a block."""
+    outcomes: tuple[Outcome, ...] = ()
+    """A rule finding's complete ways out (its candidates, in the same order)."""
 
     @property
     def path(self) -> str | None:
@@ -117,4 +160,5 @@ class Conflict:
             "rule": self.rule,
             "message": self.message,
             "candidates": [c.as_dict() for c in self.candidates],
+            "paths": list(self.paths),
         }

@@ -13,8 +13,16 @@ from collections.abc import Iterable
 from typing import cast
 
 from caresync.conflicts.builtin import Rule, builtin_rules
+from caresync.conflicts.describe import describe_path
 from caresync.conflicts.fingerprint import check_rule_versions, rulebook_fingerprint
-from caresync.conflicts.model import Candidate, Conflict, ConflictKind, Finding, Severity
+from caresync.conflicts.model import (
+    Candidate,
+    Conflict,
+    ConflictKind,
+    Finding,
+    Outcome,
+    Severity,
+)
 from caresync.conflicts.substances import SubstanceTable
 from caresync.conflicts.view import RecordView
 from caresync.exceptions import (
@@ -125,13 +133,19 @@ class Rulebook:
             conflict_id = state.conflict_id
             if conflict_id is None:
                 continue
+            if path.startswith(ACK_PREFIX):
+                by_path[path] = _decision_conflict(record, conflict_id, path, state.heads)
+                continue
             by_path[path] = Conflict(
                 id=conflict_id,
                 record_id=record.record_id,
                 kind=ConflictKind.FIELD,
                 severity=Severity.BLOCK,
                 subject=path,
-                message=f"{path} has {len(state.heads)} concurrent values: choose one",
+                message=(
+                    f"{describe_path(record, path, record.schema)} has {len(state.heads)} "
+                    "concurrent values: choose one"
+                ),
                 candidates=tuple(Candidate.from_revision(h) for h in state.heads),
                 paths=(path,),
             )
@@ -154,6 +168,13 @@ class Rulebook:
             if record.acknowledgement(fid).exists:
                 continue
             revisions = [r for r in (record.revision(i) for i in finding.revisions) if r]
+            paths = dict.fromkeys(r.path for r in revisions)
+            if finding.outcomes:
+                candidates = tuple(_outcome_candidate(record, o) for o in finding.outcomes)
+                for outcome in finding.outcomes:
+                    paths.update(dict.fromkeys(p for p, _v in outcome.writes))
+            else:
+                candidates = tuple(Candidate.from_revision(r) for r in revisions)
             rule_conflicts.append(
                 Conflict(
                     id=fid,
@@ -162,9 +183,10 @@ class Rulebook:
                     severity=finding.severity,
                     subject=finding.rule,
                     message=finding.message,
-                    candidates=tuple(Candidate.from_revision(r) for r in revisions),
+                    candidates=candidates,
                     rule=finding.rule,
-                    paths=tuple(dict.fromkeys(r.path for r in revisions)),
+                    paths=tuple(paths),
+                    outcomes=finding.outcomes,
                 )
             )
         result = sorted(
@@ -173,6 +195,23 @@ class Rulebook:
         )
         self._cache[record] = (record.version, result)
         return list(result)
+
+    def contested(self, record: Record) -> dict[str, Conflict]:
+        """Every field an open ``block`` conflict involves, and that conflict.
+
+        Until a person chooses, such a field has no settled value: a screen
+        shows its conflict and candidates, not one of them (a field conflict's
+        path, and every path of a blocking rule finding: the status *and* the
+        dose of a medication stopped while its dose changed).
+        """
+        contested: dict[str, Conflict] = {}
+        for conflict in self.conflicts(record):
+            if conflict.severity is not Severity.BLOCK:
+                continue
+            for path in conflict.paths:
+                if not path.startswith(ACK_PREFIX):
+                    contested.setdefault(path, conflict)
+        return contested
 
     def conflict(self, record: Record, conflict_id: str) -> Conflict:
         """One open conflict by id; UnknownConflictError if it is not open."""
@@ -214,24 +253,19 @@ class Rulebook:
                 )
         if conflict.kind is ConflictKind.FIELD:
             path = conflict.subject
+            if path.startswith(ACK_PREFIX):
+                return _settle_decisions(record, conflict, choose, value, author)
             # ``value`` was checked above to be given when ``choose`` is not.
             new_value = cast(
                 JSONValue, conflict.candidates[choose].value if choose is not None else value
             )
-            if path.startswith(ACK_PREFIX):
-                return record.acknowledge_finding(path[len(ACK_PREFIX) :], new_value, author=author)
             return record.set(path, new_value, author=author)
         if choose is None:
             raise InvalidResolutionError(
                 f"conflict {conflict_id} is a finding of rule {conflict.rule}: resolve it by "
-                "choosing a candidate (or write the field itself to change its value)"
+                "choosing one of its outcomes (or write the fields themselves)"
             )
-        chosen = conflict.candidates[choose]
-        return record.acknowledge_finding(
-            conflict.id,
-            {"decision": "chose", "revision": chosen.revision},
-            author=author,
-        )
+        return _apply_decision(record, conflict, choose, author)
 
     def acknowledge(self, record: Record, conflict_id: str, *, author: str) -> Revision:
         """Acknowledge a ``flag`` or ``info`` finding; a ``block`` needs :meth:`resolve`."""
@@ -242,6 +276,106 @@ class Rulebook:
                 "conflict: a person must choose (resolve with choose=N or value=...)"
             )
         return record.acknowledge_finding(conflict.id, {"decision": "acknowledged"}, author=author)
+
+
+def _outcome_candidate(record: Record, outcome: Outcome) -> Candidate:
+    """An outcome as a candidate: its label as the value; who, where and when from its revision."""
+    rev = record.revision(outcome.revision)
+    if rev is None:
+        raise RuleError(f"an outcome names revision {outcome.revision}, which is not in the record")
+    path = outcome.writes[0][0] if outcome.writes else rev.path
+    return Candidate(
+        path, outcome.label, rev.author, rev.replica, rev.at, rev.id, writes=outcome.writes
+    )
+
+
+def _apply_decision(record: Record, conflict: Conflict, choose: int, author: str) -> Revision:
+    """Write what the chosen outcome says, over every current head, and record the decision.
+
+    One transaction: the paths the finding involves and the decision travel as
+    one update, so no replica ever holds one without the other. A finding
+    without outcomes records which candidate was chosen.
+    """
+    chosen = conflict.candidates[choose]
+    if not conflict.outcomes:
+        return record.acknowledge_finding(
+            conflict.id, {"decision": "chose", "revision": chosen.revision}, author=author
+        )
+    outcome = conflict.outcomes[choose]
+    decision: dict[str, JSONValue] = {
+        "decision": outcome.label,
+        "outcome": choose,
+        "writes": {path: value for path, value in outcome.writes},
+    }
+    with record.batch():
+        for path, value in outcome.writes:
+            record.set(path, value, author=author)
+        return record.acknowledge_finding(conflict.id, decision, author=author)
+
+
+def _decision_label(value: JSONValue) -> JSONValue:
+    """What a person reads of a recorded decision: its words, not its JSON."""
+    if isinstance(value, dict) and isinstance(value.get("decision"), str):
+        label = value["decision"]
+        return "acknowledged" if label == "acknowledged" else label
+    return value
+
+
+def _decision_conflict(
+    record: Record, conflict_id: str, path: str, heads: tuple[Revision, ...]
+) -> Conflict:
+    """Two people decided a finding differently: the decisions themselves are the candidates."""
+    candidates = []
+    for head in heads:
+        writes: tuple[tuple[str, JSONValue], ...] = ()
+        if isinstance(head.value, dict) and isinstance(head.value.get("writes"), dict):
+            writes = tuple(head.value["writes"].items())
+        candidates.append(
+            Candidate(
+                head.path,
+                _decision_label(head.value),
+                head.author,
+                head.replica,
+                head.at,
+                head.id,
+                writes=writes,
+            )
+        )
+    paths = dict.fromkeys([path, *(p for c in candidates for p, _v in c.writes)])
+    return Conflict(
+        id=conflict_id,
+        record_id=record.record_id,
+        kind=ConflictKind.FIELD,
+        severity=Severity.BLOCK,
+        subject=path,
+        message=(
+            f"{len(heads)} people decided one finding differently: "
+            + "; ".join(f"{c.value!r} by {c.author} on {c.replica}" for c in candidates)
+            + ": choose one decision"
+        ),
+        candidates=tuple(candidates),
+        paths=tuple(paths),
+    )
+
+
+def _settle_decisions(
+    record: Record,
+    conflict: Conflict,
+    choose: int | None,
+    value: JSONValue | object,
+    author: str,
+) -> Revision:
+    """Settle concurrent decisions: write the chosen one's outcome again, over every head."""
+    finding_id = conflict.subject[len(ACK_PREFIX) :]
+    if choose is None:
+        return record.acknowledge_finding(finding_id, cast(JSONValue, value), author=author)
+    chosen = conflict.candidates[choose]
+    stored = record.revision(chosen.revision)
+    decision = stored.value if stored is not None else chosen.value
+    with record.batch():
+        for path, written in chosen.writes:
+            record.set(path, written, author=author)
+        return record.acknowledge_finding(finding_id, decision, author=author)
 
 
 def _name(rule: Rule) -> object:
