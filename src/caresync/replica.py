@@ -402,6 +402,14 @@ class Replica:
         """Write a field (committed before this returns)."""
         return await self._edit(record_id, lambda r: r.set(path, value, author=author))
 
+    async def adjust(self, record_id: str, path: str, change: int, *, author: str) -> Revision:
+        """Add ``change`` to a count (``stock/...``): concurrent changes add up everywhere.
+
+        ``set`` on a count records the change from the count read now; this
+        records a change directly ("dispense 1": ``change=-1``).
+        """
+        return await self._edit(record_id, lambda r: r.adjust(path, change, author=author))
+
     async def add_entry(
         self,
         record_id: str,

@@ -26,10 +26,11 @@ import asyncio
 import logging
 import ssl as ssl_module
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from argon2 import PasswordHasher
 
@@ -75,9 +76,14 @@ from caresync.storage import IncomingUpdate, ReplicaInfo, SQLiteStore, Store, ow
 from caresync.throttle import LoginThrottle
 from caresync.transport import Channel, ChannelHandler, WebSocketListener, serve_websockets
 
-__all__ = ["SyncServer", "hash_password"]
+__all__ = ["LoginThrottle", "ServerKey", "SyncServer", "hash_password"]
 
 _UNSET_THROTTLE: Any = object()
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 
 SESSION_TTL_S = 12 * 3600
 """How long a session lasts from its password login (absolute: resuming never extends it)."""
@@ -102,6 +108,32 @@ def hash_password(password: str) -> str:
     if not isinstance(password, str) or not password:
         raise InvalidInputError("a password must be a non-empty string")
     return _hasher.hash(password)
+
+
+_REMEMBERED = 200_000  # Yjs client owners / record organisations kept in memory, at most
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Remembered(Generic[K, V]):
+    """A bounded map of facts that never change once stored (least recently used go first)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
 
 
 class _Forbidden(CaresyncError):
@@ -166,7 +198,7 @@ class SyncServer:
         *,
         rulebook: Rulebook = DEFAULT_RULEBOOK,
         session_ttl_s: float = SESSION_TTL_S,
-        now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        now_ms: Callable[[], int] = _wall_clock_ms,
         password_hasher: PasswordHasher | None = None,
         server_key: ServerKey | None = None,
         throttle: LoginThrottle | None = _UNSET_THROTTLE,
@@ -213,29 +245,58 @@ class SyncServer:
         self._index_current: bool | None = None
         self._connections: set[_Connection] = set()
         self._pending_logins = 0
+        # What pushes check, remembered: both only ever gain entries, never change.
+        self._owners: _Remembered[int, str] = _Remembered(_REMEMBERED)
+        self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
         self._commit_lock = asyncio.Lock()
         self._listener: WebSocketListener | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.on_commit: list[Callable[[int], Awaitable[None] | None]] = []
 
     @classmethod
-    async def open(cls, path: str | Path, **kwargs: Any) -> SyncServer:
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        rulebook: Rulebook = DEFAULT_RULEBOOK,
+        session_ttl_s: float = SESSION_TTL_S,
+        now_ms: Callable[[], int] = _wall_clock_ms,
+        password_hasher: PasswordHasher | None = None,
+        server_key: ServerKey | None = None,
+        throttle: LoginThrottle | None = _UNSET_THROTTLE,
+        admission: AdmissionLimits | None = None,
+        login_timeout_s: float = LOGIN_TIMEOUT_S,
+        max_pending_logins: int = MAX_PENDING_LOGINS,
+        security_poll_s: float = SECURITY_POLL_S,
+    ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
-        A database whose conflict index another rulebook computed is re-indexed
-        first (see :mod:`caresync.index`).
+        The options are those of the constructor. A database whose conflict index
+        another rulebook computed is re-indexed first (see :mod:`caresync.index`).
         """
         store = await SQLiteStore.open(path)
         try:
             identity = await own_identity(store, "server", id_prefix="server", where=path)
-            if kwargs.get("server_key") is None:
-                kwargs["server_key"] = await ensure_server_key(store)
-            rulebook = kwargs.get("rulebook", DEFAULT_RULEBOOK)
+            if server_key is None:
+                server_key = await ensure_server_key(store)
             await ensure_index(store, rulebook, replica=identity.replica_id)
         except BaseException:
             await store.close()
             raise
-        return cls(store, identity.replica_id, **kwargs)
+        return cls(
+            store,
+            identity.replica_id,
+            rulebook=rulebook,
+            session_ttl_s=session_ttl_s,
+            now_ms=now_ms,
+            password_hasher=password_hasher,
+            server_key=server_key,
+            throttle=throttle,
+            admission=admission,
+            login_timeout_s=login_timeout_s,
+            max_pending_logins=max_pending_logins,
+            security_poll_s=security_poll_s,
+        )
 
     async def server_key_fingerprint(self) -> str:
         """The fingerprint of this server's key, as laptops pin it (compare it out of band)."""
@@ -666,7 +727,7 @@ class SyncServer:
         for index, item in enumerate(items):
             parts.setdefault(item.record_id, []).append(item.update)
             last_of[item.record_id] = index
-        owners = await self.store.record_organisations(list(parts))
+        owners = await self._record_organisations(list(parts))
         for record_id, owner in owners.items():
             if owner is not None and owner != conn.organisation:
                 # Said the same way whatever the reason: nothing about the record leaks.
@@ -699,7 +760,7 @@ class SyncServer:
                         record.apply_update(update)
                     record.check_id()
                 records[record_id] = record
-            bound = await self.store.client_owners(writers)
+            bound = await self._client_owners(writers)
             for client, owner in bound.items():
                 if owner != replica_id:
                     raise RefusedUpdateError(
@@ -728,6 +789,11 @@ class SyncServer:
             for record_id in parts:
                 pool.forget(record_id)
             raise
+        for client in writers:
+            self._owners.put(client, replica_id)  # committed: now theirs
+        for record_id in parts:
+            if conn.organisation is not None:
+                self._organisations.put(record_id, conn.organisation)
         # Updates the server held already got no feed entry (seq 0): nothing to relay.
         entries = [
             (seq, item.record_id, item.update)
@@ -741,6 +807,35 @@ class SyncServer:
             result = hook(entries[-1][0])
             if result is not None:
                 await result
+
+    async def _record_organisations(self, record_ids: list[str]) -> dict[str, str | None]:
+        """Each stored record's organisation: remembered, else read (one query for the rest).
+
+        A record's organisation never changes once set, and this process is the
+        database's one writer, so what it read or committed stays true.
+        """
+        known: dict[str, str | None] = {
+            rid: org for rid in record_ids if (org := self._organisations.get(rid))
+        }
+        missing = [rid for rid in record_ids if rid not in known]
+        if missing:
+            read = await self.store.record_organisations(missing)
+            for record_id, organisation in read.items():
+                if organisation is not None:
+                    self._organisations.put(record_id, organisation)
+            known.update(read)
+        return known
+
+    async def _client_owners(self, clients: dict[int, str]) -> dict[int, str]:
+        """The replica each Yjs client id is bound to: remembered, else read."""
+        known = {c: owner for c in clients if (owner := self._owners.get(c)) is not None}
+        missing = [c for c in clients if c not in known]
+        if missing:
+            read = await self.store.client_owners(missing)
+            for client, owner in read.items():
+                self._owners.put(client, owner)
+            known.update(read)
+        return known
 
     async def _on_outbox_report(self, conn: _Connection, report: OutboxReport) -> None:
         # Kept for operators (``replicas()``): who carries unsynced work, since when.

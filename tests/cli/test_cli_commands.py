@@ -154,7 +154,7 @@ def test_sync_refuses_another_server_before_anything_moves(clinic: Clinic) -> No
     assert code == 0
     mine = status(laptop)
     refused(result, 5, mine["server_id"])  # names the server it is enrolled to
-    assert result.stdout == ""
+    assert result.json()["error"]["code"] == 5  # under --json, the error as JSON too
     assert mine["pending"] == 1  # the edit waits for its own server
     # The enrolled server, named explicitly, is accepted.
     synced = inproc("sync --db {db} --server {url} --json", db=laptop, url=clinic.url)

@@ -59,7 +59,7 @@ def test_commands_never_create_a_missing_database(tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
     as_subprocess = sh("status --db {db} --json", db=missing)
     assert as_subprocess.code == ExitCode.NOT_FOUND
-    assert as_subprocess.stdout == ""
+    assert as_subprocess.json()["error"]["code"] == ExitCode.NOT_FOUND
     assert str(missing) in as_subprocess.error_line()
     for template in NON_CREATING:
         result = inproc(template, db=missing)

@@ -248,7 +248,9 @@ async def test_refusals_in_live_mode_are_raised_not_retried(tmp_path: Path) -> N
     assert await other.store.count_records() == 0
 
     # A session that expired: the user must log in again; retrying would not help.
-    short = await SyncServer.open(tmp_path / "short.db", session_ttl_s=0.0)
+    # Expired from the start; the watcher that closes expired live connections is
+    # kept out of the way (it would cut the enrolment's own connection, on a slow day).
+    short = await SyncServer.open(tmp_path / "short.db", session_ttl_s=0.0, security_poll_s=3600)
     await short.add_user("clinic-a", "dr.a", PASSWORD)
     await short.serve("127.0.0.1", 0)
     c = await Replica.open(tmp_path / "laptop-c.db")

@@ -9,6 +9,7 @@ never a traceback for a person's mistake.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -30,8 +31,15 @@ from caresync.cli import (
     users,
 )
 from caresync.cli.common import guard_arguments
-from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line, printable
-from caresync.cli.output import Output
+from caresync.cli.errors import (
+    CliError,
+    ExitCode,
+    exit_code_for,
+    for_people,
+    one_line,
+    printable,
+)
+from caresync.cli.output import Output, to_json
 from caresync.exceptions import CaresyncError
 
 __all__ = ["build_parser", "main"]
@@ -80,13 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``caresync`` command; returns its exit code (0 on success)."""
+    """Run one ``caresync`` command; returns its exit code (0 on success).
+
+    A failure writes one line on standard error; with ``--json`` it also writes one
+    JSON object on standard output, ``{"error": {"code": EXIT_CODE, "kind": ...,
+    "message": ...}}``, so a script's JSON parser always has an object to read.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    wants_json = _wants_json(arguments)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except _UsageError as exc:
-        _error(str(exc), prefix=False)
-        return ExitCode.USAGE
+        return _fail(str(exc), ExitCode.USAGE, json_output=wants_json, prefix=False)
     except SystemExit as exc:  # --help and --version print and "exit" 0
         return exc.code if isinstance(exc.code, int) else ExitCode.OK
     if args.verbose:
@@ -97,33 +111,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
     out = Output(json_output=getattr(args, "json", False))
+    # An error after the command wrote its result adds no second JSON object.
+    json_error = out.json
+
+    def fail(message: str, code: ExitCode) -> int:
+        return _fail(message, code, json_output=json_error and not out.done)
+
     try:
         return int(args.handler(args, out))
     except KeyboardInterrupt:
-        _error("interrupted; every change committed so far is kept")
-        return ExitCode.INTERRUPTED
+        return fail("interrupted; every change committed so far is kept", ExitCode.INTERRUPTED)
     except (CaresyncError, CliError) as exc:
-        _error(one_line(exc))
-        return exit_code_for(exc)
+        return fail(one_line(exc), exit_code_for(exc))
     except BrokenPipeError:  # the reader went away (`caresync ... | head`)
         return ExitCode.OK
     except OSError as exc:
-        _error(one_line(exc))
-        return ExitCode.NOT_FOUND if isinstance(exc, FileNotFoundError) else ExitCode.DATABASE
+        code = ExitCode.NOT_FOUND if isinstance(exc, FileNotFoundError) else ExitCode.DATABASE
+        return fail(one_line(exc), code)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the last resort: one line, not a traceback
         # BaseException: a native extension's panic (pyo3's PanicException) is one too.
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        _error(
+        return fail(
             f"internal error ({type(exc).__name__}: {one_line(exc)}); this is a bug in "
-            f"caresync: please report it (set {DEBUG_ENV}=1 for the traceback)"
+            f"caresync: please report it (set {DEBUG_ENV}=1 for the traceback)",
+            ExitCode.INTERNAL,
         )
-        return ExitCode.INTERNAL
 
 
-def _error(message: str, *, prefix: bool = True) -> None:
-    line = f"caresync: error: {message}" if prefix else message.replace(": ", ": error: ", 1)
+def _wants_json(arguments: Sequence[str]) -> bool:
+    """Whether ``--json`` was given (before a ``--``): known even when parsing fails."""
+    for argument in arguments:
+        if argument == "--":
+            return False
+        if argument == "--json":
+            return True
+    return False
+
+
+def _fail(message: str, code: ExitCode, *, json_output: bool, prefix: bool = True) -> int:
+    """Report a failure: one line on standard error, and the JSON object with --json."""
+    message = for_people(message)
+    if prefix:
+        line = f"caresync: error: {message}"
+    else:  # "caresync COMMAND: what was wrong": the JSON message is what was wrong
+        prog, _, message = message.partition(": ")
+        line = f"{prog}: error: {message}"
     sys.stderr.write(printable(line) + "\n")
     sys.stderr.flush()
+    if json_output:
+        error = {"code": int(code), "kind": code.name.lower(), "message": printable(message)}
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(to_json({"error": error}) + "\n")
+            sys.stdout.flush()
+    return code

@@ -37,6 +37,7 @@ __all__ = [
     "device_name",
     "guard_arguments",
     "identifier",
+    "MAX_VALUE_DEPTH",
     "listen_host",
     "organisation",
     "parse_value",
@@ -274,13 +275,18 @@ def _finite(raw: str) -> float:
     return value
 
 
-def parse_value(raw: str, what: str = "VALUE") -> Any:
+MAX_VALUE_DEPTH = 32
+"""How deep a value may nest: the record model's limit, checked here before anything opens."""
+
+
+def parse_value(raw: str, what: str = "VALUE", *, max_depth: int = MAX_VALUE_DEPTH) -> Any:
     """A value given on the command line: JSON when it parses as JSON, else the string.
 
     ``42`` is a number, ``true`` a boolean, ``"42"`` and ``42 mg`` strings,
     ``{"code": "J45"}`` an object. ``NaN``, ``Infinity`` and ``1e999`` are not finite
-    JSON numbers: they stay strings. JSON nested too deeply to be read, or with
-    a ``\\udXXX`` escape that is not a character, is refused (CliError).
+    JSON numbers: they stay strings. JSON nested more than ``max_depth`` levels (or
+    too deeply for the parser), or with a ``\\udXXX`` escape that is not a character,
+    is refused (CliError), whatever the Python version's parser accepts.
     """
     try:
         value = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
@@ -288,7 +294,13 @@ def parse_value(raw: str, what: str = "VALUE") -> Any:
         raise CliError(f"{what} is JSON nested far too deeply to be a value: flatten it") from None
     except ValueError:
         return raw
-    if not _all_unicode(value):
+    problem = _problem(value, max_depth)
+    if problem == "depth":
+        raise CliError(
+            f"{what} is JSON nested more than {max_depth} levels deep, more than a value may "
+            "be: flatten it"
+        )
+    if problem == "surrogate":
         raise CliError(
             f"{what} holds a \\uXXXX escape that is not a character (a lone surrogate): "
             "write the character itself"
@@ -296,20 +308,28 @@ def parse_value(raw: str, what: str = "VALUE") -> Any:
     return value
 
 
-def _all_unicode(value: object) -> bool:
-    """True unless a string (or a key) anywhere in the parsed JSON is not valid Unicode."""
-    stack = [value]
-    while stack:  # a loop, not recursion: json.loads accepts deeper nesting than recursion
-        item = stack.pop()
+def _problem(value: object, max_depth: int) -> str | None:
+    """What the command line refuses in parsed JSON: "depth", "surrogate", or None.
+
+    Depth counts as the record model does: the items of a list or an object at the
+    top are one level down.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:  # a loop, not recursion: json.loads may accept deeper nesting than recursion
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return "depth"
         if isinstance(item, str):
             if not _is_unicode(item):
-                return False
+                return "surrogate"
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-    return True
+            for key, child in item.items():
+                if not _is_unicode(key):
+                    return "surrogate"
+                stack.append((child, depth + 1))
+    return None
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -18,9 +18,21 @@ from rich.table import Table
 from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run
 from caresync.cli.databases import LaptopReader, open_laptop, open_reader
 from caresync.cli.output import Output, cells, escaped
+from caresync.conflicts import Conflict
 from caresync.names import shown
 
-__all__ = ["register"]
+__all__ = ["conflict_json", "register"]
+
+
+def conflict_json(conflict: Conflict) -> dict[str, Any]:
+    """A conflict as ``--json`` shows it: :meth:`Conflict.as_dict`, plus ``subject``.
+
+    ``path`` (the field, or the rule's name for a finding) is the key scripts read;
+    ``subject`` holds the same under the name Python uses (``Conflict.subject``).
+    """
+    data = conflict.as_dict()
+    data["subject"] = conflict.subject
+    return data
 
 
 def register(commands: Any) -> None:
@@ -91,7 +103,7 @@ def _list(args: argparse.Namespace, out: Output) -> int:
     async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         reader = await open_reader(args.db)
         try:
-            conflicts = [c.as_dict() for c in await reader.conflicts(args.record)]
+            conflicts = [conflict_json(c) for c in await reader.conflicts(args.record)]
             kept: list[dict[str, Any]] = []
             if isinstance(reader, LaptopReader):  # a laptop keeps aside what it cannot merge
                 kept = [

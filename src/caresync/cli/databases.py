@@ -25,7 +25,7 @@ from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView
 from caresync.exceptions import StorageError
 from caresync.pool import RecordPool
 from caresync.replica import Replica
-from caresync.storage import Identity, SQLiteStore
+from caresync.storage import ConflictRow, Identity, SQLiteStore
 
 __all__ = [
     "LaptopReader",
@@ -101,6 +101,12 @@ class LaptopReader:
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
         return await self.replica.conflicts(record_id)
 
+    async def record_ids(self) -> list[str]:
+        return await self.replica.record_ids()
+
+    async def conflict_rows(self) -> list[ConflictRow]:
+        return await self.replica.store.conflicts()
+
     async def close(self) -> None:
         await self.replica.close()
 
@@ -136,6 +142,12 @@ class ServerReader:
         for rid in ids:
             result.extend(rulebook.conflicts(await self.pool.get(rid)))
         return result
+
+    async def record_ids(self) -> list[str]:
+        return await self.store.record_ids()
+
+    async def conflict_rows(self) -> list[ConflictRow]:
+        return await self.store.conflicts()
 
     async def close(self) -> None:
         await self.store.close()

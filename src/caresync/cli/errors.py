@@ -24,7 +24,7 @@ from caresync.exceptions import (
     UnknownRecordError,
 )
 
-__all__ = ["CliError", "ExitCode", "exit_code_for", "one_line", "printable"]
+__all__ = ["CliError", "ExitCode", "exit_code_for", "for_people", "one_line", "printable"]
 
 MAX_LINE = 2000
 """An error line is cut here: a message echoing a hostile argument stays readable."""
@@ -94,6 +94,23 @@ def exit_code_for(error: BaseException) -> ExitCode:
         if isinstance(error, kind):
             return code
     return ExitCode.INTERNAL
+
+
+# The library's messages speak Python (its arguments); a person at a shell reads the options.
+_PYTHON_TO_CLI = (
+    (", and create=False: nothing was created", ": nothing was created"),
+    ("insecure=True, --insecure", "--insecure"),
+    ("insecure=True", "--insecure"),
+    ("choose=N or value=...", "--choose N or --value VALUE"),
+    ("it syncs with `sync`", "it syncs with `caresync sync`"),
+)
+
+
+def for_people(message: str) -> str:
+    """A library message as the command line says it: options, not Python arguments."""
+    for python, cli in _PYTHON_TO_CLI:
+        message = message.replace(python, cli)
+    return message
 
 
 def one_line(error: BaseException) -> str:

@@ -82,6 +82,11 @@ class Output:
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self._done = False
 
+    @property
+    def done(self) -> bool:
+        """Whether the command wrote its result already."""
+        return self._done
+
     def result(self, data: Mapping[str, Any], render: Renderer | None = None) -> None:
         """Write the command's result: the JSON object, or ``render`` (default: key: value)."""
         if self._done:  # one JSON object per run, whatever a command does

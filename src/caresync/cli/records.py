@@ -4,25 +4,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run, text
-from caresync.cli.databases import open_laptop, open_reader
+from caresync.cli.common import (
+    MAX_VALUE_DEPTH,
+    add_db,
+    add_json,
+    author,
+    identifier,
+    parse_value,
+    run,
+    text,
+)
+from caresync.cli.conflicts import conflict_json
+from caresync.cli.databases import Reader, open_laptop, open_reader
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output, cells, escaped
 from caresync.conflicts import Candidate, RecordView
 from caresync.names import shown
-from caresync.records import FieldState
+from caresync.records import CountState, FieldState, Revision
+from caresync.replica import Replica
 
-__all__ = ["field_json", "register", "show_record"]
+__all__ = ["DISPLAY_NAME_FIELDS", "display_name", "field_json", "register", "show_record"]
+
+DISPLAY_NAME_FIELDS = ("name", "displayName", "fullName")
+"""The fields ``record list`` shows a record by, the first one written."""
+
+
+def _integer(text: str) -> int:
+    if not _INTEGER.fullmatch(text):  # ASCII digits only: not "5_0", not "٣"
+        raise argparse.ArgumentTypeError(f"expected an integer such as -1 or 5, not {shown(text)}")
+    return int(text)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,16}")
 
 
 def register(commands: Any) -> None:
-    """Add ``record new``, ``set``, ``add-entry``, ``sign`` and ``show``."""
+    """Add ``record new``, ``set``, ``add-entry``, ``sign``, ``show`` and ``list``."""
     group = commands.add_parser(
         "record", help="create, change and show patient records", description="Patient records."
     )
@@ -52,6 +76,22 @@ def register(commands: Any) -> None:
     set_.add_argument("--author", required=True, type=author, help="the person writing")
     add_json(set_)
     set_.set_defaults(handler=_set)
+
+    adjust = actions.add_parser(
+        "adjust",
+        help="add a change to a count",
+        description="Add CHANGE (an integer: -1 dispenses one) to the count at PATH (a path "
+        "under stock/, or one the application declares a count). Concurrent changes made on "
+        "several laptops add up; `record set` on a count records the change from the count it "
+        "reads.",
+    )
+    add_db(adjust, "a laptop's database")
+    adjust.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
+    adjust.add_argument("path", metavar="PATH", help="stock/<item>, ...")
+    adjust.add_argument("change", metavar="CHANGE", type=_integer, help="-1, 5, ...")
+    adjust.add_argument("--author", required=True, type=author, help="the person writing")
+    add_json(adjust)
+    adjust.set_defaults(handler=_adjust)
 
     entry = actions.add_parser(
         "add-entry",
@@ -96,6 +136,17 @@ def register(commands: Any) -> None:
     add_json(show)
     show.set_defaults(handler=_show)
 
+    list_ = actions.add_parser(
+        "list",
+        help="list records",
+        description="List every record with a display name (its `name` field, or "
+        "`displayName`, `fullName`) and its open conflicts. Reads a running server's "
+        "database too; never writes.",
+    )
+    add_db(list_, "a laptop's or a server's database")
+    add_json(list_)
+    list_.set_defaults(handler=_list)
+
 
 # ------------------------------------------------------------------- writing
 
@@ -116,21 +167,41 @@ def _set(args: argparse.Namespace, out: Output) -> int:
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
             rev = await replica.set(args.record_id, args.path, value, author=args.author)
-            return {
-                "record_id": args.record_id,
-                "path": rev.path,
-                "value": rev.value,
-                "revision": rev.id,
-                "author": rev.author,
-                "at": rev.at.isoformat(),
-            }
+            return await _written(replica, args.record_id, rev)
 
     out.result(run(go()), _render_set)
     return 0
 
 
+def _adjust(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            rev = await replica.adjust(args.record_id, args.path, args.change, author=args.author)
+            return await _written(replica, args.record_id, rev)
+
+    out.result(run(go()), _render_set)
+    return 0
+
+
+async def _written(replica: Replica, record_id: str, rev: Revision) -> dict[str, Any]:
+    """What ``record set`` and ``record adjust`` print; a count adds its ``total``."""
+    written: dict[str, Any] = {
+        "record_id": record_id,
+        "path": rev.path,
+        "value": rev.value,
+        "revision": rev.id,
+        "author": rev.author,
+        "at": rev.at.isoformat(),
+    }
+    state = (await replica.record(record_id)).get(rev.path)
+    if isinstance(state, CountState):
+        written["total"] = state.total
+    return written
+
+
 def _add_entry(args: argparse.Namespace, out: Output) -> int:
-    fields = parse_value(args.fields, "FIELDS")
+    # An entry's fields are values one level down: the object itself adds a level.
+    fields = parse_value(args.fields, "FIELDS", max_depth=MAX_VALUE_DEPTH + 1)
     if not isinstance(fields, dict):
         raise CliError(
             f'FIELDS must be a JSON object like {{"drug": "..."}}, not {shown(args.fields)}'
@@ -196,10 +267,105 @@ def _show(args: argparse.Namespace, out: Output) -> int:
             conflicts = await reader.conflicts(args.record_id)
         finally:
             await reader.close()
-        return show_record(view, [c.as_dict() for c in conflicts], history=args.history)
+        return show_record(view, [conflict_json(c) for c in conflicts], history=args.history)
 
     out.result(run(go()), _render_show)
     return 0
+
+
+def _list(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> list[dict[str, Any]]:
+        reader = await open_reader(args.db)
+        try:
+            return await list_records(reader)
+        finally:
+            await reader.close()
+
+    records = run(go())
+    out.result(
+        {
+            "records": records,
+            "count": len(records),
+            "conflicts_open": sum(r["conflicts_open"] for r in records),
+        },
+        _render_list,
+    )
+    return 0
+
+
+async def list_records(reader: Reader) -> list[dict[str, Any]]:
+    """Every record of the database, by id: its display name and open conflicts."""
+    open_conflicts: dict[str, list[dict[str, Any]]] = {}
+    for row in await reader.conflict_rows():
+        open_conflicts.setdefault(row.record_id, []).append(
+            {
+                "id": row.id,
+                "kind": row.kind,
+                "severity": row.severity,
+                "path": row.subject,
+                "subject": row.subject,
+            }
+        )
+    listed = []
+    for record_id in await reader.record_ids():
+        view = await reader.view(record_id)
+        conflicts = open_conflicts.get(record_id, [])
+        listed.append(
+            {
+                "record_id": record_id,
+                "display_name": display_name(view),
+                "conflicts_open": len(conflicts),
+                "conflicts": conflicts,
+            }
+        )
+    return listed
+
+
+def display_name(view: RecordView) -> str | None:
+    """The name a person knows a record by, or None when none is written.
+
+    The first of :data:`DISPLAY_NAME_FIELDS` that holds a value: text as it is, an
+    object or a list as the text of its parts (``{"given": "Awa", "family": "Ba"}``
+    is ``Awa Ba``); when the field is in conflict, its candidates joined with `` | ``.
+    """
+    for path in DISPLAY_NAME_FIELDS:
+        state = view.get(path)
+        if not state.exists:
+            continue
+        if state.in_conflict:
+            return " | ".join(_name_text(c.value) for c in state.candidates)
+        text_ = _name_text(state.value)
+        if text_:
+            return text_
+    return None
+
+
+def _name_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return " ".join(_name_text(v) for v in value.values() if v is not None).strip()
+    if isinstance(value, list):
+        return " ".join(_name_text(v) for v in value if v is not None).strip()
+    return "" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _render_list(console: Console, data: Mapping[str, Any]) -> None:
+    if not data["records"]:
+        console.print("no records", markup=False)
+        return
+    table = Table(show_header=True, header_style="bold")
+    for column in ("record", "name", "open conflicts"):
+        table.add_column(column, overflow="fold")
+    for record in data["records"]:
+        shown_conflicts = ", ".join(
+            f"{c['id']} ({c['severity']}, {c['path']})" for c in record["conflicts"]
+        )
+        table.add_row(*cells(record["record_id"], record["display_name"], shown_conflicts or "-"))
+    console.print(table)
+    console.print(
+        f"{data['count']} record(s), {data['conflicts_open']} open conflict(s)", markup=False
+    )
 
 
 def field_json(state: FieldState) -> Any:

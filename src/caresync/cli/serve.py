@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from caresync.cli.common import add_db, listen_host, path, port, run
+from caresync.cli.common import add_db, add_json, listen_host, path, port, run
 from caresync.cli.databases import files_before, remove_if_new
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
@@ -30,7 +30,8 @@ def register(commands: Any) -> None:
         help="run the sync server",
         description="Run the clinic's sync server on a server database (created if "
         "missing) until SIGINT or SIGTERM, then close it cleanly. Prints "
-        f"'{LISTENING}URL' when ready (with --port 0, the port chosen).",
+        f"'{LISTENING}URL' when ready (with --port 0, the port chosen); with --json, one "
+        "JSON object instead (url, port, server_id, server_key, db).",
     )
     add_db(serve, "the server's database (created if missing)")
     serve.add_argument(
@@ -49,6 +50,7 @@ def register(commands: Any) -> None:
         help="refuse revisions dated more than this far past the server's clock (24); raise "
         "it for a while to let in edits a laptop made with its clock far ahead",
     )
+    add_json(serve)
     serve.set_defaults(handler=_serve)
 
 
@@ -109,11 +111,22 @@ async def _run_server(
         loop.add_signal_handler(sig, stop.set)
     try:
         async with await SyncServer.open(db, admission=admission) as server:
-            await server.serve(host, port, ssl=context)
+            listener = await server.serve(host, port, ssl=context)
             listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.
-            sys.stdout.write(f"{LISTENING}{server.url}\n")
-            sys.stdout.flush()
+            if out.json:
+                out.result(
+                    {
+                        "url": server.url,
+                        "port": listener.port,
+                        "server_id": server.server_id,
+                        "server_key": await server.server_key_fingerprint(),
+                        "db": db,
+                    }
+                )
+            else:
+                sys.stdout.write(f"{LISTENING}{server.url}\n")
+                sys.stdout.flush()
             out.note(f"server {server.server_id}, database {db}; Ctrl-C or SIGTERM stops it")
             await stop.wait()
             out.note("stopping: closing connections and the database")

@@ -62,6 +62,12 @@ def register(commands: Any) -> None:
     )
     _add_cafile(enrol)
     _add_insecure(enrol)
+    enrol.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="a laptop already enrolled to this organisation is not an error: it syncs with "
+        "the server at URL instead (which must be the server it is enrolled to)",
+    )
     add_json(enrol)
     enrol.set_defaults(handler=_enrol)
 
@@ -138,27 +144,30 @@ def _enrol(args: argparse.Namespace, out: Output) -> int:
         nonlocal bound
         replica = await open_laptop(db, create=True)
         try:
-            with copy_progress(out) as progress:
-                report = await replica.enrol(
-                    args.server,
-                    username=args.username,
-                    password=password,
-                    organisation=args.org,
-                    ssl=context,
-                    device_name=args.device_name,
-                    progress=progress,
-                    server_key=args.server_key,
-                    insecure=args.insecure,
-                )
-            return await _result(replica, report)
-        except CaresyncError as exc:
-            if replica.enrolled:  # bound, but the copy stopped: keep it, say how to go on
-                raise CliError(
-                    f"enrolled to server {replica.identity.server_id}, but the first copy "
-                    f"stopped: {one_line(exc)}; run `caresync sync --db {db}` to resume it",
-                    exit_code_for(exc),
-                ) from exc
-            raise
+            if replica.enrolled:
+                return await _enrolled_already(replica, args, password, context, out)
+            try:
+                with copy_progress(out) as progress:
+                    report = await replica.enrol(
+                        args.server,
+                        username=args.username,
+                        password=password,
+                        organisation=args.org,
+                        ssl=context,
+                        device_name=args.device_name,
+                        progress=progress,
+                        server_key=args.server_key,
+                        insecure=args.insecure,
+                    )
+            except CaresyncError as exc:
+                if replica.enrolled:  # bound, but the copy stopped: keep it, say how to go on
+                    raise CliError(
+                        f"enrolled to server {replica.identity.server_id}, but the first copy "
+                        f"stopped: {one_line(exc)}; run `caresync sync --db {db}` to resume it",
+                        exit_code_for(exc),
+                    ) from exc
+                raise
+            return {**await _result(replica, report), "already": False}
         finally:
             bound = replica.enrolled
             await replica.close()
@@ -169,8 +178,46 @@ def _enrol(args: argparse.Namespace, out: Output) -> int:
         if not bound:  # a database this command made, never bound to a server: it goes
             remove_if_new(db, before)
         raise
-    out.result(data, _render("enrolled to"))
+    out.result(data, _render("synced with" if data["already"] else "enrolled to"))
     return 0
+
+
+async def _enrolled_already(
+    replica: Replica,
+    args: argparse.Namespace,
+    password: str,
+    context: ssl.SSLContext | None,
+    out: Output,
+) -> dict[str, Any]:
+    """``enrol`` on a laptop that is enrolled: refused, or with --exist-ok, one sync round."""
+    identity = replica.identity
+    where = f"server {identity.server_id} ({identity.organisation}) at {identity.server_url}"
+    if not args.exist_ok:
+        raise CliError(
+            f"{args.db} is already enrolled to {where}; a laptop enrols once: sync it with "
+            f"`caresync sync --db {args.db}` (or give --exist-ok to sync instead)"
+        )
+    if identity.organisation != args.org:
+        raise CliError(
+            f"{args.db} is enrolled to {where}, not to {args.org}; enrol another laptop "
+            "database for that organisation",
+            ExitCode.REFUSED,
+        )
+    if args.server_key is not None and args.server_key != replica.pinned_server_key:
+        raise CliError(
+            f"{args.db} pinned the key {replica.pinned_server_key}, not {args.server_key}",
+            ExitCode.REFUSED,
+        )
+    with copy_progress(out, "finishing the first copy") as progress:
+        report = await replica.sync(
+            url=args.server,
+            username=args.username,
+            password=password,
+            ssl=context,
+            progress=progress,
+            insecure=args.insecure,
+        )
+    return {**await _result(replica, report), "already": True}
 
 
 # ---------------------------------------------------------------------- sync

@@ -34,6 +34,12 @@ def register(commands: Any) -> None:
     add_db(add, "the server's database (created if missing)")
     add.add_argument("--org", required=True, type=organisation, help="organisation")
     add.add_argument("--username", required=True, type=username, help="the new user")
+    add.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="a user that exists already in that organisation is not an error (its password "
+        "is left as it is: change it with `user passwd`)",
+    )
     add_json(add)
     add.set_defaults(handler=_add)
 
@@ -76,20 +82,30 @@ def _add(args: argparse.Namespace, out: Output) -> int:
     # The password first: a command that cannot get one creates nothing.
     password = read_password(f"New password for {args.username} ({args.org}): ", confirm=True)
 
-    async def go() -> str:
+    async def go() -> tuple[str, bool]:
         password_hash = await asyncio.to_thread(hash_password, password)
         if not await asyncio.to_thread(Path(args.db).exists):
             async with await SyncServer.open(args.db) as server:  # a new server database
                 await server.store.add_user(args.org, args.username, password_hash)
-                return server.server_id
+                return server.server_id, False
         # An existing one, perhaps served right now: accounts only, beside the server.
         async with await open_server_store(args.db, accounts_only=True) as store:
             identity = await store.get_identity()
+            server_id = "" if identity is None else identity.replica_id
+            if await store.get_user(args.org, args.username) is not None:
+                if args.exist_ok:
+                    return server_id, True
+                raise CliError(
+                    f"user {args.username!r} exists in {args.org!r} (give --exist-ok to accept "
+                    "that; `user passwd` changes a password)"
+                )
             await store.add_user(args.org, args.username, password_hash)
-            return "" if identity is None else identity.replica_id
+            return server_id, False
 
-    server_id = run(go())
-    out.result({"org": args.org, "username": args.username, "server_id": server_id})
+    server_id, already = run(go())
+    out.result(
+        {"org": args.org, "username": args.username, "server_id": server_id, "already": already}
+    )
     return 0
 
 

@@ -22,7 +22,7 @@ from caresync.conflicts.cross import (
     possible_duplicate_person,
     summarize,
 )
-from caresync.conflicts.describe import describe_entry, describe_path
+from caresync.conflicts.describe import Readable, describe_entry, describe_path
 from caresync.conflicts.fingerprint import (
     DERIVATION_VERSION,
     FINGERPRINT_FORMAT,
@@ -69,6 +69,7 @@ __all__ = [
     "Match",
     "MatchKind",
     "Reading",
+    "Readable",
     "RecordSummary",
     "RecordView",
     "Rule",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 
+from caresync.conflicts.counts import count_below_zero
 from caresync.conflicts.describe import describe_entry
 from caresync.conflicts.fingerprint import versioned
 from caresync.conflicts.model import Finding, Outcome, Severity
@@ -448,4 +449,5 @@ def builtin_rules(table: SubstanceTable = DEFAULT_SUBSTANCES) -> tuple[Rule, ...
         duplicate_allergy,
         terminal_encounter_clash,
         note_changed_while_signed,
+        count_below_zero,
     )

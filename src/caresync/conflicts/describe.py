@@ -12,7 +12,7 @@ from typing import Protocol
 
 from caresync.records import DEFAULT_SCHEMA, FieldState, JSONValue, Schema
 
-__all__ = ["describe_entry", "describe_path"]
+__all__ = ["Readable", "describe_entry", "describe_path"]
 
 _DESCRIBING_FIELDS = {
     "medications": ("drug", "dose"),

@@ -112,6 +112,9 @@ class Finding:
     escalates: str | None = None
     outcomes: tuple[Outcome, ...] = ()
     """The complete ways out a person chooses from (none: choosing acknowledges)."""
+    value_path: str | None = None
+    """A field a person settles by entering its value (a count below zero: the counted
+    stock); such a finding is resolved with ``value=``, never by choosing a candidate."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rule, str) or not self.rule:
@@ -143,6 +146,8 @@ class Conflict:
     """Every field the conflict involves: shown as contested while it is a block."""
     outcomes: tuple[Outcome, ...] = ()
     """A rule finding's complete ways out (its candidates, in the same order)."""
+    value_path: str | None = None
+    """The field a person settles by entering its value (see :class:`Finding`)."""
 
     @property
     def path(self) -> str | None:

@@ -187,6 +187,7 @@ class Rulebook:
                     rule=finding.rule,
                     paths=tuple(paths),
                     outcomes=finding.outcomes,
+                    value_path=finding.value_path,
                 )
             )
         result = sorted(
@@ -260,6 +261,13 @@ class Rulebook:
                 JSONValue, conflict.candidates[choose].value if choose is not None else value
             )
             return record.set(path, new_value, author=author)
+        if conflict.value_path is not None:
+            if choose is not None:
+                raise InvalidResolutionError(
+                    f"conflict {conflict_id} ({conflict.rule}) is settled by entering the value "
+                    f"of {conflict.value_path} (value=...), not by choosing a candidate"
+                )
+            return record.set(conflict.value_path, cast(JSONValue, value), author=author)
         if choose is None:
             raise InvalidResolutionError(
                 f"conflict {conflict_id} is a finding of rule {conflict.rule}: resolve it by "

@@ -67,6 +67,10 @@ class RecordView:
     def paths(self) -> list[str]:
         return self._record.paths()
 
+    def count_paths(self) -> list[str]:
+        """The record's paths that hold counts (see :meth:`Record.count_paths`), sorted."""
+        return self._record.count_paths()
+
     def saw(self, later: Revision, earlier: Revision) -> bool:
         """True if the writer of ``later`` had seen ``earlier`` (same path or same entry)."""
         return self._record.saw(later, earlier)

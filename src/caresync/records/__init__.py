@@ -8,6 +8,7 @@ from caresync.records.record import (
     ADDENDA_FIELD,
     NOTES_COLLECTION,
     SIGNATURE_FIELD,
+    CountState,
     Entry,
     FieldState,
     Record,
@@ -15,26 +16,36 @@ from caresync.records.record import (
 )
 from caresync.records.revision import Revision
 from caresync.records.schema import (
+    COUNT_CHANGE,
+    COUNT_TOTAL,
     DEFAULT_COLLECTIONS,
+    DEFAULT_COUNTS,
     DEFAULT_SCHEMA,
+    MAX_COUNT,
     STATUS_FIELD,
     FieldSpec,
     Schema,
     Validator,
+    count_change,
 )
 from caresync.records.values import JSONValue, canonical_json
 
 __all__ = [
     "ACK_PREFIX",
     "ADDENDA_FIELD",
+    "COUNT_CHANGE",
+    "COUNT_TOTAL",
     "DEFAULT_COLLECTIONS",
+    "DEFAULT_COUNTS",
     "DEFAULT_SCHEMA",
     "MAX_CLOCK_AHEAD_MS",
+    "MAX_COUNT",
     "NOTES_COLLECTION",
     "SIGNATURE_FIELD",
     "STATUS_FIELD",
     "Admission",
     "AdmissionLimits",
+    "CountState",
     "Entry",
     "FieldSpec",
     "FieldState",
@@ -47,6 +58,7 @@ __all__ = [
     "UpdateListener",
     "Validator",
     "canonical_json",
+    "count_change",
     "new_entry_id",
     "new_record_id",
 ]

@@ -29,7 +29,9 @@ message for the developer of the client that sent it. The rules:
   record's id;
 * revisions: well-formed (``decode_revision``), within
   ``max_revision_length``; the path and value checked as a laptop checks a
-  write (``Schema.check_write``), caresync's own ``_ack/<finding-id>`` and
+  write (``Schema.check_write``: at a count path, such as ``stock/...``, the
+  value is ``{"delta": <int>, "count": <int>}`` or a bare integer, nothing
+  else), caresync's own ``_ack/<finding-id>`` and
   ``<collection>/<entry-id>/_created`` with their own rules; author and
   replica names as ``Record`` requires; parent and ``seen`` ids at most 128
   characters; the clock counter in ``[0, 2**31)``; the wall time not before

@@ -21,6 +21,13 @@ deleted: a status field says ``stopped`` or ``entered-in-error``. A signed note
 is immutable: its fields keep the values they had when signed, and changes are
 addenda.
 
+A *count* (any path under ``stock/``, and whatever the schema declares with
+``Schema.with_counts``) is read differently: each revision records a change
+(``{"delta": -1, "count": 9}``), and the count's value is the sum of the
+changes of all its revisions, never a conflict. Two laptops that each take one
+from 10 converge to 8: a PN-counter made of the register's revisions, so the
+history still keeps each write with its author, replica and time.
+
 The record does no I/O. It hands out update bytes (``update_since``, or
 ``on_update`` listeners) and takes them in (``apply_update``).
 """
@@ -28,6 +35,7 @@ The record does no I/O. It hands out update bytes (``update_since``, or
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import operator
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +47,9 @@ from caresync.exceptions import (
     FieldConflictError,
     ImmutableFieldError,
     InvalidInputError,
+    InvalidPathError,
     InvalidUpdateError,
+    InvalidValueError,
     RecordMismatchError,
     UnknownCollectionError,
     UnknownEntryError,
@@ -48,10 +58,18 @@ from caresync.records import crdt
 from caresync.records.clock import HybridLogicalClock, Timestamp
 from caresync.records.crdt import Doc, Map, MapEvent, Subscription, TransactionEvent
 from caresync.records.ids import conflict_id_for, new_entry_id, new_record_id, new_revision_id
-from caresync.records.index import RevisionIndex
+from caresync.records.index import PathState, RevisionIndex
 from caresync.records.maps import read_items, read_value
 from caresync.records.revision import Revision, decode_revision, encode_revision
-from caresync.records.schema import DEFAULT_SCHEMA, STATUS_FIELD, FieldSpec, Schema
+from caresync.records.schema import (
+    COUNT_CHANGE,
+    COUNT_TOTAL,
+    DEFAULT_SCHEMA,
+    MAX_COUNT,
+    STATUS_FIELD,
+    FieldSpec,
+    Schema,
+)
 from caresync.records.values import JSONValue, check_value
 
 __all__ = [
@@ -59,6 +77,7 @@ __all__ = [
     "ADDENDA_FIELD",
     "NOTES_COLLECTION",
     "SIGNATURE_FIELD",
+    "CountState",
     "Entry",
     "FieldState",
     "Record",
@@ -132,6 +151,38 @@ class FieldState:
 
 
 @dataclass(frozen=True, slots=True)
+class CountState(FieldState):
+    """What a count holds now: the sum of the changes of all its revisions.
+
+    Never in conflict: concurrent changes add up. ``heads`` are the latest
+    writes (those no later write had seen), as for any field; ``total`` sums
+    every revision; ``uncounted`` are the revisions left out of it because
+    their value records no change a replica can read (a malformed write from a
+    peer, or a non-integer written before the path was a count), oldest first.
+    A bare integer written that way is an absolute count: it counts as the
+    change from the count its writer had seen.
+    """
+
+    total: int
+    uncounted: tuple[Revision, ...] = ()
+
+    @property
+    def in_conflict(self) -> bool:
+        """Always False: a count adds concurrent changes up."""
+        return False
+
+    @property
+    def conflict_id(self) -> str | None:
+        """Always None: a count is never in conflict."""
+        return None
+
+    @property
+    def value(self) -> JSONValue:
+        """The count: the sum of every revision's change (None if never written)."""
+        return self.total if self.heads else None
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One entry of a collection, with its fields by name."""
 
@@ -172,6 +223,8 @@ def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
 _set_state_record_id = _slot_setter(FieldState, "record_id")
 _set_state_path = _slot_setter(FieldState, "path")
 _set_state_heads = _slot_setter(FieldState, "heads")
+_set_count_total = _slot_setter(CountState, "total")
+_set_count_uncounted = _slot_setter(CountState, "uncounted")
 _set_entry_collection = _slot_setter(Entry, "collection")
 _set_entry_id = _slot_setter(Entry, "id")
 _set_entry_fields = _slot_setter(Entry, "fields")
@@ -183,6 +236,23 @@ def _field_state(record_id: str, path: str, heads: tuple[Revision, ...]) -> Fiel
     _set_state_record_id(state, record_id)
     _set_state_path(state, path)
     _set_state_heads(state, heads)
+    return state
+
+
+def _count_state(
+    record_id: str,
+    path: str,
+    heads: tuple[Revision, ...],
+    total: int,
+    uncounted: tuple[Revision, ...],
+) -> CountState:
+    """``CountState(record_id, path, heads, total, uncounted)``, built faster."""
+    state: CountState = _new_object(CountState)
+    _set_state_record_id(state, record_id)
+    _set_state_path(state, path)
+    _set_state_heads(state, heads)
+    _set_count_total(state, total)
+    _set_count_uncounted(state, uncounted)
     return state
 
 
@@ -229,7 +299,16 @@ class Record:
         self._applying = False
         # Keyed by a token per subscription: one listener may be subscribed twice.
         self._listeners: dict[object, UpdateListener] = {}
-        self._checked_paths: dict[str, tuple[tuple[str, str] | None, FieldSpec | None]] = {}
+        # path -> (its entry, its field spec, whether it is a count), once a write checked it
+        self._checked_paths: dict[str, tuple[tuple[str, str] | None, FieldSpec | None, bool]] = {}
+        # Counts: the schema's literal prefixes (a cheap first test), which paths
+        # matched, and each count's total as of its path state and size.
+        self._count_prefixes = schema.count_prefixes
+        self._entry_counts = schema.counts_in_collections
+        self._is_count_path: dict[str, bool] = {}
+        self._totals: dict[str, _Total] = {}
+        # count_paths() as of an index and its number of paths (paths are only added)
+        self._count_paths: tuple[RevisionIndex, int, list[str]] | None = None
         self._doc_subscription: Subscription | None = None
         # Why the record refuses further use, once pycrdt failed in a way that may
         # have left its document holding part of an update (see _note_failure).
@@ -332,13 +411,60 @@ class Record:
         """Write ``value`` at ``path``: a new revision whose parents are the current heads.
 
         Writing while the field is in conflict resolves it with the new value.
+
+        At a count path, ``value`` is the count (an int): the revision records
+        the change from the count read now (set 9 when it reads 10: -1), so a
+        concurrent change elsewhere still adds up. See :meth:`adjust`.
         """
         _check_name(author, "author")
-        entry_key = self._checked_entry_key(path, value)
+        known = self._checked_paths.get(path)
+        if known is None:
+            known = self._check_new_path(path, value)
+        elif known[2]:
+            pass  # a count: its value is checked as one below
+        else:
+            check_value(value, what=path)
+            if known[1] is not None:
+                known[1].check(path, value)
+        entry_key = known[0]
         if entry_key is not None:
             self._require_entry(entry_key)
             self._refuse_if_signed(entry_key, path)
+        if known[2]:
+            total = self._count_total(path)
+            if type(value) is not int:
+                raise InvalidValueError(_not_a_count(path, value, "count"))
+            stored = self._count_value(path, value - total, value, known[1])
+            return self._write(path, stored, author, entry_key)
         return self._write(path, value, author, entry_key)
+
+    def adjust(self, path: str, change: int, *, author: str) -> Revision:
+        """Change a count by ``change`` (dispensing one box: -1); returns the revision.
+
+        The revision records ``change`` and the count its writer meant (the
+        count read now plus ``change``); the count's value is the sum of every
+        revision's change, so changes made concurrently on other replicas add
+        up. ``path`` must be a count (``stock/...``, or declared with
+        ``Schema.with_counts``); a count never written starts at 0.
+        """
+        _check_name(author, "author")
+        known = self._checked_paths.get(path)
+        if known is None:
+            known = self._check_new_path(path, None)
+        if not known[2]:
+            raise InvalidPathError(
+                f"{path} is not a count: only paths under stock/ and those a schema "
+                "declares with Schema.with_counts(...) can be adjusted; write it with set()"
+            )
+        if type(change) is not int:
+            raise InvalidValueError(_not_a_count(path, change, "change"))
+        entry_key = known[0]
+        if entry_key is not None:
+            self._require_entry(entry_key)
+            self._refuse_if_signed(entry_key, path)
+        total = self._count_total(path) + change
+        stored = self._count_value(path, change, total, known[1])
+        return self._write(path, stored, author, entry_key)
 
     def add_entry(
         self,
@@ -364,13 +490,23 @@ class Record:
             raise InvalidInputError(f"{collection}/{entry_id} exists already")
         fields = dict(fields or {})
         paths = {name: f"{collection}/{entry_id}/{name}" for name in fields}
+        stored: dict[str, JSONValue] = {}
         for name, value in fields.items():  # validate everything before writing anything
             if not isinstance(name, str):
                 raise InvalidInputError(f"field names must be strings, got {name!r}")
-            self.schema.check_write(paths[name], value)
+            path = paths[name]
+            if self._entry_counts and self.schema.is_count(path):
+                self.schema.check_write_path(path)
+                if type(value) is not int:
+                    raise InvalidValueError(_not_a_count(path, value, "count"))
+                # A new entry's count starts at 0: the first value is its change.
+                stored[name] = self._count_value(path, value, value, self.schema.spec_for(path))
+            else:
+                self.schema.check_write(path, value)
+                stored[name] = value
         with self.batch():
             self._write(f"{collection}/{entry_id}/{_CREATED_FIELD}", True, author, key)
-            for name, value in fields.items():
+            for name, value in stored.items():
                 self._write(paths[name], value, author, key)
         return entry_id
 
@@ -465,6 +601,18 @@ class Record:
         return sorted(
             p for p in self._index.paths if not p.startswith("_") and not _is_bookkeeping(p)
         )
+
+    def count_paths(self) -> list[str]:
+        """Every written path that holds a count, sorted (see :class:`CountState`)."""
+        prefixes = self._count_prefixes
+        if not prefixes:
+            return []
+        index = self._index
+        known = self._count_paths
+        if known is None or known[0] is not index or known[1] != len(index.paths):
+            found = sorted(p for p in index.paths if p.startswith(prefixes) and self._is_count(p))
+            known = self._count_paths = (index, len(index.paths), found)
+        return list(known[2])
 
     def fields(self) -> dict[str, FieldState]:
         """Every application path and its state."""
@@ -630,6 +778,8 @@ class Record:
         state = self._index.paths.get(path)
         if state is None:
             return _field_state(self.record_id, path, ())
+        if path.startswith(self._count_prefixes) and self._is_count(path):
+            return self._count_state(path, state)
         if key is not None and key[0] == NOTES_COLLECTION:
             frozen = self._signed_heads(key, path)
             if frozen is not None:
@@ -641,6 +791,11 @@ class Record:
         start = len(key[0]) + len(key[1]) + 2  # past "<collection>/<entry-id>/"
         fields: dict[str, FieldState] = {}
         if key[0] == NOTES_COLLECTION:  # a signed note shows what was signed
+            for path in sorted(self._index.entries[key]):
+                if not path.endswith(_BOOKKEEPING_SUFFIX):
+                    fields[path[start:]] = self._field_state(path, key)
+            return _entry(key[0], key[1], fields)
+        if self._entry_counts:  # some entry fields may be counts
             for path in sorted(self._index.entries[key]):
                 if not path.endswith(_BOOKKEEPING_SUFFIX):
                     fields[path[start:]] = self._field_state(path, key)
@@ -676,21 +831,71 @@ class Record:
         index.settle()
         return rev
 
-    def _checked_entry_key(self, path: str, value: JSONValue) -> tuple[str, str] | None:
-        """Check a write against the schema; returns the path's entry, if any."""
-        known = self._checked_paths.get(path)
+    def _check_new_path(
+        self, path: str, value: JSONValue
+    ) -> tuple[tuple[str, str] | None, FieldSpec | None, bool]:
+        """Check the first write of a path (and its value, unless a count's); remember it."""
+        schema = self.schema
+        is_count = bool(self._count_prefixes) and self._is_count(path)
+        if is_count:
+            schema.check_write_path(path)  # a count's value is checked as one
+        else:
+            schema.check_write(path, value)
+        # Remember paths this record accepted: rewriting a field is the hot path.
+        known = self._checked_paths[path] = (
+            schema.entry_key(path),
+            schema.spec_for(path),
+            is_count,
+        )
+        return known
+
+    # ------------------------------------------------------------------- counts
+
+    def _is_count(self, path: str) -> bool:
+        """The schema's ``is_count``, remembered per path (a path that passed the prefix test)."""
+        known = self._is_count_path.get(path)
         if known is None:
-            self.schema.check_write(path, value)
-            # Remember paths this record accepted: rewriting a field is the hot path.
-            known = self._checked_paths[path] = (
-                self.schema.entry_key(path),
-                self.schema.spec_for(path),
-            )
-            return known[0]
-        check_value(value, what=path)
-        if known[1] is not None:
-            known[1].check(path, value)
-        return known[0]
+            known = self._is_count_path[path] = self.schema.is_count(path)
+        return known
+
+    def _count_value(
+        self, path: str, change: int, count: int, spec: FieldSpec | None
+    ) -> dict[str, JSONValue]:
+        """A count revision's stored value, checked: the change and the count it makes."""
+        for number, what in ((count, "count"), (change, "change")):
+            if abs(number) > MAX_COUNT:
+                raise InvalidValueError(
+                    f"{path}: the {what} {number} is outside +/- 2**53 (a count and each "
+                    "change must stay within it)"
+                )
+        if spec is not None:
+            spec.check(path, count)
+        return {COUNT_CHANGE: change, COUNT_TOTAL: count}
+
+    def _count_total(self, path: str) -> int:
+        """The count at ``path`` now: 0 if never written."""
+        state = self._index.paths.get(path)
+        return 0 if state is None else self._count_state(path, state).total
+
+    def _count_state(self, path: str, state: PathState) -> CountState:
+        """A count's state; its total is kept per path and brought up to date as it grows.
+
+        A path's revisions are only ever added, at the end of its dict, so the
+        revisions past the number already summed are the new ones: read from
+        the end, they cost in proportion to what arrived, not to the history.
+        Only bare integers (absolute counts) make a whole new sum: what one
+        adds depends on its ancestors, which may arrive after it.
+        """
+        revisions = state.revisions
+        size = len(revisions)
+        cached = self._totals.get(path)
+        if cached is None or cached.state is not state or cached.size > size:
+            cached = self._totals[path] = _Total(state, revisions)
+        elif cached.size != size:
+            cached.take_in(revisions, size)
+        return _count_state(
+            self.record_id, path, state.head_revisions(), cached.total, cached.uncounted
+        )
 
     def _entry_register_paths(self, key: tuple[str, str]) -> list[str]:
         return [p for p in self._index.entries.get(key, ()) if not _is_sub_path(p)]
@@ -839,3 +1044,118 @@ def _is_sub_path(path: str) -> bool:
 
 def _is_bookkeeping(path: str) -> bool:
     return path.endswith(_BOOKKEEPING_SUFFIX)
+
+
+class _Total:
+    """One count's total and uncounted revisions, as of its first ``size`` revisions."""
+
+    __slots__ = ("absolute", "size", "state", "total", "uncounted")
+
+    def __init__(self, state: PathState, revisions: dict[str, Revision]) -> None:
+        self.state = state
+        self.size = len(revisions)
+        self.total, self.uncounted, self.absolute = _sum_changes(revisions)
+
+    def take_in(self, revisions: dict[str, Revision], size: int) -> None:
+        """Add the revisions past ``self.size`` (the newest, at the dict's end)."""
+        if not self.absolute:
+            total, uncounted = self.total, list(self.uncounted)
+            for rev in itertools.islice(reversed(revisions.values()), size - self.size):
+                value = rev.value
+                if type(value) is dict:
+                    change = value.get(COUNT_CHANGE)
+                    if type(change) is int:
+                        total += change
+                        continue
+                elif type(value) is int:
+                    break  # an absolute count: sum afresh
+                uncounted.append(rev)
+            else:
+                if len(uncounted) > len(self.uncounted):
+                    uncounted.sort(key=_display_order)
+                self.total, self.uncounted, self.size = total, tuple(uncounted), size
+                return
+        self.total, self.uncounted, self.absolute = _sum_changes(revisions)
+        self.size = size
+
+
+def _display_order(rev: Revision) -> tuple[Timestamp, str, str]:
+    return (rev.at, rev.replica, rev.id)
+
+
+def _not_a_count(path: str, value: object, what: str) -> str:
+    kind = "a bool" if isinstance(value, bool) else type(value).__name__
+    return f"{path} is a count: its {what} must be an integer, not {kind} {value!r:.80}"
+
+
+def _sum_changes(revisions: dict[str, Revision]) -> tuple[int, tuple[Revision, ...], bool]:
+    """A count's total over its revisions, the revisions left out of it, and whether any is bare.
+
+    A revision ``{"delta": d, ...}`` adds ``d``. A bare integer ``n`` (written
+    before the path was a count, or by a peer that does not know counts) is an
+    absolute count: it adds ``n`` minus the count its writer had seen, the sum
+    over the revisions its parents reach. Anything else adds nothing and is
+    returned as uncounted. Every replica holding the same revisions gets the
+    same answer, whatever order they arrived in.
+    """
+    total = 0
+    changes: dict[str, int] = {}
+    absolute: list[Revision] = []
+    uncounted: list[Revision] = []
+    for rev_id, rev in revisions.items():
+        value = rev.value
+        if type(value) is dict:
+            change = value.get(COUNT_CHANGE)
+            if type(change) is int:
+                changes[rev_id] = change
+                total += change
+                continue
+        elif type(value) is int:
+            absolute.append(rev)
+            continue
+        uncounted.append(rev)
+    if absolute:
+        total += _absolute_changes(revisions, changes, absolute, uncounted)
+    if len(uncounted) > 1:
+        uncounted.sort(key=_display_order)
+    return total, tuple(uncounted), bool(absolute)
+
+
+def _absolute_changes(
+    revisions: dict[str, Revision],
+    changes: dict[str, int],
+    absolute: list[Revision],
+    uncounted: list[Revision],
+) -> int:
+    """The changes bare integers make (see :func:`_sum_changes`); fills ``changes``.
+
+    An ancestor's ancestors are a strict subset of its descendant's, so taking
+    revisions by the number of their ancestors computes every ancestor's change
+    first. A revision among its own ancestors (a cycle only a hostile peer can
+    make) is uncounted.
+    """
+    ancestry = {rev.id: _ancestors(revisions, rev.parents) for rev in absolute}
+    added = 0
+    for rev in sorted(absolute, key=lambda r: (len(ancestry[r.id]), r.id)):
+        seen = ancestry[rev.id]
+        if rev.id in seen:
+            uncounted.append(rev)
+            continue
+        value: int = rev.value  # type: ignore[assignment]  # an int: sorted out above
+        change = value - sum(changes.get(a, 0) for a in seen)
+        changes[rev.id] = change
+        added += change
+    return added
+
+
+def _ancestors(revisions: dict[str, Revision], parents: Iterable[str]) -> set[str]:
+    """Ids of the held revisions reachable from ``parents`` (themselves included)."""
+    found: set[str] = set()
+    stack = [p for p in parents if p in revisions]
+    while stack:
+        current = stack.pop()
+        if current in found:
+            continue
+        found.add(current)
+        stack.extend(p for p in revisions[current].parents if p in revisions and p not in found)
+    return found

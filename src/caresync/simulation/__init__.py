@@ -14,16 +14,20 @@ From a shell: ``caresync simulate --laptops 20 --patients 200`` (or
 
 from caresync.simulation.config import SimulationConfig, SimulationResult
 from caresync.simulation.observer import NullObserver, SimulationObserver
-from caresync.simulation.oracle import Oracle, OracleReport
+from caresync.simulation.oracle import Oracle, OracleReport, ReplicaFile
 from caresync.simulation.present import RichObserver, result_table, run_simulate_command
 from caresync.simulation.runner import run_simulation
-from caresync.simulation.scenario import Scenario, plan
+from caresync.simulation.scenario import Edit, Patient, Round, Scenario, plan
 
 __all__ = [
+    "Edit",
     "NullObserver",
     "Oracle",
     "OracleReport",
+    "Patient",
+    "ReplicaFile",
     "RichObserver",
+    "Round",
     "Scenario",
     "SimulationConfig",
     "SimulationObserver",

@@ -1,7 +1,8 @@
 """Test an application that embeds caresync: a clinic server and laptops in a few lines.
 
-Also a pytest plugin (entry point ``caresync``), loaded wherever caresync is installed.
-It only adds two fixtures, ``clinic`` and ``clinic_factory`` (they need pytest-asyncio),
+Also a pytest plugin (entry point ``caresync``: :mod:`caresync.testing.plugin`), loaded
+wherever caresync is installed. It only adds two fixtures, ``clinic`` and
+``clinic_factory`` (they need pytest-asyncio: ``pip install "caresync[testing]"``),
 and imports nothing heavy until a test asks for one::
 
     async def test_visit(clinic):
@@ -72,3 +73,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    # The lazily loaded names too, so that dir(), help() and completion show them.
+    return sorted({*globals(), *__all__})

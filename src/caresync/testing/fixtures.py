@@ -1,7 +1,9 @@
 """The pytest fixtures: ``clinic`` and ``clinic_factory``. Cheap to import.
 
-They are async fixtures for pytest-asyncio; without it they are plain pytest fixtures,
-which another async plugin (anyio's) may run.
+They are async fixtures run by **pytest-asyncio** (``pip install "caresync[testing]"``
+brings it). Without it, or with it switched off (``-p no:asyncio``), a test that asks
+for one fails at once with a message naming pytest-asyncio, instead of pytest's
+error about an async fixture nothing ran.
 """
 
 from __future__ import annotations
@@ -15,22 +17,45 @@ import pytest
 if TYPE_CHECKING:
     from caresync.testing.harness import Clinic
 
-__all__ = ["ClinicFactory", "clinic", "clinic_factory"]
+__all__ = ["MISSING_ASYNCIO", "ClinicFactory", "caresync_asyncio", "clinic", "clinic_factory"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+MISSING_ASYNCIO = (
+    "caresync's `clinic` and `clinic_factory` fixtures are async and need the pytest-asyncio "
+    'plugin, which {why}: install it with `pip install "caresync[testing]"` (or '
+    '`pip install pytest-asyncio`), and set `asyncio_mode = "auto"` in your pytest '
+    "configuration or mark the tests with `@pytest.mark.asyncio`"
+)
+"""The message of a test that asks for a clinic fixture when pytest-asyncio cannot run it."""
 
 _register: Any
 try:
     import pytest_asyncio
-except ImportError:  # pragma: no cover - pytest-asyncio is in caresync's test extra
+except ImportError:
+    _ASYNCIO_INSTALLED = False
     _register = pytest.fixture
 else:
+    _ASYNCIO_INSTALLED = True
     _register = pytest_asyncio.fixture
 
 
 def _fixture(function: F) -> F:
     """Declare an async fixture (returns pytest's fixture object, typed as the function)."""
     return cast(F, _register(function))
+
+
+@pytest.fixture
+def caresync_asyncio(request: pytest.FixtureRequest) -> None:
+    """Fail with a clear message when pytest-asyncio cannot run the clinic fixtures.
+
+    A plain fixture the async ones depend on: it runs first, so the test fails here,
+    naming the missing plugin.
+    """
+    if not _ASYNCIO_INSTALLED:
+        pytest.fail(MISSING_ASYNCIO.format(why="is not installed"), pytrace=False)
+    if not request.config.pluginmanager.hasplugin("asyncio"):
+        pytest.fail(MISSING_ASYNCIO.format(why="is switched off in this run"), pytrace=False)
 
 
 class ClinicFactory(Protocol):
@@ -44,7 +69,7 @@ class ClinicFactory(Protocol):
 
 
 @_fixture
-async def clinic_factory(tmp_path: Path) -> AsyncIterator[ClinicFactory]:
+async def clinic_factory(caresync_asyncio: None, tmp_path: Path) -> AsyncIterator[ClinicFactory]:
     """Make started clinics in ``tmp_path``; all are closed after the test."""
     from caresync.exceptions import InvalidInputError
     from caresync.testing.harness import Clinic
