@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import json
 import subprocess
 import sys
 import typing
@@ -208,9 +209,11 @@ def test_nothing_heavy_was_imported():
 """
 
 
-def _pytest(directory: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    (directory / "test_app.py").write_text(PLUGIN_TEST)
-    (directory / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+def _pytest(
+    directory: Path, *options: str, test: str = PLUGIN_TEST, ini: str = ""
+) -> subprocess.CompletedProcess[str]:
+    (directory / "test_app.py").write_text(test)
+    (directory / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n" + ini)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options],
         cwd=directory,
@@ -234,6 +237,40 @@ def test_the_plugin_runs_with_pytest_asyncio_and_loads_nothing_heavy(tmp_path: P
     done = _pytest(tmp_path, "-k", "clinic")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+SUBSTANCES_TEST = """
+async def test_a_local_drug_is_checked(clinic):
+    laptop = await clinic.laptop("north")
+    record = await laptop.create_record()
+    await laptop.add_entry(record, "allergies", {"substance": "zetamab"}, author="dr.test")
+    await laptop.add_entry(record, "medications", {"drug": "Zetafix 20 mg"}, author="dr.test")
+    assert "allergy-vs-prescription" in {c.rule for c in await laptop.conflicts()}
+"""
+
+LOCAL_TABLE = json.dumps(
+    {
+        "format": "caresync-substances/1",
+        "classes": [{"id": "zetamabs", "members": {"zetamab": ["Zetafix"]}}],
+    }
+)
+
+
+def test_the_plugin_gives_every_clinic_a_substance_table(tmp_path: Path) -> None:
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "local.json").write_text(LOCAL_TABLE)
+    done = _pytest(tmp_path, test=SUBSTANCES_TEST)  # the bundled table: not checked
+    assert done.returncode == 1, done.stdout + done.stderr
+    ini = "caresync_substances = tables/local.json\n"
+    done = _pytest(tmp_path, test=SUBSTANCES_TEST, ini=ini)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = tmp_path / "tables" / "local.json"
+    done = _pytest(tmp_path, f"--caresync-substances={table}", test=SUBSTANCES_TEST)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (tmp_path / "bad.json").write_text('{"format": "other/1"}')
+    done = _pytest(tmp_path, "--caresync-substances=bad.json", test=SUBSTANCES_TEST)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "bad.json: substance table: 'format' must be" in done.stdout
 
 
 def test_the_testing_extra_brings_what_the_plugin_needs() -> None:

@@ -30,7 +30,8 @@ from caresync.cli import (
     transfer,
     users,
 )
-from caresync.cli.common import guard_arguments
+from caresync.cli.common import SUBSTANCES_ENV, guard_arguments
+from caresync.cli.databases import use_substances
 from caresync.cli.errors import (
     CliError,
     ExitCode,
@@ -118,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(message, code, json_output=json_error and not out.done)
 
     try:
+        if hasattr(args, "substances"):
+            use_substances(args.substances or os.environ.get(SUBSTANCES_ENV) or None)
         return int(args.handler(args, out))
     except KeyboardInterrupt:
         return fail("interrupted; every change committed so far is kept", ExitCode.INTERRUPTED)

@@ -59,10 +59,26 @@ _MAX_NAME_BYTES = 255  # NAME_MAX: one component of a path
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+SUBSTANCES_ENV = "CARESYNC_SUBSTANCES"
+
+
 def add_db(parser: argparse.ArgumentParser, what: str = "the database") -> None:
-    """The ``--db PATH`` option every command but ``simulate`` has."""
+    """The ``--db PATH`` option every command but ``simulate`` has, and ``--substances``.
+
+    Every command that opens a database computes conflicts with one rulebook, and a
+    database re-indexes when it meets another: so the substance table an application
+    uses goes with every command (``--substances``, or ``CARESYNC_SUBSTANCES``).
+    """
     parser.add_argument(
         "--db", required=True, metavar="PATH", type=path, help=f"{what} (an SQLite file)"
+    )
+    parser.add_argument(
+        "--substances",
+        metavar="FILE",
+        type=path,
+        default=None,
+        help="the allergy check's substance table (JSON, the bundled table's format; "
+        f"default: ${SUBSTANCES_ENV}, else the bundled table)",
     )
 
 

@@ -21,14 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView
-from caresync.exceptions import StorageError
+from caresync.cli.errors import CliError
+from caresync.conflicts import (
+    DEFAULT_RULEBOOK,
+    Conflict,
+    RecordView,
+    Rulebook,
+    SubstanceTable,
+)
+from caresync.exceptions import InvalidInputError, StorageError
 from caresync.pool import RecordPool
 from caresync.replica import Replica
 from caresync.storage import ConflictRow, Identity, SQLiteStore
 
 __all__ = [
     "LaptopReader",
+    "rulebook",
+    "use_substances",
     "Reader",
     "ServerReader",
     "open_laptop",
@@ -62,9 +71,37 @@ def remove_if_new(db: Path, before: Mapping[str, bool]) -> None:
                 Path(f"{db}{suffix}").unlink()
 
 
+_rulebook: Rulebook = DEFAULT_RULEBOOK
+
+
+def use_substances(path: str | None) -> None:
+    """Compute conflicts with the substance table in ``path`` (None: the bundled one).
+
+    Read once, before the command opens any database; a file that is not a table
+    is a CliError naming what is wrong.
+    """
+    global _rulebook
+    if path is None:
+        _rulebook = DEFAULT_RULEBOOK
+        return
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read the substance table {path}: {exc.strerror}") from None
+    try:
+        _rulebook = Rulebook(substances=SubstanceTable.from_json(text))
+    except InvalidInputError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
+def rulebook() -> Rulebook:
+    """The rulebook every command of this run computes conflicts with."""
+    return _rulebook
+
+
 async def open_laptop(path: str | Path, *, create: bool = False) -> Replica:
     """A laptop's replica for writing (created only with ``create``)."""
-    return await Replica.open(path, create=create)
+    return await Replica.open(path, create=create, rulebook=_rulebook)
 
 
 async def open_server_store(
@@ -124,7 +161,7 @@ class ServerReader:
     def pool(self) -> RecordPool:
         if self._pool is None:
             self._pool = RecordPool(
-                self.store, replica=self.identity.replica_id, rulebook=DEFAULT_RULEBOOK
+                self.store, replica=self.identity.replica_id, rulebook=_rulebook
             )
         return self._pool
 
@@ -163,7 +200,7 @@ async def open_reader(path: str | Path) -> Reader:
         identity = await _identity(store, path)
         if identity.role == "server":
             return ServerReader(store, identity)
-        return LaptopReader(await Replica.from_store(store, identity, rulebook=DEFAULT_RULEBOOK))
+        return LaptopReader(await Replica.from_store(store, identity, rulebook=_rulebook))
     except BaseException:
         await store.close()
         raise

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from caresync.cli.common import add_db, add_json, listen_host, path, port, run
-from caresync.cli.databases import files_before, remove_if_new
+from caresync.cli.databases import files_before, remove_if_new, rulebook
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
 from caresync.records import AdmissionLimits
@@ -110,7 +110,7 @@ async def _run_server(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with await SyncServer.open(db, admission=admission) as server:
+        async with await SyncServer.open(db, admission=admission, rulebook=rulebook()) as server:
             listener = await server.serve(host, port, ssl=context)
             listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from caresync.cli.common import add_db, add_json, organisation, run, username
-from caresync.cli.databases import open_server_store
+from caresync.cli.databases import open_server_store, rulebook
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.cli.password import PASSWORD_ENV, read_password
@@ -85,7 +85,7 @@ def _add(args: argparse.Namespace, out: Output) -> int:
     async def go() -> tuple[str, bool]:
         password_hash = await asyncio.to_thread(hash_password, password)
         if not await asyncio.to_thread(Path(args.db).exists):
-            async with await SyncServer.open(args.db) as server:  # a new server database
+            async with await SyncServer.open(args.db, rulebook=rulebook()) as server:  # new
                 await server.store.add_user(args.org, args.username, password_hash)
                 return server.server_id, False
         # An existing one, perhaps served right now: accounts only, beside the server.

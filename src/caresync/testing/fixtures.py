@@ -15,9 +15,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 import pytest
 
 if TYPE_CHECKING:
+    from caresync.conflicts import Rulebook
     from caresync.testing.harness import Clinic
 
-__all__ = ["MISSING_ASYNCIO", "ClinicFactory", "caresync_asyncio", "clinic", "clinic_factory"]
+__all__ = [
+    "MISSING_ASYNCIO",
+    "SUBSTANCES_OPTION",
+    "ClinicFactory",
+    "caresync_asyncio",
+    "caresync_rulebook",
+    "clinic",
+    "clinic_factory",
+    "pytest_addoption",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,18 +68,71 @@ def caresync_asyncio(request: pytest.FixtureRequest) -> None:
         pytest.fail(MISSING_ASYNCIO.format(why="is switched off in this run"), pytrace=False)
 
 
+SUBSTANCES_OPTION = "caresync_substances"
+"""The ini key (and, with dashes, the command-line option) naming a substance table."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--caresync-substances FILE`` and the ini key ``caresync_substances``."""
+    help_text = (
+        "the allergy check's substance table for every caresync clinic fixture "
+        "(JSON in the bundled table's format; a relative ini path is read from the ini "
+        "file's directory)"
+    )
+    parser.getgroup("caresync").addoption(
+        "--caresync-substances", dest=SUBSTANCES_OPTION, metavar="FILE", help=help_text
+    )
+    parser.addini(SUBSTANCES_OPTION, help_text, default="")
+
+
+def _substances_path(config: pytest.Config) -> Path | None:
+    given = config.getoption(SUBSTANCES_OPTION)
+    if given:
+        return Path(given)
+    listed = str(config.getini(SUBSTANCES_OPTION)).strip()
+    if not listed:
+        return None
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    return base / listed
+
+
+@pytest.fixture(scope="session")
+def caresync_rulebook(pytestconfig: pytest.Config) -> Rulebook:
+    """The rulebook of every clinic the fixtures make (unless a test passes its own).
+
+    The default rulebook, with the substance table named by ``--caresync-substances``
+    or the ini key ``caresync_substances`` when one is. Override this fixture in a
+    ``conftest.py`` to give every clinic an application's own rules.
+    """
+    from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook, SubstanceTable
+    from caresync.exceptions import InvalidInputError
+
+    path = _substances_path(pytestconfig)
+    if path is None:
+        return DEFAULT_RULEBOOK
+    try:
+        return Rulebook(substances=SubstanceTable.from_json(path.read_bytes()))
+    except OSError as exc:
+        pytest.fail(f"cannot read the caresync substance table {path}: {exc}", pytrace=False)
+    except InvalidInputError as exc:
+        pytest.fail(f"{path}: {exc}", pytrace=False)
+
+
 class ClinicFactory(Protocol):
     """``await clinic_factory(name="clinic", **options)``: another started :class:`Clinic`.
 
     Its files go to ``tmp_path/<name>``; ``options`` are :class:`Clinic`'s keyword
-    arguments (``organisation``, ``user``, ``password``, ``rulebook``, ``timeout``).
+    arguments (``organisation``, ``user``, ``password``, ``rulebook``, ``timeout``);
+    ``rulebook`` defaults to the ``caresync_rulebook`` fixture.
     """
 
     def __call__(self, name: str = "clinic", **options: Any) -> Awaitable[Clinic]: ...
 
 
 @_fixture
-async def clinic_factory(caresync_asyncio: None, tmp_path: Path) -> AsyncIterator[ClinicFactory]:
+async def clinic_factory(
+    caresync_asyncio: None, caresync_rulebook: Rulebook, tmp_path: Path
+) -> AsyncIterator[ClinicFactory]:
     """Make started clinics in ``tmp_path``; all are closed after the test."""
     from caresync.exceptions import InvalidInputError
     from caresync.testing.harness import Clinic
@@ -79,6 +142,7 @@ async def clinic_factory(caresync_asyncio: None, tmp_path: Path) -> AsyncIterato
     async def make(name: str = "clinic", **options: Any) -> Clinic:
         if name in made:
             raise InvalidInputError(f"this test already has a clinic named {name!r}")
+        options.setdefault("rulebook", caresync_rulebook)
         clinic = Clinic(tmp_path / name, **options)
         await clinic.start()
         made[name] = clinic
