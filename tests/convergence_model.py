@@ -37,9 +37,9 @@ class Network:
     ticks: itertools.count[int] = field(default_factory=lambda: itertools.count(1_000))
 
     @classmethod
-    def start(cls, n: int) -> Network:
+    def start(cls, n: int, record_id: str = "rec-0") -> Network:
         net = cls([])
-        first = net._make(Record.create, "laptop-0", record_id="rec-0")
+        first = net._make(Record.create, "laptop-0", record_id=record_id)
         net.replicas.append(first)
         for i in range(1, n):
             net.replicas.append(

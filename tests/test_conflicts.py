@@ -14,15 +14,12 @@ from caresync import (
     Finding,
     InvalidResolutionError,
     Record,
-    RecordSummary,
     RecordView,
     Rulebook,
     RuleError,
     Severity,
     SubstanceTable,
     UnknownConflictError,
-    possible_duplicate_person,
-    summarize,
 )
 from caresync.conflicts.substances import normalise
 
@@ -457,28 +454,3 @@ def test_normalised_names_are_the_same_cached_or_not() -> None:
         assert normalise(short) == "amoxicillin 500 mg capsules"
         assert normalise(long) == " ".join(["co-amoxiclav"] * 40)
     assert normalise(5) == normalise(None) == ""
-
-
-# -------------------------------------------------------- across records
-
-
-def test_the_same_person_registered_twice_is_a_candidate_link() -> None:
-    one = Record.create(replica="laptop-a")
-    two = Record.create(replica="laptop-b")
-    other = Record.create(replica="laptop-b")
-    for rec, name in ((one, "Ann  Smith"), (two, "ann smith"), (other, "Bob Smith")):
-        rec.set("name", name, author="x")
-        rec.set("birthDate", "1990-01-02", author="x")
-    findings = list(possible_duplicate_person([summarize(r) for r in (one, two, other)]))
-    assert len(findings) == 1
-    assert set(findings[0].record_ids) == {one.record_id, two.record_id}
-    assert (
-        findings[0].id
-        == next(
-            iter(
-                possible_duplicate_person(
-                    [RecordSummary(s.record_id, s.fields) for s in [summarize(two), summarize(one)]]
-                )
-            )
-        ).id
-    )

@@ -1,5 +1,6 @@
 """Convergence and "nothing lost", as a stateful property test over 2-6 replicas.
 
+Replicas edit fields, entries, notes and a count, and settle conflicts.
 Updates are delivered partially, twice and out of order; replicas restart from
 their own bytes. Invariants: replicas holding the same revisions agree on
 values, histories and conflicts; every value ever written is reachable on every
@@ -33,6 +34,7 @@ from caresync import (
 )
 
 replica_index = st.integers(min_value=0, max_value=5)
+STOCK = "stock/amoxicillin"  # a count: concurrent changes add up
 
 
 class ReplicasConverge(RuleBasedStateMachine):
@@ -49,6 +51,15 @@ class ReplicasConverge(RuleBasedStateMachine):
     def write_field(self, i: int, path: str, value: object) -> None:
         self.net.replicas[self.pick(i)].set(path, value, author=f"author-{i}")  # type: ignore[arg-type]
         self.net.note_written(path, value)
+
+    @rule(i=replica_index, change=st.integers(-3, 3), recount=st.booleans())
+    def count_stock(self, i: int, change: int, recount: bool) -> None:
+        """Dispense or receive (a change), or enter a counted value (a recount)."""
+        record = self.net.replicas[self.pick(i)]
+        if recount:
+            record.set(STOCK, change + 3, author=f"author-{i}")
+        else:
+            record.adjust(STOCK, change, author=f"author-{i}")
 
     @rule(
         i=replica_index,
@@ -104,7 +115,10 @@ class ReplicasConverge(RuleBasedStateMachine):
             return
         conflict = conflicts[which % len(conflicts)]
         chosen = choose % len(conflict.candidates)
-        if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
+        if conflict.rule == "count-below-zero":  # settled by entering the counted value
+            DEFAULT_RULEBOOK.resolve(record, conflict.id, value=choose, author=f"author-{i}")
+            assert record.value(STOCK) == choose
+        elif conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
             DEFAULT_RULEBOOK.resolve(record, conflict.id, choose=chosen, author=f"author-{i}")
             # A decision means what it says: the record now holds the chosen outcome.
             writes = conflict.outcomes[chosen].writes if conflict.outcomes else ()

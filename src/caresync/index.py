@@ -18,6 +18,7 @@ from __future__ import annotations
 from caresync.conflicts import Rulebook
 from caresync.pool import conflict_rows
 from caresync.records import Record
+from caresync.records.persons import person_card
 from caresync.storage import Store
 
 __all__ = ["INDEX_RULEBOOK_KEY", "REINDEX_BATCH_RECORDS", "ensure_index"]
@@ -31,6 +32,10 @@ REINDEX_BATCH_RECORDS = 500
 
 async def ensure_index(store: Store, rulebook: Rulebook, *, replica: str) -> int:
     """Re-index every record's conflicts unless ``rulebook`` computed the stored index.
+
+    The person index (each record's card, and the pairs of records that may be
+    one person) is rebuilt with it: a new way of matching people comes with a new
+    ``DERIVATION_VERSION``, hence a new fingerprint.
 
     Returns the number of records re-indexed (0 when the index was current, or
     the database holds no record). The rows of each chunk of
@@ -47,13 +52,10 @@ async def ensure_index(store: Store, rulebook: Rulebook, *, replica: str) -> int
     for start in range(0, len(ids), REINDEX_BATCH_RECORDS):
         chunk = ids[start : start + REINDEX_BATCH_RECORDS]
         loaded = await store.load_many(chunk)
+        records = [Record.from_update(rid, data, replica=replica) for rid, data in loaded.items()]
         await store.set_conflicts_many(
-            {
-                record_id: conflict_rows(
-                    Record.from_update(record_id, data, replica=replica), rulebook
-                )
-                for record_id, data in loaded.items()
-            }
+            {record.record_id: conflict_rows(record, rulebook) for record in records},
+            persons={record.record_id: person_card(record) for record in records},
         )
     await store.set_meta(INDEX_RULEBOOK_KEY, current)
     return len(ids)

@@ -47,6 +47,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView, Rulebook
+from caresync.conflicts.duplicates import paired_record
 from caresync.credentials import key_fingerprint, parse_fingerprint, verify_server_signature
 from caresync.exceptions import (
     AuthenticationError,
@@ -54,20 +55,22 @@ from caresync.exceptions import (
     ConnectionLostError,
     CorruptDatabaseError,
     InvalidInputError,
+    InvalidResolutionError,
     InvalidUpdateError,
     NotEnrolledError,
     ProtocolError,
     RemoteProtocolError,
     ReplicaRevokedError,
     StorageError,
-    UnknownConflictError,
 )
 from caresync.index import ensure_index
+from caresync.listing import ConflictListing
 from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
     MAX_MAX_FRAME_BYTES,
+    SUPPORTED_VERSIONS,
     Authenticated,
     ClientProtocol,
     CopyBatch,
@@ -87,6 +90,17 @@ from caresync.protocol import (
 from caresync.records import JSONValue, Record, Revision
 from caresync.records.crdt import merge as merge_updates_of
 from caresync.records.crdt import state_vector_of
+from caresync.records.persons import (
+    DIFFERENT_PEOPLE,
+    DISPUTED_RULE,
+    DUPLICATE_RULE,
+    SAME_PERSON,
+    UNLINKED,
+    PersonCard,
+    PersonPair,
+    link_path,
+    person_card,
+)
 from caresync.storage import (
     ConflictRow,
     Identity,
@@ -131,7 +145,8 @@ _LOCKED = "replica.locked"  # why the server revoked this replica; set once, kep
 _SECRET = "replica.secret"  # base64: the secret this replica proves at every login
 _PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
 _PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
-_PROTOCOL_VERSIONS = (ProveServer.SINCE_VERSION,)  # a server must prove itself: version 4 on
+# A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
+_PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
 
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
@@ -284,6 +299,7 @@ class Replica:
         self.rulebook = rulebook
         self.limits = limits or SyncLimits()
         self._pool = RecordPool(store, replica=identity.replica_id, rulebook=rulebook)
+        self._listing = ConflictListing(store, self._pool)
         self._locked = locked
         self._state = ReplicaState.LOCKED if locked is not None else ReplicaState.OFFLINE
         self._listeners: list[StatusListener] = []
@@ -391,6 +407,7 @@ class Replica:
                     record.update_since(),
                     conflicts=(),
                     organisation=self.identity.organisation,
+                    person=person_card(record),
                 )
             except BaseException:
                 self._pool.forget(record.record_id)
@@ -466,6 +483,7 @@ class Replica:
                     update,
                     conflicts=self._pool.rows(record),
                     organisation=self.identity.organisation,
+                    person=person_card(record),
                 )
             except BaseException:
                 self._pool.forget(record_id)
@@ -488,14 +506,20 @@ class Replica:
         return await self.store.record_ids()
 
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
-        """Open conflicts of one record, or of all (read from the index, not a scan)."""
+        """Open conflicts of one record, or of all, by record id (blocks first).
+
+        A record's own conflicts (read from the index, not a scan), the person
+        index's findings (a possible duplicate is listed on both records), and
+        the findings across records linked as one person (an allergy on one
+        chart against a prescription on another).
+        """
         if record_id is not None:
-            return self.rulebook.conflicts(await self._pool.get(record_id))
-        ids = dict.fromkeys(row.record_id for row in await self.store.conflicts())
-        result: list[Conflict] = []
-        for rid in ids:
-            result.extend(self.rulebook.conflicts(await self._pool.get(rid)))
-        return result
+            return await self._listing.of_record(record_id)
+        return await self._listing.all()
+
+    async def count_conflicts(self) -> int:
+        """How many conflicts are open: as many as :meth:`conflicts` lists."""
+        return await self._listing.count()
 
     async def contested(self, record_id: str) -> dict[str, Conflict]:
         """The fields of a record that an open ``block`` conflict involves, and that conflict.
@@ -503,14 +527,11 @@ class Replica:
         Until a person chooses, such a field has no settled value: show the conflict
         and its candidates, not one of them (see :meth:`Rulebook.contested`).
         """
-        return self.rulebook.contested(await self._pool.get(record_id))
+        return await self._listing.contested(record_id)
 
     async def find_conflict(self, conflict_id: str) -> Conflict:
         """The open conflict with that id (UnknownConflictError if none)."""
-        for row in await self.store.conflicts():
-            if row.id == conflict_id:
-                return self.rulebook.conflict(await self._pool.get(row.record_id), conflict_id)
-        raise UnknownConflictError(f"no open conflict {conflict_id} in this database")
+        return await self._listing.find(conflict_id)
 
     async def resolve(
         self,
@@ -520,23 +541,91 @@ class Replica:
         choose: int | None = None,
         value: JSONValue | object = _UNSET,
     ) -> Revision:
-        """Resolve a conflict by choosing candidate ``choose`` or entering ``value``."""
+        """Resolve a conflict by choosing candidate ``choose`` or entering ``value``.
+
+        A possible duplicate (or a disputed link) is resolved by choosing its
+        candidate 0, the same person (:meth:`link_records`), or 1, different
+        people (:meth:`mark_different_people`); the decision is written to both records.
+        """
         conflict = await self.find_conflict(conflict_id)
+        if conflict.rule in (DUPLICATE_RULE, DISPUTED_RULE):
+            return await self._decide_pair(conflict, choose, value, author)
         kwargs: dict[str, Any] = {"choose": choose}
         if value is not _UNSET:
             kwargs["value"] = value
+        linked = await self._listing.linked_records(conflict.record_id)
         return await self._edit(
             conflict.record_id,
-            lambda r: self.rulebook.resolve(r, conflict_id, author=author, **kwargs),
+            lambda r: self.rulebook.resolve(r, conflict_id, author=author, linked=linked, **kwargs),
         )
 
     async def acknowledge(self, conflict_id: str, *, author: str) -> Revision:
         """Acknowledge a flag or info finding."""
         conflict = await self.find_conflict(conflict_id)
+        if conflict.rule in (DUPLICATE_RULE, DISPUTED_RULE):
+            raise InvalidResolutionError(
+                f"conflict {conflict_id} asks whether two records are one person: choose "
+                "0 (the same person: link them) or 1 (different people)"
+            )
+        linked = await self._listing.linked_records(conflict.record_id)
         return await self._edit(
             conflict.record_id,
-            lambda r: self.rulebook.acknowledge(r, conflict_id, author=author),
+            lambda r: self.rulebook.acknowledge(r, conflict_id, author=author, linked=linked),
         )
+
+    # ----------------------------------------------------------------- people
+
+    async def link_records(self, record_id: str, other_id: str, *, author: str) -> Revision:
+        """Link two records as one person: shown together, checked together, never merged.
+
+        A replicated decision written to both records (``links/<other id>``);
+        undone with :meth:`unlink_records`. Returns the revision written to ``record_id``.
+        """
+        return await self._decide(record_id, other_id, SAME_PERSON, author)
+
+    async def unlink_records(self, record_id: str, other_id: str, *, author: str) -> Revision:
+        """Undo a link: the two records are separate again (a match is a finding again)."""
+        if other_id not in await self._listing.linked(record_id):
+            raise InvalidInputError(f"records {record_id} and {other_id} are not linked")
+        return await self._decide(record_id, other_id, UNLINKED, author)
+
+    async def mark_different_people(
+        self, record_id: str, other_id: str, *, author: str
+    ) -> Revision:
+        """Decide that two records that look alike are different people (no finding again)."""
+        return await self._decide(record_id, other_id, DIFFERENT_PEOPLE, author)
+
+    async def linked_records(self, record_id: str) -> list[str]:
+        """The records linked to this one as the same person (through others too), sorted."""
+        await self._pool.get(record_id)  # UnknownRecordError for a record not here
+        return await self._listing.linked(record_id)
+
+    async def person_pairs(self, record_id: str | None = None) -> list[PersonPair]:
+        """The person index's pairs: possible duplicates, linked and disputed records."""
+        return await self.store.person_pairs(record_id)
+
+    async def _decide(self, record_id: str, other_id: str, decision: str, author: str) -> Revision:
+        if record_id == other_id:
+            raise InvalidInputError(f"record {record_id} cannot be linked to itself")
+        path, other_path = link_path(other_id), link_path(record_id)
+        await self._pool.get(record_id)  # both must be here before either is written
+        await self._pool.get(other_id)
+        await self._edit(other_id, lambda r: r.set(other_path, decision, author=author))
+        return await self._edit(record_id, lambda r: r.set(path, decision, author=author))
+
+    async def _decide_pair(
+        self, conflict: Conflict, choose: int | None, value: object, author: str
+    ) -> Revision:
+        if value is not _UNSET or choose not in (0, 1):
+            raise InvalidResolutionError(
+                f"conflict {conflict.id} asks whether two records are one person: choose "
+                "0 (the same person: link them) or 1 (different people)"
+            )
+        other_id = paired_record(conflict)
+        if other_id is None:  # pragma: no cover - a pair's finding always names the other
+            raise InvalidResolutionError(f"conflict {conflict.id} names no other record")
+        decision = SAME_PERSON if choose == 0 else DIFFERENT_PEOPLE
+        return await self._decide(conflict.record_id, other_id, decision, author)
 
     # ----------------------------------------------------------------- status
 
@@ -602,7 +691,7 @@ class Replica:
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest / 1000),
             last_sync=None if last_s is None else datetime.fromtimestamp(last_s, tz=UTC),
             copy_age_s=None if last_s is None else max(0.0, now - last_s),
-            conflicts_open=await self.store.count_conflicts(),
+            conflicts_open=await self.count_conflicts(),
             records=await self.store.count_records(),
             last_error=self._last_error,
             quarantined=await self.store.count_quarantined(),
@@ -850,6 +939,24 @@ class Replica:
             await session.resume()
             await session.synchronise(progress)
             await session.live(stop, attempt)
+
+
+def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
+    """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
+    cards: dict[str, PersonCard] = {}
+    for item in batch.persons or ():
+        try:
+            card = PersonCard.from_bytes(item.card)
+        except InvalidInputError as exc:
+            raise RemoteProtocolError(
+                f"the server sent record {item.record_id} with a bad person card: {exc}"
+            ) from None
+        if card.record_id != item.record_id:
+            raise RemoteProtocolError(
+                f"the server sent record {item.record_id} with the card of {card.record_id}"
+            )
+        cards[item.record_id] = card
+    return cards
 
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
@@ -1169,7 +1276,7 @@ class _Session:
         return SyncReport(
             uploaded=uploaded,
             downloaded=downloaded + copied,
-            conflicts_open=await replica.store.count_conflicts(),
+            conflicts_open=await replica.count_conflicts(),
             copied=copied,
         )
 
@@ -1187,6 +1294,7 @@ class _Session:
         *,
         absent: Collection[str] = (),
         trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
+        trusted_persons: Mapping[str, PersonCard] | None = None,
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one transaction.
 
@@ -1202,8 +1310,8 @@ class _Session:
         disk next time (memory never runs ahead of the store). ``absent`` names
         records known not to be stored here (a first copy's), not looked up.
         With ``trusted_rows`` (a first copy from a server whose rulebook is ours),
-        an absent record is stored with those conflict rows as they are: it is
-        not built and its rules do not run.
+        an absent record is stored with those conflict rows and its card from
+        ``trusted_persons`` as they are: it is not built and its rules do not run.
         """
         replica = self.replica
         pool = replica._pool
@@ -1225,7 +1333,10 @@ class _Session:
                         trusted = _trusted_copy(record_id, parts, kept_aside)
                         if trusted is not None:
                             rows = trusted_rows.get(record_id, ())
-                            items.append(IncomingUpdate(record_id, trusted, rows, organisation))
+                            card = (trusted_persons or {}).get(record_id)
+                            items.append(
+                                IncomingUpdate(record_id, trusted, rows, organisation, card)
+                            )
                         continue
                     try:
                         update = _merged(record_id, parts)
@@ -1240,7 +1351,9 @@ class _Session:
                                 if before is None
                                 else pool.load_bytes(record_id, before, update)
                             )
-                        item = IncomingUpdate(record_id, update, pool.rows(record), organisation)
+                        item = IncomingUpdate(
+                            record_id, update, pool.rows(record), organisation, person_card(record)
+                        )
                     except InvalidUpdateError:
                         # Bytes this replica cannot merge: keep the bad ones aside, take
                         # the rest, and finish the sync (it would fail at every sync after).
@@ -1301,7 +1414,11 @@ class _Session:
             record = pool.load_bytes(record_id, *base, *accepted)
         update = _merged(record_id, accepted)
         return IncomingUpdate(
-            record_id, update, pool.rows(record), self.replica.identity.organisation
+            record_id,
+            update,
+            pool.rows(record),
+            self.replica.identity.organisation,
+            person_card(record),
         )
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
@@ -1334,7 +1451,10 @@ class _Session:
                     [(rec.record_id, rec.update) for rec in batch.records],
                     checkpoint=(_COPY_RESUME, batch.last_record_id or ""),
                     absent={r.record_id for r in batch.records} - ours,
-                    trusted_rows=None if batch.conflicts is None else _rows_by_record(batch),
+                    # Rows are taken as they are only with the records' cards (version 5
+                    # on): without them every record would have to be built anyway.
+                    trusted_rows=None if batch.persons is None else _rows_by_record(batch),
+                    trusted_persons=None if batch.persons is None else _persons_by_record(batch),
                 )
                 copied += len(batch.records)
             resume = batch.last_record_id

@@ -54,7 +54,9 @@ from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     ITEM_OVERHEAD_BYTES,
     Authenticate,
+    CopyBatch,
     CopyConflict,
+    CopyPerson,
     CopyRequest,
     Enrol,
     ErrorCode,
@@ -72,6 +74,7 @@ from caresync.protocol import (
     item_wire_size,
 )
 from caresync.records import Admission, AdmissionLimits, Record
+from caresync.records.persons import person_card
 from caresync.storage import IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
 from caresync.throttle import LoginThrottle
 from caresync.transport import Channel, ChannelHandler, WebSocketListener, serve_websockets
@@ -585,6 +588,12 @@ class SyncServer:
     async def _on_copy(self, conn: _Connection, request: CopyRequest) -> None:
         organisation = conn.organisation
         send_rows = request.rulebook == self.rulebook.fingerprint and await self._index_is_current()
+        # Person cards (version 5 on) go with the rows: a laptop taking the rows as
+        # they are would otherwise have to build every record to index who it is.
+        version = conn.protocol.protocol_version
+        send_persons = (
+            send_rows and version is not None and version >= CopyBatch.FIELDS_SINCE["persons"]
+        )
         # Under the commit lock: the records, their conflict rows and the feed head
         # are read as of one moment (a push committing in between would pair a
         # record's state with rows of another state).
@@ -611,8 +620,10 @@ class SyncServer:
             del ids[request.batch_records :]
             loaded = await self.store.load_many(ids)
             stored_rows = await self.store.conflict_rows(ids) if send_rows else {}
+            cards = await self.store.person_cards(ids) if send_persons else {}
         records: list[tuple[str, bytes]] = []
         rows: list[CopyConflict] = []
+        persons: list[CopyPerson] = []
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         size = 0
         for record_id in ids:
@@ -623,13 +634,19 @@ class SyncServer:
                 CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
                 for row in stored_rows.get(record_id, ())
             ]
+            card = cards.get(record_id)
+            person = None if card is None else CopyPerson(record_id, card.to_bytes())
             record_size = item_wire_size(record_id, stored)
             record_size += sum(_row_wire_size(row) for row in record_rows)
+            if person is not None:
+                record_size += item_wire_size(record_id, person.card)
             if records and size + record_size > budget:
                 more = True  # the rest goes in the next batch
                 break
             records.append((record_id, stored))
             rows.extend(record_rows)
+            if person is not None:
+                persons.append(person)
             size += record_size
         done = done_before + len(records)
         sent_bytes = bytes_before + size
@@ -642,6 +659,7 @@ class SyncServer:
             feed_checkpoint=checkpoint,
             final=not more or not records,
             conflicts=rows if send_rows else None,
+            persons=persons if send_persons else None,
         )
         conn.copy_last = records[-1][0] if records else request.after_record_id
         conn.copy_done, conn.copy_bytes = done, sent_bytes
@@ -771,11 +789,12 @@ class SyncServer:
                     )
             incoming = []
             for index, item in enumerate(items):
-                rows = None
+                rows, person = None, None
                 if last_of[item.record_id] == index:
                     rows = pool.rows(records[item.record_id])
+                    person = person_card(records[item.record_id])
                 incoming.append(
-                    IncomingUpdate(item.record_id, item.update, rows, conn.organisation)
+                    IncomingUpdate(item.record_id, item.update, rows, conn.organisation, person)
                 )
             seqs = await self.store.write_remote(
                 incoming,

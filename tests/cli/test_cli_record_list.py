@@ -13,10 +13,14 @@ from caresync.cli.errors import ExitCode
 from caresync.replica import Replica
 
 
-def _conflicting_birth_dates(clinic: Clinic, name: str) -> tuple[Path, Path, str]:
-    north, south = clinic.enrol(f"{name}-north"), clinic.enrol(f"{name}-south", username="dr.b")
+def _conflicting_birth_dates(
+    clinic: Clinic, tag: str, family: str = "Ba"
+) -> tuple[Path, Path, str]:
+    """A record whose birth date two laptops set apart. The clinic is shared by the tests:
+    each names its patient apart (two alike would be a possible duplicate too)."""
+    north, south = clinic.enrol(f"{tag}-north"), clinic.enrol(f"{tag}-south", username="dr.b")
     rid = inproc("record new --db {db} --author dr.a", db=north).ok().stdout.strip()
-    name = '{"given": "Awa", "family": "Ba"}'
+    name = f'{{"given": "Awa", "family": "{family}"}}'
     inproc("record set --db {db} {r} name {v} --author dr.a", db=north, r=rid, v=name).ok()
     for db in (north, south):
         inproc("sync --db {db}", db=db).ok()
@@ -77,7 +81,7 @@ def test_a_name_in_conflict_shows_every_candidate(clinic: Clinic) -> None:
 
 
 def test_conflicts_json_carries_the_python_name_of_the_field(clinic: Clinic) -> None:
-    _north, south, rid = _conflicting_birth_dates(clinic, "subject")
+    _north, south, rid = _conflicting_birth_dates(clinic, "subject", family="Sow")
     listed = inproc("conflicts list --db {db} --json", db=south).ok().json()
     [conflict] = [c for c in listed["conflicts"] if c["record_id"] == rid]
     assert conflict["path"] == "birthDate"  # the documented key scripts read, kept

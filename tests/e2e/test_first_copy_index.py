@@ -9,15 +9,18 @@ one that indexed it is re-indexed first.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.e2e.live_helpers import enrolled, start_server
+import pytest
+from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 
 from caresync import Record
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, Finding, RecordView, Rulebook, Severity
+from caresync.exceptions import RemoteProtocolError
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.pool import conflict_rows
+from caresync.records.persons import DUPLICATE_RULE, PersonCard, person_card
 from caresync.replica import Replica
 from caresync.server import SyncServer
 from caresync.storage import IncomingUpdate
@@ -45,9 +48,9 @@ class CountingRulebook(Rulebook):
 
     runs = 0
 
-    def conflicts(self, record: Record) -> list[Conflict]:
+    def conflicts(self, record: Record, *, linked: Sequence[Record] = ()) -> list[Conflict]:
         CountingRulebook.runs += 1
-        return super().conflicts(record)
+        return super().conflicts(record, linked=linked)
 
 
 async def seed(server: SyncServer) -> None:
@@ -133,4 +136,64 @@ async def test_a_database_opened_with_another_rulebook_is_reindexed(tmp_path: Pa
     assert len(await rows_by_record(default)) == CONFLICTED
     for replica in (same, default):
         await replica.close()
+    await server.close()
+
+
+async def test_the_first_copy_carries_person_cards_and_the_laptop_pairs_them(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    twice = []
+    for replica in ("desk-a", "desk-b"):  # one patient registered at two desks
+        record = Record.create(replica=replica)
+        with record.batch():
+            record.set("name", "Awa Ndiaye", author="registrar")
+            record.set("birthDate", "1990-04-12", author="registrar")
+        twice.append(record)
+    await server.store.write_remote(
+        [
+            IncomingUpdate(
+                r.record_id,
+                r.update_since(),
+                conflict_rows(r, server.rulebook),
+                "clinic-a",
+                person_card(r),
+            )
+            for r in twice
+        ],
+        to_feed=True,
+    )
+    [pair] = await server.store.person_pairs()
+    CountingRulebook.runs = 0
+    laptop = await enrolled(tmp_path, server, "cards", rulebook=CountingRulebook())
+    assert CountingRulebook.runs == 0  # the cards came with the rows: nothing was built
+    assert await laptop.person_pairs() == [pair]
+    assert await laptop.store.person_cards([r.record_id for r in twice]) == {
+        r.record_id: person_card(r) for r in twice
+    }
+    found = [c for c in await laptop.conflicts() if c.rule == DUPLICATE_RULE]
+    assert sorted(c.record_id for c in found) == sorted(r.record_id for r in twice)
+    await laptop.close()
+    await server.close()
+
+
+async def test_a_card_of_another_record_stops_the_copy_with_nothing_stored(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    await seed(server)
+    ids = await server.store.record_ids()
+    stranger = Record.create(replica="desk-x")
+    stranger.set("name", "Someone Else", author="registrar")
+
+    async def wrong_cards(record_ids: Sequence[str]) -> dict[str, PersonCard]:
+        return {rid: person_card(stranger) for rid in record_ids}
+
+    server.store.person_cards = wrong_cards  # type: ignore[method-assign]
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    with pytest.raises(RemoteProtocolError, match="with the card of"):
+        await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+    assert await laptop.store.record_ids() == []  # no record of the batch was stored
+    assert await laptop.store.person_cards(ids) == {}
+    await laptop.close()
     await server.close()

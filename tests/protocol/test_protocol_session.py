@@ -499,7 +499,7 @@ def test_version_mismatch_refused_by_the_server() -> None:
     [error] = sent_messages(server)
     assert isinstance(error, Error)
     assert error.code == "unsupported_version"
-    assert dict(error.detail) == {"client_versions": "7, 8", "server_versions": "1, 2, 3, 4"}
+    assert dict(error.detail) == {"client_versions": "7, 8", "server_versions": "1, 2, 3, 4, 5"}
     # the client side of such a refusal: a SyncRefusedError, whatever the frame's version
     client = ClientProtocol()
     client.send_hello()
@@ -509,7 +509,7 @@ def test_version_mismatch_refused_by_the_server() -> None:
 
 def test_version_negotiation_picks_the_highest_common() -> None:
     server = ServerProtocol(SERVER_ID)
-    server.receive_data(frame(Hello((1, 5, 9)), version=9))  # Hello's layout is frozen
+    server.receive_data(frame(Hello((1, 7, 9)), version=9))  # Hello's layout is frozen
     [welcome] = sent_messages(server)
     assert welcome == Welcome(1, SERVER_ID, server.max_frame_bytes)
     assert server.protocol_version == 1

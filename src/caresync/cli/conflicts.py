@@ -137,7 +137,7 @@ def _resolve(args: argparse.Namespace, out: Output) -> int:
                 "value": rev.value,
                 "revision": rev.id,
                 "author": rev.author,
-                "conflicts_open": await replica.store.count_conflicts(),
+                "conflicts_open": await replica.count_conflicts(),
             }
 
     out.result(run(go()), _render_done("resolved"))
@@ -154,7 +154,7 @@ def _acknowledge(args: argparse.Namespace, out: Output) -> int:
                 "record_id": conflict.record_id,
                 "revision": rev.id,
                 "author": rev.author,
-                "conflicts_open": await replica.store.count_conflicts(),
+                "conflicts_open": await replica.count_conflicts(),
             }
 
     out.result(run(go()), _render_done("acknowledged"))

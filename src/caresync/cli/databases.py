@@ -30,6 +30,7 @@ from caresync.conflicts import (
     SubstanceTable,
 )
 from caresync.exceptions import InvalidInputError, StorageError
+from caresync.listing import ConflictListing
 from caresync.pool import RecordPool
 from caresync.replica import Replica
 from caresync.storage import ConflictRow, Identity, SQLiteStore
@@ -138,6 +139,9 @@ class LaptopReader:
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
         return await self.replica.conflicts(record_id)
 
+    async def linked_records(self, record_id: str) -> list[str]:
+        return await self.replica.linked_records(record_id)
+
     async def record_ids(self) -> list[str]:
         return await self.replica.record_ids()
 
@@ -169,16 +173,15 @@ class ServerReader:
         return RecordView(await self.pool.get(record_id))
 
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
-        rulebook = self.pool.rulebook
-        if record_id is not None:
-            return rulebook.conflicts(await self.pool.get(record_id))
-        # The index names the records with open conflicts; each is derived afresh,
-        # exactly as a laptop derives it (same ids, same candidate order).
-        ids = dict.fromkeys(row.record_id for row in await self.store.conflicts())
-        result: list[Conflict] = []
-        for rid in ids:
-            result.extend(rulebook.conflicts(await self.pool.get(rid)))
-        return result
+        # Derived afresh, exactly as a laptop derives them (same ids, same candidates).
+        listing = ConflictListing(self.store, self.pool)
+        return await (listing.all() if record_id is None else listing.of_record(record_id))
+
+    async def linked_records(self, record_id: str) -> list[str]:
+        return await ConflictListing(self.store, self.pool).linked(record_id)
+
+    async def count_conflicts(self) -> int:
+        return await ConflictListing(self.store, self.pool).count()
 
     async def record_ids(self) -> list[str]:
         return await self.store.record_ids()

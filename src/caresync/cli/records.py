@@ -30,7 +30,15 @@ from caresync.names import shown
 from caresync.records import CountState, FieldState, Revision
 from caresync.replica import Replica
 
-__all__ = ["DISPLAY_NAME_FIELDS", "display_name", "field_json", "register", "show_record"]
+__all__ = [
+    "DISPLAY_NAME_FIELDS",
+    "LINKED_COLLECTIONS",
+    "display_name",
+    "field_json",
+    "linked_summary",
+    "register",
+    "show_record",
+]
 
 DISPLAY_NAME_FIELDS = ("name", "displayName", "fullName")
 """The fields ``record list`` shows a record by, the first one written."""
@@ -46,7 +54,8 @@ _INTEGER = re.compile(r"[+-]?[0-9]{1,16}")
 
 
 def register(commands: Any) -> None:
-    """Add ``record new``, ``set``, ``add-entry``, ``sign``, ``show`` and ``list``."""
+    """Add ``record new``, ``set``, ``adjust``, ``add-entry``, ``sign``, ``link``, ``unlink``,
+    ``show`` and ``list``."""
     group = commands.add_parser(
         "record", help="create, change and show patient records", description="Patient records."
     )
@@ -124,11 +133,36 @@ def register(commands: Any) -> None:
     add_json(sign)
     sign.set_defaults(handler=_sign)
 
+    for action, verb, description in (
+        (
+            "link",
+            "link two records as one person",
+            "Link two records as one person (the same patient registered twice): shown "
+            "together, and the allergy check runs across them. Nothing is merged; the link "
+            "is a decision written to both records, synced like any edit, and undone with "
+            "`record unlink`.",
+        ),
+        (
+            "unlink",
+            "undo a link between two records",
+            "Undo a link made with `record link`: the two records are separate again (if "
+            "they still look alike, the possible-duplicate finding comes back).",
+        ),
+    ):
+        linking = actions.add_parser(action, help=verb, description=description)
+        add_db(linking, "a laptop's database")
+        linking.add_argument("record_a", metavar="RECORD_A", type=identifier("RECORD_A"))
+        linking.add_argument("record_b", metavar="RECORD_B", type=identifier("RECORD_B"))
+        linking.add_argument("--author", required=True, type=author, help="the person deciding")
+        add_json(linking)
+        linking.set_defaults(handler=_link if action == "link" else _unlink)
+
     show = actions.add_parser(
         "show",
         help="show a record",
-        description="Show every field's value, or its candidates when in conflict, and the "
-        "record's open conflicts. Reads a running server's database too; never writes.",
+        description="Show every field's value, or its candidates when in conflict, the "
+        "record's open conflicts, and the records linked to it as the same person with their "
+        "allergies and medications. Reads a running server's database too; never writes.",
     )
     add_db(show, "a laptop's or a server's database")
     show.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
@@ -243,6 +277,42 @@ def _sign(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _link(args: argparse.Namespace, out: Output) -> int:
+    return _decide_link(args, out, linked=True)
+
+
+def _unlink(args: argparse.Namespace, out: Output) -> int:
+    return _decide_link(args, out, linked=False)
+
+
+def _decide_link(args: argparse.Namespace, out: Output, *, linked: bool) -> int:
+    async def go() -> dict[str, Any]:
+        async with await open_laptop(args.db) as replica:
+            decide = replica.link_records if linked else replica.unlink_records
+            rev = await decide(args.record_a, args.record_b, author=args.author)
+            return {
+                "record_id": args.record_a,
+                "other_record_id": args.record_b,
+                "decision": rev.value,
+                "linked_records": await replica.linked_records(args.record_a),
+                "revision": rev.id,
+                "author": rev.author,
+                "at": rev.at.isoformat(),
+            }
+
+    out.result(
+        run(go()),
+        lambda console, data: console.print(
+            escaped(
+                f"{'linked' if linked else 'unlinked'} {data['record_id']} and "
+                f"{data['other_record_id']} ({data['author']}, {data['at']})"
+            ),
+            markup=False,
+        ),
+    )
+    return 0
+
+
 def _render_id(key: str) -> Any:
     def render(console: Console, data: Mapping[str, Any]) -> None:
         console.print(str(data[key]), markup=False)
@@ -265,9 +335,15 @@ def _show(args: argparse.Namespace, out: Output) -> int:
         try:
             view = await reader.view(args.record_id)
             conflicts = await reader.conflicts(args.record_id)
+            linked = [
+                linked_summary(await reader.view(other))
+                for other in await reader.linked_records(args.record_id)
+            ]
         finally:
             await reader.close()
-        return show_record(view, [conflict_json(c) for c in conflicts], history=args.history)
+        data = show_record(view, [conflict_json(c) for c in conflicts], history=args.history)
+        data["linked"] = linked
+        return data
 
     out.result(run(go()), _render_show)
     return 0
@@ -293,17 +369,36 @@ def _list(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+LINKED_COLLECTIONS = ("allergies", "medications")
+"""What ``record show`` lists of each record linked to the one shown."""
+
+
+def linked_summary(view: RecordView) -> dict[str, Any]:
+    """A linked record as ``record show`` lists it: its name, allergies and medications."""
+    return {
+        "record_id": view.record_id,
+        "display_name": display_name(view),
+        **{
+            collection: [
+                {"entry_id": entry.id, **{n: field_json(f) for n, f in entry.fields.items()}}
+                for entry in view.entries(collection)
+            ]
+            for collection in LINKED_COLLECTIONS
+        },
+    }
+
+
 async def list_records(reader: Reader) -> list[dict[str, Any]]:
     """Every record of the database, by id: its display name and open conflicts."""
     open_conflicts: dict[str, list[dict[str, Any]]] = {}
-    for row in await reader.conflict_rows():
-        open_conflicts.setdefault(row.record_id, []).append(
+    for conflict in await reader.conflicts():
+        open_conflicts.setdefault(conflict.record_id, []).append(
             {
-                "id": row.id,
-                "kind": row.kind,
-                "severity": row.severity,
-                "path": row.subject,
-                "subject": row.subject,
+                "id": conflict.id,
+                "kind": conflict.kind.value,
+                "severity": conflict.severity.value,
+                "path": conflict.subject,
+                "subject": conflict.subject,
             }
         )
     listed = []
@@ -439,6 +534,17 @@ def _render_show(console: Console, data: Mapping[str, Any]) -> None:
     console.print(f"{len(conflicts)} open conflict(s)", markup=False)
     for c in conflicts:
         console.print(escaped(f"  {c['id']}  {c['severity']}  {c['message']}"), markup=False)
+    for linked in data.get("linked", ()):
+        name = linked["display_name"] or "no name"
+        console.print(
+            escaped(f"linked as the same person: {linked['record_id']} ({name})"),
+            markup=False,
+            style="bold",
+        )
+        for collection in LINKED_COLLECTIONS:
+            for entry in linked[collection]:
+                fields = {k: v for k, v in entry.items() if k != "entry_id"}
+                console.print(escaped(f"  {collection}: {_short(fields, 90)}"), markup=False)
     for path, revisions in data.get("history", {}).items():
         console.print(escaped(f"history of {path}:"), markup=False, style="bold")
         for rev in revisions:

@@ -95,7 +95,7 @@ async def _server_status(reader: ServerReader) -> dict[str, Any]:
         "oldest_pending_age_s": None,
         "last_sync": None,
         "copy_age_s": None,
-        "conflicts_open": await store.count_conflicts(),
+        "conflicts_open": await reader.count_conflicts(),
         "records": await store.count_records(),
         "feed_head": await store.feed_head(),
         "replicas": sum(1 for r in replicas if not r.revoked),

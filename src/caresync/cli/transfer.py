@@ -19,6 +19,7 @@ from caresync.exceptions import NotEnrolledError, WrongOrganisationError
 from caresync.index import REINDEX_BATCH_RECORDS
 from caresync.pool import conflict_rows
 from caresync.records import Record
+from caresync.records.persons import PersonCard, person_card
 from caresync.replica import Replica
 from caresync.storage import ConflictRow
 from caresync.storage.unsynced import read_export_file
@@ -100,6 +101,7 @@ async def import_file(replica: Replica, file: str) -> dict[str, Any]:
         arrived.setdefault(update.record_id, []).append(update.update)
     touched = list(arrived)
     rows: dict[str, tuple[ConflictRow, ...]] = {}
+    cards: dict[str, PersonCard] = {}
     # A chunk of records loaded at a time: an export may touch many.
     for start in range(0, len(touched), REINDEX_BATCH_RECORDS):
         chunk = touched[start : start + REINDEX_BATCH_RECORDS]
@@ -109,11 +111,12 @@ async def import_file(replica: Replica, file: str) -> dict[str, Any]:
             parts = arrived[record_id] if before is None else [before, *arrived[record_id]]
             record = Record.from_updates(record_id, parts, replica=replica.replica_id)
             rows[record_id] = conflict_rows(record, replica.rulebook)
-    count = await replica.store.import_unsynced(file, conflicts=rows)
+            cards[record_id] = person_card(record)
+    count = await replica.store.import_unsynced(file, conflicts=rows, persons=cards)
     return {
         "imported": count,
         "records": len(touched),
         "file": file,
         "pending": await replica.store.pending_count(),
-        "conflicts_open": await replica.store.count_conflicts(),
+        "conflicts_open": await replica.count_conflicts(),
     }

@@ -14,15 +14,8 @@ from caresync.conflicts.builtin import (
     stopped_versus_dose_change,
     terminal_encounter_clash,
 )
-from caresync.conflicts.cross import (
-    SUMMARY_FIELDS,
-    CrossRecordFinding,
-    CrossRecordRule,
-    RecordSummary,
-    possible_duplicate_person,
-    summarize,
-)
 from caresync.conflicts.describe import Readable, describe_entry, describe_path
+from caresync.conflicts.duplicates import linked_group, pair_conflicts, paired_record
 from caresync.conflicts.fingerprint import (
     DERIVATION_VERSION,
     FINGERPRINT_FORMAT,
@@ -57,20 +50,16 @@ __all__ = [
     "FINGERPRINT_FORMAT",
     "INACTIVE_ALLERGY_STATUSES",
     "INACTIVE_MEDICATION_STATUSES",
-    "SUMMARY_FIELDS",
     "TERMINAL_ENCOUNTER_STATUSES",
     "Candidate",
     "Conflict",
     "ConflictKind",
-    "CrossRecordFinding",
-    "CrossRecordRule",
     "Finding",
     "Outcome",
     "Match",
     "MatchKind",
     "Reading",
     "Readable",
-    "RecordSummary",
     "RecordView",
     "Rule",
     "Rulebook",
@@ -80,11 +69,12 @@ __all__ = [
     "builtin_rules",
     "duplicate_allergy",
     "entered_in_error_versus_edit",
+    "linked_group",
     "note_changed_while_signed",
-    "possible_duplicate_person",
+    "pair_conflicts",
+    "paired_record",
     "rule_fingerprint",
     "stopped_versus_dose_change",
-    "summarize",
     "terminal_encounter_clash",
     "versioned",
 ]

@@ -218,6 +218,11 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
     recorded, ``flag`` otherwise, and ``flag`` for a possible cross-reactivity
     only. An allergen the table does not recognise gets an ``info`` finding
     (``allergen-not-recognised``): prescriptions are not checked against it.
+
+    The allergies of the records linked to this one as the same person
+    (``view.linked``) are checked against this record's medications alike, and
+    found on this record, the one whose prescription they would change; an
+    unrecognised allergen there is that record's own finding.
     """
 
     @versioned(
@@ -225,42 +230,65 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
         identity=f"{__name__}:allergy_versus_prescription(table={table.digest()})",
     )
     def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
-        allergies = [
-            a
-            for a in view.entry_ids("allergies")
-            if _is_active(view, "allergies", a, INACTIVE_ALLERGY_STATUSES)
-        ]
-        if not allergies:
-            return
-        medications = [
-            (m, _field(view, "medications", m, "drug"))
-            for m in view.entry_ids("medications")
-            if _is_active(view, "medications", m, INACTIVE_MEDICATION_STATUSES)
-        ]
-        for allergy in allergies:
-            serious: str | None = None  # why the allergy blocks; read on the first match
-            serious_read = False
-            for substance in _field(view, "allergies", allergy, "substance"):
-                if substance.value is None or (
-                    isinstance(substance.value, str) and not normalise(substance.value)
-                ):
-                    continue
-                reading = table.read(substance.value)
-                if reading.unrecognised:
-                    yield _not_recognised(allergy, substance, reading)
-                for medication, drugs in medications:
-                    for drug in drugs:
-                        match = table.match(substance.value, drug.value)
-                        if match is None:
-                            continue
-                        if not serious_read:
-                            serious, serious_read = _serious(view, allergy), True
-                        why = serious
-                        if why is None and reading.anaphylaxis:
-                            why = "anaphylaxis is recorded"
-                        yield _allergy_finding(allergy, medication, substance, drug, match, why)
+        medications: list[tuple[str, tuple[Revision, ...]]] | None = None  # read when needed
+        for chart in (view, *view.linked):
+            allergies = [
+                a
+                for a in chart.entry_ids("allergies")
+                if _is_active(chart, "allergies", a, INACTIVE_ALLERGY_STATUSES)
+            ]
+            if not allergies:
+                continue
+            if medications is None:
+                medications = [
+                    (m, _field(view, "medications", m, "drug"))
+                    for m in view.entry_ids("medications")
+                    if _is_active(view, "medications", m, INACTIVE_MEDICATION_STATUSES)
+                ]
+            yield from _allergies_versus(table, chart, allergies, medications, own=chart is view)
 
     return allergy_versus_prescription
+
+
+def _allergies_versus(
+    table: SubstanceTable,
+    chart: RecordView,
+    allergies: list[str],
+    medications: list[tuple[str, tuple[Revision, ...]]],
+    *,
+    own: bool,
+) -> Iterator[Finding]:
+    """The findings of ``chart``'s active allergies against the medications of the record.
+
+    ``chart`` is the record itself (``own``) or a record linked to it: severity is
+    read on the chart that records the allergy; whether its allergen is recognised
+    is said on that chart only.
+    """
+    linked = None if own else chart.record_id
+    for allergy in allergies:
+        serious: str | None = None  # why the allergy blocks; read on the first match
+        serious_read = False
+        for substance in _field(chart, "allergies", allergy, "substance"):
+            if substance.value is None or (
+                isinstance(substance.value, str) and not normalise(substance.value)
+            ):
+                continue
+            reading = table.read(substance.value)
+            if own and reading.unrecognised:
+                yield _not_recognised(allergy, substance, reading)
+            for medication, drugs in medications:
+                for drug in drugs:
+                    match = table.match(substance.value, drug.value)
+                    if match is None:
+                        continue
+                    if not serious_read:
+                        serious, serious_read = _serious(chart, allergy), True
+                    why = serious
+                    if why is None and reading.anaphylaxis:
+                        why = "anaphylaxis is recorded"
+                    yield _allergy_finding(
+                        allergy, medication, substance, drug, match, why, linked=linked
+                    )
 
 
 def _serious(view: RecordView, allergy: str) -> str | None:
@@ -276,6 +304,10 @@ def _serious(view: RecordView, allergy: str) -> str | None:
 
 
 _REACTION_FIELDS = ("reaction", "reactions", "manifestation")
+_LINKED = "linked:"
+"""Starts the key of a finding of a linked record's allergy, ``linked:<record>/<allergy>/<drug>``
+(its id differs from any of an allergy of the record's own anyway: it names the linked
+record's revision of the substance)."""
 
 
 def _mentions_anaphylaxis(value: object) -> bool:
@@ -296,19 +328,34 @@ def _allergy_finding(
     drug: Revision,
     match: Match,
     serious: str | None,
+    *,
+    linked: str | None = None,
 ) -> Finding:
+    """The finding of one allergy against one prescription of the record.
+
+    ``linked`` is the id of the record the allergy is recorded on when that is
+    not this record but one linked to it as the same person: the message says
+    so, and the key names that record and its allergy entry (so the finding
+    never shares an id with one of an allergy of this record).
+    """
     read_as = f" (read as {match.allergen})" if match.corrected else ""
-    said = (
-        f"allergy to {substance.value!r}{read_as} (recorded by {_who(substance)}) and "
-        f"{drug.value!r} prescribed by {_who(drug)}: {match.reason}"
-    )
+    if linked is None:
+        allergy_said = f"allergy to {substance.value!r}{read_as} (recorded by {_who(substance)})"
+        pair = f"{allergy}/{medication}"
+    else:
+        allergy_said = (
+            f"allergy to {substance.value!r}{read_as} recorded on the linked record {linked} "
+            f"of the same person (by {_who(substance)})"
+        )
+        pair = f"{_LINKED}{linked}/{allergy}/{medication}"
+    said = f"{allergy_said} and {drug.value!r} prescribed by {_who(drug)}: {match.reason}"
     if serious is not None and not match.cross_reactivity:
         return Finding(
             rule="allergy-vs-prescription",
             severity=Severity.BLOCK,
             message=f"{said}; {serious}: choose whether the prescription stands",
             revisions=(substance.id, drug.id),
-            key=f"{allergy}/{medication}/block",  # a flag acknowledged earlier does not cover it
+            key=f"{pair}/block",  # a flag acknowledged earlier does not cover it
             outcomes=(
                 Outcome(
                     f"stop {_words(drug.value)}",
@@ -327,7 +374,7 @@ def _allergy_finding(
         severity=Severity.FLAG,
         message=f"{said}; review the prescription",
         revisions=(substance.id, drug.id),
-        key=f"{allergy}/{medication}",
+        key=pair,
     )
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from caresync.exceptions import RuleError
+from caresync.records.persons import PERSON_MATCH_VERSION
 
 __all__ = [
     "DERIVATION_VERSION",
@@ -39,13 +40,18 @@ __all__ = [
 FINGERPRINT_FORMAT = "caresync-rules/1"
 """Prefix of every fingerprint; a new format of the digest gets a new prefix."""
 
-DERIVATION_VERSION = 1
+DERIVATION_VERSION = 2
 """Bump whenever conflicts are derived differently from the same rules' findings.
 
 That is: how the record model reads revisions (heads, signed notes, malformed
 revisions skipped), how field conflicts and their ids, severities and messages
 are made, how escalation and acknowledgements apply, or the fields of
-``Conflict.as_dict``. Replicas with equal fingerprints trust each other's rows.
+``Conflict.as_dict``. The digest also holds
+:data:`caresync.records.persons.PERSON_MATCH_VERSION` (how the person index
+reads and pairs records). Replicas with equal fingerprints trust each other's
+rows and person cards.
+
+2: decisions with outcomes, contested fields, the person index.
 """
 
 _F = TypeVar("_F", bound=Callable[..., object])
@@ -110,7 +116,7 @@ def rulebook_fingerprint(rules: Iterable[object]) -> str:
     if len(named) != len(described):
         # Unique to this rulebook: two rulebooks with such a rule never match.
         return f"{FINGERPRINT_FORMAT}:unstable-{secrets.token_hex(16)}"
-    canonical = json.dumps([DERIVATION_VERSION, named], separators=(",", ":"))
+    canonical = json.dumps([DERIVATION_VERSION, named, PERSON_MATCH_VERSION], separators=(",", ":"))
     return f"{FINGERPRINT_FORMAT}:{hashlib.sha256(canonical.encode()).hexdigest()[:40]}"
 
 

@@ -9,7 +9,8 @@ no conflict flag ever travels on its own.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from caresync.conflicts.builtin import Rule, builtin_rules
@@ -24,7 +25,7 @@ from caresync.conflicts.model import (
     Severity,
 )
 from caresync.conflicts.substances import SubstanceTable
-from caresync.conflicts.view import RecordView
+from caresync.conflicts.view import RecordView, _linked_records
 from caresync.exceptions import (
     CaresyncError,
     InvalidInputError,
@@ -39,6 +40,25 @@ __all__ = ["DEFAULT_RULEBOOK", "Rulebook"]
 
 _SEVERITY_ORDER = {Severity.BLOCK: 0, Severity.FLAG: 1, Severity.INFO: 2}
 _UNSET: object = object()
+_RESULTS_PER_RECORD = 4  # results kept per record: unlinked, and a few sets of linked records
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    """A record's conflicts as computed at ``version`` with these linked records at theirs."""
+
+    version: int
+    linked: tuple[weakref.ref[Record], ...]
+    linked_versions: tuple[int, ...]
+    conflicts: list[Conflict]
+
+    def holds_for(self, record: Record, linked: tuple[Record, ...]) -> bool:
+        return (
+            self.version == record.version
+            and len(self.linked) == len(linked)
+            and all(ref() is other for ref, other in zip(self.linked, linked, strict=True))
+            and self.linked_versions == tuple(other.version for other in linked)
+        )
 
 
 class Rulebook:
@@ -67,7 +87,8 @@ class Rulebook:
             self._rules = tuple(rules)
             check_rule_versions(self._rules)  # a bad version is refused here, not when syncing
         self._fingerprint: str | None = None  # on first use: rulebooks are made per call too
-        self._cache: weakref.WeakKeyDictionary[Record, tuple[int, list[Conflict]]] = (
+        # Per record, keyed by the ids of the linked records it was computed with.
+        self._cache: weakref.WeakKeyDictionary[Record, dict[tuple[str, ...], _Computed]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -97,9 +118,21 @@ class Rulebook:
 
     # ------------------------------------------------------------------ listing
 
-    def findings(self, record: Record) -> list[tuple[str, Finding]]:
-        """Every rule finding, open or acknowledged, with its id; sorted by id."""
-        view = RecordView(record)
+    def findings(
+        self, record: Record, *, linked: Sequence[Record] = ()
+    ) -> list[tuple[str, Finding]]:
+        """Every rule finding, open or acknowledged, with its id; sorted by id.
+
+        ``linked`` are the records linked to this one as the same person: the
+        rules see them (``view.linked``) and report on this record what they mean
+        for it, such as an allergy recorded on the other chart against a
+        prescription on this one. A finding may name revisions of this record
+        and of the linked ones. Without ``linked``, exactly the record's own
+        findings (what the stored conflict index holds).
+        """
+        return self._findings(record, RecordView(record, linked))
+
+    def _findings(self, record: Record, view: RecordView) -> list[tuple[str, Finding]]:
         found: dict[str, Finding] = {}
         for rule in self._rules:
             try:
@@ -115,18 +148,46 @@ class Rulebook:
                     raise RuleError(
                         f"safety rule {_name(rule)} returned {finding!r}, not a Finding"
                     )
-                missing = [r for r in finding.revisions if record.revision(r) is None]
+                missing = [
+                    r
+                    for r in finding.revisions
+                    if record.revision(r) is None and view.linked_revision(r) is None
+                ]
                 if missing:
                     raise RuleError(f"safety rule {_name(rule)} named unknown revisions {missing}")
                 fid = finding_id_for(record.record_id, finding.rule, finding.key, finding.revisions)
                 found[fid] = finding
         return sorted(found.items())
 
-    def conflicts(self, record: Record) -> list[Conflict]:
-        """The open conflicts of a record: blocks first, then flags, then info."""
-        cached = self._cache.get(record)
-        if cached is not None and cached[0] == record.version:
-            return list(cached[1])
+    def conflicts(self, record: Record, *, linked: Sequence[Record] = ()) -> list[Conflict]:
+        """The open conflicts of a record: blocks first, then flags, then info.
+
+        With ``linked`` (the records linked to this one as the same person), the
+        findings the rules make of them too (see :meth:`findings`); every conflict
+        is this record's, and what resolving it writes is written to this record.
+        """
+        others = _linked_records(record, linked)
+        key = tuple(other.record_id for other in others)
+        computed = self._cache.get(record)
+        if computed is not None:
+            cached = computed.get(key)
+            if cached is not None and cached.holds_for(record, others):
+                return list(cached.conflicts)
+        result = self._conflicts(record, RecordView(record, others))
+        if computed is None:
+            computed = self._cache[record] = {}
+        computed.pop(key, None)
+        computed[key] = _Computed(
+            record.version,
+            tuple(weakref.ref(other) for other in others),
+            tuple(other.version for other in others),
+            result,
+        )
+        while len(computed) > _RESULTS_PER_RECORD:
+            del computed[next(iter(computed))]  # the least recently computed
+        return list(result)
+
+    def _conflicts(self, record: Record, view: RecordView) -> list[Conflict]:
         by_path: dict[str, Conflict] = {}
         for path in record.conflicted_paths():
             state = record.get(path)
@@ -150,7 +211,7 @@ class Rulebook:
                 paths=(path,),
             )
         rule_conflicts: list[Conflict] = []
-        for fid, finding in self.findings(record):
+        for fid, finding in self._findings(record, view):
             if finding.escalates is not None and finding.escalates in by_path:
                 plain = by_path[finding.escalates]
                 by_path[finding.escalates] = Conflict(
@@ -167,13 +228,18 @@ class Rulebook:
                 continue
             if record.acknowledgement(fid).exists:
                 continue
-            revisions = [r for r in (record.revision(i) for i in finding.revisions) if r]
-            paths = dict.fromkeys(r.path for r in revisions)
+            # The paths are this record's; a linked record's revisions only stand for a side.
+            paths = dict.fromkeys(
+                r.path for r in (record.revision(i) for i in finding.revisions) if r
+            )
             if finding.outcomes:
-                candidates = tuple(_outcome_candidate(record, o) for o in finding.outcomes)
+                candidates = tuple(_outcome_candidate(record, view, o) for o in finding.outcomes)
                 for outcome in finding.outcomes:
                     paths.update(dict.fromkeys(p for p, _v in outcome.writes))
             else:
+                revisions = [
+                    r for r in (_revision(record, view, i) for i in finding.revisions) if r
+                ]
                 candidates = tuple(Candidate.from_revision(r) for r in revisions)
             rule_conflicts.append(
                 Conflict(
@@ -190,23 +256,22 @@ class Rulebook:
                     value_path=finding.value_path,
                 )
             )
-        result = sorted(
+        return sorted(
             [*by_path.values(), *rule_conflicts],
             key=lambda c: (_SEVERITY_ORDER[c.severity], c.subject, c.id),
         )
-        self._cache[record] = (record.version, result)
-        return list(result)
 
-    def contested(self, record: Record) -> dict[str, Conflict]:
+    def contested(self, record: Record, *, linked: Sequence[Record] = ()) -> dict[str, Conflict]:
         """Every field an open ``block`` conflict involves, and that conflict.
 
         Until a person chooses, such a field has no settled value: a screen
         shows its conflict and candidates, not one of them (a field conflict's
         path, and every path of a blocking rule finding: the status *and* the
-        dose of a medication stopped while its dose changed).
+        dose of a medication stopped while its dose changed). ``linked`` as for
+        :meth:`conflicts`; the paths are always this record's.
         """
         contested: dict[str, Conflict] = {}
-        for conflict in self.conflicts(record):
+        for conflict in self.conflicts(record, linked=linked):
             if conflict.severity is not Severity.BLOCK:
                 continue
             for path in conflict.paths:
@@ -214,9 +279,15 @@ class Rulebook:
                     contested.setdefault(path, conflict)
         return contested
 
-    def conflict(self, record: Record, conflict_id: str) -> Conflict:
-        """One open conflict by id; UnknownConflictError if it is not open."""
-        for conflict in self.conflicts(record):
+    def conflict(
+        self, record: Record, conflict_id: str, *, linked: Sequence[Record] = ()
+    ) -> Conflict:
+        """One open conflict by id; UnknownConflictError if it is not open.
+
+        A finding made with linked records is open only with them: give the same
+        ``linked`` as when it was listed.
+        """
+        for conflict in self.conflicts(record, linked=linked):
             if conflict.id == conflict_id:
                 return conflict
         raise UnknownConflictError(
@@ -234,14 +305,17 @@ class Rulebook:
         author: str,
         choose: int | None = None,
         value: JSONValue | object = _UNSET,
+        linked: Sequence[Record] = (),
     ) -> Revision:
         """Resolve a conflict by choosing candidate ``choose`` or entering a new ``value``.
 
         A field conflict is resolved by an ordinary write whose parents are all the
         current heads, so it replicates like any edit and works offline. A rule
         finding is resolved by recording the chosen candidate as the decision.
+        A finding made with linked records is resolved with the same ``linked``;
+        whatever is written, decision included, is written to ``record``.
         """
-        conflict = self.conflict(record, conflict_id)
+        conflict = self.conflict(record, conflict_id, linked=linked)
         if (choose is None) == (value is _UNSET):
             raise InvalidResolutionError("give exactly one of choose=N or value=...")
         if choose is not None:
@@ -275,9 +349,14 @@ class Rulebook:
             )
         return _apply_decision(record, conflict, choose, author)
 
-    def acknowledge(self, record: Record, conflict_id: str, *, author: str) -> Revision:
-        """Acknowledge a ``flag`` or ``info`` finding; a ``block`` needs :meth:`resolve`."""
-        conflict = self.conflict(record, conflict_id)
+    def acknowledge(
+        self, record: Record, conflict_id: str, *, author: str, linked: Sequence[Record] = ()
+    ) -> Revision:
+        """Acknowledge a ``flag`` or ``info`` finding; a ``block`` needs :meth:`resolve`.
+
+        ``linked`` as for :meth:`resolve`; the acknowledgement is written to ``record``.
+        """
+        conflict = self.conflict(record, conflict_id, linked=linked)
         if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
             raise InvalidResolutionError(
                 f"conflict {conflict_id} is a {conflict.severity.value} {conflict.kind.value} "
@@ -286,9 +365,22 @@ class Rulebook:
         return record.acknowledge_finding(conflict.id, {"decision": "acknowledged"}, author=author)
 
 
-def _outcome_candidate(record: Record, outcome: Outcome) -> Candidate:
-    """An outcome as a candidate: its label as the value; who, where and when from its revision."""
-    rev = record.revision(outcome.revision)
+def _revision(record: Record, view: RecordView, revision_id: str) -> Revision | None:
+    """A revision of the record, or else of one of the records linked to it."""
+    rev = record.revision(revision_id)
+    if rev is None:
+        found = view.linked_revision(revision_id)
+        rev = found[1] if found is not None else None
+    return rev
+
+
+def _outcome_candidate(record: Record, view: RecordView, outcome: Outcome) -> Candidate:
+    """An outcome as a candidate: its label as the value; who, where and when from its revision.
+
+    The revision may be a linked record's (an allergy recorded on the other chart);
+    the candidate's path is then the first path it writes, which is this record's.
+    """
+    rev = _revision(record, view, outcome.revision)
     if rev is None:
         raise RuleError(f"an outcome names revision {outcome.revision}, which is not in the record")
     path = outcome.writes[0][0] if outcome.writes else rev.path

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
+from caresync.exceptions import InvalidInputError
 from caresync.records import Entry, FieldState, JSONValue, Record, Revision
 
 __all__ = ["RecordView"]
@@ -13,19 +16,45 @@ class RecordView:
     The built-in rules ask for the same fields and collections many times over
     (a medication's status three times), so a view keeps the field states and
     entries it built for as long as the record's version stays the same.
+
+    ``linked`` are the records linked to this one as the same person (registered
+    twice): a rule reads them through :attr:`linked`, a view of each, and finds
+    on this record what they mean for it (an allergy recorded on the other
+    chart against a prescription on this one). The record itself and a record
+    given twice are ignored; two different copies of one linked record are
+    refused (which to read would depend on their order).
     """
 
-    __slots__ = ("_entries", "_record", "_states", "_version")
+    __slots__ = ("_entries", "_linked", "_record", "_states", "_version")
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, linked: Sequence[Record] = ()) -> None:
         self._record = record
         self._version = record.version
         self._entries: dict[str, list[Entry]] = {}
         self._states: dict[str, FieldState] = {}
+        self._linked = tuple(RecordView(r) for r in _linked_records(record, linked))
 
     @property
     def record_id(self) -> str:
         return self._record.record_id
+
+    @property
+    def linked(self) -> tuple[RecordView, ...]:
+        """Views of the records linked to this one as the same person, sorted by record id.
+
+        Each is a plain view of its record (its own ``linked`` is empty): a rule
+        reads them and reports its findings on this record, naming only this
+        record's paths in what a decision writes.
+        """
+        return self._linked
+
+    def linked_revision(self, revision_id: str) -> tuple[RecordView, Revision] | None:
+        """A revision of one of the linked records, and the view of that record, or None."""
+        for view in self._linked:
+            rev = view.revision(revision_id)
+            if rev is not None:
+                return view, rev
+        return None
 
     def get(self, path: str) -> FieldState:
         """A field's heads and conflict state."""
@@ -92,3 +121,28 @@ class RecordView:
         if entries is None:
             entries = self._entries[collection] = self._record.entries(collection)
         return entries
+
+
+def _linked_records(record: Record, linked: Sequence[Record]) -> tuple[Record, ...]:
+    """The records of ``linked`` other than ``record``, each once, sorted by record id.
+
+    The same record given twice counts once, and ``record`` itself (or another
+    copy of it) is left out. Two different copies of one other record are
+    refused with :class:`InvalidInputError`: which of them the rules read
+    would depend on the order they were given in.
+    """
+    if isinstance(linked, (str, bytes, Record)) or not isinstance(linked, Iterable):
+        raise InvalidInputError(f"linked must be a sequence of records, got {linked!r}")
+    by_id: dict[str, Record] = {}
+    for other in linked:
+        if not isinstance(other, Record):
+            raise InvalidInputError(f"linked must hold records, got {other!r}")
+        if other.record_id == record.record_id:
+            continue  # a record is never linked to itself
+        seen = by_id.setdefault(other.record_id, other)
+        if seen is not other:
+            raise InvalidInputError(
+                f"record {other.record_id} is given twice in linked, as two different copies: "
+                "give one"
+            )
+    return tuple(by_id[rid] for rid in sorted(by_id))

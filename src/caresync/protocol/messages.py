@@ -60,6 +60,7 @@ __all__ = [
     "Authenticated",
     "CopyBatch",
     "CopyConflict",
+    "CopyPerson",
     "CopyRecord",
     "CopyRequest",
     "DetailValue",
@@ -87,10 +88,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -109,6 +110,10 @@ enrolment (``Enrolled.replica_secret``); ``Authenticated.pushed_up_to`` tells a
 replica how far the server has committed its pushes (a replica restored from an
 older copy renumbers what waits), and ``PullRequest.include_own`` asks for the
 replica's own updates too (pulling back what the restored copy lacks).
+
+Version 5 adds :attr:`CopyBatch.persons`: with the conflict index rows, each
+record's person card (what the cross-record person index keeps), so a laptop that
+takes the rows as they are also indexes who each record is without building it.
 """
 
 MIN_NONCE_BYTES = 16
@@ -281,6 +286,18 @@ class FeedItem(NamedTuple):
     seq: int
     record_id: str
     update: bytes
+
+
+class CopyPerson(NamedTuple):
+    """The person card of a copied record (protocol version 5 on).
+
+    ``card`` is :meth:`caresync.records.persons.PersonCard.to_bytes` of the
+    record: its normalised identifying fields and link decisions, as the
+    server's person index keeps them.
+    """
+
+    record_id: str
+    card: bytes
 
 
 class CopyConflict(NamedTuple):
@@ -697,10 +714,13 @@ class CopyBatch(Message):
     rows (the client computes them), or every index row of the batch's records, in
     record order, computed by the rulebook the request named (a record with no row has
     no open conflict). Only a request that named a rulebook may get them.
+
+    ``persons`` (version 5 on) comes with ``conflicts``: the person card of each
+    record of the batch that has one, in record order (``None``: not sent).
     """
 
     TYPE_CODE: ClassVar[int] = 17
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"conflicts": 3})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"conflicts": 3, "persons": 5})
 
     records: tuple[CopyRecord, ...]
     done_records: int
@@ -711,6 +731,7 @@ class CopyBatch(Message):
     feed_checkpoint: int
     final: bool
     conflicts: tuple[CopyConflict, ...] | None = None
+    persons: tuple[CopyPerson, ...] | None = None
 
     def __post_init__(self) -> None:
         owner = "CopyBatch"
@@ -742,6 +763,36 @@ class CopyBatch(Message):
             raise LocalProtocolError("CopyBatch: a batch that is not final must hold a record")
         if self.conflicts is not None:
             _set(self, "conflicts", _copy_conflicts(self.conflicts, out))
+        if self.persons is not None:
+            if self.conflicts is None:
+                raise LocalProtocolError("CopyBatch: person cards come only with conflict rows")
+            _set(self, "persons", _copy_persons(self.persons, out))
+
+
+def _copy_persons(value: object, records: list[CopyRecord]) -> tuple[CopyPerson, ...]:
+    """Validate a CopyBatch's person cards: at most one per record of the batch, in order.
+
+    The card's content is the receiver's to check (it parses it as untrusted).
+    """
+    owner = "CopyBatch"
+    items = _items(owner, "persons", value, allow_empty=True)
+    order = {record.record_id: index for index, record in enumerate(records)}
+    out: list[CopyPerson] = []
+    previous = -1
+    for item in items:
+        if type(item) is not CopyPerson:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                _bad(owner, "persons[]", "a (record_id, card) pair", item)
+            item = CopyPerson(*item)
+        position = order.get(item.record_id) if type(item.record_id) is str else None
+        if position is None:
+            _bad(owner, "persons[].record_id", "the id of a record in this batch", item.record_id)
+        _update(owner, "persons[].card", item.card)
+        if position <= previous:
+            _bad(owner, "persons", "in record order, one card per record", item.record_id)
+        previous = position
+        out.append(item)
+    return tuple(out)
 
 
 def _copy_conflicts(value: object, records: list[CopyRecord]) -> tuple[CopyConflict, ...]:

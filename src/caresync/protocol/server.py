@@ -66,6 +66,7 @@ from caresync.protocol.messages import (
     Authenticated,
     CopyBatch,
     CopyConflict,
+    CopyPerson,
     CopyRecord,
     CopyRequest,
     DetailValue,
@@ -298,13 +299,15 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         feed_checkpoint: int,
         final: bool,
         conflicts: Iterable[CopyConflict | tuple[str, str, str, str, str, bytes]] | None = None,
+        persons: Iterable[CopyPerson | tuple[str, bytes]] | None = None,
     ) -> None:
         """Queue CopyBatch answering the outstanding CopyRequest.
 
         ``records`` in ascending id order, all after the request's ``after_record_id``,
         at most its ``batch_records``; ``last_record_id`` is derived. ``conflicts``:
         ``None``, or every conflict index row of those records, computed by the
-        rulebook the request named (``CopyRequest.rulebook``). Raises
+        rulebook the request named (``CopyRequest.rulebook``); ``persons``: with
+        them (protocol version 5 on), the records' person cards. Raises
         :class:`~caresync.exceptions.LocalProtocolError`, queueing nothing, if the
         batch breaks those rules or its frame would exceed the client's maximum.
         """
@@ -327,6 +330,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             else tuple(
                 row if isinstance(row, CopyConflict) else CopyConflict(*row) for row in conflicts
             ),
+            None
+            if persons is None
+            else tuple(p if isinstance(p, CopyPerson) else CopyPerson(*p) for p in persons),
         )
         if batch.conflicts is not None and request.rulebook is None:
             raise LocalProtocolError("conflict index rows for a request that named no rulebook")

@@ -38,6 +38,7 @@ from caresync.conflicts import DEFAULT_RULEBOOK, ConflictKind, Rulebook, Severit
 from caresync.exceptions import ConnectionLostError, InvalidValueError, UnknownConflictError
 from caresync.pool import conflict_rows
 from caresync.records import Record
+from caresync.records.persons import person_card
 from caresync.replica import Replica
 from caresync.server import SyncServer
 from caresync.simulation.config import SimulationConfig, SimulationResult
@@ -283,6 +284,7 @@ class _Run:
                         rec.update_since(),
                         conflict_rows(rec, self.rulebook),
                         ORGANISATION,
+                        person_card(rec),
                     )
                     for rec in batch
                 ],

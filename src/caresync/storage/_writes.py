@@ -1,18 +1,31 @@
-"""Rules both stores share, as pure functions: planning a batch of writes, rebinding checks.
+"""Rules both stores share, as pure functions: planning a batch of writes, rebinding checks,
+and pairing person cards.
 
 Planning is done before anything is written: it merges each record's new
 updates into its current bytes (refusing bytes that are not an update, and a
 record claimed by two organisations), so a batch either plans whole or
 raises with nothing stored.
+
+Pairing (:func:`pair_persons`) works out the pairs a batch of new person cards
+makes, before anything is written: a pair is a function of its two cards only,
+so replacing every pair of the records written, compared against the cards
+that share a blocking key with theirs (in the same organisation), leaves
+exactly the pairs that writing the cards one by one, in any order, would leave.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from caresync.exceptions import InvalidInputError, WrongOrganisationError, WrongServerError
+from caresync.exceptions import (
+    CorruptDatabaseError,
+    InvalidInputError,
+    WrongOrganisationError,
+    WrongServerError,
+)
+from caresync.records.persons import PersonCard, PersonPair, pair_of
 from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage._updates import (
     advance,
@@ -26,23 +39,27 @@ from caresync.storage.cache import CachedRecord
 from caresync.storage.schema import RESERVED_META_PREFIX
 
 __all__ = [
+    "PersonWrite",
     "PlannedRecord",
     "Write",
     "WriteLike",
     "check_meta_key",
     "check_rebind",
+    "pair_persons",
     "plan_writes",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One update to store: local or remote, with the conflict rows that go with it."""
+    """One update to store: local or remote, with the conflict rows (and the person
+    card) that go with it."""
 
     record_id: str
     update: bytes
     conflicts: tuple[ConflictRow, ...] | None
     organisation: str | None
+    person: PersonCard | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +80,8 @@ class PlannedRecord:
     clocks: dict[bytes, int] | None = None
     key: int | None = None
     """The record's integer key (the SQLite store gives a new record one)."""
+    person: PersonCard | None = None
+    """The record's new person card (the last a write of the batch carried), or None."""
 
     @property
     def cached(self) -> CachedRecord:
@@ -84,6 +103,8 @@ class WriteLike(Protocol):
     def conflicts(self) -> tuple[ConflictRow, ...] | None: ...
     @property
     def organisation(self) -> str | None: ...
+    @property
+    def person(self) -> PersonCard | None: ...
 
 
 def plan_writes(
@@ -153,9 +174,12 @@ def plan_writes(
             else:
                 vector, pending = cur.state_vector, True
         conflicts: tuple[ConflictRow, ...] | None = None
+        person: PersonCard | None = None
         for i in indexes:
             if writes[i].conflicts is not None:
                 conflicts = writes[i].conflicts
+            if writes[i].person is not None:
+                person = writes[i].person
         appended = indexes if changed or not skip_duplicates else []
         planned[record_id] = PlannedRecord(
             record_id,
@@ -171,6 +195,7 @@ def plan_writes(
             organisation_set,
             clocks,
             None if cur is None else cur.key,
+            person,
         )
     return planned
 
@@ -226,6 +251,82 @@ def _organisation(
         organisation = claimed
         organisation_set = cur is not None
     return organisation, organisation_set
+
+
+@dataclass(frozen=True, slots=True)
+class PersonWrite:
+    """A person card to store, with its record's organisation (after the write).
+
+    ``new``: the record is new in this write, so nothing of it is indexed yet
+    (its keys and pairs need no deleting).
+    """
+
+    organisation: str | None
+    card: PersonCard
+    new: bool = False
+    keys: frozenset[str] = field(init=False, compare=False)
+    """The card's blocking keys, worked out once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", self.card.blocking_keys())
+
+
+KeyHolders = Callable[[str | None, Collection[str]], Iterable[tuple[str, str]]]
+"""``(organisation, keys) -> (key, record id)`` of every stored card holding one of the keys."""
+StoredCards = Callable[[Collection[str]], Mapping[str, PersonCard]]
+"""``record ids -> {record id: stored card}``."""
+
+
+def pair_persons(
+    written: Mapping[str, PersonWrite], holders: KeyHolders, cards: StoredCards
+) -> list[PersonPair]:
+    """The pairs the records of ``written`` make once their new cards are stored.
+
+    ``holders`` looks up, in one organisation, the stored records holding some
+    blocking keys (their stored keys; the keys stored for a record being
+    written are stale and left out here); ``cards`` reads stored cards. Each
+    written card is compared with every other card, written or stored, that
+    shares a key with it in its organisation (None pairs only with None). A
+    pair of two written records is compared once. Ordered by record ids.
+
+    Raises CorruptDatabaseError when a stored key names a record with no card.
+    """
+    keys_of: dict[str | None, dict[str, set[str]]] = {}
+    for record_id, write in written.items():
+        by_key = keys_of.setdefault(write.organisation, {})
+        for key in write.keys:
+            by_key.setdefault(key, set()).add(record_id)
+    candidates: dict[str, set[str]] = {record_id: set() for record_id in written}
+    stored_wanted: set[str] = set()
+    for organisation, by_key in keys_of.items():
+        for ids in by_key.values():
+            if len(ids) > 1:
+                for record_id in ids:
+                    candidates[record_id].update(ids)
+        for key, holder in holders(organisation, by_key):
+            if holder in written:
+                continue
+            stored_wanted.add(holder)
+            for record_id in by_key.get(key, ()):
+                candidates[record_id].add(holder)
+    stored = cards(stored_wanted) if stored_wanted else {}
+    pairs: list[PersonPair] = []
+    for record_id, others in candidates.items():
+        card = written[record_id].card
+        for other_id in others:
+            if other_id == record_id or (other_id in written and other_id < record_id):
+                continue  # itself, or a pair of two written cards already compared
+            other = written[other_id].card if other_id in written else stored.get(other_id)
+            if other is None:
+                raise CorruptDatabaseError(
+                    f"the person index names record {other_id}, which has no person card; "
+                    "nothing was written (re-index the records)"
+                )
+            pair = pair_of(card, other)
+            if pair is not None:
+                pairs.append(pair)
+    pairs.sort(key=lambda p: p.record_ids)
+    return pairs
 
 
 def check_meta_key(key: object) -> str:

@@ -9,6 +9,9 @@ append-only **log** of the updates written since the last compaction, and the
 acknowledges it; on a server every stored update also gets a number in the
 global **change feed**. Open **conflicts** are kept as an index of opaque rows
 per record, replaced in the same transaction as the update that changed them.
+The **person index** keeps each record's identifying card (``PersonCard``) and
+the pairs of records that may be, or were decided to be, one person: written
+with the card, in the same transaction, from the cards that share a blocking key.
 
 Each mutating call is one transaction, committed before the call returns
 (promise 3 of the design). No call deletes an unacknowledged outbox row
@@ -28,6 +31,7 @@ from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
 
 from caresync.exceptions import InvalidInputError, StorageError, UnknownRecordError
+from caresync.records.persons import PairState, PersonCard, PersonPair
 
 __all__ = [
     "ConflictRow",
@@ -241,6 +245,8 @@ class IncomingUpdate:
     update: bytes
     conflicts: tuple[ConflictRow, ...] | None
     organisation: str | None = None
+    person: PersonCard | None = None
+    """The record's card for the person index; None leaves the stored card as it is."""
 
     def __post_init__(self) -> None:
         check_text(self.record_id, "record_id")
@@ -248,6 +254,7 @@ class IncomingUpdate:
         check_optional_text(self.organisation, "organisation")
         if self.conflicts is not None:
             check_conflicts(self.record_id, self.conflicts)
+        check_person(self.record_id, self.person)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +396,50 @@ def check_session_selector(
     return "token_hash", (check_text(token_hash, "token_hash"),)
 
 
+def check_person(record_id: str, person: object) -> PersonCard | None:
+    """Refuse a person card that is not one, or is another record's."""
+    if person is None:
+        return None
+    if not isinstance(person, PersonCard):
+        raise InvalidInputError(f"person must be a PersonCard, not {type(person).__name__}")
+    if person.record_id != record_id:
+        raise InvalidInputError(
+            f"the person card of record {person.record_id} cannot be stored for {record_id}"
+        )
+    return person
+
+
+def check_persons_by_record(value: object) -> dict[str, PersonCard]:
+    """Refuse anything but a mapping of record id to that record's person card (or None)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(
+            f"persons must be a mapping of record id to PersonCard, not {type(value).__name__}"
+        )
+    checked: dict[str, PersonCard] = {}
+    for record_id, card in value.items():
+        person = check_person(check_text(record_id, "record_id"), card)
+        if person is None:
+            raise InvalidInputError(f"persons names record {record_id} without a card")
+        checked[record_id] = person
+    return checked
+
+
+def check_pair_state(value: object) -> PairState | None:
+    """A pair state to filter by: a :class:`PairState` (or its value), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"state must be a PairState, not {type(value).__name__}")
+    try:
+        return PairState(value)
+    except ValueError:
+        raise InvalidInputError(
+            f"state must be one of {', '.join(s.value for s in PairState)}, not {value!r:.40}"
+        ) from None
+
+
 def check_conflicts(record_id: str, rows: Sequence[ConflictRow]) -> tuple[ConflictRow, ...]:
     """Refuse conflict rows of another record, or two rows with one id."""
     if isinstance(rows, (str, bytes, bytearray, memoryview)) or not isinstance(rows, Iterable):
@@ -458,6 +509,23 @@ def import_conflicts(
     return {last[record_id]: record_rows for record_id, record_rows in rows.items()}
 
 
+def import_persons(record_ids: Sequence[str], persons: object) -> dict[int, PersonCard]:
+    """Which write of an import carries which record's person card (its last one).
+
+    As :func:`import_conflicts`: a card for a record the import does not touch
+    is refused.
+    """
+    cards = check_persons_by_record(persons)
+    last = {record_id: index for index, record_id in enumerate(record_ids)}
+    strangers = sorted(set(cards) - set(last))
+    if strangers:
+        raise InvalidInputError(
+            f"a person card was given for record {strangers[0]}, which the import does not "
+            "touch; nothing was imported"
+        )
+    return {last[record_id]: card for record_id, card in cards.items()}
+
+
 class Store(Protocol):
     """A replica's durable storage. Every method is a coroutine; every write is one transaction.
 
@@ -505,8 +573,13 @@ class Store(Protocol):
         *,
         conflicts: Sequence[ConflictRow] | None,
         organisation: str | None = None,
+        person: PersonCard | None = None,
     ) -> int:
-        """Commit a local edit to the record's log and the outbox; returns its outbox seq."""
+        """Commit a local edit to the record's log and the outbox; returns its outbox seq.
+
+        ``person`` (when given) replaces the record's card in the person index,
+        and the pairs it makes, in the same transaction.
+        """
         ...
 
     async def write_remote(
@@ -527,6 +600,9 @@ class Store(Protocol):
         could not be merged, kept aside in the same transaction.
         ``claim_clients`` binds Yjs client ids to the replica that wrote with
         them (a server's bookkeeping; a client id bound already keeps its owner).
+        An item's ``person`` replaces its record's card and pairs in the same
+        transaction; a batch leaves the pairs that writing its cards one by one
+        would leave.
         """
         ...
 
@@ -538,13 +614,20 @@ class Store(Protocol):
         """Replace a stored record's conflict rows without writing an update."""
         ...
 
-    async def set_conflicts_many(self, rows_by_record: Mapping[str, Sequence[ConflictRow]]) -> None:
+    async def set_conflicts_many(
+        self,
+        rows_by_record: Mapping[str, Sequence[ConflictRow]],
+        *,
+        persons: Mapping[str, PersonCard] | None = None,
+    ) -> None:
         """Replace the conflict rows of many stored records in one transaction.
 
         Everything is checked before anything is written: a record that is not
         stored raises UnknownRecordError naming it, rows of another record or
         two rows with one id raise InvalidInputError; either way no row changes.
         A record not named keeps its rows; one named with no rows has none left.
+        ``persons`` (record id → card) replaces those records' cards and their
+        pairs in the same transaction (a re-index).
         """
         ...
 
@@ -607,6 +690,22 @@ class Store(Protocol):
         A record without rows (or not stored at all) is absent from the dict:
         read it with ``rows.get(record_id, ())``.
         """
+        ...
+
+    # the person index
+    async def person_cards(self, record_ids: Sequence[str]) -> dict[str, PersonCard]:
+        """The stored cards of these records (a record without one is absent)."""
+        ...
+
+    async def person_pairs(
+        self,
+        record_id: str | None = None,
+        *,
+        state: PairState | None = None,
+        organisation: str | None = None,
+    ) -> list[PersonPair]:
+        """Stored pairs (of one record, in one state, of one organisation's records),
+        ordered by their two record ids."""
         ...
 
     # outbox
@@ -684,12 +783,14 @@ class Store(Protocol):
         path: StrPath,
         *,
         conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
+        persons: Mapping[str, PersonCard] | None = None,
     ) -> int:
         """Re-apply the updates of an export file as local writes; returns how many.
 
         All or nothing, in one transaction. ``conflicts`` gives the rows of
         records the import touches, replaced in that same transaction (a
-        record not named keeps its rows); naming a record the file does not
+        record not named keeps its rows), and ``persons`` their person cards
+        (a record not named keeps its card); naming a record the file does not
         touch raises InvalidInputError, and nothing is stored.
         """
         ...

@@ -26,6 +26,7 @@ from caresync.exceptions import (
     UnsyncedChangesError,
 )
 from caresync.names import check_organisation, check_username
+from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
@@ -35,11 +36,13 @@ from caresync.storage._updates import (
     verify_compaction,
 )
 from caresync.storage._writes import (
+    PersonWrite,
     PlannedRecord,
     Write,
     WriteLike,
     check_meta_key,
     check_rebind,
+    pair_persons,
     plan_writes,
 )
 from caresync.storage.base import (
@@ -63,12 +66,16 @@ from caresync.storage.base import (
     check_count,
     check_optional_text,
     check_outbox_report,
+    check_pair_state,
+    check_person,
+    check_persons_by_record,
     check_quarantine,
     check_record_ids,
     check_session_selector,
     check_text,
     check_write_remote,
     import_conflicts,
+    import_persons,
     unknown_records_error,
 )
 from caresync.storage.cache import CachedRecord
@@ -119,6 +126,12 @@ class MemoryStore:
         self._generation = 0
         self._quarantine: list[QuarantinedUpdate] = []
         self._client_owners: dict[int, str] = {}
+        # The person index: cards with their record's organisation, the holders of
+        # each (organisation, key), and the pairs, also by record.
+        self._cards: dict[str, PersonWrite] = {}
+        self._person_keys: dict[tuple[str | None, str], set[str]] = {}
+        self._pairs: dict[tuple[str, str], tuple[str | None, PersonPair]] = {}
+        self._pairs_of: dict[str, set[tuple[str, str]]] = {}
 
     @classmethod
     def open(cls, *, clock: Callable[[], int] | None = None) -> StoreOpener[MemoryStore]:
@@ -213,10 +226,72 @@ class MemoryStore:
                 if not plan.conflicts:
                     del self._conflicts[record_id]
 
+    def _person_writes(self, planned: dict[str, PlannedRecord]) -> dict[str, PersonWrite]:
+        """The cards a batch stores: those it carries, and those of records given an
+        organisation (compared within it from now on)."""
+        persons = {
+            p.record_id: PersonWrite(p.organisation, p.person)
+            for p in planned.values()
+            if p.person is not None
+        }
+        for p in planned.values():
+            stored = self._cards.get(p.record_id)
+            if p.organisation_set and p.person is None and stored is not None:
+                persons[p.record_id] = PersonWrite(p.organisation, stored.card)
+        return persons
+
+    def _plan_persons(
+        self, written: Mapping[str, PersonWrite]
+    ) -> tuple[Mapping[str, PersonWrite], list[PersonPair]]:
+        """The pairs the cards make, worked out before anything changes."""
+        if not written:
+            return written, []
+
+        def holders(organisation: str | None, keys: Collection[str]) -> list[tuple[str, str]]:
+            return [
+                (key, record_id)
+                for key in keys
+                for record_id in self._person_keys.get((organisation, key), ())
+            ]
+
+        def cards(ids: Collection[str]) -> dict[str, PersonCard]:
+            return {rid: self._cards[rid].card for rid in ids if rid in self._cards}
+
+        return written, pair_persons(written, holders, cards)
+
+    def _store_persons(self, plan: tuple[Mapping[str, PersonWrite], list[PersonPair]]) -> None:
+        written, pairs = plan
+        for record_id, write in written.items():
+            for key in self._pairs_of.pop(record_id, set()):
+                del self._pairs[key]
+                other = key[1] if key[0] == record_id else key[0]
+                self._pairs_of[other].discard(key)
+                if not self._pairs_of[other]:
+                    del self._pairs_of[other]
+            old = self._cards.get(record_id)
+            if old is not None:
+                old_keys = old.card.blocking_keys()
+                for key_text in old_keys:
+                    holders = self._person_keys[old.organisation, key_text]
+                    holders.discard(record_id)
+                    if not holders:
+                        del self._person_keys[old.organisation, key_text]
+            self._cards[record_id] = write
+            for key_text in write.keys:
+                self._person_keys.setdefault((write.organisation, key_text), set()).add(record_id)
+        for pair in pairs:
+            first, second = pair.record_ids
+            organisation = (written.get(first) or written[second]).organisation
+            self._pairs[first, second] = (organisation, pair)
+            self._pairs_of.setdefault(first, set()).add((first, second))
+            self._pairs_of.setdefault(second, set()).add((first, second))
+
     def _write_local(self, writes: Sequence[Write]) -> list[int]:
         planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=False)
+        persons = self._plan_persons(self._person_writes(planned))
         now = self._now_ms()
         self._store_planned(writes, planned)
+        self._store_persons(persons)
         seqs = []
         for write in writes:
             self._outbox_head += 1
@@ -233,6 +308,7 @@ class MemoryStore:
         *,
         conflicts: Sequence[ConflictRow] | None,
         organisation: str | None = None,
+        person: PersonCard | None = None,
     ) -> int:
         """Store a local edit in the record's log and the outbox; returns its outbox seq."""
         check_text(record_id, "record_id")
@@ -241,6 +317,7 @@ class MemoryStore:
             check_bytes(update, "update"),
             None if conflicts is None else check_conflicts(record_id, conflicts),
             check_optional_text(organisation, "organisation"),
+            check_person(record_id, person),
         )
         self._open_or_raise(f"writing record {record_id}")
         return self._write_local([write])[0]
@@ -263,7 +340,9 @@ class MemoryStore:
             check_meta_key(checkpoint[0])
         self._open_or_raise(f"storing {len(writes)} received updates")
         planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=True)
+        persons = self._plan_persons(self._person_writes(planned))
         self._store_planned(writes, planned)
+        self._store_persons(persons)
         seqs = [0] * len(writes)
         if to_feed:
             for i in sorted(i for p in planned.values() for i in p.appended):
@@ -296,13 +375,28 @@ class MemoryStore:
         if not rows:
             del self._conflicts[record_id]
 
-    async def set_conflicts_many(self, rows_by_record: Mapping[str, Sequence[ConflictRow]]) -> None:
-        """Replace the conflict rows of many stored records at once, all or nothing."""
+    async def set_conflicts_many(
+        self,
+        rows_by_record: Mapping[str, Sequence[ConflictRow]],
+        *,
+        persons: Mapping[str, PersonCard] | None = None,
+    ) -> None:
+        """Replace the conflict rows (and person cards) of many stored records, all or nothing."""
         rows = check_conflicts_by_record(rows_by_record)
-        self._open_or_raise(f"storing conflicts of {len(rows)} records")
-        missing = [record_id for record_id in rows if record_id not in self._records]
+        cards = check_persons_by_record(persons)
+        ids = list(dict.fromkeys([*rows, *cards]))
+        self._open_or_raise(f"storing conflicts of {len(ids)} records")
+        missing = [record_id for record_id in ids if record_id not in self._records]
         if missing:
-            raise unknown_records_error(missing, len(rows))
+            raise unknown_records_error(missing, len(ids))
+        self._store_persons(
+            self._plan_persons(
+                {
+                    rid: PersonWrite(self._records[rid].organisation, card)
+                    for rid, card in cards.items()
+                }
+            )
+        )
         for record_id, record_rows in rows.items():
             if record_rows:
                 self._conflicts[record_id] = {c.id: c for c in record_rows}
@@ -423,6 +517,37 @@ class MemoryStore:
             for record_id in ids
             if self._conflicts.get(record_id)
         }
+
+    # ---------------------------------------------------------- the person index
+
+    async def person_cards(self, record_ids: Sequence[str]) -> dict[str, PersonCard]:
+        """The stored person cards of these records, in the order asked (none: absent)."""
+        ids = dict.fromkeys(check_record_ids(record_ids))
+        self._open_or_raise(f"reading the person cards of {len(ids)} records")
+        return {rid: self._cards[rid].card for rid in ids if rid in self._cards}
+
+    async def person_pairs(
+        self,
+        record_id: str | None = None,
+        *,
+        state: PairState | None = None,
+        organisation: str | None = None,
+    ) -> list[PersonPair]:
+        """Stored pairs (of one record, in one state, of one organisation), by record ids."""
+        check_optional_text(record_id, "record_id")
+        wanted = check_pair_state(state)
+        check_optional_text(organisation, "organisation")
+        self._open_or_raise("reading person pairs")
+        keys = self._pairs if record_id is None else self._pairs_of.get(record_id, set())
+        found = []
+        for key in sorted(keys):
+            pair_organisation, pair = self._pairs[key]
+            if wanted is not None and pair.state is not wanted:
+                continue
+            if organisation is not None and pair_organisation != organisation:
+                continue
+            found.append(pair)
+        return found
 
     # ------------------------------------------------------------------- outbox
 
@@ -567,6 +692,8 @@ class MemoryStore:
             ("outbox", {i.record_id for i in self._outbox.values()}),
             ("feed", {i.record_id for i in self._feed}),
             ("conflicts", set(self._conflicts)),
+            ("person cards", set(self._cards)),
+            ("person pairs", set(self._pairs_of)),
         ):
             orphans = ids - set(self._records)
             if orphans:
@@ -602,13 +729,16 @@ class MemoryStore:
         path: StrPath,
         *,
         conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
+        persons: Mapping[str, PersonCard] | None = None,
     ) -> int:
         """Re-apply an export's updates as local writes (with ``conflicts``), all or nothing."""
         self._open_or_raise("importing unsynced changes")
         export = await asyncio.to_thread(read_export_file, path)
-        rows_at = import_conflicts([u.record_id for u in export.updates], conflicts)
+        ids = [u.record_id for u in export.updates]
+        rows_at = import_conflicts(ids, conflicts)
+        cards_at = import_persons(ids, persons)
         writes = [
-            Write(u.record_id, u.update, rows_at.get(i), u.organisation)
+            Write(u.record_id, u.update, rows_at.get(i), u.organisation, cards_at.get(i))
             for i, u in enumerate(export.updates)
         ]
         return len(self._write_local(writes))

@@ -62,6 +62,23 @@ Version 7 keeps who may sync, and what a laptop could not merge::
     and deletes the ``session:<token>`` meta rows of version 6 (plain tokens, now
     kept only as hashes: their laptops log in with a password once).
 
+Version 8 added the person index (the same person registered twice)::
+
+    person_cards (record_id PK, organisation, card)          WITHOUT ROWID
+    person_keys  (hash, rk) PK                                WITHOUT ROWID
+                 index person_keys_by_record (rk)
+    person_pairs (first, second) PK CHECK first < second, organisation, state, payload
+                 WITHOUT ROWID; indexes by second, by state, by (organisation, state)
+
+    A record's card, its blocking keys and the pairs it makes are written with
+    the record, in one transaction. A key is kept as a 64-bit hash of its
+    organisation and text, beside the record's rk: a few bytes a row, where
+    the text would be sixty (two keys that hash alike only add a comparison).
+    ``organisation`` is ``''`` for a record of no organisation (a primary key
+    column of a WITHOUT ROWID table cannot be NULL, and an organisation is never
+    empty). Existing databases get the tables empty: a replica re-indexes its
+    records when it opens.
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -287,6 +304,39 @@ _V7 = (
     "CREATE TABLE yjs_clients (client INTEGER PRIMARY KEY, replica_id TEXT NOT NULL)",
 )
 
+_V8 = (
+    # Each record's person card (PersonCard.to_bytes), with the record's organisation.
+    """CREATE TABLE person_cards (
+        record_id TEXT PRIMARY KEY NOT NULL,
+        organisation TEXT NOT NULL,
+        card BLOB NOT NULL
+    ) WITHOUT ROWID""",
+    # Blocking keys: cards are compared only when they share one, in one organisation.
+    # ``hash``: the first 8 bytes of BLAKE2b of "organisation NUL key", signed; ``rk``:
+    # the record's. The primary key finds a key's holders; the index a record's keys.
+    """CREATE TABLE person_keys (
+        hash INTEGER NOT NULL,
+        rk INTEGER NOT NULL,
+        PRIMARY KEY (hash, rk)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX person_keys_by_record ON person_keys (rk)",
+    # What pair_of made of two cards (PersonPair.to_bytes), each pair once.
+    # An index entry ends with the primary key, so (state) is ordered by
+    # (state, first, second): every listing reads in order, without a sort.
+    """CREATE TABLE person_pairs (
+        first TEXT NOT NULL,
+        second TEXT NOT NULL,
+        organisation TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('possible', 'linked', 'disputed')),
+        payload BLOB NOT NULL,
+        PRIMARY KEY (first, second),
+        CHECK (first < second)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX person_pairs_by_second ON person_pairs (second)",
+    "CREATE INDEX person_pairs_by_state ON person_pairs (state)",
+    "CREATE INDEX person_pairs_by_organisation ON person_pairs (organisation, state)",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -295,6 +345,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     5: _V5,
     6: _V6,
     7: _V7,
+    8: _V8,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

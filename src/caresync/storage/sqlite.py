@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import sqlite3
 import tempfile
@@ -53,6 +54,7 @@ from caresync.exceptions import (
     UnsyncedChangesError,
 )
 from caresync.names import check_organisation, check_username
+from caresync.records.persons import PairState, PersonCard, PersonPair, pair_of
 from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
 from caresync.storage._lock import WriterLock
 from caresync.storage._updates import (
@@ -64,11 +66,13 @@ from caresync.storage._updates import (
     verify_compaction,
 )
 from caresync.storage._writes import (
+    PersonWrite,
     PlannedRecord,
     Write,
     WriteLike,
     check_meta_key,
     check_rebind,
+    pair_persons,
     plan_writes,
 )
 from caresync.storage.base import (
@@ -92,12 +96,16 @@ from caresync.storage.base import (
     check_count,
     check_optional_text,
     check_outbox_report,
+    check_pair_state,
+    check_person,
+    check_persons_by_record,
     check_quarantine,
     check_record_ids,
     check_session_selector,
     check_text,
     check_write_remote,
     import_conflicts,
+    import_persons,
     unknown_records_error,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
@@ -434,12 +442,14 @@ class SQLiteStore:
         *,
         conflicts: Sequence[ConflictRow] | None,
         organisation: str | None = None,
+        person: PersonCard | None = None,
     ) -> int:
         """Commit a local edit: the record's log, the outbox and its conflict rows, at once.
 
         Returns the edit's outbox sequence number (strictly increasing for the
         life of the file). The commit is fsynced before this returns.
         Raises InvalidUpdateError for bytes that are not an update (nothing stored).
+        ``person`` replaces the record's person card, and its pairs, in the same commit.
         """
         check_text(record_id, "record_id")
         write = Write(
@@ -447,6 +457,7 @@ class SQLiteStore:
             check_bytes(update, "update"),
             None if conflicts is None else check_conflicts(record_id, conflicts),
             check_optional_text(organisation, "organisation"),
+            check_person(record_id, person),
         )
         seqs = await self._run(
             f"writing record {record_id}", lambda raw: self._write_local(raw, [write])
@@ -649,6 +660,22 @@ class SQLiteStore:
         replaced = {p.record_id: p.conflicts for p in planned.values() if p.conflicts is not None}
         if replaced:
             _replace_conflicts_of(raw, replaced)
+        persons = {
+            p.record_id: PersonWrite(p.organisation, p.person, p.is_new)
+            for p in planned.values()
+            if p.person is not None
+        }
+        # A record given an organisation keeps its card, now compared within it.
+        moved = [p for p in planned.values() if p.organisation_set and p.person is None]
+        if moved:
+            stored = _read_cards(raw, [p.record_id for p in moved])
+            persons.update(
+                (p.record_id, PersonWrite(p.organisation, stored[p.record_id]))
+                for p in moved
+                if p.record_id in stored
+            )
+        if persons:
+            _store_persons(raw, persons)
 
     def _known(
         self, raw: sqlite3.Connection, writes: Sequence[WriteLike]
@@ -696,27 +723,42 @@ class SQLiteStore:
 
         await self._run(f"storing conflicts of {record_id}", job)
 
-    async def set_conflicts_many(self, rows_by_record: Mapping[str, Sequence[ConflictRow]]) -> None:
-        """Replace the conflict rows of many stored records in one transaction.
+    async def set_conflicts_many(
+        self,
+        rows_by_record: Mapping[str, Sequence[ConflictRow]],
+        *,
+        persons: Mapping[str, PersonCard] | None = None,
+    ) -> None:
+        """Replace the conflict rows (and person cards) of many stored records in one transaction.
 
         All checked first (see :meth:`Store.set_conflicts_many`); a re-index
         writes a chunk of records per commit instead of one commit per record.
+        Each card is stored under its record's stored organisation.
         """
         rows = check_conflicts_by_record(rows_by_record)
-        ids = list(rows)
+        cards = check_persons_by_record(persons)
+        ids = list(dict.fromkeys([*rows, *cards]))
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
                 # Committed records are in the cache or the table; ask SQLite for the rest.
                 cached = self.cache.get_many(ids)
-                found = set(cached)
+                found = {record_id: known.organisation for record_id, known in cached.items()}
                 for chunk in _chunks([i for i in ids if i not in cached]):
-                    sql = f"SELECT record_id FROM records WHERE record_id IN ({_marks(len(chunk))})"
-                    found.update(row[0] for row in raw.execute(sql, chunk))
+                    sql = (
+                        "SELECT record_id, organisation FROM records"
+                        f" WHERE record_id IN ({_marks(len(chunk))})"
+                    )
+                    found.update((row[0], row[1]) for row in raw.execute(sql, chunk))
                 missing = [record_id for record_id in ids if record_id not in found]
                 if missing:
                     raise unknown_records_error(missing, len(ids))
                 _replace_conflicts_of(raw, rows)
+                if cards:
+                    _store_persons(
+                        raw,
+                        {rid: PersonWrite(found[rid], card) for rid, card in cards.items()},
+                    )
 
             if ids:
                 self._write(raw, body)
@@ -992,6 +1034,66 @@ class SQLiteStore:
 
         return await self._run(f"reading the conflicts of {len(ids)} records", job)
 
+    # ---------------------------------------------------------- the person index
+
+    async def person_cards(self, record_ids: Sequence[str]) -> dict[str, PersonCard]:
+        """The stored person cards of these records, in the order asked (none: absent).
+
+        CorruptDatabaseError, naming the record, for a stored card that does not parse.
+        """
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: sqlite3.Connection) -> dict[str, PersonCard]:
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                found = _read_cards(raw, ids)
+            finally:
+                raw.execute("COMMIT")
+            return {record_id: found[record_id] for record_id in ids if record_id in found}
+
+        return await self._run(f"reading the person cards of {len(ids)} records", job)
+
+    async def person_pairs(
+        self,
+        record_id: str | None = None,
+        *,
+        state: PairState | None = None,
+        organisation: str | None = None,
+    ) -> list[PersonPair]:
+        """Stored pairs (of one record, in one state, of one organisation), by record ids.
+
+        CorruptDatabaseError, naming the two records, for a stored pair that
+        does not parse or does not match its row.
+        """
+        check_optional_text(record_id, "record_id")
+        wanted = check_pair_state(state)
+        check_optional_text(organisation, "organisation")
+        where: list[str] = []
+        args: list[object] = []
+        if wanted is not None:
+            where.append("state = ?")
+            args.append(wanted.value)
+        if organisation is not None:
+            where.append("organisation = ?")
+            args.append(organisation)
+        columns = "SELECT first, second, state, payload FROM person_pairs"
+        if record_id is None:
+            sql = columns + (f" WHERE {' AND '.join(where)}" if where else "")
+        else:
+            # Either side: the primary key finds it as first, an index as second.
+            more = "".join(f" AND {w}" for w in where)
+            sql = f"{columns} WHERE first = ?{more} UNION ALL {columns} WHERE second = ?{more}"
+            args = [record_id, *args, record_id, *args]
+        sql += " ORDER BY first, second"
+
+        def job(raw: sqlite3.Connection) -> list[PersonPair]:
+            return [
+                _parse_pair(first, second, row_state, bytes(payload))
+                for first, second, row_state, payload in raw.execute(sql, args)
+            ]
+
+        return await self._run("reading person pairs", job)
+
     # ------------------------------------------------------------------- outbox
 
     async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
@@ -1252,6 +1354,7 @@ class SQLiteStore:
                 except InvalidInputError as exc:
                     problems.append(f"outbox row {seq}: {exc}")
             problems.extend(self._check_records(raw))
+            problems.extend(_check_persons(raw))
         finally:
             raw.execute("ROLLBACK")
         if len(problems) > _MAX_PROBLEMS:
@@ -1311,6 +1414,7 @@ class SQLiteStore:
         path: StrPath,
         *,
         conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
+        persons: Mapping[str, PersonCard] | None = None,
     ) -> int:
         """Re-apply an export's updates as local writes (they enter the outbox again).
 
@@ -1318,9 +1422,11 @@ class SQLiteStore:
         the records touched (the others keep theirs). Returns how many updates.
         """
         export = await asyncio.to_thread(read_export_file, path)
-        rows_at = import_conflicts([u.record_id for u in export.updates], conflicts)
+        ids = [u.record_id for u in export.updates]
+        rows_at = import_conflicts(ids, conflicts)
+        cards_at = import_persons(ids, persons)
         writes = [
-            Write(u.record_id, u.update, rows_at.get(i), u.organisation)
+            Write(u.record_id, u.update, rows_at.get(i), u.organisation, cards_at.get(i))
             for i, u in enumerate(export.updates)
         ]
         seqs = await self._run(
@@ -1781,7 +1887,7 @@ def _session_filter(
 # ---------------------------------------------------------------- SQL helpers
 
 
-def _chunks(ids: list[str]) -> Iterable[list[str]]:
+def _chunks(ids: Sequence[T]) -> Iterable[Sequence[T]]:
     """Ids in slices short enough for one ``IN (...)`` list."""
     return (ids[start : start + _IN_CHUNK] for start in range(0, len(ids), _IN_CHUNK))
 
@@ -1872,6 +1978,71 @@ _KEY_CHECKS = (
 """Queries that count broken links between records, log and feed, and what they mean."""
 
 
+_PERSON_CHECKS = (
+    (
+        "SELECT COUNT(*) FROM person_cards WHERE record_id NOT IN (SELECT record_id FROM records)",
+        "person cards belong to no stored record",
+    ),
+    (
+        "SELECT COUNT(*) FROM person_keys WHERE rk NOT IN"
+        " (SELECT r.rk FROM records r JOIN person_cards c ON c.record_id = r.record_id)",
+        "person keys belong to no stored card",
+    ),
+    (
+        "SELECT COUNT(*) FROM person_pairs WHERE first NOT IN (SELECT record_id FROM person_cards)"
+        " OR second NOT IN (SELECT record_id FROM person_cards)",
+        "person pairs name a record with no stored card",
+    ),
+    (
+        "SELECT COUNT(*) FROM person_cards c JOIN records r ON r.record_id = c.record_id"
+        " WHERE c.organisation IS NOT COALESCE(r.organisation, '')",
+        "person cards are filed under another organisation than their record's",
+    ),
+    # Keys filed under another organisation than their card's differ in hash:
+    # the check of each card's keys below finds them.
+)
+"""Queries that count broken links of the person index, and what they mean."""
+
+
+def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
+    """The person index: rows naming records, cards that parse and hold their keys,
+    pairs that parse and are what their two cards make."""
+    for sql, problem in _PERSON_CHECKS:
+        count = _scalar(raw, sql)
+        if count:
+            yield f"{count} {problem}"
+    for record_id, data in raw.execute("SELECT record_id, card FROM person_cards"):
+        try:
+            card = _parse_card(record_id, bytes(data))
+        except CorruptDatabaseError as exc:
+            yield str(exc)
+            continue
+        stored = {
+            int(r[0])
+            for r in raw.execute(
+                "SELECT hash FROM person_keys"
+                " WHERE rk = (SELECT rk FROM records WHERE record_id = ?)",
+                (record_id,),
+            )
+        }
+        organisation = raw.execute(
+            "SELECT organisation FROM person_cards WHERE record_id = ?", (record_id,)
+        ).fetchone()[0]
+        if stored != {_key_hash(organisation, key) for key in card.blocking_keys()}:
+            yield f"record {record_id}: its stored person keys do not match its card"
+    for first, second, state, data in raw.execute(
+        "SELECT first, second, state, payload FROM person_pairs"
+    ):
+        try:
+            pair = _parse_pair(first, second, state, bytes(data))
+            cards = _read_cards(raw, [first, second])
+        except CorruptDatabaseError as exc:
+            yield str(exc)
+            continue
+        if len(cards) == 2 and pair_of(cards[first], cards[second]) != pair:
+            yield f"the person pair of records {first} and {second} is not what their cards make"
+
+
 def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:
     raw.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
@@ -1893,6 +2064,172 @@ def _replace_conflicts_of(
             (c.record_id, c.id, c.kind, c.subject, c.severity, c.payload)
             for record_rows in rows_by_record.values()
             for c in record_rows
+        ],
+    )
+
+
+# ----------------------------------------------------------- the person index
+
+_NO_ORGANISATION = ""
+"""How a record of no organisation is keyed in the person tables (an organisation is
+never empty, and a primary key column of a WITHOUT ROWID table cannot be NULL)."""
+
+
+def _org_column(organisation: str | None) -> str:
+    return _NO_ORGANISATION if organisation is None else organisation
+
+
+def _key_hash(organisation_column: str, key: str) -> int:
+    """How a blocking key is stored: 64 bits of BLAKE2b of its organisation and text."""
+    digest = hashlib.blake2b(f"{organisation_column}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _record_keys(raw: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+    """The rk of each of these stored records."""
+    found: dict[str, int] = {}
+    for chunk in _chunks(list(ids)):
+        found.update(
+            raw.execute(
+                f"SELECT record_id, rk FROM records WHERE record_id IN ({_marks(len(chunk))})",
+                chunk,
+            )
+        )
+    return found
+
+
+def _parse_card(record_id: str, data: bytes) -> PersonCard:
+    """A stored card; CorruptDatabaseError naming the record for bytes that are not one."""
+    try:
+        card = PersonCard.from_bytes(data)
+    except InvalidInputError as exc:
+        raise CorruptDatabaseError(
+            f"the stored person card of record {record_id} is damaged ({exc}); re-index it"
+        ) from None
+    if card.record_id != record_id:
+        raise CorruptDatabaseError(
+            f"the stored person card of record {record_id} is record {card.record_id}'s; "
+            "re-index it"
+        )
+    return card
+
+
+def _parse_pair(first: str, second: str, state: str, data: bytes) -> PersonPair:
+    """A stored pair; CorruptDatabaseError naming its records for bytes that are not it."""
+    try:
+        pair = PersonPair.from_bytes(data)
+    except InvalidInputError as exc:
+        raise CorruptDatabaseError(
+            f"the stored person pair of records {first} and {second} is damaged ({exc}); "
+            "re-index them"
+        ) from None
+    if pair.record_ids != (first, second) or pair.state.value != state:
+        raise CorruptDatabaseError(
+            f"the stored person pair of records {first} and {second} does not match its row; "
+            "re-index them"
+        )
+    return pair
+
+
+def _read_cards(raw: sqlite3.Connection, ids: Sequence[str]) -> dict[str, PersonCard]:
+    """The stored cards of these records (an ``IN`` list per 500 ids); none: absent."""
+    found: dict[str, PersonCard] = {}
+    wanted = list(ids)
+    for chunk in _chunks(wanted):
+        for record_id, data in raw.execute(
+            f"SELECT record_id, card FROM person_cards WHERE record_id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            found[record_id] = _parse_card(record_id, bytes(data))
+    return found
+
+
+def _key_holders(
+    raw: sqlite3.Connection,
+    organisation: str | None,
+    keys: Collection[str],
+    hashed: dict[tuple[str, str], int],
+) -> list[tuple[str, str]]:
+    """(key, record id) of every stored card holding one of ``keys`` in the organisation.
+
+    Keys are stored hashed: a stored record whose key only hashes alike is
+    named too, which costs a comparison and changes no pair. ``hashed``
+    remembers each key's hash for the writes that follow.
+    """
+    column = _org_column(organisation)
+    by_hash: dict[int, list[str]] = {}
+    for key in keys:
+        value = hashed.get((column, key))
+        if value is None:
+            value = hashed[column, key] = _key_hash(column, key)
+        by_hash.setdefault(value, []).append(key)
+    holders: list[tuple[str, str]] = []
+    for chunk in _chunks(sorted(by_hash)):
+        for value, record_id in raw.execute(
+            "SELECT k.hash, r.record_id FROM person_keys k JOIN records r ON r.rk = k.rk"
+            f" WHERE k.hash IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            holders.extend((key, record_id) for key in by_hash[value])
+    return holders
+
+
+def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) -> None:
+    """Replace the cards of ``written``, their keys and every pair of their records.
+
+    The pairs are worked out first (reads only), then written in a few
+    statements for the whole batch: a write's share is indexed lookups of its
+    keys' holders and of their cards, never a scan.
+    """
+    hashed: dict[tuple[str, str], int] = {}
+    pairs = pair_persons(
+        written,
+        lambda organisation, keys: _key_holders(raw, organisation, keys, hashed),
+        lambda ids: _read_cards(raw, list(ids)),
+    )
+    # A record new in this write has nothing indexed to delete. (Only a damaged
+    # file could hold keys or pairs of it: OR REPLACE below keeps them from
+    # failing the write, and check() names them.)
+    rks = _record_keys(raw, list(written))
+    ids = [(record_id,) for record_id, w in written.items() if not w.new]
+    if ids:
+        raw.executemany("DELETE FROM person_pairs WHERE first = ?", ids)
+        raw.executemany("DELETE FROM person_pairs WHERE second = ?", ids)
+        raw.executemany("DELETE FROM person_keys WHERE rk = ?", [(rks[i],) for (i,) in ids])
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_cards (record_id, organisation, card) VALUES (?, ?, ?)",
+        [
+            (record_id, _org_column(w.organisation), w.card.to_bytes())
+            for record_id, w in written.items()
+        ],
+    )
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)",
+        sorted(
+            {
+                (hashed[_org_column(w.organisation), key], rks[record_id])
+                for record_id, w in written.items()
+                for key in w.keys
+            }
+        ),
+    )
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_pairs (first, second, organisation, state, payload)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [
+            (
+                pair.first.record_id,
+                pair.second.record_id,
+                # Both records are of one organisation: a card is only compared within it.
+                _org_column(
+                    (
+                        written.get(pair.first.record_id) or written[pair.second.record_id]
+                    ).organisation
+                ),
+                pair.state.value,
+                pair.to_bytes(),
+            )
+            for pair in pairs
         ],
     )
 

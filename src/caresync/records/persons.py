@@ -1,0 +1,705 @@
+"""The same person registered twice: who a record is, how alike two are, and what was decided.
+
+Pure (the store calls :func:`pair_of` inside its write transactions). A
+:class:`PersonCard` is read from a record: its identifying fields (name, birth
+date, sex, identifiers, phone), the link decisions it holds (``links/<other
+record id>``) and who registered it. :func:`pair_of` compares two cards: a
+score from the fields that agree and disagree, and the decisions either record
+holds about the other. The store keeps every record's card, finds the cards
+worth comparing by their :meth:`PersonCard.blocking_keys`, and keeps the pairs
+:func:`pair_of` returns, in the same transaction as the record. A pair is a
+function of the two cards only, so every replica holding both records holds
+the same pair, whatever order the records arrived in. Nothing is ever merged:
+a possible duplicate is a finding on both records (``caresync.conflicts.duplicates``),
+and a person decides.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from caresync.exceptions import InvalidInputError
+from caresync.records.clock import Timestamp
+from caresync.records.ids import finding_id_for
+from caresync.records.record import Record
+from caresync.records.revision import Revision
+from caresync.records.values import JSONValue
+
+__all__ = [
+    "DIFFERENT_PEOPLE",
+    "DISPUTED_RULE",
+    "DUPLICATE_RULE",
+    "LINKS_FIELD",
+    "LINK_DECISIONS",
+    "MATCH_THRESHOLD",
+    "PERSON_MATCH_VERSION",
+    "SAME_PERSON",
+    "UNLINKED",
+    "PairState",
+    "PersonCard",
+    "PersonPair",
+    "Registration",
+    "link_path",
+    "match_score",
+    "pair_of",
+    "person_card",
+]
+
+PERSON_MATCH_VERSION = 1
+"""Bumped whenever cards are read, keys made or pairs scored differently (re-indexes)."""
+
+LINKS_FIELD = "links"
+"""The field under which a record keeps its link decisions: ``links/<other record id>``."""
+SAME_PERSON = "same-person"
+"""A link decision: the two records are one person (they are shown together)."""
+DIFFERENT_PEOPLE = "different-people"
+"""A link decision: two people, however alike (the finding does not come back)."""
+UNLINKED = "unlinked"
+"""A link decision undone: as if never decided (a match is a finding again)."""
+LINK_DECISIONS = frozenset({SAME_PERSON, DIFFERENT_PEOPLE, UNLINKED})
+_CONTESTED = "contested"  # a card's link decision with concurrent different values
+
+DUPLICATE_RULE = "possible-duplicate"
+"""The finding on both records of a pair that looks like one person."""
+DISPUTED_RULE = "link-disputed"
+"""The finding on both records of a pair whose link decisions disagree."""
+
+MATCH_THRESHOLD = 7.0
+"""A pair scoring this or more, with no decision, is a possible duplicate."""
+
+# The weights (docs/conflicts.md explains them): agreement adds, disagreement subtracts.
+_SAME_IDENTIFIER = 8.0
+_DIFFERENT_IDENTIFIER = -10.0
+_SAME_BIRTH = 4.0
+_NEAR_BIRTH = 2.5  # day and month swapped, or one digit apart
+_SAME_BIRTH_PART = 1.0  # "1990" and "1990-04-12": as far as both go
+_DIFFERENT_BIRTH = -4.0
+_NAME_FULL = 4.0  # every token of the shorter name found in the other
+_NAME_NONE = -2.0  # no token alike
+_ONE_TOKEN_NAME_CAP = 2.0  # "Awa" alone says little
+_SAME_SEX = 0.5
+_DIFFERENT_SEX = -3.0
+_SAME_PHONE = 2.0
+
+_MAX_TEXT = 256
+_MAX_ITEMS = 16
+_MIN_IDENTIFIER = 4
+_MIN_PHONE_DIGITS = 7
+_PHONE_DIGITS_KEPT = 9  # the subscriber part: "+221 77 123 45 67" equals "77 123 45 67"
+_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
+_TOKEN = re.compile(r"[a-z0-9]+")
+_SEXES = {
+    "m": "male",
+    "male": "male",
+    "man": "male",
+    "f": "female",
+    "female": "female",
+    "woman": "female",
+}
+_UNKNOWN_SEX = frozenset({"", "u", "unknown", "other", "not known", "unk"})
+_TITLES = frozenset({"mr", "mrs", "ms", "miss", "dr", "prof", "mme", "mlle", "m"})
+
+
+class PairState(StrEnum):
+    """What a stored pair of records is."""
+
+    POSSIBLE = "possible"
+    """Alike enough, and nobody decided yet: a finding on both records."""
+    LINKED = "linked"
+    """Decided to be one person: shown together, the allergy check runs across them."""
+    DISPUTED = "disputed"
+    """The two records hold different decisions: a block finding on both."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """Who wrote a record's identifying fields, where and when (a candidate shows it)."""
+
+    author: str
+    replica: str
+    at: Timestamp
+    revision: str
+
+
+@dataclass(frozen=True, slots=True)
+class PersonCard:
+    """What identifies the person of one record, normalised, and its link decisions.
+
+    Every field holds alternatives: a field in conflict contributes each of its
+    values (any of them may be the right one). ``names`` are token tuples,
+    ``identifiers`` (system, value) pairs, ``links`` (other record id, decision)
+    pairs with the decision ``"contested"`` while concurrent values disagree.
+    """
+
+    record_id: str
+    display: str = ""
+    names: tuple[tuple[str, ...], ...] = ()
+    birth_dates: tuple[str, ...] = ()
+    sexes: tuple[str, ...] = ()
+    identifiers: tuple[tuple[str, str], ...] = ()
+    phones: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
+    registration: Registration | None = None
+
+    @property
+    def identifying(self) -> bool:
+        """True when the card holds anything a match could be made on."""
+        return bool(self.names or self.birth_dates or self.identifiers or self.phones)
+
+    def decision_about(self, other_id: str) -> str | None:
+        """The link decision this record holds about ``other_id`` (None: none)."""
+        for linked, decision in self.links:
+            if linked == other_id:
+                return decision
+        return None
+
+    def blocking_keys(self) -> frozenset[str]:
+        """Blocking keys: two cards are compared only when they share one.
+
+        Every way two cards can score a possible duplicate shares a key (a test
+        checks it over generated cards): the same identifier; the same phone; the
+        same full birth date and a name token starting alike (a misspelt name);
+        the same birth year and two tokens of one name (a mistyped birth date
+        scores only with the whole name alike); and the record ids a link
+        decision names, so that a decided pair is always compared. Keys are
+        narrow on purpose: a key shared by many records (a common name and a
+        year) would make every write compare against all of them.
+        """
+        keys = {f"r:{self.record_id}"}
+        keys.update(f"r:{other}" for other, _decision in self.links)
+        keys.update(f"i:{system}={value}" for system, value in self.identifiers)
+        keys.update(f"p:{phone}" for phone in self.phones)
+        tokens = {t for name in self.names for t in name}
+        pairs = {(a, b) for name in self.names for a in name for b in name if a < b}
+        for birth in self.birth_dates:
+            if len(birth) == 10:
+                keys.update(f"d:{birth}|{t[:3]}" for t in tokens)
+            keys.update(f"y:{birth[:4]}|{a}|{b}" for a, b in pairs)
+        return frozenset(keys)
+
+    def to_bytes(self) -> bytes:
+        """The card as compact JSON (what the store keeps and a first copy carries)."""
+        data: dict[str, Any] = {"v": PERSON_MATCH_VERSION, "id": self.record_id}
+        if self.display:
+            data["display"] = self.display
+        for name, value in (
+            ("names", [list(n) for n in self.names]),
+            ("birth", list(self.birth_dates)),
+            ("sex", list(self.sexes)),
+            ("ids", [list(i) for i in self.identifiers]),
+            ("phones", list(self.phones)),
+            ("links", [list(link) for link in self.links]),
+        ):
+            if value:
+                data[name] = value
+        if self.registration is not None:
+            reg = self.registration
+            data["reg"] = [reg.author, reg.replica, reg.at.wall_ms, reg.at.counter, reg.revision]
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PersonCard:
+        """A card from :meth:`to_bytes`; InvalidInputError for anything else (untrusted)."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"person card: not JSON ({exc})") from None
+        if not isinstance(raw, dict) or raw.get("v") != PERSON_MATCH_VERSION:
+            raise InvalidInputError(
+                f"person card: not a card of version {PERSON_MATCH_VERSION} (an object with "
+                f'"v": {PERSON_MATCH_VERSION})'
+            )
+        registration = None
+        reg = raw.get("reg")
+        if reg is not None:
+            if not (
+                isinstance(reg, list)
+                and len(reg) == 5
+                and all(isinstance(x, str) for x in (reg[0], reg[1], reg[4]))
+                and all(type(x) is int and 0 <= x < 2**63 for x in (reg[2], reg[3]))
+            ):
+                raise InvalidInputError("person card: 'reg' must be [author, replica, ms, n, id]")
+            registration = Registration(
+                _text(reg[0], "reg"), _text(reg[1], "reg"), Timestamp(reg[2], reg[3]), reg[4]
+            )
+        return cls(
+            record_id=_text(raw.get("id"), "id", empty=False),
+            display=_text(raw.get("display", ""), "display"),
+            names=tuple(
+                tuple(_text(t, "names", empty=False) for t in _items(n, "names"))
+                for n in _items(raw.get("names", []), "names")
+            ),
+            birth_dates=tuple(_text(b, "birth") for b in _items(raw.get("birth", []), "birth")),
+            sexes=tuple(_text(s, "sex") for s in _items(raw.get("sex", []), "sex")),
+            identifiers=tuple(_pair(i, "ids") for i in _items(raw.get("ids", []), "ids")),
+            phones=tuple(_text(p, "phones") for p in _items(raw.get("phones", []), "phones")),
+            links=tuple(_link(x) for x in _items(raw.get("links", []), "links")),
+            registration=registration,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PersonPair:
+    """Two records that may be, or were decided to be, one person.
+
+    ``first`` has the smaller record id. ``score`` and ``reasons`` say how alike
+    they are; ``state`` what the records' decisions make of it.
+    """
+
+    first: PersonCard
+    second: PersonCard
+    state: PairState
+    score: float
+    reasons: tuple[str, ...]
+
+    @property
+    def record_ids(self) -> tuple[str, str]:
+        return self.first.record_id, self.second.record_id
+
+    @property
+    def rule(self) -> str:
+        return DISPUTED_RULE if self.state is PairState.DISPUTED else DUPLICATE_RULE
+
+    @property
+    def id(self) -> str:
+        """The id of the pair's finding: the same on both records and every replica."""
+        return finding_id_for("*", self.rule, "", self.record_ids)
+
+    def other(self, record_id: str) -> PersonCard:
+        """The card of the record that is not ``record_id``."""
+        return self.second if record_id == self.first.record_id else self.first
+
+    def to_bytes(self) -> bytes:
+        """The pair as compact JSON (what the store keeps)."""
+        return json.dumps(
+            {
+                "first": json.loads(self.first.to_bytes()),
+                "second": json.loads(self.second.to_bytes()),
+                "state": self.state.value,
+                "score": self.score,
+                "reasons": list(self.reasons),
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PersonPair:
+        """A pair from :meth:`to_bytes`; InvalidInputError for anything else."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"person pair: not JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise InvalidInputError("person pair: not an object")
+        try:
+            state = PairState(str(raw.get("state")))
+        except ValueError:
+            raise InvalidInputError(f"person pair: unknown state {raw.get('state')!r}") from None
+        score = raw.get("score")
+        if not isinstance(score, int | float) or isinstance(score, bool):
+            raise InvalidInputError("person pair: 'score' must be a number")
+        cards = [
+            PersonCard.from_bytes(json.dumps(raw.get(side)).encode())
+            for side in ("first", "second")
+        ]
+        return cls(
+            cards[0],
+            cards[1],
+            state,
+            float(score),
+            tuple(_text(r, "reasons") for r in _items(raw.get("reasons", []), "reasons")),
+        )
+
+
+# ------------------------------------------------------------------ reading a record
+
+
+def link_path(other_id: str) -> str:
+    """The path of a record's link decision about record ``other_id``."""
+    if not isinstance(other_id, str) or not other_id or "/" in other_id:
+        raise InvalidInputError(f"a record id to link must be a plain id, got {other_id!r}")
+    return f"{LINKS_FIELD}/{other_id}"
+
+
+def person_card(record: Record) -> PersonCard:
+    """The record's card: its identifying fields, normalised, and its link decisions."""
+    names: list[tuple[str, ...]] = []
+    display = ""
+    first_seen: list[Revision] = []
+    for rev in _heads(record, "name"):
+        first_seen.append(rev)
+        for written in _alternatives(rev.value):
+            tokens = _name_tokens(written)
+            if tokens and tokens not in names:
+                names.append(tokens)
+                display = display or _display_name(written)
+    births: list[str] = []
+    for rev in _heads(record, "birthDate"):
+        first_seen.append(rev)
+        birth = _birth_date(rev.value)
+        if birth and birth not in births:
+            births.append(birth)
+    sexes: list[str] = []
+    for field in ("sex", "gender"):
+        for rev in _heads(record, field):
+            sex = _sex(rev.value)
+            if sex and sex not in sexes:
+                sexes.append(sex)
+    identifiers: list[tuple[str, str]] = []
+    phones: list[str] = []
+    links: dict[str, str] = {}
+    for path in record.paths():
+        head, _, rest = path.partition("/")
+        if head == "identifiers":
+            for rev in _heads(record, path):
+                first_seen.append(rev)
+                found = _identifiers(rev.value, system=rest)
+                identifiers.extend(i for i in found if i not in identifiers)
+        elif head in ("phone", "telecom"):
+            for rev in _heads(record, path):
+                phones.extend(p for p in _phones(rev.value) if p not in phones)
+        elif head == LINKS_FIELD and rest and "/" not in rest:
+            decisions = {r.value for r in _heads(record, path) if r.value in LINK_DECISIONS}
+            if len(decisions) == 1:
+                links[rest] = str(next(iter(decisions)))
+            elif decisions:
+                links[rest] = _CONTESTED
+    if births and display:
+        display = f"{display}, born {births[0]}"
+    registration = None
+    if first_seen:
+        rev = max(first_seen, key=lambda r: (r.at, r.id))
+        registration = Registration(rev.author, rev.replica, rev.at, rev.id)
+    return PersonCard(
+        record_id=record.record_id,
+        display=display[:_MAX_TEXT],
+        names=tuple(names[:_MAX_ITEMS]),
+        birth_dates=tuple(births[:_MAX_ITEMS]),
+        sexes=tuple(sexes[:_MAX_ITEMS]),
+        identifiers=tuple(sorted(identifiers)[:_MAX_ITEMS]),
+        phones=tuple(sorted(phones)[:_MAX_ITEMS]),
+        links=tuple(sorted(links.items())),
+        registration=registration,
+    )
+
+
+def _heads(record: Record, path: str) -> tuple[Revision, ...]:
+    """The heads of a path with a value (a cleared field identifies nothing)."""
+    return tuple(h for h in record.get(path).heads if h.value is not None)
+
+
+def _alternatives(value: JSONValue) -> Iterator[JSONValue]:
+    if isinstance(value, list):
+        yield from value[:_MAX_ITEMS]
+    else:
+        yield value
+
+
+def _fold(text: str) -> str:
+    """Lower case, accents and punctuation gone: "N'Diaye, Aïssatou" → "n diaye aissatou"."""
+    # An apostrophe joins ("N'Diaye" is "ndiaye"); anything else between letters splits.
+    text = text[: _MAX_TEXT * 4].replace("'", "").replace("\u2019", "")
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(_TOKEN.findall(plain.casefold()))
+
+
+def _name_text(value: JSONValue) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if isinstance(value.get("text"), str):
+            return str(value["text"])
+        parts: list[str] = []
+        for key in ("given", "family"):
+            part = value.get(key)
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, list):
+                parts.extend(p for p in part if isinstance(p, str))
+        return " ".join(parts)
+    return ""
+
+
+def _name_tokens(value: JSONValue) -> tuple[str, ...]:
+    tokens = [t for t in _fold(_name_text(value)).split() if t not in _TITLES]
+    return tuple(sorted(dict.fromkeys(tokens)))[:_MAX_ITEMS]
+
+
+def _display_name(value: JSONValue) -> str:
+    return " ".join(_name_text(value).split())
+
+
+def _birth_date(value: JSONValue) -> str:
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()[:32]
+    match = _DATE.match(text)
+    if match is not None:
+        return match.group(0)
+    digits = "".join(c for c in text if c.isdigit())
+    return digits if len(digits) >= 4 else ""
+
+
+def _sex(value: JSONValue) -> str:
+    if not isinstance(value, str):
+        return ""
+    folded = _fold(value)
+    if folded in _UNKNOWN_SEX:
+        return ""
+    return _SEXES.get(folded, folded[:_MAX_TEXT])
+
+
+def _identifier_value(value: object) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return ""
+    text = "".join(c for c in str(value).upper() if c.isalnum())[:_MAX_TEXT]
+    if len(text) < _MIN_IDENTIFIER or len(set(text)) == 1:
+        return ""  # "0000", "n/a": placeholders, not identifiers
+    return text
+
+
+def _identifiers(value: JSONValue, *, system: str) -> list[tuple[str, str]]:
+    """Identifiers from ``identifiers`` ({system: value}, [{system, value}], [value]) or
+    ``identifiers/<system>`` (a value)."""
+    found: list[tuple[str, str]] = []
+
+    def add(sys: object, val: object) -> None:
+        sys_key = _fold(sys) if isinstance(sys, str) else ""
+        normalised = _identifier_value(val)
+        if normalised:
+            found.append((sys_key[:_MAX_TEXT], normalised))
+
+    if system:
+        if isinstance(value, dict):
+            for sub, val in value.items():
+                add(f"{system} {sub}", val)
+        else:
+            add(system, value)
+    elif isinstance(value, dict):
+        if "value" in value:
+            add(value.get("system", ""), value.get("value"))
+        else:
+            for sys, val in value.items():
+                add(sys, val)
+    elif isinstance(value, list):
+        for item in value[:_MAX_ITEMS]:
+            if isinstance(item, dict):
+                add(item.get("system", ""), item.get("value"))
+            else:
+                add("", item)
+    else:
+        add("", value)
+    return found
+
+
+def _phones(value: JSONValue) -> list[str]:
+    found: list[str] = []
+    for item in _alternatives(value):
+        if isinstance(item, dict):
+            item = item.get("value")
+        if isinstance(item, str):
+            digits = "".join(c for c in item if c.isdigit())
+            if len(digits) >= _MIN_PHONE_DIGITS and len(set(digits)) > 1:
+                found.append(digits[-_PHONE_DIGITS_KEPT:])
+    return found
+
+
+# ------------------------------------------------------------------ comparing two
+
+
+def match_score(x: PersonCard, y: PersonCard) -> tuple[float, tuple[str, ...]]:
+    """How alike two cards are: a score (see :data:`MATCH_THRESHOLD`) and why, in words.
+
+    Symmetric: ``match_score(x, y) == match_score(y, x)``.
+    """
+    score = 0.0
+    reasons: list[str] = []
+    systems = {s for s, _v in x.identifiers} & {s for s, _v in y.identifiers}
+    for system in sorted(systems):
+        xs = {v for s, v in x.identifiers if s == system}
+        ys = {v for s, v in y.identifiers if s == system}
+        label = f"{system} number" if system else "identifier"
+        if xs & ys:
+            score += _SAME_IDENTIFIER
+            reasons.append(f"same {label}")
+        else:
+            score += _DIFFERENT_IDENTIFIER
+            reasons.append(f"different {label}")
+    birth, why = _birth_points(x.birth_dates, y.birth_dates)
+    if why:
+        score += birth
+        reasons.append(why)
+    name, why = _name_points(x.names, y.names)
+    if why:
+        score += name
+        reasons.append(why)
+    if x.sexes and y.sexes:
+        if set(x.sexes) & set(y.sexes):
+            score += _SAME_SEX
+        else:
+            score += _DIFFERENT_SEX
+            reasons.append("different sex")
+    if set(x.phones) & set(y.phones):
+        score += _SAME_PHONE
+        reasons.append("same phone")
+    return round(score, 3), tuple(reasons)
+
+
+def _birth_points(xs: Sequence[str], ys: Sequence[str]) -> tuple[float, str]:
+    if not xs or not ys:
+        return 0.0, ""
+    best, why = _DIFFERENT_BIRTH, "different birth date"
+    for a in xs:
+        for b in ys:
+            if a == b and len(a) == 10:
+                return _SAME_BIRTH, "same birth date"
+            if len(a) == len(b) == 10 and a[:4] == b[:4]:
+                if a[5:7] == b[8:10] and a[8:10] == b[5:7]:
+                    best, why = max(
+                        (best, why), (_NEAR_BIRTH, "birth date with day and month swapped")
+                    )
+                elif sum(c != d for c, d in zip(a, b, strict=True)) == 1:
+                    best, why = max((best, why), (_NEAR_BIRTH, "birth date one digit apart"))
+            # "1990" and "1990-04-12", or "1990" twice: equal only as far as both go.
+            elif (a.startswith(b) or b.startswith(a)) and min(len(a), len(b)) >= 4:
+                best, why = max((best, why), (_SAME_BIRTH_PART, "birth year alike"))
+    return best, why
+
+
+def _name_points(xs: Sequence[tuple[str, ...]], ys: Sequence[tuple[str, ...]]) -> tuple[float, str]:
+    if not xs or not ys:
+        return 0.0, ""
+    best = -1.0
+    shortest = 0
+    for a in xs:
+        for b in ys:
+            similarity = _name_similarity(a, b)
+            if similarity > best:
+                best, shortest = similarity, min(len(a), len(b))
+    points = _NAME_NONE + (_NAME_FULL - _NAME_NONE) * best
+    if shortest < 2:
+        points = min(points, _ONE_TOKEN_NAME_CAP)
+    if best >= 1.0:
+        return points, "same name"
+    if best >= 0.5:
+        return points, "similar name"
+    return points, "different name"
+
+
+def _name_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
+    """How much of the shorter name the other holds, token by token, in any order (0 to 1)."""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    if not short:
+        return 0.0
+    available = list(long)
+    total = 0.0
+    for token in short:
+        best, where = 0.0, -1
+        for i, other in enumerate(available):
+            alike = _token_similarity(token, other)
+            if alike > best:
+                best, where = alike, i
+        if where >= 0:
+            available.pop(where)
+        total += best
+    return total / len(short)
+
+
+def _token_similarity(a: str, b: str) -> float:
+    if a == b:
+        return 1.0
+    if len(a) == 1 or len(b) == 1:
+        return 0.3 if a[0] == b[0] else 0.0  # an initial
+    allowed = 1 if max(len(a), len(b)) <= 6 else 2
+    if abs(len(a) - len(b)) > allowed:
+        return 0.0
+    return 0.7 if _edit_distance(a, b, allowed) <= allowed else 0.0
+
+
+def _edit_distance(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance with adjacent swaps, stopping early past ``limit``."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            current[j] = min(
+                previous[j] + 1,
+                current[j - 1] + 1,
+                previous[j - 1] + (ca != cb),
+            )
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        if min(current) > limit:
+            return limit + 1
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def pair_of(x: PersonCard, y: PersonCard) -> PersonPair | None:
+    """What the store keeps of two records, or None for nothing to keep.
+
+    A pair either record decided to be one person is ``linked``; one whose
+    records hold different decisions (or a decision in conflict) ``disputed``;
+    one decided to be two people is not kept; an undecided (or unlinked) pair
+    scoring :data:`MATCH_THRESHOLD` or more is ``possible``. Symmetric.
+    """
+    if x.record_id == y.record_id:
+        return None
+    first, second = (x, y) if x.record_id < y.record_id else (y, x)
+    decisions = {
+        d
+        for d in (
+            first.decision_about(second.record_id),
+            second.decision_about(first.record_id),
+        )
+        if d is not None
+    }
+    score, reasons = match_score(first, second)
+    if len(decisions) > 1 or _CONTESTED in decisions:
+        state = PairState.DISPUTED
+    elif decisions == {SAME_PERSON}:
+        state = PairState.LINKED
+    elif decisions == {DIFFERENT_PEOPLE}:
+        return None
+    elif score >= MATCH_THRESHOLD:
+        state = PairState.POSSIBLE
+    else:
+        return None
+    return PersonPair(first, second, state, score, reasons)
+
+
+# ------------------------------------------------------------------ checking bytes
+
+
+def _items(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list) or len(value) > _MAX_ITEMS * 4:
+        raise InvalidInputError(f"person card: {where!r} must be a list of at most 64 items")
+    return value
+
+
+def _text(value: object, where: str, *, empty: bool = True) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_TEXT * 4 or (not empty and not value):
+        raise InvalidInputError(f"person card: {where!r} must hold short text")
+    return value
+
+
+def _pair(value: object, where: str) -> tuple[str, str]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise InvalidInputError(f"person card: {where!r} items must be [system, value]")
+    return _text(value[0], where), _text(value[1], where, empty=False)
+
+
+def _link(value: object) -> tuple[str, str]:
+    other, decision = _pair(value, "links")
+    if decision not in LINK_DECISIONS and decision != _CONTESTED:
+        raise InvalidInputError(f"person card: unknown link decision {decision!r}")
+    return other, decision
