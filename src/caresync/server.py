@@ -48,7 +48,15 @@ from caresync.exceptions import (
 )
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.listing import ConflictListing
 from caresync.names import check_organisation, check_username
+from caresync.observe import (
+    METRICS_CONTENT_TYPE,
+    STALE_AFTER_MS,
+    ServerEvents,
+    ServerMetrics,
+    StoreFigures,
+)
 from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
@@ -77,7 +85,13 @@ from caresync.records import Admission, AdmissionLimits, Record
 from caresync.records.persons import person_card
 from caresync.storage import IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
 from caresync.throttle import LoginThrottle
-from caresync.transport import Channel, ChannelHandler, WebSocketListener, serve_websockets
+from caresync.transport import (
+    Channel,
+    ChannelHandler,
+    HttpAnswer,
+    WebSocketListener,
+    serve_websockets,
+)
 
 __all__ = ["LoginThrottle", "ServerKey", "SyncServer", "hash_password"]
 
@@ -102,6 +116,11 @@ MAX_PENDING_LOGINS = 256
 SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
+HEALTH_TIMEOUT_S = 5.0
+"""How long ``/healthz`` and ``/metrics`` wait for the store before answering 503."""
+METRICS_MAX_AGE_S = 5.0
+"""How long the database figures of ``/metrics`` are reused before being read again."""
+_TEXT = "text/plain; charset=utf-8"
 _hasher = PasswordHasher()
 logger = logging.getLogger("caresync.server")
 
@@ -156,6 +175,7 @@ class _Connection:
 
     protocol: ServerProtocol
     channel: Channel
+    events: ServerEvents
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     user: str | None = None
     organisation: str | None = None
@@ -171,6 +191,10 @@ class _Connection:
     copy_total: int = 0
 
     async def flush(self) -> None:
+        for error in self.protocol.errors_sent():  # every refusal is logged and counted
+            self.events.refused(
+                self.channel.peer, self.protocol.replica_id, error.code, error.message, error.fatal
+            )
         for frame in self.protocol.data_to_send():
             await self.channel.send(frame)
 
@@ -255,6 +279,11 @@ class SyncServer:
         self._listener: WebSocketListener | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.on_commit: list[Callable[[int], Awaitable[None] | None]] = []
+        self.metrics = ServerMetrics()
+        """The server's Prometheus registry (``GET /metrics``)."""
+        self.events = ServerEvents(self.metrics)
+        self._figures: tuple[float, StoreFigures] | None = None
+        self._figures_lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -396,7 +425,9 @@ class SyncServer:
                 )
                 if current != generation or expired:
                     generation = current
-                    await self.recheck_sessions()
+                    closed = await self.recheck_sessions()
+                    if closed:
+                        self.events.sessions_ended(closed)
             except StorageError as exc:  # a busy or full disk: try again next round
                 logger.warning("could not re-check sessions: %s", exc)
 
@@ -424,10 +455,68 @@ class SyncServer:
             ssl=ssl,
             max_frame_bytes=PRE_LOGIN_MAX_FRAME_BYTES,
             max_queued_frames=PRE_LOGIN_QUEUED_FRAMES,
+            http_handler=self.answer_http,
         )
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch_sessions())
         return self._listener
+
+    async def answer_http(self, path: str) -> HttpAnswer | None:
+        """Plain HTTP on the sync port: ``GET /healthz`` and ``GET /metrics``.
+
+        ``/healthz`` is 200 ``ok`` when the store answers within
+        :data:`HEALTH_TIMEOUT_S`, 503 with the reason otherwise (a damaged
+        database, a store that fails or hangs). ``/metrics`` is the Prometheus
+        text format, its gauges read from the store now. Any other path is left
+        to the websocket handshake (None).
+        """
+        route = path.split("?", 1)[0]
+        if route not in ("/healthz", "/metrics"):
+            return None
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                damaged = getattr(self.store, "damaged", None)
+                if damaged:
+                    raise StorageError(f"the database is damaged: {damaged}")
+                if route == "/healthz":
+                    await self.store.feed_head()
+                    return HttpAnswer(200, _TEXT, b"ok\n")
+                figures = await self._recent_figures()
+        except (StorageError, TimeoutError) as exc:
+            reason = str(exc) or f"the store did not answer within {HEALTH_TIMEOUT_S:g} s"
+            logger.warning("%s: unhealthy: %s", route, reason)
+            return HttpAnswer(503, _TEXT, f"unhealthy: {reason}\n".encode())
+        self.metrics.refresh(figures, len(self._connections))
+        return HttpAnswer(200, METRICS_CONTENT_TYPE, self.metrics.exposition())
+
+    async def _recent_figures(self) -> StoreFigures:
+        """The store's figures, read at most once per :data:`METRICS_MAX_AGE_S`: the
+        endpoint needs no login, so scraping it often must not load the store."""
+        async with self._figures_lock:
+            now = asyncio.get_running_loop().time()
+            if self._figures is None or now - self._figures[0] > METRICS_MAX_AGE_S:
+                self._figures = (now, await self._store_figures())
+            return self._figures[1]
+
+    async def _store_figures(self) -> StoreFigures:
+        now = self._now_ms()
+        laptops = [r for r in await self.store.replicas() if not r.revoked]
+        waiting = [r for r in laptops if r.pending]
+        oldest = min((r.oldest_pending_ms for r in waiting if r.oldest_pending_ms), default=None)
+        return StoreFigures(
+            feed_head=await self.store.feed_head(),
+            records=await self.store.count_records(),
+            open_conflicts=await ConflictListing(self.store, self._pool).count(),
+            laptops=len(laptops),
+            laptops_stale=sum(
+                1
+                for r in laptops
+                if r.last_seen_ms is None or now - r.last_seen_ms > STALE_AFTER_MS
+            ),
+            laptops_pending=len(waiting),
+            pending_changes=sum(r.pending or 0 for r in waiting),
+            oldest_pending_age_s=0.0 if oldest is None else max(0, now - oldest) / 1000,
+        )
 
     @property
     def url(self) -> str:
@@ -456,7 +545,8 @@ class SyncServer:
 
     async def handle(self, channel: Channel) -> None:
         """Serve one connection until it closes (the listener calls this)."""
-        conn = _Connection(ServerProtocol(self.server_id), channel)
+        conn = _Connection(ServerProtocol(self.server_id), channel, self.events)
+        self.events.connected(channel.peer)
         if self._pending_logins >= self.max_pending_logins:
             await self._end(conn, ErrorCode.BUSY, "too many connections are logging in; retry")
             return
@@ -500,9 +590,9 @@ class SyncServer:
                     )
         except (ConnectionLostError, ProtocolError):
             return  # the peer went away or broke the protocol; nothing half-done stays
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - events.fault logs it with its traceback
             # A fault of ours (a full disk outside a push, a bug): say so, keep serving others.
-            logger.exception("connection from %s failed", channel.peer)
+            self.events.fault(channel.peer, exc)
             await self._end(conn, ErrorCode.INTERNAL, "the server failed; nothing more was done")
         finally:
             if waiting:
@@ -552,6 +642,9 @@ class SyncServer:
             outcome = await self.gate.resume(login, hello, address)
         if isinstance(outcome, Refused):
             conn.protocol.reject(outcome.code, outcome.message)
+            conn.protocol.errors_sent()  # logged here as a failed login, not as a refusal too
+            user = login.username if isinstance(login, Authenticate) else None
+            self.events.login_failed(conn.channel.peer, user, outcome.code, outcome.message)
             return
         expected = conn.protocol.organisation
         if expected is not None and expected != outcome.organisation:
@@ -571,6 +664,7 @@ class SyncServer:
             replica_secret=outcome.new_secret,
         )
         replica_id = conn.protocol.replica_id
+        self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
         if replica_id is not None:  # seen: only now that it proved who it is
             await self.store.touch_replica(replica_id, self._now_ms())
 
@@ -584,6 +678,9 @@ class SyncServer:
             return
         replica_id, secret = outcome
         conn.protocol.accept_enrolment(replica_id, login.organisation, replica_secret=secret)
+        self.events.enrolled(
+            conn.channel.peer, replica_id, login.organisation, login.user, enrol.device_name
+        )
 
     async def _on_copy(self, conn: _Connection, request: CopyRequest) -> None:
         organisation = conn.organisation
@@ -663,6 +760,13 @@ class SyncServer:
         )
         conn.copy_last = records[-1][0] if records else request.after_record_id
         conn.copy_done, conn.copy_bytes = done, sent_bytes
+        self.events.copied(
+            conn.protocol.replica_id or conn.channel.peer,
+            len(records),
+            size,
+            done,
+            not more or not records,
+        )
 
     async def _index_is_current(self) -> bool:
         """True if the stored conflict index was computed by this server's rulebook."""
@@ -689,6 +793,12 @@ class SyncServer:
             [(i.seq, i.record_id, i.update) for i in items],
             checkpoint=max(checkpoint, request.after_seq),
             head_seq=max(head, checkpoint),
+        )
+        self.events.pulled(
+            conn.protocol.replica_id or conn.channel.peer,
+            len(items),
+            sum(len(i.update) for i in items),
+            max(checkpoint, request.after_seq),
         )
 
     async def _on_push(self, conn: _Connection, batch: PushBatch) -> None:
@@ -726,6 +836,12 @@ class SyncServer:
                 return
             # Acknowledge only now: the batch is committed (or was, before a resend).
             conn.protocol.ack_push(batch.items[-1].local_seq)
+        self.events.pushed(
+            replica_id,
+            len(batch.items),
+            sum(len(item.update) for item in batch.items),
+            len({item.record_id for item in batch.items}),
+        )
 
     async def _commit_push(
         self, conn: _Connection, checkpoint: tuple[str, str], items: list[PushItem]

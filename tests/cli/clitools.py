@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,11 @@ class ServerProcess:
             env=env(),
         )
         self.url = ""
+        # The server logs on standard error as it runs: read it as it comes, or a
+        # full pipe would stop the server mid-test.
+        self._err = bytearray()
+        self._err_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._err_reader.start()
         try:
             line = read_line(self.proc, START_TIMEOUT_S)
             assert line.startswith(LISTENING), line
@@ -109,6 +115,16 @@ class ServerProcess:
         except BaseException:
             self.kill()
             raise
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):  # type: ignore[union-attr]
+            self._err.extend(chunk)
+
+    @property
+    def stderr(self) -> str:
+        """What the server wrote on standard error so far (its log)."""
+        return self._err.decode(errors="replace")
 
     @property
     def port(self) -> int:
@@ -119,16 +135,18 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            _, err = self.proc.communicate(timeout=COMMAND_TIMEOUT_S)
+            self.proc.wait(timeout=COMMAND_TIMEOUT_S)
+            self._err_reader.join(timeout=COMMAND_TIMEOUT_S)  # ends at the pipe's end
         finally:
             self.kill()
-        return self.proc.returncode, err.decode(errors="replace")
+        return self.proc.returncode, self.stderr
 
     def kill(self) -> None:
         """SIGKILL (no clean shutdown), and reap the process."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=COMMAND_TIMEOUT_S)
+        self._err_reader.join(timeout=COMMAND_TIMEOUT_S)  # the pipe ends with the process
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import urllib.request
 from pathlib import Path
 
 import trustme
@@ -111,3 +113,36 @@ def test_revoked_laptop_locks_and_keeps_its_work(tmp_path: Path) -> None:
     finally:
         code, err = server.stop()
     assert code == 0, err
+
+
+def test_serve_logs_json_lines_and_answers_health_checks(tmp_path: Path) -> None:
+    db = tmp_path / "server.db"
+    inproc("user add --db {db} --org clinic --username dr.a", db=db).ok()
+    server = ServerProcess(db, "--log-format", "json")
+    try:
+        http_url = server.url.replace("ws://", "http://")
+        with urllib.request.urlopen(f"{http_url}/healthz", timeout=10) as answer:
+            assert (answer.status, answer.read()) == (200, b"ok\n")
+        laptop = tmp_path / "laptop.db"
+        enrol = "enrol --db {db} --server {url} --org clinic --username dr.a --device-name desk-7"
+        inproc(enrol, db=laptop, url=server.url).ok()
+        wrong = inproc(enrol, db=tmp_path / "other.db", url=server.url, password="Tr0ub4dor-guess")
+        assert wrong.code != 0
+        with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as answer:
+            exposed = answer.read().decode()
+        assert "caresync_enrolments_total 1.0" in exposed
+        assert 'caresync_logins_total{outcome="failed"} 1.0' in exposed
+    finally:
+        code, err = server.stop()
+    assert code == 0, err
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line JSON
+    by_event = {line.get("event"): line for line in lines}
+    enrolled = by_event["enrolment"]
+    assert enrolled["device_name"] == "desk-7"
+    assert enrolled["user"] == "dr.a"
+    assert enrolled["level"] == "info"
+    assert by_event["login"]["organisation"] == "clinic"
+    assert by_event["first_copy"]["final"] is True
+    assert by_event["login_failed"]["level"] == "warning"
+    assert "Tr0ub4dor-guess" not in err  # never a password
+    assert {"time", "logger", "message"} <= set(enrolled)

@@ -732,3 +732,18 @@ def test_copy_with_a_plain_record_list_and_no_more_records() -> None:
     assert batch.final
     assert batch.records == ()
     assert CopyRecord("a", b"1") == ("a", b"1")
+
+
+def test_errors_sent_lists_each_error_queued_once() -> None:
+    server = ServerProtocol(SERVER_ID)
+    with pytest.raises(SyncRefusedError):
+        server.receive_data(frame(Hello((7, 8)), version=7))
+    [error] = server.errors_sent()
+    assert error.code == "unsupported_version"
+    assert error.fatal
+    assert server.errors_sent() == []  # taken once
+    assert [type(m) for m in sent_messages(server)] == [Error]  # and still sent
+    fresh = ServerProtocol(SERVER_ID)
+    with pytest.raises(ProtocolError):
+        fresh.receive_data(b"\x00not a frame")
+    assert [e.code for e in fresh.errors_sent()] == ["bad_message"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from caresync.cli.common import add_db, add_json, listen_host, path, port, run
 from caresync.cli.databases import files_before, remove_if_new, rulebook
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
+from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
 
@@ -50,8 +53,43 @@ def register(commands: Any) -> None:
         help="refuse revisions dated more than this far past the server's clock (24); raise "
         "it for a while to let in edits a laptop made with its clock far ahead",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="how the server's log lines on standard error read: text (default), or one "
+        "JSON object per line (time, level, logger, message, event and its fields)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the least important log lines written (info)",
+    )
     add_json(serve)
     serve.set_defaults(handler=_serve)
+
+
+def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
+    """The server's log on standard error (standard output is for the result).
+
+    Returns what puts the ``caresync`` logger back as it was (``serve`` may run
+    inside another program, such as a test)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("caresync")
+    before = (list(root.handlers), root.level, root.propagate)
+
+    def restore() -> None:
+        root.handlers[:], root.level, root.propagate = before
+
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    return restore
 
 
 def _hours(text: str) -> float:
@@ -77,8 +115,16 @@ def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return context
 
 
+def _log_note(message: str) -> None:
+    """With ``--log-format json``, what serve says of itself is a log line too."""
+    logging.getLogger("caresync.server").info(
+        "%s", message, extra={"caresync": {"event": "server"}}
+    )
+
+
 def _serve(args: argparse.Namespace, out: Output) -> int:
     context = _tls(args.tls_cert, args.tls_key)
+    restore_logging = _configure_logging(args.log_format, args.log_level)
     before = files_before(Path(args.db))
     listening = asyncio.Event()
     try:
@@ -87,11 +133,14 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             if args.max_clock_ahead is None
             else AdmissionLimits(max_clock_ahead_ms=int(args.max_clock_ahead * 3_600_000))
         )
-        run(_run_server(args.db, args.host, args.port, context, out, listening, admission))
+        note = _log_note if args.log_format == "json" else out.note
+        run(_run_server(args.db, args.host, args.port, context, out, listening, admission, note))
     except BaseException:
         if not listening.is_set():  # it never served: a database it made holds nothing
             remove_if_new(Path(args.db), before)
         raise
+    finally:
+        restore_logging()
     return 0
 
 
@@ -103,7 +152,9 @@ async def _run_server(
     out: Output,
     listening: asyncio.Event,
     admission: AdmissionLimits | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> None:
+    note = out.note if note is None else note
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -127,10 +178,10 @@ async def _run_server(
             else:
                 sys.stdout.write(f"{LISTENING}{server.url}\n")
                 sys.stdout.flush()
-            out.note(f"server {server.server_id}, database {db}; Ctrl-C or SIGTERM stops it")
+            note(f"server {server.server_id}, database {db}; Ctrl-C or SIGTERM stops it")
             await stop.wait()
-            out.note("stopping: closing connections and the database")
+            note("stopping: closing connections and the database")
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-    out.note("caresync server stopped")
+    note("caresync server stopped")

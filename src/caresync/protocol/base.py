@@ -124,6 +124,7 @@ class SyncProtocol(Generic[StateT, EventT]):
         self._version: int | None = None
         self._events: list[EventT] = []
         self._outgoing: list[bytes] = []
+        self._errors_sent: list[Error] = []
         self._outstanding: dict[RequestKind, Message] = {}
         self._failure: CaresyncError | None = None
         self._peer_error: Error | None = None
@@ -218,6 +219,12 @@ class SyncProtocol(Generic[StateT, EventT]):
         frames, self._outgoing = self._outgoing, []
         return frames
 
+    def errors_sent(self) -> list[Error]:
+        """The :class:`~caresync.protocol.messages.Error` messages queued for the peer
+        since the last call, oldest first (what a shell logs and counts as refusals)."""
+        errors, self._errors_sent = self._errors_sent, []
+        return errors
+
     # ------------------------------------------------------------- common moves
 
     def close(self, reason: str = "") -> None:
@@ -258,6 +265,8 @@ class SyncProtocol(Generic[StateT, EventT]):
 
     def _queue(self, message: Message) -> None:
         """Encode and queue ``message`` for the peer, outside the tables."""
+        if isinstance(message, Error):
+            self._errors_sent.append(message)
         self._outgoing.append(
             encode_frame(
                 message,

@@ -3,6 +3,8 @@
 from caresync.transport.base import DEFAULT_MAX_FRAME_BYTES, Channel, ChannelHandler, Listener
 from caresync.transport.memory import MemoryChannel, MemoryListener, memory_pipe
 from caresync.transport.websocket import (
+    HttpAnswer,
+    HttpHandler,
     WebSocketChannel,
     WebSocketListener,
     check_server_url,
@@ -15,6 +17,8 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "Channel",
     "ChannelHandler",
+    "HttpAnswer",
+    "HttpHandler",
     "Listener",
     "MemoryChannel",
     "MemoryListener",

@@ -6,14 +6,19 @@ an oversized frame FrameTooLargeError, a refused handshake ConnectionLostError.
 
 from __future__ import annotations
 
+import email.utils
+import http
 import ipaddress
 import ssl as ssl_module
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
+from websockets.http11 import Request, Response
 
 from caresync.exceptions import (
     ConnectionLostError,
@@ -25,6 +30,8 @@ from caresync.exceptions import (
 from caresync.transport.base import DEFAULT_MAX_FRAME_BYTES, ChannelHandler
 
 __all__ = [
+    "HttpAnswer",
+    "HttpHandler",
     "WebSocketChannel",
     "WebSocketListener",
     "check_server_url",
@@ -32,6 +39,18 @@ __all__ = [
     "is_loopback_host",
     "serve_websockets",
 ]
+
+
+class HttpAnswer(NamedTuple):
+    """A plain HTTP answer on the websocket port (a health check, metrics)."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+HttpHandler = Callable[[str], Awaitable[HttpAnswer | None]]
+"""Given a request's path, an answer, or None to go on with the websocket handshake."""
 
 
 class WebSocketChannel:
@@ -219,12 +238,33 @@ async def serve_websockets(
     ssl: ssl_module.SSLContext | None = None,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     max_queued_frames: int = 16,
+    http_handler: HttpHandler | None = None,
 ) -> WebSocketListener:
     """Listen on ``host:port`` (port 0 picks a free one) and run ``handler`` per channel.
 
     ``max_frame_bytes`` and ``max_queued_frames`` apply from a connection's first
     byte; a handler may raise them for its channel (``set_limits``).
+    ``http_handler`` answers plain HTTP requests on the same port (it sees each
+    request's path first; None lets the websocket handshake go on).
     """
+
+    async def process_request(_connection: ServerConnection, request: Request) -> Response | None:
+        if http_handler is None:
+            return None
+        answer = await http_handler(request.path)
+        if answer is None:
+            return None
+        status = http.HTTPStatus(answer.status)
+        headers = Headers(
+            [
+                ("Date", email.utils.formatdate(usegmt=True)),
+                ("Connection", "close"),
+                ("Content-Length", str(len(answer.body))),
+                ("Content-Type", answer.content_type),
+                ("Cache-Control", "no-store"),
+            ]
+        )
+        return Response(status.value, status.phrase, headers, answer.body)
 
     async def on_connection(connection: ServerConnection) -> None:
         address = connection.remote_address
@@ -240,6 +280,7 @@ async def serve_websockets(
             max_size=max_frame_bytes,
             max_queue=max_queued_frames,
             compression=None,
+            process_request=process_request,
         )
     except ValueError as exc:  # a host that is not one (a NUL, an over-long label)
         raise InvalidInputError(f"cannot listen on {host!r:.100}: {exc}") from None

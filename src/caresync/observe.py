@@ -1,0 +1,284 @@
+"""What a running server tells its administrator: log lines, metrics and its health.
+
+Every event that matters (a connection, a login and a failed one, an enrolment,
+a refusal with its code, a push, a pull, a first-copy batch, a session ended, a
+fault) goes through :class:`ServerEvents`, which writes one log line for it on
+the ``caresync.server`` logger and counts it in the server's Prometheus
+registry. Log lines carry their fields in ``record.caresync`` (a dict), which
+:class:`JsonLogFormatter` writes as one JSON object per line. Nothing clinical
+is ever logged: record ids, sizes, names of accounts and replicas only.
+
+Gauges that describe the database (the feed head, open conflicts, laptops not
+seen for a day, pending outboxes) are read from the store when ``/metrics`` is
+asked for (:meth:`ServerMetrics.refresh`), not kept up to date on every write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = [
+    "METRICS_CONTENT_TYPE",
+    "STALE_AFTER_MS",
+    "JsonLogFormatter",
+    "ServerEvents",
+    "ServerMetrics",
+    "StoreFigures",
+]
+
+logger = logging.getLogger("caresync.server")
+
+STALE_AFTER_MS = 24 * 3_600_000
+"""A laptop not seen for this long is counted as stale (``caresync_laptops_stale``)."""
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The Content-Type of ``/metrics`` (the Prometheus text format)."""
+
+
+class StoreFigures:
+    """What the gauges say about the database, read at one scrape."""
+
+    def __init__(
+        self,
+        *,
+        feed_head: int,
+        records: int,
+        open_conflicts: int,
+        laptops: int,
+        laptops_stale: int,
+        laptops_pending: int,
+        pending_changes: int,
+        oldest_pending_age_s: float,
+    ) -> None:
+        self.feed_head = feed_head
+        self.records = records
+        self.open_conflicts = open_conflicts
+        self.laptops = laptops
+        self.laptops_stale = laptops_stale
+        self.laptops_pending = laptops_pending
+        self.pending_changes = pending_changes
+        self.oldest_pending_age_s = oldest_pending_age_s
+
+
+class ServerMetrics:
+    """One server's Prometheus registry: counters of events, gauges of the database."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, tuple(labels), registry=self.registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, registry=self.registry)
+
+        self.connections = counter("caresync_connections", "Connections accepted")
+        self.logins = counter("caresync_logins", "Login attempts, by outcome", ["outcome"])
+        self.enrolments = counter("caresync_enrolments", "Laptops enrolled")
+        self.refusals = counter(
+            "caresync_refusals", "Errors sent to peers (refusals), by code", ["code"]
+        )
+        self.pushes = counter("caresync_pushes", "Push batches committed")
+        self.pushed_updates = counter("caresync_pushed_updates", "Updates in committed pushes")
+        self.pushed_bytes = counter("caresync_pushed_bytes", "Update bytes in committed pushes")
+        self.pulls = counter("caresync_pulls", "Pull batches sent")
+        self.pulled_updates = counter("caresync_pulled_updates", "Updates sent in pulls")
+        self.pulled_bytes = counter("caresync_pulled_bytes", "Update bytes sent in pulls")
+        self.copy_batches = counter("caresync_copy_batches", "First-copy batches sent")
+        self.copied_records = counter("caresync_copied_records", "Records sent in first copies")
+        self.copied_bytes = counter("caresync_copied_bytes", "Record bytes sent in first copies")
+        self.faults = counter("caresync_faults", "Connections that failed by a fault of ours")
+        self.connections_open = gauge("caresync_connections_open", "Connections open now")
+        self.feed_head = gauge("caresync_feed_head", "The change feed's highest sequence number")
+        self.records = gauge("caresync_records", "Records stored")
+        self.open_conflicts = gauge(
+            "caresync_open_conflicts", "Open conflicts and findings, as conflicts list counts them"
+        )
+        self.laptops = gauge("caresync_laptops", "Enrolled laptops, not revoked")
+        self.laptops_stale = gauge(
+            "caresync_laptops_stale", "Enrolled laptops not seen for 24 hours (or never)"
+        )
+        self.laptops_pending = gauge(
+            "caresync_laptops_pending", "Laptops that last reported changes waiting to sync"
+        )
+        self.pending_changes = gauge(
+            "caresync_pending_changes", "Changes waiting on laptops, as they last reported"
+        )
+        self.oldest_pending_age = gauge(
+            "caresync_oldest_pending_age_seconds",
+            "Age of the oldest change waiting on a laptop, as last reported (0: none)",
+        )
+
+    def refresh(self, figures: StoreFigures, connections_open: int) -> None:
+        """Set the gauges from what the store says now."""
+        self.connections_open.set(connections_open)
+        self.feed_head.set(figures.feed_head)
+        self.records.set(figures.records)
+        self.open_conflicts.set(figures.open_conflicts)
+        self.laptops.set(figures.laptops)
+        self.laptops_stale.set(figures.laptops_stale)
+        self.laptops_pending.set(figures.laptops_pending)
+        self.pending_changes.set(figures.pending_changes)
+        self.oldest_pending_age.set(figures.oldest_pending_age_s)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class ServerEvents:
+    """Log and count what happens on a server: one method per event, one line each."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def connected(self, peer: str) -> None:
+        self.metrics.connections.inc()
+        _log(logging.DEBUG, "connected", f"connection from {peer}", peer=peer)
+
+    def logged_in(self, peer: str, user: str, organisation: str, replica: str | None) -> None:
+        self.metrics.logins.labels("ok").inc()
+        _log(
+            logging.INFO,
+            "login",
+            f"{user} ({organisation}) logged in from {peer} on {replica or 'a new laptop'}",
+            peer=peer,
+            user=user,
+            organisation=organisation,
+            replica=replica,
+        )
+
+    def login_failed(self, peer: str, user: str | None, code: str, reason: str) -> None:
+        self.metrics.logins.labels("failed").inc()
+        _log(
+            logging.WARNING,
+            "login_failed",
+            f"login failed from {peer} as {user or '(no user)'}: {code}: {reason}",
+            peer=peer,
+            user=user,
+            code=code,
+            reason=reason,
+        )
+
+    def enrolled(
+        self, peer: str, replica: str, organisation: str, user: str, device_name: str
+    ) -> None:
+        self.metrics.enrolments.inc()
+        _log(
+            logging.INFO,
+            "enrolment",
+            f"{user} enrolled {replica} ({device_name or 'no device name'}) in {organisation}",
+            peer=peer,
+            replica=replica,
+            organisation=organisation,
+            user=user,
+            device_name=device_name,
+        )
+
+    def refused(self, peer: str, replica: str | None, code: str, message: str, fatal: bool) -> None:
+        self.metrics.refusals.labels(code).inc()
+        _log(
+            logging.WARNING,
+            "refusal",
+            f"refused {replica or peer}: {code}: {message}",
+            peer=peer,
+            replica=replica,
+            code=code,
+            reason=message,
+            fatal=fatal,
+        )
+
+    def pushed(self, replica: str, updates: int, size: int, records: int) -> None:
+        self.metrics.pushes.inc()
+        self.metrics.pushed_updates.inc(updates)
+        self.metrics.pushed_bytes.inc(size)
+        _log(
+            logging.INFO,
+            "push",
+            f"{replica} pushed {updates} updates of {records} records ({size} bytes)",
+            replica=replica,
+            updates=updates,
+            bytes=size,
+            records=records,
+        )
+
+    def pulled(self, replica: str, updates: int, size: int, checkpoint: int) -> None:
+        self.metrics.pulls.inc()
+        self.metrics.pulled_updates.inc(updates)
+        self.metrics.pulled_bytes.inc(size)
+        _log(
+            logging.INFO if updates else logging.DEBUG,
+            "pull",
+            f"{replica} pulled {updates} updates ({size} bytes), up to {checkpoint}",
+            replica=replica,
+            updates=updates,
+            bytes=size,
+            checkpoint=checkpoint,
+        )
+
+    def copied(self, replica: str, records: int, size: int, done: int, final: bool) -> None:
+        self.metrics.copy_batches.inc()
+        self.metrics.copied_records.inc(records)
+        self.metrics.copied_bytes.inc(size)
+        _log(
+            logging.INFO if final else logging.DEBUG,
+            "first_copy",
+            f"{replica} copied {records} records ({size} bytes), {done} in all"
+            + (": the first copy is complete" if final else ""),
+            replica=replica,
+            records=records,
+            bytes=size,
+            done=done,
+            final=final,
+        )
+
+    def sessions_ended(self, connections: int) -> None:
+        _log(
+            logging.INFO,
+            "sessions_ended",
+            f"closed {connections} connections whose session ended (revoked, disabled, "
+            "new password or expired)",
+            connections=connections,
+        )
+
+    def fault(self, peer: str, exc: BaseException) -> None:
+        self.metrics.faults.inc()
+        logger.error(
+            "connection from %s failed: %s",
+            peer,
+            exc,
+            exc_info=exc,
+            extra={"caresync": {"event": "fault", "peer": peer, "error": type(exc).__name__}},
+        )
+
+
+def _log(level: int, event: str, message: str, **fields: object) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, "%s", message, extra={"caresync": {"event": event, **fields}})
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, the event's fields (``event``, ``peer``, ``replica``, ...), and
+    ``exception`` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "caresync", None)
+        if isinstance(fields, Mapping):
+            line.update((str(k), v) for k, v in fields.items() if k not in line)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
