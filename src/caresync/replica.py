@@ -59,6 +59,7 @@ from caresync.exceptions import (
     InvalidUpdateError,
     NotEnrolledError,
     ProtocolError,
+    RecordMismatchError,
     RemoteProtocolError,
     ReplicaRevokedError,
     StorageError,
@@ -1343,6 +1344,7 @@ class _Session:
                         record = pool.peek(record_id)
                         if record is not None:
                             record.apply_update(update)
+                            record.check_id()  # loading checks it; a loaded record here
                         else:
                             before = stored_by_id.get(record_id)
                             # Stored state and arrival taken in one pass, with no merge first.
@@ -1354,9 +1356,10 @@ class _Session:
                         item = IncomingUpdate(
                             record_id, update, pool.rows(record), organisation, person_card(record)
                         )
-                    except InvalidUpdateError:
-                        # Bytes this replica cannot merge: keep the bad ones aside, take
-                        # the rest, and finish the sync (it would fail at every sync after).
+                    except (InvalidUpdateError, RecordMismatchError):
+                        # Bytes this replica cannot merge, or that would make the record
+                        # another's: keep the bad ones aside, take the rest, and finish
+                        # the sync (it would fail at every sync after).
                         pool.forget(record_id)
                         if record_id in absent:
                             before = None
@@ -1404,7 +1407,7 @@ class _Session:
                 # Built afresh each time: a failed merge may leave a document unusable.
                 record = pool.load_bytes(record_id, *base, *accepted, part)
                 accepted.append(part)
-            except InvalidUpdateError as exc:
+            except (InvalidUpdateError, RecordMismatchError) as exc:
                 pool.forget(record_id)
                 record = None
                 kept_aside.append(QuarantinedUpdate(record_id, part, str(exc)))

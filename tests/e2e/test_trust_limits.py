@@ -18,6 +18,7 @@ from argon2 import PasswordHasher
 from tests.e2e.hostile import Hostile, closed_by_server
 from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, start_server
 
+from caresync import Record
 from caresync.exceptions import (
     AuthenticationError,
     ConnectionLostError,
@@ -275,6 +276,49 @@ async def test_bytes_a_laptop_cannot_merge_are_kept_aside_and_the_sync_finishes(
         # The rest of that record still arrived; the next sync is clean.
         assert (await laptop.record(bad)).value("note") == "written after the damage"
         await laptop.sync()
+        assert (await laptop.status()).quarantined == 1
+    finally:
+        await laptop.close()
+        await writer.close()
+        await server.close()
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["record loaded", "record on disk"])
+async def test_an_update_that_renames_a_record_is_kept_aside_and_the_sync_finishes(
+    tmp_path: Path, loaded: bool
+) -> None:
+    """Anything over the wire is untrusted: a feed row (planted here, as a server before
+    admission could have stored it) that makes a record another's is kept aside."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    writer = await enrolled(tmp_path, server, "writer")
+    try:
+        held = await writer.create_record()
+        await writer.set(held, "name", "Awa Diop", author="dr.a")
+        await writer.sync()
+        await laptop.sync()
+        if loaded:
+            assert (await laptop.record(held)).value("name") == "Awa Diop"
+        else:  # a fresh process: nothing of the record in memory
+            await laptop.close()
+            laptop = await Replica.open(tmp_path / "laptop.db")
+        renamed = Record.from_update(held, await server.store.load(held) or b"", replica="evil")
+        before = renamed.state_vector()
+        renamed._meta["id"] = "another-record"  # no public API writes a record's id
+        moved = renamed.update_since(before)
+        await _feed_row(server, held, moved)
+        await writer.set(held, "name", "Awa Diop Sow", author="dr.a")
+        await writer.sync()
+        await laptop.sync()  # finishes
+        [kept] = await laptop.quarantined()
+        assert kept.record_id == held
+        assert kept.update == moved
+        assert "another-record" in kept.reason
+        assert (await laptop.record(held)).value("name") == "Awa Diop Sow"  # the rest arrived
+        stored = await laptop.store.load(held)
+        assert stored is not None
+        Record.from_update(held, stored, replica="check")  # still its own: loading checks
+        await laptop.sync()  # and the next sync is clean
         assert (await laptop.status()).quarantined == 1
     finally:
         await laptop.close()
