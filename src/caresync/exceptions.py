@@ -37,6 +37,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── WrongServerError         enrolled to another server
      │    ├── WrongOrganisationError   enrolled to another organisation
      │    ├── AuthenticationError      bad username or password, or an expired session
+     │    │    └── LoginLockedError    too many failed offline logins: wait, then try again
      │    ├── ReplicaRevokedError      the replica was revoked; it is locked
      │    ├── NotEnrolledError         the replica has not been enrolled yet
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
@@ -65,6 +66,7 @@ __all__ = [
     "InvalidUpdateError",
     "InvalidValueError",
     "LocalProtocolError",
+    "LoginLockedError",
     "NotACaresyncDatabaseError",
     "NotEnrolledError",
     "NotImplementedFeatureError",
@@ -231,6 +233,15 @@ class WrongOrganisationError(SyncRefusedError):
 
 class AuthenticationError(SyncRefusedError):
     """Bad username or password, or a session that is no longer valid."""
+
+
+class LoginLockedError(AuthenticationError):
+    """Too many failed offline logins on this laptop: no password is checked until
+    ``retry_after_s`` seconds have passed."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ReplicaRevokedError(SyncRefusedError):

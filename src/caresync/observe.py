@@ -182,16 +182,20 @@ class ServerEvents:
             device_name=device_name,
         )
 
-    def refused(self, peer: str, replica: str | None, code: str, message: str, fatal: bool) -> None:
+    def refused(
+        self, peer: str, replica: str | None, code: str, fatal: bool, *, logged_in: bool
+    ) -> None:
+        """An Error sent to a peer. Its message is not logged: a refused push's quotes
+        the value refused, which may be clinical. Before a login, at debug level only
+        (anyone can send junk; the counter still counts it)."""
         self.metrics.refusals.labels(code).inc()
         _log(
-            logging.WARNING,
+            logging.WARNING if logged_in else logging.DEBUG,
             "refusal",
-            f"refused {replica or peer}: {code}: {message}",
+            f"refused {replica or peer}: {code}" + ("" if fatal else " (the session goes on)"),
             peer=peer,
             replica=replica,
             code=code,
-            reason=message,
             fatal=fatal,
         )
 

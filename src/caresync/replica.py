@@ -57,6 +57,7 @@ from caresync.exceptions import (
     InvalidInputError,
     InvalidResolutionError,
     InvalidUpdateError,
+    LoginLockedError,
     NotEnrolledError,
     ProtocolError,
     RecordMismatchError,
@@ -142,12 +143,20 @@ _LAST_SYNC_MS = "sync.last_ms"
 _SESSION = "session.token"
 _SESSION_USER = "session.user"
 _OFFLINE_LOGIN = "login.offline:"  # + username: argon2id hash of the password
+_OFFLINE_FAILURES = "login.offline.failures"  # "COUNT:LOCKED_UNTIL_MS", failed in a row
 _LOCKED = "replica.locked"  # why the server revoked this replica; set once, kept
 _SECRET = "replica.secret"  # base64: the secret this replica proves at every login
 _PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
 _PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
 _PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
+
+OFFLINE_LOGIN_ATTEMPTS = 5
+"""Failed offline logins in a row after which the laptop locks (see login_offline)."""
+OFFLINE_LOCK_FIRST_S = 30.0
+"""The first lock; each further failure doubles it."""
+OFFLINE_LOCK_MAX_S = 3600.0
+"""The longest lock."""
 
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
@@ -712,16 +721,60 @@ class Replica:
         return None if self._pinned_key is None else key_fingerprint(self._pinned_key)
 
     async def login_offline(self, username: str, password: str) -> None:
-        """Check a password offline; only users who logged in online here before can."""
-        stored = await self.store.get_meta(_OFFLINE_LOGIN + username)
-        if stored is None:
-            raise AuthenticationError(
-                f"{username} has never logged in online on this laptop; connect to log in"
+        """Check a password offline; only users who logged in online here before can.
+
+        After :data:`OFFLINE_LOGIN_ATTEMPTS` failed attempts in a row (any user,
+        a wrong password or an unknown name), the laptop checks no password for
+        a time that doubles with each further failure, from
+        :data:`OFFLINE_LOCK_FIRST_S` up to :data:`OFFLINE_LOCK_MAX_S`:
+        :class:`~caresync.exceptions.LoginLockedError` says how long. The count
+        is kept in the database, so closing the program does not reset it; a
+        right password does.
+        """
+        failures, locked_until_ms = await self._offline_failures()
+        now_ms = _wall_ms()
+        if locked_until_ms > now_ms:
+            wait_s = (locked_until_ms - now_ms) / 1000
+            raise LoginLockedError(
+                f"too many failed logins on this laptop: try again in {wait_s:.0f} s",
+                retry_after_s=wait_s,
             )
+        stored = await self.store.get_meta(_OFFLINE_LOGIN + username)
         try:
-            self._hasher.verify(stored, password)
-        except (VerificationError, InvalidHashError):
-            raise AuthenticationError(f"wrong password for {username}") from None
+            if stored is None:
+                raise AuthenticationError(
+                    f"{username} has never logged in online on this laptop; connect to log in"
+                )
+            try:
+                self._hasher.verify(stored, password)
+            except (VerificationError, InvalidHashError):
+                raise AuthenticationError(f"wrong password for {username}") from None
+        except AuthenticationError as exc:
+            failures += 1
+            lock_s = 0.0
+            if failures >= OFFLINE_LOGIN_ATTEMPTS:
+                doublings = min(failures - OFFLINE_LOGIN_ATTEMPTS, 32)
+                lock_s = min(OFFLINE_LOCK_FIRST_S * 2**doublings, OFFLINE_LOCK_MAX_S)
+            await self.store.set_meta(
+                _OFFLINE_FAILURES, f"{failures}:{now_ms + int(lock_s * 1000)}"
+            )
+            if lock_s:
+                raise LoginLockedError(
+                    f"{exc}; {failures} failed logins in a row: this laptop checks no "
+                    f"password for {lock_s:.0f} s",
+                    retry_after_s=lock_s,
+                ) from None
+            raise
+        if failures:
+            await self.store.set_meta(_OFFLINE_FAILURES, "0:0")
+
+    async def _offline_failures(self) -> tuple[int, int]:
+        """Failed offline logins in a row, and until when (ms) none is checked."""
+        text = await self.store.get_meta(_OFFLINE_FAILURES) or "0:0"
+        count, _, until = text.partition(":")
+        if not (count.isdigit() and until.isdigit()):
+            raise CorruptDatabaseError("the count of failed offline logins is damaged")
+        return int(count), int(until)
 
     # ------------------------------------------------------------------- sync
 
@@ -940,6 +993,11 @@ class Replica:
             await session.resume()
             await session.synchronise(progress)
             await session.live(stop, attempt)
+
+
+def _wall_ms() -> int:
+    """The wall clock, in milliseconds (what a lock of offline logins is timed by)."""
+    return time.time_ns() // 1_000_000
 
 
 def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:

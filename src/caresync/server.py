@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 from argon2 import PasswordHasher
 
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
+from caresync.conflicts.duplicates import pair_conflicts
 from caresync.credentials import ServerKey
 from caresync.exceptions import (
     CaresyncError,
@@ -48,7 +49,6 @@ from caresync.exceptions import (
 )
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
-from caresync.listing import ConflictListing
 from caresync.names import check_organisation, check_username
 from caresync.observe import (
     METRICS_CONTENT_TYPE,
@@ -193,7 +193,11 @@ class _Connection:
     async def flush(self) -> None:
         for error in self.protocol.errors_sent():  # every refusal is logged and counted
             self.events.refused(
-                self.channel.peer, self.protocol.replica_id, error.code, error.message, error.fatal
+                self.channel.peer,
+                self.protocol.replica_id,
+                error.code,
+                error.fatal,
+                logged_in=self.login is not None,
             )
         for frame in self.protocol.data_to_send():
             await self.channel.send(frame)
@@ -461,7 +465,7 @@ class SyncServer:
             self._watcher = asyncio.create_task(self._watch_sessions())
         return self._listener
 
-    async def answer_http(self, path: str) -> HttpAnswer | None:
+    async def answer_http(self, method: str, path: str) -> HttpAnswer | None:
         """Plain HTTP on the sync port: ``GET /healthz`` and ``GET /metrics``.
 
         ``/healthz`` is 200 ``ok`` when the store answers within
@@ -473,6 +477,15 @@ class SyncServer:
         route = path.split("?", 1)[0]
         if route not in ("/healthz", "/metrics"):
             return None
+        if method != "GET":
+            return HttpAnswer(405, _TEXT, b"only GET\n")
+        try:
+            return await self._answer(route)
+        except Exception as exc:  # noqa: BLE001 - events.fault logs it with its traceback
+            self.events.fault(f"GET {route}", exc)
+            return HttpAnswer(500, _TEXT, b"internal error\n")
+
+    async def _answer(self, route: str) -> HttpAnswer:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 damaged = getattr(self.store, "damaged", None)
@@ -483,9 +496,10 @@ class SyncServer:
                     return HttpAnswer(200, _TEXT, b"ok\n")
                 figures = await self._recent_figures()
         except (StorageError, TimeoutError) as exc:
+            # The reason goes to the log only: the endpoint needs no login.
             reason = str(exc) or f"the store did not answer within {HEALTH_TIMEOUT_S:g} s"
             logger.warning("%s: unhealthy: %s", route, reason)
-            return HttpAnswer(503, _TEXT, f"unhealthy: {reason}\n".encode())
+            return HttpAnswer(503, _TEXT, b"unhealthy\n")
         self.metrics.refresh(figures, len(self._connections))
         return HttpAnswer(200, METRICS_CONTENT_TYPE, self.metrics.exposition())
 
@@ -506,7 +520,10 @@ class SyncServer:
         return StoreFigures(
             feed_head=await self.store.feed_head(),
             records=await self.store.count_records(),
-            open_conflicts=await ConflictListing(self.store, self._pool).count(),
+            # From the indexes only (never building records, whoever asks): each
+            # record's own conflicts and the duplicate-person findings.
+            open_conflicts=await self.store.count_conflicts()
+            + sum(len(pair_conflicts(p)) for p in await self.store.person_pairs()),
             laptops=len(laptops),
             laptops_stale=sum(
                 1

@@ -132,7 +132,7 @@ async def test_a_refusal_is_logged_and_counted_by_its_code(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await start_server(tmp_path)
-    caplog.set_level(logging.INFO, logger="caresync.server")
+    caplog.set_level(logging.DEBUG, logger="caresync.server")  # before a login: debug only
     async with connect(server.url) as websocket:
         await websocket.send(b"\x00not a frame")
         await websocket.recv()  # the Error frame that says why
@@ -141,11 +141,13 @@ async def test_a_refusal_is_logged_and_counted_by_its_code(
     [refusal] = [r for r in caplog.records if getattr(r, "caresync", {}).get("event") == "refusal"]
     assert refusal.caresync["code"] == "bad_message"  # type: ignore[attr-defined]
     assert refusal.caresync["fatal"] is True  # type: ignore[attr-defined]
+    assert refusal.levelno == logging.DEBUG
+    assert "reason" not in refusal.caresync  # type: ignore[attr-defined]  # may quote values
     await server.close()
 
 
 async def test_healthz_is_503_when_the_store_fails_or_hangs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await start_server(tmp_path)
 
@@ -153,8 +155,10 @@ async def test_healthz_is_503_when_the_store_fails_or_hangs(
         raise StorageError("disk I/O error")
 
     monkeypatch.setattr(server.store, "feed_head", failing)
+    caplog.set_level(logging.WARNING, logger="caresync.server")
     status, _type, body = await get(server, "/healthz")
-    assert (status, body) == (503, "unhealthy: disk I/O error\n")
+    assert (status, body) == (503, "unhealthy\n")  # the reason only in the log: no login here
+    assert "disk I/O error" in caplog.text
     assert (await get(server, "/metrics"))[0] == 503
 
     never = asyncio.Event()
@@ -166,8 +170,8 @@ async def test_healthz_is_503_when_the_store_fails_or_hangs(
     monkeypatch.setattr(server.store, "feed_head", hanging)
     monkeypatch.setattr(server_module, "HEALTH_TIMEOUT_S", 0.2)
     status, _type, body = await get(server, "/healthz")
-    assert status == 503
-    assert "did not answer within 0.2 s" in body
+    assert (status, body) == (503, "unhealthy\n")
+    assert "did not answer within 0.2 s" in caplog.text
     monkeypatch.undo()
     assert (await get(server, "/healthz"))[0] == 200
     await server.close()
@@ -191,3 +195,40 @@ async def test_scrapes_in_a_row_read_the_store_once(
     assert {status for status, _type, _body in answers} == {200}
     assert reads == 1
     await server.close()
+
+
+async def test_only_get_is_answered_and_a_fault_is_a_logged_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(tmp_path)
+    http_url = server.url.replace("ws://", "http://")
+
+    def delete() -> int:
+        request = urllib.request.Request(f"{http_url}/metrics", method="DELETE")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert await asyncio.to_thread(delete) == 405
+
+    async def broken(organisation: str | None = None) -> int:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(server.store, "count_records", broken)
+    caplog.set_level(logging.ERROR, logger="caresync.server")
+    assert (await get(server, "/metrics"))[:3:2] == (500, "internal error\n")
+    [fault] = [r for r in caplog.records if getattr(r, "caresync", {}).get("event") == "fault"]
+    assert fault.exc_info is not None  # with its traceback
+    assert "a bug of ours" in caplog.text
+    assert (await metrics_after_fix(server, monkeypatch))["caresync_faults_total", ()] == 1
+    await server.close()
+
+
+async def metrics_after_fix(
+    server: SyncServer, monkeypatch: pytest.MonkeyPatch
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    monkeypatch.undo()
+    monkeypatch.setattr(server_module, "METRICS_MAX_AGE_S", 0.0)
+    return await metrics(server)

@@ -21,6 +21,7 @@ from caresync import __version__
 from caresync.cli import (
     backup,
     conflicts,
+    login,
     records,
     replicas,
     serve,
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         users,
         sync,
+        login,
         status,
         records,
         conflicts,

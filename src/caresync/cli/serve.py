@@ -124,9 +124,9 @@ def _log_note(message: str) -> None:
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
     context = _tls(args.tls_cert, args.tls_key)
-    restore_logging = _configure_logging(args.log_format, args.log_level)
     before = files_before(Path(args.db))
     listening = asyncio.Event()
+    restore_logging = _configure_logging(args.log_format, args.log_level)
     try:
         admission = (
             None

@@ -49,8 +49,9 @@ class HttpAnswer(NamedTuple):
     body: bytes
 
 
-HttpHandler = Callable[[str], Awaitable[HttpAnswer | None]]
-"""Given a request's path, an answer, or None to go on with the websocket handshake."""
+HttpHandler = Callable[[str, str], Awaitable[HttpAnswer | None]]
+"""Given a request's method and path, an answer, or None to go on with the websocket
+handshake."""
 
 
 class WebSocketChannel:
@@ -251,7 +252,7 @@ async def serve_websockets(
     async def process_request(_connection: ServerConnection, request: Request) -> Response | None:
         if http_handler is None:
             return None
-        answer = await http_handler(request.path)
+        answer = await http_handler(request.method, request.path)
         if answer is None:
             return None
         status = http.HTTPStatus(answer.status)

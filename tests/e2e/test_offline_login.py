@@ -1,0 +1,93 @@
+"""Offline login resists guessing: five failures in a row lock the laptop for a time that
+doubles with each further failure, kept in the database; a right password resets it.
+
+Real parts: a server on 127.0.0.1 (a laptop keeps a password hash only from an online
+login) and SQLite files; the wall clock the lock is timed by is set by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from tests.cli.clitools import inproc
+from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
+
+import caresync.replica as replica_module
+from caresync.cli.errors import ExitCode
+from caresync.exceptions import AuthenticationError, LoginLockedError
+from caresync.replica import OFFLINE_LOCK_FIRST_S, OFFLINE_LOCK_MAX_S, Replica
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    now = [1_800_000_000_000]
+    monkeypatch.setattr(replica_module, "_wall_ms", lambda: now[0])
+    return now
+
+
+async def test_five_failures_lock_and_each_further_one_doubles_the_lock(
+    tmp_path: Path, clock: list[int]
+) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    await server.close()  # offline from here on
+    for guess in ("guess-1", "guess-2", "guess-3"):
+        with pytest.raises(AuthenticationError) as raised:
+            await laptop.login_offline("dr.a", guess)
+        assert not isinstance(raised.value, LoginLockedError)
+    with pytest.raises(AuthenticationError, match="never logged in online"):
+        await laptop.login_offline("dr.nobody", "guess-4")  # an unknown name counts too
+    with pytest.raises(LoginLockedError) as locked:
+        await laptop.login_offline("dr.a", "guess-5")
+    assert locked.value.retry_after_s == OFFLINE_LOCK_FIRST_S
+    # While locked, not even the right password is checked.
+    clock[0] += 29_000
+    with pytest.raises(LoginLockedError, match="try again in 1 s"):
+        await laptop.login_offline("dr.a", PASSWORD)
+    # Closing the program does not reset the count.
+    await laptop.close()
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    with pytest.raises(LoginLockedError):
+        await laptop.login_offline("dr.a", PASSWORD)
+    clock[0] += 1_000
+    with pytest.raises(LoginLockedError) as again:
+        await laptop.login_offline("dr.a", "guess-6")
+    assert again.value.retry_after_s == 2 * OFFLINE_LOCK_FIRST_S
+    for _ in range(20):  # many more failures: the lock stops growing at the maximum
+        clock[0] += int(OFFLINE_LOCK_MAX_S * 1000)
+        with pytest.raises(LoginLockedError) as longest:
+            await laptop.login_offline("dr.a", "guess")
+    assert longest.value.retry_after_s == OFFLINE_LOCK_MAX_S
+    clock[0] += int(OFFLINE_LOCK_MAX_S * 1000)
+    await laptop.login_offline("dr.a", PASSWORD)  # the right password, once unlocked
+    with pytest.raises(AuthenticationError) as fresh:  # and the count starts again
+        await laptop.login_offline("dr.a", "guess")
+    assert not isinstance(fresh.value, LoginLockedError)
+    await laptop.close()
+
+
+def test_caresync_login_checks_offline_and_says_how_long_it_is_locked(
+    tmp_path: Path, clock: list[int]
+) -> None:
+    async def enrol_then_go_offline() -> None:
+        server = await start_server(tmp_path)
+        laptop = await enrolled(tmp_path, server, "laptop")
+        await laptop.close()
+        await server.close()
+
+    asyncio.run(enrol_then_go_offline())
+    db = tmp_path / "laptop.db"
+    ok = inproc("login --db {db} --username dr.a --json", db=db, password=PASSWORD).ok().json()
+    assert ok["username"] == "dr.a"
+    for _ in range(4):
+        wrong = inproc("login --db {db} --username dr.a", db=db, password="not it")
+        assert wrong.code == ExitCode.REFUSED
+        assert "wrong password for dr.a" in wrong.error_line()
+    locked = inproc("login --db {db} --username dr.a --json", db=db, password="not it")
+    assert locked.code == ExitCode.REFUSED
+    assert "checks no password for 30 s" in locked.json()["error"]["message"]
+    still = inproc("login --db {db} --username dr.a", db=db, password=PASSWORD)
+    assert still.code == ExitCode.REFUSED
+    assert "try again in 30 s" in still.error_line()
