@@ -101,6 +101,16 @@ class Output:
             for key, value in data.items():
                 self.console.print(f"{key}: {_plain(value)}", markup=False)
 
+    def event(self, data: Mapping[str, Any], text: str) -> None:
+        """One line of a command that runs until stopped (``sync --live``): with --json,
+        one JSON object per line, written at once; otherwise ``text``."""
+        if self.json:
+            sys.stdout.write(to_json(data) + "\n")
+            sys.stdout.flush()
+        else:
+            self.console.print(text, markup=False)
+            sys.stdout.flush()
+
     def note(self, text: str) -> None:
         """A line for a person, on standard error; nothing with --json."""
         if not self.json:

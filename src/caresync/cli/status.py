@@ -12,6 +12,7 @@ from rich.table import Table
 from caresync.cli.common import add_db, add_json, run
 from caresync.cli.databases import LaptopReader, Reader, ServerReader, open_reader
 from caresync.cli.errors import CliError, ExitCode
+from caresync.cli.live import live_state
 from caresync.cli.output import Output, cells
 from caresync.credentials import ServerKey
 from caresync.gate import SERVER_KEY_META
@@ -61,13 +62,15 @@ async def status_of(reader: Reader) -> dict[str, Any]:
     if isinstance(reader, LaptopReader):
         replica = reader.replica
         status = await replica.status()
+        live = await live_state(replica)
         return {
             "role": "laptop",
             "replica_id": status.replica_id,
             "server_id": status.server_id,
             "server_url": replica.identity.server_url,
             "org": status.organisation,
-            "state": "locked" if replica.locked else "offline",
+            "state": live or ("locked" if replica.locked else "offline"),
+            "live": live is not None,
             "pending": status.pending,
             "oldest_pending_age_s": _round(status.oldest_pending_age_s),
             "last_sync": None if status.last_sync is None else status.last_sync.isoformat(),
@@ -91,6 +94,7 @@ async def _server_status(reader: ServerReader) -> dict[str, Any]:
         "server_url": None,
         "org": None,
         "state": None,
+        "live": False,
         "pending": await store.pending_count(),
         "oldest_pending_age_s": None,
         "last_sync": None,

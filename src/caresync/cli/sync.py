@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,13 @@ from caresync.cli.common import (
 )
 from caresync.cli.databases import files_before, open_laptop, remove_if_new
 from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
-from caresync.cli.output import Output
+from caresync.cli.live import mark_live
+from caresync.cli.output import Output, iso_ms
 from caresync.cli.password import PASSWORD_ENV, read_password
 from caresync.cli.progress import copy_progress
 from caresync.credentials import parse_fingerprint
 from caresync.exceptions import AuthenticationError, CaresyncError, InvalidInputError
-from caresync.replica import Replica, SyncReport
+from caresync.replica import Replica, ReplicaState, SyncReport
 
 __all__ = ["register"]
 
@@ -88,6 +92,13 @@ def register(commands: Any) -> None:
         "is refused before anything moves)",
     )
     sync.add_argument("--username", type=username, help="log in with a password")
+    sync.add_argument(
+        "--live",
+        action="store_true",
+        help="stay connected and in step both ways until SIGINT or SIGTERM, printing each "
+        "change of state (online, offline, synchronising, ...) with the changes waiting; "
+        "with --json one object per line. Meanwhile `caresync status` shows the state",
+    )
     _add_cafile(sync)
     _add_insecure(sync)
     add_json(sync)
@@ -227,6 +238,9 @@ def _sync(args: argparse.Namespace, out: Output) -> int:
     password = None
     if args.username is not None:
         password = read_password(f"Password for {args.username}: ")
+    if args.live:
+        run(_live(args, out, password))
+        return 0
 
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
@@ -291,3 +305,67 @@ def _render(verb: str) -> Any:
             )
 
     return render
+
+
+# ---------------------------------------------------------------------- live
+
+
+async def _live(args: argparse.Namespace, out: Output, password: str | None) -> None:
+    """``sync --live``: stay connected until a signal; every state change is a line."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with await open_laptop(args.db) as replica:
+            target = args.server or replica.identity.server_url or ""
+            context = _ssl_for(target, args.cafile) if target else None
+            if args.username is not None:  # log in online once; live mode resumes that session
+                await replica.sync(
+                    url=args.server,
+                    username=args.username,
+                    password=password,
+                    ssl=context,
+                    insecure=args.insecure,
+                )
+            states: asyncio.Queue[ReplicaState] = asyncio.Queue()
+            unsubscribe = replica.on_status(states.put_nowait)
+            reporter = asyncio.create_task(_report_states(replica, states, out))
+            try:
+                await replica.stay_connected(
+                    stop=stop, url=args.server, ssl=context, insecure=args.insecure
+                )
+            except AuthenticationError as exc:
+                raise CliError(
+                    f"{one_line(exc)} (log in again: --username NAME, with the password "
+                    f"from {PASSWORD_ENV} or a prompt)",
+                    ExitCode.REFUSED,
+                ) from exc
+            finally:
+                unsubscribe()
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+                await mark_live(replica, None)
+                out.event(
+                    {"state": "stopped", "pending": await replica.store.pending_count()},
+                    "stopped",
+                )
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _report_states(
+    replica: Replica, states: asyncio.Queue[ReplicaState], out: Output
+) -> None:
+    """Print each state the replica reaches, and leave it where `caresync status` reads it."""
+    state = replica.state
+    while True:
+        await mark_live(replica, state)
+        pending = await replica.store.pending_count()
+        out.event(
+            {"state": state.value, "pending": pending, "at": iso_ms(time.time_ns() // 1_000_000)},
+            f"{state.value} ({pending} changes waiting)",
+        )
+        state = await states.get()
