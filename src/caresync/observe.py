@@ -86,11 +86,15 @@ class ServerMetrics:
             "caresync_refusals", "Errors sent to peers (refusals), by code", ["code"]
         )
         self.pushes = counter("caresync_pushes", "Push batches committed")
-        self.pushed_updates = counter("caresync_pushed_updates", "Updates in committed pushes")
-        self.pushed_bytes = counter("caresync_pushed_bytes", "Update bytes in committed pushes")
+        self.pushed_updates = counter(
+            "caresync_pushed_updates", "Updates committed by pushes (not those held already)"
+        )
+        self.pushed_bytes = counter("caresync_pushed_bytes", "Update bytes committed by pushes")
         self.pulls = counter("caresync_pulls", "Pull batches sent")
         self.pulled_updates = counter("caresync_pulled_updates", "Updates sent in pulls")
         self.pulled_bytes = counter("caresync_pulled_bytes", "Update bytes sent in pulls")
+        self.live_updates = counter("caresync_live_updates", "Updates relayed live to laptops")
+        self.live_bytes = counter("caresync_live_bytes", "Update bytes relayed live to laptops")
         self.copy_batches = counter("caresync_copy_batches", "First-copy batches sent")
         self.copied_records = counter("caresync_copied_records", "Records sent in first copies")
         self.copied_bytes = counter("caresync_copied_bytes", "Record bytes sent in first copies")
@@ -189,8 +193,10 @@ class ServerEvents:
         the value refused, which may be clinical. Before a login, at debug level only
         (anyone can send junk; the counter still counts it)."""
         self.metrics.refusals.labels(code).inc()
+        # Before a login anyone can send junk; "internal" follows a fault, logged already.
+        quiet = not logged_in or code == "internal"
         _log(
-            logging.WARNING if logged_in else logging.DEBUG,
+            logging.DEBUG if quiet else logging.WARNING,
             "refusal",
             f"refused {replica or peer}: {code}" + ("" if fatal else " (the session goes on)"),
             peer=peer,
@@ -199,19 +205,27 @@ class ServerEvents:
             fatal=fatal,
         )
 
-    def pushed(self, replica: str, updates: int, size: int, records: int) -> None:
+    def pushed(self, replica: str, updates: int, size: int, records: int, *, resent: int) -> None:
+        """A committed push: the updates it added, and those the server held already."""
         self.metrics.pushes.inc()
         self.metrics.pushed_updates.inc(updates)
         self.metrics.pushed_bytes.inc(size)
         _log(
             logging.INFO,
             "push",
-            f"{replica} pushed {updates} updates of {records} records ({size} bytes)",
+            f"{replica} pushed {updates} updates of {records} records ({size} bytes)"
+            + (f"; {resent} held already" if resent else ""),
             replica=replica,
             updates=updates,
             bytes=size,
             records=records,
+            resent=resent,
         )
+
+    def relayed(self, updates: int, size: int) -> None:
+        """Live updates sent to one connected laptop (counted, not logged)."""
+        self.metrics.live_updates.inc(updates)
+        self.metrics.live_bytes.inc(size)
 
     def pulled(self, replica: str, updates: int, size: int, checkpoint: int) -> None:
         self.metrics.pulls.inc()

@@ -215,8 +215,13 @@ class _Connection:
             while not self.live.empty() and len(entries) < _LIVE_BATCH_ENTRIES:
                 entries.extend(self.live.get_nowait())
             async with self.lock:
-                self.protocol.send_live_updates(entries)
+                before = self.protocol.live_seq
+                sent = self.protocol.send_live_updates(entries)
                 await self.flush()
+            if sent:
+                self.events.relayed(
+                    sent, sum(len(update) for seq, _rid, update in entries if seq > before)
+                )
 
 
 class SyncServer:
@@ -834,7 +839,7 @@ class SyncServer:
             try:
                 committed = int(await self.store.get_meta(key) or 0)
                 mark = str(max(committed, batch.items[-1].local_seq))
-                await self._commit_push(conn, (key, mark), list(batch.items))
+                added = await self._commit_push(conn, (key, mark), list(batch.items))
             except (InvalidUpdateError, RecordMismatchError) as exc:
                 # Nothing was stored: an update the schema forbids, that is not one,
                 # or that names another record would reach every replica.
@@ -853,17 +858,21 @@ class SyncServer:
                 return
             # Acknowledge only now: the batch is committed (or was, before a resend).
             conn.protocol.ack_push(batch.items[-1].local_seq)
+        # What the push added: a batch sent again (its acknowledgement lost) adds nothing.
         self.events.pushed(
             replica_id,
-            len(batch.items),
-            sum(len(item.update) for item in batch.items),
-            len({item.record_id for item in batch.items}),
+            len(added),
+            sum(len(update) for _seq, _record, update in added),
+            len({record_id for _seq, record_id, _update in added}),
+            resent=len(batch.items) - len(added),
         )
 
     async def _commit_push(
         self, conn: _Connection, checkpoint: tuple[str, str], items: list[PushItem]
-    ) -> None:
+    ) -> list[tuple[int, str, bytes]]:
         """Admit, then commit pushed items with the replica's mark; fan out what was new.
+
+        Returns the feed entries the push added (none for a batch sent again).
 
         Each record's conflict rows are computed once, after all its updates in
         the batch, and committed with its last one. Raises (storing nothing)
@@ -953,12 +962,13 @@ class SyncServer:
             if seq > 0
         ]
         if not entries:
-            return
+            return entries
         self._fan_out(conn, entries)
         for hook in self.on_commit:
             result = hook(entries[-1][0])
             if result is not None:
                 await result
+        return entries
 
     async def _record_organisations(self, record_ids: list[str]) -> dict[str, str | None]:
         """Each stored record's organisation: remembered, else read (one query for the rest).

@@ -14,13 +14,24 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
+from tests.e2e.live_helpers import (
+    LIMIT_S,
+    PASSWORD,
+    enrolled,
+    live,
+    raw_session,
+    start_server,
+    until,
+    watch,
+)
 from websockets.asyncio.client import connect
 
 import caresync.server as server_module
+from caresync import Record
 from caresync.exceptions import AuthenticationError, StorageError
 from caresync.observe import JsonLogFormatter
-from caresync.replica import Replica
+from caresync.protocol import PushAck
+from caresync.replica import Replica, ReplicaState
 from caresync.server import SyncServer
 
 HOUR_MS = 3_600_000
@@ -232,3 +243,41 @@ async def metrics_after_fix(
     monkeypatch.undo()
     monkeypatch.setattr(server_module, "METRICS_MAX_AGE_S", 0.0)
     return await metrics(server)
+
+
+async def test_a_resent_push_adds_nothing_and_live_relays_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(tmp_path)
+    writer = await enrolled(tmp_path, server, "writer")
+    reader = await enrolled(tmp_path, server, "reader", user="dr.b")
+    caplog.set_level(logging.INFO, logger="caresync.server")
+    signal = watch(reader)
+    try:
+        async with live(reader) as run, asyncio.timeout(LIMIT_S):
+            await run.states.reach(ReplicaState.ONLINE)
+            patient = Record.create(replica="by-hand")
+            patient.set("name", "Awa Diop", author="dr.a")
+            update = patient.update_since()
+            async with raw_session(server, writer) as session:
+                assert await session.push(1, patient.record_id, update) == PushAck(1)
+                assert await session.push(1, patient.record_id, update) == PushAck(1)  # again
+
+            async def arrived() -> bool:
+                return patient.record_id in await reader.record_ids()
+
+            await until(arrived, signal)
+        counted = await metrics(server)
+        assert counted["caresync_pushes_total", ()] == 2
+        assert counted["caresync_pushed_updates_total", ()] == 1  # the second added nothing
+        assert counted["caresync_pushed_bytes_total", ()] == len(update)
+        assert counted["caresync_live_updates_total", ()] == 1
+        assert counted["caresync_live_bytes_total", ()] == len(update)
+        pushes = [
+            r.caresync for r in caplog.records if getattr(r, "caresync", {}).get("event") == "push"
+        ]  # type: ignore[attr-defined]
+        assert [(p["updates"], p["resent"]) for p in pushes] == [(1, 0), (0, 1)]
+    finally:
+        await writer.close()
+        await reader.close()
+        await server.close()
