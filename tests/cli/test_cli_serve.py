@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import urllib.request
 from pathlib import Path
@@ -146,3 +147,20 @@ def test_serve_logs_json_lines_and_answers_health_checks(tmp_path: Path) -> None
     assert by_event["login_failed"]["level"] == "warning"
     assert "Tr0ub4dor-guess" not in err  # never a password
     assert {"time", "logger", "message"} <= set(enrolled)
+
+
+def test_serve_logging_covers_websockets_warnings_and_is_put_back() -> None:
+    from caresync.cli.serve import _configure_logging
+    from caresync.observe import JsonLogFormatter
+
+    ours, library = logging.getLogger("caresync"), logging.getLogger("websockets")
+    before = [(list(lg.handlers), lg.level, lg.propagate) for lg in (ours, library)]
+    restore = _configure_logging("json", "debug")
+    try:
+        [handler] = library.handlers
+        assert ours.handlers == [handler]
+        assert isinstance(handler.formatter, JsonLogFormatter)
+        assert (ours.level, library.level) == (logging.DEBUG, logging.WARNING)
+    finally:
+        restore()
+    assert [(list(lg.handlers), lg.level, lg.propagate) for lg in (ours, library)] == before

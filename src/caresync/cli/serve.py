@@ -73,22 +73,27 @@ def register(commands: Any) -> None:
 def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
     """The server's log on standard error (standard output is for the result).
 
-    Returns what puts the ``caresync`` logger back as it was (``serve`` may run
-    inside another program, such as a test)."""
+    The ``caresync`` loggers at ``level``, and warnings of the ``websockets``
+    library the server listens with (a failed handshake, say), in one format.
+    Returns what puts both loggers back as they were (``serve`` may run inside
+    another program, such as a test)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("caresync")
-    before = (list(root.handlers), root.level, root.propagate)
+    settings = {"caresync": level.upper(), "websockets": "WARNING"}
+    loggers = [logging.getLogger(name) for name in settings]
+    before = [(list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
 
     def restore() -> None:
-        root.handlers[:], root.level, root.propagate = before
+        for lg, (handlers, old_level, propagate) in zip(loggers, before, strict=True):
+            lg.handlers[:], lg.level, lg.propagate = handlers, old_level, propagate
 
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    for lg, wanted in zip(loggers, settings.values(), strict=True):
+        lg.handlers[:] = [handler]
+        lg.setLevel(wanted)
+        lg.propagate = False
     return restore
 
 
