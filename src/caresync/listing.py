@@ -64,7 +64,7 @@ class ConflictListing:
     async def all(self) -> list[Conflict]:
         """Every open conflict, by record id; blocks first within a record."""
         pairs = await self.store.person_pairs()
-        linked_ids = {rid for p in pairs if p.state is PairState.LINKED for rid in p.record_ids}
+        linked_ids = set(_linked_ids(pairs))
         indexed = {row.record_id for row in await self.store.conflicts()}
         by_record: dict[str, list[Conflict]] = {}
         for record_id in sorted(indexed | linked_ids):
@@ -83,9 +83,17 @@ class ConflictListing:
                 for conflict in await self.of_record(row.record_id):
                     if conflict.id == conflict_id:
                         return conflict
-        for conflict in await self.all():  # a pair's finding, or one across linked records
-            if conflict.id == conflict_id:
-                return conflict
+        # Not in the index: a pair's finding, or one across linked records (only records
+        # in a linked pair can hold one: no other record is built).
+        pairs = await self.store.person_pairs()
+        for pair in pairs:
+            for conflict in pair_conflicts(pair):
+                if conflict.id == conflict_id:
+                    return conflict
+        for record_id in _linked_ids(pairs):
+            for conflict in await self.of_record(record_id):
+                if conflict.id == conflict_id:
+                    return conflict
         raise UnknownConflictError(f"no open conflict {conflict_id} in this database")
 
     async def count(self) -> int:
@@ -93,8 +101,7 @@ class ConflictListing:
         pairs = await self.store.person_pairs()
         found = await self.store.count_conflicts()
         found += sum(len(pair_conflicts(p)) for p in pairs)
-        linked_ids = {rid for p in pairs if p.state is PairState.LINKED for rid in p.record_ids}
-        for record_id in sorted(linked_ids):  # linked charts: what the index cannot hold
+        for record_id in _linked_ids(pairs):  # linked charts: what the index cannot hold
             record = await self.pool.get(record_id)
             linked = await self.linked_records(record_id)
             found += len(self.pool.rulebook.conflicts(record, linked=linked))
@@ -110,6 +117,11 @@ class ConflictListing:
                     if not path.startswith(ACK_PREFIX):
                         contested.setdefault(path, conflict)
         return contested
+
+
+def _linked_ids(pairs: list[PersonPair]) -> list[str]:
+    """The records of the linked pairs, sorted."""
+    return sorted({rid for p in pairs if p.state is PairState.LINKED for rid in p.record_ids})
 
 
 def _pair_findings(pairs: list[PersonPair], record_id: str) -> list[Conflict]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,29 +43,18 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The Content-Type of ``/metrics`` (the Prometheus text format)."""
 
 
+@dataclass(frozen=True, slots=True)
 class StoreFigures:
     """What the gauges say about the database, read at one scrape."""
 
-    def __init__(
-        self,
-        *,
-        feed_head: int,
-        records: int,
-        open_conflicts: int,
-        laptops: int,
-        laptops_stale: int,
-        laptops_pending: int,
-        pending_changes: int,
-        oldest_pending_age_s: float,
-    ) -> None:
-        self.feed_head = feed_head
-        self.records = records
-        self.open_conflicts = open_conflicts
-        self.laptops = laptops
-        self.laptops_stale = laptops_stale
-        self.laptops_pending = laptops_pending
-        self.pending_changes = pending_changes
-        self.oldest_pending_age_s = oldest_pending_age_s
+    feed_head: int
+    records: int
+    open_conflicts: int
+    laptops: int
+    laptops_stale: int
+    laptops_pending: int
+    pending_changes: int
+    oldest_pending_age_s: float
 
 
 class ServerMetrics:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Coroutine
+import signal
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -45,6 +47,7 @@ __all__ = [
     "port",
     "run",
     "server_url",
+    "stop_on_signals",
     "text",
     "username",
 ]
@@ -346,6 +349,22 @@ def _problem(value: object, max_depth: int) -> str | None:
                     return "surrogate"
                 stack.append((child, depth + 1))
     return None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event SIGINT or SIGTERM sets while the block runs (a command that runs until
+    stopped: ``serve``, ``sync --live``); called inside the running event loop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

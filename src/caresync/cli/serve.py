@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from caresync.cli.common import add_db, add_json, listen_host, path, port, run
+from caresync.cli.common import add_db, add_json, listen_host, path, port, run, stop_on_signals
 from caresync.cli.databases import files_before, remove_if_new, rulebook
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
@@ -160,12 +159,7 @@ async def _run_server(
     note: Callable[[str], None] | None = None,
 ) -> None:
     note = out.note if note is None else note
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         async with await SyncServer.open(db, admission=admission, rulebook=rulebook()) as server:
             listener = await server.serve(host, port, ssl=context)
             listening.set()
@@ -186,7 +180,4 @@ async def _run_server(
             note(f"server {server.server_id}, database {db}; Ctrl-C or SIGTERM stops it")
             await stop.wait()
             note("stopping: closing connections and the database")
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
     note("caresync server stopped")

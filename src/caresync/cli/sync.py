@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import ssl
 import time
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from caresync.cli.common import (
     path,
     run,
     server_url,
+    stop_on_signals,
     username,
 )
 from caresync.cli.databases import files_before, open_laptop, remove_if_new
@@ -258,16 +258,21 @@ def _sync(args: argparse.Namespace, out: Output) -> int:
                     )
             except AuthenticationError as exc:
                 if args.username is None:
-                    raise CliError(
-                        f"{one_line(exc)} (log in again: --username NAME, with the password "
-                        f"from {PASSWORD_ENV} or a prompt)",
-                        ExitCode.REFUSED,
-                    ) from exc
+                    raise _log_in_again(exc) from exc
                 raise
             return await _result(replica, report)
 
     out.result(run(go()), _render("synced with"))
     return 0
+
+
+def _log_in_again(exc: AuthenticationError) -> CliError:
+    """A session that ended, said with what to do about it."""
+    return CliError(
+        f"{one_line(exc)} (log in again: --username NAME, with the password "
+        f"from {PASSWORD_ENV} or a prompt)",
+        ExitCode.REFUSED,
+    )
 
 
 async def _result(replica: Replica, report: SyncReport) -> dict[str, Any]:
@@ -312,12 +317,7 @@ def _render(verb: str) -> Any:
 
 async def _live(args: argparse.Namespace, out: Output, password: str | None) -> None:
     """``sync --live``: stay connected until a signal; every state change is a line."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    with stop_on_signals() as stop:
         async with await open_laptop(args.db) as replica:
             target = args.server or replica.identity.server_url or ""
             context = _ssl_for(target, args.cafile) if target else None
@@ -337,11 +337,7 @@ async def _live(args: argparse.Namespace, out: Output, password: str | None) -> 
                     stop=stop, url=args.server, ssl=context, insecure=args.insecure
                 )
             except AuthenticationError as exc:
-                raise CliError(
-                    f"{one_line(exc)} (log in again: --username NAME, with the password "
-                    f"from {PASSWORD_ENV} or a prompt)",
-                    ExitCode.REFUSED,
-                ) from exc
+                raise _log_in_again(exc) from exc
             finally:
                 unsubscribe()
                 reporter.cancel()
@@ -351,9 +347,6 @@ async def _live(args: argparse.Namespace, out: Output, password: str | None) -> 
                     {"state": "stopped", "pending": await replica.store.pending_count()},
                     "stopped",
                 )
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
 
 
 async def _report_states(

@@ -2011,7 +2011,9 @@ def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
         count = _scalar(raw, sql)
         if count:
             yield f"{count} {problem}"
-    for record_id, data in raw.execute("SELECT record_id, card FROM person_cards"):
+    for record_id, organisation, data in raw.execute(
+        "SELECT record_id, organisation, card FROM person_cards"
+    ):
         try:
             card = _parse_card(record_id, bytes(data))
         except CorruptDatabaseError as exc:
@@ -2025,9 +2027,6 @@ def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
                 (record_id,),
             )
         }
-        organisation = raw.execute(
-            "SELECT organisation FROM person_cards WHERE record_id = ?", (record_id,)
-        ).fetchone()[0]
         if stored != {_key_hash(organisation, key) for key in card.blocking_keys()}:
             yield f"record {record_id}: its stored person keys do not match its card"
     for first, second, state, data in raw.execute(
