@@ -219,6 +219,7 @@ class RawLaptop:
     received: list[float] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
     on_live: Counted | None = None
+    replica_id: str = ""
 
     @classmethod
     async def join(cls, url: str) -> RawLaptop:
@@ -240,7 +241,8 @@ class RawLaptop:
         laptop.protocol.authenticate(USER, PASSWORD, ORG)
         await laptop.expect(Authenticated)
         laptop.protocol.enrol("bench")
-        await laptop.expect(Enrolled)
+        enrolled = await laptop.expect(Enrolled)
+        laptop.replica_id = enrolled.replica_id  # what its revisions name as their replica
         return laptop
 
     async def flush(self) -> None:
@@ -289,7 +291,7 @@ class EditMaker:
 
     def make(self, count: int) -> list[tuple[str, bytes]]:
         for n in range(count):
-            self.record.set("birthDate", f"edit {n}", author="dr")
+            self.record.set("birthDate", f"edit {n}", author=USER)
         return [(self.record.record_id, u) for u in self.updates]
 
 
@@ -388,9 +390,9 @@ async def copy_cases(
             editor = await RawLaptop.join(server.url)
             edits = []
             for rid, city in one_percent_edits(ids_data, changed, round_no):
-                record = Record.from_update(rid, states[rid], replica=f"editor-{round_no}")
+                record = Record.from_update(rid, states[rid], replica=editor.replica_id)
                 before = record.state_vector()
-                record.set("address/city", city, author="dr.edit")
+                record.set("address/city", city, author=USER)
                 edits.append((rid, record.update_since(before)))
                 states[rid] = record.update_since()
             for start_i in range(0, len(edits), 500):
@@ -479,7 +481,7 @@ async def latency_cases(work: Path, laptops: int, edits: int) -> list[dict[str, 
             reader.on_live = arrived
             reader.protocol.subscribe(0)
             await reader.flush()
-        maker = EditMaker("writer")
+        maker = EditMaker(writer.replica_id)
         prepared = maker.make(edits)
         samples: list[float] = []
         last: list[float] = []
@@ -576,7 +578,7 @@ async def throughput_cases(
         made = [0] * laptops
         acked = [0] * laptops
         wake = [asyncio.Event() for _ in range(laptops)]
-        prepared = [EditMaker(f"l{i}").make(per_laptop) for i in range(laptops)]
+        prepared = [EditMaker(clients[i].replica_id).make(per_laptop) for i in range(laptops)]
 
         async def pusher(i: int, stop: asyncio.Event) -> None:
             client = clients[i]

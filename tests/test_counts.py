@@ -673,14 +673,15 @@ def test_replicas_converge_on_totals_that_are_the_sum_of_every_change(
 async def test_three_laptops_dispensing_offline_converge_through_the_server(
     clinic: Clinic,
 ) -> None:
-    north = await clinic.laptop("north")
-    south = await clinic.laptop("south")
-    west = await clinic.laptop("west")
+    north = await clinic.laptop("north", user="nurse.sow")
+    south = await clinic.laptop("south", user="dr.ba")
+    west = await clinic.laptop("west", user="pharm.diallo")
     record_id = await west.create_record()
     await west.set(record_id, AMOX, 10, author="pharm.diallo")
     await clinic.quiescent()
     for laptop in (north, south, west):
         await laptop.sync()
+    await clinic.log_in(west, "dr.fall")  # the pharmacist's colleague takes over west
 
     for laptop, who in ((north, "nurse.sow"), (south, "dr.ba"), (west, "dr.fall")):
         laptop.offline()

@@ -52,7 +52,7 @@ async def _push_damaged(update: bytes) -> None:
         Record.from_update(RECORD_ID, stored, replica="any-replica")
         assert await store.check() == []
         # And the session goes on.
-        honest = Record.from_update(RECORD_ID, stored, replica="fuzzer")
+        honest = Record.from_update(RECORD_ID, stored, replica=client.replica_id)
         edits: list[bytes] = []  # what a laptop pushes: the update of its edit's transaction
         stop = honest.on_update(lambda update, local: edits.append(update) if local else None)
         honest.set("checked", True, author="dr.a")

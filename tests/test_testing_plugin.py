@@ -105,8 +105,8 @@ async def test_offline_cuts_a_live_connection_and_online_brings_it_back(clinic: 
 async def test_a_conflict_made_offline_is_seen_alike_by_every_laptop_and_the_server(
     clinic: Clinic,
 ) -> None:
-    north = await clinic.laptop("north")
-    south = await clinic.laptop("south", live=True)
+    north = await clinic.laptop("north", user="nurse.sow")
+    south = await clinic.laptop("south", user="dr.ba", live=True)
     west = await clinic.laptop("west")
     record_id = await west.create_record()
     await west.set(record_id, "birthDate", "1988-04-12", author="dr.test")
@@ -298,7 +298,7 @@ async def test_the_harness_works_without_the_fixtures(tmp_path: Path) -> None:
 
 
 async def test_the_example_of_docs_testing_md(clinic: Clinic) -> None:
-    nurse = await clinic.laptop("nurse")
+    nurse = await clinic.laptop("nurse", user="nurse.sow")
     doctor = await clinic.laptop("doctor", live=True)
 
     patient = await nurse.create_record()

@@ -37,7 +37,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── WrongServerError         enrolled to another server
      │    ├── WrongOrganisationError   enrolled to another organisation
      │    ├── AuthenticationError      bad username or password, or an expired session
-     │    │    └── LoginLockedError    too many failed offline logins: wait, then try again
+     │    │    ├── LoginLockedError    too many failed offline logins: wait, then try again
+     │    │    └── NotLoggedInError    nobody is logged in on this laptop (or it went idle)
      │    ├── ReplicaRevokedError      the replica was revoked; it is locked
      │    ├── NotEnrolledError         the replica has not been enrolled yet
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "AuthorError",
     "CaresyncError",
     "ConflictError",
     "ConnectionLostError",
@@ -70,6 +72,7 @@ __all__ = [
     "NotACaresyncDatabaseError",
     "NotEnrolledError",
     "NotImplementedFeatureError",
+    "NotLoggedInError",
     "ProtocolError",
     "RecordError",
     "RecordMismatchError",
@@ -107,6 +110,11 @@ class InvalidValueError(InvalidInputError):
 
 class UnknownCollectionError(InvalidInputError):
     """An entry was added to a collection the schema does not declare."""
+
+
+class AuthorError(InvalidInputError):
+    """An entry named as its author someone other than the account logged in on the
+    laptop: every entry is written as that account."""
 
 
 class RecordError(CaresyncError):
@@ -242,6 +250,11 @@ class LoginLockedError(AuthenticationError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NotLoggedInError(AuthenticationError):
+    """Nobody is logged in on this laptop, or the login expired after a time idle:
+    log in (online, or offline with a password already used here) to write."""
 
 
 class ReplicaRevokedError(SyncRefusedError):

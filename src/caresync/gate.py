@@ -18,6 +18,12 @@ A connection is trusted in steps, and nothing moves before its step:
    Sessions expire for good at an absolute time; resuming never extends one.
 4. **Enrol** needs a password login on the same connection (never a resumed
    session), and gives the new replica its secret, returned once.
+5. **Authorship** of every pushed revision: a replica pushes what it wrote
+   itself, or the unsynced work of a *revoked* replica of its organisation
+   (carried off a lost laptop by export and import); and each revision names
+   as its author an account that has logged in on the replica that wrote it
+   (a password login bound to it, or its enrolment). The store records those
+   logins with the sessions (:meth:`~caresync.storage.Store.replica_accounts`).
 
 Refusals are values (:class:`Refused`), not exceptions: the server shell turns
 them into the protocol's fatal ``Error`` and closes.
@@ -28,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -42,7 +48,7 @@ from caresync.credentials import (
     sha256_hex,
 )
 from caresync.exceptions import InvalidInputError
-from caresync.names import check_device_name
+from caresync.names import check_device_name, shown
 from caresync.protocol import (
     Authenticate,
     ErrorCode,
@@ -50,6 +56,7 @@ from caresync.protocol import (
     ResumeSession,
     server_proof_payload,
 )
+from caresync.records import Revision
 from caresync.storage import SessionRow, Store
 from caresync.throttle import LoginThrottle, ThrottleKey
 
@@ -261,6 +268,46 @@ class Gatekeeper:
         """The highest local seq of ``replica_id`` committed here (0: none)."""
         stored = await self.store.get_meta(PUSHED_KEY_PREFIX + replica_id)
         return int(stored) if stored else 0
+
+    # -------------------------------------------------------------- authorship
+
+    async def foreign_writers(
+        self, pusher: str, organisation: str, replica_ids: Collection[str]
+    ) -> str | None:
+        """Why ``pusher`` may not push what ``replica_ids`` wrote, or None if it may.
+
+        A replica pushes what it wrote, and may carry the unsynced work of a
+        revoked replica of its own organisation (a lost laptop's export,
+        imported on another): that replica can never push again itself.
+        """
+        for replica_id in sorted(set(replica_ids) - {pusher}):
+            info = await self.store.get_replica(replica_id)
+            if info is not None and info.organisation == organisation and info.revoked:
+                continue
+            return (
+                f"it holds changes written on replica {shown(replica_id)}, not on this one "
+                f"({pusher}); a replica pushes only its own changes, or those of a revoked "
+                "replica of its organisation (revoke that laptop first, then import its "
+                "export of unsynced work)"
+            )
+        return None
+
+    async def unknown_author(self, revisions: Sequence[tuple[str, Revision]]) -> str | None:
+        """Why a revision's author may not have written it, or None if every one may.
+
+        Each ``(record_id, revision)`` must name as author an account that has
+        logged in on the revision's replica.
+        """
+        accounts = await self.store.replica_accounts({rev.replica for _rid, rev in revisions})
+        for record_id, rev in revisions:
+            if rev.author not in accounts.get(rev.replica, frozenset()):
+                return (
+                    f"record {record_id}: revision {rev.id} names {shown(rev.author)} as its "
+                    f"author, and no account of that name has logged in on replica "
+                    f"{rev.replica}; caresync stamps every entry with the account logged in "
+                    "on the laptop (update the client that wrote it)"
+                )
+        return None
 
     # ---------------------------------------------------------------- helpers
 

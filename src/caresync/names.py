@@ -12,6 +12,8 @@ at most ``MAX_ID_LENGTH``).
 * An **organisation** follows the same rules, in at most 128 characters.
 * A **device name** (what an administrator sees for a laptop) is 0 to 256
   printable characters.
+* A **display name** (how people see an account, "Dr Aïcha Diallo") follows
+  the username's rules.
 
 Each check returns the name unchanged, or raises
 :class:`~caresync.exceptions.InvalidInputError` with a message that says what
@@ -28,6 +30,7 @@ __all__ = [
     "MAX_ORGANISATION_LENGTH",
     "MAX_USERNAME_LENGTH",
     "check_device_name",
+    "check_display_name",
     "check_organisation",
     "check_username",
     "shown",
@@ -60,6 +63,11 @@ def check_username(value: object) -> str:
 def check_organisation(value: object) -> str:
     """``value`` if it is a valid organisation name, else InvalidInputError saying why."""
     return _check_account_name("an organisation", value, MAX_ORGANISATION_LENGTH)
+
+
+def check_display_name(value: object) -> str:
+    """``value`` if it is a valid display name of an account, else InvalidInputError."""
+    return _check_account_name("a display name", value, MAX_USERNAME_LENGTH)
 
 
 def check_device_name(value: object) -> str:

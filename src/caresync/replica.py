@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView, Rulebook
 from caresync.conflicts.duplicates import paired_record
@@ -57,7 +56,6 @@ from caresync.exceptions import (
     InvalidInputError,
     InvalidResolutionError,
     InvalidUpdateError,
-    LoginLockedError,
     NotEnrolledError,
     ProtocolError,
     RecordMismatchError,
@@ -67,6 +65,10 @@ from caresync.exceptions import (
 )
 from caresync.index import ensure_index
 from caresync.listing import ConflictListing
+from caresync.logins import (
+    LOGIN_IDLE_S,
+    LaptopLogins,
+)
 from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
@@ -142,21 +144,12 @@ _COPY_DONE_MS = "copy.done_ms"
 _LAST_SYNC_MS = "sync.last_ms"
 _SESSION = "session.token"
 _SESSION_USER = "session.user"
-_OFFLINE_LOGIN = "login.offline:"  # + username: argon2id hash of the password
-_OFFLINE_FAILURES = "login.offline.failures"  # "COUNT:LOCKED_UNTIL_MS", failed in a row
 _LOCKED = "replica.locked"  # why the server revoked this replica; set once, kept
 _SECRET = "replica.secret"  # base64: the secret this replica proves at every login
 _PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
 _PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
 _PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
-
-OFFLINE_LOGIN_ATTEMPTS = 5
-"""Failed offline logins in a row after which the laptop locks (see login_offline)."""
-OFFLINE_LOCK_FIRST_S = 30.0
-"""The first lock; each further failure doubles it."""
-OFFLINE_LOCK_MAX_S = 3600.0
-"""The longest lock."""
 
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
@@ -302,9 +295,12 @@ class Replica:
         password_hasher: PasswordHasher | None = None,
         secret: bytes | None = None,
         pinned_key: bytes | None = None,
+        login_idle_s: float | None = LOGIN_IDLE_S,
     ) -> None:
         self.store = store
         self._hasher = password_hasher if password_hasher is not None else _hasher
+        self.logins = LaptopLogins(store, hasher=self._hasher, idle_s=login_idle_s)
+        """Who is logged in here, and so who writes its entries (see :mod:`caresync.logins`)."""
         self.identity = identity
         self.rulebook = rulebook
         self.limits = limits or SyncLimits()
@@ -333,6 +329,7 @@ class Replica:
         rulebook: Rulebook = DEFAULT_RULEBOOK,
         limits: SyncLimits | None = None,
         password_hasher: PasswordHasher | None = None,
+        login_idle_s: float | None = LOGIN_IDLE_S,
     ) -> Replica:
         """Open a laptop database (created unless ``create=False``).
 
@@ -341,14 +338,20 @@ class Replica:
 
         ``password_hasher`` makes the hash kept for offline login (argon2id with
         the library's defaults unless given; a simulation may pass cheaper
-        parameters).
+        parameters). ``login_idle_s``: a login with no edit for this long
+        expires (None: it lasts until :meth:`logout`).
         """
         store = await SQLiteStore.open(path, create=create)
         try:
             identity = await own_identity(store, "laptop", id_prefix="replica", where=path)
             await ensure_index(store, rulebook, replica=identity.replica_id)
             return await cls.from_store(
-                store, identity, rulebook=rulebook, limits=limits, password_hasher=password_hasher
+                store,
+                identity,
+                rulebook=rulebook,
+                limits=limits,
+                password_hasher=password_hasher,
+                login_idle_s=login_idle_s,
             )
         except BaseException:
             await store.close()
@@ -363,13 +366,14 @@ class Replica:
         rulebook: Rulebook = DEFAULT_RULEBOOK,
         limits: SyncLimits | None = None,
         password_hasher: PasswordHasher | None = None,
+        login_idle_s: float | None = LOGIN_IDLE_S,
     ) -> Replica:
         """A replica over a store already open (read-only tools use this); writes nothing.
 
         What the replica keeps in its store is read here: whether it is locked,
-        its secret, and the server key it pinned.
+        its secret, the server key it pinned, and who is logged in.
         """
-        return cls(
+        replica = cls(
             store,
             identity,
             rulebook=rulebook,
@@ -378,7 +382,10 @@ class Replica:
             password_hasher=password_hasher,
             secret=_unb64(await store.get_meta(_SECRET)),
             pinned_key=_unb64(await store.get_meta(_PINNED_KEY)),
+            login_idle_s=login_idle_s,
         )
+        await replica.logins.load()
+        return replica
 
     async def close(self) -> None:
         """Close the local database (stop :meth:`stay_connected` first)."""
@@ -408,7 +415,12 @@ class Replica:
     # ---------------------------------------------------------------- editing
 
     async def create_record(self, *, record_id: str | None = None) -> str:
-        """A new patient record, committed; returns its id."""
+        """A new patient record, committed; returns its id.
+
+        On an enrolled laptop someone must be logged in (NotLoggedInError).
+        """
+        if self.enrolled:
+            await self.logins.author(None)
         async with self._write_lock:
             record = self._pool.create(record_id)
             try:
@@ -425,17 +437,27 @@ class Replica:
             self._outbox_changed.set()
             return record.record_id
 
-    async def set(self, record_id: str, path: str, value: JSONValue, *, author: str) -> Revision:
-        """Write a field (committed before this returns)."""
-        return await self._edit(record_id, lambda r: r.set(path, value, author=author))
+    async def set(
+        self, record_id: str, path: str, value: JSONValue, *, author: str | None = None
+    ) -> Revision:
+        """Write a field (committed before this returns).
 
-    async def adjust(self, record_id: str, path: str, change: int, *, author: str) -> Revision:
+        Every edit is written as the account logged in (see :meth:`author_of`):
+        ``author`` may be left out, and naming anyone else raises AuthorError.
+        """
+        writer = await self.author_of(author)
+        return await self._edit(record_id, lambda r: r.set(path, value, author=writer))
+
+    async def adjust(
+        self, record_id: str, path: str, change: int, *, author: str | None = None
+    ) -> Revision:
         """Add ``change`` to a count (``stock/...``): concurrent changes add up everywhere.
 
         ``set`` on a count records the change from the count read now; this
         records a change directly ("dispense 1": ``change=-1``).
         """
-        return await self._edit(record_id, lambda r: r.adjust(path, change, author=author))
+        writer = await self.author_of(author)
+        return await self._edit(record_id, lambda r: r.adjust(path, change, author=writer))
 
     async def add_entry(
         self,
@@ -443,26 +465,60 @@ class Replica:
         collection: str,
         fields: dict[str, JSONValue] | None = None,
         *,
-        author: str,
+        author: str | None = None,
     ) -> str:
         """Add a collection entry; returns its id."""
-        return await self._edit(record_id, lambda r: r.add_entry(collection, fields, author=author))
+        writer = await self.author_of(author)
+        return await self._edit(record_id, lambda r: r.add_entry(collection, fields, author=writer))
 
     async def set_status(
-        self, record_id: str, collection: str, entry_id: str, status: str, *, author: str
+        self,
+        record_id: str,
+        collection: str,
+        entry_id: str,
+        status: str,
+        *,
+        author: str | None = None,
     ) -> Revision:
         """Change an entry's status (``stopped``, ``entered-in-error``, ...)."""
+        writer = await self.author_of(author)
         return await self._edit(
-            record_id, lambda r: r.set_status(collection, entry_id, status, author=author)
+            record_id, lambda r: r.set_status(collection, entry_id, status, author=writer)
         )
 
-    async def sign_note(self, record_id: str, entry_id: str, *, author: str) -> Revision:
+    async def sign_note(
+        self, record_id: str, entry_id: str, *, author: str | None = None
+    ) -> Revision:
         """Sign a note: its text can no longer change (add addenda instead)."""
-        return await self._edit(record_id, lambda r: r.sign_note(entry_id, author=author))
+        writer = await self.author_of(author)
+        return await self._edit(record_id, lambda r: r.sign_note(entry_id, author=writer))
 
-    async def add_addendum(self, record_id: str, entry_id: str, text: str, *, author: str) -> str:
+    async def add_addendum(
+        self, record_id: str, entry_id: str, text: str, *, author: str | None = None
+    ) -> str:
         """Add an addendum to a signed note; returns its id."""
-        return await self._edit(record_id, lambda r: r.add_addendum(entry_id, text, author=author))
+        writer = await self.author_of(author)
+        return await self._edit(record_id, lambda r: r.add_addendum(entry_id, text, author=writer))
+
+    async def author_of(self, named: str | None = None) -> str:
+        """Who an edit made now is written as.
+
+        On an enrolled laptop: the account logged in (:attr:`user`); ``named``
+        may be left out, and naming anyone else raises
+        :class:`~caresync.exceptions.AuthorError`; nobody logged in (or a login
+        gone idle) raises :class:`~caresync.exceptions.NotLoggedInError`. A
+        replica not enrolled to a server has no accounts: it writes ``named``
+        as given (required), and the server will refuse those entries unless
+        the account that enrols the laptop has that name.
+        """
+        if not self.enrolled:
+            if named is None:
+                raise InvalidInputError(
+                    "name the author: this replica is not enrolled to a server, so nobody "
+                    "can be logged in on it"
+                )
+            return named
+        return await self.logins.author(named)
 
     async def _edit(self, record_id: str, mutate: Callable[[Record], T]) -> T:
         async with self._write_lock:
@@ -547,7 +603,7 @@ class Replica:
         self,
         conflict_id: str,
         *,
-        author: str,
+        author: str | None = None,
         choose: int | None = None,
         value: JSONValue | object = _UNSET,
     ) -> Revision:
@@ -557,20 +613,22 @@ class Replica:
         candidate 0, the same person (:meth:`link_records`), or 1, different
         people (:meth:`mark_different_people`); the decision is written to both records.
         """
+        writer = await self.author_of(author)
         conflict = await self.find_conflict(conflict_id)
         if conflict.rule in (DUPLICATE_RULE, DISPUTED_RULE):
-            return await self._decide_pair(conflict, choose, value, author)
+            return await self._decide_pair(conflict, choose, value, writer)
         kwargs: dict[str, Any] = {"choose": choose}
         if value is not _UNSET:
             kwargs["value"] = value
         linked = await self._listing.linked_records(conflict.record_id)
         return await self._edit(
             conflict.record_id,
-            lambda r: self.rulebook.resolve(r, conflict_id, author=author, linked=linked, **kwargs),
+            lambda r: self.rulebook.resolve(r, conflict_id, author=writer, linked=linked, **kwargs),
         )
 
-    async def acknowledge(self, conflict_id: str, *, author: str) -> Revision:
+    async def acknowledge(self, conflict_id: str, *, author: str | None = None) -> Revision:
         """Acknowledge a flag or info finding."""
+        writer = await self.author_of(author)
         conflict = await self.find_conflict(conflict_id)
         if conflict.rule in (DUPLICATE_RULE, DISPUTED_RULE):
             raise InvalidResolutionError(
@@ -580,30 +638,36 @@ class Replica:
         linked = await self._listing.linked_records(conflict.record_id)
         return await self._edit(
             conflict.record_id,
-            lambda r: self.rulebook.acknowledge(r, conflict_id, author=author, linked=linked),
+            lambda r: self.rulebook.acknowledge(r, conflict_id, author=writer, linked=linked),
         )
 
     # ----------------------------------------------------------------- people
 
-    async def link_records(self, record_id: str, other_id: str, *, author: str) -> Revision:
+    async def link_records(
+        self, record_id: str, other_id: str, *, author: str | None = None
+    ) -> Revision:
         """Link two records as one person: shown together, checked together, never merged.
 
         A replicated decision written to both records (``links/<other id>``);
         undone with :meth:`unlink_records`. Returns the revision written to ``record_id``.
         """
-        return await self._decide(record_id, other_id, SAME_PERSON, author)
+        return await self._decide(record_id, other_id, SAME_PERSON, await self.author_of(author))
 
-    async def unlink_records(self, record_id: str, other_id: str, *, author: str) -> Revision:
+    async def unlink_records(
+        self, record_id: str, other_id: str, *, author: str | None = None
+    ) -> Revision:
         """Undo a link: the two records are separate again (a match is a finding again)."""
+        author = await self.author_of(author)
         if other_id not in await self._listing.linked(record_id):
             raise InvalidInputError(f"records {record_id} and {other_id} are not linked")
         return await self._decide(record_id, other_id, UNLINKED, author)
 
     async def mark_different_people(
-        self, record_id: str, other_id: str, *, author: str
+        self, record_id: str, other_id: str, *, author: str | None = None
     ) -> Revision:
         """Decide that two records that look alike are different people (no finding again)."""
-        return await self._decide(record_id, other_id, DIFFERENT_PEOPLE, author)
+        writer = await self.author_of(author)
+        return await self._decide(record_id, other_id, DIFFERENT_PEOPLE, writer)
 
     async def linked_records(self, record_id: str) -> list[str]:
         """The records linked to this one as the same person (through others too), sorted."""
@@ -721,7 +785,7 @@ class Replica:
         return None if self._pinned_key is None else key_fingerprint(self._pinned_key)
 
     async def login_offline(self, username: str, password: str) -> None:
-        """Check a password offline; only users who logged in online here before can.
+        """Log ``username`` in offline; only users who logged in online here before can.
 
         After :data:`OFFLINE_LOGIN_ATTEMPTS` failed attempts in a row (any user,
         a wrong password or an unknown name), the laptop checks no password for
@@ -729,52 +793,24 @@ class Replica:
         :data:`OFFLINE_LOCK_FIRST_S` up to :data:`OFFLINE_LOCK_MAX_S`:
         :class:`~caresync.exceptions.LoginLockedError` says how long. The count
         is kept in the database, so closing the program does not reset it; a
-        right password does.
+        right password does. See :mod:`caresync.logins`.
         """
-        failures, locked_until_ms = await self._offline_failures()
-        now_ms = _wall_ms()
-        if locked_until_ms > now_ms:
-            wait_s = (locked_until_ms - now_ms) / 1000
-            raise LoginLockedError(
-                f"too many failed logins on this laptop: try again in {wait_s:.0f} s",
-                retry_after_s=wait_s,
-            )
-        stored = await self.store.get_meta(_OFFLINE_LOGIN + username)
-        try:
-            if stored is None:
-                raise AuthenticationError(
-                    f"{username} has never logged in online on this laptop; connect to log in"
-                )
-            try:
-                self._hasher.verify(stored, password)
-            except (VerificationError, InvalidHashError):
-                raise AuthenticationError(f"wrong password for {username}") from None
-        except AuthenticationError as exc:
-            failures += 1
-            lock_s = 0.0
-            if failures >= OFFLINE_LOGIN_ATTEMPTS:
-                doublings = min(failures - OFFLINE_LOGIN_ATTEMPTS, 32)
-                lock_s = min(OFFLINE_LOCK_FIRST_S * 2**doublings, OFFLINE_LOCK_MAX_S)
-            await self.store.set_meta(
-                _OFFLINE_FAILURES, f"{failures}:{now_ms + int(lock_s * 1000)}"
-            )
-            if lock_s:
-                raise LoginLockedError(
-                    f"{exc}; {failures} failed logins in a row: this laptop checks no "
-                    f"password for {lock_s:.0f} s",
-                    retry_after_s=lock_s,
-                ) from None
-            raise
-        if failures:
-            await self.store.set_meta(_OFFLINE_FAILURES, "0:0")
+        await self.logins.login_offline(username, password)
 
-    async def _offline_failures(self) -> tuple[int, int]:
-        """Failed offline logins in a row, and until when (ms) none is checked."""
-        text = await self.store.get_meta(_OFFLINE_FAILURES) or "0:0"
-        count, _, until = text.partition(":")
-        if not (count.isdigit() and until.isdigit()):
-            raise CorruptDatabaseError("the count of failed offline logins is damaged")
-        return int(count), int(until)
+    async def logout(self) -> None:
+        """Log out whoever is logged in: edits are refused until someone logs in."""
+        await self.logins.logout()
+
+    @property
+    def user(self) -> str | None:
+        """The account logged in on this laptop, who writes its entries (None: nobody,
+        or the login expired after ``login_idle_s`` without an edit)."""
+        return self.logins.user
+
+    def shown_as(self, author: str) -> str:
+        """How people know an author: the account's display name, as the server last
+        sent it, else the author's name itself."""
+        return self.logins.shown_as(author)
 
     # ------------------------------------------------------------------- sync
 
@@ -868,6 +904,38 @@ class Replica:
             else:
                 await session.resume()
             return await session.synchronise(progress)
+
+    async def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        organisation: str | None = None,
+        url: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        insecure: bool = False,
+    ) -> None:
+        """Log ``username`` in online, without syncing: from now on the laptop's
+        entries are written as that account (see :mod:`caresync.logins`).
+
+        The server checks the password (and this laptop's secret); the laptop
+        keeps the new session and what lets the user log in offline later.
+        Raises :class:`~caresync.exceptions.AuthenticationError` for a bad
+        password, :class:`~caresync.exceptions.ConnectionLostError` when the
+        server cannot be reached (log in offline then: :meth:`login_offline`).
+        Not while in live mode: the live connection's session is the laptop's.
+        """
+        self._check_can_sync()
+        if self._live:
+            raise InvalidInputError(
+                "this replica is in live mode (stay_connected); stop it to log in online, "
+                "or log in offline (login_offline)"
+            )
+        target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
+        org = organisation or self.identity.organisation or ""
+        async with self._sync_lock, _Session.connect(self, target, ssl) as session:
+            await session.login(username, password, org)
+            await session.remember_login()
 
     async def stay_connected(
         self,
@@ -995,11 +1063,6 @@ class Replica:
             await session.live(stop, attempt)
 
 
-def _wall_ms() -> int:
-    """The wall clock, in milliseconds (what a lock of offline logins is timed by)."""
-    return time.time_ns() // 1_000_000
-
-
 def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
     """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
     cards: dict[str, PersonCard] = {}
@@ -1125,6 +1188,7 @@ class _Session:
         self.server_key: bytes | None = None  # proven on this connection
         self.include_own = False  # pull this replica's own updates too (after a restore)
         self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
+        self._names_to_store: dict[str, str] | None = None  # account → display name
         # In live mode one reader task owns the channel: replies reach waiters here.
         self._replies: asyncio.Queue[object] | None = None
 
@@ -1272,6 +1336,8 @@ class _Session:
 
     async def _logged_in(self, session: Authenticated) -> None:
         replica = self.replica
+        if session.accounts is not None:
+            self._names_to_store = dict(session.accounts)
         if session.replica_secret is not None:
             # The server gave a replica enrolled before secrets its first one: keep it
             # now, or this laptop could never log in again.
@@ -1308,7 +1374,11 @@ class _Session:
             logger.warning("could not renumber the outbox: %s", exc)
 
     async def remember_login(self) -> None:
-        """Store the session token and the offline-login hash of a password login."""
+        """Store the account names the server sent, and the session token and the
+        offline-login hash of a password login (whose account is then logged in)."""
+        if self._names_to_store is not None:
+            await self.replica.logins.remember_names(self._names_to_store)
+            self._names_to_store = None
         if self._token_to_store is None:
             return
         token, user, password = self._token_to_store
@@ -1316,8 +1386,7 @@ class _Session:
         store = self.replica.store
         await store.set_meta(_SESSION, token)
         await store.set_meta(_SESSION_USER, user)
-        password_hash = await asyncio.to_thread(self.replica._hasher.hash, password)
-        await store.set_meta(_OFFLINE_LOGIN + user, password_hash)
+        await self.replica.logins.logged_in_online(user, password)
 
     async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
         replica = self.replica

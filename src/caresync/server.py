@@ -49,7 +49,7 @@ from caresync.exceptions import (
 )
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
-from caresync.names import check_organisation, check_username
+from caresync.names import check_display_name, check_organisation, check_username
 from caresync.observe import (
     METRICS_CONTENT_TYPE,
     STALE_AFTER_MS,
@@ -61,7 +61,9 @@ from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     ITEM_OVERHEAD_BYTES,
+    AccountName,
     Authenticate,
+    Authenticated,
     CopyBatch,
     CopyConflict,
     CopyPerson,
@@ -81,7 +83,7 @@ from caresync.protocol import (
     Subscribe,
     item_wire_size,
 )
-from caresync.records import Admission, AdmissionLimits, Record
+from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.records.persons import person_card
 from caresync.storage import IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
 from caresync.throttle import LoginThrottle
@@ -159,7 +161,8 @@ class _Remembered(Generic[K, V]):
 
 
 class _Forbidden(CaresyncError):
-    """A push names a record this replica's organisation may not write."""
+    """A push this replica may not make: a record of another organisation, or revisions
+    it did not write (see Gatekeeper.foreign_writers and unknown_author)."""
 
 
 def _row_wire_size(row: CopyConflict) -> int:
@@ -345,14 +348,27 @@ class SyncServer:
 
     # ------------------------------------------------------------------ accounts
 
-    async def add_user(self, organisation: str, username: str, password: str) -> None:
-        """Create an account (password stored as an argon2id hash)."""
+    async def add_user(
+        self,
+        organisation: str,
+        username: str,
+        password: str,
+        *,
+        display_name: str | None = None,
+    ) -> None:
+        """Create an account (password stored as an argon2id hash).
+
+        ``display_name`` is how people see its entries ("Dr Aïcha Diallo");
+        without one, they see the username.
+        """
         check_organisation(organisation)
         check_username(username)
+        if display_name is not None:
+            check_display_name(display_name)
         if not isinstance(password, str) or not password:
             raise InvalidInputError("a password must be a non-empty string")
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
-        await self.store.add_user(organisation, username, password_hash)
+        await self.store.add_user(organisation, username, password_hash, display_name=display_name)
 
     async def set_password(self, organisation: str, username: str, password: str) -> None:
         """Give a user a new password: every session of theirs ends now."""
@@ -684,11 +700,22 @@ class SyncServer:
             outcome.organisation,
             pushed_up_to=outcome.pushed_up_to,
             replica_secret=outcome.new_secret,
+            accounts=await self._account_names(conn, outcome.organisation),
         )
         replica_id = conn.protocol.replica_id
         self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
         if replica_id is not None:  # seen: only now that it proved who it is
             await self.store.touch_replica(replica_id, self._now_ms())
+
+    async def _account_names(
+        self, conn: _Connection, organisation: str
+    ) -> list[AccountName] | None:
+        """The organisation's accounts and display names, for a peer that reads them."""
+        version = conn.protocol.protocol_version
+        if version is None or version < Authenticated.FIELDS_SINCE["accounts"]:
+            return None
+        names = await self.store.organisation_accounts(organisation)
+        return [AccountName(user, names[user]) for user in sorted(names)]
 
     async def _on_enrol(self, conn: _Connection, enrol: Enrol) -> None:
         login = conn.login
@@ -895,6 +922,7 @@ class SyncServer:
         # Held here, not looked up again: a large batch may push them out of the pool.
         records: dict[str, Record] = {}
         writers: dict[int, str] = {}  # Yjs client ids this batch writes new changes under
+        revisions: list[tuple[str, Revision]] = []  # what the batch adds, by record
         replica_id = conn.protocol.replica_id or ""
         try:
             unloaded = [record_id for record_id in parts if pool.peek(record_id) is None]
@@ -910,7 +938,7 @@ class SyncServer:
                     else Admission.for_record(record, now_ms=self._now_ms, limits=self.admission)
                 )
                 for update in updates:
-                    admission.admit(update)
+                    revisions.extend((record_id, rev) for rev in admission.admit(update))
                     if admission.last_writer is not None:
                         writers[admission.last_writer] = record_id
                 if record is None:
@@ -920,9 +948,11 @@ class SyncServer:
                         record.apply_update(update)
                     record.check_id()
                 records[record_id] = record
+            await self._check_authorship(conn, revisions)
             bound = await self._client_owners(writers)
+            carried = await self._carried_replicas(conn, set(bound.values()))
             for client, owner in bound.items():
-                if owner != replica_id:
+                if owner != replica_id and owner not in carried:
                     raise RefusedUpdateError(
                         f"record {writers[client]}: update refused: it writes as Yjs client "
                         f"{client}, which another replica writes with (a document's client id "
@@ -969,6 +999,30 @@ class SyncServer:
             if result is not None:
                 await result
         return entries
+
+    async def _check_authorship(
+        self, conn: _Connection, revisions: list[tuple[str, Revision]]
+    ) -> None:
+        """Raise _Forbidden unless every revision was written on this replica (or a
+        revoked one of its organisation) by an account that logged in there."""
+        pusher = conn.protocol.replica_id or ""
+        why = await self.gate.foreign_writers(
+            pusher, conn.organisation or "", {rev.replica for _rid, rev in revisions}
+        )
+        if why is None:
+            why = await self.gate.unknown_author(revisions)
+        if why is not None:
+            raise _Forbidden(f"push refused, nothing stored: {why}")
+
+    async def _carried_replicas(self, conn: _Connection, owners: set[str]) -> set[str]:
+        """Which of these Yjs client owners this replica may write for (revoked
+        replicas of its organisation, whose unsynced work it carries)."""
+        pusher = conn.protocol.replica_id or ""
+        carried: set[str] = set()
+        for owner in owners - {pusher}:
+            if await self.gate.foreign_writers(pusher, conn.organisation or "", {owner}) is None:
+                carried.add(owner)
+        return carried
 
     async def _record_organisations(self, record_ids: list[str]) -> dict[str, str | None]:
         """Each stored record's organisation: remembered, else read (one query for the rest).

@@ -46,7 +46,7 @@ def status(db: Path) -> dict[str, Any]:
 
 
 def new_record(db: Path) -> str:
-    record_id = inproc("record new --db {db} --author dr.a --json", db=db).ok().json()["record_id"]
+    record_id = inproc("record new --db {db} --json", db=db).ok().json()["record_id"]
     assert isinstance(record_id, str)
     return record_id
 
@@ -76,9 +76,9 @@ def test_enrol_copies_what_the_server_has_and_sync_reports_counts(clinic: Clinic
     assert enrolled["server_url"] == clinic.url
     assert enrolled["server_id"].startswith("server-")
 
-    made = sh("record new --db {db} --author dr.a --json", db=north).ok().json()
+    made = sh("record new --db {db} --json", db=north).ok().json()
     record_id = made["record_id"]
-    sh("record set --db {db} {r} birthDate 1988-04-21 --author dr.a", db=north, r=record_id).ok()
+    sh("record set --db {db} {r} birthDate 1988-04-21", db=north, r=record_id).ok()
     assert status(north)["pending"] == 2  # created, then written: both committed, unsynced
     pushed = sh("sync --db {db} --json", db=north).ok().json()
     assert pushed.keys() >= SYNC_KEYS
@@ -220,8 +220,8 @@ def test_conflict_resolved_with_a_new_value_and_refused_choices(clinic: Clinic) 
     record_id = new_record(a)
     inproc("sync --db {db}", db=a).ok()
     inproc("sync --db {db}", db=b).ok()
-    inproc("record set --db {db} {r} weightKg 71.5 --author dr.a", db=a, r=record_id).ok()
-    inproc("record set --db {db} {r} weightKg 75 --author dr.b", db=b, r=record_id).ok()
+    inproc("record set --db {db} {r} weightKg 71.5", db=a, r=record_id).ok()
+    inproc("record set --db {db} {r} weightKg 75", db=b, r=record_id).ok()
     for laptop in (a, b, a):
         inproc("sync --db {db}", db=laptop).ok()
 
@@ -234,18 +234,18 @@ def test_conflict_resolved_with_a_new_value_and_refused_choices(clinic: Clinic) 
     assert "71.5" in human
 
     before = digest(a)
-    resolve = "conflicts resolve --db {db} {c} --choose {n} --author dr.a"
+    resolve = "conflicts resolve --db {db} {c} --choose {n}"
     cid = conflict["id"]
     refused(sh(resolve, db=a, c=cid, n=2), 2, "out of range")
     refused(inproc(resolve, db=a, c=cid, n=-1), 2, "negative")
     refused(inproc(resolve, db=a, c=cid, n="one"), 2, "whole number")
     refused(inproc(resolve, db=a, c="c-nope", n=0), 3, "c-nope")
-    both = inproc("conflicts resolve --db {db} {c} --choose 0 --value 1 --author x", db=a, c=cid)
+    both = inproc("conflicts resolve --db {db} {c} --choose 0 --value 1", db=a, c=cid)
     refused(both, 2, "not allowed with")
-    refused(inproc("conflicts resolve --db {db} {c} --author x", db=a, c=cid), 2, "--choose")
+    refused(inproc("conflicts resolve --db {db} {c}", db=a, c=cid), 2, "--choose")
     assert digest(a) == before
 
-    done = sh("conflicts resolve --db {db} {c} --value 73 --author dr.a --json", db=a, c=cid).ok()
+    done = sh("conflicts resolve --db {db} {c} --value 73 --json", db=a, c=cid).ok()
     resolved = done.json()
     assert resolved["value"] == 73
     assert resolved["conflicts_open"] == 0
@@ -264,7 +264,7 @@ def test_conflict_resolved_with_a_new_value_and_refused_choices(clinic: Clinic) 
 def test_a_safety_rule_finding_is_acknowledged(clinic: Clinic) -> None:
     a, b = clinic.enrol("ward-1"), clinic.enrol("ward-2", username="dr.b")
     record_id = new_record(a)
-    add = "record add-entry --db {db} {r} allergies {fields} --author dr.a"
+    add = "record add-entry --db {db} {r} allergies {fields}"
     inproc(add, db=a, r=record_id, fields='{"substance": "penicillin"}').ok()
     inproc("sync --db {db}", db=a).ok()
     inproc("sync --db {db}", db=b).ok()
@@ -277,7 +277,7 @@ def test_a_safety_rule_finding_is_acknowledged(clinic: Clinic) -> None:
     assert finding["kind"] == "rule"
     assert finding["severity"] == "flag"
     assert {c["value"] for c in finding["candidates"]} == {"penicillin", "Penicillin"}
-    done = sh("conflicts acknowledge --db {db} {c} --author dr.b --json", db=b, c=finding["id"])
+    done = sh("conflicts acknowledge --db {db} {c} --json", db=b, c=finding["id"])
     assert done.ok().json()["conflict_id"] == finding["id"]
     after = inproc("conflicts list --db {db} --json", db=b).ok().json()
     assert finding["id"] not in {c["id"] for c in after["conflicts"]}
@@ -298,13 +298,13 @@ def test_record_values_paths_and_refusals(clinic: Clinic) -> None:
         "a/nan": ("NaN", "NaN"),
         "a/huge": ("1e999", "1e999"),
     }
-    write = "record set --db {db} {r} {path} {value} --author dr.a --json"
+    write = "record set --db {db} {r} {path} {value} --json"
     for path, (raw, _) in values.items():
         written = inproc(write, db=laptop, r=record_id, path=path, value=raw).ok().json()
         assert written["path"] == path
     entry = (
         inproc(
-            "record add-entry --db {db} {r} allergies {fields} --author dr.a --json",
+            "record add-entry --db {db} {r} allergies {fields} --json",
             db=laptop,
             r=record_id,
             fields='{"substance": "latex"}',
@@ -323,27 +323,27 @@ def test_record_values_paths_and_refusals(clinic: Clinic) -> None:
     before = digest(laptop)
     set_ = "record set --db {db} {r} {path} 1 --author {who}"
     cases = [
-        (sh(set_, db=laptop, r="no-such-record", path="birthDate", who="x"), 3, "no-such-record"),
-        (inproc(set_, db=laptop, r=record_id, path="a//b", who="x"), 2, "a//b"),
-        (inproc(set_, db=laptop, r=record_id, path="birthDate", who=" "), 2, "author"),
-        (inproc(set_, db=laptop, r=record_id, path="allergies/nope/x", who="x"), 3, "nope"),
-        (inproc(set_, db=laptop, r=record_id, path="_x", who="x"), 2, "reserved"),
         (
-            inproc(
-                "record set --db {db} {r} big 9007199254740993 --author x", db=laptop, r=record_id
-            ),
+            sh(set_, db=laptop, r="no-such-record", path="birthDate", who="dr.a"),
+            3,
+            "no-such-record",
+        ),
+        (inproc(set_, db=laptop, r=record_id, path="a//b", who="dr.a"), 2, "a//b"),
+        (inproc(set_, db=laptop, r=record_id, path="birthDate", who=" "), 2, "author"),
+        (inproc(set_, db=laptop, r=record_id, path="allergies/nope/x", who="dr.a"), 3, "nope"),
+        (inproc(set_, db=laptop, r=record_id, path="_x", who="dr.a"), 2, "reserved"),
+        (
+            inproc("record set --db {db} {r} big 9007199254740993", db=laptop, r=record_id),
             2,
             "2**53",
         ),
         (
-            inproc(
-                "record add-entry --db {db} {r} allergies [1] --author x", db=laptop, r=record_id
-            ),
+            inproc("record add-entry --db {db} {r} allergies [1]", db=laptop, r=record_id),
             2,
             "JSON object",
         ),
         (
-            inproc("record add-entry --db {db} {r} pets --author x", db=laptop, r=record_id),
+            inproc("record add-entry --db {db} {r} pets", db=laptop, r=record_id),
             2,
             "pets",
         ),
@@ -355,7 +355,7 @@ def test_record_values_paths_and_refusals(clinic: Clinic) -> None:
 
 
 def test_the_running_servers_database_takes_account_changes_only(clinic: Clinic) -> None:
-    refused(inproc("record new --db {db} --author x", db=clinic.db), 4, "in use")
+    refused(inproc("record new --db {db}", db=clinic.db), 4, "in use")
     # Accounts change beside the running server, and it honours them at once.
     sh("user add --db {db} --org clinic-a --username dr.z", db=clinic.db).ok()
     laptop = clinic.enrol("laptop-of-dr-z", username="dr.z")
@@ -378,7 +378,7 @@ def test_the_running_servers_database_takes_account_changes_only(clinic: Clinic)
 def test_export_and_import_unsynced_changes(clinic: Clinic) -> None:
     old, new = clinic.enrol("old-laptop"), clinic.enrol("new-laptop")
     record_id = new_record(old)
-    inproc("record set --db {db} {r} birthDate 1990-01-01 --author dr.a", db=old, r=record_id)
+    inproc("record set --db {db} {r} birthDate 1990-01-01", db=old, r=record_id)
     file = clinic.dir / "unsynced.jsonl"
     exported = sh("export --db {db} --out {f} --json", db=old, f=file).ok().json()
     assert exported["exported"] == 2
@@ -401,6 +401,11 @@ def test_export_and_import_unsynced_changes(clinic: Clinic) -> None:
     imported = sh("import --db {db} {f} --json", db=new, f=file).ok().json()
     assert imported["imported"] == 2
     assert imported["pending"] == 2
+    # The server takes another laptop's changes only once that laptop is revoked: until
+    # then it could push them itself.
+    refused(inproc("sync --db {db}", db=new), 5, "revoke that laptop first")
+    old_id = sh("status --db {db} --json", db=old).ok().json()["replica_id"]
+    sh("replica revoke --db {db} {r}", db=clinic.db, r=old_id).ok()
     assert inproc("sync --db {db} --json", db=new).ok().json()["uploaded"] == 2
     shown = inproc("record show --db {db} {r} --json", db=clinic.db, r=record_id).ok().json()
     assert shown["fields"]["birthDate"] == "1990-01-01"

@@ -15,11 +15,9 @@ def _json(template: str, **values: object) -> dict[str, Any]:
 def test_three_laptops_dispensing_offline_add_up_and_below_zero_blocks(clinic: Clinic) -> None:
     laptops = [clinic.enrol(f"stock-{n}") for n in range(3)]
     first = laptops[0]
-    record = _json("record new --db {db} --author dr.a --json", db=first)["record_id"]
+    record = _json("record new --db {db} --json", db=first)["record_id"]
     path = "stock/amoxicillin-500mg"
-    written = _json(
-        "record set --db {db} {rid} {path} 2 --author dr.a --json", db=first, rid=record, path=path
-    )
+    written = _json("record set --db {db} {rid} {path} 2 --json", db=first, rid=record, path=path)
     assert written["total"] == 2
     for laptop in laptops:
         _json("sync --db {db} --json", db=laptop)
@@ -27,14 +25,14 @@ def test_three_laptops_dispensing_offline_add_up_and_below_zero_blocks(clinic: C
     for n, laptop in enumerate(laptops):
         if n == 0:
             done = _json(
-                "record set --db {db} {rid} {path} 1 --author dr.a --json",
+                "record set --db {db} {rid} {path} 1 --json",
                 db=laptop,
                 rid=record,
                 path=path,
             )
         else:
             done = _json(
-                "record adjust --db {db} {rid} {path} -1 --author dr.b --json",
+                "record adjust --db {db} {rid} {path} -1 --json",
                 db=laptop,
                 rid=record,
                 path=path,
@@ -52,14 +50,14 @@ def test_three_laptops_dispensing_offline_add_up_and_below_zero_blocks(clinic: C
     assert "-1" in below["message"]
     assert (
         inproc(
-            "conflicts resolve --db {db} {cid} --choose 0 --author dr.a",
+            "conflicts resolve --db {db} {cid} --choose 0",
             db=laptops[2],
             cid=below["id"],
         ).code
         == 2
     )  # a count is settled by entering the counted value
     _json(
-        "conflicts resolve --db {db} {cid} --value 0 --author dr.a --json",
+        "conflicts resolve --db {db} {cid} --value 0 --json",
         db=laptops[2],
         cid=below["id"],
     )
@@ -76,14 +74,14 @@ def test_three_laptops_dispensing_offline_add_up_and_below_zero_blocks(clinic: C
 
 def test_adjust_takes_only_an_integer(clinic: Clinic) -> None:
     laptop = clinic.enrol("stock-bad")
-    record = _json("record new --db {db} --author dr.a --json", db=laptop)["record_id"]
+    record = _json("record new --db {db} --json", db=laptop)["record_id"]
     for bad in ("1.5", "5_0", "ten"):
         result = inproc(
-            "record adjust --db {db} {rid} stock/x {change} --author dr.a",
+            "record adjust --db {db} {rid} stock/x {change}",
             db=laptop,
             rid=record,
             change=bad,
         )
         assert result.code == 2, bad
-    plain = inproc("record adjust --db {db} {rid} name 1 --author dr.a", db=laptop, rid=record)
+    plain = inproc("record adjust --db {db} {rid} name 1", db=laptop, rid=record)
     assert plain.code == 2  # not a count

@@ -33,10 +33,11 @@ def _one(conflicts: list[dict[str, Any]], rule: str) -> dict[str, Any]:
 
 
 def _medication(clinic: Clinic, name: str) -> tuple[object, object, object, str, str]:
-    north, south, east = (clinic.enrol(f"{name}-{side}") for side in ("north", "south", "east"))
-    record = _json("record new --db {db} --author dr.a --json", db=north)["record_id"]
+    north, east = clinic.enrol(f"{name}-north"), clinic.enrol(f"{name}-east")
+    south = clinic.enrol(f"{name}-south", username="dr.b")  # dr.b works there
+    record = _json("record new --db {db} --json", db=north)["record_id"]
     med = _json(
-        "record add-entry --db {db} {rid} medications {fields} --author dr.a --json",
+        "record add-entry --db {db} {rid} medications {fields} --json",
         db=north,
         rid=record,
         fields='{"drug": "warfarin", "dose": "5 mg", "status": "active"}',
@@ -44,13 +45,13 @@ def _medication(clinic: Clinic, name: str) -> tuple[object, object, object, str,
     _sync(north, south, east)
     # Offline, each does their part.
     _json(
-        "record set --db {db} {rid} medications/{med}/status stopped --author dr.a --json",
+        "record set --db {db} {rid} medications/{med}/status stopped --json",
         db=north,
         rid=record,
         med=med,
     )
     _json(
-        "record set --db {db} {rid} medications/{med}/dose '7.5 mg' --author dr.b --json",
+        "record set --db {db} {rid} medications/{med}/dose '7.5 mg' --json",
         db=south,
         rid=record,
         med=med,
@@ -72,7 +73,7 @@ def test_a_decision_on_a_block_finding_is_what_every_laptop_then_says(clinic: Cl
     for name in ("status", "dose"):
         assert shown[f"medications/{med}/{name}"]["conflict"] == finding["id"]  # contested
     resolved = _json(
-        "conflicts resolve --db {db} {cid} --choose 1 --author dr.b --json",
+        "conflicts resolve --db {db} {cid} --choose 1 --json",
         db=east,
         cid=finding["id"],
     )
@@ -94,12 +95,12 @@ def test_two_different_decisions_read_as_the_decisions(clinic: Clinic) -> None:
         _json("conflicts list --db {db} --json", db=north)["conflicts"], "stopped-vs-dose-change"
     )
     _json(
-        "conflicts resolve --db {db} {cid} --choose 0 --author dr.a --json",
+        "conflicts resolve --db {db} {cid} --choose 0 --json",
         db=north,
         cid=finding["id"],
     )
     _json(
-        "conflicts resolve --db {db} {cid} --choose 1 --author dr.b --json",
+        "conflicts resolve --db {db} {cid} --choose 1 --json",
         db=south,
         cid=finding["id"],
     )
@@ -113,7 +114,7 @@ def test_two_different_decisions_read_as_the_decisions(clinic: Clinic) -> None:
     assert "decided one finding differently" in decision["message"]
     pick = [c["value"] for c in decision["candidates"]].index("stopped")
     _json(
-        "conflicts resolve --db {db} {cid} --choose {n} --author dr.a --json",
+        "conflicts resolve --db {db} {cid} --choose {n} --json",
         db=east,
         cid=decision["id"],
         n=pick,
@@ -127,22 +128,22 @@ def test_two_different_decisions_read_as_the_decisions(clinic: Clinic) -> None:
 
 def test_an_allergy_blocks_a_brand_name_prescription_made_elsewhere(clinic: Clinic) -> None:
     north, south, east = (clinic.enrol(f"allergy-{side}") for side in ("north", "south", "east"))
-    record = _json("record new --db {db} --author dr.a --json", db=north)["record_id"]
+    record = _json("record new --db {db} --json", db=north)["record_id"]
     _sync(north, south, east)
     _json(
-        "record add-entry --db {db} {rid} allergies {fields} --author dr.a --json",
+        "record add-entry --db {db} {rid} allergies {fields} --json",
         db=north,
         rid=record,
         fields='{"substance": "Penicilin allergy", "criticality": "high"}',
     )
     med = _json(
-        "record add-entry --db {db} {rid} medications {fields} --author dr.b --json",
+        "record add-entry --db {db} {rid} medications {fields} --json",
         db=south,
         rid=record,
         fields='{"drug": "Augmentin 625 mg", "status": "active"}',
     )["entry_id"]
     _json(
-        "record add-entry --db {db} {rid} allergies {fields} --author dr.b --json",
+        "record add-entry --db {db} {rid} allergies {fields} --json",
         db=south,
         rid=record,
         fields='{"substance": "bee stings"}',
@@ -159,7 +160,7 @@ def test_an_allergy_blocks_a_brand_name_prescription_made_elsewhere(clinic: Clin
     assert unchecked["severity"] == "info"
     assert "not checked" in unchecked["message"]
     _json(
-        "conflicts resolve --db {db} {cid} --choose 0 --author dr.a --json",
+        "conflicts resolve --db {db} {cid} --choose 0 --json",
         db=east,
         cid=block["id"],
     )

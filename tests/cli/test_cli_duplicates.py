@@ -35,10 +35,10 @@ def _conflicts(db: object, rule: str, *records: str) -> list[dict[str, Any]]:
 
 
 def _register(laptop: object, name: str, birth: str) -> str:
-    record = _json("record new --db {db} --author dr.a --json", db=laptop)["record_id"]
+    record = _json("record new --db {db} --json", db=laptop)["record_id"]
     for path, value in (("name", name), ("birthDate", birth), ("sex", "female")):
         _json(
-            "record set --db {db} {rid} {path} {value} --author dr.a --json",
+            "record set --db {db} {rid} {path} {value} --json",
             db=laptop,
             rid=record,
             path=path,
@@ -82,20 +82,20 @@ def test_a_patient_registered_twice_is_found_alike_everywhere(clinic: Clinic) ->
 
 def test_linked_records_are_one_chart_for_the_allergy_check(clinic: Clinic) -> None:
     north, south, east, first, second = _duplicate(clinic, "linked", "1984-02-29")
-    linked = _json("record link --db {db} {a} {b} --author dr.b --json", db=east, a=first, b=second)
+    linked = _json("record link --db {db} {a} {b} --json", db=east, a=first, b=second)
     assert linked["linked_records"] == [second]
     _sync(east, north, south)
     for laptop in (north, south, east, clinic.db):
         assert _conflicts(laptop, "possible-duplicate", first, second) == [], laptop
     # The allergy on one chart, the prescription on the other, on two laptops offline.
     _json(
-        "record add-entry --db {db} {rid} allergies {fields} --author dr.a --json",
+        "record add-entry --db {db} {rid} allergies {fields} --json",
         db=north,
         rid=first,
         fields='{"substance": "penicillin", "criticality": "high"}',
     )
     med = _json(
-        "record add-entry --db {db} {rid} medications {fields} --author dr.b --json",
+        "record add-entry --db {db} {rid} medications {fields} --json",
         db=south,
         rid=second,
         fields='{"drug": "Augmentin 625 mg", "status": "active"}',
@@ -115,7 +115,7 @@ def test_linked_records_are_one_chart_for_the_allergy_check(clinic: Clinic) -> N
         block["id"]
     }
     _json(
-        "conflicts resolve --db {db} {cid} --choose 0 --author dr.a --json",
+        "conflicts resolve --db {db} {cid} --choose 0 --json",
         db=east,
         cid=block["id"],
     )
@@ -127,16 +127,14 @@ def test_linked_records_are_one_chart_for_the_allergy_check(clinic: Clinic) -> N
 
 def test_unlink_brings_the_finding_back_and_different_people_ends_it(clinic: Clinic) -> None:
     north, south, east, first, second = _duplicate(clinic, "unlink", "1977-11-03")
-    _json("record link --db {db} {a} {b} --author dr.b --json", db=north, a=first, b=second)
-    undone = _json(
-        "record unlink --db {db} {a} {b} --author dr.b --json", db=north, a=second, b=first
-    )
+    _json("record link --db {db} {a} {b} --json", db=north, a=first, b=second)
+    undone = _json("record unlink --db {db} {a} {b} --json", db=north, a=second, b=first)
     assert undone["linked_records"] == []
     _sync(north, south, east)
     [finding, _same] = _conflicts(east, "possible-duplicate", first, second)
     before = _json("status --db {db} --json", db=east)["conflicts_open"]
     resolved = _json(
-        "conflicts resolve --db {db} {cid} --choose 1 --author dr.a --json",
+        "conflicts resolve --db {db} {cid} --choose 1 --json",
         db=east,
         cid=finding["id"],
     )
@@ -148,13 +146,13 @@ def test_unlink_brings_the_finding_back_and_different_people_ends_it(clinic: Cli
 
 def test_linking_is_refused_with_a_message(clinic: Clinic) -> None:
     laptop = clinic.enrol("refuse-links")
-    record = _json("record new --db {db} --author dr.a --json", db=laptop)["record_id"]
-    itself = inproc("record link --db {db} {a} {a} --author dr.a", db=laptop, a=record)
+    record = _json("record new --db {db} --json", db=laptop)["record_id"]
+    itself = inproc("record link --db {db} {a} {a}", db=laptop, a=record)
     assert itself.code == ExitCode.USAGE
     assert "cannot be linked to itself" in itself.stderr
-    unknown = inproc("record link --db {db} {a} nope --author dr.a", db=laptop, a=record)
+    unknown = inproc("record link --db {db} {a} nope", db=laptop, a=record)
     assert unknown.code == ExitCode.NOT_FOUND
     assert "nope" in unknown.stderr
-    apart = inproc("record unlink --db {db} {a} {b} --author dr.a", db=laptop, a=record, b=record)
+    apart = inproc("record unlink --db {db} {a} {b}", db=laptop, a=record, b=record)
     assert apart.code == ExitCode.USAGE
     assert "Traceback" not in itself.stderr + unknown.stderr + apart.stderr

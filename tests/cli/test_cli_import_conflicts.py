@@ -43,6 +43,7 @@ async def laptop_that_changed(laptop: Path, patient: Record) -> None:
     """The laptop holds the patient (from a sync) and changes the birth date."""
     await enrolled_laptop(laptop)
     async with await Replica.open(laptop) as replica:
+        await replica.logins.logged_in_online("dr.b", "a password")  # as a sync leaves it
         await replica.store.write_remote(
             [IncomingUpdate(patient.record_id, patient.update_since(), (), ORG)]
         )

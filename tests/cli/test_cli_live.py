@@ -64,7 +64,7 @@ def test_a_live_laptop_prints_its_states_and_status_shows_them(tmp_path: Path) -
         inproc(
             "enrol --db {db} --server {url} --org clinic --username dr.a", db=laptop, url=server.url
         ).ok()
-        inproc("record new --db {db} --author dr.a", db=laptop).ok()
+        inproc("record new --db {db}", db=laptop).ok()
         live = subprocess.Popen(
             [sys.executable, "-m", "caresync", "sync", "--db", str(laptop), "--live", "--json"],
             stdin=subprocess.DEVNULL,

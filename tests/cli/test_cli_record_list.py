@@ -19,13 +19,13 @@ def _conflicting_birth_dates(
     """A record whose birth date two laptops set apart. The clinic is shared by the tests:
     each names its patient apart (two alike would be a possible duplicate too)."""
     north, south = clinic.enrol(f"{tag}-north"), clinic.enrol(f"{tag}-south", username="dr.b")
-    rid = inproc("record new --db {db} --author dr.a", db=north).ok().stdout.strip()
+    rid = inproc("record new --db {db}", db=north).ok().stdout.strip()
     name = f'{{"given": "Awa", "family": "{family}"}}'
-    inproc("record set --db {db} {r} name {v} --author dr.a", db=north, r=rid, v=name).ok()
+    inproc("record set --db {db} {r} name {v}", db=north, r=rid, v=name).ok()
     for db in (north, south):
         inproc("sync --db {db}", db=db).ok()
-    inproc("record set --db {db} {r} birthDate 1988-04-21 --author dr.a", db=north, r=rid).ok()
-    inproc("record set --db {db} {r} birthDate 1988-12-04 --author dr.b", db=south, r=rid).ok()
+    inproc("record set --db {db} {r} birthDate 1988-04-21", db=north, r=rid).ok()
+    inproc("record set --db {db} {r} birthDate 1988-12-04", db=south, r=rid).ok()
     for db in (north, south, north):
         inproc("sync --db {db}", db=db).ok()
     return north, south, rid
@@ -35,7 +35,7 @@ def test_record_list_shows_names_and_open_conflicts_on_laptops_and_the_server(
     clinic: Clinic,
 ) -> None:
     north, _south, rid = _conflicting_birth_dates(clinic, "list")
-    unnamed = inproc("record new --db {db} --author dr.a", db=north).ok().stdout.strip()
+    unnamed = inproc("record new --db {db}", db=north).ok().stdout.strip()
 
     listed = sh("record list --db {db} --json", db=north).ok().json()
     by_id = {r["record_id"]: r for r in listed["records"]}
@@ -68,11 +68,11 @@ def test_record_list_shows_names_and_open_conflicts_on_laptops_and_the_server(
 
 def test_a_name_in_conflict_shows_every_candidate(clinic: Clinic) -> None:
     north, south = clinic.enrol("name-north"), clinic.enrol("name-south", username="dr.b")
-    rid = inproc("record new --db {db} --author dr.a", db=north).ok().stdout.strip()
+    rid = inproc("record new --db {db}", db=north).ok().stdout.strip()
     inproc("sync --db {db}", db=north).ok()
     inproc("sync --db {db}", db=south).ok()
-    inproc("record set --db {db} {r} name 'Awa Ba' --author dr.a", db=north, r=rid).ok()
-    inproc("record set --db {db} {r} name 'Awa Bah' --author dr.b", db=south, r=rid).ok()
+    inproc("record set --db {db} {r} name 'Awa Ba'", db=north, r=rid).ok()
+    inproc("record set --db {db} {r} name 'Awa Bah'", db=south, r=rid).ok()
     for db in (north, south):
         inproc("sync --db {db}", db=db).ok()
     listed = inproc("record list --db {db} --json", db=south).ok().json()

@@ -34,7 +34,7 @@ def test_serve_over_tls_and_stop_on_sigint(tmp_path: Path) -> None:
         assert "certificate" in untrusted.error_line().lower()
         assert files_at(laptop) == []
         sh(enrol + " --cafile {ca} --json", db=laptop, url=server.url, ca=trusted).ok()
-        inproc("record new --db {db} --author dr.a", db=laptop).ok()
+        inproc("record new --db {db}", db=laptop).ok()
         synced = inproc("sync --db {db} --cafile {ca} --json", db=laptop, ca=trusted).ok()
         assert synced.json()["uploaded"] == 1
     finally:
@@ -77,7 +77,7 @@ def test_revoked_laptop_locks_and_keeps_its_work(tmp_path: Path) -> None:
         enrol = "enrol --db {db} --server {url} --org clinic --username dr.a"
         inproc(enrol, db=laptop, url=server.url).ok()
         me = inproc("status --db {db} --json", db=laptop).ok().json()["replica_id"]
-        inproc("record new --db {db} --author dr.a", db=laptop).ok()
+        inproc("record new --db {db}", db=laptop).ok()
     finally:
         code, _ = server.stop()
     assert code == 0

@@ -8,10 +8,10 @@ from tests.cli.conftest import Clinic
 
 def test_a_note_signed_from_the_command_line_is_frozen(clinic: Clinic) -> None:
     laptop = clinic.enrol("signing")
-    record = inproc("record new --db {db} --author dr.a --json", db=laptop).ok().json()["record_id"]
+    record = inproc("record new --db {db} --json", db=laptop).ok().json()["record_id"]
     note = (
         inproc(
-            "record add-entry --db {db} {rid} notes {fields} --author dr.a --json",
+            "record add-entry --db {db} {rid} notes {fields} --json",
             db=laptop,
             rid=record,
             fields='{"text": "amoxicillin 15 mg/kg twice a day"}',
@@ -19,13 +19,11 @@ def test_a_note_signed_from_the_command_line_is_frozen(clinic: Clinic) -> None:
         .ok()
         .json()["entry_id"]
     )
-    signed = sh(
-        "record sign --db {db} {rid} {note} --author dr.a --json", db=laptop, rid=record, note=note
-    ).ok()
+    signed = sh("record sign --db {db} {rid} {note} --json", db=laptop, rid=record, note=note).ok()
     data = signed.json()
     assert (data["record_id"], data["note_id"], data["author"]) == (record, note, "dr.a")
     changed = inproc(
-        "record set --db {db} {rid} notes/{note}/text changed --author dr.b",
+        "record set --db {db} {rid} notes/{note}/text changed",
         db=laptop,
         rid=record,
         note=note,
@@ -34,7 +32,5 @@ def test_a_note_signed_from_the_command_line_is_frozen(clinic: Clinic) -> None:
     assert "addendum" in changed.error_line()
     shown = inproc("record show --db {db} {rid} --json", db=laptop, rid=record).ok().json()
     assert shown["fields"][f"notes/{note}/text"] == "amoxicillin 15 mg/kg twice a day"
-    missing = inproc(
-        "record sign --db {db} {rid} no-such-note --author dr.a", db=laptop, rid=record
-    )
+    missing = inproc("record sign --db {db} {rid} no-such-note", db=laptop, rid=record)
     assert missing.code == 3

@@ -44,13 +44,13 @@ def _rules(db: object, *extra: str) -> set[str]:
 
 def _chart(clinic: Clinic, name: str, table: Path) -> object:
     laptop = clinic.enrol(name)
-    record = _json("record new --db {db} --author dr.a --json", db=laptop)["record_id"]
+    record = _json("record new --db {db} --json", db=laptop)["record_id"]
     for section, fields in (
         ("allergies", '{"substance": "Zetamab allergy", "criticality": "high"}'),
         ("medications", '{"drug": "Zetafix 20 mg", "status": "active"}'),
     ):
         _json(
-            "record add-entry --db {db} {rid} {section} {fields} --author dr.a --json",
+            "record add-entry --db {db} {rid} {section} {fields} --json",
             db=laptop,
             rid=record,
             section=section,

@@ -123,10 +123,10 @@ def test_serve_takes_a_clock_bound(tmp_path: Path) -> None:
 def test_a_terminal_escape_from_another_laptop_is_shown_escaped(clinic: Clinic) -> None:
     """A value synced from a peer never acts on the terminal of whoever reads it."""
     laptop = clinic.enrol("escapes")
-    record = inproc("record new --db {db} --author dr.a --json", db=laptop).ok().json()
+    record = inproc("record new --db {db} --json", db=laptop).ok().json()
     hostile = '"\\u001b[2J\\u202eevil"'  # JSON: clear the screen, then a bidi override
     inproc(
-        "record set --db {db} {rid} name {value} --author dr.a",
+        "record set --db {db} {rid} name {value}",
         db=laptop,
         rid=record["record_id"],
         value=hostile,

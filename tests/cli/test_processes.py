@@ -78,14 +78,14 @@ def test_two_laptop_processes_see_one_conflict_resolve_it_and_converge(site: Sit
             u=user,
         )
         assert enrolled["org"] == "clinic"
-    record_id = site.run("record new --db {db} --author dr.a", "a")["record_id"]
-    site.run("record set --db {db} {r} name Awa --author dr.a", "a", r=record_id)
+    record_id = site.run("record new --db {db}", "a")["record_id"]
+    site.run("record set --db {db} {r} name Awa", "a", r=record_id)
     site.sync("a")
     assert site.sync("b")["downloaded"] >= 2
 
     # Offline, both laptops change the date of birth.
-    site.run("record set --db {db} {r} birthDate 1988-04-21 --author dr.a", "a", r=record_id)
-    site.run("record set --db {db} {r} birthDate 1988-12-04 --author dr.b", "b", r=record_id)
+    site.run("record set --db {db} {r} birthDate 1988-04-21", "a", r=record_id)
+    site.run("record set --db {db} {r} birthDate 1988-12-04", "b", r=record_id)
     assert site.sync("a")["conflicts_open"] == 0  # the server has not seen b's value yet
     assert site.sync("b")["conflicts_open"] == 1
     assert site.sync("a")["conflicts_open"] == 1
@@ -110,9 +110,7 @@ def test_two_laptop_processes_see_one_conflict_resolve_it_and_converge(site: Sit
 
     # Resolve on b by position in the list: candidate 1, whatever it is.
     chosen = candidates[1]["value"]
-    resolved = site.run(
-        "conflicts resolve --db {db} {c} --choose 1 --author dr.b", "b", c=conflict["id"]
-    )
+    resolved = site.run("conflicts resolve --db {db} {c} --choose 1", "b", c=conflict["id"])
     assert resolved["value"] == chosen
     site.sync("b")
     site.sync("a")
@@ -136,18 +134,16 @@ def test_server_killed_and_restarted_while_a_laptop_holds_unsynced_edits(site: S
             url=site.server.url,
             u=user,
         )
-    record_id = site.run("record new --db {db} --author dr.a", "a")["record_id"]
+    record_id = site.run("record new --db {db}", "a")["record_id"]
     site.sync("a")
     site.sync("b")
     # b's edit is acknowledged, so committed on the server, just before the server dies.
-    site.run("record set --db {db} {r} allergyNote latex --author dr.b", "b", r=record_id)
+    site.run("record set --db {db} {r} allergyNote latex", "b", r=record_id)
     assert site.sync("b")["uploaded"] == 1
     # a works offline: three edits, none of them synced.
     edits = {"weightKg": "71.5", "heightCm": "168", "bloodType": "O+"}
     for path, value in edits.items():
-        site.run(
-            "record set --db {db} {r} {p} {v} --author dr.a", "a", r=record_id, p=path, v=value
-        )
+        site.run("record set --db {db} {r} {p} {v}", "a", r=record_id, p=path, v=value)
     assert status(site.laptops["a"])["pending"] == 3
     feed_before = inproc("status --db {db} --json", db=site.server_db).ok().json()["feed_head"]
 

@@ -36,6 +36,8 @@ class Hostile:
     protocol: ClientProtocol
     channel: Channel
     events: list[object] = field(default_factory=list)
+    replica_id: str = "hostile"
+    """The replica it is (set by :meth:`enrol`), which revisions it writes must name."""
 
     @classmethod
     async def connect(
@@ -114,6 +116,7 @@ class Hostile:
         self.protocol.enrol(device)
         enrolled = await self.expect(Enrolled)
         assert isinstance(enrolled, Enrolled)
+        self.replica_id = enrolled.replica_id  # what an honest client writes its revisions as
         return enrolled
 
     async def push(self, seq: int, record_id: str, update: bytes) -> object:

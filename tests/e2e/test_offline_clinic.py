@@ -33,7 +33,7 @@ Written = list[tuple[str, str, JSONValue]]
 async def _write(
     laptop: Laptop, written: Written, record_id: str, path: str, value: JSONValue
 ) -> None:
-    await laptop.set(record_id, path, value, author=f"nurse.{laptop.name}")
+    await laptop.set(record_id, path, value)  # written as the nurse logged in there
     written.append((record_id, path, value))
 
 
@@ -64,14 +64,10 @@ async def _offline_edits(
         elif choice == 2:
             await _write(laptop, written, record_id, f"medications/{med}/status", "stopped")
         elif choice == 3:
-            entry = await laptop.add_entry(
-                record_id, "allergies", {"substance": "penicillin"}, author="dr.test"
-            )
+            entry = await laptop.add_entry(record_id, "allergies", {"substance": "penicillin"})
             written.append((record_id, f"allergies/{entry}/substance", "penicillin"))
         else:
-            entry = await laptop.add_entry(
-                record_id, "medications", {"drug": "amoxicillin 500 mg"}, author="dr.test"
-            )
+            entry = await laptop.add_entry(record_id, "medications", {"drug": "amoxicillin 500 mg"})
             written.append((record_id, f"medications/{entry}/drug", "amoxicillin 500 mg"))
 
 
@@ -90,10 +86,10 @@ async def test_offline_laptops_come_back_and_nothing_is_lost_or_hidden(
 ) -> None:
     rng = random.Random(seed)
     laptops = [
-        await clinic.laptop("north", live=True),
-        await clinic.laptop("south", live=True),
-        await clinic.laptop("east"),
-        await clinic.laptop("west"),
+        await clinic.laptop("north", user="nurse.north", live=True),
+        await clinic.laptop("south", user="nurse.south", live=True),
+        await clinic.laptop("east"),  # dr.test's
+        await clinic.laptop("west", user="nurse.west"),
     ]
     desk = laptops[2]
     written: Written = []
@@ -159,8 +155,8 @@ async def test_an_application_rule_is_run_alike_by_the_server_and_every_laptop(
     clinic_factory: ClinicFactory,
 ) -> None:
     clinic = await clinic_factory(rulebook=DEFAULT_RULEBOOK.with_rules(implausible_height))
-    north = await clinic.laptop("north")
-    south = await clinic.laptop("south", live=True)
+    north = await clinic.laptop("north", user="nurse.sow")
+    south = await clinic.laptop("south", user="dr.ba", live=True)
     record_id = await north.create_record()
     north.offline()
     await north.set(record_id, "heightCm", 1720, author="nurse.sow")  # mm typed as cm

@@ -14,16 +14,17 @@ import pytest
 from tests.cli.clitools import inproc
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 
-import caresync.replica as replica_module
+import caresync.logins as logins_module
 from caresync.cli.errors import ExitCode
 from caresync.exceptions import AuthenticationError, LoginLockedError
-from caresync.replica import OFFLINE_LOCK_FIRST_S, OFFLINE_LOCK_MAX_S, Replica
+from caresync.logins import OFFLINE_LOCK_FIRST_S, OFFLINE_LOCK_MAX_S
+from caresync.replica import Replica
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     now = [1_800_000_000_000]
-    monkeypatch.setattr(replica_module, "_wall_ms", lambda: now[0])
+    monkeypatch.setattr(logins_module, "_wall_ms", lambda: now[0])
     return now
 
 

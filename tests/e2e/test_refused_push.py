@@ -59,7 +59,7 @@ async def test_pushes_that_would_fail_every_puller_are_refused_and_nothing_is_st
             reply = await session.push(1_002, pushed_for, b"\x01\x02 not an update")
             assert_refused(reply, pushed_for)
             # The session goes on: a good push is acknowledged.
-            good = Record.create(replica="elsewhere")
+            good = Record.create(replica=broken.replica_id)
             good.set("name", "Fatou Sow", author="dr.a")
             assert await session.push(1_003, good.record_id, good.update_since()) == PushAck(1_003)
 
@@ -90,7 +90,7 @@ async def test_a_refused_batch_stores_none_of_its_good_items(tmp_path: Path) -> 
         head = await server.store.feed_head()
         goods = []
         for i in range(count):
-            record = Record.create(replica="elsewhere")
+            record = Record.create(replica=writer.replica_id)
             record.set("name", f"patient {i}", author="dr.a")
             goods.append(record)
         async with raw_session(server, writer) as session:

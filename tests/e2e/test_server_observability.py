@@ -256,7 +256,7 @@ async def test_a_resent_push_adds_nothing_and_live_relays_are_counted(
     try:
         async with live(reader) as run, asyncio.timeout(LIMIT_S):
             await run.states.reach(ReplicaState.ONLINE)
-            patient = Record.create(replica="by-hand")
+            patient = Record.create(replica=writer.replica_id)
             patient.set("name", "Awa Diop", author="dr.a")
             update = patient.update_since()
             async with raw_session(server, writer) as session:

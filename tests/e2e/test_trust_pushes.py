@@ -12,6 +12,7 @@ goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,9 @@ def _doc_of(record: Record) -> tuple[Doc[Any], bytes]:
     return doc, doc.get_state()
 
 
-def _revision_json(path: str, value: object, *, t: int = 1_700_000_000_000) -> str:
+def _revision_json(replica: str, path: str, value: object, *, t: int = 1_700_000_000_000) -> str:
     return json.dumps(
-        {"p": path, "v": value, "ps": [], "a": "dr.b", "r": "mallory", "t": t, "c": 0},
+        {"p": path, "v": value, "ps": [], "a": "dr.b", "r": replica, "t": t, "c": 0},
         separators=(",", ":"),
     )
 
@@ -104,27 +105,32 @@ async def test_a_hostile_push_is_refused_whole_and_nothing_is_stored(
     try:
         copy = await attacker.pull_record(record)
         doc, before = _doc_of(copy)
+        rev = functools.partial(_revision_json, attacker.replica_id)
         entry = "e" * 32
         if attack == "delete":
             del doc.get("revisions", type=Map)[revision]
         elif attack == "overwrite":
-            _write(doc, revision, _revision_json("allergies-note", "none known"))
+            _write(doc, revision, rev("allergies-note", "none known"))
         elif attack == "collection-root":
-            _write(doc, "a" * 16, _revision_json("allergies", "penicillin"))
+            _write(doc, "a" * 16, rev("allergies", "penicillin"))
         elif attack == "entry-root":
-            _write(doc, "a" * 16, _revision_json(f"allergies/{entry}", "penicillin"))
+            _write(
+                doc,
+                "a" * 16,
+                rev(f"allergies/{entry}", "penicillin"),
+            )
         elif attack == "status-number":
-            _write(doc, "a" * 16, _revision_json(f"allergies/{entry}/status", 5))
+            _write(doc, "a" * 16, rev(f"allergies/{entry}/status", 5))
         elif attack == "far-future":
-            _write(doc, "a" * 16, _revision_json("weight", 70, t=10**15))
+            _write(doc, "a" * 16, rev("weight", 70, t=10**15))
         elif attack == "huge-value":
-            _write(doc, "a" * 16, _revision_json("note", "x" * 12_000_000))
+            _write(doc, "a" * 16, rev("note", "x" * 12_000_000))
         elif attack == "nested-type":
             _write(doc, "a" * 16, Text("not a revision"))
         elif attack == "malformed-json":
             _write(doc, "a" * 16, '{"p": "weight"')
         else:
-            _write(doc, "a" * 16, _revision_json("_secret/path", 1))
+            _write(doc, "a" * 16, rev("_secret/path", 1))
         update = doc.get_update(before)
         head = await server.store.feed_head()
         reply = refusal(await attacker.push(1, record, update))
@@ -133,7 +139,7 @@ async def test_a_hostile_push_is_refused_whole_and_nothing_is_stored(
         assert "nothing stored" in reply.message
         await _held_unchanged(server, record, revision, head)
         # The session goes on: an honest write on the same connection is taken.
-        honest = Record.from_update(record, copy.update_since(), replica="mallory")
+        honest = Record.from_update(record, copy.update_since(), replica=attacker.replica_id)
         sv = honest.state_vector()
         honest.set("height", 180, author="dr.b")
         assert isinstance(await attacker.push(2, record, honest.update_since(sv)), PushAck)
@@ -168,7 +174,7 @@ async def test_damaged_bytes_that_make_pycrdt_panic_are_refused_and_the_session_
         assert await server.store.feed_head() == 0
         assert await server.store.load("r") is None
         # Still served: the connection is up and takes an honest record.
-        honest = Record.create(replica="mallory")
+        honest = Record.create(replica=attacker.replica_id)
         honest.set("name", "Awa", author="dr.b")
         assert isinstance(await attacker.push(2, honest.record_id, honest.update_since()), PushAck)
     finally:
@@ -186,7 +192,7 @@ async def test_a_record_of_another_organisation_is_forbidden_without_a_hint(
     try:
         await outsider.login("dr.x", PASSWORD, "clinic-b")
         await outsider.enrol("outsider")
-        forged = Record(record, replica="outsider")
+        forged = Record(record, replica=outsider.replica_id)
         forged.set("name", "stolen", author="dr.x")
         head = await server.store.feed_head()
         reply = refusal(await outsider.push(1, record, forged.update_since()))
@@ -194,7 +200,7 @@ async def test_a_record_of_another_organisation_is_forbidden_without_a_hint(
         assert reply.message == f"record {record} cannot be written by this replica"
         assert await server.store.feed_head() == head
         # A record id nobody holds gets no other answer but acceptance (a new record).
-        fresh = Record.create(replica="outsider")
+        fresh = Record.create(replica=outsider.replica_id)
         fresh.set("name", "a new patient", author="dr.x")
         assert isinstance(await outsider.push(2, fresh.record_id, fresh.update_since()), PushAck)
     finally:

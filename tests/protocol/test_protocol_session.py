@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 from tests.protocol.session import (
     NONCE,
@@ -39,6 +40,7 @@ from caresync.protocol import (
     MIN_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
+    AccountName,
     Authenticate,
     Authenticated,
     ClientProtocol,
@@ -499,7 +501,7 @@ def test_version_mismatch_refused_by_the_server() -> None:
     [error] = sent_messages(server)
     assert isinstance(error, Error)
     assert error.code == "unsupported_version"
-    assert dict(error.detail) == {"client_versions": "7, 8", "server_versions": "1, 2, 3, 4, 5"}
+    assert dict(error.detail) == {"client_versions": "7, 8", "server_versions": "1, 2, 3, 4, 5, 6"}
     # the client side of such a refusal: a SyncRefusedError, whatever the frame's version
     client = ClientProtocol()
     client.send_hello()
@@ -747,3 +749,61 @@ def test_errors_sent_lists_each_error_queued_once() -> None:
     with pytest.raises(ProtocolError):
         fresh.receive_data(b"\x00not a frame")
     assert [e.code for e in fresh.errors_sent()] == ["bad_message"]
+
+
+def test_the_organisations_account_names_reach_a_version_6_client_only() -> None:
+    names = (AccountName("dr.a", "Dr Aïcha Diallo"), AccountName("dr.b", "dr.b"))
+    for versions, expected in (((4, 5, 6), names), ((4, 5), None)):
+        client = enrolled_client(protocol_versions=versions)
+        server = ServerProtocol(SERVER_ID)
+        client.send_hello()
+        pump(client, server)
+        server.events_received()
+        pump(server, client)
+        client.events_received()
+        prove(client, server)
+        client.authenticate(USER, PASSWORD, ORG)
+        pump(client, server)
+        server.events_received()
+        server.accept_authentication(TOKEN, 1_900_000_000_000, USER, ORG, accounts=names)
+        pump(server, client)
+        [session] = [e for e in client.events_received() if isinstance(e, Authenticated)]
+        assert session.accounts == expected
+
+
+@pytest.mark.parametrize(
+    "accounts",
+    [
+        (("dr.b", "B"), ("dr.a", "A")),  # not in username order
+        (("dr.a", "A"), ("dr.a", "A again")),  # twice
+        (("dr.a",),),  # not a pair
+        (("dr.a", ""),),  # an empty display name
+        (("dr.a", "two\nlines"),),
+        "dr.a",
+    ],
+)
+def test_account_names_that_break_the_rules_are_refused(accounts: object) -> None:
+    with pytest.raises(LocalProtocolError):
+        Authenticated(TOKEN, 0, USER, ORG, accounts=accounts)  # type: ignore[arg-type]
+    # From the wire, the same is the peer's fault.
+    client = enrolled_client()
+    server = ServerProtocol(SERVER_ID)
+    client.send_hello()
+    pump(client, server)
+    server.events_received()
+    pump(server, client)
+    client.events_received()
+    prove(client, server)
+    client.authenticate(USER, PASSWORD, ORG)
+    body = {
+        "session_token": TOKEN,
+        "expires_at_ms": 0,
+        "user": USER,
+        "organisation": ORG,
+        "pushed_up_to": None,
+        "replica_secret": None,
+        "accounts": accounts,
+    }
+    hostile = msgpack.packb([PROTOCOL_VERSION, Authenticated.TYPE_CODE, body], use_bin_type=True)
+    with pytest.raises(RemoteProtocolError):
+        client.receive_data(hostile)

@@ -91,7 +91,9 @@ async def test_a_value_written_nowhere_is_counted_lost(workdir: Path) -> None:
 async def test_a_laptop_that_wrote_after_the_last_sync_diverges(workdir: Path) -> None:
     patient = plan(SimulationConfig(**CONFIG)).patients[0]  # type: ignore[arg-type]
     async with await Replica.open(workdir / laptop_file(2), create=False) as laptop:
-        await laptop.set(patient.record_id, "phone", "+221 11 111 1111", author="late")
+        await laptop.set(
+            patient.record_id, "phone", "+221 11 111 1111"
+        )  # clinician-2, still logged in
     oracle = _seeded_oracle()
     oracle.wrote(patient.record_id, "phone", "+221 11 111 1111")
     server, laptops = _files(workdir)

@@ -648,3 +648,36 @@ def test_a_new_database_never_replaces_a_file_that_appeared_meanwhile(tmp_path: 
     before = digest(theirs)
     sqlite_module._link_into_place(finished, theirs)
     assert digest(theirs) == before
+
+
+async def test_version_9_learns_who_logged_in_on_each_replica_from_before(
+    tmp_path: Path,
+) -> None:
+    """Enrolments and sessions written before version 9 become logins on their replicas."""
+    path = tmp_path / "v8.db"
+    make_old_database(path, version=8)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executemany(
+        "INSERT INTO replicas (replica_id, organisation, enrolled_by, enrolled_ms)"
+        " VALUES (?, 'org-1', ?, 5)",
+        [("laptop-1", "ada"), ("laptop-2", None)],
+    )
+    conn.executemany(
+        "INSERT INTO sessions (token_hash, organisation, username, replica_id, created_ms,"
+        " expires_ms) VALUES (?, 'org-1', ?, ?, ?, 99)",
+        [("h-1", "bob", "laptop-1", 7), ("h-2", "bob", "laptop-1", 6), ("h-3", "cy", None, 8)],
+    )
+    conn.execute(
+        "INSERT INTO users (organisation, username, password_hash, created_ms)"
+        " VALUES ('org-1', 'ada', '$argon2id$x', 1)"
+    )
+    conn.close()
+    async with SQLiteStore.open(path) as store:
+        assert store.migrated_from == 8
+        assert await store.replica_accounts(["laptop-1", "laptop-2"]) == {
+            "laptop-1": frozenset({"ada", "bob"})
+        }
+        user = await store.get_user("org-1", "ada")
+        assert user is not None
+        assert user.display_name is None
+        assert user.shown_as == "ada"

@@ -26,6 +26,7 @@ from caresync.storage import (
     Identity,
     IncomingUpdate,
     MemoryStore,
+    SessionRow,
     SQLiteStore,
     Store,
 )
@@ -789,6 +790,50 @@ async def test_users_are_kept_per_organisation(store: Store) -> None:
     assert user.password_hash == "$argon2id$rehashed"
     with pytest.raises(InvalidInputError):
         await store.set_password_hash("org-1", "bob", "$argon2id$x")
+
+
+async def test_accounts_have_display_names_listed_per_organisation(store: Store) -> None:
+    await store.add_user("org-1", "ada", "$argon2id$one", display_name="Dr Ada Lovelace")
+    await store.add_user("org-1", "bob", "$argon2id$two")
+    await store.add_user("org-2", "cy", "$argon2id$three", display_name="Cy")
+    user = await store.get_user("org-1", "ada")
+    assert user is not None
+    assert (user.display_name, user.shown_as) == ("Dr Ada Lovelace", "Dr Ada Lovelace")
+    assert await store.organisation_accounts("org-1") == {"ada": "Dr Ada Lovelace", "bob": "bob"}
+    await store.set_display_name("org-1", "bob", "Dr Bob Ba")
+    await store.set_display_name("org-1", "ada", None)
+    assert await store.organisation_accounts("org-1") == {"ada": "ada", "bob": "Dr Bob Ba"}
+    assert await store.organisation_accounts("org-3") == {}
+    with pytest.raises(InvalidInputError):
+        await store.set_display_name("org-1", "nobody", "X")
+    for bad in ("", " padded ", "two\nlines", "x" * 257):
+        with pytest.raises(InvalidInputError):
+            await store.add_user("org-1", "dee", "$argon2id$x", display_name=bad)
+        with pytest.raises(InvalidInputError):
+            await store.set_display_name("org-1", "bob", bad)
+    assert await store.get_user("org-1", "dee") is None  # nothing stored half-way
+    assert (await store.organisation_accounts("org-1"))["bob"] == "Dr Bob Ba"
+
+
+async def test_a_session_of_a_replica_records_who_logged_in_there(store: Store) -> None:
+    await store.add_user("org-1", "ada", "$argon2id$one")
+    await store.add_user("org-1", "bob", "$argon2id$two")
+    await store.enrol_replica("laptop-1", "org-1", enrolled_by="ada")
+    assert await store.replica_accounts(["laptop-1"]) == {}  # enrolling records no login
+    await store.add_session(SessionRow("h-1", "org-1", "ada", None, 1, 10))  # before enrolment
+    assert await store.replica_accounts(["laptop-1"]) == {}
+    await store.bind_session("h-1", "laptop-1")
+    await store.add_session(SessionRow("h-2", "org-1", "bob", "laptop-1", 2, 10))
+    await store.add_session(SessionRow("h-3", "org-1", "bob", "laptop-1", 3, 10))  # again
+    await store.add_session(SessionRow("h-4", "org-1", "ada", "laptop-2", 4, 10))
+    assert await store.replica_accounts(["laptop-1", "laptop-2", "laptop-9"]) == {
+        "laptop-1": frozenset({"ada", "bob"}),
+        "laptop-2": frozenset({"ada"}),
+    }
+    # Sessions end; who logged in is kept (their entries stay theirs).
+    await store.end_sessions(replica_id="laptop-1")
+    assert await store.replica_accounts(["laptop-1"]) == {"laptop-1": frozenset({"ada", "bob"})}
+    assert await store.replica_accounts([]) == {}
 
 
 async def test_replicas_enrol_are_seen_and_revoked(store: Store, clock: FakeClock) -> None:

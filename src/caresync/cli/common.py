@@ -35,6 +35,7 @@ __all__ = [
     "Handler",
     "add_db",
     "add_json",
+    "AUTHOR_HELP",
     "author",
     "device_name",
     "guard_arguments",
@@ -137,6 +138,10 @@ def text(what: str, *, max_length: int = 256) -> Callable[[str], str]:
 
 
 author = text("author")
+AUTHOR_HELP = (
+    "who writes it: the account logged in on the laptop, which is the default "
+    "(naming anyone else is refused)"
+)
 
 
 def _name_type(check: Callable[[object], str], what: str) -> Callable[[str], str]:

@@ -15,24 +15,44 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from caresync.cli.common import add_db, add_json, author, identifier, parse_value, run
-from caresync.cli.databases import LaptopReader, open_laptop, open_reader
+from caresync.cli.common import AUTHOR_HELP, add_db, add_json, author, identifier, parse_value, run
+from caresync.cli.databases import LaptopReader, Reader, open_laptop, open_reader
 from caresync.cli.output import Output, cells, escaped
 from caresync.conflicts import Conflict
 from caresync.names import shown
 
-__all__ = ["conflict_json", "register"]
+__all__ = ["conflict_json", "conflicts_json", "name_authors", "register"]
 
 
-def conflict_json(conflict: Conflict) -> dict[str, Any]:
-    """A conflict as ``--json`` shows it: :meth:`Conflict.as_dict`, plus ``subject``.
+def conflict_json(conflict: Conflict, names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A conflict as ``--json`` shows it: :meth:`Conflict.as_dict`, plus ``subject``,
+    and each candidate's ``author_name``, the display name of its author in ``names``
+    (the author's account name when it has none).
 
     ``path`` (the field, or the rule's name for a finding) is the key scripts read;
     ``subject`` holds the same under the name Python uses (``Conflict.subject``).
     """
     data = conflict.as_dict()
     data["subject"] = conflict.subject
+    name_authors(data["candidates"], names)
     return data
+
+
+def name_authors(
+    candidates: list[dict[str, Any]], names: Mapping[str, str] | None
+) -> list[dict[str, Any]]:
+    """Give each candidate its ``author_name``: the display name of its ``author``
+    in ``names``, else the author's account name."""
+    for candidate in candidates:
+        author = candidate["author"]
+        candidate["author_name"] = (names or {}).get(author, author)
+    return candidates
+
+
+async def conflicts_json(reader: Reader, conflicts: list[Conflict]) -> list[dict[str, Any]]:
+    """Each conflict as ``--json`` shows it, with its authors' display names."""
+    names = await reader.author_names(c.record_id for c in conflicts)
+    return [conflict_json(c, names.get(c.record_id)) for c in conflicts]
 
 
 def register(commands: Any) -> None:
@@ -73,7 +93,7 @@ def register(commands: Any) -> None:
     how = resolve.add_mutually_exclusive_group(required=True)
     how.add_argument("--choose", type=_index, metavar="N", help="keep candidate N")
     how.add_argument("--value", metavar="VALUE", help="enter a new value instead")
-    resolve.add_argument("--author", required=True, type=author, help="the person deciding")
+    resolve.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(resolve)
     resolve.set_defaults(handler=_resolve)
 
@@ -84,7 +104,7 @@ def register(commands: Any) -> None:
     )
     add_db(ack, "a laptop's database")
     ack.add_argument("conflict_id", metavar="CONFLICT_ID", type=identifier("CONFLICT_ID"))
-    ack.add_argument("--author", required=True, type=author, help="the person acknowledging")
+    ack.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(ack)
     ack.set_defaults(handler=_acknowledge)
 
@@ -103,7 +123,7 @@ def _list(args: argparse.Namespace, out: Output) -> int:
     async def go() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         reader = await open_reader(args.db)
         try:
-            conflicts = [conflict_json(c) for c in await reader.conflicts(args.record)]
+            conflicts = await conflicts_json(reader, await reader.conflicts(args.record))
             kept: list[dict[str, Any]] = []
             if isinstance(reader, LaptopReader):  # a laptop keeps aside what it cannot merge
                 kept = [
@@ -199,9 +219,10 @@ def _render_list(console: Console, data: Mapping[str, Any]) -> None:
         for column in ("N", "value", "author", "replica", "at"):
             table.add_column(column, overflow="fold")
         for n, cand in enumerate(c["candidates"]):
-            table.add_row(
-                *cells(n, repr_value(cand["value"]), cand["author"], cand["replica"], cand["at"])
-            )
+            who = cand["author"]
+            if cand["author_name"] != who:
+                who = f"{cand['author_name']} ({who})"
+            table.add_row(*cells(n, repr_value(cand["value"]), who, cand["replica"], cand["at"]))
         console.print(table)
 
 

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,11 @@ class LaptopReader:
     async def conflict_rows(self) -> list[ConflictRow]:
         return await self.replica.store.conflicts()
 
+    async def author_names(self, record_ids: Iterable[str]) -> dict[str, Mapping[str, str]]:
+        """Each record's authors' display names: the names the server last sent."""
+        names = self.replica.logins.names
+        return dict.fromkeys(record_ids, names)
+
     async def close(self) -> None:
         await self.replica.close()
 
@@ -188,6 +193,15 @@ class ServerReader:
 
     async def conflict_rows(self) -> list[ConflictRow]:
         return await self.store.conflicts()
+
+    async def author_names(self, record_ids: Iterable[str]) -> dict[str, Mapping[str, str]]:
+        """Each record's authors' display names: its organisation's accounts."""
+        wanted = sorted(set(record_ids))
+        organisations = await self.store.record_organisations(wanted) if wanted else {}
+        by_org: dict[str, Mapping[str, str]] = {}
+        for org in {o for o in organisations.values() if o is not None}:
+            by_org[org] = await self.store.organisation_accounts(org)
+        return {rid: by_org.get(organisations.get(rid) or "", {}) for rid in wanted}
 
     async def close(self) -> None:
         await self.store.close()

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from caresync.cli.common import (
+    AUTHOR_HELP,
     MAX_VALUE_DEPTH,
     add_db,
     add_json,
@@ -21,7 +22,7 @@ from caresync.cli.common import (
     run,
     text,
 )
-from caresync.cli.conflicts import conflict_json
+from caresync.cli.conflicts import conflicts_json, name_authors
 from caresync.cli.databases import Reader, open_laptop, open_reader
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output, cells, escaped
@@ -65,7 +66,7 @@ def register(commands: Any) -> None:
         "new", help="create a record", description="Create a new, empty patient record."
     )
     add_db(new, "a laptop's database")
-    new.add_argument("--author", required=True, type=author, help="the person creating it")
+    new.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(new)
     new.set_defaults(handler=_new)
 
@@ -82,7 +83,7 @@ def register(commands: Any) -> None:
         "path", metavar="PATH", help="birthDate, allergies/<entry-id>/criticality, ..."
     )
     set_.add_argument("value", metavar="VALUE")
-    set_.add_argument("--author", required=True, type=author, help="the person writing")
+    set_.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(set_)
     set_.set_defaults(handler=_set)
 
@@ -98,7 +99,7 @@ def register(commands: Any) -> None:
     adjust.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
     adjust.add_argument("path", metavar="PATH", help="stock/<item>, ...")
     adjust.add_argument("change", metavar="CHANGE", type=_integer, help="-1, 5, ...")
-    adjust.add_argument("--author", required=True, type=author, help="the person writing")
+    adjust.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(adjust)
     adjust.set_defaults(handler=_adjust)
 
@@ -115,7 +116,7 @@ def register(commands: Any) -> None:
     entry.add_argument(
         "fields", metavar="FIELDS", nargs="?", default="{}", help='a JSON object: {"drug": "..."}'
     )
-    entry.add_argument("--author", required=True, type=author, help="the person writing")
+    entry.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(entry)
     entry.set_defaults(handler=_add_entry)
 
@@ -129,7 +130,7 @@ def register(commands: Any) -> None:
     add_db(sign, "a laptop's database")
     sign.add_argument("record_id", metavar="RECORD_ID", type=identifier("RECORD_ID"))
     sign.add_argument("note_id", metavar="NOTE_ID", type=identifier("NOTE_ID"))
-    sign.add_argument("--author", required=True, type=author, help="the person signing")
+    sign.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(sign)
     sign.set_defaults(handler=_sign)
 
@@ -153,7 +154,7 @@ def register(commands: Any) -> None:
         add_db(linking, "a laptop's database")
         linking.add_argument("record_a", metavar="RECORD_A", type=identifier("RECORD_A"))
         linking.add_argument("record_b", metavar="RECORD_B", type=identifier("RECORD_B"))
-        linking.add_argument("--author", required=True, type=author, help="the person deciding")
+        linking.add_argument("--author", type=author, help=AUTHOR_HELP)
         add_json(linking)
         linking.set_defaults(handler=_link if action == "link" else _unlink)
 
@@ -186,12 +187,13 @@ def register(commands: Any) -> None:
 
 
 def _new(args: argparse.Namespace, out: Output) -> int:
-    async def go() -> str:
+    async def go() -> tuple[str, str]:
         async with await open_laptop(args.db) as replica:
-            return await replica.create_record()
+            writer = await replica.author_of(args.author)
+            return await replica.create_record(), writer
 
-    record_id = run(go())
-    out.result({"record_id": record_id, "author": args.author}, _render_id("record_id"))
+    record_id, writer = run(go())
+    out.result({"record_id": record_id, "author": writer}, _render_id("record_id"))
     return 0
 
 
@@ -334,14 +336,15 @@ def _show(args: argparse.Namespace, out: Output) -> int:
         reader = await open_reader(args.db)
         try:
             view = await reader.view(args.record_id)
-            conflicts = await reader.conflicts(args.record_id)
+            conflicts = await conflicts_json(reader, await reader.conflicts(args.record_id))
+            names = (await reader.author_names([args.record_id]))[args.record_id]
             linked = [
                 linked_summary(await reader.view(other))
                 for other in await reader.linked_records(args.record_id)
             ]
         finally:
             await reader.close()
-        data = show_record(view, [conflict_json(c) for c in conflicts], history=args.history)
+        data = show_record(view, conflicts, history=args.history, names=names)
         data["linked"] = linked
         return data
 
@@ -463,18 +466,21 @@ def _render_list(console: Console, data: Mapping[str, Any]) -> None:
     )
 
 
-def field_json(state: FieldState) -> Any:
-    """A field as ``record show`` prints it: its value, or its conflict and candidates."""
+def field_json(state: FieldState, names: Mapping[str, str] | None = None) -> Any:
+    """A field as ``record show`` prints it: its value, or its conflict and candidates
+    (each with its author's display name from ``names``)."""
     if state.in_conflict:
-        return {
-            "conflict": state.conflict_id,
-            "candidates": [Candidate.from_revision(h).as_dict() for h in state.candidates],
-        }
+        candidates = [Candidate.from_revision(h).as_dict() for h in state.candidates]
+        return {"conflict": state.conflict_id, "candidates": name_authors(candidates, names)}
     return state.value
 
 
 def show_record(
-    view: RecordView, conflicts: list[dict[str, Any]], *, history: bool = False
+    view: RecordView,
+    conflicts: list[dict[str, Any]],
+    *,
+    history: bool = False,
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``record show`` object for a record.
 
@@ -483,7 +489,7 @@ def show_record(
     settled value until a person chooses: it shows as that finding and its candidates,
     as a field conflict does.
     """
-    fields = {path: field_json(view.get(path)) for path in view.paths()}
+    fields = {path: field_json(view.get(path), names) for path in view.paths()}
     for conflict in conflicts:
         if conflict.get("severity") != "block":
             continue

@@ -71,6 +71,7 @@ async def status_of(reader: Reader) -> dict[str, Any]:
             "org": status.organisation,
             "state": live or ("locked" if replica.locked else "offline"),
             "live": live is not None,
+            "user": replica.user,
             "pending": status.pending,
             "oldest_pending_age_s": _round(status.oldest_pending_age_s),
             "last_sync": None if status.last_sync is None else status.last_sync.isoformat(),
@@ -95,6 +96,7 @@ async def _server_status(reader: ServerReader) -> dict[str, Any]:
         "org": None,
         "state": None,
         "live": False,
+        "user": None,
         "pending": await store.pending_count(),
         "oldest_pending_age_s": None,
         "last_sync": None,
@@ -146,7 +148,7 @@ def _render(console: Console, data: Mapping[str, Any]) -> None:
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in data.items():
-        if value is None and key in ("server_url", "state", "copy_age_s", "org"):
+        if value is None and key in ("server_url", "state", "copy_age_s", "org", "user"):
             continue
         if key in ("quarantined", "quarantined_records") and not value:
             continue  # shown only when something was kept aside

@@ -1,4 +1,4 @@
-"""``caresync user``: accounts on a server (add one, change a password)."""
+"""``caresync user``: accounts on a server (add one, name it, change a password)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from caresync.cli.databases import open_server_store, rulebook
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.cli.password import PASSWORD_ENV, read_password
+from caresync.exceptions import InvalidInputError
+from caresync.names import check_display_name
 from caresync.server import SyncServer, hash_password
 
 __all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    """Add ``user add``, ``user passwd``, ``user disable`` and ``user enable``."""
+    """Add ``user add``, ``user name``, ``user passwd``, ``user disable`` and ``user enable``."""
     group = commands.add_parser(
         "user", help="accounts on a server", description="Accounts of a server's organisations."
     )
@@ -35,6 +37,12 @@ def register(commands: Any) -> None:
     add.add_argument("--org", required=True, type=organisation, help="organisation")
     add.add_argument("--username", required=True, type=username, help="the new user")
     add.add_argument(
+        "--name",
+        type=_display_name,
+        help='how people see the account, e.g. "Dr Aïcha Diallo" (default: the username); '
+        "shown beside each entry the user writes",
+    )
+    add.add_argument(
         "--exist-ok",
         action="store_true",
         help="a user that exists already in that organisation is not an error (its password "
@@ -42,6 +50,21 @@ def register(commands: Any) -> None:
     )
     add_json(add)
     add.set_defaults(handler=_add)
+
+    name = actions.add_parser(
+        "name",
+        help="set how people see an account",
+        description="Set an account's display name, shown beside each entry it wrote "
+        "(laptops learn it at their next sync). Works while the server runs.",
+    )
+    add_db(name, "the server's database")
+    name.add_argument("--org", required=True, type=organisation, help="organisation")
+    name.add_argument("--username", required=True, type=username, help="the user")
+    name.add_argument(
+        "--name", required=True, type=_display_name, help='the display name ("" removes it)'
+    )
+    add_json(name)
+    name.set_defaults(handler=_name)
 
     passwd = actions.add_parser(
         "passwd",
@@ -86,7 +109,9 @@ def _add(args: argparse.Namespace, out: Output) -> int:
         password_hash = await asyncio.to_thread(hash_password, password)
         if not await asyncio.to_thread(Path(args.db).exists):
             async with await SyncServer.open(args.db, rulebook=rulebook()) as server:  # new
-                await server.store.add_user(args.org, args.username, password_hash)
+                await server.store.add_user(
+                    args.org, args.username, password_hash, display_name=args.name
+                )
                 return server.server_id, False
         # An existing one, perhaps served right now: accounts only, beside the server.
         async with await open_server_store(args.db, accounts_only=True) as store:
@@ -99,13 +124,34 @@ def _add(args: argparse.Namespace, out: Output) -> int:
                     f"user {args.username!r} exists in {args.org!r} (give --exist-ok to accept "
                     "that; `user passwd` changes a password)"
                 )
-            await store.add_user(args.org, args.username, password_hash)
+            await store.add_user(args.org, args.username, password_hash, display_name=args.name)
             return server_id, False
 
     server_id, already = run(go())
     out.result(
         {"org": args.org, "username": args.username, "server_id": server_id, "already": already}
     )
+    return 0
+
+
+def _display_name(raw: str) -> str:
+    if raw == "":
+        return raw
+    try:
+        return check_display_name(raw)
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _name(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> None:
+        async with await open_server_store(args.db, accounts_only=True) as store:
+            if await store.get_user(args.org, args.username) is None:
+                raise CliError(f"no user {args.username!r} in {args.org!r}", ExitCode.NOT_FOUND)
+            await store.set_display_name(args.org, args.username, args.name or None)
+
+    run(go())
+    out.result({"org": args.org, "username": args.username, "name": args.name or None})
     return 0
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "SERVER_KEY_BYTES",
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
+    "AccountName",
     "Authenticate",
     "Authenticated",
     "CopyBatch",
@@ -88,10 +89,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -114,6 +115,10 @@ replica's own updates too (pulling back what the restored copy lacks).
 Version 5 adds :attr:`CopyBatch.persons`: with the conflict index rows, each
 record's person card (what the cross-record person index keeps), so a laptop that
 takes the rows as they are also indexes who each record is without building it.
+
+Version 6 adds :attr:`Authenticated.accounts`: the organisation's accounts and
+the names people know them by, so a laptop shows who wrote each entry (a
+revision's author is the account logged in where it was written).
 """
 
 MIN_NONCE_BYTES = 16
@@ -298,6 +303,13 @@ class CopyPerson(NamedTuple):
 
     record_id: str
     card: bytes
+
+
+class AccountName(NamedTuple):
+    """An account of the organisation and how people see it (protocol version 6 on)."""
+
+    username: str
+    display_name: str
 
 
 class CopyConflict(NamedTuple):
@@ -552,7 +564,7 @@ class Authenticated(Message):
 
     TYPE_CODE: ClassVar[int] = 5
     FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
-        {"pushed_up_to": 4, "replica_secret": 4}
+        {"pushed_up_to": 4, "replica_secret": 4, "accounts": 6}
     )
 
     session_token: str
@@ -561,6 +573,7 @@ class Authenticated(Message):
     organisation: str
     pushed_up_to: int | None = None
     replica_secret: bytes | None = None
+    accounts: tuple[AccountName, ...] | None = None
 
     def __post_init__(self) -> None:
         _text("Authenticated", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
@@ -576,14 +589,35 @@ class Authenticated(Message):
             MIN_SECRET_BYTES,
             MAX_SECRET_BYTES,
         )
+        if self.accounts is not None:
+            _set(self, "accounts", _account_names(self.accounts))
 
     def __repr__(self) -> str:
         secret = "'***'" if self.replica_secret else None
+        accounts = None if self.accounts is None else f"<{len(self.accounts)} accounts>"
         return (
             f"Authenticated(session_token='***', expires_at_ms={self.expires_at_ms}, "
             f"user={self.user!r}, organisation={self.organisation!r}, "
-            f"pushed_up_to={self.pushed_up_to!r}, replica_secret={secret})"
+            f"pushed_up_to={self.pushed_up_to!r}, replica_secret={secret}, "
+            f"accounts={accounts})"
         )
+
+
+def _account_names(value: object) -> tuple[AccountName, ...]:
+    """Validate Authenticated.accounts: (username, display name) pairs, by username."""
+    owner = "Authenticated"
+    out: list[AccountName] = []
+    for item in _items(owner, "accounts", value, allow_empty=True):
+        if type(item) is not AccountName:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                _bad(owner, "accounts[]", "a (username, display_name) pair", item)
+            item = AccountName(*item)
+        _text(owner, "accounts[].username", item.username, MAX_NAME_LENGTH)
+        _text(owner, "accounts[].display_name", item.display_name, MAX_NAME_LENGTH)
+        if out and item.username <= out[-1].username:
+            _bad(owner, "accounts", "in strictly ascending username order", item.username)
+        out.append(item)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ from caresync.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
     MAX_ID_LENGTH,
     SUPPORTED_VERSIONS,
+    AccountName,
     Authenticate,
     Authenticated,
     CopyBatch,
@@ -236,18 +237,28 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         *,
         pushed_up_to: int | None = None,
         replica_secret: bytes | None = None,
+        accounts: Sequence[AccountName] | None = None,
     ) -> None:
         """Queue Authenticated (AUTHENTICATING → READY).
 
         ``organisation`` must be the one the client asked for (and, for an enrolled
         replica, the one its Hello named): otherwise ``reject`` with
         ``wrong_organisation`` instead. ``pushed_up_to`` and ``replica_secret``
-        are sent from version 4 on (dropped, as "not said", before).
+        are sent from version 4 on, ``accounts`` from version 6 on (dropped, as
+        "not said", before).
         """
         if self._version is not None and self._version < ProveServer.SINCE_VERSION:
             pushed_up_to = replica_secret = None
+        if self._version is not None and self._version < Authenticated.FIELDS_SINCE["accounts"]:
+            accounts = None
         message = Authenticated(
-            session_token, expires_at_ms, user, organisation, pushed_up_to, replica_secret
+            session_token,
+            expires_at_ms,
+            user,
+            organisation,
+            pushed_up_to,
+            replica_secret,
+            None if accounts is None else tuple(accounts),
         )
         asked = (
             self._credentials.organisation if isinstance(self._credentials, Authenticate) else None

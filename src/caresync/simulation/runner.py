@@ -63,6 +63,13 @@ __all__ = [
 
 ORGANISATION = "clinic"
 USERNAME = "registrar"
+
+
+def clinician(index: int) -> str:
+    """The account of the clinician who works on laptop ``index`` (and enrols it)."""
+    return f"clinician-{index}"
+
+
 SERVER_FILE = "clinic-server.db"
 IMPORT_BATCH = 500
 """Patients imported into the server per transaction."""
@@ -182,6 +189,8 @@ class _Run:
         listener: WebSocketListener | None = None
         try:
             await server.add_user(ORGANISATION, USERNAME, self.password)
+            for index in range(self.config.laptops):  # each laptop, its clinician's account
+                await server.add_user(ORGANISATION, clinician(index), self.password)
             listener = await server.serve("127.0.0.1", 0, wrap=self.wire.wrap)
             await self._import_patients(server)
             await self._open_laptops()
@@ -190,7 +199,7 @@ class _Run:
             clock = time.perf_counter()
             self.observer.phase("enrol laptops (first copy)", len(self.fleet))
             url = listener.url
-            await self._each(self.fleet, lambda laptop: self._enrol(laptop, url))
+            await self._each(range(len(self.fleet)), lambda index: self._enrol(index, url))
             result.first_copy_s = time.perf_counter() - clock
 
             clock = time.perf_counter()
@@ -328,9 +337,12 @@ class _Run:
         finally:  # those opened are closed with the rest, even if one failed
             self.fleet.extend(opened[i] for i in sorted(opened))
 
-    async def _enrol(self, laptop: Replica, url: str) -> None:
+    async def _enrol(self, index: int, url: str) -> None:
+        laptop = self.fleet[index]
         await _within(
-            laptop.enrol(url, username=USERNAME, password=self.password, organisation=ORGANISATION),
+            laptop.enrol(
+                url, username=clinician(index), password=self.password, organisation=ORGANISATION
+            ),
             f"{laptop.replica_id} enrolling",
         )
         self.observer.advance()
@@ -339,7 +351,7 @@ class _Run:
         self, index: int, edits: Sequence[Edit], resolves: bool, round_index: int
     ) -> None:
         laptop = self.fleet[index]
-        author = f"clinician-{index}"
+        author = clinician(index)  # logged in on this laptop since its enrolment
         if resolves:
             await self._resolve(laptop, author, random.Random(f"{self.config.seed}/{round_index}"))
         for edit in edits:

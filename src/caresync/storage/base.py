@@ -267,11 +267,18 @@ class UserAccount:
     created_ms: int
     disabled_ms: int | None = None
     """When the account was disabled (it can no longer log in), or None."""
+    display_name: str | None = None
+    """How people see the account ("Dr Aïcha Diallo"); None: its username."""
 
     @property
     def disabled(self) -> bool:
         """True once the account was disabled."""
         return self.disabled_ms is not None
+
+    @property
+    def shown_as(self) -> str:
+        """The display name, or the username if the account has none."""
+        return self.display_name or self.username
 
 
 @dataclass(frozen=True, slots=True)
@@ -809,8 +816,33 @@ class Store(Protocol):
         ...
 
     # accounts (server)
-    async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
+    async def add_user(
+        self,
+        organisation: str,
+        username: str,
+        password_hash: str,
+        *,
+        display_name: str | None = None,
+    ) -> None:
         """Add a user to an organisation; refuses a username that exists there."""
+        ...
+
+    async def set_display_name(
+        self, organisation: str, username: str, display_name: str | None
+    ) -> None:
+        """Set (or, with None, clear) how people see an account."""
+        ...
+
+    async def organisation_accounts(self, organisation: str) -> dict[str, str]:
+        """Every account of the organisation, disabled ones too: username → shown name.
+
+        A laptop shows these names for the authors in its conflicts.
+        """
+        ...
+
+    async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
+        """The accounts that have logged in on each replica (by a password login bound
+        to it, or by enrolling it); a replica no one logged in on is left out."""
         ...
 
     async def get_user(self, organisation: str, username: str) -> UserAccount | None:
@@ -886,7 +918,11 @@ class Store(Protocol):
 
     # sessions (server)
     async def add_session(self, session: SessionRow) -> None:
-        """Store a new session (refuses a token hash already stored)."""
+        """Store a new session (refuses a token hash already stored).
+
+        A session of a replica also records, in the same transaction, that its
+        account logged in on that replica (see :meth:`replica_accounts`).
+        """
         ...
 
     async def get_session(self, token_hash: str) -> SessionRow | None:
@@ -894,7 +930,8 @@ class Store(Protocol):
         ...
 
     async def bind_session(self, token_hash: str, replica_id: str) -> None:
-        """Bind a session opened before enrolment to the replica it enrolled."""
+        """Bind a session opened before enrolment to the replica it enrolled
+        (recording that its account logged in on that replica)."""
         ...
 
     async def end_sessions(

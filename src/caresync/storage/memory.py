@@ -25,7 +25,7 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
-from caresync.names import check_organisation, check_username
+from caresync.names import check_display_name, check_organisation, check_username
 from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._updates import (
     EMPTY_UPDATE,
@@ -121,6 +121,7 @@ class MemoryStore:
         self._conflicts: dict[str, dict[str, ConflictRow]] = {}
         self._users: dict[tuple[str, str], UserAccount] = {}
         self._replicas: dict[str, ReplicaInfo] = {}
+        self._replica_accounts: dict[str, set[str]] = {}
         self._secrets: dict[str, str] = {}
         self._sessions: dict[str, SessionRow] = {}
         self._generation = 0
@@ -783,16 +784,25 @@ class MemoryStore:
 
     # ----------------------------------------------------------------- accounts
 
-    async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
+    async def add_user(
+        self,
+        organisation: str,
+        username: str,
+        password_hash: str,
+        *,
+        display_name: str | None = None,
+    ) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
         check_organisation(organisation)
         check_username(username)
         check_text(password_hash, "password_hash", max_length=4096)
+        if display_name is not None:
+            check_display_name(display_name)
         self._open_or_raise(f"adding user {username!r}")
         if (organisation, username) in self._users:
             raise InvalidInputError(f"user {username!r} exists in {organisation!r}")
         self._users[organisation, username] = UserAccount(
-            organisation, username, password_hash, self._now_ms()
+            organisation, username, password_hash, self._now_ms(), display_name=display_name
         )
 
     async def get_user(self, organisation: str, username: str) -> UserAccount | None:
@@ -801,6 +811,37 @@ class MemoryStore:
         check_text(username, "username")
         self._open_or_raise(f"reading user {username!r}")
         return self._users.get((organisation, username))
+
+    async def set_display_name(
+        self, organisation: str, username: str, display_name: str | None
+    ) -> None:
+        """Set (or clear) how people see an account; InvalidInputError for an unknown user."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+        if display_name is not None:
+            check_display_name(display_name)
+        user = self._user_or_raise(organisation, username)
+        self._users[organisation, username] = dataclasses.replace(user, display_name=display_name)
+
+    async def organisation_accounts(self, organisation: str) -> dict[str, str]:
+        """Every account of the organisation: username → display name (else username)."""
+        check_text(organisation, "organisation")
+        self._open_or_raise(f"listing the accounts of {organisation!r}")
+        return {
+            user.username: user.shown_as
+            for (org, _), user in sorted(self._users.items())
+            if org == organisation
+        }
+
+    async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
+        """The accounts that have logged in on each of these replicas."""
+        wanted = {check_text(r, "replica_id") for r in replica_ids}
+        self._open_or_raise("reading who logged in on replicas")
+        return {
+            replica_id: frozenset(self._replica_accounts[replica_id])
+            for replica_id in sorted(wanted)
+            if replica_id in self._replica_accounts
+        }
 
     async def set_password_hash(
         self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
@@ -943,6 +984,8 @@ class MemoryStore:
         if session.token_hash in self._sessions:
             raise InvalidInputError("that session token is stored already")
         self._sessions[session.token_hash] = session
+        if session.replica_id is not None:
+            self._replica_accounts.setdefault(session.replica_id, set()).add(session.username)
 
     async def get_session(self, token_hash: str) -> SessionRow | None:
         """The session with that token hash, or None."""
@@ -959,6 +1002,7 @@ class MemoryStore:
         if session is None or session.replica_id is not None:
             raise InvalidInputError("no unbound session with that token")
         self._sessions[token_hash] = dataclasses.replace(session, replica_id=replica_id)
+        self._replica_accounts.setdefault(replica_id, set()).add(session.username)
 
     async def end_sessions(
         self,

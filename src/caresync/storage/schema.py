@@ -79,6 +79,14 @@ Version 8 added the person index (the same person registered twice)::
     empty). Existing databases get the tables empty: a replica re-indexes its
     records when it opens.
 
+Version 9 made authors accounts::
+
+    users            + display_name        the name people see (None: the username)
+    replica_accounts (replica_id, username) PK, first_ms   WITHOUT ROWID
+                     every account that logged in on a replica (a password login
+                     bound to it, or its enrolment), filled from ``replicas`` and
+                     ``sessions`` for the logins before version 9
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -337,6 +345,25 @@ _V8 = (
     "CREATE INDEX person_pairs_by_organisation ON person_pairs (organisation, state)",
 )
 
+_V9 = (
+    "ALTER TABLE users ADD COLUMN display_name TEXT",
+    # Which accounts have logged in on which replica: a revision a replica pushes
+    # must name one of them as its author.
+    """CREATE TABLE replica_accounts (
+        replica_id TEXT NOT NULL,
+        username TEXT NOT NULL,
+        first_ms INTEGER NOT NULL,
+        PRIMARY KEY (replica_id, username)
+    ) WITHOUT ROWID""",
+    # Who logged in before version 9: the account that enrolled each replica, and
+    # the accounts of the sessions still bound to one.
+    """INSERT OR IGNORE INTO replica_accounts (replica_id, username, first_ms)
+        SELECT replica_id, enrolled_by, enrolled_ms FROM replicas WHERE enrolled_by IS NOT NULL""",
+    """INSERT OR IGNORE INTO replica_accounts (replica_id, username, first_ms)
+        SELECT replica_id, username, MIN(created_ms) FROM sessions
+        WHERE replica_id IS NOT NULL GROUP BY replica_id, username""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -346,6 +373,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     6: _V6,
     7: _V7,
     8: _V8,
+    9: _V9,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

@@ -53,7 +53,7 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
-from caresync.names import check_organisation, check_username
+from caresync.names import check_display_name, check_organisation, check_username
 from caresync.records.persons import PairState, PersonCard, PersonPair, pair_of
 from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
 from caresync.storage._lock import WriterLock
@@ -1496,11 +1496,20 @@ class SQLiteStore:
 
     # ----------------------------------------------------------------- accounts
 
-    async def add_user(self, organisation: str, username: str, password_hash: str) -> None:
+    async def add_user(
+        self,
+        organisation: str,
+        username: str,
+        password_hash: str,
+        *,
+        display_name: str | None = None,
+    ) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
         check_organisation(organisation)
         check_username(username)
         check_text(password_hash, "password_hash", max_length=4096)
+        if display_name is not None:
+            check_display_name(display_name)
         now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> None:
@@ -1511,9 +1520,9 @@ class SQLiteStore:
                 ).fetchone():
                     raise InvalidInputError(f"user {username!r} exists in {organisation!r}")
                 raw.execute(
-                    "INSERT INTO users (organisation, username, password_hash, created_ms)"
-                    " VALUES (?, ?, ?, ?)",
-                    (organisation, username, password_hash, now),
+                    "INSERT INTO users (organisation, username, password_hash, created_ms,"
+                    " display_name) VALUES (?, ?, ?, ?, ?)",
+                    (organisation, username, password_hash, now, display_name),
                 )
 
             self._write(raw, body, accounts=True)
@@ -1527,15 +1536,70 @@ class SQLiteStore:
 
         def job(raw: sqlite3.Connection) -> UserAccount | None:
             row = raw.execute(
-                "SELECT password_hash, created_ms, disabled_ms FROM users"
+                "SELECT password_hash, created_ms, disabled_ms, display_name FROM users"
                 " WHERE organisation = ? AND username = ?",
                 (organisation, username),
             ).fetchone()
             if row is None:
                 return None
-            return UserAccount(organisation, username, row[0], row[1], row[2])
+            return UserAccount(organisation, username, row[0], row[1], row[2], row[3])
 
         return await self._run(f"reading user {username!r}", job)
+
+    async def set_display_name(
+        self, organisation: str, username: str, display_name: str | None
+    ) -> None:
+        """Set (or clear) how people see an account; InvalidInputError for an unknown user."""
+        check_text(organisation, "organisation")
+        check_text(username, "username")
+        if display_name is not None:
+            check_display_name(display_name)
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                if not raw.execute(
+                    "UPDATE users SET display_name = ? WHERE organisation = ? AND username = ?",
+                    (display_name, organisation, username),
+                ).rowcount:
+                    raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+
+            self._write(raw, body, accounts=True)
+
+        await self._run(f"naming user {username!r}", job)
+
+    async def organisation_accounts(self, organisation: str) -> dict[str, str]:
+        """Every account of the organisation: username → display name (else username)."""
+        check_text(organisation, "organisation")
+
+        def job(raw: sqlite3.Connection) -> dict[str, str]:
+            return {
+                str(name): str(shown or name)
+                for name, shown in raw.execute(
+                    "SELECT username, display_name FROM users WHERE organisation = ?"
+                    " ORDER BY username",
+                    (organisation,),
+                )
+            }
+
+        return await self._run(f"listing the accounts of {organisation!r}", job)
+
+    async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
+        """The accounts that have logged in on each of these replicas."""
+        wanted = sorted({check_text(r, "replica_id") for r in replica_ids})
+
+        def job(raw: sqlite3.Connection) -> dict[str, frozenset[str]]:
+            found: dict[str, set[str]] = {}
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                for replica_id, username in raw.execute(
+                    "SELECT replica_id, username FROM replica_accounts"
+                    f" WHERE replica_id IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    found.setdefault(str(replica_id), set()).add(str(username))
+            return {replica_id: frozenset(names) for replica_id, names in found.items()}
+
+        return await self._run("reading who logged in on replicas", job)
 
     async def set_password_hash(
         self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
@@ -1776,6 +1840,10 @@ class SQLiteStore:
                     )
                 except sqlite3.IntegrityError:
                     raise InvalidInputError("that session token is stored already") from None
+                if session.replica_id is not None:
+                    _note_replica_account(
+                        raw, session.replica_id, session.username, session.created_ms
+                    )
 
             self._write(raw, body, accounts=True)
 
@@ -1808,6 +1876,10 @@ class SQLiteStore:
                     (replica_id, token_hash),
                 ).rowcount:
                     raise InvalidInputError("no unbound session with that token")
+                (username,) = raw.execute(
+                    "SELECT username FROM sessions WHERE token_hash = ?", (token_hash,)
+                ).fetchone()
+                _note_replica_account(raw, replica_id, username, self._now_ms())
 
             self._write(raw, body, accounts=True)
 
@@ -1855,6 +1927,16 @@ def _bump_accounts_generation(raw: sqlite3.Connection) -> None:
         "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key)"
         " DO UPDATE SET value = CAST(value AS INTEGER) + 1",
         (_GENERATION_KEY,),
+    )
+
+
+def _note_replica_account(
+    raw: sqlite3.Connection, replica_id: str, username: str, now_ms: int
+) -> None:
+    """Record that ``username`` logged in on ``replica_id`` (kept from the first time)."""
+    raw.execute(
+        "INSERT OR IGNORE INTO replica_accounts (replica_id, username, first_ms) VALUES (?, ?, ?)",
+        (replica_id, username, now_ms),
     )
 
 

@@ -424,6 +424,19 @@ class Clinic:
         self._stack.push_async_callback(link.close)
         return await self._keep(laptop, live=live)
 
+    async def log_in(self, laptop: Laptop, username: str) -> None:
+        """Log ``username`` in on ``laptop`` online (a real password login through its
+        link, the account created in the laptop's organisation if new): from then on
+        the laptop's entries are written as that clinician.
+
+        The laptop must be online and not in live mode. Afterwards the clinician can
+        also log in there offline (``laptop.login_offline(username, clinic.password)``).
+        """
+        org = laptop.identity.organisation or self.organisation
+        if (org, username) not in self._users:
+            await self.add_user(username, organisation=org)
+        await laptop.login(username, self.password, organisation=org, url=laptop.link.url)
+
     async def reopen(self, name: str, *, live: bool = False) -> Laptop:
         """Close a laptop's database and open it again, as when its application restarts.
 

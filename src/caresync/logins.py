@@ -1,0 +1,291 @@
+"""Who is logged in on a laptop, and so who writes its entries.
+
+Theory of operation
+-------------------
+Every revision names its author, and a clinician deciding between two entries
+trusts that name; so on an enrolled laptop the author is never typed, it is
+the **account logged in** there. Someone is logged in after:
+
+* an online login (a sync, enrolment or live connection with a password): the
+  server checked the password, and the laptop keeps an argon2id hash of it for
+  offline logins;
+* an offline login (:meth:`LaptopLogins.login_offline`), with a password that
+  account already used online on this laptop.
+
+A login lasts until :meth:`LaptopLogins.logout`, another login, or
+``idle_s`` without an edit (the laptop left open on a desk): then edits raise
+:class:`~caresync.exceptions.NotLoggedInError` until someone logs in again.
+Activity is written down at most once a minute, so an edit costs no extra
+write in the common case.
+
+Offline logins resist guessing: after :data:`OFFLINE_LOGIN_ATTEMPTS` failures
+in a row (any user) the laptop checks no password for a time that doubles with
+each further failure, from :data:`OFFLINE_LOCK_FIRST_S` up to
+:data:`OFFLINE_LOCK_MAX_S`; the count is kept in the database, so restarting
+the program does not reset it.
+
+The server sends the organisation's accounts with their display names at each
+login (protocol version 6): :meth:`LaptopLogins.shown_as` turns an author into
+the name people know. The server, for its part, refuses a pushed revision
+whose author never logged in on the replica that wrote it
+(:class:`caresync.gate.Gatekeeper`).
+
+Everything here is kept in the store's meta table; nothing holds a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from caresync.exceptions import (
+    AuthenticationError,
+    AuthorError,
+    CorruptDatabaseError,
+    InvalidInputError,
+    LoginLockedError,
+    NotLoggedInError,
+)
+from caresync.names import shown
+from caresync.storage import Store
+
+__all__ = [
+    "LOGIN_IDLE_S",
+    "OFFLINE_LOCK_FIRST_S",
+    "OFFLINE_LOCK_MAX_S",
+    "OFFLINE_LOGIN_ATTEMPTS",
+    "LaptopLogins",
+]
+
+OFFLINE_LOGIN_ATTEMPTS = 5
+"""Failed offline logins in a row after which the laptop locks (see login_offline)."""
+OFFLINE_LOCK_FIRST_S = 30.0
+"""The first lock; each further failure doubles it."""
+OFFLINE_LOCK_MAX_S = 3600.0
+"""The longest lock."""
+LOGIN_IDLE_S = 30 * 60.0
+"""A login with no edit for this long expires (a laptop left open on a desk)."""
+
+# Meta keys.
+_OFFLINE_LOGIN = "login.offline:"  # + username: argon2id hash of the password
+_OFFLINE_FAILURES = "login.offline.failures"  # "COUNT:LOCKED_UNTIL_MS", failed in a row
+_CURRENT = "login.current"  # JSON {"user", "since_ms", "active_ms"}: who is logged in
+_ACCOUNT_NAMES = "accounts.names"  # JSON {username: display name}, from the server
+_ACTIVE_EVERY_MS = 60_000  # activity is written down at most this often
+
+
+def _wall_ms() -> int:
+    """The wall clock, in milliseconds (what locks and idle logins are timed by)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Login:
+    user: str
+    since_ms: int
+    active_ms: int
+
+    def to_text(self) -> str:
+        return json.dumps(
+            {"user": self.user, "since_ms": self.since_ms, "active_ms": self.active_ms}
+        )
+
+    @classmethod
+    def from_text(cls, text: str) -> _Login:
+        try:
+            data = json.loads(text)
+            login = cls(data["user"], data["since_ms"], data["active_ms"])
+        except (ValueError, TypeError, KeyError):
+            login = None
+        if (
+            login is None
+            or type(login.user) is not str
+            or type(login.since_ms) is not int
+            or type(login.active_ms) is not int
+        ):
+            raise CorruptDatabaseError("the record of who is logged in on this laptop is damaged")
+        return login
+
+
+class LaptopLogins:
+    """Who is logged in on one laptop; see the module docstring.
+
+    ``hasher`` makes the hashes kept for offline logins; ``idle_s`` is how long
+    a login lasts without an edit (None: until logout).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        hasher: PasswordHasher,
+        idle_s: float | None = LOGIN_IDLE_S,
+    ) -> None:
+        if idle_s is not None and not idle_s > 0:
+            raise InvalidInputError(f"idle_s must be None or > 0, not {idle_s!r}")
+        self.store = store
+        self.hasher = hasher
+        self.idle_s = idle_s
+        self._login: _Login | None = None
+        self._names: dict[str, str] = {}
+
+    async def load(self) -> None:
+        """Read who is logged in and the account names from the store."""
+        text = await self.store.get_meta(_CURRENT)
+        self._login = _Login.from_text(text) if text else None
+        names = await self.store.get_meta(_ACCOUNT_NAMES)
+        self._names = _names_from_text(names) if names else {}
+
+    # ----------------------------------------------------------------- who
+
+    @property
+    def user(self) -> str | None:
+        """The account logged in, or None (nobody, or the login went idle)."""
+        login = self._login
+        if login is None or self._idle(login, _wall_ms()):
+            return None
+        return login.user
+
+    async def author(self, named: str | None) -> str:
+        """The author of an edit made now: the account logged in.
+
+        ``named`` may be left out; if given it must be that account
+        (:class:`~caresync.exceptions.AuthorError` otherwise). Raises
+        :class:`~caresync.exceptions.NotLoggedInError` if nobody is logged in or
+        the login went idle.
+        """
+        login = self._login
+        if login is None:
+            raise NotLoggedInError(
+                "nobody is logged in on this laptop: log in first (`caresync login --db DB`, "
+                "or `caresync sync --db DB --username NAME`)"
+            )
+        now = _wall_ms()
+        if self._idle(login, now):
+            raise NotLoggedInError(
+                f"the login of {login.user} expired after {self.idle_s:.0f} s without an "
+                "edit: log in again (`caresync login --db DB`)"
+            )
+        if named is not None and named != login.user:
+            raise AuthorError(
+                f"{shown(named)} is not the account logged in on this laptop "
+                f"({login.user}): every entry is written as the account logged in; leave "
+                f"the author out, or log in as {shown(named)}"
+            )
+        if now - login.active_ms >= _ACTIVE_EVERY_MS:
+            await self._set(_Login(login.user, login.since_ms, now))
+        return login.user
+
+    async def logged_in_online(self, user: str, password: str) -> None:
+        """After the server accepted ``user``'s password: log them in here, and keep
+        the hash that lets them log in offline later."""
+        password_hash = await asyncio.to_thread(self.hasher.hash, password)
+        await self.store.set_meta(_OFFLINE_LOGIN + user, password_hash)
+        await self._start(user)
+
+    async def login_offline(self, username: str, password: str) -> None:
+        """Check a password offline and log ``username`` in; see the module docstring.
+
+        Only users who logged in online on this laptop before can. Raises
+        :class:`~caresync.exceptions.AuthenticationError` for a wrong password
+        or an unknown name, :class:`~caresync.exceptions.LoginLockedError` while
+        the laptop is locked (it says how long).
+        """
+        failures, locked_until_ms = await self._failures()
+        now_ms = _wall_ms()
+        if locked_until_ms > now_ms:
+            wait_s = (locked_until_ms - now_ms) / 1000
+            raise LoginLockedError(
+                f"too many failed logins on this laptop: try again in {wait_s:.0f} s",
+                retry_after_s=wait_s,
+            )
+        stored = await self.store.get_meta(_OFFLINE_LOGIN + username)
+        try:
+            if stored is None:
+                raise AuthenticationError(
+                    f"{username} has never logged in online on this laptop; connect to log in"
+                )
+            try:
+                self.hasher.verify(stored, password)
+            except (VerificationError, InvalidHashError):
+                raise AuthenticationError(f"wrong password for {username}") from None
+        except AuthenticationError as exc:
+            failures += 1
+            lock_s = 0.0
+            if failures >= OFFLINE_LOGIN_ATTEMPTS:
+                doublings = min(failures - OFFLINE_LOGIN_ATTEMPTS, 32)
+                lock_s = min(OFFLINE_LOCK_FIRST_S * 2**doublings, OFFLINE_LOCK_MAX_S)
+            await self.store.set_meta(
+                _OFFLINE_FAILURES, f"{failures}:{now_ms + int(lock_s * 1000)}"
+            )
+            if lock_s:
+                raise LoginLockedError(
+                    f"{exc}; {failures} failed logins in a row: this laptop checks no "
+                    f"password for {lock_s:.0f} s",
+                    retry_after_s=lock_s,
+                ) from None
+            raise
+        if failures:
+            await self.store.set_meta(_OFFLINE_FAILURES, "0:0")
+        await self._start(username)
+
+    async def logout(self) -> None:
+        """Nobody is logged in any more (edits raise NotLoggedInError until a login)."""
+        await self.store.set_meta(_CURRENT, "")  # empty: nobody
+        self._login = None
+
+    # --------------------------------------------------------------- names
+
+    def shown_as(self, author: str) -> str:
+        """How people know ``author``: the account's display name, else the name itself."""
+        return self._names.get(author, author)
+
+    @property
+    def names(self) -> Mapping[str, str]:
+        """Every account name the server sent, with its display name."""
+        return dict(self._names)
+
+    async def remember_names(self, names: Mapping[str, str]) -> None:
+        """Keep the organisation's account names the server sent at a login."""
+        if names != self._names:
+            await self.store.set_meta(_ACCOUNT_NAMES, json.dumps(dict(sorted(names.items()))))
+            self._names = dict(names)
+
+    # ------------------------------------------------------------- internals
+
+    def _idle(self, login: _Login, now_ms: int) -> bool:
+        return self.idle_s is not None and now_ms - login.active_ms > self.idle_s * 1000
+
+    async def _start(self, user: str) -> None:
+        now = _wall_ms()
+        await self._set(_Login(user, now, now))
+
+    async def _set(self, login: _Login) -> None:
+        await self.store.set_meta(_CURRENT, login.to_text())
+        self._login = login
+
+    async def _failures(self) -> tuple[int, int]:
+        """Failed offline logins in a row, and until when (ms) none is checked."""
+        text = await self.store.get_meta(_OFFLINE_FAILURES) or "0:0"
+        count, _, until = text.partition(":")
+        if not (count.isdigit() and until.isdigit()):
+            raise CorruptDatabaseError("the count of failed offline logins is damaged")
+        return int(count), int(until)
+
+
+def _names_from_text(text: str) -> dict[str, str]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not all(
+        type(k) is str and type(v) is str for k, v in data.items()
+    ):
+        raise CorruptDatabaseError("the account names kept on this laptop are damaged")
+    return data

@@ -1,0 +1,207 @@
+"""Authors are accounts: every entry is written as the account logged in on the laptop,
+and the server refuses, storing nothing, a revision whose author never logged in on
+the replica that wrote it, or that another replica wrote (unless that replica was
+revoked and its unsynced work is being carried to the server by a colleague's laptop).
+
+Real parts: a server on 127.0.0.1 and SQLite files. A hostile client is played by
+writing a hand-made update straight into a laptop's outbox (what a modified client
+would push).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
+
+import caresync.logins as logins_module
+from caresync.cli.transfer import import_file
+from caresync.exceptions import (
+    AuthorError,
+    NotLoggedInError,
+    SyncRefusedError,
+)
+from caresync.logins import LOGIN_IDLE_S
+from caresync.records import Record
+from caresync.replica import Replica
+from caresync.server import SyncServer
+
+
+async def _server_field(server: SyncServer, record_id: str, path: str) -> object:
+    """What the server's copy of a record holds at ``path`` (None if it has no record)."""
+    stored = await server.store.load(record_id)
+    if stored is None:
+        return None
+    return Record.from_update(record_id, stored, replica="reader").value(path)
+
+
+async def test_an_entry_is_written_as_the_account_logged_in(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")  # dr.a enrolled it
+    try:
+        assert laptop.user == "dr.a"
+        record_id = await laptop.create_record()
+        written = await laptop.set(record_id, "birthDate", "1990-01-01")
+        assert written.author == "dr.a"
+        assert written.replica == laptop.replica_id
+        pending = (await laptop.status()).pending
+
+        with pytest.raises(AuthorError, match=r"'dr\.b' is not the account logged in"):
+            await laptop.set(record_id, "birthDate", "1991-01-01", author="dr.b")
+        assert (await laptop.status()).pending == pending  # nothing stored
+        assert (await laptop.record(record_id)).value("birthDate") == "1990-01-01"
+
+        # Another account logs in online on this laptop: from then on it writes.
+        await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
+        assert laptop.user == "dr.b"
+        by_b = await laptop.set(record_id, "weightKg", 70)
+        assert by_b.author == "dr.b"
+        assert (await laptop.sync()).uploaded == 1  # the server takes dr.b's entry
+        assert await _server_field(server, record_id, "weightKg") == 70
+
+        await laptop.logout()
+        assert laptop.user is None
+        with pytest.raises(NotLoggedInError, match="nobody is logged in"):
+            await laptop.set(record_id, "weightKg", 71)
+        with pytest.raises(NotLoggedInError):
+            await laptop.create_record()
+        await laptop.login_offline("dr.a", PASSWORD)
+        assert (await laptop.set(record_id, "weightKg", 72)).author == "dr.a"
+
+        # Who is logged in survives closing the program.
+        await laptop.close()
+        laptop = await Replica.open(tmp_path / "laptop.db")
+        assert laptop.user == "dr.a"
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_login_expires_on_an_idle_laptop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1_800_000_000_000]
+    monkeypatch.setattr(logins_module, "_wall_ms", lambda: now[0])
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    await server.close()  # offline from here on
+    try:
+        record_id = await laptop.create_record()
+        idle_ms = int(LOGIN_IDLE_S * 1000)
+        # An edit now and then keeps the login alive, longer than the idle limit in all.
+        for _ in range(3):
+            now[0] += idle_ms - 1_000
+            await laptop.set(record_id, "weightKg", 70)
+        # Reopened, the laptop still knows when it was last used.
+        await laptop.close()
+        laptop = await Replica.open(tmp_path / "laptop.db")
+        now[0] += idle_ms + 1
+        assert laptop.user is None
+        with pytest.raises(NotLoggedInError, match="expired after 1800 s without an edit"):
+            await laptop.set(record_id, "weightKg", 71)
+        await laptop.login_offline("dr.a", PASSWORD)
+        assert (await laptop.set(record_id, "weightKg", 72)).author == "dr.a"
+    finally:
+        await laptop.close()
+
+
+async def test_the_server_refuses_an_author_who_never_logged_in_there(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        record_id = await laptop.create_record()
+        await laptop.sync()
+        head = await server.store.feed_head()
+        # A modified client writes an entry in the name of an account that never
+        # logged in on this laptop (dr.b exists, but logged in elsewhere only).
+        forged = Record.create(replica=laptop.replica_id, record_id=record_id)
+        forged.set("weightKg", 80, author="dr.b")
+        await laptop.store.write_local(
+            record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
+        )
+        with pytest.raises(SyncRefusedError, match=r"names 'dr\.b' as its author") as refused:
+            await laptop.sync()
+        assert "nothing stored" in str(refused.value)
+        assert await server.store.feed_head() == head  # nothing stored
+        assert (await laptop.status()).pending == 1  # the laptop keeps it
+        assert await _server_field(server, record_id, "weightKg") is None
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_the_server_refuses_changes_another_replica_wrote(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    other = await enrolled(tmp_path, server, "other")  # a colleague's laptop, not revoked
+    try:
+        record_id = await laptop.create_record()
+        await laptop.sync()
+        head = await server.store.feed_head()
+        forged = Record.create(replica=other.replica_id, record_id=record_id)
+        forged.set("birthDate", "1990-01-01", author="dr.a")
+        await laptop.store.write_local(
+            record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
+        )
+        with pytest.raises(SyncRefusedError, match=f"written on replica '{other.replica_id}'"):
+            await laptop.sync()
+        assert await server.store.feed_head() == head
+        assert (await laptop.status()).pending == 1
+    finally:
+        await other.close()
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_revoked_laptops_work_is_carried_by_a_colleagues_laptop(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    lost = await enrolled(tmp_path, server, "lost")  # dr.a's
+    rescuer = await enrolled(tmp_path, server, "rescuer", user="dr.b")
+    try:
+        record_id = await lost.create_record()
+        await lost.set(record_id, "birthDate", "1990-01-01")
+        await lost.sync()  # its Yjs client is now bound to it on the server
+        await lost.set(record_id, "weightKg", 64)  # then offline work, never pushed
+        export = tmp_path / "unsynced.jsonl"
+        await lost.store.export_unsynced(export)
+        await import_file(rescuer, str(export))
+
+        # Not while the lost laptop could still push for itself.
+        with pytest.raises(SyncRefusedError, match="revoke that laptop first"):
+            await rescuer.sync()
+        assert await _server_field(server, record_id, "weightKg") is None
+
+        await server.revoke(lost.replica_id)
+        await rescuer.sync()
+        assert await _server_field(server, record_id, "weightKg") == 64
+        assert (await rescuer.status()).pending == 0
+        history = (await rescuer.record(record_id)).history("weightKg")
+        assert [(rev.author, rev.replica) for rev in history] == [("dr.a", lost.replica_id)]
+    finally:
+        await lost.close()
+        await rescuer.close()
+        await server.close()
+
+
+async def test_laptops_learn_the_display_names_of_the_organisations_accounts(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    await server.add_user("clinic-a", "dr.c", PASSWORD, display_name="Dr Aïcha Diallo")
+    await server.store.set_display_name("clinic-a", "dr.a", "Dr Ama Mensah")
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        assert laptop.shown_as("dr.a") == "Dr Ama Mensah"
+        assert laptop.shown_as("dr.c") == "Dr Aïcha Diallo"  # never logged in here
+        assert laptop.shown_as("dr.b") == "dr.b"  # no display name: the account name
+        assert laptop.shown_as("dr.x") == "dr.x"  # another organisation's: not sent
+        await server.store.set_display_name("clinic-a", "dr.c", "Dr A. Diallo")
+        await laptop.sync()
+        assert laptop.shown_as("dr.c") == "Dr A. Diallo"
+        await laptop.close()
+        laptop = await Replica.open(tmp_path / "laptop.db")  # kept in the database
+        assert laptop.shown_as("dr.c") == "Dr A. Diallo"
+    finally:
+        await laptop.close()
+        await server.close()
