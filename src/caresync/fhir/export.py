@@ -11,6 +11,7 @@ exporting the same record twice gives the same bytes. See docs/fhir.md.
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import json
@@ -31,7 +32,7 @@ from caresync.fhir.vocabulary import (
     RESOURCE_OF_COLLECTION,
     resource_id,
 )
-from caresync.records import JSONValue, Revision, Timestamp, canonical_json
+from caresync.records import ADDENDA_FIELD, JSONValue, Revision, Timestamp, canonical_json
 
 __all__ = ["bundle_bytes", "bundle_for_record", "bundle_of_chart"]
 
@@ -185,9 +186,7 @@ def identifier_system(path: str) -> str | None:
 
 
 def _identifier_value(value: object) -> bool:
-    return (
-        isinstance(value, str) and value != "" and value == value.strip() and value.isprintable()
-    )
+    return isinstance(value, str) and value != "" and value == value.strip() and value.isprintable()
 
 
 def _entry_resource(chart: Chart, entry: ChartEntry, patient_ref: str, ctx: Context) -> Resource:
@@ -219,7 +218,9 @@ def _addendum(
     entry_value = f"{entry.entry_id}/addenda/{addendum.id}"
     resource: Resource = {
         "resourceType": "DocumentReference",
-        "id": resource_id(chart.record_id, entry.collection, entry.entry_id, "addenda", addendum.id),
+        "id": resource_id(
+            chart.record_id, entry.collection, entry.entry_id, ADDENDA_FIELD, addendum.id
+        ),
         "identifier": [{"system": ENTRY_SYSTEM, "value": entry_value}],
         "status": "current",
         "docStatus": "final",
@@ -232,8 +233,6 @@ def _addendum(
     if addendum.author:
         resource["author"] = [{"display": addendum.author}]
     if addendum.text:
-        import base64
-
         data = base64.b64encode(addendum.text.encode("utf-8")).decode("ascii")
         resource["content"][0]["attachment"]["data"] = data
     return resource

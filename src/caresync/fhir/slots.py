@@ -256,7 +256,11 @@ def _status_pair(
         return MISSING
 
     def put_verification(resource: Resource, value: JSONValue, ctx: Context) -> bool:
-        if isinstance(value, str) and value in verification and "verificationStatus" not in resource:
+        if (
+            isinstance(value, str)
+            and value in verification
+            and "verificationStatus" not in resource
+        ):
             resource["verificationStatus"] = coded(verification_system, value)
             return True
         return False
