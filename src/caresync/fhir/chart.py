@@ -1,19 +1,18 @@
 """A chart: the clinical content of one record, as FHIR export and import exchange it.
 
-Pure data. :func:`chart_of` reads it from a record (settled values only: a
-field in conflict, or contested by an open ``block`` finding, is named in
-``contested`` with its conflict id instead). Import builds charts from FHIR
-resources and writes them into records. Two records hold the same clinical
-content when their charts' :meth:`Chart.content` are equal.
+Pure data. :func:`chart_of` reads it from a record (a field in conflict has
+no one value: it is named in ``contested`` with its conflict id instead).
+Import builds charts from FHIR resources and writes them into records. Two
+records hold the same clinical content when their charts' :meth:`Chart.content` are equal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from caresync.conflicts import Conflict, RecordView, Severity
+from caresync.conflicts import RecordView
 from caresync.records import (
     ADDENDA_FIELD,
     DEFAULT_COLLECTIONS,
@@ -87,20 +86,16 @@ class Chart:
         }
 
 
-def contested_paths(view: RecordView, conflicts: Iterable[Conflict]) -> dict[str, str]:
-    """Every path without one settled value, with the id of the conflict that says so.
+def contested_paths(view: RecordView) -> dict[str, str]:
+    """Every field with concurrent different values, with its conflict's id.
 
-    A field with concurrent different values, and every path an open ``block``
-    finding involves (a medication stopped on one laptop while its dose changed
-    on another: its status and its dose), as ``record show`` shows them.
+    Such a field has no one value: export leaves it out of its resource and
+    lists every candidate on a DetectedIssue. A field that an open ``block``
+    finding involves (a medication stopped while its dose changed elsewhere)
+    still holds one value, which export writes; the finding's DetectedIssue
+    names the resources and lists its candidates.
     """
     found: dict[str, str] = {}
-    for conflict in sorted(conflicts, key=lambda c: c.id):
-        if conflict.record_id != view.record_id:
-            continue
-        if conflict.severity is Severity.BLOCK:
-            for path in conflict.paths:
-                found.setdefault(path, conflict.id)
     for path in view.paths():
         state = view.get(path)
         if state.in_conflict:
@@ -108,14 +103,14 @@ def contested_paths(view: RecordView, conflicts: Iterable[Conflict]) -> dict[str
     return found
 
 
-def chart_of(view: RecordView, conflicts: Iterable[Conflict] = ()) -> Chart:
+def chart_of(view: RecordView) -> Chart:
     """The chart of a record: what FHIR export carries of it.
 
     Fields of the default collections become entries; link decisions
     (``links/...``) are left out (they are about a pair of records: see
     docs/fhir.md); every other field is a field of the chart.
     """
-    contested = contested_paths(view, conflicts)
+    contested = contested_paths(view)
     fields: dict[str, JSONValue] = {}
     top_contested: dict[str, str] = {}
     collections = sorted(DEFAULT_COLLECTIONS)

@@ -45,11 +45,11 @@ def bundle_for_record(view: RecordView, conflicts: Sequence[Conflict] = ()) -> d
     """The record as a FHIR ``collection`` Bundle (JSON), every resource validated.
 
     ``conflicts`` are the record's open conflicts (``Replica.conflicts(record_id)``):
-    each becomes a DetectedIssue with all its candidates, and the fields they
-    contest are left out of the resources (marked with the conflict's id).
+    each becomes a DetectedIssue with all its candidates. A field in conflict
+    is left out of its resource (a field extension names its conflict).
     Raises MissingExtraError without the fhir extra.
     """
-    chart = chart_of(view, conflicts)
+    chart = chart_of(view)
     return bundle_of_chart(chart, view=view, conflicts=conflicts)
 
 
