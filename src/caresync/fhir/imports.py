@@ -291,6 +291,8 @@ def charts_from_resources(found: Sequence[FoundResource]) -> ImportPlan:
         patient_found[record_id] = item
         for key in _keys(item):
             patients[key] = record_id
+    if not patient_found:
+        raise InvalidFhirError("the file holds no Patient: caresync imports a record per Patient")
     only = next(iter(patient_found)) if len(patient_found) == 1 else None
     # Which record and entry each clinical resource is, before reading any field.
     placed: list[tuple[FoundResource, str, str, str]] = []  # item, record, collection, entry
@@ -375,8 +377,6 @@ def charts_from_resources(found: Sequence[FoundResource]) -> ImportPlan:
             by_record.get(record_id, ()), key=lambda e: (e.collection, e.entry_id)
         )
         result.append(Chart(record_id, chart.fields, chart.contested, tuple(chart_entries)))
-    if not result:
-        raise InvalidFhirError("the file holds no Patient: caresync imports a record per Patient")
     return ImportPlan(tuple(result), dict(sorted(ignored.items())))
 
 
