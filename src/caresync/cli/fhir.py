@@ -27,6 +27,7 @@ from caresync.fhir import (
     bundle_bytes,
     bundle_for_record,
     import_fhir,
+    plan_import,
     require_models,
 )
 from caresync.storage.unsynced import private_opener
@@ -121,8 +122,7 @@ def _export(args: argparse.Namespace, out: Output) -> int:
 
 
 def _write_stdout(data: bytes) -> None:
-    sys.stdout.flush()
-    sys.stdout.buffer.write(data)
+    sys.stdout.write(data.decode("utf-8"))
     sys.stdout.flush()
 
 
@@ -138,12 +138,12 @@ def _write_new(target: str, data: bytes) -> None:
 
 def _import(args: argparse.Namespace, out: Output) -> int:
     require_models()
-    data = _read(args.file)
     who = importing_author(args)
+    plan = plan_import(_read(args.file))  # the whole file checked before the database opens
 
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
-            report = await import_fhir(replica, data, author=who)
+            report = await import_fhir(replica, plan, author=who)
             result = report.as_dict()
             result["author"] = who
             result["conflicts_open"] = await replica.count_conflicts()

@@ -71,15 +71,16 @@ def plan_import(data: bytes) -> ImportPlan:
     return charts_from_resources(read_fhir(data))
 
 
-async def import_fhir(replica: Replica, data: bytes, *, author: str) -> ImportReport:
+async def import_fhir(replica: Replica, source: bytes | ImportPlan, *, author: str) -> ImportReport:
     """Create or update the records of a FHIR file, all in one commit, or none.
 
+    ``source`` is the file's bytes, or what :func:`plan_import` made of them.
     Every value the file holds that its record does not is written as a new
     revision by ``author``. Raises InvalidFhirError (bad file), FieldConflictError
     (a value for a field in conflict here) or ImmutableFieldError (a change to a
     signed note), storing nothing.
     """
-    plan = plan_import(data)
+    plan = source if isinstance(source, ImportPlan) else plan_import(source)
     ids = [chart.record_id for chart in plan.charts]
     stored = await replica.store.load_many(ids)
     records: list[tuple[Record, AppliedChart, bytes]] = []
