@@ -329,8 +329,13 @@ def charts_from_resources(found: Sequence[FoundResource]) -> ImportPlan:
     charts: dict[str, Chart] = {}
     for record_id, item in patient_found.items():
         fields, contested = _fields(item, ctx, top_level=True)
-        fields.update(_patient_identifiers(item.resource))
-        charts[record_id] = Chart(record_id, fields, contested, ())
+        # The identifiers' fields, unless a field extension says otherwise (it wins).
+        identified = {
+            name: value
+            for name, value in _patient_identifiers(item.resource).items()
+            if name not in contested
+        }
+        charts[record_id] = Chart(record_id, {**identified, **fields}, contested, ())
     entries: dict[tuple[str, str, str], ChartEntry] = {}
     addenda: list[tuple[FoundResource, str, str, str]] = []
     for item, record_id, collection, entry_id in placed:

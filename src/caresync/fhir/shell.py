@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from caresync.fhir.export import bundle_for_record
 from caresync.fhir.imports import AppliedChart, ImportPlan, apply_chart, charts_from_resources
@@ -20,10 +20,8 @@ from caresync.fhir.reading import read_fhir
 from caresync.fhir.validation import require_models
 from caresync.records import Record
 from caresync.records.persons import PersonCard, person_card
-
-if TYPE_CHECKING:
-    from caresync.replica import Replica
-    from caresync.storage import ConflictRow
+from caresync.replica import Replica
+from caresync.storage import ConflictRow
 
 __all__ = ["ImportReport", "export_record", "import_fhir", "plan_import"]
 
