@@ -27,6 +27,7 @@ PUBLIC_MODULES = (
     "caresync.transport",
     "caresync.simulation",
     "caresync.cli",
+    "caresync.fhir",
 )
 """The modules the reference documents: ``caresync`` and its documented subpackages.
 

@@ -9,7 +9,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      ├── InvalidInputError            bad input from the caller; nothing was stored
      │    ├── InvalidPathError         a field path the record model does not accept
      │    ├── InvalidValueError        a value that is not JSON-like, or fails its schema
-     │    └── UnknownCollectionError   an entry in a collection the schema does not declare
+     │    ├── UnknownCollectionError   an entry in a collection the schema does not declare
+     │    └── InvalidFhirError         a FHIR file or resource that cannot be imported
      ├── RecordError                  a record cannot do what was asked
      │    ├── UnknownRecordError       no record with that id
      │    ├── UnknownEntryError        no entry with that id in that collection
@@ -43,7 +44,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── NotEnrolledError         the replica has not been enrolled yet
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
      ├── ConnectionLostError          the connection dropped; unsynced work is kept
-     └── NotImplementedFeatureError   a documented feature that is not built yet
+     ├── NotImplementedFeatureError   a documented feature that is not built yet
+     └── MissingExtraError            an optional extra (pip install "caresync[fhir]") is missing
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ __all__ = [
     "FrameTooLargeError",
     "ImmutableFieldError",
     "InsecureConnectionError",
+    "InvalidFhirError",
     "InvalidInputError",
     "InvalidPathError",
     "InvalidResolutionError",
@@ -69,6 +72,7 @@ __all__ = [
     "InvalidValueError",
     "LocalProtocolError",
     "LoginLockedError",
+    "MissingExtraError",
     "NotACaresyncDatabaseError",
     "NotEnrolledError",
     "NotImplementedFeatureError",
@@ -276,3 +280,15 @@ class ConnectionLostError(CaresyncError):
 
 class NotImplementedFeatureError(CaresyncError, NotImplementedError):
     """A documented feature that is not built yet (see the README's list)."""
+
+
+class InvalidFhirError(InvalidInputError):
+    """A FHIR file, Bundle or resource that caresync cannot import; nothing was stored.
+
+    The message says where (the line or entry, the resource) and what is wrong.
+    """
+
+
+class MissingExtraError(CaresyncError, ImportError):
+    """A feature needs an optional extra that is not installed; the message says what to
+    install (``pip install "caresync[fhir]"``)."""

@@ -21,6 +21,7 @@ from caresync import __version__
 from caresync.cli import (
     backup,
     conflicts,
+    fhir,
     login,
     records,
     replicas,
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         backup,
         replicas,
         simulate,
+        fhir,
     ):
         module.register(commands)
     guard_arguments(parser)  # no NUL, valid text: every argument of every command

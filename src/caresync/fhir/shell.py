@@ -1,0 +1,139 @@
+"""FHIR export and import against a laptop's replica: the only part of caresync.fhir doing I/O.
+
+Import checks the whole file first (every resource validated, every chart
+written into its record in memory), then commits every changed record of the
+file in one transaction of the store, with the records' conflict rows and
+person cards: a refused file, or a crash, stores nothing of it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from caresync.fhir.export import bundle_for_record
+from caresync.fhir.imports import AppliedChart, ImportPlan, apply_chart, charts_from_resources
+from caresync.fhir.reading import read_fhir
+from caresync.fhir.validation import require_models
+from caresync.records import Record
+from caresync.records.persons import PersonCard, person_card
+from caresync.replica import Replica
+from caresync.storage import ConflictRow
+
+__all__ = ["ImportReport", "export_record", "import_fhir", "plan_import"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What an import did, record by record."""
+
+    records: tuple[AppliedChart, ...]
+    ignored: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def record_ids(self) -> list[str]:
+        """Every record the file holds, created, updated or unchanged."""
+        return [applied.record_id for applied in self.records]
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``caresync fhir import --json`` prints."""
+        return {
+            "records": self.record_ids,
+            "created": [a.record_id for a in self.records if a.created],
+            "updated": [a.record_id for a in self.records if a.changed and not a.created],
+            "unchanged": [a.record_id for a in self.records if not a.changed],
+            "fields_written": sum(a.fields_written for a in self.records),
+            "entries_added": sum(a.entries_added for a in self.records),
+            "notes_signed": sum(a.notes_signed for a in self.records),
+            "addenda_added": sum(a.addenda_added for a in self.records),
+            "contested_skipped": {
+                a.record_id: a.contested_skipped for a in self.records if a.contested_skipped
+            },
+            "ignored": dict(self.ignored),
+        }
+
+
+async def export_record(replica: Replica, record_id: str) -> dict[str, Any]:
+    """The record as a FHIR Bundle (JSON), its open conflicts as DetectedIssues."""
+    require_models()
+    view = await replica.record(record_id)
+    return bundle_for_record(view, await replica.conflicts(record_id))
+
+
+def plan_import(data: bytes) -> ImportPlan:
+    """The charts a FHIR file (a Bundle, or NDJSON) holds, every resource validated."""
+    require_models()
+    return charts_from_resources(read_fhir(data))
+
+
+async def import_fhir(replica: Replica, source: bytes | ImportPlan, *, author: str) -> ImportReport:
+    """Create or update the records of a FHIR file, all in one commit, or none.
+
+    ``source`` is the file's bytes, or what :func:`plan_import` made of them.
+    Every value the file holds that its record does not is written as a new
+    revision by ``author``. Raises InvalidFhirError (bad file), FieldConflictError
+    (a value for a field in conflict here) or ImmutableFieldError (a change to a
+    signed note), storing nothing.
+    """
+    plan = source if isinstance(source, ImportPlan) else plan_import(source)
+    ids = [chart.record_id for chart in plan.charts]
+    stored = await replica.store.load_many(ids)
+    records: list[tuple[Record, AppliedChart, bytes]] = []
+    for chart in plan.charts:
+        before = stored.get(chart.record_id)
+        if before is None:
+            record = Record.create(replica=replica.replica_id, record_id=chart.record_id)
+            state_vector = None
+            contested: dict[str, str] = {}
+        else:
+            record = Record.from_update(chart.record_id, before, replica=replica.replica_id)
+            state_vector = record.state_vector()
+            contested = {p: c.id for p, c in replica.rulebook.contested(record).items()}
+        with record.batch():
+            applied = apply_chart(
+                record, chart, author=author, contested=contested, created=before is None
+            )
+        if applied.changed:
+            records.append((record, applied, record.update_since(state_vector)))
+        else:
+            records.append((record, applied, b""))
+    changed = [(record, update) for record, _applied, update in records if update]
+    if changed:
+        await _commit(replica, changed)
+    return ImportReport(tuple(applied for _r, applied, _u in records), dict(plan.ignored))
+
+
+async def _commit(replica: Replica, changed: list[tuple[Record, bytes]]) -> None:
+    """Commit every record's update, conflict rows and person card in one transaction.
+
+    The store's one all-or-nothing write of several records' local updates is
+    ``import_unsynced``, which reads them from a file of the unsynced-export
+    format: so the updates go through such a file, private (mode 0600) in a
+    private temporary directory, removed afterwards.
+    """
+    from caresync.pool import conflict_rows
+    from caresync.storage.unsynced import ExportedUpdate, UnsyncedExport, write_export_file
+
+    now_ms = int(time.time() * 1000)
+    organisation = replica.identity.organisation
+    rows: dict[str, tuple[ConflictRow, ...]] = {}
+    cards: dict[str, PersonCard] = {}
+    updates = []
+    for seq, (record, update) in enumerate(changed, start=1):
+        updates.append(ExportedUpdate(seq, record.record_id, organisation, now_ms, update))
+        rows[record.record_id] = conflict_rows(record, replica.rulebook)
+        cards[record.record_id] = person_card(record)
+    export = UnsyncedExport(replica.replica_id, now_ms, tuple(updates))
+    with tempfile.TemporaryDirectory(prefix="caresync-fhir-") as directory:
+        path = Path(directory) / "import.caresync-unsynced"
+        write_export_file(path, export)
+        await replica.store.import_unsynced(path, conflicts=rows, persons=cards)
+    # The replica may hold an older copy of these records loaded; it reads them
+    # again from the store. (Replica has no public way to say so yet.)
+    pool = getattr(replica, "_pool", None)
+    for record, _update in changed:
+        if pool is not None:
+            pool.forget(record.record_id)
