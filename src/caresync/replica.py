@@ -520,6 +520,34 @@ class Replica:
             return named
         return await self.logins.author(named)
 
+    async def commit_records(self, edited: Sequence[tuple[Record, bytes]]) -> None:
+        """Commit updates made to records outside this replica (an import), all in one
+        transaction, each with its conflict rows and person card; or nothing.
+
+        Each ``(record, update)``: a :class:`~caresync.records.Record` of this replica
+        (``replica=self.replica_id``) holding the record's whole state, and the update
+        that was made to it. Copies of these records already loaded are read again.
+        """
+        edits = [
+            IncomingUpdate(
+                record.record_id,
+                update,
+                self._pool.rows(record),
+                self.identity.organisation,
+                person_card(record),
+            )
+            for record, update in edited
+        ]
+        if not edits:
+            return
+        async with self._write_lock:
+            try:
+                await self.store.write_local_many(edits)
+            finally:
+                for edit in edits:
+                    self._pool.forget(edit.record_id)
+            self._outbox_changed.set()
+
     async def _edit(self, record_id: str, mutate: Callable[[Record], T]) -> T:
         async with self._write_lock:
             record = await self._pool.get(record_id)

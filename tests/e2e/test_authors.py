@@ -22,6 +22,7 @@ from caresync.exceptions import (
     NotLoggedInError,
     SyncRefusedError,
 )
+from caresync.fhir import bundle_bytes, export_record, import_fhir
 from caresync.logins import LOGIN_IDLE_S
 from caresync.records import Record
 from caresync.replica import Replica
@@ -203,5 +204,29 @@ async def test_laptops_learn_the_display_names_of_the_organisations_accounts(
         laptop = await Replica.open(tmp_path / "laptop.db")  # kept in the database
         assert laptop.shown_as("dr.c") == "Dr A. Diallo"
     finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_fhir_import_is_written_as_the_account_logged_in(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    source = await enrolled(tmp_path, server, "source")
+    laptop = await enrolled(tmp_path, server, "laptop", user="dr.b")
+    try:
+        record_id = await source.create_record()
+        await source.set(record_id, "name", "Awa Ba")
+        bundle = bundle_bytes(await export_record(source, record_id))
+        pending = (await laptop.status()).pending
+        with pytest.raises(AuthorError):
+            await import_fhir(laptop, bundle, author="dr.a")
+        assert (await laptop.status()).pending == pending  # nothing stored
+        report = await import_fhir(laptop, bundle)
+        assert report.record_ids == [record_id]
+        [written] = (await laptop.record(record_id)).history("name")
+        assert (written.author, written.replica) == ("dr.b", laptop.replica_id)
+        await laptop.sync()  # and the server takes it as dr.b's
+        assert await _server_field(server, record_id, "name") == "Awa Ba"
+    finally:
+        await source.close()
         await laptop.close()
         await server.close()

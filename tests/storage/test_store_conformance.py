@@ -749,6 +749,35 @@ async def test_an_import_stores_the_conflict_rows_given_in_the_same_write(
     assert await store.check() == []
 
 
+async def test_several_local_edits_commit_together_or_not_at_all(store: Store) -> None:
+    a, b = Patient(), Patient()
+    edit = a.edit("birthDate", "1970-01-01")
+    seqs = await store.write_local_many(
+        [
+            IncomingUpdate(a.id, a.created, (conflict(a.id),), "o"),
+            IncomingUpdate(b.id, b.created, (), "o"),
+            IncomingUpdate(a.id, edit, None, "o"),
+        ]
+    )
+    assert len(seqs) == 3
+    assert seqs == sorted(seqs)
+    assert [item.update for item in await store.pending()] == [a.created, b.created, edit]
+    assert sorted(await store.record_ids()) == sorted([a.id, b.id])
+    assert await store.count_conflicts() == 1
+    assert await store.write_local_many([]) == []
+
+    c = Patient()
+    before = await store.pending_count()
+    with pytest.raises(InvalidUpdateError):  # one bad update: none of the batch is stored
+        await store.write_local_many(
+            [IncomingUpdate(c.id, c.created, (), "o"), IncomingUpdate(c.id, b"\x00 bad", (), "o")]
+        )
+    with pytest.raises(InvalidInputError):
+        await store.write_local_many([(c.id, c.created)])  # type: ignore[list-item]
+    assert await store.pending_count() == before
+    assert c.id not in await store.record_ids()
+
+
 async def test_an_import_with_bad_conflict_rows_imports_nothing(
     store: Store, tmp_path: Path
 ) -> None:

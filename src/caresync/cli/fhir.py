@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from caresync.cli.common import add_db, add_json, author, identifier, path, run
+from caresync.cli.common import AUTHOR_HELP, add_db, add_json, author, identifier, path, run
 from caresync.cli.databases import open_laptop, open_reader
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output, escaped
@@ -32,7 +32,7 @@ from caresync.fhir import (
 )
 from caresync.storage.unsynced import private_opener
 
-__all__ = ["importing_author", "register"]
+__all__ = ["register"]
 
 
 def register(commands: Any) -> None:
@@ -70,20 +70,15 @@ def register(commands: Any) -> None:
         help="create or update records from FHIR",
         description="Create or update a record per Patient of FILE (a FHIR R4 Bundle, or "
         "NDJSON: one resource or Bundle a line). Every resource is validated first; values "
-        "the record does not hold yet are written as revisions by --author. A bad file, a "
+        "the record does not hold yet are written as revisions by the account logged in on "
+        "the laptop. A bad file, a "
         "value for a field in conflict, or a change to a signed note stores nothing.",
     )
     add_db(import_, "a laptop's database")
     import_.add_argument("file", metavar="FILE", type=path, help="a FHIR Bundle or NDJSON file")
-    import_.add_argument("--author", required=True, type=author, help="the person importing")
+    import_.add_argument("--author", type=author, help=AUTHOR_HELP)
     add_json(import_)
     import_.set_defaults(handler=_import)
-
-
-def importing_author(args: argparse.Namespace) -> str:
-    """Who the revisions an import writes are by: the one place that decides it."""
-    name: str = args.author
-    return name
 
 
 def _export(args: argparse.Namespace, out: Output) -> int:
@@ -138,11 +133,11 @@ def _write_new(target: str, data: bytes) -> None:
 
 def _import(args: argparse.Namespace, out: Output) -> int:
     require_models()
-    who = importing_author(args)
     plan = plan_import(_read(args.file))  # the whole file checked before the database opens
 
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
+            who = await replica.author_of(args.author)
             report = await import_fhir(replica, plan, author=who)
             result = report.as_dict()
             result["author"] = who

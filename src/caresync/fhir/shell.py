@@ -8,10 +8,7 @@ person cards: a refused file, or a crash, stores nothing of it.
 
 from __future__ import annotations
 
-import tempfile
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from caresync.fhir.export import bundle_for_record
@@ -19,9 +16,7 @@ from caresync.fhir.imports import AppliedChart, ImportPlan, apply_chart, charts_
 from caresync.fhir.reading import read_fhir
 from caresync.fhir.validation import require_models
 from caresync.records import Record
-from caresync.records.persons import PersonCard, person_card
 from caresync.replica import Replica
-from caresync.storage import ConflictRow
 
 __all__ = ["ImportReport", "export_record", "import_fhir", "plan_import"]
 
@@ -69,15 +64,19 @@ def plan_import(data: bytes) -> ImportPlan:
     return charts_from_resources(read_fhir(data))
 
 
-async def import_fhir(replica: Replica, source: bytes | ImportPlan, *, author: str) -> ImportReport:
+async def import_fhir(
+    replica: Replica, source: bytes | ImportPlan, *, author: str | None = None
+) -> ImportReport:
     """Create or update the records of a FHIR file, all in one commit, or none.
 
     ``source`` is the file's bytes, or what :func:`plan_import` made of them.
     Every value the file holds that its record does not is written as a new
-    revision by ``author``. Raises InvalidFhirError (bad file), FieldConflictError
-    (a value for a field in conflict here) or ImmutableFieldError (a change to a
-    signed note), storing nothing.
+    revision by the account logged in on the laptop (``author``, if given, must
+    be that account: :meth:`Replica.author_of`). Raises InvalidFhirError (bad
+    file), FieldConflictError (a value for a field in conflict here) or
+    ImmutableFieldError (a change to a signed note), storing nothing.
     """
+    author = await replica.author_of(author)
     plan = source if isinstance(source, ImportPlan) else plan_import(source)
     ids = [chart.record_id for chart in plan.charts]
     stored = await replica.store.load_many(ids)
@@ -101,39 +100,5 @@ async def import_fhir(replica: Replica, source: bytes | ImportPlan, *, author: s
         else:
             records.append((record, applied, b""))
     changed = [(record, update) for record, _applied, update in records if update]
-    if changed:
-        await _commit(replica, changed)
+    await replica.commit_records(changed)
     return ImportReport(tuple(applied for _r, applied, _u in records), dict(plan.ignored))
-
-
-async def _commit(replica: Replica, changed: list[tuple[Record, bytes]]) -> None:
-    """Commit every record's update, conflict rows and person card in one transaction.
-
-    The store's one all-or-nothing write of several records' local updates is
-    ``import_unsynced``, which reads them from a file of the unsynced-export
-    format: so the updates go through such a file, private (mode 0600) in a
-    private temporary directory, removed afterwards.
-    """
-    from caresync.pool import conflict_rows
-    from caresync.storage.unsynced import ExportedUpdate, UnsyncedExport, write_export_file
-
-    now_ms = int(time.time() * 1000)
-    organisation = replica.identity.organisation
-    rows: dict[str, tuple[ConflictRow, ...]] = {}
-    cards: dict[str, PersonCard] = {}
-    updates = []
-    for seq, (record, update) in enumerate(changed, start=1):
-        updates.append(ExportedUpdate(seq, record.record_id, organisation, now_ms, update))
-        rows[record.record_id] = conflict_rows(record, replica.rulebook)
-        cards[record.record_id] = person_card(record)
-    export = UnsyncedExport(replica.replica_id, now_ms, tuple(updates))
-    with tempfile.TemporaryDirectory(prefix="caresync-fhir-") as directory:
-        path = Path(directory) / "import.caresync-unsynced"
-        write_export_file(path, export)
-        await replica.store.import_unsynced(path, conflicts=rows, persons=cards)
-    # The replica may hold an older copy of these records loaded; it reads them
-    # again from the store. (Replica has no public way to say so yet.)
-    pool = getattr(replica, "_pool", None)
-    for record, _update in changed:
-        if pool is not None:
-            pool.forget(record.record_id)

@@ -34,7 +34,7 @@ from caresync.storage._updates import (
     merge,
     state_vector_of,
 )
-from caresync.storage.base import ConflictRow, Identity, check_text
+from caresync.storage.base import ConflictRow, Identity, IncomingUpdate, check_text
 from caresync.storage.cache import CachedRecord
 from caresync.storage.schema import RESERVED_META_PREFIX
 
@@ -45,6 +45,7 @@ __all__ = [
     "WriteLike",
     "check_meta_key",
     "check_rebind",
+    "local_writes",
     "pair_persons",
     "plan_writes",
 ]
@@ -327,6 +328,29 @@ def pair_persons(
                 pairs.append(pair)
     pairs.sort(key=lambda p: p.record_ids)
     return pairs
+
+
+def local_writes(edits: object) -> list[Write]:
+    """The writes of ``write_local_many``: each an IncomingUpdate (checked when it was
+    made), refused whole (InvalidInputError) if anything else is in the batch."""
+    if isinstance(edits, (str, bytes)) or not isinstance(edits, Sequence):
+        raise InvalidInputError("edits must be a sequence of IncomingUpdate")
+    writes = []
+    for edit in edits:
+        if not isinstance(edit, IncomingUpdate):
+            raise InvalidInputError(
+                f"each edit must be an IncomingUpdate, not {type(edit).__name__}"
+            )
+        writes.append(
+            Write(
+                edit.record_id,
+                edit.update,
+                None if edit.conflicts is None else tuple(edit.conflicts),
+                edit.organisation,
+                edit.person,
+            )
+        )
+    return writes
 
 
 def check_meta_key(key: object) -> str:

@@ -235,7 +235,8 @@ class FeedItem:
 
 @dataclass(frozen=True, slots=True)
 class IncomingUpdate:
-    """An update received from a peer, for :meth:`Store.write_remote`.
+    """An update received from a peer, for :meth:`Store.write_remote` (or a local one,
+    for :meth:`Store.write_local_many`).
 
     ``conflicts=None`` leaves the record's conflict rows as they are; a tuple
     (possibly empty) replaces them.
@@ -573,6 +574,11 @@ class Store(Protocol):
         ...
 
     # writing
+    async def write_local_many(self, edits: Sequence[IncomingUpdate]) -> list[int]:
+        """Commit several local edits (each with its conflict rows and person card) in one
+        transaction, all or nothing; returns their outbox sequence numbers, in order."""
+        ...
+
     async def write_local(
         self,
         record_id: str,

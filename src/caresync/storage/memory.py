@@ -42,6 +42,7 @@ from caresync.storage._writes import (
     WriteLike,
     check_meta_key,
     check_rebind,
+    local_writes,
     pair_persons,
     plan_writes,
 )
@@ -301,6 +302,12 @@ class MemoryStore:
                 self._outbox_head, write.record_id, write.update, now
             )
         return seqs
+
+    async def write_local_many(self, edits: Sequence[IncomingUpdate]) -> list[int]:
+        """Commit several local edits in one transaction, all or nothing (see write_local)."""
+        writes = local_writes(edits)
+        self._open_or_raise("writing records")
+        return self._write_local(writes) if writes else []
 
     async def write_local(
         self,

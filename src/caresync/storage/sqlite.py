@@ -72,6 +72,7 @@ from caresync.storage._writes import (
     WriteLike,
     check_meta_key,
     check_rebind,
+    local_writes,
     pair_persons,
     plan_writes,
 )
@@ -463,6 +464,15 @@ class SQLiteStore:
             f"writing record {record_id}", lambda raw: self._write_local(raw, [write])
         )
         return seqs[0]
+
+    async def write_local_many(self, edits: Sequence[IncomingUpdate]) -> list[int]:
+        """Commit several local edits in one transaction, all or nothing (see write_local)."""
+        writes = local_writes(edits)
+        if not writes:
+            return []
+        return await self._run(
+            f"writing {len(writes)} records", lambda raw: self._write_local(raw, writes)
+        )
 
     def _write_local(self, raw: sqlite3.Connection, writes: Sequence[Write]) -> list[int]:
         now = self._now_ms()
