@@ -89,6 +89,10 @@ class ServerMetrics:
         self.copied_records = counter("caresync_copied_records", "Records sent in first copies")
         self.copied_bytes = counter("caresync_copied_bytes", "Record bytes sent in first copies")
         self.faults = counter("caresync_faults", "Connections that failed by a fault of ours")
+        self.live_dropped = counter(
+            "caresync_live_dropped",
+            "Live connections dropped for falling too far behind (they pull when they return)",
+        )
         self.connections_open = gauge("caresync_connections_open", "Connections open now")
         self.feed_head = gauge("caresync_feed_head", "The change feed's highest sequence number")
         self.records = gauge("caresync_records", "Records stored")
@@ -216,6 +220,19 @@ class ServerEvents:
         """Live updates sent to one connected laptop (counted, not logged)."""
         self.metrics.live_updates.inc(updates)
         self.metrics.live_bytes.inc(size)
+
+    def live_dropped(self, peer: str, replica: str | None, entries: int, size: int) -> None:
+        """A laptop fell too far behind the live updates: its queue was dropped."""
+        self.metrics.live_dropped.inc()
+        _log(
+            logging.WARNING,
+            "live_dropped",
+            f"dropped the live connection of {replica or peer}: {entries} updates ({size} "
+            "bytes) waited to be sent; it pulls from its checkpoint when it reconnects",
+            replica=replica,
+            entries=entries,
+            bytes=size,
+        )
 
     def pulled(self, replica: str, updates: int, size: int, checkpoint: int) -> None:
         self.metrics.pulls.inc()

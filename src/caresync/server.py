@@ -118,6 +118,11 @@ MAX_PENDING_LOGINS = 256
 SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
+LIVE_QUEUE_ENTRIES = 50_000
+"""Feed entries queued for one connected laptop at most, before it is dropped (see _fan_out)."""
+LIVE_QUEUE_BYTES = 64 * 1024 * 1024
+"""Update bytes queued for one connected laptop at most, before it is dropped."""
+SLOW_READER_REASON = "too far behind the live updates; reconnect and pull from your checkpoint"
 HEALTH_TIMEOUT_S = 5.0
 """How long ``/healthz`` and ``/metrics`` wait for the store before answering 503."""
 METRICS_MAX_AGE_S = 5.0
@@ -185,6 +190,9 @@ class _Connection:
     login: Login | None = None
     # Feed entries to forward, queued in commit order by whoever committed them.
     live: asyncio.Queue[list[tuple[int, str, bytes]]] = field(default_factory=asyncio.Queue)
+    queued_entries: int = 0  # what ``live`` holds now, in entries and update bytes
+    queued_bytes: int = 0
+    dropped: bool = False  # fell too far behind: its live queue was dropped, it is closing
     writer: asyncio.Task[None] | None = None
     # First-copy progress on this connection: where the last batch ended, the
     # records and bytes sent up to there, and the records counted when it began.
@@ -217,6 +225,8 @@ class _Connection:
             entries = list(await self.live.get())
             while not self.live.empty() and len(entries) < _LIVE_BATCH_ENTRIES:
                 entries.extend(self.live.get_nowait())
+            self.queued_entries -= len(entries)
+            self.queued_bytes -= sum(len(update) for _seq, _rid, update in entries)
             async with self.lock:
                 before = self.protocol.live_seq
                 sent = self.protocol.send_live_updates(entries)
@@ -245,6 +255,8 @@ class SyncServer:
         login_timeout_s: float = LOGIN_TIMEOUT_S,
         max_pending_logins: int = MAX_PENDING_LOGINS,
         security_poll_s: float = SECURITY_POLL_S,
+        live_queue_entries: int = LIVE_QUEUE_ENTRIES,
+        live_queue_bytes: int = LIVE_QUEUE_BYTES,
     ) -> None:
         """``password_hasher`` hashes new passwords (argon2id, the library's defaults
         unless given; a simulation may pass cheaper parameters). Stored hashes are
@@ -254,12 +266,21 @@ class SyncServer:
         store, made on first use). ``throttle`` slows password guessing (default:
         a :class:`~caresync.throttle.LoginThrottle`; None turns it off).
         ``admission`` bounds what a pushed update may hold and how far ahead of
-        this server's clock a revision may be dated.
+        this server's clock a revision may be dated. ``live_queue_entries`` and
+        ``live_queue_bytes`` bound what waits to be sent to one live laptop; one
+        that falls further behind is disconnected, and pulls when it returns.
         """
         if not 0 < login_timeout_s <= 3600 or not 0 < security_poll_s <= 3600:
             raise InvalidInputError("login_timeout_s and security_poll_s must be in (0, 3600]")
-        if not isinstance(max_pending_logins, int) or max_pending_logins < 1:
-            raise InvalidInputError("max_pending_logins must be a positive int")
+        for name, value in (
+            ("max_pending_logins", max_pending_logins),
+            ("live_queue_entries", live_queue_entries),
+            ("live_queue_bytes", live_queue_bytes),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
+        self.live_queue_entries = live_queue_entries
+        self.live_queue_bytes = live_queue_bytes
         self.store = store
         self._hasher = password_hasher if password_hasher is not None else _hasher
         self.server_id = server_id
@@ -283,6 +304,7 @@ class SyncServer:
         # Whether the stored conflict index was computed by ``rulebook`` (read once).
         self._index_current: bool | None = None
         self._connections: set[_Connection] = set()
+        self._closing: set[asyncio.Task[None]] = set()  # slow readers being closed
         self._pending_logins = 0
         # What pushes check, remembered: both only ever gain entries, never change.
         self._owners: _Remembered[int, str] = _Remembered(_REMEMBERED)
@@ -1065,10 +1087,53 @@ class SyncServer:
             )
 
     def _fan_out(self, source: _Connection, entries: list[tuple[int, str, bytes]]) -> None:
+        """Queue new feed entries for every other live connection of the organisation.
+
+        A connection whose queue would pass ``live_queue_entries`` or
+        ``live_queue_bytes`` (a laptop that stopped reading, or reads slower than
+        the clinic writes) is dropped instead: its queue is emptied at once and
+        the connection closed, so it never holds the server's memory. Nothing is
+        lost: the laptop reconnects and pulls from its checkpoint, as after any
+        dropped connection.
+        """
+        size = sum(len(update) for _seq, _rid, update in entries)
         for conn in self._connections:
             if conn is source or conn.writer is None or conn.organisation != source.organisation:
                 continue
+            if conn.dropped:
+                continue
+            if (
+                conn.queued_entries + len(entries) > self.live_queue_entries
+                or conn.queued_bytes + size > self.live_queue_bytes
+            ):
+                self._drop_slow_reader(conn)
+                continue
             conn.live.put_nowait(entries)
+            conn.queued_entries += len(entries)
+            conn.queued_bytes += size
+
+    def _drop_slow_reader(self, conn: _Connection) -> None:
+        """Empty a connection's live queue now, then close it (see _fan_out)."""
+        self.events.live_dropped(
+            conn.channel.peer,
+            conn.protocol.replica_id,
+            conn.queued_entries,
+            conn.queued_bytes,
+        )
+        conn.dropped = True
+        while not conn.live.empty():
+            conn.live.get_nowait()
+        conn.queued_entries = conn.queued_bytes = 0
+        task = asyncio.create_task(self._close_slow_reader(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_slow_reader(self, conn: _Connection) -> None:
+        # Its writer may be stuck sending to a peer that does not read, holding the
+        # connection's lock: cancel it rather than queue a polite Error behind it.
+        if conn.writer is not None:
+            conn.writer.cancel()
+        await conn.channel.close(SLOW_READER_REASON)
 
     async def _on_subscribe(self, conn: _Connection, request: Subscribe) -> None:
         # Start forwarding first: anything committed from now on is queued for this
