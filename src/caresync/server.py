@@ -334,6 +334,8 @@ class SyncServer:
         login_timeout_s: float = LOGIN_TIMEOUT_S,
         max_pending_logins: int = MAX_PENDING_LOGINS,
         security_poll_s: float = SECURITY_POLL_S,
+        live_queue_entries: int = LIVE_QUEUE_ENTRIES,
+        live_queue_bytes: int = LIVE_QUEUE_BYTES,
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
@@ -362,6 +364,8 @@ class SyncServer:
             login_timeout_s=login_timeout_s,
             max_pending_logins=max_pending_logins,
             security_poll_s=security_poll_s,
+            live_queue_entries=live_queue_entries,
+            live_queue_bytes=live_queue_bytes,
         )
 
     async def server_key_fingerprint(self) -> str:
