@@ -24,11 +24,14 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      ├── RuleError                    a safety rule misbehaved (raised, or returned junk)
      ├── StorageError                 the local database cannot do what was asked
      │    ├── NotACaresyncDatabaseError the file is not a caresync database; left untouched
+     │    │    └── DatabaseKeyError    encrypted and no key or a wrong one, or a key for a
+     │    │                            plain file; left untouched
      │    ├── DatabaseTooNewError      written by a newer caresync; left untouched
      │    ├── CorruptDatabaseError     the consistency check failed
      │    ├── DatabaseNotFoundError    no database at that path, and creating one was not asked
      │    ├── ExportFileError          an export of unsynced changes is damaged or unreadable
-     │    └── UnsyncedChangesError     refused: it would delete changes not yet acknowledged
+     │    ├── UnsyncedChangesError     refused: it would delete changes not yet acknowledged
+     │    └── KeyFileError             a database key file is damaged, edited or unreadable
      ├── ProtocolError                a sync peer broke the protocol
      │    ├── LocalProtocolError       we tried an illegal move (a bug in the caller)
      │    └── RemoteProtocolError      the peer sent something malformed or illegal
@@ -37,7 +40,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── WrongServerError         enrolled to another server
      │    ├── WrongOrganisationError   enrolled to another organisation
      │    ├── AuthenticationError      bad username or password, or an expired session
-     │    │    └── LoginLockedError    too many failed offline logins: wait, then try again
+     │    │    ├── LoginLockedError    too many failed offline logins: wait, then try again
+     │    │    └── WrongPasswordError  this user and password do not unlock the database key
      │    ├── ReplicaRevokedError      the replica was revoked; it is locked
      │    ├── NotEnrolledError         the replica has not been enrolled yet
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
@@ -53,6 +57,7 @@ __all__ = [
     "ConflictError",
     "ConnectionLostError",
     "CorruptDatabaseError",
+    "DatabaseKeyError",
     "DatabaseNotFoundError",
     "DatabaseTooNewError",
     "ExportFileError",
@@ -65,6 +70,7 @@ __all__ = [
     "InvalidResolutionError",
     "InvalidUpdateError",
     "InvalidValueError",
+    "KeyFileError",
     "LocalProtocolError",
     "LoginLockedError",
     "NotACaresyncDatabaseError",
@@ -85,6 +91,7 @@ __all__ = [
     "UnknownRecordError",
     "UnsyncedChangesError",
     "WrongOrganisationError",
+    "WrongPasswordError",
     "WrongServerError",
 ]
 
@@ -263,3 +270,18 @@ class ConnectionLostError(CaresyncError):
 
 class NotImplementedFeatureError(CaresyncError, NotImplementedError):
     """A documented feature that is not built yet (see the README's list)."""
+
+
+class DatabaseKeyError(NotACaresyncDatabaseError):
+    """An encrypted database opened with no key or a wrong one, or a plain database
+    opened with a key. The file (and its -wal and -shm) was left untouched."""
+
+
+class KeyFileError(StorageError):
+    """A database key file is damaged, was edited by hand, or cannot be read or written.
+    The message names the file."""
+
+
+class WrongPasswordError(AuthenticationError):
+    """This username and password do not unlock the database key on this laptop: a
+    wrong password, or a user who never logged in online here."""
