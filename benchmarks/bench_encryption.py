@@ -1,0 +1,235 @@
+"""What encryption at rest costs: the same store work, plain and encrypted, in one run.
+
+* durable single edits: ``write_local`` of one edit at a time (each committed
+  and fsynced, WAL, ``synchronous = FULL``), into a plain store and into one
+  opened with a key (SQLCipher);
+* first copy: ``write_remote`` of N new records (five fields each) in batches
+  of 500, a checkpoint per batch, with their person cards (as a laptop stores
+  a first copy) and without (the store's own work only, where encryption's
+  share is largest);
+* opening: ``SQLiteStore.open`` and ``close`` of a small database (the raw key
+  needs no key derivation per open), and one unlock of the key file with the
+  default argon2id parameters (once per login).
+
+Plain and encrypted runs alternate, on the same bytes, so drift of the machine
+falls on both alike. Each case reports the median of at least 5 runs with the
+min and max, and the ratio of the medians. Target (issue 14): encrypted costs
+at most 15% more on durable edits and on the first copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, write_results
+from caresync import Record
+from caresync.records.persons import person_card
+from caresync.storage import IncomingUpdate, KeyRing, SQLiteStore
+
+BATCH = 500
+TARGET_RATIO = 1.15
+FIELDS = ("name", "birthDate", "sex", "phone", "address/city")
+
+
+def spread(seconds: list[float], scale: float = 1.0) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(seconds) * scale, 3),
+        "min": round(min(seconds) * scale, 3),
+        "max": round(max(seconds) * scale, 3),
+    }
+
+
+def compare(plain: list[float], encrypted: list[float], scale: float = 1.0) -> dict[str, Any]:
+    ratio = statistics.median(encrypted) / statistics.median(plain)
+    return {
+        "plain": spread(plain, scale),
+        "encrypted": spread(encrypted, scale),
+        "ratio": round(ratio, 3),
+        "target_met": ratio <= TARGET_RATIO,
+    }
+
+
+# ---------------------------------------------------------------- single edits
+
+
+def edit_updates(edits: int) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """20 records' creations, then ``edits`` one-field edits spread over them."""
+    records = [Record.create(replica="laptop") for _ in range(20)]
+    created = [(r.record_id, r.update_since()) for r in records]
+    edits_made = []
+    for n in range(edits):
+        record = records[n % 20]
+        before = record.state_vector()
+        record.set(FIELDS[n % len(FIELDS)], f"value {n}", author="dr")
+        edits_made.append((record.record_id, record.update_since(before)))
+    return created, edits_made
+
+
+async def time_edits(
+    path: Path, key: bytes | None, created: list[tuple[str, bytes]], edits: list[tuple[str, bytes]]
+) -> float:
+    async with SQLiteStore.open(path, key=key) as store:
+        for record_id, update in created:
+            await store.write_local(record_id, update, conflicts=())
+        gc.collect()
+        start = time.perf_counter()
+        for record_id, update in edits:
+            await store.write_local(record_id, update, conflicts=())
+        return time.perf_counter() - start
+
+
+async def bench_edits(work: Path, edits: int, runs: int) -> dict[str, Any]:
+    created, made = edit_updates(edits)
+    plain: list[float] = []
+    encrypted: list[float] = []
+    for run in range(runs):
+        plain.append(await time_edits(work / f"edits-plain-{run}.db", None, created, made))
+        key = os.urandom(32)
+        encrypted.append(await time_edits(work / f"edits-enc-{run}.db", key, created, made))
+    per_edit = [s / edits for s in plain], [s / edits for s in encrypted]
+    return {
+        "case": "durable single edits (write_local, each fsynced)",
+        "edits": edits,
+        "runs": runs,
+        "ms_per_edit": compare(*per_edit, scale=1e3),
+        "plain_per_s": round(edits / statistics.median(plain)),
+        "encrypted_per_s": round(edits / statistics.median(encrypted)),
+    }
+
+
+# ------------------------------------------------------------------ first copy
+
+
+def copy_items(records: int, cards: bool) -> list[IncomingUpdate]:
+    items = []
+    for n in range(records):
+        record = Record.create(replica="server")
+        with record.batch():
+            record.set("name", f"Patient Number{n} Testfamily{n % 97}", author="dr")
+            record.set("birthDate", f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}", author="dr")
+            record.set("sex", ("female", "male")[n % 2], author="dr")
+            record.set("phone", f"+2547{n:08d}", author="dr")
+            record.set("address/city", "Kisumu", author="dr")
+        card = person_card(record) if cards else None
+        items.append(IncomingUpdate(record.record_id, record.update_since(), None, "org", card))
+    return items
+
+
+async def time_copy(path: Path, key: bytes | None, items: list[IncomingUpdate]) -> float:
+    async with SQLiteStore.open(path, key=key) as store:
+        gc.collect()
+        start = time.perf_counter()
+        for done in range(0, len(items), BATCH):
+            await store.write_remote(
+                items[done : done + BATCH], checkpoint=("first-copy", str(done))
+            )
+        return time.perf_counter() - start
+
+
+def remove_database(path: Path) -> None:
+    for leftover in path.parent.glob(f"{path.name}*"):
+        leftover.unlink()
+
+
+async def bench_copy(work: Path, records: int, runs: int, cards: bool) -> dict[str, Any]:
+    items = copy_items(records, cards)
+    tag = "cards" if cards else "bare"
+    plain: list[float] = []
+    encrypted: list[float] = []
+    for run in range(runs):
+        for key, times in ((None, plain), (os.urandom(32), encrypted)):
+            path = work / f"copy-{tag}-{'enc' if key else 'plain'}-{run}.db"
+            times.append(await time_copy(path, key, items))
+            if run < runs - 1:
+                remove_database(path)  # keep the disk small; the last run's files stay
+    sizes = {
+        kind: (work / f"copy-{tag}-{kind}-{runs - 1}.db").stat().st_size
+        for kind in ("plain", "enc")
+    }
+    return {
+        "case": "first copy: write_remote in batches of 500"
+        + (", with person cards" if cards else ", without person cards"),
+        "records": records,
+        "runs": runs,
+        "seconds": compare(plain, encrypted),
+        "plain_records_per_s": round(records / statistics.median(plain)),
+        "encrypted_records_per_s": round(records / statistics.median(encrypted)),
+        "file_bytes": {"plain": sizes["plain"], "encrypted": sizes["enc"]},
+    }
+
+
+# --------------------------------------------------------------------- opening
+
+
+async def time_open(path: Path, key: bytes | None) -> float:
+    start = time.perf_counter()
+    async with SQLiteStore.open(path, key=key, create=False) as store:
+        await store.get_identity()
+    return time.perf_counter() - start
+
+
+async def bench_open(work: Path, runs: int) -> dict[str, Any]:
+    key = os.urandom(32)
+    for name, k in (("open-plain.db", None), ("open-enc.db", key)):
+        async with SQLiteStore.open(work / name, key=k) as store:
+            await store.write_remote(copy_items(100, cards=False))
+    plain: list[float] = []
+    encrypted: list[float] = []
+    for _ in range(runs):
+        plain.append(await time_open(work / "open-plain.db", None))
+        encrypted.append(await time_open(work / "open-enc.db", key))
+    KeyRing.create(work / "k.keys", "amina", "a password")
+    unlocks = []
+    for _ in range(runs):
+        ring = KeyRing.load(work / "k.keys")
+        start = time.perf_counter()
+        ring.unlock("amina", "a password")
+        unlocks.append(time.perf_counter() - start)
+    return {
+        "case": "open and close a 100-record store; unlock the key file (argon2id default)",
+        "runs": runs,
+        "open_ms": compare(plain, encrypted, scale=1e3),
+        "unlock_ms": spread(unlocks, 1e3),
+    }
+
+
+async def run(edits: int, records: int, runs: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="caresync-bench-encryption-") as tmp:
+        work = Path(tmp)
+        return [
+            await bench_edits(work, edits, runs),
+            await bench_copy(work, records, runs, cards=True),
+            await bench_copy(work, records, runs, cards=False),
+            await bench_open(work, runs),
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_encryption")
+    parser.add_argument("--tiny", action="store_true", help="every case once, tiny sizes")
+    parser.add_argument("--out", type=Path, default=None, help="where to write JSON results")
+    parser.add_argument("--edits", type=int, default=2000, help="durable edits a run")
+    parser.add_argument("--records", type=int, default=20_000, help="records in a first copy")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each case (at least 5)")
+    args = parser.parse_args(argv)
+    if args.out is None and not args.tiny:
+        args.out = RESULTS_DIR / "encryption.json"
+    if args.tiny:
+        edits, records, runs = 20, 50, 1
+    else:
+        edits, records, runs = args.edits, args.records, max(args.runs, 5)
+    cases = asyncio.run(run(edits, records, runs))
+    write_results(args.out, "encryption", cases)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
