@@ -16,10 +16,12 @@ from caresync import (
     InvalidInputError,
     NotACaresyncDatabaseError,
     Record,
+    StorageError,
     UnsyncedChangesError,
 )
 from caresync.records.persons import person_card
 from caresync.storage import KdfParams, KeyRing, SQLiteStore, key_file_for
+from caresync.storage import _cipher as cipher_module
 from caresync.storage.unsynced import (
     ENCRYPTED_EXPORT_FORMAT,
     EXPORT_FORMAT,
@@ -27,6 +29,8 @@ from caresync.storage.unsynced import (
     read_export_file,
     write_export_file,
 )
+
+pytest.importorskip("sqlcipher3.dbapi2", reason="SQLCipher is not installed here")
 
 NAME = "Zanele Okonkwo-Testname"
 CHEAP = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
@@ -318,3 +322,14 @@ def test_an_encrypted_export_round_trips(tmp_path: Path) -> None:
         read_export_file(target)
     with pytest.raises(ExportFileError, match="does not open"):
         read_export_file(target, key=os.urandom(32))
+
+
+async def test_without_sqlcipher_a_key_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cipher_module, "_sqlcipher", None)
+    with pytest.raises(StorageError, match="pip install sqlcipher3-binary"):
+        await SQLiteStore.open(tmp_path / "replica.db", key=os.urandom(32))
+    assert names(tmp_path) == []
+    async with SQLiteStore.open(tmp_path / "plain.db") as plain:  # plain ones work as ever
+        await write_named_patient(plain)

@@ -33,15 +33,15 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from types import ModuleType
 from typing import cast
 from urllib.parse import unquote
-
-import sqlcipher3.dbapi2 as _sqlcipher
 
 from caresync.exceptions import DatabaseKeyError, InvalidInputError, StorageError
 from caresync.storage.schema import SQLITE_MAGIC
 
 __all__ = [
+    "AVAILABLE",
     "CIPHER_PRAGMAS",
     "DATABASE_ERRORS",
     "INTEGRITY_ERRORS",
@@ -69,28 +69,44 @@ CIPHER_PRAGMAS = (
 )
 """Cipher settings, run right after ``PRAGMA key`` on every encrypted connection."""
 
-SQLITE_ERRORS: tuple[type[sqlite3.Error], ...] = (
-    sqlite3.Error,
-    cast(type[sqlite3.Error], _sqlcipher.Error),
+
+def _load_sqlcipher() -> ModuleType | None:
+    """SQLCipher's DB-API module, or None where it is not installed.
+
+    ``sqlcipher3-binary`` (a dependency on Linux x86_64, where PyPI has its
+    wheels) and ``sqlcipher3`` (built against a system libsqlcipher, e.g. on
+    macOS) both provide it. Without it, plain databases work as ever and
+    opening one with a key raises StorageError saying what to install.
+    """
+    try:
+        import sqlcipher3.dbapi2 as module
+    except ImportError:
+        return None
+    # SQLCipher logs a failed page HMAC to stderr; the store raises a typed error
+    # instead. The setting is process-wide and touches no database.
+    quiet = module.connect(":memory:")
+    try:
+        quiet.execute("PRAGMA cipher_log_level = NONE")
+    finally:
+        quiet.close()
+    return cast(ModuleType, module)
+
+
+_sqlcipher = _load_sqlcipher()
+
+AVAILABLE = _sqlcipher is not None
+"""True where SQLCipher is installed, so a store can be opened with a key."""
+
+SQLITE_ERRORS: tuple[type[sqlite3.Error], ...] = (sqlite3.Error,) + (
+    () if _sqlcipher is None else (cast(type[sqlite3.Error], _sqlcipher.Error),)
 )
 """Every error a plain or an encrypted connection raises."""
-DATABASE_ERRORS: tuple[type[sqlite3.DatabaseError], ...] = (
-    sqlite3.DatabaseError,
-    cast(type[sqlite3.DatabaseError], _sqlcipher.DatabaseError),
+DATABASE_ERRORS: tuple[type[sqlite3.DatabaseError], ...] = (sqlite3.DatabaseError,) + (
+    () if _sqlcipher is None else (cast(type[sqlite3.DatabaseError], _sqlcipher.DatabaseError),)
 )
-INTEGRITY_ERRORS: tuple[type[sqlite3.IntegrityError], ...] = (
-    sqlite3.IntegrityError,
-    cast(type[sqlite3.IntegrityError], _sqlcipher.IntegrityError),
+INTEGRITY_ERRORS: tuple[type[sqlite3.IntegrityError], ...] = (sqlite3.IntegrityError,) + (
+    () if _sqlcipher is None else (cast(type[sqlite3.IntegrityError], _sqlcipher.IntegrityError),)
 )
-
-# SQLCipher logs a failed page HMAC to stderr; the store raises a typed error instead.
-# The setting is process-wide and touches no database.
-_quiet = _sqlcipher.connect(":memory:")
-try:
-    _quiet.execute("PRAGMA cipher_log_level = NONE")
-finally:
-    _quiet.close()
-del _quiet
 
 _PAGE_MULTIPLE = 512  # the smallest SQLite page: every database file is a multiple of it
 
@@ -125,6 +141,12 @@ def connect(
     if key is None:
         return sqlite3.connect(database, uri=uri, timeout=timeout, isolation_level=None)
     pragma_key = f"PRAGMA key = \"x'{check_key(key).hex()}'\""
+    if _sqlcipher is None:
+        raise StorageError(
+            "opening an encrypted database needs SQLCipher, which is not installed: "
+            "pip install sqlcipher3-binary (Linux x86_64), or sqlcipher3 built against "
+            "the system's libsqlcipher"
+        )
     conn = cast(
         sqlite3.Connection,
         _sqlcipher.connect(os.fspath(database), uri=uri, timeout=timeout, isolation_level=None),
