@@ -21,7 +21,7 @@ from caresync import (
     StorageError,
     WrongPasswordError,
 )
-from caresync.storage import KdfParams, KeyRing, key_file_for
+from caresync.storage import KdfParams, KeyRing, key_file_for, server_database_key
 
 CHEAP = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 """argon2id at its cheapest: these tests check the wrapping, not the cost."""
@@ -310,3 +310,25 @@ def test_unlock_returns_the_wrapped_key_for_its_password_only(password: str, oth
         if other != password:
             with pytest.raises(WrongPasswordError):
                 ring.unlock("amina", other)
+
+
+def test_a_servers_key_comes_from_a_private_file_or_the_environment(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    assert server_database_key(environ={}) is None
+    assert server_database_key(environ={"CARESYNC_DATABASE_KEY": f" {key.hex()}\n"}) == key
+    path = tmp_path / "server.key"
+    path.write_text(key.hex().upper() + "\n")
+    path.chmod(0o600)
+    assert server_database_key(path=path, environ={}) == key
+    path.chmod(0o640)
+    with pytest.raises(KeyFileError, match="other users"):
+        server_database_key(path=path)
+    path.write_text("not a key")
+    path.chmod(0o400)
+    with pytest.raises(KeyFileError, match="64 hex digits"):
+        server_database_key(path=path)
+    with pytest.raises(KeyFileError, match="cannot read"):
+        server_database_key(path=tmp_path / "missing.key")
+    for bad in ("abc", "zz" * 32, key.hex()[:-2], "\u00e9" * 64):
+        with pytest.raises(InvalidInputError, match="CARESYNC_DATABASE_KEY"):
+            server_database_key(environ={"CARESYNC_DATABASE_KEY": bad})

@@ -21,7 +21,7 @@ from caresync.storage.base import (
     own_identity,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
-from caresync.storage.keyring import KdfParams, KeyRing, key_file_for
+from caresync.storage.keyring import KdfParams, KeyRing, key_file_for, server_database_key
 from caresync.storage.memory import MemoryStore
 from caresync.storage.schema import SCHEMA_VERSION
 from caresync.storage.sqlite import SQLiteStore
@@ -52,4 +52,5 @@ __all__ = [
     "StoreOpener",
     "UserAccount",
     "key_file_for",
+    "server_database_key",
 ]

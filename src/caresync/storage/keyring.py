@@ -48,7 +48,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -67,9 +67,11 @@ __all__ = [
     "DEFAULT_KDF",
     "KEYRING_FORMAT",
     "KEYRING_VERSION",
+    "SERVER_KEY_VARIABLE",
     "KdfParams",
     "KeyRing",
     "key_file_for",
+    "server_database_key",
 ]
 
 KEYRING_FORMAT = "caresync-keyring"
@@ -83,6 +85,9 @@ _AAD_PREFIX = b"caresync-keyring v1 user\x00"
 _CHECK_LABEL = b"caresync-keyring v1 key check"
 _MAX_FILE_BYTES = 1024 * 1024
 _MAX_PASSWORD_BYTES = 4096
+
+SERVER_KEY_VARIABLE = "CARESYNC_DATABASE_KEY"
+"""The environment variable that may hold a server's database key (64 hex digits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,55 @@ def key_file_for(database: str | os.PathLike[str]) -> Path:
     """The key file beside ``database``: ``<database>.keys``."""
     path = Path(database)
     return path.with_name(path.name + ".keys")
+
+
+def server_database_key(
+    *,
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    variable: str = SERVER_KEY_VARIABLE,
+) -> bytes | None:
+    """A server's database key: from the file at ``path``, else the environment; or None.
+
+    A server has no person to type a password, so its key (64 hex digits;
+    make one with ``python -c "import secrets; print(secrets.token_hex(32))"``)
+    comes from a file readable by its owner only (mode 0600 or 0400:
+    KeyFileError otherwise, and for any other content) or from the
+    environment variable ``variable`` (InvalidInputError if it is set but not
+    a key). None when neither is given: the database is plain.
+    """
+    if path is not None:
+        target = Path(path)
+        try:
+            with target.open("rb") as file:
+                mode = os.fstat(file.fileno()).st_mode
+                text = file.read(1024)
+        except OSError as exc:
+            raise KeyFileError(f"cannot read the database key file {target}: {exc}") from exc
+        if mode & 0o077:
+            raise KeyFileError(
+                f"{target} can be read by other users (mode {mode & 0o777:o}); "
+                f"chmod 600 {target}, and make a new key if others may have read it"
+            )
+        key = _hex_key(text.strip())
+        if key is None:
+            raise KeyFileError(f"{target} does not hold a database key (64 hex digits)")
+        return key
+    value = (os.environ if environ is None else environ).get(variable)
+    if value is None or not value.strip():
+        return None
+    key = _hex_key(value.strip().encode("ascii", "replace"))
+    if key is None:
+        raise InvalidInputError(f"the environment variable {variable} is not a key (64 hex digits)")
+    return key
+
+
+def _hex_key(text: bytes) -> bytes | None:
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return key if len(key) == KEY_BYTES else None
 
 
 @dataclass(frozen=True, slots=True)
