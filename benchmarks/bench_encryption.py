@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_person_index import people
 from benchmarks.common import RESULTS_DIR, write_results
 from caresync import Record
 from caresync.records.persons import person_card
@@ -55,6 +56,15 @@ def compare(plain: list[float], encrypted: list[float], scale: float = 1.0) -> d
         "ratio": round(ratio, 3),
         "target_met": ratio <= TARGET_RATIO,
     }
+
+
+def in_turn(
+    run: int, plain: list[float], encrypted: list[float]
+) -> list[tuple[bytes | None, list[float]]]:
+    """(key, where its time goes) for the plain and the encrypted store, in turn: the
+    plain one first in even runs, the encrypted one first in odd runs (a fresh key each)."""
+    pair: list[tuple[bytes | None, list[float]]] = [(None, plain), (os.urandom(32), encrypted)]
+    return pair if run % 2 == 0 else pair[::-1]
 
 
 # ---------------------------------------------------------------- single edits
@@ -91,9 +101,9 @@ async def bench_edits(work: Path, edits: int, runs: int) -> dict[str, Any]:
     plain: list[float] = []
     encrypted: list[float] = []
     for run in range(runs):
-        plain.append(await time_edits(work / f"edits-plain-{run}.db", None, created, made))
-        key = os.urandom(32)
-        encrypted.append(await time_edits(work / f"edits-enc-{run}.db", key, created, made))
+        for key, times in in_turn(run, plain, encrypted):
+            path = work / f"edits-{'enc' if key else 'plain'}-{run}.db"
+            times.append(await time_edits(path, key, created, made))
     per_edit = [s / edits for s in plain], [s / edits for s in encrypted]
     return {
         "case": "durable single edits (write_local, each fsynced)",
@@ -109,13 +119,16 @@ async def bench_edits(work: Path, edits: int, runs: int) -> dict[str, Any]:
 
 
 def copy_items(records: int, cards: bool) -> list[IncomingUpdate]:
+    """New records of five fields, the people of ``bench_person_index`` (about 1% of them
+    registered twice), as a laptop's first copy receives them."""
+    persons, _ = people(records)
     items = []
-    for n in range(records):
+    for n, person in enumerate(persons):
         record = Record.create(replica="server")
         with record.batch():
-            record.set("name", f"Patient Number{n} Testfamily{n % 97}", author="dr")
-            record.set("birthDate", f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}", author="dr")
-            record.set("sex", ("female", "male")[n % 2], author="dr")
+            record.set("name", person.name, author="dr")
+            record.set("birthDate", person.birth, author="dr")
+            record.set("sex", person.sex, author="dr")
             record.set("phone", f"+2547{n:08d}", author="dr")
             record.set("address/city", "Kisumu", author="dr")
         card = person_card(record) if cards else None
@@ -145,7 +158,7 @@ async def bench_copy(work: Path, records: int, runs: int, cards: bool) -> dict[s
     plain: list[float] = []
     encrypted: list[float] = []
     for run in range(runs):
-        for key, times in ((None, plain), (os.urandom(32), encrypted)):
+        for key, times in in_turn(run, plain, encrypted):
             path = work / f"copy-{tag}-{'enc' if key else 'plain'}-{run}.db"
             times.append(await time_copy(path, key, items))
             if run < runs - 1:
@@ -183,9 +196,10 @@ async def bench_open(work: Path, runs: int) -> dict[str, Any]:
             await store.write_remote(copy_items(100, cards=False))
     plain: list[float] = []
     encrypted: list[float] = []
-    for _ in range(runs):
-        plain.append(await time_open(work / "open-plain.db", None))
-        encrypted.append(await time_open(work / "open-enc.db", key))
+    for run in range(runs):
+        for k, times in in_turn(run, plain, encrypted):
+            name, opening_key = ("open-enc.db", key) if k else ("open-plain.db", None)
+            times.append(await time_open(work / name, opening_key))
     KeyRing.create(work / "k.keys", "amina", "a password")
     unlocks = []
     for _ in range(runs):
@@ -196,7 +210,7 @@ async def bench_open(work: Path, runs: int) -> dict[str, Any]:
     return {
         "case": "open and close a 100-record store; unlock the key file (argon2id default)",
         "runs": runs,
-        "open_ms": compare(plain, encrypted, scale=1e3),
+        "open_ms": {k: v for k, v in compare(plain, encrypted, 1e3).items() if k != "target_met"},
         "unlock_ms": spread(unlocks, 1e3),
     }
 
