@@ -8,6 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from store_helpers import snapshot
 
 from caresync import (
@@ -26,6 +28,8 @@ from caresync.storage.unsynced import (
     ENCRYPTED_EXPORT_FORMAT,
     EXPORT_FORMAT,
     UnsyncedExport,
+    decode_export,
+    encode_export,
     read_export_file,
     write_export_file,
 )
@@ -295,7 +299,7 @@ def _sample_export(tmp_path: Path, key: bytes) -> Path:
     return target
 
 
-@pytest.mark.parametrize("where", ["header", "ciphertext", "tag", "truncated"])
+@pytest.mark.parametrize("where", ["header", "ciphertext", "tag", "truncated", "header-only"])
 def test_a_changed_encrypted_export_is_refused_whole(tmp_path: Path, where: str) -> None:
     key = os.urandom(32)
     target = _sample_export(tmp_path, key)
@@ -307,8 +311,10 @@ def test_a_changed_encrypted_export_is_refused_whole(tmp_path: Path, where: str)
         data[header_end + 2] ^= 0x01
     elif where == "tag":
         data[-1] ^= 0x01
-    else:
+    elif where == "truncated":
         del data[-5:]
+    else:
+        del data[header_end:]
     target.write_bytes(bytes(data))
     with pytest.raises(ExportFileError):
         read_export_file(target, key=key)
@@ -333,3 +339,25 @@ async def test_without_sqlcipher_a_key_says_what_to_install(
     assert names(tmp_path) == []
     async with SQLiteStore.open(tmp_path / "plain.db") as plain:  # plain ones work as ever
         await write_named_patient(plain)
+
+
+_KEY = bytes(range(32))
+_SEALED = encode_export(UnsyncedExport("laptop-7", 1, ()), key=_KEY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(position=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255))
+def test_any_changed_byte_of_an_encrypted_export_is_refused(position: int, flip: int) -> None:
+    data = bytearray(_SEALED)
+    data[position % len(data)] ^= flip
+    with pytest.raises(ExportFileError):
+        decode_export(bytes(data), key=_KEY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_any_bytes_are_an_export_or_an_export_file_error(data: bytes) -> None:
+    header = _SEALED[: _SEALED.index(b"\n") + 1]
+    for candidate in (data, header + data, header[:-1] + data):
+        with pytest.raises(ExportFileError):
+            decode_export(candidate, key=_KEY)

@@ -284,7 +284,9 @@ def _open_sealed(data: bytes, header: dict[str, object], key: bytes | None) -> b
             "the export is encrypted: read it with the key of the database that wrote it"
         )
     salt, nonce = _b64_field(header, "salt", _SALT_BYTES), _b64_field(header, "nonce", _NONCE_BYTES)
-    head_end = data.index(b"\n") + 1  # the header parsed, so its line ends
+    head_end = data.find(b"\n") + 1
+    if head_end == 0:
+        raise ExportFileError("the encrypted export is incomplete (nothing after its header)")
     try:
         return AESGCM(_file_key(key, salt)).decrypt(nonce, data[head_end:], data[:head_end])
     except InvalidTag:
