@@ -48,14 +48,19 @@ def spread(seconds: list[float], scale: float = 1.0) -> dict[str, float]:
     }
 
 
-def compare(plain: list[float], encrypted: list[float], scale: float = 1.0) -> dict[str, Any]:
+def compare(
+    plain: list[float], encrypted: list[float], scale: float = 1.0, *, target: bool = True
+) -> dict[str, Any]:
+    """Both spreads and the ratio of the medians (against the 15% target, for wall times)."""
     ratio = statistics.median(encrypted) / statistics.median(plain)
-    return {
+    shown: dict[str, Any] = {
         "plain": spread(plain, scale),
         "encrypted": spread(encrypted, scale),
         "ratio": round(ratio, 3),
-        "target_met": ratio <= TARGET_RATIO,
     }
+    if target:
+        shown["target_met"] = ratio <= TARGET_RATIO
+    return shown
 
 
 def in_turn(
@@ -84,15 +89,21 @@ def edit_updates(edits: int) -> tuple[list[tuple[str, bytes]], list[tuple[str, b
 
 
 async def time_edits(
-    path: Path, key: bytes | None, created: list[tuple[str, bytes]], edits: list[tuple[str, bytes]]
+    path: Path,
+    key: bytes | None,
+    created: list[tuple[str, bytes]],
+    edits: list[tuple[str, bytes]],
+    cpu: list[float],
 ) -> float:
+    """Seconds of wall time for the edits; their CPU seconds (every thread) go to ``cpu``."""
     async with SQLiteStore.open(path, key=key) as store:
         for record_id, update in created:
             await store.write_local(record_id, update, conflicts=())
         gc.collect()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for record_id, update in edits:
             await store.write_local(record_id, update, conflicts=())
+        cpu.append(time.process_time() - cpu_start)
         return time.perf_counter() - start
 
 
@@ -100,16 +111,22 @@ async def bench_edits(work: Path, edits: int, runs: int) -> dict[str, Any]:
     created, made = edit_updates(edits)
     plain: list[float] = []
     encrypted: list[float] = []
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     for run in range(runs):
         for key, times in in_turn(run, plain, encrypted):
             path = work / f"edits-{'enc' if key else 'plain'}-{run}.db"
-            times.append(await time_edits(path, key, created, made))
+            times.append(await time_edits(path, key, created, made, cpu[key is not None]))
     per_edit = [s / edits for s in plain], [s / edits for s in encrypted]
+    cpu_per_edit = [s / edits for s in cpu[False]], [s / edits for s in cpu[True]]
     return {
         "case": "durable single edits (write_local, each fsynced)",
         "edits": edits,
         "runs": runs,
         "ms_per_edit": compare(*per_edit, scale=1e3),
+        "cpu_ms_per_edit": compare(*cpu_per_edit, scale=1e3, target=False),
+        "extra_ms_per_edit": round(
+            (statistics.median(per_edit[1]) - statistics.median(per_edit[0])) * 1e3, 3
+        ),
         "plain_per_s": round(edits / statistics.median(plain)),
         "encrypted_per_s": round(edits / statistics.median(encrypted)),
     }
@@ -136,14 +153,18 @@ def copy_items(records: int, cards: bool) -> list[IncomingUpdate]:
     return items
 
 
-async def time_copy(path: Path, key: bytes | None, items: list[IncomingUpdate]) -> float:
+async def time_copy(
+    path: Path, key: bytes | None, items: list[IncomingUpdate], cpu: list[float]
+) -> float:
+    """Seconds of wall time for the copy; its CPU seconds (every thread) go to ``cpu``."""
     async with SQLiteStore.open(path, key=key) as store:
         gc.collect()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for done in range(0, len(items), BATCH):
             await store.write_remote(
                 items[done : done + BATCH], checkpoint=("first-copy", str(done))
             )
+        cpu.append(time.process_time() - cpu_start)
         return time.perf_counter() - start
 
 
@@ -157,10 +178,11 @@ async def bench_copy(work: Path, records: int, runs: int, cards: bool) -> dict[s
     tag = "cards" if cards else "bare"
     plain: list[float] = []
     encrypted: list[float] = []
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     for run in range(runs):
         for key, times in in_turn(run, plain, encrypted):
             path = work / f"copy-{tag}-{'enc' if key else 'plain'}-{run}.db"
-            times.append(await time_copy(path, key, items))
+            times.append(await time_copy(path, key, items, cpu[key is not None]))
             if run < runs - 1:
                 remove_database(path)  # keep the disk small; the last run's files stay
     sizes = {
@@ -173,6 +195,7 @@ async def bench_copy(work: Path, records: int, runs: int, cards: bool) -> dict[s
         "records": records,
         "runs": runs,
         "seconds": compare(plain, encrypted),
+        "cpu_seconds": compare(cpu[False], cpu[True], target=False),
         "plain_records_per_s": round(records / statistics.median(plain)),
         "encrypted_records_per_s": round(records / statistics.median(encrypted)),
         "file_bytes": {"plain": sizes["plain"], "encrypted": sizes["enc"]},
@@ -210,7 +233,7 @@ async def bench_open(work: Path, runs: int) -> dict[str, Any]:
     return {
         "case": "open and close a 100-record store; unlock the key file (argon2id default)",
         "runs": runs,
-        "open_ms": {k: v for k, v in compare(plain, encrypted, 1e3).items() if k != "target_met"},
+        "open_ms": compare(plain, encrypted, 1e3, target=False),
         "unlock_ms": spread(unlocks, 1e3),
     }
 

@@ -57,11 +57,17 @@ KEY_BYTES = 32
 """The length of a database key: 256 random bits."""
 
 CIPHER_PRAGMAS = (
-    # SQLCipher 4's settings, named so that a changed default cannot lock us out.
-    "PRAGMA cipher_page_size = 4096",
-    "PRAGMA cipher_hmac_algorithm = HMAC_SHA512",
-    "PRAGMA cipher_kdf_algorithm = PBKDF2_HMAC_SHA512",
-    # Only used to stretch a passphrase; a raw key skips it. Pinned all the same.
+    # Named, not left to the library's defaults, so that a changed default (as
+    # SQLCipher 3 to 4 changed them) cannot lock us out of a database we wrote.
+    "PRAGMA cipher_page_size = 4096",  # SQLite's own default page size
+    # HMAC-SHA256 rather than SQLCipher 4's HMAC-SHA512: a 256-bit tag is ample,
+    # and with the SHA extensions of current x86-64 and ARM CPUs it costs a
+    # quarter less per page written (5.7 instead of 7.8 us of encryption a 4 KiB
+    # page, on the machine of docs/performance.md).
+    "PRAGMA cipher_hmac_algorithm = HMAC_SHA256",
+    # Only stretch a passphrase (a raw key skips them, bar a 2-round derivation
+    # of the HMAC key at open). Pinned all the same.
+    "PRAGMA cipher_kdf_algorithm = PBKDF2_HMAC_SHA256",
     "PRAGMA kdf_iter = 256000",
     "PRAGMA cipher_use_hmac = ON",
     # The whole of page 1 is encrypted: no header byte says "SQLite" or "caresync".
