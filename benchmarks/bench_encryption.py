@@ -21,19 +21,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import aiosqlite
+import sqlcipher3.dbapi2 as sqlcipher
 
 from benchmarks.bench_person_index import people
 from benchmarks.common import RESULTS_DIR, write_results
 from caresync import Record
 from caresync.records.persons import person_card
 from caresync.storage import IncomingUpdate, KeyRing, SQLiteStore
+from caresync.storage import sqlite as sqlite_module
 
 BATCH = 500
 TARGET_RATIO = 1.15
@@ -238,6 +244,71 @@ async def bench_open(work: Path, runs: int) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------- where the cost comes from
+
+
+@contextlib.contextmanager
+def sqlcipher_without_key() -> Iterator[None]:
+    """Plain stores (no key) opened through SQLCipher's module and its SQLite build
+    instead of the standard library's: the library's own cost, without encryption."""
+    real = sqlite_module._connection
+
+    def connection(target: str | Path, *, key: bytes | None, uri: bool) -> aiosqlite.Connection:
+        if key is not None:
+            return real(target, key=key, uri=uri)
+        return aiosqlite.Connection(
+            lambda: sqlcipher.connect(
+                os.fspath(target), uri=uri, timeout=2.0, isolation_level=None
+            ),
+            iter_chunk_size=64,
+        )
+
+    sqlite_module._connection = connection  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sqlite_module._connection = real  # type: ignore[assignment]
+
+
+async def bench_library(work: Path, edits: int, records: int, runs: int) -> dict[str, Any]:
+    """Durable edits and a first copy without cards, three ways: the standard library's
+    SQLite, SQLCipher's build with no key, SQLCipher with a key (CPU seconds)."""
+    created, made = edit_updates(edits)
+    items = copy_items(records, cards=False)
+    kinds = ("stdlib", "sqlcipher_no_key", "sqlcipher_key")
+    cpu: dict[str, dict[str, list[float]]] = {k: {"edits": [], "copy": []} for k in kinds}
+    for run in range(runs):
+        for kind in kinds[run % 3 :] + kinds[: run % 3]:
+            key = os.urandom(32) if kind == "sqlcipher_key" else None
+            through_sqlcipher = kind == "sqlcipher_no_key"
+            with sqlcipher_without_key() if through_sqlcipher else contextlib.nullcontext():
+                path = work / f"lib-edits-{kind}-{run}.db"
+                await time_edits(path, key, created, made, cpu[kind]["edits"])
+                path = work / f"lib-copy-{kind}-{run}.db"
+                await time_copy(path, key, items, cpu[kind]["copy"])
+                remove_database(path)
+    base = {case: statistics.median(cpu["stdlib"][case]) for case in ("edits", "copy")}
+    return {
+        "case": "where the CPU goes: the standard library's SQLite, SQLCipher's with no key, "
+        "SQLCipher's with a key",
+        "edits": edits,
+        "records": records,
+        "runs": runs,
+        "cpu_ms_per_edit": {
+            k: round(statistics.median(cpu[k]["edits"]) / edits * 1e3, 3) for k in kinds
+        },
+        "cpu_ms_per_edit_ratio": {
+            k: round(statistics.median(cpu[k]["edits"]) / base["edits"], 3) for k in kinds
+        },
+        "cpu_s_first_copy_without_cards": {
+            k: round(statistics.median(cpu[k]["copy"]), 3) for k in kinds
+        },
+        "cpu_first_copy_ratio": {
+            k: round(statistics.median(cpu[k]["copy"]) / base["copy"], 3) for k in kinds
+        },
+    }
+
+
 async def run(edits: int, records: int, runs: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="caresync-bench-encryption-") as tmp:
         work = Path(tmp)
@@ -246,6 +317,7 @@ async def run(edits: int, records: int, runs: int) -> list[dict[str, Any]]:
             await bench_copy(work, records, runs, cards=True),
             await bench_copy(work, records, runs, cards=False),
             await bench_open(work, runs),
+            await bench_library(work, edits, records, runs),
         ]
 
 
