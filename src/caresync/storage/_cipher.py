@@ -61,9 +61,9 @@ CIPHER_PRAGMAS = (
     # SQLCipher 3 to 4 changed them) cannot lock us out of a database we wrote.
     "PRAGMA cipher_page_size = 4096",  # SQLite's own default page size
     # HMAC-SHA256 rather than SQLCipher 4's HMAC-SHA512: a 256-bit tag is ample,
-    # and with the SHA extensions of current x86-64 and ARM CPUs it costs a
-    # quarter less per page written (5.7 instead of 7.8 us of encryption a 4 KiB
-    # page, on the machine of docs/performance.md).
+    # and with the SHA extensions of current x86-64 and ARM CPUs it costs less
+    # per page written (5.7 instead of 7.8 us a 4 KiB page more than plain
+    # SQLite, on the machine of docs/performance.md).
     "PRAGMA cipher_hmac_algorithm = HMAC_SHA256",
     # Only stretch a passphrase (a raw key skips them, bar a 2-round derivation
     # of the HMAC key at open). Pinned all the same.
