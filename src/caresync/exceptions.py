@@ -10,6 +10,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── InvalidPathError         a field path the record model does not accept
      │    ├── InvalidValueError        a value that is not JSON-like, or fails its schema
      │    ├── UnknownCollectionError   an entry in a collection the schema does not declare
+     │    ├── AuthorError              an author who is not the account logged in here
      │    └── InvalidFhirError         a FHIR file or resource that cannot be imported
      ├── RecordError                  a record cannot do what was asked
      │    ├── UnknownRecordError       no record with that id
@@ -25,11 +26,14 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      ├── RuleError                    a safety rule misbehaved (raised, or returned junk)
      ├── StorageError                 the local database cannot do what was asked
      │    ├── NotACaresyncDatabaseError the file is not a caresync database; left untouched
+     │    │    └── DatabaseKeyError    encrypted and no key or a wrong one, or a key for a
+     │    │                            plain file; left untouched
      │    ├── DatabaseTooNewError      written by a newer caresync; left untouched
      │    ├── CorruptDatabaseError     the consistency check failed
      │    ├── DatabaseNotFoundError    no database at that path, and creating one was not asked
      │    ├── ExportFileError          an export of unsynced changes is damaged or unreadable
-     │    └── UnsyncedChangesError     refused: it would delete changes not yet acknowledged
+     │    ├── UnsyncedChangesError     refused: it would delete changes not yet acknowledged
+     │    └── KeyFileError             a database key file is damaged, edited or unreadable
      ├── ProtocolError                a sync peer broke the protocol
      │    ├── LocalProtocolError       we tried an illegal move (a bug in the caller)
      │    └── RemoteProtocolError      the peer sent something malformed or illegal
@@ -39,7 +43,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── WrongOrganisationError   enrolled to another organisation
      │    ├── AuthenticationError      bad username or password, or an expired session
      │    │    ├── LoginLockedError    too many failed offline logins: wait, then try again
-     │    │    └── NotLoggedInError    nobody is logged in on this laptop (or it went idle)
+     │    │    ├── NotLoggedInError    nobody is logged in on this laptop (or it went idle)
+     │    │    └── WrongPasswordError  this user and password do not unlock the database key
      │    ├── ReplicaRevokedError      the replica was revoked; it is locked
      │    ├── NotEnrolledError         the replica has not been enrolled yet
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
@@ -57,6 +62,7 @@ __all__ = [
     "ConflictError",
     "ConnectionLostError",
     "CorruptDatabaseError",
+    "DatabaseKeyError",
     "DatabaseNotFoundError",
     "DatabaseTooNewError",
     "ExportFileError",
@@ -70,6 +76,7 @@ __all__ = [
     "InvalidResolutionError",
     "InvalidUpdateError",
     "InvalidValueError",
+    "KeyFileError",
     "LocalProtocolError",
     "LoginLockedError",
     "MissingExtraError",
@@ -92,6 +99,7 @@ __all__ = [
     "UnknownRecordError",
     "UnsyncedChangesError",
     "WrongOrganisationError",
+    "WrongPasswordError",
     "WrongServerError",
 ]
 
@@ -292,3 +300,18 @@ class InvalidFhirError(InvalidInputError):
 class MissingExtraError(CaresyncError, ImportError):
     """A feature needs an optional extra that is not installed; the message says what to
     install (``pip install "caresync[fhir]"``)."""
+
+
+class DatabaseKeyError(NotACaresyncDatabaseError):
+    """An encrypted database opened with no key or a wrong one, or a plain database
+    opened with a key. The file (and its -wal and -shm) was left untouched."""
+
+
+class KeyFileError(StorageError):
+    """A database key file is damaged, was edited by hand, or cannot be read or written.
+    The message names the file."""
+
+
+class WrongPasswordError(AuthenticationError):
+    """This username and password do not unlock the database key on this laptop: a
+    wrong password, or a user who never logged in online here."""

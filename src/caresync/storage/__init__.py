@@ -21,6 +21,7 @@ from caresync.storage.base import (
     own_identity,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
+from caresync.storage.keyring import KdfParams, KeyRing, key_file_for, server_database_key
 from caresync.storage.memory import MemoryStore
 from caresync.storage.schema import SCHEMA_VERSION
 from caresync.storage.sqlite import SQLiteStore
@@ -36,6 +37,8 @@ __all__ = [
     "Identity",
     "own_identity",
     "IncomingUpdate",
+    "KdfParams",
+    "KeyRing",
     "MemoryStore",
     "OutboxItem",
     "OutboxSummary",
@@ -48,4 +51,6 @@ __all__ = [
     "Store",
     "StoreOpener",
     "UserAccount",
+    "key_file_for",
+    "server_database_key",
 ]

@@ -37,6 +37,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -55,6 +56,15 @@ from caresync.exceptions import (
 )
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.records.persons import PairState, PersonCard, PersonPair, pair_of
+from caresync.storage._cipher import (
+    DATABASE_ERRORS,
+    INTEGRITY_ERRORS,
+    SQLITE_ERRORS,
+    check_key,
+    connect,
+    refuse_plain,
+    refuse_unless_plain,
+)
 from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
 from caresync.storage._lock import WriterLock
 from caresync.storage._updates import (
@@ -174,6 +184,7 @@ class SQLiteStore:
         """Why the database failed its integrity check, or None. A damaged database
         refuses every write (reads, and exporting unsynced work, still work)."""
         self._lock: WriterLock | None = None
+        self._key: bytes | None = None  # the database key; never shown (no repr of it)
 
     # ------------------------------------------------------------------ opening
 
@@ -188,6 +199,7 @@ class SQLiteStore:
         cache_entries: int = 32768,
         cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], int] | None = None,
+        key: bytes | None = None,
     ) -> StoreOpener[SQLiteStore]:
         """Open (or, with ``create``, create) the store at ``path``.
 
@@ -207,9 +219,19 @@ class SQLiteStore:
         and enrolments (add a user, set a password, revoke a replica): tables
         the writer keeps no cache of, so an administrator can change them while
         a server runs. Writes are then short transactions beside the writer's.
+
+        ``key`` (32 random bytes; see :mod:`caresync.storage.keyring`) opens, or
+        creates, an encrypted database (SQLCipher: pages, write-ahead log and
+        journal; :mod:`caresync.storage._cipher`); exports of its unsynced work
+        are encrypted under it too. No key opens a plain one, as always. An
+        encrypted file opened without a key or with a wrong one, and a plain
+        file opened with a key, raise DatabaseKeyError and are left byte for
+        byte as they were (no -wal or -shm made).
         """
         if read_only and accounts_only:
             raise InvalidInputError("open a store read_only or accounts_only, not both")
+        if key is not None:
+            check_key(key)
         side_door = read_only or accounts_only
 
         async def factory() -> SQLiteStore:
@@ -223,6 +245,7 @@ class SQLiteStore:
                     max_bytes=0 if side_door else cache_bytes,
                 ),
                 clock=clock or _wall_ms,
+                key=key,
             )
 
         return StoreOpener(factory)
@@ -237,21 +260,22 @@ class SQLiteStore:
         accounts_only: bool,
         cache: RecordCache,
         clock: Callable[[], int],
+        key: bytes | None,
     ) -> SQLiteStore:
-        await asyncio.to_thread(_recognise_or_create, path, create, clock())
+        await asyncio.to_thread(_recognise_or_create, path, create, clock(), key)
         side_door = read_only or accounts_only
         lock = None if side_door else WriterLock.acquire(path)
         resolved = await asyncio.to_thread(path.resolve)
         target: str | Path = resolved.as_uri() + "?mode=ro" if read_only else path
-        conn = aiosqlite.connect(
-            target, isolation_level=None, timeout=_BUSY_TIMEOUT_S, uri=read_only
-        )
+        conn = _connection(target, key=key, uri=read_only)
         try:
             await conn
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if lock is not None:
                 lock.release()
-            raise _translate(exc, f"opening {path}") from exc
+            if isinstance(exc, SQLITE_ERRORS):
+                raise _translate(exc, f"opening {path}") from exc
+            raise
         if not callable(getattr(conn, "_execute", None)):
             await conn.close()
             if lock is not None:
@@ -259,6 +283,7 @@ class SQLiteStore:
             raise StorageError("this aiosqlite version is not supported (no connection thread)")
         store = cls(conn, path, cache=cache, clock=clock)
         store._lock = lock
+        store._key = key
         store.read_only = read_only
         store.accounts_only = accounts_only
         try:
@@ -280,7 +305,7 @@ class SQLiteStore:
         # without a word when it does not read it first (a sync, a new record).
         try:
             problems = [str(row[0]) for row in raw.execute("PRAGMA quick_check(5)")]
-        except sqlite3.DatabaseError as exc:  # too damaged even to check
+        except DATABASE_ERRORS as exc:  # too damaged even to check
             problems = [str(exc)]
         if problems != ["ok"]:
             self.damaged = "; ".join(problems)
@@ -313,7 +338,7 @@ class SQLiteStore:
         self.cache.clear()
         try:
             await conn.close()
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             raise _translate(exc, f"closing {self.path}") from exc
         finally:
             self._release_lock()
@@ -327,7 +352,7 @@ class SQLiteStore:
         """Close after a failed open; the open's own error is the one to report."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*SQLITE_ERRORS):
                 await conn.close()
         self._release_lock()
 
@@ -347,6 +372,28 @@ class SQLiteStore:
         """True once :meth:`close` was called."""
         return self._conn is None
 
+    @property
+    def encrypted(self) -> bool:
+        """True for a store opened with a key (an SQLCipher database)."""
+        return self._key is not None
+
+    async def backup(self, target: StrPath) -> None:
+        """Write a consistent copy of the database to a new file at ``target``.
+
+        SQLite's online backup copies one snapshot through this store's
+        connection (a read-only store copies while its writer runs) into a new
+        hidden file beside ``target``, mode 0600 from its creation; it is fsynced
+        and linked into place, never over an existing file (StorageError). The
+        copy is self-contained (no write-ahead log) and encrypted with this
+        store's key, or plain like it.
+        """
+        destination = Path(os.fspath(target))
+        key = self._key
+        await self._run(
+            f"backing {self.path} up to {destination}",
+            lambda raw: _backup_into(raw, destination, key),
+        )
+
     async def _run(self, what: str, job: Job[T]) -> T:
         """Run ``job(raw_connection)`` on the connection's thread; translate its errors."""
         conn = self._conn
@@ -355,7 +402,7 @@ class SQLiteStore:
         execute = cast(Callable[..., Any], conn._execute)
         try:
             return cast(T, await execute(job, self._raw))
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             error = _translate(exc, what)
             if isinstance(error, CorruptDatabaseError) and self.damaged is None:
                 self.damaged = str(exc)  # found damaged while running: no more writes
@@ -1400,7 +1447,8 @@ class SQLiteStore:
         """Write every pending update to a new file at ``path``; returns how many.
 
         The file never overwrites an existing one, is fsynced, and carries a
-        version and a checksum (format: :mod:`caresync.storage.unsynced`).
+        version and a checksum (format: :mod:`caresync.storage.unsynced`). An
+        encrypted store writes it encrypted under its key.
         """
 
         def job(raw: sqlite3.Connection) -> UnsyncedExport:
@@ -1416,7 +1464,7 @@ class SQLiteStore:
             )
 
         export = await self._run("exporting unsynced changes", job)
-        await asyncio.to_thread(write_export_file, path, export)
+        await asyncio.to_thread(partial(write_export_file, key=self._key), path, export)
         return len(export.updates)
 
     async def import_unsynced(
@@ -1431,7 +1479,7 @@ class SQLiteStore:
         All or nothing, in one transaction, with the conflict rows given for
         the records touched (the others keep theirs). Returns how many updates.
         """
-        export = await asyncio.to_thread(read_export_file, path)
+        export = await asyncio.to_thread(partial(read_export_file, key=self._key), path)
         ids = [u.record_id for u in export.updates]
         rows_at = import_conflicts(ids, conflicts)
         cards_at = import_persons(ids, persons)
@@ -1452,7 +1500,7 @@ class SQLiteStore:
         updates; only the duty to upload them goes. Returns how many rows went.
         """
         try:
-            export = await asyncio.to_thread(read_export_file, exported_to)
+            export = await asyncio.to_thread(partial(read_export_file, key=self._key), exported_to)
         except ExportFileError as exc:
             raise UnsyncedChangesError(
                 f"refused to discard unsynced changes: {exc}; export them first"
@@ -1848,7 +1896,7 @@ class SQLiteStore:
                             session.expires_ms,
                         ),
                     )
-                except sqlite3.IntegrityError:
+                except INTEGRITY_ERRORS:
                     raise InvalidInputError("that session token is stored already") from None
                 if session.replica_id is not None:
                     _note_replica_account(
@@ -2350,30 +2398,51 @@ def _translate(exc: sqlite3.Error, what: str) -> StorageError:
 # ---------------------------------------------------------------- file helpers
 
 
-def _recognise_or_create(path: Path, create: bool, now_ms: int) -> None:
+def _connection(target: str | Path, *, key: bytes | None, uri: bool) -> aiosqlite.Connection:
+    """The store's aiosqlite connection: plain as ever, or encrypted with ``key``."""
+    if key is None:
+        return aiosqlite.connect(target, isolation_level=None, timeout=_BUSY_TIMEOUT_S, uri=uri)
+    return aiosqlite.Connection(
+        lambda: connect(target, key=key, uri=uri, timeout=_BUSY_TIMEOUT_S),
+        iter_chunk_size=64,  # aiosqlite.connect's default
+    )
+
+
+def _recognise_or_create(path: Path, create: bool, now_ms: int, key: bytes | None) -> None:
     """Refuse a file that is not ours; create a missing one only if asked."""
     if not path.exists():
         if not create:
             raise DatabaseNotFoundError(
                 f"there is no caresync database at {path}, and create=False: nothing was created"
             )
-        _create_file(path, now_ms)
+        _create_file(path, now_ms, key)
     elif not path.is_file():
         raise NotACaresyncDatabaseError(f"{path} is not a file; it was left untouched")
-    _recognise(path)
+    _recognise(path, key)
 
 
-def _recognise(path: Path) -> None:
-    """Refuse a file that is not a caresync database we can open; never write to it."""
-    read_header(path)
+def _recognise(path: Path, key: bytes | None) -> None:
+    """Refuse a file that is not a caresync database we can open; never write to it.
+
+    An encrypted file has no readable header: with a key, the marks are read
+    through SQLCipher (after refusing a plain file, which a key cannot open).
+    """
+    if key is None:
+        try:
+            read_header(path)
+        except NotACaresyncDatabaseError:
+            refuse_unless_plain(path)  # encrypted? say so, rather than "not a database"
+            raise
+    else:
+        refuse_plain(path)
     uri = path.resolve().as_uri() + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
+        conn = connect(uri, key=key, uri=True, timeout=_BUSY_TIMEOUT_S)
+    except SQLITE_ERRORS as exc:
         raise _translate(exc, f"opening {path}") from exc
     try:
         marks = read_marks(conn)
-    except sqlite3.DatabaseError as exc:
+    except DATABASE_ERRORS as exc:
         error = _translate(exc, f"opening {path}")
         if isinstance(error, CorruptDatabaseError):
             raise NotACaresyncDatabaseError(
@@ -2385,7 +2454,42 @@ def _recognise(path: Path) -> None:
     refuse_unless_ours(path, marks)
 
 
-def _create_file(path: Path, now_ms: int) -> None:
+def _backup_into(raw: sqlite3.Connection, target: Path, key: bytes | None) -> None:
+    """Copy the database of ``raw`` into a new file at ``target`` (see ``backup``)."""
+    if target.exists():
+        raise StorageError(f"{target} exists; a backup never overwrites a file")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot create a backup in {target.parent}: {exc}") from exc
+    partial_copy = Path(name)
+    try:
+        os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
+        os.close(fd)
+        copy = connect(partial_copy, key=key)
+        try:
+            raw.backup(copy)  # one step: one consistent snapshot, same cipher and key
+            copy.execute("PRAGMA journal_mode = DELETE").fetchone()  # no -wal beside it
+        finally:
+            copy.close()
+        with partial_copy.open("rb+") as file:
+            os.fsync(file.fileno())
+        os.link(partial_copy, target)  # fails if target appeared meanwhile
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except FileExistsError:
+        raise StorageError(f"{target} exists; a backup never overwrites a file") from None
+    except OSError as exc:
+        raise StorageError(f"backing up to {target} failed: {exc}") from exc
+    finally:
+        for leftover in (partial_copy, Path(f"{partial_copy}-journal")):
+            leftover.unlink(missing_ok=True)  # our own temporary files, never the user's
+
+
+def _create_file(path: Path, now_ms: int, key: bytes | None) -> None:
     """Build a new database beside ``path`` and link it into place when whole.
 
     A crash part way leaves at most a hidden ``.<name>.*.creating`` file,
@@ -2405,7 +2509,7 @@ def _create_file(path: Path, now_ms: int) -> None:
         os.close(fd)
     tmp = Path(tmp_name)
     try:
-        conn = sqlite3.connect(tmp, isolation_level=None)
+        conn = connect(tmp, key=key)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
@@ -2415,7 +2519,7 @@ def _create_file(path: Path, now_ms: int) -> None:
         with tmp.open("rb+") as file:
             os.fsync(file.fileno())
         _link_into_place(tmp, path)
-    except sqlite3.Error as exc:
+    except SQLITE_ERRORS as exc:
         raise _translate(exc, f"creating {path}") from exc
     except OSError as exc:
         raise StorageError(f"cannot create {path}: {exc}") from exc

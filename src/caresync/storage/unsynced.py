@@ -16,6 +16,20 @@ SHA-256 checksum of everything before it, so a truncated or damaged file is
 refused as a whole, never half-imported. Files are created exclusively: an
 export never overwrites an existing file. They are created with mode 0600
 (only their owner may read them), whatever the umask.
+
+**Encrypted exports.** Given a key (an encrypted store passes its database
+key), the file is one header line, then the whole plain export above sealed
+with AES-256-GCM::
+
+    {"cipher": "AES-256-GCM", "format": "caresync-unsynced-encrypted",
+     "kdf": "HKDF-SHA256", "nonce": "<base64>", "salt": "<base64>", "version": 1}
+    <ciphertext and tag: binary, to the end of the file>
+
+The file's own key is HKDF-SHA256 of the given key with the file's random salt
+(so the database key itself never encrypts anything but pages, and no two files
+share a key); the header line is the associated data, so it cannot be changed
+either. A wrong key, or any changed byte, is refused as a whole with
+:class:`~caresync.exceptions.ExportFileError`. Readers still read plain exports.
 """
 
 from __future__ import annotations
@@ -29,9 +43,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from caresync.exceptions import ExportFileError
 
 __all__ = [
+    "ENCRYPTED_EXPORT_FORMAT",
+    "ENCRYPTED_EXPORT_VERSION",
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
     "PRIVATE_FILE_MODE",
@@ -49,6 +70,15 @@ EXPORT_FORMAT = "caresync-unsynced"
 PRIVATE_FILE_MODE = 0o600
 """The mode of every file caresync writes that holds patient data or secrets."""
 EXPORT_VERSION = 1
+ENCRYPTED_EXPORT_FORMAT = "caresync-unsynced-encrypted"
+ENCRYPTED_EXPORT_VERSION = 1
+_CIPHER = "AES-256-GCM"
+_KDF = "HKDF-SHA256"
+_HKDF_INFO = b"caresync unsynced export v1"
+_KEY_BYTES = 32
+_SALT_BYTES = 16
+_NONCE_BYTES = 12
+_MAX_SEALED_BYTES = 2**31 - 1 - 16  # one AES-GCM call (cryptography's limit), less the tag
 _MAX_EXPORT_BYTES = 4 * 1024 * 1024 * 1024
 # Directory fsync is not supported everywhere; the file itself was fsynced already.
 _DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES})
@@ -88,8 +118,14 @@ def content_key(record_id: str, update: bytes) -> tuple[str, bytes]:
     return (record_id, hashlib.sha256(update).digest())
 
 
-def encode_export(export: UnsyncedExport) -> bytes:
-    """The file's bytes for ``export``."""
+def encode_export(export: UnsyncedExport, *, key: bytes | None = None) -> bytes:
+    """The file's bytes for ``export``: plain, or encrypted under ``key`` (32 bytes)."""
+    if key is not None:
+        return _seal(_encode_plain(export), key)
+    return _encode_plain(export)
+
+
+def _encode_plain(export: UnsyncedExport) -> bytes:
     header = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -114,10 +150,18 @@ def encode_export(export: UnsyncedExport) -> bytes:
     return body + _line({"sha256": hashlib.sha256(body).hexdigest()})
 
 
-def decode_export(data: bytes) -> UnsyncedExport:
-    """Parse and verify an export; ExportFileError for anything but a sound, known file."""
+def decode_export(data: bytes, *, key: bytes | None = None) -> UnsyncedExport:
+    """Parse and verify an export; ExportFileError for anything but a sound, known file.
+
+    An encrypted export needs the ``key`` it was written with; a plain one is
+    read with or without a key.
+    """
     first, _, _ = data.partition(b"\n")
     header = _json_object(first)
+    if header is not None and header.get("format") == ENCRYPTED_EXPORT_FORMAT:
+        data = _open_sealed(data, header, key)
+        first, _, _ = data.partition(b"\n")
+        header = _json_object(first)
     if header is None or header.get("format") != EXPORT_FORMAT:
         raise ExportFileError("not an export of caresync unsynced changes")
     version = header.get("version")
@@ -147,15 +191,18 @@ def decode_export(data: bytes) -> UnsyncedExport:
     return UnsyncedExport(replica_id, exported_ms, tuple(_entry(line) for line in lines))
 
 
-def write_export_file(path: str | os.PathLike[str], export: UnsyncedExport) -> None:
+def write_export_file(
+    path: str | os.PathLike[str], export: UnsyncedExport, *, key: bytes | None = None
+) -> None:
     """Create ``path`` (never overwriting a file) with ``export``, flushed to disk.
 
     The file holds patient data: it is created readable and writable by its
     owner only (mode 0600, whatever the umask), so no other user can read it,
-    not even while it is being written.
+    not even while it is being written. With ``key`` it is encrypted (see the
+    module's docstring).
     """
     target = Path(path)
-    data = encode_export(export)
+    data = encode_export(export, key=key)
     try:
         with open(target, "xb", opener=private_opener) as file:
             file.write(data)
@@ -188,8 +235,8 @@ def private_opener(path: str | os.PathLike[str], flags: int) -> int:
     return fd
 
 
-def read_export_file(path: str | os.PathLike[str]) -> UnsyncedExport:
-    """Read and verify the export file at ``path``."""
+def read_export_file(path: str | os.PathLike[str], *, key: bytes | None = None) -> UnsyncedExport:
+    """Read and verify the export file at ``path`` (an encrypted one needs its ``key``)."""
     target = Path(path)
     try:
         if target.stat().st_size > _MAX_EXPORT_BYTES:
@@ -199,7 +246,73 @@ def read_export_file(path: str | os.PathLike[str]) -> UnsyncedExport:
         raise ExportFileError(f"there is no export file at {target}") from None
     except OSError as exc:
         raise ExportFileError(f"cannot read the export at {target}: {exc}") from exc
-    return decode_export(data)
+    return decode_export(data, key=key)
+
+
+def _seal(plain: bytes, key: bytes) -> bytes:
+    """An encrypted export of the plain export bytes ``plain``."""
+    if len(plain) > _MAX_SEALED_BYTES:
+        raise ExportFileError("the export is too large to encrypt in one piece (over 2 GiB)")
+    salt, nonce = os.urandom(_SALT_BYTES), os.urandom(_NONCE_BYTES)
+    header = _line(
+        {
+            "format": ENCRYPTED_EXPORT_FORMAT,
+            "version": ENCRYPTED_EXPORT_VERSION,
+            "cipher": _CIPHER,
+            "kdf": _KDF,
+            "salt": base64.b64encode(salt).decode("ascii"),
+            "nonce": base64.b64encode(nonce).decode("ascii"),
+        }
+    )
+    return header + AESGCM(_file_key(key, salt)).encrypt(nonce, plain, header)
+
+
+def _open_sealed(data: bytes, header: dict[str, object], key: bytes | None) -> bytes:
+    """The plain export inside an encrypted one; ExportFileError if it does not open."""
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ExportFileError("the encrypted export's header has no valid version")
+    if version > ENCRYPTED_EXPORT_VERSION:
+        raise ExportFileError(
+            f"the export was encrypted by a newer caresync (format version {version}; "
+            f"this one reads up to {ENCRYPTED_EXPORT_VERSION})"
+        )
+    if header.get("cipher") != _CIPHER or header.get("kdf") != _KDF:
+        raise ExportFileError("the encrypted export names a cipher this caresync does not know")
+    if key is None:
+        raise ExportFileError(
+            "the export is encrypted: read it with the key of the database that wrote it"
+        )
+    salt, nonce = _b64_field(header, "salt", _SALT_BYTES), _b64_field(header, "nonce", _NONCE_BYTES)
+    head_end = data.find(b"\n") + 1
+    if head_end == 0:
+        raise ExportFileError("the encrypted export is incomplete (nothing after its header)")
+    try:
+        return AESGCM(_file_key(key, salt)).decrypt(nonce, data[head_end:], data[:head_end])
+    except InvalidTag:
+        raise ExportFileError(
+            "the export does not open with this key: it was written by another database "
+            "(another laptop, or one enrolled again), or it was damaged or changed"
+        ) from None
+
+
+def _file_key(key: bytes, salt: bytes) -> bytes:
+    if not isinstance(key, bytes) or len(key) != _KEY_BYTES:
+        raise ExportFileError(f"an export key is {_KEY_BYTES} bytes")
+    return HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=salt, info=_HKDF_INFO).derive(
+        key
+    )
+
+
+def _b64_field(header: dict[str, object], name: str, size: int) -> bytes:
+    value = header.get(name)
+    try:
+        raw = base64.b64decode(str(value).encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw = b""
+    if not isinstance(value, str) or len(raw) != size:
+        raise ExportFileError(f"the encrypted export's header has no valid {name}")
+    return raw
 
 
 def _line(obj: dict[str, object]) -> bytes:
