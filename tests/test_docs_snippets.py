@@ -207,8 +207,20 @@ def run_session(document: str, folder: Path, port: int = 0) -> tuple[int, str]:
     return server.port, second.stdout
 
 
+DOCUMENTED_PASSWORD = "a long passphrase"
+"""The password the documents' sessions export: it opens the laptops they enrol (encrypted)."""
+
+
 def status(db: Path) -> dict[str, Any]:
-    done = run([sys.executable, "-m", "caresync", "status", "--db", str(db), "--json"], db.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "caresync", "status", "--db", str(db), "--json"],
+        cwd=db.parent,
+        env={**environment(), "CARESYNC_PASSWORD": DOCUMENTED_PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert isinstance(data, dict)

@@ -18,12 +18,11 @@ A connection is trusted in steps, and nothing moves before its step:
    Sessions expire for good at an absolute time; resuming never extends one.
 4. **Enrol** needs a password login on the same connection (never a resumed
    session), and gives the new replica its secret, returned once.
-5. **Authorship** of every pushed revision: a replica pushes what it wrote
-   itself, or the unsynced work of a *revoked* replica of its organisation
-   (carried off a lost laptop by export and import); and each revision names
-   as its author an account that has logged in on the replica that wrote it
-   (a password login bound to it, or its enrolment). The store records those
-   logins with the sessions (:meth:`~caresync.storage.Store.replica_accounts`).
+5. **Authorship** of every pushed revision: a replica pushes only what it
+   wrote itself, and each revision names as its author an account that has
+   logged in on that replica (a password login bound to it, or its
+   enrolment). The store records those logins with the sessions
+   (:meth:`~caresync.storage.Store.replica_accounts`).
 
 Refusals are values (:class:`Refused`), not exceptions: the server shell turns
 them into the protocol's fatal ``Error`` and closes.
@@ -271,24 +270,18 @@ class Gatekeeper:
 
     # -------------------------------------------------------------- authorship
 
-    async def foreign_writers(
-        self, pusher: str, organisation: str, replica_ids: Collection[str]
-    ) -> str | None:
+    def foreign_writers(self, pusher: str, replica_ids: Collection[str]) -> str | None:
         """Why ``pusher`` may not push what ``replica_ids`` wrote, or None if it may.
 
-        A replica pushes what it wrote, and may carry the unsynced work of a
-        revoked replica of its own organisation (a lost laptop's export,
-        imported on another): that replica can never push again itself.
+        A replica pushes only what it wrote itself. (Carrying a revoked laptop's
+        unsynced work from another laptop would need proof that the work is that
+        laptop's, such as its secret; a revision's ``r`` field alone proves
+        nothing, since any laptop can write any name there.)
         """
         for replica_id in sorted(set(replica_ids) - {pusher}):
-            info = await self.store.get_replica(replica_id)
-            if info is not None and info.organisation == organisation and info.revoked:
-                continue
             return (
                 f"it holds changes written on replica {shown(replica_id)}, not on this one "
-                f"({pusher}); a replica pushes only its own changes, or those of a revoked "
-                "replica of its organisation (revoke that laptop first, then import its "
-                "export of unsynced work)"
+                f"({pusher}); a replica pushes only its own changes"
             )
         return None
 

@@ -54,6 +54,7 @@ from caresync.exceptions import (
 )
 from caresync.names import shown
 from caresync.storage import Store
+from caresync.storage.laptop_key import LaptopKey
 
 __all__ = [
     "LOGIN_IDLE_S",
@@ -126,12 +127,15 @@ class LaptopLogins:
         *,
         hasher: PasswordHasher,
         idle_s: float | None = LOGIN_IDLE_S,
+        database_key: LaptopKey | None = None,
     ) -> None:
         if idle_s is not None and not idle_s > 0:
             raise InvalidInputError(f"idle_s must be None or > 0, not {idle_s!r}")
         self.store = store
         self.hasher = hasher
         self.idle_s = idle_s
+        self.database_key = database_key
+        """The key an encrypted database was opened with (None: a plain database)."""
         self._login: _Login | None = None
         self._names: dict[str, str] = {}
 
@@ -183,10 +187,14 @@ class LaptopLogins:
         return login.user
 
     async def logged_in_online(self, user: str, password: str) -> None:
-        """After the server accepted ``user``'s password: log them in here, and keep
-        the hash that lets them log in offline later."""
+        """After the server accepted ``user``'s password: log them in here, keep the
+        hash that lets them log in offline later, and, on an encrypted database, wrap
+        its key for them under that password (a changed password replaces the old
+        copy)."""
         password_hash = await asyncio.to_thread(self.hasher.hash, password)
         await self.store.set_meta(_OFFLINE_LOGIN + user, password_hash)
+        if self.database_key is not None:
+            await asyncio.to_thread(self.database_key.remember, user, password)
         await self._start(user)
 
     async def login_offline(self, username: str, password: str) -> None:
@@ -234,6 +242,10 @@ class LaptopLogins:
         if failures:
             await self.store.set_meta(_OFFLINE_FAILURES, "0:0")
         await self._start(username)
+
+    async def logged_in_here(self, user: str) -> bool:
+        """True if ``user`` has logged in online on this laptop (as the server knows too)."""
+        return await self.store.get_meta(_OFFLINE_LOGIN + user) is not None
 
     async def logout(self) -> None:
         """Nobody is logged in any more (edits raise NotLoggedInError until a login)."""

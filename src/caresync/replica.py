@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import enum
 import logging
 import os
@@ -53,6 +54,7 @@ from caresync.exceptions import (
     CaresyncError,
     ConnectionLostError,
     CorruptDatabaseError,
+    DatabaseKeyError,
     InvalidInputError,
     InvalidResolutionError,
     InvalidUpdateError,
@@ -106,13 +108,22 @@ from caresync.records.persons import (
     person_card,
 )
 from caresync.storage import (
+    DEFAULT_KDF,
     ConflictRow,
     Identity,
     IncomingUpdate,
+    KdfParams,
     QuarantinedUpdate,
     SQLiteStore,
     Store,
+    key_file_for,
     own_identity,
+)
+from caresync.storage.laptop_key import (
+    LaptopKey,
+    create_laptop_key,
+    is_encrypted,
+    unlock_laptop_key,
 )
 from caresync.transport import Channel, check_server_url, connect_websocket
 
@@ -296,10 +307,13 @@ class Replica:
         secret: bytes | None = None,
         pinned_key: bytes | None = None,
         login_idle_s: float | None = LOGIN_IDLE_S,
+        database_key: LaptopKey | None = None,
     ) -> None:
         self.store = store
         self._hasher = password_hasher if password_hasher is not None else _hasher
-        self.logins = LaptopLogins(store, hasher=self._hasher, idle_s=login_idle_s)
+        self.logins = LaptopLogins(
+            store, hasher=self._hasher, idle_s=login_idle_s, database_key=database_key
+        )
         """Who is logged in here, and so who writes its entries (see :mod:`caresync.logins`)."""
         self.identity = identity
         self.rulebook = rulebook
@@ -330,18 +344,43 @@ class Replica:
         limits: SyncLimits | None = None,
         password_hasher: PasswordHasher | None = None,
         login_idle_s: float | None = LOGIN_IDLE_S,
+        username: str | None = None,
+        password: str | None = None,
+        encrypt: bool = True,
+        kdf: KdfParams = DEFAULT_KDF,
     ) -> Replica:
         """Open a laptop database (created unless ``create=False``).
 
         A database whose conflict index another rulebook computed is re-indexed
         first (see :mod:`caresync.index`).
 
+        **Encryption at rest** (see :mod:`caresync.storage.laptop_key`): a new database
+        opened with ``username`` and ``password`` is encrypted whole (unless
+        ``encrypt=False``), its key wrapped for that user in ``<db>.keys``; an
+        encrypted database opens only with the ``password`` of a user with a
+        copy of its key (``username`` picks one; else each is tried), and
+        raises :class:`~caresync.exceptions.DatabaseKeyError` without one,
+        :class:`~caresync.exceptions.WrongPasswordError` for a wrong one. Each
+        online login then wraps the key for that user too. Without a password
+        a new database is a plain SQLite file. ``kdf`` sets the cost of the
+        password derivation (a simulation may pass cheaper parameters).
+
         ``password_hasher`` makes the hash kept for offline login (argon2id with
         the library's defaults unless given; a simulation may pass cheaper
         parameters). ``login_idle_s``: a login with no edit for this long
         expires (None: it lasts until :meth:`logout`).
         """
-        store = await SQLiteStore.open(path, create=create)
+        database_key, made_key = await asyncio.to_thread(
+            _database_key, Path(path), create, username, password, encrypt, kdf
+        )
+        try:
+            store = await SQLiteStore.open(
+                path, create=create, key=None if database_key is None else database_key.key
+            )
+        except BaseException:
+            if made_key:  # the database was not made: neither is its key file
+                key_file_for(path).unlink(missing_ok=True)
+            raise
         try:
             identity = await own_identity(store, "laptop", id_prefix="replica", where=path)
             await ensure_index(store, rulebook, replica=identity.replica_id)
@@ -352,6 +391,7 @@ class Replica:
                 limits=limits,
                 password_hasher=password_hasher,
                 login_idle_s=login_idle_s,
+                database_key=database_key,
             )
         except BaseException:
             await store.close()
@@ -367,8 +407,12 @@ class Replica:
         limits: SyncLimits | None = None,
         password_hasher: PasswordHasher | None = None,
         login_idle_s: float | None = LOGIN_IDLE_S,
+        database_key: LaptopKey | None = None,
     ) -> Replica:
         """A replica over a store already open (read-only tools use this); writes nothing.
+
+        ``database_key``: the unlocked key an encrypted store was opened with
+        (each online login wraps it for that user too).
 
         What the replica keeps in its store is read here: whether it is locked,
         its secret, the server key it pinned, and who is logged in.
@@ -383,6 +427,7 @@ class Replica:
             secret=_unb64(await store.get_meta(_SECRET)),
             pinned_key=_unb64(await store.get_meta(_PINNED_KEY)),
             login_idle_s=login_idle_s,
+            database_key=database_key,
         )
         await replica.logins.load()
         return replica
@@ -401,6 +446,11 @@ class Replica:
     def replica_id(self) -> str:
         """This replica's id (chosen when the database was created)."""
         return self.identity.replica_id
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the database is encrypted at rest (opened with a user's password)."""
+        return self.logins.database_key is not None
 
     @property
     def enrolled(self) -> bool:
@@ -1136,6 +1186,32 @@ def _trusted_copy(
     return update
 
 
+def _database_key(
+    path: Path,
+    create: bool,
+    username: str | None,
+    password: str | None,
+    encrypt: bool,
+    kdf: KdfParams,
+) -> tuple[LaptopKey | None, bool]:
+    """The key to open ``path`` with (None: a plain database), and whether it was made
+    now. Blocks (file checks, an argon2id derivation): run it in a thread."""
+    if is_encrypted(path):
+        if password is None:
+            raise DatabaseKeyError(
+                f"{path} is encrypted: open it with the password of a user who logged in "
+                "on this laptop"
+            )
+        return unlock_laptop_key(path, password, username, params=kdf), False
+    if password is None or not encrypt or not create or path.exists():
+        return None, False
+    if username is None:
+        raise InvalidInputError(
+            "a new encrypted database needs the username whose password protects its key"
+        )
+    return create_laptop_key(path, username, password, params=kdf), True
+
+
 def _unb64(text: str | None) -> bytes | None:
     """Bytes kept base64 in meta (None if absent)."""
     if not text:
@@ -1422,7 +1498,14 @@ class _Session:
         await self.report_outbox()  # what waits, even if this round fails
         # Push first: what this laptop holds alone reaches the server before
         # anything is written here (a full disk must not keep work back).
-        uploaded = await self.push()
+        try:
+            uploaded = await self.push()
+        except BaseException:
+            # The server accepted the password even if it refused the push (or the link
+            # dropped): the user is logged in, whatever happens to what waits.
+            with contextlib.suppress(StorageError):
+                await self.remember_login()
+            raise
         await self.remember_login()
         copied = await self.first_copy(progress)
         await self.report_outbox()  # what is left

@@ -61,6 +61,7 @@ from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     ITEM_OVERHEAD_BYTES,
+    MAX_BATCH_ITEMS,
     AccountName,
     Authenticate,
     Authenticated,
@@ -118,7 +119,7 @@ MAX_PENDING_LOGINS = 256
 SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
-LIVE_QUEUE_ENTRIES = 50_000
+LIVE_QUEUE_ENTRIES = 2 * MAX_BATCH_ITEMS  # one batch, however large, never drops a reader
 """Feed entries queued for one connected laptop at most, before it is dropped (see _fan_out)."""
 LIVE_QUEUE_BYTES = 64 * 1024 * 1024
 """Update bytes queued for one connected laptop at most, before it is dropped."""
@@ -599,6 +600,8 @@ class SyncServer:
             self._listener = None
         for conn in list(self._connections):
             await conn.channel.close("server stopping")
+        if self._closing:  # slow readers still being closed
+            await asyncio.wait(set(self._closing))
         await self.store.close()
 
     async def __aenter__(self) -> SyncServer:
@@ -976,9 +979,8 @@ class SyncServer:
                 records[record_id] = record
             await self._check_authorship(conn, revisions)
             bound = await self._client_owners(writers)
-            carried = await self._carried_replicas(conn, set(bound.values()))
             for client, owner in bound.items():
-                if owner != replica_id and owner not in carried:
+                if owner != replica_id:
                     raise RefusedUpdateError(
                         f"record {writers[client]}: update refused: it writes as Yjs client "
                         f"{client}, which another replica writes with (a document's client id "
@@ -1029,26 +1031,14 @@ class SyncServer:
     async def _check_authorship(
         self, conn: _Connection, revisions: list[tuple[str, Revision]]
     ) -> None:
-        """Raise _Forbidden unless every revision was written on this replica (or a
-        revoked one of its organisation) by an account that logged in there."""
+        """Raise _Forbidden unless every revision was written on this replica by an
+        account that logged in there."""
         pusher = conn.protocol.replica_id or ""
-        why = await self.gate.foreign_writers(
-            pusher, conn.organisation or "", {rev.replica for _rid, rev in revisions}
-        )
+        why = self.gate.foreign_writers(pusher, {rev.replica for _rid, rev in revisions})
         if why is None:
             why = await self.gate.unknown_author(revisions)
         if why is not None:
             raise _Forbidden(f"push refused, nothing stored: {why}")
-
-    async def _carried_replicas(self, conn: _Connection, owners: set[str]) -> set[str]:
-        """Which of these Yjs client owners this replica may write for (revoked
-        replicas of its organisation, whose unsynced work it carries)."""
-        pusher = conn.protocol.replica_id or ""
-        carried: set[str] = set()
-        for owner in owners - {pusher}:
-            if await self.gate.foreign_writers(pusher, conn.organisation or "", {owner}) is None:
-                carried.add(owner)
-        return carried
 
     async def _record_organisations(self, record_ids: list[str]) -> dict[str, str | None]:
         """Each stored record's organisation: remembered, else read (one query for the rest).

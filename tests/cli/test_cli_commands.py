@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.cli.clitools import ServerProcess, digest, files_at, inproc, sh
+import pytest
+from tests.cli.clitools import PASSWORD, ServerProcess, digest, files_at, inproc, sh
 from tests.cli.conftest import Clinic
 
 from caresync.replica import Replica
@@ -166,8 +167,9 @@ def test_sync_failures_keep_the_outbox(clinic: Clinic) -> None:
     new_record(laptop)
     unreachable = f"ws://127.0.0.1:{closed_port()}"
     refused(inproc("sync --db {db} --server {u}", db=laptop, u=unreachable), 6, "cannot connect")
+    # The encrypted laptop itself refuses a wrong password, before anything is sent.
     bad_login = inproc("sync --db {db} --username dr.a", db=laptop, password="not it")
-    refused(bad_login, 5, "wrong password")
+    refused(bad_login, 5, "this password does not open the database")
     assert status(laptop)["pending"] == 1
     good_login = inproc("sync --db {db} --username dr.a --json", db=laptop).ok().json()
     assert good_login["uploaded"] == 1
@@ -354,7 +356,9 @@ def test_record_values_paths_and_refusals(clinic: Clinic) -> None:
     assert digest(laptop) == before
 
 
-def test_the_running_servers_database_takes_account_changes_only(clinic: Clinic) -> None:
+def test_the_running_servers_database_takes_account_changes_only(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
     refused(inproc("record new --db {db}", db=clinic.db), 4, "in use")
     # Accounts change beside the running server, and it honours them at once.
     sh("user add --db {db} --org clinic-a --username dr.z", db=clinic.db).ok()
@@ -365,48 +369,86 @@ def test_the_running_servers_database_takes_account_changes_only(clinic: Clinic)
     ).ok()
     refused(
         sh("sync --db {db} --username dr.z", db=laptop), 5, "password"
-    )  # the old password no longer logs in
-    sh("sync --db {db} --username dr.z", db=laptop, password="new-pw-9").ok()
+    )  # the old password still opens the laptop, but no longer logs in
+    # The new password does not open the laptop yet: the old one does, this once.
+    refused(
+        inproc("sync --db {db} --username dr.z", db=laptop, password="new-pw-9"),
+        5,
+        "does not open the database",
+    )
+    monkeypatch.setenv("CARESYNC_UNLOCK_PASSWORD", PASSWORD)
+    inproc("sync --db {db} --username dr.z --unlock", db=laptop, password="new-pw-9").ok()
+    monkeypatch.delenv("CARESYNC_UNLOCK_PASSWORD")
+    # From now on the new password opens it, and the old one no longer does.
+    inproc("status --db {db}", db=laptop, password="new-pw-9").ok()
+    refused(inproc("status --db {db}", db=laptop), 5, "does not open the database")
     sh("replica revoke --db {db} {r}", db=clinic.db, r=status["replica_id"]).ok()
-    refused(sh("sync --db {db}", db=laptop), 5, "revoked")
+    refused(sh("sync --db {db}", db=laptop, password="new-pw-9"), 5, "revoked")
     refused(inproc("replica revoke --db {db} replica-x", db=clinic.db), 3, "replica-x")
 
 
 # ---------------------------------------------------------------- export, import
 
 
-def test_export_and_import_unsynced_changes(clinic: Clinic) -> None:
+def test_export_and_import_unsynced_changes(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
     old, new = clinic.enrol("old-laptop"), clinic.enrol("new-laptop")
     record_id = new_record(old)
-    inproc("record set --db {db} {r} birthDate 1990-01-01", db=old, r=record_id)
+    inproc("sync --db {db}", db=old).ok()
+    yesterday = clinic.dir / "old-laptop-yesterday.db"  # a backup, before today's work
+    inproc("backup --db {db} --out {f}", db=old, f=yesterday).ok()
+    inproc("record set --db {db} {r} birthDate 1990-01-01", db=old, r=record_id).ok()
     file = clinic.dir / "unsynced.jsonl"
     exported = sh("export --db {db} --out {f} --json", db=old, f=file).ok().json()
-    assert exported["exported"] == 2
+    assert exported["exported"] == 1
     kept = file.read_bytes()
     refused(inproc("export --db {db} --out {f}", db=old, f=file), 4, str(file))
     assert file.read_bytes() == kept  # never overwritten
 
-    # Another organisation's laptop is refused, untouched.
+    # The export is encrypted with the old laptop's key: another laptop reads it only
+    # with that laptop's key file and the password of one of its users.
+    assert b"1990-01-01" not in kept
+    refused(inproc("import --db {db} {f}", db=new, f=file), 4, "written by another database")
+    keys = f"{old}.keys"
+    monkeypatch.setenv("CARESYNC_UNLOCK_PASSWORD", "not it")
+    refused(
+        inproc("import --db {db} {f} --key-file {k}", db=new, f=file, k=keys),
+        5,
+        "does not open the database",
+    )
+    monkeypatch.setenv("CARESYNC_UNLOCK_PASSWORD", PASSWORD)
     foreign = clinic.enrol("foreign", username="dr.c", org="clinic-b")
     before = digest(foreign)
-    refused(inproc("import --db {db} {f}", db=foreign, f=file), 5, "clinic-a", "clinic-b")
+    refused(
+        inproc("import --db {db} {f} --key-file {k}", db=foreign, f=file, k=keys),
+        5,
+        "clinic-a",
+        "clinic-b",
+    )
     assert digest(foreign) == before
-
-    damaged = clinic.dir / "damaged.jsonl"
-    damaged.write_bytes(kept[:-20])
+    # Another laptop of the organisation reads it, but cannot push another laptop's
+    # changes (the server would refuse them for good): refused whole, nothing stored.
     before = digest(new)
-    refused(inproc("import --db {db} {f}", db=new, f=damaged), 4)
+    refused(
+        inproc("import --db {db} {f} --key-file {k}", db=new, f=file, k=keys),
+        2,
+        "written on laptop",
+    )
     assert digest(new) == before
 
-    imported = sh("import --db {db} {f} --json", db=new, f=file).ok().json()
-    assert imported["imported"] == 2
-    assert imported["pending"] == 2
-    # The server takes another laptop's changes only once that laptop is revoked: until
-    # then it could push them itself.
-    refused(inproc("sync --db {db}", db=new), 5, "revoke that laptop first")
-    old_id = sh("status --db {db} --json", db=old).ok().json()["replica_id"]
-    sh("replica revoke --db {db} {r}", db=clinic.db, r=old_id).ok()
-    assert inproc("sync --db {db} --json", db=new).ok().json()["uploaded"] == 2
+    # The old laptop's disk dies: yesterday's backup comes back, and today's export
+    # puts today's work back in its outbox.
+    inproc("login --db {db} --username dr.a", db=yesterday).ok()  # the clinician logs in
+    damaged = clinic.dir / "damaged.jsonl"
+    damaged.write_bytes(kept[:-20])
+    before = digest(yesterday)
+    refused(inproc("import --db {db} {f}", db=yesterday, f=damaged), 4)
+    assert digest(yesterday) == before
+    imported = inproc("import --db {db} {f} --json", db=yesterday, f=file).ok().json()
+    assert imported["imported"] == 1
+    assert imported["pending"] == 1
+    assert inproc("sync --db {db} --json", db=yesterday).ok().json()["uploaded"] == 1
     shown = inproc("record show --db {db} {r} --json", db=clinic.db, r=record_id).ok().json()
     assert shown["fields"]["birthDate"] == "1990-01-01"
 

@@ -1,8 +1,9 @@
 """`caresync import` commits the changes and the conflicts they make in one transaction.
 
 Real SQLite files; no server is needed: a laptop's database is given the
-identity enrolment would have written. The export comes from another
-laptop's store, as `caresync export` writes it.
+identity enrolment would have written. The export holds this laptop's own work
+from before its database was restored from a backup (a laptop imports only its
+own changes), as `caresync export` writes it.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ ORG = "clinic-a"
 
 
 async def enrolled_laptop(path: Path) -> None:
-    """A laptop database bound to ``ORG`` (what `caresync enrol` leaves behind)."""
+    """A laptop database bound to ``ORG`` (what `caresync enrol` leaves behind), where
+    dr.a and dr.b have logged in (dr.b last)."""
     async with SQLiteStore.open(path) as store:
         await store.set_identity(
             Identity("laptop-new", "laptop", server_id="server-1", organisation=ORG)
         )
+    async with await Replica.open(path) as replica:
+        for user in ("dr.a", "dr.b"):  # as their online logins leave it
+            await replica.logins.logged_in_online(user, "a password")
 
 
 async def export_of(path: Path, *records: Record) -> None:
-    """What an old laptop that wrote ``records`` would export (every update unsynced)."""
+    """What the laptop that wrote ``records`` would have exported (every update unsynced)."""
     old = MemoryStore()
     for record in records:
         await old.write_local(
@@ -43,7 +48,6 @@ async def laptop_that_changed(laptop: Path, patient: Record) -> None:
     """The laptop holds the patient (from a sync) and changes the birth date."""
     await enrolled_laptop(laptop)
     async with await Replica.open(laptop) as replica:
-        await replica.logins.logged_in_online("dr.b", "a password")  # as a sync leaves it
         await replica.store.write_remote(
             [IncomingUpdate(patient.record_id, patient.update_since(), (), ORG)]
         )
@@ -53,9 +57,9 @@ async def laptop_that_changed(laptop: Path, patient: Record) -> None:
 
 def test_an_imported_disagreement_is_listed_right_after(tmp_path: Path) -> None:
     laptop = tmp_path / "laptop.db"
-    old = Record.create(replica="laptop-old")
+    old = Record.create(replica="laptop-new")  # written here, before a restore
     asyncio.run(laptop_that_changed(laptop, old))
-    old.set("birthDate", "1990-01-01", author="dr.a")  # meanwhile, on the old laptop
+    old.set("birthDate", "1990-01-01", author="dr.a")  # before the restore, on this laptop
     file = tmp_path / "unsynced.jsonl"
     asyncio.run(export_of(file, old))
 
@@ -72,9 +76,9 @@ async def test_a_new_record_with_a_conflict_has_its_rows_in_the_same_commit(
 ) -> None:
     laptop = tmp_path / "laptop.db"
     await enrolled_laptop(laptop)
-    # Made on two old laptops and merged there: the record is new to this one.
-    a = Record.create(replica="laptop-a")
-    b = Record.from_update(a.record_id, a.update_since(), replica="laptop-b")
+    # Made twice on this laptop before its restore, merged: the restored copy lacks it.
+    a = Record.create(replica="laptop-new")
+    b = Record.from_update(a.record_id, a.update_since(), replica="laptop-new")
     a.set("birthDate", "1980-01-01", author="dr.a")
     b.set("birthDate", "1981-01-01", author="dr.b")
     a.apply_update(b.update_since())
@@ -110,7 +114,7 @@ def test_a_file_that_does_not_apply_is_refused_before_anything_is_written(
 ) -> None:
     laptop, file = tmp_path / "laptop.db", tmp_path / "unsynced.jsonl"
     # Updates filed under one record's id that belong to another record.
-    claimed, actual = Record.create(replica="laptop-a"), Record.create(replica="laptop-a")
+    claimed, actual = Record.create(replica="laptop-new"), Record.create(replica="laptop-new")
     asyncio.run(refused_setup(laptop, file, claimed, actual))
     before = digest(laptop)
     result = inproc("import --db {db} {f}", db=laptop, f=file)

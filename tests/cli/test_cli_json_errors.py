@@ -131,8 +131,11 @@ def test_plain_ws_to_another_machine_is_refused_naming_the_option(tmp_path: Path
 
 
 def test_enrol_on_an_enrolled_laptop_says_so_and_exist_ok_syncs(clinic: Clinic) -> None:
-    laptop = clinic.enrol("twice")
+    laptop = clinic.dir / "twice.db"
+    # Plain (not encrypted): then the refusal of another organisation's user is the
+    # server's, not the laptop's (dr.c has no copy of an encrypted laptop's key).
     enrol = "enrol --db {db} --server {url} --org clinic-a --username dr.a"
+    inproc(enrol + " --no-encrypt", db=laptop, url=clinic.url).ok()
     again = inproc(enrol, db=laptop, url=clinic.url)
     assert again.code == ExitCode.USAGE
     line = again.error_line()

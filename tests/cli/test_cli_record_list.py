@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.cli.clitools import files_at, inproc, sh
+from tests.cli.clitools import PASSWORD, files_at, inproc, sh
 from tests.cli.conftest import Clinic
 
 from caresync.cli.errors import ExitCode
@@ -87,7 +87,7 @@ def test_conflicts_json_carries_the_python_name_of_the_field(clinic: Clinic) -> 
     assert conflict["path"] == "birthDate"  # the documented key scripts read, kept
 
     async def python_view() -> str:
-        async with await Replica.open(south) as replica:
+        async with await Replica.open(south, password=PASSWORD) as replica:
             [found] = await replica.conflicts(rid)
             return found.subject
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cli.clitools import ServerProcess, inproc, sh
+import pytest
+from tests.cli.clitools import PASSWORD, ServerProcess, inproc, sh
 from tests.cli.conftest import Clinic
 
 OTHER_KEY = "SHA256:" + "A" * 43  # a well-formed fingerprint of some other key
@@ -91,14 +92,17 @@ def test_a_disabled_account_cannot_log_in_until_enabled(clinic: Clinic) -> None:
     assert missing.code == 3
 
 
-def test_a_new_password_ends_the_session(clinic: Clinic) -> None:
+def test_a_new_password_ends_the_session(clinic: Clinic, monkeypatch: pytest.MonkeyPatch) -> None:
     laptop = clinic.enrol("new-password", username="dr.b")
     inproc("sync --db {db} --json", db=laptop).ok()
     inproc(
         "user passwd --db {db} --org clinic-a --username dr.b", db=clinic.db, password="changed"
     ).ok()
     assert inproc("sync --db {db} --json", db=laptop).code != 0
-    inproc("sync --db {db} --username dr.b --json", db=laptop, password="changed").ok()
+    # The laptop's database still opens with the old password, this once (--unlock).
+    monkeypatch.setenv("CARESYNC_UNLOCK_PASSWORD", PASSWORD)
+    login = "sync --db {db} --username dr.b --unlock --json"
+    inproc(login, db=laptop, password="changed").ok()
 
 
 def test_conflicts_list_has_a_place_for_what_a_laptop_kept_aside(clinic: Clinic) -> None:

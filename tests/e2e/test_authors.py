@@ -19,6 +19,7 @@ import caresync.logins as logins_module
 from caresync.cli.transfer import import_file
 from caresync.exceptions import (
     AuthorError,
+    InvalidInputError,
     NotLoggedInError,
     SyncRefusedError,
 )
@@ -155,33 +156,43 @@ async def test_the_server_refuses_changes_another_replica_wrote(tmp_path: Path) 
         await server.close()
 
 
-async def test_a_revoked_laptops_work_is_carried_by_a_colleagues_laptop(tmp_path: Path) -> None:
+async def test_no_laptop_pushes_another_laptops_changes_even_a_revoked_ones(
+    tmp_path: Path,
+) -> None:
     server = await start_server(tmp_path)
     lost = await enrolled(tmp_path, server, "lost")  # dr.a's
-    rescuer = await enrolled(tmp_path, server, "rescuer", user="dr.b")
+    other = await enrolled(tmp_path, server, "other", user="dr.b")
     try:
         record_id = await lost.create_record()
         await lost.set(record_id, "birthDate", "1990-01-01")
-        await lost.sync()  # its Yjs client is now bound to it on the server
-        await lost.set(record_id, "weightKg", 64)  # then offline work, never pushed
+        await lost.sync()
+        await lost.set(record_id, "weightKg", 64)  # offline work, never pushed
         export = tmp_path / "unsynced.jsonl"
         await lost.store.export_unsynced(export)
-        await import_file(rescuer, str(export))
-
-        # Not while the lost laptop could still push for itself.
-        with pytest.raises(SyncRefusedError, match="revoke that laptop first"):
-            await rescuer.sync()
-        assert await _server_field(server, record_id, "weightKg") is None
-
         await server.revoke(lost.replica_id)
-        await rescuer.sync()
-        assert await _server_field(server, record_id, "weightKg") == 64
-        assert (await rescuer.status()).pending == 0
-        history = (await rescuer.record(record_id)).history("weightKg")
-        assert [(rev.author, rev.replica) for rev in history] == [("dr.a", lost.replica_id)]
+
+        # The import refuses it whole (pushed, the server would refuse it for good).
+        pending = (await other.status()).pending
+        with pytest.raises(InvalidInputError, match="written on laptop"):
+            await import_file(other, str(export))
+        assert (await other.status()).pending == pending
+
+        # A modified client that writes in the revoked laptop's name is refused too:
+        # a revision's replica field proves nothing.
+        await other.sync()
+        head = await server.store.feed_head()
+        forged = Record.create(replica=lost.replica_id, record_id=record_id)
+        forged.set("allergies-note", "none known", author="dr.a")
+        await other.store.write_local(
+            record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
+        )
+        with pytest.raises(SyncRefusedError, match="pushes only its own changes"):
+            await other.sync()
+        assert await server.store.feed_head() == head
+        assert await _server_field(server, record_id, "allergies-note") is None
     finally:
         await lost.close()
-        await rescuer.close()
+        await other.close()
         await server.close()
 
 
@@ -228,5 +239,28 @@ async def test_a_fhir_import_is_written_as_the_account_logged_in(tmp_path: Path)
         assert await _server_field(server, record_id, "name") == "Awa Ba"
     finally:
         await source.close()
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_refused_push_does_not_undo_a_password_login(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    laptop = await Replica.open(tmp_path / "laptop.db", username="dr.a", password=PASSWORD)
+    await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+    try:
+        assert laptop.encrypted
+        record_id = await laptop.create_record()
+        forged = Record.create(replica=laptop.replica_id, record_id=record_id)
+        forged.set("weightKg", 80, author="dr.nobody")  # a push the server refuses
+        await laptop.store.write_local(
+            record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
+        )
+        with pytest.raises(SyncRefusedError):
+            await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
+        # dr.b's password was right: dr.b is logged in, and holds a copy of the key.
+        assert laptop.user == "dr.b"
+        assert laptop.logins.database_key is not None
+        assert laptop.logins.database_key.ring.users() == ["dr.a", "dr.b"]
+    finally:
         await laptop.close()
         await server.close()

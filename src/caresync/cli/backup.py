@@ -16,8 +16,10 @@ mode 0600 (only its owner may read it) before anything is written into it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -26,7 +28,9 @@ from typing import Any
 from caresync.cli.common import add_db, add_json, path, run
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
-from caresync.storage import Identity, SQLiteStore
+from caresync.cli.password import read_password
+from caresync.storage import Identity, SQLiteStore, key_file_for
+from caresync.storage.laptop_key import is_encrypted, unlock_laptop_key
 from caresync.storage.unsynced import PRIVATE_FILE_MODE
 
 __all__ = ["register"]
@@ -49,12 +53,19 @@ def register(commands: Any) -> None:
 
 def _backup(args: argparse.Namespace, out: Output) -> int:
     source, target = Path(args.db), Path(args.out)
+    key: bytes | None = None
+    if is_encrypted(source):  # an encrypted laptop: its copy is encrypted with its key
+        password = read_password(f"Password to open {source} (a user who logged in there): ")
+        key = unlock_laptop_key(source, password).key
     # Recognise the source first (missing, not caresync's: refused, nothing made).
-    identity = run(_identity(source))
+    identity = run(_identity(source, key))
     if target.exists():
         raise CliError(f"{target} exists; a backup never overwrites a file", ExitCode.DATABASE)
-    _copy(source, target)
-    copied, problems, records, feed_head = run(_verify(target))
+    if key is None:
+        _copy(source, target)
+    else:
+        run(_copy_encrypted(source, target, key))
+    copied, problems, records, feed_head = run(_verify(target, key))
     if copied != identity or problems:
         why = "; ".join(problems[:3]) or "its identity differs from the original's"
         raise CliError(
@@ -75,13 +86,37 @@ def _backup(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-async def _identity(path: Path) -> Identity | None:
-    async with SQLiteStore.open(path, create=False, read_only=True) as store:
+async def _identity(path: Path, key: bytes | None) -> Identity | None:
+    async with SQLiteStore.open(path, create=False, read_only=True, key=key) as store:
         return await store.get_identity()
 
 
-async def _verify(path: Path) -> tuple[Identity | None, list[str], int, int]:
-    async with SQLiteStore.open(path, create=False, read_only=True) as copy:
+async def _copy_encrypted(source: Path, target: Path, key: bytes) -> None:
+    """The copy of an encrypted database, encrypted with the same key, and its key
+    file beside it (the same wrapped copies: the same passwords open both)."""
+    keys = key_file_for(target)
+    if keys.exists():
+        raise CliError(f"{keys} exists; a backup never overwrites a file", ExitCode.DATABASE)
+    async with SQLiteStore.open(source, create=False, read_only=True, key=key) as store:
+        await store.backup(target)
+    await asyncio.to_thread(_copy_key_file, key_file_for(source), keys)
+
+
+def _copy_key_file(source: Path, keys: Path) -> None:
+    partial = _new_private_file(keys)
+    try:
+        shutil.copyfile(source, partial)  # into the 0600 file made for it
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.link(partial, keys)  # never over an existing file
+    except OSError as exc:
+        raise CliError(f"copying the key file to {keys} failed: {exc}", ExitCode.DATABASE) from exc
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+async def _verify(path: Path, key: bytes | None) -> tuple[Identity | None, list[str], int, int]:
+    async with SQLiteStore.open(path, create=False, read_only=True, key=key) as copy:
         return (
             await copy.get_identity(),
             await copy.check(),

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from caresync.cli.errors import CliError
+from caresync.cli.password import read_password
 from caresync.conflicts import (
     DEFAULT_RULEBOOK,
     Conflict,
@@ -34,6 +36,7 @@ from caresync.listing import ConflictListing
 from caresync.pool import RecordPool
 from caresync.replica import Replica
 from caresync.storage import ConflictRow, Identity, SQLiteStore
+from caresync.storage.laptop_key import is_encrypted, unlock_laptop_key
 
 __all__ = [
     "LaptopReader",
@@ -49,7 +52,7 @@ __all__ = [
 ]
 
 # Files SQLite and the store keep beside a database.
-_SIDE_FILES = ("-wal", "-shm", "-journal", "-writer.lock")
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-writer.lock", ".keys")
 
 
 def files_before(db: Path) -> dict[str, bool]:
@@ -100,9 +103,39 @@ def rulebook() -> Rulebook:
     return _rulebook
 
 
-async def open_laptop(path: str | Path, *, create: bool = False) -> Replica:
-    """A laptop's replica for writing (created only with ``create``)."""
-    return await Replica.open(path, create=create, rulebook=_rulebook)
+async def open_laptop(
+    path: str | Path,
+    *,
+    create: bool = False,
+    username: str | None = None,
+    password: str | None = None,
+    encrypt: bool = True,
+) -> Replica:
+    """A laptop's replica for writing (created only with ``create``).
+
+    An encrypted laptop database opens with the password of a user who logged in
+    on it (``password``, else from CARESYNC_PASSWORD or a prompt); a new one is
+    made encrypted for ``username`` when ``password`` is given (unless
+    ``encrypt=False``).
+    """
+    if password is None:
+        password = await database_password(path)
+    return await Replica.open(
+        path,
+        create=create,
+        rulebook=_rulebook,
+        username=username,
+        password=password,
+        encrypt=encrypt,
+    )
+
+
+async def database_password(path: str | Path) -> str | None:
+    """The password that opens ``path`` if it is encrypted (asked, or from the
+    environment), None for a plain database."""
+    if not await asyncio.to_thread(is_encrypted, path):
+        return None
+    return read_password(f"Password to open {path} (a user who logged in there): ")
 
 
 async def open_server_store(
@@ -212,12 +245,20 @@ Reader = LaptopReader | ServerReader
 
 async def open_reader(path: str | Path) -> Reader:
     """Read-only access to a laptop's or a server's database (works while its writer runs)."""
-    store = await SQLiteStore.open(path, create=False, read_only=True)
+    password = await database_password(path)
+    key = None
+    if password is not None:
+        key = await asyncio.to_thread(unlock_laptop_key, path, password)
+    store = await SQLiteStore.open(
+        path, create=False, read_only=True, key=None if key is None else key.key
+    )
     try:
         identity = await _identity(store, path)
         if identity.role == "server":
             return ServerReader(store, identity)
-        return LaptopReader(await Replica.from_store(store, identity, rulebook=_rulebook))
+        return LaptopReader(
+            await Replica.from_store(store, identity, rulebook=_rulebook, database_key=key)
+        )
     except BaseException:
         await store.close()
         raise

@@ -50,7 +50,7 @@ def _login(args: argparse.Namespace, out: Output) -> int:
     password = read_password(f"Password for {args.username}: ")
 
     async def go() -> dict[str, Any]:
-        async with await open_laptop(args.db) as replica:
+        async with await open_laptop(args.db, username=args.username, password=password) as replica:
             await replica.login_offline(args.username, password)
             return {
                 "username": args.username,

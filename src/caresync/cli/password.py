@@ -14,24 +14,28 @@ import sys
 from caresync.cli.errors import CliError, ExitCode
 from caresync.protocol.messages import MAX_PASSWORD_LENGTH
 
-__all__ = ["PASSWORD_ENV", "read_password"]
+__all__ = ["PASSWORD_ENV", "UNLOCK_PASSWORD_ENV", "read_password"]
 
 PASSWORD_ENV = "CARESYNC_PASSWORD"
+UNLOCK_PASSWORD_ENV = "CARESYNC_UNLOCK_PASSWORD"
+"""A password that opens a laptop's encrypted database when the one logging in does not
+yet: the user's previous password after a change, or a colleague's for a first login."""
 
 
-def read_password(prompt: str, *, confirm: bool = False) -> str:
-    """The password from ``CARESYNC_PASSWORD``, else asked on the terminal.
+def read_password(prompt: str, *, confirm: bool = False, env: str = PASSWORD_ENV) -> str:
+    """The password from the environment variable ``env`` (``CARESYNC_PASSWORD``), else
+    asked on the terminal.
 
     ``confirm`` asks twice (for a new password) and refuses a mismatch.
     """
-    from_env = os.environ.get(PASSWORD_ENV)
+    from_env = os.environ.get(env)
     if from_env is not None:
         if not from_env:
-            raise CliError(f"{PASSWORD_ENV} is set but empty", ExitCode.USAGE)
-        return _checked(from_env, f"the password in {PASSWORD_ENV}")
+            raise CliError(f"{env} is set but empty", ExitCode.USAGE)
+        return _checked(from_env, f"the password in {env}")
     if not sys.stdin or not sys.stdin.isatty():
         raise CliError(
-            f"a password is needed: set {PASSWORD_ENV} or run this in a terminal to be asked",
+            f"a password is needed: set {env} or run this in a terminal to be asked",
             ExitCode.USAGE,
         )
     try:

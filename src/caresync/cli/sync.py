@@ -27,7 +27,7 @@ from caresync.cli.databases import files_before, open_laptop, remove_if_new
 from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
 from caresync.cli.live import mark_live
 from caresync.cli.output import Output, iso_ms
-from caresync.cli.password import PASSWORD_ENV, read_password
+from caresync.cli.password import PASSWORD_ENV, UNLOCK_PASSWORD_ENV, read_password
 from caresync.cli.progress import copy_progress
 from caresync.credentials import parse_fingerprint
 from caresync.exceptions import AuthenticationError, CaresyncError, InvalidInputError
@@ -67,6 +67,12 @@ def register(commands: Any) -> None:
     _add_cafile(enrol)
     _add_insecure(enrol)
     enrol.add_argument(
+        "--no-encrypt",
+        action="store_true",
+        help="make a new laptop database a plain SQLite file (by default it is encrypted, "
+        "its key unlocked by the password of a user who logged in on it)",
+    )
+    enrol.add_argument(
         "--exist-ok",
         action="store_true",
         help="a laptop already enrolled to this organisation is not an error: it syncs with "
@@ -92,6 +98,15 @@ def register(commands: Any) -> None:
         "is refused before anything moves)",
     )
     sync.add_argument("--username", type=username, help="log in with a password")
+    sync.add_argument(
+        "--unlock",
+        action="store_true",
+        help="open the laptop's encrypted database with another password than the one "
+        f"--username logs in with (from {UNLOCK_PASSWORD_ENV} or asked): your previous one "
+        "after a password change, or that of a user who logged in here before, for your "
+        "first login; from then on your password opens it too (and a previous one of "
+        "yours no longer does)",
+    )
     sync.add_argument(
         "--live",
         action="store_true",
@@ -153,7 +168,13 @@ def _enrol(args: argparse.Namespace, out: Output) -> int:
 
     async def go() -> dict[str, Any]:
         nonlocal bound
-        replica = await open_laptop(db, create=True)
+        replica = await open_laptop(
+            db,
+            create=True,
+            username=args.username,
+            password=password,
+            encrypt=not args.no_encrypt,
+        )
         try:
             if replica.enrolled:
                 return await _enrolled_already(replica, args, password, context, out)
@@ -238,12 +259,13 @@ def _sync(args: argparse.Namespace, out: Output) -> int:
     password = None
     if args.username is not None:
         password = read_password(f"Password for {args.username}: ")
+    opener = _opening_password(args, password)
     if args.live:
-        run(_live(args, out, password))
+        run(_live(args, out, password, opener))
         return 0
 
     async def go() -> dict[str, Any]:
-        async with await open_laptop(args.db) as replica:
+        async with await open_laptop(args.db, password=opener) as replica:
             target = args.server or replica.identity.server_url or ""
             context = _ssl_for(target, args.cafile) if target else None
             try:
@@ -315,10 +337,25 @@ def _render(verb: str) -> Any:
 # ---------------------------------------------------------------------- live
 
 
-async def _live(args: argparse.Namespace, out: Output, password: str | None) -> None:
+def _opening_password(args: argparse.Namespace, password: str | None) -> str | None:
+    """The password that opens an encrypted laptop database for this sync (None: ask
+    only if it is encrypted): with --unlock another one, else the login's."""
+    if not args.unlock:
+        return password
+    if args.username is None:
+        raise CliError("--unlock opens the database for a password login: give --username too")
+    return read_password(
+        f"A password that opens {args.db} now (yours before a change, or a colleague's): ",
+        env=UNLOCK_PASSWORD_ENV,
+    )
+
+
+async def _live(
+    args: argparse.Namespace, out: Output, password: str | None, opener: str | None
+) -> None:
     """``sync --live``: stay connected until a signal; every state change is a line."""
     with stop_on_signals() as stop:
-        async with await open_laptop(args.db) as replica:
+        async with await open_laptop(args.db, password=opener) as replica:
             target = args.server or replica.identity.server_url or ""
             context = _ssl_for(target, args.cafile) if target else None
             if args.username is not None:  # log in online once; live mode resumes that session

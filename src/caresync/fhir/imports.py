@@ -363,7 +363,11 @@ def charts_from_resources(found: Sequence[FoundResource]) -> ImportPlan:
         own = _identifier(item.resource, ENTRY_SYSTEM) or ""
         addendum_id = own.rpartition("/")[2] if "/addenda/" in own else entry_id
         note_key = (record_id, NOTES_COLLECTION, note[1])
-        parent = entries[note_key]
+        parent = entries.get(note_key)
+        if parent is None:  # it appends to an addendum (or to itself), not to a note
+            raise InvalidFhirError(
+                f"{_name(item)} appends to {target[:120]!r}, which is an addendum, not a note"
+            )
         entries[note_key] = ChartEntry(
             parent.collection,
             parent.entry_id,

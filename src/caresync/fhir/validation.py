@@ -59,6 +59,11 @@ def validate_resource(resource: Mapping[str, Any], where: str) -> None:
         raise InvalidFhirError(f"{where} ({kind}): {_describe(exc)}") from None
     except RecursionError:
         raise InvalidFhirError(f"{where} ({kind}): nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - the model library's own faults on odd input
+        # (a KeyError or TypeError from deep inside it): the file is refused all the same.
+        raise InvalidFhirError(
+            f"{where} ({kind}): the FHIR model library could not read it ({type(exc).__name__})"
+        ) from None
 
 
 def _describe(error: ValueError) -> str:

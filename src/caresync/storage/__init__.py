@@ -21,13 +21,27 @@ from caresync.storage.base import (
     own_identity,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
-from caresync.storage.keyring import KdfParams, KeyRing, key_file_for, server_database_key
+from caresync.storage.keyring import (
+    DEFAULT_KDF,
+    KdfParams,
+    KeyRing,
+    key_file_for,
+    server_database_key,
+)
+from caresync.storage.laptop_key import (
+    LaptopKey,
+    create_laptop_key,
+    is_encrypted,
+    unlock_key_file,
+    unlock_laptop_key,
+)
 from caresync.storage.memory import MemoryStore
 from caresync.storage.schema import SCHEMA_VERSION
 from caresync.storage.sqlite import SQLiteStore
 from caresync.storage.unsynced import EXPORT_FORMAT, EXPORT_VERSION
 
 __all__ = [
+    "DEFAULT_KDF",
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
     "SCHEMA_VERSION",
@@ -39,6 +53,7 @@ __all__ = [
     "IncomingUpdate",
     "KdfParams",
     "KeyRing",
+    "LaptopKey",
     "MemoryStore",
     "OutboxItem",
     "OutboxSummary",
@@ -51,6 +66,10 @@ __all__ = [
     "Store",
     "StoreOpener",
     "UserAccount",
+    "create_laptop_key",
+    "is_encrypted",
     "key_file_for",
     "server_database_key",
+    "unlock_key_file",
+    "unlock_laptop_key",
 ]

@@ -104,9 +104,9 @@ class KdfParams:
 
     def __post_init__(self) -> None:
         for name, value, low, high in (
-            ("time_cost", self.time_cost, 1, 64),
+            ("time_cost", self.time_cost, 1, 16),
             ("parallelism", self.parallelism, 1, 64),
-            ("memory_kib", self.memory_kib, 8, 4 * 1024 * 1024),
+            ("memory_kib", self.memory_kib, 8, 1024 * 1024),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise InvalidInputError(f"argon2 {name} must be an integer from {low} to {high}")
@@ -434,7 +434,7 @@ def _parse(path: Path, data: bytes) -> tuple[bytes, dict[str, _Wrap]]:
 
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("not JSON") from None
     if not isinstance(obj, dict) or obj.get("format") != KEYRING_FORMAT:
         raise bad("not a key file")

@@ -324,7 +324,7 @@ def _line(obj: dict[str, object]) -> bytes:
 def _json_object(line: bytes) -> dict[str, object] | None:
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
