@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from caresync.exceptions import ExportFileError, InvalidFhirError, KeyFileError
-from caresync.fhir import plan_import
+from caresync.fhir import import_fhir, plan_import
+from caresync.replica import Replica
 from caresync.storage import KeyRing
 from caresync.storage.unsynced import read_export_file
 
@@ -77,3 +78,30 @@ def test_an_export_nested_too_deep_is_an_export_file_error(tmp_path: Path) -> No
     export.write_text("[" * 200_000 + "\n")
     with pytest.raises(ExportFileError):
         read_export_file(export)
+
+
+async def test_two_sources_patient_1_never_merges_two_people(tmp_path: Path) -> None:
+    """Two files whose Patients share an id but are different people: the second import
+    is refused whole, and the first record keeps its person."""
+    pytest.importorskip("fhir.resources")
+
+    def patient_file(url: str, name: str, born: str) -> bytes:
+        resource = {"resourceType": "Patient", "id": "1", "name": [{"text": name}]}
+        resource["birthDate"] = born
+        bundle = {"resourceType": "Bundle", "type": "collection"}
+        bundle["entry"] = [{"fullUrl": url, "resource": resource}]
+        return json.dumps(bundle).encode()
+
+    first = patient_file("https://hospital-a.example/fhir/Patient/1", "Awa Ba", "1950-01-01")
+    second = patient_file("https://lab-b.example/fhir/Patient/1", "Moussa Diop", "2019-05-05")
+    async with await Replica.open(tmp_path / "laptop.db") as laptop:
+        [record_id] = (await import_fhir(laptop, first, author="dr.a")).record_ids
+        pending = (await laptop.status()).pending
+        with pytest.raises(InvalidFhirError, match="another person"):
+            await import_fhir(laptop, second, author="dr.a")
+        assert (await laptop.status()).pending == pending
+        view = await laptop.record(record_id)
+        assert (view.value("name"), view.value("birthDate")) == ("Awa Ba", "1950-01-01")
+        # The same person again (an update from the same source) is taken.
+        again = patient_file("https://hospital-a.example/fhir/Patient/1", "Awa Ba", "1950-01-01")
+        assert (await import_fhir(laptop, again, author="dr.a")).record_ids == [record_id]

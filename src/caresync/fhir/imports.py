@@ -62,6 +62,9 @@ class ImportPlan:
     ignored: Mapping[str, int] = field(default_factory=dict)
     """Resource type -> how many of the file's resources of that type were not imported
     (Provenance and DetectedIssue are the export's own; see docs/fhir.md)."""
+    derived: frozenset[str] = frozenset()
+    """Records whose id was derived from the Patient's id (the file names no caresync
+    record id): such a record is only updated if it is plainly the same person."""
 
 
 @dataclass(slots=True)
@@ -386,7 +389,12 @@ def charts_from_resources(found: Sequence[FoundResource]) -> ImportPlan:
             by_record.get(record_id, ()), key=lambda e: (e.collection, e.entry_id)
         )
         result.append(Chart(record_id, chart.fields, chart.contested, tuple(chart_entries)))
-    return ImportPlan(tuple(result), dict(sorted(ignored.items())))
+    derived = frozenset(
+        rid
+        for rid, item in patient_found.items()
+        if _identifier(item.resource, RECORD_SYSTEM) is None
+    )
+    return ImportPlan(tuple(result), dict(sorted(ignored.items())), derived)
 
 
 def _patient_identifiers(patient: Resource) -> dict[str, JSONValue]:
@@ -515,3 +523,26 @@ def _write(
         return False
     record.set(path, value, author=author)
     return True
+
+
+IDENTITY_FIELDS = ("name", "birthDate")
+"""What must agree before a file's Patient updates a record found by a derived id."""
+
+
+def check_same_person(chart: Chart, record: Record) -> None:
+    """Refuse (InvalidFhirError) to update ``record`` from a chart that is plainly another
+    person: a name or birth date both hold, and that differ. Two sources' ``Patient/1``
+    derive the same record id; writing one into the other would merge two patients."""
+    for name in IDENTITY_FIELDS:
+        if name not in chart.fields:
+            continue
+        state = record.get(name)
+        if not state.exists or state.in_conflict:
+            continue
+        if canonical_json(state.value) != canonical_json(chart.fields[name]):
+            raise InvalidFhirError(
+                f"the file's Patient for record {chart.record_id} has another {name} than "
+                "that record: it looks like another person (two sources may use the same "
+                "Patient id); nothing was imported. To update that record, import a file that "
+                "names its caresync record id (an export of it)"
+            )

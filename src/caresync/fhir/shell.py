@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caresync.fhir.export import bundle_for_record
-from caresync.fhir.imports import AppliedChart, ImportPlan, apply_chart, charts_from_resources
+from caresync.fhir.imports import (
+    AppliedChart,
+    ImportPlan,
+    apply_chart,
+    charts_from_resources,
+    check_same_person,
+)
 from caresync.fhir.reading import read_fhir
 from caresync.fhir.validation import require_models
 from caresync.records import Record
@@ -89,6 +95,8 @@ async def import_fhir(
             contested: dict[str, str] = {}
         else:
             record = Record.from_update(chart.record_id, before, replica=replica.replica_id)
+            if chart.record_id in plan.derived:
+                check_same_person(chart, record)
             state_vector = record.state_vector()
             contested = {p: c.id for p, c in replica.rulebook.contested(record).items()}
         with record.batch():
