@@ -337,13 +337,17 @@ class SyncServer:
         security_poll_s: float = SECURITY_POLL_S,
         live_queue_entries: int = LIVE_QUEUE_ENTRIES,
         live_queue_bytes: int = LIVE_QUEUE_BYTES,
+        key: bytes | None = None,
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
         The options are those of the constructor. A database whose conflict index
         another rulebook computed is re-indexed first (see :mod:`caresync.index`).
+        ``key`` (32 bytes; :func:`caresync.storage.server_database_key` reads one
+        from a file or the environment) opens, or creates, the database encrypted
+        at rest (SQLCipher).
         """
-        store = await SQLiteStore.open(path)
+        store = await SQLiteStore.open(path, key=key)
         try:
             identity = await own_identity(store, "server", id_prefix="server", where=path)
             if server_key is None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from caresync.cli.common import add_db, add_json, path, run
+from caresync.cli.databases import server_key_for
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.cli.password import read_password
@@ -57,6 +58,8 @@ def _backup(args: argparse.Namespace, out: Output) -> int:
     if is_encrypted(source):  # an encrypted laptop: its copy is encrypted with its key
         password = read_password(f"Password to open {source} (a user who logged in there): ")
         key = unlock_laptop_key(source, password).key
+    else:  # an encrypted server's key comes from CARESYNC_DATABASE_KEY
+        key = run(server_key_for(source))
     # Recognise the source first (missing, not caresync's: refused, nothing made).
     identity = run(_identity(source, key))
     if target.exists():
@@ -92,14 +95,16 @@ async def _identity(path: Path, key: bytes | None) -> Identity | None:
 
 
 async def _copy_encrypted(source: Path, target: Path, key: bytes) -> None:
-    """The copy of an encrypted database, encrypted with the same key, and its key
+    """The copy of an encrypted database, encrypted with the same key, and a laptop's key
     file beside it (the same wrapped copies: the same passwords open both)."""
     keys = key_file_for(target)
-    if keys.exists():
+    laptop = await asyncio.to_thread(key_file_for(source).exists)
+    if laptop and await asyncio.to_thread(keys.exists):
         raise CliError(f"{keys} exists; a backup never overwrites a file", ExitCode.DATABASE)
     async with SQLiteStore.open(source, create=False, read_only=True, key=key) as store:
         await store.backup(target)
-    await asyncio.to_thread(_copy_key_file, key_file_for(source), keys)
+    if laptop:
+        await asyncio.to_thread(_copy_key_file, key_file_for(source), keys)
 
 
 def _copy_key_file(source: Path, keys: Path) -> None:

@@ -35,8 +35,9 @@ from caresync.exceptions import InvalidInputError, StorageError
 from caresync.listing import ConflictListing
 from caresync.pool import RecordPool
 from caresync.replica import Replica
-from caresync.storage import ConflictRow, Identity, SQLiteStore
+from caresync.storage import ConflictRow, Identity, SQLiteStore, server_database_key
 from caresync.storage.laptop_key import is_encrypted, unlock_laptop_key
+from caresync.storage.schema import SQLITE_MAGIC
 
 __all__ = [
     "LaptopReader",
@@ -47,6 +48,7 @@ __all__ = [
     "open_laptop",
     "open_reader",
     "open_server_store",
+    "server_key_for",
     "remove_if_new",
     "files_before",
 ]
@@ -130,6 +132,26 @@ async def open_laptop(
     )
 
 
+async def server_key_for(path: str | Path) -> bytes | None:
+    """The key a server's database opens (or is created) with: from
+    CARESYNC_DATABASE_KEY when it is set and the file is not a plain SQLite one
+    (a plain file, such as a laptop's, opens without it)."""
+    key = server_database_key()
+    if key is None or await asyncio.to_thread(_is_plain_sqlite, Path(path)):
+        return None
+    return key
+
+
+def _is_plain_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except FileNotFoundError:
+        return False  # a new database: made with the key, if one is set
+    except OSError:
+        return True  # unreadable: let the store say why
+
+
 async def database_password(path: str | Path) -> str | None:
     """The password that opens ``path`` if it is encrypted (asked, or from the
     environment), None for a plain database."""
@@ -147,7 +169,11 @@ async def open_server_store(
     :meth:`caresync.storage.SQLiteStore.open`).
     """
     store = await SQLiteStore.open(
-        path, create=False, read_only=read_only, accounts_only=accounts_only
+        path,
+        create=False,
+        read_only=read_only,
+        accounts_only=accounts_only,
+        key=await server_key_for(path),
     )
     try:
         identity = await _identity(store, path)
@@ -250,7 +276,10 @@ async def open_reader(path: str | Path) -> Reader:
     if password is not None:
         key = await asyncio.to_thread(unlock_laptop_key, path, password)
     store = await SQLiteStore.open(
-        path, create=False, read_only=True, key=None if key is None else key.key
+        path,
+        create=False,
+        read_only=True,
+        key=key.key if key is not None else await server_key_for(path),
     )
     try:
         identity = await _identity(store, path)

@@ -18,6 +18,9 @@ from caresync.cli.output import Output
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
+from caresync.storage import server_database_key
+from caresync.storage.keyring import SERVER_KEY_VARIABLE
+from caresync.storage.schema import SQLITE_MAGIC
 
 __all__ = ["LISTENING", "register"]
 
@@ -64,6 +67,19 @@ def register(commands: Any) -> None:
         choices=("debug", "info", "warning", "error"),
         default="info",
         help="the least important log lines written (info)",
+    )
+    serve.add_argument(
+        "--encrypt",
+        action="store_true",
+        help=f"the database is encrypted at rest (SQLCipher) with the key in {SERVER_KEY_VARIABLE} "
+        "or --key-file (64 hex digits); a new one is made encrypted, a plain one is refused",
+    )
+    serve.add_argument(
+        "--key-file",
+        metavar="FILE",
+        type=path,
+        help="the database key, in a file only its owner can read (else from "
+        f"{SERVER_KEY_VARIABLE})",
     )
     add_json(serve)
     serve.set_defaults(handler=_serve)
@@ -128,6 +144,15 @@ def _log_note(message: str) -> None:
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
     context = _tls(args.tls_cert, args.tls_key)
+    key = server_database_key(path=args.key_file)
+    if args.encrypt and key is None:
+        raise CliError(
+            f"--encrypt needs the database key: set {SERVER_KEY_VARIABLE} or give --key-file "
+            '(64 hex digits; make one with: python -c "import secrets; '
+            'print(secrets.token_hex(32))")'
+        )
+    if key is not None and not args.encrypt and Path(args.db).exists() and _plain(args.db):
+        key = None  # a plain database keeps being served plain; --encrypt insists instead
     before = files_before(Path(args.db))
     listening = asyncio.Event()
     restore_logging = _configure_logging(args.log_format, args.log_level)
@@ -138,7 +163,11 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             else AdmissionLimits(max_clock_ahead_ms=int(args.max_clock_ahead * 3_600_000))
         )
         note = _log_note if args.log_format == "json" else out.note
-        run(_run_server(args.db, args.host, args.port, context, out, listening, admission, note))
+        run(
+            _run_server(
+                args.db, args.host, args.port, context, out, listening, admission, note, key
+            )
+        )
     except BaseException:
         if not listening.is_set():  # it never served: a database it made holds nothing
             remove_if_new(Path(args.db), before)
@@ -157,10 +186,12 @@ async def _run_server(
     listening: asyncio.Event,
     admission: AdmissionLimits | None = None,
     note: Callable[[str], None] | None = None,
+    key: bytes | None = None,
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
-        async with await SyncServer.open(db, admission=admission, rulebook=rulebook()) as server:
+        opened = await SyncServer.open(db, admission=admission, rulebook=rulebook(), key=key)
+        async with opened as server:
             listener = await server.serve(host, port, ssl=context)
             listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.
@@ -181,3 +212,8 @@ async def _run_server(
             await stop.wait()
             note("stopping: closing connections and the database")
     note("caresync server stopped")
+
+
+def _plain(db: str) -> bool:
+    with open(db, "rb") as file:
+        return file.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC

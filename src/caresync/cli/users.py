@@ -15,6 +15,7 @@ from caresync.cli.password import PASSWORD_ENV, read_password
 from caresync.exceptions import InvalidInputError
 from caresync.names import check_display_name
 from caresync.server import SyncServer, hash_password
+from caresync.storage import server_database_key
 
 __all__ = ["register"]
 
@@ -108,7 +109,8 @@ def _add(args: argparse.Namespace, out: Output) -> int:
     async def go() -> tuple[str, bool]:
         password_hash = await asyncio.to_thread(hash_password, password)
         if not await asyncio.to_thread(Path(args.db).exists):
-            async with await SyncServer.open(args.db, rulebook=rulebook()) as server:  # new
+            new = await SyncServer.open(args.db, rulebook=rulebook(), key=server_database_key())
+            async with new as server:
                 await server.store.add_user(
                     args.org, args.username, password_hash, display_name=args.name
                 )

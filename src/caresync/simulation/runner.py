@@ -386,15 +386,17 @@ class _Run:
             self.result.conflicts_resolved += 1
 
     async def _sync_all(self, laptops: Sequence[Replica]) -> int:
-        """One sync round of ``laptops`` (bounded concurrency); returns how many updates went up."""
-        uploaded = 0
+        """One sync round of ``laptops``, one after another in their order; returns how
+        many updates went up.
 
-        async def sync(laptop: Replica) -> None:
-            nonlocal uploaded
+        In order, not at once: what a laptop pulls would otherwise depend on which of
+        the others happened to push first, and so would the conflicts it settles in the
+        next round. In order, a seed gives one outcome, on a busy machine too.
+        """
+        uploaded = 0
+        for laptop in laptops:
             report = await _within(laptop.sync(), f"{laptop.replica_id} syncing")
             uploaded += report.uploaded
             self.observer.advance()
-
-        await self._each(laptops, sync)
         self.result.sync_rounds += 1
         return uploaded
