@@ -278,12 +278,13 @@ class Gatekeeper:
         laptop's, such as its secret; a revision's ``r`` field alone proves
         nothing, since any laptop can write any name there.)
         """
-        for replica_id in sorted(set(replica_ids) - {pusher}):
-            return (
-                f"it holds changes written on replica {shown(replica_id)}, not on this one "
-                f"({pusher}); a replica pushes only its own changes"
-            )
-        return None
+        others = sorted(set(replica_ids) - {pusher})
+        if not others:
+            return None
+        return (
+            f"it holds changes written on replica {shown(others[0])}, not on this one "
+            f"({pusher}); a replica pushes only its own changes"
+        )
 
     async def unknown_author(self, revisions: Sequence[tuple[str, Revision]]) -> str | None:
         """Why a revision's author may not have written it, or None if every one may.

@@ -1037,6 +1037,8 @@ class SyncServer:
     ) -> None:
         """Raise _Forbidden unless every revision was written on this replica by an
         account that logged in there."""
+        if not revisions:  # a batch sent again adds none: no store query for it
+            return
         pusher = conn.protocol.replica_id or ""
         why = self.gate.foreign_writers(pusher, {rev.replica for _rid, rev in revisions})
         if why is None:
@@ -1096,9 +1098,12 @@ class SyncServer:
         """
         size = sum(len(update) for _seq, _rid, update in entries)
         for conn in self._connections:
-            if conn is source or conn.writer is None or conn.organisation != source.organisation:
-                continue
-            if conn.dropped:
+            if (
+                conn is source
+                or conn.writer is None
+                or conn.dropped
+                or conn.organisation != source.organisation
+            ):
                 continue
             if (
                 conn.queued_entries + len(entries) > self.live_queue_entries

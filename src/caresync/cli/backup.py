@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from caresync.cli.common import add_db, add_json, path, run
-from caresync.cli.databases import server_key_for
+from caresync.cli.databases import store_key
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
-from caresync.cli.password import read_password
 from caresync.storage import Identity, SQLiteStore, key_file_for
-from caresync.storage.laptop_key import is_encrypted, unlock_laptop_key
 from caresync.storage.unsynced import PRIVATE_FILE_MODE
 
 __all__ = ["register"]
@@ -54,12 +52,7 @@ def register(commands: Any) -> None:
 
 def _backup(args: argparse.Namespace, out: Output) -> int:
     source, target = Path(args.db), Path(args.out)
-    key: bytes | None = None
-    if is_encrypted(source):  # an encrypted laptop: its copy is encrypted with its key
-        password = read_password(f"Password to open {source} (a user who logged in there): ")
-        key = unlock_laptop_key(source, password).key
-    else:  # an encrypted server's key comes from CARESYNC_DATABASE_KEY
-        key = run(server_key_for(source))
+    key = run(store_key(source))  # an encrypted copy is encrypted with the same key
     # Recognise the source first (missing, not caresync's: refused, nothing made).
     identity = run(_identity(source, key))
     if target.exists():

@@ -36,7 +36,7 @@ from caresync.listing import ConflictListing
 from caresync.pool import RecordPool
 from caresync.replica import Replica
 from caresync.storage import ConflictRow, Identity, SQLiteStore, server_database_key
-from caresync.storage.laptop_key import is_encrypted, unlock_laptop_key
+from caresync.storage.laptop_key import LaptopKey, is_encrypted, unlock_laptop_key
 from caresync.storage.schema import SQLITE_MAGIC
 
 __all__ = [
@@ -47,8 +47,11 @@ __all__ = [
     "ServerReader",
     "open_laptop",
     "open_reader",
+    "is_plain_sqlite",
+    "laptop_key",
     "open_server_store",
     "server_key_for",
+    "store_key",
     "remove_if_new",
     "files_before",
 ]
@@ -137,12 +140,13 @@ async def server_key_for(path: str | Path) -> bytes | None:
     CARESYNC_DATABASE_KEY when it is set and the file is not a plain SQLite one
     (a plain file, such as a laptop's, opens without it)."""
     key = server_database_key()
-    if key is None or await asyncio.to_thread(_is_plain_sqlite, Path(path)):
+    if key is None or await asyncio.to_thread(is_plain_sqlite, Path(path)):
         return None
     return key
 
 
-def _is_plain_sqlite(path: Path) -> bool:
+def is_plain_sqlite(path: Path) -> bool:
+    """True when ``path`` starts as a plain SQLite file does (an encrypted one does not)."""
     try:
         with path.open("rb") as file:
             return file.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
@@ -153,11 +157,26 @@ def _is_plain_sqlite(path: Path) -> bool:
 
 
 async def database_password(path: str | Path) -> str | None:
-    """The password that opens ``path`` if it is encrypted (asked, or from the
-    environment), None for a plain database."""
+    """The password that opens ``path`` if it is an encrypted laptop's (asked, or from
+    the environment), None otherwise."""
     if not await asyncio.to_thread(is_encrypted, path):
         return None
     return read_password(f"Password to open {path} (a user who logged in there): ")
+
+
+async def laptop_key(path: str | Path) -> LaptopKey | None:
+    """An encrypted laptop database's key, unlocked by a user's password; None otherwise."""
+    password = await database_password(path)
+    if password is None:
+        return None
+    return await asyncio.to_thread(unlock_laptop_key, path, password)
+
+
+async def store_key(path: str | Path) -> bytes | None:
+    """The key ``path`` opens with: an encrypted laptop's (a password unlocks it), an
+    encrypted server's (CARESYNC_DATABASE_KEY), or None for a plain database."""
+    key = await laptop_key(path)
+    return key.key if key is not None else await server_key_for(path)
 
 
 async def open_server_store(
@@ -271,10 +290,7 @@ Reader = LaptopReader | ServerReader
 
 async def open_reader(path: str | Path) -> Reader:
     """Read-only access to a laptop's or a server's database (works while its writer runs)."""
-    password = await database_password(path)
-    key = None
-    if password is not None:
-        key = await asyncio.to_thread(unlock_laptop_key, path, password)
+    key = await laptop_key(path)
     store = await SQLiteStore.open(
         path,
         create=False,

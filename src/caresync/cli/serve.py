@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from caresync.cli.common import add_db, add_json, listen_host, path, port, run, stop_on_signals
-from caresync.cli.databases import files_before, remove_if_new, rulebook
+from caresync.cli.databases import files_before, is_plain_sqlite, remove_if_new, rulebook
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
 from caresync.observe import JsonLogFormatter
@@ -20,7 +20,6 @@ from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
 from caresync.storage import server_database_key
 from caresync.storage.keyring import SERVER_KEY_VARIABLE
-from caresync.storage.schema import SQLITE_MAGIC
 
 __all__ = ["LISTENING", "register"]
 
@@ -151,7 +150,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             '(64 hex digits; make one with: python -c "import secrets; '
             'print(secrets.token_hex(32))")'
         )
-    if key is not None and not args.encrypt and Path(args.db).exists() and _plain(args.db):
+    if key is not None and not args.encrypt and is_plain_sqlite(Path(args.db)):
         key = None  # a plain database keeps being served plain; --encrypt insists instead
     before = files_before(Path(args.db))
     listening = asyncio.Event()
@@ -212,8 +211,3 @@ async def _run_server(
             await stop.wait()
             note("stopping: closing connections and the database")
     note("caresync server stopped")
-
-
-def _plain(db: str) -> bool:
-    with open(db, "rb") as file:
-        return file.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC

@@ -113,10 +113,9 @@ async def import_file(replica: Replica, file: str, *, key: bytes | None = None) 
             "belong to) before importing"
         )
     await replica.author_of(None)  # someone must be logged in (NotLoggedInError)
-    own = replica.logins.database_key
-    export = await asyncio.to_thread(
-        read_export_file, file, key=key if key is not None else None if own is None else own.key
-    )
+    if key is None and replica.logins.database_key is not None:
+        key = replica.logins.database_key.key  # its own export
+    export = await asyncio.to_thread(read_export_file, file, key=key)
     foreign = sorted({u.organisation or "(none)" for u in export.updates} - {organisation})
     if foreign:
         raise WrongOrganisationError(
