@@ -11,6 +11,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── InvalidValueError        a value that is not JSON-like, or fails its schema
      │    ├── UnknownCollectionError   an entry in a collection the schema does not declare
      │    ├── AuthorError              an author who is not the account logged in here
+     │    ├── AuditError               an audit entry or trail that is malformed or does not chain
      │    └── InvalidFhirError         a FHIR file or resource that cannot be imported
      ├── RecordError                  a record cannot do what was asked
      │    ├── UnknownRecordError       no record with that id
@@ -56,6 +57,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
 from __future__ import annotations
 
 __all__ = [
+    "AuditError",
     "AuthenticationError",
     "AuthorError",
     "CaresyncError",
@@ -127,6 +129,10 @@ class UnknownCollectionError(InvalidInputError):
 class AuthorError(InvalidInputError):
     """An entry named as its author someone other than the account logged in on the
     laptop: every entry is written as that account."""
+
+
+class AuditError(InvalidInputError):
+    """An audit entry or trail that is malformed, or does not continue the chain it claims."""
 
 
 class RecordError(CaresyncError):

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 
+from caresync.audit import ANONYMOUS, AuditAction, AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView, Rulebook
 from caresync.conflicts.duplicates import paired_record
 from caresync.credentials import key_fingerprint, parse_fingerprint, verify_server_signature
@@ -58,6 +59,7 @@ from caresync.exceptions import (
     InvalidInputError,
     InvalidResolutionError,
     InvalidUpdateError,
+    LoginLockedError,
     NotEnrolledError,
     ProtocolError,
     RecordMismatchError,
@@ -469,8 +471,7 @@ class Replica:
 
         On an enrolled laptop someone must be logged in (NotLoggedInError).
         """
-        if self.enrolled:
-            await self.logins.author(None)
+        actor = await self.logins.author(None) if self.enrolled else self._actor()
         async with self._write_lock:
             record = self._pool.create(record_id)
             try:
@@ -480,6 +481,7 @@ class Replica:
                     conflicts=(),
                     organisation=self.identity.organisation,
                     person=person_card(record),
+                    audit=[AuditEvent(actor, "write", record.record_id, "created")],
                 )
             except BaseException:
                 self._pool.forget(record.record_id)
@@ -496,7 +498,9 @@ class Replica:
         ``author`` may be left out, and naming anyone else raises AuthorError.
         """
         writer = await self.author_of(author)
-        return await self._edit(record_id, lambda r: r.set(path, value, author=writer))
+        return await self._edit(
+            record_id, lambda r: r.set(path, value, author=writer), actor=writer
+        )
 
     async def adjust(
         self, record_id: str, path: str, change: int, *, author: str | None = None
@@ -507,7 +511,9 @@ class Replica:
         records a change directly ("dispense 1": ``change=-1``).
         """
         writer = await self.author_of(author)
-        return await self._edit(record_id, lambda r: r.adjust(path, change, author=writer))
+        return await self._edit(
+            record_id, lambda r: r.adjust(path, change, author=writer), actor=writer
+        )
 
     async def add_entry(
         self,
@@ -519,7 +525,9 @@ class Replica:
     ) -> str:
         """Add a collection entry; returns its id."""
         writer = await self.author_of(author)
-        return await self._edit(record_id, lambda r: r.add_entry(collection, fields, author=writer))
+        return await self._edit(
+            record_id, lambda r: r.add_entry(collection, fields, author=writer), actor=writer
+        )
 
     async def set_status(
         self,
@@ -533,7 +541,9 @@ class Replica:
         """Change an entry's status (``stopped``, ``entered-in-error``, ...)."""
         writer = await self.author_of(author)
         return await self._edit(
-            record_id, lambda r: r.set_status(collection, entry_id, status, author=writer)
+            record_id,
+            lambda r: r.set_status(collection, entry_id, status, author=writer),
+            actor=writer,
         )
 
     async def sign_note(
@@ -541,14 +551,18 @@ class Replica:
     ) -> Revision:
         """Sign a note: its text can no longer change (add addenda instead)."""
         writer = await self.author_of(author)
-        return await self._edit(record_id, lambda r: r.sign_note(entry_id, author=writer))
+        return await self._edit(
+            record_id, lambda r: r.sign_note(entry_id, author=writer), actor=writer
+        )
 
     async def add_addendum(
         self, record_id: str, entry_id: str, text: str, *, author: str | None = None
     ) -> str:
         """Add an addendum to a signed note; returns its id."""
         writer = await self.author_of(author)
-        return await self._edit(record_id, lambda r: r.add_addendum(entry_id, text, author=writer))
+        return await self._edit(
+            record_id, lambda r: r.add_addendum(entry_id, text, author=writer), actor=writer
+        )
 
     async def author_of(self, named: str | None = None) -> str:
         """Who an edit made now is written as.
@@ -590,15 +604,25 @@ class Replica:
         ]
         if not edits:
             return
+        actor = self._actor()
+        audit = [AuditEvent(actor, "import", edit.record_id) for edit in edits]
         async with self._write_lock:
             try:
-                await self.store.write_local_many(edits)
+                await self.store.write_local_many(edits, audit=audit)
             finally:
                 for edit in edits:
                     self._pool.forget(edit.record_id)
             self._outbox_changed.set()
 
-    async def _edit(self, record_id: str, mutate: Callable[[Record], T]) -> T:
+    async def _edit(
+        self,
+        record_id: str,
+        mutate: Callable[[Record], T],
+        *,
+        actor: str,
+        action: AuditAction = "write",
+        detail: str | None = None,
+    ) -> T:
         async with self._write_lock:
             record = await self._pool.get(record_id)
             captured: list[bytes] = []
@@ -628,6 +652,7 @@ class Replica:
                     conflicts=self._pool.rows(record),
                     organisation=self.identity.organisation,
                     person=person_card(record),
+                    audit=[AuditEvent(actor, action, record_id, detail)],
                 )
             except BaseException:
                 self._pool.forget(record_id)
@@ -638,12 +663,19 @@ class Replica:
     # ---------------------------------------------------------------- reading
 
     async def record(self, record_id: str) -> RecordView:
-        """A read-only view of a record (UnknownRecordError if there is none)."""
-        return RecordView(await self._pool.get(record_id))
+        """A read-only view of a record (UnknownRecordError if there is none).
+
+        Each read is an entry of the audit trail (committed before this returns).
+        """
+        view = RecordView(await self._pool.get(record_id))
+        await self.audit("read", record_id)
+        return view
 
     async def fields(self, record_id: str) -> dict[str, Any]:
-        """Every field's state, as ``path -> FieldState``."""
-        return (await self._pool.get(record_id)).fields()
+        """Every field's state, as ``path -> FieldState`` (an audited read)."""
+        fields = (await self._pool.get(record_id)).fields()
+        await self.audit("read", record_id)
+        return fields
 
     async def record_ids(self) -> list[str]:
         """The ids of every record stored here, in ascending order."""
@@ -658,8 +690,12 @@ class Replica:
         chart against a prescription on another).
         """
         if record_id is not None:
-            return await self._listing.of_record(record_id)
-        return await self._listing.all()
+            found = await self._listing.of_record(record_id)
+            await self.audit("read", record_id, "conflicts")
+            return found
+        listed = await self._listing.all()
+        await self.audit("list", None, "conflicts")
+        return listed
 
     async def count_conflicts(self) -> int:
         """How many conflicts are open: as many as :meth:`conflicts` lists."""
@@ -702,6 +738,9 @@ class Replica:
         return await self._edit(
             conflict.record_id,
             lambda r: self.rulebook.resolve(r, conflict_id, author=writer, linked=linked, **kwargs),
+            actor=writer,
+            action="resolve",
+            detail=conflict_id,
         )
 
     async def acknowledge(self, conflict_id: str, *, author: str | None = None) -> Revision:
@@ -717,6 +756,9 @@ class Replica:
         return await self._edit(
             conflict.record_id,
             lambda r: self.rulebook.acknowledge(r, conflict_id, author=writer, linked=linked),
+            actor=writer,
+            action="resolve",
+            detail=conflict_id,
         )
 
     # ----------------------------------------------------------------- people
@@ -756,14 +798,35 @@ class Replica:
         """The person index's pairs: possible duplicates, linked and disputed records."""
         return await self.store.person_pairs(record_id)
 
-    async def _decide(self, record_id: str, other_id: str, decision: str, author: str) -> Revision:
+    async def _decide(
+        self,
+        record_id: str,
+        other_id: str,
+        decision: str,
+        author: str,
+        *,
+        conflict_id: str | None = None,
+    ) -> Revision:
         if record_id == other_id:
             raise InvalidInputError(f"record {record_id} cannot be linked to itself")
         path, other_path = link_path(other_id), link_path(record_id)
         await self._pool.get(record_id)  # both must be here before either is written
         await self._pool.get(other_id)
-        await self._edit(other_id, lambda r: r.set(other_path, decision, author=author))
-        return await self._edit(record_id, lambda r: r.set(path, decision, author=author))
+        action: AuditAction = "write" if conflict_id is None else "resolve"
+        await self._edit(
+            other_id,
+            lambda r: r.set(other_path, decision, author=author),
+            actor=author,
+            action=action,
+            detail=conflict_id,
+        )
+        return await self._edit(
+            record_id,
+            lambda r: r.set(path, decision, author=author),
+            actor=author,
+            action=action,
+            detail=conflict_id,
+        )
 
     async def _decide_pair(
         self, conflict: Conflict, choose: int | None, value: object, author: str
@@ -777,7 +840,9 @@ class Replica:
         if other_id is None:  # pragma: no cover - a pair's finding always names the other
             raise InvalidResolutionError(f"conflict {conflict.id} names no other record")
         decision = SAME_PERSON if choose == 0 else DIFFERENT_PEOPLE
-        return await self._decide(conflict.record_id, other_id, decision, author)
+        return await self._decide(
+            conflict.record_id, other_id, decision, author, conflict_id=conflict.id
+        )
 
     # ----------------------------------------------------------------- status
 
@@ -873,11 +938,50 @@ class Replica:
         is kept in the database, so closing the program does not reset it; a
         right password does. See :mod:`caresync.logins`.
         """
-        await self.logins.login_offline(username, password)
+        try:
+            await self.logins.login_offline(username, password)
+        except AuthenticationError as exc:
+            detail = "locked" if isinstance(exc, LoginLockedError) else "offline"
+            await self.audit("login-failed", None, detail, actor=attempted_name(username))
+            raise
+        await self.audit("login", None, "offline", actor=username)
 
     async def logout(self) -> None:
         """Log out whoever is logged in: edits are refused until someone logs in."""
+        user = self.logins.user
         await self.logins.logout()
+        if user is not None:
+            await self.audit("logout", None, None, actor=user)
+
+    # ------------------------------------------------------------ audit trail
+
+    def _actor(self) -> str:
+        return self.logins.user or ANONYMOUS
+
+    async def audit(
+        self,
+        action: AuditAction,
+        record_id: str | None = None,
+        detail: str | None = None,
+        *,
+        actor: str | None = None,
+    ) -> None:
+        """Append an entry to this laptop's audit trail (committed before returning):
+        ``actor`` (the account logged in, unless given) did ``action`` to ``record_id``.
+
+        Reads, writes, resolutions, imports, logins and logouts made through this
+        class are recorded by it; an application records what it does beside them
+        (an export of its own, say). See :mod:`caresync.audit`.
+        """
+        event = AuditEvent(actor if actor is not None else self._actor(), action, record_id, detail)
+        await self.store.append_audit([event])
+
+    async def export_unsynced(self, path: str | Path) -> int:
+        """Write what waits in the outbox to a new file (encrypted, on an encrypted
+        laptop) and record the export in the audit trail; returns how many changes."""
+        count = await self.store.export_unsynced(path)
+        await self.audit("export", None, f"unsynced changes: {count}")
+        return count
 
     @property
     def user(self) -> str | None:
@@ -1423,7 +1527,14 @@ class _Session:
         work to the server.
         """
         self.protocol.authenticate(username, password, organisation, self.replica._secret)
-        session = await self.expect(Authenticated)
+        try:
+            session = await self.expect(Authenticated)
+        except AuthenticationError:
+            with contextlib.suppress(StorageError):  # the refusal is what the caller needs
+                await self.replica.audit(
+                    "login-failed", None, "online", actor=attempted_name(username)
+                )
+            raise
         self._token_to_store = (session.session_token, session.user, password)
         await self._logged_in(session)
 
@@ -1491,6 +1602,7 @@ class _Session:
         await store.set_meta(_SESSION, token)
         await store.set_meta(_SESSION_USER, user)
         await self.replica.logins.logged_in_online(user, password)
+        await self.replica.audit("login", None, "online", actor=user)
 
     async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
         replica = self.replica

@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from caresync import __version__
 from caresync.cli import (
+    audit,
     backup,
     conflicts,
     fhir,
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         replicas,
         simulate,
         fhir,
+        audit,
     ):
         module.register(commands)
     guard_arguments(parser)  # no NUL, valid text: every argument of every command

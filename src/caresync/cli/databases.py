@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from caresync.audit import AuditAction, AuditEvent, attempted_name
 from caresync.cli.errors import CliError
 from caresync.cli.password import read_password
 from caresync.conflicts import (
@@ -214,6 +216,10 @@ class LaptopReader:
     async def view(self, record_id: str) -> RecordView:
         return await self.replica.record(record_id)
 
+    async def audit(self, action: AuditAction, record_id: str | None, detail: str) -> None:
+        """Record in the laptop's audit trail what this command did (as whoever is logged in)."""
+        await self.replica.audit(action, record_id, detail)
+
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
         return await self.replica.conflicts(record_id)
 
@@ -253,12 +259,25 @@ class ServerReader:
         return self._pool
 
     async def view(self, record_id: str) -> RecordView:
-        return RecordView(await self.pool.get(record_id))
+        view = RecordView(await self.pool.get(record_id))
+        await self.audit("read", record_id, None)
+        return view
 
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:
         # Derived afresh, exactly as a laptop derives them (same ids, same candidates).
         listing = ConflictListing(self.store, self.pool)
-        return await (listing.all() if record_id is None else listing.of_record(record_id))
+        if record_id is None:
+            listed = await listing.all()
+            await self.audit("list", None, "conflicts")
+            return listed
+        found = await listing.of_record(record_id)
+        await self.audit("read", record_id, "conflicts")
+        return found
+
+    async def audit(self, action: AuditAction, record_id: str | None, detail: str | None) -> None:
+        """Record in the server's own audit trail what this command did, as the
+        operating-system account that ran it (the server's commands have no login)."""
+        await self.store.append_audit([AuditEvent(operator(), action, record_id, detail)])
 
     async def linked_records(self, record_id: str) -> list[str]:
         return await ConflictListing(self.store, self.pool).linked(record_id)
@@ -288,13 +307,25 @@ class ServerReader:
 Reader = LaptopReader | ServerReader
 
 
+def operator() -> str:
+    """Who runs a command on the server's machine: ``os:`` and the system account."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no such account in the password database, no $USER
+        name = "unknown"
+    return attempted_name(f"os:{name}")
+
+
 async def open_reader(path: str | Path) -> Reader:
-    """Read-only access to a laptop's or a server's database (works while its writer runs)."""
+    """Read access to a laptop's or a server's database (works while its writer runs).
+
+    Nothing but the audit trail is written: each record read through it is an entry.
+    """
     key = await laptop_key(path)
     store = await SQLiteStore.open(
         path,
         create=False,
-        read_only=True,
+        accounts_only=True,
         key=key.key if key is not None else await server_key_for(path),
     )
     try:

@@ -89,6 +89,7 @@ def _export(args: argparse.Namespace, out: Output) -> int:
         try:
             view = await reader.view(args.record_id)
             conflicts = await reader.conflicts(args.record_id)
+            await reader.audit("export", args.record_id, "fhir")
         finally:
             await reader.close()
         return bundle_bytes(bundle_for_record(view, conflicts))

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from caresync.audit import AuditEvent
 from caresync.cli.common import add_db, add_json, path, run
 from caresync.cli.databases import open_laptop
 from caresync.cli.output import Output
@@ -68,7 +69,7 @@ def register(commands: Any) -> None:
 def _export(args: argparse.Namespace, out: Output) -> int:
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
-            count = await replica.store.export_unsynced(args.out)
+            count = await replica.export_unsynced(args.out)
             return {"exported": count, "file": args.out, "replica_id": replica.replica_id}
 
     out.result(run(go()))
@@ -112,7 +113,7 @@ async def import_file(replica: Replica, file: str, *, key: bytes | None = None) 
             "this laptop is not enrolled; enrol it (to the organisation the changes "
             "belong to) before importing"
         )
-    await replica.author_of(None)  # someone must be logged in (NotLoggedInError)
+    actor = await replica.author_of(None)  # someone must be logged in (NotLoggedInError)
     if key is None and replica.logins.database_key is not None:
         key = replica.logins.database_key.key  # its own export
     export = await asyncio.to_thread(read_export_file, file, key=key)
@@ -153,7 +154,8 @@ async def import_file(replica: Replica, file: str, *, key: bytes | None = None) 
         )
         for index, update in enumerate(export.updates)
     ]
-    count = len(await replica.store.write_local_many(edits))  # all or nothing
+    audit = [AuditEvent(actor, "import", record_id, "unsynced changes") for record_id in touched]
+    count = len(await replica.store.write_local_many(edits, audit=audit))  # all or nothing
     return {
         "imported": count,
         "records": len(touched),

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
 
+from caresync.audit.chain import AuditEntry, AuditEvent
 from caresync.exceptions import InvalidInputError, StorageError, UnknownRecordError
 from caresync.records.persons import PairState, PersonCard, PersonPair
 
@@ -574,9 +575,12 @@ class Store(Protocol):
         ...
 
     # writing
-    async def write_local_many(self, edits: Sequence[IncomingUpdate]) -> list[int]:
+    async def write_local_many(
+        self, edits: Sequence[IncomingUpdate], *, audit: Sequence[AuditEvent] = ()
+    ) -> list[int]:
         """Commit several local edits (each with its conflict rows and person card) in one
-        transaction, all or nothing; returns their outbox sequence numbers, in order."""
+        transaction, all or nothing; returns their outbox sequence numbers, in order.
+        ``audit`` is appended to this replica's audit chain in the same transaction."""
         ...
 
     async def write_local(
@@ -587,11 +591,13 @@ class Store(Protocol):
         conflicts: Sequence[ConflictRow] | None,
         organisation: str | None = None,
         person: PersonCard | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> int:
         """Commit a local edit to the record's log and the outbox; returns its outbox seq.
 
         ``person`` (when given) replaces the record's card in the person index,
-        and the pairs it makes, in the same transaction.
+        and the pairs it makes, in the same transaction; so is ``audit`` appended to
+        this replica's audit chain.
         """
         ...
 
@@ -787,6 +793,36 @@ class Store(Protocol):
         ...
 
     # unsynced changes
+    # audit trail (caresync.audit): append-only hash chains
+    async def append_audit(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+        """Append ``events`` to this replica's own chain (line 0), in one transaction;
+        returns the entries as linked."""
+        ...
+
+    async def audit_entries(
+        self,
+        *,
+        replica_id: str | None = None,
+        record_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Entries in chain order (replica id, line, number): of one replica, about one
+        record, after a number, at most ``limit``."""
+        ...
+
+    async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
+        """The last (number, hash) of the replica's newest chain line (this replica's own
+        when None); ``(0, GENESIS)`` when there is none."""
+        ...
+
+    async def receive_audit(self, replica_id: str, entries: Sequence[AuditEntry]) -> int:
+        """Keep entries ``replica_id`` sent (a server's job), in one transaction; returns
+        the number of the last. Entries held already are skipped; the rest continue a
+        line of the replica's chain, or start a new line from an entry held (a copy
+        restored from an older one). AuditError, with nothing kept, otherwise."""
+        ...
+
     async def export_unsynced(self, path: StrPath) -> int:
         """Write every pending update to a new file at ``path``; returns how many."""
         ...
@@ -797,6 +833,7 @@ class Store(Protocol):
         *,
         conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
         persons: Mapping[str, PersonCard] | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> int:
         """Re-apply the updates of an export file as local writes; returns how many.
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, cast
 
+from caresync.audit.chain import GENESIS, AuditEntry, AuditEvent
 from caresync.exceptions import (
     CorruptDatabaseError,
     ExportFileError,
@@ -27,6 +28,12 @@ from caresync.exceptions import (
 )
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.records.persons import PairState, PersonCard, PersonPair
+from caresync.storage._audit import (
+    check_audit_query,
+    check_events,
+    plan_append,
+    plan_receive,
+)
 from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
@@ -134,6 +141,9 @@ class MemoryStore:
         self._person_keys: dict[tuple[str | None, str], set[str]] = {}
         self._pairs: dict[tuple[str, str], tuple[str | None, PersonPair]] = {}
         self._pairs_of: dict[str, set[tuple[str, str]]] = {}
+        # Audit chains: (replica id, line) → entries in order; (replica, seq, hash) held.
+        self._audit: dict[tuple[str, int], list[AuditEntry]] = {}
+        self._audit_held: set[tuple[str, int, bytes]] = set()
 
     @classmethod
     def open(cls, *, clock: Callable[[], int] | None = None) -> StoreOpener[MemoryStore]:
@@ -288,11 +298,13 @@ class MemoryStore:
             self._pairs_of.setdefault(first, set()).add((first, second))
             self._pairs_of.setdefault(second, set()).add((first, second))
 
-    def _write_local(self, writes: Sequence[Write]) -> list[int]:
+    def _write_local(self, writes: Sequence[Write], audit: Sequence[AuditEvent] = ()) -> list[int]:
         planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=False)
         persons = self._plan_persons(self._person_writes(planned))
         now = self._now_ms()
+        entries = self._plan_own_audit(audit, now)  # planned before anything changes
         self._store_planned(writes, planned)
+        self._keep_audit(entries)
         self._store_persons(persons)
         seqs = []
         for write in writes:
@@ -303,11 +315,14 @@ class MemoryStore:
             )
         return seqs
 
-    async def write_local_many(self, edits: Sequence[IncomingUpdate]) -> list[int]:
+    async def write_local_many(
+        self, edits: Sequence[IncomingUpdate], *, audit: Sequence[AuditEvent] = ()
+    ) -> list[int]:
         """Commit several local edits in one transaction, all or nothing (see write_local)."""
         writes = local_writes(edits)
+        events = check_events(audit)
         self._open_or_raise("writing records")
-        return self._write_local(writes) if writes else []
+        return self._write_local(writes, events) if writes else []
 
     async def write_local(
         self,
@@ -317,9 +332,11 @@ class MemoryStore:
         conflicts: Sequence[ConflictRow] | None,
         organisation: str | None = None,
         person: PersonCard | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> int:
         """Store a local edit in the record's log and the outbox; returns its outbox seq."""
         check_text(record_id, "record_id")
+        events = check_events(audit)
         write = Write(
             record_id,
             check_bytes(update, "update"),
@@ -328,7 +345,7 @@ class MemoryStore:
             check_person(record_id, person),
         )
         self._open_or_raise(f"writing record {record_id}")
-        return self._write_local([write])[0]
+        return self._write_local([write], events)[0]
 
     async def write_remote(
         self,
@@ -710,6 +727,85 @@ class MemoryStore:
             problems.append("outbox numbers run ahead of their sequence")
         return problems
 
+    # -------------------------------------------------------------- audit trail
+
+    def _own_id(self) -> str:
+        if self._identity is None:
+            raise StorageError("this store holds no replica yet: it has no audit trail")
+        return self._identity.replica_id
+
+    def _plan_own_audit(self, events: Sequence[AuditEvent], now: int) -> list[AuditEntry]:
+        if not events:
+            return []
+        own = self._own_id()
+        chain = self._audit.get((own, 0))
+        tail = (chain[-1].seq, chain[-1].hash) if chain else (0, GENESIS)
+        return plan_append(events, replica_id=own, tail=tail, now_ms=now)
+
+    def _keep_audit(self, entries: Sequence[AuditEntry]) -> None:
+        for entry in entries:
+            self._audit.setdefault((entry.replica_id, entry.line), []).append(entry)
+            self._audit_held.add((entry.replica_id, entry.seq, entry.hash))
+
+    async def append_audit(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+        """Append ``events`` to this replica's own audit chain."""
+        checked = check_events(events)
+        self._open_or_raise("writing the audit trail")
+        entries = self._plan_own_audit(checked, self._now_ms())
+        self._keep_audit(entries)
+        return entries
+
+    async def audit_entries(
+        self,
+        *,
+        replica_id: str | None = None,
+        record_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries in chain order (replica, line, number), filtered as asked."""
+        check_audit_query(replica_id, record_id, after_seq, limit)
+        self._open_or_raise("reading the audit trail")
+        found = [
+            entry
+            for key in sorted(self._audit)
+            if replica_id is None or key[0] == replica_id
+            for entry in self._audit[key]
+            if entry.seq > after_seq and (record_id is None or entry.record_id == record_id)
+        ]
+        return found if limit is None else found[:limit]
+
+    async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
+        """The last (number, hash) of the replica's newest chain line."""
+        if replica_id is not None:
+            check_text(replica_id, "replica_id")
+        self._open_or_raise("reading the audit trail")
+        rid = replica_id if replica_id is not None else self._own_id()
+        lines = [line for (owner, line) in self._audit if owner == rid]
+        if not lines:
+            return 0, GENESIS
+        last = self._audit[(rid, max(lines))][-1]
+        return last.seq, last.hash
+
+    async def receive_audit(self, replica_id: str, entries: Sequence[AuditEntry]) -> int:
+        """Keep the audit entries another replica sent (see Store.receive_audit)."""
+        check_text(replica_id, "replica_id")
+        self._open_or_raise(f"keeping the audit trail of {replica_id}")
+        tails = {
+            line: (chain[-1].seq, chain[-1].hash)
+            for (owner, line), chain in self._audit.items()
+            if owner == replica_id
+        }
+        plan = plan_receive(
+            replica_id,
+            tuple(entries),
+            now_ms=self._now_ms(),
+            tails=tails,
+            holds=lambda seq, digest: (replica_id, seq, digest) in self._audit_held,
+        )
+        self._keep_audit([dataclasses.replace(e, line=plan.line) for e in plan.new])
+        return plan.acknowledged
+
     # ------------------------------------------------------------ unsynced work
 
     async def export_unsynced(self, path: StrPath) -> int:
@@ -738,8 +834,10 @@ class MemoryStore:
         *,
         conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
         persons: Mapping[str, PersonCard] | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> int:
         """Re-apply an export's updates as local writes (with ``conflicts``), all or nothing."""
+        events = check_events(audit)
         self._open_or_raise("importing unsynced changes")
         export = await asyncio.to_thread(read_export_file, path)
         ids = [u.record_id for u in export.updates]
@@ -749,7 +847,7 @@ class MemoryStore:
             Write(u.record_id, u.update, rows_at.get(i), u.organisation, cards_at.get(i))
             for i, u in enumerate(export.updates)
         ]
-        return len(self._write_local(writes))
+        return len(self._write_local(writes, events))
 
     async def discard_unsynced(self, *, exported_to: StrPath) -> int:
         """Empty the outbox, if and only if ``exported_to`` holds every pending update."""

@@ -364,6 +364,32 @@ _V9 = (
         WHERE replica_id IS NOT NULL GROUP BY replica_id, username""",
 )
 
+_V10 = (
+    # The audit trail (caresync.audit): each replica's hash chain of who did what
+    # to which record. A laptop holds its own chain; a server holds its own and
+    # every replica's, a replica's copies restored from older ones as further lines.
+    """CREATE TABLE audit_trail (
+        replica_id TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        record_id TEXT,
+        detail TEXT,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (replica_id, line, seq)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX audit_by_seq ON audit_trail (replica_id, seq)",
+    "CREATE INDEX audit_by_record ON audit_trail (record_id) WHERE record_id IS NOT NULL",
+    # Append-only: no statement may change or remove an entry.
+    """CREATE TRIGGER audit_trail_no_update BEFORE UPDATE ON audit_trail
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+    """CREATE TRIGGER audit_trail_no_delete BEFORE DELETE ON audit_trail
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -374,6 +400,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     7: _V7,
     8: _V8,
     9: _V9,
+    10: _V10,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

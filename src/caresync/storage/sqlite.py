@@ -44,6 +44,7 @@ from typing import Any, Self, TypeVar, cast
 
 import aiosqlite
 
+from caresync.audit.chain import AuditEntry, AuditEvent
 from caresync.exceptions import (
     CorruptDatabaseError,
     DatabaseNotFoundError,
@@ -56,6 +57,14 @@ from caresync.exceptions import (
 )
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.records.persons import PairState, PersonCard, PersonPair, pair_of
+from caresync.storage._audit import (
+    check_audit_query,
+    check_events,
+    sql_append,
+    sql_entries,
+    sql_receive,
+    sql_tail,
+)
 from caresync.storage._cipher import (
     DATABASE_ERRORS,
     INTEGRITY_ERRORS,
@@ -216,9 +225,11 @@ class SQLiteStore:
         writer runs: it never creates, migrates or writes (every write raises
         StorageError), and it caches nothing, so each read sees the last commit.
         ``accounts_only`` is the same, except that it may also change accounts
-        and enrolments (add a user, set a password, revoke a replica): tables
-        the writer keeps no cache of, so an administrator can change them while
-        a server runs. Writes are then short transactions beside the writer's.
+        and enrolments (add a user, set a password, revoke a replica) and append
+        to the audit trail (:meth:`append_audit`): tables the writer keeps no
+        cache of, so an administrator can change them, and a reader record what
+        it read, while a server or a live laptop runs. Writes are then short
+        transactions beside the writer's.
 
         ``key`` (32 random bytes; see :mod:`caresync.storage.keyring`) opens, or
         creates, an encrypted database (SQLCipher: pages, write-ahead log and
@@ -491,15 +502,18 @@ class SQLiteStore:
         conflicts: Sequence[ConflictRow] | None,
         organisation: str | None = None,
         person: PersonCard | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> int:
         """Commit a local edit: the record's log, the outbox and its conflict rows, at once.
 
         Returns the edit's outbox sequence number (strictly increasing for the
         life of the file). The commit is fsynced before this returns.
         Raises InvalidUpdateError for bytes that are not an update (nothing stored).
-        ``person`` replaces the record's person card, and its pairs, in the same commit.
+        ``person`` replaces the record's person card, and its pairs, in the same commit;
+        ``audit`` is appended to this replica's audit chain in it too.
         """
         check_text(record_id, "record_id")
+        events = check_events(audit)
         write = Write(
             record_id,
             check_bytes(update, "update"),
@@ -508,20 +522,25 @@ class SQLiteStore:
             check_person(record_id, person),
         )
         seqs = await self._run(
-            f"writing record {record_id}", lambda raw: self._write_local(raw, [write])
+            f"writing record {record_id}", lambda raw: self._write_local(raw, [write], events)
         )
         return seqs[0]
 
-    async def write_local_many(self, edits: Sequence[IncomingUpdate]) -> list[int]:
+    async def write_local_many(
+        self, edits: Sequence[IncomingUpdate], *, audit: Sequence[AuditEvent] = ()
+    ) -> list[int]:
         """Commit several local edits in one transaction, all or nothing (see write_local)."""
         writes = local_writes(edits)
+        events = check_events(audit)
         if not writes:
             return []
         return await self._run(
-            f"writing {len(writes)} records", lambda raw: self._write_local(raw, writes)
+            f"writing {len(writes)} records", lambda raw: self._write_local(raw, writes, events)
         )
 
-    def _write_local(self, raw: sqlite3.Connection, writes: Sequence[Write]) -> list[int]:
+    def _write_local(
+        self, raw: sqlite3.Connection, writes: Sequence[Write], audit: Sequence[AuditEvent] = ()
+    ) -> list[int]:
         now = self._now_ms()
 
         def body() -> tuple[list[int], dict[str, PlannedRecord]]:
@@ -532,6 +551,8 @@ class SQLiteStore:
                 skip_duplicates=False,
             )
             self._store_planned(raw, writes, planned, now, log=True)
+            if audit:
+                sql_append(raw, _own_id(raw, self.path), audit, now)
             if len(writes) == 1:  # the durable single edit: as few statements as can be
                 cursor = raw.execute(
                     "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
@@ -1443,6 +1464,68 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ unsynced work
 
+    # ---------------------------------------------------------------- audit trail
+
+    async def append_audit(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+        """Append ``events`` to this replica's own audit chain, in one transaction."""
+        checked = check_events(events)
+        if not checked:
+            return []
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> list[AuditEntry]:
+            # Through the side door too: a reader beside a running writer records its reads.
+            return self._write(
+                raw, lambda: sql_append(raw, _own_id(raw, self.path), checked, now), accounts=True
+            )
+
+        return await self._run("writing the audit trail", job)
+
+    async def audit_entries(
+        self,
+        *,
+        replica_id: str | None = None,
+        record_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries in chain order (replica, line, number), filtered as asked."""
+        check_audit_query(replica_id, record_id, after_seq, limit)
+        return await self._run(
+            "reading the audit trail",
+            lambda raw: sql_entries(
+                raw, replica_id=replica_id, record_id=record_id, after_seq=after_seq, limit=limit
+            ),
+        )
+
+    async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
+        """The last (number, hash) of the replica's newest chain line (this replica's
+        own chain when None); ``(0, GENESIS)`` when it has none."""
+        if replica_id is not None:
+            check_text(replica_id, "replica_id")
+
+        def job(raw: sqlite3.Connection) -> tuple[int, bytes]:
+            rid = replica_id if replica_id is not None else _own_id(raw, self.path)
+            row = raw.execute(
+                "SELECT MAX(line) FROM audit_trail WHERE replica_id = ?", (rid,)
+            ).fetchone()
+            return sql_tail(raw, rid, 0 if row is None or row[0] is None else int(row[0]))
+
+        return await self._run("reading the audit trail", job)
+
+    async def receive_audit(self, replica_id: str, entries: Sequence[AuditEntry]) -> int:
+        """Keep the audit entries another replica sent, in one transaction (a server's
+        job); returns the number of the last one. AuditError, with nothing kept, for
+        entries that are malformed, of another replica, or that continue no chain line."""
+        check_text(replica_id, "replica_id")
+        batch = tuple(entries)
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> int:
+            return self._write(raw, lambda: sql_receive(raw, replica_id, batch, now))
+
+        return await self._run(f"keeping the audit trail of {replica_id}", job)
+
     async def export_unsynced(self, path: StrPath) -> int:
         """Write every pending update to a new file at ``path``; returns how many.
 
@@ -1473,12 +1556,15 @@ class SQLiteStore:
         *,
         conflicts: Mapping[str, Sequence[ConflictRow]] | None = None,
         persons: Mapping[str, PersonCard] | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> int:
         """Re-apply an export's updates as local writes (they enter the outbox again).
 
         All or nothing, in one transaction, with the conflict rows given for
-        the records touched (the others keep theirs). Returns how many updates.
+        the records touched (the others keep theirs), and ``audit`` appended to
+        this replica's audit chain. Returns how many updates.
         """
+        events = check_events(audit)
         export = await asyncio.to_thread(partial(read_export_file, key=self._key), path)
         ids = [u.record_id for u in export.updates]
         rows_at = import_conflicts(ids, conflicts)
@@ -1488,7 +1574,7 @@ class SQLiteStore:
             for i, u in enumerate(export.updates)
         ]
         seqs = await self._run(
-            "importing unsynced changes", lambda raw: self._write_local(raw, writes)
+            "importing unsynced changes", lambda raw: self._write_local(raw, writes, events)
         )
         return len(seqs)
 
@@ -2371,6 +2457,13 @@ def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) 
             for pair in pairs
         ],
     )
+
+
+def _own_id(raw: sqlite3.Connection, path: object) -> str:
+    identity = _read_identity(raw)
+    if identity is None:
+        raise StorageError(f"{path} holds no replica yet: it has no audit trail of its own")
+    return identity.replica_id
 
 
 def _read_identity(raw: sqlite3.Connection) -> Identity | None:
