@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 
-from caresync.audit import ANONYMOUS, AuditAction, AuditEvent, attempted_name
+from caresync.audit import ANONYMOUS, AuditAction, AuditEntry, AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView, Rulebook
 from caresync.conflicts.duplicates import paired_record
 from caresync.credentials import key_fingerprint, parse_fingerprint, verify_server_signature
@@ -76,9 +76,11 @@ from caresync.logins import (
 from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
+    MAX_AUDIT_ITEMS,
     MAX_BATCH_ITEMS,
     MAX_MAX_FRAME_BYTES,
     SUPPORTED_VERSIONS,
+    AuditAck,
     Authenticated,
     ClientProtocol,
     CopyBatch,
@@ -91,6 +93,7 @@ from caresync.protocol import (
     PushAck,
     ServerProof,
     Welcome,
+    audit_wire_size,
     error_for,
     item_wire_size,
     server_proof_payload,
@@ -160,6 +163,7 @@ _SESSION_USER = "session.user"
 _LOCKED = "replica.locked"  # why the server revoked this replica; set once, kept
 _SECRET = "replica.secret"  # base64: the secret this replica proves at every login
 _PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
+_AUDIT_SENT = "audit.sent_up_to"  # the last entry of the own audit chain the server acknowledged
 _PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
 _PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
@@ -975,6 +979,7 @@ class Replica:
         """
         event = AuditEvent(actor if actor is not None else self._actor(), action, record_id, detail)
         await self.store.append_audit([event])
+        self._outbox_changed.set()  # a live connection sends it on
 
     async def export_unsynced(self, path: str | Path) -> int:
         """Write what waits in the outbox to a new file (encrypted, on an encrypted
@@ -1397,6 +1402,7 @@ class _Session:
         self.include_own = False  # pull this replica's own updates too (after a restore)
         self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
         self._names_to_store: dict[str, str] | None = None  # account → display name
+        self._audit_after: int | None = None  # send own audit entries after this one
         # In live mode one reader task owns the channel: replies reach waiters here.
         self._replies: asyncio.Queue[object] | None = None
 
@@ -1559,6 +1565,55 @@ class _Session:
             await replica._remember_credentials(secret=session.replica_secret)
         if session.pushed_up_to is not None:
             await self.catch_up_after_restore(session.pushed_up_to)
+        if session.audit_seq is not None and session.audit_hash is not None:
+            self._audit_after = await self._audit_start(session.audit_seq, session.audit_hash)
+
+    async def _audit_start(self, server_seq: int, server_hash: bytes) -> int:
+        """After which entry to send this laptop's audit chain, given the last the server
+        holds: that one if this copy holds it too; else (a copy restored from an older
+        one, whose chain went another way) after the last the server acknowledged to
+        this copy, which the server then keeps as a new line of the chain."""
+        store = self.replica.store
+        if server_seq == 0:
+            return 0
+        held = await store.audit_entries(
+            replica_id=self.replica.replica_id, after_seq=server_seq - 1, limit=1
+        )
+        if held and held[0].seq == server_seq and held[0].hash == server_hash:
+            return server_seq
+        return int(await store.get_meta(_AUDIT_SENT) or 0)
+
+    async def push_audit(self) -> int:
+        """Send the entries of this laptop's audit chain the server does not hold, a
+        batch at a time, each acknowledged before the next (protocol version 7 on)."""
+        if not self.protocol.can_send_audit:
+            return 0
+        store = self.replica.store
+        if self._audit_after is None:  # the login said nothing (an enrolment): what we know
+            self._audit_after = int(await store.get_meta(_AUDIT_SENT) or 0)
+        budget = min(self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES, 1 << 20)
+        sent = 0
+        while True:
+            entries = await store.audit_entries(
+                replica_id=self.replica.replica_id,
+                after_seq=self._audit_after,
+                limit=MAX_AUDIT_ITEMS,
+            )
+            if not entries:
+                return sent
+            batch: list[AuditEntry] = []
+            size = 0
+            for entry in entries:
+                entry_size = audit_wire_size(entry)
+                if batch and size + entry_size > budget:
+                    break
+                batch.append(entry)
+                size += entry_size
+            self.protocol.send_audit(batch)
+            ack = await self.expect(AuditAck)
+            self._audit_after = ack.up_to_seq
+            await store.set_meta(_AUDIT_SENT, str(ack.up_to_seq))
+            sent += sum(1 for entry in batch if entry.seq <= ack.up_to_seq)
 
     async def catch_up_after_restore(self, pushed_up_to: int) -> None:
         """If the server holds more of this replica's pushes than this copy knows of,
@@ -1622,6 +1677,7 @@ class _Session:
         copied = await self.first_copy(progress)
         await self.report_outbox()  # what is left
         downloaded = await self.pull()
+        await self.push_audit()  # after the login's own entry, and anything read meanwhile
         await replica.store.set_meta(_LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
         replica._last_error = None
         return SyncReport(
@@ -1958,6 +2014,7 @@ class _Session:
             await changed.wait()
             changed.clear()  # an edit committed from now on wakes the next round
             await self.push()
+            await self.push_audit()
 
 
 class _SessionContext:

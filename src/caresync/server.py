@@ -34,10 +34,12 @@ from typing import Any, Generic, TypeVar
 
 from argon2 import PasswordHasher
 
+from caresync.audit import AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.conflicts.duplicates import pair_conflicts
 from caresync.credentials import ServerKey
 from caresync.exceptions import (
+    AuditError,
     CaresyncError,
     ConnectionLostError,
     InvalidInputError,
@@ -63,6 +65,7 @@ from caresync.protocol import (
     ITEM_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
     AccountName,
+    AuditBatch,
     Authenticate,
     Authenticated,
     CopyBatch,
@@ -697,6 +700,8 @@ class SyncServer:
             await self._on_subscribe(conn, event)
         elif isinstance(event, OutboxReport):
             await self._on_outbox_report(conn, event)
+        elif isinstance(event, AuditBatch):
+            await self._on_audit(conn, event)
         elif isinstance(event, Goodbye):
             return
 
@@ -716,6 +721,8 @@ class SyncServer:
             conn.protocol.errors_sent()  # logged here as a failed login, not as a refusal too
             user = login.username if isinstance(login, Authenticate) else None
             self.events.login_failed(conn.channel.peer, user, outcome.code, outcome.message)
+            tried = "(a session token)" if user is None else attempted_name(user)
+            await self._audit(AuditEvent(tried, "login-failed", None, f"refused: {outcome.code}"))
             return
         expected = conn.protocol.organisation
         if expected is not None and expected != outcome.organisation:
@@ -734,11 +741,49 @@ class SyncServer:
             pushed_up_to=outcome.pushed_up_to,
             replica_secret=outcome.new_secret,
             accounts=await self._account_names(conn, outcome.organisation),
+            audit_tail=await self._audit_tail(conn),
         )
         replica_id = conn.protocol.replica_id
+        await self._audit(AuditEvent(outcome.user, "login", None, replica_id or "a new laptop"))
         self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
         if replica_id is not None:  # seen: only now that it proved who it is
             await self.store.touch_replica(replica_id, self._now_ms())
+
+    async def _audit(self, event: AuditEvent) -> None:
+        """Append to the server's own audit trail (what happened here, not on a laptop)."""
+        await self.store.append_audit([event])
+
+    async def _audit_tail(self, conn: _Connection) -> tuple[int, bytes] | None:
+        """Where the replica's audit chain held here ends, for a peer that sends it."""
+        version = conn.protocol.protocol_version
+        replica_id = conn.protocol.replica_id
+        if replica_id is None or version is None or version < AuditBatch.SINCE_VERSION:
+            return None
+        return await self.store.audit_tail(replica_id)
+
+    async def _on_audit(self, conn: _Connection, batch: AuditBatch) -> None:
+        """Keep a replica's audit entries, then acknowledge them; or refuse them whole.
+
+        Only the replica's own entries, chained on what is held of its chain (or,
+        for a copy restored from an older one, on an entry held: a new line).
+        """
+        replica_id = conn.protocol.replica_id or ""
+        try:
+            up_to = await self.store.receive_audit(replica_id, batch.entries)
+        except AuditError as exc:
+            conn.protocol.refuse(
+                RequestKind.AUDIT, ErrorCode.BAD_MESSAGE, f"audit entries refused: {exc}"
+            )
+            return
+        except StorageError as exc:
+            logger.error("audit entries from %s not stored: %s", replica_id, exc)
+            conn.protocol.refuse(
+                RequestKind.AUDIT,
+                ErrorCode.BUSY,
+                f"the server could not store these audit entries ({exc}); try again later",
+            )
+            return
+        conn.protocol.ack_audit(up_to)
 
     async def _account_names(
         self, conn: _Connection, organisation: str

@@ -51,7 +51,10 @@ def register(commands: Any) -> None:
     )
     _add_db(listing, required=True)
     listing.add_argument(
-        "--record", metavar="ID", type=identifier, help="only the entries about this record"
+        "--record",
+        metavar="ID",
+        type=identifier("a record id"),
+        help="only the entries about this record",
     )
     add_json(listing)
     listing.set_defaults(handler=_list)

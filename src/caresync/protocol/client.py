@@ -45,8 +45,9 @@ send the next request before committing the batch it just received.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from caresync.audit.chain import AuditEntry
 from caresync.exceptions import (
     LocalProtocolError,
     RemoteProtocolError,
@@ -60,6 +61,8 @@ from caresync.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_PULL_LIMIT,
     SUPPORTED_VERSIONS,
+    AuditAck,
+    AuditBatch,
     Authenticate,
     Authenticated,
     CopyBatch,
@@ -98,6 +101,7 @@ ClientEvent = (
     | CopyBatch
     | PullBatch
     | PushAck
+    | AuditAck
     | LiveUpdate
     | Error
     | Goodbye
@@ -342,6 +346,16 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         self._send_sync(PushBatch(tuple(PushItem(*item) for item in items)))
 
     @property
+    def can_send_audit(self) -> bool:
+        """True once the agreed protocol version (7 on) carries :meth:`send_audit`."""
+        return self._version is not None and self._version >= AuditBatch.SINCE_VERSION
+
+    def send_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Queue AuditBatch: entries of this replica's own audit chain, in order
+        (READY, enrolled, protocol version 7 on: :attr:`can_send_audit`)."""
+        self._send_sync(AuditBatch(tuple(entries)))
+
+    @property
     def can_report_outbox(self) -> bool:
         """True once the agreed protocol version (2 on) carries :meth:`report_outbox`."""
         return self._version is not None and self._version >= OutboxReport.SINCE_VERSION
@@ -395,6 +409,8 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             self._on_pull_batch(message)
         elif isinstance(message, PushAck):
             self._on_push_ack(message)
+        elif isinstance(message, AuditAck):
+            self._on_audit_ack(message)
         elif isinstance(message, LiveUpdate):
             self._on_live_update(message)
         elif isinstance(message, LiveBatch):
@@ -514,6 +530,16 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         if not first <= ack.up_to_local_seq <= last:
             raise RemoteProtocolError(
                 f"PushAck up to {ack.up_to_local_seq} is outside the batch pushed [{first}, {last}]"
+            )
+
+    def _on_audit_ack(self, ack: AuditAck) -> None:
+        request = self._outstanding[RequestKind.AUDIT]
+        if not isinstance(request, AuditBatch):  # pragma: no cover - kept by the tables
+            raise RemoteProtocolError("AuditAck without an AuditBatch")
+        first, last = request.entries[0].seq, request.entries[-1].seq
+        if not first <= ack.up_to_seq <= last:
+            raise RemoteProtocolError(
+                f"AuditAck up to {ack.up_to_seq} is outside the entries sent [{first}, {last}]"
             )
 
     def _on_live_update(self, update: LiveUpdate) -> None:

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
+from caresync.audit.chain import AuditEntry
 from caresync.exceptions import FrameTooLargeError, LocalProtocolError, RemoteProtocolError
 from caresync.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -42,6 +43,7 @@ from caresync.protocol.messages import (
 __all__ = [
     "BATCH_OVERHEAD_BYTES",
     "ITEM_OVERHEAD_BYTES",
+    "audit_wire_size",
     "decode_frame",
     "encode_frame",
     "item_wire_size",
@@ -57,6 +59,12 @@ BATCH_OVERHEAD_BYTES = 4096
 def item_wire_size(record_id: str, update: bytes) -> int:
     """An upper bound on the bytes one batch item takes in a frame."""
     return len(record_id.encode("utf-8", "surrogatepass")) + len(update) + ITEM_OVERHEAD_BYTES
+
+
+def audit_wire_size(entry: AuditEntry) -> int:
+    """An upper bound on the bytes one audit entry takes in an AuditBatch frame."""
+    texts = (entry.replica_id, entry.actor, entry.action, entry.record_id or "", entry.detail or "")
+    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) + 2 * 34 + 64
 
 
 def encode_frame(

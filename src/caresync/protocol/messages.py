@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
-from caresync.exceptions import LocalProtocolError
+from caresync.audit.chain import HASH_BYTES, AuditEntry, check_entry
+from caresync.exceptions import AuditError, LocalProtocolError
 
 __all__ = [
+    "MAX_AUDIT_ITEMS",
     "DEFAULT_COPY_BATCH_RECORDS",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_PULL_LIMIT",
@@ -57,6 +59,8 @@ __all__ = [
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
     "AccountName",
+    "AuditAck",
+    "AuditBatch",
     "Authenticate",
     "Authenticated",
     "CopyBatch",
@@ -89,10 +93,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -119,8 +123,15 @@ takes the rows as they are also indexes who each record is without building it.
 Version 6 adds :attr:`Authenticated.accounts`: the organisation's accounts and
 the names people know them by, so a laptop shows who wrote each entry (a
 revision's author is the account logged in where it was written).
+
+Version 7 carries the audit trail (:mod:`caresync.audit`): a replica sends the
+entries of its chain (:class:`AuditBatch`, answered by :class:`AuditAck` after the
+server's commit), from after the entry ``Authenticated.audit_seq`` /
+``Authenticated.audit_hash`` say the server holds last.
 """
 
+MAX_AUDIT_ITEMS = 1000
+"""The most audit entries one :class:`AuditBatch` carries."""
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
 SERVER_KEY_BYTES = 32
@@ -564,7 +575,7 @@ class Authenticated(Message):
 
     TYPE_CODE: ClassVar[int] = 5
     FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
-        {"pushed_up_to": 4, "replica_secret": 4, "accounts": 6}
+        {"pushed_up_to": 4, "replica_secret": 4, "accounts": 6, "audit_seq": 7, "audit_hash": 7}
     )
 
     session_token: str
@@ -574,6 +585,8 @@ class Authenticated(Message):
     pushed_up_to: int | None = None
     replica_secret: bytes | None = None
     accounts: tuple[AccountName, ...] | None = None
+    audit_seq: int | None = None
+    audit_hash: bytes | None = None
 
     def __post_init__(self) -> None:
         _text("Authenticated", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
@@ -591,6 +604,11 @@ class Authenticated(Message):
         )
         if self.accounts is not None:
             _set(self, "accounts", _account_names(self.accounts))
+        if (self.audit_seq is None) != (self.audit_hash is None):
+            _bad("Authenticated", "audit_seq", "given with audit_hash, or neither", self.audit_seq)
+        if self.audit_seq is not None:
+            _int("Authenticated", "audit_seq", self.audit_seq, 0)
+            _opt_blob("Authenticated", "audit_hash", self.audit_hash, HASH_BYTES, HASH_BYTES)
 
     def __repr__(self) -> str:
         secret = "'***'" if self.replica_secret else None
@@ -599,7 +617,7 @@ class Authenticated(Message):
             f"Authenticated(session_token='***', expires_at_ms={self.expires_at_ms}, "
             f"user={self.user!r}, organisation={self.organisation!r}, "
             f"pushed_up_to={self.pushed_up_to!r}, replica_secret={secret}, "
-            f"accounts={accounts})"
+            f"accounts={accounts}, audit_seq={self.audit_seq!r})"
         )
 
 
@@ -1018,10 +1036,60 @@ class LiveBatch(Message):
         _set(self, "items", _numbered_items("LiveBatch", self.items, FeedItem, allow_empty=False))
 
 
+@dataclass(frozen=True, slots=True)
+class AuditBatch(Message):
+    """Client → server (protocol version 7 on): entries of the replica's own audit chain.
+
+    In ascending number, each holding the hash of the one before; at most
+    :data:`MAX_AUDIT_ITEMS`. The server keeps them (see
+    :meth:`~caresync.storage.Store.receive_audit`), then answers :class:`AuditAck`.
+    """
+
+    TYPE_CODE: ClassVar[int] = 26
+    SINCE_VERSION: ClassVar[int] = 7
+
+    entries: tuple[AuditEntry, ...]
+
+    def __post_init__(self) -> None:
+        owner = "AuditBatch"
+        items = _items(owner, "entries", self.entries, allow_empty=False)
+        if len(items) > MAX_AUDIT_ITEMS:
+            _bad(owner, "entries", f"at most {MAX_AUDIT_ITEMS} entries", f"{len(items)} entries")
+        out: list[AuditEntry] = []
+        for item in items:
+            try:
+                entry = item if type(item) is AuditEntry else AuditEntry.from_wire(item)
+                check_entry(entry)
+            except AuditError as exc:
+                _bad(owner, "entries[]", f"an audit entry whose hash holds ({exc})", "it")
+            if out and (entry.seq != out[-1].seq + 1 or entry.prev_hash != out[-1].hash):
+                _bad(owner, "entries", "one chain, in ascending number", entry.seq)
+            out.append(entry)
+        _set(self, "entries", tuple(out))
+
+    def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
+        """The entries as lists (their wire form)."""
+        return {"entries": [entry.to_wire() for entry in self.entries]}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditAck(Message):
+    """Server → client (protocol version 7 on): every entry of the replica's chain up to
+    ``up_to_seq`` is committed on the server."""
+
+    TYPE_CODE: ClassVar[int] = 27
+    SINCE_VERSION: ClassVar[int] = 7
+
+    up_to_seq: int
+
+    def __post_init__(self) -> None:
+        _int("AuditAck", "up_to_seq", self.up_to_seq, 1)
+
+
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
 
 # Type codes of the requests an Error may answer (see caresync.protocol.states.REQUESTS).
-_REQUEST_CODES = frozenset({6, 16, 18, 20})
+_REQUEST_CODES = frozenset({6, 16, 18, 20, 26})
 
 
 @dataclass(frozen=True, slots=True)
@@ -1140,6 +1208,8 @@ MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
         LiveUpdate,
         OutboxReport,
         LiveBatch,
+        AuditBatch,
+        AuditAck,
         Error,
         Goodbye,
     ]

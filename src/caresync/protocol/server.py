@@ -23,6 +23,7 @@ event                  the shell answers with
 ``Subscribe``          ``send_live_updates(...)`` (or ``send_live_update``) for
                        new entries, in seq order
 ``OutboxReport``       nothing to send; keep it for operators (version 2 on)
+``AuditBatch``         commit, then ``ack_audit()`` (version 7 on)
 ``Goodbye``            close the websocket
 =====================  ======================================================
 
@@ -63,6 +64,8 @@ from caresync.protocol.messages import (
     MAX_ID_LENGTH,
     SUPPORTED_VERSIONS,
     AccountName,
+    AuditAck,
+    AuditBatch,
     Authenticate,
     Authenticated,
     CopyBatch,
@@ -112,6 +115,7 @@ ServerEvent = (
     | PushBatch
     | Subscribe
     | OutboxReport
+    | AuditBatch
     | Goodbye
 )
 """What :meth:`ServerProtocol.events_received` returns: messages from the client, checked."""
@@ -238,6 +242,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         pushed_up_to: int | None = None,
         replica_secret: bytes | None = None,
         accounts: Sequence[AccountName] | None = None,
+        audit_tail: tuple[int, bytes] | None = None,
     ) -> None:
         """Queue Authenticated (AUTHENTICATING → READY).
 
@@ -245,12 +250,15 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         replica, the one its Hello named): otherwise ``reject`` with
         ``wrong_organisation`` instead. ``pushed_up_to`` and ``replica_secret``
         are sent from version 4 on, ``accounts`` from version 6 on (dropped, as
-        "not said", before).
+        "not said", before), ``audit_tail`` (the number and hash of the last entry of
+        the replica's audit chain held here) from version 7 on.
         """
         if self._version is not None and self._version < ProveServer.SINCE_VERSION:
             pushed_up_to = replica_secret = None
         if self._version is not None and self._version < Authenticated.FIELDS_SINCE["accounts"]:
             accounts = None
+        if self._version is not None and self._version < AuditBatch.SINCE_VERSION:
+            audit_tail = None
         message = Authenticated(
             session_token,
             expires_at_ms,
@@ -259,6 +267,8 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             pushed_up_to,
             replica_secret,
             None if accounts is None else tuple(accounts),
+            None if audit_tail is None else audit_tail[0],
+            None if audit_tail is None else audit_tail[1],
         )
         asked = (
             self._credentials.organisation if isinstance(self._credentials, Authenticate) else None
@@ -400,6 +410,17 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         if not first <= up_to <= last:
             raise LocalProtocolError(f"ack up to {up_to} is outside the batch [{first}, {last}]")
         self._send(message)
+
+    def ack_audit(self, up_to_seq: int | None = None) -> None:
+        """Queue AuditAck for the outstanding AuditBatch. Call only after the commit."""
+        request = self._expect(RequestKind.AUDIT)
+        if not isinstance(request, AuditBatch):  # pragma: no cover - kept by the tables
+            raise LocalProtocolError("no AuditBatch outstanding")
+        first, last = request.entries[0].seq, request.entries[-1].seq
+        up_to = last if up_to_seq is None else up_to_seq
+        if not first <= up_to <= last:
+            raise LocalProtocolError(f"ack up to {up_to} is outside the entries [{first}, {last}]")
+        self._send(AuditAck(up_to))
 
     def send_live_updates(self, entries: Sequence[tuple[int, str, bytes]]) -> int:
         """Queue new feed entries for a subscribed client, skipping those already sent.

@@ -51,6 +51,8 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from caresync.protocol.messages import (
+    AuditAck,
+    AuditBatch,
     Authenticate,
     Authenticated,
     CopyBatch,
@@ -157,6 +159,7 @@ class RequestKind(enum.Enum):
     COPY = "copy"
     PULL = "pull"
     PUSH = "push"
+    AUDIT = "audit"
 
 
 EventKey = type[Message] | Pseudo
@@ -168,12 +171,13 @@ REQUESTS: Mapping[RequestKind, tuple[type[Message], type[Message]]] = MappingPro
         RequestKind.COPY: (CopyRequest, CopyBatch),
         RequestKind.PULL: (PullRequest, PullBatch),
         RequestKind.PUSH: (PushBatch, PushAck),
+        RequestKind.AUDIT: (AuditBatch, AuditAck),
     }
 )
 """Each request kind: (the client's request, the server's reply). One outstanding per kind."""
 
 NEEDS_ENROLMENT: frozenset[type[Message]] = frozenset(
-    {CopyRequest, PullRequest, PushBatch, Subscribe, OutboxReport}
+    {CopyRequest, PullRequest, PushBatch, Subscribe, OutboxReport, AuditBatch}
 )
 """Messages a client may send only as an enrolled replica."""
 
@@ -225,6 +229,8 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
             (_SEND, PushBatch): _C.READY,
             (_SEND, Subscribe): _C.READY,
             (_SEND, OutboxReport): _C.READY,  # protocol version 2 on; no reply
+            (_SEND, AuditBatch): _C.READY,  # protocol version 7 on
+            (_RECV, AuditAck): _C.READY,
             (_RECV, Enrolled): _C.READY,
             (_RECV, CopyBatch): _C.READY,
             (_RECV, PullBatch): _C.READY,
@@ -262,6 +268,8 @@ SERVER_TRANSITIONS: Mapping[ServerState, Mapping[tuple[Direction, EventKey], Ser
             (_RECV, PushBatch): _V.READY,
             (_RECV, Subscribe): _V.READY,
             (_RECV, OutboxReport): _V.READY,  # protocol version 2 on; no reply
+            (_RECV, AuditBatch): _V.READY,  # protocol version 7 on
+            (_SEND, AuditAck): _V.READY,
             (_SEND, Enrolled): _V.READY,
             (_SEND, CopyBatch): _V.READY,
             (_SEND, PullBatch): _V.READY,
