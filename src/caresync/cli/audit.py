@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -208,13 +209,14 @@ def _verify(args: argparse.Namespace, out: Output) -> int:
         _role, entries = run(_entries(args.db))
         data = _verdict(entries, None)
     out.result(data, _render_verify)
-    return ExitCode.OK if data["ok"] else ExitCode.CHECK_FAILED
-
-
-def _render_verify(console: Console, data: Mapping[str, Any]) -> None:
     if data["ok"]:
-        console.print(escaped(f"ok: {data['entries']} entries, every chain holds"), markup=False)
-        return
+        return ExitCode.OK
+    # Like every failing command: one line on standard error, whatever the output format.
+    print(f"caresync: error: the audit trail does not verify{_where(data)}", file=sys.stderr)
+    return ExitCode.CHECK_FAILED
+
+
+def _where(data: Mapping[str, Any]) -> str:
     bad = data["first_bad"]
     where = ""
     if "seq" in bad:
@@ -223,7 +225,14 @@ def _render_verify(console: Console, data: Mapping[str, Any]) -> None:
             where += f" (line {bad['line']} of its chain)"
         if "file_line" in bad:
             where += f", line {bad['file_line']} of the file"
-    console.print(escaped(f"NOT OK{where}: {bad['reason']}"), markup=False)
+    return f"{where}: {bad['reason']}"
+
+
+def _render_verify(console: Console, data: Mapping[str, Any]) -> None:
+    if data["ok"]:
+        console.print(escaped(f"ok: {data['entries']} entries, every chain holds"), markup=False)
+        return
+    console.print(escaped(f"NOT OK{_where(data)}"), markup=False)
 
 
 # ---------------------------------------------------------------- export
