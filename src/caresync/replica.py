@@ -415,7 +415,8 @@ class Replica:
         login_idle_s: float | None = LOGIN_IDLE_S,
         database_key: LaptopKey | None = None,
     ) -> Replica:
-        """A replica over a store already open (read-only tools use this); writes nothing.
+        """A replica over a store already open (read-only tools use this); writes nothing
+        but its audit trail.
 
         ``database_key``: the unlocked key an encrypted store was opened with
         (each online login wraps it for that user too).
@@ -666,13 +667,16 @@ class Replica:
 
     # ---------------------------------------------------------------- reading
 
-    async def record(self, record_id: str) -> RecordView:
+    async def record(self, record_id: str, *, audited: bool = True) -> RecordView:
         """A read-only view of a record (UnknownRecordError if there is none).
 
         Each read is an entry of the audit trail (committed before this returns).
+        ``audited=False`` leaves it out: for a screen that lists many records, which
+        records one ``list`` entry for them all (``audit("list", None, ...)``).
         """
         view = RecordView(await self._pool.get(record_id))
-        await self.audit("read", record_id)
+        if audited:
+            await self.audit("read", record_id)
         return view
 
     async def fields(self, record_id: str) -> dict[str, Any]:

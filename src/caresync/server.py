@@ -751,7 +751,7 @@ class SyncServer:
 
     async def _audit(self, event: AuditEvent) -> None:
         """Append to the server's own audit trail (what happened here, not on a laptop)."""
-        await self.store.append_audit([event])
+        await self.store.append_audit([event], replica_id=self.server_id)
 
     async def _audit_tail(self, conn: _Connection) -> tuple[int, bytes] | None:
         """Where the replica's audit chain held here ends, for a peer that sends it."""

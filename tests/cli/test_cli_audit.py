@@ -130,3 +130,16 @@ def test_a_file_that_is_no_trail_and_an_existing_output_are_refused(
         ExitCode.USAGE,
         "never overwrites",
     )
+
+
+def test_a_listing_is_one_entry_and_not_one_read_per_record(clinic: Clinic) -> None:
+    laptop = clinic.enrol("lister")
+    for _ in range(3):
+        new_record(laptop)
+    before = _entries(laptop)
+    listed = inproc("record list --db {db} --json", db=laptop).ok().json()
+    added = _entries(laptop)[len(before) :]
+    assert [(e["action"], e["detail"]) for e in added] == [
+        ("list", "conflicts"),
+        ("list", f"records: {listed['count']}"),
+    ]

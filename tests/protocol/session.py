@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from caresync.audit import GENESIS, AuditEvent, link
 from caresync.protocol import (
     PROTOCOL_VERSION,
+    AuditAck,
+    AuditBatch,
     Authenticate,
     Authenticated,
     ClientProtocol,
@@ -70,6 +73,18 @@ SAMPLES: dict[type[Message], Message] = {
     LiveUpdate: LiveUpdate(1, "a", b"u"),
     LiveBatch: LiveBatch(((1, "a", b"u"), (2, "b", b"v"))),
     OutboxReport: OutboxReport(3, 1_700_000_000_000),
+    AuditBatch: AuditBatch(
+        (
+            link(
+                AuditEvent(USER, "read", "a"),
+                replica_id=REPLICA_ID,
+                seq=1,
+                at_ms=1,
+                prev_hash=GENESIS,
+            ),
+        )
+    ),
+    AuditAck: AuditAck(1),
     Error: Error("busy", "later", False, in_reply_to=PullRequest.TYPE_CODE),
     Goodbye: Goodbye("bye"),
 }

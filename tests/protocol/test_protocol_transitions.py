@@ -28,6 +28,8 @@ from caresync.protocol import (
     CLIENT_TRANSITIONS,
     MESSAGE_TYPES,
     SERVER_TRANSITIONS,
+    AuditAck,
+    AuditBatch,
     Authenticate,
     Authenticated,
     ClientProtocol,
@@ -75,6 +77,7 @@ CLIENT_SENDS: dict[type[Message] | Pseudo, Callable[[ClientProtocol], None]] = {
     PushBatch: lambda c: c.push([(1, "a", b"u")]),
     Subscribe: lambda c: c.subscribe(0),
     OutboxReport: lambda c: c.report_outbox(1, 5),
+    AuditBatch: lambda c: c.send_audit(SAMPLES[AuditBatch].entries),  # type: ignore[attr-defined]
     Goodbye: lambda c: c.close(),
     Pseudo.FATAL_ERROR: lambda c: c.reject("internal", "x"),
 }
@@ -94,6 +97,7 @@ SERVER_SENDS: dict[type[Message] | Pseudo, Callable[[ServerProtocol], None]] = {
     ),
     PullBatch: lambda s: s.send_pull_batch([], checkpoint=0, head_seq=0),
     PushAck: lambda s: s.ack_push(1),
+    AuditAck: lambda s: s.ack_audit(1),
     LiveUpdate: lambda s: s.send_live_update(1, "a", b"u"),
     LiveBatch: lambda s: s.send_live_updates([(1, "a", b"u"), (2, "b", b"v")]),
     Error: lambda s: s.refuse(RequestKind.PULL, "busy", "later"),
@@ -386,7 +390,7 @@ def test_server_refuses_to_send_replies_that_do_not_fit() -> None:
 
 def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
-        ClientProtocol(protocol_versions=(7,))
+        ClientProtocol(protocol_versions=(8,))
     with pytest.raises(LocalProtocolError):
         ClientProtocol(protocol_versions=())
     with pytest.raises(LocalProtocolError):
@@ -400,7 +404,7 @@ def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         ServerProtocol("")
     with pytest.raises(LocalProtocolError):
-        ServerProtocol(SERVER_ID, protocol_versions=(7,))
+        ServerProtocol(SERVER_ID, protocol_versions=(8,))
     with pytest.raises(LocalProtocolError):
         ServerProtocol(SERVER_ID, max_frame_bytes=True)
 

@@ -213,10 +213,10 @@ class LaptopReader:
     replica: Replica
     role: str = "laptop"
 
-    async def view(self, record_id: str) -> RecordView:
-        return await self.replica.record(record_id)
+    async def view(self, record_id: str, *, audited: bool = True) -> RecordView:
+        return await self.replica.record(record_id, audited=audited)
 
-    async def audit(self, action: AuditAction, record_id: str | None, detail: str) -> None:
+    async def audit(self, action: AuditAction, record_id: str | None, detail: str | None) -> None:
         """Record in the laptop's audit trail what this command did (as whoever is logged in)."""
         await self.replica.audit(action, record_id, detail)
 
@@ -258,9 +258,10 @@ class ServerReader:
             )
         return self._pool
 
-    async def view(self, record_id: str) -> RecordView:
+    async def view(self, record_id: str, *, audited: bool = True) -> RecordView:
         view = RecordView(await self.pool.get(record_id))
-        await self.audit("read", record_id, None)
+        if audited:
+            await self.audit("read", record_id, None)
         return view
 
     async def conflicts(self, record_id: str | None = None) -> list[Conflict]:

@@ -405,8 +405,11 @@ async def list_records(reader: Reader) -> list[dict[str, Any]]:
             }
         )
     listed = []
-    for record_id in await reader.record_ids():
-        view = await reader.view(record_id)
+    record_ids = await reader.record_ids()
+    # One entry for the listing (it shows every patient's name), not one per record.
+    await reader.audit("list", None, f"records: {len(record_ids)}")
+    for record_id in record_ids:
+        view = await reader.view(record_id, audited=False)
         conflicts = open_conflicts.get(record_id, [])
         listed.append(
             {

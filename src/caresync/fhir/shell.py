@@ -61,7 +61,9 @@ async def export_record(replica: Replica, record_id: str) -> dict[str, Any]:
     """The record as a FHIR Bundle (JSON), its open conflicts as DetectedIssues."""
     require_models()
     view = await replica.record(record_id)
-    return bundle_for_record(view, await replica.conflicts(record_id))
+    bundle = bundle_for_record(view, await replica.conflicts(record_id))
+    await replica.audit("export", record_id, "fhir")
+    return bundle
 
 
 def plan_import(data: bytes) -> ImportPlan:

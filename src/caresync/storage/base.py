@@ -794,9 +794,12 @@ class Store(Protocol):
 
     # unsynced changes
     # audit trail (caresync.audit): append-only hash chains
-    async def append_audit(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+    async def append_audit(
+        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+    ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own chain (line 0), in one transaction;
-        returns the entries as linked."""
+        returns the entries as linked. ``replica_id`` names the replica whose own chain
+        it is when the store holds no identity (a server given its id on its own)."""
         ...
 
     async def audit_entries(

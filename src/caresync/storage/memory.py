@@ -734,10 +734,12 @@ class MemoryStore:
             raise StorageError("this store holds no replica yet: it has no audit trail")
         return self._identity.replica_id
 
-    def _plan_own_audit(self, events: Sequence[AuditEvent], now: int) -> list[AuditEntry]:
+    def _plan_own_audit(
+        self, events: Sequence[AuditEvent], now: int, replica_id: str | None = None
+    ) -> list[AuditEntry]:
         if not events:
             return []
-        own = self._own_id()
+        own = replica_id or self._own_id()
         chain = self._audit.get((own, 0))
         tail = (chain[-1].seq, chain[-1].hash) if chain else (0, GENESIS)
         return plan_append(events, replica_id=own, tail=tail, now_ms=now)
@@ -747,11 +749,15 @@ class MemoryStore:
             self._audit.setdefault((entry.replica_id, entry.line), []).append(entry)
             self._audit_held.add((entry.replica_id, entry.seq, entry.hash))
 
-    async def append_audit(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+    async def append_audit(
+        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+    ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own audit chain."""
         checked = check_events(events)
+        if replica_id is not None:
+            check_text(replica_id, "replica_id")
         self._open_or_raise("writing the audit trail")
-        entries = self._plan_own_audit(checked, self._now_ms())
+        entries = self._plan_own_audit(checked, self._now_ms(), replica_id)
         self._keep_audit(entries)
         return entries
 

@@ -1466,9 +1466,13 @@ class SQLiteStore:
 
     # ---------------------------------------------------------------- audit trail
 
-    async def append_audit(self, events: Sequence[AuditEvent]) -> list[AuditEntry]:
+    async def append_audit(
+        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+    ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own audit chain, in one transaction."""
         checked = check_events(events)
+        if replica_id is not None:
+            check_text(replica_id, "replica_id")
         if not checked:
             return []
         now = self._now_ms()
@@ -1476,7 +1480,9 @@ class SQLiteStore:
         def job(raw: sqlite3.Connection) -> list[AuditEntry]:
             # Through the side door too: a reader beside a running writer records its reads.
             return self._write(
-                raw, lambda: sql_append(raw, _own_id(raw, self.path), checked, now), accounts=True
+                raw,
+                lambda: sql_append(raw, replica_id or _own_id(raw, self.path), checked, now),
+                accounts=True,
             )
 
         return await self._run("writing the audit trail", job)
