@@ -10,6 +10,7 @@ search finds the name.
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from pathlib import Path
 
@@ -68,12 +69,15 @@ def test_no_file_the_laptop_writes_reveals_a_patient(clinic: Clinic) -> None:
     # The backup opens with the same password.
     assert status(clinic.dir / "lost-backup.db")["replica_id"] == status(laptop)["replica_id"]
 
-    # A wrong password reads nothing and changes nothing.
-    before = (digest(laptop), digest(Path(f"{laptop}.keys")))
+    # A wrong password reads nothing and changes nothing but the key file's count of
+    # failed attempts (the copies of the key in it are as they were).
+    keys = Path(f"{laptop}.keys")
+    before = (digest(laptop), json.loads(keys.read_text())["users"])
     for command in ("status --db {db}", "record list --db {db}", "sync --db {db}"):
         wrong = inproc(command, db=laptop, password="not the password")
         refused(wrong, ExitCode.REFUSED, "this password does not open the database")
-    assert (digest(laptop), digest(Path(f"{laptop}.keys"))) == before
+    assert (digest(laptop), json.loads(keys.read_text())["users"]) == before
+    assert json.loads(keys.read_text())["attempts"]["failures"] == 3
 
 
 def test_the_control_a_plain_laptop_reveals_the_name(clinic: Clinic) -> None:
