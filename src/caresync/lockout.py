@@ -106,7 +106,8 @@ class UnlockAttempts:
     locked_until_ms: int = 0
     """No password is tried before this wall time (ms)."""
     failed: tuple[FailedLogin, ...] = ()
-    """Failed attempts not yet recorded elsewhere, oldest first."""
+    """Failed attempts not yet recorded elsewhere, oldest first: at most
+    :data:`MAX_FAILED_KEPT`, and the attempt in progress."""
     dropped: int = 0
     """Failed attempts left out of ``failed`` (more than :data:`MAX_FAILED_KEPT`)."""
 
@@ -117,11 +118,11 @@ class UnlockAttempts:
         failures = min(self.failures + 1, _MAX_COUNT)
         lock_ms = int(lock_seconds(failures) * 1000)
         one = FailedLogin(shown_name(username), now_ms)
-        failed = (*self.failed, one)
-        dropped = self.dropped
-        if len(failed) > MAX_FAILED_KEPT:
-            dropped = min(dropped + len(failed) - MAX_FAILED_KEPT, _MAX_COUNT)
-            failed = failed[-MAX_FAILED_KEPT:]
+        # The most recent MAX_FAILED_KEPT failures, and this attempt: taken back if it
+        # succeeds, so a successful unlock still sees MAX_FAILED_KEPT of them.
+        kept = self.failed[-MAX_FAILED_KEPT:]
+        dropped = min(self.dropped + len(self.failed) - len(kept), _MAX_COUNT)
+        failed = (*kept, one)
         return UnlockAttempts(failures, now_ms + lock_ms if lock_ms else 0, failed, dropped), one
 
     def succeeded(self, attempt: FailedLogin) -> UnlockAttempts:
@@ -165,8 +166,8 @@ class UnlockAttempts:
             _count(obj.get(k), k) for k in ("failures", "locked_until_ms", "dropped")
         )
         entries = obj.get("failed")
-        if not isinstance(entries, list) or len(entries) > MAX_FAILED_KEPT:
-            raise ValueError(f"attempts: not a list of at most {MAX_FAILED_KEPT} failures")
+        if not isinstance(entries, list) or len(entries) > MAX_FAILED_KEPT + 1:
+            raise ValueError(f"attempts: not a list of at most {MAX_FAILED_KEPT + 1} failures")
         failed = []
         for entry in entries:
             name = entry.get("username") if isinstance(entry, dict) else None
