@@ -112,3 +112,30 @@ def test_another_user_gets_a_key_at_their_first_online_login(
     assert inproc("status --db {db} --json", db=laptop, password="nurse-pw-1").ok().json()
     record_id = inproc("record new --db {db} --json", db=laptop, password="nurse-pw-1").ok()
     assert record_id.json()["author"] == "nurse.k"
+
+
+def test_caresync_encrypt_converts_a_plain_laptop_in_place(clinic: Clinic) -> None:
+    laptop = clinic.dir / "convert.db"
+    sh(
+        "enrol --db {db} --server {url} --org clinic-a --username dr.a --no-encrypt",
+        db=laptop,
+        url=clinic.url,
+    ).ok()
+    record_id = new_record(laptop)
+    inproc("record set --db {db} {r} name {v}", db=laptop, r=record_id, v=NAME).ok()
+    assert "convert.db" in _found_in(clinic.dir, "convert")
+
+    refused(inproc("encrypt --db {db}", db=laptop, password="not it"), ExitCode.REFUSED, "wrong")
+    done = sh("encrypt --db {db} --json", db=laptop).ok().json()
+    assert done == {"database": str(laptop), "username": "dr.a", "key_file": f"{laptop}.keys"}
+    assert _found_in(clinic.dir, "convert") == []
+    shown = inproc("record show --db {db} {r} --json", db=laptop, r=record_id).ok().json()
+    assert shown["fields"]["name"] == NAME
+    assert status(laptop)["pending"] >= 1  # its unsynced work is still there, and syncs
+    inproc("sync --db {db}", db=laptop).ok()
+    refused(inproc("status --db {db}", db=laptop, password=None), ExitCode.USAGE, "password")
+
+    refused(inproc("encrypt --db {db}", db=laptop), ExitCode.DATABASE, "encrypted already")
+    refused(inproc("encrypt --db {db}", db=clinic.db), ExitCode.DATABASE, "server's database")
+    missing = clinic.dir / "missing.db"
+    refused(inproc("encrypt --db {db}", db=missing), ExitCode.NOT_FOUND, "no database")

@@ -21,6 +21,7 @@ from caresync import __version__
 from caresync.cli import (
     backup,
     conflicts,
+    encrypt,
     fhir,
     login,
     records,
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         users,
         sync,
         login,
+        encrypt,
         status,
         records,
         conflicts,

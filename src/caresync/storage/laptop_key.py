@@ -72,6 +72,7 @@ __all__ = [
     "LaptopKey",
     "create_laptop_key",
     "is_encrypted",
+    "is_plain_database",
     "unlock_key_file",
     "unlock_laptop_key",
 ]
@@ -165,7 +166,7 @@ def unlock_laptop_key(
     ``caresync encrypt``). Blocks: call it in a thread.
     """
     path = Path(database)
-    if _starts_plain(path):
+    if is_plain_database(path):
         raise DatabaseKeyError(
             f"{path} is a plain (unencrypted) database, yet a key file is beside it: a "
             f"`caresync encrypt` was interrupted (run `caresync encrypt --db {path}` again "
@@ -267,10 +268,11 @@ def _no_copy_opens(database: Path, username: str | None, *, laptop: bool) -> str
     )
 
 
-def _starts_plain(path: Path) -> bool:
-    """True when ``path`` is a plain SQLite file (an encrypted one starts with a salt)."""
+def is_plain_database(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a plain SQLite file (an encrypted one starts with a salt);
+    False for a missing or unreadable one."""
     try:
-        with path.open("rb") as file:
+        with Path(path).open("rb") as file:
             return file.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
     except OSError:
         return False  # missing or unreadable: the store says why
