@@ -28,7 +28,9 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      ├── StorageError                 the local database cannot do what was asked
      │    ├── NotACaresyncDatabaseError the file is not a caresync database; left untouched
      │    │    └── DatabaseKeyError    encrypted and no key or a wrong one, or a key for a
-     │    │                            plain file; left untouched
+     │    │         │                  plain file; left untouched
+     │    │         └── PasswordNeededError encrypted, and no password was given to open it
+     │    ├── AlreadyEncryptedError    asked to encrypt a database that is encrypted already
      │    ├── DatabaseTooNewError      written by a newer caresync; left untouched
      │    ├── CorruptDatabaseError     the consistency check failed
      │    ├── DatabaseNotFoundError    no database at that path, and creating one was not asked
@@ -57,6 +59,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyEncryptedError",
     "AuditError",
     "AuthenticationError",
     "AuthorError",
@@ -86,6 +89,7 @@ __all__ = [
     "NotEnrolledError",
     "NotImplementedFeatureError",
     "NotLoggedInError",
+    "PasswordNeededError",
     "ProtocolError",
     "RecordError",
     "RecordMismatchError",
@@ -311,6 +315,17 @@ class MissingExtraError(CaresyncError, ImportError):
 class DatabaseKeyError(NotACaresyncDatabaseError):
     """An encrypted database opened with no key or a wrong one, or a plain database
     opened with a key. The file (and its -wal and -shm) was left untouched."""
+
+
+class PasswordNeededError(DatabaseKeyError):
+    """An encrypted laptop database was opened without a password: give the password of
+    a user who logged in online on that laptop (on the command line, in
+    ``CARESYNC_PASSWORD`` or at the prompt). Nothing was read or changed."""
+
+
+class AlreadyEncryptedError(StorageError):
+    """Asked to encrypt a database (``caresync encrypt``) that is encrypted already.
+    Nothing was changed."""
 
 
 class KeyFileError(StorageError):

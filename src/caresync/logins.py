@@ -21,8 +21,11 @@ write in the common case.
 Offline logins resist guessing: after :data:`OFFLINE_LOGIN_ATTEMPTS` failures
 in a row (any user) the laptop checks no password for a time that doubles with
 each further failure, from :data:`OFFLINE_LOCK_FIRST_S` up to
-:data:`OFFLINE_LOCK_MAX_S`; the count is kept in the database, so restarting
-the program does not reset it.
+:data:`OFFLINE_LOCK_MAX_S` (the policy is :mod:`caresync.lockout`'s); on a plain
+laptop the count is kept in the database, so restarting the program does not
+reset it. An encrypted laptop's database opens only with a right password, so
+there a wrong one is counted in its key file instead, before the database is
+opened (:mod:`caresync.storage.laptop_key`).
 
 The server sends the organisation's accounts with their display names at each
 login (protocol version 6): :meth:`LaptopLogins.shown_as` turns an author into
@@ -52,6 +55,13 @@ from caresync.exceptions import (
     LoginLockedError,
     NotLoggedInError,
 )
+from caresync.lockout import (
+    OFFLINE_LOCK_FIRST_S,
+    OFFLINE_LOCK_MAX_S,
+    OFFLINE_LOGIN_ATTEMPTS,
+    lock_seconds,
+    locked_error,
+)
 from caresync.names import shown
 from caresync.storage import Store
 from caresync.storage.laptop_key import LaptopKey
@@ -64,12 +74,6 @@ __all__ = [
     "LaptopLogins",
 ]
 
-OFFLINE_LOGIN_ATTEMPTS = 5
-"""Failed offline logins in a row after which the laptop locks (see login_offline)."""
-OFFLINE_LOCK_FIRST_S = 30.0
-"""The first lock; each further failure doubles it."""
-OFFLINE_LOCK_MAX_S = 3600.0
-"""The longest lock."""
 LOGIN_IDLE_S = 30 * 60.0
 """A login with no edit for this long expires (a laptop left open on a desk)."""
 
@@ -207,12 +211,9 @@ class LaptopLogins:
         """
         failures, locked_until_ms = await self._failures()
         now_ms = _wall_ms()
-        if locked_until_ms > now_ms:
-            wait_s = (locked_until_ms - now_ms) / 1000
-            raise LoginLockedError(
-                f"too many failed logins on this laptop: try again in {wait_s:.0f} s",
-                retry_after_s=wait_s,
-            )
+        locked = locked_error(locked_until_ms, now_ms)
+        if locked is not None:
+            raise locked
         stored = await self.store.get_meta(_OFFLINE_LOGIN + username)
         try:
             if stored is None:
@@ -225,10 +226,7 @@ class LaptopLogins:
                 raise AuthenticationError(f"wrong password for {username}") from None
         except AuthenticationError as exc:
             failures += 1
-            lock_s = 0.0
-            if failures >= OFFLINE_LOGIN_ATTEMPTS:
-                doublings = min(failures - OFFLINE_LOGIN_ATTEMPTS, 32)
-                lock_s = min(OFFLINE_LOCK_FIRST_S * 2**doublings, OFFLINE_LOCK_MAX_S)
+            lock_s = lock_seconds(failures)
             await self.store.set_meta(
                 _OFFLINE_FAILURES, f"{failures}:{now_ms + int(lock_s * 1000)}"
             )

@@ -55,12 +55,12 @@ from caresync.exceptions import (
     CaresyncError,
     ConnectionLostError,
     CorruptDatabaseError,
-    DatabaseKeyError,
     InvalidInputError,
     InvalidResolutionError,
     InvalidUpdateError,
     LoginLockedError,
     NotEnrolledError,
+    PasswordNeededError,
     ProtocolError,
     RecordMismatchError,
     RemoteProtocolError,
@@ -125,6 +125,7 @@ from caresync.storage import (
     own_identity,
 )
 from caresync.storage.laptop_key import (
+    FailedLogin,
     LaptopKey,
     create_laptop_key,
     is_encrypted,
@@ -365,11 +366,23 @@ class Replica:
         ``encrypt=False``), its key wrapped for that user in ``<db>.keys``; an
         encrypted database opens only with the ``password`` of a user with a
         copy of its key (``username`` picks one; else each is tried), and
-        raises :class:`~caresync.exceptions.DatabaseKeyError` without one,
-        :class:`~caresync.exceptions.WrongPasswordError` for a wrong one. Each
-        online login then wraps the key for that user too. Without a password
-        a new database is a plain SQLite file. ``kdf`` sets the cost of the
-        password derivation (a simulation may pass cheaper parameters).
+        raises :class:`~caresync.exceptions.PasswordNeededError` without one,
+        :class:`~caresync.exceptions.WrongPasswordError` for a wrong one (its
+        message says how a user with no copy yet gets one), and
+        :class:`~caresync.exceptions.LoginLockedError` after too many wrong
+        ones in a row (counted in the key file; no password is tried until the
+        lock has passed). Each online login then wraps the key for that user
+        too. Failed attempts since they were last recorded are in
+        :attr:`pending_failed_logins`.
+
+        **Without a password a new database is a plain SQLite file**, whatever
+        ``encrypt`` says (it matters only when a password is given): tests,
+        simulations and tools open plain replicas this way. An application that
+        keeps patients on a laptop passes the username and password its user
+        logged in with, as ``caresync enrol`` does, and may check
+        :attr:`encrypted`; ``caresync encrypt`` converts a plain laptop later.
+        ``kdf`` sets the cost of the password derivation (a simulation may pass
+        cheaper parameters).
 
         ``password_hasher`` makes the hash kept for offline login (argon2id with
         the library's defaults unless given; a simulation may pass cheaper
@@ -458,6 +471,24 @@ class Replica:
     def encrypted(self) -> bool:
         """True when the database is encrypted at rest (opened with a user's password)."""
         return self.logins.database_key is not None
+
+    @property
+    def pending_failed_logins(self) -> tuple[FailedLogin, ...]:
+        """Failed attempts to unlock this encrypted laptop (wrong passwords, unknown
+        users) not yet recorded elsewhere, oldest first, as they were when it was
+        opened; always empty on a plain laptop (see :mod:`caresync.storage.laptop_key`).
+        At most :data:`~caresync.lockout.MAX_FAILED_KEPT`; how many older ones were
+        dropped is ``logins.database_key.failed_logins_dropped``."""
+        key = self.logins.database_key
+        return () if key is None else key.failed_logins
+
+    async def _clear_failed_logins(self) -> None:
+        """Clear :attr:`pending_failed_logins` (and the dropped count) from the key file,
+        once they are durably recorded (an audit trail): until then every open returns
+        them again. Failures that came since the open are kept."""
+        key = self.logins.database_key
+        if key is not None:
+            await asyncio.to_thread(key.failures_recorded)
 
     @property
     def enrolled(self) -> bool:
@@ -1311,9 +1342,10 @@ def _database_key(
     now. Blocks (file checks, an argon2id derivation): run it in a thread."""
     if is_encrypted(path):
         if password is None:
-            raise DatabaseKeyError(
-                f"{path} is encrypted: open it with the password of a user who logged in "
-                "on this laptop"
+            raise PasswordNeededError(
+                f"{path} is encrypted: a password is needed to open it, that of a user who "
+                "logged in online on this laptop (password=...; on the command line "
+                "CARESYNC_PASSWORD, or the prompt)"
             )
         return unlock_laptop_key(path, password, username, params=kdf), False
     if password is None or not encrypt or not create or path.exists():

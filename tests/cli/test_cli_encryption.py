@@ -10,6 +10,7 @@ search finds the name.
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from pathlib import Path
 
@@ -68,12 +69,15 @@ def test_no_file_the_laptop_writes_reveals_a_patient(clinic: Clinic) -> None:
     # The backup opens with the same password.
     assert status(clinic.dir / "lost-backup.db")["replica_id"] == status(laptop)["replica_id"]
 
-    # A wrong password reads nothing and changes nothing.
-    before = (digest(laptop), digest(Path(f"{laptop}.keys")))
+    # A wrong password reads nothing and changes nothing but the key file's count of
+    # failed attempts (the copies of the key in it are as they were).
+    keys = Path(f"{laptop}.keys")
+    before = (digest(laptop), json.loads(keys.read_text())["users"])
     for command in ("status --db {db}", "record list --db {db}", "sync --db {db}"):
         wrong = inproc(command, db=laptop, password="not the password")
         refused(wrong, ExitCode.REFUSED, "this password does not open the database")
-    assert (digest(laptop), digest(Path(f"{laptop}.keys"))) == before
+    assert (digest(laptop), json.loads(keys.read_text())["users"]) == before
+    assert json.loads(keys.read_text())["attempts"]["failures"] == 3
 
 
 def test_the_control_a_plain_laptop_reveals_the_name(clinic: Clinic) -> None:
@@ -108,3 +112,30 @@ def test_another_user_gets_a_key_at_their_first_online_login(
     assert inproc("status --db {db} --json", db=laptop, password="nurse-pw-1").ok().json()
     record_id = inproc("record new --db {db} --json", db=laptop, password="nurse-pw-1").ok()
     assert record_id.json()["author"] == "nurse.k"
+
+
+def test_caresync_encrypt_converts_a_plain_laptop_in_place(clinic: Clinic) -> None:
+    laptop = clinic.dir / "convert.db"
+    sh(
+        "enrol --db {db} --server {url} --org clinic-a --username dr.a --no-encrypt",
+        db=laptop,
+        url=clinic.url,
+    ).ok()
+    record_id = new_record(laptop)
+    inproc("record set --db {db} {r} name {v}", db=laptop, r=record_id, v=NAME).ok()
+    assert "convert.db" in _found_in(clinic.dir, "convert")
+
+    refused(inproc("encrypt --db {db}", db=laptop, password="not it"), ExitCode.REFUSED, "wrong")
+    done = sh("encrypt --db {db} --json", db=laptop).ok().json()
+    assert done == {"database": str(laptop), "username": "dr.a", "key_file": f"{laptop}.keys"}
+    assert _found_in(clinic.dir, "convert") == []
+    shown = inproc("record show --db {db} {r} --json", db=laptop, r=record_id).ok().json()
+    assert shown["fields"]["name"] == NAME
+    assert status(laptop)["pending"] >= 1  # its unsynced work is still there, and syncs
+    inproc("sync --db {db}", db=laptop).ok()
+    refused(inproc("status --db {db}", db=laptop, password=None), ExitCode.USAGE, "password")
+
+    refused(inproc("encrypt --db {db}", db=laptop), ExitCode.DATABASE, "encrypted already")
+    refused(inproc("encrypt --db {db}", db=clinic.db), ExitCode.DATABASE, "server's database")
+    missing = clinic.dir / "missing.db"
+    refused(inproc("encrypt --db {db}", db=missing), ExitCode.NOT_FOUND, "no database")

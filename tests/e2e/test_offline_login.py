@@ -1,5 +1,7 @@
 """Offline login resists guessing: five failures in a row lock the laptop for a time that
-doubles with each further failure, kept in the database; a right password resets it.
+doubles with each further failure, kept in the database (a plain laptop) or in the key
+file (an encrypted one, whose database a wrong password cannot open); a right password
+resets it.
 
 Real parts: a server on 127.0.0.1 (a laptop keeps a password hash only from an online
 login) and SQLite files; the wall clock the lock is timed by is set by the test.
@@ -11,14 +13,23 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.cli.clitools import inproc
+from tests.cli.clitools import digest, inproc
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 
 import caresync.logins as logins_module
+import caresync.storage.laptop_key as laptop_key_module
 from caresync.cli.errors import ExitCode
-from caresync.exceptions import AuthenticationError, LoginLockedError
-from caresync.logins import OFFLINE_LOCK_FIRST_S, OFFLINE_LOCK_MAX_S
+from caresync.exceptions import (
+    AuthenticationError,
+    LoginLockedError,
+    PasswordNeededError,
+    WrongPasswordError,
+)
+from caresync.logins import OFFLINE_LOCK_FIRST_S, OFFLINE_LOCK_MAX_S, OFFLINE_LOGIN_ATTEMPTS
 from caresync.replica import Replica
+from caresync.storage import KdfParams
+
+CHEAP = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 
 
 @pytest.fixture
@@ -92,3 +103,99 @@ def test_caresync_login_checks_offline_and_says_how_long_it_is_locked(
     still = inproc("login --db {db} --username dr.a", db=db, password=PASSWORD)
     assert still.code == ExitCode.REFUSED
     assert "try again in 30 s" in still.error_line()
+
+
+@pytest.fixture
+def unlock_clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The wall clock of an encrypted laptop's guessing lock (kept in its key file)."""
+    now = [1_800_000_000_000]
+    monkeypatch.setattr(laptop_key_module, "_wall_ms", lambda: now[0])
+    return now
+
+
+async def test_an_encrypted_laptop_counts_wrong_passwords_in_its_key_file(
+    tmp_path: Path, unlock_clock: list[int]
+) -> None:
+    # The bug: the count lived in the database, which a wrong password cannot open, so
+    # an encrypted laptop never locked (every guess cost one argon2id derivation only).
+    db = tmp_path / "laptop.db"
+    laptop = await Replica.open(db, username="dr.a", password=PASSWORD, kdf=CHEAP)
+    assert laptop.encrypted
+    assert laptop.pending_failed_logins == ()
+    await laptop.close()
+    before = digest(db)
+    for n in range(1, OFFLINE_LOGIN_ATTEMPTS):
+        with pytest.raises(WrongPasswordError):
+            await Replica.open(db, username="dr.a", password=f"guess-{n}")
+    with pytest.raises(LoginLockedError) as locked:
+        await Replica.open(db, password="guess-5")  # no name: still one attempt
+    assert locked.value.retry_after_s == OFFLINE_LOCK_FIRST_S
+    with pytest.raises(LoginLockedError, match="try again in 30 s"):
+        await Replica.open(db, username="dr.a", password=PASSWORD)
+    assert digest(db) == before  # the database itself was never opened
+
+    unlock_clock[0] += int(OFFLINE_LOCK_FIRST_S * 1000)
+    laptop = await Replica.open(db, username="dr.a", password=PASSWORD)
+    try:
+        failed = laptop.pending_failed_logins
+        assert [f.username for f in failed] == ["dr.a"] * 4 + [""]
+        assert all(f.at_ms == 1_800_000_000_000 for f in failed)
+        await laptop._clear_failed_logins()
+        assert laptop.pending_failed_logins == ()
+    finally:
+        await laptop.close()
+    laptop = await Replica.open(db, username="dr.a", password=PASSWORD)
+    assert laptop.pending_failed_logins == ()  # cleared for good
+    await laptop.close()
+
+
+async def test_a_plain_laptop_has_no_failed_unlocks_to_record(tmp_path: Path) -> None:
+    laptop = await Replica.open(tmp_path / "plain.db")
+    assert not laptop.encrypted
+    assert laptop.pending_failed_logins == ()
+    await laptop._clear_failed_logins()  # nothing to clear, nothing written
+    assert not (tmp_path / "plain.db.keys").exists()
+    await laptop.close()
+
+
+async def test_an_encrypted_laptop_opened_without_a_password_says_one_is_needed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "laptop.db"
+    await (await Replica.open(db, username="dr.a", password=PASSWORD, kdf=CHEAP)).close()
+    with pytest.raises(PasswordNeededError, match="a password is needed"):
+        await Replica.open(db)
+    # Without a password a new database is plain, by design (documented on open).
+    plain = await Replica.open(tmp_path / "new.db")
+    assert not plain.encrypted
+    await plain.close()
+
+
+def test_caresync_login_on_an_encrypted_laptop_locks_too(
+    tmp_path: Path, clock: list[int], unlock_clock: list[int]
+) -> None:
+    async def enrol_then_go_offline() -> None:
+        server = await start_server(tmp_path)
+        laptop = await enrolled(
+            tmp_path, server, "laptop", username="dr.a", password=PASSWORD, kdf=CHEAP
+        )
+        assert laptop.encrypted
+        await laptop.close()
+        await server.close()
+
+    asyncio.run(enrol_then_go_offline())
+    db = tmp_path / "laptop.db"
+    for _ in range(OFFLINE_LOGIN_ATTEMPTS - 1):
+        wrong = inproc("login --db {db} --username dr.a", db=db, password="not it")
+        assert wrong.code == ExitCode.REFUSED
+        assert "does not open the database" in wrong.error_line()
+    locked = inproc("login --db {db} --username dr.a --json", db=db, password="not it")
+    assert locked.code == ExitCode.REFUSED
+    assert "tries no password for 30 s" in locked.json()["error"]["message"]
+    for command in ("login --db {db} --username dr.a", "status --db {db}"):
+        still = inproc(command, db=db, password=PASSWORD)
+        assert still.code == ExitCode.REFUSED
+        assert "try again in 30 s" in still.error_line()
+    unlock_clock[0] += int(OFFLINE_LOCK_FIRST_S * 1000)
+    ok = inproc("login --db {db} --username dr.a --json", db=db, password=PASSWORD).ok().json()
+    assert ok["username"] == "dr.a"

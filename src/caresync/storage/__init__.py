@@ -4,6 +4,7 @@ See docs/storage.md for the schema, the durability guarantees and the rules
 that keep unsynced work from ever being deleted.
 """
 
+from caresync.lockout import FailedLogin, UnlockAttempts
 from caresync.storage.base import (
     ConflictRow,
     FeedItem,
@@ -47,6 +48,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CachedRecord",
     "ConflictRow",
+    "FailedLogin",
     "FeedItem",
     "Identity",
     "own_identity",
@@ -65,6 +67,7 @@ __all__ = [
     "SessionRow",
     "Store",
     "StoreOpener",
+    "UnlockAttempts",
     "UserAccount",
     "create_laptop_key",
     "is_encrypted",

@@ -17,7 +17,9 @@ The file is JSON, one object::
      "check": "<HMAC-SHA256 of a fixed label under the key, hex>",
      "users": {"amina": {"kdf": "argon2id", "time_cost": 3, "memory_kib": 65536,
                          "parallelism": 4, "salt": "<b64>", "cipher": "AES-256-GCM",
-                         "nonce": "<b64>", "wrapped": "<b64>"}, ...}}
+                         "nonce": "<b64>", "wrapped": "<b64>"}, ...},
+     "attempts": {"failures": 0, "locked_until_ms": 0, "dropped": 0,
+                  "failed": [{"username": "amina", "at_ms": 1767225600000}, ...]}}
 
 The argon2 parameters are stored with each wrap, so they can be raised later
 (the next rewrap uses the new ones) and a file written with cheaper ones (tests,
@@ -25,13 +27,21 @@ simulations) still opens. ``check`` lets :meth:`KeyRing.add_user` refuse a key
 that is not this file's without knowing any password; it reveals nothing of a
 random 256-bit key. Usernames are in clear (they are not secret on a laptop).
 
+``attempts`` (optional: a file without it has none) is the guessing lock of an
+encrypted laptop (:class:`~caresync.lockout.UnlockAttempts`): failed unlock
+attempts in a row, the time before which no password is tried, and the failed
+attempts not yet recorded elsewhere. A caresync that predates it ignores it.
+
 The file is untrusted input: every field is checked when it is loaded, and
 anything malformed, including argon2 parameters too large to be honest, is a
 :class:`~caresync.exceptions.KeyFileError` naming the file. It is created
 exclusively with mode 0600 and replaced atomically (a new file beside it,
 fsynced, renamed over it, the directory fsynced), so a crash leaves the old
-file or the new one, never half of one. One process changes a key file: the
-laptop's writer, which holds the database's writer lock.
+file or the new one, never half of one. Several processes may change one key
+file (a reader counts a wrong password too, while the laptop's writer adds a
+user's copy), so every change is a read-modify-write under an exclusive
+``flock`` of the file itself: the file is read again under the lock (if it was
+replaced meanwhile, the new one is locked instead), changed and replaced.
 
 Nothing here logs, shows or keeps a key or a password: :class:`KeyRing` holds
 only wrapped copies.
@@ -48,7 +58,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -59,9 +69,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from caresync.exceptions import InvalidInputError, KeyFileError, WrongPasswordError
+from caresync.lockout import UnlockAttempts
 from caresync.names import check_username
 from caresync.storage._cipher import KEY_BYTES, check_key
 from caresync.storage.unsynced import PRIVATE_FILE_MODE
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX: changes are not serialised
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "DEFAULT_KDF",
@@ -70,6 +86,7 @@ __all__ = [
     "SERVER_KEY_VARIABLE",
     "KdfParams",
     "KeyRing",
+    "check_password",
     "key_file_for",
     "server_database_key",
 ]
@@ -191,12 +208,19 @@ class KeyRing:
     the key to a user who gives the right password.
     """
 
-    __slots__ = ("_check", "_users", "path")
+    __slots__ = ("_attempts", "_check", "_users", "path")
 
-    def __init__(self, path: Path, check: bytes, users: dict[str, _Wrap]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        check: bytes,
+        users: dict[str, _Wrap],
+        attempts: UnlockAttempts | None = None,
+    ) -> None:
         self.path = path
         self._check = check
         self._users = users
+        self._attempts = attempts if attempts is not None else UnlockAttempts()
 
     def __repr__(self) -> str:
         return f"KeyRing({str(self.path)!r}, users={self.users()!r})"
@@ -211,15 +235,18 @@ class KeyRing:
         password: str,
         *,
         params: KdfParams = DEFAULT_KDF,
+        key: bytes | None = None,
     ) -> tuple[Self, bytes]:
         """A new random database key, wrapped for ``username``, in a new file at ``path``.
 
         Returns the key ring and the key (to open the database with). Never
-        overwrites a file: KeyFileError if ``path`` exists.
+        overwrites a file: KeyFileError if ``path`` exists. ``key`` wraps a key
+        made beforehand instead (a database being encrypted in place is written
+        with its key before its key file is).
         """
         check_username(username)
         secret = _password_bytes(password)
-        key = secrets.token_bytes(KEY_BYTES)
+        key = secrets.token_bytes(KEY_BYTES) if key is None else check_key(key)
         ring = cls(Path(path), _key_check(key), {username: _wrap(key, username, secret, params)})
         ring._write(exclusive=True)
         return ring, key
@@ -244,6 +271,29 @@ class KeyRing:
     def users(self) -> list[str]:
         """The users who can unlock the key, sorted."""
         return sorted(self._users)
+
+    @property
+    def attempts(self) -> UnlockAttempts:
+        """The failed unlock attempts, as the file held them when last read or written."""
+        return self._attempts
+
+    def change_attempts(self, change: Callable[[UnlockAttempts], UnlockAttempts]) -> UnlockAttempts:
+        """Apply ``change`` to the attempts the file holds *now* and save the result, in
+        one step under the file's lock; returns what was saved.
+
+        ``change`` may raise (a locked laptop): then nothing is written. A file
+        that cannot be written is a KeyFileError, and nothing is changed.
+        """
+        with self._latest():
+            changed = change(self._attempts)
+            if changed != self._attempts:
+                before, self._attempts = self._attempts, changed
+                try:
+                    self._write(exclusive=False)
+                except BaseException:
+                    self._attempts = before
+                    raise
+            return self._attempts
 
     def unlock(self, username: str, password: str) -> bytes:
         """The database key, for a user of this file and their password.
@@ -301,20 +351,36 @@ class KeyRing:
         check_key(key)
         if not hmac.compare_digest(_key_check(key), self._check):
             raise InvalidInputError(f"that is not the key of {self.path}; nothing was written")
-        before = self._users.get(username)
-        self._users[username] = _wrap(key, username, secret, params)
-        try:
-            self._write(exclusive=False)
-        except BaseException:
-            if before is None:
-                del self._users[username]
-            else:
-                self._users[username] = before
-            raise
+        wrap = _wrap(key, username, secret, params)  # the slow part, before the lock
+        with self._latest():
+            before = self._users.get(username)
+            self._users[username] = wrap
+            try:
+                self._write(exclusive=False)
+            except BaseException:
+                if before is None:
+                    del self._users[username]
+                else:
+                    self._users[username] = before
+                raise
+
+    @contextlib.contextmanager
+    def _latest(self) -> Iterator[None]:
+        """Hold the file's lock, with this ring read again from the file (another
+        process may have changed it): the body's change is then made to the latest."""
+        with _locked(self.path) as data:
+            check, users, attempts = _parse(self.path, data)
+            if not hmac.compare_digest(check, self._check):
+                raise KeyFileError(
+                    f"{self.path} was replaced by the key file of another key meanwhile; "
+                    "nothing was written"
+                )
+            self._users, self._attempts = users, attempts
+            yield
 
     def _write(self, *, exclusive: bool) -> None:
         """Save the file: a new file beside it, fsynced, then linked or renamed into place."""
-        data = _encode(self._check, self._users)
+        data = _encode(self._check, self._users, self._attempts)
         directory = self.path.parent
         try:
             fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=directory)
@@ -349,6 +415,12 @@ class KeyRing:
 
 
 # ------------------------------------------------------------------ crypto
+
+
+def check_password(password: object) -> None:
+    """InvalidInputError unless ``password`` is one a key file can be unlocked with
+    (non-empty text of at most 4096 bytes in UTF-8)."""
+    _password_bytes(password)
 
 
 def _password_bytes(password: object) -> bytes:
@@ -400,7 +472,7 @@ def _wrong_password(username: object) -> WrongPasswordError:
 # --------------------------------------------------------------- the file
 
 
-def _encode(check: bytes, users: dict[str, _Wrap]) -> bytes:
+def _encode(check: bytes, users: dict[str, _Wrap], attempts: UnlockAttempts) -> bytes:
     return (
         json.dumps(
             {
@@ -420,6 +492,7 @@ def _encode(check: bytes, users: dict[str, _Wrap]) -> bytes:
                     }
                     for name, w in sorted(users.items())
                 },
+                "attempts": attempts.to_json(),
             },
             indent=1,
             sort_keys=True,
@@ -428,7 +501,7 @@ def _encode(check: bytes, users: dict[str, _Wrap]) -> bytes:
     )
 
 
-def _parse(path: Path, data: bytes) -> tuple[bytes, dict[str, _Wrap]]:
+def _parse(path: Path, data: bytes) -> tuple[bytes, dict[str, _Wrap], UnlockAttempts]:
     def bad(why: str) -> KeyFileError:
         return KeyFileError(f"{path} is not a sound caresync key file ({why}); it was not changed")
 
@@ -463,7 +536,13 @@ def _parse(path: Path, data: bytes) -> tuple[bytes, dict[str, _Wrap]]:
         except InvalidInputError:
             raise bad("a user's name is not valid") from None
         users[name] = _parse_wrap(entry, bad, name)
-    return check_bytes, users
+    attempts = UnlockAttempts()
+    if "attempts" in obj:
+        try:
+            attempts = UnlockAttempts.from_json(obj["attempts"])
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+    return check_bytes, users, attempts
 
 
 _Bad = Callable[[str], KeyFileError]
@@ -507,6 +586,45 @@ def _unb64(value: object, size: int, bad: _Bad, name: str, what: str) -> bytes:
     if len(raw) != size:
         raise bad(f"{name!r}: no valid {what}")
     return raw
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[bytes]:
+    """The bytes of the key file at ``path``, read while holding an exclusive ``flock``
+    of it, held until the block ends.
+
+    The file is replaced by a rename, so the lock is taken on the file that is at
+    ``path`` once locked: if another process renamed a new file there while this
+    one waited, the new file is locked instead.
+    """
+    for _ in range(1000):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise KeyFileError(f"there is no key file at {path}") from None
+        except OSError as exc:
+            raise KeyFileError(f"cannot read the key file {path}: {exc}") from exc
+        try:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+                data = b""
+                if current:
+                    with open(fd, "rb", closefd=False) as file:
+                        data = file.read(_MAX_FILE_BYTES + 1)
+            except FileNotFoundError:
+                current = False
+            except OSError as exc:
+                raise KeyFileError(f"cannot lock and read the key file {path}: {exc}") from exc
+            if current:
+                if len(data) > _MAX_FILE_BYTES:
+                    raise KeyFileError(f"{path} is too large to be a caresync key file")
+                yield data
+                return
+        finally:
+            os.close(fd)
+    raise KeyFileError(f"{path} kept being replaced while it was read; try again")
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,0 +1,207 @@
+"""Turning a plain database file into an encrypted one in place, losing nothing.
+
+Theory of operation
+-------------------
+:func:`encrypt_in_place` runs these steps, holding the database's writer lock
+(:mod:`caresync.storage._lock`) throughout, so no caresync process writes it
+meanwhile:
+
+1. **prepared**: the plain database is switched to a rollback journal, which
+   checkpoints its write-ahead log into the file and removes the ``-wal`` and
+   ``-shm``: the plain database is then one self-contained file. (Opening it
+   switches it back to a write-ahead log.) A reader that has it open makes
+   this fail, and nothing is changed.
+2. **copied**: SQLCipher's ``sqlcipher_export`` writes every table, index and
+   row into a new hidden file beside it (``.<name>.*.encrypting``, mode 0600),
+   opened with the key and the store's cipher settings
+   (:func:`caresync.storage._cipher.connect`); the schema version and
+   application id, which the export leaves out, are copied too. (SQLite's
+   backup API cannot copy between a plain and an encrypted file.)
+3. **verified**: the copy is opened again with the key, passes
+   ``quick_check``, and has the same schema, marks and rows as the plain file
+   (a SHA-256 of every table's rows, in the order of all their columns;
+   ``sqlcipher_export`` does not keep the hidden rowids of tables without an
+   integer primary key, which nothing in caresync refers to).
+4. **keyed**: ``write_key_file`` runs (the caller writes the key file, wrapped
+   for a user), unless the key file exists already (a conversion resumed).
+5. **replaced**: the copy is renamed over the plain file, and the directory
+   fsynced. This is the moment the database becomes encrypted.
+6. **cleaned**: any ``-wal``, ``-shm`` or ``-journal`` left beside it is removed.
+
+So a crash at any point leaves the plain database whole (steps 1 to 4, with at
+most a hidden partial copy beside it, removed by the next run, and after step 4
+a key file beside the plain database:
+:func:`caresync.storage.laptop_key.unlock_laptop_key` says to run the
+conversion again, which finishes it), or the encrypted database whole
+with its key file (steps 5 and 6). An error before step 5 removes the partial
+copy and leaves the plain database as it was (in rollback-journal mode).
+
+The plain file's old pages are not scrubbed from the disk: its blocks are
+freed, not overwritten (on an SSD they cannot reliably be). See
+docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from caresync.exceptions import StorageError
+from caresync.storage._cipher import SQLITE_ERRORS, check_key, connect
+from caresync.storage._lock import WriterLock
+
+__all__ = ["STEPS", "encrypt_in_place"]
+
+STEPS = ("prepared", "copied", "verified", "keyed", "replaced", "cleaned")
+"""The steps of :func:`encrypt_in_place`, in order (see the module docstring)."""
+
+_BUSY_TIMEOUT_S = 5.0
+
+
+def _reached(step: str) -> None:
+    """Called after each step; the crash tests stop the process here."""
+
+
+def encrypt_in_place(database: Path, key: bytes, write_key_file: Callable[[], None] | None) -> None:
+    """Encrypt the plain database at ``database`` with ``key``, in place.
+
+    ``write_key_file`` is called once the encrypted copy is verified, before it
+    replaces the plain file (None: the key file is there already). Blocks: run
+    it in a thread. StorageError (nothing changed but the journal mode) if a
+    process has the database open, if the copy differs, or on an I/O error.
+    """
+    check_key(key)
+    lock = WriterLock.acquire(database)
+    try:
+        # Partial copies an interrupted conversion left (their key is lost): ours to remove.
+        for stale in database.parent.glob(f".{glob.escape(database.name)}.*.encrypting*"):
+            stale.unlink(missing_ok=True)
+        _translated(f"preparing {database}", lambda: _to_rollback_journal(database))
+        _reached("prepared")
+        try:
+            fd, name = tempfile.mkstemp(
+                prefix=f".{database.name}.", suffix=".encrypting", dir=database.parent
+            )
+        except OSError as exc:
+            raise StorageError(f"cannot write beside {database}: {exc}; nothing changed") from exc
+        copy = Path(name)
+        try:
+            try:
+                os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
+            finally:
+                os.close(fd)
+            _translated(f"encrypting {database}", lambda: _export(database, copy, key))
+            _reached("copied")
+            checking = f"checking the encrypted copy of {database}"
+            _translated(checking, lambda: _verify(database, copy, key))
+            _reached("verified")
+            if write_key_file is not None:
+                write_key_file()
+            _reached("keyed")
+            os.replace(copy, database)
+            _fsync_directory(database.parent)
+            _reached("replaced")
+        except OSError as exc:
+            raise StorageError(f"encrypting {database} failed: {exc}; it was not changed") from exc
+        finally:
+            for leftover in (copy, Path(f"{copy}-journal")):
+                leftover.unlink(missing_ok=True)  # ours, never the user's
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        _reached("cleaned")
+    finally:
+        lock.release()
+
+
+def _translated(what: str, job: Callable[[], None]) -> None:
+    try:
+        job()
+    except SQLITE_ERRORS as exc:
+        busy = "locked" in str(exc).lower() or "busy" in str(exc).lower()
+        why = "another process has it open; close it and try again" if busy else str(exc)
+        raise StorageError(f"{what}: {why}; the plain database was not changed") from exc
+
+
+def _to_rollback_journal(database: Path) -> None:
+    conn = sqlite3.connect(database, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()
+    finally:
+        conn.close()
+    if mode is None or str(mode[0]).lower() != "delete":
+        raise StorageError(
+            f"{database} cannot leave its write-ahead log (another process has it open?); "
+            "close it and try again; nothing was changed"
+        )
+
+
+def _export(database: Path, copy: Path, key: bytes) -> None:
+    conn = connect(copy, key=key, timeout=_BUSY_TIMEOUT_S)
+    try:
+        conn.execute("ATTACH DATABASE ? AS plain KEY ''", (os.fspath(database),))
+        conn.execute("SELECT sqlcipher_export('main', 'plain')").fetchall()
+        for mark in ("user_version", "application_id"):
+            (value,) = conn.execute(f"PRAGMA plain.{mark}").fetchone()
+            conn.execute(f"PRAGMA main.{mark} = {int(value)}")
+        conn.execute("DETACH DATABASE plain")
+    finally:
+        conn.close()
+    with copy.open("rb+") as file:
+        os.fsync(file.fileno())
+
+
+def _verify(database: Path, copy: Path, key: bytes) -> None:
+    plain = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        encrypted = connect(copy, key=key)
+        try:
+            checked = [str(row[0]) for row in encrypted.execute("PRAGMA quick_check(5)")]
+            if checked != ["ok"]:
+                raise StorageError(f"the encrypted copy of {database} fails its check: {checked}")
+            if _fingerprint(plain) != _fingerprint(encrypted):
+                raise StorageError(
+                    f"the encrypted copy of {database} does not hold the same rows; "
+                    "the plain database was not changed"
+                )
+        finally:
+            encrypted.close()
+    finally:
+        plain.close()
+
+
+def _fingerprint(conn: sqlite3.Connection) -> dict[str, str]:
+    """The schema, the marks, and a digest of every table's rows, of one database."""
+    schema = conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema "
+        "WHERE name NOT LIKE 'sqlite_stat%' ORDER BY type, name"
+    ).fetchall()
+    found = {"schema": repr(schema)}
+    for mark in ("user_version", "application_id"):
+        found[mark] = repr(conn.execute(f"PRAGMA {mark}").fetchone())
+    for kind, name, _table, _sql in schema:
+        if kind != "table":
+            continue
+        quoted = '"' + str(name).replace('"', '""') + '"'
+        columns = len(conn.execute(f"SELECT * FROM {quoted} LIMIT 0").description)
+        order = ", ".join(str(n) for n in range(1, columns + 1))
+        digest = hashlib.sha256()
+        for row in conn.execute(f"SELECT * FROM {quoted} ORDER BY {order}"):
+            digest.update(repr(row).encode("utf-8", "surrogatepass"))
+            digest.update(b"\n")
+        found[f"table {name}"] = digest.hexdigest()
+    return found
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
