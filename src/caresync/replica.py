@@ -450,6 +450,7 @@ class Replica:
             database_key=database_key,
         )
         await replica.logins.load()
+        await replica._record_failed_unlocks()
         return replica
 
     async def close(self) -> None:
@@ -481,6 +482,38 @@ class Replica:
         dropped is ``logins.database_key.failed_logins_dropped``."""
         key = self.logins.database_key
         return () if key is None else key.failed_logins
+
+    async def _record_failed_unlocks(self) -> None:
+        """Append the failed unlocks the key file kept (a wrong password opens nothing,
+        so they wait there) to the audit trail, then clear them from the key file."""
+        key = self.logins.database_key
+        if key is None or not (key.failed_logins or key.failed_logins_dropped):
+            return
+        events = [
+            AuditEvent(
+                attempted_name(failed.username or "(no name given)"),
+                "login-failed",
+                None,
+                f"unlock at {datetime.fromtimestamp(failed.at_ms / 1000, UTC):%Y-%m-%dT%H:%M:%SZ}",
+            )
+            for failed in key.failed_logins
+        ]
+        if key.failed_logins_dropped:
+            events.insert(
+                0,
+                AuditEvent(
+                    ANONYMOUS,
+                    "login-failed",
+                    None,
+                    f"{key.failed_logins_dropped} earlier, not kept",
+                ),
+            )
+        try:
+            await self.store.append_audit(events)
+        except StorageError as exc:  # a read-only copy: they wait for the next open
+            logger.warning("failed unlocks not recorded in the audit trail: %s", exc)
+            return
+        await self._clear_failed_logins()
 
     async def _clear_failed_logins(self) -> None:
         """Clear :attr:`pending_failed_logins` (and the dropped count) from the key file,
