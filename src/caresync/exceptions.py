@@ -50,6 +50,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    │    └── WrongPasswordError  this user and password do not unlock the database key
      │    ├── ReplicaRevokedError      the replica was revoked; it is locked
      │    ├── NotEnrolledError         the replica has not been enrolled yet
+     │    ├── ClientTooOldError        the server accepts only newer caresync clients: update
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
      ├── ConnectionLostError          the connection dropped; unsynced work is kept
      ├── NotImplementedFeatureError   a documented feature that is not built yet
@@ -64,6 +65,7 @@ __all__ = [
     "AuthenticationError",
     "AuthorError",
     "CaresyncError",
+    "ClientTooOldError",
     "ConflictError",
     "ConnectionLostError",
     "CorruptDatabaseError",
@@ -285,6 +287,13 @@ class ReplicaRevokedError(SyncRefusedError):
 
 class NotEnrolledError(SyncRefusedError):
     """The replica has not been enrolled to a server yet."""
+
+
+class ClientTooOldError(SyncRefusedError):
+    """The server accepts only newer caresync clients than this one: update caresync.
+
+    Nothing was sent: the outbox is untouched, and syncs once caresync is updated.
+    """
 
 
 class InsecureConnectionError(SyncRefusedError):

@@ -53,6 +53,7 @@ from caresync.credentials import key_fingerprint, parse_fingerprint, verify_serv
 from caresync.exceptions import (
     AuthenticationError,
     CaresyncError,
+    ClientTooOldError,
     ConnectionLostError,
     CorruptDatabaseError,
     InvalidInputError,
@@ -132,6 +133,7 @@ from caresync.storage.laptop_key import (
     unlock_laptop_key,
 )
 from caresync.transport import Channel, check_server_url, connect_websocket
+from caresync.versions import CLIENT_VERSION, check_version, is_older
 
 __all__ = [
     "AcknowledgedListener",
@@ -164,6 +166,8 @@ _SESSION_USER = "session.user"
 _LOCKED = "replica.locked"  # why the server revoked this replica; set once, kept
 _SECRET = "replica.secret"  # base64: the secret this replica proves at every login
 _PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
+_CLIENT_NEWEST = "server.client_newest"  # the newest caresync the server knows of
+_CLIENT_MIN = "server.client_min"  # the oldest it accepts ("" when it asks for none)
 _AUDIT_SENT = "audit.sent_up_to"  # the last entry of the own audit chain the server acknowledged
 _PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
@@ -212,6 +216,16 @@ class ReplicaStatus:
     """Why the last connection ended badly (cleared when a sync round succeeds)."""
     quarantined: int = 0
     """Updates from the server that could not be merged, kept aside (see ``quarantined()``)."""
+    client_version: str = CLIENT_VERSION
+    """The caresync this laptop runs."""
+    client_newest: str | None = None
+    """The newest caresync the server said it knows of, at the last login (None: not said)."""
+    client_min: str | None = None
+    """The oldest caresync the server said it accepts (None: it asks for none, or has not said)."""
+    update_available: bool = False
+    """The server knows of a newer caresync than this laptop runs."""
+    update_required: bool = False
+    """The server refuses this laptop until caresync is updated (its outbox is kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -984,7 +998,24 @@ class Replica:
             records=await self.store.count_records(),
             last_error=self._last_error,
             quarantined=await self.store.count_quarantined(),
+            **await self._client_versions(),
         )
+
+    async def _client_versions(self) -> dict[str, Any]:
+        newest = await self.store.get_meta(_CLIENT_NEWEST) or None
+        least = await self.store.get_meta(_CLIENT_MIN) or None
+        return {
+            "client_newest": newest,
+            "client_min": least,
+            "update_available": newest is not None and is_older(CLIENT_VERSION, newest),
+            "update_required": least is not None and is_older(CLIENT_VERSION, least),
+        }
+
+    async def _remember_client_versions(self, newest: str | None, least: str | None) -> None:
+        """Keep what the server said of caresync versions (shown by :meth:`status`)."""
+        if newest is not None:
+            await self.store.set_meta(_CLIENT_NEWEST, newest)
+            await self.store.set_meta(_CLIENT_MIN, least or "")
 
     async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
         """Updates from the server that could not be merged, kept aside with the reason.
@@ -1634,6 +1665,7 @@ class _Session:
             await replica._remember_credentials(secret=session.replica_secret)
         if session.pushed_up_to is not None:
             await self.catch_up_after_restore(session.pushed_up_to)
+        await replica._remember_client_versions(session.client_newest, session.client_min)
         if session.audit_seq is not None and session.audit_hash is not None:
             self._audit_after = await self._audit_start(session.audit_seq, session.audit_hash)
 
@@ -2115,6 +2147,7 @@ class _SessionContext:
             server_id=identity.server_id,
             organisation=identity.organisation,
             protocol_versions=_PROTOCOL_VERSIONS,
+            client_version=CLIENT_VERSION,
         )
         self.session = _Session(replica, channel, protocol)
         try:
@@ -2149,6 +2182,14 @@ class _SessionContext:
             await replica.store.set_meta(_LOCKED, str(error))
             replica._set_state(ReplicaState.LOCKED)
             return
+        refusal = session.protocol.peer_error
+        if isinstance(error, ClientTooOldError) and refusal is not None:
+            newest, least = refusal.detail.get("client_newest"), refusal.detail.get("client_min")
+            if isinstance(newest, str) and isinstance(least, str):
+                with contextlib.suppress(InvalidInputError, StorageError):
+                    await replica._remember_client_versions(
+                        check_version(newest), check_version(least)
+                    )
         if isinstance(exc, Exception):
             replica._last_error = str(exc) or type(exc).__name__
         replica._set_state(ReplicaState.OFFLINE)

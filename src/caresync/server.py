@@ -98,6 +98,7 @@ from caresync.transport import (
     WebSocketListener,
     serve_websockets,
 )
+from caresync.versions import CLIENT_VERSION, check_version, is_older
 
 __all__ = ["LoginThrottle", "ServerKey", "SyncServer", "hash_password"]
 
@@ -261,6 +262,7 @@ class SyncServer:
         security_poll_s: float = SECURITY_POLL_S,
         live_queue_entries: int = LIVE_QUEUE_ENTRIES,
         live_queue_bytes: int = LIVE_QUEUE_BYTES,
+        client_min_version: str | None = None,
     ) -> None:
         """``password_hasher`` hashes new passwords (argon2id, the library's defaults
         unless given; a simulation may pass cheaper parameters). Stored hashes are
@@ -273,7 +275,21 @@ class SyncServer:
         this server's clock a revision may be dated. ``live_queue_entries`` and
         ``live_queue_bytes`` bound what waits to be sent to one live laptop; one
         that falls further behind is disconnected, and pulls when it returns.
+        ``client_min_version`` refuses laptops running an older caresync (protocol
+        version 7 on they say theirs; an older laptop cannot, and is refused too),
+        before anything moves (see :mod:`caresync.versions`).
         """
+        self.client_min_version = (
+            None
+            if client_min_version is None
+            else check_version(client_min_version, "client_min_version")
+        )
+        newest = CLIENT_VERSION
+        if self.client_min_version is not None and is_older(newest, self.client_min_version):
+            newest = self.client_min_version
+        self.client_newest_version = newest
+        """The newest caresync the server knows of, as it tells laptops (its own, or the
+        minimum it asks for when that is newer)."""
         if not 0 < login_timeout_s <= 3600 or not 0 < security_poll_s <= 3600:
             raise InvalidInputError("login_timeout_s and security_poll_s must be in (0, 3600]")
         for name, value in (
@@ -341,6 +357,7 @@ class SyncServer:
         live_queue_entries: int = LIVE_QUEUE_ENTRIES,
         live_queue_bytes: int = LIVE_QUEUE_BYTES,
         key: bytes | None = None,
+        client_min_version: str | None = None,
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
@@ -374,6 +391,7 @@ class SyncServer:
             security_poll_s=security_poll_s,
             live_queue_entries=live_queue_entries,
             live_queue_bytes=live_queue_bytes,
+            client_min_version=client_min_version,
         )
 
     async def server_key_fingerprint(self) -> str:
@@ -712,6 +730,8 @@ class SyncServer:
     async def _on_login(self, conn: _Connection, login: Authenticate | ResumeSession) -> None:
         hello = conn.protocol.hello
         address = conn.channel.remote_host
+        if await self._refuse_old_client(conn, login):
+            return
         if isinstance(login, Authenticate):
             outcome = await self.gate.password_login(login, hello, address)
         else:
@@ -742,12 +762,34 @@ class SyncServer:
             replica_secret=outcome.new_secret,
             accounts=await self._account_names(conn, outcome.organisation),
             audit_tail=await self._audit_tail(conn),
+            client_newest=self.client_newest_version,
+            client_min=self.client_min_version,
         )
         replica_id = conn.protocol.replica_id
         await self._audit(AuditEvent(outcome.user, "login", None, replica_id or "a new laptop"))
         self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
         if replica_id is not None:  # seen: only now that it proved who it is
             await self.store.touch_replica(replica_id, self._now_ms())
+
+    async def _refuse_old_client(
+        self, conn: _Connection, login: Authenticate | ResumeSession
+    ) -> bool:
+        """Refuse (fatally, before the password is checked) a laptop running a caresync
+        older than ``client_min_version``; True if it was."""
+        least = self.client_min_version
+        if least is None or not is_older(login.client_version, least):
+            return False
+        said = login.client_version or "a caresync too old to say its version"
+        conn.protocol.reject(
+            ErrorCode.CLIENT_TOO_OLD,
+            f"this server accepts caresync {least} or newer; this laptop runs {said}. "
+            "Update caresync on it, then sync again: its unsynced changes are kept",
+            detail={"client_min": least, "client_newest": self.client_newest_version},
+        )
+        conn.protocol.errors_sent()  # logged here as a failed login, not as a refusal too
+        user = login.username if isinstance(login, Authenticate) else None
+        self.events.login_failed(conn.channel.peer, user, ErrorCode.CLIENT_TOO_OLD, said)
+        return True
 
     async def _audit(self, event: AuditEvent) -> None:
         """Append to the server's own audit trail (what happened here, not on a laptop)."""

@@ -11,6 +11,7 @@ from tests.protocol.session import SAMPLES
 from caresync.exceptions import (
     AuthenticationError,
     CaresyncError,
+    ClientTooOldError,
     ConnectionLostError,
     FrameTooLargeError,
     LocalProtocolError,
@@ -419,6 +420,7 @@ def test_every_code_maps_to_one_caresync_exception() -> None:
         "busy": ConnectionLostError,
         "going_away": ConnectionLostError,
         "internal": ConnectionLostError,
+        "client_too_old": ClientTooOldError,
     }
     assert dict(ERROR_CLASSES) == expected
     assert {code.value for code in ErrorCode} == set(expected)

@@ -15,11 +15,13 @@ from caresync.cli.common import add_db, add_json, listen_host, path, port, run, 
 from caresync.cli.databases import files_before, is_plain_sqlite, remove_if_new, rulebook
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
+from caresync.exceptions import InvalidInputError
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
 from caresync.storage import server_database_key
 from caresync.storage.keyring import SERVER_KEY_VARIABLE
+from caresync.versions import check_version
 
 __all__ = ["LISTENING", "register"]
 
@@ -80,8 +82,23 @@ def register(commands: Any) -> None:
         help="the database key, in a file only its owner can read (else from "
         f"{SERVER_KEY_VARIABLE})",
     )
+    serve.add_argument(
+        "--client-min-version",
+        metavar="VERSION",
+        type=_version,
+        help="refuse laptops running a caresync older than VERSION (e.g. 0.2.0); they are "
+        "told to update, and keep their unsynced changes (default: every laptop that "
+        "speaks a protocol version this server speaks)",
+    )
     add_json(serve)
     serve.set_defaults(handler=_serve)
+
+
+def _version(raw: str) -> str:
+    try:
+        return check_version(raw, "--client-min-version")
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
@@ -164,7 +181,16 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         note = _log_note if args.log_format == "json" else out.note
         run(
             _run_server(
-                args.db, args.host, args.port, context, out, listening, admission, note, key
+                args.db,
+                args.host,
+                args.port,
+                context,
+                out,
+                listening,
+                admission,
+                note,
+                key,
+                args.client_min_version,
             )
         )
     except BaseException:
@@ -186,10 +212,17 @@ async def _run_server(
     admission: AdmissionLimits | None = None,
     note: Callable[[str], None] | None = None,
     key: bytes | None = None,
+    client_min_version: str | None = None,
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
-        opened = await SyncServer.open(db, admission=admission, rulebook=rulebook(), key=key)
+        opened = await SyncServer.open(
+            db,
+            admission=admission,
+            rulebook=rulebook(),
+            key=key,
+            client_min_version=client_min_version,
+        )
         async with opened as server:
             listener = await server.serve(host, port, ssl=context)
             listening.set()

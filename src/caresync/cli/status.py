@@ -81,6 +81,11 @@ async def status_of(reader: Reader) -> dict[str, Any]:
             "quarantined": status.quarantined,
             "quarantined_records": sorted({kept.record_id for kept in await replica.quarantined()}),
             "server_key": replica.pinned_server_key,
+            "client_version": status.client_version,
+            "client_newest": status.client_newest,
+            "client_min": status.client_min,
+            "update_available": status.update_available,
+            "update_required": status.update_required,
         }
     return await _server_status(reader)
 

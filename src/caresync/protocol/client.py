@@ -140,6 +140,7 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         organisation: str | None = None,
         protocol_versions: Iterable[int] = SUPPORTED_VERSIONS,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        client_version: str | None = None,
     ) -> None:
         versions = _versions(protocol_versions)
         super().__init__(
@@ -156,6 +157,9 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
                 "replica); a new replica names its organisation in authenticate()"
             )
         self._hello = Hello(versions, max_frame_bytes, replica_id, server_id, organisation)
+        # Said at login (version 7 on), so a server can refuse a client too old for it.
+        ResumeSession("x", None, client_version)  # its form checked now
+        self._client_version = client_version
         self._replica_id = replica_id
         self._expected_server_id = server_id
         self._organisation = organisation
@@ -280,7 +284,9 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         :class:`~caresync.exceptions.WrongOrganisationError`, sending nothing, if
         the replica is enrolled to another organisation.
         """
-        message = Authenticate(username, password, organisation, replica_secret)
+        message = Authenticate(
+            username, password, organisation, replica_secret, self._version_to_say()
+        )
         if self._organisation is not None and organisation != self._organisation:
             raise WrongOrganisationError(
                 f"this replica is enrolled to organisation {self._organisation!r}, "
@@ -289,12 +295,18 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         self._require_proven()
         self._send(message)
 
+    def _version_to_say(self) -> str | None:
+        """This client's software version, where the agreed protocol carries it."""
+        if self._version is None or self._version < Authenticate.FIELDS_SINCE["client_version"]:
+            return None
+        return self._client_version
+
     def resume_session(self, session_token: str, replica_secret: bytes | None = None) -> None:
         """Queue ResumeSession with an earlier session token (→ AUTHENTICATING).
 
         From version 4, only after :meth:`confirm_server`, with the replica's secret.
         """
-        message = ResumeSession(session_token, replica_secret)
+        message = ResumeSession(session_token, replica_secret, self._version_to_say())
         self._require_proven()
         self._send(message)
 

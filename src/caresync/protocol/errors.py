@@ -23,6 +23,8 @@ too_large              ProtocolError                    a frame over the receive
 busy                   ConnectionLostError              the server is overloaded; retry later
 going_away             ConnectionLostError              the server is shutting down; retry later
 internal               ConnectionLostError              the server failed; nothing was committed
+client_too_old         ClientTooOldError                this caresync is older than the oldest the
+                                                        server accepts (v7 on): update it
 =====================  ==============================  ==========================================
 
 ``bad_message`` and ``too_large`` map to the plain :class:`~caresync.exceptions.ProtocolError`:
@@ -40,6 +42,7 @@ from types import MappingProxyType
 from caresync.exceptions import (
     AuthenticationError,
     CaresyncError,
+    ClientTooOldError,
     ConnectionLostError,
     NotEnrolledError,
     ProtocolError,
@@ -69,6 +72,7 @@ class ErrorCode(enum.StrEnum):
     BUSY = "busy"
     GOING_AWAY = "going_away"
     INTERNAL = "internal"
+    CLIENT_TOO_OLD = "client_too_old"
 
 
 ERROR_CLASSES: Mapping[str, type[CaresyncError]] = MappingProxyType(
@@ -87,6 +91,7 @@ ERROR_CLASSES: Mapping[str, type[CaresyncError]] = MappingProxyType(
         ErrorCode.BUSY: ConnectionLostError,
         ErrorCode.GOING_AWAY: ConnectionLostError,
         ErrorCode.INTERNAL: ConnectionLostError,
+        ErrorCode.CLIENT_TOO_OLD: ClientTooOldError,
     }
 )
 """The exception class each known code maps to."""

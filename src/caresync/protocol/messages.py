@@ -130,6 +130,8 @@ server's commit), from after the entry ``Authenticated.audit_seq`` /
 ``Authenticated.audit_hash`` say the server holds last.
 """
 
+MAX_VERSION_TEXT = 64
+"""The longest software version a peer names (``client_version``, ``client_newest``)."""
 MAX_AUDIT_ITEMS = 1000
 """The most audit entries one :class:`AuditBatch` carries."""
 MIN_NONCE_BYTES = 16
@@ -280,6 +282,17 @@ def _items(owner: str, name: str, value: object, *, allow_empty: bool) -> tuple[
     if not value and not allow_empty:
         _bad(owner, name, "non-empty", value)
     return tuple(value)
+
+
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
+
+
+def _opt_version(owner: str, name: str, value: object) -> None:
+    """None, or a software version's text (``0.1.0``, ``1.2.0rc1``): its form only."""
+    if value is None:
+        return
+    if type(value) is not str or not _VERSION_RE.fullmatch(value):
+        _bad(owner, name, f"None or a version of 1 to {MAX_VERSION_TEXT} characters", value)
 
 
 def _set(message: object, name: str, value: object) -> None:
@@ -501,12 +514,15 @@ class Authenticate(Message):
     """
 
     TYPE_CODE: ClassVar[int] = 3
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"replica_secret": 4})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"replica_secret": 4, "client_version": 7}
+    )
 
     username: str
     password: str
     organisation: str
     replica_secret: bytes | None = None
+    client_version: str | None = None
 
     def __post_init__(self) -> None:
         _text("Authenticate", "username", self.username, MAX_NAME_LENGTH)
@@ -526,12 +542,14 @@ class Authenticate(Message):
             MIN_SECRET_BYTES,
             MAX_SECRET_BYTES,
         )
+        _opt_version("Authenticate", "client_version", self.client_version)
 
     def __repr__(self) -> str:
         return (
             f"Authenticate(username={self.username!r}, password='***', "
             f"organisation={self.organisation!r}, "
-            f"replica_secret={'***' if self.replica_secret else None})"
+            f"replica_secret={'***' if self.replica_secret else None}, "
+            f"client_version={self.client_version!r})"
         )
 
 
@@ -540,10 +558,13 @@ class ResumeSession(Message):
     """Client → server: log in again with a session token from :class:`Authenticated`."""
 
     TYPE_CODE: ClassVar[int] = 4
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"replica_secret": 4})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"replica_secret": 4, "client_version": 7}
+    )
 
     session_token: str
     replica_secret: bytes | None = None
+    client_version: str | None = None
 
     def __post_init__(self) -> None:
         _text("ResumeSession", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
@@ -554,10 +575,14 @@ class ResumeSession(Message):
             MIN_SECRET_BYTES,
             MAX_SECRET_BYTES,
         )
+        _opt_version("ResumeSession", "client_version", self.client_version)
 
     def __repr__(self) -> str:
         secret = "'***'" if self.replica_secret else None
-        return f"ResumeSession(session_token='***', replica_secret={secret})"
+        return (
+            f"ResumeSession(session_token='***', replica_secret={secret}, "
+            f"client_version={self.client_version!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,7 +600,15 @@ class Authenticated(Message):
 
     TYPE_CODE: ClassVar[int] = 5
     FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
-        {"pushed_up_to": 4, "replica_secret": 4, "accounts": 6, "audit_seq": 7, "audit_hash": 7}
+        {
+            "pushed_up_to": 4,
+            "replica_secret": 4,
+            "accounts": 6,
+            "audit_seq": 7,
+            "audit_hash": 7,
+            "client_newest": 7,
+            "client_min": 7,
+        }
     )
 
     session_token: str
@@ -587,6 +620,8 @@ class Authenticated(Message):
     accounts: tuple[AccountName, ...] | None = None
     audit_seq: int | None = None
     audit_hash: bytes | None = None
+    client_newest: str | None = None
+    client_min: str | None = None
 
     def __post_init__(self) -> None:
         _text("Authenticated", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
@@ -609,6 +644,8 @@ class Authenticated(Message):
         if self.audit_seq is not None:
             _int("Authenticated", "audit_seq", self.audit_seq, 0)
             _opt_blob("Authenticated", "audit_hash", self.audit_hash, HASH_BYTES, HASH_BYTES)
+        _opt_version("Authenticated", "client_newest", self.client_newest)
+        _opt_version("Authenticated", "client_min", self.client_min)
 
     def __repr__(self) -> str:
         secret = "'***'" if self.replica_secret else None

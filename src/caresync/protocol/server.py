@@ -243,6 +243,8 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         replica_secret: bytes | None = None,
         accounts: Sequence[AccountName] | None = None,
         audit_tail: tuple[int, bytes] | None = None,
+        client_newest: str | None = None,
+        client_min: str | None = None,
     ) -> None:
         """Queue Authenticated (AUTHENTICATING → READY).
 
@@ -251,7 +253,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         ``wrong_organisation`` instead. ``pushed_up_to`` and ``replica_secret``
         are sent from version 4 on, ``accounts`` from version 6 on (dropped, as
         "not said", before), ``audit_tail`` (the number and hash of the last entry of
-        the replica's audit chain held here) from version 7 on.
+        the replica's audit chain held here), ``client_newest`` and ``client_min``
+        (the newest caresync version the server knows, the oldest it accepts) from
+        version 7 on.
         """
         if self._version is not None and self._version < ProveServer.SINCE_VERSION:
             pushed_up_to = replica_secret = None
@@ -259,6 +263,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             accounts = None
         if self._version is not None and self._version < AuditBatch.SINCE_VERSION:
             audit_tail = None
+            client_newest = client_min = None
         message = Authenticated(
             session_token,
             expires_at_ms,
@@ -269,6 +274,8 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             None if accounts is None else tuple(accounts),
             None if audit_tail is None else audit_tail[0],
             None if audit_tail is None else audit_tail[1],
+            client_newest,
+            client_min,
         )
         asked = (
             self._credentials.organisation if isinstance(self._credentials, Authenticate) else None
