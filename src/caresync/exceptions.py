@@ -140,6 +140,9 @@ class AuthorError(InvalidInputError):
 class AuditError(InvalidInputError):
     """An audit entry or trail that is malformed, or does not continue the chain it claims."""
 
+    line: int | None = None
+    """For an export file: the line (from 1) that holds no entry of a trail."""
+
 
 class RecordError(CaresyncError):
     """A record cannot do what was asked."""

@@ -245,7 +245,12 @@ class Gatekeeper:
         except InvalidInputError as exc:
             return Refused(ErrorCode.BAD_MESSAGE, str(exc))
         replica_id = f"replica-{uuid.uuid4()}"
-        if proposed_id is not None and await self.store.get_replica(proposed_id) is None:
+        # Never the server's own id: its audit chain (and its name) are its own.
+        if (
+            proposed_id is not None
+            and proposed_id != self.server_id
+            and await self.store.get_replica(proposed_id) is None
+        ):
             replica_id = proposed_id
         secret = new_replica_secret()
         await self.store.enrol_replica(

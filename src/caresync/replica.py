@@ -67,6 +67,7 @@ from caresync.exceptions import (
     RemoteProtocolError,
     ReplicaRevokedError,
     StorageError,
+    SyncRefusedError,
 )
 from caresync.index import ensure_index
 from caresync.listing import ConflictListing
@@ -168,6 +169,7 @@ _SECRET = "replica.secret"  # base64: the secret this replica proves at every lo
 _PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
 _CLIENT_NEWEST = "server.client_newest"  # the newest caresync the server knows of
 _CLIENT_MIN = "server.client_min"  # the oldest it accepts ("" when it asks for none)
+_AUDIT_REFUSED = "audit.refused"  # why the server last refused this laptop's audit entries
 _AUDIT_SENT = "audit.sent_up_to"  # the last entry of the own audit chain the server acknowledged
 _PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
@@ -226,6 +228,9 @@ class ReplicaStatus:
     """The server knows of a newer caresync than this laptop runs."""
     update_required: bool = False
     """The server refuses this laptop until caresync is updated (its outbox is kept)."""
+    audit_refused: str | None = None
+    """Why the server refused this laptop's audit entries at the last sync (they stay here,
+    and are sent again); None when it took them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -791,13 +796,17 @@ class Replica:
         """The fields of a record that an open ``block`` conflict involves, and that conflict.
 
         Until a person chooses, such a field has no settled value: show the conflict
-        and its candidates, not one of them (see :meth:`Rulebook.contested`).
+        and its candidates, not one of them (see :meth:`Rulebook.contested`). An audited read.
         """
-        return await self._listing.contested(record_id)
+        found = await self._listing.contested(record_id)
+        await self.audit("read", record_id, "contested")
+        return found
 
     async def find_conflict(self, conflict_id: str) -> Conflict:
-        """The open conflict with that id (UnknownConflictError if none)."""
-        return await self._listing.find(conflict_id)
+        """The open conflict with that id (UnknownConflictError if none); an audited read."""
+        conflict = await self._listing.find(conflict_id)
+        await self.audit("read", conflict.record_id, "conflict")
+        return conflict
 
     async def resolve(
         self,
@@ -814,7 +823,7 @@ class Replica:
         people (:meth:`mark_different_people`); the decision is written to both records.
         """
         writer = await self.author_of(author)
-        conflict = await self.find_conflict(conflict_id)
+        conflict = await self._listing.find(conflict_id)  # the resolution is its entry
         if conflict.rule in (DUPLICATE_RULE, DISPUTED_RULE):
             return await self._decide_pair(conflict, choose, value, writer)
         kwargs: dict[str, Any] = {"choose": choose}
@@ -832,7 +841,7 @@ class Replica:
     async def acknowledge(self, conflict_id: str, *, author: str | None = None) -> Revision:
         """Acknowledge a flag or info finding."""
         writer = await self.author_of(author)
-        conflict = await self.find_conflict(conflict_id)
+        conflict = await self._listing.find(conflict_id)  # the acknowledgement is its entry
         if conflict.rule in (DUPLICATE_RULE, DISPUTED_RULE):
             raise InvalidResolutionError(
                 f"conflict {conflict_id} asks whether two records are one person: choose "
@@ -881,8 +890,14 @@ class Replica:
         return await self._listing.linked(record_id)
 
     async def person_pairs(self, record_id: str | None = None) -> list[PersonPair]:
-        """The person index's pairs: possible duplicates, linked and disputed records."""
-        return await self.store.person_pairs(record_id)
+        """The person index's pairs: possible duplicates, linked and disputed records
+        (what identifies each person shows: an audited read)."""
+        pairs = await self.store.person_pairs(record_id)
+        if record_id is None:
+            await self.audit("list", None, "person pairs")
+        else:
+            await self.audit("read", record_id, "person pairs")
+        return pairs
 
     async def _decide(
         self,
@@ -998,6 +1013,7 @@ class Replica:
             records=await self.store.count_records(),
             last_error=self._last_error,
             quarantined=await self.store.count_quarantined(),
+            audit_refused=await self.store.get_meta(_AUDIT_REFUSED) or None,
             **await self._client_versions(),
         )
 
@@ -1013,6 +1029,13 @@ class Replica:
 
     async def _remember_client_versions(self, newest: str | None, least: str | None) -> None:
         """Keep what the server said of caresync versions (shown by :meth:`status`)."""
+        try:
+            for said in (newest, least):
+                if said is not None:
+                    check_version(said)
+        except InvalidInputError as exc:  # a server's word is checked like any other
+            logger.warning("the server named a caresync version that is none: %s", exc)
+            return
         if newest is not None:
             await self.store.set_meta(_CLIENT_NEWEST, newest)
             await self.store.set_meta(_CLIENT_MIN, least or "")
@@ -1021,9 +1044,14 @@ class Replica:
         """Updates from the server that could not be merged, kept aside with the reason.
 
         A record named here may lack what those updates held; the sync went on
-        with everything else. Show them to an administrator.
+        with everything else. Show them to an administrator. An audited read.
         """
-        return await self.store.quarantined(record_id)
+        kept = await self.store.quarantined(record_id)
+        if record_id is None:
+            await self.audit("list", None, "quarantined")
+        else:
+            await self.audit("read", record_id, "quarantined")
+        return kept
 
     @property
     def pinned_server_key(self) -> str | None:
@@ -1694,6 +1722,7 @@ class _Session:
             self._audit_after = int(await store.get_meta(_AUDIT_SENT) or 0)
         budget = min(self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES, 1 << 20)
         sent = 0
+        from_start = False
         while True:
             entries = await store.audit_entries(
                 replica_id=self.replica.replica_id,
@@ -1711,9 +1740,23 @@ class _Session:
                 batch.append(entry)
                 size += entry_size
             self.protocol.send_audit(batch)
-            ack = await self.expect(AuditAck)
+            try:
+                ack = await self.expect(AuditAck)
+            except (ProtocolError, SyncRefusedError) as refused:
+                if self.protocol.failure is not None:
+                    raise  # the connection ended: not a refusal of these entries alone
+                if self._audit_after and not from_start:
+                    # The server lacks an entry this copy thinks it holds (a server restored
+                    # from a backup): send the whole chain; it skips what it holds.
+                    from_start, self._audit_after = True, 0
+                    continue
+                # The records' sync goes on; the entries stay here, and are tried again.
+                logger.warning("audit entries of %s refused: %s", self.replica.replica_id, refused)
+                await store.set_meta(_AUDIT_REFUSED, str(refused))
+                return sent
             self._audit_after = ack.up_to_seq
             await store.set_meta(_AUDIT_SENT, str(ack.up_to_seq))
+            await store.set_meta(_AUDIT_REFUSED, "")
             sent += sum(1 for entry in batch if entry.seq <= ack.up_to_seq)
 
     async def catch_up_after_restore(self, pushed_up_to: int) -> None:

@@ -741,8 +741,11 @@ class SyncServer:
             conn.protocol.errors_sent()  # logged here as a failed login, not as a refusal too
             user = login.username if isinstance(login, Authenticate) else None
             self.events.login_failed(conn.channel.peer, user, outcome.code, outcome.message)
-            tried = "(a session token)" if user is None else attempted_name(user)
-            await self._audit(AuditEvent(tried, "login-failed", None, f"refused: {outcome.code}"))
+            if outcome.code != ErrorCode.THROTTLED:  # no password checked: the log counts those
+                tried = "(a session token)" if user is None else attempted_name(user)
+                await self._audit(
+                    AuditEvent(tried, "login-failed", None, f"refused: {outcome.code}")
+                )
             return
         expected = conn.protocol.organisation
         if expected is not None and expected != outcome.organisation:
@@ -789,6 +792,8 @@ class SyncServer:
         conn.protocol.errors_sent()  # logged here as a failed login, not as a refusal too
         user = login.username if isinstance(login, Authenticate) else None
         self.events.login_failed(conn.channel.peer, user, ErrorCode.CLIENT_TOO_OLD, said)
+        tried = "(a session token)" if user is None else attempted_name(user)
+        await self._audit(AuditEvent(tried, "login-failed", None, "refused: client_too_old"))
         return True
 
     async def _audit(self, event: AuditEvent) -> None:
@@ -801,6 +806,8 @@ class SyncServer:
         replica_id = conn.protocol.replica_id
         if replica_id is None or version is None or version < AuditBatch.SINCE_VERSION:
             return None
+        if replica_id == self.server_id:
+            return None
         return await self.store.audit_tail(replica_id)
 
     async def _on_audit(self, conn: _Connection, batch: AuditBatch) -> None:
@@ -810,6 +817,13 @@ class SyncServer:
         for a copy restored from an older one, on an entry held: a new line).
         """
         replica_id = conn.protocol.replica_id or ""
+        if replica_id == self.server_id:  # enrolled under the server's id before that was refused
+            conn.protocol.refuse(
+                RequestKind.AUDIT,
+                ErrorCode.FORBIDDEN,
+                "audit entries refused: this replica bears the server's own id",
+            )
+            return
         try:
             up_to = await self.store.receive_audit(replica_id, batch.entries)
         except AuditError as exc:

@@ -143,3 +143,31 @@ def test_a_listing_is_one_entry_and_not_one_read_per_record(clinic: Clinic) -> N
         ("list", "conflicts"),
         ("list", f"records: {listed['count']}"),
     ]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    ["outcome", "second agent", "second patient", "type"],
+)
+def test_fields_no_hash_covers_cannot_be_added_or_changed(
+    exported: tuple[Path, str], tmp_path: Path, forge: str
+) -> None:
+    file, _record_id = exported
+    lines = file.read_text().splitlines(keepends=True)
+    event = json.loads(lines[1])
+    if forge == "outcome":
+        event["outcome"] = "8"
+    elif forge == "second agent":
+        event["agent"].append({"who": {"identifier": {"value": "dr.framed"}}, "requestor": False})
+    elif forge == "second patient":
+        event.setdefault("entity", []).append({"what": {"identifier": {"value": "other"}}})
+    else:
+        event["type"]["code"] = "110106"
+    lines[1] = json.dumps(event) + "\n"
+    bad = tmp_path / "forged.ndjson"
+    bad.write_text("".join(lines))
+    result = inproc("audit verify --file {f} --json", f=bad)
+    assert result.code == ExitCode.CHECK_FAILED
+    first_bad = result.json()["first_bad"]
+    assert first_bad["file_line"] == 2
+    assert "changed after the export" in first_bad["reason"]

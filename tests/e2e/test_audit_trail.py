@@ -25,9 +25,11 @@ from tests.e2e.live_helpers import (
 )
 
 from caresync.audit import GENESIS, AuditEntry, AuditEvent, link, verify_trail
-from caresync.exceptions import AuthenticationError
+from caresync.exceptions import AuthenticationError, RemoteProtocolError
 from caresync.protocol import Error
 from caresync.replica import Replica
+from caresync.server import SyncServer
+from caresync.storage._audit import MAX_LINES
 
 
 def _actions(entries: list[AuditEntry]) -> list[tuple[str, str, str | None]]:
@@ -171,4 +173,103 @@ async def test_a_replica_cannot_send_entries_in_another_replicas_name(tmp_path: 
     finally:
         await laptop.close()
         await other.close()
+        await server.close()
+
+
+async def test_a_laptop_cannot_enrol_under_the_servers_own_id(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    laptop = await Replica.open(tmp_path / "impostor.db")
+    try:
+        laptop.identity = replace(laptop.identity, replica_id=server.server_id)
+        with pytest.raises(RemoteProtocolError, match="the server assigned replica id"):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+        assert await server.store.get_replica(server.server_id) is None
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_refused_audit_entries_do_not_stop_the_records_sync(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        # The server keeps no more lines of this laptop's chain (copies restored often):
+        # line 0 came with the enrolment; the others fill the rest.
+        for n in range(MAX_LINES - 1):
+            await server.store.receive_audit(
+                laptop.replica_id,
+                [
+                    link(
+                        AuditEvent(f"dr.{n}", "read", "r"),
+                        replica_id=laptop.replica_id,
+                        seq=1,
+                        at_ms=1,
+                        prev_hash=GENESIS,
+                    )
+                ],
+            )
+        path = tmp_path / "laptop.db"
+        await laptop.close()
+        await asyncio.to_thread(shutil.copyfile, path, tmp_path / "saved.db")
+        laptop = await Replica.open(path)
+        await laptop.conflicts()  # an entry the copy will not have
+        await laptop.sync()  # the server's line 0 goes further than the copy
+        await laptop.close()
+        await asyncio.to_thread(shutil.copyfile, tmp_path / "saved.db", path)
+        for suffix in ("-wal", "-shm"):
+            await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
+        laptop = await Replica.open(path)  # a restored copy: its entries need a new line
+        record_id = await laptop.create_record()
+        await laptop.set(record_id, "birthDate", "1990-01-01")
+        report = await laptop.sync()
+        assert report.uploaded == 2  # the records went up all the same
+        status = await laptop.status()
+        assert status.pending == 0
+        assert status.audit_refused is not None
+        assert "no more are kept" in status.audit_refused
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_laptop_and_a_server_both_restored_from_older_copies_lose_no_entry(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    path = tmp_path / "laptop.db"
+    try:
+        record_id = await laptop.create_record()
+        await laptop.sync()
+        await laptop.close()
+        await asyncio.to_thread(shutil.copyfile, path, tmp_path / "laptop-saved.db")
+        laptop = await Replica.open(path)
+        await laptop.record(record_id)
+        await laptop.sync()
+        await server.store.backup(tmp_path / "server-saved.db")  # before the restored line
+        await laptop.close()
+        await asyncio.to_thread(shutil.copyfile, tmp_path / "laptop-saved.db", path)
+        for suffix in ("-wal", "-shm"):
+            await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
+        laptop = await Replica.open(path)
+        await laptop.record(record_id)
+        await laptop.sync()  # the server keeps the restored copy's entries as line 1
+        await server.close()
+
+        server = await SyncServer.open(tmp_path / "server-saved.db")  # which lacks line 1
+        await server.serve("127.0.0.1", 0)
+        await laptop.record(record_id)
+        await laptop.sync(url=server.url)
+        assert (await laptop.status()).audit_refused is None
+        own = await laptop.store.audit_entries()
+        held = [
+            replace(e, line=0)
+            for e in await server.store.audit_entries(replica_id=laptop.replica_id)
+        ]
+        assert all(entry in held for entry in own)  # every entry of this copy is there
+        assert verify_trail(await server.store.audit_entries()).ok
+    finally:
+        await laptop.close()
         await server.close()

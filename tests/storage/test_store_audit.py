@@ -14,6 +14,7 @@ from caresync import AuditError, InvalidInputError, InvalidUpdateError
 from caresync.audit import GENESIS, AuditEvent, link, verify_chain
 from caresync.audit.chain import AuditEntry, verify_trail
 from caresync.storage import Identity, SQLiteStore, Store
+from caresync.storage._audit import MAX_LINES
 
 READ = AuditEvent("dr.a", "read", "rec-1")
 WRITE = AuditEvent("dr.a", "write", "rec-1")
@@ -103,10 +104,10 @@ async def test_a_server_refuses_entries_that_continue_nothing_or_are_forged(
         await store.receive_audit("laptop-7", [forged])
     with pytest.raises(AuditError, match="does not follow"):
         await store.receive_audit("laptop-7", [sent[0], sent[2]])
-    future = link(READ, replica_id="laptop-7", seq=1, at_ms=2**60, prev_hash=GENESIS)
-    with pytest.raises(AuditError, match="ahead"):
-        await store.receive_audit("laptop-7", [future])
     assert await store.audit_entries() == []  # nothing kept of any of them
+    # A time is the laptop's claim: one dated ahead (a clock set wrong) is kept as it came.
+    future = link(READ, replica_id="laptop-7", seq=1, at_ms=2**60, prev_hash=GENESIS)
+    assert await store.receive_audit("laptop-7", [future]) == 1
 
 
 async def test_a_copy_restored_from_an_older_one_goes_on_as_a_new_line(store: Store) -> None:
@@ -148,3 +149,16 @@ async def test_the_sqlite_trail_cannot_be_changed_or_removed(tmp_path: Path) -> 
         raw.close()
     async with SQLiteStore.open(path) as store:
         assert [e.actor for e in await store.audit_entries()] == ["dr.a", "dr.a"]
+
+
+async def test_a_line_from_the_start_verifies_and_lines_are_bounded(store: Store) -> None:
+    await store.set_identity(Identity("server-1", "server"))
+    await store.receive_audit("laptop-7", _chain("laptop-7", 2))
+    # A copy taken before the laptop's first entry starts again from the beginning.
+    for n in range(MAX_LINES - 1):
+        await store.receive_audit("laptop-7", _chain("laptop-7", 1, actor=f"dr.{n}"))
+    assert verify_trail(await store.audit_entries()).ok
+    with pytest.raises(AuditError, match="no more are kept"):
+        await store.receive_audit("laptop-7", _chain("laptop-7", 1, actor="dr.z"))
+    lines = {e.line for e in await store.audit_entries(replica_id="laptop-7")}
+    assert lines == set(range(MAX_LINES))

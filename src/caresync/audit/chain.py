@@ -211,7 +211,7 @@ def check_entry(entry: AuditEntry, *, now_ms: int | None = None, check_hash: boo
             f"audit entry {entry.seq} of {entry.replica_id} is dated more than a day ahead of "
             "this clock: the writer's clock is wrong"
         )
-    if entry.action not in ACTIONS:
+    if type(entry.action) is not str or entry.action not in ACTIONS:
         raise AuditError(f"unknown audit action {entry.action!r:.40}")
     for name, value in (("previous hash", entry.prev_hash), ("hash", entry.hash)):
         if type(value) is not bytes or len(value) != HASH_BYTES:
@@ -318,7 +318,8 @@ def verify_trail(entries: Iterable[AuditEntry]) -> TrailVerdict:
     replica in ascending line number, as stores list them and exports write them).
 
     Line 0 of a replica starts at :data:`GENESIS`; a later line starts from an entry
-    of an earlier line of the same replica (a copy restored from an older one).
+    of an earlier line of the same replica (a copy restored from an older one), or
+    at :data:`GENESIS` too (a copy taken before the replica's first entry).
     """
     tails: dict[tuple[str, int], tuple[int, bytes]] = {}
     known: set[tuple[str, int, bytes]] = set()  # (replica, seq, hash) of entries seen
@@ -328,8 +329,8 @@ def verify_trail(entries: Iterable[AuditEntry]) -> TrailVerdict:
         key = (entry.replica_id, entry.line)
         if key in tails:
             start = tails[key]
-        elif entry.line == 0:
-            start = (0, GENESIS)
+        elif entry.line == 0 or (entry.seq == 1 and entry.prev_hash == GENESIS):
+            start = (0, GENESIS)  # a later line may start afresh: a copy from before entry 1
         elif (entry.replica_id, entry.seq - 1, entry.prev_hash) in known:
             start = (entry.seq - 1, entry.prev_hash)
         else:

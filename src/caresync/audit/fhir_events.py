@@ -106,11 +106,19 @@ def from_audit_event(resource: object) -> AuditEntry:
     is not one). Its hash is not checked here: :func:`~caresync.audit.chain.verify_trail`
     does, and names the entry."""
     try:
-        return _entry(resource)
+        entry = _entry(resource)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         if isinstance(exc, AuditError):
             raise
         raise AuditError(f"not an AuditEvent of a caresync audit trail ({exc!r:.80})") from exc
+    # Exactly what the entry writes, nothing more or other: a reader of the file must not
+    # see an outcome, a second agent or patient, that no hash covers.
+    if to_audit_event(entry) != resource:
+        raise AuditError(
+            f"the AuditEvent of entry {entry.seq} of {entry.replica_id} holds more than, or "
+            "other than, what its entry wrote (changed after the export)"
+        )
+    return entry
 
 
 def _entry(resource: Any) -> AuditEntry:
@@ -155,14 +163,20 @@ def read_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, AuditEntry]]
     AuditError names a line that holds no entry."""
     for number, line in enumerate(lines, start=1):
         if len(line) > MAX_LINE_BYTES:
-            raise AuditError(f"line {number} is longer than {MAX_LINE_BYTES} bytes")
+            error = AuditError(f"line {number} is longer than {MAX_LINE_BYTES} bytes")
+            error.line = number
+            raise error
         if not line.strip():
             continue
         try:
             resource = json.loads(line)
         except (ValueError, RecursionError) as exc:
-            raise AuditError(f"line {number} is not JSON: {exc}") from exc
+            error = AuditError(f"line {number} is not JSON: {exc}")
+            error.line = number
+            raise error from exc
         try:
             yield number, from_audit_event(resource)
         except AuditError as exc:
-            raise AuditError(f"line {number}: {exc}") from exc
+            error = AuditError(f"line {number}: {exc}")
+            error.line = number
+            raise error from exc

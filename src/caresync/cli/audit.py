@@ -192,12 +192,10 @@ def _read_export(file: str) -> dict[str, Any]:
         raise CliError(f"cannot read {file}: {exc.strerror or exc}", ExitCode.USAGE) from exc
     except AuditError as exc:
         # A line that holds no entry at all is as bad as a changed one: say which.
-        return {
-            "ok": False,
-            "entries": None,
-            "first_bad": {"reason": str(exc)},
-            "heads": [],
-        }
+        first_bad: dict[str, Any] = {"reason": str(exc)}
+        if exc.line is not None:
+            first_bad["file_line"] = exc.line
+        return {"ok": False, "entries": None, "first_bad": first_bad, "heads": []}
     return _verdict([entry for _, entry in numbered], [number for number, _ in numbered])
 
 
@@ -225,6 +223,8 @@ def _where(data: Mapping[str, Any]) -> str:
             where += f" (line {bad['line']} of its chain)"
         if "file_line" in bad:
             where += f", line {bad['file_line']} of the file"
+    elif "file_line" in bad:
+        where = f" at line {bad['file_line']} of the file"
     return f"{where}: {bad['reason']}"
 
 

@@ -79,13 +79,16 @@ async def status_of(reader: Reader) -> dict[str, Any]:
             "conflicts_open": status.conflicts_open,
             "records": status.records,
             "quarantined": status.quarantined,
-            "quarantined_records": sorted({kept.record_id for kept in await replica.quarantined()}),
+            "quarantined_records": sorted(
+                {kept.record_id for kept in await replica.store.quarantined()}
+            ),  # ids only: status records no read
             "server_key": replica.pinned_server_key,
             "client_version": status.client_version,
             "client_newest": status.client_newest,
             "client_min": status.client_min,
             "update_available": status.update_available,
             "update_required": status.update_required,
+            "audit_refused": status.audit_refused,
         }
     return await _server_status(reader)
 

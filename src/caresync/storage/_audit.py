@@ -31,6 +31,10 @@ __all__ = [
 MAX_RECEIVED = 10_000
 """The most entries one :meth:`Store.receive_audit` call takes."""
 
+MAX_LINES = 16
+"""The most lines a replica's chain may have on a server: each is a copy of the laptop
+restored from an older one; more is refused (the entries stay on the laptop)."""
+
 
 def check_events(events: Sequence[AuditEvent]) -> tuple[AuditEvent, ...]:
     """Refuse anything but AuditEvents (InvalidInputError); their fields are checked on linking."""
@@ -86,7 +90,6 @@ def plan_receive(
     replica_id: str,
     entries: Sequence[AuditEntry],
     *,
-    now_ms: int,
     tails: Mapping[int, tuple[int, bytes]],
     holds: Callable[[int, bytes], bool],
 ) -> ReceivePlan:
@@ -97,7 +100,10 @@ def plan_receive(
     is held. Entries already held (a resend) are skipped; the rest must continue a
     line (appended to it) or start from an entry held, or from the beginning, as a
     new line: a copy of the replica restored from an older one goes on from where
-    the copy was taken, beside what the lost copy had sent.
+    the copy was taken, beside what the lost copy had sent. At most :data:`MAX_LINES`.
+
+    An entry's time is the writing laptop's claim, kept as it came: refusing one dated
+    ahead (a clock set wrong for a while) would stop its whole chain for good.
     """
     if not entries:
         raise AuditError("no audit entries to receive")
@@ -105,7 +111,7 @@ def plan_receive(
         raise AuditError(f"at most {MAX_RECEIVED} audit entries at once, not {len(entries)}")
     previous: AuditEntry | None = None
     for entry in entries:
-        check_entry(entry, now_ms=now_ms)
+        check_entry(entry)
         if entry.replica_id != replica_id:
             raise AuditError(
                 f"audit entry {entry.seq} names replica {entry.replica_id}; only {replica_id}'s "
@@ -132,6 +138,11 @@ def plan_receive(
     if not tails and base == (0, GENESIS):
         return ReceivePlan(0, new, acknowledged)
     if base == (0, GENESIS) or holds(*base):
+        if len(tails) >= MAX_LINES:
+            raise AuditError(
+                f"the audit chain of replica {replica_id} has {len(tails)} lines already (copies "
+                "restored from older ones); no more are kept: its entries stay on the laptop"
+            )
         return ReceivePlan(max(tails, default=-1) + 1, new, acknowledged)
     raise AuditError(
         f"audit entry {new[0].seq} of replica {replica_id} follows an entry this server does "
@@ -204,20 +215,15 @@ def sql_append(
     return entries
 
 
-def sql_receive(
-    raw: sqlite3.Connection, replica_id: str, entries: Sequence[AuditEntry], now_ms: int
-) -> int:
+def sql_receive(raw: sqlite3.Connection, replica_id: str, entries: Sequence[AuditEntry]) -> int:
     """Keep the entries a replica sent (inside the caller's transaction); returns the
     number of the last one (see :func:`plan_receive`)."""
-    tails = {
-        int(line): (int(seq), bytes(digest))
-        for line, seq, digest in raw.execute(
-            "SELECT t.line, t.seq, t.hash FROM audit_trail t JOIN ("
-            " SELECT line, MAX(seq) AS seq FROM audit_trail WHERE replica_id = ? GROUP BY line"
-            ") last ON t.line = last.line AND t.seq = last.seq WHERE t.replica_id = ?",
-            (replica_id, replica_id),
-        )
-    }
+    # Lines are numbered 0, 1, 2, ...: each tail is one step down the primary key.
+    row = raw.execute(
+        "SELECT MAX(line) FROM audit_trail WHERE replica_id = ?", (replica_id,)
+    ).fetchone()
+    last_line = -1 if row is None or row[0] is None else int(row[0])
+    tails = {line: sql_tail(raw, replica_id, line) for line in range(last_line + 1)}
 
     def holds(seq: int, digest: bytes) -> bool:
         return (
@@ -228,7 +234,7 @@ def sql_receive(
             is not None
         )
 
-    plan = plan_receive(replica_id, entries, now_ms=now_ms, tails=tails, holds=holds)
+    plan = plan_receive(replica_id, entries, tails=tails, holds=holds)
     if plan.new:
         _insert(raw, [replace(e, line=plan.line) for e in plan.new])
     return plan.acknowledged

@@ -805,7 +805,6 @@ class MemoryStore:
         plan = plan_receive(
             replica_id,
             tuple(entries),
-            now_ms=self._now_ms(),
             tails=tails,
             holds=lambda seq, digest: (replica_id, seq, digest) in self._audit_held,
         )

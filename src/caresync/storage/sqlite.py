@@ -1525,10 +1525,9 @@ class SQLiteStore:
         entries that are malformed, of another replica, or that continue no chain line."""
         check_text(replica_id, "replica_id")
         batch = tuple(entries)
-        now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> int:
-            return self._write(raw, lambda: sql_receive(raw, replica_id, batch, now))
+            return self._write(raw, lambda: sql_receive(raw, replica_id, batch))
 
         return await self._run(f"keeping the audit trail of {replica_id}", job)
 
