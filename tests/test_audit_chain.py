@@ -151,3 +151,11 @@ def test_each_action_is_a_valid_fhir_r4_audit_event() -> None:
         checked = model.model_validate(resource)
         assert checked.recorded is not None
         assert resource["entity"][0]["what"]["identifier"]["value"] == "rec-1"
+
+
+def test_an_action_that_is_not_text_is_a_typed_error_not_a_crash() -> None:
+    entry = link(AuditEvent("dr.a", "read"), replica_id="x", seq=1, at_ms=1, prev_hash=GENESIS)
+    wire = entry.to_wire()
+    wire[4] = {"not": "hashable as a set member"}
+    with pytest.raises(AuditError, match="unknown audit action"):
+        AuditEntry.from_wire(wire)
