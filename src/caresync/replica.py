@@ -802,10 +802,12 @@ class Replica:
         await self.audit("read", record_id, "contested")
         return found
 
-    async def find_conflict(self, conflict_id: str) -> Conflict:
-        """The open conflict with that id (UnknownConflictError if none); an audited read."""
+    async def find_conflict(self, conflict_id: str, *, audited: bool = True) -> Conflict:
+        """The open conflict with that id (UnknownConflictError if none); an audited read
+        (``audited=False``: a lookup before resolving it, whose entry is the resolution)."""
         conflict = await self._listing.find(conflict_id)
-        await self.audit("read", conflict.record_id, "conflict")
+        if audited:
+            await self.audit("read", conflict.record_id, "conflict")
         return conflict
 
     async def resolve(

@@ -148,7 +148,8 @@ def _resolve(args: argparse.Namespace, out: Output) -> int:
 
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
-            conflict = await replica.find_conflict(args.conflict_id)
+            # Its record, for the result; the resolution is what the trail records.
+            conflict = await replica.find_conflict(args.conflict_id, audited=False)
             rev = await replica.resolve(args.conflict_id, author=args.author, **kwargs)
             return {
                 "conflict_id": args.conflict_id,
@@ -167,7 +168,7 @@ def _resolve(args: argparse.Namespace, out: Output) -> int:
 def _acknowledge(args: argparse.Namespace, out: Output) -> int:
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
-            conflict = await replica.find_conflict(args.conflict_id)
+            conflict = await replica.find_conflict(args.conflict_id, audited=False)
             rev = await replica.acknowledge(args.conflict_id, author=args.author)
             return {
                 "conflict_id": args.conflict_id,
