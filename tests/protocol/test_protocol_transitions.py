@@ -42,6 +42,7 @@ from caresync.protocol import (
     FeedItem,
     Goodbye,
     Hello,
+    HubReport,
     LiveBatch,
     LiveUpdate,
     Message,
@@ -96,6 +97,7 @@ SERVER_SENDS: dict[type[Message] | Pseudo, Callable[[ServerProtocol], None]] = {
     PushAck: lambda s: s.ack_push(1),
     LiveUpdate: lambda s: s.send_live_update(1, "a", b"u"),
     LiveBatch: lambda s: s.send_live_updates([(1, "a", b"u"), (2, "b", b"v")]),
+    HubReport: lambda s: s.send_hub_report([]),
     Error: lambda s: s.refuse(RequestKind.PULL, "busy", "later"),
     Goodbye: lambda s: s.close(),
     Pseudo.FATAL_ERROR: lambda s: s.reject("internal", "x"),
@@ -386,7 +388,7 @@ def test_server_refuses_to_send_replies_that_do_not_fit() -> None:
 
 def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
-        ClientProtocol(protocol_versions=(7,))
+        ClientProtocol(protocol_versions=(8,))
     with pytest.raises(LocalProtocolError):
         ClientProtocol(protocol_versions=())
     with pytest.raises(LocalProtocolError):

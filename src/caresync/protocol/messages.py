@@ -71,6 +71,8 @@ __all__ = [
     "FeedItem",
     "Goodbye",
     "Hello",
+    "HubItem",
+    "HubReport",
     "LiveBatch",
     "LiveUpdate",
     "Message",
@@ -89,10 +91,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -119,6 +121,11 @@ takes the rows as they are also indexes who each record is without building it.
 Version 6 adds :attr:`Authenticated.accounts`: the organisation's accounts and
 the names people know them by, so a laptop shows who wrote each entry (a
 revision's author is the account logged in where it was written).
+
+Version 7 adds :class:`HubReport` (a message of its own, so that it can be
+renumbered at a merge): after the last :class:`PullBatch` of a pull, the
+server says where each patient summary kept on the health hub stands, so a
+laptop shows what the server knows (see :mod:`caresync.hub`).
 """
 
 MIN_NONCE_BYTES = 16
@@ -1018,6 +1025,63 @@ class LiveBatch(Message):
         _set(self, "items", _numbered_items("LiveBatch", self.items, FeedItem, allow_empty=False))
 
 
+HUB_ITEM_STATES = frozenset({"pending", "held", "sent", "failed"})
+MAX_HUB_REASON_LENGTH = 512
+"""Longest reason a :class:`HubItem` carries, in characters."""
+
+
+class HubItem(NamedTuple):
+    """Where one patient's health-hub summary stands, as the server knows it (version 7 on).
+
+    ``state`` is ``pending``, ``held``, ``sent`` or ``failed``; ``version`` the
+    version of the record it is about; ``reason`` why it is held or failed (or
+    what a retried attempt met); ``last_attempt_ms`` when it was last sent.
+    """
+
+    record_id: str
+    state: str
+    version: int
+    reason: str | None
+    last_attempt_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HubReport(Message):
+    """Server → client (protocol version 7 on): the organisation's health-hub summaries.
+
+    Sent after the last :class:`PullBatch` of every pull (the one whose
+    checkpoint reaches the head), in as many frames as it takes: ``final`` marks
+    the last. Items in strictly ascending ``record_id``; no reply.
+    """
+
+    TYPE_CODE: ClassVar[int] = 40
+    SINCE_VERSION: ClassVar[int] = 7
+
+    items: tuple[HubItem, ...]
+    final: bool
+
+    def __post_init__(self) -> None:
+        owner = "HubReport"
+        out: list[HubItem] = []
+        for item in _items(owner, "items", self.items, allow_empty=True):
+            if type(item) is not HubItem:
+                if not isinstance(item, (tuple, list)) or len(item) != 5:
+                    _bad(owner, "items[]", "a (record_id, state, version, reason, at) tuple", item)
+                item = HubItem(*item)
+            _check_record_id(owner, "items[].record_id", item.record_id)
+            if item.state not in HUB_ITEM_STATES:
+                _bad(owner, "items[].state", f"one of {sorted(HUB_ITEM_STATES)}", item.state)
+            _int(owner, "items[].version", item.version, 1)
+            _opt_text(owner, "items[].reason", item.reason, MAX_HUB_REASON_LENGTH)
+            if item.last_attempt_ms is not None:
+                _int(owner, "items[].last_attempt_ms", item.last_attempt_ms, 0)
+            if out and item.record_id <= out[-1].record_id:
+                _bad(owner, "items", "in strictly ascending record_id order", item.record_id)
+            out.append(item)
+        _set(self, "items", tuple(out))
+        _bool(owner, "final", self.final)
+
+
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
 
 # Type codes of the requests an Error may answer (see caresync.protocol.states.REQUESTS).
@@ -1140,6 +1204,7 @@ MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
         LiveUpdate,
         OutboxReport,
         LiveBatch,
+        HubReport,
         Error,
         Goodbye,
     ]

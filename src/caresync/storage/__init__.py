@@ -5,8 +5,12 @@ that keep unsynced work from ever being deleted.
 """
 
 from caresync.storage.base import (
+    HUB_STATES,
     ConflictRow,
     FeedItem,
+    HubMark,
+    HubOutcome,
+    HubSummaryRow,
     Identity,
     IncomingUpdate,
     OutboxItem,
@@ -48,6 +52,10 @@ __all__ = [
     "CachedRecord",
     "ConflictRow",
     "FeedItem",
+    "HUB_STATES",
+    "HubMark",
+    "HubOutcome",
+    "HubSummaryRow",
     "Identity",
     "own_identity",
     "IncomingUpdate",
