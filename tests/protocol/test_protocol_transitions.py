@@ -402,7 +402,7 @@ def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         ServerProtocol("")
     with pytest.raises(LocalProtocolError):
-        ServerProtocol(SERVER_ID, protocol_versions=(7,))
+        ServerProtocol(SERVER_ID, protocol_versions=(8,))
     with pytest.raises(LocalProtocolError):
         ServerProtocol(SERVER_ID, max_frame_bytes=True)
 
