@@ -22,6 +22,7 @@ from caresync.cli import (
     backup,
     conflicts,
     fhir,
+    hub,
     login,
     records,
     replicas,
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         replicas,
         simulate,
         fhir,
+        hub,
     ):
         module.register(commands)
     guard_arguments(parser)  # no NUL, valid text: every argument of every command

@@ -8,6 +8,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from caresync.cli.common import add_db, add_json, listen_host, path, port, run, 
 from caresync.cli.databases import files_before, is_plain_sqlite, remove_if_new, rulebook
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
+from caresync.fhir import require_models
+from caresync.hub.sender import hub_url, require_http
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
@@ -80,8 +83,28 @@ def register(commands: Any) -> None:
         help="the database key, in a file only its owner can read (else from "
         f"{SERVER_KEY_VARIABLE})",
     )
+    serve.add_argument(
+        "--hub",
+        metavar="URL",
+        help="keep the summaries of the patients marked with `caresync hub enable` current on "
+        "this health hub (a FHIR server's base URL: each goes to PUT URL/Bundle/ID); needs "
+        'pip install "caresync[hub]"',
+    )
+    serve.add_argument(
+        "--hub-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=None,
+        help="how long one request to the hub may take before it is retried (30)",
+    )
     add_json(serve)
     serve.set_defaults(handler=_serve)
+
+
+@dataclass(frozen=True)
+class _HubOptions:
+    url: str
+    timeout_s: float | None
 
 
 def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
@@ -121,6 +144,16 @@ def _hours(text: str) -> float:
     return hours
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError("seconds must be more than 0 and at most 3600")
+    return seconds
+
+
 def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if cert is None and key is None:
         return None
@@ -143,6 +176,13 @@ def _log_note(message: str) -> None:
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
     context = _tls(args.tls_cert, args.tls_key)
+    hub = None
+    if args.hub is not None:  # before anything is opened: a bad URL or a missing extra
+        require_models()
+        require_http()
+        hub = _HubOptions(hub_url(args.hub), args.hub_timeout)
+    elif args.hub_timeout is not None:
+        raise CliError("--hub-timeout needs --hub URL")
     key = server_database_key(path=args.key_file)
     if args.encrypt and key is None:
         raise CliError(
@@ -164,7 +204,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         note = _log_note if args.log_format == "json" else out.note
         run(
             _run_server(
-                args.db, args.host, args.port, context, out, listening, admission, note, key
+                args.db, args.host, args.port, context, out, listening, admission, note, key, hub
             )
         )
     except BaseException:
@@ -186,11 +226,15 @@ async def _run_server(
     admission: AdmissionLimits | None = None,
     note: Callable[[str], None] | None = None,
     key: bytes | None = None,
+    hub: _HubOptions | None = None,
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
         opened = await SyncServer.open(db, admission=admission, rulebook=rulebook(), key=key)
         async with opened as server:
+            if hub is not None:
+                options = {} if hub.timeout_s is None else {"timeout_s": hub.timeout_s}
+                server.start_hub(hub.url, **options)
             listener = await server.serve(host, port, ssl=context)
             listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.

@@ -182,6 +182,8 @@ class HubSender:
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         """Summaries the hub acknowledged since this sender started."""
+        self.on_outcome: list[Callable[[str, str], None]] = []
+        """Called with (record id, state) after each attempt's outcome is committed."""
 
     def wake(self) -> None:
         """Look at the outbox now (a push changed it)."""
@@ -287,6 +289,8 @@ class HubSender:
 
     async def _store(self, record_id: str, version: int, outcome: HubOutcome) -> None:
         await self.store.record_hub_outcome(record_id, version, outcome)
+        for listener in list(self.on_outcome):
+            listener(record_id, outcome.state)
 
     async def _put(self, record_id: str, body: bytes) -> tuple[str, str, int | None]:
         """(verdict, reason, Retry-After in ms) of one PUT."""
