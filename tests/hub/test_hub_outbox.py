@@ -333,3 +333,34 @@ async def test_unmarked_patients_leave_the_outbox_and_older_laptops_still_sync(
         await older.close()
         await laptop.close()
         await server.close()
+
+
+async def test_the_outbox_survives_a_restart_and_nothing_acknowledged_is_sent_again(
+    tmp_path: Path, hub: FhirHub
+) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    clock = Clock()
+    try:
+        record_id = await marked_patient(laptop)
+        await laptop.sync()
+        before = await server.store.hub_summaries()
+        await server.close()  # the row was committed with the push: a new process has it
+        server = await SyncServer.open(tmp_path / "server.db")
+        assert await server.store.hub_summaries() == before
+        steps = sender(server, hub, clock)
+        assert await steps.run_once() is None
+        await steps.close()
+        assert [r.answered for r in hub.received] == [200]
+        await server.close()
+        server = await SyncServer.open(tmp_path / "server.db")
+        [row] = await server.store.hub_summaries()
+        assert (row.state, row.sent_version) == ("sent", row.version)
+        steps = sender(server, hub, clock)
+        clock.ms += RETRY_MAX_MS
+        assert await steps.run_once() is None
+        await steps.close()
+        assert len(hub.received) == 1  # acknowledged once: never sent again
+    finally:
+        await laptop.close()
+        await server.close()
