@@ -342,7 +342,7 @@ async def test_the_outbox_survives_a_restart_and_nothing_acknowledged_is_sent_ag
     laptop = await enrolled(tmp_path, server, "laptop")
     clock = Clock()
     try:
-        record_id = await marked_patient(laptop)
+        await marked_patient(laptop)
         await laptop.sync()
         before = await server.store.hub_summaries()
         await server.close()  # the row was committed with the push: a new process has it

@@ -70,7 +70,9 @@ SAMPLES: dict[type[Message], Message] = {
     Subscribe: Subscribe(0),
     LiveUpdate: LiveUpdate(1, "a", b"u"),
     LiveBatch: LiveBatch(((1, "a", b"u"), (2, "b", b"v"))),
-    HubReport: HubReport((("a", "sent", 3, None, 1700000000000), ("b", "held", 5, "why", None)), True),
+    HubReport: HubReport(
+        (("a", "sent", 3, None, 1700000000000), ("b", "held", 5, "why", None)), True
+    ),
     OutboxReport: OutboxReport(3, 1_700_000_000_000),
     Error: Error("busy", "later", False, in_reply_to=PullRequest.TYPE_CODE),
     Goodbye: Goodbye("bye"),
