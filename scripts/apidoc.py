@@ -28,6 +28,7 @@ PUBLIC_MODULES = (
     "caresync.simulation",
     "caresync.cli",
     "caresync.fhir",
+    "caresync.hub",
 )
 """The modules the reference documents: ``caresync`` and its documented subpackages.
 

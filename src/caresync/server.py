@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from argon2 import PasswordHasher
 
@@ -47,9 +47,13 @@ from caresync.exceptions import (
     RefusedUpdateError,
     StorageError,
 )
+from caresync.fhir import require_models
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.hub.model import hub_mark
+from caresync.hub.sender import HubSender, HubSnapshot, take_snapshot
+from caresync.hub.status import report_items
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.listing import ConflictListing
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.observe import (
     METRICS_CONTENT_TYPE,
@@ -96,9 +100,6 @@ from caresync.transport import (
     WebSocketListener,
     serve_websockets,
 )
-
-if TYPE_CHECKING:
-    from caresync.hub.sender import HubSender, HubSnapshot
 
 __all__ = ["LoginThrottle", "ServerKey", "SyncServer", "hash_password"]
 
@@ -604,9 +605,6 @@ class SyncServer:
         :class:`~caresync.hub.sender.HubSender` (timeout, clock, randomness,
         client). Needs the ``hub`` extra (fhir.resources and httpx).
         """
-        from caresync.fhir import require_models
-        from caresync.hub.sender import HubSender
-
         require_models()  # MissingExtraError now, not at the first summary
         if self.hub is not None:
             raise InvalidInputError("the hub sender is running already")
@@ -619,9 +617,6 @@ class SyncServer:
     async def hub_snapshot(self, record_id: str) -> HubSnapshot | None:
         """One record's hub summary as of its outbox row's version (under the commit lock,
         so the version and the record read are of one moment)."""
-        from caresync.hub.sender import take_snapshot
-        from caresync.listing import ConflictListing
-
         async with self._commit_lock:
             return await take_snapshot(
                 self.store, ConflictListing(self.store, self._pool), record_id
@@ -629,8 +624,6 @@ class SyncServer:
 
     async def _send_hub_report(self, conn: _Connection) -> None:
         """Tell a laptop (version 7 on) where its organisation's hub summaries stand."""
-        from caresync.hub.status import report_items
-
         if conn.protocol.can_report_hub:
             rows = await self.store.hub_summaries(conn.organisation)
             conn.protocol.send_hub_report(report_items(rows))

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from caresync.exceptions import StorageError
 from caresync.hub.model import HubSummary, is_enabled
 from caresync.protocol.messages import MAX_HUB_REASON_LENGTH, HubItem
+from caresync.replica import Replica
 from caresync.storage.base import HubSummaryRow, Store
-
-if TYPE_CHECKING:
-    from caresync.replica import Replica
 
 __all__ = [
     "REPORT_META",
