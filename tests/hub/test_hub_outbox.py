@@ -17,8 +17,10 @@ import pytest
 from tests.e2e.live_helpers import enrolled, start_server
 from tests.hub.fhirhub import FhirHub
 
+import caresync.hub.sender
 import caresync.replica
 from caresync.conflicts import RecordView
+from caresync.exceptions import InvalidFhirError
 from caresync.hub.model import HUB_PATH, RETRY_MAX_MS, retry_delay_ms
 from caresync.hub.sender import HubSender
 from caresync.hub.status import hub_pending, laptop_summaries, server_summaries
@@ -362,5 +364,36 @@ async def test_the_outbox_survives_a_restart_and_nothing_acknowledged_is_sent_ag
         await steps.close()
         assert len(hub.received) == 1  # acknowledged once: never sent again
     finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_summary_that_cannot_be_built_is_failed_and_the_sender_goes_on(
+    tmp_path: Path, hub: FhirHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    clock = Clock()
+    steps = sender(server, hub, clock)
+    try:
+        broken = await marked_patient(laptop)
+        fine = await marked_patient(laptop)
+        await laptop.sync()
+        real = caresync.hub.sender.summary_bytes
+
+        def refuse_one(view: RecordView) -> bytes:
+            if view.record_id == broken:
+                raise InvalidFhirError("summary bundle: entry.0: a value the model refuses")
+            return real(view)
+
+        monkeypatch.setattr(caresync.hub.sender, "summary_bytes", refuse_one)
+        assert await steps.run_once() is None
+        state = await rows(server)
+        assert state[broken][0] == "failed"
+        assert "could not be built" in (state[broken][2] or "")
+        assert state[fine][0] == "sent"  # the others are sent all the same
+        assert [r.path for r in hub.received] == [f"/fhir/Bundle/{summary_id(fine)}"]
+    finally:
+        await steps.close()
         await laptop.close()
         await server.close()

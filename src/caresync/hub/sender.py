@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caresync.conflicts import RecordView
-from caresync.exceptions import InvalidInputError, MissingExtraError, StorageError
+from caresync.exceptions import CaresyncError, InvalidInputError, MissingExtraError, StorageError
 from caresync.hub.model import (
     RETRY_BASE_MS,
     RETRY_MAX_MS,
@@ -213,6 +213,9 @@ class HubSender:
             except StorageError as exc:  # a busy or full disk: try again in a while
                 logger.warning("hub outbox: %s", exc)
                 wait_ms = self._max
+            except Exception:
+                logger.exception("hub outbox: the sender failed; trying again later")
+                wait_ms = self._max
             timeout = None if wait_ms is None else wait_ms / 1000
             try:
                 async with asyncio.timeout(timeout):
@@ -241,7 +244,21 @@ class HubSender:
     async def attempt(self, record_id: str) -> str | None:
         """One attempt for one record: held, acknowledged already, or a PUT. Returns the
         state it left (None: no row)."""
-        snap = await self._snapshot(record_id)
+        try:
+            snap = await self._snapshot(record_id)
+        except StorageError:
+            raise
+        except CaresyncError as exc:
+            # A summary that cannot be built (the model library refused it) would fail
+            # the same way at every attempt: failed, with why, until the record changes.
+            row = next(
+                (r for r in await self.store.hub_summaries() if r.record_id == record_id), None
+            )
+            if row is None:
+                return None
+            reason = short_reason(f"the summary could not be built: {exc}")
+            await self._store(record_id, row.version, HubOutcome("failed", reason, 0, 0))
+            return "failed"
         if snap is None:
             return None
         attempts = snap.attempts
