@@ -29,6 +29,7 @@ PUBLIC_MODULES = (
     "caresync.cli",
     "caresync.fhir",
     "caresync.audit",
+    "caresync.hub",
 )
 """The modules the reference documents: ``caresync`` and its documented subpackages.
 

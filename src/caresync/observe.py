@@ -55,6 +55,8 @@ class StoreFigures:
     laptops_pending: int
     pending_changes: int
     oldest_pending_age_s: float
+    hub_pending: int = 0
+    """Patient summaries not (yet) on the health hub: pending, held or failed."""
 
 
 class ServerMetrics:
@@ -113,6 +115,10 @@ class ServerMetrics:
             "caresync_oldest_pending_age_seconds",
             "Age of the oldest change waiting on a laptop, as last reported (0: none)",
         )
+        self.hub_pending = gauge(
+            "caresync_hub_summaries_pending",
+            "Patient summaries marked for the health hub and not on it: pending, held or failed",
+        )
 
     def refresh(self, figures: StoreFigures, connections_open: int) -> None:
         """Set the gauges from what the store says now."""
@@ -125,6 +131,7 @@ class ServerMetrics:
         self.laptops_pending.set(figures.laptops_pending)
         self.pending_changes.set(figures.pending_changes)
         self.oldest_pending_age.set(figures.oldest_pending_age_s)
+        self.hub_pending.set(figures.hub_pending)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""

@@ -89,6 +89,8 @@ from caresync.protocol import (
     Enrolled,
     Error,
     Goodbye,
+    HubItem,
+    HubReport,
     LiveUpdate,
     ProveServer,
     PullBatch,
@@ -175,6 +177,8 @@ _PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own u
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
 _PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
 
+MAX_HUB_REPORT_FRAMES = 10_000
+"""The most HubReport frames one pull's report may take (each up to a frame's size)."""
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
@@ -2086,8 +2090,28 @@ class _Session:
                 if own:  # caught up with our own changes: back to leaving them out
                     await store.set_meta(_PULL_OWN, "0")
                     self.include_own = False
+                await self.take_hub_report()
                 return downloaded
             batch = await self.expect(PullBatch)
+
+    async def take_hub_report(self) -> None:
+        """Keep what the server says of the hub summaries after a pull (version 7 on).
+
+        The health-hub outbox (:mod:`caresync.hub`): a laptop shows what the server knows.
+        """
+        version = self.protocol.protocol_version
+        if version is None or version < HubReport.SINCE_VERSION:
+            return
+        from caresync.hub.status import store_report
+
+        items: list[HubItem] = []
+        for _frame in range(MAX_HUB_REPORT_FRAMES):  # bounded: a server cannot stream forever
+            report = await self.expect(HubReport)
+            items.extend(report.items)
+            if report.final:
+                await store_report(self.replica.store, items)
+                return
+        raise RemoteProtocolError(f"a hub report of more than {MAX_HUB_REPORT_FRAMES} frames")
 
     # ------------------------------------------------------------------- live
 

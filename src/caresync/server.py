@@ -49,8 +49,13 @@ from caresync.exceptions import (
     RefusedUpdateError,
     StorageError,
 )
+from caresync.fhir import require_models
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
+from caresync.hub.model import hub_mark
+from caresync.hub.sender import HubSender, HubSnapshot, take_snapshot
+from caresync.hub.status import report_items
 from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.listing import ConflictListing
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.observe import (
     METRICS_CONTENT_TYPE,
@@ -89,7 +94,7 @@ from caresync.protocol import (
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.records.persons import person_card
-from caresync.storage import IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
+from caresync.storage import HubMark, IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
     Channel,
@@ -338,6 +343,8 @@ class SyncServer:
         self.events = ServerEvents(self.metrics)
         self._figures: tuple[float, StoreFigures] | None = None
         self._figures_lock = asyncio.Lock()
+        self.hub: HubSender | None = None
+        """The health-hub sender, once :meth:`start_hub` started it."""
 
     @classmethod
     async def open(
@@ -606,7 +613,41 @@ class SyncServer:
             laptops_pending=len(waiting),
             pending_changes=sum(r.pending or 0 for r in waiting),
             oldest_pending_age_s=0.0 if oldest is None else max(0, now - oldest) / 1000,
+            hub_pending=sum(1 for row in await self.store.hub_summaries() if row.state != "sent"),
         )
+
+    # ------------------------------------------------------- health hub (caresync.hub)
+
+    def start_hub(self, url: str, **options: Any) -> HubSender:
+        """Keep the summaries of the patients marked for it current on the hub at ``url``.
+
+        The outbox is kept whether or not this runs (each push writes its rows);
+        this starts the sender, woken by every commit. ``options`` go to
+        :class:`~caresync.hub.sender.HubSender` (timeout, clock, randomness,
+        client). Needs the ``hub`` extra (fhir.resources and httpx).
+        """
+        require_models()  # MissingExtraError now, not at the first summary
+        if self.hub is not None:
+            raise InvalidInputError("the hub sender is running already")
+        sender = HubSender(self.store, url, self.hub_snapshot, **options)
+        self.on_commit.append(lambda _seq: sender.wake())
+        sender.start()
+        self.hub = sender
+        return sender
+
+    async def hub_snapshot(self, record_id: str) -> HubSnapshot | None:
+        """One record's hub summary as of its outbox row's version (under the commit lock,
+        so the version and the record read are of one moment)."""
+        async with self._commit_lock:
+            return await take_snapshot(
+                self.store, ConflictListing(self.store, self._pool), record_id
+            )
+
+    async def _send_hub_report(self, conn: _Connection) -> None:
+        """Tell a laptop (version 7 on) where its organisation's hub summaries stand."""
+        if conn.protocol.can_report_hub:
+            rows = await self.store.hub_summaries(conn.organisation)
+            conn.protocol.send_hub_report(report_items(rows))
 
     @property
     def url(self) -> str:
@@ -616,6 +657,9 @@ class SyncServer:
 
     async def close(self) -> None:
         """Stop listening, drop connections, close the store."""
+        if self.hub is not None:
+            await self.hub.close()
+            self.hub = None
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.wait({self._watcher})
@@ -977,6 +1021,8 @@ class SyncServer:
             checkpoint=max(checkpoint, request.after_seq),
             head_seq=max(head, checkpoint),
         )
+        if max(checkpoint, request.after_seq) >= max(head, checkpoint):  # the pull's last batch
+            await self._send_hub_report(conn)
         self.events.pulled(
             conn.protocol.replica_id or conn.channel.peer,
             len(items),
@@ -1093,11 +1139,15 @@ class SyncServer:
                         record_id=writers[client],
                     )
             incoming = []
+            hub: dict[str, HubMark] = {}  # health-hub outbox rows, committed with the push
             for index, item in enumerate(items):
                 rows, person = None, None
                 if last_of[item.record_id] == index:
                     rows = pool.rows(records[item.record_id])
                     person = person_card(records[item.record_id])
+                    mark = hub_mark(records[item.record_id], rows)
+                    if mark is not None:
+                        hub[item.record_id] = mark
                 incoming.append(
                     IncomingUpdate(item.record_id, item.update, rows, conn.organisation, person)
                 )
@@ -1107,6 +1157,7 @@ class SyncServer:
                 to_feed=True,
                 origin=conn.protocol.replica_id,
                 claim_clients=dict.fromkeys(writers.keys() - bound.keys(), replica_id),
+                hub=hub or None,
             )
         except BaseException:
             # Memory never runs ahead of disk: whatever was taken in is reloaded.

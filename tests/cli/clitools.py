@@ -106,6 +106,7 @@ class ServerProcess:
         # The server logs on standard error as it runs: read it as it comes, or a
         # full pipe would stop the server mid-test.
         self._err = bytearray()
+        self._logged = threading.Condition()
         self._err_reader = threading.Thread(target=self._drain_stderr, daemon=True)
         self._err_reader.start()
         try:
@@ -119,7 +120,15 @@ class ServerProcess:
     def _drain_stderr(self) -> None:
         assert self.proc.stderr is not None
         for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):  # type: ignore[union-attr]
-            self._err.extend(chunk)
+            with self._logged:
+                self._err.extend(chunk)
+                self._logged.notify_all()
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the server's log holds ``text`` ``count`` times (woken by each write)."""
+        with self._logged:
+            done = self._logged.wait_for(lambda: self.stderr.count(text) >= count, timeout)
+        assert done, f"the server never logged {text!r} {count} time(s): {self.stderr[-2000:]}"
 
     @property
     def stderr(self) -> str:

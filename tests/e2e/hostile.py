@@ -18,6 +18,8 @@ from caresync.protocol import (
     ClientProtocol,
     Enrolled,
     Error,
+    HubItem,
+    HubReport,
     PullBatch,
     ServerProof,
     Welcome,
@@ -129,8 +131,23 @@ class Hostile:
         self.protocol.request_pull(0, 100_000, include_own=True)
         batch = await self.expect(PullBatch)
         assert isinstance(batch, PullBatch)
+        await self.hub_report(batch)
         updates = [item.update for item in batch.items if item.record_id == record_id]
         return Record.from_updates(record_id, updates, replica=replica)
+
+    async def hub_report(self, batch: PullBatch) -> list[HubItem]:
+        """After a pull's last batch, the HubReport frames a version 7 server sends."""
+        version = self.protocol.protocol_version or 0
+        if batch.more or version < HubReport.SINCE_VERSION:
+            return []
+        items: list[HubItem] = []
+        for _frame in range(100):  # bounded: each frame holds many items
+            report = await self.expect(HubReport)
+            assert isinstance(report, HubReport)
+            items.extend(report.items)
+            if report.final:
+                return items
+        raise AssertionError("a hub report of more than 100 frames")
 
     async def refused(self) -> CaresyncError:
         """Wait for the fatal Error that ends this connection; the error it maps to."""

@@ -22,6 +22,7 @@ from caresync.protocol import (
     FeedItem,
     Goodbye,
     Hello,
+    HubReport,
     LiveBatch,
     LiveUpdate,
     Message,
@@ -72,6 +73,9 @@ SAMPLES: dict[type[Message], Message] = {
     Subscribe: Subscribe(0),
     LiveUpdate: LiveUpdate(1, "a", b"u"),
     LiveBatch: LiveBatch(((1, "a", b"u"), (2, "b", b"v"))),
+    HubReport: HubReport(
+        (("a", "sent", 3, None, 1700000000000), ("b", "held", 5, "why", None)), True
+    ),
     OutboxReport: OutboxReport(3, 1_700_000_000_000),
     AuditBatch: AuditBatch(
         (

@@ -24,6 +24,7 @@ from caresync.cli import (
     conflicts,
     encrypt,
     fhir,
+    hub,
     login,
     records,
     replicas,
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         simulate,
         fhir,
         audit,
+        hub,
     ):
         module.register(commands)
     guard_arguments(parser)  # no NUL, valid text: every argument of every command

@@ -8,6 +8,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from caresync.cli.databases import files_before, is_plain_sqlite, remove_if_new,
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
 from caresync.exceptions import InvalidInputError
+from caresync.fhir import require_models
+from caresync.hub.sender import hub_url, require_http
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
@@ -90,6 +93,20 @@ def register(commands: Any) -> None:
         "told to update, and keep their unsynced changes (default: every laptop that "
         "speaks a protocol version this server speaks)",
     )
+    serve.add_argument(
+        "--hub",
+        metavar="URL",
+        help="keep the summaries of the patients marked with `caresync hub enable` current on "
+        "this health hub (a FHIR server's base URL: each goes to PUT URL/Bundle/ID); needs "
+        'pip install "caresync[hub]"',
+    )
+    serve.add_argument(
+        "--hub-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=None,
+        help="how long one request to the hub may take before it is retried (30)",
+    )
     add_json(serve)
     serve.set_defaults(handler=_serve)
 
@@ -99,6 +116,12 @@ def _version(raw: str) -> str:
         return check_version(raw, "--client-min-version")
     except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class _HubOptions:
+    url: str
+    timeout_s: float | None
 
 
 def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
@@ -138,6 +161,16 @@ def _hours(text: str) -> float:
     return hours
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError("seconds must be more than 0 and at most 3600")
+    return seconds
+
+
 def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if cert is None and key is None:
         return None
@@ -160,6 +193,13 @@ def _log_note(message: str) -> None:
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
     context = _tls(args.tls_cert, args.tls_key)
+    hub = None
+    if args.hub is not None:  # before anything is opened: a bad URL or a missing extra
+        require_models()
+        require_http()
+        hub = _HubOptions(hub_url(args.hub), args.hub_timeout)
+    elif args.hub_timeout is not None:
+        raise CliError("--hub-timeout needs --hub URL")
     key = server_database_key(path=args.key_file)
     if args.encrypt and key is None:
         raise CliError(
@@ -191,6 +231,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
                 note,
                 key,
                 args.client_min_version,
+                hub,
             )
         )
     except BaseException:
@@ -213,6 +254,7 @@ async def _run_server(
     note: Callable[[str], None] | None = None,
     key: bytes | None = None,
     client_min_version: str | None = None,
+    hub: _HubOptions | None = None,
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
@@ -224,6 +266,9 @@ async def _run_server(
             client_min_version=client_min_version,
         )
         async with opened as server:
+            if hub is not None:
+                options = {} if hub.timeout_s is None else {"timeout_s": hub.timeout_s}
+                server.start_hub(hub.url, **options)
             listener = await server.serve(host, port, ssl=context)
             listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.

@@ -16,6 +16,7 @@ from caresync.cli.live import live_state
 from caresync.cli.output import Output, cells
 from caresync.credentials import ServerKey
 from caresync.gate import SERVER_KEY_META
+from caresync.hub.status import hub_pending, laptop_summaries, server_summaries
 
 __all__ = ["register", "status_of"]
 
@@ -89,6 +90,7 @@ async def status_of(reader: Reader) -> dict[str, Any]:
             "update_available": status.update_available,
             "update_required": status.update_required,
             "audit_refused": status.audit_refused,
+            "hub_pending": hub_pending(await laptop_summaries(replica)),
         }
     return await _server_status(reader)
 
@@ -115,6 +117,7 @@ async def _server_status(reader: ServerReader) -> dict[str, Any]:
         "replicas": sum(1 for r in replicas if not r.revoked),
         "replicas_revoked": sum(1 for r in replicas if r.revoked),
         "server_key": await _fingerprint(reader),
+        "hub_pending": hub_pending(server_summaries(await store.hub_summaries())),
     }
 
 

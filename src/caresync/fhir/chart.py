@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caresync.conflicts import RecordView
+from caresync.hub.model import HUB_PATH
 from caresync.records import (
     ADDENDA_FIELD,
     DEFAULT_COLLECTIONS,
@@ -108,7 +109,9 @@ def chart_of(view: RecordView) -> Chart:
 
     Fields of the default collections become entries; link decisions
     (``links/...``) are left out (they are about a pair of records: see
-    docs/fhir.md); every other field is a field of the chart.
+    docs/fhir.md), and so is the health-hub mark (``hub/summary``, a setting of
+    caresync's outbox, not clinical content); every other field is a field of
+    the chart.
     """
     contested = contested_paths(view)
     fields: dict[str, JSONValue] = {}
@@ -116,7 +119,7 @@ def chart_of(view: RecordView) -> Chart:
     collections = sorted(DEFAULT_COLLECTIONS)
     for path in view.paths():
         head = path.partition("/")[0]
-        if head in DEFAULT_COLLECTIONS or head == LINKS_FIELD:
+        if head in DEFAULT_COLLECTIONS or head == LINKS_FIELD or path == HUB_PATH:
             continue
         if path in contested:
             top_contested[path] = contested[path]

@@ -35,6 +35,7 @@ from caresync.fhir.vocabulary import (
     RECORD_SYSTEM,
     RESOURCE_OF_COLLECTION,
 )
+from caresync.hub.model import HUB_PATH
 from caresync.records import (
     ADDENDA_FIELD,
     DEFAULT_COLLECTIONS,
@@ -213,6 +214,11 @@ def _field_name(name: object, where: str, *, top_level: bool) -> str:
     head = name.partition("/")[0]
     if name.startswith("_") or "/_" in name:
         raise InvalidFhirError(f"{where}: field {name[:80]!r} is reserved for caresync")
+    if top_level and name == HUB_PATH:
+        raise InvalidFhirError(
+            f"{where}: field {name!r} is caresync's health-hub setting, not clinical content "
+            "(set it with caresync hub enable)"
+        )
     if top_level and (head in DEFAULT_COLLECTIONS or head == LINKS_FIELD):
         raise InvalidFhirError(
             f"{where}: field {name[:80]!r} belongs to a collection or a link decision, "

@@ -72,6 +72,7 @@ from caresync.protocol.messages import (
     Error,
     Goodbye,
     Hello,
+    HubReport,
     LiveBatch,
     LiveUpdate,
     Message,
@@ -425,6 +426,8 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             self._on_audit_ack(message)
         elif isinstance(message, LiveUpdate):
             self._on_live_update(message)
+        elif isinstance(message, HubReport):
+            pass  # version 7 on (the codec checks); the shell stores what it says
         elif isinstance(message, LiveBatch):
             updates = [LiveUpdate(*item) for item in message.items]
             for update in updates:

@@ -75,6 +75,8 @@ __all__ = [
     "FeedItem",
     "Goodbye",
     "Hello",
+    "HubItem",
+    "HubReport",
     "LiveBatch",
     "LiveUpdate",
     "Message",
@@ -128,6 +130,11 @@ Version 7 carries the audit trail (:mod:`caresync.audit`): a replica sends the
 entries of its chain (:class:`AuditBatch`, answered by :class:`AuditAck` after the
 server's commit), from after the entry ``Authenticated.audit_seq`` /
 ``Authenticated.audit_hash`` say the server holds last.
+
+Version 7 also adds :class:`HubReport` (a message of its own, so that it can be
+renumbered at a merge): after the last :class:`PullBatch` of a pull, the
+server says where each patient summary kept on the health hub stands, so a
+laptop shows what the server knows (see :mod:`caresync.hub`).
 """
 
 MAX_VERSION_TEXT = 64
@@ -1123,6 +1130,63 @@ class AuditAck(Message):
         _int("AuditAck", "up_to_seq", self.up_to_seq, 1)
 
 
+HUB_ITEM_STATES = frozenset({"pending", "held", "sent", "failed"})
+MAX_HUB_REASON_LENGTH = 512
+"""Longest reason a :class:`HubItem` carries, in characters."""
+
+
+class HubItem(NamedTuple):
+    """Where one patient's health-hub summary stands, as the server knows it (version 7 on).
+
+    ``state`` is ``pending``, ``held``, ``sent`` or ``failed``; ``version`` the
+    version of the record it is about; ``reason`` why it is held or failed (or
+    what a retried attempt met); ``last_attempt_ms`` when it was last sent.
+    """
+
+    record_id: str
+    state: str
+    version: int
+    reason: str | None
+    last_attempt_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HubReport(Message):
+    """Server → client (protocol version 7 on): the organisation's health-hub summaries.
+
+    Sent after the last :class:`PullBatch` of every pull (the one whose
+    checkpoint reaches the head), in as many frames as it takes: ``final`` marks
+    the last. Items in strictly ascending ``record_id``; no reply.
+    """
+
+    TYPE_CODE: ClassVar[int] = 40
+    SINCE_VERSION: ClassVar[int] = 7
+
+    items: tuple[HubItem, ...]
+    final: bool
+
+    def __post_init__(self) -> None:
+        owner = "HubReport"
+        out: list[HubItem] = []
+        for item in _items(owner, "items", self.items, allow_empty=True):
+            if type(item) is not HubItem:
+                if not isinstance(item, (tuple, list)) or len(item) != 5:
+                    _bad(owner, "items[]", "a (record_id, state, version, reason, at) tuple", item)
+                item = HubItem(*item)
+            _check_record_id(owner, "items[].record_id", item.record_id)
+            if type(item.state) is not str or item.state not in HUB_ITEM_STATES:
+                _bad(owner, "items[].state", f"one of {sorted(HUB_ITEM_STATES)}", item.state)
+            _int(owner, "items[].version", item.version, 1)
+            _opt_text(owner, "items[].reason", item.reason, MAX_HUB_REASON_LENGTH)
+            if item.last_attempt_ms is not None:
+                _int(owner, "items[].last_attempt_ms", item.last_attempt_ms, 0)
+            if out and item.record_id <= out[-1].record_id:
+                _bad(owner, "items", "in strictly ascending record_id order", item.record_id)
+            out.append(item)
+        _set(self, "items", tuple(out))
+        _bool(owner, "final", self.final)
+
+
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
 
 # Type codes of the requests an Error may answer (see caresync.protocol.states.REQUESTS).
@@ -1247,6 +1311,7 @@ MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
         LiveBatch,
         AuditBatch,
         AuditAck,
+        HubReport,
         Error,
         Goodbye,
     ]

@@ -57,7 +57,7 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.protocol.base import SyncProtocol
-from caresync.protocol.codec import BATCH_OVERHEAD_BYTES, item_wire_size
+from caresync.protocol.codec import BATCH_OVERHEAD_BYTES, ITEM_OVERHEAD_BYTES, item_wire_size
 from caresync.protocol.errors import ErrorCode
 from caresync.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -80,6 +80,8 @@ from caresync.protocol.messages import (
     FeedItem,
     Goodbye,
     Hello,
+    HubItem,
+    HubReport,
     LiveBatch,
     LiveUpdate,
     Message,
@@ -467,6 +469,34 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         message = LiveBatch(tuple(items))
         self._send(message)
         self._live_seq = items[-1].seq
+
+    @property
+    def can_report_hub(self) -> bool:
+        """True once the agreed protocol version (7 on) carries :meth:`send_hub_report`."""
+        return self._version is not None and self._version >= HubReport.SINCE_VERSION
+
+    def send_hub_report(self, items: Sequence[HubItem]) -> None:
+        """Queue the health-hub summaries as HubReport frames within the client's frame size.
+
+        ``items`` in ascending record id; the last frame is marked ``final``
+        (one empty frame when there is none). Version 7 on (:attr:`can_report_hub`).
+        """
+        if not self.can_report_hub:
+            raise LocalProtocolError("HubReport exists from protocol version 7")
+        checked = HubReport(tuple(items), True).items  # validated whole before anything is sent
+        budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+        frame: list[HubItem] = []
+        size = 0
+        for item in checked:
+            # UTF-8 takes at most 4 bytes a character; msgpack adds a few bytes per field.
+            item_size = 4 * (len(item.record_id) + len(item.state) + len(item.reason or ""))
+            item_size += ITEM_OVERHEAD_BYTES + 32
+            if frame and size + item_size > budget:
+                self._send(HubReport(tuple(frame), False))
+                frame, size = [], 0
+            frame.append(item)
+            size += item_size
+        self._send(HubReport(tuple(frame), True))
 
     def send_live_update(self, seq: int, record_id: str, update: bytes) -> None:
         """Queue LiveUpdate for a subscribed client; ``seq`` after :attr:`live_seq`.

@@ -62,6 +62,7 @@ from caresync.protocol.messages import (
     Error,
     Goodbye,
     Hello,
+    HubReport,
     LiveBatch,
     LiveUpdate,
     Message,
@@ -237,6 +238,7 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
             (_RECV, PushAck): _C.READY,
             (_RECV, LiveUpdate): _C.READY,
             (_RECV, LiveBatch): _C.READY,  # protocol version 3 on
+            (_RECV, HubReport): _C.READY,  # protocol version 7 on; after a pull
             (_RECV, Error): _C.READY,  # non-fatal: refuses one outstanding request
         },
     },
@@ -276,6 +278,7 @@ SERVER_TRANSITIONS: Mapping[ServerState, Mapping[tuple[Direction, EventKey], Ser
             (_SEND, PushAck): _V.READY,
             (_SEND, LiveUpdate): _V.READY,
             (_SEND, LiveBatch): _V.READY,  # protocol version 3 on
+            (_SEND, HubReport): _V.READY,  # protocol version 7 on; after a pull
             (_SEND, Error): _V.READY,  # non-fatal: refuses one outstanding request
         },
     },

@@ -6,8 +6,12 @@ that keep unsynced work from ever being deleted.
 
 from caresync.lockout import FailedLogin, UnlockAttempts
 from caresync.storage.base import (
+    HUB_STATES,
     ConflictRow,
     FeedItem,
+    HubMark,
+    HubOutcome,
+    HubSummaryRow,
     Identity,
     IncomingUpdate,
     OutboxItem,
@@ -50,6 +54,10 @@ __all__ = [
     "ConflictRow",
     "FailedLogin",
     "FeedItem",
+    "HUB_STATES",
+    "HubMark",
+    "HubOutcome",
+    "HubSummaryRow",
     "Identity",
     "own_identity",
     "IncomingUpdate",

@@ -37,6 +37,10 @@ from caresync.records.persons import PairState, PersonCard, PersonPair
 __all__ = [
     "ConflictRow",
     "FeedItem",
+    "HUB_STATES",
+    "HubMark",
+    "HubOutcome",
+    "HubSummaryRow",
     "Identity",
     "IncomingUpdate",
     "OutboxItem",
@@ -259,6 +263,76 @@ class IncomingUpdate:
         check_person(self.record_id, self.person)
 
 
+HUB_STATES = ("pending", "held", "sent", "failed")
+"""Where a patient's summary stands with the health hub (see :mod:`caresync.hub`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubMark:
+    """What a push made of one record's health-hub summary, for :meth:`Store.write_remote`.
+
+    ``enabled``: the record asks for its summary to be kept on the hub (else its
+    outbox row goes). ``held``: why it must not be sent now (an open conflict),
+    or None: it is due.
+    """
+
+    enabled: bool
+    held: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.enabled) is not bool:
+            raise InvalidInputError(f"HubMark.enabled must be a bool, not {self.enabled!r:.40}")
+        check_optional_text(self.held, "HubMark.held")
+
+
+@dataclass(frozen=True, slots=True)
+class HubOutcome:
+    """What became of one summary version, for :meth:`Store.record_hub_outcome`.
+
+    ``acknowledged``: the hub took ``version`` (2xx); it is never sent again.
+    ``state``, ``reason``, ``attempts`` and ``next_attempt_ms`` replace the
+    row's only while its version is still the one attempted: a newer version
+    queued meanwhile keeps its own.
+    """
+
+    state: str
+    reason: str | None
+    attempts: int
+    next_attempt_ms: int
+    acknowledged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.state not in HUB_STATES:
+            raise InvalidInputError(f"a hub state is one of {HUB_STATES}, not {self.state!r:.40}")
+        check_optional_text(self.reason, "HubOutcome.reason")
+        check_count(self.attempts, "attempts")
+        check_count(self.next_attempt_ms, "next_attempt_ms")
+        if type(self.acknowledged) is not bool:
+            raise InvalidInputError("HubOutcome.acknowledged must be a bool")
+
+
+@dataclass(frozen=True, slots=True)
+class HubSummaryRow:
+    """One row of a server's health-hub outbox: a patient whose summary is kept on the hub.
+
+    ``version`` is the change-feed seq of the record's latest change (a newer
+    change, a higher version); ``sent_version`` the latest version the hub
+    acknowledged (None: none yet). ``state`` is one of :data:`HUB_STATES`;
+    ``reason`` says why it is held or failed, or what the last retried attempt
+    met; ``next_attempt_ms`` when a pending one is due (0: now).
+    """
+
+    record_id: str
+    organisation: str | None
+    version: int
+    state: str
+    reason: str | None
+    sent_version: int | None
+    attempts: int
+    next_attempt_ms: int
+    last_attempt_ms: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class UserAccount:
     """A user of a server's organisation; ``password_hash`` is an argon2id hash."""
@@ -347,6 +421,31 @@ def check_write_remote(
                 "origin is kept with feed rows only: pass to_feed=True, or no origin"
             )
     return writes
+
+
+def check_hub_marks(hub: object, to_feed: bool) -> dict[str, HubMark]:
+    """The ``hub`` argument of ``write_remote``, checked (both stores)."""
+    if hub is None:
+        return {}
+    if not isinstance(hub, Mapping):
+        raise InvalidInputError("hub must map record ids to HubMark")
+    if hub and not to_feed:
+        raise InvalidInputError("hub summaries are kept by the server only: pass to_feed=True")
+    marks: dict[str, HubMark] = {}
+    for record_id, mark in hub.items():
+        if not isinstance(mark, HubMark):
+            raise InvalidInputError(f"hub must hold HubMark, not {type(mark).__name__}")
+        marks[check_text(record_id, "record_id")] = mark
+    return marks
+
+
+def hub_versions(writes: Sequence[IncomingUpdate], seqs: Sequence[int]) -> dict[str, int]:
+    """Each record's newest feed seq in a batch (records the batch added nothing to: absent)."""
+    versions: dict[str, int] = {}
+    for write, seq in zip(writes, seqs, strict=True):
+        if seq > versions.get(write.record_id, 0):
+            versions[write.record_id] = seq
+    return versions
 
 
 def check_quarantine(items: object) -> tuple[QuarantinedUpdate, ...]:
@@ -610,6 +709,7 @@ class Store(Protocol):
         origin: str | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
         claim_clients: Mapping[int, str] | None = None,
+        hub: Mapping[str, HubMark] | None = None,
     ) -> list[int]:
         """Commit a batch of received updates (and the checkpoint) in one transaction.
 
@@ -622,6 +722,28 @@ class Store(Protocol):
         An item's ``person`` replaces its record's card and pairs in the same
         transaction; a batch leaves the pairs that writing its cards one by one
         would leave.
+
+        ``hub`` (with ``to_feed``; the server) gives, per record, what the batch
+        made of its health-hub summary: an enabled record's outbox row takes the
+        version of its last new feed row, its state (held or pending) and a
+        fresh retry count, in the same transaction; a record no longer enabled
+        loses its row. A record the batch added nothing to (a resend) is left alone.
+        """
+        ...
+
+    async def hub_summaries(self, organisation: str | None = None) -> list[HubSummaryRow]:
+        """The health-hub outbox (of that organisation's records), by record id."""
+        ...
+
+    async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
+        """Note that a summary of the record is being sent now (``last_attempt_ms``)."""
+        ...
+
+    async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
+        """Store what became of sending ``version`` of the record's summary.
+
+        Returns False, changing only ``sent_version`` when acknowledged, if the
+        row now holds a newer version (or no row is left): see :class:`HubOutcome`.
         """
         ...
 

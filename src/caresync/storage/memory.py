@@ -56,6 +56,9 @@ from caresync.storage._writes import (
 from caresync.storage.base import (
     ConflictRow,
     FeedItem,
+    HubMark,
+    HubOutcome,
+    HubSummaryRow,
     Identity,
     IncomingUpdate,
     OutboxItem,
@@ -72,6 +75,7 @@ from caresync.storage.base import (
     check_conflicts,
     check_conflicts_by_record,
     check_count,
+    check_hub_marks,
     check_optional_text,
     check_outbox_report,
     check_pair_state,
@@ -82,6 +86,7 @@ from caresync.storage.base import (
     check_session_selector,
     check_text,
     check_write_remote,
+    hub_versions,
     import_conflicts,
     import_persons,
     unknown_records_error,
@@ -134,6 +139,7 @@ class MemoryStore:
         self._sessions: dict[str, SessionRow] = {}
         self._generation = 0
         self._quarantine: list[QuarantinedUpdate] = []
+        self._hub: dict[str, HubSummaryRow] = {}
         self._client_owners: dict[int, str] = {}
         # The person index: cards with their record's organisation, the holders of
         # each (organisation, key), and the pairs, also by record.
@@ -356,11 +362,13 @@ class MemoryStore:
         origin: str | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
         claim_clients: Mapping[int, str] | None = None,
+        hub: Mapping[str, HubMark] | None = None,
     ) -> list[int]:
         """Store a batch of received updates and the checkpoint, all or nothing."""
         writes = check_write_remote(items, checkpoint, to_feed, origin)
         kept_aside = check_quarantine(quarantine)
         claims = check_client_claims(claim_clients)
+        marks = check_hub_marks(hub, to_feed)
         if checkpoint is not None:
             check_meta_key(checkpoint[0])
         self._open_or_raise(f"storing {len(writes)} received updates")
@@ -385,9 +393,72 @@ class MemoryStore:
             self._quarantine.append(
                 dataclasses.replace(q, received_ms=now, id=len(self._quarantine) + 1)
             )
+        versions = hub_versions(writes, seqs)
+        for record_id, mark in marks.items():
+            version = versions.get(record_id)
+            if version is None:
+                continue  # the batch added nothing to it
+            if not mark.enabled:
+                self._hub.pop(record_id, None)
+                continue
+            before = self._hub.get(record_id)
+            self._hub[record_id] = HubSummaryRow(
+                record_id,
+                planned[record_id].organisation,
+                version,
+                "pending" if mark.held is None else "held",
+                mark.held,
+                None if before is None else before.sent_version,
+                0,
+                0,
+                None if before is None else before.last_attempt_ms,
+            )
         if checkpoint is not None:
             self._meta[checkpoint[0]] = checkpoint[1]
         return seqs
+
+    async def hub_summaries(self, organisation: str | None = None) -> list[HubSummaryRow]:
+        """The health-hub outbox (of that organisation's records), by record id."""
+        check_optional_text(organisation, "organisation")
+        self._open_or_raise("reading the hub outbox")
+        return [
+            row
+            for _rid, row in sorted(self._hub.items())
+            if organisation is None or row.organisation == organisation
+        ]
+
+    async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
+        """Note that a summary of the record is being sent now."""
+        check_text(record_id, "record_id")
+        check_count(attempted_ms, "attempted_ms")
+        self._open_or_raise(f"noting a hub attempt for {record_id}")
+        row = self._hub.get(record_id)
+        if row is not None:
+            self._hub[record_id] = dataclasses.replace(row, last_attempt_ms=attempted_ms)
+
+    async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
+        """Store what became of sending ``version`` (see :class:`HubOutcome`)."""
+        check_text(record_id, "record_id")
+        check_count(version, "version", minimum=1)
+        if not isinstance(outcome, HubOutcome):
+            raise InvalidInputError(f"outcome must be a HubOutcome, not {type(outcome).__name__}")
+        self._open_or_raise(f"storing a hub outcome for {record_id}")
+        row = self._hub.get(record_id)
+        if row is None:
+            return False
+        if outcome.acknowledged:
+            row = dataclasses.replace(row, sent_version=max(row.sent_version or 0, version))
+        matched = row.version == version
+        if matched:
+            row = dataclasses.replace(
+                row,
+                state=outcome.state,
+                reason=outcome.reason,
+                attempts=outcome.attempts,
+                next_attempt_ms=outcome.next_attempt_ms,
+            )
+        self._hub[record_id] = row
+        return matched
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
         """Replace a stored record's conflict rows."""

@@ -87,6 +87,14 @@ Version 9 made authors accounts::
                      bound to it, or its enrolment), filled from ``replicas`` and
                      ``sessions`` for the logins before version 9
 
+Version 10 added the health-hub outbox (the server's; :mod:`caresync.hub`)::
+
+    hub_outbox (record_id PK, organisation, version, state, reason, sent_version,
+                attempts, next_attempt_ms, last_attempt_ms)   WITHOUT ROWID
+               one row per patient whose summary is kept on the hub: ``version``
+               is the feed seq of the record's latest change, ``sent_version``
+               the latest the hub acknowledged; written in the push's transaction
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -388,6 +396,20 @@ _V10 = (
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
     """CREATE TRIGGER audit_trail_no_delete BEFORE DELETE ON audit_trail
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+    # The health-hub outbox (caresync.hub).
+    # A row is (re)written in the transaction of the push that changed its record,
+    # so a summary to send is never lost to a crash between the two.
+    """CREATE TABLE hub_outbox (
+        record_id TEXT PRIMARY KEY NOT NULL,
+        organisation TEXT,
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'held', 'sent', 'failed')),
+        reason TEXT,
+        sent_version INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+        last_attempt_ms INTEGER
+    ) WITHOUT ROWID""",
 )
 
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {

@@ -98,6 +98,9 @@ from caresync.storage._writes import (
 from caresync.storage.base import (
     ConflictRow,
     FeedItem,
+    HubMark,
+    HubOutcome,
+    HubSummaryRow,
     Identity,
     IncomingUpdate,
     OutboxItem,
@@ -114,6 +117,7 @@ from caresync.storage.base import (
     check_conflicts,
     check_conflicts_by_record,
     check_count,
+    check_hub_marks,
     check_optional_text,
     check_outbox_report,
     check_pair_state,
@@ -124,6 +128,7 @@ from caresync.storage.base import (
     check_session_selector,
     check_text,
     check_write_remote,
+    hub_versions,
     import_conflicts,
     import_persons,
     unknown_records_error,
@@ -581,6 +586,7 @@ class SQLiteStore:
         origin: str | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
         claim_clients: Mapping[int, str] | None = None,
+        hub: Mapping[str, HubMark] | None = None,
     ) -> list[int]:
         """Commit a batch of received updates, and the checkpoint, in one transaction.
 
@@ -593,6 +599,7 @@ class SQLiteStore:
         writes = check_write_remote(items, checkpoint, to_feed, origin)
         kept_aside = check_quarantine(quarantine)
         claims = check_client_claims(claim_clients)
+        marks = check_hub_marks(hub, to_feed)
         if checkpoint is not None:
             check_meta_key(checkpoint[0])
         now = self._now_ms()
@@ -633,6 +640,8 @@ class SQLiteStore:
                         " VALUES (?, ?, ?, ?)",
                         [(q.record_id, q.update, q.reason, now) for q in kept_aside],
                     )
+                if marks:
+                    _write_hub_marks(raw, marks, hub_versions(writes, seqs), planned)
                 if checkpoint is not None:
                     _put_meta(raw, checkpoint[0], checkpoint[1])
                 return seqs, planned
@@ -640,6 +649,71 @@ class SQLiteStore:
             return self._commit_planned(raw, body)
 
         return await self._run(f"storing {len(writes)} received updates", job)
+
+    # --------------------------------------------------------------- hub outbox
+
+    async def hub_summaries(self, organisation: str | None = None) -> list[HubSummaryRow]:
+        """The health-hub outbox (of that organisation's records), by record id."""
+        check_optional_text(organisation, "organisation")
+        sql = f"SELECT {_HUB_COLUMNS} FROM hub_outbox"
+        args: tuple[object, ...] = ()
+        if organisation is not None:
+            sql += " WHERE organisation = ?"
+            args = (organisation,)
+        sql += " ORDER BY record_id"
+        return await self._run(
+            "reading the hub outbox",
+            lambda raw: [HubSummaryRow(*row) for row in raw.execute(sql, args)],
+        )
+
+    async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
+        """Note that a summary of the record is being sent now."""
+        check_text(record_id, "record_id")
+        check_count(attempted_ms, "attempted_ms")
+
+        def job(raw: sqlite3.Connection) -> None:
+            self._write(
+                raw,
+                lambda: raw.execute(
+                    "UPDATE hub_outbox SET last_attempt_ms = ? WHERE record_id = ?",
+                    (attempted_ms, record_id),
+                ),
+            )
+
+        await self._run(f"noting a hub attempt for {record_id}", job)
+
+    async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
+        """Store what became of sending ``version`` (see :class:`HubOutcome`)."""
+        check_text(record_id, "record_id")
+        check_count(version, "version", minimum=1)
+        if not isinstance(outcome, HubOutcome):
+            raise InvalidInputError(f"outcome must be a HubOutcome, not {type(outcome).__name__}")
+
+        def job(raw: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                if outcome.acknowledged:
+                    raw.execute(
+                        "UPDATE hub_outbox SET sent_version = MAX(COALESCE(sent_version, 0), ?)"
+                        " WHERE record_id = ?",
+                        (version, record_id),
+                    )
+                cursor = raw.execute(
+                    "UPDATE hub_outbox SET state = ?, reason = ?, attempts = ?,"
+                    " next_attempt_ms = ? WHERE record_id = ? AND version = ?",
+                    (
+                        outcome.state,
+                        outcome.reason,
+                        outcome.attempts,
+                        outcome.next_attempt_ms,
+                        record_id,
+                        version,
+                    ),
+                )
+                return bool(cursor.rowcount)
+
+            return self._write(raw, body)
+
+        return await self._run(f"storing a hub outcome for {record_id}", job)
 
     def _commit_planned(
         self,
@@ -2061,6 +2135,44 @@ class SQLiteStore:
         return await self._run(
             "reading the accounts generation",
             lambda raw: _scalar(raw, "SELECT value FROM meta WHERE key = ?", _GENERATION_KEY),
+        )
+
+
+_HUB_COLUMNS = (
+    "record_id, organisation, version, state, reason, sent_version, attempts,"
+    " next_attempt_ms, last_attempt_ms"
+)
+
+
+def _write_hub_marks(
+    raw: sqlite3.Connection,
+    marks: Mapping[str, HubMark],
+    versions: Mapping[str, int],
+    planned: Mapping[str, PlannedRecord],
+) -> None:
+    """Upsert (or delete) the hub outbox rows of the records a batch added to."""
+    for record_id, mark in marks.items():
+        version = versions.get(record_id)
+        if version is None:
+            continue  # the batch added nothing to it: its row stays as it is
+        if not mark.enabled:
+            raw.execute("DELETE FROM hub_outbox WHERE record_id = ?", (record_id,))
+            continue
+        plan = planned.get(record_id)
+        organisation = None if plan is None else plan.organisation
+        raw.execute(
+            "INSERT INTO hub_outbox (record_id, organisation, version, state, reason,"
+            " attempts, next_attempt_ms) VALUES (?, ?, ?, ?, ?, 0, 0)"
+            " ON CONFLICT (record_id) DO UPDATE SET organisation = excluded.organisation,"
+            " version = excluded.version, state = excluded.state, reason = excluded.reason,"
+            " attempts = 0, next_attempt_ms = 0",
+            (
+                record_id,
+                organisation,
+                version,
+                "pending" if mark.held is None else "held",
+                mark.held,
+            ),
         )
 
 

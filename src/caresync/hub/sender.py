@@ -1,0 +1,360 @@
+"""The server's sender: PUT each due summary to the health hub, and store what came of it.
+
+Theory of operation
+-------------------
+The outbox rows are written by the push that changed a record, in its
+transaction (:meth:`~caresync.storage.Store.write_remote`, ``hub=``), so a
+summary to send survives a restart or a SIGKILL. The sender reads the rows:
+
+* a ``pending`` row whose retry time has come is due. Its **snapshot** is taken
+  under the server's commit lock (:meth:`HubSender` is given ``snapshot``):
+  the row's version and the record as committed at that version, checked for
+  open conflicts (its own, its pairs', across linked records), and, if none
+  blocks, its summary's bytes. A blocking conflict makes the row ``held``
+  (nothing is sent); a version the hub acknowledged already is ``sent``
+  without a request (nothing acknowledged is sent again).
+* it then sends ``PUT {hub}/Bundle/{id}`` (``application/fhir+json``) outside
+  the lock, and stores the outcome for that version only
+  (:meth:`~caresync.storage.Store.record_hub_outcome`): a newer version queued
+  meanwhile keeps its place and is sent next.
+* 2xx: ``sent``. A connection error, a timeout, 408, 429 or 5xx: retried after
+  :func:`~caresync.hub.model.retry_delay_ms` (doubling, capped, jittered; a
+  429's or 503's ``Retry-After`` in seconds is honoured up to the cap). Any
+  other status: ``failed`` with the hub's message, until the record changes.
+
+A commit wakes the sender (:meth:`wake`); otherwise it sleeps until the next
+retry is due. Clock, randomness and the HTTP client are injectable: tests step
+through attempts with :meth:`run_once` and never sleep. Whatever the hub
+answers is bounded (64 KiB read) and shown on one printable line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random as random_module
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from caresync.conflicts import RecordView
+from caresync.exceptions import CaresyncError, InvalidInputError, MissingExtraError, StorageError
+from caresync.hub.model import (
+    RETRY_BASE_MS,
+    RETRY_MAX_MS,
+    hold_reason,
+    retry_delay_ms,
+    short_reason,
+    verdict_of,
+)
+from caresync.hub.summary import summary_bytes, summary_id
+from caresync.listing import ConflictListing
+from caresync.storage.base import HubOutcome, Store
+
+__all__ = [
+    "HUB_INSTALL_HINT",
+    "HubSender",
+    "HubSnapshot",
+    "hub_url",
+    "require_http",
+    "take_snapshot",
+]
+
+HUB_INSTALL_HINT = 'pip install "caresync[hub]"'
+FHIR_JSON = "application/fhir+json"
+MAX_ANSWER_BYTES = 64 * 1024
+"""The most of a hub's answer read (its message is cut to a line anyway)."""
+DEFAULT_TIMEOUT_S = 30.0
+logger = logging.getLogger("caresync.server")
+
+
+def require_http() -> Any:
+    """The ``httpx`` module; MissingExtraError naming the extra when it is not installed."""
+    try:
+        import httpx
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"the health-hub sender needs httpx, which is not installed ({exc}); install it "
+            f"with: {HUB_INSTALL_HINT}"
+        ) from None
+    return httpx
+
+
+def hub_url(url: str) -> str:
+    """The hub's base URL, checked: ``http://`` or ``https://``, a host, no query."""
+    httpx = require_http()
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidInputError(f"{url!r:.100} is not a hub URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidInputError(
+            f"{url!r:.100} is not a hub URL: give http(s)://host[:port][/base], the FHIR "
+            "server's base (summaries go to {URL}/Bundle/{id})"
+        )
+    if parsed.query or parsed.fragment:
+        raise InvalidInputError(f"{url!r:.100}: a hub URL has no query or fragment")
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class HubSnapshot:
+    """One record's summary as of one version, taken under the server's commit lock."""
+
+    version: int
+    attempts: int
+    """Failed attempts of this version so far (the retry schedule goes on from them)."""
+    held: str | None
+    """Why it must wait (an open blocking conflict), or None."""
+    body: bytes | None
+    """The summary's bytes (None when held or acknowledged already)."""
+    failure: str | None = None
+    """Why it can never be sent as it is (the record is not stored), or None."""
+
+
+async def take_snapshot(
+    store: Store, listing: ConflictListing, record_id: str
+) -> HubSnapshot | None:
+    """The snapshot of one record's outbox row (None: no row, or no such record).
+
+    Call it where no commit can run meanwhile (the server's commit lock): the
+    row's version and the record read are then of the same moment. Conflicts are
+    the record's own, its pairs' and those across linked records.
+    """
+    row = next((r for r in await store.hub_summaries() if r.record_id == record_id), None)
+    if row is None:
+        return None
+    if not await store.has_record(record_id):  # never written so; said rather than retried
+        return HubSnapshot(row.version, row.attempts, None, None, "the record is not stored here")
+    conflicts = await listing.of_record(record_id)
+    held = hold_reason((c.id, c.severity.value, c.subject) for c in conflicts)
+    acknowledged = row.sent_version is not None and row.sent_version >= row.version
+    body = None
+    if held is None and not acknowledged:
+        body = summary_bytes(RecordView(await listing.pool.get(record_id)))
+    return HubSnapshot(row.version, row.attempts, held, body)
+
+
+SnapshotTaker = Callable[[str], Awaitable[HubSnapshot | None]]
+"""Takes one record's snapshot (None: its row or record is gone)."""
+
+
+class HubSender:
+    """Sends the due summaries of a server's hub outbox to ``url`` (see the module)."""
+
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        snapshot: SnapshotTaker,
+        *,
+        client: Any = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        now_ms: Callable[[], int] | None = None,
+        random: Callable[[], float] = random_module.random,
+        base_delay_ms: int = RETRY_BASE_MS,
+        max_delay_ms: int = RETRY_MAX_MS,
+    ) -> None:
+        """``client`` is an ``httpx.AsyncClient`` (default: one made here, closed by
+        :meth:`close`); ``timeout_s`` bounds each request. ``now_ms`` and ``random``
+        drive the retry schedule (tests pass their own)."""
+        httpx = require_http()
+        if not 0 < timeout_s <= 3600:
+            raise InvalidInputError("timeout_s must be in (0, 3600]")
+        if not 0 < base_delay_ms <= max_delay_ms:
+            raise InvalidInputError("base_delay_ms must be positive and at most max_delay_ms")
+        self.store = store
+        self.url = hub_url(url)
+        self._snapshot = snapshot
+        self._owns_client = client is None
+        self._client = (
+            client
+            if client is not None
+            else httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+        )
+        self._httpx = httpx
+        self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
+        self._random = random
+        self._base, self._max = base_delay_ms, max_delay_ms
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        """Summaries the hub acknowledged since this sender started."""
+        self.on_outcome: list[Callable[[str, str], None]] = []
+        """Called with (record id, state) after each attempt's outcome is committed."""
+
+    def wake(self) -> None:
+        """Look at the outbox now (a push changed it)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run :meth:`run` in the background until :meth:`close`."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run())
+
+    async def close(self) -> None:
+        """Stop sending (an attempt in flight is abandoned: it is sent again after a
+        restart) and close the HTTP client made here."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+            self._task = None
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def run(self) -> None:
+        """Send due summaries, then sleep until woken or the next retry is due; forever."""
+        while True:
+            self._wake.clear()  # a commit from now on wakes the next round
+            try:
+                wait_ms = await self.run_once()
+            except StorageError as exc:  # a busy or full disk: try again in a while
+                logger.warning("hub outbox: %s", exc)
+                wait_ms = self._max
+            except Exception:
+                logger.exception("hub outbox: the sender failed; trying again later")
+                wait_ms = self._max
+            timeout = None if wait_ms is None else wait_ms / 1000
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int | None:
+        """Attempt every summary due now, once each; returns the ms until the next is due
+        (None: none waits for a retry)."""
+        now = self._now_ms()
+        rows = await self.store.hub_summaries()
+        due = sorted(
+            (r for r in rows if r.state == "pending" and r.next_attempt_ms <= now),
+            key=lambda r: (r.next_attempt_ms, r.record_id),
+        )
+        for row in due:
+            await self.attempt(row.record_id)
+        now = self._now_ms()
+        rows = await self.store.hub_summaries()
+        later = [r.next_attempt_ms for r in rows if r.state == "pending"]
+        if not later:
+            return None
+        return max(0, min(later) - now)
+
+    async def attempt(self, record_id: str) -> str | None:
+        """One attempt for one record: held, acknowledged already, or a PUT. Returns the
+        state it left (None: no row)."""
+        try:
+            snap = await self._snapshot(record_id)
+        except StorageError:
+            raise
+        except CaresyncError as exc:
+            # A summary that cannot be built (the model library refused it) would fail
+            # the same way at every attempt: failed, with why, until the record changes.
+            row = next(
+                (r for r in await self.store.hub_summaries() if r.record_id == record_id), None
+            )
+            if row is None:
+                return None
+            reason = short_reason(f"the summary could not be built: {exc}")
+            await self._store(record_id, row.version, HubOutcome("failed", reason, 0, 0))
+            return "failed"
+        if snap is None:
+            return None
+        attempts = snap.attempts
+        if snap.failure is not None:
+            await self._store(record_id, snap.version, HubOutcome("failed", snap.failure, 0, 0))
+            return "failed"
+        if snap.held is not None:
+            await self._store(record_id, snap.version, HubOutcome("held", snap.held, 0, 0))
+            return "held"
+        if snap.body is None:  # the hub has this version: nothing is sent again
+            await self._store(record_id, snap.version, HubOutcome("sent", None, 0, 0))
+            return "sent"
+        now = self._now_ms()
+        await self.store.record_hub_attempt(record_id, now)
+        verdict, reason, retry_after_ms = await self._put(record_id, snap.body)
+        if verdict == "sent":
+            self.sent += 1
+            outcome = HubOutcome("sent", None, 0, 0, acknowledged=True)
+        elif verdict == "failed":
+            outcome = HubOutcome("failed", reason, attempts + 1, 0)
+        else:
+            delay = retry_delay_ms(attempts + 1, self._random, base_ms=self._base, max_ms=self._max)
+            if retry_after_ms is not None:
+                delay = max(delay, min(retry_after_ms, self._max))
+            outcome = HubOutcome(
+                "pending", short_reason(f"retrying: {reason}"), attempts + 1, now + delay
+            )
+        await self._store(record_id, snap.version, outcome)
+        logger.info(
+            "hub summary of %s (version %d): %s%s",
+            record_id,
+            snap.version,
+            outcome.state,
+            "" if outcome.reason is None else f" ({outcome.reason})",
+            extra={
+                "caresync": {
+                    "event": "hub",
+                    "record": record_id,
+                    "version": snap.version,
+                    "state": outcome.state,
+                }
+            },
+        )
+        return outcome.state
+
+    async def _store(self, record_id: str, version: int, outcome: HubOutcome) -> None:
+        await self.store.record_hub_outcome(record_id, version, outcome)
+        for listener in list(self.on_outcome):
+            listener(record_id, outcome.state)
+
+    async def _put(self, record_id: str, body: bytes) -> tuple[str, str, int | None]:
+        """(verdict, reason, Retry-After in ms) of one PUT."""
+        httpx = self._httpx
+        target = f"{self.url}/Bundle/{summary_id(record_id)}"
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        try:
+            async with self._client.stream("PUT", target, content=body, headers=headers) as answer:
+                data = bytearray()
+                async for chunk in answer.aiter_bytes():
+                    data.extend(chunk[: MAX_ANSWER_BYTES - len(data)])
+                    if len(data) >= MAX_ANSWER_BYTES:
+                        break
+                status = int(answer.status_code)
+                retry_after = _retry_after_ms(answer.headers.get("retry-after"))
+        except httpx.TimeoutException:
+            return "retry", "the hub did not answer in time", None
+        except httpx.HTTPError as exc:
+            return "retry", f"could not reach the hub: {type(exc).__name__}: {exc}", None
+        verdict = verdict_of(status)
+        message = _hub_message(bytes(data))
+        return verdict, short_reason(f"the hub answered {status}: {message}"), retry_after
+
+
+def _retry_after_ms(value: str | None) -> int | None:
+    """A ``Retry-After`` of whole seconds, in ms (an HTTP date is not followed)."""
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 9:
+        return None
+    return int(value.strip()) * 1000
+
+
+def _hub_message(data: bytes) -> str:
+    """What a hub's answer says: an OperationOutcome's diagnostics or text, else its text."""
+    text = data.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return text.strip() or "(no message)"
+    if isinstance(parsed, dict) and parsed.get("resourceType") == "OperationOutcome":
+        said = []
+        for issue in parsed.get("issue", [])[:3] if isinstance(parsed.get("issue"), list) else []:
+            if isinstance(issue, dict):
+                details = issue.get("details")
+                detail_text = details.get("text") if isinstance(details, dict) else None
+                for part in (issue.get("diagnostics"), detail_text):
+                    if isinstance(part, str) and part:
+                        said.append(part)
+        if said:
+            return "; ".join(said)
+    return text.strip() or "(no message)"
