@@ -629,6 +629,7 @@ class SyncServer:
         require_models()  # MissingExtraError now, not at the first summary
         if self.hub is not None:
             raise InvalidInputError("the hub sender is running already")
+        options.setdefault("audit_as", self.server_id)
         sender = HubSender(self.store, url, self.hub_snapshot, **options)
         self.on_commit.append(lambda _seq: sender.wake())
         sender.start()

@@ -102,6 +102,9 @@ async def test_marked_offline_shows_pending_then_reaches_the_hub_equal_to_the_re
         assert received.content_type == "application/fhir+json"
         assert received.problem is None
         assert (await rows(server))[record_id][0] == "sent"
+        # The disclosure is in the server's own audit trail, written before the data left.
+        own = await server.store.audit_entries(replica_id=server.server_id, record_id=record_id)
+        assert [(e.actor, e.action) for e in own] == [("hub-sender", "export")]
         # The hub's copy is the record's summary, byte for byte, and says what the record says.
         assert hub.copies[summary_id(record_id)] == await server_copy(server, record_id)
         bundle = hub.bundle(summary_id(record_id))

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from caresync.audit import AuditEvent
 from caresync.conflicts import RecordView
 from caresync.exceptions import CaresyncError, InvalidInputError, MissingExtraError, StorageError
 from caresync.hub.model import (
@@ -68,6 +69,10 @@ MAX_ANSWER_BYTES = 64 * 1024
 """The most of a hub's answer read (its message is cut to a line anyway)."""
 DEFAULT_TIMEOUT_S = 30.0
 logger = logging.getLogger("caresync.server")
+
+
+HUB_ACTOR = "hub-sender"
+"""The actor of the server's audit entries for summaries sent to the hub."""
 
 
 def require_http() -> Any:
@@ -156,10 +161,12 @@ class HubSender:
         random: Callable[[], float] = random_module.random,
         base_delay_ms: int = RETRY_BASE_MS,
         max_delay_ms: int = RETRY_MAX_MS,
+        audit_as: str | None = None,
     ) -> None:
         """``client`` is an ``httpx.AsyncClient`` (default: one made here, closed by
         :meth:`close`); ``timeout_s`` bounds each request. ``now_ms`` and ``random``
-        drive the retry schedule (tests pass their own)."""
+        drive the retry schedule (tests pass their own). ``audit_as``: the server's id,
+        whose audit chain records each summary before it leaves (an ``export``)."""
         httpx = require_http()
         if not 0 < timeout_s <= 3600:
             raise InvalidInputError("timeout_s must be in (0, 3600]")
@@ -178,6 +185,7 @@ class HubSender:
         self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
         self._random = random
         self._base, self._max = base_delay_ms, max_delay_ms
+        self._audit_as = audit_as
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -273,6 +281,11 @@ class HubSender:
             return "sent"
         now = self._now_ms()
         await self.store.record_hub_attempt(record_id, now)
+        if self._audit_as is not None:  # recorded before the patient's data leaves
+            await self.store.append_audit(
+                [AuditEvent(HUB_ACTOR, "export", record_id, f"hub summary v{snap.version}")],
+                replica_id=self._audit_as,
+            )
         verdict, reason, retry_after_ms = await self._put(record_id, snap.body)
         if verdict == "sent":
             self.sent += 1
