@@ -264,3 +264,43 @@ async def test_a_refused_push_does_not_undo_a_password_login(tmp_path: Path) -> 
     finally:
         await laptop.close()
         await server.close()
+
+
+async def test_another_organisations_export_becomes_a_record_of_this_one(tmp_path: Path) -> None:
+    # The bug: a Patient carrying another organisation's caresync record id was written
+    # here under that id; the server refused it at every push, holding the outbox back.
+    server = await start_server(tmp_path)
+    elsewhere = await enrolled_in(tmp_path, server, "elsewhere", "dr.x", "clinic-b")
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        theirs = await elsewhere.create_record()
+        await elsewhere.set(theirs, "name", "Awa Ba")
+        await elsewhere.sync()
+        bundle = bundle_bytes(await export_record(elsewhere, theirs))
+        report = await import_fhir(laptop, bundle)
+        [ours] = report.record_ids
+        assert ours != theirs
+        assert (await laptop.record(ours)).value("name") == "Awa Ba"
+        assert (await import_fhir(laptop, bundle)).record_ids == [ours]  # the same again
+        assert (await laptop.sync()).uploaded >= 1  # taken, not refused
+        assert await _server_field(server, ours, "name") == "Awa Ba"
+        organisations = await server.store.record_organisations([ours, theirs])
+        assert organisations == {ours: "clinic-a", theirs: "clinic-b"}
+        # Within one organisation the record id is kept (an export of its own record).
+        mine = await laptop.create_record()
+        await laptop.set(mine, "name", "Moussa Ba")
+        again = bundle_bytes(await export_record(laptop, mine))
+        assert (await import_fhir(laptop, again)).record_ids == [mine]
+    finally:
+        await laptop.close()
+        await elsewhere.close()
+        await server.close()
+
+
+async def enrolled_in(
+    tmp_path: Path, server: SyncServer, name: str, user: str, org: str
+) -> Replica:
+    """A laptop enrolled in ``org`` as ``user``."""
+    laptop = await Replica.open(tmp_path / f"{name}.db")
+    await laptop.enrol(server.url, username=user, password=PASSWORD, organisation=org)
+    return laptop

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from caresync.cli.common import AUTHOR_HELP, add_db, add_json, author, identifier, path, run
-from caresync.cli.databases import open_laptop, open_reader
+from caresync.cli.databases import LaptopReader, open_laptop, open_reader
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output, escaped
 from caresync.exceptions import InvalidFhirError
@@ -89,10 +89,12 @@ def _export(args: argparse.Namespace, out: Output) -> int:
         try:
             view = await reader.view(args.record_id)
             conflicts = await reader.conflicts(args.record_id)
+            store = reader.replica.store if isinstance(reader, LaptopReader) else reader.store
+            organisation = (await store.record_organisations([args.record_id])).get(args.record_id)
             await reader.audit("export", args.record_id, "fhir")
         finally:
             await reader.close()
-        return bundle_bytes(bundle_for_record(view, conflicts))
+        return bundle_bytes(bundle_for_record(view, conflicts, organisation=organisation))
 
     data = run(go())
     resources = data.count(b'"fullUrl"')
@@ -134,12 +136,14 @@ def _write_new(target: str, data: bytes) -> None:
 
 def _import(args: argparse.Namespace, out: Output) -> int:
     require_models()
-    plan = plan_import(_read(args.file))  # the whole file checked before the database opens
+    data = _read(args.file)
+    plan_import(data)  # the whole file checked before the database opens
 
     async def go() -> dict[str, Any]:
         async with await open_laptop(args.db) as replica:
             who = await replica.author_of(args.author)
-            report = await import_fhir(replica, plan, author=who)
+            # Planned again knowing the laptop's organisation (whose record ids are its own).
+            report = await import_fhir(replica, data, author=who)
             result = report.as_dict()
             result["author"] = who
             result["conflicts_open"] = await replica.count_conflicts()

@@ -28,6 +28,7 @@ from caresync.fhir.vocabulary import (
     EXT_CANDIDATE,
     EXT_FIELD,
     EXT_WROTE,
+    ORGANISATION_SYSTEM,
     RECORD_SYSTEM,
     RESOURCE_OF_COLLECTION,
     resource_id,
@@ -41,20 +42,28 @@ _TEXT_PLAIN = "text/plain; charset=utf-8"
 _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
 
-def bundle_for_record(view: RecordView, conflicts: Sequence[Conflict] = ()) -> dict[str, Any]:
+def bundle_for_record(
+    view: RecordView, conflicts: Sequence[Conflict] = (), *, organisation: str | None = None
+) -> dict[str, Any]:
     """The record as a FHIR ``collection`` Bundle (JSON), every resource validated.
 
     ``conflicts`` are the record's open conflicts (``Replica.conflicts(record_id)``):
     each becomes a DetectedIssue with all its candidates. A field in conflict
     is left out of its resource (a field extension names its conflict).
+    ``organisation`` (the record's) is written as the assigner of its record id, so
+    that another organisation importing the file makes a record of its own.
     Raises MissingExtraError without the fhir extra.
     """
     chart = chart_of(view)
-    return bundle_of_chart(chart, view=view, conflicts=conflicts)
+    return bundle_of_chart(chart, view=view, conflicts=conflicts, organisation=organisation)
 
 
 def bundle_of_chart(
-    chart: Chart, *, view: RecordView | None = None, conflicts: Sequence[Conflict] = ()
+    chart: Chart,
+    *,
+    view: RecordView | None = None,
+    conflicts: Sequence[Conflict] = (),
+    organisation: str | None = None,
 ) -> dict[str, Any]:
     """The Bundle of a chart; with the record's ``view``, Provenance and DetectedIssues too."""
     record_id = chart.record_id
@@ -66,7 +75,7 @@ def bundle_of_chart(
     }
     ctx = Context(entry_refs=refs)
     entries: list[tuple[Resource, list[str] | None]] = []  # a resource and its record paths
-    patient = _patient(chart, ctx)
+    patient = _patient(chart, ctx, organisation)
     entries.append((patient, list(chart.fields)))
     for entry in chart.entries:
         resource = _entry_resource(chart, entry, patient_ref, ctx)
@@ -161,9 +170,12 @@ def _field_extension(
     return {"url": EXT_FIELD, "extension": parts}
 
 
-def _patient(chart: Chart, ctx: Context) -> Resource:
+def _patient(chart: Chart, ctx: Context, organisation: str | None = None) -> Resource:
     record_id = chart.record_id
-    identifiers: list[dict[str, Any]] = [{"system": RECORD_SYSTEM, "value": record_id}]
+    own: dict[str, Any] = {"system": RECORD_SYSTEM, "value": record_id}
+    if organisation is not None:
+        own["assigner"] = {"identifier": {"system": ORGANISATION_SYSTEM, "value": organisation}}
+    identifiers: list[dict[str, Any]] = [own]
     patient: Resource = {"resourceType": "Patient", "id": resource_id(record_id)}
     fields = dict(chart.fields)
     taken_ids: set[str] = set()

@@ -32,6 +32,7 @@ from caresync.fhir.vocabulary import (
     ENTRY_SYSTEM,
     EXT_FIELD,
     NAMESPACE,
+    ORGANISATION_SYSTEM,
     RECORD_SYSTEM,
     RESOURCE_OF_COLLECTION,
 )
@@ -150,7 +151,8 @@ def _local_name(found: FoundResource) -> str:
     )
 
 
-def _record_id(found: FoundResource) -> str:
+def _record_id(found: FoundResource, organisation: str | None) -> tuple[str, bool]:
+    """The record a Patient is, and whether its id is derived (not the file's own)."""
     own = _identifier(found.resource, RECORD_SYSTEM)
     if own is not None:
         if not 0 < len(own) <= _MAX_ID or not own.isprintable() or own != own.strip():
@@ -158,8 +160,25 @@ def _record_id(found: FoundResource) -> str:
                 f"{_name(found)}: its caresync record id {own[:80]!r} is not 1 to {_MAX_ID} "
                 "printable characters"
             )
-        return own
-    return str(_derived_id("Patient", _local_name(found)))
+        assigner = _assigner(found.resource)
+        if organisation is not None and assigner is not None and assigner != organisation:
+            # Another organisation's record: written here under its id, it would be
+            # refused at every push (and hold the outbox back). A record of our own.
+            return str(_derived_id("record", assigner, own)), True
+        return own, False
+    return str(_derived_id("Patient", _local_name(found))), True
+
+
+def _assigner(resource: Resource) -> str | None:
+    """The organisation that assigned the Patient's caresync record id, if the file says."""
+    for item in resource.get("identifier") or ():
+        if isinstance(item, dict) and item.get("system") == RECORD_SYSTEM:
+            assigner = item.get("assigner")
+            identifier = assigner.get("identifier") if isinstance(assigner, dict) else None
+            if isinstance(identifier, dict) and identifier.get("system") == ORGANISATION_SYSTEM:
+                value = identifier.get("value")
+                return value if isinstance(value, str) and value else None
+    return None
 
 
 def _entry_id(found: FoundResource, record_id: str) -> str:
@@ -282,16 +301,24 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(name)
 
 
-def charts_from_resources(found: Sequence[FoundResource]) -> ImportPlan:
+def charts_from_resources(
+    found: Sequence[FoundResource], *, organisation: str | None = None
+) -> ImportPlan:
     """One chart per Patient of validated ``found`` resources (InvalidFhirError if they do
-    not make charts: a resource of no Patient, two Patients for one record, ...)."""
+    not make charts: a resource of no Patient, two Patients for one record, ...).
+
+    ``organisation``: the importing replica's; a Patient whose caresync record id another
+    organisation assigned becomes a record of its own (an id derived from that one)."""
+    derived_ids: set[str] = set()
     patients: dict[str, str] = {}  # reference -> record id
     patient_found: dict[str, FoundResource] = {}
     ignored: dict[str, int] = {}
     for item in found:
         if item.resource.get("resourceType") != "Patient":
             continue
-        record_id = _record_id(item)
+        record_id, derived_id = _record_id(item, organisation)
+        if derived_id:
+            derived_ids.add(record_id)
         if record_id in patient_found:
             raise InvalidFhirError(
                 f"{_name(item)} and {_name(patient_found[record_id])} are both record "
@@ -395,12 +422,7 @@ def charts_from_resources(found: Sequence[FoundResource]) -> ImportPlan:
             by_record.get(record_id, ()), key=lambda e: (e.collection, e.entry_id)
         )
         result.append(Chart(record_id, chart.fields, chart.contested, tuple(chart_entries)))
-    derived = frozenset(
-        rid
-        for rid, item in patient_found.items()
-        if _identifier(item.resource, RECORD_SYSTEM) is None
-    )
-    return ImportPlan(tuple(result), dict(sorted(ignored.items())), derived)
+    return ImportPlan(tuple(result), dict(sorted(ignored.items())), frozenset(derived_ids))
 
 
 def _patient_identifiers(patient: Resource) -> dict[str, JSONValue]:

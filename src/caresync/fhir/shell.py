@@ -61,15 +61,19 @@ async def export_record(replica: Replica, record_id: str) -> dict[str, Any]:
     """The record as a FHIR Bundle (JSON), its open conflicts as DetectedIssues."""
     require_models()
     view = await replica.record(record_id)
-    bundle = bundle_for_record(view, await replica.conflicts(record_id))
+    organisation = (await replica.store.record_organisations([record_id])).get(record_id)
+    bundle = bundle_for_record(view, await replica.conflicts(record_id), organisation=organisation)
     await replica.audit("export", record_id, "fhir")
     return bundle
 
 
-def plan_import(data: bytes) -> ImportPlan:
-    """The charts a FHIR file (a Bundle, or NDJSON) holds, every resource validated."""
+def plan_import(data: bytes, *, organisation: str | None = None) -> ImportPlan:
+    """The charts a FHIR file (a Bundle, or NDJSON) holds, every resource validated.
+
+    ``organisation``: the importing replica's (a record id another organisation assigned
+    then names a record of this one's; see :func:`charts_from_resources`)."""
     require_models()
-    return charts_from_resources(read_fhir(data))
+    return charts_from_resources(read_fhir(data), organisation=organisation)
 
 
 async def import_fhir(
@@ -85,7 +89,11 @@ async def import_fhir(
     ImmutableFieldError (a change to a signed note), storing nothing.
     """
     author = await replica.author_of(author)
-    plan = source if isinstance(source, ImportPlan) else plan_import(source)
+    plan = (
+        source
+        if isinstance(source, ImportPlan)
+        else plan_import(source, organisation=replica.identity.organisation)
+    )
     ids = [chart.record_id for chart in plan.charts]
     stored = await replica.store.load_many(ids)
     records: list[tuple[Record, AppliedChart, bytes]] = []

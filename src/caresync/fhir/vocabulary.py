@@ -28,6 +28,7 @@ __all__ = [
     "MEDICATION_STATUSES",
     "NAMESPACE",
     "OBSERVATION_STATUSES",
+    "ORGANISATION_SYSTEM",
     "RECORD_SYSTEM",
     "RESOURCE_OF_COLLECTION",
     "resource_id",
@@ -40,6 +41,8 @@ for every resource caresync writes or reads: see docs/fhir.md)."""
 _BASE = "https://caresync.example.org/fhir"
 RECORD_SYSTEM = f"{_BASE}/record-id"
 """Identifier system of a Patient's caresync record id."""
+ORGANISATION_SYSTEM = f"{_BASE}/organisation"
+"""Identifier system of the organisation a record id belongs to (its identifier's assigner)."""
 ENTRY_SYSTEM = f"{_BASE}/entry-id"
 """Identifier system of a resource's caresync entry id (``<entry-id>``, or
 ``<note-id>/addenda/<addendum-id>`` for an addendum)."""
