@@ -179,6 +179,8 @@ _PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SIN
 
 MAX_HUB_REPORT_FRAMES = 10_000
 """The most HubReport frames one pull's report may take (each up to a frame's size)."""
+MAX_HUB_REPORT_ITEMS = 1_000_000
+"""The most summaries one pull's report may name (a server cannot fill a laptop's memory)."""
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
@@ -2107,7 +2109,13 @@ class _Session:
         items: list[HubItem] = []
         for _frame in range(MAX_HUB_REPORT_FRAMES):  # bounded: a server cannot stream forever
             report = await self.expect(HubReport)
+            if items and report.items and report.items[0].record_id <= items[-1].record_id:
+                raise RemoteProtocolError("a hub report's frames are not in record order")
             items.extend(report.items)
+            if len(items) > MAX_HUB_REPORT_ITEMS:
+                raise RemoteProtocolError(
+                    f"a hub report of more than {MAX_HUB_REPORT_ITEMS} summaries"
+                )
             if report.final:
                 await store_report(self.replica.store, items)
                 return

@@ -10,6 +10,7 @@ would push).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import caresync.logins as logins_module
 from caresync.cli.transfer import import_file
 from caresync.exceptions import (
     AuthorError,
+    InvalidFhirError,
     InvalidInputError,
     NotLoggedInError,
     SyncRefusedError,
@@ -304,3 +306,54 @@ async def enrolled_in(
     laptop = await Replica.open(tmp_path / f"{name}.db")
     await laptop.enrol(server.url, username=user, password=PASSWORD, organisation=org)
     return laptop
+
+
+async def test_two_organisations_importing_one_export_get_records_of_their_own(
+    tmp_path: Path,
+) -> None:
+    # Found by review: the derived id named only the exporting organisation, so a second
+    # organisation importing the same file got the first one's record id, refused at push.
+    server = await start_server(tmp_path)
+    await server.add_user("clinic-c", "dr.c", PASSWORD)
+    source = await enrolled(tmp_path, server, "source")
+    b = await enrolled_in(tmp_path, server, "b", "dr.x", "clinic-b")
+    c = await enrolled_in(tmp_path, server, "c", "dr.c", "clinic-c")
+    try:
+        theirs = await source.create_record()
+        await source.set(theirs, "name", "Awa Diop")
+        await source.sync()
+        bundle = bundle_bytes(await export_record(source, theirs))
+        [in_b] = (await import_fhir(b, bundle)).record_ids
+        [in_c] = (await import_fhir(c, bundle)).record_ids
+        assert len({theirs, in_b, in_c}) == 3
+        for laptop in (b, c):
+            await laptop.sync()  # each taken: nothing left waiting
+            assert (await laptop.status()).pending == 0
+    finally:
+        for laptop in (source, b, c):
+            await laptop.close()
+        await server.close()
+
+
+async def test_a_record_id_without_its_organisation_is_imported_only_over_one_held_here(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    elsewhere = await enrolled_in(tmp_path, server, "elsewhere", "dr.x", "clinic-b")
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        theirs = await elsewhere.create_record()
+        await elsewhere.set(theirs, "name", "Awa Ba")
+        bundle = await export_record(elsewhere, theirs)
+        for entry in bundle["entry"]:  # as an older export, or another tool, writes it
+            for identifier in entry["resource"].get("identifier") or []:
+                if isinstance(identifier, dict):
+                    identifier.pop("assigner", None)
+        pending = (await laptop.status()).pending
+        with pytest.raises(InvalidFhirError, match="without the organisation it belongs to"):
+            await import_fhir(laptop, json.dumps(bundle).encode())
+        assert (await laptop.status()).pending == pending  # nothing stored
+    finally:
+        await laptop.close()
+        await elsewhere.close()
+        await server.close()

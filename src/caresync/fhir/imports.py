@@ -67,6 +67,10 @@ class ImportPlan:
     derived: frozenset[str] = frozenset()
     """Records whose id was derived from the Patient's id (the file names no caresync
     record id): such a record is only updated if it is plainly the same person."""
+    unassigned: frozenset[str] = frozenset()
+    """Record ids the file names without the organisation they belong to (an export from
+    before organisations were written, another tool): imported only over a record this
+    replica holds, since another organisation's would be refused at every push."""
 
 
 @dataclass(slots=True)
@@ -163,21 +167,25 @@ def _record_id(found: FoundResource, organisation: str | None) -> tuple[str, boo
         assigner = _assigner(found.resource)
         if organisation is not None and assigner is not None and assigner != organisation:
             # Another organisation's record: written here under its id, it would be
-            # refused at every push (and hold the outbox back). A record of our own.
-            return str(_derived_id("record", assigner, own)), True
+            # refused at every push (and hold the outbox back). A record of our own,
+            # whose id also names us: two organisations importing it get two records.
+            return str(_derived_id("record", organisation, assigner, own)), True
         return own, False
     return str(_derived_id("Patient", _local_name(found))), True
 
 
 def _assigner(resource: Resource) -> str | None:
-    """The organisation that assigned the Patient's caresync record id, if the file says."""
-    for item in resource.get("identifier") or ():
+    """The organisation that assigned the Patient's caresync record id, if the file says:
+    read from the same identifier the id is read from (the first of that system)."""
+    identifiers = resource.get("identifier")
+    for item in identifiers if isinstance(identifiers, list) else ():
         if isinstance(item, dict) and item.get("system") == RECORD_SYSTEM:
             assigner = item.get("assigner")
             identifier = assigner.get("identifier") if isinstance(assigner, dict) else None
             if isinstance(identifier, dict) and identifier.get("system") == ORGANISATION_SYSTEM:
                 value = identifier.get("value")
                 return value if isinstance(value, str) and value else None
+            return None
     return None
 
 
@@ -310,6 +318,7 @@ def charts_from_resources(
     ``organisation``: the importing replica's; a Patient whose caresync record id another
     organisation assigned becomes a record of its own (an id derived from that one)."""
     derived_ids: set[str] = set()
+    unassigned: set[str] = set()
     patients: dict[str, str] = {}  # reference -> record id
     patient_found: dict[str, FoundResource] = {}
     ignored: dict[str, int] = {}
@@ -319,6 +328,8 @@ def charts_from_resources(
         record_id, derived_id = _record_id(item, organisation)
         if derived_id:
             derived_ids.add(record_id)
+        elif _assigner(item.resource) is None:
+            unassigned.add(record_id)
         if record_id in patient_found:
             raise InvalidFhirError(
                 f"{_name(item)} and {_name(patient_found[record_id])} are both record "
@@ -422,7 +433,12 @@ def charts_from_resources(
             by_record.get(record_id, ()), key=lambda e: (e.collection, e.entry_id)
         )
         result.append(Chart(record_id, chart.fields, chart.contested, tuple(chart_entries)))
-    return ImportPlan(tuple(result), dict(sorted(ignored.items())), frozenset(derived_ids))
+    return ImportPlan(
+        tuple(result),
+        dict(sorted(ignored.items())),
+        frozenset(derived_ids),
+        frozenset(unassigned),
+    )
 
 
 def _patient_identifiers(patient: Resource) -> dict[str, JSONValue]:

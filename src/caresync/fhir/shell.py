@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from caresync.exceptions import InvalidFhirError
 from caresync.fhir.export import bundle_for_record
 from caresync.fhir.imports import (
     AppliedChart,
@@ -89,6 +90,7 @@ async def import_fhir(
     ImmutableFieldError (a change to a signed note), storing nothing.
     """
     author = await replica.author_of(author)
+    organisation = replica.identity.organisation  # None: not enrolled, no server to refuse
     plan = (
         source
         if isinstance(source, ImportPlan)
@@ -99,6 +101,13 @@ async def import_fhir(
     records: list[tuple[Record, AppliedChart, bytes]] = []
     for chart in plan.charts:
         before = stored.get(chart.record_id)
+        if before is None and chart.record_id in plan.unassigned and organisation is not None:
+            raise InvalidFhirError(
+                f"the file names caresync record {chart.record_id} without the organisation it "
+                "belongs to, and this laptop holds no such record: it may be another "
+                "organisation's, which the server would refuse. Nothing was imported: sync "
+                "first (if it is this organisation's), or export it again with this caresync"
+            )
         if before is None:
             record = Record.create(replica=replica.replica_id, record_id=chart.record_id)
             state_vector = None

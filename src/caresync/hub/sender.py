@@ -186,6 +186,7 @@ class HubSender:
         self._random = random
         self._base, self._max = base_delay_ms, max_delay_ms
         self._audit_as = audit_as
+        self._timeout_s = timeout_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -236,12 +237,32 @@ class HubSender:
         (None: none waits for a retry)."""
         now = self._now_ms()
         rows = await self.store.hub_summaries()
+        # Held ones are looked at again too: a finding across linked records closes by an
+        # edit of the other record, which does not touch this one's row.
         due = sorted(
-            (r for r in rows if r.state == "pending" and r.next_attempt_ms <= now),
+            (
+                r
+                for r in rows
+                if (r.state == "pending" and r.next_attempt_ms <= now) or r.state == "held"
+            ),
             key=lambda r: (r.next_attempt_ms, r.record_id),
         )
         for row in due:
-            await self.attempt(row.record_id)
+            try:
+                await self.attempt(row.record_id)
+            except StorageError:
+                raise
+            except Exception as exc:  # one summary never stops the others
+                logger.exception("hub summary of %s: the attempt failed", row.record_id)
+                delay = retry_delay_ms(
+                    row.attempts + 1, self._random, base_ms=self._base, max_ms=self._max
+                )
+                reason = short_reason(f"retrying: {type(exc).__name__}: {exc}")
+                await self._store(
+                    row.record_id,
+                    row.version,
+                    HubOutcome("pending", reason, row.attempts + 1, self._now_ms() + delay),
+                )
         now = self._now_ms()
         rows = await self.store.hub_summaries()
         later = [r.next_attempt_ms for r in rows if r.state == "pending"]
@@ -326,17 +347,23 @@ class HubSender:
         """(verdict, reason, Retry-After in ms) of one PUT."""
         httpx = self._httpx
         target = f"{self.url}/Bundle/{summary_id(record_id)}"
-        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        # identity: a compressed answer could grow without bound as it is decoded.
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Accept-Encoding": "identity"}
         try:
-            async with self._client.stream("PUT", target, content=body, headers=headers) as answer:
+            # The whole exchange is bounded, not each read: a hub that drips a byte just
+            # inside the read timeout must not hold the sender for days.
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._client.stream("PUT", target, content=body, headers=headers) as answer,
+            ):
                 data = bytearray()
-                async for chunk in answer.aiter_bytes():
+                async for chunk in answer.aiter_raw():
                     data.extend(chunk[: MAX_ANSWER_BYTES - len(data)])
                     if len(data) >= MAX_ANSWER_BYTES:
                         break
                 status = int(answer.status_code)
                 retry_after = _retry_after_ms(answer.headers.get("retry-after"))
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return "retry", "the hub did not answer in time", None
         except httpx.HTTPError as exc:
             return "retry", f"could not reach the hub: {type(exc).__name__}: {exc}", None
@@ -347,9 +374,13 @@ class HubSender:
 
 def _retry_after_ms(value: str | None) -> int | None:
     """A ``Retry-After`` of whole seconds, in ms (an HTTP date is not followed)."""
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 9:
+    if value is None:
         return None
-    return int(value.strip()) * 1000
+    seconds = value.strip()
+    # ASCII digits only: "²".isdigit() is true, and int() refuses it.
+    if not seconds.isascii() or not seconds.isdigit() or len(seconds) > 9:
+        return None
+    return int(seconds) * 1000
 
 
 def _hub_message(data: bytes) -> str:

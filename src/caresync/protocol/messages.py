@@ -1178,8 +1178,8 @@ class HubReport(Message):
                 _bad(owner, "items[].state", f"one of {sorted(HUB_ITEM_STATES)}", item.state)
             _int(owner, "items[].version", item.version, 1)
             _opt_text(owner, "items[].reason", item.reason, MAX_HUB_REASON_LENGTH)
-            if item.last_attempt_ms is not None:
-                _int(owner, "items[].last_attempt_ms", item.last_attempt_ms, 0)
+            if item.last_attempt_ms is not None:  # a time a calendar can show (≤ year 6400)
+                _int(owner, "items[].last_attempt_ms", item.last_attempt_ms, 0, 2**47)
             if out and item.record_id <= out[-1].record_id:
                 _bad(owner, "items", "in strictly ascending record_id order", item.record_id)
             out.append(item)
