@@ -20,7 +20,7 @@ from tests.hub.test_hub_outbox import Clock, marked_patient, rows
 from caresync.hub.model import HUB_PATH
 from caresync.hub.sender import HubSender, _retry_after_ms
 
-pytest.importorskip("httpx", reason="the hub extra is not installed")
+httpx = pytest.importorskip("httpx", reason="the hub extra is not installed")
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -81,19 +81,22 @@ async def test_one_bad_answer_does_not_stop_the_other_summaries(tmp_path: Path) 
 
 
 async def test_a_hub_that_drips_its_answer_is_cut_off_at_the_timeout(tmp_path: Path) -> None:
+    # A hub that drips its answer keeps every single read inside a read timeout; the
+    # client here has none at all, so only the bound on the whole request can end it.
+    release = asyncio.Event()
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-        for _ in range(100):  # a byte each 0.4 s: each read within a 1 s read timeout
-            writer.write(b"x")
-            await writer.drain()
-            await asyncio.sleep(0.4)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx")
+        await writer.drain()
+        await release.wait()  # the rest never comes while the test runs
         writer.close()
 
     hub, url = await _raw_hub(handler)
     server = await start_server(tmp_path)
     laptop = await enrolled(tmp_path, server, "laptop")
-    sender = HubSender(server.store, url, server.hub_snapshot, timeout_s=1.0)
+    client = httpx.AsyncClient(timeout=None)
+    sender = HubSender(server.store, url, server.hub_snapshot, client=client, timeout_s=1.0)
     try:
         record_id = await marked_patient(laptop)
         await laptop.sync()
@@ -104,7 +107,9 @@ async def test_a_hub_that_drips_its_answer_is_cut_off_at_the_timeout(tmp_path: P
         assert reason is not None
         assert "in time" in reason
     finally:
+        release.set()
         await sender.close()
+        await client.aclose()
         await laptop.close()
         await server.close()
         hub.close()
