@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 import msgpack
 
 from caresync.exceptions import AuditError
-from caresync.records.clock import MAX_CLOCK_AHEAD_MS
 
 __all__ = [
     "ACTIONS",
@@ -112,17 +111,7 @@ class AuditEntry:
 
     def to_wire(self) -> list[object]:
         """The entry as a msgpack-ready list (the order :meth:`from_wire` reads)."""
-        return [
-            self.replica_id,
-            self.seq,
-            self.at_ms,
-            self.actor,
-            self.action,
-            self.record_id,
-            self.detail,
-            self.prev_hash,
-            self.hash,
-        ]
+        return [*_covered(self), self.hash]
 
     @classmethod
     def from_wire(cls, value: object) -> AuditEntry:
@@ -137,28 +126,30 @@ class AuditEntry:
         return entry
 
 
-def entry_hash(
-    replica_id: str,
-    seq: int,
-    at_ms: int,
-    actor: str,
-    action: str,
-    record_id: str | None,
-    detail: str | None,
-    prev_hash: bytes,
-) -> bytes:
+def _covered(entry: AuditEntry) -> list[object]:
+    """What an entry's hash covers: every field but the hash itself (and the line)."""
+    return [
+        entry.replica_id,
+        entry.seq,
+        entry.at_ms,
+        entry.actor,
+        entry.action,
+        entry.record_id,
+        entry.detail,
+        entry.prev_hash,
+    ]
+
+
+def entry_hash(entry: AuditEntry) -> bytes:
     """The SHA-256 hash that covers every field of an entry and the previous hash."""
-    body = msgpack.packb(
-        [replica_id, seq, at_ms, actor, action, record_id, detail, prev_hash], use_bin_type=True
-    )
-    return hashlib.sha256(_DOMAIN + body).digest()
+    return hashlib.sha256(_DOMAIN + msgpack.packb(_covered(entry), use_bin_type=True)).digest()
 
 
 def link(
     event: AuditEvent, *, replica_id: str, seq: int, at_ms: int, prev_hash: bytes
 ) -> AuditEntry:
     """The entry that records ``event`` after the entry with ``prev_hash`` (number ``seq - 1``)."""
-    entry = AuditEntry(
+    draft = AuditEntry(
         replica_id,
         seq,
         at_ms,
@@ -167,19 +158,10 @@ def link(
         event.record_id,
         event.detail,
         prev_hash,
-        entry_hash(
-            replica_id,
-            seq,
-            at_ms,
-            event.actor,
-            event.action,
-            event.record_id,
-            event.detail,
-            prev_hash,
-        ),
+        GENESIS,  # a placeholder of the right size until the hash is known
     )
-    check_entry(entry)
-    return entry
+    check_entry(draft, check_hash=False)  # its form, before anything is hashed
+    return replace(draft, hash=entry_hash(draft))
 
 
 def _text(value: object, what: str, *, optional: bool = False) -> None:
@@ -192,10 +174,10 @@ def _text(value: object, what: str, *, optional: bool = False) -> None:
         )
 
 
-def check_entry(entry: AuditEntry, *, now_ms: int | None = None, check_hash: bool = True) -> None:
+def check_entry(entry: AuditEntry, *, check_hash: bool = True) -> None:
     """Refuse a malformed entry (AuditError): wrong types, an unknown action, a bad hash.
 
-    With ``now_ms``, an entry dated further ahead than the clocks' tolerance is refused too.
+    Its time is not bounded: it is the writer's claim (see ``Store.receive_audit``).
     ``check_hash=False`` checks the form only (a file is read whole, then verified).
     """
     _text(entry.replica_id, "replica id")
@@ -206,11 +188,6 @@ def check_entry(entry: AuditEntry, *, now_ms: int | None = None, check_hash: boo
         raise AuditError(f"an audit entry's number must be an int from 1, not {entry.seq!r:.40}")
     if type(entry.at_ms) is not int or not 0 <= entry.at_ms < 2**62:
         raise AuditError(f"an audit entry's time must be milliseconds, not {entry.at_ms!r:.40}")
-    if now_ms is not None and entry.at_ms > now_ms + MAX_CLOCK_AHEAD_MS:
-        raise AuditError(
-            f"audit entry {entry.seq} of {entry.replica_id} is dated more than a day ahead of "
-            "this clock: the writer's clock is wrong"
-        )
     if type(entry.action) is not str or entry.action not in ACTIONS:
         raise AuditError(f"unknown audit action {entry.action!r:.40}")
     for name, value in (("previous hash", entry.prev_hash), ("hash", entry.hash)):
@@ -218,16 +195,7 @@ def check_entry(entry: AuditEntry, *, now_ms: int | None = None, check_hash: boo
             raise AuditError(f"an audit entry's {name} must be {HASH_BYTES} bytes")
     if not check_hash:
         return
-    expected = entry_hash(
-        entry.replica_id,
-        entry.seq,
-        entry.at_ms,
-        entry.actor,
-        entry.action,
-        entry.record_id,
-        entry.detail,
-        entry.prev_hash,
-    )
+    expected = entry_hash(entry)
     if expected != entry.hash:
         raise AuditError(
             f"audit entry {entry.seq} of {entry.replica_id}: its hash does not match its "
