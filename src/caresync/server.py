@@ -787,9 +787,8 @@ class SyncServer:
             user = login.username if isinstance(login, Authenticate) else None
             self.events.login_failed(conn.channel.peer, user, outcome.code, outcome.message)
             if outcome.code != ErrorCode.THROTTLED:  # no password checked: the log counts those
-                tried = "(a session token)" if user is None else attempted_name(user)
                 await self._audit(
-                    AuditEvent(tried, "login-failed", None, f"refused: {outcome.code}")
+                    AuditEvent(_tried(user), "login-failed", None, f"refused: {outcome.code}")
                 )
             return
         expected = conn.protocol.organisation
@@ -837,8 +836,7 @@ class SyncServer:
         conn.protocol.errors_sent()  # logged here as a failed login, not as a refusal too
         user = login.username if isinstance(login, Authenticate) else None
         self.events.login_failed(conn.channel.peer, user, ErrorCode.CLIENT_TOO_OLD, said)
-        tried = "(a session token)" if user is None else attempted_name(user)
-        await self._audit(AuditEvent(tried, "login-failed", None, "refused: client_too_old"))
+        await self._audit(AuditEvent(_tried(user), "login-failed", None, "refused: client_too_old"))
         return True
 
     async def _audit(self, event: AuditEvent) -> None:
@@ -1313,3 +1311,8 @@ class SyncServer:
             await conn.forward_live()
         except (ConnectionLostError, ProtocolError):
             await conn.channel.close()  # the replica catches up by pulling when it returns
+
+
+def _tried(username: str | None) -> str:
+    """Who a refused login tried to be, as an audit entry's actor."""
+    return "(a session token)" if username is None else attempted_name(username)
