@@ -191,6 +191,7 @@ class SQLiteStore:
         self.migrated_from: int | None = None
         """The schema version the file had, if opening migrated it; else None."""
         self.read_only = False
+        self._own_replica_id: str | None = None  # cached: a replica's id never changes
         """True for a store opened with ``read_only=True``: it refuses every write."""
         self.accounts_only = False
         """True for a store opened with ``accounts_only=True`` (see :meth:`open`)."""
@@ -557,7 +558,7 @@ class SQLiteStore:
             )
             self._store_planned(raw, writes, planned, now, log=True)
             if audit:
-                sql_append(raw, _own_id(raw, self.path), audit, now)
+                sql_append(raw, self._own_id(raw), audit, now)
             if len(writes) == 1:  # the durable single edit: as few statements as can be
                 cursor = raw.execute(
                     "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
@@ -1555,11 +1556,23 @@ class SQLiteStore:
             # Through the side door too: a reader beside a running writer records its reads.
             return self._write(
                 raw,
-                lambda: sql_append(raw, replica_id or _own_id(raw, self.path), checked, now),
+                lambda: sql_append(raw, replica_id or self._own_id(raw), checked, now),
                 accounts=True,
             )
 
         return await self._run("writing the audit trail", job)
+
+    def _own_id(self, raw: sqlite3.Connection) -> str:
+        """This replica's id, whose audit chain is its own (read once: it never changes,
+        and a durable edit should not read it again)."""
+        if self._own_replica_id is None:
+            identity = _read_identity(raw)
+            if identity is None:
+                raise StorageError(
+                    f"{self.path} holds no replica yet: it has no audit trail of its own"
+                )
+            self._own_replica_id = identity.replica_id
+        return self._own_replica_id
 
     async def audit_entries(
         self,
@@ -1585,7 +1598,7 @@ class SQLiteStore:
             check_text(replica_id, "replica_id")
 
         def job(raw: sqlite3.Connection) -> tuple[int, bytes]:
-            rid = replica_id if replica_id is not None else _own_id(raw, self.path)
+            rid = replica_id if replica_id is not None else self._own_id(raw)
             row = raw.execute(
                 "SELECT MAX(line) FROM audit_trail WHERE replica_id = ?", (rid,)
             ).fetchone()
@@ -2574,13 +2587,6 @@ def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) 
             for pair in pairs
         ],
     )
-
-
-def _own_id(raw: sqlite3.Connection, path: object) -> str:
-    identity = _read_identity(raw)
-    if identity is None:
-        raise StorageError(f"{path} holds no replica yet: it has no audit trail of its own")
-    return identity.replica_id
 
 
 def _read_identity(raw: sqlite3.Connection) -> Identity | None:
