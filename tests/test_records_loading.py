@@ -18,7 +18,7 @@ from caresync import (
     Record,
     RecordMismatchError,
 )
-from caresync.pool import RecordPool
+from caresync.replication.pool import RecordPool
 from caresync.records.clock import Timestamp
 from caresync.records.maps import read_items, read_value
 from caresync.records.revision import MAX_STORED_DEPTH, Revision, encode_revision

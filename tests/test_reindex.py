@@ -14,8 +14,8 @@ from tests.sqlite_trace import traced, write_transactions
 
 from caresync import DEFAULT_RULEBOOK, Record
 from caresync.conflicts import Conflict, Rulebook
-from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
-from caresync.pool import conflict_rows
+from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.replication.pool import conflict_rows
 from caresync.storage import IncomingUpdate, MemoryStore, SQLiteStore, Store
 
 RECORDS = 11
@@ -53,7 +53,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("caresync.index.REINDEX_BATCH_RECORDS", CHUNK)
+    monkeypatch.setattr("caresync.replication.index.REINDEX_BATCH_RECORDS", CHUNK)
 
 
 async def seed(store: Store) -> dict[str, tuple[str, ...]]:

@@ -56,14 +56,15 @@ from caresync.protocol import (
     server_proof_payload,
 )
 from caresync.records import Revision
+from caresync.replication import meta
 from caresync.storage import SessionRow, Store
 from caresync.throttle import LoginThrottle, ThrottleKey
 
 __all__ = ["PUSHED_KEY_PREFIX", "SERVER_KEY_META", "Gatekeeper", "Login", "Refused"]
 
-PUSHED_KEY_PREFIX = "pushed:"
+PUSHED_KEY_PREFIX = meta.PUSHED_PREFIX
 """Meta key prefix: the highest ``local_seq`` committed per replica."""
-SERVER_KEY_META = "server.key"
+SERVER_KEY_META = meta.SERVER_KEY
 """Meta key of the server's private signing key (base64)."""
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from caresync.conflicts import Conflict, Severity
 from caresync.conflicts.duplicates import pair_conflicts
 from caresync.exceptions import UnknownConflictError
-from caresync.pool import RecordPool
 from caresync.records import ACK_PREFIX, Record
 from caresync.records.persons import PairState, PersonPair
+from caresync.replication.pool import RecordPool
 from caresync.storage import Store
 
 __all__ = ["MAX_LINKED_RECORDS", "ConflictListing"]

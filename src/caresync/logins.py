@@ -63,6 +63,7 @@ from caresync.lockout import (
     locked_error,
 )
 from caresync.names import shown
+from caresync.replication import meta
 from caresync.storage import Store
 from caresync.storage.laptop_key import LaptopKey
 
@@ -77,11 +78,10 @@ __all__ = [
 LOGIN_IDLE_S = 30 * 60.0
 """A login with no edit for this long expires (a laptop left open on a desk)."""
 
-# Meta keys.
-_OFFLINE_LOGIN = "login.offline:"  # + username: argon2id hash of the password
-_OFFLINE_FAILURES = "login.offline.failures"  # "COUNT:LOCKED_UNTIL_MS", failed in a row
-_CURRENT = "login.current"  # JSON {"user", "since_ms", "active_ms"}: who is logged in
-_ACCOUNT_NAMES = "accounts.names"  # JSON {username: display name}, from the server
+_OFFLINE_LOGIN = meta.OFFLINE_LOGIN_PREFIX
+_OFFLINE_FAILURES = meta.OFFLINE_FAILURES
+_CURRENT = meta.CURRENT_LOGIN
+_ACCOUNT_NAMES = meta.ACCOUNT_NAMES
 _ACTIVE_EVERY_MS = 60_000  # activity is written down at most this often
 
 

@@ -69,13 +69,11 @@ from caresync.exceptions import (
     StorageError,
     SyncRefusedError,
 )
-from caresync.index import ensure_index
 from caresync.listing import ConflictListing
 from caresync.logins import (
     LOGIN_IDLE_S,
     LaptopLogins,
 )
-from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     MAX_AUDIT_ITEMS,
@@ -116,6 +114,9 @@ from caresync.records.persons import (
     link_path,
     person_card,
 )
+from caresync.replication import meta
+from caresync.replication.index import ensure_index
+from caresync.replication.pool import RecordPool
 from caresync.storage import (
     DEFAULT_KDF,
     ConflictRow,
@@ -158,22 +159,6 @@ _UNSET: Any = object()
 _hasher = PasswordHasher()
 logger = logging.getLogger("caresync.replica")
 
-# Meta keys of a laptop's store.
-_CHECKPOINT = "sync.checkpoint"  # how far the server's change feed was read
-_COPY_RESUME = "copy.resume"  # last record id committed by the first copy
-_COPY_CHECKPOINT = "copy.checkpoint"  # feed head when the first copy started
-_COPY_DONE_MS = "copy.done_ms"
-_LAST_SYNC_MS = "sync.last_ms"
-_SESSION = "session.token"
-_SESSION_USER = "session.user"
-_LOCKED = "replica.locked"  # why the server revoked this replica; set once, kept
-_SECRET = "replica.secret"  # base64: the secret this replica proves at every login
-_PINNED_KEY = "server.pinned_key"  # base64: the server's public key, pinned at enrolment
-_CLIENT_NEWEST = "server.client_newest"  # the newest caresync the server knows of
-_CLIENT_MIN = "server.client_min"  # the oldest it accepts ("" when it asks for none)
-_AUDIT_REFUSED = "audit.refused"  # why the server last refused this laptop's audit entries
-_AUDIT_SENT = "audit.sent_up_to"  # the last entry of the own audit chain the server acknowledged
-_PULL_OWN = "pull.include_own"  # "1" after a restore: pull this replica's own updates too
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
 _PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
 
@@ -384,7 +369,7 @@ class Replica:
         """Open a laptop database (created unless ``create=False``).
 
         A database whose conflict index another rulebook computed is re-indexed
-        first (see :mod:`caresync.index`).
+        first (see :mod:`caresync.replication.index`).
 
         **Encryption at rest** (see :mod:`caresync.storage.laptop_key`): a new database
         opened with ``username`` and ``password`` is encrypted whole (unless
@@ -467,10 +452,10 @@ class Replica:
             identity,
             rulebook=rulebook,
             limits=limits,
-            locked=await store.get_meta(_LOCKED),
+            locked=await store.get_meta(meta.LOCKED),
             password_hasher=password_hasher,
-            secret=_unb64(await store.get_meta(_SECRET)),
-            pinned_key=_unb64(await store.get_meta(_PINNED_KEY)),
+            secret=_unb64(await store.get_meta(meta.SECRET)),
+            pinned_key=_unb64(await store.get_meta(meta.PINNED_KEY)),
             login_idle_s=login_idle_s,
             database_key=database_key,
         )
@@ -1004,7 +989,7 @@ class Replica:
         now = time.time()
         outbox = await self.store.outbox_summary()
         oldest = outbox.oldest_pending_ms
-        last_ms = await self.store.get_meta(_LAST_SYNC_MS)
+        last_ms = await self.store.get_meta(meta.LAST_SYNC_MS)
         last_s = int(last_ms) / 1000 if last_ms else None
         if self._state is ReplicaState.ONLINE:
             last_s = now  # in step: live updates arrive as they commit
@@ -1021,13 +1006,13 @@ class Replica:
             records=await self.store.count_records(),
             last_error=self._last_error,
             quarantined=await self.store.count_quarantined(),
-            audit_refused=await self.store.get_meta(_AUDIT_REFUSED) or None,
+            audit_refused=await self.store.get_meta(meta.AUDIT_REFUSED) or None,
             **await self._client_versions(),
         )
 
     async def _client_versions(self) -> dict[str, Any]:
-        newest = await self.store.get_meta(_CLIENT_NEWEST) or None
-        least = await self.store.get_meta(_CLIENT_MIN) or None
+        newest = await self.store.get_meta(meta.CLIENT_NEWEST) or None
+        least = await self.store.get_meta(meta.CLIENT_MIN) or None
         return {
             "client_newest": newest,
             "client_min": least,
@@ -1045,8 +1030,8 @@ class Replica:
             logger.warning("the server named a caresync version that is none: %s", exc)
             return
         if newest is not None:
-            await self.store.set_meta(_CLIENT_NEWEST, newest)
-            await self.store.set_meta(_CLIENT_MIN, least or "")
+            await self.store.set_meta(meta.CLIENT_NEWEST, newest)
+            await self.store.set_meta(meta.CLIENT_MIN, least or "")
 
     async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
         """Updates from the server that could not be merged, kept aside with the reason.
@@ -1324,10 +1309,10 @@ class Replica:
     ) -> None:
         """Store the replica's secret and the server's pinned key, then use them."""
         if secret is not None:
-            await self.store.set_meta(_SECRET, base64.b64encode(secret).decode("ascii"))
+            await self.store.set_meta(meta.SECRET, base64.b64encode(secret).decode("ascii"))
             self._secret = secret
         if pinned_key is not None:
-            await self.store.set_meta(_PINNED_KEY, base64.b64encode(pinned_key).decode("ascii"))
+            await self.store.set_meta(meta.PINNED_KEY, base64.b64encode(pinned_key).decode("ascii"))
             self._pinned_key = pinned_key
 
     def _check_can_sync(self) -> None:
@@ -1681,7 +1666,7 @@ class _Session:
         await self._logged_in(session)
 
     async def resume(self) -> None:
-        token = await self.replica.store.get_meta(_SESSION)
+        token = await self.replica.store.get_meta(meta.SESSION_TOKEN)
         if not token:
             raise AuthenticationError("no session on this laptop: log in with a password")
         if self.replica._secret is None:
@@ -1718,7 +1703,7 @@ class _Session:
         )
         if held and held[0].seq == server_seq and held[0].hash == server_hash:
             return server_seq
-        return int(await store.get_meta(_AUDIT_SENT) or 0)
+        return int(await store.get_meta(meta.AUDIT_SENT) or 0)
 
     async def push_audit(self) -> int:
         """Send the entries of this laptop's audit chain the server does not hold, a
@@ -1727,7 +1712,7 @@ class _Session:
             return 0
         store = self.replica.store
         if self._audit_after is None:  # the login said nothing (an enrolment): what we know
-            self._audit_after = int(await store.get_meta(_AUDIT_SENT) or 0)
+            self._audit_after = int(await store.get_meta(meta.AUDIT_SENT) or 0)
         budget = min(self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES, 1 << 20)
         sent = 0
         from_start = False
@@ -1760,11 +1745,11 @@ class _Session:
                     continue
                 # The records' sync goes on; the entries stay here, and are tried again.
                 logger.warning("audit entries of %s refused: %s", self.replica.replica_id, refused)
-                await store.set_meta(_AUDIT_REFUSED, str(refused))
+                await store.set_meta(meta.AUDIT_REFUSED, str(refused))
                 return sent
             self._audit_after = ack.up_to_seq
-            await store.set_meta(_AUDIT_SENT, str(ack.up_to_seq))
-            await store.set_meta(_AUDIT_REFUSED, "")
+            await store.set_meta(meta.AUDIT_SENT, str(ack.up_to_seq))
+            await store.set_meta(meta.AUDIT_REFUSED, "")
             sent += sum(1 for entry in batch if entry.seq <= ack.up_to_seq)
 
     async def catch_up_after_restore(self, pushed_up_to: int) -> None:
@@ -1791,7 +1776,7 @@ class _Session:
         )
         self.include_own = True
         try:
-            await store.renumber_outbox(pushed_up_to, checkpoint=(_PULL_OWN, "1"))
+            await store.renumber_outbox(pushed_up_to, checkpoint=(meta.PULL_OWN, "1"))
         except StorageError as exc:  # a full disk: pushing is still safe, pulling own too
             logger.warning("could not renumber the outbox: %s", exc)
 
@@ -1806,8 +1791,8 @@ class _Session:
         token, user, password = self._token_to_store
         self._token_to_store = None
         store = self.replica.store
-        await store.set_meta(_SESSION, token)
-        await store.set_meta(_SESSION_USER, user)
+        await store.set_meta(meta.SESSION_TOKEN, token)
+        await store.set_meta(meta.SESSION_USER, user)
         await self.replica.logins.logged_in_online(user, password)
         await self.replica.audit("login", None, "online", actor=user)
 
@@ -1830,7 +1815,7 @@ class _Session:
         await self.report_outbox()  # what is left
         downloaded = await self.pull()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
-        await replica.store.set_meta(_LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+        await replica.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
         replica._last_error = None
         return SyncReport(
             uploaded=uploaded,
@@ -1987,12 +1972,12 @@ class _Session:
 
         The next batch is asked for before this one is committed, so the server
         reads it while the laptop writes. A server whose rulebook is ours sends
-        each record's conflict rows, stored as they are (see :mod:`caresync.index`).
+        each record's conflict rows, stored as they are (see :mod:`caresync.replication.index`).
         """
         store = self.replica.store
-        if await store.get_meta(_COPY_DONE_MS) is not None:
+        if await store.get_meta(meta.COPY_DONE_MS) is not None:
             return 0
-        resume = await store.get_meta(_COPY_RESUME) or None
+        resume = await store.get_meta(meta.COPY_RESUME) or None
         rulebook = self.replica.rulebook.fingerprint
         batch_records = self.limits.copy_batch_records
         copied = 0
@@ -2002,15 +1987,15 @@ class _Session:
             if not batch.final:
                 self.protocol.request_copy(batch.last_record_id, batch_records, rulebook)
                 await self.flush()
-            if await store.get_meta(_COPY_CHECKPOINT) is None:
-                await store.set_meta(_COPY_CHECKPOINT, str(batch.feed_checkpoint))
+            if await store.get_meta(meta.COPY_CHECKPOINT) is None:
+                await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
             if batch.records:
                 # Records after the resume point are new here, unless this laptop
                 # created them itself: one query instead of a lookup per record.
                 ours = set(await store.record_ids(after=resume))
                 await self.commit_remote(
                     [(rec.record_id, rec.update) for rec in batch.records],
-                    checkpoint=(_COPY_RESUME, batch.last_record_id or ""),
+                    checkpoint=(meta.COPY_RESUME, batch.last_record_id or ""),
                     absent={r.record_id for r in batch.records} - ours,
                     # Rows are taken as they are only with the records' cards (version 5
                     # on): without them every record would have to be built anyway.
@@ -2028,10 +2013,10 @@ class _Session:
             if batch.final:
                 break
             batch = await self.expect(CopyBatch)
-        start = await store.get_meta(_COPY_CHECKPOINT) or "0"
-        if await store.get_meta(_CHECKPOINT) is None:
-            await store.set_meta(_CHECKPOINT, start)
-        await store.set_meta(_COPY_DONE_MS, str(time.time_ns() // 1_000_000))
+        start = await store.get_meta(meta.COPY_CHECKPOINT) or "0"
+        if await store.get_meta(meta.CHECKPOINT) is None:
+            await store.set_meta(meta.CHECKPOINT, start)
+        await store.set_meta(meta.COPY_DONE_MS, str(time.time_ns() // 1_000_000))
         return copied
 
     async def push(self) -> int:
@@ -2070,8 +2055,8 @@ class _Session:
 
     async def pull(self) -> int:
         store = self.replica.store
-        checkpoint = int(await store.get_meta(_CHECKPOINT) or 0)
-        own = self.include_own or await store.get_meta(_PULL_OWN) == "1"
+        checkpoint = int(await store.get_meta(meta.CHECKPOINT) or 0)
+        own = self.include_own or await store.get_meta(meta.PULL_OWN) == "1"
         downloaded = 0
         self.protocol.request_pull(checkpoint, self.limits.pull_limit, own)
         batch = await self.expect(PullBatch)
@@ -2084,13 +2069,13 @@ class _Session:
             if batch.items or batch.checkpoint != checkpoint:
                 await self.commit_remote(
                     [(i.record_id, i.update) for i in batch.items],
-                    checkpoint=(_CHECKPOINT, str(batch.checkpoint)),
+                    checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
                 )
             downloaded += len(batch.items)
             checkpoint = batch.checkpoint
             if not batch.more:
                 if own:  # caught up with our own changes: back to leaving them out
-                    await store.set_meta(_PULL_OWN, "0")
+                    await store.set_meta(meta.PULL_OWN, "0")
                     self.include_own = False
                 await self.take_hub_report()
                 return downloaded
@@ -2126,7 +2111,7 @@ class _Session:
     async def live(self, stop: asyncio.Event, attempt: _LiveAttempt) -> None:
         """Subscribe, then apply live updates and push new edits until ``stop`` or a failure."""
         replica = self.replica
-        checkpoint = int(await replica.store.get_meta(_CHECKPOINT) or 0)
+        checkpoint = int(await replica.store.get_meta(meta.CHECKPOINT) or 0)
         self.protocol.subscribe(checkpoint)
         await self.flush()
         self._replies = asyncio.Queue()
@@ -2150,7 +2135,7 @@ class _Session:
             for task in tasks:
                 task.cancel()
             await asyncio.wait({*tasks, stopper})
-            await replica.store.set_meta(_LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+            await replica.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
         for task in done:
             if task is not stopper and not task.cancelled():
                 error = task.exception()
@@ -2183,7 +2168,7 @@ class _Session:
                 batch.append(updates.get_nowait())
             await self.commit_remote(
                 [(u.record_id, u.update) for u in batch],
-                checkpoint=(_CHECKPOINT, str(batch[-1].seq)),
+                checkpoint=(meta.CHECKPOINT, str(batch[-1].seq)),
             )
 
     async def _push_live(self) -> None:
@@ -2256,7 +2241,7 @@ class _SessionContext:
         if isinstance(error, ReplicaRevokedError):
             replica._locked = str(error)
             replica._last_error = str(error)
-            await replica.store.set_meta(_LOCKED, str(error))
+            await replica.store.set_meta(meta.LOCKED, str(error))
             replica._set_state(ReplicaState.LOCKED)
             return
         refusal = session.protocol.peer_error

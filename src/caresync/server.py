@@ -54,7 +54,6 @@ from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_
 from caresync.hub.model import hub_mark
 from caresync.hub.sender import HubSender, HubSnapshot, take_snapshot
 from caresync.hub.status import report_items
-from caresync.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.listing import ConflictListing
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.observe import (
@@ -64,7 +63,6 @@ from caresync.observe import (
     ServerMetrics,
     StoreFigures,
 )
-from caresync.pool import RecordPool
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     ITEM_OVERHEAD_BYTES,
@@ -94,6 +92,8 @@ from caresync.protocol import (
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.records.persons import person_card
+from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.replication.pool import RecordPool
 from caresync.storage import HubMark, IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
@@ -369,7 +369,7 @@ class SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
         The options are those of the constructor. A database whose conflict index
-        another rulebook computed is re-indexed first (see :mod:`caresync.index`).
+        another rulebook computed is re-indexed first (see :mod:`caresync.replication.index`).
         ``key`` (32 bytes; :func:`caresync.storage.server_database_key` reads one
         from a file or the environment) opens, or creates, the database encrypted
         at rest (SQLCipher).

@@ -35,8 +35,8 @@ from caresync.conflicts import (
 )
 from caresync.exceptions import InvalidInputError, StorageError
 from caresync.listing import ConflictListing
-from caresync.pool import RecordPool
 from caresync.replica import Replica
+from caresync.replication.pool import RecordPool
 from caresync.storage import ConflictRow, Identity, SQLiteStore, server_database_key
 from caresync.storage.laptop_key import LaptopKey, is_encrypted, unlock_laptop_key
 from caresync.storage.schema import SQLITE_MAGIC

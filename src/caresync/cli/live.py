@@ -13,10 +13,11 @@ import os
 import socket
 
 from caresync.replica import Replica, ReplicaState
+from caresync.replication import meta
 
 __all__ = ["LIVE_META", "live_state", "mark_live"]
 
-LIVE_META = "cli.live"
+LIVE_META = meta.LIVE_CLI
 
 
 async def mark_live(replica: Replica, state: ReplicaState | None) -> None:

@@ -18,11 +18,11 @@ from caresync.cli.databases import open_laptop
 from caresync.cli.output import Output
 from caresync.cli.password import UNLOCK_PASSWORD_ENV, read_password
 from caresync.exceptions import InvalidInputError, NotEnrolledError, WrongOrganisationError
-from caresync.index import REINDEX_BATCH_RECORDS
-from caresync.pool import conflict_rows
 from caresync.records import Record, Revision
 from caresync.records.persons import PersonCard, person_card
 from caresync.replica import Replica
+from caresync.replication.index import REINDEX_BATCH_RECORDS
+from caresync.replication.pool import conflict_rows
 from caresync.storage import ConflictRow, IncomingUpdate
 from caresync.storage.laptop_key import unlock_key_file
 from caresync.storage.unsynced import read_export_file

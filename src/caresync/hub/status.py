@@ -17,6 +17,7 @@ from caresync.exceptions import StorageError
 from caresync.hub.model import HubSummary, is_enabled
 from caresync.protocol.messages import MAX_HUB_REASON_LENGTH, HubItem
 from caresync.replica import Replica
+from caresync.replication import meta
 from caresync.storage.base import HubSummaryRow, Store
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     "store_report",
 ]
 
-REPORT_META = "hub.report"
+REPORT_META = meta.HUB_REPORT
 """The laptop's meta key holding the server's last HubReport (JSON)."""
 _CHANGED_HERE = "changed on this laptop since its last sync: the hub cannot have it yet"
 _PAGE = 1000

@@ -36,10 +36,10 @@ from argon2 import PasswordHasher
 
 from caresync.conflicts import DEFAULT_RULEBOOK, ConflictKind, Rulebook, Severity
 from caresync.exceptions import ConnectionLostError, InvalidValueError, UnknownConflictError
-from caresync.pool import conflict_rows
 from caresync.records import Record
 from caresync.records.persons import person_card
 from caresync.replica import Replica
+from caresync.replication.pool import conflict_rows
 from caresync.server import SyncServer
 from caresync.simulation.config import SimulationConfig, SimulationResult
 from caresync.simulation.observer import NullObserver, SimulationObserver

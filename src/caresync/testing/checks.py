@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from caresync.conflicts import Rulebook
 from caresync.records import Record, crdt
 from caresync.replica import Replica
+from caresync.replication import meta
 from caresync.server import SyncServer
 from caresync.storage import Store
 
 __all__ = ["Lag", "RecordSnapshot", "Snapshot", "describe_differences", "lag", "snapshot"]
 
-CHECKPOINT_KEY = "sync.checkpoint"
+CHECKPOINT_KEY = meta.CHECKPOINT
 """Where a laptop keeps how far it read the server's feed (only a starting point here)."""
 _PAGE = 1000
 

@@ -16,14 +16,15 @@ the server's index was computed by the rulebook the laptop runs.
 from __future__ import annotations
 
 from caresync.conflicts import Rulebook
-from caresync.pool import conflict_rows
 from caresync.records import Record
 from caresync.records.persons import person_card
+from caresync.replication import meta
+from caresync.replication.pool import conflict_rows
 from caresync.storage import Store
 
 __all__ = ["INDEX_RULEBOOK_KEY", "REINDEX_BATCH_RECORDS", "ensure_index"]
 
-INDEX_RULEBOOK_KEY = "index.rulebook"
+INDEX_RULEBOOK_KEY = meta.INDEX_RULEBOOK
 """Meta key: the fingerprint of the rulebook that computed the stored conflict rows."""
 
 REINDEX_BATCH_RECORDS = 500

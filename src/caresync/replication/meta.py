@@ -1,0 +1,95 @@
+"""Every key a replica keeps in its store's meta table, in one place.
+
+Meta is a small key → text table beside the records (``Store.get_meta`` /
+``set_meta``; a write may also travel with a batch as its ``checkpoint``).
+Keys are part of the database format: renaming one is a migration. Laptop
+and server keys share one namespace, so they are listed together here, each
+with what it holds; the modules that own them import them from here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACCOUNT_NAMES",
+    "AUDIT_REFUSED",
+    "AUDIT_SENT",
+    "CHECKPOINT",
+    "CLIENT_MIN",
+    "CLIENT_NEWEST",
+    "COPY_CHECKPOINT",
+    "COPY_DONE_MS",
+    "COPY_RESUME",
+    "CURRENT_LOGIN",
+    "HUB_REPORT",
+    "INDEX_RULEBOOK",
+    "LAST_SYNC_MS",
+    "LIVE_CLI",
+    "LOCKED",
+    "OFFLINE_FAILURES",
+    "OFFLINE_LOGIN_PREFIX",
+    "PINNED_KEY",
+    "PULL_OWN",
+    "PUSHED_PREFIX",
+    "SECRET",
+    "SERVER_KEY",
+    "SESSION_TOKEN",
+    "SESSION_USER",
+]
+
+# --- a laptop's sync state
+CHECKPOINT = "sync.checkpoint"
+"""How far the server's change feed was read (a feed seq)."""
+LAST_SYNC_MS = "sync.last_ms"
+"""Wall time (ms) of the last completed round or live session."""
+COPY_RESUME = "copy.resume"
+"""The last record id the first copy committed: where an interrupted copy resumes."""
+COPY_CHECKPOINT = "copy.checkpoint"
+"""The server's feed head when the first copy started: where pulling begins after it."""
+COPY_DONE_MS = "copy.done_ms"
+"""Wall time (ms) the first copy finished; absent until then."""
+PULL_OWN = "pull.include_own"
+""""1" after a restore from an older copy: pull this replica's own updates back too."""
+
+# --- a laptop's credentials and its server
+SESSION_TOKEN = "session.token"
+"""The session token of the last online login (resumed by later syncs)."""
+SESSION_USER = "session.user"
+"""The account that session belongs to."""
+SECRET = "replica.secret"
+"""Base64: the secret this replica proves at every login."""
+PINNED_KEY = "server.pinned_key"
+"""Base64: the server's public key, pinned at enrolment."""
+LOCKED = "replica.locked"
+"""Why the server revoked this replica; set once, kept."""
+CLIENT_NEWEST = "server.client_newest"
+"""The newest caresync version the server knows of."""
+CLIENT_MIN = "server.client_min"
+"""The oldest caresync version the server accepts ("" when it asks for none)."""
+AUDIT_SENT = "audit.sent_up_to"
+"""The last entry of this laptop's audit chain the server acknowledged."""
+AUDIT_REFUSED = "audit.refused"
+"""Why the server last refused this laptop's audit entries ("" once accepted)."""
+HUB_REPORT = "hub.report"
+"""What the server last said of the health-hub summaries (JSON)."""
+LIVE_CLI = "cli.live"
+"""What a running ``caresync sync --live`` reports about itself (JSON)."""
+
+# --- who is logged in on a laptop (caresync.logins)
+OFFLINE_LOGIN_PREFIX = "login.offline:"
+"""+ username: the argon2id hash of that account's password, for offline login."""
+OFFLINE_FAILURES = "login.offline.failures"
+""""COUNT:LOCKED_UNTIL_MS": offline logins failed in a row, and the lock."""
+CURRENT_LOGIN = "login.current"
+"""JSON {"user", "since_ms", "active_ms"}: who is logged in."""
+ACCOUNT_NAMES = "accounts.names"
+"""JSON {username: display name}, from the server."""
+
+# --- a server
+SERVER_KEY = "server.key"
+"""The server's Ed25519 private key (it proves itself to laptops with it)."""
+PUSHED_PREFIX = "pushed:"
+"""+ replica id: the highest outbox seq of that replica the server committed."""
+
+# --- every replica
+INDEX_RULEBOOK = "index.rulebook"
+"""The fingerprint of the rulebook that computed the stored conflict rows."""
