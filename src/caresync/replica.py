@@ -63,7 +63,6 @@ from caresync.exceptions import (
     NotEnrolledError,
     PasswordNeededError,
     ProtocolError,
-    RecordMismatchError,
     RemoteProtocolError,
     ReplicaRevokedError,
     StorageError,
@@ -115,6 +114,7 @@ from caresync.records.persons import (
     person_card,
 )
 from caresync.replication import meta
+from caresync.replication.absorb import TrustedCopy, absorb
 from caresync.replication.index import ensure_index
 from caresync.replication.pool import RecordPool
 from caresync.storage import (
@@ -172,10 +172,6 @@ PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 500
 LIVE_QUEUE_ITEMS = 10_000
 """Live updates received but not yet committed before the reader stops reading."""
-OWN_UPDATES_KEPT = 20_000
-"""Pushed updates remembered, to skip them when the pull brings them back."""
-OWN_UPDATES_BYTES = 32 * 1024 * 1024
-"""Bytes of pushed updates remembered, at most."""
 
 
 class ReplicaState(enum.StrEnum):
@@ -347,7 +343,6 @@ class Replica:
         self._outbox_changed = asyncio.Event()
         self._live = False
         self._last_error: str | None = None
-        self._own_updates = _OwnUpdates()
         self._secret = secret
         self._pinned_key = pinned_key
 
@@ -1452,42 +1447,6 @@ def _unb64(text: str | None) -> bytes | None:
         raise CorruptDatabaseError("a credential stored in this database is damaged") from None
 
 
-class _OwnUpdates:
-    """Update bytes this replica pushed recently, to skip them when pulled back.
-
-    The server relays a pushed update byte for byte, and the laptop stored it
-    before pushing it, so pulling it back changes nothing. Bounded (oldest
-    forgotten first) and in memory only: an update forgotten, or pulled after
-    a restart, is merged as usual, which is merely slower.
-    """
-
-    def __init__(
-        self, max_items: int = OWN_UPDATES_KEPT, max_bytes: int = OWN_UPDATES_BYTES
-    ) -> None:
-        self._max_items = max_items
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._updates: dict[bytes, None] = {}
-
-    def add(self, update: bytes) -> None:
-        if update in self._updates or len(update) > self._max_bytes:
-            return
-        self._updates[update] = None
-        self._bytes += len(update)
-        while len(self._updates) > self._max_items or self._bytes > self._max_bytes:
-            oldest = next(iter(self._updates))
-            del self._updates[oldest]
-            self._bytes -= len(oldest)
-
-    def take(self, update: bytes) -> bool:
-        """True (once) if ``update`` is one of ours."""
-        if update not in self._updates:
-            return False
-        del self._updates[update]
-        self._bytes -= len(update)
-        return True
-
-
 @dataclass(slots=True)
 class _LiveAttempt:
     """What one live connection got to: ONLINE at some point, in its live phase now."""
@@ -1845,9 +1804,8 @@ class _Session:
         Cost follows the records changed, not the updates received: the updates
         of one record are merged (bytes only) and taken in at once, so its rules
         run once per batch; a record that is not loaded is built in one pass
-        from its stored state and the new bytes; an update this laptop pushed
-        itself and now pulls back is already stored and is skipped. Each
-        changed record's conflict rows are committed with its update.
+        from its stored state and the new bytes (:func:`caresync.replication.absorb.absorb`).
+        Each changed record's conflict rows are committed with its update.
 
         Holds the replica's write lock, so a local edit never interleaves with
         the merge; after a failed commit the records touched are reloaded from
@@ -1858,114 +1816,21 @@ class _Session:
         ``trusted_persons`` as they are: it is not built and its rules do not run.
         """
         replica = self.replica
-        pool = replica._pool
-        groups: dict[str, list[bytes]] = {}
-        for record_id, update in updates:
-            if not replica._own_updates.take(update):
-                groups.setdefault(record_id, []).append(update)
-        touched: list[str] = []
-        kept_aside: list[QuarantinedUpdate] = []
         async with replica._write_lock:
-            try:
-                unloaded = [rid for rid in groups if rid not in absent and pool.peek(rid) is None]
-                stored_by_id = await replica.store.load_many(unloaded) if unloaded else {}
-                organisation = replica.identity.organisation
-                items: list[IncomingUpdate] = []
-                for record_id, parts in groups.items():
-                    touched.append(record_id)
-                    if trusted_rows is not None and record_id in absent:
-                        trusted = _trusted_copy(record_id, parts, kept_aside)
-                        if trusted is not None:
-                            rows = trusted_rows.get(record_id, ())
-                            card = (trusted_persons or {}).get(record_id)
-                            items.append(
-                                IncomingUpdate(record_id, trusted, rows, organisation, card)
-                            )
-                        continue
-                    try:
-                        update = _merged(record_id, parts)
-                        record = pool.peek(record_id)
-                        if record is not None:
-                            record.apply_update(update)
-                            record.check_id()  # loading checks it; a loaded record here
-                        else:
-                            before = stored_by_id.get(record_id)
-                            # Stored state and arrival taken in one pass, with no merge first.
-                            record = (
-                                pool.load_bytes(record_id, update)
-                                if before is None
-                                else pool.load_bytes(record_id, before, update)
-                            )
-                        item = IncomingUpdate(
-                            record_id, update, pool.rows(record), organisation, person_card(record)
-                        )
-                    except (InvalidUpdateError, RecordMismatchError):
-                        # Bytes this replica cannot merge, or that would make the record
-                        # another's: keep the bad ones aside, take the rest, and finish
-                        # the sync (it would fail at every sync after).
-                        pool.forget(record_id)
-                        if record_id in absent:
-                            before = None
-                        elif record_id in stored_by_id:
-                            before = stored_by_id[record_id]
-                        else:
-                            before = await replica.store.load(record_id)
-                        found = self._take_in_one_by_one(record_id, parts, before, kept_aside)
-                        if found is None:
-                            continue
-                        item = found
-                    items.append(item)
-                if kept_aside:
-                    logger.warning(
-                        "replica %s: %d updates from the server could not be merged and were "
-                        "kept aside (records: %s)",
-                        replica.replica_id,
-                        len(kept_aside),
-                        ", ".join(sorted({q.record_id for q in kept_aside})),
-                    )
-                await replica.store.write_remote(
-                    items, checkpoint=checkpoint, quarantine=kept_aside
-                )
-            except BaseException:
-                for record_id in touched:
-                    pool.forget(record_id)
-                raise
-        if touched:
-            replica._notify_received(tuple(touched))
-
-    def _take_in_one_by_one(
-        self,
-        record_id: str,
-        parts: list[bytes],
-        before: bytes | None,
-        kept_aside: list[QuarantinedUpdate],
-    ) -> IncomingUpdate | None:
-        """Take in the updates of one record that merge, keeping the others aside."""
-        pool = self.replica._pool
-        base = [] if before is None else [before]
-        accepted: list[bytes] = []
-        record: Record | None = None
-        for part in parts:
-            try:
-                # Built afresh each time: a failed merge may leave a document unusable.
-                record = pool.load_bytes(record_id, *base, *accepted, part)
-                accepted.append(part)
-            except (InvalidUpdateError, RecordMismatchError) as exc:
-                pool.forget(record_id)
-                record = None
-                kept_aside.append(QuarantinedUpdate(record_id, part, str(exc)))
-        if not accepted:
-            return None
-        if record is None:
-            record = pool.load_bytes(record_id, *base, *accepted)
-        update = _merged(record_id, accepted)
-        return IncomingUpdate(
-            record_id,
-            update,
-            pool.rows(record),
-            self.replica.identity.organisation,
-            person_card(record),
-        )
+            await absorb(
+                replica._pool,
+                replica.store,
+                updates,
+                checkpoint=checkpoint,
+                organisation=replica.identity.organisation,
+                absent=absent,
+                trusted=None
+                if trusted_rows is None
+                else TrustedCopy(trusted_rows, trusted_persons or {}),
+            )
+        record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
+        if record_ids:
+            replica._notify_received(record_ids)
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
         """Copy every record this replica may see, a batch per transaction, resumable.
@@ -2043,8 +1908,6 @@ class _Session:
                 batch.append((item.seq, item.record_id, item.update))
                 size += item_size
             self.protocol.push(batch)
-            for _seq, _record_id, update in batch:
-                self.replica._own_updates.add(update)
             ack = await self.expect(PushAck)
             # Leave the outbox only what the server says it committed.
             dropped = await store.acknowledge(ack.up_to_local_seq)

@@ -27,7 +27,7 @@ import logging
 import ssl as ssl_module
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -91,10 +91,10 @@ from caresync.protocol import (
     item_wire_size,
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
-from caresync.records.persons import person_card
+from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.replication.pool import RecordPool
-from caresync.storage import HubMark, IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
+from caresync.storage import HubMark, ReplicaInfo, SQLiteStore, Store, own_identity
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
     Channel,
@@ -1087,46 +1087,28 @@ class SyncServer:
         _Forbidden for a record of another organisation. Called under the
         commit lock, so fan-out is queued in commit order.
         """
-        pool = self._pool
-        parts: dict[str, list[bytes]] = {}
-        last_of: dict[str, int] = {}
-        for index, item in enumerate(items):
-            parts.setdefault(item.record_id, []).append(item.update)
-            last_of[item.record_id] = index
-        owners = await self._record_organisations(list(parts))
+        record_ids = list(dict.fromkeys(item.record_id for item in items))
+        owners = await self._record_organisations(record_ids)
         for record_id, owner in owners.items():
             if owner is not None and owner != conn.organisation:
                 # Said the same way whatever the reason: nothing about the record leaks.
                 raise _Forbidden(f"record {record_id} cannot be written by this replica")
-        # Held here, not looked up again: a large batch may push them out of the pool.
-        records: dict[str, Record] = {}
         writers: dict[int, str] = {}  # Yjs client ids this batch writes new changes under
         revisions: list[tuple[str, Revision]] = []  # what the batch adds, by record
         replica_id = conn.protocol.replica_id or ""
-        try:
-            unloaded = [record_id for record_id in parts if pool.peek(record_id) is None]
-            stored = await self.store.load_many(unloaded) if unloaded else {}
-            for record_id, updates in parts.items():
-                record = pool.peek(record_id)
-                before = stored.get(record_id)
-                if record is None and before is not None:
-                    record = pool.load_bytes(record_id, before)
-                admission = (
-                    Admission(record_id, now_ms=self._now_ms, limits=self.admission)
-                    if record is None
-                    else Admission.for_record(record, now_ms=self._now_ms, limits=self.admission)
-                )
-                for update in updates:
-                    revisions.extend((record_id, rev) for rev in admission.admit(update))
-                    if admission.last_writer is not None:
-                        writers[admission.last_writer] = record_id
-                if record is None:
-                    record = pool.load_bytes(record_id, *updates)
-                else:
-                    for update in updates:
-                        record.apply_update(update)
-                    record.check_id()
-                records[record_id] = record
+
+        def admit(record_id: str, record: Record | None, updates: Sequence[bytes]) -> None:
+            admission = (
+                Admission(record_id, now_ms=self._now_ms, limits=self.admission)
+                if record is None
+                else Admission.for_record(record, now_ms=self._now_ms, limits=self.admission)
+            )
+            for update in updates:
+                revisions.extend((record_id, rev) for rev in admission.admit(update))
+                if admission.last_writer is not None:
+                    writers[admission.last_writer] = record_id
+
+        async def vet(taken: Mapping[str, Taken]) -> WriteOptions:
             await self._check_authorship(conn, revisions)
             bound = await self._client_owners(writers)
             for client, owner in bound.items():
@@ -1137,43 +1119,36 @@ class SyncServer:
                         "belongs to its writer; never reuse one)",
                         record_id=writers[client],
                     )
-            incoming = []
             hub: dict[str, HubMark] = {}  # health-hub outbox rows, committed with the push
-            for index, item in enumerate(items):
-                rows, person = None, None
-                if last_of[item.record_id] == index:
-                    rows = pool.rows(records[item.record_id])
-                    person = person_card(records[item.record_id])
-                    mark = hub_mark(records[item.record_id], rows)
-                    if mark is not None:
-                        hub[item.record_id] = mark
-                incoming.append(
-                    IncomingUpdate(item.record_id, item.update, rows, conn.organisation, person)
-                )
-            seqs = await self.store.write_remote(
-                incoming,
-                checkpoint=checkpoint,
+            for record_id, found in taken.items():
+                mark = None if found.record is None else hub_mark(found.record, found.rows)
+                if mark is not None:
+                    hub[record_id] = mark
+            return WriteOptions(
                 to_feed=True,
                 origin=conn.protocol.replica_id,
                 claim_clients=dict.fromkeys(writers.keys() - bound.keys(), replica_id),
                 hub=hub or None,
             )
-        except BaseException:
-            # Memory never runs ahead of disk: whatever was taken in is reloaded.
-            for record_id in parts:
-                pool.forget(record_id)
-            raise
+
+        absorbed = await absorb(
+            self._pool,
+            self.store,
+            [(item.record_id, item.update) for item in items],
+            checkpoint=checkpoint,
+            organisation=conn.organisation,
+            keep_each=True,
+            on_bad=OnBadUpdate.REFUSE,
+            admit=admit,
+            vet=vet,
+        )
         for client in writers:
             self._owners.put(client, replica_id)  # committed: now theirs
-        for record_id in parts:
+        for record_id in record_ids:
             if conn.organisation is not None:
                 self._organisations.put(record_id, conn.organisation)
         # Updates the server held already got no feed entry (seq 0): nothing to relay.
-        entries = [
-            (seq, item.record_id, item.update)
-            for seq, item in zip(seqs, items, strict=True)
-            if seq > 0
-        ]
+        entries = [entry for entry in absorbed.written if entry[0] > 0]
         if not entries:
             return entries
         self._fan_out(conn, entries)

@@ -146,3 +146,30 @@ async def test_refusals_name_what_is_wrong_and_move_nothing(tmp_path: Path) -> N
         await a.login_offline("dr.a", "wrong")
     for closable in (a, fresh, server, other):
         await closable.close()
+
+
+async def test_a_laptop_is_never_sent_its_own_updates_back(tmp_path: Path) -> None:
+    """Why the laptop keeps no memory of what it pushed, to skip it when pulled back:
+    the server leaves a replica's own updates out of its pulls and live feed, so a
+    pushed edit never comes back (its stored log does not grow, nothing is received)."""
+    server = await start_server(tmp_path)
+    a = await enrolled(tmp_path, server, "laptop-a")
+    b = await enrolled(tmp_path, server, "laptop-b", user="dr.b")
+    record_id = await a.create_record()
+    await a.set(record_id, "birthDate", "1990-01-01")
+    received: list[tuple[str, ...]] = []
+    a.on_received(received.append)
+    first = await a.sync()
+    assert first.uploaded >= 1
+    assert first.downloaded == 0
+    log = await a.store.log_length(record_id)
+    await b.sync()
+    await b.set(record_id, "gender", "female")
+    await b.sync()
+    second = await a.sync()
+    assert second.downloaded == 1  # b's edit, not a's own
+    assert received == [(record_id,)]
+    assert await a.store.log_length(record_id) == log + 1
+    for replica in (a, b):
+        await replica.close()
+    await server.close()

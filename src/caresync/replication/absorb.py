@@ -1,0 +1,299 @@
+"""The one path remote updates take into a replica: into its records, checked, committed.
+
+A laptop's pull, its live updates and its first copy, and the server's push all
+call :func:`absorb`. What differs between them is said by its arguments, not
+by copies of the code:
+
+* ``keep_each``: each update stays one stored update (the server: each pushed
+  update becomes its own feed entry, so a batch sent again is recognised update
+  by update), or a record's updates in one batch are merged into one (a laptop);
+* ``on_bad``: what bytes that are not an update of that record do: the server
+  refuses the whole batch, storing nothing (they would reach every replica); a
+  laptop keeps them aside (quarantine) and takes the rest, or the sync would fail
+  at every round after;
+* ``admit``: checks one record's arriving updates against the record as it stood
+  before them (the server's admission of revisions), before any is applied;
+* ``vet``: checks over everything taken in, before the commit (the server's
+  authorship and Yjs client-id checks); it returns what else the store writes
+  in the same transaction;
+* ``trusted``: records new here whose conflict rows and person card a server
+  with our rulebook computed (a first copy): stored as they are, not built.
+
+Each record's rules run once per batch, after all its updates; its conflict
+rows and person card are committed with its last update. The caller holds the
+replica's write lock, so nothing interleaves with the merge. Memory never runs
+ahead of disk: if anything fails before the commit is done, every record the
+batch touched is dropped from the pool (it is read from the store next time).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from caresync.exceptions import InvalidUpdateError, RecordMismatchError
+from caresync.records import Record
+from caresync.records.crdt import merge as merge_updates
+from caresync.records.crdt import state_vector_of
+from caresync.records.persons import PersonCard, person_card
+from caresync.replication.pool import RecordPool
+from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, Store
+from caresync.storage.base import HubMark
+
+__all__ = [
+    "Absorbed",
+    "Admit",
+    "OnBadUpdate",
+    "Taken",
+    "TrustedCopy",
+    "Vet",
+    "WriteOptions",
+    "absorb",
+]
+
+logger = logging.getLogger("caresync.replication")
+
+
+class OnBadUpdate(enum.Enum):
+    """What bytes that are not an update of their record do to a batch."""
+
+    REFUSE = "refuse"
+    """Raise (InvalidUpdateError or RecordMismatchError); nothing is stored."""
+    QUARANTINE = "quarantine"
+    """Keep them aside (``Store.quarantined``) and take in the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """One record as a batch left it, and what the store keeps for it."""
+
+    record: Record | None
+    """The record, loaded in the pool; None for a trusted copy stored unbuilt."""
+    updates: tuple[bytes, ...]
+    """What is stored for it: each arriving update, or their merge."""
+    rows: tuple[ConflictRow, ...]
+    person: PersonCard | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOptions:
+    """What else the store writes with a batch (see ``Store.write_remote``)."""
+
+    to_feed: bool = False
+    origin: str | None = None
+    claim_clients: Mapping[int, str] | None = None
+    hub: Mapping[str, HubMark] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedCopy:
+    """Conflict rows and person cards a server with our rulebook sent with a first copy."""
+
+    rows: Mapping[str, tuple[ConflictRow, ...]]
+    persons: Mapping[str, PersonCard]
+
+
+@dataclass(frozen=True, slots=True)
+class Absorbed:
+    """What one call of :func:`absorb` committed."""
+
+    taken: Mapping[str, Taken]
+    """By record id, in order of first arrival."""
+    written: list[tuple[int, str, bytes]]
+    """Each stored update as (seq, record id, update): the store's seq (a server's feed
+    seq; 0 for an update it held already), in the order written."""
+    quarantined: tuple[QuarantinedUpdate, ...] = field(default=())
+
+
+Admit = Callable[[str, Record | None, Sequence[bytes]], None]
+"""``admit(record_id, record_before, updates)``: raise to refuse (the record is None
+when it is new here)."""
+
+Vet = Callable[[Mapping[str, Taken]], Awaitable[WriteOptions]]
+"""Called with everything taken in, before the commit: raise to refuse, or say what
+else to write."""
+
+
+async def absorb(
+    pool: RecordPool,
+    store: Store,
+    updates: Sequence[tuple[str, bytes]],
+    *,
+    checkpoint: tuple[str, str] | None,
+    organisation: str | None,
+    keep_each: bool = False,
+    on_bad: OnBadUpdate = OnBadUpdate.QUARANTINE,
+    admit: Admit | None = None,
+    vet: Vet | None = None,
+    absent: Collection[str] = (),
+    trusted: TrustedCopy | None = None,
+) -> Absorbed:
+    """Take ``updates`` ((record id, update) pairs) into their records and commit them
+    with ``checkpoint`` in one transaction (see the module docstring for the options).
+
+    ``absent`` names records known not to be stored here (a first copy's): they are
+    not looked up. Returns what was committed.
+    """
+    parts: dict[str, list[bytes]] = {}
+    for record_id, update in updates:
+        parts.setdefault(record_id, []).append(update)
+    intake = _Intake(pool, store, keep_each=keep_each, on_bad=on_bad, admit=admit)
+    try:
+        unloaded = [rid for rid in parts if rid not in absent and pool.peek(rid) is None]
+        stored = await store.load_many(unloaded) if unloaded else {}
+        taken: dict[str, Taken] = {}
+        for record_id, arrived in parts.items():
+            if trusted is not None and record_id in absent:
+                found = intake.take_trusted(record_id, arrived, trusted)
+            else:
+                before = None if record_id in absent else stored.get(record_id)
+                found = await intake.take_in(record_id, arrived, before, pool.peek(record_id))
+            if found is not None:
+                taken[record_id] = found
+        if intake.kept_aside:
+            logger.warning(
+                "%d updates from the server could not be merged and were kept aside (records: %s)",
+                len(intake.kept_aside),
+                ", ".join(sorted({q.record_id for q in intake.kept_aside})),
+            )
+        options = WriteOptions() if vet is None else await vet(taken)
+        items = _to_store(updates, taken, organisation, keep_each=keep_each)
+        seqs = await store.write_remote(
+            items,
+            checkpoint=checkpoint,
+            to_feed=options.to_feed,
+            origin=options.origin,
+            quarantine=intake.kept_aside,
+            claim_clients=options.claim_clients,
+            hub=options.hub,
+        )
+    except BaseException:
+        for record_id in parts:
+            pool.forget(record_id)
+        raise
+    written = [(seq, item.record_id, item.update) for seq, item in zip(seqs, items, strict=True)]
+    return Absorbed(taken, written, tuple(intake.kept_aside))
+
+
+def _merged(record_id: str, parts: Sequence[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else merge_updates(list(parts), record_id=record_id)
+
+
+def _to_store(
+    updates: Sequence[tuple[str, bytes]],
+    taken: Mapping[str, Taken],
+    organisation: str | None,
+    *,
+    keep_each: bool,
+) -> list[IncomingUpdate]:
+    """What the store writes: in arrival order, each record's rows and card with its
+    last update (``conflicts=None`` on the others leaves its rows for the last)."""
+    if not keep_each:
+        return [
+            IncomingUpdate(rid, t.updates[0], t.rows, organisation, t.person)
+            for rid, t in taken.items()
+        ]
+    # Each record's stored updates, in arrival order (a quarantined one is not among them).
+    remaining = {record_id: len(found.updates) for record_id, found in taken.items()}
+    items: list[IncomingUpdate] = []
+    for record_id, update in updates:
+        found = taken.get(record_id)
+        if found is None or not remaining[record_id]:
+            continue
+        index = len(found.updates) - remaining[record_id]
+        if found.updates[index] != update:
+            continue  # kept aside
+        remaining[record_id] -= 1
+        if remaining[record_id]:
+            items.append(IncomingUpdate(record_id, update, None, organisation))
+        else:
+            items.append(IncomingUpdate(record_id, update, found.rows, organisation, found.person))
+    return items
+
+
+class _Intake:
+    """Takes one batch's updates into records, one record at a time."""
+
+    def __init__(
+        self,
+        pool: RecordPool,
+        store: Store,
+        *,
+        keep_each: bool,
+        on_bad: OnBadUpdate,
+        admit: Admit | None,
+    ) -> None:
+        self.pool, self.store = pool, store
+        self.keep_each, self.on_bad, self.admit = keep_each, on_bad, admit
+        self.kept_aside: list[QuarantinedUpdate] = []
+
+    def take_trusted(
+        self, record_id: str, arrived: list[bytes], trusted: TrustedCopy
+    ) -> Taken | None:
+        """A copied record stored without building it, if its bytes read as an update."""
+        try:
+            update = _merged(record_id, arrived)
+            state_vector_of(update, record_id=record_id)  # what the store will read of it
+        except InvalidUpdateError as exc:
+            if self.on_bad is OnBadUpdate.REFUSE:
+                raise
+            self.kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
+            return None
+        return Taken(
+            None, (update,), trusted.rows.get(record_id, ()), trusted.persons.get(record_id)
+        )
+
+    async def take_in(
+        self, record_id: str, arrived: list[bytes], before: bytes | None, record: Record | None
+    ) -> Taken | None:
+        """Merge ``arrived`` into the record (loaded, or built from ``before``)."""
+        pool = self.pool
+        try:
+            if self.admit is not None:
+                # Admission reads the record as it stood: build it first.
+                if record is None and before is not None:
+                    record = pool.load_bytes(record_id, before)
+                self.admit(record_id, record, arrived)
+            stored = tuple(arrived) if self.keep_each else (_merged(record_id, arrived),)
+            if record is not None:
+                for update in stored:
+                    record.apply_update(update)
+                record.check_id()  # loading checks it; a loaded record here
+            else:
+                # Stored state and arrival taken in one pass, with no merge first.
+                base = () if before is None else (before,)
+                record = pool.load_bytes(record_id, *base, *stored)
+        except (InvalidUpdateError, RecordMismatchError):
+            pool.forget(record_id)
+            if self.on_bad is OnBadUpdate.REFUSE:
+                raise
+            if before is None:  # it was loaded (or is new): read what is stored of it
+                before = await self.store.load(record_id)
+            return self._one_by_one(record_id, arrived, before)
+        return Taken(record, stored, pool.rows(record), person_card(record))
+
+    def _one_by_one(
+        self, record_id: str, arrived: list[bytes], before: bytes | None
+    ) -> Taken | None:
+        """Take in the updates that merge, keeping the others aside."""
+        pool = self.pool
+        base = [] if before is None else [before]
+        accepted: list[bytes] = []
+        record: Record | None = None
+        for part in arrived:
+            try:
+                # Built afresh each time: a failed merge may leave a document unusable.
+                record = pool.load_bytes(record_id, *base, *accepted, part)
+                accepted.append(part)
+            except (InvalidUpdateError, RecordMismatchError) as exc:
+                pool.forget(record_id)
+                record = None
+                self.kept_aside.append(QuarantinedUpdate(record_id, part, str(exc)))
+        if not accepted:
+            return None
+        if record is None:
+            record = pool.load_bytes(record_id, *base, *accepted)
+        stored = tuple(accepted) if self.keep_each else (_merged(record_id, accepted),)
+        return Taken(record, stored, pool.rows(record), person_card(record))

@@ -1,0 +1,132 @@
+"""The one absorb-and-commit path, as a laptop and as a server use it (in-memory store)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from caresync import DEFAULT_RULEBOOK, InvalidUpdateError, Record
+from caresync.exceptions import StorageError
+from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
+from caresync.replication.pool import RecordPool
+from caresync.storage.memory import MemoryStore
+
+GARBAGE = b"\x01\x02 not an update"
+
+
+def edits() -> tuple[str, list[bytes]]:
+    """A new record's first update, then two edits of it by another laptop."""
+    a = Record.create(replica="laptop-a")
+    first = a.update_since()
+    seen = a.state_vector()
+    a.set("birthDate", "1980-01-01", author="dr.a")
+    second = a.update_since(seen)
+    seen = a.state_vector()
+    a.set("birthDate", "1980-02-02", author="dr.a")
+    return a.record_id, [first, second, a.update_since(seen)]
+
+
+def fresh_pool(store: MemoryStore) -> RecordPool:
+    return RecordPool(store, replica="here", rulebook=DEFAULT_RULEBOOK)
+
+
+async def test_a_laptop_merges_a_records_updates_into_one_and_keeps_bad_bytes_aside() -> None:
+    store = MemoryStore()
+    pool = fresh_pool(store)
+    record_id, updates = edits()
+    batch = [(record_id, updates[0]), (record_id, GARBAGE), (record_id, updates[1])]
+    absorbed = await absorb(
+        pool, store, batch, checkpoint=("sync.checkpoint", "7"), organisation="clinic-a"
+    )
+    assert [q.update for q in absorbed.quarantined] == [GARBAGE]
+    assert len(absorbed.written) == 1  # one merged update for the record
+    assert await store.get_meta("sync.checkpoint") == "7"
+    assert [q.update for q in await store.quarantined(record_id)] == [GARBAGE]
+    loaded = pool.peek(record_id)
+    assert loaded is not None and loaded.value("birthDate") == "1980-01-01"
+
+
+async def test_kept_each_a_quarantined_update_is_not_stored_and_rows_go_with_the_last() -> None:
+    store = MemoryStore()
+    pool = fresh_pool(store)
+    record_id, updates = edits()
+    batch = [(record_id, updates[0]), (record_id, updates[1]), (record_id, GARBAGE)]
+    absorbed = await absorb(
+        pool, store, batch, checkpoint=None, organisation="clinic-a", keep_each=True
+    )
+    assert [update for _seq, _rid, update in absorbed.written] == updates[:2]
+    assert absorbed.taken[record_id].updates == tuple(updates[:2])
+    assert await store.log_length(record_id) == 2
+
+
+async def test_refused_bad_bytes_store_nothing_and_leave_nothing_loaded() -> None:
+    store = MemoryStore()
+    pool = fresh_pool(store)
+    record_id, updates = edits()
+    with pytest.raises(InvalidUpdateError):
+        await absorb(
+            pool,
+            store,
+            [(record_id, updates[0]), (record_id, GARBAGE)],
+            checkpoint=("pushed:x", "1"),
+            organisation="clinic-a",
+            keep_each=True,
+            on_bad=OnBadUpdate.REFUSE,
+        )
+    assert await store.load(record_id) is None
+    assert await store.get_meta("pushed:x") is None
+    assert pool.peek(record_id) is None
+
+
+async def test_a_refusal_by_vet_stores_nothing_and_forgets_what_was_taken_in() -> None:
+    store = MemoryStore()
+    pool = fresh_pool(store)
+    record_id, updates = edits()
+    await absorb(pool, store, [(record_id, updates[0])], checkpoint=None, organisation=None)
+    assert pool.peek(record_id) is not None
+    seen: list[str] = []
+
+    async def vet(taken: Mapping[str, Taken]) -> WriteOptions:
+        seen.extend(taken)
+        raise StorageError("refused by the vet")
+
+    with pytest.raises(StorageError):
+        await absorb(
+            pool,
+            store,
+            [(record_id, updates[1])],
+            checkpoint=("sync.checkpoint", "9"),
+            organisation=None,
+            vet=vet,
+        )
+    assert seen == [record_id]
+    assert pool.peek(record_id) is None  # memory never runs ahead of the store
+    assert await store.get_meta("sync.checkpoint") is None
+    record = await pool.get(record_id)
+    assert record.value("birthDate") is None
+
+
+async def test_admit_sees_the_record_as_it_stood_before_the_batch() -> None:
+    store = MemoryStore()
+    pool = fresh_pool(store)
+    record_id, updates = edits()
+    await absorb(pool, store, [(record_id, updates[0])], checkpoint=None, organisation=None)
+    pool.forget(record_id)  # stored, not loaded: admission must still see it
+    before: list[object] = []
+
+    def admit(rid: str, record: Record | None, arrived: object) -> None:
+        before.append("new" if record is None else record.value("birthDate"))
+
+    absorbed = await absorb(
+        pool,
+        store,
+        [(record_id, updates[1]), (record_id, updates[2])],
+        checkpoint=None,
+        organisation=None,
+        keep_each=True,
+        admit=admit,
+    )
+    assert before == [None]  # the stored record (not a new one), before either edit
+    found = absorbed.taken[record_id].record
+    assert found is not None and found.value("birthDate") == "1980-02-02"
