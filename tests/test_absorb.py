@@ -44,7 +44,8 @@ async def test_a_laptop_merges_a_records_updates_into_one_and_keeps_bad_bytes_as
     assert await store.get_meta("sync.checkpoint") == "7"
     assert [q.update for q in await store.quarantined(record_id)] == [GARBAGE]
     loaded = pool.peek(record_id)
-    assert loaded is not None and loaded.value("birthDate") == "1980-01-01"
+    assert loaded is not None
+    assert loaded.value("birthDate") == "1980-01-01"
 
 
 async def test_kept_each_a_quarantined_update_is_not_stored_and_rows_go_with_the_last() -> None:
@@ -129,4 +130,5 @@ async def test_admit_sees_the_record_as_it_stood_before_the_batch() -> None:
     )
     assert before == [None]  # the stored record (not a new one), before either edit
     found = absorbed.taken[record_id].record
-    assert found is not None and found.value("birthDate") == "1980-02-02"
+    assert found is not None
+    assert found.value("birthDate") == "1980-02-02"

@@ -18,10 +18,10 @@ from caresync import (
     Record,
     RecordMismatchError,
 )
-from caresync.replication.pool import RecordPool
 from caresync.records.clock import Timestamp
 from caresync.records.maps import read_items, read_value
 from caresync.records.revision import MAX_STORED_DEPTH, Revision, encode_revision
+from caresync.replication.pool import RecordPool
 from caresync.storage.memory import MemoryStore
 
 

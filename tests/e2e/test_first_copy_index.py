@@ -18,10 +18,10 @@ from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 from caresync import Record
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, Finding, RecordView, Rulebook, Severity
 from caresync.exceptions import RemoteProtocolError
-from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
-from caresync.replication.pool import conflict_rows
 from caresync.records.persons import DUPLICATE_RULE, PersonCard, person_card
 from caresync.replica import Replica
+from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.replication.pool import conflict_rows
 from caresync.server import SyncServer
 from caresync.storage import IncomingUpdate
 
