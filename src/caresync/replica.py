@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import enum
 import logging
 import os
 import random
@@ -117,6 +116,7 @@ from caresync.replication import meta
 from caresync.replication.absorb import TrustedCopy, absorb
 from caresync.replication.index import ensure_index
 from caresync.replication.pool import RecordPool
+from caresync.replication.status import ReplicaState, StatusListener, SyncStatus
 from caresync.storage import (
     DEFAULT_KDF,
     ConflictRow,
@@ -172,16 +172,6 @@ PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 500
 LIVE_QUEUE_ITEMS = 10_000
 """Live updates received but not yet committed before the reader stops reading."""
-
-
-class ReplicaState(enum.StrEnum):
-    """Where a replica stands with its server."""
-
-    OFFLINE = "offline"
-    CONNECTING = "connecting"
-    SYNCHRONISING = "synchronising"
-    ONLINE = "online"
-    LOCKED = "locked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +253,6 @@ class SyncLimits:
 
 ProgressCallback = Callable[[CopyProgress], None]
 """Called with the first copy's progress after each committed batch."""
-StatusListener = Callable[[ReplicaState], None]
-"""Called with the new state on every state change."""
 ReceivedListener = Callable[[tuple[str, ...]], None]
 """Called with the ids of the records changed by each committed batch from the server."""
 AcknowledgedListener = Callable[[int], None]
@@ -334,15 +322,13 @@ class Replica:
         self._pool = RecordPool(store, replica=identity.replica_id, rulebook=rulebook)
         self._listing = ConflictListing(store, self._pool)
         self._locked = locked
-        self._state = ReplicaState.LOCKED if locked is not None else ReplicaState.OFFLINE
-        self._listeners: list[StatusListener] = []
+        self._status = SyncStatus(locked=locked is not None)
         self._received: list[ReceivedListener] = []
         self._acknowledged: list[AcknowledgedListener] = []
         self._sync_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._outbox_changed = asyncio.Event()
         self._live = False
-        self._last_error: str | None = None
         self._secret = secret
         self._pinned_key = pinned_key
 
@@ -938,12 +924,11 @@ class Replica:
     @property
     def state(self) -> ReplicaState:
         """The current state (also reported to :meth:`on_status` listeners)."""
-        return self._state
+        return self._status.state
 
     def on_status(self, listener: StatusListener) -> Callable[[], None]:
         """Call ``listener(state)`` on every state change; returns an unsubscribe."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self._status.listen(listener)
 
     def on_received(self, listener: ReceivedListener) -> Callable[[], None]:
         """Call ``listener(record_ids)`` after each batch from the server is committed.
@@ -965,12 +950,6 @@ class Replica:
             self._acknowledged.remove(listener) if listener in self._acknowledged else None
         )
 
-    def _set_state(self, state: ReplicaState) -> None:
-        if state is not self._state:
-            self._state = state
-            for listener in list(self._listeners):
-                listener(state)
-
     def _notify_received(self, record_ids: tuple[str, ...]) -> None:
         for listener in list(self._received):
             listener(record_ids)
@@ -986,10 +965,10 @@ class Replica:
         oldest = outbox.oldest_pending_ms
         last_ms = await self.store.get_meta(meta.LAST_SYNC_MS)
         last_s = int(last_ms) / 1000 if last_ms else None
-        if self._state is ReplicaState.ONLINE:
+        if self._status.state is ReplicaState.ONLINE:
             last_s = now  # in step: live updates arrive as they commit
         return ReplicaStatus(
-            state=self._state,
+            state=self._status.state,
             replica_id=self.replica_id,
             server_id=self.identity.server_id,
             organisation=self.identity.organisation,
@@ -999,7 +978,7 @@ class Replica:
             copy_age_s=None if last_s is None else max(0.0, now - last_s),
             conflicts_open=await self.count_conflicts(),
             records=await self.store.count_records(),
-            last_error=self._last_error,
+            last_error=self._status.last_error,
             quarantined=await self.store.count_quarantined(),
             audit_refused=await self.store.get_meta(meta.AUDIT_REFUSED) or None,
             **await self._client_versions(),
@@ -1284,7 +1263,7 @@ class Replica:
                     if isinstance(exc, CorruptDatabaseError):
                         raise  # not transient: the database needs a person
                     logger.debug("live connection failed: %r", exc)
-                    self._last_error = str(exc)
+                    self._status.last_error = str(exc)
                     if stop.is_set():
                         return
                     if attempt.online:
@@ -1757,7 +1736,7 @@ class _Session:
 
     async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
         replica = self.replica
-        replica._set_state(ReplicaState.SYNCHRONISING)
+        replica._status.move(ReplicaState.SYNCHRONISING)
         await self.report_outbox()  # what waits, even if this round fails
         # Push first: what this laptop holds alone reaches the server before
         # anything is written here (a full disk must not keep work back).
@@ -1775,7 +1754,7 @@ class _Session:
         downloaded = await self.pull()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
         await replica.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
-        replica._last_error = None
+        replica._status.last_error = None
         return SyncReport(
             uploaded=uploaded,
             downloaded=downloaded + copied,
@@ -1983,7 +1962,7 @@ class _Session:
         self._events.clear()
         updates: asyncio.Queue[LiveUpdate] = asyncio.Queue(LIVE_QUEUE_ITEMS)
         attempt.online = attempt.live = True
-        replica._set_state(ReplicaState.ONLINE)
+        replica._status.move(ReplicaState.ONLINE)
         replica._outbox_changed.set()  # push whatever was written during the round
         tasks = {
             asyncio.create_task(self._read_live(updates)),
@@ -2059,12 +2038,12 @@ class _SessionContext:
 
     async def __aenter__(self) -> _Session:
         replica = self.replica
-        replica._set_state(ReplicaState.CONNECTING)
+        replica._status.move(ReplicaState.CONNECTING)
         try:
             channel = await connect_websocket(self.url, ssl=self.ssl)
         except BaseException as exc:
-            replica._last_error = str(exc)
-            replica._set_state(ReplicaState.OFFLINE)
+            replica._status.last_error = str(exc)
+            replica._status.move(ReplicaState.OFFLINE)
             raise
         identity = replica.identity
         protocol = ClientProtocol(
@@ -2103,9 +2082,9 @@ class _SessionContext:
         error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
         if isinstance(error, ReplicaRevokedError):
             replica._locked = str(error)
-            replica._last_error = str(error)
+            replica._status.last_error = str(error)
             await replica.store.set_meta(meta.LOCKED, str(error))
-            replica._set_state(ReplicaState.LOCKED)
+            replica._status.move(ReplicaState.LOCKED)
             return
         refusal = session.protocol.peer_error
         if isinstance(error, ClientTooOldError) and refusal is not None:
@@ -2116,5 +2095,5 @@ class _SessionContext:
                         check_version(newest), check_version(least)
                     )
         if isinstance(exc, Exception):
-            replica._last_error = str(exc) or type(exc).__name__
-        replica._set_state(ReplicaState.OFFLINE)
+            replica._status.last_error = str(exc) or type(exc).__name__
+        replica._status.move(ReplicaState.OFFLINE)
