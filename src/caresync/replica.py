@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
-import os
 import random
 import ssl as ssl_module
 import time
@@ -45,19 +43,16 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 
-from caresync.audit import ANONYMOUS, AuditAction, AuditEntry, AuditEvent, attempted_name
+from caresync.audit import ANONYMOUS, AuditAction, AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView, Rulebook
 from caresync.conflicts.duplicates import paired_record
-from caresync.credentials import key_fingerprint, parse_fingerprint, verify_server_signature
+from caresync.credentials import key_fingerprint, parse_fingerprint
 from caresync.exceptions import (
     AuthenticationError,
-    CaresyncError,
-    ClientTooOldError,
     ConnectionLostError,
     CorruptDatabaseError,
     InvalidInputError,
     InvalidResolutionError,
-    InvalidUpdateError,
     LoginLockedError,
     NotEnrolledError,
     PasswordNeededError,
@@ -65,7 +60,6 @@ from caresync.exceptions import (
     RemoteProtocolError,
     ReplicaRevokedError,
     StorageError,
-    SyncRefusedError,
 )
 from caresync.listing import ConflictListing
 from caresync.logins import (
@@ -73,34 +67,10 @@ from caresync.logins import (
     LaptopLogins,
 )
 from caresync.protocol import (
-    BATCH_OVERHEAD_BYTES,
-    MAX_AUDIT_ITEMS,
-    MAX_BATCH_ITEMS,
-    MAX_MAX_FRAME_BYTES,
-    SUPPORTED_VERSIONS,
-    AuditAck,
-    Authenticated,
-    ClientProtocol,
-    CopyBatch,
     Enrolled,
-    Error,
-    Goodbye,
-    HubItem,
-    HubReport,
-    LiveUpdate,
-    ProveServer,
-    PullBatch,
-    PushAck,
-    ServerProof,
-    Welcome,
-    audit_wire_size,
-    error_for,
-    item_wire_size,
-    server_proof_payload,
 )
 from caresync.records import JSONValue, Record, Revision
 from caresync.records.crdt import merge as merge_updates_of
-from caresync.records.crdt import state_vector_of
 from caresync.records.persons import (
     DIFFERENT_PEOPLE,
     DISPUTED_RULE,
@@ -116,6 +86,14 @@ from caresync.replication import meta
 from caresync.replication.absorb import TrustedCopy, absorb
 from caresync.replication.index import ensure_index
 from caresync.replication.pool import RecordPool
+from caresync.replication.session import (
+    CopyProgress,
+    LiveAttempt,
+    ProgressCallback,
+    Session,
+    SyncLimits,
+    SyncReport,
+)
 from caresync.replication.status import ReplicaState, StatusListener, SyncStatus
 from caresync.storage import (
     DEFAULT_KDF,
@@ -136,7 +114,7 @@ from caresync.storage.laptop_key import (
     is_encrypted,
     unlock_laptop_key,
 )
-from caresync.transport import Channel, check_server_url, connect_websocket
+from caresync.transport import check_server_url
 from caresync.versions import CLIENT_VERSION, check_version, is_older
 
 __all__ = [
@@ -158,20 +136,6 @@ T = TypeVar("T")
 _UNSET: Any = object()
 _hasher = PasswordHasher()
 logger = logging.getLogger("caresync.replica")
-
-# A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
-_PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
-
-MAX_HUB_REPORT_FRAMES = 10_000
-"""The most HubReport frames one pull's report may take (each up to a frame's size)."""
-MAX_HUB_REPORT_ITEMS = 1_000_000
-"""The most summaries one pull's report may name (a server cannot fill a laptop's memory)."""
-PUSH_BATCH_ITEMS = 500
-PUSH_BATCH_BYTES = 4 * 1024 * 1024
-PULL_LIMIT = 1000
-COPY_BATCH_RECORDS = 500
-LIVE_QUEUE_ITEMS = 10_000
-"""Live updates received but not yet committed before the reader stops reading."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,49 +174,6 @@ class ReplicaStatus:
     and are sent again); None when it took them."""
 
 
-@dataclass(frozen=True, slots=True)
-class CopyProgress:
-    """Progress of the first copy, reported after each committed batch."""
-
-    done_records: int
-    total_records: int
-    done_bytes: int
-    total_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class SyncReport:
-    """What one sync round moved."""
-
-    uploaded: int
-    downloaded: int
-    conflicts_open: int
-    copied: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SyncLimits:
-    """Batch sizes a replica asks for and sends. The defaults suit a laptop."""
-
-    copy_batch_records: int = COPY_BATCH_RECORDS
-    """Records per first-copy batch: the unit that is committed, and resumed after."""
-    push_batch_items: int = PUSH_BATCH_ITEMS
-    """Outbox entries per push batch (each batch waits for its acknowledgement)."""
-    push_batch_bytes: int = PUSH_BATCH_BYTES
-    """Update bytes per push batch (one larger entry still goes alone)."""
-    pull_limit: int = PULL_LIMIT
-    """Feed entries per pull batch."""
-
-    def __post_init__(self) -> None:
-        for name in ("copy_batch_records", "push_batch_items", "push_batch_bytes", "pull_limit"):
-            value = getattr(self, name)
-            top = MAX_MAX_FRAME_BYTES if name == "push_batch_bytes" else MAX_BATCH_ITEMS
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
-                raise InvalidInputError(f"{name} must be an integer in 1..{top}, not {value!r}")
-
-
-ProgressCallback = Callable[[CopyProgress], None]
-"""Called with the first copy's progress after each committed batch."""
 ReceivedListener = Callable[[tuple[str, ...]], None]
 """Called with the ids of the records changed by each committed batch from the server."""
 AcknowledgedListener = Callable[[int], None]
@@ -331,6 +252,7 @@ class Replica:
         self._live = False
         self._secret = secret
         self._pinned_key = pinned_key
+        self._host = _ReplicaHost(self)
 
     @classmethod
     async def open(
@@ -1127,7 +1049,7 @@ class Replica:
             )
         expected = None if server_key is None else parse_fingerprint(server_key)
         check_server_url(url, insecure=insecure)
-        async with self._sync_lock, _Session.connect(self, url, ssl, expected) as session:
+        async with self._sync_lock, Session.connect(self._host, url, ssl, expected) as session:
             await session.login(username, password, organisation)
             session.protocol.enrol(device_name, self.replica_id)
             enrolled = await session.expect(Enrolled)
@@ -1178,7 +1100,7 @@ class Replica:
                 "this replica is in live mode (stay_connected); it syncs by itself"
             )
         target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
-        async with self._sync_lock, _Session.connect(self, target, ssl) as session:
+        async with self._sync_lock, Session.connect(self._host, target, ssl) as session:
             if password is not None:
                 org = organisation or self.identity.organisation or ""
                 await session.login(username or "", password, org)
@@ -1214,7 +1136,7 @@ class Replica:
             )
         target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
         org = organisation or self.identity.organisation or ""
-        async with self._sync_lock, _Session.connect(self, target, ssl) as session:
+        async with self._sync_lock, Session.connect(self._host, target, ssl) as session:
             await session.login(username, password, org)
             await session.remember_login()
 
@@ -1256,7 +1178,7 @@ class Replica:
         try:
             delays = backoff()
             while not stop.is_set():
-                attempt = _LiveAttempt()
+                attempt = LiveAttempt()
                 try:
                     await self._live_attempt(target, ssl, stop, progress, attempt)
                 except (ConnectionLostError, ProtocolError, StorageError) as exc:
@@ -1304,7 +1226,7 @@ class Replica:
         ssl: ssl_module.SSLContext | None,
         stop: asyncio.Event,
         progress: ProgressCallback | None,
-        attempt: _LiveAttempt,
+        attempt: LiveAttempt,
     ) -> None:
         """One connection in live mode, raced against ``stop``."""
         task = asyncio.create_task(self._live_session(target, ssl, stop, progress, attempt))
@@ -1336,57 +1258,12 @@ class Replica:
         ssl: ssl_module.SSLContext | None,
         stop: asyncio.Event,
         progress: ProgressCallback | None,
-        attempt: _LiveAttempt,
+        attempt: LiveAttempt,
     ) -> None:
-        async with self._sync_lock, _Session.connect(self, target, ssl) as session:
+        async with self._sync_lock, Session.connect(self._host, target, ssl) as session:
             await session.resume()
             await session.synchronise(progress)
             await session.live(stop, attempt)
-
-
-def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
-    """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
-    cards: dict[str, PersonCard] = {}
-    for item in batch.persons or ():
-        try:
-            card = PersonCard.from_bytes(item.card)
-        except InvalidInputError as exc:
-            raise RemoteProtocolError(
-                f"the server sent record {item.record_id} with a bad person card: {exc}"
-            ) from None
-        if card.record_id != item.record_id:
-            raise RemoteProtocolError(
-                f"the server sent record {item.record_id} with the card of {card.record_id}"
-            )
-        cards[item.record_id] = card
-    return cards
-
-
-def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
-    """A first-copy batch's conflict rows, as the store's rows, per record."""
-    grouped: dict[str, list[ConflictRow]] = {}
-    for row in batch.conflicts or ():
-        grouped.setdefault(row.record_id, []).append(
-            ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
-        )
-    return {record_id: tuple(rows) for record_id, rows in grouped.items()}
-
-
-def _merged(record_id: str, parts: list[bytes]) -> bytes:
-    return parts[0] if len(parts) == 1 else merge_updates_of(parts, record_id=record_id)
-
-
-def _trusted_copy(
-    record_id: str, parts: list[bytes], kept_aside: list[QuarantinedUpdate]
-) -> bytes | None:
-    """A copied record stored without building it: its bytes, if they read as an update."""
-    try:
-        update = _merged(record_id, parts)
-        state_vector_of(update, record_id=record_id)  # what the store will read of it
-    except InvalidUpdateError as exc:
-        kept_aside.extend(QuarantinedUpdate(record_id, part, str(exc)) for part in parts)
-        return None
-    return update
 
 
 def _database_key(
@@ -1426,18 +1303,6 @@ def _unb64(text: str | None) -> bytes | None:
         raise CorruptDatabaseError("a credential stored in this database is damaged") from None
 
 
-@dataclass(slots=True)
-class _LiveAttempt:
-    """What one live connection got to: ONLINE at some point, in its live phase now."""
-
-    online: bool = False
-    live: bool = False
-
-
-async def _until(event: asyncio.Event) -> None:
-    await event.wait()
-
-
 async def _wait_for_event(event: asyncio.Event, seconds: float) -> None:
     """Wait until ``event`` is set or ``seconds`` pass, whichever comes first."""
     waiter = asyncio.create_task(event.wait())
@@ -1447,329 +1312,79 @@ async def _wait_for_event(event: asyncio.Event, seconds: float) -> None:
         waiter.cancel()
 
 
-class _Session:
-    """One connection to the server, driving a ClientProtocol for a replica."""
+class _ReplicaHost:
+    """The replica as its sync sessions see it (a
+    :class:`~caresync.replication.session.SessionHost`): what a session may read and do."""
 
-    def __init__(self, replica: Replica, channel: Channel, protocol: ClientProtocol) -> None:
-        self.replica = replica
-        self.channel = channel
-        self.protocol = protocol
-        self.limits = replica.limits
-        self._events: list[object] = []
-        self._send_lock = asyncio.Lock()
-        self.server_key: bytes | None = None  # proven on this connection
-        self.include_own = False  # pull this replica's own updates too (after a restore)
-        self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
-        self._names_to_store: dict[str, str] | None = None  # account → display name
-        self._audit_after: int | None = None  # send own audit entries after this one
-        # In live mode one reader task owns the channel: replies reach waiters here.
-        self._replies: asyncio.Queue[object] | None = None
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
 
-    @classmethod
-    def connect(
-        cls,
-        replica: Replica,
-        url: str,
-        ssl: ssl_module.SSLContext | None,
-        expected_key: str | None = None,
-    ) -> _SessionContext:
-        return _SessionContext(replica, url, ssl, expected_key)
+    @property
+    def store(self) -> Store:
+        return self._replica.store
 
-    async def prove_server(self, expected_key: str | None) -> None:
-        """Have the server prove it holds the pinned key (or, enrolling, the expected one).
+    @property
+    def identity(self) -> Identity:
+        return self._replica.identity
 
-        Nothing secret has been sent yet. A proof that does not verify, or a key
-        other than the pinned one, fails the session with WrongServerError and
-        sends nothing more.
-        """
-        replica = self.replica
-        nonce = os.urandom(32)
-        self.protocol.prove_server(nonce)
-        proof = await self.expect(ServerProof)
-        payload = server_proof_payload(
-            nonce,
-            self.protocol.server_id or "",
-            self.protocol.replica_id,
-            self.channel.channel_binding,
-        )
-        shown = key_fingerprint(proof.server_key)
-        if not verify_server_signature(proof.server_key, payload, proof.signature):
-            self.protocol.reject_server(
-                f"the server at {self.channel.peer} could not prove its identity (its "
-                "signature does not verify for this connection); refusing to send anything"
-            )
-        pinned = replica._pinned_key
-        if pinned is not None and proof.server_key != pinned:
-            self.protocol.reject_server(
-                f"the server at {self.channel.peer} holds key {shown}, not the key "
-                f"{key_fingerprint(pinned)} pinned when this laptop enrolled: an impostor, or "
-                "a server that was replaced; refusing to send anything"
-            )
-        if expected_key is not None and shown != expected_key:
-            self.protocol.reject_server(
-                f"the server at {self.channel.peer} holds key {shown}, not the expected "
-                f"{expected_key}; refusing to enrol"
-            )
-        self.protocol.confirm_server()
-        self.server_key = proof.server_key
-        if pinned is None and replica.enrolled:
-            # Enrolled before servers had keys: pin this one from now on.
-            logger.warning("pinning server key %s for replica %s", shown, replica.replica_id)
-            await replica._remember_credentials(pinned_key=proof.server_key)
+    @property
+    def limits(self) -> SyncLimits:
+        return self._replica.limits
 
-    async def flush(self) -> None:
-        async with self._send_lock:
-            for frame in self.protocol.data_to_send():
-                try:
-                    await self.channel.send(frame)
-                except ConnectionLostError:
-                    if self._replies is None:  # in live mode the reader task reads
-                        await self._read_why_closed()
-                    raise
+    @property
+    def rulebook(self) -> Rulebook:
+        return self._replica.rulebook
 
-    async def _read_why_closed(self) -> None:
-        """After a failed send, read what the server sent before closing.
+    @property
+    def status(self) -> SyncStatus:
+        return self._replica._status
 
-        A server that refuses (e.g. a revoked replica, right after Welcome)
-        sends a fatal Error and closes; if our next frame crossed that close,
-        the Error is still buffered. Feeding it to the protocol raises the
-        refusal it means, which tells the caller more than "connection lost".
-        """
-        if not self.channel.closed:
-            return
-        while True:
-            try:
-                frame = await self.channel.recv()
-            except ConnectionLostError:
-                return
-            self.protocol.receive_data(frame)  # raises the peer's fatal Error, if any
-            self._events.extend(self.protocol.events_received())
+    @property
+    def logins(self) -> LaptopLogins:
+        return self._replica.logins
 
-    async def next_event(self) -> object:
-        while not self._events:
-            await self.flush()
-            frame = await self.channel.recv()
-            try:
-                self.protocol.receive_data(frame)
-            except CaresyncError:
-                await self._send_last_words()
-                raise
-            self._events.extend(self.protocol.events_received())
-        return self._events.pop(0)
+    @property
+    def secret(self) -> bytes | None:
+        return self._replica._secret
 
-    async def _send_last_words(self) -> None:
-        """Send what the protocol queued on failing (the Error telling the server why).
+    @property
+    def pinned_key(self) -> bytes | None:
+        return self._replica._pinned_key
 
-        The link may already be gone; then the server learns nothing more, and the
-        error that ended the session is what the caller sees.
-        """
-        try:
-            async with self._send_lock:
-                for frame in self.protocol.data_to_send():
-                    await self.channel.send(frame)
-        except ConnectionLostError as exc:
-            logger.debug("could not tell the server why the session ends: %s", exc)
+    @property
+    def enrolled(self) -> bool:
+        return self._replica.enrolled
 
-    async def expect(self, kind: type[T]) -> T:
-        while True:
-            if self._replies is not None:
-                await self.flush()
-                event = await self._replies.get()
-            else:
-                event = await self.next_event()
-            if isinstance(event, kind):
-                return event
-            if isinstance(event, Error):
-                raise error_for(event.code, event.message)
-            if isinstance(event, Goodbye):
-                raise ConnectionLostError(f"the server closed the session: {event.reason}")
+    @property
+    def outbox_changed(self) -> asyncio.Event:
+        return self._replica._outbox_changed
 
-    async def login(self, username: str, password: str, organisation: str) -> None:
-        """Log in with a password (and this replica's secret, once enrolled).
+    async def remember_credentials(
+        self, secret: bytes | None = None, pinned_key: bytes | None = None
+    ) -> None:
+        await self._replica._remember_credentials(secret, pinned_key)
 
-        The new token and the offline-login hash are stored after the push
-        (:meth:`remember_login`): a laptop whose disk is full still gets its
-        work to the server.
-        """
-        self.protocol.authenticate(username, password, organisation, self.replica._secret)
-        try:
-            session = await self.expect(Authenticated)
-        except AuthenticationError:
-            with contextlib.suppress(StorageError):  # the refusal is what the caller needs
-                await self.replica.audit(
-                    "login-failed", None, "online", actor=attempted_name(username)
-                )
-            raise
-        self._token_to_store = (session.session_token, session.user, password)
-        await self._logged_in(session)
+    async def remember_client_versions(self, newest: str | None, least: str | None) -> None:
+        await self._replica._remember_client_versions(newest, least)
 
-    async def resume(self) -> None:
-        token = await self.replica.store.get_meta(meta.SESSION_TOKEN)
-        if not token:
-            raise AuthenticationError("no session on this laptop: log in with a password")
-        if self.replica._secret is None:
-            raise AuthenticationError(
-                "this laptop holds no replica secret yet: log in with a password once"
-            )
-        self.protocol.resume_session(token, self.replica._secret)
-        await self._logged_in(await self.expect(Authenticated))
+    async def revoked(self, why: str) -> None:
+        replica = self._replica
+        replica._locked = why
+        replica._status.last_error = why
+        await replica.store.set_meta(meta.LOCKED, why)
+        replica._status.move(ReplicaState.LOCKED)
 
-    async def _logged_in(self, session: Authenticated) -> None:
-        replica = self.replica
-        if session.accounts is not None:
-            self._names_to_store = dict(session.accounts)
-        if session.replica_secret is not None:
-            # The server gave a replica enrolled before secrets its first one: keep it
-            # now, or this laptop could never log in again.
-            await replica._remember_credentials(secret=session.replica_secret)
-        if session.pushed_up_to is not None:
-            await self.catch_up_after_restore(session.pushed_up_to)
-        await replica._remember_client_versions(session.client_newest, session.client_min)
-        if session.audit_seq is not None and session.audit_hash is not None:
-            self._audit_after = await self._audit_start(session.audit_seq, session.audit_hash)
+    async def audit(
+        self,
+        action: AuditAction,
+        record_id: str | None = None,
+        detail: str | None = None,
+        *,
+        actor: str | None = None,
+    ) -> None:
+        await self._replica.audit(action, record_id, detail, actor=actor)
 
-    async def _audit_start(self, server_seq: int, server_hash: bytes) -> int:
-        """After which entry to send this laptop's audit chain, given the last the server
-        holds: that one if this copy holds it too; else (a copy restored from an older
-        one, whose chain went another way) after the last the server acknowledged to
-        this copy, which the server then keeps as a new line of the chain."""
-        store = self.replica.store
-        if server_seq == 0:
-            return 0
-        held = await store.audit_entries(
-            replica_id=self.replica.replica_id, after_seq=server_seq - 1, limit=1
-        )
-        if held and held[0].seq == server_seq and held[0].hash == server_hash:
-            return server_seq
-        return int(await store.get_meta(meta.AUDIT_SENT) or 0)
-
-    async def push_audit(self) -> int:
-        """Send the entries of this laptop's audit chain the server does not hold, a
-        batch at a time, each acknowledged before the next (protocol version 7 on)."""
-        if not self.protocol.can_send_audit:
-            return 0
-        store = self.replica.store
-        if self._audit_after is None:  # the login said nothing (an enrolment): what we know
-            self._audit_after = int(await store.get_meta(meta.AUDIT_SENT) or 0)
-        budget = min(self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES, 1 << 20)
-        sent = 0
-        from_start = False
-        while True:
-            entries = await store.audit_entries(
-                replica_id=self.replica.replica_id,
-                after_seq=self._audit_after,
-                limit=MAX_AUDIT_ITEMS,
-            )
-            if not entries:
-                return sent
-            batch: list[AuditEntry] = []
-            size = 0
-            for entry in entries:
-                entry_size = audit_wire_size(entry)
-                if batch and size + entry_size > budget:
-                    break
-                batch.append(entry)
-                size += entry_size
-            self.protocol.send_audit(batch)
-            try:
-                ack = await self.expect(AuditAck)
-            except (ProtocolError, SyncRefusedError) as refused:
-                if self.protocol.failure is not None:
-                    raise  # the connection ended: not a refusal of these entries alone
-                if self._audit_after and not from_start:
-                    # The server lacks an entry this copy thinks it holds (a server restored
-                    # from a backup): send the whole chain; it skips what it holds.
-                    from_start, self._audit_after = True, 0
-                    continue
-                # The records' sync goes on; the entries stay here, and are tried again.
-                logger.warning("audit entries of %s refused: %s", self.replica.replica_id, refused)
-                await store.set_meta(meta.AUDIT_REFUSED, str(refused))
-                return sent
-            self._audit_after = ack.up_to_seq
-            await store.set_meta(meta.AUDIT_SENT, str(ack.up_to_seq))
-            await store.set_meta(meta.AUDIT_REFUSED, "")
-            sent += sum(1 for entry in batch if entry.seq <= ack.up_to_seq)
-
-    async def catch_up_after_restore(self, pushed_up_to: int) -> None:
-        """If the server holds more of this replica's pushes than this copy knows of,
-        this copy is older than the replica (a backup, a snapshot, a copied file):
-        renumber what waits after the server's mark, and pull our own updates back.
-
-        Nothing would be lost without it (the server commits whatever is pushed,
-        whatever its number), but the numbering stays true and this copy gets
-        back the edits it made after the copy was taken.
-        """
-        store = self.replica.store
-        outbox = await store.outbox_summary()
-        if pushed_up_to <= outbox.acknowledged_up_to:
-            return
-        logger.warning(
-            "replica %s: the server has committed its changes up to %d, this copy only "
-            "knows of %d (restored from an older copy?); renumbering %d waiting changes "
-            "and pulling this replica's own changes back",
-            self.replica.replica_id,
-            pushed_up_to,
-            outbox.acknowledged_up_to,
-            outbox.pending,
-        )
-        self.include_own = True
-        try:
-            await store.renumber_outbox(pushed_up_to, checkpoint=(meta.PULL_OWN, "1"))
-        except StorageError as exc:  # a full disk: pushing is still safe, pulling own too
-            logger.warning("could not renumber the outbox: %s", exc)
-
-    async def remember_login(self) -> None:
-        """Store the account names the server sent, and the session token and the
-        offline-login hash of a password login (whose account is then logged in)."""
-        if self._names_to_store is not None:
-            await self.replica.logins.remember_names(self._names_to_store)
-            self._names_to_store = None
-        if self._token_to_store is None:
-            return
-        token, user, password = self._token_to_store
-        self._token_to_store = None
-        store = self.replica.store
-        await store.set_meta(meta.SESSION_TOKEN, token)
-        await store.set_meta(meta.SESSION_USER, user)
-        await self.replica.logins.logged_in_online(user, password)
-        await self.replica.audit("login", None, "online", actor=user)
-
-    async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
-        replica = self.replica
-        replica._status.move(ReplicaState.SYNCHRONISING)
-        await self.report_outbox()  # what waits, even if this round fails
-        # Push first: what this laptop holds alone reaches the server before
-        # anything is written here (a full disk must not keep work back).
-        try:
-            uploaded = await self.push()
-        except BaseException:
-            # The server accepted the password even if it refused the push (or the link
-            # dropped): the user is logged in, whatever happens to what waits.
-            with contextlib.suppress(StorageError):
-                await self.remember_login()
-            raise
-        await self.remember_login()
-        copied = await self.first_copy(progress)
-        await self.report_outbox()  # what is left
-        downloaded = await self.pull()
-        await self.push_audit()  # after the login's own entry, and anything read meanwhile
-        await replica.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
-        replica._status.last_error = None
-        return SyncReport(
-            uploaded=uploaded,
-            downloaded=downloaded + copied,
-            conflicts_open=await replica.count_conflicts(),
-            copied=copied,
-        )
-
-    async def report_outbox(self) -> None:
-        """Tell the server what waits in the outbox (protocol version 2 on), for operators."""
-        if self.protocol.can_report_outbox:
-            # One read: two would let an acknowledgement slip between them.
-            outbox = await self.replica.store.outbox_summary()
-            self.protocol.report_outbox(outbox.pending, outbox.oldest_pending_ms)
-
-    async def commit_remote(
+    async def take_in(
         self,
         updates: Sequence[tuple[str, bytes]],
         checkpoint: tuple[str, str],
@@ -1778,23 +1393,16 @@ class _Session:
         trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
         trusted_persons: Mapping[str, PersonCard] | None = None,
     ) -> None:
-        """Merge updates from the server and commit them with ``checkpoint``, in one transaction.
+        """Merge updates from the server and commit them with ``checkpoint``, in one
+        transaction (:func:`caresync.replication.absorb.absorb`), under the replica's
+        write lock, so a local edit never interleaves with the merge.
 
-        Cost follows the records changed, not the updates received: the updates
-        of one record are merged (bytes only) and taken in at once, so its rules
-        run once per batch; a record that is not loaded is built in one pass
-        from its stored state and the new bytes (:func:`caresync.replication.absorb.absorb`).
-        Each changed record's conflict rows are committed with its update.
-
-        Holds the replica's write lock, so a local edit never interleaves with
-        the merge; after a failed commit the records touched are reloaded from
-        disk next time (memory never runs ahead of the store). ``absent`` names
-        records known not to be stored here (a first copy's), not looked up.
-        With ``trusted_rows`` (a first copy from a server whose rulebook is ours),
-        an absent record is stored with those conflict rows and its card from
+        ``absent`` names records known not to be stored here (a first copy's), not
+        looked up. With ``trusted_rows`` (a first copy from a server whose rulebook is
+        ours), an absent record is stored with those conflict rows and its card from
         ``trusted_persons`` as they are: it is not built and its rules do not run.
         """
-        replica = self.replica
+        replica = self._replica
         async with replica._write_lock:
             await absorb(
                 replica._pool,
@@ -1811,289 +1419,8 @@ class _Session:
         if record_ids:
             replica._notify_received(record_ids)
 
-    async def first_copy(self, progress: ProgressCallback | None) -> int:
-        """Copy every record this replica may see, a batch per transaction, resumable.
+    def acknowledged(self, count: int) -> None:
+        self._replica._notify_acknowledged(count)
 
-        The next batch is asked for before this one is committed, so the server
-        reads it while the laptop writes. A server whose rulebook is ours sends
-        each record's conflict rows, stored as they are (see :mod:`caresync.replication.index`).
-        """
-        store = self.replica.store
-        if await store.get_meta(meta.COPY_DONE_MS) is not None:
-            return 0
-        resume = await store.get_meta(meta.COPY_RESUME) or None
-        rulebook = self.replica.rulebook.fingerprint
-        batch_records = self.limits.copy_batch_records
-        copied = 0
-        self.protocol.request_copy(resume, batch_records, rulebook)
-        batch = await self.expect(CopyBatch)
-        while True:
-            if not batch.final:
-                self.protocol.request_copy(batch.last_record_id, batch_records, rulebook)
-                await self.flush()
-            if await store.get_meta(meta.COPY_CHECKPOINT) is None:
-                await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
-            if batch.records:
-                # Records after the resume point are new here, unless this laptop
-                # created them itself: one query instead of a lookup per record.
-                ours = set(await store.record_ids(after=resume))
-                await self.commit_remote(
-                    [(rec.record_id, rec.update) for rec in batch.records],
-                    checkpoint=(meta.COPY_RESUME, batch.last_record_id or ""),
-                    absent={r.record_id for r in batch.records} - ours,
-                    # Rows are taken as they are only with the records' cards (version 5
-                    # on): without them every record would have to be built anyway.
-                    trusted_rows=None if batch.persons is None else _rows_by_record(batch),
-                    trusted_persons=None if batch.persons is None else _persons_by_record(batch),
-                )
-                copied += len(batch.records)
-            resume = batch.last_record_id
-            if progress is not None:
-                progress(
-                    CopyProgress(
-                        batch.done_records, batch.total_records, batch.done_bytes, batch.total_bytes
-                    )
-                )
-            if batch.final:
-                break
-            batch = await self.expect(CopyBatch)
-        start = await store.get_meta(meta.COPY_CHECKPOINT) or "0"
-        if await store.get_meta(meta.CHECKPOINT) is None:
-            await store.set_meta(meta.CHECKPOINT, start)
-        await store.set_meta(meta.COPY_DONE_MS, str(time.time_ns() // 1_000_000))
-        return copied
-
-    async def push(self) -> int:
-        """Push the whole outbox, a batch at a time, each acknowledged before the next."""
-        store = self.replica.store
-        uploaded = 0
-        after = 0
-        while True:
-            pending = await store.pending(self.limits.push_batch_items, after_seq=after)
-            if not pending:
-                return uploaded
-            # Within our own budget and within the largest frame the server accepts
-            # (one entry larger than that still goes alone, and the protocol says so).
-            budget = min(
-                self.limits.push_batch_bytes,
-                self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES,
-            )
-            batch: list[tuple[int, str, bytes]] = []
-            size = 0
-            for item in pending:
-                item_size = item_wire_size(item.record_id, item.update)
-                if batch and size + item_size > budget:
-                    break
-                batch.append((item.seq, item.record_id, item.update))
-                size += item_size
-            self.protocol.push(batch)
-            ack = await self.expect(PushAck)
-            # Leave the outbox only what the server says it committed.
-            dropped = await store.acknowledge(ack.up_to_local_seq)
-            uploaded += dropped
-            after = ack.up_to_local_seq
-            if dropped:
-                self.replica._notify_acknowledged(dropped)
-
-    async def pull(self) -> int:
-        store = self.replica.store
-        checkpoint = int(await store.get_meta(meta.CHECKPOINT) or 0)
-        own = self.include_own or await store.get_meta(meta.PULL_OWN) == "1"
-        downloaded = 0
-        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own)
-        batch = await self.expect(PullBatch)
-        while True:
-            if batch.more:
-                # Ask for the next batch before committing this one: the server
-                # reads it while this laptop writes.
-                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own)
-                await self.flush()
-            if batch.items or batch.checkpoint != checkpoint:
-                await self.commit_remote(
-                    [(i.record_id, i.update) for i in batch.items],
-                    checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
-                )
-            downloaded += len(batch.items)
-            checkpoint = batch.checkpoint
-            if not batch.more:
-                if own:  # caught up with our own changes: back to leaving them out
-                    await store.set_meta(meta.PULL_OWN, "0")
-                    self.include_own = False
-                await self.take_hub_report()
-                return downloaded
-            batch = await self.expect(PullBatch)
-
-    async def take_hub_report(self) -> None:
-        """Keep what the server says of the hub summaries after a pull (version 7 on).
-
-        The health-hub outbox (:mod:`caresync.hub`): a laptop shows what the server knows.
-        """
-        version = self.protocol.protocol_version
-        if version is None or version < HubReport.SINCE_VERSION:
-            return
-        from caresync.hub.status import store_report
-
-        items: list[HubItem] = []
-        for _frame in range(MAX_HUB_REPORT_FRAMES):  # bounded: a server cannot stream forever
-            report = await self.expect(HubReport)
-            if items and report.items and report.items[0].record_id <= items[-1].record_id:
-                raise RemoteProtocolError("a hub report's frames are not in record order")
-            items.extend(report.items)
-            if len(items) > MAX_HUB_REPORT_ITEMS:
-                raise RemoteProtocolError(
-                    f"a hub report of more than {MAX_HUB_REPORT_ITEMS} summaries"
-                )
-            if report.final:
-                await store_report(self.replica.store, items)
-                return
-        raise RemoteProtocolError(f"a hub report of more than {MAX_HUB_REPORT_FRAMES} frames")
-
-    # ------------------------------------------------------------------- live
-
-    async def live(self, stop: asyncio.Event, attempt: _LiveAttempt) -> None:
-        """Subscribe, then apply live updates and push new edits until ``stop`` or a failure."""
-        replica = self.replica
-        checkpoint = int(await replica.store.get_meta(meta.CHECKPOINT) or 0)
-        self.protocol.subscribe(checkpoint)
-        await self.flush()
-        self._replies = asyncio.Queue()
-        for event in self._events:  # anything read past the round's last reply
-            self._replies.put_nowait(event)
-        self._events.clear()
-        updates: asyncio.Queue[LiveUpdate] = asyncio.Queue(LIVE_QUEUE_ITEMS)
-        attempt.online = attempt.live = True
-        replica._status.move(ReplicaState.ONLINE)
-        replica._outbox_changed.set()  # push whatever was written during the round
-        tasks = {
-            asyncio.create_task(self._read_live(updates)),
-            asyncio.create_task(self._commit_live(updates)),
-            asyncio.create_task(self._push_live()),
-        }
-        stopper = asyncio.create_task(_until(stop))
-        try:
-            done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait({*tasks, stopper})
-            await replica.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
-        for task in done:
-            if task is not stopper and not task.cancelled():
-                error = task.exception()
-                if error is not None:
-                    raise error
-
-    async def _read_live(self, updates: asyncio.Queue[LiveUpdate]) -> None:
-        replies = self._replies
-        if replies is None:  # pragma: no cover - set by live() before this starts
-            raise InvalidInputError("the live reader needs live mode")
-        while True:
-            frame = await self.channel.recv()
-            try:
-                self.protocol.receive_data(frame)
-            except CaresyncError:
-                await self._send_last_words()
-                raise
-            for event in self.protocol.events_received():
-                if isinstance(event, LiveUpdate):
-                    await updates.put(event)
-                elif isinstance(event, Goodbye):
-                    raise ConnectionLostError(f"the server closed the session: {event.reason}")
-                else:
-                    replies.put_nowait(event)
-
-    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate]) -> None:
-        while True:
-            batch = [await updates.get()]
-            while not updates.empty() and len(batch) < self.limits.pull_limit:
-                batch.append(updates.get_nowait())
-            await self.commit_remote(
-                [(u.record_id, u.update) for u in batch],
-                checkpoint=(meta.CHECKPOINT, str(batch[-1].seq)),
-            )
-
-    async def _push_live(self) -> None:
-        changed = self.replica._outbox_changed
-        while True:
-            await changed.wait()
-            changed.clear()  # an edit committed from now on wakes the next round
-            await self.push()
-            await self.push_audit()
-
-
-class _SessionContext:
-    """``async with _Session.connect(...)``: connect, hello, and always clean up."""
-
-    def __init__(
-        self,
-        replica: Replica,
-        url: str,
-        ssl: ssl_module.SSLContext | None,
-        expected_key: str | None = None,
-    ) -> None:
-        self.replica, self.url, self.ssl = replica, url, ssl
-        self.expected_key = expected_key
-        self.session: _Session | None = None
-
-    async def __aenter__(self) -> _Session:
-        replica = self.replica
-        replica._status.move(ReplicaState.CONNECTING)
-        try:
-            channel = await connect_websocket(self.url, ssl=self.ssl)
-        except BaseException as exc:
-            replica._status.last_error = str(exc)
-            replica._status.move(ReplicaState.OFFLINE)
-            raise
-        identity = replica.identity
-        protocol = ClientProtocol(
-            replica_id=identity.replica_id if identity.server_id else None,
-            server_id=identity.server_id,
-            organisation=identity.organisation,
-            protocol_versions=_PROTOCOL_VERSIONS,
-            client_version=CLIENT_VERSION,
-        )
-        self.session = _Session(replica, channel, protocol)
-        try:
-            protocol.send_hello()
-            await self.session.expect(Welcome)
-            await self.session.prove_server(self.expected_key)
-        except BaseException as exc:
-            await self._finish(exc)
-            raise
-        return self.session
-
-    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        await self._finish(exc)
-
-    async def _finish(self, exc: BaseException | None) -> None:
-        session = self.session
-        if session is None:
-            return
-        self.session = None
-        replica = self.replica
-        if exc is None and session.protocol.failure is None:
-            try:
-                session.protocol.close("sync done")
-                await session.flush()
-            except CaresyncError as goodbye_lost:  # the work is done; only the Goodbye is lost
-                logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
-        await session.channel.close()
-        error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
-        if isinstance(error, ReplicaRevokedError):
-            replica._locked = str(error)
-            replica._status.last_error = str(error)
-            await replica.store.set_meta(meta.LOCKED, str(error))
-            replica._status.move(ReplicaState.LOCKED)
-            return
-        refusal = session.protocol.peer_error
-        if isinstance(error, ClientTooOldError) and refusal is not None:
-            newest, least = refusal.detail.get("client_newest"), refusal.detail.get("client_min")
-            if isinstance(newest, str) and isinstance(least, str):
-                with contextlib.suppress(InvalidInputError, StorageError):
-                    await replica._remember_client_versions(
-                        check_version(newest), check_version(least)
-                    )
-        if isinstance(exc, Exception):
-            replica._status.last_error = str(exc) or type(exc).__name__
-        replica._status.move(ReplicaState.OFFLINE)
+    async def count_conflicts(self) -> int:
+        return await self._replica.count_conflicts()

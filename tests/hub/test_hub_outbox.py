@@ -18,7 +18,7 @@ from tests.e2e.live_helpers import enrolled, start_server
 from tests.hub.fhirhub import FhirHub
 
 import caresync.hub.sender
-import caresync.replica
+import caresync.replication.session
 from caresync.conflicts import RecordView
 from caresync.exceptions import InvalidFhirError
 from caresync.hub.model import HUB_PATH, RETRY_MAX_MS, retry_delay_ms
@@ -320,7 +320,7 @@ async def test_unmarked_patients_leave_the_outbox_and_older_laptops_still_sync(
     server = await start_server(tmp_path)
     laptop = await enrolled(tmp_path, server, "laptop")
     # A laptop of protocol version 6 (before HubReport) syncs with this server as before.
-    monkeypatch.setattr(caresync.replica, "_PROTOCOL_VERSIONS", (4, 5, 6))
+    monkeypatch.setattr(caresync.replication.session, "_PROTOCOL_VERSIONS", (4, 5, 6))
     older = await enrolled(tmp_path, server, "older", user="dr.b")
     try:
         record_id = await marked_patient(laptop)

@@ -1,0 +1,917 @@
+"""A laptop's connection to its server: one sync session, over a narrow host interface.
+
+A :class:`Session` drives the sans-I/O :class:`~caresync.protocol.ClientProtocol`
+over one :class:`~caresync.transport.Channel` for a :class:`SessionHost` (the
+replica, as far as a session may see it: its store, identity, limits, status,
+credentials, and the one path that commits what the server sends,
+:func:`caresync.replication.absorb.absorb`).
+
+**One reader.** As in websockets, one place feeds the protocol: a reader task,
+started when the channel opens, receives every frame, feeds it to the protocol
+and routes the events: live updates to the live committer (a bounded queue: a
+laptop that cannot keep up stops reading, and TCP slows the server down), every
+other event to whoever waits for a reply (:meth:`Session.expect`). When the
+reader ends (the link dropped, the server said Goodbye or refused us), every
+waiter gets why.
+
+Theory of operation of a round: push the outbox (entries leave it only when the
+server acknowledged their commit), finish the first copy, pull the change feed
+from the checkpoint (each batch committed with its checkpoint), send the audit
+trail. In live mode, after a round: subscribe; one task commits live updates,
+as many as have arrived, in one transaction with the checkpoint of the last;
+one task pushes the outbox whenever an edit wakes it, one batch at a time, each
+waiting for its acknowledgement. Whichever fails first ends the connection; the
+outbox is only ever emptied by acknowledgements, so no failure loses unsynced work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl as ssl_module
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from caresync.audit import AuditAction, AuditEntry, attempted_name
+from caresync.conflicts import Rulebook
+from caresync.credentials import key_fingerprint, verify_server_signature
+from caresync.exceptions import (
+    AuthenticationError,
+    CaresyncError,
+    ClientTooOldError,
+    ConnectionLostError,
+    InvalidInputError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    ReplicaRevokedError,
+    StorageError,
+    SyncRefusedError,
+)
+from caresync.logins import LaptopLogins
+from caresync.protocol import (
+    BATCH_OVERHEAD_BYTES,
+    MAX_AUDIT_ITEMS,
+    MAX_BATCH_ITEMS,
+    MAX_MAX_FRAME_BYTES,
+    SUPPORTED_VERSIONS,
+    AuditAck,
+    Authenticated,
+    ClientProtocol,
+    CopyBatch,
+    Error,
+    Goodbye,
+    HubItem,
+    HubReport,
+    LiveUpdate,
+    ProveServer,
+    PullBatch,
+    PushAck,
+    ServerProof,
+    Welcome,
+    audit_wire_size,
+    error_for,
+    item_wire_size,
+    server_proof_payload,
+)
+from caresync.records.persons import PersonCard
+from caresync.replication import meta
+from caresync.replication.status import ReplicaState, SyncStatus
+from caresync.storage import ConflictRow, Identity, Store
+from caresync.transport import Channel, connect_websocket
+from caresync.versions import CLIENT_VERSION, check_version
+
+__all__ = [
+    "COPY_BATCH_RECORDS",
+    "LIVE_QUEUE_ITEMS",
+    "MAX_HUB_REPORT_FRAMES",
+    "MAX_HUB_REPORT_ITEMS",
+    "PULL_LIMIT",
+    "PUSH_BATCH_BYTES",
+    "PUSH_BATCH_ITEMS",
+    "CopyProgress",
+    "LiveAttempt",
+    "ProgressCallback",
+    "Session",
+    "SessionHost",
+    "SyncLimits",
+    "SyncReport",
+]
+
+T = TypeVar("T")
+logger = logging.getLogger("caresync.replica")
+
+# A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
+_PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
+
+MAX_HUB_REPORT_FRAMES = 10_000
+"""The most HubReport frames one pull's report may take (each up to a frame's size)."""
+MAX_HUB_REPORT_ITEMS = 1_000_000
+"""The most summaries one pull's report may name (a server cannot fill a laptop's memory)."""
+PUSH_BATCH_ITEMS = 500
+PUSH_BATCH_BYTES = 4 * 1024 * 1024
+PULL_LIMIT = 1000
+COPY_BATCH_RECORDS = 500
+LIVE_QUEUE_ITEMS = 10_000
+"""Live updates received but not yet committed before the reader stops reading."""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyProgress:
+    """Progress of the first copy, reported after each committed batch."""
+
+    done_records: int
+    total_records: int
+    done_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What one sync round moved."""
+
+    uploaded: int
+    downloaded: int
+    conflicts_open: int
+    copied: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncLimits:
+    """Batch sizes a replica asks for and sends. The defaults suit a laptop."""
+
+    copy_batch_records: int = COPY_BATCH_RECORDS
+    """Records per first-copy batch: the unit that is committed, and resumed after."""
+    push_batch_items: int = PUSH_BATCH_ITEMS
+    """Outbox entries per push batch (each batch waits for its acknowledgement)."""
+    push_batch_bytes: int = PUSH_BATCH_BYTES
+    """Update bytes per push batch (one larger entry still goes alone)."""
+    pull_limit: int = PULL_LIMIT
+    """Feed entries per pull batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("copy_batch_records", "push_batch_items", "push_batch_bytes", "pull_limit"):
+            value = getattr(self, name)
+            top = MAX_MAX_FRAME_BYTES if name == "push_batch_bytes" else MAX_BATCH_ITEMS
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise InvalidInputError(f"{name} must be an integer in 1..{top}, not {value!r}")
+
+
+ProgressCallback = Callable[[CopyProgress], None]
+"""Called with the first copy's progress after each committed batch."""
+
+
+class SessionHost(Protocol):
+    """What a sync session may see and do of the replica it serves."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def limits(self) -> SyncLimits: ...
+
+    @property
+    def rulebook(self) -> Rulebook: ...
+
+    @property
+    def status(self) -> SyncStatus:
+        """The replica's state, which the session moves."""
+        ...
+
+    @property
+    def logins(self) -> LaptopLogins: ...
+
+    @property
+    def secret(self) -> bytes | None:
+        """The secret this replica proves at every login (None before enrolment)."""
+        ...
+
+    @property
+    def pinned_key(self) -> bytes | None:
+        """The server's public key, pinned at enrolment."""
+        ...
+
+    @property
+    def outbox_changed(self) -> asyncio.Event:
+        """Set whenever an edit is committed (wakes the live pusher)."""
+        ...
+
+    async def remember_credentials(
+        self, secret: bytes | None = None, pinned_key: bytes | None = None
+    ) -> None: ...
+
+    async def remember_client_versions(self, newest: str | None, least: str | None) -> None: ...
+
+    async def revoked(self, why: str) -> None:
+        """The server revoked this replica: lock it, for good."""
+        ...
+
+    @property
+    def enrolled(self) -> bool: ...
+
+    async def audit(
+        self,
+        action: AuditAction,
+        record_id: str | None = None,
+        detail: str | None = None,
+        *,
+        actor: str | None = None,
+    ) -> None: ...
+
+    async def take_in(
+        self,
+        updates: Sequence[tuple[str, bytes]],
+        checkpoint: tuple[str, str],
+        *,
+        absent: Collection[str] = (),
+        trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
+        trusted_persons: Mapping[str, PersonCard] | None = None,
+    ) -> None:
+        """Commit what the server sent with ``checkpoint`` (see ``Replica``)."""
+        ...
+
+    def acknowledged(self, count: int) -> None:
+        """``count`` outbox entries left the outbox (the server committed them)."""
+        ...
+
+    async def count_conflicts(self) -> int: ...
+
+
+def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
+    """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
+    cards: dict[str, PersonCard] = {}
+    for item in batch.persons or ():
+        try:
+            card = PersonCard.from_bytes(item.card)
+        except InvalidInputError as exc:
+            raise RemoteProtocolError(
+                f"the server sent record {item.record_id} with a bad person card: {exc}"
+            ) from None
+        if card.record_id != item.record_id:
+            raise RemoteProtocolError(
+                f"the server sent record {item.record_id} with the card of {card.record_id}"
+            )
+        cards[item.record_id] = card
+    return cards
+
+
+def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
+    """A first-copy batch's conflict rows, as the store's rows, per record."""
+    grouped: dict[str, list[ConflictRow]] = {}
+    for row in batch.conflicts or ():
+        grouped.setdefault(row.record_id, []).append(
+            ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
+        )
+    return {record_id: tuple(rows) for record_id, rows in grouped.items()}
+
+
+@dataclass(slots=True)
+class LiveAttempt:
+    """What one live connection got to: ONLINE at some point, in its live phase now."""
+
+    online: bool = False
+    live: bool = False
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+_ENDED = object()
+"""Put in the replies queue when the reader ends: every waiter then learns why."""
+
+
+class Session:
+    """One connection to the server, driving a ClientProtocol for a replica (its host)."""
+
+    def __init__(self, host: SessionHost, channel: Channel, protocol: ClientProtocol) -> None:
+        self.host = host
+        self.channel = channel
+        self.protocol = protocol
+        self.limits = host.limits
+        self._send_lock = asyncio.Lock()
+        self.server_key: bytes | None = None  # proven on this connection
+        self.include_own = False  # pull this replica's own updates too (after a restore)
+        self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
+        self._names_to_store: dict[str, str] | None = None  # account → display name
+        self._audit_after: int | None = None  # send own audit entries after this one
+        # What the reader routes: replies to whoever expects one, live updates (once
+        # subscribed) to the live committer.
+        self._replies: asyncio.Queue[object] = asyncio.Queue()
+        self._live_updates: asyncio.Queue[LiveUpdate] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._read_error: BaseException | None = None
+
+    @classmethod
+    def connect(
+        cls,
+        host: SessionHost,
+        url: str,
+        ssl: ssl_module.SSLContext | None,
+        expected_key: str | None = None,
+    ) -> SessionContext:
+        return SessionContext(host, url, ssl, expected_key)
+
+    def start_reading(self) -> None:
+        """Start the one reader of this session's channel."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+
+    async def stop_reading(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.wait({reader})
+
+    async def _read(self) -> None:
+        """The one place that feeds the protocol: every frame from the server comes here."""
+        try:
+            while True:
+                frame = await self.channel.recv()
+                try:
+                    self.protocol.receive_data(frame)  # raises a fatal Error's refusal
+                except CaresyncError:
+                    await self._send_last_words()
+                    raise
+                for event in self.protocol.events_received():
+                    if isinstance(event, LiveUpdate) and self._live_updates is not None:
+                        await self._live_updates.put(event)  # full: stop reading for now
+                        continue
+                    self._replies.put_nowait(event)
+                    if isinstance(event, Goodbye):
+                        raise ConnectionLostError(f"the server closed the session: {event.reason}")
+        except asyncio.CancelledError:
+            self._read_error = ConnectionLostError("the session was closed")
+            self._replies.put_nowait(_ENDED)
+            raise
+        except Exception as exc:  # noqa: BLE001 - kept for every waiter; the task ends quietly
+            self._read_error = exc
+            self._replies.put_nowait(_ENDED)
+
+    async def _next_reply(self) -> object:
+        event = await self._replies.get()
+        if event is _ENDED:
+            self._replies.put_nowait(_ENDED)  # for whoever waits next
+            raise self._read_error or ConnectionLostError("the session ended")
+        return event
+
+    async def prove_server(self, expected_key: str | None) -> None:
+        """Have the server prove it holds the pinned key (or, enrolling, the expected one).
+
+        Nothing secret has been sent yet. A proof that does not verify, or a key
+        other than the pinned one, fails the session with WrongServerError and
+        sends nothing more.
+        """
+        host = self.host
+        nonce = os.urandom(32)
+        self.protocol.prove_server(nonce)
+        proof = await self.expect(ServerProof)
+        payload = server_proof_payload(
+            nonce,
+            self.protocol.server_id or "",
+            self.protocol.replica_id,
+            self.channel.channel_binding,
+        )
+        shown = key_fingerprint(proof.server_key)
+        if not verify_server_signature(proof.server_key, payload, proof.signature):
+            self.protocol.reject_server(
+                f"the server at {self.channel.peer} could not prove its identity (its "
+                "signature does not verify for this connection); refusing to send anything"
+            )
+        pinned = host.pinned_key
+        if pinned is not None and proof.server_key != pinned:
+            self.protocol.reject_server(
+                f"the server at {self.channel.peer} holds key {shown}, not the key "
+                f"{key_fingerprint(pinned)} pinned when this laptop enrolled: an impostor, or "
+                "a server that was replaced; refusing to send anything"
+            )
+        if expected_key is not None and shown != expected_key:
+            self.protocol.reject_server(
+                f"the server at {self.channel.peer} holds key {shown}, not the expected "
+                f"{expected_key}; refusing to enrol"
+            )
+        self.protocol.confirm_server()
+        self.server_key = proof.server_key
+        if pinned is None and host.enrolled:
+            # Enrolled before servers had keys: pin this one from now on.
+            logger.warning("pinning server key %s for replica %s", shown, host.identity.replica_id)
+            await host.remember_credentials(pinned_key=proof.server_key)
+
+    async def flush(self) -> None:
+        """Send what the protocol queued.
+
+        After a failed send outside live mode, the reader is let finish: a server
+        that refuses (e.g. a revoked replica, right after Welcome) sends a fatal
+        Error and closes, and if our frame crossed that close the Error is still
+        buffered. The refusal it means tells the caller more than "connection lost".
+        """
+        try:
+            async with self._send_lock:
+                for frame in self.protocol.data_to_send():
+                    await self.channel.send(frame)
+        except ConnectionLostError:
+            reader = self._reader
+            if self._live_updates is None and reader is not None and self.channel.closed:
+                await asyncio.wait({reader})
+                why = self._read_error
+                if isinstance(why, CaresyncError) and not isinstance(why, ConnectionLostError):
+                    raise why from None
+            raise
+
+    async def _send_last_words(self) -> None:
+        """Send what the protocol queued on failing (the Error telling the server why).
+
+        The link may already be gone; then the server learns nothing more, and the
+        error that ended the session is what the caller sees.
+        """
+        try:
+            async with self._send_lock:
+                for frame in self.protocol.data_to_send():
+                    await self.channel.send(frame)
+        except ConnectionLostError as exc:
+            logger.debug("could not tell the server why the session ends: %s", exc)
+
+    async def expect(self, kind: type[T]) -> T:
+        """The next reply of ``kind`` (others are passed over); a refusal raises."""
+        while True:
+            await self.flush()
+            event = await self._next_reply()
+            if isinstance(event, kind):
+                return event
+            if isinstance(event, Error):
+                raise error_for(event.code, event.message)
+            if isinstance(event, Goodbye):
+                raise ConnectionLostError(f"the server closed the session: {event.reason}")
+
+    async def login(self, username: str, password: str, organisation: str) -> None:
+        """Log in with a password (and this replica's secret, once enrolled).
+
+        The new token and the offline-login hash are stored after the push
+        (:meth:`remember_login`): a laptop whose disk is full still gets its
+        work to the server.
+        """
+        self.protocol.authenticate(username, password, organisation, self.host.secret)
+        try:
+            session = await self.expect(Authenticated)
+        except AuthenticationError:
+            with contextlib.suppress(StorageError):  # the refusal is what the caller needs
+                await self.host.audit(
+                    "login-failed", None, "online", actor=attempted_name(username)
+                )
+            raise
+        self._token_to_store = (session.session_token, session.user, password)
+        await self._logged_in(session)
+
+    async def resume(self) -> None:
+        token = await self.host.store.get_meta(meta.SESSION_TOKEN)
+        if not token:
+            raise AuthenticationError("no session on this laptop: log in with a password")
+        if self.host.secret is None:
+            raise AuthenticationError(
+                "this laptop holds no replica secret yet: log in with a password once"
+            )
+        self.protocol.resume_session(token, self.host.secret)
+        await self._logged_in(await self.expect(Authenticated))
+
+    async def _logged_in(self, session: Authenticated) -> None:
+        host = self.host
+        if session.accounts is not None:
+            self._names_to_store = dict(session.accounts)
+        if session.replica_secret is not None:
+            # The server gave a replica enrolled before secrets its first one: keep it
+            # now, or this laptop could never log in again.
+            await host.remember_credentials(secret=session.replica_secret)
+        if session.pushed_up_to is not None:
+            await self.catch_up_after_restore(session.pushed_up_to)
+        await host.remember_client_versions(session.client_newest, session.client_min)
+        if session.audit_seq is not None and session.audit_hash is not None:
+            self._audit_after = await self._audit_start(session.audit_seq, session.audit_hash)
+
+    async def _audit_start(self, server_seq: int, server_hash: bytes) -> int:
+        """After which entry to send this laptop's audit chain, given the last the server
+        holds: that one if this copy holds it too; else (a copy restored from an older
+        one, whose chain went another way) after the last the server acknowledged to
+        this copy, which the server then keeps as a new line of the chain."""
+        store = self.host.store
+        if server_seq == 0:
+            return 0
+        held = await store.audit_entries(
+            replica_id=self.host.identity.replica_id, after_seq=server_seq - 1, limit=1
+        )
+        if held and held[0].seq == server_seq and held[0].hash == server_hash:
+            return server_seq
+        return int(await store.get_meta(meta.AUDIT_SENT) or 0)
+
+    async def push_audit(self) -> int:
+        """Send the entries of this laptop's audit chain the server does not hold, a
+        batch at a time, each acknowledged before the next (protocol version 7 on)."""
+        if not self.protocol.can_send_audit:
+            return 0
+        store = self.host.store
+        if self._audit_after is None:  # the login said nothing (an enrolment): what we know
+            self._audit_after = int(await store.get_meta(meta.AUDIT_SENT) or 0)
+        budget = min(self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES, 1 << 20)
+        sent = 0
+        from_start = False
+        while True:
+            entries = await store.audit_entries(
+                replica_id=self.host.identity.replica_id,
+                after_seq=self._audit_after,
+                limit=MAX_AUDIT_ITEMS,
+            )
+            if not entries:
+                return sent
+            batch: list[AuditEntry] = []
+            size = 0
+            for entry in entries:
+                entry_size = audit_wire_size(entry)
+                if batch and size + entry_size > budget:
+                    break
+                batch.append(entry)
+                size += entry_size
+            self.protocol.send_audit(batch)
+            try:
+                ack = await self.expect(AuditAck)
+            except (ProtocolError, SyncRefusedError) as refused:
+                if self.protocol.failure is not None:
+                    raise  # the connection ended: not a refusal of these entries alone
+                if self._audit_after and not from_start:
+                    # The server lacks an entry this copy thinks it holds (a server restored
+                    # from a backup): send the whole chain; it skips what it holds.
+                    from_start, self._audit_after = True, 0
+                    continue
+                # The records' sync goes on; the entries stay here, and are tried again.
+                logger.warning(
+                    "audit entries of %s refused: %s", self.host.identity.replica_id, refused
+                )
+                await store.set_meta(meta.AUDIT_REFUSED, str(refused))
+                return sent
+            self._audit_after = ack.up_to_seq
+            await store.set_meta(meta.AUDIT_SENT, str(ack.up_to_seq))
+            await store.set_meta(meta.AUDIT_REFUSED, "")
+            sent += sum(1 for entry in batch if entry.seq <= ack.up_to_seq)
+
+    async def catch_up_after_restore(self, pushed_up_to: int) -> None:
+        """If the server holds more of this replica's pushes than this copy knows of,
+        this copy is older than the replica (a backup, a snapshot, a copied file):
+        renumber what waits after the server's mark, and pull our own updates back.
+
+        Nothing would be lost without it (the server commits whatever is pushed,
+        whatever its number), but the numbering stays true and this copy gets
+        back the edits it made after the copy was taken.
+        """
+        store = self.host.store
+        outbox = await store.outbox_summary()
+        if pushed_up_to <= outbox.acknowledged_up_to:
+            return
+        logger.warning(
+            "replica %s: the server has committed its changes up to %d, this copy only "
+            "knows of %d (restored from an older copy?); renumbering %d waiting changes "
+            "and pulling this replica's own changes back",
+            self.host.identity.replica_id,
+            pushed_up_to,
+            outbox.acknowledged_up_to,
+            outbox.pending,
+        )
+        self.include_own = True
+        try:
+            await store.renumber_outbox(pushed_up_to, checkpoint=(meta.PULL_OWN, "1"))
+        except StorageError as exc:  # a full disk: pushing is still safe, pulling own too
+            logger.warning("could not renumber the outbox: %s", exc)
+
+    async def remember_login(self) -> None:
+        """Store the account names the server sent, and the session token and the
+        offline-login hash of a password login (whose account is then logged in)."""
+        if self._names_to_store is not None:
+            await self.host.logins.remember_names(self._names_to_store)
+            self._names_to_store = None
+        if self._token_to_store is None:
+            return
+        token, user, password = self._token_to_store
+        self._token_to_store = None
+        store = self.host.store
+        await store.set_meta(meta.SESSION_TOKEN, token)
+        await store.set_meta(meta.SESSION_USER, user)
+        await self.host.logins.logged_in_online(user, password)
+        await self.host.audit("login", None, "online", actor=user)
+
+    async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
+        host = self.host
+        host.status.move(ReplicaState.SYNCHRONISING)
+        await self.report_outbox()  # what waits, even if this round fails
+        # Push first: what this laptop holds alone reaches the server before
+        # anything is written here (a full disk must not keep work back).
+        try:
+            uploaded = await self.push()
+        except BaseException:
+            # The server accepted the password even if it refused the push (or the link
+            # dropped): the user is logged in, whatever happens to what waits.
+            with contextlib.suppress(StorageError):
+                await self.remember_login()
+            raise
+        await self.remember_login()
+        copied = await self.first_copy(progress)
+        await self.report_outbox()  # what is left
+        downloaded = await self.pull()
+        await self.push_audit()  # after the login's own entry, and anything read meanwhile
+        await host.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+        host.status.last_error = None
+        return SyncReport(
+            uploaded=uploaded,
+            downloaded=downloaded + copied,
+            conflicts_open=await host.count_conflicts(),
+            copied=copied,
+        )
+
+    async def report_outbox(self) -> None:
+        """Tell the server what waits in the outbox (protocol version 2 on), for operators."""
+        if self.protocol.can_report_outbox:
+            # One read: two would let an acknowledgement slip between them.
+            outbox = await self.host.store.outbox_summary()
+            self.protocol.report_outbox(outbox.pending, outbox.oldest_pending_ms)
+
+    async def first_copy(self, progress: ProgressCallback | None) -> int:
+        """Copy every record this replica may see, a batch per transaction, resumable.
+
+        The next batch is asked for before this one is committed, so the server
+        reads it while the laptop writes. A server whose rulebook is ours sends
+        each record's conflict rows, stored as they are (see :mod:`caresync.replication.index`).
+        """
+        store = self.host.store
+        if await store.get_meta(meta.COPY_DONE_MS) is not None:
+            return 0
+        resume = await store.get_meta(meta.COPY_RESUME) or None
+        rulebook = self.host.rulebook.fingerprint
+        batch_records = self.limits.copy_batch_records
+        copied = 0
+        self.protocol.request_copy(resume, batch_records, rulebook)
+        batch = await self.expect(CopyBatch)
+        while True:
+            if not batch.final:
+                self.protocol.request_copy(batch.last_record_id, batch_records, rulebook)
+                await self.flush()
+            if await store.get_meta(meta.COPY_CHECKPOINT) is None:
+                await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
+            if batch.records:
+                # Records after the resume point are new here, unless this laptop
+                # created them itself: one query instead of a lookup per record.
+                ours = set(await store.record_ids(after=resume))
+                await self.host.take_in(
+                    [(rec.record_id, rec.update) for rec in batch.records],
+                    checkpoint=(meta.COPY_RESUME, batch.last_record_id or ""),
+                    absent={r.record_id for r in batch.records} - ours,
+                    # Rows are taken as they are only with the records' cards (version 5
+                    # on): without them every record would have to be built anyway.
+                    trusted_rows=None if batch.persons is None else _rows_by_record(batch),
+                    trusted_persons=None if batch.persons is None else _persons_by_record(batch),
+                )
+                copied += len(batch.records)
+            resume = batch.last_record_id
+            if progress is not None:
+                progress(
+                    CopyProgress(
+                        batch.done_records, batch.total_records, batch.done_bytes, batch.total_bytes
+                    )
+                )
+            if batch.final:
+                break
+            batch = await self.expect(CopyBatch)
+        start = await store.get_meta(meta.COPY_CHECKPOINT) or "0"
+        if await store.get_meta(meta.CHECKPOINT) is None:
+            await store.set_meta(meta.CHECKPOINT, start)
+        await store.set_meta(meta.COPY_DONE_MS, str(time.time_ns() // 1_000_000))
+        return copied
+
+    async def push(self) -> int:
+        """Push the whole outbox, a batch at a time, each acknowledged before the next."""
+        store = self.host.store
+        uploaded = 0
+        after = 0
+        while True:
+            pending = await store.pending(self.limits.push_batch_items, after_seq=after)
+            if not pending:
+                return uploaded
+            # Within our own budget and within the largest frame the server accepts
+            # (one entry larger than that still goes alone, and the protocol says so).
+            budget = min(
+                self.limits.push_batch_bytes,
+                self.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES,
+            )
+            batch: list[tuple[int, str, bytes]] = []
+            size = 0
+            for item in pending:
+                item_size = item_wire_size(item.record_id, item.update)
+                if batch and size + item_size > budget:
+                    break
+                batch.append((item.seq, item.record_id, item.update))
+                size += item_size
+            self.protocol.push(batch)
+            ack = await self.expect(PushAck)
+            # Leave the outbox only what the server says it committed.
+            dropped = await store.acknowledge(ack.up_to_local_seq)
+            uploaded += dropped
+            after = ack.up_to_local_seq
+            if dropped:
+                self.host.acknowledged(dropped)
+
+    async def pull(self) -> int:
+        store = self.host.store
+        checkpoint = int(await store.get_meta(meta.CHECKPOINT) or 0)
+        own = self.include_own or await store.get_meta(meta.PULL_OWN) == "1"
+        downloaded = 0
+        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own)
+        batch = await self.expect(PullBatch)
+        while True:
+            if batch.more:
+                # Ask for the next batch before committing this one: the server
+                # reads it while this laptop writes.
+                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own)
+                await self.flush()
+            if batch.items or batch.checkpoint != checkpoint:
+                await self.host.take_in(
+                    [(i.record_id, i.update) for i in batch.items],
+                    checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
+                )
+            downloaded += len(batch.items)
+            checkpoint = batch.checkpoint
+            if not batch.more:
+                if own:  # caught up with our own changes: back to leaving them out
+                    await store.set_meta(meta.PULL_OWN, "0")
+                    self.include_own = False
+                await self.take_hub_report()
+                return downloaded
+            batch = await self.expect(PullBatch)
+
+    async def take_hub_report(self) -> None:
+        """Keep what the server says of the hub summaries after a pull (version 7 on).
+
+        The health-hub outbox (:mod:`caresync.hub`): a laptop shows what the server knows.
+        """
+        version = self.protocol.protocol_version
+        if version is None or version < HubReport.SINCE_VERSION:
+            return
+        from caresync.hub.status import store_report
+
+        items: list[HubItem] = []
+        for _frame in range(MAX_HUB_REPORT_FRAMES):  # bounded: a server cannot stream forever
+            report = await self.expect(HubReport)
+            if items and report.items and report.items[0].record_id <= items[-1].record_id:
+                raise RemoteProtocolError("a hub report's frames are not in record order")
+            items.extend(report.items)
+            if len(items) > MAX_HUB_REPORT_ITEMS:
+                raise RemoteProtocolError(
+                    f"a hub report of more than {MAX_HUB_REPORT_ITEMS} summaries"
+                )
+            if report.final:
+                await store_report(self.host.store, items)
+                return
+        raise RemoteProtocolError(f"a hub report of more than {MAX_HUB_REPORT_FRAMES} frames")
+
+    # ------------------------------------------------------------------- live
+
+    async def live(self, stop: asyncio.Event, attempt: LiveAttempt) -> None:
+        """Subscribe, then apply live updates and push new edits until ``stop`` or a failure."""
+        host = self.host
+        checkpoint = int(await host.store.get_meta(meta.CHECKPOINT) or 0)
+        # The queue before the Subscribe: the reader routes the backlog here as it arrives.
+        updates: asyncio.Queue[LiveUpdate] = asyncio.Queue(LIVE_QUEUE_ITEMS)
+        self._live_updates = updates
+        self.protocol.subscribe(checkpoint)
+        await self.flush()
+        attempt.online = attempt.live = True
+        host.status.move(ReplicaState.ONLINE)
+        host.outbox_changed.set()  # push whatever was written during the round
+        tasks = {
+            asyncio.create_task(self._commit_live(updates)),
+            asyncio.create_task(self._push_live()),
+        }
+        stopper = asyncio.create_task(_until(stop))
+        reader = self._reader
+        watched = {*tasks, stopper} if reader is None else {*tasks, stopper, reader}
+        try:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait({*tasks, stopper})
+            await host.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+        if reader is not None and reader in done and self._read_error is not None:
+            raise self._read_error
+        for task in done:
+            if task in tasks and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
+
+    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate]) -> None:
+        while True:
+            batch = [await updates.get()]
+            while not updates.empty() and len(batch) < self.limits.pull_limit:
+                batch.append(updates.get_nowait())
+            await self.host.take_in(
+                [(u.record_id, u.update) for u in batch],
+                checkpoint=(meta.CHECKPOINT, str(batch[-1].seq)),
+            )
+
+    async def _push_live(self) -> None:
+        changed = self.host.outbox_changed
+        while True:
+            await changed.wait()
+            changed.clear()  # an edit committed from now on wakes the next round
+            await self.push()
+            await self.push_audit()
+
+
+class SessionContext:
+    """``async with Session.connect(...)``: connect, hello, and always clean up."""
+
+    def __init__(
+        self,
+        host: SessionHost,
+        url: str,
+        ssl: ssl_module.SSLContext | None,
+        expected_key: str | None = None,
+    ) -> None:
+        self.host, self.url, self.ssl = host, url, ssl
+        self.expected_key = expected_key
+        self.session: Session | None = None
+
+    async def __aenter__(self) -> Session:
+        host = self.host
+        host.status.move(ReplicaState.CONNECTING)
+        try:
+            channel = await connect_websocket(self.url, ssl=self.ssl)
+        except BaseException as exc:
+            host.status.last_error = str(exc)
+            host.status.move(ReplicaState.OFFLINE)
+            raise
+        identity = host.identity
+        protocol = ClientProtocol(
+            replica_id=identity.replica_id if identity.server_id else None,
+            server_id=identity.server_id,
+            organisation=identity.organisation,
+            protocol_versions=_PROTOCOL_VERSIONS,
+            client_version=CLIENT_VERSION,
+        )
+        self.session = Session(host, channel, protocol)
+        self.session.start_reading()
+        try:
+            protocol.send_hello()
+            await self.session.expect(Welcome)
+            await self.session.prove_server(self.expected_key)
+        except BaseException as exc:
+            await self._finish(exc)
+            raise
+        return self.session
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        await self._finish(exc)
+
+    async def _finish(self, exc: BaseException | None) -> None:
+        """Say Goodbye if all went well, close, and keep what the session's end means.
+
+        The reader reads ahead: a refusal the server sent (a revoked replica, right
+        after Welcome) may have failed the protocol before our next request, which
+        then could not be sent. That refusal, not the request, is raised.
+        """
+        session = self.session
+        if session is None:
+            return
+        self.session = None
+        failure = session.protocol.failure
+        if isinstance(exc, LocalProtocolError) and failure is not None and failure is not exc:
+            await self._finish_with(session, failure)
+            raise failure from None
+        await self._finish_with(session, exc)
+
+    async def _finish_with(self, session: Session, exc: BaseException | None) -> None:
+        host = self.host
+        if exc is None and session.protocol.failure is None:
+            try:
+                session.protocol.close("sync done")
+                await session.flush()
+            except CaresyncError as goodbye_lost:  # the work is done; only the Goodbye is lost
+                logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
+        await session.channel.close()
+        await session.stop_reading()
+        error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
+        if isinstance(error, ReplicaRevokedError):
+            await host.revoked(str(error))
+            return
+        refusal = session.protocol.peer_error
+        if isinstance(error, ClientTooOldError) and refusal is not None:
+            newest, least = refusal.detail.get("client_newest"), refusal.detail.get("client_min")
+            if isinstance(newest, str) and isinstance(least, str):
+                with contextlib.suppress(InvalidInputError, StorageError):
+                    await host.remember_client_versions(check_version(newest), check_version(least))
+        if isinstance(exc, Exception):
+            host.status.last_error = str(exc) or type(exc).__name__
+        host.status.move(ReplicaState.OFFLINE)
