@@ -122,9 +122,9 @@ from caresync.storage import (
     Identity,
     IncomingUpdate,
     KdfParams,
+    LaptopStore,
     QuarantinedUpdate,
     SQLiteStore,
-    Store,
     key_file_for,
     own_identity,
 )
@@ -329,7 +329,7 @@ class Replica:
 
     def __init__(
         self,
-        store: Store,
+        store: LaptopStore,
         identity: Identity,
         *,
         rulebook: Rulebook,
@@ -444,7 +444,7 @@ class Replica:
     @classmethod
     async def from_store(
         cls,
-        store: Store,
+        store: LaptopStore,
         identity: Identity,
         *,
         rulebook: Rulebook = DEFAULT_RULEBOOK,

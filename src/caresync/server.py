@@ -94,7 +94,14 @@ from caresync.protocol import (
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.records.persons import person_card
-from caresync.storage import HubMark, IncomingUpdate, ReplicaInfo, SQLiteStore, Store, own_identity
+from caresync.storage import (
+    HubMark,
+    IncomingUpdate,
+    ReplicaInfo,
+    ServerStore,
+    SQLiteStore,
+    own_identity,
+)
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
     Channel,
@@ -252,7 +259,7 @@ class SyncServer:
 
     def __init__(
         self,
-        store: Store,
+        store: ServerStore,
         server_id: str,
         *,
         rulebook: Rulebook = DEFAULT_RULEBOOK,

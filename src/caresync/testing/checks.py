@@ -21,7 +21,7 @@ from caresync.conflicts import Rulebook
 from caresync.records import Record, crdt
 from caresync.replica import Replica
 from caresync.server import SyncServer
-from caresync.storage import Store
+from caresync.storage import ReplicaStore
 
 __all__ = ["Lag", "RecordSnapshot", "Snapshot", "describe_differences", "lag", "snapshot"]
 
@@ -119,7 +119,7 @@ Snapshot = dict[str, RecordSnapshot]
 
 
 async def snapshot(
-    store: Store, rulebook: Rulebook, *, organisation: str | None = None
+    store: ReplicaStore, rulebook: Rulebook, *, organisation: str | None = None
 ) -> Snapshot:
     """Every record of ``store`` (of one organisation, on a server) as revisions and conflicts."""
     result: Snapshot = {}
