@@ -5,8 +5,19 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection
 
-from caresync.exceptions import InvalidInputError
-from caresync.names import check_display_name, check_organisation, check_username
+from caresync.storage._arguments import (
+    check_enrolment,
+    check_new_user,
+    check_password_change,
+    check_secret_hash,
+    check_user,
+    check_user_display_name,
+    enrolled_already,
+    no_user,
+    not_enrolled,
+    secret_refused,
+    user_exists,
+)
 from caresync.storage.base import (
     ReplicaInfo,
     UserAccount,
@@ -40,11 +51,7 @@ class AccountsPart(SQLiteCore):
         display_name: str | None = None,
     ) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
-        check_organisation(organisation)
-        check_username(username)
-        check_text(password_hash, "password_hash", max_length=4096)
-        if display_name is not None:
-            check_display_name(display_name)
+        check_new_user(organisation, username, password_hash, display_name)
         now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> None:
@@ -53,7 +60,7 @@ class AccountsPart(SQLiteCore):
                     "SELECT 1 FROM users WHERE organisation = ? AND username = ?",
                     (organisation, username),
                 ).fetchone():
-                    raise InvalidInputError(f"user {username!r} exists in {organisation!r}")
+                    raise user_exists(organisation, username)
                 raw.execute(
                     "INSERT INTO users (organisation, username, password_hash, created_ms,"
                     " display_name) VALUES (?, ?, ?, ?, ?)",
@@ -66,8 +73,7 @@ class AccountsPart(SQLiteCore):
 
     async def get_user(self, organisation: str, username: str) -> UserAccount | None:
         """A user of the organisation, or None."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
+        check_user(organisation, username)
 
         def job(raw: sqlite3.Connection) -> UserAccount | None:
             row = raw.execute(
@@ -85,10 +91,7 @@ class AccountsPart(SQLiteCore):
         self, organisation: str, username: str, display_name: str | None
     ) -> None:
         """Set (or clear) how people see an account; InvalidInputError for an unknown user."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
-        if display_name is not None:
-            check_display_name(display_name)
+        check_user_display_name(organisation, username, display_name)
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
@@ -96,7 +99,7 @@ class AccountsPart(SQLiteCore):
                     "UPDATE users SET display_name = ? WHERE organisation = ? AND username = ?",
                     (display_name, organisation, username),
                 ).rowcount:
-                    raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+                    raise no_user(organisation, username)
 
             self._write(raw, body, accounts=True)
 
@@ -145,9 +148,7 @@ class AccountsPart(SQLiteCore):
         token taken before the change resumes nothing; ``end_sessions=False``
         keeps them (a rehash of the same password).
         """
-        check_text(organisation, "organisation")
-        check_text(username, "username")
-        check_text(password_hash, "password_hash", max_length=4096)
+        check_password_change(organisation, username, password_hash)
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
@@ -156,7 +157,7 @@ class AccountsPart(SQLiteCore):
                     (password_hash, organisation, username),
                 ).rowcount
                 if not changed:
-                    raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+                    raise no_user(organisation, username)
                 if end_sessions:
                     _end_user_sessions(raw, organisation, username)
 
@@ -166,8 +167,7 @@ class AccountsPart(SQLiteCore):
 
     async def set_user_disabled(self, organisation: str, username: str, disabled: bool) -> None:
         """Disable an account (its sessions end at once) or enable it again."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
+        check_user(organisation, username)
         when = self._now_ms() if disabled else None
 
         def job(raw: sqlite3.Connection) -> None:
@@ -179,7 +179,7 @@ class AccountsPart(SQLiteCore):
                     (when, when, organisation, username),
                 ).rowcount
                 if not changed:
-                    raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+                    raise no_user(organisation, username)
                 if disabled:
                     _end_user_sessions(raw, organisation, username)
 
@@ -197,11 +197,7 @@ class AccountsPart(SQLiteCore):
         secret_hash: str | None = None,
     ) -> ReplicaInfo:
         """Record a replica's enrolment; InvalidInputError for a replica id already known."""
-        check_text(replica_id, "replica_id")
-        check_text(organisation, "organisation")
-        check_optional_text(enrolled_by, "enrolled_by")
-        check_optional_text(device_name, "device_name")
-        check_optional_text(secret_hash, "secret_hash")
+        check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -217,7 +213,7 @@ class AccountsPart(SQLiteCore):
                 if raw.execute(
                     "SELECT 1 FROM replicas WHERE replica_id = ?", (replica_id,)
                 ).fetchone():
-                    raise InvalidInputError(f"replica {replica_id!r} is enrolled already")
+                    raise enrolled_already(replica_id)
                 raw.execute(
                     "INSERT INTO replicas (replica_id, organisation, enrolled_by, enrolled_ms,"
                     " device_name, secret_hash) VALUES (?, ?, ?, ?, ?, ?)",
@@ -262,8 +258,7 @@ class AccountsPart(SQLiteCore):
 
     async def set_replica_secret_hash(self, replica_id: str, secret_hash: str) -> None:
         """Give a replica enrolled without a secret its first one; never replaces one."""
-        check_text(replica_id, "replica_id")
-        check_text(secret_hash, "secret_hash")
+        check_secret_hash(replica_id, secret_hash)
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
@@ -273,9 +268,7 @@ class AccountsPart(SQLiteCore):
                     (secret_hash, replica_id),
                 ).rowcount
                 if not changed:
-                    raise InvalidInputError(
-                        f"replica {replica_id!r} is not enrolled here, or has a secret already"
-                    )
+                    raise secret_refused(replica_id)
 
             self._write(raw, body, accounts=True)
 
@@ -342,7 +335,7 @@ class AccountsPart(SQLiteCore):
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
                 if not raw.execute(sql, (*values, replica_id)).rowcount:
-                    raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
+                    raise not_enrolled(replica_id)
                 if end_sessions:
                     raw.execute("DELETE FROM sessions WHERE replica_id = ?", (replica_id,))
                     _bump_accounts_generation(raw)

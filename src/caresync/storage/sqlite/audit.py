@@ -6,9 +6,9 @@ import sqlite3
 from collections.abc import Sequence
 
 from caresync.audit.chain import AuditEntry, AuditEvent
+from caresync.storage._arguments import check_audit_append
 from caresync.storage._audit import (
     check_audit_query,
-    check_events,
     sql_append,
     sql_entries,
     sql_receive,
@@ -27,9 +27,7 @@ class AuditPart(SQLiteCore):
         self, events: Sequence[AuditEvent], *, replica_id: str | None = None
     ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own audit chain, in one transaction."""
-        checked = check_events(events)
-        if replica_id is not None:
-            check_text(replica_id, "replica_id")
+        checked = check_audit_append(events, replica_id)
         if not checked:
             return []
         now = self._now_ms()

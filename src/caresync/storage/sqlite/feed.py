@@ -6,12 +6,10 @@ import sqlite3
 from collections.abc import Collection
 
 from caresync.exceptions import CorruptDatabaseError
+from caresync.storage._arguments import check_feed_query
 from caresync.storage.base import (
     FeedItem,
     check_client_id,
-    check_count,
-    check_optional_text,
-    check_text,
 )
 from caresync.storage.sqlite._sql import _IN_CHUNK, _feed_head, _marks
 from caresync.storage.sqlite.core import SQLiteCore
@@ -53,11 +51,7 @@ class FeedPart(SQLiteCore):
         ``exclude_origin`` leaves out items written with that origin (they
         still count as passed for a caller that checkpoints at the head).
         """
-        check_count(after_seq, "after_seq")
-        check_count(limit, "limit")
-        check_optional_text(organisation, "organisation")
-        if exclude_origin is not None:
-            check_text(exclude_origin, "exclude_origin")
+        check_feed_query(after_seq, limit, organisation, exclude_origin)
         where = ["seq > ?"]
         args: list[object] = [after_seq]
         if organisation is not None:

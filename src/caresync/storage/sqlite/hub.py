@@ -5,15 +5,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 
-from caresync.exceptions import InvalidInputError
+from caresync.storage._arguments import check_hub_attempt, check_hub_outcome
 from caresync.storage._writes import PlannedRecord
 from caresync.storage.base import (
     HubMark,
     HubOutcome,
     HubSummaryRow,
-    check_count,
     check_optional_text,
-    check_text,
 )
 from caresync.storage.sqlite.core import SQLiteCore
 
@@ -77,8 +75,7 @@ class HubPart(SQLiteCore):
 
     async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
         """Note that a summary of the record is being sent now."""
-        check_text(record_id, "record_id")
-        check_count(attempted_ms, "attempted_ms")
+        check_hub_attempt(record_id, attempted_ms)
 
         def job(raw: sqlite3.Connection) -> None:
             self._write(
@@ -93,10 +90,7 @@ class HubPart(SQLiteCore):
 
     async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
         """Store what became of sending ``version`` (see :class:`HubOutcome`)."""
-        check_text(record_id, "record_id")
-        check_count(version, "version", minimum=1)
-        if not isinstance(outcome, HubOutcome):
-            raise InvalidInputError(f"outcome must be a HubOutcome, not {type(outcome).__name__}")
+        check_hub_outcome(record_id, version, outcome)
 
         def job(raw: sqlite3.Connection) -> bool:
             def body() -> bool:

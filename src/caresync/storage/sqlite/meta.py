@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from caresync.exceptions import InvalidInputError
-from caresync.storage._writes import check_meta_key, check_rebind
+from caresync.storage._arguments import check_meta
+from caresync.storage._writes import check_rebind
 from caresync.storage.base import Identity, check_text
 from caresync.storage.sqlite._sql import _put_meta, _read_identity
 from caresync.storage.sqlite.core import SQLiteCore
@@ -55,9 +55,7 @@ class MetaPart(SQLiteCore):
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a setting or checkpoint, committed before returning."""
-        check_meta_key(key)
-        if not isinstance(value, str):
-            raise InvalidInputError("meta values must be strings")
+        check_meta(key, value)
 
         def job(raw: sqlite3.Connection) -> None:
             self._write(raw, lambda: _put_meta(raw, key, value))

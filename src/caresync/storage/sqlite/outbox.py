@@ -6,21 +6,22 @@ import sqlite3
 from collections.abc import Sequence
 
 from caresync.audit.chain import AuditEvent
-from caresync.exceptions import CorruptDatabaseError, InvalidInputError
+from caresync.exceptions import CorruptDatabaseError
 from caresync.records.persons import PersonCard
+from caresync.storage._arguments import (
+    beyond_outbox,
+    check_outbox_page,
+    check_renumbering,
+    check_write_local,
+)
 from caresync.storage._audit import check_events, sql_append
-from caresync.storage._writes import PlannedRecord, Write, check_meta_key, local_writes, plan_writes
+from caresync.storage._writes import PlannedRecord, Write, local_writes, plan_writes
 from caresync.storage.base import (
     ConflictRow,
     IncomingUpdate,
     OutboxItem,
     OutboxSummary,
-    check_bytes,
-    check_conflicts,
     check_count,
-    check_optional_text,
-    check_person,
-    check_text,
 )
 from caresync.storage.sqlite._sql import _expect_sequence, _full, _put_meta, _scalar, _sequence
 from caresync.storage.sqlite.writes import RecordWritesPart
@@ -49,15 +50,7 @@ class OutboxPart(RecordWritesPart):
         ``person`` replaces the record's person card, and its pairs, in the same commit;
         ``audit`` is appended to this replica's audit chain in it too.
         """
-        check_text(record_id, "record_id")
-        events = check_events(audit)
-        write = Write(
-            record_id,
-            check_bytes(update, "update"),
-            None if conflicts is None else check_conflicts(record_id, conflicts),
-            check_optional_text(organisation, "organisation"),
-            check_person(record_id, person),
-        )
+        write, events = check_write_local(record_id, update, conflicts, organisation, person, audit)
         seqs = await self._run(
             f"writing record {record_id}", lambda raw: self._write_local(raw, [write], events)
         )
@@ -111,8 +104,7 @@ class OutboxPart(RecordWritesPart):
 
     async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
         """Up to ``limit`` unacknowledged local updates with seq > ``after_seq``, oldest first."""
-        check_count(limit, "limit")
-        check_count(after_seq, "after_seq")
+        check_outbox_page(limit, after_seq)
 
         def job(raw: sqlite3.Connection) -> list[OutboxItem]:
             return [
@@ -153,10 +145,7 @@ class OutboxPart(RecordWritesPart):
             def body() -> int:
                 head = _sequence(raw, "outbox")
                 if up_to_seq > head:
-                    raise InvalidInputError(
-                        f"cannot acknowledge up to {up_to_seq}: this replica's outbox has only "
-                        f"reached {head}"
-                    )
+                    raise beyond_outbox(up_to_seq, head)
                 return raw.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)).rowcount
 
             return self._write(raw, body)
@@ -181,10 +170,7 @@ class OutboxPart(RecordWritesPart):
         self, above: int, *, checkpoint: tuple[str, str] | None = None
     ) -> int:
         """Number every waiting update after ``above`` and every seq given out, in order."""
-        check_count(above, "above")
-        if checkpoint is not None:
-            check_meta_key(checkpoint[0])
-            check_text(checkpoint[1], "checkpoint value", max_length=4096)
+        check_renumbering(above, checkpoint)
 
         def job(raw: sqlite3.Connection) -> int:
             def body() -> int:

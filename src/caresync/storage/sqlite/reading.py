@@ -6,13 +6,12 @@ import sqlite3
 from collections.abc import Sequence
 
 from caresync.records.persons import PairState, PersonCard, PersonPair
+from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
 from caresync.storage._updates import EMPTY_UPDATE, merge
 from caresync.storage.base import (
     ConflictRow,
     QuarantinedUpdate,
-    check_count,
     check_optional_text,
-    check_pair_state,
     check_record_ids,
     check_text,
 )
@@ -141,9 +140,8 @@ class ReadingPart(SQLiteCore):
         self, organisation: str | None = None, *, after: str | None = None, limit: int | None = None
     ) -> list[str]:
         """Record ids in ascending order, after ``after``: pages for a first copy."""
-        check_optional_text(organisation, "organisation")
-        check_optional_text(after, "after")
-        lim = -1 if limit is None else check_count(limit, "limit")
+        checked = check_record_page(organisation, after, limit)
+        lim = -1 if checked is None else checked
         if organisation is None:
             sql = "SELECT record_id FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?"
             args: tuple[object, ...] = (after or "", lim)
@@ -209,8 +207,8 @@ class ReadingPart(SQLiteCore):
 
         ``after`` is the (record_id, id) of the last row of the previous page.
         """
-        check_optional_text(record_id, "record_id")
-        lim = -1 if limit is None else check_count(limit, "limit")
+        checked = check_conflict_page(record_id, limit)
+        lim = -1 if checked is None else checked
         after_key = ("", "") if after is None else (str(after[0]), str(after[1]))
         columns = "id, record_id, kind, subject, severity, payload"
         if record_id is None:
@@ -303,9 +301,7 @@ class ReadingPart(SQLiteCore):
         CorruptDatabaseError, naming the two records, for a stored pair that
         does not parse or does not match its row.
         """
-        check_optional_text(record_id, "record_id")
-        wanted = check_pair_state(state)
-        check_optional_text(organisation, "organisation")
+        wanted = check_pair_query(record_id, state, organisation)
         where: list[str] = []
         args: list[object] = []
         if wanted is not None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import sqlite3
 
-from caresync.exceptions import InvalidInputError
+from caresync.storage._arguments import (
+    check_binding,
+    check_session,
+    no_unbound_session,
+    session_stored,
+)
 from caresync.storage._cipher import INTEGRITY_ERRORS
 from caresync.storage.base import SessionRow, check_session_selector, check_text
 from caresync.storage.sqlite._sql import _scalar
@@ -66,8 +71,7 @@ class SessionsPart(SQLiteCore):
 
     async def add_session(self, session: SessionRow) -> None:
         """Store a new session; InvalidInputError for a token hash already stored."""
-        if not isinstance(session, SessionRow):
-            raise InvalidInputError(f"a session must be a SessionRow, not {type(session).__name__}")
+        check_session(session)
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
@@ -85,7 +89,7 @@ class SessionsPart(SQLiteCore):
                         ),
                     )
                 except INTEGRITY_ERRORS:
-                    raise InvalidInputError("that session token is stored already") from None
+                    raise session_stored() from None
                 if session.replica_id is not None:
                     _note_replica_account(
                         raw, session.replica_id, session.username, session.created_ms
@@ -111,8 +115,7 @@ class SessionsPart(SQLiteCore):
 
     async def bind_session(self, token_hash: str, replica_id: str) -> None:
         """Bind a session opened before enrolment to its new replica (only an unbound one)."""
-        check_text(token_hash, "token_hash")
-        check_text(replica_id, "replica_id")
+        check_binding(token_hash, replica_id)
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
@@ -121,7 +124,7 @@ class SessionsPart(SQLiteCore):
                     " AND replica_id IS NULL",
                     (replica_id, token_hash),
                 ).rowcount:
-                    raise InvalidInputError("no unbound session with that token")
+                    raise no_unbound_session()
                 (username,) = raw.execute(
                     "SELECT username FROM sessions WHERE token_hash = ?", (token_hash,)
                 ).fetchone()

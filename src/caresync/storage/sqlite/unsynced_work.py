@@ -11,9 +11,9 @@ from functools import partial
 from caresync.audit.chain import AuditEvent
 from caresync.exceptions import ExportFileError, UnsyncedChangesError
 from caresync.records.persons import PersonCard
+from caresync.storage._arguments import imported_writes
 from caresync.storage._audit import check_events
-from caresync.storage._writes import Write
-from caresync.storage.base import ConflictRow, StrPath, import_conflicts, import_persons
+from caresync.storage.base import ConflictRow, StrPath
 from caresync.storage.sqlite._sql import _read_identity
 from caresync.storage.sqlite.outbox import OutboxPart
 from caresync.storage.unsynced import (
@@ -70,13 +70,7 @@ class UnsyncedPart(OutboxPart):
         """
         events = check_events(audit)
         export = await asyncio.to_thread(partial(read_export_file, key=self._key), path)
-        ids = [u.record_id for u in export.updates]
-        rows_at = import_conflicts(ids, conflicts)
-        cards_at = import_persons(ids, persons)
-        writes = [
-            Write(u.record_id, u.update, rows_at.get(i), u.organisation, cards_at.get(i))
-            for i, u in enumerate(export.updates)
-        ]
+        writes = imported_writes(export.updates, conflicts, persons)
         seqs = await self._run(
             "importing unsynced changes", lambda raw: self._write_local(raw, writes, events)
         )

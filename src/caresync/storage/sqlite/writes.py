@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from caresync.exceptions import CorruptDatabaseError, UnknownRecordError
 from caresync.records.persons import PersonCard
+from caresync.storage._arguments import check_write_remote_call
 from caresync.storage._writes import (
     PersonWrite,
     PlannedRecord,
     WriteLike,
-    check_meta_key,
     plan_writes,
 )
 from caresync.storage.base import (
@@ -20,14 +20,10 @@ from caresync.storage.base import (
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
-    check_client_claims,
     check_conflicts,
     check_conflicts_by_record,
-    check_hub_marks,
     check_persons_by_record,
-    check_quarantine,
     check_text,
-    check_write_remote,
     hub_versions,
     unknown_records_error,
 )
@@ -70,12 +66,9 @@ class RecordWritesPart(SQLiteCore):
         (a resent update is stored once). Remote updates never enter the outbox.
         ``quarantine``: updates that could not be merged, kept aside with them.
         """
-        writes = check_write_remote(items, checkpoint, to_feed, origin)
-        kept_aside = check_quarantine(quarantine)
-        claims = check_client_claims(claim_clients)
-        marks = check_hub_marks(hub, to_feed)
-        if checkpoint is not None:
-            check_meta_key(checkpoint[0])
+        writes, kept_aside, claims, marks = check_write_remote_call(
+            items, checkpoint, to_feed, origin, quarantine, claim_clients, hub
+        )
         now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> list[int]:
