@@ -12,18 +12,30 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
+from caresync.audit import GENESIS, AuditEvent, link
+from caresync.audit.chain import AuditEntry
 from caresync.records import Record
-from caresync.storage import ConflictRow
+from caresync.storage import ConflictRow, Identity, ReplicaStore, SessionRow
 from caresync.storage._updates import same_state_vector
 
 __all__ = [
+    "READ",
+    "WRITE",
     "FakeClock",
     "Patient",
+    "audit_chain",
     "conflict",
     "digest",
     "revision_ids",
     "same_vector",
+    "session_row",
+    "set_laptop_identity",
 ]
+
+READ = AuditEvent("dr.a", "read", "rec-1")
+"""An audit event: dr.a read rec-1."""
+WRITE = AuditEvent("dr.a", "write", "rec-1")
+"""An audit event: dr.a wrote rec-1."""
 
 _ids = itertools.count()
 
@@ -107,3 +119,32 @@ def digest(path: Path) -> str:
 def same_vector(a: bytes, b: bytes) -> bool:
     """Two encoded state vectors that say the same (clients may come in any order)."""
     return same_state_vector(a, b)
+
+
+async def set_laptop_identity(store: ReplicaStore, replica_id: str = "laptop-7") -> None:
+    """Give the store a laptop's identity, so that it has an audit chain of its own."""
+    await store.set_identity(Identity(replica_id, "laptop"))
+
+
+def audit_chain(
+    replica_id: str, count: int, *, start: tuple[int, bytes] = (0, GENESIS), actor: str = "dr.a"
+) -> list[AuditEntry]:
+    """``count`` linked entries of ``replica_id``'s chain, after ``start`` (number, hash)."""
+    entries = []
+    seq, previous = start
+    for _ in range(count):
+        entry = link(
+            AuditEvent(actor, "read", "rec-1"),
+            replica_id=replica_id,
+            seq=seq + 1,
+            at_ms=1_000 + seq,
+            prev_hash=previous,
+        )
+        entries.append(entry)
+        seq, previous = entry.seq, entry.hash
+    return entries
+
+
+def session_row(token: str, *, replica: str | None = "r1", user: str = "dr.a") -> SessionRow:
+    """A session of ``user`` of the organisation "clinic" (token hash ``hash-<token>``)."""
+    return SessionRow(f"hash-{token}", "clinic", user, replica, 1_000, 5_000)

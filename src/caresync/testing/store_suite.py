@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ import pytest
 import pytest_asyncio
 from pycrdt import get_state
 
+from caresync.audit import GENESIS, AuditEvent, link, verify_chain
+from caresync.audit.chain import verify_trail
 from caresync.exceptions import (
+    AuditError,
     CaresyncError,
     ExportFileError,
     InvalidInputError,
@@ -62,18 +66,25 @@ from caresync.storage import (
     IncomingUpdate,
     LaptopStore,
     MemoryStore,
+    QuarantinedUpdate,
     ReplicaStore,
     ServerStore,
     SessionRow,
     Store,
 )
+from caresync.storage._audit import MAX_LINES
 from caresync.testing.store_data import (
+    READ,
+    WRITE,
     FakeClock,
     Patient,
+    audit_chain,
     conflict,
     digest,
     revision_ids,
     same_vector,
+    session_row,
+    set_laptop_identity,
 )
 
 __all__ = [
@@ -255,6 +266,57 @@ class ReplicaStoreSuite:
             await store.write_remote([], checkpoint=("caresync.x", "1"))
         with pytest.raises(InvalidInputError):
             await store.set_meta("k", 5)  # type: ignore[arg-type]
+
+    # the audit trail
+
+    async def test_entries_are_numbered_and_chained_in_order(self, store: ReplicaStore) -> None:
+        await set_laptop_identity(store)
+        first = await store.append_audit([READ])
+        second = await store.append_audit([WRITE, READ])
+        entries = await store.audit_entries()
+        assert entries == first + second
+        assert [e.seq for e in entries] == [1, 2, 3]
+        assert entries[0].prev_hash == GENESIS
+        assert entries[1].prev_hash == entries[0].hash
+        assert verify_chain(entries, replica_id="laptop-7").ok
+        assert await store.audit_tail() == (3, entries[-1].hash)
+        assert await store.audit_entries(after_seq=2) == entries[2:]
+        assert await store.audit_entries(record_id="nope") == []
+        assert await store.audit_entries(limit=1) == entries[:1]
+
+    async def test_without_an_identity_there_is_no_chain_to_append_to(
+        self, store: ReplicaStore
+    ) -> None:
+        with pytest.raises(Exception, match="no replica yet"):
+            await store.append_audit([READ])
+
+    # sessions, secrets, client owners, the outbox summary, the quarantine
+
+    async def test_record_organisations(self, store: ReplicaStore) -> None:
+        a, b = Patient(), Patient()
+        await store.write_remote([IncomingUpdate(a.id, a.created, None, "clinic")])
+        await store.write_remote([IncomingUpdate(b.id, b.created, None, "other")])
+        found = await store.record_organisations([a.id, b.id, "nope"])
+        assert found == {a.id: "clinic", b.id: "other"}
+
+    async def test_updates_kept_aside_are_stored_with_the_batch(self, store: ReplicaStore) -> None:
+        patient = Patient()
+        kept = QuarantinedUpdate(patient.id, b"\x01\x02 not an update", "not a valid update")
+        await store.write_remote(
+            [IncomingUpdate(patient.id, patient.created, None)],
+            checkpoint=("sync.checkpoint", "7"),
+            quarantine=[kept],
+        )
+        assert await store.count_quarantined() == 1
+        [found] = await store.quarantined()
+        assert (found.record_id, found.update, found.reason) == (
+            patient.id,
+            kept.update,
+            kept.reason,
+        )
+        assert found.id >= 1
+        assert await store.quarantined("another-record") == []
+        assert await store.get_meta("sync.checkpoint") == "7"
 
 
 class LaptopStoreSuite(ReplicaStoreSuite):
@@ -758,6 +820,64 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         with pytest.raises(StorageError):
             await store.set_conflicts_many({"r": []})
 
+    # the audit trail
+
+    async def test_an_entry_commits_with_the_edit_it_records_or_not_at_all(
+        self, store: LaptopStore
+    ) -> None:
+        await set_laptop_identity(store)
+        patient = Patient()
+        await store.write_local(patient.id, patient.created, conflicts=[], audit=[WRITE])
+        assert [e.action for e in await store.audit_entries()] == ["write"]
+        with pytest.raises(InvalidUpdateError):
+            await store.write_local(patient.id, b"not an update", conflicts=[], audit=[WRITE])
+        assert len(await store.audit_entries()) == 1  # the refused edit left no entry
+        bad_event = AuditEvent("x" * 1000, "write", patient.id)
+        with pytest.raises(InvalidInputError):
+            await store.write_local(patient.id, patient.edit(), conflicts=[], audit=[bad_event])
+        assert await store.log_length(patient.id) == 1  # and an entry that cannot be made: no edit
+
+    # sessions, secrets, client owners, the outbox summary, the quarantine
+
+    async def test_the_outbox_summary_agrees_with_itself(self, store: LaptopStore) -> None:
+        patient = Patient()
+        empty = await store.outbox_summary()
+        assert (empty.pending, empty.oldest_pending_ms, empty.first_seq, empty.last_seq) == (
+            0,
+            None,
+            None,
+            0,
+        )
+        for _ in range(3):
+            await store.write_local(patient.id, patient.edit(), conflicts=None)
+        summary = await store.outbox_summary()
+        assert (summary.pending, summary.first_seq, summary.last_seq) == (3, 1, 3)
+        assert summary.acknowledged_up_to == 0
+        await store.acknowledge(2)
+        summary = await store.outbox_summary()
+        assert (summary.pending, summary.first_seq, summary.acknowledged_up_to) == (1, 3, 2)
+        await store.acknowledge(3)
+        assert (await store.outbox_summary()).acknowledged_up_to == 3
+
+    async def test_renumbering_moves_waiting_updates_past_the_servers_mark(
+        self, store: LaptopStore
+    ) -> None:
+        patient = Patient()
+        for _ in range(3):
+            await store.write_local(patient.id, patient.edit(), conflicts=None)
+        await store.acknowledge(1)
+        waiting = [(i.record_id, i.update) for i in await store.pending()]
+        assert await store.renumber_outbox(10, checkpoint=("pull.include_own", "1")) == 2
+        after = await store.pending()
+        assert [i.seq for i in after] == [11, 12]
+        assert [(i.record_id, i.update) for i in after] == waiting  # the same, in order
+        assert await store.get_meta("pull.include_own") == "1"
+        seq = await store.write_local(patient.id, patient.edit(), conflicts=None)
+        assert seq == 13  # later writes follow
+        # A mark below what this replica gave out renumbers after its own last number.
+        assert await store.renumber_outbox(0) == 3
+        assert [i.seq for i in await store.pending()] == [14, 15, 16]
+
 
 class ServerStoreSuite(ReplicaStoreSuite):
     """What a server's store must do besides: the change feed, accounts, replicas, sessions."""
@@ -983,6 +1103,161 @@ class ServerStoreSuite(ReplicaStoreSuite):
         got = await store.get_replica("laptop-7")
         assert got is not None
         assert (got.last_seen_ms, got.pending) == (clock.now, 0)  # nothing stored half-way
+
+    # the audit trail
+
+    async def test_a_server_keeps_a_replicas_chain_and_a_resend_once(
+        self, store: ServerStore
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        sent = audit_chain("laptop-7", 5)
+        assert await store.receive_audit("laptop-7", sent[:3]) == 3
+        assert await store.receive_audit("laptop-7", sent[1:]) == 5  # overlaps what is held
+        assert await store.receive_audit("laptop-7", sent[:2]) == 2  # all held: nothing new
+        held = await store.audit_entries(replica_id="laptop-7")
+        assert held == sent
+        assert await store.audit_tail("laptop-7") == (5, sent[-1].hash)
+        await store.append_audit([AuditEvent("dr.a", "login")])  # the server's own chain
+        assert verify_trail(await store.audit_entries()).ok
+
+    async def test_a_server_refuses_entries_that_continue_nothing_or_are_forged(
+        self,
+        store: ServerStore,
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        sent = audit_chain("laptop-7", 4)
+        with pytest.raises(AuditError, match="send the entries before it"):
+            await store.receive_audit("laptop-7", sent[2:])
+        with pytest.raises(AuditError, match="only laptop-9's own"):
+            await store.receive_audit("laptop-9", sent[:1])
+        forged = replace(sent[0], actor="dr.b")  # its hash no longer covers it
+        with pytest.raises(AuditError, match="does not match its content"):
+            await store.receive_audit("laptop-7", [forged])
+        with pytest.raises(AuditError, match="does not follow"):
+            await store.receive_audit("laptop-7", [sent[0], sent[2]])
+        assert await store.audit_entries() == []  # nothing kept of any of them
+        # A time is the laptop's claim: one dated ahead (a clock set wrong) is kept as it came.
+        future = link(READ, replica_id="laptop-7", seq=1, at_ms=2**60, prev_hash=GENESIS)
+        assert await store.receive_audit("laptop-7", [future]) == 1
+
+    async def test_a_copy_restored_from_an_older_one_goes_on_as_a_new_line(
+        self, store: ServerStore
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        lost = audit_chain("laptop-7", 5)
+        await store.receive_audit("laptop-7", lost)
+        # The restored copy had entries 1-2; it wrote 3-4 of its own since.
+        restored = audit_chain("laptop-7", 2, start=(2, lost[1].hash), actor="dr.b")
+        assert await store.receive_audit("laptop-7", restored) == 4
+        held = await store.audit_entries(replica_id="laptop-7")
+        assert [(e.line, e.seq) for e in held] == [
+            (0, 1),
+            (0, 2),
+            (0, 3),
+            (0, 4),
+            (0, 5),
+            (1, 3),
+            (1, 4),
+        ]
+        assert await store.audit_tail("laptop-7") == (4, restored[-1].hash)
+        more = audit_chain("laptop-7", 1, start=(4, restored[-1].hash))
+        await store.receive_audit("laptop-7", more)
+        assert [e.line for e in await store.audit_entries(replica_id="laptop-7", after_seq=4)] == [
+            0,
+            1,
+        ]
+        assert verify_trail(await store.audit_entries()).ok
+
+    async def test_a_line_from_the_start_verifies_and_lines_are_bounded(
+        self, store: ServerStore
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        await store.receive_audit("laptop-7", audit_chain("laptop-7", 2))
+        # A copy taken before the laptop's first entry starts again from the beginning.
+        for n in range(MAX_LINES - 1):
+            await store.receive_audit("laptop-7", audit_chain("laptop-7", 1, actor=f"dr.{n}"))
+        assert verify_trail(await store.audit_entries()).ok
+        with pytest.raises(AuditError, match="no more are kept"):
+            await store.receive_audit("laptop-7", audit_chain("laptop-7", 1, actor="dr.z"))
+        lines = {e.line for e in await store.audit_entries(replica_id="laptop-7")}
+        assert lines == set(range(MAX_LINES))
+
+    # sessions, secrets, client owners, the outbox summary, the quarantine
+
+    async def test_sessions_are_stored_by_hash_bound_and_ended(self, store: ServerStore) -> None:
+        await store.add_user("clinic", "dr.a", "argon-hash")
+        await store.enrol_replica("r1", "clinic", enrolled_by="dr.a", secret_hash="s1")
+        await store.add_session(session_row("a"))
+        await store.add_session(session_row("b", replica=None))
+        with pytest.raises(InvalidInputError, match="stored already"):
+            await store.add_session(session_row("a"))
+        assert await store.get_session("hash-a") == session_row("a")
+        await store.bind_session("hash-b", "r1")
+        with pytest.raises(InvalidInputError, match="no unbound session"):
+            await store.bind_session("hash-b", "r2")  # bound once, for good
+        assert (await store.get_session("hash-b")) == session_row("b")
+        generation = await store.accounts_generation()
+        assert await store.end_sessions(expired_at_ms=4_999) == 0
+        assert await store.accounts_generation() == generation  # expiry ends nothing early
+        await store.revoke_replica("r1")
+        assert await store.get_session("hash-a") is None
+        assert await store.get_session("hash-b") is None
+        assert await store.accounts_generation() > generation
+
+    async def test_a_new_password_and_a_disabled_account_end_the_users_sessions(
+        self,
+        store: ServerStore,
+    ) -> None:
+        await store.add_user("clinic", "dr.a", "argon-hash")
+        await store.add_user("clinic", "dr.b", "argon-hash")
+        await store.add_session(session_row("a"))
+        await store.add_session(session_row("b", user="dr.b"))
+        await store.set_password_hash("clinic", "dr.a", "rehash", end_sessions=False)
+        assert await store.get_session("hash-a") is not None
+        await store.set_password_hash("clinic", "dr.a", "new password's hash")
+        assert await store.get_session("hash-a") is None
+        assert await store.get_session("hash-b") is not None
+        await store.set_user_disabled("clinic", "dr.b", True)
+        assert await store.get_session("hash-b") is None
+        account = await store.get_user("clinic", "dr.b")
+        assert account is not None
+        assert account.disabled
+        await store.set_user_disabled("clinic", "dr.b", False)
+        account = await store.get_user("clinic", "dr.b")
+        assert account is not None
+        assert not account.disabled
+        with pytest.raises(InvalidInputError, match="no user"):
+            await store.set_user_disabled("clinic", "nobody", True)
+
+    async def test_end_sessions_takes_exactly_one_way_of_choosing(self, store: ServerStore) -> None:
+        with pytest.raises(InvalidInputError, match="exactly one"):
+            await store.end_sessions()
+        with pytest.raises(InvalidInputError, match="exactly one"):
+            await store.end_sessions(replica_id="r1", expired_at_ms=5)
+        await store.add_session(session_row("a"))
+        assert await store.end_sessions(token_hash="hash-a") == 1
+
+    async def test_replica_secrets_are_given_once(self, store: ServerStore) -> None:
+        await store.enrol_replica("r1", "clinic", device_name="ward laptop 3", secret_hash="s1")
+        await store.enrol_replica("r2", "clinic")  # enrolled before secrets existed
+        assert await store.replica_secret_hash("r1") == "s1"
+        assert await store.replica_secret_hash("r2") is None
+        with pytest.raises(InvalidInputError, match="has a secret already"):
+            await store.set_replica_secret_hash("r1", "s1-again")
+        await store.set_replica_secret_hash("r2", "s2")
+        assert await store.replica_secret_hash("r2") == "s2"
+        info = await store.get_replica("r1")
+        assert info is not None
+        assert info.device_name == "ward laptop 3"
+
+    async def test_yjs_clients_keep_their_first_owner(self, store: ServerStore) -> None:
+        patient = Patient()
+        item = IncomingUpdate(patient.id, patient.created, None, "clinic")
+        await store.write_remote([item], to_feed=True, claim_clients={7: "r1", 2**52: "r1"})
+        await store.write_remote([item], to_feed=True, claim_clients={7: "r2", 9: "r2"})
+        assert await store.client_owners([7, 9, 2**52, 11]) == {7: "r1", 9: "r2", 2**52: "r1"}
+        with pytest.raises(InvalidInputError, match="Yjs client id"):
+            await store.client_owners([2**53])
 
 
 class StoreConformance(LaptopStoreSuite, ServerStoreSuite):
