@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from pycrdt import Doc, Map
 from caresync.audit import GENESIS, AuditEvent, link
 from caresync.audit.chain import AuditEntry
 from caresync.records import Record
-from caresync.storage import ConflictRow, Identity, ReplicaStore, SessionRow
+from caresync.records.persons import PersonCard, PersonPair, pair_of, person_card
+from caresync.storage import ConflictRow, Identity, IncomingUpdate, ReplicaStore, SessionRow
 from caresync.storage._updates import same_state_vector
 
 __all__ = [
@@ -24,12 +26,17 @@ __all__ = [
     "FakeClock",
     "Patient",
     "audit_chain",
+    "card",
     "conflict",
     "digest",
+    "incoming",
+    "oracle",
+    "registered",
     "revision_ids",
     "same_vector",
     "session_row",
     "set_laptop_identity",
+    "whole",
 ]
 
 READ = AuditEvent("dr.a", "read", "rec-1")
@@ -148,3 +155,47 @@ def audit_chain(
 def session_row(token: str, *, replica: str | None = "r1", user: str = "dr.a") -> SessionRow:
     """A session of ``user`` of the organisation "clinic" (token hash ``hash-<token>``)."""
     return SessionRow(f"hash-{token}", "clinic", user, replica, 1_000, 5_000)
+
+
+# The person index: records with identifying fields, and the pairs their cards make.
+
+
+def registered(
+    name: str, birth: str = "1990-04-12", *, sex: str | None = "female", replica: str = "laptop-a"
+) -> Patient:
+    """A record with its identifying fields written (each write's update kept)."""
+    p = Patient(replica)
+    p.edit("name", name)
+    p.edit("birthDate", birth)
+    if sex is not None:
+        p.edit("sex", sex)
+    return p
+
+
+def whole(p: Patient) -> bytes:
+    """The record as one update (its creation and every edit)."""
+    return p.record.update_since()
+
+
+def card(p: Patient) -> PersonCard:
+    """The record's person card, as it stands."""
+    return person_card(p.record)
+
+
+def incoming(p: Patient, org: str | None = None, *, person: bool = True) -> IncomingUpdate:
+    """The whole record as received from a peer, with its card (unless ``person=False``)."""
+    return IncomingUpdate(p.id, whole(p), None, org, card(p) if person else None)
+
+
+def oracle(cards: Mapping[str, tuple[str | None, PersonCard]]) -> list[PersonPair]:
+    """Every pair the final cards make: cards of one organisation sharing a key, compared."""
+    ids = sorted(cards)
+    pairs = []
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            (org_a, card_a), (org_b, card_b) = cards[a], cards[b]
+            if org_a == org_b and card_a.blocking_keys() & card_b.blocking_keys():
+                pair = pair_of(card_a, card_b)
+                if pair is not None:
+                    pairs.append(pair)
+    return pairs
