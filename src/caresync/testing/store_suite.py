@@ -390,6 +390,79 @@ class ReplicaStoreSuite:
         assert await store.person_cards(list(cards)) == cards
         assert await store.check() == []
 
+    # what a store without an outbox is checked on too (records written as received)
+
+    async def test_received_conflict_rows_list_in_order_page_and_are_replaced(
+        self, store: ReplicaStore
+    ) -> None:
+        patients = [Patient("laptop-b") for _ in range(4)]
+        await store.write_remote(
+            [
+                IncomingUpdate(p.id, p.created, tuple(conflict(p.id, n) for n in range(3)))
+                for p in patients
+            ]
+        )
+        everything = await store.conflicts()
+        assert len(everything) == 12
+        assert everything == sorted(everything, key=lambda c: (c.record_id, c.id))
+        pages: list[ConflictRow] = []
+        after = None
+        while page := await store.conflicts(limit=5, after=after):
+            pages.extend(page)
+            after = (page[-1].record_id, page[-1].id)
+        assert pages == everything
+        first = patients[0]
+        await store.write_remote([remote(first, first.edit())])  # None: the rows stay
+        assert await store.count_conflicts(first.id) == 3
+        await store.write_remote([IncomingUpdate(first.id, first.edit(), (conflict(first.id, 7),))])
+        assert await store.conflict_rows([first.id]) == {first.id: (conflict(first.id, 7),)}
+        await store.write_remote([IncomingUpdate(first.id, first.edit(), ())])
+        assert await store.count_conflicts(first.id) == 0
+        assert await store.count_conflicts() == 9
+        assert await store.check() == []
+
+    async def test_set_conflicts_of_received_records_all_or_nothing(
+        self, store: ReplicaStore
+    ) -> None:
+        p, q, stranger = Patient("laptop-b"), Patient("laptop-b"), Patient("laptop-b")
+        with pytest.raises(UnknownRecordError):
+            await store.set_conflicts(p.id, [conflict(p.id)])
+        await store.write_remote([remote(p, p.created), remote(q, q.created)])
+        await store.set_conflicts(p.id, [conflict(p.id, 3)])
+        assert await store.conflicts() == [conflict(p.id, 3)]
+        before = await store.conflicts()
+        with pytest.raises(UnknownRecordError, match=stranger.id):
+            await store.set_conflicts_many(
+                {p.id: [conflict(p.id, 7)], q.id: [], stranger.id: [conflict(stranger.id)]}
+            )
+        with pytest.raises(InvalidInputError):
+            await store.set_conflicts_many({p.id: [conflict(p.id, 7)], q.id: [conflict(p.id)]})
+        assert await store.conflicts() == before
+        await store.set_conflicts_many({p.id: [], q.id: [conflict(q.id, 1)]})
+        assert await store.conflict_rows([p.id, q.id]) == {q.id: (conflict(q.id, 1),)}
+        assert await store.check() == []
+
+    async def test_a_received_record_belongs_to_one_organisation(self, store: ReplicaStore) -> None:
+        p = Patient("laptop-b")
+        await store.write_remote([remote(p, p.created, "org-1")])
+        await store.write_remote([remote(p, p.edit())])  # None: the record's own
+        with pytest.raises(InvalidInputError):
+            await store.write_remote([remote(p, p.edit(), "org-2")])
+        assert await store.record_organisations([p.id]) == {p.id: "org-1"}
+        assert await store.record_ids("org-2") == []
+
+    async def test_a_closed_store_refuses_reads_and_writes(self, store: ReplicaStore) -> None:
+        await store.close()
+        await store.close()
+        with pytest.raises(StorageError):
+            await store.count_records()
+        with pytest.raises(StorageError):
+            await store.write_remote([])
+        with pytest.raises(StorageError):
+            await store.load_many([])
+        with pytest.raises(StorageError):
+            await store.get_meta("k")
+
 
 class LaptopStoreSuite(ReplicaStoreSuite):
     """What a laptop's store must do besides: local writes, the outbox, unsynced work."""
