@@ -57,7 +57,7 @@ from caresync.protocol import (
 )
 from caresync.records import Revision
 from caresync.replication import meta
-from caresync.storage import SessionRow, Store
+from caresync.storage import ServerStore, SessionRow
 from caresync.throttle import LoginThrottle, ThrottleKey
 
 __all__ = ["PUSHED_KEY_PREFIX", "SERVER_KEY_META", "Gatekeeper", "Login", "Refused"]
@@ -95,7 +95,7 @@ class Gatekeeper:
 
     def __init__(
         self,
-        store: Store,
+        store: ServerStore,
         *,
         server_id: str,
         hasher: PasswordHasher,
@@ -364,7 +364,7 @@ class Gatekeeper:
         return self._dummy_hash
 
 
-async def ensure_server_key(store: Store) -> ServerKey:
+async def ensure_server_key(store: ServerStore) -> ServerKey:
     """The server key kept in ``store``, made and stored on first use."""
     stored = await store.get_meta(SERVER_KEY_META)
     if stored:

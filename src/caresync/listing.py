@@ -18,7 +18,7 @@ from caresync.exceptions import UnknownConflictError
 from caresync.records import ACK_PREFIX, Record
 from caresync.records.persons import PairState, PersonPair
 from caresync.replication.pool import RecordPool
-from caresync.storage import Store
+from caresync.storage import ReplicaStore
 
 __all__ = ["MAX_LINKED_RECORDS", "ConflictListing"]
 
@@ -31,7 +31,7 @@ _SEVERITY_ORDER = {Severity.BLOCK: 0, Severity.FLAG: 1, Severity.INFO: 2}
 class ConflictListing:
     """The open conflicts of the records in ``store``, derived with ``pool``'s rulebook."""
 
-    def __init__(self, store: Store, pool: RecordPool) -> None:
+    def __init__(self, store: ReplicaStore, pool: RecordPool) -> None:
         self.store = store
         self.pool = pool
 

@@ -64,7 +64,7 @@ from caresync.lockout import (
 )
 from caresync.names import shown
 from caresync.replication import meta
-from caresync.storage import Store
+from caresync.storage import ReplicaStore
 from caresync.storage.laptop_key import LaptopKey
 
 __all__ = [
@@ -127,7 +127,7 @@ class LaptopLogins:
 
     def __init__(
         self,
-        store: Store,
+        store: ReplicaStore,
         *,
         hasher: PasswordHasher,
         idle_s: float | None = LOGIN_IDLE_S,

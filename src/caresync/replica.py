@@ -101,9 +101,9 @@ from caresync.storage import (
     Identity,
     IncomingUpdate,
     KdfParams,
+    LaptopStore,
     QuarantinedUpdate,
     SQLiteStore,
-    Store,
     key_file_for,
     own_identity,
 )
@@ -219,7 +219,7 @@ class Replica:
 
     def __init__(
         self,
-        store: Store,
+        store: LaptopStore,
         identity: Identity,
         *,
         rulebook: Rulebook,
@@ -332,7 +332,7 @@ class Replica:
     @classmethod
     async def from_store(
         cls,
-        store: Store,
+        store: LaptopStore,
         identity: Identity,
         *,
         rulebook: Rulebook = DEFAULT_RULEBOOK,
@@ -1320,7 +1320,7 @@ class _ReplicaHost:
         self._replica = replica
 
     @property
-    def store(self) -> Store:
+    def store(self) -> LaptopStore:
         return self._replica.store
 
     @property

@@ -94,7 +94,7 @@ from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.replication.pool import RecordPool
-from caresync.storage import HubMark, ReplicaInfo, SQLiteStore, Store, own_identity
+from caresync.storage import HubMark, ReplicaInfo, ServerStore, SQLiteStore, own_identity
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
     Channel,
@@ -252,7 +252,7 @@ class SyncServer:
 
     def __init__(
         self,
-        store: Store,
+        store: ServerStore,
         server_id: str,
         *,
         rulebook: Rulebook = DEFAULT_RULEBOOK,

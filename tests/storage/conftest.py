@@ -1,4 +1,7 @@
-"""Fixtures for the store tests: one conformance suite, run against every store."""
+"""Fixtures for the store tests that are not the conformance suite's: each store kind, empty.
+
+The suite (:mod:`caresync.testing.store_suite`) opens its own stores.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,3 @@ async def store(
     else:
         async with SQLiteStore.open(tmp_path / "replica.db", clock=clock) as sqlite:
             yield sqlite
-
-
-@pytest.fixture
-def store_kind(store: Store) -> str:
-    return "sqlite" if isinstance(store, SQLiteStore) else "memory"

@@ -1,100 +1,24 @@
-"""Helpers for the store tests: records whose every write's update bytes are captured."""
+"""Helpers for the store tests: records whose every write's update bytes are captured.
+
+Most live in :mod:`caresync.testing.store_data`, shared with the exported conformance suite.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 from pathlib import Path
-from typing import Any
 
-from pycrdt import Doc, Map
+from caresync.testing.store_data import (
+    FakeClock,
+    Patient,
+    conflict,
+    digest,
+    revision_ids,
+    same_vector,
+)
 
-from caresync import Record
-from caresync.storage import ConflictRow
-from caresync.storage._updates import same_state_vector
-
-_ids = itertools.count()
-
-
-class Patient:
-    """A record on one replica; ``updates`` holds the bytes of each local write, in order."""
-
-    def __init__(self, replica: str = "laptop-a", record_id: str | None = None) -> None:
-        self.record = Record.create(replica=replica, record_id=record_id)
-        self.updates: list[bytes] = [self.record.update_since()]
-        self.record.on_update(self._captured)
-
-    def _captured(self, update: bytes, is_local: bool) -> None:
-        if is_local:
-            self.updates.append(update)
-
-    @property
-    def id(self) -> str:
-        return self.record.record_id
-
-    @property
-    def created(self) -> bytes:
-        """The update that created the record (its id in ``meta``)."""
-        return self.updates[0]
-
-    def edit(self, path: str = "birthDate", value: object = None, author: str = "dr.a") -> bytes:
-        """Write one field; returns that write's update."""
-        if value is None:
-            value = f"v{next(_ids)}"
-        self.record.set(path, value, author=author)  # type: ignore[arg-type]
-        return self.updates[-1]
-
-    def copy(self, replica: str) -> Patient:
-        """The same record on another replica, as of now."""
-        other = Patient.__new__(Patient)
-        other.record = Record.from_update(self.id, self.record.update_since(), replica=replica)
-        other.updates = [other.record.update_since()]
-        other.record.on_update(other._captured)
-        return other
-
-
-class FakeClock:
-    """Milliseconds that move only when a test says so."""
-
-    def __init__(self, start: int = 1_700_000_000_000) -> None:
-        self.now = start
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
-
-
-def conflict(record_id: str, n: int = 0, *, kind: str = "field") -> ConflictRow:
-    """A conflict row the store treats as opaque."""
-    return ConflictRow(
-        id=f"c-{record_id[:8]}-{n}",
-        record_id=record_id,
-        kind=kind,
-        subject=f"birthDate#{n}",
-        severity="block",
-        payload=b'{"candidates": 2}',
-    )
-
-
-def revision_ids(update: bytes, record_id: str) -> set[str]:
-    """Ids of the revisions an update (or merged state) holds: its ``revisions`` map's keys."""
-    doc: Doc[Any] = Doc()
-    doc.apply_update(update)
-    return set(doc.get("revisions", type=Map).keys())
-
-
-def digest(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+__all__ = ["FakeClock", "Patient", "conflict", "digest", "revision_ids", "same_vector", "snapshot"]
 
 
 def snapshot(directory: Path) -> dict[str, str]:
     """Every file in a directory and its digest."""
     return {p.name: digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
-
-
-def same_vector(a: bytes, b: bytes) -> bool:
-    """Two encoded state vectors that say the same (clients may come in any order)."""
-    return same_state_vector(a, b)

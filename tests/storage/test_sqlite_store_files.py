@@ -24,9 +24,9 @@ from caresync import (
 )
 from caresync.storage import SCHEMA_VERSION, Identity, IncomingUpdate, SQLiteStore
 from caresync.storage import migrations as migrations_module
-from caresync.storage import sqlite as sqlite_module
 from caresync.storage.migrations import create_schema
 from caresync.storage.schema import SCHEMA_STEPS
+from caresync.storage.sqlite import files as sqlite_module
 
 
 def make_old_database(path: Path, version: int) -> None:

@@ -26,7 +26,7 @@ from caresync.cli.databases import LaptopReader, open_reader
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output, cells, escaped
 from caresync.exceptions import AuditError
-from caresync.storage import Store
+from caresync.storage import ReplicaStore
 from caresync.storage.unsynced import private_opener
 
 __all__ = ["entry_json", "register"]
@@ -102,7 +102,9 @@ def _add_db(parser: Any, *, required: bool) -> None:
 async def _entries(db: str, record_id: str | None = None) -> tuple[str, list[AuditEntry]]:
     reader = await open_reader(db)
     try:
-        store: Store = reader.replica.store if isinstance(reader, LaptopReader) else reader.store
+        store: ReplicaStore = (
+            reader.replica.store if isinstance(reader, LaptopReader) else reader.store
+        )
         return reader.role, await store.audit_entries(record_id=record_id)
     finally:
         await reader.close()

@@ -52,7 +52,7 @@ from caresync.hub.model import (
 )
 from caresync.hub.summary import summary_bytes, summary_id
 from caresync.listing import ConflictListing
-from caresync.storage.base import HubOutcome, Store
+from caresync.storage.base import HubOutcome, ServerStore
 
 __all__ = [
     "HUB_INSTALL_HINT",
@@ -120,7 +120,7 @@ class HubSnapshot:
 
 
 async def take_snapshot(
-    store: Store, listing: ConflictListing, record_id: str
+    store: ServerStore, listing: ConflictListing, record_id: str
 ) -> HubSnapshot | None:
     """The snapshot of one record's outbox row (None: no row, or no such record).
 
@@ -151,7 +151,7 @@ class HubSender:
 
     def __init__(
         self,
-        store: Store,
+        store: ServerStore,
         url: str,
         snapshot: SnapshotTaker,
         *,

@@ -18,7 +18,7 @@ from caresync.hub.model import HubSummary, is_enabled
 from caresync.protocol.messages import MAX_HUB_REASON_LENGTH, HubItem
 from caresync.replica import Replica
 from caresync.replication import meta
-from caresync.storage.base import HubSummaryRow, Store
+from caresync.storage.base import HubSummaryRow, ReplicaStore
 
 __all__ = [
     "REPORT_META",
@@ -57,13 +57,13 @@ def server_summaries(rows: Iterable[HubSummaryRow]) -> list[HubSummary]:
     ]
 
 
-async def store_report(store: Store, items: Sequence[HubItem]) -> None:
+async def store_report(store: ReplicaStore, items: Sequence[HubItem]) -> None:
     """Keep what the server said of the hub summaries (replacing what it said before)."""
     data = [list(item) for item in items]
     await store.set_meta(REPORT_META, json.dumps(data, separators=(",", ":")))
 
 
-async def _reported(store: Store) -> dict[str, HubSummary]:
+async def _reported(store: ReplicaStore) -> dict[str, HubSummary]:
     text = await store.get_meta(REPORT_META)
     if not text:
         return {}

@@ -39,7 +39,7 @@ from caresync.records.crdt import merge as merge_updates
 from caresync.records.crdt import state_vector_of
 from caresync.records.persons import PersonCard, person_card
 from caresync.replication.pool import RecordPool
-from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, Store
+from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, ReplicaStore
 from caresync.storage.base import HubMark
 
 __all__ = [
@@ -62,7 +62,7 @@ class OnBadUpdate(enum.Enum):
     REFUSE = "refuse"
     """Raise (InvalidUpdateError or RecordMismatchError); nothing is stored."""
     QUARANTINE = "quarantine"
-    """Keep them aside (``Store.quarantined``) and take in the rest."""
+    """Keep them aside (``ReplicaStore.quarantined``) and take in the rest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ class Taken:
 
 @dataclass(frozen=True, slots=True)
 class WriteOptions:
-    """What else the store writes with a batch (see ``Store.write_remote``)."""
+    """What else the store writes with a batch (see ``ReplicaStore.write_remote``)."""
 
     to_feed: bool = False
     origin: str | None = None
@@ -118,7 +118,7 @@ else to write."""
 
 async def absorb(
     pool: RecordPool,
-    store: Store,
+    store: ReplicaStore,
     updates: Sequence[tuple[str, bytes]],
     *,
     checkpoint: tuple[str, str] | None,
@@ -219,7 +219,7 @@ class _Intake:
     def __init__(
         self,
         pool: RecordPool,
-        store: Store,
+        store: ReplicaStore,
         *,
         keep_each: bool,
         on_bad: OnBadUpdate,

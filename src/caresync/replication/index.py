@@ -20,7 +20,7 @@ from caresync.records import Record
 from caresync.records.persons import person_card
 from caresync.replication import meta
 from caresync.replication.pool import conflict_rows
-from caresync.storage import Store
+from caresync.storage import ReplicaStore
 
 __all__ = ["INDEX_RULEBOOK_KEY", "REINDEX_BATCH_RECORDS", "ensure_index"]
 
@@ -31,7 +31,7 @@ REINDEX_BATCH_RECORDS = 500
 """Records read, and their rows replaced, per store call (one transaction) while re-indexing."""
 
 
-async def ensure_index(store: Store, rulebook: Rulebook, *, replica: str) -> int:
+async def ensure_index(store: ReplicaStore, rulebook: Rulebook, *, replica: str) -> int:
     """Re-index every record's conflicts unless ``rulebook`` computed the stored index.
 
     The person index (each record's card, and the pairs of records that may be

@@ -15,7 +15,7 @@ from caresync.conflicts import Rulebook
 from caresync.exceptions import UnknownRecordError
 from caresync.records import DEFAULT_SCHEMA, HybridLogicalClock, Record, Schema
 from caresync.records.ids import new_revision_id
-from caresync.storage import ConflictRow, Store
+from caresync.storage import ConflictRow, ReplicaStore
 
 __all__ = ["RecordPool", "conflict_rows"]
 
@@ -40,7 +40,7 @@ class RecordPool:
 
     def __init__(
         self,
-        store: Store,
+        store: ReplicaStore,
         *,
         replica: str,
         rulebook: Rulebook,

@@ -81,7 +81,7 @@ from caresync.protocol import (
 from caresync.records.persons import PersonCard
 from caresync.replication import meta
 from caresync.replication.status import ReplicaState, SyncStatus
-from caresync.storage import ConflictRow, Identity, Store
+from caresync.storage import ConflictRow, Identity, LaptopStore
 from caresync.transport import Channel, connect_websocket
 from caresync.versions import CLIENT_VERSION, check_version
 
@@ -169,7 +169,7 @@ class SessionHost(Protocol):
     """What a sync session may see and do of the replica it serves."""
 
     @property
-    def store(self) -> Store: ...
+    def store(self) -> LaptopStore: ...
 
     @property
     def identity(self) -> Identity: ...

@@ -1,4 +1,10 @@
-"""What a replica store keeps, and the :class:`Store` protocol every store implements.
+"""What a replica store keeps, and the store protocols, split by role.
+
+:class:`ReplicaStore` is what every replica's store does; :class:`LaptopStore`
+adds a laptop's outbox and unsynced work; :class:`ServerStore` adds a
+server's change feed, hub outbox, accounts, replicas and sessions.
+:class:`Store` is all three, what the SQLite store and its in-memory twin
+implement; a server-only store implements :class:`ServerStore` alone.
 
 Theory of operation
 -------------------
@@ -18,7 +24,8 @@ Each mutating call is one transaction, committed before the call returns
 unless the caller proves it was exported first (:meth:`Store.discard_unsynced`).
 
 The two implementations, :class:`~caresync.storage.sqlite.SQLiteStore` and
-:class:`~caresync.storage.memory.MemoryStore`, pass one conformance suite.
+:class:`~caresync.storage.memory.MemoryStore`, pass one conformance suite
+(:mod:`caresync.testing.store_suite`), which any other store can run too.
 """
 
 from __future__ import annotations
@@ -43,11 +50,14 @@ __all__ = [
     "HubSummaryRow",
     "Identity",
     "IncomingUpdate",
+    "LaptopStore",
     "OutboxItem",
     "OutboxSummary",
     "QuarantinedUpdate",
     "ReplicaInfo",
+    "ReplicaStore",
     "Role",
+    "ServerStore",
     "SessionRow",
     "Store",
     "StoreOpener",
@@ -634,13 +644,21 @@ def import_persons(record_ids: Sequence[str], persons: object) -> dict[int, Pers
     return {last[record_id]: card for record_id, card in cards.items()}
 
 
-class Store(Protocol):
-    """A replica's durable storage. Every method is a coroutine; every write is one transaction.
+class ReplicaStore(Protocol):
+    """What every replica's store does, laptop and server alike.
+
+    A replica keeps records (merged from what peers send, :meth:`write_remote`),
+    their conflict rows and person cards, its identity and settings, its own
+    audit chain, and updates it could not merge. Every method is a coroutine;
+    every write is one transaction.
 
     Errors are caresync's own: :class:`~caresync.exceptions.StorageError` and
     its subclasses for the database, :class:`~caresync.exceptions.InvalidInputError`
     for bad arguments, :class:`~caresync.exceptions.InvalidUpdateError` for
     bytes that are not a Yjs update (nothing is stored then).
+
+    ``write_remote``'s feed arguments (``to_feed``, ``origin``, ``claim_clients``,
+    ``hub``) are a server's bookkeeping, read back through :class:`ServerStore`.
     """
 
     async def close(self) -> None:
@@ -673,33 +691,7 @@ class Store(Protocol):
         """Store a setting or checkpoint (committed before returning)."""
         ...
 
-    # writing
-    async def write_local_many(
-        self, edits: Sequence[IncomingUpdate], *, audit: Sequence[AuditEvent] = ()
-    ) -> list[int]:
-        """Commit several local edits (each with its conflict rows and person card) in one
-        transaction, all or nothing; returns their outbox sequence numbers, in order.
-        ``audit`` is appended to this replica's audit chain in the same transaction."""
-        ...
-
-    async def write_local(
-        self,
-        record_id: str,
-        update: bytes,
-        *,
-        conflicts: Sequence[ConflictRow] | None,
-        organisation: str | None = None,
-        person: PersonCard | None = None,
-        audit: Sequence[AuditEvent] = (),
-    ) -> int:
-        """Commit a local edit to the record's log and the outbox; returns its outbox seq.
-
-        ``person`` (when given) replaces the record's card in the person index,
-        and the pairs it makes, in the same transaction; so is ``audit`` appended to
-        this replica's audit chain.
-        """
-        ...
-
+    # writing what peers sent
     async def write_remote(
         self,
         items: Sequence[IncomingUpdate],
@@ -729,26 +721,6 @@ class Store(Protocol):
         fresh retry count, in the same transaction; a record no longer enabled
         loses its row. A record the batch added nothing to (a resend) is left alone.
         """
-        ...
-
-    async def hub_summaries(self, organisation: str | None = None) -> list[HubSummaryRow]:
-        """The health-hub outbox (of that organisation's records), by record id."""
-        ...
-
-    async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
-        """Note that a summary of the record is being sent now (``last_attempt_ms``)."""
-        ...
-
-    async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
-        """Store what became of sending ``version`` of the record's summary.
-
-        Returns False, changing only ``sent_version`` when acknowledged, if the
-        row now holds a newer version (or no row is left): see :class:`HubOutcome`.
-        """
-        ...
-
-    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
-        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
         ...
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
@@ -849,6 +821,86 @@ class Store(Protocol):
         ordered by their two record ids."""
         ...
 
+    # maintenance
+    async def compact(self, record_id: str) -> int:
+        """Merge the record's log into its state; returns how many log updates were folded."""
+        ...
+
+    async def check(self) -> list[str]:
+        """Problems found by a full consistency check; empty when the store is sound."""
+        ...
+
+    # the audit trail (caresync.audit): append-only hash chains
+    async def append_audit(
+        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+    ) -> list[AuditEntry]:
+        """Append ``events`` to this replica's own chain (line 0), in one transaction;
+        returns the entries as linked. ``replica_id`` names the replica whose own chain
+        it is when the store holds no identity (a server given its id on its own)."""
+        ...
+
+    async def audit_entries(
+        self,
+        *,
+        replica_id: str | None = None,
+        record_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Entries in chain order (replica id, line, number): of one replica, about one
+        record, after a number, at most ``limit``."""
+        ...
+
+    async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
+        """The last (number, hash) of the replica's newest chain line (this replica's own
+        when None); ``(0, GENESIS)`` when there is none."""
+        ...
+
+    # quarantine: what write_remote(quarantine=...) kept aside
+    async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
+        """Updates kept aside because they could not be merged (of one record, or all)."""
+        ...
+
+    async def count_quarantined(self) -> int:
+        """How many updates are kept aside."""
+        ...
+
+
+class LaptopStore(ReplicaStore, Protocol):
+    """A laptop's store: every replica's part, and the outbox of local edits.
+
+    Local edits are numbered in the outbox until the server acknowledges them;
+    what waits can be exported, imported on another copy, and discarded only
+    against a complete export. What :class:`~caresync.replica.Replica` needs.
+    """
+
+    # local writes
+    async def write_local_many(
+        self, edits: Sequence[IncomingUpdate], *, audit: Sequence[AuditEvent] = ()
+    ) -> list[int]:
+        """Commit several local edits (each with its conflict rows and person card) in one
+        transaction, all or nothing; returns their outbox sequence numbers, in order.
+        ``audit`` is appended to this replica's audit chain in the same transaction."""
+        ...
+
+    async def write_local(
+        self,
+        record_id: str,
+        update: bytes,
+        *,
+        conflicts: Sequence[ConflictRow] | None,
+        organisation: str | None = None,
+        person: PersonCard | None = None,
+        audit: Sequence[AuditEvent] = (),
+    ) -> int:
+        """Commit a local edit to the record's log and the outbox; returns its outbox seq.
+
+        ``person`` (when given) replaces the record's card in the person index,
+        and the pairs it makes, in the same transaction; so is ``audit`` appended to
+        this replica's audit chain.
+        """
+        ...
+
     # outbox
     async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
         """Unacknowledged local updates with seq > ``after_seq``, oldest first."""
@@ -883,71 +935,7 @@ class Store(Protocol):
         """
         ...
 
-    # change feed (server)
-    async def feed_since(
-        self,
-        after_seq: int,
-        *,
-        limit: int,
-        organisation: str | None = None,
-        exclude_origin: str | None = None,
-    ) -> list[FeedItem]:
-        """Feed items with seq > ``after_seq``, in order, at most ``limit``.
-
-        ``exclude_origin`` leaves out the items written with that origin (a
-        replica's own updates); they still count as passed: a caller that
-        checkpoints at the feed head, or at the last item of a full page,
-        moves past them.
-        """
-        ...
-
-    async def feed_head(self) -> int:
-        """The highest feed seq given out (0 when the feed is empty)."""
-        ...
-
-    # maintenance
-    async def compact(self, record_id: str) -> int:
-        """Merge the record's log into its state; returns how many log updates were folded."""
-        ...
-
-    async def check(self) -> list[str]:
-        """Problems found by a full consistency check; empty when the store is sound."""
-        ...
-
-    # unsynced changes
-    # audit trail (caresync.audit): append-only hash chains
-    async def append_audit(
-        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
-    ) -> list[AuditEntry]:
-        """Append ``events`` to this replica's own chain (line 0), in one transaction;
-        returns the entries as linked. ``replica_id`` names the replica whose own chain
-        it is when the store holds no identity (a server given its id on its own)."""
-        ...
-
-    async def audit_entries(
-        self,
-        *,
-        replica_id: str | None = None,
-        record_id: str | None = None,
-        after_seq: int = 0,
-        limit: int | None = None,
-    ) -> list[AuditEntry]:
-        """Entries in chain order (replica id, line, number): of one replica, about one
-        record, after a number, at most ``limit``."""
-        ...
-
-    async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
-        """The last (number, hash) of the replica's newest chain line (this replica's own
-        when None); ``(0, GENESIS)`` when there is none."""
-        ...
-
-    async def receive_audit(self, replica_id: str, entries: Sequence[AuditEntry]) -> int:
-        """Keep entries ``replica_id`` sent (a server's job), in one transaction; returns
-        the number of the last. Entries held already are skipped; the rest continue a
-        line of the replica's chain, or start a new line from an entry held (a copy
-        restored from an older one). AuditError, with nothing kept, otherwise."""
-        ...
-
+    # unsynced work
     async def export_unsynced(self, path: StrPath) -> int:
         """Write every pending update to a new file at ``path``; returns how many."""
         ...
@@ -974,16 +962,70 @@ class Store(Protocol):
         """Empty the outbox, only if ``exported_to`` holds every pending update."""
         ...
 
-    # quarantine (laptop)
-    async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
-        """Updates kept aside because they could not be merged (of one record, or all)."""
+
+class ServerStore(ReplicaStore, Protocol):
+    """A server's store: every replica's part, and what only the clinic's server keeps.
+
+    The change feed (every new update numbered in one global sequence), the
+    Yjs client ids each replica wrote with, the health-hub outbox, the audit
+    chains replicas send, and the accounts, enrolled replicas and sessions.
+    What :class:`~caresync.server.SyncServer` needs; a server-only store
+    (PostgreSQL) implements this and nothing of :class:`LaptopStore`.
+    """
+
+    # change feed
+    async def feed_since(
+        self,
+        after_seq: int,
+        *,
+        limit: int,
+        organisation: str | None = None,
+        exclude_origin: str | None = None,
+    ) -> list[FeedItem]:
+        """Feed items with seq > ``after_seq``, in order, at most ``limit``.
+
+        ``exclude_origin`` leaves out the items written with that origin (a
+        replica's own updates); they still count as passed: a caller that
+        checkpoints at the feed head, or at the last item of a full page,
+        moves past them.
+        """
         ...
 
-    async def count_quarantined(self) -> int:
-        """How many updates are kept aside."""
+    async def feed_head(self) -> int:
+        """The highest feed seq given out (0 when the feed is empty)."""
         ...
 
-    # accounts (server)
+    # Yjs client owners
+    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
+        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
+        ...
+
+    # health-hub outbox
+    async def hub_summaries(self, organisation: str | None = None) -> list[HubSummaryRow]:
+        """The health-hub outbox (of that organisation's records), by record id."""
+        ...
+
+    async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
+        """Note that a summary of the record is being sent now (``last_attempt_ms``)."""
+        ...
+
+    async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
+        """Store what became of sending ``version`` of the record's summary.
+
+        Returns False, changing only ``sent_version`` when acknowledged, if the
+        row now holds a newer version (or no row is left): see :class:`HubOutcome`.
+        """
+        ...
+
+    # audit chains other replicas sent
+    async def receive_audit(self, replica_id: str, entries: Sequence[AuditEntry]) -> int:
+        """Keep entries ``replica_id`` sent (a server's job), in one transaction; returns
+        the number of the last. Entries held already are skipped; the rest continue a
+        line of the replica's chain, or start a new line from an entry held (a copy
+        restored from an older one). AuditError, with nothing kept, otherwise."""
+        ...
+
+    # accounts
     async def add_user(
         self,
         organisation: str,
@@ -1030,6 +1072,7 @@ class Store(Protocol):
         """Disable an account (its sessions end, it cannot log in) or enable it again."""
         ...
 
+    # replicas
     async def enrol_replica(
         self,
         replica_id: str,
@@ -1084,7 +1127,7 @@ class Store(Protocol):
         """
         ...
 
-    # sessions (server)
+    # sessions
     async def add_session(self, session: SessionRow) -> None:
         """Store a new session (refuses a token hash already stored).
 
@@ -1119,6 +1162,12 @@ class Store(Protocol):
         password, a disabled account): a running server re-checks its connections
         when it changes, even if another process made the change."""
         ...
+
+
+class Store(LaptopStore, ServerStore, Protocol):
+    """Every role's part in one: what :class:`~caresync.storage.sqlite.SQLiteStore` and
+    :class:`~caresync.storage.memory.MemoryStore` implement, one database serving as a
+    laptop's or a server's. Code that needs one role's part asks for that protocol."""
 
 
 class _Closable(Protocol):
@@ -1160,7 +1209,9 @@ class StoreOpener(Awaitable[S]):
             await store.close()
 
 
-async def own_identity(store: Store, role: Role, *, id_prefix: str, where: object) -> Identity:
+async def own_identity(
+    store: ReplicaStore, role: Role, *, id_prefix: str, where: object
+) -> Identity:
     """The identity of the replica this database belongs to, made on its first open.
 
     A new database gets a replica id ``<id_prefix>-<uuid4>`` and ``role``. A

@@ -26,8 +26,38 @@ from caresync.exceptions import (
     UnknownRecordError,
     UnsyncedChangesError,
 )
-from caresync.names import check_display_name, check_organisation, check_username
 from caresync.records.persons import PairState, PersonCard, PersonPair
+from caresync.storage._arguments import (
+    beyond_outbox,
+    check_audit_append,
+    check_binding,
+    check_conflict_page,
+    check_enrolment,
+    check_feed_query,
+    check_hub_attempt,
+    check_hub_outcome,
+    check_meta,
+    check_new_user,
+    check_outbox_page,
+    check_pair_query,
+    check_password_change,
+    check_record_page,
+    check_renumbering,
+    check_secret_hash,
+    check_session,
+    check_user,
+    check_user_display_name,
+    check_write_local,
+    check_write_remote_call,
+    enrolled_already,
+    imported_writes,
+    no_unbound_session,
+    no_user,
+    not_enrolled,
+    secret_refused,
+    session_stored,
+    user_exists,
+)
 from caresync.storage._audit import (
     check_audit_query,
     check_events,
@@ -47,7 +77,6 @@ from caresync.storage._writes import (
     PlannedRecord,
     Write,
     WriteLike,
-    check_meta_key,
     check_rebind,
     local_writes,
     pair_persons,
@@ -69,26 +98,17 @@ from caresync.storage.base import (
     StoreOpener,
     StrPath,
     UserAccount,
-    check_bytes,
-    check_client_claims,
     check_client_id,
     check_conflicts,
     check_conflicts_by_record,
     check_count,
-    check_hub_marks,
     check_optional_text,
     check_outbox_report,
-    check_pair_state,
-    check_person,
     check_persons_by_record,
-    check_quarantine,
     check_record_ids,
     check_session_selector,
     check_text,
-    check_write_remote,
     hub_versions,
-    import_conflicts,
-    import_persons,
     unknown_records_error,
 )
 from caresync.storage.cache import CachedRecord
@@ -205,9 +225,7 @@ class MemoryStore:
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a setting or checkpoint."""
-        check_meta_key(key)
-        if not isinstance(value, str):
-            raise InvalidInputError("meta values must be strings")
+        check_meta(key, value)
         self._open_or_raise("storing meta")
         self._meta[key] = value
 
@@ -341,15 +359,7 @@ class MemoryStore:
         audit: Sequence[AuditEvent] = (),
     ) -> int:
         """Store a local edit in the record's log and the outbox; returns its outbox seq."""
-        check_text(record_id, "record_id")
-        events = check_events(audit)
-        write = Write(
-            record_id,
-            check_bytes(update, "update"),
-            None if conflicts is None else check_conflicts(record_id, conflicts),
-            check_optional_text(organisation, "organisation"),
-            check_person(record_id, person),
-        )
+        write, events = check_write_local(record_id, update, conflicts, organisation, person, audit)
         self._open_or_raise(f"writing record {record_id}")
         return self._write_local([write], events)[0]
 
@@ -365,12 +375,9 @@ class MemoryStore:
         hub: Mapping[str, HubMark] | None = None,
     ) -> list[int]:
         """Store a batch of received updates and the checkpoint, all or nothing."""
-        writes = check_write_remote(items, checkpoint, to_feed, origin)
-        kept_aside = check_quarantine(quarantine)
-        claims = check_client_claims(claim_clients)
-        marks = check_hub_marks(hub, to_feed)
-        if checkpoint is not None:
-            check_meta_key(checkpoint[0])
+        writes, kept_aside, claims, marks = check_write_remote_call(
+            items, checkpoint, to_feed, origin, quarantine, claim_clients, hub
+        )
         self._open_or_raise(f"storing {len(writes)} received updates")
         planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=True)
         persons = self._plan_persons(self._person_writes(planned))
@@ -429,8 +436,7 @@ class MemoryStore:
 
     async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
         """Note that a summary of the record is being sent now."""
-        check_text(record_id, "record_id")
-        check_count(attempted_ms, "attempted_ms")
+        check_hub_attempt(record_id, attempted_ms)
         self._open_or_raise(f"noting a hub attempt for {record_id}")
         row = self._hub.get(record_id)
         if row is not None:
@@ -438,10 +444,7 @@ class MemoryStore:
 
     async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
         """Store what became of sending ``version`` (see :class:`HubOutcome`)."""
-        check_text(record_id, "record_id")
-        check_count(version, "version", minimum=1)
-        if not isinstance(outcome, HubOutcome):
-            raise InvalidInputError(f"outcome must be a HubOutcome, not {type(outcome).__name__}")
+        check_hub_outcome(record_id, version, outcome)
         self._open_or_raise(f"storing a hub outcome for {record_id}")
         row = self._hub.get(record_id)
         if row is None:
@@ -530,10 +533,7 @@ class MemoryStore:
         self, organisation: str | None = None, *, after: str | None = None, limit: int | None = None
     ) -> list[str]:
         """Record ids in ascending order, after ``after``."""
-        check_optional_text(organisation, "organisation")
-        check_optional_text(after, "after")
-        if limit is not None:
-            check_count(limit, "limit")
+        check_record_page(organisation, after, limit)
         self._open_or_raise("listing records")
         ids = sorted(
             rid
@@ -579,9 +579,7 @@ class MemoryStore:
         limit: int | None = None,
     ) -> list[ConflictRow]:
         """Open conflict rows ordered by (record_id, id)."""
-        check_optional_text(record_id, "record_id")
-        if limit is not None:
-            check_count(limit, "limit")
+        check_conflict_page(record_id, limit)
         self._open_or_raise("listing conflicts")
         after_key = ("", "") if after is None else (str(after[0]), str(after[1]))
         rows = sorted(
@@ -630,9 +628,7 @@ class MemoryStore:
         organisation: str | None = None,
     ) -> list[PersonPair]:
         """Stored pairs (of one record, in one state, of one organisation), by record ids."""
-        check_optional_text(record_id, "record_id")
-        wanted = check_pair_state(state)
-        check_optional_text(organisation, "organisation")
+        wanted = check_pair_query(record_id, state, organisation)
         self._open_or_raise("reading person pairs")
         keys = self._pairs if record_id is None else self._pairs_of.get(record_id, set())
         found = []
@@ -649,8 +645,7 @@ class MemoryStore:
 
     async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
         """Unacknowledged local updates with seq > ``after_seq``, oldest first."""
-        check_count(limit, "limit")
-        check_count(after_seq, "after_seq")
+        check_outbox_page(limit, after_seq)
         self._open_or_raise("reading the outbox")
         return [item for seq, item in sorted(self._outbox.items()) if seq > after_seq][:limit]
 
@@ -671,10 +666,7 @@ class MemoryStore:
         check_count(up_to_seq, "up_to_seq")
         self._open_or_raise("acknowledging the outbox")
         if up_to_seq > self._outbox_head:
-            raise InvalidInputError(
-                f"cannot acknowledge up to {up_to_seq}: this replica's outbox has only "
-                f"reached {self._outbox_head}"
-            )
+            raise beyond_outbox(up_to_seq, self._outbox_head)
         done = [seq for seq in self._outbox if seq <= up_to_seq]
         for seq in done:
             del self._outbox[seq]
@@ -694,10 +686,7 @@ class MemoryStore:
         self, above: int, *, checkpoint: tuple[str, str] | None = None
     ) -> int:
         """Number every waiting update after ``above`` and every seq given out, in order."""
-        check_count(above, "above")
-        if checkpoint is not None:
-            check_meta_key(checkpoint[0])
-            check_text(checkpoint[1], "checkpoint value", max_length=4096)
+        check_renumbering(above, checkpoint)
         self._open_or_raise("renumbering the outbox")
         start = max(above, self._outbox_head)
         items = [item for _, item in sorted(self._outbox.items())]
@@ -721,11 +710,7 @@ class MemoryStore:
         exclude_origin: str | None = None,
     ) -> list[FeedItem]:
         """Change-feed items with seq > ``after_seq``, in order, at most ``limit``."""
-        check_count(after_seq, "after_seq")
-        check_count(limit, "limit")
-        check_optional_text(organisation, "organisation")
-        if exclude_origin is not None:
-            check_text(exclude_origin, "exclude_origin")
+        check_feed_query(after_seq, limit, organisation, exclude_origin)
         self._open_or_raise("reading the change feed")
         items = (
             item
@@ -824,9 +809,7 @@ class MemoryStore:
         self, events: Sequence[AuditEvent], *, replica_id: str | None = None
     ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own audit chain."""
-        checked = check_events(events)
-        if replica_id is not None:
-            check_text(replica_id, "replica_id")
+        checked = check_audit_append(events, replica_id)
         self._open_or_raise("writing the audit trail")
         entries = self._plan_own_audit(checked, self._now_ms(), replica_id)
         self._keep_audit(entries)
@@ -916,13 +899,7 @@ class MemoryStore:
         events = check_events(audit)
         self._open_or_raise("importing unsynced changes")
         export = await asyncio.to_thread(read_export_file, path)
-        ids = [u.record_id for u in export.updates]
-        rows_at = import_conflicts(ids, conflicts)
-        cards_at = import_persons(ids, persons)
-        writes = [
-            Write(u.record_id, u.update, rows_at.get(i), u.organisation, cards_at.get(i))
-            for i, u in enumerate(export.updates)
-        ]
+        writes = imported_writes(export.updates, conflicts, persons)
         return len(self._write_local(writes, events))
 
     async def discard_unsynced(self, *, exported_to: StrPath) -> int:
@@ -974,22 +951,17 @@ class MemoryStore:
         display_name: str | None = None,
     ) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
-        check_organisation(organisation)
-        check_username(username)
-        check_text(password_hash, "password_hash", max_length=4096)
-        if display_name is not None:
-            check_display_name(display_name)
+        check_new_user(organisation, username, password_hash, display_name)
         self._open_or_raise(f"adding user {username!r}")
         if (organisation, username) in self._users:
-            raise InvalidInputError(f"user {username!r} exists in {organisation!r}")
+            raise user_exists(organisation, username)
         self._users[organisation, username] = UserAccount(
             organisation, username, password_hash, self._now_ms(), display_name=display_name
         )
 
     async def get_user(self, organisation: str, username: str) -> UserAccount | None:
         """A user of the organisation, or None."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
+        check_user(organisation, username)
         self._open_or_raise(f"reading user {username!r}")
         return self._users.get((organisation, username))
 
@@ -997,10 +969,7 @@ class MemoryStore:
         self, organisation: str, username: str, display_name: str | None
     ) -> None:
         """Set (or clear) how people see an account; InvalidInputError for an unknown user."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
-        if display_name is not None:
-            check_display_name(display_name)
+        check_user_display_name(organisation, username, display_name)
         user = self._user_or_raise(organisation, username)
         self._users[organisation, username] = dataclasses.replace(user, display_name=display_name)
 
@@ -1028,9 +997,7 @@ class MemoryStore:
         self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
     ) -> None:
         """Replace a user's password hash; a new password ends the user's sessions."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
-        check_text(password_hash, "password_hash", max_length=4096)
+        check_password_change(organisation, username, password_hash)
         user = self._user_or_raise(organisation, username)
         self._users[organisation, username] = dataclasses.replace(user, password_hash=password_hash)
         if end_sessions:
@@ -1040,8 +1007,7 @@ class MemoryStore:
 
     async def set_user_disabled(self, organisation: str, username: str, disabled: bool) -> None:
         """Disable an account (its sessions end at once) or enable it again."""
-        check_text(organisation, "organisation")
-        check_text(username, "username")
+        check_user(organisation, username)
         user = self._user_or_raise(organisation, username)
         when = (user.disabled_ms or self._now_ms()) if disabled else None
         self._users[organisation, username] = dataclasses.replace(user, disabled_ms=when)
@@ -1054,7 +1020,7 @@ class MemoryStore:
         self._open_or_raise(f"updating user {username!r}")
         user = self._users.get((organisation, username))
         if user is None:
-            raise InvalidInputError(f"no user {username!r} in {organisation!r}")
+            raise no_user(organisation, username)
         return user
 
     async def enrol_replica(
@@ -1067,14 +1033,10 @@ class MemoryStore:
         secret_hash: str | None = None,
     ) -> ReplicaInfo:
         """Record a replica's enrolment; InvalidInputError for a replica id already known."""
-        check_text(replica_id, "replica_id")
-        check_text(organisation, "organisation")
-        check_optional_text(enrolled_by, "enrolled_by")
-        check_optional_text(device_name, "device_name")
-        check_optional_text(secret_hash, "secret_hash")
+        check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
         self._open_or_raise(f"enrolling replica {replica_id!r}")
         if replica_id in self._replicas:
-            raise InvalidInputError(f"replica {replica_id!r} is enrolled already")
+            raise enrolled_already(replica_id)
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -1097,13 +1059,10 @@ class MemoryStore:
 
     async def set_replica_secret_hash(self, replica_id: str, secret_hash: str) -> None:
         """Give a replica enrolled without a secret its first one; never replaces one."""
-        check_text(replica_id, "replica_id")
-        check_text(secret_hash, "secret_hash")
+        check_secret_hash(replica_id, secret_hash)
         self._open_or_raise(f"updating replica {replica_id!r}")
         if replica_id not in self._replicas or replica_id in self._secrets:
-            raise InvalidInputError(
-                f"replica {replica_id!r} is not enrolled here, or has a secret already"
-            )
+            raise secret_refused(replica_id)
         self._secrets[replica_id] = secret_hash
 
     async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
@@ -1152,18 +1111,17 @@ class MemoryStore:
         self._open_or_raise(f"updating replica {replica_id!r}")
         info = self._replicas.get(replica_id)
         if info is None:
-            raise InvalidInputError(f"no replica {replica_id!r} is enrolled here")
+            raise not_enrolled(replica_id)
         return info
 
     # ----------------------------------------------------------------- sessions
 
     async def add_session(self, session: SessionRow) -> None:
         """Store a new session; InvalidInputError for a token hash already stored."""
-        if not isinstance(session, SessionRow):
-            raise InvalidInputError(f"a session must be a SessionRow, not {type(session).__name__}")
+        check_session(session)
         self._open_or_raise("storing a session")
         if session.token_hash in self._sessions:
-            raise InvalidInputError("that session token is stored already")
+            raise session_stored()
         self._sessions[session.token_hash] = session
         if session.replica_id is not None:
             self._replica_accounts.setdefault(session.replica_id, set()).add(session.username)
@@ -1176,12 +1134,11 @@ class MemoryStore:
 
     async def bind_session(self, token_hash: str, replica_id: str) -> None:
         """Bind a session opened before enrolment to its new replica (only an unbound one)."""
-        check_text(token_hash, "token_hash")
-        check_text(replica_id, "replica_id")
+        check_binding(token_hash, replica_id)
         self._open_or_raise("binding a session")
         session = self._sessions.get(token_hash)
         if session is None or session.replica_id is not None:
-            raise InvalidInputError("no unbound session with that token")
+            raise no_unbound_session()
         self._sessions[token_hash] = dataclasses.replace(session, replica_id=replica_id)
         self._replica_accounts.setdefault(replica_id, set()).add(session.username)
 

@@ -22,7 +22,7 @@ from caresync.records import Record, crdt
 from caresync.replica import Replica
 from caresync.replication import meta
 from caresync.server import SyncServer
-from caresync.storage import Store
+from caresync.storage import ReplicaStore
 
 __all__ = ["Lag", "RecordSnapshot", "Snapshot", "describe_differences", "lag", "snapshot"]
 
@@ -120,7 +120,7 @@ Snapshot = dict[str, RecordSnapshot]
 
 
 async def snapshot(
-    store: Store, rulebook: Rulebook, *, organisation: str | None = None
+    store: ReplicaStore, rulebook: Rulebook, *, organisation: str | None = None
 ) -> Snapshot:
     """Every record of ``store`` (of one organisation, on a server) as revisions and conflicts."""
     result: Snapshot = {}

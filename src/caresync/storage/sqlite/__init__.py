@@ -1,0 +1,50 @@
+"""The durable replica store: SQLite through aiosqlite.
+
+Theory of operation
+-------------------
+Every call runs as **one job on aiosqlite's connection thread**: the whole
+transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) is a single function handed
+to that thread, so statements of two coroutines never interleave inside one
+transaction, and a durable edit costs one thread round trip plus one fsync.
+(aiosqlite has no public call for "run this function on your thread"; we use
+its ``_execute``, pinned by the ``aiosqlite`` version range in
+``pyproject.toml`` and checked when a store opens.)
+
+Durability: WAL with ``synchronous = FULL`` (see :mod:`caresync.storage.schema`),
+so a call that returned has its commit fsynced to the write-ahead log. One
+process writes a replica: the store holds a writer lock (:mod:`._lock`) while
+open, so the bounded :class:`RecordCache` of merged record bytes can never go
+stale behind its back. Other processes may open the same file with
+``read_only=True`` while it runs (an operator reading a live server's
+database); a read-only store caches nothing and refuses every write.
+
+Opening never writes to a file before recognising it (:mod:`.migrations`).
+A new database is built under a temporary name beside the target and
+hard-linked into place when complete; nothing here ever renames, truncates or
+deletes a file at a path the caller gave.
+
+Errors from sqlite3 and aiosqlite are translated into
+:class:`~caresync.exceptions.StorageError` and its subclasses at this edge.
+
+Layout
+------
+One module per role, each a part of :class:`SQLiteStore` (a mixin on
+:class:`~caresync.storage.sqlite.core.SQLiteCore`):
+
+* :mod:`.core` — opening (writer lock, recognition, migration), the connection's
+  thread, one transaction per write, the cache of committed records;
+  :mod:`.files` — recognising, creating and backing up the file;
+* :mod:`.meta` — identity and settings;
+* :mod:`.writes` — what peers sent, and the planned-record machinery every write shares;
+  :mod:`.reading` — records, conflict rows, persons, quarantine;
+  :mod:`.persons` — the person index's tables;
+* :mod:`.outbox` and :mod:`.unsynced_work` — a laptop's local edits, outbox and unsynced work;
+* :mod:`.feed`, :mod:`.hub`, :mod:`.accounts`, :mod:`.sessions` — a server's feed and
+  client owners, health-hub outbox, accounts and replicas, sessions;
+* :mod:`.audit` — the audit chains; :mod:`.maintenance` — compaction and the check;
+* :mod:`._sql` — the SQL helpers they share.
+"""
+
+from caresync.storage.sqlite.store import SQLiteStore
+
+__all__ = ["SQLiteStore"]

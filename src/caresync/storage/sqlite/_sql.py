@@ -1,0 +1,142 @@
+"""SQL helpers the store's parts share: chunks of ids, counters, a record's bytes, meta,
+conflict rows, and sqlite3's errors translated at the store's edge.
+
+Private to the package: its modules import these underscored names from here."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from caresync.exceptions import CorruptDatabaseError, StorageError, UnknownRecordError
+from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage.base import ConflictRow, Identity
+
+T = TypeVar("T")
+
+
+Job = Callable[[sqlite3.Connection], T]
+
+
+_IN_CHUNK = 500  # record ids per "IN (...)" lookup, well under SQLite's parameter limit
+
+
+def _chunks(ids: Sequence[T]) -> Iterable[Sequence[T]]:
+    """Ids in slices short enough for one ``IN (...)`` list."""
+    return (ids[start : start + _IN_CHUNK] for start in range(0, len(ids), _IN_CHUNK))
+
+
+def _marks(count: int) -> str:
+    """``?, ?, ...``: the placeholders of an ``IN`` list of ``count`` values."""
+    return ", ".join("?" * count)
+
+
+def _scalar(raw: sqlite3.Connection, sql: str, *args: object) -> int:
+    row = raw.execute(sql, args).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _sequence(raw: sqlite3.Connection, table: str) -> int:
+    """The last number an AUTOINCREMENT table gave out (0 if none yet)."""
+    return _scalar(raw, "SELECT seq FROM sqlite_sequence WHERE name = ?", table)
+
+
+def _feed_head(raw: sqlite3.Connection) -> int:
+    """The highest change-feed number given out (feed rows are never deleted)."""
+    return _scalar(raw, "SELECT MAX(seq) FROM feed")
+
+
+def _expect_sequence(raw: sqlite3.Connection, table: str, expected: int) -> None:
+    head = _sequence(raw, table)
+    if head != expected:
+        raise CorruptDatabaseError(
+            f"{table} numbering is inconsistent (at {head}, expected {expected}); nothing written"
+        )
+
+
+def _record_row(raw: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | None:
+    row: tuple[Any, ...] | None = raw.execute(
+        "SELECT 1 FROM records WHERE record_id = ?", (record_id,)
+    ).fetchone()
+    return row
+
+
+def _state(raw: sqlite3.Connection, record_id: str) -> bytes:
+    """A record's compacted state (empty until its first compaction)."""
+    row = raw.execute("SELECT state FROM states WHERE record_id = ?", (record_id,)).fetchone()
+    return EMPTY_UPDATE if row is None else bytes(row[0])
+
+
+def _full(raw: sqlite3.Connection, record_id: str) -> bytes:
+    """A stored record's state merged with its log (reads the whole record)."""
+    row = raw.execute(
+        "SELECT log_count, rk, feed_folded FROM records WHERE record_id = ?", (record_id,)
+    ).fetchone()
+    if row is None:
+        raise UnknownRecordError(f"no record {record_id} is stored here")
+    state = _state(raw, record_id)
+    if not row[0]:
+        return state
+    return merge([state, *_pieces(raw, row[1], row[2])], record_id=record_id)
+
+
+def _pieces(raw: sqlite3.Connection, key: int | None, folded: int) -> list[bytes]:
+    """A record's updates since its compaction: its log rows, then its unfolded feed rows."""
+    log = [
+        bytes(r[0]) for r in raw.execute("SELECT data FROM log WHERE rk = ? ORDER BY id", (key,))
+    ]
+    log += [
+        bytes(r[0])
+        for r in raw.execute(
+            "SELECT data FROM feed WHERE rk = ? AND seq > ? ORDER BY seq", (key, folded)
+        )
+    ]
+    return log
+
+
+def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:
+    raw.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+_INSERT_CONFLICT = (
+    "INSERT INTO conflicts (record_id, id, kind, subject, severity, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _replace_conflicts_of(
+    raw: sqlite3.Connection, rows_by_record: Mapping[str, Sequence[ConflictRow]]
+) -> None:
+    """Replace the rows of many records: two statements for all, not two per record."""
+    raw.executemany("DELETE FROM conflicts WHERE record_id = ?", [(rid,) for rid in rows_by_record])
+    raw.executemany(
+        _INSERT_CONFLICT,
+        [
+            (c.record_id, c.id, c.kind, c.subject, c.severity, c.payload)
+            for record_rows in rows_by_record.values()
+            for c in record_rows
+        ],
+    )
+
+
+def _read_identity(raw: sqlite3.Connection) -> Identity | None:
+    row = raw.execute(
+        "SELECT replica_id, role, server_id, server_url, organisation FROM identity"
+    ).fetchone()
+    return None if row is None else Identity(*row)
+
+
+def _translate(exc: sqlite3.Error, what: str) -> StorageError:
+    """A caresync error for an sqlite3 error (the edge of the store)."""
+    message = str(exc)
+    lowered = message.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        return CorruptDatabaseError(f"{what}: the database is damaged ({message})")
+    if "locked" in lowered or "busy" in lowered:
+        return StorageError(f"{what}: the database is in use by another process ({message})")
+    if "full" in lowered:
+        return StorageError(f"{what}: the disk is full; nothing was written ({message})")
+    if "readonly" in lowered or "read-only" in lowered:
+        return StorageError(f"{what}: the database is read-only ({message})")
+    return StorageError(f"{what}: {message}")

@@ -1,0 +1,87 @@
+"""The audit trail's hash chains: this replica's own, and those other replicas send."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from caresync.audit.chain import AuditEntry, AuditEvent
+from caresync.storage._arguments import check_audit_append
+from caresync.storage._audit import (
+    check_audit_query,
+    sql_append,
+    sql_entries,
+    sql_receive,
+    sql_tail,
+)
+from caresync.storage.base import check_text
+from caresync.storage.sqlite.core import SQLiteCore
+
+__all__ = ["AuditPart"]
+
+
+class AuditPart(SQLiteCore):
+    """The audit trail's hash chains."""
+
+    async def append_audit(
+        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+    ) -> list[AuditEntry]:
+        """Append ``events`` to this replica's own audit chain, in one transaction."""
+        checked = check_audit_append(events, replica_id)
+        if not checked:
+            return []
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> list[AuditEntry]:
+            # Through the side door too: a reader beside a running writer records its reads.
+            return self._write(
+                raw,
+                lambda: sql_append(raw, replica_id or self._own_id(raw), checked, now),
+                accounts=True,
+            )
+
+        return await self._run("writing the audit trail", job)
+
+    async def audit_entries(
+        self,
+        *,
+        replica_id: str | None = None,
+        record_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries in chain order (replica, line, number), filtered as asked."""
+        check_audit_query(replica_id, record_id, after_seq, limit)
+        return await self._run(
+            "reading the audit trail",
+            lambda raw: sql_entries(
+                raw, replica_id=replica_id, record_id=record_id, after_seq=after_seq, limit=limit
+            ),
+        )
+
+    async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
+        """The last (number, hash) of the replica's newest chain line (this replica's
+        own chain when None); ``(0, GENESIS)`` when it has none."""
+        if replica_id is not None:
+            check_text(replica_id, "replica_id")
+
+        def job(raw: sqlite3.Connection) -> tuple[int, bytes]:
+            rid = replica_id if replica_id is not None else self._own_id(raw)
+            row = raw.execute(
+                "SELECT MAX(line) FROM audit_trail WHERE replica_id = ?", (rid,)
+            ).fetchone()
+            return sql_tail(raw, rid, 0 if row is None or row[0] is None else int(row[0]))
+
+        return await self._run("reading the audit trail", job)
+
+    async def receive_audit(self, replica_id: str, entries: Sequence[AuditEntry]) -> int:
+        """Keep the audit entries another replica sent, in one transaction (a server's
+        job); returns the number of the last one. AuditError, with nothing kept, for
+        entries that are malformed, of another replica, or that continue no chain line."""
+        check_text(replica_id, "replica_id")
+        batch = tuple(entries)
+
+        def job(raw: sqlite3.Connection) -> int:
+            return self._write(raw, lambda: sql_receive(raw, replica_id, batch))
+
+        return await self._run(f"keeping the audit trail of {replica_id}", job)

@@ -1,0 +1,354 @@
+"""The store's core: opening a file (its writer lock, recognition, migration), the
+connection's thread every call runs on, one transaction per write, and the cache of
+committed records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, cast
+
+import aiosqlite
+
+from caresync.exceptions import CorruptDatabaseError, InvalidInputError, StorageError
+from caresync.storage._cipher import DATABASE_ERRORS, SQLITE_ERRORS, check_key
+from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
+from caresync.storage._lock import WriterLock
+from caresync.storage._writes import WriteLike
+from caresync.storage.base import StoreOpener, StrPath
+from caresync.storage.cache import CachedRecord, RecordCache
+from caresync.storage.migrations import migrate, read_marks
+from caresync.storage.schema import CONNECTION_PRAGMAS, SCHEMA_VERSION
+from caresync.storage.sqlite._sql import _IN_CHUNK, Job, T, _marks, _read_identity, _translate
+from caresync.storage.sqlite.files import _backup_into, _connection, _recognise_or_create
+
+__all__ = ["SQLiteCore"]
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SQLiteCore:
+    """The connection every part runs on: opening and closing, one job per call on the
+    connection's thread, one transaction per write, and the cache of committed records."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        *,
+        cache: RecordCache,
+        clock: Callable[[], int],
+    ) -> None:
+        self._conn: aiosqlite.Connection | None = conn
+        self._raw: sqlite3.Connection = conn._conn
+        self.path = path
+        self.cache = cache
+        self._now_ms = clock
+        self.migrated_from: int | None = None
+        """The schema version the file had, if opening migrated it; else None."""
+        self.read_only = False
+        """True for a store opened with ``read_only=True``: it refuses every write."""
+        self._own_replica_id: str | None = None  # cached: a replica's id never changes
+        self.accounts_only = False
+        """True for a store opened with ``accounts_only=True`` (see :meth:`open`)."""
+        self.damaged: str | None = None
+        """Why the database failed its integrity check, or None. A damaged database
+        refuses every write (reads, and exporting unsynced work, still work)."""
+        self._lock: WriterLock | None = None
+        self._key: bytes | None = None  # the database key; never shown (no repr of it)
+
+    @classmethod
+    def open(
+        cls,
+        path: StrPath,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        accounts_only: bool = False,
+        cache_entries: int = 32768,
+        cache_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], int] | None = None,
+        key: bytes | None = None,
+    ) -> StoreOpener[Self]:
+        """Open (or, with ``create``, create) the store at ``path``.
+
+        ``await SQLiteStore.open(path)`` or ``async with SQLiteStore.open(path) as store``.
+        A missing file with ``create=False`` raises DatabaseNotFoundError and
+        creates nothing. A file that is not a caresync database raises
+        NotACaresyncDatabaseError, one from a newer caresync DatabaseTooNewError;
+        either way the file is left byte for byte as it was. An older schema is
+        migrated forward in one transaction. Opening reads no record.
+        ``clock`` returns milliseconds (for outbox times and accounts).
+
+        One process at a time opens a database for writing (StorageError "in
+        use" for a second). ``read_only`` opens it for reading even while its
+        writer runs: it never creates, migrates or writes (every write raises
+        StorageError), and it caches nothing, so each read sees the last commit.
+        ``accounts_only`` is the same, except that it may also change accounts
+        and enrolments (add a user, set a password, revoke a replica) and append
+        to the audit trail (:meth:`append_audit`): tables the writer keeps no
+        cache of, so an administrator can change them, and a reader record what
+        it read, while a server or a live laptop runs. Writes are then short
+        transactions beside the writer's.
+
+        ``key`` (32 random bytes; see :mod:`caresync.storage.keyring`) opens, or
+        creates, an encrypted database (SQLCipher: pages, write-ahead log and
+        journal; :mod:`caresync.storage._cipher`); exports of its unsynced work
+        are encrypted under it too. No key opens a plain one, as always. An
+        encrypted file opened without a key or with a wrong one, and a plain
+        file opened with a key, raise DatabaseKeyError and are left byte for
+        byte as they were (no -wal or -shm made).
+        """
+        if read_only and accounts_only:
+            raise InvalidInputError("open a store read_only or accounts_only, not both")
+        if key is not None:
+            check_key(key)
+        side_door = read_only or accounts_only
+
+        async def factory() -> Self:
+            return await cls._open(
+                Path(os.fspath(path)),
+                create=create and not side_door,
+                read_only=read_only,
+                accounts_only=accounts_only,
+                cache=RecordCache(
+                    max_entries=0 if side_door else cache_entries,
+                    max_bytes=0 if side_door else cache_bytes,
+                ),
+                clock=clock or _wall_ms,
+                key=key,
+            )
+
+        return StoreOpener(factory)
+
+    @classmethod
+    async def _open(
+        cls,
+        path: Path,
+        *,
+        create: bool,
+        read_only: bool,
+        accounts_only: bool,
+        cache: RecordCache,
+        clock: Callable[[], int],
+        key: bytes | None,
+    ) -> Self:
+        await asyncio.to_thread(_recognise_or_create, path, create, clock(), key)
+        side_door = read_only or accounts_only
+        lock = None if side_door else WriterLock.acquire(path)
+        resolved = await asyncio.to_thread(path.resolve)
+        target: str | Path = resolved.as_uri() + "?mode=ro" if read_only else path
+        conn = _connection(target, key=key, uri=read_only)
+        try:
+            await conn
+        except BaseException as exc:
+            if lock is not None:
+                lock.release()
+            if isinstance(exc, SQLITE_ERRORS):
+                raise _translate(exc, f"opening {path}") from exc
+            raise
+        if not callable(getattr(conn, "_execute", None)):
+            await conn.close()
+            if lock is not None:
+                lock.release()
+            raise StorageError("this aiosqlite version is not supported (no connection thread)")
+        store = cls(conn, path, cache=cache, clock=clock)
+        store._lock = lock
+        store._key = key
+        store.read_only = read_only
+        store.accounts_only = accounts_only
+        try:
+            prepare = store._prepare_side_door if side_door else store._prepare
+            store.migrated_from = await store._run(f"opening {path}", prepare)
+        except BaseException:
+            await store._close_quietly()
+            raise
+        return store
+
+    def _prepare(self, raw: sqlite3.Connection) -> int | None:
+        if not LOCK_AVAILABLE:  # pragma: no cover - no advisory locks: SQLite's own lock
+            raw.execute("PRAGMA locking_mode = EXCLUSIVE")
+        for pragma in CONNECTION_PRAGMAS:
+            row = raw.execute(pragma).fetchone()
+            if pragma.startswith("PRAGMA journal_mode") and (row is None or row[0] != "wal"):
+                raise StorageError(f"{self.path}: the database cannot use a write-ahead log")
+        # Checked before anything is written: SQLite writes into a damaged page
+        # without a word when it does not read it first (a sync, a new record).
+        try:
+            problems = [str(row[0]) for row in raw.execute("PRAGMA quick_check(5)")]
+        except DATABASE_ERRORS as exc:  # too damaged even to check
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            self.damaged = "; ".join(problems)
+            if read_marks(raw).user_version != SCHEMA_VERSION:
+                raise CorruptDatabaseError(
+                    f"{self.path} failed its integrity check ({self.damaged}) and needs a "
+                    "migration; nothing was written. Restore it from a backup"
+                )
+            return None
+        before = migrate(raw, self.path)
+        return before if before != SCHEMA_VERSION else None
+
+    def _prepare_side_door(self, raw: sqlite3.Connection) -> None:
+        if self.read_only:
+            raw.execute("PRAGMA query_only = 1")
+        else:
+            raw.execute("PRAGMA synchronous = FULL")
+        version = read_marks(raw).user_version
+        if version != SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has schema version {version}; this caresync reads version "
+                f"{SCHEMA_VERSION}. Open it once for writing (it migrates forward), then read it"
+            )
+
+    async def close(self) -> None:
+        """Close the store (the write-ahead log is checkpointed). Closing twice is harmless."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        self.cache.clear()
+        try:
+            await conn.close()
+        except SQLITE_ERRORS as exc:
+            raise _translate(exc, f"closing {self.path}") from exc
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    async def _close_quietly(self) -> None:
+        """Close after a failed open; the open's own error is the one to report."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(*SQLITE_ERRORS):
+                await conn.close()
+        self._release_lock()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._conn is None
+
+    @property
+    def encrypted(self) -> bool:
+        """True for a store opened with a key (an SQLCipher database)."""
+        return self._key is not None
+
+    async def backup(self, target: StrPath) -> None:
+        """Write a consistent copy of the database to a new file at ``target``.
+
+        SQLite's online backup copies one snapshot through this store's
+        connection (a read-only store copies while its writer runs) into a new
+        hidden file beside ``target``, mode 0600 from its creation; it is fsynced
+        and linked into place, never over an existing file (StorageError). The
+        copy is self-contained (no write-ahead log) and encrypted with this
+        store's key, or plain like it.
+        """
+        destination = Path(os.fspath(target))
+        key = self._key
+        await self._run(
+            f"backing {self.path} up to {destination}",
+            lambda raw: _backup_into(raw, destination, key),
+        )
+
+    async def _run(self, what: str, job: Job[T]) -> T:
+        """Run ``job(raw_connection)`` on the connection's thread; translate its errors."""
+        conn = self._conn
+        if conn is None:
+            raise StorageError(f"{what}: the store at {self.path} is closed")
+        execute = cast(Callable[..., Any], conn._execute)
+        try:
+            return cast(T, await execute(job, self._raw))
+        except SQLITE_ERRORS as exc:
+            error = _translate(exc, what)
+            if isinstance(error, CorruptDatabaseError) and self.damaged is None:
+                self.damaged = str(exc)  # found damaged while running: no more writes
+            raise error from exc
+
+    def _write(
+        self, raw: sqlite3.Connection, body: Callable[[], T], *, accounts: bool = False
+    ) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction, committed before returning."""
+        if self.read_only or (self.accounts_only and not accounts):
+            how = "read-only" if self.read_only else "for accounts only"
+            raise StorageError(f"{self.path} was opened {how}; nothing was written")
+        if self.damaged is not None:
+            raise CorruptDatabaseError(
+                f"{self.path} failed its integrity check ({self.damaged}); nothing was "
+                "written. Export its unsynced changes (caresync export), then restore the "
+                "database from a backup (or enrol a new one and import them)"
+            )
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        return result
+
+    def _known(
+        self, raw: sqlite3.Connection, writes: Sequence[WriteLike]
+    ) -> dict[str, CachedRecord]:
+        """What is known of the stored records among those written: cache, then one query."""
+        ids = dict.fromkeys(w.record_id for w in writes)
+        known = self.cache.get_many(ids)
+        missing = [record_id for record_id in ids if record_id not in known]
+        for start in range(0, len(missing), _IN_CHUNK):
+            chunk = missing[start : start + _IN_CHUNK]
+            rows = raw.execute(
+                "SELECT record_id, state_vector, organisation, pending, rk FROM records"
+                f" WHERE record_id IN ({_marks(len(chunk))})",
+                chunk,
+            )
+            for record_id, vector, organisation, pending, key in rows:
+                known[record_id] = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
+        return known
+
+    def _current(self, raw: sqlite3.Connection, record_id: str) -> CachedRecord | None:
+        """What is known of a committed record: from the cache, else its row (not its bytes)."""
+        cached = self.cache.get(record_id)
+        if cached is not None:
+            return cached
+        row = raw.execute(
+            "SELECT state_vector, organisation, pending, rk FROM records WHERE record_id = ?",
+            (record_id,),
+        ).fetchone()
+        return (
+            None if row is None else CachedRecord(bytes(row[0]), row[1], bool(row[2]), key=row[3])
+        )
+
+    def _own_id(self, raw: sqlite3.Connection) -> str:
+        """This replica's id, whose audit chain is its own (read once: it never changes,
+        and a durable edit should not read it again)."""
+        if self._own_replica_id is None:
+            identity = _read_identity(raw)
+            if identity is None:
+                raise StorageError(
+                    f"{self.path} holds no replica yet: it has no audit trail of its own"
+                )
+            self._own_replica_id = identity.replica_id
+        return self._own_replica_id

@@ -1,0 +1,80 @@
+"""A server's change feed, and the replica each Yjs client id is bound to."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection
+
+from caresync.exceptions import CorruptDatabaseError
+from caresync.storage._arguments import check_feed_query
+from caresync.storage.base import (
+    FeedItem,
+    check_client_id,
+)
+from caresync.storage.sqlite._sql import _IN_CHUNK, _feed_head, _marks
+from caresync.storage.sqlite.core import SQLiteCore
+
+__all__ = ["FeedPart"]
+
+
+class FeedPart(SQLiteCore):
+    """A server's change feed, and the owners of Yjs client ids."""
+
+    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
+        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
+        wanted = sorted({check_client_id(c) for c in clients})
+
+        def job(raw: sqlite3.Connection) -> dict[int, str]:
+            found: dict[int, str] = {}
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                for client, replica_id in raw.execute(
+                    "SELECT client, replica_id FROM yjs_clients"
+                    f" WHERE client IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    found[int(client)] = str(replica_id)
+            return found
+
+        return await self._run("reading Yjs client owners", job)
+
+    async def feed_since(
+        self,
+        after_seq: int,
+        *,
+        limit: int,
+        organisation: str | None = None,
+        exclude_origin: str | None = None,
+    ) -> list[FeedItem]:
+        """Change-feed items with seq > ``after_seq``, in order, at most ``limit``.
+
+        ``exclude_origin`` leaves out items written with that origin (they
+        still count as passed for a caller that checkpoints at the head).
+        """
+        check_feed_query(after_seq, limit, organisation, exclude_origin)
+        where = ["seq > ?"]
+        args: list[object] = [after_seq]
+        if organisation is not None:
+            where.insert(0, "organisation = ?")
+            args.insert(0, organisation)
+        if exclude_origin is not None:
+            where.append("origin IS NOT ?")  # rows of no origin are kept
+            args.append(exclude_origin)
+        # A row names its record by key; the id is read from records_by_key.
+        sql = (
+            "SELECT seq, (SELECT r.record_id FROM records r WHERE r.rk = feed.rk), data,"
+            f" organisation, origin FROM feed WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        )
+        args.append(limit)
+
+        def job(raw: sqlite3.Connection) -> list[FeedItem]:
+            items = [FeedItem(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in raw.execute(sql, args)]
+            if any(item.record_id is None for item in items):
+                raise CorruptDatabaseError("the change feed holds a row of no record; run check()")
+            return items
+
+        return await self._run("reading the change feed", job)
+
+    async def feed_head(self) -> int:
+        """The highest change-feed number given out (0 when the feed is empty)."""
+        return await self._run("reading the change feed", _feed_head)

@@ -1,0 +1,252 @@
+"""Maintenance: compacting a record's log, and the full consistency check."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from caresync.exceptions import CorruptDatabaseError, InvalidInputError, UnknownRecordError
+from caresync.records.persons import pair_of
+from caresync.storage._updates import (
+    EMPTY_UPDATE,
+    has_pending,
+    merge,
+    same_state_vector,
+    state_vector_of,
+    verify_compaction,
+)
+from caresync.storage.base import check_text
+from caresync.storage.cache import CachedRecord
+from caresync.storage.migrations import read_marks
+from caresync.storage.schema import APPLICATION_ID, FORMAT_VALUE, SCHEMA_VERSION
+from caresync.storage.sqlite._sql import _pieces, _scalar, _sequence, _state
+from caresync.storage.sqlite.core import SQLiteCore
+from caresync.storage.sqlite.persons import _key_hash, _parse_card, _parse_pair, _read_cards
+
+__all__ = ["MaintenancePart"]
+
+
+_MAX_PROBLEMS = 100
+
+
+_KEY_CHECKS = (
+    ("SELECT COUNT(*) FROM records WHERE rk IS NULL", "records have no key"),
+    (
+        "SELECT COUNT(*) FROM log WHERE rk NOT IN (SELECT rk FROM records WHERE rk IS NOT NULL)",
+        "log rows belong to no stored record",
+    ),
+    (
+        "SELECT COUNT(*) FROM feed WHERE rk NOT IN (SELECT rk FROM records WHERE rk IS NOT NULL)",
+        "feed rows belong to no stored record",
+    ),
+    (
+        "SELECT COUNT(*) FROM records WHERE feed_folded > (SELECT COALESCE(MAX(seq), 0) FROM feed)",
+        "records are folded past the end of the feed",
+    ),
+)
+"""Queries that count broken links between records, log and feed, and what they mean."""
+
+
+_PERSON_CHECKS = (
+    (
+        "SELECT COUNT(*) FROM person_cards WHERE record_id NOT IN (SELECT record_id FROM records)",
+        "person cards belong to no stored record",
+    ),
+    (
+        "SELECT COUNT(*) FROM person_keys WHERE rk NOT IN"
+        " (SELECT r.rk FROM records r JOIN person_cards c ON c.record_id = r.record_id)",
+        "person keys belong to no stored card",
+    ),
+    (
+        "SELECT COUNT(*) FROM person_pairs WHERE first NOT IN (SELECT record_id FROM person_cards)"
+        " OR second NOT IN (SELECT record_id FROM person_cards)",
+        "person pairs name a record with no stored card",
+    ),
+    (
+        "SELECT COUNT(*) FROM person_cards c JOIN records r ON r.record_id = c.record_id"
+        " WHERE c.organisation IS NOT COALESCE(r.organisation, '')",
+        "person cards are filed under another organisation than their record's",
+    ),
+    # Keys filed under another organisation than their card's differ in hash:
+    # the check of each card's keys below finds them.
+)
+"""Queries that count broken links of the person index, and what they mean."""
+
+
+def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
+    """The person index: rows naming records, cards that parse and hold their keys,
+    pairs that parse and are what their two cards make."""
+    for sql, problem in _PERSON_CHECKS:
+        count = _scalar(raw, sql)
+        if count:
+            yield f"{count} {problem}"
+    for record_id, organisation, data in raw.execute(
+        "SELECT record_id, organisation, card FROM person_cards"
+    ):
+        try:
+            card = _parse_card(record_id, bytes(data))
+        except CorruptDatabaseError as exc:
+            yield str(exc)
+            continue
+        stored = {
+            int(r[0])
+            for r in raw.execute(
+                "SELECT hash FROM person_keys"
+                " WHERE rk = (SELECT rk FROM records WHERE record_id = ?)",
+                (record_id,),
+            )
+        }
+        if stored != {_key_hash(organisation, key) for key in card.blocking_keys()}:
+            yield f"record {record_id}: its stored person keys do not match its card"
+    for first, second, state, data in raw.execute(
+        "SELECT first, second, state, payload FROM person_pairs"
+    ):
+        try:
+            pair = _parse_pair(first, second, state, bytes(data))
+            cards = _read_cards(raw, [first, second])
+        except CorruptDatabaseError as exc:
+            yield str(exc)
+            continue
+        if len(cards) == 2 and pair_of(cards[first], cards[second]) != pair:
+            yield f"the person pair of records {first} and {second} is not what their cards make"
+
+
+class MaintenancePart(SQLiteCore):
+    """Compaction and the full consistency check."""
+
+    async def compact(self, record_id: str) -> int:
+        """Fold the record's log into its state, in one transaction; returns how many updates.
+
+        Before committing, checks that the new state holds exactly what state
+        and log held (same state vector as stored, same decoded content);
+        otherwise raises CorruptDatabaseError and changes nothing. History is
+        never dropped (merging keeps every revision) and the outbox is not touched.
+        """
+        check_text(record_id, "record_id")
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> tuple[int, CachedRecord | None]:
+                row = raw.execute(
+                    "SELECT organisation, state_vector, rk, feed_folded FROM records"
+                    " WHERE record_id = ?",
+                    (record_id,),
+                ).fetchone()
+                if row is None:
+                    raise UnknownRecordError(f"no record {record_id} is stored here")
+                organisation, vector, key, folded = row[0], bytes(row[1]), row[2], row[3]
+                state = _state(raw, record_id)
+                log = raw.execute(
+                    "SELECT id, data FROM log WHERE rk = ? ORDER BY id", (key,)
+                ).fetchall()
+                fed = raw.execute(
+                    "SELECT seq, data FROM feed WHERE rk = ? AND seq > ? ORDER BY seq",
+                    (key, folded),
+                ).fetchall()
+                if not log and not fed:
+                    return 0, None
+                updates = [bytes(r[1]) for r in log] + [bytes(r[1]) for r in fed]
+                compacted = merge([state, *updates], record_id=record_id)
+                problem = verify_compaction(state, updates, compacted, vector)
+                if problem is not None:
+                    raise CorruptDatabaseError(
+                        f"compaction of record {record_id} refused, nothing changed: {problem}"
+                    )
+                pending = has_pending(compacted, vector)
+                raw.execute(
+                    "INSERT OR REPLACE INTO states (record_id, state) VALUES (?, ?)",
+                    (record_id, compacted),
+                )
+                # Feed rows are folded by moving the mark past them: the feed keeps them.
+                raw.execute(
+                    "UPDATE records SET pending = ?, log_count = 0, log_bytes = 0,"
+                    " feed_folded = ? WHERE record_id = ?",
+                    (pending, fed[-1][0] if fed else folded, record_id),
+                )
+                if log:
+                    raw.execute("DELETE FROM log WHERE rk = ? AND id <= ?", (key, log[-1][0]))
+                return len(updates), CachedRecord(vector, organisation, pending, compacted, key=key)
+
+            try:
+                folded_count, cached = self._write(raw, body)
+            except BaseException:
+                self.cache.discard(record_id)
+                raise
+            if cached is not None:
+                self.cache.put(record_id, cached)
+            return folded_count
+
+        return await self._run(f"compacting record {record_id}", job)
+
+    async def check(self) -> list[str]:
+        """A full consistency check; returns the problems found (empty when sound).
+
+        Reads the whole database: SQLite's own ``quick_check``, the format
+        marks, rows without their record, every record's state and log
+        (decodable, and merging to the stored state vector), log counters,
+        and outbox and feed numbers.
+        """
+        return await self._run("checking the database", self._check)
+
+    def _check(self, raw: sqlite3.Connection) -> list[str]:
+        problems: list[str] = []
+        raw.execute("BEGIN")
+        try:
+            problems.extend(
+                f"sqlite: {r[0]}" for r in raw.execute("PRAGMA quick_check") if r[0] != "ok"
+            )
+            if problems:
+                return problems
+            marks = read_marks(raw)
+            if marks.application_id != APPLICATION_ID or marks.format != FORMAT_VALUE:
+                problems.append("the caresync marks (application id, format) are missing")
+            if marks.user_version != SCHEMA_VERSION:
+                problems.append(f"schema version {marks.user_version}, not {SCHEMA_VERSION}")
+            for table in ("states", "outbox", "conflicts"):
+                orphans = _scalar(
+                    raw,
+                    f"SELECT COUNT(*) FROM {table} WHERE record_id NOT IN"
+                    " (SELECT record_id FROM records)",
+                )
+                if orphans:
+                    problems.append(f"{orphans} {table} rows belong to no stored record")
+            for sql, problem in _KEY_CHECKS:
+                count = _scalar(raw, sql)
+                if count:
+                    problems.append(f"{count} {problem}")
+            if _scalar(raw, "SELECT COALESCE(MAX(seq), 0) FROM outbox") > _sequence(raw, "outbox"):
+                problems.append("outbox numbers run ahead of their sequence")
+            for seq, record_id, data in raw.execute("SELECT seq, record_id, data FROM outbox"):
+                try:
+                    merge([bytes(data)], record_id=record_id)
+                except InvalidInputError as exc:
+                    problems.append(f"outbox row {seq}: {exc}")
+            problems.extend(self._check_records(raw))
+            problems.extend(_check_persons(raw))
+        finally:
+            raw.execute("ROLLBACK")
+        if len(problems) > _MAX_PROBLEMS:
+            problems[_MAX_PROBLEMS:] = [f"... and {len(problems) - _MAX_PROBLEMS} more"]
+        return problems
+
+    def _check_records(self, raw: sqlite3.Connection) -> Iterable[str]:
+        records = raw.execute(
+            "SELECT r.record_id, COALESCE(s.state, ?), r.state_vector, r.pending, r.log_count,"
+            " r.log_bytes, r.rk, r.feed_folded FROM records r"
+            " LEFT JOIN states s ON s.record_id = r.record_id",
+            (EMPTY_UPDATE,),
+        )
+        for record_id, state, vector, pending, log_count, log_bytes, key, folded in records:
+            log = _pieces(raw, key, folded)
+            if len(log) != log_count or sum(map(len, log)) != log_bytes:
+                yield f"record {record_id}: its log counters do not match its log"
+            try:
+                merged = merge([bytes(state), *log], record_id=record_id)
+                if not same_state_vector(state_vector_of(merged, record_id=record_id), vector):
+                    yield f"record {record_id}: its stored state vector does not match its content"
+                elif not pending and has_pending(merged, vector):
+                    yield f"record {record_id}: holds waiting updates but is not marked so"
+            except InvalidInputError as exc:
+                yield f"record {record_id}: {exc}"
+            cached = self.cache.get(record_id)
+            if cached is not None and not same_state_vector(cached.state_vector, vector):
+                yield f"record {record_id}: the cache disagrees with the database"

@@ -1,0 +1,198 @@
+"""A laptop's local edits and its outbox: numbered until the server acknowledges them."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from caresync.audit.chain import AuditEvent
+from caresync.exceptions import CorruptDatabaseError
+from caresync.records.persons import PersonCard
+from caresync.storage._arguments import (
+    beyond_outbox,
+    check_outbox_page,
+    check_renumbering,
+    check_write_local,
+)
+from caresync.storage._audit import check_events, sql_append
+from caresync.storage._writes import PlannedRecord, Write, local_writes, plan_writes
+from caresync.storage.base import (
+    ConflictRow,
+    IncomingUpdate,
+    OutboxItem,
+    OutboxSummary,
+    check_count,
+)
+from caresync.storage.sqlite._sql import _expect_sequence, _full, _put_meta, _scalar, _sequence
+from caresync.storage.sqlite.writes import RecordWritesPart
+
+__all__ = ["OutboxPart"]
+
+
+class OutboxPart(RecordWritesPart):
+    """A laptop's local edits and its outbox."""
+
+    async def write_local(
+        self,
+        record_id: str,
+        update: bytes,
+        *,
+        conflicts: Sequence[ConflictRow] | None,
+        organisation: str | None = None,
+        person: PersonCard | None = None,
+        audit: Sequence[AuditEvent] = (),
+    ) -> int:
+        """Commit a local edit: the record's log, the outbox and its conflict rows, at once.
+
+        Returns the edit's outbox sequence number (strictly increasing for the
+        life of the file). The commit is fsynced before this returns.
+        Raises InvalidUpdateError for bytes that are not an update (nothing stored).
+        ``person`` replaces the record's person card, and its pairs, in the same commit;
+        ``audit`` is appended to this replica's audit chain in it too.
+        """
+        write, events = check_write_local(record_id, update, conflicts, organisation, person, audit)
+        seqs = await self._run(
+            f"writing record {record_id}", lambda raw: self._write_local(raw, [write], events)
+        )
+        return seqs[0]
+
+    async def write_local_many(
+        self, edits: Sequence[IncomingUpdate], *, audit: Sequence[AuditEvent] = ()
+    ) -> list[int]:
+        """Commit several local edits in one transaction, all or nothing (see write_local)."""
+        writes = local_writes(edits)
+        events = check_events(audit)
+        if not writes:
+            return []
+        return await self._run(
+            f"writing {len(writes)} records", lambda raw: self._write_local(raw, writes, events)
+        )
+
+    def _write_local(
+        self, raw: sqlite3.Connection, writes: Sequence[Write], audit: Sequence[AuditEvent] = ()
+    ) -> list[int]:
+        now = self._now_ms()
+
+        def body() -> tuple[list[int], dict[str, PlannedRecord]]:
+            planned = plan_writes(
+                writes,
+                self._known(raw, writes),
+                lambda rid: _full(raw, rid),
+                skip_duplicates=False,
+            )
+            self._store_planned(raw, writes, planned, now, log=True)
+            if audit:
+                sql_append(raw, self._own_id(raw), audit, now)
+            if len(writes) == 1:  # the durable single edit: as few statements as can be
+                cursor = raw.execute(
+                    "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
+                    (writes[0].record_id, writes[0].update, now),
+                )
+                if cursor.lastrowid is None:
+                    raise CorruptDatabaseError("the outbox gave the edit no number")
+                return [cursor.lastrowid], planned
+            head = _sequence(raw, "outbox")
+            raw.executemany(
+                "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
+                [(w.record_id, w.update, now) for w in writes],
+            )
+            seqs = list(range(head + 1, head + 1 + len(writes)))
+            _expect_sequence(raw, "outbox", seqs[-1] if seqs else head)
+            return seqs, planned
+
+        return self._commit_planned(raw, body)
+
+    async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
+        """Up to ``limit`` unacknowledged local updates with seq > ``after_seq``, oldest first."""
+        check_outbox_page(limit, after_seq)
+
+        def job(raw: sqlite3.Connection) -> list[OutboxItem]:
+            return [
+                OutboxItem(r[0], r[1], bytes(r[2]), r[3])
+                for r in raw.execute(
+                    "SELECT seq, record_id, data, created_ms FROM outbox WHERE seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (after_seq, limit),
+                )
+            ]
+
+        return await self._run("reading the outbox", job)
+
+    async def pending_count(self) -> int:
+        """How many local updates wait for the server's acknowledgement."""
+        return await self._run(
+            "counting the outbox", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM outbox")
+        )
+
+    async def oldest_pending_ms(self) -> int | None:
+        """When the oldest unacknowledged update was written (ms), or None if none waits."""
+
+        def job(raw: sqlite3.Connection) -> int | None:
+            row = raw.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run("reading the outbox", job)
+
+    async def acknowledge(self, up_to_seq: int) -> int:
+        """Drop outbox rows with seq <= ``up_to_seq`` (the server committed them).
+
+        Only the outbox shrinks; the records keep every update. Refuses a
+        sequence number this replica never gave out. Returns how many rows went.
+        """
+        check_count(up_to_seq, "up_to_seq")
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                head = _sequence(raw, "outbox")
+                if up_to_seq > head:
+                    raise beyond_outbox(up_to_seq, head)
+                return raw.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)).rowcount
+
+            return self._write(raw, body)
+
+        return await self._run("acknowledging the outbox", job)
+
+    async def outbox_summary(self) -> OutboxSummary:
+        """The outbox's count, oldest time and seq range, read in one query."""
+
+        def job(raw: sqlite3.Connection) -> OutboxSummary:
+            row = raw.execute(
+                "SELECT COUNT(*), MIN(seq),"
+                " (SELECT created_ms FROM outbox ORDER BY seq LIMIT 1),"
+                " (SELECT seq FROM sqlite_sequence WHERE name = 'outbox')"
+                " FROM outbox"
+            ).fetchone()
+            return OutboxSummary(int(row[0]), row[2], row[1], int(row[3] or 0))
+
+        return await self._run("reading the outbox", job)
+
+    async def renumber_outbox(
+        self, above: int, *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Number every waiting update after ``above`` and every seq given out, in order."""
+        check_renumbering(above, checkpoint)
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                start = max(above, _sequence(raw, "outbox"))
+                seqs = [r[0] for r in raw.execute("SELECT seq FROM outbox ORDER BY seq")]
+                # Highest first, each to a number above every existing one: no clash.
+                moves = [(start + index + 1, seq) for index, seq in enumerate(seqs)]
+                raw.executemany("UPDATE outbox SET seq = ? WHERE seq = ?", reversed(moves))
+                last = start + len(seqs)
+                if (
+                    raw.execute(
+                        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (last,)
+                    ).rowcount
+                    == 0
+                ):
+                    raw.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (last,)
+                    )
+                if checkpoint is not None:
+                    _put_meta(raw, checkpoint[0], checkpoint[1])
+                return len(seqs)
+
+            return self._write(raw, body)
+
+        return await self._run("renumbering the outbox", job)

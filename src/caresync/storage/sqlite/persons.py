@@ -1,0 +1,178 @@
+"""The person index in SQLite: cards, blocking keys and pairs, kept with each write."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
+
+from caresync.exceptions import CorruptDatabaseError, InvalidInputError
+from caresync.records.persons import PersonCard, PersonPair
+from caresync.storage._writes import PersonWrite, pair_persons
+from caresync.storage.sqlite._sql import _chunks, _marks
+
+__all__: list[str] = []  # the store's own helpers; nothing public
+
+
+_NO_ORGANISATION = ""
+"""How a record of no organisation is keyed in the person tables (an organisation is
+never empty, and a primary key column of a WITHOUT ROWID table cannot be NULL)."""
+
+
+def _org_column(organisation: str | None) -> str:
+    return _NO_ORGANISATION if organisation is None else organisation
+
+
+def _key_hash(organisation_column: str, key: str) -> int:
+    """How a blocking key is stored: 64 bits of BLAKE2b of its organisation and text."""
+    digest = hashlib.blake2b(f"{organisation_column}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _record_keys(raw: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+    """The rk of each of these stored records."""
+    found: dict[str, int] = {}
+    for chunk in _chunks(list(ids)):
+        found.update(
+            raw.execute(
+                f"SELECT record_id, rk FROM records WHERE record_id IN ({_marks(len(chunk))})",
+                chunk,
+            )
+        )
+    return found
+
+
+def _parse_card(record_id: str, data: bytes) -> PersonCard:
+    """A stored card; CorruptDatabaseError naming the record for bytes that are not one."""
+    try:
+        card = PersonCard.from_bytes(data)
+    except InvalidInputError as exc:
+        raise CorruptDatabaseError(
+            f"the stored person card of record {record_id} is damaged ({exc}); re-index it"
+        ) from None
+    if card.record_id != record_id:
+        raise CorruptDatabaseError(
+            f"the stored person card of record {record_id} is record {card.record_id}'s; "
+            "re-index it"
+        )
+    return card
+
+
+def _parse_pair(first: str, second: str, state: str, data: bytes) -> PersonPair:
+    """A stored pair; CorruptDatabaseError naming its records for bytes that are not it."""
+    try:
+        pair = PersonPair.from_bytes(data)
+    except InvalidInputError as exc:
+        raise CorruptDatabaseError(
+            f"the stored person pair of records {first} and {second} is damaged ({exc}); "
+            "re-index them"
+        ) from None
+    if pair.record_ids != (first, second) or pair.state.value != state:
+        raise CorruptDatabaseError(
+            f"the stored person pair of records {first} and {second} does not match its row; "
+            "re-index them"
+        )
+    return pair
+
+
+def _read_cards(raw: sqlite3.Connection, ids: Sequence[str]) -> dict[str, PersonCard]:
+    """The stored cards of these records (an ``IN`` list per 500 ids); none: absent."""
+    found: dict[str, PersonCard] = {}
+    wanted = list(ids)
+    for chunk in _chunks(wanted):
+        for record_id, data in raw.execute(
+            f"SELECT record_id, card FROM person_cards WHERE record_id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            found[record_id] = _parse_card(record_id, bytes(data))
+    return found
+
+
+def _key_holders(
+    raw: sqlite3.Connection,
+    organisation: str | None,
+    keys: Collection[str],
+    hashed: dict[tuple[str, str], int],
+) -> list[tuple[str, str]]:
+    """(key, record id) of every stored card holding one of ``keys`` in the organisation.
+
+    Keys are stored hashed: a stored record whose key only hashes alike is
+    named too, which costs a comparison and changes no pair. ``hashed``
+    remembers each key's hash for the writes that follow.
+    """
+    column = _org_column(organisation)
+    by_hash: dict[int, list[str]] = {}
+    for key in keys:
+        value = hashed.get((column, key))
+        if value is None:
+            value = hashed[column, key] = _key_hash(column, key)
+        by_hash.setdefault(value, []).append(key)
+    holders: list[tuple[str, str]] = []
+    for chunk in _chunks(sorted(by_hash)):
+        for value, record_id in raw.execute(
+            "SELECT k.hash, r.record_id FROM person_keys k JOIN records r ON r.rk = k.rk"
+            f" WHERE k.hash IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            holders.extend((key, record_id) for key in by_hash[value])
+    return holders
+
+
+def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) -> None:
+    """Replace the cards of ``written``, their keys and every pair of their records.
+
+    The pairs are worked out first (reads only), then written in a few
+    statements for the whole batch: a write's share is indexed lookups of its
+    keys' holders and of their cards, never a scan.
+    """
+    hashed: dict[tuple[str, str], int] = {}
+    pairs = pair_persons(
+        written,
+        lambda organisation, keys: _key_holders(raw, organisation, keys, hashed),
+        lambda ids: _read_cards(raw, list(ids)),
+    )
+    # A record new in this write has nothing indexed to delete. (Only a damaged
+    # file could hold keys or pairs of it: OR REPLACE below keeps them from
+    # failing the write, and check() names them.)
+    rks = _record_keys(raw, list(written))
+    ids = [(record_id,) for record_id, w in written.items() if not w.new]
+    if ids:
+        raw.executemany("DELETE FROM person_pairs WHERE first = ?", ids)
+        raw.executemany("DELETE FROM person_pairs WHERE second = ?", ids)
+        raw.executemany("DELETE FROM person_keys WHERE rk = ?", [(rks[i],) for (i,) in ids])
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_cards (record_id, organisation, card) VALUES (?, ?, ?)",
+        [
+            (record_id, _org_column(w.organisation), w.card.to_bytes())
+            for record_id, w in written.items()
+        ],
+    )
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)",
+        sorted(
+            {
+                (hashed[_org_column(w.organisation), key], rks[record_id])
+                for record_id, w in written.items()
+                for key in w.keys
+            }
+        ),
+    )
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_pairs (first, second, organisation, state, payload)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [
+            (
+                pair.first.record_id,
+                pair.second.record_id,
+                # Both records are of one organisation: a card is only compared within it.
+                _org_column(
+                    (
+                        written.get(pair.first.record_id) or written[pair.second.record_id]
+                    ).organisation
+                ),
+                pair.state.value,
+                pair.to_bytes(),
+            )
+            for pair in pairs
+        ],
+    )

@@ -1,0 +1,353 @@
+"""Reading records, conflict rows, the person index and the quarantine."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from caresync.records.persons import PairState, PersonCard, PersonPair
+from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
+from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage.base import (
+    ConflictRow,
+    QuarantinedUpdate,
+    check_optional_text,
+    check_record_ids,
+    check_text,
+)
+from caresync.storage.cache import CachedRecord
+from caresync.storage.sqlite._sql import _chunks, _full, _marks, _record_row, _scalar
+from caresync.storage.sqlite.core import SQLiteCore
+from caresync.storage.sqlite.persons import _parse_pair, _read_cards
+
+__all__ = ["ReadingPart"]
+
+
+class ReadingPart(SQLiteCore):
+    """Reading records, conflict rows, the person index and the quarantine."""
+
+    async def load(self, record_id: str) -> bytes | None:
+        """The record's state merged with its log, as one update; None if unknown."""
+        check_text(record_id, "record_id")
+        cached = self.cache.get(record_id)
+        if cached is not None and cached.merged is not None:
+            return cached.merged
+
+        def job(raw: sqlite3.Connection) -> bytes | None:
+            current = self._current(raw, record_id)
+            if current is None:
+                return None
+            merged = _full(raw, record_id)
+            self.cache.put(record_id, current._replace(merged=merged))
+            return merged
+
+        return await self._run(f"loading record {record_id}", job)
+
+    async def load_many(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """What :meth:`load` returns, for many records in one database job.
+
+        Unknown ids are absent from the dict; it lists the others in the order
+        asked. Records whose merged bytes are cached cost nothing; the rest are
+        read in one read transaction (so all of them as of one commit), a few
+        hundred ids per query, and merged on the database thread.
+        """
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+        found: dict[str, bytes] = {}
+        missing: list[str] = []
+        for record_id in ids:
+            cached = self.cache.get(record_id)
+            if cached is not None and cached.merged is not None:
+                found[record_id] = cached.merged
+            else:
+                missing.append(record_id)
+        if missing or self._conn is None:
+            found.update(
+                await self._run(
+                    f"loading {len(missing)} records", lambda raw: self._load_many(raw, missing)
+                )
+            )
+        return {record_id: found[record_id] for record_id in ids if record_id in found}
+
+    def _load_many(self, raw: sqlite3.Connection, ids: list[str]) -> dict[str, bytes]:
+        rows: list[tuple[str, CachedRecord, bytes, int]] = []
+        pieces: dict[int, list[bytes]] = {}
+        raw.execute("BEGIN")  # one snapshot for every chunk, even beside another process
+        try:
+            for chunk in _chunks(ids):
+                first = len(rows)
+                for record_id, vector, organisation, pending, log_count, key, state in raw.execute(
+                    "SELECT r.record_id, r.state_vector, r.organisation, r.pending, r.log_count,"
+                    " r.rk, s.state FROM records r LEFT JOIN states s ON s.record_id = r.record_id"
+                    f" WHERE r.record_id IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    known = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
+                    state = EMPTY_UPDATE if state is None else bytes(state)
+                    rows.append((record_id, known, state, log_count))
+                keys = [row[1].key for row in rows[first:] if row[3]]
+                if not keys:
+                    continue
+                marks = _marks(len(keys))
+                for key, data in raw.execute(
+                    f"SELECT rk, data FROM log WHERE rk IN ({marks}) ORDER BY rk, id", keys
+                ):
+                    pieces.setdefault(key, []).append(bytes(data))
+                # Unfolded feed rows, by record; sorted here, which spares SQLite a sort.
+                fed: dict[int, list[tuple[int, bytes]]] = {}
+                for key, seq, data in raw.execute(
+                    "SELECT f.rk, f.seq, f.data FROM feed f JOIN records r ON r.rk = f.rk"
+                    f" WHERE f.rk IN ({marks}) AND f.seq > r.feed_folded",
+                    keys,
+                ):
+                    fed.setdefault(key, []).append((seq, bytes(data)))
+                for key, rows_of_key in fed.items():
+                    pieces.setdefault(key, []).extend(data for _, data in sorted(rows_of_key))
+        finally:
+            raw.execute("COMMIT")
+        loaded: dict[str, bytes] = {}
+        for record_id, known, state, log_count in rows:
+            more = pieces.get(known.key) if log_count and known.key is not None else None
+            merged = merge([state, *more], record_id=record_id) if more else state
+            loaded[record_id] = merged
+            self.cache.put(record_id, known._replace(merged=merged))
+        return loaded
+
+    async def state_vector(self, record_id: str) -> bytes | None:
+        """The record's stored state vector (of state and log together), or None."""
+        check_text(record_id, "record_id")
+        cached = self.cache.get(record_id)
+        if cached is not None:
+            return cached.state_vector
+
+        def job(raw: sqlite3.Connection) -> bytes | None:
+            row = raw.execute(
+                "SELECT state_vector FROM records WHERE record_id = ?", (record_id,)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(f"reading the state vector of {record_id}", job)
+
+    async def has_record(self, record_id: str) -> bool:
+        """True if the record is stored here."""
+        check_text(record_id, "record_id")
+        if self.cache.get(record_id) is not None:
+            return True
+        return await self._run(
+            f"looking up {record_id}", lambda raw: _record_row(raw, record_id) is not None
+        )
+
+    async def record_ids(
+        self, organisation: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Record ids in ascending order, after ``after``: pages for a first copy."""
+        checked = check_record_page(organisation, after, limit)
+        lim = -1 if checked is None else checked
+        if organisation is None:
+            sql = "SELECT record_id FROM records WHERE record_id > ? ORDER BY record_id LIMIT ?"
+            args: tuple[object, ...] = (after or "", lim)
+        else:
+            sql = (
+                "SELECT record_id FROM records WHERE organisation = ? AND record_id > ?"
+                " ORDER BY record_id LIMIT ?"
+            )
+            args = (organisation, after or "", lim)
+        return await self._run(
+            "listing records", lambda raw: [r[0] for r in raw.execute(sql, args)]
+        )
+
+    async def count_records(self, organisation: str | None = None) -> int:
+        """How many records are stored (in that organisation)."""
+        check_optional_text(organisation, "organisation")
+        if organisation is None:
+            return await self._run(
+                "counting records", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM records")
+            )
+        return await self._run(
+            "counting records",
+            lambda raw: _scalar(
+                raw, "SELECT COUNT(*) FROM records WHERE organisation = ?", organisation
+            ),
+        )
+
+    async def record_organisations(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """The organisation of each stored record named (unknown ids are absent)."""
+        ids = check_record_ids(record_ids)
+
+        def job(raw: sqlite3.Connection) -> dict[str, str | None]:
+            found: dict[str, str | None] = {}
+            for chunk in _chunks(ids):
+                for record_id, organisation in raw.execute(
+                    "SELECT record_id, organisation FROM records"
+                    f" WHERE record_id IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    found[record_id] = organisation
+            return found
+
+        return await self._run(f"reading the organisations of {len(ids)} records", job)
+
+    async def log_length(self, record_id: str) -> int:
+        """How many updates the record's log holds since its last compaction (0 if unknown)."""
+        check_text(record_id, "record_id")
+        return await self._run(
+            f"reading the log of {record_id}",
+            lambda raw: _scalar(
+                raw, "SELECT log_count FROM records WHERE record_id = ?", record_id
+            ),
+        )
+
+    async def conflicts(
+        self,
+        record_id: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ConflictRow]:
+        """Open conflict rows ordered by (record_id, id), read from the conflict index.
+
+        ``after`` is the (record_id, id) of the last row of the previous page.
+        """
+        checked = check_conflict_page(record_id, limit)
+        lim = -1 if checked is None else checked
+        after_key = ("", "") if after is None else (str(after[0]), str(after[1]))
+        columns = "id, record_id, kind, subject, severity, payload"
+        if record_id is None:
+            sql = (
+                f"SELECT {columns} FROM conflicts WHERE (record_id, id) > (?, ?)"
+                " ORDER BY record_id, id LIMIT ?"
+            )
+            args: tuple[object, ...] = (*after_key, lim)
+        else:
+            sql = (
+                f"SELECT {columns} FROM conflicts WHERE record_id = ? AND id > ?"
+                " ORDER BY id LIMIT ?"
+            )
+            args = (record_id, after_key[1] if after_key[0] == record_id else "", lim)
+
+        def job(raw: sqlite3.Connection) -> list[ConflictRow]:
+            return [
+                ConflictRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]))
+                for r in raw.execute(sql, args)
+            ]
+
+        return await self._run("listing conflicts", job)
+
+    async def count_conflicts(self, record_id: str | None = None) -> int:
+        """How many conflict rows are open (for one record, or in all)."""
+        check_optional_text(record_id, "record_id")
+        if record_id is None:
+            return await self._run(
+                "counting conflicts", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM conflicts")
+            )
+        return await self._run(
+            "counting conflicts",
+            lambda raw: _scalar(
+                raw, "SELECT COUNT(*) FROM conflicts WHERE record_id = ?", record_id
+            ),
+        )
+
+    async def conflict_rows(self, record_ids: Sequence[str]) -> dict[str, tuple[ConflictRow, ...]]:
+        """The stored conflict rows of many records, in one database job.
+
+        Each record's rows are ordered by id. A record without rows (or not
+        stored here) is absent: read the result with ``rows.get(record_id, ())``.
+        """
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: sqlite3.Connection) -> dict[str, tuple[ConflictRow, ...]]:
+            found: dict[str, list[ConflictRow]] = {}
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for chunk in _chunks(ids):
+                    for r in raw.execute(
+                        "SELECT id, record_id, kind, subject, severity, payload FROM conflicts"
+                        f" WHERE record_id IN ({_marks(len(chunk))}) ORDER BY record_id, id",
+                        chunk,
+                    ):
+                        row = ConflictRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]))
+                        found.setdefault(row.record_id, []).append(row)
+            finally:
+                raw.execute("COMMIT")
+            return {record_id: tuple(found[record_id]) for record_id in ids if record_id in found}
+
+        return await self._run(f"reading the conflicts of {len(ids)} records", job)
+
+    async def person_cards(self, record_ids: Sequence[str]) -> dict[str, PersonCard]:
+        """The stored person cards of these records, in the order asked (none: absent).
+
+        CorruptDatabaseError, naming the record, for a stored card that does not parse.
+        """
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: sqlite3.Connection) -> dict[str, PersonCard]:
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                found = _read_cards(raw, ids)
+            finally:
+                raw.execute("COMMIT")
+            return {record_id: found[record_id] for record_id in ids if record_id in found}
+
+        return await self._run(f"reading the person cards of {len(ids)} records", job)
+
+    async def person_pairs(
+        self,
+        record_id: str | None = None,
+        *,
+        state: PairState | None = None,
+        organisation: str | None = None,
+    ) -> list[PersonPair]:
+        """Stored pairs (of one record, in one state, of one organisation), by record ids.
+
+        CorruptDatabaseError, naming the two records, for a stored pair that
+        does not parse or does not match its row.
+        """
+        wanted = check_pair_query(record_id, state, organisation)
+        where: list[str] = []
+        args: list[object] = []
+        if wanted is not None:
+            where.append("state = ?")
+            args.append(wanted.value)
+        if organisation is not None:
+            where.append("organisation = ?")
+            args.append(organisation)
+        columns = "SELECT first, second, state, payload FROM person_pairs"
+        if record_id is None:
+            sql = columns + (f" WHERE {' AND '.join(where)}" if where else "")
+        else:
+            # Either side: the primary key finds it as first, an index as second.
+            more = "".join(f" AND {w}" for w in where)
+            sql = f"{columns} WHERE first = ?{more} UNION ALL {columns} WHERE second = ?{more}"
+            args = [record_id, *args, record_id, *args]
+        sql += " ORDER BY first, second"
+
+        def job(raw: sqlite3.Connection) -> list[PersonPair]:
+            return [
+                _parse_pair(first, second, row_state, bytes(payload))
+                for first, second, row_state, payload in raw.execute(sql, args)
+            ]
+
+        return await self._run("reading person pairs", job)
+
+    async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
+        """Updates kept aside because they could not be merged, oldest first."""
+        if record_id is not None:
+            check_text(record_id, "record_id")
+        sql = "SELECT record_id, data, reason, received_ms, id FROM quarantine"
+        args: tuple[object, ...] = ()
+        if record_id is not None:
+            sql += " WHERE record_id = ?"
+            args = (record_id,)
+
+        def job(raw: sqlite3.Connection) -> list[QuarantinedUpdate]:
+            return [
+                QuarantinedUpdate(r[0], bytes(r[1]), r[2], r[3], r[4])
+                for r in raw.execute(sql + " ORDER BY id", args)
+            ]
+
+        return await self._run("reading the quarantine", job)
+
+    async def count_quarantined(self) -> int:
+        """How many updates are kept aside."""
+        return await self._run(
+            "counting the quarantine", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM quarantine")
+        )

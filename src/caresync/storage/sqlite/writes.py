@@ -1,0 +1,289 @@
+"""Writing what peers sent (``write_remote``), and the machinery every record write
+shares: planned records stored with their log, conflict rows and person cards."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+
+from caresync.exceptions import CorruptDatabaseError, UnknownRecordError
+from caresync.records.persons import PersonCard
+from caresync.storage._arguments import check_write_remote_call
+from caresync.storage._writes import (
+    PersonWrite,
+    PlannedRecord,
+    WriteLike,
+    plan_writes,
+)
+from caresync.storage.base import (
+    ConflictRow,
+    HubMark,
+    IncomingUpdate,
+    QuarantinedUpdate,
+    check_conflicts,
+    check_conflicts_by_record,
+    check_persons_by_record,
+    check_text,
+    hub_versions,
+    unknown_records_error,
+)
+from caresync.storage.sqlite._sql import (
+    _chunks,
+    _feed_head,
+    _full,
+    _marks,
+    _put_meta,
+    _record_row,
+    _replace_conflicts_of,
+    _scalar,
+)
+from caresync.storage.sqlite.core import SQLiteCore
+from caresync.storage.sqlite.hub import _write_hub_marks
+from caresync.storage.sqlite.persons import _read_cards, _store_persons
+
+__all__ = ["RecordWritesPart"]
+
+
+class RecordWritesPart(SQLiteCore):
+    """Writing what peers sent, and the planned-record machinery every write shares."""
+
+    async def write_remote(
+        self,
+        items: Sequence[IncomingUpdate],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        to_feed: bool = False,
+        origin: str | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+        claim_clients: Mapping[int, str] | None = None,
+        hub: Mapping[str, HubMark] | None = None,
+    ) -> list[int]:
+        """Commit a batch of received updates, and the checkpoint, in one transaction.
+
+        Returns one number per item: its change-feed sequence number when
+        ``to_feed`` (the server), or 0 when nothing was appended — without
+        ``to_feed``, or when the record already held every part of the update
+        (a resent update is stored once). Remote updates never enter the outbox.
+        ``quarantine``: updates that could not be merged, kept aside with them.
+        """
+        writes, kept_aside, claims, marks = check_write_remote_call(
+            items, checkpoint, to_feed, origin, quarantine, claim_clients, hub
+        )
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> list[int]:
+            def body() -> tuple[list[int], dict[str, PlannedRecord]]:
+                planned = plan_writes(
+                    writes,
+                    self._known(raw, writes),
+                    lambda rid: _full(raw, rid),
+                    skip_duplicates=True,
+                )
+                # Into the feed, an update is stored once: its feed row is its log row.
+                self._store_planned(raw, writes, planned, now, log=not to_feed)
+                seqs = [0] * len(writes)
+                if to_feed:
+                    appended = sorted(i for p in planned.values() for i in p.appended)
+                    # Numbered explicitly after the highest: a clash would raise, not reuse.
+                    head = _feed_head(raw)
+                    rows = []
+                    for seq, i in enumerate(appended, start=head + 1):
+                        plan = planned[writes[i].record_id]
+                        rows.append((seq, plan.key, plan.organisation, origin, writes[i].update))
+                        seqs[i] = seq
+                    raw.executemany(
+                        "INSERT INTO feed (seq, rk, organisation, origin, data)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                if claims:
+                    raw.executemany(
+                        "INSERT OR IGNORE INTO yjs_clients (client, replica_id) VALUES (?, ?)",
+                        list(claims.items()),
+                    )
+                if kept_aside:
+                    raw.executemany(
+                        "INSERT INTO quarantine (record_id, data, reason, received_ms)"
+                        " VALUES (?, ?, ?, ?)",
+                        [(q.record_id, q.update, q.reason, now) for q in kept_aside],
+                    )
+                if marks:
+                    _write_hub_marks(raw, marks, hub_versions(writes, seqs), planned)
+                if checkpoint is not None:
+                    _put_meta(raw, checkpoint[0], checkpoint[1])
+                return seqs, planned
+
+            return self._commit_planned(raw, body)
+
+        return await self._run(f"storing {len(writes)} received updates", job)
+
+    def _commit_planned(
+        self,
+        raw: sqlite3.Connection,
+        body: Callable[[], tuple[list[int], dict[str, PlannedRecord]]],
+    ) -> list[int]:
+        try:
+            seqs, planned = self._write(raw, body)
+        except BaseException:
+            # The cache holds only committed state; after a failed commit, be sure.
+            self.cache.clear()
+            raise
+        self.cache.put_many([(record_id, plan.cached) for record_id, plan in planned.items()])
+        return seqs
+
+    def _store_planned(
+        self,
+        raw: sqlite3.Connection,
+        writes: Sequence[WriteLike],
+        planned: dict[str, PlannedRecord],
+        now: int,
+        *,
+        log: bool,
+    ) -> None:
+        """Write the records' rows, their log rows (with ``log``) and their conflict rows.
+
+        Gives each new record its integer key first (``plan.key``).
+        """
+        new_rows = []
+        changed_rows = []
+        organisation_rows = []
+        appended: list[int] = []
+        next_key = 0
+        for plan in planned.values():
+            if plan.is_new:
+                if not next_key:
+                    next_key = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
+                plan.key, next_key = next_key, next_key + 1
+                new_rows.append(
+                    (
+                        plan.record_id,
+                        plan.organisation,
+                        plan.state_vector,
+                        plan.pending,
+                        len(plan.appended),
+                        plan.appended_bytes,
+                        now,
+                        now,
+                        plan.key,
+                    )
+                )
+            else:
+                if plan.key is None:
+                    raise CorruptDatabaseError(f"record {plan.record_id} has no key; run check()")
+                if plan.changed or plan.appended:
+                    changed_rows.append(
+                        (
+                            plan.state_vector,
+                            plan.pending,
+                            len(plan.appended),
+                            plan.appended_bytes,
+                            now,
+                            plan.record_id,
+                        )
+                    )
+                if plan.organisation_set:
+                    organisation_rows.append((plan.organisation, plan.record_id))
+            appended.extend(plan.appended)
+        if new_rows:
+            raw.executemany(
+                "INSERT INTO records (record_id, organisation, state_vector, pending, log_count,"
+                " log_bytes, created_ms, updated_ms, rk) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new_rows,
+            )
+        if changed_rows:
+            # The organisation is set apart: naming it here would rewrite its index entry.
+            raw.executemany(
+                "UPDATE records SET state_vector = ?, pending = ?, log_count = log_count + ?,"
+                " log_bytes = log_bytes + ?, updated_ms = ? WHERE record_id = ?",
+                changed_rows,
+            )
+        if organisation_rows:
+            raw.executemany(
+                "UPDATE records SET organisation = ? WHERE record_id = ? AND organisation IS NULL",
+                organisation_rows,
+            )
+        if log:
+            # Log rows in the order the writes came, whatever their record.
+            raw.executemany(
+                "INSERT INTO log (rk, data, created_ms) VALUES (?, ?, ?)",
+                [
+                    (planned[writes[i].record_id].key, writes[i].update, now)
+                    for i in sorted(appended)
+                ],
+            )
+        replaced = {p.record_id: p.conflicts for p in planned.values() if p.conflicts is not None}
+        if replaced:
+            _replace_conflicts_of(raw, replaced)
+        persons = {
+            p.record_id: PersonWrite(p.organisation, p.person, p.is_new)
+            for p in planned.values()
+            if p.person is not None
+        }
+        # A record given an organisation keeps its card, now compared within it.
+        moved = [p for p in planned.values() if p.organisation_set and p.person is None]
+        if moved:
+            stored = _read_cards(raw, [p.record_id for p in moved])
+            persons.update(
+                (p.record_id, PersonWrite(p.organisation, stored[p.record_id]))
+                for p in moved
+                if p.record_id in stored
+            )
+        if persons:
+            _store_persons(raw, persons)
+
+    async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:
+        """Replace a stored record's conflict rows (after the rules changed, say)."""
+        check_text(record_id, "record_id")
+        rows = check_conflicts(record_id, conflicts)
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                if _record_row(raw, record_id) is None:
+                    raise UnknownRecordError(f"no record {record_id} is stored here")
+                _replace_conflicts_of(raw, {record_id: rows})
+
+            self._write(raw, body)
+
+        await self._run(f"storing conflicts of {record_id}", job)
+
+    async def set_conflicts_many(
+        self,
+        rows_by_record: Mapping[str, Sequence[ConflictRow]],
+        *,
+        persons: Mapping[str, PersonCard] | None = None,
+    ) -> None:
+        """Replace the conflict rows (and person cards) of many stored records in one transaction.
+
+        All checked first (see :meth:`Store.set_conflicts_many`); a re-index
+        writes a chunk of records per commit instead of one commit per record.
+        Each card is stored under its record's stored organisation.
+        """
+        rows = check_conflicts_by_record(rows_by_record)
+        cards = check_persons_by_record(persons)
+        ids = list(dict.fromkeys([*rows, *cards]))
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                # Committed records are in the cache or the table; ask SQLite for the rest.
+                cached = self.cache.get_many(ids)
+                found = {record_id: known.organisation for record_id, known in cached.items()}
+                for chunk in _chunks([i for i in ids if i not in cached]):
+                    sql = (
+                        "SELECT record_id, organisation FROM records"
+                        f" WHERE record_id IN ({_marks(len(chunk))})"
+                    )
+                    found.update((row[0], row[1]) for row in raw.execute(sql, chunk))
+                missing = [record_id for record_id in ids if record_id not in found]
+                if missing:
+                    raise unknown_records_error(missing, len(ids))
+                _replace_conflicts_of(raw, rows)
+                if cards:
+                    _store_persons(
+                        raw,
+                        {rid: PersonWrite(found[rid], card) for rid, card in cards.items()},
+                    )
+
+            if ids:
+                self._write(raw, body)
+
+        await self._run(f"storing conflicts of {len(ids)} records", job)

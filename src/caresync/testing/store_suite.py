@@ -1,0 +1,1704 @@
+"""The store conformance suite: what every caresync store must do, as pytest classes.
+
+Our two stores (:class:`~caresync.storage.SQLiteStore` and its in-memory twin
+:class:`~caresync.storage.MemoryStore`) run it, and so can any other store: subclass
+the parts your store implements and say how to open a fresh, empty one::
+
+    from caresync.testing.store_suite import ServerStoreSuite
+
+    class TestPostgresStore(ServerStoreSuite):
+        def make_store(self, directory, clock):
+            return PostgresStore.open(DSN, clock=clock)   # an async context manager
+
+The parts follow the store protocols of :mod:`caresync.storage.base`:
+
+* :class:`ReplicaStoreSuite` — every replica (:class:`~caresync.storage.ReplicaStore`);
+* :class:`LaptopStoreSuite` — adds the outbox and unsynced work
+  (:class:`~caresync.storage.LaptopStore`);
+* :class:`ServerStoreSuite` — adds the change feed, accounts, replicas and sessions
+  (:class:`~caresync.storage.ServerStore`);
+* :class:`StoreConformance` — both, and the tests that need a laptop's and a server's
+  part in one store (:class:`~caresync.storage.Store`).
+
+``make_store(directory, clock)`` gets an empty directory of the test's own (pytest's
+``tmp_path``) and a :class:`~caresync.testing.store_data.FakeClock`: the store must
+take its times (outbox rows, enrolments, sessions) from that clock, which the tests
+move by hand. It returns an async context manager (what ``open()`` returns) whose
+``__aenter__`` gives the open store; the suite closes it.
+
+The tests are coroutines run by pytest-asyncio (``pip install "caresync[testing]"``).
+Each class is marked ``asyncio`` and its ``store`` fixture is a pytest-asyncio fixture,
+so the suite runs in pytest-asyncio's strict mode (its default) and in ``auto`` mode
+alike. A few tests use the in-memory store to write an export file to import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pycrdt import get_state
+
+from caresync.audit import GENESIS, AuditEvent, link, verify_chain
+from caresync.audit.chain import verify_trail
+from caresync.exceptions import (
+    AuditError,
+    CaresyncError,
+    ExportFileError,
+    InvalidInputError,
+    InvalidUpdateError,
+    StorageError,
+    UnknownRecordError,
+    UnsyncedChangesError,
+    WrongOrganisationError,
+    WrongServerError,
+)
+from caresync.records import Record
+from caresync.records.persons import (
+    DIFFERENT_PEOPLE,
+    SAME_PERSON,
+    PairState,
+    PersonCard,
+    link_path,
+    pair_of,
+)
+from caresync.storage import (
+    ConflictRow,
+    Identity,
+    IncomingUpdate,
+    LaptopStore,
+    MemoryStore,
+    QuarantinedUpdate,
+    ReplicaStore,
+    ServerStore,
+    SessionRow,
+    Store,
+)
+from caresync.storage._audit import MAX_LINES
+from caresync.testing.store_data import (
+    READ,
+    WRITE,
+    FakeClock,
+    Patient,
+    audit_chain,
+    card,
+    conflict,
+    digest,
+    incoming,
+    oracle,
+    registered,
+    revision_ids,
+    same_vector,
+    session_row,
+    set_laptop_identity,
+    whole,
+)
+
+__all__ = [
+    "LaptopStoreSuite",
+    "ReplicaStoreSuite",
+    "ServerStoreSuite",
+    "StoreConformance",
+]
+
+
+def remote(patient: Patient, update: bytes, org: str | None = None) -> IncomingUpdate:
+    """An update of ``patient`` as received from a peer (no conflict rows said)."""
+    return IncomingUpdate(patient.id, update, None, org)
+
+
+class ReplicaStoreSuite:
+    """What every replica's store must do: records, conflicts, identity, meta.
+
+    Subclass it (or a part built on it) and implement :meth:`make_store`.
+    """
+
+    pytestmark = pytest.mark.asyncio
+
+    def make_store(self, directory: Path, clock: FakeClock) -> AbstractAsyncContextManager[Any]:
+        """An async context manager giving a new, empty store that reads ``clock``.
+
+        ``directory`` is the test's own empty directory, for a store that needs files.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement make_store")
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        """The clock the store reads; tests move it by hand."""
+        return FakeClock()
+
+    @pytest_asyncio.fixture
+    async def store(self, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Any]:
+        """A new, empty store of the kind :meth:`make_store` opens; closed after the test."""
+        async with self.make_store(tmp_path, clock) as opened:
+            yield opened
+
+    # local edits
+
+    async def test_unknown_records_read_as_none(self, store: ReplicaStore) -> None:
+        assert await store.load("nobody") is None
+        assert await store.state_vector("nobody") is None
+        assert not await store.has_record("nobody")
+        assert await store.log_length("nobody") == 0
+
+    # remote updates and feed
+
+    async def test_a_pulled_batch_commits_with_its_checkpoint(self, store: ReplicaStore) -> None:
+        a, b = Patient("laptop-b"), Patient("laptop-c")
+        items = [remote(a, a.created), remote(b, b.created), remote(a, a.edit("birthDate", "2001"))]
+        assert await store.write_remote(items, checkpoint=("pull", "42")) == [0, 0, 0]
+        assert await store.get_meta("pull") == "42"
+        loaded = await store.load(a.id)
+        assert loaded is not None
+        assert Record.from_update(a.id, loaded, replica="x").value("birthDate") == "2001"
+        assert await store.count_records() == 2
+
+    async def test_updates_arriving_out_of_order_are_all_kept(self, store: ReplicaStore) -> None:
+        p = Patient("laptop-b")
+        first, second = p.edit("birthDate", "1"), p.edit("birthDate", "2")
+        await store.write_remote([remote(p, p.created)])
+        await store.write_remote([remote(p, second)])  # its parent has not arrived yet
+        await store.write_remote([remote(p, second)])
+        await store.write_remote([remote(p, first)])
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "2"
+        vector = await store.state_vector(p.id)
+        assert vector is not None
+        assert same_vector(vector, p.record.state_vector())
+        assert await store.check() == []
+
+    async def test_record_ids_page_in_order_by_organisation(self, store: ReplicaStore) -> None:
+        ids = []
+        for n in range(12):
+            p = Patient()
+            org = "org-a" if n % 3 else "org-b"
+            await store.write_remote([IncomingUpdate(p.id, p.created, None, org)])
+            ids.append((p.id, org))
+        everything = await store.record_ids()
+        assert everything == sorted(i for i, _ in ids)
+        paged: list[str] = []
+        after = None
+        while page := await store.record_ids(after=after, limit=5):
+            paged += page
+            after = page[-1]
+        assert paged == everything
+        assert await store.record_ids("org-b") == sorted(i for i, o in ids if o == "org-b")
+        assert await store.count_records() == 12
+        assert await store.count_records("org-b") == 4
+
+    # reading in bulk
+
+    async def test_load_many_reads_ids_past_one_query_and_records_written_since(
+        self, store: ReplicaStore
+    ) -> None:
+        patients = [Patient() for _ in range(700)]
+        await store.write_remote([remote(p, p.created) for p in patients])
+        edited = patients[::50]
+        await store.write_remote([remote(p, p.edit("birthDate", "2020")) for p in edited])
+        # Known and unknown ids interleaved, more than one IN list holds.
+        asked = [rid for p in patients for rid in (p.id, f"unknown-{p.id}")]
+        first = await store.load_many(asked)
+        assert list(first) == [p.id for p in patients]
+        assert all(
+            revision_ids(first[p.id], p.id) == {r.id for r in p.record.revisions()} for p in edited
+        )
+        # A write after a bulk load is seen by the next one (no stale copy kept).
+        await store.write_remote([remote(p, p.edit("birthDate", "2021")) for p in edited])
+        again = await store.load_many([p.id for p in edited])
+        for p in edited:
+            assert Record.from_update(p.id, again[p.id], replica="x").value("birthDate") == "2021"
+
+    @pytest.mark.parametrize("bad", ["one-id", b"id", None, 5, [""], ["r", None], ["r" * 300]])
+    async def test_bulk_reads_refuse_anything_but_a_sequence_of_ids(
+        self, store: ReplicaStore, bad: object
+    ) -> None:
+        with pytest.raises(InvalidInputError):
+            await store.load_many(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            await store.conflict_rows(bad)  # type: ignore[arg-type]
+
+    async def test_conflict_rows_reads_ids_past_one_query(self, store: ReplicaStore) -> None:
+        patients = [Patient() for _ in range(600)]
+        await store.write_remote(
+            [
+                IncomingUpdate(
+                    p.id, p.created, (conflict(p.id, 0), conflict(p.id, 1)) if n % 2 else ()
+                )
+                for n, p in enumerate(patients)
+            ]
+        )
+        rows = await store.conflict_rows([p.id for p in reversed(patients)])
+        assert list(rows) == [p.id for n, p in reversed(list(enumerate(patients))) if n % 2]
+        assert sum(len(r) for r in rows.values()) == await store.count_conflicts() == 600
+
+    # compaction
+
+    async def test_compacting_an_unknown_record_is_a_typed_error(self, store: ReplicaStore) -> None:
+        with pytest.raises(UnknownRecordError):
+            await store.compact("nobody")
+
+    # identity, meta
+
+    async def test_identity_can_be_set_and_filled_in_but_never_rebound(
+        self, store: ReplicaStore
+    ) -> None:
+        assert await store.get_identity() is None
+        laptop = Identity("laptop-7", "laptop")
+        await store.set_identity(laptop)
+        assert await store.get_identity() == laptop
+        enrolled = Identity("laptop-7", "laptop", "server-1", "wss://clinic", "org-1")
+        await store.set_identity(enrolled)
+        await store.set_identity(enrolled)
+        moved = Identity("laptop-7", "laptop", "server-1", "wss://clinic.new", "org-1")
+        await store.set_identity(moved)  # a server may move
+        with pytest.raises(WrongServerError):
+            await store.set_identity(Identity("laptop-7", "laptop", "server-2", None, "org-1"))
+        with pytest.raises(WrongOrganisationError):
+            await store.set_identity(Identity("laptop-7", "laptop", "server-1", None, "org-2"))
+        with pytest.raises(InvalidInputError):
+            await store.set_identity(Identity("laptop-8", "laptop", "server-1", None, "org-1"))
+        with pytest.raises(InvalidInputError):
+            await store.set_identity(Identity("laptop-7", "server", "server-1", None, "org-1"))
+        assert await store.get_identity() == moved
+
+    async def test_meta_keeps_settings_and_refuses_reserved_keys(self, store: ReplicaStore) -> None:
+        assert await store.get_meta("checkpoint") is None
+        await store.set_meta("checkpoint", "17")
+        await store.set_meta("checkpoint", "18")
+        assert await store.get_meta("checkpoint") == "18"
+        with pytest.raises(InvalidInputError):
+            await store.set_meta("caresync.format", "mine")
+        with pytest.raises(InvalidInputError):
+            await store.write_remote([], checkpoint=("caresync.x", "1"))
+        with pytest.raises(InvalidInputError):
+            await store.set_meta("k", 5)  # type: ignore[arg-type]
+
+    # the audit trail
+
+    async def test_entries_are_numbered_and_chained_in_order(self, store: ReplicaStore) -> None:
+        await set_laptop_identity(store)
+        first = await store.append_audit([READ])
+        second = await store.append_audit([WRITE, READ])
+        entries = await store.audit_entries()
+        assert entries == first + second
+        assert [e.seq for e in entries] == [1, 2, 3]
+        assert entries[0].prev_hash == GENESIS
+        assert entries[1].prev_hash == entries[0].hash
+        assert verify_chain(entries, replica_id="laptop-7").ok
+        assert await store.audit_tail() == (3, entries[-1].hash)
+        assert await store.audit_entries(after_seq=2) == entries[2:]
+        assert await store.audit_entries(record_id="nope") == []
+        assert await store.audit_entries(limit=1) == entries[:1]
+
+    async def test_without_an_identity_there_is_no_chain_to_append_to(
+        self, store: ReplicaStore
+    ) -> None:
+        with pytest.raises(Exception, match="no replica yet"):
+            await store.append_audit([READ])
+
+    # sessions, secrets, client owners, the outbox summary, the quarantine
+
+    async def test_record_organisations(self, store: ReplicaStore) -> None:
+        a, b = Patient(), Patient()
+        await store.write_remote([IncomingUpdate(a.id, a.created, None, "clinic")])
+        await store.write_remote([IncomingUpdate(b.id, b.created, None, "other")])
+        found = await store.record_organisations([a.id, b.id, "nope"])
+        assert found == {a.id: "clinic", b.id: "other"}
+
+    async def test_updates_kept_aside_are_stored_with_the_batch(self, store: ReplicaStore) -> None:
+        patient = Patient()
+        kept = QuarantinedUpdate(patient.id, b"\x01\x02 not an update", "not a valid update")
+        await store.write_remote(
+            [IncomingUpdate(patient.id, patient.created, None)],
+            checkpoint=("sync.checkpoint", "7"),
+            quarantine=[kept],
+        )
+        assert await store.count_quarantined() == 1
+        [found] = await store.quarantined()
+        assert (found.record_id, found.update, found.reason) == (
+            patient.id,
+            kept.update,
+            kept.reason,
+        )
+        assert found.id >= 1
+        assert await store.quarantined("another-record") == []
+        assert await store.get_meta("sync.checkpoint") == "7"
+
+    # the person index
+
+    async def test_records_of_different_organisations_never_pair(self, store: ReplicaStore) -> None:
+        one = [registered("Awa Diop", replica=f"laptop-{n}") for n in range(5)]
+        one[4].edit(link_path(one[1].id), SAME_PERSON)  # a decision about a record it cannot see
+        await store.write_remote(
+            [
+                incoming(one[0], "org-1"),
+                incoming(one[1], "org-2"),
+                incoming(one[2]),  # no organisation: pairs only with records of none
+                incoming(one[3]),
+                incoming(one[4], "org-3"),
+            ]
+        )
+        [pair] = await store.person_pairs()
+        assert set(pair.record_ids) == {one[2].id, one[3].id}
+        assert await store.person_pairs(organisation="org-1") == []
+        assert await store.person_pairs(one[1].id) == []
+        assert await store.check() == []
+
+    async def test_a_record_given_an_organisation_later_is_compared_within_it(
+        self, store: ReplicaStore
+    ) -> None:
+        a, b = registered("Awa Diop"), registered("Awa Diop", replica="laptop-b")
+        await store.write_remote([incoming(a, "org-1"), incoming(b, None)])
+        assert await store.person_pairs() == []
+        stored = card(b)
+        await store.write_remote([IncomingUpdate(b.id, b.edit(), None, "org-1")])  # no new card
+        assert await store.person_cards([b.id]) == {b.id: stored}
+        [pair] = await store.person_pairs(organisation="org-1")
+        assert set(pair.record_ids) == {a.id, b.id}
+        assert await store.check() == []
+
+    async def test_a_batch_that_fails_stores_none_of_its_cards(self, store: ReplicaStore) -> None:
+        a, b = registered("Awa Diop"), registered("Awa Diop", replica="laptop-b")
+        await store.write_remote([incoming(a)])
+        with pytest.raises(InvalidUpdateError):
+            await store.write_remote(
+                [incoming(b), IncomingUpdate(a.id, b"not an update", None, person=card(a))]
+            )
+        assert await store.person_cards([a.id, b.id]) == {a.id: card(a)}
+        assert await store.person_pairs() == []
+        assert not await store.has_record(b.id)
+
+    async def test_a_reindex_through_set_conflicts_many_rebuilds_the_pairs(
+        self, store: ReplicaStore
+    ) -> None:
+        patients = [registered("Awa Diop", replica=f"laptop-{n}") for n in range(3)]
+        patients[2].edit("name", "Fatou Sow")
+        await store.write_remote([incoming(p, "org-1", person=False) for p in patients])
+        assert await store.person_pairs() == []  # an index built before this version: empty
+        cards = {p.id: card(p) for p in patients}
+        await store.set_conflicts_many({p.id: [] for p in patients}, persons=cards)
+        assert await store.person_pairs() == oracle({rid: ("org-1", c) for rid, c in cards.items()})
+        assert len(await store.person_pairs(organisation="org-1")) == 1  # the stored organisation
+        assert await store.person_cards(list(cards)) == cards
+        assert await store.check() == []
+
+    # what a store without an outbox is checked on too (records written as received)
+
+    async def test_received_conflict_rows_list_in_order_page_and_are_replaced(
+        self, store: ReplicaStore
+    ) -> None:
+        patients = [Patient("laptop-b") for _ in range(4)]
+        await store.write_remote(
+            [
+                IncomingUpdate(p.id, p.created, tuple(conflict(p.id, n) for n in range(3)))
+                for p in patients
+            ]
+        )
+        everything = await store.conflicts()
+        assert len(everything) == 12
+        assert everything == sorted(everything, key=lambda c: (c.record_id, c.id))
+        pages: list[ConflictRow] = []
+        after = None
+        while page := await store.conflicts(limit=5, after=after):
+            pages.extend(page)
+            after = (page[-1].record_id, page[-1].id)
+        assert pages == everything
+        first = patients[0]
+        await store.write_remote([remote(first, first.edit())])  # None: the rows stay
+        assert await store.count_conflicts(first.id) == 3
+        await store.write_remote([IncomingUpdate(first.id, first.edit(), (conflict(first.id, 7),))])
+        assert await store.conflict_rows([first.id]) == {first.id: (conflict(first.id, 7),)}
+        await store.write_remote([IncomingUpdate(first.id, first.edit(), ())])
+        assert await store.count_conflicts(first.id) == 0
+        assert await store.count_conflicts() == 9
+        assert await store.check() == []
+
+    async def test_set_conflicts_of_received_records_all_or_nothing(
+        self, store: ReplicaStore
+    ) -> None:
+        p, q, stranger = Patient("laptop-b"), Patient("laptop-b"), Patient("laptop-b")
+        with pytest.raises(UnknownRecordError):
+            await store.set_conflicts(p.id, [conflict(p.id)])
+        await store.write_remote([remote(p, p.created), remote(q, q.created)])
+        await store.set_conflicts(p.id, [conflict(p.id, 3)])
+        assert await store.conflicts() == [conflict(p.id, 3)]
+        before = await store.conflicts()
+        with pytest.raises(UnknownRecordError, match=stranger.id):
+            await store.set_conflicts_many(
+                {p.id: [conflict(p.id, 7)], q.id: [], stranger.id: [conflict(stranger.id)]}
+            )
+        with pytest.raises(InvalidInputError):
+            await store.set_conflicts_many({p.id: [conflict(p.id, 7)], q.id: [conflict(p.id)]})
+        assert await store.conflicts() == before
+        await store.set_conflicts_many({p.id: [], q.id: [conflict(q.id, 1)]})
+        assert await store.conflict_rows([p.id, q.id]) == {q.id: (conflict(q.id, 1),)}
+        assert await store.check() == []
+
+    async def test_a_received_record_belongs_to_one_organisation(self, store: ReplicaStore) -> None:
+        p = Patient("laptop-b")
+        await store.write_remote([remote(p, p.created, "org-1")])
+        await store.write_remote([remote(p, p.edit())])  # None: the record's own
+        with pytest.raises(InvalidInputError):
+            await store.write_remote([remote(p, p.edit(), "org-2")])
+        assert await store.record_organisations([p.id]) == {p.id: "org-1"}
+        assert await store.record_ids("org-2") == []
+
+    async def test_a_closed_store_refuses_reads_and_writes(self, store: ReplicaStore) -> None:
+        await store.close()
+        await store.close()
+        with pytest.raises(StorageError):
+            await store.count_records()
+        with pytest.raises(StorageError):
+            await store.write_remote([])
+        with pytest.raises(StorageError):
+            await store.load_many([])
+        with pytest.raises(StorageError):
+            await store.get_meta("k")
+
+
+class LaptopStoreSuite(ReplicaStoreSuite):
+    """What a laptop's store must do besides: local writes, the outbox, unsynced work."""
+
+    # local edits
+
+    async def test_a_local_edit_is_stored_in_the_record_and_the_outbox(
+        self, store: LaptopStore
+    ) -> None:
+        p = Patient()
+        first = await store.write_local(p.id, p.created, conflicts=[])
+        second = await store.write_local(p.id, p.edit("birthDate", "1990-01-01"), conflicts=[])
+        assert second > first > 0
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "1990-01-01"
+        vector = await store.state_vector(p.id)
+        assert vector is not None
+        assert same_vector(vector, p.record.state_vector())
+        assert same_vector(vector, get_state(loaded))
+        assert [(i.seq, i.update) for i in await store.pending()] == [
+            (first, p.updates[0]),
+            (second, p.updates[1]),
+        ]
+        assert await store.has_record(p.id)
+        assert await store.log_length(p.id) == 2
+        assert await store.check() == []
+
+    async def test_a_bad_update_for_an_existing_record_changes_nothing(
+        self, store: LaptopStore
+    ) -> None:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=[])
+        before = await store.load(p.id)
+        with pytest.raises(InvalidUpdateError):
+            await store.write_local(p.id, b"\x01\x02\x03", conflicts=[])
+        assert await store.load(p.id) == before
+        assert await store.pending_count() == 1
+        assert await store.check() == []
+
+    @pytest.mark.parametrize(
+        ("record_id", "update"),
+        [
+            ("", b"\x00\x00"),
+            (None, b"\x00\x00"),
+            ("r", "text"),
+            ("r", None),
+            ("r" * 300, b"\x00\x00"),
+        ],
+    )
+    async def test_bad_arguments_are_typed_errors(
+        self, store: LaptopStore, record_id: object, update: object
+    ) -> None:
+        with pytest.raises(InvalidInputError):
+            await store.write_local(record_id, update, conflicts=None)  # type: ignore[arg-type]
+
+    async def test_outbox_numbers_only_grow_even_after_everything_was_acknowledged(
+        self,
+        store: LaptopStore,
+    ) -> None:
+        p = Patient()
+        seqs = [await store.write_local(p.id, p.created, conflicts=None)]
+        seqs += [await store.write_local(p.id, p.edit(), conflicts=None) for _ in range(3)]
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == 4
+        assert await store.acknowledge(seqs[-1]) == 4
+        assert await store.pending_count() == 0
+        later = await store.write_local(p.id, p.edit(), conflicts=None)
+        assert later > seqs[-1]
+
+    async def test_concurrent_local_writes_all_commit_with_distinct_numbers(
+        self, store: LaptopStore
+    ) -> None:
+        patients = [Patient() for _ in range(20)]
+        seqs = await asyncio.gather(
+            *(store.write_local(p.id, p.created, conflicts=None) for p in patients)
+        )
+        assert len(set(seqs)) == 20
+        assert await store.count_records() == 20
+        assert await store.pending_count() == 20
+        assert await store.check() == []
+
+    # outbox
+
+    async def test_pending_pages_in_order_and_acknowledge_keeps_the_records(
+        self, store: LaptopStore, clock: FakeClock
+    ) -> None:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None)
+        for _ in range(5):
+            clock.advance(1000)
+            await store.write_local(p.id, p.edit(), conflicts=None)
+        everything = await store.pending()
+        assert len(everything) == 6
+        assert await store.pending(2) == everything[:2]
+        assert await store.pending(2, after_seq=everything[1].seq) == everything[2:4]
+        assert await store.oldest_pending_ms() == everything[0].created_ms
+        assert everything[-1].created_ms - everything[0].created_ms == 5000
+
+        assert await store.acknowledge(everything[2].seq) == 3
+        assert await store.pending() == everything[3:]
+        assert await store.oldest_pending_ms() == everything[3].created_ms
+        assert await store.acknowledge(everything[2].seq) == 0  # a repeated ack is harmless
+        # The record still holds every edit: acknowledging only empties the outbox.
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+        assert await store.acknowledge(everything[-1].seq) == 3
+        assert await store.oldest_pending_ms() is None
+
+    async def test_acknowledging_a_number_never_given_out_is_refused(
+        self, store: LaptopStore
+    ) -> None:
+        p = Patient()
+        seq = await store.write_local(p.id, p.created, conflicts=None)
+        with pytest.raises(InvalidInputError):
+            await store.acknowledge(seq + 1)
+        with pytest.raises(InvalidInputError):
+            await store.acknowledge(-1)
+        assert await store.pending_count() == 1
+
+    async def test_remote_updates_never_enter_the_outbox(self, store: LaptopStore) -> None:
+        p = Patient("laptop-b")
+        await store.write_remote([remote(p, p.created), remote(p, p.edit())])
+        assert await store.pending_count() == 0
+        assert await store.count_records() == 1
+
+    # conflicts
+
+    async def test_conflict_rows_are_replaced_with_the_update_that_changed_them(
+        self, store: LaptopStore
+    ) -> None:
+        p, q = Patient(), Patient()
+        await store.write_local(p.id, p.created, conflicts=[conflict(p.id, 0), conflict(p.id, 1)])
+        await store.write_local(q.id, q.created, conflicts=[conflict(q.id, 0)])
+        assert await store.count_conflicts() == 3
+        assert await store.count_conflicts(p.id) == 2
+        # None leaves the rows; a new list replaces them; an empty one clears them.
+        await store.write_local(p.id, p.edit(), conflicts=None)
+        assert await store.count_conflicts(p.id) == 2
+        await store.write_local(p.id, p.edit(), conflicts=[conflict(p.id, 7)])
+        assert [c.id for c in await store.conflicts(p.id)] == [conflict(p.id, 7).id]
+        await store.write_remote([IncomingUpdate(p.id, p.edit(), ())])
+        assert await store.conflicts(p.id) == []
+        assert await store.conflicts() == [conflict(q.id, 0)]
+
+    async def test_conflicts_list_in_order_and_page(self, store: LaptopStore) -> None:
+        patients = [Patient() for _ in range(5)]
+        for p in patients:
+            await store.write_local(
+                p.id, p.created, conflicts=[conflict(p.id, n) for n in range(3)]
+            )
+        everything = await store.conflicts()
+        assert len(everything) == 15
+        assert everything == sorted(everything, key=lambda c: (c.record_id, c.id))
+        pages: list[ConflictRow] = []
+        after = None
+        while page := await store.conflicts(limit=4, after=after):
+            pages.extend(page)
+            after = (page[-1].record_id, page[-1].id)
+        assert pages == everything
+        one = patients[2].id
+        assert (
+            await store.conflicts(one, limit=2) == [c for c in everything if c.record_id == one][:2]
+        )
+        assert all(isinstance(c.payload, bytes) for c in everything)
+
+    async def test_conflict_rows_of_another_record_or_twice_one_id_are_refused(
+        self, store: LaptopStore
+    ) -> None:
+        p, q = Patient(), Patient()
+        with pytest.raises(InvalidInputError):
+            await store.write_local(p.id, p.created, conflicts=[conflict(q.id)])
+        with pytest.raises(InvalidInputError):
+            await store.write_local(p.id, p.created, conflicts=[conflict(p.id), conflict(p.id)])
+        with pytest.raises(InvalidInputError):
+            IncomingUpdate(p.id, p.created, (conflict(q.id),))
+        assert await store.count_records() == 0
+
+    async def test_set_conflicts_replaces_rows_of_a_stored_record_only(
+        self, store: LaptopStore
+    ) -> None:
+        p = Patient()
+        with pytest.raises(UnknownRecordError):
+            await store.set_conflicts(p.id, [conflict(p.id)])
+        await store.write_local(p.id, p.created, conflicts=None)
+        await store.set_conflicts(p.id, [conflict(p.id, 3)])
+        assert await store.conflicts() == [conflict(p.id, 3)]
+        await store.set_conflicts(p.id, [])
+        assert await store.count_conflicts() == 0
+
+    async def test_set_conflicts_many_replaces_the_rows_of_the_records_named(
+        self, store: LaptopStore
+    ) -> None:
+        p, q, r = Patient(), Patient(), Patient()
+        for patient in (p, q, r):
+            await store.write_local(patient.id, patient.created, conflicts=[conflict(patient.id)])
+        await store.set_conflicts_many(
+            {p.id: [conflict(p.id, 1), conflict(p.id, 2)], q.id: (), r.id: [conflict(r.id)]}
+        )
+        assert await store.conflict_rows([p.id, q.id, r.id]) == {
+            p.id: (conflict(p.id, 1), conflict(p.id, 2)),
+            r.id: (conflict(r.id),),
+        }
+        await store.set_conflicts_many({q.id: [conflict(q.id, 5)]})  # the others keep theirs
+        assert await store.count_conflicts() == 4
+        await store.set_conflicts_many({})
+        assert await store.count_conflicts() == 4
+        assert await store.check() == []
+
+    async def test_set_conflicts_many_stores_nothing_half_way(self, store: LaptopStore) -> None:
+        p, q, stranger = Patient(), Patient(), Patient()
+        for patient in (p, q):
+            await store.write_local(patient.id, patient.created, conflicts=[conflict(patient.id)])
+        before = await store.conflicts()
+        good = {p.id: [conflict(p.id, 7)], q.id: []}
+        # The bad part comes last, so a store that wrote as it checked would be caught.
+        with pytest.raises(UnknownRecordError, match=stranger.id):
+            await store.set_conflicts_many({**good, stranger.id: [conflict(stranger.id)]})
+        bad_inputs: list[object] = [
+            {**good, "r-x": [conflict(p.id, 8)]},  # rows of another record
+            {**good, q.id: [conflict(q.id, 1), conflict(q.id, 1)]},  # one id twice
+            {**good, q.id: 5},  # not rows at all
+            {**good, q.id: "rows"},
+            {**good, 7: []},  # type: ignore[misc]  # not a record id
+            [(p.id, [conflict(p.id, 7)])],  # not a mapping
+        ]
+        for bad in bad_inputs:
+            with pytest.raises(InvalidInputError):
+                await store.set_conflicts_many(bad)  # type: ignore[arg-type]
+        assert await store.conflicts() == before
+        assert await store.check() == []
+
+    async def test_set_conflicts_many_names_the_first_unknown_record_and_how_many_more(
+        self,
+        store: LaptopStore,
+    ) -> None:
+        p, q, r = Patient(), Patient(), Patient()
+        await store.write_local(q.id, q.created, conflicts=None)
+        with pytest.raises(UnknownRecordError) as refused:
+            await store.set_conflicts_many({p.id: [], q.id: [], r.id: []})
+        assert p.id in str(refused.value)
+        assert "1 more of the 3" in str(refused.value)
+
+    # remote updates and feed
+
+    async def test_a_record_belongs_to_one_organisation(self, store: LaptopStore) -> None:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None, organisation="org-1")
+        await store.write_local(p.id, p.edit(), conflicts=None)  # None: the record's own
+        with pytest.raises(InvalidInputError):
+            await store.write_local(p.id, p.edit(), conflicts=None, organisation="org-2")
+        with pytest.raises(InvalidInputError):
+            await store.write_remote([IncomingUpdate(p.id, p.edit(), None, "org-2")])
+        assert await store.log_length(p.id) == 2
+        assert await store.record_ids("org-1") == [p.id]
+        assert await store.record_ids("org-2") == []
+
+    # reading in bulk
+
+    async def test_load_many_returns_what_load_returns_for_each_known_record(
+        self, store: LaptopStore
+    ) -> None:
+        compacted, logged, fresh = Patient(), Patient("laptop-b"), Patient("laptop-c")
+        await store.write_local(compacted.id, compacted.created, conflicts=None)
+        await store.write_local(compacted.id, compacted.edit("birthDate", "1970"), conflicts=None)
+        await store.compact(compacted.id)
+        await store.write_local(compacted.id, compacted.edit("name", "Ada"), conflicts=None)
+        await store.write_remote([remote(logged, logged.created), remote(logged, logged.edit())])
+        await store.write_remote([remote(fresh, fresh.created)])
+        asked = [fresh.id, "nobody", compacted.id, logged.id, compacted.id]
+        loaded = await store.load_many(asked)
+        assert list(loaded) == [fresh.id, compacted.id, logged.id]  # as asked, once, unknown absent
+        for p in (compacted, logged, fresh):
+            assert loaded[p.id] == await store.load(p.id)
+            assert revision_ids(loaded[p.id], p.id) == {r.id for r in p.record.revisions()}
+        assert Record.from_update(compacted.id, loaded[compacted.id], replica="x").value(
+            "name"
+        ) == ("Ada")
+        assert await store.load_many([]) == {}
+        assert await store.load_many(("nobody",)) == {}
+
+    async def test_conflict_rows_of_many_records_in_one_call(self, store: LaptopStore) -> None:
+        two, none, later = Patient(), Patient(), Patient()
+        await store.write_local(
+            two.id, two.created, conflicts=[conflict(two.id, 5), conflict(two.id, 1)]
+        )
+        await store.write_local(none.id, none.created, conflicts=[])
+        await store.write_local(later.id, later.created, conflicts=None)
+        rows = await store.conflict_rows([later.id, none.id, two.id, "nobody", two.id])
+        # Records without rows (stored or not) are absent; each record's rows ordered by id.
+        assert rows == {two.id: (conflict(two.id, 1), conflict(two.id, 5))}
+        await store.set_conflicts(later.id, [conflict(later.id, 3)])
+        await store.write_remote([IncomingUpdate(two.id, two.edit(), ())])  # cleared with an update
+        rows = await store.conflict_rows([two.id, later.id])
+        assert rows == {later.id: (conflict(later.id, 3),)}
+        assert rows.get(two.id, ()) == ()
+        assert await store.conflict_rows([]) == {}
+        assert rows[later.id] == tuple(await store.conflicts(later.id))
+
+    # compaction
+
+    async def test_compaction_folds_the_log_and_keeps_every_revision_and_the_outbox(
+        self,
+        store: LaptopStore,
+    ) -> None:
+        p = Patient()
+        peer = p.copy("laptop-b")
+        await store.write_local(p.id, p.created, conflicts=None)
+        for n in range(10):
+            await store.write_local(p.id, p.edit("birthDate", f"19{n:02d}"), conflicts=None)
+        await store.write_remote([remote(peer, peer.edit("name", "Ada"))])
+        before = await store.load(p.id)
+        vector = await store.state_vector(p.id)
+        outbox = await store.pending()
+        assert await store.compact(p.id) == 12
+        assert await store.log_length(p.id) == 0
+        after = await store.load(p.id)
+        assert after is not None
+        assert before is not None
+        assert vector is not None
+        assert await store.state_vector(p.id) == vector
+        assert same_vector(vector, get_state(after))
+        assert revision_ids(after, p.id) == revision_ids(before, p.id)
+        assert len(revision_ids(after, p.id)) == 11  # history is the audit trail: all kept
+        assert await store.pending() == outbox
+        assert await store.compact(p.id) == 0
+        # Writing on after a compaction works as before.
+        await store.write_local(p.id, p.edit("birthDate", "2000"), conflicts=None)
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "2000"
+        assert await store.check() == []
+
+    # unsynced changes
+
+    async def test_discarding_unsynced_changes_needs_an_export_that_holds_them_all(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None)
+        await store.write_local(p.id, p.edit(), conflicts=None)
+        export = tmp_path / "unsynced.caresync"
+        with pytest.raises(UnsyncedChangesError):
+            await store.discard_unsynced(exported_to=export)
+        assert await store.export_unsynced(export) == 2
+        await store.write_local(p.id, p.edit(), conflicts=None)  # not in the export
+        with pytest.raises(UnsyncedChangesError):
+            await store.discard_unsynced(exported_to=export)
+        assert await store.pending_count() == 3
+        complete = tmp_path / "complete.caresync"
+        assert await store.export_unsynced(complete) == 3
+        assert await store.discard_unsynced(exported_to=complete) == 3
+        assert await store.pending_count() == 0
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert len(revision_ids(loaded, p.id)) == 2  # the records keep the edits
+
+    async def test_an_export_never_overwrites_a_file(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None)
+        precious = tmp_path / "precious.txt"
+        precious.write_text("the user's own file")
+        before = digest(precious)
+        with pytest.raises(ExportFileError):
+            await store.export_unsynced(precious)
+        assert digest(precious) == before
+        with pytest.raises(UnsyncedChangesError):
+            await store.discard_unsynced(exported_to=precious)
+        assert await store.pending_count() == 1
+
+    async def test_a_damaged_export_is_refused_whole(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None)
+        await store.write_local(p.id, p.edit(), conflicts=None)
+        export = tmp_path / "out.caresync"
+        await store.export_unsynced(export)
+        data = export.read_bytes()
+        truncated = tmp_path / "truncated.caresync"
+        truncated.write_bytes(data[: len(data) // 2])
+        flipped = tmp_path / "flipped.caresync"
+        flipped.write_bytes(data.replace(b'"seq":2', b'"seq":3'))
+        for bad in (truncated, flipped):
+            with pytest.raises(ExportFileError):
+                await store.import_unsynced(bad)
+            with pytest.raises(UnsyncedChangesError):
+                await store.discard_unsynced(exported_to=bad)
+        assert await store.pending_count() == 2
+
+    async def test_an_import_reapplies_the_updates_as_local_writes(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        p = Patient()
+        source = MemoryStore()
+        await source.write_local(p.id, p.created, conflicts=None, organisation="org-1")
+        await source.write_local(p.id, p.edit("birthDate", "1980"), conflicts=None)
+        export = tmp_path / "from-old-laptop.caresync"
+        assert await source.export_unsynced(export) == 2
+        assert await store.import_unsynced(export) == 2
+        assert [i.update for i in await store.pending()] == p.updates
+        assert await store.record_ids("org-1") == [p.id]
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "1980"
+        assert await store.check() == []
+
+    async def test_an_import_stores_the_conflict_rows_given_in_the_same_write(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        p, q, kept = Patient(), Patient(), Patient()
+        await store.write_local(kept.id, kept.created, conflicts=[conflict(kept.id)])
+        await store.write_local(q.id, q.created, conflicts=[conflict(q.id)])
+        source = MemoryStore()
+        for patient in (p, q):
+            await source.write_local(patient.id, patient.created, conflicts=None, organisation="o")
+            await source.write_local(patient.id, patient.edit(), conflicts=None)
+        export = tmp_path / "unsynced.caresync"
+        assert await source.export_unsynced(export) == 4
+        rows = {p.id: [conflict(p.id, 1)], q.id: []}
+        assert await store.import_unsynced(export, conflicts=rows) == 4
+        assert await store.conflict_rows([p.id, q.id, kept.id]) == {
+            p.id: (conflict(p.id, 1),),  # a record new to this store has its rows at once
+            kept.id: (conflict(kept.id),),  # not touched, not named: kept
+        }
+        assert await store.pending_count() == 6
+        assert await store.check() == []
+
+    async def test_several_local_edits_commit_together_or_not_at_all(
+        self, store: LaptopStore
+    ) -> None:
+        a, b = Patient(), Patient()
+        edit = a.edit("birthDate", "1970-01-01")
+        seqs = await store.write_local_many(
+            [
+                IncomingUpdate(a.id, a.created, (conflict(a.id),), "o"),
+                IncomingUpdate(b.id, b.created, (), "o"),
+                IncomingUpdate(a.id, edit, None, "o"),
+            ]
+        )
+        assert len(seqs) == 3
+        assert seqs == sorted(seqs)
+        assert [item.update for item in await store.pending()] == [a.created, b.created, edit]
+        assert sorted(await store.record_ids()) == sorted([a.id, b.id])
+        assert await store.count_conflicts() == 1
+        assert await store.write_local_many([]) == []
+
+        c = Patient()
+        before = await store.pending_count()
+        with pytest.raises(InvalidUpdateError):  # one bad update: none of the batch is stored
+            await store.write_local_many(
+                [
+                    IncomingUpdate(c.id, c.created, (), "o"),
+                    IncomingUpdate(c.id, b"\x00 bad", (), "o"),
+                ]
+            )
+        with pytest.raises(InvalidInputError):
+            await store.write_local_many([(c.id, c.created)])  # type: ignore[list-item]
+        assert await store.pending_count() == before
+        assert c.id not in await store.record_ids()
+
+    async def test_an_import_with_bad_conflict_rows_imports_nothing(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        p, untouched = Patient(), Patient()
+        await store.write_local(untouched.id, untouched.created, conflicts=None)
+        source = MemoryStore()
+        await source.write_local(p.id, p.created, conflicts=None, organisation="o")
+        export = tmp_path / "unsynced.caresync"
+        await source.export_unsynced(export)
+        bad_inputs: list[object] = [
+            {untouched.id: []},  # a record the import does not touch
+            {p.id: [conflict(untouched.id)]},  # rows of another record
+            {p.id: [conflict(p.id), conflict(p.id)]},  # one id twice
+            [p.id],  # not a mapping
+        ]
+        for bad in bad_inputs:
+            with pytest.raises(InvalidInputError):
+                await store.import_unsynced(export, conflicts=bad)  # type: ignore[arg-type]
+        assert await store.pending_count() == 1
+        assert await store.record_ids() == [untouched.id]
+        assert await store.count_conflicts() == 0
+
+    # lifecycle
+
+    async def test_a_closed_store_refuses_every_call(self, store: LaptopStore) -> None:
+        await store.close()
+        await store.close()
+        with pytest.raises(StorageError):
+            await store.pending_count()
+        with pytest.raises(StorageError):
+            await store.write_local("r", b"\x00\x00", conflicts=None)
+        with pytest.raises(StorageError):
+            await store.load_many([])
+        with pytest.raises(StorageError):
+            await store.conflict_rows(["r"])
+        with pytest.raises(StorageError):
+            await store.set_conflicts_many({"r": []})
+
+    # the audit trail
+
+    async def test_an_entry_commits_with_the_edit_it_records_or_not_at_all(
+        self, store: LaptopStore
+    ) -> None:
+        await set_laptop_identity(store)
+        patient = Patient()
+        await store.write_local(patient.id, patient.created, conflicts=[], audit=[WRITE])
+        assert [e.action for e in await store.audit_entries()] == ["write"]
+        with pytest.raises(InvalidUpdateError):
+            await store.write_local(patient.id, b"not an update", conflicts=[], audit=[WRITE])
+        assert len(await store.audit_entries()) == 1  # the refused edit left no entry
+        bad_event = AuditEvent("x" * 1000, "write", patient.id)
+        with pytest.raises(InvalidInputError):
+            await store.write_local(patient.id, patient.edit(), conflicts=[], audit=[bad_event])
+        assert await store.log_length(patient.id) == 1  # and an entry that cannot be made: no edit
+
+    # sessions, secrets, client owners, the outbox summary, the quarantine
+
+    async def test_the_outbox_summary_agrees_with_itself(self, store: LaptopStore) -> None:
+        patient = Patient()
+        empty = await store.outbox_summary()
+        assert (empty.pending, empty.oldest_pending_ms, empty.first_seq, empty.last_seq) == (
+            0,
+            None,
+            None,
+            0,
+        )
+        for _ in range(3):
+            await store.write_local(patient.id, patient.edit(), conflicts=None)
+        summary = await store.outbox_summary()
+        assert (summary.pending, summary.first_seq, summary.last_seq) == (3, 1, 3)
+        assert summary.acknowledged_up_to == 0
+        await store.acknowledge(2)
+        summary = await store.outbox_summary()
+        assert (summary.pending, summary.first_seq, summary.acknowledged_up_to) == (1, 3, 2)
+        await store.acknowledge(3)
+        assert (await store.outbox_summary()).acknowledged_up_to == 3
+
+    async def test_renumbering_moves_waiting_updates_past_the_servers_mark(
+        self, store: LaptopStore
+    ) -> None:
+        patient = Patient()
+        for _ in range(3):
+            await store.write_local(patient.id, patient.edit(), conflicts=None)
+        await store.acknowledge(1)
+        waiting = [(i.record_id, i.update) for i in await store.pending()]
+        assert await store.renumber_outbox(10, checkpoint=("pull.include_own", "1")) == 2
+        after = await store.pending()
+        assert [i.seq for i in after] == [11, 12]
+        assert [(i.record_id, i.update) for i in after] == waiting  # the same, in order
+        assert await store.get_meta("pull.include_own") == "1"
+        seq = await store.write_local(patient.id, patient.edit(), conflicts=None)
+        assert seq == 13  # later writes follow
+        # A mark below what this replica gave out renumbers after its own last number.
+        assert await store.renumber_outbox(0) == 3
+        assert [i.seq for i in await store.pending()] == [14, 15, 16]
+
+    # the person index
+
+    async def test_two_matching_records_make_one_possible_pair_listed_for_either(
+        self,
+        store: LaptopStore,
+    ) -> None:
+        a, b = registered("Aissatou Ndiaye"), registered("Aïssatou N'Diaye", replica="laptop-b")
+        other = registered("Moussa Diop", "1950-01-01", sex="male")
+        await store.write_local(
+            a.id, whole(a), conflicts=None, organisation="org-1", person=card(a)
+        )
+        await store.write_remote([incoming(b, "org-1"), incoming(other, "org-1")])
+        [pair] = await store.person_pairs()
+        assert pair == pair_of(card(a), card(b))
+        assert pair.state is PairState.POSSIBLE
+        assert set(pair.record_ids) == {a.id, b.id}
+        assert await store.person_pairs(a.id) == [pair]
+        assert await store.person_pairs(b.id) == [pair]
+        assert await store.person_pairs(other.id) == []
+        assert await store.person_pairs(state=PairState.POSSIBLE, organisation="org-1") == [pair]
+        assert await store.person_pairs(a.id, state=PairState.LINKED) == []
+        assert await store.person_pairs(organisation="org-2") == []
+        assert await store.person_cards([b.id, "nobody", a.id]) == {b.id: card(b), a.id: card(a)}
+        assert await store.check() == []
+
+    @pytest.mark.parametrize("order", ["a then b", "b then a", "one batch", "one local, one batch"])
+    async def test_the_pairs_do_not_depend_on_the_order_the_cards_arrive(
+        self, tmp_path: Path, clock: FakeClock, order: str
+    ) -> None:
+        a = registered("Awa Diop", "1984-02-03")
+        b = registered("Awa Diop", "1984-03-02", replica="laptop-b")  # day and month swapped
+        c = registered("Fatou Sow", "1990-01-01")
+        c.edit(link_path(a.id), SAME_PERSON)
+        d = registered("Awa Diop", "1984-02-03", sex="male")  # the sexes differ: below threshold
+        everyone = [a, b, c, d]
+        expected = oracle({p.id: ("org-1", card(p)) for p in everyone})
+        assert {p.state for p in expected} == {PairState.POSSIBLE, PairState.LINKED}
+        directory = tmp_path / "fresh"
+        directory.mkdir()
+        async with self.make_store(directory, clock) as fresh:
+            if order == "a then b":
+                for p in everyone:
+                    await fresh.write_remote([incoming(p, "org-1")])
+            elif order == "b then a":
+                for p in reversed(everyone):
+                    await fresh.write_remote([incoming(p, "org-1")])
+            elif order == "one batch":
+                await fresh.write_remote([incoming(p, "org-1") for p in everyone])
+            else:
+                await fresh.write_local(
+                    c.id, whole(c), conflicts=None, organisation="org-1", person=card(c)
+                )
+                await fresh.write_remote([incoming(p, "org-1") for p in (d, b, a)])
+            assert await fresh.person_pairs() == expected
+            for p in everyone:
+                assert await fresh.person_pairs(p.id) == [
+                    x for x in expected if p.id in x.record_ids
+                ]
+            assert await fresh.check() == []
+
+    @pytest.mark.parametrize("seed", range(6))
+    async def test_cards_in_any_batches_leave_exactly_the_pairs_of_the_final_cards(
+        self, store: LaptopStore, seed: int
+    ) -> None:
+        """Random cards (few names and dates, so many collide), rewritten many times, in
+        batches of every kind: the store holds what the final cards make, no more, no less."""
+        rng = random.Random(seed)
+        names = [("awa", "diop"), ("awa", "dioop"), ("moussa", "sow"), ("fatou", "sow"), ("awa",)]
+        births = ["1984-02-03", "1984-03-02", "1984-02-04", "1984", "1990-01-01"]
+        patients = [Patient() for _ in range(12)]
+        orgs = {p.id: rng.choice([None, "org-1", "org-1"]) for p in patients}
+
+        def random_card(p: Patient) -> PersonCard:
+            links = tuple(
+                sorted(
+                    {
+                        (rng.choice(patients).id, rng.choice([SAME_PERSON, DIFFERENT_PEOPLE]))
+                        for _ in range(rng.randrange(3) // 2)
+                    }
+                    - {(p.id, SAME_PERSON), (p.id, DIFFERENT_PEOPLE)}
+                )
+            )
+            return PersonCard(
+                p.id,
+                names=(rng.choice(names),),
+                birth_dates=(rng.choice(births),),
+                sexes=(rng.choice(["female", "male"]),) if rng.random() < 0.3 else (),
+                identifiers=(("nin", rng.choice(["A1234", "B5678"])),)
+                if rng.random() < 0.2
+                else (),
+                links=links,
+            )
+
+        final: dict[str, tuple[str | None, PersonCard]] = {}
+        for p in patients:  # the records, some with a first card
+            person = random_card(p) if rng.random() < 0.5 else None
+            await store.write_remote([IncomingUpdate(p.id, p.created, None, orgs[p.id], person)])
+            if person is not None:
+                final[p.id] = (orgs[p.id], person)
+        for _ in range(25):
+            chosen = rng.sample(patients, rng.randrange(1, 6))
+            way = rng.choice(["remote", "local", "reindex"])
+            cards = {p.id: random_card(p) for p in chosen}
+            if way == "remote":
+                # Sometimes a record twice in one batch: its last card is the one kept.
+                items = [IncomingUpdate(p.id, p.edit(), None, None, cards[p.id]) for p in chosen]
+                if rng.random() < 0.3:
+                    early = random_card(chosen[0])
+                    items.insert(
+                        0, IncomingUpdate(chosen[0].id, chosen[0].edit(), None, None, early)
+                    )
+                await store.write_remote(items)
+            elif way == "local":
+                for p in chosen:
+                    await store.write_local(p.id, p.edit(), conflicts=None, person=cards[p.id])
+            else:
+                await store.set_conflicts_many({}, persons=cards)
+            final.update((rid, (orgs[rid], c)) for rid, c in cards.items())
+            assert await store.person_pairs() == oracle(final)
+        assert await store.person_cards([p.id for p in patients]) == {
+            p.id: final[p.id][1] for p in patients if p.id in final
+        }
+        assert await store.check() == []
+
+    async def test_a_card_that_no_longer_matches_removes_the_pair(self, store: LaptopStore) -> None:
+        a, b = registered("Awa Diop"), registered("Awa Diop", replica="laptop-b")
+        await store.write_remote([incoming(a), incoming(b)])
+        assert len(await store.person_pairs()) == 1
+        update = b.edit("name", "Mariama Ba")  # a typing error corrected
+        await store.write_local(b.id, update, conflicts=None, person=card(b))
+        assert await store.person_pairs() == []
+        assert await store.person_pairs(a.id) == []
+        assert await store.person_cards([b.id]) == {b.id: card(b)}
+        update = b.edit("name", "Awa Diop")  # and back: the pair again
+        await store.write_remote([IncomingUpdate(b.id, update, None, person=card(b))])
+        assert await store.person_pairs(a.id) == [pair_of(card(a), card(b))]
+
+    async def test_a_link_decision_makes_a_linked_pair_even_when_names_differ(
+        self, store: LaptopStore
+    ) -> None:
+        a = registered("Aissatou Ndiaye", "1990-04-12")
+        b = registered("Mme Awa Sow", "1971-11-30", replica="laptop-b")
+        b.edit(link_path(a.id), SAME_PERSON)
+        assert pair_of(card(a), card(b)) is not None
+        await store.write_remote([incoming(a, "org-1")])
+        await store.write_local(
+            b.id, whole(b), conflicts=None, organisation="org-1", person=card(b)
+        )
+        [pair] = await store.person_pairs(a.id)
+        assert pair.state is PairState.LINKED
+        assert pair.score < 0  # nothing alike: the decision alone links them
+        assert await store.person_pairs(state=PairState.LINKED) == [pair]
+        assert await store.person_pairs(state=PairState.POSSIBLE) == []
+        # a decides otherwise: the decisions disagree
+        update = a.edit(link_path(b.id), DIFFERENT_PEOPLE)
+        await store.write_remote([IncomingUpdate(a.id, update, None, person=card(a))])
+        [pair] = await store.person_pairs(b.id)
+        assert pair.state is PairState.DISPUTED
+        assert await store.person_pairs(state="disputed") == [pair]  # type: ignore[arg-type]
+
+    async def test_a_card_of_another_record_is_refused_and_nothing_is_written(
+        self, store: LaptopStore
+    ) -> None:
+        p, q = registered("Awa Diop"), registered("Awa Diop", replica="laptop-b")
+        with pytest.raises(InvalidInputError, match=q.id):
+            await store.write_local(p.id, whole(p), conflicts=[conflict(p.id)], person=card(q))
+        with pytest.raises(InvalidInputError, match=q.id):
+            IncomingUpdate(p.id, whole(p), None, person=card(q))
+        with pytest.raises(InvalidInputError):
+            await store.write_local(p.id, whole(p), conflicts=None, person="card")  # type: ignore[arg-type]
+        assert await store.count_records() == 0
+        assert await store.pending_count() == 0
+        await store.write_remote([incoming(p, person=False), incoming(q, person=False)])
+        with pytest.raises(InvalidInputError, match=q.id):
+            await store.set_conflicts_many({p.id: [conflict(p.id)]}, persons={p.id: card(q)})
+        with pytest.raises(UnknownRecordError, match="nobody"):
+            await store.set_conflicts_many(
+                {p.id: [conflict(p.id)]}, persons={p.id: card(p), "nobody": PersonCard("nobody")}
+            )
+        assert await store.count_conflicts() == 0
+        assert await store.person_cards([p.id, q.id]) == {}
+        assert await store.person_pairs() == []
+
+    async def test_no_card_keeps_the_stored_card_and_its_pairs(self, store: LaptopStore) -> None:
+        a, b = registered("Awa Diop"), registered("Awa Diop", replica="laptop-b")
+        await store.write_remote([incoming(a), incoming(b)])
+        before = await store.person_pairs()
+        assert len(before) == 1
+        stale = card(a)
+        a.edit("name", "Mariama Ba")  # changed, but the writer says nothing of the card
+        await store.write_local(a.id, a.updates[-1], conflicts=None)
+        await store.write_remote([IncomingUpdate(a.id, a.edit(), None)])
+        await store.set_conflicts_many({a.id: [conflict(a.id)]})
+        assert await store.person_cards([a.id]) == {a.id: stale}
+        assert await store.person_pairs() == before
+
+    async def test_an_import_indexes_the_cards_given_in_the_same_write(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        a, b = registered("Awa Ndiaye"), registered("Awa N'Diaye", replica="laptop-b")
+        await store.write_local(
+            a.id, whole(a), conflicts=None, organisation="org-1", person=card(a)
+        )
+        source = MemoryStore()
+        await source.write_local(b.id, whole(b), conflicts=None, organisation="org-1")
+        export = tmp_path / "unsynced.caresync"
+        assert await source.export_unsynced(export) == 1
+        assert await store.import_unsynced(export, persons={b.id: card(b)}) == 1
+        [pair] = await store.person_pairs(b.id)
+        assert pair == pair_of(card(a), card(b))
+        assert await store.check() == []
+
+    async def test_an_import_refuses_a_card_of_a_record_it_does_not_touch(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        a, b = registered("Awa Ndiaye"), registered("Awa N'Diaye", replica="laptop-b")
+        source = MemoryStore()
+        await source.write_local(b.id, whole(b), conflicts=None, organisation="org-1")
+        export = tmp_path / "unsynced.caresync"
+        await source.export_unsynced(export)
+        with pytest.raises(InvalidInputError, match="does not touch"):
+            await store.import_unsynced(export, persons={a.id: card(a)})
+        assert await store.record_ids() == []  # nothing imported
+        assert await store.person_cards([a.id, b.id]) == {}
+
+
+class ServerStoreSuite(ReplicaStoreSuite):
+    """What a server's store must do besides: the change feed, accounts, replicas, sessions."""
+
+    # remote updates and feed
+
+    async def test_updates_may_come_as_any_bytes_like_object(self, store: ServerStore) -> None:
+        p = Patient("laptop-b")
+        edit = p.edit("birthDate", "1999")
+        items = [
+            IncomingUpdate(p.id, bytearray(p.created), None),  # type: ignore[arg-type]
+            IncomingUpdate(p.id, memoryview(edit), None),  # type: ignore[arg-type]
+        ]
+        assert await store.write_remote(items, to_feed=True) == [1, 2]
+        assert [f.update for f in await store.feed_since(0, limit=5)] == [p.created, edit]
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert Record.from_update(p.id, loaded, replica="x").value("birthDate") == "1999"
+        assert await store.check() == []
+
+    async def test_the_feed_numbers_every_new_update_once(self, store: ServerStore) -> None:
+        a, b = Patient("laptop-b"), Patient("laptop-c")
+        seqs = await store.write_remote(
+            [
+                IncomingUpdate(a.id, a.created, None, "org-1"),
+                IncomingUpdate(b.id, b.created, None, "org-2"),
+            ],
+            to_feed=True,
+        )
+        assert seqs == [1, 2]
+        edit = a.edit()
+        # A resent update (and a duplicate within a batch of one record) is stored once.
+        assert await store.write_remote([remote(a, a.created)], to_feed=True) == [0]
+        assert await store.write_remote([remote(a, edit), remote(b, b.edit())], to_feed=True) == [
+            3,
+            4,
+        ]
+        assert await store.feed_head() == 4
+        feed = await store.feed_since(0, limit=10)
+        assert [(f.seq, f.record_id, f.organisation) for f in feed] == [
+            (1, a.id, "org-1"),
+            (2, b.id, "org-2"),
+            (3, a.id, "org-1"),
+            (4, b.id, "org-2"),
+        ]
+        assert feed[2].update == edit
+        assert [f.seq for f in await store.feed_since(1, limit=2)] == [2, 3]
+        assert [f.seq for f in await store.feed_since(0, limit=10, organisation="org-1")] == [1, 3]
+        assert await store.feed_since(4, limit=10) == []
+        assert await store.log_length(a.id) == 2
+
+    async def test_the_feed_keeps_who_sent_each_update_and_leaves_a_senders_own_out(
+        self,
+        store: ServerStore,
+    ) -> None:
+        a, b, c = Patient("laptop-a"), Patient("laptop-b"), Patient("admin")
+        org = "org-1"
+        await store.write_remote(
+            [IncomingUpdate(a.id, a.created, None, org)], to_feed=True, origin="laptop-a"
+        )
+        await store.write_remote(
+            [IncomingUpdate(b.id, b.created, None, org)], to_feed=True, origin="laptop-b"
+        )
+        await store.write_remote(
+            [IncomingUpdate(c.id, c.created, None, org)], to_feed=True
+        )  # none said
+        edits = [IncomingUpdate(a.id, a.edit(), None), IncomingUpdate(a.id, a.edit(), None)]
+        assert await store.write_remote(edits, to_feed=True, origin="laptop-a") == [4, 5]
+        # A resend from another replica is stored once, with its first sender.
+        assert await store.write_remote([edits[0]], to_feed=True, origin="laptop-b") == [0]
+        feed = await store.feed_since(0, limit=10)
+        assert [(f.seq, f.origin) for f in feed] == [
+            (1, "laptop-a"),
+            (2, "laptop-b"),
+            (3, None),
+            (4, "laptop-a"),
+            (5, "laptop-a"),
+        ]
+        for_a = await store.feed_since(0, limit=10, organisation=org, exclude_origin="laptop-a")
+        assert [f.seq for f in for_a] == [2, 3]  # rows of no origin are sent to everyone
+        assert [f.seq for f in await store.feed_since(0, limit=1, exclude_origin="laptop-a")] == [2]
+        assert [f.seq for f in await store.feed_since(3, limit=10, exclude_origin="laptop-a")] == []
+        assert [f.seq for f in await store.feed_since(0, limit=10, exclude_origin="laptop-b")] == [
+            1,
+            3,
+            4,
+            5,
+        ]
+        assert await store.feed_since(0, limit=10, organisation="org-2", exclude_origin="x") == []
+        assert await store.feed_head() == 5
+
+    async def test_an_origin_outside_the_feed_or_not_an_id_is_refused(
+        self, store: ServerStore
+    ) -> None:
+        p = Patient()
+        with pytest.raises(InvalidInputError, match="to_feed"):
+            await store.write_remote([remote(p, p.created)], origin="laptop-a")
+        for bad in ("", 5, "x" * 300):
+            with pytest.raises(InvalidInputError):
+                await store.write_remote([remote(p, p.created)], to_feed=True, origin=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInputError):
+                await store.feed_since(0, limit=5, exclude_origin=bad)  # type: ignore[arg-type]
+        assert await store.count_records() == 0
+        assert await store.feed_head() == 0
+
+    # accounts
+
+    async def test_users_are_kept_per_organisation(self, store: ServerStore) -> None:
+        assert await store.get_user("org-1", "ada") is None
+        await store.add_user("org-1", "ada", "$argon2id$one")
+        await store.add_user("org-2", "ada", "$argon2id$two")
+        with pytest.raises(InvalidInputError):
+            await store.add_user("org-1", "ada", "$argon2id$three")
+        user = await store.get_user("org-1", "ada")
+        assert user is not None
+        assert user.password_hash == "$argon2id$one"
+        await store.set_password_hash("org-1", "ada", "$argon2id$rehashed")
+        user = await store.get_user("org-1", "ada")
+        assert user is not None
+        assert user.password_hash == "$argon2id$rehashed"
+        with pytest.raises(InvalidInputError):
+            await store.set_password_hash("org-1", "bob", "$argon2id$x")
+
+    async def test_accounts_have_display_names_listed_per_organisation(
+        self, store: ServerStore
+    ) -> None:
+        await store.add_user("org-1", "ada", "$argon2id$one", display_name="Dr Ada Lovelace")
+        await store.add_user("org-1", "bob", "$argon2id$two")
+        await store.add_user("org-2", "cy", "$argon2id$three", display_name="Cy")
+        user = await store.get_user("org-1", "ada")
+        assert user is not None
+        assert (user.display_name, user.shown_as) == ("Dr Ada Lovelace", "Dr Ada Lovelace")
+        assert await store.organisation_accounts("org-1") == {
+            "ada": "Dr Ada Lovelace",
+            "bob": "bob",
+        }
+        await store.set_display_name("org-1", "bob", "Dr Bob Ba")
+        await store.set_display_name("org-1", "ada", None)
+        assert await store.organisation_accounts("org-1") == {"ada": "ada", "bob": "Dr Bob Ba"}
+        assert await store.organisation_accounts("org-3") == {}
+        with pytest.raises(InvalidInputError):
+            await store.set_display_name("org-1", "nobody", "X")
+        for bad in ("", " padded ", "two\nlines", "x" * 257):
+            with pytest.raises(InvalidInputError):
+                await store.add_user("org-1", "dee", "$argon2id$x", display_name=bad)
+            with pytest.raises(InvalidInputError):
+                await store.set_display_name("org-1", "bob", bad)
+        assert await store.get_user("org-1", "dee") is None  # nothing stored half-way
+        assert (await store.organisation_accounts("org-1"))["bob"] == "Dr Bob Ba"
+
+    async def test_a_session_of_a_replica_records_who_logged_in_there(
+        self, store: ServerStore
+    ) -> None:
+        await store.add_user("org-1", "ada", "$argon2id$one")
+        await store.add_user("org-1", "bob", "$argon2id$two")
+        await store.enrol_replica("laptop-1", "org-1", enrolled_by="ada")
+        assert await store.replica_accounts(["laptop-1"]) == {}  # enrolling records no login
+        await store.add_session(SessionRow("h-1", "org-1", "ada", None, 1, 10))  # before enrolment
+        assert await store.replica_accounts(["laptop-1"]) == {}
+        await store.bind_session("h-1", "laptop-1")
+        await store.add_session(SessionRow("h-2", "org-1", "bob", "laptop-1", 2, 10))
+        await store.add_session(SessionRow("h-3", "org-1", "bob", "laptop-1", 3, 10))  # again
+        await store.add_session(SessionRow("h-4", "org-1", "ada", "laptop-2", 4, 10))
+        assert await store.replica_accounts(["laptop-1", "laptop-2", "laptop-9"]) == {
+            "laptop-1": frozenset({"ada", "bob"}),
+            "laptop-2": frozenset({"ada"}),
+        }
+        # Sessions end; who logged in is kept (their entries stay theirs).
+        await store.end_sessions(replica_id="laptop-1")
+        assert await store.replica_accounts(["laptop-1"]) == {"laptop-1": frozenset({"ada", "bob"})}
+        assert await store.replica_accounts([]) == {}
+
+    async def test_replicas_enrol_are_seen_and_revoked(
+        self, store: ServerStore, clock: FakeClock
+    ) -> None:
+        info = await store.enrol_replica("laptop-7", "org-1", enrolled_by="ada")
+        assert info.enrolled_ms == clock.now
+        assert not info.revoked
+        with pytest.raises(InvalidInputError):
+            await store.enrol_replica("laptop-7", "org-1")
+        await store.enrol_replica("laptop-8", "org-2")
+        clock.advance(500)
+        await store.touch_replica("laptop-7")
+        clock.advance(500)
+        await store.revoke_replica("laptop-7")
+        await store.revoke_replica("laptop-7")
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert got.last_seen_ms == info.enrolled_ms + 500
+        assert got.revoked
+        assert got.revoked_ms == info.enrolled_ms + 1000
+        assert [r.replica_id for r in await store.replicas()] == ["laptop-7", "laptop-8"]
+        assert [r.replica_id for r in await store.replicas("org-2")] == ["laptop-8"]
+        assert await store.get_replica("laptop-9") is None
+        with pytest.raises(InvalidInputError):
+            await store.revoke_replica("laptop-9")
+
+    async def test_a_replica_reports_its_outbox_when_seen(
+        self, store: ServerStore, clock: FakeClock
+    ) -> None:
+        await store.enrol_replica("laptop-7", "org-1")
+        assert (await store.replicas())[0].pending is None  # nothing said yet
+        await store.touch_replica("laptop-7", pending=3, oldest_pending_ms=clock.now - 90_000)
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert (got.pending, got.oldest_pending_ms) == (3, clock.now - 90_000)
+        clock.advance(10)
+        await store.touch_replica("laptop-7")  # seen again, saying nothing: the report stays
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert (got.last_seen_ms, got.pending) == (clock.now, 3)
+        await store.touch_replica("laptop-7", pending=0)
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert (got.pending, got.oldest_pending_ms) == (0, None)
+        for bad in (
+            {"pending": -1},
+            {"oldest_pending_ms": 5},
+            {"pending": 0, "oldest_pending_ms": 5},
+        ):
+            with pytest.raises(InvalidInputError):
+                await store.touch_replica("laptop-7", **bad)
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert (got.last_seen_ms, got.pending) == (clock.now, 0)  # nothing stored half-way
+
+    # the audit trail
+
+    async def test_a_server_keeps_a_replicas_chain_and_a_resend_once(
+        self, store: ServerStore
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        sent = audit_chain("laptop-7", 5)
+        assert await store.receive_audit("laptop-7", sent[:3]) == 3
+        assert await store.receive_audit("laptop-7", sent[1:]) == 5  # overlaps what is held
+        assert await store.receive_audit("laptop-7", sent[:2]) == 2  # all held: nothing new
+        held = await store.audit_entries(replica_id="laptop-7")
+        assert held == sent
+        assert await store.audit_tail("laptop-7") == (5, sent[-1].hash)
+        await store.append_audit([AuditEvent("dr.a", "login")])  # the server's own chain
+        assert verify_trail(await store.audit_entries()).ok
+
+    async def test_a_server_refuses_entries_that_continue_nothing_or_are_forged(
+        self,
+        store: ServerStore,
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        sent = audit_chain("laptop-7", 4)
+        with pytest.raises(AuditError, match="send the entries before it"):
+            await store.receive_audit("laptop-7", sent[2:])
+        with pytest.raises(AuditError, match="only laptop-9's own"):
+            await store.receive_audit("laptop-9", sent[:1])
+        forged = replace(sent[0], actor="dr.b")  # its hash no longer covers it
+        with pytest.raises(AuditError, match="does not match its content"):
+            await store.receive_audit("laptop-7", [forged])
+        with pytest.raises(AuditError, match="does not follow"):
+            await store.receive_audit("laptop-7", [sent[0], sent[2]])
+        assert await store.audit_entries() == []  # nothing kept of any of them
+        # A time is the laptop's claim: one dated ahead (a clock set wrong) is kept as it came.
+        future = link(READ, replica_id="laptop-7", seq=1, at_ms=2**60, prev_hash=GENESIS)
+        assert await store.receive_audit("laptop-7", [future]) == 1
+
+    async def test_a_copy_restored_from_an_older_one_goes_on_as_a_new_line(
+        self, store: ServerStore
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        lost = audit_chain("laptop-7", 5)
+        await store.receive_audit("laptop-7", lost)
+        # The restored copy had entries 1-2; it wrote 3-4 of its own since.
+        restored = audit_chain("laptop-7", 2, start=(2, lost[1].hash), actor="dr.b")
+        assert await store.receive_audit("laptop-7", restored) == 4
+        held = await store.audit_entries(replica_id="laptop-7")
+        assert [(e.line, e.seq) for e in held] == [
+            (0, 1),
+            (0, 2),
+            (0, 3),
+            (0, 4),
+            (0, 5),
+            (1, 3),
+            (1, 4),
+        ]
+        assert await store.audit_tail("laptop-7") == (4, restored[-1].hash)
+        more = audit_chain("laptop-7", 1, start=(4, restored[-1].hash))
+        await store.receive_audit("laptop-7", more)
+        assert [e.line for e in await store.audit_entries(replica_id="laptop-7", after_seq=4)] == [
+            0,
+            1,
+        ]
+        assert verify_trail(await store.audit_entries()).ok
+
+    async def test_a_line_from_the_start_verifies_and_lines_are_bounded(
+        self, store: ServerStore
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        await store.receive_audit("laptop-7", audit_chain("laptop-7", 2))
+        # A copy taken before the laptop's first entry starts again from the beginning.
+        for n in range(MAX_LINES - 1):
+            await store.receive_audit("laptop-7", audit_chain("laptop-7", 1, actor=f"dr.{n}"))
+        assert verify_trail(await store.audit_entries()).ok
+        with pytest.raises(AuditError, match="no more are kept"):
+            await store.receive_audit("laptop-7", audit_chain("laptop-7", 1, actor="dr.z"))
+        lines = {e.line for e in await store.audit_entries(replica_id="laptop-7")}
+        assert lines == set(range(MAX_LINES))
+
+    # sessions, secrets, client owners, the outbox summary, the quarantine
+
+    async def test_sessions_are_stored_by_hash_bound_and_ended(self, store: ServerStore) -> None:
+        await store.add_user("clinic", "dr.a", "argon-hash")
+        await store.enrol_replica("r1", "clinic", enrolled_by="dr.a", secret_hash="s1")
+        await store.add_session(session_row("a"))
+        await store.add_session(session_row("b", replica=None))
+        with pytest.raises(InvalidInputError, match="stored already"):
+            await store.add_session(session_row("a"))
+        assert await store.get_session("hash-a") == session_row("a")
+        await store.bind_session("hash-b", "r1")
+        with pytest.raises(InvalidInputError, match="no unbound session"):
+            await store.bind_session("hash-b", "r2")  # bound once, for good
+        assert (await store.get_session("hash-b")) == session_row("b")
+        generation = await store.accounts_generation()
+        assert await store.end_sessions(expired_at_ms=4_999) == 0
+        assert await store.accounts_generation() == generation  # expiry ends nothing early
+        await store.revoke_replica("r1")
+        assert await store.get_session("hash-a") is None
+        assert await store.get_session("hash-b") is None
+        assert await store.accounts_generation() > generation
+
+    async def test_a_new_password_and_a_disabled_account_end_the_users_sessions(
+        self,
+        store: ServerStore,
+    ) -> None:
+        await store.add_user("clinic", "dr.a", "argon-hash")
+        await store.add_user("clinic", "dr.b", "argon-hash")
+        await store.add_session(session_row("a"))
+        await store.add_session(session_row("b", user="dr.b"))
+        await store.set_password_hash("clinic", "dr.a", "rehash", end_sessions=False)
+        assert await store.get_session("hash-a") is not None
+        await store.set_password_hash("clinic", "dr.a", "new password's hash")
+        assert await store.get_session("hash-a") is None
+        assert await store.get_session("hash-b") is not None
+        await store.set_user_disabled("clinic", "dr.b", True)
+        assert await store.get_session("hash-b") is None
+        account = await store.get_user("clinic", "dr.b")
+        assert account is not None
+        assert account.disabled
+        await store.set_user_disabled("clinic", "dr.b", False)
+        account = await store.get_user("clinic", "dr.b")
+        assert account is not None
+        assert not account.disabled
+        with pytest.raises(InvalidInputError, match="no user"):
+            await store.set_user_disabled("clinic", "nobody", True)
+
+    async def test_end_sessions_takes_exactly_one_way_of_choosing(self, store: ServerStore) -> None:
+        with pytest.raises(InvalidInputError, match="exactly one"):
+            await store.end_sessions()
+        with pytest.raises(InvalidInputError, match="exactly one"):
+            await store.end_sessions(replica_id="r1", expired_at_ms=5)
+        await store.add_session(session_row("a"))
+        assert await store.end_sessions(token_hash="hash-a") == 1
+
+    async def test_replica_secrets_are_given_once(self, store: ServerStore) -> None:
+        await store.enrol_replica("r1", "clinic", device_name="ward laptop 3", secret_hash="s1")
+        await store.enrol_replica("r2", "clinic")  # enrolled before secrets existed
+        assert await store.replica_secret_hash("r1") == "s1"
+        assert await store.replica_secret_hash("r2") is None
+        with pytest.raises(InvalidInputError, match="has a secret already"):
+            await store.set_replica_secret_hash("r1", "s1-again")
+        await store.set_replica_secret_hash("r2", "s2")
+        assert await store.replica_secret_hash("r2") == "s2"
+        info = await store.get_replica("r1")
+        assert info is not None
+        assert info.device_name == "ward laptop 3"
+
+    async def test_yjs_clients_keep_their_first_owner(self, store: ServerStore) -> None:
+        patient = Patient()
+        item = IncomingUpdate(patient.id, patient.created, None, "clinic")
+        await store.write_remote([item], to_feed=True, claim_clients={7: "r1", 2**52: "r1"})
+        await store.write_remote([item], to_feed=True, claim_clients={7: "r2", 9: "r2"})
+        assert await store.client_owners([7, 9, 2**52, 11]) == {7: "r1", 9: "r2", 2**52: "r1"}
+        with pytest.raises(InvalidInputError, match="Yjs client id"):
+            await store.client_owners([2**53])
+
+
+class StoreConformance(LaptopStoreSuite, ServerStoreSuite):
+    """Every part, and what needs a laptop's and a server's part in one store."""
+
+    # local edits
+
+    @pytest.mark.parametrize("garbage", [b"", b"\x00", b"not an update", b"\xff" * 40])
+    async def test_bytes_that_are_not_an_update_are_refused_and_nothing_is_stored(
+        self, store: Store, garbage: bytes
+    ) -> None:
+        p = Patient()
+        with pytest.raises(InvalidUpdateError):
+            await store.write_local(p.id, garbage, conflicts=[conflict(p.id)])
+        with pytest.raises(InvalidUpdateError):
+            await store.write_remote(
+                [remote(p, p.created), remote(p, garbage)], checkpoint=("k", "1")
+            )
+        assert await store.count_records() == 0
+        assert await store.pending_count() == 0
+        assert await store.count_conflicts() == 0
+        assert await store.get_meta("k") is None
+        assert await store.feed_head() == 0
+        assert await store.check() == []
+
+    # compaction
+
+    async def test_a_server_compacts_what_it_wrote_into_the_feed_and_the_feed_keeps_it(
+        self,
+        store: Store,
+    ) -> None:
+        p, peer = Patient("laptop-b"), Patient("laptop-c")
+        await store.write_remote([IncomingUpdate(p.id, p.created, None, "org-1")], to_feed=True)
+        await store.write_remote([remote(p, p.edit("birthDate", "1980"))], to_feed=True)
+        await store.write_remote([remote(p, p.edit("name", "Ada"))])  # not into the feed
+        await store.write_remote(
+            [IncomingUpdate(peer.id, peer.created, None, "org-1")], to_feed=True
+        )
+        feed = await store.feed_since(0, limit=100)
+        assert await store.log_length(p.id) == 3
+        assert await store.compact(p.id) == 3
+        assert await store.log_length(p.id) == 0
+        assert await store.compact(p.id) == 0  # nothing folded twice
+        assert await store.feed_since(0, limit=100) == feed
+        await store.write_remote([remote(p, p.edit("birthDate", "1981"))], to_feed=True)
+        await store.write_local(p.id, p.edit("name", "Ada B."), conflicts=None)
+        assert await store.log_length(p.id) == 2
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+        assert await store.check() == []
+        assert await store.compact(p.id) == 2
+        again = await store.load(p.id)
+        assert again is not None
+        assert revision_ids(again, p.id) == revision_ids(loaded, p.id)
+        assert [f.seq for f in await store.feed_since(0, limit=100)] == [1, 2, 3, 4]
+        assert await store.load_many([p.id, peer.id]) == {
+            p.id: again,
+            peer.id: await store.load(peer.id),
+        }
+        assert await store.check() == []
+
+    # lifecycle
+
+    async def test_every_error_is_a_caresync_error(self, store: Store) -> None:
+        for call in (
+            store.load(""),
+            store.pending(-1),
+            store.feed_since(0, limit=-5),
+            store.record_ids(limit=-1),
+            store.write_remote(["not an item"]),  # type: ignore[list-item]
+        ):
+            with pytest.raises(CaresyncError):
+                await call
