@@ -11,6 +11,8 @@ Real parts otherwise: SyncServer and replicas on SQLite files. Nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,41 @@ async def test_transport_options_are_checked(tmp_path: Path) -> None:
         Clinic(tmp_path, delay=0.1)  # websockets: sockets take their own time
     with pytest.raises(InvalidInputError, match="delay"):
         Clinic(tmp_path, transport="memory", delay=-1)
+
+
+TRANSPORT_TEST = """
+async def test_the_clinic_runs_where_it_was_told(clinic):
+    north = await clinic.laptop("north")
+    north.offline()
+    north.online()
+    await clinic.quiescent()
+    print("TRANSPORT", clinic.transport, clinic.url)
+"""
+
+
+def _pytest(directory: Path, *options: str, ini: str = "") -> subprocess.CompletedProcess[str]:
+    (directory / "test_app.py").write_text(TRANSPORT_TEST)
+    (directory / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n" + ini)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *options],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_plugin_option_and_ini_key_choose_the_transport(tmp_path: Path) -> None:
+    done = _pytest(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "TRANSPORT websocket ws://127.0.0.1:" in done.stdout
+    done = _pytest(tmp_path, "--caresync-transport", "memory")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "TRANSPORT memory memory://server" in done.stdout
+    done = _pytest(tmp_path, ini="caresync_transport = memory\n")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "TRANSPORT memory memory://server" in done.stdout
+    done = _pytest(tmp_path, ini="caresync_transport = pigeon\n")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "caresync_transport must be websocket or memory" in done.stdout
