@@ -114,7 +114,7 @@ from caresync.storage.laptop_key import (
     is_encrypted,
     unlock_laptop_key,
 )
-from caresync.transport import check_server_url
+from caresync.transport import Connector, WebSocketConnector
 from caresync.versions import CLIENT_VERSION, check_version, is_older
 
 __all__ = [
@@ -230,8 +230,11 @@ class Replica:
         pinned_key: bytes | None = None,
         login_idle_s: float | None = LOGIN_IDLE_S,
         database_key: LaptopKey | None = None,
+        connector: Connector | None = None,
     ) -> None:
         self.store = store
+        self.connector: Connector = connector if connector is not None else WebSocketConnector()
+        """How this laptop reaches its server (default: websockets; tests pass a MemoryLink)."""
         self._hasher = password_hasher if password_hasher is not None else _hasher
         self.logins = LaptopLogins(
             store, hasher=self._hasher, idle_s=login_idle_s, database_key=database_key
@@ -268,6 +271,7 @@ class Replica:
         password: str | None = None,
         encrypt: bool = True,
         kdf: KdfParams = DEFAULT_KDF,
+        connector: Connector | None = None,
     ) -> Replica:
         """Open a laptop database (created unless ``create=False``).
 
@@ -295,7 +299,8 @@ class Replica:
         logged in with, as ``caresync enrol`` does, and may check
         :attr:`encrypted`; ``caresync encrypt`` converts a plain laptop later.
         ``kdf`` sets the cost of the password derivation (a simulation may pass
-        cheaper parameters).
+        cheaper parameters). ``connector`` is how the laptop reaches its server
+        (default: websockets; see :mod:`caresync.transport`).
 
         ``password_hasher`` makes the hash kept for offline login (argon2id with
         the library's defaults unless given; a simulation may pass cheaper
@@ -324,6 +329,7 @@ class Replica:
                 password_hasher=password_hasher,
                 login_idle_s=login_idle_s,
                 database_key=database_key,
+                connector=connector,
             )
         except BaseException:
             await store.close()
@@ -340,12 +346,13 @@ class Replica:
         password_hasher: PasswordHasher | None = None,
         login_idle_s: float | None = LOGIN_IDLE_S,
         database_key: LaptopKey | None = None,
+        connector: Connector | None = None,
     ) -> Replica:
         """A replica over a store already open (read-only tools use this); writes nothing
         but its audit trail.
 
         ``database_key``: the unlocked key an encrypted store was opened with
-        (each online login wraps it for that user too).
+        (each online login wraps it for that user too). ``connector``: as in :meth:`open`.
 
         What the replica keeps in its store is read here: whether it is locked,
         its secret, the server key it pinned, and who is logged in.
@@ -361,6 +368,7 @@ class Replica:
             pinned_key=_unb64(await store.get_meta(meta.PINNED_KEY)),
             login_idle_s=login_idle_s,
             database_key=database_key,
+            connector=connector,
         )
         await replica.logins.load()
         await replica._record_failed_unlocks()
@@ -1048,7 +1056,7 @@ class Replica:
                 "it syncs with `sync` (a laptop enrols once)"
             )
         expected = None if server_key is None else parse_fingerprint(server_key)
-        check_server_url(url, insecure=insecure)
+        self.connector.check_url(url, insecure=insecure)
         async with self._sync_lock, Session.connect(self._host, url, ssl, expected) as session:
             await session.login(username, password, organisation)
             session.protocol.enrol(device_name, self.replica_id)
@@ -1099,7 +1107,7 @@ class Replica:
             raise InvalidInputError(
                 "this replica is in live mode (stay_connected); it syncs by itself"
             )
-        target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
+        target = self.connector.check_url(url or self.identity.server_url or "", insecure=insecure)
         async with self._sync_lock, Session.connect(self._host, target, ssl) as session:
             if password is not None:
                 org = organisation or self.identity.organisation or ""
@@ -1134,7 +1142,7 @@ class Replica:
                 "this replica is in live mode (stay_connected); stop it to log in online, "
                 "or log in offline (login_offline)"
             )
-        target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
+        target = self.connector.check_url(url or self.identity.server_url or "", insecure=insecure)
         org = organisation or self.identity.organisation or ""
         async with self._sync_lock, Session.connect(self._host, target, ssl) as session:
             await session.login(username, password, org)
@@ -1173,7 +1181,7 @@ class Replica:
         self._check_can_sync()
         if self._live:
             raise InvalidInputError("this replica is already in live mode")
-        target = check_server_url(url or self.identity.server_url or "", insecure=insecure)
+        target = self.connector.check_url(url or self.identity.server_url or "", insecure=insecure)
         self._live = True
         try:
             delays = backoff()
@@ -1334,6 +1342,10 @@ class _ReplicaHost:
     @property
     def rulebook(self) -> Rulebook:
         return self._replica.rulebook
+
+    @property
+    def connector(self) -> Connector:
+        return self._replica.connector
 
     @property
     def status(self) -> SyncStatus:

@@ -97,9 +97,11 @@ from caresync.replication.pool import RecordPool
 from caresync.storage import HubMark, ReplicaInfo, ServerStore, SQLiteStore, own_identity
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
+    Acceptor,
     Channel,
     ChannelHandler,
     HttpAnswer,
+    Listener,
     WebSocketListener,
     serve_websockets,
 )
@@ -335,7 +337,7 @@ class SyncServer:
         self._owners: _Remembered[int, str] = _Remembered(_REMEMBERED)
         self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
         self._commit_lock = asyncio.Lock()
-        self._listener: WebSocketListener | None = None
+        self._listener: Listener | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.on_commit: list[Callable[[int], Awaitable[None] | None]] = []
         self.metrics = ServerMetrics()
@@ -532,7 +534,7 @@ class SyncServer:
         (a simulation counts the bytes on the wire that way).
         """
         await self.gate.server_key()
-        self._listener = await serve_websockets(
+        listener = await serve_websockets(
             self.handle if wrap is None else wrap(self.handle),
             host,
             port,
@@ -541,9 +543,28 @@ class SyncServer:
             max_queued_frames=PRE_LOGIN_QUEUED_FRAMES,
             http_handler=self.answer_http,
         )
+        self._listening(listener)
+        return listener
+
+    async def listen(
+        self, acceptor: Acceptor, *, wrap: Callable[[ChannelHandler], ChannelHandler] | None = None
+    ) -> Listener:
+        """Start listening through any transport: e.g. ``network.host("server")`` of a
+        :class:`~caresync.transport.MemoryNetwork`. As :meth:`serve` otherwise (the
+        pre-login limits, ``wrap``); plain HTTP (``/healthz``) is websockets' only."""
+        await self.gate.server_key()
+        listener = await acceptor.listen(
+            self.handle if wrap is None else wrap(self.handle),
+            max_frame_bytes=PRE_LOGIN_MAX_FRAME_BYTES,
+            max_queued_frames=PRE_LOGIN_QUEUED_FRAMES,
+        )
+        self._listening(listener)
+        return listener
+
+    def _listening(self, listener: Listener) -> None:
+        self._listener = listener
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch_sessions())
-        return self._listener
 
     async def answer_http(self, method: str, path: str) -> HttpAnswer | None:
         """Plain HTTP on the sync port: ``GET /healthz`` and ``GET /metrics``.

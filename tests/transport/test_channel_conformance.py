@@ -1,28 +1,33 @@
-"""One conformance suite for every channel: websockets on 127.0.0.1 and the in-memory twin."""
+"""One conformance suite for every channel: websockets on 127.0.0.1 and the in-memory twin.
+
+The suite itself is public (:mod:`caresync.testing.channel_suite`), so that a third-party
+transport runs the same tests; what only sockets show (refused connections, TLS) is here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import trustme
 
-from caresync import ConnectionLostError, FrameTooLargeError, InvalidInputError
+from caresync import ConnectionLostError, InvalidInputError
+from caresync.testing.channel_suite import ChannelSuite
 from caresync.transport import (
     Channel,
-    MemoryListener,
+    MemoryChannel,
+    MemoryNetwork,
+    WebSocketChannel,
     connect_websocket,
     serve_websockets,
 )
 
-Connect = Callable[[], Awaitable[Channel]]
-
 
 @asynccontextmanager
-async def websocket_pair(max_frame_bytes: int = 1 << 20) -> AsyncIterator[tuple[Channel, Channel]]:
+async def websocket_pair(max_frame_bytes: int) -> AsyncIterator[tuple[Channel, Channel]]:
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
     done = asyncio.Event()
 
@@ -42,7 +47,8 @@ async def websocket_pair(max_frame_bytes: int = 1 << 20) -> AsyncIterator[tuple[
 
 
 @asynccontextmanager
-async def memory_pair(max_frame_bytes: int = 1 << 20) -> AsyncIterator[tuple[Channel, Channel]]:
+async def memory_pair(max_frame_bytes: int) -> AsyncIterator[tuple[Channel, Channel]]:
+    network = MemoryNetwork()
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
     done = asyncio.Event()
 
@@ -50,48 +56,38 @@ async def memory_pair(max_frame_bytes: int = 1 << 20) -> AsyncIterator[tuple[Cha
         await accepted.put(channel)
         await done.wait()
 
-    listener = MemoryListener(handler)
-    client = await listener.connect("laptop")
+    listener = await network.host("server").listen(
+        handler, max_frame_bytes=max_frame_bytes, max_queued_frames=16
+    )
+    link = network.link("laptop")
+    client = await link.connect(listener.url)
+    client.set_limits(max_frame_bytes=max_frame_bytes, max_queued_frames=16)
     server = await accepted.get()
-    # The in-memory twin enforces the limit on the receiving end, like websockets.
-    client._max = server._max = max_frame_bytes  # type: ignore[attr-defined]
     try:
         yield client, server
     finally:
         done.set()
+        await client.close()
         await listener.close()
 
 
-@pytest.fixture(params=["websocket", "memory"])
-def make_pair(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    return websocket_pair if request.param == "websocket" else memory_pair
+class TestWebSocketChannel(ChannelSuite):
+    def pair(self, max_frame_bytes: int) -> AbstractAsyncContextManager[tuple[Channel, Channel]]:
+        return websocket_pair(max_frame_bytes)
+
+    async def cut(self, client: Channel, server: Channel) -> None:
+        # A network failure: the TCP connection is aborted, no closing handshake.
+        assert isinstance(client, WebSocketChannel)
+        client._connection.transport.abort()
 
 
-async def test_frames_arrive_whole_and_in_order(make_pair) -> None:  # type: ignore[no-untyped-def]
-    async with make_pair() as (client, server):
-        frames = [bytes([i]) * (i * 100 + 1) for i in range(20)]
-        for frame in frames:
-            await client.send(frame)
-        assert [await server.recv() for _ in frames] == frames
-        await server.send(b"reply")
-        assert await client.recv() == b"reply"
+class TestMemoryChannel(ChannelSuite):
+    def pair(self, max_frame_bytes: int) -> AbstractAsyncContextManager[tuple[Channel, Channel]]:
+        return memory_pair(max_frame_bytes)
 
-
-async def test_closing_one_end_is_connection_lost_on_the_other(make_pair) -> None:  # type: ignore[no-untyped-def]
-    async with make_pair() as (client, server):
-        await client.close()
-        with pytest.raises(ConnectionLostError):
-            await server.recv()
-        with pytest.raises(ConnectionLostError):
-            await client.send(b"after close")
-        assert client.closed
-
-
-async def test_oversized_frame_is_refused(make_pair) -> None:  # type: ignore[no-untyped-def]
-    async with make_pair(max_frame_bytes=1024) as (client, server):
-        await client.send(b"x" * 4096)
-        with pytest.raises((FrameTooLargeError, ConnectionLostError)):
-            await server.recv()
+    async def cut(self, client: Channel, server: Channel) -> None:
+        assert isinstance(client, MemoryChannel)
+        client.cut()
 
 
 async def test_connecting_to_nothing_is_connection_lost() -> None:

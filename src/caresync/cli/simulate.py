@@ -48,6 +48,13 @@ def register(commands: Any) -> None:
         type=path,
         help="keep the databases here (default: a temporary directory, removed after)",
     )
+    simulate.add_argument(
+        "--transport",
+        choices=("websocket", "memory"),
+        default="websocket",
+        help="websocket: a socket per sync on 127.0.0.1 (default); memory: in-memory "
+        "channels, the same protocol and databases without sockets",
+    )
     add_json(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -85,6 +92,7 @@ def _simulate(args: argparse.Namespace, out: Output) -> int:
         conflict_rate=args.conflict_rate,
         seed=args.seed,
         workdir=None if args.workdir is None else Path(args.workdir),
+        transport=args.transport,
     )
     code: int = run_simulate_command(config, json_output=args.json, console=out.console)
     return code

@@ -82,7 +82,7 @@ from caresync.records.persons import PersonCard
 from caresync.replication import meta
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, Identity, LaptopStore
-from caresync.transport import Channel, connect_websocket
+from caresync.transport import Channel, Connector
 from caresync.versions import CLIENT_VERSION, check_version
 
 __all__ = [
@@ -179,6 +179,11 @@ class SessionHost(Protocol):
 
     @property
     def rulebook(self) -> Rulebook: ...
+
+    @property
+    def connector(self) -> Connector:
+        """How to reach the server (websockets, or an in-memory link)."""
+        ...
 
     @property
     def status(self) -> SyncStatus:
@@ -848,7 +853,7 @@ class SessionContext:
         host = self.host
         host.status.move(ReplicaState.CONNECTING)
         try:
-            channel = await connect_websocket(self.url, ssl=self.ssl)
+            channel = await host.connector.connect(self.url, ssl=self.ssl)
         except BaseException as exc:
             host.status.last_error = str(exc)
             host.status.move(ReplicaState.OFFLINE)

@@ -14,13 +14,15 @@ from typing import Any
 
 from caresync.exceptions import InvalidValueError
 
-__all__ = ["MAX_LAPTOPS", "MAX_PATIENTS", "SimulationConfig", "SimulationResult"]
+__all__ = ["MAX_LAPTOPS", "MAX_PATIENTS", "TRANSPORTS", "SimulationConfig", "SimulationResult"]
 
 MAX_LAPTOPS = 1000
 """More laptops than this in one process would exhaust file descriptors and patience."""
 MAX_PATIENTS = 1_000_000
 MAX_EDITS_PER_LAPTOP = 100_000
 MAX_ROUNDS = 100
+TRANSPORTS = ("websocket", "memory")
+"""What laptops and server talk over: websockets on 127.0.0.1, or the in-memory channel."""
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -55,6 +57,9 @@ class SimulationConfig:
     """How many laptops enrol, edit or sync at the same moment."""
     deep_checks: int = 3
     """How many laptops (a seeded sample) the oracle loads record by record."""
+    transport: str = "websocket"
+    """``websocket`` (a socket per sync on 127.0.0.1) or ``memory`` (in-memory channels:
+    the same protocol and stores, no sockets)."""
 
     def __post_init__(self) -> None:
         _check_int("laptops", self.laptops, 1, MAX_LAPTOPS)
@@ -73,6 +78,10 @@ class SimulationConfig:
                 or not 0.0 <= value <= 1.0
             ):
                 raise InvalidValueError(f"{name} must be a number from 0 to 1, not {value!r}")
+        if self.transport not in TRANSPORTS:
+            raise InvalidValueError(
+                f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}"
+            )
         if self.workdir is not None and not isinstance(self.workdir, Path):
             raise InvalidValueError(f"workdir must be a pathlib.Path or None, not {self.workdir!r}")
 

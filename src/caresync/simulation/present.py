@@ -151,7 +151,8 @@ def run_simulate_command(
     console = console or Console()
     console.print(
         f"[bold]caresync simulation[/bold]: a clinic server and {config.laptops} laptops, "
-        f"{config.patients} patients, on SQLite over websockets on 127.0.0.1"
+        f"{config.patients} patients, on SQLite over "
+        + ("in-memory channels" if config.transport == "memory" else "websockets on 127.0.0.1")
     )
     with RichObserver(console) as observer:
         result = asyncio.run(run_simulation(config, observer=observer))

@@ -1,8 +1,9 @@
 """Play a scenario against a real clinic server and real laptop replicas, then ask the oracle.
 
 Everything is real: the server keeps an SQLite database, each laptop its own
-SQLite file and its own websocket connection to 127.0.0.1 for each sync. The
-steps:
+SQLite file and its own websocket connection to 127.0.0.1 for each sync (or, with
+``transport="memory"``, its own link on a :class:`~caresync.transport.MemoryNetwork`:
+the same protocol and databases, no sockets). The steps:
 
 1. import the patients into the clinic's register (the server's database, in
    batches of one transaction each), as a clinic bringing its existing register;
@@ -47,7 +48,7 @@ from caresync.simulation.oracle import Oracle, ReplicaFile
 from caresync.simulation.scenario import RESOLUTIONS_PER_RESOLVER, Edit, Patient, Scenario, plan
 from caresync.simulation.wire import WireCounter
 from caresync.storage import IncomingUpdate
-from caresync.transport import WebSocketListener
+from caresync.transport import Listener, MemoryNetwork
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -162,6 +163,8 @@ class _Run:
         self.wire = WireCounter()
         self.password = secrets.token_urlsafe(16)
         self.fleet: list[Replica] = []
+        # In memory, each laptop gets its own link on one network; else websockets.
+        self.network = MemoryNetwork() if config.transport == "memory" else None
         self.semaphore = asyncio.Semaphore(config.concurrency)
         self.result = SimulationResult(
             converged=False,
@@ -186,12 +189,15 @@ class _Run:
         server = await SyncServer.open(
             self.workdir / SERVER_FILE, rulebook=self.rulebook, password_hasher=_ACCOUNT_HASHER
         )
-        listener: WebSocketListener | None = None
+        listener: Listener | None = None
         try:
             await server.add_user(ORGANISATION, USERNAME, self.password)
             for index in range(self.config.laptops):  # each laptop, its clinician's account
                 await server.add_user(ORGANISATION, clinician(index), self.password)
-            listener = await server.serve("127.0.0.1", 0, wrap=self.wire.wrap)
+            if self.network is not None:
+                listener = await server.listen(self.network.host("server"), wrap=self.wire.wrap)
+            else:
+                listener = await server.serve("127.0.0.1", 0, wrap=self.wire.wrap)
             await self._import_patients(server)
             await self._open_laptops()
             result.setup_s = time.perf_counter() - started
@@ -329,6 +335,7 @@ class _Run:
                 self.workdir / laptop_file(index),
                 rulebook=self.rulebook,
                 password_hasher=_ACCOUNT_HASHER,
+                connector=None if self.network is None else self.network.link(f"laptop-{index}"),
             )
             self.observer.advance()
 

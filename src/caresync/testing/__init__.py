@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from caresync.testing.channel_suite import ChannelSuite
     from caresync.testing.harness import (
         DEFAULT_PASSWORD,
         Clinic,
@@ -40,6 +41,7 @@ except ImportError as exc:  # the harness works without pytest; only the fixture
 
 __all__ = [
     "DEFAULT_PASSWORD",
+    "ChannelSuite",
     "Clinic",
     "ClinicFactory",
     "Laptop",
@@ -61,6 +63,7 @@ _LAZY = {
     "NotQuiescentError": "caresync.testing.harness",
     "quick_backoff": "caresync.testing.harness",
     "Link": "caresync.testing.link",
+    "ChannelSuite": "caresync.testing.channel_suite",
 }
 
 

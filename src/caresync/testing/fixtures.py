@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 __all__ = [
     "MISSING_ASYNCIO",
     "SUBSTANCES_OPTION",
+    "TRANSPORT_OPTION",
     "ClinicFactory",
     "caresync_asyncio",
     "caresync_rulebook",
+    "caresync_transport",
     "clinic",
     "clinic_factory",
     "pytest_addoption",
@@ -72,8 +74,13 @@ SUBSTANCES_OPTION = "caresync_substances"
 """The ini key (and, with dashes, the command-line option) naming a substance table."""
 
 
+TRANSPORT_OPTION = "caresync_transport"
+"""The ini key (and, with dashes, the command-line option) choosing the clinics' transport."""
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """``--caresync-substances FILE`` and the ini key ``caresync_substances``."""
+    """``--caresync-substances FILE``, ``--caresync-transport websocket|memory`` and the
+    ini keys ``caresync_substances`` and ``caresync_transport``."""
     help_text = (
         "the allergy check's substance table for every caresync clinic fixture "
         "(JSON in the bundled table's format; a relative ini path is read from the ini "
@@ -83,6 +90,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--caresync-substances", dest=SUBSTANCES_OPTION, metavar="FILE", help=help_text
     )
     parser.addini(SUBSTANCES_OPTION, help_text, default="")
+    transport_help = (
+        "what every caresync clinic fixture runs on: websocket (default; sockets on "
+        "127.0.0.1) or memory (the in-memory channel: no sockets, links cut the same way)"
+    )
+    parser.getgroup("caresync").addoption(
+        "--caresync-transport",
+        dest=TRANSPORT_OPTION,
+        choices=("websocket", "memory"),
+        help=transport_help,
+    )
+    parser.addini(TRANSPORT_OPTION, transport_help, default="websocket")
+
+
+@pytest.fixture
+def caresync_transport(pytestconfig: pytest.Config) -> str:
+    """What the clinics the fixtures make run on: ``"websocket"`` or ``"memory"``.
+
+    ``--caresync-transport``, else the ini key ``caresync_transport``, else websocket.
+    Override it (in a module or a ``conftest.py``, or parametrize it) to run tests on
+    the in-memory channel.
+    """
+    given = pytestconfig.getoption(TRANSPORT_OPTION)
+    if given:
+        return str(given)
+    listed = str(pytestconfig.getini(TRANSPORT_OPTION)).strip() or "websocket"
+    if listed not in ("websocket", "memory"):
+        pytest.fail(
+            f"ini key {TRANSPORT_OPTION} must be websocket or memory, not {listed!r}",
+            pytrace=False,
+        )
+    return listed
 
 
 def _substances_path(config: pytest.Config) -> Path | None:
@@ -122,8 +160,9 @@ class ClinicFactory(Protocol):
     """``await clinic_factory(name="clinic", **options)``: another started :class:`Clinic`.
 
     Its files go to ``tmp_path/<name>``; ``options`` are :class:`Clinic`'s keyword
-    arguments (``organisation``, ``user``, ``password``, ``rulebook``, ``timeout``);
-    ``rulebook`` defaults to the ``caresync_rulebook`` fixture.
+    arguments (``organisation``, ``user``, ``password``, ``rulebook``, ``timeout``,
+    ``transport``, ``delay``); ``rulebook`` defaults to the ``caresync_rulebook`` fixture,
+    ``transport`` to the ``caresync_transport`` fixture.
     """
 
     def __call__(self, name: str = "clinic", **options: Any) -> Awaitable[Clinic]: ...
@@ -131,18 +170,23 @@ class ClinicFactory(Protocol):
 
 @_fixture
 async def clinic_factory(
-    caresync_asyncio: None, caresync_rulebook: Rulebook, tmp_path: Path
+    caresync_asyncio: None,
+    caresync_rulebook: Rulebook,
+    tmp_path: Path,
+    caresync_transport: str,
 ) -> AsyncIterator[ClinicFactory]:
     """Make started clinics in ``tmp_path``; all are closed after the test."""
     from caresync.exceptions import InvalidInputError
     from caresync.testing.harness import Clinic
 
     made: dict[str, Clinic] = {}
+    transport = caresync_transport
 
     async def make(name: str = "clinic", **options: Any) -> Clinic:
         if name in made:
             raise InvalidInputError(f"this test already has a clinic named {name!r}")
         options.setdefault("rulebook", caresync_rulebook)
+        options.setdefault("transport", transport)
         clinic = Clinic(tmp_path / name, **options)
         await clinic.start()
         made[name] = clinic
@@ -154,7 +198,8 @@ async def clinic_factory(
 
 @_fixture
 async def clinic(clinic_factory: ClinicFactory) -> Clinic:
-    """A started clinic: a server on 127.0.0.1 with user ``dr.test`` in ``clinic``."""
+    """A started clinic: a server (on 127.0.0.1, or in memory with ``caresync_transport``)
+    with user ``dr.test`` in ``clinic``."""
     return await clinic_factory()
 
 

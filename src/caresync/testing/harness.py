@@ -6,6 +6,12 @@ SQLite files, each reaching the server through its own :class:`~caresync.testing
 so that a test can take it offline (the link is cut: it cannot sync, live mode drops
 and keeps retrying) and online again.
 
+``Clinic(directory, transport="memory")`` runs the same clinic on the in-memory channel
+(:class:`~caresync.transport.MemoryNetwork`): no sockets, each laptop's link a
+:class:`~caresync.transport.MemoryLink` that cuts the same way, and an optional
+``delay`` on every frame. Only what sockets alone show (TLS, a TCP proxy, HTTP on the
+sync port) needs the default, ``transport="websocket"``.
+
 Waiting is done on events, never on the clock: :meth:`Clinic.quiescent` re-checks the
 databases only when something happened (a status change, a batch committed from the
 server, an acknowledgement, a commit on the server, a laptop switched on or off), and
@@ -29,11 +35,13 @@ from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
 from caresync.server import SyncServer
 from caresync.testing.checks import Snapshot, describe_differences, lag, snapshot
 from caresync.testing.link import Link
+from caresync.transport import MemoryLink, MemoryNetwork
 
 __all__ = [
     "DEFAULT_PASSWORD",
     "DEFAULT_TIMEOUT_S",
     "MAX_ROUNDS",
+    "TRANSPORTS",
     "Clinic",
     "Laptop",
     "NotConvergedError",
@@ -45,6 +53,8 @@ DEFAULT_PASSWORD = "caresync test passphrase"
 DEFAULT_TIMEOUT_S = 10.0
 """Upper bound of one wait (quiescence, going live, stopping): a passing test is far below it."""
 MAX_ROUNDS = 25
+TRANSPORTS = ("websocket", "memory")
+"""What a clinic's server and laptops talk over: websockets on 127.0.0.1, or in memory."""
 """Sync rounds :meth:`Clinic.quiescent` runs for laptops not in live mode before giving up."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -99,7 +109,7 @@ class Laptop(Replica):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name = ""
-        self._link: Link | None = None
+        self._link: Link | MemoryLink | None = None
         self._changed: Callable[..., None] = lambda *args: None
         self._timeout = DEFAULT_TIMEOUT_S
         self._live_runs = 0
@@ -112,15 +122,17 @@ class Laptop(Replica):
         switch = "online" if self.is_online else "offline"
         return f"<Laptop {self.name!r} {self.replica_id} {switch} {self.state.value}>"
 
-    def _attach(self, name: str, link: Link, changed: Callable[..., None], timeout: float) -> None:
+    def _attach(
+        self, name: str, link: Link | MemoryLink, changed: Callable[..., None], timeout: float
+    ) -> None:
         self.name, self._link, self._changed, self._timeout = name, link, changed, timeout
         self.on_status(changed)
         self.on_received(changed)
         self.on_acknowledged(changed)
 
     @property
-    def link(self) -> Link:
-        """The laptop's link to the server."""
+    def link(self) -> Link | MemoryLink:
+        """The laptop's link to the server (a MemoryLink on the in-memory transport)."""
         if self._link is None:
             raise InvalidInputError("this laptop was not made by a Clinic; it has no link")
         return self._link
@@ -264,6 +276,9 @@ class Clinic:
     One user (``user`` in ``organisation``, password ``password``) exists from the start;
     laptops enrol as that user unless told otherwise (other users are created on demand).
     ``rulebook`` is used by the server and every laptop; ``timeout`` bounds every wait.
+    ``transport`` is ``"websocket"`` (default: sockets on 127.0.0.1, each link a TCP
+    relay) or ``"memory"`` (a :class:`~caresync.transport.MemoryNetwork`, no sockets);
+    ``delay`` (memory only) holds every frame that many seconds, both ways.
     """
 
     def __init__(
@@ -275,7 +290,13 @@ class Clinic:
         password: str = DEFAULT_PASSWORD,
         rulebook: Rulebook = DEFAULT_RULEBOOK,
         timeout: float = DEFAULT_TIMEOUT_S,
+        transport: str = "websocket",
+        delay: float = 0.0,
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise InvalidInputError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        if delay and transport != "memory":
+            raise InvalidInputError("a delay needs transport='memory' (sockets take their own)")
         for label, text in (("organisation", organisation), ("user", user), ("password", password)):
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInputError(f"the clinic's {label} must be a non-empty string")
@@ -287,6 +308,11 @@ class Clinic:
         self.password = password
         self.rulebook = rulebook
         self.timeout = float(timeout)
+        self.transport = transport
+        self.network: MemoryNetwork | None = (
+            MemoryNetwork(delay=delay) if transport == "memory" else None
+        )
+        """The in-memory network (``transport="memory"`` only)."""
         self._server: SyncServer | None = None
         self._port = 0
         self._started = False
@@ -332,14 +358,19 @@ class Clinic:
             raise InvalidInputError("the clinic's server is running already")
         server = await SyncServer.open(self.directory / "server.db", rulebook=self.rulebook)
         try:
-            listener = await server.serve("127.0.0.1", 0)
+            if self.network is not None:  # the same name again: links find it as they were
+                await server.listen(self.network.host("server"))
+            else:
+                self._port = (await server.serve("127.0.0.1", 0)).port
         except BaseException:
             await server.close()
             raise
         server.on_commit.append(self._signal)
-        self._server, self._port = server, listener.port
+        self._server = server
         for laptop in self._laptops.values():
-            laptop.link.retarget("127.0.0.1", self._port)
+            link = laptop.link
+            if isinstance(link, Link):
+                link.retarget("127.0.0.1", self._port)
         self._signal()
 
     async def stop_server(self) -> None:
@@ -409,7 +440,13 @@ class Clinic:
         if (org, username) not in self._users:
             await self.add_user(username, organisation=org)
         async with contextlib.AsyncExitStack() as undo:
-            link = await Link.open("127.0.0.1", port)
+            link: Link | MemoryLink
+            if self.network is not None:
+                if name in self.network.links:  # pragma: no cover - names are unique above
+                    raise InvalidInputError(f"this clinic already has a link named {name!r}")
+                link = self.network.link(name)
+            else:
+                link = await Link.open("127.0.0.1", port)
             undo.push_async_callback(link.close)
             laptop = await self._open_laptop(name, link, limits=limits, create=True)
             undo.push_async_callback(laptop.close)
@@ -452,10 +489,14 @@ class Clinic:
         return await self._keep(laptop, live=live)
 
     async def _open_laptop(
-        self, name: str, link: Link, *, limits: SyncLimits | None, create: bool
+        self, name: str, link: Link | MemoryLink, *, limits: SyncLimits | None, create: bool
     ) -> Laptop:
         opened = await Laptop.open(
-            self.directory / f"{name}.db", create=create, rulebook=self.rulebook, limits=limits
+            self.directory / f"{name}.db",
+            create=create,
+            rulebook=self.rulebook,
+            limits=limits,
+            connector=link if isinstance(link, MemoryLink) else None,
         )
         if not isinstance(opened, Laptop):  # pragma: no cover - Replica.open builds cls()
             await opened.close()

@@ -1,8 +1,9 @@
 """The pytest plugin of caresync (entry point ``pytest11: caresync``): fixtures, nothing heavy.
 
 pytest loads this module wherever caresync is installed. It holds only the
-fixtures ``clinic``, ``clinic_factory`` and ``caresync_rulebook``, the check that
-pytest-asyncio runs them, and the option ``--caresync-substances``; the harness,
+fixtures ``clinic``, ``clinic_factory``, ``caresync_rulebook`` and
+``caresync_transport``, the check that pytest-asyncio runs them, and the options
+``--caresync-substances`` and ``--caresync-transport``; the harness,
 the server, the replica and websockets are imported when a test asks for a
 fixture, so every pytest run stays as fast as without caresync. Switch it off
 with ``pytest -p no:caresync``. See docs/testing.md.
@@ -14,6 +15,7 @@ from caresync.testing.fixtures import (
     ClinicFactory,
     caresync_asyncio,
     caresync_rulebook,
+    caresync_transport,
     clinic,
     clinic_factory,
     pytest_addoption,
@@ -23,6 +25,7 @@ __all__ = [
     "ClinicFactory",
     "caresync_asyncio",
     "caresync_rulebook",
+    "caresync_transport",
     "clinic",
     "clinic_factory",
     "pytest_addoption",

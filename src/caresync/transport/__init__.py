@@ -1,11 +1,27 @@
-"""Transports: channels that carry frames, over websockets or in memory."""
+"""Transports: channels that carry frames, over websockets or in memory.
 
-from caresync.transport.base import DEFAULT_MAX_FRAME_BYTES, Channel, ChannelHandler, Listener
+A laptop reaches a server through a :class:`Connector` (default
+:class:`WebSocketConnector`; in memory, a :class:`MemoryLink` of a
+:class:`MemoryNetwork`); a server listens through an :class:`Acceptor`
+(websockets: ``SyncServer.serve``; in memory, ``network.host(name)``).
+"""
+
+from caresync.transport.base import (
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_QUEUED_FRAMES,
+    Acceptor,
+    Channel,
+    ChannelHandler,
+    Connector,
+    Listener,
+)
 from caresync.transport.memory import MemoryChannel, MemoryListener, memory_pipe
+from caresync.transport.network import MemoryHost, MemoryLink, MemoryNetwork
 from caresync.transport.websocket import (
     HttpAnswer,
     HttpHandler,
     WebSocketChannel,
+    WebSocketConnector,
     WebSocketListener,
     check_server_url,
     connect_websocket,
@@ -15,14 +31,21 @@ from caresync.transport.websocket import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_QUEUED_FRAMES",
+    "Acceptor",
     "Channel",
     "ChannelHandler",
+    "Connector",
     "HttpAnswer",
     "HttpHandler",
     "Listener",
     "MemoryChannel",
+    "MemoryHost",
+    "MemoryLink",
     "MemoryListener",
+    "MemoryNetwork",
     "WebSocketChannel",
+    "WebSocketConnector",
     "WebSocketListener",
     "check_server_url",
     "connect_websocket",

@@ -8,12 +8,23 @@ simulations, whose links can be cut at will.
 
 from __future__ import annotations
 
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "Channel", "ChannelHandler", "Listener"]
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_QUEUED_FRAMES",
+    "Acceptor",
+    "Channel",
+    "ChannelHandler",
+    "Connector",
+    "Listener",
+]
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_QUEUED_FRAMES = 16
+"""Received frames that may wait unread before the sender is held (websockets' default)."""
 
 
 @runtime_checkable
@@ -79,4 +90,39 @@ class Listener(Protocol):
 
     async def close(self) -> None:
         """Stop accepting and close every open channel."""
+        ...
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """How a laptop reaches a server: checks a server URL, opens a channel to it.
+
+    :class:`~caresync.replica.Replica` takes one (default: websockets,
+    :class:`~caresync.transport.websocket.WebSocketConnector`); tests and
+    simulations pass a :class:`~caresync.transport.network.MemoryLink` instead.
+    """
+
+    def check_url(self, url: object, *, insecure: bool = False) -> str:
+        """``url`` if this connector can reach it under its security policy; else raise
+        InvalidInputError (malformed) or InsecureConnectionError (refused)."""
+        ...
+
+    async def connect(self, url: str, *, ssl: ssl_module.SSLContext | None = None) -> Channel:
+        """A new channel to the server at ``url``; ConnectionLostError if unreachable."""
+        ...
+
+
+@runtime_checkable
+class Acceptor(Protocol):
+    """Where a server listens: runs ``handler`` for each channel it accepts.
+
+    Every accepted channel starts with the given limits, from its first frame
+    (a server raises them once the peer logged in). :meth:`SyncServer.listen
+    <caresync.server.SyncServer.listen>` takes one.
+    """
+
+    async def listen(
+        self, handler: ChannelHandler, *, max_frame_bytes: int, max_queued_frames: int
+    ) -> Listener:
+        """Start accepting; the listener's ``url`` is where laptops connect."""
         ...

@@ -33,6 +33,7 @@ __all__ = [
     "HttpAnswer",
     "HttpHandler",
     "WebSocketChannel",
+    "WebSocketConnector",
     "WebSocketListener",
     "check_server_url",
     "connect_websocket",
@@ -201,6 +202,30 @@ async def connect_websocket(
     except ValueError as exc:
         raise InvalidInputError(f"not a valid server URL {url!r:.200}: {exc}") from None
     return WebSocketChannel(connection, url)
+
+
+class WebSocketConnector:
+    """The default :class:`~caresync.transport.base.Connector`: websockets over TCP.
+
+    URLs are checked by :func:`check_server_url` (plain ``ws://`` beyond loopback
+    is refused unless ``insecure``); channels are opened by :func:`connect_websocket`.
+    """
+
+    def __init__(
+        self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, open_timeout: float = 10.0
+    ) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.open_timeout = open_timeout
+
+    def check_url(self, url: object, *, insecure: bool = False) -> str:
+        return check_server_url(url, insecure=insecure)
+
+    async def connect(
+        self, url: str, *, ssl: ssl_module.SSLContext | None = None
+    ) -> WebSocketChannel:
+        return await connect_websocket(
+            url, ssl=ssl, max_frame_bytes=self.max_frame_bytes, open_timeout=self.open_timeout
+        )
 
 
 class WebSocketListener:
