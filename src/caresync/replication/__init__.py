@@ -15,3 +15,5 @@
 
 Nothing is imported here, so ``caresync.replication.meta`` costs nothing to load.
 """
+
+__all__: list[str] = []

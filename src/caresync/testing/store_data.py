@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pycrdt import Doc, Map
-
 from caresync.audit import GENESIS, AuditEvent, link
 from caresync.audit.chain import AuditEntry
 from caresync.records import Record
+from caresync.records.crdt import Doc, Map, apply_update
 from caresync.records.persons import PersonCard, PersonPair, pair_of, person_card
 from caresync.storage import ConflictRow, Identity, IncomingUpdate, ReplicaStore, SessionRow
 from caresync.storage._updates import same_state_vector
@@ -114,7 +113,7 @@ def conflict(record_id: str, n: int = 0, *, kind: str = "field") -> ConflictRow:
 def revision_ids(update: bytes, record_id: str) -> set[str]:
     """Ids of the revisions an update (or merged state) holds: its ``revisions`` map's keys."""
     doc: Doc[Any] = Doc()
-    doc.apply_update(update)
+    apply_update(doc, update, record_id=record_id)
     return set(doc.get("revisions", type=Map).keys())
 
 

@@ -44,7 +44,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from pycrdt import get_state
 
 from caresync.audit import GENESIS, AuditEvent, link, verify_chain
 from caresync.audit.chain import verify_trail
@@ -61,6 +60,7 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.records import Record
+from caresync.records.crdt import state_vector_of
 from caresync.records.persons import (
     DIFFERENT_PEOPLE,
     SAME_PERSON,
@@ -482,7 +482,7 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         vector = await store.state_vector(p.id)
         assert vector is not None
         assert same_vector(vector, p.record.state_vector())
-        assert same_vector(vector, get_state(loaded))
+        assert same_vector(vector, state_vector_of(loaded))
         assert [(i.seq, i.update) for i in await store.pending()] == [
             (first, p.updates[0]),
             (second, p.updates[1]),
@@ -785,7 +785,7 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         assert before is not None
         assert vector is not None
         assert await store.state_vector(p.id) == vector
-        assert same_vector(vector, get_state(after))
+        assert same_vector(vector, state_vector_of(after))
         assert revision_ids(after, p.id) == revision_ids(before, p.id)
         assert len(revision_ids(after, p.id)) == 11  # history is the audit trail: all kept
         assert await store.pending() == outbox
