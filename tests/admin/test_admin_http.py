@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trustme
 from tests.admin.admin_helpers import (
     ADMIN,
     HOSTILE_NAME,
@@ -31,7 +34,7 @@ from caresync.exceptions import InvalidInputError
 from caresync.server import SyncServer
 from caresync.storage import MemoryStore
 from caresync.throttle import LoginThrottle
-from caresync.transport import HttpRequest
+from caresync.transport import HttpAnswer, HttpRequest
 
 
 @pytest.fixture
@@ -213,3 +216,36 @@ async def test_a_store_that_fails_shows_an_unhealthy_page(
     assert 'class="unhealthy"' in body
     monkeypatch.undo()
     assert PASSWORD not in body
+
+
+async def test_over_tls_the_page_knows_the_connection_is_encrypted(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    server = await SyncServer.open(tmp_path / "server.db")
+    await server.add_user("clinic-a", "boss", PASSWORD, admin=True)
+    await server.serve("127.0.0.1", 0, ssl=server_ctx)
+    seen: list[HttpRequest] = []
+    answer = server.admin_page.answer
+
+    async def spy(method: str, route: str, request: HttpRequest) -> HttpAnswer:
+        seen.append(request)
+        return await answer(method, route, request)
+
+    server.admin_page.answer = spy  # type: ignore[method-assign]
+
+    def fetch() -> tuple[int, str]:
+        request = urllib.request.Request(server.url.replace("wss://", "https://") + "/admin")
+        request.add_header("Authorization", basic(ADMIN))
+        with urllib.request.urlopen(request, timeout=10, context=client_ctx) as got:
+            return got.status, got.read().decode()
+
+    try:
+        status, body = await asyncio.to_thread(fetch)
+        assert status == 200
+        assert "No laptop is enrolled." in body
+        assert [(r.tls, r.remote_host) for r in seen] == [(True, "127.0.0.1")]
+    finally:
+        await server.close()
