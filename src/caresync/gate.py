@@ -203,6 +203,16 @@ class Gatekeeper:
             )
         return account
 
+    def malformed_login(self, address: str | None, reason: str) -> Refused:
+        """A login whose credentials could not even be read (the admin page's Basic
+        header): counted against the address, as a wrong password is, so that a
+        flood of them is throttled too (``throttled`` once the address is locked)."""
+        keys: list[ThrottleKey] = [("address", address)] if address else []
+        if self._wait(keys) > 0:
+            return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
+        self._failed(keys)
+        return Refused(ErrorCode.BAD_CREDENTIALS, reason)
+
     async def resume(
         self, login: ResumeSession, hello: Hello | None, address: str | None
     ) -> Login | Refused:

@@ -175,6 +175,14 @@ async def test_failed_logins_are_throttled(tmp_path: Path) -> None:
         status, _, body = await get(clinic, "/admin", basic(ADMIN))
         assert status == 429
         assert "desk-1" not in body
+        # Credentials that cannot be read count against the address too.
+        # The address has failed twice; it is locked once past its allowance.
+        for _ in range(throttle.address_free - 1):
+            assert (await get(clinic, "/admin", "Basic !!!"))[0] == 401
+        assert (await get(clinic, "/admin", "Basic !!!"))[0] == 429
+        trail = await clinic.server.store.audit_entries(replica_id=clinic.server.server_id)
+        failed = [e for e in trail if e.action == "login-failed"]
+        assert len(failed) == 2 + throttle.address_free - 1  # the throttled are not audited
     finally:
         await clinic.close()
 

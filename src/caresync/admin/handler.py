@@ -92,7 +92,10 @@ class AdminPage:
         try:
             credentials = parse_basic(request.header("Authorization"))
         except InvalidInputError as exc:
-            await self._failed(peer, None, ErrorCode.BAD_CREDENTIALS, str(exc))
+            refused = self.host.gate.malformed_login(request.remote_host, str(exc))
+            await self._failed(peer, None, refused.code, refused.message)
+            if refused.code == ErrorCode.THROTTLED:
+                return _plain(429, "too many failed logins; try again later\n")
             return _challenge(f"{exc}\n")
         if credentials is None:
             return _challenge("log in as username@organisation\n")
