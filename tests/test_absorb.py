@@ -132,3 +132,51 @@ async def test_admit_sees_the_record_as_it_stood_before_the_batch() -> None:
     found = absorbed.taken[record_id].record
     assert found is not None
     assert found.value("birthDate") == "1980-02-02"
+
+
+async def test_a_record_the_batch_evicts_from_the_pool_is_still_taken_in_whole() -> None:
+    """A record loaded when the batch starts and pushed out of the pool by the batch's own
+    loads is still admitted and indexed with what it already holds (reproduced: it was
+    taken for a new record, admitted with no history, indexed from the delta alone)."""
+    store = MemoryStore()
+    pool = RecordPool(store, replica="here", rulebook=DEFAULT_RULEBOOK, max_records=3)
+    record = Record.create(replica="laptop-a")
+    record.set("birthDate", "1980-01-01", author="dr.a")
+    record.set("heightCm", 180, author="dr.a")
+    await absorb(
+        pool,
+        store,
+        [(record.record_id, record.update_since())],
+        checkpoint=None,
+        organisation=None,
+        keep_each=True,
+    )
+    seen = record.state_vector()
+    record.set("birthDate", "1990-09-09", author="dr.a")
+    delta = record.update_since(seen)
+    newcomers = []
+    for _ in range(3):
+        other = Record.create(replica="laptop-b")
+        newcomers.append((other.record_id, other.update_since()))
+    before: dict[str, Record | None] = {}
+
+    def admit(rid: str, loaded: Record | None, arrived: object) -> None:
+        before[rid] = loaded
+
+    absorbed = await absorb(
+        pool,
+        store,
+        [*newcomers, (record.record_id, delta)],
+        checkpoint=None,
+        organisation=None,
+        keep_each=True,
+        on_bad=OnBadUpdate.REFUSE,
+        admit=admit,
+    )
+    seen_before = before[record.record_id]
+    assert seen_before is not None
+    taken = absorbed.taken[record.record_id].record
+    assert taken is not None
+    assert taken.value("heightCm") == 180  # what it held before the batch
+    assert taken.value("birthDate") == "1990-09-09"
+    assert pool.peek(record.record_id) is taken

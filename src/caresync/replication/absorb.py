@@ -141,7 +141,11 @@ async def absorb(
         parts.setdefault(record_id, []).append(update)
     intake = _Intake(pool, store, keep_each=keep_each, on_bad=on_bad, admit=admit)
     try:
-        unloaded = [rid for rid in parts if rid not in absent and pool.peek(rid) is None]
+        # Held here, not looked up at each record's turn: the batch's own loads (or a
+        # read meanwhile) may evict a record from the pool, and a record taken for new
+        # would be admitted and indexed without what it already holds.
+        loaded = {rid: record for rid in parts if (record := pool.peek(rid)) is not None}
+        unloaded = [rid for rid in parts if rid not in absent and rid not in loaded]
         stored = await store.load_many(unloaded) if unloaded else {}
         taken: dict[str, Taken] = {}
         for record_id, arrived in parts.items():
@@ -149,7 +153,10 @@ async def absorb(
                 found = intake.take_trusted(record_id, arrived, trusted)
             else:
                 before = None if record_id in absent else stored.get(record_id)
-                found = await intake.take_in(record_id, arrived, before, pool.peek(record_id))
+                record = loaded.get(record_id)
+                if record is not None:
+                    pool.adopt(record)  # kept loaded (again, if it was evicted)
+                found = await intake.take_in(record_id, arrived, before, record)
             if found is not None:
                 taken[record_id] = found
         if intake.kept_aside:

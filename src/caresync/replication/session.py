@@ -90,6 +90,7 @@ __all__ = [
     "LIVE_QUEUE_ITEMS",
     "MAX_HUB_REPORT_FRAMES",
     "MAX_HUB_REPORT_ITEMS",
+    "MAX_QUEUED_REPLIES",
     "PULL_LIMIT",
     "PUSH_BATCH_BYTES",
     "PUSH_BATCH_ITEMS",
@@ -116,6 +117,10 @@ PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 500
+WHY_CLOSED_WAIT_S = 5.0
+"""After a failed send, how long the reader may take to read why the server closed."""
+MAX_QUEUED_REPLIES = 8
+"""Replies read ahead of whoever waits for them; past it the reader stops reading."""
 LIVE_QUEUE_ITEMS = 10_000
 """Live updates received but not yet committed before the reader stops reading."""
 
@@ -310,6 +315,7 @@ class Session:
         # What the reader routes: replies to whoever expects one, live updates (once
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
+        self._reply_room = asyncio.Semaphore(MAX_QUEUED_REPLIES)
         self._live_updates: asyncio.Queue[LiveUpdate] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._read_error: BaseException | None = None
@@ -349,6 +355,8 @@ class Session:
                     if isinstance(event, LiveUpdate) and self._live_updates is not None:
                         await self._live_updates.put(event)  # full: stop reading for now
                         continue
+                    # Bounded: a server sending what nobody asked for waits, on TCP.
+                    await self._reply_room.acquire()
                     self._replies.put_nowait(event)
                     if isinstance(event, Goodbye):
                         raise ConnectionLostError(f"the server closed the session: {event.reason}")
@@ -365,6 +373,7 @@ class Session:
         if event is _ENDED:
             self._replies.put_nowait(_ENDED)  # for whoever waits next
             raise self._read_error or ConnectionLostError("the session ended")
+        self._reply_room.release()
         return event
 
     async def prove_server(self, expected_key: str | None) -> None:
@@ -424,7 +433,8 @@ class Session:
         except ConnectionLostError:
             reader = self._reader
             if self._live_updates is None and reader is not None and self.channel.closed:
-                await asyncio.wait({reader})
+                # Bounded: a reader held up by unread replies must not hold us forever.
+                await asyncio.wait({reader}, timeout=WHY_CLOSED_WAIT_S)
                 why = self._read_error
                 if isinstance(why, CaresyncError) and not isinstance(why, ConnectionLostError):
                     raise why from None
@@ -851,6 +861,12 @@ class SessionContext:
 
     async def __aenter__(self) -> Session:
         host = self.host
+        if host.status.state is ReplicaState.LOCKED:
+            # Revoked while this caller waited for the sync lock.
+            raise ReplicaRevokedError(
+                f"this replica is locked: {host.status.last_error}; its unsynced changes "
+                "are kept (export them with store.export_unsynced)"
+            )
         host.status.move(ReplicaState.CONNECTING)
         try:
             channel = await host.connector.connect(self.url, ssl=self.ssl)
@@ -899,24 +915,33 @@ class SessionContext:
 
     async def _finish_with(self, session: Session, exc: BaseException | None) -> None:
         host = self.host
-        if exc is None and session.protocol.failure is None:
-            try:
-                session.protocol.close("sync done")
-                await session.flush()
-            except CaresyncError as goodbye_lost:  # the work is done; only the Goodbye is lost
-                logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
-        await session.channel.close()
-        await session.stop_reading()
-        error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
-        if isinstance(error, ReplicaRevokedError):
-            await host.revoked(str(error))
-            return
-        refusal = session.protocol.peer_error
-        if isinstance(error, ClientTooOldError) and refusal is not None:
-            newest, least = refusal.detail.get("client_newest"), refusal.detail.get("client_min")
-            if isinstance(newest, str) and isinstance(least, str):
-                with contextlib.suppress(InvalidInputError, StorageError):
-                    await host.remember_client_versions(check_version(newest), check_version(least))
-        if isinstance(exc, Exception):
-            host.status.last_error = str(exc) or type(exc).__name__
-        host.status.move(ReplicaState.OFFLINE)
+        try:
+            if exc is None and session.protocol.failure is None:
+                try:
+                    session.protocol.close("sync done")
+                    await session.flush()
+                except CaresyncError as goodbye_lost:  # the work is done; only Goodbye is lost
+                    logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
+            await session.channel.close()
+            await session.stop_reading()
+            error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
+            if isinstance(error, ReplicaRevokedError):
+                await host.revoked(str(error))
+                return
+            refusal = session.protocol.peer_error
+            if isinstance(error, ClientTooOldError) and refusal is not None:
+                newest = refusal.detail.get("client_newest")
+                least = refusal.detail.get("client_min")
+                if isinstance(newest, str) and isinstance(least, str):
+                    with contextlib.suppress(InvalidInputError, StorageError):
+                        await host.remember_client_versions(
+                            check_version(newest), check_version(least)
+                        )
+            if isinstance(exc, Exception):
+                host.status.last_error = str(exc) or type(exc).__name__
+        finally:
+            # Whatever stopped the closing (a cancellation while the link closes), the
+            # session is over: its reader stops and the replica is OFFLINE, unless LOCKED.
+            await session.stop_reading()
+            if host.status.state is not ReplicaState.LOCKED:
+                host.status.move(ReplicaState.OFFLINE)
