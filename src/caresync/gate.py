@@ -57,7 +57,7 @@ from caresync.protocol import (
 )
 from caresync.records import Revision
 from caresync.replication import meta
-from caresync.storage import ServerStore, SessionRow
+from caresync.storage import ServerStore, SessionRow, UserAccount
 from caresync.throttle import LoginThrottle, ThrottleKey
 
 __all__ = ["PUSHED_KEY_PREFIX", "SERVER_KEY_META", "Gatekeeper", "Login", "Refused"]
@@ -153,33 +153,12 @@ class Gatekeeper:
         self, login: Authenticate, hello: Hello | None, address: str | None
     ) -> Login | Refused:
         """Check a password (and, for an enrolled replica, its secret); open a session."""
+        checked = await self.check_password(
+            login.organisation, login.username, login.password, address
+        )
+        if isinstance(checked, Refused):
+            return checked
         keys = LoginThrottle.keys(login.organisation, login.username, address)
-        wait = self._wait(keys)
-        if wait > 0:
-            return Refused(
-                ErrorCode.THROTTLED,
-                f"too many failed logins for {login.username} or from this address; "
-                f"try again in {wait:.0f} s",
-            )
-        account = await self.store.get_user(login.organisation, login.username)
-        # An unknown user is checked against a dummy hash: it costs what a wrong
-        # password costs, so timing does not tell which accounts exist.
-        stored = account.password_hash if account is not None else await self._dummy()
-        right = await asyncio.to_thread(_verify, self.hasher, stored, login.password)
-        if not right or account is None:
-            self._failed(keys)
-            return Refused(
-                ErrorCode.BAD_CREDENTIALS,
-                f"unknown user or wrong password for {login.username} in {login.organisation}",
-            )
-        if self.throttle is not None:
-            self.throttle.succeeded(login.organisation, login.username)
-        if account.disabled:
-            return Refused(
-                ErrorCode.BAD_CREDENTIALS,
-                f"the account {login.username} in {login.organisation} is disabled; "
-                "ask an administrator",
-            )
         replica_id = hello.replica_id if hello is not None else None
         new_secret: bytes | None = None
         if replica_id is not None:
@@ -189,6 +168,50 @@ class Gatekeeper:
                 return proof
             new_secret = proof
         return await self._open_session(login.username, login.organisation, replica_id, new_secret)
+
+    async def check_password(
+        self, organisation: str, username: str, password: str, address: str | None
+    ) -> UserAccount | Refused:
+        """An account's password, checked under the throttle: the enabled account, or
+        a refusal (``throttled``, ``bad_credentials``). Opens no session: the sync
+        login and the admin page (:mod:`caresync.admin`) both start here."""
+        keys = LoginThrottle.keys(organisation, username, address)
+        wait = self._wait(keys)
+        if wait > 0:
+            return Refused(
+                ErrorCode.THROTTLED,
+                f"too many failed logins for {username} or from this address; "
+                f"try again in {wait:.0f} s",
+            )
+        account = await self.store.get_user(organisation, username)
+        # An unknown user is checked against a dummy hash: it costs what a wrong
+        # password costs, so timing does not tell which accounts exist.
+        stored = account.password_hash if account is not None else await self._dummy()
+        right = await asyncio.to_thread(_verify, self.hasher, stored, password)
+        if not right or account is None:
+            self._failed(keys)
+            return Refused(
+                ErrorCode.BAD_CREDENTIALS,
+                f"unknown user or wrong password for {username} in {organisation}",
+            )
+        if self.throttle is not None:
+            self.throttle.succeeded(organisation, username)
+        if account.disabled:
+            return Refused(
+                ErrorCode.BAD_CREDENTIALS,
+                f"the account {username} in {organisation} is disabled; ask an administrator",
+            )
+        return account
+
+    def malformed_login(self, address: str | None, reason: str) -> Refused:
+        """A login whose credentials could not even be read (the admin page's Basic
+        header): counted against the address, as a wrong password is, so that a
+        flood of them is throttled too (``throttled`` once the address is locked)."""
+        keys: list[ThrottleKey] = [("address", address)] if address else []
+        if self._wait(keys) > 0:
+            return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
+        self._failed(keys)
+        return Refused(ErrorCode.BAD_CREDENTIALS, reason)
 
     async def resume(
         self, login: ResumeSession, hello: Hello | None, address: str | None

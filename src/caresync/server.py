@@ -34,6 +34,8 @@ from typing import Any, Generic, TypeVar
 
 from argon2 import PasswordHasher
 
+from caresync.admin import AdminPage
+from caresync.admin.handler import AdminHost
 from caresync.audit import AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.conflicts.duplicates import pair_conflicts
@@ -101,6 +103,7 @@ from caresync.transport import (
     Channel,
     ChannelHandler,
     HttpAnswer,
+    HttpRequest,
     Listener,
     WebSocketListener,
     serve_websockets,
@@ -270,6 +273,7 @@ class SyncServer:
         live_queue_entries: int = LIVE_QUEUE_ENTRIES,
         live_queue_bytes: int = LIVE_QUEUE_BYTES,
         client_min_version: str | None = None,
+        stale_after_s: float = STALE_AFTER_MS / 1000,
     ) -> None:
         """``password_hasher`` hashes new passwords (argon2id, the library's defaults
         unless given; a simulation may pass cheaper parameters). Stored hashes are
@@ -285,7 +289,18 @@ class SyncServer:
         ``client_min_version`` refuses laptops running an older caresync (protocol
         version 7 on they say theirs; an older laptop cannot, and is refused too),
         before anything moves (see :mod:`caresync.versions`).
+        ``stale_after_s`` is how long a laptop may go unseen (or keep a change
+        unsynced) before the admin page marks it stale (24 hours).
         """
+        if (
+            not isinstance(stale_after_s, int | float)
+            or isinstance(stale_after_s, bool)
+            or not 0 < stale_after_s <= 100 * 365 * 86400
+        ):
+            raise InvalidInputError(
+                f"stale_after_s must be in (0, a century] seconds, not {stale_after_s!r}"
+            )
+        self.stale_after_ms = int(stale_after_s * 1000)
         self.client_min_version = (
             None
             if client_min_version is None
@@ -347,6 +362,24 @@ class SyncServer:
         self._figures_lock = asyncio.Lock()
         self.hub: HubSender | None = None
         """The health-hub sender, once :meth:`start_hub` started it."""
+        # Each laptop's protocol and caresync version at its latest login here.
+        self._versions: dict[str, tuple[int | None, str | None]] = {}
+        self.admin_page = AdminPage(
+            AdminHost(
+                store=store,
+                gate=self.gate,
+                events=self.events,
+                server_id=server_id,
+                now_ms=now_ms,
+                stale_after_ms=self.stale_after_ms,
+                connections_open=lambda: len(self._connections),
+                versions=self._versions,
+                hub_sending=lambda: self.hub is not None,
+                audit=self._audit,
+                timeout_s=HEALTH_TIMEOUT_S,
+            )
+        )
+        """``GET /admin``: the administrator's page (:mod:`caresync.admin`)."""
 
     @classmethod
     async def open(
@@ -367,6 +400,7 @@ class SyncServer:
         live_queue_bytes: int = LIVE_QUEUE_BYTES,
         key: bytes | None = None,
         client_min_version: str | None = None,
+        stale_after_s: float = STALE_AFTER_MS / 1000,
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
@@ -401,6 +435,7 @@ class SyncServer:
             live_queue_entries=live_queue_entries,
             live_queue_bytes=live_queue_bytes,
             client_min_version=client_min_version,
+            stale_after_s=stale_after_s,
         )
 
     async def server_key_fingerprint(self) -> str:
@@ -416,11 +451,13 @@ class SyncServer:
         password: str,
         *,
         display_name: str | None = None,
+        admin: bool = False,
     ) -> None:
         """Create an account (password stored as an argon2id hash).
 
         ``display_name`` is how people see its entries ("Dr Aïcha Diallo");
-        without one, they see the username.
+        without one, they see the username. ``admin`` lets it open the admin
+        page (``GET /admin``).
         """
         check_organisation(organisation)
         check_username(username)
@@ -429,7 +466,14 @@ class SyncServer:
         if not isinstance(password, str) or not password:
             raise InvalidInputError("a password must be a non-empty string")
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
-        await self.store.add_user(organisation, username, password_hash, display_name=display_name)
+        await self.store.add_user(
+            organisation, username, password_hash, display_name=display_name, admin=admin
+        )
+
+    async def set_admin(self, organisation: str, username: str, admin: bool) -> None:
+        """Grant (True) or revoke (False) an account's administrator role; the admin
+        page checks it at every request, so a revocation holds from the next one."""
+        await self.store.set_user_admin(organisation, username, admin)
 
     async def set_password(self, organisation: str, username: str, password: str) -> None:
         """Give a user a new password: every session of theirs ends now."""
@@ -566,8 +610,11 @@ class SyncServer:
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch_sessions())
 
-    async def answer_http(self, method: str, path: str) -> HttpAnswer | None:
-        """Plain HTTP on the sync port: ``GET /healthz`` and ``GET /metrics``.
+    async def answer_http(
+        self, method: str, path: str, request: HttpRequest | None = None
+    ) -> HttpAnswer | None:
+        """Plain HTTP on the sync port: ``GET /healthz``, ``GET /metrics`` and the admin
+        page (``/admin``, which needs ``request``: its credentials and connection).
 
         ``/healthz`` is 200 ``ok`` when the store answers within
         :data:`HEALTH_TIMEOUT_S`, 503 with the reason otherwise (a damaged
@@ -576,6 +623,14 @@ class SyncServer:
         to the websocket handshake (None).
         """
         route = path.split("?", 1)[0]
+        if self.admin_page.handles(route):
+            try:
+                return await self.admin_page.answer(
+                    method, route, request or HttpRequest((), None, False)
+                )
+            except Exception as exc:  # noqa: BLE001 - events.fault logs it with its traceback
+                self.events.fault(f"GET {route}", exc)
+                return HttpAnswer(500, _TEXT, b"internal error\n")
         if route not in ("/healthz", "/metrics"):
             return None
         if method != "GET":
@@ -834,6 +889,8 @@ class SyncServer:
             client_min=self.client_min_version,
         )
         replica_id = conn.protocol.replica_id
+        if replica_id is not None:
+            self._versions[replica_id] = (conn.protocol.protocol_version, login.client_version)
         await self._audit(AuditEvent(outcome.user, "login", None, replica_id or "a new laptop"))
         self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
         if replica_id is not None:  # seen: only now that it proved who it is

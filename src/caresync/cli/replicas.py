@@ -24,7 +24,7 @@ from caresync.cli.output import Output, cells, iso_ms
 from caresync.names import shown
 from caresync.storage import ReplicaInfo
 
-__all__ = ["register", "replica_report"]
+__all__ = ["register", "replica_report", "stale_hours"]
 
 
 def register(commands: Any) -> None:
@@ -40,7 +40,7 @@ def register(commands: Any) -> None:
     add_db(listing, "the server's database")
     listing.add_argument("--org", type=organisation, help="only this organisation")
     listing.add_argument(
-        "--stale-hours", type=_hours, default=24.0, help="hours before a laptop is stale (24)"
+        "--stale-hours", type=stale_hours, default=24.0, help="hours before a laptop is stale (24)"
     )
     add_json(listing)
     listing.set_defaults(handler=_list)
@@ -66,7 +66,8 @@ def register(commands: Any) -> None:
 _MAX_STALE_HOURS = 100 * 365 * 24  # a century: more is a typo, and overflows milliseconds
 
 
-def _hours(raw: str) -> float:
+def stale_hours(raw: str) -> float:
+    """An argparse type: a number of hours in (0, a century]."""
     try:
         value = float(raw)
     except ValueError:

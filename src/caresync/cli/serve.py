@@ -16,6 +16,7 @@ from caresync.cli.common import add_db, add_json, listen_host, path, port, run, 
 from caresync.cli.databases import files_before, is_plain_sqlite, remove_if_new, rulebook
 from caresync.cli.errors import CliError
 from caresync.cli.output import Output
+from caresync.cli.replicas import stale_hours
 from caresync.exceptions import InvalidInputError
 from caresync.fhir import require_models
 from caresync.hub.sender import hub_url, require_http
@@ -106,6 +107,14 @@ def register(commands: Any) -> None:
         type=_seconds,
         default=None,
         help="how long one request to the hub may take before it is retried (30)",
+    )
+    serve.add_argument(
+        "--stale-hours",
+        metavar="HOURS",
+        type=stale_hours,
+        default=24.0,
+        help="the admin page (GET /admin) marks a laptop stale when it was not seen, or "
+        "kept a change unsynced, for more than HOURS (24)",
     )
     add_json(serve)
     serve.set_defaults(handler=_serve)
@@ -232,6 +241,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
                 key,
                 args.client_min_version,
                 hub,
+                args.stale_hours,
             )
         )
     except BaseException:
@@ -255,6 +265,7 @@ async def _run_server(
     key: bytes | None = None,
     client_min_version: str | None = None,
     hub: _HubOptions | None = None,
+    stale_hours: float = 24.0,
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
@@ -264,6 +275,7 @@ async def _run_server(
             rulebook=rulebook(),
             key=key,
             client_min_version=client_min_version,
+            stale_after_s=stale_hours * 3600,
         )
         async with opened as server:
             if hub is not None:

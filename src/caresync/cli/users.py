@@ -21,7 +21,8 @@ __all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    """Add ``user add``, ``user name``, ``user passwd``, ``user disable`` and ``user enable``."""
+    """Add ``user add``, ``user name``, ``user passwd``, ``user disable``, ``user enable``
+    and ``user admin``."""
     group = commands.add_parser(
         "user", help="accounts on a server", description="Accounts of a server's organisations."
     )
@@ -49,8 +50,29 @@ def register(commands: Any) -> None:
         help="a user that exists already in that organisation is not an error (its password "
         "is left as it is: change it with `user passwd`)",
     )
+    add.add_argument(
+        "--admin",
+        action="store_true",
+        help="make the account an administrator: it may open the server's admin page "
+        "(GET /admin); `user admin --revoke` takes that back",
+    )
     add_json(add)
     add.set_defaults(handler=_add)
+
+    admin = actions.add_parser(
+        "admin",
+        help="grant or revoke the administrator role",
+        description="Let an account open the server's admin page (GET /admin), or take that "
+        "back. The page checks the role at every request: a running server follows at once.",
+    )
+    add_db(admin, "the server's database")
+    admin.add_argument("--org", required=True, type=organisation, help="organisation")
+    admin.add_argument("--username", required=True, type=username, help="the user")
+    which = admin.add_mutually_exclusive_group(required=True)
+    which.add_argument("--grant", dest="admin", action="store_true", help="make it an admin")
+    which.add_argument("--revoke", dest="admin", action="store_false", help="no longer an admin")
+    add_json(admin)
+    admin.set_defaults(handler=_set_admin)
 
     name = actions.add_parser(
         "name",
@@ -112,7 +134,7 @@ def _add(args: argparse.Namespace, out: Output) -> int:
             new = await SyncServer.open(args.db, rulebook=rulebook(), key=server_database_key())
             async with new as server:
                 await server.store.add_user(
-                    args.org, args.username, password_hash, display_name=args.name
+                    args.org, args.username, password_hash, display_name=args.name, admin=args.admin
                 )
                 return server.server_id, False
         # An existing one, perhaps served right now: accounts only, beside the server.
@@ -126,12 +148,20 @@ def _add(args: argparse.Namespace, out: Output) -> int:
                     f"user {args.username!r} exists in {args.org!r} (give --exist-ok to accept "
                     "that; `user passwd` changes a password)"
                 )
-            await store.add_user(args.org, args.username, password_hash, display_name=args.name)
+            await store.add_user(
+                args.org, args.username, password_hash, display_name=args.name, admin=args.admin
+            )
             return server_id, False
 
     server_id, already = run(go())
     out.result(
-        {"org": args.org, "username": args.username, "server_id": server_id, "already": already}
+        {
+            "org": args.org,
+            "username": args.username,
+            "server_id": server_id,
+            "already": already,
+            "admin": args.admin and not already,
+        }
     )
     return 0
 
@@ -189,4 +219,16 @@ def _set_disabled(args: argparse.Namespace, out: Output, disabled: bool) -> int:
 
     run(go())
     out.result({"org": args.org, "username": args.username, "disabled": disabled})
+    return 0
+
+
+def _set_admin(args: argparse.Namespace, out: Output) -> int:
+    async def go() -> None:
+        async with await open_server_store(args.db, accounts_only=True) as store:
+            if await store.get_user(args.org, args.username) is None:
+                raise CliError(f"no user {args.username!r} in {args.org!r}", ExitCode.NOT_FOUND)
+            await store.set_user_admin(args.org, args.username, args.admin)
+
+    run(go())
+    out.result({"org": args.org, "username": args.username, "admin": args.admin})
     return 0

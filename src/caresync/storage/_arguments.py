@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from caresync.audit.chain import AuditEvent
 from caresync.exceptions import InvalidInputError
-from caresync.names import check_display_name, check_organisation, check_username
+from caresync.names import check_display_name, check_organisation, check_username, shown
 from caresync.records.persons import PairState, PersonCard
 from caresync.storage._audit import check_events
 from caresync.storage._writes import Write, check_meta_key
@@ -51,6 +51,7 @@ __all__ = [
     "check_hub_attempt",
     "check_hub_outcome",
     "check_meta",
+    "check_admin_flag",
     "check_new_user",
     "check_outbox_page",
     "check_pair_query",
@@ -60,6 +61,7 @@ __all__ = [
     "check_secret_hash",
     "check_session",
     "check_user",
+    "check_user_admin",
     "check_user_display_name",
     "check_write_local",
     "check_write_remote_call",
@@ -208,14 +210,33 @@ def imported_writes(
 
 
 def check_new_user(
-    organisation: object, username: object, password_hash: object, display_name: object
+    organisation: object,
+    username: object,
+    password_hash: object,
+    display_name: object,
+    admin: object = False,
 ) -> None:
-    """``add_user``: names as :mod:`caresync.names` allows them, and a password hash."""
+    """``add_user``: names as :mod:`caresync.names` allows them, a password hash, and
+    the administrator flag (a bool)."""
     check_organisation(organisation)
     check_username(username)
     check_text(password_hash, "password_hash", max_length=4096)
     if display_name is not None:
         check_display_name(display_name)
+    check_admin_flag(admin)
+
+
+def check_admin_flag(admin: object) -> bool:
+    """The administrator flag of an account: True or False, nothing else."""
+    if not isinstance(admin, bool):
+        raise InvalidInputError(f"admin must be True or False, not {shown(admin)}")
+    return admin
+
+
+def check_user_admin(organisation: object, username: object, admin: object) -> None:
+    """``set_user_admin``: the account, and the flag."""
+    check_user(organisation, username)
+    check_admin_flag(admin)
 
 
 def check_user(organisation: object, username: object) -> None:

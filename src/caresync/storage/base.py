@@ -355,6 +355,8 @@ class UserAccount:
     """When the account was disabled (it can no longer log in), or None."""
     display_name: str | None = None
     """How people see the account ("Dr Aïcha Diallo"); None: its username."""
+    admin: bool = False
+    """True for an administrator: the account may open the server's admin page."""
 
     @property
     def disabled(self) -> bool:
@@ -1033,8 +1035,12 @@ class ServerStore(ReplicaStore, Protocol):
         password_hash: str,
         *,
         display_name: str | None = None,
+        admin: bool = False,
     ) -> None:
-        """Add a user to an organisation; refuses a username that exists there."""
+        """Add a user to an organisation; refuses a username that exists there.
+
+        ``admin`` makes the account an administrator (:attr:`UserAccount.admin`).
+        """
         ...
 
     async def set_display_name(
@@ -1070,6 +1076,15 @@ class ServerStore(ReplicaStore, Protocol):
 
     async def set_user_disabled(self, organisation: str, username: str, disabled: bool) -> None:
         """Disable an account (its sessions end, it cannot log in) or enable it again."""
+        ...
+
+    async def set_user_admin(self, organisation: str, username: str, admin: bool) -> None:
+        """Grant (True) or revoke (False) an account's administrator role.
+
+        InvalidInputError for an unknown user or an ``admin`` that is not a bool.
+        Sessions are left as they are: the role gates the admin page only, which
+        checks it at every request.
+        """
         ...
 
     # replicas

@@ -46,6 +46,7 @@ from caresync.storage._arguments import (
     check_secret_hash,
     check_session,
     check_user,
+    check_user_admin,
     check_user_display_name,
     check_write_local,
     check_write_remote_call,
@@ -949,14 +950,20 @@ class MemoryStore:
         password_hash: str,
         *,
         display_name: str | None = None,
+        admin: bool = False,
     ) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
-        check_new_user(organisation, username, password_hash, display_name)
+        check_new_user(organisation, username, password_hash, display_name, admin)
         self._open_or_raise(f"adding user {username!r}")
         if (organisation, username) in self._users:
             raise user_exists(organisation, username)
         self._users[organisation, username] = UserAccount(
-            organisation, username, password_hash, self._now_ms(), display_name=display_name
+            organisation,
+            username,
+            password_hash,
+            self._now_ms(),
+            display_name=display_name,
+            admin=admin,
         )
 
     async def get_user(self, organisation: str, username: str) -> UserAccount | None:
@@ -1015,6 +1022,13 @@ class MemoryStore:
             self._end_sessions_where(
                 lambda s: (s.organisation, s.username) == (organisation, username)
             )
+
+    async def set_user_admin(self, organisation: str, username: str, admin: bool) -> None:
+        """Grant or revoke an account's administrator role; InvalidInputError for an
+        unknown user."""
+        check_user_admin(organisation, username, admin)
+        user = self._user_or_raise(organisation, username)
+        self._users[organisation, username] = dataclasses.replace(user, admin=admin)
 
     def _user_or_raise(self, organisation: str, username: str) -> UserAccount:
         self._open_or_raise(f"updating user {username!r}")

@@ -95,6 +95,10 @@ Version 10 added the health-hub outbox (the server's; :mod:`caresync.hub`)::
                is the feed seq of the record's latest change, ``sent_version``
                the latest the hub acknowledged; written in the push's transaction
 
+Version 11 gave accounts an administrator role (the server's admin page)::
+
+    users      + admin               1 for an administrator, 0 otherwise (NOT NULL)
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -412,6 +416,11 @@ _V10 = (
     ) WITHOUT ROWID""",
 )
 
+_V11 = (
+    # The administrator role: who may open the server's admin page (GET /admin).
+    "ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0 CHECK (admin IN (0, 1))",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -423,6 +432,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     8: _V8,
     9: _V9,
     10: _V10,
+    11: _V11,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

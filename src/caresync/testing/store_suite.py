@@ -1599,6 +1599,41 @@ class ServerStoreSuite(ReplicaStoreSuite):
         with pytest.raises(InvalidInputError, match="no user"):
             await store.set_user_disabled("clinic", "nobody", True)
 
+    async def test_the_admin_flag_is_kept_with_the_account(self, store: ServerStore) -> None:
+        """An account is an administrator only when made one (``add_user(admin=True)``
+        or ``set_user_admin``); the flag survives other account changes, leaves the
+        sessions alone, and is refused when it is not a bool or the user unknown."""
+        await store.add_user("clinic", "dr.a", "argon-hash")
+        await store.add_user("clinic", "boss", "argon-hash", admin=True)
+        await store.add_user("outreach", "boss", "argon-hash")
+        plain, boss, namesake = (
+            await store.get_user("clinic", "dr.a"),
+            await store.get_user("clinic", "boss"),
+            await store.get_user("outreach", "boss"),
+        )
+        assert plain is not None
+        assert boss is not None
+        assert namesake is not None
+        assert (plain.admin, boss.admin, namesake.admin) == (False, True, False)
+        await store.add_session(session_row("a"))
+        await store.set_user_admin("clinic", "dr.a", True)
+        assert await store.get_session("hash-a") is not None
+        await store.set_user_admin("clinic", "boss", False)
+        await store.set_user_disabled("clinic", "dr.a", True)
+        await store.set_display_name("clinic", "dr.a", "Dr A")
+        await store.set_password_hash("clinic", "dr.a", "new hash")
+        plain, boss = await store.get_user("clinic", "dr.a"), await store.get_user("clinic", "boss")
+        assert plain is not None
+        assert boss is not None
+        assert (plain.admin, boss.admin) == (True, False)
+        with pytest.raises(InvalidInputError, match="no user"):
+            await store.set_user_admin("clinic", "nobody", True)
+        with pytest.raises(InvalidInputError, match="admin must be True or False"):
+            await store.set_user_admin("clinic", "dr.a", 1)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="admin must be True or False"):
+            await store.add_user("clinic", "dr.c", "argon-hash", admin="yes")  # type: ignore[arg-type]
+        assert await store.get_user("clinic", "dr.c") is None
+
     async def test_end_sessions_takes_exactly_one_way_of_choosing(self, store: ServerStore) -> None:
         with pytest.raises(InvalidInputError, match="exactly one"):
             await store.end_sessions()

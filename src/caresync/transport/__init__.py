@@ -20,6 +20,7 @@ from caresync.transport.network import MemoryHost, MemoryLink, MemoryNetwork
 from caresync.transport.websocket import (
     HttpAnswer,
     HttpHandler,
+    HttpRequest,
     WebSocketChannel,
     WebSocketConnector,
     WebSocketListener,
@@ -38,6 +39,7 @@ __all__ = [
     "Connector",
     "HttpAnswer",
     "HttpHandler",
+    "HttpRequest",
     "Listener",
     "MemoryChannel",
     "MemoryHost",

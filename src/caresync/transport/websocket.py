@@ -32,6 +32,7 @@ from caresync.transport.base import DEFAULT_MAX_FRAME_BYTES, ChannelHandler
 __all__ = [
     "HttpAnswer",
     "HttpHandler",
+    "HttpRequest",
     "WebSocketChannel",
     "WebSocketConnector",
     "WebSocketListener",
@@ -43,16 +44,38 @@ __all__ = [
 
 
 class HttpAnswer(NamedTuple):
-    """A plain HTTP answer on the websocket port (a health check, metrics)."""
+    """A plain HTTP answer on the websocket port (a health check, metrics, a page)."""
 
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    """Further headers (a challenge, a content security policy), after the usual ones."""
 
 
-HttpHandler = Callable[[str, str], Awaitable[HttpAnswer | None]]
-"""Given a request's method and path, an answer, or None to go on with the websocket
-handshake."""
+class HttpRequest(NamedTuple):
+    """What a plain HTTP request on the websocket port says beyond its method and path.
+
+    Requests have no body here: websockets refuses one before a handler runs.
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    """Every header as sent (names as the client spelled them), in order."""
+    remote_host: str | None
+    """The peer's address (no port), or None if unknown."""
+    tls: bool
+    """True when the request came over TLS (``wss``/``https``)."""
+
+    def header(self, name: str) -> str | None:
+        """The one value of header ``name`` (any case); None when it is absent or sent
+        more than once (an ambiguous request is treated as one without it)."""
+        found = [value for key, value in self.headers if key.lower() == name.lower()]
+        return found[0] if len(found) == 1 else None
+
+
+HttpHandler = Callable[[str, str, HttpRequest], Awaitable[HttpAnswer | None]]
+"""Given a request's method, path and the rest of it, an answer, or None to go on with
+the websocket handshake."""
 
 
 class WebSocketChannel:
@@ -274,10 +297,16 @@ async def serve_websockets(
     request's path first; None lets the websocket handshake go on).
     """
 
-    async def process_request(_connection: ServerConnection, request: Request) -> Response | None:
+    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         if http_handler is None:
             return None
-        answer = await http_handler(request.method, request.path)
+        address = connection.remote_address
+        about = HttpRequest(
+            tuple(request.headers.raw_items()),
+            str(address[0]) if address else None,
+            connection.transport.get_extra_info("ssl_object") is not None,
+        )
+        answer = await http_handler(request.method, request.path, about)
         if answer is None:
             return None
         status = http.HTTPStatus(answer.status)
@@ -288,6 +317,7 @@ async def serve_websockets(
                 ("Content-Length", str(len(answer.body))),
                 ("Content-Type", answer.content_type),
                 ("Cache-Control", "no-store"),
+                *answer.headers,
             ]
         )
         return Response(status.value, status.phrase, headers, answer.body)

@@ -11,6 +11,7 @@ from caresync.storage._arguments import (
     check_password_change,
     check_secret_hash,
     check_user,
+    check_user_admin,
     check_user_display_name,
     enrolled_already,
     no_user,
@@ -49,9 +50,10 @@ class AccountsPart(SQLiteCore):
         password_hash: str,
         *,
         display_name: str | None = None,
+        admin: bool = False,
     ) -> None:
         """Add a user to an organisation; InvalidInputError if the name is taken there."""
-        check_new_user(organisation, username, password_hash, display_name)
+        check_new_user(organisation, username, password_hash, display_name, admin)
         now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> None:
@@ -63,8 +65,8 @@ class AccountsPart(SQLiteCore):
                     raise user_exists(organisation, username)
                 raw.execute(
                     "INSERT INTO users (organisation, username, password_hash, created_ms,"
-                    " display_name) VALUES (?, ?, ?, ?, ?)",
-                    (organisation, username, password_hash, now, display_name),
+                    " display_name, admin) VALUES (?, ?, ?, ?, ?, ?)",
+                    (organisation, username, password_hash, now, display_name, int(admin)),
                 )
 
             self._write(raw, body, accounts=True)
@@ -77,13 +79,15 @@ class AccountsPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> UserAccount | None:
             row = raw.execute(
-                "SELECT password_hash, created_ms, disabled_ms, display_name FROM users"
+                "SELECT password_hash, created_ms, disabled_ms, display_name, admin FROM users"
                 " WHERE organisation = ? AND username = ?",
                 (organisation, username),
             ).fetchone()
             if row is None:
                 return None
-            return UserAccount(organisation, username, row[0], row[1], row[2], row[3])
+            return UserAccount(
+                organisation, username, row[0], row[1], row[2], row[3], admin=bool(row[4])
+            )
 
         return await self._run(f"reading user {username!r}", job)
 
@@ -186,6 +190,24 @@ class AccountsPart(SQLiteCore):
             self._write(raw, body, accounts=True)
 
         await self._run(f"{'disabling' if disabled else 'enabling'} user {username!r}", job)
+
+    async def set_user_admin(self, organisation: str, username: str, admin: bool) -> None:
+        """Grant or revoke an account's administrator role; InvalidInputError for an
+        unknown user."""
+        check_user_admin(organisation, username, admin)
+
+        def job(raw: sqlite3.Connection) -> None:
+            def body() -> None:
+                changed = raw.execute(
+                    "UPDATE users SET admin = ? WHERE organisation = ? AND username = ?",
+                    (int(admin), organisation, username),
+                ).rowcount
+                if not changed:
+                    raise no_user(organisation, username)
+
+            self._write(raw, body, accounts=True)
+
+        await self._run(f"{'granting' if admin else 'revoking'} admin of {username!r}", job)
 
     async def enrol_replica(
         self,
