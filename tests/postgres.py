@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -75,5 +75,19 @@ async def fresh_schema(database_url: str) -> AsyncIterator[str]:
             yield with_schema(database_url, schema)
         finally:
             await admin.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+            )
+
+
+@contextmanager
+def fresh_schema_sync(database_url: str) -> Iterator[str]:
+    """:func:`fresh_schema`, for a synchronous fixture."""
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        try:
+            yield with_schema(database_url, schema)
+        finally:
+            admin.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
             )

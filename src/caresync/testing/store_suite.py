@@ -1629,6 +1629,74 @@ class ServerStoreSuite(ReplicaStoreSuite):
         with pytest.raises(InvalidInputError, match="Yjs client id"):
             await store.client_owners([2**53])
 
+    # What StoreConformance checks with a laptop's part as well, for a server-only store.
+
+    @pytest.mark.parametrize("garbage", [b"", b"\x00", b"not an update", b"\xff" * 40])
+    async def test_a_server_refuses_bytes_that_are_not_an_update_and_stores_nothing(
+        self, store: ServerStore, garbage: bytes
+    ) -> None:
+        p = Patient()
+        good = IncomingUpdate(p.id, p.created, (conflict(p.id),), "org-1")
+        for to_feed in (False, True):
+            with pytest.raises(InvalidUpdateError):
+                await store.write_remote(
+                    [good, remote(p, garbage)], checkpoint=("k", "1"), to_feed=to_feed
+                )
+        assert await store.count_records() == 0
+        assert await store.count_conflicts() == 0
+        assert await store.get_meta("k") is None
+        assert await store.feed_head() == 0
+        assert await store.check() == []
+
+    async def test_a_server_compacts_its_feed_and_log_rows_and_the_feed_keeps_them(
+        self, store: ServerStore
+    ) -> None:
+        p, peer = Patient("laptop-b"), Patient("laptop-c")
+        await store.write_remote([IncomingUpdate(p.id, p.created, None, "org-1")], to_feed=True)
+        await store.write_remote([remote(p, p.edit("birthDate", "1980"))], to_feed=True)
+        await store.write_remote([remote(p, p.edit("name", "Ada"))])  # not into the feed
+        await store.write_remote(
+            [IncomingUpdate(peer.id, peer.created, None, "org-1")], to_feed=True
+        )
+        feed = await store.feed_since(0, limit=100)
+        assert await store.log_length(p.id) == 3
+        assert await store.compact(p.id) == 3
+        assert await store.log_length(p.id) == 0
+        assert await store.compact(p.id) == 0  # nothing folded twice
+        assert await store.feed_since(0, limit=100) == feed
+        await store.write_remote([remote(p, p.edit("birthDate", "1981"))], to_feed=True)
+        await store.write_remote([remote(p, p.edit("name", "Ada B."))])
+        assert await store.log_length(p.id) == 2
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+        assert await store.check() == []
+        assert await store.compact(p.id) == 2
+        again = await store.load(p.id)
+        assert again is not None
+        assert revision_ids(again, p.id) == revision_ids(loaded, p.id)
+        assert [f.seq for f in await store.feed_since(0, limit=100)] == [1, 2, 3, 4]
+        assert await store.load_many([p.id, peer.id]) == {
+            p.id: again,
+            peer.id: await store.load(peer.id),
+        }
+        assert await store.check() == []
+
+    async def test_every_error_of_a_server_store_is_a_caresync_error(
+        self, store: ServerStore
+    ) -> None:
+        for call in (
+            store.load(""),
+            store.feed_since(0, limit=-5),
+            store.feed_since(-1, limit=5),
+            store.record_ids(limit=-1),
+            store.write_remote(["not an item"]),  # type: ignore[list-item]
+            store.get_user("", "x"),
+            store.enrol_replica("r", ""),
+        ):
+            with pytest.raises(CaresyncError):
+                await call
+
 
 class StoreConformance(LaptopStoreSuite, ServerStoreSuite):
     """Every part, and what needs a laptop's and a server's part in one store."""

@@ -52,6 +52,12 @@ def describe_url(url: str) -> str:
             f"not a PostgreSQL URL libpq can read ({str(exc).strip()}); write it as "
             "postgresql://USER@HOST:PORT/DATABASE"
         ) from None
+    port_text = str(parts.get("port") or "")
+    if not all(p.strip().isdigit() for p in port_text.split(",") if port_text):
+        raise InvalidInputError(
+            f"the port of a PostgreSQL URL is a number, not {port_text!r:.20}; write it as "
+            "postgresql://USER@HOST:PORT/DATABASE"
+        )
     user = f"{parts['user']}@" if parts.get("user") else ""
     host = parts.get("host") or "localhost"
     port = f":{parts['port']}" if parts.get("port") else ""
