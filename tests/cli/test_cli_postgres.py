@@ -64,6 +64,12 @@ def test_laptops_sync_through_a_postgres_server_and_its_commands_read_it(
 
     listed = sh("replicas --db {db} --json", db=url).ok().json()
     assert len(listed["replicas"]) == 2
+    records = inproc("record list --db {db} --json", db=url).ok().json()
+    assert records["count"] == 1
+    assert records["conflicts_open"] == 1
+    key = inproc("server-key --db {db} --json", db=url).ok().json()
+    assert key["server_id"] == status["server_id"]
+    assert inproc("audit verify --db {db} --json", db=url).ok().json()["ok"] is True
     again = run_main(
         "user", "add", "--db", url, "--org", "clinic-a", "--username", "dr.a", "--exist-ok"
     )
@@ -84,4 +90,19 @@ def test_a_url_with_no_server_behind_it_is_a_database_error(tmp_path: Path) -> N
     result = inproc("status --db {db}", db="postgresql://caresync:hunter2@127.0.0.1:9/none")
     assert result.code == 4
     assert "check that the server runs" in result.error_line()
+    assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "sync --db {db}",
+        "record new --db {db}",
+        "enrol --db {db} --server ws://127.0.0.1:9 --org clinic-a --username dr.a",
+    ],
+)
+def test_a_laptop_command_refuses_a_postgres_url(command: str) -> None:
+    result = inproc(command, db="postgresql://caresync:hunter2@127.0.0.1:9/none")
+    assert result.code == 4
+    assert "only a server keeps" in result.error_line()
     assert "hunter2" not in result.stderr

@@ -57,6 +57,7 @@ __all__ = [
     "open_reader",
     "is_plain_sqlite",
     "laptop_key",
+    "laptop_path",
     "open_server_store",
     "server_key_for",
     "store_key",
@@ -116,6 +117,16 @@ def rulebook() -> Rulebook:
     return _rulebook
 
 
+def laptop_path(db: str | Path) -> Path:
+    """A laptop database's path; StorageError for a PostgreSQL URL (a server's, only)."""
+    if is_database_url(db):
+        raise StorageError(
+            f"{shown_database(db)} is a PostgreSQL database, which only a server keeps; "
+            "this command needs a laptop's SQLite file"
+        )
+    return Path(db)
+
+
 async def open_laptop(
     path: str | Path,
     *,
@@ -131,6 +142,7 @@ async def open_laptop(
     made encrypted for ``username`` when ``password`` is given (unless
     ``encrypt=False``).
     """
+    path = laptop_path(path)
     if password is None:
         password = await database_password(path)
     return await Replica.open(
