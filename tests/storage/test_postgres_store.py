@@ -183,3 +183,20 @@ async def test_concurrent_writers_number_the_feed_in_commit_order(schema_url: st
         assert {item.record_id for item in feed} == {p.id for p in patients}
         assert all(item.origin == item.record_id for item in feed)
         assert await two.check() == []
+
+
+async def test_a_lost_connection_fails_one_call_whole_and_the_next_reconnects(
+    schema_url: str,
+) -> None:
+    p = Patient()
+    async with PostgresStore.open(schema_url) as store:
+        await store.write_remote([IncomingUpdate(p.id, p.created, None)], to_feed=True)
+        pid = await store._run("reading the backend", lambda raw: raw.info.backend_pid)
+        async with await psycopg.AsyncConnection.connect(schema_url, autocommit=True) as admin:
+            # (PostgreSQL 14+: waits up to 10 s for the backend to be gone)
+            await admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        with pytest.raises(StorageError, match="check that the server runs"):
+            await store.set_meta("k", "v")
+        assert await store.get_meta("k") is None  # reconnected; the failed write left nothing
+        await store.set_meta("k", "v")
+        assert await store.load(p.id) == p.created

@@ -64,6 +64,14 @@ def describe_url(url: str) -> str:
     return f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
 
 
+def _connect(url: str, read_only: bool) -> Conn:
+    """A new connection in autocommit mode (each transaction is opened explicitly)."""
+    conn: Conn = psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+    if read_only:
+        conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -80,9 +88,15 @@ class PostgresCore:
     """
 
     def __init__(
-        self, conn: Conn, where: str, executor: ThreadPoolExecutor, clock: Callable[[], int]
+        self,
+        conn: Conn,
+        url: str,
+        where: str,
+        executor: ThreadPoolExecutor,
+        clock: Callable[[], int],
     ) -> None:
         self._conn: Conn | None = conn
+        self._url = url  # may hold a password: never shown (``where`` is)
         self.where = where
         """The database, as it may be shown (no password)."""
         self._executor = executor
@@ -157,11 +171,8 @@ class PostgresCore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="caresync-postgres")
         loop = asyncio.get_running_loop()
 
-        def connect() -> Conn:
-            return psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
-
         try:
-            conn = await loop.run_in_executor(executor, connect)
+            conn = await loop.run_in_executor(executor, _connect, url, read_only)
         except psycopg.Error as exc:
             executor.shutdown(wait=False)
             raise StorageError(
@@ -172,13 +183,11 @@ class PostgresCore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        store = cls(conn, where, executor, clock)
+        store = cls(conn, url, where, executor, clock)
         store.read_only = read_only
         store.accounts_only = accounts_only
 
         def ready(raw: Conn) -> int | None:
-            if read_only:
-                raw.execute("SET default_transaction_read_only = on")
             if read_only or accounts_only:
                 check_current(raw, where)
                 return None
@@ -235,15 +244,30 @@ class PostgresCore:
         )
 
     async def _run(self, what: str, job: Job[T]) -> T:
-        """Run ``job(connection)`` on the store's thread; translate psycopg's errors."""
-        conn = self._conn
-        if conn is None:
+        """Run ``job(connection)`` on the store's thread; translate psycopg's errors.
+
+        A connection found broken (the database server restarted, a network cut) is
+        replaced before the job runs: the call that met the break failed whole (its
+        transaction rolled back, StorageError), and the next one reconnects.
+        """
+        if self._conn is None:
             raise StorageError(f"{what}: the store at {self.where} is closed")
         loop = asyncio.get_running_loop()
         try:
-            return cast(T, await loop.run_in_executor(self._executor, job, conn))
+            return cast(T, await loop.run_in_executor(self._executor, self._call, what, job))
         except psycopg.Error as exc:
             raise translate(exc, what, self.where) from None
+
+    def _call(self, what: str, job: Job[T]) -> T:
+        """On the store's thread: the job, on a live connection."""
+        conn = self._conn
+        if conn is None:  # closed while the job waited its turn
+            raise StorageError(f"{what}: the store at {self.where} is closed")
+        if conn.broken or conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            conn = self._conn = _connect(self._url, self.read_only)
+        return job(conn)
 
     def _write(self, raw: Conn, body: Callable[[], T], *, records: bool = False) -> T:
         """Run ``body`` in one transaction, committed before returning.
