@@ -52,7 +52,8 @@ def session_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        _unavailable(f"no PostgreSQL at {url} ({str(exc).strip()}); set CARESYNC_TEST_POSTGRES")
+        why = " ".join(str(exc).split())
+        _unavailable(f"no PostgreSQL at {url} ({why}); set CARESYNC_TEST_POSTGRES")
         raise AssertionError("unreachable") from exc
     name = f"caresync_test_{secrets.token_hex(6)}"
     with admin:

@@ -119,7 +119,7 @@ def translate(exc: psycopg.Error, what: str, where: str) -> StorageError:
 
     ``where`` names the database (its URL without a password).
     """
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, pg_errors.DataCorrupted | pg_errors.IndexCorrupted):
         return CorruptDatabaseError(f"{what}: the database {where} is damaged ({message})")
     if isinstance(exc, pg_errors.ReadOnlySqlTransaction):

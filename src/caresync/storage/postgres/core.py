@@ -30,6 +30,11 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _CONNECT_TIMEOUT_S = 10
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (libpq's run over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def is_postgres_url(value: object) -> bool:
     """True when ``value`` is a string naming a PostgreSQL database by URL."""
     return isinstance(value, str) and value.lower().startswith(POSTGRES_SCHEMES)
@@ -49,7 +54,7 @@ def describe_url(url: str) -> str:
         parts = conninfo_to_dict(url)
     except psycopg.Error as exc:
         raise InvalidInputError(
-            f"not a PostgreSQL URL libpq can read ({str(exc).strip()}); write it as "
+            f"not a PostgreSQL URL libpq can read ({_one_line(exc)}); write it as "
             "postgresql://USER@HOST:PORT/DATABASE"
         ) from None
     port_text = str(parts.get("port") or "")
@@ -176,7 +181,7 @@ class PostgresCore:
         except psycopg.Error as exc:
             executor.shutdown(wait=False)
             raise StorageError(
-                f"cannot open the PostgreSQL database {where} ({str(exc).strip()}); check "
+                f"cannot open the PostgreSQL database {where} ({_one_line(exc)}); check "
                 "that the server runs and listens there, that the database exists, and the "
                 "user and password"
             ) from None
