@@ -106,3 +106,9 @@ def test_a_laptop_command_refuses_a_postgres_url(command: str) -> None:
     assert result.code == 4
     assert "only a server keeps" in result.error_line()
     assert "hunter2" not in result.stderr
+
+
+def test_serve_encrypt_is_for_an_sqlite_file() -> None:
+    result = inproc("serve --db {db} --port 0 --encrypt", db="postgresql://127.0.0.1:9/none")
+    assert result.code == 2
+    assert "PostgreSQL database is encrypted at rest by its server" in result.error_line()

@@ -201,6 +201,12 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         hub = _HubOptions(hub_url(args.hub), args.hub_timeout)
     elif args.hub_timeout is not None:
         raise CliError("--hub-timeout needs --hub URL")
+    postgres = is_database_url(args.db)
+    if postgres and args.encrypt:
+        raise CliError(
+            "--encrypt is for an SQLite file; a PostgreSQL database is encrypted at rest "
+            "by its server (disk encryption) and in transit by its sslmode"
+        )
     key = server_database_key(path=args.key_file)
     if args.encrypt and key is None:
         raise CliError(
@@ -208,13 +214,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             '(64 hex digits; make one with: python -c "import secrets; '
             'print(secrets.token_hex(32))")'
         )
-    postgres = is_database_url(args.db)
     if postgres:
-        if args.encrypt:
-            raise CliError(
-                "--encrypt is for an SQLite file; a PostgreSQL database is encrypted at rest "
-                "by its server (disk encryption) and in transit by its sslmode"
-            )
         key = None  # CARESYNC_DATABASE_KEY is an SQLite file's key
     elif key is not None and not args.encrypt and is_plain_sqlite(Path(args.db)):
         key = None  # a plain database keeps being served plain; --encrypt insists instead
