@@ -40,6 +40,9 @@ SKIPPED = {
     "suite (scripts/test): the demo runs at test size in tests/test_exports.py",
     "python -m venv .venv && .venv/bin/pip install -e .": "installs into a new virtualenv from "
     "the package index: scripts/bootstrap and scripts/pythons do exactly this",
+    'pip install -e ".[postgres]"': "a clinic on a PostgreSQL server the reader has (a "
+    "database `clinic` owned by `caresync`): tests/cli/test_cli_postgres.py runs these "
+    "commands on the tests' own PostgreSQL database",
 }
 """A fragment of each snippet not run here, and why."""
 

@@ -96,7 +96,8 @@ from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.replication.pool import RecordPool
-from caresync.storage import HubMark, ReplicaInfo, ServerStore, SQLiteStore, own_identity
+from caresync.storage import HubMark, ReplicaInfo, ServerStore, own_identity
+from caresync.storage.servers import open_server_database, shown_database
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
     Acceptor,
@@ -404,15 +405,21 @@ class SyncServer:
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
+        ``path`` is an SQLite file, or a PostgreSQL database's URL
+        (``postgresql://USER@HOST:PORT/DATABASE``; the ``postgres`` extra): see
+        :func:`caresync.storage.servers.open_server_database`.
+
         The options are those of the constructor. A database whose conflict index
         another rulebook computed is re-indexed first (see :mod:`caresync.replication.index`).
         ``key`` (32 bytes; :func:`caresync.storage.server_database_key` reads one
         from a file or the environment) opens, or creates, the database encrypted
-        at rest (SQLCipher).
+        at rest (SQLCipher); a PostgreSQL database takes none (InvalidInputError).
         """
-        store = await SQLiteStore.open(path, key=key)
+        store = await open_server_database(path, key=key)
         try:
-            identity = await own_identity(store, "server", id_prefix="server", where=path)
+            identity = await own_identity(
+                store, "server", id_prefix="server", where=shown_database(path)
+            )
             if server_key is None:
                 server_key = await ensure_server_key(store)
             await ensure_index(store, rulebook, replica=identity.replica_id)

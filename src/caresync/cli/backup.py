@@ -30,6 +30,7 @@ from caresync.cli.databases import store_key
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.storage import Identity, SQLiteStore, key_file_for
+from caresync.storage.servers import is_database_url, shown_database
 from caresync.storage.unsynced import PRIVATE_FILE_MODE
 
 __all__ = ["register"]
@@ -51,6 +52,13 @@ def register(commands: Any) -> None:
 
 
 def _backup(args: argparse.Namespace, out: Output) -> int:
+    if is_database_url(args.db):
+        raise CliError(
+            f"caresync backs up SQLite files; a PostgreSQL server ({shown_database(args.db)}) "
+            "is backed up by PostgreSQL's own tools: pg_dump --format=custom --file=FILE URL "
+            "(restore with pg_restore), or continuous archiving. See docs/operations.md",
+            ExitCode.USAGE,
+        )
     source, target = Path(args.db), Path(args.out)
     key = run(store_key(source))  # an encrypted copy is encrypted with the same key
     # Recognise the source first (missing, not caresync's: refused, nothing made).

@@ -11,6 +11,11 @@
   work while the server runs and can change nothing else.
 * Each command says which kind of database it needs: a laptop's, a server's,
   or either; the other kind is refused before anything is read or written.
+* A server's database may be a PostgreSQL database, named by its URL
+  (``postgresql://HOST:PORT/DATABASE``): the server-side commands open it through
+  :func:`caresync.storage.servers.open_server_database`. Any number of processes
+  may write one, so "read-only" is PostgreSQL's and "accounts only" only means
+  that the command never creates or migrates it.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from caresync.exceptions import InvalidInputError, StorageError
 from caresync.listing import ConflictListing
 from caresync.replica import Replica
 from caresync.replication.pool import RecordPool
-from caresync.storage import ConflictRow, Identity, SQLiteStore, server_database_key
+from caresync.storage import ConflictRow, Identity, ServerStore, SQLiteStore, server_database_key
 from caresync.storage.laptop_key import LaptopKey, is_encrypted, unlock_laptop_key
 from caresync.storage.schema import SQLITE_MAGIC
+from caresync.storage.servers import is_database_url, open_server_database, shown_database
 
 __all__ = [
     "LaptopReader",
@@ -51,6 +57,7 @@ __all__ = [
     "open_reader",
     "is_plain_sqlite",
     "laptop_key",
+    "laptop_path",
     "open_server_store",
     "server_key_for",
     "store_key",
@@ -110,6 +117,16 @@ def rulebook() -> Rulebook:
     return _rulebook
 
 
+def laptop_path(db: str | Path) -> Path:
+    """A laptop database's path; StorageError for a PostgreSQL URL (a server's, only)."""
+    if is_database_url(db):
+        raise StorageError(
+            f"{shown_database(db)} is a PostgreSQL database, which only a server keeps; "
+            "this command needs a laptop's SQLite file"
+        )
+    return Path(db)
+
+
 async def open_laptop(
     path: str | Path,
     *,
@@ -125,6 +142,7 @@ async def open_laptop(
     made encrypted for ``username`` when ``password`` is given (unless
     ``encrypt=False``).
     """
+    path = laptop_path(path)
     if password is None:
         password = await database_password(path)
     return await Replica.open(
@@ -183,23 +201,26 @@ async def store_key(path: str | Path) -> bytes | None:
 
 async def open_server_store(
     path: str | Path, *, read_only: bool = False, accounts_only: bool = False
-) -> SQLiteStore:
+) -> ServerStore:
     """An existing server database's store (StorageError for a laptop's).
 
-    ``read_only`` and ``accounts_only`` open it beside a running server (see
+    ``path`` is an SQLite file or a PostgreSQL URL. ``read_only`` and
+    ``accounts_only`` open it beside a running server (see
     :meth:`caresync.storage.SQLiteStore.open`).
     """
-    store = await SQLiteStore.open(
+    store = await open_server_database(
         path,
         create=False,
         read_only=read_only,
         accounts_only=accounts_only,
-        key=await server_key_for(path),
+        key=None if is_database_url(path) else await server_key_for(path),
     )
     try:
         identity = await _identity(store, path)
         if identity.role != "server":
-            raise StorageError(f"{path} is a laptop's database; this command needs a server's")
+            raise StorageError(
+                f"{shown_database(path)} is a laptop's database; this command needs a server's"
+            )
     except BaseException:
         await store.close()
         raise
@@ -245,7 +266,7 @@ class LaptopReader:
 class ServerReader:
     """Read access to a server's database: its records loaded on demand, nothing cached."""
 
-    store: SQLiteStore
+    store: ServerStore
     identity: Identity
     role: str = "server"
     _pool: RecordPool | None = field(default=None, repr=False)
@@ -321,7 +342,13 @@ async def open_reader(path: str | Path) -> Reader:
     """Read access to a laptop's or a server's database (works while its writer runs).
 
     Nothing but the audit trail is written: each record read through it is an entry.
+    A PostgreSQL URL names a server's database.
     """
+    if is_database_url(path):
+        return ServerReader(
+            server := await open_server_store(path, accounts_only=True),
+            await _identity(server, path),
+        )
     key = await laptop_key(path)
     store = await SQLiteStore.open(
         path,
@@ -345,7 +372,7 @@ async def _identity(store: Any, path: str | Path) -> Identity:
     identity: Identity | None = await store.get_identity()
     if identity is None:
         raise StorageError(
-            f"{path} is a caresync database that holds no replica yet "
+            f"{shown_database(path)} is a caresync database that holds no replica yet "
             "(create one with `caresync enrol` or `caresync serve`)"
         )
     return identity

@@ -25,6 +25,7 @@ from caresync.records import AdmissionLimits
 from caresync.server import SyncServer
 from caresync.storage import server_database_key
 from caresync.storage.keyring import SERVER_KEY_VARIABLE
+from caresync.storage.servers import is_database_url, shown_database
 from caresync.versions import check_version
 
 __all__ = ["LISTENING", "register"]
@@ -209,6 +210,12 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         hub = _HubOptions(hub_url(args.hub), args.hub_timeout)
     elif args.hub_timeout is not None:
         raise CliError("--hub-timeout needs --hub URL")
+    postgres = is_database_url(args.db)
+    if postgres and args.encrypt:
+        raise CliError(
+            "--encrypt is for an SQLite file; a PostgreSQL database is encrypted at rest "
+            "by its server (disk encryption) and in transit by its sslmode"
+        )
     key = server_database_key(path=args.key_file)
     if args.encrypt and key is None:
         raise CliError(
@@ -216,9 +223,11 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             '(64 hex digits; make one with: python -c "import secrets; '
             'print(secrets.token_hex(32))")'
         )
-    if key is not None and not args.encrypt and is_plain_sqlite(Path(args.db)):
+    if postgres:
+        key = None  # CARESYNC_DATABASE_KEY is an SQLite file's key
+    elif key is not None and not args.encrypt and is_plain_sqlite(Path(args.db)):
         key = None  # a plain database keeps being served plain; --encrypt insists instead
-    before = files_before(Path(args.db))
+    before = None if postgres else files_before(Path(args.db))
     listening = asyncio.Event()
     restore_logging = _configure_logging(args.log_format, args.log_level)
     try:
@@ -245,8 +254,8 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             )
         )
     except BaseException:
-        if not listening.is_set():  # it never served: a database it made holds nothing
-            remove_if_new(Path(args.db), before)
+        if not listening.is_set() and before is not None:
+            remove_if_new(Path(args.db), before)  # it never served: a file it made holds nothing
         raise
     finally:
         restore_logging()
@@ -291,13 +300,16 @@ async def _run_server(
                         "port": listener.port,
                         "server_id": server.server_id,
                         "server_key": await server.server_key_fingerprint(),
-                        "db": db,
+                        "db": shown_database(db),
                     }
                 )
             else:
                 sys.stdout.write(f"{LISTENING}{server.url}\n")
                 sys.stdout.flush()
-            note(f"server {server.server_id}, database {db}; Ctrl-C or SIGTERM stops it")
+            note(
+                f"server {server.server_id}, database {shown_database(db)}; "
+                "Ctrl-C or SIGTERM stops it"
+            )
             await stop.wait()
             note("stopping: closing connections and the database")
     note("caresync server stopped")

@@ -17,6 +17,7 @@ from caresync.cli.output import Output, cells
 from caresync.credentials import ServerKey
 from caresync.gate import SERVER_KEY_META
 from caresync.hub.status import hub_pending, laptop_summaries, server_summaries
+from caresync.storage import SQLiteStore
 
 __all__ = ["register", "status_of"]
 
@@ -107,7 +108,8 @@ async def _server_status(reader: ServerReader) -> dict[str, Any]:
         "state": None,
         "live": False,
         "user": None,
-        "pending": await store.pending_count(),
+        # A server's own outbox (an SQLite server's is empty; a PostgreSQL one has none).
+        "pending": await store.pending_count() if isinstance(store, SQLiteStore) else 0,
         "oldest_pending_age_s": None,
         "last_sync": None,
         "copy_age_s": None,

@@ -7,7 +7,6 @@ import asyncio
 import ssl
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +22,7 @@ from caresync.cli.common import (
     stop_on_signals,
     username,
 )
-from caresync.cli.databases import files_before, open_laptop, remove_if_new
+from caresync.cli.databases import files_before, laptop_path, open_laptop, remove_if_new
 from caresync.cli.errors import CliError, ExitCode, exit_code_for, one_line
 from caresync.cli.live import mark_live
 from caresync.cli.output import Output, iso_ms
@@ -162,7 +161,7 @@ def _ssl_for(url: str, cafile: str | None) -> ssl.SSLContext | None:
 def _enrol(args: argparse.Namespace, out: Output) -> int:
     context = _ssl_for(args.server, args.cafile)
     password = read_password(f"Password for {args.username} ({args.org}): ")
-    db = Path(args.db)
+    db = laptop_path(args.db)
     before = files_before(db)
     bound = False
 

@@ -16,6 +16,7 @@ from caresync.exceptions import InvalidInputError
 from caresync.names import check_display_name
 from caresync.server import SyncServer, hash_password
 from caresync.storage import server_database_key
+from caresync.storage.servers import is_database_url
 
 __all__ = ["register"]
 
@@ -130,7 +131,11 @@ def _add(args: argparse.Namespace, out: Output) -> int:
 
     async def go() -> tuple[str, bool]:
         password_hash = await asyncio.to_thread(hash_password, password)
-        if not await asyncio.to_thread(Path(args.db).exists):
+        if is_database_url(args.db):
+            # Made on first use, as a new file is; opening an existing one changes nothing.
+            async with await SyncServer.open(args.db, rulebook=rulebook()):
+                pass
+        elif not await asyncio.to_thread(Path(args.db).exists):
             new = await SyncServer.open(args.db, rulebook=rulebook(), key=server_database_key())
             async with new as server:
                 await server.store.add_user(

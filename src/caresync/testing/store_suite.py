@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -112,6 +112,66 @@ __all__ = [
 def remote(patient: Patient, update: bytes, org: str | None = None) -> IncomingUpdate:
     """An update of ``patient`` as received from a peer (no conflict rows said)."""
     return IncomingUpdate(patient.id, update, None, org)
+
+
+async def _cards_in_any_batches(store: ReplicaStore, seed: int, ways: Sequence[str]) -> None:
+    """Random cards (few names and dates, so many collide), rewritten many times, in
+    batches of the ``ways`` given ("remote", "local": a laptop's, "reindex"): the store
+    holds what the final cards make, no more, no less."""
+    rng = random.Random(seed)
+    names = [("awa", "diop"), ("awa", "dioop"), ("moussa", "sow"), ("fatou", "sow"), ("awa",)]
+    births = ["1984-02-03", "1984-03-02", "1984-02-04", "1984", "1990-01-01"]
+    patients = [Patient() for _ in range(12)]
+    orgs = {p.id: rng.choice([None, "org-1", "org-1"]) for p in patients}
+
+    def random_card(p: Patient) -> PersonCard:
+        links = tuple(
+            sorted(
+                {
+                    (rng.choice(patients).id, rng.choice([SAME_PERSON, DIFFERENT_PEOPLE]))
+                    for _ in range(rng.randrange(3) // 2)
+                }
+                - {(p.id, SAME_PERSON), (p.id, DIFFERENT_PEOPLE)}
+            )
+        )
+        return PersonCard(
+            p.id,
+            names=(rng.choice(names),),
+            birth_dates=(rng.choice(births),),
+            sexes=(rng.choice(["female", "male"]),) if rng.random() < 0.3 else (),
+            identifiers=(("nin", rng.choice(["A1234", "B5678"])),) if rng.random() < 0.2 else (),
+            links=links,
+        )
+
+    final: dict[str, tuple[str | None, PersonCard]] = {}
+    for p in patients:  # the records, some with a first card
+        person = random_card(p) if rng.random() < 0.5 else None
+        await store.write_remote([IncomingUpdate(p.id, p.created, None, orgs[p.id], person)])
+        if person is not None:
+            final[p.id] = (orgs[p.id], person)
+    for _ in range(25):
+        chosen = rng.sample(patients, rng.randrange(1, 6))
+        way = rng.choice(ways)
+        cards = {p.id: random_card(p) for p in chosen}
+        if way == "remote":
+            # Sometimes a record twice in one batch: its last card is the one kept.
+            items = [IncomingUpdate(p.id, p.edit(), None, None, cards[p.id]) for p in chosen]
+            if rng.random() < 0.3:
+                early = random_card(chosen[0])
+                items.insert(0, IncomingUpdate(chosen[0].id, chosen[0].edit(), None, None, early))
+            await store.write_remote(items)
+        elif way == "local":
+            laptop = cast(LaptopStore, store)
+            for p in chosen:
+                await laptop.write_local(p.id, p.edit(), conflicts=None, person=cards[p.id])
+        else:
+            await store.set_conflicts_many({}, persons=cards)
+        final.update((rid, (orgs[rid], c)) for rid, c in cards.items())
+        assert await store.person_pairs() == oracle(final)
+    assert await store.person_cards([p.id for p in patients]) == {
+        p.id: final[p.id][1] for p in patients if p.id in final
+    }
+    assert await store.check() == []
 
 
 class ReplicaStoreSuite:
@@ -1087,65 +1147,8 @@ class LaptopStoreSuite(ReplicaStoreSuite):
     async def test_cards_in_any_batches_leave_exactly_the_pairs_of_the_final_cards(
         self, store: LaptopStore, seed: int
     ) -> None:
-        """Random cards (few names and dates, so many collide), rewritten many times, in
-        batches of every kind: the store holds what the final cards make, no more, no less."""
-        rng = random.Random(seed)
-        names = [("awa", "diop"), ("awa", "dioop"), ("moussa", "sow"), ("fatou", "sow"), ("awa",)]
-        births = ["1984-02-03", "1984-03-02", "1984-02-04", "1984", "1990-01-01"]
-        patients = [Patient() for _ in range(12)]
-        orgs = {p.id: rng.choice([None, "org-1", "org-1"]) for p in patients}
-
-        def random_card(p: Patient) -> PersonCard:
-            links = tuple(
-                sorted(
-                    {
-                        (rng.choice(patients).id, rng.choice([SAME_PERSON, DIFFERENT_PEOPLE]))
-                        for _ in range(rng.randrange(3) // 2)
-                    }
-                    - {(p.id, SAME_PERSON), (p.id, DIFFERENT_PEOPLE)}
-                )
-            )
-            return PersonCard(
-                p.id,
-                names=(rng.choice(names),),
-                birth_dates=(rng.choice(births),),
-                sexes=(rng.choice(["female", "male"]),) if rng.random() < 0.3 else (),
-                identifiers=(("nin", rng.choice(["A1234", "B5678"])),)
-                if rng.random() < 0.2
-                else (),
-                links=links,
-            )
-
-        final: dict[str, tuple[str | None, PersonCard]] = {}
-        for p in patients:  # the records, some with a first card
-            person = random_card(p) if rng.random() < 0.5 else None
-            await store.write_remote([IncomingUpdate(p.id, p.created, None, orgs[p.id], person)])
-            if person is not None:
-                final[p.id] = (orgs[p.id], person)
-        for _ in range(25):
-            chosen = rng.sample(patients, rng.randrange(1, 6))
-            way = rng.choice(["remote", "local", "reindex"])
-            cards = {p.id: random_card(p) for p in chosen}
-            if way == "remote":
-                # Sometimes a record twice in one batch: its last card is the one kept.
-                items = [IncomingUpdate(p.id, p.edit(), None, None, cards[p.id]) for p in chosen]
-                if rng.random() < 0.3:
-                    early = random_card(chosen[0])
-                    items.insert(
-                        0, IncomingUpdate(chosen[0].id, chosen[0].edit(), None, None, early)
-                    )
-                await store.write_remote(items)
-            elif way == "local":
-                for p in chosen:
-                    await store.write_local(p.id, p.edit(), conflicts=None, person=cards[p.id])
-            else:
-                await store.set_conflicts_many({}, persons=cards)
-            final.update((rid, (orgs[rid], c)) for rid, c in cards.items())
-            assert await store.person_pairs() == oracle(final)
-        assert await store.person_cards([p.id for p in patients]) == {
-            p.id: final[p.id][1] for p in patients if p.id in final
-        }
-        assert await store.check() == []
+        """Random cards in batches of every kind (received, local, re-indexed)."""
+        await _cards_in_any_batches(store, seed, ["remote", "local", "reindex"])
 
     async def test_a_card_that_no_longer_matches_removes_the_pair(self, store: LaptopStore) -> None:
         a, b = registered("Awa Diop"), registered("Awa Diop", replica="laptop-b")
@@ -1663,6 +1666,81 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert await store.client_owners([7, 9, 2**52, 11]) == {7: "r1", 9: "r2", 2**52: "r1"}
         with pytest.raises(InvalidInputError, match="Yjs client id"):
             await store.client_owners([2**53])
+
+    @pytest.mark.parametrize("seed", range(6))
+    async def test_cards_received_or_reindexed_leave_exactly_the_pairs_of_the_final_cards(
+        self, store: ServerStore, seed: int
+    ) -> None:
+        """Random cards in batches a server writes (received, re-indexed)."""
+        await _cards_in_any_batches(store, seed, ["remote", "reindex"])
+
+    # What StoreConformance checks with a laptop's part as well, for a server-only store.
+
+    @pytest.mark.parametrize("garbage", [b"", b"\x00", b"not an update", b"\xff" * 40])
+    async def test_a_server_refuses_bytes_that_are_not_an_update_and_stores_nothing(
+        self, store: ServerStore, garbage: bytes
+    ) -> None:
+        p = Patient()
+        good = IncomingUpdate(p.id, p.created, (conflict(p.id),), "org-1")
+        for to_feed in (False, True):
+            with pytest.raises(InvalidUpdateError):
+                await store.write_remote(
+                    [good, remote(p, garbage)], checkpoint=("k", "1"), to_feed=to_feed
+                )
+        assert await store.count_records() == 0
+        assert await store.count_conflicts() == 0
+        assert await store.get_meta("k") is None
+        assert await store.feed_head() == 0
+        assert await store.check() == []
+
+    async def test_a_server_compacts_its_feed_and_log_rows_and_the_feed_keeps_them(
+        self, store: ServerStore
+    ) -> None:
+        p, peer = Patient("laptop-b"), Patient("laptop-c")
+        await store.write_remote([IncomingUpdate(p.id, p.created, None, "org-1")], to_feed=True)
+        await store.write_remote([remote(p, p.edit("birthDate", "1980"))], to_feed=True)
+        await store.write_remote([remote(p, p.edit("name", "Ada"))])  # not into the feed
+        await store.write_remote(
+            [IncomingUpdate(peer.id, peer.created, None, "org-1")], to_feed=True
+        )
+        feed = await store.feed_since(0, limit=100)
+        assert await store.log_length(p.id) == 3
+        assert await store.compact(p.id) == 3
+        assert await store.log_length(p.id) == 0
+        assert await store.compact(p.id) == 0  # nothing folded twice
+        assert await store.feed_since(0, limit=100) == feed
+        await store.write_remote([remote(p, p.edit("birthDate", "1981"))], to_feed=True)
+        await store.write_remote([remote(p, p.edit("name", "Ada B."))])
+        assert await store.log_length(p.id) == 2
+        loaded = await store.load(p.id)
+        assert loaded is not None
+        assert revision_ids(loaded, p.id) == {r.id for r in p.record.revisions()}
+        assert await store.check() == []
+        assert await store.compact(p.id) == 2
+        again = await store.load(p.id)
+        assert again is not None
+        assert revision_ids(again, p.id) == revision_ids(loaded, p.id)
+        assert [f.seq for f in await store.feed_since(0, limit=100)] == [1, 2, 3, 4]
+        assert await store.load_many([p.id, peer.id]) == {
+            p.id: again,
+            peer.id: await store.load(peer.id),
+        }
+        assert await store.check() == []
+
+    async def test_every_error_of_a_server_store_is_a_caresync_error(
+        self, store: ServerStore
+    ) -> None:
+        for call in (
+            store.load(""),
+            store.feed_since(0, limit=-5),
+            store.feed_since(-1, limit=5),
+            store.record_ids(limit=-1),
+            store.write_remote(["not an item"]),  # type: ignore[list-item]
+            store.get_user("", "x"),
+            store.enrol_replica("r", ""),
+        ):
+            with pytest.raises(CaresyncError):
+                await call
 
 
 class StoreConformance(LaptopStoreSuite, ServerStoreSuite):
