@@ -170,11 +170,22 @@ class Gatekeeper:
         return await self._open_session(login.username, login.organisation, replica_id, new_secret)
 
     async def check_password(
-        self, organisation: str, username: str, password: str, address: str | None
+        self,
+        organisation: str,
+        username: str,
+        password: str,
+        address: str | None,
+        *,
+        needs_admin: bool = False,
     ) -> UserAccount | Refused:
         """An account's password, checked under the throttle: the enabled account, or
-        a refusal (``throttled``, ``bad_credentials``). Opens no session: the sync
-        login and the admin page (:mod:`caresync.admin`) both start here."""
+        a refusal (``throttled``, ``bad_credentials``; ``forbidden`` for an account that
+        is not an administrator when ``needs_admin``). Opens no session: the sync login
+        and the admin page (:mod:`caresync.admin`) both start here.
+
+        A right password that opens nothing (a disabled account's; a clinician's on the
+        admin page) counts as a failed login: trying it again and again must cost what
+        any wrong guess costs, not a password check and an audit entry each time."""
         keys = LoginThrottle.keys(organisation, username, address)
         wait = self._wait(keys)
         if wait > 0:
@@ -194,13 +205,17 @@ class Gatekeeper:
                 ErrorCode.BAD_CREDENTIALS,
                 f"unknown user or wrong password for {username} in {organisation}",
             )
-        if self.throttle is not None:
-            self.throttle.succeeded(organisation, username)
         if account.disabled:
+            self._failed(keys)
             return Refused(
                 ErrorCode.BAD_CREDENTIALS,
                 f"the account {username} in {organisation} is disabled; ask an administrator",
             )
+        if needs_admin and not account.admin:
+            self._failed(keys)
+            return Refused(ErrorCode.FORBIDDEN, f"{username} is not an administrator")
+        if self.throttle is not None:
+            self.throttle.succeeded(organisation, username)
         return account
 
     def malformed_login(self, address: str | None, reason: str) -> Refused:

@@ -257,3 +257,32 @@ async def test_over_tls_the_page_knows_the_connection_is_encrypted(tmp_path: Pat
         assert [(r.tls, r.remote_host) for r in seen] == [(True, "127.0.0.1")]
     finally:
         await server.close()
+
+
+async def test_concurrent_guesses_are_checked_one_at_a_time(clinic: Clinic) -> None:
+    """Reproduced: the throttle counts a failure once its check is over, so 40 guesses at
+    once were all checked. One check at a time now: the others are told to come back."""
+    answers = await asyncio.gather(
+        *(get(clinic, "/admin", basic(ADMIN, f"guess {n}")) for n in range(20))
+    )
+    statuses = [status for status, _headers, _body in answers]
+    assert set(statuses) <= {401, 429}
+    assert statuses.count(401) <= LoginThrottle().account_free + 1
+
+
+async def test_a_right_password_without_the_right_is_throttled_like_a_wrong_one(
+    tmp_path: Path,
+) -> None:
+    """A clinician's (or a disabled account's) right password opens nothing here; trying
+    it again and again is throttled, so it cannot make the server check passwords and
+    write audit entries without end (reproduced: 200 tries, 200 checks and entries)."""
+    throttle = LoginThrottle(account_free=1, first_lock_s=300, max_lock_s=300)
+    clinic = await start_clinic(tmp_path, throttle=throttle)
+    try:
+        tries = [(await get(clinic, "/admin", basic("dr.a@clinic-a")))[0] for _ in range(3)]
+        assert tries == [403, 403, 429]
+        await clinic.server.disable_user("clinic-a", "boss")
+        tries = [(await get(clinic, "/admin", basic(ADMIN)))[0] for _ in range(3)]
+        assert tries == [401, 401, 429]
+    finally:
+        await clinic.close()

@@ -200,3 +200,47 @@ async def test_a_lost_connection_fails_one_call_whole_and_the_next_reconnects(
         assert await store.get_meta("k") is None  # reconnected; the failed write left nothing
         await store.set_meta("k", "v")
         assert await store.load(p.id) == p.created
+
+
+async def test_concurrent_writers_keep_feed_order_whatever_the_databases_isolation(
+    schema_url: str,
+) -> None:
+    """Reproduced: with the database's default isolation at REPEATABLE READ or
+    SERIALIZABLE, half of two stores' concurrent writes failed on a taken feed seq.
+    The store sets READ COMMITTED (and a synchronous commit) on its connections."""
+    strict = schema_url.replace(
+        "options=", "options=-cdefault_transaction_isolation%3Dserializable%20", 1
+    )
+    async with PostgresStore.open(strict) as one, PostgresStore.open(strict) as two:
+        patients = [Patient(f"laptop-{n}") for n in range(24)]
+
+        async def push(store: PostgresStore, mine: list[Patient]) -> list[int]:
+            seqs: list[int] = []
+            for p in mine:
+                seqs += await store.write_remote(
+                    [IncomingUpdate(p.id, p.created, None, "org-1")], to_feed=True, origin=p.id
+                )
+            return seqs
+
+        first, second = await asyncio.gather(push(one, patients[::2]), push(two, patients[1::2]))
+        assert sorted(first + second) == list(range(1, 25))
+        fed = await one.feed_since(0, limit=100)
+        assert [item.seq for item in fed] == list(range(1, 25))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@127.0.0.1:5432/x?password=s3cret",
+        "postgresql://u:%zzs3cret@127.0.0.1:5432/x",
+        "postgresql://u:s3cret@[::1/x",
+    ],
+)
+async def test_a_password_is_never_shown(url: str) -> None:
+    """Reproduced: a password in the query, or one libpq could not parse, was shown."""
+    from caresync.storage.servers import shown_database
+
+    assert "s3cret" not in shown_database(url)
+    with pytest.raises((InvalidInputError, StorageError)) as refused:
+        await PostgresStore.open(url, create=False)
+    assert "s3cret" not in str(refused.value)

@@ -31,12 +31,14 @@ def shown_database(target: StrPath) -> str:
     """How a database may be named in messages: a path, or a URL without its password."""
     if not is_database_url(target):
         return os.fspath(target)
-    parts = urlsplit(str(target))
-    if parts.password is None:
-        return str(target)
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{netloc}"))
+    try:
+        parts = urlsplit(str(target))
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        user = f"{parts.username}@" if parts.username else ""
+    except ValueError:  # a URL urllib cannot split: show nothing of it but its kind
+        return "a postgresql:// URL"
+    # The query is left out whole: libpq takes a password there too (?password=...).
+    return urlunsplit(parts._replace(netloc=f"{user}{netloc}", query="", fragment=""))
 
 
 def open_server_database(

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Self, cast
 
 import psycopg
+from psycopg import IsolationLevel
 from psycopg.conninfo import conninfo_to_dict
 
 from caresync.exceptions import InvalidInputError, NotImplementedFeatureError, StorageError
@@ -52,10 +53,12 @@ def describe_url(url: str) -> str:
         )
     try:
         parts = conninfo_to_dict(url)
-    except psycopg.Error as exc:
+    except psycopg.Error:
+        # libpq's own message quotes the URL, password and all: not shown.
         raise InvalidInputError(
-            f"not a PostgreSQL URL libpq can read ({_one_line(exc)}); write it as "
-            "postgresql://USER@HOST:PORT/DATABASE"
+            "not a PostgreSQL URL libpq can read; write it as "
+            "postgresql://USER@HOST:PORT/DATABASE (with any reserved character of the "
+            "password percent-encoded)"
         ) from None
     port_text = str(parts.get("port") or "")
     if not all(p.strip().isdigit() for p in port_text.split(",") if port_text):
@@ -72,6 +75,12 @@ def describe_url(url: str) -> str:
 def _connect(url: str, read_only: bool) -> Conn:
     """A new connection in autocommit mode (each transaction is opened explicitly)."""
     conn: Conn = psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+    # Whatever the database's defaults: feed order relies on READ COMMITTED (a writer
+    # sees the rows committed before it took the feed lock; reproduced: under REPEATABLE
+    # READ half of concurrent writes failed), and "committed before it returns" on a
+    # synchronous commit.
+    conn.isolation_level = IsolationLevel.READ_COMMITTED
+    conn.execute("SET synchronous_commit = on")
     if read_only:
         conn.execute("SET default_transaction_read_only = on")
     return conn
