@@ -11,6 +11,8 @@ with ``pytest -p no:caresync``. See docs/testing.md.
 
 from __future__ import annotations
 
+import pytest
+
 from caresync.testing.fixtures import (
     ClinicFactory,
     caresync_asyncio,
@@ -20,6 +22,11 @@ from caresync.testing.fixtures import (
     clinic_factory,
     pytest_addoption,
 )
+
+# The conformance suites are test code that ships in the package: their asserts are the
+# checks an adapter's tests run. Rewritten by pytest, they say what differed, and they
+# hold under ``python -O`` too (a bare assert would vanish there and pass everything).
+pytest.register_assert_rewrite("caresync.testing.store_suite", "caresync.testing.channel_suite")
 
 __all__ = [
     "ClinicFactory",
