@@ -158,7 +158,7 @@ class Counted:
 class ServerProcess:
     """A server in a process of its own (see benchmarks/sync_peer.py)."""
 
-    def __init__(self, kind: str, db: Path) -> None:
+    def __init__(self, kind: str, db: str | Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.sync_peer", kind, str(db)],
             stdin=subprocess.PIPE,
