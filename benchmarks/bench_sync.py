@@ -14,9 +14,16 @@ run in this process, so the server and its clients have a core each. Every case:
   ``Replica.sync`` (log in with the session, push nothing, pull, commit); the
   peer: the laptop's ``Doc`` reconnects and exchanges state vectors, then writes
   what it received;
-* **latency to 50 laptops**: one client writes, 50 subscribed clients receive;
-  each delivery is a sample (edit sent → update received), and the time until the
-  last of the 50 has it;
+* **sync with nothing to do**: the last round's laptop syncs again, :data:`ROUNDS`
+  times; the peer reconnects and writes only if something came;
+* **fsyncs per sync**: one more no-op sync and one more incremental sync on each
+  side, not timed, with the laptop process's ``fsync``/``fdatasync`` calls counted
+  (``strace``; "not counted" where there is none);
+* **latency to 50 laptops**: one client writes, 50 subscribed laptops receive —
+  caresync's are real ``Replica`` laptops in live mode that commit each update to
+  their SQLite file before they count it received; the peer's are ``Doc`` clients
+  applying it in memory; each delivery is a sample (edit sent → update received),
+  and the time until the last of the 50 has it; :data:`ROUNDS` rounds;
 * **sustained edits/s with 50 laptops writing at once**: each laptop makes edits
   at a fixed rate and every laptop receives everyone's; caresync laptops push all
   edits made since their last acknowledgement in one batch, like ``Replica`` does;
@@ -24,7 +31,9 @@ run in this process, so the server and its clients have a core each. Every case:
   database is counted: every acknowledged edit must be there;
 * **server memory** (resident, now and peak) after the first copy of 100,000.
 
-Laptops in the 50-laptop cases are protocol clients with edits prepared beforehand
+Every case that runs :data:`ROUNDS` times reports the median with min and max, and
+(caresync) its ratio to the peer's run by run. Writers and the throughput case's
+laptops are protocol clients with edits prepared beforehand
 (caresync: ``ClientProtocol`` over a websocket; the peer: ``Doc`` + ``Provider``),
 so the numbers are the servers' and the protocols', not 50 laptop databases'.
 """
@@ -51,7 +60,7 @@ from typing import Any
 
 from pycrdt import Doc, Map, Provider
 
-from benchmarks.common import parse_args, write_results
+from benchmarks.common import FsyncCount, counting_fsyncs, parse_args, write_results
 from benchmarks.sync_peer import connect_peer, peer_store
 from caresync import Record
 from caresync.credentials import verify_server_signature
@@ -74,7 +83,7 @@ ORG = "clinic"
 USER = "dr.bench"
 PASSWORD = "a long benchmark passphrase"
 LIMIT_S = 600.0  # no wait in this benchmark may exceed this
-ROUNDS = 3
+ROUNDS = 5
 """Runs of the first copy and the incremental sync (a new laptop and new changes each);
 the median is reported, with every run beside it."""
 
@@ -330,20 +339,48 @@ def peer_rows(db: Path) -> int:
 # ----------------------------------------------------------------------- cases
 
 
+def fsync_figure(count: FsyncCount) -> int | str:
+    """The fsync count of one sync, or why it was not counted."""
+    return count.calls if count.calls is not None else f"not counted: {count.why_not}"
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def timing_case(case: str, system: str, runs: list[float], **extra: Any) -> dict[str, Any]:
-    """A case timed in several runs: the median, and every run."""
+    """A case timed in several runs: the median, min and max, and every run."""
     return {
         "case": case,
         "system": system,
-        "seconds": round(statistics.median(runs), 3),
-        "runs": [round(r, 3) for r in runs],
+        "seconds": round(statistics.median(runs), 4),
+        "min_s": round(min(runs), 4),
+        "max_s": round(max(runs), 4),
+        "runs": [round(r, 4) for r in runs],
         **extra,
     }
+
+
+def with_ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each caresync case with ``runs`` its ratio to the peer's, run by run.
+
+    Run ``i`` of one side is compared with run ``i`` of the other (same data,
+    same round); the median, min and max of those ratios are added.
+    """
+    peer = {c["case"]: c for c in cases if c.get("system") == "peer" and "runs" in c}
+    for case in cases:
+        theirs = peer.get(case["case"])
+        if case.get("system") != "caresync" or theirs is None or "runs" not in case:
+            continue
+        ratios = [a / b for a, b in zip(case["runs"], theirs["runs"], strict=False) if b > 0]
+        if ratios:
+            case["ratio_to_peer"] = {
+                "median": round(statistics.median(ratios), 2),
+                "min": round(min(ratios), 2),
+                "max": round(max(ratios), 2),
+            }
+    return cases
 
 
 def one_percent_edits(
@@ -363,11 +400,31 @@ async def copy_cases(
     copies: list[float] = []
     logins: list[float] = []
     syncs: list[float] = []
+    noops: list[float] = []
     memory: dict[str, Any] = {}
     # caresync
     sdb = work / f"cs-server-{n}.db"
     await build_caresync_server(sdb, ids_data)
     async with running("caresync", sdb) as server:
+
+        async def change_some(round_no: int) -> None:
+            """1% changed by another client, pushed to the server."""
+            editor = await RawLaptop.join(server.url)
+            edits = []
+            for rid, city in one_percent_edits(ids_data, changed, round_no):
+                record = Record.from_update(rid, states[rid], replica=editor.replica_id)
+                before = record.state_vector()
+                record.set("address/city", city, author=USER)
+                edits.append((rid, record.update_since(before)))
+                states[rid] = record.update_since()
+            for start_i in range(0, len(edits), 500):
+                batch = edits[start_i : start_i + 500]
+                editor.protocol.push(
+                    [(start_i + k + 1, rid, u) for k, (rid, u) in enumerate(batch)]
+                )
+                await editor.expect(PushAck)
+            await editor.close()
+
         for round_no in range(rounds):
             laptop = await Replica.open(work / f"cs-laptop-{n}-{round_no}.db")
             marks: dict[str, float] = {}
@@ -386,27 +443,26 @@ async def copy_cases(
             logins.append(marks["copy"] - start)
             if round_no == 0:
                 memory = await server.stats()
-            # 1% changed by another client, then the laptop syncs.
-            editor = await RawLaptop.join(server.url)
-            edits = []
-            for rid, city in one_percent_edits(ids_data, changed, round_no):
-                record = Record.from_update(rid, states[rid], replica=editor.replica_id)
-                before = record.state_vector()
-                record.set("address/city", city, author=USER)
-                edits.append((rid, record.update_since(before)))
-                states[rid] = record.update_since()
-            for start_i in range(0, len(edits), 500):
-                batch = edits[start_i : start_i + 500]
-                editor.protocol.push(
-                    [(start_i + k + 1, rid, u) for k, (rid, u) in enumerate(batch)]
-                )
-                await editor.expect(PushAck)
-            await editor.close()
+            await change_some(round_no)
             t0 = time.perf_counter()
             report = await laptop.sync()
             syncs.append(time.perf_counter() - t0)
             assert report.downloaded == changed, report
-            await laptop.close()
+            if round_no < rounds - 1:
+                await laptop.close()
+        # The last laptop: syncs with nothing to do, then one of each kind counted.
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            report = await laptop.sync()
+            noops.append(time.perf_counter() - t0)
+            assert report.downloaded == 0, report
+            assert report.uploaded == 0, report
+        async with counting_fsyncs(os.getpid()) as noop_fsyncs:
+            await laptop.sync()
+        await change_some(rounds)
+        async with counting_fsyncs(os.getpid()) as sync_fsyncs:
+            await laptop.sync()
+        await laptop.close()
         await server.stop()
     cases = [
         timing_case(
@@ -417,13 +473,50 @@ async def copy_cases(
             server_rss_mb=round(memory["VmRSS"] / 1024, 1),
             server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
         ),
-        timing_case(f"incremental sync, {changed} of {n} records changed", "caresync", syncs),
+        timing_case(
+            f"incremental sync, {changed} of {n} records changed",
+            "caresync",
+            syncs,
+            laptop_fsyncs=fsync_figure(sync_fsyncs),
+        ),
+        timing_case(
+            f"sync with nothing to do, {n} records",
+            "caresync",
+            noops,
+            laptop_fsyncs=fsync_figure(noop_fsyncs),
+        ),
     ]
     # the peer
-    copies, syncs = [], []
+    copies, syncs, noops = [], [], []
     pdb = work / f"peer-server-{n}.db"
     await build_peer_server(pdb, [rid for rid, _ in ids_data])
     async with running("peer", pdb) as server:
+
+        async def peer_change(round_no: int) -> list[tuple[str, str]]:
+            """1% changed by another client while the laptop is away; a witness
+            client receiving them all shows the room merged them."""
+            editor_doc, _p, editor_task = await peer_join(server.port)
+            witness_doc, _w, witness_task = await peer_join(server.port)
+            seen = Counted()
+            witness_doc.observe(seen)
+            records = editor_doc.get("records", type=Map)
+            edits = one_percent_edits(ids_data, changed, round_no)
+            for rid, city in edits:
+                records[rid]["city"] = city  # one transaction (one update) per edit
+            await seen.wait_for(changed)
+            await peer_leave(editor_task)
+            await peer_leave(witness_task)
+            return edits
+
+        async def peer_sync(doc: Doc, laptop_store: Any) -> None:
+            """Reconnect, exchange state vectors, write what came (nothing if nothing did)."""
+            before = doc.get_state()
+            _doc, _provider, task = await peer_join(server.port, doc)
+            update = doc.get_update(before)
+            if doc.get_state() != before:  # the same work as caresync's: no commit for nothing
+                await laptop_store.write(update)
+            await peer_leave(task)
+
         for round_no in range(rounds):
             t0 = time.perf_counter()
             doc, _provider, task = await peer_join(server.port)
@@ -434,27 +527,24 @@ async def copy_cases(
                 await peer_leave(task)
                 if round_no == 0:
                     memory = await server.stats()
-                # 1% changed by another client while the laptop is away; a witness
-                # client receiving them all shows the room merged them.
-                editor_doc, _p, editor_task = await peer_join(server.port)
-                witness_doc, _w, witness_task = await peer_join(server.port)
-                seen = Counted()
-                witness_doc.observe(seen)
-                records = editor_doc.get("records", type=Map)
-                edits = one_percent_edits(ids_data, changed, round_no)
-                for rid, city in edits:
-                    records[rid]["city"] = city  # one transaction (one update) per edit
-                await seen.wait_for(changed)
-                await peer_leave(editor_task)
-                await peer_leave(witness_task)
-                before = doc.get_state()
+                edits = await peer_change(round_no)
                 t0 = time.perf_counter()
-                _doc, _provider, task = await peer_join(server.port, doc)
-                await laptop_store.write(doc.get_update(before))
+                await peer_sync(doc, laptop_store)
                 syncs.append(time.perf_counter() - t0)
-                await peer_leave(task)
                 got = doc.get("records", type=Map)
                 assert all(got[rid]["city"] == city for rid, city in edits)
+                if round_no < rounds - 1:
+                    continue
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    await peer_sync(doc, laptop_store)
+                    noops.append(time.perf_counter() - t0)
+                async with counting_fsyncs(os.getpid()) as noop_fsyncs:
+                    await peer_sync(doc, laptop_store)
+                await peer_change(rounds)
+                async with counting_fsyncs(os.getpid()) as sync_fsyncs:
+                    await peer_sync(doc, laptop_store)
+                break
         await server.stop()
     cases.append(
         timing_case(
@@ -465,89 +555,163 @@ async def copy_cases(
             server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
         )
     )
-    cases.append(timing_case(f"incremental sync, {changed} of {n} records changed", "peer", syncs))
+    cases.append(
+        timing_case(
+            f"incremental sync, {changed} of {n} records changed",
+            "peer",
+            syncs,
+            laptop_fsyncs=fsync_figure(sync_fsyncs),
+        )
+    )
+    cases.append(
+        timing_case(
+            f"sync with nothing to do, {n} records",
+            "peer",
+            noops,
+            laptop_fsyncs=fsync_figure(noop_fsyncs),
+        )
+    )
     return cases
 
 
 async def latency_cases(work: Path, laptops: int, edits: int) -> list[dict[str, Any]]:
+    """One client writes ``edits`` edits one at a time; ``laptops`` laptops receive each.
+
+    caresync's receivers are real laptops (``Replica`` in live mode, each update
+    committed to its own SQLite file, WAL and ``synchronous = FULL``, before the
+    laptop says it received it); the peer's are ``Doc`` clients that apply each
+    update in memory and write nothing. :data:`ROUNDS` rounds of the edits.
+    """
     cases: list[dict[str, Any]] = []
+    per_round = max(1, edits // ROUNDS)
     sdb = work / "cs-latency.db"
     await build_caresync_server(sdb, [])
     async with running("caresync", sdb) as server:
-        clients = await raw_laptops(server.url, laptops + 1)
-        writer, readers = clients[0], clients[1:]
-        arrived = Counted()
-        for reader in readers:
-            reader.on_live = arrived
-            reader.protocol.subscribe(0)
-            await reader.flush()
-        maker = EditMaker(writer.replica_id)
-        prepared = maker.make(edits)
-        samples: list[float] = []
-        last: list[float] = []
-        for seq, (rid, update) in enumerate(prepared, start=1):
-            counts = [len(r.received) for r in readers]
-            t0 = time.perf_counter()
-            writer.protocol.push([(seq, rid, update)])
-            await writer.flush()
-            await arrived.wait_until(
-                lambda counts=counts: all(
-                    len(r.received) > c for r, c in zip(readers, counts, strict=True)
+        writer = await RawLaptop.join(server.url)
+        stamps: list[list[float]] = [[] for _ in range(laptops)]
+        arrived, online = Counted(), Counted()
+        stop = asyncio.Event()
+        replicas: list[Replica] = []
+        live: list[asyncio.Task[None]] = []
+        for k in range(laptops):
+            replica = await Replica.open(work / f"cs-live-{k}.db")
+            await replica.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
+
+            def received(_ids: object, k: int = k) -> None:
+                stamps[k].append(time.perf_counter())
+                arrived(None)
+
+            replica.on_received(received)
+            replica.on_status(lambda s: online(None) if s is ReplicaState.ONLINE else None)
+            live.append(asyncio.create_task(replica.stay_connected(stop=stop)))
+            replicas.append(replica)
+        await online.wait_for(laptops)
+        prepared = EditMaker(writer.replica_id).make(per_round * ROUNDS - 1)
+        rounds: list[tuple[list[float], list[float]]] = []
+        for round_no in range(ROUNDS):
+            samples: list[float] = []
+            last: list[float] = []
+            for n in range(round_no * per_round, (round_no + 1) * per_round):
+                rid, update = prepared[n]
+                counts = [len(s) for s in stamps]
+                t0 = time.perf_counter()
+                writer.protocol.push([(n + 1, rid, update)])
+                await writer.flush()
+                await arrived.wait_until(
+                    lambda counts=counts: all(
+                        len(s) > c for s, c in zip(stamps, counts, strict=True)
+                    )
                 )
-            )
-            await writer.expect(PushAck)
-            arrivals = [r.received[c] - t0 for r, c in zip(readers, counts, strict=True)]
-            samples.extend(arrivals)
-            last.append(max(arrivals))
-        for client in clients:
-            await client.close()
+                await writer.expect(PushAck)
+                arrivals = [s[c] - t0 for s, c in zip(stamps, counts, strict=True)]
+                samples.extend(arrivals)
+                last.append(max(arrivals))
+            rounds.append((samples, last))
+        stop.set()
+        async with asyncio.timeout(LIMIT_S):
+            await asyncio.gather(*live)
+        for replica in replicas:
+            await replica.close()
+        await writer.close()
         await server.stop()
-    cases.append(latency_case("caresync", laptops, samples, last))
+    cases.append(
+        latency_case(
+            "caresync",
+            laptops,
+            rounds,
+            receivers="Replica in live mode: each update committed (WAL, synchronous FULL)",
+        )
+    )
     # the peer
     pdb = work / "peer-latency.db"
     await build_peer_server(pdb, [])
     async with running("peer", pdb) as server:
         joined = [await peer_join(server.port) for _ in range(laptops + 1)]
         writer_doc = joined[0][0]
-        stamps: list[list[float]] = [[] for _ in range(laptops)]
+        peer_stamps: list[list[float]] = [[] for _ in range(laptops)]
         arrived = Counted()
 
         def stamp(k: int) -> None:
-            stamps[k].append(time.perf_counter())
+            peer_stamps[k].append(time.perf_counter())
             arrived(None)
 
         for k, (doc, _p, _t) in enumerate(joined[1:]):
             doc.observe(lambda _e, k=k: stamp(k))
         records = writer_doc.get("records", type=Map)
-        samples, last = [], []
-        for n in range(edits):
-            counts = [len(s) for s in stamps]
-            t0 = time.perf_counter()
-            records[f"r{n}"] = "edit"
-            await arrived.wait_until(
-                lambda counts=counts: all(len(s) > c for s, c in zip(stamps, counts, strict=True))
-            )
-            arrivals = [s[c] - t0 for s, c in zip(stamps, counts, strict=True)]
-            samples.extend(arrivals)
-            last.append(max(arrivals))
+        rounds = []
+        for round_no in range(ROUNDS):
+            samples, last = [], []
+            for n in range(round_no * per_round, (round_no + 1) * per_round):
+                counts = [len(s) for s in peer_stamps]
+                t0 = time.perf_counter()
+                records[f"r{n}"] = "edit"
+                await arrived.wait_until(
+                    lambda counts=counts: all(
+                        len(s) > c for s, c in zip(peer_stamps, counts, strict=True)
+                    )
+                )
+                arrivals = [s[c] - t0 for s, c in zip(peer_stamps, counts, strict=True)]
+                samples.extend(arrivals)
+                last.append(max(arrivals))
+            rounds.append((samples, last))
         for _doc, _p, task in joined:
             await peer_leave(task)
         await server.stop()
-    cases.append(latency_case("peer", laptops, samples, last))
+    cases.append(
+        latency_case(
+            "peer", laptops, rounds, receivers="Doc applying each update in memory, nothing written"
+        )
+    )
     return cases
 
 
 def latency_case(
-    system: str, laptops: int, samples: list[float], last: list[float]
+    system: str, laptops: int, rounds: list[tuple[list[float], list[float]]], receivers: str
 ) -> dict[str, Any]:
+    """Per round: the deliveries' median and p99, the last laptop's median and p99 (ms).
+
+    Each figure is the median over rounds with its min and max; ``runs`` holds
+    each round's p99 (what :func:`with_ratios` compares with the peer's).
+    """
+
+    def over_rounds(figure: Any) -> dict[str, float]:
+        values = [figure(samples, last) * 1000 for samples, last in rounds]
+        return {
+            "median": round(statistics.median(values), 2),
+            "min": round(min(values), 2),
+            "max": round(max(values), 2),
+        }
+
     return {
         "case": f"latency of an edit reaching {laptops} connected laptops",
         "system": system,
-        "median_ms": round(statistics.median(samples) * 1000, 2),
-        "p99_ms": round(pct(samples, 0.99) * 1000, 2),
-        "last_laptop_median_ms": round(statistics.median(last) * 1000, 2),
-        "last_laptop_p99_ms": round(pct(last, 0.99) * 1000, 2),
-        "samples": len(samples),
+        "receivers": receivers,
+        "median_ms": over_rounds(lambda samples, _last: statistics.median(samples)),
+        "p99_ms": over_rounds(lambda samples, _last: pct(samples, 0.99)),
+        "last_laptop_median_ms": over_rounds(lambda _samples, last: statistics.median(last)),
+        "last_laptop_p99_ms": over_rounds(lambda _samples, last: pct(last, 0.99)),
+        "runs": [round(pct(samples, 0.99), 5) for samples, _last in rounds],
+        "samples": sum(len(samples) for samples, _last in rounds),
     }
 
 
@@ -710,7 +874,7 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, "sync")
     cases = asyncio.run(run(args.tiny))
-    write_results(args.out, "sync", cases)
+    write_results(args.out, "sync", with_ratios(cases))
     return 0
 
 

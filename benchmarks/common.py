@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +58,55 @@ def write_results(path: Path | None, name: str, cases: list[dict[str, Any]]) -> 
         "cases": cases,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+class FsyncCount:
+    """How many fsync/fdatasync calls a process made meanwhile (None: not counted)."""
+
+    def __init__(self) -> None:
+        self.calls: int | None = None
+        self.why_not: str | None = None
+
+
+@contextlib.asynccontextmanager
+async def counting_fsyncs(pid: int) -> AsyncIterator[FsyncCount]:
+    """Count the fsync and fdatasync calls of process ``pid`` (all its threads) in the block.
+
+    Uses ``strace -c`` attached to the process: the count is the kernel's, for
+    any program (SQLite's own calls included). Without strace, or where tracing
+    is not allowed, ``calls`` stays None and ``why_not`` says why. Run it around
+    work that is not timed: a traced system call costs more.
+    """
+    count = FsyncCount()
+    strace = shutil.which("strace")
+    if strace is None:
+        count.why_not = "strace is not installed"
+        yield count
+        return
+    proc = await asyncio.create_subprocess_exec(
+        strace, "-f", "-c", "-e", "trace=fsync,fdatasync", "-p", str(pid),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            first = (await proc.stderr.readline()).decode()
+        if "attached" not in first:  # e.g. "Operation not permitted"
+            count.why_not = f"strace could not attach: {first.strip()}"
+            yield count
+            return
+        yield count
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)  # strace detaches and prints its summary
+        async with asyncio.timeout(30):
+            rest = (await proc.stderr.read()).decode()
+            await proc.wait()
+    if count.why_not is None:
+        count.calls = sum(
+            int(fields[3])
+            for line in rest.splitlines()
+            if len(fields := line.split()) >= 5 and fields[-1] in ("fsync", "fdatasync")
+        )

@@ -893,8 +893,11 @@ class Replica:
         now = time.time()
         outbox = await self.store.outbox_summary()
         oldest = outbox.oldest_pending_ms
-        last_ms = await self.store.get_meta(meta.LAST_SYNC_MS)
-        last_s = int(last_ms) / 1000 if last_ms else None
+        stored = await self.store.get_meta(meta.LAST_SYNC_MS)
+        known = [int(stored)] if stored else []
+        if self._status.last_sync_ms is not None:
+            known.append(self._status.last_sync_ms)  # newer than the store's, if anything
+        last_s = max(known) / 1000 if known else None
         if self._status.state is ReplicaState.ONLINE:
             last_s = now  # in step: live updates arrive as they commit
         return ReplicaStatus(
@@ -933,9 +936,9 @@ class Replica:
         except InvalidInputError as exc:  # a server's word is checked like any other
             logger.warning("the server named a caresync version that is none: %s", exc)
             return
-        if newest is not None:
-            await self.store.set_meta(meta.CLIENT_NEWEST, newest)
-            await self.store.set_meta(meta.CLIENT_MIN, least or "")
+        if newest is not None:  # only when changed: a sync with nothing to do commits nothing
+            await meta.write_if_changed(self.store, meta.CLIENT_NEWEST, newest)
+            await meta.write_if_changed(self.store, meta.CLIENT_MIN, least or "")
 
     async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
         """Updates from the server that could not be merged, kept aside with the reason.

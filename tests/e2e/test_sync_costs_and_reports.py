@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.e2e.live_helpers import PASSWORD, enrolled, raw_session, start_server
+from tests.sqlite_trace import traced, write_transactions
 
 from caresync.protocol import OutboxReport as Report
 from caresync.protocol import PushAck
 from caresync.replica import Replica
+from caresync.replication import meta
 from caresync.server import SyncServer
+from caresync.storage import SQLiteStore
 
 
 class RecordingServer(SyncServer):
@@ -120,4 +123,36 @@ async def test_pulling_many_updates_of_one_record_and_our_own_converges(tmp_path
     finally:
         await a.close()
         await b.close()
+        await server.close()
+
+
+async def test_a_sync_with_nothing_to_do_commits_nothing(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        record_id = await laptop.create_record()
+        await laptop.set(record_id, "birthDate", "1990-01-01", author="dr.a")
+        await laptop.sync()
+        before = await laptop.status()
+        assert before.last_sync is not None
+        assert isinstance(laptop.store, SQLiteStore)
+        async with traced(laptop.store) as statements:
+            report = await laptop.sync()
+        assert (report.uploaded, report.downloaded) == (0, 0)
+        # Nothing changed: no write transaction, so no fsync (the versions the server
+        # named, its hub report and the time of the last sync were all kept already).
+        assert write_transactions(statements) == []
+        after = await laptop.status()
+        assert after.last_sync is not None
+        assert after.last_sync >= before.last_sync  # the fresh time, kept in memory
+        # Something to do commits again, and a stored time older than the bound is renewed.
+        await laptop.store.set_meta(meta.LAST_SYNC_MS, "1000")
+        async with traced(laptop.store) as statements:
+            await laptop.sync()
+        stored = await laptop.store.get_meta(meta.LAST_SYNC_MS)
+        assert stored is not None
+        assert int(stored) > 1000
+        assert len(write_transactions(statements)) == 1
+    finally:
+        await laptop.close()
         await server.close()

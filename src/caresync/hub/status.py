@@ -60,7 +60,7 @@ def server_summaries(rows: Iterable[HubSummaryRow]) -> list[HubSummary]:
 async def store_report(store: ReplicaStore, items: Sequence[HubItem]) -> None:
     """Keep what the server said of the hub summaries (replacing what it said before)."""
     data = [list(item) for item in items]
-    await store.set_meta(REPORT_META, json.dumps(data, separators=(",", ":")))
+    await meta.write_if_changed(store, REPORT_META, json.dumps(data, separators=(",", ":")))
 
 
 async def _reported(store: ReplicaStore) -> dict[str, HubSummary]:

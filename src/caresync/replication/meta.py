@@ -9,6 +9,8 @@ with what it holds; the modules that own them import them from here.
 
 from __future__ import annotations
 
+from caresync.storage.base import ReplicaStore
+
 __all__ = [
     "ACCOUNT_NAMES",
     "AUDIT_REFUSED",
@@ -34,6 +36,9 @@ __all__ = [
     "SERVER_KEY",
     "SESSION_TOKEN",
     "SESSION_USER",
+    "LAST_SYNC_SAVE_MS",
+    "note_last_sync",
+    "write_if_changed",
 ]
 
 # --- a laptop's sync state
@@ -93,3 +98,30 @@ PUSHED_PREFIX = "pushed:"
 # --- every replica
 INDEX_RULEBOOK = "index.rulebook"
 """The fingerprint of the rulebook that computed the stored conflict rows."""
+
+
+# --- writing without a needless commit: a sync with nothing to do commits nothing
+
+LAST_SYNC_SAVE_MS = 60_000
+"""How old the stored time of the last sync may grow before a sync rewrites it.
+
+A laptop in step syncs often with nothing to do; rewriting the time on each
+would make every such sync a commit (an fsync). The replica keeps the exact
+time in memory (what ``Replica.status`` shows); after a restart the stored one
+is at most this much older than the truth."""
+
+
+async def write_if_changed(store: ReplicaStore, key: str, value: str) -> bool:
+    """Write ``key`` only if it holds something else; True when written."""
+    if await store.get_meta(key) == value:
+        return False
+    await store.set_meta(key, value)
+    return True
+
+
+async def note_last_sync(store: ReplicaStore, now_ms: int) -> None:
+    """Store the time of the last sync if the stored one is :data:`LAST_SYNC_SAVE_MS` old."""
+    stored = await store.get_meta(LAST_SYNC_MS)
+    if stored is not None and stored.isdigit() and 0 <= now_ms - int(stored) < LAST_SYNC_SAVE_MS:
+        return
+    await store.set_meta(LAST_SYNC_MS, str(now_ms))

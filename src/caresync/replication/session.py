@@ -636,7 +636,7 @@ class Session:
         await self.report_outbox()  # what is left
         downloaded = await self.pull()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
-        await host.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+        await self._synced()
         host.status.last_error = None
         return SyncReport(
             uploaded=uploaded,
@@ -644,6 +644,12 @@ class Session:
             conflicts_open=await host.count_conflicts(),
             copied=copied,
         )
+
+    async def _synced(self) -> None:
+        """Note the time of this sync: in memory always, on disk when it has grown old."""
+        now_ms = time.time_ns() // 1_000_000
+        self.host.status.last_sync_ms = now_ms
+        await meta.note_last_sync(self.host.store, now_ms)
 
     async def report_outbox(self) -> None:
         """Tell the server what waits in the outbox (protocol version 2 on), for operators."""
@@ -817,7 +823,7 @@ class Session:
             for task in tasks:
                 task.cancel()
             await asyncio.wait({*tasks, stopper})
-            await host.store.set_meta(meta.LAST_SYNC_MS, str(time.time_ns() // 1_000_000))
+            await self._synced()
         if reader is not None and reader in done and self._read_error is not None:
             raise self._read_error
         for task in done:

@@ -62,6 +62,9 @@ class SyncStatus:
         self._listeners: list[StatusListener] = []
         self.last_error: str | None = None
         """Why the last connection ended badly (None once a round succeeds)."""
+        self.last_sync_ms: int | None = None
+        """When this process last finished a sync (the store's may be older:
+        see :data:`caresync.replication.meta.LAST_SYNC_SAVE_MS`)."""
 
     @property
     def state(self) -> ReplicaState:
