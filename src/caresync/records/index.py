@@ -25,28 +25,57 @@ def _display_order(rev: Revision) -> tuple[object, ...]:
 class PathState:
     """All revisions of one path, and which of them are heads.
 
-    A plain class rather than a dataclass: a loaded record makes one per path,
-    and a dataclass's default factories cost more than the state they build.
+    A plain slotted class: a loaded record makes one per path, so it keeps no
+    more than it needs. ``heads`` is a tuple (a path has one head, or a few
+    while in conflict: a one-element set costs four times a one-element
+    tuple), and ``pending`` is None unless a revision of the path names a
+    parent the path does not hold, which only a child arriving before its
+    parent (or a peer naming a stranger) does.
     """
 
-    __slots__ = ("heads", "revisions", "superseded", "value_keys")
+    __slots__ = ("heads", "pending", "revisions", "value_keys")
 
     def __init__(
         self,
         revisions: dict[str, Revision] | None = None,
-        heads: set[str] | None = None,
-        superseded: set[str] | None = None,
+        heads: tuple[str, ...] = (),
+        pending: set[str] | None = None,
     ) -> None:
         self.revisions: dict[str, Revision] = {} if revisions is None else revisions
-        self.heads: set[str] = set() if heads is None else heads
-        # Ids named as a parent by some revision of this path. May name revisions
-        # not received yet: a child can arrive before its parent.
-        self.superseded: set[str] = set() if superseded is None else superseded
+        # Ids of held revisions no held revision of this path names as a parent.
+        self.heads: tuple[str, ...] = heads
+        # Ids named as a parent by some revision of this path that the path does
+        # not hold (yet): a child can arrive before its parent.
+        self.pending: set[str] | None = pending
         # Canonical JSON of head values, made when heads are first compared.
         self.value_keys: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"PathState(heads={sorted(self.heads)}, revisions={len(self.revisions)})"
+
+    def take(self, rev: Revision) -> None:
+        """Take in a revision of this path that it does not hold yet."""
+        revisions, heads = self.revisions, self.heads
+        for parent in rev.parents:
+            if parent in revisions:
+                if parent in heads:
+                    heads = tuple([h for h in heads if h != parent])
+            else:
+                pending = self.pending
+                if pending is None:
+                    pending = self.pending = set()
+                pending.add(parent)
+        rev_id = rev.id
+        revisions[rev_id] = rev
+        pending = self.pending
+        if pending is not None and rev_id in pending:
+            # Named as a parent already (before it arrived, or by itself): no head.
+            pending.discard(rev_id)
+            if not pending:
+                self.pending = None
+        else:
+            heads = (*heads, rev_id)
+        self.heads = heads
 
     def head_revisions(self) -> tuple[Revision, ...]:
         """Heads in a stable order: by time, then replica, then id."""
@@ -97,12 +126,16 @@ class RevisionIndex:
 
     by_id: dict[str, Revision] = field(default_factory=dict)
     paths: dict[str, PathState] = field(default_factory=dict)
-    # (collection, entry id) -> paths of that entry's fields
-    entries: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-    conflicted: set[str] = field(default_factory=set)
-    invalid: set[str] = field(default_factory=set)
+    # (collection, entry id) -> paths of that entry's fields, each once. Lists,
+    # not sets: an entry has a handful of fields, and an entry's set cost 216
+    # bytes however few it held.
+    entries: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # Sets of paths or ids kept as dicts (values None): usually empty, and an
+    # empty dict costs 64 bytes where an empty set costs 216.
+    conflicted: dict[str, None] = field(default_factory=dict)
+    invalid: dict[str, None] = field(default_factory=dict)
     # Paths whose heads changed since conflicts were last settled.
-    dirty: set[str] = field(default_factory=set)
+    dirty: dict[str, None] = field(default_factory=dict)
     version: int = 0
     # collection -> its entry ids, sorted; None until asked for, and after a new entry.
     _entry_ids: dict[str, list[str]] | None = None
@@ -124,22 +157,20 @@ class RevisionIndex:
         if rev.id in self.by_id:
             return
         self.by_id[rev.id] = rev
-        state = self.paths.get(rev.path)
+        path = rev.path
+        state = self.paths.get(path)
+        new_path = state is None
         if state is None:
-            state = self.paths[rev.path] = PathState()
-        state.revisions[rev.id] = rev
-        for parent in rev.parents:
-            state.superseded.add(parent)
-            state.heads.discard(parent)
-        if rev.id not in state.superseded:
-            state.heads.add(rev.id)
-        self.dirty.add(rev.path)
+            state = self.paths[path] = PathState()
+        state.take(rev)
+        self.dirty[path] = None
         if entry_key is not None:
-            paths = self.entries.get(entry_key)
-            if paths is None:
-                paths = self.entries[entry_key] = set()
+            entry_paths = self.entries.get(entry_key)
+            if entry_paths is None:
+                self.entries[entry_key] = [path]
                 self._entry_ids = None
-            paths.add(rev.path)
+            elif new_path or path not in entry_paths:
+                entry_paths.append(path)
         self.version += 1
 
     def add_all(
@@ -170,30 +201,39 @@ class RevisionIndex:
             state = paths.get(path)
             if state is None:
                 parents = rev.parents
-                heads = set() if rev_id in parents else {rev_id}
-                paths[path] = PathState({rev_id: rev}, heads, set(parents))
+                if parents:  # a path's first revision names none, unless it came first
+                    pending = {p for p in parents if p != rev_id}
+                    paths[path] = PathState(
+                        {rev_id: rev},
+                        () if rev_id in parents else (rev_id,),
+                        pending or None,
+                    )
+                else:
+                    paths[path] = PathState({rev_id: rev}, (rev_id,))
                 # Only a path with a "/" can be an entry's field.
                 key = entry_key(path) if "/" in path else None
                 if key is not None:
                     entry_paths = entries.get(key)
                     if entry_paths is None:
-                        entries[key] = {path}
+                        entries[key] = [path]
                         self._entry_ids = None
                     else:
-                        entry_paths.add(path)
+                        entry_paths.append(path)  # a new path: not there yet
                 continue
             if len(state.revisions) == 1:
                 several.append((path, state))
             state.revisions[rev_id] = rev
-            if rev.parents:
-                state.superseded.update(rev.parents)
         conflicted = self.conflicted
         for path, state in several:
-            superseded = state.superseded
-            heads = state.heads = {h for h in state.revisions if h not in superseded}
+            held = state.revisions
+            named: set[str] = set()
+            for rev in held.values():
+                named.update(rev.parents)
+            heads = state.heads = tuple([h for h in held if h not in named])
+            state.pending = {p for p in named if p not in held} or None
             # What settle() would find, without marking every path dirty first.
             if len(heads) > 1 and state.is_conflicted():
-                conflicted.add(path)
+                conflicted[path] = None
         self.version += len(by_id)
 
     def settle(self) -> None:
@@ -202,9 +242,13 @@ class RevisionIndex:
         Deferred to the end of a batch: revisions of an update arrive in map
         order, not causal order, so a chain briefly has many heads mid-batch.
         """
-        for path in self.dirty:
-            if self.paths[path].is_conflicted():
-                self.conflicted.add(path)
+        dirty = self.dirty
+        if not dirty:
+            return
+        conflicted, paths = self.conflicted, self.paths
+        for path in dirty:
+            if paths[path].is_conflicted():
+                conflicted[path] = None
             else:
-                self.conflicted.discard(path)
-        self.dirty.clear()
+                conflicted.pop(path, None)
+        dirty.clear()
