@@ -26,22 +26,26 @@ class PathState:
     """All revisions of one path, and which of them are heads.
 
     A plain slotted class: a loaded record makes one per path, so it keeps no
-    more than it needs. ``heads`` is a tuple (a path has one head, or a few
-    while in conflict: a one-element set costs four times a one-element
-    tuple), and ``pending`` is None unless a revision of the path names a
-    parent the path does not hold, which only a child arriving before its
-    parent (or a peer naming a stranger) does.
+    more than it needs. Most paths were written once, so a path holding one
+    revision keeps that revision itself, and a dict by id only from its second
+    (an empty or one-entry dict costs 64 or 224 bytes). ``heads`` is a tuple (a
+    path has one head, or a few while in conflict: a one-element set costs four
+    times a one-element tuple), and ``pending`` is None unless a revision of the
+    path names a parent the path does not hold, which only a child arriving
+    before its parent (or a peer naming a stranger) does.
     """
 
-    __slots__ = ("heads", "pending", "revisions", "value_keys")
+    __slots__ = ("_held", "heads", "pending", "value_keys")
 
     def __init__(
         self,
-        revisions: dict[str, Revision] | None = None,
+        first: Revision | None = None,
         heads: tuple[str, ...] = (),
         pending: set[str] | None = None,
     ) -> None:
-        self.revisions: dict[str, Revision] = {} if revisions is None else revisions
+        # None, the path's one revision, or (from the second) a dict of them by id,
+        # in arrival order.
+        self._held: Revision | dict[str, Revision] | None = first
         # Ids of held revisions no held revision of this path names as a parent.
         self.heads: tuple[str, ...] = heads
         # Ids named as a parent by some revision of this path that the path does
@@ -51,13 +55,48 @@ class PathState:
         self.value_keys: dict[str, str] | None = None
 
     def __repr__(self) -> str:
-        return f"PathState(heads={sorted(self.heads)}, revisions={len(self.revisions)})"
+        return f"PathState(heads={sorted(self.heads)}, revisions={self.count()})"
+
+    @property
+    def revisions(self) -> dict[str, Revision]:
+        """Every revision of the path by id, in arrival order (a new dict for a lone one:
+        read it, never change it)."""
+        held = self._held
+        if isinstance(held, dict):
+            return held
+        return {} if held is None else {held.id: held}
+
+    def count(self) -> int:
+        """How many revisions the path holds."""
+        held = self._held
+        if isinstance(held, dict):
+            return len(held)
+        return 0 if held is None else 1
+
+    def get(self, rev_id: str) -> Revision | None:
+        """The path's revision with this id, or None."""
+        held = self._held
+        if isinstance(held, dict):
+            return held.get(rev_id)
+        if held is not None and held.id == rev_id:
+            return held
+        return None
+
+    def hold(self, rev: Revision) -> None:
+        """Keep ``rev`` among the path's revisions (heads are the caller's business)."""
+        held = self._held
+        if held is None:
+            self._held = rev
+        elif isinstance(held, dict):
+            held[rev.id] = rev
+        else:
+            self._held = {held.id: held, rev.id: rev}
 
     def take(self, rev: Revision) -> None:
         """Take in a revision of this path that it does not hold yet."""
-        revisions, heads = self.revisions, self.heads
+        heads = self.heads
         for parent in rev.parents:
-            if parent in revisions:
+            if self.get(parent) is not None:
                 if parent in heads:
                     heads = tuple([h for h in heads if h != parent])
             else:
@@ -66,7 +105,7 @@ class PathState:
                     pending = self.pending = set()
                 pending.add(parent)
         rev_id = rev.id
-        revisions[rev_id] = rev
+        self.hold(rev)
         pending = self.pending
         if pending is not None and rev_id in pending:
             # Named as a parent already (before it arrived, or by itself): no head.
@@ -79,12 +118,12 @@ class PathState:
 
     def head_revisions(self) -> tuple[Revision, ...]:
         """Heads in a stable order: by time, then replica, then id."""
-        heads = self.heads
-        if len(heads) == 1:  # the usual case: nothing to sort
-            for head in heads:
-                return (self.revisions[head],)
-        revisions = self.revisions
-        return tuple(sorted([revisions[h] for h in heads], key=_display_order))
+        heads, held = self.heads, self._held
+        if not isinstance(held, dict):  # the usual case: one revision, nothing to sort
+            return (held,) if heads and held is not None else ()
+        if len(heads) == 1:
+            return (held[heads[0]],)
+        return tuple(sorted([held[h] for h in heads], key=_display_order))
 
     def is_conflicted(self) -> bool:
         """Several heads whose values differ."""
@@ -93,11 +132,12 @@ class PathState:
         keys = self.value_keys
         if keys is None:
             keys = self.value_keys = {}
+        held = self.revisions  # a dict: several heads are several revisions
         first: str | None = None
         for head in self.heads:
             key = keys.get(head)
             if key is None:
-                key = keys[head] = self.revisions[head].value_key
+                key = keys[head] = held[head].value_key
             if first is None:
                 first = key
             elif key != first:
@@ -114,7 +154,7 @@ class PathState:
             if current in visited:
                 continue
             visited.add(current)
-            rev = self.revisions.get(current)
+            rev = self.get(current)
             if rev is not None:
                 stack.extend(rev.parents)
         return False
@@ -204,12 +244,10 @@ class RevisionIndex:
                 if parents:  # a path's first revision names none, unless it came first
                     pending = {p for p in parents if p != rev_id}
                     paths[path] = PathState(
-                        {rev_id: rev},
-                        () if rev_id in parents else (rev_id,),
-                        pending or None,
+                        rev, () if rev_id in parents else (rev_id,), pending or None
                     )
                 else:
-                    paths[path] = PathState({rev_id: rev}, (rev_id,))
+                    paths[path] = PathState(rev, (rev_id,))
                 # Only a path with a "/" can be an entry's field.
                 key = entry_key(path) if "/" in path else None
                 if key is not None:
@@ -220,9 +258,9 @@ class RevisionIndex:
                     else:
                         entry_paths.append(path)  # a new path: not there yet
                 continue
-            if len(state.revisions) == 1:
+            if state.count() == 1:
                 several.append((path, state))
-            state.revisions[rev_id] = rev
+            state.hold(rev)
         conflicted = self.conflicted
         for path, state in several:
             held = state.revisions
