@@ -93,28 +93,41 @@ class PathState:
             self._held = {held.id: held, rev.id: rev}
 
     def take(self, rev: Revision) -> None:
-        """Take in a revision of this path that it does not hold yet."""
-        heads = self.heads
+        """Take in a revision of this path that it does not hold yet.
+
+        Inlined (no helper calls): a local write runs this once.
+        """
+        heads, held = self.heads, self._held
         for parent in rev.parents:
-            if self.get(parent) is not None:
+            if isinstance(held, dict):
+                known = parent in held
+            else:
+                known = held is not None and held.id == parent
+            if known:
                 if parent in heads:
-                    heads = tuple([h for h in heads if h != parent])
+                    # The usual write supersedes the one head it saw.
+                    heads = () if heads == (parent,) else tuple([h for h in heads if h != parent])
             else:
                 pending = self.pending
                 if pending is None:
                     pending = self.pending = set()
                 pending.add(parent)
         rev_id = rev.id
-        self.hold(rev)
+        if held is None:
+            self._held = rev
+        elif isinstance(held, dict):
+            held[rev_id] = rev
+        else:
+            self._held = {held.id: held, rev_id: rev}
         pending = self.pending
         if pending is not None and rev_id in pending:
             # Named as a parent already (before it arrived, or by itself): no head.
             pending.discard(rev_id)
             if not pending:
                 self.pending = None
+            self.heads = heads
         else:
-            heads = (*heads, rev_id)
-        self.heads = heads
+            self.heads = (*heads, rev_id) if heads else (rev_id,)
 
     def head_revisions(self) -> tuple[Revision, ...]:
         """Heads in a stable order: by time, then replica, then id."""

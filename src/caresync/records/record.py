@@ -59,7 +59,7 @@ from caresync.records.clock import HybridLogicalClock, Timestamp
 from caresync.records.crdt import Doc, Map, MapEvent, Subscription, TransactionEvent
 from caresync.records.ids import conflict_id_for, new_entry_id, new_record_id, new_revision_id
 from caresync.records.index import PathState, RevisionIndex
-from caresync.records.maps import read_items, read_value
+from caresync.records.maps import read_items, read_root_items, read_root_value
 from caresync.records.revision import NO_SEEN, Revision, decode_revision, encode_revision
 from caresync.records.schema import (
     COUNT_CHANGE,
@@ -362,13 +362,6 @@ class Record:
             revisions = self._revisions_map = self._doc.get("revisions", type=Map)
         return revisions
 
-    def _revisions_for_reading(self) -> Map[Any]:
-        """The ``revisions`` map to read once (loading): the kept wrapper, or a passing one."""
-        revisions = self._revisions_map
-        if revisions is None:
-            revisions = self._doc.get("revisions", type=Map)
-        return revisions
-
     # ----------------------------------------------------------------- creating
 
     @classmethod
@@ -452,7 +445,7 @@ class Record:
         A record's id is written once, when it is created; an update that
         changes it (a broken or hostile peer) would make the record another's.
         """
-        stored_id = read_value(self._doc, self._meta, "id")
+        stored_id = read_root_value(self._doc, "meta", "id")
         if stored_id is not None and stored_id != self.record_id:
             raise RecordMismatchError(
                 f"the update belongs to record {stored_id!r}, not {self.record_id!r}"
@@ -891,7 +884,10 @@ class Record:
         )
         if rev.id in index.by_id:
             raise InvalidInputError(f"revision id {rev.id} is taken; the id source repeats")
-        self._revisions[rev.id] = encode_revision(rev)
+        revisions = self._revisions_map
+        if revisions is None:
+            revisions = self._revisions
+        revisions[rev.id] = encode_revision(rev)
         index.add(rev, entry_key)
         index.settle()
         return rev
@@ -1027,7 +1023,10 @@ class Record:
         else:  # a new record's empty index: no need for another
             index.version += 1
         revisions: list[Revision] = []
-        for rev_id, stored in read_items(self._doc, self._revisions_for_reading()):
+        kept = self._revisions_map
+        for rev_id, stored in (
+            read_root_items(self._doc, "revisions") if kept is None else read_items(self._doc, kept)
+        ):
             rev = decode_revision(rev_id, stored)
             if rev is None:
                 index.invalid[rev_id] = None
