@@ -6,8 +6,9 @@ reloading its history. Evicting costs nothing: everything is in the store.
 
 The pool's size is an option (``pool_size`` of ``Replica.open``,
 ``SyncServer.open`` and ``SimulationConfig``): a loaded patient chart costs
-about twice its bare pycrdt document (15 KB for a chart of 8 revisions), so
-the default of 1,024 records holds about 15 MB of charts. A smaller pool costs
+under twice its bare pycrdt document (about 13.5 KB for a chart of 8
+revisions), so the default of 1,024 records holds about 14 MB of charts (see
+``benchmarks/bench_memory.py``). A smaller pool costs
 a reload from the store when an evicted record is needed again, never
 correctness: a batch may hold more records than the pool.
 """
