@@ -94,7 +94,6 @@ def chart() -> Record:
 def test_a_loaded_record_keeps_no_write_caches_until_it_writes() -> None:
     source = chart()
     loaded = Record.from_update(source.record_id, source.update_since(), replica="laptop")
-    assert not hasattr(loaded, "__dict__")  # slotted
     assert loaded._revisions_map is None
     assert loaded._checked_paths is None
     assert loaded._listeners is None
@@ -164,3 +163,23 @@ async def test_replica_and_server_take_a_pool_size_and_refuse_a_bad_one(tmp_path
     async with await SyncServer.open(server_db, pool_size=5) as server:
         assert server._pool.max_records == 5
     assert SimulationConfig(laptops=1, patients=1, pool_size=7).pool_size == 7
+
+
+async def test_a_simulation_with_a_pool_of_one_record_converges_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    from caresync.simulation import run_simulation
+
+    config = SimulationConfig(
+        laptops=2,
+        patients=6,
+        edits_per_laptop=6,
+        seed=3,
+        transport="memory",
+        workdir=tmp_path,
+        pool_size=1,  # every other record read back from its store each time
+    )
+    result = await run_simulation(config)
+    assert result.converged, result.details
+    assert result.lost_values == 0
+    assert result.edits > 0

@@ -280,6 +280,9 @@ class Record:
     """
 
     __slots__ = (
+        # Made only if something sets an attribute of its own (a test wrapping a
+        # method): otherwise one pointer, not a dict per record.
+        "__dict__",
         "__weakref__",  # rulebooks keep results per record, weakly
         "_applying",
         "_broken",
