@@ -12,7 +12,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── UnknownCollectionError   an entry in a collection the schema does not declare
      │    ├── AuthorError              an author who is not the account logged in here
      │    ├── AuditError               an audit entry or trail that is malformed or does not chain
-     │    └── InvalidFhirError         a FHIR file or resource that cannot be imported
+     │    ├── InvalidFhirError         a FHIR file or resource that cannot be imported
+     │    └── InvalidOptionError       an option out of its range (a record pool's size)
      ├── RecordError                  a record cannot do what was asked
      │    ├── UnknownRecordError       no record with that id
      │    ├── UnknownEntryError        no entry with that id in that collection
@@ -79,6 +80,7 @@ __all__ = [
     "InsecureConnectionError",
     "InvalidFhirError",
     "InvalidInputError",
+    "InvalidOptionError",
     "InvalidPathError",
     "InvalidResolutionError",
     "InvalidUpdateError",
@@ -118,6 +120,14 @@ class CaresyncError(Exception):
 
 class InvalidInputError(CaresyncError, ValueError):
     """The caller passed something caresync cannot accept; nothing was stored."""
+
+
+class InvalidOptionError(InvalidInputError):
+    """An option given to open a replica, a server or a simulation is out of its range.
+
+    Raised before anything is opened or written; the message names the option,
+    its range and the value given.
+    """
 
 
 class InvalidPathError(InvalidInputError):

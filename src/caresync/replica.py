@@ -85,7 +85,7 @@ from caresync.records.persons import (
 from caresync.replication import meta
 from caresync.replication.absorb import TrustedCopy, absorb
 from caresync.replication.index import ensure_index
-from caresync.replication.pool import RecordPool
+from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.replication.session import (
     CopyProgress,
     LiveAttempt,
@@ -231,6 +231,7 @@ class Replica:
         login_idle_s: float | None = LOGIN_IDLE_S,
         database_key: LaptopKey | None = None,
         connector: Connector | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.store = store
         self.connector: Connector = connector if connector is not None else WebSocketConnector()
@@ -243,7 +244,9 @@ class Replica:
         self.identity = identity
         self.rulebook = rulebook
         self.limits = limits or SyncLimits()
-        self._pool = RecordPool(store, replica=identity.replica_id, rulebook=rulebook)
+        self._pool = RecordPool(
+            store, replica=identity.replica_id, rulebook=rulebook, max_records=pool_size
+        )
         self._listing = ConflictListing(store, self._pool)
         self._locked = locked
         self._status = SyncStatus(locked=locked is not None)
@@ -272,6 +275,7 @@ class Replica:
         encrypt: bool = True,
         kdf: KdfParams = DEFAULT_KDF,
         connector: Connector | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> Replica:
         """Open a laptop database (created unless ``create=False``).
 
@@ -306,7 +310,15 @@ class Replica:
         the library's defaults unless given; a simulation may pass cheaper
         parameters). ``login_idle_s``: a login with no edit for this long
         expires (None: it lasts until :meth:`logout`).
+
+        ``pool_size`` is how many records stay loaded (1,024 unless given; see
+        :mod:`caresync.replication.pool`): a smaller pool takes less memory and
+        reloads evicted records from the database when they are needed again.
+        A value that is not an int from 1 to 10,000,000 raises
+        :class:`~caresync.exceptions.InvalidOptionError` before the database is
+        opened.
         """
+        check_pool_size(pool_size)
         database_key, made_key = await asyncio.to_thread(
             _database_key, Path(path), create, username, password, encrypt, kdf
         )
@@ -330,6 +342,7 @@ class Replica:
                 login_idle_s=login_idle_s,
                 database_key=database_key,
                 connector=connector,
+                pool_size=pool_size,
             )
         except BaseException:
             await store.close()
@@ -347,16 +360,19 @@ class Replica:
         login_idle_s: float | None = LOGIN_IDLE_S,
         database_key: LaptopKey | None = None,
         connector: Connector | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> Replica:
         """A replica over a store already open (read-only tools use this); writes nothing
         but its audit trail.
 
         ``database_key``: the unlocked key an encrypted store was opened with
-        (each online login wraps it for that user too). ``connector``: as in :meth:`open`.
+        (each online login wraps it for that user too). ``connector`` and ``pool_size``:
+        as in :meth:`open`.
 
         What the replica keeps in its store is read here: whether it is locked,
         its secret, the server key it pinned, and who is logged in.
         """
+        check_pool_size(pool_size)
         replica = cls(
             store,
             identity,
@@ -369,6 +385,7 @@ class Replica:
             login_idle_s=login_idle_s,
             database_key=database_key,
             connector=connector,
+            pool_size=pool_size,
         )
         await replica.logins.load()
         await replica._record_failed_unlocks()

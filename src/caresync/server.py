@@ -95,7 +95,7 @@ from caresync.protocol import (
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
-from caresync.replication.pool import RecordPool
+from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.storage import HubMark, ReplicaInfo, ServerStore, own_identity
 from caresync.storage.servers import open_server_database, shown_database
 from caresync.throttle import LoginThrottle
@@ -275,6 +275,7 @@ class SyncServer:
         live_queue_bytes: int = LIVE_QUEUE_BYTES,
         client_min_version: str | None = None,
         stale_after_s: float = STALE_AFTER_MS / 1000,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         """``password_hasher`` hashes new passwords (argon2id, the library's defaults
         unless given; a simulation may pass cheaper parameters). Stored hashes are
@@ -292,6 +293,9 @@ class SyncServer:
         before anything moves (see :mod:`caresync.versions`).
         ``stale_after_s`` is how long a laptop may go unseen (or keep a change
         unsynced) before the admin page marks it stale (24 hours).
+        ``pool_size`` is how many records stay loaded to merge pushes into (1,024;
+        see :mod:`caresync.replication.pool`); a value that is not an int from 1 to
+        10,000,000 raises :class:`~caresync.exceptions.InvalidOptionError`.
         """
         if (
             not isinstance(stale_after_s, int | float)
@@ -343,7 +347,9 @@ class SyncServer:
             throttle=LoginThrottle() if throttle is _UNSET_THROTTLE else throttle,
             server_key=server_key,
         )
-        self._pool = RecordPool(store, replica=server_id, rulebook=rulebook)
+        self._pool = RecordPool(
+            store, replica=server_id, rulebook=rulebook, max_records=check_pool_size(pool_size)
+        )
         # Whether the stored conflict index was computed by ``rulebook`` (read once).
         self._index_current: bool | None = None
         self._connections: set[_Connection] = set()
@@ -402,6 +408,7 @@ class SyncServer:
         key: bytes | None = None,
         client_min_version: str | None = None,
         stale_after_s: float = STALE_AFTER_MS / 1000,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
@@ -414,7 +421,9 @@ class SyncServer:
         ``key`` (32 bytes; :func:`caresync.storage.server_database_key` reads one
         from a file or the environment) opens, or creates, the database encrypted
         at rest (SQLCipher); a PostgreSQL database takes none (InvalidInputError).
+        A bad ``pool_size`` is refused before the database is opened.
         """
+        check_pool_size(pool_size)
         store = await open_server_database(path, key=key)
         try:
             identity = await own_identity(
@@ -443,6 +452,7 @@ class SyncServer:
             live_queue_bytes=live_queue_bytes,
             client_min_version=client_min_version,
             stale_after_s=stale_after_s,
+            pool_size=pool_size,
         )
 
     async def server_key_fingerprint(self) -> str:

@@ -135,6 +135,7 @@ def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
         ("replicas --db {db} --stale-hours -1", "more than 0"),
         ("simulate --laptops 0 --patients 1", "at least 1"),
         ("simulate --laptops 1 --patients 1 --conflict-rate 2", "between 0 and 1"),
+        ("simulate --laptops 1 --patients 1 --pool-size 0", "at least 1"),
     ]
     for template, fragment in cases:
         result = inproc(template, db=tmp_path / "x.db")

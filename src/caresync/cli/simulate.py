@@ -55,6 +55,13 @@ def register(commands: Any) -> None:
         help="websocket: a socket per sync on 127.0.0.1 (default); memory: in-memory "
         "channels, the same protocol and databases without sockets",
     )
+    simulate.add_argument(
+        "--pool-size",
+        type=_count(1),
+        default=1024,
+        metavar="N",
+        help="records each laptop and the server keep loaded (1024): most of a laptop's memory",
+    )
     add_json(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -93,6 +100,7 @@ def _simulate(args: argparse.Namespace, out: Output) -> int:
         seed=args.seed,
         workdir=None if args.workdir is None else Path(args.workdir),
         transport=args.transport,
+        pool_size=args.pool_size,
     )
     code: int = run_simulate_command(config, json_output=args.json, console=out.console)
     return code

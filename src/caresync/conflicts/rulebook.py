@@ -50,7 +50,7 @@ class _Computed:
     version: int
     linked: tuple[weakref.ref[Record], ...]
     linked_versions: tuple[int, ...]
-    conflicts: list[Conflict]
+    conflicts: tuple[Conflict, ...]  # a tuple: most records have none, and () is shared
 
     def holds_for(self, record: Record, linked: tuple[Record, ...]) -> bool:
         return (
@@ -87,10 +87,12 @@ class Rulebook:
             self._rules = tuple(rules)
             check_rule_versions(self._rules)  # a bad version is refused here, not when syncing
         self._fingerprint: str | None = None  # on first use: rulebooks are made per call too
-        # Per record, keyed by the ids of the linked records it was computed with.
-        self._cache: weakref.WeakKeyDictionary[Record, dict[tuple[str, ...], _Computed]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Per record: its result without linked records (the usual case, kept as it
+        # is), or a dict of results keyed by the ids of the linked records each was
+        # computed with. A dict for every record cost 224 bytes each in a full pool.
+        self._cache: weakref.WeakKeyDictionary[
+            Record, _Computed | dict[tuple[str, ...], _Computed]
+        ] = weakref.WeakKeyDictionary()
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -168,24 +170,34 @@ class Rulebook:
         """
         others = _linked_records(record, linked)
         key = tuple(other.record_id for other in others)
-        computed = self._cache.get(record)
-        if computed is not None:
-            cached = computed.get(key)
+        held = self._cache.get(record)
+        if held is not None:
+            # A lone result is the unlinked one (key ()).
+            cached = held.get(key) if isinstance(held, dict) else (None if key else held)
             if cached is not None and cached.holds_for(record, others):
                 return list(cached.conflicts)
         result = self._conflicts(record, RecordView(record, others))
-        if computed is None:
-            computed = self._cache[record] = {}
-        computed.pop(key, None)
-        computed[key] = _Computed(
+        computed = _Computed(
             record.version,
             tuple(weakref.ref(other) for other in others),
             tuple(other.version for other in others),
-            result,
+            tuple(result),
         )
-        while len(computed) > _RESULTS_PER_RECORD:
-            del computed[next(iter(computed))]  # the least recently computed
-        return list(result)
+        if not key and (held is None or isinstance(held, _Computed)):
+            self._cache[record] = computed
+            return result
+        if held is None:
+            results: dict[tuple[str, ...], _Computed] = {}
+        elif isinstance(held, _Computed):
+            results = {(): held}
+        else:
+            results = held
+        results.pop(key, None)
+        results[key] = computed
+        while len(results) > _RESULTS_PER_RECORD:
+            del results[next(iter(results))]  # the least recently computed
+        self._cache[record] = results
+        return result
 
     def _conflicts(self, record: Record, view: RecordView) -> list[Conflict]:
         by_path: dict[str, Conflict] = {}

@@ -59,8 +59,8 @@ from caresync.records.clock import HybridLogicalClock, Timestamp
 from caresync.records.crdt import Doc, Map, MapEvent, Subscription, TransactionEvent
 from caresync.records.ids import conflict_id_for, new_entry_id, new_record_id, new_revision_id
 from caresync.records.index import PathState, RevisionIndex
-from caresync.records.maps import read_items, read_value
-from caresync.records.revision import Revision, decode_revision, encode_revision
+from caresync.records.maps import read_items, read_root_items, read_root_value
+from caresync.records.revision import NO_SEEN, Revision, decode_revision, encode_revision
 from caresync.records.schema import (
     COUNT_CHANGE,
     COUNT_TOTAL,
@@ -271,7 +271,38 @@ class Record:
     Make one with :meth:`create` (a new patient) or :meth:`from_update`
     (bytes received or loaded). ``replica`` names the replica writing; each
     write also names its ``author``, the person who made it.
+
+    Slotted, and lean when loaded: a replica keeps many records loaded (its
+    record pool), so what a record holds beside its document is only the
+    revisions and the index of their heads; the caches that speed up writes
+    and counts, and pycrdt's wrapper of the revisions map, are made when first
+    needed (see ``docs/performance.md``, memory of a loaded record).
     """
+
+    __slots__ = (
+        # Made only if something sets an attribute of its own (a test wrapping a
+        # method): otherwise one pointer, not a dict per record.
+        "__dict__",
+        "__weakref__",  # rulebooks keep results per record, weakly
+        "_applying",
+        "_broken",
+        "_checked_paths",
+        "_count_paths",
+        "_count_prefixes",
+        "_doc",
+        "_doc_subscription",
+        "_entry_counts",
+        "_index",
+        "_is_count_path",
+        "_listeners",
+        "_new_id",
+        "_revisions_map",
+        "_totals",
+        "clock",
+        "record_id",
+        "replica",
+        "schema",
+    )
 
     def __init__(
         self,
@@ -292,21 +323,25 @@ class Record:
         self.clock = clock if clock is not None else HybridLogicalClock()
         self._new_id = new_id
         self._doc: Doc[Any] = doc if doc is not None else Doc()
-        with self._doc.transaction():  # one commit for both roots, not one each
-            self._meta: Map[Any] = self._doc.get("meta", type=Map)
-            self._revisions: Map[Any] = self._doc.get("revisions", type=Map)
+        # pycrdt's wrapper of the revisions map (about 1 KB of Python objects),
+        # kept once a write or an applied update needed it; see _revisions.
+        self._revisions_map: Map[Any] | None = None
         self._index = RevisionIndex()
         self._applying = False
+        # The dicts below are None until first used: most loaded records are
+        # only read, and each empty dict would cost 64 bytes a record.
         # Keyed by a token per subscription: one listener may be subscribed twice.
-        self._listeners: dict[object, UpdateListener] = {}
+        self._listeners: dict[object, UpdateListener] | None = None
         # path -> (its entry, its field spec, whether it is a count), once a write checked it
-        self._checked_paths: dict[str, tuple[tuple[str, str] | None, FieldSpec | None, bool]] = {}
+        self._checked_paths: (
+            dict[str, tuple[tuple[str, str] | None, FieldSpec | None, bool]] | None
+        ) = None
         # Counts: the schema's literal prefixes (a cheap first test), which paths
         # matched, and each count's total as of its path state and size.
         self._count_prefixes = schema.count_prefixes
         self._entry_counts = schema.counts_in_collections
-        self._is_count_path: dict[str, bool] = {}
-        self._totals: dict[str, _Total] = {}
+        self._is_count_path: dict[str, bool] | None = None
+        self._totals: dict[str, _Total] | None = None
         # count_paths() as of an index and its number of paths (paths are only added)
         self._count_paths: tuple[RevisionIndex, int, list[str]] | None = None
         self._doc_subscription: Subscription | None = None
@@ -315,6 +350,20 @@ class Record:
         self._broken: str | None = None
         if doc is not None:  # a new Doc holds nothing to index
             self._rebuild_index()
+
+    @property
+    def _meta(self) -> Map[Any]:
+        """The ``meta`` map (the record's id), wrapped afresh: it is read once a load."""
+        meta: Map[Any] = self._doc.get("meta", type=Map)
+        return meta
+
+    @property
+    def _revisions(self) -> Map[Any]:
+        """The ``revisions`` map, wrapped once and kept: writes and merges go through it."""
+        revisions = self._revisions_map
+        if revisions is None:
+            revisions = self._revisions_map = self._doc.get("revisions", type=Map)
+        return revisions
 
     # ----------------------------------------------------------------- creating
 
@@ -399,7 +448,7 @@ class Record:
         A record's id is written once, when it is created; an update that
         changes it (a broken or hostile peer) would make the record another's.
         """
-        stored_id = read_value(self._doc, self._meta, "id")
+        stored_id = read_root_value(self._doc, "meta", "id")
         if stored_id is not None and stored_id != self.record_id:
             raise RecordMismatchError(
                 f"the update belongs to record {stored_id!r}, not {self.record_id!r}"
@@ -417,7 +466,8 @@ class Record:
         concurrent change elsewhere still adds up. See :meth:`adjust`.
         """
         _check_name(author, "author")
-        known = self._checked_paths.get(path)
+        checked = self._checked_paths
+        known = checked.get(path) if checked is not None else None
         if known is None:
             known = self._check_new_path(path, value)
         elif known[2]:
@@ -448,7 +498,8 @@ class Record:
         ``Schema.with_counts``); a count never written starts at 0.
         """
         _check_name(author, "author")
-        known = self._checked_paths.get(path)
+        checked = self._checked_paths
+        known = checked.get(path) if checked is not None else None
         if known is None:
             known = self._check_new_path(path, None)
         if not known[2]:
@@ -758,12 +809,15 @@ class Record:
         document) in memory for good. Calling the unsubscribe twice is harmless.
         """
         token = object()
+        if self._listeners is None:
+            self._listeners = {}
         self._listeners[token] = listener
         if self._doc_subscription is None:
             self._doc_subscription = self._doc.observe(_Observer(self._on_transaction))
 
         def unsubscribe() -> None:
-            if self._listeners.pop(token, None) is None or self._listeners:
+            listeners = self._listeners
+            if listeners is None or listeners.pop(token, None) is None or listeners:
                 return
             subscription, self._doc_subscription = self._doc_subscription, None
             if subscription is not None:
@@ -822,11 +876,21 @@ class Record:
         if isinstance(value, (list, dict)):
             value = json.loads(json.dumps(value))  # a private copy: revisions are immutable
         rev = Revision(
-            self._new_id(), path, value, parents, author, self.replica, self.clock.tick(), seen
+            self._new_id(),
+            path,
+            value,
+            parents,
+            author,
+            self.replica,
+            self.clock.tick(),
+            seen or NO_SEEN,  # shared: a revision that saw nothing holds no dict of its own
         )
         if rev.id in index.by_id:
             raise InvalidInputError(f"revision id {rev.id} is taken; the id source repeats")
-        self._revisions[rev.id] = encode_revision(rev)
+        revisions = self._revisions_map
+        if revisions is None:
+            revisions = self._revisions
+        revisions[rev.id] = encode_revision(rev)
         index.add(rev, entry_key)
         index.settle()
         return rev
@@ -842,20 +906,22 @@ class Record:
         else:
             schema.check_write(path, value)
         # Remember paths this record accepted: rewriting a field is the hot path.
-        known = self._checked_paths[path] = (
-            schema.entry_key(path),
-            schema.spec_for(path),
-            is_count,
-        )
+        checked = self._checked_paths
+        if checked is None:
+            checked = self._checked_paths = {}
+        known = checked[path] = (schema.entry_key(path), schema.spec_for(path), is_count)
         return known
 
     # ------------------------------------------------------------------- counts
 
     def _is_count(self, path: str) -> bool:
         """The schema's ``is_count``, remembered per path (a path that passed the prefix test)."""
-        known = self._is_count_path.get(path)
+        remembered = self._is_count_path
+        if remembered is None:
+            remembered = self._is_count_path = {}
+        known = remembered.get(path)
         if known is None:
-            known = self._is_count_path[path] = self.schema.is_count(path)
+            known = remembered[path] = self.schema.is_count(path)
         return known
 
     def _count_value(
@@ -888,9 +954,12 @@ class Record:
         """
         revisions = state.revisions
         size = len(revisions)
-        cached = self._totals.get(path)
+        totals = self._totals
+        if totals is None:
+            totals = self._totals = {}
+        cached = totals.get(path)
         if cached is None or cached.state is not state or cached.size > size:
-            cached = self._totals[path] = _Total(state, revisions)
+            cached = totals[path] = _Total(state, revisions)
         elif cached.size != size:
             cached.take_in(revisions, size)
         return _count_state(
@@ -944,7 +1013,7 @@ class Record:
     def _take_in(self, rev_id: str, stored: object) -> None:
         rev = decode_revision(rev_id, stored)
         if rev is None:
-            self._index.invalid.add(rev_id)
+            self._index.invalid[rev_id] = None
             return
         self.clock.observe(rev.at.wall_ms, rev.at.counter)
         self._index.add(rev, self.schema.entry_key(rev.path))
@@ -957,10 +1026,13 @@ class Record:
         else:  # a new record's empty index: no need for another
             index.version += 1
         revisions: list[Revision] = []
-        for rev_id, stored in read_items(self._doc, self._revisions):
+        kept = self._revisions_map
+        for rev_id, stored in (
+            read_root_items(self._doc, "revisions") if kept is None else read_items(self._doc, kept)
+        ):
             rev = decode_revision(rev_id, stored)
             if rev is None:
-                index.invalid.add(rev_id)
+                index.invalid[rev_id] = None
             else:
                 revisions.append(rev)
         if revisions:
@@ -995,6 +1067,8 @@ class Record:
             return  # an empty transaction
         is_local = not self._applying
         listeners = self._listeners
+        if not listeners:
+            return
         for token, listener in list(listeners.items()):
             if token in listeners:  # not unsubscribed by an earlier listener
                 listener(update, is_local)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -17,7 +18,7 @@ from typing import Any, NamedTuple
 from caresync.records.clock import Timestamp
 from caresync.records.values import JSONValue, canonical_json
 
-__all__ = ["Revision", "decode_revision", "encode_revision"]
+__all__ = ["NO_SEEN", "Revision", "decode_revision", "encode_revision"]
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _quote: Callable[[str], str] = json.encoder.encode_basestring
@@ -38,7 +39,14 @@ _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _INNERMOST_PAIR = re.compile(r"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
 
 
-_NO_SEEN: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+NO_SEEN: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+"""The ``seen`` of every revision that saw nothing: shared, where a dict each cost 64 bytes."""
+
+# Names a loaded record repeats in every revision (its author, its replica, its
+# paths, also named in other revisions' ``seen``) are interned: one string per
+# process instead of one per revision parsed. (Interned strings are freed with
+# their last user, so this holds nothing longer than the records do.)
+_intern = sys.intern
 
 
 class Revision(NamedTuple):
@@ -60,7 +68,7 @@ class Revision(NamedTuple):
     author: str
     replica: str
     at: Timestamp
-    seen: Mapping[str, tuple[str, ...]] = _NO_SEEN
+    seen: Mapping[str, tuple[str, ...]] = NO_SEEN
 
     @property
     def value_key(self) -> str:
@@ -192,21 +200,32 @@ def decode_revision(rev_id: str, stored: object) -> Revision | None:
         if type(parent) is not str:
             return None
     seen = body.get("s", _ABSENT)
-    if seen is _ABSENT:
-        seen = {}
+    if seen is _ABSENT or seen == {}:
+        seen = NO_SEEN
     elif type(seen) is not dict:
         return None
     else:
-        # The parsed dict is this call's own: its lists become tuples in place.
+        kept: dict[str, tuple[str, ...]] = {}
         for seen_path, ids in seen.items():
             if type(ids) is not list:
                 return None
             for item in ids:
                 if type(item) is not str:
                     return None
-            seen[seen_path] = tuple(ids)
+            kept[_intern(seen_path)] = tuple(ids)
+        seen = kept
     # tuple.__new__ directly: a NamedTuple's generated __new__ costs twice as much.
     at: Timestamp = _new_tuple(Timestamp, (wall, counter))
     return _new_tuple(
-        Revision, (rev_id, path, value, tuple(raw_parents), author, replica, at, seen)
+        Revision,
+        (
+            rev_id,
+            _intern(path),
+            value,
+            tuple(raw_parents),
+            _intern(author),
+            _intern(replica),
+            at,
+            seen,
+        ),
     )

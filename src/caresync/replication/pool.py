@@ -3,6 +3,14 @@
 Both the laptop replica and the server keep recently used records loaded here,
 so an edit or an incoming update merges into a live document instead of
 reloading its history. Evicting costs nothing: everything is in the store.
+
+The pool's size is an option (``pool_size`` of ``Replica.open``,
+``SyncServer.open`` and ``SimulationConfig``): a loaded patient chart costs
+under twice its bare pycrdt document (about 13.5 KB for a chart of 8
+revisions), so the default of 1,024 records holds about 14 MB of charts (see
+``benchmarks/bench_memory.py``). A smaller pool costs
+a reload from the store when an evicted record is needed again, never
+correctness: a batch may hold more records than the pool.
 """
 
 from __future__ import annotations
@@ -12,12 +20,31 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from caresync.conflicts import Rulebook
-from caresync.exceptions import UnknownRecordError
+from caresync.exceptions import InvalidOptionError, UnknownRecordError
 from caresync.records import DEFAULT_SCHEMA, HybridLogicalClock, Record, Schema
 from caresync.records.ids import new_revision_id
 from caresync.storage import ConflictRow, ReplicaStore
 
-__all__ = ["RecordPool", "conflict_rows"]
+__all__ = ["DEFAULT_POOL_SIZE", "MAX_POOL_SIZE", "RecordPool", "check_pool_size", "conflict_rows"]
+
+DEFAULT_POOL_SIZE = 1024
+"""Records a replica keeps loaded unless told otherwise."""
+MAX_POOL_SIZE = 10_000_000
+"""The largest pool size accepted: far past any memory (about 150 GB of charts)."""
+
+
+def check_pool_size(value: object, *, option: str = "pool_size") -> int:
+    """``value`` if it is a pool size (an int from 1 to MAX_POOL_SIZE), else InvalidOptionError.
+
+    Checked where a replica, a server or a simulation is opened, before anything
+    is opened: a bad size is the caller's mistake, never a half-opened database.
+    """
+    if type(value) is not int or not 1 <= value <= MAX_POOL_SIZE:
+        raise InvalidOptionError(
+            f"{option} is how many records stay loaded: an int from 1 to {MAX_POOL_SIZE:,}, "
+            f"not {value!r:.80}"
+        )
+    return value
 
 
 def conflict_rows(record: Record, rulebook: Rulebook) -> tuple[ConflictRow, ...]:
@@ -36,7 +63,10 @@ def conflict_rows(record: Record, rulebook: Rulebook) -> tuple[ConflictRow, ...]
 
 
 class RecordPool:
-    """Up to ``max_records`` records loaded from ``store``, least recently used evicted."""
+    """Up to ``max_records`` records loaded from ``store``, least recently used evicted.
+
+    ``max_records`` is checked with :func:`check_pool_size` (InvalidOptionError).
+    """
 
     def __init__(
         self,
@@ -45,7 +75,7 @@ class RecordPool:
         replica: str,
         rulebook: Rulebook,
         schema: Schema = DEFAULT_SCHEMA,
-        max_records: int = 1024,
+        max_records: int = DEFAULT_POOL_SIZE,
         clock: HybridLogicalClock | None = None,
         new_id: Callable[[], str] = new_revision_id,
     ) -> None:
@@ -55,7 +85,7 @@ class RecordPool:
         self.schema = schema
         self.clock = clock if clock is not None else HybridLogicalClock()
         self._new_id = new_id
-        self._max = max_records
+        self._max = check_pool_size(max_records, option="max_records")
         self._records: OrderedDict[str, Record] = OrderedDict()
 
     async def get(self, record_id: str) -> Record:
@@ -131,7 +161,18 @@ class RecordPool:
             )
         )
 
+    @property
+    def max_records(self) -> int:
+        """How many records stay loaded at most."""
+        return self._max
+
+    @property
+    def loaded(self) -> int:
+        """How many records are loaded now."""
+        return len(self._records)
+
     def adopt(self, record: Record) -> Record:
+        """Keep ``record`` loaded, as the most recently used; evict beyond the size."""
         self._records[record.record_id] = record
         self._records.move_to_end(record.record_id)
         while len(self._records) > self._max:

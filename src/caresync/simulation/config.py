@@ -2,7 +2,8 @@
 
 :class:`SimulationConfig` is validated when built (bad values raise
 :class:`~caresync.exceptions.InvalidValueError` naming the option and the
-allowed range), so a CLI or a harness can hand user input straight to it.
+allowed range; ``pool_size``, :class:`~caresync.exceptions.InvalidOptionError`,
+as ``Replica.open`` does), so a CLI or a harness can hand user input straight to it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from caresync.exceptions import InvalidValueError
+from caresync.replication.pool import DEFAULT_POOL_SIZE, check_pool_size
 
 __all__ = ["MAX_LAPTOPS", "MAX_PATIENTS", "TRANSPORTS", "SimulationConfig", "SimulationResult"]
 
@@ -60,6 +62,9 @@ class SimulationConfig:
     transport: str = "websocket"
     """``websocket`` (a socket per sync on 127.0.0.1) or ``memory`` (in-memory channels:
     the same protocol and stores, no sockets)."""
+    pool_size: int = DEFAULT_POOL_SIZE
+    """Records each laptop and the server keep loaded (their record pools): what most of
+    a laptop's memory grows with. A bad value raises InvalidOptionError."""
 
     def __post_init__(self) -> None:
         _check_int("laptops", self.laptops, 1, MAX_LAPTOPS)
@@ -82,6 +87,7 @@ class SimulationConfig:
             raise InvalidValueError(
                 f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}"
             )
+        check_pool_size(self.pool_size)
         if self.workdir is not None and not isinstance(self.workdir, Path):
             raise InvalidValueError(f"workdir must be a pathlib.Path or None, not {self.workdir!r}")
 

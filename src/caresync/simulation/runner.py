@@ -187,7 +187,10 @@ class _Run:
         started = time.perf_counter()
         result = self.result
         server = await SyncServer.open(
-            self.workdir / SERVER_FILE, rulebook=self.rulebook, password_hasher=_ACCOUNT_HASHER
+            self.workdir / SERVER_FILE,
+            rulebook=self.rulebook,
+            password_hasher=_ACCOUNT_HASHER,
+            pool_size=self.config.pool_size,
         )
         listener: Listener | None = None
         try:
@@ -336,6 +339,7 @@ class _Run:
                 rulebook=self.rulebook,
                 password_hasher=_ACCOUNT_HASHER,
                 connector=None if self.network is None else self.network.link(f"laptop-{index}"),
+                pool_size=self.config.pool_size,
             )
             self.observer.advance()
 
