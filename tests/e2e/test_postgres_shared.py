@@ -274,3 +274,27 @@ async def test_two_processes_creating_one_record_for_two_organisations_one_wins(
         organisations = await one.record_organisations([p.id])
         [kept] = await one.feed_since(head, limit=5)
         assert organisations[p.id] == kept.origin  # the winner's, whole
+
+
+async def test_two_stores_taking_the_first_identity_and_key_at_once_agree(
+    postgres_database: str,
+) -> None:
+    """The first run's identity and server key are insert-if-absent: two processes
+    starting together on an empty database end with one of each."""
+    from caresync.gate import ensure_server_key
+    from caresync.storage import own_identity
+    from caresync.storage.postgres import PostgresStore
+
+    async with (
+        fresh_schema(postgres_database) as url,
+        PostgresStore.open(url) as one,
+        PostgresStore.open(url) as two,
+    ):
+        ids = await asyncio.gather(
+            own_identity(one, "server", id_prefix="server", where=url),
+            own_identity(two, "server", id_prefix="server", where=url),
+        )
+        assert ids[0] == ids[1]
+        keys = await asyncio.gather(ensure_server_key(one), ensure_server_key(two))
+        assert keys[0].fingerprint == keys[1].fingerprint
+        assert (await ensure_server_key(one)).fingerprint == keys[0].fingerprint
