@@ -298,3 +298,63 @@ async def test_two_stores_taking_the_first_identity_and_key_at_once_agree(
         keys = await asyncio.gather(ensure_server_key(one), ensure_server_key(two))
         assert keys[0].fingerprint == keys[1].fingerprint
         assert (await ensure_server_key(one)).fingerprint == keys[0].fingerprint
+
+
+async def test_a_commit_inside_the_section_refuses_if_another_process_got_in(
+    clinic_url: str,
+) -> None:
+    """Were the lock lost (its connection broken), a write inside the section must not
+    commit on what was read before another process's commit: it refuses, storing nothing."""
+    from caresync.exceptions import StorageError
+    from caresync.storage.postgres import PostgresStore
+    from caresync.testing.store_data import Patient
+    from caresync.testing.store_suite import remote
+
+    async with PostgresStore.open(clinic_url) as one, PostgresStore.open(clinic_url) as two:
+        p, q = Patient("laptop-p"), Patient("laptop-q")
+        async with one.exclusive_commits():
+            head = await one.feed_head()
+            # Another process writes without the lock (as if ours had been lost).
+            await two.write_remote([remote(q, q.created, "clinic-a")], to_feed=True)
+            with pytest.raises(StorageError, match="another process committed"):
+                await one.write_remote([remote(p, p.created, "clinic-a")], to_feed=True)
+        assert await one.feed_head() == head + 1
+        assert await one.load(p.id) is None
+        async with one.exclusive_commits():  # a fresh section sees the new head: commits
+            assert await one.write_remote([remote(p, p.created, "clinic-a")], to_feed=True) == [
+                head + 2
+            ]
+
+
+async def test_a_wait_for_the_commit_lock_cancelled_leaves_it_free(clinic_url: str) -> None:
+    from caresync.storage.postgres import PostgresStore
+
+    async with PostgresStore.open(clinic_url) as one, PostgresStore.open(clinic_url) as two:
+        entered = asyncio.Event()
+
+        async def take(store: PostgresStore) -> None:
+            async with store.exclusive_commits():
+                entered.set()
+
+        async with one.exclusive_commits():
+            waiting = asyncio.create_task(take(two))
+            # Until PostgreSQL shows it waiting for the lock (nothing to be told by):
+            # polled, bounded in count and time.
+            async with await psycopg.AsyncConnection.connect(clinic_url) as admin:
+                for _ in range(500):
+                    cursor = await admin.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                    row = await cursor.fetchone()
+                    if row is not None and row[0]:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the second store never waited for the lock")
+            waiting.cancel()
+            await asyncio.wait({waiting})
+            assert not entered.is_set()
+        async with asyncio.timeout(LIMIT_S):  # neither store holds it now
+            await take(two)
+            async with one.exclusive_commits():
+                pass

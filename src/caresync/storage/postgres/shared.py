@@ -70,11 +70,16 @@ class SharedPart(PostgresCore):
             locker = await self._locker()
             try:
                 await locker.execute("SELECT pg_advisory_lock(%s)", (PUSH_LOCK,))
-            except psycopg.Error as exc:
+            except BaseException as exc:
+                # Cancelled or failed while waiting: the lock may yet be granted to this
+                # session, so the session goes (closing it releases whatever it holds).
                 await self._drop_locker()
-                raise StorageError(
-                    f"cannot take the commit lock on {self.where} ({exc}); nothing was stored"
-                ) from None
+                if isinstance(exc, psycopg.Error):
+                    why = " ".join(str(exc).split())
+                    raise StorageError(
+                        f"cannot take the commit lock on {self.where} ({why}); nothing was stored"
+                    ) from None
+                raise
             try:
                 self._section_head = await self._run("reading the change feed", feed_head)
                 yield
@@ -85,6 +90,9 @@ class SharedPart(PostgresCore):
                 except psycopg.Error:
                     # The connection broke: its session, and the lock, are gone with it.
                     await self._drop_locker()
+                except BaseException:
+                    await self._drop_locker()  # cancelled: never leave the lock held
+                    raise
 
     async def _locker(self) -> AsyncConn:
         conn = self._lock_conn
