@@ -661,6 +661,10 @@ class SyncServer:
                 logger.warning("could not follow the change feed: %s", exc)
                 more = False
                 await asyncio.sleep(self.feed_poll_s)
+            except Exception as exc:  # a bug must not end the relay for good
+                logger.error("following the change feed failed: %s", exc, exc_info=exc)
+                more = False
+                await asyncio.sleep(self.feed_poll_s)
 
     async def answer_http(
         self, method: str, path: str, request: HttpRequest | None = None
