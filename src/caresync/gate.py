@@ -407,9 +407,10 @@ async def ensure_server_key(store: ServerStore) -> ServerKey:
     stored = await store.get_meta(SERVER_KEY_META)
     if stored:
         return ServerKey.from_text(stored)
-    key = ServerKey.generate()
-    await store.set_meta(SERVER_KEY_META, key.to_text())
-    return key
+    # Insert-if-absent: of two processes starting together on one database, both
+    # keep the key stored first (laptops pin one key per server).
+    made = ServerKey.generate().to_text()
+    return ServerKey.from_text(await store.set_meta_if_absent(SERVER_KEY_META, made))
 
 
 def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:

@@ -9,6 +9,13 @@ the same merge from the same updates.
 Ordering promise of the live feed: pushes are committed and fanned out under one
 lock, so every subscriber receives feed entries in ascending sequence.
 
+Several processes, one database (PostgreSQL; see
+:mod:`caresync.replication.follow`): every push is committed inside the store's
+exclusive commit section (one at a time across processes), after catching up
+with what other processes committed (their records evicted from the pool, their
+entries relayed live here, in seq order); the store's feed signal, or a poll
+every ``feed_poll_s``, relays their commits between pushes.
+
 Trust (see :mod:`caresync.gate`): a connection starts small (frames of a few
 KiB, a few queued) and must log in within ``login_timeout_s``; at most
 ``max_pending_logins`` connections may wait to log in at once. Every pushed
@@ -94,9 +101,10 @@ from caresync.protocol import (
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
+from caresync.replication.follow import FeedFollower
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
-from caresync.storage import HubMark, ReplicaInfo, ServerStore, own_identity
+from caresync.storage import FeedItem, HubMark, ReplicaInfo, ServerStore, own_identity
 from caresync.storage.servers import open_server_database, shown_database
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
@@ -141,6 +149,9 @@ LIVE_QUEUE_BYTES = 64 * 1024 * 1024
 SLOW_READER_REASON = "too far behind the live updates; reconnect and pull from your checkpoint"
 HEALTH_TIMEOUT_S = 5.0
 """How long ``/healthz`` and ``/metrics`` wait for the store before answering 503."""
+FEED_POLL_S = 2.0
+"""How often a server on a database shared by processes reads the feed even without a
+notification (a lost one is recovered by this read)."""
 METRICS_MAX_AGE_S = 5.0
 """How long the database figures of ``/metrics`` are reused before being read again."""
 _TEXT = "text/plain; charset=utf-8"
@@ -276,6 +287,7 @@ class SyncServer:
         client_min_version: str | None = None,
         stale_after_s: float = STALE_AFTER_MS / 1000,
         pool_size: int = DEFAULT_POOL_SIZE,
+        feed_poll_s: float = FEED_POLL_S,
     ) -> None:
         """``password_hasher`` hashes new passwords (argon2id, the library's defaults
         unless given; a simulation may pass cheaper parameters). Stored hashes are
@@ -296,6 +308,8 @@ class SyncServer:
         ``pool_size`` is how many records stay loaded to merge pushes into (1,024;
         see :mod:`caresync.replication.pool`); a value that is not an int from 1 to
         10,000,000 raises :class:`~caresync.exceptions.InvalidOptionError`.
+        ``feed_poll_s``: on a database other processes write too, how often the feed
+        is read for their commits when no notification came.
         """
         if (
             not isinstance(stale_after_s, int | float)
@@ -317,8 +331,14 @@ class SyncServer:
         self.client_newest_version = newest
         """The newest caresync the server knows of, as it tells laptops (its own, or the
         minimum it asks for when that is newer)."""
-        if not 0 < login_timeout_s <= 3600 or not 0 < security_poll_s <= 3600:
-            raise InvalidInputError("login_timeout_s and security_poll_s must be in (0, 3600]")
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 3600
+            for v in (login_timeout_s, security_poll_s, feed_poll_s)
+        ):
+            raise InvalidInputError(
+                "login_timeout_s, security_poll_s and feed_poll_s must be in (0, 3600]"
+            )
+        self.feed_poll_s = float(feed_poll_s)
         for name, value in (
             ("max_pending_logins", max_pending_logins),
             ("live_queue_entries", live_queue_entries),
@@ -350,12 +370,16 @@ class SyncServer:
         self._pool = RecordPool(
             store, replica=server_id, rulebook=rulebook, max_records=check_pool_size(pool_size)
         )
+        # What this process relayed of the feed, and its catching up with other processes.
+        self._follower = FeedFollower(store, self._pool, self._fan_out)
+        self._following: asyncio.Task[None] | None = None
         # Whether the stored conflict index was computed by ``rulebook`` (read once).
         self._index_current: bool | None = None
         self._connections: set[_Connection] = set()
         self._closing: set[asyncio.Task[None]] = set()  # slow readers being closed
         self._pending_logins = 0
-        # What pushes check, remembered: both only ever gain entries, never change.
+        # What pushes check, remembered: both only ever gain entries, never change
+        # (in any process: a stored fact stays true; only a miss is read, under the lock).
         self._owners: _Remembered[int, str] = _Remembered(_REMEMBERED)
         self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
         self._commit_lock = asyncio.Lock()
@@ -409,6 +433,7 @@ class SyncServer:
         client_min_version: str | None = None,
         stale_after_s: float = STALE_AFTER_MS / 1000,
         pool_size: int = DEFAULT_POOL_SIZE,
+        feed_poll_s: float = FEED_POLL_S,
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
@@ -453,6 +478,7 @@ class SyncServer:
             client_min_version=client_min_version,
             stale_after_s=stale_after_s,
             pool_size=pool_size,
+            feed_poll_s=feed_poll_s,
         )
 
     async def server_key_fingerprint(self) -> str:
@@ -595,6 +621,7 @@ class SyncServer:
         (a simulation counts the bytes on the wire that way).
         """
         await self.gate.server_key()
+        await self._follower.start()
         listener = await serve_websockets(
             self.handle if wrap is None else wrap(self.handle),
             host,
@@ -614,6 +641,7 @@ class SyncServer:
         :class:`~caresync.transport.MemoryNetwork`. As :meth:`serve` otherwise (the
         pre-login limits, ``wrap``); plain HTTP (``/healthz``) is websockets' only."""
         await self.gate.server_key()
+        await self._follower.start()
         listener = await acceptor.listen(
             self.handle if wrap is None else wrap(self.handle),
             max_frame_bytes=PRE_LOGIN_MAX_FRAME_BYTES,
@@ -626,6 +654,27 @@ class SyncServer:
         self._listener = listener
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch_sessions())
+        if self._following is None and self.store.shared:
+            self._following = asyncio.create_task(self._follow_feed())
+
+    async def _follow_feed(self) -> None:
+        """Relay what other processes commit: on the store's signal, or every
+        ``feed_poll_s`` without one (a lost notification costs at most that)."""
+        more = False
+        while True:
+            try:
+                if not more:
+                    await self.store.wait_for_feed(self.feed_poll_s)
+                async with self._commit_lock:
+                    more = await self._follower.catch_up()
+            except StorageError as exc:  # the database is away: the poll goes on
+                logger.warning("could not follow the change feed: %s", exc)
+                more = False
+                await asyncio.sleep(self.feed_poll_s)
+            except Exception as exc:  # a bug must not end the relay for good
+                logger.error("following the change feed failed: %s", exc, exc_info=exc)
+                more = False
+                await asyncio.sleep(self.feed_poll_s)
 
     async def answer_http(
         self, method: str, path: str, request: HttpRequest | None = None
@@ -732,7 +781,9 @@ class SyncServer:
     async def hub_snapshot(self, record_id: str) -> HubSnapshot | None:
         """One record's hub summary as of its outbox row's version (under the commit lock,
         so the version and the record read are of one moment)."""
-        async with self._commit_lock:
+        async with self._commit_lock, self.store.exclusive_commits():
+            if self.store.shared:
+                await self._follower.catch_up()  # the pool's records as committed
             return await take_snapshot(
                 self.store, ConflictListing(self.store, self._pool), record_id
             )
@@ -754,10 +805,11 @@ class SyncServer:
         if self.hub is not None:
             await self.hub.close()
             self.hub = None
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.wait({self._watcher})
-            self._watcher = None
+        for task in (self._watcher, self._following):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+        self._watcher = self._following = None
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -1014,8 +1066,8 @@ class SyncServer:
         )
         # Under the commit lock: the records, their conflict rows and the feed head
         # are read as of one moment (a push committing in between would pair a
-        # record's state with rows of another state).
-        async with self._commit_lock:
+        # record's state with rows of another state), in every process.
+        async with self._commit_lock, self.store.exclusive_commits():
             checkpoint = await self.store.feed_head()
             if request.after_record_id is not None and request.after_record_id == conn.copy_last:
                 done_before, bytes_before = conn.copy_done, conn.copy_bytes
@@ -1138,9 +1190,8 @@ class SyncServer:
         refusal: tuple[str, str] | None = None
         async with self._commit_lock:
             try:
-                committed = int(await self.store.get_meta(key) or 0)
-                mark = str(max(committed, batch.items[-1].local_seq))
-                added = await self._commit_push(conn, (key, mark), list(batch.items))
+                async with self.store.exclusive_commits():
+                    added = await self._commit_exclusively(conn, key, batch)
             except (InvalidUpdateError, RecordMismatchError) as exc:
                 # Nothing was stored: an update the schema forbids, that is not one,
                 # or that names another record would reach every replica.
@@ -1167,6 +1218,18 @@ class SyncServer:
             len({record_id for _seq, record_id, _update in added}),
             resent=len(batch.items) - len(added),
         )
+
+    async def _commit_exclusively(
+        self, conn: _Connection, key: str, batch: PushBatch
+    ) -> list[tuple[int, str, bytes]]:
+        """Inside the store's exclusive section: catch up with other processes, then
+        commit the batch with the replica's mark."""
+        await self._follower.start()
+        if self.store.shared:
+            await self._follower.catch_up(max_pages=1_000_000)  # nobody else commits now
+        committed = int(await self.store.get_meta(key) or 0)
+        mark = str(max(committed, batch.items[-1].local_seq))
+        return await self._commit_push(conn, (key, mark), list(batch.items))
 
     async def _commit_push(
         self, conn: _Connection, checkpoint: tuple[str, str], items: list[PushItem]
@@ -1226,17 +1289,23 @@ class SyncServer:
                 hub=hub or None,
             )
 
-        absorbed = await absorb(
-            self._pool,
-            self.store,
-            [(item.record_id, item.update) for item in items],
-            checkpoint=checkpoint,
-            organisation=conn.organisation,
-            keep_each=True,
-            on_bad=OnBadUpdate.REFUSE,
-            admit=admit,
-            vet=vet,
-        )
+        try:
+            absorbed = await absorb(
+                self._pool,
+                self.store,
+                [(item.record_id, item.update) for item in items],
+                checkpoint=checkpoint,
+                organisation=conn.organisation,
+                keep_each=True,
+                on_bad=OnBadUpdate.REFUSE,
+                admit=admit,
+                vet=vet,
+            )
+        except InvalidInputError as exc:
+            # The store's own check, in its transaction: a record another process
+            # gave another organisation meanwhile. Said as above: nothing leaks.
+            logger.info("push from %s refused by the store: %s", replica_id, exc)
+            raise _Forbidden("a record of this push cannot be written by this replica") from None
         for client in writers:
             self._owners.put(client, replica_id)  # committed: now theirs
         for record_id in record_ids:
@@ -1246,7 +1315,10 @@ class SyncServer:
         entries = [entry for entry in absorbed.written if entry[0] > 0]
         if not entries:
             return entries
-        self._fan_out(conn, entries)
+        origin = replica_id or None
+        await self._follower.committed(
+            [FeedItem(seq, rid, update, conn.organisation, origin) for seq, rid, update in entries]
+        )
         for hook in self.on_commit:
             result = hook(entries[-1][0])
             if result is not None:
@@ -1270,8 +1342,9 @@ class SyncServer:
     async def _record_organisations(self, record_ids: list[str]) -> dict[str, str | None]:
         """Each stored record's organisation: remembered, else read (one query for the rest).
 
-        A record's organisation never changes once set, and this process is the
-        database's one writer, so what it read or committed stays true.
+        A record's organisation never changes once set, so what was read or committed
+        stays true in every process; a record missing here is read under the exclusive
+        commit section (and the store checks again in its transaction).
         """
         known: dict[str, str | None] = {
             rid: org for rid in record_ids if (org := self._organisations.get(rid))
@@ -1307,8 +1380,10 @@ class SyncServer:
                 oldest_pending_ms=report.oldest_pending_ms,
             )
 
-    def _fan_out(self, source: _Connection, entries: list[tuple[int, str, bytes]]) -> None:
-        """Queue new feed entries for every other live connection of the organisation.
+    def _fan_out(self, items: Sequence[FeedItem]) -> None:
+        """Queue new feed entries (in seq order) for every live connection they are for:
+        of the entry's organisation, and not the replica that sent it. Every live
+        relay, of this process's commits and of other processes', goes through here.
 
         A connection whose queue would pass ``live_queue_entries`` or
         ``live_queue_bytes`` (a laptop that stopped reading, or reads slower than
@@ -1317,15 +1392,21 @@ class SyncServer:
         lost: the laptop reconnects and pulls from its checkpoint, as after any
         dropped connection.
         """
-        size = sum(len(update) for _seq, _rid, update in entries)
+        by_organisation: dict[str, list[FeedItem]] = {}
+        for item in items:
+            if item.organisation is not None:
+                by_organisation.setdefault(item.organisation, []).append(item)
         for conn in self._connections:
-            if (
-                conn is source
-                or conn.writer is None
-                or conn.dropped
-                or conn.organisation != source.organisation
-            ):
+            if conn.writer is None or conn.dropped or conn.organisation is None:
                 continue
+            mine = by_organisation.get(conn.organisation)
+            if not mine:
+                continue
+            replica_id = conn.protocol.replica_id
+            entries = [(i.seq, i.record_id, i.update) for i in mine if i.origin != replica_id]
+            if not entries:
+                continue
+            size = sum(len(update) for _seq, _rid, update in entries)
             if (
                 conn.queued_entries + len(entries) > self.live_queue_entries
                 or conn.queued_bytes + size > self.live_queue_bytes

@@ -22,7 +22,7 @@ from caresync.fhir import require_models
 from caresync.hub.sender import hub_url, require_http
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
-from caresync.server import SyncServer
+from caresync.server import FEED_POLL_S, SyncServer
 from caresync.storage import server_database_key
 from caresync.storage.keyring import SERVER_KEY_VARIABLE
 from caresync.storage.servers import is_database_url, shown_database
@@ -116,6 +116,15 @@ def register(commands: Any) -> None:
         default=24.0,
         help="the admin page (GET /admin) marks a laptop stale when it was not seen, or "
         "kept a change unsynced, for more than HOURS (24)",
+    )
+    serve.add_argument(
+        "--feed-poll",
+        metavar="SECONDS",
+        type=_seconds,
+        default=FEED_POLL_S,
+        help="on a PostgreSQL database shared by several serve processes, read the feed for "
+        "their commits at least this often even without a notification "
+        f"({FEED_POLL_S:g})",
     )
     add_json(serve)
     serve.set_defaults(handler=_serve)
@@ -251,6 +260,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
                 args.client_min_version,
                 hub,
                 args.stale_hours,
+                args.feed_poll,
             )
         )
     except BaseException:
@@ -275,6 +285,7 @@ async def _run_server(
     client_min_version: str | None = None,
     hub: _HubOptions | None = None,
     stale_hours: float = 24.0,
+    feed_poll_s: float = FEED_POLL_S,
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
@@ -285,6 +296,7 @@ async def _run_server(
             key=key,
             client_min_version=client_min_version,
             stale_after_s=stale_hours * 3600,
+            feed_poll_s=feed_poll_s,
         )
         async with opened as server:
             if hub is not None:

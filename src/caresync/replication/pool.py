@@ -183,5 +183,9 @@ class RecordPool:
         """Drop a loaded record (after a failed commit, so memory never runs ahead of disk)."""
         self._records.pop(record_id, None)
 
+    def clear(self) -> None:
+        """Drop every loaded record (another process may have changed any of them)."""
+        self._records.clear()
+
     def rows(self, record: Record) -> tuple[ConflictRow, ...]:
         return conflict_rows(record, self.rulebook)

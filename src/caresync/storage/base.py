@@ -30,15 +30,22 @@ The two implementations, :class:`~caresync.storage.sqlite.SQLiteStore` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
 
 from caresync.audit.chain import AuditEntry, AuditEvent
-from caresync.exceptions import InvalidInputError, StorageError, UnknownRecordError
+from caresync.exceptions import (
+    InvalidInputError,
+    RefusedUpdateError,
+    StorageError,
+    UnknownRecordError,
+)
 from caresync.records.persons import PairState, PersonCard, PersonPair
 
 __all__ = [
@@ -480,6 +487,18 @@ def check_client_claims(value: object) -> dict[int, str]:
     if not isinstance(value, Mapping):
         raise InvalidInputError("claim_clients must map Yjs client ids to replica ids")
     return {check_client_id(c): check_text(r, "replica_id") for c, r in value.items()}
+
+
+def check_claims_free(claims: Mapping[int, str], owners: Mapping[int, str]) -> None:
+    """Refuse (RefusedUpdateError, before anything is stored) a claim of a Yjs client id
+    that another replica holds already: two processes cannot both bind one id."""
+    for client, replica_id in claims.items():
+        owner = owners.get(client)
+        if owner is not None and owner != replica_id:
+            raise RefusedUpdateError(
+                f"Yjs client {client} is bound to another replica; nothing was stored "
+                "(a document's client id belongs to its writer; never reuse one)"
+            )
 
 
 def check_client_id(value: object) -> int:
@@ -997,6 +1016,38 @@ class ServerStore(ReplicaStore, Protocol):
         """The highest feed seq given out (0 when the feed is empty)."""
         ...
 
+    # several server processes on one database
+    @property
+    def shared(self) -> bool:
+        """True when other processes may commit to this database at the same time
+        (PostgreSQL): a server then follows the feed for what they commit
+        (:meth:`wait_for_feed`). False for a database one process writes (SQLite)."""
+        ...
+
+    def exclusive_commits(self) -> AbstractAsyncContextManager[None]:
+        """Held by a server from reading the records a push touches to its commit:
+        while it is held, no other holder (in this process or another) commits.
+
+        Inside it, a feed read from the last seq seen names every record another
+        process changed since; a store shared by processes refuses a record write
+        (StorageError, nothing stored) if the feed moved past what it saw when the
+        section began, so a stale in-memory record is never committed on. A store
+        one process writes holds a process-local lock.
+        """
+        ...
+
+    async def wait_for_feed(self, timeout_s: float) -> bool:
+        """Wait until a feed entry may have been committed (by this process or
+        another), at most ``timeout_s`` seconds; True if woken by such a signal.
+        A signal may be lost (a dropped connection): callers read the feed from
+        their last seq after every return, woken or not."""
+        ...
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is stored already; returns the
+        stored value. Race-free: processes starting together all get the first one."""
+        ...
+
     # Yjs client owners
     async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
         """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
@@ -1234,8 +1285,14 @@ async def own_identity(
     """
     identity = await store.get_identity()
     if identity is None:
-        identity = Identity(replica_id=f"{id_prefix}-{uuid.uuid4()}", role=role)
-        await store.set_identity(identity)
-    elif identity.role != role:
+        made = Identity(replica_id=f"{id_prefix}-{uuid.uuid4()}", role=role)
+        # Another process (a second server on one database) may store its own first;
+        # the store refuses to rebind: take that one, so both are one server.
+        with contextlib.suppress(InvalidInputError):
+            await store.set_identity(made)
+        identity = await store.get_identity()
+        if identity is None:
+            raise StorageError(f"{where}: the identity just stored cannot be read back")
+    if identity.role != role:
         raise StorageError(f"{where} is a {identity.role}'s database, not a {role}'s")
     return identity

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, cast
@@ -65,6 +66,7 @@ from caresync.storage._audit import (
     plan_append,
     plan_receive,
 )
+from caresync.storage._local import LocalCommits
 from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
@@ -99,6 +101,7 @@ from caresync.storage.base import (
     StoreOpener,
     StrPath,
     UserAccount,
+    check_claims_free,
     check_client_id,
     check_conflicts,
     check_conflicts_by_record,
@@ -162,6 +165,7 @@ class MemoryStore:
         self._quarantine: list[QuarantinedUpdate] = []
         self._hub: dict[str, HubSummaryRow] = {}
         self._client_owners: dict[int, str] = {}
+        self._commits = LocalCommits()  # one process writes it: a local lock suffices
         # The person index: cards with their record's organisation, the holders of
         # each (organisation, key), and the pairs, also by record.
         self._cards: dict[str, PersonWrite] = {}
@@ -229,6 +233,26 @@ class MemoryStore:
         check_meta(key, value)
         self._open_or_raise("storing meta")
         self._meta[key] = value
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless one is stored; returns the stored value."""
+        check_meta(key, value)
+        self._open_or_raise("storing meta")
+        return self._meta.setdefault(key, value)
+
+    @property
+    def shared(self) -> bool:
+        """False: one process uses an in-memory store."""
+        return False
+
+    def exclusive_commits(self) -> AbstractAsyncContextManager[None]:
+        """A process-local lock (see ``ServerStore.exclusive_commits``)."""
+        return self._commits.exclusive()
+
+    async def wait_for_feed(self, timeout_s: float) -> bool:
+        """Until this store's feed gained an entry since the last wait, or the timeout."""
+        self._open_or_raise("waiting for the feed")
+        return await self._commits.wait(timeout_s)
 
     # ------------------------------------------------------------------ writing
 
@@ -380,6 +404,7 @@ class MemoryStore:
             items, checkpoint, to_feed, origin, quarantine, claim_clients, hub
         )
         self._open_or_raise(f"storing {len(writes)} received updates")
+        check_claims_free(claims, self._client_owners)
         planned = plan_writes(writes, self._known(writes), self._full, skip_duplicates=True)
         persons = self._plan_persons(self._person_writes(planned))
         self._store_planned(writes, planned)
@@ -394,6 +419,8 @@ class MemoryStore:
                     FeedItem(seq, write.record_id, write.update, organisation, origin)
                 )
                 seqs[i] = seq
+            if any(seqs):
+                self._commits.fed()
         for client, replica_id in claims.items():
             self._client_owners.setdefault(client, replica_id)
         now = self._now_ms()

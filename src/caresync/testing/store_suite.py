@@ -53,6 +53,7 @@ from caresync.exceptions import (
     ExportFileError,
     InvalidInputError,
     InvalidUpdateError,
+    RefusedUpdateError,
     StorageError,
     UnknownRecordError,
     UnsyncedChangesError,
@@ -1662,10 +1663,59 @@ class ServerStoreSuite(ReplicaStoreSuite):
         patient = Patient()
         item = IncomingUpdate(patient.id, patient.created, None, "clinic")
         await store.write_remote([item], to_feed=True, claim_clients={7: "r1", 2**52: "r1"})
-        await store.write_remote([item], to_feed=True, claim_clients={7: "r2", 9: "r2"})
+        # A claim of a bound id by another replica refuses the whole batch (two
+        # processes racing to bind one id: exactly one wins); the same owner again is fine.
+        edit = IncomingUpdate(patient.id, patient.edit("birthDate", "1990"), None, "clinic")
+        with pytest.raises(RefusedUpdateError, match="Yjs client 7"):
+            await store.write_remote([edit], to_feed=True, claim_clients={7: "r2", 9: "r2"})
+        assert await store.feed_head() == 1
+        await store.write_remote([edit], to_feed=True, claim_clients={7: "r1", 9: "r2"})
         assert await store.client_owners([7, 9, 2**52, 11]) == {7: "r1", 9: "r2", 2**52: "r1"}
+        assert await store.feed_head() == 2
         with pytest.raises(InvalidInputError, match="Yjs client id"):
             await store.client_owners([2**53])
+
+    async def test_a_meta_value_set_if_absent_keeps_the_first(self, store: ServerStore) -> None:
+        assert await store.set_meta_if_absent("server-key", "first") == "first"
+        assert await store.set_meta_if_absent("server-key", "second") == "first"
+        assert await store.get_meta("server-key") == "first"
+
+    async def test_exclusive_commits_admit_one_holder_at_a_time(self, store: ServerStore) -> None:
+        """Two holders in one process follow one another (across processes, a shared
+        store's own tests show it); a commit inside the section is kept."""
+        inside: list[str] = []
+        entered = asyncio.Event()
+
+        async def hold(name: str, release: asyncio.Event | None) -> None:
+            async with store.exclusive_commits():
+                inside.append(f"{name} in")
+                entered.set()
+                if release is not None:
+                    await release.wait()
+                inside.append(f"{name} out")
+
+        release = asyncio.Event()
+        first = asyncio.create_task(hold("a", release))
+        await entered.wait()
+        second = asyncio.create_task(hold("b", None))
+        await asyncio.sleep(0)  # b runs up to the lock
+        assert inside == ["a in"]
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert inside == ["a in", "a out", "b in", "b out"]
+        p = Patient()
+        async with store.exclusive_commits():
+            assert await store.write_remote([remote(p, p.created)], to_feed=True) == [1]
+        assert await store.feed_head() == 1
+
+    async def test_a_feed_write_wakes_a_waiter(self, store: ServerStore) -> None:
+        waiting = asyncio.create_task(store.wait_for_feed(30))
+        p = Patient()
+        await store.write_remote([remote(p, p.created)], to_feed=True)
+        # A (re)connected listener may wake at once too: either way it returns promptly.
+        assert await asyncio.wait_for(waiting, 30)
+        with pytest.raises(InvalidInputError, match="timeout_s"):
+            await store.wait_for_feed(0)
 
     @pytest.mark.parametrize("seed", range(6))
     async def test_cards_received_or_reindexed_leave_exactly_the_pairs_of_the_final_cards(

@@ -17,8 +17,9 @@ plans its batch against the records as the previous one committed them, and
 numbers its feed rows after the highest (``MAX(seq) + 1``): feed order is
 commit order, without gaps, and a reader never sees seq N+1 before N. Accounts,
 sessions and the audit trail do not take it (an audit chain has a lock of its
-own, per replica). Nothing of a record is cached in the process: another may
-have written it.
+own, per replica). Nothing of a record is cached in the store: another process
+may have written it (a server's record pool is kept current through the feed: see
+:mod:`.shared` and :mod:`caresync.replication.follow`).
 
 The schema is recognised, created and migrated as the SQLite one is
 (:mod:`.schema`, :mod:`.migrations`): numbered steps, a version row, one
@@ -35,6 +36,7 @@ Layout
 * :mod:`.feed`, :mod:`.hub`, :mod:`.accounts`, :mod:`.sessions` — the feed and Yjs client
   owners, the health-hub outbox, accounts and replicas, sessions;
 * :mod:`.audit` — the audit chains; :mod:`.maintenance` — compaction and the check;
+* :mod:`.shared` — several server processes: the push lock, LISTEN/NOTIFY on the feed;
 * :mod:`._sql` — the SQL helpers they share.
 """
 

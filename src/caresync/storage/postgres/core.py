@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 
 import psycopg
 from psycopg import IsolationLevel
@@ -19,7 +19,7 @@ from caresync.exceptions import InvalidInputError, NotImplementedFeatureError, S
 from caresync.storage._writes import WriteLike
 from caresync.storage.base import StoreOpener, StrPath
 from caresync.storage.cache import CachedRecord
-from caresync.storage.postgres._sql import Conn, Job, T, read_identity, translate
+from caresync.storage.postgres._sql import Conn, Job, T, feed_head, read_identity, translate
 from caresync.storage.postgres.migrations import check_current, prepare
 from caresync.storage.postgres.schema import FEED_LOCK
 
@@ -124,6 +124,12 @@ class PostgresCore:
         self.damaged: str | None = None
         """Always None here: PostgreSQL checks its own pages (kept for the SQLite store's API)."""
         self._own_replica_id: str | None = None
+        # Several processes (see .shared): the lock's and the listener's connections,
+        # this process's gate to the lock, and the feed head the held section began at.
+        self._lock_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._listen_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._gate: asyncio.Lock | None = None
+        self._section_head: int | None = None
 
     @classmethod
     def open(
@@ -215,7 +221,12 @@ class PostgresCore:
         return store
 
     async def close(self) -> None:
-        """Close the store's connection. Closing twice is harmless."""
+        """Close the store's connections. Closing twice is harmless."""
+        for extra in (self._lock_conn, self._listen_conn):
+            if extra is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await extra.close()
+        self._lock_conn = self._listen_conn = None
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -295,6 +306,14 @@ class PostgresCore:
         with raw.transaction():
             if records:
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (FEED_LOCK,))
+                expected = self._section_head
+                if expected is not None and feed_head(raw) != expected:
+                    # Inside exclusive_commits, another process committed (its lock was
+                    # lost with a broken connection): records loaded here may be stale.
+                    raise StorageError(
+                        f"another process committed to {self.where} during this commit; "
+                        "nothing was stored: try again"
+                    )
             return body()
 
     def _known(self, raw: Conn, writes: Sequence[WriteLike]) -> dict[str, CachedRecord]:

@@ -64,3 +64,23 @@ class MetaPart(PostgresCore):
             self._write(raw, lambda: put_meta(raw, key, value))
 
         await self._run(f"storing meta {key!r}", job)
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless one is stored; returns the stored value.
+
+        Race-free across processes: the insert waits for another's uncommitted one
+        on the same key, then keeps it."""
+        check_meta(key, value)
+
+        def job(raw: Conn) -> str:
+            def body() -> str:
+                raw.execute(
+                    "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                    (key, value),
+                )
+                row = raw.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+                return value if row is None else str(row[0])
+
+            return self._write(raw, body)
+
+        return await self._run(f"storing meta {key!r}", job)

@@ -42,7 +42,15 @@ number of processes writing (see docs/storage.md).
 
 from __future__ import annotations
 
-__all__ = ["FEED_LOCK", "FORMAT_VALUE", "MIGRATION_LOCK", "SCHEMA_STEPS", "SCHEMA_VERSION"]
+__all__ = [
+    "FEED_CHANNEL",
+    "FEED_LOCK",
+    "FORMAT_VALUE",
+    "MIGRATION_LOCK",
+    "PUSH_LOCK",
+    "SCHEMA_STEPS",
+    "SCHEMA_VERSION",
+]
 
 FORMAT_VALUE = "caresync-server"
 """The format mark in ``caresync_schema``."""
@@ -52,6 +60,14 @@ FEED_LOCK = 0x63727379_0001
 
 MIGRATION_LOCK = 0x63727379_0002
 """The advisory lock a process holds while it recognises, creates or migrates the schema."""
+
+PUSH_LOCK = 0x63727379_0003
+"""The session advisory lock a server holds from reading a push's records to its commit
+(``exclusive_commits``), on a connection of its own."""
+
+FEED_CHANNEL = "caresync_feed"
+"""The LISTEN/NOTIFY channel: a feed write notifies it with its new head seq, in its
+transaction (delivered once committed)."""
 
 _V1 = (
     """CREATE TABLE caresync_schema (

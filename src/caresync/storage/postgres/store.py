@@ -10,6 +10,7 @@ from caresync.storage.postgres.maintenance import MaintenancePart
 from caresync.storage.postgres.meta import MetaPart
 from caresync.storage.postgres.reading import ReadingPart
 from caresync.storage.postgres.sessions import SessionsPart
+from caresync.storage.postgres.shared import SharedPart
 from caresync.storage.postgres.writes import RecordWritesPart
 
 __all__ = ["PostgresStore"]
@@ -25,6 +26,7 @@ class PostgresStore(
     MaintenancePart,
     AccountsPart,
     SessionsPart,
+    SharedPart,
 ):
     """A clinic server's records, change feed and accounts in a PostgreSQL database.
 

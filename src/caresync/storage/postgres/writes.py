@@ -14,6 +14,7 @@ from caresync.storage.base import (
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
+    check_claims_free,
     check_conflicts,
     check_conflicts_by_record,
     check_persons_by_record,
@@ -31,6 +32,7 @@ from caresync.storage.postgres._sql import (
 from caresync.storage.postgres.core import PostgresCore
 from caresync.storage.postgres.hub import write_hub_marks
 from caresync.storage.postgres.persons import read_cards, store_persons
+from caresync.storage.postgres.schema import FEED_CHANNEL
 
 __all__ = ["RecordWritesPart"]
 
@@ -87,6 +89,22 @@ class RecordWritesPart(PostgresCore):
                                 " VALUES (%s, %s, %s, %s, %s)",
                                 rows,
                             )
+                        # Delivered at commit, in commit order: other processes' servers
+                        # read the feed from their last seq and relay it live.
+                        raw.execute("SELECT pg_notify(%s, %s)", (FEED_CHANNEL, str(rows[-1][0])))
+                        if self._section_head is not None:
+                            self._section_head = rows[-1][0]  # the head this commit leaves
+                if claims:
+                    wanted = list(claims)
+                    owners = {
+                        int(client): str(replica_id)
+                        for client, replica_id in raw.execute(
+                            "SELECT client, replica_id FROM yjs_clients WHERE client = ANY(%s)",
+                            (wanted,),
+                        )
+                    }
+                    # Under the feed lock: two processes cannot both bind one client id.
+                    check_claims_free(claims, owners)
                 with raw.cursor() as cursor:
                     if claims:
                         cursor.executemany(

@@ -18,6 +18,7 @@ import aiosqlite
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError, StorageError
 from caresync.storage._cipher import DATABASE_ERRORS, SQLITE_ERRORS, check_key
+from caresync.storage._local import LocalCommits
 from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
 from caresync.storage._lock import WriterLock
 from caresync.storage._writes import WriteLike
@@ -57,6 +58,7 @@ class SQLiteCore:
         self.read_only = False
         """True for a store opened with ``read_only=True``: it refuses every write."""
         self._own_replica_id: str | None = None  # cached: a replica's id never changes
+        self._commits = LocalCommits()  # one process writes it: a local lock suffices
         self.accounts_only = False
         """True for a store opened with ``accounts_only=True`` (see :meth:`open`)."""
         self.damaged: str | None = None

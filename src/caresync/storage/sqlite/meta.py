@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractAsyncContextManager
 
 from caresync.storage._arguments import check_meta
 from caresync.storage._writes import check_rebind
@@ -61,3 +62,30 @@ class MetaPart(SQLiteCore):
             self._write(raw, lambda: _put_meta(raw, key, value))
 
         await self._run(f"storing meta {key!r}", job)
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless one is stored; returns the stored value."""
+        check_meta(key, value)
+
+        def job(raw: sqlite3.Connection) -> str:
+            def body() -> str:
+                raw.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+                row = raw.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                return value if row is None else str(row[0])
+
+            return self._write(raw, body)
+
+        return await self._run(f"storing meta {key!r}", job)
+
+    @property
+    def shared(self) -> bool:
+        """False: a server's SQLite database is written by that one process."""
+        return False
+
+    def exclusive_commits(self) -> AbstractAsyncContextManager[None]:
+        """A process-local lock (see ``ServerStore.exclusive_commits``)."""
+        return self._commits.exclusive()
+
+    async def wait_for_feed(self, timeout_s: float) -> bool:
+        """Until this store's feed gained an entry since the last wait, or the timeout."""
+        return await self._commits.wait(timeout_s)

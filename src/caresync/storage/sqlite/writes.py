@@ -20,6 +20,7 @@ from caresync.storage.base import (
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
+    check_claims_free,
     check_conflicts,
     check_conflicts_by_record,
     check_persons_by_record,
@@ -97,6 +98,16 @@ class RecordWritesPart(SQLiteCore):
                         rows,
                     )
                 if claims:
+                    wanted = list(claims)
+                    owners = {
+                        int(client): str(replica_id)
+                        for client, replica_id in raw.execute(
+                            "SELECT client, replica_id FROM yjs_clients WHERE client IN"
+                            f" ({','.join('?' * len(wanted))})",
+                            wanted,
+                        )
+                    }
+                    check_claims_free(claims, owners)  # raised: the transaction rolls back
                     raw.executemany(
                         "INSERT OR IGNORE INTO yjs_clients (client, replica_id) VALUES (?, ?)",
                         list(claims.items()),
@@ -115,7 +126,10 @@ class RecordWritesPart(SQLiteCore):
 
             return self._commit_planned(raw, body)
 
-        return await self._run(f"storing {len(writes)} received updates", job)
+        seqs = await self._run(f"storing {len(writes)} received updates", job)
+        if any(seqs):
+            self._commits.fed()
+        return seqs
 
     def _commit_planned(
         self,
