@@ -378,7 +378,7 @@ async def many_laptops_case(place: Clinic, laptops: int, edits: int) -> dict[str
 async def run(tiny: bool) -> list[dict[str, Any]]:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     postgres = postgres_server()
-    names = ["sqlite"] + ([] if postgres is None else ["postgres"])
+    names = ["sqlite"] + ([] if postgres is None else ["postgres", "postgres x2"])
     laptops, edits = (3, 2) if tiny else (50, 40)
     many, many_edits = (10, 2) if tiny else (2000, 20)
     rate, seconds = (10.0, 0.3) if tiny else (20.0, 3.0)
