@@ -45,6 +45,7 @@ from caresync.exceptions import (
     ClientTooOldError,
     ConnectionLostError,
     InvalidInputError,
+    InvalidUpdateError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -61,12 +62,15 @@ from caresync.protocol import (
     SUPPORTED_VERSIONS,
     AuditAck,
     Authenticated,
+    CheckedState,
     ClientProtocol,
     CopyBatch,
+    CopyConflict,
     Error,
     Goodbye,
     HubItem,
     HubReport,
+    LiveBatch,
     LiveUpdate,
     ProveServer,
     PullBatch,
@@ -80,8 +84,10 @@ from caresync.protocol import (
 )
 from caresync.records.persons import PersonCard
 from caresync.replication import meta
+from caresync.replication.checked import ServerCheck
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, Identity, LaptopStore
+from caresync.storage._updates import decode_state_vector
 from caresync.transport import Channel, Connector
 from caresync.versions import CLIENT_VERSION, check_version
 
@@ -243,6 +249,7 @@ class SessionHost(Protocol):
         absent: Collection[str] = (),
         trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
         trusted_persons: Mapping[str, PersonCard] | None = None,
+        checked: Mapping[str, ServerCheck] | None = None,
     ) -> None:
         """Commit what the server sent with ``checkpoint`` (see ``Replica``)."""
         ...
@@ -274,12 +281,50 @@ def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
     """A first-copy batch's conflict rows, as the store's rows, per record."""
+    return _grouped_rows(batch.conflicts or ())
+
+
+def _grouped_rows(conflicts: Sequence[CopyConflict]) -> dict[str, tuple[ConflictRow, ...]]:
     grouped: dict[str, list[ConflictRow]] = {}
-    for row in batch.conflicts or ():
+    for row in conflicts:
         grouped.setdefault(row.record_id, []).append(
             ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
         )
     return {record_id: tuple(rows) for record_id, rows in grouped.items()}
+
+
+def _server_checks(
+    checked: Sequence[CheckedState] | None, conflicts: Sequence[CopyConflict] | None
+) -> dict[str, ServerCheck] | None:
+    """A pulled or live batch's checks by record (version 8); RemoteProtocolError for a
+    state vector or person card that does not parse, or a card of another record."""
+    if checked is None:
+        return None
+    rows = _grouped_rows(conflicts or ())
+    checks: dict[str, ServerCheck] = {}
+    for state in checked:
+        try:
+            decode_state_vector(state.state_vector)
+        except InvalidUpdateError as exc:
+            raise RemoteProtocolError(
+                f"the server sent record {state.record_id} with a bad state vector: {exc}"
+            ) from None
+        card = None
+        if state.card is not None:
+            try:
+                card = PersonCard.from_bytes(state.card)
+            except InvalidInputError as exc:
+                raise RemoteProtocolError(
+                    f"the server sent record {state.record_id} with a bad person card: {exc}"
+                ) from None
+            if card.record_id != state.record_id:
+                raise RemoteProtocolError(
+                    f"the server sent record {state.record_id} with the card of {card.record_id}"
+                )
+        checks[state.record_id] = ServerCheck(
+            state.state_vector, rows.get(state.record_id, ()), card
+        )
+    return checks
 
 
 @dataclass(slots=True)
@@ -316,7 +361,7 @@ class Session:
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
         self._reply_room = asyncio.Semaphore(MAX_QUEUED_REPLIES)
-        self._live_updates: asyncio.Queue[LiveUpdate] | None = None
+        self._live_updates: asyncio.Queue[LiveUpdate | LiveBatch] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._read_error: BaseException | None = None
 
@@ -352,7 +397,7 @@ class Session:
                     await self._send_last_words()
                     raise
                 for event in self.protocol.events_received():
-                    if isinstance(event, LiveUpdate) and self._live_updates is not None:
+                    if isinstance(event, LiveUpdate | LiveBatch) and self._live_updates is not None:
                         await self._live_updates.put(event)  # full: stop reading for now
                         continue
                     # Bounded: a server sending what nobody asked for waits, on TCP.
@@ -741,18 +786,21 @@ class Session:
         checkpoint = int(await store.get_meta(meta.CHECKPOINT) or 0)
         own = self.include_own or await store.get_meta(meta.PULL_OWN) == "1"
         downloaded = 0
-        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own)
+        # A server whose index our rulebook computed sends its rows (version 8 on).
+        rulebook = self.host.rulebook.fingerprint
+        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own, rulebook)
         batch = await self.expect(PullBatch)
         while True:
             if batch.more:
                 # Ask for the next batch before committing this one: the server
                 # reads it while this laptop writes.
-                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own)
+                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own, rulebook)
                 await self.flush()
             if batch.items or batch.checkpoint != checkpoint:
                 await self.host.take_in(
                     [(i.record_id, i.update) for i in batch.items],
                     checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
+                    checked=_server_checks(batch.checked, batch.conflicts),
                 )
             downloaded += len(batch.items)
             checkpoint = batch.checkpoint
@@ -796,9 +844,9 @@ class Session:
         host = self.host
         checkpoint = int(await host.store.get_meta(meta.CHECKPOINT) or 0)
         # The queue before the Subscribe: the reader routes the backlog here as it arrives.
-        updates: asyncio.Queue[LiveUpdate] = asyncio.Queue(LIVE_QUEUE_ITEMS)
+        updates: asyncio.Queue[LiveUpdate | LiveBatch] = asyncio.Queue(LIVE_QUEUE_ITEMS)
         self._live_updates = updates
-        self.protocol.subscribe(checkpoint)
+        self.protocol.subscribe(checkpoint, host.rulebook.fingerprint)
         await self.flush()
         attempt.online = attempt.live = True
         host.status.move(ReplicaState.ONLINE)
@@ -826,14 +874,30 @@ class Session:
                 if error is not None:
                     raise error
 
-    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate]) -> None:
+    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate | LiveBatch]) -> None:
         while True:
-            batch = [await updates.get()]
-            while not updates.empty() and len(batch) < self.limits.pull_limit:
-                batch.append(updates.get_nowait())
+            entries: list[tuple[str, bytes]] = []
+            checks: dict[str, ServerCheck] = {}
+            last_seq = 0
+            while not entries or (not updates.empty() and len(entries) < self.limits.pull_limit):
+                event = await updates.get() if not entries else updates.get_nowait()
+                if isinstance(event, LiveUpdate):
+                    items = [(event.seq, event.record_id, event.update)]
+                    frame_checks: dict[str, ServerCheck] = {}
+                else:
+                    items = [(i.seq, i.record_id, i.update) for i in event.items]
+                    frame_checks = _server_checks(event.checked, event.conflicts) or {}
+                for _seq, record_id, update in items:
+                    entries.append((record_id, update))
+                    # A check describes the state after its own frame: a later frame
+                    # that touches the record without one makes it stale.
+                    checks.pop(record_id, None)
+                checks.update(frame_checks)
+                last_seq = items[-1][0]
             await self.host.take_in(
-                [(u.record_id, u.update) for u in batch],
-                checkpoint=(meta.CHECKPOINT, str(batch[-1].seq)),
+                entries,
+                checkpoint=(meta.CHECKPOINT, str(last_seq)),
+                checked=checks or None,
             )
 
     async def _push_live(self) -> None:

@@ -762,6 +762,13 @@ class ReplicaStore(Protocol):
         """The stored state vector of the record, or None if unknown."""
         ...
 
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items (updates
+        that wait for one not yet held, which no state vector counts); unknown ids are
+        absent. One consistent read, without the records' bytes.
+        """
+        ...
+
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""
         ...

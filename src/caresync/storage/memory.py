@@ -524,6 +524,16 @@ class MemoryStore:
         record = self._records.get(record_id)
         return None if record is None else record.state_vector
 
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items."""
+        ids = dict.fromkeys(check_record_ids(record_ids))
+        self._open_or_raise(f"reading {len(ids)} state vectors")
+        return {
+            rid: (self._records[rid].state_vector, self._records[rid].pending)
+            for rid in ids
+            if rid in self._records
+        }
+
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""
         check_text(record_id, "record_id")

@@ -101,6 +101,20 @@ class ReadingPart(PostgresCore):
 
         return await self._run(f"reading the state vector of {record_id}", job)
 
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items, as of
+        one snapshot (unknown ids are absent)."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: Conn) -> dict[str, tuple[bytes, bool]]:
+            rows = raw.execute(
+                "SELECT record_id, state_vector, pending FROM records WHERE record_id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+            return {rid: (bytes(vector), bool(pending)) for rid, vector, pending in rows}
+
+        return await self._run(f"reading {len(ids)} state vectors", job)
+
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""
         check_text(record_id, "record_id")

@@ -127,6 +127,34 @@ class ReadingPart(SQLiteCore):
 
         return await self._run(f"reading the state vector of {record_id}", job)
 
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items: the
+        cache, then one job for the rest (unknown ids are absent)."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+        known = self.cache.get_many(ids)
+        found = {rid: (cached.state_vector, cached.pending) for rid, cached in known.items()}
+        missing = [record_id for record_id in ids if record_id not in known]
+        if not missing:
+            return found
+
+        def job(raw: sqlite3.Connection) -> dict[str, tuple[bytes, bool]]:
+            read: dict[str, tuple[bytes, bool]] = {}
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for chunk in _chunks(missing):
+                    for record_id, vector, pending in raw.execute(
+                        "SELECT record_id, state_vector, pending FROM records"
+                        f" WHERE record_id IN ({_marks(len(chunk))})",
+                        chunk,
+                    ):
+                        read[record_id] = (bytes(vector), bool(pending))
+            finally:
+                raw.execute("COMMIT")
+            return read
+
+        found.update(await self._run(f"reading {len(missing)} state vectors", job))
+        return found
+
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""
         check_text(record_id, "record_id")

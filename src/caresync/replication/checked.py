@@ -1,0 +1,89 @@
+"""Whether a server's check of a record fits the state a batch leaves it in (pure).
+
+A server whose conflict index our rulebook computed sends, with pulled and live
+entries (protocol version 8), each record's conflict rows and person card
+together with the state vector of the stored state they describe. Conflict rows
+and a person card are functions of a record's state and the rulebook, so a
+laptop may store them as they are exactly when its own record, after the
+batch, is in that same state: then building the record and running the rules
+would compute the same rows.
+
+Same state is decided by state vectors. Every update a replica stores only adds
+items (the server admits nothing else, and a laptop writes nothing else), so a
+record's state is the set of items it holds; one with no waiting items holds,
+for each Yjs client, exactly the items below that client's clock. Two such
+records with equal state vectors hold the same items. A record with an
+unacknowledged local edit holds a clock the server lacks, so it never matches
+and is rebuilt and checked as before.
+
+No I/O: the caller reads the stored state vectors (``ReplicaStore.state_vectors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from caresync.exceptions import InvalidUpdateError
+from caresync.records.persons import PersonCard
+from caresync.records.spans import decode_clocks, encode_clocks, simple_span
+from caresync.storage import ConflictRow
+from caresync.storage._updates import advance, same_state_vector
+
+__all__ = ["EMPTY_STATE_VECTOR", "ServerCheck", "matches", "vector_after"]
+
+EMPTY_STATE_VECTOR = b"\x00"
+"""The state vector of a record that holds nothing (a record new here)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCheck:
+    """What a server with our rulebook stored for one record's state."""
+
+    state_vector: bytes
+    """The Yjs state vector of the server's stored state that ``rows`` and ``person`` describe."""
+    rows: tuple[ConflictRow, ...]
+    person: PersonCard | None
+
+
+def vector_after(
+    record_id: str, stored: tuple[bytes, bool] | None, updates: Sequence[bytes]
+) -> bytes | None:
+    """The record's state vector once ``updates`` are stored, or None if it would hold
+    waiting items (before or after), or the bytes do not read as updates.
+
+    ``stored`` is the record's stored (state vector, waiting items), or None for a
+    record not stored here. Costs in proportion to the updates, not to the record.
+    """
+    if stored is not None and stored[1]:
+        return None
+    vector = EMPTY_STATE_VECTOR if stored is None else stored[0]
+    clocks = decode_clocks(vector)
+    if clocks is not None:
+        # One client's edit that depends on nothing else: its header says everything.
+        for update in updates:
+            span = simple_span(update)
+            if span is None:
+                break
+            client, first, end = span
+            have = clocks.get(client, 0)
+            if first > have:
+                return None  # it would wait for an update not held
+            clocks[client] = max(have, end)
+        else:
+            return encode_clocks(clocks)
+    try:
+        after, pending = advance(vector, updates, record_id=record_id)
+    except InvalidUpdateError:
+        return None  # the ordinary path keeps such bytes aside, or refuses them
+    return None if pending else after
+
+
+def matches(after: bytes | None, check: ServerCheck) -> bool:
+    """True if a record at state vector ``after`` is in the state ``check`` describes."""
+    if after is None:
+        return False
+    try:
+        return same_state_vector(after, check.state_vector)
+    except InvalidUpdateError:
+        return False  # not a state vector: trust nothing of it
