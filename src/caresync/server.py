@@ -73,7 +73,6 @@ from caresync.protocol import (
     AuditBatch,
     Authenticate,
     Authenticated,
-    CheckedState,
     CopyBatch,
     CopyConflict,
     CopyPerson,
@@ -98,7 +97,8 @@ from caresync.protocol import (
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
-from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.replication.checked import to_wire
+from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_checks
 from caresync.replication.pool import RecordPool
 from caresync.storage import HubMark, ReplicaInfo, ServerStore, own_identity
 from caresync.storage.servers import open_server_database, shown_database
@@ -1095,28 +1095,9 @@ class SyncServer:
         )
 
     async def _read_checks(self, record_ids: Sequence[str]) -> dict[str, RecordCheck]:
-        """Each record's stored state vector, person card and conflict rows: what its
-        check says. Called under the commit lock, so all three are of one commit."""
-        ids = list(dict.fromkeys(record_ids))
-        if not ids:
-            return {}
-        vectors = await self.store.state_vectors(ids)
-        stored_rows = await self.store.conflict_rows(ids)
-        cards = await self.store.person_cards(ids)
-        checks: dict[str, RecordCheck] = {}
-        for record_id in ids:
-            found = vectors.get(record_id)
-            if found is None or found[1]:
-                continue  # not stored, or holding waiting items: the laptop checks it
-            card = cards.get(record_id)
-            checks[record_id] = RecordCheck(
-                CheckedState(record_id, found[0], None if card is None else card.to_bytes()),
-                tuple(
-                    CopyConflict(record_id, r.id, r.kind, r.subject, r.severity, r.payload)
-                    for r in stored_rows.get(record_id, ())
-                ),
-            )
-        return checks
+        """The records' checks as the store holds them now (under the commit lock)."""
+        checks = await read_checks(self.store, record_ids)
+        return {record_id: to_wire(record_id, check) for record_id, check in checks.items()}
 
     def _remembered_checks(self, record_ids: Iterable[str]) -> dict[str, RecordCheck]:
         return {rid: check for rid in record_ids if (check := self._checks.get(rid)) is not None}

@@ -406,7 +406,7 @@ def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         ServerProtocol("")
     with pytest.raises(LocalProtocolError):
-        ServerProtocol(SERVER_ID, protocol_versions=(8,))
+        ServerProtocol(SERVER_ID, protocol_versions=(9,))
     with pytest.raises(LocalProtocolError):
         ServerProtocol(SERVER_ID, max_frame_bytes=True)
 

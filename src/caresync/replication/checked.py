@@ -16,7 +16,10 @@ records with equal state vectors hold the same items. A record with an
 unacknowledged local edit holds a clock the server lacks, so it never matches
 and is rebuilt and checked as before.
 
-No I/O: the caller reads the stored state vectors (``ReplicaStore.state_vectors``).
+No I/O: the caller reads the stored state vectors (``ReplicaStore.state_vectors``);
+a server reads its checks with :func:`caresync.replication.index.read_checks`. What
+arrives is untrusted: :func:`from_wire` parses every state vector and card, and
+refuses (RemoteProtocolError) what does not parse.
 """
 
 from __future__ import annotations
@@ -24,13 +27,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from caresync.exceptions import InvalidUpdateError
+from caresync.exceptions import InvalidInputError, InvalidUpdateError, RemoteProtocolError
+from caresync.protocol import CheckedState, CopyConflict, RecordCheck
 from caresync.records.persons import PersonCard
 from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage import ConflictRow
-from caresync.storage._updates import advance, same_state_vector
+from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
-__all__ = ["EMPTY_STATE_VECTOR", "ServerCheck", "matches", "vector_after"]
+__all__ = [
+    "EMPTY_STATE_VECTOR",
+    "ServerCheck",
+    "from_wire",
+    "matches",
+    "to_wire",
+    "vector_after",
+]
 
 EMPTY_STATE_VECTOR = b"\x00"
 """The state vector of a record that holds nothing (a record new here)."""
@@ -87,3 +98,56 @@ def matches(after: bytes | None, check: ServerCheck) -> bool:
         return same_state_vector(after, check.state_vector)
     except InvalidUpdateError:
         return False  # not a state vector: trust nothing of it
+
+
+def to_wire(record_id: str, check: ServerCheck) -> RecordCheck:
+    """A server's check of one record as a frame carries it."""
+    card = None if check.person is None else check.person.to_bytes()
+    return RecordCheck(
+        CheckedState(record_id, check.state_vector, card),
+        tuple(
+            CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
+            for row in check.rows
+        ),
+    )
+
+
+def from_wire(
+    checked: Sequence[CheckedState] | None, conflicts: Sequence[CopyConflict] | None
+) -> dict[str, ServerCheck] | None:
+    """A pulled or live batch's checks by record (None: the batch carries none).
+
+    The message checked their shape and sizes; here their content:
+    RemoteProtocolError for a state vector or person card that does not parse, or
+    the card of another record.
+    """
+    if checked is None:
+        return None
+    grouped: dict[str, list[ConflictRow]] = {}
+    for row in conflicts or ():
+        grouped.setdefault(row.record_id, []).append(
+            ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
+        )
+    checks: dict[str, ServerCheck] = {}
+    for state in checked:
+        try:
+            decode_state_vector(state.state_vector)
+        except InvalidUpdateError as exc:
+            raise RemoteProtocolError(
+                f"the server sent record {state.record_id} with a bad state vector: {exc}"
+            ) from None
+        card = None
+        if state.card is not None:
+            try:
+                card = PersonCard.from_bytes(state.card)
+            except InvalidInputError as exc:
+                raise RemoteProtocolError(
+                    f"the server sent record {state.record_id} with a bad person card: {exc}"
+                ) from None
+            if card.record_id != state.record_id:
+                raise RemoteProtocolError(
+                    f"the server sent record {state.record_id} with the card of {card.record_id}"
+                )
+        rows = tuple(grouped.get(state.record_id, ()))
+        checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
+    return checks

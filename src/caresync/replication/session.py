@@ -45,7 +45,6 @@ from caresync.exceptions import (
     ClientTooOldError,
     ConnectionLostError,
     InvalidInputError,
-    InvalidUpdateError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -62,7 +61,6 @@ from caresync.protocol import (
     SUPPORTED_VERSIONS,
     AuditAck,
     Authenticated,
-    CheckedState,
     ClientProtocol,
     CopyBatch,
     CopyConflict,
@@ -84,10 +82,9 @@ from caresync.protocol import (
 )
 from caresync.records.persons import PersonCard
 from caresync.replication import meta
-from caresync.replication.checked import ServerCheck
+from caresync.replication.checked import ServerCheck, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, Identity, LaptopStore
-from caresync.storage._updates import decode_state_vector
 from caresync.transport import Channel, Connector
 from caresync.versions import CLIENT_VERSION, check_version
 
@@ -291,40 +288,6 @@ def _grouped_rows(conflicts: Sequence[CopyConflict]) -> dict[str, tuple[Conflict
             ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
         )
     return {record_id: tuple(rows) for record_id, rows in grouped.items()}
-
-
-def _server_checks(
-    checked: Sequence[CheckedState] | None, conflicts: Sequence[CopyConflict] | None
-) -> dict[str, ServerCheck] | None:
-    """A pulled or live batch's checks by record (version 8); RemoteProtocolError for a
-    state vector or person card that does not parse, or a card of another record."""
-    if checked is None:
-        return None
-    rows = _grouped_rows(conflicts or ())
-    checks: dict[str, ServerCheck] = {}
-    for state in checked:
-        try:
-            decode_state_vector(state.state_vector)
-        except InvalidUpdateError as exc:
-            raise RemoteProtocolError(
-                f"the server sent record {state.record_id} with a bad state vector: {exc}"
-            ) from None
-        card = None
-        if state.card is not None:
-            try:
-                card = PersonCard.from_bytes(state.card)
-            except InvalidInputError as exc:
-                raise RemoteProtocolError(
-                    f"the server sent record {state.record_id} with a bad person card: {exc}"
-                ) from None
-            if card.record_id != state.record_id:
-                raise RemoteProtocolError(
-                    f"the server sent record {state.record_id} with the card of {card.record_id}"
-                )
-        checks[state.record_id] = ServerCheck(
-            state.state_vector, rows.get(state.record_id, ()), card
-        )
-    return checks
 
 
 @dataclass(slots=True)
@@ -800,7 +763,7 @@ class Session:
                 await self.host.take_in(
                     [(i.record_id, i.update) for i in batch.items],
                     checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
-                    checked=_server_checks(batch.checked, batch.conflicts),
+                    checked=from_wire(batch.checked, batch.conflicts),
                 )
             downloaded += len(batch.items)
             checkpoint = batch.checkpoint
@@ -886,7 +849,7 @@ class Session:
                     frame_checks: dict[str, ServerCheck] = {}
                 else:
                     items = [(i.seq, i.record_id, i.update) for i in event.items]
-                    frame_checks = _server_checks(event.checked, event.conflicts) or {}
+                    frame_checks = from_wire(event.checked, event.conflicts) or {}
                 for _seq, record_id, update in items:
                     entries.append((record_id, update))
                     # A check describes the state after its own frame: a later frame
