@@ -48,7 +48,7 @@ the organisation is the shell's to decide; it answers with ``reject`` (fatal) or
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from caresync.exceptions import (
     LocalProtocolError,
@@ -109,7 +109,8 @@ from caresync.protocol.states import (
 __all__ = ["RecordCheck", "ServerEvent", "ServerProtocol", "check_wire_size", "row_wire_size"]
 
 
-class RecordCheck(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class RecordCheck:
     """What the server's index holds for one record's stored state (version 8 on):
     the state (its state vector and person card) and its conflict rows."""
 
