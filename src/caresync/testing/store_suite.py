@@ -284,6 +284,31 @@ class ReplicaStoreSuite:
             await store.load_many(bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidInputError):
             await store.conflict_rows(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            await store.state_vectors(bad)  # type: ignore[arg-type]
+
+    async def test_state_vectors_say_each_records_state_and_waiting_items(
+        self, store: ReplicaStore
+    ) -> None:
+        patients = [Patient() for _ in range(600)]  # more than one IN list holds
+        await store.write_remote([remote(p, p.created) for p in patients])
+        waiting = patients[0]
+        first, second = waiting.edit("birthDate", "1"), waiting.edit("birthDate", "2")
+        await store.write_remote([remote(waiting, second)])  # its parent has not arrived
+        asked = [rid for p in reversed(patients) for rid in (p.id, f"unknown-{p.id}")]
+        vectors = await store.state_vectors(asked)
+        assert set(vectors) == {p.id for p in patients}
+        for p in patients[1:]:
+            vector, pending = vectors[p.id]
+            assert not pending
+            assert same_vector(vector, p.record.state_vector())
+            assert vector == await store.state_vector(p.id)
+        assert vectors[waiting.id][1]  # it holds an update that waits
+        await store.write_remote([remote(waiting, first)])
+        [(vector, pending)] = (await store.state_vectors([waiting.id])).values()
+        assert not pending
+        assert same_vector(vector, waiting.record.state_vector())
+        assert await store.state_vectors([]) == {}
 
     async def test_conflict_rows_reads_ids_past_one_query(self, store: ReplicaStore) -> None:
         patients = [Patient() for _ in range(600)]
