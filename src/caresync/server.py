@@ -1397,7 +1397,7 @@ class SyncServer:
         after = request.after_seq
         while True:
             checks: dict[str, RecordCheck] | None = None
-            async with self._commit_lock if conn.checks else contextlib.nullcontext():
+            async with self._commit_lock if conn.checks is not None else contextlib.nullcontext():
                 items = await self.store.feed_since(
                     after,
                     limit=1000,

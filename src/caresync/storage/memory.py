@@ -69,6 +69,7 @@ from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
     merge,
+    merge_stored,
     same_state_vector,
     state_vector_of,
     verify_compaction,
@@ -137,7 +138,7 @@ class _Record:
     log: list[bytes] = field(default_factory=list)
 
     def merged(self, record_id: str) -> bytes:
-        return merge([self.state, *self.log], record_id=record_id) if self.log else self.state
+        return merge_stored(self.state, self.log, record_id=record_id)
 
 
 class MemoryStore:

@@ -12,7 +12,7 @@ from psycopg import IsolationLevel
 
 from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
-from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
     QuarantinedUpdate,
@@ -81,7 +81,7 @@ class ReadingPart(PostgresCore):
             for record_id, log_count, key, _folded, state in rows:
                 base = EMPTY_UPDATE if state is None else bytes(state)
                 more = pieces.get(key) if log_count else None
-                loaded[record_id] = merge([base, *more], record_id=record_id) if more else base
+                loaded[record_id] = merge_stored(base, more or (), record_id=record_id)
             return loaded
 
         found = await self._run(

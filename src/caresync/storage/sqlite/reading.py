@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
-from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
     QuarantinedUpdate,
@@ -107,7 +107,7 @@ class ReadingPart(SQLiteCore):
         loaded: dict[str, bytes] = {}
         for record_id, known, state, log_count in rows:
             more = pieces.get(known.key) if log_count and known.key is not None else None
-            merged = merge([state, *more], record_id=record_id) if more else state
+            merged = merge_stored(state, more or (), record_id=record_id)
             loaded[record_id] = merged
             self.cache.put(record_id, known._replace(merged=merged))
         return loaded
