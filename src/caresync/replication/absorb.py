@@ -82,6 +82,8 @@ class Taken:
     """What is stored for it: each arriving update, or their merge."""
     rows: tuple[ConflictRow, ...]
     person: PersonCard | None
+    state_vector: bytes | None = None
+    """The stored update's state vector, when it was read already (a trusted copy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +249,7 @@ def _to_store(
     last update (``conflicts=None`` on the others leaves its rows for the last)."""
     if not keep_each:
         return [
-            IncomingUpdate(rid, t.updates[0], t.rows, organisation, t.person)
+            IncomingUpdate(rid, t.updates[0], t.rows, organisation, t.person, t.state_vector)
             for rid, t in taken.items()
         ]
     # Each record's stored updates, in arrival order (a quarantined one is not among them).
@@ -290,15 +292,15 @@ class _Intake:
         """A copied record stored without building it, if its bytes read as an update."""
         try:
             update = _merged(record_id, arrived)
-            state_vector_of(update, record_id=record_id)  # what the store will read of it
+            # Proves the bytes an update, and spares the store reading them again.
+            vector = state_vector_of(update, record_id=record_id)
         except InvalidUpdateError as exc:
             if self.on_bad is OnBadUpdate.REFUSE:
                 raise
             self.kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
             return None
-        return Taken(
-            None, (update,), trusted.rows.get(record_id, ()), trusted.persons.get(record_id)
-        )
+        rows, person = trusted.rows.get(record_id, ()), trusted.persons.get(record_id)
+        return Taken(None, (update,), rows, person, vector)
 
     async def take_in(
         self, record_id: str, arrived: list[bytes], before: bytes | None, record: Record | None

@@ -263,6 +263,11 @@ class IncomingUpdate:
     organisation: str | None = None
     person: PersonCard | None = None
     """The record's card for the person index; None leaves the stored card as it is."""
+    state_vector: bytes | None = None
+    """The update's own state vector, when the caller has read it already (pycrdt's
+    ``get_state`` of these very bytes: a first copy's record, checked that way before
+    it is stored). A record new to the store is then planned from it, without reading
+    the update's header again in Python; for a stored record it is ignored."""
 
     def __post_init__(self) -> None:
         check_text(self.record_id, "record_id")
@@ -271,6 +276,8 @@ class IncomingUpdate:
         if self.conflicts is not None:
             check_conflicts(self.record_id, self.conflicts)
         check_person(self.record_id, self.person)
+        if self.state_vector is not None:
+            check_bytes(self.state_vector, "state_vector")
 
 
 HUB_STATES = ("pending", "held", "sent", "failed")

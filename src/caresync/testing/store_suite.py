@@ -60,7 +60,7 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.records import Record
-from caresync.records.crdt import state_vector_of
+from caresync.records.crdt import merge, state_vector_of
 from caresync.records.persons import (
     DIFFERENT_PEOPLE,
     SAME_PERSON,
@@ -286,6 +286,25 @@ class ReplicaStoreSuite:
             await store.conflict_rows(bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidInputError):
             await store.state_vectors(bad)  # type: ignore[arg-type]
+
+    async def test_a_new_record_written_with_its_state_vector_is_stored_as_if_read(
+        self, store: ReplicaStore
+    ) -> None:
+        p = Patient()
+        whole = merge([p.created, p.edit("birthDate", "1990")], record_id=p.id)
+        vector = state_vector_of(whole, record_id=p.id)
+        await store.write_remote([IncomingUpdate(p.id, whole, None, state_vector=vector)])
+        assert await store.state_vectors([p.id]) == {p.id: (vector, False)}
+        assert revision_ids(await store.load(p.id) or b"", p.id) == {
+            r.id for r in p.record.revisions()
+        }
+        # One that waits for an update not held is marked so, whatever vector it came with.
+        q = Patient()
+        q.edit("birthDate", "1")
+        later = q.edit("birthDate", "2")
+        alone = state_vector_of(later, record_id=q.id)
+        await store.write_remote([IncomingUpdate(q.id, later, None, state_vector=alone)])
+        assert (await store.state_vectors([q.id]))[q.id][1]
 
     async def test_state_vectors_say_each_records_state_and_waiting_items(
         self, store: ReplicaStore
