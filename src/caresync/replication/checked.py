@@ -25,10 +25,10 @@ refuses (RemoteProtocolError) what does not parse.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from caresync.exceptions import InvalidInputError, InvalidUpdateError, RemoteProtocolError
-from caresync.protocol import CheckedState, CopyConflict, RecordCheck
+from caresync.protocol import CheckedState, CopyConflict, LiveBatch, LiveUpdate, RecordCheck
 from caresync.records.persons import PersonCard
 from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage import ConflictRow
@@ -36,6 +36,7 @@ from caresync.storage._updates import advance, decode_state_vector, same_state_v
 
 __all__ = [
     "EMPTY_STATE_VECTOR",
+    "LiveFrames",
     "ServerCheck",
     "from_wire",
     "matches",
@@ -151,3 +152,36 @@ def from_wire(
         rows = tuple(grouped.get(state.record_id, ()))
         checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
     return checks
+
+
+@dataclass(slots=True)
+class LiveFrames:
+    """Live frames a laptop commits together: their entries, last seq and checks.
+
+    A frame's checks describe each of its records as its last entry there left
+    it; a later frame that touches the record again without a check makes the
+    earlier one stale (dropped: the record is then built), and a later check
+    replaces it.
+    """
+
+    entries: list[tuple[str, bytes]] = field(default_factory=list)
+    last_seq: int = 0
+    checks: dict[str, ServerCheck] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, frames: Sequence[LiveUpdate | LiveBatch]) -> LiveFrames:
+        """The frames in arrival order; RemoteProtocolError for a check that does not parse."""
+        live = cls()
+        for frame in frames:
+            if isinstance(frame, LiveUpdate):
+                items = [(frame.seq, frame.record_id, frame.update)]
+                found: dict[str, ServerCheck] = {}
+            else:
+                items = [(i.seq, i.record_id, i.update) for i in frame.items]
+                found = from_wire(frame.checked, frame.conflicts) or {}
+            for seq, record_id, update in items:
+                live.entries.append((record_id, update))
+                live.checks.pop(record_id, None)
+                live.last_seq = seq
+            live.checks.update(found)
+        return live

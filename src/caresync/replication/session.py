@@ -82,7 +82,7 @@ from caresync.protocol import (
 )
 from caresync.records.persons import PersonCard
 from caresync.replication import meta
-from caresync.replication.checked import ServerCheck, from_wire
+from caresync.replication.checked import LiveFrames, ServerCheck, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, Identity, LaptopStore
 from caresync.transport import Channel, Connector
@@ -839,28 +839,17 @@ class Session:
 
     async def _commit_live(self, updates: asyncio.Queue[LiveUpdate | LiveBatch]) -> None:
         while True:
-            entries: list[tuple[str, bytes]] = []
-            checks: dict[str, ServerCheck] = {}
-            last_seq = 0
-            while not entries or (not updates.empty() and len(entries) < self.limits.pull_limit):
-                event = await updates.get() if not entries else updates.get_nowait()
-                if isinstance(event, LiveUpdate):
-                    items = [(event.seq, event.record_id, event.update)]
-                    frame_checks: dict[str, ServerCheck] = {}
-                else:
-                    items = [(i.seq, i.record_id, i.update) for i in event.items]
-                    frame_checks = from_wire(event.checked, event.conflicts) or {}
-                for _seq, record_id, update in items:
-                    entries.append((record_id, update))
-                    # A check describes the state after its own frame: a later frame
-                    # that touches the record without one makes it stale.
-                    checks.pop(record_id, None)
-                checks.update(frame_checks)
-                last_seq = items[-1][0]
+            frames = [await updates.get()]
+            taken = len(frames[0].items) if isinstance(frames[0], LiveBatch) else 1
+            while not updates.empty() and taken < self.limits.pull_limit:
+                frame = updates.get_nowait()
+                taken += len(frame.items) if isinstance(frame, LiveBatch) else 1
+                frames.append(frame)
+            live = LiveFrames.of(frames)
             await self.host.take_in(
-                entries,
-                checkpoint=(meta.CHECKPOINT, str(last_seq)),
-                checked=checks or None,
+                live.entries,
+                checkpoint=(meta.CHECKPOINT, str(live.last_seq)),
+                checked=live.checks or None,
             )
 
     async def _push_live(self) -> None:
