@@ -1037,6 +1037,8 @@ class SyncServer:
         rows: list[CopyConflict] = []
         persons: list[CopyPerson] = []
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+        if request.batch_bytes is not None:  # sized by what it holds (version 8 on)
+            budget = min(budget, request.batch_bytes)
         size = 0
         for record_id in ids:
             stored = loaded.get(record_id)

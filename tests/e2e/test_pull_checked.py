@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from tests.e2e.live_helpers import LIMIT_S, enrolled, live, start_server, until, watch
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, start_server, until, watch
 from tests.e2e.test_first_copy_index import RECORDS, rows_by_record, seed
 
 import caresync.replication.session
@@ -25,7 +25,7 @@ from caresync import Record
 from caresync.conflicts import Conflict, Rulebook
 from caresync.exceptions import RemoteProtocolError
 from caresync.protocol import ServerProtocol
-from caresync.replica import Replica, ReplicaState
+from caresync.replica import CopyProgress, Replica, ReplicaState, SyncLimits
 from caresync.replication import meta
 
 
@@ -180,4 +180,35 @@ async def test_a_check_that_does_not_parse_stops_the_pull_with_nothing_stored(
     finally:
         await reader.close()
         await writer.close()
+        await server.close()
+
+
+async def test_a_first_copy_comes_in_batches_sized_by_bytes(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    await seed(server)
+    stored = await server.store.load_many(await server.store.record_ids())
+    budget = 4 * max(len(data) for data in stored.values())
+    limits = SyncLimits(copy_batch_records=1000, copy_batch_bytes=budget)
+    laptop = await Replica.open(tmp_path / "sized.db", limits=limits)
+    seen: list[CopyProgress] = []
+    whole = await Replica.open(tmp_path / "whole.db")  # the default budget: one batch
+    seen_whole: list[CopyProgress] = []
+    try:
+        for replica, progress in ((laptop, seen), (whole, seen_whole)):
+            await replica.enrol(
+                server.url,
+                username="dr.a",
+                password=PASSWORD,
+                organisation="clinic-a",
+                progress=progress.append,
+            )
+            assert len(await replica.record_ids()) == RECORDS
+        start = [CopyProgress(0, 0, 0, 0), *seen]
+        assert all(b.done_bytes - a.done_bytes <= budget for a, b in zip(start, seen, strict=False))
+        assert len(seen) > 3  # by bytes: a few records a batch, not a thousand
+        assert len(seen_whole) == 1
+        assert await rows_by_record(laptop) == await rows_by_record(server)
+    finally:
+        await whole.close()
+        await laptop.close()
         await server.close()

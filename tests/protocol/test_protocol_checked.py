@@ -197,3 +197,20 @@ def test_a_client_that_named_no_rulebook_refuses_checked_live_entries() -> None:
     assert all(isinstance(e, LiveUpdate) for e in client.events_received())
     with pytest.raises(RemoteProtocolError, match="Subscribe named no rulebook"):
         client.receive_data(frame(LiveBatch((FeedItem(6, "rec-a", b"u4"),), (), ())))
+
+
+def test_a_copy_request_sizes_its_batch_by_bytes_from_version_8() -> None:
+    from caresync.protocol import CopyRequest
+
+    sized = CopyRequest(None, 500, FP, 4096)
+    assert decode_frame(encode_frame(sized, version=8)) == (8, sized)
+    with pytest.raises(LocalProtocolError, match="exists from protocol version 8"):
+        encode_frame(sized, version=7)
+    with pytest.raises(LocalProtocolError, match="batch_bytes must be an int"):
+        CopyRequest(None, 500, FP, 0)
+    client, _server = handshake(
+        enrolled_client(protocol_versions=(6, 7)), ServerProtocol(SERVER_ID)
+    )
+    client.request_copy(None, 5, FP, 4096)
+    [data] = client.data_to_send()
+    assert decode_frame(data) == (7, CopyRequest(None, 5, FP, None))

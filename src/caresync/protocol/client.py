@@ -329,6 +329,7 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         after_record_id: str | None = None,
         batch_records: int = DEFAULT_COPY_BATCH_RECORDS,
         rulebook: str | None = None,
+        batch_bytes: int | None = None,
     ) -> None:
         """Queue CopyRequest for the next first-copy batch (READY, enrolled, one at a time).
 
@@ -336,10 +337,13 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         batch committed, to resume. ``rulebook`` is the fingerprint of this replica's
         rulebook: a server with the same one may send conflict index rows with the
         records (protocol version 3 on; on an older version it is not sent).
+        ``batch_bytes`` bounds the batch's bytes too (version 8 on; not sent before).
         """
         if self._version is not None and self._version < 3:
             rulebook = None
-        self._send_sync(CopyRequest(after_record_id, batch_records, rulebook))
+        if not self._carries_checks:
+            batch_bytes = None
+        self._send_sync(CopyRequest(after_record_id, batch_records, rulebook, batch_bytes))
 
     def request_pull(
         self,

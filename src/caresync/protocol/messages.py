@@ -138,7 +138,8 @@ renumbered at a merge): after the last :class:`PullBatch` of a pull, the
 server says where each patient summary kept on the health hub stands, so a
 laptop shows what the server knows (see :mod:`caresync.hub`).
 
-Version 8 carries the server's conflict rows with pulls and live entries, as
+Version 8 sizes first-copy batches by bytes too (``CopyRequest.batch_bytes``), and
+carries the server's conflict rows with pulls and live entries, as
 version 3 did with the first copy: ``PullRequest.rulebook`` and
 ``Subscribe.rulebook`` name the client's rulebook, and a server whose index that
 rulebook computed adds ``checked`` (per record: the state vector of the state its
@@ -805,19 +806,25 @@ class CopyRequest(Message):
     ``rulebook`` (version 3 on) is the fingerprint of the client's rulebook
     (:attr:`caresync.conflicts.Rulebook.fingerprint`): a server whose conflict index
     was computed by the same rulebook may send each record's index rows with it.
+    ``batch_bytes`` (version 8 on): the most bytes the batch's records (with their
+    rows and cards) may take, so that a batch is sized by what it holds; a record
+    larger than that still comes, alone. ``None``: the frame size is the only bound.
     """
 
     TYPE_CODE: ClassVar[int] = 16
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"rulebook": 3})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"rulebook": 3, "batch_bytes": 8})
 
     after_record_id: str | None = None
     batch_records: int = DEFAULT_COPY_BATCH_RECORDS
     rulebook: str | None = None
+    batch_bytes: int | None = None
 
     def __post_init__(self) -> None:
         _opt_text("CopyRequest", "after_record_id", self.after_record_id, MAX_ID_LENGTH)
         _int("CopyRequest", "batch_records", self.batch_records, 1, MAX_BATCH_ITEMS)
         _opt_text("CopyRequest", "rulebook", self.rulebook, MAX_FINGERPRINT_LENGTH)
+        if self.batch_bytes is not None:
+            _int("CopyRequest", "batch_bytes", self.batch_bytes, 1, MAX_MAX_FRAME_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ from caresync.transport import Channel, Connector
 from caresync.versions import CLIENT_VERSION, check_version
 
 __all__ = [
+    "COPY_BATCH_BYTES",
     "COPY_BATCH_RECORDS",
     "LIVE_QUEUE_ITEMS",
     "MAX_HUB_REPORT_FRAMES",
@@ -120,6 +121,7 @@ PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 500
+COPY_BATCH_BYTES = 4 * 1024 * 1024
 WHY_CLOSED_WAIT_S = 5.0
 """After a failed send, how long the reader may take to read why the server closed."""
 MAX_QUEUED_REPLIES = 8
@@ -154,6 +156,9 @@ class SyncLimits:
 
     copy_batch_records: int = COPY_BATCH_RECORDS
     """Records per first-copy batch: the unit that is committed, and resumed after."""
+    copy_batch_bytes: int = COPY_BATCH_BYTES
+    """Bytes per first-copy batch at most, records with their rows and cards (a server of
+    protocol version 8 on; one larger record still comes alone)."""
     push_batch_items: int = PUSH_BATCH_ITEMS
     """Outbox entries per push batch (each batch waits for its acknowledgement)."""
     push_batch_bytes: int = PUSH_BATCH_BYTES
@@ -162,9 +167,15 @@ class SyncLimits:
     """Feed entries per pull batch."""
 
     def __post_init__(self) -> None:
-        for name in ("copy_batch_records", "push_batch_items", "push_batch_bytes", "pull_limit"):
+        for name in (
+            "copy_batch_records",
+            "copy_batch_bytes",
+            "push_batch_items",
+            "push_batch_bytes",
+            "pull_limit",
+        ):
             value = getattr(self, name)
-            top = MAX_MAX_FRAME_BYTES if name == "push_batch_bytes" else MAX_BATCH_ITEMS
+            top = MAX_MAX_FRAME_BYTES if name.endswith("_bytes") else MAX_BATCH_ITEMS
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise InvalidInputError(f"{name} must be an integer in 1..{top}, not {value!r}")
 
@@ -674,11 +685,14 @@ class Session:
         rulebook = self.host.rulebook.fingerprint
         batch_records = self.limits.copy_batch_records
         copied = 0
-        self.protocol.request_copy(resume, batch_records, rulebook)
+        batch_bytes = self.limits.copy_batch_bytes
+        self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
         batch = await self.expect(CopyBatch)
         while True:
             if not batch.final:
-                self.protocol.request_copy(batch.last_record_id, batch_records, rulebook)
+                self.protocol.request_copy(
+                    batch.last_record_id, batch_records, rulebook, batch_bytes
+                )
                 await self.flush()
             if await store.get_meta(meta.COPY_CHECKPOINT) is None:
                 await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
