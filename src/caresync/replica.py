@@ -83,7 +83,7 @@ from caresync.records.persons import (
     person_card,
 )
 from caresync.replication import meta
-from caresync.replication.absorb import TrustedCopy, absorb
+from caresync.replication.absorb import ServerCheck, TrustedCopy, absorb
 from caresync.replication.index import ensure_index
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.replication.session import (
@@ -1424,6 +1424,7 @@ class _ReplicaHost:
         absent: Collection[str] = (),
         trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
         trusted_persons: Mapping[str, PersonCard] | None = None,
+        checked: Mapping[str, ServerCheck] | None = None,
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one
         transaction (:func:`caresync.replication.absorb.absorb`), under the replica's
@@ -1433,6 +1434,8 @@ class _ReplicaHost:
         looked up. With ``trusted_rows`` (a first copy from a server whose rulebook is
         ours), an absent record is stored with those conflict rows and its card from
         ``trusted_persons`` as they are: it is not built and its rules do not run.
+        ``checked`` (a pull or live entries from such a server): a record the batch
+        leaves in the state the server checked is stored with its rows and card.
         """
         replica = self._replica
         async with replica._write_lock:
@@ -1446,6 +1449,7 @@ class _ReplicaHost:
                 trusted=None
                 if trusted_rows is None
                 else TrustedCopy(trusted_rows, trusted_persons or {}),
+                checked=checked,
             )
         record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
         if record_ids:

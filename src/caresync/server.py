@@ -30,11 +30,12 @@ watched every ``security_poll_s``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl as ssl_module
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -74,7 +75,6 @@ from caresync.observe import (
 )
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
-    ITEM_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
     AccountName,
     AuditBatch,
@@ -90,19 +90,23 @@ from caresync.protocol import (
     Hello,
     OutboxReport,
     ProveServer,
+    PullBatch,
     PullRequest,
     PushBatch,
     PushItem,
+    RecordCheck,
     RequestKind,
     ResumeSession,
     ServerProtocol,
     Subscribe,
     item_wire_size,
+    row_wire_size,
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
+from caresync.replication.checked import to_wire
 from caresync.replication.follow import FeedFollower
-from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
+from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_checks
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.storage import FeedItem, HubMark, ReplicaInfo, ServerStore, own_identity
 from caresync.storage.servers import open_server_database, shown_database
@@ -142,6 +146,7 @@ MAX_PENDING_LOGINS = 256
 SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
+_CHECKS_REMEMBERED = 10_000  # records' latest checks kept for live frames, at most
 LIVE_QUEUE_ENTRIES = 2 * MAX_BATCH_ITEMS  # one batch, however large, never drops a reader
 """Feed entries queued for one connected laptop at most, before it is dropped (see _fan_out)."""
 LIVE_QUEUE_BYTES = 64 * 1024 * 1024
@@ -197,13 +202,6 @@ class _Forbidden(CaresyncError):
     it did not write (see Gatekeeper.foreign_writers and unknown_author)."""
 
 
-def _row_wire_size(row: CopyConflict) -> int:
-    """An upper bound on the bytes one conflict row takes in a CopyBatch frame."""
-    text = len(row.record_id) + len(row.id) + len(row.kind) + len(row.subject) + len(row.severity)
-    # UTF-8 takes at most 4 bytes a character; msgpack adds a few bytes per field.
-    return 4 * text + len(row.payload) + ITEM_OVERHEAD_BYTES
-
-
 @dataclass(eq=False)
 class _Connection:
     """One connected replica: its protocol, channel and send lock."""
@@ -220,6 +218,9 @@ class _Connection:
     queued_entries: int = 0  # what ``live`` holds now, in entries and update bytes
     queued_bytes: int = 0
     dropped: bool = False  # fell too far behind: its live queue was dropped, it is closing
+    # The latest checks of records (version 8), for a laptop whose Subscribe named our
+    # rulebook; None: its live frames carry none.
+    checks: Callable[[Iterable[str]], dict[str, RecordCheck]] | None = None
     writer: asyncio.Task[None] | None = None
     # First-copy progress on this connection: where the last batch ended, the
     # records and bytes sent up to there, and the records counted when it began.
@@ -254,9 +255,10 @@ class _Connection:
                 entries.extend(self.live.get_nowait())
             self.queued_entries -= len(entries)
             self.queued_bytes -= sum(len(update) for _seq, _rid, update in entries)
+            checks = None if self.checks is None else self.checks(rid for _s, rid, _u in entries)
             async with self.lock:
                 before = self.protocol.live_seq
-                sent = self.protocol.send_live_updates(entries)
+                sent = self.protocol.send_live_updates(entries, checks)
                 await self.flush()
             if sent:
                 self.events.relayed(
@@ -382,6 +384,8 @@ class SyncServer:
         # (in any process: a stored fact stays true; only a miss is read, under the lock).
         self._owners: _Remembered[int, str] = _Remembered(_REMEMBERED)
         self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
+        # Each record's check as stored after its last commit, for live frames (version 8).
+        self._checks: _Remembered[str, RecordCheck] = _Remembered(_CHECKS_REMEMBERED)
         self._commit_lock = asyncio.Lock()
         self._listener: Listener | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -1095,6 +1099,8 @@ class SyncServer:
         rows: list[CopyConflict] = []
         persons: list[CopyPerson] = []
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+        if request.batch_bytes is not None:  # sized by what it holds (version 8 on)
+            budget = min(budget, request.batch_bytes)
         size = 0
         for record_id in ids:
             stored = loaded.get(record_id)
@@ -1107,7 +1113,7 @@ class SyncServer:
             card = cards.get(record_id)
             person = None if card is None else CopyPerson(record_id, card.to_bytes())
             record_size = item_wire_size(record_id, stored)
-            record_size += sum(_row_wire_size(row) for row in record_rows)
+            record_size += sum(row_wire_size(row) for row in record_rows)
             if person is not None:
                 record_size += item_wire_size(record_id, person.card)
             if records and size + record_size > budget:
@@ -1141,6 +1147,32 @@ class SyncServer:
             not more or not records,
         )
 
+    async def _sends_checks(self, conn: _Connection, rulebook: str | None) -> bool:
+        """True if this connection's pulls and live frames may carry the server's checks:
+        version 8, the client's rulebook is ours, and our index is current."""
+        version = conn.protocol.protocol_version
+        return (
+            version is not None
+            and version >= PullBatch.FIELDS_SINCE["checked"]
+            and rulebook == self.rulebook.fingerprint
+            and await self._index_is_current()
+        )
+
+    async def _read_checks(self, record_ids: Sequence[str]) -> dict[str, RecordCheck]:
+        """The records' checks as the store holds them now (under the commit lock)."""
+        checks = await read_checks(self.store, record_ids)
+        return {record_id: to_wire(record_id, check) for record_id, check in checks.items()}
+
+    def _remembered_checks(self, record_ids: Iterable[str]) -> dict[str, RecordCheck]:
+        return {rid: check for rid in record_ids if (check := self._checks.get(rid)) is not None}
+
+    async def _remember_checks(self, source: _Connection, record_ids: Sequence[str]) -> None:
+        """After a commit: keep the records' checks for the live frames that carry them,
+        read only when a live connection takes checks."""
+        if any(c.checks is not None and c is not source for c in self._connections):
+            for record_id, check in (await self._read_checks(record_ids)).items():
+                self._checks.put(record_id, check)
+
     async def _index_is_current(self) -> bool:
         """True if the stored conflict index was computed by this server's rulebook."""
         if self._index_current is None:
@@ -1149,15 +1181,22 @@ class SyncServer:
         return self._index_current
 
     async def _on_pull(self, conn: _Connection, request: PullRequest) -> None:
-        head = await self.store.feed_head()
-        # A replica is not sent back its own updates (it holds them already),
-        # unless it asks: a copy restored from a backup lacks its later ones.
-        items = await self.store.feed_since(
-            request.after_seq,
-            limit=request.limit,
-            organisation=conn.organisation,
-            exclude_origin=None if request.include_own else conn.protocol.replica_id,
-        )
+        send_checks = await self._sends_checks(conn, request.rulebook)
+        checks: dict[str, RecordCheck] | None = None
+        # Under the commit lock when checks go too: each record's rows, card and state
+        # vector are read as of one commit (the laptop compares the state vector).
+        async with self._commit_lock if send_checks else contextlib.nullcontext():
+            head = await self.store.feed_head()
+            # A replica is not sent back its own updates (it holds them already),
+            # unless it asks: a copy restored from a backup lacks its later ones.
+            items = await self.store.feed_since(
+                request.after_seq,
+                limit=request.limit,
+                organisation=conn.organisation,
+                exclude_origin=None if request.include_own else conn.protocol.replica_id,
+            )
+            if send_checks:
+                checks = await self._read_checks([i.record_id for i in items])
         if len(items) == request.limit:
             checkpoint = items[-1].seq
         else:
@@ -1166,6 +1205,7 @@ class SyncServer:
             [(i.seq, i.record_id, i.update) for i in items],
             checkpoint=max(checkpoint, request.after_seq),
             head_seq=max(head, checkpoint),
+            checks=checks,
         )
         if max(checkpoint, request.after_seq) >= max(head, checkpoint):  # the pull's last batch
             await self._send_hub_report(conn)
@@ -1315,6 +1355,7 @@ class SyncServer:
         entries = [entry for entry in absorbed.written if entry[0] > 0]
         if not entries:
             return entries
+        await self._remember_checks(conn, [record_id for _seq, record_id, _u in entries])
         origin = replica_id or None
         await self._follower.committed(
             [FeedItem(seq, rid, update, conn.organisation, origin) for seq, rid, update in entries]
@@ -1443,16 +1484,22 @@ class SyncServer:
     async def _on_subscribe(self, conn: _Connection, request: Subscribe) -> None:
         # Start forwarding first: anything committed from now on is queued for this
         # connection; the backlog below covers what was committed before.
+        if await self._sends_checks(conn, request.rulebook):
+            conn.checks = self._remembered_checks
         conn.writer = asyncio.create_task(self._forward(conn))
         after = request.after_seq
         while True:
-            items = await self.store.feed_since(
-                after,
-                limit=1000,
-                organisation=conn.organisation,
-                exclude_origin=conn.protocol.replica_id,
-            )
-            conn.protocol.send_live_updates([(i.seq, i.record_id, i.update) for i in items])
+            checks: dict[str, RecordCheck] | None = None
+            async with self._commit_lock if conn.checks is not None else contextlib.nullcontext():
+                items = await self.store.feed_since(
+                    after,
+                    limit=1000,
+                    organisation=conn.organisation,
+                    exclude_origin=conn.protocol.replica_id,
+                )
+                if conn.checks is not None:
+                    checks = await self._read_checks([i.record_id for i in items])
+            conn.protocol.send_live_updates([(i.seq, i.record_id, i.update) for i in items], checks)
             if len(items) < 1000:
                 return
             after = items[-1].seq

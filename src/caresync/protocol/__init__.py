@@ -33,6 +33,7 @@ from caresync.protocol.messages import (
     MAX_PASSWORD_LENGTH,
     MAX_SECRET_BYTES,
     MAX_SEQ,
+    MAX_STATE_VECTOR_BYTES,
     MAX_TOKEN_LENGTH,
     MAX_VERSION,
     MESSAGE_TYPES,
@@ -48,6 +49,7 @@ from caresync.protocol.messages import (
     AuditBatch,
     Authenticate,
     Authenticated,
+    CheckedState,
     CopyBatch,
     CopyConflict,
     CopyPerson,
@@ -77,7 +79,13 @@ from caresync.protocol.messages import (
     Subscribe,
     Welcome,
 )
-from caresync.protocol.server import ServerEvent, ServerProtocol
+from caresync.protocol.server import (
+    RecordCheck,
+    ServerEvent,
+    ServerProtocol,
+    check_wire_size,
+    row_wire_size,
+)
 from caresync.protocol.states import (
     CLIENT_TRANSITIONS,
     NEEDS_ENROLMENT,
@@ -113,6 +121,7 @@ __all__ = [
     "MAX_BATCH_ITEMS",
     "MAX_DETAIL_ENTRIES",
     "MAX_FINGERPRINT_LENGTH",
+    "MAX_STATE_VECTOR_BYTES",
     "MAX_ID_LENGTH",
     "MAX_MAX_FRAME_BYTES",
     "MAX_MESSAGE_LENGTH",
@@ -135,6 +144,7 @@ __all__ = [
     "ClientProtocol",
     "ClientState",
     "CopyBatch",
+    "CheckedState",
     "CopyConflict",
     "CopyPerson",
     "CopyRecord",
@@ -167,6 +177,9 @@ __all__ = [
     "ResumeSession",
     "ServerEvent",
     "ServerProtocol",
+    "RecordCheck",
+    "check_wire_size",
+    "row_wire_size",
     "ServerState",
     "Subscribe",
     "SyncProtocol",

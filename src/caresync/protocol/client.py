@@ -35,7 +35,10 @@ Events (:data:`ClientEvent`) are the messages the server sent, once checked:
 ``Welcome``, ``Authenticated``, ``Enrolled``, ``CopyBatch``, ``PullBatch``, ``PushAck``,
 ``LiveUpdate``, a non-fatal ``Error`` (one request refused; the connection stays) and
 ``Goodbye``. A ``LiveBatch`` (protocol version 3 on) is checked whole, then given
-as the ``LiveUpdate`` events of its items, in order: shells handle one kind.
+as the ``LiveUpdate`` events of its items, in order: shells handle one kind. A
+``LiveBatch`` carrying checked states (version 8 on, only after a ``Subscribe`` that
+named a rulebook) is given whole, as one ``LiveBatch`` event: its checks belong to
+its items. A ``PullBatch`` carries them only if its request named a rulebook.
 
 What the client does not do: store anything. After a ``CopyBatch`` the shell commits
 the records and the resume point (``last_record_id``); after a ``PushAck`` it removes
@@ -91,6 +94,7 @@ from caresync.protocol.messages import (
 from caresync.protocol.states import CLIENT_TRANSITIONS, NEEDS_ENROLMENT, ClientState, RequestKind
 
 _PROOF_SINCE = ProveServer.SINCE_VERSION
+_CHECKS_SINCE = PullBatch.FIELDS_SINCE["checked"]
 
 __all__ = ["ClientEvent", "ClientProtocol"]
 
@@ -104,6 +108,7 @@ ClientEvent = (
     | PushAck
     | AuditAck
     | LiveUpdate
+    | LiveBatch
     | Error
     | Goodbye
 )
@@ -168,6 +173,7 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         self._server_id: str | None = None
         self._session: Authenticated | None = None
         self._subscribed = False
+        self._live_checks = False  # Subscribe named a rulebook (version 8 on)
         self._live_seq = 0
         self._nonce: bytes | None = None
         self._proof: ServerProof | None = None
@@ -323,6 +329,7 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         after_record_id: str | None = None,
         batch_records: int = DEFAULT_COPY_BATCH_RECORDS,
         rulebook: str | None = None,
+        batch_bytes: int | None = None,
     ) -> None:
         """Queue CopyRequest for the next first-copy batch (READY, enrolled, one at a time).
 
@@ -330,24 +337,41 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         batch committed, to resume. ``rulebook`` is the fingerprint of this replica's
         rulebook: a server with the same one may send conflict index rows with the
         records (protocol version 3 on; on an older version it is not sent).
+        ``batch_bytes`` bounds the batch's bytes too (version 8 on; not sent before).
         """
         if self._version is not None and self._version < 3:
             rulebook = None
-        self._send_sync(CopyRequest(after_record_id, batch_records, rulebook))
+        if not self._carries_checks:
+            batch_bytes = None
+        self._send_sync(CopyRequest(after_record_id, batch_records, rulebook, batch_bytes))
 
     def request_pull(
-        self, after_seq: int, limit: int = DEFAULT_PULL_LIMIT, include_own: bool = False
+        self,
+        after_seq: int,
+        limit: int = DEFAULT_PULL_LIMIT,
+        include_own: bool = False,
+        rulebook: str | None = None,
     ) -> None:
         """Queue PullRequest for feed entries after the checkpoint ``after_seq``.
 
         ``include_own`` (version 4 on) asks for this replica's own updates too.
+        ``rulebook`` is this replica's rulebook fingerprint: a server with the same
+        one may send checked states and conflict rows (version 8 on; on an older
+        version it is not sent).
         """
         if include_own and self._version is not None and self._version < _PROOF_SINCE:
             raise LocalProtocolError(
                 f"include_own needs protocol version {_PROOF_SINCE}; this connection "
                 f"speaks {self._version}"
             )
-        self._send_sync(PullRequest(after_seq, limit, True if include_own else None))
+        if not self._carries_checks:
+            rulebook = None
+        self._send_sync(PullRequest(after_seq, limit, True if include_own else None, rulebook))
+
+    @property
+    def _carries_checks(self) -> bool:
+        """The agreed version (8 on) carries checked states with pulls and live entries."""
+        return self._version is not None and self._version >= _CHECKS_SINCE
 
     def push(self, items: Iterable[PushItem | tuple[int, str, bytes]]) -> None:
         """Queue PushBatch with outbox entries in ascending ``local_seq`` (one at a time).
@@ -381,13 +405,18 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         """
         self._send_sync(OutboxReport(pending, oldest_pending_ms))
 
-    def subscribe(self, after_seq: int) -> None:
-        """Queue Subscribe: the server forwards new feed entries after ``after_seq``."""
-        message = Subscribe(after_seq)
+    def subscribe(self, after_seq: int, rulebook: str | None = None) -> None:
+        """Queue Subscribe: the server forwards new feed entries after ``after_seq``.
+
+        ``rulebook`` as in :meth:`request_pull` (version 8 on): live entries may
+        then come with checked states, given as one ``LiveBatch`` event.
+        """
+        message = Subscribe(after_seq, rulebook if self._carries_checks else None)
         if self._subscribed:
             raise LocalProtocolError("already subscribed")
         self._send_sync(message)
         self._subscribed = True
+        self._live_checks = message.rulebook is not None
         self._live_seq = after_seq
 
     def close(self, reason: str = "") -> None:
@@ -432,6 +461,13 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             updates = [LiveUpdate(*item) for item in message.items]
             for update in updates:
                 self._on_live_update(update)
+            if message.checked is not None:
+                if not self._live_checks:
+                    raise RemoteProtocolError(
+                        "LiveBatch carries checked states, but Subscribe named no rulebook"
+                    )
+                self._emit(message)  # whole: its checks belong to its items
+                return
             for update in updates:
                 self._emit(update)
             return
@@ -535,6 +571,10 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             raise RemoteProtocolError(
                 f"PullBatch checkpoint {batch.checkpoint} is before the request's "
                 f"after_seq {request.after_seq}"
+            )
+        if batch.checked is not None and request.rulebook is None:
+            raise RemoteProtocolError(
+                "PullBatch carries checked states, but the request named no rulebook"
             )
 
     def _on_push_ack(self, ack: PushAck) -> None:

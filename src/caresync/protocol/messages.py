@@ -40,6 +40,7 @@ __all__ = [
     "MAX_BATCH_ITEMS",
     "MAX_DETAIL_ENTRIES",
     "MAX_FINGERPRINT_LENGTH",
+    "MAX_STATE_VECTOR_BYTES",
     "MAX_NONCE_BYTES",
     "MAX_SECRET_BYTES",
     "MAX_ID_LENGTH",
@@ -62,6 +63,7 @@ __all__ = [
     "AuditAck",
     "AuditBatch",
     "Authenticate",
+    "CheckedState",
     "Authenticated",
     "CopyBatch",
     "CopyConflict",
@@ -95,10 +97,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -135,6 +137,15 @@ Version 7 also adds :class:`HubReport` (a message of its own, so that it can be
 renumbered at a merge): after the last :class:`PullBatch` of a pull, the
 server says where each patient summary kept on the health hub stands, so a
 laptop shows what the server knows (see :mod:`caresync.hub`).
+
+Version 8 sizes first-copy batches by bytes too (``CopyRequest.batch_bytes``), and
+carries the server's conflict rows with pulls and live entries, as
+version 3 did with the first copy: ``PullRequest.rulebook`` and
+``Subscribe.rulebook`` name the client's rulebook, and a server whose index that
+rulebook computed adds ``checked`` (per record: the state vector of the state its
+rows describe, and its person card) and ``conflicts`` to :class:`PullBatch` and
+:class:`LiveBatch`. A laptop whose record ends the batch at exactly that state
+stores the rows as they are instead of building the record.
 """
 
 MAX_VERSION_TEXT = 64
@@ -188,6 +199,9 @@ MAX_TOKEN_LENGTH = 512
 
 MAX_FINGERPRINT_LENGTH = 256
 """Longest rulebook fingerprint, in characters."""
+
+MAX_STATE_VECTOR_BYTES = 64 * 1024
+"""Longest Yjs state vector a :class:`CheckedState` carries, in bytes."""
 
 MAX_MESSAGE_LENGTH = 4096
 """Longest human-readable text (an error message, a goodbye reason), in characters."""
@@ -356,6 +370,19 @@ class CopyConflict(NamedTuple):
     subject: str
     severity: str
     payload: bytes
+
+
+class CheckedState(NamedTuple):
+    """A record state the server checked (protocol version 8 on).
+
+    ``state_vector`` is the Yjs state vector of the server's stored state of the
+    record when its conflict rows (the batch's ``conflicts`` naming it) and its
+    person card ``card`` (``PersonCard.to_bytes()``, or None: no card) were read.
+    """
+
+    record_id: str
+    state_vector: bytes
+    card: bytes | None
 
 
 class PushItem(NamedTuple):
@@ -779,19 +806,25 @@ class CopyRequest(Message):
     ``rulebook`` (version 3 on) is the fingerprint of the client's rulebook
     (:attr:`caresync.conflicts.Rulebook.fingerprint`): a server whose conflict index
     was computed by the same rulebook may send each record's index rows with it.
+    ``batch_bytes`` (version 8 on): the most bytes the batch's records (with their
+    rows and cards) may take, so that a batch is sized by what it holds; a record
+    larger than that still comes, alone. ``None``: the frame size is the only bound.
     """
 
     TYPE_CODE: ClassVar[int] = 16
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"rulebook": 3})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"rulebook": 3, "batch_bytes": 8})
 
     after_record_id: str | None = None
     batch_records: int = DEFAULT_COPY_BATCH_RECORDS
     rulebook: str | None = None
+    batch_bytes: int | None = None
 
     def __post_init__(self) -> None:
         _opt_text("CopyRequest", "after_record_id", self.after_record_id, MAX_ID_LENGTH)
         _int("CopyRequest", "batch_records", self.batch_records, 1, MAX_BATCH_ITEMS)
         _opt_text("CopyRequest", "rulebook", self.rulebook, MAX_FINGERPRINT_LENGTH)
+        if self.batch_bytes is not None:
+            _int("CopyRequest", "batch_bytes", self.batch_bytes, 1, MAX_MAX_FRAME_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -893,9 +926,16 @@ def _copy_persons(value: object, records: list[CopyRecord]) -> tuple[CopyPerson,
 
 def _copy_conflicts(value: object, records: list[CopyRecord]) -> tuple[CopyConflict, ...]:
     """Validate a CopyBatch's conflict rows: each names a record of the batch, in order."""
-    owner = "CopyBatch"
-    items = _items(owner, "conflicts", value, allow_empty=True)
     order = {record.record_id: index for index, record in enumerate(records)}
+    return _conflict_rows("CopyBatch", value, order, "a record in this batch")
+
+
+def _conflict_rows(
+    owner: str, value: object, order: Mapping[str, int], what: str
+) -> tuple[CopyConflict, ...]:
+    """Validate conflict rows: each names a record of ``order``, in that order, each id
+    once per record."""
+    items = _items(owner, "conflicts", value, allow_empty=True)
     out: list[CopyConflict] = []
     previous: tuple[int, str] | None = None
     for item in items:
@@ -910,7 +950,7 @@ def _copy_conflicts(value: object, records: list[CopyRecord]) -> tuple[CopyConfl
             item = CopyConflict(*item)
         position = order.get(item.record_id) if type(item.record_id) is str else None
         if position is None:
-            _bad(owner, "conflicts[].record_id", "the id of a record in this batch", item.record_id)
+            _bad(owner, "conflicts[].record_id", f"the id of {what}", item.record_id)
         # The bounds of the store's ConflictRow, so that every stored row can be sent.
         _text(owner, "conflicts[].id", item.id, MAX_NAME_LENGTH, printable=False)
         _text(owner, "conflicts[].kind", item.kind, MAX_NAME_LENGTH, printable=False)
@@ -925,6 +965,45 @@ def _copy_conflicts(value: object, records: list[CopyRecord]) -> tuple[CopyConfl
     return tuple(out)
 
 
+def _checked(
+    owner: str, checked: object, conflicts: object, items: tuple[FeedItem, ...]
+) -> tuple[tuple[CheckedState, ...] | None, tuple[CopyConflict, ...] | None]:
+    """Validate a batch's checked states and their conflict rows (version 8 on).
+
+    Both or neither. Each checked state names a record of the batch's items, at
+    most once, in the order the records first appear; each row names a checked
+    record, in that order. A card's content and a state vector's encoding are the
+    receiver's to check (it parses both as untrusted).
+    """
+    if checked is None and conflicts is None:
+        return None, None
+    if checked is None or conflicts is None:
+        raise LocalProtocolError(f"{owner}: checked and conflicts come together")
+    first_seen: dict[str, int] = {}
+    for item in items:
+        first_seen.setdefault(item.record_id, len(first_seen))
+    out: list[CheckedState] = []
+    order: dict[str, int] = {}
+    previous = -1
+    for state in _items(owner, "checked", checked, allow_empty=True):
+        if type(state) is not CheckedState:
+            if not isinstance(state, (tuple, list)) or len(state) != 3:
+                _bad(owner, "checked[]", "a (record_id, state_vector, card) triple", state)
+            state = CheckedState(*state)
+        position = first_seen.get(state.record_id) if type(state.record_id) is str else None
+        if position is None:
+            _bad(owner, "checked[].record_id", "the id of a record in this batch", state.record_id)
+        if position <= previous:
+            _bad(owner, "checked", "in batch order, one per record", state.record_id)
+        previous = position
+        _blob(owner, "checked[].state_vector", state.state_vector, 1, MAX_STATE_VECTOR_BYTES)
+        if state.card is not None:
+            _update(owner, "checked[].card", state.card)
+        order[state.record_id] = len(order)
+        out.append(state)
+    return tuple(out), _conflict_rows(owner, conflicts, order, "a checked record")
+
+
 @dataclass(frozen=True, slots=True)
 class PullRequest(Message):
     """Client → server: change-feed entries after ``after_seq``, at most ``limit``.
@@ -932,20 +1011,24 @@ class PullRequest(Message):
     The server leaves out the replica's own updates (it holds them) unless
     ``include_own`` (version 4 on) asks for them: a replica restored from an
     older copy of itself lacks what it pushed after that copy was made.
+    ``rulebook`` (version 8 on) is the client's rulebook fingerprint: a server
+    whose index it computed may send checked states and conflict rows.
     """
 
     TYPE_CODE: ClassVar[int] = 18
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"include_own": 4})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"include_own": 4, "rulebook": 8})
 
     after_seq: int
     limit: int = DEFAULT_PULL_LIMIT
     include_own: bool | None = None
+    rulebook: str | None = None
 
     def __post_init__(self) -> None:
         _int("PullRequest", "after_seq", self.after_seq, 0)
         _int("PullRequest", "limit", self.limit, 1, MAX_BATCH_ITEMS)
         if self.include_own is not None:
             _bool("PullRequest", "include_own", self.include_own)
+        _opt_text("PullRequest", "rulebook", self.rulebook, MAX_FINGERPRINT_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -956,13 +1039,21 @@ class PullBatch(Message):
     seq; entries the client may not see are skipped, so it may be more): the client
     stores it and pulls after it next. ``head_seq`` is the feed's head; ``more`` is
     true while ``checkpoint < head_seq``.
+
+    ``checked`` and ``conflicts`` (version 8 on, both or neither; ``None``: not
+    sent): for some of the batch's records, the state the server's conflict rows
+    and person card describe, and those rows (see :class:`CheckedState`). Only a
+    request that named a rulebook may get them.
     """
 
     TYPE_CODE: ClassVar[int] = 19
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"checked": 8, "conflicts": 8})
 
     items: tuple[FeedItem, ...]
     checkpoint: int
     head_seq: int
+    checked: tuple[CheckedState, ...] | None = None
+    conflicts: tuple[CopyConflict, ...] | None = None
 
     def __post_init__(self) -> None:
         owner = "PullBatch"
@@ -970,6 +1061,9 @@ class PullBatch(Message):
         _set(self, "items", items)
         _int(owner, "checkpoint", self.checkpoint, items[-1].seq if items else 0)
         _int(owner, "head_seq", self.head_seq, self.checkpoint)
+        checked, conflicts = _checked(owner, self.checked, self.conflicts, items)
+        _set(self, "checked", checked)
+        _set(self, "conflicts", conflicts)
 
     @property
     def more(self) -> bool:
@@ -1007,14 +1101,21 @@ class PushAck(Message):
 
 @dataclass(frozen=True, slots=True)
 class Subscribe(Message):
-    """Client → server: forward new feed entries after ``after_seq`` as they commit."""
+    """Client → server: forward new feed entries after ``after_seq`` as they commit.
+
+    ``rulebook`` (version 8 on): the client's rulebook fingerprint, as in
+    :class:`PullRequest`; live entries may then come with checked states.
+    """
 
     TYPE_CODE: ClassVar[int] = 22
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"rulebook": 8})
 
     after_seq: int
+    rulebook: str | None = None
 
     def __post_init__(self) -> None:
         _int("Subscribe", "after_seq", self.after_seq, 0)
+        _opt_text("Subscribe", "rulebook", self.rulebook, MAX_FINGERPRINT_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1069,15 +1170,26 @@ class LiveBatch(Message):
     entries committed together, or queued while the connection was busy, cost one
     frame instead of one each. Items in strictly ascending ``seq``; at least one.
     A client takes each item in as a ``LiveUpdate``.
+
+    ``checked`` and ``conflicts`` (version 8 on) as in :class:`PullBatch`, only to
+    a client that named its rulebook in :class:`Subscribe`; such a batch may hold
+    one item, and a client gives it whole as its event.
     """
 
     TYPE_CODE: ClassVar[int] = 25
     SINCE_VERSION: ClassVar[int] = 3
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"checked": 8, "conflicts": 8})
 
     items: tuple[FeedItem, ...]
+    checked: tuple[CheckedState, ...] | None = None
+    conflicts: tuple[CopyConflict, ...] | None = None
 
     def __post_init__(self) -> None:
-        _set(self, "items", _numbered_items("LiveBatch", self.items, FeedItem, allow_empty=False))
+        items = _numbered_items("LiveBatch", self.items, FeedItem, allow_empty=False)
+        _set(self, "items", items)
+        checked, conflicts = _checked("LiveBatch", self.checked, self.conflicts, items)
+        _set(self, "checked", checked)
+        _set(self, "conflicts", conflicts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ the organisation is the shell's to decide; it answers with ``reject`` (fatal) or
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from caresync.exceptions import (
     LocalProtocolError,
@@ -68,6 +69,7 @@ from caresync.protocol.messages import (
     AuditBatch,
     Authenticate,
     Authenticated,
+    CheckedState,
     CopyBatch,
     CopyConflict,
     CopyPerson,
@@ -104,7 +106,31 @@ from caresync.protocol.states import (
     ServerState,
 )
 
-__all__ = ["ServerEvent", "ServerProtocol"]
+__all__ = ["RecordCheck", "ServerEvent", "ServerProtocol", "check_wire_size", "row_wire_size"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCheck:
+    """What the server's index holds for one record's stored state (version 8 on):
+    the state (its state vector and person card) and its conflict rows."""
+
+    state: CheckedState
+    rows: tuple[CopyConflict, ...]
+
+
+def row_wire_size(row: CopyConflict) -> int:
+    """An upper bound on the bytes one conflict row takes in a frame."""
+    text = len(row.record_id) + len(row.id) + len(row.kind) + len(row.subject) + len(row.severity)
+    # UTF-8 takes at most 4 bytes a character; msgpack adds a few bytes per field.
+    return 4 * text + len(row.payload) + ITEM_OVERHEAD_BYTES
+
+
+def check_wire_size(check: RecordCheck) -> int:
+    """An upper bound on the bytes one record's check takes in a frame."""
+    state = check.state
+    size = 4 * len(state.record_id) + len(state.state_vector) + len(state.card or b"")
+    return size + ITEM_OVERHEAD_BYTES + sum(row_wire_size(row) for row in check.rows)
+
 
 ServerEvent = (
     Hello
@@ -173,6 +199,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         self._replica_id: str | None = None
         self._organisation: str | None = None
         self._subscribed = False
+        self._live_rulebook: str | None = None
         self._live_seq = 0
         self._nonce: bytes | None = None
 
@@ -217,6 +244,11 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
     def live_seq(self) -> int:
         """The highest seq sent live (or the Subscribe's ``after_seq``): send only later ones."""
         return self._live_seq
+
+    @property
+    def live_rulebook(self) -> str | None:
+        """The rulebook fingerprint the client's Subscribe named (version 8 on), or None."""
+        return self._live_rulebook
 
     # ---------------------------------------------------------------- moves
 
@@ -381,18 +413,27 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         *,
         checkpoint: int,
         head_seq: int,
+        checks: Mapping[str, RecordCheck] | None = None,
     ) -> None:
         """Queue PullBatch answering the outstanding PullRequest.
 
         ``items`` in ascending seq, all after the request's ``after_seq``, at most its
         ``limit``; ``checkpoint`` is how far the batch covers the feed (at least the
-        last item's seq), ``head_seq`` the feed's head.
+        last item's seq), ``head_seq`` the feed's head. ``checks`` (version 8 on, only
+        for a request that named a rulebook): what the server's index holds for some
+        records, attached for the batch's records as far as the client's frame size
+        allows (a record left out is one the client checks itself).
         """
         request = self._expect(RequestKind.PULL)
         if not isinstance(request, PullRequest):  # pragma: no cover - kept by the tables
             raise LocalProtocolError("no PullRequest outstanding")
         entries = tuple(item if type(item) is FeedItem else FeedItem(*item) for item in items)
-        batch = PullBatch(entries, checkpoint, head_seq)
+        checked, conflicts = (None, None)
+        if checks is not None:
+            if request.rulebook is None:
+                raise LocalProtocolError("checked states for a PullRequest that named no rulebook")
+            checked, conflicts = self._attach(entries, checks)
+        batch = PullBatch(entries, checkpoint, head_seq, checked, conflicts)
         if len(entries) > request.limit:
             raise LocalProtocolError(
                 f"{len(entries)} entries; the client asked for at most {request.limit}"
@@ -431,17 +472,49 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             raise LocalProtocolError(f"ack up to {up_to} is outside the entries [{first}, {last}]")
         self._send(AuditAck(up_to))
 
-    def send_live_updates(self, entries: Sequence[tuple[int, str, bytes]]) -> int:
+    def _attach(
+        self, entries: Sequence[FeedItem], checks: Mapping[str, RecordCheck]
+    ) -> tuple[tuple[CheckedState, ...], tuple[CopyConflict, ...]]:
+        """The checks of ``entries``' records, in batch order, as far as the frame allows."""
+        budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+        budget -= sum(item_wire_size(e.record_id, e.update) for e in entries)
+        checked: list[CheckedState] = []
+        rows: list[CopyConflict] = []
+        for record_id in dict.fromkeys(e.record_id for e in entries):
+            check = checks.get(record_id)
+            if check is None:
+                continue
+            size = check_wire_size(check)
+            if size > budget:
+                break  # the rest are checked by the client itself
+            budget -= size
+            checked.append(check.state)
+            rows.extend(check.rows)
+        return tuple(checked), tuple(rows)
+
+    def send_live_updates(
+        self,
+        entries: Sequence[tuple[int, str, bytes]],
+        checks: Mapping[str, RecordCheck] | None = None,
+    ) -> int:
         """Queue new feed entries for a subscribed client, skipping those already sent.
 
         Entries in ascending seq; those at or below :attr:`live_seq` are skipped (a
         backlog and a live queue may overlap). From protocol version 3 on, several
         go in one :class:`LiveBatch` frame; before, one LiveUpdate each. Returns
         the number queued. The rule of :meth:`send_live_update` applies to each.
+
+        ``checks`` as in :meth:`send_pull_batch`, for a client whose Subscribe named
+        a rulebook (:attr:`live_rulebook`; version 8 on): each frame carries those
+        of its records, even a frame of one entry (always a LiveBatch then).
         """
         fresh = [entry for entry in entries if entry[0] > self._live_seq]
         if not fresh:
             return 0
+        if checks is not None:
+            if self._live_rulebook is None:
+                raise LocalProtocolError("checked states for a Subscribe that named no rulebook")
+            return self._send_checked_live(fresh, checks)
         if len(fresh) == 1 or self._version is None or self._version < LiveBatch.SINCE_VERSION:
             for seq, record_id, update in fresh:
                 self.send_live_update(seq, record_id, update)
@@ -461,6 +534,30 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             size += item_size
         self._send_live_frame(frame)
         return len(fresh)
+
+    def _send_checked_live(
+        self, fresh: list[tuple[int, str, bytes]], checks: Mapping[str, RecordCheck]
+    ) -> int:
+        if not self._subscribed:
+            raise LocalProtocolError("the client has not subscribed to live updates")
+        # Half a frame for entries, so their checks have room beside them.
+        budget = (self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES) // 2
+        frame: list[FeedItem] = []
+        size = 0
+        for seq, record_id, update in fresh:
+            item_size = item_wire_size(record_id, update)
+            if frame and size + item_size > budget:
+                self._send_checked_frame(frame, checks)
+                frame, size = [], 0
+            frame.append(FeedItem(seq, record_id, update))
+            size += item_size
+        self._send_checked_frame(frame, checks)
+        return len(fresh)
+
+    def _send_checked_frame(self, items: list[FeedItem], checks: Mapping[str, RecordCheck]) -> None:
+        checked, rows = self._attach(items, checks)
+        self._send(LiveBatch(tuple(items), checked, rows))
+        self._live_seq = items[-1].seq
 
     def _send_live_frame(self, items: list[FeedItem]) -> None:
         if len(items) == 1:
@@ -560,6 +657,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
                 if self._subscribed:
                     raise RemoteProtocolError("a second Subscribe")
                 self._subscribed = True
+                self._live_rulebook = message.rulebook
                 self._live_seq = message.after_seq
         else:  # pragma: no cover - the transition table admits nothing else
             raise RemoteProtocolError(f"unexpected {type(message).__name__}")

@@ -17,7 +17,12 @@ by copies of the code:
   authorship and Yjs client-id checks); it returns what else the store writes
   in the same transaction;
 * ``trusted``: records new here whose conflict rows and person card a server
-  with our rulebook computed (a first copy): stored as they are, not built.
+  with our rulebook computed (a first copy): stored as they are, not built;
+* ``checked``: what a server with our rulebook stored for some records (a pull or
+  live entries, protocol version 8): a record not loaded here that the batch
+  leaves in exactly the state the server checked is stored with the server's
+  rows and card, not built and not entering the pool (see
+  :mod:`caresync.replication.checked`); any other is built and checked.
 
 Each record's rules run once per batch, after all its updates; its conflict
 rows and person card are committed with its last update. The caller holds the
@@ -38,6 +43,7 @@ from caresync.records import Record
 from caresync.records.crdt import merge as merge_updates
 from caresync.records.crdt import state_vector_of
 from caresync.records.persons import PersonCard, person_card
+from caresync.replication.checked import ServerCheck, matches, vector_after
 from caresync.replication.pool import RecordPool
 from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, ReplicaStore
 from caresync.storage.base import HubMark
@@ -46,6 +52,7 @@ __all__ = [
     "Absorbed",
     "Admit",
     "OnBadUpdate",
+    "ServerCheck",
     "Taken",
     "TrustedCopy",
     "Vet",
@@ -75,6 +82,8 @@ class Taken:
     """What is stored for it: each arriving update, or their merge."""
     rows: tuple[ConflictRow, ...]
     person: PersonCard | None
+    state_vector: bytes | None = None
+    """The stored update's state vector, when it was read already (a trusted copy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +138,7 @@ async def absorb(
     vet: Vet | None = None,
     absent: Collection[str] = (),
     trusted: TrustedCopy | None = None,
+    checked: Mapping[str, ServerCheck] | None = None,
 ) -> Absorbed:
     """Take ``updates`` ((record id, update) pairs) into their records and commit them
     with ``checkpoint`` in one transaction (see the module docstring for the options).
@@ -145,11 +155,25 @@ async def absorb(
         # read meanwhile) may evict a record from the pool, and a record taken for new
         # would be admitted and indexed without what it already holds.
         loaded = {rid: record for rid in parts if (record := pool.peek(rid)) is not None}
-        unloaded = [rid for rid in parts if rid not in absent and rid not in loaded]
+        # A loaded record takes the ordinary path: its live document stays current.
+        agreed = await _agreed(store, parts, checked, loaded) if checked else {}
+        unloaded = [
+            rid for rid in parts if rid not in absent and rid not in loaded and rid not in agreed
+        ]
         stored = await store.load_many(unloaded) if unloaded else {}
         taken: dict[str, Taken] = {}
         for record_id, arrived in parts.items():
-            if trusted is not None and record_id in absent:
+            check = agreed.get(record_id)
+            merged = _merged_or_none(record_id, arrived) if check is not None else None
+            if check is not None and merged is None and record_id not in absent:
+                # Checked, yet its bytes do not merge: the ordinary path, from what is stored.
+                held = await store.load(record_id)
+                if held is not None:
+                    stored[record_id] = held
+            found: Taken | None
+            if check is not None and merged is not None:
+                found = Taken(None, (merged,), check.rows, check.person)
+            elif trusted is not None and record_id in absent:
                 found = intake.take_trusted(record_id, arrived, trusted)
             else:
                 before = None if record_id in absent else stored.get(record_id)
@@ -184,6 +208,32 @@ async def absorb(
     return Absorbed(taken, written, tuple(intake.kept_aside))
 
 
+async def _agreed(
+    store: ReplicaStore,
+    parts: Mapping[str, list[bytes]],
+    checked: Mapping[str, ServerCheck],
+    loaded: Mapping[str, Record],
+) -> dict[str, ServerCheck]:
+    """The checks that fit: records not loaded that the batch leaves in the checked state."""
+    wanted = [rid for rid in parts if rid in checked and rid not in loaded]
+    if not wanted:
+        return {}
+    vectors = await store.state_vectors(wanted)
+    agreed: dict[str, ServerCheck] = {}
+    for record_id in wanted:
+        check = checked[record_id]
+        if matches(vector_after(record_id, vectors.get(record_id), parts[record_id]), check):
+            agreed[record_id] = check
+    return agreed
+
+
+def _merged_or_none(record_id: str, parts: Sequence[bytes]) -> bytes | None:
+    try:
+        return _merged(record_id, parts)
+    except InvalidUpdateError:
+        return None
+
+
 def _merged(record_id: str, parts: Sequence[bytes]) -> bytes:
     return parts[0] if len(parts) == 1 else merge_updates(list(parts), record_id=record_id)
 
@@ -199,7 +249,7 @@ def _to_store(
     last update (``conflicts=None`` on the others leaves its rows for the last)."""
     if not keep_each:
         return [
-            IncomingUpdate(rid, t.updates[0], t.rows, organisation, t.person)
+            IncomingUpdate(rid, t.updates[0], t.rows, organisation, t.person, t.state_vector)
             for rid, t in taken.items()
         ]
     # Each record's stored updates, in arrival order (a quarantined one is not among them).
@@ -242,15 +292,15 @@ class _Intake:
         """A copied record stored without building it, if its bytes read as an update."""
         try:
             update = _merged(record_id, arrived)
-            state_vector_of(update, record_id=record_id)  # what the store will read of it
+            # Proves the bytes an update, and spares the store reading them again.
+            vector = state_vector_of(update, record_id=record_id)
         except InvalidUpdateError as exc:
             if self.on_bad is OnBadUpdate.REFUSE:
                 raise
             self.kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
             return None
-        return Taken(
-            None, (update,), trusted.rows.get(record_id, ()), trusted.persons.get(record_id)
-        )
+        rows, person = trusted.rows.get(record_id, ()), trusted.persons.get(record_id)
+        return Taken(None, (update,), rows, person, vector)
 
     async def take_in(
         self, record_id: str, arrived: list[bytes], before: bytes | None, record: Record | None

@@ -9,20 +9,24 @@ listed nowhere. So each database remembers the fingerprint of the rulebook that
 computed its index (meta :data:`INDEX_RULEBOOK_KEY`), and opening it with another
 rulebook re-indexes every record first.
 
-The same mark lets a server send its rows to a laptop in a first copy: only when
-the server's index was computed by the rulebook the laptop runs.
+The same mark lets a server send its rows to a laptop in a first copy, a pull or
+live entries (:func:`read_checks`): only when the server's index was computed by
+the rulebook the laptop runs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from caresync.conflicts import Rulebook
 from caresync.records import Record
 from caresync.records.persons import person_card
 from caresync.replication import meta
+from caresync.replication.checked import ServerCheck
 from caresync.replication.pool import conflict_rows
 from caresync.storage import ReplicaStore
 
-__all__ = ["INDEX_RULEBOOK_KEY", "REINDEX_BATCH_RECORDS", "ensure_index"]
+__all__ = ["INDEX_RULEBOOK_KEY", "REINDEX_BATCH_RECORDS", "ensure_index", "read_checks"]
 
 INDEX_RULEBOOK_KEY = meta.INDEX_RULEBOOK
 """Meta key: the fingerprint of the rulebook that computed the stored conflict rows."""
@@ -60,3 +64,24 @@ async def ensure_index(store: ReplicaStore, rulebook: Rulebook, *, replica: str)
         )
     await store.set_meta(INDEX_RULEBOOK_KEY, current)
     return len(ids)
+
+
+async def read_checks(store: ReplicaStore, record_ids: Sequence[str]) -> dict[str, ServerCheck]:
+    """What the index holds for each stored record: its state vector, conflict rows and
+    person card, as a server sends them with pulled and live entries.
+
+    The caller holds the replica's commit lock, so all three are of one commit. A
+    record holding waiting items is left out (its state vector does not say its
+    state), and so is one not stored.
+    """
+    ids = list(dict.fromkeys(record_ids))
+    if not ids:
+        return {}
+    vectors = await store.state_vectors(ids)
+    rows = await store.conflict_rows(ids)
+    cards = await store.person_cards(ids)
+    return {
+        record_id: ServerCheck(found[0], rows.get(record_id, ()), cards.get(record_id))
+        for record_id in ids
+        if (found := vectors.get(record_id)) is not None and not found[1]
+    }

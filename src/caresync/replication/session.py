@@ -63,10 +63,12 @@ from caresync.protocol import (
     Authenticated,
     ClientProtocol,
     CopyBatch,
+    CopyConflict,
     Error,
     Goodbye,
     HubItem,
     HubReport,
+    LiveBatch,
     LiveUpdate,
     ProveServer,
     PullBatch,
@@ -80,12 +82,14 @@ from caresync.protocol import (
 )
 from caresync.records.persons import PersonCard
 from caresync.replication import meta
+from caresync.replication.checked import LiveFrames, ServerCheck, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, Identity, LaptopStore
 from caresync.transport import Channel, Connector
 from caresync.versions import CLIENT_VERSION, check_version
 
 __all__ = [
+    "COPY_BATCH_BYTES",
     "COPY_BATCH_RECORDS",
     "LIVE_QUEUE_ITEMS",
     "MAX_HUB_REPORT_FRAMES",
@@ -117,6 +121,7 @@ PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 500
+COPY_BATCH_BYTES = 4 * 1024 * 1024
 WHY_CLOSED_WAIT_S = 5.0
 """After a failed send, how long the reader may take to read why the server closed."""
 MAX_QUEUED_REPLIES = 8
@@ -151,6 +156,9 @@ class SyncLimits:
 
     copy_batch_records: int = COPY_BATCH_RECORDS
     """Records per first-copy batch: the unit that is committed, and resumed after."""
+    copy_batch_bytes: int = COPY_BATCH_BYTES
+    """Bytes per first-copy batch at most, records with their rows and cards (a server of
+    protocol version 8 on; one larger record still comes alone)."""
     push_batch_items: int = PUSH_BATCH_ITEMS
     """Outbox entries per push batch (each batch waits for its acknowledgement)."""
     push_batch_bytes: int = PUSH_BATCH_BYTES
@@ -159,9 +167,15 @@ class SyncLimits:
     """Feed entries per pull batch."""
 
     def __post_init__(self) -> None:
-        for name in ("copy_batch_records", "push_batch_items", "push_batch_bytes", "pull_limit"):
+        for name in (
+            "copy_batch_records",
+            "copy_batch_bytes",
+            "push_batch_items",
+            "push_batch_bytes",
+            "pull_limit",
+        ):
             value = getattr(self, name)
-            top = MAX_MAX_FRAME_BYTES if name == "push_batch_bytes" else MAX_BATCH_ITEMS
+            top = MAX_MAX_FRAME_BYTES if name.endswith("_bytes") else MAX_BATCH_ITEMS
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise InvalidInputError(f"{name} must be an integer in 1..{top}, not {value!r}")
 
@@ -243,6 +257,7 @@ class SessionHost(Protocol):
         absent: Collection[str] = (),
         trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
         trusted_persons: Mapping[str, PersonCard] | None = None,
+        checked: Mapping[str, ServerCheck] | None = None,
     ) -> None:
         """Commit what the server sent with ``checkpoint`` (see ``Replica``)."""
         ...
@@ -274,8 +289,12 @@ def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
     """A first-copy batch's conflict rows, as the store's rows, per record."""
+    return _grouped_rows(batch.conflicts or ())
+
+
+def _grouped_rows(conflicts: Sequence[CopyConflict]) -> dict[str, tuple[ConflictRow, ...]]:
     grouped: dict[str, list[ConflictRow]] = {}
-    for row in batch.conflicts or ():
+    for row in conflicts:
         grouped.setdefault(row.record_id, []).append(
             ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
         )
@@ -316,7 +335,7 @@ class Session:
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
         self._reply_room = asyncio.Semaphore(MAX_QUEUED_REPLIES)
-        self._live_updates: asyncio.Queue[LiveUpdate] | None = None
+        self._live_updates: asyncio.Queue[LiveUpdate | LiveBatch] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._read_error: BaseException | None = None
 
@@ -352,7 +371,7 @@ class Session:
                     await self._send_last_words()
                     raise
                 for event in self.protocol.events_received():
-                    if isinstance(event, LiveUpdate) and self._live_updates is not None:
+                    if isinstance(event, LiveUpdate | LiveBatch) and self._live_updates is not None:
                         await self._live_updates.put(event)  # full: stop reading for now
                         continue
                     # Bounded: a server sending what nobody asked for waits, on TCP.
@@ -672,11 +691,14 @@ class Session:
         rulebook = self.host.rulebook.fingerprint
         batch_records = self.limits.copy_batch_records
         copied = 0
-        self.protocol.request_copy(resume, batch_records, rulebook)
+        batch_bytes = self.limits.copy_batch_bytes
+        self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
         batch = await self.expect(CopyBatch)
         while True:
             if not batch.final:
-                self.protocol.request_copy(batch.last_record_id, batch_records, rulebook)
+                self.protocol.request_copy(
+                    batch.last_record_id, batch_records, rulebook, batch_bytes
+                )
                 await self.flush()
             if await store.get_meta(meta.COPY_CHECKPOINT) is None:
                 await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
@@ -747,18 +769,21 @@ class Session:
         checkpoint = int(await store.get_meta(meta.CHECKPOINT) or 0)
         own = self.include_own or await store.get_meta(meta.PULL_OWN) == "1"
         downloaded = 0
-        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own)
+        # A server whose index our rulebook computed sends its rows (version 8 on).
+        rulebook = self.host.rulebook.fingerprint
+        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own, rulebook)
         batch = await self.expect(PullBatch)
         while True:
             if batch.more:
                 # Ask for the next batch before committing this one: the server
                 # reads it while this laptop writes.
-                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own)
+                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own, rulebook)
                 await self.flush()
             if batch.items or batch.checkpoint != checkpoint:
                 await self.host.take_in(
                     [(i.record_id, i.update) for i in batch.items],
                     checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
+                    checked=from_wire(batch.checked, batch.conflicts),
                 )
             downloaded += len(batch.items)
             checkpoint = batch.checkpoint
@@ -802,9 +827,9 @@ class Session:
         host = self.host
         checkpoint = int(await host.store.get_meta(meta.CHECKPOINT) or 0)
         # The queue before the Subscribe: the reader routes the backlog here as it arrives.
-        updates: asyncio.Queue[LiveUpdate] = asyncio.Queue(LIVE_QUEUE_ITEMS)
+        updates: asyncio.Queue[LiveUpdate | LiveBatch] = asyncio.Queue(LIVE_QUEUE_ITEMS)
         self._live_updates = updates
-        self.protocol.subscribe(checkpoint)
+        self.protocol.subscribe(checkpoint, host.rulebook.fingerprint)
         await self.flush()
         attempt.online = attempt.live = True
         host.status.move(ReplicaState.ONLINE)
@@ -832,14 +857,19 @@ class Session:
                 if error is not None:
                     raise error
 
-    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate]) -> None:
+    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate | LiveBatch]) -> None:
         while True:
-            batch = [await updates.get()]
-            while not updates.empty() and len(batch) < self.limits.pull_limit:
-                batch.append(updates.get_nowait())
+            frames = [await updates.get()]
+            taken = len(frames[0].items) if isinstance(frames[0], LiveBatch) else 1
+            while not updates.empty() and taken < self.limits.pull_limit:
+                frame = updates.get_nowait()
+                taken += len(frame.items) if isinstance(frame, LiveBatch) else 1
+                frames.append(frame)
+            live = LiveFrames.of(frames)
             await self.host.take_in(
-                [(u.record_id, u.update) for u in batch],
-                checkpoint=(meta.CHECKPOINT, str(batch[-1].seq)),
+                live.entries,
+                checkpoint=(meta.CHECKPOINT, str(live.last_seq)),
+                checked=live.checks or None,
             )
 
     async def _push_live(self) -> None:

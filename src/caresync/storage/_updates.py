@@ -26,6 +26,7 @@ __all__ = [
     "decode_state_vector",
     "has_pending",
     "merge",
+    "merge_stored",
     "same_state_vector",
     "state_vector_of",
     "verify_compaction",
@@ -35,6 +36,19 @@ __all__ = [
 def merge(parts: Sequence[bytes], *, record_id: str) -> bytes:
     """Merge update bytes into one update; InvalidUpdateError if any part is not one."""
     return crdt.merge(parts, record_id=record_id)
+
+
+def merge_stored(state: bytes, pieces: Sequence[bytes], *, record_id: str) -> bytes:
+    """A stored record's state and the updates since its compaction, as one update.
+
+    A record never compacted has an empty state and, most often, one update: that
+    update is the record, as it is, with no merge (on a server, most records of a
+    first copy; a merge per record cost a third of the server's time).
+    """
+    parts = list(pieces) if state == EMPTY_UPDATE else [state, *pieces]
+    if not parts:
+        return state
+    return parts[0] if len(parts) == 1 else merge(parts, record_id=record_id)
 
 
 def state_vector_of(merged: bytes, *, record_id: str) -> bytes:

@@ -61,6 +61,7 @@ class Write:
     conflicts: tuple[ConflictRow, ...] | None
     organisation: str | None
     person: PersonCard | None = None
+    state_vector: bytes | None = None  # see IncomingUpdate.state_vector
 
 
 @dataclass(slots=True)
@@ -106,6 +107,8 @@ class WriteLike(Protocol):
     def organisation(self) -> str | None: ...
     @property
     def person(self) -> PersonCard | None: ...
+    @property
+    def state_vector(self) -> bytes | None: ...
 
 
 def plan_writes(
@@ -146,8 +149,15 @@ def plan_writes(
         updates = [writes[i].update for i in indexes]
         merged: bytes | None = None
         clocks: dict[bytes, int] | None = None
-        simple = None if cur is not None and cur.pending else _advance_simply(cur, updates)
-        if simple is not None:
+        given = writes[indexes[0]].state_vector if cur is None and len(indexes) == 1 else None
+        simple = None
+        if given is None and (cur is None or not cur.pending):
+            simple = _advance_simply(cur, updates)
+        if given is not None:
+            # A new record whose caller read its state vector with pycrdt already.
+            merged, vector, changed = updates[0], given, True
+            pending = has_pending(merged, vector)
+        elif simple is not None:
             clocks, changed = simple
             pending = False
             if cur is None or changed:

@@ -270,6 +270,11 @@ class IncomingUpdate:
     organisation: str | None = None
     person: PersonCard | None = None
     """The record's card for the person index; None leaves the stored card as it is."""
+    state_vector: bytes | None = None
+    """The update's own state vector, when the caller has read it already (pycrdt's
+    ``get_state`` of these very bytes: a first copy's record, checked that way before
+    it is stored). A record new to the store is then planned from it, without reading
+    the update's header again in Python; for a stored record it is ignored."""
 
     def __post_init__(self) -> None:
         check_text(self.record_id, "record_id")
@@ -278,6 +283,8 @@ class IncomingUpdate:
         if self.conflicts is not None:
             check_conflicts(self.record_id, self.conflicts)
         check_person(self.record_id, self.person)
+        if self.state_vector is not None:
+            check_bytes(self.state_vector, "state_vector")
 
 
 HUB_STATES = ("pending", "held", "sent", "failed")
@@ -779,6 +786,13 @@ class ReplicaStore(Protocol):
 
     async def state_vector(self, record_id: str) -> bytes | None:
         """The stored state vector of the record, or None if unknown."""
+        ...
+
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items (updates
+        that wait for one not yet held, which no state vector counts); unknown ids are
+        absent. One consistent read, without the records' bytes.
+        """
         ...
 
     async def has_record(self, record_id: str) -> bool:

@@ -71,6 +71,7 @@ from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
     merge,
+    merge_stored,
     same_state_vector,
     state_vector_of,
     verify_compaction,
@@ -140,7 +141,7 @@ class _Record:
     log: list[bytes] = field(default_factory=list)
 
     def merged(self, record_id: str) -> bytes:
-        return merge([self.state, *self.log], record_id=record_id) if self.log else self.state
+        return merge_stored(self.state, self.log, record_id=record_id)
 
 
 class MemoryStore:
@@ -550,6 +551,16 @@ class MemoryStore:
         self._open_or_raise(f"reading the state vector of {record_id}")
         record = self._records.get(record_id)
         return None if record is None else record.state_vector
+
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items."""
+        ids = dict.fromkeys(check_record_ids(record_ids))
+        self._open_or_raise(f"reading {len(ids)} state vectors")
+        return {
+            rid: (self._records[rid].state_vector, self._records[rid].pending)
+            for rid in ids
+            if rid in self._records
+        }
 
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""

@@ -61,7 +61,7 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.records import Record
-from caresync.records.crdt import state_vector_of
+from caresync.records.crdt import merge, state_vector_of
 from caresync.records.persons import (
     DIFFERENT_PEOPLE,
     SAME_PERSON,
@@ -285,6 +285,50 @@ class ReplicaStoreSuite:
             await store.load_many(bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidInputError):
             await store.conflict_rows(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            await store.state_vectors(bad)  # type: ignore[arg-type]
+
+    async def test_a_new_record_written_with_its_state_vector_is_stored_as_if_read(
+        self, store: ReplicaStore
+    ) -> None:
+        p = Patient()
+        whole = merge([p.created, p.edit("birthDate", "1990")], record_id=p.id)
+        vector = state_vector_of(whole, record_id=p.id)
+        await store.write_remote([IncomingUpdate(p.id, whole, None, state_vector=vector)])
+        assert await store.state_vectors([p.id]) == {p.id: (vector, False)}
+        assert revision_ids(await store.load(p.id) or b"", p.id) == {
+            r.id for r in p.record.revisions()
+        }
+        # One that waits for an update not held is marked so, whatever vector it came with.
+        q = Patient()
+        q.edit("birthDate", "1")
+        later = q.edit("birthDate", "2")
+        alone = state_vector_of(later, record_id=q.id)
+        await store.write_remote([IncomingUpdate(q.id, later, None, state_vector=alone)])
+        assert (await store.state_vectors([q.id]))[q.id][1]
+
+    async def test_state_vectors_say_each_records_state_and_waiting_items(
+        self, store: ReplicaStore
+    ) -> None:
+        patients = [Patient() for _ in range(600)]  # more than one IN list holds
+        await store.write_remote([remote(p, p.created) for p in patients])
+        waiting = patients[0]
+        first, second = waiting.edit("birthDate", "1"), waiting.edit("birthDate", "2")
+        await store.write_remote([remote(waiting, second)])  # its parent has not arrived
+        asked = [rid for p in reversed(patients) for rid in (p.id, f"unknown-{p.id}")]
+        vectors = await store.state_vectors(asked)
+        assert set(vectors) == {p.id for p in patients}
+        for p in patients[1:]:
+            vector, pending = vectors[p.id]
+            assert not pending
+            assert same_vector(vector, p.record.state_vector())
+            assert vector == await store.state_vector(p.id)
+        assert vectors[waiting.id][1]  # it holds an update that waits
+        await store.write_remote([remote(waiting, first)])
+        [(vector, pending)] = (await store.state_vectors([waiting.id])).values()
+        assert not pending
+        assert same_vector(vector, waiting.record.state_vector())
+        assert await store.state_vectors([]) == {}
 
     async def test_conflict_rows_reads_ids_past_one_query(self, store: ReplicaStore) -> None:
         patients = [Patient() for _ in range(600)]

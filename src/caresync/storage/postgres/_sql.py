@@ -12,7 +12,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from caresync.exceptions import CorruptDatabaseError, StorageError, UnknownRecordError
-from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import ConflictRow, Identity
 
 __all__ = [
@@ -79,7 +79,7 @@ def full(raw: Conn, record_id: str) -> bytes:
     state = state_of(raw, record_id)
     if not row[0]:
         return state
-    return merge([state, *pieces(raw, row[1], row[2])], record_id=record_id)
+    return merge_stored(state, pieces(raw, row[1], row[2]), record_id=record_id)
 
 
 def put_meta(raw: Conn, key: str, value: str) -> None:

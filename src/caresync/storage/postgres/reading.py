@@ -12,7 +12,7 @@ from psycopg import IsolationLevel
 
 from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
-from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
     QuarantinedUpdate,
@@ -81,7 +81,7 @@ class ReadingPart(PostgresCore):
             for record_id, log_count, key, _folded, state in rows:
                 base = EMPTY_UPDATE if state is None else bytes(state)
                 more = pieces.get(key) if log_count else None
-                loaded[record_id] = merge([base, *more], record_id=record_id) if more else base
+                loaded[record_id] = merge_stored(base, more or (), record_id=record_id)
             return loaded
 
         found = await self._run(
@@ -100,6 +100,20 @@ class ReadingPart(PostgresCore):
             return None if row is None else bytes(row[0])
 
         return await self._run(f"reading the state vector of {record_id}", job)
+
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items, as of
+        one snapshot (unknown ids are absent)."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: Conn) -> dict[str, tuple[bytes, bool]]:
+            rows = raw.execute(
+                "SELECT record_id, state_vector, pending FROM records WHERE record_id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+            return {rid: (bytes(vector), bool(pending)) for rid, vector, pending in rows}
+
+        return await self._run(f"reading {len(ids)} state vectors", job)
 
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from caresync.exceptions import CorruptDatabaseError, StorageError, UnknownRecordError
-from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import ConflictRow, Identity
 
 T = TypeVar("T")
@@ -78,7 +78,7 @@ def _full(raw: sqlite3.Connection, record_id: str) -> bytes:
     state = _state(raw, record_id)
     if not row[0]:
         return state
-    return merge([state, *_pieces(raw, row[1], row[2])], record_id=record_id)
+    return merge_stored(state, _pieces(raw, row[1], row[2]), record_id=record_id)
 
 
 def _pieces(raw: sqlite3.Connection, key: int | None, folded: int) -> list[bytes]:

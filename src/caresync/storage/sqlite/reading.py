@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
-from caresync.storage._updates import EMPTY_UPDATE, merge
+from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
     QuarantinedUpdate,
@@ -107,7 +107,7 @@ class ReadingPart(SQLiteCore):
         loaded: dict[str, bytes] = {}
         for record_id, known, state, log_count in rows:
             more = pieces.get(known.key) if log_count and known.key is not None else None
-            merged = merge([state, *more], record_id=record_id) if more else state
+            merged = merge_stored(state, more or (), record_id=record_id)
             loaded[record_id] = merged
             self.cache.put(record_id, known._replace(merged=merged))
         return loaded
@@ -126,6 +126,34 @@ class ReadingPart(SQLiteCore):
             return None if row is None else bytes(row[0])
 
         return await self._run(f"reading the state vector of {record_id}", job)
+
+    async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
+        """Each stored record's state vector and whether it holds waiting items: the
+        cache, then one job for the rest (unknown ids are absent)."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+        known = self.cache.get_many(ids)
+        found = {rid: (cached.state_vector, cached.pending) for rid, cached in known.items()}
+        missing = [record_id for record_id in ids if record_id not in known]
+        if not missing:
+            return found
+
+        def job(raw: sqlite3.Connection) -> dict[str, tuple[bytes, bool]]:
+            read: dict[str, tuple[bytes, bool]] = {}
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for chunk in _chunks(missing):
+                    for record_id, vector, pending in raw.execute(
+                        "SELECT record_id, state_vector, pending FROM records"
+                        f" WHERE record_id IN ({_marks(len(chunk))})",
+                        chunk,
+                    ):
+                        read[record_id] = (bytes(vector), bool(pending))
+            finally:
+                raw.execute("COMMIT")
+            return read
+
+        found.update(await self._run(f"reading {len(missing)} state vectors", job))
+        return found
 
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""

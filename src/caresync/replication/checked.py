@@ -1,0 +1,187 @@
+"""Whether a server's check of a record fits the state a batch leaves it in (pure).
+
+A server whose conflict index our rulebook computed sends, with pulled and live
+entries (protocol version 8), each record's conflict rows and person card
+together with the state vector of the stored state they describe. Conflict rows
+and a person card are functions of a record's state and the rulebook, so a
+laptop may store them as they are exactly when its own record, after the
+batch, is in that same state: then building the record and running the rules
+would compute the same rows.
+
+Same state is decided by state vectors. Every update a replica stores only adds
+items (the server admits nothing else, and a laptop writes nothing else), so a
+record's state is the set of items it holds; one with no waiting items holds,
+for each Yjs client, exactly the items below that client's clock. Two such
+records with equal state vectors hold the same items. A record with an
+unacknowledged local edit holds a clock the server lacks, so it never matches
+and is rebuilt and checked as before.
+
+No I/O: the caller reads the stored state vectors (``ReplicaStore.state_vectors``);
+a server reads its checks with :func:`caresync.replication.index.read_checks`. What
+arrives is untrusted: :func:`from_wire` parses every state vector and card, and
+refuses (RemoteProtocolError) what does not parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from caresync.exceptions import InvalidInputError, InvalidUpdateError, RemoteProtocolError
+from caresync.protocol import CheckedState, CopyConflict, LiveBatch, LiveUpdate, RecordCheck
+from caresync.records.persons import PersonCard
+from caresync.records.spans import decode_clocks, encode_clocks, simple_span
+from caresync.storage import ConflictRow
+from caresync.storage._updates import advance, decode_state_vector, same_state_vector
+
+__all__ = [
+    "EMPTY_STATE_VECTOR",
+    "LiveFrames",
+    "ServerCheck",
+    "from_wire",
+    "matches",
+    "to_wire",
+    "vector_after",
+]
+
+EMPTY_STATE_VECTOR = b"\x00"
+"""The state vector of a record that holds nothing (a record new here)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCheck:
+    """What a server with our rulebook stored for one record's state."""
+
+    state_vector: bytes
+    """The Yjs state vector of the server's stored state that ``rows`` and ``person`` describe."""
+    rows: tuple[ConflictRow, ...]
+    person: PersonCard | None
+
+
+def vector_after(
+    record_id: str, stored: tuple[bytes, bool] | None, updates: Sequence[bytes]
+) -> bytes | None:
+    """The record's state vector once ``updates`` are stored, or None if it would hold
+    waiting items (before or after), or the bytes do not read as updates.
+
+    ``stored`` is the record's stored (state vector, waiting items), or None for a
+    record not stored here. Costs in proportion to the updates, not to the record.
+    """
+    if stored is not None and stored[1]:
+        return None
+    vector = EMPTY_STATE_VECTOR if stored is None else stored[0]
+    clocks = decode_clocks(vector)
+    if clocks is not None:
+        # One client's edit that depends on nothing else: its header says everything.
+        for update in updates:
+            span = simple_span(update)
+            if span is None:
+                break
+            client, first, end = span
+            have = clocks.get(client, 0)
+            if first > have:
+                return None  # it would wait for an update not held
+            clocks[client] = max(have, end)
+        else:
+            return encode_clocks(clocks)
+    try:
+        after, pending = advance(vector, updates, record_id=record_id)
+    except InvalidUpdateError:
+        return None  # the ordinary path keeps such bytes aside, or refuses them
+    return None if pending else after
+
+
+def matches(after: bytes | None, check: ServerCheck) -> bool:
+    """True if a record at state vector ``after`` is in the state ``check`` describes."""
+    if after is None:
+        return False
+    try:
+        return same_state_vector(after, check.state_vector)
+    except InvalidUpdateError:
+        return False  # not a state vector: trust nothing of it
+
+
+def to_wire(record_id: str, check: ServerCheck) -> RecordCheck:
+    """A server's check of one record as a frame carries it."""
+    card = None if check.person is None else check.person.to_bytes()
+    return RecordCheck(
+        CheckedState(record_id, check.state_vector, card),
+        tuple(
+            CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
+            for row in check.rows
+        ),
+    )
+
+
+def from_wire(
+    checked: Sequence[CheckedState] | None, conflicts: Sequence[CopyConflict] | None
+) -> dict[str, ServerCheck] | None:
+    """A pulled or live batch's checks by record (None: the batch carries none).
+
+    The message checked their shape and sizes; here their content:
+    RemoteProtocolError for a state vector or person card that does not parse, or
+    the card of another record.
+    """
+    if checked is None:
+        return None
+    grouped: dict[str, list[ConflictRow]] = {}
+    for row in conflicts or ():
+        grouped.setdefault(row.record_id, []).append(
+            ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
+        )
+    checks: dict[str, ServerCheck] = {}
+    for state in checked:
+        try:
+            decode_state_vector(state.state_vector)
+        except InvalidUpdateError as exc:
+            raise RemoteProtocolError(
+                f"the server sent record {state.record_id} with a bad state vector: {exc}"
+            ) from None
+        card = None
+        if state.card is not None:
+            try:
+                card = PersonCard.from_bytes(state.card)
+            except InvalidInputError as exc:
+                raise RemoteProtocolError(
+                    f"the server sent record {state.record_id} with a bad person card: {exc}"
+                ) from None
+            if card.record_id != state.record_id:
+                raise RemoteProtocolError(
+                    f"the server sent record {state.record_id} with the card of {card.record_id}"
+                )
+        rows = tuple(grouped.get(state.record_id, ()))
+        checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
+    return checks
+
+
+@dataclass(slots=True)
+class LiveFrames:
+    """Live frames a laptop commits together: their entries, last seq and checks.
+
+    A frame's checks describe each of its records as its last entry there left
+    it; a later frame that touches the record again without a check makes the
+    earlier one stale (dropped: the record is then built), and a later check
+    replaces it.
+    """
+
+    entries: list[tuple[str, bytes]] = field(default_factory=list)
+    last_seq: int = 0
+    checks: dict[str, ServerCheck] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, frames: Sequence[LiveUpdate | LiveBatch]) -> LiveFrames:
+        """The frames in arrival order; RemoteProtocolError for a check that does not parse."""
+        live = cls()
+        for frame in frames:
+            if isinstance(frame, LiveUpdate):
+                items = [(frame.seq, frame.record_id, frame.update)]
+                found: dict[str, ServerCheck] = {}
+            else:
+                items = [(i.seq, i.record_id, i.update) for i in frame.items]
+                found = from_wire(frame.checked, frame.conflicts) or {}
+            for seq, record_id, update in items:
+                live.entries.append((record_id, update))
+                live.checks.pop(record_id, None)
+                live.last_seq = seq
+            live.checks.update(found)
+        return live
