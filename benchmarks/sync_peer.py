@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,15 @@ __all__ = ["PeerChannel", "peer_store", "rss_kb"]
 ROOM = "records"
 
 
-def rss_kb() -> dict[str, int]:
-    """This process's resident memory now and at its peak, in KiB (Linux)."""
-    out: dict[str, int] = {}
+def rss_kb() -> dict[str, float]:
+    """This process's resident memory now and at its peak, in KiB (Linux), and the
+    CPU time it used so far (``cpu_s``: user + system, every thread)."""
+    out: dict[str, float] = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
+    out["cpu_s"] = round(time.process_time(), 6)
     return out
 
 
