@@ -435,16 +435,15 @@ async def test_a_sqlcipher_database_is_rewritten_in_aegis_with_the_same_key(
         assert Record.from_update(LEGACY_RECORD, data, replica="b").value("name") == NAME
         assert await store.check() == []
     assert files_holding(tmp_path, NAME) == []
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
-        "replica.db"
-    ]
+    assert [n for n in names(tmp_path) if not n.endswith(".lock")] == ["replica.db"]
     with pytest.raises(DatabaseKeyError):
         reencrypt_in_place(path, os.urandom(32))
 
 
 def _page_offsets(path: Path) -> tuple[int, int]:
     size = path.stat().st_size
-    assert size % 4096 == 0 and size // 4096 > 8
+    assert size % 4096 == 0
+    assert size // 4096 > 8
     return 4096 * 3, 4096 * 4
 
 
@@ -454,7 +453,7 @@ def test_a_changed_or_moved_page_is_refused_not_read(
     tmp_path: Path, cipher: str, change: str
 ) -> None:
     """Authentication: a page is read only as written, and only where it was written."""
-    if cipher == cipher_module.AEGIS and cipher_module.NEW_DATABASE_CIPHER != cipher:
+    if cipher == cipher_module.AEGIS and cipher != cipher_module.NEW_DATABASE_CIPHER:
         pytest.skip("SQLite3 Multiple Ciphers (pysqlite3mc) is not installed here")
     path, key = tmp_path / "t.db", os.urandom(32)
     conn = cipher_module.connect(path, key=key, cipher=cipher)
@@ -475,7 +474,7 @@ def test_a_changed_or_moved_page_is_refused_not_read(
     path.write_bytes(bytes(data))
     conn = cipher_module.connect(path, key=key, cipher=cipher)
     try:
-        with pytest.raises(cipher_module.DATABASE_ERRORS, match="malformed|not a database"):
+        with pytest.raises(cipher_module.DATABASE_ERRORS, match=r"malformed|not a database"):
             conn.execute("SELECT x FROM t").fetchall()
     finally:
         conn.close()
