@@ -24,7 +24,7 @@ Two formats, one key
   and the page number, so a page changed, or moved to another place, is
   refused, not read. On CPUs with AES instructions it costs a fraction of
   AES-CBC plus an HMAC (docs/performance.md: the CPU time of a durable edit
-  went from +46% to +4-5% of the plain one).
+  went from +46% to +4-14% of the plain one, in three runs).
 * :data:`SQLCIPHER` (databases written by caresync before AEGIS): SQLCipher 4
   pages (AES-256-CBC with a random IV per page write, HMAC-SHA256 over page
   and page number), with the settings in :data:`SQLCIPHER_SETTINGS`. SQLite3
