@@ -24,6 +24,7 @@ from caresync import (
 from caresync.records.persons import person_card
 from caresync.storage import KdfParams, KeyRing, SQLiteStore, key_file_for
 from caresync.storage import _cipher as cipher_module
+from caresync.storage.encrypt_in_place import reencrypt_in_place
 from caresync.storage.unsynced import (
     ENCRYPTED_EXPORT_FORMAT,
     EXPORT_FORMAT,
@@ -34,7 +35,8 @@ from caresync.storage.unsynced import (
     write_export_file,
 )
 
-pytest.importorskip("sqlcipher3.dbapi2", reason="SQLCipher is not installed here")
+if not cipher_module.AVAILABLE:
+    pytest.skip("no encrypting SQLite is installed here", allow_module_level=True)
 
 NAME = "Zanele Okonkwo-Testname"
 CHEAP = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
@@ -330,11 +332,12 @@ def test_an_encrypted_export_round_trips(tmp_path: Path) -> None:
         read_export_file(target, key=os.urandom(32))
 
 
-async def test_without_sqlcipher_a_key_says_what_to_install(
+async def test_without_an_encrypting_sqlite_a_key_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(cipher_module, "_mc", None)
     monkeypatch.setattr(cipher_module, "_sqlcipher", None)
-    with pytest.raises(StorageError, match="pip install sqlcipher3-binary"):
+    with pytest.raises(StorageError, match="pip install pysqlite3mc-binary"):
         await SQLiteStore.open(tmp_path / "replica.db", key=os.urandom(32))
     assert names(tmp_path) == []
     async with SQLiteStore.open(tmp_path / "plain.db") as plain:  # plain ones work as ever
@@ -361,3 +364,117 @@ def test_any_bytes_are_an_export_or_an_export_file_error(data: bytes) -> None:
     for candidate in (data, header + data, header[:-1] + data):
         with pytest.raises(ExportFileError):
             decode_export(candidate, key=_KEY)
+
+
+# ------------------------------------------------ formats: AEGIS, and SQLCipher's before it
+
+LEGACY = Path(__file__).parent / "data" / "sqlcipher-v4-laptop.db"
+"""A laptop database written by caresync before AEGIS (SQLCipher 4.12 through sqlcipher3,
+HMAC-SHA256, 4 KiB pages, raw key ``bytes(range(32))``), with one patient, NAME."""
+LEGACY_KEY = bytes(range(32))
+LEGACY_RECORD = "0beca4f2-699c-4a45-8e79-14c24b5139ea"
+
+
+def the_cipher_of(path: Path, key: bytes) -> str:
+    conn = cipher_module.connect(path, key=key)
+    try:
+        return cipher_module.cipher_of(conn)
+    finally:
+        conn.close()
+
+
+needs_mc = pytest.mark.skipif(
+    cipher_module.NEW_DATABASE_CIPHER != cipher_module.AEGIS,
+    reason="SQLite3 Multiple Ciphers (pysqlite3mc) is not installed here",
+)
+
+
+@needs_mc
+async def test_a_new_encrypted_database_is_in_the_aegis_format(tmp_path: Path) -> None:
+    path, key = tmp_path / "replica.db", os.urandom(32)
+    async with SQLiteStore.open(path, key=key) as store:
+        await write_named_patient(store)
+        backup = tmp_path / "backup.db"
+        await store.backup(backup)
+    assert the_cipher_of(path, key) == cipher_module.AEGIS
+    assert the_cipher_of(backup, key) == cipher_module.AEGIS
+
+
+async def test_a_database_written_in_sqlcipher_format_before_still_opens(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    path.write_bytes(LEGACY.read_bytes())
+    async with SQLiteStore.open(path, key=LEGACY_KEY, create=False) as store:
+        data = await store.load(LEGACY_RECORD)
+        assert data is not None
+        record = Record.from_update(LEGACY_RECORD, data, replica="laptop-b")
+        assert record.value("name") == NAME
+        assert await store.check() == []
+        edited = await write_named_patient(store, "Another Patient")  # it writes, too
+        await store.backup(tmp_path / "backup.db")  # in its own format
+    with pytest.raises(DatabaseKeyError, match="does not open"):
+        await SQLiteStore.open(path, key=os.urandom(32))
+    async with SQLiteStore.open(path, key=LEGACY_KEY, create=False) as store:
+        assert await store.has_record(edited.record_id)
+    for copy in (path, tmp_path / "backup.db"):
+        assert the_cipher_of(copy, LEGACY_KEY) == cipher_module.SQLCIPHER
+    assert files_holding(tmp_path, NAME) == []
+
+
+@needs_mc
+async def test_a_sqlcipher_database_is_rewritten_in_aegis_with_the_same_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "replica.db"
+    path.write_bytes(LEGACY.read_bytes())
+    assert reencrypt_in_place(path, LEGACY_KEY) is True
+    assert the_cipher_of(path, LEGACY_KEY) == cipher_module.AEGIS
+    assert reencrypt_in_place(path, LEGACY_KEY) is False  # once is enough
+    async with SQLiteStore.open(path, key=LEGACY_KEY, create=False) as store:
+        data = await store.load(LEGACY_RECORD)
+        assert data is not None
+        assert Record.from_update(LEGACY_RECORD, data, replica="b").value("name") == NAME
+        assert await store.check() == []
+    assert files_holding(tmp_path, NAME) == []
+    assert [n for n in names(tmp_path) if not n.endswith(".lock")] == ["replica.db"]
+    with pytest.raises(DatabaseKeyError):
+        reencrypt_in_place(path, os.urandom(32))
+
+
+def _page_offsets(path: Path) -> tuple[int, int]:
+    size = path.stat().st_size
+    assert size % 4096 == 0
+    assert size // 4096 > 8
+    return 4096 * 3, 4096 * 4
+
+
+@pytest.mark.parametrize("cipher", cipher_module.CIPHERS)
+@pytest.mark.parametrize("change", ["flip", "swap"])
+def test_a_changed_or_moved_page_is_refused_not_read(
+    tmp_path: Path, cipher: str, change: str
+) -> None:
+    """Authentication: a page is read only as written, and only where it was written."""
+    if cipher == cipher_module.AEGIS and cipher != cipher_module.NEW_DATABASE_CIPHER:
+        pytest.skip("SQLite3 Multiple Ciphers (pysqlite3mc) is not installed here")
+    path, key = tmp_path / "t.db", os.urandom(32)
+    conn = cipher_module.connect(path, key=key, cipher=cipher)
+    try:
+        conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, x TEXT)")
+        conn.executemany("INSERT INTO t (x) VALUES (?)", [(f"row {n} " * 40,) for n in range(400)])
+    finally:
+        conn.close()
+    data = bytearray(path.read_bytes())
+    first, second = _page_offsets(path)
+    if change == "flip":
+        data[first + 1000] ^= 0x01
+    else:
+        data[first:second], data[second : second + 4096] = (
+            data[second : second + 4096],
+            data[first:second],
+        )
+    path.write_bytes(bytes(data))
+    conn = cipher_module.connect(path, key=key, cipher=cipher)
+    try:
+        with pytest.raises(cipher_module.DATABASE_ERRORS, match=r"malformed|not a database"):
+            conn.execute("SELECT x FROM t").fetchall()
+    finally:
+        conn.close()

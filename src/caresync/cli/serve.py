@@ -77,7 +77,7 @@ def register(commands: Any) -> None:
     serve.add_argument(
         "--encrypt",
         action="store_true",
-        help=f"the database is encrypted at rest (SQLCipher) with the key in {SERVER_KEY_VARIABLE} "
+        help=f"the database is encrypted at rest (AEGIS-256) with the key in {SERVER_KEY_VARIABLE} "
         "or --key-file (64 hex digits); a new one is made encrypted, a plain one is refused",
     )
     serve.add_argument(

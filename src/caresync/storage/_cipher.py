@@ -1,54 +1,80 @@
-"""One way to open an SQLite connection, plain or encrypted (SQLCipher).
+"""One way to open an SQLite connection, plain or encrypted.
 
 Theory of operation
 -------------------
 Every connection the store makes goes through :func:`connect`. Without a key
-it is exactly ``sqlite3.connect``. With a key it is SQLCipher's DB-API module
-(``sqlcipher3.dbapi2``, from the ``sqlcipher3-binary`` wheel), and before
-anything else runs:
+it is exactly ``sqlite3.connect``. With a key it is the DB-API module of an
+SQLite built with an encryption codec, and before anything else runs:
 
-1. ``PRAGMA key = "x'<64 hex digits>'"``: a *raw* 256-bit key, so SQLCipher
-   runs no PBKDF2 over it at each open (the key is random; the password
-   stretching happened once, with argon2id, in :mod:`caresync.storage.keyring`);
-2. the cipher settings, set explicitly (:data:`CIPHER_PRAGMAS`) rather than
-   left to the library's defaults, so that a later SQLCipher whose defaults
-   change (as 3 to 4 did) still opens every database we wrote;
+1. the cipher settings of the database's format, set explicitly rather than
+   left to the library's defaults, so that a later release whose defaults
+   change still opens every database we wrote;
+2. the key;
 3. a read of ``sqlite_schema``: the first read of page 1, which fails with
-   "file is not a database" when the key is wrong (its HMAC does not verify).
+   "file is not a database" when the key is wrong (its tag does not verify).
    That becomes :class:`~caresync.exceptions.DatabaseKeyError`.
 
-SQLCipher encrypts every page it writes to the database, the write-ahead log
-and a rollback journal (AES-256 in CBC mode with a random IV per page write,
-and an HMAC-SHA512 per page that detects tampering); the ``-shm`` file holds
-only the WAL index (frame numbers and checksums), never page content. Temporary
-tables stay in memory (``temp_store = MEMORY``, :mod:`caresync.storage.schema`).
+Two formats, one key
+--------------------
+* :data:`AEGIS` (what a new database is written in): SQLite3 Multiple Ciphers'
+  AEGIS-256 cipher, through ``pysqlite3mc`` (the ``pysqlite3mc-binary``
+  wheel). AEGIS-256 is an authenticated cipher (CAESAR final portfolio, an
+  IRTF CFRG draft): each page written gets a fresh random 256-bit nonce and a
+  256-bit tag, under a one-time key derived from the database key, the nonce
+  and the page number, so a page changed, or moved to another place, is
+  refused, not read. On CPUs with AES instructions it costs a fraction of
+  AES-CBC plus an HMAC (docs/performance.md: the CPU time of a durable edit
+  went from +46% to +4-14% of the plain one, in three runs).
+* :data:`SQLCIPHER` (databases written by caresync before AEGIS): SQLCipher 4
+  pages (AES-256-CBC with a random IV per page write, HMAC-SHA256 over page
+  and page number), with the settings in :data:`SQLCIPHER_SETTINGS`. SQLite3
+  Multiple Ciphers reads and writes this format too, so such a database opens
+  and works as it did; :mod:`caresync.storage.encrypt_in_place` rewrites it in
+  AEGIS (``reencrypt_in_place``).
 
-SQLCipher's module raises its own exception classes, which are not sqlite3's;
-the store catches both through :data:`SQLITE_ERRORS` and its siblings. Its
-log of failed page checks (to stderr) is turned off when this module loads.
+An existing file is tried in AEGIS first, then in SQLCipher's format: each
+failed try reads page 1 and writes nothing. Where ``pysqlite3mc`` is missing
+but SQLCipher's own module (``sqlcipher3``) is installed, the SQLCipher format
+is the only one, for new databases too.
+
+Every page SQLite writes is encrypted: the database, the write-ahead log and a
+rollback journal; the ``-shm`` file holds only the WAL index (frame numbers
+and checksums), never page content. Temporary tables stay in memory
+(``temp_store = MEMORY``, :mod:`caresync.storage.schema`).
+
+The libraries raise their own exception classes, which are not sqlite3's; the
+store catches all of them through :data:`SQLITE_ERRORS` and its siblings.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import cast
+from typing import Final, cast
 from urllib.parse import unquote
 
 from caresync.exceptions import DatabaseKeyError, InvalidInputError, StorageError
 from caresync.storage.schema import SQLITE_MAGIC
 
 __all__ = [
+    "AEGIS",
+    "AEGIS_SETTINGS",
     "AVAILABLE",
-    "CIPHER_PRAGMAS",
+    "CIPHERS",
     "DATABASE_ERRORS",
     "INTEGRITY_ERRORS",
     "KEY_BYTES",
+    "NEW_DATABASE_CIPHER",
+    "SQLCIPHER",
+    "SQLCIPHER_SETTINGS",
     "SQLITE_ERRORS",
     "check_key",
+    "cipher_of",
     "connect",
+    "copy_encrypted",
     "refuse_plain",
     "refuse_unless_plain",
 ]
@@ -56,33 +82,79 @@ __all__ = [
 KEY_BYTES = 32
 """The length of a database key: 256 random bits."""
 
-CIPHER_PRAGMAS = (
-    # Named, not left to the library's defaults, so that a changed default (as
-    # SQLCipher 3 to 4 changed them) cannot lock us out of a database we wrote.
-    "PRAGMA cipher_page_size = 4096",  # SQLite's own default page size
-    # HMAC-SHA256 rather than SQLCipher 4's HMAC-SHA512: a 256-bit tag is ample,
-    # and with the SHA extensions of current x86-64 and ARM CPUs it costs less
-    # per page written (5.7 instead of 7.8 us a 4 KiB page more than plain
-    # SQLite, on the machine of docs/performance.md).
+AEGIS: Final = "aegis"
+"""The format of a new encrypted database: SQLite3 Multiple Ciphers' AEGIS-256."""
+SQLCIPHER: Final = "sqlcipher"
+"""The format caresync wrote before AEGIS: SQLCipher 4 with :data:`SQLCIPHER_SETTINGS`."""
+CIPHERS: Final = (AEGIS, SQLCIPHER)
+"""Every format :func:`connect` opens, in the order an existing file is tried."""
+
+AEGIS_SETTINGS = (
+    "PRAGMA cipher = 'aegis'",
+    "PRAGMA algorithm = 'aegis-256'",  # 256-bit key, nonce and tag (the 128-bit variants: no)
+    # The key string is run through Argon2id to give the page key. Our key is 256
+    # random bits (the password stretching happened once, in caresync.storage.keyring),
+    # so the derivation adds nothing to guess against: the smallest cost it allows,
+    # which keeps an open (and a wrong key's refusal) at microseconds. Pinned, as
+    # everything here: a changed default must never lock us out of a database.
+    "PRAGMA tcost = 1",
+    "PRAGMA mcost = 8",  # KiB, Argon2's minimum for one lane
+    "PRAGMA pcost = 1",
+    # The whole of page 1 is encrypted: no header byte says "SQLite" or "caresync".
+    "PRAGMA plaintext_header_size = 0",
+)
+"""Settings run before the key on every connection to an :data:`AEGIS` database."""
+
+SQLCIPHER_SETTINGS = (
+    # Through SQLite3 Multiple Ciphers: its SQLCipher scheme, at SQLCipher 4's
+    # defaults (legacy = 4), less what caresync always changed: HMAC-SHA256
+    # rather than SHA-512, and the same for the (unused: raw key) PBKDF2.
+    "PRAGMA cipher = 'sqlcipher'",
+    "PRAGMA legacy = 4",
+    "PRAGMA legacy_page_size = 4096",
+    "PRAGMA kdf_iter = 256000",
+    "PRAGMA fast_kdf_iter = 2",
+    "PRAGMA hmac_use = 1",
+    "PRAGMA hmac_pgno = 1",
+    "PRAGMA hmac_salt_mask = 0x3a",
+    "PRAGMA kdf_algorithm = 1",  # PBKDF2-HMAC-SHA256
+    "PRAGMA hmac_algorithm = 1",  # HMAC-SHA256
+    "PRAGMA plaintext_header_size = 0",
+)
+"""The same format's settings, by SQLite3 Multiple Ciphers' names."""
+
+_SQLCIPHER_OWN_SETTINGS = (
+    # The same settings by SQLCipher's own names (its module, where pysqlite3mc is
+    # missing): what caresync's first encrypted databases were written with.
+    "PRAGMA cipher_page_size = 4096",
     "PRAGMA cipher_hmac_algorithm = HMAC_SHA256",
-    # Only stretch a passphrase (a raw key skips them, bar a 2-round derivation
-    # of the HMAC key at open). Pinned all the same.
     "PRAGMA cipher_kdf_algorithm = PBKDF2_HMAC_SHA256",
     "PRAGMA kdf_iter = 256000",
     "PRAGMA cipher_use_hmac = ON",
-    # The whole of page 1 is encrypted: no header byte says "SQLite" or "caresync".
     "PRAGMA cipher_plaintext_header_size = 0",
 )
-"""Cipher settings, run right after ``PRAGMA key`` on every encrypted connection."""
+
+
+def _load_mc() -> ModuleType | None:
+    """SQLite3 Multiple Ciphers' DB-API module, or None where it is not installed.
+
+    ``pysqlite3mc-binary`` is a dependency on Linux x86_64, where PyPI has its
+    wheels. Its module is a copy of ``sqlite3``'s DB-API, so aiosqlite and the
+    store's statements run on it unchanged.
+    """
+    try:
+        import pysqlite3mc.dbapi2 as module
+    except ImportError:
+        return None
+    return cast(ModuleType, module)
 
 
 def _load_sqlcipher() -> ModuleType | None:
-    """SQLCipher's DB-API module, or None where it is not installed.
+    """SQLCipher's DB-API module (``sqlcipher3``), or None where it is not installed.
 
-    ``sqlcipher3-binary`` (a dependency on Linux x86_64, where PyPI has its
-    wheels) and ``sqlcipher3`` (built against a system libsqlcipher, e.g. on
-    macOS) both provide it. Without it, plain databases work as ever and
-    opening one with a key raises StorageError saying what to install.
+    Only looked for where ``pysqlite3mc`` is missing (it reads SQLCipher's
+    format itself): e.g. on macOS, ``sqlcipher3`` built against a system
+    libsqlcipher.
     """
     try:
         import sqlcipher3.dbapi2 as module
@@ -98,20 +170,29 @@ def _load_sqlcipher() -> ModuleType | None:
     return cast(ModuleType, module)
 
 
-_sqlcipher = _load_sqlcipher()
+_mc = _load_mc()
+_sqlcipher = None if _mc is not None else _load_sqlcipher()
 
-AVAILABLE = _sqlcipher is not None
-"""True where SQLCipher is installed, so a store can be opened with a key."""
+AVAILABLE = _mc is not None or _sqlcipher is not None
+"""True where an encrypting SQLite is installed, so a store can be opened with a key."""
 
-SQLITE_ERRORS: tuple[type[sqlite3.Error], ...] = (sqlite3.Error,) + (
-    () if _sqlcipher is None else (cast(type[sqlite3.Error], _sqlcipher.Error),)
+NEW_DATABASE_CIPHER: str = AEGIS if _mc is not None else SQLCIPHER
+"""The format :func:`connect` writes a new encrypted database in."""
+
+_MODULES = tuple(m for m in (_mc, _sqlcipher) if m is not None)
+
+SQLITE_ERRORS: tuple[type[sqlite3.Error], ...] = (
+    sqlite3.Error,
+    *(cast(type[sqlite3.Error], m.Error) for m in _MODULES),
 )
 """Every error a plain or an encrypted connection raises."""
-DATABASE_ERRORS: tuple[type[sqlite3.DatabaseError], ...] = (sqlite3.DatabaseError,) + (
-    () if _sqlcipher is None else (cast(type[sqlite3.DatabaseError], _sqlcipher.DatabaseError),)
+DATABASE_ERRORS: tuple[type[sqlite3.DatabaseError], ...] = (
+    sqlite3.DatabaseError,
+    *(cast(type[sqlite3.DatabaseError], m.DatabaseError) for m in _MODULES),
 )
-INTEGRITY_ERRORS: tuple[type[sqlite3.IntegrityError], ...] = (sqlite3.IntegrityError,) + (
-    () if _sqlcipher is None else (cast(type[sqlite3.IntegrityError], _sqlcipher.IntegrityError),)
+INTEGRITY_ERRORS: tuple[type[sqlite3.IntegrityError], ...] = (
+    sqlite3.IntegrityError,
+    *(cast(type[sqlite3.IntegrityError], m.IntegrityError) for m in _MODULES),
 )
 
 _PAGE_MULTIPLE = 512  # the smallest SQLite page: every database file is a multiple of it
@@ -133,43 +214,141 @@ def connect(
     key: bytes | None,
     uri: bool = False,
     timeout: float = 5.0,
+    cipher: str | None = None,
 ) -> sqlite3.Connection:
-    """A connection to ``database``: plain sqlite3 without a key, SQLCipher with one.
+    """A connection to ``database``: plain sqlite3 without a key, encrypted with one.
 
     Autocommit mode (``isolation_level=None``): the store runs its own ``BEGIN``.
 
-    With a key, the key and the cipher settings are the connection's first
-    statements, and page 1 is read once to prove the key: a wrong key raises
-    DatabaseKeyError (nothing is written). Other errors are left to the
-    caller's translation. The SQLCipher connection is typed as an
-    ``sqlite3.Connection``: its DB-API is the same.
+    With a key: a new (missing or empty) file is written in ``cipher``, by
+    default :data:`NEW_DATABASE_CIPHER`; an existing one is opened in
+    ``cipher`` if given, else in whichever of :data:`CIPHERS` its key opens.
+    The settings and the key are the connection's first statements, and page 1
+    is read once to prove the key: a wrong key raises DatabaseKeyError
+    (nothing is written). Other errors are left to the caller's translation.
+    The connection is typed as an ``sqlite3.Connection``: its DB-API is the same.
     """
     if key is None:
         return sqlite3.connect(database, uri=uri, timeout=timeout, isolation_level=None)
-    pragma_key = f"PRAGMA key = \"x'{check_key(key).hex()}'\""
-    if _sqlcipher is None:
+    check_key(key)
+    if cipher is not None and cipher not in CIPHERS:
+        raise InvalidInputError(f"unknown database cipher {cipher!r}; known: {CIPHERS}")
+    if _mc is None and _sqlcipher is None:
         raise StorageError(
-            "opening an encrypted database needs SQLCipher, which is not installed: "
-            "pip install sqlcipher3-binary (Linux x86_64), or sqlcipher3 built against "
-            "the system's libsqlcipher"
+            "opening an encrypted database needs SQLite3 Multiple Ciphers, which is not "
+            "installed: pip install pysqlite3mc-binary (Linux x86_64); elsewhere, "
+            "sqlcipher3 built against the system's libsqlcipher opens the SQLCipher format"
         )
+    if cipher is not None:
+        tries: Sequence[str] = (cipher,)
+    elif _is_new(database):
+        tries = (NEW_DATABASE_CIPHER,)
+    else:
+        tries = CIPHERS if _mc is not None else (SQLCIPHER,)
+    for attempt in tries:
+        conn = _open(database, key, attempt, uri=uri, timeout=timeout)
+        if conn is not None:
+            return conn
+    hint = (
+        ""
+        if _mc is not None
+        else " (or it is in the AEGIS format, which needs pip install pysqlite3mc-binary)"
+    )
+    raise DatabaseKeyError(
+        f"the key given does not open {_name(database)}: it is encrypted with another "
+        f"key, or it is damaged{hint}. Unlock it with a password that belongs to it; "
+        "it was left untouched"
+    )
+
+
+def cipher_of(conn: sqlite3.Connection) -> str:
+    """The format of the encrypted database ``conn`` was opened on (by :func:`connect`).
+
+    A copy made with SQLite's backup API must be in the same format: the two
+    keep a different number of bytes per page for their nonce and tag.
+    """
+    if _mc is not None and isinstance(conn, _mc.Connection):
+        row = conn.execute("PRAGMA cipher").fetchone()
+        if row is not None and str(row[0]) in CIPHERS:
+            return str(row[0])
+    return SQLCIPHER
+
+
+def copy_encrypted(source: Path, key: bytes | None, target: Path, new_key: bytes) -> None:
+    """Write the database at ``source`` into the empty file ``target``, in AEGIS.
+
+    ``source`` is plain (``key`` None) or encrypted in either format. SQLite's
+    ``VACUUM INTO`` writes a fresh, compact copy (every table, index, row and
+    the header's ``user_version`` and ``application_id``) through the codec of
+    the target, whose settings and key are given in its URI: the backup API
+    cannot copy between files that keep different room per page (plain: none;
+    SQLCipher: 48 bytes; AEGIS: 64). Only where SQLite3 Multiple Ciphers is
+    installed (StorageError otherwise). ``source`` is only read.
+    """
+    check_key(new_key)
+    if _mc is None:
+        raise StorageError(
+            "writing the AEGIS format needs SQLite3 Multiple Ciphers: "
+            "pip install pysqlite3mc-binary"
+        )
+    read_only = source.resolve().as_uri() + "?mode=ro"
+    if key is None:
+        conn = cast(sqlite3.Connection, _mc.connect(read_only, uri=True, isolation_level=None))
+    else:
+        conn = connect(read_only, key=key, uri=True)
+    settings = "&".join(
+        pragma.removeprefix("PRAGMA ").replace(" = ", "=").replace("'", "")
+        for pragma in AEGIS_SETTINGS
+    )
+    # The same key string as connect's (see _open). The URI stays in this process:
+    # it is a bound parameter, never logged.
+    target_uri = f"{target.resolve().as_uri()}?{settings}&key={new_key.hex()}"
+    try:
+        conn.execute("VACUUM INTO ?", (target_uri,))
+    finally:
+        conn.close()
+
+
+def _open(
+    database: str | Path, key: bytes, cipher: str, *, uri: bool, timeout: float
+) -> sqlite3.Connection | None:
+    """A connection in ``cipher`` whose key read page 1, or None if the key does not."""
+    if _mc is not None:
+        module = _mc
+        settings = AEGIS_SETTINGS if cipher == AEGIS else SQLCIPHER_SETTINGS
+    elif cipher == SQLCIPHER and _sqlcipher is not None:
+        module = _sqlcipher
+        settings = _SQLCIPHER_OWN_SETTINGS
+    else:
+        raise StorageError(
+            f"the {cipher} format needs SQLite3 Multiple Ciphers: pip install pysqlite3mc-binary"
+        )
+    if cipher == AEGIS:
+        # The key as a string of 64 hex digits, run through Argon2id (see
+        # AEGIS_SETTINGS) -- not as x'...': newer releases read that form as a
+        # raw key, which would derive another page key and lock us out.
+        pragma_key = f"PRAGMA key = '{key.hex()}'"
+    else:
+        # SQLCipher's raw key: no PBKDF2 over it (the key is random).
+        pragma_key = f"PRAGMA key = \"x'{key.hex()}'\""
     conn = cast(
         sqlite3.Connection,
-        _sqlcipher.connect(os.fspath(database), uri=uri, timeout=timeout, isolation_level=None),
+        module.connect(os.fspath(database), uri=uri, timeout=timeout, isolation_level=None),
     )
     try:
-        conn.execute(pragma_key)
-        for pragma in CIPHER_PRAGMAS:
-            conn.execute(pragma)
+        if module is _sqlcipher:
+            conn.execute(pragma_key)  # SQLCipher: the key first, then its settings
+            for pragma in settings:
+                conn.execute(pragma)
+        else:
+            for pragma in settings:  # Multiple Ciphers: the settings, then the key
+                conn.execute(pragma)
+            conn.execute(pragma_key)
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except DATABASE_ERRORS as exc:
         conn.close()
         if "not a database" in str(exc).lower():
-            raise DatabaseKeyError(
-                f"the key given does not open {_name(database)}: it is encrypted with another "
-                "key, or it is damaged. Unlock it with a password that belongs to it; "
-                "it was left untouched"
-            ) from None
+            return None
         raise
     except BaseException:
         conn.close()
@@ -177,10 +356,18 @@ def connect(
     return conn
 
 
+def _is_new(database: str | Path) -> bool:
+    """True if the file a connection would open is missing or empty (to be created)."""
+    try:
+        return Path(_name(database)).stat().st_size == 0
+    except OSError:
+        return True
+
+
 def refuse_plain(path: Path) -> None:
     """DatabaseKeyError if ``path`` is a plain (unencrypted) SQLite file.
 
-    Used before opening with a key: SQLCipher would only say "file is not a
+    Used before opening with a key: the library would only say "file is not a
     database". Reads the first 16 bytes; writes nothing.
     """
     if _head(path) == SQLITE_MAGIC:
@@ -195,7 +382,7 @@ def refuse_unless_plain(path: Path) -> None:
 
     Used when a file without SQLite's header is opened without a key: a file of
     whole SQLite pages that does not start with the header is most likely
-    encrypted (SQLCipher's page 1 starts with its random salt). Anything else
+    encrypted (both formats start page 1 with a random salt). Anything else
     is left to the caller's "not a database" error. Writes nothing.
     """
     try:

@@ -11,17 +11,18 @@ meanwhile:
    ``-shm``: the plain database is then one self-contained file. (Opening it
    switches it back to a write-ahead log.) A reader that has it open makes
    this fail, and nothing is changed.
-2. **copied**: SQLCipher's ``sqlcipher_export`` writes every table, index and
-   row into a new hidden file beside it (``.<name>.*.encrypting``, mode 0600),
-   opened with the key and the store's cipher settings
-   (:func:`caresync.storage._cipher.connect`); the schema version and
-   application id, which the export leaves out, are copied too. (SQLite's
-   backup API cannot copy between a plain and an encrypted file.)
+2. **copied**: ``VACUUM INTO`` writes every table, index and row, and the
+   schema version and application id, into a new hidden file beside it
+   (``.<name>.*.encrypting``, mode 0600), encrypted with the key in the
+   store's format and settings (:func:`caresync.storage._cipher.copy_encrypted`;
+   where only SQLCipher's own module is installed, its ``sqlcipher_export``,
+   which leaves out the marks: they are copied by hand). SQLite's backup API
+   cannot copy between a plain and an encrypted file.
 3. **verified**: the copy is opened again with the key, passes
    ``quick_check``, and has the same schema, marks and rows as the plain file
    (a SHA-256 of every table's rows, in the order of all their columns;
-   ``sqlcipher_export`` does not keep the hidden rowids of tables without an
-   integer primary key, which nothing in caresync refers to).
+   neither copy keeps the hidden rowids of tables without an integer primary
+   key, which nothing in caresync refers to).
 4. **keyed**: ``write_key_file`` runs (the caller writes the key file, wrapped
    for a user), unless the key file exists already (a conversion resumed).
 5. **replaced**: the copy is renamed over the plain file, and the directory
@@ -53,10 +54,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from caresync.exceptions import StorageError
-from caresync.storage._cipher import SQLITE_ERRORS, check_key, connect
+from caresync.storage._cipher import (
+    AEGIS,
+    NEW_DATABASE_CIPHER,
+    SQLITE_ERRORS,
+    check_key,
+    cipher_of,
+    connect,
+    copy_encrypted,
+)
 from caresync.storage._lock import WriterLock
 
-__all__ = ["STEPS", "encrypt_in_place"]
+__all__ = ["STEPS", "encrypt_in_place", "reencrypt_in_place"]
 
 STEPS = ("prepared", "copied", "verified", "keyed", "replaced", "cleaned")
 """The steps of :func:`encrypt_in_place`, in order (see the module docstring)."""
@@ -77,12 +86,52 @@ def encrypt_in_place(database: Path, key: bytes, write_key_file: Callable[[], No
     process has the database open, if the copy differs, or on an I/O error.
     """
     check_key(key)
+    _rewrite_in_place(database, key, None, write_key_file)
+
+
+def reencrypt_in_place(database: Path, key: bytes) -> bool:
+    """Rewrite the encrypted database at ``database`` in the AEGIS format, same key.
+
+    For a database caresync wrote in SQLCipher's format (before AEGIS): it opens
+    and works as it is, but costs more per page written (docs/performance.md).
+    The same steps as :func:`encrypt_in_place` (no key file is written: the
+    key, and so every user's copy of it, stays the same), and the same
+    guarantee: a crash leaves the old file whole, or the new one. False, and
+    nothing done, if it is in AEGIS already. Blocks: run it in a thread.
+    DatabaseKeyError if ``key`` does not open it; StorageError as
+    :func:`encrypt_in_place`, or where SQLite3 Multiple Ciphers is missing.
+    """
+    check_key(key)
+    probe = connect(database, key=key)
+    try:
+        cipher = cipher_of(probe)
+    finally:
+        probe.close()
+    if cipher == AEGIS:
+        return False
+    if NEW_DATABASE_CIPHER != AEGIS:
+        raise StorageError(
+            "rewriting a database in the AEGIS format needs SQLite3 Multiple Ciphers: "
+            "pip install pysqlite3mc-binary; it was not changed"
+        )
+    _rewrite_in_place(database, key, key, None)
+    return True
+
+
+def _rewrite_in_place(
+    database: Path,
+    key: bytes,
+    source_key: bytes | None,
+    write_key_file: Callable[[], None] | None,
+) -> None:
+    """The steps of the module docstring: ``database`` (plain if ``source_key`` is
+    None, else encrypted with it) rewritten with ``key`` in the store's format."""
     lock = WriterLock.acquire(database)
     try:
         # Partial copies an interrupted conversion left (their key is lost): ours to remove.
         for stale in database.parent.glob(f".{glob.escape(database.name)}.*.encrypting*"):
             stale.unlink(missing_ok=True)
-        _translated(f"preparing {database}", lambda: _to_rollback_journal(database))
+        _translated(f"preparing {database}", lambda: _to_rollback_journal(database, source_key))
         _reached("prepared")
         try:
             fd, name = tempfile.mkstemp(
@@ -96,10 +145,10 @@ def encrypt_in_place(database: Path, key: bytes, write_key_file: Callable[[], No
                 os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
             finally:
                 os.close(fd)
-            _translated(f"encrypting {database}", lambda: _export(database, copy, key))
+            _translated(f"encrypting {database}", lambda: _export(database, copy, key, source_key))
             _reached("copied")
             checking = f"checking the encrypted copy of {database}"
-            _translated(checking, lambda: _verify(database, copy, key))
+            _translated(checking, lambda: _verify(database, copy, key, source_key))
             _reached("verified")
             if write_key_file is not None:
                 write_key_file()
@@ -128,8 +177,8 @@ def _translated(what: str, job: Callable[[], None]) -> None:
         raise StorageError(f"{what}: {why}; the plain database was not changed") from exc
 
 
-def _to_rollback_journal(database: Path) -> None:
-    conn = sqlite3.connect(database, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+def _to_rollback_journal(database: Path, source_key: bytes | None) -> None:
+    conn = connect(database, key=source_key, timeout=_BUSY_TIMEOUT_S)
     try:
         mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()
     finally:
@@ -141,7 +190,16 @@ def _to_rollback_journal(database: Path) -> None:
         )
 
 
-def _export(database: Path, copy: Path, key: bytes) -> None:
+def _export(database: Path, copy: Path, key: bytes, source_key: bytes | None) -> None:
+    if NEW_DATABASE_CIPHER == AEGIS:
+        copy_encrypted(database, source_key, copy, key)  # VACUUM INTO, in the AEGIS format
+    else:
+        _sqlcipher_export(database, copy, key)  # SQLCipher's own module only
+    with copy.open("rb+") as file:
+        os.fsync(file.fileno())
+
+
+def _sqlcipher_export(database: Path, copy: Path, key: bytes) -> None:
     conn = connect(copy, key=key, timeout=_BUSY_TIMEOUT_S)
     try:
         conn.execute("ATTACH DATABASE ? AS plain KEY ''", (os.fspath(database),))
@@ -152,12 +210,10 @@ def _export(database: Path, copy: Path, key: bytes) -> None:
         conn.execute("DETACH DATABASE plain")
     finally:
         conn.close()
-    with copy.open("rb+") as file:
-        os.fsync(file.fileno())
 
 
-def _verify(database: Path, copy: Path, key: bytes) -> None:
-    plain = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True)
+def _verify(database: Path, copy: Path, key: bytes, source_key: bytes | None) -> None:
+    plain = connect(database.resolve().as_uri() + "?mode=ro", key=source_key, uri=True)
     try:
         encrypted = connect(copy, key=key)
         try:

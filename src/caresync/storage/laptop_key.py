@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A laptop database opened with a user's password is encrypted whole (SQLCipher:
+A laptop database opened with a user's password is encrypted whole (AEGIS-256:
 pages, write-ahead log and journal; :mod:`caresync.storage._cipher`). Its key is
 random; the key file beside it (``<db>.keys``, :class:`~caresync.storage.KeyRing`)
 holds one copy per user, wrapped under a key derived from that user's password with

@@ -102,7 +102,7 @@ class SQLiteCore:
         transactions beside the writer's.
 
         ``key`` (32 random bytes; see :mod:`caresync.storage.keyring`) opens, or
-        creates, an encrypted database (SQLCipher: pages, write-ahead log and
+        creates, an encrypted database (AEGIS-256: pages, write-ahead log and
         journal; :mod:`caresync.storage._cipher`); exports of its unsynced work
         are encrypted under it too. No key opens a plain one, as always. An
         encrypted file opened without a key or with a wrong one, and a plain
@@ -255,7 +255,7 @@ class SQLiteCore:
 
     @property
     def encrypted(self) -> bool:
-        """True for a store opened with a key (an SQLCipher database)."""
+        """True for a store opened with a key (an encrypted database)."""
         return self._key is not None
 
     async def backup(self, target: StrPath) -> None:

@@ -19,6 +19,7 @@ from caresync.exceptions import (
 from caresync.storage._cipher import (
     DATABASE_ERRORS,
     SQLITE_ERRORS,
+    cipher_of,
     connect,
     refuse_plain,
     refuse_unless_plain,
@@ -59,7 +60,7 @@ def _recognise(path: Path, key: bytes | None) -> None:
     """Refuse a file that is not a caresync database we can open; never write to it.
 
     An encrypted file has no readable header: with a key, the marks are read
-    through SQLCipher (after refusing a plain file, which a key cannot open).
+    through the encrypting SQLite (after refusing a plain file, which a key cannot open).
     """
     if key is None:
         try:
@@ -100,7 +101,9 @@ def _backup_into(raw: sqlite3.Connection, target: Path, key: bytes | None) -> No
     try:
         os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
         os.close(fd)
-        copy = connect(partial_copy, key=key)
+        # The copy in the same format as the database (the backup API copies pages,
+        # and the formats keep different room per page for their nonce and tag).
+        copy = connect(partial_copy, key=key, cipher=None if key is None else cipher_of(raw))
         try:
             raw.backup(copy)  # one step: one consistent snapshot, same cipher and key
             copy.execute("PRAGMA journal_mode = DELETE").fetchone()  # no -wal beside it
