@@ -38,6 +38,7 @@ __all__ = [
     "EMPTY_STATE_VECTOR",
     "LiveFrames",
     "ServerCheck",
+    "card_from_wire",
     "from_wire",
     "matches",
     "to_wire",
@@ -113,6 +114,22 @@ def to_wire(record_id: str, check: ServerCheck) -> RecordCheck:
     )
 
 
+def card_from_wire(record_id: str, data: bytes) -> PersonCard:
+    """The person card the server sent with ``record_id``; RemoteProtocolError for bytes
+    that are not a card, or the card of another record."""
+    try:
+        card = PersonCard.from_bytes(data)
+    except InvalidInputError as exc:
+        raise RemoteProtocolError(
+            f"the server sent record {record_id} with a bad person card: {exc}"
+        ) from None
+    if card.record_id != record_id:
+        raise RemoteProtocolError(
+            f"the server sent record {record_id} with the card of {card.record_id}"
+        )
+    return card
+
+
 def from_wire(
     checked: Sequence[CheckedState] | None, conflicts: Sequence[CopyConflict] | None
 ) -> dict[str, ServerCheck] | None:
@@ -137,18 +154,7 @@ def from_wire(
             raise RemoteProtocolError(
                 f"the server sent record {state.record_id} with a bad state vector: {exc}"
             ) from None
-        card = None
-        if state.card is not None:
-            try:
-                card = PersonCard.from_bytes(state.card)
-            except InvalidInputError as exc:
-                raise RemoteProtocolError(
-                    f"the server sent record {state.record_id} with a bad person card: {exc}"
-                ) from None
-            if card.record_id != state.record_id:
-                raise RemoteProtocolError(
-                    f"the server sent record {state.record_id} with the card of {card.record_id}"
-                )
+        card = None if state.card is None else card_from_wire(state.record_id, state.card)
         rows = tuple(grouped.get(state.record_id, ()))
         checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
     return checks

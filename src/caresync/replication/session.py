@@ -82,7 +82,7 @@ from caresync.protocol import (
 )
 from caresync.records.persons import PersonCard
 from caresync.replication import meta
-from caresync.replication.checked import LiveFrames, ServerCheck, from_wire
+from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, Identity, LaptopStore
 from caresync.transport import Channel, Connector
@@ -271,20 +271,8 @@ class SessionHost(Protocol):
 
 def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
     """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
-    cards: dict[str, PersonCard] = {}
-    for item in batch.persons or ():
-        try:
-            card = PersonCard.from_bytes(item.card)
-        except InvalidInputError as exc:
-            raise RemoteProtocolError(
-                f"the server sent record {item.record_id} with a bad person card: {exc}"
-            ) from None
-        if card.record_id != item.record_id:
-            raise RemoteProtocolError(
-                f"the server sent record {item.record_id} with the card of {card.record_id}"
-            )
-        cards[item.record_id] = card
-    return cards
+    persons = batch.persons or ()
+    return {item.record_id: card_from_wire(item.record_id, item.card) for item in persons}
 
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
