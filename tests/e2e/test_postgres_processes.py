@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from tests.admin.admin_helpers import basic, http_get
 from tests.cli.clitools import ServerProcess
 from tests.e2e.live_helpers import PASSWORD, Signal, live, until, watch
 from tests.postgres import fresh_schema
@@ -71,11 +72,25 @@ async def test_two_processes_starting_together_on_an_empty_database_are_one_serv
     async with await SyncServer.open(schema_url) as third:  # a third opener agrees too
         assert third.server_id == server_id_of(a)
         await third.add_user("clinic-a", "dr.a", PASSWORD)
+        await third.add_user("clinic-a", "boss", PASSWORD, admin=True)
     # One key as well: a laptop pins A's at enrolment, and B proves it holds it.
     laptop = await enrolled(tmp_path, a.url, "laptop", "dr.a")
     assert laptop.identity.server_id == server_id_of(b)
     await laptop.sync(url=b.url)
     await laptop.close()
+    # Both show up to an administrator, and either one shows the whole clinic: the
+    # laptop enrolled through A is on B's admin page.
+    for process in (a, b):
+        http = process.url.replace("ws://", "http://", 1)
+        assert (await asyncio.to_thread(http_get, f"{http}/healthz"))[0] == 200
+        status, _headers, body = await asyncio.to_thread(http_get, f"{http}/metrics")
+        assert status == 200
+        assert "caresync_feed_head" in body
+        status, _headers, state = await asyncio.to_thread(
+            http_get, f"{http}/admin/state.json", basic("boss@clinic-a")
+        )
+        assert status == 200, state
+        assert laptop.replica_id in state
     for process in (a, b):
         code, err = await asyncio.to_thread(process.stop)
         assert code == 0, err
