@@ -14,6 +14,10 @@ run in this process, so the server and its clients have a core each. Every case:
   ``Replica.sync`` (log in with the session, push nothing, pull, commit); the
   peer: the laptop's ``Doc`` reconnects and exchanges state vectors, then writes
   what it received;
+* **the raw limit** of the first copy and the incremental sync: the same bytes
+  written by SQLite alone (WAL, ``synchronous = FULL``, the copy's batches), and,
+  for the sync, each update also applied to its record's document; caresync's
+  ratio to it is given run by run, beside its ratio to the peer;
 * **sync with nothing to do**: the last round's laptop syncs again, :data:`ROUNDS`
   times; the peer reconnects and writes only if something came;
 * **fsyncs per sync**: one more no-op sync and one more incremental sync on each
@@ -75,6 +79,7 @@ from caresync.protocol import (
     server_proof_payload,
 )
 from caresync.replica import Replica, ReplicaState
+from caresync.replication.session import COPY_BATCH_RECORDS
 from caresync.server import SyncServer
 from caresync.storage import IncomingUpdate
 from caresync.transport import Channel, connect_websocket
@@ -363,23 +368,25 @@ def timing_case(case: str, system: str, runs: list[float], **extra: Any) -> dict
 
 
 def with_ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give each caresync case with ``runs`` its ratio to the peer's, run by run.
+    """Give each caresync case with ``runs`` its ratio to the peer's and to the raw
+    limit's, run by run.
 
     Run ``i`` of one side is compared with run ``i`` of the other (same data,
     same round); the median, min and max of those ratios are added.
     """
-    peer = {c["case"]: c for c in cases if c.get("system") == "peer" and "runs" in c}
-    for case in cases:
-        theirs = peer.get(case["case"])
-        if case.get("system") != "caresync" or theirs is None or "runs" not in case:
-            continue
-        ratios = [a / b for a, b in zip(case["runs"], theirs["runs"], strict=False) if b > 0]
-        if ratios:
-            case["ratio_to_peer"] = {
-                "median": round(statistics.median(ratios), 2),
-                "min": round(min(ratios), 2),
-                "max": round(max(ratios), 2),
-            }
+    for other, key in (("peer", "ratio_to_peer"), ("raw limit", "ratio_to_raw_limit")):
+        baseline = {c["case"]: c for c in cases if c.get("system") == other and "runs" in c}
+        for case in cases:
+            theirs = baseline.get(case["case"])
+            if case.get("system") != "caresync" or theirs is None or "runs" not in case:
+                continue
+            ratios = [a / b for a, b in zip(case["runs"], theirs["runs"], strict=False) if b > 0]
+            if ratios:
+                case[key] = {
+                    "median": round(statistics.median(ratios), 2),
+                    "min": round(min(ratios), 2),
+                    "max": round(max(ratios), 2),
+                }
     return cases
 
 
@@ -470,6 +477,7 @@ async def copy_cases(
             "caresync",
             copies,
             login_seconds=round(statistics.median(logins), 3),
+            bytes_per_record=round(sum(len(data) for _rid, data in ids_data) / n),
             server_rss_mb=round(memory["VmRSS"] / 1024, 1),
             server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
         ),
@@ -522,7 +530,9 @@ async def copy_cases(
             doc, _provider, task = await peer_join(server.port)
             laptop_store = peer_store(work / f"peer-laptop-{n}-{round_no}.db")
             async with laptop_store:
-                await laptop_store.write(doc.get_update())
+                state = doc.get_update()
+                peer_bytes = len(state)
+                await laptop_store.write(state)
                 copies.append(time.perf_counter() - t0)
                 await peer_leave(task)
                 if round_no == 0:
@@ -551,6 +561,7 @@ async def copy_cases(
             f"first copy of {n} records, persisted",
             "peer",
             copies,
+            bytes_per_record=round(peer_bytes / n),
             server_rss_mb=round(memory["VmRSS"] / 1024, 1),
             server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
         )
@@ -572,6 +583,82 @@ async def copy_cases(
         )
     )
     return cases
+
+
+def raw_limit_cases(
+    work: Path, n: int, changed: int, ids_data: list[tuple[str, bytes]], rounds: int
+) -> list[dict[str, Any]]:
+    """The physical limit for the same bytes: SQLite alone, WAL and ``synchronous = FULL``.
+
+    First copy: every record's bytes inserted into a new file in batches of
+    :data:`~caresync.replication.session.COPY_BATCH_RECORDS`, a transaction each (what a
+    laptop's store must at least write). Incremental sync: ``changed`` updates of the
+    size a pull brings, inserted in one transaction; and the same, each update also
+    applied to its record's document built from the stored bytes (what merging costs
+    at the least). ``rounds`` runs of each.
+    """
+    from pycrdt import Doc as RawDoc
+
+    states = dict(ids_data)
+    edits: list[tuple[str, bytes]] = []
+    for rid, _city in one_percent_edits(ids_data, changed, 0):
+        record = Record.from_update(rid, states[rid], replica="raw-limit")
+        before = record.state_vector()
+        record.set("address/city", "Thiès", author=USER)
+        edits.append((rid, record.update_since(before)))
+
+    def database(name: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(work / name, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS updates (record_id TEXT, data BLOB)")
+        return conn
+
+    copies: list[float] = []
+    stores: list[float] = []
+    merges: list[float] = []
+    batch = COPY_BATCH_RECORDS
+    for round_no in range(rounds):
+        with contextlib.closing(database(f"raw-{n}-{round_no}.db")) as conn:
+            t0 = time.perf_counter()
+            for start in range(0, n, batch):
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT INTO updates VALUES (?, ?)", ids_data[start : start + batch]
+                )
+                conn.execute("COMMIT")
+            copies.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO updates VALUES (?, ?)", edits)
+            conn.execute("COMMIT")
+            stores.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            merged = []
+            for rid, update in edits:
+                doc: RawDoc[Any] = RawDoc()
+                doc.apply_update(states[rid])
+                doc.apply_update(update)
+                merged.append((rid, update))
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO updates VALUES (?, ?)", merged)
+            conn.execute("COMMIT")
+            merges.append(time.perf_counter() - t0)
+    per_record = sum(len(data) for _rid, data in ids_data) / n
+    return [
+        timing_case(
+            f"first copy of {n} records, persisted",
+            "raw limit",
+            copies,
+            bytes_per_record=round(per_record),
+        ),
+        timing_case(f"incremental sync, {changed} of {n} records changed", "raw limit", stores),
+        timing_case(
+            f"incremental sync, {changed} of {n} records changed, each applied to its document",
+            "raw limit",
+            merges,
+        ),
+    ]
 
 
 async def latency_cases(work: Path, laptops: int, edits: int) -> list[dict[str, Any]]:
@@ -860,6 +947,7 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
         cases: list[dict[str, Any]] = []
         for n, changed in sizes:
             cases.extend(await copy_cases(work, n, changed, data[:n], 2 if tiny else ROUNDS))
+            cases.extend(raw_limit_cases(work, n, changed, data[:n], 2 if tiny else ROUNDS))
         laptops = 3 if tiny else 50
         cases.extend(await latency_cases(work, laptops, 5 if tiny else 200))
         cases.extend(
