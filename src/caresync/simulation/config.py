@@ -16,13 +16,25 @@ from typing import Any
 from caresync.exceptions import InvalidValueError
 from caresync.replication.pool import DEFAULT_POOL_SIZE, check_pool_size
 
-__all__ = ["MAX_LAPTOPS", "MAX_PATIENTS", "TRANSPORTS", "SimulationConfig", "SimulationResult"]
+__all__ = [
+    "AUTO_WORKERS_FROM",
+    "MAX_LAPTOPS",
+    "MAX_PATIENTS",
+    "MAX_WORKERS",
+    "TRANSPORTS",
+    "SimulationConfig",
+    "SimulationResult",
+]
 
 MAX_LAPTOPS = 1000
-"""More laptops than this in one process would exhaust file descriptors and patience."""
+"""The largest run the benchmarks measure (see docs/performance.md#simulation)."""
 MAX_PATIENTS = 1_000_000
 MAX_EDITS_PER_LAPTOP = 100_000
 MAX_ROUNDS = 100
+MAX_WORKERS = 16
+"""Laptop worker processes at most (the machine the benchmarks run on has two cores)."""
+AUTO_WORKERS_FROM = 50
+"""With ``workers=None``, runs of this many laptops or more (on websockets) use two workers."""
 TRANSPORTS = ("websocket", "memory")
 """What laptops and server talk over: websockets on 127.0.0.1, or the in-memory channel."""
 
@@ -65,6 +77,20 @@ class SimulationConfig:
     pool_size: int = DEFAULT_POOL_SIZE
     """Records each laptop and the server keep loaded (their record pools): what most of
     a laptop's memory grows with. A bad value raises InvalidOptionError."""
+    workers: int | None = None
+    """Worker processes that play the laptops (the server stays in the caller's process):
+    0 plays everything in one process; None (the default) picks 2 for runs of
+    ``AUTO_WORKERS_FROM`` laptops or more on websockets, else 0. Workers talk to the
+    server over websockets, so ``transport="memory"`` needs 0."""
+
+    @property
+    def laptop_workers(self) -> int:
+        """How many worker processes this run uses (``workers``, or what None picks)."""
+        if self.workers is not None:
+            return self.workers
+        if self.transport == "websocket" and self.laptops >= AUTO_WORKERS_FROM:
+            return min(2, self.laptops)
+        return 0
 
     def __post_init__(self) -> None:
         _check_int("laptops", self.laptops, 1, MAX_LAPTOPS)
@@ -88,6 +114,17 @@ class SimulationConfig:
                 f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}"
             )
         check_pool_size(self.pool_size)
+        if self.workers is not None:
+            _check_int("workers", self.workers, 0, MAX_WORKERS)
+            if self.workers > self.laptops:
+                raise InvalidValueError(
+                    f"workers must be at most laptops ({self.laptops}), not {self.workers}"
+                )
+            if self.workers and self.transport == "memory":
+                raise InvalidValueError(
+                    "workers must be 0 with transport memory: the in-memory channel does not "
+                    "cross processes (use transport websocket for worker processes)"
+                )
         if self.workdir is not None and not isinstance(self.workdir, Path):
             raise InvalidValueError(f"workdir must be a pathlib.Path or None, not {self.workdir!r}")
 
@@ -131,6 +168,11 @@ class SimulationResult:
     check_s: float = 0.0
     replicas_checked: int = 0
     replicas_checked_in_depth: int = 0
+    workers: int = 0
+    """Worker processes that played the laptops (0: all in one process)."""
+    peak_rss_mb: float = 0.0
+    """Peak resident memory of the run's process plus each worker's peak, in MB (a bound:
+    the peaks need not have coincided)."""
     details: list[str] = field(default_factory=list)
     """Why ``converged`` is false or ``lost_values`` is not zero (at most a few lines each)."""
     conflict_examples: list[dict[str, Any]] = field(default_factory=list)
