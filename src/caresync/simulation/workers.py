@@ -15,8 +15,9 @@ A worker's first message is its share (config, working directory, laptop
 indices, password). Commands then go down a socket pair as ``(method, args,
 kwargs)`` and every worker answers each with ``("ok", value)`` or
 ``("error", exception)``; the runner sends a command to all workers, then
-waits for all answers, so a phase ends only when every laptop has done its part (the barrier the scenario needs). ``stop`` ends a
-worker; it answers with its peak resident memory.
+waits for all answers, so a phase ends only when every laptop has done its
+part (the barrier the scenario needs). ``stop`` ends a worker; it answers
+with its peak resident memory.
 """
 
 from __future__ import annotations
