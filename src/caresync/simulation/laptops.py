@@ -38,7 +38,6 @@ __all__ = [
     "STEP_TIMEOUT_S",
     "EditReport",
     "LaptopShare",
-    "SyncReportSum",
     "clinician",
     "each",
     "laptop_file",
@@ -105,14 +104,6 @@ class EditReport:
     writes: list[tuple[str, str, JSONValue]] = field(default_factory=list)
     """(record id, path, value) per value written, each committed when it was logged."""
     resolved: int = 0
-
-
-@dataclass
-class SyncReportSum:
-    """A sync pass over some laptops: updates uploaded, and the most conflicts one held."""
-
-    uploaded: int = 0
-    conflicts_seen: int = 0
 
 
 class LaptopShare:
@@ -253,24 +244,17 @@ class LaptopShare:
             resolved += 1
         return resolved
 
-    async def sync(self, indices: Iterable[int], *, count_conflicts: bool = False) -> SyncReportSum:
-        """One sync of each of this share's laptops among ``indices``, several at once.
-
-        With ``count_conflicts``, also the most open conflicts any of them holds afterwards.
-        """
+    async def sync(self, indices: Iterable[int]) -> int:
+        """One sync of each of this share's laptops among ``indices``, several at once;
+        how many updates they uploaded."""
         wanted = set(indices)
-        total = SyncReportSum()
+        uploaded = 0
 
         async def sync_one(index: int) -> None:
-            async def step(laptop: Replica) -> None:
-                report = await laptop.sync()
-                total.uploaded += report.uploaded
-                if count_conflicts:
-                    seen = await laptop.store.count_conflicts()
-                    total.conflicts_seen = max(total.conflicts_seen, seen)
-
-            await self._with(index, step, "syncing")
+            nonlocal uploaded
+            report = await self._with(index, lambda laptop: laptop.sync(), "syncing")
+            uploaded += report.uploaded
             self.advance(1)
 
         await each([i for i in self.indices if i in wanted], sync_one, self.semaphore)
-        return total
+        return uploaded
