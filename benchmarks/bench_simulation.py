@@ -2,9 +2,10 @@
 
 Each case is one ``caresync.simulation`` run in a fresh process (so that its
 peak memory is its own): 100 and 300 laptops, and with ``--thousand`` 1,000
-(it runs for several minutes), 1,000 patients, 20 edits per laptop, seed 0,
-the default options (laptops in two worker processes, websockets on
-127.0.0.1, each laptop's SQLite with its real durability). Reported per case:
+(it runs for several minutes; ``--laptops=1000`` runs one size alone), 1,000
+patients, 20 edits per laptop, seed 0, the default options (laptops in two
+worker processes, websockets on 127.0.0.1, each laptop's SQLite with its real
+durability). Reported per case:
 the phases' wall times (first copy of every laptop, offline rounds, final sync
 to quiescence, the oracle's check), bytes on the wire (and per laptop), peak
 resident memory of all the run's processes, the load average of the machine
@@ -90,10 +91,24 @@ def run_case(laptops: int, patients: int, edits: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     thousand = "--thousand" in argv
-    args = parse_args([a for a in argv if a != "--thousand"], "simulation")
+    chosen = [a.split("=", 1)[1] for a in argv if a.startswith("--laptops=")]
+    args = parse_args(
+        [a for a in argv if a != "--thousand" and not a.startswith("--laptops=")], "simulation"
+    )
     sizes = TINY_CASES if args.tiny else FULL_CASES + ((THOUSAND,) if thousand else ())
+    if chosen:  # --laptops=100,1000: those sizes only, 1,000 patients each
+        sizes = tuple((int(n), 1000) for n in chosen[-1].split(","))
     edits = 3 if args.tiny else 20
-    cases = [run_case(laptops, patients, edits) for laptops, patients in sizes]
+    cases: list[dict[str, Any]] = []
+    for laptops, patients in sizes:
+        cases.append(run_case(laptops, patients, edits))
+        compare(cases)
+        write_results(args.out, "simulation", cases)  # after each case: a long run keeps them
+    return 0 if all(c["converged"] and c["lost_values"] == 0 for c in cases) else 1
+
+
+def compare(cases: list[dict[str, Any]]) -> None:
+    """Add each case's growth against the first (time, bytes, time per laptop) and targets."""
     first = cases[0]
     for case in cases:
         laptops = case["laptops"] / first["laptops"]
@@ -106,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             case["target_met"] = (
                 case["duration_s"] <= TARGET[2] and case["peak_rss_mb"] <= TARGET[3]
             )
-    write_results(args.out, "simulation", cases)
-    return 0 if all(c["converged"] and c["lost_values"] == 0 for c in cases) else 1
 
 
 if __name__ == "__main__":
