@@ -18,6 +18,7 @@ from caresync.replication.pool import DEFAULT_POOL_SIZE, check_pool_size
 
 __all__ = [
     "AUTO_WORKERS_FROM",
+    "GC_THRESHOLDS",
     "MAX_LAPTOPS",
     "MAX_PATIENTS",
     "MAX_WORKERS",
@@ -35,6 +36,9 @@ MAX_WORKERS = 16
 """Laptop worker processes at most (the machine the benchmarks run on has two cores)."""
 AUTO_WORKERS_FROM = 50
 """With ``workers=None``, runs of this many laptops or more (on websockets) use two workers."""
+GC_THRESHOLDS = (100_000, 50, 100)
+"""The garbage collector's thresholds while a simulation runs (restored afterwards), in the
+runner's process and in each worker."""
 TRANSPORTS = ("websocket", "memory")
 """What laptops and server talk over: websockets on 127.0.0.1, or the in-memory channel."""
 

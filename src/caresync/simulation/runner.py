@@ -43,7 +43,7 @@ from caresync.records import Record
 from caresync.records.persons import person_card
 from caresync.replication.pool import conflict_rows
 from caresync.server import SyncServer
-from caresync.simulation.config import SimulationConfig, SimulationResult
+from caresync.simulation.config import GC_THRESHOLDS, SimulationConfig, SimulationResult
 from caresync.simulation.laptops import (
     ACCOUNT_HASHER,
     ORGANISATION,
@@ -80,8 +80,6 @@ IMPORT_BATCH = 500
 """Patients imported into the server per transaction."""
 MAX_FINAL_ROUNDS = 4
 """Two rounds reach quiescence (one to push, one to pull); more means something is wrong."""
-GC_THRESHOLDS = (100_000, 50, 100)
-"""The garbage collector's thresholds while a simulation runs (restored afterwards)."""
 
 T = TypeVar("T")
 

@@ -23,6 +23,7 @@ with its peak resident memory.
 from __future__ import annotations
 
 import asyncio
+import gc
 import pickle
 import resource
 import socket
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from caresync.exceptions import CaresyncError, ConnectionLostError
-from caresync.simulation.config import SimulationConfig
+from caresync.simulation.config import GC_THRESHOLDS, SimulationConfig
 from caresync.simulation.laptops import LaptopShare
 
 __all__ = ["COMMAND_TIMEOUT_S", "LaptopWorkers", "peak_rss_mb"]
@@ -58,6 +59,9 @@ def main(argv: Sequence[str]) -> int:
         if not conn.poll(COMMAND_TIMEOUT_S):
             return 1
         config, workdir, indices, password = conn.recv()
+        # The same collector thresholds as the runner's process (see GC_THRESHOLDS): the
+        # open laptops' pools hold many long-lived objects the default would rescan.
+        gc.set_threshold(*GC_THRESHOLDS)
         asyncio.run(_serve(conn, config, workdir, indices, password))
     except (EOFError, OSError):
         return 1  # the runner went away: nothing to answer
