@@ -37,8 +37,8 @@ MAX_WORKERS = 16
 AUTO_WORKERS_FROM = 50
 """With ``workers=None``, runs of this many laptops or more (on websockets) use two workers."""
 GC_THRESHOLDS = (100_000, 50, 100)
-"""The garbage collector's thresholds while a simulation runs (restored afterwards), in the
-runner's process and in each worker."""
+"""The garbage collector's thresholds in the runner's process while a simulation runs
+(restored afterwards); worker processes keep the defaults (see caresync.simulation.workers)."""
 TRANSPORTS = ("websocket", "memory")
 """What laptops and server talk over: websockets on 127.0.0.1, or the in-memory channel."""
 
