@@ -74,8 +74,11 @@ def run_case(laptops: int, patients: int, edits: int) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=3600,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:  # say why: the child's last lines (its own typed error)
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"the simulation of {laptops} laptops failed ({done.returncode})")
     result = json.loads(done.stdout)
     case: dict[str, Any] = {"laptops": laptops, "patients": patients}
     case.update({key: result[key] for key in KEPT})

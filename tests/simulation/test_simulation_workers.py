@@ -54,6 +54,18 @@ async def test_the_same_seed_in_workers_gives_the_same_outcome_twice() -> None:
     assert [getattr(first, k) for k in KEYS] == [getattr(second, k) for k in KEYS]
 
 
+async def test_heavy_overlap_gives_one_outcome_whatever_order_laptops_synced_in() -> None:
+    """Three patients, so most edits land on fields other laptops edited: what each edit
+    supersedes depends on what its laptop had pulled, which the settling pass fixes."""
+    options = {"laptops": 8, "patients": 3, "edits_per_laptop": 6, "seed": 1, "concurrency": 8}
+    outcomes = []
+    for workers in (0, 2, 3):
+        result = await run_simulation(SimulationConfig(**options, workers=workers))  # type: ignore[arg-type]
+        assert result.ok, result.details
+        outcomes.append([getattr(result, k) for k in KEYS])
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
 def test_caresync_simulate_workers_converges(capsys: pytest.CaptureFixture[str]) -> None:
     options = ["--laptops", "3", "--patients", "5", "--edits-per-laptop", "3", "--seed", "2"]
     code = main([*options, "--workers", "2", "--json"])

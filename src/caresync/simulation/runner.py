@@ -197,12 +197,7 @@ class _Run:
             result.first_copy_s = time.perf_counter() - clock
 
             clock = time.perf_counter()
-            rounds = self.scenario.rounds
-            later_resolvers = [
-                frozenset().union(*(later.resolvers for later in rounds[r + 1 :]))
-                for r in range(len(rounds))
-            ]
-            for round_ in rounds:
+            for round_ in self.scenario.rounds:
                 self.observer.phase(
                     f"round {round_.index + 1}: offline edits", sum(map(len, round_.edits))
                 )
@@ -213,15 +208,15 @@ class _Run:
                 online = sorted(round_.online)
                 self.observer.phase(f"round {round_.index + 1}: online laptops sync", len(online))
                 await self._sync_all(online)
-                # The online laptops that resolve conflicts in a later round sync once more,
-                # after everyone pushed: they then hold all that was pushed, whatever order
-                # the first pass ran in, so they see the same conflicts in every run (see
-                # _sync_all). The others need not: their edits do not depend on what they hold.
-                settle = [i for i in online if i in later_resolvers[round_.index]]
-                self.observer.phase(f"round {round_.index + 1}: resolvers settle", len(settle))
-                if settle:
-                    await self._sync_all(settle)
-                # What a laptop that synced after every push holds: the server's open conflicts.
+                # Every online laptop syncs once more, after everyone pushed: each then holds
+                # all that was pushed, whatever order the first pass ran in. What it holds
+                # decides what its next edits supersede (an edit of a field replaces the
+                # values the laptop has seen, and conflicts with the others) and which
+                # conflicts a resolver sees, so this is what makes a seed give one outcome
+                # (see _sync_all).
+                self.observer.phase(f"round {round_.index + 1}: online laptops settle", len(online))
+                await self._sync_all(online)
+                # What every online laptop now holds: the server's open conflicts.
                 seen = await server.store.count_conflicts()
                 result.conflicts_seen = max(result.conflicts_seen, seen)
             result.edit_s = time.perf_counter() - clock
@@ -353,8 +348,8 @@ class _Run:
         laptop pulls in a pass depends on which others happened to push before it
         (on a busy machine, in any number of worker processes), but a laptop that
         syncs again after a pass in which everyone pushed holds exactly what was
-        pushed: that is why resolvers settle (see :meth:`run`), and why a seed gives
-        one outcome.
+        pushed: that is why the online laptops of a round settle (see :meth:`run`),
+        and why a seed gives one outcome.
         """
         indices = list(laptops)
         uploaded = sum(await self._laptops("sync", len(indices), indices))
