@@ -11,6 +11,10 @@ to quiescence, the oracle's check), bytes on the wire (and per laptop), peak
 resident memory of all the run's processes, the load average of the machine
 before and after, and the growth of time and bytes against the first case.
 
+``--edits-total=N`` runs every case with ``SimulationConfig(edits_total=N)``: N
+edits in all instead of 20 per laptop, so the work no longer grows with the
+square of laptops (an option; the default scenario is the one above).
+
 Why bytes too: every laptop ends holding every revision, and each laptop makes
 20 edits, so what each laptop downloads grows with the number of laptops, and
 the total with its square. "Linear" is judged as time per byte moved staying
@@ -42,8 +46,11 @@ TARGET = (1000, 1000, 360.0, 8192.0)
 CHILD = """
 import asyncio, json, sys
 from caresync.simulation import SimulationConfig, run_simulation
-laptops, patients, edits = (int(a) for a in sys.argv[1:4])
-config = SimulationConfig(laptops=laptops, patients=patients, edits_per_laptop=edits, seed=0)
+laptops, patients, edits, total = (int(a) for a in sys.argv[1:5])
+config = SimulationConfig(
+    laptops=laptops, patients=patients, edits_per_laptop=edits, seed=0,
+    edits_total=None if total < 0 else total,
+)
 print(json.dumps(asyncio.run(run_simulation(config)).as_dict()))
 """
 
@@ -66,11 +73,19 @@ KEPT = (
 )
 
 
-def run_case(laptops: int, patients: int, edits: int) -> dict[str, Any]:
+def run_case(laptops: int, patients: int, edits: int, total: int | None = None) -> dict[str, Any]:
     """One simulation in a fresh process; its result, trimmed to what the benchmark reports."""
     load_before = os.getloadavg()[0]
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(laptops), str(patients), str(edits)],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(laptops),
+            str(patients),
+            str(edits),
+            str(-1 if total is None else total),
+        ],
         capture_output=True,
         text=True,
         timeout=3600,
@@ -80,7 +95,7 @@ def run_case(laptops: int, patients: int, edits: int) -> dict[str, Any]:
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit(f"the simulation of {laptops} laptops failed ({done.returncode})")
     result = json.loads(done.stdout)
-    case: dict[str, Any] = {"laptops": laptops, "patients": patients}
+    case: dict[str, Any] = {"laptops": laptops, "patients": patients, "edits_total": total}
     case.update({key: result[key] for key in KEPT})
     case["s_per_laptop"] = round(result["duration_s"] / laptops, 3)
     case["bytes_down_per_laptop"] = result["bytes_down"] // laptops
@@ -95,16 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     thousand = "--thousand" in argv
     chosen = [a.split("=", 1)[1] for a in argv if a.startswith("--laptops=")]
-    args = parse_args(
-        [a for a in argv if a != "--thousand" and not a.startswith("--laptops=")], "simulation"
-    )
+    budget = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--edits-total=")]
+    ours = ("--thousand", "--laptops=", "--edits-total=")
+    args = parse_args([a for a in argv if not a.startswith(ours)], "simulation")
     sizes = TINY_CASES if args.tiny else FULL_CASES + ((THOUSAND,) if thousand else ())
     if chosen:  # --laptops=100,1000: those sizes only, 1,000 patients each
         sizes = tuple((int(n), 1000) for n in chosen[-1].split(","))
     edits = 3 if args.tiny else 20
     cases: list[dict[str, Any]] = []
     for laptops, patients in sizes:
-        cases.append(run_case(laptops, patients, edits))
+        cases.append(run_case(laptops, patients, edits, budget[-1] if budget else None))
         compare(cases)
         write_results(args.out, "simulation", cases)  # after each case: a long run keeps them
     return 0 if all(c["converged"] and c["lost_values"] == 0 for c in cases) else 1

@@ -63,6 +63,14 @@ def register(commands: Any) -> None:
         help="records each laptop and the server keep loaded (1024): most of a laptop's memory",
     )
     simulate.add_argument(
+        "--edits-total",
+        type=_count(0),
+        default=None,
+        metavar="N",
+        help="N ordinary edits in all, spread over the laptops, instead of --edits-per-laptop "
+        "each (the total work then stays the same as laptops grow)",
+    )
+    simulate.add_argument(
         "--workers",
         type=_count(0),
         default=None,
@@ -110,6 +118,7 @@ def _simulate(args: argparse.Namespace, out: Output) -> int:
         transport=args.transport,
         pool_size=args.pool_size,
         workers=args.workers,
+        edits_total=args.edits_total,
     )
     code: int = run_simulate_command(config, json_output=args.json, console=out.console)
     return code

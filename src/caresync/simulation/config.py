@@ -81,11 +81,23 @@ class SimulationConfig:
     pool_size: int = DEFAULT_POOL_SIZE
     """Records each laptop and the server keep loaded (their record pools): what most of
     a laptop's memory grows with. A bad value raises InvalidOptionError."""
+    edits_total: int | None = None
+    """When given, this many ordinary edits in all, spread evenly over the laptops (the
+    first ``edits_total % laptops`` laptops make one more), instead of
+    ``edits_per_laptop`` each: the total work then stays the same as laptops grow (see
+    docs/performance.md#simulation). None (the default): ``edits_per_laptop`` each."""
     workers: int | None = None
     """Worker processes that play the laptops (the server stays in the caller's process):
     0 plays everything in one process; None (the default) picks 2 for runs of
     ``AUTO_WORKERS_FROM`` laptops or more on websockets, else 0. Workers talk to the
     server over websockets, so ``transport="memory"`` needs 0."""
+
+    def edits_of(self, laptop: int) -> int:
+        """How many ordinary edits laptop ``laptop`` makes (see ``edits_total``)."""
+        if self.edits_total is None:
+            return self.edits_per_laptop
+        base, extra = divmod(self.edits_total, self.laptops)
+        return base + (laptop < extra)
 
     @property
     def laptop_workers(self) -> int:
@@ -100,6 +112,8 @@ class SimulationConfig:
         _check_int("laptops", self.laptops, 1, MAX_LAPTOPS)
         _check_int("patients", self.patients, 1, MAX_PATIENTS)
         _check_int("edits_per_laptop", self.edits_per_laptop, 0, MAX_EDITS_PER_LAPTOP)
+        if self.edits_total is not None:
+            _check_int("edits_total", self.edits_total, 0, MAX_EDITS_PER_LAPTOP * MAX_LAPTOPS)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("rounds", self.rounds, 1, MAX_ROUNDS)
         _check_int("concurrency", self.concurrency, 1, MAX_LAPTOPS)
