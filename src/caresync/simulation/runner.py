@@ -175,6 +175,10 @@ class _Run:
             rulebook=self.rulebook,
             password_hasher=ACCOUNT_HASHER,
             pool_size=self.config.pool_size,
+            # A laptop shares its process with others (hundreds, in a worker) and the
+            # machine with the rest of the run, so its login may wait behind their work
+            # for longer than a real server's 10 s allows an idle socket.
+            login_timeout_s=STEP_TIMEOUT_S,
         )
         listener: Listener | None = None
         try:
