@@ -62,6 +62,22 @@ def register(commands: Any) -> None:
         metavar="N",
         help="records each laptop and the server keep loaded (1024): most of a laptop's memory",
     )
+    simulate.add_argument(
+        "--edits-total",
+        type=_count(0),
+        default=None,
+        metavar="N",
+        help="N ordinary edits in all, spread over the laptops, instead of --edits-per-laptop "
+        "each (the total work then stays the same as laptops grow)",
+    )
+    simulate.add_argument(
+        "--workers",
+        type=_count(0),
+        default=None,
+        metavar="N",
+        help="worker processes that play the laptops (0: all in one process; default: 2 "
+        "from 50 laptops on websockets, else 0)",
+    )
     add_json(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -101,6 +117,8 @@ def _simulate(args: argparse.Namespace, out: Output) -> int:
         workdir=None if args.workdir is None else Path(args.workdir),
         transport=args.transport,
         pool_size=args.pool_size,
+        workers=args.workers,
+        edits_total=args.edits_total,
     )
     code: int = run_simulate_command(config, json_output=args.json, console=out.console)
     return code

@@ -16,13 +16,29 @@ from typing import Any
 from caresync.exceptions import InvalidValueError
 from caresync.replication.pool import DEFAULT_POOL_SIZE, check_pool_size
 
-__all__ = ["MAX_LAPTOPS", "MAX_PATIENTS", "TRANSPORTS", "SimulationConfig", "SimulationResult"]
+__all__ = [
+    "AUTO_WORKERS_FROM",
+    "GC_THRESHOLDS",
+    "MAX_LAPTOPS",
+    "MAX_PATIENTS",
+    "MAX_WORKERS",
+    "TRANSPORTS",
+    "SimulationConfig",
+    "SimulationResult",
+]
 
 MAX_LAPTOPS = 1000
-"""More laptops than this in one process would exhaust file descriptors and patience."""
+"""The largest run the benchmarks measure (see docs/performance.md#simulation)."""
 MAX_PATIENTS = 1_000_000
 MAX_EDITS_PER_LAPTOP = 100_000
 MAX_ROUNDS = 100
+MAX_WORKERS = 16
+"""Laptop worker processes at most (the machine the benchmarks run on has two cores)."""
+AUTO_WORKERS_FROM = 50
+"""With ``workers=None``, runs of this many laptops or more (on websockets) use two workers."""
+GC_THRESHOLDS = (100_000, 50, 100)
+"""The garbage collector's thresholds in the runner's process while a simulation runs
+(restored afterwards); worker processes keep the defaults (see caresync.simulation.workers)."""
 TRANSPORTS = ("websocket", "memory")
 """What laptops and server talk over: websockets on 127.0.0.1, or the in-memory channel."""
 
@@ -65,11 +81,39 @@ class SimulationConfig:
     pool_size: int = DEFAULT_POOL_SIZE
     """Records each laptop and the server keep loaded (their record pools): what most of
     a laptop's memory grows with. A bad value raises InvalidOptionError."""
+    edits_total: int | None = None
+    """When given, this many ordinary edits in all, spread evenly over the laptops (the
+    first ``edits_total % laptops`` laptops make one more), instead of
+    ``edits_per_laptop`` each: the total work then stays the same as laptops grow (see
+    docs/performance.md#simulation). None (the default): ``edits_per_laptop`` each."""
+    workers: int | None = None
+    """Worker processes that play the laptops (the server stays in the caller's process):
+    0 plays everything in one process; None (the default) picks 2 for runs of
+    ``AUTO_WORKERS_FROM`` laptops or more on websockets, else 0. Workers talk to the
+    server over websockets, so ``transport="memory"`` needs 0."""
+
+    def edits_of(self, laptop: int) -> int:
+        """How many ordinary edits laptop ``laptop`` makes (see ``edits_total``)."""
+        if self.edits_total is None:
+            return self.edits_per_laptop
+        base, extra = divmod(self.edits_total, self.laptops)
+        return base + (laptop < extra)
+
+    @property
+    def laptop_workers(self) -> int:
+        """How many worker processes this run uses (``workers``, or what None picks)."""
+        if self.workers is not None:
+            return self.workers
+        if self.transport == "websocket" and self.laptops >= AUTO_WORKERS_FROM:
+            return min(2, self.laptops)
+        return 0
 
     def __post_init__(self) -> None:
         _check_int("laptops", self.laptops, 1, MAX_LAPTOPS)
         _check_int("patients", self.patients, 1, MAX_PATIENTS)
         _check_int("edits_per_laptop", self.edits_per_laptop, 0, MAX_EDITS_PER_LAPTOP)
+        if self.edits_total is not None:
+            _check_int("edits_total", self.edits_total, 0, MAX_EDITS_PER_LAPTOP * MAX_LAPTOPS)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("rounds", self.rounds, 1, MAX_ROUNDS)
         _check_int("concurrency", self.concurrency, 1, MAX_LAPTOPS)
@@ -88,6 +132,17 @@ class SimulationConfig:
                 f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}"
             )
         check_pool_size(self.pool_size)
+        if self.workers is not None:
+            _check_int("workers", self.workers, 0, MAX_WORKERS)
+            if self.workers > self.laptops:
+                raise InvalidValueError(
+                    f"workers must be at most laptops ({self.laptops}), not {self.workers}"
+                )
+            if self.workers and self.transport == "memory":
+                raise InvalidValueError(
+                    "workers must be 0 with transport memory: the in-memory channel does not "
+                    "cross processes (use transport websocket for worker processes)"
+                )
         if self.workdir is not None and not isinstance(self.workdir, Path):
             raise InvalidValueError(f"workdir must be a pathlib.Path or None, not {self.workdir!r}")
 
@@ -131,6 +186,11 @@ class SimulationResult:
     check_s: float = 0.0
     replicas_checked: int = 0
     replicas_checked_in_depth: int = 0
+    workers: int = 0
+    """Worker processes that played the laptops (0: all in one process)."""
+    peak_rss_mb: float = 0.0
+    """Peak resident memory of the run's process plus each worker's peak, in MB (a bound:
+    the peaks need not have coincided)."""
     details: list[str] = field(default_factory=list)
     """Why ``converged`` is false or ``lost_values`` is not zero (at most a few lines each)."""
     conflict_examples: list[dict[str, Any]] = field(default_factory=list)

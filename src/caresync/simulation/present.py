@@ -115,6 +115,11 @@ def result_table(result: SimulationResult) -> Table:
     table.add_row("oracle's check", f"{result.check_s:.2f} s")
     table.add_row("total", f"{result.duration_s:.2f} s")
     table.add_row("bytes up / down", f"{_size(result.bytes_up)} / {_size(result.bytes_down)}")
+    table.add_row(
+        "peak memory (all processes)",
+        f"{result.peak_rss_mb:.0f} MB"
+        + (f", {result.workers} laptop workers" if result.workers else ""),
+    )
     return table
 
 
@@ -153,6 +158,11 @@ def run_simulate_command(
         f"[bold]caresync simulation[/bold]: a clinic server and {config.laptops} laptops, "
         f"{config.patients} patients, on SQLite over "
         + ("in-memory channels" if config.transport == "memory" else "websockets on 127.0.0.1")
+        + (
+            f", laptops in {config.laptop_workers} worker processes"
+            if config.laptop_workers
+            else ""
+        )
     )
     with RichObserver(console) as observer:
         result = asyncio.run(run_simulation(config, observer=observer))

@@ -11,13 +11,17 @@ the same protocol and databases, no sockets). The steps:
 3. for each round of the scenario: every laptop makes its edits (all of them
    before anyone syncs, so edits of one round are concurrent; a few laptops
    first resolve conflicts they see), then the laptops that are online this
-   round sync once;
+   round sync, twice (the second pass pulls what others pushed during the
+   first: see ``_Run._sync_all``);
 4. everyone comes online: sync rounds until one in which nobody uploaded
    anything (every earlier upload has then been pulled by everyone);
 5. close everything and let the :class:`~caresync.simulation.oracle.Oracle`
    check the files.
 
-Work on many laptops at once is bounded by ``config.concurrency``.
+The laptops are played by a :class:`~caresync.simulation.laptops.LaptopShare`,
+in this process or in worker processes (:mod:`caresync.simulation.workers`,
+``config.workers``); each laptop is opened only for the step it takes. Work on
+many laptops at once is bounded by ``config.concurrency``.
 """
 
 from __future__ import annotations
@@ -29,24 +33,31 @@ import random
 import secrets
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from argon2 import PasswordHasher
-
-from caresync.conflicts import DEFAULT_RULEBOOK, ConflictKind, Rulebook, Severity
-from caresync.exceptions import ConnectionLostError, InvalidValueError, UnknownConflictError
+from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
+from caresync.exceptions import InvalidValueError
 from caresync.records import Record
 from caresync.records.persons import person_card
-from caresync.replica import Replica
 from caresync.replication.pool import conflict_rows
 from caresync.server import SyncServer
-from caresync.simulation.config import SimulationConfig, SimulationResult
+from caresync.simulation.config import GC_THRESHOLDS, SimulationConfig, SimulationResult
+from caresync.simulation.laptops import (
+    ACCOUNT_HASHER,
+    ORGANISATION,
+    STEP_TIMEOUT_S,
+    LaptopShare,
+    clinician,
+    each,
+    laptop_file,
+)
 from caresync.simulation.observer import NullObserver, SimulationObserver
 from caresync.simulation.oracle import Oracle, ReplicaFile
-from caresync.simulation.scenario import RESOLUTIONS_PER_RESOLVER, Edit, Patient, Scenario, plan
+from caresync.simulation.scenario import Patient, Scenario, plan
 from caresync.simulation.wire import WireCounter
+from caresync.simulation.workers import LaptopWorkers, peak_rss_mb
 from caresync.storage import IncomingUpdate
 from caresync.transport import Listener, MemoryNetwork
 
@@ -58,48 +69,19 @@ __all__ = [
     "SERVER_FILE",
     "STEP_TIMEOUT_S",
     "USERNAME",
+    "clinician",
     "laptop_file",
     "run_simulation",
 ]
 
-ORGANISATION = "clinic"
 USERNAME = "registrar"
-
-
-def clinician(index: int) -> str:
-    """The account of the clinician who works on laptop ``index`` (and enrols it)."""
-    return f"clinician-{index}"
-
-
 SERVER_FILE = "clinic-server.db"
 IMPORT_BATCH = 500
 """Patients imported into the server per transaction."""
 MAX_FINAL_ROUNDS = 4
 """Two rounds reach quiescence (one to push, one to pull); more means something is wrong."""
-GC_THRESHOLDS = (100_000, 50, 100)
-"""The garbage collector's thresholds while a simulation runs (restored afterwards)."""
-STEP_TIMEOUT_S = 600.0
-"""A laptop's enrolment or sync round that takes longer than this fails the run."""
 
-# The run's throwaway account: argon2id with small costs, since the server verifies one
-# login per laptop enrolled (the hash records its own parameters) and each laptop hashes
-# the password for offline login.
 T = TypeVar("T")
-
-_ACCOUNT_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-
-
-async def _within(step: Awaitable[T], what: str) -> T:
-    """Await ``step``; a step that hangs fails the run with a typed error instead."""
-    try:
-        return await asyncio.wait_for(step, STEP_TIMEOUT_S)
-    except TimeoutError:
-        raise ConnectionLostError(f"{what} took more than {STEP_TIMEOUT_S:.0f} s") from None
-
-
-def laptop_file(index: int) -> str:
-    """The file name of laptop ``index``'s database."""
-    return f"laptop-{index:04d}.db"
 
 
 async def run_simulation(
@@ -145,7 +127,7 @@ def _fewer_gc_passes() -> Iterator[None]:
 
 
 class _Run:
-    """One run: the server, the laptops, the oracle and the clock."""
+    """One run: the server, the laptops (here or in workers), the oracle and the clock."""
 
     def __init__(
         self,
@@ -162,10 +144,11 @@ class _Run:
         self.oracle = Oracle(rulebook)
         self.wire = WireCounter()
         self.password = secrets.token_urlsafe(16)
-        self.fleet: list[Replica] = []
         # In memory, each laptop gets its own link on one network; else websockets.
         self.network = MemoryNetwork() if config.transport == "memory" else None
         self.semaphore = asyncio.Semaphore(config.concurrency)
+        self.workers: LaptopWorkers | None = None
+        self.share: LaptopShare | None = None
         self.result = SimulationResult(
             converged=False,
             lost_values=0,
@@ -181,6 +164,7 @@ class _Run:
             edits=self.scenario.edit_count,
             concurrent_groups=self.scenario.concurrent_groups,
             clinical_cases=self.scenario.clinical_cases,
+            workers=config.laptop_workers,
         )
 
     async def run(self) -> SimulationResult:
@@ -189,8 +173,12 @@ class _Run:
         server = await SyncServer.open(
             self.workdir / SERVER_FILE,
             rulebook=self.rulebook,
-            password_hasher=_ACCOUNT_HASHER,
+            password_hasher=ACCOUNT_HASHER,
             pool_size=self.config.pool_size,
+            # A laptop shares its process with others (hundreds, in a worker) and the
+            # machine with the rest of the run, so its login may wait behind their work
+            # for longer than a real server's 10 s allows an idle socket.
+            login_timeout_s=STEP_TIMEOUT_S,
         )
         listener: Listener | None = None
         try:
@@ -202,13 +190,14 @@ class _Run:
             else:
                 listener = await server.serve("127.0.0.1", 0, wrap=self.wire.wrap)
             await self._import_patients(server)
-            await self._open_laptops()
+            self._start_laptops()
+            self.observer.phase("create the laptops' databases", self.config.laptops)
+            await self._laptops("create", self.config.laptops)
             result.setup_s = time.perf_counter() - started
 
             clock = time.perf_counter()
-            self.observer.phase("enrol laptops (first copy)", len(self.fleet))
-            url = listener.url
-            await self._each(range(len(self.fleet)), lambda index: self._enrol(index, url))
+            self.observer.phase("enrol laptops (first copy)", self.config.laptops)
+            await self._laptops("enrol", self.config.laptops, listener.url)
             result.first_copy_s = time.perf_counter() - clock
 
             clock = time.perf_counter()
@@ -216,39 +205,49 @@ class _Run:
                 self.observer.phase(
                     f"round {round_.index + 1}: offline edits", sum(map(len, round_.edits))
                 )
-                await self._each(
-                    [
-                        (i, edits, i in round_.resolvers, round_.index)
-                        for i, edits in enumerate(round_.edits)
-                    ],
-                    lambda job: self._edit(*job),
-                )
-                online = [self.fleet[i] for i in sorted(round_.online)]
+                for report in await self._laptops("edit", None, round_.index):
+                    for rid, path, value in report.writes:
+                        self.oracle.wrote(rid, path, value)
+                    result.conflicts_resolved += report.resolved
+                online = sorted(round_.online)
                 self.observer.phase(f"round {round_.index + 1}: online laptops sync", len(online))
                 await self._sync_all(online)
-                for laptop in online:
-                    seen = await laptop.store.count_conflicts()
-                    result.conflicts_seen = max(result.conflicts_seen, seen)
+                # Every online laptop syncs once more, after everyone pushed: each then holds
+                # all that was pushed, whatever order the first pass ran in. What it holds
+                # decides what its next edits supersede (an edit of a field replaces the
+                # values the laptop has seen, and conflicts with the others) and which
+                # conflicts a resolver sees, so this is what makes a seed give one outcome
+                # (see _sync_all).
+                self.observer.phase(f"round {round_.index + 1}: online laptops settle", len(online))
+                await self._sync_all(online)
+                # What every online laptop now holds: the server's open conflicts.
+                seen = await server.store.count_conflicts()
+                result.conflicts_seen = max(result.conflicts_seen, seen)
             result.edit_s = time.perf_counter() - clock
 
             clock = time.perf_counter()
+            everyone = range(self.config.laptops)
             for n in range(MAX_FINAL_ROUNDS):
-                self.observer.phase(f"everyone online: sync round {n + 1}", len(self.fleet))
-                if await self._sync_all(self.fleet) == 0:
+                self.observer.phase(f"everyone online: sync round {n + 1}", len(everyone))
+                if await self._sync_all(everyone) == 0:
                     break
             result.final_sync_s = time.perf_counter() - clock
         finally:
-            for laptop in self.fleet:
-                await laptop.close()
-            if listener is not None:
-                await listener.close()
-            await server.close()
+            try:
+                if self.workers is not None:
+                    await self.workers.stop()
+            finally:
+                if listener is not None:
+                    await listener.close()
+                await server.close()
         result.bytes_up, result.bytes_down = self.wire.bytes_up, self.wire.bytes_down
-        laptops = len(self.fleet)
-        self.fleet.clear()  # let their loaded records go before the oracle loads its own
+        result.peak_rss_mb = peak_rss_mb() + sum(
+            self.workers.peaks_mb if self.workers is not None else ()
+        )
 
         clock = time.perf_counter()
         self.observer.phase("oracle: check every replica", 1)
+        laptops = self.config.laptops
         rng = random.Random(self.config.seed)
         deep = rng.sample(range(laptops), min(self.config.deep_checks, laptops))
         report = await self.oracle.check(
@@ -267,28 +266,45 @@ class _Run:
         result.details = report.details
         result.conflict_examples = report.conflict_examples
         result.duration_s = time.perf_counter() - started
+        result.peak_rss_mb = round(max(result.peak_rss_mb, peak_rss_mb()), 1)
         return result
 
-    async def _each(self, items: Sequence[T], job: Callable[[T], Awaitable[None]]) -> None:
-        """Run ``job`` on every item, at most ``concurrency`` at once.
+    def _start_laptops(self) -> None:
+        """The laptops' players: a share in this process, or worker processes."""
+        count = self.config.laptop_workers
+        if count:
+            self.workers = LaptopWorkers.start(self.config, self.workdir, self.password, count)
+            return
+        network = self.network
+        self.share = LaptopShare(
+            self.config,
+            self.workdir,
+            range(self.config.laptops),
+            self.password,
+            connector=lambda index: None if network is None else network.link(f"laptop-{index}"),
+            rulebook=self.rulebook,
+            scenario=self.scenario,
+            advance=self.observer.advance,
+        )
 
-        The first error cancels the rest and is raised as itself (not wrapped in
-        an ExceptionGroup), so a caller sees caresync's typed error.
+    async def _laptops(
+        self, method: str, steps: int | None, *args: Any, **kwargs: Any
+    ) -> list[Any]:
+        """Run a :class:`LaptopShare` method on every laptop (here, or in every worker).
+
+        Workers report no progress as they go: their phase advances by ``steps`` when done.
         """
+        if self.share is not None:
+            return [await getattr(self.share, method)(*args, **kwargs)]
+        assert self.workers is not None  # started by _start_laptops
+        answers = await self.workers.call(method, *args, **kwargs)
+        if steps:
+            self.observer.advance(steps)
+        return answers
 
-        async def bounded(item: T) -> None:
-            async with self.semaphore:
-                await job(item)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for item in items:
-                    group.create_task(bounded(item))
-        except BaseExceptionGroup as failed:
-            first: BaseException = failed
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
+    async def _each(self, items: Sequence[T], job: Callable[[T], Awaitable[None]]) -> None:
+        """Run ``job`` on every item, at most ``concurrency`` at once (see :func:`each`)."""
+        await each(items, job, self.semaphore)
 
     async def _import_patients(self, server: SyncServer) -> None:
         patients = self.scenario.patients
@@ -328,86 +344,18 @@ class _Run:
         self.oracle.wrote(rid, f"medications/{patient.medication_id}/dose", "500 mg")
         return record
 
-    async def _open_laptops(self) -> None:
-        """Open (create) every laptop's database, a few at once; keep them in index order."""
-        opened: dict[int, Replica] = {}
-        self.observer.phase("create the laptops' databases", self.config.laptops)
+    async def _sync_all(self, laptops: Iterable[int]) -> int:
+        """One sync of each of ``laptops``, up to ``concurrency`` at once; how many
+        updates went up.
 
-        async def open_one(index: int) -> None:
-            opened[index] = await Replica.open(
-                self.workdir / laptop_file(index),
-                rulebook=self.rulebook,
-                password_hasher=_ACCOUNT_HASHER,
-                connector=None if self.network is None else self.network.link(f"laptop-{index}"),
-                pool_size=self.config.pool_size,
-            )
-            self.observer.advance()
-
-        try:
-            await self._each(range(self.config.laptops), open_one)
-        finally:  # those opened are closed with the rest, even if one failed
-            self.fleet.extend(opened[i] for i in sorted(opened))
-
-    async def _enrol(self, index: int, url: str) -> None:
-        laptop = self.fleet[index]
-        await _within(
-            laptop.enrol(
-                url, username=clinician(index), password=self.password, organisation=ORGANISATION
-            ),
-            f"{laptop.replica_id} enrolling",
-        )
-        self.observer.advance()
-
-    async def _edit(
-        self, index: int, edits: Sequence[Edit], resolves: bool, round_index: int
-    ) -> None:
-        laptop = self.fleet[index]
-        author = clinician(index)  # logged in on this laptop since its enrolment
-        if resolves:
-            await self._resolve(laptop, author, random.Random(f"{self.config.seed}/{round_index}"))
-        for edit in edits:
-            rid = self.scenario.patients[edit.patient].record_id
-            if edit.op == "set":
-                await laptop.set(rid, edit.path, edit.value, author=author)
-                self.oracle.wrote(rid, edit.path, edit.value)
-            elif edit.op == "status":
-                collection, entry_id = edit.path.split("/")
-                status = str(edit.value)
-                await laptop.set_status(rid, collection, entry_id, status, author=author)
-                self.oracle.wrote(rid, f"{edit.path}/status", status)
-            else:
-                fields = dict(edit.fields)
-                entry_id = await laptop.add_entry(rid, edit.path, fields, author=author)
-                for name, value in fields.items():
-                    self.oracle.wrote(rid, f"{edit.path}/{entry_id}/{name}", value)
-            self.observer.advance()
-
-    async def _resolve(self, laptop: Replica, author: str, rng: random.Random) -> None:
-        """Settle the first few conflicts this laptop sees, as a clinician would, offline."""
-        conflicts = sorted(await laptop.conflicts(), key=lambda c: (c.record_id, c.subject, c.id))
-        for conflict in conflicts[:RESOLUTIONS_PER_RESOLVER]:
-            try:
-                if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
-                    choice = rng.randrange(len(conflict.candidates))
-                    await laptop.resolve(conflict.id, choose=choice, author=author)
-                else:
-                    await laptop.acknowledge(conflict.id, author=author)
-            except UnknownConflictError:
-                continue  # settling an earlier one settled this one too
-            self.result.conflicts_resolved += 1
-
-    async def _sync_all(self, laptops: Sequence[Replica]) -> int:
-        """One sync round of ``laptops``, one after another in their order; returns how
-        many updates went up.
-
-        In order, not at once: what a laptop pulls would otherwise depend on which of
-        the others happened to push first, and so would the conflicts it settles in the
-        next round. In order, a seed gives one outcome, on a busy machine too.
+        A pass is a barrier: it ends when every laptop of it has synced. What a
+        laptop pulls in a pass depends on which others happened to push before it
+        (on a busy machine, in any number of worker processes), but a laptop that
+        syncs again after a pass in which everyone pushed holds exactly what was
+        pushed: that is why the online laptops of a round settle (see :meth:`run`),
+        and why a seed gives one outcome.
         """
-        uploaded = 0
-        for laptop in laptops:
-            report = await _within(laptop.sync(), f"{laptop.replica_id} syncing")
-            uploaded += report.uploaded
-            self.observer.advance()
+        indices = list(laptops)
+        uploaded = sum(await self._laptops("sync", len(indices), indices))
         self.result.sync_rounds += 1
-        return uploaded
+        return int(uploaded)

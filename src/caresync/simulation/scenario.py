@@ -154,8 +154,9 @@ def plan(config: SimulationConfig) -> Scenario:
     # Ordinary edits: each laptop's spread over the rounds; some aimed at hot fields.
     hot: list[list[tuple[int, int]]] = [[] for _ in range(config.rounds)]
     for laptop in range(laptops):
-        for k in range(config.edits_per_laptop):
-            round_index = k * config.rounds // max(1, config.edits_per_laptop)
+        count = config.edits_of(laptop)
+        for k in range(count):
+            round_index = k * config.rounds // max(1, count)
             slot = len(per_laptop[round_index][laptop])
             if laptops > 1 and rng.random() < config.conflict_rate:
                 hot[round_index].append((laptop, slot))

@@ -1,0 +1,260 @@
+"""A share of the simulation's laptops: each opened when it has work, closed when done.
+
+A :class:`LaptopShare` plays the laptop side of the scenario for the laptops it
+is given: create their databases, enrol them, make a round's edits, sync. The
+runner uses one share for every laptop (one process), or each worker process
+uses one for its laptops (:mod:`caresync.simulation.workers`); the share does
+not know which.
+
+Why open on demand: a laptop that stays open keeps its record pool and its
+SQLite cache, about 15 MB, so 1,000 open laptops need 15 GB. A laptop is
+opened for one step (enrol, a round's edits, one sync) and closed afterwards,
+so memory grows with ``concurrency``, not with laptops. Opening costs a few
+milliseconds: the login and the session are kept in its database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from argon2 import PasswordHasher
+
+from caresync.conflicts import DEFAULT_RULEBOOK, ConflictKind, Rulebook, Severity
+from caresync.exceptions import ConnectionLostError, UnknownConflictError
+from caresync.records import JSONValue
+from caresync.replica import Replica
+from caresync.simulation.config import SimulationConfig
+from caresync.simulation.scenario import RESOLUTIONS_PER_RESOLVER, Edit, Scenario, plan
+from caresync.transport import Connector
+
+__all__ = [
+    "ACCOUNT_HASHER",
+    "ORGANISATION",
+    "STEP_TIMEOUT_S",
+    "EditReport",
+    "LaptopShare",
+    "clinician",
+    "each",
+    "laptop_file",
+]
+
+ORGANISATION = "clinic"
+STEP_TIMEOUT_S = 600.0
+"""A laptop's enrolment, round of edits or sync that takes longer than this fails the run."""
+
+# The run's throwaway account: argon2id with small costs, since the server verifies one
+# login per laptop enrolled (the hash records its own parameters) and each laptop hashes
+# the password for offline login.
+ACCOUNT_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+T = TypeVar("T")
+
+
+def clinician(index: int) -> str:
+    """The account of the clinician who works on laptop ``index`` (and enrols it)."""
+    return f"clinician-{index}"
+
+
+def laptop_file(index: int) -> str:
+    """The file name of laptop ``index``'s database."""
+    return f"laptop-{index:04d}.db"
+
+
+async def within(step: Awaitable[T], what: str) -> T:
+    """Await ``step``; a step that hangs fails the run with a typed error instead."""
+    try:
+        return await asyncio.wait_for(step, STEP_TIMEOUT_S)
+    except TimeoutError:
+        raise ConnectionLostError(f"{what} took more than {STEP_TIMEOUT_S:.0f} s") from None
+
+
+async def each(
+    items: Iterable[T], job: Callable[[T], Awaitable[None]], semaphore: asyncio.Semaphore
+) -> None:
+    """Run ``job`` on every item, as many at once as ``semaphore`` lets through.
+
+    The first error cancels the rest and is raised as itself (not wrapped in
+    an ExceptionGroup), so a caller sees caresync's typed error.
+    """
+
+    async def bounded(item: T) -> None:
+        async with semaphore:
+            await job(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in items:
+                group.create_task(bounded(item))
+    except BaseExceptionGroup as failed:
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+@dataclass
+class EditReport:
+    """What a round's edits on some laptops wrote: for the oracle, and the conflicts settled."""
+
+    writes: list[tuple[str, str, JSONValue]] = field(default_factory=list)
+    """(record id, path, value) per value written, each committed when it was logged."""
+    resolved: int = 0
+
+
+class LaptopShare:
+    """The laptops ``indices`` of a run, played from the scenario (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: SimulationConfig,
+        workdir: Path,
+        indices: Sequence[int],
+        password: str,
+        *,
+        connector: Callable[[int], Connector | None] = lambda index: None,
+        concurrency: int | None = None,
+        rulebook: Rulebook = DEFAULT_RULEBOOK,
+        scenario: Scenario | None = None,
+        advance: Callable[[int], None] = lambda steps: None,
+    ) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.indices = tuple(indices)
+        self.password = password
+        self.connector = connector
+        self.rulebook = rulebook
+        self.scenario = scenario if scenario is not None else plan(config)
+        self.semaphore = asyncio.Semaphore(concurrency or config.concurrency)
+        self.advance = advance
+
+    async def _open(self, index: int) -> Replica:
+        return await Replica.open(
+            self.workdir / laptop_file(index),
+            rulebook=self.rulebook,
+            password_hasher=ACCOUNT_HASHER,
+            # A laptop of a long run may go without an edit for longer than the
+            # default idle limit; the simulation is about replication, not logins.
+            login_idle_s=None,
+            connector=self.connector(index),
+            pool_size=self.config.pool_size,
+        )
+
+    async def _with(self, index: int, step: Callable[[Replica], Awaitable[T]], what: str) -> T:
+        """Open laptop ``index``, run ``step`` on it (within the step timeout), close it."""
+        laptop = await self._open(index)
+        try:
+            return await within(step(laptop), f"{laptop.replica_id} {what}")
+        finally:
+            await laptop.close()
+
+    async def create(self) -> None:
+        """Create every laptop's database (closed again at once)."""
+
+        async def create_one(index: int) -> None:
+            await (await self._open(index)).close()
+            self.advance(1)
+
+        await each(self.indices, create_one, self.semaphore)
+
+    async def enrol(self, url: str) -> None:
+        """Enrol every laptop with the server at ``url`` (each makes its first copy)."""
+
+        async def enrol_one(index: int) -> None:
+            await self._with(
+                index,
+                lambda laptop: laptop.enrol(
+                    url,
+                    username=clinician(index),
+                    password=self.password,
+                    organisation=ORGANISATION,
+                ),
+                "enrolling",
+            )
+            self.advance(1)
+
+        await each(self.indices, enrol_one, self.semaphore)
+
+    async def edit(self, round_index: int) -> EditReport:
+        """Every laptop's edits of round ``round_index`` (resolvers first settle conflicts)."""
+        round_ = self.scenario.rounds[round_index]
+        report = EditReport()
+
+        async def edit_one(index: int) -> None:
+            edits = round_.edits[index]
+            resolves = index in round_.resolvers
+            if not edits and not resolves:
+                return
+            rng = random.Random(f"{self.config.seed}/{round_index}")
+            await self._with(
+                index,
+                lambda laptop: self._edit(laptop, index, edits, resolves, rng, report),
+                "editing",
+            )
+
+        await each(self.indices, edit_one, self.semaphore)
+        return report
+
+    async def _edit(
+        self,
+        laptop: Replica,
+        index: int,
+        edits: Sequence[Edit],
+        resolves: bool,
+        rng: random.Random,
+        report: EditReport,
+    ) -> None:
+        author = clinician(index)  # logged in on this laptop since its enrolment
+        if resolves:
+            report.resolved += await self._resolve(laptop, author, rng)
+        for edit in edits:
+            rid = self.scenario.patients[edit.patient].record_id
+            if edit.op == "set":
+                await laptop.set(rid, edit.path, edit.value, author=author)
+                report.writes.append((rid, edit.path, edit.value))
+            elif edit.op == "status":
+                collection, entry_id = edit.path.split("/")
+                status = str(edit.value)
+                await laptop.set_status(rid, collection, entry_id, status, author=author)
+                report.writes.append((rid, f"{edit.path}/status", status))
+            else:
+                fields = dict(edit.fields)
+                entry_id = await laptop.add_entry(rid, edit.path, fields, author=author)
+                for name, value in fields.items():
+                    report.writes.append((rid, f"{edit.path}/{entry_id}/{name}", value))
+            self.advance(1)
+
+    async def _resolve(self, laptop: Replica, author: str, rng: random.Random) -> int:
+        """Settle the first few conflicts this laptop sees, as a clinician would, offline."""
+        conflicts = sorted(await laptop.conflicts(), key=lambda c: (c.record_id, c.subject, c.id))
+        resolved = 0
+        for conflict in conflicts[:RESOLUTIONS_PER_RESOLVER]:
+            try:
+                if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
+                    choice = rng.randrange(len(conflict.candidates))
+                    await laptop.resolve(conflict.id, choose=choice, author=author)
+                else:
+                    await laptop.acknowledge(conflict.id, author=author)
+            except UnknownConflictError:
+                continue  # settling an earlier one settled this one too
+            resolved += 1
+        return resolved
+
+    async def sync(self, indices: Iterable[int]) -> int:
+        """One sync of each of this share's laptops among ``indices``, several at once;
+        how many updates they uploaded."""
+        wanted = set(indices)
+        uploaded = 0
+
+        async def sync_one(index: int) -> None:
+            nonlocal uploaded
+            report = await self._with(index, lambda laptop: laptop.sync(), "syncing")
+            uploaded += report.uploaded
+            self.advance(1)
+
+        await each([i for i in self.indices if i in wanted], sync_one, self.semaphore)
+        return uploaded
