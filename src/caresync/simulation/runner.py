@@ -185,11 +185,13 @@ class _Run:
             await server.add_user(ORGANISATION, USERNAME, self.password)
             for index in range(self.config.laptops):  # each laptop, its clinician's account
                 await server.add_user(ORGANISATION, clinician(index), self.password)
+            # The register is imported before the server listens: written straight into
+            # its store, it is the feed the server starts from, not commits to relay.
+            await self._import_patients(server)
             if self.network is not None:
                 listener = await server.listen(self.network.host("server"), wrap=self.wire.wrap)
             else:
                 listener = await server.serve("127.0.0.1", 0, wrap=self.wire.wrap)
-            await self._import_patients(server)
             self._start_laptops()
             self.observer.phase("create the laptops' databases", self.config.laptops)
             await self._laptops("create", self.config.laptops)
