@@ -449,7 +449,8 @@ class SyncServer:
         another rulebook computed is re-indexed first (see :mod:`caresync.replication.index`).
         ``key`` (32 bytes; :func:`caresync.storage.server_database_key` reads one
         from a file or the environment) opens, or creates, the database encrypted
-        at rest (SQLCipher); a PostgreSQL database takes none (InvalidInputError).
+        at rest (AEGIS-256, SQLite3 Multiple Ciphers); a PostgreSQL database takes
+        none (InvalidInputError).
         A bad ``pool_size`` is refused before the database is opened.
         """
         check_pool_size(pool_size)
