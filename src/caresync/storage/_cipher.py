@@ -139,13 +139,22 @@ def _load_mc() -> ModuleType | None:
     """SQLite3 Multiple Ciphers' DB-API module, or None where it is not installed.
 
     ``pysqlite3mc-binary`` is a dependency on Linux x86_64, where PyPI has its
-    wheels. Its module is a copy of ``sqlite3``'s DB-API, so aiosqlite and the
+    wheels, but for CPython 3.12 (its wheel there has no ciphers: SQLCipher is used,
+    see pyproject.toml). Its module is a copy of ``sqlite3``'s DB-API, so aiosqlite and the
     store's statements run on it unchanged.
     """
     try:
         import pysqlite3mc.dbapi2 as module
     except ImportError:
         return None
+    # A build whose SQLite has no ciphers (a broken wheel) would write plain files.
+    probe = module.connect(":memory:")
+    try:
+        probe.execute("SELECT sqlite3mc_version()")
+    except module.Error:
+        return None
+    finally:
+        probe.close()
     return cast(ModuleType, module)
 
 
