@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import pysqlite3mc.dbapi2 as multiple_ciphers
 
 from benchmarks.bench_person_index import people
 from benchmarks.common import RESULTS_DIR, write_results
@@ -52,6 +51,10 @@ from caresync.records.persons import person_card
 from caresync.storage import IncomingUpdate, KeyRing, SQLiteStore
 from caresync.storage import _cipher as cipher_module
 from caresync.storage.sqlite import core as sqlite_module  # where opening calls _connection
+
+# SQLite3 Multiple Ciphers' module as the store found it; None where it is not usable
+# (CPython 3.12, whose pysqlite3mc wheel has no ciphers: the store writes SQLCipher's format).
+multiple_ciphers: Any = cipher_module._mc
 
 BATCH = 500
 TARGET_RATIO = 1.15
@@ -85,6 +88,8 @@ def compare(
 
 def encrypted_with() -> str:
     """What the encrypted side runs on, for the results."""
+    if multiple_ciphers is None:
+        return "SQLCipher's format through sqlcipher3 (pysqlite3mc is not usable here)"
     conn = multiple_ciphers.connect(":memory:")
     try:
         (mc, sqlite) = conn.execute("SELECT sqlite3mc_version(), sqlite_version()").fetchone()
@@ -308,7 +313,11 @@ def sqlcipher_format() -> Iterator[None]:
         cipher_module.NEW_DATABASE_CIPHER = real
 
 
-LIBRARY_KINDS = ("stdlib", "mc_no_key", "mc_aegis", "mc_sqlcipher_format")
+LIBRARY_KINDS = (
+    ("stdlib", "mc_no_key", "mc_aegis", "mc_sqlcipher_format")
+    if multiple_ciphers is not None
+    else ("stdlib", "mc_aegis")  # without pysqlite3mc: the store's cipher, SQLCipher's format
+)
 
 
 def library_context(kind: str) -> contextlib.AbstractContextManager[None]:
