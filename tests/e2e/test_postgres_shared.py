@@ -338,17 +338,20 @@ async def test_a_wait_for_the_commit_lock_cancelled_leaves_it_free(clinic_url: s
 
         async with one.exclusive_commits():
             waiting = asyncio.create_task(take(two))
-            # Until PostgreSQL shows it waiting for the lock (nothing to be told by):
-            # polled, bounded in count and time.
-            async with await psycopg.AsyncConnection.connect(clinic_url) as admin:
-                for _ in range(500):
+            # Until PostgreSQL shows it waiting for the lock. PostgreSQL signals no lock
+            # wait, so each check is a round trip to it (no fixed sleep), bounded in
+            # count and time.
+            async with (
+                await psycopg.AsyncConnection.connect(clinic_url) as admin,
+                asyncio.timeout(LIMIT_S),
+            ):
+                for _ in range(100_000):
                     cursor = await admin.execute(
                         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
                     )
                     row = await cursor.fetchone()
                     if row is not None and row[0]:
                         break
-                    await asyncio.sleep(0.01)
                 else:
                     raise AssertionError("the second store never waited for the lock")
             waiting.cancel()
