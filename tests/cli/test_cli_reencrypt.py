@@ -128,3 +128,34 @@ def test_a_plain_or_missing_database_is_refused(laptop: Path, tmp_path: Path) ->
     before = digest(plain)
     refused(inproc("reencrypt --db {db}", db=plain), ExitCode.DATABASE, "is not encrypted")
     assert digest(plain) == before
+
+
+def test_a_servers_database_is_rewritten_with_its_key_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = tmp_path / "clinic.db"
+    key = bytes(range(1, 33))
+    monkeypatch.setenv("CARESYNC_DATABASE_KEY", key.hex())
+    with monkeypatch.context() as older:  # made as caresync made them before AEGIS
+        older.setattr(cipher_module, "NEW_DATABASE_CIPHER", cipher_module.SQLCIPHER)
+        inproc("user add --db {db} --org clinic-a --username dr.b", db=server).ok()
+    conn = cipher_module.connect(server, key=key)
+    try:
+        assert cipher_module.cipher_of(conn) == cipher_module.SQLCIPHER
+    finally:
+        conn.close()
+
+    monkeypatch.setenv("CARESYNC_DATABASE_KEY", bytes(32).hex())
+    before = digest(server)
+    refused(inproc("reencrypt --db {db}", db=server), ExitCode.DATABASE, "does not open")
+    assert digest(server) == before
+
+    monkeypatch.setenv("CARESYNC_DATABASE_KEY", key.hex())
+    done = inproc("reencrypt --db {db} --json", db=server).ok().json()
+    assert done["rewritten"] is True
+    conn = cipher_module.connect(server, key=key)
+    try:
+        assert cipher_module.cipher_of(conn) == cipher_module.AEGIS
+        assert conn.execute("SELECT username FROM users").fetchall() == [("dr.b",)]
+    finally:
+        conn.close()
