@@ -31,7 +31,9 @@ Differences from ``sqlite3`` that the store does not meet
   ``BEGIN``. ``commit`` and ``rollback`` end a transaction the caller began.
 * ``rowcount`` is the number of rows the statement (or every run of an
   ``executemany``) changed, counted by ``total_changes``: 0, not -1, for a
-  ``SELECT``, and rows a trigger changed are counted too.
+  ``SELECT``, and rows a trigger changed are counted too. A statement that
+  returns rows (``RETURNING``) is counted as far as it ran when ``execute``
+  returned: up to its first row.
 * ``description`` is there while a ``SELECT`` has rows left to give; once the
   statement has run to its end it raises ``sqlite3.NotSupportedError`` (APSW
   keeps no column names of a finished statement). Ask ``pragma_table_info``
