@@ -245,7 +245,8 @@ def connect(
     The settings and the key are the connection's first statements, and page 1
     is read once to prove the key: a wrong key raises DatabaseKeyError
     (nothing is written). Other errors are left to the caller's translation.
-    The connection is typed as an ``sqlite3.Connection``: its DB-API is the same.
+    The connection is typed as an ``sqlite3.Connection``: with a key it has the part
+    of that surface the store and aiosqlite use (:mod:`caresync.storage._apsw_dbapi`).
     """
     if key is None:
         return sqlite3.connect(database, uri=uri, timeout=timeout, isolation_level=None)
