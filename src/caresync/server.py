@@ -99,6 +99,7 @@ from caresync.protocol import (
     ResumeSession,
     ServerProtocol,
     Subscribe,
+    card_reference,
     item_wire_size,
     row_wire_size,
 )
@@ -147,6 +148,7 @@ SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
 _CHECKS_REMEMBERED = 10_000  # records' latest checks kept for live frames, at most
+_CARDS_REMEMBERED = 100_000  # records' cards (references) and since when, at most
 LIVE_QUEUE_ENTRIES = 2 * MAX_BATCH_ITEMS  # one batch, however large, never drops a reader
 """Feed entries queued for one connected laptop at most, before it is dropped (see _fan_out)."""
 LIVE_QUEUE_BYTES = 64 * 1024 * 1024
@@ -386,6 +388,9 @@ class SyncServer:
         self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
         # Each record's check as stored after its last commit, for live frames (version 8).
         self._checks: _Remembered[str, RecordCheck] = _Remembered(_CHECKS_REMEMBERED)
+        # Each record's card as last read for a check (its reference) and a feed seq by
+        # which the record had it (version 9: a laptop past it is sent the reference).
+        self._cards_since: _Remembered[str, tuple[bytes, int]] = _Remembered(_CARDS_REMEMBERED)
         self._commit_lock = asyncio.Lock()
         self._listener: Listener | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -1159,10 +1164,35 @@ class SyncServer:
             and await self._index_is_current()
         )
 
-    async def _read_checks(self, record_ids: Sequence[str]) -> dict[str, RecordCheck]:
-        """The records' checks as the store holds them now (under the commit lock)."""
+    async def _read_checks(
+        self, record_ids: Sequence[str], head: int | None = None
+    ) -> dict[str, RecordCheck]:
+        """The records' checks as the store holds them now (under the commit lock).
+
+        ``head`` is the feed's head now (None: read here). Each check says since when
+        the record has had its card (``RecordCheck.card_since``): the head when this
+        server first read that card, so a laptop that pulled past it holds the card
+        and is sent a reference (version 9). A card first read here, or changed since
+        it was last read, counts from ``head``: a laptop behind gets the card itself.
+        """
         checks = await read_checks(self.store, record_ids)
-        return {record_id: to_wire(record_id, check) for record_id, check in checks.items()}
+        if not checks:
+            return {}
+        if head is None:
+            head = await self.store.feed_head()
+        wired: dict[str, RecordCheck] = {}
+        for record_id, check in checks.items():
+            wire = to_wire(record_id, check)
+            card = wire.state.card
+            if card is not None:
+                reference = card_reference(card)
+                known = self._cards_since.get(record_id)
+                if known is None or known[0] != reference:
+                    known = (reference, head)
+                    self._cards_since.put(record_id, known)
+                wire = RecordCheck(wire.state, wire.rows, known[1])
+            wired[record_id] = wire
+        return wired
 
     def _remembered_checks(self, record_ids: Iterable[str]) -> dict[str, RecordCheck]:
         return {rid: check for rid in record_ids if (check := self._checks.get(rid)) is not None}
@@ -1197,7 +1227,7 @@ class SyncServer:
                 exclude_origin=None if request.include_own else conn.protocol.replica_id,
             )
             if send_checks:
-                checks = await self._read_checks([i.record_id for i in items])
+                checks = await self._read_checks([i.record_id for i in items], head)
         if len(items) == request.limit:
             checkpoint = items[-1].seq
         else:

@@ -43,7 +43,7 @@ from caresync.records import Record
 from caresync.records.crdt import merge as merge_updates
 from caresync.records.crdt import state_vector_of
 from caresync.records.persons import PersonCard, person_card
-from caresync.replication.checked import ServerCheck, matches, vector_after
+from caresync.replication.checked import ServerCheck, card_kept, matches, vector_after
 from caresync.replication.pool import RecordPool
 from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, ReplicaStore
 from caresync.storage.base import HubMark
@@ -224,6 +224,14 @@ async def _agreed(
         check = checked[record_id]
         if matches(vector_after(record_id, vectors.get(record_id), parts[record_id]), check):
             agreed[record_id] = check
+    # A card sent as a reference (version 9) fits only if it is the card stored here,
+    # which is then kept as it is; else the record is built and checked.
+    referred = [rid for rid, check in agreed.items() if check.card_ref is not None]
+    if referred:
+        cards = await store.person_card_bytes(referred)
+        for record_id in referred:
+            if not card_kept(agreed[record_id], cards.get(record_id)):
+                del agreed[record_id]
     return agreed
 
 

@@ -28,7 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from caresync.exceptions import InvalidInputError, InvalidUpdateError, RemoteProtocolError
-from caresync.protocol import CheckedState, CopyConflict, LiveBatch, LiveUpdate, RecordCheck
+from caresync.protocol import (
+    CheckedState,
+    CopyConflict,
+    LiveBatch,
+    LiveUpdate,
+    RecordCheck,
+    card_reference,
+    is_card_reference,
+)
 from caresync.records.persons import PersonCard
 from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage import ConflictRow
@@ -39,6 +47,7 @@ __all__ = [
     "LiveFrames",
     "ServerCheck",
     "card_from_wire",
+    "card_kept",
     "from_wire",
     "matches",
     "to_wire",
@@ -57,6 +66,10 @@ class ServerCheck:
     """The Yjs state vector of the server's stored state that ``rows`` and ``person`` describe."""
     rows: tuple[ConflictRow, ...]
     person: PersonCard | None
+    card_ref: bytes | None = None
+    """Instead of ``person`` (then None), a reference to the card (protocol version 9 on,
+    :func:`~caresync.protocol.card_reference`): the check fits only a laptop that stores
+    that very card, which it keeps."""
 
 
 def vector_after(
@@ -102,8 +115,16 @@ def matches(after: bytes | None, check: ServerCheck) -> bool:
         return False  # not a state vector: trust nothing of it
 
 
+def card_kept(check: ServerCheck, stored: bytes | None) -> bool:
+    """True if ``check``'s card is one the laptop may keep or take: a card sent in full
+    (or no card), or a reference to ``stored``, the laptop's stored card (None: none)."""
+    if check.card_ref is None:
+        return True
+    return stored is not None and card_reference(stored) == check.card_ref
+
+
 def to_wire(record_id: str, check: ServerCheck) -> RecordCheck:
-    """A server's check of one record as a frame carries it."""
+    """A server's check of one record as a frame carries it (the card in full)."""
     card = None if check.person is None else check.person.to_bytes()
     return RecordCheck(
         CheckedState(record_id, check.state_vector, card),
@@ -154,8 +175,11 @@ def from_wire(
             raise RemoteProtocolError(
                 f"the server sent record {state.record_id} with a bad state vector: {exc}"
             ) from None
-        card = None if state.card is None else card_from_wire(state.record_id, state.card)
         rows = tuple(grouped.get(state.record_id, ()))
+        if state.card is not None and is_card_reference(state.card):
+            checks[state.record_id] = ServerCheck(state.state_vector, rows, None, state.card)
+            continue
+        card = None if state.card is None else card_from_wire(state.record_id, state.card)
         checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
     return checks
 
