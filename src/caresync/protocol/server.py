@@ -99,6 +99,7 @@ from caresync.protocol.messages import (
     Subscribe,
     Welcome,
     card_reference,
+    held_reference,
 )
 from caresync.protocol.states import (
     NEEDS_ENROLMENT,
@@ -123,6 +124,10 @@ class RecordCheck:
     knows, always). A version 9 client that pulls from this seq on, or takes live
     entries after it, holds that card, so it is sent a reference to it
     (:func:`~caresync.protocol.card_reference`); an earlier one is sent the card."""
+    rows_since: int | None = None
+    """The same for the record's conflict rows (None: not known; the rows go in full).
+    A client past both is sent one reference to the card and rows
+    (:func:`~caresync.protocol.held_reference`) and none of the rows."""
 
 
 def row_wire_size(row: CopyConflict) -> int:
@@ -491,16 +496,20 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         budget -= sum(item_wire_size(e.record_id, e.update) for e in entries)
         checked: list[CheckedState] = []
         rows: list[CopyConflict] = []
-        # Version 9 on: each card as a reference; a laptop holding that card keeps it.
+        # Version 9 on: what the client has held since before these entries goes as a
+        # reference (the card, or the card and rows); a laptop holding it keeps it.
         refer = (self._version or 0) >= CARD_REFERENCE_SINCE
         for record_id in dict.fromkeys(e.record_id for e in entries):
             check = checks.get(record_id)
             if check is None:
                 continue
-            if refer and check.state.card is not None and check.card_since <= position:
-                check = RecordCheck(
-                    check.state._replace(card=card_reference(check.state.card)), check.rows
-                )
+            if refer and check.card_since <= position:
+                state = check.state
+                if check.rows_since is not None and check.rows_since <= position:
+                    held = held_reference(state.card, check.rows)
+                    check = RecordCheck(state._replace(card=held), ())
+                elif state.card is not None:
+                    check = RecordCheck(state._replace(card=card_reference(state.card)), check.rows)
             size = check_wire_size(check)
             if size > budget:
                 break  # the rest are checked by the client itself

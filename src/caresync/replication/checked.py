@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from caresync.exceptions import InvalidInputError, InvalidUpdateError, RemoteProtocolError
 from caresync.protocol import (
+    CARD_DIGEST_BYTES,
     CheckedState,
     CopyConflict,
     LiveBatch,
@@ -36,6 +37,8 @@ from caresync.protocol import (
     RecordCheck,
     card_reference,
     is_card_reference,
+    is_held_reference,
+    rows_digest,
 )
 from caresync.records.persons import PersonCard
 from caresync.records.spans import decode_clocks, encode_clocks, simple_span
@@ -48,6 +51,7 @@ __all__ = [
     "ServerCheck",
     "card_from_wire",
     "card_kept",
+    "rows_kept",
     "from_wire",
     "matches",
     "to_wire",
@@ -68,8 +72,11 @@ class ServerCheck:
     person: PersonCard | None
     card_ref: bytes | None = None
     """Instead of ``person`` (then None), a reference to the card (protocol version 9 on,
-    :func:`~caresync.protocol.card_reference`): the check fits only a laptop that stores
-    that very card, which it keeps."""
+    :func:`~caresync.protocol.card_reference`; that of ``b""`` for no card): the check
+    fits only a laptop that stores that very card, which it keeps."""
+    rows_ref: bytes | None = None
+    """Instead of ``rows`` (then empty), their :func:`~caresync.protocol.rows_digest`
+    (version 9 on): the check fits only a laptop that stores those very rows."""
 
 
 def vector_after(
@@ -120,7 +127,13 @@ def card_kept(check: ServerCheck, stored: bytes | None) -> bool:
     (or no card), or a reference to ``stored``, the laptop's stored card (None: none)."""
     if check.card_ref is None:
         return True
-    return stored is not None and card_reference(stored) == check.card_ref
+    return card_reference(stored or b"") == check.card_ref
+
+
+def rows_kept(check: ServerCheck, stored: Sequence[ConflictRow]) -> bool:
+    """True if ``check``'s rows are ones the laptop may keep or take: rows sent in full,
+    or a digest of ``stored``, the laptop's stored rows of the record."""
+    return check.rows_ref is None or rows_digest(stored) == check.rows_ref
 
 
 def to_wire(record_id: str, check: ServerCheck) -> RecordCheck:
@@ -178,6 +191,12 @@ def from_wire(
         rows = tuple(grouped.get(state.record_id, ()))
         if state.card is not None and is_card_reference(state.card):
             checks[state.record_id] = ServerCheck(state.state_vector, rows, None, state.card)
+            continue
+        if state.card is not None and is_held_reference(state.card):
+            # The card and rows the laptop holds (none of its rows sent).
+            card_ref = b"\x00" + state.card[1 : 1 + CARD_DIGEST_BYTES]
+            rows_ref = state.card[1 + CARD_DIGEST_BYTES :]
+            checks[state.record_id] = ServerCheck(state.state_vector, (), None, card_ref, rows_ref)
             continue
         card = None if state.card is None else card_from_wire(state.record_id, state.card)
         checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
