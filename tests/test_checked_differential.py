@@ -39,7 +39,7 @@ from caresync.protocol import (
 )
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.checked import ServerCheck, from_wire, to_wire
-from caresync.replication.index import read_checks
+from caresync.replication.index import read_checks, read_wire_checks
 from caresync.replication.pool import RecordPool
 from caresync.storage._updates import decode_state_vector
 from caresync.storage.memory import MemoryStore
@@ -393,5 +393,25 @@ def test_a_check_of_another_state_is_not_taken() -> None:
         )
         [taken] = done.taken.values()
         assert taken.record is not None  # built: its state is not the checked one
+
+    asyncio.run(go())
+
+
+def test_the_server_reads_checks_as_frames_carry_them() -> None:
+    """read_wire_checks (cards as stored, not parsed) gives what to_wire of read_checks does."""
+
+    async def go() -> None:
+        world = World()
+        await world.setup()
+        await world.desk_edit(0, 0, "birthDate", 0)
+        await world.desk_edit(1, 0, "birthDate", 1)
+        await world.desk_sync(0)
+        await world.desk_sync(1)
+        ids = world.record_ids
+        checks = await read_checks(world.server, ids)
+        wired = await read_wire_checks(world.server, ids)
+        assert wired == {rid: to_wire(rid, check) for rid, check in checks.items()}
+        assert all(w.state.card is not None for w in wired.values())
+        assert wired[ids[0]].rows  # the two birth dates: a conflict, carried
 
     asyncio.run(go())

@@ -106,9 +106,8 @@ from caresync.protocol import (
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
-from caresync.replication.checked import to_wire
 from caresync.replication.follow import FeedFollower
-from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_checks
+from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_wire_checks
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.storage import (
     ConflictRow,
@@ -1208,14 +1207,13 @@ class SyncServer:
         and is sent a reference (version 9). A card first read here, or changed since
         it was last read, counts from ``head``: a laptop behind gets the card itself.
         """
-        checks = await read_checks(self.store, record_ids)
+        checks = await read_wire_checks(self.store, record_ids)
         if not checks:
             return {}
         if head is None:
             head = await self.store.feed_head()
         wired: dict[str, RecordCheck] = {}
-        for record_id, check in checks.items():
-            wire = to_wire(record_id, check)
+        for record_id, wire in checks.items():
             card = card_reference(wire.state.card or b"")
             rows = rows_digest(wire.rows)
             known = self._held.get(record_id)
