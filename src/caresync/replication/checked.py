@@ -16,6 +16,12 @@ records with equal state vectors hold the same items. A record with an
 unacknowledged local edit holds a clock the server lacks, so it never matches
 and is rebuilt and checked as before.
 
+From version 9 a check may refer to the card, or to the card and rows, that the
+laptop holds (:func:`~caresync.protocol.card_reference`,
+:func:`~caresync.protocol.held_reference`): it fits only if the laptop's stored
+card and rows have those digests (:func:`card_kept`, :func:`rows_kept`), and they
+are then kept; otherwise the record is built and checked.
+
 No I/O: the caller reads the stored state vectors (``ReplicaStore.state_vectors``);
 a server reads its checks with :func:`caresync.replication.index.read_checks`. What
 arrives is untrusted: :func:`from_wire` parses every state vector and card, and
