@@ -10,17 +10,19 @@ with the server's card and rows all the same.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from tests.e2e.live_helpers import enrolled, start_server
+from tests.e2e.live_helpers import LIMIT_S, enrolled, live, start_server, until, watch
 from tests.e2e.test_first_copy_index import rows_by_record, seed
 from tests.e2e.test_pull_checked import Counted
 
 from caresync import Record
 from caresync.protocol import (
     CheckedState,
+    LiveBatch,
     Message,
     PullBatch,
     ServerProtocol,
@@ -28,7 +30,8 @@ from caresync.protocol import (
     is_held_reference,
 )
 from caresync.records.persons import person_card
-from caresync.replica import Replica
+from caresync.replica import Replica, ReplicaState
+from caresync.replication import meta
 from caresync.server import SyncServer
 
 
@@ -169,5 +172,51 @@ async def test_a_version_8_laptop_gets_cards_and_rows_in_full(
         await same_as_server(older, server, ids)
     finally:
         await older.close()
+        await writer.close()
+        await server.close()
+
+
+async def test_live_entries_refer_to_what_the_laptop_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames: list[CheckedState] = []
+    send = ServerProtocol._send
+
+    def spy(protocol: ServerProtocol, message: Message) -> None:
+        if isinstance(message, LiveBatch):
+            frames.extend(message.checked or ())
+        send(protocol, message)
+
+    monkeypatch.setattr(ServerProtocol, "_send", spy)
+    server = await start_server(tmp_path)
+    await seed(server)
+    writer = await enrolled(tmp_path, server, "writer")
+    reader = await enrolled(tmp_path, server, "reader", user="dr.b", rulebook=Counted())
+    try:
+        ids = sorted(await writer.record_ids())[:3]
+        await edit_and_sync(writer, ids, "birthDate", "1970-01-01")
+        await reader.sync()  # holds those cards and rows now
+        signal = watch(reader)
+        async with live(reader) as run:
+            async with asyncio.timeout(LIMIT_S):
+                await run.states.reach(ReplicaState.ONLINE)
+            Counted.runs = 0
+            await edit_and_sync(writer, ids, "summary", "seen live")
+
+            async def caught_up() -> bool:
+                head = await server.store.feed_head()
+                return await reader.store.get_meta(meta.CHECKPOINT) == str(head)
+
+            async with asyncio.timeout(LIMIT_S):
+                await until(caught_up, signal)
+            assert Counted.runs == 0
+        sent = [s.card for s in frames if s.record_id in set(ids)]
+        assert len(sent) == len(ids)
+        assert all(c is not None and is_held_reference(c) for c in sent)
+        await same_as_server(reader, server, ids)
+        for record_id in ids:
+            assert (await reader.record(record_id)).value("summary") == "seen live"
+    finally:
+        await reader.close()
         await writer.close()
         await server.close()
