@@ -1222,7 +1222,9 @@ class SyncServer:
             held = _Held(card, 0, rows, 0) if known is None else known.seen(card, rows, head)
             if held is not known:
                 self._held.put(record_id, held)
-            wired[record_id] = RecordCheck(wire.state, wire.rows, held.card_since, held.rows_since)
+            wired[record_id] = RecordCheck(
+                wire.state, wire.rows, held.card_since, held.rows_since, (card, rows)
+            )
         return wired
 
     def _note_held(

@@ -35,6 +35,7 @@ from caresync.protocol import (
     decode_frame,
     encode_frame,
     is_card_reference,
+    is_held_reference,
 )
 
 FP = "rules-v1:abc"
@@ -258,3 +259,21 @@ def test_a_copy_request_sizes_its_batch_by_bytes_from_version_8() -> None:
     client.request_copy(None, 5, FP, 4096)
     [data] = client.data_to_send()
     assert decode_frame(data) == (7, CopyRequest(None, 5, FP, None))
+
+
+def test_a_checks_references_are_the_same_with_its_digests_given() -> None:
+    from caresync.protocol import held_reference, rows_digest
+
+    for check in CHECKS.values():
+        card = card_reference(check.state.card or b"")
+        given = RecordCheck(check.state, check.rows, 0, 0, (card, rows_digest(check.rows)))
+        assert given.card_reference() == check.card_reference() == card
+        assert given.held_reference() == check.held_reference()
+        assert check.held_reference() == held_reference(check.state.card, check.rows)
+        assert is_held_reference(check.held_reference())
+    # The rows' digest depends on every field and not on their order.
+    other = ROW._replace(id="f-2", payload=b'{"x":2}')
+    assert rows_digest((ROW, other)) == rows_digest((other, ROW))
+    assert rows_digest((ROW,)) != rows_digest((ROW._replace(payload=b'{"x":3}'),))
+    assert rows_digest((ROW,)) != rows_digest((ROW._replace(severity="warn"),))
+    assert rows_digest(()) != rows_digest((ROW,))

@@ -128,6 +128,22 @@ class RecordCheck:
     """The same for the record's conflict rows (None: not known; the rows go in full).
     A client past both is sent one reference to the card and rows
     (:func:`~caresync.protocol.held_reference`) and none of the rows."""
+    digests: tuple[bytes, bytes] | None = None
+    """The card's :func:`~caresync.protocol.card_reference` (of ``b""``: no card) and
+    the rows' :func:`~caresync.protocol.rows_digest`, when the caller has them already
+    (else they are computed for each frame that refers to them)."""
+
+    def card_reference(self) -> bytes:
+        """The reference to this check's card (of ``b""``: no card)."""
+        if self.digests is not None:
+            return self.digests[0]
+        return card_reference(self.state.card or b"")
+
+    def held_reference(self) -> bytes:
+        """The reference to this check's card and rows together."""
+        if self.digests is not None:
+            return b"\x01" + self.digests[0][1:] + self.digests[1]
+        return held_reference(self.state.card, self.rows)
 
 
 def row_wire_size(row: CopyConflict) -> int:
@@ -506,10 +522,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             if refer and check.card_since <= position:
                 state = check.state
                 if check.rows_since is not None and check.rows_since <= position:
-                    held = held_reference(state.card, check.rows)
-                    check = RecordCheck(state._replace(card=held), ())
+                    check = RecordCheck(state._replace(card=check.held_reference()), ())
                 elif state.card is not None:
-                    check = RecordCheck(state._replace(card=card_reference(state.card)), check.rows)
+                    check = RecordCheck(state._replace(card=check.card_reference()), check.rows)
             size = check_wire_size(check)
             if size > budget:
                 break  # the rest are checked by the client itself
