@@ -36,14 +36,20 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
 from caresync.records.crdt import merge as merge_updates
 from caresync.records.crdt import state_vector_of
 from caresync.records.persons import PersonCard, person_card
-from caresync.replication.checked import ServerCheck, matches, vector_after
+from caresync.replication.checked import (
+    ServerCheck,
+    card_kept,
+    matches,
+    rows_kept,
+    vector_after,
+)
 from caresync.replication.pool import RecordPool
 from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, ReplicaStore
 from caresync.storage.base import HubMark
@@ -224,6 +230,24 @@ async def _agreed(
         check = checked[record_id]
         if matches(vector_after(record_id, vectors.get(record_id), parts[record_id]), check):
             agreed[record_id] = check
+    # A card sent as a reference (version 9) fits only if it is the card stored here,
+    # which is then kept as it is; else the record is built and checked.
+    referred = [rid for rid, check in agreed.items() if check.card_ref is not None]
+    if referred:
+        cards = await store.person_card_bytes(referred)
+        for record_id in referred:
+            if not card_kept(agreed[record_id], cards.get(record_id)):
+                del agreed[record_id]
+    # Rows sent as a digest fit only if they are the rows stored here (stored again).
+    held = [rid for rid, check in agreed.items() if check.rows_ref is not None]
+    if held:
+        rows = await store.conflict_rows(held)
+        for record_id in held:
+            mine = rows.get(record_id, ())
+            if rows_kept(agreed[record_id], mine):
+                agreed[record_id] = replace(agreed[record_id], rows=mine, rows_ref=None)
+            else:
+                del agreed[record_id]
     return agreed
 
 

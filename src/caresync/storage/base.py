@@ -845,6 +845,11 @@ class ReplicaStore(Protocol):
         """The stored cards of these records (a record without one is absent)."""
         ...
 
+    async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored cards of these records as ``PersonCard.to_bytes()`` gives them,
+        not parsed (a record without one is absent): to compare with a card reference."""
+        ...
+
     async def person_pairs(
         self,
         record_id: str | None = None,

@@ -659,6 +659,11 @@ class MemoryStore:
         self._open_or_raise(f"reading the person cards of {len(ids)} records")
         return {rid: self._cards[rid].card for rid in ids if rid in self._cards}
 
+    async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
+        cards = await self.person_cards(record_ids)
+        return {rid: card.to_bytes() for rid, card in cards.items()}
+
     async def person_pairs(
         self,
         record_id: str | None = None,

@@ -317,6 +317,28 @@ class ReadingPart(SQLiteCore):
 
         return await self._run(f"reading the person cards of {len(ids)} records", job)
 
+    async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored person cards of these records as stored (``PersonCard.to_bytes()``),
+        not parsed, in the order asked (none: absent)."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: sqlite3.Connection) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for chunk in _chunks(ids):
+                    for record_id, data in raw.execute(
+                        "SELECT record_id, card FROM person_cards"
+                        f" WHERE record_id IN ({_marks(len(chunk))})",
+                        chunk,
+                    ):
+                        found[record_id] = bytes(data)
+            finally:
+                raw.execute("COMMIT")
+            return {record_id: found[record_id] for record_id in ids if record_id in found}
+
+        return await self._run(f"reading the person cards of {len(ids)} records", job)
+
     async def person_pairs(
         self,
         record_id: str | None = None,
