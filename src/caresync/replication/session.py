@@ -120,8 +120,13 @@ MAX_HUB_REPORT_ITEMS = 1_000_000
 PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
-COPY_BATCH_RECORDS = 500
+COPY_BATCH_RECORDS = 2000
+"""Records per first-copy batch, each committed (durably) with its resume point: a copy
+cut short loses at most the batch in flight. 2,000 rather than 500: a quarter of the
+commits (fsyncs) and of the per-batch round trips and queries on both sides (issue 18)."""
 COPY_BATCH_BYTES = 4 * 1024 * 1024
+"""Bytes per first-copy batch at most (records with their rows and cards): a batch of
+large records stays well under a frame (16 MiB by default)."""
 WHY_CLOSED_WAIT_S = 5.0
 """After a failed send, how long the reader may take to read why the server closed."""
 MAX_QUEUED_REPLIES = 8
