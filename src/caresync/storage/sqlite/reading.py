@@ -105,11 +105,16 @@ class ReadingPart(SQLiteCore):
         finally:
             raw.execute("COMMIT")
         loaded: dict[str, bytes] = {}
+        entries: list[tuple[str, CachedRecord]] = []
         for record_id, known, state, log_count in rows:
             more = pieces.get(known.key) if log_count and known.key is not None else None
             merged = merge_stored(state, more or (), record_id=record_id)
             loaded[record_id] = merged
-            self.cache.put(record_id, known._replace(merged=merged))
+            vector, organisation, pending, _merged, clocks, key = known
+            entries.append(
+                (record_id, CachedRecord(vector, organisation, pending, merged, clocks, key))
+            )
+        self.cache.put_many(entries)  # under one acquisition of the cache's lock
         return loaded
 
     async def state_vector(self, record_id: str) -> bytes | None:
