@@ -122,17 +122,20 @@ class RecordCache:
 
     def _put(self, record_id: str, entry: CachedRecord) -> None:
         # CachedRecord.size, inline (a first copy puts every record).
-        vector, _organisation, _pending, merged, clocks = entry[:5]
-        size = (0 if merged is None else len(merged)) + len(vector) + 64
+        merged, clocks = entry.merged, entry.clocks
+        size = len(entry.state_vector) + 64
+        if merged is not None:
+            size += len(merged)
         if clocks is not None:
             size += 64 + 48 * len(clocks)
+        plain = tuple(entry)  # plain tuples: see the module doc
         entries = self._entries
         old = entries.pop(record_id, None)
         if old is not None:
             self._bytes -= old[1]
         if size > self.max_bytes or self.max_entries == 0:
             return
-        entries[record_id] = (tuple(entry), size)  # plain tuples: see the module doc
+        entries[record_id] = (plain, size)
         self._bytes += size
         while len(entries) > self.max_entries or self._bytes > self.max_bytes:
             _, (_, evicted) = entries.popitem(last=False)
