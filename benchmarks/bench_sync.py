@@ -675,12 +675,14 @@ def raw_limit_cases(
         return conn
 
     copies: list[float] = []
+    copy_cpu: list[float] = []
     stores: list[float] = []
     merges: list[float] = []
     batch = RAW_BATCH_RECORDS
     for round_no in range(rounds):
         with contextlib.closing(database(f"raw-{n}-{round_no}.db")) as conn:
             t0 = time.perf_counter()
+            c0 = time.process_time()
             for start in range(0, n, batch):
                 conn.execute("BEGIN")
                 conn.executemany(
@@ -688,6 +690,7 @@ def raw_limit_cases(
                 )
                 conn.execute("COMMIT")
             copies.append(time.perf_counter() - t0)
+            copy_cpu.append(time.process_time() - c0)
             t0 = time.perf_counter()
             conn.execute("BEGIN")
             conn.executemany("INSERT INTO updates VALUES (?, ?)", edits)
@@ -711,6 +714,8 @@ def raw_limit_cases(
             "raw limit",
             copies,
             bytes_per_record=round(per_record),
+            cpu_s=[round(c, 3) for c in copy_cpu],
+            cpu_median_s=round(statistics.median(copy_cpu), 3),
         ),
         timing_case(f"incremental sync, {changed} of {n} records changed", "raw limit", stores),
         timing_case(
