@@ -1144,14 +1144,22 @@ class SyncServer:
             stored = loaded.get(record_id)
             if stored is None:
                 continue
-            record_rows = [
-                CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
-                for row in stored_rows.get(record_id, ())
-            ]
+            found_rows = stored_rows.get(record_id)
+            record_rows = (
+                [
+                    CopyConflict(
+                        record_id, row.id, row.kind, row.subject, row.severity, row.payload
+                    )
+                    for row in found_rows
+                ]
+                if found_rows
+                else []
+            )
             card = cards.get(record_id)
             person = None if card is None else CopyPerson(record_id, card.to_bytes())
             record_size = item_wire_size(record_id, stored)
-            record_size += sum(row_wire_size(row) for row in record_rows)
+            if record_rows:
+                record_size += sum(row_wire_size(row) for row in record_rows)
             if person is not None:
                 record_size += item_wire_size(record_id, person.card)
             if records and size + record_size > budget:
