@@ -10,7 +10,7 @@ import email.utils
 import http
 import ipaddress
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -19,6 +19,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from caresync.exceptions import (
     ConnectionLostError,
@@ -124,6 +125,24 @@ class WebSocketChannel:
             await self._connection.send(frame)
         except ConnectionClosed as exc:
             raise ConnectionLostError(f"connection to {self._peer} closed: {exc}") from None
+
+    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+        """Write ``frames`` now, in order, without waiting, if the connection is open,
+        sends no fragmented message and its write buffer is under its high-water mark
+        (the level at which :meth:`send` would wait); otherwise write nothing and return
+        False (then :meth:`send` them). So what waits unsent here stays bounded by the
+        high-water mark plus one call's frames."""
+        connection = self._connection
+        if (
+            connection.protocol.state is not State.OPEN
+            or connection.send_in_progress is not None
+            or connection.transport.get_write_buffer_size() >= connection.write_limit_high
+        ):
+            return False
+        for frame in frames:
+            connection.protocol.send_binary(frame)
+        connection.send_data()
+        return True
 
     async def recv(self) -> bytes:
         try:
