@@ -1457,6 +1457,7 @@ class SyncServer:
                 by_organisation.setdefault(item.organisation, []).append(item)
         if not by_organisation:
             return
+        origins = {org: {i.origin for i in mine} for org, mine in by_organisation.items()}
         encoded: dict[tuple[object, ...], tuple[bytes, ...]] = {}
         sent = sent_bytes = 0
         for conn in self._connections:
@@ -1465,7 +1466,7 @@ class SyncServer:
             mine = by_organisation.get(conn.organisation)
             if not mine:
                 continue
-            chosen = self._live_entries(conn, mine)
+            chosen = self._live_entries(conn, mine, origins[conn.organisation])
             if not chosen:
                 continue
             if self._send_live_now(conn, mine, chosen, encoded):
@@ -1486,13 +1487,16 @@ class SyncServer:
         if sent:
             self.events.relayed(sent, sent_bytes)
 
-    def _live_entries(self, conn: _Connection, items: list[FeedItem]) -> list[FeedItem]:
-        """The entries of ``items`` (its organisation's, in seq order) that ``conn``
-        is sent live: all but those its own replica sent. The one place a live entry
-        is chosen per replica (partial replication filters here too). Returns
-        ``items`` itself when every one goes, which lets connections share frames."""
+    def _live_entries(
+        self, conn: _Connection, items: list[FeedItem], origins: set[str | None]
+    ) -> list[FeedItem]:
+        """The entries of ``items`` (its organisation's, in seq order; ``origins``, the
+        replicas that sent them) that ``conn`` is sent live: all but those its own
+        replica sent. The one place a live entry is chosen per replica (partial
+        replication filters here too). Returns ``items`` itself when every one goes,
+        which lets connections share frames."""
         replica_id = conn.protocol.replica_id
-        if all(item.origin != replica_id for item in items):
+        if replica_id not in origins:
             return items
         return [item for item in items if item.origin != replica_id]
 

@@ -112,6 +112,10 @@ from caresync.protocol.states import (
     ServerState,
 )
 
+_LIVE_STATES = tuple(
+    state for state, moves in SERVER_TRANSITIONS.items() if (Direction.SEND, LiveBatch) in moves
+)  # where live frames may be sent (a tuple: found by identity, no enum hashing)
+
 __all__ = ["RecordCheck", "ServerEvent", "ServerProtocol", "check_wire_size", "row_wire_size"]
 
 
@@ -560,10 +564,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
     @property
     def can_send_live(self) -> bool:
         """True if live frames may be sent now (subscribed, in a state that sends them)."""
-        return (
-            self._subscribed
-            and self._transitions[self._state].get((Direction.SEND, LiveBatch)) is not None
-        )
+        return self._subscribed and self._state in _LIVE_STATES
 
     @property
     def has_data_to_send(self) -> bool:
