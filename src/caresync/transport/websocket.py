@@ -178,19 +178,21 @@ class WebSocketChannel:
 
 _FRAMED: list[tuple[bytes, bytes]] = []  # (frame, its websocket frame), newest first
 _FRAMED_KEPT = 4
+_FRAMED_MAX_BYTES = 256 * 1024  # larger frames are framed each time: at most ~2 MiB kept
 
 
 def _server_frame(frame: bytes) -> bytes:
     """``frame`` as an unmasked binary websocket frame with no extension (a server's),
     made once for the same object handed to many connections: the last
-    :data:`_FRAMED_KEPT` are kept, found by identity (a strong reference is kept, so
-    an identity is never reused while kept)."""
+    :data:`_FRAMED_KEPT` of at most :data:`_FRAMED_MAX_BYTES` are kept, found by
+    identity (a strong reference is kept, so an identity is never reused while kept)."""
     for kept, framed in _FRAMED:
         if kept is frame:
             return framed
     framed = Frame(Opcode.BINARY, frame).serialize(mask=False)
-    _FRAMED.insert(0, (frame, framed))
-    del _FRAMED[_FRAMED_KEPT:]
+    if len(frame) <= _FRAMED_MAX_BYTES:
+        _FRAMED.insert(0, (frame, framed))
+        del _FRAMED[_FRAMED_KEPT:]
     return framed
 
 
