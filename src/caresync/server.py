@@ -54,6 +54,7 @@ from caresync.exceptions import (
     ConnectionLostError,
     InvalidInputError,
     InvalidUpdateError,
+    LocalProtocolError,
     ProtocolError,
     RecordMismatchError,
     RefusedUpdateError,
@@ -1531,8 +1532,14 @@ class SyncServer:
         frames = encoded.get(key)
         if frames is None:
             entries = [(i.seq, i.record_id, i.update) for i in chosen]
-            frames = encoded[key] = protocol.encode_live(entries, checks)
-        if not conn.send_nowait(frames):
+            try:
+                frames = protocol.encode_live(entries, checks)
+            except LocalProtocolError:
+                # An entry too large for this laptop's frames: its writer meets the same
+                # refusal and closes the connection, as it always has (see _forward).
+                frames = ()
+            encoded[key] = frames
+        if not frames or not conn.send_nowait(frames):
             return False
         # Written: the protocol records them as sent (it allowed them: can_send_live).
         protocol.send_encoded_live(frames, chosen[-1].seq)
