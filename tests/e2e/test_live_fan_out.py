@@ -11,13 +11,25 @@ Every wait is on an event or a reply, bounded in time.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
 from tests.e2e.hostile import Hostile, closed_by_server
 
-from caresync.protocol import HubReport, LiveBatch, LiveUpdate, PullBatch, PushAck, ServerProtocol
+from caresync.protocol import (
+    MIN_MAX_FRAME_BYTES,
+    ClientProtocol,
+    HubReport,
+    LiveBatch,
+    LiveUpdate,
+    PullBatch,
+    PushAck,
+    ServerProof,
+    ServerProtocol,
+    Welcome,
+)
 from caresync.records import Record
 from caresync.server import SyncServer
 from caresync.storage import MemoryStore
@@ -171,5 +183,39 @@ async def test_a_laptop_that_stops_reading_fills_its_channel_then_its_queue_then
     finally:
         await writer.close()
         await slow.close()
+        await listener.close()
+        await server.close()
+
+
+async def test_an_entry_too_large_for_one_laptop_closes_only_that_laptop() -> None:
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    # A laptop that announced the smallest frames a side may: 64 KiB.
+    channel = await listener.connect()
+    small = Hostile(ClientProtocol(max_frame_bytes=MIN_MAX_FRAME_BYTES), channel)
+    small.protocol.send_hello()
+    await small.expect(Welcome)
+    small.protocol.prove_server(os.urandom(32))
+    await small.expect(ServerProof)
+    small.protocol.confirm_server()
+    other = await Hostile.over(await listener.connect())
+    writer = await Hostile.over(await listener.connect())
+    try:
+        for k, laptop in enumerate((small, other, writer)):
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+        await subscribed(small)
+        await subscribed(other)
+        record_id, size = await push_one(writer, 1, "x" * (2 * MIN_MAX_FRAME_BYTES))
+        assert size > MIN_MAX_FRAME_BYTES
+        assert await next_live(other) == (1, record_id)
+        assert await closed_by_server(small.channel)
+        # The fan-out goes on for the others.
+        second, _size = await push_one(writer, 2)
+        assert await next_live(other) == (2, second)
+    finally:
+        for laptop in (small, other, writer):
+            await laptop.close()
         await listener.close()
         await server.close()
