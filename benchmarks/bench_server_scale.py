@@ -100,6 +100,10 @@ class Clinic:
         """The servers' resident memory now, summed over the processes (KiB)."""
         return sum([int((await p.stats())["VmRSS"]) for p in self.processes])
 
+    async def fan_out_s(self) -> float:
+        """The time the servers spent in their fan-out so far, summed over the processes."""
+        return sum([float((await p.stats())["fan_out_s"]) for p in self.processes])
+
     async def cpu_s(self) -> float:
         """The CPU time the servers used so far, summed over the processes."""
         return sum([float((await p.stats())["cpu_s"]) for p in self.processes])
@@ -222,7 +226,9 @@ async def fan_out_rounds(
     """:data:`ROUNDS` rounds of ``edits`` edits, one at a time, each awaited at every reader.
 
     Beside the times: the servers' CPU time per edit (all processes), which the
-    laptops' own decoding, in this process, does not inflate; and, given
+    laptops' own decoding, in this process, does not inflate; the time the servers
+    spent in their fan-out per edit (wall time, summed over processes: writing the edit
+    to every connection written at once, queueing it for the others); and, given
     ``client_cpu_s``, the laptops' processes' CPU time per edit.
     """
     maker = EditMaker(writer.replica_id)
@@ -233,11 +239,13 @@ async def fan_out_rounds(
     last_median: list[float] = []
     last_p99: list[float] = []
     cpu_per_edit: list[float] = []
+    fan_out_per_edit: list[float] = []
     client_cpu_per_edit: list[float] = []
     for round_ in range(ROUNDS):
         samples: list[float] = []
         last: list[float] = []
         cpu_before = await place.cpu_s()
+        fan_out_before = await place.fan_out_s()
         client_before = await client_cpu_s() if client_cpu_s is not None else 0.0
         for rid, update in prepared[round_ * edits : (round_ + 1) * edits]:
             seq += 1
@@ -249,6 +257,7 @@ async def fan_out_rounds(
             samples.extend(arrivals)
             last.append(max(arrivals))
         cpu_per_edit.append((await place.cpu_s() - cpu_before) / edits)
+        fan_out_per_edit.append((await place.fan_out_s() - fan_out_before) / edits)
         if client_cpu_s is not None:
             client_cpu_per_edit.append((await client_cpu_s() - client_before) / edits)
         per_delivery_median.append(statistics.median(samples))
@@ -263,6 +272,7 @@ async def fan_out_rounds(
         "last_laptop_median": spread(last_median),
         "last_laptop_p99": spread(last_p99),
         "server_cpu_per_edit": spread(cpu_per_edit),
+        "server_fan_out_per_edit": spread(fan_out_per_edit),
         **(
             {"laptops_cpu_per_edit": spread(client_cpu_per_edit)}
             if client_cpu_s is not None
