@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +75,7 @@ from caresync.protocol import PushAck
 from caresync.server import SyncServer
 
 ROUNDS = 5
+LAPTOP_PROCESSES = 4  # processes sharing the 2,000 laptops (see many_laptops_case)
 JOIN_AT_ONCE = 20  # logins in flight at once (the server bounds pending logins)
 _CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 _DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -96,6 +99,10 @@ class Clinic:
     async def rss_kb(self) -> int:
         """The servers' resident memory now, summed over the processes (KiB)."""
         return sum([int((await p.stats())["VmRSS"]) for p in self.processes])
+
+    async def fan_out_s(self) -> float:
+        """The time the servers spent in their fan-out so far, summed over the processes."""
+        return sum([float((await p.stats())["fan_out_s"]) for p in self.processes])
 
     async def cpu_s(self) -> float:
         """The CPU time the servers used so far, summed over the processes."""
@@ -203,18 +210,26 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+Arrivals = Callable[[int], Awaitable[list[float]]]
+"""Given how many edits every reader has had so far, once each has them all, the time
+(``time.perf_counter``) each reader received the last."""
+
+
 async def fan_out_rounds(
     place: Clinic,
     writer: RawLaptop,
-    readers: list[RawLaptop],
-    arrived: Counted,
+    arrivals_of: Arrivals,
     edits: int,
     after_round: Callable[[], Awaitable[None]] | None = None,
+    client_cpu_s: Callable[[], Awaitable[float]] | None = None,
 ) -> dict[str, Any]:
     """:data:`ROUNDS` rounds of ``edits`` edits, one at a time, each awaited at every reader.
 
     Beside the times: the servers' CPU time per edit (all processes), which the
-    laptops' own decoding, in this process, does not inflate.
+    laptops' own decoding, in this process, does not inflate; the time the servers
+    spent in their fan-out per edit (wall time, summed over processes: writing the edit
+    to every connection written at once, queueing it for the others); and, given
+    ``client_cpu_s``, the laptops' processes' CPU time per edit.
     """
     maker = EditMaker(writer.replica_id)
     prepared = maker.make(edits * ROUNDS - 1)  # the record's creation is the first edit
@@ -224,23 +239,27 @@ async def fan_out_rounds(
     last_median: list[float] = []
     last_p99: list[float] = []
     cpu_per_edit: list[float] = []
+    fan_out_per_edit: list[float] = []
+    client_cpu_per_edit: list[float] = []
     for round_ in range(ROUNDS):
         samples: list[float] = []
         last: list[float] = []
         cpu_before = await place.cpu_s()
+        fan_out_before = await place.fan_out_s()
+        client_before = await client_cpu_s() if client_cpu_s is not None else 0.0
         for rid, update in prepared[round_ * edits : (round_ + 1) * edits]:
             seq += 1
-            counts = [len(r.received) for r in readers]
-            target = arrived.count + len(readers)
             t0 = time.perf_counter()
             writer.protocol.push([(seq, rid, update)])
             await writer.flush()
-            await arrived.wait_for(target)
+            arrivals = [t - t0 for t in await arrivals_of(seq)]
             await writer.expect(PushAck)
-            arrivals = [r.received[c] - t0 for r, c in zip(readers, counts, strict=True)]
             samples.extend(arrivals)
             last.append(max(arrivals))
         cpu_per_edit.append((await place.cpu_s() - cpu_before) / edits)
+        fan_out_per_edit.append((await place.fan_out_s() - fan_out_before) / edits)
+        if client_cpu_s is not None:
+            client_cpu_per_edit.append((await client_cpu_s() - client_before) / edits)
         per_delivery_median.append(statistics.median(samples))
         per_delivery_p99.append(pct(samples, 0.99))
         last_median.append(statistics.median(last))
@@ -253,9 +272,67 @@ async def fan_out_rounds(
         "last_laptop_median": spread(last_median),
         "last_laptop_p99": spread(last_p99),
         "server_cpu_per_edit": spread(cpu_per_edit),
+        "server_fan_out_per_edit": spread(fan_out_per_edit),
+        **(
+            {"laptops_cpu_per_edit": spread(client_cpu_per_edit)}
+            if client_cpu_s is not None
+            else {}
+        ),
         "rounds": ROUNDS,
         "edits_per_round": edits,
     }
+
+
+def arrivals_in_process(readers: list[RawLaptop], arrived: Counted) -> Arrivals:
+    """:data:`Arrivals` of laptops in this process (each receives every edit)."""
+
+    async def arrivals_of(n: int) -> list[float]:
+        await arrived.wait_until(lambda: all(len(r.received) >= n for r in readers))
+        return [r.received[n - 1] for r in readers]
+
+    return arrivals_of
+
+
+class ClientProcess:
+    """Laptops in a process of their own (``benchmarks/fanout_clients.py``)."""
+
+    def __init__(self, count: int, first: int, urls: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.fanout_clients", str(count), str(first), *urls],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+        )
+
+    def _line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a laptops' process exited early")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def answer(self) -> dict[str, Any]:
+        async with asyncio.timeout(LIMIT_S):
+            return await asyncio.to_thread(self._line)
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return await self.answer()
+
+    async def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        await asyncio.to_thread(self.proc.wait, LIMIT_S)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 async def latency_case(place: Clinic, laptops: int, edits: int) -> dict[str, Any]:
@@ -264,7 +341,7 @@ async def latency_case(place: Clinic, laptops: int, edits: int) -> dict[str, Any
     arrived = Counted()
     await subscribe_all(readers, arrived)
     try:
-        figures = await fan_out_rounds(place, writer, readers, arrived, edits)
+        figures = await fan_out_rounds(place, writer, arrivals_in_process(readers, arrived), edits)
     finally:
         await close_all(clients)
     return {
@@ -357,27 +434,48 @@ def _rates(values: list[float]) -> dict[str, int]:
     }
 
 
-async def many_laptops_case(place: Clinic, laptops: int, edits: int) -> dict[str, Any]:
+async def many_laptops_case(
+    place: Clinic, laptops: int, edits: int, processes: int
+) -> dict[str, Any]:
+    """The fan-out to ``laptops`` laptops spread over ``processes`` processes of their
+    own (:class:`ClientProcess`), so that their decoding is not one process's queue;
+    the writer is in this process."""
     memory = {"before_laptops_kb": await place.rss_kb()}
     t0 = time.perf_counter()
-    clients = await join_all(place, laptops + 1)
-    joined_s = time.perf_counter() - t0
-    writer, readers = clients[0], clients[1:]
-    arrived = Counted()
-    await subscribe_all(readers, arrived)
-    memory["connected_kb"] = await place.rss_kb()
-    after_rounds: list[int] = []
-
-    async def measure() -> None:
-        after_rounds.append(await place.rss_kb())
-
+    writer = (await join_all(place, 1))[0]
+    shares = [laptops // processes + (p < laptops % processes) for p in range(processes)]
+    firsts = [1 + sum(shares[:p]) for p in range(processes)]
+    urls = [p.url for p in place.processes]
+    clients = [ClientProcess(n, first, urls) for n, first in zip(shares, firsts, strict=True)]
     try:
-        figures = await fan_out_rounds(place, writer, readers, arrived, edits, measure)
+        for client in clients:
+            await client.answer()  # ready: joined and subscribed
+        joined_s = time.perf_counter() - t0
+        memory["connected_kb"] = await place.rss_kb()
+        after_rounds: list[int] = []
+
+        async def measure() -> None:
+            after_rounds.append(await place.rss_kb())
+
+        async def arrivals_of(n: int) -> list[float]:
+            answers = await asyncio.gather(*(c.ask(f"wait {n}") for c in clients))
+            return [t for answer in answers for t in answer["arrivals"]]
+
+        async def client_cpu_s() -> float:
+            answers = await asyncio.gather(*(c.ask("cpu") for c in clients))
+            return sum(float(answer["cpu_s"]) for answer in answers)
+
+        figures = await fan_out_rounds(place, writer, arrivals_of, edits, measure, client_cpu_s)
+        for client in clients:
+            await client.stop()
     finally:
-        await close_all(clients)
+        for client in clients:
+            client.kill()
+        await writer.close()
     return {
         "case": f"fan-out of an edit to {laptops} connected laptops",
         "clinic": place.name,
+        "laptop_processes": processes,
         "laptops_joined_in_s": round(joined_s, 1),
         **figures,
         "server_rss_kb": {**memory, "after_each_round_kb": after_rounds},
@@ -394,6 +492,7 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
     names = ["sqlite"] + ([] if postgres is None else ["postgres", "postgres x2"])
     laptops, edits = (3, 2) if tiny else (50, 40)
     many, many_edits = (10, 2) if tiny else (2000, 20)
+    processes = 2 if tiny else LAPTOP_PROCESSES
     rate, seconds = (10.0, 0.3) if tiny else (20.0, 3.0)
     cases: list[dict[str, Any]] = []
     if postgres is None:
@@ -403,7 +502,7 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
             async with clinic(name, work, postgres) as place:
                 cases.append(await latency_case(place, laptops, edits))
             async with clinic(name, work, postgres) as place:
-                cases.append(await many_laptops_case(place, many, many_edits))
+                cases.append(await many_laptops_case(place, many, many_edits, processes))
             async with clinic(name, work, postgres) as place:
                 cases.append(await throughput_case(place, laptops, rate, seconds))
         return cases

@@ -105,9 +105,22 @@ async def serve_caresync(db: str) -> None:
     from caresync.server import SyncServer
 
     server = await SyncServer.open(db)
+    # The time spent in the server's fan-out (wall, every call summed): what it takes
+    # the server to write an edit to every connection it writes at once.
+    fan_out = server._follower.relay  # every live relay goes through it
+    spent = [0.0]
+
+    def timed_fan_out(items: Any) -> None:
+        start = time.perf_counter()
+        try:
+            fan_out(items)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    server._follower.relay = timed_fan_out
     listener = await server.serve("127.0.0.1", 0)
     print(json.dumps({"port": listener.port}), flush=True)
-    await _commands(rss_kb)
+    await _commands(lambda: {**rss_kb(), "fan_out_s": round(spent[0], 6)})
     await server.close()
     print(json.dumps(rss_kb()), flush=True)
 

@@ -54,6 +54,7 @@ from caresync.exceptions import (
     ConnectionLostError,
     InvalidInputError,
     InvalidUpdateError,
+    LocalProtocolError,
     ProtocolError,
     RecordMismatchError,
     RefusedUpdateError,
@@ -126,7 +127,9 @@ from caresync.transport import (
     HttpAnswer,
     HttpRequest,
     Listener,
+    NowaitSend,
     WebSocketListener,
+    nowait_sender,
     serve_websockets,
 )
 from caresync.versions import CLIENT_VERSION, check_version, is_older
@@ -255,6 +258,8 @@ class _Connection:
     # rulebook; None: its live frames carry none.
     checks: Callable[[Iterable[str]], dict[str, RecordCheck]] | None = None
     writer: asyncio.Task[None] | None = None
+    # The channel's send without waiting (see transport.nowait_sender), or None.
+    send_nowait: NowaitSend | None = None
     # First-copy progress on this connection: where the last batch ended, the
     # records and bytes sent up to there, and the records counted when it began.
     copy_last: str | None = None
@@ -869,7 +874,12 @@ class SyncServer:
 
     async def handle(self, channel: Channel) -> None:
         """Serve one connection until it closes (the listener calls this)."""
-        conn = _Connection(ServerProtocol(self.server_id), channel, self.events)
+        conn = _Connection(
+            ServerProtocol(self.server_id),
+            channel,
+            self.events,
+            send_nowait=nowait_sender(channel),
+        )
         self.events.connected(channel.peer)
         if self._pending_logins >= self.max_pending_logins:
             await self._end(conn, ErrorCode.BUSY, "too many connections are logging in; retry")
@@ -1520,31 +1530,48 @@ class SyncServer:
             )
 
     def _fan_out(self, items: Sequence[FeedItem]) -> None:
-        """Queue new feed entries (in seq order) for every live connection they are for:
-        of the entry's organisation, and not the replica that sent it. Every live
-        relay, of this process's commits and of other processes', goes through here.
+        """Queue new feed entries (in seq order) for every live connection they are for
+        (see :meth:`_live_entries`). Every live relay, of this process's commits and of
+        other processes', goes through here.
 
-        A connection whose queue would pass ``live_queue_entries`` or
-        ``live_queue_bytes`` (a laptop that stopped reading, or reads slower than
-        the clinic writes) is dropped instead: its queue is emptied at once and
-        the connection closed, so it never holds the server's memory. Nothing is
-        lost: the laptop reconnects and pulls from its checkpoint, as after any
-        dropped connection.
+        A connection with nothing queued and nothing being sent, whose channel can take
+        frames without waiting, is sent its frames here and now (no queue, no task):
+        the frames of one selection of entries are encoded once, for every connection
+        that gets the same entries in the same encoding (its protocol version, whether
+        checks go, its largest frame), and the same bytes handed to each.
+
+        Otherwise the entries are queued for the connection's writer. A connection whose
+        queue would pass ``live_queue_entries`` or ``live_queue_bytes`` (a laptop that
+        stopped reading, or reads slower than the clinic writes) is dropped instead: its
+        queue is emptied at once and the connection closed, so it never holds the
+        server's memory. Nothing is lost: the laptop reconnects and pulls from its
+        checkpoint, as after any dropped connection. (A channel takes frames without
+        waiting only while its own buffer is under its high-water mark, so a laptop that
+        stops reading soon goes through the queue, and is dropped by its bound.)
         """
         by_organisation: dict[str, list[FeedItem]] = {}
         for item in items:
             if item.organisation is not None:
                 by_organisation.setdefault(item.organisation, []).append(item)
+        if not by_organisation:
+            return
+        origins = {org: {i.origin for i in mine} for org, mine in by_organisation.items()}
+        encoded: dict[tuple[object, ...], tuple[bytes, ...]] = {}
+        sent = sent_bytes = 0
         for conn in self._connections:
             if conn.writer is None or conn.dropped or conn.organisation is None:
                 continue
             mine = by_organisation.get(conn.organisation)
             if not mine:
                 continue
-            replica_id = conn.protocol.replica_id
-            entries = [(i.seq, i.record_id, i.update) for i in mine if i.origin != replica_id]
-            if not entries:
+            chosen = self._live_entries(conn, mine, origins[conn.organisation])
+            if not chosen:
                 continue
+            if self._send_live_now(conn, mine, chosen, encoded):
+                sent += len(chosen)
+                sent_bytes += sum(len(i.update) for i in chosen)
+                continue
+            entries = [(i.seq, i.record_id, i.update) for i in chosen]
             size = sum(len(update) for _seq, _rid, update in entries)
             if (
                 conn.queued_entries + len(entries) > self.live_queue_entries
@@ -1555,6 +1582,67 @@ class SyncServer:
             conn.live.put_nowait(entries)
             conn.queued_entries += len(entries)
             conn.queued_bytes += size
+        if sent:
+            self.events.relayed(sent, sent_bytes)
+
+    def _live_entries(
+        self, conn: _Connection, items: list[FeedItem], origins: set[str | None]
+    ) -> list[FeedItem]:
+        """The entries of ``items`` (its organisation's, in seq order; ``origins``, the
+        replicas that sent them) that ``conn`` is sent live: all but those its own
+        replica sent. The one place a live entry is chosen per replica (partial
+        replication filters here too). Returns ``items`` itself when every one goes,
+        which lets connections share frames."""
+        replica_id = conn.protocol.replica_id
+        if replica_id not in origins:
+            return items
+        return [item for item in items if item.origin != replica_id]
+
+    def _send_live_now(
+        self,
+        conn: _Connection,
+        items: list[FeedItem],
+        chosen: list[FeedItem],
+        encoded: dict[tuple[object, ...], tuple[bytes, ...]],
+    ) -> bool:
+        """Send ``chosen`` to ``conn`` now if nothing of its own is queued or being sent
+        and its channel takes frames without waiting; False (nothing sent) otherwise.
+
+        ``encoded`` holds this fan-out's frames by what they depend on: the entries
+        (``items`` itself, or the seqs chosen) and the connection's encoding, which
+        holds, when checks go from version 9 on, how far it had the feed (what goes as a
+        reference); every connection reads the same remembered checks."""
+        protocol = conn.protocol
+        if (
+            conn.send_nowait is None
+            or conn.lock.locked()
+            or conn.queued_entries
+            or not conn.live.empty()
+            or protocol.has_data_to_send
+            or not protocol.can_send_live
+            or chosen[0].seq <= protocol.live_seq
+        ):
+            return False
+        record_ids = (item.record_id for item in chosen)
+        checks = None if conn.checks is None else conn.checks(record_ids)
+        selection: object = 0 if chosen is items else tuple(item.seq for item in chosen)
+        key = (id(items), selection, *protocol.live_encoding(checks is not None))
+        frames = encoded.get(key)
+        if frames is None:
+            entries = [(i.seq, i.record_id, i.update) for i in chosen]
+            try:
+                frames = protocol.encode_live(entries, checks)
+            except LocalProtocolError:
+                # An entry too large for this laptop's frames: its writer meets the same
+                # refusal and closes the connection, as it always has (see _forward).
+                frames = ()
+            encoded[key] = frames
+        if not frames or not conn.send_nowait(frames):
+            return False
+        # Written: the protocol records them as sent (it allowed them: can_send_live).
+        protocol.send_encoded_live(frames, chosen[-1].seq)
+        protocol.data_to_send()  # the frames just written: nothing else was waiting
+        return True
 
     def _drop_slow_reader(self, conn: _Connection) -> None:
         """Empty a connection's live queue now, then close it (see _fan_out)."""

@@ -58,7 +58,12 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.protocol.base import SyncProtocol
-from caresync.protocol.codec import BATCH_OVERHEAD_BYTES, ITEM_OVERHEAD_BYTES, item_wire_size
+from caresync.protocol.codec import (
+    BATCH_OVERHEAD_BYTES,
+    ITEM_OVERHEAD_BYTES,
+    encode_frame,
+    item_wire_size,
+)
 from caresync.protocol.errors import ErrorCode
 from caresync.protocol.messages import (
     CARD_REFERENCE_SINCE,
@@ -105,9 +110,14 @@ from caresync.protocol.states import (
     NEEDS_ENROLMENT,
     REQUESTS,
     SERVER_TRANSITIONS,
+    Direction,
     RequestKind,
     ServerState,
 )
+
+_LIVE_STATES = tuple(
+    state for state, moves in SERVER_TRANSITIONS.items() if (Direction.SEND, LiveBatch) in moves
+)  # where live frames may be sent (a tuple: found by identity, no enum hashing)
 
 __all__ = ["RecordCheck", "ServerEvent", "ServerProtocol", "check_wire_size", "row_wire_size"]
 
@@ -552,61 +562,102 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         fresh = [entry for entry in entries if entry[0] > self._live_seq]
         if not fresh:
             return 0
+        for message in self._live_messages(fresh, checks):
+            self._send(message)
+        self._live_seq = fresh[-1][0]
+        return len(fresh)
+
+    def live_encoding(self, checks: bool) -> tuple[int, bool, int, int]:
+        """What the bytes of a live frame depend on besides its entries and checks:
+        connections with the same encoding (and entries, and checks) get the same
+        frames from :meth:`encode_live` (the agreed version, whether checks go,
+        the client's largest frame and, when checks go from version 9 on, how far
+        the client had the feed, which decides what goes as a reference)."""
+        version = self._version or self._fallback_version
+        position = self._live_seq if checks and version >= CARD_REFERENCE_SINCE else 0
+        return (version, checks, self._peer_max_frame_bytes, position)
+
+    def encode_live(
+        self,
+        entries: Sequence[tuple[int, str, bytes]],
+        checks: Mapping[str, RecordCheck] | None = None,
+    ) -> tuple[bytes, ...]:
+        """The frames :meth:`send_live_updates` would queue for ``entries`` (every one
+        after :attr:`live_seq`), encoded but not queued: nothing changes here. Hand
+        them to :meth:`send_encoded_live`, on this connection or on any other whose
+        :meth:`live_encoding` is the same (one encoding for many connections)."""
+        if not entries or entries[0][0] <= self._live_seq:
+            raise LocalProtocolError("live entries must all be after the last one sent")
+        version = self._version or self._fallback_version
+        return tuple(
+            encode_frame(message, version=version, max_frame_bytes=self._peer_max_frame_bytes)
+            for message in self._live_messages(list(entries), checks)
+        )
+
+    def send_encoded_live(self, frames: Sequence[bytes], last_seq: int) -> None:
+        """Queue live frames made by :meth:`encode_live` for entries up to ``last_seq``,
+        every one after :attr:`live_seq` (the caller checks that the frames were made
+        for this connection's :meth:`live_encoding`: they are not decoded again)."""
+        if not self.can_send_live:
+            raise LocalProtocolError(f"no live frames may be sent in {self._state.name} now")
+        if last_seq <= self._live_seq:
+            raise LocalProtocolError(f"seq {last_seq} is not after the last one sent")
+        self._outgoing.extend(frames)
+        self._live_seq = last_seq
+
+    @property
+    def can_send_live(self) -> bool:
+        """True if live frames may be sent now (subscribed, in a state that sends them)."""
+        return self._subscribed and self._state in _LIVE_STATES
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """True if frames wait to be taken by :meth:`data_to_send`."""
+        return bool(self._outgoing)
+
+    def _live_messages(
+        self,
+        fresh: list[tuple[int, str, bytes]],
+        checks: Mapping[str, RecordCheck] | None,
+    ) -> list[LiveUpdate | LiveBatch]:
+        """The frames' messages for ``fresh`` entries (see :meth:`send_live_updates`)."""
+        if not self._subscribed:
+            raise LocalProtocolError("the client has not subscribed to live updates")
         if checks is not None:
             if self._live_rulebook is None:
                 raise LocalProtocolError("checked states for a Subscribe that named no rulebook")
-            return self._send_checked_live(fresh, checks)
-        if len(fresh) == 1 or self._version is None or self._version < LiveBatch.SINCE_VERSION:
-            for seq, record_id, update in fresh:
-                self.send_live_update(seq, record_id, update)
-            return len(fresh)
-        if not self._subscribed:
-            raise LocalProtocolError("the client has not subscribed to live updates")
-        # Frames within the client's maximum: an entry too large for a batch goes alone.
-        budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+            # Half a frame for entries, so their checks have room beside them.
+            budget = (self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES) // 2
+        elif len(fresh) == 1 or self._version is None or self._version < LiveBatch.SINCE_VERSION:
+            return [LiveUpdate(seq, record_id, update) for seq, record_id, update in fresh]
+        else:
+            # Frames within the client's maximum: an entry too large for a batch goes alone.
+            budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+        messages: list[LiveUpdate | LiveBatch] = []
         frame: list[FeedItem] = []
         size = 0
+        # How far the client has the feed before each frame (version 9's references).
+        position = self._live_seq
         for seq, record_id, update in fresh:
             item_size = item_wire_size(record_id, update)
             if frame and size + item_size > budget:
-                self._send_live_frame(frame)
+                messages.append(self._live_message(frame, checks, position))
+                position = frame[-1].seq
                 frame, size = [], 0
             frame.append(FeedItem(seq, record_id, update))
             size += item_size
-        self._send_live_frame(frame)
-        return len(fresh)
+        messages.append(self._live_message(frame, checks, position))
+        return messages
 
-    def _send_checked_live(
-        self, fresh: list[tuple[int, str, bytes]], checks: Mapping[str, RecordCheck]
-    ) -> int:
-        if not self._subscribed:
-            raise LocalProtocolError("the client has not subscribed to live updates")
-        # Half a frame for entries, so their checks have room beside them.
-        budget = (self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES) // 2
-        frame: list[FeedItem] = []
-        size = 0
-        for seq, record_id, update in fresh:
-            item_size = item_wire_size(record_id, update)
-            if frame and size + item_size > budget:
-                self._send_checked_frame(frame, checks)
-                frame, size = [], 0
-            frame.append(FeedItem(seq, record_id, update))
-            size += item_size
-        self._send_checked_frame(frame, checks)
-        return len(fresh)
-
-    def _send_checked_frame(self, items: list[FeedItem], checks: Mapping[str, RecordCheck]) -> None:
-        checked, rows = self._attach(items, checks, self._live_seq)
-        self._send(LiveBatch(tuple(items), checked, rows))
-        self._live_seq = items[-1].seq
-
-    def _send_live_frame(self, items: list[FeedItem]) -> None:
+    def _live_message(
+        self, items: list[FeedItem], checks: Mapping[str, RecordCheck] | None, position: int
+    ) -> LiveUpdate | LiveBatch:
+        if checks is not None:
+            checked, rows = self._attach(items, checks, position)
+            return LiveBatch(tuple(items), checked, rows)
         if len(items) == 1:
-            self.send_live_update(*items[0])
-            return
-        message = LiveBatch(tuple(items))
-        self._send(message)
-        self._live_seq = items[-1].seq
+            return LiveUpdate(*items[0])
+        return LiveBatch(tuple(items))
 
     @property
     def can_report_hub(self) -> bool:

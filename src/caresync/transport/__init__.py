@@ -14,6 +14,8 @@ from caresync.transport.base import (
     ChannelHandler,
     Connector,
     Listener,
+    NowaitSend,
+    nowait_sender,
 )
 from caresync.transport.memory import MemoryChannel, MemoryListener, memory_pipe
 from caresync.transport.network import MemoryHost, MemoryLink, MemoryNetwork
@@ -46,6 +48,7 @@ __all__ = [
     "MemoryLink",
     "MemoryListener",
     "MemoryNetwork",
+    "NowaitSend",
     "WebSocketChannel",
     "WebSocketConnector",
     "WebSocketListener",
@@ -53,5 +56,6 @@ __all__ = [
     "connect_websocket",
     "is_loopback_host",
     "memory_pipe",
+    "nowait_sender",
     "serve_websockets",
 ]

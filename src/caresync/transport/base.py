@@ -9,7 +9,7 @@ simulations, whose links can be cut at will.
 from __future__ import annotations
 
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "ChannelHandler",
     "Connector",
     "Listener",
+    "NowaitSend",
+    "nowait_sender",
 ]
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -74,6 +76,23 @@ class Channel(Protocol):
     async def close(self, reason: str = "") -> None:
         """Close the channel (idempotent)."""
         ...
+
+
+NowaitSend = Callable[[Sequence[bytes]], bool]
+"""A channel's ``send_nowait(frames)``: write the frames now, in order, and return True,
+or write none and return False where ``send`` would wait (its buffer full)."""
+
+
+def nowait_sender(channel: Channel) -> NowaitSend | None:
+    """The channel's ``send_nowait``, if its class defines one (websockets' and in-memory
+    channels do), else None. Looked up on the class, not the object: a wrapper that
+    forwards other attributes to an inner channel but makes ``send`` its own (a test's
+    stalling channel) is not bypassed by its inner channel's ``send_nowait``."""
+    method = getattr(type(channel), "send_nowait", None)
+    if method is None:
+        return None
+    bound: NowaitSend = method.__get__(channel, type(channel))
+    return bound
 
 
 ChannelHandler = Callable[[Channel], Awaitable[None]]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from caresync.exceptions import ConnectionLostError, FrameTooLargeError, InvalidInputError
 from caresync.transport.base import (
@@ -114,6 +114,24 @@ class MemoryChannel:
         other._inbox.append((due, bytes(frame)))
         other._inbox_bytes += len(frame)
         other._arrived.set()
+
+    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+        """Deliver ``frames`` now, in order, if the link is open and the peer's inbox has
+        room (where :meth:`send` would not wait); otherwise deliver nothing and return
+        False (then :meth:`send` them)."""
+        other = self._other
+        if self._closed or other is None or other._ended is not None:
+            return False
+        if len(other._inbox) >= other._max_queued and other._inbox_bytes >= BUFFER_BYTES:
+            return False
+        due = asyncio.get_running_loop().time() + self._delay if self._delay > 0 else 0.0
+        for frame in frames:
+            self.frames_sent += 1
+            self.bytes_sent += len(frame)
+            other._inbox.append((due, bytes(frame)))
+            other._inbox_bytes += len(frame)
+        other._arrived.set()
+        return True
 
     async def recv(self) -> bytes:
         while not self._inbox:

@@ -10,7 +10,7 @@ import email.utils
 import http
 import ipaddress
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -18,7 +18,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Side, State
 
 from caresync.exceptions import (
     ConnectionLostError,
@@ -125,6 +127,36 @@ class WebSocketChannel:
         except ConnectionClosed as exc:
             raise ConnectionLostError(f"connection to {self._peer} closed: {exc}") from None
 
+    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+        """Write ``frames`` now, in order, without waiting, if the connection is open,
+        sends no fragmented message and its write buffer is under its high-water mark
+        (the level at which :meth:`send` would wait); otherwise write nothing and return
+        False (then :meth:`send` them). So what waits unsent here stays bounded by the
+        high-water mark plus one call's frames.
+
+        A server's frames are not masked, so the same frame handed to many connections
+        (a live update fanned out) is framed once: the websocket frame of the last
+        few frames sent is kept (see :func:`_server_frame`)."""
+        connection = self._connection
+        protocol = connection.protocol
+        transport = connection.transport
+        if (
+            protocol.state is not State.OPEN
+            or connection.send_in_progress is not None
+            or protocol.expect_continuation_frame
+            or protocol.writes  # websockets' own bytes not yet written: keep their order
+            or transport.get_write_buffer_size() >= connection.write_limit_high
+        ):
+            return False
+        if protocol.side is Side.SERVER and not protocol.extensions:
+            for frame in frames:
+                transport.write(_server_frame(frame))
+            return True
+        for frame in frames:
+            protocol.send_binary(frame)
+        connection.send_data()
+        return True
+
     async def recv(self) -> bytes:
         try:
             message = await self._connection.recv()
@@ -142,6 +174,26 @@ class WebSocketChannel:
             await self._connection.close(1000, reason[:120])
         except ConnectionClosed:
             return  # already closed: closing is idempotent
+
+
+_FRAMED: list[tuple[bytes, bytes]] = []  # (frame, its websocket frame), newest first
+_FRAMED_KEPT = 4
+_FRAMED_MAX_BYTES = 256 * 1024  # larger frames are framed each time: at most ~2 MiB kept
+
+
+def _server_frame(frame: bytes) -> bytes:
+    """``frame`` as an unmasked binary websocket frame with no extension (a server's),
+    made once for the same object handed to many connections: the last
+    :data:`_FRAMED_KEPT` of at most :data:`_FRAMED_MAX_BYTES` are kept, found by
+    identity (a strong reference is kept, so an identity is never reused while kept)."""
+    for kept, framed in _FRAMED:
+        if kept is frame:
+            return framed
+    framed = Frame(Opcode.BINARY, frame).serialize(mask=False)
+    if len(frame) <= _FRAMED_MAX_BYTES:
+        _FRAMED.insert(0, (frame, framed))
+        del _FRAMED[_FRAMED_KEPT:]
+    return framed
 
 
 def is_loopback_host(host: str) -> bool:

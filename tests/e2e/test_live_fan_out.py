@@ -1,0 +1,221 @@
+"""The live fan-out: one encoding of an edit for every connection that gets it, written at
+once to connections with nothing waiting, yet each laptop gets exactly its entries, and a
+laptop that stops reading is still bounded (its channel fills, then its queue, then it is
+dropped).
+
+Real parts: a SyncServer on an in-memory store, reached over in-memory channels (which,
+like websockets' channels, take frames without waiting while their buffer has room).
+Every wait is on an event or a reply, bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+from tests.e2e.hostile import Hostile, closed_by_server
+
+from caresync.protocol import (
+    MIN_MAX_FRAME_BYTES,
+    ClientProtocol,
+    HubReport,
+    LiveBatch,
+    LiveUpdate,
+    PullBatch,
+    PushAck,
+    ServerProof,
+    ServerProtocol,
+    Welcome,
+)
+from caresync.records import Record
+from caresync.server import SyncServer
+from caresync.storage import MemoryStore
+from caresync.transport import MemoryListener
+
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+ORG = "clinic"
+PASSWORD = "a passphrase"
+LAPTOPS = 5
+LIMIT_S = 20.0
+
+
+def live_entries(events: list[object]) -> list[tuple[int, str]]:
+    """The (seq, record id) of every live entry among ``events``, in order."""
+    found: list[tuple[int, str]] = []
+    for event in events:
+        if isinstance(event, LiveUpdate):
+            found.append((event.seq, event.record_id))
+        elif isinstance(event, LiveBatch):
+            found.extend((item.seq, item.record_id) for item in event.items)
+    return found
+
+
+async def push_one(laptop: Hostile, seq: int, note: str = "") -> tuple[str, int]:
+    """Push a new record; its id and update size once acknowledged (live entries that
+    arrive meanwhile are kept in ``laptop.events``)."""
+    record = Record.create(replica=laptop.replica_id)
+    record.set("name", f"patient {seq}", author="dr.a")
+    if note:
+        record.set("note", note, author="dr.a")
+    update = record.update_since()
+    laptop.protocol.push([(seq, record.record_id, update)])
+    kept: list[object] = []
+    async with asyncio.timeout(LIMIT_S):
+        for _ in range(1000):
+            event = await laptop.next_event()
+            if isinstance(event, PushAck):
+                break
+            kept.append(event)
+    assert event == PushAck(seq)
+    laptop.events[:0] = kept
+    return record.record_id, len(update)
+
+
+async def next_live(laptop: Hostile) -> tuple[int, str]:
+    """The next live entry this laptop receives (a pull's HubReport is passed over)."""
+    for _ in range(10):
+        event = laptop.events.pop(0) if laptop.events else await laptop.next_event()
+        if isinstance(event, HubReport):
+            continue
+        found = live_entries([event])
+        assert len(found) == 1, event
+        return found[0]
+    raise AssertionError("no live entry among 10 events")
+
+
+async def subscribed(laptop: Hostile) -> None:
+    """Subscribe, then a round trip on the same connection: the server has taken the
+    Subscribe once the pull is answered (it reads each connection's frames in order)."""
+    laptop.protocol.subscribe(0)
+    laptop.protocol.request_pull(0, 10)
+    assert isinstance(await laptop.expect(PullBatch), PullBatch)
+
+
+async def test_one_encoding_is_shared_yet_each_laptop_gets_exactly_its_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    encodings: list[int] = []
+    original = ServerProtocol.encode_live
+
+    def counted(self: ServerProtocol, *args: Any, **kwargs: Any) -> tuple[bytes, ...]:
+        encodings.append(id(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ServerProtocol, "encode_live", counted)
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    laptops: list[Hostile] = []
+    try:
+        for k in range(LAPTOPS):
+            laptop = await Hostile.over(await listener.connect())
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+            await subscribed(laptop)
+            laptops.append(laptop)
+
+        # Laptop 0 writes: the 4 others get seq 1 from one encoding; laptop 0 nothing.
+        first, _size = await push_one(laptops[0], 1)
+        for laptop in laptops[1:]:
+            assert await next_live(laptop) == (1, first)
+        assert len(encodings) == 1, "one encoding for the 4 connections that got seq 1"
+        assert live_entries(laptops[0].events) == []
+
+        # Laptop 1 writes: laptop 0 gets seq 2 as its first live entry (so seq 1, its
+        # own, never reached it), the others too; laptop 1 is not sent its own.
+        second, _size = await push_one(laptops[1], 2)
+        for k in (0, 2, 3, 4):
+            assert await next_live(laptops[k]) == (2, second)
+        assert len(encodings) == 2
+
+        # Laptop 2 writes: laptop 1's first live entry is seq 3, not its own seq 2.
+        third, _size = await push_one(laptops[2], 3)
+        for k in (0, 1, 3, 4):
+            assert await next_live(laptops[k]) == (3, third)
+        assert len(encodings) == 3
+        assert all(live_entries(laptop.events) == [] for laptop in laptops)
+        assert len(encodings) == 3
+    finally:
+        for laptop in laptops:
+            await laptop.close()
+        await listener.close()
+        await server.close()
+
+
+async def test_a_laptop_that_stops_reading_fills_its_channel_then_its_queue_then_is_dropped() -> (
+    None
+):
+    bound = 5
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP, live_queue_entries=bound)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+
+    def dropped() -> float | None:
+        return server.metrics.registry.get_sample_value("caresync_live_dropped_total")
+
+    slow = await Hostile.over(await listener.connect())
+    writer = await Hostile.over(await listener.connect())
+    try:
+        await slow.login("dr.a", PASSWORD, ORG)
+        await slow.enrol("slow")
+        await subscribed(slow)  # and from here it reads nothing
+        await writer.login("dr.a", PASSWORD, ORG)
+        await writer.enrol("writer")
+        note = "x" * 8_000
+        pushes = 0
+        for seq in range(1, 200):
+            assert dropped() == 0
+            await push_one(writer, seq, note)
+            pushes = seq
+            if dropped() == 1:
+                break
+        assert dropped() == 1, "a laptop that reads nothing was never dropped"
+        # Its channel took frames without waiting only while it had room (16 frames
+        # and 128 KiB of 8 KB frames: about 17), then its queue took ``bound`` more.
+        assert bound < pushes <= 17 + bound + 2, pushes
+        assert await closed_by_server(slow.channel)
+        # The writer goes on; nothing more is queued for the dropped laptop.
+        await push_one(writer, pushes + 1, note)
+        assert dropped() == 1
+    finally:
+        await writer.close()
+        await slow.close()
+        await listener.close()
+        await server.close()
+
+
+async def test_an_entry_too_large_for_one_laptop_closes_only_that_laptop() -> None:
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    # A laptop that announced the smallest frames a side may: 64 KiB.
+    channel = await listener.connect()
+    small = Hostile(ClientProtocol(max_frame_bytes=MIN_MAX_FRAME_BYTES), channel)
+    small.protocol.send_hello()
+    await small.expect(Welcome)
+    small.protocol.prove_server(os.urandom(32))
+    await small.expect(ServerProof)
+    small.protocol.confirm_server()
+    other = await Hostile.over(await listener.connect())
+    writer = await Hostile.over(await listener.connect())
+    try:
+        for k, laptop in enumerate((small, other, writer)):
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+        await subscribed(small)
+        await subscribed(other)
+        record_id, size = await push_one(writer, 1, "x" * (2 * MIN_MAX_FRAME_BYTES))
+        assert size > MIN_MAX_FRAME_BYTES
+        assert await next_live(other) == (1, record_id)
+        assert await closed_by_server(small.channel)
+        # The fan-out goes on for the others.
+        second, _size = await push_one(writer, 2)
+        assert await next_live(other) == (2, second)
+    finally:
+        for laptop in (small, other, writer):
+            await laptop.close()
+        await listener.close()
+        await server.close()
