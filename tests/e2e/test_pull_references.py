@@ -11,7 +11,7 @@ with the server's card and rows all the same.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,12 +23,14 @@ from caresync import Record
 from caresync.protocol import (
     CheckedState,
     LiveBatch,
+    LiveUpdate,
     Message,
     PullBatch,
     ServerProtocol,
     is_card_reference,
     is_held_reference,
 )
+from caresync.protocol.server import RecordCheck
 from caresync.records.persons import person_card
 from caresync.replica import Replica, ReplicaState
 from caresync.replication import meta
@@ -180,14 +182,21 @@ async def test_live_entries_refer_to_what_the_laptop_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     frames: list[CheckedState] = []
-    send = ServerProtocol._send
+    # Every live frame's messages are made here, queued or encoded once and shared.
+    make = ServerProtocol._live_messages
 
-    def spy(protocol: ServerProtocol, message: Message) -> None:
-        if isinstance(message, LiveBatch):
-            frames.extend(message.checked or ())
-        send(protocol, message)
+    def spy(
+        protocol: ServerProtocol,
+        fresh: list[tuple[int, str, bytes]],
+        checks: Mapping[str, RecordCheck] | None,
+    ) -> list[LiveUpdate | LiveBatch]:
+        messages = make(protocol, fresh, checks)
+        for message in messages:
+            if isinstance(message, LiveBatch):
+                frames.extend(message.checked or ())
+        return messages
 
-    monkeypatch.setattr(ServerProtocol, "_send", spy)
+    monkeypatch.setattr(ServerProtocol, "_live_messages", spy)
     server = await start_server(tmp_path)
     await seed(server)
     writer = await enrolled(tmp_path, server, "writer")

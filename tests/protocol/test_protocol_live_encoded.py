@@ -109,3 +109,15 @@ def test_encoded_frames_follow_the_rules_of_live_sends() -> None:
         server.send_encoded_live([b"frame"], 3)
     with pytest.raises(LocalProtocolError, match="named no rulebook"):
         server.encode_live([(4, "rec-a", b"u4")], CHECKS)
+
+
+def test_a_connection_further_along_the_feed_has_another_encoding_when_checks_go() -> None:
+    # From version 9, what goes as a reference depends on how far the client had the
+    # feed: connections at different places must not share frames that carry checks.
+    _a, behind = subscribed(FP)
+    laptop, ahead = subscribed(FP)
+    ahead.send_live_updates(ONE, CHECKS)
+    pump(ahead, laptop)
+    assert behind.live_encoding(True) != ahead.live_encoding(True)
+    # Without checks the frames do not depend on it, and are shared.
+    assert behind.live_encoding(False) == ahead.live_encoding(False)
