@@ -158,8 +158,12 @@ def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) 
         ),
     )
     raw.executemany(
-        "INSERT OR REPLACE INTO person_pairs (first, second, organisation, state, payload)"
-        " VALUES (?, ?, ?, ?, ?)",
+        # Upserted, not replaced: a REPLACE deletes without firing the delete trigger
+        # that keeps the pair counts (schema version 12).
+        "INSERT INTO person_pairs (first, second, organisation, state, payload)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (first, second) DO UPDATE SET"
+        " organisation = excluded.organisation, state = excluded.state,"
+        " payload = excluded.payload",
         [
             (
                 pair.first.record_id,
