@@ -295,6 +295,7 @@ class RecordWritesPart(SQLiteCore):
                     _store_persons(
                         raw,
                         {rid: PersonWrite(found[rid], card) for rid, card in cards.items()},
+                        reindex=True,
                     )
 
             if ids:
