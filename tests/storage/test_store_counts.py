@@ -150,6 +150,9 @@ async def test_a_version_11_database_migrates_with_its_counts(tmp_path: Path) ->
         assert await store.count_person_pairs() == 2
         assert await store.count_person_pairs(PairState.POSSIBLE) == 2
         assert await kept(store) == await recount(store)
+        await store.write_remote([IncomingUpdate(a.id, whole(a), None, "org-1", card(a))])
+        assert await store.count_conflicts() == 3  # None: the rows stay
+        a.edit("heightCm", 170)
         await store.write_remote([IncomingUpdate(a.id, whole(a), [], "org-1", card(a))])
         assert await store.count_conflicts() == 1  # a's two rows replaced by none
         assert await kept(store) == await recount(store)
