@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from caresync.records.persons import DIFFERENT_PEOPLE, SAME_PERSON, PairState, pair_of
 from caresync.storage import IncomingUpdate, SQLiteStore
+from caresync.storage.encrypt_in_place import encrypt_in_place
 from caresync.storage.migrations import create_schema
 from caresync.testing.store_data import Patient, card, conflict, registered, whole
 
@@ -170,3 +172,26 @@ async def test_check_names_a_count_that_drifted(tmp_path: Path) -> None:
     conn.close()
     async with SQLiteStore.open(path) as store:
         assert await store.check() == ["the kept count of conflicts is 7, but 1 rows are stored"]
+
+
+async def test_encrypting_a_laptop_in_place_keeps_its_counts(tmp_path: Path) -> None:
+    """The copy an encryption writes (every table, then the triggers) counts no row twice."""
+    path = tmp_path / "laptop.db"
+    a, b = registered("Awa Diop"), registered("Awa Diop", replica="laptop-b")
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote(
+            [
+                IncomingUpdate(
+                    a.id, whole(a), [conflict(a.id, 0), conflict(a.id, 1)], "o", card(a)
+                ),
+                IncomingUpdate(b.id, whole(b), None, "o", card(b)),
+            ]
+        )
+        before = await kept(store)
+    assert before["conflicts"] == 2
+    assert before[PairState.POSSIBLE.value] == 1
+    key = os.urandom(32)
+    encrypt_in_place(path, key, None)
+    async with SQLiteStore.open(path, key=key) as store:
+        assert await kept(store) == before == await recount(store)
+        assert await store.check() == []
