@@ -20,10 +20,11 @@ more on durable edits and on the first copy.
 What is the same on both sides: the data, the store's statements, SQLite's
 page size (4 KiB), the write-ahead log and ``synchronous = FULL`` (the store
 sets them on every connection). What is not: the plain store runs on the
-standard library's SQLite, the encrypted one on the SQLite built into
-``pysqlite3mc`` (another version and build, and its own copy of the DB-API
-module), and an encrypted page keeps 64 of its bytes for nonce and tag, so the
-file has about 2% more pages. The last case measures that first difference
+standard library's SQLite, the encrypted one on the SQLite built into APSW
+(``apsw-sqlite3mc``: another version and build, and another binding, behind
+the store's DB-API adapter ``caresync.storage._apsw_dbapi``), and an
+encrypted page keeps 64 of its bytes for nonce and tag, so the file has about
+2% more pages. The last case measures that first difference
 apart (the library with no key), and the format of databases written before
 AEGIS (SQLCipher's, still opened).
 """
@@ -52,8 +53,8 @@ from caresync.storage import IncomingUpdate, KeyRing, SQLiteStore
 from caresync.storage import _cipher as cipher_module
 from caresync.storage.sqlite import core as sqlite_module  # where opening calls _connection
 
-# SQLite3 Multiple Ciphers' module as the store found it; None where it is not usable
-# (CPython 3.12, whose pysqlite3mc wheel has no ciphers: the store writes SQLCipher's format).
+# SQLite3 Multiple Ciphers' DB-API (APSW behind the store's adapter) as the store found it;
+# None where apsw-sqlite3mc is not installed (the store then writes SQLCipher's format).
 multiple_ciphers: Any = cipher_module._mc
 
 BATCH = 500
@@ -89,13 +90,13 @@ def compare(
 def encrypted_with() -> str:
     """What the encrypted side runs on, for the results."""
     if multiple_ciphers is None:
-        return "SQLCipher's format through sqlcipher3 (pysqlite3mc is not usable here)"
+        return "SQLCipher's format through sqlcipher3 (apsw-sqlite3mc is not installed here)"
     conn = multiple_ciphers.connect(":memory:")
     try:
         (mc, sqlite) = conn.execute("SELECT sqlite3mc_version(), sqlite_version()").fetchone()
     finally:
         conn.close()
-    return f"AEGIS-256, 4 KiB pages: {mc} on SQLite {sqlite} (pysqlite3mc)"
+    return f"AEGIS-256, 4 KiB pages: {mc} on SQLite {sqlite} (apsw-sqlite3mc)"
 
 
 def in_turn(
@@ -280,7 +281,7 @@ async def bench_open(work: Path, runs: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def library_without_key() -> Iterator[None]:
-    """Plain stores (no key) opened through ``pysqlite3mc``'s module and its SQLite build
+    """Plain stores (no key) opened through APSW (the store's adapter) and its SQLite build
     instead of the standard library's: the library's own cost, without encryption."""
     real = sqlite_module._connection
 
@@ -316,7 +317,7 @@ def sqlcipher_format() -> Iterator[None]:
 LIBRARY_KINDS = (
     ("stdlib", "mc_no_key", "mc_aegis", "mc_sqlcipher_format")
     if multiple_ciphers is not None
-    else ("stdlib", "mc_aegis")  # without pysqlite3mc: the store's cipher, SQLCipher's format
+    else ("stdlib", "mc_aegis")  # without apsw-sqlite3mc: the store's cipher, SQLCipher's
 )
 
 
@@ -330,7 +331,7 @@ def library_context(kind: str) -> contextlib.AbstractContextManager[None]:
 
 async def bench_library(work: Path, edits: int, records: int, runs: int) -> dict[str, Any]:
     """Durable edits and a first copy without cards, four ways (CPU seconds): the
-    standard library's SQLite; pysqlite3mc's with no key; with a key in AEGIS (what a
+    standard library's SQLite; APSW's with no key; with a key in AEGIS (what a
     new database is); with a key in SQLCipher's format (databases written before)."""
     created, made = edit_updates(edits)
     items = copy_items(records, cards=False)
@@ -349,7 +350,7 @@ async def bench_library(work: Path, edits: int, records: int, runs: int) -> dict
                 remove_database(path)
     base = {case: statistics.median(cpu["stdlib"][case]) for case in ("edits", "copy")}
     return {
-        "case": "where the CPU goes: the standard library's SQLite; pysqlite3mc's with no "
+        "case": "where the CPU goes: the standard library's SQLite; APSW's with no "
         "key; with a key, AEGIS (new databases); with a key, SQLCipher's format (before)",
         "edits": edits,
         "records": records,

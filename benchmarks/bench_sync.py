@@ -44,6 +44,7 @@ so the numbers are the servers' and the protocols', not 50 laptop databases'.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import gc
@@ -64,7 +65,7 @@ from typing import Any
 
 from pycrdt import Doc, Map, Provider
 
-from benchmarks.common import FsyncCount, counting_fsyncs, parse_args, write_results
+from benchmarks.common import RESULTS_DIR, FsyncCount, counting_fsyncs, write_results
 from benchmarks.sync_peer import connect_peer, peer_store
 from caresync import Record
 from caresync.credentials import verify_server_signature
@@ -79,7 +80,6 @@ from caresync.protocol import (
     server_proof_payload,
 )
 from caresync.replica import Replica, ReplicaState
-from caresync.replication.session import COPY_BATCH_RECORDS
 from caresync.server import SyncServer
 from caresync.storage import IncomingUpdate
 from caresync.transport import Channel, connect_websocket
@@ -89,6 +89,9 @@ USER = "dr.bench"
 PASSWORD = "a long benchmark passphrase"
 LIMIT_S = 600.0  # no wait in this benchmark may exceed this
 ROUNDS = 5
+RAW_BATCH_RECORDS = 500
+"""Records per transaction of the raw limit's first copy: fixed, so that the limit stays
+the same yardstick whatever batches caresync's copy asks for."""
 """Runs of the first copy and the incremental sync (a new laptop and new changes each);
 the median is reported, with every run beside it."""
 
@@ -399,12 +402,23 @@ def one_percent_edits(
 
 
 async def copy_cases(
-    work: Path, n: int, changed: int, ids_data: list[tuple[str, bytes]], rounds: int
+    work: Path,
+    n: int,
+    changed: int,
+    ids_data: list[tuple[str, bytes]],
+    rounds: int,
+    copy_only: bool = False,
 ) -> list[dict[str, Any]]:
     """First copy of ``n`` records, then an incremental sync with ``changed`` of them
-    changed; each ``rounds`` times, with a new laptop and new changes every round."""
+    changed; each ``rounds`` times, with a new laptop and new changes every round.
+
+    ``copy_only``: the first copies alone (no sync, no no-op sync, no fsync count);
+    each copy's CPU time is also given, of the laptop's process and of the server's.
+    """
     states = dict(ids_data)
     copies: list[float] = []
+    laptop_cpu: list[float] = []
+    server_cpu: list[float] = []
     logins: list[float] = []
     syncs: list[float] = []
     noops: list[float] = []
@@ -442,14 +456,22 @@ async def copy_cases(
                     else None
                 )
             )
+            server_before = (await server.stats())["cpu_s"]
+            cpu_before = time.process_time()
             start = time.perf_counter()
             await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
             end = time.perf_counter()
+            laptop_cpu.append(time.process_time() - cpu_before)
             assert await laptop.store.count_records() == n
             copies.append(end - marks["copy"])
             logins.append(marks["copy"] - start)
+            stats = await server.stats()
+            server_cpu.append(stats["cpu_s"] - server_before)
             if round_no == 0:
-                memory = await server.stats()
+                memory = stats
+            if copy_only:
+                await laptop.close()
+                continue
             await change_some(round_no)
             t0 = time.perf_counter()
             report = await laptop.sync()
@@ -458,29 +480,37 @@ async def copy_cases(
             if round_no < rounds - 1:
                 await laptop.close()
         # The last laptop: syncs with nothing to do, then one of each kind counted.
-        for _ in range(rounds):
+        for _ in range(0 if copy_only else rounds):
             t0 = time.perf_counter()
             report = await laptop.sync()
             noops.append(time.perf_counter() - t0)
             assert report.downloaded == 0, report
             assert report.uploaded == 0, report
-        async with counting_fsyncs(os.getpid()) as noop_fsyncs:
-            await laptop.sync()
-        await change_some(rounds)
-        async with counting_fsyncs(os.getpid()) as sync_fsyncs:
-            await laptop.sync()
-        await laptop.close()
+        if not copy_only:
+            async with counting_fsyncs(os.getpid()) as noop_fsyncs:
+                await laptop.sync()
+            await change_some(rounds)
+            async with counting_fsyncs(os.getpid()) as sync_fsyncs:
+                await laptop.sync()
+            await laptop.close()
         await server.stop()
+    copy_case = timing_case(
+        f"first copy of {n} records, persisted",
+        "caresync",
+        copies,
+        login_seconds=round(statistics.median(logins), 3),
+        bytes_per_record=round(sum(len(data) for _rid, data in ids_data) / n),
+        server_rss_mb=round(memory["VmRSS"] / 1024, 1),
+        server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
+        laptop_cpu_s=[round(c, 3) for c in laptop_cpu],
+        server_cpu_s=[round(c, 3) for c in server_cpu],
+        laptop_cpu_median_s=round(statistics.median(laptop_cpu), 3),
+        server_cpu_median_s=round(statistics.median(server_cpu), 3),
+    )
+    if copy_only:
+        return [copy_case, *await peer_copies(work, n, ids_data, rounds)]
     cases = [
-        timing_case(
-            f"first copy of {n} records, persisted",
-            "caresync",
-            copies,
-            login_seconds=round(statistics.median(logins), 3),
-            bytes_per_record=round(sum(len(data) for _rid, data in ids_data) / n),
-            server_rss_mb=round(memory["VmRSS"] / 1024, 1),
-            server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
-        ),
+        copy_case,
         timing_case(
             f"incremental sync, {changed} of {n} records changed",
             "caresync",
@@ -585,17 +615,47 @@ async def copy_cases(
     return cases
 
 
+async def peer_copies(
+    work: Path, n: int, ids_data: list[tuple[str, bytes]], rounds: int
+) -> list[dict[str, Any]]:
+    """The peer's first copies alone (``--only first-copy``), as in :func:`copy_cases`."""
+    copies: list[float] = []
+    pdb = work / f"peer-server-{n}.db"
+    await build_peer_server(pdb, [rid for rid, _ in ids_data])
+    peer_bytes = 0
+    async with running("peer", pdb) as server:
+        for round_no in range(rounds):
+            t0 = time.perf_counter()
+            doc, _provider, task = await peer_join(server.port)
+            laptop_store = peer_store(work / f"peer-laptop-{n}-{round_no}.db")
+            async with laptop_store:
+                state = doc.get_update()
+                peer_bytes = len(state)
+                await laptop_store.write(state)
+                copies.append(time.perf_counter() - t0)
+                await peer_leave(task)
+        await server.stop()
+    return [
+        timing_case(
+            f"first copy of {n} records, persisted",
+            "peer",
+            copies,
+            bytes_per_record=round(peer_bytes / n),
+        )
+    ]
+
+
 def raw_limit_cases(
     work: Path, n: int, changed: int, ids_data: list[tuple[str, bytes]], rounds: int
 ) -> list[dict[str, Any]]:
     """The physical limit for the same bytes: SQLite alone, WAL and ``synchronous = FULL``.
 
     First copy: every record's bytes inserted into a new file in batches of
-    :data:`~caresync.replication.session.COPY_BATCH_RECORDS`, a transaction each (what a
-    laptop's store must at least write). Incremental sync: ``changed`` updates of the
-    size a pull brings, inserted in one transaction; and the same, each update also
-    applied to its record's document built from the stored bytes (what merging costs
-    at the least). ``rounds`` runs of each.
+    :data:`RAW_BATCH_RECORDS` (500), a transaction each (what a laptop's store must at
+    least write, committed as often as a copy used to be). Incremental sync:
+    ``changed`` updates of the size a pull brings, inserted in one transaction; and the
+    same, each update also applied to its record's document built from the stored bytes
+    (what merging costs at the least). ``rounds`` runs of each.
     """
     from pycrdt import Doc as RawDoc
 
@@ -615,12 +675,14 @@ def raw_limit_cases(
         return conn
 
     copies: list[float] = []
+    copy_cpu: list[float] = []
     stores: list[float] = []
     merges: list[float] = []
-    batch = COPY_BATCH_RECORDS
+    batch = RAW_BATCH_RECORDS
     for round_no in range(rounds):
         with contextlib.closing(database(f"raw-{n}-{round_no}.db")) as conn:
             t0 = time.perf_counter()
+            c0 = time.process_time()
             for start in range(0, n, batch):
                 conn.execute("BEGIN")
                 conn.executemany(
@@ -628,6 +690,7 @@ def raw_limit_cases(
                 )
                 conn.execute("COMMIT")
             copies.append(time.perf_counter() - t0)
+            copy_cpu.append(time.process_time() - c0)
             t0 = time.perf_counter()
             conn.execute("BEGIN")
             conn.executemany("INSERT INTO updates VALUES (?, ?)", edits)
@@ -651,6 +714,8 @@ def raw_limit_cases(
             "raw limit",
             copies,
             bytes_per_record=round(per_record),
+            cpu_s=[round(c, 3) for c in copy_cpu],
+            cpu_median_s=round(statistics.median(copy_cpu), 3),
         ),
         timing_case(f"incremental sync, {changed} of {n} records changed", "raw limit", stores),
         timing_case(
@@ -933,10 +998,12 @@ async def throughput_cases(
     return cases
 
 
-async def run(tiny: bool) -> list[dict[str, Any]]:
+async def run(tiny: bool, only: str | None = None, rounds: int = ROUNDS) -> list[dict[str, Any]]:
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         sizes = [(20, 2), (50, 5)] if tiny else [(10_000, 100), (100_000, 1_000)]
+        if only == "first-copy":
+            sizes = sizes[-1:]
         largest = max(n for n, _ in sizes)
         data = [patient(i) for i in range(largest)]
         # The prepared records are the benchmark's, not the laptop's: frozen out of
@@ -945,9 +1012,13 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
         gc.collect()
         gc.freeze()
         cases: list[dict[str, Any]] = []
+        copy_only = only == "first-copy"
+        runs = 2 if tiny else rounds
         for n, changed in sizes:
-            cases.extend(await copy_cases(work, n, changed, data[:n], 2 if tiny else ROUNDS))
-            cases.extend(raw_limit_cases(work, n, changed, data[:n], 2 if tiny else ROUNDS))
+            cases.extend(await copy_cases(work, n, changed, data[:n], runs, copy_only))
+            cases.extend(raw_limit_cases(work, n, changed, data[:n], runs))
+        if copy_only:
+            return cases
         laptops = 3 if tiny else 50
         cases.extend(await latency_cases(work, laptops, 5 if tiny else 200))
         cases.extend(
@@ -960,9 +1031,25 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, "sync")
-    cases = asyncio.run(run(args.tiny))
-    write_results(args.out, "sync", with_ratios(cases))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_sync")
+    parser.add_argument("--tiny", action="store_true", help="every case once, tiny sizes")
+    parser.add_argument("--out", type=Path, default=None, help="where to write JSON results")
+    parser.add_argument(
+        "--only",
+        choices=["first-copy"],
+        default=None,
+        help="only the first copy of the largest size: caresync (with each side's CPU "
+        "time), the peer and the raw limit; written to sync_first_copy.json",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help=f"rounds of the timed cases ({ROUNDS})"
+    )
+    args = parser.parse_args(argv)
+    name = "sync" if args.only is None else "sync_first_copy"
+    if args.out is None and not args.tiny:
+        args.out = RESULTS_DIR / f"{name}.json"
+    cases = asyncio.run(run(args.tiny, args.only, max(1, args.rounds)))
+    write_results(args.out, name, with_ratios(cases))
     return 0
 
 

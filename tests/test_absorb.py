@@ -180,3 +180,64 @@ async def test_a_record_the_batch_evicts_from_the_pool_is_still_taken_in_whole()
     assert taken.value("heightCm") == 180  # what it held before the batch
     assert taken.value("birthDate") == "1990-09-09"
     assert pool.peek(record.record_id) is taken
+
+
+async def test_a_prepared_copy_commits_what_the_unprepared_path_commits() -> None:
+    """absorb given prepare_copy's result stores the same as the trusted path alone,
+    bad bytes kept aside alike; a record that is not absent makes it ignore the
+    preparation (the ordinary path then merges into what is stored)."""
+    from caresync.replication.absorb import TrustedCopy, prepare_copy
+
+    record_id, updates = edits()
+    other = Record.create(replica="laptop-b")
+    batch = [(record_id, updates[0]), (other.record_id, GARBAGE)]
+    trusted = TrustedCopy({}, {})
+    results = []
+    for prepared_too in (False, True):
+        store = MemoryStore()
+        pool = fresh_pool(store)
+        prepared = prepare_copy(batch, trusted, "clinic-a") if prepared_too else None
+        absorbed = await absorb(
+            pool,
+            store,
+            batch,
+            checkpoint=("copy.resume", record_id),
+            organisation="clinic-a",
+            absent={record_id, other.record_id},
+            trusted=trusted,
+            prepared=prepared,
+        )
+        assert pool.peek(record_id) is None  # stored unbuilt
+        results.append(
+            (
+                [(rid, update) for _seq, rid, update in absorbed.written],
+                [q.update for q in absorbed.quarantined],
+                await store.load(record_id),
+                [q.update for q in await store.quarantined(other.record_id)],
+                await store.get_meta("copy.resume"),
+            )
+        )
+    assert results[0] == results[1]
+    assert results[1][1] == [GARBAGE]
+
+    # Not absent after all (stored here meanwhile): the preparation is not used.
+    store = MemoryStore()
+    pool = fresh_pool(store)
+    await absorb(pool, store, [(record_id, updates[0])], checkpoint=None, organisation="clinic-a")
+    pool.forget(record_id)
+    assert pool.peek(record_id) is None
+    prepared = prepare_copy([(record_id, updates[1])], trusted, "clinic-a")
+    await absorb(
+        pool,
+        store,
+        [(record_id, updates[1])],
+        checkpoint=None,
+        organisation="clinic-a",
+        absent=set(),
+        trusted=trusted,
+        prepared=prepared,
+    )
+    # The ordinary path built it in the pool (the prepared one never does), merged.
+    loaded = pool.peek(record_id)
+    assert loaded is not None
+    assert loaded.value("birthDate") == "1980-01-01"

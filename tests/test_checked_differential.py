@@ -11,6 +11,12 @@ one without (every record built, every rule run). After every pull both stores
 must hold the same: each record's state and revisions, conflict rows, person
 cards and pairs, and nothing kept aside.
 
+Two more copies take the same batches as protocol version 9 may send them, every
+check referring to what the laptop holds instead of carrying it: one with each
+card as a reference (rows in full), one with the card and rows together as one
+reference (no rows). A reference to what the copy does not hold must make it build
+the record; so they too must hold exactly what building gives.
+
 Everything runs on the in-memory store, through the real absorb path.
 """
 
@@ -24,10 +30,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from caresync import DEFAULT_RULEBOOK, Record
-from caresync.protocol import PullBatch, decode_frame, encode_frame
+from caresync.protocol import (
+    PullBatch,
+    card_reference,
+    decode_frame,
+    encode_frame,
+    held_reference,
+)
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.checked import ServerCheck, from_wire, to_wire
-from caresync.replication.index import read_checks
+from caresync.replication.index import read_checks, read_wire_checks
 from caresync.replication.pool import RecordPool
 from caresync.storage._updates import decode_state_vector
 from caresync.storage.memory import MemoryStore
@@ -75,6 +87,8 @@ class World:
     server_pool: RecordPool = field(init=False)
     trusting: Laptop = field(default_factory=Laptop)
     building: Laptop = field(default_factory=Laptop)
+    card_referring: Laptop = field(default_factory=Laptop)  # version 9: cards as references
+    held_referring: Laptop = field(default_factory=Laptop)  # version 9: card and rows
     desks: list[dict[str, Record]] = field(default_factory=list)
     sent: dict[tuple[int, str], bytes] = field(default_factory=dict)
     unpushed: list[tuple[str, bytes]] = field(default_factory=list)  # the laptop's outbox
@@ -83,6 +97,10 @@ class World:
 
     def __post_init__(self) -> None:
         self.server_pool = RecordPool(self.server, replica="server", rulebook=DEFAULT_RULEBOOK)
+
+    @property
+    def laptops(self) -> tuple[Laptop, ...]:
+        return (self.trusting, self.building, self.card_referring, self.held_referring)
 
     async def push(self, origin: str, items: list[tuple[str, bytes]]) -> None:
         """What the server does with a push: one commit, each update a feed entry."""
@@ -150,7 +168,7 @@ class World:
         values = VALUES[name]
         record.set(path_of(record, name), values[choice % len(values)], author="dr.laptop")
         update = record.update_since(before)
-        for laptop in (self.trusting, self.building):
+        for laptop in self.laptops:
             await absorb(
                 laptop.pool, laptop.store, [(record_id, update)], checkpoint=None, organisation=ORG
             )
@@ -164,8 +182,8 @@ class World:
     def evict(self) -> None:
         """The laptop's pool forgets every loaded record (as its LRU would)."""
         for record_id in self.record_ids:
-            self.trusting.pool.forget(record_id)
-            self.building.pool.forget(record_id)
+            for laptop in self.laptops:
+                laptop.pool.forget(record_id)
 
     async def pull(self, limit: int) -> None:
         """One pull batch, as the server sends it and each laptop copy takes it in."""
@@ -188,8 +206,40 @@ class World:
         _version, received = decode_frame(encode_frame(batch, version=8))
         assert isinstance(received, PullBatch)
         parsed = from_wire(received.checked, received.conflicts)
+        # Version 9, whatever the laptop holds: every card as a reference, or every
+        # card and rows as one (then no rows), as a server that misjudged would send.
+        by_card = PullBatch(
+            batch.items,
+            checkpoint,
+            head,
+            tuple(
+                c.state._replace(card=card_reference(c.state.card))
+                if c.state.card is not None
+                else c.state
+                for c in wire
+            ),
+            batch.conflicts,
+        )
+        held = PullBatch(
+            batch.items,
+            checkpoint,
+            head,
+            tuple(c.state._replace(card=held_reference(c.state.card, c.rows)) for c in wire),
+            (),
+        )
+        referred = []
+        for frame in (by_card, held):
+            version, got = decode_frame(encode_frame(frame, version=9))
+            assert version == 9
+            assert isinstance(got, PullBatch)
+            referred.append(from_wire(got.checked, got.conflicts))
         updates = [(i.record_id, i.update) for i in received.items]
-        for laptop, checked in ((self.trusting, parsed), (self.building, None)):
+        for laptop, checked in (
+            (self.trusting, parsed),
+            (self.building, None),
+            (self.card_referring, referred[0]),
+            (self.held_referring, referred[1]),
+        ):
             done = await absorb(
                 laptop.pool,
                 laptop.store,
@@ -263,7 +313,9 @@ async def run(steps: list[tuple[object, ...]]) -> World:
             world.evict()
         else:
             await world.pull(*args)  # type: ignore[arg-type]
-            assert await snapshot(world.trusting.store) == await snapshot(world.building.store)
+            expected = await snapshot(world.building.store)
+            for laptop in (world.trusting, world.card_referring, world.held_referring):
+                assert await snapshot(laptop.store) == expected
     # Catch up at the end: everything pulled, both copies alike.
     for desk in range(DESKS):
         await world.desk_sync(desk)
@@ -271,7 +323,9 @@ async def run(steps: list[tuple[object, ...]]) -> World:
         await world.pull(6)
         if world.checkpoint >= (await world.server.feed_since(0, limit=10_000))[-1].seq:
             break
-    assert await snapshot(world.trusting.store) == await snapshot(world.building.store)
+    expected = await snapshot(world.building.store)
+    for laptop in (world.trusting, world.card_referring, world.held_referring):
+        assert await snapshot(laptop.store) == expected
     return world
 
 
@@ -301,10 +355,17 @@ def test_the_trusted_path_is_taken_and_local_edits_are_rebuilt() -> None:
         ("desk_edit", 0, 2, "birthDate", 0),
         ("desk_sync", 0),
         ("pull", 50),
+        ("desk_edit", 2, 1, "dose", 1),  # its card does not change
+        ("desk_sync", 2),
+        ("evict",),  # a loaded record is built, whatever the check
+        ("pull", 50),
     ]
     world = asyncio.run(run(steps))
     assert world.trusting.unbuilt >= RECORDS  # new records and desk edits, unbuilt
     assert world.building.unbuilt == 0
+    # References to what the laptop held were taken too (the rest built).
+    assert 0 < world.card_referring.unbuilt < world.trusting.unbuilt
+    assert 0 < world.held_referring.unbuilt < world.trusting.unbuilt
     rows = asyncio.run(world.trusting.store.conflict_rows(world.record_ids))
     assert len(rows[world.record_ids[0]]) >= 2  # two conflicts on one record, carried
     assert rows[world.record_ids[1]]  # the allergy against the medication
@@ -332,5 +393,25 @@ def test_a_check_of_another_state_is_not_taken() -> None:
         )
         [taken] = done.taken.values()
         assert taken.record is not None  # built: its state is not the checked one
+
+    asyncio.run(go())
+
+
+def test_the_server_reads_checks_as_frames_carry_them() -> None:
+    """read_wire_checks (cards as stored, not parsed) gives what to_wire of read_checks does."""
+
+    async def go() -> None:
+        world = World()
+        await world.setup()
+        await world.desk_edit(0, 0, "birthDate", 0)
+        await world.desk_edit(1, 0, "birthDate", 1)
+        await world.desk_sync(0)
+        await world.desk_sync(1)
+        ids = world.record_ids
+        checks = await read_checks(world.server, ids)
+        wired = await read_wire_checks(world.server, ids)
+        assert wired == {rid: to_wire(rid, check) for rid, check in checks.items()}
+        assert all(w.state.card is not None for w in wired.values())
+        assert wired[ids[0]].rows  # the two birth dates: a conflict, carried
 
     asyncio.run(go())

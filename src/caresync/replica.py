@@ -83,7 +83,7 @@ from caresync.records.persons import (
     person_card,
 )
 from caresync.replication import meta
-from caresync.replication.absorb import ServerCheck, TrustedCopy, absorb
+from caresync.replication.absorb import PreparedCopy, ServerCheck, TrustedCopy, absorb
 from caresync.replication.index import ensure_index
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.replication.session import (
@@ -1425,10 +1425,15 @@ class _ReplicaHost:
         trusted_rows: Mapping[str, tuple[ConflictRow, ...]] | None = None,
         trusted_persons: Mapping[str, PersonCard] | None = None,
         checked: Mapping[str, ServerCheck] | None = None,
+        prepared: PreparedCopy | None = None,
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one
         transaction (:func:`caresync.replication.absorb.absorb`), under the replica's
         write lock, so a local edit never interleaves with the merge.
+
+        ``prepared``: a first-copy batch already taken in
+        (:func:`~caresync.replication.absorb.prepare_copy`), written as it is if its
+        every record is in ``absent``.
 
         ``absent`` names records known not to be stored here (a first copy's), not
         looked up. With ``trusted_rows`` (a first copy from a server whose rulebook is
@@ -1450,6 +1455,7 @@ class _ReplicaHost:
                 if trusted_rows is None
                 else TrustedCopy(trusted_rows, trusted_persons or {}),
                 checked=checked,
+                prepared=prepared,
             )
         record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
         if record_ids:

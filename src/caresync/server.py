@@ -99,16 +99,24 @@ from caresync.protocol import (
     ResumeSession,
     ServerProtocol,
     Subscribe,
+    card_reference,
     item_wire_size,
     row_wire_size,
+    rows_digest,
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
-from caresync.replication.checked import to_wire
 from caresync.replication.follow import FeedFollower
-from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_checks
+from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_wire_checks
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
-from caresync.storage import FeedItem, HubMark, ReplicaInfo, ServerStore, own_identity
+from caresync.storage import (
+    ConflictRow,
+    FeedItem,
+    HubMark,
+    ReplicaInfo,
+    ServerStore,
+    own_identity,
+)
 from caresync.storage.servers import open_server_database, shown_database
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
@@ -147,6 +155,7 @@ SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
 _CHECKS_REMEMBERED = 10_000  # records' latest checks kept for live frames, at most
+_CARDS_REMEMBERED = 100_000  # records' cards (references) and since when, at most
 LIVE_QUEUE_ENTRIES = 2 * MAX_BATCH_ITEMS  # one batch, however large, never drops a reader
 """Feed entries queued for one connected laptop at most, before it is dropped (see _fan_out)."""
 LIVE_QUEUE_BYTES = 64 * 1024 * 1024
@@ -175,6 +184,30 @@ _REMEMBERED = 200_000  # Yjs client owners / record organisations kept in memory
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A record's card and rows as this server last saw them, and since when."""
+
+    card: bytes
+    """``card_reference`` of the card (of ``b""``: no card)."""
+    card_since: int
+    rows: bytes
+    """``rows_digest`` of the conflict rows."""
+    rows_since: int
+
+    def seen(self, card: bytes, rows: bytes, head: int) -> _Held:
+        """What is known once the record is seen with ``card`` and ``rows`` at ``head``:
+        what changed since it was last seen counts from ``head``."""
+        if card == self.card and rows == self.rows:
+            return self
+        return _Held(
+            card,
+            self.card_since if card == self.card else head,
+            rows,
+            self.rows_since if rows == self.rows else head,
+        )
 
 
 class _Remembered(Generic[K, V]):
@@ -386,6 +419,10 @@ class SyncServer:
         self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
         # Each record's check as stored after its last commit, for live frames (version 8).
         self._checks: _Remembered[str, RecordCheck] = _Remembered(_CHECKS_REMEMBERED)
+        # Each record's card and conflict rows as last seen here (their digests) and the
+        # feed seqs by which the record had them (version 9: a laptop past them is sent
+        # references instead). See _read_checks and _note_held.
+        self._held: _Remembered[str, _Held] = _Remembered(_CARDS_REMEMBERED)
         self._commit_lock = asyncio.Lock()
         self._listener: Listener | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -1107,14 +1144,22 @@ class SyncServer:
             stored = loaded.get(record_id)
             if stored is None:
                 continue
-            record_rows = [
-                CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
-                for row in stored_rows.get(record_id, ())
-            ]
+            found_rows = stored_rows.get(record_id)
+            record_rows = (
+                [
+                    CopyConflict(
+                        record_id, row.id, row.kind, row.subject, row.severity, row.payload
+                    )
+                    for row in found_rows
+                ]
+                if found_rows
+                else []
+            )
             card = cards.get(record_id)
             person = None if card is None else CopyPerson(record_id, card.to_bytes())
             record_size = item_wire_size(record_id, stored)
-            record_size += sum(row_wire_size(row) for row in record_rows)
+            if record_rows:
+                record_size += sum(row_wire_size(row) for row in record_rows)
             if person is not None:
                 record_size += item_wire_size(record_id, person.card)
             if records and size + record_size > budget:
@@ -1159,10 +1204,55 @@ class SyncServer:
             and await self._index_is_current()
         )
 
-    async def _read_checks(self, record_ids: Sequence[str]) -> dict[str, RecordCheck]:
-        """The records' checks as the store holds them now (under the commit lock)."""
-        checks = await read_checks(self.store, record_ids)
-        return {record_id: to_wire(record_id, check) for record_id, check in checks.items()}
+    async def _read_checks(
+        self, record_ids: Sequence[str], head: int | None = None
+    ) -> dict[str, RecordCheck]:
+        """The records' checks as the store holds them now (under the commit lock).
+
+        ``head`` is the feed's head now (None: read here). Each check says since when
+        the record has had its card (``RecordCheck.card_since``): the head when this
+        server first read that card, so a laptop that pulled past it holds the card
+        and is sent a reference (version 9). A card first read here, or changed since
+        it was last read, counts from ``head``: a laptop behind gets the card itself.
+        """
+        checks = await read_wire_checks(self.store, record_ids)
+        if not checks:
+            return {}
+        if head is None:
+            head = await self.store.feed_head()
+        wired: dict[str, RecordCheck] = {}
+        for record_id, wire in checks.items():
+            card = card_reference(wire.state.card or b"")
+            rows = rows_digest(wire.rows)
+            known = self._held.get(record_id)
+            # Not seen since this server started: as far as it knows, always so (a
+            # laptop that lacks it after all builds the record, as without a check).
+            held = _Held(card, 0, rows, 0) if known is None else known.seen(card, rows, head)
+            if held is not known:
+                self._held.put(record_id, held)
+            wired[record_id] = RecordCheck(
+                wire.state, wire.rows, held.card_since, held.rows_since, (card, rows)
+            )
+        return wired
+
+    def _note_held(
+        self,
+        before: tuple[Mapping[str, bytes], Mapping[str, tuple[ConflictRow, ...]]],
+        taken: Mapping[str, Taken],
+        head: int,
+    ) -> None:
+        """After a push's commit at feed seq ``head``: the cards and rows it changed
+        count from ``head`` (``before``: the records' cards and rows before it)."""
+        cards, rows = before
+        for record_id, found in taken.items():
+            old_card = card_reference(cards.get(record_id, b""))
+            old_rows = rows_digest(rows.get(record_id, ()))
+            new_card = card_reference(b"" if found.person is None else found.person.to_bytes())
+            new_rows = rows_digest(found.rows)
+            known = self._held.get(record_id) or _Held(old_card, 0, old_rows, 0)
+            held = known.seen(old_card, old_rows, head).seen(new_card, new_rows, head)
+            if held is not known:
+                self._held.put(record_id, held)
 
     def _remembered_checks(self, record_ids: Iterable[str]) -> dict[str, RecordCheck]:
         return {rid: check for rid in record_ids if (check := self._checks.get(rid)) is not None}
@@ -1197,7 +1287,7 @@ class SyncServer:
                 exclude_origin=None if request.include_own else conn.protocol.replica_id,
             )
             if send_checks:
-                checks = await self._read_checks([i.record_id for i in items])
+                checks = await self._read_checks([i.record_id for i in items], head)
         if len(items) == request.limit:
             checkpoint = items[-1].seq
         else:
@@ -1330,6 +1420,12 @@ class SyncServer:
                 hub=hub or None,
             )
 
+        # What the records hold before the push: a card or rows it changes are new from
+        # its feed entries on (version 9 sends references to what a laptop holds).
+        before = (
+            await self.store.person_card_bytes(record_ids),
+            await self.store.conflict_rows(record_ids),
+        )
         try:
             absorbed = await absorb(
                 self._pool,
@@ -1356,6 +1452,7 @@ class SyncServer:
         entries = [entry for entry in absorbed.written if entry[0] > 0]
         if not entries:
             return entries
+        self._note_held(before, absorbed.taken, entries[-1][0])
         await self._remember_checks(conn, [record_id for _seq, record_id, _u in entries])
         origin = replica_id or None
         await self._follower.committed(

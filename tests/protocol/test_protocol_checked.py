@@ -1,4 +1,5 @@
-"""Protocol version 8: pulled and live entries may carry the server's checked states."""
+"""Protocol version 8: pulled and live entries may carry the server's checked states;
+version 9: their cards as references."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from tests.protocol.session import (
 
 from caresync.exceptions import LocalProtocolError, RemoteProtocolError
 from caresync.protocol import (
+    CARD_DIGEST_BYTES,
+    CARD_REFERENCE_SINCE,
     MAX_STATE_VECTOR_BYTES,
     MIN_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     CheckedState,
     CopyConflict,
     FeedItem,
@@ -27,8 +31,11 @@ from caresync.protocol import (
     RecordCheck,
     ServerProtocol,
     Subscribe,
+    card_reference,
     decode_frame,
     encode_frame,
+    is_card_reference,
+    is_held_reference,
 )
 
 FP = "rules-v1:abc"
@@ -113,7 +120,9 @@ def test_malformed_checks_are_refused(changes: dict[str, object], match: str) ->
 
 
 def test_a_pull_with_checks_through_both_protocol_objects() -> None:
-    client, server = ready_pair()
+    client, server = handshake(
+        enrolled_client(protocol_versions=(4, 5, 6, 7, 8)), ServerProtocol(SERVER_ID)
+    )
     assert client.protocol_version == 8
     client.request_pull(2, 10, rulebook=FP)
     pump(client, server)
@@ -125,6 +134,40 @@ def test_a_pull_with_checks_through_both_protocol_objects() -> None:
     assert isinstance(received, PullBatch)
     assert received.checked == (STATE_A, STATE_B)  # in the order records first appear
     assert received.conflicts == (ROW,)
+
+
+def test_from_version_9_cards_go_as_references() -> None:
+    client, server = ready_pair()
+    assert client.protocol_version == PROTOCOL_VERSION == CARD_REFERENCE_SINCE == 9
+    client.request_pull(2, 10, rulebook=FP)
+    pump(client, server)
+    server.events_received()
+    server.send_pull_batch(ITEMS, checkpoint=5, head_seq=9, checks=CHECKS)
+    pump(server, client)
+    [received] = client.events_received()
+    assert isinstance(received, PullBatch)
+    assert received.checked is not None
+    state_a, state_b = received.checked
+    assert state_a == STATE_A  # no card: nothing to refer to
+    assert state_b.state_vector == STATE_B.state_vector
+    assert state_b.card == card_reference(b"card-b") != b"card-b"
+    assert len(state_b.card) == CARD_DIGEST_BYTES + 1
+    assert is_card_reference(state_b.card)
+    assert not is_card_reference(b"card-b")
+    assert not is_card_reference(b'{"v":1,"id":"rec-b","names":[["a","b"]]}')
+    assert received.conflicts == (ROW,)  # rows go in full
+    # Live frames too.
+    client.subscribe(2, rulebook=FP)
+    pump(client, server)
+    server.events_received()
+    server.send_live_updates([(i.seq, i.record_id, i.update) for i in ITEMS], checks=CHECKS)
+    pump(server, client)
+    frames = client.events_received()
+    assert all(isinstance(f, LiveBatch) for f in frames)
+    cards = {
+        s.record_id: s.card for f in frames if isinstance(f, LiveBatch) for s in f.checked or ()
+    }
+    assert cards == {"rec-a": None, "rec-b": card_reference(b"card-b")}
 
 
 def test_checks_go_only_to_a_request_that_named_a_rulebook() -> None:
@@ -183,7 +226,9 @@ def test_live_entries_with_checks_are_one_event() -> None:
     pump(server, client)
     first, second = client.events_received()
     assert first == LiveBatch(ITEMS[:1], (STATE_A,), (ROW,))
-    assert second == LiveBatch(ITEMS[1:], (STATE_B, STATE_A), (ROW,))
+    # Version 9: the card as a reference.
+    referred = STATE_B._replace(card=card_reference(b"card-b"))
+    assert second == LiveBatch(ITEMS[1:], (referred, STATE_A), (ROW,))
     assert client.live_seq == 5
 
 
@@ -214,3 +259,21 @@ def test_a_copy_request_sizes_its_batch_by_bytes_from_version_8() -> None:
     client.request_copy(None, 5, FP, 4096)
     [data] = client.data_to_send()
     assert decode_frame(data) == (7, CopyRequest(None, 5, FP, None))
+
+
+def test_a_checks_references_are_the_same_with_its_digests_given() -> None:
+    from caresync.protocol import held_reference, rows_digest
+
+    for check in CHECKS.values():
+        card = card_reference(check.state.card or b"")
+        given = RecordCheck(check.state, check.rows, 0, 0, (card, rows_digest(check.rows)))
+        assert given.card_reference() == check.card_reference() == card
+        assert given.held_reference() == check.held_reference()
+        assert check.held_reference() == held_reference(check.state.card, check.rows)
+        assert is_held_reference(check.held_reference())
+    # The rows' digest depends on every field and not on their order.
+    other = ROW._replace(id="f-2", payload=b'{"x":2}')
+    assert rows_digest((ROW, other)) == rows_digest((other, ROW))
+    assert rows_digest((ROW,)) != rows_digest((ROW._replace(payload=b'{"x":3}'),))
+    assert rows_digest((ROW,)) != rows_digest((ROW._replace(severity="warn"),))
+    assert rows_digest(()) != rows_digest((ROW,))

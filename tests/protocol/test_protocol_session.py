@@ -496,14 +496,14 @@ def test_revoked_replica() -> None:
 def test_version_mismatch_refused_by_the_server() -> None:
     server = ServerProtocol(SERVER_ID)
     with pytest.raises(SyncRefusedError, match="no protocol version in common") as raised:
-        server.receive_data(frame(Hello((9, 10)), version=9))
+        server.receive_data(frame(Hello((90, 91)), version=90))
     assert not isinstance(raised.value, ProtocolError)
     [error] = sent_messages(server)
     assert isinstance(error, Error)
     assert error.code == "unsupported_version"
     assert dict(error.detail) == {
-        "client_versions": "9, 10",
-        "server_versions": "1, 2, 3, 4, 5, 6, 7, 8",
+        "client_versions": "90, 91",
+        "server_versions": ", ".join(map(str, SUPPORTED_VERSIONS)),
     }
     # the client side of such a refusal: a SyncRefusedError, whatever the frame's version
     client = ClientProtocol()
@@ -514,7 +514,7 @@ def test_version_mismatch_refused_by_the_server() -> None:
 
 def test_version_negotiation_picks_the_highest_common() -> None:
     server = ServerProtocol(SERVER_ID)
-    server.receive_data(frame(Hello((1, 9, 10)), version=10))  # Hello's layout is frozen
+    server.receive_data(frame(Hello((1, 90, 91)), version=91))  # Hello's layout is frozen
     [welcome] = sent_messages(server)
     assert welcome == Welcome(1, SERVER_ID, server.max_frame_bytes)
     assert server.protocol_version == 1
@@ -742,7 +742,7 @@ def test_copy_with_a_plain_record_list_and_no_more_records() -> None:
 def test_errors_sent_lists_each_error_queued_once() -> None:
     server = ServerProtocol(SERVER_ID)
     with pytest.raises(SyncRefusedError):
-        server.receive_data(frame(Hello((9, 10)), version=9))
+        server.receive_data(frame(Hello((90, 91)), version=90))
     [error] = server.errors_sent()
     assert error.code == "unsupported_version"
     assert error.fatal

@@ -392,7 +392,7 @@ def test_server_refuses_to_send_replies_that_do_not_fit() -> None:
 
 def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
-        ClientProtocol(protocol_versions=(9,))
+        ClientProtocol(protocol_versions=(90,))
     with pytest.raises(LocalProtocolError):
         ClientProtocol(protocol_versions=())
     with pytest.raises(LocalProtocolError):
@@ -406,7 +406,7 @@ def test_bad_constructor_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         ServerProtocol("")
     with pytest.raises(LocalProtocolError):
-        ServerProtocol(SERVER_ID, protocol_versions=(9,))
+        ServerProtocol(SERVER_ID, protocol_versions=(90,))
     with pytest.raises(LocalProtocolError):
         ServerProtocol(SERVER_ID, max_frame_bytes=True)
 

@@ -337,7 +337,7 @@ async def test_without_an_encrypting_sqlite_a_key_says_what_to_install(
 ) -> None:
     monkeypatch.setattr(cipher_module, "_mc", None)
     monkeypatch.setattr(cipher_module, "_sqlcipher", None)
-    with pytest.raises(StorageError, match="pip install pysqlite3mc-binary"):
+    with pytest.raises(StorageError, match="pip install apsw-sqlite3mc"):
         await SQLiteStore.open(tmp_path / "replica.db", key=os.urandom(32))
     assert names(tmp_path) == []
     async with SQLiteStore.open(tmp_path / "plain.db") as plain:  # plain ones work as ever
@@ -385,7 +385,7 @@ def the_cipher_of(path: Path, key: bytes) -> str:
 
 needs_mc = pytest.mark.skipif(
     cipher_module.NEW_DATABASE_CIPHER != cipher_module.AEGIS,
-    reason="SQLite3 Multiple Ciphers (pysqlite3mc) is not installed here",
+    reason="SQLite3 Multiple Ciphers (apsw-sqlite3mc) is not installed here",
 )
 
 
@@ -417,6 +417,33 @@ async def test_a_database_written_in_sqlcipher_format_before_still_opens(tmp_pat
         assert await store.has_record(edited.record_id)
     for copy in (path, tmp_path / "backup.db"):
         assert the_cipher_of(copy, LEGACY_KEY) == cipher_module.SQLCIPHER
+    assert files_holding(tmp_path, NAME) == []
+
+
+AEGIS_BEFORE = Path(__file__).parent / "data" / "aegis-pysqlite3mc-laptop.db"
+"""A laptop database written in AEGIS by caresync through pysqlite3mc-binary 0.5.4 (SQLite3
+Multiple Ciphers 2.0.2 on SQLite 3.48; the binding before APSW), key ``bytes(range(32))``,
+with one patient, NAME."""
+AEGIS_BEFORE_RECORD = "c2e4c381-a1ba-4ecb-9922-188cfcae2977"
+
+
+@needs_mc
+async def test_an_aegis_database_written_through_pysqlite3mc_still_opens(tmp_path: Path) -> None:
+    path = tmp_path / "replica.db"
+    path.write_bytes(AEGIS_BEFORE.read_bytes())
+    async with SQLiteStore.open(path, key=LEGACY_KEY, create=False) as store:
+        data = await store.load(AEGIS_BEFORE_RECORD)
+        assert data is not None
+        record = Record.from_update(AEGIS_BEFORE_RECORD, data, replica="laptop-b")
+        assert record.value("name") == NAME
+        assert await store.check() == []
+        edited = await write_named_patient(store, "Another Patient")
+    with pytest.raises(DatabaseKeyError, match="does not open"):
+        await SQLiteStore.open(path, key=os.urandom(32))
+    async with SQLiteStore.open(path, key=LEGACY_KEY, create=False) as store:
+        assert await store.has_record(edited.record_id)
+    assert the_cipher_of(path, LEGACY_KEY) == cipher_module.AEGIS
+    assert reencrypt_in_place(path, LEGACY_KEY) is False  # AEGIS already: nothing to do
     assert files_holding(tmp_path, NAME) == []
 
 
@@ -454,7 +481,7 @@ def test_a_changed_or_moved_page_is_refused_not_read(
 ) -> None:
     """Authentication: a page is read only as written, and only where it was written."""
     if cipher == cipher_module.AEGIS and cipher != cipher_module.NEW_DATABASE_CIPHER:
-        pytest.skip("SQLite3 Multiple Ciphers (pysqlite3mc) is not installed here")
+        pytest.skip("SQLite3 Multiple Ciphers (apsw-sqlite3mc) is not installed here")
     path, key = tmp_path / "t.db", os.urandom(32)
     conn = cipher_module.connect(path, key=key, cipher=cipher)
     try:

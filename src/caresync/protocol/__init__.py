@@ -18,6 +18,8 @@ from caresync.protocol.codec import (
 from caresync.protocol.errors import ERROR_CLASSES, ErrorCode, error_for
 from caresync.protocol.identity import PROOF_CONTEXT, server_proof_payload
 from caresync.protocol.messages import (
+    CARD_DIGEST_BYTES,
+    CARD_REFERENCE_SINCE,
     DEFAULT_COPY_BATCH_RECORDS,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_PULL_LIMIT,
@@ -50,6 +52,7 @@ from caresync.protocol.messages import (
     Authenticate,
     Authenticated,
     CheckedState,
+    ConflictRowLike,
     CopyBatch,
     CopyConflict,
     CopyPerson,
@@ -78,6 +81,11 @@ from caresync.protocol.messages import (
     ServerProof,
     Subscribe,
     Welcome,
+    card_reference,
+    held_reference,
+    is_card_reference,
+    is_held_reference,
+    rows_digest,
 )
 from caresync.protocol.server import (
     RecordCheck,
@@ -117,6 +125,8 @@ __all__ = [
     "DEFAULT_PULL_LIMIT",
     "ERROR_CLASSES",
     "ITEM_OVERHEAD_BYTES",
+    "CARD_DIGEST_BYTES",
+    "CARD_REFERENCE_SINCE",
     "MAX_AUDIT_ITEMS",
     "MAX_BATCH_ITEMS",
     "MAX_DETAIL_ENTRIES",
@@ -145,6 +155,7 @@ __all__ = [
     "ClientState",
     "CopyBatch",
     "CheckedState",
+    "ConflictRowLike",
     "CopyConflict",
     "CopyPerson",
     "CopyRecord",
@@ -184,7 +195,12 @@ __all__ = [
     "Subscribe",
     "SyncProtocol",
     "Welcome",
+    "card_reference",
     "decode_frame",
+    "held_reference",
+    "is_card_reference",
+    "is_held_reference",
+    "rows_digest",
     "encode_frame",
     "error_for",
     "audit_wire_size",

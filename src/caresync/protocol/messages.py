@@ -23,16 +23,19 @@ See ``docs/protocol.md`` for the message table.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
+from typing import Any, ClassVar, NamedTuple, NoReturn, Protocol, TypeVar
 
 from caresync.audit.chain import HASH_BYTES, AuditEntry, check_entry
 from caresync.exceptions import AuditError, LocalProtocolError
 
 __all__ = [
+    "CARD_DIGEST_BYTES",
+    "CARD_REFERENCE_SINCE",
     "MAX_AUDIT_ITEMS",
     "DEFAULT_COPY_BATCH_RECORDS",
     "DEFAULT_MAX_FRAME_BYTES",
@@ -64,6 +67,12 @@ __all__ = [
     "AuditBatch",
     "Authenticate",
     "CheckedState",
+    "ConflictRowLike",
+    "card_reference",
+    "held_reference",
+    "is_card_reference",
+    "is_held_reference",
+    "rows_digest",
     "Authenticated",
     "CopyBatch",
     "CopyConflict",
@@ -97,10 +106,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -146,6 +155,15 @@ rulebook computed adds ``checked`` (per record: the state vector of the state it
 rows describe, and its person card) and ``conflicts`` to :class:`PullBatch` and
 :class:`LiveBatch`. A laptop whose record ends the batch at exactly that state
 stores the rows as they are instead of building the record.
+
+Version 9 changes no message: in a version 9 frame, a checked state's ``card`` may be
+a reference instead of the card: to the card (:func:`card_reference`: a zero byte,
+then the first :data:`CARD_DIGEST_BYTES` bytes of the card's SHA-256), or to the card
+and the record's conflict rows together (:func:`held_reference`; the batch then
+carries no rows of that record). The server sends one when the client has had that
+card (and those rows) since before the entries. A laptop that stores what is so
+referred to keeps it; any other builds the record, as without a check. Most pulled
+records keep their card and rows, which were most of a check's bytes.
 """
 
 MAX_VERSION_TEXT = 64
@@ -199,6 +217,12 @@ MAX_TOKEN_LENGTH = 512
 
 MAX_FINGERPRINT_LENGTH = 256
 """Longest rulebook fingerprint, in characters."""
+
+CARD_DIGEST_BYTES = 16
+"""Bytes of a card's SHA-256 a card reference keeps (version 9 on)."""
+
+CARD_REFERENCE_SINCE = 9
+"""The first protocol version whose checked states may carry card references."""
 
 MAX_STATE_VECTOR_BYTES = 64 * 1024
 """Longest Yjs state vector a :class:`CheckedState` carries, in bytes."""
@@ -378,11 +402,70 @@ class CheckedState(NamedTuple):
     ``state_vector`` is the Yjs state vector of the server's stored state of the
     record when its conflict rows (the batch's ``conflicts`` naming it) and its
     person card ``card`` (``PersonCard.to_bytes()``, or None: no card) were read.
+    From version 9, ``card`` may be a reference to the card (:func:`card_reference`):
+    the receiver holds that card already, or checks the record itself.
     """
 
     record_id: str
     state_vector: bytes
     card: bytes | None
+
+
+def card_reference(card: bytes) -> bytes:
+    """What a version 9 checked state may carry instead of ``card`` (a card's bytes,
+    ``PersonCard.to_bytes()``; ``b""`` for no card): a zero byte, then the first
+    :data:`CARD_DIGEST_BYTES` bytes of the card's SHA-256. A card is JSON text, so it
+    never starts with a zero byte."""
+    return b"\x00" + hashlib.sha256(card).digest()[:CARD_DIGEST_BYTES]
+
+
+class ConflictRowLike(Protocol):
+    """A conflict row as :func:`rows_digest` reads it (a :class:`CopyConflict`, or a
+    store's ``ConflictRow``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+
+
+def rows_digest(rows: Iterable[ConflictRowLike]) -> bytes:
+    """The first :data:`CARD_DIGEST_BYTES` bytes of the SHA-256 of a record's conflict
+    rows (any objects with ``id``, ``kind``, ``subject``, ``severity``, ``payload``), in
+    id order, each field length-prefixed: the same rows give the same digest."""
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r.id):
+        for text in (row.id, row.kind, row.subject, row.severity):
+            data = text.encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(4, "big"))
+            digest.update(data)
+        digest.update(len(row.payload).to_bytes(4, "big"))
+        digest.update(row.payload)
+    return digest.digest()[:CARD_DIGEST_BYTES]
+
+
+def held_reference(card: bytes | None, rows: Iterable[ConflictRowLike]) -> bytes:
+    """What a version 9 checked state may carry instead of ``card`` when the receiver
+    holds both the record's card (None: none) and its conflict rows: a one byte, the
+    card's digest as in :func:`card_reference` and the rows' :func:`rows_digest`. The
+    batch's ``conflicts`` then carry no rows of that record."""
+    return b"\x01" + card_reference(card or b"")[1:] + rows_digest(rows)
+
+
+def is_card_reference(card: bytes) -> bool:
+    """True if a checked state's ``card`` is a :func:`card_reference`, not a card."""
+    return len(card) == CARD_DIGEST_BYTES + 1 and card[0] == 0
+
+
+def is_held_reference(card: bytes) -> bool:
+    """True if a checked state's ``card`` is a :func:`held_reference`, not a card."""
+    return len(card) == 2 * CARD_DIGEST_BYTES + 1 and card[0] == 1
 
 
 class PushItem(NamedTuple):

@@ -61,6 +61,7 @@ from caresync.protocol.base import SyncProtocol
 from caresync.protocol.codec import BATCH_OVERHEAD_BYTES, ITEM_OVERHEAD_BYTES, item_wire_size
 from caresync.protocol.errors import ErrorCode
 from caresync.protocol.messages import (
+    CARD_REFERENCE_SINCE,
     DEFAULT_MAX_FRAME_BYTES,
     MAX_ID_LENGTH,
     SUPPORTED_VERSIONS,
@@ -97,6 +98,8 @@ from caresync.protocol.messages import (
     ServerProof,
     Subscribe,
     Welcome,
+    card_reference,
+    held_reference,
 )
 from caresync.protocol.states import (
     NEEDS_ENROLMENT,
@@ -116,6 +119,31 @@ class RecordCheck:
 
     state: CheckedState
     rows: tuple[CopyConflict, ...]
+    card_since: int = 0
+    """A feed seq by which the record had this card already (0: as far as the server
+    knows, always). A version 9 client that pulls from this seq on, or takes live
+    entries after it, holds that card, so it is sent a reference to it
+    (:func:`~caresync.protocol.card_reference`); an earlier one is sent the card."""
+    rows_since: int | None = None
+    """The same for the record's conflict rows (None: not known; the rows go in full).
+    A client past both is sent one reference to the card and rows
+    (:func:`~caresync.protocol.held_reference`) and none of the rows."""
+    digests: tuple[bytes, bytes] | None = None
+    """The card's :func:`~caresync.protocol.card_reference` (of ``b""``: no card) and
+    the rows' :func:`~caresync.protocol.rows_digest`, when the caller has them already
+    (else they are computed for each frame that refers to them)."""
+
+    def card_reference(self) -> bytes:
+        """The reference to this check's card (of ``b""``: no card)."""
+        if self.digests is not None:
+            return self.digests[0]
+        return card_reference(self.state.card or b"")
+
+    def held_reference(self) -> bytes:
+        """The reference to this check's card and rows together."""
+        if self.digests is not None:
+            return b"\x01" + self.digests[0][1:] + self.digests[1]
+        return held_reference(self.state.card, self.rows)
 
 
 def row_wire_size(row: CopyConflict) -> int:
@@ -432,7 +460,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         if checks is not None:
             if request.rulebook is None:
                 raise LocalProtocolError("checked states for a PullRequest that named no rulebook")
-            checked, conflicts = self._attach(entries, checks)
+            checked, conflicts = self._attach(entries, checks, request.after_seq)
         batch = PullBatch(entries, checkpoint, head_seq, checked, conflicts)
         if len(entries) > request.limit:
             raise LocalProtocolError(
@@ -473,17 +501,30 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         self._send(AuditAck(up_to))
 
     def _attach(
-        self, entries: Sequence[FeedItem], checks: Mapping[str, RecordCheck]
+        self, entries: Sequence[FeedItem], checks: Mapping[str, RecordCheck], position: int
     ) -> tuple[tuple[CheckedState, ...], tuple[CopyConflict, ...]]:
-        """The checks of ``entries``' records, in batch order, as far as the frame allows."""
+        """The checks of ``entries``' records, in batch order, as far as the frame allows.
+
+        ``position`` is how far the client had the feed before these entries: from
+        version 9, a card it had by then (``RecordCheck.card_since``) goes as a reference.
+        """
         budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         budget -= sum(item_wire_size(e.record_id, e.update) for e in entries)
         checked: list[CheckedState] = []
         rows: list[CopyConflict] = []
+        # Version 9 on: what the client has held since before these entries goes as a
+        # reference (the card, or the card and rows); a laptop holding it keeps it.
+        refer = (self._version or 0) >= CARD_REFERENCE_SINCE
         for record_id in dict.fromkeys(e.record_id for e in entries):
             check = checks.get(record_id)
             if check is None:
                 continue
+            if refer and check.card_since <= position:
+                state = check.state
+                if check.rows_since is not None and check.rows_since <= position:
+                    check = RecordCheck(state._replace(card=check.held_reference()), ())
+                elif state.card is not None:
+                    check = RecordCheck(state._replace(card=check.card_reference()), check.rows)
             size = check_wire_size(check)
             if size > budget:
                 break  # the rest are checked by the client itself
@@ -555,7 +596,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         return len(fresh)
 
     def _send_checked_frame(self, items: list[FeedItem], checks: Mapping[str, RecordCheck]) -> None:
-        checked, rows = self._attach(items, checks)
+        checked, rows = self._attach(items, checks, self._live_seq)
         self._send(LiveBatch(tuple(items), checked, rows))
         self._live_seq = items[-1].seq
 

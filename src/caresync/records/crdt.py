@@ -36,9 +36,14 @@ from types import TracebackType
 from typing import Any
 
 from pycrdt import Doc, Map, MapEvent, Subscription, TransactionEvent
-from pycrdt import get_state as _get_state
-from pycrdt import get_update as _get_update
 from pycrdt import merge_updates as _merge_updates
+
+try:  # pycrdt's compiled functions, without the pure-Python wrapper's call (per record)
+    from pycrdt._pycrdt import get_state as _get_state
+    from pycrdt._pycrdt import get_update as _get_update
+except ImportError:  # pragma: no cover - another layout of pycrdt
+    from pycrdt import get_state as _get_state
+    from pycrdt import get_update as _get_update
 
 from caresync.exceptions import CaresyncError, InvalidUpdateError
 
@@ -167,14 +172,25 @@ def merge(parts: Sequence[bytes], *, record_id: str | None = None) -> bytes:
 
 def state_vector_of(update: bytes, *, record_id: str | None = None) -> bytes:
     """The state vector of (possibly merged) update bytes."""
-    with _PycrdtErrors(record_id, _AN_UPDATE):
-        return _get_state(update)
+    # What pycrdt_errors does, inline: this runs once per record of a first copy.
+    try:
+        state: bytes = _get_state(update)
+    except BaseException as exc:
+        if _passes_through(exc):
+            raise
+        raise InvalidUpdateError(_message(exc, record_id, _AN_UPDATE)) from exc
+    return state
 
 
 def diff_update(update: bytes, state_vector: bytes, *, record_id: str | None = None) -> bytes:
     """What of ``update`` a document at ``state_vector`` lacks, as an update (Yjs' diffUpdate)."""
-    with _PycrdtErrors(record_id, _AN_UPDATE_OR_VECTOR):
-        return _get_update(update, state_vector)
+    try:
+        rest: bytes = _get_update(update, state_vector)
+    except BaseException as exc:
+        if _passes_through(exc):
+            raise
+        raise InvalidUpdateError(_message(exc, record_id, _AN_UPDATE_OR_VECTOR)) from exc
+    return rest
 
 
 # ------------------------------------------------------------------- documents

@@ -36,14 +36,20 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
 from caresync.records.crdt import merge as merge_updates
 from caresync.records.crdt import state_vector_of
 from caresync.records.persons import PersonCard, person_card
-from caresync.replication.checked import ServerCheck, matches, vector_after
+from caresync.replication.checked import (
+    ServerCheck,
+    card_kept,
+    matches,
+    rows_kept,
+    vector_after,
+)
 from caresync.replication.pool import RecordPool
 from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, ReplicaStore
 from caresync.storage.base import HubMark
@@ -52,12 +58,14 @@ __all__ = [
     "Absorbed",
     "Admit",
     "OnBadUpdate",
+    "PreparedCopy",
     "ServerCheck",
     "Taken",
     "TrustedCopy",
     "Vet",
     "WriteOptions",
     "absorb",
+    "prepare_copy",
 ]
 
 logger = logging.getLogger("caresync.replication")
@@ -116,6 +124,65 @@ class Absorbed:
     quarantined: tuple[QuarantinedUpdate, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedCopy:
+    """A first-copy batch of records new here, taken in ahead of its commit
+    (:func:`prepare_copy`); :func:`absorb` given it only writes it."""
+
+    record_ids: frozenset[str]
+    """Every record of the batch: each must be absent here when it is committed."""
+    taken: dict[str, Taken]
+    items: list[IncomingUpdate]
+    kept_aside: tuple[QuarantinedUpdate, ...]
+
+
+def prepare_copy(
+    updates: Sequence[tuple[str, bytes]],
+    trusted: TrustedCopy,
+    organisation: str | None,
+    *,
+    on_bad: OnBadUpdate = OnBadUpdate.QUARANTINE,
+) -> PreparedCopy:
+    """What :func:`absorb` does with a trusted first-copy batch whose every record is
+    new here (``absent``), before it writes: each record's bytes read as an update
+    (its state vector), its rows and card, and the store's items. Touches neither
+    the store nor the pool, so it may run while the previous batch commits; the
+    caller passes the result to :func:`absorb` (``prepared``) under the write lock.
+    """
+    parts: dict[str, list[bytes]] = {}
+    for record_id, update in updates:
+        parts.setdefault(record_id, []).append(update)
+    kept_aside: list[QuarantinedUpdate] = []
+    taken: dict[str, Taken] = {}
+    for record_id, arrived in parts.items():
+        found = _take_trusted(record_id, arrived, trusted, on_bad, kept_aside)
+        if found is not None:
+            taken[record_id] = found
+    items = _to_store(updates, taken, organisation, keep_each=False)
+    return PreparedCopy(frozenset(parts), taken, items, tuple(kept_aside))
+
+
+def _take_trusted(
+    record_id: str,
+    arrived: list[bytes],
+    trusted: TrustedCopy,
+    on_bad: OnBadUpdate,
+    kept_aside: list[QuarantinedUpdate],
+) -> Taken | None:
+    """A copied record stored without building it, if its bytes read as an update."""
+    try:
+        update = _merged(record_id, arrived)
+        # Proves the bytes an update, and spares the store reading them again.
+        vector = state_vector_of(update, record_id=record_id)
+    except InvalidUpdateError as exc:
+        if on_bad is OnBadUpdate.REFUSE:
+            raise
+        kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
+        return None
+    rows, person = trusted.rows.get(record_id, ()), trusted.persons.get(record_id)
+    return Taken(None, (update,), rows, person, vector)
+
+
 Admit = Callable[[str, Record | None, Sequence[bytes]], None]
 """``admit(record_id, record_before, updates)``: raise to refuse (the record is None
 when it is new here)."""
@@ -139,13 +206,19 @@ async def absorb(
     absent: Collection[str] = (),
     trusted: TrustedCopy | None = None,
     checked: Mapping[str, ServerCheck] | None = None,
+    prepared: PreparedCopy | None = None,
 ) -> Absorbed:
     """Take ``updates`` ((record id, update) pairs) into their records and commit them
     with ``checkpoint`` in one transaction (see the module docstring for the options).
 
     ``absent`` names records known not to be stored here (a first copy's): they are
-    not looked up. Returns what was committed.
+    not looked up. ``prepared``: the same batch already taken in by
+    :func:`prepare_copy` with ``trusted``, only written here if every record of it is
+    in ``absent`` (else it is ignored, and the batch takes the path above). Returns
+    what was committed.
     """
+    if prepared is not None and all(rid in absent for rid in prepared.record_ids):
+        return await _commit_prepared(pool, store, prepared, checkpoint=checkpoint)
     parts: dict[str, list[bytes]] = {}
     for record_id, update in updates:
         parts.setdefault(record_id, []).append(update)
@@ -208,6 +281,33 @@ async def absorb(
     return Absorbed(taken, written, tuple(intake.kept_aside))
 
 
+async def _commit_prepared(
+    pool: RecordPool,
+    store: ReplicaStore,
+    prepared: PreparedCopy,
+    *,
+    checkpoint: tuple[str, str] | None,
+) -> Absorbed:
+    """Write a batch :func:`prepare_copy` took in: what :func:`absorb` writes for it."""
+    if prepared.kept_aside:
+        logger.warning(
+            "%d updates from the server could not be merged and were kept aside (records: %s)",
+            len(prepared.kept_aside),
+            ", ".join(sorted({q.record_id for q in prepared.kept_aside})),
+        )
+    try:
+        seqs = await store.write_remote(
+            prepared.items, checkpoint=checkpoint, quarantine=prepared.kept_aside
+        )
+    except BaseException:
+        for record_id in prepared.record_ids:
+            pool.forget(record_id)
+        raise
+    items = prepared.items
+    written = [(seq, item.record_id, item.update) for seq, item in zip(seqs, items, strict=True)]
+    return Absorbed(prepared.taken, written, prepared.kept_aside)
+
+
 async def _agreed(
     store: ReplicaStore,
     parts: Mapping[str, list[bytes]],
@@ -224,6 +324,24 @@ async def _agreed(
         check = checked[record_id]
         if matches(vector_after(record_id, vectors.get(record_id), parts[record_id]), check):
             agreed[record_id] = check
+    # A card sent as a reference (version 9) fits only if it is the card stored here,
+    # which is then kept as it is; else the record is built and checked.
+    referred = [rid for rid, check in agreed.items() if check.card_ref is not None]
+    if referred:
+        cards = await store.person_card_bytes(referred)
+        for record_id in referred:
+            if not card_kept(agreed[record_id], cards.get(record_id)):
+                del agreed[record_id]
+    # Rows sent as a digest fit only if they are the rows stored here (stored again).
+    held = [rid for rid, check in agreed.items() if check.rows_ref is not None]
+    if held:
+        rows = await store.conflict_rows(held)
+        for record_id in held:
+            mine = rows.get(record_id, ())
+            if rows_kept(agreed[record_id], mine):
+                agreed[record_id] = replace(agreed[record_id], rows=mine, rows_ref=None)
+            else:
+                del agreed[record_id]
     return agreed
 
 
@@ -290,17 +408,7 @@ class _Intake:
         self, record_id: str, arrived: list[bytes], trusted: TrustedCopy
     ) -> Taken | None:
         """A copied record stored without building it, if its bytes read as an update."""
-        try:
-            update = _merged(record_id, arrived)
-            # Proves the bytes an update, and spares the store reading them again.
-            vector = state_vector_of(update, record_id=record_id)
-        except InvalidUpdateError as exc:
-            if self.on_bad is OnBadUpdate.REFUSE:
-                raise
-            self.kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
-            return None
-        rows, person = trusted.rows.get(record_id, ()), trusted.persons.get(record_id)
-        return Taken(None, (update,), rows, person, vector)
+        return _take_trusted(record_id, arrived, trusted, self.on_bad, self.kept_aside)
 
     async def take_in(
         self, record_id: str, arrived: list[bytes], before: bytes | None, record: Record | None

@@ -16,6 +16,12 @@ records with equal state vectors hold the same items. A record with an
 unacknowledged local edit holds a clock the server lacks, so it never matches
 and is rebuilt and checked as before.
 
+From version 9 a check may refer to the card, or to the card and rows, that the
+laptop holds (:func:`~caresync.protocol.card_reference`,
+:func:`~caresync.protocol.held_reference`): it fits only if the laptop's stored
+card and rows have those digests (:func:`card_kept`, :func:`rows_kept`), and they
+are then kept; otherwise the record is built and checked.
+
 No I/O: the caller reads the stored state vectors (``ReplicaStore.state_vectors``);
 a server reads its checks with :func:`caresync.replication.index.read_checks`. What
 arrives is untrusted: :func:`from_wire` parses every state vector and card, and
@@ -28,7 +34,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from caresync.exceptions import InvalidInputError, InvalidUpdateError, RemoteProtocolError
-from caresync.protocol import CheckedState, CopyConflict, LiveBatch, LiveUpdate, RecordCheck
+from caresync.protocol import (
+    CARD_DIGEST_BYTES,
+    CheckedState,
+    CopyConflict,
+    LiveBatch,
+    LiveUpdate,
+    RecordCheck,
+    card_reference,
+    is_card_reference,
+    is_held_reference,
+    rows_digest,
+)
 from caresync.records.persons import PersonCard
 from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage import ConflictRow
@@ -39,6 +56,8 @@ __all__ = [
     "LiveFrames",
     "ServerCheck",
     "card_from_wire",
+    "card_kept",
+    "rows_kept",
     "from_wire",
     "matches",
     "to_wire",
@@ -57,6 +76,13 @@ class ServerCheck:
     """The Yjs state vector of the server's stored state that ``rows`` and ``person`` describe."""
     rows: tuple[ConflictRow, ...]
     person: PersonCard | None
+    card_ref: bytes | None = None
+    """Instead of ``person`` (then None), a reference to the card (protocol version 9 on,
+    :func:`~caresync.protocol.card_reference`; that of ``b""`` for no card): the check
+    fits only a laptop that stores that very card, which it keeps."""
+    rows_ref: bytes | None = None
+    """Instead of ``rows`` (then empty), their :func:`~caresync.protocol.rows_digest`
+    (version 9 on): the check fits only a laptop that stores those very rows."""
 
 
 def vector_after(
@@ -102,8 +128,22 @@ def matches(after: bytes | None, check: ServerCheck) -> bool:
         return False  # not a state vector: trust nothing of it
 
 
+def card_kept(check: ServerCheck, stored: bytes | None) -> bool:
+    """True if ``check``'s card is one the laptop may keep or take: a card sent in full
+    (or no card), or a reference to ``stored``, the laptop's stored card (None: none)."""
+    if check.card_ref is None:
+        return True
+    return card_reference(stored or b"") == check.card_ref
+
+
+def rows_kept(check: ServerCheck, stored: Sequence[ConflictRow]) -> bool:
+    """True if ``check``'s rows are ones the laptop may keep or take: rows sent in full,
+    or a digest of ``stored``, the laptop's stored rows of the record."""
+    return check.rows_ref is None or rows_digest(stored) == check.rows_ref
+
+
 def to_wire(record_id: str, check: ServerCheck) -> RecordCheck:
-    """A server's check of one record as a frame carries it."""
+    """A server's check of one record as a frame carries it (the card in full)."""
     card = None if check.person is None else check.person.to_bytes()
     return RecordCheck(
         CheckedState(record_id, check.state_vector, card),
@@ -154,8 +194,17 @@ def from_wire(
             raise RemoteProtocolError(
                 f"the server sent record {state.record_id} with a bad state vector: {exc}"
             ) from None
-        card = None if state.card is None else card_from_wire(state.record_id, state.card)
         rows = tuple(grouped.get(state.record_id, ()))
+        if state.card is not None and is_card_reference(state.card):
+            checks[state.record_id] = ServerCheck(state.state_vector, rows, None, state.card)
+            continue
+        if state.card is not None and is_held_reference(state.card):
+            # The card and rows the laptop holds (none of its rows sent).
+            card_ref = b"\x00" + state.card[1 : 1 + CARD_DIGEST_BYTES]
+            rows_ref = state.card[1 + CARD_DIGEST_BYTES :]
+            checks[state.record_id] = ServerCheck(state.state_vector, (), None, card_ref, rows_ref)
+            continue
+        card = None if state.card is None else card_from_wire(state.record_id, state.card)
         checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
     return checks
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from caresync.conflicts import Rulebook
+from caresync.protocol import CheckedState, CopyConflict, RecordCheck
 from caresync.records import Record
 from caresync.records.persons import person_card
 from caresync.replication import meta
@@ -26,7 +27,13 @@ from caresync.replication.checked import ServerCheck
 from caresync.replication.pool import conflict_rows
 from caresync.storage import ReplicaStore
 
-__all__ = ["INDEX_RULEBOOK_KEY", "REINDEX_BATCH_RECORDS", "ensure_index", "read_checks"]
+__all__ = [
+    "INDEX_RULEBOOK_KEY",
+    "REINDEX_BATCH_RECORDS",
+    "ensure_index",
+    "read_checks",
+    "read_wire_checks",
+]
 
 INDEX_RULEBOOK_KEY = meta.INDEX_RULEBOOK
 """Meta key: the fingerprint of the rulebook that computed the stored conflict rows."""
@@ -82,6 +89,31 @@ async def read_checks(store: ReplicaStore, record_ids: Sequence[str]) -> dict[st
     cards = await store.person_cards(ids)
     return {
         record_id: ServerCheck(found[0], rows.get(record_id, ()), cards.get(record_id))
+        for record_id in ids
+        if (found := vectors.get(record_id)) is not None and not found[1]
+    }
+
+
+async def read_wire_checks(
+    store: ReplicaStore, record_ids: Sequence[str]
+) -> dict[str, RecordCheck]:
+    """What :func:`read_checks` reads, as a frame carries it: each card as stored
+    (``PersonCard.to_bytes()``, not parsed and written again), each row as a
+    :class:`~caresync.protocol.CopyConflict`. The caller holds the commit lock."""
+    ids = list(dict.fromkeys(record_ids))
+    if not ids:
+        return {}
+    vectors = await store.state_vectors(ids)
+    rows = await store.conflict_rows(ids)
+    cards = await store.person_card_bytes(ids)
+    return {
+        record_id: RecordCheck(
+            CheckedState(record_id, found[0], cards.get(record_id)),
+            tuple(
+                CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
+                for row in rows.get(record_id, ())
+            ),
+        )
         for record_id in ids
         if (found := vectors.get(record_id)) is not None and not found[1]
     }

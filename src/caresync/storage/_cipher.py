@@ -17,14 +17,15 @@ SQLite built with an encryption codec, and before anything else runs:
 Two formats, one key
 --------------------
 * :data:`AEGIS` (what a new database is written in): SQLite3 Multiple Ciphers'
-  AEGIS-256 cipher, through ``pysqlite3mc`` (the ``pysqlite3mc-binary``
-  wheel). AEGIS-256 is an authenticated cipher (CAESAR final portfolio, an
-  IRTF CFRG draft): each page written gets a fresh random 256-bit nonce and a
-  256-bit tag, under a one-time key derived from the database key, the nonce
-  and the page number, so a page changed, or moved to another place, is
-  refused, not read. On CPUs with AES instructions it costs a fraction of
-  AES-CBC plus an HMAC (docs/performance.md: the CPU time of a durable edit
-  went from +46% to +4-14% of the plain one, in three runs).
+  AEGIS-256 cipher, through APSW built with it (the ``apsw-sqlite3mc`` wheel,
+  behind :mod:`caresync.storage._apsw_dbapi`). AEGIS-256 is an authenticated
+  cipher (CAESAR final portfolio, an IRTF CFRG draft): each page written gets
+  a fresh random 256-bit nonce and a 256-bit tag, under a one-time key derived
+  from the database key, the nonce and the page number, so a page changed, or
+  moved to another place, is refused, not read. On CPUs with AES instructions
+  it costs a fraction of AES-CBC plus an HMAC (docs/performance.md: the CPU
+  time of a durable edit, +46% of the plain one in SQLCipher's format, is
+  within a few percent of it in AEGIS through APSW).
 * :data:`SQLCIPHER` (databases written by caresync before AEGIS): SQLCipher 4
   pages (AES-256-CBC with a random IV per page write, HMAC-SHA256 over page
   and page number), with the settings in :data:`SQLCIPHER_SETTINGS`. SQLite3
@@ -33,9 +34,19 @@ Two formats, one key
   AEGIS (``reencrypt_in_place``).
 
 An existing file is tried in AEGIS first, then in SQLCipher's format: each
-failed try reads page 1 and writes nothing. Where ``pysqlite3mc`` is missing
-but SQLCipher's own module (``sqlcipher3``) is installed, the SQLCipher format
-is the only one, for new databases too.
+failed try reads page 1 and writes nothing. Where ``apsw-sqlite3mc`` is
+missing but SQLCipher's own module (``sqlcipher3``) is installed, the SQLCipher
+format is the only one, for new databases too.
+
+Why APSW
+--------
+One binding on every CPython we support (3.11 to 3.13), maintained, and fast:
+a row through APSW costs about half what it does through the standard
+library's ``sqlite3`` (docs/performance.md). The ``pysqlite3mc-binary`` wheels
+used before are a fork of an older ``sqlite3`` module, slower per row, and the
+CPython 3.12 one is broken (its extension is installed outside its package and
+its SQLite has no ciphers); files they wrote, in either format, open here
+unchanged.
 
 Every page SQLite writes is encrypted: the database, the write-ahead log and a
 rollback journal; the ``-shm`` file holds only the WAL index (frame numbers
@@ -124,7 +135,7 @@ SQLCIPHER_SETTINGS = (
 """The same format's settings, by SQLite3 Multiple Ciphers' names."""
 
 _SQLCIPHER_OWN_SETTINGS = (
-    # The same settings by SQLCipher's own names (its module, where pysqlite3mc is
+    # The same settings by SQLCipher's own names (its module, where apsw-sqlite3mc is
     # missing): what caresync's first encrypted databases were written with.
     "PRAGMA cipher_page_size = 4096",
     "PRAGMA cipher_hmac_algorithm = HMAC_SHA256",
@@ -136,32 +147,30 @@ _SQLCIPHER_OWN_SETTINGS = (
 
 
 def _load_mc() -> ModuleType | None:
-    """SQLite3 Multiple Ciphers' DB-API module, or None where it is not installed.
+    """SQLite3 Multiple Ciphers' DB-API, or None where it is not installed.
 
-    ``pysqlite3mc-binary`` is a dependency on Linux x86_64, where PyPI has its
-    wheels, but for CPython 3.12 (its wheel there has no ciphers: SQLCipher is used,
-    see pyproject.toml). Its module is a copy of ``sqlite3``'s DB-API, so aiosqlite and the
-    store's statements run on it unchanged.
+    That is APSW built with SQLite3 Multiple Ciphers (``apsw-sqlite3mc``, a
+    dependency on Linux x86_64, where PyPI has its wheels for every CPython we
+    support), behind :mod:`caresync.storage._apsw_dbapi`, which gives aiosqlite
+    and the store's statements the ``sqlite3`` surface they use, and raises
+    ``sqlite3``'s own exceptions.
     """
     try:
-        import pysqlite3mc.dbapi2 as module
+        from caresync.storage import _apsw_dbapi as module
     except ImportError:
         return None
-    # A build whose SQLite has no ciphers (a broken wheel) would write plain files.
-    probe = module.connect(":memory:")
+    # A plain apsw in its place (same import name) has no ciphers: it would write plain files.
     try:
-        probe.execute("SELECT sqlite3mc_version()")
-    except module.Error:
+        module.sqlite3mc_version()
+    except sqlite3.Error:
         return None
-    finally:
-        probe.close()
-    return cast(ModuleType, module)
+    return module
 
 
 def _load_sqlcipher() -> ModuleType | None:
     """SQLCipher's DB-API module (``sqlcipher3``), or None where it is not installed.
 
-    Only looked for where ``pysqlite3mc`` is missing (it reads SQLCipher's
+    Only looked for where ``apsw-sqlite3mc`` is missing (it reads SQLCipher's
     format itself): e.g. on macOS, ``sqlcipher3`` built against a system
     libsqlcipher.
     """
@@ -188,7 +197,8 @@ AVAILABLE = _mc is not None or _sqlcipher is not None
 NEW_DATABASE_CIPHER: str = AEGIS if _mc is not None else SQLCIPHER
 """The format :func:`connect` writes a new encrypted database in."""
 
-_MODULES = tuple(m for m in (_mc, _sqlcipher) if m is not None)
+# The APSW adapter raises sqlite3's own exceptions; SQLCipher's module has its own.
+_MODULES = () if _sqlcipher is None else (_sqlcipher,)
 
 SQLITE_ERRORS: tuple[type[sqlite3.Error], ...] = (
     sqlite3.Error,
@@ -235,7 +245,8 @@ def connect(
     The settings and the key are the connection's first statements, and page 1
     is read once to prove the key: a wrong key raises DatabaseKeyError
     (nothing is written). Other errors are left to the caller's translation.
-    The connection is typed as an ``sqlite3.Connection``: its DB-API is the same.
+    The connection is typed as an ``sqlite3.Connection``: with a key it has the part
+    of that surface the store and aiosqlite use (:mod:`caresync.storage._apsw_dbapi`).
     """
     if key is None:
         return sqlite3.connect(database, uri=uri, timeout=timeout, isolation_level=None)
@@ -245,7 +256,7 @@ def connect(
     if _mc is None and _sqlcipher is None:
         raise StorageError(
             "opening an encrypted database needs SQLite3 Multiple Ciphers, which is not "
-            "installed: pip install pysqlite3mc-binary (Linux x86_64); elsewhere, "
+            "installed: pip install apsw-sqlite3mc; elsewhere, "
             "sqlcipher3 built against the system's libsqlcipher opens the SQLCipher format"
         )
     if cipher is not None:
@@ -261,7 +272,7 @@ def connect(
     hint = (
         ""
         if _mc is not None
-        else " (or it is in the AEGIS format, which needs pip install pysqlite3mc-binary)"
+        else " (or it is in the AEGIS format, which needs pip install apsw-sqlite3mc)"
     )
     raise DatabaseKeyError(
         f"the key given does not open {_name(database)}: it is encrypted with another "
@@ -297,8 +308,7 @@ def copy_encrypted(source: Path, key: bytes | None, target: Path, new_key: bytes
     check_key(new_key)
     if _mc is None:
         raise StorageError(
-            "writing the AEGIS format needs SQLite3 Multiple Ciphers: "
-            "pip install pysqlite3mc-binary"
+            "writing the AEGIS format needs SQLite3 Multiple Ciphers: pip install apsw-sqlite3mc"
         )
     read_only = source.resolve().as_uri() + "?mode=ro"
     if key is None:
@@ -330,7 +340,7 @@ def _open(
         settings = _SQLCIPHER_OWN_SETTINGS
     else:
         raise StorageError(
-            f"the {cipher} format needs SQLite3 Multiple Ciphers: pip install pysqlite3mc-binary"
+            f"the {cipher} format needs SQLite3 Multiple Ciphers: pip install apsw-sqlite3mc"
         )
     if cipher == AEGIS:
         # The key as a string of 64 hex digits, run through Argon2id (see

@@ -145,6 +145,30 @@ def plan_writes(
     planned: dict[str, PlannedRecord] = {}
     for record_id, indexes in groups.items():
         cur = known.get(record_id)
+        if cur is None and len(indexes) == 1:
+            write = writes[indexes[0]]
+            given = write.state_vector
+            if given is not None:
+                # A new record whose caller read its state vector with pycrdt already
+                # (a first copy's): what the general way below plans for it, directly.
+                update = write.update
+                planned[record_id] = PlannedRecord(
+                    record_id,
+                    write.organisation,
+                    given,
+                    has_pending(update, given),
+                    update,
+                    True,
+                    True,
+                    indexes,
+                    len(update),
+                    write.conflicts,
+                    False,
+                    None,
+                    None,
+                    write.person,
+                )
+                continue
         organisation, organisation_set = _organisation(record_id, cur, writes, indexes)
         updates = [writes[i].update for i in indexes]
         merged: bytes | None = None

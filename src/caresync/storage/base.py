@@ -277,12 +277,28 @@ class IncomingUpdate:
     the update's header again in Python; for a stored record it is ignored."""
 
     def __post_init__(self) -> None:
-        check_text(self.record_id, "record_id")
+        record_id, organisation = self.record_id, self.organisation
+        # The common case, checked in one expression (one is built per stored update);
+        # anything else gets the full checks below, which say what is wrong.
+        if (
+            type(record_id) is str
+            and 0 < len(record_id) <= _MAX_ID_LENGTH
+            and type(self.update) is bytes
+            and (
+                organisation is None
+                or (type(organisation) is str and 0 < len(organisation) <= 2048)
+            )
+            and (self.conflicts is None or self.conflicts == ())
+            and self.person is None
+            and (self.state_vector is None or type(self.state_vector) is bytes)
+        ):
+            return
+        check_text(record_id, "record_id")
         check_bytes(self.update, "update")
-        check_optional_text(self.organisation, "organisation")
+        check_optional_text(organisation, "organisation")
         if self.conflicts is not None:
-            check_conflicts(self.record_id, self.conflicts)
-        check_person(self.record_id, self.person)
+            check_conflicts(record_id, self.conflicts)
+        check_person(record_id, self.person)
         if self.state_vector is not None:
             check_bytes(self.state_vector, "state_vector")
 
@@ -843,6 +859,11 @@ class ReplicaStore(Protocol):
     # the person index
     async def person_cards(self, record_ids: Sequence[str]) -> dict[str, PersonCard]:
         """The stored cards of these records (a record without one is absent)."""
+        ...
+
+    async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored cards of these records as ``PersonCard.to_bytes()`` gives them,
+        not parsed (a record without one is absent): to compare with a card reference."""
         ...
 
     async def person_pairs(

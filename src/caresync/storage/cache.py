@@ -121,16 +121,24 @@ class RecordCache:
             self._put(record_id, entry)
 
     def _put(self, record_id: str, entry: CachedRecord) -> None:
-        size = entry.size
-        old = self._entries.pop(record_id, None)
+        # CachedRecord.size, inline (a first copy puts every record).
+        merged, clocks = entry.merged, entry.clocks
+        size = len(entry.state_vector) + 64
+        if merged is not None:
+            size += len(merged)
+        if clocks is not None:
+            size += 64 + 48 * len(clocks)
+        plain = tuple(entry)  # plain tuples: see the module doc
+        entries = self._entries
+        old = entries.pop(record_id, None)
         if old is not None:
             self._bytes -= old[1]
         if size > self.max_bytes or self.max_entries == 0:
             return
-        self._entries[record_id] = (tuple(entry), size)  # plain tuples: see the module doc
+        entries[record_id] = (plain, size)
         self._bytes += size
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            _, (_, evicted) = self._entries.popitem(last=False)
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, (_, evicted) = entries.popitem(last=False)
             self._bytes -= evicted
 
     def discard(self, record_id: str) -> None:

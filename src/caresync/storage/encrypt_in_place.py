@@ -112,7 +112,7 @@ def reencrypt_in_place(database: Path, key: bytes) -> bool:
     if NEW_DATABASE_CIPHER != AEGIS:
         raise StorageError(
             "rewriting a database in the AEGIS format needs SQLite3 Multiple Ciphers: "
-            "pip install pysqlite3mc-binary; it was not changed"
+            "pip install apsw-sqlite3mc; it was not changed"
         )
     _rewrite_in_place(database, key, key, None)
     return True
@@ -244,7 +244,9 @@ def _fingerprint(conn: sqlite3.Connection) -> dict[str, str]:
         if kind != "table":
             continue
         quoted = '"' + str(name).replace('"', '""') + '"'
-        columns = len(conn.execute(f"SELECT * FROM {quoted} LIMIT 0").description)
+        # Counted by pragma_table_info (what SELECT * gives: hidden columns are left out of
+        # both), not by a cursor's description, which APSW keeps only while rows are left.
+        columns = _scalar(conn, "SELECT count(*) FROM pragma_table_info(?)", str(name))
         order = ", ".join(str(n) for n in range(1, columns + 1))
         digest = hashlib.sha256()
         for row in conn.execute(f"SELECT * FROM {quoted} ORDER BY {order}"):
@@ -252,6 +254,11 @@ def _fingerprint(conn: sqlite3.Connection) -> dict[str, str]:
             digest.update(b"\n")
         found[f"table {name}"] = digest.hexdigest()
     return found
+
+
+def _scalar(conn: sqlite3.Connection, sql: str, *args: object) -> int:
+    row = conn.execute(sql, args).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _fsync_directory(directory: Path) -> None:

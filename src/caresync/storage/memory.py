@@ -665,6 +665,11 @@ class MemoryStore:
         self._open_or_raise("counting person pairs")
         return sum(1 for _org, pair in self._pairs.values() if wanted in (None, pair.state))
 
+    async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
+        cards = await self.person_cards(record_ids)
+        return {rid: card.to_bytes() for rid, card in cards.items()}
+
     async def person_pairs(
         self,
         record_id: str | None = None,

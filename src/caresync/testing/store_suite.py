@@ -1180,6 +1180,12 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         assert await store.person_pairs(a.id, state=PairState.LINKED) == []
         assert await store.person_pairs(organisation="org-2") == []
         assert await store.person_cards([b.id, "nobody", a.id]) == {b.id: card(b), a.id: card(a)}
+        # Unparsed, as a card reference is made from them (protocol version 9).
+        assert await store.person_card_bytes([b.id, "nobody", a.id]) == {
+            b.id: card(b).to_bytes(),
+            a.id: card(a).to_bytes(),
+        }
+        assert list(await store.person_card_bytes([b.id, a.id])) == [b.id, a.id]
         assert await store.check() == []
 
     @pytest.mark.parametrize("order", ["a then b", "b then a", "one batch", "one local, one batch"])

@@ -269,6 +269,11 @@ class ReadingPart(PostgresCore):
             ),
         )
 
+    async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
+        cards = await self.person_cards(record_ids)
+        return {rid: card.to_bytes() for rid, card in cards.items()}
+
     async def person_pairs(
         self,
         record_id: str | None = None,

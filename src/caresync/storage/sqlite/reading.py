@@ -54,10 +54,13 @@ class ReadingPart(SQLiteCore):
         ids = list(dict.fromkeys(check_record_ids(record_ids)))
         found: dict[str, bytes] = {}
         missing: list[str] = []
+        # One acquisition of the cache's lock for the batch (a first copy asks for
+        # thousands of records a batch, most of them not cached).
+        cached = self.cache.get_many(ids)
         for record_id in ids:
-            cached = self.cache.get(record_id)
-            if cached is not None and cached.merged is not None:
-                found[record_id] = cached.merged
+            hit = cached.get(record_id)
+            if hit is not None and hit.merged is not None:
+                found[record_id] = hit.merged
             else:
                 missing.append(record_id)
         if missing or self._conn is None:
@@ -69,29 +72,34 @@ class ReadingPart(SQLiteCore):
         return {record_id: found[record_id] for record_id in ids if record_id in found}
 
     def _load_many(self, raw: sqlite3.Connection, ids: list[str]) -> dict[str, bytes]:
-        rows: list[tuple[str, CachedRecord, bytes, int]] = []
+        # (record_id, state_vector, organisation, pending, log_count, rk, state)
+        rows: list[tuple[str, bytes, str | None, int, int, int, bytes | None]] = []
         pieces: dict[int, list[bytes]] = {}
         raw.execute("BEGIN")  # one snapshot for every chunk, even beside another process
         try:
             for chunk in _chunks(ids):
                 first = len(rows)
-                for record_id, vector, organisation, pending, log_count, key, state in raw.execute(
-                    "SELECT r.record_id, r.state_vector, r.organisation, r.pending, r.log_count,"
-                    " r.rk, s.state FROM records r LEFT JOIN states s ON s.record_id = r.record_id"
-                    f" WHERE r.record_id IN ({_marks(len(chunk))})",
-                    chunk,
-                ):
-                    known = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
-                    state = EMPTY_UPDATE if state is None else bytes(state)
-                    rows.append((record_id, known, state, log_count))
-                keys = [row[1].key for row in rows[first:] if row[3]]
+                rows.extend(
+                    raw.execute(
+                        "SELECT r.record_id, r.state_vector, r.organisation, r.pending,"
+                        " r.log_count, r.rk, s.state FROM records r"
+                        " LEFT JOIN states s ON s.record_id = r.record_id"
+                        f" WHERE r.record_id IN ({_marks(len(chunk))})",
+                        chunk,
+                    )
+                )
+                keys = [row[5] for row in rows[first:] if row[4]]
                 if not keys:
                     continue
                 marks = _marks(len(keys))
                 for key, data in raw.execute(
                     f"SELECT rk, data FROM log WHERE rk IN ({marks}) ORDER BY rk, id", keys
                 ):
-                    pieces.setdefault(key, []).append(bytes(data))
+                    held = pieces.get(key)
+                    if held is None:
+                        pieces[key] = [bytes(data)]
+                    else:
+                        held.append(bytes(data))
                 # Unfolded feed rows, by record; sorted here, which spares SQLite a sort.
                 fed: dict[int, list[tuple[int, bytes]]] = {}
                 for key, seq, data in raw.execute(
@@ -99,17 +107,34 @@ class ReadingPart(SQLiteCore):
                     f" WHERE f.rk IN ({marks}) AND f.seq > r.feed_folded",
                     keys,
                 ):
-                    fed.setdefault(key, []).append((seq, bytes(data)))
+                    got = fed.get(key)
+                    if got is None:
+                        fed[key] = [(seq, bytes(data))]
+                    else:
+                        got.append((seq, bytes(data)))
                 for key, rows_of_key in fed.items():
-                    pieces.setdefault(key, []).extend(data for _, data in sorted(rows_of_key))
+                    if len(rows_of_key) > 1:
+                        rows_of_key.sort()
+                    held = pieces.get(key)
+                    if held is None:
+                        pieces[key] = [data for _, data in rows_of_key]
+                    else:
+                        held.extend(data for _, data in rows_of_key)
         finally:
             raw.execute("COMMIT")
         loaded: dict[str, bytes] = {}
-        for record_id, known, state, log_count in rows:
-            more = pieces.get(known.key) if log_count and known.key is not None else None
-            merged = merge_stored(state, more or (), record_id=record_id)
+        entries: list[tuple[str, CachedRecord]] = []
+        for record_id, vector, organisation, pending, log_count, key, state in rows:
+            more = pieces.get(key) if log_count and key is not None else None
+            if state is None and more is not None and len(more) == 1:
+                merged = more[0]  # never compacted, one update: the record as it is
+            else:
+                stored = EMPTY_UPDATE if state is None else bytes(state)
+                merged = merge_stored(stored, more or (), record_id=record_id)
             loaded[record_id] = merged
-            self.cache.put(record_id, known._replace(merged=merged))
+            known = CachedRecord(bytes(vector), organisation, bool(pending), merged, None, key)
+            entries.append((record_id, known))
+        self.cache.put_many(entries)  # under one acquisition of the cache's lock
         return loaded
 
     async def state_vector(self, record_id: str) -> bytes | None:
@@ -328,6 +353,28 @@ class ReadingPart(SQLiteCore):
         if wanted is not None:
             sql, args = "SELECT n FROM counts WHERE name = ?", (f"pairs:{wanted.value}",)
         return await self._run("counting person pairs", lambda raw: _scalar(raw, sql, *args))
+
+    async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored person cards of these records as stored (``PersonCard.to_bytes()``),
+        not parsed, in the order asked (none: absent)."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: sqlite3.Connection) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for chunk in _chunks(ids):
+                    for record_id, data in raw.execute(
+                        "SELECT record_id, card FROM person_cards"
+                        f" WHERE record_id IN ({_marks(len(chunk))})",
+                        chunk,
+                    ):
+                        found[record_id] = bytes(data)
+            finally:
+                raw.execute("COMMIT")
+            return {record_id: found[record_id] for record_id in ids if record_id in found}
+
+        return await self._run(f"reading the person cards of {len(ids)} records", job)
 
     async def person_pairs(
         self,
