@@ -97,10 +97,18 @@ class ConflictListing:
         raise UnknownConflictError(f"no open conflict {conflict_id} in this database")
 
     async def count(self) -> int:
-        """How many conflicts are open (a pair's finding counts once on each record)."""
-        pairs = await self.store.person_pairs()
+        """How many conflicts are open (a pair's finding counts once on each record).
+
+        Reads counts, not rows (the store keeps them as it writes): each pair not
+        linked is one finding on each of its two records (:func:`pair_conflicts`);
+        only linked charts are read, and checked together.
+        """
         found = await self.store.count_conflicts()
-        found += sum(len(pair_conflicts(p)) for p in pairs)
+        linked_pairs = await self.store.count_person_pairs(PairState.LINKED)
+        found += 2 * (await self.store.count_person_pairs() - linked_pairs)
+        if not linked_pairs:
+            return found
+        pairs = await self.store.person_pairs(state=PairState.LINKED)
         for record_id in _linked_ids(pairs):  # linked charts: what the index cannot hold
             record = await self.pool.get(record_id)
             linked = await self.linked_records(record_id)

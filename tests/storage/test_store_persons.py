@@ -22,7 +22,7 @@ from caresync.records.persons import (
 )
 from caresync.storage import IncomingUpdate, SQLiteStore
 from caresync.storage.migrations import create_schema
-from caresync.testing.store_data import card, incoming, registered, whole
+from caresync.testing.store_data import card, incoming, oracle, registered, whole
 
 
 async def test_the_index_survives_reopening(tmp_path: Path) -> None:
@@ -135,10 +135,16 @@ async def test_a_damaged_stored_pair_is_a_corrupt_database_naming_its_records(
         with pytest.raises(CorruptDatabaseError, match=b.id):
             await store.person_pairs(state=PairState.POSSIBLE)
         assert await store.check() != []
+        # A write that leaves the card as stored leaves its pairs alone (damaged or not)...
         await store.write_remote(
             [IncomingUpdate(b.id, b.edit("heightCm", 170), None, person=card(b))]
         )
+        with pytest.raises(CorruptDatabaseError, match=b.id):
+            await store.person_pairs(b.id)
+        # ...re-indexing the record repairs them, as the error says.
+        await store.set_conflicts_many({}, persons={b.id: card(b)})
         assert await store.person_pairs() == [pair_of(card(a), card(b))]
+        assert await store.check() == []
 
 
 async def test_a_write_with_a_card_is_one_transaction_of_indexed_lookups(tmp_path: Path) -> None:
@@ -148,7 +154,9 @@ async def test_a_write_with_a_card_is_one_transaction_of_indexed_lookups(tmp_pat
         async with traced(store) as statements:
             await store.write_remote([incoming(p, "org-1") for p in patients[20:]])
             p = patients[0]
-            await store.write_local(p.id, p.edit("heightCm", 170), conflicts=None, person=card(p))
+            # An identifying field: the card changes (an unchanged one is not rewritten).
+            update = p.edit("name", "Awa Diop Ndiaye")
+            await store.write_local(p.id, update, conflicts=None, person=card(p))
             await store.person_pairs(p.id)
             await store.person_pairs(state=PairState.POSSIBLE)
             await store.person_pairs(organisation="org-1", state=PairState.POSSIBLE)
@@ -170,6 +178,37 @@ async def test_a_write_with_a_card_is_one_transaction_of_indexed_lookups(tmp_pat
         assert len(await store.person_pairs()) == 30 * 29 // 2
     assert [d for d in details if d.startswith("SCAN")] == []
     assert [d for d in details if "TEMP B-TREE" in d] == []
+
+
+async def test_a_write_leaving_the_card_as_stored_rewrites_no_keys_and_no_pairs(
+    tmp_path: Path,
+) -> None:
+    """Most edits touch no identifying field: such a record's keys and pairs stand as
+    stored, and a changed partner in the same batch is still re-paired with it."""
+    a, b, c = (registered("Awa Diop", replica=f"laptop-{n}") for n in "abc")
+    async with SQLiteStore.open(tmp_path / "replica.db") as store:
+        await store.write_remote([incoming(p, "org-1") for p in (a, b, c)])
+        before = await store.person_pairs()
+        assert len(before) == 3
+        async with traced(store) as statements:
+            await store.write_remote(
+                [IncomingUpdate(a.id, a.edit("heightCm", 170), None, "org-1", card(a))]
+            )
+        written = [s for s in statements if "person_" in s and not s.startswith("SELECT")]
+        assert written == []
+        assert [s for s in statements if "person_keys" in s] == []
+        assert await store.person_pairs() == before
+        # b now another person by birth date, in one batch with a (unchanged): b's pairs
+        # go, a's pair with c stays, and the index is as a fresh one would be.
+        await store.write_remote(
+            [
+                IncomingUpdate(a.id, a.edit("heightCm", 171), None, "org-1", card(a)),
+                IncomingUpdate(b.id, b.edit("birthDate", "1951-01-01"), None, "org-1", card(b)),
+            ]
+        )
+        assert await store.person_pairs() == oracle({p.id: ("org-1", card(p)) for p in (a, b, c)})
+        assert len(await store.person_pairs()) == 1
+        assert await store.check() == []
 
 
 # ------------------------------------------------------------------ imports

@@ -626,6 +626,17 @@ def _token_similarity(a: str, b: str) -> float:
 
 def _edit_distance(a: str, b: str, limit: int) -> int:
     """Levenshtein distance with adjacent swaps, stopping early past ``limit``."""
+    # Each edit leaves at most one more letter of either word unmatched in the other
+    # (a swap none): more unmatched letters than ``limit`` is past it, with no table.
+    rest = list(b)
+    unmatched = 0
+    for ca in a:
+        if ca in rest:
+            rest.remove(ca)
+        else:
+            unmatched += 1
+    if max(unmatched, len(rest)) > limit:
+        return limit + 1
     previous2: list[int] = []
     previous = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):

@@ -877,6 +877,14 @@ class ReplicaStore(Protocol):
         ordered by their two record ids."""
         ...
 
+    async def count_person_pairs(self, state: PairState | None = None) -> int:
+        """How many pairs are stored (in one state): as many as :meth:`person_pairs` lists.
+
+        A store keeps this count as it writes, where it can (SQLite: schema version 12),
+        so a sync's report does not read every pair.
+        """
+        ...
+
     # maintenance
     async def compact(self, record_id: str) -> int:
         """Merge the record's log into its state; returns how many log updates were folded."""

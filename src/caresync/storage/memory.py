@@ -659,6 +659,12 @@ class MemoryStore:
         self._open_or_raise(f"reading the person cards of {len(ids)} records")
         return {rid: self._cards[rid].card for rid in ids if rid in self._cards}
 
+    async def count_person_pairs(self, state: PairState | None = None) -> int:
+        """How many pairs are stored (in one state)."""
+        wanted = check_pair_query(None, state, None)
+        self._open_or_raise("counting person pairs")
+        return sum(1 for _org, pair in self._pairs.values() if wanted in (None, pair.state))
+
     async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
         cards = await self.person_cards(record_ids)

@@ -99,6 +99,16 @@ Version 11 gave accounts an administrator role (the server's admin page)::
 
     users      + admin               1 for an administrator, 0 otherwise (NOT NULL)
 
+Version 12 keeps counts of the conflict index and of the person pairs, so that counting
+open conflicts (every sync's report) reads one row instead of every row::
+
+    counts (name PK, n)   WITHOUT ROWID; ``conflicts``, and ``pairs:<state>`` per pair state
+
+    Triggers on ``conflicts`` and ``person_pairs`` keep them in the transaction of
+    every write of those tables, whatever statement makes it (a pair is upserted,
+    never replaced: a REPLACE deletes without firing delete triggers). The step
+    counts what an existing database holds.
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -421,6 +431,36 @@ _V11 = (
     "ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0 CHECK (admin IN (0, 1))",
 )
 
+_PAIR_STATES = ("possible", "linked", "disputed")  # caresync.records.persons.PairState
+
+_V12 = (
+    # Counts kept by triggers, in the transaction of each write they count.
+    """CREATE TABLE counts (
+        name TEXT PRIMARY KEY NOT NULL,
+        n INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO counts (name, n) SELECT 'conflicts', COUNT(*) FROM conflicts",
+    *(
+        f"INSERT INTO counts (name, n) SELECT 'pairs:{state}', COUNT(*) FROM person_pairs"
+        f" WHERE state = '{state}'"
+        for state in _PAIR_STATES
+    ),
+    """CREATE TRIGGER conflicts_count_insert AFTER INSERT ON conflicts
+        BEGIN UPDATE counts SET n = n + 1 WHERE name = 'conflicts'; END""",
+    """CREATE TRIGGER conflicts_count_delete AFTER DELETE ON conflicts
+        BEGIN UPDATE counts SET n = n - 1 WHERE name = 'conflicts'; END""",
+    """CREATE TRIGGER person_pairs_count_insert AFTER INSERT ON person_pairs
+        BEGIN UPDATE counts SET n = n + 1 WHERE name = 'pairs:' || NEW.state; END""",
+    """CREATE TRIGGER person_pairs_count_delete AFTER DELETE ON person_pairs
+        BEGIN UPDATE counts SET n = n - 1 WHERE name = 'pairs:' || OLD.state; END""",
+    """CREATE TRIGGER person_pairs_count_update AFTER UPDATE OF state ON person_pairs
+        WHEN NEW.state IS NOT OLD.state
+        BEGIN
+            UPDATE counts SET n = n - 1 WHERE name = 'pairs:' || OLD.state;
+            UPDATE counts SET n = n + 1 WHERE name = 'pairs:' || NEW.state;
+        END""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -433,6 +473,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     9: _V9,
     10: _V10,
     11: _V11,
+    12: _V12,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

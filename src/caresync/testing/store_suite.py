@@ -495,6 +495,35 @@ class ReplicaStoreSuite:
         assert await store.person_cards(list(cards)) == cards
         assert await store.check() == []
 
+    async def test_pair_counts_equal_the_pairs_listed_in_each_state(
+        self, store: ReplicaStore
+    ) -> None:
+        """``count_person_pairs`` (what a sync's report reads) counts what ``person_pairs``
+        lists, through pairs made, linked, and undone."""
+
+        async def counted() -> dict[PairState | None, int]:
+            states: list[PairState | None] = [None, *PairState]
+            listed = {s: len(await store.person_pairs(state=s)) for s in states}
+            assert {s: await store.count_person_pairs(s) for s in states} == listed
+            return listed
+
+        assert (await counted())[None] == 0
+        a, b, c = (registered("Awa Diop", replica=f"laptop-{n}") for n in range(3))
+        await store.write_remote([incoming(p, "org-1") for p in (a, b, c)])
+        assert (await counted())[PairState.POSSIBLE] == 3
+        a.edit(link_path(b.id), SAME_PERSON)
+        await store.write_remote([incoming(a, "org-1")])
+        found = await counted()
+        assert (found[PairState.POSSIBLE], found[PairState.LINKED]) == (2, 1)
+        c.edit("name", "Fatou Sow")
+        await store.write_remote([incoming(c, "org-1")])
+        assert await counted() == {
+            None: 1,
+            PairState.POSSIBLE: 0,
+            PairState.LINKED: 1,
+            PairState.DISPUTED: 0,
+        }
+
     # what a store without an outbox is checked on too (records written as received)
 
     async def test_received_conflict_rows_list_in_order_page_and_are_replaced(

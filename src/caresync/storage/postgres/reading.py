@@ -254,6 +254,21 @@ class ReadingPart(PostgresCore):
 
         return await self._run(f"reading the person cards of {len(ids)} records", job)
 
+    async def count_person_pairs(self, state: PairState | None = None) -> int:
+        """How many pairs are stored (in one state; counted by the index on state)."""
+        wanted = check_pair_query(None, state, None)
+        if wanted is None:
+            return await self._run(
+                "counting person pairs",
+                lambda raw: scalar(raw, "SELECT COUNT(*) FROM person_pairs"),
+            )
+        return await self._run(
+            "counting person pairs",
+            lambda raw: scalar(
+                raw, "SELECT COUNT(*) FROM person_pairs WHERE state = %s", wanted.value
+            ),
+        )
+
     async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
         cards = await self.person_cards(record_ids)

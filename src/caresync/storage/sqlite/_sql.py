@@ -6,7 +6,7 @@ Private to the package: its modules import these underscored names from here."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from caresync.exceptions import CorruptDatabaseError, StorageError, UnknownRecordError
@@ -101,15 +101,29 @@ def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:
 
 _INSERT_CONFLICT = (
     "INSERT INTO conflicts (record_id, id, kind, subject, severity, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (record_id, id) DO UPDATE SET"
+    " kind = excluded.kind, subject = excluded.subject, severity = excluded.severity,"
+    " payload = excluded.payload"
 )
 
 
 def _replace_conflicts_of(
-    raw: sqlite3.Connection, rows_by_record: Mapping[str, Sequence[ConflictRow]]
+    raw: sqlite3.Connection,
+    rows_by_record: Mapping[str, Sequence[ConflictRow]],
+    new: Collection[str] = (),
 ) -> None:
-    """Replace the rows of many records: two statements for all, not two per record."""
-    raw.executemany("DELETE FROM conflicts WHERE record_id = ?", [(rid,) for rid in rows_by_record])
+    """Replace the rows of many records: two statements for all, not two per record.
+
+    Records in ``new`` (new in this write) have no rows to delete: a first copy makes
+    no delete per record, each of which would cost the count's trigger its work.
+    (Only a damaged file holds rows of a record not stored; the insert updates such a
+    row rather than failing, and ``check()`` names the rest. An upsert, never a
+    REPLACE, which would delete without the trigger that keeps the count.)
+    """
+    raw.executemany(
+        "DELETE FROM conflicts WHERE record_id = ?",
+        [(rid,) for rid in rows_by_record if rid not in new],
+    )
     raw.executemany(
         _INSERT_CONFLICT,
         [

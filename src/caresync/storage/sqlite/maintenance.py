@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError, UnknownRecordError
-from caresync.records.persons import pair_of
+from caresync.records.persons import PairState, pair_of
 from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
@@ -209,6 +209,8 @@ class MaintenancePart(SQLiteCore):
                 )
                 if orphans:
                     problems.append(f"{orphans} {table} rows belong to no stored record")
+            if marks.user_version == SCHEMA_VERSION:
+                problems.extend(_count_problems(raw))
             for sql, problem in _KEY_CHECKS:
                 count = _scalar(raw, sql)
                 if count:
@@ -250,3 +252,18 @@ class MaintenancePart(SQLiteCore):
             cached = self.cache.get(record_id)
             if cached is not None and not same_state_vector(cached.state_vector, vector):
                 yield f"record {record_id}: the cache disagrees with the database"
+
+
+def _count_problems(raw: sqlite3.Connection) -> list[str]:
+    """Counts the triggers keep (schema version 12) that differ from the rows counted."""
+    kept = {str(name): int(n) for name, n in raw.execute("SELECT name, n FROM counts")}
+    actual = {"conflicts": _scalar(raw, "SELECT COUNT(*) FROM conflicts")}
+    for state in PairState:
+        actual[f"pairs:{state.value}"] = _scalar(
+            raw, "SELECT COUNT(*) FROM person_pairs WHERE state = ?", state.value
+        )
+    return [
+        f"the kept count of {name} is {kept.get(name)}, but {n} rows are stored"
+        for name, n in actual.items()
+        if kept.get(name) != n
+    ]

@@ -118,13 +118,45 @@ def _key_holders(
     return holders
 
 
-def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) -> None:
+def _unchanged_cards(
+    raw: sqlite3.Connection, written: Mapping[str, PersonWrite], cards: Mapping[str, bytes]
+) -> set[str]:
+    """The records of ``written`` whose stored card (and organisation) is the one written."""
+    column = {record_id: _org_column(w.organisation) for record_id, w in written.items()}
+    same: set[str] = set()
+    for chunk in _chunks([record_id for record_id, w in written.items() if not w.new]):
+        for record_id, organisation, data in raw.execute(
+            "SELECT record_id, organisation, card FROM person_cards"
+            f" WHERE record_id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            if organisation == column[record_id] and bytes(data) == cards[record_id]:
+                same.add(record_id)
+    return same
+
+
+def _store_persons(
+    raw: sqlite3.Connection, written: Mapping[str, PersonWrite], *, reindex: bool = False
+) -> None:
     """Replace the cards of ``written``, their keys and every pair of their records.
+
+    A record whose stored card (and organisation) is the one written keeps its keys
+    and pairs as they are, unless ``reindex`` (a re-index rewrites them all: it is
+    also how damaged keys or pairs are repaired).
 
     The pairs are worked out first (reads only), then written in a few
     statements for the whole batch: a write's share is indexed lookups of its
     keys' holders and of their cards, never a scan.
     """
+    cards = {record_id: w.card.to_bytes() for record_id, w in written.items()}
+    unchanged: set[str] = set() if reindex else _unchanged_cards(raw, written, cards)
+    if unchanged:
+        # The same card, in the same organisation: its keys and its pairs stand as stored
+        # (a pair changes only with one of its cards, and a changed one is re-paired
+        # from its own side). Most edits touch no identifying field.
+        written = {rid: w for rid, w in written.items() if rid not in unchanged}
+        if not written:
+            return
     hashed: dict[tuple[str, str], int] = {}
     pairs = pair_persons(
         written,
@@ -143,7 +175,7 @@ def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) 
     raw.executemany(
         "INSERT OR REPLACE INTO person_cards (record_id, organisation, card) VALUES (?, ?, ?)",
         [
-            (record_id, _org_column(w.organisation), w.card.to_bytes())
+            (record_id, _org_column(w.organisation), cards[record_id])
             for record_id, w in written.items()
         ],
     )
@@ -158,8 +190,12 @@ def _store_persons(raw: sqlite3.Connection, written: Mapping[str, PersonWrite]) 
         ),
     )
     raw.executemany(
-        "INSERT OR REPLACE INTO person_pairs (first, second, organisation, state, payload)"
-        " VALUES (?, ?, ?, ?, ?)",
+        # Upserted, not replaced: a REPLACE deletes without firing the delete trigger
+        # that keeps the pair counts (schema version 12).
+        "INSERT INTO person_pairs (first, second, organisation, state, payload)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (first, second) DO UPDATE SET"
+        " organisation = excluded.organisation, state = excluded.state,"
+        " payload = excluded.payload",
         [
             (
                 pair.first.record_id,

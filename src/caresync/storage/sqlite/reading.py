@@ -289,8 +289,10 @@ class ReadingPart(SQLiteCore):
         """How many conflict rows are open (for one record, or in all)."""
         check_optional_text(record_id, "record_id")
         if record_id is None:
+            # Kept by triggers in the transaction of each write (schema version 12).
             return await self._run(
-                "counting conflicts", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM conflicts")
+                "counting conflicts",
+                lambda raw: _scalar(raw, "SELECT n FROM counts WHERE name = 'conflicts'"),
             )
         return await self._run(
             "counting conflicts",
@@ -341,6 +343,16 @@ class ReadingPart(SQLiteCore):
             return {record_id: found[record_id] for record_id in ids if record_id in found}
 
         return await self._run(f"reading the person cards of {len(ids)} records", job)
+
+    async def count_person_pairs(self, state: PairState | None = None) -> int:
+        """How many pairs are stored (in one state): read from the counts that triggers
+        keep with every write (schema version 12), not by reading the pairs."""
+        wanted = check_pair_query(None, state, None)
+        sql = "SELECT SUM(n) FROM counts WHERE name LIKE 'pairs:%'"
+        args: tuple[str, ...] = ()
+        if wanted is not None:
+            sql, args = "SELECT n FROM counts WHERE name = ?", (f"pairs:{wanted.value}",)
+        return await self._run("counting person pairs", lambda raw: _scalar(raw, sql, *args))
 
     async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored person cards of these records as stored (``PersonCard.to_bytes()``),

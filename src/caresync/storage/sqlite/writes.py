@@ -227,7 +227,9 @@ class RecordWritesPart(SQLiteCore):
             )
         replaced = {p.record_id: p.conflicts for p in planned.values() if p.conflicts is not None}
         if replaced:
-            _replace_conflicts_of(raw, replaced)
+            _replace_conflicts_of(
+                raw, replaced, {p.record_id for p in planned.values() if p.is_new}
+            )
         persons = {
             p.record_id: PersonWrite(p.organisation, p.person, p.is_new)
             for p in planned.values()
@@ -295,6 +297,7 @@ class RecordWritesPart(SQLiteCore):
                     _store_persons(
                         raw,
                         {rid: PersonWrite(found[rid], card) for rid, card in cards.items()},
+                        reindex=True,
                     )
 
             if ids:
