@@ -3,6 +3,7 @@ sqlite3's surface the store and aiosqlite use, with sqlite3's own exceptions."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,19 @@ async def test_aiosqlite_runs_on_it(tmp_path: Path) -> None:
         async with db.execute("SELECT x FROM t ORDER BY n") as cursor:
             assert [row async for row in cursor] == [("a",), ("b",)]
         assert not db.in_transaction
+
+
+def test_a_file_name_that_is_not_utf8_opens_as_sqlite3_would(tmp_path: Path) -> None:
+    # sqlite3 opens the file system's bytes; APSW takes UTF-8 text: the name must still
+    # be that very name (a lone surrogate here is the byte 0xff on disk).
+    path = tmp_path / "copy-\udcff.db"
+    first = dbapi.connect(path)
+    first.execute("CREATE TABLE t (x TEXT)")
+    first.execute("INSERT INTO t VALUES ('kept')")
+    first.close()
+    assert b"copy-\xff.db" in os.listdir(os.fsencode(tmp_path))
+    again = dbapi.connect(path)
+    try:
+        assert again.execute("SELECT x FROM t").fetchall() == [("kept",)]
+    finally:
+        again.close()

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -346,6 +347,14 @@ class Connection:
             raise translate(exc) from exc
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def connect(
     database: str | Path,
     *,
@@ -365,8 +374,15 @@ def connect(
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     if uri:
         flags |= apsw.SQLITE_OPEN_URI
+    path = os.fspath(database)
+    if not uri and not _is_utf8(path):
+        # APSW takes the name as UTF-8 text where sqlite3 takes the file system's bytes:
+        # a name holding bytes that are not UTF-8 (a lone surrogate in Python) goes as a
+        # URI whose %XX escapes SQLite turns back into those very bytes.
+        path = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path)))
+        flags |= apsw.SQLITE_OPEN_URI
     try:
-        conn = apsw.Connection(os.fspath(database), flags=flags)
+        conn = apsw.Connection(path, flags=flags)
     except apsw.Error as exc:
         raise translate(exc) from exc
     try:
