@@ -1537,8 +1537,9 @@ class SyncServer:
         A connection with nothing queued and nothing being sent, whose channel can take
         frames without waiting, is sent its frames here and now (no queue, no task):
         the frames of one selection of entries are encoded once, for every connection
-        that gets the same entries in the same encoding (its protocol version, whether
-        checks go, its largest frame), and the same bytes handed to each.
+        that gets the same entries in the same encoding (``ServerProtocol.live_encoding``:
+        its protocol version, whether checks go, its largest frame and, when checks go
+        from version 9 on, how far it had the feed), and the same bytes handed to each.
 
         Otherwise the entries are queued for the connection's writer. A connection whose
         queue would pass ``live_queue_entries`` or ``live_queue_bytes`` (a laptop that
