@@ -107,6 +107,7 @@ from caresync.protocol import (
 )
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
+from caresync.replication.coalesce import Coalescer
 from caresync.replication.follow import FeedFollower
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_wire_checks
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
@@ -157,6 +158,8 @@ MAX_PENDING_LOGINS = 256
 SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
+_PULL_CHUNKS = 20  # most reads of ``limit`` feed entries one merged pull batch makes
+_PULL_BYTES = 8 * 1024 * 1024  # most update bytes one merged pull batch carries
 _CHECKS_REMEMBERED = 10_000  # records' latest checks kept for live frames, at most
 _CARDS_REMEMBERED = 100_000  # records' cards (references) and since when, at most
 LIVE_QUEUE_ENTRIES = 2 * MAX_BATCH_ITEMS  # one batch, however large, never drops a reader
@@ -1288,25 +1291,19 @@ class SyncServer:
         # vector are read as of one commit (the laptop compares the state vector).
         async with self._commit_lock if send_checks else contextlib.nullcontext():
             head = await self.store.feed_head()
-            # A replica is not sent back its own updates (it holds them already),
-            # unless it asks: a copy restored from a backup lacks its later ones.
-            items = await self.store.feed_since(
-                request.after_seq,
-                limit=request.limit,
-                organisation=conn.organisation,
-                exclude_origin=None if request.include_own else conn.protocol.replica_id,
-            )
+            items, entries, to_end = await self._pull_entries(conn, request)
             if send_checks:
-                checks = await self._read_checks([i.record_id for i in items], head)
-        if len(items) == request.limit:
-            checkpoint = items[-1].seq
-        else:
+                checks = await self._read_checks([e[1] for e in entries], head)
+        if to_end:
             checkpoint = max(head, items[-1].seq if items else request.after_seq)
+        else:
+            checkpoint = items[-1].seq
         conn.protocol.send_pull_batch(
-            [(i.seq, i.record_id, i.update) for i in items],
+            entries,
             checkpoint=max(checkpoint, request.after_seq),
             head_seq=max(head, checkpoint),
             checks=checks,
+            feed_entries=len(items) if conn.protocol.coalesces_pulls else None,
         )
         if max(checkpoint, request.after_seq) >= max(head, checkpoint):  # the pull's last batch
             await self._send_hub_report(conn)
@@ -1316,6 +1313,48 @@ class SyncServer:
             sum(len(i.update) for i in items),
             max(checkpoint, request.after_seq),
         )
+
+    async def _pull_entries(
+        self, conn: _Connection, request: PullRequest
+    ) -> tuple[Sequence[FeedItem], list[tuple[int, str, bytes]], bool]:
+        """The feed entries a pull batch stands for, what it sends of them, and whether
+        the feed was read to its end (the checkpoint may then move to the head).
+
+        To a client of version 10 on, a record's edits go merged into one entry
+        (:mod:`caresync.replication.coalesce`), and the batch reads on until it holds
+        ``limit`` entries or half the client's frame (at most :data:`_PULL_CHUNKS`
+        reads of ``limit`` feed entries); to an older one, ``limit`` entries as they are.
+        """
+
+        async def read(after_seq: int) -> list[FeedItem]:
+            # A replica is not sent back its own updates (it holds them already),
+            # unless it asks: a copy restored from a backup lacks its later ones.
+            return await self.store.feed_since(
+                after_seq,
+                limit=request.limit,
+                organisation=conn.organisation,
+                exclude_origin=None if request.include_own else conn.protocol.replica_id,
+            )
+
+        items = await read(request.after_seq)
+        if not conn.protocol.coalesces_pulls:
+            as_they_are = [(i.seq, i.record_id, i.update) for i in items]
+            return items, as_they_are, len(items) < request.limit
+        budget = min(conn.protocol.peer_max_frame_bytes // 2, _PULL_BYTES) - BATCH_OVERHEAD_BYTES
+        coalescer = Coalescer(items=request.limit, budget=budget)
+        to_end = False
+        for chunk in range(_PULL_CHUNKS):
+            coalescer.take(items)
+            to_end = len(items) < request.limit
+            if coalescer.full or to_end or chunk == _PULL_CHUNKS - 1:
+                break
+            items = await read(items[-1].seq)
+        taken = coalescer.taken
+        entries = coalescer.entries()
+        if entries is None:  # bytes that do not merge: the entries as they are, as before
+            taken = taken[: request.limit]
+            entries = [(i.seq, i.record_id, i.update) for i in taken]
+        return taken, entries, to_end and not coalescer.full and len(taken) == len(coalescer.taken)
 
     async def _on_push(self, conn: _Connection, batch: PushBatch) -> None:
         """Admit and commit a pushed batch whole, then acknowledge it; or refuse it whole.

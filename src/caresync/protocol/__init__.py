@@ -20,6 +20,7 @@ from caresync.protocol.identity import PROOF_CONTEXT, server_proof_payload
 from caresync.protocol.messages import (
     CARD_DIGEST_BYTES,
     CARD_REFERENCE_SINCE,
+    COALESCED_PULL_SINCE,
     DEFAULT_COPY_BATCH_RECORDS,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_PULL_LIMIT,
@@ -127,6 +128,7 @@ __all__ = [
     "ITEM_OVERHEAD_BYTES",
     "CARD_DIGEST_BYTES",
     "CARD_REFERENCE_SINCE",
+    "COALESCED_PULL_SINCE",
     "MAX_AUDIT_ITEMS",
     "MAX_BATCH_ITEMS",
     "MAX_DETAIL_ENTRIES",

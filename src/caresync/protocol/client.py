@@ -572,6 +572,11 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
                 f"PullBatch checkpoint {batch.checkpoint} is before the request's "
                 f"after_seq {request.after_seq}"
             )
+        if batch.feed_entries > batch.checkpoint - request.after_seq:
+            raise RemoteProtocolError(
+                f"PullBatch stands for {batch.feed_entries} feed entries, more than there "
+                f"are between seq {request.after_seq} and its checkpoint {batch.checkpoint}"
+            )
         if batch.checked is not None and request.rulebook is None:
             raise RemoteProtocolError(
                 "PullBatch carries checked states, but the request named no rulebook"

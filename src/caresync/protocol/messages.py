@@ -36,6 +36,7 @@ from caresync.exceptions import AuditError, LocalProtocolError
 __all__ = [
     "CARD_DIGEST_BYTES",
     "CARD_REFERENCE_SINCE",
+    "COALESCED_PULL_SINCE",
     "MAX_AUDIT_ITEMS",
     "DEFAULT_COPY_BATCH_RECORDS",
     "DEFAULT_MAX_FRAME_BYTES",
@@ -106,10 +107,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -164,6 +165,10 @@ carries no rows of that record). The server sends one when the client has had th
 card (and those rows) since before the entries. A laptop that stores what is so
 referred to keeps it; any other builds the record, as without a check. Most pulled
 records keep their card and rows, which were most of a check's bytes.
+
+Version 10 adds :attr:`PullBatch.entries`: a pull batch may merge a record's feed
+entries into one item (with the seq of the last of them), so it may stand for more
+feed entries than its ``limit`` of items; ``entries`` says how many.
 """
 
 MAX_VERSION_TEXT = 64
@@ -223,6 +228,10 @@ CARD_DIGEST_BYTES = 16
 
 CARD_REFERENCE_SINCE = 9
 """The first protocol version whose checked states may carry card references."""
+
+COALESCED_PULL_SINCE = 10
+"""The first protocol version whose pull batches may merge a record's feed entries into
+one (:attr:`PullBatch.entries` says how many feed entries a batch stands for)."""
 
 MAX_STATE_VECTOR_BYTES = 64 * 1024
 """Longest Yjs state vector a :class:`CheckedState` carries, in bytes."""
@@ -1127,16 +1136,23 @@ class PullBatch(Message):
     sent): for some of the batch's records, the state the server's conflict rows
     and person card describe, and those rows (see :class:`CheckedState`). Only a
     request that named a rulebook may get them.
+
+    ``entries`` (version 10 on; ``None``: as many as ``items``): how many feed entries
+    the batch stands for. From version 10 an item may carry several feed entries of
+    one record, merged into one update, with the seq of the last of them.
     """
 
     TYPE_CODE: ClassVar[int] = 19
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"checked": 8, "conflicts": 8})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"checked": 8, "conflicts": 8, "entries": COALESCED_PULL_SINCE}
+    )
 
     items: tuple[FeedItem, ...]
     checkpoint: int
     head_seq: int
     checked: tuple[CheckedState, ...] | None = None
     conflicts: tuple[CopyConflict, ...] | None = None
+    entries: int | None = None
 
     def __post_init__(self) -> None:
         owner = "PullBatch"
@@ -1147,6 +1163,14 @@ class PullBatch(Message):
         checked, conflicts = _checked(owner, self.checked, self.conflicts, items)
         _set(self, "checked", checked)
         _set(self, "conflicts", conflicts)
+        if self.entries is not None:
+            # Each feed entry has a seq of its own, none past the checkpoint.
+            _int(owner, "entries", self.entries, len(items), self.checkpoint)
+
+    @property
+    def feed_entries(self) -> int:
+        """How many feed entries the batch stands for (``entries``, or its items)."""
+        return len(self.items) if self.entries is None else self.entries
 
     @property
     def more(self) -> bool:

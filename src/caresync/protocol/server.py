@@ -67,6 +67,7 @@ from caresync.protocol.codec import (
 from caresync.protocol.errors import ErrorCode
 from caresync.protocol.messages import (
     CARD_REFERENCE_SINCE,
+    COALESCED_PULL_SINCE,
     DEFAULT_MAX_FRAME_BYTES,
     MAX_ID_LENGTH,
     SUPPORTED_VERSIONS,
@@ -445,6 +446,11 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             raise LocalProtocolError(f"records must come after {after!r}, as asked")
         self._send(batch)
 
+    @property
+    def coalesces_pulls(self) -> bool:
+        """True if pull batches may merge a record's feed entries (version 10 on)."""
+        return (self._version or 0) >= COALESCED_PULL_SINCE
+
     def send_pull_batch(
         self,
         items: Iterable[FeedItem | tuple[int, str, bytes]],
@@ -452,6 +458,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         checkpoint: int,
         head_seq: int,
         checks: Mapping[str, RecordCheck] | None = None,
+        feed_entries: int | None = None,
     ) -> None:
         """Queue PullBatch answering the outstanding PullRequest.
 
@@ -460,7 +467,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         last item's seq), ``head_seq`` the feed's head. ``checks`` (version 8 on, only
         for a request that named a rulebook): what the server's index holds for some
         records, attached for the batch's records as far as the client's frame size
-        allows (a record left out is one the client checks itself).
+        allows (a record left out is one the client checks itself). ``feed_entries``
+        (version 10 on, see :attr:`coalesces_pulls`): how many feed entries the items
+        stand for, when an item merges several of one record.
         """
         request = self._expect(RequestKind.PULL)
         if not isinstance(request, PullRequest):  # pragma: no cover - kept by the tables
@@ -471,7 +480,16 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             if request.rulebook is None:
                 raise LocalProtocolError("checked states for a PullRequest that named no rulebook")
             checked, conflicts = self._attach(entries, checks, request.after_seq)
-        batch = PullBatch(entries, checkpoint, head_seq, checked, conflicts)
+        if feed_entries is not None and not self.coalesces_pulls:
+            raise LocalProtocolError("merged pull entries for a client older than version 10")
+        batch = PullBatch(
+            entries,
+            checkpoint,
+            head_seq,
+            checked,
+            conflicts,
+            feed_entries,
+        )
         if len(entries) > request.limit:
             raise LocalProtocolError(
                 f"{len(entries)} entries; the client asked for at most {request.limit}"
@@ -481,6 +499,11 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         if checkpoint < request.after_seq:
             raise LocalProtocolError(
                 f"checkpoint {checkpoint} is before the request's after_seq {request.after_seq}"
+            )
+        if batch.feed_entries > max(0, checkpoint - request.after_seq):
+            raise LocalProtocolError(
+                f"{batch.feed_entries} feed entries cannot fit between seq "
+                f"{request.after_seq} and the checkpoint {checkpoint}"
             )
         self._send(batch)
 

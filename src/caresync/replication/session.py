@@ -820,7 +820,7 @@ class Session:
                     checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
                     checked=from_wire(batch.checked, batch.conflicts),
                 )
-            downloaded += len(batch.items)
+            downloaded += batch.feed_entries  # a merged item stands for several (v10)
             checkpoint = batch.checkpoint
             if not batch.more:
                 if own:  # caught up with our own changes: back to leaving them out

@@ -1,0 +1,118 @@
+"""A pull's feed entries, one per record: what protocol version 10 sends.
+
+A laptop back from days offline pulls every edit made meanwhile; many name the
+same records (a busy ward's charts are written all day). Sent entry by entry, it
+takes them in batches of ``limit`` entries, and each batch checks, stores and
+commits every record it touches once more. From version 10 the server merges a
+record's edits into one update (a Yjs merge: bytes only, no record built), so a
+batch names each record once and covers as many feed entries as its ``limit`` of
+items and its frame allow: the laptop's work then follows the records changed, not
+the edits made.
+
+Only updates that add revisions merge: a simple update (:mod:`caresync.records.spans`)
+whose every item writes a fresh key of the ``revisions`` map, which is what an edit
+is. Anything else (a record's first update, which names it; a feed row written
+before admission checked it) goes on its own, as before: a laptop keeps aside an
+update that will not merge into the record, and must not keep others' edits aside
+with it.
+
+Pure: no I/O. The server reads the feed in chunks and gives each to
+:meth:`Coalescer.take` until the coalescer is full or the feed has no more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from caresync.exceptions import InvalidUpdateError
+from caresync.protocol.codec import item_wire_size
+from caresync.records.crdt import merge
+from caresync.records.spans import simple_items
+from caresync.storage import FeedItem
+
+__all__ = ["Coalescer"]
+
+
+_REVISIONS = "revisions"
+
+
+def adds_revisions_only(update: bytes) -> bool:
+    """True if ``update`` only adds revisions: safe to merge with others of its kind."""
+    simple = simple_items(update)
+    return simple is not None and all(
+        item.root == _REVISIONS and item.key is not None for item in simple.items
+    )
+
+
+class Coalescer:
+    """Feed entries taken in order, at most ``items`` entries to send and about
+    ``budget`` bytes of updates; :meth:`entries` gives them, each record's edits merged.
+
+    The first entry offered is always taken, whatever its size (a batch must move).
+    """
+
+    __slots__ = ("_budget", "_full", "_groups", "_items", "_limit", "_taken")
+
+    def __init__(self, *, items: int, budget: int) -> None:
+        self._limit = items
+        self._budget = budget
+        self._groups: dict[str, list[FeedItem]] = {}  # per record, its edits to merge
+        self._items: list[list[FeedItem]] = []  # what goes: groups and lone entries
+        self._taken: list[FeedItem] = []
+        self._full = False
+
+    @property
+    def full(self) -> bool:
+        """True once an entry was left out: one more item, or its bytes, would not fit."""
+        return self._full
+
+    @property
+    def taken(self) -> Sequence[FeedItem]:
+        """The feed entries taken, in feed order (a prefix of all those offered)."""
+        return self._taken
+
+    def take(self, items: Sequence[FeedItem]) -> int:
+        """Take ``items`` (ascending seq, after those taken before) while they fit.
+
+        Returns how many were taken; fewer than offered makes the coalescer full.
+        """
+        for count, item in enumerate(items):
+            size = item_wire_size(item.record_id, item.update)
+            mergeable = adds_revisions_only(item.update)
+            group = self._groups.get(item.record_id) if mergeable else None
+            if self._taken and (
+                size > self._budget or (group is None and len(self._items) >= self._limit)
+            ):
+                self._full = True
+                return count
+            self._budget -= size
+            if group is not None:
+                group.append(item)
+            else:
+                group = [item]
+                self._items.append(group)
+                if mergeable:
+                    self._groups[item.record_id] = group
+            self._taken.append(item)
+        return len(items)
+
+    def entries(self) -> list[tuple[int, str, bytes]] | None:
+        """What goes: each record's edits merged into one entry with the seq of the last
+        of them, and every other entry as it is; in ascending seq.
+
+        None if some record's edits would not merge after all: the caller then sends
+        the entries as they are.
+        """
+        out: list[tuple[int, str, bytes]] = []
+        for group in self._items:
+            last = group[-1]
+            if len(group) == 1:
+                out.append((last.seq, last.record_id, last.update))
+                continue
+            try:
+                merged = merge([item.update for item in group], record_id=last.record_id)
+            except InvalidUpdateError:
+                return None
+            out.append((last.seq, last.record_id, merged))
+        out.sort()
+        return out
