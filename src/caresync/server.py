@@ -1009,6 +1009,14 @@ class SyncServer:
             client_newest=self.client_newest_version,
             client_min=self.client_min_version,
         )
+        # Authenticated goes now, and the login is recorded while it travels: this
+        # connection handles nothing more (no request is read) until the records
+        # below are committed, so nothing is served before the login is on record.
+        # The logged-in limits first: the laptop may send its larger frames at once.
+        conn.channel.set_limits(
+            max_frame_bytes=conn.protocol.max_frame_bytes, max_queued_frames=MAX_QUEUED_FRAMES
+        )
+        await conn.flush()
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
             self._versions[replica_id] = (conn.protocol.protocol_version, login.client_version)
