@@ -326,6 +326,7 @@ class Session:
         self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
         self._names_to_store: dict[str, str] | None = None  # account → display name
         self._audit_after: int | None = None  # send own audit entries after this one
+        self._outbox_said: tuple[int, int | None] | None = None  # the last OutboxReport sent
         # What the reader routes: replies to whoever expects one, live updates (once
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
@@ -647,7 +648,7 @@ class Session:
             raise
         await self.remember_login()
         copied = await self.first_copy(progress)
-        await self.report_outbox()  # what is left
+        await self.report_outbox()  # what is left, if that is news
         downloaded = await self.pull()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
         await self._synced()
@@ -666,11 +667,15 @@ class Session:
         await meta.note_last_sync(self.host.store, now_ms)
 
     async def report_outbox(self) -> None:
-        """Tell the server what waits in the outbox (protocol version 2 on), for operators."""
+        """Tell the server what waits in the outbox (protocol version 2 on), for operators;
+        not again what this connection already told it (the server keeps a report)."""
         if self.protocol.can_report_outbox:
             # One read: two would let an acknowledgement slip between them.
             outbox = await self.host.store.outbox_summary()
-            self.protocol.report_outbox(outbox.pending, outbox.oldest_pending_ms)
+            said = (outbox.pending, outbox.oldest_pending_ms)
+            if said != self._outbox_said:
+                self.protocol.report_outbox(*said)
+                self._outbox_said = said
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
         """Copy every record this replica may see, a batch per transaction, resumable.
