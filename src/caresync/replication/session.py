@@ -275,6 +275,13 @@ class SessionHost(Protocol):
 
     async def count_conflicts(self) -> int: ...
 
+    @property
+    def closing(self) -> set[asyncio.Task[None]]:
+        """Closing handshakes of sessions that ended well, still under way: a sync
+        does not wait for its link to close (awaited before the next connection
+        and when the replica closes)."""
+        ...
+
 
 def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
     """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
@@ -306,6 +313,20 @@ class LiveAttempt:
 
 async def _until(event: asyncio.Event) -> None:
     await event.wait()
+
+
+async def _close_quietly(channel: Channel) -> None:
+    """Close a link whose session ended well (Goodbye sent): a failure here loses nothing."""
+    try:
+        await channel.close()
+    except Exception as exc:  # noqa: BLE001 - the work is done; only the handshake is lost
+        logger.debug("closing the link failed: %s", exc)
+
+
+async def finish_closing(host: SessionHost) -> None:
+    """Wait for the host's links still closing (see :attr:`SessionHost.closing`)."""
+    if host.closing:
+        await asyncio.wait(set(host.closing))
 
 
 _ENDED = object()
@@ -945,6 +966,7 @@ class SessionContext:
             )
         host.status.move(ReplicaState.CONNECTING)
         try:
+            await finish_closing(host)  # the last session's link: one closing at a time
             channel = await host.connector.connect(self.url, ssl=self.ssl)
         except BaseException as exc:
             host.status.last_error = str(exc)
@@ -998,8 +1020,15 @@ class SessionContext:
                     await session.flush()
                 except CaresyncError as goodbye_lost:  # the work is done; only Goodbye is lost
                     logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
-            await session.channel.close()
-            await session.stop_reading()
+                # Everything is committed and Goodbye said: the closing handshake (a
+                # round trip) finishes in the background, not in the sync's time.
+                await session.stop_reading()
+                closing = asyncio.create_task(_close_quietly(session.channel))
+                host.closing.add(closing)
+                closing.add_done_callback(host.closing.discard)
+            else:
+                await session.channel.close()
+                await session.stop_reading()
             error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
             if isinstance(error, ReplicaRevokedError):
                 await host.revoked(str(error))
