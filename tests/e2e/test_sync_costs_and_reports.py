@@ -58,6 +58,22 @@ async def test_a_laptop_reports_its_outbox_and_operators_see_it(tmp_path: Path) 
         await server.close()
 
 
+async def test_a_sync_that_changes_nothing_in_the_outbox_reports_it_once(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, server_class=RecordingServer)
+    assert isinstance(server, RecordingServer)
+    server.reports = []
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        server.reports.clear()
+        await laptop.sync()
+        # Nothing waited and nothing was pushed: the report after the push would say
+        # what the first said, so it is not sent (nor committed again by the server).
+        assert server.reports == [(laptop.replica_id, 0, None)]
+    finally:
+        await laptop.close()
+        await server.close()
+
+
 async def test_a_push_of_updates_the_server_holds_relays_and_reports_nothing(
     tmp_path: Path,
 ) -> None:
