@@ -1530,6 +1530,16 @@ class SyncServer:
         # Kept for operators (``replicas()``): who carries unsynced work, since when.
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
+            if conn.login is not None:
+                # Seen at this login already: a report of what is stored (a laptop with
+                # nothing waiting, as last time) is not committed again. A read, not a
+                # commit (an fsync) before the requests that follow it.
+                info = await self.store.get_replica(replica_id)
+                if info is not None and (info.pending, info.oldest_pending_ms) == (
+                    report.pending,
+                    report.oldest_pending_ms,
+                ):
+                    return
             await self.store.touch_replica(
                 replica_id,
                 self._now_ms(),
