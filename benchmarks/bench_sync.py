@@ -645,6 +645,57 @@ async def peer_copies(
     ]
 
 
+async def noop_cases(
+    work: Path, n: int, ids_data: list[tuple[str, bytes]], rounds: int
+) -> list[dict[str, Any]]:
+    """The no-op sync alone (``--only noop``): a laptop holding the ``n`` records syncs
+    ``rounds`` times with nothing to do, then once more with each side's fsyncs counted.
+
+    Each sync's CPU time is given too, of the laptop's process and of the server's.
+    """
+    noops: list[float] = []
+    laptop_cpu: list[float] = []
+    server_cpu: list[float] = []
+    sdb = work / f"cs-server-{n}.db"
+    await build_caresync_server(sdb, ids_data)
+    async with running("caresync", sdb) as server:
+        laptop = await Replica.open(work / f"cs-laptop-{n}-noop.db")
+        await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
+        assert await laptop.store.count_records() == n
+        await laptop.sync()  # the enrolment's own leftovers (its login's audit entry)
+        for _ in range(rounds):
+            server_before = (await server.stats())["cpu_s"]
+            cpu_before = time.process_time()
+            t0 = time.perf_counter()
+            report = await laptop.sync()
+            noops.append(time.perf_counter() - t0)
+            laptop_cpu.append(time.process_time() - cpu_before)
+            server_cpu.append((await server.stats())["cpu_s"] - server_before)
+            assert report.downloaded == 0, report
+            assert report.uploaded == 0, report
+        # The server's strace first: one started later would be traced by the laptop's.
+        async with (
+            counting_fsyncs(server.proc.pid) as server_fsyncs,
+            counting_fsyncs(os.getpid()) as noop_fsyncs,
+        ):
+            await laptop.sync()
+        await laptop.close()
+        await server.stop()
+    return [
+        timing_case(
+            f"sync with nothing to do, {n} records",
+            "caresync",
+            noops,
+            laptop_fsyncs=fsync_figure(noop_fsyncs),
+            server_fsyncs=fsync_figure(server_fsyncs),
+            laptop_cpu_s=[round(c, 5) for c in laptop_cpu],
+            server_cpu_s=[round(c, 5) for c in server_cpu],
+            laptop_cpu_median_s=round(statistics.median(laptop_cpu), 5),
+            server_cpu_median_s=round(statistics.median(server_cpu), 5),
+        )
+    ]
+
+
 def raw_limit_cases(
     work: Path, n: int, changed: int, ids_data: list[tuple[str, bytes]], rounds: int
 ) -> list[dict[str, Any]]:
@@ -1002,7 +1053,7 @@ async def run(tiny: bool, only: str | None = None, rounds: int = ROUNDS) -> list
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         sizes = [(20, 2), (50, 5)] if tiny else [(10_000, 100), (100_000, 1_000)]
-        if only == "first-copy":
+        if only in ("first-copy", "noop"):
             sizes = sizes[-1:]
         largest = max(n for n, _ in sizes)
         data = [patient(i) for i in range(largest)]
@@ -1014,6 +1065,9 @@ async def run(tiny: bool, only: str | None = None, rounds: int = ROUNDS) -> list
         cases: list[dict[str, Any]] = []
         copy_only = only == "first-copy"
         runs = 2 if tiny else rounds
+        if only == "noop":
+            n = sizes[-1][0]
+            return await noop_cases(work, n, data[:n], runs)
         for n, changed in sizes:
             cases.extend(await copy_cases(work, n, changed, data[:n], runs, copy_only))
             cases.extend(raw_limit_cases(work, n, changed, data[:n], runs))
@@ -1036,16 +1090,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write JSON results")
     parser.add_argument(
         "--only",
-        choices=["first-copy"],
+        choices=["first-copy", "noop"],
         default=None,
-        help="only the first copy of the largest size: caresync (with each side's CPU "
-        "time), the peer and the raw limit; written to sync_first_copy.json",
+        help="first-copy: only the first copy of the largest size: caresync (with each "
+        "side's CPU time), the peer and the raw limit; written to sync_first_copy.json. "
+        "noop: only caresync's sync with nothing to do at the largest size (each "
+        "side's CPU time and fsyncs); written to sync_noop.json",
     )
     parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help=f"rounds of the timed cases ({ROUNDS})"
     )
     args = parser.parse_args(argv)
-    name = "sync" if args.only is None else "sync_first_copy"
+    name = "sync" if args.only is None else f"sync_{args.only.replace('-', '_')}"
     if args.out is None and not args.tiny:
         args.out = RESULTS_DIR / f"{name}.json"
     cases = asyncio.run(run(args.tiny, args.only, max(1, args.rounds)))

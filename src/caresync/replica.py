@@ -93,6 +93,7 @@ from caresync.replication.session import (
     Session,
     SyncLimits,
     SyncReport,
+    finish_closing,
 )
 from caresync.replication.status import ReplicaState, StatusListener, SyncStatus
 from caresync.storage import (
@@ -253,6 +254,7 @@ class Replica:
         self._received: list[ReceivedListener] = []
         self._acknowledged: list[AcknowledgedListener] = []
         self._sync_lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()  # links of ended syncs, closing
         self._write_lock = asyncio.Lock()
         self._outbox_changed = asyncio.Event()
         self._live = False
@@ -392,7 +394,9 @@ class Replica:
         return replica
 
     async def close(self) -> None:
-        """Close the local database (stop :meth:`stay_connected` first)."""
+        """Close the local database (stop :meth:`stay_connected` first), once the
+        links of the last syncs are closed."""
+        await finish_closing(self._host)
         await self.store.close()
 
     async def __aenter__(self) -> Replica:
@@ -1374,6 +1378,10 @@ class _ReplicaHost:
     @property
     def logins(self) -> LaptopLogins:
         return self._replica.logins
+
+    @property
+    def closing(self) -> set[asyncio.Task[None]]:
+        return self._replica._closing
 
     @property
     def secret(self) -> bytes | None:

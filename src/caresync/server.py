@@ -1012,6 +1012,14 @@ class SyncServer:
             client_newest=self.client_newest_version,
             client_min=self.client_min_version,
         )
+        # Authenticated goes now, and the login is recorded while it travels: this
+        # connection handles nothing more (no request is read) until the records
+        # below are committed, so nothing is served before the login is on record.
+        # The logged-in limits first: the laptop may send its larger frames at once.
+        conn.channel.set_limits(
+            max_frame_bytes=conn.protocol.max_frame_bytes, max_queued_frames=MAX_QUEUED_FRAMES
+        )
+        await conn.flush()
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
             self._versions[replica_id] = (conn.protocol.protocol_version, login.client_version)
@@ -1561,6 +1569,16 @@ class SyncServer:
         # Kept for operators (``replicas()``): who carries unsynced work, since when.
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
+            if conn.login is not None:
+                # Seen at this login already: a report of what is stored (a laptop with
+                # nothing waiting, as last time) is not committed again. A read, not a
+                # commit (an fsync) before the requests that follow it.
+                info = await self.store.get_replica(replica_id)
+                if info is not None and (info.pending, info.oldest_pending_ms) == (
+                    report.pending,
+                    report.oldest_pending_ms,
+                ):
+                    return
             await self.store.touch_replica(
                 replica_id,
                 self._now_ms(),

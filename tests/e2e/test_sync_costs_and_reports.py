@@ -58,6 +58,57 @@ async def test_a_laptop_reports_its_outbox_and_operators_see_it(tmp_path: Path) 
         await server.close()
 
 
+async def test_a_sync_that_changes_nothing_in_the_outbox_reports_it_once(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, server_class=RecordingServer)
+    assert isinstance(server, RecordingServer)
+    server.reports = []
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        server.reports.clear()
+        await laptop.sync()
+        # Nothing waited and nothing was pushed: the report after the push would say
+        # what the first said, so it is not sent (nor committed again by the server).
+        assert server.reports == [(laptop.replica_id, 0, None)]
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_sync_with_nothing_to_do_commits_only_the_login_on_the_server(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        await laptop.sync()
+        assert isinstance(server.store, SQLiteStore)
+        async with traced(server.store) as statements:
+            await laptop.sync()
+        # The login's audit entry, and when the replica was last seen; its outbox
+        # report says what the server holds already (nothing waits), so is not
+        # committed again.
+        writes = write_transactions(statements)
+        assert len(writes) == 2, writes
+        assert not any("pending" in statement for write in writes for statement in write)
+        [info] = await server.replicas()
+        assert (info.pending, info.oldest_pending_ms) == (0, None)
+        # An outbox that changed is committed as before.
+        record_id = await laptop.create_record()
+        async with traced(server.store) as statements:
+            await laptop.sync()
+        assert any(
+            "pending" in statement
+            for write in write_transactions(statements)
+            for statement in write
+        )
+        [info] = await server.replicas()
+        assert (info.pending, info.oldest_pending_ms) == (0, None)
+        assert await server.store.has_record(record_id)
+    finally:
+        await laptop.close()
+        await server.close()
+
+
 async def test_a_push_of_updates_the_server_holds_relays_and_reports_nothing(
     tmp_path: Path,
 ) -> None:

@@ -275,6 +275,13 @@ class SessionHost(Protocol):
 
     async def count_conflicts(self) -> int: ...
 
+    @property
+    def closing(self) -> set[asyncio.Task[None]]:
+        """Closing handshakes of sessions that ended well, still under way: a sync
+        does not wait for its link to close (awaited before the next connection
+        and when the replica closes)."""
+        ...
+
 
 def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
     """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
@@ -308,6 +315,20 @@ async def _until(event: asyncio.Event) -> None:
     await event.wait()
 
 
+async def _close_quietly(channel: Channel) -> None:
+    """Close a link whose session ended well (Goodbye sent): a failure here loses nothing."""
+    try:
+        await channel.close()
+    except Exception as exc:  # noqa: BLE001 - the work is done; only the handshake is lost
+        logger.debug("closing the link failed: %s", exc)
+
+
+async def finish_closing(host: SessionHost) -> None:
+    """Wait for the host's links still closing (see :attr:`SessionHost.closing`)."""
+    if host.closing:
+        await asyncio.wait(set(host.closing))
+
+
 _ENDED = object()
 """Put in the replies queue when the reader ends: every waiter then learns why."""
 
@@ -326,6 +347,7 @@ class Session:
         self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
         self._names_to_store: dict[str, str] | None = None  # account → display name
         self._audit_after: int | None = None  # send own audit entries after this one
+        self._outbox_said: tuple[int, int | None] | None = None  # the last OutboxReport sent
         # What the reader routes: replies to whoever expects one, live updates (once
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
@@ -647,7 +669,7 @@ class Session:
             raise
         await self.remember_login()
         copied = await self.first_copy(progress)
-        await self.report_outbox()  # what is left
+        await self.report_outbox()  # what is left, if that is news
         downloaded = await self.pull()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
         await self._synced()
@@ -666,11 +688,15 @@ class Session:
         await meta.note_last_sync(self.host.store, now_ms)
 
     async def report_outbox(self) -> None:
-        """Tell the server what waits in the outbox (protocol version 2 on), for operators."""
+        """Tell the server what waits in the outbox (protocol version 2 on), for operators;
+        not again what this connection already told it (the server keeps a report)."""
         if self.protocol.can_report_outbox:
             # One read: two would let an acknowledgement slip between them.
             outbox = await self.host.store.outbox_summary()
-            self.protocol.report_outbox(outbox.pending, outbox.oldest_pending_ms)
+            said = (outbox.pending, outbox.oldest_pending_ms)
+            if said != self._outbox_said:
+                self.protocol.report_outbox(*said)
+                self._outbox_said = said
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
         """Copy every record this replica may see, a batch per transaction, resumable.
@@ -940,6 +966,7 @@ class SessionContext:
             )
         host.status.move(ReplicaState.CONNECTING)
         try:
+            await finish_closing(host)  # the last session's link: one closing at a time
             channel = await host.connector.connect(self.url, ssl=self.ssl)
         except BaseException as exc:
             host.status.last_error = str(exc)
@@ -993,8 +1020,15 @@ class SessionContext:
                     await session.flush()
                 except CaresyncError as goodbye_lost:  # the work is done; only Goodbye is lost
                     logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
-            await session.channel.close()
-            await session.stop_reading()
+                # Everything is committed and Goodbye said: the closing handshake (a
+                # round trip) finishes in the background, not in the sync's time.
+                await session.stop_reading()
+                closing = asyncio.create_task(_close_quietly(session.channel))
+                host.closing.add(closing)
+                closing.add_done_callback(host.closing.discard)
+            else:
+                await session.channel.close()
+                await session.stop_reading()
             error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
             if isinstance(error, ReplicaRevokedError):
                 await host.revoked(str(error))
