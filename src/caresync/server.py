@@ -1133,16 +1133,16 @@ class SyncServer:
                     done_before -= len(
                         await self.store.record_ids(organisation, after=request.after_record_id)
                     )
-            # One id more than asked says whether the copy ends with this batch:
-            # exact even while records are being added, unlike comparing counts.
-            ids = await self.store.record_ids(
-                organisation, after=request.after_record_id, limit=request.batch_records + 1
+            # One read for the page: its records as stored, with their rows and cards
+            # as stored, none of it through the record cache (which a copy would churn).
+            page = await self.store.copy_page(
+                organisation,
+                after=request.after_record_id,
+                limit=request.batch_records,
+                rows=send_rows,
+                persons=send_persons,
             )
-            more = len(ids) > request.batch_records
-            del ids[request.batch_records :]
-            loaded = await self.store.load_many(ids)
-            stored_rows = await self.store.conflict_rows(ids) if send_rows else {}
-            cards = await self.store.person_cards(ids) if send_persons else {}
+        more = page.more
         records: list[tuple[str, bytes]] = []
         rows: list[CopyConflict] = []
         persons: list[CopyPerson] = []
@@ -1150,35 +1150,24 @@ class SyncServer:
         if request.batch_bytes is not None:  # sized by what it holds (version 8 on)
             budget = min(budget, request.batch_bytes)
         size = 0
-        for record_id in ids:
-            stored = loaded.get(record_id)
-            if stored is None:
-                continue
-            found_rows = stored_rows.get(record_id)
-            record_rows = (
-                [
-                    CopyConflict(
-                        record_id, row.id, row.kind, row.subject, row.severity, row.payload
-                    )
-                    for row in found_rows
-                ]
-                if found_rows
-                else []
-            )
-            card = cards.get(record_id)
-            person = None if card is None else CopyPerson(record_id, card.to_bytes())
+        stored_rows, cards = page.rows, page.cards
+        for record_id, stored in page.records:
             record_size = item_wire_size(record_id, stored)
+            found_rows = stored_rows.get(record_id) if stored_rows else None
+            record_rows = [CopyConflict(*row) for row in found_rows] if found_rows else None
             if record_rows:
                 record_size += sum(row_wire_size(row) for row in record_rows)
-            if person is not None:
-                record_size += item_wire_size(record_id, person.card)
+            card = cards.get(record_id) if cards else None
+            if card is not None:
+                record_size += item_wire_size(record_id, card)
             if records and size + record_size > budget:
                 more = True  # the rest goes in the next batch
                 break
             records.append((record_id, stored))
-            rows.extend(record_rows)
-            if person is not None:
-                persons.append(person)
+            if record_rows:
+                rows.extend(record_rows)
+            if card is not None:
+                persons.append(CopyPerson(record_id, card))
             size += record_size
         done = done_before + len(records)
         sent_bytes = bytes_before + size

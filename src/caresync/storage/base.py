@@ -50,6 +50,7 @@ from caresync.records.persons import PairState, PersonCard, PersonPair
 
 __all__ = [
     "ConflictRow",
+    "CopyPage",
     "FeedItem",
     "HUB_STATES",
     "HubMark",
@@ -253,6 +254,23 @@ class FeedItem:
     organisation: str | None
     origin: str | None = None
     """Who sent the update (a replica id), as given to ``write_remote``; None if not said."""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPage:
+    """One page of a first copy as :meth:`ServerStore.copy_page` reads it: plain values,
+    ready to be sent, none of them put in the store's record cache."""
+
+    records: list[tuple[str, bytes]]
+    """(record id, the record's state merged with its log), in ascending id order."""
+    more: bool
+    """True if a record comes after the last of ``records`` (in that organisation)."""
+    rows: dict[str, list[tuple[str, str, str, str, str, bytes]]]
+    """Each record's conflict rows as (record_id, id, kind, subject, severity,
+    payload), ordered by id; a record without rows is absent (empty if not asked)."""
+    cards: dict[str, bytes]
+    """Each record's person card as stored (``PersonCard.to_bytes()``), not parsed; a
+    record without one is absent (empty if not asked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1057,6 +1075,25 @@ class ServerStore(ReplicaStore, Protocol):
 
     async def feed_head(self) -> int:
         """The highest feed seq given out (0 when the feed is empty)."""
+        ...
+
+    async def copy_page(
+        self,
+        organisation: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        rows: bool,
+        persons: bool,
+    ) -> CopyPage:
+        """One page of a first copy, in one consistent read: the first ``limit`` records
+        after ``after`` (in that organisation), what :meth:`load_many` returns of each,
+        with their conflict rows (``rows``) and person cards (``persons``) as stored.
+
+        A store with a record cache should neither read nor fill it here (the SQLite
+        store does not): a copy goes through every record once, and would evict the
+        records live replicas use.
+        """
         ...
 
     # several server processes on one database
