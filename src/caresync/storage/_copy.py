@@ -1,15 +1,23 @@
-"""A first copy's page read through a store's ordinary methods (see
-:meth:`~caresync.storage.base.ServerStore.copy_page`), for stores without a read of
-their own."""
+"""A first copy through a store's ordinary methods, for stores without a way of their
+own: its page read (:meth:`~caresync.storage.base.ServerStore.copy_page`) and its
+batch written (:meth:`~caresync.storage.base.ReplicaStore.write_copy`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from caresync.storage._arguments import check_record_page
-from caresync.storage.base import ConflictRow, CopyPage, check_count
+from caresync.storage.base import (
+    ConflictRow,
+    CopiedRecords,
+    CopyPage,
+    IncomingUpdate,
+    QuarantinedUpdate,
+    check_count,
+)
 
-__all__ = ["copy_page_of"]
+__all__ = ["copy_page_of", "copied_items", "write_copy_of"]
 
 
 class _Readable(Protocol):
@@ -54,3 +62,35 @@ async def copy_page_of(
         },
         cards,
     )
+
+
+class _Writable(Protocol):
+    async def write_remote(
+        self,
+        items: Sequence[IncomingUpdate],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+    ) -> list[int]: ...
+
+
+def copied_items(records: CopiedRecords) -> list[IncomingUpdate]:
+    """The batch as ``write_remote`` takes it: one item per record."""
+    rows, persons, organisation = records.conflicts, records.persons, records.organisation
+    return [
+        IncomingUpdate(rid, update, rows.get(rid, ()), organisation, persons.get(rid), vector)
+        for rid, update, vector in zip(
+            records.record_ids, records.updates, records.state_vectors, strict=True
+        )
+    ]
+
+
+async def write_copy_of(
+    store: _Writable,
+    records: CopiedRecords,
+    *,
+    checkpoint: tuple[str, str] | None,
+    quarantine: Sequence[QuarantinedUpdate],
+) -> None:
+    """``write_copy`` as ``write_remote`` of one item per record."""
+    await store.write_remote(copied_items(records), checkpoint=checkpoint, quarantine=quarantine)

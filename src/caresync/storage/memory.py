@@ -66,7 +66,7 @@ from caresync.storage._audit import (
     plan_append,
     plan_receive,
 )
-from caresync.storage._copy import copy_page_of
+from caresync.storage._copy import copy_page_of, write_copy_of
 from caresync.storage._local import LocalCommits
 from caresync.storage._updates import (
     EMPTY_UPDATE,
@@ -89,6 +89,7 @@ from caresync.storage._writes import (
 )
 from caresync.storage.base import (
     ConflictRow,
+    CopiedRecords,
     CopyPage,
     FeedItem,
     HubMark,
@@ -390,6 +391,17 @@ class MemoryStore:
         write, events = check_write_local(record_id, update, conflicts, organisation, person, audit)
         self._open_or_raise(f"writing record {record_id}")
         return self._write_local([write], events)[0]
+
+    async def write_copy(
+        self,
+        records: CopiedRecords,
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+    ) -> None:
+        """A first copy's batch, as ``write_remote`` of one item per record (see
+        ``ReplicaStore.write_copy``)."""
+        await write_copy_of(self, records, checkpoint=checkpoint, quarantine=quarantine)
 
     async def write_remote(
         self,
