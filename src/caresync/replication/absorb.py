@@ -42,7 +42,7 @@ from itertools import repeat
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
 from caresync.records.crdt import merge as merge_updates
-from caresync.records.crdt import state_vector_of
+from caresync.records.crdt import state_vector_of, state_vectors_of
 from caresync.records.persons import PersonCard, person_card
 from caresync.replication.checked import (
     ServerCheck,
@@ -152,34 +152,41 @@ def prepare_copy(
     the store nor the pool, so it may run while the previous batch commits; the
     caller passes the result to :func:`absorb` (``prepared``) under the write lock.
     """
-    parts: dict[str, list[bytes]] = {}
-    for record_id, update in updates:
-        parts.setdefault(record_id, []).append(update)
     kept_aside: list[QuarantinedUpdate] = []
-    ids: list[str] = []
-    stored: list[bytes] = []
-    vectors: list[bytes] = []
-    for record_id, arrived in parts.items():
-        try:
-            update = _merged(record_id, arrived)
-            # Proves the bytes an update, and spares the store reading them again.
-            vector = state_vector_of(update, record_id=record_id)
-        except InvalidUpdateError as exc:
-            if on_bad is OnBadUpdate.REFUSE:
-                raise
-            kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
-            continue
-        ids.append(record_id)
-        stored.append(update)
-        vectors.append(vector)
+    ids = [record_id for record_id, _update in updates]
+    stored = [update for _record_id, update in updates]
+    # The common case, each record once with bytes that read as updates (a CopyBatch's
+    # ids are unique): their state vectors in one pass. Else record by record.
+    vectors = state_vectors_of(stored) if len(set(ids)) == len(ids) else None
+    if vectors is None:
+        parts: dict[str, list[bytes]] = {}
+        for record_id, update in updates:
+            parts.setdefault(record_id, []).append(update)
+        ids, stored, vectors = [], [], []
+        for record_id, arrived in parts.items():
+            try:
+                update = _merged(record_id, arrived)
+                # Proves the bytes an update, and spares the store reading them again.
+                vector = state_vector_of(update, record_id=record_id)
+            except InvalidUpdateError as exc:
+                if on_bad is OnBadUpdate.REFUSE:
+                    raise
+                kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
+                continue
+            ids.append(record_id)
+            stored.append(update)
+            vectors.append(vector)
+        named = frozenset(parts)
+    else:
+        named = frozenset(ids)
     rows, persons = trusted.rows, trusted.persons
-    if kept_aside or not rows.keys() <= parts.keys() or not persons.keys() <= parts.keys():
+    if kept_aside or not rows.keys() <= named or not persons.keys() <= named:
         # Rows and cards of records taken in only (a record kept aside has none stored).
-        named = set(ids)
-        rows = {rid: found for rid, found in rows.items() if rid in named}
-        persons = {rid: card for rid, card in persons.items() if rid in named}
+        taken = set(ids)
+        rows = {rid: found for rid, found in rows.items() if rid in taken}
+        persons = {rid: card for rid, card in persons.items() if rid in taken}
     records = CopiedRecords(ids, stored, vectors, organisation, rows, persons)
-    return PreparedCopy(frozenset(parts), records, tuple(kept_aside))
+    return PreparedCopy(named, records, tuple(kept_aside))
 
 
 def _take_trusted(
