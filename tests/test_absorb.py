@@ -241,3 +241,32 @@ async def test_a_prepared_copy_commits_what_the_unprepared_path_commits() -> Non
     loaded = pool.peek(record_id)
     assert loaded is not None
     assert loaded.value("birthDate") == "1980-01-01"
+
+
+def test_prepare_copy_reads_a_plain_batch_in_one_pass_as_record_by_record() -> None:
+    """Each record once, all updates: state vectors in one pass. A bad update or a
+    record twice takes the record-by-record way, which keeps the bad one aside and
+    merges the parts; the records taken are the same either way."""
+    from caresync.records.crdt import state_vector_of
+    from caresync.replication.absorb import TrustedCopy, prepare_copy
+
+    charts = []
+    for i in range(5):
+        chart = Record.create(replica="clinic")
+        chart.set("name", f"Patient {i}", author="import")
+        charts.append(chart)
+    batch = [(c.record_id, c.update_since()) for c in charts]
+    trusted = TrustedCopy({}, {})
+    plain = prepare_copy(batch, trusted, "clinic-a")
+    assert list(plain.records.record_ids) == [rid for rid, _ in batch]
+    assert list(plain.records.state_vectors) == [state_vector_of(u) for _, u in batch]
+    assert plain.kept_aside == ()
+    bad = Record.create(replica="clinic").record_id
+    mixed = prepare_copy([*batch, (bad, GARBAGE)], trusted, "clinic-a")
+    assert mixed.records == plain.records
+    assert [(q.record_id, q.update) for q in mixed.kept_aside] == [(bad, GARBAGE)]
+    assert mixed.record_ids == plain.record_ids | {bad}
+    record_id, updates = edits()
+    twice = prepare_copy([(record_id, updates[0]), (record_id, updates[1])], trusted, None)
+    merged = Record.from_update(record_id, twice.records.updates[0], replica="x")
+    assert merged.value("birthDate") == "1980-01-01"

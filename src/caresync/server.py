@@ -34,9 +34,11 @@ import contextlib
 import logging
 import ssl as ssl_module
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -76,6 +78,7 @@ from caresync.observe import (
 )
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
+    ITEM_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
     AccountName,
     AuditBatch,
@@ -1144,53 +1147,58 @@ class SyncServer:
                     done_before -= len(
                         await self.store.record_ids(organisation, after=request.after_record_id)
                     )
-            # One id more than asked says whether the copy ends with this batch:
-            # exact even while records are being added, unlike comparing counts.
-            ids = await self.store.record_ids(
-                organisation, after=request.after_record_id, limit=request.batch_records + 1
+            # One read for the page: its records as stored, with their rows and cards
+            # as stored, none of it through the record cache (which a copy would churn).
+            page = await self.store.copy_page(
+                organisation,
+                after=request.after_record_id,
+                limit=request.batch_records,
+                rows=send_rows,
+                persons=send_persons,
             )
-            more = len(ids) > request.batch_records
-            del ids[request.batch_records :]
-            loaded = await self.store.load_many(ids)
-            stored_rows = await self.store.conflict_rows(ids) if send_rows else {}
-            cards = await self.store.person_cards(ids) if send_persons else {}
-        records: list[tuple[str, bytes]] = []
-        rows: list[CopyConflict] = []
-        persons: list[CopyPerson] = []
+        more = page.more
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         if request.batch_bytes is not None:  # sized by what it holds (version 8 on)
             budget = min(budget, request.batch_bytes)
-        size = 0
-        for record_id in ids:
-            stored = loaded.get(record_id)
-            if stored is None:
-                continue
-            found_rows = stored_rows.get(record_id)
-            record_rows = (
-                [
-                    CopyConflict(
-                        record_id, row.id, row.kind, row.subject, row.severity, row.payload
-                    )
-                    for row in found_rows
-                ]
-                if found_rows
-                else []
-            )
-            card = cards.get(record_id)
-            person = None if card is None else CopyPerson(record_id, card.to_bytes())
-            record_size = item_wire_size(record_id, stored)
-            if record_rows:
-                record_size += sum(row_wire_size(row) for row in record_rows)
-            if person is not None:
-                record_size += item_wire_size(record_id, person.card)
-            if records and size + record_size > budget:
-                more = True  # the rest goes in the next batch
-                break
-            records.append((record_id, stored))
-            rows.extend(record_rows)
-            if person is not None:
-                persons.append(person)
-            size += record_size
+        stored_rows, cards = page.rows, page.cards
+        # Each record's wire size (item_wire_size, inline: 2,000 a batch), with its rows
+        # and card; the batch takes the longest prefix within the budget, at least one.
+        sizes = [
+            len(record_id.encode("utf-8", "surrogatepass")) + len(stored) + ITEM_OVERHEAD_BYTES
+            for record_id, stored in page.records
+        ]
+        if stored_rows or cards:
+            for index, (record_id, _stored) in enumerate(page.records):
+                found_rows = stored_rows.get(record_id)
+                if found_rows:
+                    sizes[index] += sum(row_wire_size(CopyConflict(*row)) for row in found_rows)
+                card = cards.get(record_id)
+                if card is not None:
+                    sizes[index] += item_wire_size(record_id, card)
+        ends = list(accumulate(sizes))
+        taken = max(1, bisect_right(ends, budget)) if ends else 0
+        if taken < len(ends):
+            more = True  # the rest goes in the next batch
+        records = page.records[:taken]
+        size = ends[taken - 1] if taken else 0
+        rows = (
+            [
+                CopyConflict(*row)
+                for record_id, _ in records
+                for row in stored_rows.get(record_id, ())
+            ]
+            if stored_rows
+            else []
+        )
+        persons = (
+            [
+                CopyPerson(record_id, cards[record_id])
+                for record_id, _ in records
+                if record_id in cards
+            ]
+            if cards
+            else []
+        )
         done = done_before + len(records)
         sent_bytes = bytes_before + size
         conn.protocol.send_copy_batch(

@@ -10,6 +10,7 @@ one that indexed it is re-indexed first.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,13 @@ from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 from caresync import Record
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, Finding, RecordView, Rulebook, Severity
 from caresync.exceptions import RemoteProtocolError
-from caresync.records.persons import DUPLICATE_RULE, PersonCard, person_card
+from caresync.records.persons import DUPLICATE_RULE, person_card
 from caresync.replica import Replica
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index
 from caresync.replication.pool import conflict_rows
 from caresync.server import SyncServer
 from caresync.storage import IncomingUpdate
+from caresync.storage.base import CopyPage
 
 RECORDS = 30
 CONFLICTED = 7  # the first CONFLICTED records have two birth dates
@@ -186,10 +188,16 @@ async def test_a_card_of_another_record_stops_the_copy_with_nothing_stored(
     stranger = Record.create(replica="desk-x")
     stranger.set("name", "Someone Else", author="registrar")
 
-    async def wrong_cards(record_ids: Sequence[str]) -> dict[str, PersonCard]:
-        return {rid: person_card(stranger) for rid in record_ids}
+    read_page = server.store.copy_page
 
-    server.store.person_cards = wrong_cards  # type: ignore[method-assign]
+    async def wrong_cards(
+        organisation: str | None, *, after: str | None, limit: int, rows: bool, persons: bool
+    ) -> CopyPage:
+        page = await read_page(organisation, after=after, limit=limit, rows=rows, persons=persons)
+        card = person_card(stranger).to_bytes()
+        return replace(page, cards={rid: card for rid, _ in page.records})
+
+    server.store.copy_page = wrong_cards  # type: ignore[method-assign]
     laptop = await Replica.open(tmp_path / "laptop.db")
     with pytest.raises(RemoteProtocolError, match="with the card of"):
         await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")

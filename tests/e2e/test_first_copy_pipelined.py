@@ -33,17 +33,16 @@ async def test_a_failed_commit_stops_the_copy_and_it_resumes_losing_nothing(
     ids = sorted(item.record_id for item in items)
     laptop = await Replica.open(tmp_path / "laptop.db", limits=SyncLimits(copy_batch_records=BATCH))
     store: Any = laptop.store
-    write_remote = store.write_remote
+    write_copy = store.write_copy  # how a copied batch is committed
     calls: list[int] = []
 
-    async def failing_third(batch: Any, **kwargs: Any) -> list[int]:
-        calls.append(len(batch))
+    async def failing_third(batch: Any, **kwargs: Any) -> None:
+        calls.append(len(batch.record_ids))
         if len(calls) == 3:
             raise StorageError("disk full (injected)")
-        result: list[int] = await write_remote(batch, **kwargs)
-        return result
+        await write_copy(batch, **kwargs)
 
-    store.write_remote = failing_third
+    store.write_copy = failing_third
     seen: list[CopyProgress] = []
     with pytest.raises(StorageError, match="injected"):
         await laptop.enrol(
@@ -61,7 +60,7 @@ async def test_a_failed_commit_stops_the_copy_and_it_resumes_losing_nothing(
     assert await laptop.store.get_meta(meta.COPY_RESUME) == ids[999]
     assert await laptop.store.get_meta(meta.COPY_DONE_MS) is None
 
-    store.write_remote = write_remote
+    store.write_copy = write_copy
     resumed: list[CopyProgress] = []
     report = await laptop.sync(progress=resumed.append)
     assert report.copied == RECORDS - 1000

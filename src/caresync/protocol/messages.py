@@ -24,6 +24,7 @@ See ``docs/protocol.md`` for the message table.
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -957,9 +958,10 @@ class CopyBatch(Message):
     def __post_init__(self) -> None:
         owner = "CopyBatch"
         items = _items(owner, "records", self.records, allow_empty=True)
-        out: list[CopyRecord] = []
-        previous: str | None = None
-        for item in items:
+        fast = _plain_copy_records(items)
+        out: list[CopyRecord] = [] if fast is None else fast
+        previous: str | None = fast[-1].record_id if fast else None
+        for item in items if fast is None else ():
             if type(item) is not CopyRecord:
                 if not isinstance(item, (tuple, list)) or len(item) != 2:
                     _bad(owner, "records[]", "a (record_id, update) pair", item)
@@ -988,6 +990,30 @@ class CopyBatch(Message):
             if self.conflicts is None:
                 raise LocalProtocolError("CopyBatch: person cards come only with conflict rows")
             _set(self, "persons", _copy_persons(self.persons, out))
+
+
+def _plain_copy_records(items: tuple[Any, ...]) -> list[CopyRecord] | None:
+    """A CopyBatch's records checked in a few passes of builtins, the common case
+    (every record a (str, bytes) pair, each id printable of 1 to MAX_ID_LENGTH
+    characters, ascending, each update non-empty bytes): as CopyRecords. None if
+    anything is otherwise, for the record-by-record checks that say what is wrong.
+    The same rules as those checks, for 2,000 records a batch at C speed."""
+    if not items:
+        return []
+    if not {type(item) for item in items} <= {tuple, CopyRecord}:
+        return None
+    if {len(item) for item in items} != {2}:
+        return None
+    ids, updates = zip(*items, strict=True)
+    if {type(record_id) for record_id in ids} != {str} or {type(u) for u in updates} != {bytes}:
+        return None
+    if not 0 < min(map(len, ids)) <= max(map(len, ids)) <= MAX_ID_LENGTH:
+        return None
+    if not all(map(str.isprintable, ids)) or not all(updates):
+        return None
+    if not all(map(operator.lt, ids, ids[1:])):
+        return None
+    return list(map(CopyRecord, ids, updates))
 
 
 def _copy_persons(value: object, records: list[CopyRecord]) -> tuple[CopyPerson, ...]:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from caresync.exceptions import (
     LocalProtocolError,
@@ -415,10 +416,12 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         request = self._expect(RequestKind.COPY)
         if not isinstance(request, CopyRequest):  # pragma: no cover - kept by the tables
             raise LocalProtocolError("no CopyRequest outstanding")
-        items = tuple(item if type(item) is CopyRecord else CopyRecord(*item) for item in records)
-        last = items[-1].record_id if items else request.after_record_id
+        # CopyBatch checks the records and makes them CopyRecords (in one pass of
+        # builtins when they are plain pairs): not converted here first.
+        items = tuple(records)
+        last = items[-1][0] if items else request.after_record_id
         batch = CopyBatch(
-            items,
+            cast("tuple[CopyRecord, ...]", items),
             done_records,
             total_records,
             done_bytes,
@@ -442,7 +445,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
                 f"{len(items)} records; the client asked for at most {request.batch_records}"
             )
         after = request.after_record_id
-        if items and after is not None and items[0].record_id <= after:
+        if items and after is not None and items[0][0] <= after:
             raise LocalProtocolError(f"records must come after {after!r}, as asked")
         self._send(batch)
 

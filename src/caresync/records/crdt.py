@@ -62,6 +62,7 @@ __all__ = [
     "merge",
     "pycrdt_errors",
     "state_vector_of",
+    "state_vectors_of",
 ]
 
 EMPTY_UPDATE = b"\x00\x00"
@@ -180,6 +181,18 @@ def state_vector_of(update: bytes, *, record_id: str | None = None) -> bytes:
             raise
         raise InvalidUpdateError(_message(exc, record_id, _AN_UPDATE)) from exc
     return state
+
+
+def state_vectors_of(updates: Sequence[bytes]) -> list[bytes] | None:
+    """The state vector of each update, in one pass of pycrdt calls (a first copy's
+    batch); None if any is not an update, for the caller to read them one by one
+    with :func:`state_vector_of` and learn which."""
+    try:
+        return list(map(_get_state, updates))
+    except BaseException as exc:
+        if _passes_through(exc):
+            raise
+        return None
 
 
 def diff_update(update: bytes, state_vector: bytes, *, record_id: str | None = None) -> bytes:

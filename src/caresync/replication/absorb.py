@@ -37,11 +37,12 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
 from caresync.records.crdt import merge as merge_updates
-from caresync.records.crdt import state_vector_of
+from caresync.records.crdt import state_vector_of, state_vectors_of
 from caresync.records.persons import PersonCard, person_card
 from caresync.replication.checked import (
     ServerCheck,
@@ -52,7 +53,7 @@ from caresync.replication.checked import (
 )
 from caresync.replication.pool import RecordPool
 from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, ReplicaStore
-from caresync.storage.base import HubMark
+from caresync.storage.base import CopiedRecords, HubMark
 
 __all__ = [
     "Absorbed",
@@ -117,7 +118,8 @@ class Absorbed:
     """What one call of :func:`absorb` committed."""
 
     taken: Mapping[str, Taken]
-    """By record id, in order of first arrival."""
+    """By record id, in order of first arrival (empty for a prepared first copy, whose
+    records are neither built nor planned one by one: see ``written``)."""
     written: list[tuple[int, str, bytes]]
     """Each stored update as (seq, record id, update): the store's seq (a server's feed
     seq; 0 for an update it held already), in the order written."""
@@ -131,8 +133,9 @@ class PreparedCopy:
 
     record_ids: frozenset[str]
     """Every record of the batch: each must be absent here when it is committed."""
-    taken: dict[str, Taken]
-    items: list[IncomingUpdate]
+    records: CopiedRecords
+    """What the store writes (``ReplicaStore.write_copy``): the records whose bytes
+    read as an update, with their state vectors, rows and cards."""
     kept_aside: tuple[QuarantinedUpdate, ...]
 
 
@@ -145,21 +148,45 @@ def prepare_copy(
 ) -> PreparedCopy:
     """What :func:`absorb` does with a trusted first-copy batch whose every record is
     new here (``absent``), before it writes: each record's bytes read as an update
-    (its state vector), its rows and card, and the store's items. Touches neither
+    (its state vector), with its rows and card, as the store's lists. Touches neither
     the store nor the pool, so it may run while the previous batch commits; the
     caller passes the result to :func:`absorb` (``prepared``) under the write lock.
     """
-    parts: dict[str, list[bytes]] = {}
-    for record_id, update in updates:
-        parts.setdefault(record_id, []).append(update)
     kept_aside: list[QuarantinedUpdate] = []
-    taken: dict[str, Taken] = {}
-    for record_id, arrived in parts.items():
-        found = _take_trusted(record_id, arrived, trusted, on_bad, kept_aside)
-        if found is not None:
-            taken[record_id] = found
-    items = _to_store(updates, taken, organisation, keep_each=False)
-    return PreparedCopy(frozenset(parts), taken, items, tuple(kept_aside))
+    ids = [record_id for record_id, _update in updates]
+    stored = [update for _record_id, update in updates]
+    # The common case, each record once with bytes that read as updates (a CopyBatch's
+    # ids are unique): their state vectors in one pass. Else record by record.
+    vectors = state_vectors_of(stored) if len(set(ids)) == len(ids) else None
+    if vectors is None:
+        parts: dict[str, list[bytes]] = {}
+        for record_id, update in updates:
+            parts.setdefault(record_id, []).append(update)
+        ids, stored, vectors = [], [], []
+        for record_id, arrived in parts.items():
+            try:
+                update = _merged(record_id, arrived)
+                # Proves the bytes an update, and spares the store reading them again.
+                vector = state_vector_of(update, record_id=record_id)
+            except InvalidUpdateError as exc:
+                if on_bad is OnBadUpdate.REFUSE:
+                    raise
+                kept_aside.extend(QuarantinedUpdate(record_id, u, str(exc)) for u in arrived)
+                continue
+            ids.append(record_id)
+            stored.append(update)
+            vectors.append(vector)
+        named = frozenset(parts)
+    else:
+        named = frozenset(ids)
+    rows, persons = trusted.rows, trusted.persons
+    if kept_aside or not rows.keys() <= named or not persons.keys() <= named:
+        # Rows and cards of records taken in only (a record kept aside has none stored).
+        taken = set(ids)
+        rows = {rid: found for rid, found in rows.items() if rid in taken}
+        persons = {rid: card for rid, card in persons.items() if rid in taken}
+    records = CopiedRecords(ids, stored, vectors, organisation, rows, persons)
+    return PreparedCopy(named, records, tuple(kept_aside))
 
 
 def _take_trusted(
@@ -217,7 +244,7 @@ async def absorb(
     in ``absent`` (else it is ignored, and the batch takes the path above). Returns
     what was committed.
     """
-    if prepared is not None and all(rid in absent for rid in prepared.record_ids):
+    if prepared is not None and prepared.record_ids.issubset(absent):
         return await _commit_prepared(pool, store, prepared, checkpoint=checkpoint)
     parts: dict[str, list[bytes]] = {}
     for record_id, update in updates:
@@ -295,17 +322,16 @@ async def _commit_prepared(
             len(prepared.kept_aside),
             ", ".join(sorted({q.record_id for q in prepared.kept_aside})),
         )
+    records = prepared.records
     try:
-        seqs = await store.write_remote(
-            prepared.items, checkpoint=checkpoint, quarantine=prepared.kept_aside
-        )
+        await store.write_copy(records, checkpoint=checkpoint, quarantine=prepared.kept_aside)
     except BaseException:
         for record_id in prepared.record_ids:
             pool.forget(record_id)
         raise
-    items = prepared.items
-    written = [(seq, item.record_id, item.update) for seq, item in zip(seqs, items, strict=True)]
-    return Absorbed(prepared.taken, written, prepared.kept_aside)
+    # No Taken per record: a prepared copy's records are neither built nor in the pool.
+    written = list(zip(repeat(0), records.record_ids, records.updates, strict=False))
+    return Absorbed({}, written, prepared.kept_aside)
 
 
 async def _agreed(

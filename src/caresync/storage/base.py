@@ -50,6 +50,8 @@ from caresync.records.persons import PairState, PersonCard, PersonPair
 
 __all__ = [
     "ConflictRow",
+    "CopiedRecords",
+    "CopyPage",
     "FeedItem",
     "HUB_STATES",
     "HubMark",
@@ -253,6 +255,70 @@ class FeedItem:
     organisation: str | None
     origin: str | None = None
     """Who sent the update (a replica id), as given to ``write_remote``; None if not said."""
+
+
+@dataclass(frozen=True, slots=True)
+class CopiedRecords:
+    """A first copy's batch of records new to a store, for :meth:`ReplicaStore.write_copy`:
+    one whole update per record, in parallel lists (no object per record).
+
+    ``state_vectors[i]`` is pycrdt's ``get_state`` of ``updates[i]``, read by the
+    caller (which so proved the bytes an update); the store plans from it. Checked
+    on construction: equal lengths, ids unique, of the right types.
+    """
+
+    record_ids: Sequence[str]
+    updates: Sequence[bytes]
+    state_vectors: Sequence[bytes]
+    organisation: str | None
+    conflicts: Mapping[str, tuple[ConflictRow, ...]]
+    """Each record's conflict rows (a record absent here has none)."""
+    persons: Mapping[str, PersonCard]
+    """Each record's person card (a record absent here has none)."""
+
+    def __post_init__(self) -> None:
+        ids, updates, vectors = self.record_ids, self.updates, self.state_vectors
+        if not len(ids) == len(updates) == len(vectors):
+            raise InvalidInputError("record_ids, updates and state_vectors differ in length")
+        # A few passes of builtins for the common case; check_text names a bad id.
+        if ids and (
+            {type(record_id) for record_id in ids} != {str}
+            or not min(map(len, ids)) > 0
+            or max(map(len, ids)) > _MAX_ID_LENGTH
+        ):
+            for record_id in ids:
+                check_text(record_id, "record_id")
+        if len(set(ids)) != len(ids):
+            raise InvalidInputError("a record named twice in one copied batch")
+        if ids and {type(u) for u in (*updates, *vectors)} != {bytes}:
+            raise InvalidInputError("updates and state vectors must be bytes")
+        check_optional_text(self.organisation, "organisation")
+        named = set(ids)
+        for record_id, rows in self.conflicts.items():
+            if record_id not in named:
+                raise InvalidInputError(f"conflict rows of record {record_id}, not in the batch")
+            check_conflicts(record_id, rows)
+        for record_id, card in self.persons.items():
+            if record_id not in named:
+                raise InvalidInputError(f"the person card of {record_id}, not in the batch")
+            check_person(record_id, card)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPage:
+    """One page of a first copy as :meth:`ServerStore.copy_page` reads it: plain values,
+    ready to be sent, none of them put in the store's record cache."""
+
+    records: list[tuple[str, bytes]]
+    """(record id, the record's state merged with its log), in ascending id order."""
+    more: bool
+    """True if a record comes after the last of ``records`` (in that organisation)."""
+    rows: dict[str, list[tuple[str, str, str, str, str, bytes]]]
+    """Each record's conflict rows as (record_id, id, kind, subject, severity,
+    payload), ordered by id; a record without rows is absent (empty if not asked)."""
+    cards: dict[str, bytes]
+    """Each record's person card as stored (``PersonCard.to_bytes()``), not parsed; a
+    record without one is absent (empty if not asked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,6 +802,21 @@ class ReplicaStore(Protocol):
         ...
 
     # writing what peers sent
+    async def write_copy(
+        self,
+        records: CopiedRecords,
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+    ) -> None:
+        """Commit a first copy's batch of records, with the checkpoint, in one transaction:
+        what :meth:`write_remote` commits given one ``IncomingUpdate`` per record (its
+        state vector, rows and card given), without planning each record in Python and
+        without filling a record cache (a copy would evict what is in use). A record
+        that turns out to be stored here already makes the batch go the ordinary way.
+        """
+        ...
+
     async def write_remote(
         self,
         items: Sequence[IncomingUpdate],
@@ -1057,6 +1138,25 @@ class ServerStore(ReplicaStore, Protocol):
 
     async def feed_head(self) -> int:
         """The highest feed seq given out (0 when the feed is empty)."""
+        ...
+
+    async def copy_page(
+        self,
+        organisation: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        rows: bool,
+        persons: bool,
+    ) -> CopyPage:
+        """One page of a first copy, in one consistent read: the first ``limit`` records
+        after ``after`` (in that organisation), what :meth:`load_many` returns of each,
+        with their conflict rows (``rows``) and person cards (``persons``) as stored.
+
+        A store with a record cache should neither read nor fill it here (the SQLite
+        store does not): a copy goes through every record once, and would evict the
+        records live replicas use.
+        """
         ...
 
     # several server processes on one database

@@ -66,6 +66,7 @@ from caresync.storage._audit import (
     plan_append,
     plan_receive,
 )
+from caresync.storage._copy import copy_page_of, write_copy_of
 from caresync.storage._local import LocalCommits
 from caresync.storage._updates import (
     EMPTY_UPDATE,
@@ -88,6 +89,8 @@ from caresync.storage._writes import (
 )
 from caresync.storage.base import (
     ConflictRow,
+    CopiedRecords,
+    CopyPage,
     FeedItem,
     HubMark,
     HubOutcome,
@@ -389,6 +392,17 @@ class MemoryStore:
         self._open_or_raise(f"writing record {record_id}")
         return self._write_local([write], events)[0]
 
+    async def write_copy(
+        self,
+        records: CopiedRecords,
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+    ) -> None:
+        """A first copy's batch, as ``write_remote`` of one item per record (see
+        ``ReplicaStore.write_copy``)."""
+        await write_copy_of(self, records, checkpoint=checkpoint, quarantine=quarantine)
+
     async def write_remote(
         self,
         items: Sequence[IncomingUpdate],
@@ -544,6 +558,20 @@ class MemoryStore:
         ids = dict.fromkeys(check_record_ids(record_ids))
         self._open_or_raise(f"loading {len(ids)} records")
         return {record_id: self._full(record_id) for record_id in ids if record_id in self._records}
+
+    async def copy_page(
+        self,
+        organisation: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        rows: bool,
+        persons: bool,
+    ) -> CopyPage:
+        """One page of a first copy, from this store's own reads (see ``ServerStore``)."""
+        return await copy_page_of(
+            self, organisation, after=after, limit=limit, rows=rows, persons=persons
+        )
 
     async def state_vector(self, record_id: str) -> bytes | None:
         """The record's stored state vector, or None."""

@@ -12,9 +12,11 @@ from psycopg import IsolationLevel
 
 from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
+from caresync.storage._copy import copy_page_of
 from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
+    CopyPage,
     QuarantinedUpdate,
     check_optional_text,
     check_record_ids,
@@ -124,6 +126,20 @@ class ReadingPart(PostgresCore):
                 raw.execute("SELECT 1 FROM records WHERE record_id = %s", (record_id,)).fetchone()
                 is not None
             ),
+        )
+
+    async def copy_page(
+        self,
+        organisation: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        rows: bool,
+        persons: bool,
+    ) -> CopyPage:
+        """One page of a first copy, from this store's own reads (see ``ServerStore``)."""
+        return await copy_page_of(
+            self, organisation, after=after, limit=limit, rows=rows, persons=persons
         )
 
     async def record_ids(

@@ -8,9 +8,11 @@ from collections.abc import Mapping, Sequence
 from caresync.exceptions import CorruptDatabaseError, UnknownRecordError
 from caresync.records.persons import PersonCard
 from caresync.storage._arguments import check_write_remote_call
+from caresync.storage._copy import write_copy_of
 from caresync.storage._writes import PersonWrite, PlannedRecord, WriteLike, plan_writes
 from caresync.storage.base import (
     ConflictRow,
+    CopiedRecords,
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
@@ -39,6 +41,17 @@ __all__ = ["RecordWritesPart"]
 
 class RecordWritesPart(PostgresCore):
     """Writing what peers sent, and the planned-record machinery every write shares."""
+
+    async def write_copy(
+        self,
+        records: CopiedRecords,
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+    ) -> None:
+        """A first copy's batch, as ``write_remote`` of one item per record (see
+        ``ReplicaStore.write_copy``)."""
+        await write_copy_of(self, records, checkpoint=checkpoint, quarantine=quarantine)
 
     async def write_remote(
         self,

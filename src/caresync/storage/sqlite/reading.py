@@ -10,7 +10,9 @@ from caresync.storage._arguments import check_conflict_page, check_pair_query, c
 from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
+    CopyPage,
     QuarantinedUpdate,
+    check_count,
     check_optional_text,
     check_record_ids,
     check_text,
@@ -136,6 +138,119 @@ class ReadingPart(SQLiteCore):
             entries.append((record_id, known))
         self.cache.put_many(entries)  # under one acquisition of the cache's lock
         return loaded
+
+    async def copy_page(
+        self,
+        organisation: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        rows: bool,
+        persons: bool,
+    ) -> CopyPage:
+        """One page of a first copy in one read transaction (see ``ServerStore``).
+
+        The record cache is neither read nor filled: a copy reads each record once,
+        and filling the cache with them would evict what live replicas use. Ids read
+        here are the store's own, so they are not checked again.
+        """
+        check_record_page(organisation, after, None)
+        lim = check_count(limit, "limit")
+        return await self._run(
+            f"reading a copy page of {limit} records",
+            lambda raw: self._copy_page(raw, organisation, after, lim, rows, persons),
+        )
+
+    def _copy_page(
+        self,
+        raw: sqlite3.Connection,
+        organisation: str | None,
+        after: str | None,
+        limit: int,
+        rows: bool,
+        persons: bool,
+    ) -> CopyPage:
+        head = (
+            "SELECT r.record_id, r.log_count, r.rk, s.state FROM records r"
+            " LEFT JOIN states s ON s.record_id = r.record_id WHERE "
+        )
+        if organisation is None:
+            sql = head + "r.record_id > ? ORDER BY r.record_id LIMIT ?"
+            args: tuple[object, ...] = (after or "", limit + 1)
+        else:
+            sql = head + "r.organisation = ? AND r.record_id > ? ORDER BY r.record_id LIMIT ?"
+            args = (organisation, after or "", limit + 1)
+        pieces: dict[int, list[bytes]] = {}
+        found_rows: dict[str, list[tuple[str, str, str, str, str, bytes]]] = {}
+        cards: dict[str, bytes] = {}
+        raw.execute("BEGIN")  # one snapshot for the page, even beside another process
+        try:
+            page = raw.execute(sql, args).fetchall()
+            more = len(page) > limit  # one id more than asked: another page follows
+            del page[limit:]
+            keys = [row[2] for row in page if row[1]]
+            for chunk in _chunks(keys):
+                marks = _marks(len(chunk))
+                for key, data in raw.execute(
+                    f"SELECT rk, data FROM log WHERE rk IN ({marks}) ORDER BY rk, id", chunk
+                ):
+                    held = pieces.get(key)
+                    if held is None:
+                        pieces[key] = [bytes(data)]
+                    else:
+                        held.append(bytes(data))
+                # Unfolded feed rows, by record (after its log, in feed order).
+                fed: dict[int, list[tuple[int, bytes]]] = {}
+                for key, seq, data in raw.execute(
+                    "SELECT f.rk, f.seq, f.data FROM feed f JOIN records r ON r.rk = f.rk"
+                    f" WHERE f.rk IN ({marks}) AND f.seq > r.feed_folded",
+                    chunk,
+                ):
+                    got = fed.get(key)
+                    if got is None:
+                        fed[key] = [(seq, bytes(data))]
+                    else:
+                        got.append((seq, bytes(data)))
+                for key, rows_of_key in fed.items():
+                    if len(rows_of_key) > 1:
+                        rows_of_key.sort()
+                    held = pieces.get(key)
+                    if held is None:
+                        pieces[key] = [data for _, data in rows_of_key]
+                    else:
+                        held.extend(data for _, data in rows_of_key)
+            ids = [row[0] for row in page]
+            for chunk in _chunks(ids) if rows else ():
+                for r in raw.execute(
+                    "SELECT record_id, id, kind, subject, severity, payload FROM conflicts"
+                    f" WHERE record_id IN ({_marks(len(chunk))}) ORDER BY record_id, id",
+                    chunk,
+                ):
+                    row = (r[0], r[1], r[2], r[3], r[4], bytes(r[5]))
+                    got_rows = found_rows.get(r[0])
+                    if got_rows is None:
+                        found_rows[r[0]] = [row]
+                    else:
+                        got_rows.append(row)
+            for chunk in _chunks(ids) if persons else ():
+                for record_id, data in raw.execute(
+                    "SELECT record_id, card FROM person_cards"
+                    f" WHERE record_id IN ({_marks(len(chunk))})",
+                    chunk,
+                ):
+                    cards[record_id] = bytes(data)
+        finally:
+            raw.execute("COMMIT")
+        records: list[tuple[str, bytes]] = []
+        for record_id, log_count, key, state in page:
+            more_parts = pieces.get(key) if log_count else None
+            if state is None and more_parts is not None and len(more_parts) == 1:
+                merged = more_parts[0]  # never compacted, one update: the record as it is
+            else:
+                stored = EMPTY_UPDATE if state is None else bytes(state)
+                merged = merge_stored(stored, more_parts or (), record_id=record_id)
+            records.append((record_id, merged))
+        return CopyPage(records, more, found_rows, cards)
 
     async def state_vector(self, record_id: str) -> bytes | None:
         """The record's stored state vector (of state and log together), or None."""

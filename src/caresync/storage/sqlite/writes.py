@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 
-from caresync.exceptions import CorruptDatabaseError, UnknownRecordError
+from caresync.exceptions import CorruptDatabaseError, InvalidInputError, UnknownRecordError
 from caresync.records.persons import PersonCard
 from caresync.storage._arguments import check_write_remote_call
+from caresync.storage._copy import copied_items
+from caresync.storage._updates import has_pending
 from caresync.storage._writes import (
     PersonWrite,
     PlannedRecord,
     WriteLike,
+    check_meta_key,
     plan_writes,
 )
 from caresync.storage.base import (
     ConflictRow,
+    CopiedRecords,
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
@@ -24,7 +29,9 @@ from caresync.storage.base import (
     check_conflicts,
     check_conflicts_by_record,
     check_persons_by_record,
+    check_quarantine,
     check_text,
+    check_write_remote,
     hub_versions,
     unknown_records_error,
 )
@@ -130,6 +137,106 @@ class RecordWritesPart(SQLiteCore):
         if any(seqs):
             self._commits.fed()
         return seqs
+
+    async def write_copy(
+        self,
+        records: CopiedRecords,
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        quarantine: Sequence[QuarantinedUpdate] = (),
+    ) -> None:
+        """Commit a first copy's batch of records new here, with the checkpoint, in one
+        transaction (see ``ReplicaStore.write_copy``).
+
+        Each record is one row and one log row, written by ``executemany`` from
+        tuples made in passes over the batch's lists; only whether each holds
+        waiting items is asked of pycrdt. The record cache is not filled: a copy
+        writes every record once, and would evict the records in use (a copied
+        record is read from the file when first asked for). A batch naming a record
+        stored here already writes nothing this way and goes through
+        :meth:`write_remote`, whose planning merges it with what is stored.
+        """
+        if not isinstance(records, CopiedRecords):
+            raise InvalidInputError(f"records must be CopiedRecords, not {type(records).__name__}")
+        check_write_remote((), checkpoint, False, None)
+        if checkpoint is not None:
+            check_meta_key(checkpoint[0])
+        kept_aside = check_quarantine(quarantine)
+        ids = list(records.record_ids)
+        if not ids and not kept_aside and checkpoint is None:
+            return
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                for chunk in _chunks(ids):
+                    found = raw.execute(
+                        f"SELECT 1 FROM records WHERE record_id IN ({_marks(len(chunk))}) LIMIT 1",
+                        chunk,
+                    ).fetchone()
+                    if found is not None:
+                        return False  # nothing written: the ordinary way, below
+                self._store_copied(raw, records, ids, now)
+                if kept_aside:
+                    raw.executemany(
+                        "INSERT INTO quarantine (record_id, data, reason, received_ms)"
+                        " VALUES (?, ?, ?, ?)",
+                        [(q.record_id, q.update, q.reason, now) for q in kept_aside],
+                    )
+                if checkpoint is not None:
+                    _put_meta(raw, checkpoint[0], checkpoint[1])
+                return True
+
+            try:
+                return self._write(raw, body)
+            except BaseException:
+                self.cache.clear()  # as after any failed write: the cache holds committed state
+                raise
+
+        if not await self._run(f"storing {len(ids)} copied records", job):
+            await self.write_remote(
+                copied_items(records), checkpoint=checkpoint, quarantine=kept_aside
+            )
+
+    def _store_copied(
+        self, raw: sqlite3.Connection, records: CopiedRecords, ids: list[str], now: int
+    ) -> None:
+        """The rows of records new here: what ``_store_planned`` writes for them."""
+        updates, vectors = records.updates, records.state_vectors
+        organisation = records.organisation
+        first = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
+        keys = range(first, first + len(ids))
+        pending = list(map(has_pending, updates, vectors))
+        raw.executemany(
+            "INSERT INTO records (record_id, organisation, state_vector, pending, log_count,"
+            " log_bytes, created_ms, updated_ms, rk) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+            zip(
+                ids,
+                repeat(organisation),
+                vectors,
+                pending,
+                map(len, updates),
+                repeat(now),
+                repeat(now),
+                keys,
+                strict=False,
+            ),
+        )
+        raw.executemany(
+            "INSERT INTO log (rk, data, created_ms) VALUES (?, ?, ?)",
+            zip(keys, updates, repeat(now), strict=False),
+        )
+        rows = {rid: found for rid, found in records.conflicts.items() if found}
+        if rows:
+            _replace_conflicts_of(raw, rows, rows.keys())  # new records: nothing to delete
+        if records.persons:
+            _store_persons(
+                raw,
+                {
+                    rid: PersonWrite(organisation, card, True)
+                    for rid, card in records.persons.items()
+                },
+            )
 
     def _commit_planned(
         self,
