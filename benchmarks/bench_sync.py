@@ -229,10 +229,11 @@ def patient_fields(i: int) -> tuple[str, str, str]:
     index sees what a real clinic's would: a few cards sharing each blocking key.
     """
     rng = random.Random(i)
-    given = rng.choice(GIVEN_NAMES)
+    given = rng.randrange(len(GIVEN_NAMES))
     family = rng.choice(FAMILY_NAMES)
     born = datetime.date(1935, 1, 1) + datetime.timedelta(days=rng.randrange(BIRTH_DAYS))
-    return f"{given} {family}", born.isoformat(), "female" if i % 2 else "male"
+    gender = "female" if given < len(GIVEN_NAMES) // 2 else "male"  # the list's halves
+    return f"{GIVEN_NAMES[given]} {family}", born.isoformat(), gender
 
 
 def patient(i: int) -> tuple[str, bytes]:
