@@ -573,9 +573,9 @@ async def copy_cases(
     The server's records hold ``checks`` (their conflict rows and person cards) from
     the start, as a real server's do. ``copy_only``: the first copies alone (no sync,
     no no-op sync, no fsync count); each copy's CPU time is also given, of the
-    laptop's process and of the server's. ``sync_only``: the incremental syncs alone
-    (the copies are made, not reported; no no-op sync), each sync's CPU time given
-    likewise.
+    laptop's process and of the server's. ``sync_only``: the incremental syncs alone,
+    ``rounds`` of them by one laptop (its first copy made, not reported; no no-op
+    sync), each sync's CPU time given likewise.
     """
     states = dict(ids_data)
     copies: list[float] = []
@@ -610,32 +610,35 @@ async def copy_cases(
                 await editor.expect(PushAck)
             await editor.close()
 
+        laptop: Replica | None = None
         for round_no in range(rounds):
-            laptop = await Replica.open(work / f"cs-laptop-{n}-{round_no}.db")
-            marks: dict[str, float] = {}
-            laptop.on_status(
-                lambda s, marks=marks: (
-                    marks.setdefault("copy", time.perf_counter())
-                    if s is ReplicaState.SYNCHRONISING
-                    else None
+            if laptop is None or not sync_only:
+                # (sync_only: one laptop syncs round after round, as a laptop does)
+                laptop = await Replica.open(work / f"cs-laptop-{n}-{round_no}.db")
+                marks: dict[str, float] = {}
+                laptop.on_status(
+                    lambda s, marks=marks: (
+                        marks.setdefault("copy", time.perf_counter())
+                        if s is ReplicaState.SYNCHRONISING
+                        else None
+                    )
                 )
-            )
-            server_before = (await server.stats())["cpu_s"]
-            cpu_before = time.process_time()
-            start = time.perf_counter()
-            await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
-            end = time.perf_counter()
-            laptop_cpu.append(time.process_time() - cpu_before)
-            assert await laptop.store.count_records() == n
-            copies.append(end - marks["copy"])
-            logins.append(marks["copy"] - start)
-            stats = await server.stats()
-            server_cpu.append(stats["cpu_s"] - server_before)
-            if round_no == 0:
-                memory = stats
-            if copy_only:
-                await laptop.close()
-                continue
+                server_before = (await server.stats())["cpu_s"]
+                cpu_before = time.process_time()
+                start = time.perf_counter()
+                await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
+                end = time.perf_counter()
+                laptop_cpu.append(time.process_time() - cpu_before)
+                assert await laptop.store.count_records() == n
+                copies.append(end - marks["copy"])
+                logins.append(marks["copy"] - start)
+                stats = await server.stats()
+                server_cpu.append(stats["cpu_s"] - server_before)
+                if round_no == 0:
+                    memory = stats
+                if copy_only:
+                    await laptop.close()
+                    continue
             await change_some(round_no)
             server_before = (await server.stats())["cpu_s"]
             cpu_before = time.process_time()
@@ -645,8 +648,9 @@ async def copy_cases(
             sync_laptop_cpu.append(time.process_time() - cpu_before)
             sync_server_cpu.append((await server.stats())["cpu_s"] - server_before)
             assert report.downloaded == changed, report
-            if round_no < rounds - 1:
+            if round_no < rounds - 1 and not sync_only:
                 await laptop.close()
+        assert laptop is not None  # rounds >= 1
         # The last laptop: syncs with nothing to do, then one of each kind counted.
         for _ in range(0 if copy_only or sync_only else rounds):
             t0 = time.perf_counter()
