@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import gc
 import json
 import os
@@ -68,6 +69,7 @@ from pycrdt import Doc, Map, Provider
 from benchmarks.common import RESULTS_DIR, FsyncCount, counting_fsyncs, write_results
 from benchmarks.sync_peer import connect_peer, peer_store
 from caresync import Record
+from caresync.conflicts import DEFAULT_RULEBOOK
 from caresync.credentials import verify_server_signature
 from caresync.protocol import (
     Authenticated,
@@ -79,9 +81,11 @@ from caresync.protocol import (
     Welcome,
     server_proof_payload,
 )
+from caresync.records.persons import PersonCard, person_card
 from caresync.replica import Replica, ReplicaState
+from caresync.replication.pool import conflict_rows
 from caresync.server import SyncServer
-from caresync.storage import IncomingUpdate
+from caresync.storage import ConflictRow, IncomingUpdate
 from caresync.transport import Channel, connect_websocket
 
 ORG = "clinic"
@@ -99,40 +103,192 @@ the median is reported, with every run beside it."""
 # --------------------------------------------------------------------------- data
 
 
+GIVEN_NAMES = (
+    "Awa",
+    "Fatou",
+    "Aminata",
+    "Mariama",
+    "Khady",
+    "Ndeye",
+    "Aissatou",
+    "Coumba",
+    "Rokhaya",
+    "Astou",
+    "Seynabou",
+    "Bineta",
+    "Adama",
+    "Marie",
+    "Sophie",
+    "Anna",
+    "Claire",
+    "Maria",
+    "Elena",
+    "Grace",
+    "Amina",
+    "Zeynab",
+    "Leila",
+    "Nadia",
+    "Ines",
+    "Moussa",
+    "Mamadou",
+    "Ibrahima",
+    "Ousmane",
+    "Cheikh",
+    "Abdoulaye",
+    "Modou",
+    "Babacar",
+    "Serigne",
+    "Pape",
+    "Lamine",
+    "Alioune",
+    "Omar",
+    "Jean",
+    "Pierre",
+    "Paul",
+    "Louis",
+    "Daniel",
+    "David",
+    "Samuel",
+    "Youssef",
+    "Karim",
+    "Ali",
+    "Malick",
+    "Boubacar",
+)
+FAMILY_NAMES = (
+    "Ndiaye",
+    "Diop",
+    "Fall",
+    "Sow",
+    "Ba",
+    "Gueye",
+    "Sy",
+    "Diallo",
+    "Faye",
+    "Mbaye",
+    "Sarr",
+    "Ndour",
+    "Cisse",
+    "Toure",
+    "Kane",
+    "Thiam",
+    "Seck",
+    "Diouf",
+    "Niang",
+    "Camara",
+    "Sall",
+    "Dieng",
+    "Wade",
+    "Mbengue",
+    "Ly",
+    "Sene",
+    "Ndao",
+    "Badji",
+    "Diatta",
+    "Coly",
+    "Sagna",
+    "Mendy",
+    "Gomis",
+    "Lo",
+    "Sambou",
+    "Tall",
+    "Barry",
+    "Bah",
+    "Balde",
+    "Konate",
+    "Traore",
+    "Keita",
+    "Coulibaly",
+    "Kone",
+    "Dembele",
+    "Martin",
+    "Bernard",
+    "Dubois",
+    "Moreau",
+    "Laurent",
+    "Garcia",
+    "Silva",
+    "Santos",
+    "Okafor",
+    "Mensah",
+    "Owusu",
+    "Kamara",
+    "Conteh",
+    "Sesay",
+    "Bangura",
+)
+BIRTH_DAYS = 365 * 85
+"""Birth dates are spread over 85 years (1935 to 2019), one a day."""
+
+
+def patient_fields(i: int) -> tuple[str, str, str]:
+    """Patient ``i``'s name, birth date and gender: varied and deterministic.
+
+    Names drawn from fixed lists of 50 given and 60 family names (3,000 full names,
+    as many as a clinic of 100,000 meets), birth dates over 85 years; so the person
+    index sees what a real clinic's would: a few cards sharing each blocking key.
+    """
+    rng = random.Random(i)
+    given = rng.randrange(len(GIVEN_NAMES))
+    family = rng.choice(FAMILY_NAMES)
+    born = datetime.date(1935, 1, 1) + datetime.timedelta(days=rng.randrange(BIRTH_DAYS))
+    gender = "female" if given < len(GIVEN_NAMES) // 2 else "male"  # the list's halves
+    return f"{GIVEN_NAMES[given]} {family}", born.isoformat(), gender
+
+
 def patient(i: int) -> tuple[str, bytes]:
     """One patient record as caresync stores it (5 fields and an allergy: 8 revisions)."""
+    record_id, update, _rows, _card = checked_patient(i)
+    return record_id, update
+
+
+def checked_patient(i: int) -> tuple[str, bytes, tuple[ConflictRow, ...], PersonCard]:
+    """One patient record, with the conflict rows and person card a server stores with it
+    (what it computed when the record was first pushed)."""
+    name, born, gender = patient_fields(i)
     record = Record.create(replica="clinic-import")
-    record.set("name", f"Patient {i}", author="import")
-    record.set("birthDate", f"19{50 + i % 50}-0{1 + i % 9}-1{i % 10}", author="import")
-    record.set("gender", "female" if i % 2 else "male", author="import")
+    record.set("name", name, author="import")
+    record.set("birthDate", born, author="import")
+    record.set("gender", gender, author="import")
     record.set("address/city", "Dakar", author="import")
     record.add_entry(
         "allergies", {"substance": "penicillin", "criticality": "high"}, author="import"
     )
-    return record.record_id, record.update_since()
+    rows = conflict_rows(record, DEFAULT_RULEBOOK)
+    return record.record_id, record.update_since(), rows, person_card(record)
 
 
 def peer_record(records: Map[Any], rid: str, i: int) -> None:
     """The same patient in the peer's one document: a map of fields per record."""
+    name, born, gender = patient_fields(i)
     records[rid] = Map(
         {
-            "name": f"Patient {i}",
-            "birthDate": f"19{50 + i % 50}-0{1 + i % 9}-1{i % 10}",
-            "gender": "female" if i % 2 else "male",
+            "name": name,
+            "birthDate": born,
+            "gender": gender,
             "city": "Dakar",
             "allergy": "penicillin/high",
         }
     )
 
 
-async def build_caresync_server(db: Path, records: list[tuple[str, bytes]]) -> None:
+async def build_caresync_server(
+    db: Path,
+    records: list[tuple[str, bytes]],
+    checks: dict[str, tuple[tuple[ConflictRow, ...], PersonCard]] | None = None,
+) -> None:
+    """A server database holding ``records``, each with its conflict rows and person
+    card from ``checks`` as a server stores them when a record is pushed (its person
+    index paired in the same transactions); without ``checks``, none."""
     server = await SyncServer.open(db)
     await server.add_user(ORG, USER, PASSWORD)
+    checks = checks or {}
     for start in range(0, len(records), 2000):
-        await server.store.write_remote(
-            [IncomingUpdate(rid, data, (), ORG) for rid, data in records[start : start + 2000]],
-            to_feed=True,
-        )
+        items = []
+        for rid, data in records[start : start + 2000]:
+            rows, card = checks.get(rid, ((), None))
+            items.append(IncomingUpdate(rid, data, rows, ORG, card))
+        await server.store.write_remote(items, to_feed=True)
     await server.close()
 
 
@@ -408,12 +564,18 @@ async def copy_cases(
     ids_data: list[tuple[str, bytes]],
     rounds: int,
     copy_only: bool = False,
+    checks: dict[str, tuple[tuple[ConflictRow, ...], PersonCard]] | None = None,
+    sync_only: bool = False,
 ) -> list[dict[str, Any]]:
     """First copy of ``n`` records, then an incremental sync with ``changed`` of them
     changed; each ``rounds`` times, with a new laptop and new changes every round.
 
-    ``copy_only``: the first copies alone (no sync, no no-op sync, no fsync count);
-    each copy's CPU time is also given, of the laptop's process and of the server's.
+    The server's records hold ``checks`` (their conflict rows and person cards) from
+    the start, as a real server's do. ``copy_only``: the first copies alone (no sync,
+    no no-op sync, no fsync count); each copy's CPU time is also given, of the
+    laptop's process and of the server's. ``sync_only``: the incremental syncs alone,
+    ``rounds`` of them by one laptop (its first copy made, not reported; no no-op
+    sync), each sync's CPU time given likewise.
     """
     states = dict(ids_data)
     copies: list[float] = []
@@ -421,11 +583,13 @@ async def copy_cases(
     server_cpu: list[float] = []
     logins: list[float] = []
     syncs: list[float] = []
+    sync_laptop_cpu: list[float] = []
+    sync_server_cpu: list[float] = []
     noops: list[float] = []
     memory: dict[str, Any] = {}
     # caresync
     sdb = work / f"cs-server-{n}.db"
-    await build_caresync_server(sdb, ids_data)
+    await build_caresync_server(sdb, ids_data, checks)
     async with running("caresync", sdb) as server:
 
         async def change_some(round_no: int) -> None:
@@ -446,41 +610,49 @@ async def copy_cases(
                 await editor.expect(PushAck)
             await editor.close()
 
+        laptop: Replica | None = None
         for round_no in range(rounds):
-            laptop = await Replica.open(work / f"cs-laptop-{n}-{round_no}.db")
-            marks: dict[str, float] = {}
-            laptop.on_status(
-                lambda s, marks=marks: (
-                    marks.setdefault("copy", time.perf_counter())
-                    if s is ReplicaState.SYNCHRONISING
-                    else None
+            if laptop is None or not sync_only:
+                # (sync_only: one laptop syncs round after round, as a laptop does)
+                laptop = await Replica.open(work / f"cs-laptop-{n}-{round_no}.db")
+                marks: dict[str, float] = {}
+                laptop.on_status(
+                    lambda s, marks=marks: (
+                        marks.setdefault("copy", time.perf_counter())
+                        if s is ReplicaState.SYNCHRONISING
+                        else None
+                    )
                 )
-            )
+                server_before = (await server.stats())["cpu_s"]
+                cpu_before = time.process_time()
+                start = time.perf_counter()
+                await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
+                end = time.perf_counter()
+                laptop_cpu.append(time.process_time() - cpu_before)
+                assert await laptop.store.count_records() == n
+                copies.append(end - marks["copy"])
+                logins.append(marks["copy"] - start)
+                stats = await server.stats()
+                server_cpu.append(stats["cpu_s"] - server_before)
+                if round_no == 0:
+                    memory = stats
+                if copy_only:
+                    await laptop.close()
+                    continue
+            await change_some(round_no)
             server_before = (await server.stats())["cpu_s"]
             cpu_before = time.process_time()
-            start = time.perf_counter()
-            await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
-            end = time.perf_counter()
-            laptop_cpu.append(time.process_time() - cpu_before)
-            assert await laptop.store.count_records() == n
-            copies.append(end - marks["copy"])
-            logins.append(marks["copy"] - start)
-            stats = await server.stats()
-            server_cpu.append(stats["cpu_s"] - server_before)
-            if round_no == 0:
-                memory = stats
-            if copy_only:
-                await laptop.close()
-                continue
-            await change_some(round_no)
             t0 = time.perf_counter()
             report = await laptop.sync()
             syncs.append(time.perf_counter() - t0)
+            sync_laptop_cpu.append(time.process_time() - cpu_before)
+            sync_server_cpu.append((await server.stats())["cpu_s"] - server_before)
             assert report.downloaded == changed, report
-            if round_no < rounds - 1:
+            if round_no < rounds - 1 and not sync_only:
                 await laptop.close()
+        assert laptop is not None  # rounds >= 1
         # The last laptop: syncs with nothing to do, then one of each kind counted.
-        for _ in range(0 if copy_only else rounds):
+        for _ in range(0 if copy_only or sync_only else rounds):
             t0 = time.perf_counter()
             report = await laptop.sync()
             noops.append(time.perf_counter() - t0)
@@ -509,21 +681,26 @@ async def copy_cases(
     )
     if copy_only:
         return [copy_case, *await peer_copies(work, n, ids_data, rounds)]
-    cases = [
-        copy_case,
-        timing_case(
-            f"incremental sync, {changed} of {n} records changed",
-            "caresync",
-            syncs,
-            laptop_fsyncs=fsync_figure(sync_fsyncs),
-        ),
-        timing_case(
+    sync_case = timing_case(
+        f"incremental sync, {changed} of {n} records changed",
+        "caresync",
+        syncs,
+        laptop_fsyncs=fsync_figure(sync_fsyncs),
+        laptop_cpu_s=[round(c, 4) for c in sync_laptop_cpu],
+        server_cpu_s=[round(c, 4) for c in sync_server_cpu],
+        laptop_cpu_median_s=round(statistics.median(sync_laptop_cpu), 4),
+        server_cpu_median_s=round(statistics.median(sync_server_cpu), 4),
+    )
+    if sync_only:
+        cases = [sync_case]
+    else:
+        noop_case = timing_case(
             f"sync with nothing to do, {n} records",
             "caresync",
             noops,
             laptop_fsyncs=fsync_figure(noop_fsyncs),
-        ),
-    ]
+        )
+        cases = [copy_case, sync_case, noop_case]
     # the peer
     copies, syncs, noops = [], [], []
     pdb = work / f"peer-server-{n}.db"
@@ -575,6 +752,8 @@ async def copy_cases(
                 assert all(got[rid]["city"] == city for rid, city in edits)
                 if round_no < rounds - 1:
                     continue
+                if sync_only:
+                    break  # its fsyncs are counted by the whole benchmark
                 for _ in range(rounds):
                     t0 = time.perf_counter()
                     await peer_sync(doc, laptop_store)
@@ -586,33 +765,32 @@ async def copy_cases(
                     await peer_sync(doc, laptop_store)
                 break
         await server.stop()
-    cases.append(
-        timing_case(
-            f"first copy of {n} records, persisted",
-            "peer",
-            copies,
-            bytes_per_record=round(peer_bytes / n),
-            server_rss_mb=round(memory["VmRSS"] / 1024, 1),
-            server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
-        )
+    peer_copy = timing_case(
+        f"first copy of {n} records, persisted",
+        "peer",
+        copies,
+        bytes_per_record=round(peer_bytes / n),
+        server_rss_mb=round(memory["VmRSS"] / 1024, 1),
+        server_peak_rss_mb=round(memory["VmHWM"] / 1024, 1),
     )
-    cases.append(
-        timing_case(
-            f"incremental sync, {changed} of {n} records changed",
-            "peer",
-            syncs,
-            laptop_fsyncs=fsync_figure(sync_fsyncs),
-        )
+    if sync_only:
+        return [
+            *cases,
+            timing_case(f"incremental sync, {changed} of {n} records changed", "peer", syncs),
+        ]
+    peer_sync_case = timing_case(
+        f"incremental sync, {changed} of {n} records changed",
+        "peer",
+        syncs,
+        laptop_fsyncs=fsync_figure(sync_fsyncs),
     )
-    cases.append(
-        timing_case(
-            f"sync with nothing to do, {n} records",
-            "peer",
-            noops,
-            laptop_fsyncs=fsync_figure(noop_fsyncs),
-        )
+    peer_noop = timing_case(
+        f"sync with nothing to do, {n} records",
+        "peer",
+        noops,
+        laptop_fsyncs=fsync_figure(noop_fsyncs),
     )
-    return cases
+    return [*cases, peer_copy, peer_sync_case, peer_noop]
 
 
 async def peer_copies(
@@ -646,7 +824,11 @@ async def peer_copies(
 
 
 async def noop_cases(
-    work: Path, n: int, ids_data: list[tuple[str, bytes]], rounds: int
+    work: Path,
+    n: int,
+    ids_data: list[tuple[str, bytes]],
+    rounds: int,
+    checks: dict[str, tuple[tuple[ConflictRow, ...], PersonCard]] | None = None,
 ) -> list[dict[str, Any]]:
     """The no-op sync alone (``--only noop``): a laptop holding the ``n`` records syncs
     ``rounds`` times with nothing to do, then once more with each side's fsyncs counted.
@@ -657,7 +839,7 @@ async def noop_cases(
     laptop_cpu: list[float] = []
     server_cpu: list[float] = []
     sdb = work / f"cs-server-{n}.db"
-    await build_caresync_server(sdb, ids_data)
+    await build_caresync_server(sdb, ids_data, checks)
     async with running("caresync", sdb) as server:
         laptop = await Replica.open(work / f"cs-laptop-{n}-noop.db")
         await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
@@ -697,7 +879,13 @@ async def noop_cases(
 
 
 def raw_limit_cases(
-    work: Path, n: int, changed: int, ids_data: list[tuple[str, bytes]], rounds: int
+    work: Path,
+    n: int,
+    changed: int,
+    ids_data: list[tuple[str, bytes]],
+    rounds: int,
+    *,
+    sync_only: bool = False,
 ) -> list[dict[str, Any]]:
     """The physical limit for the same bytes: SQLite alone, WAL and ``synchronous = FULL``.
 
@@ -759,15 +947,16 @@ def raw_limit_cases(
             conn.execute("COMMIT")
             merges.append(time.perf_counter() - t0)
     per_record = sum(len(data) for _rid, data in ids_data) / n
+    copy_case = timing_case(
+        f"first copy of {n} records, persisted",
+        "raw limit",
+        copies,
+        bytes_per_record=round(per_record),
+        cpu_s=[round(c, 3) for c in copy_cpu],
+        cpu_median_s=round(statistics.median(copy_cpu), 3),
+    )
     return [
-        timing_case(
-            f"first copy of {n} records, persisted",
-            "raw limit",
-            copies,
-            bytes_per_record=round(per_record),
-            cpu_s=[round(c, 3) for c in copy_cpu],
-            cpu_median_s=round(statistics.median(copy_cpu), 3),
-        ),
+        *([] if sync_only else [copy_case]),
         timing_case(f"incremental sync, {changed} of {n} records changed", "raw limit", stores),
         timing_case(
             f"incremental sync, {changed} of {n} records changed, each applied to its document",
@@ -1053,10 +1242,14 @@ async def run(tiny: bool, only: str | None = None, rounds: int = ROUNDS) -> list
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         sizes = [(20, 2), (50, 5)] if tiny else [(10_000, 100), (100_000, 1_000)]
-        if only in ("first-copy", "noop"):
+        if only in ("first-copy", "noop", "incremental"):
             sizes = sizes[-1:]
         largest = max(n for n, _ in sizes)
-        data = [patient(i) for i in range(largest)]
+        made = [checked_patient(i) for i in range(largest)]
+        data = [(rid, update) for rid, update, _rows, _card in made]
+        # What the server stored with each record when it was pushed: its rows and card.
+        checks = {rid: (rows, card) for rid, _update, rows, card in made}
+        del made
         # The prepared records are the benchmark's, not the laptop's: frozen out of
         # the garbage collector, so that its full passes cost what the measured code
         # allocates (unfrozen, each pass walked them: ~25 ms in a 0.2 s sync).
@@ -1064,14 +1257,19 @@ async def run(tiny: bool, only: str | None = None, rounds: int = ROUNDS) -> list
         gc.freeze()
         cases: list[dict[str, Any]] = []
         copy_only = only == "first-copy"
+        sync_only = only == "incremental"
         runs = 2 if tiny else rounds
         if only == "noop":
             n = sizes[-1][0]
-            return await noop_cases(work, n, data[:n], runs)
+            return await noop_cases(work, n, data[:n], runs, checks)
         for n, changed in sizes:
-            cases.extend(await copy_cases(work, n, changed, data[:n], runs, copy_only))
-            cases.extend(raw_limit_cases(work, n, changed, data[:n], runs))
-        if copy_only:
+            cases.extend(
+                await copy_cases(
+                    work, n, changed, data[:n], runs, copy_only, checks=checks, sync_only=sync_only
+                )
+            )
+            cases.extend(raw_limit_cases(work, n, changed, data[:n], runs, sync_only=sync_only))
+        if copy_only or sync_only:
             return cases
         laptops = 3 if tiny else 50
         cases.extend(await latency_cases(work, laptops, 5 if tiny else 200))
@@ -1090,12 +1288,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write JSON results")
     parser.add_argument(
         "--only",
-        choices=["first-copy", "noop"],
+        choices=["first-copy", "noop", "incremental"],
         default=None,
         help="first-copy: only the first copy of the largest size: caresync (with each "
         "side's CPU time), the peer and the raw limit; written to sync_first_copy.json. "
         "noop: only caresync's sync with nothing to do at the largest size (each "
-        "side's CPU time and fsyncs); written to sync_noop.json",
+        "side's CPU time and fsyncs); written to sync_noop.json. "
+        "incremental: only the incremental sync of the largest size, likewise (each "
+        "sync's CPU time on each side); written to sync_incremental.json",
     )
     parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help=f"rounds of the timed cases ({ROUNDS})"

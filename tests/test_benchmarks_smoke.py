@@ -23,3 +23,19 @@ def test_benchmark_runs_at_tiny_size(name: str, tmp_path: Path) -> None:
     if name.startswith("fuzz_"):  # every damaged input was taken or refused, nothing else
         assert results["cases"][0]["other"] == 0
         assert results["cases"][0]["mutations"] > 0
+
+
+def test_the_incremental_sync_alone_gives_each_sides_cpu_per_sync(tmp_path: Path) -> None:
+    """``bench_sync --only incremental``: caresync's syncs with each side's CPU time per
+    sync, the peer's beside them, and the raw limit; no other case."""
+    from benchmarks import bench_sync
+
+    out = tmp_path / "sync_incremental.json"
+    assert bench_sync.main(["--tiny", "--only", "incremental", "--out", str(out)]) == 0
+    cases = json.loads(out.read_text())["cases"]
+    assert {c["case"].split(",")[0] for c in cases} == {"incremental sync"}
+    [ours] = [c for c in cases if c["system"] == "caresync"]
+    assert len(ours["runs"]) == len(ours["laptop_cpu_s"]) == len(ours["server_cpu_s"]) == 2
+    assert all(cpu > 0 for cpu in ours["laptop_cpu_s"] + ours["server_cpu_s"])
+    assert "ratio_to_peer" in ours
+    assert {c["system"] for c in cases} == {"caresync", "peer", "raw limit"}

@@ -138,6 +138,11 @@ _UNSET: Any = object()
 _hasher = PasswordHasher()
 logger = logging.getLogger("caresync.replica")
 
+LAPTOP_CHECKPOINT_PAGES = 8192
+"""A laptop's write-ahead log grows to this many pages (32 MiB) before a commit copies it
+into the database file itself: a sync's commit (about 1,200 pages for 1,000 records of
+100,000) leaves that to the checkpoint run once the sync is done (``Replica.sync``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReplicaStatus:
@@ -258,6 +263,7 @@ class Replica:
         self._write_lock = asyncio.Lock()
         self._outbox_changed = asyncio.Event()
         self._live = False
+        self._checkpointing: asyncio.Task[None] | None = None  # after a sync, see sync()
         self._secret = secret
         self._pinned_key = pinned_key
         self._host = _ReplicaHost(self)
@@ -326,7 +332,10 @@ class Replica:
         )
         try:
             store = await SQLiteStore.open(
-                path, create=create, key=None if database_key is None else database_key.key
+                path,
+                create=create,
+                key=None if database_key is None else database_key.key,
+                checkpoint_pages=LAPTOP_CHECKPOINT_PAGES,
             )
         except BaseException:
             if made_key:  # the database was not made: neither is its key file
@@ -395,9 +404,24 @@ class Replica:
 
     async def close(self) -> None:
         """Close the local database (stop :meth:`stay_connected` first), once the
-        links of the last syncs are closed."""
+        links of the last syncs are closed and the last checkpoint is done."""
         await finish_closing(self._host)
+        if self._checkpointing is not None:
+            await self._checkpointing  # logs its failure; never raises one
         await self.store.close()
+
+    def _checkpoint_soon(self) -> None:
+        """After a sync: copy the write-ahead log into the database file in the store's
+        thread, once the sync has returned (its commits were durable in the log already),
+        rather than in the commit of a later sync."""
+        if self._checkpointing is None or self._checkpointing.done():
+            self._checkpointing = asyncio.create_task(self._checkpoint())
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self.store.checkpoint()
+        except StorageError as exc:  # a later commit checkpoints by itself
+            logger.warning("checkpoint after a sync not done: %s", exc)
 
     async def __aenter__(self) -> Replica:
         return self
@@ -1103,7 +1127,9 @@ class Replica:
                 organisation=enrolled.organisation,
             )
             await self.store.set_identity(self.identity)
-            return await session.synchronise(progress)
+            report = await session.synchronise(progress)
+        self._checkpoint_soon()  # the copy's last commits: not in the next sync's
+        return report
 
     async def sync(
         self,
@@ -1138,7 +1164,10 @@ class Replica:
                 await session.login(username or "", password, org)
             else:
                 await session.resume()
-            return await session.synchronise(progress)
+            report = await session.synchronise(progress)
+        if report.downloaded or report.uploaded:  # a sync with nothing to do wrote nothing
+            self._checkpoint_soon()
+        return report
 
     async def login(
         self,

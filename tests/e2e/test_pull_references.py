@@ -18,6 +18,7 @@ import pytest
 from tests.e2e.live_helpers import LIMIT_S, enrolled, live, start_server, until, watch
 from tests.e2e.test_first_copy_index import rows_by_record, seed
 from tests.e2e.test_pull_checked import Counted
+from tests.sqlite_trace import traced, write_transactions
 
 from caresync import Record
 from caresync.protocol import (
@@ -35,6 +36,7 @@ from caresync.records.persons import person_card
 from caresync.replica import Replica, ReplicaState
 from caresync.replication import meta
 from caresync.server import SyncServer
+from caresync.storage import SQLiteStore
 
 
 class Sent:
@@ -102,6 +104,49 @@ async def test_what_the_laptop_holds_goes_as_a_reference_and_is_kept(
         cards = list(sent.cards(ids))
         assert len(cards) == len(ids)
         assert all(c is not None and is_held_reference(c) for c in cards)
+        await same_as_server(reader, server, ids)
+        for record_id in ids:
+            assert (await reader.record(record_id)).value("summary") == "seen in clinic"
+    finally:
+        await reader.close()
+        await writer.close()
+        await server.close()
+
+
+async def test_rows_referred_to_are_left_as_stored_not_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows the laptop holds, referred to by a held reference, stay as they are: the
+    pull's commit neither deletes nor inserts them (records in conflict among them)."""
+    sent = Sent(monkeypatch)
+    server = await start_server(tmp_path)
+    await seed(server)
+    writer = await enrolled(tmp_path, server, "writer")
+    reader = await enrolled(tmp_path, server, "reader", user="dr.b", rulebook=Counted())
+    try:
+        in_conflict = sorted(await rows_by_record(server))[:2]
+        calm = sorted(set(await writer.record_ids()) - set(await rows_by_record(server)))[:2]
+        ids = [*in_conflict, *calm]
+        assert len(ids) == 4
+        # Cards first (the seeded records have none): they go in full.
+        await edit_and_sync(writer, ids, "gender", "female")
+        assert (await reader.sync()).downloaded == len(ids)
+        rows_before = await reader.store.conflict_rows(ids)
+        assert set(rows_before) == set(in_conflict)
+        # An edit that changes neither card nor rows: held references.
+        await edit_and_sync(writer, ids, "summary", "seen in clinic")
+        sent.states.clear()
+        Counted.runs = 0
+        assert isinstance(reader.store, SQLiteStore)
+        async with traced(reader.store) as statements:
+            assert (await reader.sync()).downloaded == len(ids)
+        cards = list(sent.cards(ids))
+        assert all(c is not None and is_held_reference(c) for c in cards)
+        assert Counted.runs == 0
+        written = [s for t in write_transactions(statements) for s in t]
+        assert any("records" in s for s in written)  # the pull was committed...
+        assert not [s for s in written if "conflicts" in s.lower()]  # ...its rows untouched
+        assert await reader.store.conflict_rows(ids) == rows_before
         await same_as_server(reader, server, ids)
         for record_id in ids:
             assert (await reader.record(record_id)).value("summary") == "seen in clinic"

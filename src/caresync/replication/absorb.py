@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import repeat
 
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
@@ -93,6 +93,9 @@ class Taken:
     person: PersonCard | None
     state_vector: bytes | None = None
     """The stored update's state vector, when it was read already (a trusted copy)."""
+    rows_stored: bool = False
+    """``rows`` are the rows stored for the record already (a check that referred to
+    them): the store leaves them as they are rather than writing them again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +259,9 @@ async def absorb(
         # would be admitted and indexed without what it already holds.
         loaded = {rid: record for rid in parts if (record := pool.peek(rid)) is not None}
         # A loaded record takes the ordinary path: its live document stays current.
-        agreed = await _agreed(store, parts, checked, loaded) if checked else {}
+        agreed, rows_stored = (
+            await _agreed(store, parts, checked, loaded) if checked else ({}, frozenset())
+        )
         unloaded = [
             rid for rid in parts if rid not in absent and rid not in loaded and rid not in agreed
         ]
@@ -272,7 +277,9 @@ async def absorb(
                     stored[record_id] = held
             found: Taken | None
             if check is not None and merged is not None:
-                found = Taken(None, (merged,), check.rows, check.person)
+                found = Taken(
+                    None, (merged,), check.rows, check.person, None, record_id in rows_stored
+                )
             elif trusted is not None and record_id in absent:
                 found = intake.take_trusted(record_id, arrived, trusted)
             else:
@@ -339,11 +346,12 @@ async def _agreed(
     parts: Mapping[str, list[bytes]],
     checked: Mapping[str, ServerCheck],
     loaded: Mapping[str, Record],
-) -> dict[str, ServerCheck]:
-    """The checks that fit: records not loaded that the batch leaves in the checked state."""
+) -> tuple[dict[str, ServerCheck], frozenset[str]]:
+    """The checks that fit: records not loaded that the batch leaves in the checked state;
+    and those of them whose rows the check referred to, which are the rows stored here."""
     wanted = [rid for rid in parts if rid in checked and rid not in loaded]
     if not wanted:
-        return {}
+        return {}, frozenset()
     vectors = await store.state_vectors(wanted)
     agreed: dict[str, ServerCheck] = {}
     for record_id in wanted:
@@ -358,17 +366,24 @@ async def _agreed(
         for record_id in referred:
             if not card_kept(agreed[record_id], cards.get(record_id)):
                 del agreed[record_id]
-    # Rows sent as a digest fit only if they are the rows stored here (stored again).
+    # Rows sent as a digest fit only if they are the rows stored here: then they stay
+    # as stored (the same rows written again would change nothing but cost a delete
+    # and an insert per record, with the count's triggers).
     held = [rid for rid, check in agreed.items() if check.rows_ref is not None]
+    kept: set[str] = set()
     if held:
         rows = await store.conflict_rows(held)
         for record_id in held:
             mine = rows.get(record_id, ())
-            if rows_kept(agreed[record_id], mine):
-                agreed[record_id] = replace(agreed[record_id], rows=mine, rows_ref=None)
+            check = agreed[record_id]
+            if rows_kept(check, mine):
+                agreed[record_id] = ServerCheck(
+                    check.state_vector, mine, check.person, check.card_ref, None
+                )
+                kept.add(record_id)
             else:
                 del agreed[record_id]
-    return agreed
+    return agreed, frozenset(kept)
 
 
 def _merged_or_none(record_id: str, parts: Sequence[bytes]) -> bytes | None:
@@ -393,7 +408,14 @@ def _to_store(
     last update (``conflicts=None`` on the others leaves its rows for the last)."""
     if not keep_each:
         return [
-            IncomingUpdate(rid, t.updates[0], t.rows, organisation, t.person, t.state_vector)
+            IncomingUpdate(
+                rid,
+                t.updates[0],
+                None if t.rows_stored else t.rows,
+                organisation,
+                t.person,
+                t.state_vector,
+            )
             for rid, t in taken.items()
         ]
     # Each record's stored updates, in arrival order (a quarantined one is not among them).
@@ -410,7 +432,8 @@ def _to_store(
         if remaining[record_id]:
             items.append(IncomingUpdate(record_id, update, None, organisation))
         else:
-            items.append(IncomingUpdate(record_id, update, found.rows, organisation, found.person))
+            rows = None if found.rows_stored else found.rows
+            items.append(IncomingUpdate(record_id, update, rows, organisation, found.person))
     return items
 
 

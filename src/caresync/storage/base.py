@@ -1046,6 +1046,12 @@ class LaptopStore(ReplicaStore, Protocol):
         """
         ...
 
+    async def checkpoint(self) -> None:
+        """Move what a write-ahead log holds into the database file, if the store has one
+        (nothing otherwise). Committed data never depends on it: a laptop calls it when
+        a sync is done, so that the next sync's commit need not."""
+        ...
+
     # outbox
     async def pending(self, limit: int = 1000, *, after_seq: int = 0) -> list[OutboxItem]:
         """Unacknowledged local updates with seq > ``after_seq``, oldest first."""

@@ -193,6 +193,10 @@ class MemoryStore:
         """Close the store; further calls raise StorageError."""
         self._closed = True
 
+    async def checkpoint(self) -> None:
+        """Nothing to do: memory has no write-ahead log."""
+        self._open_or_raise("checkpointing")
+
     async def __aenter__(self) -> Self:
         return self
 

@@ -36,6 +36,12 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+DEFAULT_CHECKPOINT_PAGES = 1000
+"""SQLite's own threshold of automatic checkpoints, in pages of the write-ahead log."""
+MAX_CHECKPOINT_PAGES = 1_000_000
+"""The most ``checkpoint_pages`` may be (4 GB of log)."""
+
+
 class SQLiteCore:
     """The connection every part runs on: opening and closing, one job per call on the
     connection's thread, one transaction per write, and the cache of committed records."""
@@ -66,6 +72,7 @@ class SQLiteCore:
         refuses every write (reads, and exporting unsynced work, still work)."""
         self._lock: WriterLock | None = None
         self._key: bytes | None = None  # the database key; never shown (no repr of it)
+        self._checkpoint_pages = DEFAULT_CHECKPOINT_PAGES
 
     @classmethod
     def open(
@@ -79,6 +86,7 @@ class SQLiteCore:
         cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], int] | None = None,
         key: bytes | None = None,
+        checkpoint_pages: int = DEFAULT_CHECKPOINT_PAGES,
     ) -> StoreOpener[Self]:
         """Open (or, with ``create``, create) the store at ``path``.
 
@@ -108,11 +116,23 @@ class SQLiteCore:
         encrypted file opened without a key or with a wrong one, and a plain
         file opened with a key, raise DatabaseKeyError and are left byte for
         byte as they were (no -wal or -shm made).
+
+        ``checkpoint_pages``: a commit that leaves the write-ahead log longer than
+        this many pages (4 KiB each) also copies the log into the database file
+        (SQLite's automatic checkpoint; 1,000 unless given). A laptop raises it and
+        checkpoints when a sync is done (:meth:`checkpoint`), so that the sync's own
+        commit does not pay for it. Durability never depends on it: every commit is
+        synced to the log before it returns.
         """
         if read_only and accounts_only:
             raise InvalidInputError("open a store read_only or accounts_only, not both")
         if key is not None:
             check_key(key)
+        if type(checkpoint_pages) is not int or not 1 <= checkpoint_pages <= MAX_CHECKPOINT_PAGES:
+            raise InvalidInputError(
+                f"checkpoint_pages must be an int from 1 to {MAX_CHECKPOINT_PAGES}, "
+                f"not {checkpoint_pages!r}"
+            )
         side_door = read_only or accounts_only
 
         async def factory() -> Self:
@@ -127,6 +147,7 @@ class SQLiteCore:
                 ),
                 clock=clock or _wall_ms,
                 key=key,
+                checkpoint_pages=checkpoint_pages,
             )
 
         return StoreOpener(factory)
@@ -142,6 +163,7 @@ class SQLiteCore:
         cache: RecordCache,
         clock: Callable[[], int],
         key: bytes | None,
+        checkpoint_pages: int = DEFAULT_CHECKPOINT_PAGES,
     ) -> Self:
         await asyncio.to_thread(_recognise_or_create, path, create, clock(), key)
         side_door = read_only or accounts_only
@@ -167,6 +189,7 @@ class SQLiteCore:
         store._key = key
         store.read_only = read_only
         store.accounts_only = accounts_only
+        store._checkpoint_pages = checkpoint_pages
         try:
             prepare = store._prepare_side_door if side_door else store._prepare
             store.migrated_from = await store._run(f"opening {path}", prepare)
@@ -182,6 +205,7 @@ class SQLiteCore:
             row = raw.execute(pragma).fetchone()
             if pragma.startswith("PRAGMA journal_mode") and (row is None or row[0] != "wal"):
                 raise StorageError(f"{self.path}: the database cannot use a write-ahead log")
+        raw.execute(f"PRAGMA wal_autocheckpoint = {int(self._checkpoint_pages)}")
         # Checked before anything is written: SQLite writes into a damaged page
         # without a word when it does not read it first (a sync, a new record).
         try:
@@ -210,6 +234,19 @@ class SQLiteCore:
                 f"{self.path} has schema version {version}; this caresync reads version "
                 f"{SCHEMA_VERSION}. Open it once for writing (it migrates forward), then read it"
             )
+
+    async def checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the database file, as far as no
+        reader holds it back (a passive checkpoint: it waits for nobody). Nothing
+        committed depends on it; it spares a later commit doing it (see ``open``'s
+        ``checkpoint_pages``)."""
+        if self.read_only or self.accounts_only:
+            return  # the writer's log is the writer's to checkpoint
+
+        def job(raw: sqlite3.Connection) -> None:
+            raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        await self._run(f"checkpointing {self.path}", job)
 
     async def close(self) -> None:
         """Close the store (the write-ahead log is checkpointed). Closing twice is harmless."""
