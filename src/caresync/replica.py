@@ -259,7 +259,7 @@ class Replica:
         self._received: list[ReceivedListener] = []
         self._acknowledged: list[AcknowledgedListener] = []
         self._sync_lock = asyncio.Lock()
-        self._closing: set[asyncio.Task[None]] = set()  # links of ended syncs, closing
+        self._closing = set[asyncio.Task[None]]()  # links of ended syncs, closing
         self._write_lock = asyncio.Lock()
         self._outbox_changed = asyncio.Event()
         self._live = False

@@ -8,6 +8,8 @@ from caresync.lockout import FailedLogin, UnlockAttempts
 from caresync.storage.base import (
     HUB_STATES,
     ConflictRow,
+    CopiedRecords,
+    CopyPage,
     FeedItem,
     HubMark,
     HubOutcome,
@@ -55,6 +57,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "CachedRecord",
     "ConflictRow",
+    "CopiedRecords",
+    "CopyPage",
     "FailedLogin",
     "FeedItem",
     "HUB_STATES",
