@@ -1238,7 +1238,9 @@ async def throughput_cases(
     return cases
 
 
-async def run(tiny: bool, only: str | None = None, rounds: int = ROUNDS) -> list[dict[str, Any]]:
+async def run(
+    tiny: bool, only: str | None = None, rounds: int = ROUNDS, bare: bool = False
+) -> list[dict[str, Any]]:
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         sizes = [(20, 2), (50, 5)] if tiny else [(10_000, 100), (100_000, 1_000)]
@@ -1248,7 +1250,11 @@ async def run(tiny: bool, only: str | None = None, rounds: int = ROUNDS) -> list
         made = [checked_patient(i) for i in range(largest)]
         data = [(rid, update) for rid, update, _rows, _card in made]
         # What the server stored with each record when it was pushed: its rows and card.
-        checks = {rid: (rows, card) for rid, _update, rows, card in made}
+        checks: dict[str, tuple[tuple[ConflictRow, ...], PersonCard]] | None = {
+            rid: (rows, card) for rid, _update, rows, card in made
+        }
+        if bare:  # as before 6 December: a server that holds no cards, a laptop pairing none
+            checks = None
         del made
         # The prepared records are the benchmark's, not the laptop's: frozen out of
         # the garbage collector, so that its full passes cost what the measured code
@@ -1300,11 +1306,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=ROUNDS, help=f"rounds of the timed cases ({ROUNDS})"
     )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="the server's records without rows or person cards (the data of the runs "
+        "before 6 December: nothing for the laptop to pair); results name end in _bare",
+    )
     args = parser.parse_args(argv)
     name = "sync" if args.only is None else f"sync_{args.only.replace('-', '_')}"
+    if args.bare:
+        name += "_bare"
     if args.out is None and not args.tiny:
         args.out = RESULTS_DIR / f"{name}.json"
-    cases = asyncio.run(run(args.tiny, args.only, max(1, args.rounds)))
+    cases = asyncio.run(run(args.tiny, args.only, max(1, args.rounds), args.bare))
     write_results(args.out, name, with_ratios(cases))
     return 0
 
