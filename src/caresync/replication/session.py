@@ -323,10 +323,23 @@ async def _close_quietly(channel: Channel) -> None:
         logger.debug("closing the link failed: %s", exc)
 
 
+CLOSING_WAIT_S = 5.0
+"""How long a new connection, or the replica's close, waits for the links of earlier
+syncs to finish closing; a link still closing then is dropped (its session had
+committed everything and said Goodbye: only the courtesy of the handshake is lost)."""
+
+
 async def finish_closing(host: SessionHost) -> None:
-    """Wait for the host's links still closing (see :attr:`SessionHost.closing`)."""
-    if host.closing:
-        await asyncio.wait(set(host.closing))
+    """Wait for the host's links still closing (see :attr:`SessionHost.closing`), at
+    most :data:`CLOSING_WAIT_S`: a peer that never answers a close keeps nothing waiting."""
+    if not host.closing:
+        return
+    _done, late = await asyncio.wait(set(host.closing), timeout=CLOSING_WAIT_S)
+    if late:
+        logger.debug("%d links did not close within %s s: dropped", len(late), CLOSING_WAIT_S)
+        for task in late:
+            task.cancel()
+        await asyncio.wait(late, timeout=CLOSING_WAIT_S)
 
 
 _ENDED = object()
