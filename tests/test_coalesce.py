@@ -182,3 +182,23 @@ def test_edits_that_do_not_merge_after_all_give_none(monkeypatch: pytest.MonkeyP
     coalescer = Coalescer(items=5, budget=1 << 20)
     coalescer.take(feed)
     assert coalescer.entries() is None
+
+
+def test_an_edit_after_an_entry_that_goes_alone_stays_after_it() -> None:
+    """Edit, lone entry, edit of one record go as three entries in feed order: a laptop
+    that keeps the lone one aside takes the edits in around it as from older servers,
+    not merged past it (found by review: they merged into one entry after it)."""
+    _origin, feed = feed_of([(0, 0, 0), (1, 1, 0)], 1)
+    first, one, two = feed
+    odd = FeedItem(3, first.record_id, b"\xff\xfe not yjs", "clinic-a")
+    later = FeedItem(4, two.record_id, two.update, "clinic-a")
+    coalescer = Coalescer(items=10, budget=1 << 20)
+    assert coalescer.take([first, one, odd, later]) == 4
+    entries = coalescer.entries()
+    assert entries is not None
+    assert [(seq, update) for seq, _r, update in entries] == [
+        (1, first.update),
+        (2, one.update),
+        (3, odd.update),
+        (4, two.update),
+    ]

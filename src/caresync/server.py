@@ -1307,9 +1307,18 @@ class SyncServer:
         # vector are read as of one commit (the laptop compares the state vector).
         async with self._commit_lock if send_checks else contextlib.nullcontext():
             head = await self.store.feed_head()
-            items, entries, to_end = await self._pull_entries(conn, request)
+            items, taken, to_end = await self._pull_entries(conn, request)
             if send_checks:
-                checks = await self._read_checks([e[1] for e in entries], head)
+                record_ids = list(dict.fromkeys(i.record_id for i in items))
+                checks = await self._read_checks(record_ids, head)
+            if not to_end:  # entries are left: the batch must say so, however far it read
+                head = max(head, await self.store.feed_head())
+        # Merged outside the commit lock: pushes need not wait for it.
+        entries = taken.entries() if isinstance(taken, Coalescer) else taken
+        if entries is None:  # bytes that do not merge: the entries as they are, as before
+            items = items[: request.limit]
+            entries = [(i.seq, i.record_id, i.update) for i in items]
+            to_end = False
         if to_end:
             checkpoint = max(head, items[-1].seq if items else request.after_seq)
         else:
@@ -1332,9 +1341,10 @@ class SyncServer:
 
     async def _pull_entries(
         self, conn: _Connection, request: PullRequest
-    ) -> tuple[Sequence[FeedItem], list[tuple[int, str, bytes]], bool]:
-        """The feed entries a pull batch stands for, what it sends of them, and whether
-        the feed was read to its end (the checkpoint may then move to the head).
+    ) -> tuple[Sequence[FeedItem], Coalescer | list[tuple[int, str, bytes]], bool]:
+        """The feed entries a pull batch stands for, what it sends of them (a coalescer
+        that merges them, for version 10 on), and whether the feed was read to its end
+        (the checkpoint may then move to the head).
 
         To a client of version 10 on, a record's edits go merged into one entry
         (:mod:`caresync.replication.coalesce`), and the batch reads on until it holds
@@ -1365,12 +1375,7 @@ class SyncServer:
             if coalescer.full or to_end or chunk == _PULL_CHUNKS - 1:
                 break
             items = await read(items[-1].seq)
-        taken = coalescer.taken
-        entries = coalescer.entries()
-        if entries is None:  # bytes that do not merge: the entries as they are, as before
-            taken = taken[: request.limit]
-            entries = [(i.seq, i.record_id, i.update) for i in taken]
-        return taken, entries, to_end and not coalescer.full and len(taken) == len(coalescer.taken)
+        return coalescer.taken, coalescer, to_end and not coalescer.full
 
     async def _on_push(self, conn: _Connection, batch: PushBatch) -> None:
         """Admit and commit a pushed batch whole, then acknowledge it; or refuse it whole.

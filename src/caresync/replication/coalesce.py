@@ -93,6 +93,10 @@ class Coalescer:
                 self._items.append(group)
                 if mergeable:
                     self._groups[item.record_id] = group
+                else:
+                    # Later edits go after it, in feed order: a laptop that keeps it
+                    # aside takes them in one by one after it, as from older servers.
+                    self._groups.pop(item.record_id, None)
             self._taken.append(item)
         return len(items)
 

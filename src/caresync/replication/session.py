@@ -323,10 +323,12 @@ async def _close_quietly(channel: Channel) -> None:
         logger.debug("closing the link failed: %s", exc)
 
 
-CLOSING_WAIT_S = 5.0
+CLOSING_WAIT_S = 15.0
 """How long a new connection, or the replica's close, waits for the links of earlier
 syncs to finish closing; a link still closing then is dropped (its session had
-committed everything and said Goodbye: only the courtesy of the handshake is lost)."""
+committed everything and said Goodbye: only the courtesy of the handshake is lost).
+Longer than a websocket's own close timeout (10 s), which aborts the connection
+itself, so that a real link is never cut off before its socket is released."""
 
 
 async def finish_closing(host: SessionHost) -> None:
