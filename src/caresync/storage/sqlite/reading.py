@@ -91,37 +91,8 @@ class ReadingPart(SQLiteCore):
                     )
                 )
                 keys = [row[5] for row in rows[first:] if row[4]]
-                if not keys:
-                    continue
-                marks = _marks(len(keys))
-                for key, data in raw.execute(
-                    f"SELECT rk, data FROM log WHERE rk IN ({marks}) ORDER BY rk, id", keys
-                ):
-                    held = pieces.get(key)
-                    if held is None:
-                        pieces[key] = [bytes(data)]
-                    else:
-                        held.append(bytes(data))
-                # Unfolded feed rows, by record; sorted here, which spares SQLite a sort.
-                fed: dict[int, list[tuple[int, bytes]]] = {}
-                for key, seq, data in raw.execute(
-                    "SELECT f.rk, f.seq, f.data FROM feed f JOIN records r ON r.rk = f.rk"
-                    f" WHERE f.rk IN ({marks}) AND f.seq > r.feed_folded",
-                    keys,
-                ):
-                    got = fed.get(key)
-                    if got is None:
-                        fed[key] = [(seq, bytes(data))]
-                    else:
-                        got.append((seq, bytes(data)))
-                for key, rows_of_key in fed.items():
-                    if len(rows_of_key) > 1:
-                        rows_of_key.sort()
-                    held = pieces.get(key)
-                    if held is None:
-                        pieces[key] = [data for _, data in rows_of_key]
-                    else:
-                        held.extend(data for _, data in rows_of_key)
+                if keys:
+                    _read_pieces(raw, keys, pieces)
         finally:
             raw.execute("COMMIT")
         loaded: dict[str, bytes] = {}
@@ -190,35 +161,7 @@ class ReadingPart(SQLiteCore):
             del page[limit:]
             keys = [row[2] for row in page if row[1]]
             for chunk in _chunks(keys):
-                marks = _marks(len(chunk))
-                for key, data in raw.execute(
-                    f"SELECT rk, data FROM log WHERE rk IN ({marks}) ORDER BY rk, id", chunk
-                ):
-                    held = pieces.get(key)
-                    if held is None:
-                        pieces[key] = [bytes(data)]
-                    else:
-                        held.append(bytes(data))
-                # Unfolded feed rows, by record (after its log, in feed order).
-                fed: dict[int, list[tuple[int, bytes]]] = {}
-                for key, seq, data in raw.execute(
-                    "SELECT f.rk, f.seq, f.data FROM feed f JOIN records r ON r.rk = f.rk"
-                    f" WHERE f.rk IN ({marks}) AND f.seq > r.feed_folded",
-                    chunk,
-                ):
-                    got = fed.get(key)
-                    if got is None:
-                        fed[key] = [(seq, bytes(data))]
-                    else:
-                        got.append((seq, bytes(data)))
-                for key, rows_of_key in fed.items():
-                    if len(rows_of_key) > 1:
-                        rows_of_key.sort()
-                    held = pieces.get(key)
-                    if held is None:
-                        pieces[key] = [data for _, data in rows_of_key]
-                    else:
-                        held.extend(data for _, data in rows_of_key)
+                _read_pieces(raw, list(chunk), pieces)
             ids = [row[0] for row in page]
             for chunk in _chunks(ids) if rows else ():
                 for r in raw.execute(
@@ -553,3 +496,37 @@ class ReadingPart(SQLiteCore):
         return await self._run(
             "counting the quarantine", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM quarantine")
         )
+
+
+def _read_pieces(raw: sqlite3.Connection, keys: list[int], pieces: dict[int, list[bytes]]) -> None:
+    """Add to ``pieces`` the log rows, then the unfolded feed rows in feed order, of the
+    records with keys ``keys`` (at most one chunk of them)."""
+    marks = _marks(len(keys))
+    for key, data in raw.execute(
+        f"SELECT rk, data FROM log WHERE rk IN ({marks}) ORDER BY rk, id", keys
+    ):
+        held = pieces.get(key)
+        if held is None:
+            pieces[key] = [bytes(data)]
+        else:
+            held.append(bytes(data))
+    # Unfolded feed rows, by record; sorted here, which spares SQLite a sort.
+    fed: dict[int, list[tuple[int, bytes]]] = {}
+    for key, seq, data in raw.execute(
+        "SELECT f.rk, f.seq, f.data FROM feed f JOIN records r ON r.rk = f.rk"
+        f" WHERE f.rk IN ({marks}) AND f.seq > r.feed_folded",
+        keys,
+    ):
+        got = fed.get(key)
+        if got is None:
+            fed[key] = [(seq, bytes(data))]
+        else:
+            got.append((seq, bytes(data)))
+    for key, rows_of_key in fed.items():
+        if len(rows_of_key) > 1:
+            rows_of_key.sort()
+        held = pieces.get(key)
+        if held is None:
+            pieces[key] = [data for _, data in rows_of_key]
+        else:
+            held.extend(data for _, data in rows_of_key)
