@@ -260,6 +260,7 @@ class Replica:
         self._acknowledged: list[AcknowledgedListener] = []
         self._sync_lock = asyncio.Lock()
         self._closing = set[asyncio.Task[None]]()  # links of ended syncs, closing
+        self._known_meta = meta.KnownMeta(store)  # notes a sync need not read each time
         self._write_lock = asyncio.Lock()
         self._outbox_changed = asyncio.Event()
         self._live = False
@@ -982,8 +983,8 @@ class Replica:
             logger.warning("the server named a caresync version that is none: %s", exc)
             return
         if newest is not None:  # only when changed: a sync with nothing to do commits nothing
-            await meta.write_if_changed(self.store, meta.CLIENT_NEWEST, newest)
-            await meta.write_if_changed(self.store, meta.CLIENT_MIN, least or "")
+            await meta.write_if_changed(self._known_meta, meta.CLIENT_NEWEST, newest)
+            await meta.write_if_changed(self._known_meta, meta.CLIENT_MIN, least or "")
 
     async def quarantined(self, record_id: str | None = None) -> list[QuarantinedUpdate]:
         """Updates from the server that could not be merged, kept aside with the reason.
@@ -1411,6 +1412,10 @@ class _ReplicaHost:
     @property
     def closing(self) -> set[asyncio.Task[None]]:
         return self._replica._closing
+
+    @property
+    def known_meta(self) -> meta.KnownMeta:
+        return self._replica._known_meta
 
     @property
     def secret(self) -> bytes | None:

@@ -78,6 +78,7 @@ from caresync.observe import (
 )
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
     ITEM_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
     AccountName,
@@ -237,6 +238,25 @@ class _Remembered(Generic[K, V]):
         self._items.move_to_end(key)
         if len(self._items) > self._size:
             self._items.popitem(last=False)
+
+
+class _EntryTooLarge(CaresyncError):
+    """A feed entry too large for one frame of the pulling laptop (the pull is refused)."""
+
+    def __init__(self, item: FeedItem, size: int, frame: int) -> None:
+        needed = size + BATCH_OVERHEAD_BYTES
+        super().__init__(
+            f"feed entry {item.seq} (record {item.record_id}) takes {size} bytes, and this "
+            f"laptop accepts frames of at most {frame} bytes: it cannot be sent, and the "
+            f"entries after it wait behind it (nothing is lost: the server keeps them). "
+            f"Let the laptop accept frames of at least {needed} bytes (caresync's own "
+            f"laptops accept {DEFAULT_MAX_FRAME_BYTES})"
+        )
+        self.detail: dict[str, str | int] = {
+            "seq": item.seq,
+            "record_id": item.record_id,
+            "needed": needed,
+        }
 
 
 class _Forbidden(CaresyncError):
@@ -1026,10 +1046,12 @@ class SyncServer:
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
             self._versions[replica_id] = (conn.protocol.protocol_version, login.client_version)
-        await self._audit(AuditEvent(outcome.user, "login", None, replica_id or "a new laptop"))
+        # Seen: only now that it proved who it is; with the login's entry, one commit.
+        await self._audit(
+            AuditEvent(outcome.user, "login", None, replica_id or "a new laptop"),
+            seen=None if replica_id is None else (replica_id, self._now_ms()),
+        )
         self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
-        if replica_id is not None:  # seen: only now that it proved who it is
-            await self.store.touch_replica(replica_id, self._now_ms())
 
     async def _refuse_old_client(
         self, conn: _Connection, login: Authenticate | ResumeSession
@@ -1052,9 +1074,10 @@ class SyncServer:
         await self._audit(AuditEvent(_tried(user), "login-failed", None, "refused: client_too_old"))
         return True
 
-    async def _audit(self, event: AuditEvent) -> None:
-        """Append to the server's own audit trail (what happened here, not on a laptop)."""
-        await self.store.append_audit([event], replica_id=self.server_id)
+    async def _audit(self, event: AuditEvent, *, seen: tuple[str, int] | None = None) -> None:
+        """Append to the server's own audit trail (what happened here, not on a laptop);
+        with ``seen``, note that replica's last contact in the same commit."""
+        await self.store.append_audit([event], replica_id=self.server_id, seen=seen)
 
     async def _audit_tail(self, conn: _Connection) -> tuple[int, bytes] | None:
         """Where the replica's audit chain held here ends, for a peer that sends it."""
@@ -1307,7 +1330,13 @@ class SyncServer:
         # vector are read as of one commit (the laptop compares the state vector).
         async with self._commit_lock if send_checks else contextlib.nullcontext():
             head = await self.store.feed_head()
-            items, taken, to_end = await self._pull_entries(conn, request)
+            try:
+                items, taken, to_end = await self._pull_entries(conn, request)
+            except _EntryTooLarge as exc:
+                conn.protocol.refuse(
+                    RequestKind.PULL, ErrorCode.TOO_LARGE, str(exc), detail=exc.detail
+                )
+                return
             if send_checks:
                 record_ids = list(dict.fromkeys(i.record_id for i in items))
                 checks = await self._read_checks(record_ids, head)
@@ -1363,9 +1392,22 @@ class SyncServer:
             )
 
         items = await read(request.after_seq)
+        frame = conn.protocol.peer_max_frame_bytes
+        if items and (size := item_wire_size(items[0].record_id, items[0].update)) > (
+            frame - BATCH_OVERHEAD_BYTES
+        ):
+            raise _EntryTooLarge(items[0], size, frame)
         if not conn.protocol.coalesces_pulls:
-            as_they_are = [(i.seq, i.record_id, i.update) for i in items]
-            return items, as_they_are, len(items) < request.limit
+            # As many as fit the client's frame (the first always does, checked above).
+            fit = len(items)
+            budget = frame - BATCH_OVERHEAD_BYTES
+            for count, item in enumerate(items):
+                budget -= item_wire_size(item.record_id, item.update)
+                if budget < 0:
+                    fit = count
+                    break
+            as_they_are = [(i.seq, i.record_id, i.update) for i in items[:fit]]
+            return items[:fit], as_they_are, fit == len(items) < request.limit
         budget = min(conn.protocol.peer_max_frame_bytes // 2, _PULL_BYTES) - BATCH_OVERHEAD_BYTES
         coalescer = Coalescer(items=request.limit, budget=budget)
         to_end = False
@@ -1389,6 +1431,19 @@ class SyncServer:
         replica_id = conn.protocol.replica_id or ""
         key = PUSHED_KEY_PREFIX + replica_id
         refusal: tuple[str, str] | None = None
+        # An entry must fit one pull frame of a laptop that accepts frames as large as
+        # the server's, or it would be stored and never delivered.
+        room = conn.protocol.max_frame_bytes - BATCH_OVERHEAD_BYTES
+        for item in batch.items:
+            if (size := item_wire_size(item.record_id, item.update)) > room:
+                conn.protocol.refuse(
+                    RequestKind.PUSH,
+                    ErrorCode.TOO_LARGE,
+                    f"push refused, nothing stored: the update of record {item.record_id} "
+                    f"takes {size} bytes, more than one frame to a laptop can carry "
+                    f"({room}); it stays in the outbox of the laptop that made it",
+                )
+                return
         async with self._commit_lock:
             try:
                 async with self.store.exclusive_commits():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from caresync.credentials import verify_server_signature
 from caresync.exceptions import CaresyncError, ConnectionLostError
@@ -49,13 +50,18 @@ class Hostile:
         replica_id: str | None = None,
         server_id: str | None = None,
         organisation: str | None = None,
+        **hello: Any,
     ) -> Hostile:
-        """Connect, say Hello (naming a replica, or none), get Welcome, check the server's proof."""
+        """Connect, say Hello (naming a replica, or none), get Welcome, check the server's proof.
+
+        ``hello``: more of :class:`ClientProtocol`'s arguments (``max_frame_bytes``,
+        ``protocol_versions``)."""
         return await cls.over(
             await connect_websocket(url),
             replica_id=replica_id,
             server_id=server_id,
             organisation=organisation,
+            **hello,
         )
 
     @classmethod
@@ -66,10 +72,11 @@ class Hostile:
         replica_id: str | None = None,
         server_id: str | None = None,
         organisation: str | None = None,
+        **hello: Any,
     ) -> Hostile:
         """The same over a channel already open (an in-memory link, say)."""
         protocol = ClientProtocol(
-            replica_id=replica_id, server_id=server_id, organisation=organisation
+            replica_id=replica_id, server_id=server_id, organisation=organisation, **hello
         )
         client = cls(protocol, channel)
         protocol.send_hello()

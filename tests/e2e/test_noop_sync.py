@@ -1,8 +1,8 @@
 """A sync with nothing to do, end to end: what each side waits for.
 
 The server sends ``Authenticated`` before it records the login (its audit entry and
-the replica's last contact), but handles no request of the connection until both
-are committed; a laptop's sync does not wait for the websocket closing handshake,
+the replica's last contact, one commit), but handles no request of the connection
+until it is committed; a laptop's sync does not wait for the websocket closing handshake,
 and ``Replica.close`` waits for it.
 """
 
@@ -26,10 +26,10 @@ class HeldLoginServer(SyncServer):
     release: asyncio.Event
     log: list[str]
 
-    async def _audit(self, event: AuditEvent) -> None:
+    async def _audit(self, event: AuditEvent, *, seen: tuple[str, int] | None = None) -> None:
         if event.action == "login":
             await self.release.wait()
-        await super()._audit(event)
+        await super()._audit(event, seen=seen)
         if event.action == "login":
             self.log.append("login recorded")
 

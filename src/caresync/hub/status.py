@@ -57,7 +57,7 @@ def server_summaries(rows: Iterable[HubSummaryRow]) -> list[HubSummary]:
     ]
 
 
-async def store_report(store: ReplicaStore, items: Sequence[HubItem]) -> None:
+async def store_report(store: ReplicaStore | meta.KnownMeta, items: Sequence[HubItem]) -> None:
     """Keep what the server said of the hub summaries (replacing what it said before)."""
     data = [list(item) for item in items]
     await meta.write_if_changed(store, REPORT_META, json.dumps(data, separators=(",", ":")))

@@ -23,7 +23,9 @@ __all__ = [
     "COPY_RESUME",
     "CURRENT_LOGIN",
     "HUB_REPORT",
+    "KNOWN_KEYS",
     "INDEX_RULEBOOK",
+    "KnownMeta",
     "LAST_SYNC_MS",
     "LIVE_CLI",
     "LOCKED",
@@ -111,7 +113,7 @@ time in memory (what ``Replica.status`` shows); after a restart the stored one
 is at most this much older than the truth."""
 
 
-async def write_if_changed(store: ReplicaStore, key: str, value: str) -> bool:
+async def write_if_changed(store: ReplicaStore | KnownMeta, key: str, value: str) -> bool:
     """Write ``key`` only if it holds something else; True when written."""
     if await store.get_meta(key) == value:
         return False
@@ -119,9 +121,50 @@ async def write_if_changed(store: ReplicaStore, key: str, value: str) -> bool:
     return True
 
 
-async def note_last_sync(store: ReplicaStore, now_ms: int) -> None:
+async def note_last_sync(store: ReplicaStore | KnownMeta, now_ms: int) -> None:
     """Store the time of the last sync if the stored one is :data:`LAST_SYNC_SAVE_MS` old."""
     stored = await store.get_meta(LAST_SYNC_MS)
     if stored is not None and stored.isdigit() and 0 <= now_ms - int(stored) < LAST_SYNC_SAVE_MS:
         return
     await store.set_meta(LAST_SYNC_MS, str(now_ms))
+
+
+KNOWN_KEYS = frozenset({CLIENT_NEWEST, CLIENT_MIN, COPY_DONE_MS, HUB_REPORT, LAST_SYNC_MS})
+"""Keys only a laptop's syncs write, each a note whose stale copy does no harm."""
+
+
+class KnownMeta:
+    """The :data:`KNOWN_KEYS` as this process last read or wrote them, so that a sync
+    with nothing to do does not read them again (each read is a trip to the store's
+    thread, on the way of every sync).
+
+    Another process writing one meanwhile (a command-line sync beside the running
+    application) costs at most one needless write, or a note kept a sync longer:
+    none of them says where the feed was read to, or what waits. An absent key is
+    read again each time (a first copy another process finished is seen).
+    """
+
+    __slots__ = ("_known", "_store")
+
+    def __init__(self, store: ReplicaStore) -> None:
+        self._store = store
+        self._known: dict[str, str] = {}
+
+    async def get_meta(self, key: str) -> str | None:
+        """The key's value, read from the store only the first time it is found there."""
+        if key not in KNOWN_KEYS:
+            raise ValueError(f"{key!r} is not a key KnownMeta may keep")
+        value = self._known.get(key)
+        if value is None:
+            value = await self._store.get_meta(key)
+            if value is not None:
+                self._known[key] = value
+        return value
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store the key's value (committed), then remember it."""
+        if key not in KNOWN_KEYS:
+            raise ValueError(f"{key!r} is not a key KnownMeta may keep")
+        self._known.pop(key, None)  # unknown until committed: a failed write is read again
+        await self._store.set_meta(key, value)
+        self._known[key] = value

@@ -85,7 +85,7 @@ from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
-from caresync.storage import ConflictRow, Identity, LaptopStore
+from caresync.storage import ConflictRow, Identity, LaptopStore, OutboxSummary
 from caresync.transport import Channel, Connector
 from caresync.versions import CLIENT_VERSION, check_version
 
@@ -276,6 +276,11 @@ class SessionHost(Protocol):
     async def count_conflicts(self) -> int: ...
 
     @property
+    def known_meta(self) -> meta.KnownMeta:
+        """The notes a sync need not read from the store each time (:class:`KnownMeta`)."""
+        ...
+
+    @property
     def closing(self) -> set[asyncio.Task[None]]:
         """Closing handshakes of sessions that ended well, still under way: a sync
         does not wait for its link to close (awaited before the next connection
@@ -363,6 +368,8 @@ class Session:
         self._names_to_store: dict[str, str] | None = None  # account → display name
         self._audit_after: int | None = None  # send own audit entries after this one
         self._outbox_said: tuple[int, int | None] | None = None  # the last OutboxReport sent
+        # The outbox as the login read it (nothing renumbered): the first report's.
+        self._outbox_read: OutboxSummary | None = None
         # What the reader routes: replies to whoever expects one, live updates (once
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
@@ -636,6 +643,7 @@ class Session:
         store = self.host.store
         outbox = await store.outbox_summary()
         if pushed_up_to <= outbox.acknowledged_up_to:
+            self._outbox_read = outbox
             return
         logger.warning(
             "replica %s: the server has committed its changes up to %d, this copy only "
@@ -684,7 +692,8 @@ class Session:
             raise
         await self.remember_login()
         copied = await self.first_copy(progress)
-        await self.report_outbox()  # what is left, if that is news
+        if uploaded or copied:
+            await self.report_outbox()  # what is left, if that is news
         downloaded = await self.pull()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
         await self._synced()
@@ -700,14 +709,16 @@ class Session:
         """Note the time of this sync: in memory always, on disk when it has grown old."""
         now_ms = time.time_ns() // 1_000_000
         self.host.status.last_sync_ms = now_ms
-        await meta.note_last_sync(self.host.store, now_ms)
+        await meta.note_last_sync(self.host.known_meta, now_ms)
 
     async def report_outbox(self) -> None:
         """Tell the server what waits in the outbox (protocol version 2 on), for operators;
         not again what this connection already told it (the server keeps a report)."""
+        read, self._outbox_read = self._outbox_read, None
         if self.protocol.can_report_outbox:
-            # One read: two would let an acknowledgement slip between them.
-            outbox = await self.host.store.outbox_summary()
+            # One read: two would let an acknowledgement slip between them. The
+            # login's, when it has just read it (an edit made meanwhile is told next).
+            outbox = read or await self.host.store.outbox_summary()
             said = (outbox.pending, outbox.oldest_pending_ms)
             if said != self._outbox_said:
                 self.protocol.report_outbox(*said)
@@ -727,7 +738,7 @@ class Session:
         :mod:`caresync.replication.index`).
         """
         store = self.host.store
-        if await store.get_meta(meta.COPY_DONE_MS) is not None:
+        if await self.host.known_meta.get_meta(meta.COPY_DONE_MS) is not None:
             return 0
         resume = await store.get_meta(meta.COPY_RESUME) or None
         rulebook = self.host.rulebook.fingerprint
@@ -805,7 +816,7 @@ class Session:
         start = await store.get_meta(meta.COPY_CHECKPOINT) or "0"
         if await store.get_meta(meta.CHECKPOINT) is None:
             await store.set_meta(meta.CHECKPOINT, start)
-        await store.set_meta(meta.COPY_DONE_MS, str(time.time_ns() // 1_000_000))
+        await self.host.known_meta.set_meta(meta.COPY_DONE_MS, str(time.time_ns() // 1_000_000))
         return copied
 
     async def push(self) -> int:
@@ -892,7 +903,7 @@ class Session:
                     f"a hub report of more than {MAX_HUB_REPORT_ITEMS} summaries"
                 )
             if report.final:
-                await store_report(self.host.store, items)
+                await store_report(self.host.known_meta, items)
                 return
         raise RemoteProtocolError(f"a hub report of more than {MAX_HUB_REPORT_FRAMES} frames")
 

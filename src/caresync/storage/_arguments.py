@@ -193,6 +193,17 @@ def check_audit_append(events: Sequence[AuditEvent], replica_id: object) -> tupl
     return checked
 
 
+def check_seen(seen: object) -> tuple[str, int] | None:
+    """``append_audit``'s ``seen``: None, or (an enrolled replica's id, a time in ms)."""
+    if seen is None:
+        return None
+    if not isinstance(seen, tuple) or len(seen) != 2:
+        raise InvalidInputError("seen must be (replica_id, seen_ms) or None")
+    replica_id, seen_ms = seen
+    check_text(replica_id, "seen replica_id")
+    return replica_id, check_count(seen_ms, "seen_ms")
+
+
 def imported_writes(
     updates: Sequence[ExportedUpdate],
     conflicts: Mapping[str, Sequence[ConflictRow]] | None,

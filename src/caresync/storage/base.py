@@ -977,11 +977,19 @@ class ReplicaStore(Protocol):
 
     # the audit trail (caresync.audit): append-only hash chains
     async def append_audit(
-        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+        self,
+        events: Sequence[AuditEvent],
+        *,
+        replica_id: str | None = None,
+        seen: tuple[str, int] | None = None,
     ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own chain (line 0), in one transaction;
         returns the entries as linked. ``replica_id`` names the replica whose own chain
-        it is when the store holds no identity (a server given its id on its own)."""
+        it is when the store holds no identity (a server given its id on its own).
+
+        ``seen`` = (replica id, ms): in the same transaction, note that enrolled replica
+        as seen then, as :meth:`ServerStore.touch_replica` does (a server's login: one
+        commit, not two); a replica not enrolled here is not noted."""
         ...
 
     async def audit_entries(

@@ -45,6 +45,7 @@ from caresync.storage._arguments import (
     check_record_page,
     check_renumbering,
     check_secret_hash,
+    check_seen,
     check_session,
     check_user,
     check_user_admin,
@@ -888,13 +889,23 @@ class MemoryStore:
             self._audit_held.add((entry.replica_id, entry.seq, entry.hash))
 
     async def append_audit(
-        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+        self,
+        events: Sequence[AuditEvent],
+        *,
+        replica_id: str | None = None,
+        seen: tuple[str, int] | None = None,
     ) -> list[AuditEntry]:
-        """Append ``events`` to this replica's own audit chain."""
+        """Append ``events`` to this replica's own audit chain (with ``seen``, the
+        replica's last contact too)."""
         checked = check_audit_append(events, replica_id)
+        noted = check_seen(seen)
         self._open_or_raise("writing the audit trail")
+        if not checked:
+            return []
         entries = self._plan_own_audit(checked, self._now_ms(), replica_id)
         self._keep_audit(entries)
+        if noted is not None and (info := self._replicas.get(noted[0])) is not None:
+            self._replicas[noted[0]] = dataclasses.replace(info, last_seen_ms=noted[1])
         return entries
 
     async def audit_entries(

@@ -1573,6 +1573,28 @@ class ServerStoreSuite(ReplicaStoreSuite):
         await store.append_audit([AuditEvent("dr.a", "login")])  # the server's own chain
         assert verify_trail(await store.audit_entries()).ok
 
+    async def test_a_login_entry_notes_the_replica_seen_in_the_same_commit(
+        self, store: ServerStore, clock: FakeClock
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        enrolled = await store.enrol_replica("laptop-7", "org-1", enrolled_by="ada")
+        login = AuditEvent("ada", "login", None, "laptop-7")
+        [entry] = await store.append_audit([login], seen=("laptop-7", clock.now + 700))
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert got.last_seen_ms == clock.now + 700 != enrolled.last_seen_ms
+        assert [e.hash for e in await store.audit_entries()] == [entry.hash]
+        # A replica not enrolled here is not noted; the entry is kept all the same.
+        assert len(await store.append_audit([login], seen=("laptop-9", clock.now))) == 1
+        assert await store.get_replica("laptop-9") is None
+        for bad in (("laptop-7",), ("laptop-7", -1), ("", 5), ["laptop-7", 5]):
+            with pytest.raises(InvalidInputError):
+                await store.append_audit([login], seen=bad)  # type: ignore[arg-type]
+        assert len(await store.audit_entries()) == 2  # nothing kept of those
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert got.last_seen_ms == clock.now + 700
+
     async def test_a_server_refuses_entries_that_continue_nothing_or_are_forged(
         self,
         store: ServerStore,

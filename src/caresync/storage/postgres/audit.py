@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from caresync.audit.chain import GENESIS, AuditEntry, AuditEvent
-from caresync.storage._arguments import check_audit_append
+from caresync.storage._arguments import check_audit_append, check_seen
 from caresync.storage._audit import check_audit_query, plan_append, plan_receive
 from caresync.storage.base import check_text
 from caresync.storage.postgres._sql import Conn
@@ -83,10 +83,16 @@ class AuditPart(PostgresCore):
     """The audit trail's hash chains."""
 
     async def append_audit(
-        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+        self,
+        events: Sequence[AuditEvent],
+        *,
+        replica_id: str | None = None,
+        seen: tuple[str, int] | None = None,
     ) -> list[AuditEntry]:
-        """Append ``events`` to this replica's own audit chain (line 0), in one transaction."""
+        """Append ``events`` to this replica's own audit chain (line 0), in one transaction
+        (with ``seen``, the replica's last contact too)."""
         checked = check_audit_append(events, replica_id)
+        noted = check_seen(seen)
         if not checked:
             return []
         now = self._now_ms()
@@ -97,6 +103,10 @@ class AuditPart(PostgresCore):
                 raw.execute(_CHAIN_LOCK, (rid,))
                 entries = plan_append(checked, replica_id=rid, tail=_tail(raw, rid), now_ms=now)
                 _insert(raw, entries)
+                if noted is not None:
+                    raw.execute(
+                        "UPDATE replicas SET last_seen_ms = %s WHERE replica_id = %s", noted[::-1]
+                    )
                 return entries
 
             return self._write(raw, body)

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from caresync.audit.chain import AuditEntry, AuditEvent
-from caresync.storage._arguments import check_audit_append
+from caresync.storage._arguments import check_audit_append, check_seen
 from caresync.storage._audit import (
     check_audit_query,
     sql_append,
@@ -24,21 +24,31 @@ class AuditPart(SQLiteCore):
     """The audit trail's hash chains."""
 
     async def append_audit(
-        self, events: Sequence[AuditEvent], *, replica_id: str | None = None
+        self,
+        events: Sequence[AuditEvent],
+        *,
+        replica_id: str | None = None,
+        seen: tuple[str, int] | None = None,
     ) -> list[AuditEntry]:
-        """Append ``events`` to this replica's own audit chain, in one transaction."""
+        """Append ``events`` to this replica's own audit chain, in one transaction
+        (with ``seen``, the replica's last contact too)."""
         checked = check_audit_append(events, replica_id)
+        noted = check_seen(seen)
         if not checked:
             return []
         now = self._now_ms()
 
+        def body(raw: sqlite3.Connection) -> list[AuditEntry]:
+            entries = sql_append(raw, replica_id or self._own_id(raw), checked, now)
+            if noted is not None:
+                raw.execute(
+                    "UPDATE replicas SET last_seen_ms = ? WHERE replica_id = ?", noted[::-1]
+                )
+            return entries
+
         def job(raw: sqlite3.Connection) -> list[AuditEntry]:
             # Through the side door too: a reader beside a running writer records its reads.
-            return self._write(
-                raw,
-                lambda: sql_append(raw, replica_id or self._own_id(raw), checked, now),
-                accounts=True,
-            )
+            return self._write(raw, lambda: body(raw), accounts=True)
 
         return await self._run("writing the audit trail", job)
 
