@@ -81,6 +81,8 @@ from caresync.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     ITEM_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
+    MAX_SEQ,
+    PROTOCOL_VERSION,
     AccountName,
     AuditBatch,
     Authenticate,
@@ -105,10 +107,12 @@ from caresync.protocol import (
     ServerProtocol,
     Subscribe,
     card_reference,
+    encode_frame,
     item_wire_size,
     row_wire_size,
     rows_digest,
 )
+from caresync.protocol import FeedItem as WireItem
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.coalesce import Coalescer
@@ -240,13 +244,27 @@ class _Remembered(Generic[K, V]):
             self._items.popitem(last=False)
 
 
+def _fits_alone(record_id: str, update: bytes, frame: int) -> bool:
+    """Whether a pull batch holding this one entry (and no checks) fits a frame of
+    ``frame`` bytes: by its size when it is far from that, else by encoding one (the
+    4 KiB batches keep spare is more than one entry's batch needs)."""
+    if item_wire_size(record_id, update) <= frame - BATCH_OVERHEAD_BYTES:
+        return True
+    alone = PullBatch((WireItem(MAX_SEQ, record_id, update),), MAX_SEQ, MAX_SEQ, None, None, 1)
+    try:
+        encode_frame(alone, version=PROTOCOL_VERSION, max_frame_bytes=frame)
+    except LocalProtocolError:
+        return False
+    return True
+
+
 class _EntryTooLarge(CaresyncError):
     """A feed entry too large for one frame of the pulling laptop (the pull is refused)."""
 
     def __init__(self, item: FeedItem, size: int, frame: int) -> None:
-        needed = size + BATCH_OVERHEAD_BYTES
+        needed = item_wire_size(item.record_id, item.update) + BATCH_OVERHEAD_BYTES
         super().__init__(
-            f"feed entry {item.seq} (record {item.record_id}) takes {size} bytes, and this "
+            f"feed entry {item.seq} (record {item.record_id}) holds {size} bytes, and this "
             f"laptop accepts frames of at most {frame} bytes: it cannot be sent, and the "
             f"entries after it wait behind it (nothing is lost: the server keeps them). "
             f"Let the laptop accept frames of at least {needed} bytes (caresync's own "
@@ -948,6 +966,13 @@ class SyncServer:
                         max_frame_bytes=conn.protocol.max_frame_bytes,
                         max_queued_frames=MAX_QUEUED_FRAMES,
                     )
+        except LocalProtocolError as exc:
+            if conn.protocol.failure is not None or conn.protocol.close_expected:
+                return  # the connection had failed or was closing: nothing more to say
+            # A move of ours the protocol refused (a frame larger than the peer takes):
+            # a fault of ours, logged, and the peer told, not closed on in silence.
+            self.events.fault(channel.peer, exc)
+            await self._end(conn, ErrorCode.INTERNAL, "the server failed; nothing more was done")
         except (ConnectionLostError, ProtocolError):
             return  # the peer went away or broke the protocol; nothing half-done stays
         except Exception as exc:  # noqa: BLE001 - events.fault logs it with its traceback
@@ -1077,7 +1102,10 @@ class SyncServer:
     async def _audit(self, event: AuditEvent, *, seen: tuple[str, int] | None = None) -> None:
         """Append to the server's own audit trail (what happened here, not on a laptop);
         with ``seen``, note that replica's last contact in the same commit."""
-        await self.store.append_audit([event], replica_id=self.server_id, seen=seen)
+        if seen is None:  # a store written before ``seen`` existed still logs logins
+            await self.store.append_audit([event], replica_id=self.server_id)
+        else:
+            await self.store.append_audit([event], replica_id=self.server_id, seen=seen)
 
     async def _audit_tail(self, conn: _Connection) -> tuple[int, bytes] | None:
         """Where the replica's audit chain held here ends, for a peer that sends it."""
@@ -1224,17 +1252,34 @@ class SyncServer:
         )
         done = done_before + len(records)
         sent_bytes = bytes_before + size
-        conn.protocol.send_copy_batch(
-            records,
-            done_records=done,
-            total_records=max(conn.copy_total, done),
-            done_bytes=sent_bytes,
-            total_bytes=sent_bytes,  # the total is unknown without reading every record
-            feed_checkpoint=checkpoint,
-            final=not more or not records,
-            conflicts=rows if send_rows else None,
-            persons=persons if send_persons else None,
-        )
+        try:
+            conn.protocol.send_copy_batch(
+                records,
+                done_records=done,
+                total_records=max(conn.copy_total, done),
+                done_bytes=sent_bytes,
+                total_bytes=sent_bytes,  # the total is unknown without reading every record
+                feed_checkpoint=checkpoint,
+                final=not more or not records,
+                conflicts=rows if send_rows else None,
+                persons=persons if send_persons else None,
+            )
+        except LocalProtocolError:
+            if len(records) != 1:
+                raise  # batches keep 4 KiB spare: a fault of ours, logged by handle()
+            # One record, with its rows and card, larger than the laptop's frames: say
+            # which, instead of closing on it (nothing is sent; the copy stops here).
+            record_id = records[0][0]
+            conn.protocol.refuse(
+                RequestKind.COPY,
+                ErrorCode.TOO_LARGE,
+                f"record {record_id} takes {size} bytes with its conflict rows and person "
+                f"card, more than one frame of {conn.protocol.peer_max_frame_bytes} bytes "
+                "to this laptop carries: the first copy cannot go past it (copying one "
+                "record in several frames is not built yet). The server keeps it whole",
+                detail={"record_id": record_id, "needed": size + BATCH_OVERHEAD_BYTES},
+            )
+            return
         conn.copy_last = records[-1][0] if records else request.after_record_id
         conn.copy_done, conn.copy_bytes = done, sent_bytes
         self.events.copied(
@@ -1393,10 +1438,8 @@ class SyncServer:
 
         items = await read(request.after_seq)
         frame = conn.protocol.peer_max_frame_bytes
-        if items and (size := item_wire_size(items[0].record_id, items[0].update)) > (
-            frame - BATCH_OVERHEAD_BYTES
-        ):
-            raise _EntryTooLarge(items[0], size, frame)
+        if items and not _fits_alone(items[0].record_id, items[0].update, frame):
+            raise _EntryTooLarge(items[0], len(items[0].update), frame)
         if not conn.protocol.coalesces_pulls:
             # As many as fit the client's frame (the first always does, checked above).
             fit = len(items)
@@ -1433,15 +1476,15 @@ class SyncServer:
         refusal: tuple[str, str] | None = None
         # An entry must fit one pull frame of a laptop that accepts frames as large as
         # the server's, or it would be stored and never delivered.
-        room = conn.protocol.max_frame_bytes - BATCH_OVERHEAD_BYTES
+        frame = conn.protocol.max_frame_bytes
         for item in batch.items:
-            if (size := item_wire_size(item.record_id, item.update)) > room:
+            if not _fits_alone(item.record_id, item.update, frame):
                 conn.protocol.refuse(
                     RequestKind.PUSH,
                     ErrorCode.TOO_LARGE,
                     f"push refused, nothing stored: the update of record {item.record_id} "
-                    f"takes {size} bytes, more than one frame to a laptop can carry "
-                    f"({room}); it stays in the outbox of the laptop that made it",
+                    f"takes {len(item.update)} bytes, more than one frame of {frame} bytes "
+                    "to a laptop can carry; it stays in the outbox of the laptop that made it",
                 )
                 return
         async with self._commit_lock:

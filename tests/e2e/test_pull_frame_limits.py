@@ -16,19 +16,42 @@ import pytest
 from tests.e2e.hostile import Hostile, refusal
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 
+import caresync.replication.session
 import caresync.server
+from caresync.exceptions import ProtocolError
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
+    MAX_MAX_FRAME_BYTES,
+    MAX_SEQ,
     MIN_MAX_FRAME_BYTES,
+    ClientProtocol,
     ErrorCode,
+    FeedItem,
     PullBatch,
     PushAck,
+    PushBatch,
+    PushItem,
     ServerProtocol,
+    encode_frame,
 )
 from caresync.records import Record
 from caresync.replica import Replica
 
 NOTE = 20_000  # characters of one note: three notes fill a 64 KiB frame
+FRAME = 256 * 1024
+
+
+def frames_of(monkeypatch: pytest.MonkeyPatch, server: int, laptop: int | None = None) -> None:
+    """Servers (and caresync laptops, when ``laptop``) that accept frames of that size."""
+    monkeypatch.setattr(
+        caresync.server, "ServerProtocol", functools.partial(ServerProtocol, max_frame_bytes=server)
+    )
+    if laptop is not None:
+        monkeypatch.setattr(
+            caresync.replication.session,
+            "ClientProtocol",
+            functools.partial(ClientProtocol, max_frame_bytes=laptop),
+        )
 
 
 async def small_laptop(url: str, **hello: object) -> Hostile:
@@ -132,40 +155,117 @@ async def test_a_version_9_pull_fits_the_laptops_frame(tmp_path: Path) -> None:
         await server.close()
 
 
+def push_frame_size(record_id: str, update: bytes) -> int:
+    batch = PushBatch((PushItem(1, record_id, update),))
+    return len(encode_frame(batch, max_frame_bytes=MAX_MAX_FRAME_BYTES))
+
+
+def pull_alone_fits(record_id: str, update: bytes, frame: int) -> bool:
+    """Whether a pull batch of this one entry, at the largest seqs, fits ``frame``."""
+    batch = PullBatch((FeedItem(MAX_SEQ, record_id, update),), MAX_SEQ, MAX_SEQ, None, None, 1)
+    return len(encode_frame(batch, max_frame_bytes=MAX_MAX_FRAME_BYTES)) <= frame
+
+
 async def test_a_push_that_no_laptop_frame_could_carry_is_refused_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A server whose frames are 256 KiB: a push frame of 254 KiB arrives, but its
-    # entry, with a pull batch's overhead, would fit no laptop frame as large as
-    # the server's; stored, it would reach nobody.
-    frame = 256 * 1024
-    monkeypatch.setattr(
-        caresync.server, "ServerProtocol", functools.partial(ServerProtocol, max_frame_bytes=frame)
-    )
+    # A pull batch says more than a push batch (a checkpoint, the head, a count): an
+    # update whose push frame just fits the server's frames would fit no laptop's pull
+    # frame as large. Stored, it would reach nobody.
+    frames_of(monkeypatch, FRAME)
     server = await start_server(tmp_path)
     laptop = None
     try:
-        laptop = await Hostile.connect(server.url, max_frame_bytes=frame)
+        laptop = await Hostile.connect(server.url, max_frame_bytes=FRAME)
         await laptop.login("dr.a", PASSWORD, "clinic-a")
         await laptop.enrol("large edits")
         head = await server.store.feed_head()
 
-        record = Record.create(replica=laptop.replica_id)
-        record.set("note", "x" * 200_000, author="dr.a")
-        record.set("summary", "y" * (frame - BATCH_OVERHEAD_BYTES - 200_000), author="dr.a")
+        def with_note(length: int) -> Record:
+            record = Record.create(replica=laptop.replica_id if laptop else "")
+            record.set("note", "x" * length, author="dr.a")
+            return record
+
+        probe = with_note(200_000)
+        overhead = push_frame_size(probe.record_id, probe.update_since()) - 200_000
+        record = with_note(FRAME - overhead)  # its push frame: exactly FRAME bytes
         update = record.update_since()
-        assert frame - BATCH_OVERHEAD_BYTES < len(update) < frame - 1024
+        assert push_frame_size(record.record_id, update) <= FRAME
+        assert not pull_alone_fits(record.record_id, update, FRAME)
         error = refusal(await laptop.push(1, record.record_id, update))
         assert error.code == ErrorCode.TOO_LARGE
         assert "nothing stored" in error.message
         assert await server.store.feed_head() == head
 
-        # A smaller one on the same connection goes in.
-        fits = Record.create(replica=laptop.replica_id)
-        fits.set("note", "x" * 200_000, author="dr.a")
+        # A little smaller, on the same connection, goes in (well within the 4 KiB
+        # spare that batches keep, which is not the bound for one entry).
+        fits = with_note(FRAME - overhead - 1024)
         assert await laptop.push(2, fits.record_id, fits.update_since()) == PushAck(2)
         assert await server.store.feed_head() == head + 1
     finally:
         if laptop is not None:
             await laptop.close()
+        await server.close()
+
+
+async def test_an_entry_within_the_frame_but_not_its_spare_4_kib_is_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches keep 4 KiB spare; one entry's batch needs far less. An entry stored by a
+    # server with larger frames, within a laptop's frame by less than 4 KiB, still goes.
+    frames_of(monkeypatch, 2 * FRAME)
+    server = await start_server(tmp_path)
+    writer = reader = None
+    try:
+        writer = await Hostile.connect(server.url, max_frame_bytes=2 * FRAME)
+        await writer.login("dr.a", PASSWORD, "clinic-a")
+        await writer.enrol("writer")
+        record = Record.create(replica=writer.replica_id)
+        record.set("note", "x" * (FRAME - 3000), author="dr.a")
+        update = record.update_since()
+        assert FRAME - BATCH_OVERHEAD_BYTES < len(update) < FRAME - 1500
+        assert await writer.push(1, record.record_id, update) == PushAck(1)
+        [entry] = await server.store.feed_since(0, limit=10)
+        alone = PullBatch((FeedItem(entry.seq, entry.record_id, entry.update),), 1, 1)
+        assert len(encode_frame(alone, max_frame_bytes=FRAME)) < FRAME - 1000
+
+        reader = await Hostile.connect(server.url, max_frame_bytes=FRAME)
+        await reader.login("dr.b", PASSWORD, "clinic-a")
+        await reader.enrol("reader")
+        batch = await pull(reader, 0)
+        assert isinstance(batch, PullBatch), batch
+        assert [i.update for i in batch.items] == [update]
+    finally:
+        for client in (writer, reader):
+            if client is not None:
+                await client.close()
+        await server.close()
+
+
+async def test_a_record_larger_than_one_frame_stops_a_first_copy_with_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each push fits a frame; the record they make together does not. A first copy sends
+    # a record whole: it is refused, saying which record (it closed in silence before).
+    frames_of(monkeypatch, FRAME, laptop=FRAME)
+    server = await start_server(tmp_path)
+    writer = await enrolled(tmp_path, server, "writer")
+    reader = await Replica.open(tmp_path / "reader.db")
+    try:
+        record_id = await writer.create_record()
+        for field in ("note", "summary"):
+            await writer.set(record_id, field, "x" * 150_000)
+            assert (await writer.sync()).uploaded >= 1
+        with pytest.raises(ProtocolError, match=f"record {record_id} takes .* bytes"):
+            await reader.enrol(
+                server.url, username="dr.b", password=PASSWORD, organisation="clinic-a"
+            )
+        # The server goes on serving: the writer syncs, and the refusal is the same again.
+        await writer.set(record_id, "weightKg", 70)
+        assert (await writer.sync()).uploaded == 1
+        with pytest.raises(ProtocolError, match=f"record {record_id} takes"):
+            await reader.sync(username="dr.b", password=PASSWORD)
+    finally:
+        await reader.close()
+        await writer.close()
         await server.close()

@@ -138,10 +138,11 @@ class KnownMeta:
     with nothing to do does not read them again (each read is a trip to the store's
     thread, on the way of every sync).
 
-    Another process writing one meanwhile (a command-line sync beside the running
-    application) costs at most one needless write, or a note kept a sync longer:
-    none of them says where the feed was read to, or what waits. An absent key is
-    read again each time (a first copy another process finished is seen).
+    A laptop's database is locked by the replica that opened it, so nothing else
+    writes these keys meanwhile; were one written behind its back (``store.set_meta``
+    on the replica's own store), the replica would keep what it knew until it writes
+    the key again: none of them says where the feed was read to, or what waits. An
+    absent key is read again each time.
     """
 
     __slots__ = ("_known", "_store")

@@ -987,8 +987,8 @@ class ReplicaStore(Protocol):
         returns the entries as linked. ``replica_id`` names the replica whose own chain
         it is when the store holds no identity (a server given its id on its own).
 
-        ``seen`` = (replica id, ms): in the same transaction, note that enrolled replica
-        as seen then, as :meth:`ServerStore.touch_replica` does (a server's login: one
+        ``seen`` = (replica id, ms), on a server's store: in the same transaction, note
+        that enrolled replica as seen then, as ``touch_replica`` does (a login is one
         commit, not two); a replica not enrolled here is not noted."""
         ...
 
