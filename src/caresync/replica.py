@@ -67,7 +67,10 @@ from caresync.logins import (
     LaptopLogins,
 )
 from caresync.protocol import (
+    BATCH_OVERHEAD_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
     Enrolled,
+    item_wire_size,
 )
 from caresync.records import JSONValue, Record, Revision
 from caresync.records.crdt import merge as merge_updates_of
@@ -628,6 +631,8 @@ class Replica:
         (``replica=self.replica_id``) holding the record's whole state, and the update
         that was made to it. Copies of these records already loaded are read again.
         """
+        for record, update in edited:
+            _check_sendable(record.record_id, update)
         edits = [
             IncomingUpdate(
                 record.record_id,
@@ -682,6 +687,7 @@ class Replica:
                 else merge_updates_of(captured, record_id=record_id)
             )
             try:
+                _check_sendable(record_id, update)
                 await self.store.write_local(
                     record_id,
                     update,
@@ -1372,6 +1378,18 @@ async def _wait_for_event(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait({waiter}, timeout=seconds)
     finally:
         waiter.cancel()
+
+
+def _check_sendable(record_id: str, update: bytes) -> None:
+    """Refuse (InvalidInputError) a change no sync frame could carry: stored, it would
+    wait in the outbox for ever (a server refuses it), keeping back what follows it."""
+    size = item_wire_size(record_id, update)
+    room = DEFAULT_MAX_FRAME_BYTES - BATCH_OVERHEAD_BYTES
+    if size > room:
+        raise InvalidInputError(
+            f"this change to record {record_id} takes {size} bytes, more than one sync "
+            f"frame carries ({room}); nothing was written: make it as several smaller edits"
+        )
 
 
 class _ReplicaHost:

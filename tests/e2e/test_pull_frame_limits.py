@@ -18,7 +18,7 @@ from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 
 import caresync.replication.session
 import caresync.server
-from caresync.exceptions import ProtocolError
+from caresync.exceptions import InvalidInputError, ProtocolError
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     MAX_MAX_FRAME_BYTES,
@@ -188,8 +188,16 @@ async def test_a_push_that_no_laptop_frame_could_carry_is_refused_whole(
 
         probe = with_note(200_000)
         overhead = push_frame_size(probe.record_id, probe.update_since()) - 200_000
-        record = with_note(FRAME - overhead)  # its push frame: exactly FRAME bytes
-        update = record.update_since()
+        # A push frame of FRAME bytes or a few less (each record's Yjs client id, drawn
+        # at random, takes 1 to 8 bytes: a few tries, each closer).
+        length = FRAME - overhead
+        for _ in range(20):
+            record = with_note(length)
+            update = record.update_since()
+            size = push_frame_size(record.record_id, update)
+            if size <= FRAME and not pull_alone_fits(record.record_id, update, FRAME):
+                break
+            length += FRAME - size
         assert push_frame_size(record.record_id, update) <= FRAME
         assert not pull_alone_fits(record.record_id, update, FRAME)
         error = refusal(await laptop.push(1, record.record_id, update))
@@ -269,3 +277,23 @@ async def test_a_record_larger_than_one_frame_stops_a_first_copy_with_its_name(
         await reader.close()
         await writer.close()
         await server.close()
+
+
+async def test_an_edit_no_frame_could_carry_is_refused_when_made(tmp_path: Path) -> None:
+    # Stored, it would wait in the outbox for ever (the server refuses it) and keep
+    # every later change back: the laptop refuses it at once, writing nothing.
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        record_id = await laptop.create_record()
+        before = await laptop.store.outbox_summary()
+        fields = {f"part{i}": f"{i:03d}" + "x" * 250_000 for i in range(70)}  # 17.5 MB
+        with pytest.raises(InvalidInputError, match="more than one sync frame carries"):
+            await laptop.add_entry(record_id, "notes", fields, author="dr.a")
+        assert await laptop.store.outbox_summary() == before
+        assert (await laptop.record(record_id)).entry_ids("notes") == []
+        # Smaller edits of the same go in.
+        await laptop.add_entry(record_id, "notes", {"part0": "x" * 250_000}, author="dr.a")
+        assert (await laptop.store.outbox_summary()).pending == before.pending + 1
+        assert len((await laptop.record(record_id)).entry_ids("notes")) == 1
+    finally:
+        await laptop.close()
