@@ -270,3 +270,21 @@ def test_prepare_copy_reads_a_plain_batch_in_one_pass_as_record_by_record() -> N
     twice = prepare_copy([(record_id, updates[0]), (record_id, updates[1])], trusted, None)
     merged = Record.from_update(record_id, twice.records.updates[0], replica="x")
     assert merged.value("birthDate") == "1980-01-01"
+
+
+def test_prepare_copy_hands_on_the_bytes_each_card_came_as() -> None:
+    """The store is given each card's bytes as the server sent them (it keeps them as
+    they are); a record kept aside takes neither its card nor its bytes."""
+    from caresync.records.persons import person_card
+    from caresync.replication.absorb import TrustedCopy, prepare_copy
+
+    good = Record.create(replica="clinic")
+    good.set("name", "Awa Ndiaye", author="import")
+    bad = Record.create(replica="clinic")
+    bad.set("name", "Fatou Ba", author="import")
+    cards = {r.record_id: person_card(r) for r in (good, bad)}
+    sent = {rid: card.to_bytes() for rid, card in cards.items()}
+    batch = [(good.record_id, good.update_since()), (bad.record_id, GARBAGE)]
+    prepared = prepare_copy(batch, TrustedCopy({}, cards, sent), "clinic-a")
+    assert dict(prepared.records.persons) == {good.record_id: cards[good.record_id]}
+    assert dict(prepared.records.card_bytes) == {good.record_id: sent[good.record_id]}

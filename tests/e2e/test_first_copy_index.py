@@ -205,3 +205,52 @@ async def test_a_card_of_another_record_stops_the_copy_with_nothing_stored(
     assert await laptop.store.person_cards(ids) == {}
     await laptop.close()
     await server.close()
+
+
+async def test_a_first_copy_keeps_each_card_as_the_server_sent_it_and_its_pairs(
+    tmp_path: Path,
+) -> None:
+    """The laptop stores the card bytes the server holds (not the card written out
+    again: here one the server holds with its keys in another order, the same card),
+    and pairs the copied cards as the server paired them (near-duplicates across and
+    within batches of 4)."""
+    import json
+    import sqlite3
+
+    from caresync.replication.session import SyncLimits
+
+    server = await start_server(tmp_path)
+    items, cards = [], {}
+    for i in range(12):
+        record = Record.create(replica="desk-a")
+        # Every third patient registered again with a slip: pairs across batches.
+        record.set("name", f"Awa Ndiay{'e' if i % 3 else ''} {i // 3}", author="registrar")
+        record.set("birthDate", f"199{i // 3}-04-12", author="registrar")
+        rows = conflict_rows(record, server.rulebook)
+        cards[record.record_id] = person_card(record)
+        items.append(
+            IncomingUpdate(
+                record.record_id, record.update_since(), rows, "clinic-a", cards[record.record_id]
+            )
+        )
+    await server.store.write_remote(items, to_feed=True)
+    server_pairs = [p.record_ids for p in await server.store.person_pairs()]
+    assert len(server_pairs) >= 4
+    odd_one = sorted(cards)[5]
+    reordered = json.dumps(dict(reversed(json.loads(cards[odd_one].to_bytes()).items()))).encode()
+    assert reordered != cards[odd_one].to_bytes()
+    conn = sqlite3.connect(tmp_path / "server.db")
+    with conn:
+        conn.execute("UPDATE person_cards SET card = ? WHERE record_id = ?", (reordered, odd_one))
+    conn.close()
+
+    laptop = await enrolled(tmp_path, server, "laptop", limits=SyncLimits(copy_batch_records=4))
+    held = await laptop.store.person_card_bytes(sorted(cards))
+    assert held[odd_one] == reordered
+    assert {rid: data for rid, data in held.items() if rid != odd_one} == {
+        rid: card.to_bytes() for rid, card in cards.items() if rid != odd_one
+    }
+    assert [p.record_ids for p in await laptop.store.person_pairs()] == server_pairs
+    assert await laptop.store.check() == []
+    await laptop.close()
+    await server.close()

@@ -114,6 +114,8 @@ class TrustedCopy:
 
     rows: Mapping[str, tuple[ConflictRow, ...]]
     persons: Mapping[str, PersonCard]
+    card_bytes: Mapping[str, bytes] = field(default_factory=dict)
+    """The bytes each card of ``persons`` was read from: stored as they came."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,13 +184,15 @@ def prepare_copy(
         named = frozenset(parts)
     else:
         named = frozenset(ids)
-    rows, persons = trusted.rows, trusted.persons
+    rows, persons, sent = trusted.rows, trusted.persons, trusted.card_bytes
     if kept_aside or not rows.keys() <= named or not persons.keys() <= named:
         # Rows and cards of records taken in only (a record kept aside has none stored).
         taken = set(ids)
         rows = {rid: found for rid, found in rows.items() if rid in taken}
         persons = {rid: card for rid, card in persons.items() if rid in taken}
-    records = CopiedRecords(ids, stored, vectors, organisation, rows, persons)
+    if not sent.keys() <= persons.keys():
+        sent = {rid: data for rid, data in sent.items() if rid in persons}
+    records = CopiedRecords(ids, stored, vectors, organisation, rows, persons, sent)
     return PreparedCopy(named, records, tuple(kept_aside))
 
 

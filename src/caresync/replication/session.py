@@ -288,10 +288,15 @@ class SessionHost(Protocol):
         ...
 
 
-def _persons_by_record(batch: CopyBatch) -> dict[str, PersonCard]:
-    """A first-copy batch's person cards by record; RemoteProtocolError for a bad one."""
+def _trusted_copy(batch: CopyBatch) -> TrustedCopy:
+    """A first-copy batch's rows and person cards by record (the cards with the bytes
+    they came as, which the store keeps as they are); RemoteProtocolError for a bad card."""
     persons = batch.persons or ()
-    return {item.record_id: card_from_wire(item.record_id, item.card) for item in persons}
+    return TrustedCopy(
+        _rows_by_record(batch),
+        {item.record_id: card_from_wire(item.record_id, item.card) for item in persons},
+        {item.record_id: item.card for item in persons},
+    )
 
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
@@ -754,11 +759,7 @@ class Session:
                 updates = [(rec.record_id, rec.update) for rec in batch.records]
                 # Rows are taken as they are only with the records' cards (version 5
                 # on): without them every record would have to be built anyway.
-                trusted = (
-                    None
-                    if batch.persons is None
-                    else TrustedCopy(_rows_by_record(batch), _persons_by_record(batch))
-                )
+                trusted = None if batch.persons is None else _trusted_copy(batch)
                 prepared = (
                     prepare_copy(updates, trusted, self.host.identity.organisation)
                     if trusted is not None and updates

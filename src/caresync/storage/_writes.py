@@ -326,40 +326,43 @@ def pair_persons(
 
     Raises CorruptDatabaseError when a stored key names a record with no card.
     """
-    keys_of: dict[str | None, dict[str, set[str]]] = {}
+    # One pass over the batch's keys builds its blocking index (key -> records of the
+    # batch holding it), per organisation; the candidates are then pairs of ids, each
+    # once: (a, b) with a < b for two written records, (written, stored) otherwise.
+    # A set of pairs, not a set per record: most keys are held by one card only.
+    keys_of: dict[str | None, dict[str, list[str]]] = {}
     for record_id, write in written.items():
         by_key = keys_of.setdefault(write.organisation, {})
         for key in write.keys:
-            by_key.setdefault(key, set()).add(record_id)
-    candidates: dict[str, set[str]] = {record_id: set() for record_id in written}
+            holding = by_key.get(key)
+            if holding is None:
+                by_key[key] = [record_id]
+            else:
+                holding.append(record_id)
+    candidates: set[tuple[str, str]] = set()
     stored_wanted: set[str] = set()
     for organisation, by_key in keys_of.items():
         for ids in by_key.values():
             if len(ids) > 1:
-                for record_id in ids:
-                    candidates[record_id].update(ids)
+                candidates.update((a, b) for a in ids for b in ids if a < b)
         for key, holder in holders(organisation, by_key):
             if holder in written:
                 continue
             stored_wanted.add(holder)
-            for record_id in by_key.get(key, ()):
-                candidates[record_id].add(holder)
+            candidates.update((record_id, holder) for record_id in by_key.get(key, ()))
     stored = cards(stored_wanted) if stored_wanted else {}
     pairs: list[PersonPair] = []
-    for record_id, others in candidates.items():
+    for record_id, other_id in candidates:
         card = written[record_id].card
-        for other_id in others:
-            if other_id == record_id or (other_id in written and other_id < record_id):
-                continue  # itself, or a pair of two written cards already compared
-            other = written[other_id].card if other_id in written else stored.get(other_id)
-            if other is None:
-                raise CorruptDatabaseError(
-                    f"the person index names record {other_id}, which has no person card; "
-                    "nothing was written (re-index the records)"
-                )
-            pair = pair_of(card, other)
-            if pair is not None:
-                pairs.append(pair)
+        other = written[other_id].card if other_id in written else stored.get(other_id)
+        if other is None:
+            raise CorruptDatabaseError(
+                f"the person index names record {other_id}, which has no person card; "
+                "nothing was written (re-index the records)"
+            )
+        pair = pair_of(card, other)
+        if pair is not None:
+            pairs.append(pair)
     pairs.sort(key=lambda p: p.record_ids)
     return pairs
 

@@ -35,7 +35,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, Self, TypeVar
 
@@ -275,6 +275,11 @@ class CopiedRecords:
     """Each record's conflict rows (a record absent here has none)."""
     persons: Mapping[str, PersonCard]
     """Each record's person card (a record absent here has none)."""
+    card_bytes: Mapping[str, bytes] = field(default_factory=dict)
+    """For cards of ``persons`` read from bytes (a first copy's, as the server sent
+    them), those bytes: ``PersonCard.from_bytes`` of each is its card, which the caller
+    promises (it parsed them). A store may keep them as they are instead of writing
+    the card out again; a card absent here is written out (``to_bytes``)."""
 
     def __post_init__(self) -> None:
         ids, updates, vectors = self.record_ids, self.updates, self.state_vectors
@@ -302,6 +307,11 @@ class CopiedRecords:
             if record_id not in named:
                 raise InvalidInputError(f"the person card of {record_id}, not in the batch")
             check_person(record_id, card)
+        for record_id, data in self.card_bytes.items():
+            if record_id not in self.persons or type(data) is not bytes:
+                raise InvalidInputError(
+                    f"card bytes of {record_id} must be bytes, of a card in the batch"
+                )
 
 
 @dataclass(frozen=True, slots=True)

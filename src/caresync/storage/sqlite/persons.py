@@ -92,21 +92,31 @@ def _key_holders(
     raw: sqlite3.Connection,
     organisation: str | None,
     keys: Collection[str],
-    hashed: dict[tuple[str, str], int],
+    hashed: dict[str, dict[str, int]],
 ) -> list[tuple[str, str]]:
     """(key, record id) of every stored card holding one of ``keys`` in the organisation.
 
     Keys are stored hashed: a stored record whose key only hashes alike is
     named too, which costs a comparison and changes no pair. ``hashed``
-    remembers each key's hash for the writes that follow.
+    remembers each key's hash, per organisation column, for the writes that follow.
     """
     column = _org_column(organisation)
+    known = hashed.setdefault(column, {})
+    # _key_hash for each key, from one hasher of the organisation copied per key
+    # (the same digest for less than half the cost: a copy is 100,000s of keys).
+    prefix = hashlib.blake2b(f"{column}\x00".encode(), digest_size=8)
     by_hash: dict[int, list[str]] = {}
     for key in keys:
-        value = hashed.get((column, key))
+        value = known.get(key)
         if value is None:
-            value = hashed[column, key] = _key_hash(column, key)
-        by_hash.setdefault(value, []).append(key)
+            hasher = prefix.copy()
+            hasher.update(key.encode())
+            value = known[key] = int.from_bytes(hasher.digest(), "big", signed=True)
+        found = by_hash.get(value)
+        if found is None:
+            by_hash[value] = [key]
+        else:
+            found.append(key)  # two keys of one hash: both are named
     holders: list[tuple[str, str]] = []
     for chunk in _chunks(sorted(by_hash)):
         for value, record_id in raw.execute(
@@ -136,7 +146,12 @@ def _unchanged_cards(
 
 
 def _store_persons(
-    raw: sqlite3.Connection, written: Mapping[str, PersonWrite], *, reindex: bool = False
+    raw: sqlite3.Connection,
+    written: Mapping[str, PersonWrite],
+    *,
+    reindex: bool = False,
+    sent: Mapping[str, bytes] | None = None,
+    keys_of: Mapping[str, int] | None = None,
 ) -> None:
     """Replace the cards of ``written``, their keys and every pair of their records.
 
@@ -144,11 +159,19 @@ def _store_persons(
     and pairs as they are, unless ``reindex`` (a re-index rewrites them all: it is
     also how damaged keys or pairs are repaired).
 
+    ``sent``: the bytes some cards were read from (``PersonCard.from_bytes``), stored
+    as they are instead of written out again (a first copy's cards, as the server
+    stored them). ``keys_of``: the rk of each record of ``written``, when the caller
+    has just given them (else they are read).
+
     The pairs are worked out first (reads only), then written in a few
     statements for the whole batch: a write's share is indexed lookups of its
     keys' holders and of their cards, never a scan.
     """
-    cards = {record_id: w.card.to_bytes() for record_id, w in written.items()}
+    sent = sent or {}
+    cards = {
+        record_id: sent.get(record_id) or w.card.to_bytes() for record_id, w in written.items()
+    }
     unchanged: set[str] = set() if reindex else _unchanged_cards(raw, written, cards)
     if unchanged:
         # The same card, in the same organisation: its keys and its pairs stand as stored
@@ -157,7 +180,7 @@ def _store_persons(
         written = {rid: w for rid, w in written.items() if rid not in unchanged}
         if not written:
             return
-    hashed: dict[tuple[str, str], int] = {}
+    hashed: dict[str, dict[str, int]] = {}
     pairs = pair_persons(
         written,
         lambda organisation, keys: _key_holders(raw, organisation, keys, hashed),
@@ -166,7 +189,11 @@ def _store_persons(
     # A record new in this write has nothing indexed to delete. (Only a damaged
     # file could hold keys or pairs of it: OR REPLACE below keeps them from
     # failing the write, and check() names them.)
-    rks = _record_keys(raw, list(written))
+    rks = (
+        keys_of
+        if keys_of is not None and written.keys() <= keys_of.keys()
+        else _record_keys(raw, list(written))
+    )
     ids = [(record_id,) for record_id, w in written.items() if not w.new]
     if ids:
         raw.executemany("DELETE FROM person_pairs WHERE first = ?", ids)
@@ -179,16 +206,11 @@ def _store_persons(
             for record_id, w in written.items()
         ],
     )
-    raw.executemany(
-        "INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)",
-        sorted(
-            {
-                (hashed[_org_column(w.organisation), key], rks[record_id])
-                for record_id, w in written.items()
-                for key in w.keys
-            }
-        ),
-    )
+    key_rows: set[tuple[int, int]] = set()
+    for record_id, w in written.items():
+        known, rk = hashed[_org_column(w.organisation)], rks[record_id]
+        key_rows.update((known[key], rk) for key in w.keys)
+    raw.executemany("INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)", sorted(key_rows))
     raw.executemany(
         # Upserted, not replaced: a REPLACE deletes without firing the delete trigger
         # that keeps the pair counts (schema version 12).

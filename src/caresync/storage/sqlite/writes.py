@@ -236,6 +236,8 @@ class RecordWritesPart(SQLiteCore):
                     rid: PersonWrite(organisation, card, True)
                     for rid, card in records.persons.items()
                 },
+                sent=records.card_bytes,
+                keys_of=dict(zip(ids, keys, strict=False)),
             )
 
     def _commit_planned(
