@@ -17,25 +17,27 @@ import json
 import os
 import resource
 import sys
+import weakref
 from collections import Counter
 from typing import Any
 
 import msgpack
 
-from caresync.simulation import SimulationConfig, run_simulation
-from caresync.simulation import wire
+from caresync.simulation import SimulationConfig, run_simulation, wire
 
 TALLY: Counter[str] = Counter()
+SEEN: dict[str, set[tuple[str, str, int]]] = {}
+"""Per replica: the conflict rows it was sent, to count rows sent again."""
 
 
 def _size(value: Any) -> int:
     return len(msgpack.packb(value, use_bin_type=True))
 
 
-def tally(frame: bytes) -> None:
+def tally(frame: bytes, replica: str = "") -> None:
     """Add one frame's parts to TALLY."""
     try:
-        version, code, body = msgpack.unpackb(frame, raw=False)
+        _version, code, body = msgpack.unpackb(frame, raw=False)
     except Exception:  # noqa: BLE001 - a measuring tool: count what it cannot read
         TALLY["undecoded"] += len(frame)
         return
@@ -60,8 +62,14 @@ def tally(frame: bytes) -> None:
         rows = body.get("conflicts") or ()
         TALLY["rows_n"] += len(rows)
         TALLY["rows_total"] += _size(body.get("conflicts"))
+        seen = SEEN.setdefault(replica, set())
         for row in rows:
             TALLY["rows_payload"] += len(row[5])
+            key = (row[0], row[1], hash(row[5]))
+            if key in seen:
+                TALLY["rows_sent_again_n"] += 1
+                TALLY["rows_sent_again_payload"] += len(row[5])
+            seen.add(key)
         TALLY["rows_records"] += len({row[0] for row in rows})
     elif code == 17:
         TALLY["copy_records"] += _size(body.get("records"))
@@ -75,12 +83,25 @@ def main() -> None:
     patients = int(args[1]) if len(args) > 1 else 1000
     transport = "memory" if "--transport" in sys.argv and "memory" in sys.argv else "websocket"
     original = wire.CountingChannel.send
+    original_recv = wire.CountingChannel.recv
+    replicas: weakref.WeakKeyDictionary[wire.CountingChannel, str] = weakref.WeakKeyDictionary()
 
     async def send(self: wire.CountingChannel, frame: bytes) -> None:
-        tally(frame)
+        tally(frame, replicas.get(self, ""))
         await original(self, frame)
 
+    async def recv(self: wire.CountingChannel) -> bytes:
+        frame = await original_recv(self)
+        if self not in replicas:  # the Hello names the replica (once enrolled)
+            try:
+                body = msgpack.unpackb(frame, raw=False)[2]
+                replicas[self] = str(body.get("replica_id") or id(self))
+            except Exception:  # noqa: BLE001 - a measuring tool
+                replicas[self] = str(id(self))
+        return frame
+
     wire.CountingChannel.send = send  # type: ignore[method-assign]
+    wire.CountingChannel.recv = recv  # type: ignore[method-assign]
     config = SimulationConfig(
         laptops=laptops,
         patients=patients,
