@@ -39,3 +39,27 @@ def test_the_incremental_sync_alone_gives_each_sides_cpu_per_sync(tmp_path: Path
     assert all(cpu > 0 for cpu in ours["laptop_cpu_s"] + ours["server_cpu_s"])
     assert "ratio_to_peer" in ours
     assert {c["system"] for c in cases} == {"caresync", "peer", "raw limit"}
+
+
+def test_sim_tally_counts_what_a_pull_frame_carries() -> None:
+    """``sim_tally``'s measure of one frame: entries, checks, rows, rows sent again."""
+    from benchmarks import sim_tally
+
+    from caresync.protocol import CheckedState, CopyConflict, FeedItem, PullBatch, encode_frame
+
+    row = CopyConflict("rec-a", "c-1", "field", "weightKg", "block", b'{"x":1}')
+    batch = PullBatch(
+        (FeedItem(3, "rec-a", b"u1"),),
+        3,
+        3,
+        checked=(CheckedState("rec-a", b"\x01\x05\x02", None),),
+        conflicts=(row,),
+    )
+    sim_tally.TALLY.clear()
+    sim_tally.SEEN.clear()
+    for _ in range(2):
+        sim_tally.tally(encode_frame(batch, version=10), "laptop-1")
+    tally = sim_tally.TALLY
+    assert (tally["frames_19"], tally["pull_entries_n"], tally["checked_n"]) == (2, 2, 2)
+    assert (tally["rows_n"], tally["rows_payload"]) == (2, 2 * len(row.payload))
+    assert tally["rows_sent_again_n"] == 1

@@ -12,7 +12,7 @@ from caresync import Record
 from caresync.exceptions import InvalidUpdateError
 from caresync.protocol.codec import item_wire_size
 from caresync.records.crdt import merge
-from caresync.replication.coalesce import Coalescer, adds_revisions_only
+from caresync.replication.coalesce import Coalescer, MergeVerdicts, adds_revisions_only
 from caresync.storage import FeedItem
 from caresync.storage._updates import same_state_vector
 
@@ -202,3 +202,60 @@ def test_an_edit_after_an_entry_that_goes_alone_stays_after_it() -> None:
         (3, odd.update),
         (4, two.update),
     ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(plan=plans, records=st.integers(1, 4), limit=st.integers(1, 4))
+def test_remembered_verdicts_give_the_same_entries(
+    plan: list[tuple[int, int, int]], records: int, limit: int
+) -> None:
+    """A coalescer that asks a server's remembered verdicts (the same feed read by one
+    laptop after another) sends exactly what one that classifies every entry sends."""
+    _origin, feed = feed_of(plan, records)
+    odd = FeedItem(len(feed) + 1, feed[0].record_id, b"\xff\xfe not yjs", "clinic-a")
+    feed = [*feed, odd]
+    verdicts = MergeVerdicts()
+    for _laptop in range(2):
+        fresh, remembered = (
+            Coalescer(items=limit, budget=1 << 20, verdicts=v) for v in (None, verdicts)
+        )
+        assert fresh.take(feed) == remembered.take(feed)
+        assert fresh.entries() == remembered.entries()
+    assert 0 < len(verdicts) <= len({e.update for e in feed})
+
+
+def test_verdicts_are_those_of_the_bytes_and_stay_within_their_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verdict asked again is not computed again; the bytes kept stay under the bound
+    (the least recently used go) and an update over a 64th of it is never kept."""
+    _origin, feed = feed_of([(0, 0, 0), (1, 1, 0), (2, 0, 0)], 1)
+    parsed: list[bytes] = []
+    real = caresync.replication.coalesce.adds_revisions_only
+
+    def counted(update: bytes) -> bool:
+        parsed.append(update)
+        return real(update)
+
+    monkeypatch.setattr(caresync.replication.coalesce, "adds_revisions_only", counted)
+    bound = 64 * max(len(e.update) for e in feed)
+    verdicts = MergeVerdicts(max_bytes=bound)
+    answers = [verdicts.adds_revisions_only(e.update) for e in (*feed, *feed)]
+    assert answers == [False, True, True, True] * 2
+    assert parsed == [e.update for e in feed]  # each parsed once
+    too_big = b"\x00" * (bound // 64 + 1)
+    assert not verdicts.adds_revisions_only(too_big)
+    assert not verdicts.adds_revisions_only(too_big)
+    assert parsed.count(too_big) == 2  # not kept: parsed each time
+    assert len(verdicts) == len(feed)
+    _origin, many = feed_of([(step % 3, step % 2, 0) for step in range(100)], 1)
+    small = MergeVerdicts(max_bytes=64 * max(len(e.update) for e in many))
+    for e in many:
+        small.adds_revisions_only(e.update)
+    assert len(small) < len(many)  # the oldest went
+    assert sum(len(u) for u in small._verdicts) <= 64 * max(len(e.update) for e in many)
+    parsed.clear()
+    assert small.adds_revisions_only(many[-1].update)
+    assert parsed == []  # the newest stayed
+    assert not small.adds_revisions_only(many[0].update)
+    assert parsed == [many[0].update]  # the oldest went: parsed again

@@ -1148,6 +1148,7 @@ class Replica:
         ssl: ssl_module.SSLContext | None = None,
         progress: ProgressCallback | None = None,
         insecure: bool = False,
+        pull: bool = True,
     ) -> SyncReport:
         """One round with the enrolled server: finish the first copy, push, pull.
 
@@ -1157,7 +1158,10 @@ class Replica:
         login. Raises :class:`~caresync.exceptions.ConnectionLostError` if the
         link fails (unsynced work stays in the outbox; call again), or a
         :class:`~caresync.exceptions.SyncRefusedError` for a refusal.
-        ``insecure`` allows plain ``ws://`` to another machine.
+        ``insecure`` allows plain ``ws://`` to another machine. ``pull=False`` only
+        pushes (the outbox, then the audit chain): what waits here reaches the server
+        and nothing is taken in (``downloaded`` is 0, the first copy is not resumed, and
+        the time of the last sync is not moved).
         """
         self._check_can_sync()
         if self._live:
@@ -1171,7 +1175,7 @@ class Replica:
                 await session.login(username or "", password, org)
             else:
                 await session.resume()
-            report = await session.synchronise(progress)
+            report = await session.synchronise(progress, pull=pull)
         if report.downloaded or report.uploaded:  # a sync with nothing to do wrote nothing
             self._checkpoint_soon()
         return report

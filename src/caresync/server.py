@@ -115,7 +115,7 @@ from caresync.protocol import (
 from caresync.protocol import FeedItem as WireItem
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
-from caresync.replication.coalesce import Coalescer
+from caresync.replication.coalesce import Coalescer, MergeVerdicts
 from caresync.replication.follow import FeedFollower
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_wire_checks
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
@@ -472,6 +472,8 @@ class SyncServer:
         # feed seqs by which the record had them (version 9: a laptop past them is sent
         # references instead). See _read_checks and _note_held.
         self._held: _Remembered[str, _Held] = _Remembered(_CARDS_REMEMBERED)
+        # Which feed entries merge (version 10 pulls): every laptop reads the same ones.
+        self._verdicts = MergeVerdicts()
         self._commit_lock = asyncio.Lock()
         self._listener: Listener | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -1452,7 +1454,7 @@ class SyncServer:
             as_they_are = [(i.seq, i.record_id, i.update) for i in items[:fit]]
             return items[:fit], as_they_are, fit == len(items) < request.limit
         budget = min(conn.protocol.peer_max_frame_bytes // 2, _PULL_BYTES) - BATCH_OVERHEAD_BYTES
-        coalescer = Coalescer(items=request.limit, budget=budget)
+        coalescer = Coalescer(items=request.limit, budget=budget, verdicts=self._verdicts)
         to_end = False
         for chunk in range(_PULL_CHUNKS):
             coalescer.take(items)

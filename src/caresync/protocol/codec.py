@@ -177,7 +177,7 @@ def decode_frame(
             f"{cls.__name__}: missing fields {missing}, unknown fields {unknown[:5]}"
         )
     try:
-        message = cls(**body)
+        message = cls.from_body(version, body)
     except LocalProtocolError as exc:
         raise RemoteProtocolError(str(exc)) from exc
     return version, message

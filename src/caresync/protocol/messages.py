@@ -33,11 +33,13 @@ from typing import Any, ClassVar, NamedTuple, NoReturn, Protocol, TypeVar
 
 from caresync.audit.chain import HASH_BYTES, AuditEntry, check_entry
 from caresync.exceptions import AuditError, LocalProtocolError
+from caresync.protocol.rows import COMPACT_ROWS_SINCE, compact_rows, expand_rows
 
 __all__ = [
     "CARD_DIGEST_BYTES",
     "CARD_REFERENCE_SINCE",
     "COALESCED_PULL_SINCE",
+    "COMPACT_ROWS_SINCE",
     "MAX_AUDIT_ITEMS",
     "DEFAULT_COPY_BATCH_RECORDS",
     "DEFAULT_MAX_FRAME_BYTES",
@@ -108,10 +110,10 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -546,6 +548,13 @@ class Message:
         if not since:
             return names
         return tuple(name for name in names if since.get(name, 1) <= version)
+
+    @classmethod
+    def from_body(cls, version: int, body: dict[str, Any]) -> Message:
+        """The message a frame of protocol ``version`` holds (``body``: its fields, by
+        name, checked by the codec to be exactly :meth:`fields_in`). LocalProtocolError
+        for a field that is not valid."""
+        return cls(**body)
 
     def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
         """The message's fields, as protocol ``version`` has them, as an envelope's body.
@@ -1083,6 +1092,21 @@ def _conflict_rows(
     return tuple(out)
 
 
+def _compacted(version: int, body: dict[str, object]) -> dict[str, object]:
+    """``body`` with its conflict rows written compactly, from version 11 on."""
+    rows = body.get("conflicts")
+    if version >= COMPACT_ROWS_SINCE and isinstance(rows, tuple):
+        body["conflicts"] = compact_rows(rows)
+    return body
+
+
+def _expanded(version: int, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its compact conflict rows as they are stored, from version 11 on."""
+    if version >= COMPACT_ROWS_SINCE and body.get("conflicts") is not None:
+        return {**body, "conflicts": expand_rows(body["conflicts"])}
+    return body
+
+
 def _checked(
     owner: str, checked: object, conflicts: object, items: tuple[FeedItem, ...]
 ) -> tuple[tuple[CheckedState, ...] | None, tuple[CopyConflict, ...] | None]:
@@ -1192,6 +1216,15 @@ class PullBatch(Message):
         if self.entries is not None:
             # Each feed entry has a seq of its own, none past the checkpoint.
             _int(owner, "entries", self.entries, len(items), self.checkpoint)
+
+    @classmethod
+    def from_body(cls, version: int, body: dict[str, Any]) -> Message:
+        """As :meth:`Message.from_body`; from version 11 the rows' payloads are expanded."""
+        return cls(**_expanded(version, body))
+
+    def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
+        """As :meth:`Message.to_body`; from version 11 the rows' payloads are compact."""
+        return _compacted(version, Message.to_body(self, version))
 
     @property
     def feed_entries(self) -> int:
@@ -1323,6 +1356,15 @@ class LiveBatch(Message):
         checked, conflicts = _checked("LiveBatch", self.checked, self.conflicts, items)
         _set(self, "checked", checked)
         _set(self, "conflicts", conflicts)
+
+    @classmethod
+    def from_body(cls, version: int, body: dict[str, Any]) -> Message:
+        """As :meth:`Message.from_body`; from version 11 the rows' payloads are expanded."""
+        return cls(**_expanded(version, body))
+
+    def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
+        """As :meth:`Message.to_body`; from version 11 the rows' payloads are compact."""
+        return _compacted(version, Message.to_body(self, version))
 
 
 @dataclass(frozen=True, slots=True)

@@ -681,7 +681,8 @@ class Session:
         await self.host.logins.logged_in_online(user, password)
         await self.host.audit("login", None, "online", actor=user)
 
-    async def synchronise(self, progress: ProgressCallback | None) -> SyncReport:
+    async def synchronise(self, progress: ProgressCallback | None, pull: bool = True) -> SyncReport:
+        """One round: push, then (``pull``) finish the first copy and pull."""
         host = self.host
         host.status.move(ReplicaState.SYNCHRONISING)
         await self.report_outbox()  # what waits, even if this round fails
@@ -696,12 +697,15 @@ class Session:
                 await self.remember_login()
             raise
         await self.remember_login()
-        copied = await self.first_copy(progress)
-        if uploaded or copied:
-            await self.report_outbox()  # what is left, if that is news
-        downloaded = await self.pull()
+        copied = downloaded = 0
+        if pull:
+            copied = await self.first_copy(progress)
+            if uploaded or copied:
+                await self.report_outbox()  # what is left, if that is news
+            downloaded = await self.pull()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
-        await self._synced()
+        if pull:  # a push alone is not a sync: the laptop took nothing in
+            await self._synced()
         host.status.last_error = None
         return SyncReport(
             uploaded=uploaded,

@@ -244,15 +244,16 @@ class LaptopShare:
             resolved += 1
         return resolved
 
-    async def sync(self, indices: Iterable[int]) -> int:
-        """One sync of each of this share's laptops among ``indices``, several at once;
-        how many updates they uploaded."""
+    async def sync(self, indices: Iterable[int], pull: bool = True) -> int:
+        """One sync of each of this share's laptops among ``indices``, several at once
+        (``pull=False``: a push only); how many updates they uploaded."""
         wanted = set(indices)
         uploaded = 0
+        what = "syncing" if pull else "pushing"
 
         async def sync_one(index: int) -> None:
             nonlocal uploaded
-            report = await self._with(index, lambda laptop: laptop.sync(), "syncing")
+            report = await self._with(index, lambda laptop: laptop.sync(pull=pull), what)
             uploaded += report.uploaded
             self.advance(1)
 

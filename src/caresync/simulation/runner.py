@@ -79,7 +79,8 @@ SERVER_FILE = "clinic-server.db"
 IMPORT_BATCH = 500
 """Patients imported into the server per transaction."""
 MAX_FINAL_ROUNDS = 4
-"""Two rounds reach quiescence (one to push, one to pull); more means something is wrong."""
+"""Sync passes after everyone pushed: the first reaches quiescence (nobody uploads); more means
+something is wrong."""
 
 T = TypeVar("T")
 
@@ -212,15 +213,16 @@ class _Run:
                         self.oracle.wrote(rid, path, value)
                     result.conflicts_resolved += report.resolved
                 online = sorted(round_.online)
+                # The online laptops push, all of them, before any pulls: each then pulls
+                # once, after the pass's barrier, and holds exactly what was pushed, whatever
+                # order the pass ran in. What it holds decides what its next edits supersede
+                # (an edit of a field replaces the values the laptop has seen, and conflicts
+                # with the others) and which conflicts a resolver sees, so this is what makes
+                # a seed give one outcome (see _sync_all). Each laptop takes in each record
+                # once a round: a sync pass then a settling one took most records in twice.
+                self.observer.phase(f"round {round_.index + 1}: online laptops push", len(online))
+                await self._sync_all(online, pull=False)
                 self.observer.phase(f"round {round_.index + 1}: online laptops sync", len(online))
-                await self._sync_all(online)
-                # Every online laptop syncs once more, after everyone pushed: each then holds
-                # all that was pushed, whatever order the first pass ran in. What it holds
-                # decides what its next edits supersede (an edit of a field replaces the
-                # values the laptop has seen, and conflicts with the others) and which
-                # conflicts a resolver sees, so this is what makes a seed give one outcome
-                # (see _sync_all).
-                self.observer.phase(f"round {round_.index + 1}: online laptops settle", len(online))
                 await self._sync_all(online)
                 # What every online laptop now holds: the server's open conflicts.
                 seen = await server.store.count_conflicts()
@@ -229,6 +231,9 @@ class _Run:
 
             clock = time.perf_counter()
             everyone = range(self.config.laptops)
+            # Everyone pushes first, so that the first sync pass takes everything in.
+            self.observer.phase("everyone online: push", len(everyone))
+            await self._sync_all(everyone, pull=False)
             for n in range(MAX_FINAL_ROUNDS):
                 self.observer.phase(f"everyone online: sync round {n + 1}", len(everyone))
                 if await self._sync_all(everyone) == 0:
@@ -346,18 +351,18 @@ class _Run:
         self.oracle.wrote(rid, f"medications/{patient.medication_id}/dose", "500 mg")
         return record
 
-    async def _sync_all(self, laptops: Iterable[int]) -> int:
-        """One sync of each of ``laptops``, up to ``concurrency`` at once; how many
-        updates went up.
+    async def _sync_all(self, laptops: Iterable[int], pull: bool = True) -> int:
+        """One sync of each of ``laptops`` (``pull=False``: a push only), up to
+        ``concurrency`` at once; how many updates went up.
 
         A pass is a barrier: it ends when every laptop of it has synced. What a
-        laptop pulls in a pass depends on which others happened to push before it
-        (on a busy machine, in any number of worker processes), but a laptop that
-        syncs again after a pass in which everyone pushed holds exactly what was
-        pushed: that is why the online laptops of a round settle (see :meth:`run`),
-        and why a seed gives one outcome.
+        laptop would pull in a pass of syncs depends on which others happened to push
+        before it (on a busy machine, in any number of worker processes), but a
+        laptop that syncs after a pass in which everyone pushed holds exactly what
+        was pushed: that is why the online laptops of a round push first (see
+        :meth:`run`), and why a seed gives one outcome.
         """
         indices = list(laptops)
-        uploaded = sum(await self._laptops("sync", len(indices), indices))
+        uploaded = sum(await self._laptops("sync", len(indices), indices, pull=pull))
         self.result.sync_rounds += 1
         return int(uploaded)
