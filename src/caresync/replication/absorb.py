@@ -33,11 +33,13 @@ batch touched is dropped from the pool (it is read from the store next time).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import Any
 
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
@@ -356,7 +358,16 @@ async def _agreed(
     wanted = [rid for rid in parts if rid in checked and rid not in loaded]
     if not wanted:
         return {}, frozenset()
-    vectors = await store.state_vectors(wanted)
+    # The three reads asked at once (one queue of database jobs, no wait between them):
+    # cards and rows are read for every record whose check refers to them, before
+    # knowing whether its state agrees (nearly all do; the others' are not used).
+    referring = [rid for rid in wanted if checked[rid].card_ref is not None]
+    holding = [rid for rid in wanted if checked[rid].rows_ref is not None]
+    vectors, stored_cards, stored_rows = await asyncio.gather(
+        store.state_vectors(wanted),
+        store.person_card_bytes(referring) if referring else _nothing(),
+        store.conflict_rows(holding) if holding else _nothing(),
+    )
     agreed: dict[str, ServerCheck] = {}
     for record_id in wanted:
         check = checked[record_id]
@@ -365,18 +376,16 @@ async def _agreed(
     # A card sent as a reference (version 9) fits only if it is the card stored here,
     # which is then kept as it is; else the record is built and checked.
     referred = [rid for rid, check in agreed.items() if check.card_ref is not None]
-    if referred:
-        cards = await store.person_card_bytes(referred)
-        for record_id in referred:
-            if not card_kept(agreed[record_id], cards.get(record_id)):
-                del agreed[record_id]
+    for record_id in referred:
+        if not card_kept(agreed[record_id], stored_cards.get(record_id)):
+            del agreed[record_id]
     # Rows sent as a digest fit only if they are the rows stored here: then they stay
     # as stored (the same rows written again would change nothing but cost a delete
     # and an insert per record, with the count's triggers).
     held = [rid for rid, check in agreed.items() if check.rows_ref is not None]
     kept: set[str] = set()
     if held:
-        rows = await store.conflict_rows(held)
+        rows = stored_rows
         for record_id in held:
             mine = rows.get(record_id, ())
             check = agreed[record_id]
@@ -388,6 +397,10 @@ async def _agreed(
             else:
                 del agreed[record_id]
     return agreed, frozenset(kept)
+
+
+async def _nothing() -> dict[str, Any]:
+    return {}
 
 
 def _merged_or_none(record_id: str, parts: Sequence[bytes]) -> bytes | None:

@@ -1,4 +1,5 @@
 """A pull's feed entries, one per record: what protocol version 10 sends.
+from collections import OrderedDict
 
 A laptop back from days offline pulls every edit made meanwhile; many name the
 same records (a busy ward's charts are written all day). Sent entry by entry, it
@@ -87,16 +88,34 @@ class Coalescer:
     ``budget`` bytes of updates; :meth:`entries` gives them, each record's edits merged.
 
     The first entry offered is always taken, whatever its size (a batch must move).
-    ``verdicts`` remembers which updates merge across coalescers (None: none kept).
+
+    Whether an entry only adds revisions is asked only when another entry of its
+    record follows it in the batch (a parse of its bytes): a record changed once,
+    the common case, goes as it is, and is never parsed here. ``verdicts`` remembers
+    the answers across coalescers (None: none kept).
     """
 
-    __slots__ = ("_budget", "_full", "_groups", "_items", "_limit", "_mergeable", "_taken")
+    __slots__ = (
+        "_adds_only",
+        "_budget",
+        "_full",
+        "_groups",
+        "_items",
+        "_limit",
+        "_mergeable",
+        "_taken",
+    )
 
     def __init__(self, *, items: int, budget: int, verdicts: MergeVerdicts | None = None) -> None:
-        self._mergeable = adds_revisions_only if verdicts is None else verdicts.adds_revisions_only
+        self._adds_only = adds_revisions_only if verdicts is None else verdicts.adds_revisions_only
         self._limit = items
         self._budget = budget
-        self._groups: dict[str, list[FeedItem]] = {}  # per record, its edits to merge
+        # Per record, the group its next edit may join: the last group started for it,
+        # unless an entry that goes alone came after (then none).
+        self._groups: dict[str, list[FeedItem]] = {}
+        # Whether each group's entries only add revisions (None: not asked yet; a
+        # group of more than one entry is mergeable, else it would not have grown).
+        self._mergeable: dict[int, bool] = {}
         self._items: list[list[FeedItem]] = []  # what goes: groups and lone entries
         self._taken: list[FeedItem] = []
         self._full = False
@@ -111,6 +130,20 @@ class Coalescer:
         """The feed entries taken, in feed order (a prefix of all those offered)."""
         return self._taken
 
+    def _joins(self, item: FeedItem) -> tuple[list[FeedItem] | None, bool | None]:
+        """The group ``item`` would join (None: it starts one), and whether it only adds
+        revisions (None: not asked, as no earlier entry of its record could take it)."""
+        group = self._groups.get(item.record_id)
+        if group is None:
+            return None, None
+        mergeable = self._adds_only(item.update)
+        if not mergeable:
+            return None, False
+        first = self._mergeable.get(id(group))
+        if first is None:
+            first = self._mergeable[id(group)] = self._adds_only(group[0].update)
+        return (group, True) if first else (None, True)
+
     def take(self, items: Sequence[FeedItem]) -> int:
         """Take ``items`` (ascending seq, after those taken before) while they fit.
 
@@ -118,8 +151,7 @@ class Coalescer:
         """
         for count, item in enumerate(items):
             size = item_wire_size(item.record_id, item.update)
-            mergeable = self._mergeable(item.update)
-            group = self._groups.get(item.record_id) if mergeable else None
+            group, mergeable = self._joins(item)
             if self._taken and (
                 size > self._budget or (group is None and len(self._items) >= self._limit)
             ):
@@ -131,12 +163,15 @@ class Coalescer:
             else:
                 group = [item]
                 self._items.append(group)
-                if mergeable:
-                    self._groups[item.record_id] = group
-                else:
+                if mergeable is False:
                     # Later edits go after it, in feed order: a laptop that keeps it
                     # aside takes them in one by one after it, as from older servers.
                     self._groups.pop(item.record_id, None)
+                else:
+                    # It may start a group of edits (asked when a next edit comes).
+                    self._groups[item.record_id] = group
+                    if mergeable:
+                        self._mergeable[id(group)] = True
             self._taken.append(item)
         return len(items)
 

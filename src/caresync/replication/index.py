@@ -16,6 +16,7 @@ the rulebook the laptop runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from caresync.conflicts import Rulebook
@@ -103,9 +104,11 @@ async def read_wire_checks(
     ids = list(dict.fromkeys(record_ids))
     if not ids:
         return {}
-    vectors = await store.state_vectors(ids)
-    rows = await store.conflict_rows(ids)
-    cards = await store.person_card_bytes(ids)
+    # Asked at once: the store runs them back to back (the commit lock keeps them of
+    # one commit), with no turn of the event loop between them.
+    vectors, rows, cards = await asyncio.gather(
+        store.state_vectors(ids), store.conflict_rows(ids), store.person_card_bytes(ids)
+    )
     return {
         record_id: RecordCheck(
             CheckedState(record_id, found[0], cards.get(record_id)),

@@ -212,7 +212,11 @@ class ReadingPart(SQLiteCore):
 
     async def state_vectors(self, record_ids: Sequence[str]) -> dict[str, tuple[bytes, bool]]:
         """Each stored record's state vector and whether it holds waiting items: the
-        cache, then one job for the rest (unknown ids are absent)."""
+        cache, then one job for the rest (unknown ids are absent).
+
+        What the job reads is kept in the record cache, as a load keeps it: a pull
+        reads the state vectors of the records it is about to write, and the write
+        then finds them there instead of reading the same rows again."""
         ids = list(dict.fromkeys(check_record_ids(record_ids)))
         known = self.cache.get_many(ids)
         found = {rid: (cached.state_vector, cached.pending) for rid, cached in known.items()}
@@ -222,17 +226,23 @@ class ReadingPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> dict[str, tuple[bytes, bool]]:
             read: dict[str, tuple[bytes, bool]] = {}
+            entries: list[tuple[str, CachedRecord]] = []
             raw.execute("BEGIN")  # one snapshot for every chunk
             try:
                 for chunk in _chunks(missing):
-                    for record_id, vector, pending in raw.execute(
-                        "SELECT record_id, state_vector, pending FROM records"
+                    for record_id, vector, organisation, pending, key in raw.execute(
+                        "SELECT record_id, state_vector, organisation, pending, rk FROM records"
                         f" WHERE record_id IN ({_marks(len(chunk))})",
                         chunk,
                     ):
-                        read[record_id] = (bytes(vector), bool(pending))
+                        entry = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
+                        read[record_id] = (entry.state_vector, entry.pending)
+                        entries.append((record_id, entry))
             finally:
                 raw.execute("COMMIT")
+            # On the database thread, as committed: no write can come between (the cache
+            # holds only committed state; a write replaces these entries after its commit).
+            self.cache.put_many(entries)
             return read
 
         found.update(await self._run(f"reading {len(missing)} state vectors", job))

@@ -52,6 +52,11 @@ from caresync.storage.sqlite.persons import _read_cards, _store_persons
 __all__ = ["RecordWritesPart"]
 
 
+def _last(row: tuple[object, ...]) -> str:
+    """An UPDATE row's record id (its last parameter)."""
+    return str(row[-1])
+
+
 class RecordWritesPart(SQLiteCore):
     """Writing what peers sent, and the planned-record machinery every write shares."""
 
@@ -314,6 +319,9 @@ class RecordWritesPart(SQLiteCore):
                 new_rows,
             )
         if changed_rows:
+            # In key order: a pull's records are spread over the whole table, and walking
+            # its B-tree in order finds each next row on a page just visited or near it.
+            changed_rows.sort(key=_last)
             # The organisation is set apart: naming it here would rewrite its index entry.
             raw.executemany(
                 "UPDATE records SET state_vector = ?, pending = ?, log_count = log_count + ?,"
@@ -326,13 +334,14 @@ class RecordWritesPart(SQLiteCore):
                 organisation_rows,
             )
         if log:
-            # Log rows in the order the writes came, whatever their record.
+            # Each record's log rows in the order its writes came (a record is read in
+            # id order); the records in key order, so that the index by key (log_by_record)
+            # takes the batch in order rather than at random places.
+            rows = [(planned[writes[i].record_id].key, i) for i in appended]
+            rows.sort()
             raw.executemany(
                 "INSERT INTO log (rk, data, created_ms) VALUES (?, ?, ?)",
-                [
-                    (planned[writes[i].record_id].key, writes[i].update, now)
-                    for i in sorted(appended)
-                ],
+                [(key, writes[i].update, now) for key, i in rows],
             )
         replaced = {p.record_id: p.conflicts for p in planned.values() if p.conflicts is not None}
         if replaced:
