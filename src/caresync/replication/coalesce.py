@@ -1,5 +1,4 @@
 """A pull's feed entries, one per record: what protocol version 10 sends.
-from collections import OrderedDict
 
 A laptop back from days offline pulls every edit made meanwhile; many name the
 same records (a busy ward's charts are written all day). Sent entry by entry, it
