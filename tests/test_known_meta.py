@@ -67,7 +67,7 @@ async def test_a_failed_write_is_not_remembered() -> None:
 
 async def test_only_notes_are_kept() -> None:
     known = meta.KnownMeta(MemoryStore())
-    for key in (meta.CHECKPOINT, meta.SESSION_TOKEN, meta.PULL_OWN):
+    for key in (meta.CHECKPOINT, meta.SESSION_USER, meta.PULL_OWN, meta.COPY_RESUME):
         with pytest.raises(ValueError, match="not a key"):
             await known.get_meta(key)
         with pytest.raises(ValueError, match="not a key"):

@@ -88,6 +88,12 @@ class Login:
     by_password: bool
     pushed_up_to: int | None
     new_secret: bytes | None
+    accounts: dict[str, str] | None = None
+    """The organisation's accounts, when the login read them already (a resumed one)."""
+    audit_tail: tuple[int, bytes] | None = None
+    """The end of the replica's audit chain held here, when the login read it already."""
+    outbox_stored: tuple[int | None, int | None] | None = None
+    """The replica's outbox report as stored (pending, oldest), when the login read it."""
 
 
 class Gatekeeper:
@@ -239,26 +245,29 @@ class Gatekeeper:
         if self._wait(keys) > 0:
             return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
         replica_id = hello.replica_id if hello is not None else None
-        session = await self.store.get_session(sha256_hex(login.session_token))
-        now = self.now_ms()
-        if (
-            replica_id is None
-            or session is None
-            or session.expires_ms <= now
-            or session.replica_id != replica_id
-        ):
+        if replica_id is None:
             self._failed(keys)
             return expired
-        secret_hash = await self.store.replica_secret_hash(replica_id)
-        if not secret_matches(login.replica_secret, secret_hash):
+        # One trip to the store for all a resumed login reads (a login waits on each).
+        mark = PUSHED_KEY_PREFIX + replica_id
+        reads = await self.store.read_resume(
+            sha256_hex(login.session_token), replica_id, meta_keys=(mark,)
+        )
+        session = reads.session
+        now = self.now_ms()
+        if session is None or session.expires_ms <= now or session.replica_id != replica_id:
+            self._failed(keys)
+            return expired
+        if not secret_matches(login.replica_secret, reads.secret_hash):
             self._failed(keys)
             return Refused(
                 ErrorCode.BAD_CREDENTIALS,
                 f"replica {replica_id} did not prove its secret; log in with your password",
             )
-        account = await self.store.get_user(session.organisation, session.username)
+        account = reads.account
         if account is None or account.disabled:
             return expired
+        pushed = reads.meta.get(mark)
         return Login(
             session.username,
             session.organisation,
@@ -266,8 +275,13 @@ class Gatekeeper:
             session.token_hash,
             session.expires_ms,
             False,
-            await self.pushed_up_to(replica_id),
+            int(pushed) if pushed else 0,
             None,
+            accounts=reads.accounts,
+            audit_tail=reads.audit_tail,
+            outbox_stored=None
+            if reads.replica is None
+            else (reads.replica.pending, reads.replica.oldest_pending_ms),
         )
 
     async def enrol(

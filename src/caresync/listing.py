@@ -103,9 +103,9 @@ class ConflictListing:
         linked is one finding on each of its two records (:func:`pair_conflicts`);
         only linked charts are read, and checked together.
         """
-        found = await self.store.count_conflicts()
-        linked_pairs = await self.store.count_person_pairs(PairState.LINKED)
-        found += 2 * (await self.store.count_person_pairs() - linked_pairs)
+        counts = await self.store.open_counts()  # one trip to the store: every sync asks
+        linked_pairs = counts.linked_pairs
+        found = counts.conflicts + 2 * (counts.pairs - linked_pairs)
         if not linked_pairs:
             return found
         pairs = await self.store.person_pairs(state=PairState.LINKED)

@@ -293,6 +293,8 @@ class _Connection:
     user: str | None = None
     organisation: str | None = None
     login: Login | None = None
+    # The replica's outbox report as stored, when known (read at login, or written here).
+    outbox_stored: tuple[int | None, int | None] | None = None
     # Feed entries to forward, queued in commit order by whoever committed them.
     live: asyncio.Queue[list[tuple[int, str, bytes]]] = field(default_factory=asyncio.Queue)
     queued_entries: int = 0  # what ``live`` holds now, in entries and update bytes
@@ -1050,6 +1052,7 @@ class SyncServer:
             )
             return
         conn.user, conn.organisation, conn.login = outcome.user, outcome.organisation, outcome
+        conn.outbox_stored = outcome.outbox_stored
         conn.protocol.accept_authentication(
             outcome.token,
             outcome.expires_ms,
@@ -1057,8 +1060,8 @@ class SyncServer:
             outcome.organisation,
             pushed_up_to=outcome.pushed_up_to,
             replica_secret=outcome.new_secret,
-            accounts=await self._account_names(conn, outcome.organisation),
-            audit_tail=await self._audit_tail(conn),
+            accounts=await self._account_names(conn, outcome.organisation, outcome.accounts),
+            audit_tail=await self._audit_tail(conn, outcome.audit_tail),
             client_newest=self.client_newest_version,
             client_min=self.client_min_version,
         )
@@ -1109,15 +1112,18 @@ class SyncServer:
         else:
             await self.store.append_audit([event], replica_id=self.server_id, seen=seen)
 
-    async def _audit_tail(self, conn: _Connection) -> tuple[int, bytes] | None:
-        """Where the replica's audit chain held here ends, for a peer that sends it."""
+    async def _audit_tail(
+        self, conn: _Connection, known: tuple[int, bytes] | None = None
+    ) -> tuple[int, bytes] | None:
+        """Where the replica's audit chain held here ends, for a peer that sends it
+        (``known``: as the login read it already)."""
         version = conn.protocol.protocol_version
         replica_id = conn.protocol.replica_id
         if replica_id is None or version is None or version < AuditBatch.SINCE_VERSION:
             return None
         if replica_id == self.server_id:
             return None
-        return await self.store.audit_tail(replica_id)
+        return known if known is not None else await self.store.audit_tail(replica_id)
 
     async def _on_audit(self, conn: _Connection, batch: AuditBatch) -> None:
         """Keep a replica's audit entries, then acknowledge them; or refuse them whole.
@@ -1151,13 +1157,14 @@ class SyncServer:
         conn.protocol.ack_audit(up_to)
 
     async def _account_names(
-        self, conn: _Connection, organisation: str
+        self, conn: _Connection, organisation: str, known: dict[str, str] | None = None
     ) -> list[AccountName] | None:
-        """The organisation's accounts and display names, for a peer that reads them."""
+        """The organisation's accounts and display names, for a peer that reads them
+        (``known``: as the login read them already)."""
         version = conn.protocol.protocol_version
         if version is None or version < Authenticated.FIELDS_SINCE["accounts"]:
             return None
-        names = await self.store.organisation_accounts(organisation)
+        names = known if known is not None else await self.store.organisation_accounts(organisation)
         return [AccountName(user, names[user]) for user in sorted(names)]
 
     async def _on_enrol(self, conn: _Connection, enrol: Enrol) -> None:
@@ -1682,15 +1689,16 @@ class SyncServer:
         # Kept for operators (``replicas()``): who carries unsynced work, since when.
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
+            said = (report.pending, report.oldest_pending_ms)
             if conn.login is not None:
                 # Seen at this login already: a report of what is stored (a laptop with
-                # nothing waiting, as last time) is not committed again. A read, not a
-                # commit (an fsync) before the requests that follow it.
-                info = await self.store.get_replica(replica_id)
-                if info is not None and (info.pending, info.oldest_pending_ms) == (
-                    report.pending,
-                    report.oldest_pending_ms,
-                ):
+                # nothing waiting, as last time) is not committed again. A read (or what
+                # the login read), not a commit (an fsync) before the requests after it.
+                stored = conn.outbox_stored
+                if stored is None:
+                    info = await self.store.get_replica(replica_id)
+                    stored = None if info is None else (info.pending, info.oldest_pending_ms)
+                if stored == said:
                     return
             await self.store.touch_replica(
                 replica_id,
@@ -1698,6 +1706,7 @@ class SyncServer:
                 pending=report.pending,
                 oldest_pending_ms=report.oldest_pending_ms,
             )
+            conn.outbox_stored = said
 
     def _fan_out(self, items: Sequence[FeedItem]) -> None:
         """Queue new feed entries (in seq order) for every live connection they are for

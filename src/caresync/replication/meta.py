@@ -129,8 +129,12 @@ async def note_last_sync(store: ReplicaStore | KnownMeta, now_ms: int) -> None:
     await store.set_meta(LAST_SYNC_MS, str(now_ms))
 
 
-KNOWN_KEYS = frozenset({CLIENT_NEWEST, CLIENT_MIN, COPY_DONE_MS, HUB_REPORT, LAST_SYNC_MS})
-"""Keys only a laptop's syncs write, each a note whose stale copy does no harm."""
+KNOWN_KEYS = frozenset(
+    {CLIENT_NEWEST, CLIENT_MIN, COPY_DONE_MS, HUB_REPORT, LAST_SYNC_MS, SESSION_TOKEN}
+)
+"""Keys only a laptop's syncs write: notes whose stale copy does no harm, and the
+session token (read at every sync; written only by an online login, through
+:class:`KnownMeta`)."""
 
 
 class KnownMeta:
@@ -141,8 +145,9 @@ class KnownMeta:
     A laptop's database is locked by the replica that opened it, so nothing else
     writes these keys meanwhile; were one written behind its back (``store.set_meta``
     on the replica's own store), the replica would keep what it knew until it writes
-    the key again: none of them says where the feed was read to, or what waits. An
-    absent key is read again each time.
+    the key again: none of them says where the feed was read to, or what waits (a
+    stale session token would be refused by the server, and a password login writes
+    a new one). An absent key is read again each time.
     """
 
     __slots__ = ("_known", "_store")

@@ -548,7 +548,7 @@ class Session:
         await self._logged_in(session)
 
     async def resume(self) -> None:
-        token = await self.host.store.get_meta(meta.SESSION_TOKEN)
+        token = await self.host.known_meta.get_meta(meta.SESSION_TOKEN)
         if not token:
             raise AuthenticationError("no session on this laptop: log in with a password")
         if self.host.secret is None:
@@ -676,7 +676,7 @@ class Session:
         token, user, password = self._token_to_store
         self._token_to_store = None
         store = self.host.store
-        await store.set_meta(meta.SESSION_TOKEN, token)
+        await self.host.known_meta.set_meta(meta.SESSION_TOKEN, token)
         await store.set_meta(meta.SESSION_USER, user)
         await self.host.logins.logged_in_online(user, password)
         await self.host.audit("login", None, "online", actor=user)

@@ -64,6 +64,8 @@ __all__ = [
     "OutboxSummary",
     "QuarantinedUpdate",
     "ReplicaInfo",
+    "OpenCounts",
+    "ResumeReads",
     "ReplicaStore",
     "Role",
     "ServerStore",
@@ -496,6 +498,42 @@ class ReplicaInfo:
     def revoked(self) -> bool:
         """True once the replica was revoked: it is locked at its next contact."""
         return self.revoked_ms is not None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCounts:
+    """The counts a replica's conflict count is made of (:meth:`ReplicaStore.open_counts`),
+    read together: each is what its single count returns."""
+
+    conflicts: int
+    """Open conflict rows (:meth:`ReplicaStore.count_conflicts`)."""
+    pairs: int
+    """Stored person pairs (:meth:`ReplicaStore.count_person_pairs`)."""
+    linked_pairs: int
+    """Of them, those linked (``count_person_pairs(PairState.LINKED)``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeReads:
+    """What a server reads to resume a replica's session, read in one trip to the store
+    (:meth:`ServerStore.read_resume`): each field is what the single read of the same
+    name returns."""
+
+    session: SessionRow | None
+    """The session of that token hash (:meth:`ServerStore.get_session`), or None."""
+    replica: ReplicaInfo | None
+    """The replica (:meth:`ServerStore.get_replica`)."""
+    secret_hash: str | None
+    """The replica's secret hash (:meth:`ServerStore.replica_secret_hash`)."""
+    account: UserAccount | None
+    """The session's account (:meth:`ServerStore.get_user`); None without a session."""
+    accounts: dict[str, str] | None
+    """The session's organisation's accounts (:meth:`ServerStore.organisation_accounts`);
+    None without a session."""
+    audit_tail: tuple[int, bytes]
+    """The end of the replica's audit chain held here (:meth:`ReplicaStore.audit_tail`)."""
+    meta: dict[str, str | None]
+    """The meta values asked for, by key (:meth:`ReplicaStore.get_meta`)."""
 
 
 def check_outbox_report(
@@ -976,6 +1014,12 @@ class ReplicaStore(Protocol):
         """
         ...
 
+    async def open_counts(self) -> OpenCounts:
+        """The open conflict rows, the stored pairs and the linked pairs, together
+        (:class:`OpenCounts`): one trip to the store where it can (SQLite: one job),
+        for the conflict count every sync reports."""
+        ...
+
     # maintenance
     async def compact(self, record_id: str) -> int:
         """Merge the record's log into its state; returns how many log updates were folded."""
@@ -1371,6 +1415,17 @@ class ServerStore(ReplicaStore, Protocol):
 
     async def get_session(self, token_hash: str) -> SessionRow | None:
         """The session with that token hash, or None."""
+        ...
+
+    async def read_resume(
+        self, token_hash: str, replica_id: str, *, meta_keys: Sequence[str] = ()
+    ) -> ResumeReads:
+        """Everything a resumed login reads, together (see :class:`ResumeReads`): the
+        session of ``token_hash``, the replica ``replica_id``, its secret hash and audit tail, the
+        session's account and its organisation's accounts, and ``meta_keys``. Each
+        value is what its single read returns; a store may read them in one trip
+        (SQLite: one job on its thread), which a login waits for.
+        """
         ...
 
     async def bind_session(self, token_hash: str, replica_id: str) -> None:

@@ -69,6 +69,7 @@ from caresync.storage._audit import (
 )
 from caresync.storage._copy import copy_page_of, write_copy_of
 from caresync.storage._local import LocalCommits
+from caresync.storage._resume import read_resume_one_by_one
 from caresync.storage._updates import (
     EMPTY_UPDATE,
     has_pending,
@@ -98,10 +99,12 @@ from caresync.storage.base import (
     HubSummaryRow,
     Identity,
     IncomingUpdate,
+    OpenCounts,
     OutboxItem,
     OutboxSummary,
     QuarantinedUpdate,
     ReplicaInfo,
+    ResumeReads,
     SessionRow,
     StoreOpener,
     StrPath,
@@ -698,6 +701,14 @@ class MemoryStore:
         self._open_or_raise("counting person pairs")
         return sum(1 for _org, pair in self._pairs.values() if wanted in (None, pair.state))
 
+    async def open_counts(self) -> OpenCounts:
+        """The open conflict rows, the stored pairs and the linked pairs, together."""
+        return OpenCounts(
+            await self.count_conflicts(),
+            await self.count_person_pairs(),
+            await self.count_person_pairs(PairState.LINKED),
+        )
+
     async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
         cards = await self.person_cards(record_ids)
@@ -1231,6 +1242,12 @@ class MemoryStore:
         self._sessions[session.token_hash] = session
         if session.replica_id is not None:
             self._replica_accounts.setdefault(session.replica_id, set()).add(session.username)
+
+    async def read_resume(
+        self, token_hash: str, replica_id: str, *, meta_keys: Sequence[str] = ()
+    ) -> ResumeReads:
+        """A resumed login's reads (:class:`~caresync.storage.ResumeReads`), one by one."""
+        return await read_resume_one_by_one(self, token_hash, replica_id, meta_keys)
 
     async def get_session(self, token_hash: str) -> SessionRow | None:
         """The session with that token hash, or None."""

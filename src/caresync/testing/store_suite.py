@@ -505,6 +505,12 @@ class ReplicaStoreSuite:
             states: list[PairState | None] = [None, *PairState]
             listed = {s: len(await store.person_pairs(state=s)) for s in states}
             assert {s: await store.count_person_pairs(s) for s in states} == listed
+            together = await store.open_counts()  # the three counts a sync reports, at once
+            assert together.pairs == listed[None]
+            assert together.linked_pairs == listed[PairState.LINKED]
+            assert (
+                together.conflicts == await store.count_conflicts() == len(await store.conflicts())
+            )
             return listed
 
         assert (await counted())[None] == 0
@@ -517,6 +523,9 @@ class ReplicaStoreSuite:
         assert (found[PairState.POSSIBLE], found[PairState.LINKED]) == (2, 1)
         c.edit("name", "Fatou Sow")
         await store.write_remote([incoming(c, "org-1")])
+        d = Patient("laptop-d")
+        await store.write_remote([IncomingUpdate(d.id, d.created, (conflict(d.id, 1),))])
+        assert (await store.open_counts()).conflicts == 1
         assert await counted() == {
             None: 1,
             PairState.POSSIBLE: 0,
@@ -1759,6 +1768,45 @@ class ServerStoreSuite(ReplicaStoreSuite):
         info = await store.get_replica("r1")
         assert info is not None
         assert info.device_name == "ward laptop 3"
+
+    async def test_a_resumed_logins_reads_are_each_what_its_single_read_returns(
+        self, store: ServerStore
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        await store.add_user("clinic", "dr.a", "argon-hash", display_name="Dr A")
+        await store.add_user("clinic", "dr.b", "argon-hash-b")
+        await store.add_user("other", "dr.c", "argon-hash-c")
+        await store.enrol_replica("r1", "clinic", enrolled_by="dr.a", secret_hash="s1")
+        await store.touch_replica("r1", 1_500, pending=3, oldest_pending_ms=1_200)
+        await store.add_session(session_row("a"))
+        await store.set_meta("pushed:r1", "17")
+        await store.receive_audit("r1", audit_chain("r1", 2))
+        reads = await store.read_resume("hash-a", "r1", meta_keys=["pushed:r1", "absent"])
+        assert reads.session == await store.get_session("hash-a")
+        assert reads.replica == await store.get_replica("r1")
+        assert reads.replica is not None
+        assert reads.replica.pending == 3
+        assert reads.secret_hash == await store.replica_secret_hash("r1") == "s1"
+        assert reads.account == await store.get_user("clinic", "dr.a")
+        assert reads.accounts == await store.organisation_accounts("clinic")
+        assert reads.accounts == {"dr.a": "Dr A", "dr.b": "dr.b"}
+        assert reads.audit_tail == await store.audit_tail("r1")
+        assert reads.audit_tail[0] == 2
+        assert reads.meta == {"pushed:r1": "17", "absent": None}
+        # No such session, no such replica: each part as its single read says.
+        none = await store.read_resume("hash-x", "r9")
+        assert (none.session, none.replica, none.secret_hash) == (None, None, None)
+        assert (none.account, none.accounts, none.meta) == (None, None, {})
+        assert none.audit_tail == await store.audit_tail("r9")
+        for bad in ("", None, 7):
+            with pytest.raises(InvalidInputError):
+                await store.read_resume(bad, "r1")  # type: ignore[arg-type]
+            with pytest.raises(InvalidInputError):
+                await store.read_resume("hash-a", bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError):
+            await store.read_resume("hash-a", "r1", meta_keys=[""])
+        with pytest.raises(InvalidInputError):
+            await store.read_resume("hash-a", "r1", meta_keys="pushed:r1")
 
     async def test_yjs_clients_keep_their_first_owner(self, store: ServerStore) -> None:
         patient = Patient()

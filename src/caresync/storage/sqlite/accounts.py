@@ -31,13 +31,58 @@ from caresync.storage.sqlite._sql import _IN_CHUNK, _marks
 from caresync.storage.sqlite.core import SQLiteCore
 from caresync.storage.sqlite.sessions import _bump_accounts_generation, _end_user_sessions
 
-__all__ = ["AccountsPart"]
+__all__ = [
+    "AccountsPart",
+    "sql_organisation_accounts",
+    "sql_replica",
+    "sql_secret_hash",
+    "sql_user",
+]
 
 
 _REPLICA_COLUMNS = (
     "replica_id, organisation, enrolled_by, enrolled_ms, last_seen_ms, revoked_ms,"
     " pending, oldest_pending_ms, device_name"
 )
+
+
+def sql_user(raw: sqlite3.Connection, organisation: str, username: str) -> UserAccount | None:
+    """A user of the organisation, or None (arguments checked by the caller)."""
+    row = raw.execute(
+        "SELECT password_hash, created_ms, disabled_ms, display_name, admin FROM users"
+        " WHERE organisation = ? AND username = ?",
+        (organisation, username),
+    ).fetchone()
+    if row is None:
+        return None
+    return UserAccount(organisation, username, row[0], row[1], row[2], row[3], admin=bool(row[4]))
+
+
+def sql_organisation_accounts(raw: sqlite3.Connection, organisation: str) -> dict[str, str]:
+    """Every account of the organisation: username → display name (else username)."""
+    return {
+        str(name): str(shown or name)
+        for name, shown in raw.execute(
+            "SELECT username, display_name FROM users WHERE organisation = ? ORDER BY username",
+            (organisation,),
+        )
+    }
+
+
+def sql_replica(raw: sqlite3.Connection, replica_id: str) -> ReplicaInfo | None:
+    """An enrolled replica, or None."""
+    row = raw.execute(
+        f"SELECT {_REPLICA_COLUMNS} FROM replicas WHERE replica_id = ?", (replica_id,)
+    ).fetchone()
+    return None if row is None else ReplicaInfo(*row)
+
+
+def sql_secret_hash(raw: sqlite3.Connection, replica_id: str) -> str | None:
+    """The hash of the replica's secret, or None."""
+    row = raw.execute(
+        "SELECT secret_hash FROM replicas WHERE replica_id = ?", (replica_id,)
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 class AccountsPart(SQLiteCore):
@@ -77,19 +122,9 @@ class AccountsPart(SQLiteCore):
         """A user of the organisation, or None."""
         check_user(organisation, username)
 
-        def job(raw: sqlite3.Connection) -> UserAccount | None:
-            row = raw.execute(
-                "SELECT password_hash, created_ms, disabled_ms, display_name, admin FROM users"
-                " WHERE organisation = ? AND username = ?",
-                (organisation, username),
-            ).fetchone()
-            if row is None:
-                return None
-            return UserAccount(
-                organisation, username, row[0], row[1], row[2], row[3], admin=bool(row[4])
-            )
-
-        return await self._run(f"reading user {username!r}", job)
+        return await self._run(
+            f"reading user {username!r}", lambda raw: sql_user(raw, organisation, username)
+        )
 
     async def set_display_name(
         self, organisation: str, username: str, display_name: str | None
@@ -113,17 +148,10 @@ class AccountsPart(SQLiteCore):
         """Every account of the organisation: username → display name (else username)."""
         check_text(organisation, "organisation")
 
-        def job(raw: sqlite3.Connection) -> dict[str, str]:
-            return {
-                str(name): str(shown or name)
-                for name, shown in raw.execute(
-                    "SELECT username, display_name FROM users WHERE organisation = ?"
-                    " ORDER BY username",
-                    (organisation,),
-                )
-            }
-
-        return await self._run(f"listing the accounts of {organisation!r}", job)
+        return await self._run(
+            f"listing the accounts of {organisation!r}",
+            lambda raw: sql_organisation_accounts(raw, organisation),
+        )
 
     async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
         """The accounts that have logged in on each of these replicas."""
@@ -258,25 +286,17 @@ class AccountsPart(SQLiteCore):
         """An enrolled replica, or None."""
         check_text(replica_id, "replica_id")
 
-        def job(raw: sqlite3.Connection) -> ReplicaInfo | None:
-            row = raw.execute(
-                f"SELECT {_REPLICA_COLUMNS} FROM replicas WHERE replica_id = ?", (replica_id,)
-            ).fetchone()
-            return None if row is None else ReplicaInfo(*row)
-
-        return await self._run(f"reading replica {replica_id!r}", job)
+        return await self._run(
+            f"reading replica {replica_id!r}", lambda raw: sql_replica(raw, replica_id)
+        )
 
     async def replica_secret_hash(self, replica_id: str) -> str | None:
         """The SHA-256 (hex) of the replica's secret, or None."""
         check_text(replica_id, "replica_id")
 
-        def job(raw: sqlite3.Connection) -> str | None:
-            row = raw.execute(
-                "SELECT secret_hash FROM replicas WHERE replica_id = ?", (replica_id,)
-            ).fetchone()
-            return None if row is None or row[0] is None else str(row[0])
-
-        return await self._run(f"reading replica {replica_id!r}", job)
+        return await self._run(
+            f"reading replica {replica_id!r}", lambda raw: sql_secret_hash(raw, replica_id)
+        )
 
     async def set_replica_secret_hash(self, replica_id: str, secret_hash: str) -> None:
         """Give a replica enrolled without a secret its first one; never replaces one."""

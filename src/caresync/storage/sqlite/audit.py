@@ -17,7 +17,15 @@ from caresync.storage._audit import (
 from caresync.storage.base import check_text
 from caresync.storage.sqlite.core import SQLiteCore
 
-__all__ = ["AuditPart"]
+__all__ = ["AuditPart", "sql_newest_tail"]
+
+
+def sql_newest_tail(raw: sqlite3.Connection, replica_id: str) -> tuple[int, bytes]:
+    """The last (number, hash) of the replica's newest chain line; ``(0, GENESIS)``: none."""
+    row = raw.execute(
+        "SELECT MAX(line) FROM audit_trail WHERE replica_id = ?", (replica_id,)
+    ).fetchone()
+    return sql_tail(raw, replica_id, 0 if row is None or row[0] is None else int(row[0]))
 
 
 class AuditPart(SQLiteCore):
@@ -76,11 +84,7 @@ class AuditPart(SQLiteCore):
             check_text(replica_id, "replica_id")
 
         def job(raw: sqlite3.Connection) -> tuple[int, bytes]:
-            rid = replica_id if replica_id is not None else self._own_id(raw)
-            row = raw.execute(
-                "SELECT MAX(line) FROM audit_trail WHERE replica_id = ?", (rid,)
-            ).fetchone()
-            return sql_tail(raw, rid, 0 if row is None or row[0] is None else int(row[0]))
+            return sql_newest_tail(raw, replica_id if replica_id is not None else self._own_id(raw))
 
         return await self._run("reading the audit trail", job)
 

@@ -11,7 +11,13 @@ from caresync.storage.base import Identity, check_text
 from caresync.storage.sqlite._sql import _put_meta, _read_identity
 from caresync.storage.sqlite.core import SQLiteCore
 
-__all__ = ["MetaPart"]
+__all__ = ["MetaPart", "sql_meta"]
+
+
+def sql_meta(raw: sqlite3.Connection, key: str) -> str | None:
+    """A stored setting or checkpoint, or None."""
+    row = raw.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 class MetaPart(SQLiteCore):
@@ -48,11 +54,7 @@ class MetaPart(SQLiteCore):
         """A stored setting or checkpoint, or None."""
         check_text(key, "meta key")
 
-        def job(raw: sqlite3.Connection) -> str | None:
-            row = raw.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            return None if row is None else str(row[0])
-
-        return await self._run(f"reading meta {key!r}", job)
+        return await self._run(f"reading meta {key!r}", lambda raw: sql_meta(raw, key))
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a setting or checkpoint, committed before returning."""

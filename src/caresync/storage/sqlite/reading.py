@@ -11,6 +11,7 @@ from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
     CopyPage,
+    OpenCounts,
     QuarantinedUpdate,
     check_count,
     check_optional_text,
@@ -421,6 +422,24 @@ class ReadingPart(SQLiteCore):
         if wanted is not None:
             sql, args = "SELECT n FROM counts WHERE name = ?", (f"pairs:{wanted.value}",)
         return await self._run("counting person pairs", lambda raw: _scalar(raw, sql, *args))
+
+    async def open_counts(self) -> OpenCounts:
+        """The open conflict rows, the stored pairs and the linked pairs, from the counts
+        the triggers keep (schema version 12), in one job."""
+
+        def job(raw: sqlite3.Connection) -> OpenCounts:
+            counts = dict(
+                raw.execute(
+                    "SELECT name, n FROM counts WHERE name = 'conflicts' OR name LIKE 'pairs:%'"
+                ).fetchall()
+            )
+            return OpenCounts(
+                int(counts.get("conflicts") or 0),
+                sum(int(n or 0) for name, n in counts.items() if name.startswith("pairs:")),
+                int(counts.get(f"pairs:{PairState.LINKED.value}") or 0),
+            )
+
+        return await self._run("counting conflicts and person pairs", job)
 
     async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored person cards of these records as stored (``PersonCard.to_bytes()``),

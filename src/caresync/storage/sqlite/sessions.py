@@ -16,7 +16,7 @@ from caresync.storage.base import SessionRow, check_session_selector, check_text
 from caresync.storage.sqlite._sql import _scalar
 from caresync.storage.sqlite.core import SQLiteCore
 
-__all__ = ["SessionsPart"]
+__all__ = ["SessionsPart", "sql_session"]
 
 
 _GENERATION_KEY = "caresync.accounts_generation"
@@ -66,6 +66,16 @@ def _session_filter(
     return _SESSION_WHERE[kind], values
 
 
+def sql_session(raw: sqlite3.Connection, token_hash: str) -> SessionRow | None:
+    """The session with that token hash, or None."""
+    row = raw.execute(
+        "SELECT token_hash, organisation, username, replica_id, created_ms, expires_ms"
+        " FROM sessions WHERE token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+    return None if row is None else SessionRow(*row)
+
+
 class SessionsPart(SQLiteCore):
     """A server's sessions and its accounts generation."""
 
@@ -103,15 +113,7 @@ class SessionsPart(SQLiteCore):
         """The session with that token hash, or None."""
         check_text(token_hash, "token_hash")
 
-        def job(raw: sqlite3.Connection) -> SessionRow | None:
-            row = raw.execute(
-                "SELECT token_hash, organisation, username, replica_id, created_ms, expires_ms"
-                " FROM sessions WHERE token_hash = ?",
-                (token_hash,),
-            ).fetchone()
-            return None if row is None else SessionRow(*row)
-
-        return await self._run("reading a session", job)
+        return await self._run("reading a session", lambda raw: sql_session(raw, token_hash))
 
     async def bind_session(self, token_hash: str, replica_id: str) -> None:
         """Bind a session opened before enrolment to its new replica (only an unbound one)."""

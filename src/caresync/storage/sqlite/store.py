@@ -6,6 +6,7 @@ from caresync.storage.sqlite.accounts import AccountsPart
 from caresync.storage.sqlite.audit import AuditPart
 from caresync.storage.sqlite.feed import FeedPart
 from caresync.storage.sqlite.hub import HubPart
+from caresync.storage.sqlite.logins import LoginsPart
 from caresync.storage.sqlite.maintenance import MaintenancePart
 from caresync.storage.sqlite.meta import MetaPart
 from caresync.storage.sqlite.reading import ReadingPart
@@ -25,6 +26,7 @@ class SQLiteStore(
     MaintenancePart,
     AccountsPart,
     SessionsPart,
+    LoginsPart,
 ):
     """A replica's records, outbox, change feed and accounts in one SQLite file.
 
