@@ -92,8 +92,6 @@ class Login:
     """The organisation's accounts, when the login read them already (a resumed one)."""
     audit_tail: tuple[int, bytes] | None = None
     """The end of the replica's audit chain held here, when the login read it already."""
-    outbox_stored: tuple[int | None, int | None] | None = None
-    """The replica's outbox report as stored (pending, oldest), when the login read it."""
 
 
 class Gatekeeper:
@@ -279,9 +277,6 @@ class Gatekeeper:
             None,
             accounts=reads.accounts,
             audit_tail=reads.audit_tail,
-            outbox_stored=None
-            if reads.replica is None
-            else (reads.replica.pending, reads.replica.oldest_pending_ms),
         )
 
     async def enrol(

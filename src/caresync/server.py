@@ -293,8 +293,6 @@ class _Connection:
     user: str | None = None
     organisation: str | None = None
     login: Login | None = None
-    # The replica's outbox report as stored, when known (read at login, or written here).
-    outbox_stored: tuple[int | None, int | None] | None = None
     # Feed entries to forward, queued in commit order by whoever committed them.
     live: asyncio.Queue[list[tuple[int, str, bytes]]] = field(default_factory=asyncio.Queue)
     queued_entries: int = 0  # what ``live`` holds now, in entries and update bytes
@@ -1052,7 +1050,6 @@ class SyncServer:
             )
             return
         conn.user, conn.organisation, conn.login = outcome.user, outcome.organisation, outcome
-        conn.outbox_stored = outcome.outbox_stored
         conn.protocol.accept_authentication(
             outcome.token,
             outcome.expires_ms,
@@ -1689,16 +1686,16 @@ class SyncServer:
         # Kept for operators (``replicas()``): who carries unsynced work, since when.
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
-            said = (report.pending, report.oldest_pending_ms)
             if conn.login is not None:
                 # Seen at this login already: a report of what is stored (a laptop with
-                # nothing waiting, as last time) is not committed again. A read (or what
-                # the login read), not a commit (an fsync) before the requests after it.
-                stored = conn.outbox_stored
-                if stored is None:
-                    info = await self.store.get_replica(replica_id)
-                    stored = None if info is None else (info.pending, info.oldest_pending_ms)
-                if stored == said:
+                # nothing waiting, as last time) is not committed again. A read, not a
+                # commit (an fsync) before the requests that follow it; read now, not at
+                # the login: another connection of the replica may have written since.
+                info = await self.store.get_replica(replica_id)
+                if info is not None and (info.pending, info.oldest_pending_ms) == (
+                    report.pending,
+                    report.oldest_pending_ms,
+                ):
                     return
             await self.store.touch_replica(
                 replica_id,
@@ -1706,7 +1703,6 @@ class SyncServer:
                 pending=report.pending,
                 oldest_pending_ms=report.oldest_pending_ms,
             )
-            conn.outbox_stored = said
 
     def _fan_out(self, items: Sequence[FeedItem]) -> None:
         """Queue new feed entries (in seq order) for every live connection they are for

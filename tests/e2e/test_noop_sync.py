@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.e2e.live_helpers import LIMIT_S, PASSWORD, raw_session, start_server
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, RawSession, raw_session, start_server
 
 from caresync.audit import AuditEvent
-from caresync.protocol import PullBatch, PullRequest, PushAck, PushBatch
+from caresync.protocol import OutboxReport, PullBatch, PullRequest, PushAck, PushBatch
 from caresync.replica import Replica
 from caresync.server import PRE_LOGIN_MAX_FRAME_BYTES, SyncServer
 from caresync.transport import Channel, WebSocketConnector
@@ -194,4 +194,52 @@ async def test_a_sync_leaves_its_closing_handshake_to_the_background_and_close_w
             release.set()
         if closer is None:
             await laptop.close()
+        await server.close()
+
+
+class ReportingServer(SyncServer):
+    """Sets ``handled`` after each outbox report it has handled (written or not)."""
+
+    handled: asyncio.Event
+
+    async def _on_outbox_report(self, conn: object, report: OutboxReport) -> None:  # type: ignore[override]
+        await super()._on_outbox_report(conn, report)  # type: ignore[arg-type]
+        self.handled.set()
+
+
+async def test_a_report_equal_to_what_a_login_read_is_written_if_another_connection_changed_it(
+    tmp_path: Path,
+) -> None:
+    """Two connections of one replica (a late one, or two server processes): each
+    report is compared with what is stored when it arrives, not with what the
+    connection's login read (a review of the no-op change found that skip)."""
+    server = await start_server(tmp_path, server_class=ReportingServer)
+    assert isinstance(server, ReportingServer)
+    server.handled = asyncio.Event()
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        async with asyncio.timeout(LIMIT_S):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+            await laptop.sync()
+            [info] = await server.replicas()
+            assert (info.pending, info.oldest_pending_ms) == (0, None)
+
+            async def report(session: RawSession, pending: int, oldest: int | None) -> None:
+                server.handled.clear()
+                session.protocol.report_outbox(pending, oldest)
+                for frame in session.protocol.data_to_send():
+                    await session.channel.send(frame)
+                await server.handled.wait()
+
+            async with raw_session(server, laptop) as first, raw_session(server, laptop) as second:
+                await report(second, 5, 1_000)
+                [info] = await server.replicas()
+                assert (info.pending, info.oldest_pending_ms) == (5, 1_000)
+                await report(first, 0, None)  # what its login read, not what is stored now
+                [info] = await server.replicas()
+                assert (info.pending, info.oldest_pending_ms) == (0, None)
+    finally:
+        await laptop.close()
         await server.close()

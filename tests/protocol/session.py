@@ -176,6 +176,9 @@ def _client_towards(state: ClientState) -> ClientProtocol:
     client.send_hello()
     if state is ClientState.HELLO_SENT:
         return client
+    if state is ClientState.HELLO_PROVING:
+        client.prove_server(NONCE, version=PROTOCOL_VERSION)  # with Hello, before Welcome
+        return client
     pump(client, server)
     pump(server, client)
     if state is ClientState.WELCOMED:

@@ -6,7 +6,7 @@ Pure: no I/O, no asyncio, no sockets, no database. A shell feeds frames to a
 """
 
 from caresync.protocol.base import SyncProtocol
-from caresync.protocol.client import ClientEvent, ClientProtocol
+from caresync.protocol.client import ClientEvent, ClientProtocol, EarlyProofLost
 from caresync.protocol.codec import (
     BATCH_OVERHEAD_BYTES,
     ITEM_OVERHEAD_BYTES,
@@ -156,6 +156,7 @@ __all__ = [
     "Authenticated",
     "ClientEvent",
     "ClientProtocol",
+    "EarlyProofLost",
     "ClientState",
     "CopyBatch",
     "CheckedState",

@@ -270,10 +270,14 @@ class SyncProtocol(Generic[StateT, EventT]):
         self._outgoing.append(
             encode_frame(
                 message,
-                version=self._version or self._fallback_version,
+                version=self._frame_version(),
                 max_frame_bytes=self._peer_max_frame_bytes,
             )
         )
+
+    def _frame_version(self) -> int:
+        """The version to write the next frame in: the agreed one, else the fallback."""
+        return self._version or self._fallback_version
 
     def _fail(self, exc: CaresyncError, error: Error | None) -> None:
         """Move to ``FAILED`` because of ``exc``, queueing ``error`` for the peer if given."""

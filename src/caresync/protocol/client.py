@@ -52,6 +52,7 @@ from collections.abc import Iterable, Sequence
 
 from caresync.audit.chain import AuditEntry
 from caresync.exceptions import (
+    ConnectionLostError,
     LocalProtocolError,
     RemoteProtocolError,
     WrongOrganisationError,
@@ -96,7 +97,14 @@ from caresync.protocol.states import CLIENT_TRANSITIONS, NEEDS_ENROLMENT, Client
 _PROOF_SINCE = ProveServer.SINCE_VERSION
 _CHECKS_SINCE = PullBatch.FIELDS_SINCE["checked"]
 
-__all__ = ["ClientEvent", "ClientProtocol"]
+__all__ = ["ClientEvent", "ClientProtocol", "EarlyProofLost"]
+
+
+class EarlyProofLost(ConnectionLostError):
+    """The server chose another protocol version than the one a ProveServer sent with
+    Hello was written in: it will refuse that frame, so this connection is over.
+    Nothing secret was sent; connect again without sending the proof request early."""
+
 
 ClientEvent = (
     Welcome
@@ -178,6 +186,7 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         self._nonce: bytes | None = None
         self._proof: ServerProof | None = None
         self._server_confirmed = False
+        self._early_version: int | None = None  # ProveServer sent with Hello, in this
 
     # ----------------------------------------------------------------- properties
 
@@ -237,16 +246,45 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         """Queue Hello (state START → HELLO_SENT)."""
         self._send(self._hello)
 
-    def prove_server(self, nonce: bytes) -> None:
-        """Queue ProveServer with a fresh random ``nonce`` (WELCOMED → PROVING; version 4 on)."""
+    def prove_server(self, nonce: bytes, *, version: int | None = None) -> None:
+        """Queue ProveServer with a fresh random ``nonce`` (WELCOMED → PROVING; version 4 on).
+
+        Right after Hello (HELLO_SENT → HELLO_PROVING), before Welcome: written in
+        ``version``, the version the server is expected to choose (the one it chose
+        last time). Should Welcome name another, receiving it raises
+        :class:`EarlyProofLost` (the server refuses the frame): connect again.
+        """
         message = ProveServer(nonce)
-        if self._version is not None and self._version < _PROOF_SINCE:
-            raise LocalProtocolError(
-                f"the server speaks protocol version {self._version}, which has no server "
-                f"proof (version {_PROOF_SINCE} on)"
-            )
-        self._send(message)
+        if self._state is ClientState.HELLO_SENT:
+            offered = self._hello.protocol_versions
+            if version is None or version < _PROOF_SINCE or version not in offered:
+                raise LocalProtocolError(
+                    f"a ProveServer sent with Hello needs the version the server is expected "
+                    f"to choose: one of {offered} from {_PROOF_SINCE} on, not {version!r}"
+                )
+            self._early_version = version
+            try:
+                self._send(message)
+            except LocalProtocolError:
+                self._early_version = None
+                raise
+        else:
+            if version is not None and version != self._version:
+                raise LocalProtocolError(
+                    f"version {version} named for ProveServer after Welcome agreed {self._version}"
+                )
+            if self._version is not None and self._version < _PROOF_SINCE:
+                raise LocalProtocolError(
+                    f"the server speaks protocol version {self._version}, which has no server "
+                    f"proof (version {_PROOF_SINCE} on)"
+                )
+            self._send(message)
         self._nonce = nonce
+
+    def _frame_version(self) -> int:
+        if self._version is None and self._early_version is not None:
+            return self._early_version  # ProveServer sent with Hello
+        return super()._frame_version()
 
     def confirm_server(self) -> None:
         """The shell checked the ServerProof: credentials may now be sent."""
@@ -485,6 +523,15 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             raise RemoteProtocolError(
                 f"Welcome written in version {version} announces version {welcome.protocol_version}"
             )
+        early = self._early_version
+        if early is not None and welcome.protocol_version != early:
+            lost = EarlyProofLost(
+                f"the server chose protocol version {welcome.protocol_version}, not "
+                f"{early}, in which the ProveServer sent with Hello was written; it "
+                "refuses that frame: connect again"
+            )
+            self._fail(lost, None)  # nothing more goes on this connection
+            raise lost
         expected = self._expected_server_id
         if expected is not None and welcome.server_id != expected:
             exc = WrongServerError(

@@ -20,6 +20,13 @@ The happy path is a handshake and then a long ``READY`` phase::
     HELLO_SENT ◀──────────────── Welcome ── WELCOMED        (sent at once on Hello)
     WELCOMED ── ProveServer ─────────────▶ PROVING          (version 4 on)
     PROVING ◀──────────────── ServerProof ── PROVEN
+
+A client that expects the server to choose the version it chose last time may send
+ProveServer right after Hello, written in that version (``HELLO_SENT`` →
+``HELLO_PROVING`` → Welcome → ``PROVING``): the server reads frames in order, so it
+takes the proof request once it has sent Welcome, and the handshake costs one round
+trip less. If the server chooses another version, it refuses that frame; the client,
+seeing so in Welcome, fails at once (``EarlyProofLost``) and connects again without.
     PROVEN ── Authenticate | ResumeSession ▶ AUTHENTICATING
     AUTHENTICATING ◀──────── Authenticated ── READY
     READY ◀── requests and replies, live updates ──▶ READY
@@ -99,6 +106,9 @@ class ClientState(enum.Enum):
     """Nothing sent yet."""
     HELLO_SENT = "hello_sent"
     """Hello sent; waiting for Welcome."""
+    HELLO_PROVING = "hello_proving"
+    """Hello and, at once, ProveServer sent (a client that expects the version the
+    server chose last time); waiting for Welcome, then the ServerProof."""
     WELCOMED = "welcomed"
     """Welcome received (its server id checked); from version 4, prove the server next."""
     PROVING = "proving"
@@ -211,7 +221,11 @@ _C = ClientState
 CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], ClientState]] = _table(
     {
         _C.START: {(_SEND, Hello): _C.HELLO_SENT},
-        _C.HELLO_SENT: {(_RECV, Welcome): _C.WELCOMED},
+        _C.HELLO_SENT: {
+            (_RECV, Welcome): _C.WELCOMED,
+            (_SEND, ProveServer): _C.HELLO_PROVING,  # pipelined: before Welcome
+        },
+        _C.HELLO_PROVING: {(_RECV, Welcome): _C.PROVING},
         _C.WELCOMED: {
             (_SEND, ProveServer): _C.PROVING,
             (_SEND, Authenticate): _C.AUTHENTICATING,  # before version 4 only

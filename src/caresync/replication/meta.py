@@ -36,6 +36,7 @@ __all__ = [
     "PUSHED_PREFIX",
     "SECRET",
     "SERVER_KEY",
+    "SERVER_PROTOCOL",
     "SESSION_TOKEN",
     "SESSION_USER",
     "LAST_SYNC_SAVE_MS",
@@ -68,6 +69,9 @@ PINNED_KEY = "server.pinned_key"
 """Base64: the server's public key, pinned at enrolment."""
 LOCKED = "replica.locked"
 """Why the server revoked this replica; set once, kept."""
+SERVER_PROTOCOL = "server.protocol"
+"""The protocol version the server chose at the last connection: the next sends its
+proof request with Hello, written in that version (one round trip less)."""
 CLIENT_NEWEST = "server.client_newest"
 """The newest caresync version the server knows of."""
 CLIENT_MIN = "server.client_min"
@@ -130,7 +134,15 @@ async def note_last_sync(store: ReplicaStore | KnownMeta, now_ms: int) -> None:
 
 
 KNOWN_KEYS = frozenset(
-    {CLIENT_NEWEST, CLIENT_MIN, COPY_DONE_MS, HUB_REPORT, LAST_SYNC_MS, SESSION_TOKEN}
+    {
+        CLIENT_NEWEST,
+        CLIENT_MIN,
+        COPY_DONE_MS,
+        HUB_REPORT,
+        LAST_SYNC_MS,
+        SERVER_PROTOCOL,
+        SESSION_TOKEN,
+    }
 )
 """Keys only a laptop's syncs write: notes whose stale copy does no harm, and the
 session token (read at every sync; written only by an online login, through

@@ -64,6 +64,7 @@ from caresync.protocol import (
     ClientProtocol,
     CopyBatch,
     CopyConflict,
+    EarlyProofLost,
     Error,
     Goodbye,
     HubItem,
@@ -439,16 +440,17 @@ class Session:
         self._reply_room.release()
         return event
 
-    async def prove_server(self, expected_key: str | None) -> None:
+    async def prove_server(self, expected_key: str | None, nonce: bytes | None = None) -> None:
         """Have the server prove it holds the pinned key (or, enrolling, the expected one).
 
-        Nothing secret has been sent yet. A proof that does not verify, or a key
-        other than the pinned one, fails the session with WrongServerError and
-        sends nothing more.
+        ``nonce``: the proof was asked for already, with Hello. Nothing secret has
+        been sent yet. A proof that does not verify, or a key other than the pinned
+        one, fails the session with WrongServerError and sends nothing more.
         """
         host = self.host
-        nonce = os.urandom(32)
-        self.protocol.prove_server(nonce)
+        if nonce is None:
+            nonce = os.urandom(32)
+            self.protocol.prove_server(nonce)
         proof = await self.expect(ServerProof)
         payload = server_proof_payload(
             nonce,
@@ -995,6 +997,29 @@ class SessionContext:
                 f"this replica is locked: {host.status.last_error}; its unsynced changes "
                 "are kept (export them with store.export_unsynced)"
             )
+        early = await self._expected_version()
+        try:
+            return await self._open(early)
+        except EarlyProofLost:
+            # The server chose another version than last time (an upgrade or a
+            # downgrade): forget it, and connect again the plain way, once.
+            logger.info("the server changed its protocol version; connecting again")
+            return await self._open(None)
+
+    async def _expected_version(self) -> int | None:
+        """The version the server chose last time, if the proof request may go with
+        Hello in it (an enrolled laptop that offers it still); else None."""
+        if self.expected_key is not None or not self.host.identity.server_id:
+            return None  # enrolling: the server is not known yet
+        said = await self.host.known_meta.get_meta(meta.SERVER_PROTOCOL)
+        if said is None or not said.isdigit() or int(said) not in _PROTOCOL_VERSIONS:
+            return None
+        return int(said)
+
+    async def _open(self, early: int | None) -> Session:
+        """Connect, say Hello (with the proof request, written in ``early``, if given),
+        and have the server prove itself."""
+        host = self.host
         host.status.move(ReplicaState.CONNECTING)
         try:
             await finish_closing(host)  # the last session's link: one closing at a time
@@ -1011,16 +1036,24 @@ class SessionContext:
             protocol_versions=_PROTOCOL_VERSIONS,
             client_version=CLIENT_VERSION,
         )
-        self.session = Session(host, channel, protocol)
-        self.session.start_reading()
+        session = self.session = Session(host, channel, protocol)
+        session.start_reading()
         try:
             protocol.send_hello()
-            await self.session.expect(Welcome)
-            await self.session.prove_server(self.expected_key)
+            nonce = None
+            if early is not None:  # one round trip less: the server reads in order
+                nonce = os.urandom(32)
+                protocol.prove_server(nonce, version=early)
+            welcome = await session.expect(Welcome)
+            await session.prove_server(self.expected_key, nonce)
+            # Kept once the server proved itself: written only when it changed.
+            await meta.write_if_changed(
+                host.known_meta, meta.SERVER_PROTOCOL, str(welcome.protocol_version)
+            )
         except BaseException as exc:
             await self._finish(exc)
             raise
-        return self.session
+        return session
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         await self._finish(exc)

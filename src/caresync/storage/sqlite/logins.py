@@ -49,6 +49,7 @@ class LoginsPart(SQLiteCore):
                     meta={key: sql_meta(raw, key) for key in keys},
                 )
             finally:
-                raw.execute("COMMIT")
+                if raw.in_transaction:  # SQLite may have rolled back itself (I/O error)
+                    raw.execute("COMMIT")
 
         return await self._run("reading a login", job)

@@ -1,0 +1,124 @@
+"""End to end: a laptop that has synced once sends its proof request with Hello (one
+round trip less), and a server that changed its protocol version costs one more
+connection, not a failed sync."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, start_server
+
+from caresync.protocol import PROTOCOL_VERSION, decode_frame
+from caresync.replica import Replica
+from caresync.replication import meta
+from caresync.transport import Channel, WebSocketConnector
+
+
+class Traced:
+    """A channel that logs each frame it carries, in order: ("send" | "recv", message type)."""
+
+    def __init__(self, inner: Channel, log: list[tuple[str, str]]) -> None:
+        self._inner = inner
+        self._log = log
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    async def send(self, frame: bytes) -> None:
+        self._log.append(("send", type(decode_frame(frame)[1]).__name__))
+        await self._inner.send(frame)
+
+    async def recv(self) -> bytes:
+        frame = await self._inner.recv()
+        self._log.append(("recv", type(decode_frame(frame)[1]).__name__))
+        return frame
+
+
+class TracingConnector(WebSocketConnector):
+    """The default connector; each connection's frames logged in ``logs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logs: list[list[tuple[str, str]]] = []
+
+    async def connect(self, url: str, *, ssl: object = None) -> Channel:  # type: ignore[override]
+        channel = await super().connect(url, ssl=ssl)  # type: ignore[arg-type]
+        self.logs.append([])
+        return Traced(channel, self.logs[-1])  # type: ignore[return-value]
+
+
+def handshake(log: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The frames of a connection up to the ServerProof."""
+    end = log.index(("recv", "ServerProof"))
+    return log[: end + 1]
+
+
+async def test_a_laptop_that_synced_once_sends_its_proof_request_with_hello(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    connector = TracingConnector()
+    laptop = await Replica.open(tmp_path / "laptop.db", connector=connector)
+    try:
+        async with asyncio.timeout(LIMIT_S):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+            plain = [
+                ("send", "Hello"),
+                ("recv", "Welcome"),
+                ("send", "ProveServer"),
+                ("recv", "ServerProof"),
+            ]
+            assert handshake(connector.logs[0]) == plain  # enrolling: the server is new
+            assert await laptop.store.get_meta(meta.SERVER_PROTOCOL) == str(PROTOCOL_VERSION)
+            report = await laptop.sync()
+            assert (report.uploaded, report.downloaded) == (0, 0)
+            assert handshake(connector.logs[1]) == [
+                ("send", "Hello"),
+                ("send", "ProveServer"),  # before Welcome came back
+                ("recv", "Welcome"),
+                ("recv", "ServerProof"),
+            ]
+            assert len(connector.logs) == 2
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_server_that_chose_another_version_costs_one_connection_more(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    connector = TracingConnector()
+    laptop = await Replica.open(tmp_path / "laptop.db", connector=connector)
+    try:
+        async with asyncio.timeout(LIMIT_S):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+            record_id = await laptop.create_record()
+            await laptop.set(record_id, "name", "Awa", author="dr.a")
+            # As if the server had spoken an older version last time (since upgraded).
+            await laptop._known_meta.set_meta(meta.SERVER_PROTOCOL, str(PROTOCOL_VERSION - 1))
+            report = await laptop.sync()
+            assert report.uploaded == 2  # the record and its name: the sync went through
+            assert len(connector.logs) == 3
+            first, second = connector.logs[1], connector.logs[2]
+            assert first[:3] == [("send", "Hello"), ("send", "ProveServer"), ("recv", "Welcome")]
+            assert ("send", "ResumeSession") not in first  # nothing secret on that one
+            assert handshake(second)[:3] == [
+                ("send", "Hello"),
+                ("recv", "Welcome"),
+                ("send", "ProveServer"),
+            ]
+            assert await laptop.store.get_meta(meta.SERVER_PROTOCOL) == str(PROTOCOL_VERSION)
+            assert (await laptop.status()).last_error is None
+    finally:
+        await laptop.close()
+        await server.close()
