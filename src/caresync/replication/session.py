@@ -289,14 +289,40 @@ class SessionHost(Protocol):
 
 
 def _trusted_copy(batch: CopyBatch) -> TrustedCopy:
-    """A first-copy batch's rows and person cards by record (the cards with the bytes
-    they came as, which the store keeps as they are); RemoteProtocolError for a bad card."""
+    """A first-copy batch's rows, person cards and person pairs by record (the cards
+    with the bytes they came as, which the store keeps as they are);
+    RemoteProtocolError for a bad card."""
     persons = batch.persons or ()
     return TrustedCopy(
         _rows_by_record(batch),
         {item.record_id: card_from_wire(item.record_id, item.card) for item in persons},
         {item.record_id: item.card for item in persons},
+        None if batch.pairs is None else [(pair.first, pair.second) for pair in batch.pairs],
     )
+
+
+async def _check_pairs_held(store: LaptopStore, batch: CopyBatch) -> None:
+    """Refuse (RemoteProtocolError) a batch whose person pairs name a record of an
+    earlier batch that this laptop does not hold with a person card: the server says
+    both records of a pair are here once the batch is stored. Nothing of the batch is
+    stored then. (That a pair's records of this batch have cards, the message checks.)
+    """
+    if not batch.pairs or not batch.records:
+        return
+    start = batch.records[0].record_id
+    earlier = sorted({pair.first for pair in batch.pairs if pair.first < start})
+    if not earlier:
+        return
+    held = await store.person_card_bytes(earlier)
+    missing = [record_id for record_id in earlier if record_id not in held]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        shown = ", ".join(missing[:3]) + more
+        raise RemoteProtocolError(
+            f"the first copy's batch from record {start!r} pairs its records with {shown}, which "
+            "this laptop does not hold with a person card: the server's person pairs do not "
+            "fit the copy; nothing of the batch was stored"
+        )
 
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
@@ -783,6 +809,7 @@ class Session:
                         batch.last_record_id, batch_records, rulebook, batch_bytes
                     )
                     await self.flush()
+                await _check_pairs_held(store, batch)  # after the previous commit
                 if await store.get_meta(meta.COPY_CHECKPOINT) is None:
                     await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
                 if updates:
