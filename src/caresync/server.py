@@ -1285,7 +1285,16 @@ class SyncServer:
             if cards
             else []
         )
-        pairs = [pair for record_id, _ in records for pair in pairs_of.get(record_id, ())]
+        # Only pairs whose records of this batch have cards (a damaged index's others
+        # would make the batch one the laptop must refuse).
+        start = records[0][0] if records else ""
+        pairs = [
+            pair
+            for record_id, _ in records
+            if record_id in cards
+            for pair in pairs_of.get(record_id, ())
+            if pair[0] < start or pair[0] in cards
+        ]
         done = done_before + len(records)
         sent_bytes = bytes_before + size
         try:

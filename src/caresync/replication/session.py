@@ -33,7 +33,7 @@ import os
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from caresync.audit import AuditAction, AuditEntry, attempted_name
@@ -301,28 +301,36 @@ def _trusted_copy(batch: CopyBatch) -> TrustedCopy:
     )
 
 
-async def _check_pairs_held(store: LaptopStore, batch: CopyBatch) -> None:
-    """Refuse (RemoteProtocolError) a batch whose person pairs name a record of an
-    earlier batch that this laptop does not hold with a person card: the server says
+async def _pairs_held(store: LaptopStore, batch: CopyBatch) -> set[tuple[str, str]]:
+    """The batch's person pairs to leave out: those naming a record of an earlier batch
+    that this laptop kept aside (its bytes did not merge, so it holds no card of it).
+
+    Refuses (RemoteProtocolError) a batch whose pairs name a record of an earlier batch
+    that this laptop neither holds with a person card nor kept aside: the server says
     both records of a pair are here once the batch is stored. Nothing of the batch is
     stored then. (That a pair's records of this batch have cards, the message checks.)
     """
     if not batch.pairs or not batch.records:
-        return
+        return set()
     start = batch.records[0].record_id
     earlier = sorted({pair.first for pair in batch.pairs if pair.first < start})
     if not earlier:
-        return
+        return set()
     held = await store.person_card_bytes(earlier)
     missing = [record_id for record_id in earlier if record_id not in held]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        shown = ", ".join(missing[:3]) + more
+    if not missing:
+        return set()
+    aside = {q.record_id for q in await store.quarantined()}
+    strays = [record_id for record_id in missing if record_id not in aside]
+    if strays:
+        more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
+        shown = ", ".join(strays[:3]) + more
         raise RemoteProtocolError(
-            f"the first copy's batch from record {start!r} pairs its records with {shown}, which "
-            "this laptop does not hold with a person card: the server's person pairs do not "
-            "fit the copy; nothing of the batch was stored"
+            f"the first copy's batch from record {start!r} pairs its records with {shown}, "
+            "which this laptop does not hold with a person card: the server's person pairs "
+            "do not fit the copy; nothing of the batch was stored"
         )
+    return {(pair.first, pair.second) for pair in batch.pairs if pair.first in aside}
 
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
@@ -809,7 +817,12 @@ class Session:
                         batch.last_record_id, batch_records, rulebook, batch_bytes
                     )
                     await self.flush()
-                await _check_pairs_held(store, batch)  # after the previous commit
+                # After the previous commit: the pairs may name its records.
+                left_out = await _pairs_held(store, batch)
+                if left_out and prepared is not None and prepared.records.pairs is not None:
+                    records = prepared.records
+                    kept = [pair for pair in records.pairs or () if pair not in left_out]
+                    prepared = replace(prepared, records=replace(records, pairs=kept))
                 if await store.get_meta(meta.COPY_CHECKPOINT) is None:
                     await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
                 if updates:
