@@ -26,7 +26,6 @@ import caresync.replication.session
 import caresync.server
 import caresync.storage.sqlite.persons
 from caresync import Record
-from caresync.exceptions import RemoteProtocolError
 from caresync.protocol import COPY_PAIRS_SINCE, CopyBatch, CopyPair, ServerProtocol
 from caresync.records.persons import (
     DIFFERENT_PEOPLE,
@@ -220,31 +219,56 @@ def page_with(
     return changed
 
 
-async def test_pairs_naming_a_record_the_laptop_does_not_hold_stop_the_copy(
-    tmp_path: Path,
-) -> None:
+async def test_a_record_added_behind_the_copy_is_paired_by_the_pull(tmp_path: Path) -> None:
+    """A patient registered again on the server during the copy, with an id before the
+    copy's cursor: the server's pairs name it with a later batch, the laptop holds no
+    card of it yet and leaves that pair out (as a pair naming any record it does not
+    hold, here also an id no record has), finishes the copy, and the pull after it
+    brings the record and its pair."""
     server = await seeded(tmp_path)
     ids = sorted(await server.store.record_ids())
+    twin_of = (await server.store.person_cards([ids[-1]]))[ids[-1]]
+    again = Record.create(replica="desk-c", record_id="0-" + ids[0])  # before every id
+    with again.batch():
+        again.set("name", twin_of.display, author="registrar")
+        again.set("birthDate", twin_of.birth_dates[0], author="registrar")
+        again.set("gender", "female", author="registrar")
+    added: list[str] = []
 
-    def stray(page: CopyPage) -> list[tuple[str, str]]:
+    def add_behind(page: CopyPage) -> list[tuple[str, str]]:
         second = page.records[0][0]
-        if second == ids[0]:
-            return page.pairs  # the first batch as it is
-        return sorted([*page.pairs, ("0-not-copied", second)], key=lambda p: (p[1], p[0]))
+        return sorted([*page.pairs, ("0-no-such-record", second)], key=lambda p: (p[1], p[0]))
 
-    server.store.copy_page = page_with(server, stray)  # type: ignore[method-assign]
-    laptop = await Replica.open(tmp_path / "laptop.db", limits=SyncLimits(copy_batch_records=BATCH))
-    try:
-        with pytest.raises(
-            RemoteProtocolError, match="0-not-copied, which this laptop does not hold"
-        ):
-            await laptop.enrol(
-                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+    read_page = page_with(server, add_behind)  # the store's own, pairs changed
+
+    async def copy_page(organisation: str | None, **kwargs: Any) -> CopyPage:
+        if kwargs.get("after") is not None and not added:
+            # Registered while the copy runs, behind its cursor (one write, once).
+            added.append(again.record_id)
+            await server.store.write_remote(
+                [
+                    IncomingUpdate(
+                        again.record_id,
+                        again.update_since(),
+                        conflict_rows(again, server.rulebook),
+                        "clinic-a",
+                        person_card(again),
+                    )
+                ],
+                to_feed=True,
             )
-        # The first batch was committed whole; nothing of the second.
-        assert await laptop.store.record_ids() == ids[:BATCH]
-        assert await laptop.store.person_card_bytes(ids[BATCH:]) == {}
-        assert await laptop.store.check() == []
+        page: CopyPage = await read_page(organisation, **kwargs)
+        return page
+
+    server.store.copy_page = copy_page  # type: ignore[method-assign]
+    laptop = await enrolled(tmp_path, server, "laptop", limits=SyncLimits(copy_batch_records=BATCH))
+    try:
+        assert added
+        pair = (again.record_id, ids[-1])
+        assert pair in {p.record_ids for p in await server.store.person_pairs()}
+        # enrol ran the copy, then the pull: the record and its pair are here.
+        assert pair in {p.record_ids for p in await laptop.store.person_pairs()}
+        await check_same_index(laptop, server)
     finally:
         await laptop.close()
         await server.close()
