@@ -851,6 +851,10 @@ class ReplicaStore(Protocol):
         state vector, rows and card given), without planning each record in Python and
         without filling a record cache (a copy would evict what is in use). A record
         that turns out to be stored here already makes the batch go the ordinary way.
+        With ``records.pairs`` (the server's), the pairs are those named, each scored
+        from the two cards held here, instead of those found by the cards' keys; a store
+        may find them anyway (the memory and PostgreSQL stores do): the same index when
+        the pairs are all those the sender's index holds of the batch.
         """
         ...
 
