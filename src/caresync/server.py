@@ -78,6 +78,7 @@ from caresync.observe import (
 )
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
+    COPY_PAIRS_SINCE,
     DEFAULT_MAX_FRAME_BYTES,
     ITEM_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
@@ -256,6 +257,30 @@ def _fits_alone(record_id: str, update: bytes, frame: int) -> bool:
     except LocalProtocolError:
         return False
     return True
+
+
+def _whole_organisation(_record_id: str) -> bool:
+    """Whether a record of the laptop's organisation is in its first copy: every one is
+    (a partial copy will pass its own test to :func:`_pairs_by_second`)."""
+    return True
+
+
+def _pairs_by_second(
+    found: Iterable[tuple[str, str]], in_copy: Callable[[str], bool]
+) -> dict[str, list[tuple[str, str]]]:
+    """The person pairs a first copy sends, by the record whose batch carries them.
+
+    The one place that says which pairs a replica is sent: those whose two records
+    are both in its copy (``in_copy``). A pair goes with the batch holding its later
+    record, ``second`` (a copy goes in record id order; ``first < second``), so the
+    laptop holds both once that batch is stored. ``found`` is ordered by (second,
+    first), and so is each list.
+    """
+    by_second: dict[str, list[tuple[str, str]]] = {}
+    for first, second in found:
+        if in_copy(first) and in_copy(second):
+            by_second.setdefault(second, []).append((first, second))
+    return by_second
 
 
 class _EntryTooLarge(CaresyncError):
@@ -1187,6 +1212,9 @@ class SyncServer:
         send_persons = (
             send_rows and version is not None and version >= CopyBatch.FIELDS_SINCE["persons"]
         )
+        # The person index's pairs (version 12 on) go with the cards: a laptop then
+        # compares only those, not every stored card sharing a blocking key.
+        send_pairs = send_persons and version is not None and version >= COPY_PAIRS_SINCE
         # Under the commit lock: the records, their conflict rows and the feed head
         # are read as of one moment (a push committing in between would pair a
         # record's state with rows of another state), in every process.
@@ -1212,6 +1240,7 @@ class SyncServer:
                 limit=request.batch_records,
                 rows=send_rows,
                 persons=send_persons,
+                pairs=send_pairs,
             )
         more = page.more
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
@@ -1224,6 +1253,8 @@ class SyncServer:
             len(record_id.encode("utf-8", "surrogatepass")) + len(stored) + ITEM_OVERHEAD_BYTES
             for record_id, stored in page.records
         ]
+        in_copy = _whole_organisation  # what this replica copies (partial: its own test)
+        pairs_of = _pairs_by_second(page.pairs, in_copy) if send_pairs else {}
         if stored_rows or cards:
             for index, (record_id, _stored) in enumerate(page.records):
                 found_rows = stored_rows.get(record_id)
@@ -1232,6 +1263,8 @@ class SyncServer:
                 card = cards.get(record_id)
                 if card is not None:
                     sizes[index] += item_wire_size(record_id, card)
+                for first, second in pairs_of.get(record_id, ()):
+                    sizes[index] += 2 * ITEM_OVERHEAD_BYTES + 4 * (len(first) + len(second))
         ends = list(accumulate(sizes))
         taken = max(1, bisect_right(ends, budget)) if ends else 0
         if taken < len(ends):
@@ -1256,6 +1289,16 @@ class SyncServer:
             if cards
             else []
         )
+        # Only pairs whose records of this batch have cards (a damaged index's others
+        # would make the batch one the laptop must refuse).
+        start = records[0][0] if records else ""
+        pairs = [
+            pair
+            for record_id, _ in records
+            if record_id in cards
+            for pair in pairs_of.get(record_id, ())
+            if pair[0] < start or pair[0] in cards
+        ]
         done = done_before + len(records)
         sent_bytes = bytes_before + size
         try:
@@ -1269,6 +1312,7 @@ class SyncServer:
                 final=not more or not records,
                 conflicts=rows if send_rows else None,
                 persons=persons if send_persons else None,
+                pairs=pairs if send_pairs else None,
             )
         except LocalProtocolError:
             if len(records) != 1:

@@ -191,9 +191,17 @@ async def test_a_card_of_another_record_stops_the_copy_with_nothing_stored(
     read_page = server.store.copy_page
 
     async def wrong_cards(
-        organisation: str | None, *, after: str | None, limit: int, rows: bool, persons: bool
+        organisation: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        rows: bool,
+        persons: bool,
+        pairs: bool = False,
     ) -> CopyPage:
-        page = await read_page(organisation, after=after, limit=limit, rows=rows, persons=persons)
+        page = await read_page(
+            organisation, after=after, limit=limit, rows=rows, persons=persons, pairs=pairs
+        )
         card = person_card(stranger).to_bytes()
         return replace(page, cards={rid: card for rid, _ in page.records})
 

@@ -132,7 +132,10 @@ def test_a_version_11_client_gets_compact_rows_an_older_one_rows_as_before() -> 
             if versions is None
             else handshake(enrolled_client(protocol_versions=versions), ServerProtocol(SERVER_ID))
         )
-        assert client.protocol_version == (COMPACT_ROWS_SINCE if versions is None else 10)
+        newest = (
+            client.protocol_version is not None and client.protocol_version >= COMPACT_ROWS_SINCE
+        )
+        assert newest if versions is None else client.protocol_version == 10
         client.request_pull(2, 10, rulebook=FP)
         pump(client, server)
         server.events_received()

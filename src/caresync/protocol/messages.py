@@ -40,6 +40,7 @@ __all__ = [
     "CARD_REFERENCE_SINCE",
     "COALESCED_PULL_SINCE",
     "COMPACT_ROWS_SINCE",
+    "COPY_PAIRS_SINCE",
     "MAX_AUDIT_ITEMS",
     "DEFAULT_COPY_BATCH_RECORDS",
     "DEFAULT_MAX_FRAME_BYTES",
@@ -80,6 +81,7 @@ __all__ = [
     "Authenticated",
     "CopyBatch",
     "CopyConflict",
+    "CopyPair",
     "CopyPerson",
     "CopyRecord",
     "CopyRequest",
@@ -110,10 +112,14 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-PROTOCOL_VERSION = 11
+COPY_PAIRS_SINCE = 12
+"""The first protocol version whose first-copy batches carry the server's person pairs
+(:attr:`CopyBatch.pairs`)."""
+
+PROTOCOL_VERSION = 12
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -172,6 +178,15 @@ records keep their card and rows, which were most of a check's bytes.
 Version 10 adds :attr:`PullBatch.entries`: a pull batch may merge a record's feed
 entries into one item (with the seq of the last of them), so it may stand for more
 feed entries than its ``limit`` of items; ``entries`` says how many.
+
+Version 11 sends conflict rows compactly in pull and live frames
+(:data:`~caresync.protocol.rows.COMPACT_ROWS_SINCE`).
+
+Version :data:`COPY_PAIRS_SINCE` adds :attr:`CopyBatch.pairs`: with the person cards,
+the pairs of records the server's person index holds, each once, with the batch
+holding the later of its two records. A laptop compares only those pairs (it scores
+them again from its own cards) instead of looking up which of its stored cards share
+a blocking key with each card of the batch.
 """
 
 MAX_VERSION_TEXT = 64
@@ -384,6 +399,20 @@ class CopyPerson(NamedTuple):
 
     record_id: str
     card: bytes
+
+
+class CopyPair(NamedTuple):
+    """A pair of records in the server's person index (protocol version
+    :data:`COPY_PAIRS_SINCE` on): two record ids, ``first < second``.
+
+    Sent once, with the :class:`CopyBatch` holding ``second`` (the later of the two in
+    the copy's order); ``first`` is in that batch or an earlier one. It names the two
+    records only: the receiver works out what they are (a possible duplicate, linked,
+    disputed, or nothing) from the two cards it holds.
+    """
+
+    first: str
+    second: str
 
 
 class AccountName(NamedTuple):
@@ -948,10 +977,19 @@ class CopyBatch(Message):
 
     ``persons`` (version 5 on) comes with ``conflicts``: the person card of each
     record of the batch that has one, in record order (``None``: not sent).
+
+    ``pairs`` (version :data:`COPY_PAIRS_SINCE` on) comes with ``persons``: every pair
+    of the server's person index whose later record (``second``) is in this batch
+    and whose other record the receiver holds once the batch is stored, ordered by
+    ``(second, first)``, each once (``None``: not sent; the receiver finds the pairs
+    itself). A record of the batch a pair names has a card in ``persons``; ``first``
+    is either in the batch or comes before its first record (an earlier batch).
     """
 
     TYPE_CODE: ClassVar[int] = 17
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"conflicts": 3, "persons": 5})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"conflicts": 3, "persons": 5, "pairs": COPY_PAIRS_SINCE}
+    )
 
     records: tuple[CopyRecord, ...]
     done_records: int
@@ -963,6 +1001,7 @@ class CopyBatch(Message):
     final: bool
     conflicts: tuple[CopyConflict, ...] | None = None
     persons: tuple[CopyPerson, ...] | None = None
+    pairs: tuple[CopyPair, ...] | None = None
 
     def __post_init__(self) -> None:
         owner = "CopyBatch"
@@ -999,6 +1038,10 @@ class CopyBatch(Message):
             if self.conflicts is None:
                 raise LocalProtocolError("CopyBatch: person cards come only with conflict rows")
             _set(self, "persons", _copy_persons(self.persons, out))
+        if self.pairs is not None:
+            if self.persons is None:
+                raise LocalProtocolError("CopyBatch: person pairs come only with person cards")
+            _set(self, "pairs", _copy_pairs(self.pairs, out, self.persons))
 
 
 def _plain_copy_records(items: tuple[Any, ...]) -> list[CopyRecord] | None:
@@ -1047,6 +1090,44 @@ def _copy_persons(value: object, records: list[CopyRecord]) -> tuple[CopyPerson,
         if position <= previous:
             _bad(owner, "persons", "in record order, one card per record", item.record_id)
         previous = position
+        out.append(item)
+    return tuple(out)
+
+
+def _copy_pairs(
+    value: object, records: list[CopyRecord], persons: tuple[CopyPerson, ...]
+) -> tuple[CopyPair, ...]:
+    """Validate a CopyBatch's person pairs: each ``(first, second)`` with
+    ``first < second``, ``second`` a record of the batch with a card, ``first`` one
+    too or an id before the batch's first record; ordered by ``(second, first)``,
+    each once. Whether the receiver holds an earlier ``first`` is its own check."""
+    owner = "CopyBatch"
+    items = _items(owner, "pairs", value, allow_empty=True)
+    carded = {person.record_id for person in persons}
+    start = records[0].record_id if records else ""
+    out: list[CopyPair] = []
+    previous: tuple[str, str] | None = None
+    for item in items:
+        if type(item) is not CopyPair:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                _bad(owner, "pairs[]", "a (first, second) pair of record ids", item)
+            item = CopyPair(*item)
+        first, second = item
+        if type(second) is not str or second not in carded:
+            _bad(owner, "pairs[].second", "a record of this batch with a person card", second)
+        _check_record_id(owner, "pairs[].first", first)
+        if not first < second:
+            _bad(owner, "pairs[].first", f"an id before its second, {second!r}", first)
+        if first >= start and first not in carded:
+            _bad(
+                owner,
+                "pairs[].first",
+                "a record of this batch with a person card, or one of an earlier batch",
+                first,
+            )
+        if previous is not None and (second, first) <= previous:
+            _bad(owner, "pairs", "ordered by (second, first), each once", item)
+        previous = (second, first)
         out.append(item)
     return tuple(out)
 

@@ -80,6 +80,7 @@ from caresync.protocol.messages import (
     CheckedState,
     CopyBatch,
     CopyConflict,
+    CopyPair,
     CopyPerson,
     CopyRecord,
     CopyRequest,
@@ -402,6 +403,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         final: bool,
         conflicts: Iterable[CopyConflict | tuple[str, str, str, str, str, bytes]] | None = None,
         persons: Iterable[CopyPerson | tuple[str, bytes]] | None = None,
+        pairs: Iterable[CopyPair | tuple[str, str]] | None = None,
     ) -> None:
         """Queue CopyBatch answering the outstanding CopyRequest.
 
@@ -409,7 +411,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         at most its ``batch_records``; ``last_record_id`` is derived. ``conflicts``:
         ``None``, or every conflict index row of those records, computed by the
         rulebook the request named (``CopyRequest.rulebook``); ``persons``: with
-        them (protocol version 5 on), the records' person cards. Raises
+        them (protocol version 5 on), the records' person cards; ``pairs``: with the
+        cards (version :data:`~caresync.protocol.messages.COPY_PAIRS_SINCE` on), the
+        person index's pairs whose later record is in the batch. Raises
         :class:`~caresync.exceptions.LocalProtocolError`, queueing nothing, if the
         batch breaks those rules or its frame would exceed the client's maximum.
         """
@@ -437,6 +441,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             None
             if persons is None
             else tuple(p if isinstance(p, CopyPerson) else CopyPerson(*p) for p in persons),
+            None
+            if pairs is None
+            else tuple(p if isinstance(p, CopyPair) else CopyPair(*p) for p in pairs),
         )
         if batch.conflicts is not None and request.rulebook is None:
             raise LocalProtocolError("conflict index rows for a request that named no rulebook")

@@ -118,6 +118,9 @@ class TrustedCopy:
     persons: Mapping[str, PersonCard]
     card_bytes: Mapping[str, bytes] = field(default_factory=dict)
     """The bytes each card of ``persons`` was read from: stored as they came."""
+    pairs: Sequence[tuple[str, str]] | None = None
+    """The server's person pairs whose later record is in the batch (protocol version
+    12 on), as (first, second) record ids; None: not sent (the store finds them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +197,12 @@ def prepare_copy(
         persons = {rid: card for rid, card in persons.items() if rid in taken}
     if not sent.keys() <= persons.keys():
         sent = {rid: data for rid, data in sent.items() if rid in persons}
-    records = CopiedRecords(ids, stored, vectors, organisation, rows, persons, sent)
+    pairs = trusted.pairs
+    if pairs is not None and kept_aside:
+        # A record kept aside is not stored, nor its card: its pairs are not either.
+        aside = named.difference(ids)
+        pairs = [pair for pair in pairs if pair[0] not in aside and pair[1] not in aside]
+    records = CopiedRecords(ids, stored, vectors, organisation, rows, persons, sent, pairs)
     return PreparedCopy(named, records, tuple(kept_aside))
 
 

@@ -33,7 +33,7 @@ import os
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from caresync.audit import AuditAction, AuditEntry, attempted_name
@@ -290,14 +290,45 @@ class SessionHost(Protocol):
 
 
 def _trusted_copy(batch: CopyBatch) -> TrustedCopy:
-    """A first-copy batch's rows and person cards by record (the cards with the bytes
-    they came as, which the store keeps as they are); RemoteProtocolError for a bad card."""
+    """A first-copy batch's rows, person cards and person pairs by record (the cards
+    with the bytes they came as, which the store keeps as they are);
+    RemoteProtocolError for a bad card."""
     persons = batch.persons or ()
     return TrustedCopy(
         _rows_by_record(batch),
         {item.record_id: card_from_wire(item.record_id, item.card) for item in persons},
         {item.record_id: item.card for item in persons},
+        None if batch.pairs is None else [(pair.first, pair.second) for pair in batch.pairs],
     )
+
+
+async def _pairs_not_held(store: LaptopStore, batch: CopyBatch) -> set[tuple[str, str]]:
+    """The batch's person pairs naming a record of an earlier batch that this laptop
+    does not hold with a person card: they are left out, not refused.
+
+    Such a record was added on the server during the copy, behind its cursor (it comes
+    by the pull after the copy, and its write pairs it against the keys stored here),
+    or kept aside here (its bytes did not merge). Refusing the batch would stop the
+    copy at the same place at every try. A pair left out stores nothing; what the
+    message itself says of a pair (its shape, and that a record of this batch it names
+    has a card) was checked when the frame was read.
+    """
+    if not batch.pairs or not batch.records:
+        return set()
+    start = batch.records[0].record_id
+    earlier = sorted({pair.first for pair in batch.pairs if pair.first < start})
+    if not earlier:
+        return set()
+    held = await store.person_card_bytes(earlier)
+    if len(held) == len(earlier):
+        return set()
+    left_out = {(p.first, p.second) for p in batch.pairs if p.first < start and p.first not in held}
+    logger.info(
+        "%d person pairs of the first copy name records not held here (yet); left out: %s",
+        len(left_out),
+        ", ".join(sorted({first for first, _second in left_out})[:5]),
+    )
+    return left_out
 
 
 def _rows_by_record(batch: CopyBatch) -> dict[str, tuple[ConflictRow, ...]]:
@@ -785,6 +816,12 @@ class Session:
                         batch.last_record_id, batch_records, rulebook, batch_bytes
                     )
                     await self.flush()
+                # After the previous commit: the pairs may name its records.
+                left_out = await _pairs_not_held(store, batch)
+                if left_out and prepared is not None and prepared.records.pairs is not None:
+                    records = prepared.records
+                    kept = [pair for pair in records.pairs or () if pair not in left_out]
+                    prepared = replace(prepared, records=replace(records, pairs=kept))
                 if await store.get_meta(meta.COPY_CHECKPOINT) is None:
                     await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
                 if updates:

@@ -31,6 +31,8 @@ class _Readable(Protocol):
 
     async def person_card_bytes(self, record_ids: list[str]) -> dict[str, bytes]: ...
 
+    async def person_pairs_ending(self, record_ids: list[str]) -> list[tuple[str, str]]: ...
+
 
 async def copy_page_of(
     store: _Readable,
@@ -40,10 +42,11 @@ async def copy_page_of(
     limit: int,
     rows: bool,
     persons: bool,
+    pairs: bool = False,
 ) -> CopyPage:
-    """``copy_page`` from ``record_ids``, ``load_many``, ``conflict_rows`` and
-    ``person_card_bytes``; the caller makes the reads one moment (the server reads a
-    page under its commit lock)."""
+    """``copy_page`` from ``record_ids``, ``load_many``, ``conflict_rows``,
+    ``person_card_bytes`` and ``person_pairs_ending``; the caller makes the reads one
+    moment (the server reads a page under its commit lock)."""
     check_record_page(organisation, after, None)
     limit = check_count(limit, "limit")
     # One id more than asked says whether another page follows.
@@ -53,6 +56,7 @@ async def copy_page_of(
     loaded = await store.load_many(ids)
     found = await store.conflict_rows(ids) if rows and ids else {}
     cards = await store.person_card_bytes(ids) if persons and ids else {}
+    found_pairs = await store.person_pairs_ending(ids) if pairs and ids else []
     return CopyPage(
         [(record_id, loaded[record_id]) for record_id in ids if record_id in loaded],
         more,
@@ -61,6 +65,7 @@ async def copy_page_of(
             for record_id, got in found.items()
         },
         cards,
+        found_pairs,
     )
 
 

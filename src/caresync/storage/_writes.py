@@ -11,6 +11,8 @@ makes, before anything is written: a pair is a function of its two cards only,
 so replacing every pair of the records written, compared against the cards
 that share a blocking key with theirs (in the same organisation), leaves
 exactly the pairs that writing the cards one by one, in any order, would leave.
+:func:`pairs_named` works out the same pairs when a sender says which records
+they join (a first copy's, from the server's person index), without the look-ups.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "check_rebind",
     "local_writes",
     "pair_persons",
+    "pairs_named",
     "plan_writes",
 ]
 
@@ -361,6 +364,57 @@ def pair_persons(
                 "nothing was written (re-index the records)"
             )
         pair = pair_of(card, other)
+        if pair is not None:
+            pairs.append(pair)
+    pairs.sort(key=lambda p: p.record_ids)
+    return pairs
+
+
+StoredCardsOf = Callable[[Collection[str]], Mapping[str, tuple[str | None, PersonCard]]]
+"""``record ids -> {record id: (its organisation, its stored card)}``."""
+
+
+def pairs_named(
+    written: Mapping[str, PersonWrite],
+    named: Iterable[tuple[str, str]],
+    cards: StoredCardsOf,
+) -> list[PersonPair]:
+    """The pairs the records of ``written`` make, when ``named`` says which records they
+    may join: ``(first, second)`` record ids, one of them (at least) written, the other
+    written or stored with a card (``cards`` reads those).
+
+    Each named pair is compared from the two cards held here (:func:`pair_of`), so a
+    sender says only which pairs to look at, never what they are: a pair the cards do
+    not make is not kept, and a link decision counts as the cards hold it. When
+    ``named`` holds every pair :func:`pair_persons` would keep (a server's person
+    index of the same cards), the two return the same pairs. Two records of different
+    organisations are not compared (as there). Ordered by record ids.
+
+    Raises InvalidInputError, naming it, for a record neither written nor stored with
+    a card (nothing is written then).
+    """
+    wanted = list(dict.fromkeys(named))
+    others = {rid for pair in wanted for rid in pair if rid not in written}
+    stored = cards(others) if others else {}
+    missing = sorted(others.difference(stored))
+    if missing:
+        raise InvalidInputError(
+            f"a person pair names record {missing[0]}, which holds no person card here; "
+            "nothing was written"
+        )
+    pairs: list[PersonPair] = []
+    for first, second in wanted:
+        one, other = written.get(first), written.get(second)
+        if one is None and other is None:
+            raise InvalidInputError(
+                f"the person pair of {first} and {second} names no record of the batch; "
+                "nothing was written"
+            )
+        x = (one.organisation, one.card) if one is not None else stored[first]
+        y = (other.organisation, other.card) if other is not None else stored[second]
+        if x[0] != y[0]:
+            continue  # cards are compared only within an organisation
+        pair = pair_of(x[1], y[1])
         if pair is not None:
             pairs.append(pair)
     pairs.sort(key=lambda p: p.record_ids)

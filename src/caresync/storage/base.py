@@ -282,6 +282,14 @@ class CopiedRecords:
     them), those bytes: ``PersonCard.from_bytes`` of each is its card, which the caller
     promises (it parsed them). A store may keep them as they are instead of writing
     the card out again; a card absent here is written out (``to_bytes``)."""
+    pairs: Sequence[tuple[str, str]] | None = None
+    """The pairs the sender's person index holds of the batch's records, as (first,
+    second) record ids, ``first < second``, ``second`` a record of the batch with a
+    card, ``first`` one too or a record stored here with a card (a first copy's, from
+    a server of protocol version 12 on). Given, a store compares only these pairs
+    (each by :func:`~caresync.records.persons.pair_of` of the two cards it holds)
+    instead of finding the cards that share a blocking key with the batch's, unless it
+    holds local changes the sender has not acknowledged; None: it finds them."""
 
     def __post_init__(self) -> None:
         ids, updates, vectors = self.record_ids, self.updates, self.state_vectors
@@ -314,6 +322,22 @@ class CopiedRecords:
                 raise InvalidInputError(
                     f"card bytes of {record_id} must be bytes, of a card in the batch"
                 )
+        if self.pairs is not None:
+            for pair in self.pairs:
+                if not (
+                    type(pair) is tuple
+                    and len(pair) == 2
+                    and type(pair[0]) is str
+                    and type(pair[1]) is str
+                    and pair[1] in self.persons
+                    and pair[0] < pair[1]
+                    and (pair[0] in self.persons or pair[0] not in named)
+                ):
+                    raise InvalidInputError(
+                        f"person pair {pair!r} must be (first, second) record ids, first < "
+                        "second, second a record of the batch with a card, and first one "
+                        "too or a record stored before"
+                    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +355,9 @@ class CopyPage:
     cards: dict[str, bytes]
     """Each record's person card as stored (``PersonCard.to_bytes()``), not parsed; a
     record without one is absent (empty if not asked)."""
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    """The person index's pairs whose second (later) record is one of ``records``, as
+    (first, second) record ids, ordered by (second, first) (empty if not asked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -862,6 +889,10 @@ class ReplicaStore(Protocol):
         state vector, rows and card given), without planning each record in Python and
         without filling a record cache (a copy would evict what is in use). A record
         that turns out to be stored here already makes the batch go the ordinary way.
+        With ``records.pairs`` (the server's), the pairs are those named, each scored
+        from the two cards held here, instead of those found by the cards' keys; a store
+        may find them anyway (the memory and PostgreSQL stores do): the same index when
+        the pairs are all those the sender's index holds of the batch.
         """
         ...
 
@@ -1004,6 +1035,11 @@ class ReplicaStore(Protocol):
     ) -> list[PersonPair]:
         """Stored pairs (of one record, in one state, of one organisation's records),
         ordered by their two record ids."""
+        ...
+
+    async def person_pairs_ending(self, record_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(first, second) record ids of the stored pairs whose second record is one of
+        these, ordered by (second, first): what a first copy sends with a batch."""
         ...
 
     async def count_person_pairs(self, state: PairState | None = None) -> int:
@@ -1216,10 +1252,12 @@ class ServerStore(ReplicaStore, Protocol):
         limit: int,
         rows: bool,
         persons: bool,
+        pairs: bool = False,
     ) -> CopyPage:
         """One page of a first copy, in one consistent read: the first ``limit`` records
         after ``after`` (in that organisation), what :meth:`load_many` returns of each,
-        with their conflict rows (``rows``) and person cards (``persons``) as stored.
+        with their conflict rows (``rows``), person cards (``persons``) and the person
+        pairs whose later record is one of them (``pairs``) as stored.
 
         A store with a record cache should neither read nor fill it here (the SQLite
         store does not): a copy goes through every record once, and would evict the

@@ -575,10 +575,11 @@ class MemoryStore:
         limit: int,
         rows: bool,
         persons: bool,
+        pairs: bool = False,
     ) -> CopyPage:
         """One page of a first copy, from this store's own reads (see ``ServerStore``)."""
         return await copy_page_of(
-            self, organisation, after=after, limit=limit, rows=rows, persons=persons
+            self, organisation, after=after, limit=limit, rows=rows, persons=persons, pairs=pairs
         )
 
     async def state_vector(self, record_id: str) -> bytes | None:
@@ -713,6 +714,14 @@ class MemoryStore:
         """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
         cards = await self.person_cards(record_ids)
         return {rid: card.to_bytes() for rid, card in cards.items()}
+
+    async def person_pairs_ending(self, record_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(first, second) of the stored pairs whose second record is one of these,
+        ordered by (second, first): what a first copy sends with a batch."""
+        ids = dict.fromkeys(check_record_ids(record_ids))
+        self._open_or_raise(f"reading the person pairs of {len(ids)} records")
+        found = {key for rid in ids for key in self._pairs_of.get(rid, ()) if key[1] == rid}
+        return sorted(found, key=lambda key: (key[1], key[0]))
 
     async def person_pairs(
         self,

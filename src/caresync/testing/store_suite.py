@@ -69,6 +69,7 @@ from caresync.records.persons import (
     PersonCard,
     link_path,
     pair_of,
+    person_card,
 )
 from caresync.storage import (
     ConflictRow,
@@ -1343,6 +1344,54 @@ class LaptopStoreSuite(ReplicaStoreSuite):
 
 class ServerStoreSuite(ReplicaStoreSuite):
     """What a server's store must do besides: the change feed, accounts, replicas, sessions."""
+
+    # a first copy's pages
+
+    async def test_a_copy_page_carries_the_person_pairs_of_its_later_records(
+        self, store: ServerStore
+    ) -> None:
+        """``copy_page(pairs=True)``: each pair once, with the page of its second record,
+        ordered by (second, first); ``person_pairs_ending`` reads the same."""
+        records = []
+        for name, org in [("Awa Ndiaye", "org-1")] * 3 + [
+            ("Moussa Diallo", "org-1"),
+            ("Ines Moreau", "org-1"),
+            ("Awa Ndiaye", "org-2"),  # the same person elsewhere: never paired across
+        ]:
+            record = Record.create(replica="laptop-a")
+            with record.batch():
+                record.set("name", name, author="dr.a")
+                record.set("birthDate", "1990-04-12", author="dr.a")
+            records.append((record, org))
+        await store.write_remote(
+            [
+                IncomingUpdate(r.record_id, r.update_since(), None, org, person_card(r))
+                for r, org in records
+            ],
+            to_feed=True,
+        )
+        expected = sorted(
+            (p.record_ids for p in await store.person_pairs(organisation="org-1")),
+            key=lambda ids: (ids[1], ids[0]),
+        )
+        assert len(expected) == 3
+        sent: list[tuple[str, str]] = []
+        after: str | None = None
+        for _ in range(10):  # bounded: 5 records in pages of 2
+            page = await store.copy_page(
+                "org-1", after=after, limit=2, rows=False, persons=True, pairs=True
+            )
+            ids = {record_id for record_id, _update in page.records}
+            assert all(second in ids and first < second for first, second in page.pairs)
+            sent.extend(page.pairs)
+            if not page.more:
+                break
+            after = page.records[-1][0]
+        assert [tuple(pair) for pair in sent] == expected
+        org_1 = sorted(r.record_id for r, org in records if org == "org-1")
+        assert [tuple(p) for p in await store.person_pairs_ending(org_1)] == expected
+        unasked = await store.copy_page("org-1", after=None, limit=5, rows=False, persons=True)
+        assert unasked.pairs == []
 
     # remote updates and feed
 

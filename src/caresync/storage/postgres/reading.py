@@ -136,10 +136,11 @@ class ReadingPart(PostgresCore):
         limit: int,
         rows: bool,
         persons: bool,
+        pairs: bool = False,
     ) -> CopyPage:
         """One page of a first copy, from this store's own reads (see ``ServerStore``)."""
         return await copy_page_of(
-            self, organisation, after=after, limit=limit, rows=rows, persons=persons
+            self, organisation, after=after, limit=limit, rows=rows, persons=persons, pairs=pairs
         )
 
     async def record_ids(
@@ -289,6 +290,23 @@ class ReadingPart(PostgresCore):
         """The stored person cards of these records as bytes (``PersonCard.to_bytes()``)."""
         cards = await self.person_cards(record_ids)
         return {rid: card.to_bytes() for rid, card in cards.items()}
+
+    async def person_pairs_ending(self, record_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(first, second) of the stored pairs whose second record is one of these,
+        ordered by (second, first): what a first copy sends with a batch."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: Conn) -> list[tuple[str, str]]:
+            return [
+                (first, second)
+                for first, second in raw.execute(
+                    "SELECT first, second FROM person_pairs WHERE second = ANY(%s)"
+                    " ORDER BY second, first",
+                    (ids,),
+                )
+            ]
+
+        return await self._run(f"reading the person pairs of {len(ids)} records", job)
 
     async def person_pairs(
         self,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from itertools import chain
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError
 from caresync.records.persons import PersonCard, PersonPair
-from caresync.storage._writes import PersonWrite, pair_persons
+from caresync.storage._writes import PersonWrite, pair_persons, pairs_named
 from caresync.storage.sqlite._sql import _chunks, _marks
 
 __all__: list[str] = []  # the store's own helpers; nothing public
@@ -88,6 +89,40 @@ def _read_cards(raw: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Person
     return found
 
 
+def _hash_keys(
+    organisation: str | None, keys: Iterable[str], hashed: dict[str, dict[str, int]]
+) -> dict[str, int]:
+    """Each key's stored hash (:func:`_key_hash`), kept in ``hashed`` per organisation
+    column (returned: that column's hashes)."""
+    column = _org_column(organisation)
+    known = hashed.setdefault(column, {})
+    # _key_hash for each key, from one hasher of the organisation copied per key
+    # (the same digest for less than half the cost: a copy is 100,000s of keys).
+    prefix = hashlib.blake2b(f"{column}\x00".encode(), digest_size=8)
+    for key in keys:
+        if key not in known:
+            hasher = prefix.copy()
+            hasher.update(key.encode())
+            known[key] = int.from_bytes(hasher.digest(), "big", signed=True)
+    return known
+
+
+def _read_cards_in(
+    raw: sqlite3.Connection, ids: Collection[str]
+) -> dict[str, tuple[str | None, PersonCard]]:
+    """The stored cards of these records with their organisations; none: absent."""
+    found: dict[str, tuple[str | None, PersonCard]] = {}
+    for chunk in _chunks(list(ids)):
+        for record_id, column, data in raw.execute(
+            "SELECT record_id, organisation, card FROM person_cards"
+            f" WHERE record_id IN ({_marks(len(chunk))})",
+            chunk,
+        ):
+            organisation = None if column == _NO_ORGANISATION else column
+            found[record_id] = (organisation, _parse_card(record_id, bytes(data)))
+    return found
+
+
 def _key_holders(
     raw: sqlite3.Connection,
     organisation: str | None,
@@ -100,18 +135,10 @@ def _key_holders(
     named too, which costs a comparison and changes no pair. ``hashed``
     remembers each key's hash, per organisation column, for the writes that follow.
     """
-    column = _org_column(organisation)
-    known = hashed.setdefault(column, {})
-    # _key_hash for each key, from one hasher of the organisation copied per key
-    # (the same digest for less than half the cost: a copy is 100,000s of keys).
-    prefix = hashlib.blake2b(f"{column}\x00".encode(), digest_size=8)
+    known = _hash_keys(organisation, keys, hashed)
     by_hash: dict[int, list[str]] = {}
     for key in keys:
-        value = known.get(key)
-        if value is None:
-            hasher = prefix.copy()
-            hasher.update(key.encode())
-            value = known[key] = int.from_bytes(hasher.digest(), "big", signed=True)
+        value = known[key]
         found = by_hash.get(value)
         if found is None:
             by_hash[value] = [key]
@@ -152,6 +179,7 @@ def _store_persons(
     reindex: bool = False,
     sent: Mapping[str, bytes] | None = None,
     keys_of: Mapping[str, int] | None = None,
+    named: Collection[tuple[str, str]] | None = None,
 ) -> None:
     """Replace the cards of ``written``, their keys and every pair of their records.
 
@@ -162,7 +190,10 @@ def _store_persons(
     ``sent``: the bytes some cards were read from (``PersonCard.from_bytes``), stored
     as they are instead of written out again (a first copy's cards, as the server
     stored them). ``keys_of``: the rk of each record of ``written``, when the caller
-    has just given them (else they are read).
+    has just given them (else they are read). ``named``: the pairs the records written
+    may make (a first copy's, as the server's person index holds them), compared
+    instead of the cards found by their keys (:func:`pairs_named`); only for records
+    new here, whose keys this write adds.
 
     The pairs are worked out first (reads only), then written in a few
     statements for the whole batch: a write's share is indexed lookups of its
@@ -181,11 +212,19 @@ def _store_persons(
         if not written:
             return
     hashed: dict[str, dict[str, int]] = {}
-    pairs = pair_persons(
-        written,
-        lambda organisation, keys: _key_holders(raw, organisation, keys, hashed),
-        lambda ids: _read_cards(raw, list(ids)),
-    )
+    if named is not None and all(w.new for w in written.values()):
+        by_organisation: dict[str | None, list[frozenset[str]]] = {}
+        for w in written.values():
+            by_organisation.setdefault(w.organisation, []).append(w.keys)
+        for organisation, keys in by_organisation.items():
+            _hash_keys(organisation, chain.from_iterable(keys), hashed)
+        pairs = pairs_named(written, named, lambda ids: _read_cards_in(raw, ids))
+    else:
+        pairs = pair_persons(
+            written,
+            lambda organisation, keys: _key_holders(raw, organisation, keys, hashed),
+            lambda ids: _read_cards(raw, list(ids)),
+        )
     # A record new in this write has nothing indexed to delete. (Only a damaged
     # file could hold keys or pairs of it: OR REPLACE below keeps them from
     # failing the write, and check() names them.)

@@ -119,6 +119,7 @@ class ReadingPart(SQLiteCore):
         limit: int,
         rows: bool,
         persons: bool,
+        pairs: bool = False,
     ) -> CopyPage:
         """One page of a first copy in one read transaction (see ``ServerStore``).
 
@@ -130,7 +131,7 @@ class ReadingPart(SQLiteCore):
         lim = check_count(limit, "limit")
         return await self._run(
             f"reading a copy page of {limit} records",
-            lambda raw: self._copy_page(raw, organisation, after, lim, rows, persons),
+            lambda raw: self._copy_page(raw, organisation, after, lim, rows, persons, pairs),
         )
 
     def _copy_page(
@@ -141,6 +142,7 @@ class ReadingPart(SQLiteCore):
         limit: int,
         rows: bool,
         persons: bool,
+        pairs: bool = False,
     ) -> CopyPage:
         head = (
             "SELECT r.record_id, r.log_count, r.rk, s.state FROM records r"
@@ -155,6 +157,7 @@ class ReadingPart(SQLiteCore):
         pieces: dict[int, list[bytes]] = {}
         found_rows: dict[str, list[tuple[str, str, str, str, str, bytes]]] = {}
         cards: dict[str, bytes] = {}
+        found_pairs: list[tuple[str, str]] = []
         raw.execute("BEGIN")  # one snapshot for the page, even beside another process
         try:
             page = raw.execute(sql, args).fetchall()
@@ -183,8 +186,18 @@ class ReadingPart(SQLiteCore):
                     chunk,
                 ):
                     cards[record_id] = bytes(data)
+            for chunk in _chunks(ids) if pairs else ():
+                # By the index on second: a record's pairs with records before it.
+                found_pairs.extend(
+                    raw.execute(
+                        "SELECT first, second FROM person_pairs"
+                        f" WHERE second IN ({_marks(len(chunk))})",
+                        chunk,
+                    )
+                )
         finally:
             raw.execute("COMMIT")
+        found_pairs.sort(key=_by_second)
         records: list[tuple[str, bytes]] = []
         for record_id, log_count, key, state in page:
             more_parts = pieces.get(key) if log_count else None
@@ -194,7 +207,7 @@ class ReadingPart(SQLiteCore):
                 stored = EMPTY_UPDATE if state is None else bytes(state)
                 merged = merge_stored(stored, more_parts or (), record_id=record_id)
             records.append((record_id, merged))
-        return CopyPage(records, more, found_rows, cards)
+        return CopyPage(records, more, found_rows, cards, found_pairs)
 
     async def state_vector(self, record_id: str) -> bytes | None:
         """The record's stored state vector (of state and log together), or None."""
@@ -463,6 +476,25 @@ class ReadingPart(SQLiteCore):
 
         return await self._run(f"reading the person cards of {len(ids)} records", job)
 
+    async def person_pairs_ending(self, record_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(first, second) of the stored pairs whose second record is one of these,
+        ordered by (second, first): what a first copy sends with a batch."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+
+        def job(raw: sqlite3.Connection) -> list[tuple[str, str]]:
+            found: list[tuple[str, str]] = []
+            for chunk in _chunks(ids):
+                found.extend(
+                    raw.execute(
+                        "SELECT first, second FROM person_pairs"
+                        f" WHERE second IN ({_marks(len(chunk))})",
+                        chunk,
+                    )
+                )
+            return sorted(found, key=_by_second)
+
+        return await self._run(f"reading the person pairs of {len(ids)} records", job)
+
     async def person_pairs(
         self,
         record_id: str | None = None,
@@ -559,3 +591,8 @@ def _read_pieces(raw: sqlite3.Connection, keys: list[int], pieces: dict[int, lis
             pieces[key] = [data for _, data in rows_of_key]
         else:
             held.extend(data for _, data in rows_of_key)
+
+
+def _by_second(pair: tuple[str, str]) -> tuple[str, str]:
+    """A pair's place in a copy batch: by its second record, then its first."""
+    return pair[1], pair[0]

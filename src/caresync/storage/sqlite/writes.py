@@ -235,6 +235,11 @@ class RecordWritesPart(SQLiteCore):
         if rows:
             _replace_conflicts_of(raw, rows, rows.keys())  # new records: nothing to delete
         if records.persons:
+            named = records.pairs
+            if named is not None and raw.execute("SELECT 1 FROM outbox LIMIT 1").fetchone():
+                # Local changes the server has not acknowledged: cards here it may not
+                # have paired as they are. The pairs are found here, as without it.
+                named = None
             _store_persons(
                 raw,
                 {
@@ -243,6 +248,7 @@ class RecordWritesPart(SQLiteCore):
                 },
                 sent=records.card_bytes,
                 keys_of=dict(zip(ids, keys, strict=False)),
+                named=named,
             )
 
     def _commit_planned(

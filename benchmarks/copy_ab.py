@@ -1,0 +1,102 @@
+"""The first copy with person cards (100,000 records), lean, for A/B runs of two trees.
+
+``bench_sync --only first-copy`` builds its server database (about 3 minutes on a busy
+machine) and runs the peer and the raw limit at every call; to alternate two versions of
+caresync in the same conditions this builds the server database once and then copies it:
+
+    python -m benchmarks.copy_ab build DB             # once (server store, cards, pairs)
+    PYTHONPATH=TREE/src python -m benchmarks.copy_ab copy DB NAME ROUNDS   # from TREE
+
+Each ``copy`` starts a server process on a copy of DB and measures, per round, what
+``bench_sync`` measures of its caresync copy: the wall time from SYNCHRONISING to the end
+of ``enrol``, the laptop process's CPU and the server process's; it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import caresync
+from benchmarks.bench_sync import (
+    ORG,
+    PASSWORD,
+    USER,
+    build_caresync_server,
+    checked_patient,
+    running,
+)
+from caresync.replica import Replica, ReplicaState
+
+N = 100_000
+
+
+async def build(db: Path) -> None:
+    made = [checked_patient(i) for i in range(N)]
+    await build_caresync_server(
+        db, [(r, u) for r, u, _, _ in made], {r: (rows, card) for r, _, rows, card in made}
+    )
+
+
+async def copy(db: Path, name: str, rounds: int) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="copy-ab-"))
+    try:
+        sdb = work / "server.db"
+        shutil.copy(db, sdb)
+        walls, laptop_cpu, server_cpu, pairs = [], [], [], []
+        async with running("caresync", sdb) as server:
+            for r in range(rounds):
+                laptop = await Replica.open(work / f"laptop-{r}.db")
+                marks: dict[str, float] = {}
+                laptop.on_status(
+                    lambda s, marks=marks: (
+                        marks.setdefault("copy", time.perf_counter())
+                        if s is ReplicaState.SYNCHRONISING
+                        else None
+                    )
+                )
+                server_before = (await server.stats())["cpu_s"]
+                cpu_before = time.process_time()
+                await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
+                end = time.perf_counter()
+                laptop_cpu.append(round(time.process_time() - cpu_before, 3))
+                walls.append(round(end - marks["copy"], 3))
+                server_cpu.append(round((await server.stats())["cpu_s"] - server_before, 3))
+                assert await laptop.store.count_records() == N
+                pairs.append(await laptop.store.count_person_pairs())
+                await laptop.close()
+            await server.stop()
+        loadavg = [round(x, 2) for x in os.getloadavg()]
+        return {
+            "name": name,
+            "code": caresync.__file__,
+            "walls": walls,
+            "laptop_cpu": laptop_cpu,
+            "server_cpu": server_cpu,
+            "pairs": pairs,
+            "load": loadavg,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["build"] and len(args) == 2:
+        asyncio.run(build(Path(args[1])))
+    elif args[:1] == ["copy"] and len(args) == 4:
+        print(json.dumps(asyncio.run(copy(Path(args[1]), args[2], int(args[3])))), flush=True)
+    else:
+        print(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
