@@ -374,7 +374,15 @@ class IncomingUpdate:
             and (self.conflicts is None or self.conflicts == ())
             and self.person is None
             and (self.state_vector is None or type(self.state_vector) is bytes)
-            and self.advances is None
+            and (
+                (advances := self.advances) is None
+                or (
+                    type(advances) is tuple
+                    and len(advances) == 2
+                    and type(advances[0]) is bytes
+                    and type(advances[1]) is bytes
+                )
+            )
         ):
             return
         check_text(record_id, "record_id")
