@@ -41,7 +41,7 @@ def test_the_incremental_sync_alone_gives_each_sides_cpu_per_sync(tmp_path: Path
     assert {c["system"] for c in cases} == {"caresync", "peer", "raw limit"}
 
 
-def test_incremental_ab_syncs_prepared_files_the_same_way_each_run(
+def test_incremental_ab_runs_on_copies_of_the_prepared_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``incremental_ab``: prepared once, each run syncs copies of the prepared files (left
