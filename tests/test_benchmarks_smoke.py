@@ -41,6 +41,32 @@ def test_the_incremental_sync_alone_gives_each_sides_cpu_per_sync(tmp_path: Path
     assert {c["system"] for c in cases} == {"caresync", "peer", "raw limit"}
 
 
+def test_incremental_ab_runs_on_copies_of_the_prepared_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``incremental_ab``: prepared once, each run syncs copies of the prepared files (left
+    as they were) and says what each sync cost."""
+    from benchmarks import incremental_ab
+
+    work = tmp_path / "work"
+    assert incremental_ab.main(["prepare", str(work), "--records", "1200"]) == 0
+    prepared = sorted(p.name for p in work.iterdir())
+    runs = []
+    for label in ("A", "B"):
+        assert (
+            incremental_ab.main(
+                ["run", str(work), "--records", "1200", "--rounds", "2", "--label", label]
+            )
+            == 0
+        )
+        runs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert sorted(p.name for p in work.iterdir()) == prepared
+    for run, label in zip(runs, ("A", "B"), strict=True):
+        assert run["label"] == label
+        assert len(run["wall_ms"]) == len(run["laptop_cpu_ms"]) == len(run["server_cpu_ms"]) == 2
+        assert all(frames > 0 for frames in run["laptop_wal_frames"])
+
+
 def test_sim_tally_counts_what_a_pull_frame_carries() -> None:
     """``sim_tally``'s measure of one frame: entries, checks, rows, rows sent again."""
     from benchmarks import sim_tally

@@ -48,6 +48,7 @@ from caresync.records.crdt import state_vector_of, state_vectors_of
 from caresync.records.persons import PersonCard, person_card
 from caresync.replication.checked import (
     ServerCheck,
+    advance_simply,
     card_kept,
     matches,
     rows_kept,
@@ -98,6 +99,9 @@ class Taken:
     rows_stored: bool = False
     """``rows`` are the rows stored for the record already (a check that referred to
     them): the store leaves them as they are rather than writing them again."""
+    advances: tuple[bytes, bytes] | None = None
+    """(the stored state vector, the one after ``updates``), when worked out already (a
+    check compared it): passed to the store, which then need not work it out again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +277,8 @@ async def absorb(
         # would be admitted and indexed without what it already holds.
         loaded = {rid: record for rid in parts if (record := pool.peek(rid)) is not None}
         # A loaded record takes the ordinary path: its live document stays current.
-        agreed, rows_stored = (
-            await _agreed(store, parts, checked, loaded) if checked else ({}, frozenset())
+        agreed, rows_stored, advances = (
+            await _agreed(store, parts, checked, loaded) if checked else ({}, frozenset(), {})
         )
         unloaded = [
             rid for rid in parts if rid not in absent and rid not in loaded and rid not in agreed
@@ -292,7 +296,13 @@ async def absorb(
             found: Taken | None
             if check is not None and merged is not None:
                 found = Taken(
-                    None, (merged,), check.rows, check.person, None, record_id in rows_stored
+                    None,
+                    (merged,),
+                    check.rows,
+                    check.person,
+                    None,
+                    record_id in rows_stored,
+                    advances.get(record_id),
                 )
             elif trusted is not None and record_id in absent:
                 found = intake.take_trusted(record_id, arrived, trusted)
@@ -360,12 +370,14 @@ async def _agreed(
     parts: Mapping[str, list[bytes]],
     checked: Mapping[str, ServerCheck],
     loaded: Mapping[str, Record],
-) -> tuple[dict[str, ServerCheck], frozenset[str]]:
+) -> tuple[dict[str, ServerCheck], frozenset[str], dict[str, tuple[bytes, bytes]]]:
     """The checks that fit: records not loaded that the batch leaves in the checked state;
-    and those of them whose rows the check referred to, which are the rows stored here."""
+    those of them whose rows the check referred to, which are the rows stored here; and
+    for those whose new state vector was read off the updates' headers, (stored state
+    vector, new one), for the store (``IncomingUpdate.advances``)."""
     wanted = [rid for rid in parts if rid in checked and rid not in loaded]
     if not wanted:
-        return {}, frozenset()
+        return {}, frozenset(), {}
     # The three reads asked at once (one queue of database jobs, no wait between them):
     # cards and rows are read for every record whose check refers to them, before
     # knowing whether its state agrees (nearly all do; the others' are not used).
@@ -377,10 +389,20 @@ async def _agreed(
         store.conflict_rows(holding) if holding else _nothing(),
     )
     agreed: dict[str, ServerCheck] = {}
+    advances: dict[str, tuple[bytes, bytes]] = {}
     for record_id in wanted:
         check = checked[record_id]
-        if matches(vector_after(record_id, vectors.get(record_id), parts[record_id]), check):
+        stored = vectors.get(record_id)
+        updates = parts[record_id]
+        # Worked out once: the store is told the state vector after (if the record's
+        # stored one is still the one read here, it takes it rather than reading the
+        # updates' headers again).
+        simply = None if stored is None or stored[1] else advance_simply(stored[0], updates)
+        after = vector_after(record_id, stored, updates) if simply is None else simply[0]
+        if matches(after, check):
             agreed[record_id] = check
+            if stored is not None and simply is not None and simply[1]:
+                advances[record_id] = (stored[0], simply[0])
     # A card sent as a reference (version 9) fits only if it is the card stored here,
     # which is then kept as it is; else the record is built and checked.
     referred = [rid for rid, check in agreed.items() if check.card_ref is not None]
@@ -404,7 +426,7 @@ async def _agreed(
                 kept.add(record_id)
             else:
                 del agreed[record_id]
-    return agreed, frozenset(kept)
+    return agreed, frozenset(kept), advances
 
 
 async def _nothing() -> dict[str, Any]:
@@ -440,6 +462,7 @@ def _to_store(
                 organisation,
                 t.person,
                 t.state_vector,
+                t.advances,
             )
             for rid, t in taken.items()
         ]

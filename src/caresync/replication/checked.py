@@ -53,6 +53,7 @@ from caresync.storage._updates import advance, decode_state_vector, same_state_v
 
 __all__ = [
     "EMPTY_STATE_VECTOR",
+    "advance_simply",
     "LiveFrames",
     "ServerCheck",
     "card_from_wire",
@@ -97,25 +98,41 @@ def vector_after(
     if stored is not None and stored[1]:
         return None
     vector = EMPTY_STATE_VECTOR if stored is None else stored[0]
-    clocks = decode_clocks(vector)
-    if clocks is not None:
-        # One client's edit that depends on nothing else: its header says everything.
-        for update in updates:
-            span = simple_span(update)
-            if span is None:
-                break
-            client, first, end = span
-            have = clocks.get(client, 0)
-            if first > have:
-                return None  # it would wait for an update not held
-            clocks[client] = max(have, end)
-        else:
-            return encode_clocks(clocks)
+    simply = advance_simply(vector, updates)
+    if simply is not None:
+        return simply[0]
     try:
         after, pending = advance(vector, updates, record_id=record_id)
     except InvalidUpdateError:
         return None  # the ordinary path keeps such bytes aside, or refuses them
     return None if pending else after
+
+
+def advance_simply(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool] | None:
+    """A record's state vector once simple ``updates`` are stored, from ``vector`` (its
+    stored one, of a record without waiting items), and whether they add anything to
+    it; None when that is not read off the updates' headers (an update that is not
+    simple, one that would wait, or a vector this reader does not vouch for).
+
+    What a store plans for the same updates (``IncomingUpdate.advances`` passes it on,
+    so that it is worked out once)."""
+    clocks = decode_clocks(vector)
+    if clocks is None:
+        return None
+    changed = False
+    # One client's edit that depends on nothing else: its header says everything.
+    for update in updates:
+        span = simple_span(update)
+        if span is None:
+            return None
+        client, first, end = span
+        have = clocks.get(client, 0)
+        if first > have:
+            return None  # it would wait for an update not held
+        if end > have:
+            clocks[client] = end
+            changed = True
+    return (encode_clocks(clocks) if changed else vector), changed
 
 
 def matches(after: bytes | None, check: ServerCheck) -> bool:

@@ -65,6 +65,7 @@ class Write:
     organisation: str | None
     person: PersonCard | None = None
     state_vector: bytes | None = None  # see IncomingUpdate.state_vector
+    advances: tuple[bytes, bytes] | None = None  # see IncomingUpdate.advances
 
 
 @dataclass(slots=True)
@@ -112,6 +113,8 @@ class WriteLike(Protocol):
     def person(self) -> PersonCard | None: ...
     @property
     def state_vector(self) -> bytes | None: ...
+    @property
+    def advances(self) -> tuple[bytes, bytes] | None: ...
 
 
 def plan_writes(
@@ -173,6 +176,30 @@ def plan_writes(
                 )
                 continue
         organisation, organisation_set = _organisation(record_id, cur, writes, indexes)
+        if cur is not None and len(indexes) == 1 and not cur.pending:
+            write = writes[indexes[0]]
+            advances = write.advances
+            if advances is not None and advances[0] == cur.state_vector:
+                # The caller read the state vector after this update off its header,
+                # from the one stored (see IncomingUpdate.advances): it adds to it.
+                update = write.update
+                planned[record_id] = PlannedRecord(
+                    record_id,
+                    organisation,
+                    advances[1],
+                    False,
+                    None,
+                    False,
+                    True,
+                    indexes,
+                    len(update),
+                    write.conflicts,
+                    organisation_set,
+                    None,
+                    cur.key,
+                    write.person,
+                )
+                continue
         updates = [writes[i].update for i in indexes]
         merged: bytes | None = None
         clocks: dict[bytes, int] | None = None

@@ -380,6 +380,13 @@ class IncomingUpdate:
     ``get_state`` of these very bytes: a first copy's record, checked that way before
     it is stored). A record new to the store is then planned from it, without reading
     the update's header again in Python; for a stored record it is ignored."""
+    advances: tuple[bytes, bytes] | None = None
+    """(the record's stored state vector, its state vector once this update is stored),
+    when the caller has worked the second out from the first already and the update
+    adds to it (a laptop's pull, which compared it with the server's check). A stored
+    record without waiting items, written by this update alone in its batch, whose
+    stored state vector is still exactly the first, is planned with the second
+    without reading the update's header again; otherwise it is ignored."""
 
     def __post_init__(self) -> None:
         record_id, organisation = self.record_id, self.organisation
@@ -396,6 +403,15 @@ class IncomingUpdate:
             and (self.conflicts is None or self.conflicts == ())
             and self.person is None
             and (self.state_vector is None or type(self.state_vector) is bytes)
+            and (
+                (advances := self.advances) is None
+                or (
+                    type(advances) is tuple
+                    and len(advances) == 2
+                    and type(advances[0]) is bytes
+                    and type(advances[1]) is bytes
+                )
+            )
         ):
             return
         check_text(record_id, "record_id")
@@ -406,6 +422,16 @@ class IncomingUpdate:
         check_person(record_id, self.person)
         if self.state_vector is not None:
             check_bytes(self.state_vector, "state_vector")
+        if self.advances is not None:
+            advances = self.advances
+            if (
+                type(advances) is not tuple
+                or len(advances) != 2
+                or not all(type(vector) is bytes for vector in advances)
+            ):
+                raise InvalidInputError(
+                    "advances must be a tuple of two bytes (the state vector before and after)"
+                )
 
 
 HUB_STATES = ("pending", "held", "sent", "failed")
