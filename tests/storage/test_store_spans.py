@@ -11,11 +11,19 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
 from store_helpers import Patient
 
-from caresync.records.spans import decode_clocks, encode_clocks, encode_varuint, simple_span
+from caresync.records.spans import (
+    decode_clocks,
+    encode_clocks,
+    encode_varuint,
+    simple_span,
+    simple_spans,
+)
+from caresync.replication.checked import vector_after
 from caresync.storage import CachedRecord, IncomingUpdate
 from caresync.storage import _writes as writes_module
 from caresync.storage._updates import (
     _runs_up_to,
+    advance,
     covered_by,
     decode_state_vector,
     has_pending,
@@ -146,6 +154,85 @@ def test_what_the_reader_leaves_to_pycrdt() -> None:
     assert simple_span(b"") is None
 
 
+def assert_pycrdt_agrees_on_spans(candidate: bytes) -> bool:
+    """If the block reader vouches for the bytes, pycrdt reads them and agrees on every
+    client's clocks: applied over each client's clocks below its first, nothing waits."""
+    spans = simple_spans(candidate)
+    if spans is None:
+        return False
+    before = encode_clocks({client: first for client, first, _ in spans if first})
+    merged = merge_updates(_runs_up_to(before), candidate)  # raises if pycrdt cannot read it
+    vector = get_state(merged)
+    held = {c: clock for c, clock in decode_state_vector(vector).items() if clock}
+    expected = decode_state_vector(encode_clocks({client: end for client, _, end in spans}))
+    assert held == expected
+    assert all(first < end for _, first, end in spans)
+    assert not has_pending(merged, vector)
+    Doc().apply_update(candidate)  # a document reads them too
+    return True
+
+
+def _edits_of_several_clients(clients: int, edits: int) -> tuple[Patient, list[bytes]]:
+    """A record, and ``edits`` edits on each of ``clients`` copies of it made after it."""
+    origin = Patient()
+    copies = [origin.copy(f"laptop-{n}") for n in range(clients)]
+    made = [
+        copy.edit("phone", f"+221 {n} {e}") for e in range(edits) for n, copy in enumerate(copies)
+    ]
+    return origin, made
+
+
+@given(st.integers(1, 5), st.integers(1, 4), st.randoms(use_true_random=False))
+def test_a_merge_of_several_clients_edits_reads_as_their_spans(
+    clients: int, edits: int, rng: Any
+) -> None:
+    """A pull's merged entry (the server merges a record's edits, protocol version 10):
+    the block reader gives each client's span, and the state vector after it is the one
+    pycrdt computes, without pycrdt."""
+    origin, made = _edits_of_several_clients(clients, edits)
+    rng.shuffle(made)
+    merged = merge_updates(*made)
+    spans = simple_spans(merged)
+    assert spans is not None
+    assert len(spans) == clients
+    assert assert_pycrdt_agrees_on_spans(merged)
+    stored = (origin.record.state_vector(), False)
+    rid = origin.id
+    quick = vector_after(rid, stored, [merged])
+    assert quick is not None
+    slow, pending = advance(stored[0], [merged], record_id=rid)
+    assert not pending
+    assert same_state_vector(quick, slow)
+    # An entry that lacks a client's earlier edit waits: no state vector.
+    if edits > 1:
+        later = merge_updates(*[u for u in made if u != made_first_of(made, spans)])
+        assert vector_after(rid, stored, [later]) is None
+
+
+def made_first_of(made: list[bytes], spans: list[tuple[bytes, int, int]]) -> bytes:
+    """The edit of ``made`` that starts the first span's client's run."""
+    client, first, _ = spans[0]
+    return next(u for u in made if (s := simple_span(u)) is not None and s[:2] == (client, first))
+
+
+def test_the_block_reader_vouches_only_for_what_pycrdt_reads_the_same_way() -> None:
+    _, made = _edits_of_several_clients(3, 2)
+    merged = merge_updates(*made)
+    assert assert_pycrdt_agrees_on_spans(merged)
+    for damaged in mutations(merged):
+        assert_pycrdt_agrees_on_spans(damaged)
+    assert simple_spans(merge_updates(*made, Patient().created)) is not None  # a new record
+    doc: Doc[Any] = Doc()
+    seen: list[bytes] = []
+    doc.observe(lambda event: seen.append(event.update))
+    revisions = doc.get("revisions", type=Map)
+    revisions["a"] = "1"
+    del revisions["a"]  # a delete set
+    assert simple_spans(merge_updates(*made, seen[1])) is None
+    assert simple_spans(b"\x00\x00") is None  # no block
+    assert simple_spans(b"") is None
+
+
 @given(st.dictionaries(st.integers(0, 2**53 - 1), st.integers(0, 2**31 - 1), max_size=6))
 def test_state_vectors_decode_and_encode_as_pycrdt_does(vector: dict[int, int]) -> None:
     doc_vector = _vector_bytes(vector)
@@ -164,6 +251,69 @@ def test_state_vectors_of_real_documents_decode() -> None:
     assert decode_clocks(b"\x02\x01") is None  # cut short
     assert decode_clocks(b"\x01\x81\x00\x01") is None  # not canonical
     assert decode_clocks(b"\x00\x00") is None  # a byte too many
+
+
+def _full_decode_says_same(a: bytes, b: bytes) -> bool:
+    """The slow reference: both vectors decoded in full, clock-0 clients dropped."""
+
+    def seen(vector: bytes) -> dict[int, int]:
+        return {client: clock for client, clock in decode_state_vector(vector).items() if clock}
+
+    return seen(a) == seen(b)
+
+
+def _spelled(pairs: list[tuple[int, int]], padded: set[int]) -> bytes:
+    """A state vector of ``pairs`` in their order; the clocks at ``padded`` indexes
+    written with a needless zero group (not canonical: the quick reader declines)."""
+    out = bytearray(encode_varuint(len(pairs)))
+    for index, (client, clock) in enumerate(pairs):
+        token = bytearray(encode_varuint(clock))
+        if index in padded:
+            token[-1] |= 0x80
+            token.append(0)
+        out += encode_varuint(client) + token
+    return bytes(out)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2**53 - 1), st.integers(0, 2**32)), max_size=6),
+    st.randoms(use_true_random=False),
+    st.sets(st.integers(0, 5), max_size=2),
+    st.sampled_from(["same", "one_clock_moved", "one_dropped", "zero_added"]),
+)
+def test_state_vectors_compare_as_the_full_decoding_does(
+    pairs: list[tuple[int, int]], rng: Any, padded: set[int], change: str
+) -> None:
+    """same_state_vector reads the usual (canonical) encoding with the span reader's
+    regexes: whatever the order of clients, clocks at 0, numbers out of the reader's
+    range, repeated clients or needless zero groups, it says what decoding both in
+    full says."""
+    other = list(pairs)
+    rng.shuffle(other)
+    if change == "one_clock_moved" and other:
+        client, clock = other[0]
+        other[0] = (client, clock + 1)
+    elif change == "one_dropped" and other:
+        other.pop()
+    elif change == "zero_added":
+        other.append((rng.randrange(2**53), 0))
+    a, b = _spelled(pairs, set()), _spelled(other, padded)
+    assert same_state_vector(a, b) == _full_decode_says_same(a, b)
+    assert same_state_vector(b, a) == _full_decode_says_same(b, a)
+
+
+def test_the_quick_vector_reader_declines_what_it_cannot_vouch_for() -> None:
+    client = encode_varuint(300)
+    assert decode_clocks(b"\x01" + client + b"\x05") == {client: 5}
+    assert decode_clocks(b"\x01" + client + b"\x85\x00") is None  # a needless zero group
+    assert decode_clocks(b"\x02" + client + b"\x05" + client + b"\x06") is None  # twice
+    assert decode_clocks(b"\x01" + client + encode_varuint(2**31)) is None  # out of range
+    assert decode_clocks(b"\x01" + client + b"\x05\x07") is None  # a byte after the pairs
+    # The full reader decides those: the last listing of a repeated client counts.
+    assert same_state_vector(
+        b"\x02" + client + b"\x05" + client + b"\x06", b"\x01" + client + b"\x06"
+    )
+    assert same_state_vector(b"\x01" + client + b"\x85\x00", b"\x01" + client + b"\x05")
 
 
 def _vector_bytes(vector: dict[int, int]) -> bytes:
