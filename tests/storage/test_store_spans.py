@@ -328,7 +328,7 @@ def _vector_bytes(vector: dict[int, int]) -> bytes:
 
 @given(
     st.lists(
-        st.tuples(st.integers(0, 2), st.sampled_from(["edit", "batch", "merged"])),
+        st.tuples(st.integers(0, 2), st.sampled_from(["edit", "batch", "merged", "several"])),
         min_size=1,
         max_size=8,
     ),
@@ -337,7 +337,8 @@ def _vector_bytes(vector: dict[int, int]) -> bytes:
 def test_planning_decides_the_same_with_the_reader_as_pycrdt_alone(
     script: list[tuple[int, str]], rng: Any
 ) -> None:
-    """Three replicas edit one record; their updates arrive shuffled, in batches, twice."""
+    """Three replicas edit one record; their updates (alone, or merged: one replica's,
+    or the latest of several) arrive shuffled, in batches, twice."""
     origin = Patient()
     replicas = [origin, origin.copy("laptop-b"), origin.copy("laptop-c")]
     produced = [origin.created]
@@ -350,8 +351,11 @@ def test_planning_decides_the_same_with_the_reader_as_pycrdt_alone(
                 p.record.set("birthDate", "1", author="dr.a")
                 p.record.set("name", "2", author="dr.a")
             produced.append(p.updates[-1])
-        else:
+        elif kind == "merged":
             produced.append(merge_updates(*p.updates[1:]) if len(p.updates) > 1 else p.created)
+        else:  # several replicas' latest edits merged: a pull's merged entry
+            latest = [r.updates[-1] for r in replicas if len(r.updates) > 1]
+            produced.append(merge_updates(*latest) if latest else p.edit())
     deliveries = produced + rng.sample(produced, len(produced))
     rng.shuffle(deliveries)
     batches: list[list[bytes]] = []
@@ -389,6 +393,7 @@ class _Replay:
         with pytest.MonkeyPatch.context() as patch:
             if without_reader:
                 patch.setattr(writes_module, "simple_span", lambda update: None)
+                patch.setattr(writes_module, "simple_spans", lambda update: None)
             planned = plan_writes(items, known, full, skip_duplicates=True)[self.record_id]
         self.log += [batch[i] for i in planned.appended]
         self.known = planned.cached
