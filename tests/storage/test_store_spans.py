@@ -16,14 +16,11 @@ from caresync.records.spans import (
     encode_clocks,
     encode_varuint,
     simple_span,
-    simple_spans,
 )
-from caresync.replication.checked import vector_after
 from caresync.storage import CachedRecord, IncomingUpdate
 from caresync.storage import _writes as writes_module
 from caresync.storage._updates import (
     _runs_up_to,
-    advance,
     covered_by,
     decode_state_vector,
     has_pending,
@@ -152,85 +149,6 @@ def test_what_the_reader_leaves_to_pycrdt() -> None:
     assert [simple_span(u) for u in seen[1:]] == [None] * 4
     assert simple_span(merge_updates(seen[0], Patient().created)) is None  # two clients
     assert simple_span(b"") is None
-
-
-def assert_pycrdt_agrees_on_spans(candidate: bytes) -> bool:
-    """If the block reader vouches for the bytes, pycrdt reads them and agrees on every
-    client's clocks: applied over each client's clocks below its first, nothing waits."""
-    spans = simple_spans(candidate)
-    if spans is None:
-        return False
-    before = encode_clocks({client: first for client, first, _ in spans if first})
-    merged = merge_updates(_runs_up_to(before), candidate)  # raises if pycrdt cannot read it
-    vector = get_state(merged)
-    held = {c: clock for c, clock in decode_state_vector(vector).items() if clock}
-    expected = decode_state_vector(encode_clocks({client: end for client, _, end in spans}))
-    assert held == expected
-    assert all(first < end for _, first, end in spans)
-    assert not has_pending(merged, vector)
-    Doc().apply_update(candidate)  # a document reads them too
-    return True
-
-
-def _edits_of_several_clients(clients: int, edits: int) -> tuple[Patient, list[bytes]]:
-    """A record, and ``edits`` edits on each of ``clients`` copies of it made after it."""
-    origin = Patient()
-    copies = [origin.copy(f"laptop-{n}") for n in range(clients)]
-    made = [
-        copy.edit("phone", f"+221 {n} {e}") for e in range(edits) for n, copy in enumerate(copies)
-    ]
-    return origin, made
-
-
-@given(st.integers(1, 5), st.integers(1, 4), st.randoms(use_true_random=False))
-def test_a_merge_of_several_clients_edits_reads_as_their_spans(
-    clients: int, edits: int, rng: Any
-) -> None:
-    """A pull's merged entry (the server merges a record's edits, protocol version 10):
-    the block reader gives each client's span, and the state vector after it is the one
-    pycrdt computes, without pycrdt."""
-    origin, made = _edits_of_several_clients(clients, edits)
-    rng.shuffle(made)
-    merged = merge_updates(*made)
-    spans = simple_spans(merged)
-    assert spans is not None
-    assert len(spans) == clients
-    assert assert_pycrdt_agrees_on_spans(merged)
-    stored = (origin.record.state_vector(), False)
-    rid = origin.id
-    quick = vector_after(rid, stored, [merged])
-    assert quick is not None
-    slow, pending = advance(stored[0], [merged], record_id=rid)
-    assert not pending
-    assert same_state_vector(quick, slow)
-    # An entry that lacks a client's earlier edit waits: no state vector.
-    if edits > 1:
-        later = merge_updates(*[u for u in made if u != made_first_of(made, spans)])
-        assert vector_after(rid, stored, [later]) is None
-
-
-def made_first_of(made: list[bytes], spans: list[tuple[bytes, int, int]]) -> bytes:
-    """The edit of ``made`` that starts the first span's client's run."""
-    client, first, _ = spans[0]
-    return next(u for u in made if (s := simple_span(u)) is not None and s[:2] == (client, first))
-
-
-def test_the_block_reader_vouches_only_for_what_pycrdt_reads_the_same_way() -> None:
-    _, made = _edits_of_several_clients(3, 2)
-    merged = merge_updates(*made)
-    assert assert_pycrdt_agrees_on_spans(merged)
-    for damaged in mutations(merged):
-        assert_pycrdt_agrees_on_spans(damaged)
-    assert simple_spans(merge_updates(*made, Patient().created)) is not None  # a new record
-    doc: Doc[Any] = Doc()
-    seen: list[bytes] = []
-    doc.observe(lambda event: seen.append(event.update))
-    revisions = doc.get("revisions", type=Map)
-    revisions["a"] = "1"
-    del revisions["a"]  # a delete set
-    assert simple_spans(merge_updates(*made, seen[1])) is None
-    assert simple_spans(b"\x00\x00") is None  # no block
-    assert simple_spans(b"") is None
 
 
 @given(st.dictionaries(st.integers(0, 2**53 - 1), st.integers(0, 2**31 - 1), max_size=6))
@@ -393,7 +311,6 @@ class _Replay:
         with pytest.MonkeyPatch.context() as patch:
             if without_reader:
                 patch.setattr(writes_module, "simple_span", lambda update: None)
-                patch.setattr(writes_module, "simple_spans", lambda update: None)
             planned = plan_writes(items, known, full, skip_duplicates=True)[self.record_id]
         self.log += [batch[i] for i in planned.appended]
         self.known = planned.cached

@@ -50,7 +50,6 @@ __all__ = [
     "same_clocks",
     "simple_items",
     "simple_span",
-    "simple_spans",
     "why_not_simple",
 ]
 
@@ -67,7 +66,6 @@ _ROOT_BY_NAME = 0x01  # parent info: the parent is a root type, given by name
 _COUNT = rb"([\x00-\x7f]|[\x80-\xff]{1,4}[\x01-\x7f])"
 _CLIENT = rb"([\x00-\x7f]|[\x80-\xff]{1,6}[\x01-\x7f]|[\x80-\xff]{7}[\x01-\x0f])"
 _HEADER = re.compile(rb"\x01" + _COUNT + _CLIENT + _COUNT, re.DOTALL)
-_BLOCK = re.compile(_COUNT + _CLIENT + _COUNT, re.DOTALL)
 _PAIR = re.compile(_CLIENT + _COUNT, re.DOTALL)
 _PAIRS = re.compile(rb"(?:" + _CLIENT + _COUNT + rb")*", re.DOTALL)
 
@@ -167,50 +165,6 @@ def _span(buf: bytes) -> tuple[Client, int, int] | None:
     if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:
         return None  # the delete set must be empty, and be the last byte
     return head[2], first, clock
-
-
-def simple_spans(update: bytes) -> list[tuple[Client, int, int]] | None:
-    """Per client block, ``(client, first clock, end clock)`` of an update each of whose
-    blocks is what :func:`simple_span` vouches for, or None for any other update.
-
-    That is the merge of simple updates of distinct clients (one per client), such as a
-    pull's entry that stands for a record's edits (protocol version 10): each block
-    depends only on its own client's clocks below its first, as a simple update does.
-    A client listed twice, a block with a gap (a skip), a delete set: None.
-    """
-    if type(update) is not bytes:
-        return None
-    try:
-        return _spans(update)
-    except (_NotSimple, IndexError, UnicodeDecodeError):
-        return None
-
-
-def _spans(buf: bytes) -> list[tuple[Client, int, int]] | None:
-    """:func:`simple_spans`'s walk (returns None or raises for what it does not vouch for)."""
-    blocks, pos = _uint(buf, 0)
-    if blocks == 0:
-        return None
-    spans: list[tuple[Client, int, int]] = []
-    strings: list[bytes] = []
-    for _ in range(blocks):  # each block takes bytes: a false count ends in IndexError
-        head = _BLOCK.match(buf, pos)
-        if head is None:
-            return None
-        structs, first = _number(head[1]), _number(head[3])
-        if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
-            return None
-        clock, pos, read = _structs(buf, head.end(), structs, first, None)
-        if clock >= _MAX_CLOCK:
-            return None
-        strings += read
-        spans.append((head[2], first, clock))
-    if len({client for client, _, _ in spans}) != len(spans):
-        return None
-    b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
-    if pos != len(buf) - 1 or buf[pos] != 0:
-        return None  # the delete set must be empty, and be the last byte
-    return spans
 
 
 def simple_items(update: bytes) -> SimpleUpdate | None:

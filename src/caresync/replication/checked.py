@@ -47,7 +47,7 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import decode_clocks, encode_clocks, simple_span, simple_spans
+from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -99,18 +99,16 @@ def vector_after(
     vector = EMPTY_STATE_VECTOR if stored is None else stored[0]
     clocks = decode_clocks(vector)
     if clocks is not None:
-        # One client's edit that depends on nothing else: its header says everything;
-        # so do those of a merge of such edits by distinct clients (a merged entry).
+        # One client's edit that depends on nothing else: its header says everything.
         for update in updates:
             span = simple_span(update)
-            spans = [span] if span is not None else simple_spans(update)
-            if spans is None:
+            if span is None:
                 break
-            for client, first, end in spans:
-                have = clocks.get(client, 0)
-                if first > have:
-                    return None  # it would wait for an update not held
-                clocks[client] = max(have, end)
+            client, first, end = span
+            have = clocks.get(client, 0)
+            if first > have:
+                return None  # it would wait for an update not held
+            clocks[client] = max(have, end)
         else:
             return encode_clocks(clocks)
     try:

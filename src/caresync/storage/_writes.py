@@ -26,7 +26,7 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.records.persons import PersonCard, PersonPair, pair_of
-from caresync.records.spans import decode_clocks, encode_clocks, simple_span, simple_spans
+from caresync.records.spans import decode_clocks, encode_clocks, simple_span
 from caresync.storage._updates import (
     advance,
     covered_by,
@@ -238,11 +238,9 @@ def plan_writes(
 def _advance_simply(
     cur: CachedRecord | None, updates: Sequence[bytes]
 ) -> tuple[dict[bytes, int], bool] | None:
-    """The record's clocks after simple updates (or merges of simple updates of distinct
-    clients, :func:`~caresync.records.spans.simple_spans`: a pull's merged entry), and
-    whether they held anything new.
+    """The record's clocks after simple updates, and whether they held anything new.
 
-    None when any update is not such, or would wait for one not yet held
+    None when any update is not simple, or would wait for one not yet held
     (it starts past its client's clock): the general way decides those.
     """
     if cur is None:
@@ -256,16 +254,15 @@ def _advance_simply(
     changed = cur is None
     for update in updates:
         span = simple_span(update)
-        spans = [span] if span is not None else simple_spans(update)
-        if spans is None:
+        if span is None:
             return None
-        for client, first, end in spans:
-            have = clocks.get(client, 0)
-            if first > have:
-                return None
-            if end > have:
-                clocks[client] = end
-                changed = True
+        client, first, end = span
+        have = clocks.get(client, 0)
+        if first > have:
+            return None
+        if end > have:
+            clocks[client] = end
+            changed = True
     return clocks, changed
 
 
