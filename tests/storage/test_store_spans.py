@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
 from store_helpers import Patient
 
-from caresync.records.spans import decode_clocks, encode_clocks, encode_varuint, simple_span
+from caresync.records.spans import (
+    decode_clocks,
+    encode_clocks,
+    encode_varuint,
+    simple_span,
+)
 from caresync.storage import CachedRecord, IncomingUpdate
 from caresync.storage import _writes as writes_module
 from caresync.storage._updates import (
@@ -166,6 +171,69 @@ def test_state_vectors_of_real_documents_decode() -> None:
     assert decode_clocks(b"\x00\x00") is None  # a byte too many
 
 
+def _full_decode_says_same(a: bytes, b: bytes) -> bool:
+    """The slow reference: both vectors decoded in full, clock-0 clients dropped."""
+
+    def seen(vector: bytes) -> dict[int, int]:
+        return {client: clock for client, clock in decode_state_vector(vector).items() if clock}
+
+    return seen(a) == seen(b)
+
+
+def _spelled(pairs: list[tuple[int, int]], padded: set[int]) -> bytes:
+    """A state vector of ``pairs`` in their order; the clocks at ``padded`` indexes
+    written with a needless zero group (not canonical: the quick reader declines)."""
+    out = bytearray(encode_varuint(len(pairs)))
+    for index, (client, clock) in enumerate(pairs):
+        token = bytearray(encode_varuint(clock))
+        if index in padded:
+            token[-1] |= 0x80
+            token.append(0)
+        out += encode_varuint(client) + token
+    return bytes(out)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2**53 - 1), st.integers(0, 2**32)), max_size=6),
+    st.randoms(use_true_random=False),
+    st.sets(st.integers(0, 5), max_size=2),
+    st.sampled_from(["same", "one_clock_moved", "one_dropped", "zero_added"]),
+)
+def test_state_vectors_compare_as_the_full_decoding_does(
+    pairs: list[tuple[int, int]], rng: Any, padded: set[int], change: str
+) -> None:
+    """same_state_vector reads the usual (canonical) encoding with the span reader's
+    regexes: whatever the order of clients, clocks at 0, numbers out of the reader's
+    range, repeated clients or needless zero groups, it says what decoding both in
+    full says."""
+    other = list(pairs)
+    rng.shuffle(other)
+    if change == "one_clock_moved" and other:
+        client, clock = other[0]
+        other[0] = (client, clock + 1)
+    elif change == "one_dropped" and other:
+        other.pop()
+    elif change == "zero_added":
+        other.append((rng.randrange(2**53), 0))
+    a, b = _spelled(pairs, set()), _spelled(other, padded)
+    assert same_state_vector(a, b) == _full_decode_says_same(a, b)
+    assert same_state_vector(b, a) == _full_decode_says_same(b, a)
+
+
+def test_the_quick_vector_reader_declines_what_it_cannot_vouch_for() -> None:
+    client = encode_varuint(300)
+    assert decode_clocks(b"\x01" + client + b"\x05") == {client: 5}
+    assert decode_clocks(b"\x01" + client + b"\x85\x00") is None  # a needless zero group
+    assert decode_clocks(b"\x02" + client + b"\x05" + client + b"\x06") is None  # twice
+    assert decode_clocks(b"\x01" + client + encode_varuint(2**31)) is None  # out of range
+    assert decode_clocks(b"\x01" + client + b"\x05\x07") is None  # a byte after the pairs
+    # The full reader decides those: the last listing of a repeated client counts.
+    assert same_state_vector(
+        b"\x02" + client + b"\x05" + client + b"\x06", b"\x01" + client + b"\x06"
+    )
+    assert same_state_vector(b"\x01" + client + b"\x85\x00", b"\x01" + client + b"\x05")
+
+
 def _vector_bytes(vector: dict[int, int]) -> bytes:
     out = bytearray(encode_varuint(len(vector)))
     for client, clock in vector.items():
@@ -178,7 +246,7 @@ def _vector_bytes(vector: dict[int, int]) -> bytes:
 
 @given(
     st.lists(
-        st.tuples(st.integers(0, 2), st.sampled_from(["edit", "batch", "merged"])),
+        st.tuples(st.integers(0, 2), st.sampled_from(["edit", "batch", "merged", "several"])),
         min_size=1,
         max_size=8,
     ),
@@ -187,7 +255,8 @@ def _vector_bytes(vector: dict[int, int]) -> bytes:
 def test_planning_decides_the_same_with_the_reader_as_pycrdt_alone(
     script: list[tuple[int, str]], rng: Any
 ) -> None:
-    """Three replicas edit one record; their updates arrive shuffled, in batches, twice."""
+    """Three replicas edit one record; their updates (alone, or merged: one replica's,
+    or the latest of several) arrive shuffled, in batches, twice."""
     origin = Patient()
     replicas = [origin, origin.copy("laptop-b"), origin.copy("laptop-c")]
     produced = [origin.created]
@@ -200,8 +269,11 @@ def test_planning_decides_the_same_with_the_reader_as_pycrdt_alone(
                 p.record.set("birthDate", "1", author="dr.a")
                 p.record.set("name", "2", author="dr.a")
             produced.append(p.updates[-1])
-        else:
+        elif kind == "merged":
             produced.append(merge_updates(*p.updates[1:]) if len(p.updates) > 1 else p.created)
+        else:  # several replicas' latest edits merged: a pull's merged entry
+            latest = [r.updates[-1] for r in replicas if len(r.updates) > 1]
+            produced.append(merge_updates(*latest) if latest else p.edit())
     deliveries = produced + rng.sample(produced, len(produced))
     rng.shuffle(deliveries)
     batches: list[list[bytes]] = []

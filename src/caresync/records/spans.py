@@ -47,6 +47,7 @@ __all__ = [
     "SimpleUpdate",
     "decode_clocks",
     "encode_clocks",
+    "same_clocks",
     "simple_items",
     "simple_span",
     "why_not_simple",
@@ -66,6 +67,7 @@ _COUNT = rb"([\x00-\x7f]|[\x80-\xff]{1,4}[\x01-\x7f])"
 _CLIENT = rb"([\x00-\x7f]|[\x80-\xff]{1,6}[\x01-\x7f]|[\x80-\xff]{7}[\x01-\x0f])"
 _HEADER = re.compile(rb"\x01" + _COUNT + _CLIENT + _COUNT, re.DOTALL)
 _PAIR = re.compile(_CLIENT + _COUNT, re.DOTALL)
+_PAIRS = re.compile(rb"(?:" + _CLIENT + _COUNT + rb")*", re.DOTALL)
 
 Client = bytes
 """A client id as its canonical varuint bytes: one key per client, no decoding needed."""
@@ -352,22 +354,34 @@ def _tail_problem(buf: bytes, pos: int) -> str:
 
 
 def decode_clocks(vector: bytes) -> dict[Client, int] | None:
-    """A state vector as {client: clock}, or None if it is not one this reader vouches for."""
+    """A state vector as {client: clock}, or None if it is not one this reader vouches for.
+
+    Every client and clock must be in its one canonical encoding, so two vectors
+    it reads say the same exactly when their dicts (without clock-0 clients) are equal.
+    """
     try:
         count, pos = _uint(vector, 0)
     except (_NotSimple, IndexError):
         return None
-    clocks: dict[Client, int] = {}
-    for _ in range(count):
-        pair = _PAIR.match(vector, pos)
-        if pair is None:
-            return None
-        client, clock = pair.groups()
-        clocks[client] = _number(clock)
-        pos = pair.end()
-    if pos != len(vector) or len(clocks) != count or max(clocks.values(), default=0) >= _MAX_CLOCK:
+    # One C pass checks that the rest is a run of pairs and nothing else; the pairs'
+    # boundaries are unique (a varuint ends at its first byte below 0x80).
+    if _PAIRS.fullmatch(vector, pos) is None:
+        return None
+    clocks: dict[Client, int] = {
+        client: clock[0] if len(clock) == 1 else _number(clock)
+        for client, clock in _PAIR.findall(vector, pos)
+    }
+    if len(clocks) != count or (clocks and max(clocks.values()) >= _MAX_CLOCK):
         return None
     return clocks
+
+
+def same_clocks(one: dict[Client, int], other: dict[Client, int]) -> bool:
+    """True if two vectors :func:`decode_clocks` read say the same (a client at clock 0
+    is a client not listed)."""
+    if one == other:
+        return True
+    return {c: k for c, k in one.items() if k} == {c: k for c, k in other.items() if k}
 
 
 _SMALL = [bytes((n,)) for n in range(0x80)]
