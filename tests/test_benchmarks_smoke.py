@@ -89,3 +89,15 @@ def test_sim_tally_counts_what_a_pull_frame_carries() -> None:
     assert (tally["frames_19"], tally["pull_entries_n"], tally["checked_n"]) == (2, 2, 2)
     assert (tally["rows_n"], tally["rows_payload"]) == (2, 2 * len(row.payload))
     assert tally["rows_sent_again_n"] == 1
+
+
+def test_noop_ab_times_syncs_that_move_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """``noop_ab``: a small server, syncs with nothing to do, one JSON line of medians."""
+    from benchmarks import noop_ab
+
+    assert noop_ab.main(["20", "3"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["median_ms"] > 0
+    assert line["p10_ms"] <= line["median_ms"] <= line["p90_ms"]
+    assert line["laptop_cpu_ms"] > 0
+    assert line["server_cpu_ms"] > 0
