@@ -310,7 +310,7 @@ class _Replay:
         full: Callable[[str], bytes] = lambda _: merge(self.log, record_id=self.record_id)  # noqa: E731
         with pytest.MonkeyPatch.context() as patch:
             if without_reader:
-                patch.setattr(writes_module, "simple_span", lambda update: None)
+                patch.setattr(writes_module, "advance_clocks", lambda clocks, updates: None)
             planned = plan_writes(items, known, full, skip_duplicates=True)[self.record_id]
         self.log += [batch[i] for i in planned.appended]
         self.known = planned.cached

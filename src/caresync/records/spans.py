@@ -38,11 +38,13 @@ storage, whose package loads aiosqlite) so that the record model may use it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 __all__ = [
     "encode_varuint",
     "Client",
+    "advance_clocks",
     "SimpleItem",
     "SimpleUpdate",
     "decode_clocks",
@@ -136,6 +138,29 @@ def _uint(buf: bytes, pos: int) -> tuple[int, int]:
     if byte == 0 or value >= _MAX_CLOCK:  # a trailing zero group is not canonical
         raise _NotSimple(_BAD_NUMBER)
     return value, pos
+
+
+def advance_clocks(clocks: dict[Client, int], updates: Sequence[bytes]) -> bool | None:
+    """Move ``clocks`` past simple ``updates`` (in place); True if any held something new.
+
+    None, with ``clocks`` left part-moved (discard them), when an update is not simple or
+    would wait for one not held yet (it starts past its client's clock): the general way
+    decides those. What a laptop compares with the server's check and what its store plans
+    are worked out by this one function, so that they agree.
+    """
+    changed = False
+    for update in updates:
+        span = simple_span(update)
+        if span is None:
+            return None
+        client, first, end = span
+        have = clocks.get(client, 0)
+        if first > have:
+            return None  # it would wait for an update not held
+        if end > have:
+            clocks[client] = end
+            changed = True
+    return changed
 
 
 def simple_span(update: bytes) -> tuple[Client, int, int] | None:

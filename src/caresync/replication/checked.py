@@ -47,7 +47,7 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import decode_clocks, encode_clocks, simple_span
+from caresync.records.spans import advance_clocks, decode_clocks, encode_clocks
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -119,19 +119,10 @@ def advance_simply(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool
     clocks = decode_clocks(vector)
     if clocks is None:
         return None
-    changed = False
     # One client's edit that depends on nothing else: its header says everything.
-    for update in updates:
-        span = simple_span(update)
-        if span is None:
-            return None
-        client, first, end = span
-        have = clocks.get(client, 0)
-        if first > have:
-            return None  # it would wait for an update not held
-        if end > have:
-            clocks[client] = end
-            changed = True
+    changed = advance_clocks(clocks, updates)
+    if changed is None:
+        return None
     return (encode_clocks(clocks) if changed else vector), changed
 
 

@@ -28,7 +28,7 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.records.persons import PersonCard, PersonPair, pair_of
-from caresync.records.spans import decode_clocks, encode_clocks, simple_span
+from caresync.records.spans import advance_clocks, decode_clocks, encode_clocks
 from caresync.storage._updates import (
     advance,
     covered_by,
@@ -281,19 +281,10 @@ def _advance_simply(
         clocks = decode_clocks(cur.state_vector)
     if clocks is None:
         return None
-    changed = cur is None
-    for update in updates:
-        span = simple_span(update)
-        if span is None:
-            return None
-        client, first, end = span
-        have = clocks.get(client, 0)
-        if first > have:
-            return None
-        if end > have:
-            clocks[client] = end
-            changed = True
-    return clocks, changed
+    moved = advance_clocks(clocks, updates)
+    if moved is None:
+        return None
+    return clocks, moved or cur is None
 
 
 def _organisation(
