@@ -273,7 +273,7 @@ class Gatekeeper:
             session.token_hash,
             session.expires_ms,
             False,
-            int(pushed) if pushed else 0,
+            _pushed_mark(pushed),
             None,
             accounts=reads.accounts,
             audit_tail=reads.audit_tail,
@@ -318,8 +318,7 @@ class Gatekeeper:
 
     async def pushed_up_to(self, replica_id: str) -> int:
         """The highest local seq of ``replica_id`` committed here (0: none)."""
-        stored = await self.store.get_meta(PUSHED_KEY_PREFIX + replica_id)
-        return int(stored) if stored else 0
+        return _pushed_mark(await self.store.get_meta(PUSHED_KEY_PREFIX + replica_id))
 
     # -------------------------------------------------------------- authorship
 
@@ -427,3 +426,8 @@ def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
         return hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError, InvalidInputError):
         return False
+
+
+def _pushed_mark(stored: str | None) -> int:
+    """A replica's push mark as the server keeps it in meta (none yet: 0)."""
+    return int(stored) if stored else 0

@@ -186,7 +186,7 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         self._nonce: bytes | None = None
         self._proof: ServerProof | None = None
         self._server_confirmed = False
-        self._early_version: int | None = None  # ProveServer sent with Hello, in this
+        self._early_version: int | None = None  # ProveServer sent with Hello, in this version
 
     # ----------------------------------------------------------------- properties
 
