@@ -66,7 +66,7 @@ from caresync.fhir import require_models
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.hub.model import hub_mark
 from caresync.hub.sender import HubSender, HubSnapshot, take_snapshot
-from caresync.hub.status import report_items
+from caresync.hub.status import HubMerge, report_items
 from caresync.listing import ConflictListing
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.observe import (
@@ -123,6 +123,7 @@ from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_
 from caresync.storage import (
     ConflictRow,
     FeedItem,
+    HubChanges,
     HubMark,
     ReplicaInfo,
     ServerStore,
@@ -169,6 +170,8 @@ SECURITY_POLL_S = 1.0
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
 _PULL_CHUNKS = 20  # most reads of ``limit`` feed entries one merged pull batch makes
 _PULL_BYTES = 8 * 1024 * 1024  # most update bytes one merged pull batch carries
+_HUB_PAGE = 10_000  # hub outbox changes read at once for a hub report
+_HUB_PAGES = 10_000  # most pages one hub report reads (then it stops at the mark reached)
 _CHECKS_REMEMBERED = 10_000  # records' latest checks kept for live frames, at most
 _CARDS_REMEMBERED = 100_000  # records' cards (references) and since when, at most
 LIVE_QUEUE_ENTRIES = 2 * MAX_BATCH_ITEMS  # one batch, however large, never drops a reader
@@ -906,11 +909,44 @@ class SyncServer:
                 self.store, ConflictListing(self.store, self._pool), record_id
             )
 
-    async def _send_hub_report(self, conn: _Connection) -> None:
-        """Tell a laptop (version 7 on) where its organisation's hub summaries stand."""
-        if conn.protocol.can_report_hub:
-            rows = await self.store.hub_summaries(conn.organisation)
-            conn.protocol.send_hub_report(report_items(rows))
+    async def _send_hub_report(self, conn: _Connection, hub_since: int | None) -> None:
+        """Tell a laptop (version 7 on) where its organisation's hub summaries stand.
+
+        From protocol version 13, a laptop that holds the report of hub mark
+        ``hub_since`` gets only what changed since (a laptop in step: nothing, read
+        from an index); one that holds none, or a mark this server never reached (it
+        went back to an older copy), gets the whole list with the mark it is at.
+        """
+        protocol = conn.protocol
+        if not protocol.can_report_hub:
+            return
+        organisation = conn.organisation
+        if not protocol.reports_hub_changes or hub_since is None or organisation is None:
+            rows = await self.store.hub_summaries(organisation)
+            protocol.send_hub_report(report_items(rows))
+            return
+        if hub_since > 0:
+            first = await self.store.hub_changes(organisation, hub_since, _HUB_PAGE)
+            if hub_since <= first.mark:
+                merged, mark = await self._hub_pages(organisation, first, whole=False)
+                protocol.send_hub_report(merged.items(), mark=mark, whole=False)
+                return
+        first = await self.store.hub_changes(organisation, 0, _HUB_PAGE)
+        merged, mark = await self._hub_pages(organisation, first, whole=True)
+        protocol.send_hub_report(merged.items(), mark=mark, whole=True)
+
+    async def _hub_pages(
+        self, organisation: str, first: HubChanges, *, whole: bool
+    ) -> tuple[HubMerge, int]:
+        """The changes ``first`` begins, read to the end (each page after the last)."""
+        merged = HubMerge(whole)
+        changes = first
+        for _page in range(_HUB_PAGES):  # bounded: each page moves the mark on
+            merged.add(changes)
+            if not changes.more:
+                break
+            changes = await self.store.hub_changes(organisation, changes.mark, _HUB_PAGE)
+        return merged, changes.mark
 
     @property
     def url(self) -> str:
@@ -1455,7 +1491,7 @@ class SyncServer:
             feed_entries=len(items) if conn.protocol.coalesces_pulls else None,
         )
         if max(checkpoint, request.after_seq) >= max(head, checkpoint):  # the pull's last batch
-            await self._send_hub_report(conn)
+            await self._send_hub_report(conn, request.hub_since)
         self.events.pulled(
             conn.protocol.replica_id or conn.channel.peer,
             len(items),

@@ -1608,6 +1608,25 @@ class HubReport(Message):
             out.append(item)
         _set(self, "items", tuple(out))
 
+    @classmethod
+    def from_body(cls, version: int, body: dict[str, Any]) -> Message:
+        """As :meth:`Message.from_body`; a frame of version :data:`HUB_CHANGES_SINCE` on
+        must say its mark and whether it is whole."""
+        if version >= HUB_CHANGES_SINCE and body.get("mark") is None:
+            raise LocalProtocolError(
+                f"HubReport: a version {version} frame carries its mark and whether it is whole"
+            )
+        return cls(**body)
+
+    def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
+        """As :meth:`Message.to_body`; a frame of version :data:`HUB_CHANGES_SINCE` on
+        carries its mark."""
+        if version >= HUB_CHANGES_SINCE and self.mark is None:
+            raise LocalProtocolError(
+                f"HubReport: a version {version} frame carries its mark and whether it is whole"
+            )
+        return Message.to_body(self, version)
+
     @property
     def changes_only(self) -> bool:
         """True for a change report (merge into what is held); False for the whole list."""
