@@ -921,11 +921,14 @@ class SyncServer:
         if not protocol.can_report_hub:
             return
         organisation = conn.organisation
-        if not protocol.reports_hub_changes or hub_since is None or organisation is None:
+        if not protocol.reports_hub_changes or organisation is None:
             rows = await self.store.hub_summaries(organisation)
-            protocol.send_hub_report(report_items(rows))
+            if protocol.reports_hub_changes:  # no organisation: nothing to follow, mark 0
+                protocol.send_hub_report(report_items(rows), mark=0, whole=True)
+            else:
+                protocol.send_hub_report(report_items(rows))
             return
-        if hub_since > 0:
+        if hub_since:  # None or 0: the laptop holds no report
             first = await self.store.hub_changes(organisation, hub_since, _HUB_PAGE)
             if hub_since <= first.mark:
                 merged, mark = await self._hub_pages(organisation, first, whole=False)
