@@ -13,6 +13,7 @@ import functools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
@@ -21,9 +22,10 @@ from tests.sqlite_trace import traced, write_transactions
 
 import caresync.replication.session
 import caresync.server
+from caresync.exceptions import RemoteProtocolError
 from caresync.hub.model import HUB_PATH
 from caresync.hub.status import REPORT_META, laptop_summaries, report_items, stored_mark
-from caresync.protocol import HUB_CHANGES_SINCE, HUB_REMOVED, HubItem, ServerProtocol
+from caresync.protocol import HUB_CHANGES_SINCE, HUB_REMOVED, HubItem, HubReport, ServerProtocol
 from caresync.replica import Replica
 from caresync.replication import meta
 from caresync.server import SyncServer
@@ -308,6 +310,92 @@ async def test_a_laptop_of_this_version_with_an_older_server_gets_the_whole_list
         await laptop.sync()
         assert watch.last().whole is True
         assert await held(laptop) == await whole_list(server)
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+class ScriptedHubServer(SyncServer):
+    """Sends the hub report frames a test scripts (once), instead of its own."""
+
+    script: list[HubReport] | None = None
+
+    async def _send_hub_report(self, conn: Any, hub_since: int | None) -> None:
+        if self.script is None:
+            await super()._send_hub_report(conn, hub_since)
+            return
+        frames, self.script = self.script, None
+        for frame in frames:
+            conn.protocol._send(frame)
+
+
+def _bad_reports(held_mark: int, record_id: str) -> list[tuple[str, list[HubReport]]]:
+    item = HubItem(record_id, "sent", 99, None, None)
+    later = HubItem("zzzz", "pending", 99, None, None)
+    return [
+        ("brings the mark back", [HubReport((item,), True, held_mark - 1, False)]),
+        (
+            "frames disagree on its mark",
+            [
+                HubReport((item,), False, held_mark + 1, False),
+                HubReport((later,), True, held_mark + 2, False),
+            ],
+        ),
+        (
+            "frames disagree on its mark",
+            [
+                HubReport((item,), False, held_mark + 1, False),
+                HubReport((later,), True, held_mark + 1, True),
+            ],
+        ),
+        (
+            "not in record order",
+            [
+                HubReport((later,), False, held_mark + 1, False),
+                HubReport((item,), True, held_mark + 1, False),
+            ],
+        ),
+        ("names changes at that mark", [HubReport((item,), True, held_mark, False)]),
+    ]
+
+
+async def test_a_hub_report_that_breaks_the_rules_is_refused_and_nothing_is_stored(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path, server_class=ScriptedHubServer)
+    assert isinstance(server, ScriptedHubServer)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        record_id = await marked_patient(laptop)
+        await laptop.sync()
+        mark = await stored_mark(laptop.store)
+        report = await held(laptop)
+        assert mark > 0
+        for why, frames in _bad_reports(mark, record_id):
+            server.script = frames
+            with pytest.raises(RemoteProtocolError, match=why):
+                await laptop.sync()
+            assert await held(laptop) == report, why
+            assert await stored_mark(laptop.store) == mark, why
+        # The next honest report is taken as ever.
+        await laptop.sync()
+        assert await held(laptop) == await whole_list(server)
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_change_report_to_a_laptop_that_holds_none_is_refused(tmp_path: Path) -> None:
+    server = await start_server(tmp_path, server_class=ScriptedHubServer)
+    assert isinstance(server, ScriptedHubServer)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        await laptop.store.set_meta(meta.HUB_MARK, "0")
+        await laptop.store.set_meta(REPORT_META, "[]")
+        server.script = [HubReport((HubItem("r-1", "sent", 3, None, None),), True, 5, False)]
+        with pytest.raises(RemoteProtocolError, match="holds no report"):
+            await laptop.sync()
+        assert await laptop.store.get_meta(REPORT_META) == "[]"
     finally:
         await laptop.close()
         await server.close()
