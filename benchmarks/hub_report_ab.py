@@ -11,15 +11,19 @@ times, in turn, what a server does at the end of a pull for a laptop with nothin
 * ``changes``: ``hub_changes(org, mark)``, the (empty) change report's frame.
 
 It prints one JSON line (medians, min, max per side, the ratio of medians, the items and
-bytes each sends) and writes it with ``--out``::
+bytes each sends) and writes it with ``--out``. ``--sync`` times whole syncs with nothing
+to do instead (a server on 127.0.0.1 in this process, two laptop files: one of protocol
+version 12, one of 13, alternated)::
 
     python -m benchmarks.hub_report_ab 100000 5 --out benchmarks/results/hub_report_ab.json
+    python -m benchmarks.hub_report_ab 100000 5 --sync --out benchmarks/results/hub_noop_ab.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -137,6 +141,7 @@ async def measure(n: int, pairs: int) -> dict[str, object]:
             for pair in range(pairs):  # alternated; the first side changes each pair
                 order = ("whole", "changes") if pair % 2 == 0 else ("changes", "whole")
                 for side in order:
+                    gc.collect()  # the other side's garbage is not this side's cost
                     start = time.perf_counter()
                     if side == "whole":
                         sent[side] = await _whole(store, older)
@@ -167,13 +172,66 @@ async def measure(n: int, pairs: int) -> dict[str, object]:
     }
 
 
+async def measure_syncs(n: int, pairs: int) -> dict[str, object]:
+    """Whole syncs with nothing to do, end to end (a server on 127.0.0.1, laptop files):
+    a laptop of protocol version 12 (the whole list each time) against one of version 13,
+    alternated, both enrolled to one server whose hub outbox holds ``n`` summaries."""
+    import caresync.replication.session as session
+    from caresync.replica import Replica
+    from caresync.server import SyncServer
+
+    password = "a long benchmark passphrase"
+    newest = session._PROTOCOL_VERSIONS
+    older_versions = tuple(v for v in newest if v < HUB_CHANGES_SINCE)
+    times: dict[str, list[float]] = {"v12": [], "v13": []}
+    with tempfile.TemporaryDirectory(prefix="hub-sync-ab-") as work:
+        server = await SyncServer.open(Path(work) / "server.db")
+        laptops: dict[str, Replica] = {}
+        try:
+            await server.add_user(ORG, "dr.a", password)
+            assert isinstance(server.store, SQLiteStore)
+            await _fill(server.store, n)
+            await server.serve("127.0.0.1", 0)
+            for name, versions in (("v12", older_versions), ("v13", newest)):
+                session._PROTOCOL_VERSIONS = versions  # read when a session opens
+                laptop = laptops[name] = await Replica.open(Path(work) / f"{name}.db")
+                await laptop.enrol(server.url, username="dr.a", password=password, organisation=ORG)
+                for _ in range(3):  # settled: the report held, the notes kept
+                    await laptop.sync()
+            for pair in range(pairs):
+                order = ("v12", "v13") if pair % 2 == 0 else ("v13", "v12")
+                for name in order:
+                    session._PROTOCOL_VERSIONS = older_versions if name == "v12" else newest
+                    gc.collect()
+                    start = time.perf_counter()
+                    await laptops[name].sync()
+                    times[name].append(time.perf_counter() - start)
+        finally:
+            session._PROTOCOL_VERSIONS = newest
+            for laptop in laptops.values():
+                await laptop.close()
+            await server.close()
+    v12, v13 = _summary(times["v12"]), _summary(times["v13"])
+    return {
+        "benchmark": "hub_report_ab --sync",
+        "summaries": n,
+        "pairs": pairs,
+        "load_average": os.getloadavg(),
+        "v12_laptop": {**v12, "runs_s": times["v12"]},
+        "v13_laptop": {**v13, "runs_s": times["v13"]},
+        "ratio_median_v12_to_v13": v12["median_s"] / v13["median_s"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("summaries", type=int, nargs="?", default=100_000)
     parser.add_argument("pairs", type=int, nargs="?", default=5)
+    parser.add_argument("--sync", action="store_true", help="time whole no-op syncs instead")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    result = asyncio.run(measure(args.summaries, args.pairs))
+    run = measure_syncs if args.sync else measure
+    result = asyncio.run(run(args.summaries, args.pairs))
     line = json.dumps(result)
     print(line)
     if args.out is not None:
