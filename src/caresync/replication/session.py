@@ -366,6 +366,7 @@ def _check_hub_report(report: HubReport, hub_since: int | None) -> None:
             )
 
 
+@dataclass(slots=True)
 class LiveAttempt:
     """What one live connection got to: ONLINE at some point, in its live phase now."""
 
