@@ -115,7 +115,7 @@ async def _whole(store: SQLiteStore, server: ServerProtocol) -> tuple[int, int, 
 
 async def _changes(store: SQLiteStore, server: ServerProtocol, mark: int) -> tuple[int, int, int]:
     changes = await store.hub_changes(ORG, mark, 10_000)
-    merged = HubMerge(False)
+    merged = HubMerge()
     merged.add(changes)
     items = merged.items()
     server.send_hub_report(items, mark=changes.mark, whole=False)

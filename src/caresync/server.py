@@ -123,7 +123,6 @@ from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_
 from caresync.storage import (
     ConflictRow,
     FeedItem,
-    HubChanges,
     HubMark,
     ReplicaInfo,
     ServerStore,
@@ -931,25 +930,23 @@ class SyncServer:
         if hub_since:  # None or 0: the laptop holds no report
             first = await self.store.hub_changes(organisation, hub_since, _HUB_PAGE)
             if hub_since <= first.mark:
-                merged, mark = await self._hub_pages(organisation, first, whole=False)
-                protocol.send_hub_report(merged.items(), mark=mark, whole=False)
+                merged = HubMerge()
+                changes = first
+                for _page in range(_HUB_PAGES):  # bounded: each page moves the mark on
+                    merged.add(changes)
+                    if not changes.more:
+                        break
+                    changes = await self.store.hub_changes(organisation, changes.mark, _HUB_PAGE)
+                protocol.send_hub_report(merged.items(), mark=changes.mark, whole=False)
                 return
-        first = await self.store.hub_changes(organisation, 0, _HUB_PAGE)
-        merged, mark = await self._hub_pages(organisation, first, whole=True)
-        protocol.send_hub_report(merged.items(), mark=mark, whole=True)
-
-    async def _hub_pages(
-        self, organisation: str, first: HubChanges, *, whole: bool
-    ) -> tuple[HubMerge, int]:
-        """The changes ``first`` begins, read to the end (each page after the last)."""
-        merged = HubMerge(whole)
-        changes = first
-        for _page in range(_HUB_PAGES):  # bounded: each page moves the mark on
-            merged.add(changes)
-            if not changes.more:
-                break
-            changes = await self.store.hub_changes(organisation, changes.mark, _HUB_PAGE)
-        return merged, changes.mark
+            mark = first.mark  # the laptop is ahead: this server went back to an older copy
+        else:
+            # The mark alone (nothing is numbered above MAX_SEQ).
+            mark = (await self.store.hub_changes(organisation, MAX_SEQ, 1)).mark
+        # Read after the mark, the list may be newer than it, never older: the next
+        # change report repeats what it already holds, which merging takes as it is.
+        rows = await self.store.hub_summaries(organisation)
+        protocol.send_hub_report(report_items(rows), mark=mark, whole=True)
 
     @property
     def url(self) -> str:

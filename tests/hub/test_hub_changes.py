@@ -129,7 +129,7 @@ async def test_the_second_sync_carries_only_what_changed_and_a_sync_with_nothing
         await server.store.record_hub_outcome(
             patients[0], row.version, HubOutcome("sent", None, 1, 0, True)
         )
-        watch.rows_read = 0
+        watch.rows_read = watch.whole_reads = 0
         await laptop.sync()
         second = watch.last()
         assert second.whole is False
@@ -145,7 +145,7 @@ async def test_the_second_sync_carries_only_what_changed_and_a_sync_with_nothing
         shown = {s.record_id: s.state for s in await laptop_summaries(laptop)}
         assert shown == {patients[0]: "sent", patients[1]: "pending", patients[2]: "pending"}
         # Nothing to do: nothing read, nothing sent, nothing committed on the laptop.
-        watch.rows_read = 0
+        watch.rows_read = watch.whole_reads = 0
         assert isinstance(laptop.store, SQLiteStore)
         async with traced(laptop.store) as statements:
             report = await laptop.sync()
@@ -155,7 +155,7 @@ async def test_the_second_sync_carries_only_what_changed_and_a_sync_with_nothing
             second.mark,
             False,
         )
-        assert watch.rows_read == 0
+        assert (watch.rows_read, watch.whole_reads) == (0, 0)
         assert write_transactions(statements) == []
         assert await held(laptop) == await whole_list(server)
     finally:

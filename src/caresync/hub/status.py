@@ -26,6 +26,7 @@ __all__ = [
     "hub_pending",
     "laptop_summaries",
     "removed_item",
+    "report_item",
     "report_items",
     "server_summaries",
     "store_report",
@@ -38,18 +39,20 @@ _CHANGED_HERE = "changed on this laptop since its last sync: the hub cannot have
 _PAGE = 1000
 
 
+def report_item(row: HubSummaryRow) -> HubItem:
+    """An outbox row as a HubReport's item (its reason cut to what the protocol carries)."""
+    return HubItem(
+        row.record_id,
+        row.state,
+        row.version,
+        None if row.reason is None else row.reason[:MAX_HUB_REASON_LENGTH],
+        row.last_attempt_ms,
+    )
+
+
 def report_items(rows: Iterable[HubSummaryRow]) -> list[HubItem]:
-    """The outbox rows as a HubReport's items (reasons cut to what the protocol carries)."""
-    return [
-        HubItem(
-            row.record_id,
-            row.state,
-            row.version,
-            None if row.reason is None else row.reason[:MAX_HUB_REASON_LENGTH],
-            row.last_attempt_ms,
-        )
-        for row in sorted(rows, key=lambda r: r.record_id)
-    ]
+    """The outbox rows as a HubReport's items, by record id."""
+    return [report_item(row) for row in sorted(rows, key=lambda r: r.record_id)]
 
 
 def server_summaries(rows: Iterable[HubSummaryRow]) -> list[HubSummary]:
@@ -66,29 +69,21 @@ def removed_item(gone: HubRemoved) -> HubItem:
 
 
 class HubMerge:
-    """Pages of :class:`~caresync.storage.HubChanges` gathered into one hub report's
-    items, a record's later change over its earlier one.
+    """Pages of :class:`~caresync.storage.HubChanges` gathered into one change report's
+    items (protocol version 13 on), a record's later change over its earlier one; a
+    patient removed is an item in state ``removed``, for a laptop to drop."""
 
-    ``whole``: the pages were read from mark 0, so the items are the whole list (a
-    patient removed on a later page is left out); otherwise a patient removed is an
-    item in state ``removed``, for a laptop to drop.
-    """
+    __slots__ = ("_items",)
 
-    __slots__ = ("_items", "_whole")
-
-    def __init__(self, whole: bool) -> None:
-        self._whole = whole
+    def __init__(self) -> None:
         self._items: dict[str, HubItem] = {}
 
     def add(self, changes: HubChanges) -> None:
         """Take one page (pages in the order they were read)."""
         for row in changes.rows:
-            self._items[row.record_id] = report_items([row])[0]
+            self._items[row.record_id] = report_item(row)
         for gone in changes.removed:
-            if self._whole:
-                self._items.pop(gone.record_id, None)
-            else:
-                self._items[gone.record_id] = removed_item(gone)
+            self._items[gone.record_id] = removed_item(gone)
 
     def items(self) -> list[HubItem]:
         """The report's items, by record id."""
