@@ -10,6 +10,7 @@ laptop holds is compared with the server's whole list after every sync.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,18 @@ import caresync.replication.session
 import caresync.server
 from caresync.exceptions import RemoteProtocolError
 from caresync.hub.model import HUB_PATH
-from caresync.hub.status import REPORT_META, laptop_summaries, report_items, stored_mark
+from caresync.hub.status import (
+    REPORT_META,
+    laptop_summaries,
+    report_items,
+    store_report,
+    stored_mark,
+)
 from caresync.protocol import HUB_CHANGES_SINCE, HUB_REMOVED, HubItem, HubReport, ServerProtocol
 from caresync.replica import Replica
 from caresync.replication import meta
 from caresync.server import SyncServer
-from caresync.storage import HubChanges, HubOutcome, HubSummaryRow, SQLiteStore
+from caresync.storage import HubChanges, HubOutcome, HubSummaryRow, MemoryStore, SQLiteStore
 
 OLDER = tuple(range(4, HUB_CHANGES_SINCE))
 
@@ -95,8 +102,6 @@ def watch(monkeypatch: pytest.MonkeyPatch) -> Watch:
 
 async def held(laptop: Replica) -> list[HubItem]:
     """The report the laptop holds, as stored."""
-    import json
-
     text = await laptop.store.get_meta(REPORT_META)
     return [HubItem(*entry) for entry in json.loads(text or "[]")]
 
@@ -399,3 +404,19 @@ async def test_a_change_report_to_a_laptop_that_holds_none_is_refused(tmp_path: 
     finally:
         await laptop.close()
         await server.close()
+
+
+async def test_a_change_report_onto_a_damaged_report_asks_for_the_whole_list_next() -> None:
+    """A held report that cannot be read is not merged into: the change report's items
+    are kept at mark 0, so the next sync brings the whole list (not a failure each time)."""
+    store = MemoryStore()
+    await store.set_meta(REPORT_META, "[not json")
+    await store.set_meta(meta.HUB_MARK, "4")
+    sent = HubItem("r-1", "sent", 3, None, None)
+    gone = HubItem("r-2", HUB_REMOVED, 5, None, None)
+    await store_report(store, [sent, gone], mark=9, whole=False)
+    assert await stored_mark(store) == 0
+    assert json.loads(await store.get_meta(REPORT_META) or "") == [list(sent)]
+    # A whole report then replaces it, with its mark.
+    await store_report(store, [gone._replace(state="held")], mark=10, whole=True)
+    assert await stored_mark(store) == 10

@@ -130,7 +130,12 @@ async def store_report(
     if whole:
         merged = [item for item in items if item.state != HUB_REMOVED]
     else:
-        held = {item.record_id: item for item in _parse(await store.get_meta(REPORT_META))}
+        try:
+            held = {item.record_id: item for item in _parse(await store.get_meta(REPORT_META))}
+        except StorageError:
+            # The report held is damaged: keep what this one says, at mark 0, so that
+            # the next sync brings the whole list instead of failing at every sync.
+            held, mark = {}, 0
         for item in items:
             if item.state == HUB_REMOVED:
                 held.pop(item.record_id, None)
