@@ -1429,6 +1429,10 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert await store.hub_changes("org-1", first.mark, 10) == HubChanges(
             (), (), first.mark, False
         )
+        # A mark the store never gave (a reader ahead of a store gone back to an older
+        # copy): nothing, and the store's mark, for the caller to compare.
+        ahead = await store.hub_changes("org-1", first.mark + 100, 10)
+        assert ahead == HubChanges((), (), first.mark, False)
         # An attempt, then an outcome, each a change of its own, read as the row stands.
         await store.record_hub_attempt(a.id, 1_700_000_000_000)
         attempted = await store.hub_changes("org-1", first.mark, 10)
