@@ -101,3 +101,15 @@ def test_noop_ab_times_syncs_that_move_nothing(capsys: pytest.CaptureFixture[str
     assert line["p10_ms"] <= line["median_ms"] <= line["p90_ms"]
     assert line["laptop_cpu_ms"] > 0
     assert line["server_cpu_ms"] > 0
+
+
+def test_hub_report_ab_sends_the_whole_list_against_no_item(tmp_path: Path) -> None:
+    """``hub_report_ab``: the whole list's items and bytes against an empty change report."""
+    from benchmarks import hub_report_ab
+
+    out = tmp_path / "hub.json"
+    assert hub_report_ab.main(["300", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert (result["whole"]["items"], result["changes"]["items"]) == (300, 0)
+    assert result["whole"]["bytes"] > 100 * result["changes"]["bytes"]
+    assert len(result["whole"]["runs_s"]) == len(result["changes"]["runs_s"]) == 2

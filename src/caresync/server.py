@@ -66,7 +66,7 @@ from caresync.fhir import require_models
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.hub.model import hub_mark
 from caresync.hub.sender import HubSender, HubSnapshot, take_snapshot
-from caresync.hub.status import report_items
+from caresync.hub.status import HubMerge, report_items
 from caresync.listing import ConflictListing
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.observe import (
@@ -169,6 +169,8 @@ SECURITY_POLL_S = 1.0
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
 _PULL_CHUNKS = 20  # most reads of ``limit`` feed entries one merged pull batch makes
 _PULL_BYTES = 8 * 1024 * 1024  # most update bytes one merged pull batch carries
+_HUB_PAGE = 10_000  # hub outbox changes read at once for a hub report
+_HUB_PAGES = 10_000  # most pages one hub report reads (then it stops at the mark reached)
 _CHECKS_REMEMBERED = 10_000  # records' latest checks kept for live frames, at most
 _CARDS_REMEMBERED = 100_000  # records' cards (references) and since when, at most
 LIVE_QUEUE_ENTRIES = 2 * MAX_BATCH_ITEMS  # one batch, however large, never drops a reader
@@ -906,11 +908,45 @@ class SyncServer:
                 self.store, ConflictListing(self.store, self._pool), record_id
             )
 
-    async def _send_hub_report(self, conn: _Connection) -> None:
-        """Tell a laptop (version 7 on) where its organisation's hub summaries stand."""
-        if conn.protocol.can_report_hub:
-            rows = await self.store.hub_summaries(conn.organisation)
-            conn.protocol.send_hub_report(report_items(rows))
+    async def _send_hub_report(self, conn: _Connection, hub_since: int | None) -> None:
+        """Tell a laptop (version 7 on) where its organisation's hub summaries stand.
+
+        From protocol version 13, a laptop that holds the report of hub mark
+        ``hub_since`` gets only what changed since (a laptop in step: nothing, read
+        from an index); one that holds none, or a mark this server never reached (it
+        went back to an older copy), gets the whole list with the mark it is at.
+        """
+        protocol = conn.protocol
+        if not protocol.can_report_hub:
+            return
+        organisation = conn.organisation
+        if not protocol.reports_hub_changes or organisation is None:
+            rows = await self.store.hub_summaries(organisation)
+            if protocol.reports_hub_changes:  # no organisation: nothing to follow, mark 0
+                protocol.send_hub_report(report_items(rows), mark=0, whole=True)
+            else:
+                protocol.send_hub_report(report_items(rows))
+            return
+        if hub_since:  # None or 0: the laptop holds no report
+            first = await self.store.hub_changes(organisation, hub_since, _HUB_PAGE)
+            if hub_since <= first.mark:
+                merged = HubMerge()
+                changes = first
+                for _page in range(_HUB_PAGES):  # bounded: each page moves the mark on
+                    merged.add(changes)
+                    if not changes.more:
+                        break
+                    changes = await self.store.hub_changes(organisation, changes.mark, _HUB_PAGE)
+                protocol.send_hub_report(merged.items(), mark=changes.mark, whole=False)
+                return
+            mark = first.mark  # the laptop is ahead: this server went back to an older copy
+        else:
+            # The mark alone (nothing is numbered above MAX_SEQ).
+            mark = (await self.store.hub_changes(organisation, MAX_SEQ, 1)).mark
+        # Read after the mark, the list may be newer than it, never older: the next
+        # change report repeats what it already holds, which merging takes as it is.
+        rows = await self.store.hub_summaries(organisation)
+        protocol.send_hub_report(report_items(rows), mark=mark, whole=True)
 
     @property
     def url(self) -> str:
@@ -1455,7 +1491,7 @@ class SyncServer:
             feed_entries=len(items) if conn.protocol.coalesces_pulls else None,
         )
         if max(checkpoint, request.after_seq) >= max(head, checkpoint):  # the pull's last batch
-            await self._send_hub_report(conn)
+            await self._send_hub_report(conn, request.hub_since)
         self.events.pulled(
             conn.protocol.replica_id or conn.channel.peer,
             len(items),

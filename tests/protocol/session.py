@@ -74,7 +74,7 @@ SAMPLES: dict[type[Message], Message] = {
     LiveUpdate: LiveUpdate(1, "a", b"u"),
     LiveBatch: LiveBatch(((1, "a", b"u"), (2, "b", b"v"))),
     HubReport: HubReport(
-        (("a", "sent", 3, None, 1700000000000), ("b", "held", 5, "why", None)), True
+        (("a", "sent", 3, None, 1700000000000), ("b", "held", 5, "why", None)), True, 7, True
     ),
     OutboxReport: OutboxReport(3, 1_700_000_000_000),
     AuditBatch: AuditBatch(

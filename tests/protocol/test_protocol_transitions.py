@@ -101,7 +101,9 @@ SERVER_SENDS: dict[type[Message] | Pseudo, Callable[[ServerProtocol], None]] = {
     AuditAck: lambda s: s.ack_audit(1),
     LiveUpdate: lambda s: s.send_live_update(1, "a", b"u"),
     LiveBatch: lambda s: s.send_live_updates([(1, "a", b"u"), (2, "b", b"v")]),
-    HubReport: lambda s: s.send_hub_report([]),
+    HubReport: lambda s: s.send_hub_report(
+        [], mark=0 if s.reports_hub_changes else None, whole=True if s.reports_hub_changes else None
+    ),
     Error: lambda s: s.refuse(RequestKind.PULL, "busy", "later"),
     Goodbye: lambda s: s.close(),
     Pseudo.FATAL_ERROR: lambda s: s.reject("internal", "x"),

@@ -23,7 +23,7 @@ from caresync.exceptions import (
     NotImplementedFeatureError,
     StorageError,
 )
-from caresync.storage import Identity, IncomingUpdate
+from caresync.storage import HubChanges, HubMark, HubOutcome, Identity, IncomingUpdate
 from caresync.storage.postgres import PostgresStore
 from caresync.storage.postgres.schema import SCHEMA_VERSION
 from caresync.testing.store_data import FakeClock, Patient
@@ -183,6 +183,86 @@ async def test_concurrent_writers_number_the_feed_in_commit_order(schema_url: st
         assert {item.record_id for item in feed} == {p.id for p in patients}
         assert all(item.origin == item.record_id for item in feed)
         assert await two.check() == []
+
+
+async def _marked(store: PostgresStore, patients: list[Patient]) -> None:
+    """Push each patient (org-1), marked for the health hub."""
+    await store.write_remote(
+        [IncomingUpdate(p.id, p.record.update_since(), None, "org-1") for p in patients],
+        to_feed=True,
+        hub={p.id: HubMark(True) for p in patients},
+    )
+
+
+async def test_concurrent_hub_writers_give_each_change_its_own_mark(schema_url: str) -> None:
+    """Two stores (two server processes) write the hub outbox at once: pushes, attempts
+    and outcomes each take one mark, none twice, none lost."""
+    async with PostgresStore.open(schema_url) as one, PostgresStore.open(schema_url) as two:
+        patients = [Patient(f"laptop-{i}") for i in range(12)]
+        await _marked(one, patients)
+        start = (await one.hub_changes("org-1", 0, 100)).mark
+        assert start == len(patients)
+
+        async def touch(store: PostgresStore, mine: list[Patient]) -> None:
+            for n, p in enumerate(mine):
+                await store.record_hub_attempt(p.id, 1000 + n)
+                p.edit()
+                await _marked(store, [p])
+                await store.record_hub_outcome(p.id, 1, HubOutcome("failed", "x", 1, 5))
+
+        await asyncio.gather(touch(one, patients[::2]), touch(two, patients[1::2]))
+        after = await two.hub_changes("org-1", start, 100)
+        # 12 attempts, 12 pushes; the outcomes name version 1, which no row holds now.
+        assert after.mark == start + 2 * len(patients)
+        assert sorted(r.record_id for r in after.rows) == sorted(p.id for p in patients)
+        marks = await one._run(
+            "reading the marks",
+            lambda raw: [r[0] for r in raw.execute("SELECT change FROM hub_outbox")],
+        )
+        assert len(set(marks)) == len(patients)
+
+
+async def test_a_reader_never_passes_a_hub_mark_whose_change_commits_later(
+    schema_url: str,
+) -> None:
+    """A writer holds mark n+1, uncommitted: another writer waits for it (it cannot take
+    n+2 and commit first), and a reader sees mark n until the first commits; then both
+    changes, in order."""
+    async with (
+        PostgresStore.open(schema_url) as reader,
+        PostgresStore.open(schema_url) as writer,
+        await psycopg.AsyncConnection.connect(schema_url, autocommit=True) as slow,
+    ):
+        a, b = Patient("laptop-a"), Patient("laptop-b")
+        await _marked(reader, [a, b])
+        n = (await reader.hub_changes("org-1", 0, 10)).mark
+        waiting_pid = await writer._run("reading the backend", lambda raw: raw.info.backend_pid)
+        async with slow.transaction():
+            # What a hub write does, held open: lock the mark, take n+1, write it.
+            cursor = await slow.execute("SELECT n FROM hub_mark WHERE singleton = 1 FOR UPDATE")
+            assert await cursor.fetchone() == (n,)
+            await slow.execute(
+                "UPDATE hub_outbox SET last_attempt_ms = 1, change = %s WHERE record_id = %s",
+                (n + 1, a.id),
+            )
+            await slow.execute("UPDATE hub_mark SET n = %s", (n + 1,))
+            attempt = asyncio.ensure_future(writer.record_hub_attempt(b.id, 2))
+            async with asyncio.timeout(10):
+                while True:  # until the other writer waits on the mark's lock (bounded)
+                    cursor = await slow.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                        (waiting_pid,),
+                    )
+                    if await cursor.fetchone() == ("Lock",):
+                        break
+                    await asyncio.sleep(0.01)
+            assert not attempt.done()
+            held = await reader.hub_changes("org-1", n, 10)
+            assert held == HubChanges((), (), n, False)
+        await attempt
+        both = await reader.hub_changes("org-1", n, 10)
+        assert [(r.record_id, r.last_attempt_ms) for r in both.rows] == [(a.id, 1), (b.id, 2)]
+        assert both.mark == n + 2
 
 
 async def test_a_lost_connection_fails_one_call_whole_and_the_next_reconnects(

@@ -64,6 +64,7 @@ from caresync.protocol.messages import (
     DEFAULT_COPY_BATCH_RECORDS,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_PULL_LIMIT,
+    HUB_CHANGES_SINCE,
     SUPPORTED_VERSIONS,
     AuditAck,
     AuditBatch,
@@ -389,13 +390,17 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         limit: int = DEFAULT_PULL_LIMIT,
         include_own: bool = False,
         rulebook: str | None = None,
+        hub_since: int | None = None,
     ) -> None:
         """Queue PullRequest for feed entries after the checkpoint ``after_seq``.
 
         ``include_own`` (version 4 on) asks for this replica's own updates too.
         ``rulebook`` is this replica's rulebook fingerprint: a server with the same
         one may send checked states and conflict rows (version 8 on; on an older
-        version it is not sent).
+        version it is not sent). ``hub_since`` is the hub mark of the hub report this
+        replica holds (0: none): the report ending the pull then carries only what
+        changed since (version :data:`~caresync.protocol.messages.HUB_CHANGES_SINCE`
+        on; on an older version it is not sent, and the report is the whole list).
         """
         if include_own and self._version is not None and self._version < _PROOF_SINCE:
             raise LocalProtocolError(
@@ -404,7 +409,17 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             )
         if not self._carries_checks:
             rulebook = None
-        self._send_sync(PullRequest(after_seq, limit, True if include_own else None, rulebook))
+        if not self.reports_hub_changes:
+            hub_since = None
+        self._send_sync(
+            PullRequest(after_seq, limit, True if include_own else None, rulebook, hub_since)
+        )
+
+    @property
+    def reports_hub_changes(self) -> bool:
+        """The agreed version (:data:`~caresync.protocol.messages.HUB_CHANGES_SINCE` on)
+        carries ``PullRequest.hub_since`` and a hub report of changes only."""
+        return self._version is not None and self._version >= HUB_CHANGES_SINCE
 
     @property
     def _carries_checks(self) -> bool:

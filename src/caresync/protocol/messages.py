@@ -41,6 +41,7 @@ __all__ = [
     "COALESCED_PULL_SINCE",
     "COMPACT_ROWS_SINCE",
     "COPY_PAIRS_SINCE",
+    "HUB_CHANGES_SINCE",
     "MAX_AUDIT_ITEMS",
     "DEFAULT_COPY_BATCH_RECORDS",
     "DEFAULT_MAX_FRAME_BYTES",
@@ -92,6 +93,7 @@ __all__ = [
     "FeedItem",
     "Goodbye",
     "Hello",
+    "HUB_REMOVED",
     "HubItem",
     "HubReport",
     "LiveBatch",
@@ -116,10 +118,15 @@ COPY_PAIRS_SINCE = 12
 """The first protocol version whose first-copy batches carry the server's person pairs
 (:attr:`CopyBatch.pairs`)."""
 
-PROTOCOL_VERSION = 12
+HUB_CHANGES_SINCE = 13
+"""The first protocol version whose hub report may carry only what changed since the one
+the laptop holds (:attr:`PullRequest.hub_since`, :attr:`HubReport.mark`,
+:attr:`HubReport.whole`, and the ``removed`` state of a :class:`HubItem`)."""
+
+PROTOCOL_VERSION = 13
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -187,6 +194,13 @@ the pairs of records the server's person index holds, each once, with the batch
 holding the later of its two records. A laptop compares only those pairs (it scores
 them again from its own cards) instead of looking up which of its stored cards share
 a blocking key with each card of the batch.
+
+Version :data:`HUB_CHANGES_SINCE` makes the hub report a pull ends with cost what
+changed: :attr:`PullRequest.hub_since` names the server's hub mark of the report the
+laptop holds (0: none), and :class:`HubReport` says the mark it brings the laptop to
+(``mark``) and whether its items are the whole list (``whole``: replace) or only the
+summaries changed since ``hub_since`` (merge), where an item in state ``removed`` says a
+patient is no longer listed. A laptop in step gets an empty report.
 """
 
 MAX_VERSION_TEXT = 64
@@ -1236,15 +1250,21 @@ class PullRequest(Message):
     older copy of itself lacks what it pushed after that copy was made.
     ``rulebook`` (version 8 on) is the client's rulebook fingerprint: a server
     whose index it computed may send checked states and conflict rows.
+    ``hub_since`` (version :data:`HUB_CHANGES_SINCE` on): the server's hub mark of the
+    hub report the client holds (:attr:`HubReport.mark`; 0: it holds none), so that
+    the report ending the pull carries only what changed since (``None``: not sent).
     """
 
     TYPE_CODE: ClassVar[int] = 18
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"include_own": 4, "rulebook": 8})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"include_own": 4, "rulebook": 8, "hub_since": HUB_CHANGES_SINCE}
+    )
 
     after_seq: int
     limit: int = DEFAULT_PULL_LIMIT
     include_own: bool | None = None
     rulebook: str | None = None
+    hub_since: int | None = None
 
     def __post_init__(self) -> None:
         _int("PullRequest", "after_seq", self.after_seq, 0)
@@ -1252,6 +1272,8 @@ class PullRequest(Message):
         if self.include_own is not None:
             _bool("PullRequest", "include_own", self.include_own)
         _opt_text("PullRequest", "rulebook", self.rulebook, MAX_FINGERPRINT_LENGTH)
+        if self.hub_since is not None:
+            _int("PullRequest", "hub_since", self.hub_since, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1499,6 +1521,10 @@ class AuditAck(Message):
 
 
 HUB_ITEM_STATES = frozenset({"pending", "held", "sent", "failed"})
+"""The states of a listed summary (every version from 7)."""
+HUB_REMOVED = "removed"
+"""The state of an item of a change report (version :data:`HUB_CHANGES_SINCE` on): the
+patient is no longer listed (unmarked, or moved to another organisation)."""
 MAX_HUB_REASON_LENGTH = 512
 """Longest reason a :class:`HubItem` carries, in characters."""
 
@@ -1509,6 +1535,10 @@ class HubItem(NamedTuple):
     ``state`` is ``pending``, ``held``, ``sent`` or ``failed``; ``version`` the
     version of the record it is about; ``reason`` why it is held or failed (or
     what a retried attempt met); ``last_attempt_ms`` when it was last sent.
+
+    In a change report (``HubReport.whole`` False, version
+    :data:`HUB_CHANGES_SINCE` on) the state may also be ``removed``: the patient is
+    no longer listed; such an item has no reason and no attempt time.
     """
 
     record_id: str
@@ -1525,16 +1555,37 @@ class HubReport(Message):
     Sent after the last :class:`PullBatch` of every pull (the one whose
     checkpoint reaches the head), in as many frames as it takes: ``final`` marks
     the last. Items in strictly ascending ``record_id``; no reply.
+
+    ``mark`` and ``whole`` (version :data:`HUB_CHANGES_SINCE` on, both or neither;
+    ``None``: an older frame, whose items are the whole list): the server's hub mark
+    the report brings the client to, which it names in its next
+    :attr:`PullRequest.hub_since`; and whether the items are the whole list (True:
+    replace what is held) or the summaries changed since the ``hub_since`` of the
+    pull (False: merge; an item ``removed`` drops its patient). Every frame of one
+    report carries the same two.
     """
 
     TYPE_CODE: ClassVar[int] = 40
     SINCE_VERSION: ClassVar[int] = 7
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"mark": HUB_CHANGES_SINCE, "whole": HUB_CHANGES_SINCE}
+    )
 
     items: tuple[HubItem, ...]
     final: bool
+    mark: int | None = None
+    whole: bool | None = None
 
     def __post_init__(self) -> None:
         owner = "HubReport"
+        _bool(owner, "final", self.final)
+        if (self.mark is None) != (self.whole is None):
+            raise LocalProtocolError("HubReport: mark and whole come together")
+        if self.mark is not None:
+            _int(owner, "mark", self.mark, 0)
+            _bool(owner, "whole", self.whole)
+        # Only a change report may say a patient left the list.
+        states = HUB_ITEM_STATES if self.whole is not False else _HUB_CHANGE_STATES
         out: list[HubItem] = []
         for item in _items(owner, "items", self.items, allow_empty=True):
             if type(item) is not HubItem:
@@ -1542,17 +1593,47 @@ class HubReport(Message):
                     _bad(owner, "items[]", "a (record_id, state, version, reason, at) tuple", item)
                 item = HubItem(*item)
             _check_record_id(owner, "items[].record_id", item.record_id)
-            if type(item.state) is not str or item.state not in HUB_ITEM_STATES:
-                _bad(owner, "items[].state", f"one of {sorted(HUB_ITEM_STATES)}", item.state)
+            if type(item.state) is not str or item.state not in states:
+                _bad(owner, "items[].state", f"one of {sorted(states)}", item.state)
             _int(owner, "items[].version", item.version, 1)
             _opt_text(owner, "items[].reason", item.reason, MAX_HUB_REASON_LENGTH)
             if item.last_attempt_ms is not None:  # a time a calendar can show (≤ year 6400)
                 _int(owner, "items[].last_attempt_ms", item.last_attempt_ms, 0, 2**47)
+            if item.state == HUB_REMOVED and (
+                item.reason is not None or item.last_attempt_ms is not None
+            ):
+                _bad(owner, "items[]", "a removed item without reason or attempt time", item)
             if out and item.record_id <= out[-1].record_id:
                 _bad(owner, "items", "in strictly ascending record_id order", item.record_id)
             out.append(item)
         _set(self, "items", tuple(out))
-        _bool(owner, "final", self.final)
+
+    @classmethod
+    def from_body(cls, version: int, body: dict[str, Any]) -> Message:
+        """As :meth:`Message.from_body`; a frame of version :data:`HUB_CHANGES_SINCE` on
+        must say its mark and whether it is whole."""
+        if version >= HUB_CHANGES_SINCE and body.get("mark") is None:
+            raise LocalProtocolError(
+                f"HubReport: a version {version} frame carries its mark and whether it is whole"
+            )
+        return cls(**body)
+
+    def to_body(self, version: int = PROTOCOL_VERSION) -> dict[str, object]:
+        """As :meth:`Message.to_body`; a frame of version :data:`HUB_CHANGES_SINCE` on
+        carries its mark."""
+        if version >= HUB_CHANGES_SINCE and self.mark is None:
+            raise LocalProtocolError(
+                f"HubReport: a version {version} frame carries its mark and whether it is whole"
+            )
+        return Message.to_body(self, version)
+
+    @property
+    def changes_only(self) -> bool:
+        """True for a change report (merge into what is held); False for the whole list."""
+        return self.whole is False
+
+
+_HUB_CHANGE_STATES = HUB_ITEM_STATES | {HUB_REMOVED}
 
 
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})

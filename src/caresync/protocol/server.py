@@ -70,6 +70,7 @@ from caresync.protocol.messages import (
     CARD_REFERENCE_SINCE,
     COALESCED_PULL_SINCE,
     DEFAULT_MAX_FRAME_BYTES,
+    HUB_CHANGES_SINCE,
     MAX_ID_LENGTH,
     SUPPORTED_VERSIONS,
     AccountName,
@@ -697,15 +698,32 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         """True once the agreed protocol version (7 on) carries :meth:`send_hub_report`."""
         return self._version is not None and self._version >= HubReport.SINCE_VERSION
 
-    def send_hub_report(self, items: Sequence[HubItem]) -> None:
+    @property
+    def reports_hub_changes(self) -> bool:
+        """True once the agreed protocol version (:data:`HUB_CHANGES_SINCE` on) carries a
+        hub report's ``mark`` and ``whole``: :meth:`send_hub_report` may send changes."""
+        return self._version is not None and self._version >= HUB_CHANGES_SINCE
+
+    def send_hub_report(
+        self, items: Sequence[HubItem], *, mark: int | None = None, whole: bool | None = None
+    ) -> None:
         """Queue the health-hub summaries as HubReport frames within the client's frame size.
 
         ``items`` in ascending record id; the last frame is marked ``final``
         (one empty frame when there is none). Version 7 on (:attr:`can_report_hub`).
+        ``mark`` and ``whole`` (both or neither, version :data:`HUB_CHANGES_SINCE` on,
+        see :attr:`reports_hub_changes`) go in every frame: the hub mark the report
+        brings the client to, and whether ``items`` are the whole list or the changes
+        since the client's ``hub_since``.
         """
         if not self.can_report_hub:
             raise LocalProtocolError("HubReport exists from protocol version 7")
-        checked = HubReport(tuple(items), True).items  # validated whole before anything is sent
+        if mark is not None and not self.reports_hub_changes:
+            raise LocalProtocolError(
+                f"a hub report's mark exists from protocol version {HUB_CHANGES_SINCE}"
+            )
+        # Validated whole before anything is sent.
+        checked = HubReport(tuple(items), True, mark, whole).items
         budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         frame: list[HubItem] = []
         size = 0
@@ -714,11 +732,11 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             item_size = 4 * (len(item.record_id) + len(item.state) + len(item.reason or ""))
             item_size += ITEM_OVERHEAD_BYTES + 32
             if frame and size + item_size > budget:
-                self._send(HubReport(tuple(frame), False))
+                self._send(HubReport(tuple(frame), False, mark, whole))
                 frame, size = [], 0
             frame.append(item)
             size += item_size
-        self._send(HubReport(tuple(frame), True))
+        self._send(HubReport(tuple(frame), True, mark, whole))
 
     def send_live_update(self, seq: int, record_id: str, update: bytes) -> None:
         """Queue LiveUpdate for a subscribed client; ``seq`` after :attr:`live_seq`.

@@ -22,6 +22,7 @@ __all__ = [
     "COPY_DONE_MS",
     "COPY_RESUME",
     "CURRENT_LOGIN",
+    "HUB_MARK",
     "HUB_REPORT",
     "KNOWN_KEYS",
     "INDEX_RULEBOOK",
@@ -82,6 +83,9 @@ AUDIT_REFUSED = "audit.refused"
 """Why the server last refused this laptop's audit entries ("" once accepted)."""
 HUB_REPORT = "hub.report"
 """What the server last said of the health-hub summaries (JSON)."""
+HUB_MARK = "hub.mark"
+"""The server's hub mark of that report (protocol version 13 on; "0": none): the next
+pull names it, and gets only the summaries changed since."""
 LIVE_CLI = "cli.live"
 """What a running ``caresync sync --live`` reports about itself (JSON)."""
 
@@ -138,6 +142,7 @@ KNOWN_KEYS = frozenset(
         CLIENT_NEWEST,
         CLIENT_MIN,
         COPY_DONE_MS,
+        HUB_MARK,
         HUB_REPORT,
         LAST_SYNC_MS,
         SERVER_PROTOCOL,

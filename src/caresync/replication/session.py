@@ -345,6 +345,27 @@ def _grouped_rows(conflicts: Sequence[CopyConflict]) -> dict[str, tuple[Conflict
     return {record_id: tuple(rows) for record_id, rows in grouped.items()}
 
 
+def _check_hub_report(report: HubReport, hub_since: int | None) -> None:
+    """The first frame of a hub report, against the mark the pull named (version 13 on).
+
+    A frame of version 13 carries its mark (the codec checks); a report of changes
+    only answers a pull that named a report held, and cannot bring it back before it.
+    """
+    if report.mark is None:
+        return  # an older server: the whole list, as before
+    if hub_since is None:
+        raise RemoteProtocolError("a hub report carries a mark the pull did not ask for")
+    if report.changes_only:
+        if hub_since == 0:
+            raise RemoteProtocolError(
+                "a hub report of changes only, to a pull that holds no report"
+            )
+        if report.mark < hub_since:
+            raise RemoteProtocolError(
+                f"a hub report of changes brings the mark back from {hub_since} to {report.mark}"
+            )
+
+
 @dataclass(slots=True)
 class LiveAttempt:
     """What one live connection got to: ONLINE at some point, in its live phase now."""
@@ -902,13 +923,17 @@ class Session:
         downloaded = 0
         # A server whose index our rulebook computed sends its rows (version 8 on).
         rulebook = self.host.rulebook.fingerprint
-        self.protocol.request_pull(checkpoint, self.limits.pull_limit, own, rulebook)
+        # Every request names the hub report held (version 13 on): the server answers
+        # the last one with what changed since.
+        hub_since = await self._hub_since()
+        limit = self.limits.pull_limit
+        self.protocol.request_pull(checkpoint, limit, own, rulebook, hub_since)
         batch = await self.expect(PullBatch)
         while True:
             if batch.more:
                 # Ask for the next batch before committing this one: the server
                 # reads it while this laptop writes.
-                self.protocol.request_pull(batch.checkpoint, self.limits.pull_limit, own, rulebook)
+                self.protocol.request_pull(batch.checkpoint, limit, own, rulebook, hub_since)
                 await self.flush()
             if batch.items or batch.checkpoint != checkpoint:
                 await self.host.take_in(
@@ -922,14 +947,27 @@ class Session:
                 if own:  # caught up with our own changes: back to leaving them out
                     await store.set_meta(meta.PULL_OWN, "0")
                     self.include_own = False
-                await self.take_hub_report()
+                await self.take_hub_report(hub_since)
                 return downloaded
             batch = await self.expect(PullBatch)
 
-    async def take_hub_report(self) -> None:
+    async def _hub_since(self) -> int | None:
+        """The hub mark of the report this laptop holds, if the connection's version
+        (13 on) carries it."""
+        if not self.protocol.reports_hub_changes:
+            return None
+        from caresync.hub.status import stored_mark
+
+        return await stored_mark(self.host.known_meta)
+
+    async def take_hub_report(self, hub_since: int | None = None) -> None:
         """Keep what the server says of the hub summaries after a pull (version 7 on).
 
         The health-hub outbox (:mod:`caresync.hub`): a laptop shows what the server knows.
+        From version 13 the report carries the server's hub mark, and, to a pull that
+        named the mark of the report held (``hub_since`` above 0), may carry only what
+        changed since: it is merged into the report held. Every frame is checked before
+        anything is stored; a report that breaks the rules is a RemoteProtocolError.
         """
         version = self.protocol.protocol_version
         if version is None or version < HubReport.SINCE_VERSION:
@@ -937,8 +975,14 @@ class Session:
         from caresync.hub.status import store_report
 
         items: list[HubItem] = []
+        first: HubReport | None = None
         for _frame in range(MAX_HUB_REPORT_FRAMES):  # bounded: a server cannot stream forever
             report = await self.expect(HubReport)
+            if first is None:
+                first = report
+                _check_hub_report(report, hub_since)
+            elif (report.mark, report.whole) != (first.mark, first.whole):
+                raise RemoteProtocolError("a hub report's frames disagree on its mark")
             if items and report.items and report.items[0].record_id <= items[-1].record_id:
                 raise RemoteProtocolError("a hub report's frames are not in record order")
             items.extend(report.items)
@@ -947,7 +991,16 @@ class Session:
                     f"a hub report of more than {MAX_HUB_REPORT_ITEMS} summaries"
                 )
             if report.final:
-                await store_report(self.host.known_meta, items)
+                if report.changes_only and report.mark == hub_since and items:
+                    raise RemoteProtocolError(
+                        "a hub report of changes since the mark held names changes at that mark"
+                    )
+                await store_report(
+                    self.host.known_meta,
+                    items,
+                    mark=report.mark,
+                    whole=not report.changes_only,
+                )
                 return
         raise RemoteProtocolError(f"a hub report of more than {MAX_HUB_REPORT_FRAMES} frames")
 

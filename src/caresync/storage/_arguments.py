@@ -49,6 +49,7 @@ __all__ = [
     "check_enrolment",
     "check_feed_query",
     "check_hub_attempt",
+    "check_hub_changes",
     "check_hub_outcome",
     "check_meta",
     "check_admin_flag",
@@ -129,6 +130,13 @@ def check_hub_attempt(record_id: object, attempted_ms: object) -> None:
     """``record_hub_attempt``: a record id and a time."""
     check_text(record_id, "record_id")
     check_count(attempted_ms, "attempted_ms")
+
+
+def check_hub_changes(organisation: object, after: object, limit: object) -> None:
+    """``hub_changes``: an organisation, a mark (from 0) and a limit (from 1)."""
+    check_text(organisation, "organisation")
+    check_count(after, "after")
+    check_count(limit, "limit", minimum=1)
 
 
 def check_hub_outcome(record_id: object, version: object, outcome: object) -> None:

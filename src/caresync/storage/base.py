@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Collection, Generator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Protocol, Self, TypeVar
+from typing import Literal, NamedTuple, Protocol, Self, TypeVar
 
 from caresync.audit.chain import AuditEntry, AuditEvent
 from caresync.exceptions import (
@@ -54,8 +54,10 @@ __all__ = [
     "CopyPage",
     "FeedItem",
     "HUB_STATES",
+    "HubChanges",
     "HubMark",
     "HubOutcome",
+    "HubRemoved",
     "HubSummaryRow",
     "Identity",
     "IncomingUpdate",
@@ -502,6 +504,36 @@ class HubSummaryRow:
     attempts: int
     next_attempt_ms: int
     last_attempt_ms: int | None
+
+
+class HubRemoved(NamedTuple):
+    """A patient no longer listed in an organisation's health-hub outbox (its row was
+    deleted, or moved to another organisation): ``version`` is the record's version
+    when it left."""
+
+    record_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class HubChanges:
+    """What changed in an organisation's health-hub outbox after a mark, for
+    :meth:`ServerStore.hub_changes`.
+
+    Each change to the outbox (a row written by a push, an attempt, an outcome, a row
+    deleted or moved to another organisation) is given the next hub mark, in commit
+    order. ``rows``: the organisation's rows changed after the mark asked for, as they
+    stand, in the order of their changes; ``removed``: the patients that left its list
+    after it (none when asked from mark 0: a reader holding nothing has nothing to
+    drop). No record is in both. ``mark``: how far the answer covers: the store's
+    mark when the answer is complete, else (``more``) the mark of its last change, to
+    ask after next.
+    """
+
+    rows: tuple[HubSummaryRow, ...]
+    removed: tuple[HubRemoved, ...]
+    mark: int
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1331,6 +1363,19 @@ class ServerStore(ReplicaStore, Protocol):
     # health-hub outbox
     async def hub_summaries(self, organisation: str | None = None) -> list[HubSummaryRow]:
         """The health-hub outbox (of that organisation's records), by record id."""
+        ...
+
+    async def hub_changes(self, organisation: str, after: int, limit: int) -> HubChanges:
+        """What changed in that organisation's health-hub outbox after the hub mark
+        ``after``, in one consistent read: at most ``limit`` changes, in the order they
+        were committed (see :class:`HubChanges`). Reads only the changed rows (an
+        index on the change), so a caller in step reads none.
+
+        A change numbered below a mark the answer gives is never committed later:
+        with several processes writing, hub changes take their numbers in commit
+        order. ``after`` above the store's mark (the store went back to an older
+        copy) gives nothing and the store's mark: the caller compares.
+        """
         ...
 
     async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:

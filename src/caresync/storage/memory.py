@@ -36,6 +36,7 @@ from caresync.storage._arguments import (
     check_enrolment,
     check_feed_query,
     check_hub_attempt,
+    check_hub_changes,
     check_hub_outcome,
     check_meta,
     check_new_user,
@@ -94,8 +95,10 @@ from caresync.storage.base import (
     CopiedRecords,
     CopyPage,
     FeedItem,
+    HubChanges,
     HubMark,
     HubOutcome,
+    HubRemoved,
     HubSummaryRow,
     Identity,
     IncomingUpdate,
@@ -172,6 +175,11 @@ class MemoryStore:
         self._generation = 0
         self._quarantine: list[QuarantinedUpdate] = []
         self._hub: dict[str, HubSummaryRow] = {}
+        # Hub marks (caresync.hub): the last given, each row's, and the tombstones of
+        # patients that left an organisation's list, by (organisation, record id).
+        self._hub_mark = 0
+        self._hub_changes: dict[str, int] = {}
+        self._hub_removed: dict[tuple[str, str], tuple[int, int]] = {}
         self._client_owners: dict[int, str] = {}
         self._commits = LocalCommits()  # one process writes it: a local lock suffices
         # The person index: cards with their record's organisation, the holders of
@@ -456,13 +464,17 @@ class MemoryStore:
             version = versions.get(record_id)
             if version is None:
                 continue  # the batch added nothing to it
-            if not mark.enabled:
-                self._hub.pop(record_id, None)
-                continue
             before = self._hub.get(record_id)
+            if not mark.enabled:
+                if before is not None:
+                    del self._hub[record_id]
+                    del self._hub_changes[record_id]
+                    self._hub_bury(before.organisation, record_id, version, self._next_hub_mark())
+                continue
+            organisation = planned[record_id].organisation
             self._hub[record_id] = HubSummaryRow(
                 record_id,
-                planned[record_id].organisation,
+                organisation,
                 version,
                 "pending" if mark.held is None else "held",
                 mark.held,
@@ -471,6 +483,11 @@ class MemoryStore:
                 0,
                 None if before is None else before.last_attempt_ms,
             )
+            change = self._hub_changes[record_id] = self._next_hub_mark()
+            if before is not None and before.organisation != organisation:
+                self._hub_bury(before.organisation, record_id, version, change)
+            if organisation is not None:  # listed there again: no longer removed
+                self._hub_removed.pop((organisation, record_id), None)
         if checkpoint is not None:
             self._meta[checkpoint[0]] = checkpoint[1]
         return seqs
@@ -485,6 +502,45 @@ class MemoryStore:
             if organisation is None or row.organisation == organisation
         ]
 
+    def _next_hub_mark(self) -> int:
+        self._hub_mark += 1
+        return self._hub_mark
+
+    def _hub_bury(
+        self, organisation: str | None, record_id: str, version: int, change: int
+    ) -> None:
+        """Leave a tombstone: the record left ``organisation``'s list at ``change``."""
+        if organisation is not None:  # changes are read per organisation
+            self._hub_removed[(organisation, record_id)] = (version, change)
+
+    async def hub_changes(self, organisation: str, after: int, limit: int) -> HubChanges:
+        """What changed in the organisation's hub outbox after the mark ``after`` (see
+        :meth:`~caresync.storage.base.ServerStore.hub_changes`)."""
+        check_hub_changes(organisation, after, limit)
+        self._open_or_raise("reading the hub outbox's changes")
+        changed: list[tuple[int, HubSummaryRow | HubRemoved]] = [
+            (self._hub_changes[record_id], row)
+            for record_id, row in self._hub.items()
+            if row.organisation == organisation and self._hub_changes[record_id] > after
+        ]
+        if after > 0:  # a reader that holds nothing has nothing to drop
+            changed += [
+                (change, HubRemoved(record_id, version))
+                for (org, record_id), (version, change) in self._hub_removed.items()
+                if org == organisation and change > after
+            ]
+        changed.sort(key=lambda pair: pair[0])
+        mark, more = self._hub_mark, len(changed) > limit
+        if more:
+            del changed[limit:]
+            mark = changed[-1][0]
+        return HubChanges(
+            tuple(c for _n, c in changed if isinstance(c, HubSummaryRow)),
+            tuple(c for _n, c in changed if isinstance(c, HubRemoved)),
+            mark,
+            more,
+        )
+
     async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
         """Note that a summary of the record is being sent now."""
         check_hub_attempt(record_id, attempted_ms)
@@ -492,6 +548,7 @@ class MemoryStore:
         row = self._hub.get(record_id)
         if row is not None:
             self._hub[record_id] = dataclasses.replace(row, last_attempt_ms=attempted_ms)
+            self._hub_changes[record_id] = self._next_hub_mark()
 
     async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
         """Store what became of sending ``version`` (see :class:`HubOutcome`)."""
@@ -512,6 +569,8 @@ class MemoryStore:
                 next_attempt_ms=outcome.next_attempt_ms,
             )
         self._hub[record_id] = row
+        if outcome.acknowledged or matched:  # as the SQL stores: a row written is a change
+            self._hub_changes[record_id] = self._next_hub_mark()
         return matched
 
     async def set_conflicts(self, record_id: str, conflicts: Sequence[ConflictRow]) -> None:

@@ -109,6 +109,22 @@ open conflicts (every sync's report) reads one row instead of every row::
     never replaced: a REPLACE deletes without firing delete triggers). The step
     counts what an existing database holds.
 
+Version 13 numbers the changes of the health-hub outbox, so that a laptop's hub report
+carries only what changed since the one it holds (protocol version 13)::
+
+    hub_outbox + change          the hub mark of the row's last change
+               index hub_outbox_by_change (organisation, change)
+    hub_removed (organisation, record_id) PK, version, change   WITHOUT ROWID
+               a patient that left an organisation's list (row deleted, or moved to
+               another organisation); index hub_removed_by_change (organisation, change)
+    hub_mark   (singleton PK, n)  the last hub mark given out
+
+    Every write of the outbox takes the next marks (in its transaction); a row that
+    comes back to an organisation drops its tombstone there. Tombstones are kept (a
+    laptop that held the row learns of its removal at any later sync); pruning them
+    would need the server to send the whole list to a laptop older than the pruning.
+    Existing rows get mark 1 (and ``hub_mark`` 1 if there are any).
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -461,6 +477,26 @@ _V12 = (
         END""",
 )
 
+_V13 = (
+    # Hub changes numbered (protocol version 13): a report reads only what changed.
+    "ALTER TABLE hub_outbox ADD COLUMN change INTEGER NOT NULL DEFAULT 0",
+    "UPDATE hub_outbox SET change = 1",
+    "CREATE INDEX hub_outbox_by_change ON hub_outbox (organisation, change)",
+    """CREATE TABLE hub_removed (
+        organisation TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        change INTEGER NOT NULL,
+        PRIMARY KEY (organisation, record_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX hub_removed_by_change ON hub_removed (organisation, change)",
+    """CREATE TABLE hub_mark (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        n INTEGER NOT NULL
+    )""",
+    "INSERT INTO hub_mark (singleton, n) SELECT 1, COUNT(*) > 0 FROM hub_outbox",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -474,6 +510,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     10: _V10,
     11: _V11,
     12: _V12,
+    13: _V13,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

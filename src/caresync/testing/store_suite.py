@@ -73,6 +73,10 @@ from caresync.records.persons import (
 )
 from caresync.storage import (
     ConflictRow,
+    HubChanges,
+    HubMark,
+    HubOutcome,
+    HubRemoved,
     Identity,
     IncomingUpdate,
     LaptopStore,
@@ -109,6 +113,19 @@ __all__ = [
     "ServerStoreSuite",
     "StoreConformance",
 ]
+
+
+async def _mark_hub(
+    store: ServerStore, patients: Sequence[tuple[Patient, str | None]], held: str | None = None
+) -> None:
+    """Push a new edit of each patient (of that organisation) that marks it for the hub."""
+    for p, _org in patients:
+        p.edit()
+    await store.write_remote(
+        [IncomingUpdate(p.id, whole(p), None, org) for p, org in patients],
+        to_feed=True,
+        hub={p.id: HubMark(True, held) for p, _org in patients},
+    )
 
 
 def remote(patient: Patient, update: bytes, org: str | None = None) -> IncomingUpdate:
@@ -1392,6 +1409,142 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert [tuple(p) for p in await store.person_pairs_ending(org_1)] == expected
         unasked = await store.copy_page("org-1", after=None, limit=5, rows=False, persons=True)
         assert unasked.pairs == []
+
+    # health-hub outbox: what changed after a mark
+
+    async def test_hub_changes_number_every_outbox_change_and_read_those_after_a_mark(
+        self, store: ServerStore
+    ) -> None:
+        """Each push, attempt and outcome of a summary takes the next hub mark; a read
+        after a mark gives the rows changed since, as they stand, and the store's mark."""
+        assert await store.hub_changes("org-1", 0, 10) == HubChanges((), (), 0, False)
+        a, b, c = Patient("laptop-b"), Patient("laptop-b"), Patient("laptop-c")
+        await _mark_hub(store, [(a, "org-1"), (b, "org-1"), (c, "org-2")])
+        first = await store.hub_changes("org-1", 0, 10)
+        assert sorted(row.record_id for row in first.rows) == sorted([a.id, b.id])
+        assert first.removed == ()
+        assert not first.more
+        assert first.mark >= 3  # marks count every organisation's changes
+        assert [r.record_id for r in (await store.hub_changes("org-2", 0, 10)).rows] == [c.id]
+        assert await store.hub_changes("org-1", first.mark, 10) == HubChanges(
+            (), (), first.mark, False
+        )
+        # A mark the store never gave (a reader ahead of a store gone back to an older
+        # copy): nothing, and the store's mark, for the caller to compare.
+        ahead = await store.hub_changes("org-1", first.mark + 100, 10)
+        assert ahead == HubChanges((), (), first.mark, False)
+        # An attempt, then an outcome, each a change of its own, read as the row stands.
+        await store.record_hub_attempt(a.id, 1_700_000_000_000)
+        attempted = await store.hub_changes("org-1", first.mark, 10)
+        [row] = attempted.rows
+        assert (row.record_id, row.last_attempt_ms) == (a.id, 1_700_000_000_000)
+        assert attempted.mark > first.mark
+        version = row.version
+        assert await store.record_hub_outcome(a.id, version, HubOutcome("sent", None, 1, 0, True))
+        sent = await store.hub_changes("org-1", attempted.mark, 10)
+        assert [(r.record_id, r.state, r.sent_version) for r in sent.rows] == [
+            (a.id, "sent", version)
+        ]
+        assert sent.mark > attempted.mark
+        # A new version of b, pushed: b again, with it.
+        await _mark_hub(store, [(b, "org-1")], held="an open conflict")
+        pushed = await store.hub_changes("org-1", sent.mark, 10)
+        assert [(r.record_id, r.state, r.reason) for r in pushed.rows] == [
+            (b.id, "held", "an open conflict")
+        ]
+        # From mark 0: every row once, as hub_summaries lists them (another order).
+        everything = await store.hub_changes("org-1", 0, 10)
+        assert sorted(everything.rows, key=lambda r: r.record_id) == await store.hub_summaries(
+            "org-1"
+        )
+        assert everything.mark == pushed.mark
+
+    async def test_hub_changes_say_which_patients_left_the_list_after_a_mark(
+        self, store: ServerStore
+    ) -> None:
+        """An unmarked patient's row goes and leaves a tombstone: read after a mark
+        before it, never from mark 0 nor by another organisation; marked again, the
+        patient is listed, no longer removed."""
+        a, b = Patient("laptop-b"), Patient("laptop-b")
+        await _mark_hub(store, [(a, "org-1"), (b, "org-1")])
+        before = (await store.hub_changes("org-1", 0, 10)).mark
+        removed_at = (
+            await store.write_remote(
+                [IncomingUpdate(a.id, a.edit(), None, "org-1")],
+                to_feed=True,
+                hub={a.id: HubMark(False)},
+            )
+        )[0]
+        gone = await store.hub_changes("org-1", before, 10)
+        assert gone.rows == ()
+        assert gone.removed == (HubRemoved(a.id, removed_at),)
+        assert gone.mark == before + 1
+        assert [r.record_id for r in (await store.hub_changes("org-1", 0, 10)).rows] == [b.id]
+        assert (await store.hub_changes("org-1", 0, 10)).removed == ()
+        assert (await store.hub_changes("org-2", before, 10)).removed == ()
+        assert [r.record_id for r in await store.hub_summaries("org-1")] == [b.id]
+        # Unmarking what is not listed changes nothing: the mark stays.
+        await store.write_remote(
+            [IncomingUpdate(a.id, a.edit(), None, "org-1")],
+            to_feed=True,
+            hub={a.id: HubMark(False)},
+        )
+        assert (await store.hub_changes("org-1", gone.mark, 10)).mark == gone.mark
+        # An attempt or an outcome for a row that is gone changes nothing either.
+        await store.record_hub_attempt(a.id, 5)
+        assert not await store.record_hub_outcome(a.id, 1, HubOutcome("sent", None, 1, 0, True))
+        assert (await store.hub_changes("org-1", gone.mark, 10)).mark == gone.mark
+        # Marked again: listed, and no longer removed, whatever mark one reads after.
+        await _mark_hub(store, [(a, "org-1")])
+        for after in (before, gone.mark):
+            back = await store.hub_changes("org-1", after, 10)
+            assert [r.record_id for r in back.rows] == [a.id]
+            assert back.removed == ()
+
+    async def test_a_record_given_an_organisation_later_moves_its_hub_row_there(
+        self, store: ServerStore
+    ) -> None:
+        p = Patient("laptop-b")
+        await _mark_hub(store, [(p, None)])
+        assert (await store.hub_changes("org-1", 0, 10)).rows == ()
+        mark = (await store.hub_changes("org-1", 0, 10)).mark
+        await _mark_hub(store, [(p, "org-1")])
+        moved = await store.hub_changes("org-1", mark, 10)
+        assert [(r.record_id, r.organisation) for r in moved.rows] == [(p.id, "org-1")]
+
+    async def test_hub_changes_page_in_the_order_they_were_made(self, store: ServerStore) -> None:
+        """A page of ``limit`` changes says ``more`` and the mark of its last change;
+        reading on from there gives every change once, removals among them."""
+        patients = [Patient("laptop-b") for _ in range(5)]
+        await _mark_hub(store, [(p, "org-1") for p in patients])
+        start = (await store.hub_changes("org-1", 0, 10)).mark
+        order = [patients[3], patients[0], patients[4]]
+        for p in order:
+            await store.record_hub_attempt(p.id, 7)
+        await store.write_remote(
+            [IncomingUpdate(patients[1].id, patients[1].edit(), None, "org-1")],
+            to_feed=True,
+            hub={patients[1].id: HubMark(False)},
+        )
+        seen: list[str] = []
+        after, pages = start, 0
+        for _ in range(10):  # bounded: four changes in pages of two
+            page = await store.hub_changes("org-1", after, 2)
+            pages += 1
+            assert len(page.rows) + len(page.removed) <= 2
+            seen += [r.record_id for r in page.rows] + [f"-{g.record_id}" for g in page.removed]
+            assert page.mark > after
+            after = page.mark
+            if not page.more:
+                break
+        assert seen == [p.id for p in order] + [f"-{patients[1].id}"]
+        assert pages == 2
+        assert await store.hub_changes("org-1", after, 2) == HubChanges((), (), after, False)
+
+    async def test_hub_changes_refuse_bad_arguments(self, store: ServerStore) -> None:
+        for args in [(None, 0, 1), ("", 0, 1), ("org-1", -1, 1), ("org-1", 0, 0), ("o", "1", 1)]:
+            with pytest.raises(InvalidInputError):
+                await store.hub_changes(*args)  # type: ignore[arg-type]
 
     # remote updates and feed
 

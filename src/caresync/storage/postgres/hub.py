@@ -1,15 +1,31 @@
 """A server's health-hub outbox: the summary rows a push marks, and what became of
-sending them."""
+sending them.
+
+Every change of the outbox takes the next hub mark, stored on the row (``change``) or,
+when a patient leaves an organisation's list, on a tombstone (``hub_removed``). Several
+processes may write: a transaction that changes the outbox first locks the one
+``hub_mark`` row and holds it until it commits, so marks are given in commit order and
+a reader never passes a mark whose change commits later (as the feed lock does for
+feed numbers).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from caresync.storage._arguments import check_hub_attempt, check_hub_outcome
+from caresync.storage._arguments import check_hub_attempt, check_hub_changes, check_hub_outcome
 from caresync.storage._writes import PlannedRecord
-from caresync.storage.base import HubMark, HubOutcome, HubSummaryRow, check_optional_text
+from caresync.storage.base import (
+    HubChanges,
+    HubMark,
+    HubOutcome,
+    HubRemoved,
+    HubSummaryRow,
+    check_optional_text,
+)
 from caresync.storage.postgres._sql import Conn
 from caresync.storage.postgres.core import PostgresCore
+from caresync.storage.postgres.reading import snapshot
 
 __all__ = ["HubPart"]
 
@@ -19,35 +35,117 @@ _HUB_COLUMNS = (
 )
 
 
+def _lock_mark(raw: Conn) -> int:
+    """Lock the hub mark until the transaction ends (every process's outbox writes
+    follow one another from here); the last mark given out."""
+    row = raw.execute("SELECT n FROM hub_mark WHERE singleton = 1 FOR UPDATE").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _save_mark(raw: Conn, mark: int) -> None:
+    raw.execute("UPDATE hub_mark SET n = %s WHERE singleton = 1", (mark,))
+
+
+def _bury(raw: Conn, organisation: str | None, record_id: str, version: int, mark: int) -> None:
+    """Leave a tombstone: the record left ``organisation``'s list at ``mark``."""
+    if organisation is None:
+        return  # hub changes are read per organisation: nobody lists a record of none
+    raw.execute(
+        "INSERT INTO hub_removed (organisation, record_id, version, change)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (organisation, record_id) DO UPDATE"
+        " SET version = excluded.version, change = excluded.change",
+        (organisation, record_id, version, mark),
+    )
+
+
 def write_hub_marks(
     raw: Conn,
     marks: Mapping[str, HubMark],
     versions: Mapping[str, int],
     planned: Mapping[str, PlannedRecord],
 ) -> None:
-    """Upsert (or delete) the hub outbox rows of the records a batch added to."""
-    for record_id, mark in marks.items():
-        version = versions.get(record_id)
-        if version is None:
-            continue  # the batch added nothing to it: its row stays as it is
+    """Upsert (or delete) the hub outbox rows of the records a batch added to, each change
+    with its hub mark; a row deleted or moved to another organisation leaves a tombstone."""
+    touched = [record_id for record_id in marks if record_id in versions]
+    if not touched:
+        return
+    last = start = _lock_mark(raw)
+    before = {
+        str(record_id): organisation
+        for record_id, organisation in raw.execute(
+            "SELECT record_id, organisation FROM hub_outbox WHERE record_id = ANY(%s)",
+            (touched,),
+        )
+    }
+    for record_id in touched:
+        mark, version = marks[record_id], versions[record_id]
         if not mark.enabled:
-            raw.execute("DELETE FROM hub_outbox WHERE record_id = %s", (record_id,))
+            if record_id in before:
+                raw.execute("DELETE FROM hub_outbox WHERE record_id = %s", (record_id,))
+                last += 1
+                _bury(raw, before[record_id], record_id, version, last)
             continue
         plan = planned.get(record_id)
+        organisation = None if plan is None else plan.organisation
+        last += 1
         raw.execute(
             "INSERT INTO hub_outbox (record_id, organisation, version, state, reason,"
-            " attempts, next_attempt_ms) VALUES (%s, %s, %s, %s, %s, 0, 0)"
+            " attempts, next_attempt_ms, change) VALUES (%s, %s, %s, %s, %s, 0, 0, %s)"
             " ON CONFLICT (record_id) DO UPDATE SET organisation = excluded.organisation,"
             " version = excluded.version, state = excluded.state, reason = excluded.reason,"
-            " attempts = 0, next_attempt_ms = 0",
+            " attempts = 0, next_attempt_ms = 0, change = excluded.change",
             (
                 record_id,
-                None if plan is None else plan.organisation,
+                organisation,
                 version,
                 "pending" if mark.held is None else "held",
                 mark.held,
+                last,
             ),
         )
+        if record_id in before and before[record_id] != organisation:
+            _bury(raw, before[record_id], record_id, version, last)
+        if organisation is not None:  # listed there again: no longer removed
+            raw.execute(
+                "DELETE FROM hub_removed WHERE organisation = %s AND record_id = %s",
+                (organisation, record_id),
+            )
+    if last != start:
+        _save_mark(raw, last)
+
+
+def _read_changes(raw: Conn, organisation: str, after: int, limit: int) -> HubChanges:
+    """:meth:`HubPart.hub_changes`, inside one snapshot."""
+    row = raw.execute("SELECT n FROM hub_mark WHERE singleton = 1").fetchone()
+    mark = 0 if row is None else int(row[0])
+    changed: list[tuple[int, HubSummaryRow | HubRemoved]] = [
+        (int(r[9]), HubSummaryRow(*r[:9]))
+        for r in raw.execute(
+            f"SELECT {_HUB_COLUMNS}, change FROM hub_outbox"
+            " WHERE organisation = %s AND change > %s ORDER BY change LIMIT %s",
+            (organisation, after, limit + 1),
+        )
+    ]
+    if after > 0:  # a reader that holds nothing has nothing to drop
+        changed += [
+            (int(change), HubRemoved(str(record_id), int(version)))
+            for record_id, version, change in raw.execute(
+                "SELECT record_id, version, change FROM hub_removed"
+                " WHERE organisation = %s AND change > %s ORDER BY change LIMIT %s",
+                (organisation, after, limit + 1),
+            )
+        ]
+    changed.sort(key=lambda pair: pair[0])
+    more = len(changed) > limit
+    if more:
+        del changed[limit:]
+        mark = changed[-1][0]
+    return HubChanges(
+        tuple(c for _n, c in changed if isinstance(c, HubSummaryRow)),
+        tuple(c for _n, c in changed if isinstance(c, HubRemoved)),
+        mark,
+        more,
+    )
 
 
 class HubPart(PostgresCore):
@@ -67,18 +165,30 @@ class HubPart(PostgresCore):
             lambda raw: [HubSummaryRow(*row) for row in raw.execute(sql, args)],
         )
 
+    async def hub_changes(self, organisation: str, after: int, limit: int) -> HubChanges:
+        """What changed in the organisation's hub outbox after the mark ``after`` (see
+        :meth:`~caresync.storage.base.ServerStore.hub_changes`)."""
+        check_hub_changes(organisation, after, limit)
+        return await self._run(
+            "reading the hub outbox's changes",
+            lambda raw: snapshot(raw, lambda: _read_changes(raw, organisation, after, limit)),
+        )
+
     async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
         """Note that a summary of the record is being sent now."""
         check_hub_attempt(record_id, attempted_ms)
 
         def job(raw: Conn) -> None:
-            self._write(
-                raw,
-                lambda: raw.execute(
-                    "UPDATE hub_outbox SET last_attempt_ms = %s WHERE record_id = %s",
-                    (attempted_ms, record_id),
-                ),
-            )
+            def body() -> None:
+                mark = _lock_mark(raw) + 1
+                cursor = raw.execute(
+                    "UPDATE hub_outbox SET last_attempt_ms = %s, change = %s WHERE record_id = %s",
+                    (attempted_ms, mark, record_id),
+                )
+                if cursor.rowcount:
+                    _save_mark(raw, mark)
+
+            self._write(raw, body)
 
         await self._run(f"noting a hub attempt for {record_id}", job)
 
@@ -88,24 +198,29 @@ class HubPart(PostgresCore):
 
         def job(raw: Conn) -> bool:
             def body() -> bool:
+                mark = _lock_mark(raw) + 1
+                changed = 0
                 if outcome.acknowledged:
-                    raw.execute(
-                        "UPDATE hub_outbox SET sent_version = GREATEST(sent_version, %s)"
-                        " WHERE record_id = %s",
-                        (version, record_id),
-                    )
+                    changed += raw.execute(
+                        "UPDATE hub_outbox SET sent_version = GREATEST(sent_version, %s),"
+                        " change = %s WHERE record_id = %s",
+                        (version, mark, record_id),
+                    ).rowcount
                 cursor = raw.execute(
                     "UPDATE hub_outbox SET state = %s, reason = %s, attempts = %s,"
-                    " next_attempt_ms = %s WHERE record_id = %s AND version = %s",
+                    " next_attempt_ms = %s, change = %s WHERE record_id = %s AND version = %s",
                     (
                         outcome.state,
                         outcome.reason,
                         outcome.attempts,
                         outcome.next_attempt_ms,
+                        mark,
                         record_id,
                         version,
                     ),
                 )
+                if changed or cursor.rowcount:
+                    _save_mark(raw, mark)
                 return bool(cursor.rowcount)
 
             return self._write(raw, body)

@@ -26,6 +26,24 @@ __all__ = ["MaintenancePart"]
 
 _MAX_PROBLEMS = 100
 
+_HUB_CHECKS = (
+    (
+        "SELECT COUNT(*) FROM hub_outbox WHERE change > (SELECT n FROM hub_mark)",
+        "hub outbox rows carry a mark not given out yet",
+    ),
+    (
+        "SELECT COUNT(*) FROM hub_removed WHERE change > (SELECT n FROM hub_mark)",
+        "hub tombstones carry a mark not given out yet",
+    ),
+    (
+        "SELECT COUNT(*) FROM hub_removed d JOIN hub_outbox o"
+        " ON o.record_id = d.record_id AND o.organisation = d.organisation",
+        "patients are both listed and removed in one organisation's hub outbox",
+    ),
+)
+"""Queries that count hub marks out of step (a laptop would skip or repeat a change)."""
+
+
 _LINK_CHECKS = (
     (
         "SELECT COUNT(*) FROM states WHERE record_id NOT IN (SELECT record_id FROM records)",
@@ -142,7 +160,7 @@ class MaintenancePart(PostgresCore):
         version = read_version(raw, self.where)
         if version != SCHEMA_VERSION:
             problems.append(f"schema version {version}, not {SCHEMA_VERSION}")
-        for sql, problem in _LINK_CHECKS:
+        for sql, problem in (*_LINK_CHECKS, *_HUB_CHECKS):
             count = scalar(raw, sql)
             if count:
                 problems.append(f"{count} {problem}")

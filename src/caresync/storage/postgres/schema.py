@@ -31,6 +31,19 @@ Version 2 gave accounts an administrator role (the SQLite store's version 11)::
 
     users      + admin boolean NOT NULL DEFAULT false
 
+Version 3 numbers the changes of the health-hub outbox (the SQLite store's version 13)::
+
+    hub_outbox  + change bigint       the hub mark of the row's last change
+                index hub_outbox_by_change (organisation, change)
+    hub_removed (organisation, record_id) PK, version, change   tombstones
+                index hub_removed_by_change (organisation, change)
+    hub_mark    (singleton PK, n)     the last hub mark given out
+
+    A transaction that changes the outbox first locks the ``hub_mark`` row (an
+    UPDATE, or SELECT ... FOR UPDATE), and holds it until it commits: hub marks are
+    given in commit order, whatever the number of processes writing, so a reader
+    never passes a mark whose change commits later.
+
 As in SQLite, an update written into the feed is stored once, as a feed row: a
 record is its state, its log rows and its feed rows after ``feed_folded``.
 
@@ -232,7 +245,28 @@ _V2 = (
     "ALTER TABLE users ADD COLUMN admin boolean NOT NULL DEFAULT false",
 )
 
-SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+_V3 = (
+    # Hub changes numbered (protocol version 13): a report reads only what changed.
+    "ALTER TABLE hub_outbox ADD COLUMN change bigint NOT NULL DEFAULT 0",
+    "UPDATE hub_outbox SET change = 1",
+    "CREATE INDEX hub_outbox_by_change ON hub_outbox (organisation, change)",
+    """CREATE TABLE hub_removed (
+        organisation text COLLATE "C" NOT NULL,
+        record_id text COLLATE "C" NOT NULL,
+        version bigint NOT NULL,
+        change bigint NOT NULL,
+        PRIMARY KEY (organisation, record_id)
+    )""",
+    "CREATE INDEX hub_removed_by_change ON hub_removed (organisation, change)",
+    """CREATE TABLE hub_mark (
+        singleton integer PRIMARY KEY CHECK (singleton = 1),
+        n bigint NOT NULL
+    )""",
+    """INSERT INTO hub_mark (singleton, n)
+        SELECT 1, CASE WHEN EXISTS (SELECT 1 FROM hub_outbox) THEN 1 ELSE 0 END""",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 """Statements that bring a schema from version N-1 to N. Never edit a released step."""
 
 SCHEMA_VERSION = max(SCHEMA_STEPS)

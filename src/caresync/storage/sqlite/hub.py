@@ -1,15 +1,23 @@
-"""A server's health-hub outbox: the summary rows a push marks, and what became of sending them."""
+"""A server's health-hub outbox: the summary rows a push marks, and what became of sending them.
+
+Every change of the outbox takes the next hub mark (``hub_mark``), stored on the row
+(``change``) or, when a patient leaves an organisation's list, on a tombstone
+(``hub_removed``): :meth:`HubPart.hub_changes` reads what changed after a mark through
+an index on ``(organisation, change)``. One writer per file: marks follow commit order.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
 
-from caresync.storage._arguments import check_hub_attempt, check_hub_outcome
+from caresync.storage._arguments import check_hub_attempt, check_hub_changes, check_hub_outcome
 from caresync.storage._writes import PlannedRecord
 from caresync.storage.base import (
+    HubChanges,
     HubMark,
     HubOutcome,
+    HubRemoved,
     HubSummaryRow,
     check_optional_text,
 )
@@ -24,36 +32,110 @@ _HUB_COLUMNS = (
 )
 
 
+def _next_mark(raw: sqlite3.Connection) -> int:
+    """Give out the next hub mark (in the caller's transaction)."""
+    (mark,) = raw.execute(
+        "UPDATE hub_mark SET n = n + 1 WHERE singleton = 1 RETURNING n"
+    ).fetchone()
+    return int(mark)
+
+
+def _bury(
+    raw: sqlite3.Connection, organisation: str | None, record_id: str, version: int, mark: int
+) -> None:
+    """Leave a tombstone: the record left ``organisation``'s list at ``mark``."""
+    if organisation is None:
+        return  # hub changes are read per organisation: nobody lists a record of none
+    raw.execute(
+        "INSERT INTO hub_removed (organisation, record_id, version, change) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (organisation, record_id) DO UPDATE SET version = excluded.version,"
+        " change = excluded.change",
+        (organisation, record_id, version, mark),
+    )
+
+
 def _write_hub_marks(
     raw: sqlite3.Connection,
     marks: Mapping[str, HubMark],
     versions: Mapping[str, int],
     planned: Mapping[str, PlannedRecord],
 ) -> None:
-    """Upsert (or delete) the hub outbox rows of the records a batch added to."""
+    """Upsert (or delete) the hub outbox rows of the records a batch added to, each change
+    with its hub mark; a row deleted or moved to another organisation leaves a tombstone."""
     for record_id, mark in marks.items():
         version = versions.get(record_id)
         if version is None:
             continue  # the batch added nothing to it: its row stays as it is
+        found = raw.execute(
+            "SELECT organisation FROM hub_outbox WHERE record_id = ?", (record_id,)
+        ).fetchone()
         if not mark.enabled:
-            raw.execute("DELETE FROM hub_outbox WHERE record_id = ?", (record_id,))
+            if found is not None:
+                raw.execute("DELETE FROM hub_outbox WHERE record_id = ?", (record_id,))
+                _bury(raw, found[0], record_id, version, _next_mark(raw))
             continue
         plan = planned.get(record_id)
         organisation = None if plan is None else plan.organisation
+        change = _next_mark(raw)
         raw.execute(
             "INSERT INTO hub_outbox (record_id, organisation, version, state, reason,"
-            " attempts, next_attempt_ms) VALUES (?, ?, ?, ?, ?, 0, 0)"
+            " attempts, next_attempt_ms, change) VALUES (?, ?, ?, ?, ?, 0, 0, ?)"
             " ON CONFLICT (record_id) DO UPDATE SET organisation = excluded.organisation,"
             " version = excluded.version, state = excluded.state, reason = excluded.reason,"
-            " attempts = 0, next_attempt_ms = 0",
+            " attempts = 0, next_attempt_ms = 0, change = excluded.change",
             (
                 record_id,
                 organisation,
                 version,
                 "pending" if mark.held is None else "held",
                 mark.held,
+                change,
             ),
         )
+        if found is not None and found[0] != organisation:
+            _bury(raw, found[0], record_id, version, change)
+        if organisation is not None:  # listed there again: no longer removed
+            raw.execute(
+                "DELETE FROM hub_removed WHERE organisation = ? AND record_id = ?",
+                (organisation, record_id),
+            )
+
+
+def _read_changes(raw: sqlite3.Connection, organisation: str, after: int, limit: int) -> HubChanges:
+    """:meth:`HubPart.hub_changes` in one snapshot."""
+    raw.execute("BEGIN")  # one snapshot for the mark and the rows, even beside another process
+    try:
+        (mark,) = raw.execute("SELECT n FROM hub_mark WHERE singleton = 1").fetchone()
+        changed: list[tuple[int, HubSummaryRow | HubRemoved]] = [
+            (int(r[9]), HubSummaryRow(*r[:9]))
+            for r in raw.execute(
+                f"SELECT {_HUB_COLUMNS}, change FROM hub_outbox"
+                " WHERE organisation = ? AND change > ? ORDER BY change LIMIT ?",
+                (organisation, after, limit + 1),
+            )
+        ]
+        if after > 0:  # a reader that holds nothing has nothing to drop
+            changed += [
+                (int(change), HubRemoved(record_id, int(version)))
+                for record_id, version, change in raw.execute(
+                    "SELECT record_id, version, change FROM hub_removed"
+                    " WHERE organisation = ? AND change > ? ORDER BY change LIMIT ?",
+                    (organisation, after, limit + 1),
+                )
+            ]
+    finally:
+        raw.execute("COMMIT")
+    changed.sort(key=lambda pair: pair[0])
+    more = len(changed) > limit
+    if more:
+        del changed[limit:]
+        mark = changed[-1][0]
+    return HubChanges(
+        tuple(c for _n, c in changed if isinstance(c, HubSummaryRow)),
+        tuple(c for _n, c in changed if isinstance(c, HubRemoved)),
+        int(mark),
+        more,
+    )
 
 
 class HubPart(SQLiteCore):
@@ -73,18 +155,30 @@ class HubPart(SQLiteCore):
             lambda raw: [HubSummaryRow(*row) for row in raw.execute(sql, args)],
         )
 
+    async def hub_changes(self, organisation: str, after: int, limit: int) -> HubChanges:
+        """What changed in the organisation's hub outbox after the mark ``after`` (see
+        :meth:`~caresync.storage.base.ServerStore.hub_changes`)."""
+        check_hub_changes(organisation, after, limit)
+        return await self._run(
+            "reading the hub outbox's changes",
+            lambda raw: _read_changes(raw, organisation, after, limit),
+        )
+
     async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:
         """Note that a summary of the record is being sent now."""
         check_hub_attempt(record_id, attempted_ms)
 
         def job(raw: sqlite3.Connection) -> None:
-            self._write(
-                raw,
-                lambda: raw.execute(
-                    "UPDATE hub_outbox SET last_attempt_ms = ? WHERE record_id = ?",
+            def body() -> None:
+                cursor = raw.execute(
+                    "UPDATE hub_outbox SET last_attempt_ms = ?,"
+                    " change = (SELECT n + 1 FROM hub_mark) WHERE record_id = ?",
                     (attempted_ms, record_id),
-                ),
-            )
+                )
+                if cursor.rowcount:
+                    _next_mark(raw)
+
+            self._write(raw, body)
 
         await self._run(f"noting a hub attempt for {record_id}", job)
 
@@ -94,15 +188,17 @@ class HubPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> bool:
             def body() -> bool:
+                changed = 0
                 if outcome.acknowledged:
-                    raw.execute(
-                        "UPDATE hub_outbox SET sent_version = MAX(COALESCE(sent_version, 0), ?)"
-                        " WHERE record_id = ?",
+                    changed += raw.execute(
+                        "UPDATE hub_outbox SET sent_version = MAX(COALESCE(sent_version, 0), ?),"
+                        " change = (SELECT n + 1 FROM hub_mark) WHERE record_id = ?",
                         (version, record_id),
-                    )
+                    ).rowcount
                 cursor = raw.execute(
                     "UPDATE hub_outbox SET state = ?, reason = ?, attempts = ?,"
-                    " next_attempt_ms = ? WHERE record_id = ? AND version = ?",
+                    " next_attempt_ms = ?, change = (SELECT n + 1 FROM hub_mark)"
+                    " WHERE record_id = ? AND version = ?",
                     (
                         outcome.state,
                         outcome.reason,
@@ -112,6 +208,8 @@ class HubPart(SQLiteCore):
                         version,
                     ),
                 )
+                if changed or cursor.rowcount:
+                    _next_mark(raw)  # the mark the rows took
                 return bool(cursor.rowcount)
 
             return self._write(raw, body)

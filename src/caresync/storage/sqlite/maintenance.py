@@ -47,6 +47,24 @@ _KEY_CHECKS = (
 """Queries that count broken links between records, log and feed, and what they mean."""
 
 
+_HUB_CHECKS = (
+    (
+        "SELECT COUNT(*) FROM hub_outbox WHERE change > (SELECT n FROM hub_mark)",
+        "hub outbox rows carry a mark not given out yet",
+    ),
+    (
+        "SELECT COUNT(*) FROM hub_removed WHERE change > (SELECT n FROM hub_mark)",
+        "hub tombstones carry a mark not given out yet",
+    ),
+    (
+        "SELECT COUNT(*) FROM hub_removed d JOIN hub_outbox o"
+        " ON o.record_id = d.record_id AND o.organisation = d.organisation",
+        "patients are both listed and removed in one organisation's hub outbox",
+    ),
+)
+"""Queries that count hub marks out of step (a laptop would skip or repeat a change)."""
+
+
 _PERSON_CHECKS = (
     (
         "SELECT COUNT(*) FROM person_cards WHERE record_id NOT IN (SELECT record_id FROM records)",
@@ -211,6 +229,10 @@ class MaintenancePart(SQLiteCore):
                     problems.append(f"{orphans} {table} rows belong to no stored record")
             if marks.user_version == SCHEMA_VERSION:
                 problems.extend(_count_problems(raw))
+                for sql, problem in _HUB_CHECKS:
+                    count = _scalar(raw, sql)
+                    if count:
+                        problems.append(f"{count} {problem}")
             for sql, problem in _KEY_CHECKS:
                 count = _scalar(raw, sql)
                 if count:
