@@ -75,6 +75,7 @@ from caresync.protocol import PushAck
 from caresync.server import SyncServer
 
 ROUNDS = 5
+TINY_ROUNDS = 2  # --tiny: enough for a median of rounds, the code run through, not measured
 LAPTOP_PROCESSES = 4  # processes sharing the 2,000 laptops (see many_laptops_case)
 JOIN_AT_ONCE = 20  # logins in flight at once (the server bounds pending logins)
 _CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -87,10 +88,14 @@ _DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 class Clinic:
     """A server database and the processes serving it."""
 
-    def __init__(self, name: str, database: str, processes: list[ServerProcess]) -> None:
+    def __init__(
+        self, name: str, database: str, processes: list[ServerProcess], rounds: int = ROUNDS
+    ) -> None:
         self.name = name
         self.database = database
         self.processes = processes
+        self.rounds = rounds
+        """How many rounds each case measures."""
 
     def url_for(self, k: int) -> str:
         """The server the ``k``-th laptop connects to: spread over the processes."""
@@ -156,7 +161,9 @@ async def postgres_database(server: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def clinic(name: str, work: Path, postgres: str | None) -> AsyncIterator[Clinic]:
+async def clinic(
+    name: str, work: Path, postgres: str | None, rounds: int = ROUNDS
+) -> AsyncIterator[Clinic]:
     """A new clinic of the named kind, its account made, its processes started."""
     async with contextlib.AsyncExitStack() as stack:
         if name == "sqlite":
@@ -173,7 +180,7 @@ async def clinic(name: str, work: Path, postgres: str | None) -> AsyncIterator[C
             process = ServerProcess("caresync", database)  # a URL is no Path
             stack.callback(process.kill)
             processes.append(process)
-        yield Clinic(name, database, processes)
+        yield Clinic(name, database, processes, rounds)
 
 
 async def join_all(place: Clinic, count: int, first: int = 0) -> list[RawLaptop]:
@@ -223,7 +230,7 @@ async def fan_out_rounds(
     after_round: Callable[[], Awaitable[None]] | None = None,
     client_cpu_s: Callable[[], Awaitable[float]] | None = None,
 ) -> dict[str, Any]:
-    """:data:`ROUNDS` rounds of ``edits`` edits, one at a time, each awaited at every reader.
+    """``place.rounds`` rounds of ``edits`` edits, one at a time, each awaited at every reader.
 
     Beside the times: the servers' CPU time per edit (all processes), which the
     laptops' own decoding, in this process, does not inflate; the time the servers
@@ -232,7 +239,7 @@ async def fan_out_rounds(
     ``client_cpu_s``, the laptops' processes' CPU time per edit.
     """
     maker = EditMaker(writer.replica_id)
-    prepared = maker.make(edits * ROUNDS - 1)  # the record's creation is the first edit
+    prepared = maker.make(edits * place.rounds - 1)  # the record's creation is the first edit
     seq = 0
     per_delivery_p99: list[float] = []
     per_delivery_median: list[float] = []
@@ -241,7 +248,7 @@ async def fan_out_rounds(
     cpu_per_edit: list[float] = []
     fan_out_per_edit: list[float] = []
     client_cpu_per_edit: list[float] = []
-    for round_ in range(ROUNDS):
+    for round_ in range(place.rounds):
         samples: list[float] = []
         last: list[float] = []
         cpu_before = await place.cpu_s()
@@ -278,7 +285,7 @@ async def fan_out_rounds(
             if client_cpu_s is not None
             else {}
         ),
-        "rounds": ROUNDS,
+        "rounds": place.rounds,
         "edits_per_round": edits,
     }
 
@@ -354,11 +361,11 @@ async def latency_case(place: Clinic, laptops: int, edits: int) -> dict[str, Any
 async def throughput_case(
     place: Clinic, laptops: int, rate: float, seconds: float
 ) -> dict[str, Any]:
-    """Every laptop pushes at ``rate`` edits/s; :data:`ROUNDS` runs of ``seconds``."""
+    """Every laptop pushes at ``rate`` edits/s; ``place.rounds`` runs of ``seconds``."""
     clients = await join_all(place, laptops)
     arrived = Counted()
     await subscribe_all(clients, arrived)
-    per_laptop = int(rate * seconds * ROUNDS * 1.5) + 10
+    per_laptop = int(rate * seconds * place.rounds * 1.5) + 10
     prepared = [EditMaker(c.replica_id).make(per_laptop) for c in clients]
     made = [0] * laptops
     acked = [0] * laptops
@@ -391,7 +398,7 @@ async def throughput_case(
     acknowledged: list[float] = []
     delivered: list[float] = []
     try:
-        for _ in range(ROUNDS):
+        for _ in range(place.rounds):
             acked_before, received_before = sum(acked), arrived.count
             t0 = time.perf_counter()
             await asyncio.gather(*(writer(i) for i in range(laptops)))
@@ -422,7 +429,7 @@ async def throughput_case(
         "delivered_live_per_s": _rates(delivered),
         "acknowledged": sum(acked),
         "acknowledged_then_lost": lost,
-        "rounds": ROUNDS,
+        "rounds": place.rounds,
     }
 
 
@@ -494,16 +501,17 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
     many, many_edits = (10, 2) if tiny else (2000, 20)
     processes = 2 if tiny else LAPTOP_PROCESSES
     rate, seconds = (10.0, 0.3) if tiny else (20.0, 3.0)
+    rounds = TINY_ROUNDS if tiny else ROUNDS
     cases: list[dict[str, Any]] = []
     if postgres is None:
         cases.append({"case": "PostgreSQL clinics", "left_out": "no PostgreSQL server answered"})
     try:
         for name in names:
-            async with clinic(name, work, postgres) as place:
+            async with clinic(name, work, postgres, rounds) as place:
                 cases.append(await latency_case(place, laptops, edits))
-            async with clinic(name, work, postgres) as place:
+            async with clinic(name, work, postgres, rounds) as place:
                 cases.append(await many_laptops_case(place, many, many_edits, processes))
-            async with clinic(name, work, postgres) as place:
+            async with clinic(name, work, postgres, rounds) as place:
                 cases.append(await throughput_case(place, laptops, rate, seconds))
         return cases
     finally:
