@@ -237,6 +237,10 @@ class _Stored:
     """State, card and rows as committed; ``digests`` set; the since-seqs not used."""
 
 
+def _row_id(row: ConflictRow) -> str:
+    return row.id
+
+
 class _Remembered(Generic[K, V]):
     """A bounded map of facts that never change once stored (least recently used go first)."""
 
@@ -1446,9 +1450,10 @@ class SyncServer:
             vector = vectors.get(record_id)
             if vector is None or vector[1]:
                 continue  # waiting items: its state vector does not say its state
+            # In id order, as the store reads them back (a frame carries them so).
             wire_rows = tuple(
                 CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
-                for row in found.rows
+                for row in sorted(found.rows, key=_row_id)
             )
             state = CheckedState(record_id, vector[0], card_bytes)
             self._stored.put(

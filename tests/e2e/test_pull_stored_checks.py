@@ -141,3 +141,44 @@ async def test_a_record_another_writer_moved_is_read_from_the_store(
         await reader.close()
         await writer.close()
         await server.close()
+
+
+async def test_rows_a_push_made_go_in_the_order_the_store_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records left in conflict by a push, several rows each: a pull after it sends them
+    as the store holds them (in id order, as a frame must carry them), from memory."""
+    server = await start_server(tmp_path)
+    await seed(server)
+    one = await enrolled(tmp_path, server, "one")
+    two = await enrolled(tmp_path, server, "two", user="dr.b")
+    reader = await enrolled(tmp_path, server, "reader", user="dr.b", rulebook=Counted())
+    reads = Reads(server, monkeypatch)
+    try:
+        ids = sorted(await one.record_ids())[:8]
+        # The same fields set apart on two laptops: the second push leaves each record
+        # with a conflict row per field.
+        for laptop, values in (
+            (one, ("1970-01-01", "female", "x")),
+            (two, ("1971-02-02", "male", "y")),
+        ):
+            for record_id in ids:
+                await laptop.set(record_id, "birthDate", values[0])
+                await laptop.set(record_id, "gender", values[1])
+                await laptop.set(record_id, "summary", values[2])
+        await one.sync()
+        await two.sync()
+        stored = await server.store.conflict_rows(ids)
+        assert all(len(stored.get(record_id, ())) >= 2 for record_id in ids)
+        reads.clear()
+        Counted.runs = 0
+        assert (await reader.sync()).downloaded >= len(ids)
+        assert not set(ids) & {*reads.cards, *reads.rows}  # from what the push kept
+        assert Counted.runs == 0
+        await same_as_server(reader, server, ids)
+        assert await reader.store.conflict_rows(ids) == stored
+    finally:
+        await reader.close()
+        await two.close()
+        await one.close()
+        await server.close()
