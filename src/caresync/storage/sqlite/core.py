@@ -39,7 +39,7 @@ def _wall_ms() -> int:
 
 DEFAULT_CHECKPOINT_PAGES = 1000
 """SQLite's own threshold of automatic checkpoints, in pages of the write-ahead log."""
-_NAMES_KEPT = 65_536  # record ids by key kept for the change feed's readers, at most
+_NAMES_KEPT = 32_768  # record ids by key kept for the change feed's readers (as many as the cache)
 MAX_CHECKPOINT_PAGES = 1_000_000
 """The most ``checkpoint_pages`` may be (4 GB of log)."""
 
