@@ -101,3 +101,20 @@ def test_a_conflict_row_travels_as_the_stores_row() -> None:
     assert got_id == rid
     assert got.rows == (ConflictRow("f-1", rid, "rule", "name", "block", b'{"x":1}'),)
     assert got.person is None
+
+
+def test_rows_referred_to_fit_only_the_rows_they_digest() -> None:
+    from caresync.protocol import rows_digest
+    from caresync.replication.checked import rows_kept
+
+    row = ConflictRow("f-1", "rec-a", "rule", "birthDate", "block", b'{"x":1}')
+    other = ConflictRow("f-2", "rec-a", "rule", "gender", "flag", b'{"x":2}')
+    for stored in ((), (row,), (row, other)):
+        check = ServerCheck(b"\x00", (), None, b"\x00" * 17, rows_digest(stored))
+        assert rows_kept(check, stored)
+        assert rows_kept(check, list(stored))
+        for wrong in ((), (row,), (other,), (row, other)):
+            if set(wrong) != set(stored):
+                assert not rows_kept(check, wrong)
+    # Rows sent in full fit whatever is stored.
+    assert rows_kept(ServerCheck(b"\x00", (row,), None), ())

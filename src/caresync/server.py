@@ -88,6 +88,7 @@ from caresync.protocol import (
     AuditBatch,
     Authenticate,
     Authenticated,
+    CheckedState,
     CopyBatch,
     CopyConflict,
     CopyPerson,
@@ -225,6 +226,21 @@ class _Held:
             rows,
             self.rows_since if rows == self.rows else head,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A record's check as this server committed it with a push: what its index holds
+    for as long as the record's stored state vector is ``check.state.state_vector``
+    (conflict rows and a person card are functions of a record's state and the
+    rulebook, whoever stored them), with their digests worked out once."""
+
+    check: RecordCheck
+    """State, card and rows as committed; ``digests`` set; the since-seqs not used."""
+
+
+def _row_id(row: ConflictRow) -> str:
+    return row.id
 
 
 class _Remembered(Generic[K, V]):
@@ -495,6 +511,9 @@ class SyncServer:
         self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
         # Each record's check as stored after its last commit, for live frames (version 8).
         self._checks: _Remembered[str, RecordCheck] = _Remembered(_CHECKS_REMEMBERED)
+        # Each record's check as a push here committed it: a pull or live frame of the
+        # record still in that state takes it, not reading its card and rows again.
+        self._stored: _Remembered[str, _Stored] = _Remembered(_CHECKS_REMEMBERED)
         # Each record's card and conflict rows as last seen here (their digests) and the
         # feed seqs by which the record had them (version 9: a laptop past them is sent
         # references instead). See _read_checks and _note_held.
@@ -1398,15 +1417,39 @@ class SyncServer:
         and is sent a reference (version 9). A card first read here, or changed since
         it was last read, counts from ``head``: a laptop behind gets the card itself.
         """
-        checks = await read_wire_checks(self.store, record_ids)
+        ids = list(dict.fromkeys(record_ids))
+        if not ids:
+            return {}
+        # A record still in the state a push here committed: its check as committed
+        # (the state vector read now, under the commit lock, says it is that state).
+        vectors = await self.store.state_vectors(ids)
+        checks: dict[str, RecordCheck] = {}
+        unknown: list[str] = []
+        for record_id in ids:
+            found = vectors.get(record_id)
+            if found is None or found[1]:
+                continue  # not stored, or holding waiting items: no check (as read)
+            stored = self._stored.get(record_id)
+            if stored is not None and stored.check.state.state_vector == found[0]:
+                checks[record_id] = stored.check
+            else:
+                unknown.append(record_id)
+        if unknown:
+            checks.update(await read_wire_checks(self.store, unknown))
         if not checks:
             return {}
         if head is None:
             head = await self.store.feed_head()
         wired: dict[str, RecordCheck] = {}
-        for record_id, wire in checks.items():
-            card = card_reference(wire.state.card or b"")
-            rows = rows_digest(wire.rows)
+        for record_id in ids:
+            wire = checks.get(record_id)
+            if wire is None:
+                continue
+            if wire.digests is not None:
+                card, rows = wire.digests
+            else:
+                card = card_reference(wire.state.card or b"")
+                rows = rows_digest(wire.rows)
             known = self._held.get(record_id)
             # Not seen since this server started: as far as it knows, always so (a
             # laptop that lacks it after all builds the record, as without a check).
@@ -1418,24 +1461,40 @@ class SyncServer:
             )
         return wired
 
-    def _note_held(
+    async def _note_held(
         self,
         before: tuple[Mapping[str, bytes], Mapping[str, tuple[ConflictRow, ...]]],
         taken: Mapping[str, Taken],
         head: int,
     ) -> None:
-        """After a push's commit at feed seq ``head``: the cards and rows it changed
-        count from ``head`` (``before``: the records' cards and rows before it)."""
+        """After a push's commit at feed seq ``head`` (under the commit lock): the cards
+        and rows it changed count from ``head`` (``before``: the records' cards and rows
+        before it), and each record's check as committed is kept (``_stored``)."""
         cards, rows = before
+        # The state vectors just committed (the store's cache holds them).
+        vectors = await self.store.state_vectors(list(taken))
         for record_id, found in taken.items():
             old_card = card_reference(cards.get(record_id, b""))
             old_rows = rows_digest(rows.get(record_id, ()))
-            new_card = card_reference(b"" if found.person is None else found.person.to_bytes())
+            card_bytes = None if found.person is None else found.person.to_bytes()
+            new_card = card_reference(card_bytes or b"")
             new_rows = rows_digest(found.rows)
             known = self._held.get(record_id) or _Held(old_card, 0, old_rows, 0)
             held = known.seen(old_card, old_rows, head).seen(new_card, new_rows, head)
             if held is not known:
                 self._held.put(record_id, held)
+            vector = vectors.get(record_id)
+            if vector is None or vector[1]:
+                continue  # waiting items: its state vector does not say its state
+            # In id order, as the store reads them back (a frame carries them so).
+            wire_rows = tuple(
+                CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
+                for row in sorted(found.rows, key=_row_id)
+            )
+            state = CheckedState(record_id, vector[0], card_bytes)
+            self._stored.put(
+                record_id, _Stored(RecordCheck(state, wire_rows, digests=(new_card, new_rows)))
+            )
 
     def _remembered_checks(self, record_ids: Iterable[str]) -> dict[str, RecordCheck]:
         return {rid: check for rid in record_ids if (check := self._checks.get(rid)) is not None}
@@ -1706,7 +1765,7 @@ class SyncServer:
         entries = [entry for entry in absorbed.written if entry[0] > 0]
         if not entries:
             return entries
-        self._note_held(before, absorbed.taken, entries[-1][0])
+        await self._note_held(before, absorbed.taken, entries[-1][0])
         await self._remember_checks(conn, [record_id for _seq, record_id, _u in entries])
         origin = replica_id or None
         await self._follower.committed(

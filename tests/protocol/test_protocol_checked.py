@@ -277,3 +277,52 @@ def test_a_checks_references_are_the_same_with_its_digests_given() -> None:
     assert rows_digest((ROW,)) != rows_digest((ROW._replace(payload=b'{"x":3}'),))
     assert rows_digest((ROW,)) != rows_digest((ROW._replace(severity="warn"),))
     assert rows_digest(()) != rows_digest((ROW,))
+
+
+def test_held_references_fill_the_frame_as_check_wire_size_says() -> None:
+    """Held references (card and rows held since before the batch) are sized without a
+    RecordCheck built for each: as many fit a small frame as ``check_wire_size`` allows,
+    in batch order, and each is the check's held reference."""
+    from caresync.protocol.codec import item_wire_size
+    from caresync.protocol.server import BATCH_OVERHEAD_BYTES, check_wire_size
+
+    client = enrolled_client(max_frame_bytes=MIN_MAX_FRAME_BYTES)
+    client, server = handshake(client, ServerProtocol(SERVER_ID))
+    client.request_pull(2, 1000, rulebook=FP)
+    pump(client, server)
+    server.events_received()
+    items = [FeedItem(3 + i, f"rec-{i:04d}", b"u") for i in range(600)]
+    checks = {
+        item.record_id: RecordCheck(
+            CheckedState(item.record_id, b"\x01\x05\x02", b"card-" + item.record_id.encode()),
+            (ROW._replace(record_id=item.record_id),),
+            card_since=1,
+            rows_since=2,
+        )
+        for item in items
+    }
+    server.send_pull_batch(items, checkpoint=602, head_seq=700, checks=checks)
+    pump(server, client)
+    [received] = client.events_received()
+    assert isinstance(received, PullBatch)
+    assert received.checked is not None
+    assert received.conflicts == ()
+    # What the frame allows, counted with check_wire_size of each referring check.
+    budget = MIN_MAX_FRAME_BYTES - BATCH_OVERHEAD_BYTES
+    budget -= sum(item_wire_size(i.record_id, i.update) for i in items)
+    fits = 0
+    for item in items:
+        check = checks[item.record_id]
+        state = check.state._replace(card=check.held_reference())
+        budget -= check_wire_size(RecordCheck(state, ()))
+        if budget < 0:
+            break
+        fits += 1
+    assert 0 < fits < len(items)  # the frame is the limit here
+    assert len(received.checked) == fits
+    for state in received.checked:
+        check = checks[state.record_id]
+        assert state == CheckedState(
+            state.record_id, check.state.state_vector, check.held_reference()
+        )
+    assert [s.record_id for s in received.checked] == [i.record_id for i in items[:fits]]

@@ -432,3 +432,27 @@ def test_every_code_maps_to_one_caresync_exception() -> None:
     unknown = error_for("from_the_future", "")
     assert type(unknown) is SyncRefusedError
     assert isinstance(unknown, CaresyncError)
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ((True, "a", b"u"), r"items\[\]\.seq"),
+        ((MAX_SEQ + 1, "a", b"u"), r"items\[\]\.seq"),
+        ((2.0, "a", b"u"), r"items\[\]\.seq"),
+        ((1, "a", b"u"), r"items\[\]\.seq"),  # not after the item before it
+        ((3, "", b"u"), r"items\[\]\.record_id"),
+        ((3, "x" * (MAX_ID_LENGTH + 1), b"u"), r"items\[\]\.record_id"),
+        ((3, "a\nb", b"u"), r"items\[\]\.record_id"),
+        ((3, b"a", b"u"), r"items\[\]\.record_id"),
+        ((3, "a", b""), r"items\[\]\.update"),
+        ((3, "a", bytearray(b"u")), r"items\[\]\.update"),
+        ((3, "a", "u"), r"items\[\]\.update"),
+    ],
+)
+def test_every_field_of_every_numbered_item_is_checked(item: tuple[Any, ...], match: str) -> None:
+    """A batch's items pass one quick check in the usual case; each way an item can be
+    wrong is still refused, naming the field."""
+    with pytest.raises(LocalProtocolError, match=match):
+        PullBatch(((1, "first", b"u"), item), MAX_SEQ, MAX_SEQ)  # type: ignore[arg-type]
+    assert PullBatch(((1, "first", b"u"), (3, "a", b"u")), 3, 3).items[1] == (3, "a", b"u")

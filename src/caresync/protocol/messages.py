@@ -551,10 +551,22 @@ def _numbered_items(
             if not isinstance(item, (tuple, list)) or len(item) != 3:
                 _bad(owner, "items[]", f"a ({number}, record_id, update) triple", item)
             item = item_type(*item)
-        _int(owner, f"items[].{number}", item[0], previous + 1)
-        _check_record_id(owner, "items[].record_id", item[1])
-        _update(owner, "items[].update", item[2])
-        previous = item[0]
+        seq, record_id, update = item
+        # The common case in one expression (a batch holds up to thousands of items);
+        # else the checks one by one, the first that fails saying what is wrong.
+        if not (
+            type(seq) is int
+            and previous < seq <= MAX_SEQ
+            and type(record_id) is str
+            and 0 < len(record_id) <= MAX_ID_LENGTH
+            and record_id.isprintable()
+            and type(update) is bytes
+            and update
+        ):
+            _int(owner, f"items[].{number}", seq, previous + 1)
+            _check_record_id(owner, "items[].record_id", record_id)
+            _update(owner, "items[].update", update)
+        previous = seq
         out.append(item)
     return tuple(out)
 

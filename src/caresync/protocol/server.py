@@ -566,8 +566,17 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             if refer and check.card_since <= position:
                 state = check.state
                 if check.rows_since is not None and check.rows_since <= position:
-                    check = RecordCheck(state._replace(card=check.held_reference()), ())
-                elif state.card is not None:
+                    # The usual case: the state alone, with one reference (what
+                    # check_wire_size says of it, without a RecordCheck built for it).
+                    reference = check.held_reference()
+                    size = 4 * len(state.record_id) + len(state.state_vector) + len(reference)
+                    size += ITEM_OVERHEAD_BYTES
+                    if size > budget:
+                        break  # the rest are checked by the client itself
+                    budget -= size
+                    checked.append(CheckedState(state.record_id, state.state_vector, reference))
+                    continue
+                if state.card is not None:
                     check = RecordCheck(state._replace(card=check.card_reference()), check.rows)
             size = check_wire_size(check)
             if size > budget:

@@ -420,9 +420,10 @@ async def _agreed(
             mine = rows.get(record_id, ())
             check = agreed[record_id]
             if rows_kept(check, mine):
-                agreed[record_id] = ServerCheck(
-                    check.state_vector, mine, check.person, check.card_ref, None
-                )
+                if mine != check.rows:  # the stored rows, as the record's rows from now on
+                    agreed[record_id] = ServerCheck(
+                        check.state_vector, mine, check.person, check.card_ref, None
+                    )
                 kept.add(record_id)
             else:
                 del agreed[record_id]

@@ -65,6 +65,8 @@ __all__ = [
     "vector_after",
 ]
 
+_NO_ROWS_DIGEST = rows_digest(())  # most records hold no conflict rows
+
 EMPTY_STATE_VECTOR = b"\x00"
 """The state vector of a record that holds nothing (a record new here)."""
 
@@ -147,7 +149,9 @@ def card_kept(check: ServerCheck, stored: bytes | None) -> bool:
 def rows_kept(check: ServerCheck, stored: Sequence[ConflictRow]) -> bool:
     """True if ``check``'s rows are ones the laptop may keep or take: rows sent in full,
     or a digest of ``stored``, the laptop's stored rows of the record."""
-    return check.rows_ref is None or rows_digest(stored) == check.rows_ref
+    if check.rows_ref is None:
+        return True
+    return (rows_digest(stored) if stored else _NO_ROWS_DIGEST) == check.rows_ref
 
 
 def to_wire(record_id: str, check: ServerCheck) -> RecordCheck:

@@ -9,7 +9,8 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
@@ -38,6 +39,7 @@ def _wall_ms() -> int:
 
 DEFAULT_CHECKPOINT_PAGES = 1000
 """SQLite's own threshold of automatic checkpoints, in pages of the write-ahead log."""
+_NAMES_KEPT = 32_768  # record ids by key kept for the change feed's readers (as many as the cache)
 MAX_CHECKPOINT_PAGES = 1_000_000
 """The most ``checkpoint_pages`` may be (4 GB of log)."""
 
@@ -64,6 +66,9 @@ class SQLiteCore:
         self.read_only = False
         """True for a store opened with ``read_only=True``: it refuses every write."""
         self._own_replica_id: str | None = None  # cached: a replica's id never changes
+        # Record ids by integer key, as committed (a key, once given, never changes):
+        # the change feed names records by key. Touched on the database thread only.
+        self._names: dict[int, str] = {}
         self._commits = LocalCommits()  # one process writes it: a local lock suffices
         self.accounts_only = False
         """True for a store opened with ``accounts_only=True`` (see :meth:`open`)."""
@@ -366,6 +371,18 @@ class SQLiteCore:
             for record_id, vector, organisation, pending, key in rows:
                 known[record_id] = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
         return known
+
+    def _name(self, pairs: Iterable[tuple[int | None, str]]) -> None:
+        """Remember committed (key, record id) pairs (database thread only), keeping at
+        most :data:`_NAMES_KEPT` (the oldest go first)."""
+        names = self._names
+        for key, record_id in pairs:
+            if key is not None:
+                names[key] = record_id
+        excess = len(names) - _NAMES_KEPT
+        if excess > 0:
+            for key in list(islice(names, excess)):
+                del names[key]
 
     def _current(self, raw: sqlite3.Connection, record_id: str) -> CachedRecord | None:
         """What is known of a committed record: from the cache, else its row (not its bytes)."""

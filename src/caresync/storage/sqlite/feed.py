@@ -60,18 +60,39 @@ class FeedPart(SQLiteCore):
         if exclude_origin is not None:
             where.append("origin IS NOT ?")  # rows of no origin are kept
             args.append(exclude_origin)
-        # A row names its record by key; the id is read from records_by_key.
+        # A row names its record by key: the ids of keys not known here (committed
+        # pairs, see SQLiteCore._name) are read from records_by_key, in one pass.
         sql = (
-            "SELECT seq, (SELECT r.record_id FROM records r WHERE r.rk = feed.rk), data,"
-            f" organisation, origin FROM feed WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+            "SELECT seq, rk, data, organisation, origin FROM feed"
+            f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
         )
         args.append(limit)
 
         def job(raw: sqlite3.Connection) -> list[FeedItem]:
-            items = [FeedItem(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in raw.execute(sql, args)]
-            if any(item.record_id is None for item in items):
+            rows = raw.execute(sql, args).fetchall()
+            names = self._names
+            found: dict[int, str] = {}
+            unknown: list[int] = []
+            keys = {row[1] for row in rows}
+            for key in keys:
+                name = names.get(key)
+                if name is None:
+                    unknown.append(key)
+                else:
+                    found[key] = name
+            for start in range(0, len(unknown), _IN_CHUNK):
+                chunk = unknown[start : start + _IN_CHUNK]
+                found.update(
+                    raw.execute(
+                        f"SELECT rk, record_id FROM records WHERE rk IN ({_marks(len(chunk))})",
+                        chunk,
+                    )
+                )
+            if unknown:
+                self._name((key, found[key]) for key in unknown if key in found)
+            if len(found) < len(keys):
                 raise CorruptDatabaseError("the change feed holds a row of no record; run check()")
-            return items
+            return [FeedItem(r[0], found[r[1]], bytes(r[2]), r[3], r[4]) for r in rows]
 
         return await self._run("reading the change feed", job)
 

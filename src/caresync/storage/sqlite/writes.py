@@ -263,6 +263,7 @@ class RecordWritesPart(SQLiteCore):
             self.cache.clear()
             raise
         self.cache.put_many([(record_id, plan.cached) for record_id, plan in planned.items()])
+        self._name((plan.key, record_id) for record_id, plan in planned.items())
         return seqs
 
     def _store_planned(
