@@ -159,7 +159,10 @@ def check_hub_due(now_ms: object, limit: object, after: object) -> tuple[int, st
     at, record_id = after
     if check_count(at, "after's next_attempt_ms") > _MAX_INT64:
         raise InvalidInputError(f"after's next_attempt_ms must be at most {_MAX_INT64}")
-    return at, check_text(record_id, "after's record_id")
+    # "" is before every record id: (t, "") starts at the rows due at t.
+    if not isinstance(record_id, str) or len(record_id) > 2048:
+        raise InvalidInputError(f"after's record_id must be a string, not {record_id!r:.80}")
+    return at, record_id
 
 
 def check_hub_outcome(record_id: object, version: object, outcome: object) -> None:
