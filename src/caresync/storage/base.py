@@ -1377,8 +1377,8 @@ class ServerStore(ReplicaStore, Protocol):
         record id), at most ``limit``, after the key ``after`` (the last row's
         ``(next_attempt_ms, record_id)`` of the page before; None: from the start).
 
-        Reads through an index on (state, next_attempt_ms, record_id) only the rows it
-        returns, so a sender walks a huge outbox in bounded pages.
+        The SQL stores read through an index on (state, next_attempt_ms, record_id)
+        only the rows they return, so a sender walks a huge outbox in bounded pages.
         """
         ...
 
@@ -1389,9 +1389,9 @@ class ServerStore(ReplicaStore, Protocol):
 
     async def hub_state_counts(self, organisation: str | None = None) -> dict[str, int]:
         """How many outbox rows (of that organisation's records) are in each of
-        :data:`HUB_STATES` (every state a key, 0 when none). The whole outbox is
-        counted from an index on the state, never reading a row; one organisation's,
-        from its rows only."""
+        :data:`HUB_STATES` (every state a key, 0 when none). The SQL stores count the
+        whole outbox from an index on the state (SQLite never reads a row for it), one
+        organisation's from its rows only."""
         ...
 
     async def hub_changes(self, organisation: str, after: int, limit: int) -> HubChanges:
