@@ -113,3 +113,15 @@ def test_hub_report_ab_sends_the_whole_list_against_no_item(tmp_path: Path) -> N
     assert (result["whole"]["items"], result["changes"]["items"]) == (300, 0)
     assert result["whole"]["bytes"] > 100 * result["changes"]["bytes"]
     assert len(result["whole"]["runs_s"]) == len(result["changes"]["runs_s"]) == 2
+
+
+def test_hub_sender_ab_makes_the_same_puts_both_ways(tmp_path: Path) -> None:
+    """``hub_sender_ab``: both rounds PUT every due summary, once, and report each run."""
+    from benchmarks import hub_sender_ab
+
+    out = tmp_path / "sender.json"
+    assert hub_sender_ab.main(["120", "40", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["whole"]["puts"] == result["paged"]["puts"] == [40, 40]
+    assert len(result["whole"]["runs_s"]) == len(result["paged"]["runs_s"]) == 2
+    assert result["ratio_median_whole_to_paged"] > 0

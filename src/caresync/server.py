@@ -66,7 +66,7 @@ from caresync.fhir import require_models
 from caresync.gate import PUSHED_KEY_PREFIX, Gatekeeper, Login, Refused, ensure_server_key
 from caresync.hub.model import hub_mark
 from caresync.hub.sender import HubSender, HubSnapshot, take_snapshot
-from caresync.hub.status import HubMerge, report_items
+from caresync.hub.status import HubMerge, hub_pending_counted, report_items
 from caresync.listing import ConflictListing
 from caresync.names import check_display_name, check_organisation, check_username
 from caresync.observe import (
@@ -894,7 +894,7 @@ class SyncServer:
             laptops_pending=len(waiting),
             pending_changes=sum(r.pending or 0 for r in waiting),
             oldest_pending_age_s=0.0 if oldest is None else max(0, now - oldest) / 1000,
-            hub_pending=sum(1 for row in await self.store.hub_summaries() if row.state != "sent"),
+            hub_pending=hub_pending_counted(await self.store.hub_state_counts()),
         )
 
     # ------------------------------------------------------- health hub (caresync.hub)

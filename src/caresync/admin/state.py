@@ -135,7 +135,7 @@ async def conflicts_by_organisation(store: ServerStore) -> tuple[tuple[str, int]
 
 async def hub_counts(store: ServerStore) -> tuple[tuple[str, int], ...]:
     """The hub outbox's rows per state."""
-    counts = Counter(row.state for row in await store.hub_summaries())
+    counts = await store.hub_state_counts()  # from an index, not the rows
     return tuple((state, counts.get(state, 0)) for state in HUB_COUNTED)
 
 

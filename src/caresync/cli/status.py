@@ -16,7 +16,7 @@ from caresync.cli.live import live_state
 from caresync.cli.output import Output, cells
 from caresync.credentials import ServerKey
 from caresync.gate import SERVER_KEY_META
-from caresync.hub.status import hub_pending, laptop_summaries, server_summaries
+from caresync.hub.status import hub_pending, hub_pending_counted, laptop_summaries
 from caresync.storage import SQLiteStore
 
 __all__ = ["register", "status_of"]
@@ -119,7 +119,7 @@ async def _server_status(reader: ServerReader) -> dict[str, Any]:
         "replicas": sum(1 for r in replicas if not r.revoked),
         "replicas_revoked": sum(1 for r in replicas if r.revoked),
         "server_key": await _fingerprint(reader),
-        "hub_pending": hub_pending(server_summaries(await store.hub_summaries())),
+        "hub_pending": hub_pending_counted(await store.hub_state_counts()),
     }
 
 

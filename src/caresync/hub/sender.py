@@ -52,7 +52,7 @@ from caresync.hub.model import (
 )
 from caresync.hub.summary import summary_bytes, summary_id
 from caresync.listing import ConflictListing
-from caresync.storage.base import HubOutcome, ServerStore
+from caresync.storage.base import HubOutcome, HubSummaryRow, ServerStore
 
 __all__ = [
     "HUB_INSTALL_HINT",
@@ -68,6 +68,10 @@ FHIR_JSON = "application/fhir+json"
 MAX_ANSWER_BYTES = 64 * 1024
 """The most of a hub's answer read (its message is cut to a line anyway)."""
 DEFAULT_TIMEOUT_S = 30.0
+DUE_PAGE = 256
+"""Due summaries read from the outbox at once (the store reads only those)."""
+DUE_PAGES = 4096
+"""Most pages one round of :meth:`HubSender.run_once` attempts (then it returns 0)."""
 logger = logging.getLogger("caresync.server")
 
 
@@ -128,7 +132,7 @@ async def take_snapshot(
     row's version and the record read are then of the same moment. Conflicts are
     the record's own, its pairs' and those across linked records.
     """
-    row = next((r for r in await store.hub_summaries() if r.record_id == record_id), None)
+    row = await store.hub_summary(record_id)
     if row is None:
         return None
     if not await store.has_record(record_id):  # never written so; said rather than retried
@@ -234,41 +238,46 @@ class HubSender:
 
     async def run_once(self) -> int | None:
         """Attempt every summary due now, once each; returns the ms until the next is due
-        (None: none waits for a retry)."""
+        (None: none waits for a retry; 0: more were due than one round attempts)."""
         now = self._now_ms()
-        rows = await self.store.hub_summaries()
         # Held ones are looked at again too: a finding across linked records closes by an
-        # edit of the other record, which does not touch this one's row.
-        due = sorted(
-            (
-                r
-                for r in rows
-                if (r.state == "pending" and r.next_attempt_ms <= now) or r.state == "held"
-            ),
-            key=lambda r: (r.next_attempt_ms, r.record_id),
-        )
-        for row in due:
-            try:
-                await self.attempt(row.record_id)
-            except StorageError:
-                raise
-            except Exception as exc:  # one summary never stops the others
-                logger.exception("hub summary of %s: the attempt failed", row.record_id)
-                delay = retry_delay_ms(
-                    row.attempts + 1, self._random, base_ms=self._base, max_ms=self._max
-                )
-                reason = short_reason(f"retrying: {type(exc).__name__}: {exc}")
-                await self._store(
-                    row.record_id,
-                    row.version,
-                    HubOutcome("pending", reason, row.attempts + 1, self._now_ms() + delay),
-                )
-        now = self._now_ms()
-        rows = await self.store.hub_summaries()
-        later = [r.next_attempt_ms for r in rows if r.state == "pending"]
-        if not later:
+        # edit of the other record, which does not touch this one's row. The due rows are
+        # read in pages of the store's index, in (next_attempt_ms, record id) order: an
+        # attempt moves its row behind the page (a retry time after now, or a held row's
+        # 0 at or before its key), so none is attempted twice in one round.
+        after: tuple[int, str] | None = None
+        for _page in range(DUE_PAGES):
+            due = await self.store.hub_due(now, DUE_PAGE, after=after)
+            for row in due:
+                await self._attempt_row(row)
+            if len(due) < DUE_PAGE:
+                break
+            after = (due[-1].next_attempt_ms, due[-1].record_id)
+        else:
+            return 0  # a bounded round: the rest are due now, the next round sends them
+        earliest = await self.store.hub_next_attempt_ms()
+        if earliest is None:
             return None
-        return max(0, min(later) - now)
+        return max(0, earliest - self._now_ms())
+
+    async def _attempt_row(self, row: HubSummaryRow) -> None:
+        """:meth:`attempt` for a due row; an error other than the store's is that
+        summary's retry (one summary never stops the others)."""
+        try:
+            await self.attempt(row.record_id)
+        except StorageError:
+            raise
+        except Exception as exc:
+            logger.exception("hub summary of %s: the attempt failed", row.record_id)
+            delay = retry_delay_ms(
+                row.attempts + 1, self._random, base_ms=self._base, max_ms=self._max
+            )
+            reason = short_reason(f"retrying: {type(exc).__name__}: {exc}")
+            await self._store(
+                row.record_id,
+                row.version,
+                HubOutcome("pending", reason, row.attempts + 1, self._now_ms() + delay),
+            )
 
     async def attempt(self, record_id: str) -> str | None:
         """One attempt for one record: held, acknowledged already, or a PUT. Returns the
@@ -280,9 +289,7 @@ class HubSender:
         except CaresyncError as exc:
             # A summary that cannot be built (the model library refused it) would fail
             # the same way at every attempt: failed, with why, until the record changes.
-            row = next(
-                (r for r in await self.store.hub_summaries() if r.record_id == record_id), None
-            )
+            row = await self.store.hub_summary(record_id)
             if row is None:
                 return None
             reason = short_reason(f"the summary could not be built: {exc}")

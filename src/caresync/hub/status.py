@@ -11,7 +11,7 @@ cannot have it — and one unmarked here is no longer listed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from caresync.exceptions import StorageError
 from caresync.hub.model import HubSummary, is_enabled
@@ -24,6 +24,7 @@ __all__ = [
     "REPORT_META",
     "HubMerge",
     "hub_pending",
+    "hub_pending_counted",
     "laptop_summaries",
     "removed_item",
     "report_item",
@@ -184,3 +185,9 @@ async def laptop_summaries(replica: Replica) -> list[HubSummary]:
 def hub_pending(summaries: Iterable[HubSummary]) -> int:
     """How many summaries are not on the hub as they stand: pending, held or failed."""
     return sum(1 for summary in summaries if summary.state != "sent")
+
+
+def hub_pending_counted(counts: Mapping[str, int]) -> int:
+    """:func:`hub_pending` from a server's counts per state
+    (:meth:`~caresync.storage.ServerStore.hub_state_counts`): all but ``sent``."""
+    return sum(n for state, n in counts.items() if state != "sent")

@@ -50,6 +50,7 @@ __all__ = [
     "check_feed_query",
     "check_hub_attempt",
     "check_hub_changes",
+    "check_hub_due",
     "check_hub_outcome",
     "check_meta",
     "check_admin_flag",
@@ -137,6 +138,31 @@ def check_hub_changes(organisation: object, after: object, limit: object) -> Non
     check_text(organisation, "organisation")
     check_count(after, "after")
     check_count(limit, "limit", minimum=1)
+
+
+_MAX_INT64 = 2**63 - 1  # what an SQL integer column holds
+
+
+def check_hub_due(now_ms: object, limit: object, after: object) -> tuple[int, str] | None:
+    """``hub_due``: a time, a limit (from 1), and None or the (next_attempt_ms, record_id)
+    of the last row of the page before; returns ``after``."""
+    if check_count(now_ms, "now_ms") > _MAX_INT64:
+        raise InvalidInputError(f"now_ms must be at most {_MAX_INT64}, not {now_ms!r}")
+    if check_count(limit, "limit", minimum=1) > _MAX_INT64:
+        raise InvalidInputError(f"limit must be at most {_MAX_INT64}")
+    if after is None:
+        return None
+    if type(after) is not tuple or len(after) != 2:
+        raise InvalidInputError(
+            f"after must be None or a (next_attempt_ms, record_id) tuple, not {after!r:.80}"
+        )
+    at, record_id = after
+    if check_count(at, "after's next_attempt_ms") > _MAX_INT64:
+        raise InvalidInputError(f"after's next_attempt_ms must be at most {_MAX_INT64}")
+    # "" is before every record id: (t, "") starts at the rows due at t.
+    if not isinstance(record_id, str) or len(record_id) > 2048:
+        raise InvalidInputError(f"after's record_id must be a string, not {record_id!r:.80}")
+    return at, record_id
 
 
 def check_hub_outcome(record_id: object, version: object, outcome: object) -> None:

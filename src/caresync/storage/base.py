@@ -1369,6 +1369,35 @@ class ServerStore(ReplicaStore, Protocol):
         """The health-hub outbox (of that organisation's records), by record id."""
         ...
 
+    async def hub_summary(self, record_id: str) -> HubSummaryRow | None:
+        """The record's health-hub outbox row (None: it has none); reads that row only."""
+        ...
+
+    async def hub_due(
+        self, now_ms: int, limit: int, *, after: tuple[int, str] | None = None
+    ) -> list[HubSummaryRow]:
+        """The summaries the hub sender attempts at ``now_ms``: ``pending`` ones whose
+        ``next_attempt_ms`` has come and every ``held`` one, by (``next_attempt_ms``,
+        record id), at most ``limit``, after the key ``after`` (the last row's
+        ``(next_attempt_ms, record_id)`` of the page before; None: from the start).
+
+        The SQL stores read through an index on (state, next_attempt_ms, record_id)
+        only the rows they return, so a sender walks a huge outbox in bounded pages.
+        """
+        ...
+
+    async def hub_next_attempt_ms(self) -> int | None:
+        """The earliest ``next_attempt_ms`` of a ``pending`` summary (None: none is
+        pending); one index entry read."""
+        ...
+
+    async def hub_state_counts(self, organisation: str | None = None) -> dict[str, int]:
+        """How many outbox rows (of that organisation's records) are in each of
+        :data:`HUB_STATES` (every state a key, 0 when none). The SQL stores count the
+        whole outbox from an index on the state (SQLite never reads a row for it), one
+        organisation's from its rows only."""
+        ...
+
     async def hub_changes(self, organisation: str, after: int, limit: int) -> HubChanges:
         """What changed in that organisation's health-hub outbox after the hub mark
         ``after``, in one consistent read: at most ``limit`` changes, in the order they

@@ -37,6 +37,7 @@ from caresync.storage._arguments import (
     check_feed_query,
     check_hub_attempt,
     check_hub_changes,
+    check_hub_due,
     check_hub_outcome,
     check_meta,
     check_new_user,
@@ -91,6 +92,7 @@ from caresync.storage._writes import (
     plan_writes,
 )
 from caresync.storage.base import (
+    HUB_STATES,
     ConflictRow,
     CopiedRecords,
     CopyPage,
@@ -501,6 +503,47 @@ class MemoryStore:
             for _rid, row in sorted(self._hub.items())
             if organisation is None or row.organisation == organisation
         ]
+
+    async def hub_summary(self, record_id: str) -> HubSummaryRow | None:
+        """The record's hub outbox row, or None."""
+        check_text(record_id, "record_id")
+        self._open_or_raise(f"reading the hub outbox row of {record_id}")
+        return self._hub.get(record_id)
+
+    async def hub_due(
+        self, now_ms: int, limit: int, *, after: tuple[int, str] | None = None
+    ) -> list[HubSummaryRow]:
+        """The summaries due at ``now_ms`` (see
+        :meth:`~caresync.storage.base.ServerStore.hub_due`)."""
+        start = check_hub_due(now_ms, limit, after) or (-1, "")
+        self._open_or_raise("reading the hub outbox's due summaries")
+        due = sorted(
+            (
+                row
+                for row in self._hub.values()
+                if (row.state == "pending" and row.next_attempt_ms <= now_ms) or row.state == "held"
+            ),
+            key=lambda row: (row.next_attempt_ms, row.record_id),
+        )
+        return [row for row in due if (row.next_attempt_ms, row.record_id) > start][:limit]
+
+    async def hub_next_attempt_ms(self) -> int | None:
+        """The earliest retry time of a pending summary, or None."""
+        self._open_or_raise("reading the hub outbox's next retry")
+        return min(
+            (row.next_attempt_ms for row in self._hub.values() if row.state == "pending"),
+            default=None,
+        )
+
+    async def hub_state_counts(self, organisation: str | None = None) -> dict[str, int]:
+        """The outbox rows (of that organisation's records) in each state."""
+        check_optional_text(organisation, "organisation")
+        self._open_or_raise("counting the hub outbox")
+        counts = dict.fromkeys(HUB_STATES, 0)
+        for row in self._hub.values():
+            if organisation is None or row.organisation == organisation:
+                counts[row.state] += 1
+        return counts
 
     def _next_hub_mark(self) -> int:
         self._hub_mark += 1

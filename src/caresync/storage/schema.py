@@ -125,6 +125,15 @@ carries only what changed since the one it holds (protocol version 13)::
     would need the server to send the whole list to a laptop older than the pruning.
     Existing rows get mark 1 (and ``hub_mark`` 1 if there are any).
 
+Version 14 indexes the hub outbox by state, so that the sender and the counters read
+what they need, not the whole outbox::
+
+    hub_outbox index hub_outbox_due (state, next_attempt_ms, record_id)
+
+    The sender's due rows (``pending`` ones whose retry time has come, and ``held``
+    ones) are two ranges of it, merged in its order and read in pages; the earliest
+    retry is its first ``pending`` entry; the counts per state scan it, not the rows.
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -497,6 +506,11 @@ _V13 = (
     "INSERT INTO hub_mark (singleton, n) SELECT 1, COUNT(*) > 0 FROM hub_outbox",
 )
 
+_V14 = (
+    # The hub sender's due rows, the next retry and the counts per state, from an index.
+    "CREATE INDEX hub_outbox_due ON hub_outbox (state, next_attempt_ms, record_id)",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -511,6 +525,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     11: _V11,
     12: _V12,
     13: _V13,
+    14: _V14,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

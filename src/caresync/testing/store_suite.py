@@ -1546,6 +1546,165 @@ class ServerStoreSuite(ReplicaStoreSuite):
             with pytest.raises(InvalidInputError):
                 await store.hub_changes(*args)  # type: ignore[arg-type]
 
+    # health-hub outbox: what the sender and the counters read
+
+    async def test_hub_summary_reads_one_records_row(self, store: ServerStore) -> None:
+        assert await store.hub_summary("no-such-record") is None
+        a, b = Patient("laptop-b"), Patient("laptop-b")
+        await _mark_hub(store, [(a, "org-1"), (b, "org-2")])
+        await store.record_hub_attempt(a.id, 42)
+        listed = {row.record_id: row for row in await store.hub_summaries()}
+        assert await store.hub_summary(a.id) == listed[a.id]
+        assert listed[a.id].last_attempt_ms == 42
+        assert await store.hub_summary(b.id) == listed[b.id]
+        # Unmarked: its row is gone.
+        await store.write_remote(
+            [IncomingUpdate(b.id, b.edit(), None, "org-2")],
+            to_feed=True,
+            hub={b.id: HubMark(False)},
+        )
+        assert await store.hub_summary(b.id) is None
+        for bad in (None, "", 7, "x" * 5000):
+            with pytest.raises(InvalidInputError):
+                await store.hub_summary(bad)  # type: ignore[arg-type]
+
+    async def _hub_in_every_state(self, store: ServerStore) -> list[Patient]:
+        """Eight marked patients (two organisations and none), in these states: pending
+        due at 500, 100 and 0, and at 2000; held (at 0 and at 300); sent; failed."""
+        patients = [Patient("laptop-b") for _ in range(8)]
+        orgs = ["org-1", "org-1", "org-2", "org-1", "org-2", "org-1", None, "org-2"]
+        await _mark_hub(store, list(zip(patients, orgs, strict=True)))
+        outcomes = [
+            HubOutcome("pending", "retrying: 503", 1, 500),
+            HubOutcome("pending", "retrying: 503", 2, 100),
+            HubOutcome("held", "an open conflict", 0, 0),
+            HubOutcome("sent", None, 0, 0, acknowledged=True),
+            HubOutcome("failed", "the hub answered 400", 1, 0),
+            None,  # as pushed: pending, due at once
+            HubOutcome("pending", "retrying: timeout", 3, 2000),
+            HubOutcome("held", "a finding across linked records", 0, 300),
+        ]
+        for p, outcome in zip(patients, outcomes, strict=True):
+            if outcome is not None:
+                row = await store.hub_summary(p.id)
+                assert row is not None
+                assert await store.record_hub_outcome(p.id, row.version, outcome)
+        return patients
+
+    async def test_hub_due_gives_the_due_summaries_in_order_in_pages(
+        self, store: ServerStore
+    ) -> None:
+        """Pending ones whose retry time has come and every held one, by (retry time,
+        record id), as the whole outbox filtered and sorted gives them; read in pages
+        after the last row's key, each once."""
+        assert await store.hub_due(1000, 10) == []
+        await self._hub_in_every_state(store)
+        every = await store.hub_summaries()
+
+        def due_at(now: int) -> list[Any]:
+            due = [
+                r
+                for r in every
+                if (r.state == "pending" and r.next_attempt_ms <= now) or r.state == "held"
+            ]
+            return sorted(due, key=lambda r: (r.next_attempt_ms, r.record_id))
+
+        expected = due_at(1000)
+        assert [r.next_attempt_ms for r in expected] == [0, 0, 100, 300, 500]
+        assert await store.hub_due(1000, 10) == expected
+        assert await store.hub_due(1000, 3) == expected[:3]
+        assert await store.hub_due(0, 10) == due_at(0)  # held ones whenever
+        assert [r.next_attempt_ms for r in due_at(0)] == [0, 0, 300]
+        assert sorted(r.state for r in due_at(0)) == ["held", "held", "pending"]
+        assert await store.hub_due(2000, 10) == due_at(2000)  # 2000 is due at 2000
+        assert len(due_at(2000)) == 6
+        # In pages of two, each after the last row's key: every due row once.
+        seen: list[Any] = []
+        after: tuple[int, str] | None = None
+        for _ in range(10):  # bounded: five rows in pages of two
+            page = await store.hub_due(1000, 2, after=after)
+            assert len(page) <= 2
+            seen += page
+            if len(page) < 2:
+                break
+            after = (page[-1].next_attempt_ms, page[-1].record_id)
+        assert seen == expected
+        # After a key between rows, and after the last.
+        middle = expected[2]
+        assert (
+            await store.hub_due(1000, 10, after=(middle.next_attempt_ms, middle.record_id))
+            == (expected[3:])
+        )
+        assert await store.hub_due(1000, 10, after=(middle.next_attempt_ms, "")) == expected[2:]
+        last = expected[-1]
+        assert await store.hub_due(1000, 10, after=(last.next_attempt_ms, last.record_id)) == []
+
+    async def test_hub_due_refuses_bad_arguments(self, store: ServerStore) -> None:
+        bad: list[tuple[Any, Any, Any]] = [
+            (-1, 1, None),
+            ("1", 1, None),
+            (True, 1, None),
+            (2**63, 1, None),
+            (0, 0, None),
+            (0, 2**63, None),
+            (0, 1.0, None),
+            (0, 1, (1,)),
+            (0, 1, [1, "a"]),
+            (0, 1, (1, None)),
+            (0, 1, (1, "x" * 5000)),
+            (0, 1, (-1, "a")),
+            (0, 1, ("1", "a")),
+            (0, 1, (1, 2)),
+        ]
+        for now_ms, limit, after in bad:
+            with pytest.raises(InvalidInputError):
+                await store.hub_due(now_ms, limit, after=after)
+
+    async def test_hub_next_attempt_is_the_earliest_pending_retry(self, store: ServerStore) -> None:
+        assert await store.hub_next_attempt_ms() is None
+        patients = await self._hub_in_every_state(store)
+        assert await store.hub_next_attempt_ms() == 0  # patients[5], as pushed
+        row = await store.hub_summary(patients[5].id)
+        assert row is not None
+        await store.record_hub_outcome(patients[5].id, row.version, HubOutcome("sent", None, 0, 0))
+        assert await store.hub_next_attempt_ms() == 100  # held ones wait for no time
+        for p in patients[:2] + patients[6:7]:
+            row = await store.hub_summary(p.id)
+            assert row is not None
+            await store.record_hub_outcome(p.id, row.version, HubOutcome("failed", "x", 1, 0))
+        assert await store.hub_next_attempt_ms() is None
+
+    async def test_hub_state_counts_count_each_state_per_organisation(
+        self, store: ServerStore
+    ) -> None:
+        zero = {"pending": 0, "held": 0, "sent": 0, "failed": 0}
+        assert await store.hub_state_counts() == zero
+        assert await store.hub_state_counts("org-1") == zero
+        await self._hub_in_every_state(store)
+        assert await store.hub_state_counts() == {"pending": 4, "held": 2, "sent": 1, "failed": 1}
+        assert await store.hub_state_counts("org-1") == {
+            "pending": 3,
+            "held": 0,
+            "sent": 1,
+            "failed": 0,
+        }
+        assert await store.hub_state_counts("org-2") == {
+            "pending": 0,
+            "held": 2,
+            "sent": 0,
+            "failed": 1,
+        }
+        assert await store.hub_state_counts("org-3") == zero
+        # As the whole outbox counted gives them.
+        every = await store.hub_summaries()
+        for org in (None, "org-1", "org-2"):
+            rows = [r for r in every if org is None or r.organisation == org]
+            counts = await store.hub_state_counts(org)
+            assert counts == {state: sum(r.state == state for r in rows) for state in zero}
+        for bad in ("", 5, "x" * 5000):
+            with pytest.raises(InvalidInputError):
+                await store.hub_state_counts(bad)  # type: ignore[arg-type]
+
     # remote updates and feed
 
     async def test_updates_may_come_as_any_bytes_like_object(self, store: ServerStore) -> None:

@@ -13,15 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from caresync.storage._arguments import check_hub_attempt, check_hub_changes, check_hub_outcome
+from caresync.storage._arguments import (
+    check_hub_attempt,
+    check_hub_changes,
+    check_hub_due,
+    check_hub_outcome,
+)
 from caresync.storage._writes import PlannedRecord
 from caresync.storage.base import (
+    HUB_STATES,
     HubChanges,
     HubMark,
     HubOutcome,
     HubRemoved,
     HubSummaryRow,
     check_optional_text,
+    check_text,
 )
 from caresync.storage.postgres._sql import Conn
 from caresync.storage.postgres.core import PostgresCore
@@ -33,6 +40,19 @@ _HUB_COLUMNS = (
     "record_id, organisation, version, state, reason, sent_version, attempts,"
     " next_attempt_ms, last_attempt_ms"
 )
+
+_ORDER = " ORDER BY next_attempt_ms, record_id LIMIT %s"
+# The sender's due rows: two ranges of the index hub_outbox_due (state, next_attempt_ms,
+# record_id), each read in its order only as far as the limit, merged.
+_DUE = (
+    f"(SELECT {_HUB_COLUMNS} FROM hub_outbox WHERE state = 'pending'"
+    f" AND next_attempt_ms <= %s AND (next_attempt_ms, record_id) > (%s, %s){_ORDER})"
+    f" UNION ALL (SELECT {_HUB_COLUMNS} FROM hub_outbox WHERE state = 'held'"
+    f" AND (next_attempt_ms, record_id) > (%s, %s){_ORDER}){_ORDER}"
+)
+_NEXT_ATTEMPT = "SELECT MIN(next_attempt_ms) FROM hub_outbox WHERE state = 'pending'"
+_COUNTS = "SELECT state, COUNT(*) FROM hub_outbox GROUP BY state"
+_COUNTS_OF = "SELECT state, COUNT(*) FROM hub_outbox WHERE organisation = %s GROUP BY state"
 
 
 def _lock_mark(raw: Conn) -> int:
@@ -164,6 +184,51 @@ class HubPart(PostgresCore):
             "reading the hub outbox",
             lambda raw: [HubSummaryRow(*row) for row in raw.execute(sql, args)],
         )
+
+    async def hub_summary(self, record_id: str) -> HubSummaryRow | None:
+        """The record's hub outbox row, or None."""
+        check_text(record_id, "record_id")
+
+        def read(raw: Conn) -> HubSummaryRow | None:
+            row = raw.execute(
+                f"SELECT {_HUB_COLUMNS} FROM hub_outbox WHERE record_id = %s", (record_id,)
+            ).fetchone()
+            return None if row is None else HubSummaryRow(*row)
+
+        return await self._run(f"reading the hub outbox row of {record_id}", read)
+
+    async def hub_due(
+        self, now_ms: int, limit: int, *, after: tuple[int, str] | None = None
+    ) -> list[HubSummaryRow]:
+        """The summaries due at ``now_ms`` (see
+        :meth:`~caresync.storage.base.ServerStore.hub_due`)."""
+        at, record_id = check_hub_due(now_ms, limit, after) or (-1, "")
+        args = (now_ms, at, record_id, limit, at, record_id, limit, limit)
+        return await self._run(
+            "reading the hub outbox's due summaries",
+            lambda raw: [HubSummaryRow(*row) for row in raw.execute(_DUE, args)],
+        )
+
+    async def hub_next_attempt_ms(self) -> int | None:
+        """The earliest retry time of a pending summary, or None."""
+
+        def read(raw: Conn) -> int | None:
+            row = raw.execute(_NEXT_ATTEMPT).fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        return await self._run("reading the hub outbox's next retry", read)
+
+    async def hub_state_counts(self, organisation: str | None = None) -> dict[str, int]:
+        """The outbox rows (of that organisation's records) in each state."""
+        check_optional_text(organisation, "organisation")
+        sql, args = (_COUNTS, ()) if organisation is None else (_COUNTS_OF, (organisation,))
+
+        def read(raw: Conn) -> dict[str, int]:
+            counts = dict.fromkeys(HUB_STATES, 0)
+            counts.update((str(state), int(n)) for state, n in raw.execute(sql, args))
+            return counts
+
+        return await self._run("counting the hub outbox", read)
 
     async def hub_changes(self, organisation: str, after: int, limit: int) -> HubChanges:
         """What changed in the organisation's hub outbox after the mark ``after`` (see

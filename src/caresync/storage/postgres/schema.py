@@ -44,6 +44,11 @@ Version 3 numbers the changes of the health-hub outbox (the SQLite store's versi
     given in commit order, whatever the number of processes writing, so a reader
     never passes a mark whose change commits later.
 
+Version 4 indexes the hub outbox by state (the SQLite store's version 14)::
+
+    hub_outbox  index hub_outbox_due (state, next_attempt_ms, record_id)
+                the sender's due rows in pages, the next retry, the counts per state
+
 As in SQLite, an update written into the feed is stored once, as a feed row: a
 record is its state, its log rows and its feed rows after ``feed_folded``.
 
@@ -266,7 +271,12 @@ _V3 = (
         SELECT 1, CASE WHEN EXISTS (SELECT 1 FROM hub_outbox) THEN 1 ELSE 0 END""",
 )
 
-SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
+_V4 = (
+    # The hub sender's due rows, the next retry and the counts per state, from an index.
+    "CREATE INDEX hub_outbox_due ON hub_outbox (state, next_attempt_ms, record_id)",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 """Statements that bring a schema from version N-1 to N. Never edit a released step."""
 
 SCHEMA_VERSION = max(SCHEMA_STEPS)
