@@ -1,4 +1,5 @@
-"""The hub sender looking at a held summary again changes nothing a laptop is told.
+"""The hub sender looking at a held summary again changes nothing a laptop is told; a
+damaged stored mark asks for the whole list.
 
 Found in review (failed before the fix): a held summary found held again was rewritten
 as it was, and every such write took a new hub mark, so the next change report to every
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from tests.hub.test_hub_due import NOW, Counting, Hub, sender_for
 from tests.hub.test_hub_outbox import Clock
 
 from caresync.hub.sender import HubSnapshot
-from caresync.storage import HubMark, HubOutcome, IncomingUpdate, SQLiteStore
+from caresync.storage import HubMark, HubOutcome, IncomingUpdate, MemoryStore, SQLiteStore
 from caresync.storage.base import ServerStore
 from caresync.testing.store_data import Patient, whole
 
@@ -64,3 +66,17 @@ async def test_a_held_summary_rewritten_unchanged_by_a_sender_round_is_no_hub_ch
         # ... so a laptop at ``mark`` has nothing new to be told.
         changes = await store.hub_changes("org-1", mark, 10)
         assert changes.rows == (), "an unchanged held row is sent again in every change report"
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0661\u0662", "-1", "1.5", ""])
+async def test_a_damaged_stored_hub_mark_reads_as_none_held(text: str) -> None:
+    """A mark a damaged laptop database holds that is not an ASCII number asks for the
+    whole list (mark 0), rather than failing every sync with a ValueError."""
+    from caresync.hub.status import stored_mark
+    from caresync.replication import meta
+
+    store = MemoryStore()
+    await store.set_meta(meta.HUB_MARK, text)
+    assert await stored_mark(store) == 0
+    await store.set_meta(meta.HUB_MARK, "42")
+    assert await stored_mark(store) == 42

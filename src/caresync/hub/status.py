@@ -104,7 +104,7 @@ async def stored_mark(store: ReplicaStore | meta.KnownMeta) -> int:
     """The server's hub mark of the report this laptop holds (0: none, or from a server
     older than protocol version 13)."""
     text = await store.get_meta(meta.HUB_MARK)
-    return int(text) if text and text.isdigit() else 0
+    return int(text) if text and text.isascii() and text.isdigit() else 0
 
 
 async def store_report(
