@@ -210,6 +210,7 @@ class HubPart(SQLiteCore):
         """The summaries due at ``now_ms`` (see
         :meth:`~caresync.storage.base.ServerStore.hub_due`)."""
         at, record_id = check_hub_due(now_ms, limit, after, held) or (-1, "")
+        args: tuple[object, ...]
         if held:
             sql, args = _DUE, (now_ms, at, record_id, at, record_id, limit)
         else:
