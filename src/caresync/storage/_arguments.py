@@ -133,14 +133,17 @@ def check_hub_attempt(record_id: object, attempted_ms: object) -> None:
     check_count(attempted_ms, "attempted_ms")
 
 
-def check_hub_changes(organisation: object, after: object, limit: object) -> None:
-    """``hub_changes``: an organisation, a mark (from 0) and a limit (from 1)."""
-    check_text(organisation, "organisation")
-    check_count(after, "after")
-    check_count(limit, "limit", minimum=1)
-
-
 _MAX_INT64 = 2**63 - 1  # what an SQL integer column holds
+
+
+def check_hub_changes(organisation: object, after: object, limit: object) -> None:
+    """``hub_changes``: an organisation, a mark (from 0) and a limit (from 1), each within
+    what an SQL integer holds (the stores read one row past the limit)."""
+    check_text(organisation, "organisation")
+    if check_count(after, "after") > _MAX_INT64:
+        raise InvalidInputError(f"after must be at most {_MAX_INT64}, not {after!r}")
+    if check_count(limit, "limit", minimum=1) > _MAX_INT64 - 1:
+        raise InvalidInputError(f"limit must be at most {_MAX_INT64 - 1}, not {limit!r}")
 
 
 def check_hub_due(

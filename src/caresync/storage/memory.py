@@ -606,8 +606,9 @@ class MemoryStore:
         row = self._hub.get(record_id)
         if row is None:
             return False
-        if outcome.acknowledged:
-            row = dataclasses.replace(row, sent_version=max(row.sent_version or 0, version))
+        before = row
+        if outcome.acknowledged and (row.sent_version or 0) < version:
+            row = dataclasses.replace(row, sent_version=version)
         matched = row.version == version
         if matched:
             row = dataclasses.replace(
@@ -617,8 +618,8 @@ class MemoryStore:
                 attempts=outcome.attempts,
                 next_attempt_ms=outcome.next_attempt_ms,
             )
-        self._hub[record_id] = row
-        if outcome.acknowledged or matched:  # as the SQL stores: a row written is a change
+        if row != before:  # as the SQL stores: a mark only for a change
+            self._hub[record_id] = row
             self._hub_changes[record_id] = self._next_hub_mark()
         return matched
 

@@ -1542,9 +1542,48 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert await store.hub_changes("org-1", after, 2) == HubChanges((), (), after, False)
 
     async def test_hub_changes_refuse_bad_arguments(self, store: ServerStore) -> None:
-        for args in [(None, 0, 1), ("", 0, 1), ("org-1", -1, 1), ("org-1", 0, 0), ("o", "1", 1)]:
+        huge = 2**63 - 1  # an SQL integer's largest: the stores read one row past a limit
+        for args in [
+            (None, 0, 1),
+            ("", 0, 1),
+            ("org-1", -1, 1),
+            ("org-1", 0, 0),
+            ("o", "1", 1),
+            ("org-1", 0, huge),
+            ("org-1", huge + 1, 1),
+            ("org-1", 2**70, 10),
+        ]:
             with pytest.raises(InvalidInputError):
                 await store.hub_changes(*args)  # type: ignore[arg-type]
+        assert await store.hub_changes("org-1", huge, huge - 1) == HubChanges((), (), 0, False)
+
+    async def test_a_hub_outcome_that_changes_nothing_takes_no_mark(
+        self, store: ServerStore
+    ) -> None:
+        """A summary found held again for the same reason (the sender looks at held ones
+        again) is no change: no new mark, so no laptop's next report carries it; the
+        outcome still says the version is the row's."""
+        (a,) = [Patient("laptop-b")]
+        await _mark_hub(store, [(a, "org-1")])
+        row = await store.hub_summary(a.id)
+        assert row is not None
+        held = HubOutcome("held", "an open conflict", 0, 0)
+        assert await store.record_hub_outcome(a.id, row.version, held)
+        mark = (await store.hub_changes("org-1", 0, 10)).mark
+        assert await store.record_hub_outcome(a.id, row.version, held)
+        assert await store.hub_changes("org-1", mark, 10) == HubChanges((), (), mark, False)
+        assert await store.hub_summary(a.id) == replace(
+            row, state="held", reason="an open conflict"
+        )
+        # Sent and acknowledged, then told again: the second is no change either.
+        sent = HubOutcome("sent", None, 1, 0, True)
+        assert await store.record_hub_outcome(a.id, row.version, sent)
+        mark = (await store.hub_changes("org-1", 0, 10)).mark
+        assert await store.record_hub_outcome(a.id, row.version, sent)
+        assert await store.hub_changes("org-1", mark, 10) == HubChanges((), (), mark, False)
+        # Another version's outcome: not the row's (False), and no change.
+        assert not await store.record_hub_outcome(a.id, row.version + 1, held)
+        assert await store.hub_changes("org-1", mark, 10) == HubChanges((), (), mark, False)
 
     # health-hub outbox: what the sender and the counters read
 

@@ -278,29 +278,30 @@ class HubPart(PostgresCore):
         def job(raw: Conn) -> bool:
             def body() -> bool:
                 mark = _lock_mark(raw) + 1
+                # A row takes a mark only when it changes: a held summary found held
+                # again is no change for the laptops' reports.
                 changed = 0
                 if outcome.acknowledged:
                     changed += raw.execute(
-                        "UPDATE hub_outbox SET sent_version = GREATEST(sent_version, %s),"
-                        " change = %s WHERE record_id = %s",
-                        (version, mark, record_id),
+                        "UPDATE hub_outbox SET sent_version = %s, change = %s"
+                        " WHERE record_id = %s AND COALESCE(sent_version, 0) < %s",
+                        (version, mark, record_id, version),
                     ).rowcount
-                cursor = raw.execute(
+                fields = (outcome.state, outcome.reason, outcome.attempts, outcome.next_attempt_ms)
+                changed += raw.execute(
                     "UPDATE hub_outbox SET state = %s, reason = %s, attempts = %s,"
-                    " next_attempt_ms = %s, change = %s WHERE record_id = %s AND version = %s",
-                    (
-                        outcome.state,
-                        outcome.reason,
-                        outcome.attempts,
-                        outcome.next_attempt_ms,
-                        mark,
-                        record_id,
-                        version,
-                    ),
-                )
-                if changed or cursor.rowcount:
+                    " next_attempt_ms = %s, change = %s WHERE record_id = %s AND version = %s"
+                    " AND (state, reason, attempts, next_attempt_ms) IS DISTINCT FROM"
+                    " (%s::text, %s::text, %s::integer, %s::bigint)",
+                    (*fields, mark, record_id, version, *fields),
+                ).rowcount
+                if changed:
                     _save_mark(raw, mark)
-                return bool(cursor.rowcount)
+                found = raw.execute(
+                    "SELECT 1 FROM hub_outbox WHERE record_id = %s AND version = %s",
+                    (record_id, version),
+                ).fetchone()
+                return found is not None
 
             return self._write(raw, body)
 

@@ -274,29 +274,31 @@ class HubPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> bool:
             def body() -> bool:
+                # A row takes a mark only when it changes: a held summary found held
+                # again is no change for the laptops' reports.
                 changed = 0
                 if outcome.acknowledged:
                     changed += raw.execute(
-                        "UPDATE hub_outbox SET sent_version = MAX(COALESCE(sent_version, 0), ?),"
-                        " change = (SELECT n + 1 FROM hub_mark) WHERE record_id = ?",
-                        (version, record_id),
+                        "UPDATE hub_outbox SET sent_version = ?,"
+                        " change = (SELECT n + 1 FROM hub_mark)"
+                        " WHERE record_id = ? AND COALESCE(sent_version, 0) < ?",
+                        (version, record_id, version),
                     ).rowcount
-                cursor = raw.execute(
+                fields = (outcome.state, outcome.reason, outcome.attempts, outcome.next_attempt_ms)
+                changed += raw.execute(
                     "UPDATE hub_outbox SET state = ?, reason = ?, attempts = ?,"
                     " next_attempt_ms = ?, change = (SELECT n + 1 FROM hub_mark)"
-                    " WHERE record_id = ? AND version = ?",
-                    (
-                        outcome.state,
-                        outcome.reason,
-                        outcome.attempts,
-                        outcome.next_attempt_ms,
-                        record_id,
-                        version,
-                    ),
-                )
-                if changed or cursor.rowcount:
+                    " WHERE record_id = ? AND version = ?"
+                    " AND (state, reason, attempts, next_attempt_ms) IS NOT (?, ?, ?, ?)",
+                    (*fields, record_id, version, *fields),
+                ).rowcount
+                if changed:
                     _next_mark(raw)  # the mark the rows took
-                return bool(cursor.rowcount)
+                found = raw.execute(
+                    "SELECT 1 FROM hub_outbox WHERE record_id = ? AND version = ?",
+                    (record_id, version),
+                ).fetchone()
+                return found is not None
 
             return self._write(raw, body)
 
