@@ -27,14 +27,21 @@ changed. Its conflicts are a function of its own record, the records linked to
 it and the other record of each of its pairs (a link decision is a revision of
 a record of its pair; a pair is a function of its two records), so when a
 snapshot holds a row the sender remembers those records, in memory. The server
-tells it every record committed (:meth:`wake` with the record ids: this
-process's pushes and, with a database shared by processes, the others', as the
-server follows the feed); the next round snapshots again only the held rows of
-those records and the held rows waiting on them, then the due ``pending`` ones.
-A push elsewhere costs no snapshot and no read of held rows. A new sender (a
-restart, perhaps with another rulebook) looks at every held row once, which also
-learns what each waits on; a round that failed leaves what it was to look at to
-the next.
+tells it every record committed (:meth:`wake` with the record ids, from
+``SyncServer.on_feed``: this process's pushes and, with a database shared by
+processes, the others', as the server follows the feed); the next round
+snapshots again only the held rows waiting on one of those records, then the
+due ``pending`` ones. A push elsewhere costs no snapshot and no read of a held
+row. A push of the record itself rewrites its row (pending, or held by its own
+conflicts, which only its own next change can release), so nothing is read for
+a record no held row is known to wait on.
+
+A new sender (a restart, perhaps with another rulebook) walks every held row
+once, which also learns what each waits on: in pages of the outbox's index, at
+most :data:`DUE_PAGES` a round, going on from where the last round stopped; the
+due ``pending`` rows are read from the first after it in every round, so a
+retry is never kept waiting behind held rows. More than :data:`MAX_CHANGED`
+changes between two rounds (memory kept bounded) start the walk again.
 
 A commit wakes the sender; otherwise it sleeps until the next retry is due.
 Clock, randomness and the HTTP client are injectable: tests step through
@@ -215,8 +222,12 @@ class HubSender:
         self._task: asyncio.Task[None] | None = None
         # Records committed since the last round began (see the module's theory).
         self._changed: set[str] = set()
-        # True: the next round looks at every held row (a new sender, a failed round).
-        self._all_held = True
+        # The walk of every held row a new sender makes (see the module): where it stands,
+        # in the outbox's (next_attempt_ms, record id) order, and whether it is under way.
+        # ``_rewalk``: start it again at the next round (too many changes to keep).
+        self._walking = True
+        self._walked: tuple[int, str] | None = None
+        self._rewalk = False
         # Each held row this sender snapshotted → the records it waits on (itself too),
         # and the inverse: record → held rows waiting on it.
         self._waits: dict[str, frozenset[str]] = {}
@@ -232,7 +243,7 @@ class HubSender:
         self._changed.update(record_ids)
         if len(self._changed) > MAX_CHANGED:
             self._changed.clear()
-            self._all_held = True
+            self._rewalk = True
         self._wake.set()
 
     @property
@@ -279,22 +290,26 @@ class HubSender:
         (None: none waits for a retry; 0: more were due than one round attempts).
 
         Due: the ``pending`` ones whose retry time has come, and the ``held`` ones that
-        something committed since could release (every held one at a sender's first
-        round, see the module)."""
+        something committed since could release (and, while a new sender's walk of every
+        held one goes on, its next pages; see the module)."""
         now = self._now_ms()
+        if self._rewalk:
+            self._rewalk = False
+            self._walking, self._walked = True, None
         changed, self._changed = self._changed, set()
-        all_held, self._all_held = self._all_held, False
         try:
-            if not all_held:
-                await self._revisit(changed)
-            bounded = not await self._due_pages(now, held=all_held)
+            await self._revisit(changed)
+            whole = self._walking and self._walked is None
+            walked = not self._walking or await self._walk_held(now)
+            # Then the due pending ones, from the first: the held walk, bounded per round,
+            # never stands in front of a due retry. (A walk begun and ended in this round
+            # read them all already.)
+            bounded = not (whole and walked) and not await self._due_pages(now)
         except BaseException:
             # Nothing is lost: what this round was to look at, the next one looks at.
             self._changed |= changed
-            self._all_held = self._all_held or all_held
             raise
-        if bounded:
-            self._all_held = self._all_held or all_held  # the walk goes on next round
+        if bounded or not walked:
             return 0  # a bounded round: the rest are due now, the next round sends them
         earliest = await self.store.hub_next_attempt_ms()
         if earliest is None:
@@ -302,19 +317,14 @@ class HubSender:
         return max(0, earliest - self._now_ms())
 
     async def _revisit(self, changed: set[str]) -> None:
-        """Attempt the held rows that a change of ``changed`` could release: those
-        waiting on one of them, and the held rows of the records themselves (their
-        rows are read: a push may have held one, or another process's sender)."""
+        """Attempt the held rows that a change of ``changed`` could release: those this
+        sender saw held waiting on one of them (their own record included). Nothing is
+        read for a record no held row waits on: a push rewrites its own record's row
+        (pending, which the due pages attempt, or held by its own conflicts, which only
+        its own next change can release)."""
         waiting: set[str] = set()
         for record_id in changed:
             waiting.update(self._waiting.get(record_id, ()))
-        for record_id in sorted(changed - waiting):
-            if record_id in self._waits:
-                waiting.add(record_id)  # held here: its snapshot reads its row
-                continue
-            row = await self.store.hub_summary(record_id)
-            if row is not None and row.state == "held":
-                await self._attempt_row(row)
         for record_id in sorted(waiting):
             row = await self.store.hub_summary(record_id)
             if row is None:
@@ -326,17 +336,31 @@ class HubSender:
             elif row.state != "pending":
                 self._forget(record_id)
 
-    async def _due_pages(self, now: int, *, held: bool) -> bool:
-        """Attempt the due rows (``held``: every held one too), read in pages of the
-        store's index in (next_attempt_ms, record id) order: an attempt moves its row
-        behind the page (a retry time after now, or a held row's 0 at or before its
-        key), so none is attempted twice. False if the round stopped at its bound."""
+    async def _walk_held(self, now: int) -> bool:
+        """The next pages (at most :data:`DUE_PAGES`) of the walk of every held row, from
+        where the last round left it; True once it reached the end. It reads the due rows
+        (held ones and due pending ones, which it attempts too) in the outbox's index
+        order: an attempted held row keeps its key at or before the walk's, so none is
+        looked at twice; a row held or changed meanwhile is a change the sender is told
+        of, or a held row this sender knows."""
+        for _page in range(DUE_PAGES):
+            due = await self.store.hub_due(now, DUE_PAGE, after=self._walked)
+            for row in due:
+                await self._attempt_row(row)
+            if len(due) < DUE_PAGE:
+                self._walking, self._walked = False, None
+                return True
+            self._walked = (due[-1].next_attempt_ms, due[-1].record_id)
+        return False
+
+    async def _due_pages(self, now: int) -> bool:
+        """Attempt the due ``pending`` rows, read in pages of the store's index in
+        (next_attempt_ms, record id) order: an attempt moves its row behind the page (a
+        retry time after now) or out of them, so none is attempted twice. False if the
+        round stopped at its bound."""
         after: tuple[int, str] | None = None
         for _page in range(DUE_PAGES):
-            if held:
-                due = await self.store.hub_due(now, DUE_PAGE, after=after)
-            else:
-                due = await self.store.hub_due(now, DUE_PAGE, after=after, held=False)
+            due = await self.store.hub_due(now, DUE_PAGE, after=after, held=False)
             for row in due:
                 await self._attempt_row(row)
             if len(due) < DUE_PAGE:
