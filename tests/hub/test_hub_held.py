@@ -10,27 +10,39 @@ the outbox reads (``Counting``, as tests/hub/test_hub_due.py counts them).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
 import pytest
-from tests.e2e.live_helpers import enrolled, start_server
+from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 from tests.hub.fhirhub import FhirHub
 from tests.hub.test_hub_due import NOW, URL, Counting, Hub
 from tests.hub.test_hub_outbox import Clock, rows
+from tests.postgres import fresh_schema
 
 import caresync.hub.sender
 from caresync.hub.model import HUB_PATH
 from caresync.hub.sender import HubSender, HubSnapshot
 from caresync.hub.summary import summary_id
 from caresync.replica import Replica
-from caresync.storage import HubMark, HubOutcome, IncomingUpdate, MemoryStore, SQLiteStore
+from caresync.server import SyncServer
+from caresync.storage import (
+    FeedItem,
+    HubMark,
+    HubOutcome,
+    IncomingUpdate,
+    MemoryStore,
+    SQLiteStore,
+)
 from caresync.storage.base import ServerStore
 from caresync.testing.store_data import Patient, whole
 
 BODY = b'{"resourceType": "Bundle"}'
+LIMIT_S = 30.0
+"""Upper bound for one wait; a passing test never comes near it."""
 
 
 class Snapshots:
@@ -328,3 +340,68 @@ async def test_an_unlink_of_two_other_charts_releases_a_summary_held_through_the
             await sender.close()
             await laptop.close()
             await server.close()
+
+
+async def test_a_push_through_another_process_releases_a_summary_held_here(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    """Two servers on one PostgreSQL database, as two ``caresync serve`` processes: the
+    sender runs in B, laptops push through A. B follows the feed (on_feed), so A's push of
+    a stranger costs B's sender no snapshot, and A's push of the linked chart's edit makes
+    it look at the held summary again and send it."""
+    async with fresh_schema(postgres_database) as url:
+        async with await SyncServer.open(url) as first:
+            await first.add_user("clinic-a", "dr.a", PASSWORD)
+        a = await SyncServer.open(url)
+        await a.serve("127.0.0.1", 0)
+        b = await SyncServer.open(url)
+        await b.serve("127.0.0.1", 0)
+        laptop = await Replica.open(tmp_path / "laptop.db")
+        await laptop.enrol(a.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+        taken: list[str] = []
+        relayed: dict[str, asyncio.Event] = {}
+
+        def note(items: Sequence[FeedItem]) -> None:
+            for item in items:
+                relayed.setdefault(item.record_id, asyncio.Event()).set()
+
+        async def relayed_to_b(record_id: str) -> None:
+            async with asyncio.timeout(LIMIT_S):
+                await relayed.setdefault(record_id, asyncio.Event()).wait()
+
+        async def snapshot(record_id: str) -> HubSnapshot | None:
+            taken.append(record_id)
+            return await b.hub_snapshot(record_id)
+
+        with FhirHub() as hub:
+            sender = HubSender(b.store, hub.url, snapshot, now_ms=Clock(), random=lambda: 0.5)
+            b.notify_hub(sender)
+            b.on_feed.append(note)
+            try:
+                treated, (other,), allergy = await _treated_and_linked(laptop, ["Awa Diop"])
+                await laptop.sync()
+                await sender.run_once()
+                assert (await rows(b))[treated][0] == "held"
+                assert taken == [treated]
+
+                taken.clear()
+                relayed.clear()
+                stranger = await laptop.create_record()
+                await laptop.set(stranger, "name", "Binta Sow")
+                await laptop.sync()
+                await relayed_to_b(stranger)  # B has followed A's commit
+                await sender.run_once()
+                assert taken == []
+
+                await laptop.set_status(other, "allergies", allergy, "entered-in-error")
+                await laptop.sync()
+                await relayed_to_b(other)
+                await sender.run_once()
+                assert taken == [treated]
+                assert (await rows(b))[treated][0] == "sent"
+                assert len(hub.received) == 1
+            finally:
+                await sender.close()
+                await laptop.close()
+                await a.close()
+                await b.close()
