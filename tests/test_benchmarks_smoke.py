@@ -125,3 +125,17 @@ def test_hub_sender_ab_makes_the_same_puts_both_ways(tmp_path: Path) -> None:
     assert result["whole"]["puts"] == result["paged"]["puts"] == [40, 40]
     assert len(result["whole"]["runs_s"]) == len(result["paged"]["runs_s"]) == 2
     assert result["ratio_median_whole_to_paged"] > 0
+
+
+def test_hub_held_ab_looks_at_every_held_row_one_way_and_none_the_other(tmp_path: Path) -> None:
+    """``hub_held_ab``: after a push elsewhere, the sender as it was snapshots every held
+    summary again; the sender now, none."""
+    from benchmarks import hub_held_ab
+
+    out = tmp_path / "held.json"
+    assert hub_held_ab.main(["6", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["every"]["snapshots"] == [6, 6]
+    assert result["released"]["snapshots"] == [0, 0]
+    assert result["released"]["commit_lock_s"] == [0.0, 0.0]
+    assert len(result["every"]["runs_s"]) == len(result["released"]["runs_s"]) == 2

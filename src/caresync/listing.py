@@ -55,11 +55,23 @@ class ConflictListing:
 
     async def of_record(self, record_id: str) -> list[Conflict]:
         """The open conflicts of one record: its own, across its links, and its pairs."""
+        conflicts, _others = await self.of_record_and_neighbours(record_id)
+        return conflicts
+
+    async def of_record_and_neighbours(self, record_id: str) -> tuple[list[Conflict], list[str]]:
+        """:meth:`of_record`, and the other records they were derived from (sorted): the
+        linked ones and the other record of each of its pairs. Only a change of the record
+        or of one of these can change its conflicts (a link decision is written to a
+        record of its pair; a pair is a function of its two records), so a caller that
+        holds something back on them knows what to watch."""
         record = await self.pool.get(record_id)
-        linked = await self.linked_records(record_id)
+        linked_ids = await self.linked(record_id)
+        linked = [await self.pool.get(other) for other in linked_ids]
         own = self.pool.rulebook.conflicts(record, linked=linked)
         pairs = await self.store.person_pairs(record_id)
-        return _ordered([*own, *_pair_findings(pairs, record_id)])
+        others = set(linked_ids)
+        others.update(rid for pair in pairs for rid in pair.record_ids if rid != record_id)
+        return _ordered([*own, *_pair_findings(pairs, record_id)]), sorted(others)
 
     async def all(self) -> list[Conflict]:
         """Every open conflict, by record id; blocks first within a record."""

@@ -498,7 +498,7 @@ class SyncServer:
             store, replica=server_id, rulebook=rulebook, max_records=check_pool_size(pool_size)
         )
         # What this process relayed of the feed, and its catching up with other processes.
-        self._follower = FeedFollower(store, self._pool, self._fan_out)
+        self._follower = FeedFollower(store, self._pool, self._relay)
         self._following: asyncio.Task[None] | None = None
         # Whether the stored conflict index was computed by ``rulebook`` (read once).
         self._index_current: bool | None = None
@@ -524,6 +524,9 @@ class SyncServer:
         self._listener: Listener | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.on_commit: list[Callable[[int], Awaitable[None] | None]] = []
+        self.on_feed: list[Callable[[Sequence[FeedItem]], None]] = []
+        """Called with the feed entries this process relays, in seq order: its own commits
+        and, with a store shared by processes, the others' as it follows the feed."""
         self.metrics = ServerMetrics()
         """The server's Prometheus registry (``GET /metrics``)."""
         self.events = ServerEvents(self.metrics)
@@ -903,7 +906,8 @@ class SyncServer:
         """Keep the summaries of the patients marked for it current on the hub at ``url``.
 
         The outbox is kept whether or not this runs (each push writes its rows);
-        this starts the sender, woken by every commit. ``options`` go to
+        this starts the sender, woken by every commit, told which records each commit
+        changed (:attr:`on_feed`: other processes' commits too). ``options`` go to
         :class:`~caresync.hub.sender.HubSender` (timeout, clock, randomness,
         client). Needs the ``hub`` extra (fhir.resources and httpx).
         """
@@ -912,10 +916,16 @@ class SyncServer:
             raise InvalidInputError("the hub sender is running already")
         options.setdefault("audit_as", self.server_id)
         sender = HubSender(self.store, url, self.hub_snapshot, **options)
-        self.on_commit.append(lambda _seq: sender.wake())
+        self.notify_hub(sender)
         sender.start()
         self.hub = sender
         return sender
+
+    def notify_hub(self, sender: HubSender) -> None:
+        """Tell ``sender`` of every record committed from now on (:meth:`start_hub` does;
+        a sender stepped by hand needs it too): it looks at a held summary again only
+        when its record, or one it waits on, changed."""
+        self.on_feed.append(lambda items: sender.wake(item.record_id for item in items))
 
     async def hub_snapshot(self, record_id: str) -> HubSnapshot | None:
         """One record's hub summary as of its outbox row's version (under the commit lock,
@@ -1842,6 +1852,13 @@ class SyncServer:
                 pending=report.pending,
                 oldest_pending_ms=report.oldest_pending_ms,
             )
+
+    def _relay(self, items: Sequence[FeedItem]) -> None:
+        """New feed entries, in seq order (this process's commits and others'): to the
+        live connections, then to :attr:`on_feed`."""
+        self._fan_out(items)
+        for hook in self.on_feed:
+            hook(items)
 
     def _fan_out(self, items: Sequence[FeedItem]) -> None:
         """Queue new feed entries (in seq order) for every live connection they are for

@@ -22,10 +22,31 @@ summary to send survives a restart or a SIGKILL. The sender reads the rows:
   429's or 503's ``Retry-After`` in seconds is honoured up to the cap). Any
   other status: ``failed`` with the hub's message, until the record changes.
 
-A commit wakes the sender (:meth:`wake`); otherwise it sleeps until the next
-retry is due. Clock, randomness and the HTTP client are injectable: tests step
-through attempts with :meth:`run_once` and never sleep. Whatever the hub
-answers is bounded (64 KiB read) and shown on one printable line.
+A ``held`` row is looked at again only when something that could release it
+changed. Its conflicts are a function of its own record, the records linked to
+it and the other record of each of its pairs (a link decision is a revision of
+a record of its pair; a pair is a function of its two records), so when a
+snapshot holds a row the sender remembers those records, in memory. The server
+tells it every record committed (:meth:`wake` with the record ids, from
+``SyncServer.on_feed``: this process's pushes and, with a database shared by
+processes, the others', as the server follows the feed); the next round
+snapshots again only the held rows waiting on one of those records, then the
+due ``pending`` ones. A push elsewhere costs no snapshot and no read of a held
+row. A push of the record itself rewrites its row (pending, or held by its own
+conflicts, which only its own next change can release), so nothing is read for
+a record no held row is known to wait on.
+
+A new sender (a restart, perhaps with another rulebook) walks every held row
+once, which also learns what each waits on: in pages of the outbox's index, at
+most :data:`DUE_PAGES` a round, going on from where the last round stopped; the
+due ``pending`` rows are read from the first after it in every round, so a
+retry is never kept waiting behind held rows. More than :data:`MAX_CHANGED`
+changes between two rounds (memory kept bounded) start the walk again.
+
+A commit wakes the sender; otherwise it sleeps until the next retry is due.
+Clock, randomness and the HTTP client are injectable: tests step through
+attempts with :meth:`run_once` and never sleep. Whatever the hub answers is
+bounded (64 KiB read) and shown on one printable line.
 """
 
 from __future__ import annotations
@@ -35,7 +56,7 @@ import json
 import logging
 import random as random_module
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +93,9 @@ DUE_PAGE = 256
 """Due summaries read from the outbox at once (the store reads only those)."""
 DUE_PAGES = 4096
 """Most pages one round of :meth:`HubSender.run_once` attempts (then it returns 0)."""
+MAX_CHANGED = 100_000
+"""Most changed records a sender keeps between rounds; past that, its next round looks
+at every held row (memory stays bounded whatever a burst of pushes commits)."""
 logger = logging.getLogger("caresync.server")
 
 
@@ -121,6 +145,9 @@ class HubSnapshot:
     """The summary's bytes (None when held or acknowledged already)."""
     failure: str | None = None
     """Why it can never be sent as it is (the record is not stored), or None."""
+    neighbours: tuple[str, ...] = ()
+    """The other records its conflicts were derived from (linked ones, the other record
+    of each of its pairs): a held summary waits on a change of one of them or its own."""
 
 
 async def take_snapshot(
@@ -137,13 +164,13 @@ async def take_snapshot(
         return None
     if not await store.has_record(record_id):  # never written so; said rather than retried
         return HubSnapshot(row.version, row.attempts, None, None, "the record is not stored here")
-    conflicts = await listing.of_record(record_id)
+    conflicts, neighbours = await listing.of_record_and_neighbours(record_id)
     held = hold_reason((c.id, c.severity.value, c.subject) for c in conflicts)
     acknowledged = row.sent_version is not None and row.sent_version >= row.version
     body = None
     if held is None and not acknowledged:
         body = summary_bytes(RecordView(await listing.pool.get(record_id)))
-    return HubSnapshot(row.version, row.attempts, held, body)
+    return HubSnapshot(row.version, row.attempts, held, body, neighbours=tuple(neighbours))
 
 
 SnapshotTaker = Callable[[str], Awaitable[HubSnapshot | None]]
@@ -193,14 +220,36 @@ class HubSender:
         self._timeout_s = timeout_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Records committed since the last round began (see the module's theory).
+        self._changed: set[str] = set()
+        # The walk of every held row a new sender makes (see the module): where it stands,
+        # in the outbox's (next_attempt_ms, record id) order, and whether it is under way.
+        # ``_rewalk``: start it again at the next round (too many changes to keep).
+        self._walking = True
+        self._walked: tuple[int, str] | None = None
+        self._rewalk = False
+        # Each held row this sender snapshotted → the records it waits on (itself too),
+        # and the inverse: record → held rows waiting on it.
+        self._waits: dict[str, frozenset[str]] = {}
+        self._waiting: dict[str, set[str]] = {}
         self.sent = 0
         """Summaries the hub acknowledged since this sender started."""
         self.on_outcome: list[Callable[[str, str], None]] = []
         """Called with (record id, state) after each attempt's outcome is committed."""
 
-    def wake(self) -> None:
-        """Look at the outbox now (a push changed it)."""
+    def wake(self, record_ids: Iterable[str] = ()) -> None:
+        """Look at the outbox now: a commit changed it, or changed ``record_ids`` (a held
+        summary of these records, or waiting on one of them, is looked at again)."""
+        self._changed.update(record_ids)
+        if len(self._changed) > MAX_CHANGED:
+            self._changed.clear()
+            self._rewalk = True
         self._wake.set()
+
+    @property
+    def waiting(self) -> int:
+        """How many held summaries this sender knows what they wait on."""
+        return len(self._waits)
 
     def start(self) -> None:
         """Run :meth:`run` in the background until :meth:`close`."""
@@ -238,27 +287,103 @@ class HubSender:
 
     async def run_once(self) -> int | None:
         """Attempt every summary due now, once each; returns the ms until the next is due
-        (None: none waits for a retry; 0: more were due than one round attempts)."""
+        (None: none waits for a retry; 0: more were due than one round attempts).
+
+        Due: the ``pending`` ones whose retry time has come, and the ``held`` ones that
+        something committed since could release (and, while a new sender's walk of every
+        held one goes on, its next pages; see the module)."""
         now = self._now_ms()
-        # Held ones are looked at again too: a finding across linked records closes by an
-        # edit of the other record, which does not touch this one's row. The due rows are
-        # read in pages of the store's index, in (next_attempt_ms, record id) order: an
-        # attempt moves its row behind the page (a retry time after now, or a held row's
-        # 0 at or before its key), so none is attempted twice in one round.
-        after: tuple[int, str] | None = None
-        for _page in range(DUE_PAGES):
-            due = await self.store.hub_due(now, DUE_PAGE, after=after)
-            for row in due:
-                await self._attempt_row(row)
-            if len(due) < DUE_PAGE:
-                break
-            after = (due[-1].next_attempt_ms, due[-1].record_id)
-        else:
+        if self._rewalk:
+            self._rewalk = False
+            self._walking, self._walked = True, None
+        changed, self._changed = self._changed, set()
+        try:
+            await self._revisit(changed)
+            whole = self._walking and self._walked is None
+            walked = not self._walking or await self._walk_held(now)
+            # Then the due pending ones, from the first: the held walk, bounded per round,
+            # never stands in front of a due retry. (A walk begun and ended in this round
+            # read them all already.)
+            bounded = not (whole and walked) and not await self._due_pages(now)
+        except BaseException:
+            # Nothing is lost: what this round was to look at, the next one looks at.
+            self._changed |= changed
+            raise
+        if bounded or not walked:
             return 0  # a bounded round: the rest are due now, the next round sends them
         earliest = await self.store.hub_next_attempt_ms()
         if earliest is None:
             return None
         return max(0, earliest - self._now_ms())
+
+    async def _revisit(self, changed: set[str]) -> None:
+        """Attempt the held rows that a change of ``changed`` could release: those this
+        sender saw held waiting on one of them (their own record included). Nothing is
+        read for a record no held row waits on: a push rewrites its own record's row
+        (pending, which the due pages attempt, or held by its own conflicts, which only
+        its own next change can release)."""
+        waiting: set[str] = set()
+        for record_id in changed:
+            waiting.update(self._waiting.get(record_id, ()))
+        for record_id in sorted(waiting):
+            row = await self.store.hub_summary(record_id)
+            if row is None:
+                self._forget(record_id)
+            elif row.state == "held":
+                await self._attempt_row(row)
+            # else: pending (the due pages attempt it), sent or failed (another process
+            # attempted it): not held any more, or not by what this sender knew.
+            elif row.state != "pending":
+                self._forget(record_id)
+
+    async def _walk_held(self, now: int) -> bool:
+        """The next pages (at most :data:`DUE_PAGES`) of the walk of every held row, from
+        where the last round left it; True once it reached the end. It reads the due rows
+        (held ones and due pending ones, which it attempts too) in the outbox's index
+        order: an attempted held row keeps its key at or before the walk's, so none is
+        looked at twice; a row held or changed meanwhile is a change the sender is told
+        of, or a held row this sender knows."""
+        for _page in range(DUE_PAGES):
+            due = await self.store.hub_due(now, DUE_PAGE, after=self._walked)
+            for row in due:
+                await self._attempt_row(row)
+            if len(due) < DUE_PAGE:
+                self._walking, self._walked = False, None
+                return True
+            self._walked = (due[-1].next_attempt_ms, due[-1].record_id)
+        return False
+
+    async def _due_pages(self, now: int) -> bool:
+        """Attempt the due ``pending`` rows, read in pages of the store's index in
+        (next_attempt_ms, record id) order: an attempt moves its row behind the page (a
+        retry time after now) or out of them, so none is attempted twice. False if the
+        round stopped at its bound."""
+        after: tuple[int, str] | None = None
+        for _page in range(DUE_PAGES):
+            due = await self.store.hub_due(now, DUE_PAGE, after=after, held=False)
+            for row in due:
+                await self._attempt_row(row)
+            if len(due) < DUE_PAGE:
+                return True
+            after = (due[-1].next_attempt_ms, due[-1].record_id)
+        return False
+
+    def _hold(self, record_id: str, neighbours: tuple[str, ...]) -> None:
+        """Remember that ``record_id``'s summary is held, waiting on these records."""
+        self._forget(record_id)
+        waits = frozenset((record_id, *neighbours))
+        self._waits[record_id] = waits
+        for other in waits:
+            self._waiting.setdefault(other, set()).add(record_id)
+
+    def _forget(self, record_id: str) -> None:
+        """``record_id``'s summary is not held (as far as this sender knows)."""
+        for other in self._waits.pop(record_id, ()):
+            held = self._waiting.get(other)
+            if held is not None:
+                held.discard(record_id)
+                if not held:
+                    del self._waiting[other]
 
     async def _attempt_row(self, row: HubSummaryRow) -> None:
         """:meth:`attempt` for a due row; an error other than the store's is that
@@ -293,10 +418,16 @@ class HubSender:
             if row is None:
                 return None
             reason = short_reason(f"the summary could not be built: {exc}")
+            self._forget(record_id)
             await self._store(record_id, row.version, HubOutcome("failed", reason, 0, 0))
             return "failed"
         if snap is None:
+            self._forget(record_id)
             return None
+        if snap.held is None:
+            self._forget(record_id)
+        else:
+            self._hold(record_id, snap.neighbours)
         attempts = snap.attempts
         if snap.failure is not None:
             await self._store(record_id, snap.version, HubOutcome("failed", snap.failure, 0, 0))

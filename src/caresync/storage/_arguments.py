@@ -146,9 +146,13 @@ def check_hub_changes(organisation: object, after: object, limit: object) -> Non
         raise InvalidInputError(f"limit must be at most {_MAX_INT64 - 1}, not {limit!r}")
 
 
-def check_hub_due(now_ms: object, limit: object, after: object) -> tuple[int, str] | None:
-    """``hub_due``: a time, a limit (from 1), and None or the (next_attempt_ms, record_id)
-    of the last row of the page before; returns ``after``."""
+def check_hub_due(
+    now_ms: object, limit: object, after: object, held: object = True
+) -> tuple[int, str] | None:
+    """``hub_due``: a time, a limit (from 1), None or the (next_attempt_ms, record_id)
+    of the last row of the page before, and a bool (held ones too); returns ``after``."""
+    if type(held) is not bool:
+        raise InvalidInputError(f"held must be a bool, not {held!r:.40}")
     if check_count(now_ms, "now_ms") > _MAX_INT64:
         raise InvalidInputError(f"now_ms must be at most {_MAX_INT64}, not {now_ms!r}")
     if check_count(limit, "limit", minimum=1) > _MAX_INT64:

@@ -1374,12 +1374,19 @@ class ServerStore(ReplicaStore, Protocol):
         ...
 
     async def hub_due(
-        self, now_ms: int, limit: int, *, after: tuple[int, str] | None = None
+        self,
+        now_ms: int,
+        limit: int,
+        *,
+        after: tuple[int, str] | None = None,
+        held: bool = True,
     ) -> list[HubSummaryRow]:
         """The summaries the hub sender attempts at ``now_ms``: ``pending`` ones whose
-        ``next_attempt_ms`` has come and every ``held`` one, by (``next_attempt_ms``,
-        record id), at most ``limit``, after the key ``after`` (the last row's
-        ``(next_attempt_ms, record_id)`` of the page before; None: from the start).
+        ``next_attempt_ms`` has come and (``held``) every ``held`` one, by
+        (``next_attempt_ms``, record id), at most ``limit``, after the key ``after`` (the
+        last row's ``(next_attempt_ms, record_id)`` of the page before; None: from the
+        start). ``held=False``: the pending ones only (a sender that looks at a held row
+        again only when something that could release it changed).
 
         The SQL stores read through an index on (state, next_attempt_ms, record_id)
         only the rows they return, so a sender walks a huge outbox in bounded pages.

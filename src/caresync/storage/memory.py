@@ -511,17 +511,23 @@ class MemoryStore:
         return self._hub.get(record_id)
 
     async def hub_due(
-        self, now_ms: int, limit: int, *, after: tuple[int, str] | None = None
+        self,
+        now_ms: int,
+        limit: int,
+        *,
+        after: tuple[int, str] | None = None,
+        held: bool = True,
     ) -> list[HubSummaryRow]:
         """The summaries due at ``now_ms`` (see
         :meth:`~caresync.storage.base.ServerStore.hub_due`)."""
-        start = check_hub_due(now_ms, limit, after) or (-1, "")
+        start = check_hub_due(now_ms, limit, after, held) or (-1, "")
         self._open_or_raise("reading the hub outbox's due summaries")
         due = sorted(
             (
                 row
                 for row in self._hub.values()
-                if (row.state == "pending" and row.next_attempt_ms <= now_ms) or row.state == "held"
+                if (row.state == "pending" and row.next_attempt_ms <= now_ms)
+                or (held and row.state == "held")
             ),
             key=lambda row: (row.next_attempt_ms, row.record_id),
         )

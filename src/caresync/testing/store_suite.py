@@ -1678,6 +1678,26 @@ class ServerStoreSuite(ReplicaStoreSuite):
         last = expected[-1]
         assert await store.hub_due(1000, 10, after=(last.next_attempt_ms, last.record_id)) == []
 
+    async def test_hub_due_without_held_gives_the_pending_ones_only(
+        self, store: ServerStore
+    ) -> None:
+        """``held=False``: the due pending ones, in the same order and pages; no held one."""
+        await self._hub_in_every_state(store)
+        every = await store.hub_summaries()
+        expected = sorted(
+            (r for r in every if r.state == "pending" and r.next_attempt_ms <= 1000),
+            key=lambda r: (r.next_attempt_ms, r.record_id),
+        )
+        assert [r.next_attempt_ms for r in expected] == [0, 100, 500]
+        assert await store.hub_due(1000, 10, held=False) == expected
+        assert await store.hub_due(1000, 2, held=False) == expected[:2]
+        first = expected[0]
+        after = (first.next_attempt_ms, first.record_id)
+        assert await store.hub_due(1000, 10, after=after, held=False) == expected[1:]
+        assert await store.hub_due(0, 10, held=False) == expected[:1]
+        with pytest.raises(InvalidInputError):
+            await store.hub_due(1000, 10, held=cast(Any, 1))
+
     async def test_hub_due_refuses_bad_arguments(self, store: ServerStore) -> None:
         bad: list[tuple[Any, Any, Any]] = [
             (-1, 1, None),

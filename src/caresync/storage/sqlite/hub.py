@@ -48,6 +48,12 @@ _DUE = (
     " AND (next_attempt_ms, record_id) > (?, ?)"
     " ORDER BY next_attempt_ms, record_id LIMIT ?"
 )
+# The pending ones alone (the sender's rounds once it has looked at every held one).
+_DUE_PENDING = (
+    f"SELECT {_HUB_COLUMNS} FROM hub_outbox WHERE state = 'pending'"
+    " AND next_attempt_ms <= ? AND (next_attempt_ms, record_id) > (?, ?)"
+    " ORDER BY next_attempt_ms, record_id LIMIT ?"
+)
 _NEXT_ATTEMPT = "SELECT MIN(next_attempt_ms) FROM hub_outbox WHERE state = 'pending'"
 _COUNTS = "SELECT state, COUNT(*) FROM hub_outbox GROUP BY state"
 # One organisation's rows, found through its index (the planner would rather walk the
@@ -194,15 +200,24 @@ class HubPart(SQLiteCore):
         return await self._run(f"reading the hub outbox row of {record_id}", read)
 
     async def hub_due(
-        self, now_ms: int, limit: int, *, after: tuple[int, str] | None = None
+        self,
+        now_ms: int,
+        limit: int,
+        *,
+        after: tuple[int, str] | None = None,
+        held: bool = True,
     ) -> list[HubSummaryRow]:
         """The summaries due at ``now_ms`` (see
         :meth:`~caresync.storage.base.ServerStore.hub_due`)."""
-        at, record_id = check_hub_due(now_ms, limit, after) or (-1, "")
-        args = (now_ms, at, record_id, at, record_id, limit)
+        at, record_id = check_hub_due(now_ms, limit, after, held) or (-1, "")
+        args: tuple[object, ...]
+        if held:
+            sql, args = _DUE, (now_ms, at, record_id, at, record_id, limit)
+        else:
+            sql, args = _DUE_PENDING, (now_ms, at, record_id, limit)
         return await self._run(
             "reading the hub outbox's due summaries",
-            lambda raw: [HubSummaryRow(*row) for row in raw.execute(_DUE, args)],
+            lambda raw: [HubSummaryRow(*row) for row in raw.execute(sql, args)],
         )
 
     async def hub_next_attempt_ms(self) -> int | None:
