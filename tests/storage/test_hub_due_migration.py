@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 from tests.postgres import fresh_schema
 
-from caresync.storage import ServerStore, SQLiteStore
+from caresync.storage import SCHEMA_VERSION, ServerStore, SQLiteStore
 from caresync.storage.migrations import create_schema
 from caresync.storage.postgres import PostgresStore
 from caresync.storage.postgres.schema import FORMAT_VALUE, SCHEMA_STEPS
@@ -64,7 +64,7 @@ async def test_a_version_13_sqlite_server_gains_the_hub_state_index(tmp_path: Pa
     conn = sqlite3.connect(path)
     [(sql,)] = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'hub_outbox_due'")
     assert sql == "CREATE INDEX hub_outbox_due ON hub_outbox (state, next_attempt_ms, record_id)"
-    assert conn.execute("PRAGMA user_version").fetchone() == (14,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     conn.close()
 
 

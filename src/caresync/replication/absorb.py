@@ -49,6 +49,7 @@ from caresync.records.persons import PersonCard, person_card
 from caresync.replication.checked import (
     ServerCheck,
     advance_simply,
+    card_digest_kept,
     card_kept,
     matches,
     rows_kept,
@@ -378,21 +379,21 @@ async def _agreed(
     wanted = [rid for rid in parts if rid in checked and rid not in loaded]
     if not wanted:
         return {}, frozenset(), {}
-    # The three reads asked at once (one queue of database jobs, no wait between them):
-    # cards and rows are read for every record whose check refers to them, before
-    # knowing whether its state agrees (nearly all do; the others' are not used).
-    referring = [rid for rid in wanted if checked[rid].card_ref is not None]
+    # The reads asked at once (one queue of database jobs, no wait between them): each
+    # record's state vector with its card's digest (schema version 15: no card read),
+    # and the rows of every record whose check refers to them, before knowing whether
+    # its state agrees (nearly all do; the others' are not used).
     holding = [rid for rid in wanted if checked[rid].rows_ref is not None]
-    vectors, stored_cards, stored_rows = await asyncio.gather(
-        store.state_vectors(wanted),
-        store.person_card_bytes(referring) if referring else _nothing(),
+    states, stored_rows = await asyncio.gather(
+        store.held_states(wanted),
         store.conflict_rows(holding) if holding else _nothing(),
     )
     agreed: dict[str, ServerCheck] = {}
     advances: dict[str, tuple[bytes, bytes]] = {}
     for record_id in wanted:
         check = checked[record_id]
-        stored = vectors.get(record_id)
+        held = states.get(record_id)
+        stored = None if held is None else (held.state_vector, held.pending)
         updates = parts[record_id]
         # Worked out once: the store is told the state vector after (if the record's
         # stored one is still the one read here, it takes it rather than reading the
@@ -404,10 +405,22 @@ async def _agreed(
             if stored is not None and simply is not None and simply[1]:
                 advances[record_id] = (stored[0], simply[0])
     # A card sent as a reference (version 9) fits only if it is the card stored here,
-    # which is then kept as it is; else the record is built and checked.
+    # which is then kept as it is; else the record is built and checked. The digest on
+    # the record's row says so; a record whose row carries none has its card read.
     referred = [rid for rid, check in agreed.items() if check.card_ref is not None]
+    unknown = [
+        rid for rid in referred if (held := states.get(rid)) is None or held.card_digest is None
+    ]
+    stored_cards = await store.person_card_bytes(unknown) if unknown else {}
     for record_id in referred:
-        if not card_kept(agreed[record_id], stored_cards.get(record_id)):
+        held = states.get(record_id)
+        digest = None if held is None else held.card_digest
+        check = agreed[record_id]
+        if digest is not None:
+            fits = card_digest_kept(check, digest)
+        else:
+            fits = card_kept(check, stored_cards.get(record_id))
+        if not fits:
             del agreed[record_id]
     # Rows sent as a digest fit only if they are the rows stored here: then they stay
     # as stored (the same rows written again would change nothing but cost a delete

@@ -55,6 +55,7 @@ __all__ = [
     "EMPTY_STATE_VECTOR",
     "advance_simply",
     "LiveFrames",
+    "card_digest_kept",
     "ServerCheck",
     "card_from_wire",
     "card_kept",
@@ -144,6 +145,15 @@ def card_kept(check: ServerCheck, stored: bytes | None) -> bool:
     if check.card_ref is None:
         return True
     return card_reference(stored or b"") == check.card_ref
+
+
+def card_digest_kept(check: ServerCheck, stored: bytes) -> bool:
+    """:func:`card_kept` given the digest of the laptop's stored card
+    (:func:`~caresync.storage.card_digest`, as its store keeps it beside the state
+    vector) rather than the card itself."""
+    if check.card_ref is None:
+        return True
+    return check.card_ref == b"\x00" + stored
 
 
 def rows_kept(check: ServerCheck, stored: Sequence[ConflictRow]) -> bool:

@@ -11,6 +11,7 @@ from caresync.storage.base import (
     CopiedRecords,
     CopyPage,
     FeedItem,
+    HeldState,
     HubChanges,
     HubMark,
     HubOutcome,
@@ -32,6 +33,7 @@ from caresync.storage.base import (
     Store,
     StoreOpener,
     UserAccount,
+    card_digest,
     own_identity,
 )
 from caresync.storage.cache import CachedRecord, RecordCache
@@ -65,6 +67,7 @@ __all__ = [
     "CopyPage",
     "FailedLogin",
     "FeedItem",
+    "HeldState",
     "HUB_STATES",
     "HubChanges",
     "HubMark",
@@ -73,6 +76,7 @@ __all__ = [
     "HubSummaryRow",
     "Identity",
     "own_identity",
+    "card_digest",
     "IncomingUpdate",
     "LaptopStore",
     "KdfParams",

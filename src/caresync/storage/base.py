@@ -31,6 +31,7 @@ The two implementations, :class:`~caresync.storage.sqlite.SQLiteStore` and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
@@ -59,6 +60,7 @@ __all__ = [
     "HubOutcome",
     "HubRemoved",
     "HubSummaryRow",
+    "HeldState",
     "Identity",
     "IncomingUpdate",
     "LaptopStore",
@@ -75,6 +77,7 @@ __all__ = [
     "Store",
     "StoreOpener",
     "UserAccount",
+    "card_digest",
     "own_identity",
 ]
 
@@ -589,6 +592,28 @@ class ReplicaInfo:
         return self.revoked_ms is not None
 
 
+CARD_DIGEST_BYTES = 16
+"""Bytes of a card's SHA-256 that :func:`card_digest` keeps (a protocol card reference's)."""
+
+
+def card_digest(card: bytes) -> bytes:
+    """The digest a store keeps of a stored person card (``PersonCard.to_bytes()``): the
+    first 16 bytes of its SHA-256, as a protocol card reference carries it after its
+    leading zero byte (:func:`caresync.protocol.card_reference`)."""
+    return hashlib.sha256(card).digest()[:CARD_DIGEST_BYTES]
+
+
+class HeldState(NamedTuple):
+    """What a pull compares of one stored record (:meth:`ReplicaStore.held_states`)."""
+
+    state_vector: bytes
+    pending: bool
+    """True if the record holds items waiting for an update not held yet."""
+    card_digest: bytes | None
+    """:func:`card_digest` of the record's stored card; None when the store does not
+    know it without reading the card (read it: ``person_card_bytes``; there may be none)."""
+
+
 @dataclass(frozen=True, slots=True)
 class OpenCounts:
     """The counts a replica's conflict count is made of (:meth:`ReplicaStore.open_counts`),
@@ -1030,6 +1055,14 @@ class ReplicaStore(Protocol):
         """Each stored record's state vector and whether it holds waiting items (updates
         that wait for one not yet held, which no state vector counts); unknown ids are
         absent. One consistent read, without the records' bytes.
+        """
+        ...
+
+    async def held_states(self, record_ids: Sequence[str]) -> dict[str, HeldState]:
+        """What :meth:`state_vectors` reads, with the digest of each record's stored
+        person card when the store keeps it beside the state vector (else None: read
+        the card); unknown ids are absent. One consistent read, without the records'
+        bytes or cards: what a pull compares with the server's checks.
         """
         ...
 

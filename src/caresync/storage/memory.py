@@ -97,6 +97,7 @@ from caresync.storage.base import (
     CopiedRecords,
     CopyPage,
     FeedItem,
+    HeldState,
     HubChanges,
     HubMark,
     HubOutcome,
@@ -114,6 +115,7 @@ from caresync.storage.base import (
     StoreOpener,
     StrPath,
     UserAccount,
+    card_digest,
     check_claims_free,
     check_client_id,
     check_conflicts,
@@ -707,6 +709,21 @@ class MemoryStore:
             for rid in ids
             if rid in self._records
         }
+
+    async def held_states(self, record_ids: Sequence[str]) -> dict[str, HeldState]:
+        """Each stored record's state vector, whether it holds waiting items, and its
+        card's digest (None: it has no card)."""
+        ids = dict.fromkeys(check_record_ids(record_ids))
+        self._open_or_raise(f"reading {len(ids)} held states")
+        found: dict[str, HeldState] = {}
+        for rid in ids:
+            record = self._records.get(rid)
+            if record is None:
+                continue
+            held = self._cards.get(rid)
+            digest = None if held is None else card_digest(held.card.to_bytes())
+            found[rid] = HeldState(record.state_vector, record.pending, digest)
+        return found
 
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""

@@ -134,6 +134,19 @@ what they need, not the whole outbox::
     ones) are two ranges of it, merged in its order and read in pages; the earliest
     retry is its first ``pending`` entry; the counts per state scan it, not the rows.
 
+Version 15 keeps a digest of each record's person card on its row, so that a laptop
+comparing a pull's card references reads it with the state vector, not the card::
+
+    records    + card_digest     the first 16 bytes of the SHA-256 of the record's stored
+                                 card (``person_cards.card``); NULL: not known here (read
+                                 the card)
+
+    Written in the statement, or the transaction, that writes the card (the one place
+    cards are written); ``check()`` compares every digest with its card. The step adds
+    the column empty; the store fills it from the stored cards when it opens a database
+    it has just migrated from an older version (a crash before that fill leaves NULLs,
+    which only cost a card read).
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -511,6 +524,11 @@ _V14 = (
     "CREATE INDEX hub_outbox_due ON hub_outbox (state, next_attempt_ms, record_id)",
 )
 
+_V15 = (
+    # A digest of the record's card beside its state vector (a pull's card references).
+    "ALTER TABLE records ADD COLUMN card_digest BLOB",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -526,6 +544,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     12: _V12,
     13: _V13,
     14: _V14,
+    15: _V15,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

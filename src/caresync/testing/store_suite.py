@@ -86,6 +86,7 @@ from caresync.storage import (
     ServerStore,
     SessionRow,
     Store,
+    card_digest,
 )
 from caresync.storage._audit import MAX_LINES
 from caresync.testing.store_data import (
@@ -347,6 +348,59 @@ class ReplicaStoreSuite:
         assert not pending
         assert same_vector(vector, waiting.record.state_vector())
         assert await store.state_vectors([]) == {}
+
+    async def test_held_states_say_the_state_vectors_and_each_stored_cards_digest(
+        self, store: ReplicaStore
+    ) -> None:
+        """``held_states`` (what a pull compares with the server's checks) says what
+        ``state_vectors`` says, and a card digest that, where the store gives one, is the
+        digest of the card stored at that moment: through a card written, one rewritten
+        by an edit of a name, an edit that leaves the card as it is, a reindex, and a
+        record that has no card."""
+        a = registered("Awa Diop")
+        b = registered("Fatou Sow", replica="laptop-b")
+        bare = Patient(replica="laptop-c")  # no identifying field: no card
+        asked = [b.id, "nobody", a.id, bare.id, a.id]
+
+        async def agree() -> dict[str, bytes | None]:
+            held = await store.held_states(asked)
+            vectors = await store.state_vectors(asked)
+            assert held.keys() == vectors.keys() == {a.id, b.id, bare.id}  # unknown: absent
+            cards = await store.person_card_bytes(asked)
+            for record_id, state in held.items():
+                assert (state.state_vector, state.pending) == vectors[record_id]
+                if state.card_digest is not None:
+                    assert state.card_digest == card_digest(cards[record_id])
+            return {record_id: state.card_digest for record_id, state in held.items()}
+
+        await store.write_remote(
+            [
+                incoming(a, "org-1"),
+                incoming(b, "org-1"),
+                IncomingUpdate(bare.id, bare.created, None),
+            ]
+        )
+        first = await agree()
+        assert first[bare.id] is None
+        a.edit("name", "Awa Ndiaye")
+        await store.write_remote([incoming(a, "org-1")])
+        renamed = await agree()
+        if first[a.id] is not None and renamed[a.id] is not None:
+            assert renamed[a.id] != first[a.id]
+        b.edit("birthDate", "1991-02-03")  # identifying, so the card changes too
+        b.edit("address/city", "Thiès")
+        await store.write_remote([incoming(b, "org-1")])
+        await agree()
+        await store.write_remote(
+            [IncomingUpdate(b.id, b.edit("address/city", "Dakar"), None, "org-1")]
+        )
+        await agree()  # no card written: the digest stands
+        await store.set_conflicts_many({a.id: []}, persons={a.id: card(a)})
+        await agree()
+        assert await store.held_states([]) == {}
+        with pytest.raises(InvalidInputError):
+            await store.held_states(42)  # type: ignore[arg-type]
+        assert await store.check() == []
 
     async def test_conflict_rows_reads_ids_past_one_query(self, store: ReplicaStore) -> None:
         patients = [Patient() for _ in range(600)]

@@ -17,6 +17,7 @@ from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
     CopyPage,
+    HeldState,
     QuarantinedUpdate,
     check_optional_text,
     check_record_ids,
@@ -116,6 +117,12 @@ class ReadingPart(PostgresCore):
             return {rid: (bytes(vector), bool(pending)) for rid, vector, pending in rows}
 
         return await self._run(f"reading {len(ids)} state vectors", job)
+
+    async def held_states(self, record_ids: Sequence[str]) -> dict[str, HeldState]:
+        """What :meth:`state_vectors` reads, with no card digest (this store keeps none
+        beside the record: a server compares no card references)."""
+        found = await self.state_vectors(record_ids)
+        return {rid: HeldState(vector, pending, None) for rid, (vector, pending) in found.items()}
 
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""

@@ -23,7 +23,7 @@ from caresync.storage._local import LocalCommits
 from caresync.storage._lock import AVAILABLE as LOCK_AVAILABLE
 from caresync.storage._lock import WriterLock
 from caresync.storage._writes import WriteLike
-from caresync.storage.base import StoreOpener, StrPath
+from caresync.storage.base import StoreOpener, StrPath, card_digest
 from caresync.storage.cache import CachedRecord, RecordCache
 from caresync.storage.migrations import migrate, read_marks
 from caresync.storage.schema import CONNECTION_PRAGMAS, SCHEMA_VERSION
@@ -31,6 +31,31 @@ from caresync.storage.sqlite._sql import _IN_CHUNK, Job, T, _marks, _read_identi
 from caresync.storage.sqlite.files import _backup_into, _connection, _recognise_or_create
 
 __all__ = ["SQLiteCore"]
+
+
+_CARD_DIGESTS_SINCE = 15
+"""The schema version whose records carry their card's digest (``card_digest``)."""
+
+
+def _fill_card_digests(raw: sqlite3.Connection) -> None:
+    """Each stored card's digest on its record's row, in one transaction: what a database
+    migrated from before version 15 lacks (its step adds the column empty). A crash
+    before the commit leaves them empty, which only costs a pull a card read."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        rows = [
+            (card_digest(bytes(data)), record_id)
+            for record_id, data in raw.execute(
+                "SELECT record_id, card FROM person_cards WHERE record_id IN"
+                " (SELECT record_id FROM records WHERE card_digest IS NULL)"
+            )
+        ]
+        raw.executemany("UPDATE records SET card_digest = ? WHERE record_id = ?", rows)
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
 
 
 def _wall_ms() -> int:
@@ -226,6 +251,8 @@ class SQLiteCore:
                 )
             return None
         before = migrate(raw, self.path)
+        if before < _CARD_DIGESTS_SINCE:
+            _fill_card_digests(raw)
         return before if before != SCHEMA_VERSION else None
 
     def _prepare_side_door(self, raw: sqlite3.Connection) -> None:

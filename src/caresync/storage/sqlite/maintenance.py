@@ -15,7 +15,7 @@ from caresync.storage._updates import (
     state_vector_of,
     verify_compaction,
 )
-from caresync.storage.base import check_text
+from caresync.storage.base import card_digest, check_text
 from caresync.storage.cache import CachedRecord
 from caresync.storage.migrations import read_marks
 from caresync.storage.schema import APPLICATION_ID, FORMAT_VALUE, SCHEMA_VERSION
@@ -85,6 +85,11 @@ _PERSON_CHECKS = (
         " WHERE c.organisation IS NOT COALESCE(r.organisation, '')",
         "person cards are filed under another organisation than their record's",
     ),
+    (
+        "SELECT COUNT(*) FROM records WHERE card_digest IS NOT NULL"
+        " AND record_id NOT IN (SELECT record_id FROM person_cards)",
+        "records carry the digest of a person card that is not stored",
+    ),
     # Keys filed under another organisation than their card's differ in hash:
     # the check of each card's keys below finds them.
 )
@@ -98,9 +103,13 @@ def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
         count = _scalar(raw, sql)
         if count:
             yield f"{count} {problem}"
-    for record_id, organisation, data in raw.execute(
-        "SELECT record_id, organisation, card FROM person_cards"
+    for record_id, organisation, data, digest in raw.execute(
+        "SELECT c.record_id, c.organisation, c.card, r.card_digest FROM person_cards c"
+        " LEFT JOIN records r ON r.record_id = c.record_id"
     ):
+        if digest is not None and bytes(digest) != card_digest(bytes(data)):
+            # A pull would keep this card against a server's reference to another one.
+            yield f"record {record_id}: the card digest on its row is not its stored card's"
         try:
             card = _parse_card(record_id, bytes(data))
         except CorruptDatabaseError as exc:

@@ -10,6 +10,7 @@ from itertools import chain
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError
 from caresync.records.persons import PersonCard, PersonPair
 from caresync.storage._writes import PersonWrite, pair_persons, pairs_named
+from caresync.storage.base import card_digest
 from caresync.storage.sqlite._sql import _chunks, _marks
 
 __all__: list[str] = []  # the store's own helpers; nothing public
@@ -157,19 +158,26 @@ def _key_holders(
 
 def _unchanged_cards(
     raw: sqlite3.Connection, written: Mapping[str, PersonWrite], cards: Mapping[str, bytes]
-) -> set[str]:
-    """The records of ``written`` whose stored card (and organisation) is the one written."""
+) -> tuple[set[str], list[tuple[bytes, str]]]:
+    """The records of ``written`` whose stored card (and organisation) is the one written;
+    and of them, (digest, record id) of those whose row lacks that card's digest (none
+    kept yet, or a wrong one): to be set, so that a later pull need not read the card."""
     column = {record_id: _org_column(w.organisation) for record_id, w in written.items()}
     same: set[str] = set()
+    stale: list[tuple[bytes, str]] = []
     for chunk in _chunks([record_id for record_id, w in written.items() if not w.new]):
-        for record_id, organisation, data in raw.execute(
-            "SELECT record_id, organisation, card FROM person_cards"
-            f" WHERE record_id IN ({_marks(len(chunk))})",
+        for record_id, organisation, data, digest in raw.execute(
+            "SELECT c.record_id, c.organisation, c.card, r.card_digest FROM person_cards c"
+            " LEFT JOIN records r ON r.record_id = c.record_id"
+            f" WHERE c.record_id IN ({_marks(len(chunk))})",
             chunk,
         ):
             if organisation == column[record_id] and bytes(data) == cards[record_id]:
                 same.add(record_id)
-    return same
+                wanted = card_digest(cards[record_id])
+                if digest is None or bytes(digest) != wanted:
+                    stale.append((wanted, record_id))
+    return same, stale
 
 
 def _store_persons(
@@ -180,8 +188,12 @@ def _store_persons(
     sent: Mapping[str, bytes] | None = None,
     keys_of: Mapping[str, int] | None = None,
     named: Collection[tuple[str, str]] | None = None,
+    digests_written: bool = False,
 ) -> None:
     """Replace the cards of ``written``, their keys and every pair of their records.
+
+    Each card written has its digest (``card_digest``) set on its record's row, here,
+    unless ``digests_written``: the caller wrote them with the rows (a first copy).
 
     A record whose stored card (and organisation) is the one written keeps its keys
     and pairs as they are, unless ``reindex`` (a re-index rewrites them all: it is
@@ -203,7 +215,9 @@ def _store_persons(
     cards = {
         record_id: sent.get(record_id) or w.card.to_bytes() for record_id, w in written.items()
     }
-    unchanged: set[str] = set() if reindex else _unchanged_cards(raw, written, cards)
+    unchanged, stale = (set(), []) if reindex else _unchanged_cards(raw, written, cards)
+    if stale:
+        raw.executemany("UPDATE records SET card_digest = ? WHERE record_id = ?", stale)
     if unchanged:
         # The same card, in the same organisation: its keys and its pairs stand as stored
         # (a pair changes only with one of its cards, and a changed one is re-paired
@@ -245,6 +259,13 @@ def _store_persons(
             for record_id, w in written.items()
         ],
     )
+    if not digests_written:
+        # The card's digest on its record's row, in the same transaction (version 15):
+        # what a pull compares a card reference with, read with the state vector.
+        raw.executemany(
+            "UPDATE records SET card_digest = ? WHERE record_id = ?",
+            [(card_digest(cards[rid]), rid) for rid in sorted(written)],
+        )
     key_rows: set[tuple[int, int]] = set()
     for record_id, w in written.items():
         known, rk = hashed[_org_column(w.organisation)], rks[record_id]

@@ -11,6 +11,7 @@ from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import (
     ConflictRow,
     CopyPage,
+    HeldState,
     OpenCounts,
     QuarantinedUpdate,
     check_count,
@@ -261,6 +262,45 @@ class ReadingPart(SQLiteCore):
 
         found.update(await self._run(f"reading {len(missing)} state vectors", job))
         return found
+
+    async def held_states(self, record_ids: Sequence[str]) -> dict[str, HeldState]:
+        """Each stored record's state vector, whether it holds waiting items, and its
+        card's digest (schema version 15; None where none is kept: a record with no
+        card, or one whose card was stored before), in one job; unknown ids are absent.
+
+        Every id is read from the table (a cached entry holds no digest), in one read
+        transaction; what was not cached is then kept in the record cache, as
+        :meth:`state_vectors` keeps it, for the write that follows."""
+        ids = list(dict.fromkeys(check_record_ids(record_ids)))
+        if not ids:
+            return {}
+        cached = self.cache.get_many(ids)
+
+        def job(raw: sqlite3.Connection) -> dict[str, HeldState]:
+            read: dict[str, HeldState] = {}
+            entries: list[tuple[str, CachedRecord]] = []
+            raw.execute("BEGIN")  # one snapshot for every chunk
+            try:
+                for chunk in _chunks(ids):
+                    for record_id, vector, organisation, pending, key, digest in raw.execute(
+                        "SELECT record_id, state_vector, organisation, pending, rk, card_digest"
+                        f" FROM records WHERE record_id IN ({_marks(len(chunk))})",
+                        chunk,
+                    ):
+                        state = HeldState(
+                            bytes(vector), bool(pending), None if digest is None else bytes(digest)
+                        )
+                        read[record_id] = state
+                        if record_id not in cached:
+                            entry = CachedRecord(state[0], organisation, state[1], key=key)
+                            entries.append((record_id, entry))
+            finally:
+                raw.execute("COMMIT")
+            # On the database thread, as committed (see state_vectors).
+            self.cache.put_many(entries)
+            return read
+
+        return await self._run(f"reading {len(ids)} held states", job)
 
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""

@@ -25,6 +25,7 @@ from caresync.storage.base import (
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
+    card_digest,
     check_claims_free,
     check_conflicts,
     check_conflicts_by_record,
@@ -212,9 +213,17 @@ class RecordWritesPart(SQLiteCore):
         first = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
         keys = range(first, first + len(ids))
         pending = list(map(has_pending, updates, vectors))
+        # Each card's bytes as stored (as the server sent them, else written out), and
+        # its digest on the record's row: written with the row, not updated after it.
+        sent = records.card_bytes
+        card_data = {rid: sent.get(rid) or card.to_bytes() for rid, card in records.persons.items()}
+        digests = [
+            None if (data := card_data.get(rid)) is None else card_digest(data) for rid in ids
+        ]
         raw.executemany(
             "INSERT INTO records (record_id, organisation, state_vector, pending, log_count,"
-            " log_bytes, created_ms, updated_ms, rk) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?)",
+            " log_bytes, created_ms, updated_ms, rk, card_digest)"
+            " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
             zip(
                 ids,
                 repeat(organisation),
@@ -224,6 +233,7 @@ class RecordWritesPart(SQLiteCore):
                 repeat(now),
                 repeat(now),
                 keys,
+                digests,
                 strict=False,
             ),
         )
@@ -246,9 +256,10 @@ class RecordWritesPart(SQLiteCore):
                     rid: PersonWrite(organisation, card, True)
                     for rid, card in records.persons.items()
                 },
-                sent=records.card_bytes,
+                sent=card_data,
                 keys_of=dict(zip(ids, keys, strict=False)),
                 named=named,
+                digests_written=True,
             )
 
     def _commit_planned(
