@@ -6,9 +6,10 @@ CARESYNC_REQUIRE_POSTGRES=1."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -225,9 +226,18 @@ async def test_concurrent_hub_writers_give_each_change_its_own_mark(schema_url: 
 async def test_a_reader_never_passes_a_hub_mark_whose_change_commits_later(
     schema_url: str,
 ) -> None:
-    """A writer holds mark n+1, uncommitted: another writer waits for it (it cannot take
-    n+2 and commit first), and a reader sees mark n until the first commits; then both
-    changes, in order."""
+    """A writer holds mark n+1, uncommitted: another writer cannot take n+2 and commit
+    first (it is held on the mark's lock: with a lock timeout it fails, storing
+    nothing), and a reader sees mark n until the first commits; then both changes, in
+    order."""
+
+    def lock_timeout(setting: str) -> Callable[[Any], None]:
+        def job(raw: Any) -> None:
+            raw.execute(f"SET lock_timeout = '{setting}'")
+            raw.commit()
+
+        return job
+
     async with (
         PostgresStore.open(schema_url) as reader,
         PostgresStore.open(schema_url) as writer,
@@ -236,7 +246,6 @@ async def test_a_reader_never_passes_a_hub_mark_whose_change_commits_later(
         a, b = Patient("laptop-a"), Patient("laptop-b")
         await _marked(reader, [a, b])
         n = (await reader.hub_changes("org-1", 0, 10)).mark
-        waiting_pid = await writer._run("reading the backend", lambda raw: raw.info.backend_pid)
         async with slow.transaction():
             # What a hub write does, held open: lock the mark, take n+1, write it.
             cursor = await slow.execute("SELECT n FROM hub_mark WHERE singleton = 1 FOR UPDATE")
@@ -246,20 +255,15 @@ async def test_a_reader_never_passes_a_hub_mark_whose_change_commits_later(
                 (n + 1, a.id),
             )
             await slow.execute("UPDATE hub_mark SET n = %s", (n + 1,))
-            attempt = asyncio.ensure_future(writer.record_hub_attempt(b.id, 2))
-            async with asyncio.timeout(10):
-                while True:  # until the other writer waits on the mark's lock (bounded)
-                    cursor = await slow.execute(
-                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                        (waiting_pid,),
-                    )
-                    if await cursor.fetchone() == ("Lock",):
-                        break
-                    await asyncio.sleep(0.01)
-            assert not attempt.done()
+            # The other writer waits on the mark's lock rather than take n+2: given a
+            # lock timeout, it gives up there (a writer not held would store at once).
+            await writer._run("setting a lock timeout", lock_timeout("200ms"))
+            with pytest.raises(StorageError):
+                await writer.record_hub_attempt(b.id, 2)
+            await writer._run("clearing the lock timeout", lock_timeout("0"))
             held = await reader.hub_changes("org-1", n, 10)
             assert held == HubChanges((), (), n, False)
-        await attempt
+        await writer.record_hub_attempt(b.id, 2)
         both = await reader.hub_changes("org-1", n, 10)
         assert [(r.record_id, r.last_attempt_ms) for r in both.rows] == [(a.id, 1), (b.id, 2)]
         assert both.mark == n + 2
