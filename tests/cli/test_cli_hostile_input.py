@@ -541,10 +541,12 @@ def test_a_panic_in_native_code_is_still_one_line(
     class PanicException(BaseException):
         pass
 
-    def panics(args: argparse.Namespace, out: object) -> int:
+    def panics(path: str) -> object:
         raise PanicException("called `Result::unwrap()` on an `Err` value")
 
-    monkeypatch.setattr(caresync.cli.status, "_handle", panics)
+    # What the handler calls, not the handler: main() keeps one parser, which holds
+    # the handlers it was built with.
+    monkeypatch.setattr(caresync.cli.status, "_status", panics)
     result = run_strict(["status", "--db", str(place.laptop)])
     assert result.code == ExitCode.INTERNAL
     assert result.stderr.count("\n") == 1

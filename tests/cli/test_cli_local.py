@@ -31,6 +31,7 @@ from caresync.exceptions import (
     UnknownRecordError,
     WrongServerError,
 )
+from caresync.replica import Replica
 from caresync.storage import ReplicaInfo, SQLiteStore
 
 HOUR_MS = 3_600_000
@@ -144,6 +145,29 @@ def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     assert inproc("--help").code == 0
     assert "caresync" in inproc("--version").stdout
+
+
+def test_one_process_reads_each_command_line_afresh(tmp_path: Path) -> None:
+    # main() keeps one parser a process: nothing of one command line may reach the next.
+    db = tmp_path / "laptop.db"
+
+    async def make_laptop() -> None:
+        replica = await Replica.open(db, create=True)
+        try:
+            await replica.create_record()
+        finally:
+            await replica.close()
+
+    asyncio.run(make_laptop())
+    as_json = inproc("status --db {db} --json", db=db)
+    assert as_json.code == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["records"] == 1
+    refused = inproc("status --db {db} --stale-hours -1 --json", db=db)
+    assert refused.code == ExitCode.USAGE
+    plain = inproc("status --db {db}", db=db)
+    assert plain.code == 0, plain.stderr
+    assert not plain.stdout.lstrip().startswith("{"), plain.stdout  # --json not kept
+    assert "records" in plain.stdout
 
 
 def test_the_installed_console_script_runs() -> None:
