@@ -26,9 +26,17 @@ class Clinic:
     def db(self) -> Path:
         return self.server.db
 
-    def enrol(self, name: str, *, username: str = "dr.a", org: str = "clinic-a") -> Path:
+    def enrol(
+        self, name: str, *, username: str = "dr.a", org: str = "clinic-a", encrypted: bool = False
+    ) -> Path:
         """A laptop database enrolled through the CLI (in this process: `enrol` has its own
-        subprocess tests)."""
+        subprocess tests).
+
+        Plain unless ``encrypted``: an encrypted laptop costs an argon2id derivation at
+        every command (a tenth of a second or more each), which tests of decisions,
+        duplicates or counts do not need; the encryption tests ask for it, and the
+        documents' shell sessions run encrypted, as a reader's would.
+        """
         path = self.dir / f"{name}.db"
         run_main(
             "enrol",
@@ -41,6 +49,7 @@ class Clinic:
             "--username",
             username,
             "--json",
+            *(() if encrypted else ("--no-encrypt",)),
         ).ok()
         self.laptops[name] = path
         return path

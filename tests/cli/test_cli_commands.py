@@ -163,7 +163,7 @@ def test_sync_refuses_another_server_before_anything_moves(clinic: Clinic) -> No
 
 
 def test_sync_failures_keep_the_outbox(clinic: Clinic) -> None:
-    laptop = clinic.enrol("keeper")
+    laptop = clinic.enrol("keeper", encrypted=True)
     new_record(laptop)
     unreachable = f"ws://127.0.0.1:{closed_port()}"
     refused(inproc("sync --db {db} --server {u}", db=laptop, u=unreachable), 6, "cannot connect")
@@ -362,7 +362,7 @@ def test_the_running_servers_database_takes_account_changes_only(
     refused(inproc("record new --db {db}", db=clinic.db), 4, "in use")
     # Accounts change beside the running server, and it honours them at once.
     sh("user add --db {db} --org clinic-a --username dr.z", db=clinic.db).ok()
-    laptop = clinic.enrol("laptop-of-dr-z", username="dr.z")
+    laptop = clinic.enrol("laptop-of-dr-z", username="dr.z", encrypted=True)
     status = sh("status --db {db} --json", db=laptop).ok().json()
     sh(
         "user passwd --db {db} --org clinic-a --username dr.z", db=clinic.db, password="new-pw-9"
@@ -393,7 +393,8 @@ def test_the_running_servers_database_takes_account_changes_only(
 def test_export_and_import_unsynced_changes(
     clinic: Clinic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old, new = clinic.enrol("old-laptop"), clinic.enrol("new-laptop")
+    old = clinic.enrol("old-laptop", encrypted=True)
+    new = clinic.enrol("new-laptop", encrypted=True)
     record_id = new_record(old)
     inproc("sync --db {db}", db=old).ok()
     yesterday = clinic.dir / "old-laptop-yesterday.db"  # a backup, before today's work

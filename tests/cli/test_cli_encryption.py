@@ -50,7 +50,7 @@ def _fill(clinic: Clinic, laptop: Path, stem: str) -> None:
 
 
 def test_no_file_the_laptop_writes_reveals_a_patient(clinic: Clinic) -> None:
-    laptop = clinic.enrol("lost")
+    laptop = clinic.enrol("lost", encrypted=True)
     assert status(laptop)["user"] == "dr.a"
     _fill(clinic, laptop, "lost")
     written = sorted(p.name for p in clinic.dir.iterdir() if p.name.startswith("lost"))
@@ -96,7 +96,7 @@ def test_another_user_gets_a_key_at_their_first_online_login(
     clinic: Clinic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sh("user add --db {db} --org clinic-a --username nurse.k", db=clinic.db, password="nurse-pw-1")
-    laptop = clinic.enrol("shared")
+    laptop = clinic.enrol("shared", encrypted=True)
     # nurse.k's password does not open it yet; a colleague's does, this once.
     refused(
         inproc("sync --db {db} --username nurse.k", db=laptop, password="nurse-pw-1"),
