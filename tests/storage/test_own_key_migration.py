@@ -68,7 +68,8 @@ async def test_no_own_key_is_stored_and_a_decision_still_joins_its_records(
         pairs = await _written_later(store, a, b)
         assert await store.check() == []
     rows = _key_rows(tmp_path / "l.db")
-    assert rows and not rows & _own_rows(tmp_path / "l.db", [a.id, b.id], "org-1")
+    assert rows
+    assert not rows & _own_rows(tmp_path / "l.db", [a.id, b.id], "org-1")
     # b's link key names a, whose card is found by its id: the decided pair is kept
     # (as the memory store keeps it), though the two cards share no other key.
     assert [(p.record_ids, p.state) for p in pairs] == [

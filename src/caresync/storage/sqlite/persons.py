@@ -171,11 +171,11 @@ def _key_holders(
     # names it again, which pair_persons takes once.)
     named = {key[2:]: key for key in keys if key.startswith("r:")}
     column = _org_column(organisation)
-    for chunk in _chunks(sorted(named)):
+    for part in _chunks(sorted(named)):
         for (record_id,) in raw.execute(
             "SELECT record_id FROM person_cards"
-            f" WHERE record_id IN ({_marks(len(chunk))}) AND organisation = ?",
-            [*chunk, column],
+            f" WHERE record_id IN ({_marks(len(part))}) AND organisation = ?",
+            [*part, column],
         ):
             holders.append((named[record_id], record_id))
     return holders
