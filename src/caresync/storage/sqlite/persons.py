@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from itertools import chain
+from itertools import chain, repeat
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError
 from caresync.records.persons import PersonCard, PersonPair
@@ -250,11 +250,13 @@ def _store_persons(
         written = {rid: w for rid, w in written.items() if rid not in unchanged}
         if not written:
             return
+    # The keys each card has rows of (all but its own), worked out once.
+    row_keys = {record_id: _stored_keys(record_id, w.keys) for record_id, w in written.items()}
     hashed: dict[str, dict[str, int]] = {}
     if named is not None and all(w.new for w in written.values()):
         by_organisation: dict[str | None, list[list[str]]] = {}
         for record_id, w in written.items():
-            by_organisation.setdefault(w.organisation, []).append(_stored_keys(record_id, w.keys))
+            by_organisation.setdefault(w.organisation, []).append(row_keys[record_id])
         for organisation, keys in by_organisation.items():
             _hash_keys(organisation, chain.from_iterable(keys), hashed)
         pairs = pairs_named(written, named, lambda ids: _read_cards_in(raw, ids))
@@ -291,11 +293,13 @@ def _store_persons(
             "UPDATE records SET card_digest = ? WHERE record_id = ?",
             [(card_digest(cards[rid]), rid) for rid in sorted(written)],
         )
-    key_rows: set[tuple[int, int]] = set()
+    key_rows: list[tuple[int, int]] = []
     for record_id, w in written.items():
-        known, rk = hashed[_org_column(w.organisation)], rks[record_id]
-        key_rows.update((known[key], rk) for key in _stored_keys(record_id, w.keys))
-    raw.executemany("INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)", sorted(key_rows))
+        known = hashed[_org_column(w.organisation)]
+        key_rows += zip(map(known.__getitem__, row_keys[record_id]), repeat(rks[record_id]))
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)", sorted(set(key_rows))
+    )
     raw.executemany(
         # Upserted, not replaced: a REPLACE deletes without firing the delete trigger
         # that keeps the pair counts (schema version 12).
