@@ -331,3 +331,80 @@ def test_the_card_is_compact_json() -> None:
     assert data["names"] == [["awa", "ndiaye"]]
     assert data["birth"] == ["1990-04-12"]
     assert data["sex"] == ["female"]
+
+
+# ----------------------------------------------------------------- keys and bytes, quickly
+
+
+def _keys_as_sets(card: PersonCard) -> frozenset[str]:
+    """Blocking keys as the plain sets of their definition (the quick lists must agree)."""
+    keys = {f"r:{card.record_id}"}
+    keys.update(f"r:{other}" for other, _decision in card.links)
+    keys.update(f"i:{system}={value}" for system, value in card.identifiers)
+    keys.update(f"p:{phone}" for phone in card.phones)
+    tokens = {t for name in card.names for t in name}
+    pairs = {(a, b) for name in card.names for a in name for b in name if a < b}
+    for birth in card.birth_dates:
+        if len(birth) == 10:
+            keys.update(f"d:{birth}|{t[:3]}" for t in tokens)
+        keys.update(f"y:{birth[:4]}|{a}|{b}" for a, b in pairs)
+    return frozenset(keys)
+
+
+_token = st.text("abdeiouy|", min_size=1, max_size=6)
+_any_cards = st.builds(
+    PersonCard,
+    record_id=st.text("abc-1", min_size=1, max_size=5),
+    names=st.lists(st.lists(_token, max_size=4).map(tuple), max_size=3).map(tuple),
+    birth_dates=st.lists(
+        st.sampled_from(["1990-04-12", "1990-04", "1991", "", "1990-04-13"]), max_size=3
+    ).map(tuple),
+    identifiers=st.lists(st.tuples(st.sampled_from(["", "nid"]), _token), max_size=2).map(tuple),
+    phones=st.lists(_token, max_size=2).map(tuple),
+    links=st.lists(
+        st.tuples(st.text("abc-1", min_size=1, max_size=5), st.just(SAME_PERSON)), max_size=2
+    ).map(tuple),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_any_cards)
+def test_blocking_keys_are_those_of_their_definition(card: PersonCard) -> None:
+    assert card.blocking_keys() == _keys_as_sets(card)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        _any_cards.map(PersonCard.to_bytes),
+        st.builds(
+            lambda card, before, after: before + card.to_bytes() + after,
+            _any_cards,
+            st.sampled_from([b"", b" ", b"\xef\xbb\xbf", b"\n"]),
+            st.sampled_from([b"", b" ", b"\n", b"x", b"}", b"{}"]),
+        ),
+        _any_cards.map(lambda c: c.to_bytes().decode().encode("utf-16")),
+        _any_cards.map(lambda c: c.to_bytes()[:-1] + b"\xff}"),
+        st.binary(max_size=40).map(lambda tail: b'{"' + tail),
+    )
+)
+def test_card_bytes_read_alike_on_the_quick_way_and_by_json_loads(data: bytes) -> None:
+    """A card's JSON is read without json.loads' preamble when its bytes start as cards
+    do; what it reads, or refuses, is what json.loads would."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        with pytest.raises(InvalidInputError, match="person card"):
+            PersonCard.from_bytes(data)
+        return
+    if not isinstance(raw, dict) or raw.get("v") != 1:
+        with pytest.raises(InvalidInputError, match="person card"):
+            PersonCard.from_bytes(data)
+        return
+    try:
+        expected = PersonCard._checked(raw)
+    except InvalidInputError:
+        with pytest.raises(InvalidInputError, match="person card"):
+            PersonCard.from_bytes(data)
+        return
+    assert PersonCard.from_bytes(data) == expected

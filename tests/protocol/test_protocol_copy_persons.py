@@ -43,11 +43,25 @@ def test_cards_round_trip_in_version_5_and_are_refused_in_version_4() -> None:
         ({"persons": (CARD._replace(card=b""),)}, "card must be non-empty bytes"),
         ({"persons": (("rec-a",),)}, "a \\(record_id, card\\) pair"),
         ({"persons": "cards"}, "persons must be a tuple"),
+        # A card for every record (the quick pass declines, the careful one names it):
+        ({"persons": (CARD, CopyPerson("rec-b", b""))}, "card must be non-empty bytes"),
+        ({"persons": (CARD, CopyPerson("rec-b", "b"))}, "card must be non-empty bytes"),
+        ({"persons": (CARD, CopyPerson(b"rec-b", b"b"))}, "the id of a record in this batch"),
+        ({"persons": (CARD, CopyPerson("rec-c", b"c"))}, "the id of a record in this batch"),
+        ({"persons": (CARD, ("rec-b", b"b", b"x"))}, "a \\(record_id, card\\) pair"),
     ],
 )
 def test_malformed_cards_are_refused(changes: dict[str, object], match: str) -> None:
     with pytest.raises(LocalProtocolError, match=match):
         batch(**changes)
+
+
+def test_a_card_for_every_record_is_taken_as_sent() -> None:
+    cards = (CARD, CopyPerson("rec-b", b"card b"))
+    for given in (cards, [tuple(c) for c in cards], [list(c) for c in cards[:1]]):
+        taken = batch(persons=given).persons
+        assert taken == tuple(CopyPerson(*c) for c in given)
+        assert {type(c) for c in taken or ()} == {CopyPerson}
 
 
 def test_cards_through_both_protocol_objects() -> None:

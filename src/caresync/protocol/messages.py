@@ -1101,6 +1101,9 @@ def _copy_persons(value: object, records: list[CopyRecord]) -> tuple[CopyPerson,
     """
     owner = "CopyBatch"
     items = _items(owner, "persons", value, allow_empty=True)
+    fast = _plain_copy_persons(items, records)
+    if fast is not None:
+        return fast
     order = {record.record_id: index for index, record in enumerate(records)}
     out: list[CopyPerson] = []
     previous = -1
@@ -1118,6 +1121,30 @@ def _copy_persons(value: object, records: list[CopyRecord]) -> tuple[CopyPerson,
         previous = position
         out.append(item)
     return tuple(out)
+
+
+def _plain_copy_persons(
+    items: tuple[Any, ...], records: list[CopyRecord]
+) -> tuple[CopyPerson, ...] | None:
+    """A CopyBatch's cards in a few passes of builtins, the common case (a card for
+    every record of the batch, in its order, each non-empty bytes): as CopyPersons.
+    None otherwise, for the card-by-card checks (the same rules) that say what is wrong."""
+    if len(items) != len(records) or not items:
+        return None
+    if not {type(item) for item in items} <= {tuple, CopyPerson}:
+        return None
+    if {len(item) for item in items} != {2}:
+        return None
+    ids, cards = zip(*items, strict=True)
+    if {type(record_id) for record_id in ids} != {str}:
+        return None
+    if {type(card) for card in cards} != {bytes} or not all(cards):
+        return None
+    if not all(map(operator.eq, ids, [record.record_id for record in records])):
+        return None
+    if {type(item) for item in items} == {CopyPerson}:
+        return items  # as a sender built them: not made again
+    return tuple(map(CopyPerson, ids, cards))
 
 
 def _copy_pairs(

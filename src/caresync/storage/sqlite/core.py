@@ -29,6 +29,7 @@ from caresync.storage.migrations import migrate, read_marks
 from caresync.storage.schema import CONNECTION_PRAGMAS, SCHEMA_VERSION
 from caresync.storage.sqlite._sql import _IN_CHUNK, Job, T, _marks, _read_identity, _translate
 from caresync.storage.sqlite.files import _backup_into, _connection, _recognise_or_create
+from caresync.storage.sqlite.persons import _key_hash, _own_key
 
 __all__ = ["SQLiteCore"]
 
@@ -51,6 +52,31 @@ def _fill_card_digests(raw: sqlite3.Connection) -> None:
             )
         ]
         raw.executemany("UPDATE records SET card_digest = ? WHERE record_id = ?", rows)
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+
+
+_OWN_KEYS_DROPPED_SINCE = 16
+"""The schema version from which a card's own key (``r:<record id>``) has no key row."""
+
+
+def _drop_own_keys(raw: sqlite3.Connection) -> None:
+    """Delete the key row of each stored card's own record id, in one transaction: what
+    a database migrated from before version 16 holds. A crash before the commit leaves
+    them, which only names a card's own record a second time (``check`` accepts it)."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        rows = [
+            (_key_hash(organisation, _own_key(record_id)), rk)
+            for record_id, organisation, rk in raw.execute(
+                "SELECT c.record_id, c.organisation, r.rk FROM person_cards c"
+                " JOIN records r ON r.record_id = c.record_id"
+            )
+        ]
+        raw.executemany("DELETE FROM person_keys WHERE hash = ? AND rk = ?", rows)
         raw.execute("COMMIT")
     except BaseException:
         if raw.in_transaction:
@@ -253,6 +279,8 @@ class SQLiteCore:
         before = migrate(raw, self.path)
         if before < _CARD_DIGESTS_SINCE:
             _fill_card_digests(raw)
+        if before < _OWN_KEYS_DROPPED_SINCE:
+            _drop_own_keys(raw)
         return before if before != SCHEMA_VERSION else None
 
     def _prepare_side_door(self, raw: sqlite3.Connection) -> None:

@@ -21,7 +21,14 @@ from caresync.storage.migrations import read_marks
 from caresync.storage.schema import APPLICATION_ID, FORMAT_VALUE, SCHEMA_VERSION
 from caresync.storage.sqlite._sql import _pieces, _scalar, _sequence, _state
 from caresync.storage.sqlite.core import SQLiteCore
-from caresync.storage.sqlite.persons import _key_hash, _parse_card, _parse_pair, _read_cards
+from caresync.storage.sqlite.persons import (
+    _key_hash,
+    _own_key,
+    _parse_card,
+    _parse_pair,
+    _read_cards,
+    _stored_keys,
+)
 
 __all__ = ["MaintenancePart"]
 
@@ -123,7 +130,12 @@ def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
                 (record_id,),
             )
         }
-        if stored != {_key_hash(organisation, key) for key in card.blocking_keys()}:
+        # Its own key may still have a row of before schema version 16 (harmless).
+        stored.discard(_key_hash(organisation, _own_key(record_id)))
+        expected = {
+            _key_hash(organisation, key) for key in _stored_keys(record_id, card.blocking_keys())
+        }
+        if stored != expected:
             yield f"record {record_id}: its stored person keys do not match its card"
     for first, second, state, data in raw.execute(
         "SELECT first, second, state, payload FROM person_pairs"

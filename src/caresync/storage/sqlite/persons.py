@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from itertools import chain
+from itertools import chain, repeat
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError
 from caresync.records.persons import PersonCard, PersonPair
@@ -29,6 +29,19 @@ def _key_hash(organisation_column: str, key: str) -> int:
     """How a blocking key is stored: 64 bits of BLAKE2b of its organisation and text."""
     digest = hashlib.blake2b(f"{organisation_column}\x00{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _own_key(record_id: str) -> str:
+    """A card's key of its own record id (``r:<id>``): not stored since schema version
+    16, as the record's card is found by its id (:func:`_key_holders`); a quarter of
+    a first copy's key rows otherwise. A database of before may still hold some."""
+    return "r:" + record_id
+
+
+def _stored_keys(record_id: str, keys: Iterable[str]) -> list[str]:
+    """The keys of a record's card that are stored as key rows (all but its own)."""
+    own = _own_key(record_id)
+    return [key for key in keys if key != own]
 
 
 def _record_keys(raw: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
@@ -153,6 +166,18 @@ def _key_holders(
             chunk,
         ):
             holders.extend((key, record_id) for key in by_hash[value])
+    # A card's own key (r:<its id>) has no row: the record an r: key names holds it if
+    # its card is stored in the organisation. (A row of it kept from before version 16
+    # names it again, which pair_persons takes once.)
+    named = {key[2:]: key for key in keys if key.startswith("r:")}
+    column = _org_column(organisation)
+    for part in _chunks(sorted(named)):
+        for (record_id,) in raw.execute(
+            "SELECT record_id FROM person_cards"
+            f" WHERE record_id IN ({_marks(len(part))}) AND organisation = ?",
+            [*part, column],
+        ):
+            holders.append((named[record_id], record_id))
     return holders
 
 
@@ -225,11 +250,13 @@ def _store_persons(
         written = {rid: w for rid, w in written.items() if rid not in unchanged}
         if not written:
             return
+    # The keys each card has rows of (all but its own), worked out once.
+    row_keys = {record_id: _stored_keys(record_id, w.keys) for record_id, w in written.items()}
     hashed: dict[str, dict[str, int]] = {}
     if named is not None and all(w.new for w in written.values()):
-        by_organisation: dict[str | None, list[frozenset[str]]] = {}
-        for w in written.values():
-            by_organisation.setdefault(w.organisation, []).append(w.keys)
+        by_organisation: dict[str | None, list[list[str]]] = {}
+        for record_id, w in written.items():
+            by_organisation.setdefault(w.organisation, []).append(row_keys[record_id])
         for organisation, keys in by_organisation.items():
             _hash_keys(organisation, chain.from_iterable(keys), hashed)
         pairs = pairs_named(written, named, lambda ids: _read_cards_in(raw, ids))
@@ -266,11 +293,13 @@ def _store_persons(
             "UPDATE records SET card_digest = ? WHERE record_id = ?",
             [(card_digest(cards[rid]), rid) for rid in sorted(written)],
         )
-    key_rows: set[tuple[int, int]] = set()
+    key_rows: list[tuple[int, int]] = []
     for record_id, w in written.items():
-        known, rk = hashed[_org_column(w.organisation)], rks[record_id]
-        key_rows.update((known[key], rk) for key in w.keys)
-    raw.executemany("INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)", sorted(key_rows))
+        known = hashed[_org_column(w.organisation)]
+        key_rows += zip(map(known.__getitem__, row_keys[record_id]), repeat(rks[record_id]))
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)", sorted(set(key_rows))
+    )
     raw.executemany(
         # Upserted, not replaced: a REPLACE deletes without firing the delete trigger
         # that keeps the pair counts (schema version 12).
