@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 from pathlib import Path
@@ -65,6 +66,28 @@ def test_incremental_ab_runs_on_copies_of_the_prepared_files(
         assert run["label"] == label
         assert len(run["wall_ms"]) == len(run["laptop_cpu_ms"]) == len(run["server_cpu_ms"]) == 2
         assert all(frames > 0 for frames in run["laptop_wal_frames"])
+
+
+def test_copy_ab_and_copy_profile_copy_a_built_server_with_its_cards_and_pairs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``copy_ab``: built once, each copy enrols a laptop from a copy of the server (left as
+    it was) and counts what it holds; ``copy_profile`` says where the laptop's time went."""
+    from benchmarks import copy_ab, copy_profile
+
+    db = tmp_path / "server.db"
+    assert copy_ab.main(["build", str(db), "300"]) == 0
+    built = db.read_bytes()
+    assert copy_ab.main(["copy", str(db), "smoke", "2"]) == 0
+    run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run["records"] == [300, 300]
+    assert run["pairs"][0] == run["pairs"][1]
+    assert len(run["walls"]) == len(run["laptop_cpu"]) == len(run["server_cpu"]) == 2
+    asyncio.run(copy_profile.main(db, profile=False, top=5))
+    printed = capsys.readouterr().out
+    assert "records 300" in printed
+    assert "store jobs" in printed
+    assert db.read_bytes() == built
 
 
 def test_sim_tally_counts_what_a_pull_frame_carries() -> None:
