@@ -214,9 +214,9 @@ class PersonCard:
     def from_bytes(cls, data: bytes) -> PersonCard:
         """A card from :meth:`to_bytes`; InvalidInputError for anything else (untrusted)."""
         raw = _object_of(data)
-        # Only JSON escapes, or bytes json.loads decodes with "surrogatepass", can give
-        # a lone surrogate, which no card of to_bytes holds (and keys cannot hash).
-        unsure = raw is None or b"\\u" in data
+        # Only an escape \uD800-\uDFFF, or bytes json.loads decodes with "surrogatepass",
+        # can give a lone surrogate, which no card of to_bytes holds (nor keys can hash).
+        unsure = raw is None or b"\\ud" in data or b"\\uD" in data
         if raw is None:
             try:
                 raw = json.loads(data)
