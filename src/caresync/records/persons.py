@@ -214,10 +214,13 @@ class PersonCard:
     def from_bytes(cls, data: bytes) -> PersonCard:
         """A card from :meth:`to_bytes`; InvalidInputError for anything else (untrusted)."""
         raw = _object_of(data)
+        # Only an escape \uD800-\uDFFF, or bytes json.loads decodes with "surrogatepass",
+        # can give a lone surrogate, which no card of to_bytes holds (nor keys can hash).
+        unsure = raw is None or b"\\ud" in data or b"\\uD" in data
         if raw is None:
             try:
                 raw = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise InvalidInputError(f"person card: not JSON ({exc})") from None
         if not isinstance(raw, dict) or raw.get("v") != PERSON_MATCH_VERSION:
             raise InvalidInputError(
@@ -226,7 +229,13 @@ class PersonCard:
             )
         # A card as to_bytes writes it takes one quick pass (a first copy reads 100,000s);
         # anything else the careful one, which gives the same card or names the fault.
-        return _plain_card(cls, raw) or cls._checked(raw)
+        card = _plain_card(cls, raw) or cls._checked(raw)
+        if unsure:
+            try:
+                card.to_bytes()
+            except UnicodeEncodeError:
+                raise InvalidInputError("person card: text that is not Unicode") from None
+        return card
 
     @classmethod
     def _checked(cls, raw: dict[str, Any]) -> PersonCard:
@@ -310,7 +319,7 @@ class PersonPair:
         """A pair from :meth:`to_bytes`; InvalidInputError for anything else."""
         try:
             raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidInputError(f"person pair: not JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise InvalidInputError("person pair: not an object")
@@ -809,7 +818,7 @@ def _object_of(data: bytes) -> Any:
     try:
         text = data.decode()
         raw, end = _DECODE(text)
-    except ValueError:  # UnicodeDecodeError is one
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return raw if end == len(text) else None
 
