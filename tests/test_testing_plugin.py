@@ -312,3 +312,27 @@ async def test_the_example_of_docs_testing_md(clinic: Clinic) -> None:
     [visit] = (await doctor.record(patient)).entries("encounters")
     assert visit.value("type") == "home visit"
     await clinic.assert_converged()
+
+
+@pytest.mark.real_password_cost
+async def test_a_clinic_hashes_passwords_cheaply_unless_given_a_hasher(tmp_path: Path) -> None:
+    from argon2 import PasswordHasher
+
+    from caresync.replication.meta import OFFLINE_LOGIN_PREFIX
+
+    async def hashes(clinic: Clinic) -> tuple[str, str]:
+        laptop = await clinic.laptop("north")
+        account = await clinic.server.store.get_user(clinic.organisation, clinic.user)
+        assert account is not None
+        offline = await laptop.store.get_meta(OFFLINE_LOGIN_PREFIX + clinic.user)
+        assert offline is not None
+        return account.password_hash, offline
+
+    async with Clinic(tmp_path / "cheap") as cheap:
+        for made in await hashes(cheap):
+            assert made.startswith("$argon2id$v=19$m=8,t=1,p=1$")
+    async with Clinic(tmp_path / "real", password_hasher=PasswordHasher()) as real:
+        for made in await hashes(real):
+            assert made.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    with pytest.raises(InvalidInputError, match="PasswordHasher"):
+        Clinic(tmp_path / "bad", password_hasher="fast")  # type: ignore[arg-type]

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from argon2 import PasswordHasher
+
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.exceptions import InvalidInputError
 from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
@@ -51,6 +53,10 @@ __all__ = [
 
 DEFAULT_PASSWORD = "caresync test passphrase"
 DEFAULT_TIMEOUT_S = 10.0
+TEST_PASSWORD_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+"""argon2id at its lowest cost (1 pass over 8 KiB): a clinic's default, since a harness
+checks behaviour, not resistance to guessing; the library's own default (3 passes over
+64 MiB) costs a tenth of a second or more at every login."""
 """Upper bound of one wait (quiescence, going live, stopping): a passing test is far below it."""
 MAX_ROUNDS = 25
 TRANSPORTS = ("websocket", "memory")
@@ -279,6 +285,9 @@ class Clinic:
     ``transport`` is ``"websocket"`` (default: sockets on 127.0.0.1, each link a TCP
     relay) or ``"memory"`` (a :class:`~caresync.transport.MemoryNetwork`, no sockets);
     ``delay`` (memory only) holds every frame that many seconds, both ways.
+    ``password_hasher`` hashes the accounts' passwords on the server and the offline-login
+    hash on each laptop: :data:`TEST_PASSWORD_HASHER` unless given (``PasswordHasher()``
+    for production's cost).
     """
 
     def __init__(
@@ -292,6 +301,7 @@ class Clinic:
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: str = "websocket",
         delay: float = 0.0,
+        password_hasher: PasswordHasher = TEST_PASSWORD_HASHER,
     ) -> None:
         if transport not in TRANSPORTS:
             raise InvalidInputError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
@@ -307,6 +317,9 @@ class Clinic:
         self.user = user
         self.password = password
         self.rulebook = rulebook
+        if not isinstance(password_hasher, PasswordHasher):
+            raise InvalidInputError("password_hasher must be an argon2.PasswordHasher")
+        self.password_hasher = password_hasher
         self.timeout = float(timeout)
         self.transport = transport
         self.network: MemoryNetwork | None = (
@@ -356,7 +369,11 @@ class Clinic:
         """Start the server on its database (after :meth:`stop_server`); links follow its port."""
         if self._server is not None:
             raise InvalidInputError("the clinic's server is running already")
-        server = await SyncServer.open(self.directory / "server.db", rulebook=self.rulebook)
+        server = await SyncServer.open(
+            self.directory / "server.db",
+            rulebook=self.rulebook,
+            password_hasher=self.password_hasher,
+        )
         try:
             if self.network is not None:  # the same name again: links find it as they were
                 await server.listen(self.network.host("server"))
@@ -497,6 +514,7 @@ class Clinic:
             rulebook=self.rulebook,
             limits=limits,
             connector=link if isinstance(link, MemoryLink) else None,
+            password_hasher=self.password_hasher,
         )
         if not isinstance(opened, Laptop):  # pragma: no cover - Replica.open builds cls()
             await opened.close()
