@@ -43,7 +43,7 @@ COMMAND_TIMEOUT_S = 3600.0
 """A worker that neither answers nor gets a command for this long gives up (bounded waits)."""
 MAX_COMMANDS = 10_000
 """A worker serves at most this many commands (a run sends a few dozen)."""
-_METHODS = ("create", "enrol", "edit", "sync")
+_METHODS = ("create", "enrol", "edit", "sync", "prints")
 
 
 def peak_rss_mb() -> float:
