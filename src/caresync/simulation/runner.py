@@ -57,7 +57,7 @@ from caresync.simulation.observer import NullObserver, SimulationObserver
 from caresync.simulation.oracle import Oracle, ReplicaFile, ReplicaPrint
 from caresync.simulation.scenario import Patient, Scenario, plan
 from caresync.simulation.wire import WireCounter
-from caresync.simulation.workers import LaptopWorkers, peak_rss_mb
+from caresync.simulation.workers import LaptopWorkers, cpu_s, peak_rss_mb
 from caresync.storage import IncomingUpdate
 from caresync.transport import Listener, MemoryNetwork
 
@@ -170,6 +170,7 @@ class _Run:
 
     async def run(self) -> SimulationResult:
         started = time.perf_counter()
+        cpu_started = cpu_s()
         result = self.result
         server = await SyncServer.open(
             self.workdir / SERVER_FILE,
@@ -283,6 +284,8 @@ class _Run:
         result.conflict_examples = report.conflict_examples
         result.duration_s = time.perf_counter() - started
         result.peak_rss_mb = round(max(result.peak_rss_mb, peak_rss_mb()), 1)
+        workers_cpu = self.workers.cpu_s if self.workers is not None else []
+        result.cpu_s = [round(cpu, 2) for cpu in (cpu_s() - cpu_started, *workers_cpu)]
         return result
 
     def _start_laptops(self) -> None:
