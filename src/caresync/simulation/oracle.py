@@ -15,7 +15,9 @@ where it is wide and thorough where it is narrow:
    severities and a digest of their payloads) must agree too, and every
    laptop's outbox must be empty. These are read straight from each SQLite
    file (schema version 2: the ``records`` and ``conflicts`` tables), after the
-   replicas closed, in one query per table.
+   replicas closed, in one query per table. A laptop's digest may come condensed
+   as a :class:`ReplicaPrint`, read where its file is (a worker): one equal to
+   the server's stands for the digest; any other laptop's digest is read here.
 2. **The server, in full.** Every record is loaded once; every value the
    oracle logged must be one of its revisions (current, candidate or history:
    promise 1), the conflicts the rulebook computes must be exactly the indexed
