@@ -288,6 +288,7 @@ class Replica:
         kdf: KdfParams = DEFAULT_KDF,
         connector: Connector | None = None,
         pool_size: int = DEFAULT_POOL_SIZE,
+        quick_check: bool = True,
     ) -> Replica:
         """Open a laptop database (created unless ``create=False``).
 
@@ -329,6 +330,11 @@ class Replica:
         A value that is not an int from 1 to 10,000,000 raises
         :class:`~caresync.exceptions.InvalidOptionError` before the database is
         opened.
+
+        ``quick_check=False`` skips the database's integrity check at open (see
+        :meth:`SQLiteStore.open <caresync.storage.SQLiteStore.open>`): only for a
+        file this process checked and closed itself, as the simulation reopens a
+        laptop for each step.
         """
         check_pool_size(pool_size)
         database_key, made_key = await asyncio.to_thread(
@@ -340,6 +346,7 @@ class Replica:
                 create=create,
                 key=None if database_key is None else database_key.key,
                 checkpoint_pages=LAPTOP_CHECKPOINT_PAGES,
+                quick_check=quick_check,
             )
         except BaseException:
             if made_key:  # the database was not made: neither is its key file

@@ -23,9 +23,11 @@ from caresync.simulation import Oracle, SimulationConfig, plan, run_simulation
 from caresync.simulation.oracle import (
     ReplicaDigest,
     ReplicaFile,
+    ReplicaPrint,
     compare_digests,
     decode_state_vector,
     read_digest,
+    read_print,
     same_vector,
 )
 from caresync.simulation.runner import SERVER_FILE, laptop_file
@@ -213,3 +215,74 @@ def test_a_file_that_is_not_a_replica_is_refused(tmp_path: Path) -> None:
     sqlite3.connect(junk).close()
     with pytest.raises(CorruptDatabaseError, match=r"junk\.db"):
         read_digest(ReplicaFile("junk", junk))
+
+
+def _prints(workdir: Path) -> dict[int, ReplicaPrint]:
+    return {i: read_print(workdir / laptop_file(i)) for i in range(LAPTOPS)}
+
+
+async def test_prints_of_a_converged_run_are_the_servers_and_it_passes(workdir: Path) -> None:
+    server, laptops = _files(workdir)
+    prints = _prints(workdir)
+    agreed = read_print(server.path)
+    assert all(p == ReplicaPrint(agreed.fingerprint, 0, 0) for p in prints.values())
+    report = await _seeded_oracle().check(server, laptops, deep=[0], prints=prints)
+    assert report.converged, report.details
+    assert report.replicas_checked == 1 + LAPTOPS
+    assert report.replicas_checked_in_depth == 2
+
+
+async def test_a_print_that_differs_makes_the_oracle_read_that_laptop(workdir: Path) -> None:
+    """A print unlike the server's is no verdict: the laptop's digest is read and
+    compared as without prints (here it holds the same, so the run passes)."""
+    server, laptops = _files(workdir)
+    prints = {i: ReplicaPrint(bytes(32), 0, 0) for i in range(LAPTOPS)}
+    report = await _seeded_oracle().check(server, laptops, deep=[], prints=prints)
+    assert report.converged, report.details
+
+
+async def test_a_laptop_that_wrote_after_the_last_sync_diverges_with_prints(
+    workdir: Path,
+) -> None:
+    patient = plan(SimulationConfig(**CONFIG)).patients[0]  # type: ignore[arg-type]
+    async with await Replica.open(workdir / laptop_file(2), create=False) as laptop:
+        await laptop.set(patient.record_id, "phone", "+221 11 111 1111")
+    prints = _prints(workdir)
+    assert prints[2].outbox > 0
+    assert prints[2].fingerprint != read_print(workdir / SERVER_FILE).fingerprint
+    server, laptops = _files(workdir)
+    report = await _seeded_oracle().check(server, laptops, deep=[], prints=prints)
+    assert not report.converged
+    assert any("laptop-2" in line and "other updates" in line for line in report.details)
+    assert report.replicas_checked_in_depth == 2
+
+
+async def test_a_conflict_row_removed_from_a_laptop_changes_its_print(workdir: Path) -> None:
+    before = read_print(workdir / laptop_file(1))
+    raw = sqlite3.connect(workdir / laptop_file(1))
+    with raw:
+        raw.execute(
+            "DELETE FROM conflicts WHERE (record_id, id) = "
+            "(SELECT record_id, id FROM conflicts ORDER BY record_id, id LIMIT 1)"
+        )
+    raw.close()
+    assert read_print(workdir / laptop_file(1)).fingerprint != before.fingerprint
+    server, laptops = _files(workdir)
+    report = await _seeded_oracle().check(server, laptops, deep=[], prints=_prints(workdir))
+    assert not report.converged
+    assert any("laptop-1's open conflicts differ" in line for line in report.details)
+
+
+def test_a_print_does_not_depend_on_the_order_a_vector_lists_its_clients(workdir: Path) -> None:
+    path = workdir / laptop_file(0)
+    before = read_print(path)
+    raw = sqlite3.connect(path)
+    with raw:
+        rows = raw.execute("SELECT record_id, state_vector FROM records").fetchall()
+        rid, vector = next((r, bytes(v)) for r, v in rows if decode_state_vector(bytes(v))[1:])
+        pairs = list(decode_state_vector(vector))  # sorted: spell it in another order
+        reordered = _vector(pairs) if _vector(pairs) != vector else _vector(pairs[::-1])
+        assert reordered != vector
+        raw.execute("UPDATE records SET state_vector = ? WHERE record_id = ?", (reordered, rid))
+    raw.close()
+    assert read_print(path) == before

@@ -39,9 +39,13 @@ async def test_laptops_in_two_workers_converge_like_one_process_with_the_same_se
     assert workers.replicas_checked == 7  # every laptop's file, and the server's
     assert workers.conflicts_resolved > 0  # resolvers played, from what they had pulled
     assert workers.peak_rss_mb > 0
+    assert len(workers.cpu_s) == 3
+    assert all(cpu > 0 for cpu in workers.cpu_s)
     alone = await run_simulation(SimulationConfig(**OPTIONS, workers=0))  # type: ignore[arg-type]
     assert alone.ok, alone.details
     assert alone.workers == 0
+    assert len(alone.cpu_s) == 1
+    assert alone.cpu_s[0] > 0
     assert [getattr(workers, k) for k in KEYS] == [getattr(alone, k) for k in KEYS]
 
 
@@ -118,3 +122,5 @@ async def test_a_laptop_failing_in_a_worker_raises_its_own_typed_error(tmp_path:
     finally:
         await workers.stop()
     assert len(workers.peaks_mb) == 2
+    assert len(workers.cpu_s) == 2
+    assert all(cpu > 0 for cpu in workers.cpu_s)

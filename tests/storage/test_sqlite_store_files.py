@@ -11,7 +11,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from pycrdt import merge_updates
+from pycrdt import Doc, Map, merge_updates
 from store_helpers import Patient, conflict, digest, revision_ids, snapshot
 
 from caresync import (
@@ -684,3 +684,36 @@ async def test_version_9_learns_who_logged_in_on_each_replica_from_before(
         assert user is not None
         assert user.display_name is None
         assert user.shown_as == "ada"
+
+
+def _damage_the_log_root(path: Path) -> None:
+    """Overwrite the root page of the records' log, as a bad sector would."""
+    with sqlite3.connect(path) as conn:
+        [(root,)] = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'log'")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page : root * page] = b"\xa5" * page
+    path.write_bytes(bytes(data))
+
+
+async def test_quick_check_false_skips_only_the_integrity_check_at_open(tmp_path: Path) -> None:
+    """The check is what finds the damage: skipped, the same file opens as sound (the
+    simulation skips it only when reopening a file it checked and closed itself)."""
+    path = tmp_path / "laptop.db"
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote(
+            [IncomingUpdate(f"rec-{n}", _small_update(n), (), None) for n in range(40)]
+        )
+    _damage_the_log_root(path)
+    async with SQLiteStore.open(path) as checked:
+        assert checked.damaged is not None
+    async with SQLiteStore.open(path, quick_check=False) as unchecked:
+        assert unchecked.damaged is None
+
+
+def _small_update(n: int) -> bytes:
+    doc = Doc()
+    doc["fields"] = fields = Map()
+    fields["note"] = f"patient {n} " + "x" * 2000
+    return doc.get_update()

@@ -19,6 +19,7 @@ from caresync.replication.pool import DEFAULT_POOL_SIZE, check_pool_size
 __all__ = [
     "AUTO_WORKERS_FROM",
     "GC_THRESHOLDS",
+    "WORKER_GC_THRESHOLDS",
     "MAX_LAPTOPS",
     "MAX_PATIENTS",
     "MAX_WORKERS",
@@ -38,7 +39,9 @@ AUTO_WORKERS_FROM = 50
 """With ``workers=None``, runs of this many laptops or more (on websockets) use two workers."""
 GC_THRESHOLDS = (100_000, 50, 100)
 """The garbage collector's thresholds in the runner's process while a simulation runs
-(restored afterwards); worker processes keep the defaults (see caresync.simulation.workers)."""
+(restored afterwards)."""
+WORKER_GC_THRESHOLDS = (100_000, 20, 50)
+"""The garbage collector's thresholds in a worker process (see caresync.simulation.workers)."""
 TRANSPORTS = ("websocket", "memory")
 """What laptops and server talk over: websockets on 127.0.0.1, or the in-memory channel."""
 
@@ -191,6 +194,9 @@ class SimulationResult:
     peak_rss_mb: float = 0.0
     """Peak resident memory of the run's process plus each worker's peak, in MB (a bound:
     the peaks need not have coincided)."""
+    cpu_s: list[float] = field(default_factory=list)
+    """CPU seconds (user and system) of the run's process (server, oracle; first) and of
+    each worker (laptops), from the start of the run to the oracle's end."""
     details: list[str] = field(default_factory=list)
     """Why ``converged`` is false or ``lost_values`` is not zero (at most a few lines each)."""
     conflict_examples: list[dict[str, Any]] = field(default_factory=list)

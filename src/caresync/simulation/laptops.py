@@ -29,6 +29,7 @@ from caresync.exceptions import ConnectionLostError, UnknownConflictError
 from caresync.records import JSONValue
 from caresync.replica import Replica
 from caresync.simulation.config import SimulationConfig
+from caresync.simulation.oracle import ReplicaPrint, read_print
 from caresync.simulation.scenario import RESOLUTIONS_PER_RESOLVER, Edit, Scenario, plan
 from caresync.transport import Connector
 
@@ -131,9 +132,17 @@ class LaptopShare:
         self.scenario = scenario if scenario is not None else plan(config)
         self.semaphore = asyncio.Semaphore(concurrency or config.concurrency)
         self.advance = advance
+        self._checked: set[int] = set()
+        """Laptops this share opened (and so checked) already: see :meth:`_open`."""
 
     async def _open(self, index: int) -> Replica:
-        return await Replica.open(
+        # The first open checks the file (SQLite's quick_check, which reads every page);
+        # later ones reopen a file this share checked and closed itself, with nothing
+        # else writing it in between, as a real laptop opens its database once. Checked
+        # at each of a run's ten or so opens, it cost laptops x file size: the file holds
+        # every laptop's edits, so that grew as laptops squared.
+        checked = index in self._checked
+        replica = await Replica.open(
             self.workdir / laptop_file(index),
             rulebook=self.rulebook,
             password_hasher=ACCOUNT_HASHER,
@@ -142,7 +151,10 @@ class LaptopShare:
             login_idle_s=None,
             connector=self.connector(index),
             pool_size=self.config.pool_size,
+            quick_check=not checked,
         )
+        self._checked.add(index)
+        return replica
 
     async def _with(self, index: int, step: Callable[[Replica], Awaitable[T]], what: str) -> T:
         """Open laptop ``index``, run ``step`` on it (within the step timeout), close it."""
@@ -259,3 +271,15 @@ class LaptopShare:
 
         await each([i for i in self.indices if i in wanted], sync_one, self.semaphore)
         return uploaded
+
+    async def prints(self) -> dict[int, ReplicaPrint]:
+        """Each of this share's laptops' :class:`ReplicaPrint`, read from its closed file.
+
+        Read here, in the process that plays the laptops, so that the oracle compares
+        32 bytes per laptop rather than reading every laptop's state vectors and
+        conflict rows in its own process (workers read theirs side by side).
+        """
+        found: dict[int, ReplicaPrint] = {}
+        for index in self.indices:
+            found[index] = await asyncio.to_thread(read_print, self.workdir / laptop_file(index))
+        return found

@@ -54,10 +54,10 @@ from caresync.simulation.laptops import (
     laptop_file,
 )
 from caresync.simulation.observer import NullObserver, SimulationObserver
-from caresync.simulation.oracle import Oracle, ReplicaFile
+from caresync.simulation.oracle import Oracle, ReplicaFile, ReplicaPrint
 from caresync.simulation.scenario import Patient, Scenario, plan
 from caresync.simulation.wire import WireCounter
-from caresync.simulation.workers import LaptopWorkers, peak_rss_mb
+from caresync.simulation.workers import LaptopWorkers, cpu_s, peak_rss_mb
 from caresync.storage import IncomingUpdate
 from caresync.transport import Listener, MemoryNetwork
 
@@ -170,6 +170,7 @@ class _Run:
 
     async def run(self) -> SimulationResult:
         started = time.perf_counter()
+        cpu_started = cpu_s()
         result = self.result
         server = await SyncServer.open(
             self.workdir / SERVER_FILE,
@@ -239,6 +240,14 @@ class _Run:
                 if await self._sync_all(everyone) == 0:
                     break
             result.final_sync_s = time.perf_counter() - clock
+            # The oracle's first layer, read where the laptops' files are (see Oracle.check).
+            clock = time.perf_counter()
+            self.observer.phase("oracle: fingerprint every laptop", 1)
+            prints: dict[int, ReplicaPrint] = {}
+            for share_prints in await self._laptops("prints", None):
+                prints.update(share_prints)
+            self.observer.advance()
+            prints_s = time.perf_counter() - clock
         finally:
             try:
                 if self.workers is not None:
@@ -261,9 +270,10 @@ class _Run:
             ReplicaFile("server", self.workdir / SERVER_FILE),
             [ReplicaFile(f"laptop-{i}", self.workdir / laptop_file(i)) for i in range(laptops)],
             deep,
+            prints,
         )
         self.observer.advance()
-        result.check_s = time.perf_counter() - clock
+        result.check_s = prints_s + time.perf_counter() - clock
         result.converged = report.converged
         result.lost_values = report.lost_values
         result.conflicts_open = report.conflicts_open
@@ -274,6 +284,8 @@ class _Run:
         result.conflict_examples = report.conflict_examples
         result.duration_s = time.perf_counter() - started
         result.peak_rss_mb = round(max(result.peak_rss_mb, peak_rss_mb()), 1)
+        workers_cpu = self.workers.cpu_s if self.workers is not None else []
+        result.cpu_s = [round(cpu, 2) for cpu in (cpu_s() - cpu_started, *workers_cpu)]
         return result
 
     def _start_laptops(self) -> None:

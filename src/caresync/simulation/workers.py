@@ -17,12 +17,13 @@ kwargs)`` and every worker answers each with ``("ok", value)`` or
 ``("error", exception)``; the runner sends a command to all workers, then
 waits for all answers, so a phase ends only when every laptop has done its
 part (the barrier the scenario needs). ``stop`` ends a worker; it answers
-with its peak resident memory.
+with its peak resident memory and its CPU time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import pickle
 import resource
 import socket
@@ -34,21 +35,27 @@ from pathlib import Path
 from typing import Any
 
 from caresync.exceptions import CaresyncError, ConnectionLostError
-from caresync.simulation.config import SimulationConfig
+from caresync.simulation.config import WORKER_GC_THRESHOLDS, SimulationConfig
 from caresync.simulation.laptops import LaptopShare
 
-__all__ = ["COMMAND_TIMEOUT_S", "LaptopWorkers", "peak_rss_mb"]
+__all__ = ["COMMAND_TIMEOUT_S", "LaptopWorkers", "cpu_s", "peak_rss_mb"]
 
 COMMAND_TIMEOUT_S = 3600.0
 """A worker that neither answers nor gets a command for this long gives up (bounded waits)."""
 MAX_COMMANDS = 10_000
 """A worker serves at most this many commands (a run sends a few dozen)."""
-_METHODS = ("create", "enrol", "edit", "sync")
+_METHODS = ("create", "enrol", "edit", "sync", "prints")
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory, in MB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_s() -> float:
+    """This process's CPU time so far (user and system), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: Sequence[str]) -> int:
@@ -58,10 +65,13 @@ def main(argv: Sequence[str]) -> int:
         if not conn.poll(COMMAND_TIMEOUT_S):
             return 1
         config, workdir, indices, password = conn.recv()
-        # The collector keeps its default thresholds here, unlike the runner's process:
-        # a worker holds only its open laptops, and its closed laptops' records are
-        # garbage that raised thresholds let pile up (a 100-laptop run peaked at
-        # 2.1 GB with them, 0.5 GB without).
+        # Raised thresholds, as in the runner's process: with the defaults the collector
+        # took about a third of a worker's CPU at 100 laptops, rescanning objects that
+        # live as long as a laptop is open, and found little (the cycles made die young,
+        # found by the first generation's passes). A 100-laptop worker peaked at 220 MB
+        # either way. (Once, before records were freed without cycles, raised thresholds
+        # took a 100-laptop run to 2.1 GB.)
+        gc.set_threshold(*WORKER_GC_THRESHOLDS)
         asyncio.run(_serve(conn, config, workdir, indices, password))
     except (EOFError, OSError):
         return 1  # the runner went away: nothing to answer
@@ -80,7 +90,7 @@ async def _serve(
             return  # the runner is gone or stuck: stop rather than wait forever
         method, args, kwargs = conn.recv()
         if method == "stop":
-            conn.send(("ok", peak_rss_mb()))
+            conn.send(("ok", (peak_rss_mb(), cpu_s())))
             return
         # The runner sends nothing while a command runs: the pipe becoming readable
         # then means the runner is gone, and the worker stops at once.
@@ -135,6 +145,8 @@ class LaptopWorkers:
         self._pipes = list(pipes)
         self.peaks_mb: list[float] = []
         """Each worker's peak resident memory, known after :meth:`stop`."""
+        self.cpu_s: list[float] = []
+        """Each worker's CPU seconds, known after :meth:`stop`."""
 
     @classmethod
     def start(
@@ -184,7 +196,9 @@ class LaptopWorkers:
         """Stop every worker (after its answer, or by force if it is gone); keep their peaks."""
         with_peaks = True
         try:
-            self.peaks_mb = [float(peak) for peak in await self.call("stop")]
+            answers = await self.call("stop")
+            self.peaks_mb = [float(peak) for peak, _ in answers]
+            self.cpu_s = [float(cpu) for _, cpu in answers]
         except CaresyncError:
             with_peaks = False
         finally:
