@@ -14,7 +14,7 @@ From a shell: ``caresync simulate --laptops 20 --patients 200`` (or
 
 from caresync.simulation.config import SimulationConfig, SimulationResult
 from caresync.simulation.observer import NullObserver, SimulationObserver
-from caresync.simulation.oracle import Oracle, OracleReport, ReplicaFile
+from caresync.simulation.oracle import Oracle, OracleReport, ReplicaFile, ReplicaPrint, read_print
 from caresync.simulation.present import RichObserver, result_table, run_simulate_command
 from caresync.simulation.runner import run_simulation
 from caresync.simulation.scenario import Edit, Patient, Round, Scenario, plan
@@ -26,6 +26,7 @@ __all__ = [
     "OracleReport",
     "Patient",
     "ReplicaFile",
+    "ReplicaPrint",
     "RichObserver",
     "Round",
     "Scenario",
@@ -33,6 +34,7 @@ __all__ = [
     "SimulationObserver",
     "SimulationResult",
     "plan",
+    "read_print",
     "result_table",
     "run_simulate_command",
     "run_simulation",
