@@ -121,13 +121,18 @@ class ReplicaDigest:
     outbox: int
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a closed replica's file, to check it."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        return sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise CorruptDatabaseError(f"cannot open {path} to check it: {exc}") from None
+
+
 def read_digest(replica: ReplicaFile) -> ReplicaDigest:
     """Read a closed replica's digest from its SQLite file (read-only, one query per table)."""
-    uri = f"{replica.path.resolve().as_uri()}?mode=ro"
-    try:
-        raw = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise CorruptDatabaseError(f"cannot open {replica.path} to check it: {exc}") from None
+    raw = _read_only(replica.path)
     try:
         rows = raw.execute("SELECT record_id, state_vector, pending FROM records").fetchall()
         conflict_rows = raw.execute(
@@ -175,11 +180,7 @@ def read_print(path: Path) -> ReplicaPrint:
             digest.update(len(part).to_bytes(4, "big"))
             digest.update(part)
 
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    try:
-        raw = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise CorruptDatabaseError(f"cannot open {path} to check it: {exc}") from None
+    raw = _read_only(path)
     try:
         waiting = 0
         for rid, vector, pending in raw.execute(

@@ -42,21 +42,17 @@ def _fill_card_digests(raw: sqlite3.Connection) -> None:
     """Each stored card's digest on its record's row, in one transaction: what a database
     migrated from before version 15 lacks (its step adds the column empty). A crash
     before the commit leaves them empty, which only costs a pull a card read."""
-    raw.execute("BEGIN IMMEDIATE")
-    try:
-        rows = [
+    _rewrite_at_open(
+        raw,
+        lambda: [
             (card_digest(bytes(data)), record_id)
             for record_id, data in raw.execute(
                 "SELECT record_id, card FROM person_cards WHERE record_id IN"
                 " (SELECT record_id FROM records WHERE card_digest IS NULL)"
             )
-        ]
-        raw.executemany("UPDATE records SET card_digest = ? WHERE record_id = ?", rows)
-        raw.execute("COMMIT")
-    except BaseException:
-        if raw.in_transaction:
-            raw.execute("ROLLBACK")
-        raise
+        ],
+        "UPDATE records SET card_digest = ? WHERE record_id = ?",
+    )
 
 
 _OWN_KEYS_DROPPED_SINCE = 16
@@ -67,16 +63,27 @@ def _drop_own_keys(raw: sqlite3.Connection) -> None:
     """Delete the key row of each stored card's own record id, in one transaction: what
     a database migrated from before version 16 holds. A crash before the commit leaves
     them, which only names a card's own record a second time (``check`` accepts it)."""
-    raw.execute("BEGIN IMMEDIATE")
-    try:
-        rows = [
+    _rewrite_at_open(
+        raw,
+        lambda: [
             (_key_hash(organisation, _own_key(record_id)), rk)
             for record_id, organisation, rk in raw.execute(
                 "SELECT c.record_id, c.organisation, r.rk FROM person_cards c"
                 " JOIN records r ON r.record_id = c.record_id"
             )
-        ]
-        raw.executemany("DELETE FROM person_keys WHERE hash = ? AND rk = ?", rows)
+        ],
+        "DELETE FROM person_keys WHERE hash = ? AND rk = ?",
+    )
+
+
+def _rewrite_at_open(
+    raw: sqlite3.Connection, rows: Callable[[], list[tuple[object, ...]]], statement: str
+) -> None:
+    """Run ``statement`` for each of ``rows()`` (read inside the transaction) in one
+    transaction: the part of a migration SQL cannot compute, done when the store opens."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        raw.executemany(statement, rows())
         raw.execute("COMMIT")
     except BaseException:
         if raw.in_transaction:
