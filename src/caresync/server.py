@@ -97,6 +97,7 @@ from caresync.protocol import (
     ErrorCode,
     Goodbye,
     Hello,
+    HubItem,
     OutboxReport,
     ProveServer,
     PullBatch,
@@ -167,6 +168,12 @@ MAX_PENDING_LOGINS = 256
 """Connections that may wait to log in at once; more are refused with ``busy``."""
 SECURITY_POLL_S = 1.0
 """How often a running server looks for sessions ended by another process."""
+LOGIN_SYNC_DELAY_S = 1.0
+"""How long a login's audit entry may wait for the disk with other logins' (group commit):
+it is committed at once, synced within this time, and before anything is served."""
+# Requests a connection may make before its login is on disk: a pull is served so far
+# as it sends nothing (see _Connection.serving); every other request waits for the sync.
+_SERVES_NOTHING_YET = (PullRequest, OutboxReport, Goodbye)
 _LIVE_BATCH_ENTRIES = 1000  # most queued entries taken into one live frame
 _PULL_CHUNKS = 20  # most reads of ``limit`` feed entries one merged pull batch makes
 _PULL_BYTES = 8 * 1024 * 1024  # most update bytes one merged pull batch carries
@@ -353,6 +360,10 @@ class _Connection:
     copy_done: int = 0
     copy_bytes: int = 0
     copy_total: int = 0
+    # The login's audit entry is committed but maybe not yet on disk: nothing read from
+    # the records goes out before it is (see SyncServer._login_on_record).
+    login_unsynced: bool = False
+    serving: bool = False  # the reply being built carries records or hub summaries
 
     async def flush(self) -> None:
         for error in self.protocol.errors_sent():  # every refusal is logged and counted
@@ -415,6 +426,7 @@ class SyncServer:
         stale_after_s: float = STALE_AFTER_MS / 1000,
         pool_size: int = DEFAULT_POOL_SIZE,
         feed_poll_s: float = FEED_POLL_S,
+        login_sync_delay_s: float = LOGIN_SYNC_DELAY_S,
     ) -> None:
         """``password_hasher`` hashes new passwords (argon2id, the library's defaults
         unless given; a simulation may pass cheaper parameters). Stored hashes are
@@ -437,6 +449,13 @@ class SyncServer:
         10,000,000 raises :class:`~caresync.exceptions.InvalidOptionError`.
         ``feed_poll_s``: on a database other processes write too, how often the feed
         is read for their commits when no notification came.
+        ``login_sync_delay_s``: a login's audit entry (with the laptop's last contact)
+        is committed before the login's next request is read, but synced to disk with
+        the other logins of up to this many seconds (one sync, not one per login), and
+        before the connection is sent any record or hub summary or may push, copy or
+        stay connected: a sync with nothing to do then waits for no disk. A power cut
+        within that time may lose the entries of logins that took nothing. 0: every
+        login's entry is synced before its next request, as a push is.
         """
         if (
             not isinstance(stale_after_s, int | float)
@@ -458,6 +477,16 @@ class SyncServer:
         self.client_newest_version = newest
         """The newest caresync the server knows of, as it tells laptops (its own, or the
         minimum it asks for when that is newer)."""
+        if (
+            not isinstance(login_sync_delay_s, int | float)
+            or isinstance(login_sync_delay_s, bool)
+            or not 0 <= login_sync_delay_s <= 60
+        ):
+            raise InvalidInputError(
+                f"login_sync_delay_s must be in [0, 60] seconds, not {login_sync_delay_s!r}"
+            )
+        self.login_sync_delay_s = float(login_sync_delay_s)
+        self._login_syncer: asyncio.Task[None] | None = None
         if not all(
             isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 3600
             for v in (login_timeout_s, security_poll_s, feed_poll_s)
@@ -575,6 +604,7 @@ class SyncServer:
         stale_after_s: float = STALE_AFTER_MS / 1000,
         pool_size: int = DEFAULT_POOL_SIZE,
         feed_poll_s: float = FEED_POLL_S,
+        login_sync_delay_s: float = LOGIN_SYNC_DELAY_S,
     ) -> SyncServer:
         """Open (or create) a server database and take its server id and key from it.
 
@@ -599,29 +629,30 @@ class SyncServer:
             if server_key is None:
                 server_key = await ensure_server_key(store)
             await ensure_index(store, rulebook, replica=identity.replica_id)
-        except BaseException:
+            return cls(
+                store,
+                identity.replica_id,
+                rulebook=rulebook,
+                session_ttl_s=session_ttl_s,
+                now_ms=now_ms,
+                password_hasher=password_hasher,
+                server_key=server_key,
+                throttle=throttle,
+                admission=admission,
+                login_timeout_s=login_timeout_s,
+                max_pending_logins=max_pending_logins,
+                security_poll_s=security_poll_s,
+                live_queue_entries=live_queue_entries,
+                live_queue_bytes=live_queue_bytes,
+                client_min_version=client_min_version,
+                stale_after_s=stale_after_s,
+                pool_size=pool_size,
+                feed_poll_s=feed_poll_s,
+                login_sync_delay_s=login_sync_delay_s,
+            )
+        except BaseException:  # an option refused, too: the database is let go again
             await store.close()
             raise
-        return cls(
-            store,
-            identity.replica_id,
-            rulebook=rulebook,
-            session_ttl_s=session_ttl_s,
-            now_ms=now_ms,
-            password_hasher=password_hasher,
-            server_key=server_key,
-            throttle=throttle,
-            admission=admission,
-            login_timeout_s=login_timeout_s,
-            max_pending_logins=max_pending_logins,
-            security_poll_s=security_poll_s,
-            live_queue_entries=live_queue_entries,
-            live_queue_bytes=live_queue_bytes,
-            client_min_version=client_min_version,
-            stale_after_s=stale_after_s,
-            pool_size=pool_size,
-            feed_poll_s=feed_poll_s,
-        )
 
     async def server_key_fingerprint(self) -> str:
         """The fingerprint of this server's key, as laptops pin it (compare it out of band)."""
@@ -952,9 +983,9 @@ class SyncServer:
         if not protocol.reports_hub_changes or organisation is None:
             rows = await self.store.hub_summaries(organisation)
             if protocol.reports_hub_changes:  # no organisation: nothing to follow, mark 0
-                protocol.send_hub_report(report_items(rows), mark=0, whole=True)
+                _queue_hub_report(conn, report_items(rows), mark=0, whole=True)
             else:
-                protocol.send_hub_report(report_items(rows))
+                _queue_hub_report(conn, report_items(rows))
             return
         if hub_since:  # None or 0: the laptop holds no report
             first = await self.store.hub_changes(organisation, hub_since, _HUB_PAGE)
@@ -966,7 +997,7 @@ class SyncServer:
                     if not changes.more:
                         break
                     changes = await self.store.hub_changes(organisation, changes.mark, _HUB_PAGE)
-                protocol.send_hub_report(merged.items(), mark=changes.mark, whole=False)
+                _queue_hub_report(conn, merged.items(), mark=changes.mark, whole=False)
                 return
             mark = first.mark  # the laptop is ahead: this server went back to an older copy
         else:
@@ -975,7 +1006,7 @@ class SyncServer:
         # Read after the mark, the list may be newer than it, never older: the next
         # change report repeats what it already holds, which merging takes as it is.
         rows = await self.store.hub_summaries(organisation)
-        protocol.send_hub_report(report_items(rows), mark=mark, whole=True)
+        _queue_hub_report(conn, report_items(rows), mark=mark, whole=True)
 
     @property
     def url(self) -> str:
@@ -988,11 +1019,11 @@ class SyncServer:
         if self.hub is not None:
             await self.hub.close()
             self.hub = None
-        for task in (self._watcher, self._following):
+        for task in (self._watcher, self._following, self._login_syncer):
             if task is not None:
                 task.cancel()
                 await asyncio.wait({task})
-        self._watcher = self._following = None
+        self._watcher = self._following = self._login_syncer = None
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -1000,6 +1031,8 @@ class SyncServer:
             await conn.channel.close("server stopping")
         if self._closing:  # slow readers still being closed
             await asyncio.wait(set(self._closing))
+        with contextlib.suppress(StorageError):  # closing: a checkpoint syncs it anyway
+            await self.store.make_durable()
         await self.store.close()
 
     async def __aenter__(self) -> SyncServer:
@@ -1047,7 +1080,12 @@ class SyncServer:
                         await conn.flush()
                         return
                     for event in conn.protocol.events_received():
+                        if conn.login_unsynced and not isinstance(event, _SERVES_NOTHING_YET):
+                            await self._login_on_record(conn)
                         await self._on_event(conn, event)
+                    if conn.login_unsynced and conn.serving:
+                        await self._login_on_record(conn)
+                    conn.serving = False
                     await conn.flush()
                     if conn.protocol.failure is not None:
                         return  # a fatal reject() by this shell; its Error was just sent
@@ -1163,11 +1201,17 @@ class SyncServer:
         replica_id = conn.protocol.replica_id
         if replica_id is not None:
             self._versions[replica_id] = (conn.protocol.protocol_version, login.client_version)
-        # Seen: only now that it proved who it is; with the login's entry, one commit.
+        # Seen: only now that it proved who it is; with the login's entry, one commit,
+        # synced with other logins' unless this connection is served first.
+        durable = self.login_sync_delay_s == 0
         await self._audit(
             AuditEvent(outcome.user, "login", None, replica_id or "a new laptop"),
             seen=None if replica_id is None else (replica_id, self._now_ms()),
+            durable=durable,
         )
+        if not durable:
+            conn.login_unsynced = True
+            self._sync_logins_soon()
         self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
 
     async def _refuse_old_client(
@@ -1191,13 +1235,36 @@ class SyncServer:
         await self._audit(AuditEvent(_tried(user), "login-failed", None, "refused: client_too_old"))
         return True
 
-    async def _audit(self, event: AuditEvent, *, seen: tuple[str, int] | None = None) -> None:
+    async def _audit(
+        self, event: AuditEvent, *, seen: tuple[str, int] | None = None, durable: bool = True
+    ) -> None:
         """Append to the server's own audit trail (what happened here, not on a laptop);
-        with ``seen``, note that replica's last contact in the same commit."""
-        if seen is None:  # a store written before ``seen`` existed still logs logins
-            await self.store.append_audit([event], replica_id=self.server_id)
-        else:
+        with ``seen``, note that replica's last contact in the same commit; ``durable``
+        False: without waiting for the disk (see :meth:`_login_on_record`)."""
+        if durable:
             await self.store.append_audit([event], replica_id=self.server_id, seen=seen)
+        else:
+            await self.store.append_audit(
+                [event], replica_id=self.server_id, seen=seen, durable=False
+            )
+
+    async def _login_on_record(self, conn: _Connection) -> None:
+        """Have the connection's login entry on disk before it is served: one sync for
+        every login committed since the last (none if a synced commit followed)."""
+        await self.store.make_durable()
+        conn.login_unsynced = False
+
+    def _sync_logins_soon(self) -> None:
+        """Sync the logins' entries within ``login_sync_delay_s``: one timer for them all."""
+        if self._login_syncer is None or self._login_syncer.done():
+            self._login_syncer = asyncio.create_task(self._sync_logins())
+
+    async def _sync_logins(self) -> None:
+        await asyncio.sleep(self.login_sync_delay_s)
+        try:
+            await self.store.make_durable()
+        except StorageError as exc:  # a full or failing disk: the next login tries again
+            logger.warning("could not sync the logins' audit entries: %s", exc)
 
     async def _audit_tail(
         self, conn: _Connection, known: tuple[int, bytes] | None = None
@@ -1552,6 +1619,7 @@ class SyncServer:
             checkpoint = max(head, items[-1].seq if items else request.after_seq)
         else:
             checkpoint = items[-1].seq
+        conn.serving = conn.serving or bool(entries)
         conn.protocol.send_pull_batch(
             entries,
             checkpoint=max(checkpoint, request.after_seq),
@@ -2027,6 +2095,22 @@ class SyncServer:
             await conn.forward_live()
         except (ConnectionLostError, ProtocolError):
             await conn.channel.close()  # the replica catches up by pulling when it returns
+
+
+def _queue_hub_report(
+    conn: _Connection,
+    items: Sequence[HubItem],
+    *,
+    mark: int | None = None,
+    whole: bool | None = None,
+) -> None:
+    """Queue a hub report; one that names summaries serves the connection (its login is
+    then synced before it goes)."""
+    conn.serving = conn.serving or bool(items)
+    if mark is None and whole is None:
+        conn.protocol.send_hub_report(items)
+    else:
+        conn.protocol.send_hub_report(items, mark=mark, whole=whole)
 
 
 def _tried(username: str | None) -> str:

@@ -24,7 +24,9 @@ def test_serve_over_tls_and_stop_on_sigint(tmp_path: Path) -> None:
     db = tmp_path / "server.db"
     inproc("user add --db {db} --org clinic --username dr.a", db=db).ok()
 
-    server = ServerProcess(db, "--tls-cert", str(cert), "--tls-key", str(key))
+    server = ServerProcess(
+        db, "--tls-cert", str(cert), "--tls-key", str(key), "--login-sync-delay", "0.5"
+    )
     try:
         assert server.url.startswith("wss://127.0.0.1:")
         laptop = tmp_path / "laptop.db"
@@ -54,6 +56,11 @@ def test_serve_refusals(tmp_path: Path) -> None:
     bad_tls = inproc("serve --db {db} --tls-cert {f} --tls-key {f}", db=db, f=missing)
     assert bad_tls.code == 2
     assert "cannot load" in bad_tls.error_line()
+    assert files_at(db) == []
+    for bad in ("-1", "61", "soon"):
+        delay = inproc("serve --db {db} --login-sync-delay {d}", db=db, d=bad)
+        assert delay.code == 2
+        assert "login sync delay" in delay.error_line() or "seconds" in delay.error_line()
     assert files_at(db) == []
     server = ServerProcess(db)
     try:

@@ -9,14 +9,38 @@ and ``Replica.close`` waits for it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.e2e.live_helpers import LIMIT_S, PASSWORD, RawSession, raw_session, start_server
+import pytest
+from tests.e2e.live_helpers import (
+    LIMIT_S,
+    PASSWORD,
+    RawSession,
+    Signal,
+    raw_session,
+    start_server,
+    until,
+)
+from tests.sqlite_trace import traced, write_transactions
 
 from caresync.audit import AuditEvent
-from caresync.protocol import OutboxReport, PullBatch, PullRequest, PushAck, PushBatch
+from caresync.exceptions import InvalidInputError
+from caresync.protocol import (
+    CopyBatch,
+    HubReport,
+    LiveBatch,
+    LiveUpdate,
+    OutboxReport,
+    PullBatch,
+    PullRequest,
+    PushAck,
+    PushBatch,
+)
+from caresync.protocol.codec import decode_frame
 from caresync.replica import Replica
 from caresync.server import PRE_LOGIN_MAX_FRAME_BYTES, SyncServer
+from caresync.storage import SQLiteStore
 from caresync.transport import Channel, WebSocketConnector
 
 
@@ -26,12 +50,18 @@ class HeldLoginServer(SyncServer):
     release: asyncio.Event
     log: list[str]
 
-    async def _audit(self, event: AuditEvent, *, seen: tuple[str, int] | None = None) -> None:
+    async def _audit(
+        self, event: AuditEvent, *, seen: tuple[str, int] | None = None, durable: bool = True
+    ) -> None:
         if event.action == "login":
             await self.release.wait()
-        await super()._audit(event, seen=seen)
+        await super()._audit(event, seen=seen, durable=durable)
         if event.action == "login":
             self.log.append("login recorded")
+
+    async def _login_on_record(self, conn: object) -> None:  # type: ignore[override]
+        await super()._login_on_record(conn)  # type: ignore[arg-type]
+        self.log.append("login synced")
 
     async def _on_push(self, conn: object, batch: PushBatch) -> None:  # type: ignore[override]
         self.log.append("push")
@@ -72,8 +102,9 @@ async def test_authenticated_comes_before_the_login_is_recorded_and_nothing_is_s
                 while not {PushAck, PullBatch} <= kinds:
                     raw.protocol.receive_data(await raw.channel.recv())
                     kinds.update(type(event) for event in raw.protocol.events_received())
-        # Nothing was handled before the login was on record; the large frame was taken.
-        assert server.log == ["login recorded", "push", "pull"]
+        # Nothing was handled before the login was on record (and, for a push, on disk);
+        # the large frame was taken.
+        assert server.log == ["login recorded", "login synced", "push", "pull"]
         assert await server.store.has_record(record_id)
     finally:
         server.release.set()
@@ -243,3 +274,161 @@ async def test_a_report_equal_to_what_a_login_read_is_written_if_another_connect
     finally:
         await laptop.close()
         await server.close()
+
+
+class WatchedChannel:
+    """A server's channel that notes, for each frame it sends, whether a login entry of
+    the store was still waiting for the disk, and what the frame carried."""
+
+    def __init__(self, inner: Channel, store: SQLiteStore, sent: list[tuple[str, bool]]) -> None:
+        self._inner = inner
+        self._store = store
+        self._sent = sent
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def send(self, frame: bytes) -> None:
+        _version, message = decode_frame(frame, max_frame_bytes=1 << 30)
+        carried = (
+            len(message.items)
+            if isinstance(message, PullBatch | HubReport | LiveBatch)
+            else len(message.records)
+            if isinstance(message, CopyBatch)
+            else int(isinstance(message, LiveUpdate))
+        )
+        kind = type(message).__name__ + ("" if carried == 0 else " with records")
+        self._sent.append((kind, self._store._unsynced))
+        await self._inner.send(frame)
+
+
+class WatchedServer(SyncServer):
+    """Counts the syncs of its logins' entries; watches every frame it sends."""
+
+    sent: list[tuple[str, bool]]
+    synced: Signal
+
+    async def handle(self, channel: Channel) -> None:
+        assert isinstance(self.store, SQLiteStore)
+        await super().handle(WatchedChannel(channel, self.store, self.sent))  # type: ignore[arg-type]
+
+    async def _sync_logins(self) -> None:
+        await super()._sync_logins()
+        self.synced()
+
+
+def _true_when(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
+async def _watched_server(tmp_path: Path, delay_s: float) -> WatchedServer:
+    server = await WatchedServer.open(tmp_path / "server.db", login_sync_delay_s=delay_s)
+    server.sent, server.synced = [], Signal()
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    await server.add_user("clinic-a", "dr.b", PASSWORD)
+    await server.serve("127.0.0.1", 0)
+    return server
+
+
+async def test_a_sync_with_nothing_to_do_waits_for_no_disk_and_records_go_out_only_synced(
+    tmp_path: Path,
+) -> None:
+    server = await _watched_server(tmp_path, delay_s=60)  # the timer stays out of it
+    store = server.store
+    assert isinstance(store, SQLiteStore)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    other = await Replica.open(tmp_path / "other.db")
+    try:
+        await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+        await other.enrol(server.url, username="dr.b", password=PASSWORD, organisation="clinic-a")
+        async with asyncio.timeout(LIMIT_S):
+            await laptop.sync()
+            server.sent.clear()
+            report = await laptop.sync()  # nothing to do
+        assert (report.uploaded, report.downloaded) == (0, 0)
+        # Its login is committed (every reader sees it) but waits for the disk: nothing
+        # it was sent carried a record.
+        logins = [e for e in await store.audit_entries() if e.action == "login"]
+        assert logins[-1].detail == laptop.identity.replica_id
+        assert store._unsynced
+        assert server.sent
+        assert all("with records" not in kind for kind, _ in server.sent)
+        # Another laptop's edit: the next pull sends it, only once the login is synced.
+        record_id = await other.create_record()
+        await other.set(record_id, "name/given", "Ada", author="dr.b")
+        async with asyncio.timeout(LIMIT_S):
+            await other.sync()
+            server.sent.clear()
+            report = await laptop.sync()
+        assert report.downloaded > 0
+        carrying = [unsynced for kind, unsynced in server.sent if "with records" in kind]
+        assert carrying
+        assert not any(carrying)
+        assert server.synced.count == 0  # the pull synced it, not the timer
+    finally:
+        await laptop.close()
+        await other.close()
+        await server.close()
+
+
+async def test_the_logins_of_a_moment_are_synced_together_within_the_delay(
+    tmp_path: Path,
+) -> None:
+    server = await _watched_server(tmp_path, delay_s=0.05)
+    store = server.store
+    assert isinstance(store, SQLiteStore)
+    laptops = [await Replica.open(tmp_path / f"laptop-{n}.db") for n in range(3)]
+    try:
+        for laptop in laptops:
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+        async with asyncio.timeout(LIMIT_S):
+            await until(_true_when(lambda: not store._unsynced), server.synced)
+            synced = server.synced.count
+            async with traced(store) as statements:
+                await asyncio.gather(*(laptop.sync() for laptop in laptops))
+                await until(_true_when(lambda: server.synced.count > synced), server.synced)
+        writes = write_transactions(statements)
+        logins = [w for w in writes if any("audit_trail" in s for s in w)]
+        assert len(logins) == 3  # one commit each, none of them synced on its own
+        assert len(writes) == len(logins) + 1  # and one synced write for all three
+        assert not store._unsynced
+    finally:
+        for laptop in laptops:
+            await laptop.close()
+        await server.close()
+
+
+async def test_with_no_delay_each_login_is_synced_before_its_next_request(
+    tmp_path: Path,
+) -> None:
+    server = await _watched_server(tmp_path, delay_s=0)
+    store = server.store
+    assert isinstance(store, SQLiteStore)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+        async with asyncio.timeout(LIMIT_S), traced(store) as statements:
+            await laptop.sync()
+        assert not any("SYNCHRONOUS = NORMAL" in " ".join(s.split()).upper() for s in statements)
+        assert not store._unsynced
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 61, True, "1", float("nan")])
+async def test_a_login_sync_delay_out_of_range_is_refused_and_the_database_let_go(
+    tmp_path: Path, bad: object
+) -> None:
+    with pytest.raises(InvalidInputError, match="login_sync_delay_s"):
+        await SyncServer.open(tmp_path / "server.db", login_sync_delay_s=bad)  # type: ignore[arg-type]
+    # The store it had opened is closed again: the database opens for the next server
+    # (it waited for the writer lock for ever before).
+    async with asyncio.timeout(LIMIT_S):
+        server = await SyncServer.open(tmp_path / "server.db")
+    await server.close()

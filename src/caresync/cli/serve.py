@@ -22,7 +22,7 @@ from caresync.fhir import require_models
 from caresync.hub.sender import hub_url, require_http
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
-from caresync.server import FEED_POLL_S, SyncServer
+from caresync.server import FEED_POLL_S, LOGIN_SYNC_DELAY_S, SyncServer
 from caresync.storage import server_database_key
 from caresync.storage.keyring import SERVER_KEY_VARIABLE
 from caresync.storage.servers import is_database_url, shown_database
@@ -126,6 +126,16 @@ def register(commands: Any) -> None:
         "their commits at least this often even without a notification "
         f"({FEED_POLL_S:g})",
     )
+    serve.add_argument(
+        "--login-sync-delay",
+        metavar="SECONDS",
+        type=_login_sync_delay,
+        default=LOGIN_SYNC_DELAY_S,
+        help="a login's audit entry is committed at once and synced to disk with the other "
+        "logins of up to SECONDS, and always before that laptop is sent a record or may "
+        f"push: a sync with nothing to do then waits for no disk ({LOGIN_SYNC_DELAY_S:g}; "
+        "0 syncs each login on its own)",
+    )
     add_json(serve)
     serve.set_defaults(handler=_serve)
 
@@ -187,6 +197,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of seconds") from None
     if not 0 < seconds <= 3600:
         raise argparse.ArgumentTypeError("seconds must be more than 0 and at most 3600")
+    return seconds
+
+
+def _login_sync_delay(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of seconds") from None
+    if not 0 <= seconds <= 60:
+        raise argparse.ArgumentTypeError("the login sync delay must be from 0 to 60 seconds")
     return seconds
 
 
@@ -261,6 +281,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
                 hub,
                 args.stale_hours,
                 args.feed_poll,
+                args.login_sync_delay,
             )
         )
     except BaseException:
@@ -286,6 +307,7 @@ async def _run_server(
     hub: _HubOptions | None = None,
     stale_hours: float = 24.0,
     feed_poll_s: float = FEED_POLL_S,
+    login_sync_delay_s: float = LOGIN_SYNC_DELAY_S,
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
@@ -297,6 +319,7 @@ async def _run_server(
             client_min_version=client_min_version,
             stale_after_s=stale_hours * 3600,
             feed_poll_s=feed_poll_s,
+            login_sync_delay_s=login_sync_delay_s,
         )
         async with opened as server:
             if hub is not None:

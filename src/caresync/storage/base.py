@@ -1167,6 +1167,7 @@ class ReplicaStore(Protocol):
         *,
         replica_id: str | None = None,
         seen: tuple[str, int] | None = None,
+        durable: bool = True,
     ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own chain (line 0), in one transaction;
         returns the entries as linked. ``replica_id`` names the replica whose own chain
@@ -1174,7 +1175,17 @@ class ReplicaStore(Protocol):
 
         ``seen`` = (replica id, ms), on a server's store: in the same transaction, note
         that enrolled replica as seen then, as ``touch_replica`` does (a login is one
-        commit, not two); a replica not enrolled here is not noted."""
+        commit, not two); a replica not enrolled here is not noted.
+
+        ``durable=False``: committed (visible to every reader, kept through a crash of
+        this process) without waiting for the disk; a power cut before the next durable
+        commit of this store or :meth:`make_durable` may lose it, whole. A server
+        writes a login's entry so, and makes it durable before it serves any record."""
+        ...
+
+    async def make_durable(self) -> None:
+        """Return once every commit this store made so far is on disk: at most one
+        synced commit when one made with ``durable=False`` waits, nothing otherwise."""
         ...
 
     async def audit_entries(

@@ -1040,9 +1040,10 @@ class MemoryStore:
         *,
         replica_id: str | None = None,
         seen: tuple[str, int] | None = None,
+        durable: bool = True,
     ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own audit chain (with ``seen``, the
-        replica's last contact too)."""
+        replica's last contact too); ``durable`` means nothing in memory."""
         checked = check_audit_append(events, replica_id)
         noted = check_seen(seen)
         self._open_or_raise("writing the audit trail")
@@ -1053,6 +1054,10 @@ class MemoryStore:
         if noted is not None and (info := self._replicas.get(noted[0])) is not None:
             self._replicas[noted[0]] = dataclasses.replace(info, last_seen_ms=noted[1])
         return entries
+
+    async def make_durable(self) -> None:
+        """Nothing to do: memory holds nothing through a power cut anyway."""
+        self._open_or_raise("making the last commits durable")
 
     async def audit_entries(
         self,

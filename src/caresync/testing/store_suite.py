@@ -2078,6 +2078,27 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert got is not None
         assert got.last_seen_ms == clock.now + 700
 
+    async def test_a_login_entry_committed_without_waiting_for_the_disk_is_kept_as_any(
+        self, store: ServerStore, clock: FakeClock
+    ) -> None:
+        await store.set_identity(Identity("server-1", "server"))
+        await store.enrol_replica("laptop-7", "org-1", enrolled_by="ada")
+        login = AuditEvent("ada", "login", None, "laptop-7")
+        [lazy] = await store.append_audit([login], seen=("laptop-7", clock.now), durable=False)
+        # Visible at once, chained as any entry, the replica noted in the same commit.
+        assert await store.audit_entries() == [lazy]
+        got = await store.get_replica("laptop-7")
+        assert got is not None
+        assert got.last_seen_ms == clock.now
+        await store.make_durable()
+        await store.make_durable()  # nothing waits: nothing to do, no error
+        [durable] = await store.append_audit([login])
+        assert await store.audit_entries() == [lazy, durable]
+        assert verify_trail([lazy, durable]).ok
+        with pytest.raises(InvalidInputError):  # checked as a durable append is
+            await store.append_audit([login], seen=("", 5), durable=False)
+        assert len(await store.audit_entries()) == 2
+
     async def test_a_server_refuses_entries_that_continue_nothing_or_are_forged(
         self,
         store: ServerStore,

@@ -6,7 +6,9 @@ The SQLite store's design, on a database several server processes can share.
 Every call is one job on the store's own thread, which owns one psycopg
 connection in autocommit mode; a write is one explicit transaction, committed
 before the call returns (PostgreSQL's ``synchronous_commit``, on by default,
-makes a returned commit durable). Reads of many rows run in one REPEATABLE READ
+makes a returned commit durable; the one exception, asked for by name, is
+``append_audit(durable=False)``, made durable by ``make_durable``). Reads of many
+rows run in one REPEATABLE READ
 snapshot.
 
 Ordering: every transaction that writes records (``write_remote``,

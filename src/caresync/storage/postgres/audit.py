@@ -88,9 +88,11 @@ class AuditPart(PostgresCore):
         *,
         replica_id: str | None = None,
         seen: tuple[str, int] | None = None,
+        durable: bool = True,
     ) -> list[AuditEntry]:
         """Append ``events`` to this replica's own audit chain (line 0), in one transaction
-        (with ``seen``, the replica's last contact too)."""
+        (with ``seen``, the replica's last contact too); ``durable=False`` commits it
+        asynchronously (``synchronous_commit = off``; see :meth:`make_durable`)."""
         checked = check_audit_append(events, replica_id)
         noted = check_seen(seen)
         if not checked:
@@ -99,6 +101,8 @@ class AuditPart(PostgresCore):
 
         def job(raw: Conn) -> list[AuditEntry]:
             def body() -> list[AuditEntry]:
+                if not durable:
+                    raw.execute("SET LOCAL synchronous_commit = off")
                 rid = replica_id or self._own_id(raw)
                 raw.execute(_CHAIN_LOCK, (rid,))
                 entries = plan_append(checked, replica_id=rid, tail=_tail(raw, rid), now_ms=now)
@@ -109,7 +113,9 @@ class AuditPart(PostgresCore):
                     )
                 return entries
 
-            return self._write(raw, body)
+            entries = self._write(raw, body)
+            self._unsynced = self._unsynced or not durable
+            return entries
 
         return await self._run("writing the audit trail", job)
 

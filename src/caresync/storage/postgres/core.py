@@ -130,6 +130,9 @@ class PostgresCore:
         self._listen_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._gate: asyncio.Lock | None = None
         self._section_head: int | None = None
+        # A commit made with synchronous_commit off (append_audit(durable=False)) that
+        # no make_durable has followed yet. Touched on the store's thread only.
+        self._unsynced = False
 
     @classmethod
     def open(
@@ -315,6 +318,20 @@ class PostgresCore:
                         "nothing was stored: try again"
                     )
             return body()
+
+    async def make_durable(self) -> None:
+        """Return once every commit this process made so far is on disk: a commit that
+        waits for its write-ahead log flushes the log up to it, the lazy commits
+        before it included (PostgreSQL's asynchronous commit)."""
+
+        def job(raw: Conn) -> None:
+            if self._unsynced:
+                with raw.transaction():
+                    raw.execute("SET LOCAL synchronous_commit = on")
+                    raw.execute("SELECT pg_current_xact_id()")  # a commit record to flush
+                self._unsynced = False
+
+        await self._run("making the last commits durable", job)
 
     def _known(self, raw: Conn, writes: Sequence[WriteLike]) -> dict[str, CachedRecord]:
         """What is stored of the records among those written (one query)."""

@@ -11,7 +11,10 @@ its ``_execute``, pinned by the ``aiosqlite`` version range in
 ``pyproject.toml`` and checked when a store opens.)
 
 Durability: WAL with ``synchronous = FULL`` (see :mod:`caresync.storage.schema`),
-so a call that returned has its commit fsynced to the write-ahead log. One
+so a call that returned has its commit fsynced to the write-ahead log (the one
+exception, asked for by name: ``append_audit(durable=False)``, a server's login
+entry, committed without the sync and made durable by the next synced commit or
+``make_durable``). One
 process writes a replica: the store holds a writer lock (:mod:`._lock`) while
 open, so the bounded :class:`RecordCache` of merged record bytes can never go
 stale behind its back. Other processes may open the same file with

@@ -98,6 +98,7 @@ def _wall_ms() -> int:
 DEFAULT_CHECKPOINT_PAGES = 1000
 """SQLite's own threshold of automatic checkpoints, in pages of the write-ahead log."""
 _NAMES_KEPT = 32_768  # record ids by key kept for the change feed's readers (as many as the cache)
+_SYNCED_AT = "durable.synced_ms"  # written by make_durable: a commit that syncs
 MAX_CHECKPOINT_PAGES = 1_000_000
 """The most ``checkpoint_pages`` may be (4 GB of log)."""
 
@@ -137,6 +138,11 @@ class SQLiteCore:
         self._key: bytes | None = None  # the database key; never shown (no repr of it)
         self._checkpoint_pages = DEFAULT_CHECKPOINT_PAGES
         self._quick_check = True  # see open(quick_check=...)
+        # A commit made without waiting for the disk (append_audit(durable=False)) that
+        # no durable commit has followed yet: make_durable() then has work to do.
+        # Touched on the database thread only.
+        self._unsynced = False
+        self._lazy = False  # the commit under way does not wait for the disk
 
     @classmethod
     def open(
@@ -421,6 +427,7 @@ class SQLiteCore:
                 "written. Export its unsynced changes (caresync export), then restore the "
                 "database from a backup (or enrol a new one and import them)"
             )
+        changes = raw.total_changes
         raw.execute("BEGIN IMMEDIATE")
         try:
             result = body()
@@ -429,7 +436,40 @@ class SQLiteCore:
             if raw.in_transaction:
                 raw.execute("ROLLBACK")
             raise
+        if raw.total_changes != changes:
+            # A commit that wrote waited for the disk (synchronous = FULL syncs the
+            # whole write-ahead log), so every lazy commit before it is durable too.
+            self._unsynced = self._lazy
         return result
+
+    def _write_lazily(self, raw: sqlite3.Connection, body: Callable[[], T]) -> T:
+        """As :meth:`_write`, without waiting for the disk: committed and visible, safe
+        from a crash of this process, durable at the next durable commit or
+        :meth:`make_durable` (a power cut before then loses it, whole)."""
+        raw.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: commits do not sync
+        self._lazy = True
+        try:
+            return self._write(raw, body, accounts=True)
+        finally:
+            self._lazy = False
+            raw.execute("PRAGMA synchronous = FULL")
+
+    async def make_durable(self) -> None:
+        """Return once every commit made so far is on disk (one synced commit if a lazy
+        one waits; nothing otherwise)."""
+
+        def job(raw: sqlite3.Connection) -> None:
+            if self._unsynced:
+                self._write(
+                    raw,
+                    lambda: raw.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (_SYNCED_AT, str(self._now_ms())),
+                    ),
+                    accounts=True,
+                )
+
+        await self._run("making the last commits durable", job)
 
     def _known(
         self, raw: sqlite3.Connection, writes: Sequence[WriteLike]
