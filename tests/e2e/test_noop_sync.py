@@ -374,10 +374,8 @@ async def test_a_sync_with_nothing_to_do_waits_for_no_disk_and_records_go_out_on
         await server.close()
 
 
-async def test_the_logins_of_a_moment_are_synced_together_within_the_delay(
-    tmp_path: Path,
-) -> None:
-    server = await _watched_server(tmp_path, delay_s=0.05)
+async def test_the_logins_of_a_moment_wait_for_one_sync_together(tmp_path: Path) -> None:
+    server = await _watched_server(tmp_path, delay_s=60)
     store = server.store
     assert isinstance(store, SQLiteStore)
     laptops = [await Replica.open(tmp_path / f"laptop-{n}.db") for n in range(3)]
@@ -386,20 +384,41 @@ async def test_the_logins_of_a_moment_are_synced_together_within_the_delay(
             await laptop.enrol(
                 server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
             )
-        async with asyncio.timeout(LIMIT_S):
-            await until(_true_when(lambda: not store._unsynced), server.synced)
-            synced = server.synced.count
-            async with traced(store) as statements:
-                await asyncio.gather(*(laptop.sync() for laptop in laptops))
-                await until(_true_when(lambda: server.synced.count > synced), server.synced)
+        assert not store._unsynced  # an enrolment waits for its login's sync
+        timer = server._login_syncer
+        assert timer is not None
+        async with asyncio.timeout(LIMIT_S), traced(store) as statements:
+            await asyncio.gather(*(laptop.sync() for laptop in laptops))
         writes = write_transactions(statements)
-        logins = [w for w in writes if any("audit_trail" in s for s in w)]
-        assert len(logins) == 3  # one commit each, none of them synced on its own
-        assert len(writes) == len(logins) + 1  # and one synced write for all three
-        assert not store._unsynced
+        assert len(writes) == 3  # one commit a login, none of them synced yet
+        assert all(any("audit_trail" in statement for statement in w) for w in writes)
+        assert store._unsynced
+        assert server._login_syncer is timer  # one timer for them all
+        assert not timer.done()
     finally:
         for laptop in laptops:
             await laptop.close()
+        await server.close()
+
+
+async def test_the_timer_syncs_the_logins_within_the_delay(tmp_path: Path) -> None:
+    server = await _watched_server(tmp_path, delay_s=0.05)
+    store = server.store
+    assert isinstance(store, SQLiteStore)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+        async with asyncio.timeout(LIMIT_S):
+            await until(_true_when(lambda: server.synced.count > 0), server.synced)
+            synced = server.synced.count
+            await laptop.sync()
+            assert server._login_syncer is not None
+            await until(_true_when(lambda: server.synced.count > synced), server.synced)
+        assert not store._unsynced
+        logins = [e for e in await store.audit_entries() if e.action == "login"]
+        assert logins[-1].detail == laptop.identity.replica_id
+    finally:
+        await laptop.close()
         await server.close()
 
 

@@ -181,30 +181,28 @@ def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
 
 
 def _hours(text: str) -> float:
-    try:
-        hours = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of hours") from None
+    hours = _number_of("hours", text)
     if not 0 < hours <= 24 * 365 * 10:  # up to ten years; finite, positive
         raise argparse.ArgumentTypeError("hours must be more than 0 and at most 87600")
     return hours
 
 
-def _seconds(text: str) -> float:
+def _number_of(unit: str, text: str) -> float:
     try:
-        seconds = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of {unit}") from None
+
+
+def _seconds(text: str) -> float:
+    seconds = _number_of("seconds", text)
     if not 0 < seconds <= 3600:
         raise argparse.ArgumentTypeError("seconds must be more than 0 and at most 3600")
     return seconds
 
 
 def _login_sync_delay(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number of seconds") from None
+    seconds = _number_of("seconds", text)
     if not 0 <= seconds <= 60:
         raise argparse.ArgumentTypeError("the login sync delay must be from 0 to 60 seconds")
     return seconds
