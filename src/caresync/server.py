@@ -750,6 +750,10 @@ class SyncServer:
     async def _end(self, conn: _Connection, code: str, message: str) -> None:
         """Tell the peer why (a fatal Error), then close its connection."""
         async with conn.lock:
+            if conn.login_unsynced:
+                # Replies queued before the fault may carry records, and the login
+                # is not on disk (its sync may be what failed): they never go.
+                conn.protocol.data_to_send()
             if not conn.protocol.close_expected:
                 try:
                     conn.protocol.reject(code, message)
@@ -1600,6 +1604,7 @@ class SyncServer:
             try:
                 items, taken, to_end = await self._pull_entries(conn, request)
             except _EntryTooLarge as exc:
+                conn.serving = True  # it names the record: sent once the login is on disk
                 conn.protocol.refuse(
                     RequestKind.PULL, ErrorCode.TOO_LARGE, str(exc), detail=exc.detail
                 )
