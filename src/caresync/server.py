@@ -487,6 +487,7 @@ class SyncServer:
             )
         self.login_sync_delay_s = float(login_sync_delay_s)
         self._login_syncer: asyncio.Task[None] | None = None
+        self._stopping = False  # close() began: it syncs the last logins itself
         if not all(
             isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 3600
             for v in (login_timeout_s, security_poll_s, feed_poll_s)
@@ -1020,6 +1021,7 @@ class SyncServer:
 
     async def close(self) -> None:
         """Stop listening, drop connections, close the store."""
+        self._stopping = True  # no login timer starts now: the sync below covers them
         if self.hub is not None:
             await self.hub.close()
             self.hub = None
@@ -1260,6 +1262,8 @@ class SyncServer:
 
     def _sync_logins_soon(self) -> None:
         """Sync the logins' entries within ``login_sync_delay_s``: one timer for them all."""
+        if self._stopping:
+            return  # close() syncs every login committed before the store closes
         if self._login_syncer is None or self._login_syncer.done():
             self._login_syncer = asyncio.create_task(self._sync_logins())
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from tests.e2e.live_helpers import LIMIT_S, PASSWORD, RawSession, enrolled
 
+from caresync.audit import AuditEvent
 from caresync.exceptions import CaresyncError, ConnectionLostError, StorageError
 from caresync.protocol import ClientProtocol, Error, PullBatch, ServerProof, Welcome
 from caresync.replica import Replica
@@ -175,5 +176,65 @@ async def test_a_pull_refused_for_a_record_too_large_names_it_only_once_the_logi
         assert _leaked(server, record_id) == []
         assert not store._unsynced  # synced before the refusal went
     finally:
+        await laptop.close()
+        await server.close()
+
+
+class _HeldLogin(_WatchedServer):
+    """Holds each login's entry until ``release``; says when it holds one."""
+
+    held: asyncio.Event
+    release: asyncio.Event
+
+    async def _audit(
+        self, event: AuditEvent, *, seen: tuple[str, int] | None = None, durable: bool = True
+    ) -> None:
+        if event.action == "login":
+            self.held.set()
+            await self.release.wait()
+        await super()._audit(event, seen=seen, durable=durable)
+
+
+async def test_a_login_recorded_while_the_server_closes_leaves_no_timer_behind(
+    tmp_path: Path,
+) -> None:
+    """Reproduced: close() cancelled the login timer first, then waited for the
+    connections; a login they recorded meanwhile started a new timer that outlived
+    the server (it woke on a closed store, or was destroyed pending)."""
+    server = await _HeldLogin.open(tmp_path / "server.db", login_sync_delay_s=60)
+    server.sent, server.held, server.release = [], asyncio.Event(), asyncio.Event()
+    server.release.set()
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    await server.serve("127.0.0.1", 0)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    listener = server._listener
+    assert listener is not None
+    closing = asyncio.Event()
+    stop_listening = listener.close
+
+    async def close_listener() -> None:
+        closing.set()  # close() is past its timers: now it waits for the connections
+        await stop_listening()
+
+    listener.close = close_listener  # type: ignore[method-assign]
+    try:
+        before = [e for e in await server.store.audit_entries() if e.action == "login"]
+        server.held.clear()
+        server.release.clear()
+        async with asyncio.timeout(LIMIT_S), _session(server, laptop):
+            await server.held.wait()  # the session's login waits to be recorded
+            stopped = asyncio.create_task(server.close())
+            await closing.wait()
+            server.release.set()
+            await stopped
+        timer = server._login_syncer
+        assert timer is None or timer.done()
+        # Its entry was committed before the store closed, and synced by close().
+        async with await SQLiteStore.open(tmp_path / "server.db", read_only=True) as store:
+            logins = [e for e in await store.audit_entries() if e.action == "login"]
+        assert len(logins) == len(before) + 1
+        assert logins[-1].detail == laptop.identity.replica_id
+    finally:
+        server.release.set()
         await laptop.close()
         await server.close()
