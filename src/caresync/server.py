@@ -487,6 +487,7 @@ class SyncServer:
             )
         self.login_sync_delay_s = float(login_sync_delay_s)
         self._login_syncer: asyncio.Task[None] | None = None
+        self._stopping = False  # close() began: it syncs the last logins itself
         if not all(
             isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 3600
             for v in (login_timeout_s, security_poll_s, feed_poll_s)
@@ -750,6 +751,10 @@ class SyncServer:
     async def _end(self, conn: _Connection, code: str, message: str) -> None:
         """Tell the peer why (a fatal Error), then close its connection."""
         async with conn.lock:
+            if conn.login_unsynced:
+                # Replies queued before the fault may carry records, and the login
+                # is not on disk (its sync may be what failed): they never go.
+                conn.protocol.data_to_send()
             if not conn.protocol.close_expected:
                 try:
                     conn.protocol.reject(code, message)
@@ -1016,6 +1021,7 @@ class SyncServer:
 
     async def close(self) -> None:
         """Stop listening, drop connections, close the store."""
+        self._stopping = True  # no login timer starts now: the sync below covers them
         if self.hub is not None:
             await self.hub.close()
             self.hub = None
@@ -1256,6 +1262,8 @@ class SyncServer:
 
     def _sync_logins_soon(self) -> None:
         """Sync the logins' entries within ``login_sync_delay_s``: one timer for them all."""
+        if self._stopping:
+            return  # close() syncs every login committed before the store closes
         if self._login_syncer is None or self._login_syncer.done():
             self._login_syncer = asyncio.create_task(self._sync_logins())
 
@@ -1600,6 +1608,7 @@ class SyncServer:
             try:
                 items, taken, to_end = await self._pull_entries(conn, request)
             except _EntryTooLarge as exc:
+                conn.serving = True  # it names the record: sent once the login is on disk
                 conn.protocol.refuse(
                     RequestKind.PULL, ErrorCode.TOO_LARGE, str(exc), detail=exc.detail
                 )

@@ -328,3 +328,32 @@ async def test_a_password_is_never_shown(url: str) -> None:
     with pytest.raises((InvalidInputError, StorageError)) as refused:
         await PostgresStore.open(url, create=False)
     assert "s3cret" not in str(refused.value)
+
+
+async def test_make_durable_flushes_the_write_ahead_log_past_a_lazy_login_entry(
+    schema_url: str,
+) -> None:
+    """Reproduced: make_durable committed a transaction that only took an xid
+    (``SELECT pg_current_xact_id()``); PostgreSQL flushes nothing for a commit that
+    wrote no WAL, so the login entries committed with ``synchronous_commit = off``
+    were still only in memory when the server served the laptop."""
+    async with (
+        PostgresStore.open(schema_url) as store,
+        await psycopg.AsyncConnection.connect(schema_url, autocommit=True) as probe,
+    ):
+        await store.set_identity(Identity("server-1", "server"))
+        await store.enrol_replica("laptop-7", "org-1", enrolled_by="ada")
+        login = AuditEvent("ada", "login", None, "laptop-7")
+        # Several rounds: PostgreSQL's WAL writer flushes lazy commits on its own
+        # within wal_writer_delay, so one round alone could pass by its luck.
+        for _round in range(5):
+            await store.append_audit([login], seen=("laptop-7", 1000), durable=False)
+            cursor = await probe.execute("SELECT pg_current_wal_insert_lsn()")
+            row = await cursor.fetchone()
+            assert row is not None
+            committed = row[0]  # at or past the lazy commit's record
+            await store.make_durable()
+            cursor = await probe.execute(
+                "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (committed,)
+            )
+            assert await cursor.fetchone() == (True,)

@@ -19,9 +19,19 @@ from caresync.exceptions import InvalidInputError, NotImplementedFeatureError, S
 from caresync.storage._writes import WriteLike
 from caresync.storage.base import StoreOpener, StrPath
 from caresync.storage.cache import CachedRecord
-from caresync.storage.postgres._sql import Conn, Job, T, feed_head, read_identity, translate
+from caresync.storage.postgres._sql import (
+    Conn,
+    Job,
+    T,
+    feed_head,
+    put_meta,
+    read_identity,
+    translate,
+)
 from caresync.storage.postgres.migrations import check_current, prepare
 from caresync.storage.postgres.schema import FEED_LOCK
+
+_SYNCED_AT = "durable.synced_ms"  # written by make_durable: a commit that flushes the log
 
 __all__ = ["POSTGRES_SCHEMES", "PostgresCore", "describe_url", "is_postgres_url"]
 
@@ -328,7 +338,9 @@ class PostgresCore:
             if self._unsynced:
                 with raw.transaction():
                     raw.execute("SET LOCAL synchronous_commit = on")
-                    raw.execute("SELECT pg_current_xact_id()")  # a commit record to flush
+                    # A row written: PostgreSQL flushes the log at a commit only if the
+                    # transaction wrote some (an xid alone commits asynchronously).
+                    put_meta(raw, _SYNCED_AT, str(self._now_ms()))
                 self._unsynced = False
 
         await self._run("making the last commits durable", job)
