@@ -219,9 +219,14 @@ def _held_tokens(data: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
     :func:`same_vector` then decodes in full.
     """
     tokens: list[bytes] = _VARUINT.findall(data)
-    if not tokens or sum(map(len, tokens)) != len(data) or len(tokens[0]) != 1:
+    if not tokens or sum(map(len, tokens)) != len(data):
         return None
-    if len(tokens) != 1 + 2 * tokens[0][0]:
+    # The count may take several bytes: a record written by 128 clients or more (at
+    # 1,000 laptops, the records every resolver settles conflicts on).
+    count = 0
+    for shift, byte in enumerate(tokens[0]):
+        count |= (byte & 0x7F) << (7 * shift)
+    if len(tokens) != 1 + 2 * count:
         return None
     return tuple(
         sorted(pair for pair in zip(tokens[1::2], tokens[2::2], strict=True) if pair[1] != _ZERO)
