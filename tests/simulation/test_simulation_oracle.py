@@ -313,6 +313,8 @@ def test_a_vector_of_128_clients_or_more_prints_alike_in_any_order(workdir: Path
     moved = [*shuffled[:-1], (shuffled[-1][0], shuffled[-1][1] + 1)]
     raw = sqlite3.connect(laptop_path)
     with raw:
-        raw.execute("UPDATE records SET state_vector = ? WHERE record_id = ?", (_vector(moved), rid))
+        raw.execute(
+            "UPDATE records SET state_vector = ? WHERE record_id = ?", (_vector(moved), rid)
+        )
     raw.close()
     assert read_print(laptop_path).fingerprint != read_print(server_path).fingerprint

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,16 @@ from typing import TypeVar
 
 from argon2 import PasswordHasher
 
-from caresync.conflicts import DEFAULT_RULEBOOK, ConflictKind, Rulebook, Severity
+from caresync.conflicts import (
+    DEFAULT_RULEBOOK,
+    Candidate,
+    Conflict,
+    ConflictKind,
+    Rulebook,
+    Severity,
+)
 from caresync.exceptions import ConnectionLostError, UnknownConflictError
-from caresync.records import JSONValue
+from caresync.records import JSONValue, canonical_json
 from caresync.replica import Replica
 from caresync.simulation.config import SimulationConfig
 from caresync.simulation.oracle import ReplicaPrint, read_print
@@ -42,6 +50,8 @@ __all__ = [
     "clinician",
     "each",
     "laptop_file",
+    "settling_order",
+    "candidate_order",
 ]
 
 ORGANISATION = "clinic"
@@ -54,6 +64,41 @@ STEP_TIMEOUT_S = 600.0
 ACCOUNT_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 T = TypeVar("T")
+
+# What differs from run to run of one seed: revision ids (random), and what derives from
+# them (conflict and finding ids, and the ``_ack/<finding>`` paths decisions are written
+# at), entry ids a laptop makes (random), replica ids and write times. A resolver's
+# choices are made from everything else, so that a seed gives one outcome.
+_RANDOM_ID = re.compile(r"\b(?:[0-9a-f]{32}|[cf]-[0-9a-f]{20})\b")
+
+
+def _masked(path: str) -> str:
+    return _RANDOM_ID.sub("*", path)
+
+
+def _candidate_key(candidate: Candidate) -> tuple[str, str, str, str]:
+    writes = canonical_json([[_masked(p), v] for p, v in candidate.writes])
+    return (canonical_json(candidate.value), candidate.author, _masked(candidate.path), writes)
+
+
+def settling_order(conflict: Conflict) -> tuple[object, ...]:
+    """The order a resolver takes the conflicts it sees in: by record and subject, then
+    by their candidates' values and authors, never by ids or times (which differ
+    between runs of one seed)."""
+    return (
+        conflict.record_id,
+        _masked(conflict.subject),
+        conflict.kind.value,
+        conflict.rule or "",
+        tuple(sorted(_candidate_key(c) for c in conflict.candidates)),
+    )
+
+
+def candidate_order(conflict: Conflict) -> list[int]:
+    """The indexes of ``conflict``'s candidates ordered by value, author and path (their
+    own order is by write time, which differs between runs of one seed)."""
+    keys = [_candidate_key(c) for c in conflict.candidates]
+    return sorted(range(len(keys)), key=keys.__getitem__)
 
 
 def clinician(index: int) -> str:
@@ -222,7 +267,10 @@ class LaptopShare:
     ) -> None:
         author = clinician(index)  # logged in on this laptop since its enrolment
         if resolves:
-            report.resolved += await self._resolve(laptop, author, rng)
+            # Awaited first, then added: ``report.resolved += await ...`` reads the count
+            # before the await, and laptops editing side by side then lose each other's.
+            resolved = await self._resolve(laptop, author, rng)
+            report.resolved += resolved
         for edit in edits:
             rid = self.scenario.patients[edit.patient].record_id
             if edit.op == "set":
@@ -242,12 +290,13 @@ class LaptopShare:
 
     async def _resolve(self, laptop: Replica, author: str, rng: random.Random) -> int:
         """Settle the first few conflicts this laptop sees, as a clinician would, offline."""
-        conflicts = sorted(await laptop.conflicts(), key=lambda c: (c.record_id, c.subject, c.id))
+        conflicts = sorted(await laptop.conflicts(), key=settling_order)
         resolved = 0
         for conflict in conflicts[:RESOLUTIONS_PER_RESOLVER]:
             try:
                 if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
-                    choice = rng.randrange(len(conflict.candidates))
+                    order = candidate_order(conflict)
+                    choice = order[rng.randrange(len(order))]
                     await laptop.resolve(conflict.id, choose=choice, author=author)
                 else:
                     await laptop.acknowledge(conflict.id, author=author)
