@@ -18,6 +18,7 @@ from typing import Any
 from caresync.protocol import ClientProtocol, ServerProof, Welcome
 from caresync.replica import Replica, ReplicaState, backoff_delays
 from caresync.server import SyncServer
+from caresync.storage import SQLiteStore
 from caresync.transport import Channel, connect_websocket
 
 PASSWORD = "correct horse battery staple"
@@ -165,8 +166,11 @@ class RawSession:
 
 
 @asynccontextmanager
-async def raw_session(server: SyncServer, laptop: Replica) -> AsyncIterator[RawSession]:
-    """A second session of ``laptop``'s replica, logged in with its stored session token."""
+async def raw_session(
+    server: SyncServer, laptop: Replica, max_frame_bytes: int | None = None
+) -> AsyncIterator[RawSession]:
+    """A second session of ``laptop``'s replica, logged in with its stored session token
+    (with frames of at most ``max_frame_bytes`` if given)."""
     token = await laptop.store.get_meta("session.token")
     assert token is not None
     identity = laptop.identity
@@ -174,6 +178,7 @@ async def raw_session(server: SyncServer, laptop: Replica) -> AsyncIterator[RawS
         replica_id=identity.replica_id,
         server_id=identity.server_id,
         organisation=identity.organisation,
+        **({} if max_frame_bytes is None else {"max_frame_bytes": max_frame_bytes}),
     )
     channel = await connect_websocket(server.url)
     session = RawSession(protocol, channel)
@@ -190,3 +195,20 @@ async def raw_session(server: SyncServer, laptop: Replica) -> AsyncIterator[RawS
         yield session
     finally:
         await channel.close()
+
+
+class WatchedChannel:
+    """A server's channel that keeps each frame it sends with whether a login entry of
+    its SQLite store was still waiting for the disk then (``store._unsynced``)."""
+
+    def __init__(self, inner: Channel, store: SQLiteStore, sent: list[tuple[bytes, bool]]) -> None:
+        self._inner = inner
+        self._store = store
+        self._sent = sent
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def send(self, frame: bytes) -> None:
+        self._sent.append((frame, self._store._unsynced))
+        await self._inner.send(frame)

@@ -6,38 +6,24 @@ server on 127.0.0.1, a laptop session driven by hand (see ``raw_session``)."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from tests.e2e.live_helpers import LIMIT_S, PASSWORD, RawSession, enrolled
+from tests.e2e.live_helpers import (
+    LIMIT_S,
+    PASSWORD,
+    RawSession,
+    WatchedChannel,
+    enrolled,
+    raw_session,
+)
 
 from caresync.audit import AuditEvent
 from caresync.exceptions import CaresyncError, ConnectionLostError, StorageError
-from caresync.protocol import ClientProtocol, Error, PullBatch, ServerProof, Welcome
-from caresync.replica import Replica
+from caresync.protocol import Error, PullBatch
 from caresync.server import SyncServer
 from caresync.storage import SQLiteStore
-from caresync.transport import Channel, connect_websocket
-
-
-class _Watched:
-    """A server's channel that keeps each frame it sends with whether a login entry
-    of the store was still waiting for the disk then."""
-
-    def __init__(self, inner: Channel, store: SQLiteStore, sent: list[tuple[bytes, bool]]) -> None:
-        self._inner = inner
-        self._store = store
-        self._sent = sent
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    async def send(self, frame: bytes) -> None:
-        self._sent.append((frame, self._store._unsynced))
-        await self._inner.send(frame)
+from caresync.transport import Channel
 
 
 class _WatchedServer(SyncServer):
@@ -45,7 +31,7 @@ class _WatchedServer(SyncServer):
 
     async def handle(self, channel: Channel) -> None:
         assert isinstance(self.store, SQLiteStore)
-        await super().handle(_Watched(channel, self.store, self.sent))  # type: ignore[arg-type]
+        await super().handle(WatchedChannel(channel, self.store, self.sent))  # type: ignore[arg-type]
 
 
 async def _server(tmp_path: Path) -> _WatchedServer:
@@ -56,37 +42,6 @@ async def _server(tmp_path: Path) -> _WatchedServer:
     await server.add_user("clinic-a", "dr.b", PASSWORD)
     await server.serve("127.0.0.1", 0)
     return server
-
-
-@asynccontextmanager
-async def _session(
-    server: SyncServer, laptop: Replica, max_frame_bytes: int | None = None
-) -> AsyncIterator[RawSession]:
-    """A session of ``laptop``'s replica resumed with its token (its login committed
-    lazily by the server), with frames of at most ``max_frame_bytes`` if given."""
-    token = await laptop.store.get_meta("session.token")
-    assert token is not None
-    identity = laptop.identity
-    protocol = ClientProtocol(
-        replica_id=identity.replica_id,
-        server_id=identity.server_id,
-        organisation=identity.organisation,
-        **({} if max_frame_bytes is None else {"max_frame_bytes": max_frame_bytes}),
-    )
-    channel = await connect_websocket(server.url)
-    session = RawSession(protocol, channel)
-    try:
-        protocol.send_hello()
-        assert any(isinstance(e, Welcome) for e in await session.round_trip())
-        protocol.prove_server(os.urandom(32))
-        [proof] = await session.round_trip()
-        assert isinstance(proof, ServerProof)
-        protocol.confirm_server()
-        protocol.resume_session(token, laptop._secret)
-        await session.round_trip()
-        yield session
-    finally:
-        await channel.close()
 
 
 async def _replies(raw: RawSession) -> list[object]:
@@ -140,7 +95,7 @@ async def test_a_fault_after_a_pull_was_queued_sends_no_record_before_the_login_
         async def full_disk() -> None:
             raise StorageError("database or disk is full")
 
-        async with asyncio.timeout(LIMIT_S), _session(server, laptop) as raw:
+        async with asyncio.timeout(LIMIT_S), raw_session(server, laptop) as raw:
             # The resumed login is committed lazily before the pull is read.
             monkeypatch.setattr(store, "make_durable", full_disk)
             server.sent.clear()
@@ -166,7 +121,7 @@ async def test_a_pull_refused_for_a_record_too_large_names_it_only_once_the_logi
     laptop = await enrolled(tmp_path, server, "laptop")
     try:
         record_id = await _other_edit(tmp_path, server, "x" * 200_000)
-        async with asyncio.timeout(LIMIT_S), _session(server, laptop, 64 * 1024) as raw:
+        async with asyncio.timeout(LIMIT_S), raw_session(server, laptop, 64 * 1024) as raw:
             server.sent.clear()
             raw.protocol.request_pull(1)  # entry 2, the large edit, comes first
             got = await _replies(raw)
@@ -221,7 +176,7 @@ async def test_a_login_recorded_while_the_server_closes_leaves_no_timer_behind(
         before = [e for e in await server.store.audit_entries() if e.action == "login"]
         server.held.clear()
         server.release.clear()
-        async with asyncio.timeout(LIMIT_S), _session(server, laptop):
+        async with asyncio.timeout(LIMIT_S), raw_session(server, laptop):
             await server.held.wait()  # the session's login waits to be recorded
             stopped = asyncio.create_task(server.close())
             await closing.wait()

@@ -18,6 +18,7 @@ from tests.e2e.live_helpers import (
     PASSWORD,
     RawSession,
     Signal,
+    WatchedChannel,
     raw_session,
     start_server,
     until,
@@ -276,19 +277,11 @@ async def test_a_report_equal_to_what_a_login_read_is_written_if_another_connect
         await server.close()
 
 
-class WatchedChannel:
-    """A server's channel that notes, for each frame it sends, whether a login entry of
-    the store was still waiting for the disk, and what the frame carried."""
-
-    def __init__(self, inner: Channel, store: SQLiteStore, sent: list[tuple[str, bool]]) -> None:
-        self._inner = inner
-        self._store = store
-        self._sent = sent
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    async def send(self, frame: bytes) -> None:
+def _carried(sent: list[tuple[bytes, bool]]) -> list[tuple[str, bool]]:
+    """Each frame sent, as its message's kind ("... with records" when it carried any),
+    with whether a login entry was still waiting for the disk then."""
+    kinds = []
+    for frame, unsynced in sent:
         _version, message = decode_frame(frame, max_frame_bytes=1 << 30)
         carried = (
             len(message.items)
@@ -297,15 +290,14 @@ class WatchedChannel:
             if isinstance(message, CopyBatch)
             else int(isinstance(message, LiveUpdate))
         )
-        kind = type(message).__name__ + ("" if carried == 0 else " with records")
-        self._sent.append((kind, self._store._unsynced))
-        await self._inner.send(frame)
+        kinds.append((type(message).__name__ + (" with records" if carried else ""), unsynced))
+    return kinds
 
 
 class WatchedServer(SyncServer):
     """Counts the syncs of its logins' entries; watches every frame it sends."""
 
-    sent: list[tuple[str, bool]]
+    sent: list[tuple[bytes, bool]]
     synced: Signal
 
     async def handle(self, channel: Channel) -> None:
@@ -355,7 +347,7 @@ async def test_a_sync_with_nothing_to_do_waits_for_no_disk_and_records_go_out_on
         assert logins[-1].detail == laptop.identity.replica_id
         assert store._unsynced
         assert server.sent
-        assert all("with records" not in kind for kind, _ in server.sent)
+        assert all("with records" not in kind for kind, _ in _carried(server.sent))
         # Another laptop's edit: the next pull sends it, only once the login is synced.
         record_id = await other.create_record()
         await other.set(record_id, "name/given", "Ada", author="dr.b")
@@ -364,7 +356,7 @@ async def test_a_sync_with_nothing_to_do_waits_for_no_disk_and_records_go_out_on
             server.sent.clear()
             report = await laptop.sync()
         assert report.downloaded > 0
-        carrying = [unsynced for kind, unsynced in server.sent if "with records" in kind]
+        carrying = [unsynced for kind, unsynced in _carried(server.sent) if "with records" in kind]
         assert carrying
         assert not any(carrying)
         assert server.synced.count == 0  # the pull synced it, not the timer
