@@ -1268,11 +1268,16 @@ class SyncServer:
             self._login_syncer = asyncio.create_task(self._sync_logins())
 
     async def _sync_logins(self) -> None:
-        await asyncio.sleep(self.login_sync_delay_s)
-        try:
-            await self.store.make_durable()
-        except StorageError as exc:  # a full or failing disk: the next login tries again
-            logger.warning("could not sync the logins' audit entries: %s", exc)
+        """Sync after the delay; a failing disk is tried again after each delay until it
+        syncs or the server closes (which cancels this and syncs once more itself)."""
+        while True:
+            await asyncio.sleep(self.login_sync_delay_s)
+            try:
+                await self.store.make_durable()
+            except StorageError as exc:  # a full or failing disk: try again
+                logger.warning("could not sync the logins' audit entries (retrying): %s", exc)
+            else:
+                return
 
     async def _audit_tail(
         self, conn: _Connection, known: tuple[int, bytes] | None = None

@@ -26,7 +26,7 @@ from tests.e2e.live_helpers import (
 from tests.sqlite_trace import traced, write_transactions
 
 from caresync.audit import AuditEvent
-from caresync.exceptions import InvalidInputError
+from caresync.exceptions import InvalidInputError, StorageError
 from caresync.protocol import (
     CopyBatch,
     HubReport,
@@ -443,3 +443,33 @@ async def test_a_login_sync_delay_out_of_range_is_refused_and_the_database_let_g
     async with asyncio.timeout(LIMIT_S):
         server = await SyncServer.open(tmp_path / "server.db")
     await server.close()
+
+
+async def test_the_timer_tries_again_when_the_disk_fails_to_sync(tmp_path: Path) -> None:
+    server = await _watched_server(tmp_path, delay_s=0.05)
+    store = server.store
+    assert isinstance(store, SQLiteStore)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    tries = Signal()
+    real = store.make_durable
+
+    async def failing_once() -> None:
+        tries()
+        if tries.count == 1:
+            raise StorageError("disk I/O error (a test's)")
+        await real()
+
+    try:
+        await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+        async with asyncio.timeout(LIMIT_S):
+            await until(_true_when(lambda: server.synced.count > 0), server.synced)
+            synced = server.synced.count  # the enrolment's timer is done
+            store.make_durable = failing_once  # type: ignore[method-assign]
+            await laptop.sync()  # nothing to do: its login waits for the timer
+            await until(_true_when(lambda: server.synced.count > synced), server.synced)
+        assert tries.count == 2  # failed once, then synced: no login is left waiting
+        assert not store._unsynced
+    finally:
+        store.make_durable = real  # type: ignore[method-assign]
+        await laptop.close()
+        await server.close()
