@@ -1247,12 +1247,14 @@ class SyncServer:
         """Append to the server's own audit trail (what happened here, not on a laptop);
         with ``seen``, note that replica's last contact in the same commit; ``durable``
         False: without waiting for the disk (see :meth:`_login_on_record`)."""
-        if durable:
-            await self.store.append_audit([event], replica_id=self.server_id, seen=seen)
-        else:
-            await self.store.append_audit(
-                [event], replica_id=self.server_id, seen=seen, durable=False
-            )
+        # Only what differs from the defaults: a store written before ``seen`` (or
+        # ``durable``) existed still logs what it can (failed logins, refusals).
+        options: dict[str, Any] = {}
+        if seen is not None:
+            options["seen"] = seen
+        if not durable:
+            options["durable"] = False
+        await self.store.append_audit([event], replica_id=self.server_id, **options)
 
     async def _login_on_record(self, conn: _Connection) -> None:
         """Have the connection's login entry on disk before it is served: one sync for
