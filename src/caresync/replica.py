@@ -1181,7 +1181,7 @@ class Replica:
                 org = organisation or self.identity.organisation or ""
                 await session.login(username or "", password, org)
             else:
-                await session.resume()
+                await session.resume(pull_ahead=pull)
             report = await session.synchronise(progress, pull=pull)
         if report.downloaded or report.uploaded:  # a sync with nothing to do wrote nothing
             self._checkpoint_soon()

@@ -31,6 +31,12 @@ seeing so in Welcome, fails at once (``EarlyProofLost``) and connects again with
     AUTHENTICATING ◀──────── Authenticated ── READY
     READY ◀── requests and replies, live updates ──▶ READY
 
+A client may likewise send its first ``PullRequest`` right after its credentials,
+before Authenticated arrives (it stays ``AUTHENTICATING``): the server reads it only
+once it has answered the login, and answers it as in ``READY``; a refused login ends
+the connection, and the request with it. A sync with nothing to send costs one round
+trip less.
+
 From version 4 the client proves the server before it sends a credential:
 credentials leave ``PROVEN`` only once the shell confirmed the proof (checked
 in code: the tables cannot see the version). A version 1 to 3 connection skips
@@ -236,7 +242,11 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
             (_SEND, Authenticate): _C.AUTHENTICATING,
             (_SEND, ResumeSession): _C.AUTHENTICATING,
         },
-        _C.AUTHENTICATING: {(_RECV, Authenticated): _C.READY},
+        _C.AUTHENTICATING: {
+            (_RECV, Authenticated): _C.READY,
+            # Pipelined: the first pull rides with the credentials (see above).
+            (_SEND, PullRequest): _C.AUTHENTICATING,
+        },
         _C.READY: {
             (_SEND, Enrol): _C.READY,
             (_SEND, CopyRequest): _C.READY,

@@ -34,7 +34,7 @@ import ssl as ssl_module
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from caresync.audit import AuditAction, AuditEntry, attempted_name
 from caresync.conflicts import Rulebook
@@ -411,6 +411,16 @@ _ENDED = object()
 """Put in the replies queue when the reader ends: every waiter then learns why."""
 
 
+class _PullAsk(NamedTuple):
+    """A pull's first request (``ClientProtocol.request_pull``'s arguments)."""
+
+    checkpoint: int
+    limit: int
+    own: bool
+    rulebook: str | None
+    hub_since: int | None
+
+
 class Session:
     """One connection to the server, driving a ClientProtocol for a replica (its host)."""
 
@@ -428,6 +438,8 @@ class Session:
         self._outbox_said: tuple[int, int | None] | None = None  # the last OutboxReport sent
         # The outbox as the login read it (nothing renumbered): the first report's.
         self._outbox_read: OutboxSummary | None = None
+        # The PullRequest sent with the login (see resume), until pull() takes its reply.
+        self._ahead: _PullAsk | None = None
         # What the reader routes: replies to whoever expects one, live updates (once
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
@@ -601,7 +613,13 @@ class Session:
         self._token_to_store = (session.session_token, session.user, password)
         await self._logged_in(session)
 
-    async def resume(self) -> None:
+    async def resume(self, *, pull_ahead: bool = False) -> None:
+        """Log in with the session of the last password login (and this replica's secret).
+
+        ``pull_ahead`` (a sync that pulls): if nothing waits to be pushed and the first
+        copy is done, the pull's first request goes with the login, not a round trip
+        after it (the server reads it once it has answered the login).
+        """
         token = await self.host.known_meta.get_meta(meta.SESSION_TOKEN)
         if not token:
             raise AuthenticationError("no session on this laptop: log in with a password")
@@ -610,7 +628,24 @@ class Session:
                 "this laptop holds no replica secret yet: log in with a password once"
             )
         self.protocol.resume_session(token, self.host.secret)
+        if pull_ahead:
+            await self.flush()  # the login travels while this laptop reads what to ask
+            await self._pull_ahead()
         await self._logged_in(await self.expect(Authenticated))
+
+    async def _pull_ahead(self) -> None:
+        """Send the pull's first request now if the sync's first step is that pull: the
+        first copy is done and the outbox is empty (a push goes before any pull)."""
+        if await self.host.known_meta.get_meta(meta.COPY_DONE_MS) is None:
+            return
+        outbox = await self.host.store.outbox_summary()
+        if outbox.pending:
+            return
+        self._outbox_read = outbox  # the login's read, as catch_up_after_restore's
+        ask = await self._pull_ask()
+        self.protocol.request_pull(*ask)
+        await self.flush()
+        self._ahead = ask
 
     async def _logged_in(self, session: Authenticated) -> None:
         host = self.host
@@ -700,10 +735,11 @@ class Session:
         back the edits it made after the copy was taken.
         """
         store = self.host.store
-        outbox = await store.outbox_summary()
+        outbox = self._outbox_read or await store.outbox_summary()
         if pushed_up_to <= outbox.acknowledged_up_to:
             self._outbox_read = outbox
             return
+        self._outbox_read = None  # renumbered below: the first report reads it again
         logger.warning(
             "replica %s: the server has committed its changes up to %d, this copy only "
             "knows of %d (restored from an older copy?); renumbering %d waiting changes "
@@ -916,18 +952,42 @@ class Session:
             if dropped:
                 self.host.acknowledged(dropped)
 
-    async def pull(self) -> int:
+    async def _pull_ask(self) -> _PullAsk:
+        """What the pull's first request asks, as this laptop's store says now."""
         store = self.host.store
         checkpoint = int(await store.get_meta(meta.CHECKPOINT) or 0)
         own = self.include_own or await store.get_meta(meta.PULL_OWN) == "1"
-        downloaded = 0
         # A server whose index our rulebook computed sends its rows (version 8 on).
-        rulebook = self.host.rulebook.fingerprint
         # Every request names the hub report held (version 13 on): the server answers
         # the last one with what changed since.
-        hub_since = await self._hub_since()
-        limit = self.limits.pull_limit
-        self.protocol.request_pull(checkpoint, limit, own, rulebook, hub_since)
+        return _PullAsk(
+            checkpoint,
+            self.limits.pull_limit,
+            own,
+            self.host.rulebook.fingerprint,
+            await self._hub_since(),
+        )
+
+    async def _drop_reply(self, ask: _PullAsk) -> None:
+        """Read the reply to a request sent ahead that no longer fits (the login said
+        this copy was restored from an older one: its own updates are pulled too), and
+        take none of its entries; the hub report after its last batch is the server's
+        own, and is kept."""
+        batch = await self.expect(PullBatch)
+        if not batch.more:
+            await self.take_hub_report(ask.hub_since)
+
+    async def pull(self) -> int:
+        store = self.host.store
+        ask = await self._pull_ask()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead != ask:
+            await self._drop_reply(ahead)
+            ask = await self._pull_ask()
+        if ahead != ask:
+            self.protocol.request_pull(*ask)
+        checkpoint, limit, own, rulebook, hub_since = ask
+        downloaded = 0
         batch = await self.expect(PullBatch)
         while True:
             if batch.more:

@@ -1,0 +1,215 @@
+"""A sync's first pull request travels with the login when nothing must go before it.
+
+A laptop that resumes its session with an empty outbox and its first copy done sends
+its ``PullRequest`` right after ``ResumeSession``, before ``Authenticated`` arrives: one
+round trip less. What goes first otherwise (a push, the first copy) still goes first,
+and a request sent ahead that the login makes wrong (a copy restored from an older one,
+which must pull its own updates back) is answered, and its reply dropped unread.
+Real SQLite files and a real websocket server on 127.0.0.1 throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from tests.e2e.live_helpers import LIMIT_S, enrolled, start_server
+
+from caresync.protocol import (
+    Authenticate,
+    Authenticated,
+    PullBatch,
+    PullRequest,
+    PushBatch,
+    ResumeSession,
+)
+from caresync.protocol.codec import decode_frame
+from caresync.replica import Replica, SyncReport
+from caresync.server import SyncServer
+from caresync.transport import Channel, WebSocketConnector
+
+
+class LoggedChannel:
+    """A laptop's channel that logs each message it sends and receives, in order, and
+    sets ``pull_sent`` when it sends a PullRequest."""
+
+    def __init__(self, inner: Channel, log: list[str], pull_sent: asyncio.Event) -> None:
+        self._inner = inner
+        self._log = log
+        self._pull_sent = pull_sent
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    async def send(self, frame: bytes) -> None:
+        message = decode_frame(frame)[1]
+        self._log.append("sent " + type(message).__name__)
+        if isinstance(message, PullRequest):
+            self._pull_sent.set()
+        await self._inner.send(frame)
+
+    async def recv(self) -> bytes:
+        frame = await self._inner.recv()
+        self._log.append("received " + type(decode_frame(frame)[1]).__name__)
+        return frame
+
+
+class LoggingConnector(WebSocketConnector):
+    """The default connector, each channel logged into ``log``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+        self.pull_sent = asyncio.Event()
+
+    async def connect(self, url: str, *, ssl: object = None) -> Channel:  # type: ignore[override]
+        channel = await super().connect(url, ssl=ssl)  # type: ignore[arg-type]
+        return LoggedChannel(channel, self.log, self.pull_sent)  # type: ignore[return-value]
+
+
+class HeldLoginServer(SyncServer):
+    """Answers each login only once ``release`` is set."""
+
+    release: asyncio.Event
+
+    async def _on_login(self, conn: object, login: Authenticate | ResumeSession) -> None:  # type: ignore[override]
+        await self.release.wait()
+        await super()._on_login(conn, login)  # type: ignore[arg-type]
+
+
+async def test_a_sync_with_nothing_to_push_asks_its_pull_before_the_login_is_answered(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path, server_class=HeldLoginServer)
+    assert isinstance(server, HeldLoginServer)
+    server.release = asyncio.Event()
+    server.release.set()  # the enrolments' logins go through
+    connector = LoggingConnector()
+    laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
+    other = await enrolled(tmp_path, server, "other")
+    syncing: asyncio.Task[SyncReport] | None = None
+    try:
+        record = await other.create_record()
+        await other.set(record, "name", "Awa Diop", author="dr.a")
+        await other.sync()
+        connector.log.clear()
+        connector.pull_sent.clear()
+        server.release.clear()
+        syncing = asyncio.create_task(laptop.sync())
+        async with asyncio.timeout(LIMIT_S):
+            # The server holds its answer to the login: the request went without it.
+            await connector.pull_sent.wait()
+        assert f"received {Authenticated.__name__}" not in connector.log
+        assert connector.log[-2:] == [
+            f"sent {ResumeSession.__name__}",
+            f"sent {PullRequest.__name__}",
+        ]
+        server.release.set()
+        async with asyncio.timeout(LIMIT_S):
+            report = await syncing
+        assert report.downloaded > 0
+        assert (await laptop.record(record)).value("name") == "Awa Diop"
+        assert connector.log.count(f"sent {PullRequest.__name__}") == 1
+    finally:
+        server.release.set()
+        if syncing is not None:
+            await asyncio.wait({syncing})
+        await laptop.close()
+        await other.close()
+        await server.close()
+
+
+async def test_a_laptop_with_edits_waiting_pushes_them_before_it_asks_to_pull(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    connector = LoggingConnector()
+    laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
+    try:
+        record = await laptop.create_record()
+        await laptop.set(record, "name", "Awa Diop", author="dr.a")
+        connector.log.clear()
+        report = await laptop.sync()
+        assert report.uploaded == 2  # the record's creation and its name
+        log = connector.log
+        assert log.index(f"received {Authenticated.__name__}") < log.index(
+            f"sent {PushBatch.__name__}"
+        )
+        assert log.index(f"sent {PushBatch.__name__}") < log.index(f"sent {PullRequest.__name__}")
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_password_login_and_a_push_only_sync_ask_nothing_ahead(tmp_path: Path) -> None:
+    server = await start_server(tmp_path)
+    connector = LoggingConnector()
+    laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
+    try:
+        connector.log.clear()
+        await laptop.sync(pull=False)
+        assert f"sent {PullRequest.__name__}" not in connector.log
+        connector.log.clear()
+        await laptop.sync(username="dr.a", password="correct horse battery staple")
+        log = connector.log
+        assert log.index(f"received {Authenticated.__name__}") < log.index(
+            f"sent {PullRequest.__name__}"
+        )
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_restored_copy_drops_the_reply_asked_ahead_and_gets_its_own_edits_back(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    connector = LoggingConnector()
+    laptop = await enrolled(tmp_path, server, "laptop")
+    path, saved = tmp_path / "laptop.db", tmp_path / "saved.db"
+    restored: Replica | None = None
+    try:
+        record = await laptop.create_record()
+        await laptop.set(record, "name", "Awa Diop", author="dr.a")
+        await laptop.sync()
+        await laptop.close()
+        await asyncio.to_thread(shutil.copyfile, path, saved)
+        laptop = await Replica.open(path)
+        # After the copy: edits pushed and acknowledged (the server's mark moves on).
+        for dose in ("5 mg", "7.5 mg"):
+            await laptop.set(record, "warfarin", dose, author="dr.a")
+        await laptop.sync()
+        await laptop.close()
+        await asyncio.to_thread(shutil.copyfile, saved, path)
+        for suffix in ("-wal", "-shm"):
+            await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
+
+        # The restored copy has nothing to push: its pull is asked ahead, without its own
+        # updates; the login then says it is older than the replica.
+        restored = await Replica.open(path, connector=connector)
+        assert (await restored.status()).pending == 0
+        report = await restored.sync()
+        pulls = [
+            entry
+            for entry in connector.log
+            if entry in (f"sent {PullRequest.__name__}", f"received {PullBatch.__name__}")
+        ]
+        assert pulls == [
+            f"sent {PullRequest.__name__}",  # ahead, with the login
+            f"received {PullBatch.__name__}",  # its reply, dropped
+            f"sent {PullRequest.__name__}",  # asked again, with own updates
+            f"received {PullBatch.__name__}",
+        ], connector.log
+        assert report.downloaded >= 2
+        assert (await restored.record(record)).value("warfarin") == "7.5 mg"
+        # And the next sync pulls nothing again: the checkpoint is past them.
+        assert (await restored.sync()).downloaded == 0
+    finally:
+        if restored is not None:
+            await restored.close()
+        await server.close()
