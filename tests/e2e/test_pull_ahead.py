@@ -14,8 +14,10 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from tests.e2e.live_helpers import LIMIT_S, enrolled, start_server
+import pytest
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, start_server
 
+from caresync.exceptions import AuthenticationError
 from caresync.protocol import (
     Authenticate,
     Authenticated,
@@ -28,6 +30,7 @@ from caresync.protocol import (
 from caresync.protocol.codec import decode_frame
 from caresync.replica import Replica, SyncReport
 from caresync.server import SyncServer
+from caresync.storage import OutboxSummary
 from caresync.transport import Channel, WebSocketConnector
 
 
@@ -270,4 +273,32 @@ async def test_an_edit_made_while_the_login_travels_is_pushed_and_the_pull_asked
             await asyncio.wait({syncing})
         await laptop.close()
         await other.close()
+        await server.close()
+
+
+async def test_a_login_refused_before_the_request_goes_ahead_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server refuses the session (expired) before the laptop has read what to ask:
+    # the sync must fail with that refusal, not with the protocol's complaint that a
+    # request cannot be sent on a failed connection.
+    server = await SyncServer.open(tmp_path / "short.db", session_ttl_s=0.0, security_poll_s=3600)
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    await server.serve("127.0.0.1", 0)
+    connector = LoggingConnector()
+    laptop = await Replica.open(tmp_path / "laptop.db", connector=connector)
+    try:
+        await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+        read = laptop.store.outbox_summary
+
+        async def read_after_the_refusal() -> OutboxSummary:
+            await connector.error_read.wait()
+            return await read()
+
+        monkeypatch.setattr(laptop.store, "outbox_summary", read_after_the_refusal)
+        async with asyncio.timeout(LIMIT_S):
+            with pytest.raises(AuthenticationError, match="session_expired"):
+                await laptop.sync()
+    finally:
+        await laptop.close()
         await server.close()
