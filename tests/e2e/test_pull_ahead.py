@@ -14,11 +14,14 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from tests.e2e.live_helpers import LIMIT_S, enrolled, start_server
+import pytest
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, start_server
 
+from caresync.exceptions import AuthenticationError
 from caresync.protocol import (
     Authenticate,
     Authenticated,
+    Error,
     PullBatch,
     PullRequest,
     PushBatch,
@@ -27,6 +30,7 @@ from caresync.protocol import (
 from caresync.protocol.codec import decode_frame
 from caresync.replica import Replica, SyncReport
 from caresync.server import SyncServer
+from caresync.storage import OutboxSummary
 from caresync.transport import Channel, WebSocketConnector
 
 
@@ -34,10 +38,17 @@ class LoggedChannel:
     """A laptop's channel that logs each message it sends and receives, in order, and
     sets ``pull_sent`` when it sends a PullRequest."""
 
-    def __init__(self, inner: Channel, log: list[str], pull_sent: asyncio.Event) -> None:
+    def __init__(
+        self,
+        inner: Channel,
+        log: list[str],
+        pull_sent: asyncio.Event,
+        error_read: asyncio.Event | None = None,
+    ) -> None:
         self._inner = inner
         self._log = log
         self._pull_sent = pull_sent
+        self._error_read = error_read or asyncio.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
@@ -55,7 +66,10 @@ class LoggedChannel:
 
     async def recv(self) -> bytes:
         frame = await self._inner.recv()
-        self._log.append("received " + type(decode_frame(frame)[1]).__name__)
+        message = decode_frame(frame)[1]
+        self._log.append("received " + type(message).__name__)
+        if isinstance(message, Error):
+            self._error_read.set()  # the reader takes it in before it next yields
         return frame
 
 
@@ -66,10 +80,11 @@ class LoggingConnector(WebSocketConnector):
         super().__init__()
         self.log: list[str] = []
         self.pull_sent = asyncio.Event()
+        self.error_read = asyncio.Event()
 
     async def connect(self, url: str, *, ssl: object = None) -> Channel:  # type: ignore[override]
         channel = await super().connect(url, ssl=ssl)  # type: ignore[arg-type]
-        return LoggedChannel(channel, self.log, self.pull_sent)  # type: ignore[return-value]
+        return LoggedChannel(channel, self.log, self.pull_sent, self.error_read)  # type: ignore[return-value]
 
 
 class HeldLoginServer(SyncServer):
@@ -212,4 +227,78 @@ async def test_a_restored_copy_drops_the_reply_asked_ahead_and_gets_its_own_edit
     finally:
         if restored is not None:
             await restored.close()
+        await server.close()
+
+
+async def test_an_edit_made_while_the_login_travels_is_pushed_and_the_pull_asked_ahead_still_read(
+    tmp_path: Path,
+) -> None:
+    # The request went ahead with an empty outbox; an edit made before Authenticated
+    # arrives is pushed first, and the push's wait for PushAck must not pass over the
+    # PullBatch (and hub report) answering the request sent ahead: the pull then waited
+    # for a reply already read, for ever.
+    server = await start_server(tmp_path, server_class=HeldLoginServer)
+    assert isinstance(server, HeldLoginServer)
+    server.release = asyncio.Event()
+    server.release.set()
+    connector = LoggingConnector()
+    laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
+    other = await enrolled(tmp_path, server, "other")
+    syncing: asyncio.Task[SyncReport] | None = None
+    try:
+        mine = await laptop.create_record()
+        await laptop.sync()
+        record = await other.create_record()
+        await other.set(record, "name", "Awa Diop", author="dr.a")
+        await other.sync()
+        connector.log.clear()
+        connector.pull_sent.clear()
+        server.release.clear()
+        syncing = asyncio.create_task(laptop.sync())
+        async with asyncio.timeout(LIMIT_S):
+            await connector.pull_sent.wait()
+        await laptop.set(mine, "name", "Fatou Sow", author="dr.a")  # while the login travels
+        server.release.set()
+        async with asyncio.timeout(LIMIT_S):
+            report = await syncing
+        assert report.uploaded == 1
+        assert report.downloaded > 0
+        assert (await laptop.record(record)).value("name") == "Awa Diop"
+        assert (await laptop.status()).pending == 0
+        await other.sync()
+        assert (await other.record(mine)).value("name") == "Fatou Sow"
+    finally:
+        server.release.set()
+        if syncing is not None:
+            await asyncio.wait({syncing})
+        await laptop.close()
+        await other.close()
+        await server.close()
+
+
+async def test_a_login_refused_before_the_request_goes_ahead_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server refuses the session (expired) before the laptop has read what to ask:
+    # the sync must fail with that refusal, not with the protocol's complaint that a
+    # request cannot be sent on a failed connection.
+    server = await SyncServer.open(tmp_path / "short.db", session_ttl_s=0.0, security_poll_s=3600)
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    await server.serve("127.0.0.1", 0)
+    connector = LoggingConnector()
+    laptop = await Replica.open(tmp_path / "laptop.db", connector=connector)
+    try:
+        await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
+        read = laptop.store.outbox_summary
+
+        async def read_after_the_refusal() -> OutboxSummary:
+            await connector.error_read.wait()
+            return await read()
+
+        monkeypatch.setattr(laptop.store, "outbox_summary", read_after_the_refusal)
+        async with asyncio.timeout(LIMIT_S):
+            with pytest.raises(AuthenticationError, match="session_expired"):
+                await laptop.sync()
+    finally:
+        await laptop.close()
         await server.close()

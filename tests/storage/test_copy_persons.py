@@ -399,3 +399,36 @@ def test_odd_bytes_read_as_before(data: bytes) -> None:
         assert before is None or b"\\ud800" in data
     else:
         assert card == before
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"v":1,"id":"a\tb"}',  # a raw control character: not JSON
+        b'{"v":1,"id":"a\x00b"}',
+        b'{"v":1,"id":"a\xed\xa0\x80"}',  # a surrogate in UTF-8: json.loads passes it
+        b'{"v":1,"id":"\xed\xa0\xbd\xed\xb8\x80"}',  # a pair in CESU-8, likewise
+        b'{"v":1,"id":"a\xc0\xaf"}',  # overlong
+        b'{"v":1,"id":"a\xf4\x90\x80\x80"}',  # beyond U+10FFFF
+        b'{"v":1,"id":"a","reg":["x","y",1.0,2,"r"]}',  # a float where an int goes
+        b'{"v":1,"id":"a","reg":["x","y",1e2,2,"r"]}',
+        b'{"v":1,"id":"a","reg":["x","y",true,2,"r"]}',
+        b'{"v":1,"id":"a","reg":["x","y",-1,2,"r"]}',
+        b'{"v":1,"id":"a","reg":["x","y",01,2,"r"]}',
+        b'{"v":1,"id":"a","reg":["x","y",Infinity,2,"r"]}',
+        b'{"v":1,"v":2,"id":"a"}',  # a key twice: the last counts
+        b'{"v":1,\x0c"id":"a"}',  # whitespace JSON does not know
+        b'{"v":1,"id":"a"}\x00',  # trailing data
+        b'{"v":1,"id":"a",}',
+        b'{"v":1,"id":"a","birth":["x",]}',
+        b"{'v':1,'id':'a'}",
+        b'{"v":1,/*x*/"id":"a"}',
+        b'{"v":' + b"1" * 5000 + b',"id":"a"}',
+        b'{"v":1,"id":"a","names":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"",
+    ],
+)
+def test_bytes_refused_before_are_refused_by_the_typed_pass_too(data: bytes) -> None:
+    assert _typed_card(data) is None
+    with pytest.raises(InvalidInputError):
+        PersonCard.from_bytes(data)

@@ -944,6 +944,14 @@ class Session:
                 batch.append((item.seq, item.record_id, item.update))
                 size += item_size
             self.protocol.push(batch)
+            if self._ahead is not None:
+                # An edit made while the login travelled: the pull asked with the login
+                # is answered before this push. Its reply is read (and dropped: the pull
+                # asks again after the push) here, or the wait for PushAck would pass
+                # over it and the pull would wait for a reply already gone.
+                ahead, self._ahead = self._ahead, None
+                await self.flush()  # the push travels meanwhile
+                await self._drop_reply(ahead)
             ack = await self.expect(PushAck)
             # Leave the outbox only what the server says it committed.
             dropped = await store.acknowledge(ack.up_to_local_seq)
