@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caresync.protocol import ClientProtocol, ServerProof, Welcome
+from caresync.protocol import ClientProtocol, ServerProof, Welcome, decode_frame
 from caresync.replica import Replica, ReplicaState, backoff_delays
 from caresync.server import SyncServer
 from caresync.storage import SQLiteStore
-from caresync.transport import Channel, connect_websocket
+from caresync.transport import Channel, WebSocketConnector, connect_websocket
 
 PASSWORD = "correct horse battery staple"
 LIMIT_S = 20.0
@@ -212,3 +212,53 @@ class WatchedChannel:
     async def send(self, frame: bytes) -> None:
         self._sent.append((frame, self._store._unsynced))
         await self._inner.send(frame)
+
+
+class Traced:
+    """A channel that logs each frame it carries, in order: ("send" | "recv", message
+    type); ``activity`` is set at each."""
+
+    def __init__(self, inner: Channel, log: list[tuple[str, str]], activity: asyncio.Event) -> None:
+        self._inner = inner
+        self._log = log
+        self._activity = activity
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    async def send(self, frame: bytes) -> None:
+        self._log.append(("send", type(decode_frame(frame)[1]).__name__))
+        self._activity.set()
+        await self._inner.send(frame)
+
+    async def recv(self) -> bytes:
+        frame = await self._inner.recv()
+        self._log.append(("recv", type(decode_frame(frame)[1]).__name__))
+        self._activity.set()  # the reader takes it in before it next yields
+        return frame
+
+
+class TracingConnector(WebSocketConnector):
+    """The default connector; each connection's frames logged in ``logs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logs: list[list[tuple[str, str]]] = []
+        self.activity = asyncio.Event()
+
+    async def connect(self, url: str, *, ssl: object = None) -> Channel:  # type: ignore[override]
+        channel = await super().connect(url, ssl=ssl)  # type: ignore[arg-type]
+        self.logs.append([])
+        self.activity.set()
+        return Traced(channel, self.logs[-1], self.activity)  # type: ignore[return-value]
+
+    async def until(self, entry: tuple[str, str], connection: int) -> None:
+        """Return once connection number ``connection`` (0: the first made) has logged
+        ``entry``, e.g. ``("send", "PullRequest")``."""
+        while len(self.logs) <= connection or entry not in self.logs[connection]:
+            self.activity.clear()
+            await self.activity.wait()

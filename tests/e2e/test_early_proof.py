@@ -7,49 +7,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.e2e.live_helpers import LIMIT_S, PASSWORD, start_server
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, TracingConnector, start_server
 
-from caresync.protocol import PROTOCOL_VERSION, decode_frame
+from caresync.protocol import PROTOCOL_VERSION
 from caresync.replica import Replica
 from caresync.replication import meta
-from caresync.transport import Channel, WebSocketConnector
-
-
-class Traced:
-    """A channel that logs each frame it carries, in order: ("send" | "recv", message type)."""
-
-    def __init__(self, inner: Channel, log: list[tuple[str, str]]) -> None:
-        self._inner = inner
-        self._log = log
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    @property
-    def closed(self) -> bool:
-        return self._inner.closed
-
-    async def send(self, frame: bytes) -> None:
-        self._log.append(("send", type(decode_frame(frame)[1]).__name__))
-        await self._inner.send(frame)
-
-    async def recv(self) -> bytes:
-        frame = await self._inner.recv()
-        self._log.append(("recv", type(decode_frame(frame)[1]).__name__))
-        return frame
-
-
-class TracingConnector(WebSocketConnector):
-    """The default connector; each connection's frames logged in ``logs``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.logs: list[list[tuple[str, str]]] = []
-
-    async def connect(self, url: str, *, ssl: object = None) -> Channel:  # type: ignore[override]
-        channel = await super().connect(url, ssl=ssl)  # type: ignore[arg-type]
-        self.logs.append([])
-        return Traced(channel, self.logs[-1])  # type: ignore[return-value]
 
 
 def handshake(log: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -15,76 +15,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, start_server
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, TracingConnector, enrolled, start_server
 
 from caresync.exceptions import AuthenticationError
 from caresync.protocol import (
     Authenticate,
     Authenticated,
-    Error,
     PullBatch,
     PullRequest,
     PushBatch,
     ResumeSession,
 )
-from caresync.protocol.codec import decode_frame
 from caresync.replica import Replica, SyncReport
 from caresync.server import SyncServer
 from caresync.storage import OutboxSummary
-from caresync.transport import Channel, WebSocketConnector
-
-
-class LoggedChannel:
-    """A laptop's channel that logs each message it sends and receives, in order, and
-    sets ``pull_sent`` when it sends a PullRequest."""
-
-    def __init__(
-        self,
-        inner: Channel,
-        log: list[str],
-        pull_sent: asyncio.Event,
-        error_read: asyncio.Event | None = None,
-    ) -> None:
-        self._inner = inner
-        self._log = log
-        self._pull_sent = pull_sent
-        self._error_read = error_read or asyncio.Event()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    @property
-    def closed(self) -> bool:
-        return self._inner.closed
-
-    async def send(self, frame: bytes) -> None:
-        message = decode_frame(frame)[1]
-        self._log.append("sent " + type(message).__name__)
-        if isinstance(message, PullRequest):
-            self._pull_sent.set()
-        await self._inner.send(frame)
-
-    async def recv(self) -> bytes:
-        frame = await self._inner.recv()
-        message = decode_frame(frame)[1]
-        self._log.append("received " + type(message).__name__)
-        if isinstance(message, Error):
-            self._error_read.set()  # the reader takes it in before it next yields
-        return frame
-
-
-class LoggingConnector(WebSocketConnector):
-    """The default connector, each channel logged into ``log``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log: list[str] = []
-        self.pull_sent = asyncio.Event()
-        self.error_read = asyncio.Event()
-
-    async def connect(self, url: str, *, ssl: object = None) -> Channel:  # type: ignore[override]
-        channel = await super().connect(url, ssl=ssl)  # type: ignore[arg-type]
-        return LoggedChannel(channel, self.log, self.pull_sent, self.error_read)  # type: ignore[return-value]
 
 
 class HeldLoginServer(SyncServer):
@@ -104,7 +48,7 @@ async def test_a_sync_with_nothing_to_push_asks_its_pull_before_the_login_is_ans
     assert isinstance(server, HeldLoginServer)
     server.release = asyncio.Event()
     server.release.set()  # the enrolments' logins go through
-    connector = LoggingConnector()
+    connector = TracingConnector()
     laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
     other = await enrolled(tmp_path, server, "other")
     syncing: asyncio.Task[SyncReport] | None = None
@@ -112,24 +56,21 @@ async def test_a_sync_with_nothing_to_push_asks_its_pull_before_the_login_is_ans
         record = await other.create_record()
         await other.set(record, "name", "Awa Diop", author="dr.a")
         await other.sync()
-        connector.log.clear()
-        connector.pull_sent.clear()
+        first = len(connector.logs)  # the sync's connection
         server.release.clear()
         syncing = asyncio.create_task(laptop.sync())
         async with asyncio.timeout(LIMIT_S):
             # The server holds its answer to the login: the request went without it.
-            await connector.pull_sent.wait()
-        assert f"received {Authenticated.__name__}" not in connector.log
-        assert connector.log[-2:] == [
-            f"sent {ResumeSession.__name__}",
-            f"sent {PullRequest.__name__}",
-        ]
+            await connector.until(("send", PullRequest.__name__), first)
+        log = connector.logs[first]
+        assert ("recv", Authenticated.__name__) not in log
+        assert log[-2:] == [("send", ResumeSession.__name__), ("send", PullRequest.__name__)]
         server.release.set()
         async with asyncio.timeout(LIMIT_S):
             report = await syncing
         assert report.downloaded > 0
         assert (await laptop.record(record)).value("name") == "Awa Diop"
-        assert connector.log.count(f"sent {PullRequest.__name__}") == 1
+        assert log.count(("send", PullRequest.__name__)) == 1
     finally:
         server.release.set()
         if syncing is not None:
@@ -143,19 +84,16 @@ async def test_a_laptop_with_edits_waiting_pushes_them_before_it_asks_to_pull(
     tmp_path: Path,
 ) -> None:
     server = await start_server(tmp_path)
-    connector = LoggingConnector()
+    connector = TracingConnector()
     laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
     try:
         record = await laptop.create_record()
         await laptop.set(record, "name", "Awa Diop", author="dr.a")
-        connector.log.clear()
         report = await laptop.sync()
         assert report.uploaded == 2  # the record's creation and its name
-        log = connector.log
-        assert log.index(f"received {Authenticated.__name__}") < log.index(
-            f"sent {PushBatch.__name__}"
-        )
-        assert log.index(f"sent {PushBatch.__name__}") < log.index(f"sent {PullRequest.__name__}")
+        log = connector.logs[-1]
+        assert log.index(("recv", Authenticated.__name__)) < log.index(("send", PushBatch.__name__))
+        assert log.index(("send", PushBatch.__name__)) < log.index(("send", PullRequest.__name__))
     finally:
         await laptop.close()
         await server.close()
@@ -163,17 +101,15 @@ async def test_a_laptop_with_edits_waiting_pushes_them_before_it_asks_to_pull(
 
 async def test_a_password_login_and_a_push_only_sync_ask_nothing_ahead(tmp_path: Path) -> None:
     server = await start_server(tmp_path)
-    connector = LoggingConnector()
+    connector = TracingConnector()
     laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
     try:
-        connector.log.clear()
         await laptop.sync(pull=False)
-        assert f"sent {PullRequest.__name__}" not in connector.log
-        connector.log.clear()
-        await laptop.sync(username="dr.a", password="correct horse battery staple")
-        log = connector.log
-        assert log.index(f"received {Authenticated.__name__}") < log.index(
-            f"sent {PullRequest.__name__}"
+        assert ("send", PullRequest.__name__) not in connector.logs[-1]
+        await laptop.sync(username="dr.a", password=PASSWORD)
+        log = connector.logs[-1]
+        assert log.index(("recv", Authenticated.__name__)) < log.index(
+            ("send", PullRequest.__name__)
         )
     finally:
         await laptop.close()
@@ -184,7 +120,7 @@ async def test_a_restored_copy_drops_the_reply_asked_ahead_and_gets_its_own_edit
     tmp_path: Path,
 ) -> None:
     server = await start_server(tmp_path)
-    connector = LoggingConnector()
+    connector = TracingConnector()
     laptop = await enrolled(tmp_path, server, "laptop")
     path, saved = tmp_path / "laptop.db", tmp_path / "saved.db"
     restored: Replica | None = None
@@ -209,17 +145,14 @@ async def test_a_restored_copy_drops_the_reply_asked_ahead_and_gets_its_own_edit
         restored = await Replica.open(path, connector=connector)
         assert (await restored.status()).pending == 0
         report = await restored.sync()
-        pulls = [
-            entry
-            for entry in connector.log
-            if entry in (f"sent {PullRequest.__name__}", f"received {PullBatch.__name__}")
-        ]
-        assert pulls == [
-            f"sent {PullRequest.__name__}",  # ahead, with the login
-            f"received {PullBatch.__name__}",  # its reply, dropped
-            f"sent {PullRequest.__name__}",  # asked again, with own updates
-            f"received {PullBatch.__name__}",
-        ], connector.log
+        asked, answered = ("send", PullRequest.__name__), ("recv", PullBatch.__name__)
+        log = connector.logs[-1]
+        assert [entry for entry in log if entry in (asked, answered)] == [
+            asked,  # ahead, with the login
+            answered,  # its reply, dropped
+            asked,  # asked again, with own updates
+            answered,
+        ], log
         assert report.downloaded >= 2
         assert (await restored.record(record)).value("warfarin") == "7.5 mg"
         # And the next sync pulls nothing again: the checkpoint is past them.
@@ -241,7 +174,7 @@ async def test_an_edit_made_while_the_login_travels_is_pushed_and_the_pull_asked
     assert isinstance(server, HeldLoginServer)
     server.release = asyncio.Event()
     server.release.set()
-    connector = LoggingConnector()
+    connector = TracingConnector()
     laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
     other = await enrolled(tmp_path, server, "other")
     syncing: asyncio.Task[SyncReport] | None = None
@@ -251,12 +184,11 @@ async def test_an_edit_made_while_the_login_travels_is_pushed_and_the_pull_asked
         record = await other.create_record()
         await other.set(record, "name", "Awa Diop", author="dr.a")
         await other.sync()
-        connector.log.clear()
-        connector.pull_sent.clear()
+        first = len(connector.logs)  # the sync's connection
         server.release.clear()
         syncing = asyncio.create_task(laptop.sync())
         async with asyncio.timeout(LIMIT_S):
-            await connector.pull_sent.wait()
+            await connector.until(("send", PullRequest.__name__), first)
         await laptop.set(mine, "name", "Fatou Sow", author="dr.a")  # while the login travels
         server.release.set()
         async with asyncio.timeout(LIMIT_S):
@@ -285,14 +217,15 @@ async def test_a_login_refused_before_the_request_goes_ahead_says_why(
     server = await SyncServer.open(tmp_path / "short.db", session_ttl_s=0.0, security_poll_s=3600)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     await server.serve("127.0.0.1", 0)
-    connector = LoggingConnector()
+    connector = TracingConnector()
     laptop = await Replica.open(tmp_path / "laptop.db", connector=connector)
     try:
         await laptop.enrol(server.url, username="dr.a", password=PASSWORD, organisation="clinic-a")
         read = laptop.store.outbox_summary
+        sync_connection = len(connector.logs)
 
         async def read_after_the_refusal() -> OutboxSummary:
-            await connector.error_read.wait()
+            await connector.until(("recv", "Error"), sync_connection)
             return await read()
 
         monkeypatch.setattr(laptop.store, "outbox_summary", read_after_the_refusal)

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import pytest
 from tests.protocol.session import (
-    NONCE,
     ORG,
     SERVER_ID,
-    SERVER_KEY,
-    SIGNATURE,
     TOKEN,
     USER,
     client_in,
     enrolled_client,
+    prove,
     pump,
 )
 
@@ -42,13 +40,7 @@ def _proven_pair() -> tuple[ClientProtocol, ServerProtocol]:
     server.events_received()
     pump(server, client)
     client.events_received()
-    client.prove_server(NONCE)
-    pump(client, server)
-    server.events_received()
-    server.send_server_proof(SERVER_KEY, SIGNATURE)
-    pump(server, client)
-    client.events_received()
-    client.confirm_server()
+    prove(client, server)
     return client, server
 
 
