@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,9 +44,38 @@ class HeldLoginServer(SyncServer):
         await super()._on_login(conn, login)  # type: ignore[arg-type]
 
 
-async def test_a_sync_with_nothing_to_push_asks_its_pull_before_the_login_is_answered(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class HeldLogins:
+    """A server that answers logins only when told, a laptop whose frames are logged,
+    and another laptop that wrote a record for it to pull."""
+
+    server: HeldLoginServer
+    connector: TracingConnector
+    laptop: Replica
+    other: Replica
+    record: str
+    syncing: asyncio.Task[SyncReport] | None = None
+
+    async def sync_held(self) -> list[tuple[str, str]]:
+        """Start the laptop's sync with its login held until the pull request went
+        ahead without it; the sync's frames (so far)."""
+        first = len(self.connector.logs)  # the sync's connection
+        self.server.release.clear()
+        self.syncing = asyncio.create_task(self.laptop.sync())
+        async with asyncio.timeout(LIMIT_S):
+            await self.connector.until(("send", PullRequest.__name__), first)
+        return self.connector.logs[first]
+
+    async def finish(self) -> SyncReport:
+        """Answer the login; the sync's report."""
+        assert self.syncing is not None
+        self.server.release.set()
+        async with asyncio.timeout(LIMIT_S):
+            return await self.syncing
+
+
+@asynccontextmanager
+async def held_logins(tmp_path: Path) -> AsyncIterator[HeldLogins]:
     server = await start_server(tmp_path, server_class=HeldLoginServer)
     assert isinstance(server, HeldLoginServer)
     server.release = asyncio.Event()
@@ -51,33 +83,34 @@ async def test_a_sync_with_nothing_to_push_asks_its_pull_before_the_login_is_ans
     connector = TracingConnector()
     laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
     other = await enrolled(tmp_path, server, "other")
-    syncing: asyncio.Task[SyncReport] | None = None
+    held: HeldLogins | None = None
     try:
         record = await other.create_record()
         await other.set(record, "name", "Awa Diop", author="dr.a")
         await other.sync()
-        first = len(connector.logs)  # the sync's connection
-        server.release.clear()
-        syncing = asyncio.create_task(laptop.sync())
-        async with asyncio.timeout(LIMIT_S):
-            # The server holds its answer to the login: the request went without it.
-            await connector.until(("send", PullRequest.__name__), first)
-        log = connector.logs[first]
-        assert ("recv", Authenticated.__name__) not in log
-        assert log[-2:] == [("send", ResumeSession.__name__), ("send", PullRequest.__name__)]
-        server.release.set()
-        async with asyncio.timeout(LIMIT_S):
-            report = await syncing
-        assert report.downloaded > 0
-        assert (await laptop.record(record)).value("name") == "Awa Diop"
-        assert log.count(("send", PullRequest.__name__)) == 1
+        held = HeldLogins(server, connector, laptop, other, record)
+        yield held
     finally:
         server.release.set()
-        if syncing is not None:
-            await asyncio.wait({syncing})
+        if held is not None and held.syncing is not None:
+            await asyncio.wait({held.syncing})
         await laptop.close()
         await other.close()
         await server.close()
+
+
+async def test_a_sync_with_nothing_to_push_asks_its_pull_before_the_login_is_answered(
+    tmp_path: Path,
+) -> None:
+    async with held_logins(tmp_path) as held:
+        # The server holds its answer to the login: the request went without it.
+        log = await held.sync_held()
+        assert ("recv", Authenticated.__name__) not in log
+        assert log[-2:] == [("send", ResumeSession.__name__), ("send", PullRequest.__name__)]
+        report = await held.finish()
+        assert report.downloaded > 0
+        assert (await held.laptop.record(held.record)).value("name") == "Awa Diop"
+        assert log.count(("send", PullRequest.__name__)) == 1
 
 
 async def test_a_laptop_with_edits_waiting_pushes_them_before_it_asks_to_pull(
@@ -170,42 +203,21 @@ async def test_an_edit_made_while_the_login_travels_is_pushed_and_the_pull_asked
     # arrives is pushed first, and the push's wait for PushAck must not pass over the
     # PullBatch (and hub report) answering the request sent ahead: the pull then waited
     # for a reply already read, for ever.
-    server = await start_server(tmp_path, server_class=HeldLoginServer)
-    assert isinstance(server, HeldLoginServer)
-    server.release = asyncio.Event()
-    server.release.set()
-    connector = TracingConnector()
-    laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
-    other = await enrolled(tmp_path, server, "other")
-    syncing: asyncio.Task[SyncReport] | None = None
-    try:
+    async with held_logins(tmp_path) as held:
+        laptop, other = held.laptop, held.other
         mine = await laptop.create_record()
         await laptop.sync()
-        record = await other.create_record()
-        await other.set(record, "name", "Awa Diop", author="dr.a")
+        await other.set(held.record, "name", "Awa Ndiaye", author="dr.a")  # to pull
         await other.sync()
-        first = len(connector.logs)  # the sync's connection
-        server.release.clear()
-        syncing = asyncio.create_task(laptop.sync())
-        async with asyncio.timeout(LIMIT_S):
-            await connector.until(("send", PullRequest.__name__), first)
+        await held.sync_held()
         await laptop.set(mine, "name", "Fatou Sow", author="dr.a")  # while the login travels
-        server.release.set()
-        async with asyncio.timeout(LIMIT_S):
-            report = await syncing
+        report = await held.finish()
         assert report.uploaded == 1
         assert report.downloaded > 0
-        assert (await laptop.record(record)).value("name") == "Awa Diop"
+        assert (await laptop.record(held.record)).value("name") == "Awa Ndiaye"
         assert (await laptop.status()).pending == 0
         await other.sync()
         assert (await other.record(mine)).value("name") == "Fatou Sow"
-    finally:
-        server.release.set()
-        if syncing is not None:
-            await asyncio.wait({syncing})
-        await laptop.close()
-        await other.close()
-        await server.close()
 
 
 async def test_a_login_refused_before_the_request_goes_ahead_says_why(
