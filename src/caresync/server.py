@@ -455,7 +455,8 @@ class SyncServer:
         before the connection is sent any record or hub summary or may push, copy or
         stay connected: a sync with nothing to do then waits for no disk. A power cut
         within that time may lose the entries of logins that took nothing. 0: every
-        login's entry is synced before its next request, as a push is.
+        login's entry is synced before its next request, as a push is (also what a
+        store written before ``ServerStore.make_durable`` existed gets, whatever is asked).
         """
         if (
             not isinstance(stale_after_s, int | float)
@@ -486,6 +487,10 @@ class SyncServer:
                 f"login_sync_delay_s must be in [0, 60] seconds, not {login_sync_delay_s!r}"
             )
         self.login_sync_delay_s = float(login_sync_delay_s)
+        if not callable(getattr(store, "make_durable", None)):
+            # A store written before make_durable (a third party's): it cannot sync
+            # lazy commits later, so each login is synced before it is served, as before.
+            self.login_sync_delay_s = 0.0
         self._login_syncer: asyncio.Task[None] | None = None
         self._stopping = False  # close() began: it syncs the last logins itself
         if not all(
@@ -1037,8 +1042,9 @@ class SyncServer:
             await conn.channel.close("server stopping")
         if self._closing:  # slow readers still being closed
             await asyncio.wait(set(self._closing))
-        with contextlib.suppress(StorageError):  # closing: a checkpoint syncs it anyway
-            await self.store.make_durable()
+        if self.login_sync_delay_s:  # else no commit was left to sync later
+            with contextlib.suppress(StorageError):  # closing: a checkpoint syncs it anyway
+                await self.store.make_durable()
         await self.store.close()
 
     async def __aenter__(self) -> SyncServer:

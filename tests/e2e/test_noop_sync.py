@@ -473,3 +473,52 @@ async def test_the_timer_tries_again_when_the_disk_fails_to_sync(tmp_path: Path)
         store.make_durable = real  # type: ignore[method-assign]
         await laptop.close()
         await server.close()
+
+
+class StoreOfBefore:
+    """A server store written before ``make_durable`` existed: the SQLite store with
+    that method (and ``append_audit``'s ``durable``) hidden."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self._inner = inner
+        self.lazy_asked = 0
+
+    def __getattr__(self, name: str) -> object:
+        if name == "make_durable":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    async def append_audit(self, events: object, **options: object) -> object:
+        if "durable" in options:  # not a word this store knows
+            self.lazy_asked += 1
+            raise TypeError("append_audit() got an unexpected keyword argument 'durable'")
+        return await self._inner.append_audit(events, **options)  # type: ignore[arg-type]
+
+
+async def test_a_store_without_make_durable_has_each_login_synced_as_before(
+    tmp_path: Path,
+) -> None:
+    opened = await SyncServer.open(tmp_path / "server.db")
+    inner = opened.store
+    assert isinstance(inner, SQLiteStore)
+    store = StoreOfBefore(inner)
+    key = await opened.gate.server_key()
+    server = SyncServer(store, opened.server_id, server_key=key)  # type: ignore[arg-type]
+    assert server.login_sync_delay_s == 0
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    await server.serve("127.0.0.1", 0)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        async with asyncio.timeout(LIMIT_S):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+            report = await laptop.sync()
+        assert (report.uploaded, report.downloaded) == (0, 0)
+        assert store.lazy_asked == 0
+        assert not inner._unsynced
+        logins = [e for e in await inner.audit_entries() if e.action == "login"]
+        assert logins[-1].detail == laptop.identity.replica_id
+    finally:
+        await laptop.close()
+        await server.close()
