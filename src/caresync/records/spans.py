@@ -45,6 +45,7 @@ __all__ = [
     "encode_varuint",
     "Client",
     "advance_clocks",
+    "advance_vector",
     "SimpleItem",
     "SimpleUpdate",
     "decode_clocks",
@@ -70,6 +71,11 @@ _CLIENT = rb"([\x00-\x7f]|[\x80-\xff]{1,6}[\x01-\x7f]|[\x80-\xff]{7}[\x01-\x0f])
 _HEADER = re.compile(rb"\x01" + _COUNT + _CLIENT + _COUNT, re.DOTALL)
 _PAIR = re.compile(_CLIENT + _COUNT, re.DOTALL)
 _PAIRS = re.compile(rb"(?:" + _CLIENT + _COUNT + rb")*", re.DOTALL)
+# The same with clocks of at most 4 bytes (below 2**28, so below 2**31 without
+# decoding them): :func:`advance_vector`'s quick reading of a state vector.
+_SHORT = rb"([\x00-\x7f]|[\x80-\xff]{1,3}[\x01-\x7f])"
+_SHORT_PAIR = re.compile(_CLIENT + _SHORT, re.DOTALL)
+_SHORT_PAIRS = re.compile(rb"(?:" + _CLIENT + _SHORT + rb")*", re.DOTALL)
 
 Client = bytes
 """A client id as its canonical varuint bytes: one key per client, no decoding needed."""
@@ -161,6 +167,49 @@ def advance_clocks(clocks: dict[Client, int], updates: Sequence[bytes]) -> bool 
             clocks[client] = end
             changed = True
     return changed
+
+
+def advance_vector(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool] | None:
+    """The state vector ``vector`` moved past simple ``updates``, and whether any held
+    something new; None when :func:`decode_clocks` does not vouch for ``vector`` or
+    :func:`advance_clocks` does not decide.
+
+    Exactly ``encode_clocks(clocks)`` (``vector`` itself when nothing is new) for
+    ``clocks = decode_clocks(vector)`` moved by ``advance_clocks(clocks, updates)``,
+    only quicker for the common case, one update against a vector whose clocks are
+    below 2**28 and whose clients are each listed once (then the vector re-encodes to
+    itself, and the result is spliced from its bytes); anything else goes that way.
+    """
+    if len(updates) == 1 and type(vector) is bytes and vector and vector[0] < 0x80:
+        count = vector[0]
+        if _SHORT_PAIRS.fullmatch(vector, 1) is not None:
+            pairs = _SHORT_PAIR.findall(vector, 1)
+            tokens: dict[Client, bytes] = dict(pairs)
+            if len(pairs) == count and len(tokens) == count:
+                # Canonical tokens, one pair per client: the dict re-encodes to vector.
+                span = simple_span(updates[0])
+                if span is None:
+                    return None
+                client, first, end = span
+                token = tokens.get(client)
+                have = 0 if token is None else token[0] if len(token) == 1 else _number(token)
+                if first > have:
+                    return None  # it would wait for an update not held
+                if end <= have:
+                    return vector, False
+                if token is None:  # a new client, listed last
+                    return encode_varuint(count + 1) + vector[1:] + client + encode_varuint(
+                        end
+                    ), True
+                tokens[client] = encode_varuint(end)
+                return vector[:1] + b"".join([b for pair in tokens.items() for b in pair]), True
+    clocks = decode_clocks(vector)
+    if clocks is None:
+        return None
+    changed = advance_clocks(clocks, updates)
+    if changed is None:
+        return None
+    return (encode_clocks(clocks) if changed else vector), changed
 
 
 def simple_span(update: bytes) -> tuple[Client, int, int] | None:

@@ -47,7 +47,7 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import advance_clocks, decode_clocks, encode_clocks
+from caresync.records.spans import advance_vector, decode_clocks
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -119,14 +119,8 @@ def advance_simply(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool
 
     What a store plans for the same updates (``IncomingUpdate.advances`` passes it on,
     so that it is worked out once)."""
-    clocks = decode_clocks(vector)
-    if clocks is None:
-        return None
     # One client's edit that depends on nothing else: its header says everything.
-    changed = advance_clocks(clocks, updates)
-    if changed is None:
-        return None
-    return (encode_clocks(clocks) if changed else vector), changed
+    return advance_vector(vector, updates)
 
 
 def matches(after: bytes | None, check: ServerCheck) -> bool:
