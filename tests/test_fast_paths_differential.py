@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from caresync import Record
-from caresync.exceptions import InvalidUpdateError, RemoteProtocolError
+from caresync.exceptions import InvalidUpdateError, LocalProtocolError, RemoteProtocolError
 from caresync.protocol import (
     CARD_DIGEST_BYTES,
     CheckedState,
     CopyConflict,
+    FeedItem,
+    PushItem,
     card_reference,
     held_reference,
     is_card_reference,
     is_held_reference,
+    messages,
 )
 from caresync.records.persons import person_card
 from caresync.records.spans import (
@@ -314,3 +318,187 @@ def test_from_wire_is_what_it_was(
     assert _outcome(lambda: from_wire(checked, conflicts)) == _outcome(
         lambda: old_from_wire(checked, conflicts)
     )
+
+
+# --------------------------------------------------- messages._numbered_items, _checked
+
+
+def old_numbered_items(
+    owner: str, value: object, item_type: type[Any], *, allow_empty: bool
+) -> tuple[Any, ...]:
+    number = item_type._fields[0]
+    out: list[Any] = []
+    previous = 0
+    for item in messages._items(owner, "items", value, allow_empty=allow_empty):
+        if type(item) is not item_type:
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                messages._bad(owner, "items[]", f"a ({number}, record_id, update) triple", item)
+            item = item_type(*item)
+        seq, record_id, update = item
+        if not (
+            type(seq) is int
+            and previous < seq <= messages.MAX_SEQ
+            and type(record_id) is str
+            and 0 < len(record_id) <= messages.MAX_ID_LENGTH
+            and record_id.isprintable()
+            and type(update) is bytes
+            and update
+        ):
+            messages._int(owner, f"items[].{number}", seq, previous + 1)
+            messages._check_record_id(owner, "items[].record_id", record_id)
+            messages._update(owner, "items[].update", update)
+        previous = seq
+        out.append(item)
+    return tuple(out)
+
+
+def old_checked(
+    owner: str, checked: object, conflicts: object, items: tuple[FeedItem, ...]
+) -> tuple[tuple[CheckedState, ...] | None, tuple[CopyConflict, ...] | None]:
+    if checked is None and conflicts is None:
+        return None, None
+    if checked is None or conflicts is None:
+        raise LocalProtocolError(f"{owner}: checked and conflicts come together")
+    first_seen: dict[str, int] = {}
+    for item in items:
+        first_seen.setdefault(item.record_id, len(first_seen))
+    out: list[CheckedState] = []
+    order: dict[str, int] = {}
+    previous = -1
+    for state in messages._items(owner, "checked", checked, allow_empty=True):
+        if type(state) is not CheckedState:
+            if not isinstance(state, (tuple, list)) or len(state) != 3:
+                messages._bad(owner, "checked[]", "a (record_id, state_vector, card) triple", state)
+            state = CheckedState(*state)
+        position = first_seen.get(state.record_id) if type(state.record_id) is str else None
+        if position is None:
+            messages._bad(
+                owner, "checked[].record_id", "the id of a record in this batch", state.record_id
+            )
+        if position <= previous:
+            messages._bad(owner, "checked", "in batch order, one per record", state.record_id)
+        previous = position
+        messages._blob(
+            owner, "checked[].state_vector", state.state_vector, 1, messages.MAX_STATE_VECTOR_BYTES
+        )
+        if state.card is not None:
+            messages._update(owner, "checked[].card", state.card)
+        order[state.record_id] = len(order)
+        out.append(state)
+    return tuple(out), messages._conflict_rows(owner, conflicts, order, "a checked record")
+
+
+def _protocol_outcome(call: Callable[[], object]) -> tuple[str, object]:
+    try:
+        result = call()
+    except LocalProtocolError as exc:
+        return "error", str(exc)
+    # The same values of the same types (a FeedItem is equal to a plain tuple).
+    return "ok", (result, _types(result))
+
+
+def _types(value: object) -> object:
+    if isinstance(value, tuple):
+        return (type(value), tuple(_types(v) for v in value))
+    return type(value)
+
+
+ids = st.sampled_from(["r-1", "r-2", "r-3", "", "tab\there", 7, None, "x" * 129, "x" * 128])
+blobs = st.one_of(st.binary(min_size=1, max_size=3), st.just(b""), st.none(), st.just("text"))
+seqs = st.one_of(st.integers(-1, 6), st.just(2**63), st.just(True), st.just(2.0))
+
+
+@st.composite
+def triples(draw: st.DrawFn, make: Any, first: Any, second: Any, third: Any) -> object:
+    """One item as a frame or a caller may give it: the message's tuple, a plain tuple or
+    list, of three fields or not; mostly well formed."""
+    fields = [draw(first), draw(second), draw(third)]
+    shape = draw(st.integers(0, 12))
+    if shape == 0:
+        return fields[:2]
+    if shape == 1:
+        return draw(st.sampled_from([None, "abc", 5, PushItem(1, "r-1", b"x")]))
+    if shape == 2:
+        return [*fields, b"x"]
+    if shape < 6:
+        return list(fields)
+    if shape < 9:
+        return make(*fields)
+    return tuple(fields)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[object]:
+    """Items of a batch; most of them valid (ascending seqs, ids, non-empty updates)."""
+    count = draw(st.integers(0, 5))
+    if draw(st.booleans()):
+        good = [
+            (seq, draw(st.sampled_from(["r-1", "r-2", "r-3"])), b"u")
+            for seq in sorted(draw(st.sets(st.integers(1, 50), min_size=count, max_size=count)))
+        ]
+        kind = draw(st.integers(0, 3))
+        if kind == 0:
+            return [FeedItem(*g) for g in good]
+        if kind == 1:
+            return [list(g) for g in good]
+        if kind == 2:
+            return [FeedItem(*g) if i % 2 else g for i, g in enumerate(good)]
+        return list(good)
+    return draw(st.lists(triples(FeedItem, seqs, ids, blobs), max_size=5))
+
+
+@settings(max_examples=500)
+@given(batches(), st.booleans(), st.sampled_from([FeedItem, PushItem]), st.booleans())
+@example([(1, "r-1", b"u"), (1, "r-2", b"u")], False, FeedItem, False)
+@example([(1, "r-1", b"u"), (2, "r-2", b"")], False, FeedItem, False)
+@example([(True, "r-1", b"u")], False, FeedItem, False)
+@example([(0, "r-1", b"u"), (1, "r-2", b"u")], False, FeedItem, False)
+@example([(2**63, "r-1", b"u")], False, FeedItem, False)
+@example([(1, "tab\there", b"u")], False, FeedItem, False)
+@example([(1, "r-1", b"u"), [2, "r-2", b"u", b"u"]], False, FeedItem, False)
+def test_numbered_items_are_what_they_were(
+    items: list[object], empty_ok: bool, item_type: type[Any], as_list: bool
+) -> None:
+    value: object = items if as_list else tuple(items)
+    assert _protocol_outcome(
+        lambda: messages._numbered_items("Batch", value, item_type, allow_empty=empty_ok)
+    ) == _protocol_outcome(
+        lambda: old_numbered_items("Batch", value, item_type, allow_empty=empty_ok)
+    )
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(st.sampled_from(["r-1", "r-2", "r-3"]), max_size=5),
+    st.one_of(
+        st.none(),
+        st.lists(
+            st.one_of(
+                triples(CheckedState, ids, blobs, blobs),
+                st.tuples(st.sampled_from(["r-1", "r-2", "r-3"]), st.just(b"\x00"), st.none()),
+            ),
+            max_size=4,
+        ),
+    ),
+    st.one_of(
+        st.none(),
+        st.just(()),
+        st.just((CopyConflict("r-1", "f-1", "k", "s", "flag", b"{}"),)),
+    ),
+)
+@example(["r-1", "r-2"], [("r-1", b"\x00", None), ("r-2", b"\x00", b"c")], ())
+@example(["r-1", "r-2"], [("r-2", b"\x00", None), ("r-1", b"\x00", None)], ())
+@example(["r-1", "r-1", "r-2"], [("r-1", b"\x00", None), ("r-2", b"\x00", b"")], ())
+@example(["r-1"], [("r-1", b"\x00", None), ("r-1", b"\x00", None)], ())
+@example(["r-1"], [("r-3", b"\x00", None)], ())
+@example(["r-1"], [("r-1", b"", None)], ())
+@example(["r-1"], [("r-1", b"\x00" * (messages.MAX_STATE_VECTOR_BYTES + 1), None)], ())
+@example(["r-1"], [CheckedState("r-1", b"\x00", None)], None)
+def test_checked_states_are_what_they_were(
+    record_ids: list[str], checked: list[object] | None, conflicts: object
+) -> None:
+    items = tuple(FeedItem(seq, rid, b"u") for seq, rid in enumerate(record_ids, 1))
+    value = None if checked is None else tuple(checked)
+    assert _protocol_outcome(
+        lambda: messages._checked("Batch", value, conflicts, items)
+    ) == _protocol_outcome(lambda: old_checked("Batch", value, conflicts, items))
