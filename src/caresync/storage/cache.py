@@ -22,11 +22,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import NamedTuple
+from functools import partial
+from typing import Any, NamedTuple
 
 from caresync.exceptions import InvalidInputError
 
 __all__ = ["CachedRecord", "RecordCache"]
+
+_tuple_new: Any = tuple.__new__
 
 
 class CachedRecord(NamedTuple):
@@ -106,7 +109,9 @@ class RecordCache:
                     entries.move_to_end(record_id)
                     found[record_id] = hit[0]
             self.hits += len(found)
-        make = CachedRecord._make
+        # CachedRecord._make without its Python frame and length check (each stored
+        # tuple is one, see _put): a pull reads a thousand of them.
+        make = partial(_tuple_new, CachedRecord)
         return {record_id: make(stored) for record_id, stored in found.items()}
 
     def put_many(self, entries: list[tuple[str, CachedRecord]]) -> None:
