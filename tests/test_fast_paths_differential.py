@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -28,6 +28,7 @@ from caresync.protocol import (
     is_held_reference,
     messages,
 )
+from caresync.protocol.codec import ITEM_OVERHEAD_BYTES, item_wire_size
 from caresync.records.persons import person_card
 from caresync.records.spans import (
     Client,
@@ -37,7 +38,9 @@ from caresync.records.spans import (
     simple_span,
 )
 from caresync.replication.checked import ServerCheck, advance_simply, card_from_wire, from_wire
+from caresync.replication.coalesce import Coalescer, MergeVerdicts
 from caresync.storage import ConflictRow
+from caresync.storage import FeedItem as StoreFeedItem
 from caresync.storage._updates import decode_state_vector
 
 # ------------------------------------------------------- the replaced code, verbatim
@@ -502,3 +505,79 @@ def test_checked_states_are_what_they_were(
     assert _protocol_outcome(
         lambda: messages._checked("Batch", value, conflicts, items)
     ) == _protocol_outcome(lambda: old_checked("Batch", value, conflicts, items))
+
+
+# ----------------------------------------------- codec.item_wire_size, Coalescer.take
+
+
+@given(st.text(), st.binary(max_size=40))
+@example("dossier-\udc80", b"x")  # a lone surrogate (surrogatepass)
+@example("é", b"")
+def test_item_wire_size_is_what_it_was(record_id: str, update: bytes) -> None:
+    old = len(record_id.encode("utf-8", "surrogatepass")) + len(update) + ITEM_OVERHEAD_BYTES
+    assert item_wire_size(record_id, update) == old
+
+
+class _Marked:
+    """Verdicts read off a marker: an update starting ``add`` only adds revisions."""
+
+    def adds_revisions_only(self, update: bytes) -> bool:
+        return update.startswith(b"add")
+
+
+class _OldCoalescer(Coalescer):
+    """The coalescer with its take as it was."""
+
+    def take(self, items: Sequence[StoreFeedItem]) -> int:
+        for count, item in enumerate(items):
+            size = item_wire_size(item.record_id, item.update)
+            group, mergeable = self._joins(item)
+            if self._taken and (
+                size > self._budget or (group is None and len(self._items) >= self._limit)
+            ):
+                self._full = True
+                return count
+            self._budget -= size
+            if group is not None:
+                group.append(item)
+            else:
+                group = [item]
+                self._items.append(group)
+                if mergeable is False:
+                    self._groups.pop(item.record_id, None)
+                else:
+                    self._groups[item.record_id] = group
+                    if mergeable:
+                        self._mergeable[id(group)] = True
+            self._taken.append(item)
+        return len(items)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.sampled_from(["r-1", "r-2", "r-3", "r-4"]), st.integers(0, 3))),
+    st.integers(1, 6),
+    st.integers(0, 400),
+    st.integers(1, 4),
+)
+def test_coalescer_take_is_what_it_was(
+    plan: list[tuple[str, int]], limit: int, budget: int, chunk: int
+) -> None:
+    # Updates the verdicts read as edits that only add revisions, or not (by a marker).
+    verdicts = cast(MergeVerdicts, _Marked())
+    kinds = [b"add", b"add-more", b"other", b"x" * 60]
+    feed = [
+        StoreFeedItem(seq, rid, kinds[kind], "clinic-a") for seq, (rid, kind) in enumerate(plan, 1)
+    ]
+    new = Coalescer(items=limit, budget=budget, verdicts=verdicts)
+    old = _OldCoalescer(items=limit, budget=budget, verdicts=verdicts)
+    for start in range(0, len(feed), chunk):
+        part = feed[start : start + chunk]
+        assert new.take(part) == old.take(part)
+        assert new.full == old.full
+        if new.full:
+            break
+    assert list(new.taken) == list(old.taken)
+    assert new._items == old._items
+    assert new._budget == old._budget
+    assert set(new._groups) == set(old._groups)
