@@ -581,3 +581,80 @@ def test_coalescer_take_is_what_it_was(
     assert new._items == old._items
     assert new._budget == old._budget
     assert set(new._groups) == set(old._groups)
+
+
+# ---------------------------------------------------------------- spans.simple_span
+
+_HEADER = re.compile(rb"\x01" + _COUNT + _CLIENT + _COUNT, re.DOTALL)
+
+
+def _old_structs(buf: bytes, pos: int, structs: int, clock: int) -> tuple[int, int, list[bytes]]:
+    strings: list[bytes] = []
+    append = strings.append
+    for _ in range(structs):
+        info = buf[pos]
+        if (info != 0x28 and info != 0x08) or buf[pos + 1] != 0x01:
+            raise ValueError
+        pos += 2
+        for _ in range(2 if info == 0x28 else 1):
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _old_uint(buf, pos)
+            append(buf[pos : pos + length])
+            pos += length
+        count = buf[pos]
+        if count < 0x80:
+            pos += 1
+        else:
+            count, pos = _old_uint(buf, pos)
+        if count == 0:
+            raise ValueError
+        for _ in range(count):
+            if buf[pos] != 0x77:
+                raise ValueError
+            length = buf[pos + 1]
+            if length < 0x80:
+                pos += 2
+            else:
+                length, pos = _old_uint(buf, pos + 1)
+            append(buf[pos : pos + length])
+            pos += length
+        clock += count
+    return clock, pos, strings
+
+
+def old_simple_span(update: bytes) -> tuple[bytes, int, int] | None:
+    if type(update) is not bytes:
+        return None
+    try:
+        head = _HEADER.match(update)
+        if head is None:
+            return None
+        structs, first = _old_number(head[1]), _old_number(head[3])
+        if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
+            return None
+        clock, pos, strings = _old_structs(update, head.end(), structs, first)
+        b"\x00".join(strings).decode("utf-8")
+        if clock >= _MAX_CLOCK or pos != len(update) - 1 or update[pos] != 0:
+            return None
+        return head[2], first, clock
+    except (ValueError, IndexError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _long_strings(update: bytes) -> bytes:
+    """``update`` with its strings 200 bytes long (two-byte lengths), when simple."""
+    return update.replace(b"\x77\x02\xc3\xa8", b"\x77\xc8\x01" + b"a" * 200)
+
+
+@settings(max_examples=600)
+@given(updates(), st.booleans())
+@example(simple_update(2**35, 2**28, [(False, 200)]), False)  # long counts and numbers
+@example(simple_update(5, 0, [(True, 1)])[:-1] + b"\x01", False)  # a delete set
+@example(b"\x01\x01\x05\x00\x28\x01\x09revisions\x03key\x01\x77\x02\xc3\x28\x00", False)
+def test_simple_span_is_what_it_was(update: bytes, long: bool) -> None:
+    if long:
+        update = _long_strings(update)
+    assert simple_span(update) == old_simple_span(update)

@@ -231,14 +231,17 @@ def _span(buf: bytes) -> tuple[Client, int, int] | None:
     head = _HEADER.match(buf)
     if head is None:
         return None
-    structs, first = _number(head[1]), _number(head[3])
+    count, client, start = head.groups()
+    # One-byte numbers (the usual) read inline.
+    structs = count[0] if len(count) == 1 else _number(count)
+    first = start[0] if len(start) == 1 else _number(start)
     if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
         return None
     clock, pos, strings = _structs(buf, head.end(), structs, first, None)
     b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
     if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:
         return None  # the delete set must be empty, and be the last byte
-    return head[2], first, clock
+    return client, first, clock
 
 
 def simple_items(update: bytes) -> SimpleUpdate | None:
@@ -328,15 +331,24 @@ def _structs(
         info = buf[pos]
         if (info != _ITEM_WITH_KEY and info != _ITEM) or buf[pos + 1] != _ROOT_BY_NAME:
             raise _NotSimple(_struct_problem(info, buf[pos + 1]))
-        pos += 2
-        for _ in range(2 if info == _ITEM_WITH_KEY else 1):  # the root type's name, the key
+        # The root type's name, then (a map entry) the key: unrolled, not a loop.
+        length = buf[pos + 2]
+        if length < 0x80:
+            pos += 3
+        else:
+            length, pos = _uint(buf, pos + 2)
+        end = pos + length
+        append(buf[pos:end])
+        pos = end
+        if info == _ITEM_WITH_KEY:
             length = buf[pos]
             if length < 0x80:
                 pos += 1
             else:
                 length, pos = _uint(buf, pos)
-            append(buf[pos : pos + length])
-            pos += length
+            end = pos + length
+            append(buf[pos:end])
+            pos = end
         count = buf[pos]
         if count < 0x80:
             pos += 1
@@ -354,8 +366,9 @@ def _structs(
                 pos += 2
             else:
                 length, pos = _uint(buf, pos + 1)
-            append(buf[pos : pos + length])
-            pos += length
+            end = pos + length
+            append(buf[pos:end])
+            pos = end
         clock += count
         if layout is not None:
             layout.append(info)
