@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from caresync.storage import CachedRecord, HeldState, IncomingUpdate, SQLiteStore, card_digest
+from caresync.storage.cache import RecordCache
 from caresync.testing.store_data import Patient, card, incoming, registered
 
 
@@ -39,3 +40,21 @@ async def test_held_states_and_cached_entries_are_what_the_constructors_made(
         assert type(cached[rid]) is CachedRecord
         assert cached[rid].key == key
         assert cached[rid].merged is None
+
+
+def test_vectors_of_reads_what_get_many_reads() -> None:
+    cache, twin = RecordCache(max_entries=3), RecordCache(max_entries=3)
+    for store in (cache, twin):
+        store.put("a", CachedRecord(b"\x01\x05\x03", "org", False, key=1))
+        store.put("b", CachedRecord(b"\x00", None, True, b"merged", ((b"\x05", 3),), 2))
+        store.put("c", CachedRecord(b"\x01\x06\x01", None, False))
+    asked = ["c", "x", "a", "b", "a"]
+    assert cache.vectors_of(asked) == {
+        rid: (entry.state_vector, entry.pending) for rid, entry in twin.get_many(asked).items()
+    }
+    assert list(cache.vectors_of(asked)) == list(twin.get_many(asked))
+    assert (cache.hits, cache.misses) == (twin.hits, twin.misses)
+    # Both made the same entries the most recently used: the same one goes next.
+    cache.put("d", CachedRecord(b"\x00", None, False))
+    twin.put("d", CachedRecord(b"\x00", None, False))
+    assert list(cache._entries) == list(twin._entries)

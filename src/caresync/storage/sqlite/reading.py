@@ -237,11 +237,10 @@ class ReadingPart(SQLiteCore):
         reads the state vectors of the records it is about to write, and the write
         then finds them there instead of reading the same rows again."""
         ids = list(dict.fromkeys(check_record_ids(record_ids)))
-        known = self.cache.get_many(ids)
-        found = {rid: (cached.state_vector, cached.pending) for rid, cached in known.items()}
-        missing = [record_id for record_id in ids if record_id not in known]
-        if not missing:
+        found = self.cache.vectors_of(ids)
+        if len(found) == len(ids):
             return found
+        missing = [record_id for record_id in ids if record_id not in found]
 
         def job(raw: sqlite3.Connection) -> dict[str, tuple[bytes, bool]]:
             read: dict[str, tuple[bytes, bool]] = {}
