@@ -258,16 +258,18 @@ class _Remembered(Generic[K, V]):
         self._items: OrderedDict[K, V] = OrderedDict()
 
     def get(self, key: K) -> V | None:
-        value = self._items.get(key)
+        items = self._items
+        value = items.get(key)
         if value is not None:
-            self._items.move_to_end(key)
+            items.move_to_end(key)
         return value
 
     def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
+        items = self._items
+        items[key] = value
+        items.move_to_end(key)
+        if len(items) > self._size:
+            items.popitem(last=False)
 
 
 def _fits_alone(record_id: str, update: bytes, frame: int) -> bool:
@@ -1523,11 +1525,12 @@ class SyncServer:
         vectors = await self.store.state_vectors(ids)
         checks: dict[str, RecordCheck] = {}
         unknown: list[str] = []
+        remembered = self._stored.get  # (bound once: a pull reads a thousand records)
         for record_id in ids:
             found = vectors.get(record_id)
             if found is None or found[1]:
                 continue  # not stored, or holding waiting items: no check (as read)
-            stored = self._stored.get(record_id)
+            stored = remembered(record_id)
             if stored is not None and stored.check.state.state_vector == found[0]:
                 checks[record_id] = stored.check
             else:
@@ -1539,23 +1542,32 @@ class SyncServer:
         if head is None:
             head = await self.store.feed_head()
         wired: dict[str, RecordCheck] = {}
+        held_get, held_put = self._held.get, self._held.put
         for record_id in ids:
             wire = checks.get(record_id)
             if wire is None:
                 continue
-            if wire.digests is not None:
-                card, rows = wire.digests
+            digests = wire.digests
+            if digests is not None:
+                card, rows = digests
             else:
                 card = card_reference(wire.state.card or b"")
                 rows = rows_digest(wire.rows)
-            known = self._held.get(record_id)
-            # Not seen since this server started: as far as it knows, always so (a
-            # laptop that lacks it after all builds the record, as without a check).
-            held = _Held(card, 0, rows, 0) if known is None else known.seen(card, rows, head)
-            if held is not known:
-                self._held.put(record_id, held)
+                digests = (card, rows)
+            known = held_get(record_id)
+            if known is None:
+                # Not seen since this server started: as far as it knows, always so (a
+                # laptop that lacks it after all builds the record, as without a check).
+                held = _Held(card, 0, rows, 0)
+                held_put(record_id, held)
+            elif known.card == card and known.rows == rows:
+                held = known  # what known.seen says when nothing changed, without a call
+            else:
+                held = known.seen(card, rows, head)
+                if held is not known:
+                    held_put(record_id, held)
             wired[record_id] = RecordCheck(
-                wire.state, wire.rows, held.card_since, held.rows_since, (card, rows)
+                wire.state, wire.rows, held.card_since, held.rows_since, digests
             )
         return wired
 

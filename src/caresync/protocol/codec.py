@@ -58,7 +58,11 @@ BATCH_OVERHEAD_BYTES = 4096
 
 def item_wire_size(record_id: str, update: bytes) -> int:
     """An upper bound on the bytes one batch item takes in a frame."""
-    return len(record_id.encode("utf-8", "surrogatepass")) + len(update) + ITEM_OVERHEAD_BYTES
+    # An ASCII id (the usual) is as many UTF-8 bytes as characters: no need to encode it.
+    size = (
+        len(record_id) if record_id.isascii() else len(record_id.encode("utf-8", "surrogatepass"))
+    )
+    return size + len(update) + ITEM_OVERHEAD_BYTES
 
 
 def audit_wire_size(entry: AuditEntry) -> int:

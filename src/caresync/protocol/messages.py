@@ -537,6 +537,10 @@ def _check_record_id(owner: str, name: str, value: object) -> None:
 
 
 _Numbered = TypeVar("_Numbered", FeedItem, PushItem)
+_RECORD_ID = operator.itemgetter(1)  # a FeedItem's record id
+
+_tuple_new: Any = tuple.__new__
+"""``tuple.__new__``: ``cls(*fields)`` of a named tuple ``cls``, in one C call."""
 
 
 def _numbered_items(
@@ -545,12 +549,15 @@ def _numbered_items(
     """Validate a batch of (number, record_id, update) items in strictly ascending number."""
     number = item_type._fields[0]
     out: list[_Numbered] = []
+    append = out.append
     previous = 0
     for item in _items(owner, "items", value, allow_empty=allow_empty):
         if type(item) is not item_type:
             if not isinstance(item, (tuple, list)) or len(item) != 3:
                 _bad(owner, "items[]", f"a ({number}, record_id, update) triple", item)
-            item = item_type(*item)
+            # item_type(*item) without the named tuple's Python __new__ (a decoded
+            # frame's items are plain tuples, thousands a batch).
+            item = _tuple_new(item_type, item)
         seq, record_id, update = item
         # The common case in one expression (a batch holds up to thousands of items);
         # else the checks one by one, the first that fails saying what is wrong.
@@ -567,7 +574,7 @@ def _numbered_items(
             _check_record_id(owner, "items[].record_id", record_id)
             _update(owner, "items[].update", update)
         previous = seq
-        out.append(item)
+        append(item)
     return tuple(out)
 
 
@@ -1255,28 +1262,37 @@ def _checked(
         return None, None
     if checked is None or conflicts is None:
         raise LocalProtocolError(f"{owner}: checked and conflicts come together")
-    first_seen: dict[str, int] = {}
-    for item in items:
-        first_seen.setdefault(item.record_id, len(first_seen))
+    # Each record's position among the batch's records, in order of first appearance
+    # (a dict keeps the order keys were first inserted in).
+    names = dict.fromkeys(map(_RECORD_ID, items))
+    first_seen = dict(zip(names, range(len(names)), strict=True))
     out: list[CheckedState] = []
+    append = out.append
     order: dict[str, int] = {}
     previous = -1
     for state in _items(owner, "checked", checked, allow_empty=True):
         if type(state) is not CheckedState:
             if not isinstance(state, (tuple, list)) or len(state) != 3:
                 _bad(owner, "checked[]", "a (record_id, state_vector, card) triple", state)
-            state = CheckedState(*state)
-        position = first_seen.get(state.record_id) if type(state.record_id) is str else None
+            state = _tuple_new(CheckedState, state)  # CheckedState(*state)
+        record_id, vector, card = state
+        position = first_seen.get(record_id) if type(record_id) is str else None
         if position is None:
-            _bad(owner, "checked[].record_id", "the id of a record in this batch", state.record_id)
+            _bad(owner, "checked[].record_id", "the id of a record in this batch", record_id)
         if position <= previous:
-            _bad(owner, "checked", "in batch order, one per record", state.record_id)
+            _bad(owner, "checked", "in batch order, one per record", record_id)
         previous = position
-        _blob(owner, "checked[].state_vector", state.state_vector, 1, MAX_STATE_VECTOR_BYTES)
-        if state.card is not None:
-            _update(owner, "checked[].card", state.card)
-        order[state.record_id] = len(order)
-        out.append(state)
+        # The common case in one expression; else each check, the failing one saying why.
+        if not (
+            type(vector) is bytes
+            and 0 < len(vector) <= MAX_STATE_VECTOR_BYTES
+            and (card is None or (type(card) is bytes and card))
+        ):
+            _blob(owner, "checked[].state_vector", vector, 1, MAX_STATE_VECTOR_BYTES)
+            if card is not None:
+                _update(owner, "checked[].card", card)
+        order[record_id] = len(order)
+        append(state)
     return tuple(out), _conflict_rows(owner, conflicts, order, "a checked record")
 
 

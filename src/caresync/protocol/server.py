@@ -47,9 +47,10 @@ the organisation is the shell's to decide; it answers with ``reject`` (fatal) or
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from caresync.exceptions import (
     LocalProtocolError,
@@ -124,6 +125,10 @@ _LIVE_STATES = tuple(
 )  # where live frames may be sent (a tuple: found by identity, no enum hashing)
 
 __all__ = ["RecordCheck", "ServerEvent", "ServerProtocol", "check_wire_size", "row_wire_size"]
+
+_RECORD_ID = operator.itemgetter(1)  # a FeedItem's record id
+_UPDATE = operator.itemgetter(2)  # and its update
+_tuple_new: Any = tuple.__new__  # cls(*fields) of a named tuple cls, in one C call
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,13 +558,13 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         version 9, a card it had by then (``RecordCheck.card_since``) goes as a reference.
         """
         budget = self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
-        budget -= sum(item_wire_size(e.record_id, e.update) for e in entries)
+        budget -= sum(map(item_wire_size, map(_RECORD_ID, entries), map(_UPDATE, entries)))
         checked: list[CheckedState] = []
         rows: list[CopyConflict] = []
         # Version 9 on: what the client has held since before these entries goes as a
         # reference (the card, or the card and rows); a laptop holding it keeps it.
         refer = (self._version or 0) >= CARD_REFERENCE_SINCE
-        for record_id in dict.fromkeys(e.record_id for e in entries):
+        for record_id in dict.fromkeys(map(_RECORD_ID, entries)):
             check = checks.get(record_id)
             if check is None:
                 continue
@@ -568,13 +573,18 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
                 if check.rows_since is not None and check.rows_since <= position:
                     # The usual case: the state alone, with one reference (what
                     # check_wire_size says of it, without a RecordCheck built for it).
-                    reference = check.held_reference()
-                    size = 4 * len(state.record_id) + len(state.state_vector) + len(reference)
-                    size += ITEM_OVERHEAD_BYTES
+                    digests = check.digests
+                    if digests is not None:  # check.held_reference(), without the call
+                        reference = b"\x01" + digests[0][1:] + digests[1]
+                    else:
+                        reference = check.held_reference()
+                    name, vector = state.record_id, state.state_vector
+                    size = 4 * len(name) + len(vector) + len(reference) + ITEM_OVERHEAD_BYTES
                     if size > budget:
                         break  # the rest are checked by the client itself
                     budget -= size
-                    checked.append(CheckedState(state.record_id, state.state_vector, reference))
+                    # CheckedState(name, vector, reference), in one C call
+                    checked.append(_tuple_new(CheckedState, (name, vector, reference)))
                     continue
                 if state.card is not None:
                     check = RecordCheck(state._replace(card=check.card_reference()), check.rows)

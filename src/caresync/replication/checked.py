@@ -47,7 +47,7 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import advance_clocks, decode_clocks, encode_clocks
+from caresync.records.spans import advance_vector, decode_clocks
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -119,14 +119,8 @@ def advance_simply(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool
 
     What a store plans for the same updates (``IncomingUpdate.advances`` passes it on,
     so that it is worked out once)."""
-    clocks = decode_clocks(vector)
-    if clocks is None:
-        return None
     # One client's edit that depends on nothing else: its header says everything.
-    changed = advance_clocks(clocks, updates)
-    if changed is None:
-        return None
-    return (encode_clocks(clocks) if changed else vector), changed
+    return advance_vector(vector, updates)
 
 
 def matches(after: bytes | None, check: ServerCheck) -> bool:
@@ -209,28 +203,48 @@ def from_wire(
             ConflictRow(row.id, row.record_id, row.kind, row.subject, row.severity, row.payload)
         )
     checks: dict[str, ServerCheck] = {}
-    for state in checked:
-        try:
-            # The common encoding read by the quicker reader; anything else in full.
-            if decode_clocks(state.state_vector) is None:
-                decode_state_vector(state.state_vector)
-        except InvalidUpdateError as exc:
-            raise RemoteProtocolError(
-                f"the server sent record {state.record_id} with a bad state vector: {exc}"
-            ) from None
-        rows = tuple(grouped.get(state.record_id, ()))
-        if state.card is not None and is_card_reference(state.card):
-            checks[state.record_id] = ServerCheck(state.state_vector, rows, None, state.card)
-            continue
-        if state.card is not None and is_held_reference(state.card):
-            # The card and rows the laptop holds (none of its rows sent).
-            card_ref = b"\x00" + state.card[1 : 1 + CARD_DIGEST_BYTES]
-            rows_ref = state.card[1 + CARD_DIGEST_BYTES :]
-            checks[state.record_id] = ServerCheck(state.state_vector, (), None, card_ref, rows_ref)
-            continue
-        card = None if state.card is None else card_from_wire(state.record_id, state.card)
-        checks[state.record_id] = ServerCheck(state.state_vector, rows, card)
+    for record_id, vector, card_bytes in checked:
+        if not _plainly_a_vector(vector):
+            try:
+                # The common encoding read by the quicker reader; anything else in full.
+                if decode_clocks(vector) is None:
+                    decode_state_vector(vector)
+            except InvalidUpdateError as exc:
+                raise RemoteProtocolError(
+                    f"the server sent record {record_id} with a bad state vector: {exc}"
+                ) from None
+        if card_bytes is not None:
+            if is_card_reference(card_bytes):
+                rows = tuple(grouped.get(record_id, ())) if grouped else ()
+                checks[record_id] = ServerCheck(vector, rows, None, card_bytes)
+                continue
+            if is_held_reference(card_bytes):
+                # The card and rows the laptop holds (none of its rows sent).
+                card_ref = b"\x00" + card_bytes[1 : 1 + CARD_DIGEST_BYTES]
+                rows_ref = card_bytes[1 + CARD_DIGEST_BYTES :]
+                checks[record_id] = ServerCheck(vector, (), None, card_ref, rows_ref)
+                continue
+        rows = tuple(grouped.get(record_id, ())) if grouped else ()
+        card = None if card_bytes is None else card_from_wire(record_id, card_bytes)
+        checks[record_id] = ServerCheck(vector, rows, card)
     return checks
+
+
+_LOW_BYTES = bytes(range(0x80))
+
+
+def _plainly_a_vector(vector: bytes) -> bool:
+    """True for a state vector the full reader (``decode_state_vector``) reads: a run
+    of varuints, the first (here one byte) saying how many pairs follow. Checked
+    in C, without decoding a number: the count of bytes below 0x80 is the count of
+    varuints when the last byte is one of them. False: the readers decide."""
+    return (
+        type(vector) is bytes
+        and len(vector) > 0
+        and vector[0] < 0x80
+        and vector[-1] < 0x80
+        and len(vector) - len(vector.translate(None, _LOW_BYTES)) == 1 + 2 * vector[0]
+    )
 
 
 @dataclass(slots=True)

@@ -148,9 +148,15 @@ class Coalescer:
 
         Returns how many were taken; fewer than offered makes the coalescer full.
         """
+        groups = self._groups
         for count, item in enumerate(items):
             size = item_wire_size(item.record_id, item.update)
-            group, mergeable = self._joins(item)
+            # What _joins says, without a call for the usual entry: the first of its
+            # record here (then it joins nothing and nothing was asked).
+            if item.record_id in groups:
+                group, mergeable = self._joins(item)
+            else:
+                group, mergeable = None, None
             if self._taken and (
                 size > self._budget or (group is None and len(self._items) >= self._limit)
             ):

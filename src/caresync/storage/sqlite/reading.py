@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from caresync.records.persons import PairState, PersonCard, PersonPair
 from caresync.storage._arguments import check_conflict_page, check_pair_query, check_record_page
@@ -25,6 +26,9 @@ from caresync.storage.sqlite.core import SQLiteCore
 from caresync.storage.sqlite.persons import _parse_pair, _read_cards
 
 __all__ = ["ReadingPart"]
+
+_tuple_new: Any = tuple.__new__
+"""``tuple.__new__``: a named tuple of its fields in one C call (not its Python __new__)."""
 
 
 class ReadingPart(SQLiteCore):
@@ -233,11 +237,10 @@ class ReadingPart(SQLiteCore):
         reads the state vectors of the records it is about to write, and the write
         then finds them there instead of reading the same rows again."""
         ids = list(dict.fromkeys(check_record_ids(record_ids)))
-        known = self.cache.get_many(ids)
-        found = {rid: (cached.state_vector, cached.pending) for rid, cached in known.items()}
-        missing = [record_id for record_id in ids if record_id not in known]
-        if not missing:
+        found = self.cache.vectors_of(ids)
+        if len(found) == len(ids):
             return found
+        missing = [record_id for record_id in ids if record_id not in found]
 
         def job(raw: sqlite3.Connection) -> dict[str, tuple[bytes, bool]]:
             read: dict[str, tuple[bytes, bool]] = {}
@@ -279,6 +282,7 @@ class ReadingPart(SQLiteCore):
         def job(raw: sqlite3.Connection) -> dict[str, HeldState]:
             read: dict[str, HeldState] = {}
             entries: list[tuple[str, CachedRecord]] = []
+            append = entries.append
             raw.execute("BEGIN")  # one snapshot for every chunk
             try:
                 for chunk in _chunks(ids):
@@ -287,13 +291,15 @@ class ReadingPart(SQLiteCore):
                         f" FROM records WHERE record_id IN ({_marks(len(chunk))})",
                         chunk,
                     ):
-                        state = HeldState(
-                            bytes(vector), bool(pending), None if digest is None else bytes(digest)
+                        # The named tuples built in one C call each (a pull reads a row
+                        # per record): HeldState(...) and CachedRecord(..., key=key).
+                        vector, held = bytes(vector), bool(pending)
+                        read[record_id] = _tuple_new(
+                            HeldState, (vector, held, None if digest is None else bytes(digest))
                         )
-                        read[record_id] = state
                         if record_id not in cached:
-                            entry = CachedRecord(state[0], organisation, state[1], key=key)
-                            entries.append((record_id, entry))
+                            entry = (vector, organisation, held, None, None, key)
+                            append((record_id, _tuple_new(CachedRecord, entry)))
             finally:
                 raw.execute("COMMIT")
             # On the database thread, as committed (see state_vectors).
