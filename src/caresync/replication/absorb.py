@@ -57,7 +57,6 @@ from caresync.replication.checked import (
 )
 from caresync.replication.pool import RecordPool
 from caresync.storage import ConflictRow, IncomingUpdate, QuarantinedUpdate, ReplicaStore
-from caresync.storage._updates import has_pending
 from caresync.storage.base import CopiedRecords, HubMark
 
 __all__ = [
@@ -208,14 +207,7 @@ def prepare_copy(
         # A record kept aside is not stored, nor its card: its pairs are not either.
         aside = named.difference(ids)
         pairs = [pair for pair in pairs if pair[0] not in aside and pair[1] not in aside]
-    # Worked out here, while the batch before commits, rather than in the store's own
-    # thread, which a first copy keeps busy: whether each update waits for another,
-    # and each card's blocking keys.
-    pending = list(map(has_pending, stored, vectors))
-    keys = {record_id: card.blocking_keys() for record_id, card in persons.items()}
-    records = CopiedRecords(
-        ids, stored, vectors, organisation, rows, persons, sent, pairs, pending, keys
-    )
+    records = CopiedRecords(ids, stored, vectors, organisation, rows, persons, sent, pairs)
     return PreparedCopy(named, records, tuple(kept_aside))
 
 

@@ -18,7 +18,7 @@ they join (a first copy's, from the server's person index), without the look-ups
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from caresync.exceptions import (
@@ -314,20 +314,17 @@ class PersonWrite:
     """A person card to store, with its record's organisation (after the write).
 
     ``new``: the record is new in this write, so nothing of it is indexed yet
-    (its keys and pairs need no deleting). ``known_keys``: the card's blocking keys,
-    when the caller worked them out already (``CopiedRecords.card_keys``).
+    (its keys and pairs need no deleting).
     """
 
     organisation: str | None
     card: PersonCard
     new: bool = False
-    known_keys: InitVar[frozenset[str] | None] = None
     keys: frozenset[str] = field(init=False, compare=False)
     """The card's blocking keys, worked out once."""
 
-    def __post_init__(self, known_keys: frozenset[str] | None) -> None:
-        keys = self.card.blocking_keys() if known_keys is None else known_keys
-        object.__setattr__(self, "keys", keys)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", self.card.blocking_keys())
 
 
 KeyHolders = Callable[[str | None, Collection[str]], Iterable[tuple[str, str]]]

@@ -299,14 +299,6 @@ class CopiedRecords:
     (each by :func:`~caresync.records.persons.pair_of` of the two cards it holds)
     instead of finding the cards that share a blocking key with the batch's, unless it
     holds local changes the sender has not acknowledged; None: it finds them."""
-    pending: Sequence[bool] | None = None
-    """Whether each of ``updates`` holds items waiting for others it depends on (the
-    record's ``pending`` mark), when the caller worked it out ahead from the bytes (a
-    first copy does, while the batch before commits); None: the store works it out."""
-    card_keys: Mapping[str, frozenset[str]] | None = None
-    """The blocking keys (``PersonCard.blocking_keys``) of cards of ``persons``, worked
-    out ahead likewise, which the caller promises; a card absent here, or None: the
-    store works them out."""
 
     def __post_init__(self) -> None:
         ids, updates, vectors = self.record_ids, self.updates, self.state_vectors
@@ -339,16 +331,6 @@ class CopiedRecords:
                 raise InvalidInputError(
                     f"card bytes of {record_id} must be bytes, of a card in the batch"
                 )
-        if self.pending is not None and (
-            len(self.pending) != len(ids) or not {type(p) for p in self.pending} <= {bool}
-        ):
-            raise InvalidInputError("pending must be one bool per record of the batch")
-        if self.card_keys is not None:
-            for record_id, keys in self.card_keys.items():
-                if record_id not in self.persons or type(keys) is not frozenset:
-                    raise InvalidInputError(
-                        f"card keys of {record_id} must be a frozenset, of a card in the batch"
-                    )
         if self.pairs is not None:
             for pair in self.pairs:
                 if not (

@@ -212,9 +212,7 @@ class RecordWritesPart(SQLiteCore):
         organisation = records.organisation
         first = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
         keys = range(first, first + len(ids))
-        pending = records.pending
-        if pending is None:
-            pending = list(map(has_pending, updates, vectors))
+        pending = list(map(has_pending, updates, vectors))
         # Each card's bytes as stored (as the server sent them, else written out), and
         # its digest on the record's row: written with the row, not updated after it.
         sent = records.card_bytes
@@ -252,11 +250,10 @@ class RecordWritesPart(SQLiteCore):
                 # Local changes the server has not acknowledged: cards here it may not
                 # have paired as they are. The pairs are found here, as without it.
                 named = None
-            known = records.card_keys or {}
             _store_persons(
                 raw,
                 {
-                    rid: PersonWrite(organisation, card, True, known.get(rid))
+                    rid: PersonWrite(organisation, card, True)
                     for rid, card in records.persons.items()
                 },
                 sent=card_data,
