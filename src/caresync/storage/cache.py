@@ -96,8 +96,9 @@ class RecordCache:
             self.hits += 1
         return CachedRecord._make(found[0])
 
-    def get_many(self, record_ids: Iterable[str]) -> dict[str, CachedRecord]:
-        """The cached entries among ``record_ids`` (now the most recently used), by id."""
+    def _touch_many(self, record_ids: Iterable[str]) -> dict[str, tuple[object, ...]]:
+        """The stored tuples of the cached entries among ``record_ids`` (now the most
+        recently used), by id; hits and misses counted."""
         found: dict[str, tuple[object, ...]] = {}
         entries = self._entries
         with self._lock:
@@ -109,6 +110,11 @@ class RecordCache:
                     entries.move_to_end(record_id)
                     found[record_id] = hit[0]
             self.hits += len(found)
+        return found
+
+    def get_many(self, record_ids: Iterable[str]) -> dict[str, CachedRecord]:
+        """The cached entries among ``record_ids`` (now the most recently used), by id."""
+        found = self._touch_many(record_ids)
         # CachedRecord._make without its Python frame and length check (each stored
         # tuple is one, see _put): a pull reads a thousand of them.
         make = partial(_tuple_new, CachedRecord)
@@ -117,19 +123,11 @@ class RecordCache:
     def vectors_of(self, record_ids: Iterable[str]) -> dict[str, tuple[bytes, bool]]:
         """Each cached record's (state vector, pending) among ``record_ids`` (now the most
         recently used), by id: :meth:`get_many`'s two fields, without an entry built."""
-        found: dict[str, tuple[bytes, bool]] = {}
-        entries = self._entries
-        with self._lock:
-            for record_id in record_ids:
-                hit = entries.get(record_id)
-                if hit is None:
-                    self.misses += 1
-                else:
-                    entries.move_to_end(record_id)
-                    stored = hit[0]  # a CachedRecord's fields: state_vector, _, pending
-                    found[record_id] = (stored[0], stored[2])  # type: ignore[assignment]
-            self.hits += len(found)
-        return found
+        # A CachedRecord's fields: state_vector, organisation, pending, ...
+        return {
+            record_id: (stored[0], stored[2])  # type: ignore[misc]
+            for record_id, stored in self._touch_many(record_ids).items()
+        }
 
     def put_many(self, entries: list[tuple[str, CachedRecord]]) -> None:
         """:meth:`put` each (record id, entry), in order, under one acquisition of the lock."""
