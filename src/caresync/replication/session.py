@@ -978,9 +978,9 @@ class Session:
 
     async def _drop_reply(self, ask: _PullAsk) -> None:
         """Read the reply to a request sent ahead that no longer fits (the login said
-        this copy was restored from an older one: its own updates are pulled too), and
-        take none of its entries; the hub report after its last batch is the server's
-        own, and is kept."""
+        this copy was restored from an older one: its own updates are pulled too; or an
+        edit made meanwhile is pushed first), and take none of its entries; the hub
+        report after its last batch is the server's own, and is kept."""
         batch = await self.expect(PullBatch)
         if not batch.more:
             await self.take_hub_report(ask.hub_since)
