@@ -275,6 +275,12 @@ class Laptop(Replica):
         return error
 
 
+def _reconnecting(laptop: Laptop) -> bool:
+    """A laptop in live mode that is not ONLINE (yet): reconnecting, or still in the sync
+    that comes before it subscribes."""
+    return laptop.live and laptop.state is not ReplicaState.ONLINE
+
+
 class Clinic:
     """A running clinic server with laptops, for tests. Use ``async with Clinic(dir) as c``.
 
@@ -553,7 +559,8 @@ class Clinic:
 
         That is: its outbox is empty (the server acknowledged every local change) and
         it holds every entry of the server's change feed its organisation may see.
-        Laptops in live mode are waited for; the others are synced, one explicit round
+        Laptops in live mode are waited for, until they are ``ONLINE`` again too; the
+        others are synced, one explicit round
         each, as often as needed (at most :data:`MAX_ROUNDS` rounds). Offline and
         locked laptops are left out. Raises :class:`NotQuiescentError` naming each
         laptop that did not settle within ``timeout`` (default: the clinic's), and
@@ -585,7 +592,9 @@ class Clinic:
             lagging = [
                 lap
                 for lap in self._settling()
-                if lap.locked or not await lap._measure(server)  # locked: live mode ending
+                # Locked: live mode ending. Live and not ONLINE: still reconnecting or
+                # finishing its sync (it may hold everything before it says ONLINE).
+                if lap.locked or _reconnecting(lap) or not await lap._measure(server)
             ]
             if not lagging:
                 return
@@ -612,10 +621,15 @@ class Clinic:
         laggards: dict[str, str] = {}
         for laptop in self._settling():
             behind = await lag(laptop, server, count_all=True)
-            if behind.settled and not laptop.locked:
+            if behind.settled and not laptop.locked and not _reconnecting(laptop):
                 continue
             mode = "live" if laptop.live else "synced in rounds"
-            what = "locked, its live mode not ended" if behind.settled else behind.describe()
+            if not behind.settled:
+                what = behind.describe()
+            elif laptop.locked:
+                what = "locked, its live mode not ended"
+            else:
+                what = "in live mode, not online again yet"
             text = f"({mode}, state {laptop.state.value}) {what}"
             last_error = (await laptop.status()).last_error
             if last_error is not None:
