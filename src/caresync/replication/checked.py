@@ -237,7 +237,10 @@ def _plainly_a_vector(vector: bytes) -> bool:
     """True for a state vector the full reader (``decode_state_vector``) reads: a run
     of varuints, the first (here one byte) saying how many pairs follow. Checked
     in C, without decoding a number: the count of bytes below 0x80 is the count of
-    varuints when the last byte is one of them. False: the readers decide."""
+    varuints when the last byte is one of them. Like the full reader it takes a
+    varuint of any length (a padded or over-long one is only compared, never stored:
+    a vector unlike the laptop's own takes the building path). False: the readers
+    decide."""
     return (
         type(vector) is bytes
         and len(vector) > 0
