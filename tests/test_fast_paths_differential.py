@@ -310,7 +310,7 @@ def _outcome(
 @example([("a", b"\x01\x05\x03\x85", None)], [], False)  # a byte too many
 @example([("a", b"\x81\x00", None)], [], False)  # a padded count
 @example([("a", b"\x01" + b"\xff" * 12 + b"\x01\x03", None)], [], False)  # a client past 64 bits
-@example([("a", b"\x01\x05" + b"\x80" * 9 + b"\x00", None)], [], False)  # a clock padded to 10 bytes
+@example([("a", b"\x01\x05" + b"\x80" * 9 + b"\x00", None)], [], False)  # clock of 10 bytes
 def test_from_wire_is_what_it_was(
     states: list[tuple[str, bytes, bytes | None]], rows: list[str], no_rows: bool
 ) -> None:

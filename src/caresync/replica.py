@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import logging
 import random
 import ssl as ssl_module
@@ -1403,12 +1404,27 @@ def _check_sendable(record_id: str, update: bytes) -> None:
         )
 
 
+def _commits_lazily(store: LaptopStore) -> bool:
+    """True when ``store`` can commit what the server sent without waiting for the disk
+    (``durable=False``) and make it durable later; a store written before those options
+    (a third party's) has every intake committed durably, as before."""
+    try:
+        return (
+            callable(getattr(store, "make_durable", None))
+            and "durable" in inspect.signature(store.write_remote).parameters
+            and "durable" in inspect.signature(store.write_copy).parameters
+        )
+    except (TypeError, ValueError):  # no signature to read: the safe way
+        return False
+
+
 class _ReplicaHost:
     """The replica as its sync sessions see it (a
     :class:`~caresync.replication.session.SessionHost`): what a session may read and do."""
 
     def __init__(self, replica: Replica) -> None:
         self._replica = replica
+        self._lazy_intake = False  # what the last take_in found the store can do
 
     @property
     def store(self) -> LaptopStore:
@@ -1514,6 +1530,7 @@ class _ReplicaHost:
         leaves in the state the server checked is stored with its rows and card.
         """
         replica = self._replica
+        self._lazy_intake = lazily = _commits_lazily(replica.store)
         async with replica._write_lock:
             await absorb(
                 replica._pool,
@@ -1527,10 +1544,15 @@ class _ReplicaHost:
                 else TrustedCopy(trusted_rows, trusted_persons or {}),
                 checked=checked,
                 prepared=prepared,
+                durable=not lazily,
             )
         record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
         if record_ids:
             replica._notify_received(record_ids)
+
+    async def make_durable(self) -> None:
+        if self._lazy_intake:
+            await self._replica.store.make_durable()
 
     def acknowledged(self, count: int) -> None:
         self._replica._notify_acknowledged(count)

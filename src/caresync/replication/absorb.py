@@ -39,7 +39,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, TypedDict
 
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
@@ -241,6 +241,16 @@ Vet = Callable[[Mapping[str, Taken]], Awaitable[WriteOptions]]
 else to write."""
 
 
+class _Lazily(TypedDict, total=False):
+    durable: bool
+
+
+def _lazily(durable: bool) -> _Lazily:
+    """The store's ``durable`` option, named only when false: a store written before
+    the option existed takes every other call as it did."""
+    return {} if durable else {"durable": False}
+
+
 async def absorb(
     pool: RecordPool,
     store: ReplicaStore,
@@ -256,6 +266,7 @@ async def absorb(
     trusted: TrustedCopy | None = None,
     checked: Mapping[str, ServerCheck] | None = None,
     prepared: PreparedCopy | None = None,
+    durable: bool = True,
 ) -> Absorbed:
     """Take ``updates`` ((record id, update) pairs) into their records and commit them
     with ``checkpoint`` in one transaction (see the module docstring for the options).
@@ -263,11 +274,14 @@ async def absorb(
     ``absent`` names records known not to be stored here (a first copy's): they are
     not looked up. ``prepared``: the same batch already taken in by
     :func:`prepare_copy` with ``trusted``, only written here if every record of it is
-    in ``absent`` (else it is ignored, and the batch takes the path above). Returns
-    what was committed.
+    in ``absent`` (else it is ignored, and the batch takes the path above).
+    ``durable=False``: the store commits without waiting for the disk (a laptop's
+    intake from its server; see ``ReplicaStore.write_remote``). Returns what was
+    committed.
     """
+    lazily = _lazily(durable)
     if prepared is not None and prepared.record_ids.issubset(absent):
-        return await _commit_prepared(pool, store, prepared, checkpoint=checkpoint)
+        return await _commit_prepared(pool, store, prepared, checkpoint=checkpoint, **lazily)
     parts: dict[str, list[bytes]] = {}
     for record_id, update in updates:
         parts.setdefault(record_id, []).append(update)
@@ -331,6 +345,7 @@ async def absorb(
             quarantine=intake.kept_aside,
             claim_clients=options.claim_clients,
             hub=options.hub,
+            **lazily,
         )
     except BaseException:
         for record_id in parts:
@@ -346,6 +361,7 @@ async def _commit_prepared(
     prepared: PreparedCopy,
     *,
     checkpoint: tuple[str, str] | None,
+    durable: bool = True,
 ) -> Absorbed:
     """Write a batch :func:`prepare_copy` took in: what :func:`absorb` writes for it."""
     if prepared.kept_aside:
@@ -356,7 +372,10 @@ async def _commit_prepared(
         )
     records = prepared.records
     try:
-        await store.write_copy(records, checkpoint=checkpoint, quarantine=prepared.kept_aside)
+        lazily = _lazily(durable)
+        await store.write_copy(
+            records, checkpoint=checkpoint, quarantine=prepared.kept_aside, **lazily
+        )
     except BaseException:
         for record_id in prepared.record_ids:
             pool.forget(record_id)

@@ -123,9 +123,13 @@ PUSH_BATCH_ITEMS = 500
 PUSH_BATCH_BYTES = 4 * 1024 * 1024
 PULL_LIMIT = 1000
 COPY_BATCH_RECORDS = 2000
-"""Records per first-copy batch, each committed (durably) with its resume point: a copy
-cut short loses at most the batch in flight. 2,000 rather than 500: a quarter of the
-commits (fsyncs) and of the per-batch round trips and queries on both sides (issue 18)."""
+"""Records per first-copy batch, each committed with its resume point: a copy cut short
+loses at most the batch in flight. 2,000 rather than 500: a quarter of the commits and
+of the per-batch round trips and queries on both sides (issue 18)."""
+LIVE_DURABLE_DELAY_S = 1.0
+"""How long live updates, committed as they arrive, may wait for the disk: one sync for
+every live batch committed in that time (see :attr:`SyncLimits.live_durable_delay_s`)."""
+MAX_LIVE_DURABLE_DELAY_S = 60.0
 COPY_BATCH_BYTES = 4 * 1024 * 1024
 """Bytes per first-copy batch at most (records with their rows and cards): a batch of
 large records stays well under a frame (16 MiB by default)."""
@@ -172,6 +176,12 @@ class SyncLimits:
     """Update bytes per push batch (one larger entry still goes alone)."""
     pull_limit: int = PULL_LIMIT
     """Feed entries per pull batch."""
+    live_durable_delay_s: float = LIVE_DURABLE_DELAY_S
+    """What a laptop takes in from its server is committed without waiting for the
+    disk (the server holds it: a power cut loses at most the last batches, with their
+    checkpoint, and the next pull fetches them again). A sync makes it durable before
+    it returns; in live mode it is made durable within this many seconds, one sync for
+    every batch committed meanwhile (0: after each batch)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -185,6 +195,16 @@ class SyncLimits:
             top = MAX_MAX_FRAME_BYTES if name.endswith("_bytes") else MAX_BATCH_ITEMS
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise InvalidInputError(f"{name} must be an integer in 1..{top}, not {value!r}")
+        delay = self.live_durable_delay_s
+        if (
+            not isinstance(delay, int | float)
+            or isinstance(delay, bool)
+            or not 0 <= delay <= MAX_LIVE_DURABLE_DELAY_S
+        ):
+            raise InvalidInputError(
+                "live_durable_delay_s must be a number of seconds in"
+                f" 0..{MAX_LIVE_DURABLE_DELAY_S:g}, not {delay!r}"
+            )
 
 
 ProgressCallback = Callable[[CopyProgress], None]
@@ -267,7 +287,12 @@ class SessionHost(Protocol):
         checked: Mapping[str, ServerCheck] | None = None,
         prepared: PreparedCopy | None = None,
     ) -> None:
-        """Commit what the server sent with ``checkpoint`` (see ``Replica``)."""
+        """Commit what the server sent with ``checkpoint`` (see ``Replica``), without
+        waiting for the disk where the store allows it (:meth:`make_durable`)."""
+        ...
+
+    async def make_durable(self) -> None:
+        """Have every commit :meth:`take_in` made on disk (nothing to do when none waits)."""
         ...
 
     def acknowledged(self, count: int) -> None:
@@ -445,6 +470,7 @@ class Session:
         self._replies: asyncio.Queue[object] = asyncio.Queue()
         self._reply_room = asyncio.Semaphore(MAX_QUEUED_REPLIES)
         self._live_updates: asyncio.Queue[LiveUpdate | LiveBatch] | None = None
+        self._durable_later: asyncio.Task[None] | None = None  # live batches' sync, pending
         self._reader: asyncio.Task[None] | None = None
         self._read_error: BaseException | None = None
 
@@ -793,6 +819,10 @@ class Session:
             if uploaded or copied:
                 await self.report_outbox()  # what is left, if that is news
             downloaded = await self.pull()
+            # Taken in without waiting for the disk: on it before the sync returns, one
+            # sync for every batch (a sync cut short leaves its batches to the next
+            # durable commit, or to a power cut and a pull that fetches them again).
+            await host.make_durable()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
         if pull:  # a push alone is not a sync: the laptop took nothing in
             await self._synced()
@@ -1100,6 +1130,7 @@ class Session:
             for task in tasks:
                 task.cancel()
             await asyncio.wait({*tasks, stopper})
+            await self._live_made_durable()
             await self._synced()
         if reader is not None and reader in done and self._read_error is not None:
             raise self._read_error
@@ -1123,6 +1154,29 @@ class Session:
                 checkpoint=(meta.CHECKPOINT, str(live.last_seq)),
                 checked=live.checks or None,
             )
+            if not self.limits.live_durable_delay_s:
+                await self.host.make_durable()
+            elif self._durable_later is None or self._durable_later.done():
+                self._durable_later = asyncio.create_task(self._make_durable_later())
+
+    async def _live_made_durable(self) -> None:
+        """Live mode ends: what it took in is made durable now, not after the delay."""
+        later, self._durable_later = self._durable_later, None
+        if later is not None:
+            later.cancel()
+            await asyncio.wait({later})
+        with contextlib.suppress(StorageError):  # a failing disk: the next durable commit
+            await self.host.make_durable()
+
+    async def _make_durable_later(self) -> None:
+        """Make the live batches durable after ``live_durable_delay_s``: one sync for all
+        that were committed meanwhile (a failing disk is tried again at the next batch,
+        or when live mode ends)."""
+        await asyncio.sleep(self.limits.live_durable_delay_s)
+        try:
+            await self.host.make_durable()
+        except StorageError as exc:
+            logger.warning("live updates not yet made durable (tried again later): %s", exc)
 
     async def _push_live(self) -> None:
         changed = self.host.outbox_changed

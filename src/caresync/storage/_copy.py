@@ -76,6 +76,7 @@ class _Writable(Protocol):
         *,
         checkpoint: tuple[str, str] | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
+        durable: bool = True,
     ) -> list[int]: ...
 
 
@@ -96,6 +97,9 @@ async def write_copy_of(
     *,
     checkpoint: tuple[str, str] | None,
     quarantine: Sequence[QuarantinedUpdate],
+    durable: bool = True,
 ) -> None:
     """``write_copy`` as ``write_remote`` of one item per record."""
-    await store.write_remote(copied_items(records), checkpoint=checkpoint, quarantine=quarantine)
+    await store.write_remote(
+        copied_items(records), checkpoint=checkpoint, quarantine=quarantine, durable=durable
+    )

@@ -970,6 +970,7 @@ class ReplicaStore(Protocol):
         *,
         checkpoint: tuple[str, str] | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
+        durable: bool = True,
     ) -> None:
         """Commit a first copy's batch of records, with the checkpoint, in one transaction:
         what :meth:`write_remote` commits given one ``IncomingUpdate`` per record (its
@@ -979,7 +980,8 @@ class ReplicaStore(Protocol):
         With ``records.pairs`` (the server's), the pairs are those named, each scored
         from the two cards held here, instead of those found by the cards' keys; a store
         may find them anyway (the memory and PostgreSQL stores do): the same index when
-        the pairs are all those the sender's index holds of the batch.
+        the pairs are all those the sender's index holds of the batch. ``durable`` as
+        for :meth:`write_remote`.
         """
         ...
 
@@ -993,6 +995,7 @@ class ReplicaStore(Protocol):
         quarantine: Sequence[QuarantinedUpdate] = (),
         claim_clients: Mapping[int, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
+        durable: bool = True,
     ) -> list[int]:
         """Commit a batch of received updates (and the checkpoint) in one transaction.
 
@@ -1011,6 +1014,13 @@ class ReplicaStore(Protocol):
         version of its last new feed row, its state (held or pending) and a
         fresh retry count, in the same transaction; a record no longer enabled
         loses its row. A record the batch added nothing to (a resend) is left alone.
+
+        ``durable=False``: committed (visible to every reader, kept through a crash of
+        this process) without waiting for the disk; a power cut before the next durable
+        commit of this store or :meth:`make_durable` may lose it, whole, with its
+        checkpoint. A laptop writes what it receives from its server so (the server
+        holds it: the next pull fetches a lost batch again), never what a person wrote.
+        A server stores pushes durably: it acknowledges them.
         """
         ...
 

@@ -418,10 +418,13 @@ class MemoryStore:
         *,
         checkpoint: tuple[str, str] | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
+        durable: bool = True,
     ) -> None:
         """A first copy's batch, as ``write_remote`` of one item per record (see
         ``ReplicaStore.write_copy``)."""
-        await write_copy_of(self, records, checkpoint=checkpoint, quarantine=quarantine)
+        await write_copy_of(
+            self, records, checkpoint=checkpoint, quarantine=quarantine, durable=durable
+        )
 
     async def write_remote(
         self,
@@ -433,8 +436,10 @@ class MemoryStore:
         quarantine: Sequence[QuarantinedUpdate] = (),
         claim_clients: Mapping[int, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
+        durable: bool = True,
     ) -> list[int]:
-        """Store a batch of received updates and the checkpoint, all or nothing."""
+        """Store a batch of received updates and the checkpoint, all or nothing
+        (``durable``: nothing here waits for a disk)."""
         writes, kept_aside, claims, marks = check_write_remote_call(
             items, checkpoint, to_feed, origin, quarantine, claim_clients, hub
         )

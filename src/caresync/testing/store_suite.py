@@ -240,6 +240,31 @@ class ReplicaStoreSuite:
         assert Record.from_update(a.id, loaded, replica="x").value("birthDate") == "2001"
         assert await store.count_records() == 2
 
+    async def test_a_batch_committed_without_waiting_for_the_disk_reads_as_any(
+        self, store: ReplicaStore
+    ) -> None:
+        a, b = Patient("laptop-b"), Patient("laptop-c")
+        await store.write_remote([remote(a, a.created)], checkpoint=("pull", "1"), durable=False)
+        # Visible at once, with its checkpoint (the same transaction).
+        assert await store.get_meta("pull") == "1"
+        assert await store.has_record(a.id)
+        await store.make_durable()
+        await store.make_durable()  # nothing waits: nothing to do, no error
+        await store.write_remote([remote(b, b.created)], checkpoint=("pull", "2"), durable=False)
+        edit = a.edit("birthDate", "2001")
+        await store.write_remote([remote(a, edit)], checkpoint=("pull", "3"))  # a durable one
+        assert await store.get_meta("pull") == "3"
+        assert await store.count_records() == 2
+        with pytest.raises(InvalidInputError):  # checked as a durable batch is: nothing kept
+            await store.write_remote(
+                [remote(b, b.edit("birthDate", "1999"))], checkpoint=("", "4"), durable=False
+            )
+        assert await store.get_meta("pull") == "3"
+        loaded = await store.load(b.id)
+        assert loaded is not None
+        assert Record.from_update(b.id, loaded, replica="x").value("birthDate") is None
+        await store.make_durable()
+
     async def test_updates_arriving_out_of_order_are_all_kept(self, store: ReplicaStore) -> None:
         p = Patient("laptop-b")
         first, second = p.edit("birthDate", "1"), p.edit("birthDate", "2")

@@ -48,10 +48,13 @@ class RecordWritesPart(PostgresCore):
         *,
         checkpoint: tuple[str, str] | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
+        durable: bool = True,
     ) -> None:
         """A first copy's batch, as ``write_remote`` of one item per record (see
         ``ReplicaStore.write_copy``)."""
-        await write_copy_of(self, records, checkpoint=checkpoint, quarantine=quarantine)
+        await write_copy_of(
+            self, records, checkpoint=checkpoint, quarantine=quarantine, durable=durable
+        )
 
     async def write_remote(
         self,
@@ -63,6 +66,7 @@ class RecordWritesPart(PostgresCore):
         quarantine: Sequence[QuarantinedUpdate] = (),
         claim_clients: Mapping[int, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
+        durable: bool = True,
     ) -> list[int]:
         """Commit a batch of received updates, and the checkpoint, in one transaction.
 
@@ -71,6 +75,8 @@ class RecordWritesPart(PostgresCore):
         ``to_feed``, or a resent update the record held already). The feed lock
         is held from the first read of the records to the commit: writers of
         records follow one another, and feed numbers follow commit order.
+        ``durable=False``: committed asynchronously (``synchronous_commit = off``; see
+        :meth:`make_durable`).
         """
         writes, kept_aside, claims, marks = check_write_remote_call(
             items, checkpoint, to_feed, origin, quarantine, claim_clients, hub
@@ -79,6 +85,8 @@ class RecordWritesPart(PostgresCore):
 
         def job(raw: Conn) -> list[int]:
             def body() -> list[int]:
+                if not durable:
+                    raw.execute("SET LOCAL synchronous_commit = off")
                 planned = plan_writes(
                     writes,
                     self._known(raw, writes),
@@ -137,7 +145,9 @@ class RecordWritesPart(PostgresCore):
                     put_meta(raw, checkpoint[0], checkpoint[1])
                 return seqs
 
-            return self._write(raw, body, records=True)
+            seqs = self._write(raw, body, records=True)
+            self._unsynced = self._unsynced or not durable
+            return seqs
 
         return await self._run(f"storing {len(writes)} received updates", job)
 

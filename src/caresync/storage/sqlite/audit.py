@@ -58,7 +58,7 @@ class AuditPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> list[AuditEntry]:
             if not durable:
-                return self._write_lazily(raw, lambda: body(raw))
+                return self._write_lazily(raw, lambda: body(raw), accounts=True)
             # Through the side door too: a reader beside a running writer records its reads.
             return self._write(raw, lambda: body(raw), accounts=True)
 

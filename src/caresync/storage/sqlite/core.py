@@ -442,14 +442,16 @@ class SQLiteCore:
             self._unsynced = self._lazy
         return result
 
-    def _write_lazily(self, raw: sqlite3.Connection, body: Callable[[], T]) -> T:
+    def _write_lazily(
+        self, raw: sqlite3.Connection, body: Callable[[], T], *, accounts: bool = False
+    ) -> T:
         """As :meth:`_write`, without waiting for the disk: committed and visible, safe
         from a crash of this process, durable at the next durable commit or
         :meth:`make_durable` (a power cut before then loses it, whole)."""
         raw.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: commits do not sync
         self._lazy = True
         try:
-            return self._write(raw, body, accounts=True)
+            return self._write(raw, body, accounts=accounts)
         finally:
             self._lazy = False
             raw.execute("PRAGMA synchronous = FULL")

@@ -71,6 +71,7 @@ class RecordWritesPart(SQLiteCore):
         quarantine: Sequence[QuarantinedUpdate] = (),
         claim_clients: Mapping[int, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
+        durable: bool = True,
     ) -> list[int]:
         """Commit a batch of received updates, and the checkpoint, in one transaction.
 
@@ -79,6 +80,8 @@ class RecordWritesPart(SQLiteCore):
         ``to_feed``, or when the record already held every part of the update
         (a resent update is stored once). Remote updates never enter the outbox.
         ``quarantine``: updates that could not be merged, kept aside with them.
+        ``durable=False``: committed without waiting for the disk (see
+        :meth:`make_durable`).
         """
         writes, kept_aside, claims, marks = check_write_remote_call(
             items, checkpoint, to_feed, origin, quarantine, claim_clients, hub
@@ -137,7 +140,7 @@ class RecordWritesPart(SQLiteCore):
                     _put_meta(raw, checkpoint[0], checkpoint[1])
                 return seqs, planned
 
-            return self._commit_planned(raw, body)
+            return self._commit_planned(raw, body, durable=durable)
 
         seqs = await self._run(f"storing {len(writes)} received updates", job)
         if any(seqs):
@@ -150,6 +153,7 @@ class RecordWritesPart(SQLiteCore):
         *,
         checkpoint: tuple[str, str] | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
+        durable: bool = True,
     ) -> None:
         """Commit a first copy's batch of records new here, with the checkpoint, in one
         transaction (see ``ReplicaStore.write_copy``).
@@ -194,14 +198,17 @@ class RecordWritesPart(SQLiteCore):
                 return True
 
             try:
-                return self._write(raw, body)
+                return (self._write if durable else self._write_lazily)(raw, body)
             except BaseException:
                 self.cache.clear()  # as after any failed write: the cache holds committed state
                 raise
 
         if not await self._run(f"storing {len(ids)} copied records", job):
             await self.write_remote(
-                copied_items(records), checkpoint=checkpoint, quarantine=kept_aside
+                copied_items(records),
+                checkpoint=checkpoint,
+                quarantine=kept_aside,
+                durable=durable,
             )
 
     def _store_copied(
@@ -266,9 +273,11 @@ class RecordWritesPart(SQLiteCore):
         self,
         raw: sqlite3.Connection,
         body: Callable[[], tuple[list[int], dict[str, PlannedRecord]]],
+        *,
+        durable: bool = True,
     ) -> list[int]:
         try:
-            seqs, planned = self._write(raw, body)
+            seqs, planned = (self._write if durable else self._write_lazily)(raw, body)
         except BaseException:
             # The cache holds only committed state; after a failed commit, be sure.
             self.cache.clear()
