@@ -25,7 +25,8 @@ run in this process, so the server and its clients have a core each. Every case:
   (``strace``; "not counted" where there is none);
 * **latency to 50 laptops**: one client writes, 50 subscribed laptops receive —
   caresync's are real ``Replica`` laptops in live mode that commit each update to
-  their SQLite file before they count it received; the peer's are ``Doc`` clients
+  their SQLite file before they count it received (WAL; on disk within
+  ``SyncLimits.live_durable_delay_s``, 1 s, as a laptop does); the peer's are ``Doc`` clients
   applying it in memory; each delivery is a sample (edit sent → update received),
   and the time until the last of the 50 has it; :data:`ROUNDS` rounds;
 * **sustained edits/s with 50 laptops writing at once**: each laptop makes edits
@@ -970,9 +971,10 @@ async def latency_cases(work: Path, laptops: int, edits: int) -> list[dict[str, 
     """One client writes ``edits`` edits one at a time; ``laptops`` laptops receive each.
 
     caresync's receivers are real laptops (``Replica`` in live mode, each update
-    committed to its own SQLite file, WAL and ``synchronous = FULL``, before the
-    laptop says it received it); the peer's are ``Doc`` clients that apply each
-    update in memory and write nothing. :data:`ROUNDS` rounds of the edits.
+    committed to its own SQLite file, in WAL mode, before the laptop says it received
+    it; synced to disk within ``live_durable_delay_s``, 1 s, as a laptop does); the
+    peer's are ``Doc`` clients that apply each update in memory and write nothing.
+    :data:`ROUNDS` rounds of the edits.
     """
     cases: list[dict[str, Any]] = []
     per_round = max(1, edits // ROUNDS)
@@ -1031,7 +1033,10 @@ async def latency_cases(work: Path, laptops: int, edits: int) -> list[dict[str, 
             "caresync",
             laptops,
             rounds,
-            receivers="Replica in live mode: each update committed (WAL, synchronous FULL)",
+            receivers=(
+                "Replica in live mode: each update committed (WAL), synced to disk within 1 s"
+                " (live_durable_delay_s)"
+            ),
         )
     )
     # the peer
