@@ -1513,6 +1513,7 @@ class _ReplicaHost:
         trusted_persons: Mapping[str, PersonCard] | None = None,
         checked: Mapping[str, ServerCheck] | None = None,
         prepared: PreparedCopy | None = None,
+        durable: bool = False,
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one
         transaction (:func:`caresync.replication.absorb.absorb`), under the replica's
@@ -1528,6 +1529,9 @@ class _ReplicaHost:
         ``trusted_persons`` as they are: it is not built and its rules do not run.
         ``checked`` (a pull or live entries from such a server): a record the batch
         leaves in the state the server checked is stored with its rows and card.
+
+        Committed without waiting for the disk (the server holds what it sent; see
+        ``ReplicaStore.write_remote``) unless ``durable`` or the store cannot.
         """
         replica = self._replica
         self._lazy_intake = lazily = _commits_lazily(replica.store)
@@ -1544,7 +1548,7 @@ class _ReplicaHost:
                 else TrustedCopy(trusted_rows, trusted_persons or {}),
                 checked=checked,
                 prepared=prepared,
-                durable=not lazily,
+                durable=durable or not lazily,
             )
         record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
         if record_ids:

@@ -286,9 +286,11 @@ class SessionHost(Protocol):
         trusted_persons: Mapping[str, PersonCard] | None = None,
         checked: Mapping[str, ServerCheck] | None = None,
         prepared: PreparedCopy | None = None,
+        durable: bool = False,
     ) -> None:
         """Commit what the server sent with ``checkpoint`` (see ``Replica``), without
-        waiting for the disk where the store allows it (:meth:`make_durable`)."""
+        waiting for the disk where the store allows it (:meth:`make_durable`), unless
+        ``durable`` (the last batch of a pull or a copy: it syncs those before it)."""
         ...
 
     async def make_durable(self) -> None:
@@ -819,9 +821,10 @@ class Session:
             if uploaded or copied:
                 await self.report_outbox()  # what is left, if that is news
             downloaded = await self.pull()
-            # Taken in without waiting for the disk: on it before the sync returns, one
-            # sync for every batch (a sync cut short leaves its batches to the next
-            # durable commit, or to a power cut and a pull that fetches them again).
+            # The last batch of the copy and of the pull waited for the disk, so nothing
+            # is left to sync; this is for a pull whose last reply wrote nothing (a sync
+            # cut short leaves its batches to the next durable commit, or to a power cut
+            # and a pull that fetches them again).
             await host.make_durable()
         await self.push_audit()  # after the login's own entry, and anything read meanwhile
         if pull:  # a push alone is not a sync: the laptop took nothing in
@@ -923,6 +926,7 @@ class Session:
                             trusted_rows=None if trusted is None else trusted.rows,
                             trusted_persons=None if trusted is None else trusted.persons,
                             prepared=prepared,
+                            durable=batch.final,  # the last: one sync for the copy's batches
                         )
                     )
                     copied += len(batch.records)
@@ -1038,6 +1042,7 @@ class Session:
                     [(i.record_id, i.update) for i in batch.items],
                     checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
                     checked=from_wire(batch.checked, batch.conflicts),
+                    durable=not batch.more,  # the last: one sync for the pull's batches
                 )
             downloaded += batch.feed_entries  # a merged item stands for several (v10)
             checkpoint = batch.checkpoint
