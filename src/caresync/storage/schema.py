@@ -154,7 +154,7 @@ Version 17 sets a first copy's blocking-key rows aside until its last batch::
     A first copy's batch whose pairs the server named (nothing looked up) appends its
     key rows here, where they cost the end of one B-tree, instead of inserting them at
     random places of ``person_keys`` batch after batch. The copy's last batch moves them
-    into ``person_keys`` in hash order in its own transaction, and so does any write
+    into ``person_keys`` in one statement of its transaction, and so does any write
     that looks keys up or replaces a card's keys, first (an interrupted copy, a local
     edit in between). ``check()`` reads both tables as one index.
 
@@ -549,8 +549,8 @@ _V16: tuple[str, ...] = (
 
 _V17 = (
     # A first copy's key rows, set aside batch after batch in the order written (each
-    # batch's records have keys above every one before): moved into person_keys, sorted,
-    # in one statement at the copy's last batch, or before anything looks a key up.
+    # batch's records have keys above every one before): moved into person_keys in one
+    # statement at the copy's last batch, or before anything looks a key up.
     # Until then they are part of the index as much as person_keys' own rows.
     """CREATE TABLE person_keys_copied (
         hash INTEGER NOT NULL,

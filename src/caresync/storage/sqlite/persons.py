@@ -284,7 +284,7 @@ def _store_persons(
     new here, whose keys this write adds.
 
     ``set_aside`` (a first copy's batch, with ``named``): the key rows are appended to
-    ``person_keys_copied``, to be moved into ``person_keys`` sorted, at once, by
+    ``person_keys_copied``, to be moved into ``person_keys`` at once by
     :func:`_merge_copied_keys` (schema version 17). Any other write moves them first,
     so that what it looks up or deletes is in ``person_keys``.
 

@@ -263,7 +263,7 @@ class RecordWritesPart(SQLiteCore):
                 set_aside=True,
             )
         if records.last:
-            # The key rows set aside by the copy's batches, sorted into the index at once.
+            # The key rows the copy's batches set aside, moved into the index at once.
             _merge_copied_keys(raw)
 
     def _commit_planned(
