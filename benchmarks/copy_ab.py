@@ -9,7 +9,8 @@ caresync in the same conditions this builds the server database once and then co
 
 Each ``copy`` starts a server process on a copy of DB and measures, per round, what
 ``bench_sync`` measures of its caresync copy: the wall time from SYNCHRONISING to the end
-of ``enrol``, the laptop process's CPU and the server process's; it prints one JSON line.
+of ``enrol``, the laptop process's CPU and the server process's; it prints one JSON line
+(with the bytes the laptop wrote, which the machine's load does not change).
 """
 
 from __future__ import annotations
@@ -44,12 +45,25 @@ async def build(db: Path, n: int = N) -> None:
     )
 
 
+def _written() -> int:
+    """Bytes this process (the laptop) has handed to write calls (``wchar`` of
+    ``/proc/self/io``): its database's log and checkpoints, which the load of the
+    machine does not change; 0 where there is no such file."""
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return 0
+    fields = dict(line.split(": ") for line in text.splitlines() if ": " in line)
+    return int(fields.get("wchar", 0))
+
+
 async def copy(db: Path, name: str, rounds: int) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="copy-ab-"))
     try:
         sdb = work / "server.db"
         shutil.copy(db, sdb)
         walls, laptop_cpu, server_cpu, pairs, records = [], [], [], [], []
+        laptop_written_mb: list[float] = []
         async with running("caresync", sdb) as server:
             for r in range(rounds):
                 laptop = await Replica.open(work / f"laptop-{r}.db")
@@ -63,8 +77,10 @@ async def copy(db: Path, name: str, rounds: int) -> dict[str, object]:
                 )
                 server_before = (await server.stats())["cpu_s"]
                 cpu_before = time.process_time()
+                written_before = _written()
                 await laptop.enrol(server.url, username=USER, password=PASSWORD, organisation=ORG)
                 end = time.perf_counter()
+                laptop_written_mb.append(round((_written() - written_before) / 1e6, 1))
                 laptop_cpu.append(round(time.process_time() - cpu_before, 3))
                 walls.append(round(end - marks["copy"], 3))
                 server_cpu.append(round((await server.stats())["cpu_s"] - server_before, 3))
@@ -78,6 +94,7 @@ async def copy(db: Path, name: str, rounds: int) -> dict[str, object]:
             "code": caresync.__file__,
             "walls": walls,
             "laptop_cpu": laptop_cpu,
+            "laptop_written_mb": laptop_written_mb,
             "server_cpu": server_cpu,
             "pairs": pairs,
             "records": records,

@@ -83,6 +83,8 @@ def test_copy_ab_and_copy_profile_copy_a_built_server_with_its_cards_and_pairs(
     assert run["records"] == [300, 300]
     assert run["pairs"][0] == run["pairs"][1]
     assert len(run["walls"]) == len(run["laptop_cpu"]) == len(run["server_cpu"]) == 2
+    assert len(run["laptop_written_mb"]) == 2
+    assert all(mb > 0 for mb in run["laptop_written_mb"])  # a laptop's copy writes its file
     asyncio.run(copy_profile.main(db, profile=False, top=5))
     printed = capsys.readouterr().out
     assert "records 300" in printed

@@ -13,6 +13,7 @@ is not stored.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -122,6 +123,8 @@ async def test_a_laptop_takes_the_servers_pairs_and_looks_up_no_key(
     try:
         assert lookups.calls == 0
         await check_same_index(laptop, server)
+        # The key rows set aside batch after batch are in the index (schema 17).
+        assert set_aside(laptop) == 0
         # The key rows were written: a record registered here later pairs with the copy.
         [pair, *_] = await server.store.person_pairs(state=PairState.POSSIBLE)
         again = await laptop.create_record()
@@ -130,6 +133,56 @@ async def test_a_laptop_takes_the_servers_pairs_and_looks_up_no_key(
         mine = {p.other(again).record_id for p in await laptop.person_pairs(again)}
         assert pair.first.record_id in mine
         assert lookups.calls > 0
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+def set_aside(laptop: Replica) -> int:
+    """How many key rows a first copy has set aside in the laptop's file."""
+    conn = sqlite3.connect(laptop.store.path)  # type: ignore[attr-defined]
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM person_keys_copied").fetchone()[0])
+    finally:
+        conn.close()
+
+
+class CutHere(Exception):
+    """Raised by a progress callback to cut the first copy after a batch."""
+
+
+@pytest.mark.parametrize("cut_after", [1, 2, 4])
+async def test_a_copy_cut_and_resumed_ends_with_the_servers_index(
+    tmp_path: Path, cut_after: int
+) -> None:
+    """Cut after a batch committed (the fourth: the last, before the copy is marked
+    done), the key rows of the batches before wait aside; the copy resumed (a sync)
+    ends with the server's index and none aside."""
+    server = await seeded(tmp_path)
+    laptop = await Replica.open(tmp_path / "laptop.db", limits=SyncLimits(copy_batch_records=BATCH))
+    seen: list[object] = []
+
+    def cut(progress: object) -> None:
+        seen.append(progress)
+        if len(seen) == cut_after:
+            raise CutHere
+
+    try:
+        with pytest.raises(CutHere):
+            await laptop.enrol(
+                server.url,
+                username="dr.a",
+                password=PASSWORD,
+                organisation="clinic-a",
+                progress=cut,
+            )
+        assert len(await laptop.store.record_ids()) == BATCH * cut_after
+        if cut_after < 4:
+            assert set_aside(laptop) > 0
+        assert await laptop.store.check() == []
+        await laptop.sync()
+        await check_same_index(laptop, server)
+        assert set_aside(laptop) == 0
     finally:
         await laptop.close()
         await server.close()

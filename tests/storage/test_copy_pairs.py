@@ -82,27 +82,40 @@ def copied(org: str, page: CopyPage, *, with_pairs: bool) -> CopiedRecords:
 
 
 async def copy_into(
-    laptop: Store, server: Store, size: int, *, with_pairs: bool, orgs: tuple[str, ...] = ORGS
+    laptop: Store,
+    server: Store,
+    size: int,
+    *,
+    with_pairs: bool,
+    orgs: tuple[str, ...] = ORGS,
+    mark_last: bool = False,
 ) -> None:
-    for org in orgs:
-        for page in await pages(server, org, size):
-            last = page.records[-1][0]
-            await laptop.write_copy(
-                copied(org, page, with_pairs=with_pairs), checkpoint=("copy.resume", last)
-            )
+    """The copy of ``orgs``, page by page; ``mark_last``: its last page is marked so
+    (``CopiedRecords.last``), as a laptop marks a copy's final batch."""
+    batches = [(org, page) for org in orgs for page in await pages(server, org, size)]
+    for n, (org, page) in enumerate(batches, start=1):
+        last = page.records[-1][0]
+        batch = copied(org, page, with_pairs=with_pairs)
+        if mark_last and n == len(batches):
+            batch = replace(batch, last=True)
+        await laptop.write_copy(batch, checkpoint=("copy.resume", last))
 
 
-def key_rows(path: Path) -> list[tuple[int, str]]:
-    """The laptop's blocking key rows, as (hash, record id)."""
+def key_rows(path: Path, table: str = "person_keys") -> list[tuple[int, str]]:
+    """The laptop's blocking key rows in ``table``, as (hash, record id)."""
     conn = sqlite3.connect(path)
     try:
         return sorted(
-            conn.execute(
-                "SELECT k.hash, r.record_id FROM person_keys k JOIN records r ON r.rk = k.rk"
-            )
+            conn.execute(f"SELECT k.hash, r.record_id FROM {table} k JOIN records r ON r.rk = k.rk")
         )
     finally:
         conn.close()
+
+
+def index_rows(path: Path) -> list[tuple[int, str]]:
+    """The laptop's whole key index: its rows and those a first copy set aside (schema
+    version 17), each once."""
+    return sorted({*key_rows(path), *key_rows(path, "person_keys_copied")})
 
 
 async def index(store: Store, ids: list[str]) -> tuple[object, ...]:
@@ -137,11 +150,20 @@ def test_a_copy_with_the_servers_pairs_leaves_the_index_of_a_copy_that_finds_the
                 async with SQLiteStore.open(folder / name) as laptop:
                     await copy_into(laptop, server, size, with_pairs=with_pairs)
                     found.append(await index(laptop, ids))
-                found.append(key_rows(folder / name))
+                found.append(index_rows(folder / name))
+            # The copy with the server's pairs, its last batch marked: its key rows were
+            # set aside batch after batch (schema 17), then moved into the index at once.
+            async with SQLiteStore.open(folder / "last.db") as laptop:
+                await copy_into(laptop, server, size, with_pairs=True, mark_last=True)
+                at_the_end = await index(laptop, ids)
             found.append(await index(server, ids))
         named, named_keys, computed, computed_keys, on_server = found
         assert named == computed
-        assert named_keys == computed_keys
+        assert named_keys == computed_keys  # the rows set aside are the index's rows
+        assert key_rows(folder / "found.db", "person_keys_copied") == []
+        assert at_the_end == computed
+        assert key_rows(folder / "last.db") == computed_keys
+        assert key_rows(folder / "last.db", "person_keys_copied") == []
         assert named == on_server  # the laptop's index is the server's
         assert named[2] == oracle(
             {record.record_id: (org, person_card(record)) for record, org in records}

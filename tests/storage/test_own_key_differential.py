@@ -33,6 +33,8 @@ def _put_own_rows(path: Path, orgs: dict[str, str | None], version: int | None) 
             [(_key_hash(org or "", f"r:{rid}"), rid) for rid, org in sorted(orgs.items())],
         )
         if version is not None:
+            # Nor had a database of then the table of version 17.
+            conn.execute("DROP TABLE person_keys_copied")
             conn.execute(f"PRAGMA user_version = {version}")
         conn.execute("COMMIT")
     finally:

@@ -40,6 +40,8 @@ def _put_own_rows(path: Path, ids: list[str], org: str, *, version: int | None) 
             sorted(_own_rows(path, ids, org)),
         )
         if version is not None:
+            # Nor had a database of then the table of version 17.
+            conn.execute("DROP TABLE person_keys_copied")
             conn.execute(f"PRAGMA user_version = {version}")
         conn.execute("COMMIT")
     finally:

@@ -160,12 +160,14 @@ def prepare_copy(
     organisation: str | None,
     *,
     on_bad: OnBadUpdate = OnBadUpdate.QUARANTINE,
+    last: bool = False,
 ) -> PreparedCopy:
     """What :func:`absorb` does with a trusted first-copy batch whose every record is
     new here (``absent``), before it writes: each record's bytes read as an update
     (its state vector), with its rows and card, as the store's lists. Touches neither
     the store nor the pool, so it may run while the previous batch commits; the
     caller passes the result to :func:`absorb` (``prepared``) under the write lock.
+    ``last``: the copy's last batch (``CopiedRecords.last``).
     """
     kept_aside: list[QuarantinedUpdate] = []
     ids = [record_id for record_id, _update in updates]
@@ -207,7 +209,9 @@ def prepare_copy(
         # A record kept aside is not stored, nor its card: its pairs are not either.
         aside = named.difference(ids)
         pairs = [pair for pair in pairs if pair[0] not in aside and pair[1] not in aside]
-    records = CopiedRecords(ids, stored, vectors, organisation, rows, persons, sent, pairs)
+    records = CopiedRecords(
+        ids, stored, vectors, organisation, rows, persons, sent, pairs, last=last
+    )
     return PreparedCopy(named, records, tuple(kept_aside))
 
 

@@ -86,7 +86,7 @@ from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
-from caresync.storage import ConflictRow, Identity, LaptopStore, OutboxSummary
+from caresync.storage import ConflictRow, CopiedRecords, Identity, LaptopStore, OutboxSummary
 from caresync.transport import Channel, Connector
 from caresync.versions import CLIENT_VERSION, check_version
 
@@ -877,6 +877,7 @@ class Session:
         batch_records = self.limits.copy_batch_records
         batch_bytes = self.limits.copy_batch_bytes
         copied = 0
+        ended = False  # a batch marked the copy's last was written
         committing: asyncio.Task[None] | None = None  # the previous batch's commit
         reported: CopyProgress | None = None  # its progress, once committed
         self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
@@ -888,7 +889,9 @@ class Session:
                 # on): without them every record would have to be built anyway.
                 trusted = None if batch.persons is None else _trusted_copy(batch)
                 prepared = (
-                    prepare_copy(updates, trusted, self.host.identity.organisation)
+                    prepare_copy(
+                        updates, trusted, self.host.identity.organisation, last=batch.final
+                    )
                     if trusted is not None and updates
                     else None
                 )
@@ -918,11 +921,12 @@ class Session:
                     # Records after the resume point are new here, unless this laptop
                     # created them itself: one query instead of a lookup per record.
                     ours = set(await store.record_ids(after=resume))
+                    absent = {r.record_id for r in batch.records} - ours
                     committing = asyncio.create_task(
                         self.host.take_in(
                             updates,
                             checkpoint=(meta.COPY_RESUME, batch.last_record_id or ""),
-                            absent={r.record_id for r in batch.records} - ours,
+                            absent=absent,
                             trusted_rows=None if trusted is None else trusted.rows,
                             trusted_persons=None if trusted is None else trusted.persons,
                             prepared=prepared,
@@ -930,6 +934,13 @@ class Session:
                         )
                     )
                     copied += len(batch.records)
+                    # Written the copy's way (take_in writes a prepared batch whole
+                    # when its every record is absent here), the last batch included.
+                    ended = (
+                        prepared is not None
+                        and prepared.records.last
+                        and prepared.record_ids <= absent
+                    )
                 resume = batch.last_record_id
                 reported = CopyProgress(
                     batch.done_records, batch.total_records, batch.done_bytes, batch.total_bytes
@@ -940,6 +951,12 @@ class Session:
             if committing is not None:
                 await committing
                 committing = None
+            if not ended:
+                # The last batch wrote nothing the copy's way (a copy resumed after its
+                # last records were committed, say): what the store set aside for the
+                # copy's end (SQLite: the key rows) is done now, in a write of its own.
+                organisation = self.host.identity.organisation
+                await store.write_copy(CopiedRecords((), (), (), organisation, {}, {}, last=True))
             if progress is not None and reported is not None:
                 progress(reported)
         finally:

@@ -299,6 +299,9 @@ class CopiedRecords:
     (each by :func:`~caresync.records.persons.pair_of` of the two cards it holds)
     instead of finding the cards that share a blocking key with the batch's, unless it
     holds local changes the sender has not acknowledged; None: it finds them."""
+    last: bool = False
+    """The copy's last batch: what a store set aside for the copy's end is done in its
+    transaction (SQLite: the key rows of the batches before, schema version 17)."""
 
     def __post_init__(self) -> None:
         ids, updates, vectors = self.record_ids, self.updates, self.state_vectors
@@ -317,6 +320,8 @@ class CopiedRecords:
         if ids and {type(u) for u in (*updates, *vectors)} != {bytes}:
             raise InvalidInputError("updates and state vectors must be bytes")
         check_optional_text(self.organisation, "organisation")
+        if type(self.last) is not bool:
+            raise InvalidInputError("last must be True or False")
         named = set(ids)
         for record_id, rows in self.conflicts.items():
             if record_id not in named:

@@ -147,6 +147,17 @@ comparing a pull's card references reads it with the state vector, not the card:
     it has just migrated from an older version (a crash before that fill leaves NULLs,
     which only cost a card read).
 
+Version 17 sets a first copy's blocking-key rows aside until its last batch::
+
+    person_keys_copied (hash, rk)       rowid table, appended in rk order
+
+    A first copy's batch whose pairs the server named (nothing looked up) appends its
+    key rows here, where they cost the end of one B-tree, instead of inserting them at
+    random places of ``person_keys`` batch after batch. The copy's last batch moves them
+    into ``person_keys`` in one statement of its transaction, and so does any write
+    that looks keys up or replaces a card's keys, first (an interrupted copy, a local
+    edit in between). ``check()`` reads both tables as one index.
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -536,6 +547,17 @@ _V16: tuple[str, ...] = (
     # them, hence the version.
 )
 
+_V17 = (
+    # A first copy's key rows, set aside batch after batch in the order written (each
+    # batch's records have keys above every one before): moved into person_keys in one
+    # statement at the copy's last batch, or before anything looks a key up.
+    # Until then they are part of the index as much as person_keys' own rows.
+    """CREATE TABLE person_keys_copied (
+        hash INTEGER NOT NULL,
+        rk INTEGER NOT NULL
+    )""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -553,6 +575,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     14: _V14,
     15: _V15,
     16: _V16,
+    17: _V17,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

@@ -83,6 +83,11 @@ _PERSON_CHECKS = (
         "person keys belong to no stored card",
     ),
     (
+        "SELECT COUNT(*) FROM person_keys_copied WHERE rk NOT IN"
+        " (SELECT r.rk FROM records r JOIN person_cards c ON c.record_id = r.record_id)",
+        "person keys set aside by a first copy belong to no stored card",
+    ),
+    (
         "SELECT COUNT(*) FROM person_pairs WHERE first NOT IN (SELECT record_id FROM person_cards)"
         " OR second NOT IN (SELECT record_id FROM person_cards)",
         "person pairs name a record with no stored card",
@@ -110,8 +115,12 @@ def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
         count = _scalar(raw, sql)
         if count:
             yield f"{count} {problem}"
-    for record_id, organisation, data, digest in raw.execute(
-        "SELECT c.record_id, c.organisation, c.card, r.card_digest FROM person_cards c"
+    # Key rows a first copy set aside (schema 17) are the index as much as person_keys'.
+    set_aside: dict[int, set[int]] = {}
+    for value, rk in raw.execute("SELECT hash, rk FROM person_keys_copied"):
+        set_aside.setdefault(int(rk), set()).add(int(value))
+    for record_id, organisation, data, digest, rk in raw.execute(
+        "SELECT c.record_id, c.organisation, c.card, r.card_digest, r.rk FROM person_cards c"
         " LEFT JOIN records r ON r.record_id = c.record_id"
     ):
         if digest is not None and bytes(digest) != card_digest(bytes(data)):
@@ -130,6 +139,8 @@ def _check_persons(raw: sqlite3.Connection) -> Iterable[str]:
                 (record_id,),
             )
         }
+        if rk is not None:
+            stored |= set_aside.get(int(rk), set())
         # Its own key may still have a row of before schema version 16 (harmless).
         stored.discard(_key_hash(organisation, _own_key(record_id)))
         expected = {

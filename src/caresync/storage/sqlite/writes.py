@@ -48,7 +48,7 @@ from caresync.storage.sqlite._sql import (
 )
 from caresync.storage.sqlite.core import SQLiteCore
 from caresync.storage.sqlite.hub import _write_hub_marks
-from caresync.storage.sqlite.persons import _read_cards, _store_persons
+from caresync.storage.sqlite.persons import _merge_copied_keys, _read_cards, _store_persons
 
 __all__ = ["RecordWritesPart"]
 
@@ -173,7 +173,7 @@ class RecordWritesPart(SQLiteCore):
             check_meta_key(checkpoint[0])
         kept_aside = check_quarantine(quarantine)
         ids = list(records.record_ids)
-        if not ids and not kept_aside and checkpoint is None:
+        if not ids and not kept_aside and checkpoint is None and not records.last:
             return
         now = self._now_ms()
 
@@ -267,7 +267,11 @@ class RecordWritesPart(SQLiteCore):
                 keys_of=dict(zip(ids, keys, strict=False)),
                 named=named,
                 digests_written=True,
+                set_aside=True,
             )
+        if records.last:
+            # The key rows the copy's batches set aside, moved into the index at once.
+            _merge_copied_keys(raw)
 
     def _commit_planned(
         self,
