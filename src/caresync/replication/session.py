@@ -473,6 +473,7 @@ class Session:
         self._reply_room = asyncio.Semaphore(MAX_QUEUED_REPLIES)
         self._live_updates: asyncio.Queue[LiveUpdate | LiveBatch] | None = None
         self._durable_later: asyncio.Task[None] | None = None  # live batches' sync, pending
+        self._live_batches = 0  # live batches committed: the sync above sees if more came
         self._reader: asyncio.Task[None] | None = None
         self._read_error: BaseException | None = None
 
@@ -1176,6 +1177,7 @@ class Session:
                 checkpoint=(meta.CHECKPOINT, str(live.last_seq)),
                 checked=live.checks or None,
             )
+            self._live_batches += 1
             if not self.limits.live_durable_delay_s:
                 await self.host.make_durable()
             elif self._durable_later is None or self._durable_later.done():
@@ -1192,13 +1194,18 @@ class Session:
 
     async def _make_durable_later(self) -> None:
         """Make the live batches durable after ``live_durable_delay_s``: one sync for all
-        that were committed meanwhile (a failing disk is tried again at the next batch,
-        or when live mode ends)."""
-        await asyncio.sleep(self.limits.live_durable_delay_s)
-        try:
-            await self.host.make_durable()
-        except StorageError as exc:
-            logger.warning("live updates not yet made durable (tried again later): %s", exc)
+        that were committed meanwhile. A batch committed while that sync ran, or a
+        failing disk, waits one more delay (live mode's end syncs whatever is left)."""
+        while True:
+            await asyncio.sleep(self.limits.live_durable_delay_s)
+            batches = self._live_batches
+            try:
+                await self.host.make_durable()
+            except StorageError as exc:
+                logger.warning("live updates not yet made durable (tried again): %s", exc)
+                continue
+            if self._live_batches == batches:
+                return
 
     async def _push_live(self) -> None:
         changed = self.host.outbox_changed

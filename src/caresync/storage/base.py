@@ -1023,7 +1023,8 @@ class ReplicaStore(Protocol):
         ``durable=False``: committed (visible to every reader, kept through a crash of
         this process) without waiting for the disk; a power cut before the next durable
         commit of this store or :meth:`make_durable` may lose it, whole, with its
-        checkpoint. A laptop writes what it receives from its server so (the server
+        checkpoint (a PostgreSQL store's, a crash of its database server too). A laptop
+        writes what it receives from its server so (the server
         holds it: the next pull fetches a lost batch again), never what a person wrote.
         A server stores pushes durably: it acknowledges them.
         """
