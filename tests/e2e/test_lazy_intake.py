@@ -18,6 +18,7 @@ import pytest
 from tests.e2e.live_helpers import (
     LIMIT_S,
     PASSWORD,
+    Signal,
     enrolled,
     live,
     start_server,
@@ -54,6 +55,18 @@ def _store(replica: Replica) -> SQLiteStore:
     store = replica.store
     assert isinstance(store, SQLiteStore)
     return store
+
+
+async def _an_edit_arrives(writer: Replica, reader: Replica, signal: Signal) -> None:
+    """The writer edits a new record and syncs; returns once the reader has it."""
+    record_id = await writer.create_record()
+    await writer.set(record_id, "name", "Awa Ndiaye", author="dr.a")
+    await writer.sync()
+
+    async def reader_has_it() -> bool:
+        return record_id in await reader.record_ids()
+
+    await until(reader_has_it, signal)
 
 
 async def _nothing_waits(store: SQLiteStore) -> bool:
@@ -134,14 +147,7 @@ async def test_live_updates_are_made_durable_after_each_batch_with_no_delay(
     async with live(reader) as run, asyncio.timeout(LIMIT_S):
         await run.states.reach(ReplicaState.ONLINE)
         synced.clear()
-        record_id = await writer.create_record()
-        await writer.set(record_id, "name", "Awa Ndiaye", author="dr.a")
-        await writer.sync()
-
-        async def reader_has_it() -> bool:
-            return record_id in await reader.record_ids()
-
-        await until(reader_has_it, signal)
+        await _an_edit_arrives(writer, reader, signal)
         await synced.wait()  # the batch's own sync, not the delay's
         assert await _nothing_waits(store)
     for closable in (writer, reader, server):
@@ -162,14 +168,7 @@ async def test_leaving_live_mode_makes_its_batches_durable_without_waiting_for_t
     async with live(reader) as run, asyncio.timeout(LIMIT_S):
         await run.states.reach(ReplicaState.ONLINE)
         async with traced(store) as statements:
-            record_id = await writer.create_record()
-            await writer.set(record_id, "name", "Awa Ndiaye", author="dr.a")
-            await writer.sync()
-
-            async def reader_has_it() -> bool:
-                return record_id in await reader.record_ids()
-
-            await until(reader_has_it, signal)
+            await _an_edit_arrives(writer, reader, signal)
         assert _lazy_commits(statements) >= 1
     assert reader.state is ReplicaState.OFFLINE
     assert await _nothing_waits(store)  # the end of live mode synced it
@@ -237,14 +236,7 @@ async def test_live_updates_are_made_durable_by_the_delay_while_live_mode_runs(
     async with live(reader) as run, asyncio.timeout(LIMIT_S):
         await run.states.reach(ReplicaState.ONLINE)
         synced.clear()
-        record_id = await writer.create_record()
-        await writer.set(record_id, "name", "Awa Ndiaye", author="dr.a")
-        await writer.sync()
-
-        async def reader_has_it() -> bool:
-            return record_id in await reader.record_ids()
-
-        await until(reader_has_it, signal)
+        await _an_edit_arrives(writer, reader, signal)
         # A sync with a lazy commit to make durable (no trace around this: the delayed
         # sync's own trace would replace it).
         await synced.wait()  # made durable by the delayed sync...
