@@ -29,6 +29,7 @@ from tests.sqlite_trace import traced, write_transactions
 
 from caresync.exceptions import InvalidInputError
 from caresync.replica import Replica, ReplicaState, SyncLimits
+from caresync.server import SyncServer
 from caresync.storage import SQLiteStore
 
 NORMAL, FULL = "PRAGMA SYNCHRONOUS = NORMAL", "PRAGMA SYNCHRONOUS = FULL"
@@ -55,6 +56,14 @@ def _store(replica: Replica) -> SQLiteStore:
     store = replica.store
     assert isinstance(store, SQLiteStore)
     return store
+
+
+async def _writer_and_reader(tmp_path: Path, delay: float) -> tuple[SyncServer, Replica, Replica]:
+    """A server, a laptop that writes, and one that reads with ``live_durable_delay_s``."""
+    server = await start_server(tmp_path)
+    writer = await enrolled(tmp_path, server, "writer")
+    limits = SyncLimits(live_durable_delay_s=delay)
+    return server, writer, await enrolled(tmp_path, server, "reader", user="dr.b", limits=limits)
 
 
 async def _an_edit_arrives(writer: Replica, reader: Replica, signal: Signal) -> None:
@@ -129,11 +138,7 @@ async def test_a_first_copy_commits_its_batches_lazily_and_enrol_returns_with_th
 async def test_live_updates_are_made_durable_after_each_batch_with_no_delay(
     tmp_path: Path,
 ) -> None:
-    server = await start_server(tmp_path)
-    writer = await enrolled(tmp_path, server, "writer")
-    reader = await enrolled(
-        tmp_path, server, "reader", user="dr.b", limits=SyncLimits(live_durable_delay_s=0)
-    )
+    server, writer, reader = await _writer_and_reader(tmp_path, 0)
     store = _store(reader)
     synced = asyncio.Event()
     real = store.make_durable
@@ -157,12 +162,8 @@ async def test_live_updates_are_made_durable_after_each_batch_with_no_delay(
 async def test_leaving_live_mode_makes_its_batches_durable_without_waiting_for_the_delay(
     tmp_path: Path,
 ) -> None:
-    server = await start_server(tmp_path)
-    writer = await enrolled(tmp_path, server, "writer")
     # A delay far longer than the test: only the end of live mode can have synced.
-    reader = await enrolled(
-        tmp_path, server, "reader", user="dr.b", limits=SyncLimits(live_durable_delay_s=60)
-    )
+    server, writer, reader = await _writer_and_reader(tmp_path, 60)
     store = _store(reader)
     signal = watch(writer, reader)
     async with live(reader) as run, asyncio.timeout(LIMIT_S):
@@ -216,11 +217,7 @@ async def test_live_updates_are_made_durable_by_the_delay_while_live_mode_runs(
 ) -> None:
     """The default path (a delay above 0): the delayed sync itself, not the end of live
     mode, makes the batches durable. Without the delayed sync this waits in vain."""
-    server = await start_server(tmp_path)
-    writer = await enrolled(tmp_path, server, "writer")
-    reader = await enrolled(
-        tmp_path, server, "reader", user="dr.b", limits=SyncLimits(live_durable_delay_s=0.01)
-    )
+    server, writer, reader = await _writer_and_reader(tmp_path, 0.01)
     store = _store(reader)
     synced = asyncio.Event()
     real = store.make_durable
