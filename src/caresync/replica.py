@@ -1424,7 +1424,8 @@ class _ReplicaHost:
 
     def __init__(self, replica: Replica) -> None:
         self._replica = replica
-        self._lazy_intake = False  # what the last take_in found the store can do
+        self._lazy_intake = False  # what the last take_in found the store can do...
+        self._methods_seen: tuple[object, ...] = ()  # ...with these methods of it
 
     @property
     def store(self) -> LaptopStore:
@@ -1534,7 +1535,7 @@ class _ReplicaHost:
         ``ReplicaStore.write_remote``) unless ``durable`` or the store cannot.
         """
         replica = self._replica
-        self._lazy_intake = lazily = _commits_lazily(replica.store)
+        lazily = self._commits_lazily()
         async with replica._write_lock:
             await absorb(
                 replica._pool,
@@ -1557,6 +1558,18 @@ class _ReplicaHost:
     async def make_durable(self) -> None:
         if self._lazy_intake:
             await self._replica.store.make_durable()
+
+    def _commits_lazily(self) -> bool:
+        """:func:`_commits_lazily` of the store, read again only when its methods change
+        (reading their signatures costs about 50 µs: a live batch is often one update)."""
+        store = self._replica.store
+        methods = tuple(
+            getattr(store, name, None) for name in ("write_remote", "write_copy", "make_durable")
+        )
+        if methods != self._methods_seen:
+            self._methods_seen = methods
+            self._lazy_intake = _commits_lazily(store)
+        return self._lazy_intake
 
     def acknowledged(self, count: int) -> None:
         self._replica._notify_acknowledged(count)
