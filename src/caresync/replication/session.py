@@ -126,13 +126,14 @@ COPY_BATCH_RECORDS = 2000
 """Records per first-copy batch, each committed with its resume point: a copy cut short
 loses at most the batch in flight. 2,000 rather than 500: a quarter of the commits and
 of the per-batch round trips and queries on both sides (issue 18)."""
+COPY_BATCH_BYTES = 4 * 1024 * 1024
+"""Bytes per first-copy batch at most (records with their rows and cards): a batch of
+large records stays well under a frame (16 MiB by default)."""
 LIVE_DURABLE_DELAY_S = 1.0
 """How long live updates, committed as they arrive, may wait for the disk: one sync for
 every live batch committed in that time (see :attr:`SyncLimits.live_durable_delay_s`)."""
 MAX_LIVE_DURABLE_DELAY_S = 60.0
-COPY_BATCH_BYTES = 4 * 1024 * 1024
-"""Bytes per first-copy batch at most (records with their rows and cards): a batch of
-large records stays well under a frame (16 MiB by default)."""
+"""The longest delay a ``SyncLimits`` accepts."""
 WHY_CLOSED_WAIT_S = 5.0
 """After a failed send, how long the reader may take to read why the server closed."""
 MAX_QUEUED_REPLIES = 8

@@ -1024,8 +1024,8 @@ class ReplicaStore(Protocol):
         this process) without waiting for the disk; a power cut before the next durable
         commit of this store or :meth:`make_durable` may lose it, whole, with its
         checkpoint (a PostgreSQL store's, a crash of its database server too). A laptop
-        writes what it receives from its server so (the server
-        holds it: the next pull fetches a lost batch again), never what a person wrote.
+        writes what it receives from its server so (the server holds it: the next pull
+        fetches a lost batch again), never what a person wrote.
         A server stores pushes durably: it acknowledges them.
         """
         ...
