@@ -1426,6 +1426,10 @@ class _ReplicaHost:
         self._replica = replica
         self._lazy_intake = False  # what the last take_in found the store can do...
         self._methods_seen: tuple[object, ...] = ()  # ...with these methods of it
+        # A take_in may have committed without waiting for the disk since the last
+        # make_durable began: set before its commit is asked, so a make_durable that
+        # starts meanwhile syncs it (a sync with nothing to do then waits for nothing).
+        self._maybe_unsynced = False
 
     @property
     def store(self) -> LaptopStore:
@@ -1536,6 +1540,8 @@ class _ReplicaHost:
         """
         replica = self._replica
         lazily = self._commits_lazily()
+        if lazily and not durable:
+            self._maybe_unsynced = True
         async with replica._write_lock:
             await absorb(
                 replica._pool,
@@ -1556,8 +1562,14 @@ class _ReplicaHost:
             replica._notify_received(record_ids)
 
     async def make_durable(self) -> None:
-        if self._lazy_intake:
+        if not (self._lazy_intake and self._maybe_unsynced):
+            return  # nothing taken in lazily since the last sync began
+        self._maybe_unsynced = False
+        try:
             await self._replica.store.make_durable()
+        except BaseException:
+            self._maybe_unsynced = True  # not synced: the next call tries again
+            raise
 
     def _commits_lazily(self) -> bool:
         """:func:`_commits_lazily` of the store, read again only when its methods change

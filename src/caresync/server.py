@@ -1017,7 +1017,9 @@ class SyncServer:
             mark = (await self.store.hub_changes(organisation, MAX_SEQ, 1)).mark
         # Read after the mark, the list may be newer than it, never older: the next
         # change report repeats what it already holds, which merging takes as it is.
-        rows = await self.store.hub_summaries(organisation)
+        # Mark 0: the outbox never held a row (``ServerStore.hub_changes``), and a
+        # server with no hub answers every sync so: nothing to read.
+        rows = await self.store.hub_summaries(organisation) if mark else []
         _queue_hub_report(conn, report_items(rows), mark=mark, whole=True)
 
     @property
@@ -1631,7 +1633,12 @@ class SyncServer:
         async with self._commit_lock if send_checks else contextlib.nullcontext():
             head = await self.store.feed_head()
             try:
-                items, taken, to_end = await self._pull_entries(conn, request)
+                items, taken, to_end = (
+                    # A laptop at the head (a sync with nothing to do): nothing to read.
+                    ((), [], True)
+                    if head <= request.after_seq
+                    else await self._pull_entries(conn, request)
+                )
             except _EntryTooLarge as exc:
                 conn.serving = True  # it names the record: sent once the login is on disk
                 conn.protocol.refuse(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e.live_helpers import (
@@ -19,6 +20,7 @@ from tests.e2e.live_helpers import (
     RawSession,
     Signal,
     WatchedChannel,
+    enrolled,
     raw_session,
     start_server,
     until,
@@ -521,4 +523,53 @@ async def test_a_store_without_make_durable_has_each_login_synced_as_before(
         assert logins[-1].detail == laptop.identity.replica_id
     finally:
         await laptop.close()
+        await server.close()
+
+
+class _Calls:
+    """Counts the calls of some methods of one object (wrapped on the instance)."""
+
+    def __init__(self, target: object, *names: str) -> None:
+        self.count = dict.fromkeys(names, 0)
+        for name in names:
+            method = getattr(target, name)
+
+            async def counted(*args: object, _name: str = name, _m: Any = method, **kw: Any) -> Any:
+                self.count[_name] += 1
+                return await _m(*args, **kw)
+
+            setattr(target, name, counted)
+
+
+async def test_a_sync_with_nothing_to_do_reads_no_feed_entries_no_hub_list_and_syncs_nothing(
+    tmp_path: Path,
+) -> None:
+    """The laptop at the feed's head: the server reads no entries; no hub ever queued a
+    summary (mark 0): no list to read; the laptop took nothing in: no disk sync asked.
+    Then another laptop's edit: each is read (and synced) again, as it must be."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    other = await enrolled(tmp_path, server, "other", user="dr.b")
+    try:
+        async with asyncio.timeout(LIMIT_S):
+            await laptop.sync()
+            served = _Calls(server.store, "feed_head", "feed_since", "hub_summaries")
+            synced = _Calls(laptop.store, "make_durable")
+            report = await laptop.sync()  # nothing to do
+        assert (report.uploaded, report.downloaded) == (0, 0)
+        assert served.count == {"feed_head": 1, "feed_since": 0, "hub_summaries": 0}
+        assert synced.count == {"make_durable": 0}
+        record_id = await other.create_record()
+        await other.set(record_id, "name/given", "Ada", author="dr.b")
+        async with asyncio.timeout(LIMIT_S):
+            await other.sync()
+            report = await laptop.sync()
+        assert report.downloaded > 0
+        [head] = (await laptop.fields(record_id))["name/given"].heads
+        assert head.value == "Ada"
+        assert served.count["feed_since"] >= 1
+        assert served.count["hub_summaries"] == 0  # still no summary ever queued
+    finally:
+        await laptop.close()
+        await other.close()
         await server.close()

@@ -539,7 +539,8 @@ class HubChanges:
     after it (none when asked from mark 0: a reader holding nothing has nothing to
     drop). No record is in both. ``mark``: how far the answer covers: the store's
     mark when the answer is complete, else (``more``) the mark of its last change, to
-    ask after next.
+    ask after next. The first change takes mark 1: a store's mark is 0 only while its
+    outbox has never held a row (a server then reads no list for a laptop).
     """
 
     rows: tuple[HubSummaryRow, ...]

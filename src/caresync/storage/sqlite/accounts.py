@@ -287,7 +287,7 @@ class AccountsPart(SQLiteCore):
         check_text(replica_id, "replica_id")
 
         return await self._run(
-            f"reading replica {replica_id!r}", lambda raw: sql_replica(raw, replica_id)
+            f"reading replica {replica_id!r}", lambda raw: sql_replica(raw, replica_id), brief=True
         )
 
     async def replica_secret_hash(self, replica_id: str) -> str | None:
@@ -295,7 +295,9 @@ class AccountsPart(SQLiteCore):
         check_text(replica_id, "replica_id")
 
         return await self._run(
-            f"reading replica {replica_id!r}", lambda raw: sql_secret_hash(raw, replica_id)
+            f"reading replica {replica_id!r}",
+            lambda raw: sql_secret_hash(raw, replica_id),
+            brief=True,
         )
 
     async def set_replica_secret_hash(self, replica_id: str, secret_hash: str) -> None:

@@ -99,6 +99,9 @@ DEFAULT_CHECKPOINT_PAGES = 1000
 """SQLite's own threshold of automatic checkpoints, in pages of the write-ahead log."""
 _NAMES_KEPT = 32_768  # record ids by key kept for the change feed's readers (as many as the cache)
 _SYNCED_AT = "durable.synced_ms"  # written by make_durable: a commit that syncs
+BRIEF_ROWS = 16
+"""The most rows a read asked by key may name (or a listing may ask) to run as a brief
+read (``SQLiteCore._run``): a live batch's records, a login's reads, one page of hub marks."""
 MAX_CHECKPOINT_PAGES = 1_000_000
 """The most ``checkpoint_pages`` may be (4 GB of log)."""
 
@@ -117,6 +120,13 @@ class SQLiteCore:
     ) -> None:
         self._conn: aiosqlite.Connection | None = conn
         self._raw: sqlite3.Connection = conn._conn
+        # Jobs handed to the connection's thread, and jobs it has finished: while they
+        # are equal, a brief read may run on the caller's thread (see _run). Each
+        # count is written by one thread only (handed: the caller's; finished: the
+        # connection's, as a job's last step, even if its caller was cancelled).
+        self._handed = 0
+        self._finished = 0
+        self._reads_here = False  # set by open for a plain connection (not encrypted)
         self.path = path
         self.cache = cache
         self._now_ms = clock
@@ -266,6 +276,7 @@ class SQLiteCore:
         store = cls(conn, path, cache=cache, clock=clock)
         store._lock = lock
         store._key = key
+        store._reads_here = key is None  # the connection files.py made for any thread
         store.read_only = read_only
         store.accounts_only = accounts_only
         store._checkpoint_pages = checkpoint_pages
@@ -400,19 +411,37 @@ class SQLiteCore:
             lambda raw: _backup_into(raw, destination, key),
         )
 
-    async def _run(self, what: str, job: Job[T]) -> T:
-        """Run ``job(raw_connection)`` on the connection's thread; translate its errors."""
+    async def _run(self, what: str, job: Job[T], *, brief: bool = False) -> T:
+        """Run ``job(raw_connection)`` on the connection's thread; translate its errors.
+
+        ``brief``: a read of a few rows by key (a setting, the feed's head, one
+        replica's row). It runs here, on the caller's thread, when the connection's
+        thread has no job of this store (every job handed over has finished): the hop
+        there and back (two thread wake-ups, 50-150 µs on a virtual machine) costs more
+        than such a read (10-30 µs), and a sync makes several. Jobs stay one at a
+        time: nothing is handed over while a read runs here (the caller's thread is
+        busy with it), and nothing runs here while anything is handed over."""
         conn = self._conn
         if conn is None:
             raise StorageError(f"{what}: the store at {self.path} is closed")
-        execute = cast(Callable[..., Any], conn._execute)
         try:
-            return cast(T, await execute(job, self._raw))
+            if brief and self._handed == self._finished and self._reads_here:
+                return job(self._raw)
+            execute = cast(Callable[..., Any], conn._execute)
+            self._handed += 1
+            return cast(T, await execute(self._counted, job, self._raw))
         except SQLITE_ERRORS as exc:
             error = _translate(exc, what)
             if isinstance(error, CorruptDatabaseError) and self.damaged is None:
                 self.damaged = str(exc)  # found damaged while running: no more writes
             raise error from exc
+
+    def _counted(self, job: Job[T], raw: sqlite3.Connection) -> T:
+        """``job(raw)`` on the connection's thread, counted as finished when it ends."""
+        try:
+            return job(raw)
+        finally:
+            self._finished += 1
 
     def _write(
         self, raw: sqlite3.Connection, body: Callable[[], T], *, accounts: bool = False

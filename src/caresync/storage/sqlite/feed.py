@@ -98,4 +98,4 @@ class FeedPart(SQLiteCore):
 
     async def feed_head(self) -> int:
         """The highest change-feed number given out (0 when the feed is empty)."""
-        return await self._run("reading the change feed", _feed_head)
+        return await self._run("reading the change feed", _feed_head, brief=True)

@@ -36,7 +36,15 @@ _BUSY_TIMEOUT_S = 2.0
 def _connection(target: str | Path, *, key: bytes | None, uri: bool) -> aiosqlite.Connection:
     """The store's aiosqlite connection: plain as ever, or encrypted with ``key``."""
     if key is None:
-        return aiosqlite.connect(target, isolation_level=None, timeout=_BUSY_TIMEOUT_S, uri=uri)
+        # Usable from the event loop's thread too, for brief reads while the connection's
+        # own thread is idle (``SQLiteCore._run``); never from two threads at once.
+        return aiosqlite.connect(
+            target,
+            isolation_level=None,
+            timeout=_BUSY_TIMEOUT_S,
+            uri=uri,
+            check_same_thread=False,
+        )
     return aiosqlite.Connection(
         lambda: connect(target, key=key, uri=uri, timeout=_BUSY_TIMEOUT_S),
         iter_chunk_size=64,  # aiosqlite.connect's default

@@ -28,7 +28,7 @@ from caresync.storage.base import (
     check_optional_text,
     check_text,
 )
-from caresync.storage.sqlite.core import SQLiteCore
+from caresync.storage.sqlite.core import BRIEF_ROWS, SQLiteCore
 
 __all__ = ["HubPart"]
 
@@ -248,6 +248,7 @@ class HubPart(SQLiteCore):
         return await self._run(
             "reading the hub outbox's changes",
             lambda raw: _read_changes(raw, organisation, after, limit),
+            brief=limit <= BRIEF_ROWS,
         )
 
     async def record_hub_attempt(self, record_id: str, attempted_ms: int) -> None:

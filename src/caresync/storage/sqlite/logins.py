@@ -52,4 +52,4 @@ class LoginsPart(SQLiteCore):
                 if raw.in_transaction:  # SQLite may have rolled back itself (I/O error)
                     raw.execute("COMMIT")
 
-        return await self._run("reading a login", job)
+        return await self._run("reading a login", job, brief=True)

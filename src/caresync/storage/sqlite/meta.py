@@ -54,7 +54,7 @@ class MetaPart(SQLiteCore):
         """A stored setting or checkpoint, or None."""
         check_text(key, "meta key")
 
-        return await self._run(f"reading meta {key!r}", lambda raw: sql_meta(raw, key))
+        return await self._run(f"reading meta {key!r}", lambda raw: sql_meta(raw, key), brief=True)
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a setting or checkpoint, committed before returning."""

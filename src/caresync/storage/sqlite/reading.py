@@ -22,7 +22,7 @@ from caresync.storage.base import (
 )
 from caresync.storage.cache import CachedRecord
 from caresync.storage.sqlite._sql import _chunks, _full, _marks, _record_row, _scalar
-from caresync.storage.sqlite.core import SQLiteCore
+from caresync.storage.sqlite.core import BRIEF_ROWS, SQLiteCore
 from caresync.storage.sqlite.persons import _parse_pair, _read_cards
 
 __all__ = ["ReadingPart"]
@@ -306,7 +306,7 @@ class ReadingPart(SQLiteCore):
             self.cache.put_many(entries)
             return read
 
-        return await self._run(f"reading {len(ids)} held states", job)
+        return await self._run(f"reading {len(ids)} held states", job, brief=len(ids) <= BRIEF_ROWS)
 
     async def has_record(self, record_id: str) -> bool:
         """True if the record is stored here."""
@@ -314,7 +314,9 @@ class ReadingPart(SQLiteCore):
         if self.cache.get(record_id) is not None:
             return True
         return await self._run(
-            f"looking up {record_id}", lambda raw: _record_row(raw, record_id) is not None
+            f"looking up {record_id}",
+            lambda raw: _record_row(raw, record_id) is not None,
+            brief=True,
         )
 
     async def record_ids(
@@ -453,7 +455,9 @@ class ReadingPart(SQLiteCore):
                 raw.execute("COMMIT")
             return {record_id: tuple(found[record_id]) for record_id in ids if record_id in found}
 
-        return await self._run(f"reading the conflicts of {len(ids)} records", job)
+        return await self._run(
+            f"reading the conflicts of {len(ids)} records", job, brief=len(ids) <= BRIEF_ROWS
+        )
 
     async def person_cards(self, record_ids: Sequence[str]) -> dict[str, PersonCard]:
         """The stored person cards of these records, in the order asked (none: absent).
@@ -498,7 +502,7 @@ class ReadingPart(SQLiteCore):
                 int(counts.get(f"pairs:{PairState.LINKED.value}") or 0),
             )
 
-        return await self._run("counting conflicts and person pairs", job)
+        return await self._run("counting conflicts and person pairs", job, brief=True)
 
     async def person_card_bytes(self, record_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored person cards of these records as stored (``PersonCard.to_bytes()``),
