@@ -67,7 +67,8 @@ async def test_a_brief_read_runs_on_the_callers_thread_when_the_connection_is_id
         await store._run("reading", _where(ran, "handed"))
     here = threading.get_ident()
     assert ran[0] == ("brief", here)
-    assert ran[1][0] == "handed" and ran[1][1] != here  # not brief: the connection's thread
+    assert ran[1][0] == "handed"
+    assert ran[1][1] != here  # not brief: the connection's thread
 
 
 async def test_a_brief_read_waits_behind_a_job_handed_over_and_runs_after_it(

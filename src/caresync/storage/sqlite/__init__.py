@@ -8,7 +8,12 @@ to that thread, so statements of two coroutines never interleave inside one
 transaction, and a durable edit costs one thread round trip plus one fsync.
 (aiosqlite has no public call for "run this function on your thread"; we use
 its ``_execute``, pinned by the ``aiosqlite`` version range in
-``pyproject.toml`` and checked when a store opens.)
+``pyproject.toml`` and checked when a store opens.) The one exception, a **brief
+read** (a few rows by key: a setting, the feed's head, a replica's row, a login's
+reads, a live batch's held states): while every job handed to that thread has
+finished, it runs on the caller's thread instead, where it costs less than the hop
+there and back; still one job at a time (``SQLiteCore._run``; plain connections
+only, an encrypted one keeps every job on its thread).
 
 Durability: WAL with ``synchronous = FULL`` (see :mod:`caresync.storage.schema`),
 so a call that returned has its commit fsynced to the write-ahead log (the one
