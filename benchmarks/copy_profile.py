@@ -78,7 +78,9 @@ async def main(db: Path, profile: bool, top: int) -> None:
     store_profile = cProfile.Profile() if profile else None
     original = SQLiteCore._run
 
-    async def timed_run(self: SQLiteCore, what: str, job: Callable[[Any], Any]) -> Any:
+    async def timed_run(
+        self: SQLiteCore, what: str, job: Callable[[Any], Any], *, brief: bool = False
+    ) -> Any:
         label = re.sub(r"\d+", "N", what)
 
         def wrapped(raw: Any) -> Any:
@@ -95,7 +97,7 @@ async def main(db: Path, profile: bool, top: int) -> None:
                 entry[1] += time.perf_counter() - wall
                 entry[2] += 1
 
-        return await original(self, what, wrapped)
+        return await original(self, what, wrapped, brief=brief)
 
     SQLiteCore._run = timed_run  # type: ignore[method-assign]
     try:
