@@ -1428,7 +1428,9 @@ class _ReplicaHost:
         self._methods_seen: tuple[object, ...] = ()  # ...with these methods of it
         # A take_in may have committed without waiting for the disk since the last
         # make_durable began: set before its commit is asked, so a make_durable that
-        # starts meanwhile syncs it (a sync with nothing to do then waits for nothing).
+        # starts meanwhile syncs it, and again once it ends, as one that started
+        # meanwhile may have synced before the commit (a sync with nothing to do then
+        # waits for nothing).
         self._maybe_unsynced = False
 
     @property
@@ -1542,21 +1544,28 @@ class _ReplicaHost:
         lazily = self._commits_lazily()
         if lazily and not durable:
             self._maybe_unsynced = True
-        async with replica._write_lock:
-            await absorb(
-                replica._pool,
-                replica.store,
-                updates,
-                checkpoint=checkpoint,
-                organisation=replica.identity.organisation,
-                absent=absent,
-                trusted=None
-                if trusted_rows is None
-                else TrustedCopy(trusted_rows, trusted_persons or {}),
-                checked=checked,
-                prepared=prepared,
-                durable=durable or not lazily,
-            )
+        try:
+            async with replica._write_lock:
+                await absorb(
+                    replica._pool,
+                    replica.store,
+                    updates,
+                    checkpoint=checkpoint,
+                    organisation=replica.identity.organisation,
+                    absent=absent,
+                    trusted=None
+                    if trusted_rows is None
+                    else TrustedCopy(trusted_rows, trusted_persons or {}),
+                    checked=checked,
+                    prepared=prepared,
+                    durable=durable or not lazily,
+                )
+        finally:
+            if lazily and not durable:
+                # Again once committed (or cancelled, its job perhaps still to run): a
+                # make_durable that began while this waited (for the lock, for its
+                # reads) may have synced before the commit and cleared the mark.
+                self._maybe_unsynced = True
         record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
         if record_ids:
             replica._notify_received(record_ids)
