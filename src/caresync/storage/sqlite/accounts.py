@@ -58,13 +58,17 @@ def sql_user(raw: sqlite3.Connection, organisation: str, username: str) -> UserA
     return UserAccount(organisation, username, row[0], row[1], row[2], row[3], admin=bool(row[4]))
 
 
-def sql_organisation_accounts(raw: sqlite3.Connection, organisation: str) -> dict[str, str]:
-    """Every account of the organisation: username → display name (else username)."""
+def sql_organisation_accounts(
+    raw: sqlite3.Connection, organisation: str, limit: int = -1
+) -> dict[str, str]:
+    """Every account of the organisation: username → display name (else username); the
+    first ``limit`` by username only, if given."""
     return {
         str(name): str(shown or name)
         for name, shown in raw.execute(
-            "SELECT username, display_name FROM users WHERE organisation = ? ORDER BY username",
-            (organisation,),
+            "SELECT username, display_name FROM users WHERE organisation = ? ORDER BY username"
+            " LIMIT ?",
+            (organisation, limit),
         )
     }
 

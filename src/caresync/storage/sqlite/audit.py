@@ -15,7 +15,7 @@ from caresync.storage._audit import (
     sql_tail,
 )
 from caresync.storage.base import check_text
-from caresync.storage.sqlite.core import BRIEF_ROWS, SQLiteCore
+from caresync.storage.sqlite.core import SQLiteCore
 
 __all__ = ["AuditPart", "sql_newest_tail"]
 
@@ -79,7 +79,9 @@ class AuditPart(SQLiteCore):
             lambda raw: sql_entries(
                 raw, replica_id=replica_id, record_id=record_id, after_seq=after_seq, limit=limit
             ),
-            brief=limit is not None and limit <= BRIEF_ROWS,
+            # Never brief: ``limit`` bounds the rows returned, not those read. With
+            # ``after_seq`` the query walks the replica's chain in order from its
+            # start (a laptop's own chain: every entry it ever wrote) up to there.
         )
 
     async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:

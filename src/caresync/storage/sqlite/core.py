@@ -127,6 +127,9 @@ class SQLiteCore:
         self._handed = 0
         self._finished = 0
         self._reads_here = False  # set by open for a plain connection (not encrypted)
+        # The most accounts of one organisation a login's reads found (None: none read
+        # yet): above BRIEF_ACCOUNTS, a login's reads are not brief (see read_resume).
+        self._most_accounts: int | None = None
         self.path = path
         self.cache = cache
         self._now_ms = clock
