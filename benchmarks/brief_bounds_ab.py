@@ -91,7 +91,6 @@ async def measure(entries: int, accounts: int, reps: int) -> dict[str, Any]:
     async with SQLiteStore.open(path) as store:
         await store.add_session(SessionRow("b" * 64, "clinic-big", "user-000001", None, 0, 2**50))
         await store.add_session(SessionRow("s" * 64, "clinic-small", "user-000001", None, 0, 2**50))
-        await store.read_resume("s" * 64, "laptop-1")  # learnt: a small organisation
         for _ in range(reps):
             for name, read in (
                 (

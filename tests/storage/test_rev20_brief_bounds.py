@@ -118,28 +118,27 @@ async def test_a_login_of_a_large_organisation_reads_its_accounts_off_the_loop(
             await store.add_session(
                 SessionRow(token * 64, organisation, "user-00001", "laptop-1", 0, 10**13)
             )
-        # The first login's reads go to the thread (nothing learnt yet); a small
-        # organisation's then run here, on the loop, in few steps.
-        first = await store.read_resume("a" * 64, "laptop-1")
+        # A small organisation's login reads run here, on the loop, in few steps.
+        with _counted(store) as small:
+            first = await store.read_resume("a" * 64, "laptop-1")
         assert first.accounts is not None
         assert len(first.accounts) == 3
-        with _counted(store) as small:
-            again = await store.read_resume("a" * 64, "laptop-1")
-        assert again == first
-        assert 0 < small.on_loop < STEPS_BOUND  # brief: on the loop (its audit tail too)
+        assert 0 < small.on_loop < STEPS_BOUND  # brief (its audit tail too)
         assert small.elsewhere == 0
-        # A large organisation: its accounts are read on the connection's thread, and
-        # every login after it too (the store has seen one that large).
-        with _counted(store) as big:
-            large = await store.read_resume("b" * 64, "laptop-1")
-        assert large.accounts is not None
-        assert len(large.accounts) == ACCOUNTS > BRIEF_ACCOUNTS
-        with _counted(store) as after:
+        # A large organisation: its accounts are read whole on the connection's thread
+        # (the first time found here in a bounded read, then known).
+        for _ in range(2):
+            with _counted(store) as big:
+                large = await store.read_resume("b" * 64, "laptop-1")
+            assert large.accounts is not None
+            assert len(large.accounts) == ACCOUNTS > BRIEF_ACCOUNTS
+            assert big.on_loop < STEPS_BOUND
+            assert big.elsewhere > 0
+        # The small one's still run here, as before.
+        with _counted(store) as again:
             assert await store.read_resume("a" * 64, "laptop-1") == first
-            assert len((await store.read_resume("b" * 64, "laptop-1")).accounts or ()) == ACCOUNTS
-        for steps in (big, after):
-            assert steps.on_loop < STEPS_BOUND
-            assert steps.elsewhere > 0
+        assert 0 < again.on_loop < STEPS_BOUND
+        assert again.elsewhere == 0
     finally:
         await store.close()
 

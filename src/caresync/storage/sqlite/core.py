@@ -127,9 +127,9 @@ class SQLiteCore:
         self._handed = 0
         self._finished = 0
         self._reads_here = False  # set by open for a plain connection (not encrypted)
-        # The most accounts of one organisation a login's reads found (None: none read
-        # yet): above BRIEF_ACCOUNTS, a login's reads are not brief (see read_resume).
-        self._most_accounts: int | None = None
+        # Organisations a login's reads found larger than BRIEF_ACCOUNTS: their logins'
+        # reads are not brief (see read_resume). Touched by the store's jobs only.
+        self._large_organisations: set[str] = set()
         self.path = path
         self.cache = cache
         self._now_ms = clock

@@ -22,10 +22,10 @@ from caresync.storage.sqlite.sessions import sql_session
 __all__ = ["BRIEF_ACCOUNTS", "LoginsPart"]
 
 BRIEF_ACCOUNTS = 4 * BRIEF_ROWS
-"""A login's reads run as a brief read (``SQLiteCore._run``) only while no login read
-so far found an organisation of more accounts than this, and read no more than this
-many and one there: they read every account of the user's organisation (about 0.8 ms
-a thousand), which no key bounds."""
+"""A login's reads run as a brief read (``SQLiteCore._run``) for an organisation of at
+most this many accounts: they read every account of the user's organisation (about
+0.8 ms a thousand), which no key bounds. A brief one reads this many and one at most
+(none for an organisation known to be larger), then hands the reads over whole."""
 
 
 class LoginsPart(SQLiteCore):
@@ -46,12 +46,19 @@ class LoginsPart(SQLiteCore):
                 session = sql_session(raw, token_hash)
                 account = accounts = None
                 if session is not None:
-                    account = sql_user(raw, session.organisation, session.username)
+                    organisation = session.organisation
+                    large = self._large_organisations
+                    if most >= 0 and organisation in large:
+                        return None  # known to be large: read whole on the thread
+                    account = sql_user(raw, organisation, session.username)
                     accounts = sql_organisation_accounts(
-                        raw, session.organisation, -1 if most < 0 else most + 1
+                        raw, organisation, -1 if most < 0 else most + 1
                     )
-                    # One job at a time: one writer of the count, whichever thread.
-                    self._most_accounts = max(self._most_accounts or 0, len(accounts))
+                    # One job at a time: one writer of the set, whichever thread.
+                    if len(accounts) > BRIEF_ACCOUNTS:
+                        large.add(organisation)
+                    else:
+                        large.discard(organisation)
                     if 0 <= most < len(accounts):
                         return None
                 return ResumeReads(
@@ -70,13 +77,11 @@ class LoginsPart(SQLiteCore):
         def whole(raw: sqlite3.Connection) -> ResumeReads:
             return cast(ResumeReads, read(raw, -1))  # no bound: never None
 
-        # Brief while no login read so far found a large organisation (the first read,
-        # with nothing learnt yet, goes to the thread), and even then it reads at most
-        # BRIEF_ACCOUNTS + 1 accounts here: more, and the reads go to the thread whole.
-        if self._most_accounts is not None and self._most_accounts <= BRIEF_ACCOUNTS:
-            reads = await self._run(
-                "reading a login", lambda raw: read(raw, BRIEF_ACCOUNTS), brief=True
-            )
-            if reads is not None:
-                return reads
+        # Brief for a small organisation; a large one's accounts are read whole on the
+        # connection's thread (found here in at most BRIEF_ACCOUNTS + 1 rows, once).
+        reads = await self._run(
+            "reading a login", lambda raw: read(raw, BRIEF_ACCOUNTS), brief=True
+        )
+        if reads is not None:
+            return reads
         return await self._run("reading a login", whole)
