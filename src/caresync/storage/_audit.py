@@ -249,6 +249,8 @@ def sql_entries(
     limit: int | None,
 ) -> list[AuditEntry]:
     """Entries in chain order (replica, line, number), filtered as asked."""
+    if replica_id is not None and after_seq > 0:
+        return _entries_after(raw, replica_id, record_id, after_seq, limit)
     where = ["seq > ?"]
     args: list[object] = [after_seq]
     if replica_id is not None:
@@ -265,3 +267,37 @@ def sql_entries(
         sql += " LIMIT ?"
         args.append(limit)
     return [_row(row) for row in raw.execute(sql, args)]
+
+
+def _entries_after(
+    raw: sqlite3.Connection,
+    replica_id: str,
+    record_id: str | None,
+    after_seq: int,
+    limit: int | None,
+) -> list[AuditEntry]:
+    """:func:`sql_entries` of one replica after a number, line by line: each line's
+    entries after it are one seek in the primary key (replica, line, number). One query
+    for them all walks every entry of the replica up to that number (the planner cannot
+    tell that ``seq > ?`` ends a line's prefix): the entries a laptop has not sent yet,
+    asked at every sync, cost the length of its whole chain."""
+    found: list[AuditEntry] = []
+    extra, extra_args = ("", ()) if record_id is None else (" AND record_id = ?", (record_id,))
+    line = -1
+    while limit is None or len(found) < limit:
+        (line,) = raw.execute(
+            "SELECT MIN(line) FROM audit_trail WHERE replica_id = ? AND line > ?",
+            (replica_id, line),
+        ).fetchone()
+        if line is None:
+            break
+        sql = (
+            f"SELECT {_COLUMNS} FROM audit_trail"
+            f" WHERE replica_id = ? AND line = ? AND seq > ?{extra} ORDER BY seq"
+        )
+        args: list[object] = [replica_id, line, after_seq, *extra_args]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit - len(found))
+        found += [_row(row) for row in raw.execute(sql, args)]
+    return found

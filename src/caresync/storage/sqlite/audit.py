@@ -15,7 +15,7 @@ from caresync.storage._audit import (
     sql_tail,
 )
 from caresync.storage.base import check_text
-from caresync.storage.sqlite.core import SQLiteCore
+from caresync.storage.sqlite.core import BRIEF_ROWS, SQLiteCore
 
 __all__ = ["AuditPart", "sql_newest_tail"]
 
@@ -79,9 +79,12 @@ class AuditPart(SQLiteCore):
             lambda raw: sql_entries(
                 raw, replica_id=replica_id, record_id=record_id, after_seq=after_seq, limit=limit
             ),
-            # Never brief: ``limit`` bounds the rows returned, not those read. With
-            # ``after_seq`` the query walks the replica's chain in order from its
-            # start (a laptop's own chain: every entry it ever wrote) up to there.
+            # Brief only for a few entries of one replica, which are read by a seek
+            # per chain line (``sql_entries``); a filter by record walks the line.
+            brief=replica_id is not None
+            and record_id is None
+            and limit is not None
+            and limit <= BRIEF_ROWS,
         )
 
     async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
