@@ -1,6 +1,6 @@
 """The store's core: opening a file (its writer lock, recognition, migration), the
-connection's thread every call runs on, one transaction per write, and the cache of
-committed records."""
+database thread every call runs on (shared with the process's other stores:
+:mod:`.threads`), one transaction per write, and the cache of committed records."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, cast
-
-import aiosqlite
+from typing import Self
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError, StorageError
 from caresync.storage._cipher import DATABASE_ERRORS, SQLITE_ERRORS, check_key
@@ -30,6 +28,7 @@ from caresync.storage.schema import CONNECTION_PRAGMAS, SCHEMA_VERSION
 from caresync.storage.sqlite._sql import _IN_CHUNK, Job, T, _marks, _read_identity, _translate
 from caresync.storage.sqlite.files import _backup_into, _connection, _recognise_or_create
 from caresync.storage.sqlite.persons import _key_hash, _own_key
+from caresync.storage.sqlite.threads import DatabaseConnection
 
 __all__ = ["SQLiteCore"]
 
@@ -105,18 +104,18 @@ MAX_CHECKPOINT_PAGES = 1_000_000
 
 class SQLiteCore:
     """The connection every part runs on: opening and closing, one job per call on the
-    connection's thread, one transaction per write, and the cache of committed records."""
+    connection's database thread, one transaction per write, and the cache of committed
+    records."""
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        conn: DatabaseConnection,
         path: Path,
         *,
         cache: RecordCache,
         clock: Callable[[], int],
     ) -> None:
-        self._conn: aiosqlite.Connection | None = conn
-        self._raw: sqlite3.Connection = conn._conn
+        self._conn: DatabaseConnection | None = conn
         self.path = path
         self.cache = cache
         self._now_ms = clock
@@ -249,20 +248,17 @@ class SQLiteCore:
         lock = None if side_door else WriterLock.acquire(path)
         resolved = await asyncio.to_thread(path.resolve)
         target: str | Path = resolved.as_uri() + "?mode=ro" if read_only else path
-        conn = _connection(target, key=key, uri=read_only)
         try:
-            await conn
+            # Made on its database thread, where every job of the store then runs.
+            conn = await DatabaseConnection.open(
+                lambda: _connection(target, key=key, uri=read_only)
+            )
         except BaseException as exc:
             if lock is not None:
                 lock.release()
             if isinstance(exc, SQLITE_ERRORS):
                 raise _translate(exc, f"opening {path}") from exc
             raise
-        if not callable(getattr(conn, "_execute", None)):
-            await conn.close()
-            if lock is not None:
-                lock.release()
-            raise StorageError("this aiosqlite version is not supported (no connection thread)")
         store = cls(conn, path, cache=cache, clock=clock)
         store._lock = lock
         store._key = key
@@ -405,9 +401,8 @@ class SQLiteCore:
         conn = self._conn
         if conn is None:
             raise StorageError(f"{what}: the store at {self.path} is closed")
-        execute = cast(Callable[..., Any], conn._execute)
         try:
-            return cast(T, await execute(job, self._raw))
+            return await conn.run(job)
         except SQLITE_ERRORS as exc:
             error = _translate(exc, what)
             if isinstance(error, CorruptDatabaseError) and self.damaged is None:

@@ -1,5 +1,5 @@
 """The store's files: recognising (or creating, then linking into place) a database file,
-its aiosqlite connection, and a backup copy."""
+its connection, and a backup copy."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
-
-import aiosqlite
 
 from caresync.exceptions import (
     CorruptDatabaseError,
@@ -33,14 +31,10 @@ __all__: list[str] = []  # the store's own helpers; nothing public
 _BUSY_TIMEOUT_S = 2.0
 
 
-def _connection(target: str | Path, *, key: bytes | None, uri: bool) -> aiosqlite.Connection:
-    """The store's aiosqlite connection: plain as ever, or encrypted with ``key``."""
-    if key is None:
-        return aiosqlite.connect(target, isolation_level=None, timeout=_BUSY_TIMEOUT_S, uri=uri)
-    return aiosqlite.Connection(
-        lambda: connect(target, key=key, uri=uri, timeout=_BUSY_TIMEOUT_S),
-        iter_chunk_size=64,  # aiosqlite.connect's default
-    )
+def _connection(target: str | Path, *, key: bytes | None, uri: bool) -> sqlite3.Connection:
+    """The store's connection, made on its database thread: plain sqlite3 in autocommit
+    mode (the store runs its own ``BEGIN``), or encrypted with ``key``."""
+    return connect(target, key=key, uri=uri, timeout=_BUSY_TIMEOUT_S)
 
 
 def _recognise_or_create(path: Path, create: bool, now_ms: int, key: bytes | None) -> None:
