@@ -52,7 +52,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, Final, TypeVar
 
-from caresync.exceptions import StorageError
+from caresync.exceptions import InvalidInputError, StorageError
 
 __all__ = ["THREADS", "DatabaseConnection", "database_threads"]
 
@@ -142,7 +142,8 @@ def _rollback_left_open(raw: sqlite3.Connection) -> BaseException | None:
 class _Thread:
     """One database thread: its queue of jobs and the number of stores pinned to it."""
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, pool: DatabaseThreads, number: int) -> None:
+        self.pool = pool
         self.queue: SimpleQueue[_Item | None] = SimpleQueue()
         self.stores = 0  # changed under the pool's lock
         self.forked = False  # set in a child process, which has no such thread
@@ -181,10 +182,14 @@ class DatabaseThreads:
     """The process's database threads (one instance, :func:`database_threads`)."""
 
     def __init__(self, size: int = THREADS) -> None:
+        if type(size) is not int or size < 1:
+            raise InvalidInputError(f"a process needs at least one database thread, not {size!r}")
         self.size = size
+        """How many threads at most."""
         self._lock = threading.Lock()
         self._threads: list[_Thread] = []
         self._started = 0
+        _pools.add(self)
 
     def pin(self) -> _Thread:
         """The thread a new store runs on: the least loaded, or a new one while there
@@ -193,7 +198,7 @@ class DatabaseThreads:
             chosen = min(self._threads, key=lambda t: t.stores, default=None)
             if chosen is None or (chosen.stores > 0 and len(self._threads) < self.size):
                 self._started += 1
-                chosen = _Thread(self._started)
+                chosen = _Thread(self, self._started)
                 chosen.thread.start()
                 self._threads.append(chosen)
             chosen.stores += 1
@@ -221,8 +226,18 @@ class DatabaseThreads:
         self._threads = []
 
 
+_pools: weakref.WeakSet[DatabaseThreads] = weakref.WeakSet()
 _POOL = DatabaseThreads()
-os.register_at_fork(after_in_child=_POOL._after_fork)
+
+
+def _after_fork() -> None:
+    global _mailboxes_lock
+    _mailboxes_lock = threading.Lock()
+    for pool in list(_pools):
+        pool._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def database_threads() -> DatabaseThreads:
@@ -249,8 +264,7 @@ class DatabaseConnection:
     @classmethod
     async def open(cls, connect: Callable[[], sqlite3.Connection]) -> DatabaseConnection:
         """A connection made by ``connect()`` on a database thread; its errors raised here."""
-        pool = _POOL
-        thread = pool.pin()
+        thread = _POOL.pin()
         made: list[sqlite3.Connection] = []
 
         def job(_: None) -> sqlite3.Connection:
@@ -262,7 +276,7 @@ class DatabaseConnection:
         except BaseException:
             # Failed, or the caller gave up waiting (the job may still make the
             # connection): close what it made and let the thread go, after it.
-            thread.queue.put((_release_made(pool, thread, made), None, None, None))
+            thread.queue.put((_release_made(thread, made), None, None, None))
             raise
         return cls(thread, raw)
 
@@ -291,18 +305,9 @@ class DatabaseConnection:
         if thread is None:
             return
         self._finalizer.detach()
-        raw = self._raw
-        pool = _POOL
-
-        def job(_: None) -> None:
-            try:
-                raw.close()
-            finally:
-                pool.unpin(thread)
-
-        if thread.forked:  # nothing of it runs here; the parent closes its own
+        if thread.forked:  # its thread is in the parent, which closes its own
             return
-        await _submit(thread, job, None)
+        await _submit(thread, _release_made(thread, [self._raw]), None)
 
 
 async def _submit(thread: _Thread, job: Callable[[Any], T], raw: sqlite3.Connection | None) -> T:
@@ -312,15 +317,15 @@ async def _submit(thread: _Thread, job: Callable[[Any], T], raw: sqlite3.Connect
     return await future
 
 
-def _release_made(
-    pool: DatabaseThreads, thread: _Thread, made: list[sqlite3.Connection]
-) -> Callable[[None], None]:
+def _release_made(thread: _Thread, made: list[sqlite3.Connection]) -> Callable[[None], None]:
+    """A job that closes these connections, then lets their thread go."""
+
     def job(_: None) -> None:
         try:
             for raw in made:
                 raw.close()
         finally:
-            pool.unpin(thread)
+            thread.pool.unpin(thread)
 
     return job
 
@@ -330,4 +335,4 @@ def _close_dropped(thread: _Thread, raw: sqlite3.Connection) -> None:
     garbage collector, on any thread: a queue put is all it does)."""
     if thread.forked:
         return
-    thread.queue.put((_release_made(_POOL, thread, [raw]), None, None, None))
+    thread.queue.put((_release_made(thread, [raw]), None, None, None))
