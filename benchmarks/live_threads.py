@@ -12,6 +12,7 @@ tree under test (``PYTHONPATH``) is the only thing that changes between runs::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -66,10 +67,8 @@ async def main(laptops: int) -> dict[str, Any]:
             return result
 
         bench_sync.latency_case = keep
-        try:
+        with contextlib.suppress(_Done):
             await bench_sync.latency_cases(Path(work), laptops, EDITS)
-        except _Done:
-            pass
     measured["median_ms"] = cases[0]["median_ms"]["median"]
     measured["p99_ms"] = cases[0]["p99_ms"]["median"]
     return measured

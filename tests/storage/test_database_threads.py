@@ -20,7 +20,7 @@ from caresync import CorruptDatabaseError, StorageError
 from caresync.storage import IncomingUpdate, SQLiteStore
 from caresync.storage.sqlite import core as core_module
 from caresync.storage.sqlite import threads as threads_module
-from caresync.storage.sqlite.threads import DatabaseThreads
+from caresync.storage.sqlite.threads import THREADS, DatabaseThreads
 
 JOIN_S = 10.0  # a bound on waiting for a thread to stop (it stops at once)
 
@@ -30,6 +30,14 @@ def pool(monkeypatch: pytest.MonkeyPatch) -> DatabaseThreads:
     """A pool of its own for the test (one thread, as the process's), so that stores other
     tests left to the garbage collector share none of its threads."""
     fresh = DatabaseThreads(1)
+    monkeypatch.setattr(threads_module, "_POOL", fresh)
+    return fresh
+
+
+@pytest.fixture
+def process_pool(monkeypatch: pytest.MonkeyPatch) -> DatabaseThreads:
+    """A pool of its own the size of the process's (THREADS)."""
+    fresh = DatabaseThreads()
     monkeypatch.setattr(threads_module, "_POOL", fresh)
     return fresh
 
@@ -294,22 +302,23 @@ async def test_two_loops_at_once_share_a_thread(tmp_path: Path, pool: DatabaseTh
 
 @pytest.mark.slow
 async def test_two_hundred_stores_use_at_most_the_pools_threads_and_none_after(
-    tmp_path: Path, pool: DatabaseThreads
+    tmp_path: Path, process_pool: DatabaseThreads
 ) -> None:
-    def ours() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t in pool.threads()]
-
+    pool = process_pool
     before = threading.active_count()
     stores = []
     try:
         for n in range(200):
             stores.append(await SQLiteStore.open(tmp_path / f"{n}.db"))
         threads = pool.threads()
-        assert len(threads) == 1
-        assert ours() == threads
+        assert len(threads) == THREADS
         assert {thread_of(s) for s in stores} == set(threads)
+        assert all(t.is_alive() for t in threads)
+        # Least loaded: the stores are spread evenly.
+        per_thread = [sum(thread_of(s) is t for s in stores) for t in threads]
+        assert max(per_thread) - min(per_thread) <= 1
         # Besides the pool's: asyncio's default executor (opening checks the file there).
-        assert threading.active_count() <= before + 1 + (min(32, (os.cpu_count() or 1) + 4))
+        assert threading.active_count() <= before + THREADS + min(32, (os.cpu_count() or 1) + 4)
         await asyncio.gather(*(s.count_conflicts() for s in stores))
     finally:
         for store in stores:

@@ -58,9 +58,10 @@ __all__ = ["THREADS", "DatabaseConnection", "database_threads"]
 
 T = TypeVar("T")
 
-THREADS: Final = int(os.environ.get("CARESYNC_DB_THREADS", "1"))  # XXX measuring
-_COALESCE = os.environ.get("CARESYNC_DB_NOCOALESCE") is None  # XXX measuring
-"""Database threads per process, at most. One measured best: see ``docs/storage.md``."""
+THREADS: Final = 2
+"""Database threads per process, at most. Two, measured (``docs/storage.md``, Database
+threads): against one, a store's wait for the disk (an fsync, a read) no longer holds up
+every other store of the process; more would only take the GIL from each other."""
 
 _STOP: Final = None
 
@@ -82,7 +83,7 @@ class _Mailbox:
         """Hand ``result`` (or the exception, if not ``ok``) to ``future`` (any thread)."""
         with self._lock:
             self._items.append((future, ok, result))
-            if self._waking and _COALESCE:
+            if self._waking:
                 return  # the loop will take this one with the others
             self._waking = True
         loop = self._loop()
