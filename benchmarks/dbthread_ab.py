@@ -7,7 +7,8 @@ A, B, A, B, ... and write each run's JSON line, the load, and per-pair ratios.
 executes ``COMMAND`` with ``{python}`` replaced by ``<tree>/.venv/bin/python`` and
 ``{tree}`` by the tree, in the tree's directory, with ``PYTHONPATH=<tree>`` (its
 ``benchmarks``) and the variant's environment. The last line a run prints that parses
-as a JSON object is its result. Used for ``benchmarks/results/dbthread_ab.json``.
+as a JSON object is its result (else the file named after ``--out``). Used for
+``benchmarks/results/dbthread_ab.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def run(variant: dict[str, Any], command: list[str]) -> dict[str, Any]:
             continue
         if isinstance(parsed, dict):
             result = parsed
+    if not result and "--out" in argv:  # a benchmark that writes its results to a file
+        result = json.loads(Path(argv[argv.index("--out") + 1]).read_text())
     if done.returncode != 0 or not result:
         raise SystemExit(f"{variant['name']} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return {
