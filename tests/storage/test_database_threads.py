@@ -18,6 +18,7 @@ from store_helpers import Patient
 
 from caresync import CorruptDatabaseError, StorageError
 from caresync.storage import IncomingUpdate, SQLiteStore
+from caresync.storage import _cipher as cipher_module
 from caresync.storage.sqlite import core as core_module
 from caresync.storage.sqlite import threads as threads_module
 from caresync.storage.sqlite.threads import THREADS, DatabaseThreads
@@ -149,7 +150,19 @@ async def test_a_job_that_leaves_its_transaction_open_fails_and_is_rolled_back(
         assert (await store.get_user("org-1", "ada")) is not None
 
 
-@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize(
+    "encrypted",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                cipher_module._mc is None and cipher_module._sqlcipher is None,
+                reason="no encrypting SQLite installed here",
+            ),
+        ),
+    ],
+)
 async def test_a_writer_and_its_side_doors_interleave_on_one_thread(
     tmp_path: Path, pool: DatabaseThreads, encrypted: bool
 ) -> None:
@@ -188,14 +201,30 @@ async def test_closing_waits_for_the_jobs_queued_before(
 ) -> None:
     path = tmp_path / "replica.db"
     store = await SQLiteStore.open(path)
+    release = threading.Event()
     patients = [Patient() for _ in range(50)]
+    # The thread held by a first job, so that the writes and the close all wait in its
+    # queue; tasks take their first step in the order made, so each write is queued (its
+    # first step ends awaiting its job) before the close is, and the gate opens last.
+    gate = asyncio.ensure_future(store._run("gate", lambda raw: release.wait(JOIN_S)))
     writes = [
         asyncio.ensure_future(store.write_remote([IncomingUpdate(p.id, p.created, None)]))
         for p in patients
     ]
-    await asyncio.sleep(0)  # the writes are queued (each task ran to its await)
-    await store.close()
-    assert all(w.done() and w.exception() is None for w in writes)
+
+    async def close_and_look() -> list[bool]:
+        await store.close()
+        return [w.done() for w in writes]
+
+    closing = asyncio.ensure_future(close_and_look())
+
+    async def open_gate() -> None:
+        assert not closing.done()
+        release.set()
+
+    *_, done_when_closed, _ = await asyncio.gather(gate, *writes, closing, open_gate())
+    assert done_when_closed == [True] * 50
+    assert all(w.exception() is None for w in writes)
     with pytest.raises(StorageError, match="closed"):
         await store.load(patients[0].id)
     await store.close()  # twice: harmless
