@@ -36,14 +36,13 @@ import asyncio
 import contextlib
 import gc
 import os
+import sqlite3
 import statistics
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from benchmarks.bench_person_index import people
 from benchmarks.common import RESULTS_DIR, write_results
@@ -285,14 +284,11 @@ def library_without_key() -> Iterator[None]:
     instead of the standard library's: the library's own cost, without encryption."""
     real = sqlite_module._connection
 
-    def connection(target: str | Path, *, key: bytes | None, uri: bool) -> aiosqlite.Connection:
+    def connection(target: str | Path, *, key: bytes | None, uri: bool) -> sqlite3.Connection:
         if key is not None:
             return real(target, key=key, uri=uri)
-        return aiosqlite.Connection(
-            lambda: multiple_ciphers.connect(
-                os.fspath(target), uri=uri, timeout=2.0, isolation_level=None
-            ),
-            iter_chunk_size=64,
+        return multiple_ciphers.connect(
+            os.fspath(target), uri=uri, timeout=2.0, isolation_level=None
         )
 
     sqlite_module._connection = connection  # type: ignore[assignment]

@@ -18,7 +18,7 @@ Everything an application needs is exported here:
 Documented subpackages: ``caresync.testing`` (a clinic and laptops in a test, and the
 pytest plugin), ``caresync.storage``, ``caresync.protocol``, ``caresync.transport``,
 ``caresync.simulation`` and ``caresync.cli``. The replica and the server load their
-I/O libraries (aiosqlite, websockets, argon2) on first use, so ``import caresync``
+I/O libraries (sqlite3, websockets, argon2) on first use, so ``import caresync``
 stays cheap for code that only needs records and rules; they are listed by ``dir()``
 and ``help()`` all the same. See README.md, docs/ and the API reference
 (``bash scripts/apidoc``).
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # "X as X": re-exported (the names are in __all__ through _LA
     from caresync.server import SyncServer as SyncServer
     from caresync.server import hash_password as hash_password
 
-# The I/O shells (aiosqlite, websockets, argon2) load on first use, so that
+# The I/O shells (sqlite3, websockets, argon2) load on first use, so that
 # `import caresync` stays cheap for code that only needs records and rules.
 # Every name of caresync.replica's and caresync.server's __all__ (tests/test_exports.py).
 _REPLICA_NAMES = (

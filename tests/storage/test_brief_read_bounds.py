@@ -1,4 +1,4 @@
-"""Review of "brief reads" (session 20): what a brief read costs the event loop.
+"""Brief reads: what a brief read costs the event loop.
 
 A brief read runs on the event loop's thread, so it must read a bounded number of rows
 whatever the database holds. These tests fill the tables a brief read could walk
@@ -49,11 +49,11 @@ class _Steps:
 def _counted(store: SQLiteStore) -> Iterator[_Steps]:
     steps = _Steps()
     # Set while the connection's thread is idle (no job of the store is handed over).
-    store._raw.set_progress_handler(steps, 1)
+    store._conn._raw.set_progress_handler(steps, 1)
     try:
         yield steps
     finally:
-        store._raw.set_progress_handler(None, 1)
+        store._conn._raw.set_progress_handler(None, 1)
 
 
 def _filled(path: Path) -> None:

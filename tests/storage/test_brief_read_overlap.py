@@ -1,4 +1,4 @@
-"""Review of "brief reads" (session 20): a brief read never runs beside a job of its
+"""Brief reads never run beside a job of their
 store, however calls interleave (writes, reads, cancelled callers, failing jobs, the
 checkpoint, a backup, closing).
 
@@ -77,8 +77,8 @@ class _Rows:
 
 
 def _guarded(store: SQLiteStore) -> _Guard:
-    guard = _Guard(store._raw)
-    store._raw = guard  # type: ignore[assignment]
+    guard = _Guard(store._conn._raw)
+    store._conn._raw = guard  # type: ignore[assignment]
     return guard
 
 
@@ -127,7 +127,7 @@ async def test_brief_reads_never_run_beside_a_job_however_calls_interleave(
         assert guard.overlaps == []
         assert wrong == []
         assert guard.statements > ROUNDS  # the guard saw the statements
-        assert store._handed == store._finished
+        assert store._conn._handed == store._conn.finished
     finally:
         await store.close()
 
@@ -142,7 +142,7 @@ async def test_a_failing_job_still_counts_as_finished(tmp_path: Path) -> None:
 
         with pytest.raises(StorageError):
             await store._run("failing", failing)
-        assert store._handed == store._finished
+        assert store._conn._handed == store._conn.finished
         here: list[int] = []
         await store._run("reading", lambda raw: here.append(threading.get_ident()), brief=True)
         assert here == [threading.get_ident()]

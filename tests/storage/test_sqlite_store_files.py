@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from pycrdt import Doc, Map, merge_updates
 from store_helpers import Patient, conflict, digest, revision_ids, snapshot
@@ -26,6 +25,7 @@ from caresync.storage import SCHEMA_VERSION, Identity, IncomingUpdate, SQLiteSto
 from caresync.storage import migrations as migrations_module
 from caresync.storage.migrations import create_schema
 from caresync.storage.schema import SCHEMA_STEPS
+from caresync.storage.sqlite import core as core_module
 from caresync.storage.sqlite import files as sqlite_module
 
 
@@ -464,12 +464,11 @@ class Traced(sqlite3.Connection):
 
 @pytest.fixture
 def traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    real_connect = aiosqlite.connect
+    def connection(target: Any, *, key: bytes | None, uri: bool) -> sqlite3.Connection:
+        assert key is None
+        return sqlite3.connect(target, uri=uri, isolation_level=None, factory=Traced)
 
-    def connect(database: Any, **kwargs: Any) -> aiosqlite.Connection:
-        return real_connect(database, factory=Traced, **kwargs)
-
-    monkeypatch.setattr(sqlite_module.aiosqlite, "connect", connect)
+    monkeypatch.setattr(core_module, "_connection", connection)
     Traced.statements = []
     return Traced.statements
 

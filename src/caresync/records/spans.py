@@ -32,7 +32,7 @@ examples under ``HYPOTHESIS_PROFILE=soak``), and checks that planning decides
 the same with it as with pycrdt alone.
 
 Pure: bytes in, numbers and strings out. It lives in the record layer (not in
-storage, whose package loads aiosqlite) so that the record model may use it.
+storage, whose package loads the SQLite store) so that the record model may use it.
 """
 
 from __future__ import annotations

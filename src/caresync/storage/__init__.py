@@ -1,4 +1,4 @@
-"""Durable replica storage: the Store protocol, SQLite on aiosqlite, and an in-memory twin.
+"""Durable replica storage: the Store protocol, SQLite (on database threads), and an in-memory twin.
 
 See docs/storage.md for the schema, the durability guarantees and the rules
 that keep unsynced work from ever being deleted.

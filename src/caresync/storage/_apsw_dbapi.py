@@ -6,7 +6,7 @@ Encrypted databases are read and written by SQLite3 Multiple Ciphers. The
 maintained Python binding of it with wheels for every CPython we support is
 ``apsw-sqlite3mc`` (APSW, "Another Python SQLite Wrapper", built with SQLite3
 Multiple Ciphers; :mod:`caresync.storage._cipher` says why not the others).
-APSW is not a DB-API module: aiosqlite and the store's statements expect
+APSW is not a DB-API module: the store's statements (and aiosqlite) expect
 ``sqlite3.Connection``'s surface. This module gives them that surface, for
 exactly what they use, and nothing else:
 

@@ -151,8 +151,8 @@ def _load_mc() -> ModuleType | None:
 
     That is APSW built with SQLite3 Multiple Ciphers (``apsw-sqlite3mc``, a
     dependency on Linux x86_64, where PyPI has its wheels for every CPython we
-    support), behind :mod:`caresync.storage._apsw_dbapi`, which gives aiosqlite
-    and the store's statements the ``sqlite3`` surface they use, and raises
+    support), behind :mod:`caresync.storage._apsw_dbapi`, which gives the store's
+    statements (and aiosqlite) the ``sqlite3`` surface they use, and raises
     ``sqlite3``'s own exceptions.
     """
     try:
@@ -246,7 +246,7 @@ def connect(
     is read once to prove the key: a wrong key raises DatabaseKeyError
     (nothing is written). Other errors are left to the caller's translation.
     The connection is typed as an ``sqlite3.Connection``: with a key it has the part
-    of that surface the store and aiosqlite use (:mod:`caresync.storage._apsw_dbapi`).
+    of that surface the store (and aiosqlite) use (:mod:`caresync.storage._apsw_dbapi`).
     """
     if key is None:
         return sqlite3.connect(database, uri=uri, timeout=timeout, isolation_level=None)

@@ -104,7 +104,7 @@ class PostgresCore:
     """The connection every part runs on: one psycopg connection, used by one thread.
 
     Every call is one job on that thread (as the SQLite store's calls are on
-    aiosqlite's): a transaction is a plain function, so statements of two
+    its database thread): a transaction is a plain function, so statements of two
     coroutines never interleave inside one. Several processes may open one
     database: PostgreSQL isolates them, and writes of records serialise on the
     feed lock (:data:`~caresync.storage.postgres.schema.FEED_LOCK`). Nothing of

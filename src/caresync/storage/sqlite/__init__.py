@@ -1,19 +1,19 @@
-"""The durable replica store: SQLite through aiosqlite.
+"""The durable replica store: SQLite, on database threads the process's stores share.
 
 Theory of operation
 -------------------
-Every call runs as **one job on aiosqlite's connection thread**: the whole
-transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) is a single function handed
-to that thread, so statements of two coroutines never interleave inside one
-transaction, and a durable edit costs one thread round trip plus one fsync.
-(aiosqlite has no public call for "run this function on your thread"; we use
-its ``_execute``, pinned by the ``aiosqlite`` version range in
-``pyproject.toml`` and checked when a store opens.) The one exception, a **brief
+Every call runs as **one job on the store's database thread** (:mod:`.threads`:
+a few threads for every SQLite store of the process, each store pinned to one):
+the whole transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``) is a single function
+handed to that thread, so statements of two coroutines never interleave inside
+one transaction, and a durable edit costs one thread round trip plus one fsync.
+No job leaves a transaction open for a later one (the thread checks), so stores
+sharing a thread never wait for each other's locks. The one exception, a **brief
 read** (a few rows by key: a setting, the feed's head, a replica's row, a login's
-reads, a live batch's held states): while every job handed to that thread has
-finished, it runs on the caller's thread instead, where it costs less than the hop
-there and back; still one job at a time (``SQLiteCore._run``; plain connections
-only, an encrypted one keeps every job on its thread).
+reads, a live batch's held states): while nothing of the store is on its thread,
+it runs on the caller's thread instead, where it costs less than the hop there and
+back; still one job at a time (``DatabaseConnection.run``; plain connections only,
+an encrypted one keeps every job on its thread).
 
 Durability: WAL with ``synchronous = FULL`` (see :mod:`caresync.storage.schema`),
 so a call that returned has its commit fsynced to the write-ahead log (the one
@@ -31,7 +31,7 @@ A new database is built under a temporary name beside the target and
 hard-linked into place when complete; nothing here ever renames, truncates or
 deletes a file at a path the caller gave.
 
-Errors from sqlite3 and aiosqlite are translated into
+Errors from sqlite3 (and APSW's, raised as sqlite3's) are translated into
 :class:`~caresync.exceptions.StorageError` and its subclasses at this edge.
 
 Layout
@@ -39,8 +39,9 @@ Layout
 One module per role, each a part of :class:`SQLiteStore` (a mixin on
 :class:`~caresync.storage.sqlite.core.SQLiteCore`):
 
-* :mod:`.core` — opening (writer lock, recognition, migration), the connection's
-  thread, one transaction per write, the cache of committed records;
+* :mod:`.core` — opening (writer lock, recognition, migration), running jobs on
+  the connection's thread, one transaction per write, the cache of committed records;
+  :mod:`.threads` — the database threads the process's stores share;
   :mod:`.files` — recognising, creating and backing up the file;
 * :mod:`.meta` — identity and settings;
 * :mod:`.writes` — what peers sent, and the planned-record machinery every write shares;

@@ -1,6 +1,6 @@
 """The store's core: opening a file (its writer lock, recognition, migration), the
-connection's thread every call runs on, one transaction per write, and the cache of
-committed records."""
+database thread every call runs on (shared with the process's other stores:
+:mod:`.threads`), one transaction per write, and the cache of committed records."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, cast
-
-import aiosqlite
+from typing import Self
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError, StorageError
 from caresync.storage._cipher import DATABASE_ERRORS, SQLITE_ERRORS, check_key
@@ -30,6 +28,7 @@ from caresync.storage.schema import CONNECTION_PRAGMAS, SCHEMA_VERSION
 from caresync.storage.sqlite._sql import _IN_CHUNK, Job, T, _marks, _read_identity, _translate
 from caresync.storage.sqlite.files import _backup_into, _connection, _recognise_or_create
 from caresync.storage.sqlite.persons import _key_hash, _own_key
+from caresync.storage.sqlite.threads import DatabaseConnection
 
 __all__ = ["SQLiteCore"]
 
@@ -108,25 +107,18 @@ MAX_CHECKPOINT_PAGES = 1_000_000
 
 class SQLiteCore:
     """The connection every part runs on: opening and closing, one job per call on the
-    connection's thread, one transaction per write, and the cache of committed records."""
+    connection's database thread, one transaction per write, and the cache of committed
+    records."""
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        conn: DatabaseConnection,
         path: Path,
         *,
         cache: RecordCache,
         clock: Callable[[], int],
     ) -> None:
-        self._conn: aiosqlite.Connection | None = conn
-        self._raw: sqlite3.Connection = conn._conn
-        # Jobs handed to the connection's thread, and jobs it has finished: while they
-        # are equal, a brief read may run on the caller's thread (see _run). Each
-        # count is written by one thread only (handed: the caller's; finished: the
-        # connection's, as a job's last step, even if its caller was cancelled).
-        self._handed = 0
-        self._finished = 0
-        self._reads_here = False  # set by open for a plain connection (not encrypted)
+        self._conn: DatabaseConnection | None = conn
         # Organisations a login's reads found larger than BRIEF_ACCOUNTS: their logins'
         # reads are not brief (see read_resume). Touched by the store's jobs only.
         self._large_organisations: set[str] = set()
@@ -262,24 +254,21 @@ class SQLiteCore:
         lock = None if side_door else WriterLock.acquire(path)
         resolved = await asyncio.to_thread(path.resolve)
         target: str | Path = resolved.as_uri() + "?mode=ro" if read_only else path
-        conn = _connection(target, key=key, uri=read_only)
         try:
-            await conn
+            # Made on its database thread, where every job of the store then runs.
+            conn = await DatabaseConnection.open(
+                lambda: _connection(target, key=key, uri=read_only)
+            )
         except BaseException as exc:
             if lock is not None:
                 lock.release()
             if isinstance(exc, SQLITE_ERRORS):
                 raise _translate(exc, f"opening {path}") from exc
             raise
-        if not callable(getattr(conn, "_execute", None)):
-            await conn.close()
-            if lock is not None:
-                lock.release()
-            raise StorageError("this aiosqlite version is not supported (no connection thread)")
         store = cls(conn, path, cache=cache, clock=clock)
         store._lock = lock
         store._key = key
-        store._reads_here = key is None  # the connection files.py made for any thread
+        conn.reads_here = key is None  # made by files.py for any thread to use
         store.read_only = read_only
         store.accounts_only = accounts_only
         store._checkpoint_pages = checkpoint_pages
@@ -423,28 +412,18 @@ class SQLiteCore:
         there and back (two thread wake-ups, 50-150 µs on a virtual machine) costs more
         than such a read (10-30 µs), and a sync makes several. Jobs stay one at a
         time: nothing is handed over while a read runs here (the caller's thread is
-        busy with it), and nothing runs here while anything is handed over."""
+        busy with it), and nothing runs here while anything is handed over
+        (:meth:`DatabaseConnection.run`)."""
         conn = self._conn
         if conn is None:
             raise StorageError(f"{what}: the store at {self.path} is closed")
         try:
-            if brief and self._handed == self._finished and self._reads_here:
-                return job(self._raw)
-            execute = cast(Callable[..., Any], conn._execute)
-            self._handed += 1
-            return cast(T, await execute(self._counted, job, self._raw))
+            return await conn.run(job, brief=brief)
         except SQLITE_ERRORS as exc:
             error = _translate(exc, what)
             if isinstance(error, CorruptDatabaseError) and self.damaged is None:
                 self.damaged = str(exc)  # found damaged while running: no more writes
             raise error from exc
-
-    def _counted(self, job: Job[T], raw: sqlite3.Connection) -> T:
-        """``job(raw)`` on the connection's thread, counted as finished when it ends."""
-        try:
-            return job(raw)
-        finally:
-            self._finished += 1
 
     def _write(
         self, raw: sqlite3.Connection, body: Callable[[], T], *, accounts: bool = False

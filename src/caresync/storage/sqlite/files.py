@@ -1,5 +1,5 @@
 """The store's files: recognising (or creating, then linking into place) a database file,
-its aiosqlite connection, and a backup copy."""
+its connection, and a backup copy."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
-
-import aiosqlite
 
 from caresync.exceptions import (
     CorruptDatabaseError,
@@ -33,22 +31,17 @@ __all__: list[str] = []  # the store's own helpers; nothing public
 _BUSY_TIMEOUT_S = 2.0
 
 
-def _connection(target: str | Path, *, key: bytes | None, uri: bool) -> aiosqlite.Connection:
-    """The store's aiosqlite connection: plain as ever, or encrypted with ``key``."""
+def _connection(target: str | Path, *, key: bytes | None, uri: bool) -> sqlite3.Connection:
+    """The store's connection, made on its database thread: plain sqlite3 in autocommit
+    mode (the store runs its own ``BEGIN``), or encrypted with ``key``."""
     if key is None:
-        # Usable from the event loop's thread too, for brief reads while the connection's
-        # own thread is idle (``SQLiteCore._run``); never from two threads at once.
-        return aiosqlite.connect(
-            target,
-            isolation_level=None,
-            timeout=_BUSY_TIMEOUT_S,
-            uri=uri,
-            check_same_thread=False,
+        # Usable from the event loop's thread too, for brief reads while nothing of the
+        # store is on its database thread (``DatabaseConnection.run``); never from two
+        # threads at once.
+        return sqlite3.connect(
+            target, uri=uri, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
-    return aiosqlite.Connection(
-        lambda: connect(target, key=key, uri=uri, timeout=_BUSY_TIMEOUT_S),
-        iter_chunk_size=64,  # aiosqlite.connect's default
-    )
+    return connect(target, key=key, uri=uri, timeout=_BUSY_TIMEOUT_S)
 
 
 def _recognise_or_create(path: Path, create: bool, now_ms: int, key: bytes | None) -> None:
