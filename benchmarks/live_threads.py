@@ -3,7 +3,7 @@ in live mode, each committing every update it receives) in this process, one wri
 
 Prints one JSON line: this process's user and system CPU seconds and wall seconds from
 the first edit to the last delivery, and the deliveries' median and p99 (ms, the median
-over rounds). A copy of ``/work/scratch/live_n.py`` without the peer's case, so that the
+over rounds). The same case without the peer's (``bench_sync``'s ``latency_cases``), so that the
 tree under test (``PYTHONPATH``) is the only thing that changes between runs::
 
     PYTHONPATH=<tree> <tree>/.venv/bin/python benchmarks/live_threads.py 50
