@@ -24,6 +24,7 @@ from caresync.storage.base import (
     check_count,
 )
 from caresync.storage.sqlite._sql import _expect_sequence, _full, _put_meta, _scalar, _sequence
+from caresync.storage.sqlite.core import BRIEF_ROWS
 from caresync.storage.sqlite.writes import RecordWritesPart
 
 __all__ = ["OutboxPart"]
@@ -106,17 +107,22 @@ class OutboxPart(RecordWritesPart):
         """Up to ``limit`` unacknowledged local updates with seq > ``after_seq``, oldest first."""
         check_outbox_page(limit, after_seq)
 
-        def job(raw: sqlite3.Connection) -> list[OutboxItem]:
+        def read(raw: sqlite3.Connection, most: int) -> list[OutboxItem]:
             return [
                 OutboxItem(r[0], r[1], bytes(r[2]), r[3])
                 for r in raw.execute(
                     "SELECT seq, record_id, data, created_ms FROM outbox WHERE seq > ?"
                     " ORDER BY seq LIMIT ?",
-                    (after_seq, limit),
+                    (after_seq, most),
                 )
             ]
 
-        return await self._run("reading the outbox", job)
+        def few(raw: sqlite3.Connection) -> list[OutboxItem] | None:
+            # All there is when fewer than asked for were found (a sync's last page).
+            found = read(raw, min(limit, BRIEF_ROWS + 1))
+            return found if len(found) <= BRIEF_ROWS else None
+
+        return await self._read_few("reading the outbox", few, lambda raw: read(raw, limit))
 
     async def pending_count(self) -> int:
         """How many local updates wait for the server's acknowledgement."""
@@ -164,7 +170,22 @@ class OutboxPart(RecordWritesPart):
             ).fetchone()
             return OutboxSummary(int(row[0]), row[2], row[1], int(row[3] or 0))
 
-        return await self._run("reading the outbox", job)
+        def few(raw: sqlite3.Connection) -> OutboxSummary | None:
+            # The same figures from the first BRIEF_ROWS + 1 rows, in one statement (one
+            # snapshot): exact when there are no more; the count walks no further.
+            row = raw.execute(
+                "WITH first AS (SELECT seq, created_ms FROM outbox ORDER BY seq LIMIT ?)"
+                " SELECT COUNT(*), MIN(seq),"
+                " (SELECT created_ms FROM first ORDER BY seq LIMIT 1),"
+                " (SELECT seq FROM sqlite_sequence WHERE name = 'outbox')"
+                " FROM first",
+                (BRIEF_ROWS + 1,),
+            ).fetchone()
+            if row[0] > BRIEF_ROWS:
+                return None
+            return OutboxSummary(int(row[0]), row[2], row[1], int(row[3] or 0))
+
+        return await self._read_few("reading the outbox", few, job)
 
     async def renumber_outbox(
         self, above: int, *, checkpoint: tuple[str, str] | None = None
