@@ -22,6 +22,7 @@ import pytest
 from caresync.audit import AuditEvent
 from caresync.storage import OutboxSummary, SQLiteStore
 from caresync.storage.sqlite.core import BRIEF_ROWS
+from caresync.storage.sqlite.outbox import BRIEF_UPDATE_BYTES
 from caresync.testing.store_data import Patient, set_laptop_identity
 
 SIZES = [0, 1, BRIEF_ROWS - 1, BRIEF_ROWS, BRIEF_ROWS + 1, BRIEF_ROWS + 2, 3 * BRIEF_ROWS]
@@ -156,5 +157,30 @@ async def test_a_large_outbox_and_audit_are_read_on_the_connections_thread(
         # The loop read no more than the first rows of each; the thread read them all.
         assert steps.on_loop < STEPS_ON_LOOP_BOUND
         assert steps.elsewhere > 3 * MANY
+    finally:
+        await store.close()
+
+
+async def test_a_large_update_in_the_outbox_is_read_on_the_connections_thread(
+    tmp_path: Path,
+) -> None:
+    """A few updates, one of them larger than a brief read takes (an attachment made
+    offline): the page goes to the connection's thread, whole and the same."""
+    store = await _laptop(tmp_path, 2, 0)
+    try:
+        patient = Patient()
+        big = patient.edit("note", "x" * (2 * BRIEF_UPDATE_BYTES))
+        assert len(big) > BRIEF_UPDATE_BYTES
+        await store.write_local(patient.id, patient.created, conflicts=None)
+        await store.write_local(patient.id, big, conflicts=None)
+        with _counted(store) as steps:
+            page = await store.pending(1000)
+        assert [item.update for item in page][-1] == big
+        assert len(page) == 4
+        assert steps.elsewhere > 0  # read again, whole, on the connection's thread
+        with _counted(store) as steps:
+            small = await store.pending(2)  # the first two are small: read here
+        assert small == page[:2]
+        assert steps.elsewhere == 0
     finally:
         await store.close()

@@ -29,6 +29,10 @@ from caresync.storage.sqlite.writes import RecordWritesPart
 
 __all__ = ["OutboxPart"]
 
+BRIEF_UPDATE_BYTES = 64 * 1024
+"""The largest update the outbox's brief read takes (a page with a larger one is read
+on the connection's thread): at most BRIEF_ROWS of them are read on the event loop."""
+
 
 class OutboxPart(RecordWritesPart):
     """A laptop's local edits and its outbox."""
@@ -118,8 +122,18 @@ class OutboxPart(RecordWritesPart):
             ]
 
         def few(raw: sqlite3.Connection) -> list[OutboxItem] | None:
-            # All there is when fewer than asked for were found (a sync's last page).
-            found = read(raw, min(limit, BRIEF_ROWS + 1))
+            # All there is when fewer than asked for were found (a sync's last page),
+            # and each small: an update may be megabytes (a scan attached offline),
+            # which the connection's thread reads, not the event loop.
+            found: list[OutboxItem] = []
+            for seq, record_id, data, created_ms in raw.execute(
+                "SELECT seq, record_id, CASE WHEN length(data) <= ? THEN data END, created_ms"
+                " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (BRIEF_UPDATE_BYTES, after_seq, min(limit, BRIEF_ROWS + 1)),
+            ):
+                if data is None:
+                    return None  # too large to read here
+                found.append(OutboxItem(seq, record_id, bytes(data), created_ms))
             return found if len(found) <= BRIEF_ROWS else None
 
         return await self._read_few("reading the outbox", few, lambda raw: read(raw, limit))
