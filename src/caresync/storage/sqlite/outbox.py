@@ -124,11 +124,14 @@ class OutboxPart(RecordWritesPart):
         def few(raw: sqlite3.Connection) -> list[OutboxItem] | None:
             # All there is when fewer than asked for were found (a sync's last page),
             # and each small: an update may be megabytes (a scan attached offline),
-            # which the connection's thread reads, not the event loop.
+            # which the connection's thread reads, not the event loop. Not its time
+            # either: created_ms comes after data in the row, and SQLite reaches it
+            # through every overflow page of the update (length() reads none).
             found: list[OutboxItem] = []
             for seq, record_id, data, created_ms in raw.execute(
-                "SELECT seq, record_id, CASE WHEN length(data) <= ? THEN data END, created_ms"
-                " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, record_id, CASE WHEN length(data) <= ?1 THEN data END,"
+                " CASE WHEN length(data) <= ?1 THEN created_ms END"
+                " FROM outbox WHERE seq > ?2 ORDER BY seq LIMIT ?3",
                 (BRIEF_UPDATE_BYTES, after_seq, min(limit, BRIEF_ROWS + 1)),
             ):
                 if data is None:
@@ -186,18 +189,24 @@ class OutboxPart(RecordWritesPart):
 
         def few(raw: sqlite3.Connection) -> OutboxSummary | None:
             # The same figures from the first BRIEF_ROWS + 1 rows, in one statement (one
-            # snapshot): exact when there are no more; the count walks no further.
+            # snapshot): exact when there are no more; the count walks no further. It
+            # reads their seqs (the table's keys) and the oldest one's time, only when
+            # that update is small: created_ms comes after data in the row, and SQLite
+            # reaches it through every overflow page of the update (length() reads none).
             row = raw.execute(
-                "WITH first AS (SELECT seq, created_ms FROM outbox ORDER BY seq LIMIT ?)"
+                "WITH first AS (SELECT seq FROM outbox ORDER BY seq LIMIT ?1)"
                 " SELECT COUNT(*), MIN(seq),"
-                " (SELECT created_ms FROM first ORDER BY seq LIMIT 1),"
+                " (SELECT CASE WHEN length(data) <= ?2 THEN created_ms END"
+                "  FROM outbox ORDER BY seq LIMIT 1),"
+                " (SELECT length(data) FROM outbox ORDER BY seq LIMIT 1),"
                 " (SELECT seq FROM sqlite_sequence WHERE name = 'outbox')"
                 " FROM first",
-                (BRIEF_ROWS + 1,),
+                (BRIEF_ROWS + 1, BRIEF_UPDATE_BYTES),
             ).fetchone()
-            if row[0] > BRIEF_ROWS:
-                return None
-            return OutboxSummary(int(row[0]), row[2], row[1], int(row[3] or 0))
+            count, low, oldest_ms, oldest_size, head = row
+            if count > BRIEF_ROWS or (oldest_size or 0) > BRIEF_UPDATE_BYTES:
+                return None  # more rows, or the oldest's time lies past a large update
+            return OutboxSummary(int(count), oldest_ms, low, int(head or 0))
 
         return await self._read_few("reading the outbox", few, job)
 
