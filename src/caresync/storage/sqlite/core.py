@@ -434,7 +434,14 @@ class SQLiteCore:
 
         For reads that are almost always short but have no bound of their own (a
         laptop's outbox, the audit entries it has not sent): a sync with nothing to
-        do makes no hop for them, and a large one pays one short read more."""
+        do makes no hop for them, and a large one pays one short read more.
+
+        When a brief read would not run here (an encrypted store's never do; a job of
+        the store is on its thread), ``job`` alone is handed over: ``few`` would be a
+        hop of its own there, and a second one when there are more rows."""
+        conn = self._conn
+        if conn is not None and not conn.brief_runs_here:
+            return await self._run(what, job)
         found = await self._run(what, few, brief=True)
         if found is not None:
             return found
