@@ -128,6 +128,16 @@ def test_noop_ab_times_syncs_that_move_nothing(capsys: pytest.CaptureFixture[str
     assert line["server_cpu_ms"] > 0
 
 
+def test_outbox_brief_ab_times_the_outbox_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    """``outbox_brief_ab``: a few updates and a large one, one JSON line of medians."""
+    from benchmarks import outbox_brief_ab
+
+    assert outbox_brief_ab.main(["1", "1", "1"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["few_pair_us"] > 0
+    assert line["large_page_wall_ms"] > 0
+
+
 def test_hub_report_ab_sends_the_whole_list_against_no_item(tmp_path: Path) -> None:
     """``hub_report_ab``: the whole list's items and bytes against an empty change report."""
     from benchmarks import hub_report_ab
