@@ -128,6 +128,16 @@ def test_noop_ab_times_syncs_that_move_nothing(capsys: pytest.CaptureFixture[str
     assert line["server_cpu_ms"] > 0
 
 
+def test_outbox_brief_ab_times_the_outbox_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    """``outbox_brief_ab``: a few updates and a large one, one JSON line of medians."""
+    from benchmarks import outbox_brief_ab
+
+    assert outbox_brief_ab.main(["1", "1", "1"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["few_pair_us"] > 0
+    assert line["large_page_wall_ms"] > 0
+
+
 def test_hub_report_ab_sends_the_whole_list_against_no_item(tmp_path: Path) -> None:
     """``hub_report_ab``: the whole list's items and bytes against an empty change report."""
     from benchmarks import hub_report_ab
@@ -164,3 +174,18 @@ def test_hub_held_ab_looks_at_every_held_row_one_way_and_none_the_other(tmp_path
     assert result["released"]["snapshots"] == [0, 0]
     assert result["released"]["commit_lock_s"] == [0.0, 0.0]
     assert len(result["every"]["runs_s"]) == len(result["released"]["runs_s"]) == 2
+
+
+def test_fanout_ab_times_the_fan_out_to_subscribed_connections(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``fanout_ab``: real protocols brought to a subscription, one edit fanned out to each
+    of them per round, one JSON line with the CPU per connection."""
+    from benchmarks import fanout_ab
+
+    assert fanout_ab.main(["5", "3"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["connections"] == 5
+    assert line["edits"] == 3
+    assert 0 < line["cpu_us_per_connection"]["median"] < 1e6
+    assert fanout_ab.main(["0", "3"]) == 2  # usage

@@ -1997,6 +1997,8 @@ class SyncServer:
         if not by_organisation:
             return
         origins = {org: {i.origin for i in mine} for org, mine in by_organisation.items()}
+        # The bytes of each organisation's entries, counted once (most connections get all).
+        sizes = {org: sum(len(i.update) for i in mine) for org, mine in by_organisation.items()}
         encoded: dict[tuple[object, ...], tuple[bytes, ...]] = {}
         sent = sent_bytes = 0
         for conn in self._connections:
@@ -2010,7 +2012,11 @@ class SyncServer:
                 continue
             if self._send_live_now(conn, mine, chosen, encoded):
                 sent += len(chosen)
-                sent_bytes += sum(len(i.update) for i in chosen)
+                sent_bytes += (
+                    sizes[conn.organisation]
+                    if chosen is mine
+                    else sum(len(i.update) for i in chosen)
+                )
                 continue
             entries = [(i.seq, i.record_id, i.update) for i in chosen]
             size = sum(len(update) for _seq, _rid, update in entries)
@@ -2064,8 +2070,7 @@ class SyncServer:
             or chosen[0].seq <= protocol.live_seq
         ):
             return False
-        record_ids = (item.record_id for item in chosen)
-        checks = None if conn.checks is None else conn.checks(record_ids)
+        checks = None if conn.checks is None else conn.checks(i.record_id for i in chosen)
         selection: object = 0 if chosen is items else tuple(item.seq for item in chosen)
         key = (id(items), selection, *protocol.live_encoding(checks is not None))
         frames = encoded.get(key)
@@ -2081,8 +2086,7 @@ class SyncServer:
         if not frames or not conn.send_nowait(frames):
             return False
         # Written: the protocol records them as sent (it allowed them: can_send_live).
-        protocol.send_encoded_live(frames, chosen[-1].seq)
-        protocol.data_to_send()  # the frames just written: nothing else was waiting
+        protocol.sent_encoded_live(chosen[-1].seq)
         return True
 
     def _drop_slow_reader(self, conn: _Connection) -> None:

@@ -32,7 +32,7 @@ from caresync.protocol import (
 )
 from caresync.records import Record
 from caresync.server import SyncServer
-from caresync.storage import MemoryStore
+from caresync.storage import FeedItem, MemoryStore
 from caresync.transport import MemoryListener
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -216,6 +216,59 @@ async def test_an_entry_too_large_for_one_laptop_closes_only_that_laptop() -> No
         assert await next_live(other) == (2, second)
     finally:
         for laptop in (small, other, writer):
+            await laptop.close()
+        await listener.close()
+        await server.close()
+
+
+async def test_the_relayed_counts_are_each_laptops_entries_and_their_bytes() -> None:
+    """``events.relayed``: every entry sent live, and its bytes, once per laptop it went
+    to; a laptop is not counted its own entries (the fan-out counts the bytes of an
+    organisation's entries once, for the laptops that get them all)."""
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    laptops: list[Hostile] = []
+
+    def counted() -> tuple[float | None, float | None]:
+        sample = server.metrics.registry.get_sample_value
+        return sample("caresync_live_updates_total"), sample("caresync_live_bytes_total")
+
+    try:
+        for k in range(3):
+            laptop = await Hostile.over(await listener.connect())
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+            await subscribed(laptop)
+            laptops.append(laptop)
+        assert counted() == (0, 0)
+        first, size = await push_one(laptops[0], 1)
+        for laptop in laptops[1:]:
+            assert await next_live(laptop) == (1, first)
+        assert counted() == (2, 2 * size)
+
+        # One fan-out of two entries from laptops 0 and 1: laptop 2 gets both, the two
+        # writers each the other's.
+        a, b = Record.create(replica="x"), Record.create(replica="y")
+        a.set("name", "a", author="dr.a")
+        b.set("name", "bb" * 40, author="dr.a")
+        ua, ub = a.update_since(), b.update_since()
+        assert len(ua) != len(ub)
+        server._fan_out(
+            [
+                FeedItem(10, a.record_id, ua, ORG, laptops[0].replica_id),
+                FeedItem(11, b.record_id, ub, ORG, laptops[1].replica_id),
+                FeedItem(12, "elsewhere", ua, "another clinic", None),
+            ]
+        )
+        assert counted() == (2 + 4, 2 * size + 2 * len(ua) + 2 * len(ub))
+        assert await next_live(laptops[0]) == (11, b.record_id)
+        assert await next_live(laptops[1]) == (10, a.record_id)
+        assert await next_live(laptops[2]) == (10, a.record_id)
+        assert await next_live(laptops[2]) == (11, b.record_id)
+        assert all(live_entries(laptop.events) == [] for laptop in laptops)
+    finally:
+        for laptop in laptops:
             await laptop.close()
         await listener.close()
         await server.close()

@@ -121,3 +121,45 @@ def test_a_connection_further_along_the_feed_has_another_encoding_when_checks_go
     assert behind.live_encoding(True) != ahead.live_encoding(True)
     # Without checks the frames do not depend on it, and are shared.
     assert behind.live_encoding(False) == ahead.live_encoding(False)
+
+
+@pytest.mark.parametrize(("client", "entries", "checks"), CASES)
+def test_frames_written_directly_are_noted_as_sent_live(
+    client: dict[str, object],
+    entries: list[tuple[int, str, bytes]],
+    checks: dict[str, RecordCheck] | None,
+) -> None:
+    """``sent_encoded_live``: the frames of ``encode_live``, written to the connection
+    by the caller (a fan-out), leave the protocol as ``send_encoded_live`` then
+    ``data_to_send`` would: the same live position, nothing queued, and the laptop
+    takes the frames as written."""
+    rulebook = FP if checks is not None else None
+    _a, queued = subscribed(rulebook, **client)
+    laptop, direct = subscribed(rulebook, **client)
+    frames = direct.encode_live(entries, checks)
+    queued.send_encoded_live(frames, entries[-1][0])
+    assert list(frames) == queued.data_to_send()
+    direct.sent_encoded_live(entries[-1][0])
+    assert direct.live_seq == queued.live_seq == entries[-1][0]
+    assert not direct.has_data_to_send
+    for frame in frames:  # what the fan-out wrote to the socket
+        laptop.receive_data(frame)
+    assert laptop.live_seq == entries[-1][0]
+    with pytest.raises(LocalProtocolError, match="not after the last one sent"):
+        direct.sent_encoded_live(entries[-1][0])
+
+
+def test_frames_are_noted_as_sent_live_only_when_they_may_be_and_nothing_waits() -> None:
+    laptop, server = ready_pair()
+    with pytest.raises(LocalProtocolError, match="no live frames"):
+        server.sent_encoded_live(3)  # not subscribed
+    laptop.subscribe(0)
+    pump(laptop, server)
+    server.events_received()
+    server.send_live_updates(ONE)  # queued, not yet taken
+    with pytest.raises(LocalProtocolError, match="frames wait to be sent"):
+        server.sent_encoded_live(3)
+    assert server.live_seq == 1  # unchanged by the refusal
+    server.data_to_send()
+    server.sent_encoded_live(3)
+    assert server.live_seq == 3

@@ -147,7 +147,8 @@ async def test_a_login_of_a_large_organisation_reads_its_accounts_off_the_loop(
 async def test_the_other_brief_reads_stay_bounded_beside_large_tables(tmp_path: Path) -> None:
     """The audit chain and the organisation are large: the reads marked brief read
     a few rows by key all the same (a replica's row, a setting, the feed's head, the
-    counts, the hub mark, a record's held state), on the loop."""
+    counts, the hub mark, a record's held state, the accounts generation), on the
+    loop."""
     store = await _store(tmp_path)
     try:
         with _counted(store) as steps:
@@ -160,6 +161,7 @@ async def test_the_other_brief_reads_stay_bounded_beside_large_tables(tmp_path: 
             assert (await store.hub_changes("clinic-big", 2**62, 1)).mark == 0
             assert await store.held_states(["rec-1"]) == {}
             assert not await store.has_record("rec-1")
+            assert await store.accounts_generation() >= 0
         assert steps.elsewhere == 0  # every one ran here
         assert steps.on_loop < STEPS_BOUND
     finally:

@@ -658,6 +658,20 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         self._outgoing.extend(frames)
         self._live_seq = last_seq
 
+    def sent_encoded_live(self, last_seq: int) -> None:
+        """Record live frames made by :meth:`encode_live`, for entries up to ``last_seq``,
+        as sent: the caller wrote them to the connection itself, with nothing of this
+        protocol waiting before them (:attr:`has_data_to_send` was False). What
+        :meth:`send_encoded_live` then :meth:`data_to_send` would do, without queueing
+        the frames to take them back (a fan-out does it for every connection)."""
+        if self._outgoing:
+            raise LocalProtocolError("frames wait to be sent: live frames go after them")
+        if not self.can_send_live:
+            raise LocalProtocolError(f"no live frames may be sent in {self._state.name} now")
+        if last_seq <= self._live_seq:
+            raise LocalProtocolError(f"seq {last_seq} is not after the last one sent")
+        self._live_seq = last_seq
+
     @property
     def can_send_live(self) -> bool:
         """True if live frames may be sent now (subscribed, in a state that sends them)."""

@@ -1224,6 +1224,50 @@ class LaptopStoreSuite(ReplicaStoreSuite):
 
     # sessions, secrets, client owners, the outbox summary, the quarantine
 
+    async def test_the_outbox_reads_agree_whatever_its_length_and_its_updates_sizes(
+        self, store: LaptopStore, clock: FakeClock
+    ) -> None:
+        """Pages, the summary and the oldest time say what the whole outbox holds, from
+        empty to past 16 updates (a store may read a few rows another way than many:
+        SQLite's brief reads), with a large update among them or the oldest (a batch of
+        large values, as an attachment made offline)."""
+        large = Patient()
+        writes = [Patient() for _ in range(3)]
+        for patient in writes:
+            clock.advance(1000)
+            await store.write_local(patient.id, patient.created, conflicts=None)
+        clock.advance(1000)
+        await store.write_local(large.id, large.created, conflicts=None)
+        clock.advance(1000)
+        parts = [large.edit("note", f"{n}" + "x" * (100 * 1024)) for n in range(3)]
+        big = merge(parts, record_id=large.id)
+        await store.write_local(large.id, big, conflicts=None)
+        for _ in range(14):
+            patient = Patient()
+            clock.advance(1000)
+            await store.write_local(patient.id, patient.created, conflicts=None)
+        everything = await store.pending(10_000)
+        assert [item.seq for item in everything] == list(range(1, 20))
+        assert everything[4].update == big
+        assert [item.created_ms for item in everything] == sorted(
+            {item.created_ms for item in everything}
+        )
+        for acknowledged in (0, 3, 4, 5, 17, 19):
+            await store.acknowledge(acknowledged)
+            waiting = everything[acknowledged:]
+            summary = await store.outbox_summary()
+            assert (summary.pending, summary.first_seq, summary.last_seq) == (
+                len(waiting),
+                waiting[0].seq if waiting else None,
+                19,
+            )
+            assert summary.oldest_pending_ms == (waiting[0].created_ms if waiting else None)
+            assert await store.oldest_pending_ms() == summary.oldest_pending_ms
+            for after in (0, acknowledged, 4, 5, 18):
+                for limit in (1, 2, 16, 17, 1000):
+                    page = await store.pending(limit, after_seq=after)
+                    assert page == [item for item in waiting if item.seq > after][:limit]
+
     async def test_the_outbox_summary_agrees_with_itself(self, store: LaptopStore) -> None:
         patient = Patient()
         empty = await store.outbox_summary()

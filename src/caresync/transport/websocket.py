@@ -7,6 +7,7 @@ an oversized frame FrameTooLargeError, a refused handshake ConnectionLostError.
 from __future__ import annotations
 
 import email.utils
+import functools
 import http
 import ipaddress
 import ssl as ssl_module
@@ -216,6 +217,14 @@ def check_server_url(url: object, *, insecure: bool = False) -> str:
     """
     if not isinstance(url, str):
         raise InvalidInputError(f"a server URL must be a string, not {type(url).__name__}")
+    return _checked_server_url(url, insecure)
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_server_url(url: str, insecure: bool) -> str:
+    """:func:`check_server_url` of a string, remembered: a laptop checks the same URL at
+    every sync, twice (the parse and the address cost more than the rest of a no-op's
+    checks). Only answers are remembered; a refusal is raised again each time."""
     try:
         parts = urlsplit(url)
         host = parts.hostname

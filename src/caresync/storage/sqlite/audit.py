@@ -74,18 +74,28 @@ class AuditPart(SQLiteCore):
     ) -> list[AuditEntry]:
         """Audit entries in chain order (replica, line, number), filtered as asked."""
         check_audit_query(replica_id, record_id, after_seq, limit)
-        return await self._run(
-            "reading the audit trail",
-            lambda raw: sql_entries(
-                raw, replica_id=replica_id, record_id=record_id, after_seq=after_seq, limit=limit
-            ),
-            # Brief only for a few entries of one replica, which are read by a seek
-            # per chain line (``sql_entries``); a filter by record walks the line.
-            brief=replica_id is not None
-            and record_id is None
-            and limit is not None
-            and limit <= BRIEF_ROWS,
-        )
+
+        def read(raw: sqlite3.Connection, most: int | None) -> list[AuditEntry]:
+            return sql_entries(
+                raw, replica_id=replica_id, record_id=record_id, after_seq=after_seq, limit=most
+            )
+
+        if replica_id is None or record_id is not None:
+            # A filter by record walks the line; the whole trail is no brief read.
+            return await self._run("reading the audit trail", lambda raw: read(raw, limit))
+        if limit is not None and limit <= BRIEF_ROWS:
+            # A few entries of one replica, read by a seek per chain line (sql_entries).
+            return await self._run(
+                "reading the audit trail", lambda raw: read(raw, limit), brief=True
+            )
+
+        def few(raw: sqlite3.Connection) -> list[AuditEntry] | None:
+            # All there is when no more than BRIEF_ROWS follow (a laptop's sync sends
+            # the entries the server lacks: mostly its last login's).
+            found = read(raw, BRIEF_ROWS + 1)
+            return found if len(found) <= BRIEF_ROWS else None
+
+        return await self._read_few("reading the audit trail", few, lambda raw: read(raw, limit))
 
     async def audit_tail(self, replica_id: str | None = None) -> tuple[int, bytes]:
         """The last (number, hash) of the replica's newest chain line (this replica's

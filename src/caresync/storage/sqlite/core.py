@@ -425,6 +425,28 @@ class SQLiteCore:
                 self.damaged = str(exc)  # found damaged while running: no more writes
             raise error from exc
 
+    async def _read_few(
+        self, what: str, few: Callable[[sqlite3.Connection], T | None], job: Job[T]
+    ) -> T:
+        """A read that is brief when it finds few rows: ``few`` reads at most
+        :data:`BRIEF_ROWS` + 1 of them, as a brief read, and gives its answer, or None
+        when there were more; ``job`` then reads them all on the connection's thread.
+
+        For reads that are almost always short but have no bound of their own (a
+        laptop's outbox, the audit entries it has not sent): a sync with nothing to
+        do makes no hop for them, and a large one pays one short read more.
+
+        When a brief read would not run here (an encrypted store's never do; a job of
+        the store is on its thread), ``job`` alone is handed over: ``few`` would be a
+        hop of its own there, and a second one when there are more rows."""
+        conn = self._conn
+        if conn is not None and not conn.brief_runs_here:
+            return await self._run(what, job)
+        found = await self._run(what, few, brief=True)
+        if found is not None:
+            return found
+        return await self._run(what, job)
+
     def _write(
         self, raw: sqlite3.Connection, body: Callable[[], T], *, accounts: bool = False
     ) -> T:

@@ -24,9 +24,14 @@ from caresync.storage.base import (
     check_count,
 )
 from caresync.storage.sqlite._sql import _expect_sequence, _full, _put_meta, _scalar, _sequence
+from caresync.storage.sqlite.core import BRIEF_ROWS
 from caresync.storage.sqlite.writes import RecordWritesPart
 
 __all__ = ["OutboxPart"]
+
+BRIEF_UPDATE_BYTES = 64 * 1024
+"""The largest update the outbox's brief read takes (a page with a larger one is read
+on the connection's thread): at most BRIEF_ROWS of them are read on the event loop."""
 
 
 class OutboxPart(RecordWritesPart):
@@ -106,17 +111,35 @@ class OutboxPart(RecordWritesPart):
         """Up to ``limit`` unacknowledged local updates with seq > ``after_seq``, oldest first."""
         check_outbox_page(limit, after_seq)
 
-        def job(raw: sqlite3.Connection) -> list[OutboxItem]:
+        def read(raw: sqlite3.Connection, most: int) -> list[OutboxItem]:
             return [
                 OutboxItem(r[0], r[1], bytes(r[2]), r[3])
                 for r in raw.execute(
                     "SELECT seq, record_id, data, created_ms FROM outbox WHERE seq > ?"
                     " ORDER BY seq LIMIT ?",
-                    (after_seq, limit),
+                    (after_seq, most),
                 )
             ]
 
-        return await self._run("reading the outbox", job)
+        def few(raw: sqlite3.Connection) -> list[OutboxItem] | None:
+            # All there is when fewer than asked for were found (a sync's last page),
+            # and each small: an update may be megabytes (a scan attached offline),
+            # which the connection's thread reads, not the event loop. Not its time
+            # either: created_ms comes after data in the row, and SQLite reaches it
+            # through every overflow page of the update (length() reads none).
+            found: list[OutboxItem] = []
+            for seq, record_id, data, created_ms in raw.execute(
+                "SELECT seq, record_id, CASE WHEN length(data) <= ?1 THEN data END,"
+                " CASE WHEN length(data) <= ?1 THEN created_ms END"
+                " FROM outbox WHERE seq > ?2 ORDER BY seq LIMIT ?3",
+                (BRIEF_UPDATE_BYTES, after_seq, min(limit, BRIEF_ROWS + 1)),
+            ):
+                if data is None:
+                    return None  # too large to read here
+                found.append(OutboxItem(seq, record_id, bytes(data), created_ms))
+            return found if len(found) <= BRIEF_ROWS else None
+
+        return await self._read_few("reading the outbox", few, lambda raw: read(raw, limit))
 
     async def pending_count(self) -> int:
         """How many local updates wait for the server's acknowledgement."""
@@ -164,7 +187,28 @@ class OutboxPart(RecordWritesPart):
             ).fetchone()
             return OutboxSummary(int(row[0]), row[2], row[1], int(row[3] or 0))
 
-        return await self._run("reading the outbox", job)
+        def few(raw: sqlite3.Connection) -> OutboxSummary | None:
+            # The same figures from the first BRIEF_ROWS + 1 rows, in one statement (one
+            # snapshot): exact when there are no more; the count walks no further. It
+            # reads their seqs (the table's keys) and the oldest one's time, only when
+            # that update is small: created_ms comes after data in the row, and SQLite
+            # reaches it through every overflow page of the update (length() reads none).
+            row = raw.execute(
+                "WITH first AS (SELECT seq FROM outbox ORDER BY seq LIMIT ?1)"
+                " SELECT COUNT(*), MIN(seq),"
+                " (SELECT CASE WHEN length(data) <= ?2 THEN created_ms END"
+                "  FROM outbox ORDER BY seq LIMIT 1),"
+                " (SELECT length(data) FROM outbox ORDER BY seq LIMIT 1),"
+                " (SELECT seq FROM sqlite_sequence WHERE name = 'outbox')"
+                " FROM first",
+                (BRIEF_ROWS + 1, BRIEF_UPDATE_BYTES),
+            ).fetchone()
+            count, low, oldest_ms, oldest_size, head = row
+            if count > BRIEF_ROWS or (oldest_size or 0) > BRIEF_UPDATE_BYTES:
+                return None  # more rows, or the oldest's time lies past a large update
+            return OutboxSummary(int(count), oldest_ms, low, int(head or 0))
+
+        return await self._read_few("reading the outbox", few, job)
 
     async def renumber_outbox(
         self, above: int, *, checkpoint: tuple[str, str] | None = None

@@ -163,4 +163,5 @@ class SessionsPart(SQLiteCore):
         return await self._run(
             "reading the accounts generation",
             lambda raw: _scalar(raw, "SELECT value FROM meta WHERE key = ?", _GENERATION_KEY),
+            brief=True,  # one setting by key, polled by a running server
         )

@@ -314,7 +314,7 @@ class DatabaseConnection:
         thread = self._thread
         if thread is None:
             raise StorageError("the database connection is closed")
-        if brief and self.reads_here and self._handed == self.finished and not thread.forked:
+        if brief and self.brief_runs_here:
             return job(self._raw)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
@@ -323,6 +323,18 @@ class DatabaseConnection:
         thread.put((job, self._raw, future, self._box, self))
         self._handed += 1  # once queued (a refused put hands nothing over)
         return await future
+
+    @property
+    def brief_runs_here(self) -> bool:
+        """True if a brief read asked now runs on the caller's thread (see :meth:`run`):
+        brief reads may run here and nothing of this connection is on its thread."""
+        thread = self._thread
+        return (
+            thread is not None
+            and self.reads_here
+            and self._handed == self.finished
+            and not thread.forked
+        )
 
     @property
     def closed(self) -> bool:
