@@ -81,7 +81,7 @@ from caresync.protocol import (
     item_wire_size,
     server_proof_payload,
 )
-from caresync.records.persons import PersonCard
+from caresync.records.persons import PersonCard, PersonCards
 from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
@@ -321,11 +321,15 @@ def _trusted_copy(batch: CopyBatch) -> TrustedCopy:
     """A first-copy batch's rows, person cards and person pairs by record (the cards
     with the bytes they came as, which the store keeps as they are);
     RemoteProtocolError for a bad card."""
-    persons = batch.persons or ()
+    # Each card checked as it is read, and made a PersonCard only if asked for: of a
+    # copy's 100,000s of cards, the store compares only those in a pair.
+    cards = PersonCards.read(
+        [(item.record_id, item.card) for item in batch.persons or ()], card_from_wire
+    )
     return TrustedCopy(
         _rows_by_record(batch),
-        {item.record_id: card_from_wire(item.record_id, item.card) for item in persons},
-        {item.record_id: item.card for item in persons},
+        cards,
+        cards.data,
         None if batch.pairs is None else [(pair.first, pair.second) for pair in batch.pairs],
     )
 
