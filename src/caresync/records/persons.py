@@ -851,8 +851,13 @@ _Token = Annotated[str, msgspec.Meta(min_length=1, max_length=_LONGEST)]
 _Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
-class _TypedCard(msgspec.Struct, forbid_unknown_fields=True):
-    """A card's JSON as :func:`_plain_card` accepts it, checked while it is read."""
+class _TypedCard(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A card's JSON as :func:`_plain_card` accepts it, checked while it is read.
+
+    Untracked by the garbage collector (``gc=False``): it holds text, numbers and
+    tuples of them, so no cycle, and a first copy keeps 100,000s of them for a while
+    (:class:`PersonCards`), which every collection would otherwise walk.
+    """
 
     v: int
     id: _Token
