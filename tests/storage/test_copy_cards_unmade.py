@@ -80,14 +80,16 @@ def _read_alike(record_id: str, data: bytes) -> None:
             if declined is None
             else PersonCards.read([(record_id, data)], declined)
         )
-        # The keys first (no card made yet), then the card.
-        assert cards.row_keys(record_id) == _keys_as_sets(card) - {"r:" + record_id}
+        # The keys first (no card made yet), then the card; each key once.
+        keys = list(cards.row_keys(record_id))
+        assert len(keys) == len(set(keys))
+        assert set(keys) == _keys_as_sets(card) - {"r:" + record_id}
         assert list(cards) == [record_id]
         assert record_id in cards
         assert len(cards) == 1
         assert cards.data == {record_id: data}
         assert cards[record_id] == card
-        assert cards.row_keys(record_id) == _keys_as_sets(card) - {"r:" + record_id}
+        assert set(cards.row_keys(record_id)) == _keys_as_sets(card) - {"r:" + record_id}
 
 
 @settings(max_examples=1000, deadline=None)

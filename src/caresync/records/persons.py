@@ -982,16 +982,18 @@ class PersonCards(Mapping[str, PersonCard]):
         """Each card's bytes as read (what a store keeps of it)."""
         return self._data
 
-    def row_keys(self, record_id: str) -> set[str]:
-        """The blocking keys of the card of ``record_id`` but its own (``r:<id>``), as
-        ``blocking_keys() - {"r:" + record_id}``, without making the card."""
+    def row_keys(self, record_id: str) -> Collection[str]:
+        """The blocking keys of the card of ``record_id`` but its own (``r:<id>``), each
+        once: ``blocking_keys() - {"r:" + record_id}``, without making the card."""
         typed = self._typed.get(record_id)
         if typed is None:
-            return set(self[record_id].blocking_keys()).difference(("r:" + record_id,))
+            return self[record_id].blocking_keys().difference(("r:" + record_id,))
         # A card read this way holds no link decisions: no key names its own record.
-        return set(
-            _key_list(record_id, (), typed.ids, typed.phones, typed.birth, typed.names, own=False)
-        )
+        ids, phones, births = typed.ids, typed.phones, typed.birth
+        keys = _key_list(record_id, (), ids, phones, births, typed.names, own=False)
+        # A key twice only from two identifiers, phones or birth dates (the names' parts
+        # are sets): most cards hold one of each.
+        return keys if len(ids) < 2 and len(phones) < 2 and len(births) < 2 else set(keys)
 
     def only(self, record_ids: Collection[str]) -> PersonCards:
         """The cards of these records (those held here)."""

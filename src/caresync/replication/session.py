@@ -323,9 +323,7 @@ def _trusted_copy(batch: CopyBatch) -> TrustedCopy:
     RemoteProtocolError for a bad card."""
     # Each card checked as it is read, and made a PersonCard only if asked for: of a
     # copy's 100,000s of cards, the store compares only those in a pair.
-    cards = PersonCards.read(
-        [(item.record_id, item.card) for item in batch.persons or ()], card_from_wire
-    )
+    cards = PersonCards.read(batch.persons or (), card_from_wire)  # (record_id, card) pairs
     return TrustedCopy(
         _rows_by_record(batch),
         cards,
@@ -890,7 +888,7 @@ class Session:
         batch = await self.expect(CopyBatch)
         try:
             while True:
-                updates = [(rec.record_id, rec.update) for rec in batch.records]
+                updates = batch.records  # (record_id, update) pairs already
                 # Rows are taken as they are only with the records' cards (version 5
                 # on): without them every record would have to be built anyway.
                 trusted = None if batch.persons is None else _trusted_copy(batch)

@@ -239,7 +239,9 @@ def _store_copied_persons(
 
     raw.executemany(
         "INSERT INTO person_keys_copied (hash, rk) VALUES (?, ?)",
-        _copied_key_rows(organisation, [(rks[rid], row_keys(rid)) for rid in persons]),
+        _copied_key_rows(
+            organisation, zip(map(rks.__getitem__, persons), map(row_keys, persons), strict=True)
+        ),
     )
     _write_pairs(raw, pairs, {rid: organisation for rid in written})
 
