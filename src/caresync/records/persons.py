@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -45,6 +45,7 @@ __all__ = [
     "UNLINKED",
     "PairState",
     "PersonCard",
+    "PersonCards",
     "PersonPair",
     "Registration",
     "link_path",
@@ -173,24 +174,16 @@ class PersonCard:
         narrow on purpose: a key shared by many records (a common name and a
         year) would make every write compare against all of them.
         """
-        # Lists joined once, and name parts worked out only with a birth date (a first
-        # copy makes 100,000s of cards' keys); a test compares it with the plain sets.
-        keys = ["r:" + self.record_id]
-        if self.links:
-            keys += ["r:" + other for other, _decision in self.links]
-        if self.identifiers:
-            keys += [f"i:{system}={value}" for system, value in self.identifiers]
-        if self.phones:
-            keys += ["p:" + phone for phone in self.phones]
-        if self.birth_dates and self.names:
-            starts = {t[:3] for name in self.names for t in name}
-            pairs = {f"{a}|{b}" for name in self.names for a in name for b in name if a < b}
-            for birth in self.birth_dates:
-                if len(birth) == 10:
-                    keys += [f"d:{birth}|{start}" for start in starts]
-                year = birth[:4]
-                keys += [f"y:{year}|{pair}" for pair in pairs]
-        return frozenset(keys)
+        return frozenset(
+            _key_list(
+                self.record_id,
+                self.links,
+                self.identifiers,
+                self.phones,
+                self.birth_dates,
+                self.names,
+            )
+        )
 
     def to_bytes(self) -> bytes:
         """The card as compact JSON (what the store keeps and a first copy carries)."""
@@ -346,6 +339,51 @@ class PersonPair:
             float(score),
             tuple(_text(r, "reasons") for r in _items(raw.get("reasons", []), "reasons")),
         )
+
+
+def _key_list(
+    record_id: str,
+    links: Sequence[tuple[str, str]],
+    identifiers: Sequence[tuple[str, str]],
+    phones: Sequence[str],
+    births: Sequence[str],
+    names: Sequence[Sequence[str]],
+    *,
+    own: bool = True,
+) -> list[str]:
+    """The blocking keys of a card's fields (:meth:`PersonCard.blocking_keys`), as a list
+    that may name a key twice; without the card's own key (``r:<record id>``) unless
+    ``own``. One function for a card and for a first copy's cards read without one
+    (:class:`PersonCards`), so that both give the same keys.
+    """
+    # Lists joined once, and name parts worked out only with a birth date (a first
+    # copy makes 100,000s of cards' keys); a test compares it with the plain sets.
+    keys = ["r:" + record_id] if own else []
+    if links:
+        keys += ["r:" + other for other, _decision in links]
+    if identifiers:
+        keys += [f"i:{system}={value}" for system, value in identifiers]
+    if phones:
+        keys += ["p:" + phone for phone in phones]
+    if births and names:
+        starts: Collection[str]
+        pairs: Collection[str]
+        if len(names) == 1 and len(names[0]) == 2:
+            # One name of two tokens, most cards: no comprehension over the name's pairs.
+            a, b = names[0]
+            starts = (a[:3],) if a[:3] == b[:3] else (a[:3], b[:3])
+            pairs = () if a == b else (f"{a}|{b}",) if a < b else (f"{b}|{a}",)
+        else:
+            starts = {t[:3] for name in names for t in name}
+            pairs = {f"{a}|{b}" for name in names for a in name for b in name if a < b}
+        for birth in births:
+            if len(birth) == 10:
+                day = "d:" + birth + "|"
+                keys += [day + start for start in starts]
+            if pairs:
+                year = "y:" + birth[:4] + "|"
+                keys += [year + pair for pair in pairs]
+    return keys
 
 
 # ------------------------------------------------------------------ reading a record
@@ -813,8 +851,13 @@ _Token = Annotated[str, msgspec.Meta(min_length=1, max_length=_LONGEST)]
 _Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
-class _TypedCard(msgspec.Struct, forbid_unknown_fields=True):
-    """A card's JSON as :func:`_plain_card` accepts it, checked while it is read."""
+class _TypedCard(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A card's JSON as :func:`_plain_card` accepts it, checked while it is read.
+
+    Untracked by the garbage collector (``gc=False``): it holds text, numbers and
+    tuples of them, so no cycle, and a first copy keeps 100,000s of them for a while
+    (:class:`PersonCards`), which every collection would otherwise walk.
+    """
 
     v: int
     id: _Token
@@ -846,6 +889,11 @@ def _typed_card(data: bytes) -> PersonCard | None:
         return None
     if typed.v != PERSON_MATCH_VERSION:
         return None
+    return _card_of_typed(typed)
+
+
+def _card_of_typed(typed: _TypedCard) -> PersonCard:
+    """The card of a decoded :class:`_TypedCard` (checked as it was read)."""
     reg = typed.reg
     return PersonCard(
         record_id=typed.id,
@@ -859,6 +907,119 @@ def _typed_card(data: bytes) -> PersonCard | None:
         if reg is None
         else Registration(reg[0], reg[1], Timestamp(reg[2], reg[3]), reg[4]),
     )
+
+
+def _card_from_bytes(record_id: str, data: bytes) -> PersonCard:
+    """:meth:`PersonCard.from_bytes`, refusing the card of another record (InvalidInputError)."""
+    card = PersonCard.from_bytes(data)
+    if card.record_id != record_id:
+        raise InvalidInputError(f"person card: record {card.record_id}'s, not {record_id}'s")
+    return card
+
+
+class PersonCards(Mapping[str, PersonCard]):
+    """Person cards read from their bytes, by record id, each made a :class:`PersonCard`
+    only when asked for (a first copy's cards: 100,000s, of which a few thousand are in
+    a pair and compared; the rest are stored as their bytes and keyed).
+
+    Made only by :meth:`read`, which checks every card as :meth:`PersonCard.from_bytes`
+    does, and that it is its record's: a card here is the one ``from_bytes`` gives of
+    its bytes (:attr:`data`). :meth:`row_keys` gives a card's blocking keys without
+    making it.
+    """
+
+    __slots__ = ("_cards", "_data", "_typed")
+
+    _data: dict[str, bytes]
+    _typed: dict[str, _TypedCard]
+    _cards: dict[str, PersonCard]
+
+    @classmethod
+    def read(
+        cls,
+        items: Iterable[tuple[str, bytes]],
+        declined: Callable[[str, bytes], PersonCard] = _card_from_bytes,
+    ) -> PersonCards:
+        """The cards of ``(record id, card bytes)`` items (the last of a record given
+        twice). A card as :meth:`PersonCard.to_bytes` writes it is decoded and checked
+        in one pass (msgspec) and kept so; any other bytes are given to
+        ``declined(record_id, data)``, which returns their card or raises (by default
+        :meth:`PersonCard.from_bytes`' InvalidInputError, or one for the card of
+        another record).
+        """
+        data: dict[str, bytes] = {}
+        typed: dict[str, _TypedCard] = {}
+        cards: dict[str, PersonCard] = {}
+        decode = _TYPED_CARD.decode
+        for record_id, raw in items:
+            if record_id in data:  # given twice: the last stands
+                typed.pop(record_id, None)
+                cards.pop(record_id, None)
+            data[record_id] = raw
+            found: _TypedCard | None = None
+            # As from_bytes: an escaped surrogate (or bytes msgspec declines) takes the
+            # careful passes, which may refuse it.
+            if type(raw) is bytes and b"\\ud" not in raw and b"\\uD" not in raw:
+                try:
+                    found = decode(raw)
+                except (msgspec.DecodeError, ValueError):
+                    found = None
+            if (
+                found is not None
+                and found.v == PERSON_MATCH_VERSION
+                and found.id == record_id
+                and type(record_id) is str
+            ):
+                typed[record_id] = found
+            else:
+                cards[record_id] = declined(record_id, raw)
+        made = cls()
+        made._data, made._typed, made._cards = data, typed, cards
+        return made
+
+    @property
+    def data(self) -> Mapping[str, bytes]:
+        """Each card's bytes as read (what a store keeps of it)."""
+        return self._data
+
+    def row_keys(self, record_id: str) -> Collection[str]:
+        """The blocking keys of the card of ``record_id`` but its own (``r:<id>``), each
+        once: ``blocking_keys() - {"r:" + record_id}``, without making the card."""
+        typed = self._typed.get(record_id)
+        if typed is None:
+            return self[record_id].blocking_keys().difference(("r:" + record_id,))
+        # A card read this way holds no link decisions: no key names its own record.
+        ids, phones, births = typed.ids, typed.phones, typed.birth
+        keys = _key_list(record_id, (), ids, phones, births, typed.names, own=False)
+        # A key twice only from two identifiers, phones or birth dates (the names' parts
+        # are sets): most cards hold one of each.
+        return keys if len(ids) < 2 and len(phones) < 2 and len(births) < 2 else set(keys)
+
+    def only(self, record_ids: Collection[str]) -> PersonCards:
+        """The cards of these records (those held here)."""
+        made = PersonCards()
+        made._data = {rid: data for rid, data in self._data.items() if rid in record_ids}
+        made._typed = {rid: typed for rid, typed in self._typed.items() if rid in record_ids}
+        made._cards = {rid: card for rid, card in self._cards.items() if rid in record_ids}
+        return made
+
+    def __getitem__(self, record_id: str) -> PersonCard:
+        card = self._cards.get(record_id)
+        if card is None:
+            card = self._cards[record_id] = _card_of_typed(self._typed.pop(record_id))
+        return card
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def keys(self) -> KeysView[str]:
+        return self._data.keys()
 
 
 _DECODE = json.JSONDecoder().raw_decode

@@ -45,7 +45,7 @@ from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
 from caresync.records.crdt import merge as merge_updates
 from caresync.records.crdt import state_vector_of, state_vectors_of
-from caresync.records.persons import PersonCard, person_card
+from caresync.records.persons import PersonCard, PersonCards, person_card
 from caresync.replication.checked import (
     ServerCheck,
     advance_simply,
@@ -201,7 +201,11 @@ def prepare_copy(
         # Rows and cards of records taken in only (a record kept aside has none stored).
         taken = set(ids)
         rows = {rid: found for rid, found in rows.items() if rid in taken}
-        persons = {rid: card for rid, card in persons.items() if rid in taken}
+        persons = (
+            persons.only(taken)  # still read only as far as asked
+            if isinstance(persons, PersonCards)
+            else {rid: card for rid, card in persons.items() if rid in taken}
+        )
     if not sent.keys() <= persons.keys():
         sent = {rid: data for rid, data in sent.items() if rid in persons}
     pairs = trusted.pairs

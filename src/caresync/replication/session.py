@@ -81,7 +81,7 @@ from caresync.protocol import (
     item_wire_size,
     server_proof_payload,
 )
-from caresync.records.persons import PersonCard
+from caresync.records.persons import PersonCard, PersonCards
 from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
@@ -321,11 +321,13 @@ def _trusted_copy(batch: CopyBatch) -> TrustedCopy:
     """A first-copy batch's rows, person cards and person pairs by record (the cards
     with the bytes they came as, which the store keeps as they are);
     RemoteProtocolError for a bad card."""
-    persons = batch.persons or ()
+    # Each card checked as it is read, and made a PersonCard only if asked for: of a
+    # copy's 100,000s of cards, the store compares only those in a pair.
+    cards = PersonCards.read(batch.persons or (), card_from_wire)  # (record_id, card) pairs
     return TrustedCopy(
         _rows_by_record(batch),
-        {item.record_id: card_from_wire(item.record_id, item.card) for item in persons},
-        {item.record_id: item.card for item in persons},
+        cards,
+        cards.data,
         None if batch.pairs is None else [(pair.first, pair.second) for pair in batch.pairs],
     )
 
@@ -886,7 +888,7 @@ class Session:
         batch = await self.expect(CopyBatch)
         try:
             while True:
-                updates = [(rec.record_id, rec.update) for rec in batch.records]
+                updates = batch.records  # (record_id, update) pairs already
                 # Rows are taken as they are only with the records' cards (version 5
                 # on): without them every record would have to be built anyway.
                 trusted = None if batch.persons is None else _trusted_copy(batch)

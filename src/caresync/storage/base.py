@@ -47,7 +47,7 @@ from caresync.exceptions import (
     StorageError,
     UnknownRecordError,
 )
-from caresync.records.persons import PairState, PersonCard, PersonPair
+from caresync.records.persons import PairState, PersonCard, PersonCards, PersonPair
 
 __all__ = [
     "ConflictRow",
@@ -285,7 +285,9 @@ class CopiedRecords:
     conflicts: Mapping[str, tuple[ConflictRow, ...]]
     """Each record's conflict rows (a record absent here has none)."""
     persons: Mapping[str, PersonCard]
-    """Each record's person card (a record absent here has none)."""
+    """Each record's person card (a record absent here has none). A
+    :class:`~caresync.records.persons.PersonCards` (a first copy's cards as read off
+    the wire) lets a store key and keep cards without making each one."""
     card_bytes: Mapping[str, bytes] = field(default_factory=dict)
     """For cards of ``persons`` read from bytes (a first copy's, as the server sent
     them), those bytes: ``PersonCard.from_bytes`` of each is its card, which the caller
@@ -327,10 +329,17 @@ class CopiedRecords:
             if record_id not in named:
                 raise InvalidInputError(f"conflict rows of record {record_id}, not in the batch")
             check_conflicts(record_id, rows)
-        for record_id, card in self.persons.items():
-            if record_id not in named:
-                raise InvalidInputError(f"the person card of {record_id}, not in the batch")
-            check_person(record_id, card)
+        if isinstance(self.persons, PersonCards):
+            # Each card was checked as it was read, and that it is its record's; made
+            # into a PersonCard only if asked for.
+            outside = self.persons.keys() - named
+            if outside:
+                raise InvalidInputError(f"the person card of {min(outside)}, not in the batch")
+        else:
+            for record_id, card in self.persons.items():
+                if record_id not in named:
+                    raise InvalidInputError(f"the person card of {record_id}, not in the batch")
+                check_person(record_id, card)
         for record_id, data in self.card_bytes.items():
             if record_id not in self.persons or type(data) is not bytes:
                 raise InvalidInputError(

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from hashlib import blake2b
-from itertools import chain, repeat
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from itertools import repeat
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError
-from caresync.records.persons import PersonCard, PersonPair
+from caresync.records.persons import PersonCard, PersonCards, PersonPair
 from caresync.storage._writes import PersonWrite, pair_persons, pairs_named
 from caresync.storage.base import card_digest
 from caresync.storage.sqlite._sql import _chunks, _marks
@@ -184,31 +183,67 @@ def _key_holders(
 
 
 def _copied_key_rows(
-    written: Mapping[str, PersonWrite], rks: Mapping[str, int]
+    organisation: str | None, keys_by_rk: Iterable[tuple[int, Iterable[str]]]
 ) -> list[tuple[int, int]]:
-    """(hash, rk) of every key row of these cards (all their keys but their own):
-    :func:`_key_hash` of each, from one hasher of each organisation copied per key."""
-    prefixes: dict[str | None, blake2b] = {}
+    """(hash, rk) of each (rk, keys) given: the key rows of one organisation's cards
+    (each card's keys but its own, each once), :func:`_key_hash` of each from one
+    hasher of the organisation copied per key."""
+    copy = hashlib.blake2b(f"{_org_column(organisation)}\x00".encode(), digest_size=8).copy
     digests: list[bytes] = []
     owners: list[int] = []
-    for record_id, w in written.items():
-        prefix = prefixes.get(w.organisation)
-        if prefix is None:
-            column = _org_column(w.organisation)
-            prefix = prefixes[w.organisation] = hashlib.blake2b(
-                f"{column}\x00".encode(), digest_size=8
-            )
-        own, copy = _own_key(record_id), prefix.copy
+    for rk, keys in keys_by_rk:
         before = len(digests)
-        for key in w.keys:
-            if key != own:
-                hasher = copy()
-                hasher.update(key.encode())
-                digests.append(hasher.digest())
-        owners += repeat(rks[record_id], len(digests) - before)
+        for key in keys:
+            hasher = copy()
+            hasher.update(key.encode())
+            digests.append(hasher.digest())
+        owners += repeat(rk, len(digests) - before)
     # Each digest read as a signed big-endian 64-bit number (_key_hash), all in one call.
     hashes = struct.unpack(f">{len(digests)}q", b"".join(digests))
     return list(zip(hashes, owners, strict=True))
+
+
+def _store_copied_persons(
+    raw: sqlite3.Connection,
+    organisation: str | None,
+    persons: Mapping[str, PersonCard],
+    cards: Mapping[str, bytes],
+    rks: Mapping[str, int],
+    named: Collection[tuple[str, str]],
+) -> None:
+    """A first copy's cards of records new here, with the pairs the server named
+    (``named``, see ``CopiedRecords.pairs``): what :func:`_store_persons` writes for
+    them, with their key rows set aside in ``person_keys_copied`` (schema version 17),
+    to be moved into ``person_keys`` at once by :func:`_merge_copied_keys`.
+
+    ``cards``: each card's bytes, as stored; ``rks``: each record's rk. Only the cards
+    a pair names are made (``persons[record_id]``) and compared: the others' keys come
+    from :meth:`PersonCards.row_keys` when ``persons`` is one (no card made), else
+    from the card. The digests are on the records' rows already (written with them).
+    """
+    in_pairs = {rid for pair in named for rid in pair if rid in persons}
+    written = {rid: PersonWrite(organisation, persons[rid], True) for rid in in_pairs}
+    pairs = pairs_named(written, named, lambda ids: _read_cards_in(raw, ids))
+    column = _org_column(organisation)
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_cards (record_id, organisation, card) VALUES (?, ?, ?)",
+        [(record_id, column, cards[record_id]) for record_id in persons],
+    )
+    row_keys: Callable[[str], Iterable[str]]
+    if isinstance(persons, PersonCards):
+        row_keys = persons.row_keys
+    else:
+
+        def row_keys(record_id: str) -> Iterable[str]:
+            return _stored_keys(record_id, persons[record_id].blocking_keys())
+
+    raw.executemany(
+        "INSERT INTO person_keys_copied (hash, rk) VALUES (?, ?)",
+        _copied_key_rows(
+            organisation, zip(map(rks.__getitem__, persons), map(row_keys, persons), strict=True)
+        ),
+    )
+    _write_pairs(raw, pairs, {rid: organisation for rid in written})
 
 
 def _merge_copied_keys(raw: sqlite3.Connection) -> None:
@@ -262,9 +297,7 @@ def _store_persons(
     reindex: bool = False,
     sent: Mapping[str, bytes] | None = None,
     keys_of: Mapping[str, int] | None = None,
-    named: Collection[tuple[str, str]] | None = None,
     digests_written: bool = False,
-    set_aside: bool = False,
 ) -> None:
     """Replace the cards of ``written``, their keys and every pair of their records.
 
@@ -278,21 +311,15 @@ def _store_persons(
     ``sent``: the bytes some cards were read from (``PersonCard.from_bytes``), stored
     as they are instead of written out again (a first copy's cards, as the server
     stored them). ``keys_of``: the rk of each record of ``written``, when the caller
-    has just given them (else they are read). ``named``: the pairs the records written
-    may make (a first copy's, as the server's person index holds them), compared
-    instead of the cards found by their keys (:func:`pairs_named`); only for records
-    new here, whose keys this write adds.
+    has just given them (else they are read).
 
-    ``set_aside`` (a first copy's batch, with ``named``): the key rows are appended to
-    ``person_keys_copied``, to be moved into ``person_keys`` at once by
-    :func:`_merge_copied_keys` (schema version 17). Any other write moves them first,
-    so that what it looks up or deletes is in ``person_keys``.
+    The key rows a first copy set aside (:func:`_store_copied_persons`) are moved into
+    ``person_keys`` first, so that what this write looks up or deletes is there.
 
     The pairs are worked out first (reads only), then written in a few
     statements for the whole batch: a write's share is indexed lookups of its
     keys' holders and of their cards, never a scan.
     """
-    aside = set_aside and named is not None and all(w.new for w in written.values())
     sent = sent or {}
     cards = {
         record_id: sent.get(record_id) or w.card.to_bytes() for record_id, w in written.items()
@@ -307,31 +334,16 @@ def _store_persons(
         written = {rid: w for rid, w in written.items() if rid not in unchanged}
         if not written:
             return
-    if not aside:
-        # What follows looks keys up and replaces them: in person_keys only.
-        _merge_copied_keys(raw)
+    # What follows looks keys up and replaces them: in person_keys only.
+    _merge_copied_keys(raw)
     # The keys each card has rows of (all but its own), worked out once.
-    row_keys = (
-        {}
-        if aside
-        else {record_id: _stored_keys(record_id, w.keys) for record_id, w in written.items()}
-    )
+    row_keys = {record_id: _stored_keys(record_id, w.keys) for record_id, w in written.items()}
     hashed: dict[str, dict[str, int]] = {}
-    if aside:
-        pairs = pairs_named(written, named or (), lambda ids: _read_cards_in(raw, ids))
-    elif named is not None and all(w.new for w in written.values()):
-        by_organisation: dict[str | None, list[list[str]]] = {}
-        for record_id, w in written.items():
-            by_organisation.setdefault(w.organisation, []).append(row_keys[record_id])
-        for organisation, keys in by_organisation.items():
-            _hash_keys(organisation, chain.from_iterable(keys), hashed)
-        pairs = pairs_named(written, named, lambda ids: _read_cards_in(raw, ids))
-    else:
-        pairs = pair_persons(
-            written,
-            lambda organisation, keys: _key_holders(raw, organisation, keys, hashed),
-            lambda ids: _read_cards(raw, list(ids)),
-        )
+    pairs = pair_persons(
+        written,
+        lambda organisation, keys: _key_holders(raw, organisation, keys, hashed),
+        lambda ids: _read_cards(raw, list(ids)),
+    )
     # A record new in this write has nothing indexed to delete. (Only a damaged
     # file could hold keys or pairs of it: OR REPLACE below keeps them from
     # failing the write, and check() names them.)
@@ -359,19 +371,20 @@ def _store_persons(
             "UPDATE records SET card_digest = ? WHERE record_id = ?",
             [(card_digest(cards[rid]), rid) for rid in sorted(written)],
         )
-    if aside:
-        raw.executemany(
-            "INSERT INTO person_keys_copied (hash, rk) VALUES (?, ?)",
-            _copied_key_rows(written, rks),
-        )
-    else:
-        key_rows: list[tuple[int, int]] = []
-        for record_id, w in written.items():
-            known = hashed[_org_column(w.organisation)]
-            key_rows += zip(map(known.__getitem__, row_keys[record_id]), repeat(rks[record_id]))
-        raw.executemany(
-            "INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)", sorted(set(key_rows))
-        )
+    key_rows: list[tuple[int, int]] = []
+    for record_id, w in written.items():
+        known = hashed[_org_column(w.organisation)]
+        key_rows += zip(map(known.__getitem__, row_keys[record_id]), repeat(rks[record_id]))
+    raw.executemany(
+        "INSERT OR REPLACE INTO person_keys (hash, rk) VALUES (?, ?)", sorted(set(key_rows))
+    )
+    _write_pairs(raw, pairs, {rid: w.organisation for rid, w in written.items()})
+
+
+def _write_pairs(
+    raw: sqlite3.Connection, pairs: Iterable[PersonPair], organisation: Mapping[str, str | None]
+) -> None:
+    """Upsert these pairs; ``organisation``: that of (at least) one record of each."""
     raw.executemany(
         # Upserted, not replaced: a REPLACE deletes without firing the delete trigger
         # that keeps the pair counts (schema version 12).
@@ -385,9 +398,9 @@ def _store_persons(
                 pair.second.record_id,
                 # Both records are of one organisation: a card is only compared within it.
                 _org_column(
-                    (
-                        written.get(pair.first.record_id) or written[pair.second.record_id]
-                    ).organisation
+                    organisation[pair.first.record_id]
+                    if pair.first.record_id in organisation
+                    else organisation[pair.second.record_id]
                 ),
                 pair.state.value,
                 pair.to_bytes(),

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError, UnknownRecordError
-from caresync.records.persons import PersonCard
+from caresync.records.persons import PersonCard, PersonCards
 from caresync.storage._arguments import check_write_remote_call
 from caresync.storage._copy import copied_items
 from caresync.storage._updates import has_pending
@@ -48,7 +48,12 @@ from caresync.storage.sqlite._sql import (
 )
 from caresync.storage.sqlite.core import SQLiteCore
 from caresync.storage.sqlite.hub import _write_hub_marks
-from caresync.storage.sqlite.persons import _merge_copied_keys, _read_cards, _store_persons
+from caresync.storage.sqlite.persons import (
+    _merge_copied_keys,
+    _read_cards,
+    _store_copied_persons,
+    _store_persons,
+)
 
 __all__ = ["RecordWritesPart"]
 
@@ -222,8 +227,10 @@ class RecordWritesPart(SQLiteCore):
         pending = list(map(has_pending, updates, vectors))
         # Each card's bytes as stored (as the server sent them, else written out), and
         # its digest on the record's row: written with the row, not updated after it.
-        sent = records.card_bytes
-        card_data = {rid: sent.get(rid) or card.to_bytes() for rid, card in records.persons.items()}
+        persons = records.persons
+        sent = persons.data if isinstance(persons, PersonCards) else records.card_bytes
+        # By id, not by card: a PersonCards makes a card only when asked for one.
+        card_data = {rid: sent.get(rid) or persons[rid].to_bytes() for rid in persons}
         digests = [
             None if (data := card_data.get(rid)) is None else card_digest(data) for rid in ids
         ]
@@ -251,24 +258,24 @@ class RecordWritesPart(SQLiteCore):
         rows = {rid: found for rid, found in records.conflicts.items() if found}
         if rows:
             _replace_conflicts_of(raw, rows, rows.keys())  # new records: nothing to delete
-        if records.persons:
+        if persons:
             named = records.pairs
             if named is not None and raw.execute("SELECT 1 FROM outbox LIMIT 1").fetchone():
                 # Local changes the server has not acknowledged: cards here it may not
                 # have paired as they are. The pairs are found here, as without it.
                 named = None
-            _store_persons(
-                raw,
-                {
-                    rid: PersonWrite(organisation, card, True)
-                    for rid, card in records.persons.items()
-                },
-                sent=card_data,
-                keys_of=dict(zip(ids, keys, strict=False)),
-                named=named,
-                digests_written=True,
-                set_aside=True,
-            )
+            rks = dict(zip(ids, keys, strict=False))
+            if named is None:
+                _store_persons(
+                    raw,
+                    {rid: PersonWrite(organisation, persons[rid], True) for rid in persons},
+                    sent=card_data,
+                    keys_of=rks,
+                    digests_written=True,
+                )
+            else:
+                # The key rows set aside until the copy's last batch (schema version 17).
+                _store_copied_persons(raw, organisation, persons, card_data, rks, named)
         if records.last:
             # The key rows the copy's batches set aside, moved into the index at once.
             _merge_copied_keys(raw)
