@@ -280,3 +280,14 @@ def test_card_bytes_untouched_by_reading() -> None:
     data = json.dumps({"v": 1, "id": "a", "names": [["awa", "ndiaye"]]}).encode()
     cards = PersonCards.read([("a", data)])
     assert cards.data["a"] is data
+
+
+def test_cards_made_without_read_are_an_empty_mapping() -> None:
+    """A ``PersonCards()`` made by hand (it is public) holds no card, as a mapping."""
+    cards = PersonCards()
+    assert len(cards) == 0
+    assert "rec-1" not in cards
+    assert list(cards) == []
+    assert dict(cards.data) == {}
+    with pytest.raises(KeyError):
+        cards["rec-1"]

@@ -934,6 +934,10 @@ class PersonCards(Mapping[str, PersonCard]):
     _typed: dict[str, _TypedCard]
     _cards: dict[str, PersonCard]
 
+    def __init__(self) -> None:
+        """No cards (:meth:`read` makes a mapping that holds some)."""
+        self._data, self._typed, self._cards = {}, {}, {}
+
     @classmethod
     def read(
         cls,
