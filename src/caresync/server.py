@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from argon2 import PasswordHasher
 
@@ -205,15 +205,17 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+_tuple_new: Any = tuple.__new__  # cls(*fields) of a named tuple cls, in one C call
 _REMEMBERED = 200_000  # Yjs client owners / record organisations kept in memory, at most
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A record's card and rows as this server last saw them, and since when."""
+class _Held(NamedTuple):
+    """A record's card and rows as this server last saw them, and since when (a named
+    tuple: the server keeps one per record it served, and a tuple of bytes and numbers
+    is nothing the garbage collector walks once it has seen it)."""
 
     card: bytes
     """``card_reference`` of the card (of ``b""``: no card)."""
@@ -235,8 +237,7 @@ class _Held:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
+class _Stored(NamedTuple):
     """A record's check as this server committed it with a push: what its index holds
     for as long as the record's stored state vector is ``check.state.state_vector``
     (conflict rows and a person card are functions of a record's state and the
@@ -1560,7 +1561,7 @@ class SyncServer:
             if known is None:
                 # Not seen since this server started: as far as it knows, always so (a
                 # laptop that lacks it after all builds the record, as without a check).
-                held = _Held(card, 0, rows, 0)
+                held = _tuple_new(_Held, (card, 0, rows, 0))
                 held_put(record_id, held)
             elif known.card == card and known.rows == rows:
                 held = known  # what known.seen says when nothing changed, without a call
@@ -1568,8 +1569,9 @@ class SyncServer:
                 held = known.seen(card, rows, head)
                 if held is not known:
                     held_put(record_id, held)
-            wired[record_id] = RecordCheck(
-                wire.state, wire.rows, held.card_since, held.rows_since, digests
+            # RecordCheck(...) in one C call (a pull builds a thousand).
+            wired[record_id] = _tuple_new(
+                RecordCheck, (wire.state, wire.rows, held.card_since, held.rows_since, digests)
             )
         return wired
 

@@ -436,11 +436,11 @@ async def _agreed(
             # headers (what the general way below decides for it, with fewer calls).
             simply = advance_vector(held.state_vector, updates)
             if simply is not None:
-                after = simply[0]
-                if after == check.state_vector or matches(after, check):
+                moved = simply[0]
+                if moved == check.state_vector or matches(moved, check):
                     agreed[record_id] = check
                     if simply[1]:
-                        advances[record_id] = (held.state_vector, after)
+                        advances[record_id] = (held.state_vector, moved)
                 continue
         stored = None if held is None else (held.state_vector, held.pending)
         # Worked out once: the store is told the state vector after (if the record's
