@@ -491,7 +491,16 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         request = self._expect(RequestKind.PULL)
         if not isinstance(request, PullRequest):  # pragma: no cover - kept by the tables
             raise LocalProtocolError("no PullRequest outstanding")
-        entries = tuple(item if type(item) is FeedItem else FeedItem(*item) for item in items)
+        # FeedItem(*item) of a plain (seq, record_id, update) triple in one C call (a pull
+        # sends a thousand); the batch checks every item's fields when it is built.
+        entries = tuple(
+            item
+            if type(item) is FeedItem
+            else _tuple_new(FeedItem, item)
+            if type(item) is tuple and len(item) == 3
+            else FeedItem(*item)
+            for item in items
+        )
         checked, conflicts = (None, None)
         if checks is not None:
             if request.rulebook is None:
