@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caresync import Record
 from caresync.exceptions import RemoteProtocolError
@@ -118,3 +120,69 @@ def test_rows_referred_to_fit_only_the_rows_they_digest() -> None:
                 assert not rows_kept(check, wrong)
     # Rows sent in full fit whatever is stored.
     assert rows_kept(ServerCheck(b"\x00", (row,), None), ())
+
+
+class _Bytes(bytes):
+    """Bytes of another type: from_wire's inline reading of the usual check passes them
+    to its general way, which then decides what it decides for plain bytes."""
+
+
+_VECTORS = st.one_of(
+    st.binary(max_size=24),
+    # Well-formed state vectors of one to three clients, some clocks above a byte.
+    st.lists(
+        st.tuples(st.integers(0, 2**53 - 1), st.integers(0, 2**31 - 1)), min_size=1, max_size=3
+    ).map(lambda pairs: _encoded(pairs)),
+    st.sampled_from([b"\x00", b"\x01\x05", b"\x01\x85\x00\x03", b"\x02\x01\x01\x01\x02"]),
+)
+_CARDS = st.one_of(
+    st.none(),
+    st.binary(min_size=32, max_size=32).map(lambda rest: b"\x01" + rest),  # held references
+    st.binary(min_size=16, max_size=16).map(lambda rest: b"\x00" + rest),  # card references
+    st.binary(min_size=1, max_size=40),
+)
+
+
+def _encoded(pairs: list[tuple[int, int]]) -> bytes:
+    from caresync.records.spans import encode_varuint
+
+    return encode_varuint(len(pairs)) + b"".join(
+        encode_varuint(client) + encode_varuint(clock) for client, clock in pairs
+    )
+
+
+def _outcome(states: list[CheckedState]) -> object:
+    try:
+        return from_wire(states, ())
+    except RemoteProtocolError as exc:
+        return ("refused", str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_VECTORS, _CARDS), max_size=6))
+def test_the_usual_check_read_inline_is_what_the_general_way_reads(
+    drawn: list[tuple[bytes, bytes | None]],
+) -> None:
+    """A held reference with a plain state vector is read inline (one C call): the same
+    checks, or the same refusal, as the general way gives (its card made another type
+    of bytes, which the inline reading leaves to it)."""
+    states = [CheckedState(f"r{i}", vector, card) for i, (vector, card) in enumerate(drawn)]
+    general = [
+        CheckedState(
+            state.record_id, state.state_vector, None if state.card is None else _Bytes(state.card)
+        )
+        for state in states
+    ]
+    inline, reference = _outcome(states), _outcome(general)
+    assert inline == reference
+    if isinstance(inline, dict):
+        for state in states:
+            check = inline[state.record_id]
+            assert type(check) is ServerCheck
+            if state.card is None or len(state.card) != 33 or state.card[0] != 1:
+                continue  # not a held reference: the general way keeps the card's own type
+            record_id = state.record_id
+            assert [type(value) for value in check] == [
+                type(value)
+                for value in reference[record_id]  # type: ignore[index]
+            ]

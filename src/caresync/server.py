@@ -205,45 +205,45 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+_tuple_new: Any = tuple.__new__  # cls(*fields) of a named tuple cls, in one C call
 _REMEMBERED = 200_000  # Yjs client owners / record organisations kept in memory, at most
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, slots=True)
-class _Held:
-    """A record's card and rows as this server last saw them, and since when."""
+_Held = tuple[bytes, int, bytes, int]
+"""A record's card and rows as this server last saw them, and since when: ``(card,
+card_since, rows, rows_since)``, ``card`` the ``card_reference`` of the card (of ``b""``:
+no card), ``rows`` the ``rows_digest`` of its conflict rows.
 
-    card: bytes
-    """``card_reference`` of the card (of ``b""``: no card)."""
-    card_since: int
-    rows: bytes
-    """``rows_digest`` of the conflict rows."""
-    rows_since: int
+Plain tuples of bytes and numbers, as the record cache keeps its entries (see
+:mod:`caresync.storage.cache`): the server keeps one per record it served, and the
+garbage collector stops walking such a tuple after its first pass, where an object
+would each be promoted to the oldest generation and bring its full collections sooner
+(a pull of records not served before adds a thousand)."""
 
-    def seen(self, card: bytes, rows: bytes, head: int) -> _Held:
-        """What is known once the record is seen with ``card`` and ``rows`` at ``head``:
-        what changed since it was last seen counts from ``head``."""
-        if card == self.card and rows == self.rows:
-            return self
-        return _Held(
-            card,
-            self.card_since if card == self.card else head,
-            rows,
-            self.rows_since if rows == self.rows else head,
-        )
+_Stored = tuple[bytes, bytes | None, tuple[CopyConflict, ...], tuple[bytes, bytes]]
+"""A record's check as this server committed it with a push: ``(state_vector, card,
+rows, (card_reference, rows_digest))``, what its index holds for as long as the
+record's stored state vector is ``state_vector`` (conflict rows and a person card are
+functions of a record's state and the rulebook, whoever stored them), with their
+digests worked out once. A plain tuple, as :data:`_Held` (for most records, whose
+rows are none, one the collector stops walking)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """A record's check as this server committed it with a push: what its index holds
-    for as long as the record's stored state vector is ``check.state.state_vector``
-    (conflict rows and a person card are functions of a record's state and the
-    rulebook, whoever stored them), with their digests worked out once."""
-
-    check: RecordCheck
-    """State, card and rows as committed; ``digests`` set; the since-seqs not used."""
+def _seen(held: _Held, card: bytes, rows: bytes, head: int) -> _Held:
+    """What is known once a record ``held`` is seen with ``card`` and ``rows`` at ``head``:
+    what changed since it was last seen counts from ``head``."""
+    known_card, card_since, known_rows, rows_since = held
+    if card == known_card and rows == known_rows:
+        return held
+    return (
+        card,
+        card_since if card == known_card else head,
+        rows,
+        rows_since if rows == known_rows else head,
+    )
 
 
 def _row_id(row: ConflictRow) -> str:
@@ -1525,7 +1525,9 @@ class SyncServer:
         # A record still in the state a push here committed: its check as committed
         # (the state vector read now, under the commit lock, says it is that state).
         vectors = await self.store.state_vectors(ids)
-        checks: dict[str, RecordCheck] = {}
+        # By record: its check as a push here committed it (a plain _Stored tuple), or
+        # as read from the store (a RecordCheck).
+        checks: dict[str, _Stored | RecordCheck] = {}
         unknown: list[str] = []
         remembered = self._stored.get  # (bound once: a pull reads a thousand records)
         for record_id in ids:
@@ -1533,8 +1535,8 @@ class SyncServer:
             if found is None or found[1]:
                 continue  # not stored, or holding waiting items: no check (as read)
             stored = remembered(record_id)
-            if stored is not None and stored.check.state.state_vector == found[0]:
-                checks[record_id] = stored.check
+            if stored is not None and stored[0] == found[0]:
+                checks[record_id] = stored
             else:
                 unknown.append(record_id)
         if unknown:
@@ -1549,27 +1551,35 @@ class SyncServer:
             wire = checks.get(record_id)
             if wire is None:
                 continue
-            digests = wire.digests
-            if digests is not None:
+            if isinstance(wire, RecordCheck):  # as read from the store
+                state, wire_rows = wire.state, wire.rows
+                if wire.digests is not None:
+                    digests = wire.digests
+                    card, rows = digests
+                else:
+                    card = card_reference(state.card or b"")
+                    rows = rows_digest(wire_rows)
+                    digests = (card, rows)
+            else:  # as committed here: digests worked out then
+                vector, card_bytes, wire_rows, digests = wire
+                # CheckedState(...) in one C call (a pull builds a thousand).
+                state = _tuple_new(CheckedState, (record_id, vector, card_bytes))
                 card, rows = digests
-            else:
-                card = card_reference(wire.state.card or b"")
-                rows = rows_digest(wire.rows)
-                digests = (card, rows)
             known = held_get(record_id)
             if known is None:
                 # Not seen since this server started: as far as it knows, always so (a
                 # laptop that lacks it after all builds the record, as without a check).
-                held = _Held(card, 0, rows, 0)
+                held: _Held = (card, 0, rows, 0)
                 held_put(record_id, held)
-            elif known.card == card and known.rows == rows:
-                held = known  # what known.seen says when nothing changed, without a call
+            elif known[0] == card and known[2] == rows:
+                held = known  # what _seen says when nothing changed, without a call
             else:
-                held = known.seen(card, rows, head)
+                held = _seen(known, card, rows, head)
                 if held is not known:
                     held_put(record_id, held)
-            wired[record_id] = RecordCheck(
-                wire.state, wire.rows, held.card_since, held.rows_since, digests
+            # RecordCheck(...) in one C call (a pull builds a thousand).
+            wired[record_id] = _tuple_new(
+                RecordCheck, (state, wire_rows, held[1], held[3], digests)
             )
         return wired
 
@@ -1591,8 +1601,8 @@ class SyncServer:
             card_bytes = None if found.person is None else found.person.to_bytes()
             new_card = card_reference(card_bytes or b"")
             new_rows = rows_digest(found.rows)
-            known = self._held.get(record_id) or _Held(old_card, 0, old_rows, 0)
-            held = known.seen(old_card, old_rows, head).seen(new_card, new_rows, head)
+            known = self._held.get(record_id) or (old_card, 0, old_rows, 0)
+            held = _seen(_seen(known, old_card, old_rows, head), new_card, new_rows, head)
             if held is not known:
                 self._held.put(record_id, held)
             vector = vectors.get(record_id)
@@ -1603,10 +1613,9 @@ class SyncServer:
                 CopyConflict(record_id, row.id, row.kind, row.subject, row.severity, row.payload)
                 for row in sorted(found.rows, key=_row_id)
             )
-            state = CheckedState(record_id, vector[0], card_bytes)
-            self._stored.put(
-                record_id, _Stored(RecordCheck(state, wire_rows, digests=(new_card, new_rows)))
-            )
+            # A plain tuple (see _Stored): the check is built when a pull or live frame
+            # takes it.
+            self._stored.put(record_id, (vector[0], card_bytes, wire_rows, (new_card, new_rows)))
 
     def _remembered_checks(self, record_ids: Iterable[str]) -> dict[str, RecordCheck]:
         return {rid: check for rid in record_ids if (check := self._checks.get(rid)) is not None}

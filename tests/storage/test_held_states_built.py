@@ -58,3 +58,44 @@ def test_vectors_of_reads_what_get_many_reads() -> None:
     cache.put("d", CachedRecord(b"\x00", None, False))
     twin.put("d", CachedRecord(b"\x00", None, False))
     assert list(cache._entries) == list(twin._entries)
+
+
+def test_put_fields_many_keeps_what_put_many_keeps() -> None:
+    """The write's and the reads' entries given as fields are the entries put_many keeps:
+    the same values, order, byte count and evictions."""
+    entries = [
+        ("a", CachedRecord(b"\x01\x05\x03", "org", False, key=1)),
+        ("b", CachedRecord(b"\x00", None, True, b"merged" * 40, ((b"\x05", 3),), 2)),
+        ("c", CachedRecord(b"\x01\x06\x01", None, False)),
+        ("a", CachedRecord(b"\x01\x05\x04", "org", False, key=1)),
+        ("d", CachedRecord(b"\x01\x07\x01", "org", False, None, ((b"\x07", 1),), 4)),
+    ]
+    cache, twin = (
+        RecordCache(max_entries=3, max_bytes=400),
+        RecordCache(max_entries=3, max_bytes=400),
+    )
+    cache.put_many(entries)
+    twin.put_fields_many([(rid, tuple(entry)) for rid, entry in entries])
+    assert cache._entries == twin._entries
+    assert cache.size_bytes == twin.size_bytes
+    assert twin.get_many(["a", "b", "c", "d"]) == cache.get_many(["a", "b", "c", "d"])
+
+
+async def test_a_writes_cache_entries_are_its_plans_entries(tmp_path: Path) -> None:
+    """What write_remote leaves in the cache is each planned record's ``cached`` entry
+    (the record as committed), read back as CachedRecord."""
+    a, b = registered("Awa Diop"), Patient(replica="laptop-c")
+    async with SQLiteStore.open(tmp_path / "l.db") as store:
+        await store.write_remote([incoming(a, "org-1"), IncomingUpdate(b.id, b.created, None)])
+        written = store.cache.get_many([a.id, b.id])
+        store.cache.clear()
+        held = await store.held_states([a.id, b.id])
+        read = store.cache.get_many([a.id, b.id])
+    for rid in (a.id, b.id):
+        assert type(written[rid]) is CachedRecord
+        assert written[rid].state_vector == held[rid].state_vector == read[rid].state_vector
+        assert (written[rid].organisation, written[rid].key) == (
+            read[rid].organisation,
+            read[rid].key,
+        )
+        assert written[rid].pending is read[rid].pending is False

@@ -49,8 +49,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from caresync.exceptions import (
     LocalProtocolError,
@@ -131,10 +130,12 @@ _UPDATE = operator.itemgetter(2)  # and its update
 _tuple_new: Any = tuple.__new__  # cls(*fields) of a named tuple cls, in one C call
 
 
-@dataclass(frozen=True, slots=True)
-class RecordCheck:
+class RecordCheck(NamedTuple):
     """What the server's index holds for one record's stored state (version 8 on):
-    the state (its state vector and person card) and its conflict rows."""
+    the state (its state vector and person card) and its conflict rows.
+
+    A named tuple rather than a frozen dataclass: a pull builds one per record, and
+    the server keeps thousands (a tuple costs less to build and to the collector)."""
 
     state: CheckedState
     rows: tuple[CopyConflict, ...]
@@ -490,7 +491,16 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         request = self._expect(RequestKind.PULL)
         if not isinstance(request, PullRequest):  # pragma: no cover - kept by the tables
             raise LocalProtocolError("no PullRequest outstanding")
-        entries = tuple(item if type(item) is FeedItem else FeedItem(*item) for item in items)
+        # FeedItem(*item) of a plain (seq, record_id, update) triple in one C call (a pull
+        # sends a thousand); the batch checks every item's fields when it is built.
+        entries = tuple(
+            item
+            if type(item) is FeedItem
+            else _tuple_new(FeedItem, item)
+            if type(item) is tuple and len(item) == 3
+            else FeedItem(*item)
+            for item in items
+        )
         checked, conflicts = (None, None)
         if checks is not None:
             if request.rulebook is None:

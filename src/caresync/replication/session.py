@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import ssl as ssl_module
 import time
@@ -113,6 +114,7 @@ T = TypeVar("T")
 logger = logging.getLogger("caresync.replica")
 
 # A server must prove itself: version 4 on. Version 5 adds person cards to a first copy.
+_RECORD_AND_UPDATE = operator.itemgetter(1, 2)  # a pulled FeedItem's (record_id, update)
 _PROTOCOL_VERSIONS = tuple(v for v in SUPPORTED_VERSIONS if v >= ProveServer.SINCE_VERSION)
 
 MAX_HUB_REPORT_FRAMES = 10_000
@@ -1060,7 +1062,7 @@ class Session:
                 await self.flush()
             if batch.items or batch.checkpoint != checkpoint:
                 await self.host.take_in(
-                    [(i.record_id, i.update) for i in batch.items],
+                    list(map(_RECORD_AND_UPDATE, batch.items)),
                     checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
                     checked=from_wire(batch.checked, batch.conflicts),
                     durable=not batch.more,  # the last: one sync for the pull's batches

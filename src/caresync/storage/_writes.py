@@ -175,7 +175,17 @@ def plan_writes(
                     write.person,
                 )
                 continue
-        organisation, organisation_set = _organisation(record_id, cur, writes, indexes)
+        if (
+            cur is not None
+            and len(indexes) == 1
+            and (
+                (claimed := writes[indexes[0]].organisation) is None or claimed == cur.organisation
+            )
+        ):
+            # What _organisation says of one write that claims nothing new, without a call.
+            organisation, organisation_set = cur.organisation, False
+        else:
+            organisation, organisation_set = _organisation(record_id, cur, writes, indexes)
         if cur is not None and len(indexes) == 1 and not cur.pending:
             write = writes[indexes[0]]
             advances = write.advances

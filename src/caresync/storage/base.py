@@ -256,9 +256,11 @@ class SessionRow:
         check_count(self.expires_ms, "expires_ms")
 
 
-@dataclass(frozen=True, slots=True)
-class FeedItem:
-    """One update in the server's change feed, numbered in one global sequence."""
+class FeedItem(NamedTuple):
+    """One update in the server's change feed, numbered in one global sequence.
+
+    A named tuple rather than a frozen dataclass: a pull reads a thousand, each
+    built in one C call by the stores."""
 
     seq: int
     record_id: str

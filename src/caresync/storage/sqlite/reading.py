@@ -244,7 +244,8 @@ class ReadingPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> dict[str, tuple[bytes, bool]]:
             read: dict[str, tuple[bytes, bool]] = {}
-            entries: list[tuple[str, CachedRecord]] = []
+            # Each entry as CachedRecord's six fields (see RecordCache.put_fields_many).
+            entries: list[tuple[str, tuple[object, ...]]] = []
             raw.execute("BEGIN")  # one snapshot for every chunk
             try:
                 for chunk in _chunks(missing):
@@ -253,14 +254,14 @@ class ReadingPart(SQLiteCore):
                         f" WHERE record_id IN ({_marks(len(chunk))})",
                         chunk,
                     ):
-                        entry = CachedRecord(bytes(vector), organisation, bool(pending), key=key)
-                        read[record_id] = (entry.state_vector, entry.pending)
-                        entries.append((record_id, entry))
+                        vector, held = bytes(vector), bool(pending)
+                        read[record_id] = (vector, held)
+                        entries.append((record_id, (vector, organisation, held, None, None, key)))
             finally:
                 raw.execute("COMMIT")
             # On the database thread, as committed: no write can come between (the cache
             # holds only committed state; a write replaces these entries after its commit).
-            self.cache.put_many(entries)
+            self.cache.put_fields_many(entries)
             return read
 
         found.update(await self._run(f"reading {len(missing)} state vectors", job))
@@ -281,7 +282,8 @@ class ReadingPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> dict[str, HeldState]:
             read: dict[str, HeldState] = {}
-            entries: list[tuple[str, CachedRecord]] = []
+            # Each entry as CachedRecord's six fields (see RecordCache.put_fields_many).
+            entries: list[tuple[str, tuple[object, ...]]] = []
             append = entries.append
             raw.execute("BEGIN")  # one snapshot for every chunk
             try:
@@ -291,19 +293,18 @@ class ReadingPart(SQLiteCore):
                         f" FROM records WHERE record_id IN ({_marks(len(chunk))})",
                         chunk,
                     ):
-                        # The named tuples built in one C call each (a pull reads a row
-                        # per record): HeldState(...) and CachedRecord(..., key=key).
+                        # HeldState(...) built in one C call (a pull reads a row per
+                        # record), and the cache's entry as CachedRecord's fields.
                         vector, held = bytes(vector), bool(pending)
                         read[record_id] = _tuple_new(
                             HeldState, (vector, held, None if digest is None else bytes(digest))
                         )
                         if record_id not in cached:
-                            entry = (vector, organisation, held, None, None, key)
-                            append((record_id, _tuple_new(CachedRecord, entry)))
+                            append((record_id, (vector, organisation, held, None, None, key)))
             finally:
                 raw.execute("COMMIT")
             # On the database thread, as committed (see state_vectors).
-            self.cache.put_many(entries)
+            self.cache.put_fields_many(entries)
             return read
 
         return await self._run(f"reading {len(ids)} held states", job, brief=len(ids) <= BRIEF_ROWS)
