@@ -26,11 +26,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import caresync
+from benchmarks.common import loop_stall
 from caresync.storage import SQLiteStore
 from caresync.storage.base import SessionRow
 
@@ -58,30 +58,6 @@ def _fill(path: Path, entries: int, accounts: int) -> None:
         raw.close()
 
 
-async def _stall(read: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
-    """(longest gap between the loop's turns, wall time) while ``read`` runs."""
-    done = False
-    longest = 0.0
-
-    async def ticker() -> None:
-        nonlocal longest
-        last = time.perf_counter()
-        while not done:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    start = time.perf_counter()
-    await read()
-    wall = time.perf_counter() - start
-    done = True
-    await task
-    return longest, wall
-
-
 async def measure(entries: int, accounts: int, reps: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="brief-ab-"))
     path = work / "server.db"
@@ -101,7 +77,7 @@ async def measure(entries: int, accounts: int, reps: int) -> dict[str, Any]:
                 ),
                 ("resume_large", lambda: store.read_resume("b" * 64, "laptop-1")),
             ):
-                stall, wall = await _stall(read)
+                stall, wall = await loop_stall(read)
                 out.setdefault(f"{name}_stall_ms", []).append(stall * 1e3)
                 out.setdefault(f"{name}_wall_ms", []).append(wall * 1e3)
             start = time.perf_counter()

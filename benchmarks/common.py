@@ -12,7 +12,7 @@ import shutil
 import signal
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +110,31 @@ async def counting_fsyncs(pid: int) -> AsyncIterator[FsyncCount]:
             for line in rest.splitlines()
             if len(fields := line.split()) >= 5 and fields[-1] in ("fsync", "fdatasync")
         )
+
+
+async def loop_stall(read: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
+    """(longest gap between the event loop's turns, wall time) while ``read`` runs: a task
+    that yields at every turn sees how long the loop was kept from it (a read run on the
+    loop's thread holds it for its whole time)."""
+    done = False
+    longest = 0.0
+
+    async def ticker() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done:  # ends with the read
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    start = time.perf_counter()
+    try:
+        await read()
+    finally:
+        done = True
+    wall = time.perf_counter() - start
+    await task
+    return longest, wall

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import caresync
+from benchmarks.common import loop_stall
 from caresync.records.crdt import merge
 from caresync.storage import SQLiteStore
 from caresync.testing.store_data import Patient, set_laptop_identity
@@ -55,28 +56,9 @@ def _read_here() -> int:
 async def _stall(read: Callable[[], Awaitable[Any]]) -> tuple[float, float, int]:
     """(longest gap between the loop's turns, wall time, bytes read here) while
     ``read`` runs."""
-    done = False
-    longest = 0.0
-
-    async def ticker() -> None:
-        nonlocal longest
-        last = time.perf_counter()
-        while not done:
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest = max(longest, now - last)
-            last = now
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
     before = _read_here()
-    start = time.perf_counter()
-    await read()
-    wall = time.perf_counter() - start
-    read_here = _read_here() - before
-    done = True
-    await task
-    return longest, wall, read_here
+    longest, wall = await loop_stall(read)
+    return longest, wall, _read_here() - before
 
 
 async def _laptop(path: Path, large: int, mib: int) -> None:

@@ -11,10 +11,9 @@ that does not depend on time, only on the rows the read walks.
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from tests.storage.brief_steps import counted
 
 from caresync.storage import SQLiteStore
 from caresync.storage.base import SessionRow
@@ -23,37 +22,6 @@ from caresync.storage.sqlite.logins import BRIEF_ACCOUNTS
 ENTRIES = 20_000
 ACCOUNTS = 5_000
 STEPS_BOUND = 20_000  # a read by key runs some hundreds; a walk of 5,000+ rows, 100,000+
-
-
-class _Steps:
-    """SQLite steps run on each thread, while counting."""
-
-    def __init__(self) -> None:
-        self.by_thread: dict[int, int] = {}
-
-    def __call__(self) -> int:
-        here = threading.get_ident()
-        self.by_thread[here] = self.by_thread.get(here, 0) + 1
-        return 0  # go on
-
-    @property
-    def on_loop(self) -> int:
-        return self.by_thread.get(threading.get_ident(), 0)  # the test runs on the loop
-
-    @property
-    def elsewhere(self) -> int:
-        return sum(self.by_thread.values()) - self.on_loop
-
-
-@contextmanager
-def _counted(store: SQLiteStore) -> Iterator[_Steps]:
-    steps = _Steps()
-    # Set while the connection's thread is idle (no job of the store is handed over).
-    store._conn._raw.set_progress_handler(steps, 1)
-    try:
-        yield steps
-    finally:
-        store._conn._raw.set_progress_handler(None, 1)
 
 
 def _filled(path: Path) -> None:
@@ -99,7 +67,7 @@ async def test_an_audit_read_of_one_entry_deep_in_a_long_chain_does_not_walk_it_
     it was), so it may be a brief read."""
     store = await _store(tmp_path)
     try:
-        with _counted(store) as steps:
+        with counted(store) as steps:
             [entry] = await store.audit_entries(
                 replica_id="laptop-1", after_seq=ENTRIES - 1, limit=1
             )
@@ -120,7 +88,7 @@ async def test_a_login_of_a_large_organisation_reads_its_accounts_off_the_loop(
                 SessionRow(token * 64, organisation, "user-00001", "laptop-1", 0, 10**13)
             )
         # A small organisation's login reads run here, on the loop, in few steps.
-        with _counted(store) as small:
+        with counted(store) as small:
             first = await store.read_resume("a" * 64, "laptop-1")
         assert first.accounts is not None
         assert len(first.accounts) == 3
@@ -129,14 +97,14 @@ async def test_a_login_of_a_large_organisation_reads_its_accounts_off_the_loop(
         # A large organisation: its accounts are read whole on the connection's thread
         # (the first time found here in a bounded read, then known).
         for _ in range(2):
-            with _counted(store) as big:
+            with counted(store) as big:
                 large = await store.read_resume("b" * 64, "laptop-1")
             assert large.accounts is not None
             assert len(large.accounts) == ACCOUNTS > BRIEF_ACCOUNTS
             assert big.on_loop < STEPS_BOUND
             assert big.elsewhere > 0
         # The small one's still run here, as before.
-        with _counted(store) as again:
+        with counted(store) as again:
             assert await store.read_resume("a" * 64, "laptop-1") == first
         assert 0 < again.on_loop < STEPS_BOUND
         assert again.elsewhere == 0
@@ -151,7 +119,7 @@ async def test_the_other_brief_reads_stay_bounded_beside_large_tables(tmp_path: 
     loop."""
     store = await _store(tmp_path)
     try:
-        with _counted(store) as steps:
+        with counted(store) as steps:
             assert await store.get_replica("laptop-1") is None
             assert await store.replica_secret_hash("laptop-1") is None
             assert await store.get_meta("nothing") is None

@@ -11,16 +11,13 @@ counted per thread, as in ``test_brief_read_bounds``).
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.storage.brief_steps import counted, full_summary
 
 from caresync.audit import AuditEvent
-from caresync.storage import OutboxSummary, SQLiteStore
+from caresync.storage import SQLiteStore
 from caresync.storage.sqlite.core import BRIEF_ROWS
 from caresync.storage.sqlite.outbox import BRIEF_UPDATE_BYTES
 from caresync.testing.store_data import Patient, set_laptop_identity
@@ -28,36 +25,6 @@ from caresync.testing.store_data import Patient, set_laptop_identity
 SIZES = [0, 1, BRIEF_ROWS - 1, BRIEF_ROWS, BRIEF_ROWS + 1, BRIEF_ROWS + 2, 3 * BRIEF_ROWS]
 MANY = 400  # rows a brief read must not walk
 STEPS_ON_LOOP_BOUND = 3_000  # a read of 17 rows by key: some hundreds of steps
-
-
-class _Steps:
-    """SQLite steps run on each thread, while counting."""
-
-    def __init__(self) -> None:
-        self.by_thread: dict[int, int] = {}
-
-    def __call__(self) -> int:
-        here = threading.get_ident()
-        self.by_thread[here] = self.by_thread.get(here, 0) + 1
-        return 0
-
-    @property
-    def on_loop(self) -> int:
-        return self.by_thread.get(threading.get_ident(), 0)  # the test runs on the loop
-
-    @property
-    def elsewhere(self) -> int:
-        return sum(self.by_thread.values()) - self.on_loop
-
-
-@contextmanager
-def _counted(store: SQLiteStore) -> Iterator[_Steps]:
-    steps = _Steps()
-    store._conn._raw.set_progress_handler(steps, 1)  # the connection's thread is idle here
-    try:
-        yield steps
-    finally:
-        store._conn._raw.set_progress_handler(None, 1)
 
 
 async def _laptop(tmp_path: Path, outbox: int, audit: int) -> SQLiteStore:
@@ -73,20 +40,6 @@ async def _laptop(tmp_path: Path, outbox: int, audit: int) -> SQLiteStore:
     return store
 
 
-def _full_summary(path: Path) -> OutboxSummary:
-    """The outbox's figures by one plain query on a connection of its own (the oracle)."""
-    raw = sqlite3.connect(path)
-    try:
-        count, low, oldest = raw.execute(
-            "SELECT COUNT(*), MIN(seq), (SELECT created_ms FROM outbox ORDER BY seq LIMIT 1)"
-            " FROM outbox"
-        ).fetchone()
-        head = raw.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return OutboxSummary(count, oldest, low, 0 if head is None else head[0])
-    finally:
-        raw.close()
-
-
 @pytest.mark.parametrize("size", SIZES)
 async def test_the_outbox_summary_and_pages_are_those_of_a_full_read_for_every_size(
     tmp_path: Path, size: int
@@ -94,7 +47,7 @@ async def test_the_outbox_summary_and_pages_are_those_of_a_full_read_for_every_s
     store = await _laptop(tmp_path, size, 0)
     try:
         summary = await store.outbox_summary()
-        assert summary == _full_summary(tmp_path / "laptop.db")
+        assert summary == full_summary(tmp_path / "laptop.db")
         assert summary.pending == size
         everything = await store.pending(10_000)
         assert [item.seq for item in everything] == list(range(1, size + 1))
@@ -105,7 +58,7 @@ async def test_the_outbox_summary_and_pages_are_those_of_a_full_read_for_every_s
         if size:
             # Acknowledged up to the middle: the summary follows (the oldest moves on).
             await store.acknowledge(size // 2)
-            assert await store.outbox_summary() == _full_summary(tmp_path / "laptop.db")
+            assert await store.outbox_summary() == full_summary(tmp_path / "laptop.db")
     finally:
         await store.close()
 
@@ -135,7 +88,7 @@ async def test_a_sync_with_nothing_to_send_reads_its_outbox_and_audit_on_the_loo
 ) -> None:
     store = await _laptop(tmp_path, 2, 3)
     try:
-        with _counted(store) as steps:
+        with counted(store) as steps:
             assert (await store.outbox_summary()).pending == 2
             assert len(await store.pending(1000)) == 2
             assert len(await store.audit_entries(replica_id="laptop-7", limit=1000)) == 3
@@ -150,7 +103,7 @@ async def test_a_large_outbox_and_audit_are_read_on_the_connections_thread(
 ) -> None:
     store = await _laptop(tmp_path, MANY, MANY)
     try:
-        with _counted(store) as steps:
+        with counted(store) as steps:
             assert (await store.outbox_summary()).pending == MANY
             assert len(await store.pending(1000)) == MANY
             assert len(await store.audit_entries(replica_id="laptop-7", limit=1000)) == MANY
@@ -173,12 +126,12 @@ async def test_a_large_update_in_the_outbox_is_read_on_the_connections_thread(
         assert len(big) > BRIEF_UPDATE_BYTES
         await store.write_local(patient.id, patient.created, conflicts=None)
         await store.write_local(patient.id, big, conflicts=None)
-        with _counted(store) as steps:
+        with counted(store) as steps:
             page = await store.pending(1000)
         assert [item.update for item in page][-1] == big
         assert len(page) == 4
         assert steps.elsewhere > 0  # read again, whole, on the connection's thread
-        with _counted(store) as steps:
+        with counted(store) as steps:
             small = await store.pending(2)  # the first two are small: read here
         assert small == page[:2]
         assert steps.elsewhere == 0

@@ -21,10 +21,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from tests.storage.brief_steps import full_summary
 
 from caresync.audit import AuditEvent
 from caresync.records.crdt import merge
-from caresync.storage import OutboxSummary, SQLiteStore
+from caresync.storage import SQLiteStore
 from caresync.storage import _cipher as cipher_module
 from caresync.storage.sqlite.core import BRIEF_ROWS
 from caresync.storage.sqlite.outbox import BRIEF_UPDATE_BYTES
@@ -46,20 +47,6 @@ def _read_here() -> int:
             if line.startswith("rchar:"):
                 return int(line.split()[1])
     raise AssertionError(f"no rchar in {path}")
-
-
-def _full_summary(path: Path) -> OutboxSummary:
-    """The outbox's figures by plain queries on a connection of its own (the oracle)."""
-    raw = sqlite3.connect(path)
-    try:
-        count, low, oldest = raw.execute(
-            "SELECT COUNT(*), MIN(seq), (SELECT created_ms FROM outbox ORDER BY seq LIMIT 1)"
-            " FROM outbox"
-        ).fetchone()
-        head = raw.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return OutboxSummary(count, oldest, low, 0 if head is None else head[0])
-    finally:
-        raw.close()
 
 
 class _Blocker:
@@ -117,7 +104,7 @@ async def test_a_large_update_is_not_read_on_the_loop_for_the_outbox_summary(
         before = _read_here()
         summary = await store.outbox_summary()
         on_loop = _read_here() - before
-    assert summary == _full_summary(path)
+    assert summary == full_summary(path)
     assert summary.pending == 4
     # A few pages of the table, not the large update's hundreds (before: all of them).
     size = len(big)
