@@ -293,23 +293,10 @@ class RecordWritesPart(SQLiteCore):
             # The cache holds only committed state; after a failed commit, be sure.
             self.cache.clear()
             raise
-        # Each record's cache entry as CachedRecord's fields (PlannedRecord.cached, without
-        # the entry built and taken apart again: a pull writes a thousand).
+        # Each record's cache entry as CachedRecord's fields, not an entry built and taken
+        # apart again (a pull writes a thousand).
         self.cache.put_fields_many(
-            [
-                (
-                    record_id,
-                    (
-                        plan.state_vector,
-                        plan.organisation,
-                        plan.pending,
-                        plan.merged,
-                        None if plan.clocks is None else tuple(plan.clocks.items()),
-                        plan.key,
-                    ),
-                )
-                for record_id, plan in planned.items()
-            ]
+            [(record_id, plan.cache_fields) for record_id, plan in planned.items()]
         )
         self._name((plan.key, record_id) for record_id, plan in planned.items())
         return seqs
