@@ -189,3 +189,43 @@ def test_fanout_ab_times_the_fan_out_to_subscribed_connections(
     assert line["edits"] == 3
     assert 0 < line["cpu_us_per_connection"]["median"] < 1e6
     assert fanout_ab.main(["0", "3"]) == 2  # usage
+
+
+def test_a_peer_wait_ends_when_done_or_after_a_quiet_spell() -> None:
+    """``Counted.wait_until_or_quiet`` (the peer's waits in ``bench_sync``): True as soon as
+    the condition holds, however long the calls take to come; False once nothing is
+    counted for the quiet spell, so that an update the peer's room dropped is counted as
+    dropped instead of holding the benchmark for ``LIMIT_S``."""
+    from benchmarks.bench_sync import Counted
+
+    async def scenario() -> tuple[bool, bool, int]:
+        counted = Counted()
+
+        async def calls(n: int) -> None:
+            for _ in range(n):
+                await asyncio.sleep(0)  # each call in a later turn of the loop
+                counted(None)
+
+        feeder = asyncio.create_task(calls(5))
+        done = await counted.wait_until_or_quiet(lambda: counted.count >= 5, quiet_s=5.0)
+        await feeder
+        # Three more arrive, the fourth never does: quiet after the third.
+        feeder = asyncio.create_task(calls(3))
+        quiet = await counted.wait_until_or_quiet(lambda: counted.count >= 9, quiet_s=0.2)
+        await feeder
+        return done, quiet, counted.count
+
+    assert asyncio.run(scenario()) == (True, False, 8)
+
+
+def test_edits_a_peer_document_lacks_are_counted() -> None:
+    """``missing_edits``: the edits (record, city) a peer document does not show."""
+    from benchmarks.bench_sync import missing_edits
+    from pycrdt import Doc, Map
+
+    doc: Doc = Doc()
+    records = doc.get("records", type=Map)
+    records["a"] = Map({"city": "Thiès 0"})
+    records["b"] = Map({"city": "Dakar"})
+    assert missing_edits(doc, [("a", "Thiès 0"), ("b", "Thiès 0")]) == 1
+    assert missing_edits(doc, [("a", "Thiès 0")]) == 0
