@@ -272,6 +272,13 @@ class _Remembered(Generic[K, V]):
             items.popitem(last=False)
 
 
+def _read_to(items: Sequence[FeedItem], head: int, request: PullRequest) -> bool:
+    """Whether a read of the feed for ``request`` (``items``) read it to its end: it came
+    back short, or its last entry is the feed's ``head`` (nothing after it but what was
+    committed since ``head`` was read)."""
+    return len(items) < request.limit or items[-1].seq == head
+
+
 def _fits_alone(record_id: str, update: bytes, frame: int) -> bool:
     """Whether a pull batch holding this one entry (and no checks) fits a frame of
     ``frame`` bytes: by its size when it is far from that, else by encoding one (the
@@ -1646,7 +1653,7 @@ class SyncServer:
                     # A laptop at the head (a sync with nothing to do): nothing to read.
                     ((), [], True)
                     if head <= request.after_seq
-                    else await self._pull_entries(conn, request)
+                    else await self._pull_entries(conn, request, head)
                 )
             except _EntryTooLarge as exc:
                 conn.serving = True  # it names the record: sent once the login is on disk
@@ -1687,7 +1694,7 @@ class SyncServer:
         )
 
     async def _pull_entries(
-        self, conn: _Connection, request: PullRequest
+        self, conn: _Connection, request: PullRequest, head: int
     ) -> tuple[Sequence[FeedItem], Coalescer | list[tuple[int, str, bytes]], bool]:
         """The feed entries a pull batch stands for, what it sends of them (a coalescer
         that merges them, for version 10 on), and whether the feed was read to its end
@@ -1697,6 +1704,11 @@ class SyncServer:
         (:mod:`caresync.replication.coalesce`), and the batch reads on until it holds
         ``limit`` entries or half the client's frame (at most :data:`_PULL_CHUNKS`
         reads of ``limit`` feed entries); to an older one, ``limit`` entries as they are.
+
+        ``head`` is the feed's head as the caller read it: a read whose last entry is
+        the head read the feed to its end, though it came back full (a laptop that
+        pulls ``limit`` new entries exactly): no read after it, which could only
+        find entries committed since (under the commit lock, none), as a next pull does.
         """
 
         async def read(after_seq: int) -> list[FeedItem]:
@@ -1723,13 +1735,13 @@ class SyncServer:
                     fit = count
                     break
             as_they_are = [(i.seq, i.record_id, i.update) for i in items[:fit]]
-            return items[:fit], as_they_are, fit == len(items) < request.limit
+            return items[:fit], as_they_are, fit == len(items) and _read_to(items, head, request)
         budget = min(conn.protocol.peer_max_frame_bytes // 2, _PULL_BYTES) - BATCH_OVERHEAD_BYTES
         coalescer = Coalescer(items=request.limit, budget=budget, verdicts=self._verdicts)
         to_end = False
         for chunk in range(_PULL_CHUNKS):
             coalescer.take(items)
-            to_end = len(items) < request.limit
+            to_end = _read_to(items, head, request)
             if coalescer.full or to_end or chunk == _PULL_CHUNKS - 1:
                 break
             items = await read(items[-1].seq)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e.live_helpers import enrolled, start_server
@@ -163,6 +164,55 @@ async def test_a_batch_stops_at_its_byte_budget(
         assert (await reader.sync()).downloaded == 6
         sent = batches.taken()
         assert [b.feed_entries for b in sent] == [1] * 6  # each batch moves, one entry
+        await same_everywhere([reader, writer], server)
+    finally:
+        await reader.close()
+        await writer.close()
+        await server.close()
+
+
+async def test_a_read_that_ends_at_the_feeds_head_is_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The laptop's limit of new entries exactly, the last of them the feed's head: the
+    batch is the pull's last, read with one read of the feed (none after it to find
+    nothing); one entry more than the limit, and the feed is read on, as before."""
+    batches = Batches(monkeypatch)
+    server = await start_server(tmp_path)
+    await seed(server)
+    reader = await enrolled(
+        tmp_path, server, "reader", user="dr.b", limits=SyncLimits(pull_limit=2)
+    )
+    writer = await enrolled(tmp_path, server, "writer")
+    reads: list[int] = []
+    feed_since = server.store.feed_since
+
+    async def counted(after_seq: int, **kwargs: Any) -> Any:
+        found = await feed_since(after_seq, **kwargs)
+        reads.append(len(found))
+        return found
+
+    monkeypatch.setattr(server.store, "feed_since", counted)
+    try:
+        ids = sorted(await writer.record_ids())[:3]
+        await edit_rounds(writer, ids[:2], 1)  # two entries: the reader's limit
+        batches.taken()
+        reads.clear()
+        assert (await reader.sync()).downloaded == 2
+        assert reads == [2]  # not [2, 0]
+        [batch] = batches.taken()
+        assert batch.checkpoint == batch.head_seq == await server.store.feed_head()
+        assert not batch.more
+        await same_everywhere([reader, writer], server)
+
+        await edit_rounds(writer, ids, 1)  # three entries: one past the limit
+        batches.taken()
+        reads.clear()
+        assert (await reader.sync()).downloaded == 3
+        # The first batch reads on and finds the third (it is full), which the second
+        # batch reads again, and ends at the head.
+        assert reads == [2, 1, 1]
+        assert [[i.record_id for i in b.items] for b in batches.taken()] == [ids[:2], ids[2:]]
         await same_everywhere([reader, writer], server)
     finally:
         await reader.close()
