@@ -227,7 +227,8 @@ def _store_copied_persons(
     column = _org_column(organisation)
     raw.executemany(
         "INSERT OR REPLACE INTO person_cards (record_id, organisation, card) VALUES (?, ?, ?)",
-        [(record_id, column, cards[record_id]) for record_id in persons],
+        # Made as executemany reads them (zip hands it one tuple it reuses), not a list.
+        zip(persons, repeat(column), map(cards.__getitem__, persons), strict=False),
     )
     keys: list[Collection[str]]
     if isinstance(persons, PersonCards):
