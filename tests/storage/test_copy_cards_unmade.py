@@ -36,6 +36,7 @@ from caresync.records.persons import PersonCard, PersonCards
 from caresync.replication.checked import card_from_wire
 from caresync.storage import MemoryStore, SQLiteStore, Store
 from caresync.storage.base import CopiedRecords, CopyPage
+from caresync.storage.sqlite.persons import _copied_key_rows, _key_hash
 
 _ODD_BYTES = [
     b'{"v":1,"id":"a","names":[["\\ud800"]]}',  # a lone surrogate: refused
@@ -109,6 +110,75 @@ def test_odd_cards_read_or_are_refused_alike(raw: dict[str, object], spell: obje
 @pytest.mark.parametrize("data", _ODD_BYTES)
 def test_odd_bytes_read_or_are_refused_alike(data: bytes) -> None:
     _read_alike("a", data)
+
+
+# The common shape row_keys_of makes in one step (one birth date, one name of two
+# tokens, no identifier or phone), with tokens that start alike, are equal, or order
+# either way, and birth dates of every length a card holds.
+_two_tokens = st.text("abo|", min_size=1, max_size=5)
+_common_cards = st.builds(
+    PersonCard,
+    record_id=st.text("abc-1", min_size=1, max_size=5),
+    names=st.tuples(st.tuples(_two_tokens, _two_tokens)),
+    birth_dates=st.tuples(st.sampled_from(["1990-04-12", "1990-04", "1991", "", "1990-4-120"])),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_common_cards, _any_cards), max_size=8), st.data())
+def test_row_keys_of_many_cards_are_each_cards_row_keys(
+    cards: list[PersonCard], data: st.DataObject
+) -> None:
+    """``row_keys_of`` gives, card by card and in the order asked, what ``row_keys``
+    gives (the same keys in the same order, which the copy's key rows follow), and
+    those are each card's blocking keys but its own, each once; for cards read by
+    msgspec, cards the careful way made (link decisions), and a record asked twice."""
+    read = PersonCards.read([(card.record_id, card.to_bytes()) for card in cards])
+    wanted = data.draw(st.lists(st.sampled_from(list(read)), max_size=10) if read else st.just([]))
+    found = read.row_keys_of(wanted)
+    assert [list(keys) for keys in found] == [list(read.row_keys(rid)) for rid in wanted]
+    for record_id, keys in zip(wanted, found, strict=True):
+        assert len(list(keys)) == len(set(keys))
+        assert set(keys) == _keys_as_sets(read[record_id]) - {"r:" + record_id}
+
+
+def test_row_keys_of_the_common_shape_in_the_order_of_their_definition() -> None:
+    """Worked by hand: both day keys (or one, for tokens that start alike), then the
+    year key with the tokens in order; no day key for a birth date without its day."""
+    cards = PersonCards.read(
+        (card.record_id, card.to_bytes())
+        for card in (
+            PersonCard("a", names=(("ndiaye", "awa"),), birth_dates=("1990-04-12",)),
+            PersonCard("b", names=(("awa", "awaa"),), birth_dates=("1990-04-12",)),
+            PersonCard("c", names=(("awa", "awa"),), birth_dates=("1990-04-12",)),
+            PersonCard("d", names=(("awa", "ndiaye"),), birth_dates=("1990",)),
+        )
+    )
+    assert cards.row_keys_of(["a", "b", "c", "d"]) == [
+        ["d:1990-04-12|ndi", "d:1990-04-12|awa", "y:1990|awa|ndiaye"],
+        ["d:1990-04-12|awa", "y:1990|awa|awaa"],
+        ["d:1990-04-12|awa"],
+        ["y:1990|awa|ndiaye"],
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.none(), st.text(min_size=1, max_size=4)),
+    st.lists(st.lists(st.text(max_size=6), max_size=4), max_size=6),
+)
+def test_copied_key_rows_are_each_keys_stored_hash_with_its_record(
+    organisation: str | None, keys: list[list[str]]
+) -> None:
+    """The rows set aside for a copy's keys: (``_key_hash`` of the organisation and the
+    key, the rk of its card), card after card, key after key."""
+    rks = [10 + n for n in range(len(keys))]
+    column = "" if organisation is None else organisation
+    assert list(_copied_key_rows(organisation, rks, keys)) == [
+        (_key_hash(column, key), rk)
+        for rk, card_keys in zip(rks, keys, strict=True)
+        for key in card_keys
+    ]
 
 
 def test_the_card_of_another_record_is_refused_naming_both() -> None:

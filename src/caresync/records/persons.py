@@ -999,6 +999,46 @@ class PersonCards(Mapping[str, PersonCard]):
         # are sets): most cards hold one of each.
         return keys if len(ids) < 2 and len(phones) < 2 and len(births) < 2 else set(keys)
 
+    def row_keys_of(self, record_ids: Iterable[str]) -> list[Collection[str]]:
+        """:meth:`row_keys` of each of these records, in their order.
+
+        A card of the common shape (one birth date, one name of two tokens, no
+        identifier or phone) has its keys made here in one step each, as
+        :func:`_key_list` makes them and in its order; the others go through
+        :meth:`row_keys` (a first copy keys 100,000s of cards: this halves that;
+        a test compares the two over generated cards).
+        """
+        typed_of = self._typed.get
+        row_keys = self.row_keys
+        found: list[Collection[str]] = []
+        add = found.append
+        for record_id in record_ids:
+            typed = typed_of(record_id)
+            if (
+                typed is None
+                or typed.ids
+                or typed.phones
+                or len(births := typed.birth) != 1
+                or len(names := typed.names) != 1
+                or len(name := names[0]) != 2
+            ):
+                add(row_keys(record_id))
+                continue
+            birth = births[0]
+            a, b = name
+            keys: list[str] = []
+            if len(birth) == 10:
+                start_a, start_b = a[:3], b[:3]
+                keys = (
+                    [f"d:{birth}|{start_a}"]
+                    if start_a == start_b
+                    else [f"d:{birth}|{start_a}", f"d:{birth}|{start_b}"]
+                )
+            if a != b:
+                keys.append(f"y:{birth[:4]}|{a}|{b}" if a < b else f"y:{birth[:4]}|{b}|{a}")
+            add(keys)
+        return found
+
     def only(self, record_ids: Collection[str]) -> PersonCards:
         """The cards of these records (those held here)."""
         made = PersonCards()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import struct
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from itertools import repeat
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from itertools import chain, repeat
 
 from caresync.exceptions import CorruptDatabaseError, InvalidInputError
 from caresync.records.persons import PersonCard, PersonCards, PersonPair
@@ -183,24 +183,24 @@ def _key_holders(
 
 
 def _copied_key_rows(
-    organisation: str | None, keys_by_rk: Iterable[tuple[int, Iterable[str]]]
-) -> list[tuple[int, int]]:
-    """(hash, rk) of each (rk, keys) given: the key rows of one organisation's cards
-    (each card's keys but its own, each once), :func:`_key_hash` of each from one
-    hasher of the organisation copied per key."""
+    organisation: str | None, rks: Iterable[int], keys: Sequence[Collection[str]]
+) -> Iterator[tuple[int, int]]:
+    """(hash, rk) of each key of ``keys`` (one collection per rk of ``rks``, in turn):
+    the key rows of one organisation's cards (each card's keys but its own, each
+    once), :func:`_key_hash` of each from one hasher of the organisation copied per
+    key. Made as they are read: a first copy's batch is thousands of rows, which
+    ``executemany`` takes one at a time (no list of them for the collector to walk)."""
     copy = hashlib.blake2b(f"{_org_column(organisation)}\x00".encode(), digest_size=8).copy
     digests: list[bytes] = []
-    owners: list[int] = []
-    for rk, keys in keys_by_rk:
-        before = len(digests)
-        for key in keys:
-            hasher = copy()
-            hasher.update(key.encode())
-            digests.append(hasher.digest())
-        owners += repeat(rk, len(digests) - before)
+    add = digests.append
+    for key in chain.from_iterable(keys):
+        hasher = copy()
+        hasher.update(key.encode())
+        add(hasher.digest())
     # Each digest read as a signed big-endian 64-bit number (_key_hash), all in one call.
     hashes = struct.unpack(f">{len(digests)}q", b"".join(digests))
-    return list(zip(hashes, owners, strict=True))
+    owners = chain.from_iterable(map(repeat, rks, map(len, keys)))
+    return zip(hashes, owners, strict=True)
 
 
 def _store_copied_persons(
@@ -218,7 +218,7 @@ def _store_copied_persons(
 
     ``cards``: each card's bytes, as stored; ``rks``: each record's rk. Only the cards
     a pair names are made (``persons[record_id]``) and compared: the others' keys come
-    from :meth:`PersonCards.row_keys` when ``persons`` is one (no card made), else
+    from :meth:`PersonCards.row_keys_of` when ``persons`` is one (no card made), else
     from the card. The digests are on the records' rows already (written with them).
     """
     in_pairs = {rid for pair in named for rid in pair if rid in persons}
@@ -227,21 +227,17 @@ def _store_copied_persons(
     column = _org_column(organisation)
     raw.executemany(
         "INSERT OR REPLACE INTO person_cards (record_id, organisation, card) VALUES (?, ?, ?)",
-        [(record_id, column, cards[record_id]) for record_id in persons],
+        # Made as executemany reads them (zip hands it one tuple it reuses), not a list.
+        zip(persons, repeat(column), map(cards.__getitem__, persons), strict=False),
     )
-    row_keys: Callable[[str], Iterable[str]]
+    keys: list[Collection[str]]
     if isinstance(persons, PersonCards):
-        row_keys = persons.row_keys
+        keys = persons.row_keys_of(persons)
     else:
-
-        def row_keys(record_id: str) -> Iterable[str]:
-            return _stored_keys(record_id, persons[record_id].blocking_keys())
-
+        keys = [_stored_keys(rid, persons[rid].blocking_keys()) for rid in persons]
     raw.executemany(
         "INSERT INTO person_keys_copied (hash, rk) VALUES (?, ?)",
-        _copied_key_rows(
-            organisation, zip(map(rks.__getitem__, persons), map(row_keys, persons), strict=True)
-        ),
+        _copied_key_rows(organisation, map(rks.__getitem__, persons), keys),
     )
     _write_pairs(raw, pairs, {rid: organisation for rid in written})
 
