@@ -376,8 +376,13 @@ class _Connection:
                 error.fatal,
                 logged_in=self.login is not None,
             )
-        for frame in self.protocol.data_to_send():
-            await self.channel.send(frame)
+        frames = self.protocol.data_to_send()
+        if not frames:
+            return
+        # At once, in one write, where the channel takes them without waiting.
+        if self.send_nowait is None or not self.send_nowait(frames, shared=False):
+            for frame in frames:
+                await self.channel.send(frame)
 
     async def forward_live(self) -> None:
         """Send queued feed entries in order; entries already sent (by seq) are skipped.

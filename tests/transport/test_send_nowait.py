@@ -88,3 +88,56 @@ async def test_a_wrapper_that_forwards_attributes_offers_no_send_nowait(
 ) -> None:
     _client, server = pair
     assert nowait_sender(Wrapper(server)) is None  # type: ignore[arg-type]
+
+
+def _writes_of(channel: WebSocketChannel) -> list[int]:
+    """The sizes of the channel's writes to its socket from now on."""
+    transport = channel._connection.transport
+    write = transport.write
+    sizes: list[int] = []
+
+    def counted(data: bytes | bytearray | memoryview) -> None:
+        sizes.append(len(data))
+        write(data)
+
+    transport.write = counted  # type: ignore[method-assign]
+    return sizes
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_small_frames_go_in_one_write_and_arrive_whole_in_order(side: str) -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        sender, receiver = (client, server) if side == "client" else (server, client)
+        assert isinstance(sender, WebSocketChannel)
+        writes = _writes_of(sender)
+        frames = [b"hello", b"", b"x" * 300, bytes(range(256)) * 40]
+        assert sender.send_nowait(frames, shared=False)
+        assert len(writes) == 1
+        async with asyncio.timeout(LIMIT_S):
+            assert [await receiver.recv() for _ in frames] == frames
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_large_frames_are_written_one_by_one_not_copied_together(side: str) -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        sender, receiver = (client, server) if side == "client" else (server, client)
+        assert isinstance(sender, WebSocketChannel)
+        writes = _writes_of(sender)
+        frames = [b"a" * websocket_module._JOINED_MAX_BYTES, b"b"]
+        assert sender.send_nowait(frames, shared=False)
+        assert len(writes) == 2
+        async with asyncio.timeout(LIMIT_S):
+            assert [await receiver.recv() for _ in frames] == frames
+
+
+async def test_a_reply_sent_once_does_not_push_shared_frames_out() -> None:
+    shared = b"a live frame for every connection"
+    async with websocket_pair(1 << 20) as (client, server):
+        assert isinstance(server, WebSocketChannel)
+        assert server.send_nowait([shared])
+        kept = list(websocket_module._FRAMED)
+        replies = [b"reply %d" % n for n in range(2 * websocket_module._FRAMED_KEPT)]
+        assert server.send_nowait(replies, shared=False)
+        assert kept == websocket_module._FRAMED  # nothing of the replies kept
+        async with asyncio.timeout(LIMIT_S):
+            assert [await client.recv() for _ in range(1 + len(replies))] == [shared, *replies]

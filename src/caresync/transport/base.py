@@ -78,9 +78,15 @@ class Channel(Protocol):
         ...
 
 
-NowaitSend = Callable[[Sequence[bytes]], bool]
-"""A channel's ``send_nowait(frames)``: write the frames now, in order, and return True,
-or write none and return False where ``send`` would wait (its buffer full)."""
+class NowaitSend(Protocol):
+    """A channel's ``send_nowait(frames)``: write the frames now, in order, and return
+    True, or write none and return False where ``send`` would wait (its buffer full).
+
+    ``shared``: the same frame objects go to many channels (a live fan-out), so a
+    channel may keep their wire form for the next; False for frames sent once (a
+    reply), which must not push the shared ones out of what is kept."""
+
+    def __call__(self, frames: Sequence[bytes], *, shared: bool = True) -> bool: ...
 
 
 def nowait_sender(channel: Channel) -> NowaitSend | None:
