@@ -142,6 +142,7 @@ from caresync.transport import (
     NowaitSend,
     WebSocketListener,
     nowait_sender,
+    reply_nowait,
     serve_websockets,
 )
 from caresync.versions import CLIENT_VERSION, check_version, is_older
@@ -379,8 +380,8 @@ class _Connection:
         frames = self.protocol.data_to_send()
         if not frames:
             return
-        # At once, in one write, where the channel takes them without waiting.
-        if self.send_nowait is None or not self.send_nowait(frames, shared=False):
+        # A small reply at once, in one write, where the channel takes it without waiting.
+        if not reply_nowait(self.send_nowait, frames):
             for frame in frames:
                 await self.channel.send(frame)
 

@@ -10,7 +10,13 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 from tests.transport.test_channel_conformance import memory_pair, websocket_pair
 
-from caresync.transport import Channel, WebSocketChannel, nowait_sender
+from caresync.transport import (
+    NOWAIT_REPLY_BYTES,
+    Channel,
+    WebSocketChannel,
+    nowait_sender,
+    reply_nowait,
+)
 from caresync.transport import websocket as websocket_module
 
 PAIRS = {"websocket": websocket_pair, "memory": memory_pair}
@@ -141,3 +147,16 @@ async def test_a_reply_sent_once_does_not_push_shared_frames_out() -> None:
         assert kept == websocket_module._FRAMED  # nothing of the replies kept
         async with asyncio.timeout(LIMIT_S):
             assert [await client.recv() for _ in range(1 + len(replies))] == [shared, *replies]
+
+
+async def test_only_a_small_reply_is_written_without_waiting(
+    pair: tuple[Channel, Channel],
+) -> None:
+    client, server = pair
+    send_nowait = nowait_sender(server)
+    assert not reply_nowait(None, [b"no channel's send_nowait"])
+    large = [b"a" * (NOWAIT_REPLY_BYTES // 2), b"b" * (NOWAIT_REPLY_BYTES // 2 + 1)]
+    assert not reply_nowait(send_nowait, large)  # nothing written: send waits for the peer
+    assert reply_nowait(send_nowait, [b"small", b"reply"])
+    async with asyncio.timeout(LIMIT_S):
+        assert [await client.recv(), await client.recv()] == [b"small", b"reply"]

@@ -88,7 +88,7 @@ from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, CopiedRecords, Identity, LaptopStore, OutboxSummary
-from caresync.transport import Channel, Connector, nowait_sender
+from caresync.transport import Channel, Connector, nowait_sender, reply_nowait
 from caresync.versions import CLIENT_VERSION, check_version
 
 __all__ = [
@@ -462,7 +462,7 @@ class Session:
         self.protocol = protocol
         self.limits = host.limits
         self._send_lock = asyncio.Lock()
-        # Queued frames written at once (one write for all, no wait) where the channel can.
+        # Small sends written at once (one write for all) where the channel can.
         self._send_nowait = nowait_sender(channel)
         self.server_key: bytes | None = None  # proven on this connection
         self.include_own = False  # pull this replica's own updates too (after a restore)
@@ -603,8 +603,7 @@ class Session:
                 frames = self.protocol.data_to_send()
                 if not frames:
                     return
-                nowait = self._send_nowait
-                if nowait is None or not nowait(frames, shared=False):
+                if not reply_nowait(self._send_nowait, frames):
                     for frame in frames:
                         await self.channel.send(frame)
         except ConnectionLostError:

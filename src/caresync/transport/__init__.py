@@ -9,6 +9,7 @@ A laptop reaches a server through a :class:`Connector` (default
 from caresync.transport.base import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_QUEUED_FRAMES,
+    NOWAIT_REPLY_BYTES,
     Acceptor,
     Channel,
     ChannelHandler,
@@ -16,6 +17,7 @@ from caresync.transport.base import (
     Listener,
     NowaitSend,
     nowait_sender,
+    reply_nowait,
 )
 from caresync.transport.memory import MemoryChannel, MemoryListener, memory_pipe
 from caresync.transport.network import MemoryHost, MemoryLink, MemoryNetwork
@@ -35,6 +37,7 @@ from caresync.transport.websocket import (
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_QUEUED_FRAMES",
+    "NOWAIT_REPLY_BYTES",
     "Acceptor",
     "Channel",
     "ChannelHandler",
@@ -57,5 +60,6 @@ __all__ = [
     "is_loopback_host",
     "memory_pipe",
     "nowait_sender",
+    "reply_nowait",
     "serve_websockets",
 ]

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_QUEUED_FRAMES",
+    "NOWAIT_REPLY_BYTES",
     "Acceptor",
     "Channel",
     "ChannelHandler",
@@ -22,6 +23,7 @@ __all__ = [
     "Listener",
     "NowaitSend",
     "nowait_sender",
+    "reply_nowait",
 ]
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -78,6 +80,12 @@ class Channel(Protocol):
         ...
 
 
+NOWAIT_REPLY_BYTES = 64 * 1024
+"""A reply of at most this many bytes in all is written with ``send_nowait`` (in one
+write where the channel can); a larger one goes frame by frame through ``send``, which
+waits for the peer to take each in turn, so what waits unsent stays bounded."""
+
+
 class NowaitSend(Protocol):
     """A channel's ``send_nowait(frames)``: write the frames now, in order, and return
     True, or write none and return False where ``send`` would wait (its buffer full).
@@ -99,6 +107,17 @@ def nowait_sender(channel: Channel) -> NowaitSend | None:
         return None
     bound: NowaitSend = method.__get__(channel, type(channel))
     return bound
+
+
+def reply_nowait(send_nowait: NowaitSend | None, frames: Sequence[bytes]) -> bool:
+    """Write a reply's ``frames`` at once with ``send_nowait`` (``shared=False``) if it
+    is given, the reply is at most :data:`NOWAIT_REPLY_BYTES` and the channel takes it
+    without waiting; False (nothing written): send them with ``send``."""
+    return (
+        send_nowait is not None
+        and sum(map(len, frames)) <= NOWAIT_REPLY_BYTES
+        and send_nowait(frames, shared=False)
+    )
 
 
 ChannelHandler = Callable[[Channel], Awaitable[None]]
