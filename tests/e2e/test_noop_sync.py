@@ -619,15 +619,14 @@ async def test_a_sync_with_nothing_to_do_writes_what_goes_together_at_once(
         report = await laptop.sync()
         assert (report.uploaded, report.downloaded) == (0, 0)
         await laptop.close()  # the closing handshake, finished in the background
-        # The proof request with Hello, the outbox's report with the pull asked ahead:
-        # one write each (they were a write a frame), the login on its own (it travels
-        # while the laptop reads what to ask), Goodbye, then the close frame.
+        # The proof request with Hello, the outbox's report with the pull asked ahead,
+        # the link's close with Goodbye: one write each (they were a write a frame), the
+        # login on its own (it travels while the laptop reads what to ask).
         assert connector.writes == [
             ["Hello", "ProveServer"],
             ["ResumeSession"],
             ["PullRequest", "OutboxReport"],
-            ["Goodbye"],
-            ["close"],
+            ["Goodbye", "close"],
         ]
     finally:
         await laptop.close()

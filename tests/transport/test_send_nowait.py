@@ -10,10 +10,12 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 from tests.transport.test_channel_conformance import memory_pair, websocket_pair
 
+from caresync.exceptions import ConnectionLostError
 from caresync.transport import (
     NOWAIT_REPLY_BYTES,
     Channel,
     WebSocketChannel,
+    closing_sender,
     nowait_sender,
     reply_nowait,
 )
@@ -160,3 +162,39 @@ async def test_only_a_small_reply_is_written_without_waiting(
     assert reply_nowait(send_nowait, [b"small", b"reply"])
     async with asyncio.timeout(LIMIT_S):
         assert [await client.recv(), await client.recv()] == [b"small", b"reply"]
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_last_words_and_the_close_go_in_one_write_and_arrive_before_the_end(
+    side: str,
+) -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        sender, receiver = (client, server) if side == "client" else (server, client)
+        assert isinstance(sender, WebSocketChannel)
+        closing = closing_sender(sender)
+        assert closing is not None
+        writes = _writes_of(sender)
+        assert closing([b"goodbye", b"really"], "done")
+        assert len(writes) == 1
+        async with asyncio.timeout(LIMIT_S):
+            assert [await receiver.recv(), await receiver.recv()] == [b"goodbye", b"really"]
+            with pytest.raises(ConnectionLostError):
+                await receiver.recv()
+            await sender.close()  # the closing handshake ends: nothing waits for its timeout
+        assert sender.closed
+        assert not closing([b"late"], "")  # closed: nothing written
+        assert len(writes) == 1
+
+
+async def test_large_last_words_are_not_joined_to_the_close() -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        closing = closing_sender(client)
+        assert closing is not None
+        assert not closing([b"a" * (websocket_module._JOINED_MAX_BYTES + 1)], "")
+        assert not client.closed  # nothing written, the link open: send, then close
+        assert nowait_sender(server) is not None
+
+
+async def test_an_in_memory_channel_offers_no_joined_close() -> None:
+    async with memory_pair(1 << 20) as (client, _server):
+        assert closing_sender(client) is None

@@ -88,7 +88,13 @@ from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, CopiedRecords, Identity, LaptopStore, OutboxSummary
-from caresync.transport import Channel, Connector, nowait_sender, reply_nowait
+from caresync.transport import (
+    Channel,
+    Connector,
+    closing_sender,
+    nowait_sender,
+    reply_nowait,
+)
 from caresync.versions import CLIENT_VERSION, check_version
 
 __all__ = [
@@ -615,6 +621,20 @@ class Session:
                 if isinstance(why, CaresyncError) and not isinstance(why, ConnectionLostError):
                     raise why from None
             raise
+
+    async def say_goodbye(self, reason: str) -> bool:
+        """Say Goodbye (the work is done); True if the link's closing frame went with
+        it, in the same write (where the channel can): its closing handshake is then
+        under way, and ``channel.close()`` waits for its end."""
+        self.protocol.close(reason)
+        async with self._send_lock:
+            frames = self.protocol.data_to_send()
+            closing = closing_sender(self.channel)
+            if closing is not None and closing(frames, reason):
+                return True
+            for frame in frames:  # ConnectionLostError if the link went meanwhile
+                await self.channel.send(frame)
+        return False
 
     async def _send_last_words(self) -> None:
         """Send what the protocol queued on failing (the Error telling the server why).
@@ -1348,8 +1368,8 @@ class SessionContext:
         try:
             if exc is None and session.protocol.failure is None:
                 try:
-                    session.protocol.close("sync done")
-                    await session.flush()
+                    # With the link's closing frame, in one write, where it can.
+                    await session.say_goodbye("sync done")
                 except CaresyncError as goodbye_lost:  # the work is done; only Goodbye is lost
                     logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
                 # Everything is committed and Goodbye said: the closing handshake (a

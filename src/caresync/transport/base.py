@@ -19,9 +19,11 @@ __all__ = [
     "Acceptor",
     "Channel",
     "ChannelHandler",
+    "ClosingSend",
     "Connector",
     "Listener",
     "NowaitSend",
+    "closing_sender",
     "nowait_sender",
     "reply_nowait",
 ]
@@ -106,6 +108,22 @@ def nowait_sender(channel: Channel) -> NowaitSend | None:
     if method is None:
         return None
     bound: NowaitSend = method.__get__(channel, type(channel))
+    return bound
+
+
+ClosingSend = Callable[[Sequence[bytes], str], bool]
+"""A channel's ``send_closing_nowait(frames, reason)``: write the frames and the close
+of the link together, now, and return True; or write nothing and return False (then
+send them, and close)."""
+
+
+def closing_sender(channel: Channel) -> ClosingSend | None:
+    """The channel's ``send_closing_nowait``, if its class defines one (websockets'
+    does), else None; looked up on the class, as :func:`nowait_sender` does."""
+    method = getattr(type(channel), "send_closing_nowait", None)
+    if method is None:
+        return None
+    bound: ClosingSend = method.__get__(channel, type(channel))
     return bound
 
 

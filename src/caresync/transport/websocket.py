@@ -171,6 +171,34 @@ class WebSocketChannel:
                 transport.write(data)
         return True
 
+    def send_closing_nowait(self, frames: Sequence[bytes], reason: str = "") -> bool:
+        """Write ``frames`` and then the closing frame (code 1000, ``reason``) in one
+        write, now, where :meth:`send_nowait` would write small frames; otherwise write
+        nothing and return False. The peer then reads the last words and the close
+        together; :meth:`close` waits for the closing handshake to end (at most its
+        timeout, then the connection is aborted), as after any close."""
+        connection = self._connection
+        protocol = connection.protocol
+        transport = connection.transport
+        if (
+            protocol.state is not State.OPEN
+            or connection.send_in_progress is not None
+            or protocol.expect_continuation_frame
+            or protocol.writes
+            or transport.get_write_buffer_size() >= connection.write_limit_high
+            or sum(map(len, frames)) > _JOINED_MAX_BYTES
+        ):
+            return False
+        for frame in frames:
+            protocol.send_binary(frame)
+        protocol.send_close(1000, reason[:120])
+        data = protocol.data_to_send()
+        written = [chunk for chunk in data if chunk]
+        transport.write(b"".join(written))
+        if len(written) < len(data) and transport.can_write_eof():
+            transport.write_eof()  # websockets' end of stream, as its own send_data does
+        return True
+
     async def recv(self) -> bytes:
         try:
             message = await self._connection.recv()
