@@ -26,6 +26,9 @@ from tests.e2e.live_helpers import (
     until,
 )
 from tests.sqlite_trace import traced, write_transactions
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol as WebSocketProtocol
+from websockets.protocol import Side, State
 
 from caresync.audit import AuditEvent
 from caresync.exceptions import InvalidInputError, StorageError
@@ -44,7 +47,7 @@ from caresync.protocol.codec import decode_frame
 from caresync.replica import Replica
 from caresync.server import PRE_LOGIN_MAX_FRAME_BYTES, SyncServer
 from caresync.storage import SQLiteStore
-from caresync.transport import Channel, WebSocketConnector
+from caresync.transport import Channel, WebSocketChannel, WebSocketConnector
 
 
 class HeldLoginServer(SyncServer):
@@ -572,4 +575,59 @@ async def test_a_sync_with_nothing_to_do_reads_no_feed_entries_no_hub_list_and_s
     finally:
         await laptop.close()
         await other.close()
+        await server.close()
+
+
+class WriteLoggingConnector(WebSocketConnector):
+    """The default connector; the messages of each write of the laptop's last connection
+    to its socket, grouped by write (parsed as the server's websockets parses them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[list[str]] = []
+
+    async def connect(self, url: str, *, ssl: Any = None) -> WebSocketChannel:
+        channel = await super().connect(url, ssl=ssl)
+        transport = channel._connection.transport
+        write = transport.write
+        parser = WebSocketProtocol(Side.SERVER, state=State.OPEN, max_size=None)
+        self.writes = writes = []
+
+        def logged(data: bytes | bytearray | memoryview) -> None:
+            parser.receive_data(bytes(data))
+            frames = [e for e in parser.events_received() if isinstance(e, Frame)]
+            writes.append(
+                [
+                    type(decode_frame(f.data)[1]).__name__ if f.opcode is Opcode.BINARY else "close"
+                    for f in frames
+                ]
+            )
+            write(data)
+
+        transport.write = logged  # type: ignore[method-assign]
+        return channel
+
+
+async def test_a_sync_with_nothing_to_do_writes_what_goes_together_at_once(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    connector = WriteLoggingConnector()
+    laptop = await enrolled(tmp_path, server, "laptop", connector=connector)
+    try:
+        await laptop.sync()
+        report = await laptop.sync()
+        assert (report.uploaded, report.downloaded) == (0, 0)
+        await laptop.close()  # the closing handshake, finished in the background
+        # The proof request with Hello, the outbox's report with the pull asked ahead,
+        # the link's close with Goodbye: one write each (they were a write a frame), the
+        # login on its own (it travels while the laptop reads what to ask).
+        assert connector.writes == [
+            ["Hello", "ProveServer"],
+            ["ResumeSession"],
+            ["PullRequest", "OutboxReport"],
+            ["Goodbye", "close"],
+        ]
+    finally:
+        await laptop.close()
         await server.close()

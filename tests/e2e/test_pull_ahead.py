@@ -24,6 +24,7 @@ from caresync.exceptions import AuthenticationError
 from caresync.protocol import (
     Authenticate,
     Authenticated,
+    OutboxReport,
     PullBatch,
     PullRequest,
     PushBatch,
@@ -105,12 +106,20 @@ async def test_a_sync_with_nothing_to_push_asks_its_pull_before_the_login_is_ans
     async with held_logins(tmp_path) as held:
         # The server holds its answer to the login: the request went without it.
         log = await held.sync_held()
+        sync = len(held.connector.logs) - 1
+        async with asyncio.timeout(LIMIT_S):  # the outbox's report goes along with it
+            await held.connector.until(("send", OutboxReport.__name__), sync)
         assert ("recv", Authenticated.__name__) not in log
-        assert log[-2:] == [("send", ResumeSession.__name__), ("send", PullRequest.__name__)]
+        assert log[-3:] == [
+            ("send", ResumeSession.__name__),
+            ("send", PullRequest.__name__),
+            ("send", OutboxReport.__name__),
+        ]
         report = await held.finish()
         assert report.downloaded > 0
         assert (await held.laptop.record(held.record)).value("name") == "Awa Diop"
         assert log.count(("send", PullRequest.__name__)) == 1
+        assert log.count(("send", OutboxReport.__name__)) == 1  # said once, not again
 
 
 async def test_a_laptop_with_edits_waiting_pushes_them_before_it_asks_to_pull(

@@ -22,6 +22,7 @@ from caresync.protocol import (
     ClientProtocol,
     ClientState,
     ErrorCode,
+    OutboxReport,
     PullBatch,
     PullRequest,
     ResumeSession,
@@ -63,6 +64,29 @@ def test_the_pull_request_rides_with_the_credentials_and_is_read_after_the_login
     assert client.state is ClientState.READY
     client.request_pull(0)  # the first was answered: a next one may go
     assert len(client.data_to_send()) == 1
+
+
+def test_the_outbox_report_rides_with_the_pull_and_is_read_after_the_login() -> None:
+    client, server = _proven_pair()
+    client.resume_session(TOKEN, SECRET)
+    client.request_pull(0)
+    client.report_outbox(0, None)
+    assert client.state is ClientState.AUTHENTICATING
+    resume, pull, report = client.data_to_send()
+    server.receive_data(resume)
+    assert [type(e) for e in server.events_received()] == [ResumeSession]
+    server.accept_authentication(TOKEN, 1_900_000_000_000, USER, ORG)
+    server.receive_data(pull)
+    server.receive_data(report)
+    assert [type(e) for e in server.events_received()] == [PullRequest, OutboxReport]
+    assert server.state is ServerState.READY
+
+
+def test_no_outbox_report_before_the_credentials() -> None:
+    client = client_in(ClientState.PROVEN)
+    with pytest.raises(LocalProtocolError, match="cannot send OutboxReport in state PROVEN"):
+        client.report_outbox(0, None)
+    assert client.data_to_send() == []
 
 
 def test_no_pull_request_before_the_credentials_nor_two_at_once() -> None:

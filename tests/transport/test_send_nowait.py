@@ -10,7 +10,15 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 from tests.transport.test_channel_conformance import memory_pair, websocket_pair
 
-from caresync.transport import Channel, WebSocketChannel, nowait_sender
+from caresync.exceptions import ConnectionLostError
+from caresync.transport import (
+    NOWAIT_REPLY_BYTES,
+    Channel,
+    WebSocketChannel,
+    closing_sender,
+    nowait_sender,
+    reply_nowait,
+)
 from caresync.transport import websocket as websocket_module
 
 PAIRS = {"websocket": websocket_pair, "memory": memory_pair}
@@ -88,3 +96,105 @@ async def test_a_wrapper_that_forwards_attributes_offers_no_send_nowait(
 ) -> None:
     _client, server = pair
     assert nowait_sender(Wrapper(server)) is None  # type: ignore[arg-type]
+
+
+def _writes_of(channel: WebSocketChannel) -> list[int]:
+    """The sizes of the channel's writes to its socket from now on."""
+    transport = channel._connection.transport
+    write = transport.write
+    sizes: list[int] = []
+
+    def counted(data: bytes | bytearray | memoryview) -> None:
+        sizes.append(len(data))
+        write(data)
+
+    transport.write = counted  # type: ignore[method-assign]
+    return sizes
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_small_frames_go_in_one_write_and_arrive_whole_in_order(side: str) -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        sender, receiver = (client, server) if side == "client" else (server, client)
+        assert isinstance(sender, WebSocketChannel)
+        writes = _writes_of(sender)
+        frames = [b"hello", b"", b"x" * 300, bytes(range(256)) * 40]
+        assert sender.send_nowait(frames, shared=False)
+        assert len(writes) == 1
+        async with asyncio.timeout(LIMIT_S):
+            assert [await receiver.recv() for _ in frames] == frames
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_large_frames_are_written_one_by_one_not_copied_together(side: str) -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        sender, receiver = (client, server) if side == "client" else (server, client)
+        assert isinstance(sender, WebSocketChannel)
+        writes = _writes_of(sender)
+        frames = [b"a" * websocket_module._JOINED_MAX_BYTES, b"b"]
+        assert sender.send_nowait(frames, shared=False)
+        assert len(writes) == 2
+        async with asyncio.timeout(LIMIT_S):
+            assert [await receiver.recv() for _ in frames] == frames
+
+
+async def test_a_reply_sent_once_does_not_push_shared_frames_out() -> None:
+    shared = b"a live frame for every connection"
+    async with websocket_pair(1 << 20) as (client, server):
+        assert isinstance(server, WebSocketChannel)
+        assert server.send_nowait([shared])
+        kept = list(websocket_module._FRAMED)
+        replies = [b"reply %d" % n for n in range(2 * websocket_module._FRAMED_KEPT)]
+        assert server.send_nowait(replies, shared=False)
+        assert kept == websocket_module._FRAMED  # nothing of the replies kept
+        async with asyncio.timeout(LIMIT_S):
+            assert [await client.recv() for _ in range(1 + len(replies))] == [shared, *replies]
+
+
+async def test_only_a_small_reply_is_written_without_waiting(
+    pair: tuple[Channel, Channel],
+) -> None:
+    client, server = pair
+    send_nowait = nowait_sender(server)
+    assert not reply_nowait(None, [b"no channel's send_nowait"])
+    large = [b"a" * (NOWAIT_REPLY_BYTES // 2), b"b" * (NOWAIT_REPLY_BYTES // 2 + 1)]
+    assert not reply_nowait(send_nowait, large)  # nothing written: send waits for the peer
+    assert reply_nowait(send_nowait, [b"small", b"reply"])
+    async with asyncio.timeout(LIMIT_S):
+        assert [await client.recv(), await client.recv()] == [b"small", b"reply"]
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_last_words_and_the_close_go_in_one_write_and_arrive_before_the_end(
+    side: str,
+) -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        sender, receiver = (client, server) if side == "client" else (server, client)
+        assert isinstance(sender, WebSocketChannel)
+        closing = closing_sender(sender)
+        assert closing is not None
+        writes = _writes_of(sender)
+        assert closing([b"goodbye", b"really"], "done")
+        assert len(writes) == 1
+        async with asyncio.timeout(LIMIT_S):
+            assert [await receiver.recv(), await receiver.recv()] == [b"goodbye", b"really"]
+            with pytest.raises(ConnectionLostError):
+                await receiver.recv()
+            await sender.close()  # the closing handshake ends: nothing waits for its timeout
+        assert sender.closed
+        assert not closing([b"late"], "")  # closed: nothing written
+        assert len(writes) == 1
+
+
+async def test_large_last_words_are_not_joined_to_the_close() -> None:
+    async with websocket_pair(1 << 20) as (client, server):
+        closing = closing_sender(client)
+        assert closing is not None
+        assert not closing([b"a" * (websocket_module._JOINED_MAX_BYTES + 1)], "")
+        assert not client.closed  # nothing written, the link open: send, then close
+        assert nowait_sender(server) is not None
+
+
+async def test_an_in_memory_channel_offers_no_joined_close() -> None:
+    async with memory_pair(1 << 20) as (client, _server):
+        assert closing_sender(client) is None

@@ -453,7 +453,8 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
     def report_outbox(self, pending: int, oldest_pending_ms: int | None) -> None:
         """Queue OutboxReport: ``pending`` unacknowledged entries, the oldest written then.
 
-        READY, enrolled, and protocol version 2 or later (see
+        READY (or ``AUTHENTICATING``, after the credentials: the server reads it once it
+        has answered them), enrolled, and protocol version 2 or later (see
         :attr:`can_report_outbox`); otherwise LocalProtocolError and nothing queued.
         """
         self._send_sync(OutboxReport(pending, oldest_pending_ms))

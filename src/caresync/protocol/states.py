@@ -35,7 +35,8 @@ A client may likewise send its first ``PullRequest`` right after its credentials
 before Authenticated arrives (it stays ``AUTHENTICATING``): the server reads it only
 once it has answered the login, and answers it as in ``READY``; a refused login ends
 the connection, and the request with it. A sync with nothing to send costs one round
-trip less.
+trip less. Its ``OutboxReport`` (which has no reply) may go along the same way, in the
+same write.
 
 From version 4 the client proves the server before it sends a credential:
 credentials leave ``PROVEN`` only once the shell confirmed the proof (checked
@@ -244,8 +245,10 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
         },
         _C.AUTHENTICATING: {
             (_RECV, Authenticated): _C.READY,
-            # Pipelined: the first pull rides with the credentials (see above).
+            # Pipelined: the first pull rides with the credentials (see above), and the
+            # outbox's report with it.
             (_SEND, PullRequest): _C.AUTHENTICATING,
+            (_SEND, OutboxReport): _C.AUTHENTICATING,
         },
         _C.READY: {
             (_SEND, Enrol): _C.READY,

@@ -88,7 +88,13 @@ from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, CopiedRecords, Identity, LaptopStore, OutboxSummary
-from caresync.transport import Channel, Connector
+from caresync.transport import (
+    Channel,
+    Connector,
+    closing_sender,
+    nowait_sender,
+    reply_nowait,
+)
 from caresync.versions import CLIENT_VERSION, check_version
 
 __all__ = [
@@ -462,6 +468,8 @@ class Session:
         self.protocol = protocol
         self.limits = host.limits
         self._send_lock = asyncio.Lock()
+        # Small sends written at once (one write for all) where the channel can.
+        self._send_nowait = nowait_sender(channel)
         self.server_key: bytes | None = None  # proven on this connection
         self.include_own = False  # pull this replica's own updates too (after a restore)
         self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
@@ -556,7 +564,6 @@ class Session:
             self.protocol.replica_id,
             self.channel.channel_binding,
         )
-        shown = key_fingerprint(proof.server_key)
         if not verify_server_signature(proof.server_key, payload, proof.signature):
             self.protocol.reject_server(
                 f"the server at {self.channel.peer} could not prove its identity (its "
@@ -565,10 +572,14 @@ class Session:
         pinned = host.pinned_key
         if pinned is not None and proof.server_key != pinned:
             self.protocol.reject_server(
-                f"the server at {self.channel.peer} holds key {shown}, not the key "
+                f"the server at {self.channel.peer} holds key "
+                f"{key_fingerprint(proof.server_key)}, not the key "
                 f"{key_fingerprint(pinned)} pinned when this laptop enrolled: an impostor, or "
                 "a server that was replaced; refusing to send anything"
             )
+        # Its fingerprint only where it is compared or shown (a sync that pins the key
+        # compares bytes).
+        shown = key_fingerprint(proof.server_key) if expected_key is not None else ""
         if expected_key is not None and shown != expected_key:
             self.protocol.reject_server(
                 f"the server at {self.channel.peer} holds key {shown}, not the expected "
@@ -578,7 +589,11 @@ class Session:
         self.server_key = proof.server_key
         if pinned is None and host.enrolled:
             # Enrolled before servers had keys: pin this one from now on.
-            logger.warning("pinning server key %s for replica %s", shown, host.identity.replica_id)
+            logger.warning(
+                "pinning server key %s for replica %s",
+                key_fingerprint(proof.server_key),
+                host.identity.replica_id,
+            )
             await host.remember_credentials(pinned_key=proof.server_key)
 
     async def flush(self) -> None:
@@ -591,8 +606,12 @@ class Session:
         """
         try:
             async with self._send_lock:
-                for frame in self.protocol.data_to_send():
-                    await self.channel.send(frame)
+                frames = self.protocol.data_to_send()
+                if not frames:
+                    return
+                if not reply_nowait(self._send_nowait, frames):
+                    for frame in frames:
+                        await self.channel.send(frame)
         except ConnectionLostError:
             reader = self._reader
             if self._live_updates is None and reader is not None and self.channel.closed:
@@ -602,6 +621,20 @@ class Session:
                 if isinstance(why, CaresyncError) and not isinstance(why, ConnectionLostError):
                     raise why from None
             raise
+
+    async def say_goodbye(self, reason: str) -> bool:
+        """Say Goodbye (the work is done); True if the link's closing frame went with
+        it, in the same write (where the channel can): its closing handshake is then
+        under way, and ``channel.close()`` waits for its end."""
+        self.protocol.close(reason)
+        async with self._send_lock:
+            frames = self.protocol.data_to_send()
+            closing = closing_sender(self.channel)
+            if closing is not None and closing(frames, reason):
+                return True
+            for frame in frames:  # ConnectionLostError if the link went meanwhile
+                await self.channel.send(frame)
+        return False
 
     async def _send_last_words(self) -> None:
         """Send what the protocol queued on failing (the Error telling the server why).
@@ -678,6 +711,9 @@ class Session:
         self._outbox_read = outbox  # the login's read, as catch_up_after_restore's
         ask = await self._pull_ask()
         self.protocol.request_pull(*ask)
+        # The outbox's report goes in the same write, after the request (the server
+        # answers the pull first): not a frame of its own later in the sync.
+        self._report(outbox)
         await self.flush()
         self._ahead = ask
 
@@ -856,11 +892,17 @@ class Session:
         if self.protocol.can_report_outbox:
             # One read: two would let an acknowledgement slip between them. The
             # login's, when it has just read it (an edit made meanwhile is told next).
-            outbox = read or await self.host.store.outbox_summary()
-            said = (outbox.pending, outbox.oldest_pending_ms)
-            if said != self._outbox_said:
-                self.protocol.report_outbox(*said)
-                self._outbox_said = said
+            self._report(read or await self.host.store.outbox_summary())
+
+    def _report(self, outbox: OutboxSummary) -> None:
+        """Queue an OutboxReport of ``outbox`` (version 2 on), unless this connection
+        said the same already."""
+        if not self.protocol.can_report_outbox:
+            return
+        said = (outbox.pending, outbox.oldest_pending_ms)
+        if said != self._outbox_said:
+            self.protocol.report_outbox(*said)
+            self._outbox_said = said
 
     async def first_copy(self, progress: ProgressCallback | None) -> int:
         """Copy every record this replica may see, a batch per transaction, resumable.
@@ -1326,8 +1368,8 @@ class SessionContext:
         try:
             if exc is None and session.protocol.failure is None:
                 try:
-                    session.protocol.close("sync done")
-                    await session.flush()
+                    # With the link's closing frame, in one write, where it can.
+                    await session.say_goodbye("sync done")
                 except CaresyncError as goodbye_lost:  # the work is done; only Goodbye is lost
                     logger.debug("could not say Goodbye to the server: %s", goodbye_lost)
                 # Everything is committed and Goodbye said: the closing handshake (a

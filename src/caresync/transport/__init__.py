@@ -9,13 +9,17 @@ A laptop reaches a server through a :class:`Connector` (default
 from caresync.transport.base import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_QUEUED_FRAMES,
+    NOWAIT_REPLY_BYTES,
     Acceptor,
     Channel,
     ChannelHandler,
+    ClosingSend,
     Connector,
     Listener,
     NowaitSend,
+    closing_sender,
     nowait_sender,
+    reply_nowait,
 )
 from caresync.transport.memory import MemoryChannel, MemoryListener, memory_pipe
 from caresync.transport.network import MemoryHost, MemoryLink, MemoryNetwork
@@ -35,9 +39,11 @@ from caresync.transport.websocket import (
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_QUEUED_FRAMES",
+    "NOWAIT_REPLY_BYTES",
     "Acceptor",
     "Channel",
     "ChannelHandler",
+    "ClosingSend",
     "Connector",
     "HttpAnswer",
     "HttpHandler",
@@ -53,9 +59,11 @@ __all__ = [
     "WebSocketConnector",
     "WebSocketListener",
     "check_server_url",
+    "closing_sender",
     "connect_websocket",
     "is_loopback_host",
     "memory_pipe",
     "nowait_sender",
+    "reply_nowait",
     "serve_websockets",
 ]

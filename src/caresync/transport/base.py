@@ -15,13 +15,17 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_QUEUED_FRAMES",
+    "NOWAIT_REPLY_BYTES",
     "Acceptor",
     "Channel",
     "ChannelHandler",
+    "ClosingSend",
     "Connector",
     "Listener",
     "NowaitSend",
+    "closing_sender",
     "nowait_sender",
+    "reply_nowait",
 ]
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -78,9 +82,21 @@ class Channel(Protocol):
         ...
 
 
-NowaitSend = Callable[[Sequence[bytes]], bool]
-"""A channel's ``send_nowait(frames)``: write the frames now, in order, and return True,
-or write none and return False where ``send`` would wait (its buffer full)."""
+NOWAIT_REPLY_BYTES = 64 * 1024
+"""A reply of at most this many bytes in all is written with ``send_nowait`` (in one
+write where the channel can); a larger one goes frame by frame through ``send``, which
+waits for the peer to take each in turn, so what waits unsent stays bounded."""
+
+
+class NowaitSend(Protocol):
+    """A channel's ``send_nowait(frames)``: write the frames now, in order, and return
+    True, or write none and return False where ``send`` would wait (its buffer full).
+
+    ``shared``: the same frame objects go to many channels (a live fan-out), so a
+    channel may keep their wire form for the next; False for frames sent once (a
+    reply), which must not push the shared ones out of what is kept."""
+
+    def __call__(self, frames: Sequence[bytes], *, shared: bool = True) -> bool: ...
 
 
 def nowait_sender(channel: Channel) -> NowaitSend | None:
@@ -93,6 +109,33 @@ def nowait_sender(channel: Channel) -> NowaitSend | None:
         return None
     bound: NowaitSend = method.__get__(channel, type(channel))
     return bound
+
+
+ClosingSend = Callable[[Sequence[bytes], str], bool]
+"""A channel's ``send_closing_nowait(frames, reason)``: write the frames and the close
+of the link together, now, and return True; or write nothing and return False (then
+send them, and close)."""
+
+
+def closing_sender(channel: Channel) -> ClosingSend | None:
+    """The channel's ``send_closing_nowait``, if its class defines one (websockets'
+    does), else None; looked up on the class, as :func:`nowait_sender` does."""
+    method = getattr(type(channel), "send_closing_nowait", None)
+    if method is None:
+        return None
+    bound: ClosingSend = method.__get__(channel, type(channel))
+    return bound
+
+
+def reply_nowait(send_nowait: NowaitSend | None, frames: Sequence[bytes]) -> bool:
+    """Write a reply's ``frames`` at once with ``send_nowait`` (``shared=False``) if it
+    is given, the reply is at most :data:`NOWAIT_REPLY_BYTES` and the channel takes it
+    without waiting; False (nothing written): send them with ``send``."""
+    return (
+        send_nowait is not None
+        and sum(map(len, frames)) <= NOWAIT_REPLY_BYTES
+        and send_nowait(frames, shared=False)
+    )
 
 
 ChannelHandler = Callable[[Channel], Awaitable[None]]

@@ -115,10 +115,11 @@ class MemoryChannel:
         other._inbox_bytes += len(frame)
         other._arrived.set()
 
-    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+    def send_nowait(self, frames: Sequence[bytes], *, shared: bool = True) -> bool:
         """Deliver ``frames`` now, in order, if the link is open and the peer's inbox has
         room (where :meth:`send` would not wait); otherwise deliver nothing and return
-        False (then :meth:`send` them)."""
+        False (then :meth:`send` them). ``shared`` changes nothing here: each frame is
+        copied into the peer's inbox."""
         other = self._other
         if self._closed or other is None or other._ended is not None:
             return False

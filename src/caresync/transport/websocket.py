@@ -128,16 +128,20 @@ class WebSocketChannel:
         except ConnectionClosed as exc:
             raise ConnectionLostError(f"connection to {self._peer} closed: {exc}") from None
 
-    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+    def send_nowait(self, frames: Sequence[bytes], *, shared: bool = True) -> bool:
         """Write ``frames`` now, in order, without waiting, if the connection is open,
         sends no fragmented message and its write buffer is under its high-water mark
         (the level at which :meth:`send` would wait); otherwise write nothing and return
         False (then :meth:`send` them). So what waits unsent here stays bounded by the
         high-water mark plus one call's frames.
 
+        Small frames go in one write: one system call here, and one read for the peer,
+        where :meth:`send` makes one of each per frame.
+
         A server's frames are not masked, so the same frame handed to many connections
-        (a live update fanned out) is framed once: the websocket frame of the last
-        few frames sent is kept (see :func:`_server_frame`)."""
+        (a live update fanned out, ``shared``) is framed once: the websocket frame of
+        the last few such frames sent is kept (see :func:`_server_frame`); frames sent
+        once (``shared=False``: a reply) are framed without being kept."""
         connection = self._connection
         protocol = connection.protocol
         transport = connection.transport
@@ -149,13 +153,50 @@ class WebSocketChannel:
             or transport.get_write_buffer_size() >= connection.write_limit_high
         ):
             return False
+        framed: list[bytes]
         if protocol.side is Side.SERVER and not protocol.extensions:
+            if shared:
+                framed = [_server_frame(frame) for frame in frames]
+            else:
+                framed = [Frame(Opcode.BINARY, frame).serialize(mask=False) for frame in frames]
+        else:
             for frame in frames:
-                transport.write(_server_frame(frame))
-            return True
+                protocol.send_binary(frame)
+            # Only these frames: websockets had nothing of its own waiting (checked above).
+            framed = protocol.data_to_send()
+        if len(framed) > 1 and sum(map(len, framed)) <= _JOINED_MAX_BYTES:
+            transport.write(b"".join(framed))
+        else:
+            for data in framed:
+                transport.write(data)
+        return True
+
+    def send_closing_nowait(self, frames: Sequence[bytes], reason: str = "") -> bool:
+        """Write ``frames`` and then the closing frame (code 1000, ``reason``) in one
+        write, now, where :meth:`send_nowait` would write small frames; otherwise write
+        nothing and return False. The peer then reads the last words and the close
+        together; :meth:`close` waits for the closing handshake to end (at most its
+        timeout, then the connection is aborted), as after any close."""
+        connection = self._connection
+        protocol = connection.protocol
+        transport = connection.transport
+        if (
+            protocol.state is not State.OPEN
+            or connection.send_in_progress is not None
+            or protocol.expect_continuation_frame
+            or protocol.writes
+            or transport.get_write_buffer_size() >= connection.write_limit_high
+            or sum(map(len, frames)) > _JOINED_MAX_BYTES
+        ):
+            return False
         for frame in frames:
             protocol.send_binary(frame)
-        connection.send_data()
+        protocol.send_close(1000, reason[:120])
+        data = protocol.data_to_send()
+        written = [chunk for chunk in data if chunk]
+        transport.write(b"".join(written))
+        if len(written) < len(data) and transport.can_write_eof():
+            transport.write_eof()  # websockets' end of stream, as its own send_data does
         return True
 
     async def recv(self) -> bytes:
@@ -176,6 +217,10 @@ class WebSocketChannel:
         except ConnectionClosed:
             return  # already closed: closing is idempotent
 
+
+_JOINED_MAX_BYTES = 64 * 1024
+"""Frames written in one call of :meth:`WebSocketChannel.send_nowait` are joined into
+one write up to this many bytes in all (larger ones are not copied to be joined)."""
 
 _FRAMED: list[tuple[bytes, bytes]] = []  # (frame, its websocket frame), newest first
 _FRAMED_KEPT = 4
