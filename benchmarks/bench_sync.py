@@ -563,7 +563,13 @@ def with_ratios(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             theirs = baseline.get(case["case"])
             if case.get("system") != "caresync" or theirs is None or "runs" not in case:
                 continue
-            ratios = [a / b for a, b in zip(case["runs"], theirs["runs"], strict=False) if b > 0]
+            # A run of None (a peer round that lost every delivery) has no time: its pair
+            # is left out, the others stay paired round by round.
+            ratios = [
+                a / b
+                for a, b in zip(case["runs"], theirs["runs"], strict=False)
+                if a is not None and b is not None and b > 0
+            ]
             if ratios:
                 case[key] = {
                     "median": round(statistics.median(ratios), 2),
@@ -1148,10 +1154,12 @@ def latency_case(
     each round's p99 (what :func:`with_ratios` compares with the peer's).
     """
 
-    def over_rounds(figure: Any) -> dict[str, float]:
+    def over_rounds(figure: Any) -> dict[str, float | None]:
         # A round whose every edit lost a delivery (the peer's, see Counted) has no
         # last laptop: it is left out of that figure.
         values = [figure(samples, last) * 1000 for samples, last in rounds if samples and last]
+        if not values:  # every round lost deliveries: no figure (dropped_deliveries says so)
+            return {"median": None, "min": None, "max": None}
         return {
             "median": round(statistics.median(values), 2),
             "min": round(min(values), 2),
@@ -1166,7 +1174,9 @@ def latency_case(
         "p99_ms": over_rounds(lambda samples, _last: pct(samples, 0.99)),
         "last_laptop_median_ms": over_rounds(lambda _samples, last: statistics.median(last)),
         "last_laptop_p99_ms": over_rounds(lambda _samples, last: pct(last, 0.99)),
-        "runs": [round(pct(samples, 0.99), 5) for samples, _last in rounds if samples],
+        # Round by round, None for one that lost every delivery (kept, so that
+        # with_ratios pairs each round with the same round of the other side).
+        "runs": [round(pct(samples, 0.99), 5) if samples else None for samples, _last in rounds],
         "samples": sum(len(samples) for samples, _last in rounds),
     }
 

@@ -229,3 +229,22 @@ def test_edits_a_peer_document_lacks_are_counted() -> None:
     records["b"] = Map({"city": "Dakar"})
     assert missing_edits(doc, [("a", "Thiès 0"), ("b", "Thiès 0")]) == 1
     assert missing_edits(doc, [("a", "Thiès 0")]) == 0
+
+
+def test_a_latency_round_that_lost_every_delivery_keeps_the_rounds_paired() -> None:
+    """A peer round whose every delivery the room dropped has no time: its run is None,
+    not left out, so that ``with_ratios`` still compares round i with round i (left
+    out, the peer's later rounds moved up one and each ratio compared two rounds);
+    a latency case whose every round lost deliveries still gives figures (None)."""
+    from benchmarks.bench_sync import latency_case, with_ratios
+
+    ours = latency_case(
+        "caresync", 2, [([0.001], [0.001]), ([0.002], [0.002]), ([0.003], [0.003])], ""
+    )
+    peer = latency_case("peer", 2, [([0.002], [0.002]), ([], []), ([0.004], [0.004])], "")
+    assert peer["runs"] == [0.002, None, 0.004]
+    [ours_after, _peer] = with_ratios([ours, peer])
+    assert ours_after["ratio_to_peer"] == {"median": 0.62, "min": 0.5, "max": 0.75}
+    lost = latency_case("peer", 2, [([], []), ([0.002], [])], "")
+    assert lost["runs"] == [None, 0.002]
+    assert lost["last_laptop_p99_ms"] == {"median": None, "min": None, "max": None}
