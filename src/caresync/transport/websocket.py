@@ -145,13 +145,7 @@ class WebSocketChannel:
         connection = self._connection
         protocol = connection.protocol
         transport = connection.transport
-        if (
-            protocol.state is not State.OPEN
-            or connection.send_in_progress is not None
-            or protocol.expect_continuation_frame
-            or protocol.writes  # websockets' own bytes not yet written: keep their order
-            or transport.get_write_buffer_size() >= connection.write_limit_high
-        ):
+        if not _writable_now(connection):
             return False
         framed: list[bytes]
         if protocol.side is Side.SERVER and not protocol.extensions:
@@ -180,14 +174,7 @@ class WebSocketChannel:
         connection = self._connection
         protocol = connection.protocol
         transport = connection.transport
-        if (
-            protocol.state is not State.OPEN
-            or connection.send_in_progress is not None
-            or protocol.expect_continuation_frame
-            or protocol.writes
-            or transport.get_write_buffer_size() >= connection.write_limit_high
-            or sum(map(len, frames)) > _JOINED_MAX_BYTES
-        ):
+        if not _writable_now(connection) or sum(map(len, frames)) > _JOINED_MAX_BYTES:
             return False
         for frame in frames:
             protocol.send_binary(frame)
@@ -225,6 +212,21 @@ one write up to this many bytes in all (larger ones are not copied to be joined)
 _FRAMED: list[tuple[bytes, bytes]] = []  # (frame, its websocket frame), newest first
 _FRAMED_KEPT = 4
 _FRAMED_MAX_BYTES = 256 * 1024  # larger frames are framed each time: at most ~2 MiB kept
+
+
+def _writable_now(connection: ClientConnection | ServerConnection) -> bool:
+    """Whether frames may be written to ``connection`` now, ahead of websockets' ``send``:
+    it is open, sends no fragmented message, holds no bytes of its own not yet written
+    (their order is kept) and its write buffer is under its high-water mark (the level
+    at which ``send`` would wait)."""
+    protocol = connection.protocol
+    return not (
+        protocol.state is not State.OPEN
+        or connection.send_in_progress is not None
+        or protocol.expect_continuation_frame
+        or protocol.writes
+        or connection.transport.get_write_buffer_size() >= connection.write_limit_high
+    )
 
 
 def _server_frame(frame: bytes) -> bytes:
