@@ -142,7 +142,7 @@ from caresync.transport import (
     NowaitSend,
     WebSocketListener,
     nowait_sender,
-    reply_nowait,
+    send_reply,
     serve_websockets,
 )
 from caresync.versions import CLIENT_VERSION, check_version, is_older
@@ -384,13 +384,8 @@ class _Connection:
                 error.fatal,
                 logged_in=self.login is not None,
             )
-        frames = self.protocol.data_to_send()
-        if not frames:
-            return
         # A small reply at once, in one write, where the channel takes it without waiting.
-        if not reply_nowait(self.send_nowait, frames):
-            for frame in frames:
-                await self.channel.send(frame)
+        await send_reply(self.channel, self.send_nowait, self.protocol.data_to_send())
 
     async def forward_live(self) -> None:
         """Send queued feed entries in order; entries already sent (by seq) are skipped.

@@ -18,6 +18,7 @@ from caresync.transport import (
     closing_sender,
     nowait_sender,
     reply_nowait,
+    send_reply,
 )
 from caresync.transport import websocket as websocket_module
 
@@ -162,6 +163,36 @@ async def test_only_a_small_reply_is_written_without_waiting(
     assert reply_nowait(send_nowait, [b"small", b"reply"])
     async with asyncio.timeout(LIMIT_S):
         assert [await client.recv(), await client.recv()] == [b"small", b"reply"]
+
+
+async def test_a_reply_is_sent_whole_and_in_order_at_once_or_frame_by_frame(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """``send_reply`` (both sides' flush): a small reply through ``send_nowait``, a large
+    one through ``send`` (counted), none of it lost or reordered either way."""
+    client, server = pair
+    sent: list[bytes] = []
+    send = server.send
+
+    async def counted(frame: bytes) -> None:
+        sent.append(frame)
+        await send(frame)
+
+    server.send = counted  # type: ignore[method-assign]
+    small = [b"small", b"reply"]
+    large = [b"a" * (NOWAIT_REPLY_BYTES // 2), b"b" * (NOWAIT_REPLY_BYTES // 2 + 1)]
+    await send_reply(server, nowait_sender(server), [])
+    await send_reply(server, nowait_sender(server), small)
+    assert sent == []  # written at once
+    reading = asyncio.create_task(_received(client, 4))
+    await send_reply(server, nowait_sender(server), large)
+    assert sent == large  # frame by frame: each waits for the peer to take it
+    async with asyncio.timeout(LIMIT_S):
+        assert await reading == [*small, *large]
+
+
+async def _received(channel: Channel, count: int) -> list[bytes]:
+    return [await channel.recv() for _ in range(count)]
 
 
 @pytest.mark.parametrize("side", ["client", "server"])

@@ -93,7 +93,7 @@ from caresync.transport import (
     Connector,
     closing_sender,
     nowait_sender,
-    reply_nowait,
+    send_reply,
 )
 from caresync.versions import CLIENT_VERSION, check_version
 
@@ -606,12 +606,7 @@ class Session:
         """
         try:
             async with self._send_lock:
-                frames = self.protocol.data_to_send()
-                if not frames:
-                    return
-                if not reply_nowait(self._send_nowait, frames):
-                    for frame in frames:
-                        await self.channel.send(frame)
+                await send_reply(self.channel, self._send_nowait, self.protocol.data_to_send())
         except ConnectionLostError:
             reader = self._reader
             if self._live_updates is None and reader is not None and self.channel.closed:

@@ -20,6 +20,7 @@ from caresync.transport.base import (
     closing_sender,
     nowait_sender,
     reply_nowait,
+    send_reply,
 )
 from caresync.transport.memory import MemoryChannel, MemoryListener, memory_pipe
 from caresync.transport.network import MemoryHost, MemoryLink, MemoryNetwork
@@ -65,5 +66,6 @@ __all__ = [
     "memory_pipe",
     "nowait_sender",
     "reply_nowait",
+    "send_reply",
     "serve_websockets",
 ]

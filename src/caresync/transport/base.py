@@ -26,6 +26,7 @@ __all__ = [
     "closing_sender",
     "nowait_sender",
     "reply_nowait",
+    "send_reply",
 ]
 
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -136,6 +137,16 @@ def reply_nowait(send_nowait: NowaitSend | None, frames: Sequence[bytes]) -> boo
         and sum(map(len, frames)) <= NOWAIT_REPLY_BYTES
         and send_nowait(frames, shared=False)
     )
+
+
+async def send_reply(
+    channel: Channel, send_nowait: NowaitSend | None, frames: Sequence[bytes]
+) -> None:
+    """Send a reply's ``frames``, in order: at once where :func:`reply_nowait` can,
+    else one by one with ``channel.send`` (each waits for the peer to take it)."""
+    if frames and not reply_nowait(send_nowait, frames):
+        for frame in frames:
+            await channel.send(frame)
 
 
 ChannelHandler = Callable[[Channel], Awaitable[None]]
