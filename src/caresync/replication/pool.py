@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from caresync.conflicts import Rulebook
 from caresync.exceptions import InvalidOptionError, UnknownRecordError
@@ -87,26 +87,46 @@ class RecordPool:
         self._new_id = new_id
         self._max = check_pool_size(max_records, option="max_records")
         self._records: OrderedDict[str, Record] = OrderedDict()
+        self._loading: dict[str, int] = {}  # record id -> loads of it from the store under way
+        self._overtaken: set[str] = set()  # records kept or dropped while a load of them ran
 
     async def get(self, record_id: str) -> Record:
-        """The record, loaded if needed; UnknownRecordError if the store has none."""
+        """The record, loaded if needed; UnknownRecordError if the store has none.
+
+        A load that a write overtook (the record was written, or kept or dropped here
+        by a writer, while the store was read: see :meth:`written`) is returned to its
+        caller, the record as it stood when the read began, but not kept: it may be
+        older than what is stored now. Writers hold the replica's write lock, so a
+        writer's own load is never overtaken, and is kept.
+        """
         record = self._records.get(record_id)
         if record is not None:
             self._records.move_to_end(record_id)
             return record
-        stored = await self.store.load(record_id)
+        loading = self._loading
+        loading[record_id] = loading.get(record_id, 0) + 1
+        try:
+            stored = await self.store.load(record_id)
+        finally:
+            overtaken = record_id in self._overtaken
+            if loading[record_id] == 1:
+                del loading[record_id]
+                self._overtaken.discard(record_id)
+            else:
+                loading[record_id] -= 1
         if stored is None:
             raise UnknownRecordError(f"no record {record_id!r} in this database")
-        return self.adopt(
-            Record.from_update(
-                record_id,
-                stored,
-                replica=self.replica,
-                schema=self.schema,
-                clock=self.clock,
-                new_id=self._new_id,
-            )
+        loaded = Record.from_update(
+            record_id,
+            stored,
+            replica=self.replica,
+            schema=self.schema,
+            clock=self.clock,
+            new_id=self._new_id,
         )
+        if overtaken:
+            return loaded
+        return self._keep(loaded)
 
     def peek(self, record_id: str) -> Record | None:
         """The record if it is loaded now, else None (nothing is read from the store)."""
@@ -172,7 +192,14 @@ class RecordPool:
         return len(self._records)
 
     def adopt(self, record: Record) -> Record:
-        """Keep ``record`` loaded, as the most recently used; evict beyond the size."""
+        """Keep ``record`` loaded, as the most recently used; evict beyond the size.
+
+        A writer's: a load of the same record under way is not kept (see :meth:`get`)."""
+        if self._loading and record.record_id in self._loading:
+            self._overtaken.add(record.record_id)
+        return self._keep(record)
+
+    def _keep(self, record: Record) -> Record:
         self._records[record.record_id] = record
         self._records.move_to_end(record.record_id)
         while len(self._records) > self._max:
@@ -180,12 +207,25 @@ class RecordPool:
         return record
 
     def forget(self, record_id: str) -> None:
-        """Drop a loaded record (after a failed commit, so memory never runs ahead of disk)."""
+        """Drop a loaded record: after a failed commit, so memory never runs ahead of
+        disk, or after a commit that wrote it without it (it is read anew next time).
+        A load of it under way now is not kept (see :meth:`get`)."""
         self._records.pop(record_id, None)
+        if self._loading and record_id in self._loading:
+            self._overtaken.add(record_id)
+
+    def written(self, record_ids: Iterable[str]) -> None:
+        """A writer committed ``record_ids``: a load of any of them under way read what
+        was stored before, and is not kept (see :meth:`get`). Call it after the commit:
+        a read that began before it may end after it."""
+        loading = self._loading
+        if loading:
+            self._overtaken.update(rid for rid in record_ids if rid in loading)
 
     def clear(self) -> None:
         """Drop every loaded record (another process may have changed any of them)."""
         self._records.clear()
+        self._overtaken.update(self._loading)
 
     def rows(self, record: Record) -> tuple[ConflictRow, ...]:
         return conflict_rows(record, self.rulebook)
