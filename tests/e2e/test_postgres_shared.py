@@ -133,7 +133,10 @@ async def test_a_lost_notification_is_recovered_by_the_poll(
         await writer.sync()
         await reader.sync()
 
+        deafened = asyncio.Event()
+
         async def deaf(timeout_s: float) -> bool:
+            deafened.set()
             await asyncio.sleep(timeout_s)  # the poll interval itself, not a wait for a result
             woken.append(False)
             return False
@@ -150,6 +153,19 @@ async def test_a_lost_notification_is_recovered_by_the_poll(
         signal = watch(reader)
         async with live(reader) as run:
             await run.states.reach(ReplicaState.ONLINE)
+            # B has handled the reader's Subscribe once it acknowledges a push sent after
+            # it (a connection's frames are handled in order); else a write could reach
+            # the reader in the Subscribe's backlog, read before any poll (seen once).
+            await reader.set(record_id, "heightCm", 180)
+
+            async def acknowledged() -> bool:
+                return (await reader.status()).pending == 0
+
+            async with asyncio.timeout(LIMIT_S):
+                await until(acknowledged, signal)
+                # B's follower waits only deafly from now on (its wait under way when it
+                # was deafened was a real one, which may have read the feed after it).
+                await deafened.wait()
             await writer.set(record_id, "weightKg", 71)
             await writer.sync()
             async with asyncio.timeout(LIMIT_S):
