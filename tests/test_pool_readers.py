@@ -44,6 +44,7 @@ class HeldStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.states, self.loads, self.writes = Hold(), Hold(), Hold()
+        self.many = Hold()
 
     async def held_states(self, record_ids: Sequence[str]) -> dict[str, HeldState]:
         found = await super().held_states(record_ids)
@@ -53,6 +54,11 @@ class HeldStore(MemoryStore):
     async def load(self, record_id: str) -> bytes | None:
         found = await super().load(record_id)
         await self.loads()
+        return found
+
+    async def load_many(self, record_ids: Sequence[str]) -> dict[str, bytes]:
+        found = await super().load_many(record_ids)
+        await self.many()
         return found
 
     async def write_local(self, *args: Any, **kwargs: Any) -> int:
@@ -142,3 +148,35 @@ async def test_an_edit_stays_loaded_when_a_readers_load_lands_while_it_commits()
     assert (await replica.record(rid)).value("birthDate") == "1990-01-01"
     assert (await replica.record(rid)).value("name") == "Ann"
     await replica.close()
+
+
+async def test_a_batch_record_a_reader_loads_after_its_eviction_is_read_anew_after() -> None:
+    # A batch may hold more records than the pool: a record it built is evicted by the
+    # next before the commit, and a reader that loads it while the batch waits for the
+    # store (here: reading a record whose update does not merge) reads it from before.
+    store = HeldStore()
+    record, first, second = named_twice()
+    other, other_first, other_second = named_twice()
+    rid, bad = record.record_id, Record.create(replica="laptop-a").record_id
+    pool = await stored_first(store, first, rid)
+    stored = [(other.record_id, other_first)]
+    await absorb(pool, store, stored, checkpoint=None, organisation="clinic-a")
+    pool = RecordPool(store, replica="here", rulebook=DEFAULT_RULEBOOK, max_records=1)
+    store.loads.on = True  # the batch's one load from the store: the record that fails
+    batch = asyncio.create_task(
+        absorb(
+            pool,
+            store,
+            [(rid, second), (other.record_id, other_second), (bad, b"not an update")],
+            checkpoint=("sync.checkpoint", "2"),
+            organisation="clinic-a",
+        )
+    )
+    await store.loads.reached.wait()  # the first record was built, then evicted
+    assert pool.peek(rid) is None
+    assert (await pool.get(rid)).value("birthDate") is None  # a reader's, from before
+    store.loads.gate.set()
+    absorbed = await batch
+    assert absorbed.taken[rid].record is not None  # built, and committed
+    assert [q.record_id for q in absorbed.quarantined] == [bad]
+    assert (await pool.get(rid)).value("birthDate") == "1990-01-01"

@@ -29,9 +29,10 @@ rows and person card are committed with its last update. The caller holds the
 replica's write lock, so nothing interleaves with the merge. Memory never runs
 ahead of disk: if anything fails before the commit is done, every record the
 batch touched is dropped from the pool (it is read from the store next time).
-Readers do not take that lock: a record stored unbuilt that a reader loaded while
-the batch ran is dropped after the commit, and a reader's load that the commit
-overtook is not kept (see ``RecordPool.get``).
+Readers do not take that lock: a copy of a record that a reader loaded while the
+batch ran (one stored unbuilt, or one evicted before the commit) is dropped after
+the commit, and a reader's load that the commit overtook is not kept (see
+``RecordPool.get``).
 """
 
 from __future__ import annotations
@@ -376,12 +377,11 @@ async def absorb(
         for record_id in parts:
             pool.forget(record_id)
         raise
-    # A record stored unbuilt may have been loaded meanwhile by a reader (nothing holds
-    # readers back during the batch's reads), from before this commit: dropped. Loads
-    # of the batch's records still under way read what was stored before: not kept.
-    for record_id, found in taken.items():
-        if found.record is None:
-            pool.forget(record_id)
+    # A reader may have loaded a record of the batch meanwhile (nothing holds readers
+    # back), from before this commit: one stored unbuilt, or one the batch built and
+    # that was evicted before the commit (a batch may hold more records than the pool).
+    # Dropped. Loads of the batch's records still under way are not kept.
+    pool.committed((record_id, found.record) for record_id, found in taken.items())
     pool.written(parts)
     written = [(seq, item.record_id, item.update) for seq, item in zip(seqs, items, strict=True)]
     return Absorbed(taken, written, tuple(intake.kept_aside))

@@ -214,6 +214,17 @@ class RecordPool:
         if self._loading and record_id in self._loading:
             self._overtaken.add(record_id)
 
+    def committed(self, records: Iterable[tuple[str, Record | None]]) -> None:
+        """A writer committed each ``(record id, record)``: ``record`` as the commit left
+        it (None: stored without building it). A loaded copy that is not that record is
+        dropped: a reader loaded it while the writer worked (after an eviction, say), from
+        what was stored before the commit."""
+        loaded = self._records
+        for record_id, record in records:
+            kept = loaded.get(record_id)
+            if kept is not None and kept is not record:
+                del loaded[record_id]
+
     def written(self, record_ids: Iterable[str]) -> None:
         """A writer committed ``record_ids``: a load of any of them under way read what
         was stored before, and is not kept (see :meth:`get`). Call it after the commit:
