@@ -31,12 +31,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import logging
 import random
 import ssl as ssl_module
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -637,31 +646,52 @@ class Replica:
 
         Each ``(record, update)``: a :class:`~caresync.records.Record` of this replica
         (``replica=self.replica_id``) holding the record's whole state, and the update
-        that was made to it. Copies of these records already loaded are read again.
+        that was made to it. What a sync committed to a record since it was read is
+        merged into it first (its rows and card are of the record as stored). Copies
+        of these records already loaded are read again.
         """
         for record, update in edited:
             _check_sendable(record.record_id, update)
-        edits = [
-            IncomingUpdate(
-                record.record_id,
-                update,
-                self._pool.rows(record),
-                self.identity.organisation,
-                person_card(record),
-            )
-            for record, update in edited
-        ]
-        if not edits:
+        if not edited:
             return
         actor = self._actor()
-        audit = [AuditEvent(actor, "import", edit.record_id) for edit in edits]
+        async with self.writing(record.record_id for record, _update in edited):
+            # Read before the lock was taken: a sync may have committed to them since.
+            stored = await self.store.load_many([record.record_id for record, _u in edited])
+            for record, _update in edited:
+                state = stored.get(record.record_id)
+                if state is not None:
+                    record.apply_update(state)
+            edits = [
+                IncomingUpdate(
+                    record.record_id,
+                    update,
+                    self._pool.rows(record),
+                    self.identity.organisation,
+                    person_card(record),
+                )
+                for record, update in edited
+            ]
+            audit = [AuditEvent(actor, "import", edit.record_id) for edit in edits]
+            await self.store.write_local_many(edits, audit=audit)
+
+    @contextlib.asynccontextmanager
+    async def writing(self, record_ids: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the replica's write lock, for code that reads records from :attr:`store`
+        and writes them itself (an import: ``caresync.cli.transfer.import_file``): no
+        edit, sync or other import of this replica commits meanwhile, so what it reads
+        is what it writes onto. The copies of ``record_ids`` loaded here are dropped
+        when it ends, committed or not (read again next time), and a live connection
+        looks at the outbox again.
+        """
+        touched = list(record_ids)
         async with self._write_lock:
             try:
-                await self.store.write_local_many(edits, audit=audit)
+                yield
             finally:
-                for edit in edits:
-                    self._pool.forget(edit.record_id)
-            self._outbox_changed.set()
+                for record_id in touched:
+                    self._pool.forget(record_id)
+                self._outbox_changed.set()  # wakes a live connection's pusher
 
     async def _edit(
         self,

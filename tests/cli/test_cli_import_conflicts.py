@@ -123,3 +123,20 @@ def test_a_file_that_does_not_apply_is_refused_before_anything_is_written(
     assert digest(laptop) == before
     status = inproc("status --db {db} --json", db=laptop).ok().json()
     assert (status["pending"], status["records"], status["conflicts_open"]) == (0, 0, 0)
+
+
+async def test_a_record_loaded_before_an_import_is_read_with_what_it_imported(
+    tmp_path: Path,
+) -> None:
+    laptop = tmp_path / "laptop.db"
+    old = Record.create(replica="laptop-new")  # written here, before a restore
+    await laptop_that_changed(laptop, old)
+    old.set("birthDate", "1990-01-01", author="dr.a")  # before the restore, on this laptop
+    file = tmp_path / "unsynced.jsonl"
+    await export_of(file, old)
+    async with await Replica.open(laptop) as replica:
+        await replica.logins.logged_in_online("dr.b", "a password")
+        assert await replica.conflicts(old.record_id) == []  # the record loaded, as it was
+        assert (await import_file(replica, str(file)))["conflicts_open"] == 1
+        [conflict] = await replica.conflicts(old.record_id)
+        assert conflict.subject == "birthDate"

@@ -127,35 +127,40 @@ async def import_file(replica: Replica, file: str, *, key: bytes | None = None) 
     for update in export.updates:
         arrived.setdefault(update.record_id, []).append(update.update)
     touched = list(arrived)
-    rows: dict[str, tuple[ConflictRow, ...]] = {}
-    cards: dict[str, PersonCard] = {}
-    # A chunk of records loaded at a time: an export may touch many.
-    for start in range(0, len(touched), REINDEX_BATCH_RECORDS):
-        chunk = touched[start : start + REINDEX_BATCH_RECORDS]
-        stored = await replica.store.load_many(chunk)
-        for record_id in chunk:
-            before = stored.get(record_id)
-            parts = arrived[record_id] if before is None else [before, *arrived[record_id]]
-            record = Record.from_updates(record_id, parts, replica=replica.replica_id)
-            held = set() if before is None else _revision_ids(record_id, before, replica)
-            for rev in record.revisions():
-                if rev.id not in held:
-                    await _check_own(replica, file, record_id, rev)
-            rows[record_id] = conflict_rows(record, replica.rulebook)
-            cards[record_id] = person_card(record)
-    last = {update.record_id: index for index, update in enumerate(export.updates)}
-    edits = [
-        IncomingUpdate(
-            update.record_id,
-            update.update,
-            rows[update.record_id] if last[update.record_id] == index else None,
-            update.organisation,
-            cards[update.record_id] if last[update.record_id] == index else None,
-        )
-        for index, update in enumerate(export.updates)
-    ]
-    audit = [AuditEvent(actor, "import", record_id, "unsynced changes") for record_id in touched]
-    count = len(await replica.store.write_local_many(edits, audit=audit))  # all or nothing
+    # Planned and written under the replica's write lock: no sync commits to these
+    # records between the read of what is stored and the write of the rows it makes.
+    async with replica.writing(touched):
+        rows: dict[str, tuple[ConflictRow, ...]] = {}
+        cards: dict[str, PersonCard] = {}
+        # A chunk of records loaded at a time: an export may touch many.
+        for start in range(0, len(touched), REINDEX_BATCH_RECORDS):
+            chunk = touched[start : start + REINDEX_BATCH_RECORDS]
+            stored = await replica.store.load_many(chunk)
+            for record_id in chunk:
+                before = stored.get(record_id)
+                parts = arrived[record_id] if before is None else [before, *arrived[record_id]]
+                record = Record.from_updates(record_id, parts, replica=replica.replica_id)
+                held = set() if before is None else _revision_ids(record_id, before, replica)
+                for rev in record.revisions():
+                    if rev.id not in held:
+                        await _check_own(replica, file, record_id, rev)
+                rows[record_id] = conflict_rows(record, replica.rulebook)
+                cards[record_id] = person_card(record)
+        last = {update.record_id: index for index, update in enumerate(export.updates)}
+        edits = [
+            IncomingUpdate(
+                update.record_id,
+                update.update,
+                rows[update.record_id] if last[update.record_id] == index else None,
+                update.organisation,
+                cards[update.record_id] if last[update.record_id] == index else None,
+            )
+            for index, update in enumerate(export.updates)
+        ]
+        audit = [
+            AuditEvent(actor, "import", record_id, "unsynced changes") for record_id in touched
+        ]
+        count = len(await replica.store.write_local_many(edits, audit=audit))  # all or nothing
     return {
         "imported": count,
         "records": len(touched),
