@@ -983,7 +983,9 @@ class SyncServer:
         so the version and the record read are of one moment)."""
         async with self._commit_lock, self.store.exclusive_commits():
             if self.store.shared:
-                await self._follower.catch_up()  # the pool's records as committed
+                # Every page: a record changed past the first pages would be read as it
+                # was loaded (nobody else commits now, so this ends).
+                await self._follower.catch_up(max_pages=1_000_000)
             return await take_snapshot(
                 self.store, ConflictListing(self.store, self._pool), record_id
             )

@@ -17,10 +17,13 @@ import pytest
 from tests.e2e.live_helpers import PASSWORD, live, until, watch
 from tests.postgres import fresh_schema
 
+import caresync.replication.follow
+from caresync import Record
 from caresync.exceptions import ReplicaRevokedError
+from caresync.hub.model import HUB_PATH
 from caresync.replica import Replica, ReplicaState
 from caresync.server import SyncServer
-from caresync.storage import FeedItem
+from caresync.storage import FeedItem, HubMark, IncomingUpdate
 from caresync.storage.postgres.shared import LISTENER_NAME
 
 LIMIT_S = 30.0
@@ -377,3 +380,40 @@ async def test_a_wait_for_the_commit_lock_cancelled_leaves_it_free(clinic_url: s
             await take(two)
             async with one.exclusive_commits():
                 pass
+
+
+async def test_a_hub_snapshot_reads_the_record_as_committed_however_far_behind(
+    clinic_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B has a record loaded and has followed nothing since: more feed entries came from
+    another process than one catch-up reads (pages of one entry here, so 100 pages are
+    100 entries), the record's change last. B's hub snapshot, under its commit lock,
+    must read the record as committed, not its loaded copy from before."""
+    monkeypatch.setattr(caresync.replication.follow, "FEED_PAGE", 1)
+    patient = Record.create(replica="laptop-x")
+    patient.set(HUB_PATH, True, author="dr.a")
+    patient.set("name", "Awa Ba", author="dr.a")
+    seen = patient.state_vector()
+    rid = patient.record_id
+    b = await SyncServer.open(clinic_url)  # not serving: it follows the feed only when asked
+    try:
+        async with await SyncServer.open(clinic_url) as other:  # another process's store
+            marked = {rid: HubMark(True)}
+            item = IncomingUpdate(rid, patient.update_since(), (), "clinic-a")
+            await other.store.write_remote([item], to_feed=True, hub=marked)
+            first = await b.hub_snapshot(rid)  # B loads the record
+            assert first is not None
+            assert first.body is not None
+            assert b"Awa Ba" in first.body
+            others = [Record.create(replica="laptop-x") for _ in range(100)]
+            items = [IncomingUpdate(r.record_id, r.update_since(), (), "clinic-a") for r in others]
+            await other.store.write_remote(items, to_feed=True)
+            patient.set("name", "Awa Diop", author="dr.a")
+            item = IncomingUpdate(rid, patient.update_since(seen), (), "clinic-a")
+            await other.store.write_remote([item], to_feed=True, hub=marked)
+        snapshot = await b.hub_snapshot(rid)
+        assert snapshot is not None
+        assert snapshot.body is not None
+        assert b"Awa Diop" in snapshot.body
+    finally:
+        await b.close()
