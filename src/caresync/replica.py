@@ -526,9 +526,15 @@ class Replica:
         """A new patient record, committed; returns its id.
 
         On an enrolled laptop someone must be logged in (NotLoggedInError).
+        ``record_id``: the new record's id; one this replica holds already raises
+        InvalidInputError (nothing is written).
         """
         actor = await self.logins.author(None) if self.enrolled else self._actor()
         async with self._write_lock:
+            if record_id is not None and await self.store.has_record(record_id):
+                # Its creation would be merged into the record stored, and the new, empty
+                # record kept loaded, its rows and card stored, in the record's place.
+                raise InvalidInputError(f"record {record_id!r:.80} exists here already")
             record = self._pool.create(record_id)
             try:
                 await self.store.write_local(
