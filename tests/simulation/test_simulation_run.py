@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from caresync.exceptions import InvalidValueError
-from caresync.simulation import SimulationConfig, run_simulate_command, run_simulation
+from caresync.exceptions import ConnectionLostError, InvalidValueError
+from caresync.replica import Replica
+from caresync.simulation import SimulationConfig, laptops, run_simulate_command, run_simulation
 from caresync.simulation.__main__ import main
 from caresync.simulation.runner import SERVER_FILE, laptop_file
 
@@ -134,3 +135,41 @@ async def test_a_failing_laptop_fails_the_run_with_its_own_typed_error(tmp_path:
     with pytest.raises(UnknownRecordError, match="laptop 1"):  # not an ExceptionGroup
         await run._each([0, 1, 2], job)
     assert 1 not in finished
+
+
+async def test_a_sync_whose_link_fails_is_tried_again_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reproduced on a loaded machine: one laptop of 1,000 timed out in a websocket
+    handshake and the whole run failed; a clinician presses sync again."""
+    monkeypatch.setattr(laptops, "SYNC_RETRY_DELAYS_S", (0.0, 0.0))
+    real_sync = Replica.sync
+    failed: list[str] = []
+
+    async def flaky_sync(self: Replica, *args: object, **kwargs: object) -> object:
+        if not failed:  # the first sync of the run: its link fails before anything moves
+            failed.append(self.replica_id)
+            raise ConnectionLostError("cannot connect: timed out during opening handshake")
+        return await real_sync(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Replica, "sync", flaky_sync)
+    config = SimulationConfig(laptops=3, patients=5, edits_per_laptop=3, seed=2, workers=0)
+    result = await run_simulation(config)
+    assert failed
+    assert result.ok, result.details
+    assert result.sync_retries == 1
+    assert result.lost_values == 0
+
+
+async def test_a_sync_whose_link_fails_every_time_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(laptops, "SYNC_RETRY_DELAYS_S", (0.0, 0.0))
+
+    async def broken_sync(self: Replica, *args: object, **kwargs: object) -> object:
+        raise ConnectionLostError("cannot connect: refused")
+
+    monkeypatch.setattr(Replica, "sync", broken_sync)
+    config = SimulationConfig(laptops=2, patients=4, edits_per_laptop=2, seed=3, workers=0)
+    with pytest.raises(ConnectionLostError, match="refused"):
+        await run_simulation(config)

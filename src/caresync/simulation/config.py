@@ -183,6 +183,9 @@ class SimulationResult:
     """Conflicts settled on laptops during the rounds (each an ordinary, replicated write)."""
     sync_rounds: int = 0
     """Sync rounds the laptops ran (enrolment excluded)."""
+    sync_retries: int = 0
+    """Laptop syncs tried again after their link failed (a server too busy to finish a
+    handshake in time, say); 0 on a run where every link held."""
     setup_s: float = 0.0
     """Server database created, patients imported, laptops' databases created."""
     edit_s: float = 0.0

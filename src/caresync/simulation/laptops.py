@@ -16,6 +16,7 @@ milliseconds: the login and the session are kept in its database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -41,10 +42,14 @@ from caresync.simulation.oracle import ReplicaPrint, read_print
 from caresync.simulation.scenario import RESOLUTIONS_PER_RESOLVER, Edit, Scenario, plan
 from caresync.transport import Connector
 
+logger = logging.getLogger("caresync.simulation")
+
 __all__ = [
     "ACCOUNT_HASHER",
     "ORGANISATION",
     "STEP_TIMEOUT_S",
+    "SYNC_RETRY_DELAYS_S",
+    "StepHungError",
     "EditReport",
     "LaptopShare",
     "clinician",
@@ -57,6 +62,17 @@ __all__ = [
 ORGANISATION = "clinic"
 STEP_TIMEOUT_S = 600.0
 """A laptop's enrolment, round of edits or sync that takes longer than this fails the run."""
+
+SYNC_RETRY_DELAYS_S = (0.5, 2.0)
+"""A laptop's sync whose link fails (a server too busy to finish a handshake within the
+connector's timeout) is tried again after each of these delays, as a clinician presses
+sync again; the run fails only if the last try fails too. Retries are counted in the
+result (``sync_retries``), so a server that drops links does not pass unseen."""
+
+
+class StepHungError(ConnectionLostError):
+    """A laptop's step took more than :data:`STEP_TIMEOUT_S` (never tried again)."""
+
 
 # The run's throwaway account: argon2id with small costs, since the server verifies one
 # login per laptop enrolled (the hash records its own parameters) and each laptop hashes
@@ -116,7 +132,7 @@ async def within(step: Awaitable[T], what: str) -> T:
     try:
         return await asyncio.wait_for(step, STEP_TIMEOUT_S)
     except TimeoutError:
-        raise ConnectionLostError(f"{what} took more than {STEP_TIMEOUT_S:.0f} s") from None
+        raise StepHungError(f"{what} took more than {STEP_TIMEOUT_S:.0f} s") from None
 
 
 async def each(
@@ -305,21 +321,33 @@ class LaptopShare:
             resolved += 1
         return resolved
 
-    async def sync(self, indices: Iterable[int], pull: bool = True) -> int:
+    async def sync(self, indices: Iterable[int], pull: bool = True) -> tuple[int, int]:
         """One sync of each of this share's laptops among ``indices``, several at once
-        (``pull=False``: a push only); how many updates they uploaded."""
+        (``pull=False``: a push only); how many updates they uploaded, and how many
+        syncs were tried again after a failed link (see :data:`SYNC_RETRY_DELAYS_S`)."""
         wanted = set(indices)
-        uploaded = 0
+        uploaded = retries = 0
         what = "syncing" if pull else "pushing"
 
         async def sync_one(index: int) -> None:
-            nonlocal uploaded
-            report = await self._with(index, lambda laptop: laptop.sync(pull=pull), what)
+            nonlocal uploaded, retries
+            for delay in (*SYNC_RETRY_DELAYS_S, None):
+                try:
+                    report = await self._with(index, lambda laptop: laptop.sync(pull=pull), what)
+                    break
+                except StepHungError:
+                    raise
+                except ConnectionLostError as exc:
+                    if delay is None:
+                        raise
+                    logger.warning("laptop %d: %s; its sync is tried again", index, exc)
+                    retries += 1
+                    await asyncio.sleep(delay)  # a pause before trying again, not a wait
             uploaded += report.uploaded
             self.advance(1)
 
         await each([i for i in self.indices if i in wanted], sync_one, self.semaphore)
-        return uploaded
+        return uploaded, retries
 
     async def prints(self) -> dict[int, ReplicaPrint]:
         """Each of this share's laptops' :class:`ReplicaPrint`, read from its closed file.

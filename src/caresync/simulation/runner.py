@@ -375,6 +375,7 @@ class _Run:
         :meth:`run`), and why a seed gives one outcome.
         """
         indices = list(laptops)
-        uploaded = sum(await self._laptops("sync", len(indices), indices, pull=pull))
+        answers = await self._laptops("sync", len(indices), indices, pull=pull)
         self.result.sync_rounds += 1
-        return int(uploaded)
+        self.result.sync_retries += sum(int(retried) for _uploaded, retried in answers)
+        return sum(int(uploaded) for uploaded, _retried in answers)
