@@ -1,4 +1,5 @@
-"""``ensure_index``: a re-index replaces rows a chunk of records per transaction, mark last.
+"""``ensure_index``: a re-index replaces rows a chunk of records per transaction, mark last;
+on a shared store, each chunk read and written in one exclusive section.
 
 Both stores; for SQLite, the statements its connection runs (SQLite's own
 trace) count the transactions.
@@ -6,8 +7,10 @@ trace) count the transactions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.sqlite_trace import traced, write_transactions
@@ -114,3 +117,64 @@ async def test_sqlite_reindexes_one_transaction_per_chunk(tmp_path: Path) -> Non
     assert len(transactions) == chunks + 1  # one per chunk, then the mark
     for inside in transactions[:chunks]:
         assert any("INTO conflicts " in s for s in inside)
+
+
+async def test_with_exclusive_each_chunk_is_read_and_written_inside_one_section(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk's read and write happen in one section (no commit lands between)."""
+    expected = await seed(store)
+    sections: list[list[str]] = []
+    inside: list[str] | None = None
+
+    @asynccontextmanager
+    async def exclusive() -> AsyncIterator[None]:
+        nonlocal inside
+        async with store.exclusive_commits():
+            inside = []
+            try:
+                yield
+            finally:
+                sections.append(inside)
+                inside = None
+
+    def noted(name: str) -> Callable[..., Awaitable[object]]:
+        method = getattr(store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> object:
+            assert inside is not None, f"{name} outside the exclusive section"
+            inside.append(name)
+            return await method(*args, **kwargs)
+
+        return call
+
+    for name in ("load_many", "set_conflicts_many"):
+        monkeypatch.setattr(store, name, noted(name))
+    assert await ensure_index(store, DEFAULT_RULEBOOK, replica="server", exclusive=exclusive) == (
+        RECORDS
+    )
+    assert sections == [["load_many", "set_conflicts_many"]] * -(-RECORDS // CHUNK)
+    assert await indexed(store) == expected
+    assert await store.get_meta(INDEX_RULEBOOK_KEY) == DEFAULT_RULEBOOK.fingerprint
+
+
+async def test_a_reindex_stops_once_another_process_finished_it(store: Store) -> None:
+    """Another process on the database wrote the mark meanwhile: its index stands."""
+    expected = await seed(store)
+    sections = 0
+
+    @asynccontextmanager
+    async def exclusive() -> AsyncIterator[None]:
+        nonlocal sections
+        sections += 1
+        if sections == 2:  # the other process ended its run while this one did a chunk
+            await store.set_meta(INDEX_RULEBOOK_KEY, DEFAULT_RULEBOOK.fingerprint)
+        async with store.exclusive_commits():
+            yield
+
+    assert await ensure_index(store, DEFAULT_RULEBOOK, replica="server", exclusive=exclusive) == (
+        CHUNK
+    )
+    ids = await store.record_ids()
+    assert await indexed(store) == {i: expected[i] for i in ids[:CHUNK]}
+    assert sections == 2

@@ -629,7 +629,9 @@ class SyncServer:
         :func:`caresync.storage.servers.open_server_database`.
 
         The options are those of the constructor. A database whose conflict index
-        another rulebook computed is re-indexed first (see :mod:`caresync.replication.index`).
+        another rulebook computed is re-indexed first, before this returns (see
+        :mod:`caresync.replication.index`; on a database other processes serve, a
+        chunk at a time under the commit lock they push under).
         ``key`` (32 bytes; :func:`caresync.storage.server_database_key` reads one
         from a file or the environment) opens, or creates, the database encrypted
         at rest (AEGIS-256, SQLite3 Multiple Ciphers); a PostgreSQL database takes
@@ -644,7 +646,14 @@ class SyncServer:
             )
             if server_key is None:
                 server_key = await ensure_server_key(store)
-            await ensure_index(store, rulebook, replica=identity.replica_id)
+            # Before serving; other processes on a shared database may be serving
+            # already, so each chunk is re-indexed under their commit lock.
+            await ensure_index(
+                store,
+                rulebook,
+                replica=identity.replica_id,
+                exclusive=store.exclusive_commits if store.shared else None,
+            )
             return cls(
                 store,
                 identity.replica_id,

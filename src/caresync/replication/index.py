@@ -9,6 +9,14 @@ listed nowhere. So each database remembers the fingerprint of the rulebook that
 computed its index (meta :data:`INDEX_RULEBOOK_KEY`), and opening it with another
 rulebook re-indexes every record first.
 
+On a database several server processes share (PostgreSQL), another process may
+commit while one re-indexes (processes starting together after an upgrade both
+re-index; the first to finish serves). So a server re-indexes each chunk inside
+the store's ``exclusive_commits``, reading the records and writing their rows as of
+one moment: a push committed in between would otherwise have its rows replaced by
+rows of the record as it was before it. Inside that section it also reads the mark
+again, and stops once another process finished the re-index.
+
 The same mark lets a server send its rows to a laptop in a first copy, a pull or
 live entries (:func:`read_checks`): only when the server's index was computed by
 the rulebook the laptop runs.
@@ -17,7 +25,8 @@ the rulebook the laptop runs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from caresync.conflicts import Rulebook
 from caresync.protocol import CheckedState, CopyConflict, RecordCheck
@@ -43,7 +52,13 @@ REINDEX_BATCH_RECORDS = 500
 """Records read, and their rows replaced, per store call (one transaction) while re-indexing."""
 
 
-async def ensure_index(store: ReplicaStore, rulebook: Rulebook, *, replica: str) -> int:
+async def ensure_index(
+    store: ReplicaStore,
+    rulebook: Rulebook,
+    *,
+    replica: str,
+    exclusive: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+) -> int:
     """Re-index every record's conflicts unless ``rulebook`` computed the stored index.
 
     The person index (each record's card, and the pairs of records that may be
@@ -57,21 +72,45 @@ async def ensure_index(store: ReplicaStore, rulebook: Rulebook, *, replica: str)
     A rulebook holding a rule without a stable name has a fingerprint of its
     own, so such a database re-indexes at every open: give rules importable
     names (see ``docs/conflicts.md``).
+
+    ``exclusive`` (a server on a store other processes commit to passes
+    ``store.exclusive_commits``): each chunk is read, computed and written inside
+    it, so no commit lands between its read and its write; a chunk finding the
+    mark current there (another process re-indexed everything meanwhile) ends the
+    run. Without it (a laptop, a store one process writes), nothing else commits
+    while the database is opened.
     """
     current = rulebook.fingerprint
     if await store.get_meta(INDEX_RULEBOOK_KEY) == current:
         return 0
     ids = await store.record_ids()
+    done = 0
     for start in range(0, len(ids), REINDEX_BATCH_RECORDS):
         chunk = ids[start : start + REINDEX_BATCH_RECORDS]
-        loaded = await store.load_many(chunk)
-        records = [Record.from_update(rid, data, replica=replica) for rid, data in loaded.items()]
-        await store.set_conflicts_many(
-            {record.record_id: conflict_rows(record, rulebook) for record in records},
-            persons={record.record_id: person_card(record) for record in records},
-        )
+        if exclusive is None:
+            await _reindex_chunk(store, chunk, rulebook, replica)
+        else:
+            async with exclusive():
+                if await store.get_meta(INDEX_RULEBOOK_KEY) == current:
+                    # Another process finished: every commit since was indexed by
+                    # this rulebook (every process on a database runs the same one).
+                    return done
+                await _reindex_chunk(store, chunk, rulebook, replica)
+        done += len(chunk)
     await store.set_meta(INDEX_RULEBOOK_KEY, current)
-    return len(ids)
+    return done
+
+
+async def _reindex_chunk(
+    store: ReplicaStore, chunk: Sequence[str], rulebook: Rulebook, replica: str
+) -> None:
+    """Replace these records' rows and cards with what ``rulebook`` finds, in one write."""
+    loaded = await store.load_many(chunk)
+    records = [Record.from_update(rid, data, replica=replica) for rid, data in loaded.items()]
+    await store.set_conflicts_many(
+        {record.record_id: conflict_rows(record, rulebook) for record in records},
+        persons={record.record_id: person_card(record) for record in records},
+    )
 
 
 async def read_checks(store: ReplicaStore, record_ids: Sequence[str]) -> dict[str, ServerCheck]:
