@@ -272,3 +272,77 @@ async def test_the_relayed_counts_are_each_laptops_entries_and_their_bytes() -> 
             await laptop.close()
         await listener.close()
         await server.close()
+
+
+async def test_a_fan_out_while_the_writer_waits_for_its_connection_does_not_pass_its_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Entries the connection's writer took from its queue, and holds while a request of
+    the laptop holds the connection, are still the connection's: a later fan-out that
+    comes between that request's end and the writer's turn must queue behind them, not
+    write its entry at once (which moved ``live_seq`` past the held entries, so the
+    writer skipped them: the laptop never got them, and its checkpoint passed them).
+
+    The race, held with gates: the reader's OutboxReport holds its connection at the
+    store; laptop B's entry is fanned out meanwhile (queued: the connection is busy) and
+    taken by the writer, which waits for the connection; laptop C's commit waits before
+    its fan-out until the report's store write returns, so it runs just after the
+    report releases the connection and before the writer gets it."""
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    reader = await Hostile.over(await listener.connect())
+    b = await Hostile.over(await listener.connect())
+    c = await Hostile.over(await listener.connect())
+    try:
+        for k, laptop in enumerate((reader, b, c)):
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+        await subscribed(reader)
+        [conn] = [x for x in server._connections if x.protocol.replica_id == reader.replica_id]
+
+        report_held, report_go = asyncio.Event(), asyncio.Event()
+        c_held, c_go = asyncio.Event(), asyncio.Event()
+        touch = server.store.touch_replica
+        committed = server._follower.committed
+
+        async def held_touch(*args: Any, **kwargs: Any) -> None:
+            report_held.set()
+            await report_go.wait()
+            await touch(*args, **kwargs)
+            c_go.set()  # C's fan-out goes first once the report lets the connection go
+
+        async def held_committed(items: Any) -> None:
+            if items and items[0].origin == c.replica_id:
+                c_held.set()
+                await c_go.wait()
+            await committed(items)
+
+        monkeypatch.setattr(server.store, "touch_replica", held_touch)
+        monkeypatch.setattr(server._follower, "committed", held_committed)
+
+        reader.protocol.report_outbox(1, 1)
+        for frame in reader.protocol.data_to_send():
+            await reader.channel.send(frame)
+        async with asyncio.timeout(LIMIT_S):
+            await report_held.wait()
+        first, _size = await push_one(b, 1)
+        assert conn.live.empty(), "the writer took B's entry and waits for the connection"
+
+        record = Record.create(replica=c.replica_id)
+        record.set("name", "patient 2", author="dr.a")
+        c.protocol.push([(1, record.record_id, record.update_since())])
+        for frame in c.protocol.data_to_send():
+            await c.channel.send(frame)
+        async with asyncio.timeout(LIMIT_S):
+            await c_held.wait()
+        report_go.set()
+
+        assert await next_live(reader) == (1, first)
+        assert await next_live(reader) == (2, record.record_id)
+        assert isinstance(await c.next_event(), PushAck)
+    finally:
+        for laptop in (reader, b, c):
+            await laptop.close()
+        await listener.close()
+        await server.close()
