@@ -18,6 +18,7 @@ import pytest
 from argon2 import PasswordHasher
 from tests.e2e.hostile import Hostile, closed_by_server
 
+from caresync.exceptions import StorageError
 from caresync.protocol import (
     MIN_MAX_FRAME_BYTES,
     ClientProtocol,
@@ -343,6 +344,63 @@ async def test_a_fan_out_while_the_writer_waits_for_its_connection_does_not_pass
         assert isinstance(await c.next_event(), PushAck)
     finally:
         for laptop in (reader, b, c):
+            await laptop.close()
+        await listener.close()
+        await server.close()
+
+
+async def test_a_store_fault_after_a_push_committed_neither_hides_it_nor_holds_its_relay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a push's commit the server reads what it remembers for later frames (the
+    records' state vectors, their checks). A fault of the store there (a dropped
+    database connection, a disk error) left the committed entries unrelayed (a live
+    laptop got them only with some later commit) and told the pusher that nothing was
+    stored. The entries are committed: they are relayed, and the push acknowledged."""
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    reader = await Hostile.over(await listener.connect())
+    writer = await Hostile.over(await listener.connect())
+    try:
+        for k, laptop in enumerate((reader, writer)):
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+        await subscribed(reader)
+
+        store = server.store
+        write_remote, state_vectors = store.write_remote, store.state_vectors
+        failing = False
+
+        async def committed_then_failing(*args: Any, **kwargs: Any) -> Any:
+            nonlocal failing
+            written = await write_remote(*args, **kwargs)
+            failing = True  # the commit is done; the store fails from here on
+            return written
+
+        async def faulty_state_vectors(*args: Any, **kwargs: Any) -> Any:
+            if failing:
+                raise StorageError("the database went away")
+            return await state_vectors(*args, **kwargs)
+
+        monkeypatch.setattr(store, "write_remote", committed_then_failing)
+        monkeypatch.setattr(store, "state_vectors", faulty_state_vectors)
+        record = Record.create(replica=writer.replica_id)
+        record.set("name", "patient 1", author="dr.a")
+        reply = await writer.push(1, record.record_id, record.update_since())
+        failing = False
+        assert reply == PushAck(1), reply
+
+        # The server reads a connection's frames in order: once the pull is answered,
+        # any live entry relayed before it is in.
+        reader.protocol.request_pull(1, 10)
+        seen: list[object] = []
+        async with asyncio.timeout(LIMIT_S):
+            while not seen or not isinstance(seen[-1], PullBatch):
+                seen.append(await reader.next_event())
+        assert live_entries(seen) == [(1, record.record_id)]
+    finally:
+        for laptop in (reader, writer):
             await laptop.close()
         await listener.close()
         await server.close()
