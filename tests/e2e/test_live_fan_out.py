@@ -18,6 +18,7 @@ import pytest
 from argon2 import PasswordHasher
 from tests.e2e.hostile import Hostile, closed_by_server
 
+from caresync.exceptions import StorageError
 from caresync.protocol import (
     MIN_MAX_FRAME_BYTES,
     ClientProtocol,
@@ -269,6 +270,137 @@ async def test_the_relayed_counts_are_each_laptops_entries_and_their_bytes() -> 
         assert all(live_entries(laptop.events) == [] for laptop in laptops)
     finally:
         for laptop in laptops:
+            await laptop.close()
+        await listener.close()
+        await server.close()
+
+
+async def test_a_fan_out_while_the_writer_waits_for_its_connection_does_not_pass_its_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Entries the connection's writer took from its queue, and holds while a request of
+    the laptop holds the connection, are still the connection's: a later fan-out that
+    comes between that request's end and the writer's turn must queue behind them, not
+    write its entry at once (which moved ``live_seq`` past the held entries, so the
+    writer skipped them: the laptop never got them, and its checkpoint passed them).
+
+    The race, held with gates: the reader's OutboxReport holds its connection at the
+    store; laptop B's entry is fanned out meanwhile (queued: the connection is busy) and
+    taken by the writer, which waits for the connection; laptop C's commit waits before
+    its fan-out until the report's store write returns, so it runs just after the
+    report releases the connection and before the writer gets it."""
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    reader = await Hostile.over(await listener.connect())
+    b = await Hostile.over(await listener.connect())
+    c = await Hostile.over(await listener.connect())
+    try:
+        for k, laptop in enumerate((reader, b, c)):
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+        await subscribed(reader)
+        [conn] = [x for x in server._connections if x.protocol.replica_id == reader.replica_id]
+
+        report_held, report_go = asyncio.Event(), asyncio.Event()
+        c_held, c_go = asyncio.Event(), asyncio.Event()
+        touch = server.store.touch_replica
+        committed = server._follower.committed
+
+        async def held_touch(*args: Any, **kwargs: Any) -> None:
+            report_held.set()
+            await report_go.wait()
+            await touch(*args, **kwargs)
+            c_go.set()  # C's fan-out goes first once the report lets the connection go
+
+        async def held_committed(items: Any) -> None:
+            if items and items[0].origin == c.replica_id:
+                c_held.set()
+                await c_go.wait()
+            await committed(items)
+
+        monkeypatch.setattr(server.store, "touch_replica", held_touch)
+        monkeypatch.setattr(server._follower, "committed", held_committed)
+
+        reader.protocol.report_outbox(1, 1)
+        for frame in reader.protocol.data_to_send():
+            await reader.channel.send(frame)
+        async with asyncio.timeout(LIMIT_S):
+            await report_held.wait()
+        first, _size = await push_one(b, 1)
+        assert conn.live.empty(), "the writer took B's entry and waits for the connection"
+
+        record = Record.create(replica=c.replica_id)
+        record.set("name", "patient 2", author="dr.a")
+        c.protocol.push([(1, record.record_id, record.update_since())])
+        for frame in c.protocol.data_to_send():
+            await c.channel.send(frame)
+        async with asyncio.timeout(LIMIT_S):
+            await c_held.wait()
+        report_go.set()
+
+        assert await next_live(reader) == (1, first)
+        assert await next_live(reader) == (2, record.record_id)
+        assert isinstance(await c.next_event(), PushAck)
+    finally:
+        for laptop in (reader, b, c):
+            await laptop.close()
+        await listener.close()
+        await server.close()
+
+
+async def test_a_store_fault_after_a_push_committed_neither_hides_it_nor_holds_its_relay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a push's commit the server reads what it remembers for later frames (the
+    records' state vectors, their checks). A fault of the store there (a dropped
+    database connection, a disk error) left the committed entries unrelayed (a live
+    laptop got them only with some later commit) and told the pusher that nothing was
+    stored. The entries are committed: they are relayed, and the push acknowledged."""
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    listener = MemoryListener(server.handle)
+    reader = await Hostile.over(await listener.connect())
+    writer = await Hostile.over(await listener.connect())
+    try:
+        for k, laptop in enumerate((reader, writer)):
+            await laptop.login("dr.a", PASSWORD, ORG)
+            await laptop.enrol(f"laptop {k}")
+        await subscribed(reader)
+
+        store = server.store
+        write_remote, state_vectors = store.write_remote, store.state_vectors
+        failing = False
+
+        async def committed_then_failing(*args: Any, **kwargs: Any) -> Any:
+            nonlocal failing
+            written = await write_remote(*args, **kwargs)
+            failing = True  # the commit is done; the store fails from here on
+            return written
+
+        async def faulty_state_vectors(*args: Any, **kwargs: Any) -> Any:
+            if failing:
+                raise StorageError("the database went away")
+            return await state_vectors(*args, **kwargs)
+
+        monkeypatch.setattr(store, "write_remote", committed_then_failing)
+        monkeypatch.setattr(store, "state_vectors", faulty_state_vectors)
+        record = Record.create(replica=writer.replica_id)
+        record.set("name", "patient 1", author="dr.a")
+        reply = await writer.push(1, record.record_id, record.update_since())
+        failing = False
+        assert reply == PushAck(1), reply
+
+        # The server reads a connection's frames in order: once the pull is answered,
+        # any live entry relayed before it is in.
+        reader.protocol.request_pull(1, 10)
+        seen: list[object] = []
+        async with asyncio.timeout(LIMIT_S):
+            while not seen or not isinstance(seen[-1], PullBatch):
+                seen.append(await reader.next_event())
+        assert live_entries(seen) == [(1, record.record_id)]
+    finally:
+        for laptop in (reader, writer):
             await laptop.close()
         await listener.close()
         await server.close()

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from tests.e2e.hostile import Hostile
 from tests.e2e.live_helpers import PASSWORD, live, until, watch
 from tests.postgres import fresh_schema
 
@@ -21,6 +23,7 @@ import caresync.replication.follow
 from caresync import Record
 from caresync.exceptions import ReplicaRevokedError
 from caresync.hub.model import HUB_PATH
+from caresync.protocol import LiveBatch, LiveUpdate
 from caresync.replica import Replica, ReplicaState
 from caresync.server import SyncServer
 from caresync.storage import FeedItem, HubMark, IncomingUpdate
@@ -416,4 +419,94 @@ async def test_a_hub_snapshot_reads_the_record_as_committed_however_far_behind(
         assert snapshot.body is not None
         assert b"Awa Diop" in snapshot.body
     finally:
+        await b.close()
+
+
+@pytest.mark.parametrize("held", ["before its writer starts", "before its backlog is read"])
+async def test_an_entry_another_process_commits_while_a_laptop_subscribes_arrives_once(
+    tmp_path: Path, clinic_url: str, held: str
+) -> None:
+    """A laptop subscribes on B while A commits: B's follower relays A's entry while
+    the Subscribe is held (before the connection's writer starts: the relay passes the
+    connection by, and the backlog brings the entry; or after it, before the backlog is
+    read: the entry is queued, the backlog brings it, and the writer skips it). The
+    laptop gets it once, then the next entry, in order (a duplicate or a gap would fail
+    its seq check or this test). The reader subscribes without checks, so the backlog
+    is read without the commit lock, where the follower can relay meanwhile."""
+    a = await open_server(clinic_url)
+    b = await open_server(clinic_url)
+    relayed = asyncio.Event()
+    relayed_seqs = record_relays(b)
+    relay = b._follower.relay
+
+    def noted(items: Sequence[FeedItem]) -> None:
+        relay(items)
+        relayed.set()
+
+    b._follower.relay = noted
+    reader = await Hostile.connect(b.url)
+    try:
+        writer = await enrolled(tmp_path, a, "writer", "dr.a")
+        record_id = await writer.create_record()
+        await writer.sync()
+        await reader.login("dr.b", PASSWORD, "clinic-a")
+        await reader.enrol("reader")
+
+        subscribing, go_on = asyncio.Event(), asyncio.Event()
+        armed = False
+        sends_checks, feed_since = b._sends_checks, b.store.feed_since
+
+        async def held_checks(*args: Any, **kwargs: Any) -> bool:
+            if held == "before its writer starts":
+                subscribing.set()
+                await go_on.wait()
+            return await sends_checks(*args, **kwargs)
+
+        async def held_feed(*args: Any, **kwargs: Any) -> list[FeedItem]:
+            nonlocal armed
+            if armed and held == "before its backlog is read":
+                armed = False
+                subscribing.set()
+                await go_on.wait()
+            return await feed_since(*args, **kwargs)
+
+        original_subscribe = b._on_subscribe
+
+        async def on_subscribe(*args: Any, **kwargs: Any) -> None:
+            nonlocal armed
+            armed = True
+            await original_subscribe(*args, **kwargs)
+
+        b._sends_checks = held_checks  # type: ignore[method-assign]
+        b.store.feed_since = held_feed  # type: ignore[method-assign]
+        b._on_subscribe = on_subscribe  # type: ignore[method-assign]
+
+        reader.protocol.subscribe(await b.store.feed_head())
+        for frame in reader.protocol.data_to_send():
+            await reader.channel.send(frame)
+        async with asyncio.timeout(LIMIT_S):
+            await subscribing.wait()
+            relayed.clear()
+            await writer.set(record_id, "weightKg", 70)
+            await writer.sync(url=a.url)
+            first = await a.store.feed_head()
+            while first not in relayed_seqs:  # B's follower relays it, Subscribe held
+                relayed.clear()
+                await relayed.wait()
+            go_on.set()
+            await writer.set(record_id, "weightKg", 71)
+            await writer.sync(url=a.url)
+            second = await a.store.feed_head()
+            got: list[int] = []
+            while len(got) < 2:
+                event = await reader.next_event()
+                if isinstance(event, LiveUpdate):
+                    got.append(event.seq)
+                elif isinstance(event, LiveBatch):
+                    got.extend(item.seq for item in event.items)
+        assert got == [first, second]
+        await writer.close()
+    finally:
+        await reader.close()
+        await a.close()
         await b.close()
