@@ -2180,7 +2180,10 @@ class SyncServer:
                     checks = await self._read_checks([i.record_id for i in items])
             conn.protocol.send_live_updates([(i.seq, i.record_id, i.update) for i in items], checks)
             if len(items) < 1000:
-                return
+                return  # the last chunk goes with the reply (the connection's flush)
+            # Sent before the next is read, at the laptop's pace: a laptop far behind (it
+            # names its checkpoint) costs the server one chunk, not its organisation's feed.
+            await conn.flush()
             after = items[-1].seq
 
     async def _forward(self, conn: _Connection) -> None:

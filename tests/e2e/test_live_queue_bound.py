@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
@@ -19,7 +20,7 @@ from tests.e2e.hostile import Hostile, closed_by_server
 from caresync.protocol import PullBatch, PushAck
 from caresync.records import Record
 from caresync.server import SyncServer
-from caresync.storage import MemoryStore
+from caresync.storage import IncomingUpdate, MemoryStore
 from caresync.transport import Channel, MemoryListener
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -147,3 +148,51 @@ def test_the_bounds_must_be_positive_integers() -> None:
             SyncServer(MemoryStore(), "s", live_queue_entries=bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="live_queue_bytes"):
             SyncServer(MemoryStore(), "s", live_queue_bytes=bad)  # type: ignore[arg-type]
+
+
+async def test_a_subscribe_from_far_behind_is_sent_a_chunk_at_a_time() -> None:
+    """A laptop that subscribes from far behind (an authenticated colleague too, who may
+    name any checkpoint) is sent its backlog a chunk at a time, each before the next is
+    read: the server holds one chunk's frames, not the organisation's whole feed
+    (reproduced: every chunk was read and encoded before the first was sent)."""
+    server = SyncServer(MemoryStore(), "server-1", password_hasher=CHEAP)
+    await server.add_user(ORG, "dr.a", PASSWORD)
+    for _batch in range(5):  # 2,500 feed entries: three chunks of a backlog
+        records = [Record.create(replica="register") for _ in range(500)]
+        await server.store.write_remote(
+            [IncomingUpdate(r.record_id, r.update_since(), None, ORG) for r in records],
+            to_feed=True,
+        )
+    reads: list[int] = []
+    feed_since = server.store.feed_since
+
+    async def counted_feed_since(after: int, **kwargs: Any) -> Any:
+        reads.append(after)
+        return await feed_since(after, **kwargs)
+
+    server.store.feed_since = counted_feed_since  # type: ignore[method-assign]
+    server_sides: list[StallingChannel] = []
+
+    async def handle(channel: Channel) -> None:
+        wrapped = StallingChannel(channel)
+        server_sides.append(wrapped)
+        await server.handle(wrapped)  # type: ignore[arg-type]
+
+    listener = MemoryListener(handle)
+    laptop = await Hostile.over(await listener.connect())
+    try:
+        await laptop.login("dr.a", PASSWORD, ORG)
+        await laptop.enrol("far-behind")
+        server_sides[0].stalled = True  # it reads nothing more: every send waits
+        reads.clear()
+        laptop.protocol.subscribe(0)
+        for frame in laptop.protocol.data_to_send():
+            await laptop.channel.send(frame)
+        async with asyncio.timeout(LIMIT_S):
+            await server_sides[0].blocked.wait()
+        assert reads == [0]  # the first chunk waits to be sent; the next is not read yet
+    finally:
+        for side in server_sides:
+            await side.close()  # its stalled send ends
+        await laptop.close()
+        await listener.close()
