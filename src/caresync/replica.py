@@ -707,8 +707,17 @@ class Replica:
         actor: str,
         action: AuditAction = "write",
         detail: str | None = None,
+        linked: list[Record] | None = None,
     ) -> T:
+        """Apply ``mutate`` to the record under the write lock and commit what it wrote.
+
+        ``linked``: filled with the records linked to this one, read under the same
+        lock before ``mutate`` runs, so a decision is checked against them as stored
+        (read before the lock, a commit to one in between went unseen).
+        """
         async with self._write_lock:
+            if linked is not None:
+                linked[:] = await self._listing.linked_records(record_id)
             record = await self._pool.get(record_id)
             captured: list[bytes] = []
             unsubscribe = record.on_update(
@@ -833,13 +842,14 @@ class Replica:
         kwargs: dict[str, Any] = {"choose": choose}
         if value is not _UNSET:
             kwargs["value"] = value
-        linked = await self._listing.linked_records(conflict.record_id)
+        linked: list[Record] = []  # read under the write lock, with the record
         return await self._edit(
             conflict.record_id,
             lambda r: self.rulebook.resolve(r, conflict_id, author=writer, linked=linked, **kwargs),
             actor=writer,
             action="resolve",
             detail=conflict_id,
+            linked=linked,
         )
 
     async def acknowledge(self, conflict_id: str, *, author: str | None = None) -> Revision:
@@ -851,13 +861,14 @@ class Replica:
                 f"conflict {conflict_id} asks whether two records are one person: choose "
                 "0 (the same person: link them) or 1 (different people)"
             )
-        linked = await self._listing.linked_records(conflict.record_id)
+        linked: list[Record] = []  # read under the write lock, with the record
         return await self._edit(
             conflict.record_id,
             lambda r: self.rulebook.acknowledge(r, conflict_id, author=writer, linked=linked),
             actor=writer,
             action="resolve",
             detail=conflict_id,
+            linked=linked,
         )
 
     # ----------------------------------------------------------------- people
