@@ -18,6 +18,7 @@ from tests.test_pool_readers import HeldStore
 
 from caresync import DEFAULT_RULEBOOK, Record
 from caresync.exceptions import UnknownConflictError
+from caresync.records.persons import DIFFERENT_PEOPLE, DUPLICATE_RULE, link_path
 from caresync.replica import Replica
 from caresync.storage import Identity
 
@@ -108,4 +109,45 @@ async def test_a_flag_acknowledged_while_the_linked_allergy_is_entered_in_error_
     with pytest.raises(UnknownConflictError):
         await decision
     assert (await replica.record(prescribed)).history(f"_ack/{finding.id}") == []
+    await replica.close()
+
+
+async def test_a_pair_decided_while_another_decision_arrives_is_refused() -> None:
+    # The possible duplicate was listed; another laptop's "different people" on both
+    # records is imported while the resolution waits: it must not be written over unseen.
+    store = HeldStore()
+    identity = Identity("replica-1", "laptop", None, None, None)
+    await store.set_identity(identity)
+    replica = Replica(store, identity, rulebook=DEFAULT_RULEBOOK)
+    lock = WatchedLock()
+    replica._write_lock = lock
+    charts = []
+    for _ in range(2):
+        rid = await replica.create_record()
+        await replica.set(rid, "name", "Awa Diop", author="dr.a")
+        await replica.set(rid, "birthDate", "1990-04-12", author="dr.a")
+        charts.append(rid)
+    first, second = charts
+    [finding] = await replica.conflicts(first)
+    assert finding.rule == DUPLICATE_RULE
+    decided = []
+    for rid, other in ((first, second), (second, first)):
+        stored = await store.load(rid)
+        assert stored is not None
+        chart = Record.from_update(rid, stored, replica="laptop-2")
+        seen = chart.state_vector()
+        chart.set(link_path(other), DIFFERENT_PEOPLE, author="dr.c")
+        decided.append((chart, chart.update_since(seen)))
+    store.many.on = True
+    imported = asyncio.create_task(replica.commit_records(decided))
+    await store.many.reached.wait()  # the import holds the write lock
+    decision = asyncio.create_task(replica.resolve(finding.id, choose=0, author="dr.b"))
+    await lock.contended.wait()  # the resolution found the finding open, and waits
+    store.many.gate.set()
+    await imported
+    with pytest.raises(UnknownConflictError):
+        await decision
+    assert await replica.linked_records(first) == []
+    assert (await replica.record(first)).value(link_path(second)) == DIFFERENT_PEOPLE
+    assert await replica.conflicts(first) == []
     await replica.close()

@@ -716,48 +716,61 @@ class Replica:
         (read before the lock, a commit to one in between went unseen).
         """
         async with self._write_lock:
-            if linked is not None:
-                linked[:] = await self._listing.linked_records(record_id)
-            record = await self._pool.get(record_id)
-            captured: list[bytes] = []
-            unsubscribe = record.on_update(
-                lambda update, local: captured.append(update) if local else None
+            return await self._edit_locked(
+                record_id, mutate, actor=actor, action=action, detail=detail, linked=linked
             )
-            try:
-                with record.batch():
-                    result = mutate(record)
-            except BaseException:
-                if captured:  # memory ran ahead of disk: reload from the store next time
-                    self._pool.forget(record_id)
-                raise
-            finally:
-                unsubscribe()
-            if not captured:
-                return result
-            update = (
-                captured[0]
-                if len(captured) == 1
-                else merge_updates_of(captured, record_id=record_id)
-            )
-            try:
-                _check_sendable(record_id, update)
-                await self.store.write_local(
-                    record_id,
-                    update,
-                    conflicts=self._pool.rows(record),
-                    organisation=self.identity.organisation,
-                    person=person_card(record),
-                    audit=[AuditEvent(actor, action, record_id, detail)],
-                )
-            except BaseException:
+
+    async def _edit_locked(
+        self,
+        record_id: str,
+        mutate: Callable[[Record], T],
+        *,
+        actor: str,
+        action: AuditAction = "write",
+        detail: str | None = None,
+        linked: list[Record] | None = None,
+    ) -> T:
+        """:meth:`_edit`, for a caller that holds the write lock."""
+        if linked is not None:
+            linked[:] = await self._listing.linked_records(record_id)
+        record = await self._pool.get(record_id)
+        captured: list[bytes] = []
+        unsubscribe = record.on_update(
+            lambda update, local: captured.append(update) if local else None
+        )
+        try:
+            with record.batch():
+                result = mutate(record)
+        except BaseException:
+            if captured:  # memory ran ahead of disk: reload from the store next time
                 self._pool.forget(record_id)
-                raise
-            # Kept as the loaded copy even if a reader's load replaced it meanwhile; a
-            # reader's load still under way read what was stored before, and is not kept.
-            self._pool.adopt(record)
-            self._pool.written((record_id,))
-            self._outbox_changed.set()  # wakes a live connection's pusher
+            raise
+        finally:
+            unsubscribe()
+        if not captured:
             return result
+        update = (
+            captured[0] if len(captured) == 1 else merge_updates_of(captured, record_id=record_id)
+        )
+        try:
+            _check_sendable(record_id, update)
+            await self.store.write_local(
+                record_id,
+                update,
+                conflicts=self._pool.rows(record),
+                organisation=self.identity.organisation,
+                person=person_card(record),
+                audit=[AuditEvent(actor, action, record_id, detail)],
+            )
+        except BaseException:
+            self._pool.forget(record_id)
+            raise
+        # Kept as the loaded copy even if a reader's load replaced it meanwhile; a
+        # reader's load still under way read what was stored before, and is not kept.
+        self._pool.adopt(record)
+        self._pool.written((record_id,))
+        self._outbox_changed.set()  # wakes a live connection's pusher
+        return result
 
     # ---------------------------------------------------------------- reading
 
@@ -926,23 +939,28 @@ class Replica:
         if record_id == other_id:
             raise InvalidInputError(f"record {record_id} cannot be linked to itself")
         path, other_path = link_path(other_id), link_path(record_id)
-        await self._pool.get(record_id)  # both must be here before either is written
-        await self._pool.get(other_id)
         action: AuditAction = "write" if conflict_id is None else "resolve"
-        await self._edit(
-            other_id,
-            lambda r: r.set(other_path, decision, author=author),
-            actor=author,
-            action=action,
-            detail=conflict_id,
-        )
-        return await self._edit(
-            record_id,
-            lambda r: r.set(path, decision, author=author),
-            actor=author,
-            action=action,
-            detail=conflict_id,
-        )
+        # Both written under one hold of the lock; a pair's finding is looked up again
+        # under it: a decision that arrived since it was listed is never written over.
+        async with self._write_lock:
+            await self._pool.get(record_id)  # both must be here before either is written
+            await self._pool.get(other_id)
+            if conflict_id is not None:
+                await self._listing.find(conflict_id)  # UnknownConflictError if not open
+            await self._edit_locked(
+                other_id,
+                lambda r: r.set(other_path, decision, author=author),
+                actor=author,
+                action=action,
+                detail=conflict_id,
+            )
+            return await self._edit_locked(
+                record_id,
+                lambda r: r.set(path, decision, author=author),
+                actor=author,
+                action=action,
+                detail=conflict_id,
+            )
 
     async def _decide_pair(
         self, conflict: Conflict, choose: int | None, value: object, author: str
