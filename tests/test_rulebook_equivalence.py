@@ -79,7 +79,8 @@ def _before(view: RecordView, rev: Revision, default: str) -> object:
 def ref_stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
     """A medication stopped on one replica while its dose changed on another (block).
 
-    Version 2: outcomes, and the entry named by its content.
+    Version 3: outcomes, the entry named by its content, a drug in conflict named by
+    its candidates.
     """
     for entry in view.entries("medications"):
         for stop in _heads(entry, STATUS_FIELD):
@@ -87,7 +88,8 @@ def ref_stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
                 continue
             for dose in _heads(entry, "dose"):
                 if view.concurrent(stop, dose):
-                    drug = entry.value("drug", "a medication")
+                    names = (_words(h.value) for h in _heads(entry, "drug") if h.value is not None)
+                    drug = " / ".join(dict.fromkeys(names)) or "a medication"
                     status_path = f"medications/{entry.id}/{STATUS_FIELD}"
                     dose_path = f"medications/{entry.id}/dose"
                     yield Finding(

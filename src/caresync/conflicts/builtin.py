@@ -72,7 +72,8 @@ _SORTED_COLLECTIONS = tuple(sorted(DEFAULT_COLLECTIONS))
 # rule's version whenever its behaviour changes (what it finds, its severity,
 # message, key or revisions): replicas whose rulebooks have equal fingerprints
 # store each other's conflict rows without running the rules themselves.
-_STOPPED_VERSUS_DOSE_CHANGE = 2  # 2: outcomes; entries named by their content
+_STOPPED_VERSUS_DOSE_CHANGE = 3  # 2: outcomes; entries named by their content; 3: a drug
+# in conflict is named by its candidates (reading its value raised: the rule failed)
 _ENTERED_IN_ERROR_VERSUS_EDIT = 2  # 2: outcomes; entries named by their content
 _ALLERGY_VERSUS_PRESCRIPTION = 3  # the substance table is part of its identity; 3: outcomes
 _DUPLICATE_ALLERGY = 1
@@ -87,6 +88,13 @@ def _who(rev: Revision) -> str:
 def _words(value: JSONValue) -> str:
     """A value as a clinician reads it in a sentence: text as it is, anything else as JSON."""
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _named(heads: tuple[Revision, ...], default: str) -> str:
+    """A field named in a sentence by its heads: every distinct value, none chosen
+    (its value raises while they disagree), or ``default`` if it has none."""
+    values = dict.fromkeys(_words(h.value) for h in heads if h.value is not None)
+    return " / ".join(values) if values else default
 
 
 def _before(view: RecordView, rev: Revision, default: str) -> JSONValue:
@@ -127,7 +135,7 @@ def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
                 continue
             for dose in _field(view, "medications", entry_id, "dose"):
                 if view.concurrent(stop, dose):
-                    drug = view.value(f"medications/{entry_id}/drug", "a medication")
+                    drug = _named(_field(view, "medications", entry_id, "drug"), "a medication")
                     status_path = f"medications/{entry_id}/{STATUS_FIELD}"
                     dose_path = f"medications/{entry_id}/dose"
                     yield Finding(
