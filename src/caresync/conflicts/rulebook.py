@@ -414,6 +414,7 @@ def _apply_decision(record: Record, conflict: Conflict, choose: int, author: str
             conflict.id, {"decision": "chose", "revision": chosen.revision}, author=author
         )
     outcome = conflict.outcomes[choose]
+    _refuse_unseen_values(record, conflict, outcome.writes)
     decision: dict[str, JSONValue] = {
         "decision": outcome.label,
         "outcome": choose,
@@ -423,6 +424,31 @@ def _apply_decision(record: Record, conflict: Conflict, choose: int, author: str
         for path, value in outcome.writes:
             record.set(path, value, author=author)
         return record.acknowledge_finding(conflict.id, decision, author=author)
+
+
+def _refuse_unseen_values(
+    record: Record, conflict: Conflict, writes: Sequence[tuple[str, JSONValue]]
+) -> None:
+    """Refuse an outcome that would write over a value the finding does not show: a
+    path it writes whose heads disagree, one of them a revision none of the finding's
+    candidates names (it arrived after the finding was made, concurrent with it). The
+    finding keeps its id, since it names the same revisions, so this is the only place
+    that sees it; the path's own field conflict is listed, to be settled first."""
+    named = {candidate.revision for candidate in conflict.candidates}
+    for path, _value in writes:
+        state = record.get(path)
+        if not state.in_conflict:
+            continue
+        unseen = [head for head in state.heads if head.id not in named]
+        if unseen:
+            values = ", ".join(repr(head.value) for head in unseen)
+            field = describe_path(record, path, record.schema)
+            raise UnknownConflictError(
+                f"conflict {conflict.id}: {field} now also holds "
+                f"{values}, which this finding does not show (it arrived since); that field's "
+                f"conflict {state.conflict_id} is listed: resolve that conflict first, then "
+                "list the conflicts again"
+            )
 
 
 def _decision_label(value: JSONValue) -> JSONValue:
