@@ -49,7 +49,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from argon2 import PasswordHasher
 
@@ -233,6 +233,21 @@ def backoff_delays(
         delay = min(maximum, delay * factor)
 
 
+class _WriteLock(asyncio.Lock):
+    """The replica's write lock, counting how often it has been taken (``taken``): a
+    sync that read what is stored before taking it can tell whether anything else
+    held it meanwhile (a local write that may have stored a record it read as absent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = 0
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        self.taken += 1
+        return True
+
+
 class Replica:
     """A laptop's replica. Open with :meth:`open`; use as ``async with``."""
 
@@ -274,7 +289,7 @@ class Replica:
         self._sync_lock = asyncio.Lock()
         self._closing = set[asyncio.Task[None]]()  # links of ended syncs, closing
         self._known_meta = meta.KnownMeta(store)  # notes a sync need not read each time
-        self._write_lock = asyncio.Lock()
+        self._write_lock = _WriteLock()
         self._outbox_changed = asyncio.Event()
         self._live = False
         self._checkpointing: asyncio.Task[None] | None = None  # after a sync, see sync()
@@ -1561,6 +1576,7 @@ class _ReplicaHost:
         checked: Mapping[str, ServerCheck] | None = None,
         prepared: PreparedCopy | None = None,
         durable: bool = False,
+        absent_as_of: int | None = None,
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one
         transaction (:func:`caresync.replication.absorb.absorb`), under the replica's
@@ -1571,9 +1587,13 @@ class _ReplicaHost:
         every record is in ``absent``.
 
         ``absent`` names records known not to be stored here (a first copy's), not
-        looked up. With ``trusted_rows`` (a first copy from a server whose rulebook is
-        ours), an absent record is stored with those conflict rows and its card from
-        ``trusted_persons`` as they are: it is not built and its rules do not run.
+        looked up, if read when :attr:`writes_begun` was ``absent_as_of`` and nothing
+        has taken the write lock since; else they are looked up under the lock (a
+        local write meanwhile, an import or a record created with its id, may have
+        stored one: it is merged, not taken for new). With ``trusted_rows`` (a first
+        copy from a server whose rulebook is ours), an absent record is stored with
+        those conflict rows and its card from ``trusted_persons`` as they are: it is
+        not built and its rules do not run.
         ``checked`` (a pull or live entries from such a server): a record the batch
         leaves in the state the server checked is stored with its rows and card.
 
@@ -1586,6 +1606,11 @@ class _ReplicaHost:
             self._maybe_unsynced = True
         try:
             async with replica._write_lock:
+                taken = replica._write_lock.taken
+                if absent and (absent_as_of is None or taken != absent_as_of + 1):
+                    stored = await replica.store.record_organisations(list(absent))
+                    if stored:
+                        absent = set(absent).difference(stored)
                 await absorb(
                     replica._pool,
                     replica.store,
@@ -1609,6 +1634,10 @@ class _ReplicaHost:
         record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
         if record_ids:
             replica._notify_received(record_ids)
+
+    @property
+    def writes_begun(self) -> int:
+        return self._replica._write_lock.taken
 
     async def make_durable(self) -> None:
         if not (self._lazy_intake and self._maybe_unsynced):
