@@ -49,7 +49,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 
@@ -234,18 +234,19 @@ def backoff_delays(
 
 
 class _WriteLock(asyncio.Lock):
-    """The replica's write lock, counting how often it has been taken (``taken``): a
-    sync that read what is stored before taking it can tell whether anything else
-    held it meanwhile (a local write that may have stored a record it read as absent)."""
+    """The replica's write lock, counting how often it has been released (``released``):
+    a sync that read what is stored before taking it can tell whether a write ended
+    meanwhile (a local write that may have stored a record it read as absent). Counted
+    at the release, not the acquisition: a write that held the lock during the read
+    commits after it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.taken = 0
+        self.released = 0
 
-    async def acquire(self) -> Literal[True]:
-        await super().acquire()
-        self.taken += 1
-        return True
+    def release(self) -> None:
+        self.released += 1
+        super().release()
 
 
 class Replica:
@@ -1587,8 +1588,8 @@ class _ReplicaHost:
         every record is in ``absent``.
 
         ``absent`` names records known not to be stored here (a first copy's), not
-        looked up, if read when :attr:`writes_begun` was ``absent_as_of`` and nothing
-        has taken the write lock since; else they are looked up under the lock (a
+        looked up, if read when :attr:`writes_ended` was ``absent_as_of`` and no write
+        has ended since; else they are looked up under the lock (a
         local write meanwhile, an import or a record created with its id, may have
         stored one: it is merged, not taken for new). With ``trusted_rows`` (a first
         copy from a server whose rulebook is ours), an absent record is stored with
@@ -1606,8 +1607,8 @@ class _ReplicaHost:
             self._maybe_unsynced = True
         try:
             async with replica._write_lock:
-                taken = replica._write_lock.taken
-                if absent and (absent_as_of is None or taken != absent_as_of + 1):
+                released = replica._write_lock.released
+                if absent and (absent_as_of is None or released != absent_as_of):
                     stored = await replica.store.record_organisations(list(absent))
                     if stored:
                         absent = set(absent).difference(stored)
@@ -1636,8 +1637,8 @@ class _ReplicaHost:
             replica._notify_received(record_ids)
 
     @property
-    def writes_begun(self) -> int:
-        return self._replica._write_lock.taken
+    def writes_ended(self) -> int:
+        return self._replica._write_lock.released
 
     async def make_durable(self) -> None:
         if not (self._lazy_intake and self._maybe_unsynced):
