@@ -233,6 +233,22 @@ def backoff_delays(
         delay = min(maximum, delay * factor)
 
 
+class _WriteLock(asyncio.Lock):
+    """The replica's write lock, counting how often it has been released (``released``):
+    a sync that read what is stored before taking it can tell whether a write ended
+    meanwhile (a local write that may have stored a record it read as absent). Counted
+    at the release, not the acquisition: a write that held the lock during the read
+    commits after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = 0
+
+    def release(self) -> None:
+        self.released += 1
+        super().release()
+
+
 class Replica:
     """A laptop's replica. Open with :meth:`open`; use as ``async with``."""
 
@@ -274,7 +290,7 @@ class Replica:
         self._sync_lock = asyncio.Lock()
         self._closing = set[asyncio.Task[None]]()  # links of ended syncs, closing
         self._known_meta = meta.KnownMeta(store)  # notes a sync need not read each time
-        self._write_lock = asyncio.Lock()
+        self._write_lock = _WriteLock()
         self._outbox_changed = asyncio.Event()
         self._live = False
         self._checkpointing: asyncio.Task[None] | None = None  # after a sync, see sync()
@@ -1590,6 +1606,7 @@ class _ReplicaHost:
         checked: Mapping[str, ServerCheck] | None = None,
         prepared: PreparedCopy | None = None,
         durable: bool = False,
+        absent_as_of: int | None = None,
     ) -> None:
         """Merge updates from the server and commit them with ``checkpoint``, in one
         transaction (:func:`caresync.replication.absorb.absorb`), under the replica's
@@ -1600,9 +1617,13 @@ class _ReplicaHost:
         every record is in ``absent``.
 
         ``absent`` names records known not to be stored here (a first copy's), not
-        looked up. With ``trusted_rows`` (a first copy from a server whose rulebook is
-        ours), an absent record is stored with those conflict rows and its card from
-        ``trusted_persons`` as they are: it is not built and its rules do not run.
+        looked up, if read when :attr:`writes_ended` was ``absent_as_of`` and no write
+        has ended since; else they are looked up under the lock (a
+        local write meanwhile, an import or a record created with its id, may have
+        stored one: it is merged, not taken for new). With ``trusted_rows`` (a first
+        copy from a server whose rulebook is ours), an absent record is stored with
+        those conflict rows and its card from ``trusted_persons`` as they are: it is
+        not built and its rules do not run.
         ``checked`` (a pull or live entries from such a server): a record the batch
         leaves in the state the server checked is stored with its rows and card.
 
@@ -1615,6 +1636,11 @@ class _ReplicaHost:
             self._maybe_unsynced = True
         try:
             async with replica._write_lock:
+                released = replica._write_lock.released
+                if absent and (absent_as_of is None or released != absent_as_of):
+                    stored = await replica.store.record_organisations(list(absent))
+                    if stored:
+                        absent = set(absent).difference(stored)
                 await absorb(
                     replica._pool,
                     replica.store,
@@ -1638,6 +1664,10 @@ class _ReplicaHost:
         record_ids = tuple(dict.fromkeys(record_id for record_id, _update in updates))
         if record_ids:
             replica._notify_received(record_ids)
+
+    @property
+    def writes_ended(self) -> int:
+        return self._replica._write_lock.released
 
     async def make_durable(self) -> None:
         if not (self._lazy_intake and self._maybe_unsynced):

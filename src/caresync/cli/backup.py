@@ -115,6 +115,13 @@ def _copy_key_file(source: Path, keys: Path) -> None:
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
         os.link(partial, keys)  # never over an existing file
+        # Its name durable too, as the database's: without it the backup opens with no
+        # password after a power cut (the database's own fsync came before this link).
+        directory = os.open(keys.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     except OSError as exc:
         raise CliError(f"copying the key file to {keys} failed: {exc}", ExitCode.DATABASE) from exc
     finally:

@@ -296,10 +296,18 @@ class SessionHost(Protocol):
         checked: Mapping[str, ServerCheck] | None = None,
         prepared: PreparedCopy | None = None,
         durable: bool = False,
+        absent_as_of: int | None = None,
     ) -> None:
         """Commit what the server sent with ``checkpoint`` (see ``Replica``), without
         waiting for the disk where the store allows it (:meth:`make_durable`), unless
-        ``durable`` (the last batch of a pull or a copy: it syncs those before it)."""
+        ``durable`` (the last batch of a pull or a copy: it syncs those before it).
+        ``absent`` is trusted only if read when :attr:`writes_ended` was
+        ``absent_as_of`` and no write ended since; else it is looked up again."""
+        ...
+
+    @property
+    def writes_ended(self) -> int:
+        """How many times the replica's write lock has been released (see :meth:`take_in`)."""
         ...
 
     async def make_durable(self) -> None:
@@ -922,6 +930,7 @@ class Session:
         copied = 0
         ended = False  # a batch marked the copy's last was written
         committing: asyncio.Task[None] | None = None  # the previous batch's commit
+        as_of = 0  # writes ended when the last batch's records were read
         reported: CopyProgress | None = None  # its progress, once committed
         self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
         batch = await self.expect(CopyBatch)
@@ -963,6 +972,8 @@ class Session:
                 if updates:
                     # Records after the resume point are new here, unless this laptop
                     # created them itself: one query instead of a lookup per record.
+                    # A write that ends after it (an import) has take_in look again.
+                    as_of = self.host.writes_ended
                     ours = set(await store.record_ids(after=resume))
                     absent = {r.record_id for r in batch.records} - ours
                     committing = asyncio.create_task(
@@ -974,6 +985,7 @@ class Session:
                             trusted_persons=None if trusted is None else trusted.persons,
                             prepared=prepared,
                             durable=batch.final,  # the last: one sync for the copy's batches
+                            absent_as_of=as_of,
                         )
                     )
                     copied += len(batch.records)
@@ -994,6 +1006,10 @@ class Session:
             if committing is not None:
                 await committing
                 committing = None
+            if ended and self.host.writes_ended != as_of + 1:
+                # Another write ended after the last batch's read: take_in may have
+                # looked its records up again, and not written it the copy's way.
+                ended = False
             if not ended:
                 # The last batch wrote nothing the copy's way (a copy resumed after its
                 # last records were committed, say): what the store set aside for the
