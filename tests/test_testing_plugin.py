@@ -20,6 +20,7 @@ from caresync import (
     WrongServerError,
 )
 from caresync.replica import ReplicaState
+from caresync.server import SyncServer
 from caresync.testing import (
     Clinic,
     ClinicFactory,
@@ -184,6 +185,33 @@ async def test_a_laptop_whose_live_mode_fails_makes_quiescent_raise_why(clinic: 
     assert (await north.status()).pending == 2  # its work is kept
     await clinic.quiescent()  # a locked laptop is left out
     await north.stop_live()  # the error was raised once already: not again
+
+
+async def test_a_live_failure_that_ends_while_quiescent_measures_is_raised_once(
+    clinic: Clinic,
+) -> None:
+    """Seen once under load: live mode ended (revoked) while quiescent() measured the
+    laptop; a sync round then raised the revocation as a sync error, leaving live mode's
+    own error unseen, so the next quiescent() raised it again."""
+    north = await clinic.laptop("north", live=True)
+    task = north._live_task
+    assert task is not None
+    measure = north._measure
+
+    async def revoked_while_measured(server: SyncServer) -> bool:
+        # The race, held: quiescent() measures an ONLINE laptop, and meanwhile the
+        # server revokes it and its next push is refused, which ends live mode.
+        await server.revoke(north.replica_id)
+        await north.set(await north.create_record(), "name", "Coumba", author="dr.test")
+        await asyncio.wait({task})
+        return await measure(server)
+
+    north._measure = revoked_while_measured  # type: ignore[method-assign]
+    with pytest.raises(ReplicaRevokedError) as caught:
+        await clinic.quiescent()
+    assert any("live mode of laptop 'north'" in note for note in caught.value.__notes__)
+    await clinic.quiescent()  # raised once: not again
+    await north.stop_live()
 
 
 async def test_assert_converged_lists_what_a_laptop_holds_that_the_server_lacks(

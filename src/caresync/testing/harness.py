@@ -581,14 +581,18 @@ class Clinic:
                     laggards,
                 ) from None
 
+    def _raise_live_failure(self) -> None:
+        """Raise what ended a laptop's clinic-kept live mode, if nobody saw it yet."""
+        for laptop in self._laptops.values():
+            failure = laptop._live_failure()
+            if failure is not None:
+                raise failure
+
     async def _settle(self, server: SyncServer) -> None:
         rounds = 0
         while True:
             self._signal.event.clear()  # before checking: whatever happens next wakes us
-            for laptop in self._laptops.values():
-                failure = laptop._live_failure()
-                if failure is not None:
-                    raise failure
+            self._raise_live_failure()
             lagging = [
                 lap
                 for lap in self._settling()
@@ -596,6 +600,9 @@ class Clinic:
                 # finishing its sync (it may hold everything before it says ONLINE).
                 if lap.locked or _reconnecting(lap) or not await lap._measure(server)
             ]
+            # Again: a live mode that ended while the laptops were measured is raised as
+            # itself, not met again as a sync round's error (then raised a second time).
+            self._raise_live_failure()
             if not lagging:
                 return
             by_rounds = [lap for lap in lagging if not lap.live]
