@@ -784,7 +784,6 @@ class Replica:
         # Kept as the loaded copy even if a reader's load replaced it meanwhile; a
         # reader's load still under way read what was stored before, and is not kept.
         self._pool.adopt(record)
-        self._pool.written((record_id,))
         self._outbox_changed.set()  # wakes a live connection's pusher
         return result
 

@@ -382,7 +382,6 @@ async def absorb(
     # that was evicted before the commit (a batch may hold more records than the pool).
     # Dropped. Loads of the batch's records still under way are not kept.
     pool.committed((record_id, found.record) for record_id, found in taken.items())
-    pool.written(parts)
     written = [(seq, item.record_id, item.update) for seq, item in zip(seqs, items, strict=True)]
     return Absorbed(taken, written, tuple(intake.kept_aside))
 

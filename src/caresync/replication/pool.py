@@ -94,7 +94,7 @@ class RecordPool:
         """The record, loaded if needed; UnknownRecordError if the store has none.
 
         A load that a write overtook (the record was written, or kept or dropped here
-        by a writer, while the store was read: see :meth:`written`) is returned to its
+        by a writer, while the store was read: see :meth:`committed`) is returned to its
         caller, the record as it stood when the read began, but not kept: it may be
         older than what is stored now. Writers hold the replica's write lock, so a
         writer's own load is never overtaken, and is kept.
@@ -218,20 +218,16 @@ class RecordPool:
         """A writer committed each ``(record id, record)``: ``record`` as the commit left
         it (None: stored without building it). A loaded copy that is not that record is
         dropped: a reader loaded it while the writer worked (after an eviction, say), from
-        what was stored before the commit."""
-        loaded = self._records
+        what was stored before the commit. A load of one under way read what was stored
+        before, and is not kept (see :meth:`get`). Call it after the commit: a read that
+        began before it may end after it."""
+        loaded, loading = self._records, self._loading
         for record_id, record in records:
             kept = loaded.get(record_id)
             if kept is not None and kept is not record:
                 del loaded[record_id]
-
-    def written(self, record_ids: Iterable[str]) -> None:
-        """A writer committed ``record_ids``: a load of any of them under way read what
-        was stored before, and is not kept (see :meth:`get`). Call it after the commit:
-        a read that began before it may end after it."""
-        loading = self._loading
-        if loading:
-            self._overtaken.update(rid for rid in record_ids if rid in loading)
+            if loading and record_id in loading:
+                self._overtaken.add(record_id)
 
     def clear(self) -> None:
         """Drop every loaded record (another process may have changed any of them)."""
