@@ -31,6 +31,7 @@ from caresync.simulation.oracle import (
     same_vector,
 )
 from caresync.simulation.runner import SERVER_FILE, laptop_file
+from caresync.storage.schema import HEAD_JOIN, HEAD_VECTOR
 
 LAPTOPS = 4
 CONFIG = dict(laptops=LAPTOPS, patients=12, edits_per_laptop=6, conflict_rate=0.3, seed=11)
@@ -273,17 +274,36 @@ async def test_a_conflict_row_removed_from_a_laptop_changes_its_print(workdir: P
     assert any("laptop-1's open conflicts differ" in line for line in report.details)
 
 
+def _set_vector(raw: sqlite3.Connection, rid: str, vector: bytes) -> None:
+    """Spell a record's state vector anew where it is kept: its row, and its newest log row
+    when that is newer than the row (SQLite schema 18)."""
+    raw.execute("UPDATE records SET state_vector = ? WHERE record_id = ?", (vector, rid))
+    raw.execute(
+        f"UPDATE log SET state_vector = ? WHERE id = (SELECT h.id FROM records r{HEAD_JOIN}"
+        " WHERE r.record_id = ?)",
+        (vector, rid),
+    )
+    assert (
+        raw.execute(
+            f"SELECT {HEAD_VECTOR} FROM records r{HEAD_JOIN} WHERE r.record_id = ?", (rid,)
+        ).fetchone()[0]
+        == vector
+    )
+
+
 def test_a_print_does_not_depend_on_the_order_a_vector_lists_its_clients(workdir: Path) -> None:
     path = workdir / laptop_file(0)
     before = read_print(path)
     raw = sqlite3.connect(path)
     with raw:
-        rows = raw.execute("SELECT record_id, state_vector FROM records").fetchall()
+        rows = raw.execute(
+            f"SELECT r.record_id, {HEAD_VECTOR} FROM records r{HEAD_JOIN}"
+        ).fetchall()
         rid, vector = next((r, bytes(v)) for r, v in rows if decode_state_vector(bytes(v))[1:])
         pairs = list(decode_state_vector(vector))  # sorted: spell it in another order
         reordered = _vector(pairs) if _vector(pairs) != vector else _vector(pairs[::-1])
         assert reordered != vector
-        raw.execute("UPDATE records SET state_vector = ? WHERE record_id = ?", (reordered, rid))
+        _set_vector(raw, rid, reordered)
     raw.close()
     assert read_print(path) == before
 
@@ -304,7 +324,7 @@ def test_a_vector_of_128_clients_or_more_prints_alike_in_any_order(workdir: Path
         raw = sqlite3.connect(path)
         with raw:
             rid = rid or raw.execute("SELECT min(record_id) FROM records").fetchone()[0]
-            raw.execute("UPDATE records SET state_vector = ? WHERE record_id = ?", (spelled, rid))
+            _set_vector(raw, rid, spelled)
         raw.close()
     assert _vector(pairs) != _vector(shuffled)
     assert same_vector(_vector(pairs), _vector(shuffled))
@@ -313,8 +333,6 @@ def test_a_vector_of_128_clients_or_more_prints_alike_in_any_order(workdir: Path
     moved = [*shuffled[:-1], (shuffled[-1][0], shuffled[-1][1] + 1)]
     raw = sqlite3.connect(laptop_path)
     with raw:
-        raw.execute(
-            "UPDATE records SET state_vector = ? WHERE record_id = ?", (_vector(moved), rid)
-        )
+        _set_vector(raw, rid, _vector(moved))
     raw.close()
     assert read_print(laptop_path).fingerprint != read_print(server_path).fingerprint

@@ -5,8 +5,10 @@ Most live in :mod:`caresync.testing.store_data`, shared with the exported confor
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+from caresync.storage.schema import HEAD_JOIN, HEAD_PENDING, HEAD_VECTOR
 from caresync.testing.store_data import (
     FakeClock,
     Patient,
@@ -16,9 +18,40 @@ from caresync.testing.store_data import (
     same_vector,
 )
 
-__all__ = ["FakeClock", "Patient", "conflict", "digest", "revision_ids", "same_vector", "snapshot"]
+__all__ = [
+    "FakeClock",
+    "Patient",
+    "conflict",
+    "digest",
+    "revision_ids",
+    "same_vector",
+    "snapshot",
+    "undo_version_18",
+]
 
 
 def snapshot(directory: Path) -> dict[str, str]:
     """Every file in a directory and its digest."""
     return {p.name: digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def undo_version_18(conn: sqlite3.Connection) -> None:
+    """Take a database of this release back to what version 17 held (inside the caller's
+    transaction): log rows without state, each record's row its whole state and counts."""
+    conn.execute(
+        f"UPDATE records SET (state_vector, pending) = (SELECT {HEAD_VECTOR}, {HEAD_PENDING}"
+        f" FROM records r{HEAD_JOIN} WHERE r.record_id = records.record_id),"
+        " log_count = log_count + (SELECT COUNT(*) FROM log l"
+        " WHERE l.rk = records.rk AND l.id > records.head_at),"
+        " log_bytes = log_bytes + (SELECT COALESCE(SUM(LENGTH(l.data)), 0) FROM log l"
+        " WHERE l.rk = records.rk AND l.id > records.head_at)"
+    )
+    conn.execute(
+        "CREATE TABLE log_v17 (id INTEGER PRIMARY KEY, rk INTEGER NOT NULL,"
+        " data BLOB NOT NULL, created_ms INTEGER NOT NULL)"
+    )
+    conn.execute("INSERT INTO log_v17 SELECT id, rk, data, created_ms FROM log")
+    conn.execute("DROP TABLE log")
+    conn.execute("ALTER TABLE log_v17 RENAME TO log")
+    conn.execute("CREATE INDEX log_by_record ON log (rk)")
+    conn.execute("ALTER TABLE records DROP COLUMN head_at")

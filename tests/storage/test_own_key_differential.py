@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from store_helpers import undo_version_18
 
 from caresync.records.persons import DIFFERENT_PEOPLE, SAME_PERSON, UNLINKED, link_path
 from caresync.storage import MemoryStore, SQLiteStore
@@ -33,7 +34,8 @@ def _put_own_rows(path: Path, orgs: dict[str, str | None], version: int | None) 
             [(_key_hash(org or "", f"r:{rid}"), rid) for rid, org in sorted(orgs.items())],
         )
         if version is not None:
-            # Nor had a database of then the table of version 17.
+            # Nor had a database of then the tables of versions 17 and 18.
+            undo_version_18(conn)
             conn.execute("DROP TABLE person_keys_copied")
             conn.execute(f"PRAGMA user_version = {version}")
         conn.execute("COMMIT")

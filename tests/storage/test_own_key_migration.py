@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from store_helpers import undo_version_18
+
 from caresync.records.persons import SAME_PERSON, PairState, PersonPair, link_path
 from caresync.storage import SCHEMA_VERSION, MemoryStore, SQLiteStore, Store
 from caresync.storage.sqlite.persons import _key_hash
@@ -40,7 +42,8 @@ def _put_own_rows(path: Path, ids: list[str], org: str, *, version: int | None) 
             sorted(_own_rows(path, ids, org)),
         )
         if version is not None:
-            # Nor had a database of then the table of version 17.
+            # Nor had a database of then the tables of versions 17 and 18.
+            undo_version_18(conn)
             conn.execute("DROP TABLE person_keys_copied")
             conn.execute(f"PRAGMA user_version = {version}")
         conn.execute("COMMIT")

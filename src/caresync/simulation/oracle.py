@@ -44,6 +44,7 @@ from caresync.conflicts import Conflict, Rulebook, Severity
 from caresync.exceptions import CorruptDatabaseError
 from caresync.records import JSONValue, Record, canonical_json
 from caresync.storage import SQLiteStore
+from caresync.storage.schema import HEAD_JOIN, HEAD_PENDING, HEAD_VECTOR
 
 __all__ = [
     "CONFLICT_EXAMPLES",
@@ -134,7 +135,9 @@ def read_digest(replica: ReplicaFile) -> ReplicaDigest:
     """Read a closed replica's digest from its SQLite file (read-only, one query per table)."""
     raw = _read_only(replica.path)
     try:
-        rows = raw.execute("SELECT record_id, state_vector, pending FROM records").fetchall()
+        rows = raw.execute(
+            f"SELECT r.record_id, {HEAD_VECTOR}, {HEAD_PENDING} FROM records r{HEAD_JOIN}"
+        ).fetchall()
         conflict_rows = raw.execute(
             "SELECT record_id, id, kind, severity, payload FROM conflicts"
         ).fetchall()
@@ -184,7 +187,8 @@ def read_print(path: Path) -> ReplicaPrint:
     try:
         waiting = 0
         for rid, vector, pending in raw.execute(
-            "SELECT record_id, state_vector, pending FROM records ORDER BY record_id"
+            f"SELECT r.record_id, {HEAD_VECTOR}, {HEAD_PENDING} FROM records r{HEAD_JOIN}"
+            " ORDER BY r.record_id"
         ):
             vector = bytes(vector)
             tokens = _held_tokens(vector)

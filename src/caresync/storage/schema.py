@@ -158,6 +158,26 @@ Version 17 sets a first copy's blocking-key rows aside until its last batch::
     that looks keys up or replaces a card's keys, first (an interrupted copy, a local
     edit in between). ``check()`` reads both tables as one index.
 
+Version 18 keeps what a write changes of a record with the log rows it appends::
+
+    log        (id PK, rk, state_vector, pending, created_ms, data)   rebuilt, data last
+    records    + head_at            the id of the record's newest log row when its own
+                                    state columns were last written (0: none)
+
+    A log row newer than its record's ``head_at`` carries the record's state vector and
+    ``pending`` as they were after the write that appended it; the newest such row is
+    the record's state, and the row's own columns (``state_vector``, ``pending``,
+    ``log_count``, ``log_bytes``, ``updated_ms``) count only the log rows up to
+    ``head_at``. A pull that changes a thousand records then appends a thousand rows at
+    the log's end and rewrites no record's row: a record's row sits on its own page of
+    a table spread over the whole file, and rewriting them made up two thirds of the
+    pages such a commit wrote. Writes that do rewrite the row (a record's first, the
+    server's feed writes, compaction) fold the newer rows' counts in and move
+    ``head_at`` to the record's newest log row. Ids are given out after the highest, so
+    a record's later row always has a higher id than its newest one (only compaction
+    deletes a record's rows, and it resets ``head_at``). The columns come before
+    ``data`` so that reading them never walks a large update's overflow pages.
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -190,6 +210,9 @@ __all__ = [
     "CONNECTION_PRAGMAS",
     "FORMAT_KEY",
     "FORMAT_VALUE",
+    "HEAD_JOIN",
+    "HEAD_PENDING",
+    "HEAD_VECTOR",
     "RESERVED_META_PREFIX",
     "SCHEMA_STEPS",
     "SCHEMA_VERSION",
@@ -198,6 +221,19 @@ __all__ = [
 
 APPLICATION_ID = 0x63727379
 """``PRAGMA application_id`` of every caresync database ("crsy")."""
+
+HEAD_JOIN = (
+    " LEFT JOIN log h ON h.id = (SELECT MAX(l.id) FROM log l WHERE l.rk = r.rk)"
+    " AND h.id > r.head_at"
+)
+"""Joined to ``FROM records r``: the record's newest log row (alias ``h``) when it is
+newer than the row's own state columns, else NULLs (schema version 18)."""
+
+HEAD_VECTOR = "COALESCE(h.state_vector, r.state_vector)"
+"""A record's state vector as of its newest write (with :data:`HEAD_JOIN`)."""
+
+HEAD_PENDING = "COALESCE(h.pending, r.pending)"
+"""Whether a record holds waiting updates, as of its newest write (with :data:`HEAD_JOIN`)."""
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 """The first 16 bytes of every SQLite database file."""
@@ -558,6 +594,28 @@ _V17 = (
     )""",
 )
 
+_V18 = (
+    # A log row carries its record's state after the write that appended it (see the
+    # module's text): a pull appends rows and rewrites no record's row.
+    """CREATE TABLE log_v18 (
+        id INTEGER PRIMARY KEY,
+        rk INTEGER NOT NULL,
+        state_vector BLOB,
+        pending INTEGER,
+        created_ms INTEGER NOT NULL,
+        data BLOB NOT NULL
+    )""",
+    """INSERT INTO log_v18 (id, rk, created_ms, data)
+        SELECT id, rk, created_ms, data FROM log ORDER BY id""",
+    "DROP TABLE log",
+    "ALTER TABLE log_v18 RENAME TO log",
+    "CREATE INDEX log_by_record ON log (rk)",
+    "ALTER TABLE records ADD COLUMN head_at INTEGER NOT NULL DEFAULT 0",
+    # Every row's counts are of its log rows so far: each record's newest row is its head.
+    """UPDATE records SET head_at = (SELECT MAX(l.id) FROM log l WHERE l.rk = records.rk)
+        WHERE rk IN (SELECT rk FROM log)""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -576,6 +634,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     15: _V15,
     16: _V16,
     17: _V17,
+    18: _V18,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from caresync.exceptions import CorruptDatabaseError, StorageError, UnknownRecordError
 from caresync.storage._updates import EMPTY_UPDATE, merge_stored
 from caresync.storage.base import ConflictRow, Identity
+from caresync.storage.schema import HEAD_JOIN as _HEAD_JOIN
 
 T = TypeVar("T")
 
@@ -55,6 +56,11 @@ def _expect_sequence(raw: sqlite3.Connection, table: str, expected: int) -> None
         )
 
 
+# Whether a record has updates beside its compacted state (with _HEAD_JOIN): log or
+# feed rows its row counts, or log rows newer than its row (schema version 18).
+_HEAD_HAS_PIECES = "(r.log_count > 0 OR h.id IS NOT NULL)"
+
+
 def _record_row(raw: sqlite3.Connection, record_id: str) -> tuple[Any, ...] | None:
     row: tuple[Any, ...] | None = raw.execute(
         "SELECT 1 FROM records WHERE record_id = ?", (record_id,)
@@ -71,7 +77,9 @@ def _state(raw: sqlite3.Connection, record_id: str) -> bytes:
 def _full(raw: sqlite3.Connection, record_id: str) -> bytes:
     """A stored record's state merged with its log (reads the whole record)."""
     row = raw.execute(
-        "SELECT log_count, rk, feed_folded FROM records WHERE record_id = ?", (record_id,)
+        f"SELECT {_HEAD_HAS_PIECES}, r.rk, r.feed_folded FROM records r{_HEAD_JOIN}"
+        " WHERE r.record_id = ?",
+        (record_id,),
     ).fetchone()
     if row is None:
         raise UnknownRecordError(f"no record {record_id} is stored here")

@@ -24,8 +24,21 @@ from caresync.storage._writes import WriteLike
 from caresync.storage.base import StoreOpener, StrPath, card_digest
 from caresync.storage.cache import CachedRecord, RecordCache
 from caresync.storage.migrations import migrate, read_marks
-from caresync.storage.schema import CONNECTION_PRAGMAS, SCHEMA_VERSION
-from caresync.storage.sqlite._sql import _IN_CHUNK, Job, T, _marks, _read_identity, _translate
+from caresync.storage.schema import (
+    CONNECTION_PRAGMAS,
+    HEAD_JOIN,
+    HEAD_PENDING,
+    HEAD_VECTOR,
+    SCHEMA_VERSION,
+)
+from caresync.storage.sqlite._sql import (
+    _IN_CHUNK,
+    Job,
+    T,
+    _marks,
+    _read_identity,
+    _translate,
+)
 from caresync.storage.sqlite.files import _backup_into, _connection, _recognise_or_create
 from caresync.storage.sqlite.persons import _key_hash, _own_key
 from caresync.storage.sqlite.threads import DatabaseConnection
@@ -516,8 +529,8 @@ class SQLiteCore:
         for start in range(0, len(missing), _IN_CHUNK):
             chunk = missing[start : start + _IN_CHUNK]
             rows = raw.execute(
-                "SELECT record_id, state_vector, organisation, pending, rk FROM records"
-                f" WHERE record_id IN ({_marks(len(chunk))})",
+                f"SELECT r.record_id, {HEAD_VECTOR}, r.organisation, {HEAD_PENDING}, r.rk"
+                f" FROM records r{HEAD_JOIN} WHERE r.record_id IN ({_marks(len(chunk))})",
                 chunk,
             )
             for record_id, vector, organisation, pending, key in rows:
@@ -542,7 +555,8 @@ class SQLiteCore:
         if cached is not None:
             return cached
         row = raw.execute(
-            "SELECT state_vector, organisation, pending, rk FROM records WHERE record_id = ?",
+            f"SELECT {HEAD_VECTOR}, r.organisation, {HEAD_PENDING}, r.rk"
+            f" FROM records r{HEAD_JOIN} WHERE r.record_id = ?",
             (record_id,),
         ).fetchone()
         return (

@@ -18,8 +18,20 @@ from caresync.storage._updates import (
 from caresync.storage.base import card_digest, check_text
 from caresync.storage.cache import CachedRecord
 from caresync.storage.migrations import read_marks
-from caresync.storage.schema import APPLICATION_ID, FORMAT_VALUE, SCHEMA_VERSION
-from caresync.storage.sqlite._sql import _pieces, _scalar, _sequence, _state
+from caresync.storage.schema import (
+    APPLICATION_ID,
+    FORMAT_VALUE,
+    HEAD_JOIN,
+    HEAD_PENDING,
+    HEAD_VECTOR,
+    SCHEMA_VERSION,
+)
+from caresync.storage.sqlite._sql import (
+    _pieces,
+    _scalar,
+    _sequence,
+    _state,
+)
 from caresync.storage.sqlite.core import SQLiteCore
 from caresync.storage.sqlite.persons import (
     _key_hash,
@@ -177,8 +189,8 @@ class MaintenancePart(SQLiteCore):
         def job(raw: sqlite3.Connection) -> int:
             def body() -> tuple[int, CachedRecord | None]:
                 row = raw.execute(
-                    "SELECT organisation, state_vector, rk, feed_folded FROM records"
-                    " WHERE record_id = ?",
+                    f"SELECT r.organisation, {HEAD_VECTOR}, r.rk, r.feed_folded"
+                    f" FROM records r{HEAD_JOIN} WHERE r.record_id = ?",
                     (record_id,),
                 ).fetchone()
                 if row is None:
@@ -207,10 +219,11 @@ class MaintenancePart(SQLiteCore):
                     (record_id, compacted),
                 )
                 # Feed rows are folded by moving the mark past them: the feed keeps them.
+                # The record's row is its state again: its log rows go (head_at 0).
                 raw.execute(
-                    "UPDATE records SET pending = ?, log_count = 0, log_bytes = 0,"
-                    " feed_folded = ? WHERE record_id = ?",
-                    (pending, fed[-1][0] if fed else folded, record_id),
+                    "UPDATE records SET state_vector = ?, pending = ?, log_count = 0,"
+                    " log_bytes = 0, head_at = 0, feed_folded = ? WHERE record_id = ?",
+                    (vector, pending, fed[-1][0] if fed else folded, record_id),
                 )
                 if log:
                     raw.execute("DELETE FROM log WHERE rk = ? AND id <= ?", (key, log[-1][0]))
@@ -286,14 +299,24 @@ class MaintenancePart(SQLiteCore):
 
     def _check_records(self, raw: sqlite3.Connection) -> Iterable[str]:
         records = raw.execute(
-            "SELECT r.record_id, COALESCE(s.state, ?), r.state_vector, r.pending, r.log_count,"
-            " r.log_bytes, r.rk, r.feed_folded FROM records r"
-            " LEFT JOIN states s ON s.record_id = r.record_id",
+            f"SELECT r.record_id, COALESCE(s.state, ?), {HEAD_VECTOR}, {HEAD_PENDING},"
+            " r.log_count, r.log_bytes, r.rk, r.feed_folded, r.head_at FROM records r"
+            f"{HEAD_JOIN} LEFT JOIN states s ON s.record_id = r.record_id",
             (EMPTY_UPDATE,),
         )
-        for record_id, state, vector, pending, log_count, log_bytes, key, folded in records:
+        for record_id, state, vector, pending, log_count, log_bytes, key, folded, head in records:
             log = _pieces(raw, key, folded)
-            if len(log) != log_count or sum(map(len, log)) != log_bytes:
+            # The row counts its log rows up to head_at and its unfolded feed rows; each
+            # log row after head_at carries the record's state (schema version 18).
+            newer = raw.execute(
+                "SELECT LENGTH(data), state_vector IS NULL OR pending IS NULL FROM log"
+                " WHERE rk = ? AND id > ?",
+                (key, head),
+            ).fetchall()
+            if any(bare for _, bare in newer):
+                yield f"record {record_id}: a log row after its record's row carries no state"
+            counted = len(log) - len(newer)
+            if counted != log_count or sum(map(len, log)) - sum(n for n, _ in newer) != log_bytes:
                 yield f"record {record_id}: its log counters do not match its log"
             try:
                 merged = merge([bytes(state), *log], record_id=record_id)

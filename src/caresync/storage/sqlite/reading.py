@@ -21,7 +21,15 @@ from caresync.storage.base import (
     check_text,
 )
 from caresync.storage.cache import CachedRecord
-from caresync.storage.sqlite._sql import _chunks, _full, _marks, _record_row, _scalar
+from caresync.storage.schema import HEAD_JOIN, HEAD_PENDING, HEAD_VECTOR
+from caresync.storage.sqlite._sql import (
+    _HEAD_HAS_PIECES,
+    _chunks,
+    _full,
+    _marks,
+    _record_row,
+    _scalar,
+)
 from caresync.storage.sqlite.core import BRIEF_ROWS, SQLiteCore
 from caresync.storage.sqlite.persons import _parse_pair, _read_cards
 
@@ -80,7 +88,7 @@ class ReadingPart(SQLiteCore):
         return {record_id: found[record_id] for record_id in ids if record_id in found}
 
     def _load_many(self, raw: sqlite3.Connection, ids: list[str]) -> dict[str, bytes]:
-        # (record_id, state_vector, organisation, pending, log_count, rk, state)
+        # (record_id, state_vector, organisation, pending, has pieces, rk, state)
         rows: list[tuple[str, bytes, str | None, int, int, int, bytes | None]] = []
         pieces: dict[int, list[bytes]] = {}
         raw.execute("BEGIN")  # one snapshot for every chunk, even beside another process
@@ -89,8 +97,8 @@ class ReadingPart(SQLiteCore):
                 first = len(rows)
                 rows.extend(
                     raw.execute(
-                        "SELECT r.record_id, r.state_vector, r.organisation, r.pending,"
-                        " r.log_count, r.rk, s.state FROM records r"
+                        f"SELECT r.record_id, {HEAD_VECTOR}, r.organisation, {HEAD_PENDING},"
+                        f" {_HEAD_HAS_PIECES}, r.rk, s.state FROM records r{HEAD_JOIN}"
                         " LEFT JOIN states s ON s.record_id = r.record_id"
                         f" WHERE r.record_id IN ({_marks(len(chunk))})",
                         chunk,
@@ -103,8 +111,8 @@ class ReadingPart(SQLiteCore):
             raw.execute("COMMIT")
         loaded: dict[str, bytes] = {}
         entries: list[tuple[str, CachedRecord]] = []
-        for record_id, vector, organisation, pending, log_count, key, state in rows:
-            more = pieces.get(key) if log_count and key is not None else None
+        for record_id, vector, organisation, pending, has_pieces, key, state in rows:
+            more = pieces.get(key) if has_pieces and key is not None else None
             if state is None and more is not None and len(more) == 1:
                 merged = more[0]  # never compacted, one update: the record as it is
             else:
@@ -150,7 +158,7 @@ class ReadingPart(SQLiteCore):
         pairs: bool = False,
     ) -> CopyPage:
         head = (
-            "SELECT r.record_id, r.log_count, r.rk, s.state FROM records r"
+            f"SELECT r.record_id, {_HEAD_HAS_PIECES}, r.rk, s.state FROM records r{HEAD_JOIN}"
             " LEFT JOIN states s ON s.record_id = r.record_id WHERE "
         )
         if organisation is None:
@@ -204,8 +212,8 @@ class ReadingPart(SQLiteCore):
             raw.execute("COMMIT")
         found_pairs.sort(key=_by_second)
         records: list[tuple[str, bytes]] = []
-        for record_id, log_count, key, state in page:
-            more_parts = pieces.get(key) if log_count else None
+        for record_id, has_pieces, key, state in page:
+            more_parts = pieces.get(key) if has_pieces else None
             if state is None and more_parts is not None and len(more_parts) == 1:
                 merged = more_parts[0]  # never compacted, one update: the record as it is
             else:
@@ -223,7 +231,8 @@ class ReadingPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> bytes | None:
             row = raw.execute(
-                "SELECT state_vector FROM records WHERE record_id = ?", (record_id,)
+                f"SELECT {HEAD_VECTOR} FROM records r{HEAD_JOIN} WHERE r.record_id = ?",
+                (record_id,),
             ).fetchone()
             return None if row is None else bytes(row[0])
 
@@ -250,8 +259,9 @@ class ReadingPart(SQLiteCore):
             try:
                 for chunk in _chunks(missing):
                     for record_id, vector, organisation, pending, key in raw.execute(
-                        "SELECT record_id, state_vector, organisation, pending, rk FROM records"
-                        f" WHERE record_id IN ({_marks(len(chunk))})",
+                        f"SELECT r.record_id, {HEAD_VECTOR}, r.organisation, {HEAD_PENDING},"
+                        f" r.rk FROM records r{HEAD_JOIN}"
+                        f" WHERE r.record_id IN ({_marks(len(chunk))})",
                         chunk,
                     ):
                         vector, held = bytes(vector), bool(pending)
@@ -289,8 +299,9 @@ class ReadingPart(SQLiteCore):
             try:
                 for chunk in _chunks(ids):
                     for record_id, vector, organisation, pending, key, digest in raw.execute(
-                        "SELECT record_id, state_vector, organisation, pending, rk, card_digest"
-                        f" FROM records WHERE record_id IN ({_marks(len(chunk))})",
+                        f"SELECT r.record_id, {HEAD_VECTOR}, r.organisation, {HEAD_PENDING},"
+                        f" r.rk, r.card_digest FROM records r{HEAD_JOIN}"
+                        f" WHERE r.record_id IN ({_marks(len(chunk))})",
                         chunk,
                     ):
                         # HeldState(...) built in one C call (a pull reads a row per
@@ -376,7 +387,11 @@ class ReadingPart(SQLiteCore):
         return await self._run(
             f"reading the log of {record_id}",
             lambda raw: _scalar(
-                raw, "SELECT log_count FROM records WHERE record_id = ?", record_id
+                raw,
+                # Its row's count, and its log rows newer than that count.
+                "SELECT r.log_count + (SELECT COUNT(*) FROM log l"
+                " WHERE l.rk = r.rk AND l.id > r.head_at) FROM records r WHERE r.record_id = ?",
+                record_id,
             ),
         )
 

@@ -224,6 +224,9 @@ class RecordWritesPart(SQLiteCore):
         organisation = records.organisation
         first = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
         keys = range(first, first + len(ids))
+        # Each record's one log row, numbered here: the row's counts hold it (head_at).
+        first_row = _scalar(raw, "SELECT MAX(id) FROM log") + 1
+        rows = range(first_row, first_row + len(ids))
         pending = list(map(has_pending, updates, vectors))
         # Each card's bytes as stored (as the server sent them, else written out), and
         # its digest on the record's row: written with the row, not updated after it.
@@ -236,8 +239,8 @@ class RecordWritesPart(SQLiteCore):
         ]
         raw.executemany(
             "INSERT INTO records (record_id, organisation, state_vector, pending, log_count,"
-            " log_bytes, created_ms, updated_ms, rk, card_digest)"
-            " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
+            " log_bytes, created_ms, updated_ms, rk, card_digest, head_at)"
+            " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
             zip(
                 ids,
                 repeat(organisation),
@@ -248,16 +251,17 @@ class RecordWritesPart(SQLiteCore):
                 repeat(now),
                 keys,
                 digests,
+                rows,
                 strict=False,
             ),
         )
         raw.executemany(
-            "INSERT INTO log (rk, data, created_ms) VALUES (?, ?, ?)",
-            zip(keys, updates, repeat(now), strict=False),
+            "INSERT INTO log (id, rk, data, created_ms) VALUES (?, ?, ?, ?)",
+            zip(rows, keys, updates, repeat(now), strict=False),
         )
-        rows = {rid: found for rid, found in records.conflicts.items() if found}
-        if rows:
-            _replace_conflicts_of(raw, rows, rows.keys())  # new records: nothing to delete
+        conflicts = {rid: found for rid, found in records.conflicts.items() if found}
+        if conflicts:
+            _replace_conflicts_of(raw, conflicts, conflicts.keys())  # new: nothing to delete
         if persons:
             named = records.pairs
             if named is not None and raw.execute("SELECT 1 FROM outbox LIMIT 1").fetchone():
@@ -324,14 +328,15 @@ class RecordWritesPart(SQLiteCore):
                 if not next_key:
                     next_key = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
                 plan.key, next_key = next_key, next_key + 1
+                # With log rows, they carry the record's state and count themselves.
                 new_rows.append(
                     (
                         plan.record_id,
                         plan.organisation,
                         plan.state_vector,
                         plan.pending,
-                        len(plan.appended),
-                        plan.appended_bytes,
+                        0 if log else len(plan.appended),
+                        0 if log else plan.appended_bytes,
                         now,
                         now,
                         plan.key,
@@ -340,7 +345,9 @@ class RecordWritesPart(SQLiteCore):
             else:
                 if plan.key is None:
                     raise CorruptDatabaseError(f"record {plan.record_id} has no key; run check()")
-                if plan.changed or plan.appended:
+                # A record's row is rewritten only without log rows (the server's feed):
+                # log rows carry its new state (schema version 18).
+                if not log and (plan.changed or plan.appended):
                     changed_rows.append(
                         (
                             plan.state_vector,
@@ -365,9 +372,16 @@ class RecordWritesPart(SQLiteCore):
             # its B-tree in order finds each next row on a page just visited or near it.
             changed_rows.sort(key=_last)
             # The organisation is set apart: naming it here would rewrite its index entry.
+            # Log rows newer than the row's counts (a record written both ways) are
+            # folded into them: the row is the record's state again, as of its newest.
             raw.executemany(
-                "UPDATE records SET state_vector = ?, pending = ?, log_count = log_count + ?,"
-                " log_bytes = log_bytes + ?, updated_ms = ? WHERE record_id = ?",
+                "UPDATE records SET state_vector = ?, pending = ?,"
+                " log_count = log_count + ? + (SELECT COUNT(*) FROM log l"
+                " WHERE l.rk = records.rk AND l.id > records.head_at),"
+                " log_bytes = log_bytes + ? + (SELECT COALESCE(SUM(LENGTH(l.data)), 0) FROM log l"
+                " WHERE l.rk = records.rk AND l.id > records.head_at),"
+                " head_at = COALESCE((SELECT MAX(l.id) FROM log l WHERE l.rk = records.rk), 0),"
+                " updated_ms = ? WHERE record_id = ?",
                 changed_rows,
             )
         if organisation_rows:
@@ -379,11 +393,16 @@ class RecordWritesPart(SQLiteCore):
             # Each record's log rows in the order its writes came (a record is read in
             # id order); the records in key order, so that the index by key (log_by_record)
             # takes the batch in order rather than at random places.
-            rows = [(planned[writes[i].record_id].key, i) for i in appended]
-            rows.sort()
+            # Each row carries its record's state after this write (schema version 18).
+            rows = []
+            for i in appended:
+                plan = planned[writes[i].record_id]
+                rows.append((plan.key, i, plan.state_vector, plan.pending))
+            rows.sort()  # (key, index) is unique: nothing after it is compared
             raw.executemany(
-                "INSERT INTO log (rk, data, created_ms) VALUES (?, ?, ?)",
-                [(key, writes[i].update, now) for key, i in rows],
+                "INSERT INTO log (rk, state_vector, pending, created_ms, data)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(key, vector, held, now, writes[i].update) for key, i, vector, held in rows],
             )
         replaced = {p.record_id: p.conflicts for p in planned.values() if p.conflicts is not None}
         if replaced:

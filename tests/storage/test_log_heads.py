@@ -1,0 +1,175 @@
+"""A record's state kept with its newest log row (SQLite schema 18): a write that appends
+log rows rewrites no record's row, and every reader, the check, compaction and the
+migration from version 17 see the record as of its newest write."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pycrdt
+from store_helpers import Patient, same_vector, undo_version_18
+
+from caresync.storage import SCHEMA_VERSION, IncomingUpdate, SQLiteStore
+
+
+def _row(path: Path, record_id: str) -> tuple[object, ...]:
+    conn = sqlite3.connect(path)
+    try:
+        row: tuple[object, ...] = conn.execute(
+            "SELECT state_vector, pending, log_count, log_bytes, updated_ms, head_at"
+            " FROM records WHERE record_id = ?",
+            (record_id,),
+        ).fetchone()
+        return row
+    finally:
+        conn.close()
+
+
+def _vector_of(updates: list[bytes]) -> bytes:
+    doc: pycrdt.Doc = pycrdt.Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return doc.get_state()
+
+
+async def _state_of(path: Path, record_id: str) -> tuple[bytes, bool, int]:
+    """The record as a store opened afresh reads it (nothing cached)."""
+    async with SQLiteStore.open(path) as store:
+        assert len(store.cache) == 0
+        vector, pending = (await store.state_vectors([record_id]))[record_id]
+        return vector, pending, await store.log_length(record_id)
+
+
+async def test_a_pull_into_a_stored_record_rewrites_no_record_row(tmp_path: Path) -> None:
+    path = tmp_path / "laptop.db"
+    p = Patient(replica="desk")
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, p.created, ())])
+    before = _row(path, p.id)
+    edits = [p.edit("birthDate", "1990-04-12"), p.edit("name", "Awa Diop")]
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, edits[0], ())])
+        await store.write_remote([IncomingUpdate(p.id, edits[1], ())])
+        assert await store.check() == []
+    assert _row(path, p.id) == before  # the record's row is as the first write left it
+    vector, pending, length = await _state_of(path, p.id)
+    assert same_vector(vector, _vector_of([p.created, *edits]))
+    assert not same_vector(vector, bytes(before[0]))  # type: ignore[arg-type]
+    assert (pending, length) == (False, 3)
+    async with SQLiteStore.open(path) as store:
+        assert await store.load(p.id) is not None
+        assert same_vector((await store.state_vectors([p.id]))[p.id][0], vector)
+
+
+async def test_an_update_waiting_for_another_is_marked_so_by_its_log_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "laptop.db"
+    p = Patient(replica="desk")
+    first, second = p.edit("birthDate", "1990-04-12"), p.edit("name", "Awa Diop")
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, p.created, ())])
+        await store.write_remote([IncomingUpdate(p.id, second, ())])  # before its parent
+    assert (await _state_of(path, p.id))[1] is True
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, first, ())])
+        assert await store.check() == []
+    vector, pending, length = await _state_of(path, p.id)
+    assert (pending, length) == (False, 3)
+    assert same_vector(vector, _vector_of([p.created, first, second]))
+
+
+async def test_a_record_written_both_ways_keeps_its_newest_state(tmp_path: Path) -> None:
+    """Log rows, then a feed write (which rewrites the row and folds the rows in), then
+    log rows again: each reader sees the newest; compaction makes the row whole again."""
+    path = tmp_path / "replica.db"
+    p = Patient(replica="desk")
+    edits = [p.edit("birthDate", f"1990-04-1{n}") for n in range(4)]
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, p.created, ())])
+        await store.write_remote([IncomingUpdate(p.id, edits[0], ())])
+        await store.write_remote([IncomingUpdate(p.id, edits[1], ())], to_feed=True)
+        await store.write_remote([IncomingUpdate(p.id, edits[2], ())])
+        await store.write_remote([IncomingUpdate(p.id, edits[3], ())])
+        assert await store.check() == []
+    vector, pending, length = await _state_of(path, p.id)
+    assert same_vector(vector, _vector_of([p.created, *edits]))
+    assert (pending, length) == (False, 5)
+    state_vector, _, log_count, _, _, head_at = _row(path, p.id)
+    assert log_count == 3  # the feed write folded the first two in
+    assert head_at != 0
+    assert not same_vector(bytes(state_vector), vector)  # type: ignore[arg-type]
+    async with SQLiteStore.open(path) as store:
+        assert await store.compact(p.id) == 5
+        assert await store.check() == []
+    state_vector, pending_flag, log_count, log_bytes, _, head_at = _row(path, p.id)
+    assert same_vector(bytes(state_vector), vector)  # type: ignore[arg-type]
+    assert (pending_flag, log_count, log_bytes, head_at) == (0, 0, 0, 0)
+    assert await _state_of(path, p.id) == (vector, False, 0)
+    async with SQLiteStore.open(path) as store:  # a write after compaction is a log row again
+        later = p.edit("birthDate", "1990-04-20")
+        await store.write_remote([IncomingUpdate(p.id, later, ())])
+        assert await store.check() == []
+    assert same_vector((await _state_of(path, p.id))[0], _vector_of([p.created, *edits, later]))
+
+
+async def test_check_names_a_log_row_after_its_record_row_without_state(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "laptop.db"
+    p = Patient(replica="desk")
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, p.created, ())])
+        await store.write_remote([IncomingUpdate(p.id, p.edit(), ())])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE log SET state_vector = NULL WHERE id = (SELECT MAX(id) FROM log)")
+    conn.commit()
+    conn.close()
+    async with SQLiteStore.open(path) as store:
+        assert f"record {p.id}: a log row after its record's row carries no state" in (
+            await store.check()
+        )
+
+
+async def test_a_version_17_database_migrates_with_each_records_state(tmp_path: Path) -> None:
+    path = tmp_path / "laptop.db"
+    patients = [Patient(replica="desk") for _ in range(3)]
+    edits = {
+        p.id: [p.edit("birthDate", f"1990-04-1{n}") for n in range(n)]
+        for n, p in enumerate(patients)
+    }
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, p.created, ()) for p in patients])
+        for p in patients:
+            for update in edits[p.id]:
+                await store.write_remote([IncomingUpdate(p.id, update, ())])
+        expected = await store.state_vectors([p.id for p in patients])
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    undo_version_18(conn)
+    conn.execute("PRAGMA user_version = 17")
+    conn.execute("COMMIT")
+    conn.close()
+    async with SQLiteStore.open(path) as store:
+        assert store.migrated_from == 17
+        assert await store.check() == []
+        assert await store.state_vectors([p.id for p in patients]) == expected
+        for p in patients:
+            assert await store.log_length(p.id) == 1 + len(edits[p.id])
+    for p in patients:
+        # Each record's counts hold its log rows, up to its newest (head_at).
+        _, _, log_count, _, _, head_at = _row(path, p.id)
+        assert log_count == 1 + len(edits[p.id])
+        assert head_at != 0
+    async with SQLiteStore.open(path) as store:
+        p = patients[2]
+        later = p.edit("name", "Awa Diop")
+        await store.write_remote([IncomingUpdate(p.id, later, ())])
+        assert await store.check() == []
+    assert same_vector(
+        (await _state_of(path, p.id))[0], _vector_of([p.created, *edits[p.id], later])
+    )
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
