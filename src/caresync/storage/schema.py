@@ -223,11 +223,13 @@ APPLICATION_ID = 0x63727379
 """``PRAGMA application_id`` of every caresync database ("crsy")."""
 
 HEAD_JOIN = (
-    " LEFT JOIN log h ON h.id = (SELECT MAX(l.id) FROM log l WHERE l.rk = r.rk)"
-    " AND h.id > r.head_at"
+    " LEFT JOIN log h ON h.id ="
+    " (SELECT MAX(l.id) FROM log l WHERE l.rk = r.rk AND l.id > r.head_at)"
 )
 """Joined to ``FROM records r``: the record's newest log row (alias ``h``) when it is
-newer than the row's own state columns, else NULLs (schema version 18)."""
+newer than the row's own state columns, else NULLs (schema version 18). The condition
+is inside the look-up, which reads only the index by key: a record with no newer row
+costs no read of a log row (each on a page of its own)."""
 
 HEAD_VECTOR = "COALESCE(h.state_vector, r.state_vector)"
 """A record's state vector as of its newest write (with :data:`HEAD_JOIN`)."""
