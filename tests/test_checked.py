@@ -9,11 +9,14 @@ from hypothesis import strategies as st
 from caresync import Record
 from caresync.exceptions import RemoteProtocolError
 from caresync.protocol import CheckedState, CopyConflict, FeedItem, LiveBatch, LiveUpdate
+from caresync.records.crdt import merge
 from caresync.records.persons import person_card
+from caresync.records.spans import simple_items, written_items
 from caresync.replication.checked import (
     LiveFrames,
     ServerCheck,
     from_wire,
+    keeps_its_id,
     matches,
     to_wire,
     vector_after,
@@ -46,6 +49,41 @@ def test_the_state_after_updates_is_worked_out_without_the_records_bytes() -> No
     assert same_state_vector(vector_after(rid, (stored, False), [second]) or b"", after)
     # Short of the checked state: no match.
     assert not matches(stored, check_of(record))
+
+
+def test_a_merge_of_edits_is_read_item_by_item_and_keeps_the_records_id() -> None:
+    record, (first, second) = edits()
+    rid = record.record_id
+    other = Record.from_updates(rid, [first, second], replica="ward")
+    seen = other.state_vector()
+    other.set("birthDate", "1980-01-01", author="dr.b")
+    third = other.update_since(seen)
+    merged = merge([second, third], record_id=rid)  # two clients: not one simple update
+    assert simple_items(merged) is None
+    items = written_items(merged)
+    assert items is not None
+    expected = [*(simple_items(second) or ()).items, *(simple_items(third) or ()).items]
+    assert sorted(items) == sorted(expected)
+    assert keeps_its_id(rid, [first, merged])
+    assert keeps_its_id(rid, [second], simple=True)
+    assert not keeps_its_id("another-record", [first])  # its creation names rid
+    assert not keeps_its_id("another-record", [first], simple=True)
+    assert written_items(first + b"\x00") is None  # a byte past its end
+
+
+def test_an_update_that_renames_the_record_is_not_vouched_for() -> None:
+    record, _updates = edits()
+    rid = record.record_id
+    seen = record.state_vector()
+    record._meta["id"] = "another-record"  # an overwrite: an item with an origin
+    renamed = record.update_since(seen)
+    assert written_items(renamed) is None
+    assert not keeps_its_id(rid, [renamed])
+    # A second, concurrent entry at meta/id (no origin): read, and its value compared.
+    twin = Record.create(record_id="another-record", replica="twin").update_since()
+    assert written_items(twin) is not None
+    assert not keeps_its_id(rid, [twin], simple=True)
+    assert keeps_its_id("another-record", [twin], simple=True)
 
 
 def test_waiting_items_or_bytes_that_are_no_update_give_no_state() -> None:

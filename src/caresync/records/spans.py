@@ -54,6 +54,7 @@ __all__ = [
     "simple_items",
     "simple_span",
     "why_not_simple",
+    "written_items",
 ]
 
 _MAX_CLOCK = 1 << 31
@@ -69,6 +70,7 @@ _ROOT_BY_NAME = 0x01  # parent info: the parent is a root type, given by name
 _COUNT = rb"([\x00-\x7f]|[\x80-\xff]{1,4}[\x01-\x7f])"
 _CLIENT = rb"([\x00-\x7f]|[\x80-\xff]{1,6}[\x01-\x7f]|[\x80-\xff]{7}[\x01-\x0f])"
 _HEADER = re.compile(rb"\x01" + _COUNT + _CLIENT + _COUNT, re.DOTALL)
+_BLOCK = re.compile(_COUNT + _CLIENT + _COUNT, re.DOTALL)  # a client block's header
 _PAIR = re.compile(_CLIENT + _COUNT, re.DOTALL)
 _PAIRS = re.compile(rb"(?:" + _CLIENT + _COUNT + rb")*", re.DOTALL)
 # The same with clocks of at most 4 bytes (below 2**28, so below 2**31 without
@@ -257,8 +259,12 @@ def simple_items(update: bytes) -> SimpleUpdate | None:
         client, first, end, raw = _read(update, layout)
     except (_NotSimple, IndexError, UnicodeDecodeError):
         return None
-    # The walk listed, per struct, its info byte and string count, and every
-    # string in order: the root's name, the key (if any), the content.
+    return SimpleUpdate(client, first, end, tuple(_items_of(first, layout, raw)))
+
+
+def _items_of(first: int, layout: list[int], raw: list[bytes]) -> list[SimpleItem]:
+    """The items a walk listed: per struct its info byte and string count, and every
+    string in order (the root's name, the key if any, the content), from clock ``first``."""
     strings = [part.decode("utf-8") for part in raw]
     items: list[SimpleItem] = []
     clock, at = first, 0
@@ -274,7 +280,41 @@ def simple_items(update: bytes) -> SimpleUpdate | None:
         items.append(SimpleItem(clock, root, key, tuple(strings[at : at + count])))
         at += count
         clock += count
-    return SimpleUpdate(client, first, end, tuple(items))
+    return items
+
+
+def written_items(update: bytes) -> tuple[SimpleItem, ...] | None:
+    """Every item of an update made of one or more client blocks, each of them what
+    :func:`simple_items` vouches for (a simple update, or a merge of simple updates of
+    several clients, as a version 10 pull sends); None for any other update.
+
+    Such an update only adds entries under the keys it names: it overwrites, inserts
+    next to and deletes nothing, so what it writes is all in its items.
+    """
+    if type(update) is not bytes:
+        return None
+    items: list[SimpleItem] = []
+    try:
+        blocks, pos = _uint(update, 0)
+        if blocks == 0:
+            return None
+        for _ in range(blocks):
+            head = _BLOCK.match(update, pos)
+            if head is None:
+                return None
+            structs, first = _number(head[1]), _number(head[3])
+            if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
+                return None
+            layout: list[int] = []
+            clock, pos, raw = _structs(update, head.end(), structs, first, layout)
+            if clock >= _MAX_CLOCK:
+                return None
+            items.extend(_items_of(first, layout, raw))  # UnicodeDecodeError: not one
+        if pos != len(update) - 1 or update[pos] != 0:
+            return None  # the delete set must be empty, and be the last byte
+    except (_NotSimple, IndexError, UnicodeDecodeError):
+        return None
+    return tuple(items)
 
 
 def why_not_simple(update: bytes) -> str | None:

@@ -56,6 +56,7 @@ from caresync.replication.checked import (
     advance_simply,
     card_digest_kept,
     card_kept,
+    keeps_its_id,
     matches,
     rows_kept,
     vector_after,
@@ -450,7 +451,9 @@ async def _agreed(
             simply = advance_vector(held.state_vector, updates)
             if simply is not None:
                 moved = simply[0]
-                if moved == check.state_vector or matches(moved, check):
+                if (moved == check.state_vector or matches(moved, check)) and keeps_its_id(
+                    record_id, updates, simple=True
+                ):
                     agreed[record_id] = check
                     if simply[1]:
                         advances[record_id] = (held.state_vector, moved)
@@ -461,7 +464,8 @@ async def _agreed(
         # updates' headers again).
         simply = None if stored is None or stored[1] else advance_simply(stored[0], updates)
         after = vector_after(record_id, stored, updates) if simply is None else simply[0]
-        if matches(after, check):
+        # Not built, its id is not checked by loading it: the updates must not change it.
+        if matches(after, check) and keeps_its_id(record_id, updates, simple=simply is not None):
             agreed[record_id] = check
             if stored is not None and simply is not None and simply[1]:
                 advances[record_id] = (stored[0], simply[0])

@@ -14,7 +14,9 @@ record's state is the set of items it holds; one with no waiting items holds,
 for each Yjs client, exactly the items below that client's clock. Two such
 records with equal state vectors hold the same items. A record with an
 unacknowledged local edit holds a clock the server lacks, so it never matches
-and is rebuilt and checked as before.
+and is rebuilt and checked as before. The same state is not yet a record of its
+own: building one checks its id, so a check fits only updates that cannot name
+another (:func:`keeps_its_id`).
 
 From version 9 a check may refer to the card, or to the card and rows, that the
 laptop holds (:func:`~caresync.protocol.card_reference`,
@@ -48,7 +50,7 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import advance_vector, decode_clocks
+from caresync.records.spans import advance_vector, decode_clocks, written_items
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -60,6 +62,7 @@ __all__ = [
     "ServerCheck",
     "card_from_wire",
     "card_kept",
+    "keeps_its_id",
     "rows_kept",
     "from_wire",
     "matches",
@@ -125,6 +128,34 @@ def advance_simply(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool
     so that it is worked out once)."""
     # One client's edit that depends on nothing else: its header says everything.
     return advance_vector(vector, updates)
+
+
+_META_ID_ENTRY = b"\x04meta\x02id"
+"""The bytes every simple item that writes ``meta["id"]`` holds: the root's name and
+the key, each after its length (an update without them writes no record id)."""
+
+
+def keeps_its_id(record_id: str, updates: Sequence[bytes], *, simple: bool = False) -> bool:
+    """True if ``updates`` cannot make record ``record_id`` another's: each only adds
+    entries (:func:`~caresync.records.spans.written_items`), and any entry it writes
+    at ``meta["id"]`` is ``record_id`` itself. ``simple``: the caller knows each update
+    is simple (:func:`advance_simply` read them), so one that holds no such entry is
+    not read again.
+
+    Building a record checks its id (``Record.check_id``): a record stored with a
+    server's check is not built, so this stands in for that check; an update it
+    cannot vouch for sends the record the building way, which decides.
+    """
+    for update in updates:
+        if simple and _META_ID_ENTRY not in update:
+            continue
+        items = written_items(update)
+        if items is None:
+            return False
+        for item in items:
+            if item.root == "meta" and item.key == "id" and item.strings != (record_id,):
+                return False
+    return True
 
 
 def matches(after: bytes | None, check: ServerCheck) -> bool:
