@@ -9,12 +9,20 @@ aside without the check.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from tests.e2e.live_helpers import enrolled, start_server
+import pytest
+from tests.e2e.live_helpers import LIMIT_S, enrolled, start_server
 
 from caresync import Record
-from caresync.replica import Replica
+from caresync.exceptions import RemoteProtocolError
+from caresync.protocol import PullBatch, ServerProtocol
+from caresync.protocol.states import RequestKind
+from caresync.replica import Replica, SyncLimits
+from caresync.replication import meta
 from caresync.storage import IncomingUpdate
 
 
@@ -50,6 +58,45 @@ async def test_a_checked_update_that_renames_a_record_is_kept_aside(tmp_path: Pa
         stored = await laptop.store.load(held)
         assert stored is not None
         Record.from_update(held, stored, replica="check")  # still its own
+    finally:
+        await laptop.close()
+        await writer.close()
+        await server.close()
+
+
+async def test_a_pull_that_says_more_but_covers_nothing_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers every pull with no entry, its checkpoint where the request
+    started and more to come: the laptop asked again for ever (the sync never ended).
+    Every honest batch that says more covers at least one feed entry."""
+    server = await start_server(tmp_path)
+    writer = await enrolled(tmp_path, server, "writer")
+    laptop = await enrolled(
+        tmp_path, server, "laptop", user="dr.b", limits=SyncLimits(pull_limit=1)
+    )
+    batches = 0
+
+    def stalling(
+        self: ServerProtocol, items: Iterable[Any], *, checkpoint: int, head_seq: int, **_: Any
+    ) -> None:
+        # Past the server's own checks, as a hostile server would be.
+        nonlocal batches
+        batches += 1
+        after = self.outstanding[RequestKind.PULL].after_seq  # type: ignore[attr-defined]
+        self._send(PullBatch((), after, max(head_seq, after + 1)))
+
+    try:
+        for _ in range(3):
+            await writer.create_record()
+        await writer.sync()
+        checkpoint = await laptop.store.get_meta(meta.CHECKPOINT)
+        monkeypatch.setattr(ServerProtocol, "send_pull_batch", stalling)
+        async with asyncio.timeout(LIMIT_S):
+            with pytest.raises(RemoteProtocolError, match="covers no feed entry"):
+                await laptop.sync()
+        assert batches <= 2  # the one refused, and perhaps the one asked for ahead
+        assert await laptop.store.get_meta(meta.CHECKPOINT) == checkpoint
     finally:
         await laptop.close()
         await writer.close()
