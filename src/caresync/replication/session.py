@@ -1208,6 +1208,7 @@ class Session:
                     items,
                     mark=report.mark,
                     whole=not report.changes_only,
+                    max_items=MAX_HUB_REPORT_ITEMS,  # merged with the report held, too
                 )
                 return
         raise RemoteProtocolError(f"a hub report of more than {MAX_HUB_REPORT_FRAMES} frames")
