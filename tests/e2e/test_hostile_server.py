@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from tests.e2e.live_helpers import LIMIT_S, enrolled, live, start_server, until, watch
+from tests.e2e.test_first_copy_index import rows_by_record, seed
 
 import caresync.replication.session
 from caresync import Record
@@ -25,6 +26,7 @@ from caresync.protocol import LiveBatch, LiveUpdate, PullBatch, ServerProtocol
 from caresync.protocol.states import RequestKind
 from caresync.replica import Replica, ReplicaState, SyncLimits
 from caresync.replication import meta
+from caresync.replication.pool import conflict_rows
 from caresync.replication.session import Session
 from caresync.storage import IncomingUpdate
 
@@ -187,4 +189,40 @@ async def test_live_frames_waiting_for_their_commit_are_bounded_in_bytes(
     finally:
         await laptop.close()
         await writer.close()
+        await server.close()
+
+
+async def test_a_first_copy_keeps_aside_a_record_whose_bytes_name_another(
+    tmp_path: Path,
+) -> None:
+    """A first copy stores the server's records without building them: one whose bytes
+    make it another's (stored past admission) was stored all the same, and every read
+    of it failed, the list of conflicts too (a record with rows is read to list them:
+    one such record hid every conflict of the laptop). Kept aside, as when built."""
+    server = await start_server(tmp_path)
+    await seed(server)  # records indexed by the server, some in conflict
+    one = Record.create(replica="desk-a")
+    one.set("name", "Awa Diop", author="registrar")
+    two = Record.from_update(one.record_id, one.update_since(), replica="desk-b")
+    one.set("birthDate", "1980-01-01", author="dr.a")
+    two.set("birthDate", "1981-01-01", author="dr.b")
+    one.apply_update(two.update_since())
+    rows = conflict_rows(one, server.rulebook)
+    assert rows  # in the index: the laptop's list of conflicts reads it
+    one._meta["id"] = "another-record"  # no public API writes a record's id
+    renamed = one.update_since()
+    await server.store.write_remote(
+        [IncomingUpdate(one.record_id, renamed, rows, "clinic-a")], to_feed=True
+    )
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        listed = {conflict.record_id for conflict in await laptop.conflicts()}
+        assert listed == set(await rows_by_record(server)) - {one.record_id}
+        [kept] = await laptop.quarantined()
+        assert kept.record_id == one.record_id
+        assert kept.update == renamed
+        assert "another-record" in kept.reason
+        assert one.record_id not in await laptop.record_ids()
+    finally:
+        await laptop.close()
         await server.close()

@@ -44,6 +44,7 @@ from typing import NamedTuple
 __all__ = [
     "encode_varuint",
     "Client",
+    "only_adds",
     "advance_clocks",
     "advance_vector",
     "SimpleItem",
@@ -54,7 +55,6 @@ __all__ = [
     "simple_items",
     "simple_span",
     "why_not_simple",
-    "written_items",
 ]
 
 _MAX_CLOCK = 1 << 31
@@ -246,6 +246,37 @@ def _span(buf: bytes) -> tuple[Client, int, int] | None:
     return client, first, clock
 
 
+def only_adds(update: bytes) -> bool:
+    """True for an update made of one or more client blocks, each of them what
+    :func:`simple_span` vouches for (a simple update, or a merge of simple updates of
+    several clients: a version 10 pull's merged entry, a first copy's record).
+
+    Such an update only adds entries under the keys its items name, each item's bytes
+    holding its root's name and its key: it overwrites, inserts next to and deletes
+    nothing. False for any other (the caller builds the record, which decides).
+    """
+    if type(update) is not bytes:
+        return False
+    strings: list[bytes] = []
+    try:
+        blocks, pos = _uint(update, 0)
+        for _ in range(blocks):
+            head = _BLOCK.match(update, pos)
+            if head is None:
+                return False
+            structs, first = _number(head[1]), _number(head[3])
+            if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
+                return False
+            clock, pos, raw = _structs(update, head.end(), structs, first, None)
+            if clock >= _MAX_CLOCK:
+                return False
+            strings.extend(raw)
+        b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
+    except (_NotSimple, IndexError, UnicodeDecodeError):
+        return False
+    return blocks > 0 and pos == len(update) - 1 and update[pos] == 0  # no delete set
+
+
 def simple_items(update: bytes) -> SimpleUpdate | None:
     """A simple update's client, clocks and items, or None for any other update.
 
@@ -259,12 +290,8 @@ def simple_items(update: bytes) -> SimpleUpdate | None:
         client, first, end, raw = _read(update, layout)
     except (_NotSimple, IndexError, UnicodeDecodeError):
         return None
-    return SimpleUpdate(client, first, end, tuple(_items_of(first, layout, raw)))
-
-
-def _items_of(first: int, layout: list[int], raw: list[bytes]) -> list[SimpleItem]:
-    """The items a walk listed: per struct its info byte and string count, and every
-    string in order (the root's name, the key if any, the content), from clock ``first``."""
+    # The walk listed, per struct, its info byte and string count, and every
+    # string in order: the root's name, the key (if any), the content.
     strings = [part.decode("utf-8") for part in raw]
     items: list[SimpleItem] = []
     clock, at = first, 0
@@ -280,41 +307,7 @@ def _items_of(first: int, layout: list[int], raw: list[bytes]) -> list[SimpleIte
         items.append(SimpleItem(clock, root, key, tuple(strings[at : at + count])))
         at += count
         clock += count
-    return items
-
-
-def written_items(update: bytes) -> tuple[SimpleItem, ...] | None:
-    """Every item of an update made of one or more client blocks, each of them what
-    :func:`simple_items` vouches for (a simple update, or a merge of simple updates of
-    several clients, as a version 10 pull sends); None for any other update.
-
-    Such an update only adds entries under the keys it names: it overwrites, inserts
-    next to and deletes nothing, so what it writes is all in its items.
-    """
-    if type(update) is not bytes:
-        return None
-    items: list[SimpleItem] = []
-    try:
-        blocks, pos = _uint(update, 0)
-        if blocks == 0:
-            return None
-        for _ in range(blocks):
-            head = _BLOCK.match(update, pos)
-            if head is None:
-                return None
-            structs, first = _number(head[1]), _number(head[3])
-            if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
-                return None
-            layout: list[int] = []
-            clock, pos, raw = _structs(update, head.end(), structs, first, layout)
-            if clock >= _MAX_CLOCK:
-                return None
-            items.extend(_items_of(first, layout, raw))  # UnicodeDecodeError: not one
-        if pos != len(update) - 1 or update[pos] != 0:
-            return None  # the delete set must be empty, and be the last byte
-    except (_NotSimple, IndexError, UnicodeDecodeError):
-        return None
-    return tuple(items)
+    return SimpleUpdate(client, first, end, tuple(items))
 
 
 def why_not_simple(update: bytes) -> str | None:

@@ -50,7 +50,7 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import advance_vector, decode_clocks, written_items
+from caresync.records.spans import advance_vector, decode_clocks, encode_varuint, only_adds
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -131,31 +131,39 @@ def advance_simply(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool
 
 
 _META_ID_ENTRY = b"\x04meta\x02id"
-"""The bytes every simple item that writes ``meta["id"]`` holds: the root's name and
-the key, each after its length (an update without them writes no record id)."""
+"""The bytes of every item of an update that only adds (:func:`~caresync.records.spans.only_adds`)
+and writes ``meta["id"]``: the root's name and the key, each after its length."""
 
 
 def keeps_its_id(record_id: str, updates: Sequence[bytes], *, simple: bool = False) -> bool:
     """True if ``updates`` cannot make record ``record_id`` another's: each only adds
-    entries (:func:`~caresync.records.spans.written_items`), and any entry it writes
-    at ``meta["id"]`` is ``record_id`` itself. ``simple``: the caller knows each update
-    is simple (:func:`advance_simply` read them), so one that holds no such entry is
-    not read again.
+    entries (:func:`~caresync.records.spans.only_adds`), and each entry it writes at
+    ``meta["id"]`` is one string, ``record_id`` itself. ``simple``: the caller knows each
+    update is simple (:func:`advance_simply` read them), so none is walked again.
 
     Building a record checks its id (``Record.check_id``): a record stored with a
-    server's check is not built, so this stands in for that check; an update it
-    cannot vouch for sends the record the building way, which decides.
+    server's check, or copied with its rows and card, is not built, so this stands in
+    for that check; an update it cannot vouch for sends the record the building way,
+    which decides.
     """
+    named = b"\x01\x77" + _varstring(record_id)  # one string, the record's id
     for update in updates:
-        if simple and _META_ID_ENTRY not in update:
-            continue
-        items = written_items(update)
-        if items is None:
+        if not simple and not only_adds(update):
             return False
-        for item in items:
-            if item.root == "meta" and item.key == "id" and item.strings != (record_id,):
+        # Every such entry's bytes: the key, then its one string. These bytes inside
+        # a string only ever fail a check (then the record is built), never pass one.
+        at = update.find(_META_ID_ENTRY)
+        while at >= 0:
+            after = at + len(_META_ID_ENTRY)
+            if not update.startswith(named, after):
                 return False
+            at = update.find(_META_ID_ENTRY, after)
     return True
+
+
+def _varstring(text: str) -> bytes:
+    data = text.encode("utf-8", "surrogatepass")
+    return encode_varuint(len(data)) + data
 
 
 def matches(after: bytes | None, check: ServerCheck) -> bool:
