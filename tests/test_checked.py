@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caresync import Record
-from caresync.exceptions import RemoteProtocolError
+from caresync.exceptions import InvalidUpdateError, RecordMismatchError, RemoteProtocolError
 from caresync.protocol import CheckedState, CopyConflict, FeedItem, LiveBatch, LiveUpdate
 from caresync.records.crdt import merge
 from caresync.records.persons import person_card
@@ -223,3 +223,43 @@ def test_the_usual_check_read_inline_is_what_the_general_way_reads(
                 type(value)
                 for value in reference[record_id]  # type: ignore[index]
             ]
+
+
+def _renamed_and_plain() -> list[tuple[str, bytes]]:
+    """A record's whole state, and its state with a second writer's id at meta/id."""
+    record, _updates = edits()
+    rid = record.record_id
+    plain = record.update_since()
+    twin = Record.create(record_id="rec-b", replica="twin").update_since()
+    overwritten = Record.from_update(rid, plain, replica="evil")
+    overwritten._meta["id"] = "rec-b"
+    return [
+        (rid, plain),
+        (rid, merge([plain, twin], record_id=rid)),
+        (rid, overwritten.update_since()),
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(range(3)),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+)
+def test_what_keeps_its_id_vouches_for_builds_as_that_record(
+    which: int, changes: list[tuple[int, int]]
+) -> None:
+    """Whatever the bytes (damaged, renamed, merged with another's creation), a record
+    built from bytes keeps_its_id vouches for is that record: its id check passes."""
+    rid, data = _renamed_and_plain()[which]
+    damaged = bytearray(data)
+    for at, value in changes:
+        damaged[at % len(damaged)] = value
+    update = bytes(damaged)
+    if not keeps_its_id(rid, [update]):
+        return
+    try:
+        Record.from_update(rid, update, replica="check")
+    except RecordMismatchError:  # pragma: no cover - the failure this test looks for
+        raise AssertionError("vouched for bytes that name another record") from None
+    except InvalidUpdateError:
+        pass  # not an update at all: pycrdt refuses it, as it does without the check
