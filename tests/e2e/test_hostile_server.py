@@ -11,6 +11,7 @@ without the check, end every pull, and hold a bounded backlog.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -225,4 +226,37 @@ async def test_a_first_copy_keeps_aside_a_record_whose_bytes_name_another(
         assert one.record_id not in await laptop.record_ids()
     finally:
         await laptop.close()
+        await server.close()
+
+
+async def test_a_pulled_link_decision_that_is_not_text_fails_no_sync(tmp_path: Path) -> None:
+    """A revision at links/<record> whose value is a list (stored past admission, which
+    takes only the decisions' words there): the laptop that built the record to take
+    it in computed its person card, which raised TypeError (unhashable), failing the
+    sync at every try. Not a decision: the card leaves it out."""
+    server = await start_server(tmp_path)
+    writer = await enrolled(tmp_path, server, "writer")
+    laptop = await enrolled(tmp_path, server, "laptop", user="dr.b")
+    try:
+        held = await writer.create_record()
+        await writer.set(held, "name", "Awa Diop")
+        await writer.sync()
+        await laptop.sync()
+        assert (await laptop.record(held)).value("name") == "Awa Diop"  # loaded: built
+        odd = Record.from_update(held, await server.store.load(held) or b"", replica="evil")
+        seen = odd.state_vector()
+        revision = {"p": "links/another-record", "v": ["same-person"], "ps": []}
+        revision |= {"a": "dr.a", "r": "evil", "t": 1_700_000_000_000, "c": 0}
+        odd._revisions["odd-link"] = json.dumps(revision)  # no public API writes this
+        planted = odd.update_since(seen)
+        await server.store.write_remote(
+            [IncomingUpdate(held, planted, None, "clinic-a")], to_feed=True
+        )
+        await laptop.sync()
+        assert (await laptop.record(held)).value("name") == "Awa Diop"
+        card = (await laptop.store.person_cards([held]))[held]
+        assert card.links == ()
+    finally:
+        await laptop.close()
+        await writer.close()
         await server.close()
