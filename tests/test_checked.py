@@ -7,13 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caresync import Record
-from caresync.exceptions import RemoteProtocolError
+from caresync.exceptions import InvalidUpdateError, RecordMismatchError, RemoteProtocolError
 from caresync.protocol import CheckedState, CopyConflict, FeedItem, LiveBatch, LiveUpdate
+from caresync.records.crdt import merge
 from caresync.records.persons import person_card
+from caresync.records.spans import only_adds, simple_items
 from caresync.replication.checked import (
     LiveFrames,
     ServerCheck,
     from_wire,
+    keeps_its_id,
     matches,
     to_wire,
     vector_after,
@@ -46,6 +49,40 @@ def test_the_state_after_updates_is_worked_out_without_the_records_bytes() -> No
     assert same_state_vector(vector_after(rid, (stored, False), [second]) or b"", after)
     # Short of the checked state: no match.
     assert not matches(stored, check_of(record))
+
+
+def test_a_merge_of_edits_only_adds_and_keeps_the_records_id() -> None:
+    record, (first, second) = edits()
+    rid = record.record_id
+    other = Record.from_updates(rid, [first, second], replica="ward")
+    seen = other.state_vector()
+    other.set("birthDate", "1980-01-01", author="dr.b")
+    third = other.update_since(seen)
+    merged = merge([second, third], record_id=rid)  # two clients: not one simple update
+    assert simple_items(merged) is None
+    assert only_adds(merged)
+    assert only_adds(merge([first, second, third], record_id=rid))  # a copied record
+    assert keeps_its_id(rid, [first, merged])
+    assert keeps_its_id(rid, [second], simple=True)
+    assert not keeps_its_id("another-record", [first])  # its creation names rid
+    assert not keeps_its_id("another-record", [first], simple=True)
+    assert not only_adds(first + b"\x00")  # a byte past its end
+    assert not only_adds(b"\x00\x00")  # nothing at all: pycrdt decides
+
+
+def test_an_update_that_renames_the_record_is_not_vouched_for() -> None:
+    record, _updates = edits()
+    rid = record.record_id
+    seen = record.state_vector()
+    record._meta["id"] = "another-record"  # an overwrite: an item with an origin
+    renamed = record.update_since(seen)
+    assert not only_adds(renamed)
+    assert not keeps_its_id(rid, [renamed])
+    # A second, concurrent entry at meta/id (no origin): its value is compared.
+    twin = Record.create(record_id="another-record", replica="twin").update_since()
+    assert only_adds(twin)
+    assert not keeps_its_id(rid, [twin], simple=True)
+    assert keeps_its_id("another-record", [twin], simple=True)
 
 
 def test_waiting_items_or_bytes_that_are_no_update_give_no_state() -> None:
@@ -186,3 +223,43 @@ def test_the_usual_check_read_inline_is_what_the_general_way_reads(
                 type(value)
                 for value in reference[record_id]  # type: ignore[index]
             ]
+
+
+def _renamed_and_plain() -> list[tuple[str, bytes]]:
+    """A record's whole state, and its state with a second writer's id at meta/id."""
+    record, _updates = edits()
+    rid = record.record_id
+    plain = record.update_since()
+    twin = Record.create(record_id="rec-b", replica="twin").update_since()
+    overwritten = Record.from_update(rid, plain, replica="evil")
+    overwritten._meta["id"] = "rec-b"
+    return [
+        (rid, plain),
+        (rid, merge([plain, twin], record_id=rid)),
+        (rid, overwritten.update_since()),
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(range(3)),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+)
+def test_what_keeps_its_id_vouches_for_builds_as_that_record(
+    which: int, changes: list[tuple[int, int]]
+) -> None:
+    """Whatever the bytes (damaged, renamed, merged with another's creation), a record
+    built from bytes keeps_its_id vouches for is that record: its id check passes."""
+    rid, data = _renamed_and_plain()[which]
+    damaged = bytearray(data)
+    for at, value in changes:
+        damaged[at % len(damaged)] = value
+    update = bytes(damaged)
+    if not keeps_its_id(rid, [update]):
+        return
+    try:
+        Record.from_update(rid, update, replica="check")
+    except RecordMismatchError:  # pragma: no cover - the failure this test looks for
+        raise AssertionError("vouched for bytes that name another record") from None
+    except InvalidUpdateError:
+        pass  # not an update at all: pycrdt refuses it, as it does without the check

@@ -180,6 +180,18 @@ def test_a_pair_is_one_finding_on_both_records_naming_the_other() -> None:
     assert pair_conflicts(pair_of(a, b) or pair) == pair_conflicts(pair)  # deterministic
 
 
+def test_a_link_value_that_is_no_decision_is_left_out_of_the_card() -> None:
+    """Any value may be written at a link path (the schema and the server's admission
+    take it): one that is not a decision's word decides nothing, a list or a map too
+    (it raised TypeError, unhashable, in every write and intake of the record)."""
+    a, b = patient(**AWA), patient(**AWA)
+    for value in (["same-person"], {"decision": "same-person"}, 7, "maybe"):
+        a.set(link_path(b.record_id), value, author="dr.a")  # type: ignore[arg-type]
+        assert person_card(a).links == ()
+    a.set(link_path(b.record_id), SAME_PERSON, author="dr.a")
+    assert person_card(a).decision_about(b.record_id) == SAME_PERSON
+
+
 def test_link_paths_refuse_what_is_not_a_record_id() -> None:
     for bad in ("", "a/b", 7):
         with pytest.raises(InvalidInputError):

@@ -420,3 +420,30 @@ async def test_a_change_report_onto_a_damaged_report_asks_for_the_whole_list_nex
     # A whole report then replaces it, with its mark.
     await store_report(store, [gone._replace(state="held")], mark=10, whole=True)
     assert await stored_mark(store) == 10
+
+
+async def test_change_reports_cannot_grow_the_report_held_past_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each change report is within the bound, but merged they would not be: a server
+    adding new patients at every sync grew the report held here (parsed at each change
+    report) without end. Refused, and nothing stored, like a report over the bound."""
+    monkeypatch.setattr(caresync.replication.session, "MAX_HUB_REPORT_ITEMS", 3)
+    server = await start_server(tmp_path, server_class=ScriptedHubServer)
+    assert isinstance(server, ScriptedHubServer)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        await marked_patient(laptop)
+        await laptop.sync()
+        mark = await stored_mark(laptop.store)
+        report = await held(laptop)
+        assert len(report) == 1
+        added = tuple(HubItem(f"zz-{n}", "pending", 1, None, None) for n in range(3))
+        server.script = [HubReport(added, True, mark + 1, False)]  # 3: within the bound
+        with pytest.raises(RemoteProtocolError, match="more than 3 summaries"):
+            await laptop.sync()
+        assert await held(laptop) == report
+        assert await stored_mark(laptop.store) == mark
+    finally:
+        await laptop.close()
+        await server.close()

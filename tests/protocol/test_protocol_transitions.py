@@ -320,6 +320,7 @@ def _client_with(request: Callable[[ClientProtocol], None]) -> ClientProtocol:
         ),
         (lambda c: c.request_pull(5), PullBatch((FeedItem(5, "a", b"u"),), 5, 5), "not after 5"),
         (lambda c: c.request_pull(5), PullBatch((), 4, 4), "before the request"),
+        (lambda c: c.request_pull(5), PullBatch((), 5, 9), "covers no feed entry"),
         (lambda c: c.push([(3, "a", b"u"), (4, "a", b"u")]), PushAck(5), "outside the batch"),
         (lambda c: c.push([(3, "a", b"u"), (4, "a", b"u")]), PushAck(2), "outside the batch"),
         (lambda c: c.enrol(), Enrolled("r1", "server-z", ORG), "Welcome came from"),
@@ -381,6 +382,8 @@ def test_server_refuses_to_send_replies_that_do_not_fit() -> None:
         server.send_pull_batch([(5, "a", b"u")], checkpoint=5, head_seq=5)
     with pytest.raises(LocalProtocolError, match="before the request"):
         server.send_pull_batch([], checkpoint=4, head_seq=4)
+    with pytest.raises(LocalProtocolError, match="covers at least one"):
+        server.send_pull_batch([], checkpoint=5, head_seq=9)
     with pytest.raises(LocalProtocolError, match="outside the batch"):
         server.ack_push(4)
     with pytest.raises(LocalProtocolError, match="not subscribed"):

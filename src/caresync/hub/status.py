@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 
-from caresync.exceptions import StorageError
+from caresync.exceptions import RemoteProtocolError, StorageError
 from caresync.hub.model import HubSummary, is_enabled
 from caresync.protocol.messages import HUB_REMOVED, MAX_HUB_REASON_LENGTH, HubItem
 from caresync.replica import Replica
@@ -113,6 +113,7 @@ async def store_report(
     *,
     mark: int | None = None,
     whole: bool = True,
+    max_items: int | None = None,
 ) -> None:
     """Keep what the server said of the hub summaries.
 
@@ -122,6 +123,9 @@ async def store_report(
     a server older than version 13, which has none). Written only what changed (a
     report with nothing new writes nothing), the report before its mark: a mark left
     behind by a failed write only makes the next report repeat some changes.
+    ``max_items``: the most summaries the report held may name once this one is merged
+    into it (RemoteProtocolError past it, nothing written): change reports each within
+    the bound could otherwise grow it without end.
     """
     if not whole and not items:
         # Nothing of this organisation changed (the mark counts every organisation's
@@ -143,6 +147,8 @@ async def store_report(
             else:
                 held[item.record_id] = item
         merged = [held[record_id] for record_id in sorted(held)]
+    if max_items is not None and len(merged) > max_items:
+        raise RemoteProtocolError(f"a hub report that leaves more than {max_items} summaries")
     data = json.dumps([list(item) for item in merged], separators=(",", ":"))
     await meta.write_if_changed(store, REPORT_META, data)
     await meta.write_if_changed(store, meta.HUB_MARK, str(mark or 0))

@@ -27,8 +27,9 @@ The client guards the promises that are its to keep:
   server that proved itself.
 * **Replies that fit their request.** A ``CopyBatch`` holds at most the records asked
   for, all after ``after_record_id``; a ``PullBatch`` at most ``limit`` entries, all
-  after ``after_seq``; a ``PushAck`` acknowledges within the batch pushed; live updates
-  arrive only after ``Subscribe`` and in ascending ``seq``. Anything else is a
+  after ``after_seq``, its checkpoint past ``after_seq`` when it says more follow; a
+  ``PushAck`` acknowledges within the batch pushed; live updates arrive only after
+  ``Subscribe`` and in ascending ``seq``. Anything else is a
   :class:`~caresync.exceptions.RemoteProtocolError`.
 
 Events (:data:`ClientEvent`) are the messages the server sent, once checked:
@@ -634,6 +635,13 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             raise RemoteProtocolError(
                 f"PullBatch checkpoint {batch.checkpoint} is before the request's "
                 f"after_seq {request.after_seq}"
+            )
+        if batch.more and batch.checkpoint == request.after_seq:
+            # Asked again from the same seq, it would be answered again the same: a
+            # pull that never ends. A batch that says more covers at least one entry.
+            raise RemoteProtocolError(
+                f"PullBatch says more entries follow seq {request.after_seq}, but covers "
+                "no feed entry past it"
             )
         if batch.feed_entries > batch.checkpoint - request.after_seq:
             raise RemoteProtocolError(

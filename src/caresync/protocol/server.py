@@ -526,6 +526,11 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             raise LocalProtocolError(
                 f"checkpoint {checkpoint} is before the request's after_seq {request.after_seq}"
             )
+        if batch.more and checkpoint == request.after_seq:
+            raise LocalProtocolError(
+                f"a batch that says more entries follow seq {request.after_seq} covers at "
+                "least one past it (the client would ask again from the same seq)"
+            )
         if batch.feed_entries > max(0, checkpoint - request.after_seq):
             raise LocalProtocolError(
                 f"{batch.feed_entries} feed entries cannot fit between seq "

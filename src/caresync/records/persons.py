@@ -434,7 +434,12 @@ def person_card(record: Record) -> PersonCard:
             for rev in _heads(record, path):
                 phones.extend(p for p in _phones(rev.value) if p not in phones)
         elif head == LINKS_FIELD and rest and "/" not in rest:
-            decisions = {r.value for r in _heads(record, path) if r.value in LINK_DECISIONS}
+            # Only text can be a decision (a list or a map would not even hash).
+            decisions = {
+                r.value
+                for r in _heads(record, path)
+                if type(r.value) is str and r.value in LINK_DECISIONS
+            }
             if len(decisions) == 1:
                 links[rest] = str(next(iter(decisions)))
             elif decisions:

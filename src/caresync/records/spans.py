@@ -44,6 +44,7 @@ from typing import NamedTuple
 __all__ = [
     "encode_varuint",
     "Client",
+    "only_adds",
     "advance_clocks",
     "advance_vector",
     "SimpleItem",
@@ -69,6 +70,7 @@ _ROOT_BY_NAME = 0x01  # parent info: the parent is a root type, given by name
 _COUNT = rb"([\x00-\x7f]|[\x80-\xff]{1,4}[\x01-\x7f])"
 _CLIENT = rb"([\x00-\x7f]|[\x80-\xff]{1,6}[\x01-\x7f]|[\x80-\xff]{7}[\x01-\x0f])"
 _HEADER = re.compile(rb"\x01" + _COUNT + _CLIENT + _COUNT, re.DOTALL)
+_BLOCK = re.compile(_COUNT + _CLIENT + _COUNT, re.DOTALL)  # a client block's header
 _PAIR = re.compile(_CLIENT + _COUNT, re.DOTALL)
 _PAIRS = re.compile(rb"(?:" + _CLIENT + _COUNT + rb")*", re.DOTALL)
 # The same with clocks of at most 4 bytes (below 2**28, so below 2**31 without
@@ -242,6 +244,37 @@ def _span(buf: bytes) -> tuple[Client, int, int] | None:
     if clock >= _MAX_CLOCK or pos != len(buf) - 1 or buf[pos] != 0:
         return None  # the delete set must be empty, and be the last byte
     return client, first, clock
+
+
+def only_adds(update: bytes) -> bool:
+    """True for an update made of one or more client blocks, each of them what
+    :func:`simple_span` vouches for (a simple update, or a merge of simple updates of
+    several clients: a version 10 pull's merged entry, a first copy's record).
+
+    Such an update only adds entries under the keys its items name, each item's bytes
+    holding its root's name and its key: it overwrites, inserts next to and deletes
+    nothing. False for any other (the caller builds the record, which decides).
+    """
+    if type(update) is not bytes:
+        return False
+    strings: list[bytes] = []
+    try:
+        blocks, pos = _uint(update, 0)
+        for _ in range(blocks):
+            head = _BLOCK.match(update, pos)
+            if head is None:
+                return False
+            structs, first = _number(head[1]), _number(head[3])
+            if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
+                return False
+            clock, pos, raw = _structs(update, head.end(), structs, first, None)
+            if clock >= _MAX_CLOCK:
+                return False
+            strings.extend(raw)
+        b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
+    except (_NotSimple, IndexError, UnicodeDecodeError):
+        return False
+    return blocks > 0 and pos == len(update) - 1 and update[pos] == 0  # no delete set
 
 
 def simple_items(update: bytes) -> SimpleUpdate | None:

@@ -17,7 +17,8 @@ by copies of the code:
   authorship and Yjs client-id checks); it returns what else the store writes
   in the same transaction;
 * ``trusted``: records new here whose conflict rows and person card a server
-  with our rulebook computed (a first copy): stored as they are, not built;
+  with our rulebook computed (a first copy): stored as they are, not built, if
+  their bytes cannot make them another's (``keeps_its_id``; else built);
 * ``checked``: what a server with our rulebook stored for some records (a pull or
   live entries, protocol version 8): a record not loaded here that the batch
   leaves in exactly the state the server checked is stored with the server's
@@ -56,6 +57,7 @@ from caresync.replication.checked import (
     advance_simply,
     card_digest_kept,
     card_kept,
+    keeps_its_id,
     matches,
     rows_kept,
     vector_after,
@@ -170,13 +172,17 @@ def prepare_copy(
     *,
     on_bad: OnBadUpdate = OnBadUpdate.QUARANTINE,
     last: bool = False,
-) -> PreparedCopy:
+) -> PreparedCopy | None:
     """What :func:`absorb` does with a trusted first-copy batch whose every record is
     new here (``absent``), before it writes: each record's bytes read as an update
     (its state vector), with its rows and card, as the store's lists. Touches neither
     the store nor the pool, so it may run while the previous batch commits; the
     caller passes the result to :func:`absorb` (``prepared``) under the write lock.
     ``last``: the copy's last batch (``CopiedRecords.last``).
+
+    None when a record's bytes may make it another's (:func:`keeps_its_id` does not
+    vouch for them): such a record must be built, which checks its id, so the batch
+    takes :func:`absorb`'s way record by record.
     """
     kept_aside: list[QuarantinedUpdate] = []
     ids = [record_id for record_id, _update in updates]
@@ -205,6 +211,8 @@ def prepare_copy(
         named = frozenset(parts)
     else:
         named = frozenset(ids)
+    if not all(map(keeps_its_id, ids, ((update,) for update in stored))):
+        return None
     rows, persons, sent = trusted.rows, trusted.persons, trusted.card_bytes
     if kept_aside or not rows.keys() <= named or not persons.keys() <= named:
         # Rows and cards of records taken in only (a record kept aside has none stored).
@@ -345,7 +353,8 @@ async def absorb(
                         advances.get(record_id),
                     ),
                 )
-            elif trusted is not None and record_id in absent:
+            elif trusted is not None and record_id in absent and keeps_its_id(record_id, arrived):
+                # Not built: only bytes that cannot make it another's (building checks).
                 found = intake.take_trusted(record_id, arrived, trusted)
             else:
                 before = None if record_id in absent else stored.get(record_id)
@@ -450,7 +459,9 @@ async def _agreed(
             simply = advance_vector(held.state_vector, updates)
             if simply is not None:
                 moved = simply[0]
-                if moved == check.state_vector or matches(moved, check):
+                if (moved == check.state_vector or matches(moved, check)) and keeps_its_id(
+                    record_id, updates, simple=True
+                ):
                     agreed[record_id] = check
                     if simply[1]:
                         advances[record_id] = (held.state_vector, moved)
@@ -461,7 +472,8 @@ async def _agreed(
         # updates' headers again).
         simply = None if stored is None or stored[1] else advance_simply(stored[0], updates)
         after = vector_after(record_id, stored, updates) if simply is None else simply[0]
-        if matches(after, check):
+        # Not built, its id is not checked by loading it: the updates must not change it.
+        if matches(after, check) and keeps_its_id(record_id, updates, simple=simply is not None):
             agreed[record_id] = check
             if stored is not None and simply is not None and simply[1]:
                 advances[record_id] = (stored[0], simply[0])

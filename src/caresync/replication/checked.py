@@ -14,7 +14,9 @@ record's state is the set of items it holds; one with no waiting items holds,
 for each Yjs client, exactly the items below that client's clock. Two such
 records with equal state vectors hold the same items. A record with an
 unacknowledged local edit holds a clock the server lacks, so it never matches
-and is rebuilt and checked as before.
+and is rebuilt and checked as before. The same state is not yet a record of its
+own: building one checks its id, so a check fits only updates that cannot name
+another (:func:`keeps_its_id`).
 
 From version 9 a check may refer to the card, or to the card and rows, that the
 laptop holds (:func:`~caresync.protocol.card_reference`,
@@ -48,7 +50,7 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import advance_vector, decode_clocks
+from caresync.records.spans import advance_vector, decode_clocks, encode_varuint, only_adds
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -60,6 +62,7 @@ __all__ = [
     "ServerCheck",
     "card_from_wire",
     "card_kept",
+    "keeps_its_id",
     "rows_kept",
     "from_wire",
     "matches",
@@ -125,6 +128,42 @@ def advance_simply(vector: bytes, updates: Sequence[bytes]) -> tuple[bytes, bool
     so that it is worked out once)."""
     # One client's edit that depends on nothing else: its header says everything.
     return advance_vector(vector, updates)
+
+
+_META_ID_ENTRY = b"\x04meta\x02id"
+"""The bytes of every item of an update that only adds (:func:`~caresync.records.spans.only_adds`)
+and writes ``meta["id"]``: the root's name and the key, each after its length."""
+
+
+def keeps_its_id(record_id: str, updates: Sequence[bytes], *, simple: bool = False) -> bool:
+    """True if ``updates`` cannot make record ``record_id`` another's: each only adds
+    entries (:func:`~caresync.records.spans.only_adds`), and each entry it writes at
+    ``meta["id"]`` is one string, ``record_id`` itself. ``simple``: the caller knows each
+    update is simple (:func:`advance_simply` read them), so none is walked again.
+
+    Building a record checks its id (``Record.check_id``): a record stored with a
+    server's check, or copied with its rows and card, is not built, so this stands in
+    for that check; an update it cannot vouch for sends the record the building way,
+    which decides.
+    """
+    named = b"\x01\x77" + _varstring(record_id)  # one string, the record's id
+    for update in updates:
+        if not simple and not only_adds(update):
+            return False
+        # Every such entry's bytes: the key, then its one string. These bytes inside
+        # a string only ever fail a check (then the record is built), never pass one.
+        at = update.find(_META_ID_ENTRY)
+        while at >= 0:
+            after = at + len(_META_ID_ENTRY)
+            if not update.startswith(named, after):
+                return False
+            at = update.find(_META_ID_ENTRY, after)
+    return True
+
+
+def _varstring(text: str) -> bytes:
+    data = text.encode("utf-8", "surrogatepass")
+    return encode_varuint(len(data)) + data
 
 
 def matches(after: bytes | None, check: ServerCheck) -> bool:

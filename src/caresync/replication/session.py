@@ -56,6 +56,7 @@ from caresync.exceptions import (
 from caresync.logins import LaptopLogins
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
+    ITEM_OVERHEAD_BYTES,
     MAX_AUDIT_ITEMS,
     MAX_BATCH_ITEMS,
     MAX_MAX_FRAME_BYTES,
@@ -148,6 +149,10 @@ MAX_QUEUED_REPLIES = 8
 """Replies read ahead of whoever waits for them; past it the reader stops reading."""
 LIVE_QUEUE_ITEMS = 10_000
 """Live updates received but not yet committed before the reader stops reading."""
+LIVE_QUEUE_BYTES = 64 * 1024 * 1024
+"""The most bytes of live entries (:func:`_live_bytes`) received but not yet committed
+before the reader stops reading: a server cannot fill the laptop's memory with frames
+faster than it commits them. A frame larger than this is still taken, alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +396,19 @@ def _grouped_rows(conflicts: Sequence[CopyConflict]) -> dict[str, tuple[Conflict
     return {record_id: tuple(rows) for record_id, rows in grouped.items()}
 
 
+def _live_bytes(event: LiveUpdate | LiveBatch) -> int:
+    """What a live frame's entries hold in memory, roughly: their updates and record ids,
+    and a batch's checks (state vectors, cards, and conflict rows as expanded)."""
+    if isinstance(event, LiveUpdate):
+        return item_wire_size(event.record_id, event.update)
+    size = sum(item_wire_size(item.record_id, item.update) for item in event.items)
+    for state in event.checked or ():
+        size += len(state.state_vector) + len(state.card or b"") + ITEM_OVERHEAD_BYTES
+    for row in event.conflicts or ():
+        size += len(row.payload) + len(row.subject) + len(row.id) + ITEM_OVERHEAD_BYTES
+    return size
+
+
 def _check_hub_report(report: HubReport, hub_since: int | None) -> None:
     """The first frame of a hub report, against the mark the pull named (version 13 on).
 
@@ -493,6 +511,8 @@ class Session:
         self._replies: asyncio.Queue[object] = asyncio.Queue()
         self._reply_room = asyncio.Semaphore(MAX_QUEUED_REPLIES)
         self._live_updates: asyncio.Queue[LiveUpdate | LiveBatch] | None = None
+        self._live_held = 0  # bytes of live entries read and not yet committed
+        self._live_room = asyncio.Event()  # set when the committer frees some
         self._durable_later: asyncio.Task[None] | None = None  # live batches' sync, pending
         self._live_batches = 0  # live batches committed: the sync above sees if more came
         self._reader: asyncio.Task[None] | None = None
@@ -531,6 +551,7 @@ class Session:
                     raise
                 for event in self.protocol.events_received():
                     if isinstance(event, LiveUpdate | LiveBatch) and self._live_updates is not None:
+                        await self._room_for_live(_live_bytes(event))
                         await self._live_updates.put(event)  # full: stop reading for now
                         continue
                     # Bounded: a server sending what nobody asked for waits, on TCP.
@@ -545,6 +566,14 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - kept for every waiter; the task ends quietly
             self._read_error = exc
             self._replies.put_nowait(_ENDED)
+
+    async def _room_for_live(self, size: int) -> None:
+        """Wait until ``size`` more bytes of live entries fit :data:`LIVE_QUEUE_BYTES`
+        (or none are held: a larger frame goes alone), and count them held."""
+        while self._live_held and self._live_held + size > LIVE_QUEUE_BYTES:
+            self._live_room.clear()
+            await self._live_room.wait()  # set by each commit of live entries
+        self._live_held += size
 
     async def _next_reply(self) -> object:
         event = await self._replies.get()
@@ -1179,6 +1208,7 @@ class Session:
                     items,
                     mark=report.mark,
                     whole=not report.changes_only,
+                    max_items=MAX_HUB_REPORT_ITEMS,  # merged with the report held, too
                 )
                 return
         raise RemoteProtocolError(f"a hub report of more than {MAX_HUB_REPORT_FRAMES} frames")
@@ -1192,6 +1222,7 @@ class Session:
         # The queue before the Subscribe: the reader routes the backlog here as it arrives.
         updates: asyncio.Queue[LiveUpdate | LiveBatch] = asyncio.Queue(LIVE_QUEUE_ITEMS)
         self._live_updates = updates
+        self._live_held = 0
         self.protocol.subscribe(checkpoint, host.rulebook.fingerprint)
         await self.flush()
         attempt.online = attempt.live = True
@@ -1235,6 +1266,9 @@ class Session:
                 checkpoint=(meta.CHECKPOINT, str(live.last_seq)),
                 checked=live.checks or None,
             )
+            # Committed: their bytes are no longer held (the reader may read on).
+            self._live_held = max(0, self._live_held - sum(map(_live_bytes, frames)))
+            self._live_room.set()
             self._live_batches += 1
             if not self.limits.live_durable_delay_s:
                 await self.host.make_durable()
