@@ -15,6 +15,7 @@ from caresync.records.spans import only_adds, simple_items
 from caresync.replication.checked import (
     LiveFrames,
     ServerCheck,
+    copied_state,
     from_wire,
     keeps_its_id,
     matches,
@@ -68,6 +69,23 @@ def test_a_merge_of_edits_only_adds_and_keeps_the_records_id() -> None:
     assert not keeps_its_id("another-record", [first], simple=True)
     assert not only_adds(first + b"\x00")  # a byte past its end
     assert not only_adds(b"\x00\x00")  # nothing at all: pycrdt decides
+
+
+def test_a_copied_record_is_walked_once_for_its_id_and_its_state_vector() -> None:
+    record, (first, second) = edits()
+    rid = record.record_id
+    whole = merge([first, second], record_id=rid)
+    kept, vector = copied_state(rid, whole)
+    assert kept
+    assert vector is not None
+    assert same_state_vector(vector, record.state_vector())
+    assert copied_state("another-record", whole) == (False, vector)
+    # An edit alone starts past its client's first clock: its id is checked, its state
+    # vector left to pycrdt (its items would wait).
+    assert copied_state(rid, second) == (True, None)
+    seen = record.state_vector()
+    record._meta["id"] = "another-record"  # an overwrite: not only adds
+    assert copied_state(rid, record.update_since(seen)) == (False, None)
 
 
 def test_an_update_that_renames_the_record_is_not_vouched_for() -> None:

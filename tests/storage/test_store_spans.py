@@ -12,6 +12,7 @@ from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
 from store_helpers import Patient
 
 from caresync.records.spans import (
+    adds_clocks,
     decode_clocks,
     encode_clocks,
     encode_varuint,
@@ -123,6 +124,52 @@ def test_the_reader_vouches_only_for_what_pycrdt_reads_the_same_way(
         assert_pycrdt_agrees(update)
         for damaged in mutations(update):
             assert_pycrdt_agrees(damaged)
+
+
+def assert_pycrdt_reads_the_clocks(candidate: bytes) -> bool:
+    """If :func:`adds_clocks` reads a state vector off the bytes, pycrdt builds a
+    document from them alone with that state vector, nothing waiting."""
+    clocks = adds_clocks(candidate)
+    if clocks is None:
+        return False
+    vector = encode_clocks(clocks)
+    doc: Doc[Any] = Doc()
+    doc.apply_update(candidate)  # raises if pycrdt cannot read them
+    assert same_state_vector(doc.get_state(), vector)
+    assert same_state_vector(get_state(candidate), vector)
+    assert not has_pending(candidate, vector)
+    return True
+
+
+@given(st.lists(ops, min_size=1, max_size=6))
+def test_a_state_vector_read_off_items_is_the_one_pycrdt_builds(
+    script: list[tuple[Any, ...]],
+) -> None:
+    """A first copy's record (a merge of several clients' updates) has its state vector
+    read off its items, not asked of pycrdt: the same, for whatever bytes it vouches for."""
+    updates = updates_of(script)
+    if not updates:
+        return
+    whole = merge_updates(*updates)
+    read = [assert_pycrdt_reads_the_clocks(u) for u in [whole, *updates]]
+    span = simple_span(updates[0])  # the document's first update, from clock 0
+    assert read[1] == (span is not None)
+    for damaged in mutations(whole):
+        assert_pycrdt_reads_the_clocks(damaged)
+
+
+def test_a_copied_records_state_vector_is_read_off_its_items() -> None:
+    """What the first copy relies on: a record edited on three laptops, merged as a server
+    sends it, is read (its state vector as pycrdt's, nothing waiting); a record's later
+    edit alone starts past clock 0 and is left to pycrdt."""
+    p = Patient()
+    edits = [p.edit("birthDate", "1990-04-12")]
+    for replica in ("laptop-b", "laptop-c"):
+        other = p.copy(replica)
+        edits.append(other.edit("name", f"from {replica}"))
+    whole = merge([p.created, *edits], record_id=p.id)
+    assert assert_pycrdt_reads_the_clocks(whole)
+    assert adds_clocks(edits[0]) is None
 
 
 def test_the_updates_a_record_makes_are_simple() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "encode_varuint",
     "Client",
     "only_adds",
+    "adds_clocks",
     "advance_clocks",
     "advance_vector",
     "SimpleItem",
@@ -255,26 +256,50 @@ def only_adds(update: bytes) -> bool:
     holding its root's name and its key: it overwrites, inserts next to and deletes
     nothing. False for any other (the caller builds the record, which decides).
     """
+    return _adds_blocks(update) is not None
+
+
+def adds_clocks(update: bytes) -> dict[Client, int] | None:
+    """``{client: end clock}`` of an update :func:`only_adds` vouches for whose every
+    client block starts at clock 0, each client once: the state vector (for
+    :func:`encode_clocks`) of a document built from it alone, nothing waiting (its items
+    have no origins, their parents are roots by name, each client's clocks start at 0).
+    None for any other update (pycrdt works it out).
+    """
+    blocks = _adds_blocks(update)
+    if blocks is None:
+        return None
+    clocks = {client: end for client, first, end in blocks if first == 0}
+    return clocks if len(clocks) == len(blocks) else None
+
+
+def _adds_blocks(update: bytes) -> list[tuple[Client, int, int]] | None:
+    """Each client block's (client, first clock, end clock) of an update :func:`only_adds`
+    vouches for, in the update's order; None for any other."""
     if type(update) is not bytes:
-        return False
+        return None
     strings: list[bytes] = []
+    blocks: list[tuple[Client, int, int]] = []
     try:
-        blocks, pos = _uint(update, 0)
-        for _ in range(blocks):
+        count, pos = _uint(update, 0)
+        for _ in range(count):
             head = _BLOCK.match(update, pos)
             if head is None:
-                return False
+                return None
             structs, first = _number(head[1]), _number(head[3])
             if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
-                return False
+                return None
             clock, pos, raw = _structs(update, head.end(), structs, first, None)
             if clock >= _MAX_CLOCK:
-                return False
+                return None
             strings.extend(raw)
+            blocks.append((head[2], first, clock))
         b"\x00".join(strings).decode("utf-8")  # UnicodeDecodeError: pycrdt would refuse
     except (_NotSimple, IndexError, UnicodeDecodeError):
-        return False
-    return blocks > 0 and pos == len(update) - 1 and update[pos] == 0  # no delete set
+        return None
+    if count > 0 and pos == len(update) - 1 and update[pos] == 0:  # no delete set
+        return blocks
+    return None
 
 
 def simple_items(update: bytes) -> SimpleUpdate | None:

@@ -44,7 +44,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, TypedDict, cast
 
 from caresync.exceptions import InvalidUpdateError, RecordMismatchError
 from caresync.records import Record
@@ -57,6 +57,7 @@ from caresync.replication.checked import (
     advance_simply,
     card_digest_kept,
     card_kept,
+    copied_state,
     keeps_its_id,
     matches,
     rows_kept,
@@ -187,9 +188,25 @@ def prepare_copy(
     kept_aside: list[QuarantinedUpdate] = []
     ids = [record_id for record_id, _update in updates]
     stored = [update for _record_id, update in updates]
-    # The common case, each record once with bytes that read as updates (a CopyBatch's
-    # ids are unique): their state vectors in one pass. Else record by record.
-    vectors = state_vectors_of(stored) if len(set(ids)) == len(ids) else None
+    # The common case, each record once (a CopyBatch's ids are unique): one walk of each
+    # record's bytes says whether they keep its id and, when its items start at each
+    # client's first clock, its state vector (nothing waits); pycrdt reads the others'
+    # state vectors in one pass, which proves them updates. Else record by record.
+    vectors: list[bytes] | None = None
+    waiting: list[bool] | None = None
+    if len(set(ids)) == len(ids):
+        walked = list(map(copied_state, ids, stored))
+        if not all(kept for kept, _vector in walked):
+            return None
+        read = [vector for _kept, vector in walked]
+        unread = [i for i, vector in enumerate(read) if vector is None]
+        others = state_vectors_of([stored[i] for i in unread]) if unread else []
+        if others is not None:
+            for i, vector in zip(unread, others, strict=True):
+                read[i] = vector
+            vectors = cast(list[bytes], read)
+            # Known not to wait where read off the items; the store asks pycrdt if not.
+            waiting = None if unread else [False] * len(read)
     if vectors is None:
         parts: dict[str, list[bytes]] = {}
         for record_id, update in updates:
@@ -209,10 +226,10 @@ def prepare_copy(
             stored.append(update)
             vectors.append(vector)
         named = frozenset(parts)
+        if not all(map(keeps_its_id, ids, ((update,) for update in stored))):
+            return None
     else:
         named = frozenset(ids)
-    if not all(map(keeps_its_id, ids, ((update,) for update in stored))):
-        return None
     rows, persons, sent = trusted.rows, trusted.persons, trusted.card_bytes
     if kept_aside or not rows.keys() <= named or not persons.keys() <= named:
         # Rows and cards of records taken in only (a record kept aside has none stored).
@@ -231,7 +248,7 @@ def prepare_copy(
         aside = named.difference(ids)
         pairs = [pair for pair in pairs if pair[0] not in aside and pair[1] not in aside]
     records = CopiedRecords(
-        ids, stored, vectors, organisation, rows, persons, sent, pairs, last=last
+        ids, stored, vectors, organisation, rows, persons, sent, pairs, last=last, waiting=waiting
     )
     return PreparedCopy(named, records, tuple(kept_aside))
 

@@ -50,7 +50,14 @@ from caresync.protocol import (
     rows_digest,
 )
 from caresync.records.persons import PersonCard
-from caresync.records.spans import advance_vector, decode_clocks, encode_varuint, only_adds
+from caresync.records.spans import (
+    adds_clocks,
+    advance_vector,
+    decode_clocks,
+    encode_clocks,
+    encode_varuint,
+    only_adds,
+)
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
 
@@ -63,6 +70,7 @@ __all__ = [
     "card_from_wire",
     "card_kept",
     "keeps_its_id",
+    "copied_state",
     "rows_kept",
     "from_wire",
     "matches",
@@ -146,18 +154,40 @@ def keeps_its_id(record_id: str, updates: Sequence[bytes], *, simple: bool = Fal
     for that check; an update it cannot vouch for sends the record the building way,
     which decides.
     """
-    named = b"\x01\x77" + _varstring(record_id)  # one string, the record's id
+    named = _id_entry(record_id)
     for update in updates:
         if not simple and not only_adds(update):
             return False
-        # Every such entry's bytes: the key, then its one string. These bytes inside
-        # a string only ever fail a check (then the record is built), never pass one.
-        at = update.find(_META_ID_ENTRY)
-        while at >= 0:
-            after = at + len(_META_ID_ENTRY)
-            if not update.startswith(named, after):
-                return False
-            at = update.find(_META_ID_ENTRY, after)
+        if not _names_only(update, named):
+            return False
+    return True
+
+
+def copied_state(record_id: str, update: bytes) -> tuple[bool, bytes | None]:
+    """For a first copy's record, one walk of its bytes: whether
+    ``keeps_its_id(record_id, [update])``, and, when its every client's items start at
+    clock 0, its state vector read off them (nothing of it waits); else None, for pycrdt
+    to work out (:func:`~caresync.records.spans.adds_clocks`)."""
+    clocks = adds_clocks(update)
+    if clocks is None:
+        return keeps_its_id(record_id, (update,)), None
+    return _names_only(update, _id_entry(record_id)), encode_clocks(clocks)
+
+
+def _id_entry(record_id: str) -> bytes:
+    """What follows :data:`_META_ID_ENTRY` in an entry naming ``record_id``: one string."""
+    return b"\x01\x77" + _varstring(record_id)
+
+
+def _names_only(update: bytes, named: bytes) -> bool:
+    """True if every ``meta["id"]`` entry in ``update``'s bytes is ``named``. The bytes
+    inside a string only ever fail this (then the record is built), never pass it."""
+    at = update.find(_META_ID_ENTRY)
+    while at >= 0:
+        after = at + len(_META_ID_ENTRY)
+        if not update.startswith(named, after):
+            return False
+        at = update.find(_META_ID_ENTRY, after)
     return True
 
 

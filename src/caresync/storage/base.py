@@ -276,8 +276,10 @@ class CopiedRecords:
     one whole update per record, in parallel lists (no object per record).
 
     ``state_vectors[i]`` is pycrdt's ``get_state`` of ``updates[i]``, read by the
-    caller (which so proved the bytes an update); the store plans from it. Checked
-    on construction: equal lengths, ids unique, of the right types.
+    caller (which so proved the bytes an update; or read off the items of bytes
+    :func:`~caresync.records.spans.adds_clocks` vouches for, which say the same); the
+    store plans from it. Checked on construction: equal lengths, ids unique, of the
+    right types.
     """
 
     record_ids: Sequence[str]
@@ -306,6 +308,10 @@ class CopiedRecords:
     last: bool = False
     """The copy's last batch: what a store set aside for the copy's end is done in its
     transaction (SQLite: the key rows of the batches before, schema version 17)."""
+    waiting: Sequence[bool] | None = None
+    """Whether each update holds items that wait for others (``has_pending`` of it and
+    its state vector), when the caller knows it (it read the state vector off the
+    items: nothing waits); None: the store works it out."""
 
     def __post_init__(self) -> None:
         ids, updates, vectors = self.record_ids, self.updates, self.state_vectors
@@ -323,6 +329,11 @@ class CopiedRecords:
             raise InvalidInputError("a record named twice in one copied batch")
         if ids and {type(u) for u in (*updates, *vectors)} != {bytes}:
             raise InvalidInputError("updates and state vectors must be bytes")
+        waiting = self.waiting
+        if waiting is not None and (
+            len(waiting) != len(ids) or (ids and {type(w) for w in waiting} != {bool})
+        ):
+            raise InvalidInputError("waiting must be one True or False per record")
         check_optional_text(self.organisation, "organisation")
         if type(self.last) is not bool:
             raise InvalidInputError("last must be True or False")

@@ -227,7 +227,8 @@ class RecordWritesPart(SQLiteCore):
         # Each record's one log row, numbered here: the row's counts hold it (head_at).
         first_row = _scalar(raw, "SELECT MAX(id) FROM log") + 1
         rows = range(first_row, first_row + len(ids))
-        pending = list(map(has_pending, updates, vectors))
+        waiting = records.waiting
+        pending = list(map(has_pending, updates, vectors)) if waiting is None else waiting
         # Each card's bytes as stored (as the server sent them, else written out), and
         # its digest on the record's row: written with the row, not updated after it.
         persons = records.persons
