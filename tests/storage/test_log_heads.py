@@ -10,7 +10,7 @@ from pathlib import Path
 import pycrdt
 from store_helpers import Patient, same_vector, undo_version_18
 
-from caresync.storage import SCHEMA_VERSION, IncomingUpdate, SQLiteStore
+from caresync.storage import SCHEMA_VERSION, CopiedRecords, IncomingUpdate, SQLiteStore
 
 
 def _row(path: Path, record_id: str) -> tuple[object, ...]:
@@ -173,3 +173,71 @@ async def test_a_version_17_database_migrates_with_each_records_state(tmp_path: 
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     conn.close()
+
+
+async def test_a_version_17_database_of_every_kind_of_record_migrates_with_its_state(
+    tmp_path: Path,
+) -> None:
+    """Compacted records (with and without later writes), a record only in the feed, one
+    written both ways, a first copy's and one holding an update that waits: after the
+    step from 17, each is what pycrdt makes of its updates, and later writes of each
+    kind keep it so."""
+    path = tmp_path / "replica.db"
+    ps = {name: Patient(replica="desk") for name in ("compacted", "later", "fed", "both", "copy")}
+    waits = Patient(replica="desk")
+    given: dict[str, list[bytes]] = {p.id: [] for p in (*ps.values(), waits)}
+
+    async def write(p: Patient, update: bytes, *, to_feed: bool = False) -> None:
+        await store.write_remote([IncomingUpdate(p.id, update, ())], to_feed=to_feed)
+        given[p.id].append(update)
+
+    async with SQLiteStore.open(path) as store:
+        for name in ("compacted", "later"):
+            await write(ps[name], ps[name].created)
+            await write(ps[name], ps[name].edit())
+            await store.compact(ps[name].id)
+        await write(ps["later"], ps["later"].edit())
+        await write(ps["fed"], ps["fed"].created, to_feed=True)
+        await write(ps["fed"], ps["fed"].edit(), to_feed=True)
+        both = ps["both"]
+        await write(both, both.created)
+        await write(both, both.edit(), to_feed=True)
+        await write(both, both.edit())
+        copy = ps["copy"]
+        copy.edit()
+        whole = copy.record.update_since()
+        await store.write_copy(
+            CopiedRecords([copy.id], [whole], [_vector_of([whole])], None, {}, {})
+        )
+        given[copy.id].append(whole)
+        await write(waits, waits.created)
+        skipped = waits.edit()
+        await write(waits, waits.edit())  # waits for the one skipped
+        assert (await store.state_vectors([waits.id]))[waits.id][1] is True
+        lengths = {rid: await store.log_length(rid) for rid in given}
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    undo_version_18(conn)
+    conn.execute("PRAGMA user_version = 17")
+    conn.execute("COMMIT")
+    conn.close()
+    async with SQLiteStore.open(path) as store:
+        assert store.migrated_from == 17
+        assert await store.check() == []
+        vectors = await store.state_vectors(list(given))
+        for rid, updates in given.items():
+            assert same_vector(vectors[rid][0], _vector_of(updates)), rid
+            assert vectors[rid][1] is (rid == waits.id), rid
+            assert await store.log_length(rid) == lengths[rid], rid
+        for p in ps.values():  # a pull, a feed write and an edit after the step
+            await write(p, p.edit())
+            await write(p, p.edit(), to_feed=True)
+            update = p.edit()
+            await store.write_local(p.id, update, conflicts=None)
+            given[p.id].append(update)
+        await write(waits, skipped)
+        assert await store.check() == []
+    for rid, updates in given.items():
+        vector, pending, _ = await _state_of(path, rid)
+        assert same_vector(vector, _vector_of(updates)), rid
+        assert pending is False, rid
