@@ -159,14 +159,24 @@ class LogHeadsAgreeWithPycrdt(RuleBasedStateMachine):
             return
         raise AssertionError("a record claimed by two organisations was stored")
 
-    @rule(record=st.sampled_from(RECORDS))
-    def first_copy(self, record: str) -> None:
-        """A first copy's batch of the record as the origin holds it (the ordinary way
-        when the record is stored here already)."""
-        whole = self.origin[record].update_since()
-        vector = self.origin[record].state_vector()
-        self.run(self.store.write_copy(CopiedRecords([record], [whole], [vector], None, {}, {})))
-        self.given[record].append(whole)
+    @rule(data=st.data(), whole=st.booleans())
+    def first_copy(self, data: st.DataObject, whole: bool) -> None:
+        """A first copy's batch of two records: each as the origin holds it, or one of
+        its updates alone (which may wait for another); the ordinary way when either is
+        stored here already."""
+        records = data.draw(st.lists(st.sampled_from(RECORDS), min_size=1, max_size=2, unique=True))
+        updates, vectors = [], []
+        for record in records:
+            if whole:
+                update = self.origin[record].update_since()
+            else:
+                update = data.draw(st.sampled_from(self.made[record]))
+            doc: pycrdt.Doc = pycrdt.Doc()
+            doc.apply_update(update)
+            updates.append(update)
+            vectors.append(doc.get_state())
+            self.given[record].append(update)
+        self.run(self.store.write_copy(CopiedRecords(records, updates, vectors, None, {}, {})))
 
     @precondition(lambda self: self._stored())
     @rule(data=st.data())
