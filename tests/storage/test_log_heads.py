@@ -241,3 +241,26 @@ async def test_a_version_17_database_of_every_kind_of_record_migrates_with_its_s
         vector, pending, _ = await _state_of(path, rid)
         assert same_vector(vector, _vector_of(updates)), rid
         assert pending is False, rid
+
+
+async def test_check_names_a_head_at_that_is_no_log_row_of_its_record(tmp_path: Path) -> None:
+    """head_at is 0 or the id of one of its record's log rows (every write keeps it so).
+    One past them passes for whole today, and hides every later write of the record:
+    the check names it before that happens."""
+    path = tmp_path / "replica.db"
+    p = Patient(replica="desk")
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(p.id, p.created, ())])
+        await store.write_remote([IncomingUpdate(p.id, p.edit(), ())], to_feed=True)
+        assert await store.check() == []
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE records SET head_at = head_at + 1000 WHERE record_id = ?", (p.id,))
+    conn.commit()
+    conn.close()
+    async with SQLiteStore.open(path) as store:
+        problems = await store.check()
+        assert f"record {p.id}: its head_at names no log row of the record" in problems
+        await store.write_remote([IncomingUpdate(p.id, p.edit(), ())])
+        store.cache.clear()
+        # What the check warned of: the write is there, and readers do not see it.
+        assert not same_vector((await store.state_vectors([p.id]))[p.id][0], _vector_of(p.updates))
