@@ -264,3 +264,34 @@ async def test_check_names_a_head_at_that_is_no_log_row_of_its_record(tmp_path: 
         store.cache.clear()
         # What the check warned of: the write is there, and readers do not see it.
         assert not same_vector((await store.state_vectors([p.id]))[p.id][0], _vector_of(p.updates))
+
+
+async def test_log_row_ids_given_again_after_compaction_stay_newer_than_each_head(
+    tmp_path: Path,
+) -> None:
+    """Compaction deletes the table's highest log rows, and SQLite gives their ids out
+    again (no AUTOINCREMENT): the record compacted has head_at 0, and any other record's
+    head_at is one of its own rows, below the ids given again."""
+    path = tmp_path / "replica.db"
+    a, b = Patient(replica="desk"), Patient(replica="desk")
+    async with SQLiteStore.open(path) as store:
+        await store.write_remote([IncomingUpdate(a.id, a.created, ())])
+        await store.write_remote([IncomingUpdate(a.id, a.edit(), ())], to_feed=True)
+        await store.write_remote([IncomingUpdate(a.id, a.edit(), ())])  # a's head_at: its row
+        await store.write_remote([IncomingUpdate(b.id, b.created, ())])
+        await store.write_remote([IncomingUpdate(b.id, b.edit(), ())])
+    conn = sqlite3.connect(path)
+    highest = conn.execute("SELECT MAX(id) FROM log").fetchone()[0]
+    conn.close()
+    async with SQLiteStore.open(path) as store:
+        assert await store.compact(b.id) == 2  # the table's highest rows go
+        await store.write_remote([IncomingUpdate(a.id, a.edit(), ())])
+        await store.write_remote([IncomingUpdate(b.id, b.edit(), ())])
+        assert await store.check() == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT MAX(id) FROM log").fetchone()[0] <= highest  # given again
+    conn.close()
+    for p in (a, b):
+        vector, pending, _ = await _state_of(path, p.id)
+        assert same_vector(vector, _vector_of(p.updates))
+        assert pending is False
