@@ -315,6 +315,15 @@ class MaintenancePart(SQLiteCore):
             ).fetchall()
             if any(bare for _, bare in newer):
                 yield f"record {record_id}: a log row after its record's row carries no state"
+            # Every write leaves head_at 0 or one of the record's log rows; one past them
+            # would hide the record's later log rows from every reader.
+            if (
+                head
+                and not raw.execute(
+                    "SELECT 1 FROM log WHERE id = ? AND rk = ?", (head, key)
+                ).fetchone()
+            ):
+                yield f"record {record_id}: its head_at names no log row of the record"
             counted = len(log) - len(newer)
             if counted != log_count or sum(map(len, log)) - sum(n for n, _ in newer) != log_bytes:
                 yield f"record {record_id}: its log counters do not match its log"
