@@ -260,6 +260,7 @@ def test_prepare_copy_reads_a_plain_batch_in_one_pass_as_record_by_record() -> N
     plain = prepare_copy(batch, trusted, "clinic-a")
     assert list(plain.records.record_ids) == [rid for rid, _ in batch]
     assert list(plain.records.state_vectors) == [state_vector_of(u) for _, u in batch]
+    assert plain.records.waiting == [False] * 5  # read off the items: nothing waits
     assert plain.kept_aside == ()
     bad = Record.create(replica="clinic").record_id
     mixed = prepare_copy([*batch, (bad, GARBAGE)], trusted, "clinic-a")

@@ -196,12 +196,14 @@ def prepare_copy(
     waiting: list[bool] | None = None
     if len(set(ids)) == len(ids):
         walked = list(map(copied_state, ids, stored))
-        if not all(kept for kept, _vector in walked):
-            return None
         read = [vector for _kept, vector in walked]
         unread = [i for i, vector in enumerate(read) if vector is None]
-        others = state_vectors_of([stored[i] for i in unread]) if unread else []
-        if others is not None:
+        # A record the walk cannot vouch for: record by record (bytes pycrdt cannot
+        # read are kept aside there; others it cannot vouch for send the batch to
+        # absorb's way).
+        fits = all(kept for kept, _vector in walked)
+        others = state_vectors_of([stored[i] for i in unread]) if fits and unread else []
+        if fits and others is not None:
             for i, vector in zip(unread, others, strict=True):
                 read[i] = vector
             vectors = cast(list[bytes], read)

@@ -308,10 +308,11 @@ class CopiedRecords:
     last: bool = False
     """The copy's last batch: what a store set aside for the copy's end is done in its
     transaction (SQLite: the key rows of the batches before, schema version 17)."""
-    waiting: Sequence[bool] | None = None
+    waiting: Sequence[bool] | None = field(default=None, compare=False)
     """Whether each update holds items that wait for others (``has_pending`` of it and
     its state vector), when the caller knows it (it read the state vector off the
-    items: nothing waits); None: the store works it out."""
+    items: nothing waits); None: the store works it out. What the updates say already,
+    so two batches that differ only in it are equal."""
 
     def __post_init__(self) -> None:
         ids, updates, vectors = self.record_ids, self.updates, self.state_vectors
