@@ -54,6 +54,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── ClientTooOldError        the server accepts only newer caresync clients: update
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
      ├── ConnectionLostError          the connection dropped; unsynced work is kept
+     │    └── ServerSilentError       the server sent no reply in time; the sync was ended
      ├── NotImplementedFeatureError   a documented feature that is not built yet
      └── MissingExtraError            an optional extra (pip install "caresync[fhir]") is missing
 """
@@ -102,6 +103,7 @@ __all__ = [
     "ReplicaRevokedError",
     "RuleError",
     "StorageError",
+    "ServerSilentError",
     "SyncRefusedError",
     "UnknownCollectionError",
     "UnknownConflictError",
@@ -316,6 +318,12 @@ class InsecureConnectionError(SyncRefusedError):
 
 class ConnectionLostError(CaresyncError):
     """The connection dropped; unsynced work stays in the outbox."""
+
+
+class ServerSilentError(ConnectionLostError):
+    """The server sent no reply within ``SyncLimits.reply_timeout_s``: the session was
+    ended (a server that hangs, or a link that carries nothing); unsynced work stays in
+    the outbox, and a later sync tries again."""
 
 
 class NotImplementedFeatureError(CaresyncError, NotImplementedError):

@@ -50,6 +50,7 @@ from caresync.exceptions import (
     ProtocolError,
     RemoteProtocolError,
     ReplicaRevokedError,
+    ServerSilentError,
     StorageError,
     SyncRefusedError,
 )
@@ -143,6 +144,10 @@ LIVE_DURABLE_DELAY_S = 1.0
 every live batch committed in that time (see :attr:`SyncLimits.live_durable_delay_s`)."""
 MAX_LIVE_DURABLE_DELAY_S = 60.0
 """The longest delay a ``SyncLimits`` accepts."""
+REPLY_TIMEOUT_S = 120.0
+"""How long a laptop waits for the server's next reply before it ends the session."""
+MAX_REPLY_TIMEOUT_S = 3600.0
+"""The longest reply timeout a ``SyncLimits`` accepts."""
 WHY_CLOSED_WAIT_S = 5.0
 """After a failed send, how long the reader may take to read why the server closed."""
 MAX_QUEUED_REPLIES = 8
@@ -196,6 +201,12 @@ class SyncLimits:
     checkpoint, and the next pull fetches them again). A sync makes it durable before
     it returns; in live mode it is made durable within this many seconds, one sync for
     every batch committed meanwhile (0: after each batch)."""
+    reply_timeout_s: float = REPLY_TIMEOUT_S
+    """How long the laptop waits for the server's next reply to what it asked (a proof,
+    a login, a batch, an acknowledgement) before it ends the session with
+    :class:`~caresync.exceptions.ServerSilentError`: a server that hangs, or a link that
+    carries nothing, does not hold a sync (and its status) for ever. Live updates are no
+    replies: a live connection with nothing to say is not silent."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -218,6 +229,16 @@ class SyncLimits:
             raise InvalidInputError(
                 "live_durable_delay_s must be a number of seconds in"
                 f" 0..{MAX_LIVE_DURABLE_DELAY_S:g}, not {delay!r}"
+            )
+        timeout = self.reply_timeout_s
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not 0 < timeout <= MAX_REPLY_TIMEOUT_S
+        ):
+            raise InvalidInputError(
+                "reply_timeout_s must be a number of seconds above 0, at most"
+                f" {MAX_REPLY_TIMEOUT_S:g}, not {timeout!r}"
             )
 
 
@@ -576,7 +597,18 @@ class Session:
         self._live_held += size
 
     async def _next_reply(self) -> object:
-        event = await self._replies.get()
+        replies = self._replies
+        if replies.empty():
+            timeout = self.limits.reply_timeout_s
+            try:
+                event = await asyncio.wait_for(replies.get(), timeout)
+            except TimeoutError:
+                raise ServerSilentError(
+                    f"the server at {self.channel.peer} sent no reply for {timeout:g} s;"
+                    " the sync was ended and unsynced changes are kept: try again later"
+                ) from None
+        else:
+            event = replies.get_nowait()
         if event is _ENDED:
             self._replies.put_nowait(_ENDED)  # for whoever waits next
             raise self._read_error or ConnectionLostError("the session ended")
