@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, get_state, merge_updates
 from store_helpers import Patient
 
+from caresync.records import Record
 from caresync.records.spans import (
     adds_clocks,
     decode_clocks,
@@ -18,6 +19,7 @@ from caresync.records.spans import (
     encode_varuint,
     simple_span,
 )
+from caresync.replication.checked import copied_state
 from caresync.storage import CachedRecord, IncomingUpdate
 from caresync.storage import _writes as writes_module
 from caresync.storage._updates import (
@@ -170,6 +172,130 @@ def test_a_copied_records_state_vector_is_read_off_its_items() -> None:
     whole = merge([p.created, *edits], record_id=p.id)
     assert assert_pycrdt_reads_the_clocks(whole)
     assert adds_clocks(edits[0]) is None
+
+
+# Hand-made copies of records, from simple items only, spelled in ways no peer writes:
+# hostile strings (invalid UTF-8, surrogates, overlong forms, NUL), client ids at the
+# edges of what Yjs and Yrs hold, meta["id"] entries naming this record or another.
+_RECORD = "rec-1"
+_valid = st.one_of(
+    st.text(max_size=3).map(str.encode),
+    st.sampled_from(
+        [b"", b"\x00", b"\xef\xbf\xbf", "\U0010ffff".encode(), _RECORD.encode(), b"id"]
+    ),
+    st.text(min_size=120, max_size=130).map(str.encode),  # a two-byte length
+)
+_HOSTILE = [b"\xed\xa0\x80", b"\xc0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\xff", b"a\x80"]
+_clients = st.one_of(
+    st.integers(0, 3),
+    st.sampled_from([127, 128, 2**31 - 1, 2**31, 2**32 - 1, 2**32 + 1, 2**52 + 1, 2**53 - 1]),
+    st.integers(0, 2**53 - 1),
+)
+_items = st.tuples(
+    st.booleans(),  # a map entry (with a key), or a list element
+    st.sampled_from([b"meta", b"revisions", b""]) | _valid,
+    st.sampled_from([b"id", b"a"]) | _valid,
+    st.lists(_valid, min_size=1, max_size=3),
+)
+_Blocks = list[tuple[int, list[tuple[bool, bytes, bytes, list[bytes]]]]]
+
+
+def _string(data: bytes) -> bytes:
+    return encode_varuint(len(data)) + data
+
+
+def _hand_made(blocks: _Blocks, last_from: int = 0) -> bytes:
+    """A v1 update of these client blocks (each from clock 0, the last from ``last_from``)
+    and an empty delete set."""
+    out = [encode_varuint(len(blocks))]
+    for n, (client, items) in enumerate(blocks, 1 - len(blocks)):
+        out += [encode_varuint(len(items)), encode_varuint(client)]
+        out.append(encode_varuint(last_from if n == 0 else 0))
+        for keyed, root, key, strings in items:
+            out += [b"\x28\x01" if keyed else b"\x08\x01", _string(root)]
+            out += [_string(key)] if keyed else []
+            out += [encode_varuint(len(strings))] + [b"\x77" + _string(s) for s in strings]
+    return b"".join(out) + b"\x00"
+
+
+def assert_a_copy_reads_as_walked(candidate: bytes) -> bool:
+    """:func:`assert_pycrdt_reads_the_clocks`, and a record whose id the walk vouches
+    for builds from the bytes, with that state vector."""
+    if not assert_pycrdt_reads_the_clocks(candidate):
+        return False
+    kept, vector = copied_state(_RECORD, candidate)
+    assert vector is not None
+    if kept:
+        record = Record.from_update(_RECORD, candidate, replica="laptop")
+        assert same_state_vector(record.state_vector(), vector)
+    return True
+
+
+@given(
+    st.lists(
+        st.tuples(_clients, st.lists(_items, min_size=1, max_size=3)),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda block: block[0],
+    ),
+    st.sampled_from([None, "client too wide", "client twice", "not UTF-8", "not from 0"]),
+    st.integers(0, 2**16),
+    st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0xFF, 0x28, 0x77]),
+)
+def test_hand_made_copies_are_read_as_pycrdt_reads_them(
+    blocks: _Blocks, spoil: str | None, at: int, byte: int
+) -> None:
+    last_from = 0
+    """An attacker's first copy: whatever hand-made bytes the walk reads a state vector
+    off, pycrdt reads too, to that state vector, nothing waiting, and a record it keeps
+    the id of builds from them; so is each one-byte change, cut, insertion and deletion.
+    Spoilt in one way pycrdt reads otherwise (or not at all), the walk leaves it."""
+    if spoil is None:
+        assert assert_a_copy_reads_as_walked(_hand_made(blocks))
+    else:
+        *rest, (client, items) = blocks
+        if spoil == "client too wide":  # pycrdt keeps a client id's low 53 bits only
+            client += 2**53 * (1 + at % 2047)
+        elif spoil == "client twice":  # pycrdt's get_state and a document's then differ
+            rest = rest or [(client, items)]
+            client = rest[0][0]
+        elif spoil == "not from 0":  # its items wait for the client's earlier ones
+            last_from = 1 + at % 300
+        else:
+            keyed, root, key, strings = items[-1]
+            items = [*items[:-1], (keyed, root, key, [*strings, _HOSTILE[at % len(_HOSTILE)]])]
+        blocks = [*rest, (client, items)]
+        assert adds_clocks(_hand_made(blocks, last_from)) is None
+    update = _hand_made(blocks, last_from)
+    pos = at % len(update)
+    for damaged in (
+        update[:pos] + bytes([byte]) + update[pos + 1 :],
+        update[:pos] + bytes([byte]) + update[pos:],
+        update[:pos] + update[pos + 1 :],
+        update[:pos],
+    ):
+        assert_a_copy_reads_as_walked(damaged)
+
+
+def test_what_the_walk_leaves_to_pycrdt_in_a_copy() -> None:
+    """Bytes a first copy's walk reads no state vector off (pycrdt decides): the edges."""
+    entry = (True, b"meta", b"id", [_RECORD.encode()])
+    one = _hand_made([(1, [entry])])
+    assert adds_clocks(one) == {b"\x01": 1}
+    assert adds_clocks(_hand_made([(0, [entry]), (2**53 - 1, [entry])])) is not None
+    assert adds_clocks(_hand_made([(2**53, [entry])])) is None  # Yrs keeps 53 bits
+    assert adds_clocks(_hand_made([(1, [entry]), (1, [entry])])) is None  # a client twice
+    assert adds_clocks(one[:2] + b"\x81\x00" + one[3:]) is None  # a client spelled long
+    assert adds_clocks(one[:1] + b"\x81\x00" + one[2:]) is None  # a count spelled long
+    assert adds_clocks(one[:3] + b"\x01" + one[4:]) is None  # not from clock 0
+    assert adds_clocks(one + b"\x00") is None  # a byte more
+    assert adds_clocks(one[:-1] + b"\x01\x01\x00\x01") is None  # a delete set
+    assert adds_clocks(_hand_made([(1, [(True, b"meta", b"\xed\xa0\x80", [b"x"])])])) is None
+    assert adds_clocks(_hand_made([(1, [(True, b"meta", b"a", [b"\xc0\x80"])])])) is None
+    with_nul = _hand_made([(1, [(True, b"\x00", b"\x00", [b"\x00", b""])])])
+    assert assert_a_copy_reads_as_walked(with_nul)
+    other = _hand_made([(1, [entry]), (2, [(True, b"meta", b"id", [b"rec-2"])])])
+    assert copied_state(_RECORD, other) == (False, encode_clocks({b"\x01": 1, b"\x02": 1}))
 
 
 def test_the_updates_a_record_makes_are_simple() -> None:
