@@ -219,7 +219,10 @@ class RecordWritesPart(SQLiteCore):
     def _store_copied(
         self, raw: sqlite3.Connection, records: CopiedRecords, ids: list[str], now: int
     ) -> None:
-        """The rows of records new here: what ``_store_planned`` writes for them."""
+        """The rows of records new here: the state ``_store_planned`` would store for them,
+        laid out as a first copy's (one log row each, counted by the record's row, whose
+        ``head_at`` names it; ``_store_planned`` leaves new records' log rows to carry
+        their state instead)."""
         updates, vectors = records.updates, records.state_vectors
         organisation = records.organisation
         first = _scalar(raw, "SELECT MAX(rk) FROM records") + 1
