@@ -601,7 +601,11 @@ class Session:
         if replies.empty():
             timeout = self.limits.reply_timeout_s
             try:
-                event = await asyncio.wait_for(replies.get(), timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow the
+                # cancellation of a task whose reply arrives as it is cancelled (live
+                # mode's pusher then ran on, and stopping live mode waited for ever).
+                async with asyncio.timeout(timeout):
+                    event = await replies.get()
             except TimeoutError:
                 raise ServerSilentError(
                     f"the server at {self.channel.peer} sent no reply for {timeout:g} s;"
