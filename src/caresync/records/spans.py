@@ -46,6 +46,7 @@ __all__ = [
     "Client",
     "only_adds",
     "adds_clocks",
+    "read_adds",
     "advance_clocks",
     "advance_vector",
     "SimpleItem",
@@ -266,11 +267,16 @@ def adds_clocks(update: bytes) -> dict[Client, int] | None:
     have no origins, their parents are roots by name, each client's clocks start at 0).
     None for any other update (pycrdt works it out).
     """
+    return read_adds(update)[1]
+
+
+def read_adds(update: bytes) -> tuple[bool, dict[Client, int] | None]:
+    """One walk for both: :func:`only_adds` of ``update``, and :func:`adds_clocks`."""
     blocks = _adds_blocks(update)
     if blocks is None:
-        return None
+        return False, None
     clocks = {client: end for client, first, end in blocks if first == 0}
-    return clocks if len(clocks) == len(blocks) else None
+    return True, clocks if len(clocks) == len(blocks) else None
 
 
 def _adds_blocks(update: bytes) -> list[tuple[Client, int, int]] | None:

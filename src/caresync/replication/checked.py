@@ -51,12 +51,12 @@ from caresync.protocol import (
 )
 from caresync.records.persons import PersonCard
 from caresync.records.spans import (
-    adds_clocks,
     advance_vector,
     decode_clocks,
     encode_clocks,
     encode_varuint,
     only_adds,
+    read_adds,
 )
 from caresync.storage import ConflictRow
 from caresync.storage._updates import advance, decode_state_vector, same_state_vector
@@ -167,11 +167,12 @@ def copied_state(record_id: str, update: bytes) -> tuple[bool, bytes | None]:
     """For a first copy's record, one walk of its bytes: whether
     ``keeps_its_id(record_id, [update])``, and, when its every client's items start at
     clock 0, its state vector read off them (nothing of it waits); else None, for pycrdt
-    to work out (:func:`~caresync.records.spans.adds_clocks`)."""
-    clocks = adds_clocks(update)
-    if clocks is None:
-        return keeps_its_id(record_id, (update,)), None
-    return _names_only(update, _id_entry(record_id)), encode_clocks(clocks)
+    to work out (:func:`~caresync.records.spans.read_adds`)."""
+    adds, clocks = read_adds(update)
+    if not adds:
+        return False, None  # what keeps_its_id says of it, without a second walk
+    kept = _names_only(update, _id_entry(record_id))
+    return kept, None if clocks is None else encode_clocks(clocks)
 
 
 def _id_entry(record_id: str) -> bytes:
