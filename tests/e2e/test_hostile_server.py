@@ -128,17 +128,20 @@ async def test_live_frames_waiting_for_their_commit_are_bounded_in_bytes(
     writer = await enrolled(tmp_path, server, "writer")
     laptop = await enrolled(tmp_path, server, "laptop", user="dr.b")
     signal = watch(laptop)  # and each frame read, below
-    queued: list[asyncio.Queue[LiveUpdate | LiveBatch]] = []
+    # The committer's queue holds each frame with its size, as the reader counted it.
+    queued: list[asyncio.Queue[tuple[LiveUpdate | LiveBatch, int]]] = []
     put = 0
     waiting = False
     commit_live = Session._commit_live
     room_for_live = getattr(Session, "_room_for_live", None)
 
-    async def counted_commit(self: Session, updates: asyncio.Queue[LiveUpdate | LiveBatch]) -> None:
+    async def counted_commit(
+        self: Session, updates: asyncio.Queue[tuple[LiveUpdate | LiveBatch, int]]
+    ) -> None:
         queued.append(updates)
         put_event = updates.put
 
-        async def counted_put(event: LiveUpdate | LiveBatch) -> None:
+        async def counted_put(event: tuple[LiveUpdate | LiveBatch, int]) -> None:
             nonlocal put
             put += 1
             signal()
@@ -177,7 +180,7 @@ async def test_live_frames_waiting_for_their_commit_are_bounded_in_bytes(
                 held = [queue.get_nowait() for _ in range(queue.qsize())]
                 for frame in held:
                     queue.put_nowait(frame)  # as they were, for the committer
-                assert sum(map(_update_bytes, held)) <= budget
+                assert sum(_update_bytes(frame) for frame, _size in held) <= budget
                 assert put < frames  # the rest wait on the server's side
 
             async def caught_up() -> bool:

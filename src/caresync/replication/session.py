@@ -531,7 +531,8 @@ class Session:
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
         self._reply_room = asyncio.Semaphore(MAX_QUEUED_REPLIES)
-        self._live_updates: asyncio.Queue[LiveUpdate | LiveBatch] | None = None
+        # Live frames read and not yet committed, each with its _live_bytes (counted once).
+        self._live_updates: asyncio.Queue[tuple[LiveUpdate | LiveBatch, int]] | None = None
         self._live_held = 0  # bytes of live entries read and not yet committed
         self._live_room = asyncio.Event()  # set when the committer frees some
         self._durable_later: asyncio.Task[None] | None = None  # live batches' sync, pending
@@ -572,8 +573,9 @@ class Session:
                     raise
                 for event in self.protocol.events_received():
                     if isinstance(event, LiveUpdate | LiveBatch) and self._live_updates is not None:
-                        await self._room_for_live(_live_bytes(event))
-                        await self._live_updates.put(event)  # full: stop reading for now
+                        size = _live_bytes(event)
+                        await self._room_for_live(size)
+                        await self._live_updates.put((event, size))  # full: stop reading
                         continue
                     # Bounded: a server sending what nobody asked for waits, on TCP.
                     await self._reply_room.acquire()
@@ -1256,7 +1258,7 @@ class Session:
         host = self.host
         checkpoint = int(await host.store.get_meta(meta.CHECKPOINT) or 0)
         # The queue before the Subscribe: the reader routes the backlog here as it arrives.
-        updates: asyncio.Queue[LiveUpdate | LiveBatch] = asyncio.Queue(LIVE_QUEUE_ITEMS)
+        updates: asyncio.Queue[tuple[LiveUpdate | LiveBatch, int]] = asyncio.Queue(LIVE_QUEUE_ITEMS)
         self._live_updates = updates
         self._live_held = 0
         self.protocol.subscribe(checkpoint, host.rulebook.fingerprint)
@@ -1288,14 +1290,18 @@ class Session:
                 if error is not None:
                     raise error
 
-    async def _commit_live(self, updates: asyncio.Queue[LiveUpdate | LiveBatch]) -> None:
+    async def _commit_live(
+        self, updates: asyncio.Queue[tuple[LiveUpdate | LiveBatch, int]]
+    ) -> None:
         while True:
-            frames = [await updates.get()]
-            taken = len(frames[0].items) if isinstance(frames[0], LiveBatch) else 1
+            frame, held = await updates.get()
+            frames = [frame]
+            taken = len(frame.items) if isinstance(frame, LiveBatch) else 1
             while not updates.empty() and taken < self.limits.pull_limit:
-                frame = updates.get_nowait()
+                frame, size = updates.get_nowait()
                 taken += len(frame.items) if isinstance(frame, LiveBatch) else 1
                 frames.append(frame)
+                held += size
             live = LiveFrames.of(frames)
             await self.host.take_in(
                 live.entries,
@@ -1303,7 +1309,7 @@ class Session:
                 checked=live.checks or None,
             )
             # Committed: their bytes are no longer held (the reader may read on).
-            self._live_held = max(0, self._live_held - sum(map(_live_bytes, frames)))
+            self._live_held = max(0, self._live_held - held)
             self._live_room.set()
             self._live_batches += 1
             if not self.limits.live_durable_delay_s:
