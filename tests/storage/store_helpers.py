@@ -27,6 +27,7 @@ __all__ = [
     "same_vector",
     "snapshot",
     "undo_version_18",
+    "as_version_17",
 ]
 
 
@@ -55,3 +56,15 @@ def undo_version_18(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE log_v17 RENAME TO log")
     conn.execute("CREATE INDEX log_by_record ON log (rk)")
     conn.execute("ALTER TABLE records DROP COLUMN head_at")
+
+
+def as_version_17(path: Path) -> None:
+    """Take the closed database at ``path`` back to a file of version 17, in one transaction."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        undo_version_18(conn)
+        conn.execute("PRAGMA user_version = 17")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

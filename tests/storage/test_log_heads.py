@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pycrdt
-from store_helpers import Patient, same_vector, undo_version_18
+from store_helpers import Patient, as_version_17, same_vector
 
 from caresync.storage import SCHEMA_VERSION, CopiedRecords, IncomingUpdate, SQLiteStore
 
@@ -145,12 +145,7 @@ async def test_a_version_17_database_migrates_with_each_records_state(tmp_path: 
             for update in edits[p.id]:
                 await store.write_remote([IncomingUpdate(p.id, update, ())])
         expected = await store.state_vectors([p.id for p in patients])
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN")
-    undo_version_18(conn)
-    conn.execute("PRAGMA user_version = 17")
-    conn.execute("COMMIT")
-    conn.close()
+    as_version_17(path)
     async with SQLiteStore.open(path) as store:
         assert store.migrated_from == 17
         assert await store.check() == []
@@ -215,12 +210,7 @@ async def test_a_version_17_database_of_every_kind_of_record_migrates_with_its_s
         await write(waits, waits.edit())  # waits for the one skipped
         assert (await store.state_vectors([waits.id]))[waits.id][1] is True
         lengths = {rid: await store.log_length(rid) for rid in given}
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN")
-    undo_version_18(conn)
-    conn.execute("PRAGMA user_version = 17")
-    conn.execute("COMMIT")
-    conn.close()
+    as_version_17(path)
     async with SQLiteStore.open(path) as store:
         assert store.migrated_from == 17
         assert await store.check() == []
