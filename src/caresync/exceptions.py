@@ -52,6 +52,8 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── ReplicaRevokedError      the replica was revoked; it is locked
      │    ├── NotEnrolledError         the replica has not been enrolled yet
      │    ├── ClientTooOldError        the server accepts only newer caresync clients: update
+     │    ├── FeedDivergedError        the server's feed is not the one read (restored from a
+     │    │                            backup): a sync resends and pulls from 0 by itself
      │    └── InsecureConnectionError  plain ws:// beyond this machine, not allowed
      ├── ConnectionLostError          the connection dropped; unsynced work is kept
      │    └── ServerSilentError       the server sent no reply in time; the sync was ended
@@ -75,6 +77,7 @@ __all__ = [
     "DatabaseNotFoundError",
     "DatabaseTooNewError",
     "ExportFileError",
+    "FeedDivergedError",
     "FieldConflictError",
     "FrameTooLargeError",
     "ImmutableFieldError",
@@ -324,6 +327,14 @@ class ServerSilentError(ConnectionLostError):
     """The server sent no reply within ``SyncLimits.reply_timeout_s``: the session was
     ended (a server that hangs, or a link that carries nothing); unsynced work stays in
     the outbox, and a later sync tries again."""
+
+
+class FeedDivergedError(SyncRefusedError):
+    """The server's change feed is not the one this laptop read: it ends before the
+    laptop's checkpoint, or labels it with another feed epoch (a server restored from
+    an older backup). A sync answers it by itself (it sends again what this laptop
+    wrote and pulls from the feed's start, see ``SyncReport.server_went_back``); an
+    application sees it only from a server that refuses again right after."""
 
 
 class NotImplementedFeatureError(CaresyncError, NotImplementedError):

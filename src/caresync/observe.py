@@ -241,6 +241,17 @@ class ServerEvents:
             bytes=size,
         )
 
+    def feed_diverged(self, replica: str, reason: str) -> None:
+        """A laptop read further into the change feed than this server holds: the
+        database was restored from an older backup (its pull is refused; the laptop
+        sends what it wrote again and pulls from the start). Counted as a refusal."""
+        _log(
+            logging.WARNING,
+            "feed_diverged",
+            f"{replica}: {reason}; it sends what it wrote again and pulls from the start",
+            replica=replica,
+        )
+
     def pulled(self, replica: str, updates: int, size: int, checkpoint: int) -> None:
         self.metrics.pulls.inc()
         self.metrics.pulled_updates.inc(updates)

@@ -119,11 +119,13 @@ from caresync.protocol import FeedItem as WireItem
 from caresync.records import Admission, AdmissionLimits, Record, Revision
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.coalesce import Coalescer, MergeVerdicts
+from caresync.replication.epochs import epoch_at
 from caresync.replication.follow import FeedFollower
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_wire_checks
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.storage import (
     ConflictRow,
+    FeedEpoch,
     FeedItem,
     HubMark,
     ReplicaInfo,
@@ -549,7 +551,14 @@ class SyncServer:
             store, replica=server_id, rulebook=rulebook, max_records=check_pool_size(pool_size)
         )
         # What this process relayed of the feed, and its catching up with other processes.
-        self._follower = FeedFollower(store, self._pool, self._relay)
+        self._follower = FeedFollower(store, self._pool, self._relay, self._know_epochs)
+        # The feed's epochs (see caresync.replication.epochs), read when first needed, and
+        # the feed head they answer for: every number of a store only this process writes
+        # (the epoch it opened with is the last); with a store shared by processes, up to
+        # the head read before them (an epoch begins only past the head).
+        self._epochs: list[FeedEpoch] = []
+        self._epochs_through = -1
+        self._epochs_lock = asyncio.Lock()
         self._following: asyncio.Task[None] | None = None
         # Whether the stored conflict index was computed by ``rulebook`` (read once).
         self._index_current: bool | None = None
@@ -1085,7 +1094,7 @@ class SyncServer:
     async def handle(self, channel: Channel) -> None:
         """Serve one connection until it closes (the listener calls this)."""
         conn = _Connection(
-            ServerProtocol(self.server_id),
+            ServerProtocol(self.server_id, feed_epoch_at=self._epoch_at),
             channel,
             self.events,
             send_nowait=nowait_sender(channel),
@@ -1483,6 +1492,7 @@ class SyncServer:
         ]
         done = done_before + len(records)
         sent_bytes = bytes_before + size
+        await self._know_epochs(checkpoint)
         try:
             conn.protocol.send_copy_batch(
                 records,
@@ -1659,6 +1669,43 @@ class SyncServer:
             self._index_current = marked == self.rulebook.fingerprint
         return self._index_current
 
+    async def _know_epochs(self, seq: int) -> None:
+        """Make :meth:`_epoch_at` answer for feed numbers up to ``seq``."""
+        if seq <= self._epochs_through:
+            return
+        async with self._epochs_lock:
+            if seq <= self._epochs_through:
+                return
+            # The head first: an epoch begun after it was read begins past it.
+            through = await self.store.feed_head() if self.store.shared else MAX_SEQ
+            self._epochs = await self.store.feed_epochs()
+            self._epochs_through = through
+
+    def _epoch_at(self, seq: int) -> int:
+        """The feed epoch of feed number ``seq`` (:meth:`_know_epochs` went first)."""
+        return epoch_at(self._epochs, seq)
+
+    async def _diverged(self, request: PullRequest, head: int) -> str | None:
+        """Why a pull from ``request.after_seq`` names feed entries this server does not
+        hold (a server restored from an older backup), or None."""
+        after = request.after_seq
+        if after > head:
+            return (
+                f"this laptop read the change feed up to entry {after}, and this server's "
+                f"feed ends at {head}: the server went back in time (restored from an older "
+                "backup?)"
+            )
+        if request.feed_epoch is None or after == 0:
+            return None
+        await self._know_epochs(after)
+        if self._epoch_at(after) != request.feed_epoch:
+            return (
+                f"entry {after} of this server's change feed is not the one this laptop read "
+                "(another feed epoch): the server went back in time (restored from an older "
+                "backup?) and wrote new entries since"
+            )
+        return None
+
     async def _on_pull(self, conn: _Connection, request: PullRequest) -> None:
         send_checks = await self._sends_checks(conn, request.rulebook)
         checks: dict[str, RecordCheck] | None = None
@@ -1666,6 +1713,15 @@ class SyncServer:
         # vector are read as of one commit (the laptop compares the state vector).
         async with self._commit_lock if send_checks else contextlib.nullcontext():
             head = await self.store.feed_head()
+            diverged = await self._diverged(request, head)
+            if diverged is not None:
+                self.events.feed_diverged(conn.protocol.replica_id or conn.channel.peer, diverged)
+                conn.protocol.refuse(
+                    RequestKind.PULL,
+                    ErrorCode.FEED_DIVERGED,
+                    f"{diverged}. The laptop sends what it wrote again and pulls from the start",
+                )
+                return
             try:
                 items, taken, to_end = (
                     # A laptop at the head (a sync with nothing to do): nothing to read.
@@ -1695,6 +1751,7 @@ class SyncServer:
         else:
             checkpoint = items[-1].seq
         conn.serving = conn.serving or bool(entries)
+        await self._know_epochs(max(checkpoint, request.after_seq))
         conn.protocol.send_pull_batch(
             entries,
             checkpoint=max(checkpoint, request.after_seq),
@@ -2178,6 +2235,8 @@ class SyncServer:
                 )
                 if conn.checks is not None:
                     checks = await self._read_checks([i.record_id for i in items])
+            if items:
+                await self._know_epochs(items[-1].seq)
             conn.protocol.send_live_updates([(i.seq, i.record_id, i.update) for i in items], checks)
             if len(items) < 1000:
                 return  # the last chunk goes with the reply (the connection's flush)

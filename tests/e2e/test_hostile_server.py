@@ -27,6 +27,7 @@ from caresync.protocol import LiveBatch, LiveUpdate, PullBatch, ServerProtocol
 from caresync.protocol.states import RequestKind
 from caresync.replica import Replica, ReplicaState, SyncLimits
 from caresync.replication import meta
+from caresync.replication.epochs import FeedPosition
 from caresync.replication.pool import conflict_rows
 from caresync.replication.session import Session
 from caresync.storage import IncomingUpdate
@@ -185,7 +186,7 @@ async def test_live_frames_waiting_for_their_commit_are_bounded_in_bytes(
 
             async def caught_up() -> bool:
                 head = await server.store.feed_head()
-                return await laptop.store.get_meta(meta.CHECKPOINT) == str(head)
+                return FeedPosition.parse(await laptop.store.get_meta(meta.CHECKPOINT)).seq == head
 
             async with asyncio.timeout(LIMIT_S):
                 await until(caught_up, signal)

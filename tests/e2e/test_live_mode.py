@@ -30,6 +30,7 @@ from caresync import (
     WrongServerError,
 )
 from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
+from caresync.replication.epochs import FeedPosition
 from caresync.server import SyncServer
 
 ONLINE, OFFLINE = ReplicaState.ONLINE, ReplicaState.OFFLINE
@@ -78,7 +79,9 @@ async def test_an_edit_on_one_live_laptop_reaches_the_other_without_polling(
         assert status.state is ONLINE
         assert status.copy_age_s == 0.0
         # a's checkpoint followed the live feed to its head (b's edit was the last entry).
-        assert await a.store.get_meta("sync.checkpoint") == str(await server.store.feed_head())
+        checkpoint = FeedPosition.parse(await a.store.get_meta("sync.checkpoint"))
+        assert checkpoint.seq == await server.store.feed_head()
+        assert checkpoint.epoch is not None  # live entries carry their feed epoch
     assert a.state is OFFLINE is b.state  # stopped: both said goodbye
     for closable in (a, b, server):
         await closable.close()

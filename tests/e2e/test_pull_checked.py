@@ -27,6 +27,7 @@ from caresync.exceptions import RemoteProtocolError
 from caresync.protocol import ServerProtocol
 from caresync.replica import CopyProgress, Replica, ReplicaState, SyncLimits
 from caresync.replication import meta
+from caresync.replication.epochs import FeedPosition
 
 
 class Counted(Rulebook):
@@ -97,7 +98,7 @@ async def test_live_entries_store_the_servers_rows_without_building(tmp_path: Pa
 
             async def caught_up() -> bool:
                 head = await server.store.feed_head()
-                return await reader.store.get_meta(meta.CHECKPOINT) == str(head)
+                return FeedPosition.parse(await reader.store.get_meta(meta.CHECKPOINT)).seq == head
 
             async with asyncio.timeout(LIMIT_S):
                 await until(caught_up, signal)

@@ -35,6 +35,7 @@ from caresync.protocol.server import RecordCheck
 from caresync.records.persons import person_card
 from caresync.replica import Replica, ReplicaState
 from caresync.replication import meta
+from caresync.replication.epochs import FeedPosition
 from caresync.server import SyncServer
 from caresync.storage import SQLiteStore
 
@@ -259,7 +260,7 @@ async def test_live_entries_refer_to_what_the_laptop_holds(
 
             async def caught_up() -> bool:
                 head = await server.store.feed_head()
-                return await reader.store.get_meta(meta.CHECKPOINT) == str(head)
+                return FeedPosition.parse(await reader.store.get_meta(meta.CHECKPOINT)).seq == head
 
             async with asyncio.timeout(LIMIT_S):
                 await until(caught_up, signal)

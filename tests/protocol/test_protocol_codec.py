@@ -13,6 +13,7 @@ from caresync.exceptions import (
     CaresyncError,
     ClientTooOldError,
     ConnectionLostError,
+    FeedDivergedError,
     FrameTooLargeError,
     LocalProtocolError,
     NotEnrolledError,
@@ -421,6 +422,7 @@ def test_every_code_maps_to_one_caresync_exception() -> None:
         "going_away": ConnectionLostError,
         "internal": ConnectionLostError,
         "client_too_old": ClientTooOldError,
+        "feed_diverged": FeedDivergedError,
     }
     assert dict(ERROR_CLASSES) == expected
     assert {code.value for code in ErrorCode} == set(expected)

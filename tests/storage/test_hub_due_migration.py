@@ -14,6 +14,7 @@ from caresync.storage import SCHEMA_VERSION, ServerStore, SQLiteStore
 from caresync.storage.migrations import create_schema
 from caresync.storage.postgres import PostgresStore
 from caresync.storage.postgres.schema import FORMAT_VALUE, SCHEMA_STEPS
+from caresync.storage.postgres.schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 
 _ROW = (
     "INSERT INTO hub_outbox (record_id, organisation, version, state, reason, sent_version,"
@@ -93,4 +94,6 @@ async def test_a_version_3_postgresql_server_gains_the_hub_state_index(
             ).fetchall()
             assert len(found) == 1
             assert "(state, next_attempt_ms, record_id)" in found[0][0]
-            assert conn.execute("SELECT version FROM caresync_schema").fetchone() == (4,)
+            assert conn.execute("SELECT version FROM caresync_schema").fetchone() == (
+                PG_SCHEMA_VERSION,
+            )

@@ -306,6 +306,7 @@ async def _result(replica: Replica, report: SyncReport) -> dict[str, Any]:
         "uploaded": report.uploaded,
         "downloaded": report.downloaded,
         "copied": report.copied,
+        "server_went_back": report.server_went_back,
         "conflicts_open": report.conflicts_open,
         "pending": status.pending,
         "records": status.records,
@@ -323,6 +324,12 @@ def _render(verb: str) -> Any:
             f"{data['pending']} unsynced, {data['conflicts_open']} open conflict(s)",
             markup=False,
         )
+        if data.get("server_went_back"):
+            console.print(
+                "the server had been restored from an older backup: everything this laptop "
+                "wrote was sent again, and its change feed read from the start",
+                markup=False,
+            )
         if data["quarantined"]:
             console.print(
                 f"{data['quarantined']} update(s) from the server could not be merged and "

@@ -65,6 +65,7 @@ from caresync.protocol.messages import (
     DEFAULT_COPY_BATCH_RECORDS,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_PULL_LIMIT,
+    FEED_EPOCHS_SINCE,
     HUB_CHANGES_SINCE,
     SUPPORTED_VERSIONS,
     AuditAck,
@@ -392,6 +393,7 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         include_own: bool = False,
         rulebook: str | None = None,
         hub_since: int | None = None,
+        feed_epoch: int | None = None,
     ) -> None:
         """Queue PullRequest for feed entries after the checkpoint ``after_seq``.
 
@@ -402,6 +404,9 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         replica holds (0: none): the report ending the pull then carries only what
         changed since (version :data:`~caresync.protocol.messages.HUB_CHANGES_SINCE`
         on; on an older version it is not sent, and the report is the whole list).
+        ``feed_epoch`` is the feed epoch the server gave with ``after_seq`` (version
+        :data:`~caresync.protocol.messages.FEED_EPOCHS_SINCE` on; not sent before): a
+        server that labels ``after_seq`` otherwise refuses the pull (``feed_diverged``).
         """
         if include_own and self._version is not None and self._version < _PROOF_SINCE:
             raise LocalProtocolError(
@@ -412,9 +417,19 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             rulebook = None
         if not self.reports_hub_changes:
             hub_since = None
+        if not self.sends_feed_epochs:
+            feed_epoch = None
         self._send_sync(
-            PullRequest(after_seq, limit, True if include_own else None, rulebook, hub_since)
+            PullRequest(
+                after_seq, limit, True if include_own else None, rulebook, hub_since, feed_epoch
+            )
         )
+
+    @property
+    def sends_feed_epochs(self) -> bool:
+        """The agreed version (:data:`~caresync.protocol.messages.FEED_EPOCHS_SINCE` on)
+        labels feed positions with the server's feed epoch."""
+        return self._version is not None and self._version >= FEED_EPOCHS_SINCE
 
     @property
     def reports_hub_changes(self) -> bool:

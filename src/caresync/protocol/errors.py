@@ -25,6 +25,10 @@ going_away             ConnectionLostError              the server is shutting d
 internal               ConnectionLostError              the server failed; nothing was committed
 client_too_old         ClientTooOldError                this caresync is older than the oldest the
                                                         server accepts (v7 on): update it
+feed_diverged          FeedDivergedError                the server's change feed does not reach,
+                                                        or labels otherwise, the position the
+                                                        pull starts from (restored from an
+                                                        older backup): resend, pull from 0
 =====================  ==============================  ==========================================
 
 ``bad_message`` and ``too_large`` map to the plain :class:`~caresync.exceptions.ProtocolError`:
@@ -44,6 +48,7 @@ from caresync.exceptions import (
     CaresyncError,
     ClientTooOldError,
     ConnectionLostError,
+    FeedDivergedError,
     NotEnrolledError,
     ProtocolError,
     ReplicaRevokedError,
@@ -73,6 +78,7 @@ class ErrorCode(enum.StrEnum):
     GOING_AWAY = "going_away"
     INTERNAL = "internal"
     CLIENT_TOO_OLD = "client_too_old"
+    FEED_DIVERGED = "feed_diverged"
 
 
 ERROR_CLASSES: Mapping[str, type[CaresyncError]] = MappingProxyType(
@@ -92,6 +98,7 @@ ERROR_CLASSES: Mapping[str, type[CaresyncError]] = MappingProxyType(
         ErrorCode.GOING_AWAY: ConnectionLostError,
         ErrorCode.INTERNAL: ConnectionLostError,
         ErrorCode.CLIENT_TOO_OLD: ClientTooOldError,
+        ErrorCode.FEED_DIVERGED: FeedDivergedError,
     }
 )
 """The exception class each known code maps to."""

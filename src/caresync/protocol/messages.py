@@ -41,6 +41,7 @@ __all__ = [
     "COALESCED_PULL_SINCE",
     "COMPACT_ROWS_SINCE",
     "COPY_PAIRS_SINCE",
+    "FEED_EPOCHS_SINCE",
     "HUB_CHANGES_SINCE",
     "MAX_AUDIT_ITEMS",
     "DEFAULT_COPY_BATCH_RECORDS",
@@ -123,10 +124,15 @@ HUB_CHANGES_SINCE = 13
 the laptop holds (:attr:`PullRequest.hub_since`, :attr:`HubReport.mark`,
 :attr:`HubReport.whole`, and the ``removed`` state of a :class:`HubItem`)."""
 
-PROTOCOL_VERSION = 13
+FEED_EPOCHS_SINCE = 14
+"""The first protocol version that labels feed positions with the server's feed epoch
+(:attr:`PullRequest.feed_epoch`, :attr:`PullBatch.feed_epoch`,
+:attr:`LiveBatch.feed_epoch`, :attr:`CopyBatch.feed_epoch`)."""
+
+PROTOCOL_VERSION = 14
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -201,6 +207,16 @@ laptop holds (0: none), and :class:`HubReport` says the mark it brings the lapto
 (``mark``) and whether its items are the whole list (``whole``: replace) or only the
 summaries changed since ``hub_since`` (merge), where an item in state ``removed`` says a
 patient is no longer listed. A laptop in step gets an empty report.
+
+Version :data:`FEED_EPOCHS_SINCE` lets a laptop tell a server that went back in time (one
+restored from an older backup) from the one it read: every feed position the server
+gives (a pull batch's checkpoint, a live batch's last entry, a first copy's
+``feed_checkpoint``) comes with its **feed epoch** (``feed_epoch``: the random id of
+the server process's stretch of the feed that number lies in, see
+:class:`~caresync.storage.base.FeedEpoch`), and a pull names the epoch of the
+position it starts from. A server whose feed does not reach that position, or labels
+it with another epoch, refuses the pull with ``feed_diverged``: the laptop sends again
+what it wrote and pulls from the feed's start (see :mod:`caresync.replication.epochs`).
 """
 
 MAX_VERSION_TEXT = 64
@@ -299,6 +315,12 @@ def _bad(owner: str, name: str, what: str, value: object, *, secret: bool = Fals
 def _int(owner: str, name: str, value: object, lo: int, hi: int = MAX_SEQ) -> None:
     if type(value) is not int or not lo <= value <= hi:
         _bad(owner, name, f"an int in [{lo}, {hi}]", value)
+
+
+def _opt_epoch(owner: str, value: object) -> None:
+    """A feed epoch (0 labels the numbers before the first epoch), or None."""
+    if value is not None:
+        _int(owner, "feed_epoch", value, 0, MAX_SEQ)
 
 
 def _bool(owner: str, name: str, value: object) -> None:
@@ -1017,11 +1039,19 @@ class CopyBatch(Message):
     ``(second, first)``, each once (``None``: not sent; the receiver finds the pairs
     itself). A record of the batch a pair names has a card in ``persons``; ``first``
     is either in the batch or comes before its first record (an earlier batch).
+
+    ``feed_epoch`` (version :data:`FEED_EPOCHS_SINCE` on): the feed epoch of
+    ``feed_checkpoint`` (``None``: not sent).
     """
 
     TYPE_CODE: ClassVar[int] = 17
     FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
-        {"conflicts": 3, "persons": 5, "pairs": COPY_PAIRS_SINCE}
+        {
+            "conflicts": 3,
+            "persons": 5,
+            "pairs": COPY_PAIRS_SINCE,
+            "feed_epoch": FEED_EPOCHS_SINCE,
+        }
     )
 
     records: tuple[CopyRecord, ...]
@@ -1035,6 +1065,7 @@ class CopyBatch(Message):
     conflicts: tuple[CopyConflict, ...] | None = None
     persons: tuple[CopyPerson, ...] | None = None
     pairs: tuple[CopyPair, ...] | None = None
+    feed_epoch: int | None = None
 
     def __post_init__(self) -> None:
         owner = "CopyBatch"
@@ -1062,6 +1093,7 @@ class CopyBatch(Message):
         if previous is not None and self.last_record_id != previous:
             _bad(owner, "last_record_id", f"the last record's id {previous!r}", self.last_record_id)
         _int(owner, "feed_checkpoint", self.feed_checkpoint, 0)
+        _opt_epoch(owner, self.feed_epoch)
         _bool(owner, "final", self.final)
         if not self.final and not out:
             raise LocalProtocolError("CopyBatch: a batch that is not final must hold a record")
@@ -1308,11 +1340,20 @@ class PullRequest(Message):
     ``hub_since`` (version :data:`HUB_CHANGES_SINCE` on): the server's hub mark of the
     hub report the client holds (:attr:`HubReport.mark`; 0: it holds none), so that
     the report ending the pull carries only what changed since (``None``: not sent).
+    ``feed_epoch`` (version :data:`FEED_EPOCHS_SINCE` on): the feed epoch the server
+    gave with ``after_seq`` (``None``: the client holds none, as after an older
+    server); a server that labels ``after_seq`` otherwise, or whose feed ends before
+    it, refuses the pull with ``feed_diverged``.
     """
 
     TYPE_CODE: ClassVar[int] = 18
     FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
-        {"include_own": 4, "rulebook": 8, "hub_since": HUB_CHANGES_SINCE}
+        {
+            "include_own": 4,
+            "rulebook": 8,
+            "hub_since": HUB_CHANGES_SINCE,
+            "feed_epoch": FEED_EPOCHS_SINCE,
+        }
     )
 
     after_seq: int
@@ -1320,6 +1361,7 @@ class PullRequest(Message):
     include_own: bool | None = None
     rulebook: str | None = None
     hub_since: int | None = None
+    feed_epoch: int | None = None
 
     def __post_init__(self) -> None:
         _int("PullRequest", "after_seq", self.after_seq, 0)
@@ -1329,6 +1371,7 @@ class PullRequest(Message):
         _opt_text("PullRequest", "rulebook", self.rulebook, MAX_FINGERPRINT_LENGTH)
         if self.hub_since is not None:
             _int("PullRequest", "hub_since", self.hub_since, 0)
+        _opt_epoch("PullRequest", self.feed_epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1348,11 +1391,19 @@ class PullBatch(Message):
     ``entries`` (version 10 on; ``None``: as many as ``items``): how many feed entries
     the batch stands for. From version 10 an item may carry several feed entries of
     one record, merged into one update, with the seq of the last of them.
+
+    ``feed_epoch`` (version :data:`FEED_EPOCHS_SINCE` on): the feed epoch of
+    ``checkpoint``, which the client keeps with it (``None``: not sent).
     """
 
     TYPE_CODE: ClassVar[int] = 19
     FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
-        {"checked": 8, "conflicts": 8, "entries": COALESCED_PULL_SINCE}
+        {
+            "checked": 8,
+            "conflicts": 8,
+            "entries": COALESCED_PULL_SINCE,
+            "feed_epoch": FEED_EPOCHS_SINCE,
+        }
     )
 
     items: tuple[FeedItem, ...]
@@ -1361,6 +1412,7 @@ class PullBatch(Message):
     checked: tuple[CheckedState, ...] | None = None
     conflicts: tuple[CopyConflict, ...] | None = None
     entries: int | None = None
+    feed_epoch: int | None = None
 
     def __post_init__(self) -> None:
         owner = "PullBatch"
@@ -1374,6 +1426,7 @@ class PullBatch(Message):
         if self.entries is not None:
             # Each feed entry has a seq of its own, none past the checkpoint.
             _int(owner, "entries", self.entries, len(items), self.checkpoint)
+        _opt_epoch(owner, self.feed_epoch)
 
     @classmethod
     def from_body(cls, version: int, body: dict[str, Any]) -> Message:
@@ -1498,15 +1551,21 @@ class LiveBatch(Message):
     ``checked`` and ``conflicts`` (version 8 on) as in :class:`PullBatch`, only to
     a client that named its rulebook in :class:`Subscribe`; such a batch may hold
     one item, and a client gives it whole as its event.
+
+    ``feed_epoch`` (version :data:`FEED_EPOCHS_SINCE` on): the feed epoch of the last
+    item's seq, which the client keeps with it as its checkpoint (``None``: not sent).
     """
 
     TYPE_CODE: ClassVar[int] = 25
     SINCE_VERSION: ClassVar[int] = 3
-    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType({"checked": 8, "conflicts": 8})
+    FIELDS_SINCE: ClassVar[Mapping[str, int]] = MappingProxyType(
+        {"checked": 8, "conflicts": 8, "feed_epoch": FEED_EPOCHS_SINCE}
+    )
 
     items: tuple[FeedItem, ...]
     checked: tuple[CheckedState, ...] | None = None
     conflicts: tuple[CopyConflict, ...] | None = None
+    feed_epoch: int | None = None
 
     def __post_init__(self) -> None:
         items = _numbered_items("LiveBatch", self.items, FeedItem, allow_empty=False)
@@ -1514,6 +1573,7 @@ class LiveBatch(Message):
         checked, conflicts = _checked("LiveBatch", self.checked, self.conflicts, items)
         _set(self, "checked", checked)
         _set(self, "conflicts", conflicts)
+        _opt_epoch("LiveBatch", self.feed_epoch)
 
     @classmethod
     def from_body(cls, version: int, body: dict[str, Any]) -> Message:

@@ -48,7 +48,7 @@ the organisation is the shell's to decide; it answers with ``reject`` (fatal) or
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from caresync.exceptions import (
@@ -70,6 +70,7 @@ from caresync.protocol.messages import (
     CARD_REFERENCE_SINCE,
     COALESCED_PULL_SINCE,
     DEFAULT_MAX_FRAME_BYTES,
+    FEED_EPOCHS_SINCE,
     HUB_CHANGES_SINCE,
     MAX_ID_LENGTH,
     SUPPORTED_VERSIONS,
@@ -205,7 +206,11 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
     """The server end of one sync connection.
 
     ``server_id`` is this server's stable id (what replicas are enrolled to);
-    ``max_frame_bytes`` the largest frame this end accepts.
+    ``max_frame_bytes`` the largest frame this end accepts. ``feed_epoch_at`` gives
+    the feed epoch of a feed number (:func:`caresync.replication.epochs.epoch_at`
+    over the server's epochs): from version
+    :data:`~caresync.protocol.messages.FEED_EPOCHS_SINCE` on, every feed position
+    sent carries it (None: none is sent).
     """
 
     _side = "server"
@@ -217,6 +222,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         *,
         protocol_versions: Iterable[int] = SUPPORTED_VERSIONS,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        feed_epoch_at: Callable[[int], int] | None = None,
     ) -> None:
         versions = tuple(protocol_versions)
         if not versions or any(v not in SUPPORTED_VERSIONS for v in versions):
@@ -250,6 +256,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         self._live_rulebook: str | None = None
         self._live_seq = 0
         self._nonce: bytes | None = None
+        self._feed_epoch_at = feed_epoch_at
 
     # ----------------------------------------------------------------- properties
 
@@ -451,6 +458,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             None
             if pairs is None
             else tuple(p if isinstance(p, CopyPair) else CopyPair(*p) for p in pairs),
+            self._epoch_of(feed_checkpoint),
         )
         if batch.conflicts is not None and request.rulebook is None:
             raise LocalProtocolError("conflict index rows for a request that named no rulebook")
@@ -462,6 +470,17 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         if items and after is not None and items[0][0] <= after:
             raise LocalProtocolError(f"records must come after {after!r}, as asked")
         self._send(batch)
+
+    def _epoch_of(self, seq: int) -> int | None:
+        """The feed epoch of ``seq`` to send (version 14 on, with a source), else None."""
+        if self._feed_epoch_at is None or (self._version or 0) < FEED_EPOCHS_SINCE:
+            return None
+        return self._feed_epoch_at(seq)
+
+    @property
+    def sends_feed_epochs(self) -> bool:
+        """True if feed positions go with their epochs (version 14 on, with a source)."""
+        return self._feed_epoch_at is not None and (self._version or 0) >= FEED_EPOCHS_SINCE
 
     @property
     def coalesces_pulls(self) -> bool:
@@ -515,6 +534,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             checked,
             conflicts,
             feed_entries,
+            self._epoch_of(checkpoint),
         )
         if len(entries) > request.limit:
             raise LocalProtocolError(
@@ -710,7 +730,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
                 raise LocalProtocolError("checked states for a Subscribe that named no rulebook")
             # Half a frame for entries, so their checks have room beside them.
             budget = (self._peer_max_frame_bytes - BATCH_OVERHEAD_BYTES) // 2
-        elif len(fresh) == 1 or self._version is None or self._version < LiveBatch.SINCE_VERSION:
+        elif (
+            len(fresh) == 1 and not self.sends_feed_epochs  # a LiveUpdate carries no epoch
+        ) or (self._version is None or self._version < LiveBatch.SINCE_VERSION):
             return [LiveUpdate(seq, record_id, update) for seq, record_id, update in fresh]
         else:
             # Frames within the client's maximum: an entry too large for a batch goes alone.
@@ -734,12 +756,13 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
     def _live_message(
         self, items: list[FeedItem], checks: Mapping[str, RecordCheck] | None, position: int
     ) -> LiveUpdate | LiveBatch:
+        epoch = self._epoch_of(items[-1].seq)
         if checks is not None:
             checked, rows = self._attach(items, checks, position)
-            return LiveBatch(tuple(items), checked, rows)
-        if len(items) == 1:
+            return LiveBatch(tuple(items), checked, rows, epoch)
+        if len(items) == 1 and epoch is None:
             return LiveUpdate(*items[0])
-        return LiveBatch(tuple(items))
+        return LiveBatch(tuple(items), None, None, epoch)
 
     @property
     def can_report_hub(self) -> bool:

@@ -54,6 +54,7 @@ __all__ = [
     "decode_clocks",
     "encode_clocks",
     "same_clocks",
+    "items_by_client",
     "simple_items",
     "simple_span",
     "why_not_simple",
@@ -308,6 +309,54 @@ def _adds_blocks(update: bytes) -> list[tuple[Client, int, int]] | None:
     return None
 
 
+def items_by_client(update: bytes) -> dict[Client, list[SimpleItem]] | None:
+    """Each client's items in an update :func:`only_adds` vouches for (a record's whole
+    state, when it holds only entries), in the update's order; None for any other."""
+    if type(update) is not bytes:
+        return None
+    found: dict[Client, list[SimpleItem]] = {}
+    try:
+        count, pos = _uint(update, 0)
+        for _ in range(count):
+            head = _BLOCK.match(update, pos)
+            if head is None:
+                return None
+            structs, first = _number(head[1]), _number(head[3])
+            if structs == 0 or structs >= _MAX_CLOCK or first >= _MAX_CLOCK:
+                return None
+            layout: list[int] = []
+            clock, pos, raw = _structs(update, head.end(), structs, first, layout)
+            if clock >= _MAX_CLOCK:
+                return None
+            strings = [part.decode("utf-8") for part in raw]
+            found.setdefault(head[2], []).extend(_items(first, layout, strings))
+    except (_NotSimple, IndexError, UnicodeDecodeError):
+        return None
+    if count > 0 and pos == len(update) - 1 and update[pos] == 0:  # no delete set
+        return found
+    return None
+
+
+def _items(clock: int, layout: list[int], strings: list[str]) -> list[SimpleItem]:
+    """The items a walk listed (``layout``: each struct's info byte and string count;
+    ``strings``: every string in order: the root's name, the key if any, the content)."""
+    items: list[SimpleItem] = []
+    at = 0
+    for index in range(0, len(layout), 2):
+        info, count = layout[index], layout[index + 1]
+        root = strings[at]
+        if info == _ITEM_WITH_KEY:
+            key: str | None = strings[at + 1]
+            at += 2
+        else:
+            key = None
+            at += 1
+        items.append(SimpleItem(clock, root, key, tuple(strings[at : at + count])))
+        at += count
+        clock += count
+    return items
+
+
 def simple_items(update: bytes) -> SimpleUpdate | None:
     """A simple update's client, clocks and items, or None for any other update.
 
@@ -321,24 +370,8 @@ def simple_items(update: bytes) -> SimpleUpdate | None:
         client, first, end, raw = _read(update, layout)
     except (_NotSimple, IndexError, UnicodeDecodeError):
         return None
-    # The walk listed, per struct, its info byte and string count, and every
-    # string in order: the root's name, the key (if any), the content.
     strings = [part.decode("utf-8") for part in raw]
-    items: list[SimpleItem] = []
-    clock, at = first, 0
-    for index in range(0, len(layout), 2):
-        info, count = layout[index], layout[index + 1]
-        root = strings[at]
-        if info == _ITEM_WITH_KEY:
-            key: str | None = strings[at + 1]
-            at += 2
-        else:
-            key = None
-            at += 1
-        items.append(SimpleItem(clock, root, key, tuple(strings[at : at + count])))
-        at += count
-        clock += count
-    return SimpleUpdate(client, first, end, tuple(items))
+    return SimpleUpdate(client, first, end, tuple(_items(first, layout, strings)))
 
 
 def why_not_simple(update: bytes) -> str | None:

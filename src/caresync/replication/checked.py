@@ -353,7 +353,8 @@ def _plainly_a_vector(vector: bytes) -> bool:
 
 @dataclass(slots=True)
 class LiveFrames:
-    """Live frames a laptop commits together: their entries, last seq and checks.
+    """Live frames a laptop commits together: their entries, last seq (with its feed
+    epoch, when the last frame carried one) and checks.
 
     A frame's checks describe each of its records as its last entry there left
     it; a later frame that touches the record again without a check makes the
@@ -363,6 +364,7 @@ class LiveFrames:
 
     entries: list[tuple[str, bytes]] = field(default_factory=list)
     last_seq: int = 0
+    last_epoch: int | None = None
     checks: dict[str, ServerCheck] = field(default_factory=dict)
 
     @classmethod
@@ -373,9 +375,11 @@ class LiveFrames:
             if isinstance(frame, LiveUpdate):
                 items = [(frame.seq, frame.record_id, frame.update)]
                 found: dict[str, ServerCheck] = {}
+                live.last_epoch = None
             else:
                 items = [(i.seq, i.record_id, i.update) for i in frame.items]
                 found = from_wire(frame.checked, frame.conflicts) or {}
+                live.last_epoch = frame.feed_epoch
             for seq, record_id, update in items:
                 live.entries.append((record_id, update))
                 live.checks.pop(record_id, None)

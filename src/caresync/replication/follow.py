@@ -23,7 +23,7 @@ arriving: the signal only makes relaying prompt.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from caresync.replication.pool import RecordPool
 from caresync.storage import FeedItem, ServerStore
@@ -44,10 +44,14 @@ class FeedFollower:
         store: ServerStore,
         pool: RecordPool,
         relay: Callable[[Sequence[FeedItem]], None],
+        prepare: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
         self.relay = relay
+        self.prepare = prepare
+        """Awaited with the last seq of entries about to be relayed (the server makes
+        sure it knows their feed epochs), or None."""
         self.seen: int | None = None
         """The highest feed seq relayed here, or None before :meth:`start`."""
 
@@ -72,6 +76,7 @@ class FeedFollower:
             for item in items:
                 self.pool.forget(item.record_id)  # another process changed it
             self.seen = after = items[-1].seq
+            await self._prepare(after)
             self.relay(items)
             if len(items) < FEED_PAGE:
                 return False
@@ -83,6 +88,7 @@ class FeedFollower:
         if not items:
             return
         after = await self.start()
+        await self._prepare(items[-1].seq)
         first = items[0].seq
         if first > after + 1:
             gap = await self.store.feed_since(after, limit=first - after - 1)
@@ -96,3 +102,7 @@ class FeedFollower:
         if fresh:
             self.relay(fresh)
             self.seen = max(after, fresh[-1].seq)
+
+    async def _prepare(self, seq: int) -> None:
+        if self.prepare is not None:
+            await self.prepare(seq)

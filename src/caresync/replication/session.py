@@ -45,6 +45,7 @@ from caresync.exceptions import (
     CaresyncError,
     ClientTooOldError,
     ConnectionLostError,
+    FeedDivergedError,
     InvalidInputError,
     LocalProtocolError,
     ProtocolError,
@@ -88,6 +89,7 @@ from caresync.records.persons import PersonCard, PersonCards
 from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
+from caresync.replication.epochs import FeedPosition, own_items
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import ConflictRow, CopiedRecords, Identity, LaptopStore, OutboxSummary
 from caresync.transport import (
@@ -170,6 +172,10 @@ class CopyProgress:
     total_bytes: int
 
 
+_RESEND_PAGE = 1000
+"""Records read at a time when a server that went back is sent this laptop's writes again."""
+
+
 @dataclass(frozen=True, slots=True)
 class SyncReport:
     """What one sync round moved."""
@@ -178,6 +184,10 @@ class SyncReport:
     downloaded: int
     conflicts_open: int
     copied: int = 0
+    server_went_back: bool = False
+    """The server had forgotten part of its change feed (restored from an older backup):
+    this round sent again everything this laptop wrote (the server stored what it
+    lacked) and pulled the feed from its start (see :mod:`caresync.replication.epochs`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +514,7 @@ class _PullAsk(NamedTuple):
     own: bool
     rulebook: str | None
     hub_since: int | None
+    feed_epoch: int | None
 
 
 class Session:
@@ -918,8 +929,21 @@ class Session:
         await self.report_outbox()  # what waits, even if this round fails
         # Push first: what this laptop holds alone reaches the server before
         # anything is written here (a full disk must not keep work back).
+        went_back = False
         try:
-            uploaded = await self.push()
+            try:
+                uploaded = await self.push()
+            except ProtocolError as refused:
+                # An edit that continues what a server restored from an older backup lost
+                # is refused before a pull could tell: ask the pull's question now.
+                if type(refused) is not ProtocolError or not pull:
+                    raise
+                diverged = await self._diverged()
+                if diverged is None:
+                    raise
+                went_back = True
+                await self._after_server_went_back(str(diverged))
+                uploaded = await self.push()
         except BaseException:
             # The server accepted the password even if it refused the push (or the link
             # dropped): the user is logged in, whatever happens to what waits.
@@ -932,7 +956,15 @@ class Session:
             copied = await self.first_copy(progress)
             if uploaded or copied:
                 await self.report_outbox()  # what is left, if that is news
-            downloaded = await self.pull()
+            try:
+                downloaded = await self.pull()
+            except FeedDivergedError as exc:
+                # Pulled from 0 after what this laptop wrote went again: a server that
+                # refuses that too is answered by the error (the outbox keeps it all).
+                went_back = True
+                await self._after_server_went_back(str(exc))
+                uploaded += await self.push()
+                downloaded = await self.pull()
             # The last batch of the copy and of the pull waited for the disk, so nothing
             # is left to sync; this is for a pull whose last reply wrote nothing (a sync
             # cut short leaves its batches to the next durable commit, or to a power cut
@@ -947,7 +979,40 @@ class Session:
             downloaded=downloaded + copied,
             conflicts_open=await host.count_conflicts(),
             copied=copied,
+            server_went_back=went_back,
         )
+
+    async def _after_server_went_back(self, why: str) -> int:
+        """The server does not hold the feed this laptop read (``why``: its refusal):
+        queue again everything this replica wrote, record by record (the server keeps
+        once what it holds), and pull from the feed's start, in one transaction; the
+        hub report is asked whole again.
+        Returns how many records' writes were queued."""
+        store = self.host.store
+        replica_id = self.host.identity.replica_id
+        again: list[tuple[str, bytes]] = []
+        after: str | None = None
+        while True:  # every record once, a page at a time
+            record_ids = await store.record_ids(after=after, limit=_RESEND_PAGE)
+            if not record_ids:
+                break
+            loaded = await store.load_many(record_ids)
+            for record_id in record_ids:
+                state = loaded.get(record_id)
+                own = None if state is None else own_items(state, replica_id)
+                if own is not None:
+                    again.append((record_id, own))
+            after = record_ids[-1]
+        # The hub report held names a mark of the server's lost history: asked whole
+        # (first: a sync cut short in between is refused again, and comes back here).
+        await self.host.known_meta.set_meta(meta.HUB_MARK, "0")
+        queued = await store.queue_again(again, checkpoint=(meta.CHECKPOINT, "0"))
+        logger.warning(
+            "%s; sending again what this laptop wrote (%d records) and pulling from the start",
+            why,
+            queued,
+        )
+        return queued
 
     async def _synced(self) -> None:
         """Note the time of this sync: in memory always, on disk when it has grown old."""
@@ -1035,7 +1100,10 @@ class Session:
                     kept = [pair for pair in records.pairs or () if pair not in left_out]
                     prepared = replace(prepared, records=replace(records, pairs=kept))
                 if await store.get_meta(meta.COPY_CHECKPOINT) is None:
-                    await store.set_meta(meta.COPY_CHECKPOINT, str(batch.feed_checkpoint))
+                    await store.set_meta(
+                        meta.COPY_CHECKPOINT,
+                        FeedPosition(batch.feed_checkpoint, batch.feed_epoch).to_meta(),
+                    )
                 if updates:
                     # Records after the resume point are new here, unless this laptop
                     # created them itself: one query instead of a lookup per record.
@@ -1140,27 +1208,46 @@ class Session:
     async def _pull_ask(self) -> _PullAsk:
         """What the pull's first request asks, as this laptop's store says now."""
         store = self.host.store
-        checkpoint = int(await store.get_meta(meta.CHECKPOINT) or 0)
+        position = FeedPosition.parse(await store.get_meta(meta.CHECKPOINT))
         own = self.include_own or await store.get_meta(meta.PULL_OWN) == "1"
         # A server whose index our rulebook computed sends its rows (version 8 on).
         # Every request names the hub report held (version 13 on): the server answers
         # the last one with what changed since.
         return _PullAsk(
-            checkpoint,
+            position.seq,
             self.limits.pull_limit,
             own,
             self.host.rulebook.fingerprint,
             await self._hub_since(),
+            position.epoch,
         )
 
     async def _drop_reply(self, ask: _PullAsk) -> None:
         """Read the reply to a request sent ahead that no longer fits (the login said
         this copy was restored from an older one: its own updates are pulled too; or an
         edit made meanwhile is pushed first), and take none of its entries; the hub
-        report after its last batch is the server's own, and is kept."""
-        batch = await self.expect(PullBatch)
+        report after its last batch is the server's own, and is kept. A refusal as
+        ``feed_diverged`` is dropped too: the pull asks again, and meets it there."""
+        await self._reply_or_refusal(ask)
+
+    async def _reply_or_refusal(self, ask: _PullAsk) -> FeedDivergedError | None:
+        """Read the reply to ``ask`` and take none of its entries (as
+        :meth:`_drop_reply`); the server's ``feed_diverged`` refusal if that was it."""
+        try:
+            batch = await self.expect(PullBatch)
+        except FeedDivergedError as refused:
+            return refused
         if not batch.more:
             await self.take_hub_report(ask.hub_since)
+        return None
+
+    async def _diverged(self) -> FeedDivergedError | None:
+        """Ask the server for the feed from this laptop's checkpoint and take none of
+        it: its ``feed_diverged`` refusal, or None when it holds what this laptop read."""
+        ask = await self._pull_ask()
+        self.protocol.request_pull(*ask)
+        await self.flush()
+        return await self._reply_or_refusal(ask)
 
     async def pull(self) -> int:
         store = self.host.store
@@ -1171,24 +1258,27 @@ class Session:
             ask = await self._pull_ask()
         if ahead != ask:
             self.protocol.request_pull(*ask)
-        checkpoint, limit, own, rulebook, hub_since = ask
+        checkpoint, limit, own, rulebook, hub_since, epoch = ask
         downloaded = 0
         batch = await self.expect(PullBatch)
         while True:
             if batch.more:
                 # Ask for the next batch before committing this one: the server
                 # reads it while this laptop writes.
-                self.protocol.request_pull(batch.checkpoint, limit, own, rulebook, hub_since)
+                self.protocol.request_pull(
+                    batch.checkpoint, limit, own, rulebook, hub_since, batch.feed_epoch
+                )
                 await self.flush()
-            if batch.items or batch.checkpoint != checkpoint:
+            if batch.items or batch.checkpoint != checkpoint or batch.feed_epoch != epoch:
+                position = FeedPosition(batch.checkpoint, batch.feed_epoch)
                 await self.host.take_in(
                     list(map(_RECORD_AND_UPDATE, batch.items)),
-                    checkpoint=(meta.CHECKPOINT, str(batch.checkpoint)),
+                    checkpoint=(meta.CHECKPOINT, position.to_meta()),
                     checked=from_wire(batch.checked, batch.conflicts),
                     durable=not batch.more,  # the last: one sync for the pull's batches
                 )
             downloaded += batch.feed_entries  # a merged item stands for several (v10)
-            checkpoint = batch.checkpoint
+            checkpoint, epoch = batch.checkpoint, batch.feed_epoch
             if not batch.more:
                 if own:  # caught up with our own changes: back to leaving them out
                     await store.set_meta(meta.PULL_OWN, "0")
@@ -1256,7 +1346,7 @@ class Session:
     async def live(self, stop: asyncio.Event, attempt: LiveAttempt) -> None:
         """Subscribe, then apply live updates and push new edits until ``stop`` or a failure."""
         host = self.host
-        checkpoint = int(await host.store.get_meta(meta.CHECKPOINT) or 0)
+        checkpoint = FeedPosition.parse(await host.store.get_meta(meta.CHECKPOINT)).seq
         # The queue before the Subscribe: the reader routes the backlog here as it arrives.
         updates: asyncio.Queue[tuple[LiveUpdate | LiveBatch, int]] = asyncio.Queue(LIVE_QUEUE_ITEMS)
         self._live_updates = updates
@@ -1305,7 +1395,10 @@ class Session:
             live = LiveFrames.of(frames)
             await self.host.take_in(
                 live.entries,
-                checkpoint=(meta.CHECKPOINT, str(live.last_seq)),
+                checkpoint=(
+                    meta.CHECKPOINT,
+                    FeedPosition(live.last_seq, live.last_epoch).to_meta(),
+                ),
                 checked=live.checks or None,
             )
             # Committed: their bytes are no longer held (the reader may read on).

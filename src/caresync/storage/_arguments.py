@@ -215,6 +215,19 @@ def check_renumbering(above: object, checkpoint: tuple[str, str] | None) -> None
         check_text(checkpoint[1], "checkpoint value", max_length=4096)
 
 
+def check_queue_again(items: object, checkpoint: tuple[str, str] | None) -> list[tuple[str, bytes]]:
+    """``queue_again``: (record id, update) pairs, and a checkpoint to set with them."""
+    if not isinstance(items, Sequence):
+        raise InvalidInputError("items must be a sequence of (record_id, update) pairs")
+    checked: list[tuple[str, bytes]] = []
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidInputError("items must be (record_id, update) pairs")
+        checked.append((check_text(item[0], "record_id"), check_bytes(item[1], "update")))
+    check_renumbering(0, checkpoint)
+    return checked
+
+
 def check_feed_query(
     after_seq: object, limit: object, organisation: object, exclude_origin: object
 ) -> None:
@@ -224,6 +237,18 @@ def check_feed_query(
     check_optional_text(organisation, "organisation")
     if exclude_origin is not None:
         check_text(exclude_origin, "exclude_origin")
+
+
+MAX_FEED_EPOCH = 2**63 - 1
+"""The largest feed epoch id (a signed 64-bit integer in both databases)."""
+
+
+def check_feed_epoch(epoch: object) -> int:
+    """``begin_feed_epoch``: an epoch id, 1 to :data:`MAX_FEED_EPOCH`."""
+    value = check_count(epoch, "epoch", minimum=1)
+    if value > MAX_FEED_EPOCH:
+        raise InvalidInputError(f"epoch must be at most {MAX_FEED_EPOCH}, got {value}")
+    return value
 
 
 def check_audit_append(events: Sequence[AuditEvent], replica_id: object) -> tuple[AuditEvent, ...]:

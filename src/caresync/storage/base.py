@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -53,6 +54,7 @@ __all__ = [
     "ConflictRow",
     "CopiedRecords",
     "CopyPage",
+    "FeedEpoch",
     "FeedItem",
     "HUB_STATES",
     "HubChanges",
@@ -78,6 +80,7 @@ __all__ = [
     "StoreOpener",
     "UserAccount",
     "card_digest",
+    "new_feed_epoch",
     "own_identity",
 ]
 
@@ -268,6 +271,24 @@ class FeedItem(NamedTuple):
     organisation: str | None
     origin: str | None = None
     """Who sent the update (a replica id), as given to ``write_remote``; None if not said."""
+
+
+class FeedEpoch(NamedTuple):
+    """A stretch of a server's change feed, begun when a server process started.
+
+    Every feed number from ``first_seq`` until the next epoch's is labelled ``epoch``,
+    a random id (numbers before the first epoch are labelled 0). A server restored
+    from an older backup begins a new epoch where its restored feed ends, so the
+    numbers it gives out again never carry the label a laptop read them under.
+    """
+
+    first_seq: int
+    epoch: int
+
+
+def new_feed_epoch() -> int:
+    """A fresh random feed epoch id, 1 to 2**63 - 1."""
+    return secrets.randbelow(2**63 - 1) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -1330,6 +1351,20 @@ class LaptopStore(ReplicaStore, Protocol):
         """
         ...
 
+    async def queue_again(
+        self, items: Sequence[tuple[str, bytes]], *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Queue updates the records hold already into the outbox again, ahead of every
+        waiting one (those are numbered after them, in their order), and
+        (``checkpoint``) set that meta key, in one transaction; the records and their
+        logs are not written. Returns how many were queued.
+
+        For a server that lost what it had acknowledged (restored from an older
+        backup): what this replica wrote goes to it again (see
+        :mod:`caresync.replication.epochs`).
+        """
+        ...
+
     # unsynced work
     async def export_unsynced(self, path: StrPath) -> int:
         """Write every pending update to a new file at ``path``; returns how many."""
@@ -1388,6 +1423,20 @@ class ServerStore(ReplicaStore, Protocol):
 
     async def feed_head(self) -> int:
         """The highest feed seq given out (0 when the feed is empty)."""
+        ...
+
+    async def feed_epochs(self) -> list[FeedEpoch]:
+        """Every feed epoch begun, by ascending ``first_seq``."""
+        ...
+
+    async def begin_feed_epoch(self, epoch: int) -> FeedEpoch:
+        """Label the feed numbers from the head + 1 on with ``epoch`` (a random id,
+        1 to 2**63 - 1), committed before returning; returns the new epoch.
+
+        A server calls it once when it starts. Taken in the order of feed writes
+        (under the feed lock of a store that processes share): no number given out
+        already changes its epoch. On an empty feed it replaces the epoch begun at 1.
+        """
         ...
 
     async def copy_page(

@@ -34,6 +34,7 @@ from caresync.storage._arguments import (
     check_binding,
     check_conflict_page,
     check_enrolment,
+    check_feed_epoch,
     check_feed_query,
     check_hub_attempt,
     check_hub_changes,
@@ -44,6 +45,7 @@ from caresync.storage._arguments import (
     check_outbox_page,
     check_pair_query,
     check_password_change,
+    check_queue_again,
     check_record_page,
     check_renumbering,
     check_secret_hash,
@@ -96,6 +98,7 @@ from caresync.storage.base import (
     ConflictRow,
     CopiedRecords,
     CopyPage,
+    FeedEpoch,
     FeedItem,
     HeldState,
     HubChanges,
@@ -170,6 +173,7 @@ class MemoryStore:
         self._outbox: dict[int, OutboxItem] = {}
         self._outbox_head = 0
         self._feed: list[FeedItem] = []
+        self._feed_epochs: dict[int, int] = {}  # first_seq -> epoch
         self._conflicts: dict[str, dict[str, ConflictRow]] = {}
         self._users: dict[tuple[str, str], UserAccount] = {}
         self._replicas: dict[str, ReplicaInfo] = {}
@@ -916,6 +920,28 @@ class MemoryStore:
             len(self._outbox), self._outbox[first].created_ms, first, self._outbox_head
         )
 
+    async def queue_again(
+        self, items: Sequence[tuple[str, bytes]], *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Queue updates the records hold already into the outbox again, ahead of the
+        waiting ones (numbered after them), with the checkpoint; the records are not
+        written."""
+        wanted = check_queue_again(items, checkpoint)
+        self._open_or_raise(f"queueing {len(wanted)} updates again")
+        now = self._now_ms()
+        waiting = [item for _seq, item in sorted(self._outbox.items())] if wanted else []
+        for item in waiting:
+            del self._outbox[item.seq]
+        for record_id, update in wanted:
+            self._outbox_head += 1
+            self._outbox[self._outbox_head] = OutboxItem(self._outbox_head, record_id, update, now)
+        for item in waiting:
+            self._outbox_head += 1
+            self._outbox[self._outbox_head] = dataclasses.replace(item, seq=self._outbox_head)
+        if checkpoint is not None:
+            self._meta[checkpoint[0]] = checkpoint[1]
+        return len(wanted)
+
     async def renumber_outbox(
         self, above: int, *, checkpoint: tuple[str, str] | None = None
     ) -> int:
@@ -963,6 +989,19 @@ class MemoryStore:
         """The highest change-feed number given out (0 when empty)."""
         self._open_or_raise("reading the change feed")
         return len(self._feed)
+
+    async def feed_epochs(self) -> list[FeedEpoch]:
+        """Every feed epoch begun, by ascending first number."""
+        self._open_or_raise("reading the change feed's epochs")
+        return [FeedEpoch(first, epoch) for first, epoch in sorted(self._feed_epochs.items())]
+
+    async def begin_feed_epoch(self, epoch: int) -> FeedEpoch:
+        """Label the feed numbers from the head + 1 on with ``epoch``."""
+        check_feed_epoch(epoch)
+        self._open_or_raise("beginning a change-feed epoch")
+        begun = FeedEpoch(len(self._feed) + 1, epoch)
+        self._feed_epochs[begun.first_seq] = epoch
+        return begun
 
     # ------------------------------------------------------------- maintenance
 

@@ -178,6 +178,18 @@ Version 18 keeps what a write changes of a record with the log rows it appends::
     deletes a record's rows, and it resets ``head_at``). The columns come before
     ``data`` so that reading them never walks a large update's overflow pages.
 
+Version 19 names each stretch of the server's change feed a server process wrote::
+
+    feed_epochs (first_seq PK, epoch)   a random id for the feed numbers from first_seq on
+
+    A server process begins an epoch when it starts: a row at its feed head + 1 with a
+    random id, so every number it gives out is labelled by an epoch no other start of
+    the same database has (numbers before the first row: epoch 0). A laptop keeps the
+    epoch of its checkpoint; a server restored from an older backup labels the numbers
+    it gives out again with a new epoch, and so tells a laptop that read further that
+    its checkpoint names entries this server no longer holds (see
+    :mod:`caresync.replication.epochs`).
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -618,6 +630,8 @@ _V18 = (
         WHERE rk IN (SELECT rk FROM log)""",
 )
 
+_V19 = ("CREATE TABLE feed_epochs (first_seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL)",)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -637,6 +651,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     16: _V16,
     17: _V17,
     18: _V18,
+    19: _V19,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

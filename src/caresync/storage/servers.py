@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from caresync.exceptions import InvalidInputError, MissingExtraError
-from caresync.storage.base import ServerStore, StoreOpener, StrPath
+from caresync.storage.base import ServerStore, StoreOpener, StrPath, new_feed_epoch
 from caresync.storage.sqlite import SQLiteStore
 
 __all__ = ["is_database_url", "open_server_database", "shown_database"]
@@ -56,6 +56,12 @@ def open_server_database(
     encrypts an SQLite file at rest; a PostgreSQL database refuses one
     (InvalidInputError): its encryption at rest is the database server's. Without
     psycopg installed, a URL raises MissingExtraError naming the extra.
+
+    Opened for writing (not ``read_only`` nor ``accounts_only``), the store begins a
+    new feed epoch before it returns (:meth:`ServerStore.begin_feed_epoch`): whatever
+    it writes into the change feed is labelled apart from what any earlier opening
+    wrote, so a database restored from a backup is told apart by the laptops that
+    read further (:mod:`caresync.replication.epochs`).
     """
     if is_database_url(target):
         url = str(target)
@@ -73,19 +79,33 @@ def open_server_database(
             ) from None
 
         async def postgres() -> ServerStore:
-            return await PostgresStore.open(
+            store = await PostgresStore.open(
                 url, create=create, read_only=read_only, accounts_only=accounts_only
             )
+            return await _begun(store, read_only or accounts_only)
 
         return StoreOpener(postgres)
 
     async def sqlite() -> ServerStore:
-        return await SQLiteStore.open(
+        store = await SQLiteStore.open(
             Path(os.fspath(target)),
             create=create,
             read_only=read_only,
             accounts_only=accounts_only,
             key=key,
         )
+        return await _begun(store, read_only or accounts_only)
 
     return StoreOpener(sqlite)
+
+
+async def _begun(store: ServerStore, reading: bool) -> ServerStore:
+    """``store``, with a new feed epoch begun unless it was opened only to read."""
+    if reading:
+        return store
+    try:
+        await store.begin_feed_epoch(new_feed_epoch())
+    except BaseException:
+        await store.close()
+        raise
+    return store

@@ -21,6 +21,7 @@ from caresync.conflicts import Rulebook
 from caresync.records import Record, crdt
 from caresync.replica import Replica
 from caresync.replication import meta
+from caresync.replication.epochs import FeedPosition
 from caresync.server import SyncServer
 from caresync.storage import ReplicaStore
 
@@ -74,8 +75,7 @@ async def lag(
     Stops at the first missing entry unless ``count_all`` (for error messages).
     """
     pending = await laptop.store.pending_count()
-    raw = await laptop.store.get_meta(CHECKPOINT_KEY)
-    checkpoint = int(raw) if raw is not None and raw.isdigit() else 0
+    checkpoint = FeedPosition.parse(await laptop.store.get_meta(CHECKPOINT_KEY)).seq
     organisation = laptop.identity.organisation
     state_vectors: dict[str, bytes | None] = {}
     missing = 0

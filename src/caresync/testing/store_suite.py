@@ -73,6 +73,7 @@ from caresync.records.persons import (
 )
 from caresync.storage import (
     ConflictRow,
+    FeedEpoch,
     HubChanges,
     HubMark,
     HubOutcome,
@@ -1307,6 +1308,38 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         assert await store.renumber_outbox(0) == 3
         assert [i.seq for i in await store.pending()] == [14, 15, 16]
 
+    async def test_updates_queued_again_go_ahead_of_the_waiting_ones_and_leave_records_alone(
+        self, store: LaptopStore
+    ) -> None:
+        """``queue_again``: outbox entries ahead of the waiting ones (numbered after
+        them, in order), with the checkpoint, in one transaction; the records' logs and
+        state do not change."""
+        patient = Patient()
+        first = await store.write_local(patient.id, patient.edit(), conflicts=None)
+        await store.write_local(patient.id, patient.edit(), conflicts=None)
+        await store.acknowledge(first)
+        held = await store.load(patient.id)
+        log = await store.log_length(patient.id)
+        [waiting] = await store.pending()
+        assert held is not None
+        queued = await store.queue_again(
+            [(patient.id, held), (patient.id, b"\x00\x00")], checkpoint=("sync.checkpoint", "0")
+        )
+        assert queued == 2
+        assert [(i.seq, i.record_id, i.update) for i in await store.pending()] == [
+            (3, patient.id, held),
+            (4, patient.id, b"\x00\x00"),
+            (5, patient.id, waiting.update),  # renumbered after them
+        ]
+        assert await store.get_meta("sync.checkpoint") == "0"
+        assert await store.load(patient.id) == held
+        assert await store.log_length(patient.id) == log
+        assert await store.queue_again([]) == 0
+        with pytest.raises(InvalidInputError):
+            await store.queue_again([(patient.id, "not bytes")])  # type: ignore[list-item]
+        assert len(await store.pending()) == 3  # nothing stored by the refused call
+        assert await store.write_local(patient.id, patient.edit(), conflicts=None) == 6
+
     # the person index
 
     async def test_two_matching_records_make_one_possible_pair_listed_for_either(
@@ -1484,6 +1517,30 @@ class LaptopStoreSuite(ReplicaStoreSuite):
 
 class ServerStoreSuite(ReplicaStoreSuite):
     """What a server's store must do besides: the change feed, accounts, replicas, sessions."""
+
+    # the change feed's epochs
+
+    async def test_a_feed_epoch_labels_the_numbers_given_out_from_the_head_on(
+        self, store: ServerStore
+    ) -> None:
+        """``begin_feed_epoch``: a row at the head + 1 (replacing one that labelled no
+        number yet); ``feed_epochs`` lists them by first number."""
+        assert await store.feed_epochs() == []
+        assert await store.begin_feed_epoch(7) == FeedEpoch(1, 7)
+        assert await store.begin_feed_epoch(8) == FeedEpoch(1, 8)  # nothing given out yet
+        patient = Patient()
+        await store.write_remote(
+            [IncomingUpdate(patient.id, patient.created, None, "org-1")], to_feed=True
+        )
+        await store.write_remote(
+            [IncomingUpdate(patient.id, patient.edit(), None, "org-1")], to_feed=True
+        )
+        assert await store.begin_feed_epoch(2**63 - 1) == FeedEpoch(3, 2**63 - 1)
+        assert await store.feed_epochs() == [FeedEpoch(1, 8), FeedEpoch(3, 2**63 - 1)]
+        for bad in (0, -1, 2**63, True, "5"):
+            with pytest.raises(InvalidInputError, match="epoch"):
+                await store.begin_feed_epoch(bad)  # type: ignore[arg-type]
+        assert await store.feed_epochs() == [FeedEpoch(1, 8), FeedEpoch(3, 2**63 - 1)]
 
     # a first copy's pages
 

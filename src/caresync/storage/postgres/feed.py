@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from caresync.exceptions import CorruptDatabaseError
-from caresync.storage._arguments import check_feed_query
-from caresync.storage.base import FeedItem, check_client_id
+from caresync.storage._arguments import check_feed_epoch, check_feed_query
+from caresync.storage.base import FeedEpoch, FeedItem, check_client_id
 from caresync.storage.postgres._sql import Conn, feed_head
 from caresync.storage.postgres.core import PostgresCore
 
@@ -73,3 +73,31 @@ class FeedPart(PostgresCore):
     async def feed_head(self) -> int:
         """The highest change-feed number given out (0 when the feed is empty)."""
         return await self._run("reading the change feed", feed_head)
+
+    async def feed_epochs(self) -> list[FeedEpoch]:
+        """Every feed epoch begun, by ascending first number."""
+
+        def job(raw: Conn) -> list[FeedEpoch]:
+            rows = raw.execute("SELECT first_seq, epoch FROM feed_epochs ORDER BY first_seq")
+            return [FeedEpoch(int(first), int(epoch)) for first, epoch in rows]
+
+        return await self._run("reading the change feed's epochs", job)
+
+    async def begin_feed_epoch(self, epoch: int) -> FeedEpoch:
+        """Label the feed numbers from the head + 1 on with ``epoch`` (committed), under
+        the feed lock: no other process gives out a number meanwhile."""
+        check_feed_epoch(epoch)
+
+        def job(raw: Conn) -> FeedEpoch:
+            def body() -> FeedEpoch:
+                begun = FeedEpoch(feed_head(raw) + 1, epoch)
+                raw.execute(
+                    "INSERT INTO feed_epochs (first_seq, epoch) VALUES (%s, %s)"
+                    " ON CONFLICT (first_seq) DO UPDATE SET epoch = EXCLUDED.epoch",
+                    begun,
+                )
+                return begun
+
+            return self._write(raw, body, records=True)
+
+        return await self._run("beginning a change-feed epoch", job)

@@ -49,6 +49,11 @@ Version 4 indexes the hub outbox by state (the SQLite store's version 14)::
     hub_outbox  index hub_outbox_due (state, next_attempt_ms, record_id)
                 the sender's due rows in pages, the next retry, the counts per state
 
+Version 5 names each server process's stretch of the change feed (the SQLite store's
+version 19)::
+
+    feed_epochs (first_seq PK, epoch)   a random id for the feed numbers from first_seq on
+
 As in SQLite, an update written into the feed is stored once, as a feed row: a
 record is its state, its log rows and its feed rows after ``feed_folded``.
 
@@ -276,7 +281,12 @@ _V4 = (
     "CREATE INDEX hub_outbox_due ON hub_outbox (state, next_attempt_ms, record_id)",
 )
 
-SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+_V5 = (
+    # Each server process's stretch of the change feed (see the SQLite schema's version 19).
+    "CREATE TABLE feed_epochs (first_seq BIGINT PRIMARY KEY, epoch BIGINT NOT NULL)",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 """Statements that bring a schema from version N-1 to N. Never edit a released step."""
 
 SCHEMA_VERSION = max(SCHEMA_STEPS)

@@ -7,8 +7,9 @@ from collections.abc import Collection
 from typing import Any
 
 from caresync.exceptions import CorruptDatabaseError
-from caresync.storage._arguments import check_feed_query
+from caresync.storage._arguments import check_feed_epoch, check_feed_query
 from caresync.storage.base import (
+    FeedEpoch,
     FeedItem,
     check_client_id,
 )
@@ -104,3 +105,28 @@ class FeedPart(SQLiteCore):
     async def feed_head(self) -> int:
         """The highest change-feed number given out (0 when the feed is empty)."""
         return await self._run("reading the change feed", _feed_head, brief=True)
+
+    async def feed_epochs(self) -> list[FeedEpoch]:
+        """Every feed epoch begun, by ascending first number."""
+
+        def job(raw: sqlite3.Connection) -> list[FeedEpoch]:
+            rows = raw.execute("SELECT first_seq, epoch FROM feed_epochs ORDER BY first_seq")
+            return [FeedEpoch(int(first), int(epoch)) for first, epoch in rows]
+
+        return await self._run("reading the change feed's epochs", job, brief=True)
+
+    async def begin_feed_epoch(self, epoch: int) -> FeedEpoch:
+        """Label the feed numbers from the head + 1 on with ``epoch`` (committed)."""
+        check_feed_epoch(epoch)
+
+        def job(raw: sqlite3.Connection) -> FeedEpoch:
+            def body() -> FeedEpoch:
+                begun = FeedEpoch(_feed_head(raw) + 1, epoch)
+                raw.execute(
+                    "INSERT OR REPLACE INTO feed_epochs (first_seq, epoch) VALUES (?, ?)", begun
+                )
+                return begun
+
+            return self._write(raw, body)
+
+        return await self._run("beginning a change-feed epoch", job)

@@ -11,6 +11,7 @@ from caresync.records.persons import PersonCard
 from caresync.storage._arguments import (
     beyond_outbox,
     check_outbox_page,
+    check_queue_again,
     check_renumbering,
     check_write_local,
 )
@@ -209,6 +210,40 @@ class OutboxPart(RecordWritesPart):
             return OutboxSummary(int(count), oldest_ms, low, int(head or 0))
 
         return await self._read_few("reading the outbox", few, job)
+
+    async def queue_again(
+        self, items: Sequence[tuple[str, bytes]], *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Queue updates the records hold already into the outbox again, ahead of the
+        waiting ones (numbered after them), with the checkpoint, in one transaction; the
+        records and their logs are not written."""
+        wanted = check_queue_again(items, checkpoint)
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                waiting = [r[0] for r in raw.execute("SELECT seq FROM outbox ORDER BY seq")]
+                raw.executemany(
+                    "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
+                    [(record_id, update, now) for record_id, update in wanted],
+                )
+                if waiting and wanted:
+                    # The waiting ones after the new ones, in order: each to a number
+                    # above every existing one, so no two rows ever share one.
+                    last = _sequence(raw, "outbox")
+                    moves = [(last + index + 1, seq) for index, seq in enumerate(waiting)]
+                    raw.executemany("UPDATE outbox SET seq = ? WHERE seq = ?", moves)
+                    raw.execute(
+                        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'",
+                        (last + len(waiting),),
+                    )
+                if checkpoint is not None:
+                    _put_meta(raw, checkpoint[0], checkpoint[1])
+                return len(wanted)
+
+            return self._write(raw, body)
+
+        return await self._run(f"queueing {len(wanted)} updates again", job)
 
     async def renumber_outbox(
         self, above: int, *, checkpoint: tuple[str, str] | None = None
