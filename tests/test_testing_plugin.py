@@ -248,6 +248,28 @@ async def test_the_server_stops_and_restarts_while_laptops_keep_working(clinic: 
     await clinic.assert_converged()
 
 
+async def test_a_server_restored_from_its_backup_gets_back_what_it_acknowledged(
+    clinic: Clinic,
+) -> None:
+    north = await clinic.laptop("north")
+    south = await clinic.laptop("south", live=True)
+    record_id = await north.create_record()
+    await north.set(record_id, "name", "Aminata Ba")
+    await clinic.quiescent()
+    backup = await clinic.back_up_server()
+    await north.set(record_id, "sex", "female")  # acknowledged, then lost by the restore
+    await clinic.quiescent()
+    await clinic.restore_server(backup)
+    assert (await north.sync()).server_went_back
+    await clinic.quiescent()
+    assert await value(south, record_id, "sex") == "female"
+    await clinic.assert_converged()
+    with pytest.raises(InvalidInputError, match="exists already"):
+        await clinic.back_up_server(backup.name)
+    with pytest.raises(InvalidInputError, match="no backup"):
+        await clinic.restore_server(clinic.directory / "none.db")
+
+
 async def test_a_laptop_restarted_while_offline_keeps_its_unsynced_work(clinic: Clinic) -> None:
     north = await clinic.laptop("north", live=True)
     south = await clinic.laptop("south")

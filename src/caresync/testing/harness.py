@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shutil
 import types
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.exceptions import InvalidInputError
 from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
 from caresync.server import SyncServer
+from caresync.storage import SQLiteStore
 from caresync.testing.checks import Snapshot, describe_differences, lag, snapshot
 from caresync.testing.link import Link
 from caresync.transport import MemoryLink, MemoryNetwork
@@ -281,6 +283,14 @@ def _reconnecting(laptop: Laptop) -> bool:
     return laptop.live and laptop.state is not ReplicaState.ONLINE
 
 
+def _put_back(backup: Path, database: Path) -> None:
+    """Replace a stopped database by a backup, its side files moved away first (an old
+    write-ahead log beside a restored file would be applied to it)."""
+    for side in ("-wal", "-shm"):
+        Path(f"{database}{side}").unlink(missing_ok=True)
+    shutil.copyfile(backup, database)
+
+
 class Clinic:
     """A running clinic server with laptops, for tests. Use ``async with Clinic(dir) as c``.
 
@@ -406,6 +416,32 @@ class Clinic:
     async def restart_server(self) -> None:
         """Stop the server and start it again on the same database."""
         await self.stop_server()
+        await self.start_server()
+
+    async def back_up_server(self, name: str = "server-backup.db") -> Path:
+        """An online backup of the running server's database, as ``caresync backup``
+        makes one, in the clinic's directory; returns its path (for
+        :meth:`restore_server`)."""
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise InvalidInputError(f"a backup's name is a file name, not {name!r}")
+        target = self.directory / name
+        if target == self.directory / "server.db" or target.exists():
+            raise InvalidInputError(f"{target} exists already: name another backup")
+        store = self.server.store
+        if not isinstance(store, SQLiteStore):  # pragma: no cover - a clinic is on SQLite
+            raise InvalidInputError("the clinic's server is not on an SQLite file")
+        await store.backup(target)
+        return target
+
+    async def restore_server(self, backup: str | Path) -> None:
+        """The server goes back in time: it is stopped, its database (and side files)
+        replaced by ``backup`` (from :meth:`back_up_server`), and started again, as
+        docs/operations.md restores one. Laptops find out at their next sync."""
+        source = Path(backup)
+        if not await asyncio.to_thread(source.is_file):
+            raise InvalidInputError(f"no backup at {source}")
+        await self.stop_server()
+        await asyncio.to_thread(_put_back, source, self.directory / "server.db")
         await self.start_server()
 
     # ------------------------------------------------------------ the pieces
