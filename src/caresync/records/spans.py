@@ -311,7 +311,11 @@ def _adds_blocks(update: bytes) -> list[tuple[Client, int, int]] | None:
 
 def items_by_client(update: bytes) -> dict[Client, list[SimpleItem]] | None:
     """Each client's items in an update :func:`only_adds` vouches for (a record's whole
-    state, when it holds only entries), in the update's order; None for any other."""
+    state, when it holds only entries), in the update's order; None for any other.
+
+    The walk of :func:`_adds_blocks`, keeping each struct's shape and strings: that one
+    is kept apart for speed (a first copy walks every record; one shared walk measured
+    17% slower there)."""
     if type(update) is not bytes:
         return None
     found: dict[Client, list[SimpleItem]] = {}
