@@ -21,7 +21,10 @@ keeps its label, and its entry.
 The server sends the epoch with every feed position it gives (protocol version 14);
 the laptop keeps it with its checkpoint (:class:`FeedPosition`, one meta value) and
 names it in every pull. A server refuses a pull from a position its feed does not
-reach, or labels with another epoch (``feed_diverged``). The laptop then queues again
+reach, or labels with another epoch (``feed_diverged``). A laptop that pushed after the
+backup but never read past it is told otherwise: the server's mark of its pushes, said
+at every login (``Authenticated.pushed_up_to``), is below the last one it acknowledged
+(meta ``sync.acked``). The laptop then queues again
 everything it wrote (:func:`own_items`: the items of every Yjs client whose entries
 name this replica as their writer; the server keeps what it holds once and stores the
 rest), pushes it, and pulls from the feed's start, taking in what it lacks.

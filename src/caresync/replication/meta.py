@@ -13,6 +13,7 @@ from caresync.storage.base import ReplicaStore
 
 __all__ = [
     "ACCOUNT_NAMES",
+    "ACKED",
     "AUDIT_REFUSED",
     "AUDIT_SENT",
     "CHECKPOINT",
@@ -58,6 +59,9 @@ COPY_DONE_MS = "copy.done_ms"
 """Wall time (ms) the first copy finished; absent until then."""
 PULL_OWN = "pull.include_own"
 """"1" after a restore from an older copy: pull this replica's own updates back too."""
+ACKED = "sync.acked"
+"""The highest outbox seq the server acknowledged (its mark of this replica's pushes as
+this laptop last heard it): a server that says less at a login lost acknowledged pushes."""
 
 # --- a laptop's credentials and its server
 SESSION_TOKEN = "session.token"

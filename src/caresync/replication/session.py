@@ -538,6 +538,9 @@ class Session:
         self._outbox_read: OutboxSummary | None = None
         # The PullRequest sent with the login (see resume), until pull() takes its reply.
         self._ahead: _PullAsk | None = None
+        # Why the server's login said it lost pushes it had acknowledged, with its mark
+        # (see _logged_in), until this session sent them again.
+        self._lost_pushes: tuple[str, int] | None = None
         # What the reader routes: replies to whoever expects one, live updates (once
         # subscribed) to the live committer.
         self._replies: asyncio.Queue[object] = asyncio.Queue()
@@ -808,6 +811,16 @@ class Session:
             await host.remember_credentials(secret=session.replica_secret)
         if session.pushed_up_to is not None:
             await self.catch_up_after_restore(session.pushed_up_to)
+            acked = int(await host.store.get_meta(meta.ACKED) or 0)
+            if session.pushed_up_to < acked:
+                # Pushes it acknowledged are gone: a server restored from an older backup
+                # (its feed may even reach this laptop's checkpoint again, with new entries).
+                self._lost_pushes = (
+                    f"the server holds this laptop's pushes up to {session.pushed_up_to}, and "
+                    f"it had acknowledged them up to {acked}: the server went back in time "
+                    "(restored from an older backup?)",
+                    session.pushed_up_to,
+                )
         await host.remember_client_versions(session.client_newest, session.client_min)
         if session.audit_seq is not None and session.audit_hash is not None:
             self._audit_after = await self._audit_start(session.audit_seq, session.audit_hash)
@@ -930,6 +943,11 @@ class Session:
         # Push first: what this laptop holds alone reaches the server before
         # anything is written here (a full disk must not keep work back).
         went_back = False
+        if self._lost_pushes is not None:
+            # Before any push: the server's mark would move past the gap (a push-only
+            # sync too: pulling from the start waits for the next sync that pulls).
+            went_back = True
+            await self._after_server_went_back(*self._lost_pushes)
         try:
             try:
                 uploaded = await self.push()
@@ -982,7 +1000,7 @@ class Session:
             server_went_back=went_back,
         )
 
-    async def _after_server_went_back(self, why: str) -> int:
+    async def _after_server_went_back(self, why: str, server_mark: int | None = None) -> int:
         """The server does not hold the feed this laptop read (``why``: its refusal):
         queue again everything this replica wrote, record by record (the server keeps
         once what it holds), and pull from the feed's start, in one transaction; the
@@ -1007,6 +1025,11 @@ class Session:
         # (first: a sync cut short in between is refused again, and comes back here).
         await self.host.known_meta.set_meta(meta.HUB_MARK, "0")
         queued = await store.queue_again(again, checkpoint=(meta.CHECKPOINT, "0"))
+        # Then what the server acknowledges from now on, from its mark: after the queue
+        # (a sync cut short in between finds the mark short again, and comes back here).
+        self._lost_pushes = None
+        if server_mark is not None:
+            await store.set_meta(meta.ACKED, str(server_mark))
         logger.warning(
             "%s; sending again what this laptop wrote (%d records) and pulling from the start",
             why,
@@ -1198,8 +1221,11 @@ class Session:
                 await self.flush()  # the push travels meanwhile
                 await self._drop_reply(ahead)
             ack = await self.expect(PushAck)
-            # Leave the outbox only what the server says it committed.
-            dropped = await store.acknowledge(ack.up_to_local_seq)
+            # Leave the outbox only what the server says it committed, and remember how
+            # far (a server that later says less went back in time).
+            dropped = await store.acknowledge(
+                ack.up_to_local_seq, checkpoint=(meta.ACKED, str(ack.up_to_local_seq))
+            )
             uploaded += dropped
             after = ack.up_to_local_seq
             if dropped:

@@ -1330,8 +1330,11 @@ class LaptopStore(ReplicaStore, Protocol):
         """When the oldest unacknowledged update was written, or None if none waits."""
         ...
 
-    async def acknowledge(self, up_to_seq: int) -> int:
-        """Drop outbox rows with seq <= ``up_to_seq``; returns how many were dropped."""
+    async def acknowledge(
+        self, up_to_seq: int, *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Drop outbox rows with seq <= ``up_to_seq``; returns how many were dropped.
+        With ``checkpoint``, that meta key is set in the same transaction."""
         ...
 
     async def outbox_summary(self) -> OutboxSummary:

@@ -899,15 +899,21 @@ class MemoryStore:
             return None
         return self._outbox[min(self._outbox)].created_ms
 
-    async def acknowledge(self, up_to_seq: int) -> int:
-        """Drop outbox rows with seq <= ``up_to_seq``; refuses numbers never given out."""
+    async def acknowledge(
+        self, up_to_seq: int, *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
+        """Drop outbox rows with seq <= ``up_to_seq``; refuses numbers never given out.
+        With ``checkpoint``, that meta key is set too."""
         check_count(up_to_seq, "up_to_seq")
+        check_renumbering(0, checkpoint)
         self._open_or_raise("acknowledging the outbox")
         if up_to_seq > self._outbox_head:
             raise beyond_outbox(up_to_seq, self._outbox_head)
         done = [seq for seq in self._outbox if seq <= up_to_seq]
         for seq in done:
             del self._outbox[seq]
+        if checkpoint is not None:
+            self._meta[checkpoint[0]] = checkpoint[1]
         return len(done)
 
     async def outbox_summary(self) -> OutboxSummary:

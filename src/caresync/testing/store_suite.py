@@ -1289,6 +1289,20 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         await store.acknowledge(3)
         assert (await store.outbox_summary()).acknowledged_up_to == 3
 
+    async def test_an_acknowledgement_sets_its_checkpoint_in_its_transaction(
+        self, store: LaptopStore
+    ) -> None:
+        """``acknowledge(checkpoint=...)``: the meta key with the rows dropped; a refused
+        acknowledgement sets nothing."""
+        patient = Patient()
+        seqs = [await store.write_local(patient.id, patient.edit(), conflicts=None) for _ in "ab"]
+        assert await store.acknowledge(seqs[0], checkpoint=("sync.acked", "1")) == 1
+        assert await store.get_meta("sync.acked") == "1"
+        with pytest.raises(InvalidInputError):
+            await store.acknowledge(seqs[-1] + 1, checkpoint=("sync.acked", "9"))
+        assert await store.get_meta("sync.acked") == "1"
+        assert await store.pending_count() == 1
+
     async def test_renumbering_moves_waiting_updates_past_the_servers_mark(
         self, store: LaptopStore
     ) -> None:

@@ -157,20 +157,27 @@ class OutboxPart(RecordWritesPart):
 
         return await self._run("reading the outbox", job)
 
-    async def acknowledge(self, up_to_seq: int) -> int:
+    async def acknowledge(
+        self, up_to_seq: int, *, checkpoint: tuple[str, str] | None = None
+    ) -> int:
         """Drop outbox rows with seq <= ``up_to_seq`` (the server committed them).
 
         Only the outbox shrinks; the records keep every update. Refuses a
         sequence number this replica never gave out. Returns how many rows went.
+        With ``checkpoint``, that meta key is set in the same transaction.
         """
         check_count(up_to_seq, "up_to_seq")
+        check_renumbering(0, checkpoint)
 
         def job(raw: sqlite3.Connection) -> int:
             def body() -> int:
                 head = _sequence(raw, "outbox")
                 if up_to_seq > head:
                     raise beyond_outbox(up_to_seq, head)
-                return raw.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)).rowcount
+                dropped = raw.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)).rowcount
+                if checkpoint is not None:
+                    _put_meta(raw, checkpoint[0], checkpoint[1])
+                return dropped
 
             return self._write(raw, body)
 

@@ -1,0 +1,81 @@
+"""A laptop whose pushes the restored server lost, though its checkpoint is inside the
+restored feed (it pushed after the backup and never pulled past it): the server's mark
+of its pushes, said at every login, is below what it had acknowledged.
+
+Real parts: a server on an SQLite file and 127.0.0.1, a ``caresync backup`` copy put
+back with the server stopped, started again on the same address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from tests.cli.clitools import run_main
+from tests.e2e.live_helpers import PASSWORD, enrolled
+
+from caresync.replica import Replica
+from caresync.server import SyncServer
+
+
+async def _serve(path: Path, port: int = 0) -> SyncServer:
+    server = await SyncServer.open(path)
+    await server.serve("127.0.0.1", port)
+    return server
+
+
+async def _backup_and_restore(path: Path, saved: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
+    await asyncio.to_thread(shutil.copyfile, saved, path)
+
+
+async def _birth_date(replica: Replica, record_id: str) -> object:
+    return (await replica.record(record_id, audited=False)).value("birthDate")
+
+
+@pytest.mark.parametrize("pull", [True, False])
+async def test_pushes_acknowledged_after_the_backup_are_sent_again(
+    tmp_path: Path, pull: bool
+) -> None:
+    path = tmp_path / "server.db"
+    saved = tmp_path / "backup.db"
+    server = await _serve(path)
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    port = int(server.url.rsplit(":", 1)[1])
+    a = await enrolled(tmp_path, server, "a", user="dr.a")
+    try:
+        chart = await a.create_record()
+        await a.set(chart, "name", "Awa Diop", author="dr.a")
+        await a.sync()
+        result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", saved, "--json")
+        assert result.code == 0, result.stderr
+        await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
+        assert (await a.sync(pull=False)).uploaded == 1  # acknowledged; nothing pulled
+        assert (await a.status()).pending == 0
+
+        await server.close()
+        await _backup_and_restore(path, saved)
+        server = await _serve(path, port)
+        report = await a.sync(pull=pull)
+        assert report.server_went_back
+        # The next edit continues the record's client: the server holds what it follows.
+        await a.set(chart, "birthDate", "1990-04-13", author="dr.a")
+        await a.sync()
+        assert (await a.status()).pending == 0
+        fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
+        try:
+            record = await fresh.record(chart, audited=False)
+            assert [rev.value for rev in record.history("birthDate")] == [
+                "1990-04-12",
+                "1990-04-13",
+            ]
+        finally:
+            await fresh.close()
+        again = await a.sync()
+        assert (again.server_went_back, again.uploaded) == (False, 0)
+    finally:
+        await a.close()
+        await server.close()
