@@ -989,6 +989,13 @@ class Session:
         hub report is asked whole again.
         Returns how many records' writes were queued."""
         store = self.host.store
+        if FeedPosition.parse(await store.get_meta(meta.CHECKPOINT)).seq == 0:
+            # No server refuses a pull from its feed's start (nothing there to lose):
+            # a refusal of one is not answered by queueing everything yet again, which
+            # a server saying so at every sync would grow without end.
+            raise RemoteProtocolError(
+                f"the server refused a pull from the start of its change feed ({why})"
+            )
         replica_id = self.host.identity.replica_id
         again: list[tuple[str, bytes]] = []
         after: str | None = None
