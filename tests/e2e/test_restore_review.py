@@ -14,6 +14,7 @@ from tests.e2e.test_server_restored import _backup, _restore, _serve, _values
 from caresync.exceptions import CaresyncError, RemoteProtocolError
 from caresync.protocol import ErrorCode
 from caresync.protocol.states import RequestKind
+from caresync.replica import Replica
 from caresync.server import SyncServer
 
 
@@ -93,6 +94,107 @@ async def test_a_server_that_always_says_diverged_does_not_grow_the_outbox(
         assert pending == [4, 4, 4, 4]
         with pytest.raises(RemoteProtocolError, match="from the start"):
             await a.sync()
+    finally:
+        await a.close()
+        await server.close()
+
+
+async def test_an_account_that_logged_in_after_the_backup_is_let_through_by_a_password_sync(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "server.db"
+    saved = tmp_path / "backup.db"
+    server = await _serve(path)
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    await server.add_user("clinic-a", "dr.b", PASSWORD)
+    port = int(server.url.rsplit(":", 1)[1])
+    a = await enrolled(tmp_path, server, "a", user="dr.a")
+    try:
+        chart = await a.create_record()
+        await a.set(chart, "name", "Awa Diop", author="dr.a")
+        await a.sync()
+        await _backup(path, saved)
+        await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
+        await a.sync(username="dr.b", password=PASSWORD)  # dr.b's first login here
+        await a.set(chart, "note", "seen by b", author="dr.b")
+        await a.sync()
+        assert (await a.status()).pending == 0
+
+        await server.close()
+        await _restore(saved, path)
+        server = await _serve(path, port)
+        # dr.b's session began after the backup: a password is asked for. dr.a's
+        # password login finds the server went back; the entries re-sent name dr.b, who
+        # never logged in on this laptop as far as the restored server knows.
+        with pytest.raises(CaresyncError, match="session"):
+            await a.sync()
+        with pytest.raises(CaresyncError, match=r"dr\.b") as refused:
+            await a.sync(username="dr.a", password=PASSWORD)
+        assert "forbidden" in str(refused.value)
+        waiting = (await a.status()).pending
+        assert waiting >= 1
+        with pytest.raises(CaresyncError, match=r"dr\.b"):  # again: nothing lost, nothing added
+            await a.sync()
+        assert (await a.status()).pending == waiting
+        await a.sync(username="dr.b", password=PASSWORD)
+        assert (await a.status()).pending == 0
+        fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
+        try:
+            assert await _values(fresh, chart, "name", "note", "birthDate") == {
+                "name": "Awa Diop",
+                "note": "seen by b",
+                "birthDate": "1990-04-12",
+            }
+        finally:
+            await fresh.close()
+    finally:
+        await a.close()
+        await server.close()
+
+
+async def test_a_record_written_in_two_openings_of_the_laptop_is_sent_again_whole(
+    tmp_path: Path,
+) -> None:
+    """Each opening of a record on the laptop writes as a new Yjs client: what goes
+    again after a restore holds several clients of this replica."""
+    path = tmp_path / "server.db"
+    saved = tmp_path / "backup.db"
+    server = await _serve(path)
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    port = int(server.url.rsplit(":", 1)[1])
+    a = await enrolled(tmp_path, server, "a", user="dr.a")
+    a_path = tmp_path / "a.db"
+    try:
+        chart = await a.create_record()
+        await a.set(chart, "name", "Awa Diop", author="dr.a")
+        await a.sync()
+        await _backup(path, saved)
+        await a.close()
+        a = await Replica.open(a_path)
+        await a.login_offline("dr.a", PASSWORD)
+        await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
+        await a.sync()
+        await a.close()
+        a = await Replica.open(a_path)
+        await a.login_offline("dr.a", PASSWORD)
+        await a.set(chart, "note", "seen", author="dr.a")
+        await a.sync()
+
+        await server.close()
+        await _restore(saved, path)
+        server = await _serve(path, port)
+        report = await a.sync()
+        assert report.server_went_back is True
+        assert (await a.status()).pending == 0
+        fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
+        try:
+            assert await _values(fresh, chart, "name", "birthDate", "note") == {
+                "name": "Awa Diop",
+                "birthDate": "1990-04-12",
+                "note": "seen",
+            }
+        finally:
+            await fresh.close()
     finally:
         await a.close()
         await server.close()

@@ -987,7 +987,8 @@ class Session:
         queue again everything this replica wrote, record by record (the server keeps
         once what it holds), and pull from the feed's start, in one transaction; the
         hub report is asked whole again.
-        Returns how many records' writes were queued."""
+        Returns how many updates were queued (several for a record written by
+        several Yjs clients of this replica, or by many items)."""
         store = self.host.store
         if FeedPosition.parse(await store.get_meta(meta.CHECKPOINT)).seq == 0:
             # No server refuses a pull from its feed's start (nothing there to lose):
@@ -1006,17 +1007,18 @@ class Session:
             loaded = await store.load_many(record_ids)
             for record_id in record_ids:
                 state = loaded.get(record_id)
-                own = None if state is None else own_items(state, replica_id)
-                if own is not None:
-                    again.append((record_id, own))
+                if state is not None:
+                    again.extend((record_id, own) for own in own_items(state, replica_id))
             after = record_ids[-1]
         # The hub report held names a mark of the server's lost history: asked whole
         # (first: a sync cut short in between is refused again, and comes back here).
         await self.host.known_meta.set_meta(meta.HUB_MARK, "0")
         queued = await store.queue_again(again, checkpoint=(meta.CHECKPOINT, "0"))
         logger.warning(
-            "%s; sending again what this laptop wrote (%d records) and pulling from the start",
+            "%s; sending again what this laptop wrote (%d records, %d updates) and pulling "
+            "from the start",
             why,
+            len({record_id for record_id, _update in again}),
             queued,
         )
         return queued
