@@ -11,7 +11,7 @@ from caresync.exceptions import CorruptDatabaseError
 from caresync.records import Admission
 from caresync.records.crdt import Doc, Map, merge
 from caresync.records.record import Record
-from caresync.records.spans import simple_items
+from caresync.records.spans import items_by_client, simple_items, simple_pieces
 from caresync.replication.epochs import FeedPosition, epoch_at, own_items
 from caresync.storage import FeedEpoch
 
@@ -126,3 +126,41 @@ def test_bytes_that_are_not_entries_only_are_left_to_their_writers() -> None:
     del revisions["k1"]  # a deletion: no honest record holds one
     assert own_items(doc.get_update(), "laptop-a") == []
     assert own_items(b"not an update", "laptop-a") == []
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["laptop-a", "laptop-b"]), st.integers(1, 40)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 7),
+)
+def test_pieces_of_every_client_make_the_record_again(
+    sessions: list[tuple[str, int]], max_items: int
+) -> None:
+    """Sessions of two laptops, each a new Yjs client writing some entries: every
+    client's pieces, each simple and at most ``max_items`` items, together are the
+    record's whole state."""
+    record = Record.create(replica=sessions[0][0])
+    rid = record.record_id
+    for replica, count in sessions:
+        record = Record.from_update(rid, record.update_since(), replica=replica)
+        for n in range(count):
+            record.set("weightKg", n, author="dr.x")
+    whole = record.update_since()
+    clients = items_by_client(whole)
+    assert clients is not None
+    pieces = simple_pieces(whole, set(clients), max_items=max_items, max_bytes=1 << 20)
+    assert pieces is not None
+    for piece in pieces:
+        read = simple_items(piece)
+        assert read is not None
+        assert len(read.items) <= max_items
+    assert merge(pieces) == merge([whole])
+    assert simple_pieces(whole, set(), max_items=max_items, max_bytes=1) == []
+    # Past the byte bound after one item: one item each.
+    one_each = simple_pieces(whole, set(clients), max_items=1000, max_bytes=1)
+    assert one_each is not None
+    assert len(one_each) == sum(len(items) for items in clients.values())
+    assert merge(one_each) == merge([whole])
