@@ -66,7 +66,10 @@ def test_a_checkpoint_reads_back_as_written(value: str | None, position: FeedPos
         assert position.to_meta() == value
 
 
-@pytest.mark.parametrize("damaged", ["", "x", "-1", "4:", "4:-2", ":5", "4:5:6", "4.5"])
+@pytest.mark.parametrize(
+    "damaged",
+    ["", "x", "-1", "4:", "4:-2", ":5", "4:5:6", "4.5", f"{2**63}", f"4:{2**63}"],
+)
 def test_a_damaged_checkpoint_is_named_not_read_as_zero(damaged: str) -> None:
     with pytest.raises(CorruptDatabaseError, match="sync checkpoint"):
         FeedPosition.parse(damaged)

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from caresync.exceptions import CorruptDatabaseError
+from caresync.protocol.messages import MAX_SEQ
 from caresync.records.revision import decode_revision
 from caresync.records.spans import Client, items_by_client, simple_pieces
 from caresync.storage.base import FeedEpoch
@@ -69,7 +70,7 @@ class FeedPosition(NamedTuple):
             position = cls(int(seq), int(epoch) if colon else None)
         except ValueError:
             position = cls(-1, None)
-        if position.seq < 0 or (position.epoch is not None and position.epoch < 0):
+        if not 0 <= position.seq <= MAX_SEQ or not 0 <= (position.epoch or 0) <= MAX_SEQ:
             raise CorruptDatabaseError(
                 f"the sync checkpoint {value!r} is not one caresync wrote; run check()"
             )
