@@ -8,8 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from caresync.exceptions import CorruptDatabaseError
-from caresync.records.crdt import Doc, Map
+from caresync.records import Admission
+from caresync.records.crdt import Doc, Map, merge
 from caresync.records.record import Record
+from caresync.records.spans import items_by_client, simple_items, simple_pieces
 from caresync.replication.epochs import FeedPosition, epoch_at, own_items
 from caresync.storage import FeedEpoch
 
@@ -64,14 +66,17 @@ def test_a_checkpoint_reads_back_as_written(value: str | None, position: FeedPos
         assert position.to_meta() == value
 
 
-@pytest.mark.parametrize("damaged", ["", "x", "-1", "4:", "4:-2", ":5", "4:5:6", "4.5"])
+@pytest.mark.parametrize(
+    "damaged",
+    ["", "x", "-1", "4:", "4:-2", ":5", "4:5:6", "4.5", f"{2**63}", f"4:{2**63}"],
+)
 def test_a_damaged_checkpoint_is_named_not_read_as_zero(damaged: str) -> None:
     with pytest.raises(CorruptDatabaseError, match="sync checkpoint"):
         FeedPosition.parse(damaged)
 
 
-def _revision_writers(record_id: str, update: bytes) -> list[str]:
-    record = Record.from_update(record_id, update, replica="reader")
+def _revision_writers(record_id: str, updates: list[bytes]) -> list[str]:
+    record = Record.from_update(record_id, merge(updates), replica="reader")
     return sorted(revision.replica for revision in record.revisions())
 
 
@@ -87,17 +92,34 @@ def test_own_items_are_every_entry_a_replica_wrote_under_each_of_its_clients() -
     whole = other.update_since()
 
     mine = own_items(whole, "laptop-a")
-    assert mine is not None
+    # One update per client: a server admits only updates of one client each.
+    assert len(mine) == 2
+    assert all(simple_items(update) is not None for update in mine)
     assert _revision_writers(rid, mine) == ["laptop-a", "laptop-a"]  # the name, the date
-    back = Record.from_update(rid, mine, replica="reader")
+    back = Record.from_update(rid, merge(mine), replica="reader")
     assert back.value("name") == "Awa Diop"
     assert back.value("birthDate") == "1990-04-12"
     assert back.value("note") is None
 
     theirs = own_items(whole, "laptop-b")
-    assert theirs is not None
+    assert len(theirs) == 1
     assert _revision_writers(rid, theirs) == ["laptop-b"]
-    assert own_items(whole, "laptop-c") is None  # wrote nothing there
+    assert own_items(whole, "laptop-c") == []  # wrote nothing there
+
+
+def test_own_items_of_one_client_go_in_pieces_a_server_admits() -> None:
+    record = Record.create(replica="laptop-a")
+    for n in range(2500):
+        record.set("weightKg", n, author="dr.a")
+    whole = record.update_since()
+    pieces = own_items(whole, "laptop-a")
+    assert len(pieces) == 3  # 2,501 items (meta/id and each weight), 1,000 at most each
+    admitted = Admission(record.record_id)
+    for piece in pieces:
+        assert admitted.admit(piece)  # each in turn: simple, and continuing the last
+    back = Record.from_update(record.record_id, merge(pieces), replica="reader")
+    assert back.value("weightKg") == 2499
+    assert merge(pieces) == merge([whole])
 
 
 def test_bytes_that_are_not_entries_only_are_left_to_their_writers() -> None:
@@ -105,5 +127,43 @@ def test_bytes_that_are_not_entries_only_are_left_to_their_writers() -> None:
     revisions: Map[str] = doc.get("revisions", type=Map)
     revisions["k1"] = "x"
     del revisions["k1"]  # a deletion: no honest record holds one
-    assert own_items(doc.get_update(), "laptop-a") is None
-    assert own_items(b"not an update", "laptop-a") is None
+    assert own_items(doc.get_update(), "laptop-a") == []
+    assert own_items(b"not an update", "laptop-a") == []
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["laptop-a", "laptop-b"]), st.integers(1, 40)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 7),
+)
+def test_pieces_of_every_client_make_the_record_again(
+    sessions: list[tuple[str, int]], max_items: int
+) -> None:
+    """Sessions of two laptops, each a new Yjs client writing some entries: every
+    client's pieces, each simple and at most ``max_items`` items, together are the
+    record's whole state."""
+    record = Record.create(replica=sessions[0][0])
+    rid = record.record_id
+    for replica, count in sessions:
+        record = Record.from_update(rid, record.update_since(), replica=replica)
+        for n in range(count):
+            record.set("weightKg", n, author="dr.x")
+    whole = record.update_since()
+    clients = items_by_client(whole)
+    assert clients is not None
+    pieces = simple_pieces(whole, set(clients), max_items=max_items, max_bytes=1 << 20)
+    assert pieces is not None
+    for piece in pieces:
+        read = simple_items(piece)
+        assert read is not None
+        assert len(read.items) <= max_items
+    assert merge(pieces) == merge([whole])
+    assert simple_pieces(whole, set(), max_items=max_items, max_bytes=1) == []
+    # Past the byte bound after one item: one item each.
+    one_each = simple_pieces(whole, set(clients), max_items=1000, max_bytes=1)
+    assert one_each is not None
+    assert len(one_each) == sum(len(items) for items in clients.values())
+    assert merge(one_each) == merge([whole])

@@ -38,7 +38,7 @@ storage, whose package loads the SQLite store) so that the record model may use 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "encode_clocks",
     "same_clocks",
     "items_by_client",
+    "simple_pieces",
     "simple_items",
     "simple_span",
     "why_not_simple",
@@ -338,6 +339,59 @@ def items_by_client(update: bytes) -> dict[Client, list[SimpleItem]] | None:
         return None
     if count > 0 and pos == len(update) - 1 and update[pos] == 0:  # no delete set
         return found
+    return None
+
+
+def simple_pieces(
+    update: bytes, clients: Collection[Client], *, max_items: int, max_bytes: int
+) -> list[bytes] | None:
+    """The items of ``clients`` in an update :func:`only_adds` vouches for, as simple
+    updates (one client each, in clock order per client, each at most ``max_items``
+    items and, past its first item, ``max_bytes`` bytes); None for any other update.
+
+    An item of such an update names its root and key and no neighbour, so any run of
+    a client's items is an update of its own: what a server that admits only simple
+    updates (:mod:`caresync.records.admission`) takes from a record's whole state.
+    """
+    if type(update) is not bytes or max_items < 1:
+        return None
+    pieces: list[bytes] = []
+    try:
+        count, pos = _uint(update, 0)
+        for _ in range(count):
+            head = _BLOCK.match(update, pos)
+            if head is None:
+                return None
+            structs, clock = _number(head[1]), _number(head[3])
+            if structs == 0 or structs >= _MAX_CLOCK or clock >= _MAX_CLOCK:
+                return None
+            pos = head.end()
+            wanted = head[2] in clients
+            start, first, taken = pos, clock, 0
+            for index in range(structs):
+                clock, pos, _strings = _structs(update, pos, 1, clock, None)
+                taken += 1
+                last = index == structs - 1
+                if wanted and (last or taken == max_items or pos - start >= max_bytes):
+                    pieces.append(
+                        b"".join(
+                            (
+                                b"\x01",
+                                encode_varuint(taken),
+                                head[2],
+                                encode_varuint(first),
+                                update[start:pos],
+                                b"\x00",
+                            )
+                        )
+                    )
+                    start, first, taken = pos, clock, 0
+            if clock >= _MAX_CLOCK:
+                return None
+    except (_NotSimple, IndexError):
+        return None
+    if count > 0 and pos == len(update) - 1 and update[pos] == 0:  # no delete set
+        return pieces
     return None
 
 

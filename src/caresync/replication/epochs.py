@@ -40,10 +40,10 @@ import bisect
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from caresync.exceptions import CorruptDatabaseError, InvalidUpdateError
-from caresync.records.crdt import diff_update, state_vector_of
+from caresync.exceptions import CorruptDatabaseError
+from caresync.protocol.messages import MAX_SEQ
 from caresync.records.revision import decode_revision
-from caresync.records.spans import Client, decode_clocks, encode_clocks, items_by_client
+from caresync.records.spans import Client, items_by_client, simple_pieces
 from caresync.storage.base import FeedEpoch
 
 __all__ = ["FeedPosition", "epoch_at", "own_items"]
@@ -73,7 +73,7 @@ class FeedPosition(NamedTuple):
             position = cls(int(seq), int(epoch) if colon else None)
         except ValueError:
             position = cls(-1, None)
-        if position.seq < 0 or (position.epoch is not None and position.epoch < 0):
+        if not 0 <= position.seq <= MAX_SEQ or not 0 <= (position.epoch or 0) <= MAX_SEQ:
             raise CorruptDatabaseError(
                 f"the sync checkpoint {value!r} is not one caresync wrote; run check()"
             )
@@ -84,19 +84,31 @@ class FeedPosition(NamedTuple):
         return str(self.seq) if self.epoch is None else f"{self.seq}:{self.epoch}"
 
 
-def own_items(update: bytes, replica_id: str) -> bytes | None:
-    """What of a record's ``update`` (its whole state) this replica wrote, as an update
-    a server can take: every item of each Yjs client that wrote an entry naming
-    ``replica_id`` as its writer, from the client's first clock. None when it wrote
-    nothing there, or when the bytes are not a record of entries only (which an
-    honest record always is; such a record is left to be sent by its writers).
+_PIECE_ITEMS = 1000
+"""Items in one update sent again: far below what a server admits in one
+(:class:`~caresync.records.admission.AdmissionLimits`)."""
+
+_PIECE_BYTES = 1 << 20
+"""Bytes an update sent again grows to before the next begins (one item may be more)."""
+
+
+def own_items(update: bytes, replica_id: str) -> list[bytes]:
+    """What of a record's ``update`` (its whole state) this replica wrote, as updates a
+    server can take: every item of each Yjs client that wrote an entry naming
+    ``replica_id`` as its writer, from the client's first clock, as simple updates (one
+    client each, in clock order, each of at most :data:`_PIECE_ITEMS` items: a server
+    admits nothing else). Empty when it wrote nothing there, or when the bytes are not
+    a record of entries only (which an honest record always is; such a record is left
+    to be sent by its writers).
 
     Every entry a client wrote is a revision naming one replica (``meta.id`` is
-    written with the record's first revision): a client is one replica's.
+    written with the record's first revision): a client is one replica's. Each
+    opening of a record on a laptop writes as a new client, so a record holds several
+    of one replica's clients, which go as several updates.
     """
     found = items_by_client(update)
     if found is None:
-        return None
+        return []
     own: set[Client] = set()
     for client, items in found.items():
         for item in items:
@@ -106,14 +118,6 @@ def own_items(update: bytes, replica_id: str) -> bytes | None:
                     own.add(client)
                     break
     if not own:
-        return None
-    # The update every other client's items are left out of: a state vector naming
-    # them at their end, and none of ours (so ours go from clock 0).
-    try:
-        clocks = decode_clocks(state_vector_of(update))
-        if clocks is None:
-            return None
-        others = {client: clock for client, clock in clocks.items() if client not in own}
-        return diff_update(update, encode_clocks(others))
-    except InvalidUpdateError:  # bytes the walk took and pycrdt does not: left alone
-        return None
+        return []
+    pieces = simple_pieces(update, own, max_items=_PIECE_ITEMS, max_bytes=_PIECE_BYTES)
+    return [] if pieces is None else pieces

@@ -1005,8 +1005,16 @@ class Session:
         queue again everything this replica wrote, record by record (the server keeps
         once what it holds), and pull from the feed's start, in one transaction; the
         hub report is asked whole again.
-        Returns how many records' writes were queued."""
+        Returns how many updates were queued (several for a record written by
+        several Yjs clients of this replica, or by many items)."""
         store = self.host.store
+        if FeedPosition.parse(await store.get_meta(meta.CHECKPOINT)).seq == 0:
+            # No server refuses a pull from its feed's start (nothing there to lose):
+            # a refusal of one is not answered by queueing everything yet again, which
+            # a server saying so at every sync would grow without end.
+            raise RemoteProtocolError(
+                f"the server refused a pull from the start of its change feed ({why})"
+            )
         replica_id = self.host.identity.replica_id
         again: list[tuple[str, bytes]] = []
         after: str | None = None
@@ -1017,9 +1025,8 @@ class Session:
             loaded = await store.load_many(record_ids)
             for record_id in record_ids:
                 state = loaded.get(record_id)
-                own = None if state is None else own_items(state, replica_id)
-                if own is not None:
-                    again.append((record_id, own))
+                if state is not None:
+                    again.extend((record_id, own) for own in own_items(state, replica_id))
             after = record_ids[-1]
         # The hub report held names a mark of the server's lost history: asked whole
         # (first: a sync cut short in between is refused again, and comes back here).
@@ -1031,8 +1038,10 @@ class Session:
         if server_mark is not None:
             await store.set_meta(meta.ACKED, str(server_mark))
         logger.warning(
-            "%s; sending again what this laptop wrote (%d records) and pulling from the start",
+            "%s; sending again what this laptop wrote (%d records, %d updates) and pulling "
+            "from the start",
             why,
+            len({record_id for record_id, _update in again}),
             queued,
         )
         return queued
