@@ -23,15 +23,10 @@ from caresync.replication.epochs import FeedPosition
 from caresync.server import SyncServer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, needs a protocol change: a push acknowledged after the backup and "
-    "never pulled past (sync(pull=False), a round cut after the ack, a live laptop whose "
-    "checkpoint stays behind its own pushes) leaves the laptop's checkpoint inside the "
-    "restored feed with the same epoch: the restored server is not told apart, the "
-    "acknowledged edit is lost and the next edit of the record is refused for ever",
-)
 async def test_a_push_only_sync_after_the_backup_is_not_lost(tmp_path: Path) -> None:
+    """A push acknowledged after the backup, never pulled past: the checkpoint lies inside
+    the restored feed under the same epoch; the server's mark of the laptop's pushes,
+    said at the login, tells (a strict xfail of the review until that check)."""
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
     server = await _serve(path)
