@@ -79,3 +79,38 @@ async def test_pushes_acknowledged_after_the_backup_are_sent_again(
     finally:
         await a.close()
         await server.close()
+
+
+async def test_a_laptop_that_never_read_the_feed_past_its_start_is_put_right_too(
+    tmp_path: Path,
+) -> None:
+    """Its checkpoint is 0 (an empty server at enrolment, only pushes since): the login's
+    mark tells, and sending again is no refused pull from the start."""
+    path = tmp_path / "server.db"
+    saved = tmp_path / "backup.db"
+    server = await _serve(path)
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    port = int(server.url.rsplit(":", 1)[1])
+    a = await enrolled(tmp_path, server, "a", user="dr.a")
+    try:
+        result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", saved, "--json")
+        assert result.code == 0, result.stderr
+        chart = await a.create_record()
+        await a.set(chart, "name", "Awa Diop", author="dr.a")
+        assert (await a.sync(pull=False)).uploaded == 2
+        assert await a.store.get_meta("sync.checkpoint") in ("0", "0:0")
+
+        await server.close()
+        await _backup_and_restore(path, saved)
+        server = await _serve(path, port)
+        assert await server.store.feed_head() == 0
+        assert (await a.sync()).server_went_back
+        assert await server.store.feed_head() >= 1
+        fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
+        try:
+            assert (await fresh.record(chart, audited=False)).value("name") == "Awa Diop"
+        finally:
+            await fresh.close()
+    finally:
+        await a.close()
+        await server.close()

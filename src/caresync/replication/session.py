@@ -561,8 +561,12 @@ class Session:
         url: str,
         ssl: ssl_module.SSLContext | None,
         expected_key: str | None = None,
+        *,
+        as_new: bool = False,
     ) -> SessionContext:
-        return SessionContext(host, url, ssl, expected_key)
+        """Connect to ``url`` (see :class:`SessionContext`); ``as_new``: say Hello as a
+        laptop not yet enrolled, though this one is (to enrol it again)."""
+        return SessionContext(host, url, ssl, expected_key, as_new=as_new)
 
     def start_reading(self) -> None:
         """Start the one reader of this session's channel."""
@@ -960,7 +964,7 @@ class Session:
                 if diverged is None:
                     raise
                 went_back = True
-                await self._after_server_went_back(str(diverged))
+                await self._after_server_went_back(str(diverged), refused_pull=True)
                 uploaded = await self.push()
         except BaseException:
             # The server accepted the password even if it refused the push (or the link
@@ -980,7 +984,7 @@ class Session:
                 # Pulled from 0 after what this laptop wrote went again: a server that
                 # refuses that too is answered by the error (the outbox keeps it all).
                 went_back = True
-                await self._after_server_went_back(str(exc))
+                await self._after_server_went_back(str(exc), refused_pull=True)
                 uploaded += await self.push()
                 downloaded = await self.pull()
             # The last batch of the copy and of the pull waited for the disk, so nothing
@@ -1000,15 +1004,27 @@ class Session:
             server_went_back=went_back,
         )
 
-    async def _after_server_went_back(self, why: str, server_mark: int | None = None) -> int:
-        """The server does not hold the feed this laptop read (``why``: its refusal):
-        queue again everything this replica wrote, record by record (the server keeps
-        once what it holds), and pull from the feed's start, in one transaction; the
-        hub report is asked whole again.
+    async def after_server_forgot(self, why: str) -> int:
+        """The server no longer knows this replica (enrolled again under its own id, see
+        ``Replica.enrol_again``): everything it acknowledged from it is gone. Queue
+        again everything this replica wrote and pull from the feed's start, as after a
+        server that went back in time; returns how many records' writes were queued."""
+        return await self._after_server_went_back(why, server_mark=0)
+
+    async def _after_server_went_back(
+        self, why: str, server_mark: int | None = None, *, refused_pull: bool = False
+    ) -> int:
+        """The server does not hold what this laptop read or wrote (``why``): queue
+        again everything this replica wrote, record by record (the server keeps once
+        what it holds), and pull from the feed's start, in one transaction; the hub
+        report is asked whole again. ``server_mark``: the server's mark of this
+        replica's pushes, from which acknowledgements are counted again;
+        ``refused_pull``: the server refused a pull from this laptop's checkpoint.
         Returns how many updates were queued (several for a record written by
         several Yjs clients of this replica, or by many items)."""
         store = self.host.store
-        if FeedPosition.parse(await store.get_meta(meta.CHECKPOINT)).seq == 0:
+        at_start = FeedPosition.parse(await store.get_meta(meta.CHECKPOINT)).seq == 0
+        if refused_pull and at_start:
             # No server refuses a pull from its feed's start (nothing there to lose):
             # a refusal of one is not answered by queueing everything yet again, which
             # a server saying so at every sync would grow without end.
@@ -1487,9 +1503,12 @@ class SessionContext:
         url: str,
         ssl: ssl_module.SSLContext | None,
         expected_key: str | None = None,
+        *,
+        as_new: bool = False,
     ) -> None:
         self.host, self.url, self.ssl = host, url, ssl
         self.expected_key = expected_key
+        self.as_new = as_new
         self.session: Session | None = None
 
     async def __aenter__(self) -> Session:
@@ -1532,10 +1551,11 @@ class SessionContext:
             host.status.move(ReplicaState.OFFLINE)
             raise
         identity = host.identity
+        enrolled = bool(identity.server_id) and not self.as_new
         protocol = ClientProtocol(
-            replica_id=identity.replica_id if identity.server_id else None,
-            server_id=identity.server_id,
-            organisation=identity.organisation,
+            replica_id=identity.replica_id if enrolled else None,
+            server_id=identity.server_id if enrolled else None,
+            organisation=identity.organisation if enrolled else None,
             protocol_versions=_PROTOCOL_VERSIONS,
             client_version=CLIENT_VERSION,
         )
