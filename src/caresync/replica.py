@@ -46,7 +46,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +70,7 @@ from caresync.exceptions import (
     RemoteProtocolError,
     ReplicaRevokedError,
     StorageError,
+    SyncRefusedError,
 )
 from caresync.listing import ConflictListing
 from caresync.logins import (
@@ -1229,6 +1230,70 @@ class Replica:
             report = await session.synchronise(progress)
         self._checkpoint_soon()  # the copy's last commits: not in the next sync's
         return report
+
+    async def enrol_again(
+        self,
+        *,
+        url: str | None = None,
+        username: str,
+        password: str,
+        ssl: ssl_module.SSLContext | None = None,
+        progress: ProgressCallback | None = None,
+        insecure: bool = False,
+    ) -> SyncReport:
+        """Enrol this laptop again, under its own id, with the server it is enrolled to:
+        for a server restored from a backup older than this laptop's enrolment, which
+        refuses its syncs as not enrolled (``NotEnrolledError``).
+
+        The server must prove the key pinned at enrolment (the same server, its key kept
+        in its database and its backups), and ``username`` must be an account of this
+        laptop's organisation allowed to enrol. The server gives this laptop a new
+        secret; everything the laptop wrote is sent again (the server lost what it had
+        acknowledged) and the feed is read from its start, in this round
+        (``SyncReport.server_went_back``). Its unsynced work stays in its outbox and goes
+        too. A server that still knows this laptop is refused: sync instead. ``url``:
+        where to reach it, if not where this laptop last did.
+        """
+        url, organisation = url or self.identity.server_url, self.identity.organisation
+        if not self.enrolled or self._pinned_key is None or not url or not organisation:
+            raise InvalidInputError(
+                "this laptop is not enrolled (or enrolled before servers had keys): "
+                "use enrol, which pins the server's key"
+            )
+        self.connector.check_url(url, insecure=insecure)
+        pinned = key_fingerprint(self._pinned_key)
+        async with (
+            self._sync_lock,
+            Session.connect(self._host, url, ssl, pinned, as_new=True) as session,
+        ):
+            await session.login(username, password, organisation)
+            session.protocol.enrol("", self.replica_id)
+            enrolled = await session.expect(Enrolled)
+            if enrolled.replica_id != self.replica_id:
+                raise SyncRefusedError(
+                    f"the server still knows replica {self.replica_id} (it gave a new "
+                    f"laptop id, {enrolled.replica_id}, which nothing uses: an "
+                    "administrator may revoke it); sync this laptop instead"
+                )
+            if (enrolled.server_id, enrolled.organisation) != (
+                self.identity.server_id,
+                self.identity.organisation,
+            ):
+                raise RemoteProtocolError(
+                    f"the server enrolled this laptop as {enrolled.server_id} "
+                    f"({enrolled.organisation}), not {self.identity.server_id} "
+                    f"({self.identity.organisation})"
+                )
+            if enrolled.replica_secret is None:
+                raise RemoteProtocolError("the server enrolled this laptop without a secret")
+            await self._remember_credentials(enrolled.replica_secret, self._pinned_key)
+            await session.after_server_forgot(
+                f"server {enrolled.server_id} enrolled replica {self.replica_id} again: it "
+                "had forgotten it (restored from a backup older than its enrolment)"
+            )
+            report = await session.synchronise(progress)
+        self._checkpoint_soon()
+        return replace(report, server_went_back=True)
 
     async def sync(
         self,

@@ -77,6 +77,13 @@ def register(commands: Any) -> None:
         help="a laptop already enrolled to this organisation is not an error: it syncs with "
         "the server at URL instead (which must be the server it is enrolled to)",
     )
+    enrol.add_argument(
+        "--again",
+        action="store_true",
+        help="a laptop enrolled to this organisation whose server no longer knows it "
+        "(restored from a backup older than its enrolment) is enrolled again under its own "
+        "id; everything it wrote is sent again",
+    )
     add_json(enrol)
     enrol.set_defaults(handler=_enrol)
 
@@ -177,6 +184,10 @@ def _enrol(args: argparse.Namespace, out: Output) -> int:
         try:
             if replica.enrolled:
                 return await _enrolled_already(replica, args, password, context, out)
+            if args.again:
+                raise CliError(
+                    f"{db} is not enrolled yet: enrol it without --again", ExitCode.USAGE
+                )
             try:
                 with copy_progress(out) as progress:
                     report = await replica.enrol(
@@ -223,7 +234,7 @@ async def _enrolled_already(
     """``enrol`` on a laptop that is enrolled: refused, or with --exist-ok, one sync round."""
     identity = replica.identity
     where = f"server {identity.server_id} ({identity.organisation}) at {identity.server_url}"
-    if not args.exist_ok:
+    if not args.exist_ok and not args.again:
         raise CliError(
             f"{args.db} is already enrolled to {where}; a laptop enrols once: sync it with "
             f"`caresync sync --db {args.db}` (or give --exist-ok to sync instead)"
@@ -239,6 +250,15 @@ async def _enrolled_already(
             f"{args.db} pinned the key {replica.pinned_server_key}, not {args.server_key}",
             ExitCode.REFUSED,
         )
+    if args.again:
+        report = await replica.enrol_again(
+            url=args.server,
+            username=args.username,
+            password=password,
+            ssl=context,
+            insecure=args.insecure,
+        )
+        return {**await _result(replica, report), "already": True}
     with copy_progress(out, "finishing the first copy") as progress:
         report = await replica.sync(
             url=args.server,
