@@ -1031,6 +1031,13 @@ class Session:
             raise RemoteProtocolError(
                 f"the server refused a pull from the start of its change feed ({why})"
             )
+        if self._ahead is not None:
+            # The pull sent with the login named this laptop's hub mark, of the history
+            # the server lost: its reply is read now, before that mark is set aside
+            # below (dropped later, its report would bring the mark back, and the
+            # report held would miss what the server changed up to that mark again).
+            ahead, self._ahead = self._ahead, None
+            await self._drop_reply(ahead)
         replica_id = self.host.identity.replica_id
         again: list[tuple[str, bytes]] = []
         after: str | None = None
