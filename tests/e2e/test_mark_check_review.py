@@ -21,7 +21,13 @@ from tests.cli.clitools import run_main
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 
 from caresync import ConnectionLostError
-from caresync.exceptions import CaresyncError, ReplicaRevokedError, SyncRefusedError
+from caresync.exceptions import (
+    AuthenticationError,
+    CaresyncError,
+    ReplicaRevokedError,
+    StorageError,
+    SyncRefusedError,
+)
 from caresync.protocol import PushBatch
 from caresync.replica import Replica, SyncLimits
 from caresync.server import SyncServer
@@ -238,3 +244,99 @@ async def test_enrolling_again_with_another_server_at_the_address_stores_nothing
         await laptop.close()
         if other is not None:
             await other.close()
+
+
+class EnrolCuttingServer(SyncServer):
+    """Enrols (commits the replica and its secret), then (once armed) closes the
+    connection instead of sending Enrolled."""
+
+    cut_next_enrol = False
+
+    async def _on_enrol(self, conn: Any, enrol: Any) -> None:
+        await super()._on_enrol(conn, enrol)
+        if self.cut_next_enrol:
+            self.cut_next_enrol = False
+            conn.protocol.data_to_send()  # Enrolled, queued after the commit: dropped
+            await conn.channel.close("cut between enrolment and its answer")
+
+
+async def test_a_queue_again_whose_mark_was_not_written_is_recovered_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between queue_again and writing sync.acked: the next sync finds the mark
+    short again and queues everything again; then all is sent and the next is quiet."""
+    path, saved = tmp_path / "server.db", tmp_path / "backup.db"
+    server = await start_server(tmp_path)
+    port = int(server.url.rsplit(":", 1)[1])
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        chart = await laptop.create_record()
+        await laptop.set(chart, "name", "Awa Diop", author="dr.a")
+        await laptop.sync()
+        await _backup(path, saved)
+        await laptop.set(chart, "birthDate", "1990-04-12", author="dr.a")
+        await laptop.sync(pull=False)
+        await server.close()
+        await _put_back(saved, path)
+        server = await SyncServer.open(path)
+        await server.serve("127.0.0.1", port)
+
+        store = laptop.store
+        set_meta = store.set_meta
+
+        async def crash_on_the_mark(key: str, value: str) -> None:
+            if key == "sync.acked":
+                raise StorageError("the power went")
+            await set_meta(key, value)
+
+        monkeypatch.setattr(store, "set_meta", crash_on_the_mark)
+        with pytest.raises(StorageError):
+            await laptop.sync()
+        monkeypatch.setattr(store, "set_meta", set_meta)
+        assert (await laptop.sync()).server_went_back
+        assert (await laptop.status()).pending == 0
+        assert (await laptop.sync()).server_went_back is False
+        fresh = await enrolled(tmp_path, server, "fresh")
+        try:
+            assert (await fresh.record(chart, audited=False)).value("birthDate") == "1990-04-12"
+        finally:
+            await fresh.close()
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AuthenticationError,
+    reason="design: a server that enrolled the laptop again but whose Enrolled was lost "
+    "holds a secret the laptop never got; it knows the id, so enrol_again is refused, "
+    "and the laptop's old secret is refused (bad_credentials): no way back",
+)
+async def test_enrolling_again_whose_answer_was_lost_can_be_done_again(tmp_path: Path) -> None:
+    path, saved = tmp_path / "server.db", tmp_path / "backup.db"
+    server = await start_server(tmp_path, server_class=EnrolCuttingServer)
+    port = int(server.url.rsplit(":", 1)[1])
+    await _backup(path, saved)
+    late = await enrolled(tmp_path, server, "late")
+    try:
+        chart = await late.create_record()
+        await late.set(chart, "name", "Awa Diop", author="dr.a")
+        await late.sync()
+        await server.close()
+        await _put_back(saved, path)
+        server = await EnrolCuttingServer.open(path)
+        await server.serve("127.0.0.1", port)
+        assert isinstance(server, EnrolCuttingServer)
+        assert late.replica_id not in {info.replica_id for info in await server.replicas()}
+        server.cut_next_enrol = True
+        with pytest.raises(ConnectionLostError):
+            await late.enrol_again(username="dr.a", password=PASSWORD)
+        try:
+            await late.enrol_again(username="dr.a", password=PASSWORD)
+        except SyncRefusedError:  # "still knows": sync instead
+            await late.sync(username="dr.a", password=PASSWORD)
+        assert (await late.status()).pending == 0
+    finally:
+        await late.close()
+        await server.close()
