@@ -11,6 +11,7 @@ Real parts: servers on SQLite files and 127.0.0.1, laptops on SQLite files, copi
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import sqlite3
 from pathlib import Path
@@ -338,5 +339,27 @@ async def test_enrolling_again_whose_answer_was_lost_can_be_done_again(tmp_path:
             await late.sync(username="dr.a", password=PASSWORD)
         assert (await late.status()).pending == 0
     finally:
+        await late.close()
+        await server.close()
+
+
+async def test_enrolling_again_sends_the_audit_chain_whole_without_a_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server forgot the laptop, and all of its audit chain: the chain goes from its
+    start, not after the entry the forgotten server last acknowledged (which the server
+    refused as a broken chain, logged as a bad message, before it went again whole)."""
+    server, old, late, _chart = await _restored_server_forgetting_a_late_laptop(tmp_path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="caresync.server"):
+            await late.enrol_again(username="dr.b", password=PASSWORD)
+        assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == []
+        mine = await late.store.audit_entries(replica_id=late.replica_id, after_seq=0, limit=10_000)
+        held = await server.store.audit_entries(
+            replica_id=late.replica_id, after_seq=0, limit=10_000
+        )
+        assert [(e.seq, e.hash) for e in held] == [(e.seq, e.hash) for e in mine]
+    finally:
+        await old.close()
         await late.close()
         await server.close()
