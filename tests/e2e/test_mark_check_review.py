@@ -363,3 +363,37 @@ async def test_enrolling_again_sends_the_audit_chain_whole_without_a_refusal(
         await old.close()
         await late.close()
         await server.close()
+
+
+async def test_a_crash_after_enrolling_again_before_the_resend_is_put_right_by_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new secret is kept, then the laptop fails before it queued anything again:
+    a password sync (the session died with the old server) finds the server's mark of
+    its pushes (0) below what it had acknowledged, and sends everything again."""
+    server, old, late, chart = await _restored_server_forgetting_a_late_laptop(tmp_path)
+    try:
+        store = late.store
+        queue_again = store.queue_again
+
+        async def crash(*args: Any, **kwargs: Any) -> int:
+            raise StorageError("the power went")
+
+        monkeypatch.setattr(store, "queue_again", crash)
+        with pytest.raises(StorageError):
+            await late.enrol_again(username="dr.b", password=PASSWORD)
+        monkeypatch.setattr(store, "queue_again", queue_again)
+        with pytest.raises(SyncRefusedError, match="still knows"):
+            await late.enrol_again(username="dr.b", password=PASSWORD)
+        with pytest.raises(AuthenticationError):
+            await late.sync()  # the session was the forgetful server's: a password sync
+        report = await late.sync(username="dr.b", password=PASSWORD)
+        assert report.server_went_back
+        assert (await late.status()).pending == 0
+        await old.sync()
+        record = await old.record(chart, audited=False)
+        assert (record.value("birthDate"), record.value("visits")) == ("1990-04-12", 5)
+    finally:
+        await old.close()
+        await late.close()
+        await server.close()
