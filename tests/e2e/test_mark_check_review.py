@@ -19,18 +19,19 @@ from typing import Any
 
 import pytest
 from tests.cli.clitools import run_main
-from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, start_server, until, watch
 
 from caresync import ConnectionLostError
 from caresync.exceptions import (
     AuthenticationError,
     CaresyncError,
+    InvalidInputError,
     ReplicaRevokedError,
     StorageError,
     SyncRefusedError,
 )
 from caresync.protocol import PushBatch
-from caresync.replica import Replica, SyncLimits
+from caresync.replica import Replica, ReplicaState, SyncLimits
 from caresync.server import SyncServer
 
 
@@ -393,6 +394,30 @@ async def test_a_crash_after_enrolling_again_before_the_resend_is_put_right_by_a
         await old.sync()
         record = await old.record(chart, audited=False)
         assert (record.value("birthDate"), record.value("visits")) == ("1990-04-12", 5)
+    finally:
+        await old.close()
+        await late.close()
+        await server.close()
+
+
+async def test_live_mode_after_enrolling_again_pushes_and_is_quiet(tmp_path: Path) -> None:
+    server, old, late, chart = await _restored_server_forgetting_a_late_laptop(tmp_path)
+    try:
+        await late.enrol_again(username="dr.b", password=PASSWORD)
+        signal = watch(late, server=server)
+        async with live(late) as run, asyncio.timeout(LIMIT_S):
+            await run.states.reach(ReplicaState.ONLINE)
+            with pytest.raises(InvalidInputError, match="live mode"):
+                await late.enrol_again(username="dr.b", password=PASSWORD)
+            await late.set(chart, "weightKg", 71, author="dr.b")
+
+            async def acknowledged() -> bool:
+                return (await late.status()).pending == 0
+
+            await until(acknowledged, signal)
+        assert (await late.sync()).server_went_back is False
+        await old.sync()
+        assert (await old.record(chart, audited=False)).value("weightKg") == 71
     finally:
         await old.close()
         await late.close()
