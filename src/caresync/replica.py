@@ -1251,8 +1251,10 @@ class Replica:
         secret; everything the laptop wrote is sent again (the server lost what it had
         acknowledged) and the feed is read from its start, in this round
         (``SyncReport.server_went_back``). Its unsynced work stays in its outbox and goes
-        too. A server that still knows this laptop is refused: sync instead. ``url``:
-        where to reach it, if not where this laptop last did.
+        too. A server that still knows this laptop is refused (``SyncRefusedError``:
+        sync instead), and one that revoked it too (``ReplicaRevokedError``), before
+        anything is enrolled. ``url``: where to reach it, if not where this laptop last
+        did.
         """
         url, organisation = url or self.identity.server_url, self.identity.organisation
         if not self.enrolled or self._pinned_key is None or not url or not organisation:
@@ -1260,40 +1262,65 @@ class Replica:
                 "this laptop is not enrolled (or enrolled before servers had keys): "
                 "use enrol, which pins the server's key"
             )
+        self._check_can_sync()
+        if self._live:
+            raise InvalidInputError(
+                "this replica is in live mode (stay_connected); stop it to enrol it again"
+            )
         self.connector.check_url(url, insecure=insecure)
         pinned = key_fingerprint(self._pinned_key)
-        async with (
-            self._sync_lock,
-            Session.connect(self._host, url, ssl, pinned, as_new=True) as session,
-        ):
-            await session.login(username, password, organisation)
-            session.protocol.enrol("", self.replica_id)
-            enrolled = await session.expect(Enrolled)
-            if enrolled.replica_id != self.replica_id:
+        async with self._sync_lock:
+            # Asked first, as this laptop: a server that knows it (or revoked it) would
+            # otherwise enrol a new replica id under the account, which nothing holds.
+            try:
+                async with Session.connect(self._host, url, ssl, pinned):
+                    pass
+            except NotEnrolledError:
+                pass  # what enrolling again is for
+            else:
                 raise SyncRefusedError(
-                    f"the server still knows replica {self.replica_id} (it gave a new "
-                    f"laptop id, {enrolled.replica_id}, which nothing uses: an "
-                    "administrator may revoke it); sync this laptop instead"
+                    f"the server still knows replica {self.replica_id}: sync this laptop instead"
                 )
-            if (enrolled.server_id, enrolled.organisation) != (
-                self.identity.server_id,
-                self.identity.organisation,
-            ):
-                raise RemoteProtocolError(
-                    f"the server enrolled this laptop as {enrolled.server_id} "
-                    f"({enrolled.organisation}), not {self.identity.server_id} "
-                    f"({self.identity.organisation})"
-                )
-            if enrolled.replica_secret is None:
-                raise RemoteProtocolError("the server enrolled this laptop without a secret")
-            await self._remember_credentials(enrolled.replica_secret, self._pinned_key)
-            await session.after_server_forgot(
-                f"server {enrolled.server_id} enrolled replica {self.replica_id} again: it "
-                "had forgotten it (restored from a backup older than its enrolment)"
-            )
-            report = await session.synchronise(progress)
+            async with Session.connect(self._host, url, ssl, pinned, as_new=True) as session:
+                report = await self._enrolled_again(session, username, password, progress)
         self._checkpoint_soon()
         return replace(report, server_went_back=True)
+
+    async def _enrolled_again(
+        self,
+        session: Session,
+        username: str,
+        password: str,
+        progress: ProgressCallback | None,
+    ) -> SyncReport:
+        """``enrol_again``'s work on the connection that says Hello as a new laptop."""
+        organisation = self.identity.organisation or ""
+        await session.login(username, password, organisation)
+        session.protocol.enrol("", self.replica_id)
+        enrolled = await session.expect(Enrolled)
+        if enrolled.replica_id != self.replica_id:
+            raise SyncRefusedError(
+                f"the server still knows replica {self.replica_id} (it gave a new "
+                f"laptop id, {enrolled.replica_id}, which nothing uses: an "
+                "administrator may revoke it); sync this laptop instead"
+            )
+        if (enrolled.server_id, enrolled.organisation) != (
+            self.identity.server_id,
+            self.identity.organisation,
+        ):
+            raise RemoteProtocolError(
+                f"the server enrolled this laptop as {enrolled.server_id} "
+                f"({enrolled.organisation}), not {self.identity.server_id} "
+                f"({self.identity.organisation})"
+            )
+        if enrolled.replica_secret is None:
+            raise RemoteProtocolError("the server enrolled this laptop without a secret")
+        await self._remember_credentials(enrolled.replica_secret, self._pinned_key)
+        await session.after_server_forgot(
+            f"server {enrolled.server_id} enrolled replica {self.replica_id} again: it "
+            "had forgotten it (restored from a backup older than its enrolment)"
+        )
+        return await session.synchronise(progress)
 
     async def sync(
         self,

@@ -1008,7 +1008,9 @@ class Session:
         """The server no longer knows this replica (enrolled again under its own id, see
         ``Replica.enrol_again``): everything it acknowledged from it is gone. Queue
         again everything this replica wrote and pull from the feed's start, as after a
-        server that went back in time; returns how many records' writes were queued."""
+        server that went back in time; returns how many records' writes were queued.
+        Its audit chain goes from the start: the server holds none of it."""
+        self._audit_after = 0
         return await self._after_server_went_back(why, server_mark=0)
 
     async def _after_server_went_back(
@@ -1031,6 +1033,13 @@ class Session:
             raise RemoteProtocolError(
                 f"the server refused a pull from the start of its change feed ({why})"
             )
+        if self._ahead is not None:
+            # The pull sent with the login named this laptop's hub mark, of the history
+            # the server lost: its reply is read now, before that mark is set aside
+            # below (dropped later, its report would bring the mark back, and the
+            # report held would miss what the server changed up to that mark again).
+            ahead, self._ahead = self._ahead, None
+            await self._drop_reply(ahead)
         replica_id = self.host.identity.replica_id
         again: list[tuple[str, bytes]] = []
         after: str | None = None
