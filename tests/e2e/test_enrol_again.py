@@ -8,29 +8,14 @@ back with the server stopped, started again on the same address.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
-from tests.cli.clitools import run_main
 from tests.e2e.live_helpers import PASSWORD, enrolled
+from tests.e2e.restore_helpers import back_up, port_of, put_back, serve
 
 from caresync.exceptions import InvalidInputError, NotEnrolledError, SyncRefusedError
 from caresync.replica import Replica
-from caresync.server import SyncServer
-
-
-async def _serve(path: Path, port: int = 0) -> SyncServer:
-    server = await SyncServer.open(path)
-    await server.serve("127.0.0.1", port)
-    return server
-
-
-async def _restore(saved: Path, path: Path) -> None:
-    for suffix in ("-wal", "-shm"):
-        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-    await asyncio.to_thread(shutil.copyfile, saved, path)
 
 
 async def test_a_laptop_the_restored_server_forgot_enrols_again_and_loses_nothing(
@@ -38,18 +23,17 @@ async def test_a_laptop_the_restored_server_forgot_enrols_again_and_loses_nothin
 ) -> None:
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     await server.add_user("clinic-a", "dr.b", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     old = await enrolled(tmp_path, server, "old", user="dr.a")
     late: Replica | None = None
     try:
         chart = await old.create_record()
         await old.set(chart, "name", "Awa Diop", author="dr.a")
         await old.sync()
-        result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", saved, "--json")
-        assert result.code == 0, result.stderr
+        await back_up(path, saved)
         late = await enrolled(tmp_path, server, "late", user="dr.b")  # after the backup
         await late.set(chart, "birthDate", "1990-04-12", author="dr.b")
         second = await late.create_record()
@@ -59,8 +43,8 @@ async def test_a_laptop_the_restored_server_forgot_enrols_again_and_loses_nothin
         await late.set(second, "weightKg", 70, author="dr.b")  # unsynced when it fails
 
         await server.close()
-        await _restore(saved, path)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         with pytest.raises(NotEnrolledError):
             await late.sync()
         report = await late.enrol_again(username="dr.b", password=PASSWORD)

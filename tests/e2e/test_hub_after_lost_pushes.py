@@ -9,14 +9,12 @@ back with the server stopped, laptops on SQLite files.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
-from tests.cli.clitools import run_main
 from tests.e2e.live_helpers import enrolled, start_server
+from tests.e2e.restore_helpers import back_up, port_of, put_back
 from tests.hub.test_hub_changes import held, whole_list
 from tests.hub.test_hub_outbox import marked_patient
 
@@ -24,17 +22,6 @@ from caresync.protocol import HubItem
 from caresync.replica import Replica
 from caresync.replication import meta
 from caresync.server import SyncServer
-
-
-async def _backup(path: Path, out: Path) -> None:
-    result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", out, "--json")
-    assert result.code == 0, result.stderr
-
-
-async def _put_back(saved: Path, path: Path) -> None:
-    for suffix in ("-wal", "-shm"):
-        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-    await asyncio.to_thread(shutil.copyfile, saved, path)
 
 
 async def test_the_hub_report_is_asked_whole_after_lost_pushes_though_a_pull_went_ahead(
@@ -46,7 +33,7 @@ async def test_the_hub_report_is_asked_whole_after_lost_pushes_though_a_pull_wen
     said the server lost pushes, must not bring back the mark the recovery set aside."""
     path, saved = tmp_path / "server.db", tmp_path / "backup.db"
     server = await start_server(tmp_path)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     laptop = await enrolled(tmp_path, server, "laptop")
     other = await enrolled(tmp_path, server, "other", user="dr.b")
     try:
@@ -54,7 +41,7 @@ async def test_the_hub_report_is_asked_whole_after_lost_pushes_though_a_pull_wen
         chart = await laptop.create_record()
         await laptop.set(chart, "name", "Moussa Sarr", author="dr.a")
         await laptop.sync()
-        await _backup(path, saved)
+        await back_up(path, saved)
         backed_up = (await server.store.hub_changes("clinic-a", 0, 10)).mark
         await laptop.set(chart, "birthDate", "1990-04-12", author="dr.a")
         assert (await laptop.sync(pull=False)).uploaded == 1  # lost to the restored server
@@ -73,7 +60,7 @@ async def test_the_hub_report_is_asked_whole_after_lost_pushes_though_a_pull_wen
         laptop = await Replica.open(tmp_path / "laptop.db")
 
         await server.close()
-        await _put_back(saved, path)
+        await put_back(saved, path)
         server = await SyncServer.open(path)
         await server.serve("127.0.0.1", port)
         for _patient in range(2):  # the restored server's marks pass the laptop's

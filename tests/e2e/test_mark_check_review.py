@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.clitools import run_main
 from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, start_server, until, watch
+from tests.e2e.restore_helpers import back_up, port_of, put_back
 
 from caresync import ConnectionLostError
 from caresync.exceptions import (
@@ -48,17 +47,6 @@ class AckDroppingServer(SyncServer):
             await conn.channel.close("cut between commit and ack")
 
 
-async def _backup(path: Path, out: Path) -> None:
-    result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", out, "--json")
-    assert result.code == 0, result.stderr
-
-
-async def _put_back(saved: Path, path: Path) -> None:
-    for suffix in ("-wal", "-shm"):
-        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-    await asyncio.to_thread(shutil.copyfile, saved, path)
-
-
 async def test_a_laptop_restored_from_an_older_copy_of_itself_is_no_server_gone_back(
     tmp_path: Path,
 ) -> None:
@@ -74,12 +62,12 @@ async def test_a_laptop_restored_from_an_older_copy_of_itself_is_no_server_gone_
         await laptop.sync()
         for dose in ("5 mg", "7.5 mg"):
             await laptop.set(chart, "warfarin", dose, author="dr.a")
-        await _backup(path, saved)  # the copy holds two edits waiting
+        await back_up(path, saved)  # the copy holds two edits waiting
         await laptop.sync()
         await laptop.set(chart, "warfarin", "10 mg", author="dr.a")
         await laptop.sync()
         await laptop.close()
-        await _put_back(saved, path)
+        await put_back(saved, path)
         restored = await Replica.open(path)
         reports = [await restored.sync() for _ in range(3)]
         assert [report.server_went_back for report in reports] == [False, False, False]
@@ -177,19 +165,19 @@ async def _restored_server_forgetting_a_late_laptop(
     edits after that backup): the server, the laptop enrolled before, ``late``, a record."""
     path, saved = tmp_path / "server.db", tmp_path / "backup.db"
     server = await start_server(tmp_path, server_class=AckDroppingServer)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     old = await enrolled(tmp_path, server, "old")
     chart = await old.create_record()
     await old.set(chart, "name", "Awa Diop", author="dr.a")
     await old.sync()
-    await _backup(path, saved)
+    await back_up(path, saved)
     late = await enrolled(tmp_path, server, "late", user="dr.b")
     await late.set(chart, "birthDate", "1990-04-12", author="dr.b")
     for visit in range(6):
         await late.set(chart, "visits", visit, author="dr.b")
     await late.sync()
     await server.close()
-    await _put_back(saved, path)
+    await put_back(saved, path)
     restored = await AckDroppingServer.open(path)
     await restored.serve("127.0.0.1", port)
     return restored, old, late, chart
@@ -229,7 +217,7 @@ async def test_enrolling_again_with_another_server_at_the_address_stores_nothing
 ) -> None:
     """A server that is not the pinned one (a new database at the laptop's address)."""
     server = await start_server(tmp_path)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     laptop = await enrolled(tmp_path, server, "laptop")
     other: SyncServer | None = None
     try:
@@ -269,17 +257,17 @@ async def test_a_queue_again_whose_mark_was_not_written_is_recovered_again(
     short again and queues everything again; then all is sent and the next is quiet."""
     path, saved = tmp_path / "server.db", tmp_path / "backup.db"
     server = await start_server(tmp_path)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     laptop = await enrolled(tmp_path, server, "laptop")
     try:
         chart = await laptop.create_record()
         await laptop.set(chart, "name", "Awa Diop", author="dr.a")
         await laptop.sync()
-        await _backup(path, saved)
+        await back_up(path, saved)
         await laptop.set(chart, "birthDate", "1990-04-12", author="dr.a")
         await laptop.sync(pull=False)
         await server.close()
-        await _put_back(saved, path)
+        await put_back(saved, path)
         server = await SyncServer.open(path)
         await server.serve("127.0.0.1", port)
 
@@ -318,15 +306,15 @@ async def test_a_queue_again_whose_mark_was_not_written_is_recovered_again(
 async def test_enrolling_again_whose_answer_was_lost_can_be_done_again(tmp_path: Path) -> None:
     path, saved = tmp_path / "server.db", tmp_path / "backup.db"
     server = await start_server(tmp_path, server_class=EnrolCuttingServer)
-    port = int(server.url.rsplit(":", 1)[1])
-    await _backup(path, saved)
+    port = port_of(server)
+    await back_up(path, saved)
     late = await enrolled(tmp_path, server, "late")
     try:
         chart = await late.create_record()
         await late.set(chart, "name", "Awa Diop", author="dr.a")
         await late.sync()
         await server.close()
-        await _put_back(saved, path)
+        await put_back(saved, path)
         server = await EnrolCuttingServer.open(path)
         await server.serve("127.0.0.1", port)
         assert isinstance(server, EnrolCuttingServer)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from tests.e2e.live_helpers import PASSWORD, enrolled
-from tests.e2e.test_server_restored import _backup, _restore, _serve, _values
+from tests.e2e.restore_helpers import back_up, port_of, put_back, serve, values
 from tests.storage.store_helpers import undo_version_19
 
 from caresync.exceptions import CaresyncError, RemoteProtocolError
@@ -29,28 +29,28 @@ async def test_a_push_only_sync_after_the_backup_is_not_lost(tmp_path: Path) -> 
     said at the login, tells (a strict xfail of the review until that check)."""
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     try:
         chart = await a.create_record()
         await a.set(chart, "name", "Awa Diop", author="dr.a")
         await a.sync()
-        await _backup(path, saved)
+        await back_up(path, saved)
         await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
         assert (await a.sync(pull=False)).uploaded == 1
         assert (await a.status()).pending == 0
 
         await server.close()
-        await _restore(saved, path)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         await a.sync()
         await a.set(chart, "birthDate", "1990-04-13", author="dr.a")
         await a.sync()
         fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
         try:
-            assert await _values(fresh, chart, "name", "birthDate") == {
+            assert await values(fresh, chart, "name", "birthDate") == {
                 "name": "Awa Diop",
                 "birthDate": "1990-04-13",
             }
@@ -66,7 +66,7 @@ async def test_a_server_that_always_says_diverged_does_not_grow_the_outbox(
 ) -> None:
     """A proved server that refuses every push and says feed_diverged to every pull:
     each sync may queue the laptop's writes again once, never once more per sync."""
-    server = await _serve(tmp_path / "server.db")
+    server = await serve(tmp_path / "server.db")
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     try:
@@ -104,16 +104,16 @@ async def test_an_account_that_logged_in_after_the_backup_is_let_through_by_a_pa
 ) -> None:
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     await server.add_user("clinic-a", "dr.b", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     try:
         chart = await a.create_record()
         await a.set(chart, "name", "Awa Diop", author="dr.a")
         await a.sync()
-        await _backup(path, saved)
+        await back_up(path, saved)
         await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
         await a.sync(username="dr.b", password=PASSWORD)  # dr.b's first login here
         await a.set(chart, "note", "seen by b", author="dr.b")
@@ -121,8 +121,8 @@ async def test_an_account_that_logged_in_after_the_backup_is_let_through_by_a_pa
         assert (await a.status()).pending == 0
 
         await server.close()
-        await _restore(saved, path)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         # dr.b's session began after the backup: a password is asked for. dr.a's
         # password login finds the server went back; the entries re-sent name dr.b, who
         # never logged in on this laptop as far as the restored server knows.
@@ -140,7 +140,7 @@ async def test_an_account_that_logged_in_after_the_backup_is_let_through_by_a_pa
         assert (await a.status()).pending == 0
         fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
         try:
-            assert await _values(fresh, chart, "name", "note", "birthDate") == {
+            assert await values(fresh, chart, "name", "note", "birthDate") == {
                 "name": "Awa Diop",
                 "note": "seen by b",
                 "birthDate": "1990-04-12",
@@ -159,16 +159,16 @@ async def test_a_record_written_in_two_openings_of_the_laptop_is_sent_again_whol
     again after a restore holds several clients of this replica."""
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     a_path = tmp_path / "a.db"
     try:
         chart = await a.create_record()
         await a.set(chart, "name", "Awa Diop", author="dr.a")
         await a.sync()
-        await _backup(path, saved)
+        await back_up(path, saved)
         await a.close()
         a = await Replica.open(a_path)
         await a.login_offline("dr.a", PASSWORD)
@@ -181,14 +181,14 @@ async def test_a_record_written_in_two_openings_of_the_laptop_is_sent_again_whol
         await a.sync()
 
         await server.close()
-        await _restore(saved, path)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         report = await a.sync()
         assert report.server_went_back is True
         assert (await a.status()).pending == 0
         fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
         try:
-            assert await _values(fresh, chart, "name", "birthDate", "note") == {
+            assert await values(fresh, chart, "name", "birthDate", "note") == {
                 "name": "Awa Diop",
                 "birthDate": "1990-04-12",
                 "note": "seen",
@@ -206,24 +206,24 @@ async def test_pending_edits_on_records_the_restore_lost_and_two_restores_in_a_r
     path = tmp_path / "server.db"
     first_backup = tmp_path / "first.db"
     second_backup = tmp_path / "second.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     await server.add_user("clinic-a", "dr.b", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     b = await enrolled(tmp_path, server, "b", user="dr.b")
     try:
         chart = await a.create_record()
         await a.set(chart, "name", "Awa Diop", author="dr.a")
         await a.sync()
-        await _backup(path, first_backup)
+        await back_up(path, first_backup)
         late = await a.create_record()  # created after the first backup
         await a.set(late, "name", "Moussa Sarr", author="dr.a")
         await a.sync()
         await b.sync()
         await b.set(late, "note", "b was here", author="dr.b")
         await b.sync()
-        await _backup(path, second_backup)
+        await back_up(path, second_backup)
         await a.sync()
         await b.set(chart, "weightKg", 70, author="dr.b")
         await b.sync()
@@ -234,13 +234,13 @@ async def test_pending_edits_on_records_the_restore_lost_and_two_restores_in_a_r
         await a.set(offline, "name", "Fatou Ba", author="dr.a")
 
         await server.close()
-        await _restore(second_backup, path)
-        server = await _serve(path, port)
+        await put_back(second_backup, path)
+        server = await serve(path, port)
         report = await b.sync()
         assert report.server_went_back is True
         await server.close()
-        await _restore(first_backup, path)  # and back further still
-        server = await _serve(path, port)
+        await put_back(first_backup, path)  # and back further still
+        server = await serve(path, port)
         for replica in (a, b, a, b):
             await replica.sync()
         for replica in (a, b):
@@ -248,16 +248,16 @@ async def test_pending_edits_on_records_the_restore_lost_and_two_restores_in_a_r
         fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
         try:
             for replica in (a, b, fresh):
-                assert await _values(replica, late, "name", "note", "birthDate") == {
+                assert await values(replica, late, "name", "note", "birthDate") == {
                     "name": "Moussa Sarr",
                     "note": "b was here",
                     "birthDate": "1990-04-12",
                 }
-                assert await _values(replica, chart, "name", "weightKg") == {
+                assert await values(replica, chart, "name", "weightKg") == {
                     "name": "Awa Diop",
                     "weightKg": 70,
                 }
-                assert await _values(replica, offline, "name") == {"name": "Fatou Ba"}
+                assert await values(replica, offline, "name") == {"name": "Fatou Ba"}
         finally:
             await fresh.close()
     finally:
@@ -284,10 +284,10 @@ async def test_a_backup_taken_before_the_upgrade_is_restored_without_a_skip(
     epoch); a backup of that time is restored after the upgrade."""
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     for user in ("dr.a", "dr.b", "dr.c"):
         await server.add_user("clinic-a", user, PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     b = await enrolled(tmp_path, server, "b", user="dr.b")
     c = await enrolled(tmp_path, server, "c", user="dr.c")
@@ -304,7 +304,7 @@ async def test_a_backup_taken_before_the_upgrade_is_restored_without_a_skip(
             await replica.store.set_meta("sync.checkpoint", str(held.seq))
         await asyncio.to_thread(shutil.copyfile, path, saved)  # the old backup
 
-        server = await _serve(path, port)  # the upgrade
+        server = await serve(path, port)  # the upgrade
         await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
         await a.sync()
         await b.sync()
@@ -313,15 +313,15 @@ async def test_a_backup_taken_before_the_upgrade_is_restored_without_a_skip(
         await a.sync()
 
         await server.close()
-        await _restore(saved, path)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         for kg in (68, 69, 70):
             await c.set(chart, "weightKg", kg, author="dr.c")
         await c.sync()
         for replica in (a, b, c, a, b):
             await replica.sync()
         for replica in (a, b, c):
-            assert await _values(replica, chart, "birthDate", "note", "weightKg") == {
+            assert await values(replica, chart, "birthDate", "note", "weightKg") == {
                 "birthDate": "1990-04-12",
                 "note": "seen",
                 "weightKg": 70,

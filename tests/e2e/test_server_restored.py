@@ -12,41 +12,13 @@ sent again what the restored server had forgotten.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from pathlib import Path
 
-from tests.cli.clitools import run_main
 from tests.e2e.live_helpers import PASSWORD, enrolled
+from tests.e2e.restore_helpers import back_up, port_of, put_back, serve, values
 
 from caresync.protocol import Error, HubReport, PullRequest
-from caresync.replica import Replica
 from caresync.replication.epochs import FeedPosition
-from caresync.server import SyncServer
-
-
-async def _serve(path: Path, port: int = 0) -> SyncServer:
-    server = await SyncServer.open(path)
-    await server.serve("127.0.0.1", port)
-    return server
-
-
-async def _backup(source: Path, target: Path) -> None:
-    # The command line in this process (on a thread: it runs its own event loop).
-    result = await asyncio.to_thread(run_main, "backup", "--db", source, "--out", target, "--json")
-    assert result.code == 0, result.stderr
-
-
-async def _restore(saved: Path, path: Path) -> None:
-    """Put the backup in place of the stopped server's database, side files moved away."""
-    for suffix in ("-wal", "-shm"):
-        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-    await asyncio.to_thread(shutil.copyfile, saved, path)
-
-
-async def _values(replica: Replica, record_id: str, *paths: str) -> dict[str, object]:
-    record = await replica.record(record_id, audited=False)
-    return {path: record.value(path) for path in paths}
 
 
 async def test_a_restored_server_gets_back_what_it_acknowledged_and_no_laptop_skips_an_entry(
@@ -54,11 +26,11 @@ async def test_a_restored_server_gets_back_what_it_acknowledged_and_no_laptop_sk
 ) -> None:
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     await server.add_user("clinic-a", "dr.b", PASSWORD)
     await server.add_user("clinic-a", "dr.c", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     b = await enrolled(tmp_path, server, "b", user="dr.b")
     c = await enrolled(tmp_path, server, "c", user="dr.c")
@@ -68,7 +40,7 @@ async def test_a_restored_server_gets_back_what_it_acknowledged_and_no_laptop_sk
         await a.sync()
         await b.sync()
         await c.sync()
-        await _backup(path, saved)
+        await back_up(path, saved)
 
         # Acknowledged after the backup: a's birth date and a new chart, b's note on it.
         await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
@@ -83,8 +55,8 @@ async def test_a_restored_server_gets_back_what_it_acknowledged_and_no_laptop_sk
         assert (await a.status()).pending == (await b.status()).pending == 0
 
         await server.close()
-        await _restore(saved, path)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         head = await server.store.feed_head()
         assert head < b_read.seq  # the restored feed ends before what b read
 
@@ -98,18 +70,18 @@ async def test_a_restored_server_gets_back_what_it_acknowledged_and_no_laptop_sk
 
         report = await b.sync()
         assert report.server_went_back is True
-        assert await _values(b, chart, "weightKg") == {"weightKg": 71}  # not skipped
+        assert await values(b, chart, "weightKg") == {"weightKg": 71}  # not skipped
         report = await a.sync()
         assert report.server_went_back is True
         for replica in (a, b, c):
             await replica.sync()
         for replica in (a, b, c):
-            assert await _values(replica, chart, "name", "birthDate", "weightKg") == {
+            assert await values(replica, chart, "name", "birthDate", "weightKg") == {
                 "name": "Awa Diop",
                 "birthDate": "1990-04-12",
                 "weightKg": 71,
             }
-            assert await _values(replica, second, "name", "note") == {
+            assert await values(replica, second, "name", "note") == {
                 "name": "Moussa Sarr",
                 "note": "seen at the clinic",
             }
@@ -117,11 +89,11 @@ async def test_a_restored_server_gets_back_what_it_acknowledged_and_no_laptop_sk
         # The server holds every acknowledged value again: a new laptop's first copy has it.
         fresh = await enrolled(tmp_path, server, "fresh", user="dr.a")
         try:
-            assert await _values(fresh, second, "name", "note") == {
+            assert await values(fresh, second, "name", "note") == {
                 "name": "Moussa Sarr",
                 "note": "seen at the clinic",
             }
-            assert await _values(fresh, chart, "birthDate") == {"birthDate": "1990-04-12"}
+            assert await values(fresh, chart, "birthDate") == {"birthDate": "1990-04-12"}
         finally:
             await fresh.close()
         # Once recovered, a sync is an ordinary one again.
@@ -140,7 +112,7 @@ async def test_a_pull_past_the_feeds_end_or_of_another_epoch_is_refused(tmp_path
     out, or one it labels with another epoch, is refused as ``feed_diverged``."""
     from tests.e2e.live_helpers import raw_session
 
-    server = await _serve(tmp_path / "server.db")
+    server = await serve(tmp_path / "server.db")
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     laptop = await enrolled(tmp_path, server, "laptop")
     try:

@@ -11,25 +11,17 @@ again on the same port while the laptop keeps trying to reconnect.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
-from tests.cli.clitools import run_main
 from tests.e2e.live_helpers import PASSWORD, enrolled, live, until, watch
+from tests.e2e.restore_helpers import back_up, port_of, put_back, serve
 
 from caresync.records.record import Record
 from caresync.replica import Replica
 from caresync.replication.epochs import FeedPosition
 from caresync.replication.status import ReplicaState
-from caresync.server import SyncServer
 
 LIMIT_S = 60  # far above what each step takes; a bound, not a pace
-
-
-async def _serve(path: Path, port: int = 0) -> SyncServer:
-    server = await SyncServer.open(path)
-    await server.serve("127.0.0.1", port)
-    return server
 
 
 async def _weights(replica: Replica, record_id: str) -> list[object]:
@@ -42,18 +34,17 @@ async def test_a_live_laptop_recovers_from_a_restored_server_and_skips_nothing(
 ) -> None:
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
     await server.add_user("clinic-a", "dr.b", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     writer = await enrolled(tmp_path, server, "writer", user="dr.a")
     watcher = await enrolled(tmp_path, server, "watcher", user="dr.b")
     try:
         chart = await writer.create_record()
         await writer.set(chart, "name", "Awa Diop", author="dr.a")
         await writer.sync()
-        result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", saved, "--json")
-        assert result.code == 0, result.stderr
+        await back_up(path, saved)
         signal = watch(writer, watcher)
         async with live(watcher) as run:
             async with asyncio.timeout(LIMIT_S):
@@ -74,10 +65,8 @@ async def test_a_live_laptop_recovers_from_a_restored_server_and_skips_nothing(
             assert held.epoch is not None  # live entries came with their epoch
 
             await server.close()  # the watcher goes offline and keeps trying
-            for suffix in ("-wal", "-shm"):
-                await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-            await asyncio.to_thread(shutil.copyfile, saved, path)
-            server = await _serve(path, port)
+            await put_back(saved, path)
+            server = await serve(path, port)
             assert await server.store.feed_head() < head
             # New entries take the numbers the watcher read before the restore.
             for kg in (70, 71, 72, 73, 74):

@@ -8,28 +8,13 @@ back with the server stopped, started again on the same address.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
-from tests.cli.clitools import run_main
 from tests.e2e.live_helpers import PASSWORD, enrolled
+from tests.e2e.restore_helpers import back_up, port_of, put_back, serve
 
 from caresync.replica import Replica
-from caresync.server import SyncServer
-
-
-async def _serve(path: Path, port: int = 0) -> SyncServer:
-    server = await SyncServer.open(path)
-    await server.serve("127.0.0.1", port)
-    return server
-
-
-async def _backup_and_restore(path: Path, saved: Path) -> None:
-    for suffix in ("-wal", "-shm"):
-        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
-    await asyncio.to_thread(shutil.copyfile, saved, path)
 
 
 async def _birth_date(replica: Replica, record_id: str) -> object:
@@ -42,23 +27,22 @@ async def test_pushes_acknowledged_after_the_backup_are_sent_again(
 ) -> None:
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     try:
         chart = await a.create_record()
         await a.set(chart, "name", "Awa Diop", author="dr.a")
         await a.sync()
-        result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", saved, "--json")
-        assert result.code == 0, result.stderr
+        await back_up(path, saved)
         await a.set(chart, "birthDate", "1990-04-12", author="dr.a")
         assert (await a.sync(pull=False)).uploaded == 1  # acknowledged; nothing pulled
         assert (await a.status()).pending == 0
 
         await server.close()
-        await _backup_and_restore(path, saved)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         report = await a.sync(pull=pull)
         assert report.server_went_back
         # The next edit continues the record's client: the server holds what it follows.
@@ -88,21 +72,20 @@ async def test_a_laptop_that_never_read_the_feed_past_its_start_is_put_right_too
     mark tells, and sending again is no refused pull from the start."""
     path = tmp_path / "server.db"
     saved = tmp_path / "backup.db"
-    server = await _serve(path)
+    server = await serve(path)
     await server.add_user("clinic-a", "dr.a", PASSWORD)
-    port = int(server.url.rsplit(":", 1)[1])
+    port = port_of(server)
     a = await enrolled(tmp_path, server, "a", user="dr.a")
     try:
-        result = await asyncio.to_thread(run_main, "backup", "--db", path, "--out", saved, "--json")
-        assert result.code == 0, result.stderr
+        await back_up(path, saved)
         chart = await a.create_record()
         await a.set(chart, "name", "Awa Diop", author="dr.a")
         assert (await a.sync(pull=False)).uploaded == 2
         assert await a.store.get_meta("sync.checkpoint") in ("0", "0:0")
 
         await server.close()
-        await _backup_and_restore(path, saved)
-        server = await _serve(path, port)
+        await put_back(saved, path)
+        server = await serve(path, port)
         assert await server.store.feed_head() == 0
         assert (await a.sync()).server_went_back
         assert await server.store.feed_head() >= 1
