@@ -1008,7 +1008,7 @@ class Session:
         """The server no longer knows this replica (enrolled again under its own id, see
         ``Replica.enrol_again``): everything it acknowledged from it is gone. Queue
         again everything this replica wrote and pull from the feed's start, as after a
-        server that went back in time; returns how many records' writes were queued.
+        server that went back in time; returns how many updates were queued.
         Its audit chain goes from the start: the server holds none of it."""
         self._audit_after = 0
         return await self._after_server_went_back(why, server_mark=0)
