@@ -293,14 +293,14 @@ class Gatekeeper:
         except InvalidInputError as exc:
             return Refused(ErrorCode.BAD_MESSAGE, str(exc))
         replica_id = f"replica-{uuid.uuid4()}"
-        # Never the server's own id: its audit chain (and its name) are its own.
-        if (
-            proposed_id is not None
-            and proposed_id != self.server_id
-            and await self.store.get_replica(proposed_id) is None
-        ):
-            replica_id = proposed_id
         secret = new_replica_secret()
+        # Never the server's own id: its audit chain (and its name) are its own.
+        if proposed_id is not None and proposed_id != self.server_id:
+            if await self.store.get_replica(proposed_id) is None:
+                replica_id = proposed_id
+            elif await self._enrolled_again(login, proposed_id, secret):
+                await self.store.bind_session(login.session_hash, proposed_id)
+                return proposed_id, secret
         await self.store.enrol_replica(
             replica_id,
             login.organisation,
@@ -310,6 +310,21 @@ class Gatekeeper:
         )
         await self.store.bind_session(login.session_hash, replica_id)
         return replica_id, secret
+
+    async def _enrolled_again(self, login: Login, replica_id: str, secret: bytes) -> bool:
+        """True if ``replica_id`` now holds ``secret``: the same account enrolled it, in
+        the same organisation, and it was never used (no sync, nothing pushed, not
+        revoked). That is a laptop whose answer to its enrolment was lost on the way
+        (the link cut after the commit): it holds no secret for this id, and asks again.
+        Anyone else gets a new id, as for any taken one."""
+        return await self.pushed_up_to(replica_id) == 0 and (
+            await self.store.reissue_replica_secret(
+                replica_id,
+                organisation=login.organisation,
+                enrolled_by=login.user,
+                secret_hash=sha256_hex(secret),
+            )
+        )
 
     async def session_valid(self, session_hash: str) -> bool:
         """True while the session exists and has not expired."""

@@ -77,6 +77,7 @@ from caresync.logins import (
     LOGIN_IDLE_S,
     LaptopLogins,
 )
+from caresync.names import shown
 from caresync.protocol import (
     BATCH_OVERHEAD_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
@@ -1207,18 +1208,21 @@ class Replica:
         self.connector.check_url(url, insecure=insecure)
         async with self._sync_lock, Session.connect(self._host, url, ssl, expected) as session:
             await session.login(username, password, organisation)
+            asked_as = await self.store.get_meta(meta.ENROLLING) or username
+            await self.store.set_meta(meta.ENROLLING, asked_as)
             session.protocol.enrol(device_name, self.replica_id)
             enrolled = await session.expect(Enrolled)
             if enrolled.replica_id != self.replica_id:
                 raise RemoteProtocolError(
                     f"the server assigned replica id {enrolled.replica_id}; "
-                    f"this laptop is {self.replica_id}"
+                    f"this laptop is {self.replica_id}" + self._asked_before(asked_as, username)
                 )
             if enrolled.replica_secret is None or session.server_key is None:
                 raise RemoteProtocolError("the server enrolled this laptop without a secret")
             # The secret and the pinned key first: an identity without them could
             # never log in again.
             await self._remember_credentials(enrolled.replica_secret, session.server_key)
+            await self.store.set_meta(meta.ENROLLING, "")
             self.identity = Identity(
                 replica_id=self.replica_id,
                 role="laptop",
@@ -1272,19 +1276,41 @@ class Replica:
         async with self._sync_lock:
             # Asked first, as this laptop: a server that knows it (or revoked it) would
             # otherwise enrol a new replica id under the account, which nothing holds.
-            try:
-                async with Session.connect(self._host, url, ssl, pinned):
-                    pass
-            except NotEnrolledError:
-                pass  # what enrolling again is for
-            else:
-                raise SyncRefusedError(
-                    f"the server still knows replica {self.replica_id}: sync this laptop instead"
-                )
+            # Not after an enrolment whose answer never came: the server knows the id
+            # from it, and gives the same account a new secret for it.
+            asked_as = await self.store.get_meta(meta.ENROLLING)
+            if not asked_as:
+                await self._check_server_forgot(url, ssl, pinned)
+                await self.store.set_meta(meta.ENROLLING, username)
             async with Session.connect(self._host, url, ssl, pinned, as_new=True) as session:
-                report = await self._enrolled_again(session, username, password, progress)
+                report = await self._enrolled_again(
+                    session, username, password, progress, asked_as or username
+                )
         self._checkpoint_soon()
         return replace(report, server_went_back=True)
+
+    def _asked_before(self, asked_as: str, username: str) -> str:
+        """What to add to a refusal of this laptop's id when an earlier try, whose answer
+        never came, asked as another account: the server gives the id again only to it."""
+        if asked_as == username:
+            return ""
+        return (
+            f": an earlier try as {shown(asked_as)} was enrolled and its answer lost on the "
+            f"way; enrol again as {shown(asked_as)}"
+        )
+
+    async def _check_server_forgot(
+        self, url: str, ssl: ssl_module.SSLContext | None, pinned: str
+    ) -> None:
+        """Return if the server at ``url`` does not know this laptop; else refuse."""
+        try:
+            async with Session.connect(self._host, url, ssl, pinned):
+                pass
+        except NotEnrolledError:
+            return  # what enrolling again is for
+        raise SyncRefusedError(
+            f"the server still knows replica {self.replica_id}: sync this laptop instead"
+        )
 
     async def _enrolled_again(
         self,
@@ -1292,17 +1318,28 @@ class Replica:
         username: str,
         password: str,
         progress: ProgressCallback | None,
+        asked_as: str,
     ) -> SyncReport:
-        """``enrol_again``'s work on the connection that says Hello as a new laptop."""
+        """``enrol_again``'s work on the connection that says Hello as a new laptop;
+        ``asked_as``: the account of the first try (the server enrols an id again only
+        for the account that enrolled it)."""
         organisation = self.identity.organisation or ""
         await session.login(username, password, organisation)
         session.protocol.enrol("", self.replica_id)
         enrolled = await session.expect(Enrolled)
         if enrolled.replica_id != self.replica_id:
+            unused = (
+                f"it gave a new laptop id, {enrolled.replica_id}, which nothing uses: an "
+                "administrator may revoke it"
+            )
+            if asked_as != username:
+                raise SyncRefusedError(
+                    f"the server knows replica {self.replica_id} ({unused})"
+                    + self._asked_before(asked_as, username)
+                )
             raise SyncRefusedError(
-                f"the server still knows replica {self.replica_id} (it gave a new "
-                f"laptop id, {enrolled.replica_id}, which nothing uses: an "
-                "administrator may revoke it); sync this laptop instead"
+                f"the server still knows replica {self.replica_id} ({unused}); sync this "
+                "laptop instead"
             )
         if (enrolled.server_id, enrolled.organisation) != (
             self.identity.server_id,
@@ -1316,6 +1353,7 @@ class Replica:
         if enrolled.replica_secret is None:
             raise RemoteProtocolError("the server enrolled this laptop without a secret")
         await self._remember_credentials(enrolled.replica_secret, self._pinned_key)
+        await self.store.set_meta(meta.ENROLLING, "")
         await session.after_server_forgot(
             f"server {enrolled.server_id} enrolled replica {self.replica_id} again: it "
             "had forgotten it (restored from a backup older than its enrolment)"

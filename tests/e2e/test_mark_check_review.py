@@ -296,14 +296,11 @@ async def test_a_queue_again_whose_mark_was_not_written_is_recovered_again(
         await server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AuthenticationError,
-    reason="design: a server that enrolled the laptop again but whose Enrolled was lost "
-    "holds a secret the laptop never got; it knows the id, so enrol_again is refused, "
-    "and the laptop's old secret is refused (bad_credentials): no way back",
-)
 async def test_enrolling_again_whose_answer_was_lost_can_be_done_again(tmp_path: Path) -> None:
+    """The server enrolled the laptop again and the link was cut before its answer: it
+    holds a secret the laptop never got. Before, enrol_again was then refused (the server
+    knew the id) and every sync failed with bad_credentials: no way back. Now the same
+    account asks again and the server gives that never-used id a new secret."""
     path, saved = tmp_path / "server.db", tmp_path / "backup.db"
     server = await start_server(tmp_path, server_class=EnrolCuttingServer)
     port = port_of(server)
@@ -322,11 +319,11 @@ async def test_enrolling_again_whose_answer_was_lost_can_be_done_again(tmp_path:
         server.cut_next_enrol = True
         with pytest.raises(ConnectionLostError):
             await late.enrol_again(username="dr.a", password=PASSWORD)
-        try:
-            await late.enrol_again(username="dr.a", password=PASSWORD)
-        except SyncRefusedError:  # "still knows": sync instead
-            await late.sync(username="dr.a", password=PASSWORD)
+        report = await late.enrol_again(username="dr.a", password=PASSWORD)
+        assert report.server_went_back
         assert (await late.status()).pending == 0
+        assert (await late.sync()).server_went_back is False
+        assert [info.replica_id for info in await server.replicas()].count(late.replica_id) == 1
     finally:
         await late.close()
         await server.close()

@@ -70,6 +70,10 @@ SESSION_USER = "session.user"
 """The account that session belongs to."""
 SECRET = "replica.secret"
 """Base64: the secret this replica proves at every login."""
+ENROLLING = "replica.enrolling"
+"""The account that asked the server to enrol this laptop (or enrol it again), until the
+secret it gives is kept: a server that knows the id meanwhile took that enrolment and
+lost its answer on the way, and gives that account a new secret for it."""
 PINNED_KEY = "server.pinned_key"
 """Base64: the server's public key, pinned at enrolment."""
 LOCKED = "replica.locked"

@@ -356,6 +356,16 @@ def check_secret_hash(replica_id: object, secret_hash: object) -> None:
     check_text(secret_hash, "secret_hash")
 
 
+def check_reissue(
+    replica_id: object, organisation: object, enrolled_by: object, secret_hash: object
+) -> None:
+    """``reissue_replica_secret``: the replica, who may take it again, its new secret."""
+    check_text(replica_id, "replica_id")
+    check_text(organisation, "organisation")
+    check_text(enrolled_by, "enrolled_by")
+    check_text(secret_hash, "secret_hash")
+
+
 def check_binding(token_hash: object, replica_id: object) -> None:
     """``bind_session``: the session's token hash, and the replica it enrolled."""
     check_text(token_hash, "token_hash")

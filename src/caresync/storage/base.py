@@ -1659,6 +1659,18 @@ class ServerStore(ReplicaStore, Protocol):
         """Give a replica enrolled without a secret its first one (refuses to replace one)."""
         ...
 
+    async def reissue_replica_secret(
+        self, replica_id: str, *, organisation: str, enrolled_by: str, secret_hash: str
+    ) -> bool:
+        """Give an enrolled replica that was never used a new secret, in place of one its
+        laptop never received (the answer to its enrolment was lost on the way).
+
+        Only a replica of ``organisation``, enrolled by ``enrolled_by``, not revoked and
+        never seen (no outbox report, so no sync, since its enrolment) takes it; its
+        sessions end. Returns False, changing nothing, for any other replica.
+        """
+        ...
+
     async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
         """An enrolled replica, or None."""
         ...

@@ -47,6 +47,7 @@ from caresync.storage._arguments import (
     check_password_change,
     check_queue_again,
     check_record_page,
+    check_reissue,
     check_renumbering,
     check_secret_hash,
     check_seen,
@@ -1371,6 +1372,25 @@ class MemoryStore:
         if replica_id not in self._replicas or replica_id in self._secrets:
             raise secret_refused(replica_id)
         self._secrets[replica_id] = secret_hash
+
+    async def reissue_replica_secret(
+        self, replica_id: str, *, organisation: str, enrolled_by: str, secret_hash: str
+    ) -> bool:
+        """A new secret for a replica of that organisation and account, never seen nor
+        revoked (its sessions end); False, changing nothing, for any other."""
+        check_reissue(replica_id, organisation, enrolled_by, secret_hash)
+        self._open_or_raise(f"updating replica {replica_id!r}")
+        info = self._replicas.get(replica_id)
+        if (
+            info is None
+            or (info.organisation, info.enrolled_by) != (organisation, enrolled_by)
+            or info.revoked_ms is not None
+            or info.last_seen_ms is not None
+        ):
+            return False
+        self._secrets[replica_id] = secret_hash
+        self._end_sessions_where(lambda s: s.replica_id == replica_id)
+        return True
 
     async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
         """An enrolled replica, or None."""

@@ -2404,6 +2404,43 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert info is not None
         assert info.device_name == "ward laptop 3"
 
+    async def test_only_an_unused_replica_takes_a_new_secret_from_its_own_account(
+        self, store: ServerStore
+    ) -> None:
+        """``reissue_replica_secret``: for an enrolment whose answer was lost on the way."""
+        for replica_id in ("unused", "seen", "revoked"):
+            await store.enrol_replica(replica_id, "clinic", enrolled_by="dr.a", secret_hash="s")
+        await store.touch_replica("seen", 1_000)
+        await store.revoke_replica("revoked")
+        await store.add_session(SessionRow("h-1", "clinic", "dr.a", "unused", 1, 10))
+        await store.add_session(SessionRow("h-2", "clinic", "dr.a", "seen", 1, 10))
+        refused = [
+            ("unused", "clinic", "dr.b"),
+            ("unused", "other", "dr.a"),
+            ("seen", "clinic", "dr.a"),
+            ("revoked", "clinic", "dr.a"),
+            ("unknown", "clinic", "dr.a"),
+        ]
+        for replica_id, organisation, user in refused:
+            assert not await store.reissue_replica_secret(
+                replica_id, organisation=organisation, enrolled_by=user, secret_hash="new"
+            )
+        assert await store.replica_secret_hash("unused") == "s"
+        assert await store.replica_secret_hash("seen") == "s"
+        assert await store.get_session("h-1") is not None
+        assert await store.get_replica("unknown") is None
+        assert await store.reissue_replica_secret(
+            "unused", organisation="clinic", enrolled_by="dr.a", secret_hash="new"
+        )
+        assert await store.replica_secret_hash("unused") == "new"
+        assert await store.get_session("h-1") is None  # its sessions end
+        assert await store.get_session("h-2") is not None
+        with pytest.raises(InvalidInputError, match="enrolled_by"):
+            await store.reissue_replica_secret(
+                "unused", organisation="clinic", enrolled_by="", secret_hash="newer"
+            )
+        assert await store.replica_secret_hash("unused") == "new"
+
     async def test_a_resumed_logins_reads_are_each_what_its_single_read_returns(
         self, store: ServerStore
     ) -> None:

@@ -9,6 +9,7 @@ from caresync.storage._arguments import (
     check_enrolment,
     check_new_user,
     check_password_change,
+    check_reissue,
     check_secret_hash,
     check_user,
     check_user_admin,
@@ -321,6 +322,30 @@ class AccountsPart(SQLiteCore):
             self._write(raw, body, accounts=True)
 
         await self._run(f"updating replica {replica_id!r}", job)
+
+    async def reissue_replica_secret(
+        self, replica_id: str, *, organisation: str, enrolled_by: str, secret_hash: str
+    ) -> bool:
+        """A new secret for a replica of that organisation and account, never seen nor
+        revoked (its sessions end); False, changing nothing, for any other."""
+        check_reissue(replica_id, organisation, enrolled_by, secret_hash)
+
+        def job(raw: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                if not raw.execute(
+                    "UPDATE replicas SET secret_hash = ? WHERE replica_id = ?"
+                    " AND organisation = ? AND enrolled_by = ?"
+                    " AND revoked_ms IS NULL AND last_seen_ms IS NULL",
+                    (secret_hash, replica_id, organisation, enrolled_by),
+                ).rowcount:
+                    return False
+                raw.execute("DELETE FROM sessions WHERE replica_id = ?", (replica_id,))
+                _bump_accounts_generation(raw)
+                return True
+
+            return self._write(raw, body, accounts=True)
+
+        return await self._run(f"updating replica {replica_id!r}", job)
 
     async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
         """Every enrolled replica (of that organisation), by id."""
