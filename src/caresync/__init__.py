@@ -11,8 +11,8 @@ Everything an application needs is exported here:
 * a laptop: :class:`Replica` with :class:`ReplicaStatus`, :class:`SyncReport`,
   :class:`SyncLimits`, :class:`CopyProgress` and :func:`backoff_delays`
   (from ``caresync.replica``);
-* a clinic server: :class:`SyncServer`, with :class:`ServerKey` (the key laptops pin)
-  and :class:`LoginThrottle` (from ``caresync.server``);
+* a clinic server: :class:`SyncServer`, with :class:`ServerKey` (the key laptops pin),
+  :class:`LoginThrottle` and :class:`RecoveryReport` (from ``caresync.server``);
 * every error caresync raises, under :class:`CaresyncError` (from ``caresync.exceptions``).
 
 Documented subpackages: ``caresync.testing`` (a clinic and laptops in a test, and the
@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # "X as X": re-exported (the names are in __all__ through _LA
     from caresync.replica import SyncReport as SyncReport
     from caresync.replica import backoff_delays as backoff_delays
     from caresync.server import LoginThrottle as LoginThrottle
+    from caresync.server import RecoveryReport as RecoveryReport
     from caresync.server import ServerKey as ServerKey
     from caresync.server import SyncServer as SyncServer
     from caresync.server import hash_password as hash_password
@@ -70,7 +71,7 @@ _REPLICA_NAMES = (
     "SyncReport",
     "backoff_delays",
 )
-_SERVER_NAMES = ("LoginThrottle", "ServerKey", "SyncServer", "hash_password")
+_SERVER_NAMES = ("LoginThrottle", "RecoveryReport", "ServerKey", "SyncServer", "hash_password")
 _LAZY = {
     **dict.fromkeys(_REPLICA_NAMES, "caresync.replica"),
     **dict.fromkeys(_SERVER_NAMES, "caresync.server"),

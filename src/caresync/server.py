@@ -117,6 +117,8 @@ from caresync.protocol import (
 )
 from caresync.protocol import FeedItem as WireItem
 from caresync.records import Admission, AdmissionLimits, Record, Revision
+from caresync.recovery import RecoveryReport
+from caresync.recovery import recover_entries as _recover_entries
 from caresync.replication.absorb import OnBadUpdate, Taken, WriteOptions, absorb
 from caresync.replication.coalesce import Coalescer, MergeVerdicts
 from caresync.replication.epochs import epoch_at
@@ -128,6 +130,7 @@ from caresync.storage import (
     FeedEpoch,
     FeedItem,
     HubMark,
+    LaptopStore,
     ReplicaInfo,
     ServerStore,
     own_identity,
@@ -149,7 +152,7 @@ from caresync.transport import (
 )
 from caresync.versions import CLIENT_VERSION, check_version, is_older
 
-__all__ = ["LoginThrottle", "ServerKey", "SyncServer", "hash_password"]
+__all__ = ["LoginThrottle", "RecoveryReport", "ServerKey", "SyncServer", "hash_password"]
 
 _UNSET_THROTTLE: Any = object()
 
@@ -342,6 +345,18 @@ class _EntryTooLarge(CaresyncError):
 class _Forbidden(CaresyncError):
     """A push this replica may not make: a record of another organisation, or revisions
     it did not write (see Gatekeeper.foreign_writers and unknown_author)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pusher:
+    """Whose entries a push commits: the replica that wrote them, its organisation, the
+    connection they came on, or (``source`` None) the operator who vouches for them
+    (see :meth:`SyncServer.recover_entries`)."""
+
+    replica_id: str
+    organisation: str | None
+    source: _Connection | None
+    vouched_by: str | None = None
 
 
 @dataclass(eq=False)
@@ -747,6 +762,76 @@ class SyncServer:
     async def enable_user(self, organisation: str, username: str) -> None:
         """Let a disabled account log in again (with its password)."""
         await self.store.set_user_disabled(organisation, username, False)
+
+    async def recover_entries(
+        self, laptop: LaptopStore, *, vouched_by: str, batch_records: int = 200
+    ) -> RecoveryReport:
+        """Take back what a laptop's database holds of this server's records and this
+        server lacks: after a restore from an older backup, the entries of laptops lost
+        with the server's data, which live on in the laptops that pulled them.
+
+        ``laptop``: the store of a laptop's database enrolled to this server (opened
+        read-only will do: it is only read). Each entry goes in as written by the
+        replica it names, admitted as that replica's push would be but for its authors'
+        logins (see :meth:`admit_vouched`); ``vouched_by`` (the operator, as the audit
+        trail names them) vouches for the file, and each record taken into is an
+        ``import`` entry of the server's audit trail. What the server refuses is
+        reported by record, and nothing of that record goes in; running it again adds
+        nothing twice. ``InvalidInputError`` for a database that is not a laptop's
+        enrolled to this server. See ``caresync recover`` and docs/operations.md.
+        """
+        return await _recover_entries(
+            self, laptop, vouched_by=vouched_by, batch_records=batch_records
+        )
+
+    async def admit_vouched(
+        self,
+        replica_id: str,
+        updates: Sequence[tuple[str, bytes]],
+        *,
+        organisation: str,
+        vouched_by: str,
+    ) -> int:
+        """Commit ``updates`` ((record id, update) pairs) as written on replica
+        ``replica_id`` of ``organisation``, an operator (``vouched_by``, as the audit
+        trail names them) vouching for them: entries a restored server lost, taken back
+        from a laptop's database (see :func:`caresync.recovery.recover_entries`).
+
+        Admitted as that replica's push would be (the record schema, the sizes, the
+        dates, only that replica's Yjs clients, every revision naming it, records of
+        its organisation only), except that their authors need not have logged in
+        there: the restored server may have forgotten those logins. Each record is an
+        ``import`` entry of the server's audit trail, written first. Returns how many
+        updates were new here (0: it held them all). Raises, storing nothing,
+        ``InvalidUpdateError`` (``RefusedUpdateError``) for an update it does not
+        admit, ``InvalidInputError`` for a record of another organisation.
+        """
+        check_organisation(organisation)
+        for name, value in (("replica_id", replica_id), ("vouched_by", vouched_by)):
+            if not isinstance(value, str) or not value or len(value) > 256:
+                raise InvalidInputError(f"{name} must be a non-empty string, not {value!r:.80}")
+        items = [PushItem(n, rid, update) for n, (rid, update) in enumerate(updates, 1)]
+        if not items:
+            return 0
+        for record_id in dict.fromkeys(item.record_id for item in items):
+            detail = f"entries of replica {replica_id}, vouched for from a laptop's database"
+            await self._audit(AuditEvent(attempted_name(vouched_by), "import", record_id, detail))
+        pusher = _Pusher(replica_id, organisation, None, vouched_by)
+        async with self._commit_lock, self.store.exclusive_commits():
+            await self._follower.start()
+            if self.store.shared:
+                await self._follower.catch_up(max_pages=1_000_000)
+            try:
+                added = await self._commit_push(pusher, None, items)
+            except _Forbidden as exc:
+                raise InvalidInputError(str(exc)) from None
+        logger.info(
+            "admitted %d updates of replica %s, vouched for by %s",
+            len(added),
+            replica_id,
+            vouched_by,
+        )
+        return len(added)
 
     async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
         """Every enrolled replica (of ``organisation``), by id: when each was last seen,
@@ -1655,7 +1740,7 @@ class SyncServer:
     def _remembered_checks(self, record_ids: Iterable[str]) -> dict[str, RecordCheck]:
         return {rid: check for rid in record_ids if (check := self._checks.get(rid)) is not None}
 
-    async def _remember_checks(self, source: _Connection, record_ids: Sequence[str]) -> None:
+    async def _remember_checks(self, source: _Connection | None, record_ids: Sequence[str]) -> None:
         """After a commit: keep the records' checks for the live frames that carry them,
         read only when a live connection takes checks."""
         if any(c.checks is not None and c is not source for c in self._connections):
@@ -1888,10 +1973,11 @@ class SyncServer:
             await self._follower.catch_up(max_pages=1_000_000)  # nobody else commits now
         committed = int(await self.store.get_meta(key) or 0)
         mark = str(max(committed, batch.items[-1].local_seq))
-        return await self._commit_push(conn, (key, mark), list(batch.items))
+        pusher = _Pusher(conn.protocol.replica_id or "", conn.organisation, conn)
+        return await self._commit_push(pusher, (key, mark), list(batch.items))
 
     async def _commit_push(
-        self, conn: _Connection, checkpoint: tuple[str, str], items: list[PushItem]
+        self, pusher: _Pusher, checkpoint: tuple[str, str] | None, items: list[PushItem]
     ) -> list[tuple[int, str, bytes]]:
         """Admit, then commit pushed items with the replica's mark; fan out what was new.
 
@@ -1907,12 +1993,12 @@ class SyncServer:
         record_ids = list(dict.fromkeys(item.record_id for item in items))
         owners = await self._record_organisations(record_ids)
         for record_id, owner in owners.items():
-            if owner is not None and owner != conn.organisation:
+            if owner is not None and owner != pusher.organisation:
                 # Said the same way whatever the reason: nothing about the record leaks.
                 raise _Forbidden(f"record {record_id} cannot be written by this replica")
         writers: dict[int, str] = {}  # Yjs client ids this batch writes new changes under
         revisions: list[tuple[str, Revision]] = []  # what the batch adds, by record
-        replica_id = conn.protocol.replica_id or ""
+        replica_id = pusher.replica_id
 
         def admit(record_id: str, record: Record | None, updates: Sequence[bytes]) -> None:
             admission = (
@@ -1926,7 +2012,7 @@ class SyncServer:
                     writers[admission.last_writer] = record_id
 
         async def vet(taken: Mapping[str, Taken]) -> WriteOptions:
-            await self._check_authorship(conn, revisions)
+            await self._check_authorship(pusher, revisions)
             bound = await self._client_owners(writers)
             for client, owner in bound.items():
                 if owner != replica_id:
@@ -1943,7 +2029,7 @@ class SyncServer:
                     hub[record_id] = mark
             return WriteOptions(
                 to_feed=True,
-                origin=conn.protocol.replica_id,
+                origin=replica_id or None,
                 claim_clients=dict.fromkeys(writers.keys() - bound.keys(), replica_id),
                 hub=hub or None,
             )
@@ -1960,7 +2046,7 @@ class SyncServer:
                 self.store,
                 [(item.record_id, item.update) for item in items],
                 checkpoint=checkpoint,
-                organisation=conn.organisation,
+                organisation=pusher.organisation,
                 keep_each=True,
                 on_bad=OnBadUpdate.REFUSE,
                 admit=admit,
@@ -1974,15 +2060,17 @@ class SyncServer:
         for client in writers:
             self._owners.put(client, replica_id)  # committed: now theirs
         for record_id in record_ids:
-            if conn.organisation is not None:
-                self._organisations.put(record_id, conn.organisation)
+            if pusher.organisation is not None:
+                self._organisations.put(record_id, pusher.organisation)
         # Updates the server held already got no feed entry (seq 0): nothing to relay.
         entries = [entry for entry in absorbed.written if entry[0] > 0]
         if not entries:
             return entries
         try:
             await self._note_held(before, absorbed.taken, entries[-1][0])
-            await self._remember_checks(conn, [record_id for _seq, record_id, _u in entries])
+            await self._remember_checks(
+                pusher.source, [record_id for _seq, record_id, _u in entries]
+            )
         except StorageError as exc:
             # Committed already, and what these read is only remembered to save work
             # (a stale or missing check costs a laptop a rebuild, never a wrong row):
@@ -1993,7 +2081,10 @@ class SyncServer:
             )
         origin = replica_id or None
         await self._follower.committed(
-            [FeedItem(seq, rid, update, conn.organisation, origin) for seq, rid, update in entries]
+            [
+                FeedItem(seq, rid, update, pusher.organisation, origin)
+                for seq, rid, update in entries
+            ]
         )
         for hook in self.on_commit:
             result = hook(entries[-1][0])
@@ -2002,15 +2093,16 @@ class SyncServer:
         return entries
 
     async def _check_authorship(
-        self, conn: _Connection, revisions: list[tuple[str, Revision]]
+        self, pusher: _Pusher, revisions: list[tuple[str, Revision]]
     ) -> None:
         """Raise _Forbidden unless every revision was written on this replica by an
-        account that logged in there."""
+        account that logged in there (for entries an operator vouches for, the replica
+        alone: the restored server may have forgotten who logged in there)."""
         if not revisions:  # a batch sent again adds none: no store query for it
             return
-        pusher = conn.protocol.replica_id or ""
-        why = self.gate.foreign_writers(pusher, {rev.replica for _rid, rev in revisions})
-        if why is None:
+        replicas = {rev.replica for _rid, rev in revisions}
+        why = self.gate.foreign_writers(pusher.replica_id, replicas)
+        if why is None and pusher.vouched_by is None:
             why = await self.gate.unknown_author(revisions)
         if why is not None:
             raise _Forbidden(f"push refused, nothing stored: {why}")

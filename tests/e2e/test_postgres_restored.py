@@ -10,15 +10,18 @@ epochs are read back from the database as the feed moves.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from tests.e2e.live_helpers import LIMIT_S, live, until, watch
 from tests.postgres import fresh_schema
 
-from caresync.replica import Replica
+from caresync.recovery import recover_entries
+from caresync.replica import Replica, ReplicaState
 from caresync.server import SyncServer
 
 PASSWORD = "correct horse battery staple"
@@ -115,6 +118,67 @@ async def test_a_restored_postgres_server_gets_back_what_it_acknowledged(
     finally:
         for replica in (a, b):
             await replica.close()
+        await server.close()
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(backup)))
+
+
+async def test_a_lost_laptops_entries_come_back_beside_a_running_postgres_server(
+    tmp_path: Path, schema_url: str, postgres_database: str
+) -> None:
+    """The operator's recovery runs in a process of its own beside the serving one (a
+    PostgreSQL store is shared): a laptop live on the serving one receives what it
+    admits, relayed as any other process's commit."""
+    schema = schema_url.rsplit("%3D", 1)[1]
+    backup = f"{schema}_backup"
+    server = await SyncServer.open(schema_url)
+    await server.add_user("clinic-a", "dr.a", PASSWORD)
+    await server.add_user("clinic-a", "dr.b", PASSWORD)
+    await server.serve("127.0.0.1", 0)
+    port = int(server.url.rsplit(":", 1)[1])
+    lost = await _enrolled(tmp_path, server, "lost", "dr.a")
+    colleague = await _enrolled(tmp_path, server, "colleague", "dr.b")
+    watcher: Replica | None = None
+    try:
+        chart = await colleague.create_record()
+        await colleague.set(chart, "name", "Awa Diop", author="dr.b")
+        await colleague.sync()
+        await lost.sync()
+        await server.close()
+        _back_up(postgres_database, schema, backup)
+        server = await SyncServer.open(schema_url)
+        await server.serve("127.0.0.1", port)
+        await lost.set(chart, "birthDate", "1990-04-12", author="dr.a")
+        await lost.sync()
+        await lost.close()  # the laptop is gone
+        await colleague.sync()
+
+        await server.close()
+        _restore(postgres_database, schema, backup)
+        server = await SyncServer.open(schema_url)
+        await server.serve("127.0.0.1", port)
+        assert (await colleague.sync()).server_went_back
+        watcher = await _enrolled(tmp_path, server, "watcher", "dr.b")
+        signal = watch(watcher, server=server)
+        async with live(watcher) as run, asyncio.timeout(LIMIT_S):
+            await run.states.reach(ReplicaState.ONLINE)
+            assert (await watcher.record(chart, audited=False)).value("birthDate") is None
+            operator = await SyncServer.open(schema_url)
+            try:
+                report = await recover_entries(operator, colleague.store, vouched_by="os:admin")
+            finally:
+                await operator.close()
+            assert report.records_changed == 1
+
+            async def arrived() -> bool:
+                record = await watcher.record(chart, audited=False)
+                return record.value("birthDate") == "1990-04-12"
+
+            await until(arrived, signal)
+    finally:
+        for replica in (lost, colleague, watcher):
+            if replica is not None:
+                await replica.close()
         await server.close()
         with psycopg.connect(postgres_database, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(backup)))

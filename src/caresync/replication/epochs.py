@@ -37,16 +37,16 @@ replica). Pure: no I/O.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 from caresync.exceptions import CorruptDatabaseError
 from caresync.protocol.messages import MAX_SEQ
 from caresync.records.revision import decode_revision
-from caresync.records.spans import Client, items_by_client, simple_pieces
+from caresync.records.spans import Client, SimpleItem, items_by_client, simple_pieces
 from caresync.storage.base import FeedEpoch
 
-__all__ = ["FeedPosition", "epoch_at", "own_items"]
+__all__ = ["FeedPosition", "epoch_at", "own_items", "pieces_of", "writers_of"]
 
 
 def epoch_at(epochs: Sequence[FeedEpoch], seq: int) -> int:
@@ -109,15 +109,30 @@ def own_items(update: bytes, replica_id: str) -> list[bytes]:
     found = items_by_client(update)
     if found is None:
         return []
-    own: set[Client] = set()
+    own = {client for client, names in writers_of(found).items() if replica_id in names}
+    if not own:
+        return []
+    return pieces_of(update, own) or []
+
+
+def pieces_of(update: bytes, clients: Collection[Client]) -> list[bytes] | None:
+    """The items of ``clients`` in ``update`` (a record of entries only) as updates a
+    server admits: simple, one client each, in clock order, of at most
+    :data:`_PIECE_ITEMS` items; None for bytes that are not entries only."""
+    return simple_pieces(update, clients, max_items=_PIECE_ITEMS, max_bytes=_PIECE_BYTES)
+
+
+def writers_of(found: Mapping[Client, Sequence[SimpleItem]]) -> dict[Client, frozenset[str]]:
+    """The replicas each client's revisions name as their writer (``found``: a record's
+    items by client, :func:`~caresync.records.spans.items_by_client`); an honest client
+    names one, a client that wrote no revision none."""
+    named: dict[Client, frozenset[str]] = {}
     for client, items in found.items():
+        replicas = set()
         for item in items:
             if item.root == "revisions" and item.key is not None and len(item.strings) == 1:
                 revision = decode_revision(item.key, item.strings[0])
-                if revision is not None and revision.replica == replica_id:
-                    own.add(client)
-                    break
-    if not own:
-        return []
-    pieces = simple_pieces(update, own, max_items=_PIECE_ITEMS, max_bytes=_PIECE_BYTES)
-    return [] if pieces is None else pieces
+                if revision is not None:
+                    replicas.add(revision.replica)
+        named[client] = frozenset(replicas)
+    return named
