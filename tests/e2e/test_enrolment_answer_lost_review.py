@@ -228,3 +228,60 @@ async def test_a_laptop_just_enrolled_cannot_be_given_a_new_secret(tmp_path: Pat
     finally:
         await laptop.close()
         await server.close()
+
+
+async def test_a_laptop_just_enrolled_again_cannot_be_given_a_new_secret(tmp_path: Path) -> None:
+    """The same once enrolled again after a restore (its first try's answer lost): the
+    round that enrolled it again reported its outbox, so the id is seen, and the account
+    that enrolled it, proposing it from a hostile client, gets an id of its own."""
+    restores = _Restores(tmp_path)
+    late = await restores.start(tmp_path)
+    try:
+        server = await restores.put_back(restores.old)
+        server.cut_next_enrol = True
+        with pytest.raises(ConnectionLostError):
+            await late.enrol_again(username="dr.a", password=PASSWORD)
+        assert (await late.enrol_again(username="dr.a", password=PASSWORD)).server_went_back
+        hostile = await Hostile.connect(server.url)
+        try:
+            await hostile.login("dr.a", PASSWORD, "clinic-a")
+            hostile.protocol.enrol("hostile", late.replica_id)
+            answer = await hostile.expect(Enrolled)
+            assert isinstance(answer, Enrolled)
+            assert answer.replica_id != late.replica_id
+        finally:
+            await hostile.close()
+        assert (await late.sync()).server_went_back is False
+        assert (await late.status()).pending == 0
+    finally:
+        await late.close()
+        await restores.close()
+
+
+async def test_an_id_not_given_again_to_the_account_that_asked_drops_the_note(
+    tmp_path: Path,
+) -> None:
+    """enrol_again's answer was lost, then the newer backup was put back (the server
+    knows the laptop, seen) and enrol_again was run again before any sync: its probe is
+    skipped and the server gives the account a new id, refused. That answer shows no try
+    of this laptop waits: the next enrol_again, as any account, asks as this laptop
+    first, enrols nothing and does not claim an earlier try was enrolled."""
+    restores = _Restores(tmp_path)
+    late = await restores.start(tmp_path)
+    try:
+        server = await restores.put_back(restores.old)
+        server.cut_next_enrol = True
+        with pytest.raises(ConnectionLostError):
+            await late.enrol_again(username="dr.a", password=PASSWORD)
+        server = await restores.put_back(restores.new)
+        with pytest.raises(SyncRefusedError, match="sync this laptop instead"):
+            await late.enrol_again(username="dr.a", password=PASSWORD)
+        known = await _ids(server)
+        with pytest.raises(SyncRefusedError) as refused:
+            await late.enrol_again(username="dr.b", password=PASSWORD)
+        assert "answer lost" not in str(refused.value)
+        assert await _ids(server) == known
+        assert (await late.sync()).server_went_back is False
+    finally:
+        await late.close()
+        await restores.close()
