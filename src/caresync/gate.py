@@ -281,8 +281,10 @@ class Gatekeeper:
 
     async def enrol(
         self, login: Login, device_name: str, proposed_id: str | None
-    ) -> tuple[str, bytes] | Refused:
-        """Enrol a new replica for a password login; returns its id and its secret."""
+    ) -> tuple[str, bytes, bool] | Refused:
+        """Enrol a new replica for a password login; returns its id, its secret, and
+        whether that id was enrolled already and given a new secret in place of one its
+        laptop never received (:meth:`_enrolled_again`)."""
         if not login.by_password:
             return Refused(
                 ErrorCode.FORBIDDEN,
@@ -300,7 +302,7 @@ class Gatekeeper:
                 replica_id = proposed_id
             elif await self._enrolled_again(login, proposed_id, secret):
                 await self.store.bind_session(login.session_hash, proposed_id)
-                return proposed_id, secret
+                return proposed_id, secret, True
         await self.store.enrol_replica(
             replica_id,
             login.organisation,
@@ -309,7 +311,7 @@ class Gatekeeper:
             secret_hash=sha256_hex(secret),
         )
         await self.store.bind_session(login.session_hash, replica_id)
-        return replica_id, secret
+        return replica_id, secret, False
 
     async def _enrolled_again(self, login: Login, replica_id: str, secret: bytes) -> bool:
         """True if ``replica_id`` now holds ``secret``: the same account enrolled it, in

@@ -173,18 +173,42 @@ class ServerEvents:
         )
 
     def enrolled(
-        self, peer: str, replica: str, organisation: str, user: str, device_name: str
+        self,
+        peer: str,
+        replica: str,
+        organisation: str,
+        user: str,
+        device_name: str,
+        *,
+        again: bool = False,
     ) -> None:
+        """A replica enrolled; ``again``: an id the same account enrolled before and
+        nothing used since, given a new secret (the first answer was lost on the way, or
+        someone with that account's password took the id): a warning, since the secret
+        the laptop held, if it got one, no longer logs it in."""
         self.metrics.enrolments.inc()
+        if again:
+            level = logging.WARNING
+            message = (
+                f"{user} enrolled {replica} again in {organisation}: a new secret in place "
+                "of the one its enrolment's lost answer held (a laptop holding that one "
+                "can no longer log in)"
+            )
+        else:
+            level = logging.INFO
+            message = (
+                f"{user} enrolled {replica} ({device_name or 'no device name'}) in {organisation}"
+            )
         _log(
-            logging.INFO,
+            level,
             "enrolment",
-            f"{user} enrolled {replica} ({device_name or 'no device name'}) in {organisation}",
+            message,
             peer=peer,
             replica=replica,
             organisation=organisation,
             user=user,
             device_name=device_name,
+            again=again,
         )
 
     def refused(

@@ -1208,8 +1208,10 @@ class Replica:
         self.connector.check_url(url, insecure=insecure)
         async with self._sync_lock, Session.connect(self._host, url, ssl, expected) as session:
             await session.login(username, password, organisation)
-            asked_as = await self.store.get_meta(meta.ENROLLING) or username
-            await self.store.set_meta(meta.ENROLLING, asked_as)
+            # Noted before Enrol goes: from then on the server may commit it and the
+            # answer be lost, and it gives the id again only to the account that asked.
+            asked_as = await self._known_meta.get_meta(meta.ENROLLING) or username
+            await meta.write_if_changed(self._known_meta, meta.ENROLLING, asked_as)
             session.protocol.enrol(device_name, self.replica_id)
             enrolled = await session.expect(Enrolled)
             if enrolled.replica_id != self.replica_id:
@@ -1222,15 +1224,18 @@ class Replica:
             # The secret and the pinned key first: an identity without them could
             # never log in again.
             await self._remember_credentials(enrolled.replica_secret, session.server_key)
-            await self.store.set_meta(meta.ENROLLING, "")
-            self.identity = Identity(
+            identity = Identity(
                 replica_id=self.replica_id,
                 role="laptop",
                 server_id=enrolled.server_id,
                 server_url=url,
                 organisation=enrolled.organisation,
             )
-            await self.store.set_identity(self.identity)
+            await self.store.set_identity(identity)
+            self.identity = identity  # enrolled once stored: a failed write leaves it not
+            # Only now: a laptop stopped before its binding was stored enrols again, as
+            # the account that asked (a note left after it is dropped at its first login).
+            await self._known_meta.set_meta(meta.ENROLLING, "")
             report = await session.synchronise(progress)
         self._checkpoint_soon()  # the copy's last commits: not in the next sync's
         return report
@@ -1278,14 +1283,11 @@ class Replica:
             # otherwise enrol a new replica id under the account, which nothing holds.
             # Not after an enrolment whose answer never came: the server knows the id
             # from it, and gives the same account a new secret for it.
-            asked_as = await self.store.get_meta(meta.ENROLLING)
+            asked_as = await self._known_meta.get_meta(meta.ENROLLING) or ""
             if not asked_as:
                 await self._check_server_forgot(url, ssl, pinned)
-                await self.store.set_meta(meta.ENROLLING, username)
             async with Session.connect(self._host, url, ssl, pinned, as_new=True) as session:
-                report = await self._enrolled_again(
-                    session, username, password, progress, asked_as or username
-                )
+                report = await self._enrolled_again(session, username, password, progress, asked_as)
         self._checkpoint_soon()
         return replace(report, server_went_back=True)
 
@@ -1321,10 +1323,14 @@ class Replica:
         asked_as: str,
     ) -> SyncReport:
         """``enrol_again``'s work on the connection that says Hello as a new laptop;
-        ``asked_as``: the account of the first try (the server enrols an id again only
-        for the account that enrolled it)."""
+        ``asked_as``: the account of an earlier try whose answer never came, or "" (the
+        server enrols an id again only for the account that enrolled it)."""
         organisation = self.identity.organisation or ""
         await session.login(username, password, organisation)
+        if not asked_as:
+            # Noted once the login is accepted, before Enrol goes: a try refused before
+            # (a wrong password) enrolled nothing, and must not skip the next one's probe.
+            await self._known_meta.set_meta(meta.ENROLLING, username)
         session.protocol.enrol("", self.replica_id)
         enrolled = await session.expect(Enrolled)
         if enrolled.replica_id != self.replica_id:
@@ -1332,11 +1338,14 @@ class Replica:
                 f"it gave a new laptop id, {enrolled.replica_id}, which nothing uses: an "
                 "administrator may revoke it"
             )
-            if asked_as != username:
+            if asked_as and asked_as != username:
                 raise SyncRefusedError(
                     f"the server knows replica {self.replica_id} ({unused})"
                     + self._asked_before(asked_as, username)
                 )
+            # Not given again to the account that asked: used or revoked, so no try of
+            # ours waits for an answer; the next enrol_again asks as this laptop first.
+            await self._known_meta.set_meta(meta.ENROLLING, "")
             raise SyncRefusedError(
                 f"the server still knows replica {self.replica_id} ({unused}); sync this "
                 "laptop instead"
@@ -1353,7 +1362,7 @@ class Replica:
         if enrolled.replica_secret is None:
             raise RemoteProtocolError("the server enrolled this laptop without a secret")
         await self._remember_credentials(enrolled.replica_secret, self._pinned_key)
-        await self.store.set_meta(meta.ENROLLING, "")
+        await self._known_meta.set_meta(meta.ENROLLING, "")
         await session.after_server_forgot(
             f"server {enrolled.server_id} enrolled replica {self.replica_id} again: it "
             "had forgotten it (restored from a backup older than its enrolment)"

@@ -1473,10 +1473,15 @@ class SyncServer:
         if isinstance(outcome, Refused):
             conn.protocol.refuse(RequestKind.ENROL, outcome.code, outcome.message)
             return
-        replica_id, secret = outcome
+        replica_id, secret, again = outcome
         conn.protocol.accept_enrolment(replica_id, login.organisation, replica_secret=secret)
         self.events.enrolled(
-            conn.channel.peer, replica_id, login.organisation, login.user, enrol.device_name
+            conn.channel.peer,
+            replica_id,
+            login.organisation,
+            login.user,
+            enrol.device_name,
+            again=again,
         )
 
     async def _on_copy(self, conn: _Connection, request: CopyRequest) -> None:

@@ -71,9 +71,13 @@ SESSION_USER = "session.user"
 SECRET = "replica.secret"
 """Base64: the secret this replica proves at every login."""
 ENROLLING = "replica.enrolling"
-"""The account that asked the server to enrol this laptop (or enrol it again), until the
-secret it gives is kept: a server that knows the id meanwhile took that enrolment and
-lost its answer on the way, and gives that account a new secret for it."""
+"""The account that asked the server to enrol this laptop (or enrol it again), written
+once its login was accepted and before Enrol goes, until the binding (or, enrolled again,
+the new secret) is stored: a server that knows the id meanwhile took that enrolment and
+lost its answer on the way, and gives that account a new secret for it. "" (or absent):
+none waits. Dropped too at a login as this laptop with its secret, and when the server
+gives the id to no one (used or revoked): a stale note would make ``enrol_again`` skip
+its probe."""
 PINNED_KEY = "server.pinned_key"
 """Base64: the server's public key, pinned at enrolment."""
 LOCKED = "replica.locked"
@@ -150,6 +154,7 @@ KNOWN_KEYS = frozenset(
         CLIENT_NEWEST,
         CLIENT_MIN,
         COPY_DONE_MS,
+        ENROLLING,
         HUB_MARK,
         HUB_REPORT,
         LAST_SYNC_MS,
@@ -157,8 +162,10 @@ KNOWN_KEYS = frozenset(
         SESSION_TOKEN,
     }
 )
-"""Keys only a laptop's syncs write: notes whose stale copy does no harm, and the
+"""Keys only a laptop's syncs write: notes whose stale copy does no harm, the
 session token (read at every sync; written only by an online login, through
+:class:`KnownMeta`), and the note of an enrolment waiting for its answer (read at
+every login as this laptop, written by enrolments and that login, through
 :class:`KnownMeta`)."""
 
 

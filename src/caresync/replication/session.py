@@ -929,6 +929,11 @@ class Session:
         if self._names_to_store is not None:
             await self.host.logins.remember_names(self._names_to_store)
             self._names_to_store = None
+        if self.protocol.replica_id is not None:
+            # Logged in as this laptop, with its secret: no enrolment of it waits for an
+            # answer, and a note of one (its answer lost, then a newer backup put back;
+            # a laptop stopped before dropping it) would make enrol_again skip its probe.
+            await meta.write_if_changed(self.host.known_meta, meta.ENROLLING, "")
         if self._token_to_store is None:
             return
         token, user, password = self._token_to_store
