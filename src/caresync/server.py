@@ -1469,6 +1469,18 @@ class SyncServer:
         login = conn.login
         if login is None:  # pragma: no cover - the protocol allows Enrol only once READY
             raise InvalidInputError("Enrol before a login")
+        version = conn.protocol.protocol_version
+        if version is not None and version < ProveServer.SINCE_VERSION:
+            # Before version 4, Enrolled carries no secret, and the server requires one
+            # at every later login: the laptop would be enrolled and never log in again.
+            conn.protocol.refuse(
+                RequestKind.ENROL,
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"enrolment needs protocol version {ProveServer.SINCE_VERSION} or later (this "
+                f"connection agreed on {version}): a laptop proves a secret of its own at "
+                "every login, which older versions cannot receive; update caresync there",
+            )
+            return
         outcome = await self.gate.enrol(login, enrol.device_name, enrol.replica_id)
         if isinstance(outcome, Refused):
             conn.protocol.refuse(RequestKind.ENROL, outcome.code, outcome.message)

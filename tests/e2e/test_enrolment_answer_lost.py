@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.e2e.hostile import Hostile
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 from tests.e2e.restore_helpers import back_up, port_of, put_back
 
 from caresync import ConnectionLostError
 from caresync.exceptions import RemoteProtocolError, SyncRefusedError
+from caresync.protocol import ClientProtocol, Error, ErrorCode, Welcome
 from caresync.replica import Replica
 from caresync.server import SyncServer
+from caresync.transport import connect_websocket
 
 
 class EnrolCuttingServer(SyncServer):
@@ -154,4 +157,27 @@ async def test_an_id_in_use_is_never_given_a_new_secret(tmp_path: Path) -> None:
     finally:
         await claimer.close()
         await laptop.close()
+        await server.close()
+
+
+async def test_a_client_too_old_for_secrets_is_refused_enrolment_before_anything_is_enrolled(
+    tmp_path: Path,
+) -> None:
+    """Before, a protocol-3 client was enrolled with the hash of a secret it was never
+    sent (Enrolled carries one from version 4): its every later login failed."""
+    server = await start_server(tmp_path)
+    channel = await connect_websocket(server.url)
+    try:
+        old = Hostile(ClientProtocol(protocol_versions=(1, 2, 3)), channel)
+        old.protocol.send_hello()
+        await old.expect(Welcome)
+        await old.login("dr.a", PASSWORD, "clinic-a")
+        old.protocol.enrol("old laptop")
+        refusal = await old.next_event()
+        assert isinstance(refusal, Error)
+        assert refusal.code == ErrorCode.UNSUPPORTED_VERSION
+        assert "update caresync" in refusal.message
+        assert await _known_ids(server) == []
+    finally:
+        await channel.close()
         await server.close()
