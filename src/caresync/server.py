@@ -813,9 +813,16 @@ class SyncServer:
         items = [PushItem(n, rid, update) for n, (rid, update) in enumerate(updates, 1)]
         if not items:
             return 0
-        for record_id in dict.fromkeys(item.record_id for item in items):
-            detail = f"entries of replica {replica_id}, vouched for from a laptop's database"
-            await self._audit(AuditEvent(attempted_name(vouched_by), "import", record_id, detail))
+        detail = f"entries of replica {replica_id}, vouched for from a laptop's database"
+        actor = attempted_name(vouched_by)
+        # One commit for the batch's entries (a recovery may take in thousands of records).
+        await self.store.append_audit(
+            [
+                AuditEvent(actor, "import", record_id, detail)
+                for record_id in dict.fromkeys(item.record_id for item in items)
+            ],
+            replica_id=self.server_id,
+        )
         pusher = _Pusher(replica_id, organisation, None, vouched_by)
         async with self._commit_lock, self.store.exclusive_commits():
             await self._follower.start()
