@@ -46,7 +46,7 @@ from argon2 import PasswordHasher
 
 from caresync.admin import AdminPage
 from caresync.admin.handler import AdminHost
-from caresync.audit import AuditEvent, attempted_name
+from caresync.audit import ANONYMOUS, AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.conflicts.duplicates import pair_conflicts
 from caresync.credentials import ServerKey
@@ -846,10 +846,13 @@ class SyncServer:
         changes not yet acknowledged, the oldest made at ``oldest_pending_ms``)."""
         return await self.store.replicas(organisation)
 
-    async def revoke(self, replica_id: str) -> None:
+    async def revoke(self, replica_id: str, *, by: str | None = None) -> None:
         """Revoke a replica: its sessions end, its live connections close now (told
-        ``revoked``, so it locks itself), and it is refused at every later contact."""
+        ``revoked``, so it locks itself), and it is refused at every later contact.
+        ``by``: who revokes it, as the server's audit trail names them (``revoke``)."""
         await self.store.revoke_replica(replica_id)
+        actor = ANONYMOUS if by is None else attempted_name(by)
+        await self._audit(AuditEvent(actor, "revoke", None, replica_id))
         await self.recheck_sessions()
 
     async def recheck_sessions(self) -> int:
@@ -1493,6 +1496,10 @@ class SyncServer:
             conn.protocol.refuse(RequestKind.ENROL, outcome.code, outcome.message)
             return
         replica_id, secret, again = outcome
+        # On the trail before the answer goes: who enrolled which laptop, and which
+        # enrolment replaced a secret (the replicas table keeps only the first).
+        detail = f"{replica_id} again: a new secret" if again else replica_id
+        await self._audit(AuditEvent(login.user, "enrol", None, detail))
         conn.protocol.accept_enrolment(replica_id, login.organisation, replica_secret=secret)
         self.events.enrolled(
             conn.channel.peer,

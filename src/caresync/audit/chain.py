@@ -53,8 +53,12 @@ AuditAction = Literal[
     "login",
     "login-failed",
     "logout",
+    "enrol",
+    "revoke",
 ]
-"""What an entry records. ``list``: a listing of records (names shown, no one record)."""
+"""What an entry records. ``list``: a listing of records (names shown, no one record).
+``enrol`` and ``revoke`` (a server's own trail): a laptop enrolled, or given a new secret
+for an enrolment whose answer was lost, and a laptop revoked; the detail names it."""
 
 ACTIONS: Final[frozenset[str]] = frozenset(AuditAction.__args__)  # type: ignore[attr-defined]
 

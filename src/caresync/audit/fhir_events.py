@@ -37,6 +37,9 @@ _TYPES: Final[dict[str, tuple[str, str, str]]] = {
     "login": ("110114", "User Authentication", "E"),
     "login-failed": ("110114", "User Authentication", "E"),
     "logout": ("110114", "User Authentication", "E"),
+    # A laptop attached to, or detached from, the clinic's network of replicas.
+    "enrol": ("110108", "Network Entry", "E"),
+    "revoke": ("110108", "Network Entry", "E"),
 }
 _FAILED: Final = frozenset({"login-failed"})
 _INSTANT = re.compile(r"\A(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{3})Z\Z")

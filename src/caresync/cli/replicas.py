@@ -17,8 +17,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from caresync.audit import AuditEvent
 from caresync.cli.common import add_db, add_json, identifier, organisation, run
-from caresync.cli.databases import open_server_store
+from caresync.cli.databases import open_server_store, operator
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output, cells, iso_ms
 from caresync.names import shown
@@ -138,6 +139,12 @@ def _revoke(args: argparse.Namespace, out: Output) -> int:
                 )
             if not info.revoked:
                 await store.revoke_replica(args.replica_id)
+                identity = await store.get_identity()
+                if identity is not None:  # open_server_store checked it is a server's
+                    await store.append_audit(
+                        [AuditEvent(operator(), "revoke", None, args.replica_id)],
+                        replica_id=identity.replica_id,
+                    )
             return {"replica_id": args.replica_id, "revoked": True, "already": info.revoked}
 
     out.result(run(go()))
