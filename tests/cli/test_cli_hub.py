@@ -99,3 +99,36 @@ def test_serve_hub_refuses_a_bad_url_before_opening_anything(tmp_path: Path) -> 
     assert not db.exists()
     timeout_alone = run_main("serve", "--db", db, "--port", "0", "--hub-timeout", "5")
     assert "--hub-timeout needs --hub" in timeout_alone.error_line()
+
+
+def test_serve_with_a_hub_token_file_sends_what_the_file_holds_now(tmp_path: Path) -> None:
+    """`caresync serve --hub URL --hub-token-file FILE`, a real process: the token is the
+    file's content (its line break dropped), read again before each request."""
+    server_db, laptop = tmp_path / "server.db", tmp_path / "laptop.db"
+    token_file = tmp_path / "hub.token"
+    token_file.write_text("first-token\n")
+    cli("user", "add", "--db", server_db, "--org", "clinic-a", "--username", "dr.a").ok()
+    with FhirHub(token="first-token") as hub:
+        server = ServerProcess(
+            server_db, "--hub", hub.url, "--hub-token-file", token_file, "--log-format", "json"
+        )
+        try:
+            run_main(
+                "enrol", "--db", laptop, "--server", server.url, "--org", "clinic-a",
+                "--username", "dr.a", "--json",
+            ).ok()  # fmt: skip
+            for sent, name in enumerate(("Awa", "Moussa"), start=1):
+                record_id = (
+                    inproc("record new --db {db} --json", db=laptop).ok().json()["record_id"]
+                )
+                inproc("record set --db {db} {r} name {n}", db=laptop, r=record_id, n=name).ok()
+                inproc("hub enable --db {db} {r} --json", db=laptop, r=record_id).ok()
+                inproc("sync --db {db} --json", db=laptop).ok()
+                received = hub.wait_for(sent, answered=True)[-1]
+                assert received.answered == 200
+                hub.token = "renewed-token"  # the hub rotates; so does the file
+                token_file.write_text("renewed-token\n")
+            assert hub.authorizations == ["Bearer first-token", "Bearer renewed-token"]
+        finally:
+            code, _log = server.stop()
+        assert code == 0

@@ -45,7 +45,11 @@ class Received:
 class FhirHub:
     """See the module. Use as a context manager (started on enter, stopped on exit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+        """With a token, a request without ``Authorization: Bearer <token>`` gets 401."""
+        self.authorizations: list[str | None] = []
+        """Each request's Authorization header, as received (None: none)."""
         self.answers: deque[int | str] = deque()
         self.copies: dict[str, bytes] = {}
         self.received: list[Received] = []
@@ -161,7 +165,13 @@ class FhirHub:
             self._changed.notify_all()
         problem = self._check(method, path, headers.get("content-type"), body)
         status: int | None
-        if problem is not None:
+        given = headers.get("authorization")
+        with self._changed:
+            self.authorizations.append(given)
+        if self.token is not None and given != f"Bearer {self.token}":
+            status, text = 401, "this hub needs a valid bearer token"
+            problem = problem or "unauthenticated"
+        elif problem is not None:
             status, text = 400, problem
         elif plan == "slow":
             assert self._release is not None

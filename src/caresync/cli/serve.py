@@ -14,12 +14,12 @@ from typing import Any
 
 from caresync.cli.common import add_db, add_json, listen_host, path, port, run, stop_on_signals
 from caresync.cli.databases import files_before, is_plain_sqlite, remove_if_new, rulebook
-from caresync.cli.errors import CliError
+from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.cli.replicas import stale_hours
 from caresync.exceptions import InvalidInputError
 from caresync.fhir import require_models
-from caresync.hub.sender import hub_url, require_http
+from caresync.hub.sender import check_hub_token, hub_url, private_channel, require_http
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
 from caresync.server import FEED_POLL_S, LOGIN_SYNC_DELAY_S, SyncServer
@@ -110,6 +110,15 @@ def register(commands: Any) -> None:
         help="how long one request to the hub may take before it is retried (30)",
     )
     serve.add_argument(
+        "--hub-token-file",
+        metavar="FILE",
+        type=path,
+        default=None,
+        help="for a hub that needs authentication: a file holding the bearer token sent "
+        "with every request (read again before each, so a renewed token is used at once); "
+        "only over https:// (or http:// to this machine)",
+    )
+    serve.add_argument(
         "--stale-hours",
         metavar="HOURS",
         type=stale_hours,
@@ -151,6 +160,17 @@ def _version(raw: str) -> str:
 class _HubOptions:
     url: str
     timeout_s: float | None
+    token: Callable[[], str] | None = None
+
+
+def _token_reader(file: Path) -> Callable[[], str]:
+    """Reads the hub token from ``file`` each time (its content, without the line break
+    an editor adds)."""
+
+    def read() -> str:
+        return check_hub_token(file.read_text(encoding="utf-8").strip())
+
+    return read
 
 
 def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
@@ -234,9 +254,22 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     if args.hub is not None:  # before anything is opened: a bad URL or a missing extra
         require_models()
         require_http()
-        hub = _HubOptions(hub_url(args.hub), args.hub_timeout)
-    elif args.hub_timeout is not None:
-        raise CliError("--hub-timeout needs --hub URL")
+        token = None if args.hub_token_file is None else _token_reader(Path(args.hub_token_file))
+        if token is not None:
+            try:
+                token()  # readable and a token now, or refused before anything is opened
+            except (OSError, InvalidInputError) as exc:
+                raise CliError(f"--hub-token-file: {exc}", ExitCode.USAGE) from None
+        url = hub_url(args.hub)
+        if token is not None and not private_channel(url):
+            raise CliError(
+                f"--hub-token-file: the token goes only over https:// (or http:// to this "
+                f"machine), not to {url}: sent in the clear, anyone on the way could use it",
+                ExitCode.USAGE,
+            )
+        hub = _HubOptions(url, args.hub_timeout, token)
+    elif args.hub_timeout is not None or args.hub_token_file is not None:
+        raise CliError("--hub-timeout and --hub-token-file need --hub URL")
     postgres = is_database_url(args.db)
     if postgres and args.encrypt:
         raise CliError(
@@ -321,7 +354,11 @@ async def _run_server(
         )
         async with opened as server:
             if hub is not None:
-                options = {} if hub.timeout_s is None else {"timeout_s": hub.timeout_s}
+                options: dict[str, Any] = {}
+                if hub.timeout_s is not None:
+                    options["timeout_s"] = hub.timeout_s
+                if hub.token is not None:
+                    options["token"] = hub.token
                 server.start_hub(hub.url, **options)
             listener = await server.serve(host, port, ssl=context)
             listening.set()

@@ -55,6 +55,7 @@ import asyncio
 import json
 import logging
 import random as random_module
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -77,9 +78,12 @@ from caresync.storage.base import HubOutcome, HubSummaryRow, ServerStore
 
 __all__ = [
     "HUB_INSTALL_HINT",
+    "MAX_TOKEN_CHARS",
     "HubSender",
     "HubSnapshot",
+    "check_hub_token",
     "hub_url",
+    "private_channel",
     "require_http",
     "take_snapshot",
 ]
@@ -193,11 +197,17 @@ class HubSender:
         base_delay_ms: int = RETRY_BASE_MS,
         max_delay_ms: int = RETRY_MAX_MS,
         audit_as: str | None = None,
+        token: str | Callable[[], str] | None = None,
     ) -> None:
         """``client`` is an ``httpx.AsyncClient`` (default: one made here, closed by
         :meth:`close`); ``timeout_s`` bounds each request. ``now_ms`` and ``random``
         drive the retry schedule (tests pass their own). ``audit_as``: the server's id,
-        whose audit chain records each summary before it leaves (an ``export``)."""
+        whose audit chain records each summary before it leaves (an ``export``).
+        ``token``: a hub that needs authentication gets it as a bearer token
+        (``Authorization: Bearer ...``) with every request; a callable is asked before
+        each request, so a token renewed outside (a file rewritten) is used at once.
+        Only over ``https://``, or plain ``http://`` to this machine (loopback): a token
+        sent in the clear could be replayed."""
         httpx = require_http()
         if not 0 < timeout_s <= 3600:
             raise InvalidInputError("timeout_s must be in (0, 3600]")
@@ -205,6 +215,14 @@ class HubSender:
             raise InvalidInputError("base_delay_ms must be positive and at most max_delay_ms")
         self.store = store
         self.url = hub_url(url)
+        if token is not None and not private_channel(self.url):
+            raise InvalidInputError(
+                f"{self.url}: a hub token goes only over https:// (or plain http:// to this "
+                "machine): sent in the clear, anyone on the way could use it"
+            )
+        self._token = (lambda: token) if isinstance(token, str) else token
+        if isinstance(token, str):
+            check_hub_token(token)
         self._snapshot = snapshot
         self._owns_client = client is None
         self._client = (
@@ -487,6 +505,11 @@ class HubSender:
         target = f"{self.url}/Bundle/{summary_id(record_id)}"
         # identity: a compressed answer could grow without bound as it is decoded.
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Accept-Encoding": "identity"}
+        if self._token is not None:
+            try:
+                headers["Authorization"] = "Bearer " + check_hub_token(self._token())
+            except (InvalidInputError, OSError) as exc:  # a token file unreadable or broken
+                return "retry", short_reason(f"no token for the hub: {exc}"), None
         try:
             # The whole exchange is bounded, not each read: a hub that drips a byte just
             # inside the read timeout must not hold the sender for days.
@@ -507,7 +530,47 @@ class HubSender:
             return "retry", f"could not reach the hub: {type(exc).__name__}: {exc}", None
         verdict = verdict_of(status)
         message = _hub_message(bytes(data))
+        if status == 401:
+            # Not this summary's fault: the sender's credentials (none, or a token the hub
+            # no longer takes). Tried again, as a token renewed meanwhile may be taken.
+            return (
+                "retry",
+                short_reason(
+                    f"the hub refused this server's credentials (401: {message}); "
+                    "give it a token it takes (caresync serve --hub-token-file)"
+                ),
+                retry_after,
+            )
         return verdict, short_reason(f"the hub answered {status}: {message}"), retry_after
+
+
+MAX_TOKEN_CHARS = 8192
+"""The longest hub token taken (an OAuth access token or a JWT is far shorter)."""
+
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750's ``b64token``: what a bearer token may hold (no space, no line break)."""
+
+
+def check_hub_token(token: object) -> str:
+    """``token`` if it can be a bearer token; InvalidInputError saying why not."""
+    if not isinstance(token, str) or not token:
+        raise InvalidInputError("a hub token must be a non-empty string")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidInputError(f"a hub token is at most {MAX_TOKEN_CHARS} characters")
+    if _TOKEN.fullmatch(token) is None:
+        raise InvalidInputError(
+            "a hub token holds only letters, digits and -._~+/ (then = signs), as a bearer "
+            "token does: no space or line break (is the file's content the token alone?)"
+        )
+    return token
+
+
+def private_channel(url: str) -> bool:
+    """True for ``https://``, or ``http://`` to a loopback address (this machine): where
+    a hub token may go."""
+    httpx = require_http()
+    parsed = httpx.URL(url)
+    return parsed.scheme == "https" or parsed.host in ("127.0.0.1", "::1", "localhost")
 
 
 def _retry_after_ms(value: str | None) -> int | None:
