@@ -209,3 +209,49 @@ async def test_caresync_recover_creates_no_server_in_an_empty_postgres_database(
             )
             row = await cursor.fetchone()
             assert row == (0,)  # no table: no server was made there
+
+
+async def test_a_record_stored_under_another_id_is_refused_and_the_rest_goes_on(
+    clinic: Clinic,
+) -> None:
+    # A file edited to hold one chart's entries under another chart's id: a push of them
+    # is refused (they name another record); the recovery reports it and goes on.
+    record = Record.create(replica=clinic.lost_id, record_id="chart-of-someone-else")
+    record.set("name", "Awa Diop", author="dr.a")
+    await clinic.colleague.store.write_local(
+        "chart-under-a-wrong-id", record.update_since(), conflicts=None, organisation="clinic-a"
+    )
+    honest = await _chart(clinic.colleague, clinic.lost_id, "Moussa Sarr")
+    report = await clinic.server.recover_entries(clinic.colleague.store, vouched_by="os:a")
+    assert [(rid, replica) for rid, replica, _ in report.refused] == [
+        ("chart-under-a-wrong-id", clinic.lost_id)
+    ]
+    assert report.admitted == {clinic.lost_id: 1}
+    held = await clinic.server.store.state_vectors(["chart-under-a-wrong-id", honest])
+    assert set(held) == {honest}
+    assert await _imports(clinic.server) == [honest]
+
+
+async def test_caresync_recover_exits_1_when_something_was_left_out(tmp_path: Path) -> None:
+    # `caresync recover ... && rm colleague.db` must not delete the only copy of entries
+    # the server refused: the command ran, and what it took back is not all there was.
+    server = await start_server(tmp_path)
+    colleague = await enrolled(tmp_path, server, "colleague", user="dr.b")
+    ahead = int(time.time() * 1000) + 1000 * HOUR_MS
+    refused = await _chart(colleague, "replica-lost", "x", at_ms=ahead)
+    taken = await _chart(colleague, "replica-lost", "Awa Diop")
+    await colleague.close()
+    await server.close()
+    args = ("recover", "--db", tmp_path / "server.db", "--from", tmp_path / "colleague.db")
+    result = await _cli(*args, "--json")
+    assert result.code == 1, result.stderr
+    assert [r["record_id"] for r in result.json()["refused"]] == [refused]
+    assert result.json()["admitted"] == {"replica-lost": 1}
+    again = await _cli(*args)
+    assert again.code == 1  # still left out: said again, in words too
+    assert refused in again.stdout
+    opened = await SyncServer.open(tmp_path / "server.db")
+    try:
+        assert set(await opened.store.state_vectors([refused, taken])) == {taken}
+    finally:
+        await opened.close()

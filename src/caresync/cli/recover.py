@@ -58,7 +58,8 @@ def register(commands: Any) -> None:
 def _recover(args: argparse.Namespace, out: Output) -> int:
     report = run(_run(args.db, laptop_path(args.laptop)))
     out.result(report.as_dict())
-    return 0
+    # The server still lacks something: a script must not go on to delete the copy.
+    return ExitCode.CHECK_FAILED if report.refused or report.unattributed else ExitCode.OK
 
 
 async def _run(db: str, laptop: Path) -> RecoveryReport:
