@@ -12,9 +12,13 @@ for the file. The word is sound for an untouched file: a laptop holds nothing of
 laptop's that this server's feed did not give it, and its own entries it wrote.
 
 Everything else a push is checked for still holds: the record schema, the sizes, the
-dates, each Yjs client belongs to one replica, records of the laptop's organisation.
-What is refused is reported record by record, and nothing of that record goes in.
-Running it twice, or on several laptops' files, adds nothing twice.
+dates, each Yjs client belongs to one replica, records of the laptop's organisation. The
+replica named must be one that could have pushed them: not the server itself, not an
+enrolled laptop of another organisation, a revoked one only before its revocation (an id
+the server does not know is taken at its word: a laptop enrolled after the backup).
+What is refused is reported by record and replica, and nothing of that replica's entries
+in that record goes in (another replica's may). Running it twice, or on several laptops'
+files, adds nothing twice.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from caresync.exceptions import InvalidInputError, InvalidUpdateError
-from caresync.records.crdt import diff_update
+from caresync.records.crdt import EMPTY_UPDATE, diff_update
 from caresync.records.spans import Client, items_by_client
 from caresync.replication.epochs import pieces_of, writers_of
 from caresync.storage import LaptopStore
@@ -143,6 +147,8 @@ def _missing_by_writer(
         missing = diff_update(state, vector, record_id=record_id)
     except InvalidUpdateError:
         return None
+    if missing == EMPTY_UPDATE:  # the server holds all of it
+        return {}
     lacking = items_by_client(missing)
     if lacking is None:
         return None

@@ -299,6 +299,21 @@ def _fits_alone(record_id: str, update: bytes, frame: int) -> bool:
     return True
 
 
+def _after_revocation(
+    replica_id: str, revoked_ms: int, revisions: Sequence[tuple[str, Revision]]
+) -> str | None:
+    """Why entries vouched for as written on a revoked replica are not taken: one dated
+    from its revocation on (no push of it was taken from then on); None if none is."""
+    for record_id, rev in revisions:
+        if rev.at.wall_ms >= revoked_ms:
+            return (
+                f"record {record_id}: revision {rev.id} is dated {rev.at.isoformat()}, "
+                f"after replica {replica_id} was revoked ({revoked_ms} ms): nothing it "
+                "wrote from then on was ever taken from it"
+            )
+    return None
+
+
 def _whole_organisation(_record_id: str) -> bool:
     """Whether a record of the laptop's organisation is in its first copy: every one is
     (a partial copy will pass its own test to :func:`_pairs_by_second`)."""
@@ -357,6 +372,9 @@ class _Pusher:
     organisation: str | None
     source: _Connection | None
     vouched_by: str | None = None
+    revoked_ms: int | None = None
+    """For vouched entries of a revoked replica: when it was revoked (nothing it wrote
+    from then on was ever taken from it)."""
 
 
 @dataclass(eq=False)
@@ -776,9 +794,10 @@ class SyncServer:
         logins (see :meth:`admit_vouched`); ``vouched_by`` (the operator, as the audit
         trail names them) vouches for the file, and each record taken into is an
         ``import`` entry of the server's audit trail. What the server refuses is
-        reported by record, and nothing of that record goes in; running it again adds
-        nothing twice. ``InvalidInputError`` for a database that is not a laptop's
-        enrolled to this server. See ``caresync recover`` and docs/operations.md.
+        reported by record and replica, and nothing of that replica's entries in that
+        record goes in; running it again adds nothing twice. ``InvalidInputError`` for
+        a database that is not a laptop's enrolled to this server. See ``caresync
+        recover`` and docs/operations.md.
         """
         return await _recover_entries(
             self, laptop, vouched_by=vouched_by, batch_records=batch_records
@@ -800,11 +819,16 @@ class SyncServer:
         Admitted as that replica's push would be (the record schema, the sizes, the
         dates, only that replica's Yjs clients, every revision naming it, records of
         its organisation only), except that their authors need not have logged in
-        there: the restored server may have forgotten those logins. Each record is an
-        ``import`` entry of the server's audit trail, written first. Returns how many
-        updates were new here (0: it held them all). Raises, storing nothing,
-        ``InvalidUpdateError`` (``RefusedUpdateError``) for an update it does not
-        admit, ``InvalidInputError`` for a record of another organisation.
+        there: the restored server may have forgotten those logins. The replica may
+        not be the server itself nor an enrolled replica of another organisation; a
+        revoked one's revisions must be dated before its revocation; an unknown id
+        (a laptop enrolled after the backup) is taken at its word. Each record the
+        updates are taken into is an ``import`` entry of the server's audit trail,
+        written once every check passed, before the commit. Returns how many updates
+        were new here (0: it held them all). Raises, storing nothing (and auditing
+        nothing), ``InvalidUpdateError`` (``RefusedUpdateError``) for an update it does
+        not admit, ``InvalidInputError`` for a record of another organisation or a
+        replica that could not have written it.
         """
         check_organisation(organisation)
         for name, value in (("replica_id", replica_id), ("vouched_by", vouched_by)):
@@ -813,17 +837,8 @@ class SyncServer:
         items = [PushItem(n, rid, update) for n, (rid, update) in enumerate(updates, 1)]
         if not items:
             return 0
-        detail = f"entries of replica {replica_id}, vouched for from a laptop's database"
-        actor = attempted_name(vouched_by)
-        # One commit for the batch's entries (a recovery may take in thousands of records).
-        await self.store.append_audit(
-            [
-                AuditEvent(actor, "import", record_id, detail)
-                for record_id in dict.fromkeys(item.record_id for item in items)
-            ],
-            replica_id=self.server_id,
-        )
-        pusher = _Pusher(replica_id, organisation, None, vouched_by)
+        revoked_ms = await self._vouchable(replica_id, organisation)
+        pusher = _Pusher(replica_id, organisation, None, vouched_by, revoked_ms)
         async with self._commit_lock, self.store.exclusive_commits():
             await self._follower.start()
             if self.store.shared:
@@ -839,6 +854,30 @@ class SyncServer:
             vouched_by,
         )
         return len(added)
+
+    async def _vouchable(self, replica_id: str, organisation: str) -> int | None:
+        """Raise InvalidInputError unless entries vouched for may be admitted as written
+        on ``replica_id`` of ``organisation``; returns when it was revoked (None: not).
+
+        A push of that replica could not write them either: the server writes no
+        entries, and an enrolled laptop writes only its organisation's records. An
+        unknown id is taken at its word: a laptop enrolled after the backup the server
+        was restored from is unknown to it."""
+        if replica_id == self.server_id:
+            raise InvalidInputError(
+                f"entries naming replica {replica_id}, the server's own id, are not "
+                "taken: a server writes no entries (a laptop's database that holds such "
+                "was tampered with)"
+            )
+        info = await self.store.get_replica(replica_id)
+        if info is None:
+            return None
+        if info.organisation != organisation:
+            raise InvalidInputError(
+                f"replica {replica_id} is a laptop of {info.organisation}, not of "
+                f"{organisation}: it cannot have written that organisation's records"
+            )
+        return info.revoked_ms
 
     async def replicas(self, organisation: str | None = None) -> list[ReplicaInfo]:
         """Every enrolled replica (of ``organisation``), by id: when each was last seen,
@@ -2053,6 +2092,16 @@ class SyncServer:
                         "belongs to its writer; never reuse one)",
                         record_id=writers[client],
                     )
+            if pusher.vouched_by is not None and taken:
+                # Every check passed: the operator's word is on record before the commit,
+                # once for each record it adds to (a refused one, or one held whole, has none).
+                # One commit for them all (a recovery may take in thousands of records).
+                actor = attempted_name(pusher.vouched_by)
+                detail = f"entries of replica {replica_id}, vouched for from a laptop's database"
+                await self.store.append_audit(
+                    [AuditEvent(actor, "import", record_id, detail) for record_id in taken],
+                    replica_id=self.server_id,
+                )
             hub: dict[str, HubMark] = {}  # health-hub outbox rows, committed with the push
             for record_id, found in taken.items():
                 mark = None if found.record is None else hub_mark(found.record, found.rows)
@@ -2135,6 +2184,8 @@ class SyncServer:
         why = self.gate.foreign_writers(pusher.replica_id, replicas)
         if why is None and pusher.vouched_by is None:
             why = await self.gate.unknown_author(revisions)
+        if why is None and pusher.revoked_ms is not None:
+            why = _after_revocation(pusher.replica_id, pusher.revoked_ms, revisions)
         if why is not None:
             raise _Forbidden(f"push refused, nothing stored: {why}")
 

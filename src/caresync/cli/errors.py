@@ -36,7 +36,7 @@ class ExitCode(enum.IntEnum):
     OK = 0
     CHECK_FAILED = 1
     """The command ran, and what it checked is not well: a simulation that did not
-    converge or lost values, laptops that are stale."""
+    converge or lost values, laptops that are stale, entries a recovery left out."""
     USAGE = 2
     """Bad input: an unknown option, a malformed value or path, a bad choice."""
     NOT_FOUND = 3

@@ -12,13 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from caresync.cli.common import add_db, add_json, path, run
-from caresync.cli.databases import laptop_path, operator, rulebook, store_key
+from caresync.cli.databases import (
+    laptop_path,
+    open_server_store,
+    operator,
+    rulebook,
+    store_key,
+)
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.recovery import RecoveryReport, recover_entries
 from caresync.server import SyncServer
 from caresync.storage import SQLiteStore, server_database_key
-from caresync.storage.servers import is_database_url
 
 __all__ = ["register"]
 
@@ -51,19 +56,34 @@ def register(commands: Any) -> None:
 
 
 def _recover(args: argparse.Namespace, out: Output) -> int:
-    laptop = laptop_path(args.laptop)
-    if not laptop.exists():
-        raise CliError(f"{laptop} does not exist", ExitCode.DATABASE)
-    if not is_database_url(args.db) and not Path(args.db).exists():
-        raise CliError(f"{args.db} does not exist", ExitCode.DATABASE)
-    report = run(_run(args.db, laptop))
+    report = run(_run(args.db, laptop_path(args.laptop)))
     out.result(report.as_dict())
-    return 0
+    # The server still lacks something: a script must not go on to delete the copy.
+    return ExitCode.CHECK_FAILED if report.refused or report.unattributed else ExitCode.OK
 
 
 async def _run(db: str, laptop: Path) -> RecoveryReport:
+    # Missing files are the stores' own DatabaseNotFoundError (exit 3), as for every command.
     key = await store_key(laptop)
     async with SQLiteStore.open(laptop, create=False, read_only=True, key=key) as store:
+        identity = await store.get_identity()
+        if identity is None or identity.role != "laptop" or not identity.organisation:
+            raise CliError(
+                f"{laptop} is not an enrolled laptop's database: entries are taken back "
+                "from a laptop's (a server's backup is restored whole instead)",
+                ExitCode.DATABASE,
+            )
+        # Read first, beside a server that may run: opening SERVER_DB as a server would
+        # create one where none is (a mistyped PostgreSQL URL), and begin a feed epoch.
+        async with await open_server_store(db, read_only=True) as checked:
+            served = await checked.get_identity()
+        server_id = "" if served is None else served.replica_id
+        if identity.server_id != server_id:
+            raise CliError(
+                f"{laptop} is a laptop of server {identity.server_id}, not of this one "
+                f"({server_id}): its records are another server's; nothing was taken",
+                ExitCode.REFUSED,
+            )
         server = await SyncServer.open(db, rulebook=rulebook(), key=server_database_key())
         async with server:
             return await recover_entries(server, store, vouched_by=operator())
