@@ -126,5 +126,5 @@ def test_serve_refuses_a_token_file_it_cannot_send_safely(tmp_path: Path) -> Non
     assert "only over https" in clear.stderr
     missing = run_main("serve", "--db", tmp_path / "s.db", "--hub-token-file", token)
     assert missing.code != 0
-    assert "need --hub URL" in missing.stderr
+    assert "--hub-token-file needs --hub URL" in missing.stderr
     assert not (tmp_path / "s.db").exists()  # refused before anything was opened

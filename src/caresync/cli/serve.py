@@ -269,7 +269,8 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             )
         hub = _HubOptions(url, args.hub_timeout, token)
     elif args.hub_timeout is not None or args.hub_token_file is not None:
-        raise CliError("--hub-timeout and --hub-token-file need --hub URL")
+        given = "--hub-timeout" if args.hub_timeout is not None else "--hub-token-file"
+        raise CliError(f"{given} needs --hub URL")
     postgres = is_database_url(args.db)
     if postgres and args.encrypt:
         raise CliError(
