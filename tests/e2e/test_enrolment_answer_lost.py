@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.e2e.enrol_helpers import EnrolCuttingServer, Restores
 from tests.e2e.hostile import Hostile
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
-from tests.e2e.restore_helpers import back_up, port_of, put_back
 
 from caresync import ConnectionLostError
 from caresync.exceptions import RemoteProtocolError, SyncRefusedError
@@ -26,20 +25,6 @@ from caresync.protocol import ClientProtocol, Error, ErrorCode, Welcome
 from caresync.replica import Replica
 from caresync.server import SyncServer
 from caresync.transport import connect_websocket
-
-
-class EnrolCuttingServer(SyncServer):
-    """Enrols (commits the replica and its secret), then (once armed) closes the
-    connection instead of sending Enrolled."""
-
-    cut_next_enrol = False
-
-    async def _on_enrol(self, conn: Any, enrol: Any) -> None:
-        await super()._on_enrol(conn, enrol)
-        if self.cut_next_enrol:
-            self.cut_next_enrol = False
-            conn.protocol.data_to_send()  # Enrolled, queued after the commit: dropped
-            await conn.channel.close("cut between enrolment and its answer")
 
 
 async def _known_ids(server: SyncServer) -> list[str]:
@@ -106,20 +91,10 @@ async def test_enrolling_again_whose_answer_was_lost_names_the_first_account(
     """enrol_again after a restore, its answer lost; a second try as another account is
     told to ask as the first (the probe is skipped: the server knows the id from that
     try); the first account puts it right."""
-    path, saved = tmp_path / "server.db", tmp_path / "backup.db"
-    server = await start_server(tmp_path, server_class=EnrolCuttingServer)
-    port = port_of(server)
-    await back_up(path, saved)
-    late = await enrolled(tmp_path, server, "late")
+    restores = Restores(tmp_path)
+    late = await restores.start(tmp_path)
     try:
-        chart = await late.create_record()
-        await late.set(chart, "name", "Awa Diop", author="dr.a")
-        await late.sync()
-        await server.close()
-        await put_back(saved, path)
-        server = await EnrolCuttingServer.open(path)
-        await server.serve("127.0.0.1", port)
-        assert isinstance(server, EnrolCuttingServer)
+        server = await restores.put_back(restores.old)  # forgets the laptop
         server.cut_next_enrol = True
         with pytest.raises(ConnectionLostError):
             await late.enrol_again(username="dr.a", password=PASSWORD)
@@ -130,12 +105,13 @@ async def test_enrolling_again_whose_answer_was_lost_names_the_first_account(
         assert (await late.status()).pending == 0
         fresh = await enrolled(tmp_path, server, "fresh")
         try:
-            assert (await fresh.record(chart, audited=False)).value("name") == "Awa Diop"
+            record = await fresh.record(restores.chart, audited=False)
+            assert record.value("name") == "Awa Diop"
         finally:
             await fresh.close()
     finally:
         await late.close()
-        await server.close()
+        await restores.close()
 
 
 async def test_an_id_in_use_is_never_given_a_new_secret(tmp_path: Path) -> None:

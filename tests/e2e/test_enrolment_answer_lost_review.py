@@ -19,10 +19,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from tests.e2e.enrol_helpers import EnrolCuttingServer, Restores
 from tests.e2e.hostile import Hostile
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
-from tests.e2e.restore_helpers import back_up, port_of, put_back
-from tests.e2e.test_enrolment_answer_lost import EnrolCuttingServer
 
 from caresync import ConnectionLostError
 from caresync.exceptions import (
@@ -38,47 +37,6 @@ from caresync.server import SyncServer
 
 async def _ids(server: SyncServer) -> list[str]:
     return [info.replica_id for info in await server.replicas()]
-
-
-class _Restores:
-    """A server on one SQLite file and port, and two backups of it: ``old``, taken
-    before the laptop ``late`` enrolled (a restore of it forgets the laptop), and
-    ``new``, taken after the laptop synced (a restore of it knows the laptop)."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.path = tmp_path / "server.db"
-        self.old = tmp_path / "old.db"
-        self.new = tmp_path / "new.db"
-        self.port = 0
-        self.server: EnrolCuttingServer | None = None
-
-    async def start(self, tmp_path: Path) -> Replica:
-        server = await start_server(tmp_path, server_class=EnrolCuttingServer)
-        assert isinstance(server, EnrolCuttingServer)
-        self.server, self.port = server, port_of(server)
-        await back_up(self.path, self.old)
-        late = await enrolled(tmp_path, server, "late")
-        chart = await late.create_record()
-        await late.set(chart, "name", "Awa Diop", author="dr.a")
-        await late.sync()
-        await back_up(self.path, self.new)
-        return late
-
-    async def put_back(self, saved: Path) -> EnrolCuttingServer:
-        """Stop the server, put ``saved`` in place of its database, serve it again."""
-        assert self.server is not None
-        await self.server.close()
-        self.server = None
-        await put_back(saved, self.path)
-        server = await EnrolCuttingServer.open(self.path)
-        await server.serve("127.0.0.1", self.port)
-        assert isinstance(server, EnrolCuttingServer)
-        self.server = server
-        return server
-
-    async def close(self) -> None:
-        if self.server is not None:
-            await self.server.close()
 
 
 async def test_a_secret_given_again_is_logged_apart_from_an_enrolment(
@@ -116,7 +74,7 @@ async def test_a_refused_login_to_enrol_again_does_not_skip_the_next_probe(
     Before, it left the note of who asked, and the next enrol_again skipped its probe:
     against a server that knew the laptop again (a newer backup put back), it enrolled
     a new replica id, which nothing uses, before refusing."""
-    restores = _Restores(tmp_path)
+    restores = Restores(tmp_path)
     late = await restores.start(tmp_path)
     try:
         await restores.put_back(restores.old)  # forgets the laptop
@@ -140,7 +98,7 @@ async def test_a_laptop_that_logged_in_as_itself_since_a_lost_answer_is_probed_a
     the laptop synced with its own secret: no enrolment of it waits any more. A later
     enrol_again is asked as this laptop first (refused, nothing enrolled), and says
     nothing of an earlier try that the laptop's own login has shown to be moot."""
-    restores = _Restores(tmp_path)
+    restores = Restores(tmp_path)
     late = await restores.start(tmp_path)
     try:
         server = await restores.put_back(restores.old)
@@ -234,7 +192,7 @@ async def test_a_laptop_just_enrolled_again_cannot_be_given_a_new_secret(tmp_pat
     """The same once enrolled again after a restore (its first try's answer lost): the
     round that enrolled it again reported its outbox, so the id is seen, and the account
     that enrolled it, proposing it from a hostile client, gets an id of its own."""
-    restores = _Restores(tmp_path)
+    restores = Restores(tmp_path)
     late = await restores.start(tmp_path)
     try:
         server = await restores.put_back(restores.old)
@@ -266,7 +224,7 @@ async def test_an_id_not_given_again_to_the_account_that_asked_drops_the_note(
     skipped and the server gives the account a new id, refused. That answer shows no try
     of this laptop waits: the next enrol_again, as any account, asks as this laptop
     first, enrols nothing and does not claim an earlier try was enrolled."""
-    restores = _Restores(tmp_path)
+    restores = Restores(tmp_path)
     late = await restores.start(tmp_path)
     try:
         server = await restores.put_back(restores.old)

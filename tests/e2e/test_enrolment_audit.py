@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from tests.cli.clitools import run_main
+from tests.e2e.enrol_helpers import EnrolCuttingServer
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
-from tests.e2e.test_enrolment_answer_lost import EnrolCuttingServer
 
 from caresync import ConnectionLostError
 from caresync.audit import verify_trail

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.e2e.enrol_helpers import Restores
 from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, start_server, until, watch
 from tests.e2e.restore_helpers import back_up, port_of, put_back
 
@@ -236,20 +237,6 @@ async def test_enrolling_again_with_another_server_at_the_address_stores_nothing
             await other.close()
 
 
-class EnrolCuttingServer(SyncServer):
-    """Enrols (commits the replica and its secret), then (once armed) closes the
-    connection instead of sending Enrolled."""
-
-    cut_next_enrol = False
-
-    async def _on_enrol(self, conn: Any, enrol: Any) -> None:
-        await super()._on_enrol(conn, enrol)
-        if self.cut_next_enrol:
-            self.cut_next_enrol = False
-            conn.protocol.data_to_send()  # Enrolled, queued after the commit: dropped
-            await conn.channel.close("cut between enrolment and its answer")
-
-
 async def test_a_queue_again_whose_mark_was_not_written_is_recovered_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -301,21 +288,12 @@ async def test_enrolling_again_whose_answer_was_lost_can_be_done_again(tmp_path:
     holds a secret the laptop never got. Before, enrol_again was then refused (the server
     knew the id) and every sync failed with bad_credentials: no way back. Now the same
     account asks again and the server gives that never-used id a new secret."""
-    path, saved = tmp_path / "server.db", tmp_path / "backup.db"
-    server = await start_server(tmp_path, server_class=EnrolCuttingServer)
-    port = port_of(server)
-    await back_up(path, saved)
-    late = await enrolled(tmp_path, server, "late")
+    restores = Restores(tmp_path)
+    late = await restores.start(tmp_path)
     try:
-        chart = await late.create_record()
-        await late.set(chart, "name", "Awa Diop", author="dr.a")
-        await late.sync()
-        await server.close()
-        await put_back(saved, path)
-        server = await EnrolCuttingServer.open(path)
-        await server.serve("127.0.0.1", port)
-        assert isinstance(server, EnrolCuttingServer)
-        assert late.replica_id not in {info.replica_id for info in await server.replicas()}
+        server = await restores.put_back(restores.old)  # forgets the laptop
+        known = [info.replica_id for info in await server.replicas()]
+        assert late.replica_id not in known
         server.cut_next_enrol = True
         with pytest.raises(ConnectionLostError):
             await late.enrol_again(username="dr.a", password=PASSWORD)
@@ -323,10 +301,13 @@ async def test_enrolling_again_whose_answer_was_lost_can_be_done_again(tmp_path:
         assert report.server_went_back
         assert (await late.status()).pending == 0
         assert (await late.sync()).server_went_back is False
-        assert [info.replica_id for info in await server.replicas()].count(late.replica_id) == 1
+        # The one id, given again: no second one enrolled on the way.
+        assert sorted(info.replica_id for info in await server.replicas()) == sorted(
+            [*known, late.replica_id]
+        )
     finally:
         await late.close()
-        await server.close()
+        await restores.close()
 
 
 async def test_enrolling_again_sends_the_audit_chain_whole_without_a_refusal(
