@@ -54,8 +54,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random as random_module
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -82,8 +84,10 @@ __all__ = [
     "HubSender",
     "HubSnapshot",
     "check_hub_token",
+    "check_token_url",
     "hub_url",
     "private_channel",
+    "read_hub_token",
     "require_http",
     "take_snapshot",
 ]
@@ -215,11 +219,8 @@ class HubSender:
             raise InvalidInputError("base_delay_ms must be positive and at most max_delay_ms")
         self.store = store
         self.url = hub_url(url)
-        if token is not None and not private_channel(self.url):
-            raise InvalidInputError(
-                f"{self.url}: a hub token goes only over https:// (or plain http:// to this "
-                "machine): sent in the clear, anyone on the way could use it"
-            )
+        if token is not None:
+            check_token_url(self.url)
         self._token = (lambda: token) if isinstance(token, str) else token
         if isinstance(token, str):
             check_hub_token(token)
@@ -505,11 +506,13 @@ class HubSender:
         target = f"{self.url}/Bundle/{summary_id(record_id)}"
         # identity: a compressed answer could grow without bound as it is decoded.
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Accept-Encoding": "identity"}
+        token = None
         if self._token is not None:
             try:
-                headers["Authorization"] = "Bearer " + check_hub_token(self._token())
+                token = check_hub_token(self._token())
             except (InvalidInputError, OSError) as exc:  # a token file unreadable or broken
                 return "retry", short_reason(f"no token for the hub: {exc}"), None
+            headers["Authorization"] = "Bearer " + token
         try:
             # The whole exchange is bounded, not each read: a hub that drips a byte just
             # inside the read timeout must not hold the sender for days.
@@ -530,6 +533,10 @@ class HubSender:
             return "retry", f"could not reach the hub: {type(exc).__name__}: {exc}", None
         verdict = verdict_of(status)
         message = _hub_message(bytes(data))
+        if token is not None:
+            # A hub that echoes the token it refused: the reason is stored, logged, shown
+            # by `hub status` and sent to every laptop, so the token is left out of it.
+            message = message.replace(token, "(the token)")
         if status == 401:
             # Not this summary's fault: the sender's credentials (none, or a token the hub
             # no longer takes). Tried again, as a token renewed meanwhile may be taken.
@@ -563,6 +570,65 @@ def check_hub_token(token: object) -> str:
             "token does: no space or line break (is the file's content the token alone?)"
         )
     return token
+
+
+MAX_TOKEN_FILE_BYTES = MAX_TOKEN_CHARS + 1024
+"""The most of a token file read (a token, and room for blank lines around it)."""
+
+
+def read_hub_token(file: str | os.PathLike[str]) -> str:
+    """The bearer token ``file`` holds (its content without surrounding blank space, as an
+    editor leaves a line break), checked; InvalidInputError or OSError saying why not.
+
+    Only a regular file of UTF-8 text is read, and at most :data:`MAX_TOKEN_FILE_BYTES`
+    of it: the sender reads it before each request in the server's event loop, where a
+    FIFO (waiting for a writer) or a device (``/dev/zero``, endless) would stop the server.
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInputError(
+                f"{file}: not a regular file (a hub token file holds the token alone)"
+            )
+        data = bytearray()
+        while len(data) <= MAX_TOKEN_FILE_BYTES:
+            chunk = os.read(fd, MAX_TOKEN_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data.extend(chunk)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise InvalidInputError(
+            f"{file}: larger than a hub token file can be ({MAX_TOKEN_FILE_BYTES} bytes)"
+        )
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(
+            f"{file}: not UTF-8 text (a hub token file holds the token alone)"
+        ) from None
+    return check_hub_token(text.strip())
+
+
+def check_token_url(url: str) -> None:
+    """Refuse (InvalidInputError) a hub URL a token must not go to: not ``https://`` nor
+    ``http://`` to this machine, or carrying a user name or password (``user:pass@``,
+    which httpx would send as Basic credentials in place of the token)."""
+    httpx = require_http()
+    parsed = httpx.URL(url)
+    if parsed.userinfo:
+        # Not echoed: that is a password.
+        raise InvalidInputError(
+            f"a hub URL with a user name or password (user:pass@{parsed.host}) and a token: "
+            "it would be sent in place of the token; give the URL without it"
+        )
+    if not private_channel(url):
+        raise InvalidInputError(
+            f"{url}: a hub token goes only over https:// (or plain http:// to this "
+            "machine): sent in the clear, anyone on the way could use it"
+        )
 
 
 def private_channel(url: str) -> bool:
