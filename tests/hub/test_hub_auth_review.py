@@ -265,3 +265,77 @@ async def test_a_hub_url_with_a_user_and_password_is_refused_with_a_token(
     assert "user name or password" in result.stderr
     assert "s3cret-pw" not in result.stderr
     assert not (tmp_path / "other.db").exists()
+
+
+async def test_a_refused_token_pauses_the_sender_not_every_summary(tmp_path: Path) -> None:
+    """A 401 is the server's credentials: every other summary would get the same answer.
+    Before: each due summary was sent and refused (a request, an ``export`` audit entry
+    and a step of its own backoff each, at every retry: a storm at a hub with many
+    patients). Now the round stops at the first refusal, the sender waits as a whole
+    (doubling, capped), the summaries keep their attempt counts, and once the token is
+    taken every waiting summary is sent. A token that cannot be read pauses it too, and
+    writes no ``export`` entry (nothing left)."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    clock = Clock()
+    current: list[str | None] = ["expired-token"]
+
+    def token() -> str:
+        if current[0] is None:
+            raise OSError("hub.token: No such file or directory")
+        return current[0]
+
+    async def exports() -> int:
+        entries = await server.store.audit_entries(
+            replica_id=server.server_id, after_seq=0, limit=10_000
+        )
+        return sum(1 for e in entries if e.action == "export")
+
+    try:
+        with FhirHub(token=TOKEN) as hub:
+            steps = HubSender(
+                server.store,
+                hub.url,
+                server.hub_snapshot,
+                now_ms=clock,
+                random=lambda: 0.5,
+                token=token,
+                audit_as=server.server_id,
+            )
+            try:
+                records = [await marked_patient(laptop) for _ in range(5)]
+                await laptop.sync()
+                wait_ms = await steps.run_once()
+                assert len(hub.received) == 1  # one refusal, not five
+                assert await exports() == 1
+                assert wait_ms is not None
+                assert 0 < wait_ms <= 1_000
+                assert {r.attempts for r in await server.store.hub_summaries()} == {0}
+                # Woken before the pause ends (a commit): nothing is sent.
+                clock.ms += wait_ms - 1
+                assert await steps.run_once() == 1
+                assert len(hub.received) == 1
+                clock.ms += 1
+                second = await steps.run_once()  # refused again: the pause doubles
+                assert len(hub.received) == 2
+                assert second is not None
+                assert wait_ms < second <= 2_000
+                current[0] = None  # the token file went missing: nothing leaves
+                clock.ms += second
+                third = await steps.run_once()
+                assert len(hub.received) == 2
+                assert await exports() == 2
+                assert third is not None
+                assert second < third
+                reasons = [reason or "" for _s, _v, reason in (await rows(server)).values()]
+                assert sum("no token for the hub" in reason for reason in reasons) == 1
+                current[0] = TOKEN
+                clock.ms += third
+                await steps.run_once()
+                assert {state for state, _v, _r in (await rows(server)).values()} == {"sent"}
+                assert len(hub.received) == 2 + len(records)
+            finally:
+                await steps.close()
+    finally:
+        await laptop.close()
+        await server.close()

@@ -21,6 +21,9 @@ summary to send survives a restart or a SIGKILL. The sender reads the rows:
   :func:`~caresync.hub.model.retry_delay_ms` (doubling, capped, jittered; a
   429's or 503's ``Retry-After`` in seconds is honoured up to the cap). Any
   other status: ``failed`` with the hub's message, until the record changes.
+  A 401 (or a bearer token that cannot be read) is the server's credentials, not
+  the summary's: the round stops and the sender pauses as a whole (doubling,
+  capped), then one summary tries again; the summaries keep their attempt counts.
 
 A ``held`` row is looked at again only when something that could release it
 changed. Its conflicts are a function of its own record, the records linked to
@@ -255,6 +258,11 @@ class HubSender:
         """Summaries the hub acknowledged since this sender started."""
         self.on_outcome: list[Callable[[str, str], None]] = []
         """Called with (record id, state) after each attempt's outcome is committed."""
+        # A hub that refused this server's credentials (401), or a token that could not be
+        # read: every summary would meet the same, so the sender as a whole waits until
+        # ``_paused_until`` (doubling with ``_refusals`` in a row), then one summary tries.
+        self._paused_until: int | None = None
+        self._refusals = 0
 
     def wake(self, record_ids: Iterable[str] = ()) -> None:
         """Look at the outbox now: a commit changed it, or changed ``record_ids`` (a held
@@ -312,6 +320,10 @@ class HubSender:
         something committed since could release (and, while a new sender's walk of every
         held one goes on, its next pages; see the module)."""
         now = self._now_ms()
+        if self._paused_until is not None:
+            if now < self._paused_until:
+                return self._paused_until - now  # what changed meanwhile is kept for later
+            self._paused_until = None
         if self._rewalk:
             self._rewalk = False
             self._walking, self._walked = True, None
@@ -328,6 +340,8 @@ class HubSender:
             # Nothing is lost: what this round was to look at, the next one looks at.
             self._changed |= changed
             raise
+        if self._paused_until is not None:  # credentials refused: the round stopped there
+            return max(1, self._paused_until - self._now_ms())
         if bounded or not walked:
             return 0  # a bounded round: the rest are due now, the next round sends them
         earliest = await self.store.hub_next_attempt_ms()
@@ -345,6 +359,9 @@ class HubSender:
         for record_id in changed:
             waiting.update(self._waiting.get(record_id, ()))
         for record_id in sorted(waiting):
+            if self._paused_until is not None:
+                self._changed.add(record_id)  # looked at once the pause is over
+                continue
             row = await self.store.hub_summary(record_id)
             if row is None:
                 self._forget(record_id)
@@ -365,6 +382,8 @@ class HubSender:
         for _page in range(DUE_PAGES):
             due = await self.store.hub_due(now, DUE_PAGE, after=self._walked)
             for row in due:
+                if self._paused_until is not None:
+                    return False  # this page is read again once the pause is over
                 await self._attempt_row(row)
             if len(due) < DUE_PAGE:
                 self._walking, self._walked = False, None
@@ -381,6 +400,8 @@ class HubSender:
         for _page in range(DUE_PAGES):
             due = await self.store.hub_due(now, DUE_PAGE, after=after, held=False)
             for row in due:
+                if self._paused_until is not None:
+                    return False  # credentials refused: the rest wait for the pause
                 await self._attempt_row(row)
             if len(due) < DUE_PAGE:
                 return True
@@ -458,13 +479,24 @@ class HubSender:
             await self._store(record_id, snap.version, HubOutcome("sent", None, 0, 0))
             return "sent"
         now = self._now_ms()
+        token: str | None = None
+        if self._token is not None:
+            try:
+                token = check_hub_token(self._token())
+            except (InvalidInputError, OSError) as exc:  # a token file unreadable or broken
+                # Nothing leaves (no export entry): the sender waits as a whole.
+                reason = short_reason(f"no token for the hub: {exc}")
+                return await self._refused(record_id, snap, reason, None)
         await self.store.record_hub_attempt(record_id, now)
         if self._audit_as is not None:  # recorded before the patient's data leaves
             await self.store.append_audit(
                 [AuditEvent(HUB_ACTOR, "export", record_id, f"hub summary v{snap.version}")],
                 replica_id=self._audit_as,
             )
-        verdict, reason, retry_after_ms = await self._put(record_id, snap.body)
+        verdict, reason, retry_after_ms = await self._put(record_id, snap.body, token)
+        if verdict == "credentials":
+            return await self._refused(record_id, snap, reason, retry_after_ms)
+        self._refusals = 0
         if verdict == "sent":
             self.sent += 1
             outcome = HubOutcome("sent", None, 0, 0, acknowledged=True)
@@ -495,23 +527,53 @@ class HubSender:
         )
         return outcome.state
 
+    async def _refused(
+        self, record_id: str, snap: HubSnapshot, reason: str, retry_after_ms: int | None
+    ) -> str:
+        """The hub refused this server's credentials, or there is no token to give it:
+        not this summary's fault, and every other would meet the same. The sender pauses
+        as a whole (doubling while it lasts, capped; a ``Retry-After`` honoured up to the
+        cap); this summary keeps its attempt count and is tried first after the pause."""
+        self._refusals += 1
+        delay = retry_delay_ms(self._refusals, self._random, base_ms=self._base, max_ms=self._max)
+        if retry_after_ms is not None:
+            delay = max(delay, min(retry_after_ms, self._max))
+        until = self._now_ms() + delay
+        self._paused_until = until
+        outcome = HubOutcome("pending", short_reason(f"retrying: {reason}"), snap.attempts, until)
+        await self._store(record_id, snap.version, outcome)
+        logger.warning(
+            "hub summary of %s (version %d): %s; the sender waits %d ms before trying again",
+            record_id,
+            snap.version,
+            reason,
+            delay,
+            extra={
+                "caresync": {
+                    "event": "hub",
+                    "record": record_id,
+                    "version": snap.version,
+                    "state": outcome.state,
+                }
+            },
+        )
+        return outcome.state
+
     async def _store(self, record_id: str, version: int, outcome: HubOutcome) -> None:
         await self.store.record_hub_outcome(record_id, version, outcome)
         for listener in list(self.on_outcome):
             listener(record_id, outcome.state)
 
-    async def _put(self, record_id: str, body: bytes) -> tuple[str, str, int | None]:
-        """(verdict, reason, Retry-After in ms) of one PUT."""
+    async def _put(
+        self, record_id: str, body: bytes, token: str | None
+    ) -> tuple[str, str, int | None]:
+        """(verdict, reason, Retry-After in ms) of one PUT, ``token`` its bearer token;
+        verdict ``credentials``: the hub refused them (401)."""
         httpx = self._httpx
         target = f"{self.url}/Bundle/{summary_id(record_id)}"
         # identity: a compressed answer could grow without bound as it is decoded.
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Accept-Encoding": "identity"}
-        token = None
-        if self._token is not None:
-            try:
-                token = check_hub_token(self._token())
-            except (InvalidInputError, OSError) as exc:  # a token file unreadable or broken
-                return "retry", short_reason(f"no token for the hub: {exc}"), None
+        if token is not None:
             headers["Authorization"] = "Bearer " + token
         try:
             # The whole exchange is bounded, not each read: a hub that drips a byte just
@@ -541,7 +603,7 @@ class HubSender:
             # Not this summary's fault: the sender's credentials (none, or a token the hub
             # no longer takes). Tried again, as a token renewed meanwhile may be taken.
             return (
-                "retry",
+                "credentials",
                 short_reason(
                     f"the hub refused this server's credentials (401: {message}); "
                     "give it a token it takes (caresync serve --hub-token-file)"
