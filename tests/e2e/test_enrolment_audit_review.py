@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from tests.cli.clitools import run_main
-from tests.e2e.live_helpers import enrolled, start_server
+from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
+from tests.postgres import fresh_schema
 
 from caresync.audit import AuditEvent
 from caresync.exceptions import InvalidInputError
@@ -95,3 +96,31 @@ async def test_audit_verify_and_export_take_enrol_and_revoke(tmp_path: Path) -> 
     assert {e["outcome"] for e in network} == {"0"}
     again = await asyncio.to_thread(run_main, "audit", "verify", "--file", out, "--json")
     assert again.code == 0, again.stderr
+
+
+async def test_on_postgresql_enrol_and_revoke_are_once_and_the_servers_own(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    """The same on a PostgreSQL server store: one ``enrol``, one ``revoke`` however many
+    times it is revoked, and a laptop's claimed ``revoke`` refused."""
+    async with fresh_schema(postgres_database) as url:
+        server = await SyncServer.open(url)
+        await server.add_user("clinic-a", "dr.a", PASSWORD)
+        await server.serve("127.0.0.1", 0)
+        laptop = await enrolled(tmp_path, server, "laptop")
+        other = await enrolled(tmp_path, server, "other")
+        try:
+            await laptop.store.append_audit([AuditEvent("dr.a", "revoke", None, "laptop-x")])
+            await laptop.sync()
+            assert await _actions(server, laptop.replica_id, "revoke") == []
+            await server.revoke(other.replica_id, by="dr.admin")
+            await server.revoke(other.replica_id, by="dr.admin")
+            assert await _actions(server, server.server_id, "revoke") == [other.replica_id]
+            assert await _actions(server, server.server_id, "enrol") == [
+                laptop.replica_id,
+                other.replica_id,
+            ]
+        finally:
+            await laptop.close()
+            await other.close()
+            await server.close()
