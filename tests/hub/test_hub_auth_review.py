@@ -339,3 +339,36 @@ async def test_a_refused_token_pauses_the_sender_not_every_summary(tmp_path: Pat
     finally:
         await laptop.close()
         await server.close()
+
+
+async def test_a_token_for_this_machine_never_goes_through_a_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``http://`` is allowed with a token only to this machine; but httpx sends a plain
+    request through ``HTTP_PROXY`` when set (common on a clinic's network): the token went
+    in the clear to the proxy, and to the proxy's own loopback. Such a URL is never sent
+    through an environment proxy."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        with FhirHub(token=TOKEN) as hub, FhirHub() as proxy:
+            for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+                monkeypatch.delenv(name, raising=False)
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+            monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+            steps = HubSender(
+                server.store, hub.url, server.hub_snapshot, random=lambda: 0.5, token=TOKEN
+            )
+            try:
+                record_id = await marked_patient(laptop)
+                await laptop.sync()
+                await steps.run_once()
+                assert proxy.authorizations == []
+                assert proxy.received == []
+                assert (await rows(server))[record_id][0] == "sent"
+                assert hub.authorizations == [f"Bearer {TOKEN}"]
+            finally:
+                await steps.close()
+    finally:
+        await laptop.close()
+        await server.close()

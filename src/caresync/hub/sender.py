@@ -213,7 +213,8 @@ class HubSender:
         ``token``: a hub that needs authentication gets it as a bearer token
         (``Authorization: Bearer ...``) with every request; a callable is asked before
         each request, so a token renewed outside (a file rewritten) is used at once.
-        Only over ``https://``, or plain ``http://`` to this machine (loopback): a token
+        Only over ``https://``, or plain ``http://`` to this machine (loopback, never
+        through an environment proxy; a ``client`` given is used as it is): a token
         sent in the clear could be replayed."""
         httpx = require_http()
         if not 0 < timeout_s <= 3600:
@@ -229,10 +230,16 @@ class HubSender:
             check_hub_token(token)
         self._snapshot = snapshot
         self._owns_client = client is None
+        # Plain http:// is allowed a token only to this machine: never through a proxy of
+        # the environment (HTTP_PROXY), which would get it in the clear and reach its own
+        # loopback, not ours.
+        local = httpx.URL(self.url).scheme == "http" and private_channel(self.url)
         self._client = (
             client
             if client is not None
-            else httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+            else httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout_s), follow_redirects=False, trust_env=not local
+            )
         )
         self._httpx = httpx
         self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
