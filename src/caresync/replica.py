@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 
-from caresync.audit import ANONYMOUS, AuditAction, AuditEvent, attempted_name
+from caresync.audit import ANONYMOUS, SERVER_ACTIONS, AuditAction, AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Conflict, RecordView, Rulebook
 from caresync.conflicts.duplicates import paired_record
 from caresync.credentials import key_fingerprint, parse_fingerprint
@@ -1148,8 +1148,14 @@ class Replica:
 
         Reads, writes, resolutions, imports, logins and logouts made through this
         class are recorded by it; an application records what it does beside them
-        (an export of its own, say). See :mod:`caresync.audit`.
+        (an export of its own, say). See :mod:`caresync.audit`. ``enrol`` and ``revoke``
+        are the server's own (InvalidInputError): its trail records them.
         """
+        if action in SERVER_ACTIONS:
+            raise InvalidInputError(
+                f"audit action {action!r} is the server's own: its trail records enrolments "
+                "and revocations, a laptop's never does"
+            )
         event = AuditEvent(actor if actor is not None else self._actor(), action, record_id, detail)
         await self.store.append_audit([event])
         self._outbox_changed.set()  # a live connection sends it on

@@ -46,7 +46,7 @@ from argon2 import PasswordHasher
 
 from caresync.admin import AdminPage
 from caresync.admin.handler import AdminHost
-from caresync.audit import ANONYMOUS, AuditEvent, attempted_name
+from caresync.audit import ANONYMOUS, SERVER_ACTIONS, AuditEvent, attempted_name
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.conflicts.duplicates import pair_conflicts
 from caresync.credentials import ServerKey
@@ -888,10 +888,13 @@ class SyncServer:
     async def revoke(self, replica_id: str, *, by: str | None = None) -> None:
         """Revoke a replica: its sessions end, its live connections close now (told
         ``revoked``, so it locks itself), and it is refused at every later contact.
-        ``by``: who revokes it, as the server's audit trail names them (``revoke``)."""
-        await self.store.revoke_replica(replica_id)
-        actor = ANONYMOUS if by is None else attempted_name(by)
-        await self._audit(AuditEvent(actor, "revoke", None, replica_id))
+        ``by``: who revokes it, as the server's audit trail names them (``revoke``; once:
+        revoking a revoked replica again changes nothing and writes no entry)."""
+        info = await self.store.get_replica(replica_id)
+        await self.store.revoke_replica(replica_id)  # NotFoundError for an unknown one
+        if info is None or not info.revoked:
+            actor = ANONYMOUS if by is None else attempted_name(by)
+            await self._audit(AuditEvent(actor, "revoke", None, replica_id))
         await self.recheck_sessions()
 
     async def recheck_sessions(self) -> int:
@@ -1484,6 +1487,15 @@ class SyncServer:
                 RequestKind.AUDIT,
                 ErrorCode.FORBIDDEN,
                 "audit entries refused: this replica bears the server's own id",
+            )
+            return
+        claimed = sorted({e.action for e in batch.entries if e.action in SERVER_ACTIONS})
+        if claimed:  # what the server did: a laptop's chain never records it
+            conn.protocol.refuse(
+                RequestKind.AUDIT,
+                ErrorCode.BAD_MESSAGE,
+                f"audit entries refused: {', '.join(claimed)} is recorded by the server "
+                "only, never on a laptop's trail",
             )
             return
         try:

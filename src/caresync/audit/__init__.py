@@ -10,6 +10,7 @@ from caresync.audit.chain import (
     ACTIONS,
     ANONYMOUS,
     GENESIS,
+    SERVER_ACTIONS,
     AuditAction,
     AuditEntry,
     AuditEvent,
@@ -24,6 +25,7 @@ from caresync.audit.chain import (
 
 __all__ = [
     "ACTIONS",
+    "SERVER_ACTIONS",
     "ANONYMOUS",
     "GENESIS",
     "AuditAction",

@@ -26,6 +26,7 @@ from caresync.exceptions import AuditError
 
 __all__ = [
     "ACTIONS",
+    "SERVER_ACTIONS",
     "ANONYMOUS",
     "GENESIS",
     "HASH_BYTES",
@@ -61,6 +62,10 @@ AuditAction = Literal[
 for an enrolment whose answer was lost, and a laptop revoked; the detail names it."""
 
 ACTIONS: Final[frozenset[str]] = frozenset(AuditAction.__args__)  # type: ignore[attr-defined]
+
+SERVER_ACTIONS: Final[frozenset[str]] = frozenset({"enrol", "revoke"})
+"""What only a server records, on its own trail: a laptop's chain never holds one (a laptop
+that sends one is refused, and ``Replica.audit`` does not write one)."""
 
 HASH_BYTES: Final = 32
 GENESIS: Final = bytes(HASH_BYTES)

@@ -19,7 +19,7 @@ from caresync.cli.output import Output
 from caresync.cli.replicas import stale_hours
 from caresync.exceptions import InvalidInputError
 from caresync.fhir import require_models
-from caresync.hub.sender import check_hub_token, hub_url, private_channel, require_http
+from caresync.hub.sender import check_token_url, hub_url, read_hub_token, require_http
 from caresync.observe import JsonLogFormatter
 from caresync.records import AdmissionLimits
 from caresync.server import FEED_POLL_S, LOGIN_SYNC_DELAY_S, SyncServer
@@ -168,7 +168,7 @@ def _token_reader(file: Path) -> Callable[[], str]:
     an editor adds)."""
 
     def read() -> str:
-        return check_hub_token(file.read_text(encoding="utf-8").strip())
+        return read_hub_token(file)
 
     return read
 
@@ -261,12 +261,11 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
             except (OSError, InvalidInputError) as exc:
                 raise CliError(f"--hub-token-file: {exc}", ExitCode.USAGE) from None
         url = hub_url(args.hub)
-        if token is not None and not private_channel(url):
-            raise CliError(
-                f"--hub-token-file: the token goes only over https:// (or http:// to this "
-                f"machine), not to {url}: sent in the clear, anyone on the way could use it",
-                ExitCode.USAGE,
-            )
+        if token is not None:
+            try:
+                check_token_url(url)
+            except InvalidInputError as exc:
+                raise CliError(f"--hub-token-file: {exc}", ExitCode.USAGE) from None
         hub = _HubOptions(url, args.hub_timeout, token)
     elif args.hub_timeout is not None or args.hub_token_file is not None:
         given = "--hub-timeout" if args.hub_timeout is not None else "--hub-token-file"

@@ -21,6 +21,9 @@ summary to send survives a restart or a SIGKILL. The sender reads the rows:
   :func:`~caresync.hub.model.retry_delay_ms` (doubling, capped, jittered; a
   429's or 503's ``Retry-After`` in seconds is honoured up to the cap). Any
   other status: ``failed`` with the hub's message, until the record changes.
+  A 401 (or a bearer token that cannot be read) is the server's credentials, not
+  the summary's: the round stops and the sender pauses as a whole (doubling,
+  capped), then one summary tries again; the summaries keep their attempt counts.
 
 A ``held`` row is looked at again only when something that could release it
 changed. Its conflicts are a function of its own record, the records linked to
@@ -54,8 +57,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random as random_module
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -82,8 +87,10 @@ __all__ = [
     "HubSender",
     "HubSnapshot",
     "check_hub_token",
+    "check_token_url",
     "hub_url",
     "private_channel",
+    "read_hub_token",
     "require_http",
     "take_snapshot",
 ]
@@ -206,7 +213,8 @@ class HubSender:
         ``token``: a hub that needs authentication gets it as a bearer token
         (``Authorization: Bearer ...``) with every request; a callable is asked before
         each request, so a token renewed outside (a file rewritten) is used at once.
-        Only over ``https://``, or plain ``http://`` to this machine (loopback): a token
+        Only over ``https://``, or plain ``http://`` to this machine (loopback, never
+        through an environment proxy; a ``client`` given is used as it is): a token
         sent in the clear could be replayed."""
         httpx = require_http()
         if not 0 < timeout_s <= 3600:
@@ -215,20 +223,23 @@ class HubSender:
             raise InvalidInputError("base_delay_ms must be positive and at most max_delay_ms")
         self.store = store
         self.url = hub_url(url)
-        if token is not None and not private_channel(self.url):
-            raise InvalidInputError(
-                f"{self.url}: a hub token goes only over https:// (or plain http:// to this "
-                "machine): sent in the clear, anyone on the way could use it"
-            )
+        if token is not None:
+            check_token_url(self.url)
         self._token = (lambda: token) if isinstance(token, str) else token
         if isinstance(token, str):
             check_hub_token(token)
         self._snapshot = snapshot
         self._owns_client = client is None
+        # Plain http:// is allowed a token only to this machine: never through a proxy of
+        # the environment (HTTP_PROXY), which would get it in the clear and reach its own
+        # loopback, not ours.
+        local = httpx.URL(self.url).scheme == "http" and private_channel(self.url)
         self._client = (
             client
             if client is not None
-            else httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+            else httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout_s), follow_redirects=False, trust_env=not local
+            )
         )
         self._httpx = httpx
         self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
@@ -254,6 +265,11 @@ class HubSender:
         """Summaries the hub acknowledged since this sender started."""
         self.on_outcome: list[Callable[[str, str], None]] = []
         """Called with (record id, state) after each attempt's outcome is committed."""
+        # A hub that refused this server's credentials (401), or a token that could not be
+        # read: every summary would meet the same, so the sender as a whole waits until
+        # ``_paused_until`` (doubling with ``_refusals`` in a row), then one summary tries.
+        self._paused_until: int | None = None
+        self._refusals = 0
 
     def wake(self, record_ids: Iterable[str] = ()) -> None:
         """Look at the outbox now: a commit changed it, or changed ``record_ids`` (a held
@@ -311,6 +327,10 @@ class HubSender:
         something committed since could release (and, while a new sender's walk of every
         held one goes on, its next pages; see the module)."""
         now = self._now_ms()
+        if self._paused_until is not None:
+            if now < self._paused_until:
+                return self._paused_until - now  # what changed meanwhile is kept for later
+            self._paused_until = None
         if self._rewalk:
             self._rewalk = False
             self._walking, self._walked = True, None
@@ -327,6 +347,8 @@ class HubSender:
             # Nothing is lost: what this round was to look at, the next one looks at.
             self._changed |= changed
             raise
+        if self._paused_until is not None:  # credentials refused: the round stopped there
+            return max(1, self._paused_until - self._now_ms())
         if bounded or not walked:
             return 0  # a bounded round: the rest are due now, the next round sends them
         earliest = await self.store.hub_next_attempt_ms()
@@ -344,6 +366,9 @@ class HubSender:
         for record_id in changed:
             waiting.update(self._waiting.get(record_id, ()))
         for record_id in sorted(waiting):
+            if self._paused_until is not None:
+                self._changed.add(record_id)  # looked at once the pause is over
+                continue
             row = await self.store.hub_summary(record_id)
             if row is None:
                 self._forget(record_id)
@@ -364,6 +389,8 @@ class HubSender:
         for _page in range(DUE_PAGES):
             due = await self.store.hub_due(now, DUE_PAGE, after=self._walked)
             for row in due:
+                if self._paused_until is not None:
+                    return False  # this page is read again once the pause is over
                 await self._attempt_row(row)
             if len(due) < DUE_PAGE:
                 self._walking, self._walked = False, None
@@ -380,6 +407,8 @@ class HubSender:
         for _page in range(DUE_PAGES):
             due = await self.store.hub_due(now, DUE_PAGE, after=after, held=False)
             for row in due:
+                if self._paused_until is not None:
+                    return False  # credentials refused: the rest wait for the pause
                 await self._attempt_row(row)
             if len(due) < DUE_PAGE:
                 return True
@@ -457,13 +486,24 @@ class HubSender:
             await self._store(record_id, snap.version, HubOutcome("sent", None, 0, 0))
             return "sent"
         now = self._now_ms()
+        token: str | None = None
+        if self._token is not None:
+            try:
+                token = check_hub_token(self._token())
+            except (InvalidInputError, OSError) as exc:  # a token file unreadable or broken
+                # Nothing leaves (no export entry): the sender waits as a whole.
+                reason = short_reason(f"no token for the hub: {exc}")
+                return await self._refused(record_id, snap, reason, None)
         await self.store.record_hub_attempt(record_id, now)
         if self._audit_as is not None:  # recorded before the patient's data leaves
             await self.store.append_audit(
                 [AuditEvent(HUB_ACTOR, "export", record_id, f"hub summary v{snap.version}")],
                 replica_id=self._audit_as,
             )
-        verdict, reason, retry_after_ms = await self._put(record_id, snap.body)
+        verdict, reason, retry_after_ms = await self._put(record_id, snap.body, token)
+        if verdict == "credentials":
+            return await self._refused(record_id, snap, reason, retry_after_ms)
+        self._refusals = 0
         if verdict == "sent":
             self.sent += 1
             outcome = HubOutcome("sent", None, 0, 0, acknowledged=True)
@@ -494,22 +534,54 @@ class HubSender:
         )
         return outcome.state
 
+    async def _refused(
+        self, record_id: str, snap: HubSnapshot, reason: str, retry_after_ms: int | None
+    ) -> str:
+        """The hub refused this server's credentials, or there is no token to give it:
+        not this summary's fault, and every other would meet the same. The sender pauses
+        as a whole (doubling while it lasts, capped; a ``Retry-After`` honoured up to the
+        cap); this summary keeps its attempt count and is tried first after the pause."""
+        self._refusals += 1
+        delay = retry_delay_ms(self._refusals, self._random, base_ms=self._base, max_ms=self._max)
+        if retry_after_ms is not None:
+            delay = max(delay, min(retry_after_ms, self._max))
+        until = self._now_ms() + delay
+        self._paused_until = until
+        outcome = HubOutcome("pending", short_reason(f"retrying: {reason}"), snap.attempts, until)
+        await self._store(record_id, snap.version, outcome)
+        logger.warning(
+            "hub summary of %s (version %d): %s; the sender waits %d ms before trying again",
+            record_id,
+            snap.version,
+            reason,
+            delay,
+            extra={
+                "caresync": {
+                    "event": "hub",
+                    "record": record_id,
+                    "version": snap.version,
+                    "state": outcome.state,
+                }
+            },
+        )
+        return outcome.state
+
     async def _store(self, record_id: str, version: int, outcome: HubOutcome) -> None:
         await self.store.record_hub_outcome(record_id, version, outcome)
         for listener in list(self.on_outcome):
             listener(record_id, outcome.state)
 
-    async def _put(self, record_id: str, body: bytes) -> tuple[str, str, int | None]:
-        """(verdict, reason, Retry-After in ms) of one PUT."""
+    async def _put(
+        self, record_id: str, body: bytes, token: str | None
+    ) -> tuple[str, str, int | None]:
+        """(verdict, reason, Retry-After in ms) of one PUT, ``token`` its bearer token;
+        verdict ``credentials``: the hub refused them (401)."""
         httpx = self._httpx
         target = f"{self.url}/Bundle/{summary_id(record_id)}"
         # identity: a compressed answer could grow without bound as it is decoded.
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Accept-Encoding": "identity"}
-        if self._token is not None:
-            try:
-                headers["Authorization"] = "Bearer " + check_hub_token(self._token())
-            except (InvalidInputError, OSError) as exc:  # a token file unreadable or broken
-                return "retry", short_reason(f"no token for the hub: {exc}"), None
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token
         try:
             # The whole exchange is bounded, not each read: a hub that drips a byte just
             # inside the read timeout must not hold the sender for days.
@@ -530,11 +602,15 @@ class HubSender:
             return "retry", f"could not reach the hub: {type(exc).__name__}: {exc}", None
         verdict = verdict_of(status)
         message = _hub_message(bytes(data))
+        if token is not None:
+            # A hub that echoes the token it refused: the reason is stored, logged, shown
+            # by `hub status` and sent to every laptop, so the token is left out of it.
+            message = message.replace(token, "(the token)")
         if status == 401:
             # Not this summary's fault: the sender's credentials (none, or a token the hub
             # no longer takes). Tried again, as a token renewed meanwhile may be taken.
             return (
-                "retry",
+                "credentials",
                 short_reason(
                     f"the hub refused this server's credentials (401: {message}); "
                     "give it a token it takes (caresync serve --hub-token-file)"
@@ -563,6 +639,65 @@ def check_hub_token(token: object) -> str:
             "token does: no space or line break (is the file's content the token alone?)"
         )
     return token
+
+
+MAX_TOKEN_FILE_BYTES = MAX_TOKEN_CHARS + 1024
+"""The most of a token file read (a token, and room for blank lines around it)."""
+
+
+def read_hub_token(file: str | os.PathLike[str]) -> str:
+    """The bearer token ``file`` holds (its content without surrounding blank space, as an
+    editor leaves a line break), checked; InvalidInputError or OSError saying why not.
+
+    Only a regular file of UTF-8 text is read, and at most :data:`MAX_TOKEN_FILE_BYTES`
+    of it: the sender reads it before each request in the server's event loop, where a
+    FIFO (waiting for a writer) or a device (``/dev/zero``, endless) would stop the server.
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInputError(
+                f"{file}: not a regular file (a hub token file holds the token alone)"
+            )
+        data = bytearray()
+        while len(data) <= MAX_TOKEN_FILE_BYTES:
+            chunk = os.read(fd, MAX_TOKEN_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data.extend(chunk)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise InvalidInputError(
+            f"{file}: larger than a hub token file can be ({MAX_TOKEN_FILE_BYTES} bytes)"
+        )
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(
+            f"{file}: not UTF-8 text (a hub token file holds the token alone)"
+        ) from None
+    return check_hub_token(text.strip())
+
+
+def check_token_url(url: str) -> None:
+    """Refuse (InvalidInputError) a hub URL a token must not go to: not ``https://`` nor
+    ``http://`` to this machine, or carrying a user name or password (``user:pass@``,
+    which httpx would send as Basic credentials in place of the token)."""
+    httpx = require_http()
+    parsed = httpx.URL(url)
+    if parsed.userinfo:
+        # Not echoed: that is a password.
+        raise InvalidInputError(
+            f"a hub URL with a user name or password (user:pass@{parsed.host}) and a token: "
+            "it would be sent in place of the token; give the URL without it"
+        )
+    if not private_channel(url):
+        raise InvalidInputError(
+            f"{url}: a hub token goes only over https:// (or plain http:// to this "
+            "machine): sent in the clear, anyone on the way could use it"
+        )
 
 
 def private_channel(url: str) -> bool:
