@@ -523,14 +523,7 @@ class HubSender:
             snap.version,
             outcome.state,
             "" if outcome.reason is None else f" ({outcome.reason})",
-            extra={
-                "caresync": {
-                    "event": "hub",
-                    "record": record_id,
-                    "version": snap.version,
-                    "state": outcome.state,
-                }
-            },
+            extra=_log_extra(record_id, snap.version, outcome.state),
         )
         return outcome.state
 
@@ -555,14 +548,7 @@ class HubSender:
             snap.version,
             reason,
             delay,
-            extra={
-                "caresync": {
-                    "event": "hub",
-                    "record": record_id,
-                    "version": snap.version,
-                    "state": outcome.state,
-                }
-            },
+            extra=_log_extra(record_id, snap.version, outcome.state),
         )
         return outcome.state
 
@@ -706,6 +692,11 @@ def private_channel(url: str) -> bool:
     httpx = require_http()
     parsed = httpx.URL(url)
     return parsed.scheme == "https" or parsed.host in ("127.0.0.1", "::1", "localhost")
+
+
+def _log_extra(record_id: str, version: int, state: str) -> dict[str, object]:
+    """The structured part of an outcome's log line (``--log-format json``)."""
+    return {"caresync": {"event": "hub", "record": record_id, "version": version, "state": state}}
 
 
 def _retry_after_ms(value: str | None) -> int | None:
