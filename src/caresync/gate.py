@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from caresync.audit import AuditEvent
 from caresync.credentials import (
     ServerKey,
     new_replica_secret,
@@ -309,6 +310,8 @@ class Gatekeeper:
             enrolled_by=login.user,
             device_name=device_name or None,
             secret_hash=sha256_hex(secret),
+            # Who enrolled which laptop, on the server's trail in the enrolment's commit.
+            audit=[AuditEvent(login.user, "enrol", None, replica_id)],
         )
         await self.store.bind_session(login.session_hash, replica_id)
         return replica_id, secret, False
@@ -325,6 +328,7 @@ class Gatekeeper:
                 organisation=login.organisation,
                 enrolled_by=login.user,
                 secret_hash=sha256_hex(secret),
+                audit=[AuditEvent(login.user, "enrol", None, f"{replica_id} again: a new secret")],
             )
         )
 

@@ -890,11 +890,11 @@ class SyncServer:
         ``revoked``, so it locks itself), and it is refused at every later contact.
         ``by``: who revokes it, as the server's audit trail names them (``revoke``; once:
         revoking a revoked replica again changes nothing and writes no entry)."""
-        info = await self.store.get_replica(replica_id)
-        await self.store.revoke_replica(replica_id)  # NotFoundError for an unknown one
-        if info is None or not info.revoked:
-            actor = ANONYMOUS if by is None else attempted_name(by)
-            await self._audit(AuditEvent(actor, "revoke", None, replica_id))
+        actor = ANONYMOUS if by is None else attempted_name(by)
+        # The entry in the revocation's own commit, written only by the call that revoked.
+        await self.store.revoke_replica(  # NotFoundError for an unknown one
+            replica_id, audit=[AuditEvent(actor, "revoke", None, replica_id)]
+        )
         await self.recheck_sessions()
 
     async def recheck_sessions(self) -> int:
@@ -1546,11 +1546,7 @@ class SyncServer:
         if isinstance(outcome, Refused):
             conn.protocol.refuse(RequestKind.ENROL, outcome.code, outcome.message)
             return
-        replica_id, secret, again = outcome
-        # On the trail before the answer goes: who enrolled which laptop, and which
-        # enrolment replaced a secret (the replicas table keeps only the first).
-        detail = f"{replica_id} again: a new secret" if again else replica_id
-        await self._audit(AuditEvent(login.user, "enrol", None, detail))
+        replica_id, secret, again = outcome  # on the trail in the enrolment's commit
         conn.protocol.accept_enrolment(replica_id, login.organisation, replica_secret=secret)
         self.events.enrolled(
             conn.channel.peer,

@@ -138,13 +138,11 @@ def _revoke(args: argparse.Namespace, out: Output) -> int:
                     ExitCode.NOT_FOUND,
                 )
             if not info.revoked:
-                await store.revoke_replica(args.replica_id)
-                identity = await store.get_identity()
-                if identity is not None:  # open_server_store checked it is a server's
-                    await store.append_audit(
-                        [AuditEvent(operator(), "revoke", None, args.replica_id)],
-                        replica_id=identity.replica_id,
-                    )
+                # Its entry in the revocation's own commit (none if it was revoked since).
+                await store.revoke_replica(
+                    args.replica_id,
+                    audit=[AuditEvent(operator(), "revoke", None, args.replica_id)],
+                )
             return {"replica_id": args.replica_id, "revoked": True, "already": info.revoked}
 
     out.result(run(go()))

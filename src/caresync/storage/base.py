@@ -1643,11 +1643,13 @@ class ServerStore(ReplicaStore, Protocol):
         enrolled_by: str | None = None,
         device_name: str | None = None,
         secret_hash: str | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> ReplicaInfo:
         """Record that a replica enrolled to this server; refuses a known replica id.
 
         ``secret_hash`` is the SHA-256 (hex) of the secret the replica proves
-        at every login; the secret itself is never stored here.
+        at every login; the secret itself is never stored here. ``audit`` is appended
+        to this store's own audit chain in the same transaction.
         """
         ...
 
@@ -1660,14 +1662,21 @@ class ServerStore(ReplicaStore, Protocol):
         ...
 
     async def reissue_replica_secret(
-        self, replica_id: str, *, organisation: str, enrolled_by: str, secret_hash: str
+        self,
+        replica_id: str,
+        *,
+        organisation: str,
+        enrolled_by: str,
+        secret_hash: str,
+        audit: Sequence[AuditEvent] = (),
     ) -> bool:
         """Give an enrolled replica that was never used a new secret, in place of one its
         laptop never received (the answer to its enrolment was lost on the way).
 
         Only a replica of ``organisation``, enrolled by ``enrolled_by``, not revoked and
         never seen (no outbox report, so no sync, since its enrolment) takes it; its
-        sessions end. Returns False, changing nothing, for any other replica.
+        sessions end, and ``audit`` is appended to this store's own chain, in the same
+        transaction. Returns False, changing nothing, for any other replica.
         """
         ...
 
@@ -1694,10 +1703,12 @@ class ServerStore(ReplicaStore, Protocol):
         """
         ...
 
-    async def revoke_replica(self, replica_id: str) -> None:
+    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
         """Revoke a replica: it is locked at its next contact, its sessions end.
 
-        Its unsynced work is its own (it keeps it).
+        Its unsynced work is its own (it keeps it). ``audit`` is appended to this
+        store's own chain in the same transaction, only when this call revoked it;
+        returns whether it did (False: revoked already, nothing changed).
         """
         ...
 

@@ -1339,12 +1339,16 @@ class MemoryStore:
         enrolled_by: str | None = None,
         device_name: str | None = None,
         secret_hash: str | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> ReplicaInfo:
-        """Record a replica's enrolment; InvalidInputError for a replica id already known."""
+        """Record a replica's enrolment (and ``audit`` on this store's own chain);
+        InvalidInputError for a replica id already known."""
         check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
+        events = check_events(audit)
         self._open_or_raise(f"enrolling replica {replica_id!r}")
         if replica_id in self._replicas:
             raise enrolled_already(replica_id)
+        entries = self._plan_own_audit(events, self._now_ms())
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -1357,6 +1361,7 @@ class MemoryStore:
         self._replicas[replica_id] = info
         if secret_hash is not None:
             self._secrets[replica_id] = secret_hash
+        self._keep_audit(entries)
         return info
 
     async def replica_secret_hash(self, replica_id: str) -> str | None:
@@ -1374,11 +1379,19 @@ class MemoryStore:
         self._secrets[replica_id] = secret_hash
 
     async def reissue_replica_secret(
-        self, replica_id: str, *, organisation: str, enrolled_by: str, secret_hash: str
+        self,
+        replica_id: str,
+        *,
+        organisation: str,
+        enrolled_by: str,
+        secret_hash: str,
+        audit: Sequence[AuditEvent] = (),
     ) -> bool:
         """A new secret for a replica of that organisation and account, never seen nor
-        revoked (its sessions end); False, changing nothing, for any other."""
+        revoked (its sessions end, ``audit`` is kept); False, changing nothing, for any
+        other."""
         check_reissue(replica_id, organisation, enrolled_by, secret_hash)
+        events = check_events(audit)
         self._open_or_raise(f"updating replica {replica_id!r}")
         info = self._replicas.get(replica_id)
         if (
@@ -1388,8 +1401,10 @@ class MemoryStore:
             or info.last_seen_ms is not None
         ):
             return False
+        entries = self._plan_own_audit(events, self._now_ms())
         self._secrets[replica_id] = secret_hash
         self._end_sessions_where(lambda s: s.replica_id == replica_id)
+        self._keep_audit(entries)
         return True
 
     async def get_replica(self, replica_id: str) -> ReplicaInfo | None:
@@ -1426,13 +1441,19 @@ class MemoryStore:
             info = dataclasses.replace(info, pending=count, oldest_pending_ms=oldest)
         self._replicas[replica_id] = info
 
-    async def revoke_replica(self, replica_id: str) -> None:
-        """Revoke a replica; revoking twice keeps the first time."""
+    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
+        """Revoke a replica (and keep ``audit``) unless revoked already: revoking twice
+        keeps the first time and its entries; returns whether this call revoked it."""
         check_text(replica_id, "replica_id")
+        events = check_events(audit)
         info = self._replica_or_raise(replica_id)
-        if info.revoked_ms is None:
+        revoked = info.revoked_ms is None
+        if revoked:
+            entries = self._plan_own_audit(events, self._now_ms())
             self._replicas[replica_id] = dataclasses.replace(info, revoked_ms=self._now_ms())
+            self._keep_audit(entries)
         self._end_sessions_where(lambda s: s.replica_id == replica_id)
+        return revoked
 
     def _replica_or_raise(self, replica_id: str) -> ReplicaInfo:
         self._open_or_raise(f"updating replica {replica_id!r}")

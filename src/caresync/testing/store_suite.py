@@ -2441,6 +2441,36 @@ class ServerStoreSuite(ReplicaStoreSuite):
             )
         assert await store.replica_secret_hash("unused") == "new"
 
+    async def test_enrolments_and_revocations_keep_their_audit_entries_in_their_commit(
+        self, store: ServerStore
+    ) -> None:
+        """``audit`` of ``enrol_replica``, ``reissue_replica_secret`` and
+        ``revoke_replica``: on the store's own chain with the change, never without it."""
+        await store.set_identity(Identity("server-1", "server"))
+        enrolled = AuditEvent("dr.a", "enrol", None, "r1")
+        await store.enrol_replica("r1", "clinic", enrolled_by="dr.a", audit=[enrolled])
+        with pytest.raises(InvalidInputError):
+            await store.enrol_replica("r1", "clinic", audit=[AuditEvent("dr.b", "enrol")])
+        again = AuditEvent("dr.a", "enrol", None, "r1 again: a new secret")
+        assert await store.reissue_replica_secret(
+            "r1", organisation="clinic", enrolled_by="dr.a", secret_hash="s2", audit=[again]
+        )
+        assert not await store.reissue_replica_secret(
+            "r1", organisation="clinic", enrolled_by="dr.b", secret_hash="s3", audit=[again]
+        )
+        revoked = AuditEvent("os:admin", "revoke", None, "r1")
+        assert await store.revoke_replica("r1", audit=[revoked])
+        assert not await store.revoke_replica("r1", audit=[revoked])  # once
+        trail = await store.audit_entries(replica_id="server-1", after_seq=0, limit=100)
+        assert [(e.actor, e.action, e.detail) for e in trail] == [
+            ("dr.a", "enrol", "r1"),
+            ("dr.a", "enrol", "r1 again: a new secret"),
+            ("os:admin", "revoke", "r1"),
+        ]
+        info = await store.get_replica("r1")
+        assert info is not None
+        assert info.revoked
+
     async def test_a_resumed_logins_reads_are_each_what_its_single_read_returns(
         self, store: ServerStore
     ) -> None:

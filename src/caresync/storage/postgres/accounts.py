@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
+from caresync.audit.chain import AuditEvent
 from caresync.storage._arguments import (
     check_enrolment,
     check_new_user,
@@ -19,6 +20,7 @@ from caresync.storage._arguments import (
     secret_refused,
     user_exists,
 )
+from caresync.storage._audit import check_events
 from caresync.storage.base import (
     ReplicaInfo,
     UserAccount,
@@ -28,6 +30,7 @@ from caresync.storage.base import (
     check_text,
 )
 from caresync.storage.postgres._sql import Conn
+from caresync.storage.postgres.audit import append_own
 from caresync.storage.postgres.core import PostgresCore
 from caresync.storage.postgres.sessions import bump_accounts_generation, end_user_sessions
 
@@ -211,9 +214,12 @@ class AccountsPart(PostgresCore):
         enrolled_by: str | None = None,
         device_name: str | None = None,
         secret_hash: str | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> ReplicaInfo:
-        """Record a replica's enrolment; InvalidInputError for a replica id already known."""
+        """Record a replica's enrolment (and ``audit`` on this store's own chain, in the
+        same transaction); InvalidInputError for a replica id already known."""
         check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
+        events = check_events(audit)
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -240,6 +246,8 @@ class AccountsPart(PostgresCore):
                     ),
                 ).rowcount:
                     raise enrolled_already(replica_id)
+                if events:
+                    append_own(raw, self._own_id(raw), events, info.enrolled_ms)
 
             self._write(raw, body)
 
@@ -289,11 +297,20 @@ class AccountsPart(PostgresCore):
         await self._run(f"updating replica {replica_id!r}", job)
 
     async def reissue_replica_secret(
-        self, replica_id: str, *, organisation: str, enrolled_by: str, secret_hash: str
+        self,
+        replica_id: str,
+        *,
+        organisation: str,
+        enrolled_by: str,
+        secret_hash: str,
+        audit: Sequence[AuditEvent] = (),
     ) -> bool:
         """A new secret for a replica of that organisation and account, never seen nor
-        revoked (its sessions end); False, changing nothing, for any other."""
+        revoked (its sessions end, ``audit`` is appended, in one transaction); False,
+        changing nothing, for any other."""
         check_reissue(replica_id, organisation, enrolled_by, secret_hash)
+        events = check_events(audit)
+        now = self._now_ms()
 
         def job(raw: Conn) -> bool:
             def body() -> bool:
@@ -306,6 +323,8 @@ class AccountsPart(PostgresCore):
                     return False
                 raw.execute("DELETE FROM sessions WHERE replica_id = %s", (replica_id,))
                 bump_accounts_generation(raw)
+                if events:
+                    append_own(raw, self._own_id(raw), events, now)
                 return True
 
             return self._write(raw, body)
@@ -354,18 +373,40 @@ class AccountsPart(PostgresCore):
             oldest,
         )
 
-    async def revoke_replica(self, replica_id: str) -> None:
-        """Revoke a replica: it is locked at its next contact, and its sessions end now.
+    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
+        """Revoke a replica: it is locked at its next contact, and its sessions end now;
+        ``audit`` is appended in the same transaction when this call revoked it.
 
-        Revoking twice keeps the first time.
+        Revoking twice keeps the first time (and writes no entry); returns whether this
+        call revoked it. Two processes revoking at once: the row lock lets one revoke.
         """
         check_text(replica_id, "replica_id")
-        await self._update_replica(
-            replica_id,
-            "UPDATE replicas SET revoked_ms = COALESCE(revoked_ms, %s) WHERE replica_id = %s",
-            self._now_ms(),
-            end_sessions=True,
-        )
+        events = check_events(audit)
+        now = self._now_ms()
+
+        def job(raw: Conn) -> bool:
+            def body() -> bool:
+                row = raw.execute(
+                    "SELECT revoked_ms FROM replicas WHERE replica_id = %s FOR UPDATE",
+                    (replica_id,),
+                ).fetchone()
+                if row is None:
+                    raise not_enrolled(replica_id)
+                revoked = row[0] is None
+                if revoked:
+                    raw.execute(
+                        "UPDATE replicas SET revoked_ms = %s WHERE replica_id = %s",
+                        (now, replica_id),
+                    )
+                    if events:
+                        append_own(raw, self._own_id(raw), events, now)
+                raw.execute("DELETE FROM sessions WHERE replica_id = %s", (replica_id,))
+                bump_accounts_generation(raw)
+                return revoked
+
+            return self._write(raw, body)
+
+        return await self._run(f"updating replica {replica_id!r}", job)
 
     async def _update_replica(
         self, replica_id: str, sql: str, *values: int | None, end_sessions: bool = False

@@ -57,6 +57,19 @@ def _last_line(raw: Conn, replica_id: str) -> int:
     return -1 if row is None or row[0] is None else int(row[0])
 
 
+def append_own(
+    raw: Conn, replica_id: str, events: Sequence[AuditEvent], now_ms: int
+) -> list[AuditEntry]:
+    """Append the store's own ``events`` to line 0 of its chain, inside the caller's
+    transaction (so an entry commits with what it records)."""
+    if not events:
+        return []
+    raw.execute(_CHAIN_LOCK, (replica_id,))
+    entries = plan_append(events, replica_id=replica_id, tail=_tail(raw, replica_id), now_ms=now_ms)
+    _insert(raw, entries)
+    return entries
+
+
 def _insert(raw: Conn, entries: Sequence[AuditEntry]) -> None:
     with raw.cursor() as cursor:
         cursor.executemany(

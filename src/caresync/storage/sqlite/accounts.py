@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
+from caresync.audit.chain import AuditEvent
 from caresync.storage._arguments import (
     check_enrolment,
     check_new_user,
@@ -20,6 +21,7 @@ from caresync.storage._arguments import (
     secret_refused,
     user_exists,
 )
+from caresync.storage._audit import check_events, sql_append
 from caresync.storage.base import (
     ReplicaInfo,
     UserAccount,
@@ -250,9 +252,12 @@ class AccountsPart(SQLiteCore):
         enrolled_by: str | None = None,
         device_name: str | None = None,
         secret_hash: str | None = None,
+        audit: Sequence[AuditEvent] = (),
     ) -> ReplicaInfo:
-        """Record a replica's enrolment; InvalidInputError for a replica id already known."""
+        """Record a replica's enrolment (and ``audit`` on this store's own chain, in the
+        same transaction); InvalidInputError for a replica id already known."""
         check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
+        events = check_events(audit)
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -281,6 +286,8 @@ class AccountsPart(SQLiteCore):
                         secret_hash,
                     ),
                 )
+                if events:
+                    sql_append(raw, self._own_id(raw), events, info.enrolled_ms)
 
             self._write(raw, body)
 
@@ -324,11 +331,20 @@ class AccountsPart(SQLiteCore):
         await self._run(f"updating replica {replica_id!r}", job)
 
     async def reissue_replica_secret(
-        self, replica_id: str, *, organisation: str, enrolled_by: str, secret_hash: str
+        self,
+        replica_id: str,
+        *,
+        organisation: str,
+        enrolled_by: str,
+        secret_hash: str,
+        audit: Sequence[AuditEvent] = (),
     ) -> bool:
         """A new secret for a replica of that organisation and account, never seen nor
-        revoked (its sessions end); False, changing nothing, for any other."""
+        revoked (its sessions end, ``audit`` is appended, in one transaction); False,
+        changing nothing, for any other."""
         check_reissue(replica_id, organisation, enrolled_by, secret_hash)
+        events = check_events(audit)
+        now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> bool:
             def body() -> bool:
@@ -341,6 +357,8 @@ class AccountsPart(SQLiteCore):
                     return False
                 raw.execute("DELETE FROM sessions WHERE replica_id = ?", (replica_id,))
                 _bump_accounts_generation(raw)
+                if events:
+                    sql_append(raw, self._own_id(raw), events, now)
                 return True
 
             return self._write(raw, body, accounts=True)
@@ -389,18 +407,39 @@ class AccountsPart(SQLiteCore):
             oldest,
         )
 
-    async def revoke_replica(self, replica_id: str) -> None:
-        """Revoke a replica: it is locked at its next contact, and its sessions end now.
+    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
+        """Revoke a replica: it is locked at its next contact, and its sessions end now;
+        ``audit`` is appended in the same transaction when this call revoked it.
 
-        Revoking twice keeps the first time.
+        Revoking twice keeps the first time (and writes no entry); returns whether this
+        call revoked it.
         """
         check_text(replica_id, "replica_id")
-        await self._update_replica(
-            replica_id,
-            "UPDATE replicas SET revoked_ms = COALESCE(revoked_ms, ?) WHERE replica_id = ?",
-            self._now_ms(),
-            end_sessions=True,
-        )
+        events = check_events(audit)
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> bool:
+            def body() -> bool:
+                row = raw.execute(
+                    "SELECT revoked_ms FROM replicas WHERE replica_id = ?", (replica_id,)
+                ).fetchone()
+                if row is None:
+                    raise not_enrolled(replica_id)
+                revoked = row[0] is None
+                if revoked:
+                    raw.execute(
+                        "UPDATE replicas SET revoked_ms = ? WHERE replica_id = ?",
+                        (now, replica_id),
+                    )
+                    if events:
+                        sql_append(raw, self._own_id(raw), events, now)
+                raw.execute("DELETE FROM sessions WHERE replica_id = ?", (replica_id,))
+                _bump_accounts_generation(raw)
+                return revoked
+
+            return self._write(raw, body, accounts=True)
+
+        return await self._run(f"updating replica {replica_id!r}", job)
 
     async def _update_replica(
         self, replica_id: str, sql: str, *values: int | None, end_sessions: bool = False
