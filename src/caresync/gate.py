@@ -312,6 +312,7 @@ class Gatekeeper:
             secret_hash=sha256_hex(secret),
             # Who enrolled which laptop, on the server's trail in the enrolment's commit.
             audit=[AuditEvent(login.user, "enrol", None, replica_id)],
+            audit_as=self.server_id,
         )
         await self.store.bind_session(login.session_hash, replica_id)
         return replica_id, secret, False
@@ -329,6 +330,7 @@ class Gatekeeper:
                 enrolled_by=login.user,
                 secret_hash=sha256_hex(secret),
                 audit=[AuditEvent(login.user, "enrol", None, f"{replica_id} again: a new secret")],
+                audit_as=self.server_id,
             )
         )
 

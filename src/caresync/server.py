@@ -893,7 +893,9 @@ class SyncServer:
         actor = ANONYMOUS if by is None else attempted_name(by)
         # The entry in the revocation's own commit, written only by the call that revoked.
         await self.store.revoke_replica(  # NotFoundError for an unknown one
-            replica_id, audit=[AuditEvent(actor, "revoke", None, replica_id)]
+            replica_id,
+            audit=[AuditEvent(actor, "revoke", None, replica_id)],
+            audit_as=self.server_id,
         )
         await self.recheck_sessions()
 

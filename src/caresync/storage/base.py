@@ -1644,12 +1644,14 @@ class ServerStore(ReplicaStore, Protocol):
         device_name: str | None = None,
         secret_hash: str | None = None,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> ReplicaInfo:
         """Record that a replica enrolled to this server; refuses a known replica id.
 
         ``secret_hash`` is the SHA-256 (hex) of the secret the replica proves
         at every login; the secret itself is never stored here. ``audit`` is appended
-        to this store's own audit chain in the same transaction.
+        to this store's own audit chain (``audit_as``: the chain of that replica id,
+        for a store that holds no identity of its own) in the same transaction.
         """
         ...
 
@@ -1669,6 +1671,7 @@ class ServerStore(ReplicaStore, Protocol):
         enrolled_by: str,
         secret_hash: str,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> bool:
         """Give an enrolled replica that was never used a new secret, in place of one its
         laptop never received (the answer to its enrolment was lost on the way).
@@ -1703,7 +1706,9 @@ class ServerStore(ReplicaStore, Protocol):
         """
         ...
 
-    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
+    async def revoke_replica(
+        self, replica_id: str, *, audit: Sequence[AuditEvent] = (), audit_as: str | None = None
+    ) -> bool:
         """Revoke a replica: it is locked at its next contact, its sessions end.
 
         Its unsynced work is its own (it keeps it). ``audit`` is appended to this

@@ -1340,6 +1340,7 @@ class MemoryStore:
         device_name: str | None = None,
         secret_hash: str | None = None,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> ReplicaInfo:
         """Record a replica's enrolment (and ``audit`` on this store's own chain);
         InvalidInputError for a replica id already known."""
@@ -1348,7 +1349,7 @@ class MemoryStore:
         self._open_or_raise(f"enrolling replica {replica_id!r}")
         if replica_id in self._replicas:
             raise enrolled_already(replica_id)
-        entries = self._plan_own_audit(events, self._now_ms())
+        entries = self._plan_own_audit(events, self._now_ms(), audit_as)
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -1386,6 +1387,7 @@ class MemoryStore:
         enrolled_by: str,
         secret_hash: str,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> bool:
         """A new secret for a replica of that organisation and account, never seen nor
         revoked (its sessions end, ``audit`` is kept); False, changing nothing, for any
@@ -1401,7 +1403,7 @@ class MemoryStore:
             or info.last_seen_ms is not None
         ):
             return False
-        entries = self._plan_own_audit(events, self._now_ms())
+        entries = self._plan_own_audit(events, self._now_ms(), audit_as)
         self._secrets[replica_id] = secret_hash
         self._end_sessions_where(lambda s: s.replica_id == replica_id)
         self._keep_audit(entries)
@@ -1441,7 +1443,9 @@ class MemoryStore:
             info = dataclasses.replace(info, pending=count, oldest_pending_ms=oldest)
         self._replicas[replica_id] = info
 
-    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
+    async def revoke_replica(
+        self, replica_id: str, *, audit: Sequence[AuditEvent] = (), audit_as: str | None = None
+    ) -> bool:
         """Revoke a replica (and keep ``audit``) unless revoked already: revoking twice
         keeps the first time and its entries; returns whether this call revoked it."""
         check_text(replica_id, "replica_id")
@@ -1449,7 +1453,7 @@ class MemoryStore:
         info = self._replica_or_raise(replica_id)
         revoked = info.revoked_ms is None
         if revoked:
-            entries = self._plan_own_audit(events, self._now_ms())
+            entries = self._plan_own_audit(events, self._now_ms(), audit_as)
             self._replicas[replica_id] = dataclasses.replace(info, revoked_ms=self._now_ms())
             self._keep_audit(entries)
         self._end_sessions_where(lambda s: s.replica_id == replica_id)

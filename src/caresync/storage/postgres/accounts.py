@@ -215,6 +215,7 @@ class AccountsPart(PostgresCore):
         device_name: str | None = None,
         secret_hash: str | None = None,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> ReplicaInfo:
         """Record a replica's enrolment (and ``audit`` on this store's own chain, in the
         same transaction); InvalidInputError for a replica id already known."""
@@ -247,7 +248,7 @@ class AccountsPart(PostgresCore):
                 ).rowcount:
                     raise enrolled_already(replica_id)
                 if events:
-                    append_own(raw, self._own_id(raw), events, info.enrolled_ms)
+                    append_own(raw, audit_as or self._own_id(raw), events, info.enrolled_ms)
 
             self._write(raw, body)
 
@@ -304,6 +305,7 @@ class AccountsPart(PostgresCore):
         enrolled_by: str,
         secret_hash: str,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> bool:
         """A new secret for a replica of that organisation and account, never seen nor
         revoked (its sessions end, ``audit`` is appended, in one transaction); False,
@@ -324,7 +326,7 @@ class AccountsPart(PostgresCore):
                 raw.execute("DELETE FROM sessions WHERE replica_id = %s", (replica_id,))
                 bump_accounts_generation(raw)
                 if events:
-                    append_own(raw, self._own_id(raw), events, now)
+                    append_own(raw, audit_as or self._own_id(raw), events, now)
                 return True
 
             return self._write(raw, body)
@@ -373,7 +375,9 @@ class AccountsPart(PostgresCore):
             oldest,
         )
 
-    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
+    async def revoke_replica(
+        self, replica_id: str, *, audit: Sequence[AuditEvent] = (), audit_as: str | None = None
+    ) -> bool:
         """Revoke a replica: it is locked at its next contact, and its sessions end now;
         ``audit`` is appended in the same transaction when this call revoked it.
 
@@ -399,7 +403,7 @@ class AccountsPart(PostgresCore):
                         (now, replica_id),
                     )
                     if events:
-                        append_own(raw, self._own_id(raw), events, now)
+                        append_own(raw, audit_as or self._own_id(raw), events, now)
                 raw.execute("DELETE FROM sessions WHERE replica_id = %s", (replica_id,))
                 bump_accounts_generation(raw)
                 return revoked

@@ -253,6 +253,7 @@ class AccountsPart(SQLiteCore):
         device_name: str | None = None,
         secret_hash: str | None = None,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> ReplicaInfo:
         """Record a replica's enrolment (and ``audit`` on this store's own chain, in the
         same transaction); InvalidInputError for a replica id already known."""
@@ -287,7 +288,7 @@ class AccountsPart(SQLiteCore):
                     ),
                 )
                 if events:
-                    sql_append(raw, self._own_id(raw), events, info.enrolled_ms)
+                    sql_append(raw, audit_as or self._own_id(raw), events, info.enrolled_ms)
 
             self._write(raw, body)
 
@@ -338,6 +339,7 @@ class AccountsPart(SQLiteCore):
         enrolled_by: str,
         secret_hash: str,
         audit: Sequence[AuditEvent] = (),
+        audit_as: str | None = None,
     ) -> bool:
         """A new secret for a replica of that organisation and account, never seen nor
         revoked (its sessions end, ``audit`` is appended, in one transaction); False,
@@ -358,7 +360,7 @@ class AccountsPart(SQLiteCore):
                 raw.execute("DELETE FROM sessions WHERE replica_id = ?", (replica_id,))
                 _bump_accounts_generation(raw)
                 if events:
-                    sql_append(raw, self._own_id(raw), events, now)
+                    sql_append(raw, audit_as or self._own_id(raw), events, now)
                 return True
 
             return self._write(raw, body, accounts=True)
@@ -407,7 +409,9 @@ class AccountsPart(SQLiteCore):
             oldest,
         )
 
-    async def revoke_replica(self, replica_id: str, *, audit: Sequence[AuditEvent] = ()) -> bool:
+    async def revoke_replica(
+        self, replica_id: str, *, audit: Sequence[AuditEvent] = (), audit_as: str | None = None
+    ) -> bool:
         """Revoke a replica: it is locked at its next contact, and its sessions end now;
         ``audit`` is appended in the same transaction when this call revoked it.
 
@@ -432,7 +436,7 @@ class AccountsPart(SQLiteCore):
                         (now, replica_id),
                     )
                     if events:
-                        sql_append(raw, self._own_id(raw), events, now)
+                        sql_append(raw, audit_as or self._own_id(raw), events, now)
                 raw.execute("DELETE FROM sessions WHERE replica_id = ?", (replica_id,))
                 _bump_accounts_generation(raw)
                 return revoked
