@@ -30,16 +30,15 @@ from typing import TYPE_CHECKING
 from caresync.exceptions import InvalidInputError, InvalidUpdateError
 from caresync.records.crdt import EMPTY_UPDATE, diff_update
 from caresync.records.spans import Client, items_by_client
+from caresync.replication.checked import EMPTY_STATE_VECTOR
 from caresync.replication.epochs import pieces_of, writers_of
 from caresync.storage import LaptopStore
+from caresync.storage.base import check_text
 
 if TYPE_CHECKING:  # the server calls in here (SyncServer.recover_entries)
     from caresync.server import SyncServer
 
 __all__ = ["RecoveryReport", "recover_entries"]
-
-_EMPTY_STATE = b"\x00"
-"""The state vector of a record the server does not hold: no client, no clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +87,9 @@ async def recover_entries(
     """
     if not isinstance(batch_records, int) or not 1 <= batch_records <= 10_000:
         raise InvalidInputError(f"batch_records must be from 1 to 10,000, not {batch_records!r}")
+    # Before any record: each admission checks it too, and would report every record
+    # refused for it.
+    check_text(vouched_by, "vouched_by", max_length=256)
     identity = await laptop.get_identity()
     if identity is None or identity.role != "laptop" or not identity.organisation:
         raise InvalidInputError(
@@ -119,7 +121,7 @@ async def recover_entries(
             state = states.get(record_id)
             if state is None:
                 continue
-            vector = held[record_id][0] if record_id in held else _EMPTY_STATE
+            vector = held[record_id][0] if record_id in held else EMPTY_STATE_VECTOR
             pieces = _missing_by_writer(record_id, state, vector)
             if pieces is None:
                 unattributed.append(record_id)

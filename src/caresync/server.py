@@ -135,6 +135,7 @@ from caresync.storage import (
     ServerStore,
     own_identity,
 )
+from caresync.storage.base import check_text
 from caresync.storage.servers import open_server_database, shown_database
 from caresync.throttle import LoginThrottle
 from caresync.transport import (
@@ -831,9 +832,8 @@ class SyncServer:
         replica that could not have written it.
         """
         check_organisation(organisation)
-        for name, value in (("replica_id", replica_id), ("vouched_by", vouched_by)):
-            if not isinstance(value, str) or not value or len(value) > 256:
-                raise InvalidInputError(f"{name} must be a non-empty string, not {value!r:.80}")
+        check_text(replica_id, "replica_id", max_length=256)
+        check_text(vouched_by, "vouched_by", max_length=256)
         items = [PushItem(n, rid, update) for n, (rid, update) in enumerate(updates, 1)]
         if not items:
             return 0

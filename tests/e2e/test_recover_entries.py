@@ -120,6 +120,19 @@ async def test_what_the_server_refuses_keeps_out_only_its_own_record(tmp_path: P
         await server.close()
 
 
+async def test_a_nameless_operator_is_refused_before_any_record(tmp_path: Path) -> None:
+    """Before, an empty ``vouched_by`` was refused by each admission in turn, and the
+    report said every record was refused."""
+    server, colleague, _lost_id, _chart, second, _noted = await _lost_after_the_backup(tmp_path)
+    try:
+        with pytest.raises(InvalidInputError, match="vouched_by"):
+            await server.recover_entries(colleague.store, vouched_by="")
+        assert await server.store.state_vectors([second]) == {}
+    finally:
+        await colleague.close()
+        await server.close()
+
+
 async def test_a_laptop_of_another_server_is_refused(tmp_path: Path) -> None:
     server, colleague, _lost_id, _chart, _second, _noted = await _lost_after_the_backup(tmp_path)
     other = await SyncServer.open(tmp_path / "other.db")

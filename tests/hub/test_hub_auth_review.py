@@ -13,6 +13,7 @@ echoes the token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -26,9 +27,8 @@ from tests.e2e.live_helpers import enrolled, start_server
 from tests.hub.fhirhub import FhirHub
 from tests.hub.test_hub_outbox import Clock, marked_patient, rows
 
-from caresync.cli.serve import _token_reader
 from caresync.exceptions import InvalidInputError
-from caresync.hub.sender import HubSender
+from caresync.hub.sender import HubSender, read_hub_token
 from caresync.hub.status import laptop_summaries
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VydmVy.dG9rZW4-_~+/=="
@@ -53,7 +53,7 @@ def test_a_token_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path)
 
     def read() -> None:
         try:
-            outcome.append(_token_reader(fifo)())
+            outcome.append(read_hub_token(fifo))
         except BaseException as exc:  # noqa: BLE001 - what it raised is the outcome
             outcome.append(exc)
 
@@ -129,7 +129,7 @@ async def test_the_sender_keeps_going_when_the_token_file_breaks_later(tmp_path:
                 server.hub_snapshot,
                 now_ms=clock,
                 random=lambda: 0.5,
-                token=_token_reader(token_file),
+                token=functools.partial(read_hub_token, token_file),
             )
             try:
                 record_id = await marked_patient(laptop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import ssl
 import sys
@@ -163,16 +164,6 @@ class _HubOptions:
     token: Callable[[], str] | None = None
 
 
-def _token_reader(file: Path) -> Callable[[], str]:
-    """Reads the hub token from ``file`` each time (its content, without the line break
-    an editor adds)."""
-
-    def read() -> str:
-        return read_hub_token(file)
-
-    return read
-
-
 def _configure_logging(log_format: str, level: str) -> Callable[[], None]:
     """The server's log on standard error (standard output is for the result).
 
@@ -254,7 +245,11 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     if args.hub is not None:  # before anything is opened: a bad URL or a missing extra
         require_models()
         require_http()
-        token = None if args.hub_token_file is None else _token_reader(Path(args.hub_token_file))
+        token = (
+            None
+            if args.hub_token_file is None
+            else functools.partial(read_hub_token, Path(args.hub_token_file))
+        )
         if token is not None:
             try:
                 token()  # readable and a token now, or refused before anything is opened

@@ -1345,7 +1345,7 @@ class MemoryStore:
         """Record a replica's enrolment (and ``audit`` on this store's own chain);
         InvalidInputError for a replica id already known."""
         check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         self._open_or_raise(f"enrolling replica {replica_id!r}")
         if replica_id in self._replicas:
             raise enrolled_already(replica_id)
@@ -1393,7 +1393,7 @@ class MemoryStore:
         revoked (its sessions end, ``audit`` is kept); False, changing nothing, for any
         other."""
         check_reissue(replica_id, organisation, enrolled_by, secret_hash)
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         self._open_or_raise(f"updating replica {replica_id!r}")
         info = self._replicas.get(replica_id)
         if (
@@ -1449,12 +1449,13 @@ class MemoryStore:
         """Revoke a replica (and keep ``audit``) unless revoked already: revoking twice
         keeps the first time and its entries; returns whether this call revoked it."""
         check_text(replica_id, "replica_id")
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         info = self._replica_or_raise(replica_id)
         revoked = info.revoked_ms is None
         if revoked:
-            entries = self._plan_own_audit(events, self._now_ms(), audit_as)
-            self._replicas[replica_id] = dataclasses.replace(info, revoked_ms=self._now_ms())
+            now = self._now_ms()
+            entries = self._plan_own_audit(events, now, audit_as)
+            self._replicas[replica_id] = dataclasses.replace(info, revoked_ms=now)
             self._keep_audit(entries)
         self._end_sessions_where(lambda s: s.replica_id == replica_id)
         return revoked

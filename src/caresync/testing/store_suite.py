@@ -2459,6 +2459,8 @@ class ServerStoreSuite(ReplicaStoreSuite):
             "r1", organisation="clinic", enrolled_by="dr.b", secret_hash="s3", audit=[again]
         )
         revoked = AuditEvent("os:admin", "revoke", None, "r1")
+        with pytest.raises(InvalidInputError, match="replica_id"):
+            await store.revoke_replica("r1", audit=[revoked], audit_as="")  # no such chain
         assert await store.revoke_replica("r1", audit=[revoked])
         assert not await store.revoke_replica("r1", audit=[revoked])  # once
         trail = await store.audit_entries(replica_id="server-1", after_seq=0, limit=100)

@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 
 from caresync.audit.chain import AuditEvent
 from caresync.storage._arguments import (
+    check_audit_append,
     check_enrolment,
     check_new_user,
     check_password_change,
@@ -20,7 +21,6 @@ from caresync.storage._arguments import (
     secret_refused,
     user_exists,
 )
-from caresync.storage._audit import check_events
 from caresync.storage.base import (
     ReplicaInfo,
     UserAccount,
@@ -220,7 +220,7 @@ class AccountsPart(PostgresCore):
         """Record a replica's enrolment (and ``audit`` on this store's own chain, in the
         same transaction); InvalidInputError for a replica id already known."""
         check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -311,7 +311,7 @@ class AccountsPart(PostgresCore):
         revoked (its sessions end, ``audit`` is appended, in one transaction); False,
         changing nothing, for any other."""
         check_reissue(replica_id, organisation, enrolled_by, secret_hash)
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         now = self._now_ms()
 
         def job(raw: Conn) -> bool:
@@ -385,7 +385,7 @@ class AccountsPart(PostgresCore):
         call revoked it. Two processes revoking at once: the row lock lets one revoke.
         """
         check_text(replica_id, "replica_id")
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         now = self._now_ms()
 
         def job(raw: Conn) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 
 from caresync.audit.chain import AuditEvent
 from caresync.storage._arguments import (
+    check_audit_append,
     check_enrolment,
     check_new_user,
     check_password_change,
@@ -21,7 +22,7 @@ from caresync.storage._arguments import (
     secret_refused,
     user_exists,
 )
-from caresync.storage._audit import check_events, sql_append
+from caresync.storage._audit import sql_append
 from caresync.storage.base import (
     ReplicaInfo,
     UserAccount,
@@ -258,7 +259,7 @@ class AccountsPart(SQLiteCore):
         """Record a replica's enrolment (and ``audit`` on this store's own chain, in the
         same transaction); InvalidInputError for a replica id already known."""
         check_enrolment(replica_id, organisation, enrolled_by, device_name, secret_hash)
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         info = ReplicaInfo(
             replica_id,
             organisation,
@@ -345,7 +346,7 @@ class AccountsPart(SQLiteCore):
         revoked (its sessions end, ``audit`` is appended, in one transaction); False,
         changing nothing, for any other."""
         check_reissue(replica_id, organisation, enrolled_by, secret_hash)
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> bool:
@@ -419,7 +420,7 @@ class AccountsPart(SQLiteCore):
         call revoked it.
         """
         check_text(replica_id, "replica_id")
-        events = check_events(audit)
+        events = check_audit_append(audit, audit_as)
         now = self._now_ms()
 
         def job(raw: sqlite3.Connection) -> bool:
