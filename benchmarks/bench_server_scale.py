@@ -303,9 +303,13 @@ def arrivals_in_process(readers: list[RawLaptop], arrived: Counted) -> Arrivals:
 class ClientProcess:
     """Laptops in a process of their own (``benchmarks/fanout_clients.py``)."""
 
-    def __init__(self, count: int, first: int, urls: list[str]) -> None:
+    def __init__(
+        self, count: int, first: int, urls: list[str], *, decode_at_arrival: bool = False
+    ) -> None:
+        how = ["--decode-at-arrival"] if decode_at_arrival else []
+        command = [sys.executable, "-m", "benchmarks.fanout_clients", *how, str(count)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.fanout_clients", str(count), str(first), *urls],
+            [*command, str(first), *urls],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -442,18 +446,23 @@ def _rates(values: list[float]) -> dict[str, int]:
 
 
 async def many_laptops_case(
-    place: Clinic, laptops: int, edits: int, processes: int
+    place: Clinic, laptops: int, edits: int, processes: int, *, decode_at_arrival: bool = False
 ) -> dict[str, Any]:
     """The fan-out to ``laptops`` laptops spread over ``processes`` processes of their
     own (:class:`ClientProcess`), so that their decoding is not one process's queue;
-    the writer is in this process."""
+    the writer is in this process. Each laptop decodes what it received once all of
+    its process's have it (``fanout_clients``), or, ``decode_at_arrival``, as it
+    arrives, delaying the arrivals at the laptops of its process after it."""
     memory = {"before_laptops_kb": await place.rss_kb()}
     t0 = time.perf_counter()
     writer = (await join_all(place, 1))[0]
     shares = [laptops // processes + (p < laptops % processes) for p in range(processes)]
     firsts = [1 + sum(shares[:p]) for p in range(processes)]
     urls = [p.url for p in place.processes]
-    clients = [ClientProcess(n, first, urls) for n, first in zip(shares, firsts, strict=True)]
+    clients = [
+        ClientProcess(n, first, urls, decode_at_arrival=decode_at_arrival)
+        for n, first in zip(shares, firsts, strict=True)
+    ]
     try:
         for client in clients:
             await client.answer()  # ready: joined and subscribed
@@ -483,6 +492,7 @@ async def many_laptops_case(
         "case": f"fan-out of an edit to {laptops} connected laptops",
         "clinic": place.name,
         "laptop_processes": processes,
+        "laptops_decode": "as each frame arrives" if decode_at_arrival else "once all have it",
         "laptops_joined_in_s": round(joined_s, 1),
         **figures,
         "server_rss_kb": {**memory, "after_each_round_kb": after_rounds},
@@ -511,6 +521,14 @@ async def run(tiny: bool) -> list[dict[str, Any]]:
                 cases.append(await latency_case(place, laptops, edits))
             async with clinic(name, work, postgres, rounds) as place:
                 cases.append(await many_laptops_case(place, many, many_edits, processes))
+            if name == "sqlite":
+                # The way of session 26 and before, for comparison in the same run.
+                async with clinic(name, work, postgres, rounds) as place:
+                    cases.append(
+                        await many_laptops_case(
+                            place, many, many_edits, processes, decode_at_arrival=True
+                        )
+                    )
             async with clinic(name, work, postgres, rounds) as place:
                 cases.append(await throughput_case(place, laptops, rate, seconds))
         return cases

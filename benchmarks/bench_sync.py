@@ -417,6 +417,11 @@ class RawLaptop:
     reader: asyncio.Task[None] | None = None
     on_live: Counted | None = None
     replica_id: str = ""
+    undecoded: list[bytes] = field(default_factory=list)
+    """Frames timed and kept as they came (:meth:`keep`), to be decoded by
+    :meth:`decode_kept` (see ``fanout_clients``)."""
+    live_seqs: list[int] = field(default_factory=list)
+    """The seq of each live update :meth:`decode_kept` decoded, in order."""
 
     @classmethod
     async def join(cls, url: str) -> RawLaptop:
@@ -445,6 +450,26 @@ class RawLaptop:
     async def flush(self) -> None:
         for frame in self.protocol.data_to_send():
             await self.channel.send(frame)
+
+    def keep(self, frame: bytes) -> None:
+        """Time ``frame``, a live update's, as received now, and keep it undecoded
+        until :meth:`decode_kept` (the reader is then not :meth:`_read`)."""
+        self.received.append(time.perf_counter())
+        self.undecoded.append(frame)
+        if self.on_live is not None:
+            self.on_live(None)
+
+    def decode_kept(self) -> None:
+        """Decode the frames kept since the last call, every check of the protocol
+        made; each must be one live update (else RuntimeError: the figures would count
+        something else), its seq appended to :attr:`live_seqs`."""
+        frames, self.undecoded = self.undecoded, []
+        for frame in frames:
+            self.protocol.receive_data(frame)
+            events = self.protocol.events_received()
+            if len(events) != 1 or not isinstance(events[0], LiveUpdate):
+                raise RuntimeError(f"a laptop expected one live update, got {events!r}")
+            self.live_seqs.append(events[0].seq)
 
     async def _read(self) -> None:
         while True:
