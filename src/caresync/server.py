@@ -837,6 +837,16 @@ class SyncServer:
         items = [PushItem(n, rid, update) for n, (rid, update) in enumerate(updates, 1)]
         if not items:
             return 0
+        for item in items:
+            # As a push's (see _on_push): an entry no laptop's default frame can carry
+            # would stop every laptop's pull at it.
+            if not _fits_alone(item.record_id, item.update, DEFAULT_MAX_FRAME_BYTES):
+                raise RefusedUpdateError(
+                    f"record {item.record_id}: an update of {len(item.update)} bytes is "
+                    f"more than one frame of {DEFAULT_MAX_FRAME_BYTES} bytes to a laptop "
+                    "can carry; nothing was taken",
+                    record_id=item.record_id,
+                )
         revoked_ms = await self._vouchable(replica_id, organisation)
         pusher = _Pusher(replica_id, organisation, None, vouched_by, revoked_ms)
         async with self._commit_lock, self.store.exclusive_commits():

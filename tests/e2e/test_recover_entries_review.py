@@ -23,7 +23,10 @@ from tests.cli.clitools import Result, run_main
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 from tests.postgres import fresh_schema
 
+from caresync.exceptions import RefusedUpdateError
+from caresync.protocol.messages import DEFAULT_MAX_FRAME_BYTES
 from caresync.records import Record
+from caresync.records.admission import AdmissionLimits
 from caresync.records.clock import HybridLogicalClock
 from caresync.replica import Replica
 from caresync.server import SyncServer
@@ -255,3 +258,52 @@ async def test_caresync_recover_exits_1_when_something_was_left_out(tmp_path: Pa
         assert set(await opened.store.state_vectors([refused, taken])) == {taken}
     finally:
         await opened.close()
+
+
+def _just_over_a_frame(replica: str) -> Record:
+    """A chart whose one update is under admission's 16 MiB yet too large for a pull
+    batch of one entry in a laptop's default frame (its overhead does not fit)."""
+
+    def build(last: int) -> Record:
+        record = Record.create(replica=replica)
+        for n in range(65):
+            record.set(f"note{n}", "x" * (250 * 1024), author="dr.a")
+        record.set("note65", "x" * last, author="dr.a")
+        return record
+
+    probe = len(build(10_000).update_since())
+    record = build(10_000 + DEFAULT_MAX_FRAME_BYTES - 8 - probe)
+    size = len(record.update_since())
+    assert DEFAULT_MAX_FRAME_BYTES - 64 < size <= AdmissionLimits().max_update_bytes
+    return record
+
+
+async def test_an_entry_no_laptop_frame_carries_is_refused_and_nothing_stored(
+    clinic: Clinic,
+) -> None:
+    # Admitted, it would stop every laptop's pull at it (too_large), as a push's would.
+    record = _just_over_a_frame(clinic.lost_id)
+    with pytest.raises(RefusedUpdateError, match="more than one frame"):
+        await clinic.server.admit_vouched(
+            clinic.lost_id,
+            [(record.record_id, record.update_since())],
+            organisation="clinic-a",
+            vouched_by="os:a",
+        )
+    assert await clinic.server.store.state_vectors([record.record_id]) == {}
+    assert await _imports(clinic.server) == []
+
+
+async def test_recover_takes_a_record_larger_than_a_frame_in_pieces(clinic: Clinic) -> None:
+    # What admit_vouched refuses whole, recover_entries splits by writer into pieces
+    # that each fit: the record comes back entire, and every laptop can pull it.
+    big = _just_over_a_frame(clinic.lost_id)
+    await clinic.colleague.store.write_local(
+        big.record_id, big.update_since(), conflicts=None, organisation="clinic-a"
+    )
+    report = await clinic.server.recover_entries(clinic.colleague.store, vouched_by="os:a")
+    assert (report.refused, report.unattributed, report.records_changed) == ((), (), 1)
+    assert report.admitted[clinic.lost_id] > 1  # in pieces
+    held = await clinic.server.store.state_vectors([big.record_id])
+    assert held[big.record_id][0] == big.state_vector()
+    assert await _imports(clinic.server) == [big.record_id]
