@@ -111,6 +111,28 @@ async def read_frames_here(laptop: RawLaptop) -> FrameTimer:
     return timer
 
 
+def checked_arrivals(
+    laptops: list[RawLaptop], timers: list[FrameTimer], n: int, *, decode: bool
+) -> list[float]:
+    """Once every laptop has ``n`` arrivals: the time each had its ``n``-th; ``decode``,
+    after every laptop decoded what it kept, each frame the live update of an edit."""
+    arrivals = [x.received[n - 1] for x in laptops]
+    problems = {t.problem for t in timers if t.problem is not None}
+    if problems:
+        raise RuntimeError(f"a laptop's connection: {sorted(problems)}")
+    if decode:
+        for laptop in laptops:
+            laptop.decode_kept()
+            seqs = laptop.live_seqs
+            if len(seqs) != n or (n > 1 and seqs[-2] >= seqs[-1]):
+                raise RuntimeError(f"a laptop holds {len(seqs)} live updates, not {n}")
+            # Each stamp a kept frame's: one stamped otherwise (by websockets' reader,
+            # before FrameTimer took over) would make the n-th stamp an earlier edit's.
+            if len(laptop.received) != n:
+                raise RuntimeError(f"a laptop has {len(laptop.received)} stamps for {n} frames")
+    return arrivals
+
+
 async def serve(count: int, first: int, urls: list[str], *, decode_at_arrival: bool) -> None:
     laptops: list[RawLaptop] = []
     for start in range(0, count, JOIN_AT_ONCE):
@@ -145,16 +167,7 @@ async def serve(count: int, first: int, urls: list[str], *, decode_at_arrival: b
                         and all(len(x.received) >= n for x in laptops)
                     )
                 )
-                arrivals = [x.received[n - 1] for x in laptops]
-                problems = {t.problem for t in timers if t.problem is not None}
-                if problems:
-                    raise RuntimeError(f"a laptop's connection: {sorted(problems)}")
-                if not decode_at_arrival:
-                    for laptop in laptops:
-                        laptop.decode_kept()
-                        seqs = laptop.live_seqs
-                        if len(seqs) != n or (n > 1 and seqs[-2] >= seqs[-1]):
-                            raise RuntimeError(f"a laptop holds {len(seqs)} live updates, not {n}")
+                arrivals = checked_arrivals(laptops, timers, n, decode=not decode_at_arrival)
                 print(json.dumps({"arrivals": arrivals}), flush=True)
     finally:
         for laptop in laptops[: len(timers)]:

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from benchmarks.fanout_clients import FrameTimer
+from benchmarks.fanout_clients import FrameTimer, checked_arrivals
 from websockets.frames import Frame, Opcode
 
 
@@ -93,3 +93,47 @@ def test_connection_events_reach_websockets() -> None:
     timer.eof_received()
     timer.connection_lost(None)
     assert seen == ["eof", ("lost", None)]
+
+
+class _Decoding:
+    """A laptop as ``checked_arrivals`` sees it: its stamps, its kept frames' seqs."""
+
+    def __init__(self, stamps: list[float], kept_seqs: list[int]) -> None:
+        self.received = stamps
+        self.live_seqs: list[int] = []
+        self._kept = kept_seqs
+
+    def decode_kept(self) -> None:
+        self.live_seqs += self._kept
+        self._kept = []
+
+
+def test_the_arrivals_are_those_of_the_decoded_frames() -> None:
+    laptop = _Decoding([1.0, 2.0], [7, 8])
+    assert checked_arrivals([laptop], [], 2, decode=True) == [2.0]  # type: ignore[list-item]
+
+
+def test_a_stamp_without_a_kept_frame_fails_the_wait() -> None:
+    """A live update read before ``FrameTimer`` took over (by websockets' reader, which
+    stamps as it decodes) is stamped but never kept: the ``n``-th stamp is then the
+    edit before's, earlier than edit ``n``'s arrival, though ``n`` frames were decoded."""
+    laptop = _Decoding([0.5, 1.0, 2.0], [7, 8])
+    with pytest.raises(RuntimeError, match="stamp"):
+        checked_arrivals([laptop], [], 2, decode=True)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("size", [5, 126, 300, 65_536, 70_000])
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_a_message_is_kept_only_when_its_last_byte_is_in(size: int, cut: int) -> None:
+    """The stamp is the moment of ``keep``: never before the whole frame is read, however
+    the header (2, 4 or 10 bytes, the length itself split) and the payload are cut."""
+    frame = _server_frame(Opcode.BINARY, bytes(size))
+    stream = _server_frame(Opcode.PING, b"p") + frame
+    start, cut = len(stream) - len(frame), min(cut, len(frame) - 1)
+    timer, laptop, _websocket = _timer()
+    for piece in (stream[: start + cut], stream[start + cut : -1]):
+        timer.data_received(piece)
+        assert laptop.kept == []
+    timer.data_received(stream[-1:])
+    assert laptop.kept == [bytes(size)]
+    assert timer.problem is None
