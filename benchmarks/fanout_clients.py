@@ -40,6 +40,7 @@ import sys
 import time
 
 from benchmarks.bench_sync import Counted, RawLaptop
+from caresync.protocol import PullBatch
 
 JOIN_AT_ONCE = 20  # logins in flight at once per process
 MAX_COMMANDS = 1_000_000  # commands answered at most (each wait bounded by LIMIT_S)
@@ -145,8 +146,17 @@ async def serve(count: int, first: int, urls: list[str], *, decode_at_arrival: b
     for laptop in laptops:
         laptop.on_live = arrived
         laptop.protocol.subscribe(0)
+        # The server serves a connection's messages in order: the pull's answer says
+        # its Subscribe was served (its backlog read), so "ready" means subscribed on
+        # the server's side too, and the first edit does not wait behind the last
+        # laptops' subscriptions.
+        laptop.protocol.request_pull(0)
         await laptop.flush()
-        if not decode_at_arrival:
+    answers = await asyncio.gather(*(laptop.expect(PullBatch) for laptop in laptops))
+    if any(answer.items for answer in answers):
+        raise RuntimeError("a laptop pulled entries from a feed that should be empty")
+    if not decode_at_arrival:
+        for laptop in laptops:
             timers.append(await read_frames_here(laptop))
     print(json.dumps({"ready": count}), flush=True)
     loop = asyncio.get_running_loop()
