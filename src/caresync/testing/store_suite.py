@@ -2410,7 +2410,7 @@ class ServerStoreSuite(ReplicaStoreSuite):
             await store.login_failed([(key, 1)], -1, policy)
         for keys, now, forget in (([""], 0, 1), ([key], -5, 1), ([key], 0, 0), (key, 0, 1)):
             with pytest.raises(InvalidInputError):
-                await store.login_wait_ms(keys, now, forget)  # type: ignore[arg-type]
+                await store.login_wait_ms(keys, now, forget)
         with pytest.raises(InvalidInputError):
             await store.login_succeeded("")
         assert await store.login_wait_ms([key], 1_000, 60_000) == 0  # nothing counted

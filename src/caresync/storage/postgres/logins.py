@@ -63,15 +63,18 @@ ON CONFLICT (key) DO UPDATE SET
 """
 
 _PRUNE = """
+WITH idle AS (
+    SELECT key FROM login_failures WHERE last_ms <= %(cutoff)s
+    ORDER BY last_ms LIMIT %(rows)s
+), past_cap AS (
+    SELECT key FROM login_failures ORDER BY last_ms DESC
+    OFFSET %(max_tracked)s LIMIT %(rows)s
+)
 DELETE FROM login_failures WHERE key IN (
-    SELECT key FROM login_failures
-    WHERE (last_ms <= %(cutoff)s AND key IN (
-            SELECT key FROM login_failures WHERE last_ms <= %(cutoff)s
-            ORDER BY last_ms LIMIT %(rows)s))
-        OR key IN (
-            SELECT key FROM login_failures ORDER BY last_ms DESC
-            OFFSET %(max_tracked)s LIMIT %(rows)s)
-    FOR UPDATE SKIP LOCKED)
+    SELECT f.key FROM login_failures AS f
+    WHERE f.key IN (SELECT key FROM idle UNION ALL SELECT key FROM past_cap)
+        AND (f.last_ms <= %(cutoff)s OR f.key IN (SELECT key FROM past_cap))
+    FOR UPDATE OF f SKIP LOCKED)
 """
 
 
