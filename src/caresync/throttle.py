@@ -213,6 +213,10 @@ class LoginThrottle:
 
     ``account_free`` and ``address_free`` failures are allowed before the first
     lock (an address fails more: a clinic's laptops may share one).
+
+    Given to a server (``SyncServer(throttle=...)``), only its settings are used
+    (:attr:`policy`, :meth:`free`): the server counts the failures in its store.
+    Its own methods keep failures in this object's memory, in monotonic seconds.
     """
 
     account_free: int = 5
