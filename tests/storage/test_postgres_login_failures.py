@@ -1,8 +1,8 @@
 """Failed logins in PostgreSQL (``login_failures``): what the conformance suite cannot
 see from one connection. Two connections failing on one key at the same instant both
 count; idle rows go at a failure, a bounded number at a time; a spray of unique names
-keeps at most ``max_tracked`` rows; the table comes with schema version 6. Needs
-PostgreSQL (tests/postgres.py)."""
+keeps at most ``max_tracked`` rows; the table comes with schema version 6; a throttle
+read that meets a lost connection fails the login. Needs PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,16 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from argon2 import PasswordHasher
 from tests.postgres import fresh_schema
 
+from caresync.exceptions import StorageError
+from caresync.gate import Gatekeeper, Refused
+from caresync.protocol import ErrorCode
+from caresync.storage import UserAccount
 from caresync.storage.postgres import PostgresStore
 from caresync.storage.postgres.logins import PRUNE_ROWS
-from caresync.throttle import ThrottlePolicy, key_text
+from caresync.throttle import LoginThrottle, ThrottlePolicy, key_text
 
 LIMIT_S = 30.0
 """Upper bound for one wait; a passing test never comes near it."""
@@ -164,3 +169,47 @@ async def _until_waiting_on_a_row(url: str, count: int) -> None:
             if row is not None and row[0] >= count:
                 return
     raise AssertionError(f"{count} statements never waited on the row")
+
+
+async def test_a_throttle_read_that_meets_a_lost_connection_fails_the_login(
+    schema_url: str,
+) -> None:
+    """The database connection breaks (here: its backend terminated) before a login: the
+    throttle's read is the first to meet it, and the login fails (StorageError, as any
+    login without its database does), the account never read nor its password checked;
+    the next login reconnects and is throttled as before."""
+    hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    async with PostgresStore.open(schema_url) as store:
+        await store.add_user("clinic-a", "dr.a", hasher.hash("right"))
+        gate = Gatekeeper(
+            store,
+            server_id="server-1",
+            hasher=hasher,
+            session_ttl_s=3600,
+            now_ms=lambda: 0,
+            throttle=LoginThrottle(account_free=1, first_lock_s=60),
+        )
+        for _ in range(2):  # locked now
+            refused = await gate.check_password("clinic-a", "dr.a", "wrong", "10.0.0.7")
+            assert isinstance(refused, Refused)
+        async with await psycopg.AsyncConnection.connect(schema_url, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND query LIKE '%%login_failures%%'"  # the store's: its last statement
+            )
+        reads: list[str] = []
+        real_get_user = store.get_user
+
+        async def get_user(organisation: str, username: str) -> UserAccount | None:
+            reads.append(username)
+            return await real_get_user(organisation, username)
+
+        store.get_user = get_user  # type: ignore[method-assign]
+        with pytest.raises(StorageError, match="connection"):
+            await gate.check_password("clinic-a", "dr.a", "right", "10.0.0.7")
+        assert reads == []
+        refused = await gate.check_password("clinic-a", "dr.a", "right", "10.0.0.7")
+        assert isinstance(refused, Refused)
+        assert refused.code == ErrorCode.THROTTLED
+        assert reads == []
