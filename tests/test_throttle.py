@@ -55,6 +55,9 @@ def test_keys_are_one_only_if_their_parts_are_and_long_ones_are_hashed() -> None
     assert long.startswith("sha256:")
     assert len(long) <= MAX_KEY_LENGTH
     assert long != key_text(("account", "o" * 256, "u" * 255 + "v"))
+    odd = key_text(("account", "clinic", "dr.\udc80"))  # not UTF-8: hashed, storable
+    assert odd.startswith("sha256:")
+    assert odd != key_text(("account", "clinic", "dr.\udc81"))
 
 
 def test_the_in_memory_table_forgets_idle_keys_and_keeps_at_most_max_tracked() -> None:

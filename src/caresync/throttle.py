@@ -39,6 +39,8 @@ __all__ = [
     "ThrottleKey",
     "ThrottlePolicy",
     "check_failures",
+    "check_key",
+    "check_wait",
     "key_text",
     "lock_ms",
 ]
@@ -54,10 +56,14 @@ MAX_KEY_LENGTH = 512
 def key_text(key: ThrottleKey) -> str:
     """A key as a store keeps it: its parts as a JSON array (one string per key, and
     two keys are one only if their parts are), or, for one longer than
-    :data:`MAX_KEY_LENGTH`, ``sha256:`` and that array's hash."""
+    :data:`MAX_KEY_LENGTH` (or not UTF-8: a lone surrogate), ``sha256:`` and that
+    array's hash."""
     text = json.dumps(list(key), ensure_ascii=False, separators=(",", ":"))
-    if len(text) <= MAX_KEY_LENGTH:
-        return text
+    try:
+        if len(text) <= MAX_KEY_LENGTH and text.encode("utf-8"):
+            return text
+    except UnicodeEncodeError:  # a lone surrogate: no database takes it as text
+        pass
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -87,11 +93,13 @@ def lock_ms(over: int, policy: ThrottlePolicy) -> int:
     return min(policy.max_lock_ms, policy.first_lock_ms << min(max(over - 1, 0), 60))
 
 
-def check_failures(keys: Sequence[tuple[str, int]], now_ms: int) -> None:
+def check_failures(keys: Sequence[tuple[str, int]], now_ms: int, policy: object) -> None:
     """Refuse a bad argument of ``login_failed``: ``(key, free)`` pairs, each key a
     non-empty string of at most :data:`MAX_KEY_LENGTH` characters, once, ``free`` a
-    positive int; ``now_ms`` an int >= 0 (InvalidInputError)."""
+    positive int; ``now_ms`` an int >= 0; a :class:`ThrottlePolicy` (InvalidInputError)."""
     _check_now(now_ms)
+    if not isinstance(policy, ThrottlePolicy):
+        raise InvalidInputError(f"policy must be a ThrottlePolicy, not {type(policy).__name__}")
     if isinstance(keys, str | bytes):
         raise InvalidInputError("keys must be a sequence of (key, free) pairs")
     seen: set[str] = set()
@@ -168,7 +176,7 @@ class FailureTable:
 
     def failed(self, keys: Sequence[tuple[str, int]], now_ms: int, policy: ThrottlePolicy) -> None:
         """Count a failure against each ``(key, free)``."""
-        check_failures(keys, now_ms)
+        check_failures(keys, now_ms, policy)
         for key, free in keys:
             row = self._rows.pop(key, None)
             if row is None or now_ms - row.last_ms >= policy.forget_after_ms:

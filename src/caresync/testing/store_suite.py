@@ -2408,6 +2408,8 @@ class ServerStoreSuite(ReplicaStoreSuite):
                 await store.login_failed(bad, 1_000, policy)
         with pytest.raises(InvalidInputError):
             await store.login_failed([(key, 1)], -1, policy)
+        with pytest.raises(InvalidInputError):
+            await store.login_failed([(key, 1)], 1_000, cast(Any, {"first_lock_ms": 1}))
         for keys, now, forget in (([""], 0, 1), ([key], -5, 1), ([key], 0, 0), (key, 0, 1)):
             with pytest.raises(InvalidInputError):
                 await store.login_wait_ms(keys, now, forget)

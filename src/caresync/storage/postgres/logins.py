@@ -104,9 +104,7 @@ class LoginFailuresPart(PostgresCore):
     ) -> None:
         """Count a failed login against each ``(key, free)``: one atomic statement,
         then a bounded prune (see the module docstring)."""
-        check_failures(keys, now_ms)
-        if not isinstance(policy, ThrottlePolicy):
-            raise TypeError(f"policy must be a ThrottlePolicy, not {type(policy).__name__}")
+        check_failures(keys, now_ms, policy)
         if not keys:
             return
         counted = {
