@@ -1,7 +1,8 @@
 """Failed logins in PostgreSQL (``login_failures``): what the conformance suite cannot
 see from one connection. Two connections failing on one key at the same instant both
 count; idle rows go at a failure, a bounded number at a time; a spray of unique names
-keeps at most ``max_tracked`` rows; the table comes with schema version 6; a throttle
+keeps at most ``max_tracked`` rows; the table comes with schema version 6 (a version 5
+database gains it when opened); a throttle
 read that meets a lost connection fails the login. Needs PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from caresync.protocol import ErrorCode
 from caresync.storage import UserAccount
 from caresync.storage.postgres import PostgresStore
 from caresync.storage.postgres.logins import PRUNE_ROWS
+from caresync.storage.postgres.schema import FORMAT_VALUE, SCHEMA_STEPS
 from caresync.throttle import LoginThrottle, ThrottlePolicy, key_text
 
 LIMIT_S = 30.0
@@ -153,6 +155,33 @@ async def test_the_table_comes_with_schema_version_6(schema_url: str) -> None:
             "login_failures_by_last",
             "login_failures_pkey",
         ]
+
+
+async def test_a_version_5_database_gains_the_table_and_keeps_its_accounts(
+    schema_url: str,
+) -> None:
+    """A server database of the release before (schema version 5) is migrated when a
+    process opens it: the table is added empty, the accounts stay, and failures count."""
+    with psycopg.connect(schema_url, autocommit=True) as conn, conn.transaction():
+        for step in range(1, 6):
+            for statement in SCHEMA_STEPS[step]:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO caresync_schema (singleton, format, version) VALUES (1, %s, 5)",
+            (FORMAT_VALUE,),
+        )
+        conn.execute(
+            "INSERT INTO users (organisation, username, password_hash, created_ms)"
+            " VALUES ('clinic-a', 'dr.a', 'hash', 1)"
+        )
+    async with PostgresStore.open(schema_url) as store:
+        assert store.migrated_from == 5
+        assert await _rows(schema_url) == 0
+        user = await store.get_user("clinic-a", "dr.a")
+        assert user is not None
+        for _ in range(2):
+            await store.login_failed([(KEY, 1)], 1_000, POLICY)
+        assert await store.login_wait_ms([KEY], 1_000, POLICY.forget_after_ms) == 1_000
 
 
 async def _until_waiting_on_a_row(url: str, count: int) -> None:
