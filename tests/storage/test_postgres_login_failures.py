@@ -2,8 +2,8 @@
 see from one connection. Two connections failing on one key at the same instant both
 count; idle rows go at a failure, a bounded number at a time; a spray of unique names
 keeps at most ``max_tracked`` rows; the table comes with schema version 6 (a version 5
-database gains it when opened); a throttle
-read that meets a lost connection fails the login. Needs PostgreSQL (tests/postgres.py)."""
+database gains it when opened); a throttle read that meets a lost connection fails the
+login. Needs PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
 
