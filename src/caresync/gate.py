@@ -14,7 +14,10 @@ A connection is trusted in steps, and nothing moves before its step:
    account *and* one replica: a colleague's password cannot act as another
    laptop, and a token taken from a laptop is useless without that laptop's
    secret. Failed passwords are slowed per account and per address
-   (:mod:`caresync.throttle`); an unknown user costs as long as a wrong password.
+   (:mod:`caresync.throttle`), counted in the store (``login_failed``): on a
+   PostgreSQL database, in a table every server process shares, so spreading
+   guesses over processes gains nothing. An unknown user costs as long as a wrong
+   password. A store that cannot be read fails the login (never lets it through).
    Sessions expire for good at an absolute time; resuming never extends one.
 4. **Enrol** needs a password login on the same connection (never a resumed
    session), and gives the new replica its secret, returned once.
@@ -59,7 +62,7 @@ from caresync.protocol import (
 from caresync.records import Revision
 from caresync.replication import meta
 from caresync.storage import ServerStore, SessionRow, UserAccount
-from caresync.throttle import LoginThrottle, ThrottleKey
+from caresync.throttle import LoginThrottle, ThrottleKey, key_text
 
 __all__ = ["PUSHED_KEY_PREFIX", "SERVER_KEY_META", "Gatekeeper", "Login", "Refused"]
 
@@ -115,6 +118,11 @@ class Gatekeeper:
         self.session_ttl_s = session_ttl_s
         self.now_ms = now_ms
         self.throttle = throttle
+        """The throttle's policy (its settings); the failures themselves are counted in
+        the store, shared by every process of a shared one. None: no throttle."""
+        self.throttle_now_ms: Callable[[], int] = _wall_ms
+        """The wall clock the throttle's times are read from (processes of one database
+        share no other)."""
         self._key = server_key
         self._dummy_hash: str | None = None
 
@@ -169,7 +177,7 @@ class Gatekeeper:
         if replica_id is not None:
             proof = await self._check_replica(replica_id, login.replica_secret, login.username)
             if isinstance(proof, Refused):
-                self._failed(keys[1:])  # the address guessed; the account was right
+                await self._failed(keys[1:])  # the address guessed; the account was right
                 return proof
             new_secret = proof
         return await self._open_session(login.username, login.organisation, replica_id, new_secret)
@@ -192,7 +200,7 @@ class Gatekeeper:
         admin page) counts as a failed login: trying it again and again must cost what
         any wrong guess costs, not a password check and an audit entry each time."""
         keys = LoginThrottle.keys(organisation, username, address)
-        wait = self._wait(keys)
+        wait = await self._wait(keys)
         if wait > 0:
             return Refused(
                 ErrorCode.THROTTLED,
@@ -205,32 +213,31 @@ class Gatekeeper:
         stored = account.password_hash if account is not None else await self._dummy()
         right = await asyncio.to_thread(_verify, self.hasher, stored, password)
         if not right or account is None:
-            self._failed(keys)
+            await self._failed(keys)
             return Refused(
                 ErrorCode.BAD_CREDENTIALS,
                 f"unknown user or wrong password for {username} in {organisation}",
             )
         if account.disabled:
-            self._failed(keys)
+            await self._failed(keys)
             return Refused(
                 ErrorCode.BAD_CREDENTIALS,
                 f"the account {username} in {organisation} is disabled; ask an administrator",
             )
         if needs_admin and not account.admin:
-            self._failed(keys)
+            await self._failed(keys)
             return Refused(ErrorCode.FORBIDDEN, f"{username} is not an administrator")
-        if self.throttle is not None:
-            self.throttle.succeeded(organisation, username)
+        await self._succeeded(organisation, username)
         return account
 
-    def malformed_login(self, address: str | None, reason: str) -> Refused:
+    async def malformed_login(self, address: str | None, reason: str) -> Refused:
         """A login whose credentials could not even be read (the admin page's Basic
         header): counted against the address, as a wrong password is, so that a
         flood of them is throttled too (``throttled`` once the address is locked)."""
         keys: list[ThrottleKey] = [("address", address)] if address else []
-        if self._wait(keys) > 0:
+        if await self._wait(keys) > 0:
             return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
-        self._failed(keys)
+        await self._failed(keys)
         return Refused(ErrorCode.BAD_CREDENTIALS, reason)
 
     async def resume(
@@ -241,11 +248,11 @@ class Gatekeeper:
             ErrorCode.SESSION_EXPIRED, "the session ended or expired: log in with your password"
         )
         keys: list[ThrottleKey] = [("address", address)] if address else []
-        if self._wait(keys) > 0:
+        if await self._wait(keys) > 0:
             return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
         replica_id = hello.replica_id if hello is not None else None
         if replica_id is None:
-            self._failed(keys)
+            await self._failed(keys)
             return expired
         # One trip to the store for all a resumed login reads (a login waits on each).
         mark = PUSHED_KEY_PREFIX + replica_id
@@ -255,10 +262,10 @@ class Gatekeeper:
         session = reads.session
         now = self.now_ms()
         if session is None or session.expires_ms <= now or session.replica_id != replica_id:
-            self._failed(keys)
+            await self._failed(keys)
             return expired
         if not secret_matches(login.replica_secret, reads.secret_hash):
-            self._failed(keys)
+            await self._failed(keys)
             return Refused(
                 ErrorCode.BAD_CREDENTIALS,
                 f"replica {replica_id} did not prove its secret; log in with your password",
@@ -418,14 +425,46 @@ class Gatekeeper:
         pushed = await self.pushed_up_to(replica_id) if replica_id is not None else None
         return Login(user, organisation, token, token_hash, expires, True, pushed, new_secret)
 
-    def _wait(self, keys: Sequence[ThrottleKey]) -> float:
-        if self.throttle is None or not keys:
-            return 0.0
-        return self.throttle.retry_after(keys, time.monotonic())
+    # The throttle: its policy is ``self.throttle``; its state is the store's. A store
+    # without the login methods (a third party's, written before them) keeps the
+    # throttle's own memory, per process, as every store did before.
 
-    def _failed(self, keys: Sequence[ThrottleKey]) -> None:
-        if self.throttle is not None and keys:
-            self.throttle.failed(keys, time.monotonic())
+    async def _wait(self, keys: Sequence[ThrottleKey]) -> float:
+        """Seconds until a login counted against ``keys`` may be tried; a store that
+        cannot be read raises (the login fails: it never goes through unthrottled)."""
+        throttle = self.throttle
+        if throttle is None or not keys:
+            return 0.0
+        if not _counts_logins(self.store):
+            return throttle.retry_after(keys, time.monotonic())
+        wait_ms = await self.store.login_wait_ms(
+            [key_text(key) for key in keys],
+            self.throttle_now_ms(),
+            throttle.policy.forget_after_ms,
+        )
+        return wait_ms / 1000
+
+    async def _failed(self, keys: Sequence[ThrottleKey]) -> None:
+        throttle = self.throttle
+        if throttle is None or not keys:
+            return
+        if not _counts_logins(self.store):
+            throttle.failed(keys, time.monotonic())
+            return
+        await self.store.login_failed(
+            [(key_text(key), throttle.free(key)) for key in keys],
+            self.throttle_now_ms(),
+            throttle.policy,
+        )
+
+    async def _succeeded(self, organisation: str, username: str) -> None:
+        throttle = self.throttle
+        if throttle is None:
+            return
+        if not _counts_logins(self.store):
+            throttle.succeeded(organisation, username)
+            return
+        await self.store.login_succeeded(key_text(("account", organisation, username)))
 
     async def _dummy(self) -> str:
         if self._dummy_hash is None:
@@ -442,6 +481,15 @@ async def ensure_server_key(store: ServerStore) -> ServerKey:
     # keep the key stored first (laptops pin one key per server).
     made = ServerKey.generate().to_text()
     return ServerKey.from_text(await store.set_meta_if_absent(SERVER_KEY_META, made))
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _counts_logins(store: ServerStore) -> bool:
+    """Whether the store counts failed logins (every caresync store does)."""
+    return callable(getattr(store, "login_failed", None))
 
 
 def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:

@@ -486,7 +486,9 @@ class SyncServer:
 
         ``server_key`` signs the server's proofs (default: the key kept in the
         store, made on first use). ``throttle`` slows password guessing (default:
-        a :class:`~caresync.throttle.LoginThrottle`; None turns it off).
+        a :class:`~caresync.throttle.LoginThrottle`; None turns it off): its settings
+        are the policy, and the failures are counted in the store, which on PostgreSQL
+        every server process on the database shares.
         ``admission`` bounds what a pushed update may hold and how far ahead of
         this server's clock a revision may be dated. ``live_queue_entries`` and
         ``live_queue_bytes`` bound what waits to be sent to one live laptop; one

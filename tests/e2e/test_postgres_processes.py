@@ -3,13 +3,16 @@ behind a load balancer: real subprocesses, real websockets on 127.0.0.1, laptops
 SQLite files. Two processes starting together on an empty database become one
 server; a laptop enrolled through one syncs through the other; one is killed with
 SIGKILL while laptops push, and every acknowledged edit is kept, the laptops carry
-on through the other, and no update is lost or doubled. Needs PostgreSQL
-(tests/postgres.py)."""
+on through the other, and no update is lost or doubled; a guesser alternating between
+two processes gets no more free failures, nor shorter locks, than against one. Needs
+PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,14 +20,17 @@ import psycopg
 import pytest
 from tests.admin.admin_helpers import basic, http_get
 from tests.cli.clitools import ServerProcess
+from tests.e2e.hostile import Hostile
 from tests.e2e.live_helpers import PASSWORD, Signal, live, until, watch
 from tests.postgres import fresh_schema
 
-from caresync.exceptions import CaresyncError
+from caresync.exceptions import AuthenticationError, CaresyncError
+from caresync.protocol import Authenticated, ErrorCode
 from caresync.records import Record
 from caresync.replica import Replica, ReplicaState
 from caresync.server import SyncServer
 from caresync.storage.postgres import PostgresStore
+from caresync.throttle import LoginThrottle, key_text
 
 LIMIT_S = 60.0
 """Upper bound for one wait; a passing test never comes near it."""
@@ -203,3 +209,80 @@ async def test_one_process_killed_during_pushes_loses_nothing_and_laptops_carry_
         await replica.close()
     code, err = await asyncio.to_thread(b.stop)
     assert code == 0, err
+
+
+async def test_failed_logins_through_two_processes_lock_the_account_on_both(
+    schema_url: str, processes: list[ServerProcess]
+) -> None:
+    """A guesser alternating between two `caresync serve` processes (their default
+    throttle: five free failures an account, then locks of 1 s, 2 s, 4 s, ...) gets five
+    free failures in all, not five per process, and the locks double across the two:
+    while locked, the right password is refused as ``throttled`` through either one, and
+    once the lock has passed it logs in through both."""
+    async with await SyncServer.open(schema_url) as setup:
+        await setup.add_user("clinic-a", "dr.a", PASSWORD)
+    a, b = await asyncio.gather(start(schema_url, processes), start(schema_url, processes))
+    policy = LoginThrottle()  # what `caresync serve` runs with
+    key = key_text(("account", "clinic-a", "dr.a"))
+    turns = itertools.cycle((a, b))
+    for _ in range(policy.account_free):  # three through A, two through B
+        assert await attempt(next(turns), "wrong guess") == ErrorCode.BAD_CREDENTIALS
+    assert await failures_of(schema_url, key) == (policy.account_free, 0)
+    # The next failure (B's third: a process of its own would let two more through)
+    # locks the account for 1 s; each failure once a lock has passed doubles it.
+    for over, lock_ms in enumerate((1_000, 2_000, 4_000), start=1):
+        assert await attempt(next(turns), "wrong guess") == ErrorCode.BAD_CREDENTIALS
+        count, lock = await failures_of(schema_url, key)
+        assert (count, lock) == (policy.account_free + over, lock_ms)
+        if lock_ms == 4_000:  # long enough to ask both, however slow the machine
+            for process in (a, b):
+                assert await attempt(process, PASSWORD) == ErrorCode.THROTTLED
+            assert await failures_of(schema_url, key) == (count, lock_ms)  # not counted
+        await until_passed(schema_url, key)
+    for process in (a, b):
+        assert await attempt(process, PASSWORD) == "ok"
+    assert await failures_of(schema_url, key) is None  # the right password cleared it
+    for process in (a, b):
+        code, err = await asyncio.to_thread(process.stop)
+        assert code == 0, err
+
+
+async def attempt(process: ServerProcess, password: str) -> str:
+    """One password login of dr.a through ``process``: "ok", or the refusal's code."""
+    client = await Hostile.connect(process.url)
+    try:
+        client.protocol.authenticate("dr.a", password, "clinic-a")
+        try:
+            reply = await client.next_event()
+        except AuthenticationError:
+            assert client.protocol.peer_error is not None
+            return client.protocol.peer_error.code
+        assert isinstance(reply, Authenticated), reply
+        return "ok"
+    finally:
+        await client.close()
+
+
+async def failures_of(url: str, key: str) -> tuple[int, int] | None:
+    """The key's failures and the length of its last lock (ms), as the database holds
+    them; None when it holds none."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute(
+            "SELECT failures, GREATEST(locked_until_ms - last_ms, 0) FROM login_failures"
+            " WHERE key = %s",
+            (key,),
+        )
+        row = await cursor.fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+async def until_passed(url: str, key: str) -> None:
+    """Return once the key's lock, as the database holds it, has passed: a wait until a
+    known instant of the wall clock the processes read (nothing to be signalled)."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute(
+            "SELECT locked_until_ms FROM login_failures WHERE key = %s", (key,)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    await asyncio.sleep(max(0.0, int(row[0]) / 1000 - time.time()) + 0.01)

@@ -97,7 +97,7 @@ class AdminPage:
         try:
             credentials = parse_basic(request.header("Authorization"))
         except InvalidInputError as exc:
-            refused = self.host.gate.malformed_login(request.remote_host, str(exc))
+            refused = await self.host.gate.malformed_login(request.remote_host, str(exc))
             await self._failed(peer, None, refused.code, refused.message)
             if refused.code == ErrorCode.THROTTLED:
                 return _plain(429, "too many failed logins; try again later\n")

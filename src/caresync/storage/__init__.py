@@ -56,6 +56,7 @@ from caresync.storage.memory import MemoryStore
 from caresync.storage.schema import SCHEMA_VERSION
 from caresync.storage.sqlite import SQLiteStore
 from caresync.storage.unsynced import EXPORT_FORMAT, EXPORT_VERSION
+from caresync.throttle import ThrottlePolicy
 
 __all__ = [
     "DEFAULT_KDF",
@@ -99,6 +100,7 @@ __all__ = [
     "SessionRow",
     "Store",
     "StoreOpener",
+    "ThrottlePolicy",
     "UnlockAttempts",
     "UserAccount",
     "create_laptop_key",

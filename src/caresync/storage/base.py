@@ -49,6 +49,7 @@ from caresync.exceptions import (
     UnknownRecordError,
 )
 from caresync.records.persons import PairState, PersonCard, PersonCards, PersonPair
+from caresync.throttle import ThrottlePolicy
 
 __all__ = [
     "ConflictRow",
@@ -1762,6 +1763,33 @@ class ServerStore(ReplicaStore, Protocol):
         """A number that grows whenever a session ends early (revocation, a new
         password, a disabled account): a running server re-checks its connections
         when it changes, even if another process made the change."""
+        ...
+
+    # failed logins (caresync.throttle), shared by every process of a shared store
+    async def login_wait_ms(self, keys: Sequence[str], now_ms: int, forget_after_ms: int) -> int:
+        """Milliseconds until a login counted against ``keys`` may be tried (0: now):
+        the latest lock of those keys, not counting a key whose last failure is
+        ``forget_after_ms`` or more before ``now_ms`` (wall-clock milliseconds).
+
+        Keys are :func:`caresync.throttle.key_text` strings (InvalidInputError for
+        another value). A store shared by processes reads what all of them counted."""
+        ...
+
+    async def login_failed(
+        self, keys: Sequence[tuple[str, int]], now_ms: int, policy: ThrottlePolicy
+    ) -> None:
+        """Count a failed login at ``now_ms`` against each ``(key, free)``, atomically
+        per key (two processes failing at once both count): a key idle for
+        ``policy.forget_after_ms`` starts again from none; a key past its ``free``
+        failures is locked until ``now_ms`` plus :func:`caresync.throttle.lock_ms` of
+        its failures past them, never less than it was locked before. Keys idle past
+        ``forget_after_ms`` are deleted (a few at each call), and at most
+        ``policy.max_tracked`` keys are kept, the least recently failed going first.
+        Each key given once (InvalidInputError)."""
+        ...
+
+    async def login_succeeded(self, key: str) -> None:
+        """Forget the failures of ``key`` (an account's, at its right password)."""
         ...
 
 

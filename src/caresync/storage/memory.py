@@ -142,6 +142,7 @@ from caresync.storage.unsynced import (
     read_export_file,
     write_export_file,
 )
+from caresync.throttle import FailureTable, ThrottlePolicy
 
 __all__ = ["MemoryStore"]
 
@@ -182,6 +183,7 @@ class MemoryStore:
         self._secrets: dict[str, str] = {}
         self._sessions: dict[str, SessionRow] = {}
         self._generation = 0
+        self._login_failures = FailureTable()
         self._quarantine: list[QuarantinedUpdate] = []
         self._hub: dict[str, HubSummaryRow] = {}
         # Hub marks (caresync.hub): the last given, each row's, and the tombstones of
@@ -1542,3 +1544,21 @@ class MemoryStore:
         """Grows whenever sessions end early."""
         self._open_or_raise("reading the accounts generation")
         return self._generation
+
+    # failed logins (one process uses an in-memory store: memory is shared enough)
+    async def login_wait_ms(self, keys: Sequence[str], now_ms: int, forget_after_ms: int) -> int:
+        """Milliseconds until a login counted against ``keys`` may be tried (0: now)."""
+        self._open_or_raise("reading failed logins")
+        return self._login_failures.wait_ms(keys, now_ms, forget_after_ms)
+
+    async def login_failed(
+        self, keys: Sequence[tuple[str, int]], now_ms: int, policy: ThrottlePolicy
+    ) -> None:
+        """Count a failed login against each ``(key, free)`` (see ``ServerStore``)."""
+        self._open_or_raise("counting a failed login")
+        self._login_failures.failed(keys, now_ms, policy)
+
+    async def login_succeeded(self, key: str) -> None:
+        """Forget the failures of ``key``."""
+        self._open_or_raise("clearing failed logins")
+        self._login_failures.succeeded(key)

@@ -108,6 +108,7 @@ from caresync.testing.store_data import (
     set_laptop_identity,
     whole,
 )
+from caresync.throttle import MAX_KEY_LENGTH, ThrottlePolicy, key_text
 
 __all__ = [
     "LaptopStoreSuite",
@@ -2300,6 +2301,121 @@ class ServerStoreSuite(ReplicaStoreSuite):
             await store.receive_audit("laptop-7", audit_chain("laptop-7", 1, actor="dr.z"))
         lines = {e.line for e in await store.audit_entries(replica_id="laptop-7")}
         assert lines == set(range(MAX_LINES))
+
+    # failed logins (caresync.throttle)
+
+    async def test_failed_logins_lock_a_key_past_its_free_ones_for_doubling_times(
+        self, store: ServerStore
+    ) -> None:
+        policy = ThrottlePolicy(
+            first_lock_ms=1_000, max_lock_ms=4_000, forget_after_ms=60_000, max_tracked=100
+        )
+        account, address = key_text(("account", "org", "ada")), key_text(("address", "10.0.0.1"))
+        keys = [account, address]
+        now = 1_000_000
+        assert await store.login_wait_ms(keys, now, policy.forget_after_ms) == 0
+        for _ in range(2):  # two free failures for the account, five for the address
+            await store.login_failed([(account, 2), (address, 5)], now, policy)
+            assert await store.login_wait_ms(keys, now, policy.forget_after_ms) == 0
+        locks = []
+        for _ in range(5):  # each further failure: 1 s, 2 s, 4 s, then the 4 s cap
+            await store.login_failed([(account, 2), (address, 5)], now, policy)
+            locks.append(await store.login_wait_ms([account], now, policy.forget_after_ms))
+            now += locks[-1]  # tried again once the lock has passed
+            assert await store.login_wait_ms(keys, now, policy.forget_after_ms) == 0
+        assert locks == [1_000, 2_000, 4_000, 4_000, 4_000]
+        # The address failed seven times of its five free: locked too, 2 s from then.
+        assert await store.login_wait_ms([address], now - 4_000, policy.forget_after_ms) == 2_000
+        # A lock is read part-way through, and another key is not locked by these.
+        await store.login_failed([(account, 2)], now, policy)
+        assert await store.login_wait_ms(keys, now + 1_500, policy.forget_after_ms) == 2_500
+        other = key_text(("account", "org", "bob"))
+        assert await store.login_wait_ms([other], now, policy.forget_after_ms) == 0
+        assert await store.login_wait_ms([], now, policy.forget_after_ms) == 0
+
+    async def test_a_success_clears_the_account_and_idle_failures_are_forgotten(
+        self, store: ServerStore
+    ) -> None:
+        policy = ThrottlePolicy(
+            first_lock_ms=1_000, max_lock_ms=300_000, forget_after_ms=60_000, max_tracked=100
+        )
+        account, address = key_text(("account", "org", "ada")), key_text(("address", "10.0.0.1"))
+        now = 5_000_000
+        for _ in range(3):
+            await store.login_failed([(account, 1), (address, 1)], now, policy)
+        assert await store.login_wait_ms([account], now, policy.forget_after_ms) == 2_000
+        # A right password clears the account's failures, not the address's.
+        await store.login_succeeded(account)
+        assert await store.login_wait_ms([account], now, policy.forget_after_ms) == 0
+        assert await store.login_wait_ms([account, address], now, 60_000) == 2_000
+        await store.login_failed([(account, 1)], now, policy)  # counted from none again
+        assert await store.login_wait_ms([account], now, policy.forget_after_ms) == 0
+        # Idle for forget_after_ms: nothing counts, and the next failure starts afresh
+        # (a lock still running is forgotten too: 256 s, past the 60 s here).
+        for _ in range(7):
+            await store.login_failed([(address, 1)], now, policy)
+        assert await store.login_wait_ms([address], now, policy.forget_after_ms) == 256_000
+        later = now + policy.forget_after_ms
+        assert await store.login_wait_ms([address], later - 1, policy.forget_after_ms) > 0
+        assert await store.login_wait_ms([address], later, policy.forget_after_ms) == 0
+        await store.login_failed([(address, 1)], later, policy)
+        assert await store.login_wait_ms([address], later, policy.forget_after_ms) == 0
+        await store.login_failed([(address, 1)], later, policy)
+        assert await store.login_wait_ms([address], later, policy.forget_after_ms) == 1_000
+        await store.login_succeeded(key_text(("account", "org", "nobody")))  # none: no-op
+
+    async def test_a_failure_dated_earlier_never_shortens_a_lock(self, store: ServerStore) -> None:
+        """Processes' clocks differ a little: a failure another one dates earlier still
+        counts, and leaves the lock where it was if its own would end sooner."""
+        policy = ThrottlePolicy(
+            first_lock_ms=10_000, max_lock_ms=10_000, forget_after_ms=60_000, max_tracked=100
+        )
+        key = key_text(("account", "org", "ada"))
+        await store.login_failed([(key, 1)], 100_000, policy)
+        await store.login_failed([(key, 1)], 100_000, policy)  # locked until 110,000
+        await store.login_failed([(key, 1)], 95_000, policy)  # its lock: until 105,000
+        assert await store.login_wait_ms([key], 100_000, policy.forget_after_ms) == 10_000
+
+    async def test_at_most_max_tracked_keys_are_kept_the_least_recently_failed_going(
+        self, store: ServerStore
+    ) -> None:
+        policy = ThrottlePolicy(
+            first_lock_ms=50_000, max_lock_ms=50_000, forget_after_ms=60_000, max_tracked=3
+        )
+        keys = [key_text(("account", "org", f"user-{n}")) for n in range(5)]
+        for n, key in enumerate(keys):  # each locked, one after the other
+            await store.login_failed([(key, 1)], 1_000 + n, policy)
+            await store.login_failed([(key, 1)], 1_000 + n, policy)
+        waits = [await store.login_wait_ms([key], 2_000, 60_000) for key in keys]
+        assert waits == [0, 0, 49_002, 49_003, 49_004]
+
+    async def test_failed_logins_refuse_bad_arguments(self, store: ServerStore) -> None:
+        policy = ThrottlePolicy(
+            first_lock_ms=1_000, max_lock_ms=1_000, forget_after_ms=60_000, max_tracked=3
+        )
+        key = key_text(("account", "org", "ada"))
+        bad_failures: list[Any] = [
+            [("", 1)],
+            [("k" * (MAX_KEY_LENGTH + 1), 1)],
+            [(key, 0)],
+            [(key, True)],
+            [(key, 1), (key, 1)],
+            [key],
+            key,
+        ]
+        for bad in bad_failures:
+            with pytest.raises(InvalidInputError):
+                await store.login_failed(bad, 1_000, policy)
+        with pytest.raises(InvalidInputError):
+            await store.login_failed([(key, 1)], -1, policy)
+        with pytest.raises(InvalidInputError):
+            await store.login_failed([(key, 1)], 1_000, cast(Any, {"first_lock_ms": 1}))
+        for keys, now, forget in (([""], 0, 1), ([key], -5, 1), ([key], 0, 0), (key, 0, 1)):
+            with pytest.raises(InvalidInputError):
+                await store.login_wait_ms(keys, now, forget)
+        with pytest.raises(InvalidInputError):
+            await store.login_succeeded("")
+        assert await store.login_wait_ms([key], 1_000, 60_000) == 0  # nothing counted
 
     # sessions, secrets, client owners, the outbox summary, the quarantine
 

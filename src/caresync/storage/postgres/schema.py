@@ -54,6 +54,17 @@ version 19)::
 
     feed_epochs (first_seq PK, epoch)   a random id for the feed numbers from first_seq on
 
+Version 6 counts failed logins for every server process on the database (no SQLite
+counterpart: one process serves an SQLite database, and keeps them in memory)::
+
+    login_failures (key PK, free, failures, last_ms, locked_until_ms)
+                index login_failures_by_last (last_ms)
+    one row per throttle key (caresync.throttle.key_text: an account or an address);
+    ``free`` the failures it may make before its first lock, times in wall-clock
+    milliseconds. A failure is one INSERT ... ON CONFLICT DO UPDATE that computes the
+    count and the lock in SQL (row-locked: two processes failing at once both count);
+    idle rows are deleted a few at a time by the index, and at most max_tracked kept.
+
 As in SQLite, an update written into the feed is stored once, as a feed row: a
 record is its state, its log rows and its feed rows after ``feed_folded``.
 
@@ -286,7 +297,26 @@ _V5 = (
     "CREATE TABLE feed_epochs (first_seq BIGINT PRIMARY KEY, epoch BIGINT NOT NULL)",
 )
 
-SCHEMA_STEPS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+_V6 = (
+    # Failed logins, shared by every server process (caresync.throttle; no SQLite step).
+    """CREATE TABLE login_failures (
+        key text COLLATE "C" PRIMARY KEY,
+        free integer NOT NULL CHECK (free >= 1),
+        failures integer NOT NULL CHECK (failures >= 1),
+        last_ms bigint NOT NULL,
+        locked_until_ms bigint NOT NULL
+    )""",
+    "CREATE INDEX login_failures_by_last ON login_failures (last_ms)",
+)
+
+SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
+    1: _V1,
+    2: _V2,
+    3: _V3,
+    4: _V4,
+    5: _V5,
+    6: _V6,
+}
 """Statements that bring a schema from version N-1 to N. Never edit a released step."""
 
 SCHEMA_VERSION = max(SCHEMA_STEPS)

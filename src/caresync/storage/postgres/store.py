@@ -11,6 +11,7 @@ from caresync.storage.postgres.accounts import AccountsPart
 from caresync.storage.postgres.audit import AuditPart
 from caresync.storage.postgres.feed import FeedPart
 from caresync.storage.postgres.hub import HubPart
+from caresync.storage.postgres.logins import LoginFailuresPart
 from caresync.storage.postgres.maintenance import MaintenancePart
 from caresync.storage.postgres.meta import MetaPart
 from caresync.storage.postgres.reading import ReadingPart
@@ -31,6 +32,7 @@ class PostgresStore(
     MaintenancePart,
     AccountsPart,
     SessionsPart,
+    LoginFailuresPart,
     SharedPart,
 ):
     """A clinic server's records, change feed and accounts in a PostgreSQL database.

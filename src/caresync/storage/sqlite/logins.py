@@ -1,4 +1,4 @@
-"""A resumed login's reads, in one job on the store's thread."""
+"""A resumed login's reads, in one job on the store's thread; failed logins, in memory."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import cast
 
+from caresync.exceptions import StorageError
 from caresync.storage._resume import check_resume_query
 from caresync.storage.base import ResumeReads
 from caresync.storage.sqlite.accounts import (
@@ -18,6 +19,7 @@ from caresync.storage.sqlite.audit import sql_newest_tail
 from caresync.storage.sqlite.core import BRIEF_ROWS, SQLiteCore
 from caresync.storage.sqlite.meta import sql_meta
 from caresync.storage.sqlite.sessions import sql_session
+from caresync.throttle import FailureTable, ThrottlePolicy
 
 __all__ = ["BRIEF_ACCOUNTS", "LoginsPart"]
 
@@ -29,7 +31,37 @@ most this many accounts: they read every account of the user's organisation (abo
 
 
 class LoginsPart(SQLiteCore):
-    """What a login reads, together: one trip to the store's thread, not six."""
+    """What a login reads, together: one trip to the store's thread, not six; and the
+    failed logins the server's throttle counts.
+
+    Failed logins are kept in memory (a :class:`~caresync.throttle.FailureTable`), not
+    in the file: one process serves an SQLite database (its writer lock), so memory is
+    shared by every login it serves, and a failed login costs no write transaction
+    taken from the pushes. A restart forgets them, as it always did.
+    """
+
+    _login_failures: FailureTable | None = None
+
+    def _failures(self, what: str) -> FailureTable:
+        if self._conn is None:
+            raise StorageError(f"{what}: the store at {self.path} is closed")
+        if self._login_failures is None:
+            self._login_failures = FailureTable()
+        return self._login_failures
+
+    async def login_wait_ms(self, keys: Sequence[str], now_ms: int, forget_after_ms: int) -> int:
+        """Milliseconds until a login counted against ``keys`` may be tried (0: now)."""
+        return self._failures("reading failed logins").wait_ms(keys, now_ms, forget_after_ms)
+
+    async def login_failed(
+        self, keys: Sequence[tuple[str, int]], now_ms: int, policy: ThrottlePolicy
+    ) -> None:
+        """Count a failed login against each ``(key, free)`` (see ``ServerStore``)."""
+        self._failures("counting a failed login").failed(keys, now_ms, policy)
+
+    async def login_succeeded(self, key: str) -> None:
+        """Forget the failures of ``key``."""
+        self._failures("clearing failed logins").succeeded(key)
 
     async def read_resume(
         self, token_hash: str, replica_id: str, *, meta_keys: Sequence[str] = ()

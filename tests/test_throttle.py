@@ -1,0 +1,160 @@
+"""The login throttle's parts: its policy in milliseconds, the keys a store is given, the
+in-memory table the SQLite and memory stores keep, and the gate's use of the store:
+failures through two gates on one store count together, a store that cannot be read
+fails the login (never lets it through unthrottled), and a store without the login
+methods keeps the throttle's own memory, as before."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytest
+from argon2 import PasswordHasher
+
+from caresync.exceptions import InvalidInputError, StorageError
+from caresync.gate import Gatekeeper, Refused
+from caresync.protocol import ErrorCode
+from caresync.storage import MemoryStore, UserAccount
+from caresync.throttle import (
+    MAX_KEY_LENGTH,
+    FailureTable,
+    LoginThrottle,
+    ThrottlePolicy,
+    key_text,
+    lock_ms,
+)
+
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def test_the_policy_is_the_throttles_settings_in_milliseconds() -> None:
+    throttle = LoginThrottle()
+    assert throttle.policy == ThrottlePolicy(
+        first_lock_ms=1_000, max_lock_ms=300_000, forget_after_ms=3_600_000, max_tracked=100_000
+    )
+    assert (throttle.free(("account", "o", "u")), throttle.free(("address", "h"))) == (5, 20)
+    assert [lock_ms(over, throttle.policy) for over in (1, 2, 3, 9, 10, 10_000)] == [
+        1_000,
+        2_000,
+        4_000,
+        256_000,
+        300_000,
+        300_000,
+    ]
+    with pytest.raises(InvalidInputError):
+        ThrottlePolicy(first_lock_ms=2, max_lock_ms=1, forget_after_ms=1, max_tracked=1)
+    with pytest.raises(InvalidInputError):
+        ThrottlePolicy(first_lock_ms=1, max_lock_ms=1, forget_after_ms=0, max_tracked=1)
+
+
+def test_keys_are_one_only_if_their_parts_are_and_long_ones_are_hashed() -> None:
+    assert key_text(("account", "a,b", "c")) != key_text(("account", "a", "b,c"))
+    assert key_text(("account", "o", "u")) != key_text(("address", "o", "u"))
+    assert key_text(("account", "clinic", "dr.é")) == '["account","clinic","dr.é"]'
+    long = key_text(("account", "o" * 256, "u" * 256))
+    assert long.startswith("sha256:")
+    assert len(long) <= MAX_KEY_LENGTH
+    assert long != key_text(("account", "o" * 256, "u" * 255 + "v"))
+    odd = key_text(("account", "clinic", "dr.\udc80"))  # not UTF-8: hashed, storable
+    assert odd.startswith("sha256:")
+    assert odd != key_text(("account", "clinic", "dr.\udc81"))
+
+
+def test_the_in_memory_table_forgets_idle_keys_and_keeps_at_most_max_tracked() -> None:
+    policy = ThrottlePolicy(
+        first_lock_ms=1_000, max_lock_ms=1_000, forget_after_ms=10_000, max_tracked=50
+    )
+    table = FailureTable()
+    for n in range(120):
+        table.failed([(f"k{n}", 5)], 1_000 + n, policy)
+        assert len(table) <= 50
+    assert table.row("k0") is None
+    assert table.row("k119") == (1, 1_119, 0)
+    table.failed([("late", 5)], 1_119 + 10_000, policy)  # every other key idle by then
+    assert len(table) == 1
+
+
+class _Store(MemoryStore):
+    """A memory store whose failed-login reads can be made to fail."""
+
+    broken = False
+    password_reads = 0
+
+    async def login_wait_ms(self, keys: Any, now_ms: int, forget_after_ms: int) -> int:
+        if self.broken:
+            raise StorageError("reading failed logins: lost the connection to PostgreSQL")
+        return await super().login_wait_ms(keys, now_ms, forget_after_ms)
+
+    async def get_user(self, organisation: str, username: str) -> UserAccount | None:
+        self.password_reads += 1
+        return await super().get_user(organisation, username)
+
+
+def _gate(store: Any, throttle: LoginThrottle | None) -> Gatekeeper:
+    return Gatekeeper(
+        store,
+        server_id="server-1",
+        hasher=CHEAP,
+        session_ttl_s=3600,
+        now_ms=lambda: 0,
+        throttle=throttle,
+    )
+
+
+async def _login(gate: Gatekeeper, password: str) -> Literal["ok"] | str:
+    checked = await gate.check_password("clinic-a", "dr.a", password, "10.0.0.7")
+    return checked.code if isinstance(checked, Refused) else "ok"
+
+
+async def test_two_gates_on_one_store_count_failures_together() -> None:
+    """What two server processes on one PostgreSQL database do, in one process: the
+    failures through each gate count against one account, and its lock holds on both."""
+    store = _Store()
+    await store.add_user("clinic-a", "dr.a", CHEAP.hash("right"))
+    one = _gate(store, LoginThrottle(account_free=3, first_lock_s=60))
+    two = _gate(store, LoginThrottle(account_free=3, first_lock_s=60))
+    results = [await _login(gate, "wrong") for gate in (one, two, one, two)]
+    assert results == [ErrorCode.BAD_CREDENTIALS] * 4  # the fourth locks the account
+    assert [await _login(gate, "right") for gate in (one, two)] == [ErrorCode.THROTTLED] * 2
+    now = one.throttle_now_ms()
+    for gate in (one, two):  # the lock has passed
+        gate.throttle_now_ms = lambda: now + 60_001
+    assert [await _login(gate, "right") for gate in (one, two)] == ["ok", "ok"]
+
+
+async def test_a_store_that_cannot_be_read_fails_the_login() -> None:
+    store = _Store()
+    await store.add_user("clinic-a", "dr.a", CHEAP.hash("right"))
+    gate = _gate(store, LoginThrottle())
+    store.broken = True
+    with pytest.raises(StorageError):
+        await _login(gate, "right")
+    with pytest.raises(StorageError):
+        await gate.malformed_login("10.0.0.7", "a header that is not Basic")
+    assert store.password_reads == 0  # refused before the account was even read
+    store.broken = False
+    assert await _login(gate, "right") == "ok"
+
+
+class _OlderStore:
+    """A third party's store written before the login methods: everything else of a
+    memory store, through ``__getattr__``."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("login_"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def test_a_store_without_the_login_methods_keeps_the_throttles_own_memory() -> None:
+    inner = MemoryStore()
+    await inner.add_user("clinic-a", "dr.a", CHEAP.hash("right"))
+    throttle = LoginThrottle(account_free=1, first_lock_s=60)
+    gate = _gate(_OlderStore(inner), throttle)
+    assert await _login(gate, "wrong") == ErrorCode.BAD_CREDENTIALS
+    assert await _login(gate, "wrong") == ErrorCode.BAD_CREDENTIALS
+    assert await _login(gate, "right") == ErrorCode.THROTTLED
+    assert len(throttle) == 2  # the account and the address, in the throttle's memory
