@@ -6,6 +6,7 @@ methods keeps the throttle's own memory, as before."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 import pytest
@@ -158,3 +159,38 @@ async def test_a_store_without_the_login_methods_keeps_the_throttles_own_memory(
     assert await _login(gate, "wrong") == ErrorCode.BAD_CREDENTIALS
     assert await _login(gate, "right") == ErrorCode.THROTTLED
     assert len(throttle) == 2  # the account and the address, in the throttle's memory
+
+
+class _CountingHasher(PasswordHasher):
+    """CHEAP's cost, counting the passwords it checks."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        self.checks = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.checks += 1
+        return super().verify(hash, password)
+
+
+async def test_concurrent_guesses_get_no_more_password_checks_than_one_after_another() -> None:
+    """Many guessers at one account at the same instant, through two gates on one store
+    (two processes): each reads the account unlocked before any guess is checked, yet
+    only the five free ones and the one that earns the first lock are checked (as one
+    guesser after another gets); the rest are refused unchecked."""
+    store = MemoryStore()
+    hasher = _CountingHasher()
+    await store.add_user("clinic-a", "dr.a", hasher.hash("right"))
+    gates = [_gate(store, LoginThrottle(first_lock_s=60)) for _ in range(2)]
+    for gate in gates:
+        gate.hasher = hasher
+    results = await asyncio.gather(
+        *(
+            gates[n % 2].check_password("clinic-a", "dr.a", f"guess-{n}", f"10.0.{n}.1")
+            for n in range(40)
+        )
+    )
+    codes = [r.code if isinstance(r, Refused) else "ok" for r in results]
+    assert hasher.checks == 6
+    assert codes.count(ErrorCode.BAD_CREDENTIALS) == 6
+    assert codes.count(ErrorCode.THROTTLED) == 34

@@ -16,7 +16,9 @@ A connection is trusted in steps, and nothing moves before its step:
    secret. Failed passwords are slowed per account and per address
    (:mod:`caresync.throttle`), counted in the store (``login_failed``): on a
    PostgreSQL database, in a table every server process shares, so spreading
-   guesses over processes gains nothing. An unknown user costs as long as a wrong
+   guesses over processes gains nothing; an account's attempt is counted before its
+   password is checked (``login_claim``, atomic with the lock's check), so sending
+   guesses at once gains nothing either. An unknown user costs as long as a wrong
    password. A store that cannot be read fails the login (never lets it through).
    Sessions expire for good at an absolute time; resuming never extends one.
 4. **Enrol** needs a password login on the same connection (never a resumed
@@ -201,6 +203,11 @@ class Gatekeeper:
         any wrong guess costs, not a password check and an audit entry each time."""
         keys = LoginThrottle.keys(organisation, username, address)
         wait = await self._wait(keys)
+        if wait <= 0:
+            # The account's guess is counted before its password is checked, atomically
+            # with its lock's check (a right password clears it): guesses at the same
+            # instant, through any process, get the checks of guesses one by one.
+            wait = await self._claim(keys[0])
         if wait > 0:
             return Refused(
                 ErrorCode.THROTTLED,
@@ -213,19 +220,19 @@ class Gatekeeper:
         stored = account.password_hash if account is not None else await self._dummy()
         right = await asyncio.to_thread(_verify, self.hasher, stored, password)
         if not right or account is None:
-            await self._failed(keys)
+            await self._failed(keys[1:])  # the account's was counted by its claim
             return Refused(
                 ErrorCode.BAD_CREDENTIALS,
                 f"unknown user or wrong password for {username} in {organisation}",
             )
         if account.disabled:
-            await self._failed(keys)
+            await self._failed(keys[1:])
             return Refused(
                 ErrorCode.BAD_CREDENTIALS,
                 f"the account {username} in {organisation} is disabled; ask an administrator",
             )
         if needs_admin and not account.admin:
-            await self._failed(keys)
+            await self._failed(keys[1:])
             return Refused(ErrorCode.FORBIDDEN, f"{username} is not an administrator")
         await self._succeeded(organisation, username)
         return account
@@ -444,6 +451,23 @@ class Gatekeeper:
         )
         return wait_ms / 1000
 
+    async def _claim(self, key: ThrottleKey) -> float:
+        """Count a failure against ``key`` unless it is locked: 0, or the seconds to
+        wait (nothing counted)."""
+        throttle = self.throttle
+        if throttle is None:
+            return 0.0
+        if not _counts_logins(self.store):
+            now = time.monotonic()
+            wait = throttle.retry_after([key], now)
+            if wait <= 0:
+                throttle.failed([key], now)
+            return wait
+        wait_ms = await self.store.login_claim(
+            key_text(key), throttle.free(key), self.throttle_now_ms(), throttle.policy
+        )
+        return wait_ms / 1000
+
     async def _failed(self, keys: Sequence[ThrottleKey]) -> None:
         throttle = self.throttle
         if throttle is None or not keys:
@@ -489,7 +513,8 @@ def _wall_ms() -> int:
 
 def _counts_logins(store: ServerStore) -> bool:
     """Whether the store counts failed logins (every caresync store does)."""
-    return callable(getattr(store, "login_failed", None))
+    methods = ("login_wait_ms", "login_failed", "login_claim", "login_succeeded")
+    return all(callable(getattr(store, name, None)) for name in methods)
 
 
 def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:

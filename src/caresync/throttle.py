@@ -13,7 +13,7 @@ failed forgotten first, and a key idle for ``forget_after_s`` starts afresh.
 
 A server keeps this bookkeeping in its store, not in a :class:`LoginThrottle`
 (whose settings are then the policy, :attr:`LoginThrottle.policy`): the
-store's ``login_wait_ms``, ``login_failed`` and ``login_succeeded``
+store's ``login_wait_ms``, ``login_failed``, ``login_claim`` and ``login_succeeded``
 (:class:`~caresync.storage.ServerStore`), in wall-clock milliseconds, keyed by
 :func:`key_text`. A PostgreSQL store keeps it in a table every server process on
 the database shares, so a guesser spreading attempts over the processes gets no
@@ -152,7 +152,7 @@ class _Row:
 
 class FailureTable:
     """Failed logins per key, in memory: what the SQLite and in-memory stores keep for
-    ``login_wait_ms``, ``login_failed`` and ``login_succeeded`` (one process serves
+    ``login_wait_ms``, ``login_failed``, ``login_claim`` and ``login_succeeded`` (one process serves
     either), doing what the PostgreSQL store's ``login_failures`` table does.
 
     At most ``policy.max_tracked`` keys (the least recently failed go first); a key
@@ -194,6 +194,16 @@ class FailureTable:
             self._rows.popitem(last=False)
         while len(self._rows) > policy.max_tracked:
             self._rows.popitem(last=False)
+
+    def claim(self, key: str, free: int, now_ms: int, policy: ThrottlePolicy) -> int:
+        """Count a failure against ``key`` unless it is locked: 0 when counted, else the
+        milliseconds until it may be tried (nothing counted)."""
+        check_failures([(key, free)], now_ms, policy)
+        wait = self.wait_ms([key], now_ms, policy.forget_after_ms)
+        if wait > 0:
+            return wait
+        self.failed([(key, free)], now_ms, policy)
+        return 0
 
     def succeeded(self, key: str) -> None:
         """Forget ``key``'s failures."""

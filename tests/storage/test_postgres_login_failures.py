@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import psycopg
 import pytest
@@ -242,3 +243,47 @@ async def test_a_throttle_read_that_meets_a_lost_connection_fails_the_login(
         assert isinstance(refused, Refused)
         assert refused.code == ErrorCode.THROTTLED
         assert reads == []
+
+
+async def test_concurrent_guesses_through_two_connections_get_the_checks_of_one_guesser(
+    schema_url: str,
+) -> None:
+    """Twenty guessers at one account at the same instant, through two stores (two
+    processes' connections) and their gates: each gate reads the account unlocked
+    before any guess is checked, yet a guess is counted before its password is checked,
+    atomically with the lock's check, so only the five free ones and the one that earns
+    the first lock are checked; the rest are refused unchecked."""
+    checked: list[str] = []
+
+    class Counting(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            checked.append(str(password))
+            return super().verify(hash, password)
+
+    hasher = Counting(time_cost=1, memory_cost=8, parallelism=1)
+    async with PostgresStore.open(schema_url) as one, PostgresStore.open(schema_url) as two:
+        await one.add_user("clinic-a", "dr.a", hasher.hash("right"))
+        gates = [
+            Gatekeeper(
+                store,
+                server_id="server-1",
+                hasher=hasher,
+                session_ttl_s=3600,
+                now_ms=lambda: 0,
+                throttle=LoginThrottle(first_lock_s=60),
+            )
+            for store in (one, two)
+        ]
+        results = await asyncio.gather(
+            *(
+                gates[n % 2].check_password("clinic-a", "dr.a", f"guess-{n}", f"10.0.{n}.1")
+                for n in range(20)
+            )
+        )
+    codes = [r.code if isinstance(r, Refused) else "ok" for r in results]
+    assert len(checked) == 6
+    assert codes.count(ErrorCode.BAD_CREDENTIALS) == 6
+    assert codes.count(ErrorCode.THROTTLED) == 14
+    row = await _row(schema_url, KEY)
+    assert row is not None
+    assert row[0] == 6  # the refused ones counted nothing

@@ -1788,6 +1788,15 @@ class ServerStore(ReplicaStore, Protocol):
         Each key given once (InvalidInputError)."""
         ...
 
+    async def login_claim(self, key: str, free: int, now_ms: int, policy: ThrottlePolicy) -> int:
+        """Count a failed login against ``key`` as ``login_failed`` does, unless the key
+        is locked at ``now_ms``: 0 when counted, else the milliseconds until it may be
+        tried (nothing counted). Atomic: of claims at the same instant, in any process,
+        only those a key allows one after another are counted. A server claims an
+        account's attempt before checking its password (a right one then clears it), so
+        concurrent guesses get no more checks than guesses one after another."""
+        ...
+
     async def login_succeeded(self, key: str) -> None:
         """Forget the failures of ``key`` (an account's, at its right password)."""
         ...

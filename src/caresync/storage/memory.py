@@ -1558,6 +1558,11 @@ class MemoryStore:
         self._open_or_raise("counting a failed login")
         self._login_failures.failed(keys, now_ms, policy)
 
+    async def login_claim(self, key: str, free: int, now_ms: int, policy: ThrottlePolicy) -> int:
+        """Count a failed login against ``key`` unless it is locked (see ``ServerStore``)."""
+        self._open_or_raise("counting a failed login")
+        return self._login_failures.claim(key, free, now_ms, policy)
+
     async def login_succeeded(self, key: str) -> None:
         """Forget the failures of ``key``."""
         self._open_or_raise("clearing failed logins")

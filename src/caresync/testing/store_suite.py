@@ -2364,6 +2364,35 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert await store.login_wait_ms([address], later, policy.forget_after_ms) == 1_000
         await store.login_succeeded(key_text(("account", "org", "nobody")))  # none: no-op
 
+    async def test_a_claim_counts_a_failure_unless_the_key_is_locked(
+        self, store: ServerStore
+    ) -> None:
+        """What a login does before checking a password: counted as a failure (a lock
+        earned by it set), or, while locked, refused with the wait and nothing counted."""
+        policy = ThrottlePolicy(
+            first_lock_ms=1_000, max_lock_ms=300_000, forget_after_ms=60_000, max_tracked=100
+        )
+        key = key_text(("account", "org", "ada"))
+        now = 7_000_000
+        claims = [await store.login_claim(key, 2, now, policy) for _ in range(5)]
+        assert claims == [0, 0, 0, 1_000, 1_000]  # the third earns the lock: 1 s
+        assert await store.login_wait_ms([key], now, policy.forget_after_ms) == 1_000
+        assert await store.login_claim(key, 2, now + 400, policy) == 600  # nothing counted
+        assert await store.login_claim(key, 2, now + 1_000, policy) == 0  # the 4th: 2 s
+        assert await store.login_wait_ms([key], now + 1_000, policy.forget_after_ms) == 2_000
+        await store.login_failed([(key, 2)], now + 3_000, policy)  # the 5th: 4 s
+        assert await store.login_claim(key, 2, now + 3_000, policy) == 4_000
+        await store.login_succeeded(key)  # a right password clears its claim
+        assert await store.login_claim(key, 2, now + 3_000, policy) == 0
+        idle = now + 3_000 + policy.forget_after_ms  # idle: counted from none again
+        assert await store.login_claim(key, 2, idle, policy) == 0
+        assert await store.login_claim(key, 2, idle, policy) == 0
+        assert await store.login_wait_ms([key], idle, policy.forget_after_ms) == 0
+        with pytest.raises(InvalidInputError):
+            await store.login_claim("", 2, now, policy)
+        with pytest.raises(InvalidInputError):
+            await store.login_claim(key, 0, now, policy)
+
     async def test_a_failure_dated_earlier_never_shortens_a_lock(self, store: ServerStore) -> None:
         """Processes' clocks differ a little: a failure another one dates earlier still
         counts, and leaves the lock where it was if its own would end sooner."""

@@ -13,6 +13,11 @@ failure. The statement locks its keys in the order given (the account's, then th
 address's), and nothing here waits for a row while holding another, so processes
 never deadlock on these rows.
 
+A login claims its account's attempt before checking the password (``login_claim``):
+the same statement, ``WHERE`` the row is not locked (a locked row is left as it was and
+returns nothing, and the claim answers the wait), so of guesses at the same instant
+through any process only those the policy allows one after another are checked.
+
 Then one bounded ``DELETE`` takes away up to :data:`PRUNE_ROWS` rows idle past
 ``forget_after_ms`` (by the ``last_ms`` index) and up to as many past the newest
 ``max_tracked``: each failure adds at most two rows and takes away up to
@@ -62,6 +67,12 @@ ON CONFLICT (key) DO UPDATE SET
             ELSE 0 END)
 """
 
+_CLAIMED = f"""{_FAILED}WHERE f.locked_until_ms <= %(now)s OR {_FRESH}
+RETURNING f.key
+"""
+"""A failure counted only if the key is not locked (a locked row is left as it was, and
+returns nothing): the claim a login makes before its password is checked."""
+
 _PRUNE = """
 WITH idle AS (
     SELECT key FROM login_failures WHERE last_ms <= %(cutoff)s
@@ -76,6 +87,26 @@ DELETE FROM login_failures WHERE key IN (
         AND (f.last_ms <= %(cutoff)s OR f.key IN (SELECT key FROM past_cap))
     FOR UPDATE OF f SKIP LOCKED)
 """
+
+
+def _params(
+    keys: Sequence[tuple[str, int]], now_ms: int, policy: ThrottlePolicy
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The parameters of a failure's count (``_FAILED``, ``_CLAIMED``) and its prune."""
+    counted: dict[str, object] = {
+        "now": now_ms,
+        "forget": policy.forget_after_ms,
+        "keys": [key for key, _free in keys],
+        "frees": [free for _key, free in keys],
+        "first_lock": policy.first_lock_ms,
+        "max_lock": policy.max_lock_ms,
+    }
+    pruned: dict[str, object] = {
+        "cutoff": now_ms - policy.forget_after_ms,
+        "rows": PRUNE_ROWS,
+        "max_tracked": policy.max_tracked,
+    }
+    return counted, pruned
 
 
 class LoginFailuresPart(PostgresCore):
@@ -107,19 +138,7 @@ class LoginFailuresPart(PostgresCore):
         check_failures(keys, now_ms, policy)
         if not keys:
             return
-        counted = {
-            "now": now_ms,
-            "forget": policy.forget_after_ms,
-            "keys": [key for key, _free in keys],
-            "frees": [free for _key, free in keys],
-            "first_lock": policy.first_lock_ms,
-            "max_lock": policy.max_lock_ms,
-        }
-        pruned = {
-            "cutoff": now_ms - policy.forget_after_ms,
-            "rows": PRUNE_ROWS,
-            "max_tracked": policy.max_tracked,
-        }
+        counted, pruned = _params(keys, now_ms, policy)
 
         def job(raw: Conn) -> None:
             self._writable()
@@ -129,6 +148,26 @@ class LoginFailuresPart(PostgresCore):
             raw.execute(_PRUNE, pruned)
 
         await self._run("counting a failed login", job)
+
+    async def login_claim(self, key: str, free: int, now_ms: int, policy: ThrottlePolicy) -> int:
+        """Count a failed login against ``key`` unless it is locked: 0 when counted,
+        else the milliseconds to wait. One statement, under the key's row lock, so of
+        claims at the same instant from any process only those the policy allows one
+        after another are counted; then the bounded prune."""
+        check_failures([(key, free)], now_ms, policy)
+        counted, pruned = _params([(key, free)], now_ms, policy)
+
+        def job(raw: Conn) -> int:
+            self._writable()
+            if raw.execute(_CLAIMED, counted).fetchone() is None:  # locked: nothing counted
+                until = scalar(
+                    raw, "SELECT locked_until_ms FROM login_failures WHERE key = %s", key
+                )
+                return max(1, until - now_ms)
+            raw.execute(_PRUNE, pruned)
+            return 0
+
+        return await self._run("counting a failed login", job)
 
     async def login_succeeded(self, key: str) -> None:
         """Forget the failures of ``key``."""

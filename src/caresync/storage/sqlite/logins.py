@@ -59,6 +59,10 @@ class LoginsPart(SQLiteCore):
         """Count a failed login against each ``(key, free)`` (see ``ServerStore``)."""
         self._failures("counting a failed login").failed(keys, now_ms, policy)
 
+    async def login_claim(self, key: str, free: int, now_ms: int, policy: ThrottlePolicy) -> int:
+        """Count a failed login against ``key`` unless it is locked (see ``ServerStore``)."""
+        return self._failures("counting a failed login").claim(key, free, now_ms, policy)
+
     async def login_succeeded(self, key: str) -> None:
         """Forget the failures of ``key``."""
         self._failures("clearing failed logins").succeeded(key)
