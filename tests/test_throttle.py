@@ -7,6 +7,7 @@ methods keeps the throttle's own memory, as before."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 import pytest
@@ -194,3 +195,21 @@ async def test_concurrent_guesses_get_no_more_password_checks_than_one_after_ano
     assert hasher.checks == 6
     assert codes.count(ErrorCode.BAD_CREDENTIALS) == 6
     assert codes.count(ErrorCode.THROTTLED) == 34
+
+
+async def test_a_wall_clock_set_back_does_not_lengthen_a_lock_of_an_unshared_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One process serves an SQLite or in-memory store: its throttle's times are the
+    monotonic clock's, as before the failures moved into the store, so a wall clock set
+    back an hour (NTP, a VM resumed) leaves a 60 s lock at 60 s, not an hour and 60 s."""
+    store = MemoryStore()
+    await store.add_user("clinic-a", "dr.a", CHEAP.hash("right"))
+    gate = _gate(store, LoginThrottle(account_free=1, first_lock_s=60))
+    assert [await _login(gate, "wrong") for _ in range(2)] == [ErrorCode.BAD_CREDENTIALS] * 2
+    real = time.time_ns()
+    monkeypatch.setattr(time, "time_ns", lambda: real - 3_600 * 10**9)
+    refused = await gate.check_password("clinic-a", "dr.a", "right", "10.0.0.7")
+    assert isinstance(refused, Refused)
+    assert refused.code == ErrorCode.THROTTLED
+    assert refused.message.endswith("try again in 60 s")

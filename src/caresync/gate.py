@@ -122,9 +122,10 @@ class Gatekeeper:
         self.throttle = throttle
         """The throttle's policy (its settings); the failures themselves are counted in
         the store, shared by every process of a shared one. None: no throttle."""
-        self.throttle_now_ms: Callable[[], int] = _wall_ms
-        """The wall clock the throttle's times are read from (processes of one database
-        share no other)."""
+        self.throttle_now_ms: Callable[[], int] = _wall_ms if store.shared else _monotonic_ms
+        """The clock the throttle's times are read from: the wall clock for a store shared
+        by processes (they share no other); the monotonic one for a store one process
+        serves (SQLite, memory), which a wall clock set back cannot lengthen a lock by."""
         self._key = server_key
         self._dummy_hash: str | None = None
 
@@ -509,6 +510,10 @@ async def ensure_server_key(store: ServerStore) -> ServerKey:
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 def _counts_logins(store: ServerStore) -> bool:

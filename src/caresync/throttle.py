@@ -14,12 +14,12 @@ failed forgotten first, and a key idle for ``forget_after_s`` starts afresh.
 A server keeps this bookkeeping in its store, not in a :class:`LoginThrottle`
 (whose settings are then the policy, :attr:`LoginThrottle.policy`): the
 store's ``login_wait_ms``, ``login_failed``, ``login_claim`` and ``login_succeeded``
-(:class:`~caresync.storage.ServerStore`), in wall-clock milliseconds, keyed by
-:func:`key_text`. A PostgreSQL store keeps it in a table every server process on
-the database shares, so a guesser spreading attempts over the processes gets no
-more free attempts, nor shorter locks, than against one; the SQLite store and the
-in-memory one (one process each) keep a :class:`FailureTable` in memory, which
-does what the table does.
+(:class:`~caresync.storage.ServerStore`), in milliseconds (of the wall clock for a
+store shared by processes, the monotonic one otherwise), keyed by :func:`key_text`.
+A PostgreSQL store keeps it in a table every server process on the database shares,
+so a guesser spreading attempts over the processes gets no more free attempts, nor
+shorter locks, than against one; the SQLite store and the in-memory one (one process
+each) keep a :class:`FailureTable` in memory, which does what the table does.
 """
 
 from __future__ import annotations

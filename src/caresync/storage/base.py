@@ -1769,7 +1769,8 @@ class ServerStore(ReplicaStore, Protocol):
     async def login_wait_ms(self, keys: Sequence[str], now_ms: int, forget_after_ms: int) -> int:
         """Milliseconds until a login counted against ``keys`` may be tried (0: now):
         the latest lock of those keys, not counting a key whose last failure is
-        ``forget_after_ms`` or more before ``now_ms`` (wall-clock milliseconds).
+        ``forget_after_ms`` or more before ``now_ms`` (milliseconds of the server's
+        clock: the wall clock for a store shared by processes).
 
         Keys are :func:`caresync.throttle.key_text` strings (InvalidInputError for
         another value). A store shared by processes reads what all of them counted."""

@@ -28,7 +28,8 @@ to the next failure, never waited for, and a row revived since it was read is
 re-checked and kept.
 
 Times are wall-clock milliseconds of the calling process (processes share no
-monotonic clock); a clock set back holds locks longer, never shorter.
+monotonic clock); a clock set back (or behind another process's) holds locks longer by as
+much, never shorter: a lock can then outlast ``max_lock_ms``.
 """
 
 from __future__ import annotations
