@@ -151,6 +151,7 @@ from caresync.transport import (
     send_reply,
     serve_websockets,
 )
+from caresync.transport.forwarded import trusted_proxies as trusted_proxies_of
 from caresync.versions import CLIENT_VERSION, check_version, is_older
 
 __all__ = ["LoginThrottle", "RecoveryReport", "ServerKey", "SyncServer", "hash_password"]
@@ -981,13 +982,20 @@ class SyncServer:
         *,
         ssl: ssl_module.SSLContext | None = None,
         wrap: Callable[[ChannelHandler], ChannelHandler] | None = None,
+        trusted_proxies: Iterable[str] = (),
     ) -> WebSocketListener:
         """Start listening; returns the listener (its ``url`` and ``port``).
 
         Connections start with the small pre-login limits; the key is ready
         before the first one arrives. ``wrap`` wraps the connection handler
         (a simulation counts the bytes on the wire that way).
+        ``trusted_proxies``: addresses or networks of reverse proxies in front of
+        this server, whose ``X-Forwarded-For`` and ``X-Forwarded-Proto`` say who a
+        connection's client is, for the login throttle's per-address count, the logs
+        and the admin page (:mod:`caresync.transport.forwarded`); InvalidInputError
+        for an entry that is neither.
         """
+        proxies = trusted_proxies_of(trusted_proxies)
         await self.gate.server_key()
         await self._follower.start()
         listener = await serve_websockets(
@@ -998,6 +1006,7 @@ class SyncServer:
             max_frame_bytes=PRE_LOGIN_MAX_FRAME_BYTES,
             max_queued_frames=PRE_LOGIN_QUEUED_FRAMES,
             http_handler=self.answer_http,
+            proxies=proxies,
         )
         self._listening(listener)
         return listener

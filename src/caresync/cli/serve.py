@@ -8,7 +8,7 @@ import functools
 import logging
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from caresync.server import FEED_POLL_S, LOGIN_SYNC_DELAY_S, SyncServer
 from caresync.storage import server_database_key
 from caresync.storage.keyring import SERVER_KEY_VARIABLE
 from caresync.storage.servers import is_database_url, shown_database
+from caresync.transport.forwarded import trusted_proxies
 from caresync.versions import check_version
 
 __all__ = ["LISTENING", "register"]
@@ -146,6 +147,16 @@ def register(commands: Any) -> None:
         f"push: a sync with nothing to do then waits for no disk ({LOGIN_SYNC_DELAY_S:g}; "
         "0 syncs each login on its own)",
     )
+    serve.add_argument(
+        "--trusted-proxy",
+        metavar="ADDRESS",
+        action="append",
+        default=[],
+        help="a reverse proxy or load balancer in front of this server (an address or a "
+        "network, e.g. 10.0.0.5 or 10.0.0.0/24; repeat for several): its X-Forwarded-For "
+        "and X-Forwarded-Proto headers say who each client is, for the login throttle, the "
+        "logs and the admin page; from any other peer they are ignored",
+    )
     add_json(serve)
     serve.set_defaults(handler=_serve)
 
@@ -241,6 +252,10 @@ def _log_note(message: str) -> None:
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
     context = _tls(args.tls_cert, args.tls_key)
+    try:
+        proxies = trusted_proxies(args.trusted_proxy)
+    except InvalidInputError as exc:
+        raise CliError(f"--trusted-proxy: {exc}", ExitCode.USAGE) from None
     hub = None
     if args.hub is not None:  # before anything is opened: a bad URL or a missing extra
         require_models()
@@ -308,6 +323,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
                 args.stale_hours,
                 args.feed_poll,
                 args.login_sync_delay,
+                [str(network) for network in proxies],
             )
         )
     except BaseException:
@@ -334,6 +350,7 @@ async def _run_server(
     stale_hours: float = 24.0,
     feed_poll_s: float = FEED_POLL_S,
     login_sync_delay_s: float = LOGIN_SYNC_DELAY_S,
+    proxies: Sequence[str] = (),
 ) -> None:
     note = out.note if note is None else note
     with stop_on_signals() as stop:
@@ -355,7 +372,7 @@ async def _run_server(
                 if hub.token is not None:
                     options["token"] = hub.token
                 server.start_hub(hub.url, **options)
-            listener = await server.serve(host, port, ssl=context)
+            listener = await server.serve(host, port, ssl=context, trusted_proxies=proxies)
             listening.set()
             # Scripts wait for this line (and read the port from it): flush at once.
             if out.json:

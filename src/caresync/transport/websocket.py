@@ -31,6 +31,7 @@ from caresync.exceptions import (
     RemoteProtocolError,
 )
 from caresync.transport.base import DEFAULT_MAX_FRAME_BYTES, ChannelHandler
+from caresync.transport.forwarded import ClientAddress, TrustedProxies, forwarded_client
 
 __all__ = [
     "HttpAnswer",
@@ -84,9 +85,18 @@ the websocket handshake."""
 class WebSocketChannel:
     """A :class:`~caresync.transport.base.Channel` over one websocket connection."""
 
-    def __init__(self, connection: ClientConnection | ServerConnection, peer: str) -> None:
+    def __init__(
+        self,
+        connection: ClientConnection | ServerConnection,
+        peer: str,
+        *,
+        client_host: str | None = None,
+    ) -> None:
+        """``client_host``: the client's address when a trusted proxy gave it (see
+        :mod:`caresync.transport.forwarded`); else the connection's own peer is."""
         self._connection = connection
         self._peer = peer
+        self._client_host = client_host
 
     @property
     def peer(self) -> str:
@@ -98,6 +108,8 @@ class WebSocketChannel:
 
     @property
     def remote_host(self) -> str | None:
+        if self._client_host is not None:
+            return self._client_host
         address = self._connection.remote_address
         return str(address[0]) if address else None
 
@@ -396,6 +408,7 @@ async def serve_websockets(
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     max_queued_frames: int = 16,
     http_handler: HttpHandler | None = None,
+    proxies: TrustedProxies = (),
 ) -> WebSocketListener:
     """Listen on ``host:port`` (port 0 picks a free one) and run ``handler`` per channel.
 
@@ -403,17 +416,25 @@ async def serve_websockets(
     byte; a handler may raise them for its channel (``set_limits``).
     ``http_handler`` answers plain HTTP requests on the same port (it sees each
     request's path first; None lets the websocket handshake go on).
+    ``proxies``: reverse proxies whose ``X-Forwarded-For`` and ``X-Forwarded-Proto``
+    say who a connection's client is (:mod:`caresync.transport.forwarded`); from any
+    other peer those headers are ignored.
     """
+
+    def client_of(connection: ServerConnection, request: Request) -> ClientAddress:
+        address = connection.remote_address
+        return forwarded_client(
+            str(address[0]) if address else None,
+            connection.transport.get_extra_info("ssl_object") is not None,
+            tuple(request.headers.raw_items()),
+            proxies,
+        )
 
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         if http_handler is None:
             return None
-        address = connection.remote_address
-        about = HttpRequest(
-            tuple(request.headers.raw_items()),
-            str(address[0]) if address else None,
-            connection.transport.get_extra_info("ssl_object") is not None,
-        )
+        client = client_of(connection, request)
+        about = HttpRequest(tuple(request.headers.raw_items()), client.host, client.tls)
         answer = await http_handler(request.method, request.path, about)
         if answer is None:
             return None
@@ -433,7 +454,14 @@ async def serve_websockets(
     async def on_connection(connection: ServerConnection) -> None:
         address = connection.remote_address
         peer = f"{address[0]}:{address[1]}" if address else "unknown"
-        await handler(WebSocketChannel(connection, peer))
+        request = connection.request
+        client = None if request is None or not proxies else client_of(connection, request)
+        if client is not None and client.via_proxy:
+            await handler(
+                WebSocketChannel(connection, f"{client.host} via {peer}", client_host=client.host)
+            )
+        else:
+            await handler(WebSocketChannel(connection, peer))
 
     try:
         server = await serve(
