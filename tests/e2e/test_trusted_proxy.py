@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trustme
 from argon2 import PasswordHasher
 from tests.cli.clitools import run_main
 from tests.e2e.hostile import Hostile
@@ -126,10 +128,11 @@ async def test_the_log_names_the_client_and_the_proxy(
     assert any("203.0.113.7 via 127.0.0.1:" in line for line in lines), lines
 
 
-def _admin_page(url: str, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(url.replace("ws://", "http://") + "/admin", headers=headers)
+def _admin_page(url: str, headers: dict[str, str], context: ssl.SSLContext | None = None) -> int:
+    page = url.replace("wss://", "https://").replace("ws://", "http://") + "/admin"
+    request = urllib.request.Request(page, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
             return int(answer.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -152,3 +155,24 @@ def test_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path: Path) ->
     assert "--trusted-proxy" in result.stderr
     assert "proxy.lan" in result.stderr
     assert not (tmp_path / "server.db").exists()
+
+
+async def test_a_proxy_hop_over_tls_says_nothing_of_the_clients(tmp_path: Path) -> None:
+    # A proxy that takes plain HTTP from its clients and re-encrypts to this server, but
+    # sends no X-Forwarded-Proto: its own TLS is not its client's, so no password.
+    ca = trustme.CA()
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    proxy_tls = ssl.create_default_context()
+    ca.configure_trust(proxy_tls)
+    server = await SyncServer.open(tmp_path / "server.db", password_hasher=CHEAP)
+    await server.add_user("clinic-a", "boss", PASSWORD, admin=True)
+    await server.serve("127.0.0.1", 0, ssl=server_tls, trusted_proxies=["127.0.0.1"])
+    try:
+        basic = "Basic " + base64.b64encode(f"boss@clinic-a:{PASSWORD}".encode()).decode()
+        said = {"Authorization": basic, "X-Forwarded-For": "203.0.113.7"}
+        assert await asyncio.to_thread(_admin_page, server.url, said, proxy_tls) == 403
+        over_tls = {**said, "X-Forwarded-Proto": "https"}
+        assert await asyncio.to_thread(_admin_page, server.url, over_tls, proxy_tls) == 200
+    finally:
+        await server.close()

@@ -41,6 +41,20 @@ def test_a_trusted_proxy_names_its_client_from_the_right_end() -> None:
 
 
 @pytest.mark.parametrize(
+    ("entry", "client"),
+    [
+        ("fe80::1%eth0", "fe80::1"),  # a zone names the proxy's link, not the client
+        ("fe80::1%a b <i>\x85", "fe80::1"),  # nor may it carry text into logs and keys
+        ("[fe80::1%eth1]:4431", "fe80::1"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # one client, one throttle count
+        ("[::ffff:203.0.113.7]:80", "203.0.113.7"),
+    ],
+)
+def test_the_client_address_is_canonical(entry: str, client: str) -> None:
+    assert forwarded_client("10.0.0.5", False, xff(entry), PROXY).host == client
+
+
+@pytest.mark.parametrize(
     "headers",
     [
         (),
@@ -63,8 +77,11 @@ def test_the_proxy_says_whether_its_client_used_tls() -> None:
     http = (*said, ("X-Forwarded-Proto", "https, http"))  # the rightmost: the proxy's
     assert forwarded_client("10.0.0.5", False, https, PROXY).tls is True
     assert forwarded_client("10.0.0.5", True, http, PROXY).tls is False
-    # Not said: the connection's own.
-    assert forwarded_client("10.0.0.5", True, said, PROXY).tls is True
+    # Not said: not TLS, even over TLS from the proxy (a proxy that takes plain HTTP and
+    # re-encrypts to this server says nothing of its client's hop by its own).
+    assert forwarded_client("10.0.0.5", True, said, PROXY).tls is False
+    # Its own connection, without a client named, is the proxy's own and keeps its TLS.
+    assert forwarded_client("10.0.0.5", True, (), PROXY).tls is True
     # From a peer that is not trusted, the header is ignored.
     assert forwarded_client("192.0.2.1", False, https, PROXY).tls is False
 

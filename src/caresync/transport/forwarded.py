@@ -97,22 +97,30 @@ def forwarded_client(
         if name.lower() == "x-forwarded-proto"
         for part in value.split(",")
     ]
-    forwarded_tls = protos[-1] in ("https", "wss") if protos else tls
+    # Not said: not TLS. The proxy's own hop (``tls``) says nothing of its client's: a
+    # proxy may take plain HTTP and re-encrypt to this server.
+    forwarded_tls = bool(protos) and protos[-1] in ("https", "wss")
     return ClientAddress(client, forwarded_tls, via_proxy=True)
 
 
 def _address(entry: str) -> str | None:
     """``entry`` as a canonical address (an IPv6 address may come in brackets, with a
-    port after them; an IPv4 one with ``:port``), or None if it is not one."""
+    port after them; an IPv4 one with ``:port``), or None if it is not one. An IPv6
+    zone (``fe80::1%eth0``: the proxy's link, any text) is dropped, and an IPv4-mapped
+    address is its IPv4 one: one client is one throttle count, and nothing but an
+    address reaches the logs."""
     text = entry
     if text.startswith("["):
         text = text[1 : text.find("]")] if "]" in text else ""
     elif text.count(":") == 1:
         text = text.split(":", 1)[0]
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address):
+        address = address.ipv4_mapped or ipaddress.IPv6Address(int(address))
+    return str(address)
 
 
 def _trusted(host: str | None, proxies: TrustedProxies) -> bool:
