@@ -382,8 +382,11 @@ def test_an_error_at_any_step_of_a_rotation_leaves_a_database_that_opens(
             raise OSError(5, f"failed after {step}")
 
     monkeypatch.setattr(conversion, "_reached", fail)
-    with pytest.raises((StorageError, OSError)):
+    with pytest.raises((StorageError, OSError)) as raised:
         rotate_laptop_key(db, PASSWORDS["dr.a"], params=CHEAP)
+    if step == "replaced":  # the one state a key file beside the database cannot open
+        assert "open the database once with that password" in str(raised.value)
+        assert "dr.a's password" in str(raised.value)
     monkeypatch.setattr(conversion, "_reached", lambda reached: None)
     if REKEY_STEPS.index(step) < REKEY_STEPS.index("replaced"):
         # An error (not a crash) removes what it wrote: nothing is left beside the database.

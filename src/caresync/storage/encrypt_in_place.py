@@ -184,6 +184,7 @@ def _rewrite_in_place(
         except OSError as exc:
             raise StorageError(f"cannot write beside {database}: {exc}; nothing changed") from exc
         copy = Path(name)
+        replaced = False
         try:
             try:
                 os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
@@ -198,9 +199,14 @@ def _rewrite_in_place(
                 write_key_file()
             _reached("keyed")
             os.replace(copy, database)
+            replaced = True
             _fsync_directory(database.parent)
             _reached("replaced")
         except OSError as exc:
+            if replaced:
+                raise StorageError(
+                    f"encrypting {database}: its new copy replaced it, then: {exc}"
+                ) from exc
             raise StorageError(f"encrypting {database} failed: {exc}; it was not changed") from exc
         finally:
             for leftover in (copy, Path(f"{copy}-journal")):

@@ -68,6 +68,7 @@ from caresync.exceptions import (
     KeyFileError,
     LoginLockedError,
     PasswordNeededError,
+    StorageError,
     WrongPasswordError,
 )
 from caresync.lockout import FailedLogin, UnlockAttempts, lock_seconds, locked_error
@@ -423,9 +424,19 @@ def rotate_laptop_key(
 
     try:
         rekey_in_place(path, old.key, new_key, write_key_file, install_key_file)
-    except BaseException:
-        if made and _opens(path, old.key):
+    except BaseException as exc:
+        if not made:
+            raise
+        if _opens(path, old.key):
             pending.unlink(missing_ok=True)  # the database was not replaced: of no use
+            raise
+        if isinstance(exc, Exception) and pending.exists():
+            raise StorageError(
+                f"{exc}. {path} is under its new key already, which only "
+                f"{old.unlocked_by}'s password opens (its new key file waits beside the old "
+                f"one, {pending.name}): open the database once with that password (any "
+                "command) to finish the rotation"
+            ) from exc
         raise
     dropped = tuple(user for user in old.ring.users() if user != old.unlocked_by)
     return Rotation(path, old.unlocked_by, dropped)
@@ -502,6 +513,8 @@ def _after_a_rotation(
 
 def _opens(path: Path, key: bytes) -> bool:
     """Whether ``key`` opens the database at ``path`` (page 1 is read; nothing written)."""
+    if not path.is_file():
+        return False  # and connect() must not make one
     try:
         conn = connect(path, key=key)
     except DatabaseKeyError:
