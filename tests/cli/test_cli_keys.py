@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 from tests.cli.clitools import PASSWORD, digest, inproc, sh
-from tests.cli.test_cli_commands import refused
+from tests.cli.conftest import Clinic
+from tests.cli.test_cli_commands import new_record, refused, status
 
 from caresync.cli.errors import ExitCode
 from caresync.replica import Replica
@@ -217,3 +218,47 @@ def test_rotate_refusals(laptop: Path, tmp_path: Path) -> None:
         ExitCode.NOT_FOUND,
         "no database",
     )
+
+
+def test_after_a_rotation_a_colleague_gets_a_copy_again_at_an_online_login(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole story on a real server: a colleague's copy is dropped by a rotation, and
+    their next online login on the laptop, opened with the rotating user's password, gives
+    them a copy of the new key; a removed user's password stays refused."""
+    sh("user add --db {db} --org clinic-a --username nurse.r", db=clinic.db, password="nurse-r-pw")
+    sh("user add --db {db} --org clinic-a --username nurse.x", db=clinic.db, password="nurse-x-pw")
+    laptop = clinic.enrol("rotated", encrypted=True)
+    record_id = new_record(laptop)
+    inproc("record set --db {db} {r} name {v}", db=laptop, r=record_id, v=NAME).ok()
+    monkeypatch.setenv("CARESYNC_UNLOCK_PASSWORD", PASSWORD)
+    for nurse, password in (("nurse.r", "nurse-r-pw"), ("nurse.x", "nurse-x-pw")):
+        login = "sync --db {db} --username {u} --unlock"
+        inproc(login, db=laptop, u=nurse, password=password).ok()
+    monkeypatch.delenv("CARESYNC_UNLOCK_PASSWORD")
+    assert key_users(laptop) == ["dr.a", "nurse.r", "nurse.x"]
+
+    # nurse.x leaves: removed on nurse.r's word, then the key is rotated by nurse.r.
+    inproc("keys remove-user nurse.x --db {db}", db=laptop, password="nurse-r-pw").ok()
+    show = "record show --db {db} {r} --json"
+    refused(
+        inproc(show, db=laptop, r=record_id, password="nurse-x-pw"),
+        ExitCode.REFUSED,
+        "does not open",
+    )
+    done = inproc("keys rotate --db {db} --json", db=laptop, password="nurse-r-pw").ok().json()
+    assert (done["username"], done["dropped"]) == ("nurse.r", ["dr.a"])
+    refused(inproc(show, db=laptop, r=record_id), ExitCode.REFUSED, "does not open")
+
+    # dr.a logs in online, the laptop opened with nurse.r's password: a copy again.
+    monkeypatch.setenv("CARESYNC_UNLOCK_PASSWORD", "nurse-r-pw")
+    inproc("sync --db {db} --username dr.a --unlock", db=laptop).ok()
+    monkeypatch.delenv("CARESYNC_UNLOCK_PASSWORD")
+    assert key_users(laptop) == ["dr.a", "nurse.r"]
+    assert inproc(show, db=laptop, r=record_id).ok().json()["fields"]["name"] == NAME
+    refused(
+        inproc(show, db=laptop, r=record_id, password="nurse-x-pw"),
+        ExitCode.REFUSED,
+        "does not open",
+    )
+    assert status(laptop)["pending"] == 0  # it syncs as before: the same replica
