@@ -13,6 +13,7 @@ msgpack, sqlite3 or websockets escapes the public API untranslated.
      │    ├── AuthorError              an author who is not the account logged in here
      │    ├── AuditError               an audit entry or trail that is malformed or does not chain
      │    ├── InvalidFhirError         a FHIR file or resource that cannot be imported
+     │    ├── UnknownKeyUserError      a user with no copy of a laptop's key in its key file
      │    └── InvalidOptionError       an option out of its range (a record pool's size)
      ├── RecordError                  a record cannot do what was asked
      │    ├── UnknownRecordError       no record with that id
@@ -111,6 +112,7 @@ __all__ = [
     "UnknownCollectionError",
     "UnknownConflictError",
     "UnknownEntryError",
+    "UnknownKeyUserError",
     "UnknownRecordError",
     "UnsyncedChangesError",
     "WrongOrganisationError",
@@ -372,6 +374,11 @@ class AlreadyEncryptedError(StorageError):
 class KeyFileError(StorageError):
     """A database key file is damaged, was edited by hand, or cannot be read or written.
     The message names the file."""
+
+
+class UnknownKeyUserError(InvalidInputError, LookupError):
+    """Asked to remove a user's copy of a laptop's database key, and that user has none in
+    the key file (the message names them, and who has one). Nothing was changed."""
 
 
 class WrongPasswordError(AuthenticationError):

@@ -21,6 +21,7 @@ from caresync.exceptions import (
     SyncRefusedError,
     UnknownConflictError,
     UnknownEntryError,
+    UnknownKeyUserError,
     UnknownRecordError,
 )
 
@@ -75,6 +76,7 @@ _CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (UnknownRecordError, ExitCode.NOT_FOUND),
     (UnknownEntryError, ExitCode.NOT_FOUND),
     (UnknownConflictError, ExitCode.NOT_FOUND),
+    (UnknownKeyUserError, ExitCode.NOT_FOUND),
     (FieldConflictError, ExitCode.CONFLICT),
     (ImmutableFieldError, ExitCode.CONFLICT),
     (InvalidInputError, ExitCode.USAGE),

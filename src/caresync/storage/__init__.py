@@ -47,8 +47,11 @@ from caresync.storage.keyring import (
 )
 from caresync.storage.laptop_key import (
     LaptopKey,
+    Rotation,
     create_laptop_key,
     is_encrypted,
+    remove_laptop_user,
+    rotate_laptop_key,
     unlock_key_file,
     unlock_laptop_key,
 )
@@ -85,6 +88,7 @@ __all__ = [
     "KdfParams",
     "KeyRing",
     "LaptopKey",
+    "Rotation",
     "MemoryStore",
     "OutboxItem",
     "OutboxSummary",
@@ -106,6 +110,8 @@ __all__ = [
     "create_laptop_key",
     "is_encrypted",
     "key_file_for",
+    "remove_laptop_user",
+    "rotate_laptop_key",
     "server_database_key",
     "unlock_key_file",
     "unlock_laptop_key",

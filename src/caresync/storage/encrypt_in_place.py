@@ -37,6 +37,12 @@ conversion again, which finishes it), or the encrypted database whole
 with its key file (steps 5 and 6). An error before step 5 removes the partial
 copy and leaves the plain database as it was (in rollback-journal mode).
 
+:func:`reencrypt_in_place` (a new format, same key) and :func:`rekey_in_place`
+(a new key: a rotation) run the same steps on an encrypted database. A rotation's
+step 4 writes the new key file *beside* the old one, and a step **installed**
+after step 5 renames it over the old one (:data:`REKEY_STEPS`): before step 5
+the old key file opens the database, after it the new one.
+
 The plain file's old pages are not scrubbed from the disk: its blocks are
 freed, not overwritten (on an SSD they cannot reliably be). See
 docs/operations.md.
@@ -53,7 +59,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from caresync.exceptions import StorageError
+from caresync.exceptions import InvalidInputError, StorageError
 from caresync.storage._cipher import (
     AEGIS,
     NEW_DATABASE_CIPHER,
@@ -65,10 +71,14 @@ from caresync.storage._cipher import (
 )
 from caresync.storage._lock import WriterLock
 
-__all__ = ["STEPS", "encrypt_in_place", "reencrypt_in_place"]
+__all__ = ["REKEY_STEPS", "STEPS", "encrypt_in_place", "reencrypt_in_place", "rekey_in_place"]
 
 STEPS = ("prepared", "copied", "verified", "keyed", "replaced", "cleaned")
 """The steps of :func:`encrypt_in_place`, in order (see the module docstring)."""
+
+REKEY_STEPS = ("prepared", "copied", "verified", "keyed", "replaced", "installed", "cleaned")
+"""The steps of :func:`rekey_in_place`, in order: those of :data:`STEPS`, and
+**installed** (the new key file renamed over the old one) once the database is replaced."""
 
 _BUSY_TIMEOUT_S = 5.0
 
@@ -118,14 +128,48 @@ def reencrypt_in_place(database: Path, key: bytes) -> bool:
     return True
 
 
+def rekey_in_place(
+    database: Path,
+    key: bytes,
+    new_key: bytes,
+    write_key_file: Callable[[], None],
+    install_key_file: Callable[[], None],
+) -> None:
+    """Rewrite the encrypted database at ``database`` (opened with ``key``) under
+    ``new_key``, in place, in the AEGIS format: a key rotation.
+
+    The steps of :func:`encrypt_in_place` (:data:`REKEY_STEPS`): ``write_key_file``
+    writes the new key file *beside* the old one once the copy is verified, the
+    copy replaces the database, then ``install_key_file`` puts the new key file in
+    the old one's place. So a crash leaves the old database with the old key
+    file (and perhaps a stale new one beside it), or the new database with the new
+    key file beside or in place of the old one: never a database that no key file
+    opens. Blocks: run it in a thread. DatabaseKeyError if ``key`` does not open it;
+    StorageError as :func:`encrypt_in_place`, or where SQLite3 Multiple Ciphers is
+    missing; whatever the two callables raise (before the replace, nothing changed).
+    """
+    check_key(key)
+    check_key(new_key)
+    if new_key == key:
+        raise InvalidInputError("a new key must differ from the old one; nothing was changed")
+    if NEW_DATABASE_CIPHER != AEGIS:
+        raise StorageError(
+            "rewriting a database under a new key needs SQLite3 Multiple Ciphers: "
+            "pip install apsw-sqlite3mc; it was not changed"
+        )
+    _rewrite_in_place(database, new_key, key, write_key_file, install_key_file)
+
+
 def _rewrite_in_place(
     database: Path,
     key: bytes,
     source_key: bytes | None,
     write_key_file: Callable[[], None] | None,
+    after_replace: Callable[[], None] | None = None,
 ) -> None:
     """The steps of the module docstring: ``database`` (plain if ``source_key`` is
-    None, else encrypted with it) rewritten with ``key`` in the store's format."""
+    None, else encrypted with it) rewritten with ``key`` in the store's format;
+    ``after_replace`` runs once the copy has replaced it (step "installed")."""
     lock = WriterLock.acquire(database)
     try:
         # Partial copies an interrupted conversion left (their key is lost): ours to remove.
@@ -140,6 +184,7 @@ def _rewrite_in_place(
         except OSError as exc:
             raise StorageError(f"cannot write beside {database}: {exc}; nothing changed") from exc
         copy = Path(name)
+        replaced = False
         try:
             try:
                 os.fchmod(fd, 0o600)  # mkstemp's 0600 less the umask: exactly 0600
@@ -154,13 +199,21 @@ def _rewrite_in_place(
                 write_key_file()
             _reached("keyed")
             os.replace(copy, database)
+            replaced = True
             _fsync_directory(database.parent)
             _reached("replaced")
         except OSError as exc:
+            if replaced:
+                raise StorageError(
+                    f"encrypting {database}: its new copy replaced it, then: {exc}"
+                ) from exc
             raise StorageError(f"encrypting {database} failed: {exc}; it was not changed") from exc
         finally:
             for leftover in (copy, Path(f"{copy}-journal")):
                 leftover.unlink(missing_ok=True)  # ours, never the user's
+        if after_replace is not None:
+            after_replace()
+            _reached("installed")
         for suffix in ("-wal", "-shm", "-journal"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
         _reached("cleaned")

@@ -10,6 +10,9 @@ under a key derived from that user's password with argon2id (a random salt per
 wrap; the username is the associated data, so a wrapped copy cannot be moved to
 another user's entry). Any of those users unlocks the database offline; a
 password change wraps the same key again for that user only.
+:meth:`KeyRing.remove_user` removes one user's copy (never the last); a new
+key (a rotation, :func:`caresync.storage.laptop_key.rotate_laptop_key`) comes
+with a new key file that replaces this one whole (:meth:`KeyRing.replace_file_of`).
 
 The file is JSON, one object::
 
@@ -68,7 +71,12 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from caresync.exceptions import InvalidInputError, KeyFileError, WrongPasswordError
+from caresync.exceptions import (
+    InvalidInputError,
+    KeyFileError,
+    UnknownKeyUserError,
+    WrongPasswordError,
+)
 from caresync.lockout import UnlockAttempts
 from caresync.names import check_username
 from caresync.storage._cipher import KEY_BYTES, check_key
@@ -343,6 +351,64 @@ class KeyRing:
         if username not in self._users:
             raise InvalidInputError(f"{username!r} has no copy of the key in {self.path}")
         self._set(username, new_password, key, params)
+
+    def remove_user(self, username: str) -> None:
+        """Remove ``username``'s copy of the key, and save: their password no longer
+        unlocks it. The other users' copies, and the key itself, are unchanged.
+
+        Checked against the file as it is *now*, under its lock (another process may
+        have changed it): UnknownKeyUserError, naming them, for a user with no copy
+        there; InvalidInputError for the last copy (nobody could unlock the database
+        any more). Nothing is written then. A file that cannot be written is a
+        KeyFileError, and nothing is changed.
+
+        Whoever unlocked the key before may have kept the key itself: removing a copy
+        does not take it back from them (rotate the key for that:
+        :func:`caresync.storage.laptop_key.rotate_laptop_key`).
+        """
+        with self._latest():
+            self.check_removable(username)
+            removed = self._users.pop(username)
+            try:
+                self._write(exclusive=False)
+            except BaseException:
+                self._users[username] = removed
+                raise
+
+    def check_removable(self, username: str) -> None:
+        """What :meth:`remove_user` checks first, on the file as last read:
+        UnknownKeyUserError for a user with no copy, InvalidInputError for the last copy."""
+        if not isinstance(username, str) or username not in self._users:
+            raise UnknownKeyUserError(
+                f"{username!r} has no copy of the key in {self.path} (the users with one: "
+                f"{', '.join(self.users())}); nothing was changed"
+            )
+        if len(self._users) == 1:
+            raise InvalidInputError(
+                f"{username!r} holds the last copy of the key in {self.path}: without it "
+                "nobody could unlock the database any more, so it is kept; nothing was "
+                "changed"
+            )
+
+    def replace_file_of(self, old: KeyRing) -> None:
+        """Write this key ring (a new key's) over ``old``'s file, keeping the failed
+        unlock attempts that file holds at this moment; from then on this ring is at
+        ``old.path``.
+
+        Read and replaced under the old file's lock, atomically (a crash leaves the old
+        file or this one). For a rotated key: the database must already be the one this
+        ring's key opens. KeyFileError if the old file cannot be read or written (then
+        nothing was replaced).
+        """
+        with _locked(old.path) as data:
+            _, _, attempts = _parse(old.path, data)
+            before = (self.path, self._attempts)
+            self.path, self._attempts = old.path, attempts
+            try:
+                self._write(exclusive=False)
+            except BaseException:
+                self.path, self._attempts = before
+                raise
 
     # -------------------------------------------------------------- internals
 

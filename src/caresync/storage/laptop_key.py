@@ -37,26 +37,44 @@ counted) until a caller has recorded them elsewhere: a successful unlock returns
 them (:attr:`LaptopKey.failed_logins`), and :meth:`LaptopKey.failures_recorded`
 clears them from the file.
 
+**Removing a copy, rotating the key.** :func:`remove_laptop_user` removes one
+user's copy, on the word of another user whose password opens the key now: the
+removed password no longer opens the database, but the key is the same, so
+whoever opened it before may have kept it. :func:`rotate_laptop_key` rewrites the
+database under a new random key and leaves a key file with the acting user's copy
+only (the others get one again at their next online login); the new key file is
+written beside the old one (``<db>.keys.rotated``) before the database is
+replaced, and renamed over the old one after, so a crash leaves a database that
+one of them opens: :func:`unlock_laptop_key` finishes a rotation stopped between
+the two, with the rotating user's password.
+
 A database with no key file is a plain one, opened as before. The key and the
 passwords are never stored, logged or shown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from caresync.exceptions import (
     DatabaseKeyError,
+    DatabaseNotFoundError,
     InvalidInputError,
     KeyFileError,
     LoginLockedError,
     PasswordNeededError,
+    StorageError,
     WrongPasswordError,
 )
 from caresync.lockout import FailedLogin, UnlockAttempts, lock_seconds, locked_error
+from caresync.storage._cipher import KEY_BYTES, connect
+from caresync.storage._lock import WriterLock
+from caresync.storage.encrypt_in_place import rekey_in_place
 from caresync.storage.keyring import (
     DEFAULT_KDF,
     KdfParams,
@@ -70,9 +88,13 @@ __all__ = [
     "MAX_USERS_TRIED",
     "FailedLogin",
     "LaptopKey",
+    "Rotation",
     "create_laptop_key",
     "is_encrypted",
     "is_plain_database",
+    "remove_laptop_user",
+    "rotate_laptop_key",
+    "rotated_key_file_for",
     "unlock_key_file",
     "unlock_laptop_key",
 ]
@@ -164,8 +186,23 @@ def unlock_laptop_key(
     missing or damaged key file, or one the attempt cannot be counted in;
     DatabaseKeyError for a plain database beside a key file (an interrupted
     ``caresync encrypt``). Blocks: call it in a thread.
+
+    After a key rotation interrupted once the database was rewritten under the new
+    key (:func:`rotate_laptop_key`), the password of the user who rotated it finishes
+    the rotation (the new key file takes the old one's place) and opens it; any
+    other user's is refused with a WrongPasswordError that says so.
     """
-    path = Path(database)
+    return _unlock_laptop(Path(database), password, username, params)
+
+
+def _unlock_laptop(
+    path: Path,
+    password: str,
+    username: str | None,
+    params: KdfParams,
+    *,
+    excluding: str | None = None,
+) -> LaptopKey:
     if is_plain_database(path):
         raise DatabaseKeyError(
             f"{path} is a plain (unencrypted) database, yet a key file is beside it: a "
@@ -173,7 +210,12 @@ def unlock_laptop_key(
             "to finish it; the plain database is whole), or the file was replaced by a "
             "plain one. Nothing was changed"
         )
-    return _unlock(key_file_for(path), password, username, params, laptop=path)
+    unlocked = _unlock(
+        key_file_for(path), password, username, params, laptop=path, excluding=excluding
+    )
+    if rotated_key_file_for(path).exists():
+        return _after_a_rotation(path, unlocked, password, username, params)
+    return unlocked
 
 
 def unlock_key_file(
@@ -196,6 +238,7 @@ def _unlock(
     params: KdfParams,
     *,
     laptop: Path | None,
+    excluding: str | None = None,
 ) -> LaptopKey:
     database = laptop if laptop is not None else Path(str(key_file).removesuffix(".keys"))
     if not isinstance(password, str) or not password:
@@ -207,6 +250,18 @@ def _unlock(
     check_password(password)
     ring = KeyRing.load(key_file)
     users = ring.users() if username is None else [username]
+    if excluding is not None:
+        if username == excluding:
+            raise InvalidInputError(
+                f"the password must be that of another user than {excluding!r}; no password "
+                "was tried"
+            )
+        users = [user for user in users if user != excluding]
+        if not users:
+            raise InvalidInputError(
+                f"{key_file} holds no other user's copy of the key than {excluding!r}'s; no "
+                "password was tried"
+            )
     if len(users) > MAX_USERS_TRIED:
         # Each try costs an argon2id derivation: a file listing thousands of users
         # (a hand-edited one) must not make opening take hours.
@@ -266,6 +321,218 @@ def _no_copy_opens(database: Path, username: str | None, *, laptop: bool) -> str
         "CARESYNC_UNLOCK_PASSWORD set to a password that opens it now (the user's old one, "
         "or a colleague's)."
     )
+
+
+# ---------------------------------------------------------- changing the key file
+
+
+def remove_laptop_user(
+    database: str | os.PathLike[str],
+    username: str,
+    password: str,
+    by: str | None = None,
+    *,
+    params: KdfParams = DEFAULT_KDF,
+) -> list[str]:
+    """Remove ``username``'s copy of the key of the encrypted laptop database at
+    ``database``, on the word of another user of it: ``by`` (any other user, when
+    None), whose ``password`` must unlock the key now. Returns the users who still
+    have a copy.
+
+    From then on ``username``'s password no longer opens this database (until they
+    get a copy again at an online login on this laptop while it is open). The key
+    itself is unchanged: whoever unlocked the database before may have kept it,
+    and copies of the key file (backups) still hold the removed copy. Rotate the
+    key for that (:func:`rotate_laptop_key`).
+
+    The password is tried as every unlock is, counted against the laptop's
+    guessing lock (WrongPasswordError, LoginLockedError). Refused, with nothing
+    changed: no database (DatabaseNotFoundError), a plain one or no key file
+    (KeyFileError), ``username`` with no copy (UnknownKeyUserError, before any
+    password is tried), the last copy, or ``by`` naming ``username``
+    (InvalidInputError). Blocks for argon2id derivations: call it in a thread.
+    """
+    path = Path(database)
+    _refuse_without_key_file(path, "remove a user's copy of")
+    KeyRing.load(key_file_for(path)).check_removable(username)
+    unlocked = _unlock_laptop(path, password, by, params, excluding=username)
+    unlocked.ring.remove_user(username)
+    return unlocked.ring.users()
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What :func:`rotate_laptop_key` did."""
+
+    database: Path
+    username: str
+    """The user whose password opens the database now (the only copy of the new key)."""
+    dropped: tuple[str, ...]
+    """The other users who had a copy of the old key: none of the new one yet."""
+
+
+def rotate_laptop_key(
+    database: str | os.PathLike[str],
+    password: str,
+    username: str | None = None,
+    *,
+    params: KdfParams = DEFAULT_KDF,
+) -> Rotation:
+    """Encrypt the laptop database at ``database`` under a new random key, in place,
+    and replace its key file with one holding only the copy of the user whose
+    ``password`` unlocked the old key (``username``, or whoever's it opens).
+
+    Other users' copies cannot be made without their passwords: each gets one
+    again at their next online login on this laptop while it is open (``caresync
+    sync --username NAME --unlock``), as after ``caresync encrypt``. The failed
+    unlock attempts the key file holds are kept.
+
+    The steps are :func:`~caresync.storage.encrypt_in_place.rekey_in_place`'s: a
+    copy under the new key beside the database, verified row by row; the new key
+    file written beside the old one (``<db>.keys.rotated``); the copy renamed over
+    the database; the new key file renamed over the old one. A crash at any step
+    leaves a database that the old key file opens (until the database is
+    replaced) or the new one (after): :func:`unlock_laptop_key` finishes a
+    rotation interrupted between the last two renames, with the rotating user's
+    password.
+
+    Refused, with nothing changed: no database (DatabaseNotFoundError), a plain
+    one or no key file (KeyFileError), a database another process has open
+    (StorageError: a running replica holds its writer lock), a wrong password
+    (WrongPasswordError, LoginLockedError; counted as every unlock is). Blocks
+    for a copy of the database and argon2id derivations: call it in a thread.
+    """
+    path = Path(database)
+    _refuse_without_key_file(path, "rotate the key of")
+    WriterLock.acquire(path).release()  # in use: refused before a password is tried
+    old = _unlock_laptop(path, password, username, params)
+    new_key = secrets.token_bytes(KEY_BYTES)
+    pending = rotated_key_file_for(path)
+    made: list[KeyRing] = []
+
+    def write_key_file() -> None:
+        # Under the writer lock, the database just read with the old key: a file
+        # left here by an interrupted rotation is stale.
+        pending.unlink(missing_ok=True)
+        ring, _ = KeyRing.create(pending, old.unlocked_by, password, params=params, key=new_key)
+        made.append(ring)
+
+    def install_key_file() -> None:
+        made[0].replace_file_of(old.ring)
+        pending.unlink(missing_ok=True)
+        _fsync_directory(path.parent)
+
+    try:
+        rekey_in_place(path, old.key, new_key, write_key_file, install_key_file)
+    except BaseException as exc:
+        if not made:
+            raise
+        if _opens(path, old.key):
+            pending.unlink(missing_ok=True)  # the database was not replaced: of no use
+            raise
+        if isinstance(exc, Exception) and pending.exists():
+            raise StorageError(
+                f"{exc}. {path} is under its new key already, which only "
+                f"{old.unlocked_by}'s password opens (its new key file waits beside the old "
+                f"one, {pending.name}): open the database once with that password (any "
+                "command) to finish the rotation"
+            ) from exc
+        raise
+    dropped = tuple(user for user in old.ring.users() if user != old.unlocked_by)
+    return Rotation(path, old.unlocked_by, dropped)
+
+
+def rotated_key_file_for(database: str | os.PathLike[str]) -> Path:
+    """Where a key rotation writes the new key file before it replaces the old one:
+    ``<database>.keys.rotated``."""
+    keys = key_file_for(database)
+    return keys.with_name(keys.name + ".rotated")
+
+
+def _refuse_without_key_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise DatabaseNotFoundError(f"there is no database at {path}; nothing was changed")
+    keys = key_file_for(path)
+    if keys.exists():
+        return
+    if is_plain_database(path):
+        raise KeyFileError(
+            f"cannot {what} {path}: it is a plain (unencrypted) database, with no key file "
+            "beside it (`caresync encrypt` encrypts a laptop's); nothing was changed"
+        )
+    raise KeyFileError(
+        f"cannot {what} {path}: there is no key file beside it ({keys}), where a laptop's "
+        "encrypted database keeps its key (a server's key is its operator's, "
+        "CARESYNC_DATABASE_KEY); nothing was changed"
+    )
+
+
+def _after_a_rotation(
+    path: Path, unlocked: LaptopKey, password: str, username: str | None, params: KdfParams
+) -> LaptopKey:
+    """``unlocked`` (from the key file), or the rotated key a rotation left beside it.
+
+    A rotation interrupted before its copy replaced the database left a stale new
+    key file: the old key still opens the database (the next rotation removes
+    the file). Interrupted after: only the new key opens it; the rotating user's
+    password unlocks it and the new key file takes the old one's place.
+    """
+    if not path.is_file() or _opens(path, unlocked.key):
+        return unlocked  # no database to open (nor to create here): the store says why
+    pending = rotated_key_file_for(path)
+    try:
+        ring = KeyRing.load(pending)
+    except KeyFileError:
+        if pending.exists():
+            raise
+        # Installed meanwhile by the rotation itself: the key file holds the new key.
+        return _unlock(key_file_for(path), password, username, params, laptop=path)
+    rotator = ring.users()
+    for user in rotator if username is None else [username]:
+        try:
+            key = ring.unlock(user, password)
+        except WrongPasswordError:
+            continue
+        if not _opens(path, key):
+            return unlocked  # neither opens it: opening says so (DatabaseKeyError)
+        ring.replace_file_of(unlocked.ring)
+        pending.unlink(missing_ok=True)
+        _fsync_directory(path.parent)
+        return LaptopKey(
+            ring, key, user, params, unlocked.failed_logins, unlocked.failed_logins_dropped
+        )
+    names = ", ".join(rotator)
+    raise WrongPasswordError(
+        f"{path}: a key rotation (`caresync keys rotate`) was interrupted after the database "
+        f"was rewritten under its new key, which only {names}'s password opens: open it once "
+        f"with that password (any command, or `caresync keys rotate --db {path}` again), "
+        "which finishes the rotation; the other users then log in online once with "
+        "`caresync sync --username NAME --unlock`. Nothing was changed"
+    )
+
+
+def _opens(path: Path, key: bytes) -> bool:
+    """Whether ``key`` opens the database at ``path`` (page 1 is read; nothing written)."""
+    if not path.is_file():
+        return False  # and connect() must not make one
+    try:
+        conn = connect(path, key=key)
+    except DatabaseKeyError:
+        return False
+    conn.close()
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def is_plain_database(path: str | os.PathLike[str]) -> bool:
