@@ -197,6 +197,24 @@ async def test_concurrent_guesses_get_no_more_password_checks_than_one_after_ano
     assert codes.count(ErrorCode.THROTTLED) == 34
 
 
+async def test_many_right_passwords_of_one_account_at_once_all_get_in() -> None:
+    """Reproduced (bench_server_scale's 2,000 laptops of one account, 20 logins at a
+    time): each login's claim counted until its check was over, so the sixth right
+    password in flight found the account locked. A gate checks one password of an
+    account at a time: a right one clears its claim before the next is claimed. Two
+    gates (two processes) have at most two in flight, under the five free."""
+    store = MemoryStore()
+    await store.add_user("clinic-a", "dr.a", CHEAP.hash("right"))
+    gates = [_gate(store, LoginThrottle(first_lock_s=60)) for _ in range(2)]
+    results = await asyncio.gather(
+        *(
+            gates[n % 2].check_password("clinic-a", "dr.a", "right", f"10.0.{n}.1")
+            for n in range(30)
+        )
+    )
+    assert [r.code if isinstance(r, Refused) else "ok" for r in results] == ["ok"] * 30
+
+
 async def test_a_wall_clock_set_back_does_not_lengthen_a_lock_of_an_unshared_store(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

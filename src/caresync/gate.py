@@ -36,9 +36,10 @@ them into the protocol's fatal ``Error`` and closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -128,6 +129,9 @@ class Gatekeeper:
         serves (SQLite, memory), which a wall clock set back cannot lengthen a lock by."""
         self._key = server_key
         self._dummy_hash: str | None = None
+        # One password check at a time per account in this process (see check_password);
+        # an entry lives while a check of that account runs or waits.
+        self._checking: dict[ThrottleKey, tuple[asyncio.Lock, list[int]]] = {}
 
     async def server_key(self) -> ServerKey:
         """The server's signing key: from its database, or made and stored there once."""
@@ -203,6 +207,42 @@ class Gatekeeper:
         admin page) counts as a failed login: trying it again and again must cost what
         any wrong guess costs, not a password check and an audit entry each time."""
         keys = LoginThrottle.keys(organisation, username, address)
+        # One check of an account at a time here: a right password clears its claim
+        # before the next is claimed, so logins of one account at the same moment
+        # (several laptops, a harness's many) never add up to a lock; guesses wait
+        # their turn and are counted one by one. Across processes, at most one claim
+        # each is in flight at once.
+        async with self._turn_of(keys[0]):
+            return await self._check_password(
+                keys, organisation, username, password, needs_admin=needs_admin
+            )
+
+    @contextlib.asynccontextmanager
+    async def _turn_of(self, key: ThrottleKey) -> AsyncIterator[None]:
+        """This process's turn to check a password of the account ``key``."""
+        entry = self._checking.get(key)
+        if entry is None:
+            entry = self._checking[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._checking[key]
+
+    async def _check_password(
+        self,
+        keys: list[ThrottleKey],
+        organisation: str,
+        username: str,
+        password: str,
+        *,
+        needs_admin: bool,
+    ) -> UserAccount | Refused:
+        """:meth:`check_password` in the account's turn."""
         wait = await self._wait(keys)
         if wait <= 0:
             # The account's guess is counted before its password is checked, atomically
