@@ -480,3 +480,24 @@ def test_the_old_key_file_stays_locked_from_the_new_one_written_until_installed(
     rotate_laptop_key(db, PASSWORDS["dr.a"], params=CHEAP)
     assert held == [True]
     assert key_users(db) == ["dr.a"]
+
+
+def test_an_unlock_that_meets_a_rotation_says_so_not_that_the_file_is_read_only(
+    laptop: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key file read, then replaced by a rotation's before the attempt is counted."""
+    db, _ = laptop
+    rotated = db.with_name("other.db.keys")
+    KeyRing.create(rotated, "dr.a", PASSWORDS["dr.a"], params=CHEAP)
+    load = KeyRing.load
+
+    def load_then_rotated(path: Any) -> KeyRing:
+        ring = load(path)
+        if rotated.exists():  # once: the rotation's file is there from then on
+            os.replace(rotated, key_file_for(db))
+        return ring
+
+    monkeypatch.setattr(KeyRing, "load", staticmethod(load_then_rotated))
+    with pytest.raises(KeyFileError, match=r"changed meanwhile.*try again") as raised:
+        unlock_laptop_key(db, PASSWORDS["dr.b"], params=CHEAP)
+    assert "writable" not in str(raised.value)

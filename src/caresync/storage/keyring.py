@@ -303,6 +303,15 @@ class KeyRing:
                     raise
             return self._attempts
 
+    def holds_the_key_of(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the key file at ``path`` is (still) one of this ring's key; True when
+        it cannot be read (then that is what is wrong, not the key)."""
+        try:
+            other = type(self).load(path)
+        except KeyFileError:
+            return True
+        return hmac.compare_digest(other._check, self._check)
+
     def unlock(self, username: str, password: str) -> bytes:
         """The database key, for a user of this file and their password.
 

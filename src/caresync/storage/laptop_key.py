@@ -284,6 +284,11 @@ def _unlock(
     try:
         counted = ring.change_attempts(count)
     except KeyFileError as exc:
+        if not ring.holds_the_key_of(key_file):
+            raise KeyFileError(
+                f"{exc}; its key was changed meanwhile (`caresync keys rotate`), so no "
+                "password was tried: try again"
+            ) from exc
         raise KeyFileError(
             f"{exc}; the attempt could not be counted, so no password was tried (the key "
             "file must be writable: copy a read-only one somewhere writable)"
