@@ -428,3 +428,76 @@ def test_a_crash_at_any_step_of_a_rotation_leaves_a_database_that_opens(
     )
     assert child.returncode == 70, child.stderr
     check_after_interruption(db, step, old_key, before)
+
+
+def test_a_rotation_does_not_undo_a_removal_of_the_rotating_user_made_meanwhile(
+    laptop: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dr.a starts a rotation; while the copy is made, dr.b removes dr.a's copy. The
+    rotation must not then leave dr.a the only user of a new key (dr.b's removal
+    silently undone, dr.b and nurse.c locked out): it is refused, nothing changed."""
+    db, before = laptop
+    old_key = unlock_laptop_key(db, PASSWORDS["dr.a"], params=CHEAP).key
+
+    def remove_meanwhile(reached: str) -> None:
+        if reached == "verified":
+            remove_laptop_user(db, "dr.a", PASSWORDS["dr.b"], "dr.b", params=CHEAP)
+
+    monkeypatch.setattr(conversion, "_reached", remove_meanwhile)
+    with pytest.raises(UnknownKeyUserError, match=r"'dr\.a'.*removed.*meanwhile"):
+        rotate_laptop_key(db, PASSWORDS["dr.a"], "dr.a", params=CHEAP)
+    monkeypatch.setattr(conversion, "_reached", lambda reached: None)
+    assert opens_with(db, old_key)
+    assert key_users(db) == ["dr.b", "nurse.c"]
+    assert beside(db) == ["laptop.db", "laptop.db.keys"]
+    assert asyncio.run(opened(db, "dr.b")) == before
+    with pytest.raises(WrongPasswordError):
+        asyncio.run(opened(db, "dr.a"))
+
+
+@pytest.mark.parametrize("step", ["keyed", "replaced"])
+def test_the_old_key_file_stays_locked_from_the_new_one_written_until_installed(
+    laptop: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """No removal (nor any other change of the key file) can slip in between the check
+    that the rotating user still has a copy and the new key file replacing the old."""
+    fcntl = pytest.importorskip("fcntl")
+    db, _ = laptop
+    held: list[bool] = []
+
+    def try_lock(reached: str) -> None:
+        if reached == step:
+            fd = os.open(key_file_for(db), os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+            finally:
+                os.close(fd)
+
+    monkeypatch.setattr(conversion, "_reached", try_lock)
+    rotate_laptop_key(db, PASSWORDS["dr.a"], params=CHEAP)
+    assert held == [True]
+    assert key_users(db) == ["dr.a"]
+
+
+def test_an_unlock_that_meets_a_rotation_says_so_not_that_the_file_is_read_only(
+    laptop: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key file read, then replaced by a rotation's before the attempt is counted."""
+    db, _ = laptop
+    rotated = db.with_name("other.db.keys")
+    KeyRing.create(rotated, "dr.a", PASSWORDS["dr.a"], params=CHEAP)
+    load = KeyRing.load
+
+    def load_then_rotated(path: Any) -> KeyRing:
+        ring = load(path)
+        if rotated.exists():  # once: the rotation's file is there from then on
+            os.replace(rotated, key_file_for(db))
+        return ring
+
+    monkeypatch.setattr(KeyRing, "load", staticmethod(load_then_rotated))
+    with pytest.raises(KeyFileError, match=r"changed meanwhile.*try again") as raised:
+        unlock_laptop_key(db, PASSWORDS["dr.b"], params=CHEAP)
+    assert "writable" not in str(raised.value)

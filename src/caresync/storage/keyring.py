@@ -303,6 +303,15 @@ class KeyRing:
                     raise
             return self._attempts
 
+    def holds_the_key_of(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the key file at ``path`` is (still) one of this ring's key; True when
+        it cannot be read (then that is what is wrong, not the key)."""
+        try:
+            other = type(self).load(path)
+        except KeyFileError:
+            return True
+        return hmac.compare_digest(other._check, self._check)
+
     def unlock(self, username: str, password: str) -> bytes:
         """The database key, for a user of this file and their password.
 
@@ -400,15 +409,50 @@ class KeyRing:
         ring's key opens. KeyFileError if the old file cannot be read or written (then
         nothing was replaced).
         """
+        with self.replacing_file_of(old) as install:
+            install()
+
+    @contextlib.contextmanager
+    def replacing_file_of(
+        self, old: KeyRing, *, keeping: str | None = None
+    ) -> Iterator[Callable[[], None]]:
+        """Hold ``old``'s file lock for the block, and give it a function that writes
+        this ring over that file as :meth:`replace_file_of` does.
+
+        Checked first, under the lock: the file still holds ``old``'s key, or this
+        one's (KeyFileError otherwise) and, with ``keeping``, that user's copy of it
+        (UnknownKeyUserError: it was removed meanwhile, and this ring must not give it
+        back). No other process changes the file while the block runs (a removal,
+        an unlock attempt wait for it, then find the new file), so nothing it does
+        is lost or undone by the write.
+        """
         with _locked(old.path) as data:
-            _, _, attempts = _parse(old.path, data)
-            before = (self.path, self._attempts)
-            self.path, self._attempts = old.path, attempts
-            try:
-                self._write(exclusive=False)
-            except BaseException:
-                self.path, self._attempts = before
-                raise
+            check, users, attempts = _parse(old.path, data)
+            if not (
+                hmac.compare_digest(check, old._check) or hmac.compare_digest(check, self._check)
+            ):
+                raise KeyFileError(
+                    f"{old.path} was replaced by the key file of another key meanwhile; "
+                    "nothing was written"
+                )
+            if keeping is not None and keeping not in users:
+                raise UnknownKeyUserError(
+                    f"{keeping!r}'s copy of the key was removed from {old.path} meanwhile "
+                    "(`caresync keys remove-user`), so the key was not rotated (its new copy would "
+                    "have been theirs alone); "
+                    "nothing was changed"
+                )
+
+            def install() -> None:
+                before = (self.path, self._attempts)
+                self.path, self._attempts = old.path, attempts
+                try:
+                    self._write(exclusive=False)
+                except BaseException:
+                    self.path, self._attempts = before
+                    raise
+
+            yield install
 
     # -------------------------------------------------------------- internals
 

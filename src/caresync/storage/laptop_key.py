@@ -58,6 +58,7 @@ import contextlib
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,6 +284,11 @@ def _unlock(
     try:
         counted = ring.change_attempts(count)
     except KeyFileError as exc:
+        if not ring.holds_the_key_of(key_file):
+            raise KeyFileError(
+                f"{exc}; its key was changed meanwhile (`caresync keys rotate`), so no "
+                "password was tried: try again"
+            ) from exc
         raise KeyFileError(
             f"{exc}; the attempt could not be counted, so no password was tried (the key "
             "file must be writable: copy a read-only one somewhere writable)"
@@ -409,6 +415,8 @@ def rotate_laptop_key(
     new_key = secrets.token_bytes(KEY_BYTES)
     pending = rotated_key_file_for(path)
     made: list[KeyRing] = []
+    installs: list[Callable[[], None]] = []
+    held = contextlib.ExitStack()
 
     def write_key_file() -> None:
         # Under the writer lock, the database just read with the old key: a file
@@ -416,15 +424,23 @@ def rotate_laptop_key(
         pending.unlink(missing_ok=True)
         ring, _ = KeyRing.create(pending, old.unlocked_by, password, params=params, key=new_key)
         made.append(ring)
+        # The old key file stays locked until the new one replaces it: a copy removed
+        # meanwhile (`keys remove-user`) is neither undone by it nor, if it was the
+        # rotating user's, ignored (refused here, before the database is replaced).
+        installs.append(
+            held.enter_context(ring.replacing_file_of(old.ring, keeping=old.unlocked_by))
+        )
 
     def install_key_file() -> None:
-        made[0].replace_file_of(old.ring)
+        installs[0]()
+        held.close()
         pending.unlink(missing_ok=True)
         _fsync_directory(path.parent)
 
     try:
         rekey_in_place(path, old.key, new_key, write_key_file, install_key_file)
     except BaseException as exc:
+        held.close()
         if not made:
             raise
         if _opens(path, old.key):
