@@ -188,8 +188,11 @@ async def test_a_version_5_database_gains_the_table_and_keeps_its_accounts(
 async def _until_waiting_on_a_row(url: str, count: int) -> None:
     """Until PostgreSQL shows ``count`` statements on ``login_failures`` waiting for a
     lock. PostgreSQL signals no lock wait, so each check is a round trip to it (no
-    fixed sleep), bounded in count and time."""
-    async with await psycopg.AsyncConnection.connect(url) as admin, asyncio.timeout(LIMIT_S):
+    fixed sleep), bounded in count and time. Autocommit: within one transaction
+    ``pg_stat_activity`` is one snapshot, and a first look taken before the statements
+    waited would be all every later look saw (reproduced under the full suite's load)."""
+    connecting = psycopg.AsyncConnection.connect(url, autocommit=True)
+    async with await connecting as admin, asyncio.timeout(LIMIT_S):
         for _ in range(100_000):
             cursor = await admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
