@@ -510,7 +510,7 @@ class KeyRing:
                 os.link(tmp, self.path)  # never over an existing file
             else:
                 os.replace(tmp, self.path)
-            _fsync_directory(directory)
+            fsync_directory(directory)
         except FileExistsError:
             raise KeyFileError(
                 f"{self.path} exists already; a new key file never replaces one"
@@ -737,7 +737,7 @@ def _locked(path: Path) -> Iterator[bytes]:
     raise KeyFileError(f"{path} kept being replaced while it was read; try again")
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the file's new directory entry durable (where directories can be fsynced)."""
     try:
         fd = os.open(directory, os.O_RDONLY)

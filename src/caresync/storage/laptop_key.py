@@ -81,6 +81,7 @@ from caresync.storage.keyring import (
     KdfParams,
     KeyRing,
     check_password,
+    fsync_directory,
     key_file_for,
 )
 from caresync.storage.schema import SQLITE_MAGIC
@@ -435,7 +436,7 @@ def rotate_laptop_key(
         installs[0]()
         held.close()
         pending.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
     try:
         rekey_in_place(path, old.key, new_key, write_key_file, install_key_file)
@@ -513,7 +514,7 @@ def _after_a_rotation(
             return unlocked  # neither opens it: opening says so (DatabaseKeyError)
         ring.replace_file_of(unlocked.ring)
         pending.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         return LaptopKey(
             ring, key, user, params, unlocked.failed_logins, unlocked.failed_logins_dropped
         )
@@ -537,18 +538,6 @@ def _opens(path: Path, key: bytes) -> bool:
         return False
     conn.close()
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_plain_database(path: str | os.PathLike[str]) -> bool:
