@@ -499,11 +499,7 @@ class Gatekeeper:
         if throttle is None:
             return 0.0
         if not _counts_logins(self.store):
-            now = time.monotonic()
-            wait = throttle.retry_after([key], now)
-            if wait <= 0:
-                throttle.failed([key], now)
-            return wait
+            return throttle.claim(key, time.monotonic())
         wait_ms = await self.store.login_claim(
             key_text(key), throttle.free(key), self.throttle_now_ms(), throttle.policy
         )

@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from caresync.exceptions import InvalidInputError
 
@@ -218,14 +218,7 @@ class FailureTable:
         return len(self._rows)
 
 
-@dataclass(slots=True)
-class _Failures:
-    count: int
-    last_s: float
-    locked_until_s: float
-
-
-@dataclass(slots=True)
+@dataclass
 class LoginThrottle:
     """Failed-login bookkeeping; see the module docstring.
 
@@ -234,7 +227,9 @@ class LoginThrottle:
 
     Given to a server (``SyncServer(throttle=...)``), only its settings are used
     (:attr:`policy`, :meth:`free`): the server counts the failures in its store.
-    Its own methods keep failures in this object's memory, in monotonic seconds.
+    Its own methods keep failures in this object's memory, in a :class:`FailureTable`
+    (the rules a store keeps), at the times the caller gives in seconds (a monotonic
+    clock's: a server's gate uses them for a store without the login methods).
     """
 
     account_free: int = 5
@@ -243,7 +238,6 @@ class LoginThrottle:
     max_lock_s: float = 300.0
     forget_after_s: float = 3600.0
     max_tracked: int = 100_000
-    _keys: OrderedDict[ThrottleKey, _Failures] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         for name in ("account_free", "address_free", "max_tracked"):
@@ -252,6 +246,7 @@ class LoginThrottle:
                 raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
         if not 0 < self.first_lock_s <= self.max_lock_s or self.forget_after_s <= 0:
             raise InvalidInputError("LoginThrottle needs 0 < first_lock_s <= max_lock_s")
+        self._table = FailureTable()  # not a field: its own memory, not a setting
 
     @property
     def policy(self) -> ThrottlePolicy:
@@ -275,34 +270,31 @@ class LoginThrottle:
             keys.append(("address", address))
         return keys
 
+    # Its own memory: the same rules as a store's (a FailureTable), in milliseconds of
+    # the caller's clock (``now_s``: seconds, of a clock that never goes back).
+
     def retry_after(self, keys: Iterable[ThrottleKey], now_s: float) -> float:
         """Seconds until these keys may try again (0: now)."""
-        wait = 0.0
-        for key in keys:
-            entry = self._keys.get(key)
-            if entry is not None and now_s - entry.last_s < self.forget_after_s:
-                wait = max(wait, entry.locked_until_s - now_s)
-        return wait
+        texts = [key_text(key) for key in keys]
+        return self._table.wait_ms(texts, _ms(now_s), self.policy.forget_after_ms) / 1000
 
     def failed(self, keys: Iterable[ThrottleKey], now_s: float) -> None:
         """Count a failed login against every key."""
-        for key in keys:
-            entry = self._keys.pop(key, None)
-            if entry is None or now_s - entry.last_s >= self.forget_after_s:
-                entry = _Failures(0, now_s, 0.0)
-            entry.count += 1
-            entry.last_s = now_s
-            over = entry.count - self.free(key)
-            if over > 0:
-                lock = min(self.max_lock_s, self.first_lock_s * 2.0 ** min(over - 1, 60))
-                entry.locked_until_s = now_s + lock
-            self._keys[key] = entry  # most recent last
-            while len(self._keys) > self.max_tracked:
-                self._keys.popitem(last=False)
+        pairs = [(key_text(key), self.free(key)) for key in keys]
+        self._table.failed(pairs, _ms(now_s), self.policy)
+
+    def claim(self, key: ThrottleKey, now_s: float) -> float:
+        """Count a failed login against ``key`` unless it is locked: 0 when counted, else
+        the seconds until it may be tried (nothing counted)."""
+        return self._table.claim(key_text(key), self.free(key), _ms(now_s), self.policy) / 1000
 
     def succeeded(self, organisation: str, username: str) -> None:
         """A right password: the account starts afresh."""
-        self._keys.pop(("account", organisation, username), None)
+        self._table.succeeded(key_text(("account", organisation, username)))
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._table)
+
+
+def _ms(now_s: float) -> int:
+    return int(now_s * 1000)
