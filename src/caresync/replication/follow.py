@@ -75,8 +75,12 @@ class FeedFollower:
                 return False
             for item in items:
                 self.pool.forget(item.record_id)  # another process changed it
-            self.seen = after = items[-1].seq
-            await self._prepare(after)
+            last = items[-1].seq
+            # Ready to relay before the mark moves: a failure here (the database away)
+            # leaves these entries to the next round. Moved first, they were passed by
+            # unrelayed, and a live laptop's checkpoint moved past them with the next.
+            await self._prepare(last)
+            self.seen = after = last
             self.relay(items)
             if len(items) < FEED_PAGE:
                 return False
