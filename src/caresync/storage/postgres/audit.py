@@ -21,7 +21,8 @@ __all__ = ["AuditPart"]
 _COLUMNS = "replica_id, seq, at_ms, actor, action, record_id, detail, prev_hash, hash, line"
 
 # Appends to one replica's chain follow one another, in every process: a
-# transaction-scoped advisory lock per replica id (hashed by PostgreSQL).
+# transaction-scoped advisory lock per replica id (hashed by PostgreSQL), always taken
+# after any row of ``replicas`` the transaction writes (one lock order: no deadlock).
 _CHAIN_LOCK = "SELECT pg_advisory_xact_lock(hashtext('caresync.audit:' || %s))"
 
 
@@ -117,13 +118,16 @@ class AuditPart(PostgresCore):
                 if not durable:
                     raw.execute("SET LOCAL synchronous_commit = off")
                 rid = replica_id or self._own_id(raw)
-                raw.execute(_CHAIN_LOCK, (rid,))
-                entries = plan_append(checked, replica_id=rid, tail=_tail(raw, rid), now_ms=now)
-                _insert(raw, entries)
                 if noted is not None:
+                    # The replica's row before the chain lock, as enrolment, revocation
+                    # and a new secret take them: the other order deadlocked with a
+                    # revocation of that replica through another process.
                     raw.execute(
                         "UPDATE replicas SET last_seen_ms = %s WHERE replica_id = %s", noted[::-1]
                     )
+                raw.execute(_CHAIN_LOCK, (rid,))
+                entries = plan_append(checked, replica_id=rid, tail=_tail(raw, rid), now_ms=now)
+                _insert(raw, entries)
                 return entries
 
             entries = self._write(raw, body)
