@@ -87,14 +87,14 @@ async def test_a_feed_read_that_fails_half_way_passes_no_entry_by_unrelayed(
 
             async with asyncio.timeout(LIMIT_S):
                 await until(acknowledged, signal)
-            async with await psycopg.AsyncConnection.connect(clinic_url) as admin:
-                async with admin.transaction():
-                    await admin.execute("LOCK TABLE feed_epochs IN ACCESS EXCLUSIVE MODE")
-                    # A commits (its own relay then waits for the lock: in a task).
-                    await writer.set(record_id, "weightKg", 71)
-                    pushing = asyncio.create_task(writer.sync())
-                    async with asyncio.timeout(LIMIT_S):
-                        await failed.event.wait()  # B read A's entry, then failed
+            connecting = psycopg.AsyncConnection.connect(clinic_url)
+            async with await connecting as admin, admin.transaction():
+                await admin.execute("LOCK TABLE feed_epochs IN ACCESS EXCLUSIVE MODE")
+                # A commits (its own relay then waits for the lock: in a task).
+                await writer.set(record_id, "weightKg", 71)
+                pushing = asyncio.create_task(writer.sync())
+                async with asyncio.timeout(LIMIT_S):
+                    await failed.event.wait()  # B read A's entry, then failed
             async with asyncio.timeout(LIMIT_S):
                 await pushing
             # A's next entry reaches the reader live; the one before it must have too.

@@ -14,6 +14,7 @@ import pytest
 from tests.postgres import fresh_schema
 
 from caresync.audit import AuditEvent
+from caresync.exceptions import StorageError
 from caresync.storage.postgres import PostgresStore
 
 LIMIT_S = 30.0
@@ -89,3 +90,31 @@ async def test_a_login_entry_and_a_revocation_of_its_replica_at_once_both_commit
         assert [e.seq for e in chain] == [1, 2]
         assert chain[1].prev_hash == chain[0].hash
         assert await one.check() == []
+
+
+async def test_a_lock_wait_given_up_is_said_as_such_not_as_a_lost_connection(
+    schema_url: str,
+) -> None:
+    """Reproduced: a statement that gave up waiting for a lock (the role's lock_timeout)
+    or that PostgreSQL chose as a deadlock's victim failed with "lost or refused the
+    connection ... check that the server runs and is reachable": the operator was sent
+    to look for a network fault. It now says that the database gave up the call because
+    of other transactions, nothing of it stored, and to try again; the connection is
+    kept (the next call runs on it)."""
+    patient_url = schema_url.replace("options=", "options=-clock_timeout%3D200%20", 1)
+    async with PostgresStore.open(patient_url) as store:
+        pid = await store._run("reading the backend", lambda raw: raw.info.backend_pid)
+        connecting = psycopg.AsyncConnection.connect(schema_url)
+        async with await connecting as holder, holder.transaction():
+            await holder.execute("LOCK TABLE feed_epochs IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StorageError) as failed:
+                await store.begin_feed_epoch(7)
+        message = str(failed.value)
+        assert "lost or refused the connection" not in message
+        assert "other transactions" in message
+        assert "nothing of it was stored" in message
+        assert "try again" in message
+        assert await store.feed_epochs() == []  # nothing stored
+        await store.begin_feed_epoch(7)
+        assert [e.epoch for e in await store.feed_epochs()] == [7]
+        assert await store._run("reading the backend", lambda raw: raw.info.backend_pid) == pid

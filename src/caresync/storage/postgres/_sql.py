@@ -114,6 +114,16 @@ def read_identity(raw: Conn) -> Identity | None:
     return None if row is None else Identity(*row)
 
 
+_GAVE_UP = (
+    pg_errors.LockNotAvailable,  # lock_timeout
+    pg_errors.DeadlockDetected,
+    pg_errors.SerializationFailure,
+    pg_errors.TransactionRollback,
+    pg_errors.QueryCanceled,  # statement_timeout
+)
+"""Errors of a transaction PostgreSQL rolled back for others' sake, its connection sound."""
+
+
 def translate(exc: psycopg.Error, what: str, where: str) -> StorageError:
     """A caresync error for a psycopg error (the edge of the store).
 
@@ -126,6 +136,12 @@ def translate(exc: psycopg.Error, what: str, where: str) -> StorageError:
         return StorageError(f"{what}: {where} was opened read-only; nothing was written")
     if isinstance(exc, pg_errors.DiskFull):
         return StorageError(f"{what}: the database server's disk is full; nothing was written")
+    if isinstance(exc, _GAVE_UP):
+        # OperationalErrors too, but the connection is sound: no network fault to look for.
+        return StorageError(
+            f"{what}: {where} gave this call up ({message}): a lock or time limit, or "
+            "other transactions in its way; nothing of it was stored: try again"
+        )
     if isinstance(exc, psycopg.OperationalError):
         return StorageError(
             f"{what}: lost or refused the connection to PostgreSQL at {where} ({message}); "
