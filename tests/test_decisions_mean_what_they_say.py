@@ -15,15 +15,26 @@ Reproduced (the review of branch ``decide``):
   while the entry was marked entered-in-error made a ``block`` that no outcome could
   settle: both wrote the change object back with ``set``, which a count refuses;
 * ``entered-in-error-vs-edit`` read only the default collections, not one an application
-  adds with ``Schema.with_collections`` (its documentation says "any collection").
+  adds with ``Schema.with_collections`` (its documentation says "any collection");
+* unlinking two records linked only through a third wrote "unlinked" and left them one chart.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tests.helpers import exchange, replicas
 
-from caresync import DEFAULT_RULEBOOK, DEFAULT_SCHEMA, Record, Schema, Severity
+from caresync import (
+    DEFAULT_RULEBOOK,
+    DEFAULT_SCHEMA,
+    InvalidInputError,
+    Record,
+    Schema,
+    Severity,
+)
+from caresync.replica import Replica
 
 rules = DEFAULT_RULEBOOK
 
@@ -193,3 +204,32 @@ def test_entered_in_error_is_checked_in_an_application_collection() -> None:
     assert finding.severity is Severity.BLOCK
     assert rules.conflicts(b) == [finding]
     assert set(rules.contested(a)) == {f"devices/{device}/status", f"devices/{device}/rate"}
+
+
+async def test_unlinking_two_records_linked_only_through_a_third_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Reproduced: a - b and b - c linked, ``unlink_records(a, c)`` wrote "unlinked" on a and
+    c and returned, while a and c stayed one chart through b (c's allergy still checked a's
+    prescription): the unlink said something the record did not do."""
+    replica = await Replica.open(tmp_path / "laptop.db")
+    try:
+        a, b, c = [await replica.create_record() for _ in range(3)]
+        await replica.add_entry(a, "medications", {"drug": "amoxicillin"}, author="dr.a")
+        await replica.add_entry(
+            c, "allergies", {"substance": "penicillin", "criticality": "high"}, author="dr.a"
+        )
+        await replica.link_records(a, b, author="dr.a")
+        await replica.link_records(b, c, author="dr.a")
+        before = await replica.conflicts(a)
+        assert [x.rule for x in before] == ["allergy-vs-prescription"]
+        with pytest.raises(InvalidInputError, match=f"through other records \\({b}\\)"):
+            await replica.unlink_records(a, c, author="dr.a")
+        assert f"links/{c}" not in (await replica.record(a)).paths()  # nothing written
+        assert f"links/{a}" not in (await replica.record(c)).paths()
+        assert await replica.conflicts(a) == before
+        await replica.unlink_records(b, c, author="dr.a")  # the link that joins them
+        assert await replica.linked_records(a) == [b]
+        assert await replica.conflicts(a) == []
+    finally:
+        await replica.close()
