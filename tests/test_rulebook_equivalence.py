@@ -35,7 +35,6 @@ from caresync.conflicts.substances import normalise
 from caresync.exceptions import CaresyncError
 from caresync.records import (
     ADDENDA_FIELD,
-    DEFAULT_COLLECTIONS,
     NOTES_COLLECTION,
     SIGNATURE_FIELD,
     STATUS_FIELD,
@@ -76,18 +75,28 @@ def _before(view: RecordView, rev: Revision, default: str) -> object:
     return next(iter(values.values())) if len(values) == 1 else default
 
 
+def _ref_saw_as(view: RecordView, rev: Revision, path: str, other: Revision) -> bool:
+    """Version 4 of one and 3 of the other: the writer of ``rev`` saw ``path`` hold
+    ``other``'s value (each head it saw there), so ``other`` changed nothing."""
+    seen = [view.revision(i) for i in rev.seen.get(path, ())]
+    return bool(seen) and all(
+        s is not None and canonical_json(s.value) == canonical_json(other.value) for s in seen
+    )
+
+
 def ref_stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
     """A medication stopped on one replica while its dose changed on another (block).
 
     Version 3: outcomes, the entry named by its content, a drug in conflict named by
-    its candidates.
+    its candidates; 4: a dose the stopper had seen is no change.
     """
     for entry in view.entries("medications"):
         for stop in _heads(entry, STATUS_FIELD):
             if stop.value != "stopped":
                 continue
             for dose in _heads(entry, "dose"):
-                if view.concurrent(stop, dose):
+                dose_path = f"medications/{entry.id}/dose"
+                if view.concurrent(stop, dose) and not _ref_saw_as(view, stop, dose_path, dose):
                     names = (_words(h.value) for h in _heads(entry, "drug") if h.value is not None)
                     drug = " / ".join(dict.fromkeys(names)) or "a medication"
                     status_path = f"medications/{entry.id}/{STATUS_FIELD}"
@@ -124,9 +133,11 @@ def ref_stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
 def ref_entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
     """An entry marked entered-in-error on one replica while edited on another (block).
 
-    Version 2: outcomes, and the entry named by its content.
+    Version 2: outcomes, and the entry named by its content; 3: an edit to what the
+    marker had seen is no edit, every collection of the schema (the generated charts
+    hold no counts, whose change version 3 never writes back).
     """
-    for collection in sorted(DEFAULT_COLLECTIONS):
+    for collection in sorted(view.collections()):
         for entry in view.entries(collection):
             for mark in _heads(entry, STATUS_FIELD):
                 if mark.value != ENTERED_IN_ERROR:
@@ -135,7 +146,10 @@ def ref_entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
                     if name in (STATUS_FIELD, SIGNATURE_FIELD) or "/" in name:
                         continue
                     for edit in state.heads:
-                        if view.concurrent(mark, edit):
+                        field_path = f"{collection}/{entry.id}/{name}"
+                        if view.concurrent(mark, edit) and not _ref_saw_as(
+                            view, mark, field_path, edit
+                        ):
                             status_path = f"{collection}/{entry.id}/{STATUS_FIELD}"
                             field_path = f"{collection}/{entry.id}/{name}"
                             kept = () if entry.signed else ((field_path, edit.value),)

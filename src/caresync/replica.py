@@ -92,6 +92,7 @@ from caresync.records.persons import (
     DUPLICATE_RULE,
     SAME_PERSON,
     UNLINKED,
+    PairState,
     PersonCard,
     PersonPair,
     link_path,
@@ -916,10 +917,28 @@ class Replica:
     async def unlink_records(
         self, record_id: str, other_id: str, *, author: str | None = None
     ) -> Revision:
-        """Undo a link: the two records are separate again (a match is a finding again)."""
+        """Undo a link: the two records are separate again (a match is a finding again).
+
+        Only a link made between these two records can be undone: two records linked
+        through others stay one chart whatever is written between them, so that is
+        refused, naming the records in between.
+        """
         author = await self.author_of(author)
-        if other_id not in await self._listing.linked(record_id):
+        linked = await self._listing.linked(record_id)
+        if other_id not in linked:
             raise InvalidInputError(f"records {record_id} and {other_id} are not linked")
+        direct = {
+            rid
+            for pair in await self.store.person_pairs(record_id, state=PairState.LINKED)
+            for rid in pair.record_ids
+        }
+        if other_id not in direct:
+            between = ", ".join(sorted(set(linked) - {other_id}))
+            raise InvalidInputError(
+                f"records {record_id} and {other_id} are not linked to each other but through "
+                f"other records ({between}): unlink the links that join them (person_pairs "
+                "lists each record's links)"
+            )
         return await self._decide(record_id, other_id, UNLINKED, author)
 
     async def mark_different_people(

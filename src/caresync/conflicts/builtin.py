@@ -33,14 +33,16 @@ from caresync.conflicts.substances import (
 from caresync.conflicts.view import RecordView
 from caresync.records import (
     ADDENDA_FIELD,
-    DEFAULT_COLLECTIONS,
     NOTES_COLLECTION,
     SIGNATURE_FIELD,
     STATUS_FIELD,
+    CountState,
     Entry,
+    FieldState,
     JSONValue,
     Revision,
     canonical_json,
+    count_change,
 )
 
 __all__ = [
@@ -65,16 +67,18 @@ ENTERED_IN_ERROR = "entered-in-error"
 INACTIVE_MEDICATION_STATUSES = frozenset({"stopped", ENTERED_IN_ERROR, "completed", "cancelled"})
 INACTIVE_ALLERGY_STATUSES = frozenset({ENTERED_IN_ERROR, "inactive", "resolved", "refuted"})
 TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERROR})
-_SORTED_COLLECTIONS = tuple(sorted(DEFAULT_COLLECTIONS))
 
 
 # Versions of the built-in rules, part of every rulebook's fingerprint. BUMP a
 # rule's version whenever its behaviour changes (what it finds, its severity,
 # message, key or revisions): replicas whose rulebooks have equal fingerprints
 # store each other's conflict rows without running the rules themselves.
-_STOPPED_VERSUS_DOSE_CHANGE = 3  # 2: outcomes; entries named by their content; 3: a drug
-# in conflict is named by its candidates (reading its value raised: the rule failed)
-_ENTERED_IN_ERROR_VERSUS_EDIT = 2  # 2: outcomes; entries named by their content
+_STOPPED_VERSUS_DOSE_CHANGE = 4  # 2: outcomes; entries named by their content; 3: a drug
+# in conflict is named by its candidates (reading its value raised: the rule failed); 4: a
+# dose equal to the one the stopper saw is no change (two alike decisions made a block)
+_ENTERED_IN_ERROR_VERSUS_EDIT = 3  # 2: outcomes; entries named by their content; 3: an edit
+# equal to what the marker saw is no edit; every collection of the schema; a count's change
+# is kept (a count is never written back) and said in words
 _ALLERGY_VERSUS_PRESCRIPTION = 3  # the substance table is part of its identity; 3: outcomes
 _DUPLICATE_ALLERGY = 1
 _TERMINAL_ENCOUNTER_CLASH = 1
@@ -106,6 +110,24 @@ def _before(view: RecordView, rev: Revision, default: str) -> JSONValue:
     return default
 
 
+def _saw_as(view: RecordView, rev: Revision, path: str, value: JSONValue) -> bool:
+    """True if the writer of ``rev`` saw ``path`` (a field of its entry) hold ``value``.
+
+    A revision concurrent with ``rev`` that writes what its writer had already seen
+    there changes nothing it decided about: two clinicians who take the same decision
+    offline each rewrite the dose they both chose, and neither rewrite is a change.
+    """
+    seen = rev.seen.get(path, ())
+    if not seen:
+        return False
+    wanted = canonical_json(value)
+    for revision_id in seen:
+        earlier = view.revision(revision_id)
+        if earlier is None or canonical_json(earlier.value) != wanted:
+            return False
+    return True
+
+
 def _heads(entry: Entry, name: str) -> tuple[Revision, ...]:
     state = entry.fields.get(name)
     return state.heads if state is not None else ()
@@ -133,11 +155,11 @@ def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
         for stop in _field(view, "medications", entry_id, STATUS_FIELD):
             if stop.value != "stopped":
                 continue
+            dose_path = f"medications/{entry_id}/dose"
             for dose in _field(view, "medications", entry_id, "dose"):
-                if view.concurrent(stop, dose):
+                if view.concurrent(stop, dose) and not _saw_as(view, stop, dose_path, dose.value):
                     drug = _named(_field(view, "medications", entry_id, "drug"), "a medication")
                     status_path = f"medications/{entry_id}/{STATUS_FIELD}"
-                    dose_path = f"medications/{entry_id}/dose"
                     yield Finding(
                         rule="stopped-vs-dose-change",
                         severity=Severity.BLOCK,
@@ -169,8 +191,13 @@ def stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
 
 @versioned(_ENTERED_IN_ERROR_VERSUS_EDIT)
 def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
-    """An entry marked entered-in-error on one replica while edited on another (block)."""
-    for collection in _SORTED_COLLECTIONS:
+    """An entry marked entered-in-error on one replica while edited on another (block).
+
+    Every collection of the record's schema, an application's own included. A
+    count field's change is never written back by an outcome (a count adds up its
+    changes: it is not a register to choose a value of).
+    """
+    for collection in view.collections():
         entries: dict[str, Entry] | None = None  # built only if an entry is marked
         for entry_id in view.entry_ids(collection):
             for mark in _field(view, collection, entry_id, STATUS_FIELD):
@@ -181,38 +208,53 @@ def entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
                 for name, state in entries[entry_id].fields.items():
                     if name in (STATUS_FIELD, SIGNATURE_FIELD) or "/" in name:
                         continue
+                    field_path = f"{collection}/{entry_id}/{name}"
                     for edit in state.heads:
-                        if view.concurrent(mark, edit):
-                            status_path = f"{collection}/{entry_id}/{STATUS_FIELD}"
-                            field_path = f"{collection}/{entry_id}/{name}"
-                            # A signed note's text is frozen: its outcomes write the status only.
-                            kept: tuple[tuple[str, JSONValue], ...] = (
-                                () if entries[entry_id].signed else ((field_path, edit.value),)
+                        if view.concurrent(mark, edit) and not _saw_as(
+                            view, mark, field_path, edit.value
+                        ):
+                            yield _entered_in_error_finding(
+                                view, entries[entry_id], name, mark, edit, state
                             )
-                            yield Finding(
-                                rule="entered-in-error-vs-edit",
-                                severity=Severity.BLOCK,
-                                message=(
-                                    f"{describe_entry(view, collection, entry_id)} was marked "
-                                    f"entered-in-error by {_who(mark)} while {_who(edit)} set "
-                                    f"{name} to {_words(edit.value)}: choose whether the entry "
-                                    "is in error"
-                                ),
-                                revisions=(mark.id, edit.id),
-                                key=f"{collection}/{entry_id}/{name}",
-                                outcomes=(
-                                    Outcome(
-                                        ENTERED_IN_ERROR,
-                                        ((status_path, ENTERED_IN_ERROR), *kept),
-                                        mark.id,
-                                    ),
-                                    Outcome(
-                                        f"keep it, with {name} {_words(edit.value)}",
-                                        ((status_path, _before(view, mark, "active")), *kept),
-                                        edit.id,
-                                    ),
-                                ),
-                            )
+
+
+def _entered_in_error_finding(
+    view: RecordView, entry: Entry, name: str, mark: Revision, edit: Revision, state: FieldState
+) -> Finding:
+    """The finding of one entry marked entered-in-error while ``edit`` changed a field of it."""
+    collection, entry_id = entry.collection, entry.id
+    status_path = f"{collection}/{entry_id}/{STATUS_FIELD}"
+    field_path = f"{collection}/{entry_id}/{name}"
+    kept: tuple[tuple[str, JSONValue], ...] = ((field_path, edit.value),)
+    said = f"set {name} to {_words(edit.value)}"
+    kept_said = f"{name} {_words(edit.value)}"
+    if isinstance(state, CountState):
+        # A count is the sum of its changes: the change stays counted whatever is
+        # chosen, and writing the stored change object back would be refused.
+        change = count_change(edit.value)
+        said = f"changed {name} by {change:+d}" if change is not None else f"changed {name}"
+        kept_said = f"{name} changed by {change:+d}" if change is not None else said
+        kept = ()
+    elif entry.signed:
+        kept = ()  # a signed note's text is frozen: its outcomes write the status only
+    return Finding(
+        rule="entered-in-error-vs-edit",
+        severity=Severity.BLOCK,
+        message=(
+            f"{describe_entry(view, collection, entry_id)} was marked entered-in-error by "
+            f"{_who(mark)} while {_who(edit)} {said}: choose whether the entry is in error"
+        ),
+        revisions=(mark.id, edit.id),
+        key=field_path,
+        outcomes=(
+            Outcome(ENTERED_IN_ERROR, ((status_path, ENTERED_IN_ERROR), *kept), mark.id),
+            Outcome(
+                f"keep it, with {kept_said}",
+                ((status_path, _before(view, mark, "active")), *kept),
+                edit.id,
+            ),
+        ),
+    )
 
 
 def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> Rule:

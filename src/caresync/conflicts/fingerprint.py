@@ -40,7 +40,7 @@ __all__ = [
 FINGERPRINT_FORMAT = "caresync-rules/1"
 """Prefix of every fingerprint; a new format of the digest gets a new prefix."""
 
-DERIVATION_VERSION = 2
+DERIVATION_VERSION = 3
 """Bump whenever conflicts are derived differently from the same rules' findings.
 
 That is: how the record model reads revisions (heads, signed notes, malformed
@@ -51,7 +51,8 @@ are made, how escalation and acknowledgements apply, or the fields of
 reads and pairs records). Replicas with equal fingerprints trust each other's
 rows and person cards.
 
-2: decisions with outcomes, contested fields, the person index.
+2: decisions with outcomes, contested fields, the person index. 3: a decision that
+wrote an outcome covers its finding only while the record still holds what it wrote.
 """
 
 _F = TypeVar("_F", bound=Callable[..., object])

@@ -33,7 +33,7 @@ from caresync.exceptions import (
     RuleError,
     UnknownConflictError,
 )
-from caresync.records import ACK_PREFIX, JSONValue, Record, Revision
+from caresync.records import ACK_PREFIX, JSONValue, Record, Revision, canonical_json
 from caresync.records.ids import finding_id_for
 
 __all__ = ["DEFAULT_RULEBOOK", "Rulebook"]
@@ -238,7 +238,7 @@ class Rulebook:
                     paths=plain.paths,
                 )
                 continue
-            if record.acknowledgement(fid).exists:
+            if _decided(record, fid):
                 continue
             # The paths are this record's; a linked record's revisions only stand for a side.
             paths = dict.fromkeys(
@@ -375,6 +375,34 @@ class Rulebook:
                 "conflict: a person must choose (resolve with choose=N or value=...)"
             )
         return record.acknowledge_finding(conflict.id, {"decision": "acknowledged"}, author=author)
+
+
+def _decided(record: Record, finding_id: str) -> bool:
+    """True if a recorded decision covers the finding, which is then not open.
+
+    An acknowledgement covers what was seen. A decision that wrote an outcome
+    ("stop Augmentin": the medication's status) covers the finding only while the
+    record still says what it wrote: a finding made again once a written path holds
+    another value (the medication made active again) is open again, with the same
+    id, as a fresh prescription would be. Concurrent decisions cover it too: their
+    own conflict is listed.
+    """
+    state = record.acknowledgement(finding_id)
+    if not state.exists:
+        return False
+    if state.in_conflict:
+        return True
+    decision = state.heads[0].value
+    writes = decision.get("writes") if isinstance(decision, dict) else None
+    if not isinstance(writes, dict):
+        return True
+    for path, written in writes.items():
+        if not isinstance(path, str) or path.startswith(ACK_PREFIX):
+            continue  # only a broken peer writes such a decision: it covers what it names
+        wanted = canonical_json(written)
+        if any(canonical_json(head.value) != wanted for head in record.get(path).heads):
+            return False
+    return True
 
 
 def _revision(record: Record, view: RecordView, revision_id: str) -> Revision | None:

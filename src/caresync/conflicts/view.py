@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from caresync.exceptions import InvalidInputError
@@ -80,6 +81,10 @@ class RecordView:
         """The ids of a collection's entries, sorted (no entry is built for this)."""
         return self._record.entry_ids(collection)
 
+    def collections(self) -> tuple[str, ...]:
+        """The collections of the record's schema (an application's own too), sorted."""
+        return _sorted_collections(self._record.schema.collections)
+
     def entries(self, collection: str) -> list[Entry]:
         """Every entry of a collection, sorted by id; the caller's own copies."""
         # Each caller gets its own field dicts, so one rule cannot change what
@@ -121,6 +126,12 @@ class RecordView:
         if entries is None:
             entries = self._entries[collection] = self._record.entries(collection)
         return entries
+
+
+@functools.lru_cache(maxsize=64)
+def _sorted_collections(collections: frozenset[str]) -> tuple[str, ...]:
+    """A schema's collections in order; kept, since rules ask after every merge."""
+    return tuple(sorted(collections))
 
 
 def _linked_records(record: Record, linked: Sequence[Record]) -> tuple[Record, ...]:
