@@ -22,6 +22,7 @@ from caresync.throttle import (
     FailureTable,
     LoginThrottle,
     ThrottlePolicy,
+    address_key,
     key_text,
     lock_ms,
 )
@@ -60,6 +61,23 @@ def test_keys_are_one_only_if_their_parts_are_and_long_ones_are_hashed() -> None
     odd = key_text(("account", "clinic", "dr.\udc80"))  # not UTF-8: hashed, storable
     assert odd.startswith("sha256:")
     assert odd != key_text(("account", "clinic", "dr.\udc81"))
+
+
+def test_an_ipv6_address_is_counted_by_its_64_network_and_others_as_they_are() -> None:
+    """A client chooses the host half of its /64 itself: per address, a guesser with one
+    /64 would have 2**64 addresses of 20 free failures each."""
+    one = address_key("2001:db8:1:2::7")
+    assert one == ("address", "2001:db8:1:2::/64")
+    assert address_key("2001:db8:1:2:ffff:1:2:3") == one
+    assert address_key("2001:DB8:1:2::7%eth0") == one  # a zone names no other network
+    assert address_key("2001:db8:1:3::7") != one
+    assert address_key("::ffff:10.0.0.7") == ("address", "10.0.0.7")  # IPv4, mapped
+    assert address_key("10.0.0.7") == ("address", "10.0.0.7")
+    assert address_key("10.0.0.8") != address_key("10.0.0.7")  # IPv4: each its own
+    assert address_key("/run/caresync.sock") == ("address", "/run/caresync.sock")
+    assert LoginThrottle.keys("o", "u", "2001:db8:1:2::9") == [("account", "o", "u"), one]
+    with pytest.raises(InvalidInputError):
+        LoginThrottle(address_checks=0)
 
 
 def test_the_in_memory_table_forgets_idle_keys_and_keeps_at_most_max_tracked() -> None:
@@ -213,6 +231,59 @@ async def test_many_right_passwords_of_one_account_at_once_all_get_in() -> None:
         )
     )
     assert [r.code if isinstance(r, Refused) else "ok" for r in results] == ["ok"] * 30
+
+
+async def test_guesses_from_one_address_at_many_accounts_at_once_pass_its_free_by_a_few() -> None:
+    """Reproduced: an address's failures are counted after each check, and every guess
+    sent at once read the address unlocked before any was counted, so 40 guesses at 40
+    accounts (one each, under every account's own 5) were all checked, against an
+    address allowed 3. A process now checks at most ``address_checks`` (4) passwords of
+    one address at a time: the others wait, then find the address locked."""
+    store = MemoryStore()
+    hasher = _CountingHasher()
+    for n in range(40):
+        await store.add_user("clinic-a", f"user-{n}", hasher.hash("right"))
+    hasher.checks = 0
+    gate = _gate(store, LoginThrottle(address_free=3, first_lock_s=60))
+    gate.hasher = hasher
+    results = await asyncio.gather(
+        *(gate.check_password("clinic-a", f"user-{n}", "guess", "10.0.0.7") for n in range(40))
+    )
+    codes = [r.code if isinstance(r, Refused) else "ok" for r in results]
+    assert 4 <= hasher.checks <= 3 + 4  # one guesser after another gets 4 checks
+    assert codes.count(ErrorCode.BAD_CREDENTIALS) == hasher.checks
+    assert codes.count(ErrorCode.THROTTLED) == 40 - hasher.checks
+
+
+async def test_right_passwords_of_many_accounts_from_one_address_at_once_all_get_in() -> None:
+    """A clinic's laptops behind one address, logging in at the same moment: they take
+    their turns, and a right password counts nothing against the address."""
+    store = MemoryStore()
+    for n in range(30):
+        await store.add_user("clinic-a", f"user-{n}", CHEAP.hash("right"))
+    gate = _gate(store, LoginThrottle(address_free=3, first_lock_s=60))
+    results = await asyncio.gather(
+        *(gate.check_password("clinic-a", f"user-{n}", "right", "10.0.0.7") for n in range(30))
+    )
+    assert [r.code if isinstance(r, Refused) else "ok" for r in results] == ["ok"] * 30
+    assert not gate._checking  # every turn given back
+
+
+async def test_guesses_from_addresses_of_one_ipv6_64_count_together() -> None:
+    store = MemoryStore()
+    gate = _gate(store, LoginThrottle(address_free=3, first_lock_s=60))
+
+    async def code(username: str, address: str) -> str:
+        refused = await gate.check_password("clinic-a", username, "guess", address)
+        assert isinstance(refused, Refused)
+        return refused.code
+
+    # Made-up names: each account's own count stays under its 5.
+    assert [await code(f"x{n}", f"2001:db8:0:5::{n}") for n in range(4)] == [
+        ErrorCode.BAD_CREDENTIALS
+    ] * 4
+    assert await code("x9", "2001:db8:0:5:ab::1") == ErrorCode.THROTTLED
+    assert await code("x9", "2001:db8:0:6::1") == ErrorCode.BAD_CREDENTIALS
 
 
 async def test_a_wall_clock_set_back_does_not_lengthen_a_lock_of_an_unshared_store(

@@ -65,7 +65,7 @@ from caresync.protocol import (
 from caresync.records import Revision
 from caresync.replication import meta
 from caresync.storage import ServerStore, SessionRow, UserAccount
-from caresync.throttle import LoginThrottle, ThrottleKey, key_text
+from caresync.throttle import LoginThrottle, ThrottleKey, address_key, key_text
 
 __all__ = ["PUSHED_KEY_PREFIX", "SERVER_KEY_META", "Gatekeeper", "Login", "Refused"]
 
@@ -129,9 +129,10 @@ class Gatekeeper:
         serves (SQLite, memory), which a wall clock set back cannot lengthen a lock by."""
         self._key = server_key
         self._dummy_hash: str | None = None
-        # One password check at a time per account in this process (see check_password);
-        # an entry lives while a check of that account runs or waits.
-        self._checking: dict[ThrottleKey, tuple[asyncio.Lock, list[int]]] = {}
+        # Password checks in flight per account (one) and per address (a few) in this
+        # process (see check_password); an entry lives while a check of its key runs or
+        # waits.
+        self._checking: dict[ThrottleKey, tuple[asyncio.Semaphore, list[int]]] = {}
 
     async def server_key(self) -> ServerKey:
         """The server's signing key: from its database, or made and stored there once."""
@@ -212,21 +213,33 @@ class Gatekeeper:
         # (several laptops, a harness's many) never add up to a lock; guesses wait
         # their turn and are counted one by one. Across processes, at most one claim
         # each is in flight at once.
-        async with self._turn_of(keys[0]):
+        #
+        # And at most a few checks from one address (its /64 for IPv6) at a time: its
+        # failures are counted after each check (a right password must not count
+        # against a clinic's shared address), so guesses at many accounts sent at once
+        # would otherwise each be checked before the first was counted. A guess waits
+        # for its slot, then reads the address's lock as the checks before it left it.
+        async with contextlib.AsyncExitStack() as turns:
+            await turns.enter_async_context(self._turn_of(keys[0], 1))
+            if len(keys) > 1 and self.throttle is not None:
+                width = self.throttle.address_checks
+                await turns.enter_async_context(self._turn_of(keys[1], width))
             return await self._check_password(
                 keys, organisation, username, password, needs_admin=needs_admin
             )
 
     @contextlib.asynccontextmanager
-    async def _turn_of(self, key: ThrottleKey) -> AsyncIterator[None]:
-        """This process's turn to check a password of the account ``key``."""
+    async def _turn_of(self, key: ThrottleKey, width: int) -> AsyncIterator[None]:
+        """This process's turn to check a password counted against ``key``, of which
+        ``width`` may be checked at once. Always taken in the same order (the account's,
+        then the address's), so turns never wait on each other in a circle."""
         entry = self._checking.get(key)
         if entry is None:
-            entry = self._checking[key] = (asyncio.Lock(), [0])
-        lock, users = entry
+            entry = self._checking[key] = (asyncio.Semaphore(width), [0])
+        slots, users = entry
         users[0] += 1
         try:
-            async with lock:
+            async with slots:
                 yield
         finally:
             users[0] -= 1
@@ -282,7 +295,7 @@ class Gatekeeper:
         """A login whose credentials could not even be read (the admin page's Basic
         header): counted against the address, as a wrong password is, so that a
         flood of them is throttled too (``throttled`` once the address is locked)."""
-        keys: list[ThrottleKey] = [("address", address)] if address else []
+        keys: list[ThrottleKey] = [address_key(address)] if address else []
         if await self._wait(keys) > 0:
             return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
         await self._failed(keys)
@@ -295,7 +308,7 @@ class Gatekeeper:
         expired = Refused(
             ErrorCode.SESSION_EXPIRED, "the session ended or expired: log in with your password"
         )
-        keys: list[ThrottleKey] = [("address", address)] if address else []
+        keys: list[ThrottleKey] = [address_key(address)] if address else []
         if await self._wait(keys) > 0:
             return Refused(ErrorCode.THROTTLED, "too many failed logins from this address")
         replica_id = hello.replica_id if hello is not None else None

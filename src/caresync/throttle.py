@@ -1,7 +1,7 @@
 """Slowing password guessing: failed logins lock an account or an address for a while.
 
 Pure and synchronous (the server passes the time in). Each key — an account
-``(organisation, username)`` or a network address — may fail a few times for
+``(organisation, username)`` or a network address (an IPv6 one's /64) — may fail a few times for
 free; every failure after that locks it for twice as long as the last, up to a
 cap. While a key is locked, a login naming it is refused at once, before any
 password is checked, so a locked key costs the server nothing and an attacker
@@ -25,6 +25,7 @@ each) keep a :class:`FailureTable` in memory, which does what the table does.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "ThrottleKey",
     "ThrottlePolicy",
+    "address_key",
     "check_failures",
     "check_key",
     "check_wait",
@@ -46,7 +48,8 @@ __all__ = [
 ]
 
 ThrottleKey = tuple[str, ...]
-"""``("account", organisation, username)`` or ``("address", host)``."""
+"""``("account", organisation, username)`` or ``("address", host)`` (an IPv6 host's /64
+network: :func:`address_key`)."""
 
 
 MAX_KEY_LENGTH = 512
@@ -234,13 +237,17 @@ class LoginThrottle:
 
     account_free: int = 5
     address_free: int = 20
+    address_checks: int = 4
+    """Passwords from one address a server process checks at once (its failures are
+    counted after each check, so this bounds how far guesses sent together pass
+    ``address_free``: by at most this many per process)."""
     first_lock_s: float = 1.0
     max_lock_s: float = 300.0
     forget_after_s: float = 3600.0
     max_tracked: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("account_free", "address_free", "max_tracked"):
+        for name in ("account_free", "address_free", "address_checks", "max_tracked"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
@@ -267,7 +274,7 @@ class LoginThrottle:
         """The keys a login attempt counts against."""
         keys: list[ThrottleKey] = [("account", organisation, username)]
         if address:
-            keys.append(("address", address))
+            keys.append(address_key(address))
         return keys
 
     # Its own memory: the same rules as a store's (a FailureTable), in milliseconds of
@@ -294,6 +301,23 @@ class LoginThrottle:
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+def address_key(address: str) -> ThrottleKey:
+    """The key of a client's address: an IPv4 address as it is; an IPv6 address's /64
+    network, which one household, clinic or machine is given whole (its host half is
+    the client's to choose, so per address a guesser would have 2**64 of them); anything
+    else (a name, a Unix socket's path) as it is."""
+    try:
+        parsed = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return ("address", address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        mapped = parsed.ipv4_mapped
+        if mapped is not None:
+            return ("address", str(mapped))
+        return ("address", str(ipaddress.IPv6Network((parsed, 64), strict=False)))
+    return ("address", str(parsed))
 
 
 def _ms(now_s: float) -> int:

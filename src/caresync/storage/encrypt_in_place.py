@@ -227,7 +227,7 @@ def _translated(what: str, job: Callable[[], None]) -> None:
     except SQLITE_ERRORS as exc:
         busy = "locked" in str(exc).lower() or "busy" in str(exc).lower()
         why = "another process has it open; close it and try again" if busy else str(exc)
-        raise StorageError(f"{what}: {why}; the plain database was not changed") from exc
+        raise StorageError(f"{what}: {why}; the database was not changed") from exc
 
 
 def _to_rollback_journal(database: Path, source_key: bytes | None) -> None:
