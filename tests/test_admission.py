@@ -290,6 +290,15 @@ def test_a_new_record_is_admitted_and_its_id_taken() -> None:
     assert admission.meta_id == "r-9"
 
 
+def test_an_empty_update_of_a_record_not_held_is_refused() -> None:
+    """Stored, it would make a record of nothing that every replica lists."""
+    with pytest.raises(RefusedUpdateError, match="empty"):
+        Admission("r-9", now_ms=lambda: NOW).admit(b"\x00\x00")
+    admission = Admission("r-9", now_ms=lambda: NOW)
+    admission.admit(Laptop.create(record_id="r-9").outbox[0])
+    assert admission.admit(b"\x00\x00") == []  # after its creation: nothing to admit
+
+
 def test_a_resent_update_admits_nothing(laptop: Laptop, server: Server) -> None:
     laptop.record.set("weight", 70, author="dr.a")
     (update,) = laptop.outbox

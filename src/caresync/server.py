@@ -82,6 +82,7 @@ from caresync.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     ITEM_OVERHEAD_BYTES,
     MAX_BATCH_ITEMS,
+    MAX_PUSH_ITEMS,
     MAX_SEQ,
     PROTOCOL_VERSION,
     AccountName,
@@ -2031,6 +2032,17 @@ class SyncServer:
         replica_id = conn.protocol.replica_id or ""
         key = PUSHED_KEY_PREFIX + replica_id
         refusal: tuple[str, str] | None = None
+        if len(batch.items) > MAX_PUSH_ITEMS:
+            # Checked before anything: a push is merged on the event loop under the commit
+            # lock, and tens of thousands of tiny updates would hold every connection.
+            conn.protocol.refuse(
+                RequestKind.PUSH,
+                ErrorCode.TOO_LARGE,
+                f"push refused, nothing stored: it holds {len(batch.items)} updates, and "
+                f"this server takes at most {MAX_PUSH_ITEMS} in one push; send them in "
+                "several batches, each acknowledged before the next",
+            )
+            return
         # An entry must fit one pull frame of a laptop that accepts frames as large as
         # the server's, or it would be stored and never delivered.
         frame = conn.protocol.max_frame_bytes

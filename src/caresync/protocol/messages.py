@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_PULL_LIMIT",
     "MAX_BATCH_ITEMS",
+    "MAX_PUSH_ITEMS",
     "MAX_DETAIL_ENTRIES",
     "MAX_FINGERPRINT_LENGTH",
     "MAX_STATE_VECTOR_BYTES",
@@ -246,6 +247,17 @@ MAX_MAX_FRAME_BYTES = 1024 * 1024 * 1024
 
 MAX_BATCH_ITEMS = 100_000
 """The most records or updates one batch, or one request for a batch, may hold."""
+
+MAX_PUSH_ITEMS = 1_000
+"""The most updates a ``SyncServer`` takes in one :class:`PushBatch` (a larger one is
+refused, non-fatally, as ``too_large``, before anything is done with it).
+
+A push is admitted, merged and indexed on the server's event loop under its commit
+lock, with no other connection served meanwhile, at about half a millisecond an
+update (more for a record of many Yjs clients): a frame of 60,000 tiny updates held
+the server for more than 20 s. caresync's laptops push 500 a batch, and never more
+than this (``SyncLimits.push_batch_items`` above it is used as this).
+"""
 
 DEFAULT_COPY_BATCH_RECORDS = 1_000
 """Records a client asks for per first-copy batch unless told otherwise."""

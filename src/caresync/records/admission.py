@@ -18,7 +18,9 @@ update against it, in order; :meth:`Admission.admit` returns the new
 revisions, or raises :class:`~caresync.exceptions.RefusedUpdateError` with a
 message for the developer of the client that sent it. The rules:
 
-* size: at most ``max_update_bytes``, at most ``max_revisions`` items;
+* size: at most ``max_update_bytes``, at most ``max_revisions`` items; the
+  empty update only for a record the server holds something of (a record of
+  nothing, listed everywhere, is not made);
 * shape: a simple update, each item a map entry of ``revisions`` or ``meta``
   holding exactly one string;
 * order: the part below the server's clock of the update's client is held
@@ -280,6 +282,14 @@ class Admission:
                 "send large changes as several updates"
             )
         if update == _EMPTY_UPDATE:
+            if not self._clocks and self._meta_id is None:
+                # Stored, it would make a record of nothing (no id, no revision, no
+                # author to check) that every replica lists; caresync's first update
+                # of a record writes its id, and no laptop queues an empty one.
+                self._refuse(
+                    "the update is empty, and the server holds nothing of this record: "
+                    "a record's first update writes something (caresync's writes meta/id)"
+                )
             return []
         read = simple_items(update)
         if read is None:

@@ -26,7 +26,8 @@ by copies of the code:
   :mod:`caresync.replication.checked`); any other is built and checked.
 
 Each record's rules run once per batch, after all its updates; its conflict
-rows and person card are committed with its last update. The caller holds the
+rows and person card are committed with its last update. With ``admit`` (a
+server's push), the event loop runs other tasks between records. The caller holds the
 replica's write lock, so nothing interleaves with the merge. Memory never runs
 ahead of disk: if anything fails before the commit is done, every record the
 batch touched is dropped from the pool (it is read from the store next time).
@@ -383,6 +384,12 @@ async def absorb(
                 found = await intake.take_in(record_id, arrived, before, record)
             if found is not None:
                 taken[record_id] = found
+            if admit is not None:
+                # A server's push is merged on its event loop, one record a few seconds at
+                # worst (10,000 revisions of one field): let other connections run between
+                # records rather than hold them all for the whole batch. Nothing is lost by
+                # it: the caller holds the commit lock, and nothing is committed yet.
+                await asyncio.sleep(0)
         if intake.kept_aside:
             logger.warning(
                 "%d updates from the server could not be merged and were kept aside (records: %s)",

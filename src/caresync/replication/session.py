@@ -62,6 +62,7 @@ from caresync.protocol import (
     MAX_AUDIT_ITEMS,
     MAX_BATCH_ITEMS,
     MAX_MAX_FRAME_BYTES,
+    MAX_PUSH_ITEMS,
     SUPPORTED_VERSIONS,
     AuditAck,
     Authenticated,
@@ -200,7 +201,8 @@ class SyncLimits:
     """Bytes per first-copy batch at most, records with their rows and cards (a server of
     protocol version 8 on; one larger record still comes alone)."""
     push_batch_items: int = PUSH_BATCH_ITEMS
-    """Outbox entries per push batch (each batch waits for its acknowledgement)."""
+    """Outbox entries per push batch (each batch waits for its acknowledgement); at most
+    ``MAX_PUSH_ITEMS`` (1,000) go in one batch whatever this says: a server refuses more."""
     push_batch_bytes: int = PUSH_BATCH_BYTES
     """Update bytes per push batch (one larger entry still goes alone)."""
     pull_limit: int = PULL_LIMIT
@@ -1233,7 +1235,9 @@ class Session:
         uploaded = 0
         after = 0
         while True:
-            pending = await store.pending(self.limits.push_batch_items, after_seq=after)
+            # Never more than a server takes in one push (it would refuse the batch).
+            most = min(self.limits.push_batch_items, MAX_PUSH_ITEMS)
+            pending = await store.pending(most, after_seq=after)
             if not pending:
                 return uploaded
             # Within our own budget and within the largest frame the server accepts

@@ -28,8 +28,9 @@ from caresync.exceptions import (
     WrongServerError,
 )
 from caresync.records.persons import PersonCard, PersonPair, pair_of
-from caresync.records.spans import advance_clocks, decode_clocks, encode_clocks
+from caresync.records.spans import advance_clocks, decode_clocks, encode_clocks, simple_span
 from caresync.storage._updates import (
+    EMPTY_UPDATE,
     advance,
     covered_by,
     has_pending,
@@ -264,6 +265,11 @@ def plan_writes(
             if writes[i].person is not None:
                 person = writes[i].person
         appended = indexes if changed or not skip_duplicates else []
+        if skip_duplicates and len(appended) > 1:
+            # Of several updates of one record, each is stored only if it adds to what
+            # the record and the batch's earlier ones hold: else a resent update sent
+            # beside a new one (or an empty one) took a feed row every laptop pulls.
+            appended = _adding(cur, writes, indexes)
         planned[record_id] = PlannedRecord(
             record_id,
             organisation,
@@ -273,7 +279,7 @@ def plan_writes(
             cur is None,
             changed,
             appended,
-            sum(map(len, updates)) if appended else 0,
+            sum(len(writes[i].update) for i in appended),
             conflicts,
             organisation_set,
             clocks,
@@ -281,6 +287,39 @@ def plan_writes(
             person,
         )
     return planned
+
+
+def _adding(cur: CachedRecord | None, writes: Sequence[WriteLike], indexes: list[int]) -> list[int]:
+    """Which of one record's ``indexes`` add something, in order, to the record as
+    stored (``cur``; None: new) and the updates of it before them.
+
+    Decided only where it is certain: an empty update adds nothing, and a simple
+    update (:func:`~caresync.records.spans.simple_span`) whose clocks the record or
+    an earlier update holds adds nothing. Any other update is kept, as before.
+    """
+    if cur is None:
+        clocks: dict[bytes, int] | None = {}
+    elif cur.clocks is not None:
+        clocks = dict(cur.clocks)
+    else:
+        clocks = decode_clocks(cur.state_vector)
+    if clocks is None:
+        return indexes
+    adding: list[int] = []
+    for i in indexes:
+        update = writes[i].update
+        if update == EMPTY_UPDATE:
+            continue
+        span = simple_span(update)
+        if span is not None:
+            client, first, end = span
+            have = clocks.get(client, 0)
+            if end <= have:
+                continue  # held already
+            if first <= have:
+                clocks[client] = end
+        adding.append(i)
+    return adding
 
 
 def _advance_simply(
