@@ -336,7 +336,7 @@ def test_rule_same_allergy_entered_twice() -> None:
 
 def test_rule_terminal_encounter_status_clash_escalates_the_field_conflict() -> None:
     a, b = replicas()
-    enc = a.add_entry("encounters", {"status": "in-progress"}, author="dr.a")
+    enc = a.add_entry("encounters", {"status": "in-progress", "type": "home visit"}, author="dr.a")
     exchange(a, b)
     a.set_status("encounters", enc, "finished", author="dr.a")
     b.set_status("encounters", enc, "cancelled", author="dr.b")
@@ -344,6 +344,8 @@ def test_rule_terminal_encounter_status_clash_escalates_the_field_conflict() -> 
     conflict = only(rules.conflicts(a))
     assert conflict.kind is ConflictKind.FIELD
     assert conflict.rule == "terminal-encounter-clash"
+    assert conflict.message.startswith("home visit (encounters) has clashing statuses")
+    assert enc not in conflict.message  # named by its content, never by its id
     assert conflict.severity is Severity.BLOCK
     assert conflict.id == a.get(f"encounters/{enc}/status").conflict_id
     rules.resolve(a, conflict.id, choose=0, author="dr.a")
@@ -359,6 +361,8 @@ def test_rule_note_changed_while_signed() -> None:
     exchange(a, b)
     conflict = only(rules.conflicts(b), "note-changed-while-signed")
     assert [c.value for c in conflict.candidates] == ["draft", "draft with more"]
+    assert conflict.message.startswith("draft (notes): text was changed by dr.b")
+    assert note not in conflict.message  # named by its content, never by its id
     assert b.value(f"notes/{note}/text") == "draft"
 
 

@@ -260,7 +260,7 @@ def ref_terminal_encounter_clash(view: RecordView) -> Iterator[Finding]:
             rule="terminal-encounter-clash",
             severity=Severity.BLOCK,
             message=(
-                f"encounter {entry.id} has clashing statuses "
+                f"{describe_entry(view, 'encounters', entry.id)} has clashing statuses "
                 f"{', '.join(repr(v) for v in values)}: choose the one that happened"
             ),
             revisions=tuple(h.id for h in state.heads),
@@ -295,7 +295,8 @@ def ref_note_changed_while_signed(view: RecordView) -> Iterator[Finding]:
                     rule="note-changed-while-signed",
                     severity=Severity.FLAG,
                     message=(
-                        f"note {entry.id}: {name} was changed by "
+                        f"{describe_entry(view, NOTES_COLLECTION, entry.id)}: {name} was "
+                        "changed by "
                         f"{', '.join(sorted({_who(r) for r in unseen}))} while "
                         f"{_who(signatures[0])} signed it; the signed text stands, "
                         "add the change as an addendum if it matters"

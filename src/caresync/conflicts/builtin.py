@@ -81,8 +81,8 @@ _ENTERED_IN_ERROR_VERSUS_EDIT = 3  # 2: outcomes; entries named by their content
 # is kept (a count is never written back) and said in words
 _ALLERGY_VERSUS_PRESCRIPTION = 3  # the substance table is part of its identity; 3: outcomes
 _DUPLICATE_ALLERGY = 1
-_TERMINAL_ENCOUNTER_CLASH = 1
-_NOTE_CHANGED_WHILE_SIGNED = 1
+_TERMINAL_ENCOUNTER_CLASH = 2  # 2: the encounter named by its content, not its id
+_NOTE_CHANGED_WHILE_SIGNED = 2  # 2: the note named by its content, not its id
 
 
 def _who(rev: Revision) -> str:
@@ -491,7 +491,7 @@ def terminal_encounter_clash(view: RecordView) -> Iterator[Finding]:
             rule="terminal-encounter-clash",
             severity=Severity.BLOCK,
             message=(
-                f"encounter {entry_id} has clashing statuses "
+                f"{describe_entry(view, 'encounters', entry_id)} has clashing statuses "
                 f"{', '.join(repr(v) for v in values)}: choose the one that happened"
             ),
             revisions=tuple(h.id for h in state.heads),
@@ -527,7 +527,8 @@ def note_changed_while_signed(view: RecordView) -> Iterator[Finding]:
                     rule="note-changed-while-signed",
                     severity=Severity.FLAG,
                     message=(
-                        f"note {entry.id}: {name} was changed by "
+                        f"{describe_entry(view, NOTES_COLLECTION, entry.id)}: {name} was "
+                        "changed by "
                         f"{', '.join(sorted({_who(r) for r in unseen}))} while "
                         f"{_who(signatures[0])} signed it; the signed text stands, "
                         "add the change as an addendum if it matters"
