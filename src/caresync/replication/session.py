@@ -54,6 +54,7 @@ from caresync.exceptions import (
     ServerSilentError,
     StorageError,
     SyncRefusedError,
+    WrongServerError,
 )
 from caresync.logins import LaptopLogins
 from caresync.protocol import (
@@ -678,8 +679,11 @@ class Session:
                 f"the server at {self.channel.peer} holds key {shown}, not the expected "
                 f"{expected_key}; refusing to enrol"
             )
-        self.protocol.confirm_server()
+        # Proven, before the protocol hears so: a refusal read ahead (the server proves
+        # itself, then refuses a revoked replica) fails the protocol, and confirming
+        # then raises; the refusal is still the proven server's word.
         self.server_key = proof.server_key
+        self.protocol.confirm_server()
         if pinned is None and host.enrolled:
             # Enrolled before servers had keys: pin this one from now on.
             logger.warning(
@@ -1632,6 +1636,16 @@ class SessionContext:
                 await session.stop_reading()
             error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
             if isinstance(error, ReplicaRevokedError):
+                if session.server_key is None:
+                    # Anyone answering at the server's address can say "revoked": only
+                    # the server that proved its key locks this laptop (for good).
+                    unproven = WrongServerError(
+                        f"the server at {session.channel.peer} said this replica was revoked "
+                        f"({error}) before it proved its identity: not locked (an impostor, "
+                        "or a server older than this laptop); unsynced changes are kept"
+                    )
+                    host.status.last_error = str(unproven)
+                    raise unproven from error
                 await host.revoked(str(error))
                 return
             refusal = session.protocol.peer_error
