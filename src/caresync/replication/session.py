@@ -92,7 +92,14 @@ from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.epochs import FeedPosition, own_items
 from caresync.replication.status import ReplicaState, SyncStatus
-from caresync.storage import ConflictRow, CopiedRecords, Identity, LaptopStore, OutboxSummary
+from caresync.storage import (
+    OUTBOX_SEQ_LIMIT,
+    ConflictRow,
+    CopiedRecords,
+    Identity,
+    LaptopStore,
+    OutboxSummary,
+)
 from caresync.transport import (
     Channel,
     Connector,
@@ -818,6 +825,14 @@ class Session:
             # now, or this laptop could never log in again.
             await host.remember_credentials(secret=session.replica_secret)
         if session.pushed_up_to is not None:
+            if session.pushed_up_to > OUTBOX_SEQ_LIMIT:
+                # Taken as a restore, it would number this laptop's outbox to its end:
+                # every later edit would fail. Refused before anything moves.
+                raise RemoteProtocolError(
+                    f"the server says it holds this laptop's pushes up to "
+                    f"{session.pushed_up_to}; no laptop numbers that far (at most "
+                    f"{OUTBOX_SEQ_LIMIT}): a fault of the server, nothing was changed here"
+                )
             await self.catch_up_after_restore(session.pushed_up_to)
             acked = int(await host.store.get_meta(meta.ACKED) or 0)
             if session.pushed_up_to < acked:
