@@ -27,8 +27,9 @@ The client guards the promises that are its to keep:
   server that proved itself.
 * **Replies that fit their request.** A ``CopyBatch`` holds at most the records asked
   for, all after ``after_record_id``, and the last one (``final``) counts no record
-  left to send (``done_records`` is ``total_records``); a ``PullBatch`` at most ``limit`` entries, all
-  after ``after_seq``, its checkpoint past ``after_seq`` when it says more follow; a
+  left to send (``done_records`` is ``total_records``); a ``PullBatch`` at most
+  ``limit`` entries, all after ``after_seq``, its checkpoint past ``after_seq`` when
+  it says more follow; a
   ``PushAck`` acknowledges within the batch pushed; live updates arrive only after
   ``Subscribe`` and in ascending ``seq``. Anything else is a
   :class:`~caresync.exceptions.RemoteProtocolError`.
