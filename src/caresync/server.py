@@ -414,6 +414,10 @@ class _Connection:
     # the records goes out before it is (see SyncServer._login_on_record).
     login_unsynced: bool = False
     serving: bool = False  # the reply being built carries records or hub summaries
+    # The refusal of the replica Hello named (revoked, unknown, another organisation),
+    # held until this server proved itself: a laptop takes no refusal before the proof
+    # as ours (anyone at our address could send one), and locks only on a proven one.
+    refusal: Refused | None = None
 
     async def flush(self) -> None:
         for error in self.protocol.errors_sent():  # every refusal is logged and counted
@@ -1343,12 +1347,22 @@ class SyncServer:
 
     async def _on_event(self, conn: _Connection, event: object) -> None:
         if isinstance(event, Hello):
-            await self._refuse_if(conn, await self.gate.check_hello(event))
+            refused = await self.gate.check_hello(event)
+            version = conn.protocol.protocol_version
+            if refused is not None and version is not None and version >= ProveServer.SINCE_VERSION:
+                conn.refusal = refused  # after the proof the laptop asks for next
+            else:
+                await self._refuse_if(conn, refused)
+        elif conn.refusal is not None:
+            # Whatever the peer sends next (a laptop: ProveServer), it is refused: proved
+            # first, if that is what it asked.
+            if isinstance(event, Goodbye):
+                return
+            if isinstance(event, ProveServer):
+                await self._prove(conn, event)
+            await self._refuse_if(conn, conn.refusal)
         elif isinstance(event, ProveServer):
-            key, signature = await self.gate.prove(
-                event.nonce, conn.protocol.replica_id, conn.channel.channel_binding
-            )
-            conn.protocol.send_server_proof(key, signature)
+            await self._prove(conn, event)
         elif isinstance(event, (Authenticate, ResumeSession)):
             await self._on_login(conn, event)
         elif isinstance(event, Enrol):
@@ -1367,6 +1381,12 @@ class SyncServer:
             await self._on_audit(conn, event)
         elif isinstance(event, Goodbye):
             return
+
+    async def _prove(self, conn: _Connection, event: ProveServer) -> None:
+        key, signature = await self.gate.prove(
+            event.nonce, conn.protocol.replica_id, conn.channel.channel_binding
+        )
+        conn.protocol.send_server_proof(key, signature)
 
     async def _refuse_if(self, conn: _Connection, refused: Refused | None) -> None:
         if refused is not None:

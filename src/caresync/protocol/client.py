@@ -26,8 +26,10 @@ The client guards the promises that are its to keep:
   sent: the password, the session token and the replica's secret go only to a
   server that proved itself.
 * **Replies that fit their request.** A ``CopyBatch`` holds at most the records asked
-  for, all after ``after_record_id``; a ``PullBatch`` at most ``limit`` entries, all
-  after ``after_seq``, its checkpoint past ``after_seq`` when it says more follow; a
+  for, all after ``after_record_id``, and the last one (``final``) counts no record
+  left to send (``done_records`` is ``total_records``); a ``PullBatch`` at most
+  ``limit`` entries, all after ``after_seq``, its checkpoint past ``after_seq`` when
+  it says more follow; a
   ``PushAck`` acknowledges within the batch pushed; live updates arrive only after
   ``Subscribe`` and in ascending ``seq``. Anything else is a
   :class:`~caresync.exceptions.RemoteProtocolError`.
@@ -632,6 +634,13 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         if batch.conflicts is not None and request.rulebook is None:
             raise RemoteProtocolError(
                 "CopyBatch carries conflict index rows, but the request named no rulebook"
+            )
+        if batch.final and batch.done_records < batch.total_records:
+            # The copy ends here for good (the feed is pulled from its start point on):
+            # the records it counts and did not send would never reach this laptop.
+            raise RemoteProtocolError(
+                f"the last CopyBatch ends the copy at {batch.done_records} of the "
+                f"{batch.total_records} records it counts; the copy resumes at the next sync"
             )
 
     def _on_pull_batch(self, batch: PullBatch) -> None:

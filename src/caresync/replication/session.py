@@ -54,6 +54,7 @@ from caresync.exceptions import (
     ServerSilentError,
     StorageError,
     SyncRefusedError,
+    WrongServerError,
 )
 from caresync.logins import LaptopLogins
 from caresync.protocol import (
@@ -92,7 +93,14 @@ from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.epochs import FeedPosition, own_items
 from caresync.replication.status import ReplicaState, SyncStatus
-from caresync.storage import ConflictRow, CopiedRecords, Identity, LaptopStore, OutboxSummary
+from caresync.storage import (
+    OUTBOX_SEQ_LIMIT,
+    ConflictRow,
+    CopiedRecords,
+    Identity,
+    LaptopStore,
+    OutboxSummary,
+)
 from caresync.transport import (
     Channel,
     Connector,
@@ -680,8 +688,11 @@ class Session:
                 f"the server at {self.channel.peer} holds key {shown}, not the expected "
                 f"{expected_key}; refusing to enrol"
             )
-        self.protocol.confirm_server()
+        # Proven, before the protocol hears so: a refusal read ahead (the server proves
+        # itself, then refuses a revoked replica) fails the protocol, and confirming
+        # then raises; the refusal is still the proven server's word.
         self.server_key = proof.server_key
+        self.protocol.confirm_server()
         if pinned is None and host.enrolled:
             # Enrolled before servers had keys: pin this one from now on.
             logger.warning(
@@ -816,6 +827,14 @@ class Session:
             # now, or this laptop could never log in again.
             await host.remember_credentials(secret=session.replica_secret)
         if session.pushed_up_to is not None:
+            if session.pushed_up_to > OUTBOX_SEQ_LIMIT:
+                # Taken as a restore, it would number this laptop's outbox to its end:
+                # every later edit would fail. Refused before anything moves.
+                raise RemoteProtocolError(
+                    f"the server says it holds this laptop's pushes up to "
+                    f"{session.pushed_up_to}; no laptop numbers that far (at most "
+                    f"{OUTBOX_SEQ_LIMIT}): a fault of the server, nothing was changed here"
+                )
             await self.catch_up_after_restore(session.pushed_up_to)
             acked = int(await host.store.get_meta(meta.ACKED) or 0)
             if session.pushed_up_to < acked:
@@ -1636,6 +1655,16 @@ class SessionContext:
                 await session.stop_reading()
             error = exc if isinstance(exc, ReplicaRevokedError) else session.protocol.failure
             if isinstance(error, ReplicaRevokedError):
+                if session.server_key is None:
+                    # Anyone answering at the server's address can say "revoked": only
+                    # the server that proved its key locks this laptop (for good).
+                    unproven = WrongServerError(
+                        f"the server at {session.channel.peer} said this replica was revoked "
+                        f"({error}) before it proved its identity: not locked (an impostor, "
+                        "or a server older than this laptop); unsynced changes are kept"
+                    )
+                    host.status.last_error = str(unproven)
+                    raise unproven from error
                 await host.revoked(str(error))
                 return
             refusal = session.protocol.peer_error

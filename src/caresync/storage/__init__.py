@@ -7,6 +7,7 @@ that keep unsynced work from ever being deleted.
 from caresync.lockout import FailedLogin, UnlockAttempts
 from caresync.storage.base import (
     HUB_STATES,
+    OUTBOX_SEQ_LIMIT,
     ConflictRow,
     CopiedRecords,
     CopyPage,
@@ -75,6 +76,7 @@ __all__ = [
     "FeedItem",
     "HeldState",
     "HUB_STATES",
+    "OUTBOX_SEQ_LIMIT",
     "HubChanges",
     "HubMark",
     "HubOutcome",

@@ -19,6 +19,7 @@ from caresync.records.persons import PairState, PersonCard
 from caresync.storage._audit import check_events
 from caresync.storage._writes import Write, check_meta_key
 from caresync.storage.base import (
+    OUTBOX_SEQ_LIMIT,
     ConflictRow,
     HubMark,
     HubOutcome,
@@ -208,8 +209,12 @@ def check_outbox_page(limit: object, after_seq: object) -> None:
 
 
 def check_renumbering(above: object, checkpoint: tuple[str, str] | None) -> None:
-    """``renumber_outbox``: a seq, and a checkpoint to set with it (or None)."""
-    check_count(above, "above")
+    """``renumber_outbox``: a seq (at most :data:`OUTBOX_SEQ_LIMIT`: room left for
+    the edits after it), and a checkpoint to set with it (or None)."""
+    if check_count(above, "above") > OUTBOX_SEQ_LIMIT:
+        raise InvalidInputError(
+            f"above must be at most {OUTBOX_SEQ_LIMIT} (room for later edits), not {above}"
+        )
     if checkpoint is not None:
         check_meta_key(checkpoint[0])
         check_text(checkpoint[1], "checkpoint value", max_length=4096)

@@ -71,6 +71,7 @@ __all__ = [
     "OutboxSummary",
     "QuarantinedUpdate",
     "ReplicaInfo",
+    "OUTBOX_SEQ_LIMIT",
     "OpenCounts",
     "ResumeReads",
     "ReplicaStore",
@@ -91,6 +92,11 @@ Role = Literal["laptop", "server"]
 StrPath = str | os.PathLike[str]
 
 _MAX_ID_LENGTH = 256
+
+OUTBOX_SEQ_LIMIT = 2**62
+"""The highest mark an outbox is renumbered after (``renumber_outbox``): half of a
+signed 64-bit integer, so that 2**62 edits more still fit. No laptop numbers that far
+by writing; a server that says it holds a laptop's pushes beyond it is refused."""
 
 
 def check_text(value: object, what: str, *, max_length: int = _MAX_ID_LENGTH) -> str:

@@ -72,6 +72,7 @@ from caresync.records.persons import (
     person_card,
 )
 from caresync.storage import (
+    OUTBOX_SEQ_LIMIT,
     ConflictRow,
     FeedEpoch,
     HubChanges,
@@ -1322,6 +1323,23 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         # A mark below what this replica gave out renumbers after its own last number.
         assert await store.renumber_outbox(0) == 3
         assert [i.seq for i in await store.pending()] == [14, 15, 16]
+
+    async def test_renumbering_past_the_limit_is_refused_and_moves_nothing(
+        self, store: LaptopStore
+    ) -> None:
+        """A mark beyond ``OUTBOX_SEQ_LIMIT`` would leave no room for later edits (the
+        SQLite outbox's numbering ends at 2**63 - 1): refused, nothing renumbered."""
+        patient = Patient()
+        await store.write_local(patient.id, patient.edit(), conflicts=None)
+        for above in (OUTBOX_SEQ_LIMIT + 1, 2**63 - 1, 2**63):
+            with pytest.raises(InvalidInputError, match="room for later edits"):
+                await store.renumber_outbox(above, checkpoint=("pull.include_own", "1"))
+        assert [i.seq for i in await store.pending()] == [1]
+        assert await store.get_meta("pull.include_own") is None
+        assert await store.renumber_outbox(OUTBOX_SEQ_LIMIT) == 1
+        assert await store.write_local(patient.id, patient.edit(), conflicts=None) == (
+            OUTBOX_SEQ_LIMIT + 2
+        )
 
     async def test_updates_queued_again_go_ahead_of_the_waiting_ones_and_leave_records_alone(
         self, store: LaptopStore
