@@ -85,6 +85,7 @@ from caresync.protocol import (
     MAX_PUSH_ITEMS,
     MAX_SEQ,
     PROTOCOL_VERSION,
+    RECORD_PARTS_SINCE,
     AccountName,
     AuditBatch,
     Authenticate,
@@ -106,6 +107,7 @@ from caresync.protocol import (
     PushBatch,
     PushItem,
     RecordCheck,
+    RecordPartRequest,
     RequestKind,
     ResumeSession,
     ServerProtocol,
@@ -125,6 +127,7 @@ from caresync.replication.coalesce import Coalescer, MergeVerdicts
 from caresync.replication.epochs import epoch_at
 from caresync.replication.follow import FeedFollower
 from caresync.replication.index import INDEX_RULEBOOK_KEY, ensure_index, read_wire_checks
+from caresync.replication.parts import next_part
 from caresync.replication.pool import DEFAULT_POOL_SIZE, RecordPool, check_pool_size
 from caresync.storage import (
     ConflictRow,
@@ -1369,6 +1372,8 @@ class SyncServer:
             await self._on_enrol(conn, event)
         elif isinstance(event, CopyRequest):
             await self._on_copy(conn, event)
+        elif isinstance(event, RecordPartRequest):
+            await self._on_record_part(conn, event)
         elif isinstance(event, PullRequest):
             await self._on_pull(conn, event)
         elif isinstance(event, PushBatch):
@@ -1727,9 +1732,29 @@ class SyncServer:
         except LocalProtocolError:
             if len(records) != 1:
                 raise  # batches keep 4 KiB spare: a fault of ours, logged by handle()
-            # One record, with its rows and card, larger than the laptop's frames: say
-            # which, instead of closing on it (nothing is sent; the copy stops here).
             record_id = records[0][0]
+            if (version or 0) >= RECORD_PARTS_SINCE:
+                # One record, with its rows and card, larger than the laptop's frames: it
+                # takes it in parts (RecordPartRequest), then asks for the records after.
+                conn.protocol.send_copy_batch(
+                    (),
+                    done_records=done_before,
+                    total_records=max(conn.copy_total, done_before),
+                    done_bytes=bytes_before,
+                    total_bytes=bytes_before,
+                    feed_checkpoint=checkpoint,
+                    final=False,
+                    conflicts=[] if send_rows else None,
+                    persons=[] if send_persons else None,
+                    pairs=[] if send_pairs else None,
+                    in_parts=record_id,
+                )
+                # Its next request resumes after that record, which counts as copied.
+                conn.copy_last, conn.copy_done = record_id, done
+                conn.copy_bytes = bytes_before
+                return
+            # Before version 15: say which, instead of closing on it (nothing is sent;
+            # the copy stops here).
             conn.protocol.refuse(
                 RequestKind.COPY,
                 ErrorCode.TOO_LARGE,
@@ -1749,6 +1774,53 @@ class SyncServer:
             done,
             not more or not records,
         )
+
+    async def _on_record_part(self, conn: _Connection, request: RecordPartRequest) -> None:
+        """The next part of a record the laptop's first copy takes in parts
+        (:mod:`caresync.replication.parts`): what it lacks of the record as stored now,
+        from the state vector it named, within one of its frames."""
+        record_id = request.record_id
+        owners = await self.store.record_organisations([record_id])
+        state = await self.store.load(record_id)
+        if owners.get(record_id) != conn.organisation or state is None:
+            # One answer for a record of another organisation and one that does not
+            # exist: which ids exist elsewhere is not this laptop's to learn.
+            conn.protocol.refuse(
+                RequestKind.PART,
+                ErrorCode.FORBIDDEN,
+                f"record {record_id} is not a record this replica copies",
+            )
+            return
+        budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
+        try:
+            part = next_part(
+                state,
+                request.state_vector,
+                budget,
+                record_id=record_id,
+                per_update=ITEM_OVERHEAD_BYTES,
+                max_updates=MAX_BATCH_ITEMS,
+            )
+        except InvalidUpdateError:
+            conn.protocol.refuse(
+                RequestKind.PART,
+                ErrorCode.BAD_MESSAGE,
+                f"the state vector sent for record {record_id} is not a Yjs state vector",
+            )
+            return
+        too_large = (
+            f"record {record_id} cannot be copied in parts to this laptop: it is not "
+            "entries only (stored before this server checked what it admits), or one of "
+            f"its entries is larger than a frame of {conn.protocol.peer_max_frame_bytes} "
+            "bytes. The server keeps it whole"
+        )
+        if part is None:
+            conn.protocol.refuse(RequestKind.PART, ErrorCode.TOO_LARGE, too_large)
+            return
+        try:
+            conn.protocol.send_record_part(part.updates, final=part.final)
+        except LocalProtocolError:
+            conn.protocol.refuse(RequestKind.PART, ErrorCode.TOO_LARGE, too_large)
 
     async def _sends_checks(self, conn: _Connection, rulebook: str | None) -> bool:
         """True if this connection's pulls and live frames may carry the server's checks:

@@ -33,6 +33,8 @@ from caresync.protocol import (
     PushAck,
     PushBatch,
     PushItem,
+    RecordPart,
+    RecordPartRequest,
     ResumeSession,
     ServerProof,
     ServerProtocol,
@@ -89,6 +91,8 @@ SAMPLES: dict[type[Message], Message] = {
         )
     ),
     AuditAck: AuditAck(1),
+    RecordPartRequest: RecordPartRequest("a", b"\x00"),
+    RecordPart: RecordPart("a", (b"u",), True),
     Error: Error("busy", "later", False, in_reply_to=PullRequest.TYPE_CODE),
     Goodbye: Goodbye("bye"),
 }

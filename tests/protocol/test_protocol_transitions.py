@@ -55,6 +55,8 @@ from caresync.protocol import (
     PullRequest,
     PushAck,
     PushBatch,
+    RecordPart,
+    RecordPartRequest,
     RequestKind,
     ResumeSession,
     ServerProof,
@@ -79,6 +81,7 @@ CLIENT_SENDS: dict[type[Message] | Pseudo, Callable[[ClientProtocol], None]] = {
     Subscribe: lambda c: c.subscribe(0),
     OutboxReport: lambda c: c.report_outbox(1, 5),
     AuditBatch: lambda c: c.send_audit(SAMPLES[AuditBatch].entries),  # type: ignore[attr-defined]
+    RecordPartRequest: lambda c: c.request_part("a", b"\x00"),
     Goodbye: lambda c: c.close(),
     Pseudo.FATAL_ERROR: lambda c: c.reject("internal", "x"),
 }
@@ -99,6 +102,7 @@ SERVER_SENDS: dict[type[Message] | Pseudo, Callable[[ServerProtocol], None]] = {
     PullBatch: lambda s: s.send_pull_batch([], checkpoint=0, head_seq=0),
     PushAck: lambda s: s.ack_push(1),
     AuditAck: lambda s: s.ack_audit(1),
+    RecordPart: lambda s: s.send_record_part([b"u"], final=True),
     LiveUpdate: lambda s: s.send_live_update(1, "a", b"u"),
     LiveBatch: lambda s: s.send_live_updates([(1, "a", b"u"), (2, "b", b"v")]),
     HubReport: lambda s: s.send_hub_report(

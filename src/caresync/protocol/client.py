@@ -92,6 +92,8 @@ from caresync.protocol.messages import (
     PushAck,
     PushBatch,
     PushItem,
+    RecordPart,
+    RecordPartRequest,
     ResumeSession,
     ServerProof,
     Subscribe,
@@ -117,6 +119,7 @@ ClientEvent = (
     | Authenticated
     | Enrolled
     | CopyBatch
+    | RecordPart
     | PullBatch
     | PushAck
     | AuditAck
@@ -388,6 +391,18 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             batch_bytes = None
         self._send_sync(CopyRequest(after_record_id, batch_records, rulebook, batch_bytes))
 
+    def request_part(self, record_id: str, state_vector: bytes) -> None:
+        """Queue RecordPartRequest for the next part of ``record_id``, a record the first
+        copy takes in parts (:attr:`CopyBatch.in_parts`; version 15 on), continuing
+        from ``state_vector`` (what this replica holds of it)."""
+        message = RecordPartRequest(record_id, state_vector)
+        if self._version is not None and self._version < RecordPartRequest.SINCE_VERSION:
+            raise LocalProtocolError(
+                f"a record in parts needs protocol version {RecordPartRequest.SINCE_VERSION}; "
+                f"this connection speaks {self._version}"
+            )
+        self._send_sync(message)
+
     def request_pull(
         self,
         after_seq: int,
@@ -519,6 +534,8 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             self._on_enrolled(message)
         elif isinstance(message, CopyBatch):
             self._on_copy_batch(message)
+        elif isinstance(message, RecordPart):
+            self._on_record_part(message)
         elif isinstance(message, PullBatch):
             self._on_pull_batch(message)
         elif isinstance(message, PushAck):
@@ -641,6 +658,20 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
             raise RemoteProtocolError(
                 f"the last CopyBatch ends the copy at {batch.done_records} of the "
                 f"{batch.total_records} records it counts; the copy resumes at the next sync"
+            )
+        if batch.in_parts is not None and after is not None and batch.in_parts <= after:
+            raise RemoteProtocolError(
+                f"CopyBatch names record {batch.in_parts!r} to copy in parts, not one "
+                f"after {after!r} as asked"
+            )
+
+    def _on_record_part(self, part: RecordPart) -> None:
+        request = self._outstanding[RequestKind.PART]
+        if not isinstance(request, RecordPartRequest):  # pragma: no cover - by the tables
+            raise RemoteProtocolError("RecordPart without a RecordPartRequest")
+        if part.record_id != request.record_id:
+            raise RemoteProtocolError(
+                f"RecordPart of record {part.record_id!r}; {request.record_id!r} was asked for"
             )
 
     def _on_pull_batch(self, batch: PullBatch) -> None:

@@ -67,6 +67,7 @@ __all__ = [
     "MIN_NONCE_BYTES",
     "MIN_SECRET_BYTES",
     "PROTOCOL_VERSION",
+    "RECORD_PARTS_SINCE",
     "SERVER_KEY_BYTES",
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
@@ -108,6 +109,8 @@ __all__ = [
     "PushBatch",
     "ProveServer",
     "PushItem",
+    "RecordPart",
+    "RecordPartRequest",
     "ResumeSession",
     "ServerProof",
     "Subscribe",
@@ -130,10 +133,14 @@ FEED_EPOCHS_SINCE = 14
 (:attr:`PullRequest.feed_epoch`, :attr:`PullBatch.feed_epoch`,
 :attr:`LiveBatch.feed_epoch`, :attr:`CopyBatch.feed_epoch`)."""
 
-PROTOCOL_VERSION = 14
+RECORD_PARTS_SINCE = 15
+"""The first protocol version in which a first copy takes a record larger than one frame
+in parts (:attr:`CopyBatch.in_parts`, :class:`RecordPartRequest`, :class:`RecordPart`)."""
+
+PROTOCOL_VERSION = 15
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -218,6 +225,14 @@ the server process's stretch of the feed that number lies in, see
 position it starts from. A server whose feed does not reach that position, or labels
 it with another epoch, refuses the pull with ``feed_diverged``: the laptop sends again
 what it wrote and pulls from the feed's start (see :mod:`caresync.replication.epochs`).
+
+Version :data:`RECORD_PARTS_SINCE` copies a record larger than one frame: where the
+next record of a first copy would not fit the client's frame, the server sends a batch
+of no records naming it (:attr:`CopyBatch.in_parts`); the client asks for it in parts
+(:class:`RecordPartRequest`, with the state vector of what it holds of it), each
+:class:`RecordPart` continuing the record from that state within one frame, until one
+says ``final``; then it resumes the copy after that record. Before, such a copy was
+refused at that record (``too_large``) and the enrolment stopped there.
 """
 
 MAX_VERSION_TEXT = 64
@@ -1054,6 +1069,11 @@ class CopyBatch(Message):
 
     ``feed_epoch`` (version :data:`FEED_EPOCHS_SINCE` on): the feed epoch of
     ``feed_checkpoint`` (``None``: not sent).
+
+    ``in_parts`` (version :data:`RECORD_PARTS_SINCE` on): the id of the next record,
+    which with its rows and card is larger than one frame to this client: the batch
+    holds no record and is not final, and the client takes that record in parts
+    (:class:`RecordPartRequest`), then asks for the records after it.
     """
 
     TYPE_CODE: ClassVar[int] = 17
@@ -1063,6 +1083,7 @@ class CopyBatch(Message):
             "persons": 5,
             "pairs": COPY_PAIRS_SINCE,
             "feed_epoch": FEED_EPOCHS_SINCE,
+            "in_parts": RECORD_PARTS_SINCE,
         }
     )
 
@@ -1078,6 +1099,7 @@ class CopyBatch(Message):
     persons: tuple[CopyPerson, ...] | None = None
     pairs: tuple[CopyPair, ...] | None = None
     feed_epoch: int | None = None
+    in_parts: str | None = None
 
     def __post_init__(self) -> None:
         owner = "CopyBatch"
@@ -1107,7 +1129,16 @@ class CopyBatch(Message):
         _int(owner, "feed_checkpoint", self.feed_checkpoint, 0)
         _opt_epoch(owner, self.feed_epoch)
         _bool(owner, "final", self.final)
-        if not self.final and not out:
+        if self.in_parts is not None:
+            _check_record_id(owner, "in_parts", self.in_parts)
+            if out or self.final:
+                raise LocalProtocolError(
+                    "CopyBatch: a batch naming a record to copy in parts holds no record "
+                    "and is not final"
+                )
+            if self.last_record_id is not None and self.in_parts <= self.last_record_id:
+                _bad(owner, "in_parts", f"a record after {self.last_record_id!r}", self.in_parts)
+        elif not self.final and not out:
             raise LocalProtocolError("CopyBatch: a batch that is not final must hold a record")
         if self.conflicts is not None:
             _set(self, "conflicts", _copy_conflicts(self.conflicts, out))
@@ -1647,6 +1678,57 @@ class AuditAck(Message):
         _int("AuditAck", "up_to_seq", self.up_to_seq, 1)
 
 
+@dataclass(frozen=True, slots=True)
+class RecordPartRequest(Message):
+    """Client → server (protocol version :data:`RECORD_PARTS_SINCE` on): the next part
+    of a record a first copy takes in parts (:attr:`CopyBatch.in_parts`).
+
+    ``state_vector`` is the Yjs state vector of what the client holds of the record
+    (the parts taken so far, and anything it held before): the server answers with a
+    :class:`RecordPart` that continues the record from there.
+    """
+
+    TYPE_CODE: ClassVar[int] = 28
+    SINCE_VERSION: ClassVar[int] = RECORD_PARTS_SINCE
+
+    record_id: str
+    state_vector: bytes
+
+    def __post_init__(self) -> None:
+        _check_record_id("RecordPartRequest", "record_id", self.record_id)
+        _blob("RecordPartRequest", "state_vector", self.state_vector, 1, MAX_STATE_VECTOR_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPart(Message):
+    """Server → client (protocol version :data:`RECORD_PARTS_SINCE` on): a part of a
+    record, answering :class:`RecordPartRequest`.
+
+    ``updates`` continue the record from the state vector the request named, in order:
+    each adds one Yjs client's next items (a simple update). ``final`` says they hold
+    the rest of the record as the server read it; a part that is not final holds at
+    least one update.
+    """
+
+    TYPE_CODE: ClassVar[int] = 29
+    SINCE_VERSION: ClassVar[int] = RECORD_PARTS_SINCE
+
+    record_id: str
+    updates: tuple[bytes, ...]
+    final: bool
+
+    def __post_init__(self) -> None:
+        owner = "RecordPart"
+        _check_record_id(owner, "record_id", self.record_id)
+        items = _items(owner, "updates", self.updates, allow_empty=True)
+        for item in items:
+            _update(owner, "updates[]", item)
+        _set(self, "updates", items)
+        _bool(owner, "final", self.final)
+        if not self.final and not items:
+            raise LocalProtocolError("RecordPart: a part that is not final must hold an update")
+
+
 HUB_ITEM_STATES = frozenset({"pending", "held", "sent", "failed"})
 """The states of a listed summary (every version from 7)."""
 HUB_REMOVED = "removed"
@@ -1766,7 +1848,7 @@ _HUB_CHANGE_STATES = HUB_ITEM_STATES | {HUB_REMOVED}
 _EMPTY_DETAIL: Mapping[str, DetailValue] = MappingProxyType({})
 
 # Type codes of the requests an Error may answer (see caresync.protocol.states.REQUESTS).
-_REQUEST_CODES = frozenset({6, 16, 18, 20, 26})
+_REQUEST_CODES = frozenset({6, 16, 18, 20, 26, 28})
 
 
 @dataclass(frozen=True, slots=True)
@@ -1887,6 +1969,8 @@ MESSAGE_TYPES: Mapping[int, type[Message]] = _registry(
         LiveBatch,
         AuditBatch,
         AuditAck,
+        RecordPartRequest,
+        RecordPart,
         HubReport,
         Error,
         Goodbye,

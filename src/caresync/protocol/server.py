@@ -24,6 +24,7 @@ event                  the shell answers with
                        new entries, in seq order
 ``OutboxReport``       nothing to send; keep it for operators (version 2 on)
 ``AuditBatch``         commit, then ``ack_audit()`` (version 7 on)
+``RecordPartRequest``  ``send_record_part(...)`` (version 15 on)
 ``Goodbye``            close the websocket
 =====================  ======================================================
 
@@ -73,6 +74,7 @@ from caresync.protocol.messages import (
     FEED_EPOCHS_SINCE,
     HUB_CHANGES_SINCE,
     MAX_ID_LENGTH,
+    RECORD_PARTS_SINCE,
     SUPPORTED_VERSIONS,
     AccountName,
     AuditAck,
@@ -104,6 +106,8 @@ from caresync.protocol.messages import (
     PullRequest,
     PushAck,
     PushBatch,
+    RecordPart,
+    RecordPartRequest,
     ResumeSession,
     ServerProof,
     Subscribe,
@@ -188,6 +192,7 @@ ServerEvent = (
     | ResumeSession
     | Enrol
     | CopyRequest
+    | RecordPartRequest
     | PullRequest
     | PushBatch
     | Subscribe
@@ -418,6 +423,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         conflicts: Iterable[CopyConflict | tuple[str, str, str, str, str, bytes]] | None = None,
         persons: Iterable[CopyPerson | tuple[str, bytes]] | None = None,
         pairs: Iterable[CopyPair | tuple[str, str]] | None = None,
+        in_parts: str | None = None,
     ) -> None:
         """Queue CopyBatch answering the outstanding CopyRequest.
 
@@ -427,7 +433,10 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         rulebook the request named (``CopyRequest.rulebook``); ``persons``: with
         them (protocol version 5 on), the records' person cards; ``pairs``: with the
         cards (version :data:`~caresync.protocol.messages.COPY_PAIRS_SINCE` on), the
-        person index's pairs whose later record is in the batch. Raises
+        person index's pairs whose later record is in the batch. ``in_parts``
+        (version :data:`~caresync.protocol.messages.RECORD_PARTS_SINCE` on): the id of
+        the next record, too large for one frame, which the client then takes in parts
+        (the batch holds no record and is not final). Raises
         :class:`~caresync.exceptions.LocalProtocolError`, queueing nothing, if the
         batch breaks those rules or its frame would exceed the client's maximum.
         """
@@ -459,17 +468,35 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             if pairs is None
             else tuple(p if isinstance(p, CopyPair) else CopyPair(*p) for p in pairs),
             self._epoch_of(feed_checkpoint),
+            in_parts,
         )
+        if in_parts is not None and (self._version or 0) < RECORD_PARTS_SINCE:
+            raise LocalProtocolError(
+                f"a record in parts needs protocol version {RECORD_PARTS_SINCE}; this "
+                f"connection speaks {self._version}"
+            )
+        after = request.after_record_id
+        if in_parts is not None and after is not None and in_parts <= after:
+            raise LocalProtocolError(f"the record in parts must come after {after!r}")
         if batch.conflicts is not None and request.rulebook is None:
             raise LocalProtocolError("conflict index rows for a request that named no rulebook")
         if len(items) > request.batch_records:
             raise LocalProtocolError(
                 f"{len(items)} records; the client asked for at most {request.batch_records}"
             )
-        after = request.after_record_id
         if items and after is not None and items[0][0] <= after:
             raise LocalProtocolError(f"records must come after {after!r}, as asked")
         self._send(batch)
+
+    def send_record_part(self, updates: Iterable[bytes], *, final: bool) -> None:
+        """Queue RecordPart answering the outstanding RecordPartRequest: ``updates``
+        continue the record from the state vector the request named; ``final`` when
+        they hold the rest of it. Raises :class:`~caresync.exceptions.LocalProtocolError`,
+        queueing nothing, if the part breaks the message's rules or the client's frame."""
+        request = self._expect(RequestKind.PART)
+        if not isinstance(request, RecordPartRequest):  # pragma: no cover - by the tables
+            raise LocalProtocolError("no RecordPartRequest outstanding")
+        self._send(RecordPart(request.record_id, tuple(updates), final))
 
     def _epoch_of(self, seq: int) -> int | None:
         """The feed epoch of ``seq`` to send (version 14 on, with a source), else None."""

@@ -43,7 +43,7 @@ credentials leave ``PROVEN`` only once the shell confirmed the proof (checked
 in code: the tables cannot see the version). A version 1 to 3 connection skips
 the proof, ``WELCOMED`` straight to ``AUTHENTICATING``.
 
-In ``READY``, four kinds of request (:class:`RequestKind`) may run at the same time,
+In ``READY``, several kinds of request (:class:`RequestKind`) may run at the same time,
 but at most one of each kind: a second ``PullRequest`` before the ``PullBatch`` that
 answers the first is illegal, and so is a reply nobody asked for. That discipline is the
 second table, :data:`REQUESTS`. Copy, pull, push and subscribe further need an enrolled
@@ -86,6 +86,8 @@ from caresync.protocol.messages import (
     PullRequest,
     PushAck,
     PushBatch,
+    RecordPart,
+    RecordPartRequest,
     ResumeSession,
     ServerProof,
     Subscribe,
@@ -178,6 +180,8 @@ class RequestKind(enum.Enum):
     PULL = "pull"
     PUSH = "push"
     AUDIT = "audit"
+    PART = "part"
+    """A part of a record a first copy takes in parts (protocol version 15 on)."""
 
 
 EventKey = type[Message] | Pseudo
@@ -190,12 +194,13 @@ REQUESTS: Mapping[RequestKind, tuple[type[Message], type[Message]]] = MappingPro
         RequestKind.PULL: (PullRequest, PullBatch),
         RequestKind.PUSH: (PushBatch, PushAck),
         RequestKind.AUDIT: (AuditBatch, AuditAck),
+        RequestKind.PART: (RecordPartRequest, RecordPart),
     }
 )
 """Each request kind: (the client's request, the server's reply). One outstanding per kind."""
 
 NEEDS_ENROLMENT: frozenset[type[Message]] = frozenset(
-    {CopyRequest, PullRequest, PushBatch, Subscribe, OutboxReport, AuditBatch}
+    {CopyRequest, RecordPartRequest, PullRequest, PushBatch, Subscribe, OutboxReport, AuditBatch}
 )
 """Messages a client may send only as an enrolled replica."""
 
@@ -258,7 +263,9 @@ CLIENT_TRANSITIONS: Mapping[ClientState, Mapping[tuple[Direction, EventKey], Cli
             (_SEND, Subscribe): _C.READY,
             (_SEND, OutboxReport): _C.READY,  # protocol version 2 on; no reply
             (_SEND, AuditBatch): _C.READY,  # protocol version 7 on
+            (_SEND, RecordPartRequest): _C.READY,  # protocol version 15 on
             (_RECV, AuditAck): _C.READY,
+            (_RECV, RecordPart): _C.READY,
             (_RECV, Enrolled): _C.READY,
             (_RECV, CopyBatch): _C.READY,
             (_RECV, PullBatch): _C.READY,
@@ -298,11 +305,13 @@ SERVER_TRANSITIONS: Mapping[ServerState, Mapping[tuple[Direction, EventKey], Ser
             (_RECV, Subscribe): _V.READY,
             (_RECV, OutboxReport): _V.READY,  # protocol version 2 on; no reply
             (_RECV, AuditBatch): _V.READY,  # protocol version 7 on
+            (_RECV, RecordPartRequest): _V.READY,  # protocol version 15 on
             (_SEND, AuditAck): _V.READY,
             (_SEND, Enrolled): _V.READY,
             (_SEND, CopyBatch): _V.READY,
             (_SEND, PullBatch): _V.READY,
             (_SEND, PushAck): _V.READY,
+            (_SEND, RecordPart): _V.READY,
             (_SEND, LiveUpdate): _V.READY,
             (_SEND, LiveBatch): _V.READY,  # protocol version 3 on
             (_SEND, HubReport): _V.READY,  # protocol version 7 on; after a pull

@@ -343,11 +343,12 @@ def items_by_client(update: bytes) -> dict[Client, list[SimpleItem]] | None:
 
 
 def simple_pieces(
-    update: bytes, clients: Collection[Client], *, max_items: int, max_bytes: int
+    update: bytes, clients: Collection[Client] | None, *, max_items: int, max_bytes: int
 ) -> list[bytes] | None:
-    """The items of ``clients`` in an update :func:`only_adds` vouches for, as simple
-    updates (one client each, in clock order per client, each at most ``max_items``
-    items and, past its first item, ``max_bytes`` bytes); None for any other update.
+    """The items of ``clients`` (None: of every client) in an update :func:`only_adds`
+    vouches for, as simple updates (one client each, in clock order per client, each at
+    most ``max_items`` items and, past its first item, ``max_bytes`` bytes); None for
+    any other update.
 
     An item of such an update names its root and key and no neighbour, so any run of
     a client's items is an update of its own: what a server that admits only simple
@@ -366,7 +367,7 @@ def simple_pieces(
             if structs == 0 or structs >= _MAX_CLOCK or clock >= _MAX_CLOCK:
                 return None
             pos = head.end()
-            wanted = head[2] in clients
+            wanted = clients is None or head[2] in clients
             start, first, taken = pos, clock, 0
             for index in range(structs):
                 clock, pos, _strings = _structs(update, pos, 1, clock, None)

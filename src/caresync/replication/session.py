@@ -80,6 +80,7 @@ from caresync.protocol import (
     ProveServer,
     PullBatch,
     PushAck,
+    RecordPart,
     ServerProof,
     Welcome,
     audit_wire_size,
@@ -92,6 +93,7 @@ from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, TrustedCopy, prepare_copy
 from caresync.replication.checked import LiveFrames, ServerCheck, card_from_wire, from_wire
 from caresync.replication.epochs import FeedPosition, own_items
+from caresync.replication.parts import PartsTaken
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import (
     OUTBOX_SEQ_LIMIT,
@@ -1151,6 +1153,26 @@ class Session:
         batch = await self.expect(CopyBatch)
         try:
             while True:
+                if batch.in_parts is not None:
+                    # The next record is larger than one frame: taken in parts once the
+                    # batches before it are committed, then the copy goes on after it.
+                    if committing is not None:
+                        await committing
+                        committing = None
+                    if reported is not None:
+                        if progress is not None:
+                            progress(reported)
+                        reported = None
+                    if await store.get_meta(meta.COPY_CHECKPOINT) is None:
+                        await store.set_meta(
+                            meta.COPY_CHECKPOINT,
+                            FeedPosition(batch.feed_checkpoint, batch.feed_epoch).to_meta(),
+                        )
+                    await self._copy_in_parts(batch.in_parts)
+                    resume = batch.in_parts
+                    self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
+                    batch = await self.expect(CopyBatch)
+                    continue
                 updates = batch.records  # (record_id, update) pairs already
                 # Rows are taken as they are only with the records' cards (version 5
                 # on): without them every record would have to be built anyway.
@@ -1247,6 +1269,25 @@ class Session:
             await store.set_meta(meta.CHECKPOINT, start)
         await self.host.known_meta.set_meta(meta.COPY_DONE_MS, str(time.time_ns() // 1_000_000))
         return copied
+
+    async def _copy_in_parts(self, record_id: str) -> None:
+        """Take in a record the first copy sends in parts (:mod:`caresync.replication.parts`):
+        each part asked from what is held, checked to continue it; then the whole record
+        taken in as any record from the server is (built, checked and indexed here), with
+        the copy's resume point after it, in one commit."""
+        store = self.host.store
+        taken = PartsTaken(record_id, await store.state_vector(record_id))
+        while True:
+            self.protocol.request_part(record_id, taken.vector())
+            part = await self.expect(RecordPart)
+            taken.add(part.updates)
+            if part.final:
+                break
+        resume = (meta.COPY_RESUME, record_id)
+        if not taken.updates:  # everything was held here already
+            await store.set_meta(*resume)
+            return
+        await self.host.take_in([(record_id, update) for update in taken.updates], resume)
 
     async def push(self) -> int:
         """Push the whole outbox, a batch at a time, each acknowledged before the next."""
