@@ -233,3 +233,30 @@ async def test_unlinking_two_records_linked_only_through_a_third_is_refused(
         assert await replica.conflicts(a) == []
     finally:
         await replica.close()
+
+
+def test_a_dispensing_alike_to_one_the_marker_saw_is_still_a_change() -> None:
+    """Reproduced (review of ``_saw_as``): a count revision stores its change and the count
+    its writer meant (``{"delta": -1, "count": 11}``), so a dispensing made on another
+    laptop concurrently with an entered-in-error mark, of the same size as one the marker
+    had seen, stored the very value the marker saw and was taken for "no change": the
+    finding was hidden while the count went down twice. A count's concurrent change is a
+    change whatever it stores."""
+    schema = counted_schema()
+    a = Record.create(replica="laptop-0", schema=schema)
+    b = Record.from_update(a.record_id, a.update_since(), replica="laptop-1", schema=schema)
+    med = a.add_entry(
+        "medications", {"drug": "saline", "quantity": 12, "status": "active"}, author="dr.a"
+    )
+    exchange(a, b)
+    a.adjust(f"medications/{med}/quantity", -1, author="nurse.a")  # the marker sees this one
+    a.set_status("medications", med, "entered-in-error", author="dr.a")
+    b.adjust(f"medications/{med}/quantity", -1, author="nurse.b")  # concurrent with the mark
+    exchange(a, b)
+    assert a.value(f"medications/{med}/quantity") == 10
+    listed = rules.conflicts(a)
+    assert [(c.rule, c.candidates[1].value) for c in listed] == [
+        ("entered-in-error-vs-edit", "keep it, with quantity changed by -1")
+    ]
+    assert "nurse.b on laptop-1 changed quantity by -1" in listed[0].message
+    assert rules.conflicts(b) == listed

@@ -38,6 +38,7 @@ from caresync.records import (
     NOTES_COLLECTION,
     SIGNATURE_FIELD,
     STATUS_FIELD,
+    CountState,
     Entry,
     Revision,
     canonical_json,
@@ -76,11 +77,15 @@ def _before(view: RecordView, rev: Revision, default: str) -> object:
 
 
 def _ref_saw_as(view: RecordView, rev: Revision, path: str, other: Revision) -> bool:
-    """Version 4 of one and 3 of the other: the writer of ``rev`` saw ``path`` hold
-    ``other``'s value (each head it saw there), so ``other`` changed nothing."""
+    """Version 5 of one and 4 of the other: the writer of ``rev`` saw ``path`` hold
+    ``other``'s value (each head it saw there, a revision of that path), so ``other``
+    changed nothing; never for a count (its revisions store changes)."""
+    if isinstance(view.get(path), CountState):
+        return False
     seen = [view.revision(i) for i in rev.seen.get(path, ())]
     return bool(seen) and all(
-        s is not None and canonical_json(s.value) == canonical_json(other.value) for s in seen
+        s is not None and s.path == path and canonical_json(s.value) == canonical_json(other.value)
+        for s in seen
     )
 
 
@@ -88,7 +93,8 @@ def ref_stopped_versus_dose_change(view: RecordView) -> Iterator[Finding]:
     """A medication stopped on one replica while its dose changed on another (block).
 
     Version 3: outcomes, the entry named by its content, a drug in conflict named by
-    its candidates; 4: a dose the stopper had seen is no change.
+    its candidates; 4: a dose the stopper had seen is no change; 5: seen there means a
+    revision of the dose.
     """
     for entry in view.entries("medications"):
         for stop in _heads(entry, STATUS_FIELD):
@@ -135,7 +141,8 @@ def ref_entered_in_error_versus_edit(view: RecordView) -> Iterator[Finding]:
 
     Version 2: outcomes, and the entry named by its content; 3: an edit to what the
     marker had seen is no edit, every collection of the schema (the generated charts
-    hold no counts, whose change version 3 never writes back).
+    hold no counts, whose change version 3 never writes back); 4: a count's change is a
+    change whatever it stores.
     """
     for collection in sorted(view.collections()):
         for entry in view.entries(collection):

@@ -80,6 +80,39 @@ def test_an_ipv6_address_is_counted_by_its_64_network_and_others_as_they_are() -
         LoginThrottle(address_checks=0)
 
 
+def test_an_ipv4_client_carried_in_an_ipv6_address_is_counted_by_its_ipv4_address() -> None:
+    """Reproduced (review of the /64 keys): behind a stateless translator (SIIT-DC, the
+    NAT64 prefix ``64:ff9b::/96``) an IPv6-only server sees every IPv4 client as
+    ``64:ff9b::<its IPv4 address>``, all in one /64: every IPv4 client on the internet was
+    one throttle key, and one guesser's 20 failures locked all of them out. Such an
+    address, an IPv4-translated one (``::ffff:0:a.b.c.d``), a 6to4 one (``2002:``, one
+    IPv4 host's /48) and a Teredo one are counted by the IPv4 address they carry."""
+    assert address_key("64:ff9b::10.0.0.7") == ("address", "10.0.0.7")
+    assert address_key("64:ff9b::a00:8") == ("address", "10.0.0.8")
+    assert address_key("::ffff:0:10.0.0.7") == ("address", "10.0.0.7")
+    assert (
+        address_key("2002:a00:7::1") == address_key("2002:a00:7:ff::2") == ("address", "10.0.0.7")
+    )
+    teredo = "2001:0:4136:e378:8000:63bf:3fff:fdd2"  # RFC 4380's example: client 192.0.2.45
+    assert address_key(teredo) == ("address", "192.0.2.45")
+    assert address_key("64:ff9b:1::10.0.0.7") == ("address", "64:ff9b:1::/64")  # not /96
+
+
+async def test_guesses_from_one_translated_ipv4_client_do_not_lock_out_the_others() -> None:
+    store = MemoryStore()
+    gate = _gate(store, LoginThrottle(address_free=3, first_lock_s=60))
+
+    async def code(username: str, address: str) -> str:
+        refused = await gate.check_password("clinic-a", username, "guess", address)
+        assert isinstance(refused, Refused)
+        return refused.code
+
+    guesser = "64:ff9b::203.0.113.9"
+    assert [await code(f"x{n}", guesser) for n in range(4)] == [ErrorCode.BAD_CREDENTIALS] * 4
+    assert await code("x9", guesser) == ErrorCode.THROTTLED
+    assert await code("x9", "64:ff9b::198.51.100.20") == ErrorCode.BAD_CREDENTIALS
+
+
 def test_the_in_memory_table_forgets_idle_keys_and_keeps_at_most_max_tracked() -> None:
     policy = ThrottlePolicy(
         first_lock_ms=1_000, max_lock_ms=1_000, forget_after_ms=10_000, max_tracked=50
@@ -267,6 +300,50 @@ async def test_right_passwords_of_many_accounts_from_one_address_at_once_all_get
     )
     assert [r.code if isinstance(r, Refused) else "ok" for r in results] == ["ok"] * 30
     assert not gate._checking  # every turn given back
+
+
+class _HeldStore(MemoryStore):
+    """A store whose account reads wait until ``release`` is set (checks in flight)."""
+
+    def __init__(self, holding: int) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.all_held = asyncio.Event()
+        self.holding, self.held = holding, 0
+
+    async def get_user(self, organisation: str, username: str) -> UserAccount | None:
+        self.held += 1
+        if self.held == self.holding:
+            self.all_held.set()
+        await self.release.wait()
+        return await super().get_user(organisation, username)
+
+
+async def test_a_login_dropped_while_it_waits_for_its_address_turn_gives_back_its_turns() -> None:
+    """A waiting login cancelled (its connection gone, the server stopping) leaves no
+    turn held and no entry behind: the address's next guesses get their checks."""
+    store = _HeldStore(holding=4)
+    gate = _gate(store, LoginThrottle(address_free=20, first_lock_s=60))
+    tasks = [
+        asyncio.create_task(gate.check_password("clinic-a", f"u{n}", "guess", "10.0.0.7"))
+        for n in range(6)
+    ]
+    async with asyncio.timeout(10):
+        await store.all_held.wait()  # four checks in flight: the address's four turns
+    address = gate._checking[("address", "10.0.0.7")]
+    assert address[1] == [6]  # the fifth and sixth wait for a turn of the address
+    tasks[4].cancel()
+    store.release.set()
+    async with asyncio.timeout(10):
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[4], asyncio.CancelledError)
+    assert [r.code for r in done if isinstance(r, Refused)] == [ErrorCode.BAD_CREDENTIALS] * 5
+    assert gate._checking == {}
+    assert store.held == 5  # the dropped login read no account
+    again = await gate.check_password("clinic-a", "u4", "guess", "10.0.0.7")
+    assert isinstance(again, Refused)
+    assert again.code == ErrorCode.BAD_CREDENTIALS
+    assert gate._checking == {}
 
 
 async def test_guesses_from_addresses_of_one_ipv6_64_count_together() -> None:

@@ -303,21 +303,46 @@ class LoginThrottle:
         return len(self._table)
 
 
+_IPV4_IN_LAST_32_BITS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 / SIIT's well-known prefix (RFC 6052)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT, RFC 2765)
+)
+"""IPv6 networks whose addresses stand for IPv4 clients, the client's address last."""
+
+
 def address_key(address: str) -> ThrottleKey:
     """The key of a client's address: an IPv4 address as it is; an IPv6 address's /64
     network, which one household, clinic or machine is given whole (its host half is
     the client's to choose, so per address a guesser would have 2**64 of them); anything
-    else (a name, a Unix socket's path) as it is."""
+    else (a name, a Unix socket's path) as it is.
+
+    An IPv6 address that carries an IPv4 client's address is that IPv4 address: an
+    IPv4-mapped one, one a translator made (``64:ff9b::/96``, ``::ffff:0:0:0/96``: all
+    IPv4 clients of an IPv6-only server behind SIIT share one /64), a 6to4 one (one IPv4
+    host's /48) and a Teredo one (its client's address)."""
     try:
         parsed = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:
         return ("address", address)
     if isinstance(parsed, ipaddress.IPv6Address):
-        mapped = parsed.ipv4_mapped
-        if mapped is not None:
-            return ("address", str(mapped))
+        carried = _carried_ipv4(parsed)
+        if carried is not None:
+            return ("address", str(carried))
         return ("address", str(ipaddress.IPv6Network((parsed, 64), strict=False)))
     return ("address", str(parsed))
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 client an IPv6 address stands for, or None (see :func:`address_key`)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if any(address in network for network in _IPV4_IN_LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
 
 
 def _ms(now_s: float) -> int:

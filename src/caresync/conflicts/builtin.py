@@ -73,12 +73,14 @@ TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERR
 # rule's version whenever its behaviour changes (what it finds, its severity,
 # message, key or revisions): replicas whose rulebooks have equal fingerprints
 # store each other's conflict rows without running the rules themselves.
-_STOPPED_VERSUS_DOSE_CHANGE = 4  # 2: outcomes; entries named by their content; 3: a drug
+_STOPPED_VERSUS_DOSE_CHANGE = 5  # 2: outcomes; entries named by their content; 3: a drug
 # in conflict is named by its candidates (reading its value raised: the rule failed); 4: a
-# dose equal to the one the stopper saw is no change (two alike decisions made a block)
-_ENTERED_IN_ERROR_VERSUS_EDIT = 3  # 2: outcomes; entries named by their content; 3: an edit
+# dose equal to the one the stopper saw is no change (two alike decisions made a block); 5:
+# only a revision of the dose itself is read as what the stopper saw there
+_ENTERED_IN_ERROR_VERSUS_EDIT = 4  # 2: outcomes; entries named by their content; 3: an edit
 # equal to what the marker saw is no edit; every collection of the schema; a count's change
-# is kept (a count is never written back) and said in words
+# is kept (a count is never written back) and said in words; 4: a count's concurrent change
+# is a change even when it stores what the marker saw (a dispensing of the same size)
 _ALLERGY_VERSUS_PRESCRIPTION = 3  # the substance table is part of its identity; 3: outcomes
 _DUPLICATE_ALLERGY = 1
 _TERMINAL_ENCOUNTER_CLASH = 2  # 2: the encounter named by its content, not its id
@@ -116,14 +118,19 @@ def _saw_as(view: RecordView, rev: Revision, path: str, value: JSONValue) -> boo
     A revision concurrent with ``rev`` that writes what its writer had already seen
     there changes nothing it decided about: two clinicians who take the same decision
     offline each rewrite the dose they both chose, and neither rewrite is a change.
+
+    Never for a count: its revision stores a change (``{"delta": -1, "count": 11}``),
+    and a dispensing made elsewhere stores the same value as one the writer saw while
+    being another dispensing. Only revisions of ``path`` itself are read as what was
+    seen there (a malformed ``seen`` naming another path's revision says nothing).
     """
     seen = rev.seen.get(path, ())
-    if not seen:
+    if not seen or isinstance(view.get(path), CountState):
         return False
     wanted = canonical_json(value)
     for revision_id in seen:
         earlier = view.revision(revision_id)
-        if earlier is None or canonical_json(earlier.value) != wanted:
+        if earlier is None or earlier.path != path or canonical_json(earlier.value) != wanted:
             return False
     return True
 
