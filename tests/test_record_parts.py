@@ -22,7 +22,7 @@ from caresync.protocol import (
 from caresync.records import Record
 from caresync.records.crdt import merge, state_vector_of
 from caresync.records.spans import decode_clocks, encode_varuint
-from caresync.replication.parts import NextPart, PartsTaken, next_part
+from caresync.replication.parts import UPDATE_COST, NextPart, PartsTaken, next_part
 
 
 def _chart(writers: int, edits: int) -> Record:
@@ -129,6 +129,24 @@ def test_parts_past_the_bound_are_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(caresync.replication.parts, "MAX_PARTS_BYTES", 100)
     with pytest.raises(RemoteProtocolError, match="more than 100 bytes"):
         PartsTaken("r", None).add(parts.updates)
+
+
+def test_many_small_updates_count_what_holding_them_costs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reviewed: the bound counted update bytes only, so a server sending millions of
+    updates of a few bytes had the laptop hold a gigabyte of Python objects within it."""
+    record = _chart(1, 6)
+    pieces, _asked = _take(record, 80)  # one small update a part
+    updates = tuple(pieces.updates)
+    raw = sum(map(len, updates))
+    monkeypatch.setattr(caresync.replication.parts, "MAX_PARTS_BYTES", raw + 10)
+    with pytest.raises(RemoteProtocolError, match="bytes in all"):
+        PartsTaken("r", None).add(updates)  # within the bound by their bytes alone
+    monkeypatch.setattr(
+        caresync.replication.parts, "MAX_PARTS_BYTES", raw + len(updates) * UPDATE_COST
+    )
+    PartsTaken("r", None).add(updates)  # with what each costs to hold: just within
 
 
 def _entry(client: int, clock: int, key: str, value: str) -> bytes:

@@ -1797,7 +1797,11 @@ class SyncServer:
             return
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         try:
-            part = next_part(
+            # Off the event loop: a part costs a diff and a walk of the whole record (a
+            # record of tens of MB, a few hundred milliseconds), which every other
+            # connection would otherwise wait for.
+            part = await asyncio.to_thread(
+                next_part,
                 state,
                 request.state_vector,
                 budget,

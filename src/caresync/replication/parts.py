@@ -35,11 +35,16 @@ from caresync.records.spans import (
     simple_span,
 )
 
-__all__ = ["MAX_PARTS_BYTES", "NextPart", "PartsTaken", "next_part"]
+__all__ = ["MAX_PARTS_BYTES", "UPDATE_COST", "NextPart", "PartsTaken", "next_part"]
 
 MAX_PARTS_BYTES = 256 * 1024 * 1024
-"""The most bytes of one record a laptop takes in parts: a server that sends more (one
-that never says ``final``) is refused, the copy stopping there."""
+"""The most bytes of one record a laptop takes in parts, each update counted with
+:data:`UPDATE_COST` more: a server that sends more (one that never says ``final``, or
+millions of updates of a few bytes) is refused, the copy stopping there."""
+
+UPDATE_COST = 128
+"""Bytes a taken update costs the laptop beyond its own (a Python bytes object, its place
+in the list, its share of the merge): counted against :data:`MAX_PARTS_BYTES`."""
 
 _PIECE_ITEMS = 100_000
 """Items of one client in one piece at most (a piece is also bounded by bytes)."""
@@ -135,7 +140,7 @@ class PartsTaken:
                     "laptop holds of it"
                 )
             clocks[client] = end
-            size += len(update)
+            size += len(update) + UPDATE_COST
             if size > MAX_PARTS_BYTES:
                 raise RemoteProtocolError(
                     f"record {self.record_id} comes in parts of more than "
