@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,10 +12,17 @@ from tests.helpers import exchange, replicas
 
 import caresync.replication.parts
 from caresync.exceptions import InvalidUpdateError, RemoteProtocolError
+from caresync.protocol import (
+    MAX_STATE_VECTOR_BYTES,
+    RECORD_PARTS_SINCE,
+    RecordPartRequest,
+    decode_frame,
+    encode_frame,
+)
 from caresync.records import Record
-from caresync.records.crdt import merge
-from caresync.records.spans import decode_clocks
-from caresync.replication.parts import NextPart, PartsTaken, next_part
+from caresync.records.crdt import merge, state_vector_of
+from caresync.records.spans import decode_clocks, encode_varuint
+from caresync.replication.parts import UPDATE_COST, NextPart, PartsTaken, next_part
 
 
 def _chart(writers: int, edits: int) -> Record:
@@ -120,3 +129,69 @@ def test_parts_past_the_bound_are_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(caresync.replication.parts, "MAX_PARTS_BYTES", 100)
     with pytest.raises(RemoteProtocolError, match="more than 100 bytes"):
         PartsTaken("r", None).add(parts.updates)
+
+
+def test_many_small_updates_count_what_holding_them_costs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reviewed: the bound counted update bytes only, so a server sending millions of
+    updates of a few bytes had the laptop hold a gigabyte of Python objects within it."""
+    record = _chart(1, 6)
+    pieces, _asked = _take(record, 80)  # one small update a part
+    updates = tuple(pieces.updates)
+    raw = sum(map(len, updates))
+    monkeypatch.setattr(caresync.replication.parts, "MAX_PARTS_BYTES", raw + 10)
+    with pytest.raises(RemoteProtocolError, match="bytes in all"):
+        PartsTaken("r", None).add(updates)  # within the bound by their bytes alone
+    monkeypatch.setattr(
+        caresync.replication.parts, "MAX_PARTS_BYTES", raw + len(updates) * UPDATE_COST
+    )
+    PartsTaken("r", None).add(updates)  # with what each costs to hold: just within
+
+
+def _entry(client: int, clock: int, key: str, value: str) -> bytes:
+    """A simple update of one revision entry, by hand (one Yjs client's item)."""
+    root, name, text = b"revisions", key.encode(), value.encode()
+    item = (
+        bytes([0x28, 0x01, len(root)])
+        + root
+        + encode_varuint(len(name))
+        + name
+        + b"\x01\x77"
+        + encode_varuint(len(text))
+        + text
+    )
+    return b"\x01\x01" + encode_varuint(client) + encode_varuint(clock) + item + b"\x00"
+
+
+def test_a_record_of_thousands_of_clients_is_asked_for_to_its_last_part() -> None:
+    # Each opening of a record on a laptop writes as a new Yjs client, and a colleague
+    # can push as many: the state vector of what a laptop holds of such a record grew
+    # past 64 KiB (some 7,000 clients) and the laptop could not ask for the next part,
+    # its copy stopped at that record for good.
+    rng = random.Random(15)
+    clients = rng.sample(range(1 << 52, 1 << 53), 9_000)
+    state = merge([_entry(c, 0, f"rev-{n:05d}", "x" * 150) for n, c in enumerate(clients)])
+    budget = 256 * 1024 - 4096
+    taken = PartsTaken("r", None)
+    for _asked in range(100):
+        request = RecordPartRequest("r", taken.vector())
+        frame = encode_frame(request, version=RECORD_PARTS_SINCE)
+        assert decode_frame(frame)[1] == request  # as the server reads it
+        part = next_part(state, request.state_vector, budget, record_id="r", max_updates=1000)
+        assert part is not None
+        taken.add(part.updates)
+        if part.final:
+            break
+    else:
+        raise AssertionError("the parts never ended")
+    assert len(taken.vector()) > MAX_STATE_VECTOR_BYTES
+    assert decode_clocks(taken.vector()) == decode_clocks(state_vector_of(state))
+
+
+def test_a_record_with_a_gap_in_a_clients_clocks_is_not_cut() -> None:
+    # Items waiting for ones the state lacks (stored before the server checked what it
+    # admits) are no part that continues anything: refused, never a final part short.
+    state = merge([_entry(7, 0, "a", "1"), _entry(7, 1, "b", "2"), _entry(7, 5, "c", "3")])
+    assert next_part(state, b"\x00", 10_000, record_id="r", max_updates=10) is None
+    assert next_part(state, b"\x01\x07\x02", 10_000, record_id="r", max_updates=10) is None

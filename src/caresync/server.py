@@ -1781,8 +1781,12 @@ class SyncServer:
         from the state vector it named, within one of its frames."""
         record_id = request.record_id
         owners = await self.store.record_organisations([record_id])
-        state = await self.store.load(record_id)
-        if owners.get(record_id) != conn.organisation or state is None:
+        # Read only once it is known to be the laptop's own: reading another
+        # organisation's record first cost a load per request, and its time told
+        # that the id exists.
+        mine = owners.get(record_id) == conn.organisation
+        state = await self.store.load(record_id) if mine else None
+        if state is None:
             # One answer for a record of another organisation and one that does not
             # exist: which ids exist elsewhere is not this laptop's to learn.
             conn.protocol.refuse(
@@ -1793,7 +1797,11 @@ class SyncServer:
             return
         budget = conn.protocol.peer_max_frame_bytes - BATCH_OVERHEAD_BYTES
         try:
-            part = next_part(
+            # Off the event loop: a part costs a diff and a walk of the whole record (a
+            # record of tens of MB, a few hundred milliseconds), which every other
+            # connection would otherwise wait for.
+            part = await asyncio.to_thread(
+                next_part,
                 state,
                 request.state_vector,
                 budget,

@@ -10,7 +10,9 @@ there: a colleague could make one so with two pushes of a frame each.
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e.hostile import Hostile, refusal
@@ -28,7 +30,7 @@ from caresync.protocol import (
     ServerProtocol,
 )
 from caresync.replica import Replica
-from caresync.replication.parts import PartsTaken
+from caresync.replication.parts import NextPart, PartsTaken
 
 FRAME = 256 * 1024
 FIELD = 150_000  # characters: two such fields make a record larger than FRAME
@@ -74,6 +76,14 @@ async def test_a_record_larger_than_one_frame_is_first_copied_in_parts(
     frames_of(monkeypatch)
     _CountedParts.taken = []
     monkeypatch.setattr(caresync.replication.session, "PartsTaken", _CountedParts)
+    on_loop: list[bool] = []  # where the server cut each part: off its event loop
+    cut = caresync.server.next_part
+
+    def watched(*args: Any, **kwargs: Any) -> NextPart | None:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return cut(*args, **kwargs)
+
+    monkeypatch.setattr(caresync.server, "next_part", watched)
     server = await start_server(tmp_path)
     writer = await enrolled(tmp_path, server, "writer")
     reader = None
@@ -84,6 +94,7 @@ async def test_a_record_larger_than_one_frame_is_first_copied_in_parts(
         assert len(stored) > FRAME  # no frame carries it whole
         reader = await enrolled(tmp_path, server, "reader", user="dr.b")
         assert len(_CountedParts.taken) >= 2  # it came in parts, over several frames
+        assert on_loop == [False] * len(_CountedParts.taken)
         assert sorted(await reader.record_ids()) == sorted(await writer.record_ids())
         record = await reader.record(large)
         assert record.value("note") == "n" * FIELD

@@ -51,6 +51,7 @@ __all__ = [
     "MAX_PUSH_ITEMS",
     "MAX_DETAIL_ENTRIES",
     "MAX_FINGERPRINT_LENGTH",
+    "MAX_PART_VECTOR_BYTES",
     "MAX_STATE_VECTOR_BYTES",
     "MAX_NONCE_BYTES",
     "MAX_SECRET_BYTES",
@@ -310,6 +311,12 @@ one (:attr:`PullBatch.entries` says how many feed entries a batch stands for).""
 
 MAX_STATE_VECTOR_BYTES = 64 * 1024
 """Longest Yjs state vector a :class:`CheckedState` carries, in bytes."""
+
+MAX_PART_VECTOR_BYTES = 8 * 1024 * 1024
+"""Longest Yjs state vector a :class:`RecordPartRequest` names, in bytes: it lists every
+Yjs client the laptop took of the record so far (each opening of a record on a laptop
+writes as a new client, and a colleague may push as many), some ten bytes each, so
+64 KiB held about 7,000, fewer than a large record may have; this holds some 800,000."""
 
 MAX_MESSAGE_LENGTH = 4096
 """Longest human-readable text (an error message, a goodbye reason), in characters."""
@@ -1696,7 +1703,7 @@ class RecordPartRequest(Message):
 
     def __post_init__(self) -> None:
         _check_record_id("RecordPartRequest", "record_id", self.record_id)
-        _blob("RecordPartRequest", "state_vector", self.state_vector, 1, MAX_STATE_VECTOR_BYTES)
+        _blob("RecordPartRequest", "state_vector", self.state_vector, 1, MAX_PART_VECTOR_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

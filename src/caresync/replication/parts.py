@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from caresync.exceptions import RemoteProtocolError
+from caresync.exceptions import InvalidUpdateError, RemoteProtocolError
 from caresync.records.crdt import EMPTY_UPDATE, diff_update
 from caresync.records.spans import (
     Client,
@@ -35,11 +35,16 @@ from caresync.records.spans import (
     simple_span,
 )
 
-__all__ = ["MAX_PARTS_BYTES", "NextPart", "PartsTaken", "next_part"]
+__all__ = ["MAX_PARTS_BYTES", "UPDATE_COST", "NextPart", "PartsTaken", "next_part"]
 
 MAX_PARTS_BYTES = 256 * 1024 * 1024
-"""The most bytes of one record a laptop takes in parts: a server that sends more (one
-that never says ``final``) is refused, the copy stopping there."""
+"""The most bytes of one record a laptop takes in parts, each update counted with
+:data:`UPDATE_COST` more: a server that sends more (one that never says ``final``, or
+millions of updates of a few bytes) is refused, the copy stopping there."""
+
+UPDATE_COST = 128
+"""Bytes a taken update costs the laptop beyond its own (a Python bytes object, its place
+in the list, its share of the merge): counted against :data:`MAX_PARTS_BYTES`."""
 
 _PIECE_ITEMS = 100_000
 """Items of one client in one piece at most (a piece is also bounded by bytes)."""
@@ -67,12 +72,18 @@ def next_part(
     counted with ``per_update`` bytes more, its cost in a frame; at most
     ``max_updates``; at least one), and whether they are all of it.
 
-    None if the record is not entries only (it cannot be cut into parts);
+    None if the record is not entries only, or a client's items in it wait for ones it
+    lacks (it cannot be cut into parts that continue the holder's state);
     :class:`~caresync.exceptions.InvalidUpdateError` if ``state_vector`` is not a state
-    vector. A single piece larger than ``budget`` comes alone: the caller's frame then
-    refuses it, as it would the entry itself.
+    vector in Yjs' canonical encoding. A single piece larger than ``budget`` comes
+    alone: the caller's frame then refuses it, as it would the entry itself.
     """
     missing = diff_update(state, state_vector, record_id=record_id)
+    clocks = decode_clocks(state_vector)
+    if clocks is None:  # pycrdt read it, but not in the one encoding a laptop sends
+        raise InvalidUpdateError(
+            f"record {record_id}: the state vector is not in Yjs' canonical encoding"
+        )
     if missing == EMPTY_UPDATE:
         return NextPart((), True)
     # Every client's items: a diff starts past the holder's clocks, so its own state
@@ -85,6 +96,12 @@ def next_part(
         size += len(piece) + per_update
         if taken and (size > budget or taken == max_updates):
             break
+        # Each must continue what the holder has of its client: a state with a gap in
+        # a client's clocks (items waiting, stored before admission) diffs past it.
+        span = simple_span(piece)
+        if span is None or span[1] != clocks.get(span[0], 0):
+            return None
+        clocks[span[0]] = span[2]
         taken += 1
     return NextPart(tuple(pieces[:taken]), taken == len(pieces))
 
@@ -123,7 +140,7 @@ class PartsTaken:
                     "laptop holds of it"
                 )
             clocks[client] = end
-            size += len(update)
+            size += len(update) + UPDATE_COST
             if size > MAX_PARTS_BYTES:
                 raise RemoteProtocolError(
                     f"record {self.record_id} comes in parts of more than "

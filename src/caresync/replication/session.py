@@ -1169,6 +1169,7 @@ class Session:
                             FeedPosition(batch.feed_checkpoint, batch.feed_epoch).to_meta(),
                         )
                     await self._copy_in_parts(batch.in_parts)
+                    copied += 1  # counted as a batch's records are, held here before or not
                     resume = batch.in_parts
                     self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
                     batch = await self.expect(CopyBatch)
@@ -1276,13 +1277,22 @@ class Session:
         taken in as any record from the server is (built, checked and indexed here), with
         the copy's resume point after it, in one commit."""
         store = self.host.store
-        taken = PartsTaken(record_id, await store.state_vector(record_id))
+        held = await store.state_vector(record_id)
+        taken = PartsTaken(record_id, held)
         while True:
             self.protocol.request_part(record_id, taken.vector())
             part = await self.expect(RecordPart)
             taken.add(part.updates)
             if part.final:
                 break
+        if held is None and not taken.updates:
+            # A record holds its id at least: taking none of it would move the copy
+            # past a record this laptop then never gets (as a final batch that counts
+            # records it did not send would).
+            raise RemoteProtocolError(
+                f"the server named record {record_id} to copy in parts, then sent none "
+                "of it; the copy resumes at the next sync"
+            )
         resume = (meta.COPY_RESUME, record_id)
         if not taken.updates:  # everything was held here already
             await store.set_meta(*resume)
