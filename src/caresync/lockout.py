@@ -18,7 +18,9 @@ After :data:`OFFLINE_LOGIN_ATTEMPTS` failures in a row no password is checked fo
 
 An encrypted laptop also remembers *who* failed and when (:class:`FailedLogin`, at
 most :data:`MAX_FAILED_KEPT`, the oldest dropped and counted), until a caller
-that recorded them elsewhere (an audit trail) says so.
+that recorded them elsewhere (an audit trail) says so. *Who* is an account that holds a
+copy of the key; any other name typed is kept as :data:`NAME_WITHOUT_KEY` (the key file
+is plain text, and a password typed in the name's field must not be kept there).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from caresync.exceptions import LoginLockedError
 __all__ = [
     "MAX_FAILED_KEPT",
     "MAX_NAME_CHARS",
+    "NAME_WITHOUT_KEY",
     "OFFLINE_LOCK_FIRST_S",
     "OFFLINE_LOCK_MAX_S",
     "OFFLINE_LOGIN_ATTEMPTS",
@@ -73,6 +76,12 @@ def locked_error(locked_until_ms: int, now_ms: int) -> LoginLockedError | None:
     )
 
 
+NAME_WITHOUT_KEY = "(a name with no key on this laptop)"
+"""What a key file keeps of a failed unlock at a name that holds no copy of the key:
+not the name typed, which may be a password typed in the wrong field, kept in plain
+text beside the database (a name that holds a copy is an account, and kept)."""
+
+
 def shown_name(username: object) -> str:
     """A username as typed, made safe to keep and show: printable, at most
     :data:`MAX_NAME_CHARS` characters (a control character becomes its escape).
@@ -91,8 +100,8 @@ class FailedLogin(NamedTuple):
     no copy of its key)."""
 
     username: str
-    """The name as typed (see :func:`shown_name`); ``""`` when none was given (every
-    user's copy was tried)."""
+    """The name as typed (see :func:`shown_name`) when it holds a copy of the key, else
+    :data:`NAME_WITHOUT_KEY`; ``""`` when none was given (every user's copy was tried)."""
     at_ms: int
     """When, on the laptop's wall clock, in milliseconds since 1970."""
 

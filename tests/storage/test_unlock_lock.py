@@ -30,6 +30,7 @@ from caresync import (
 from caresync.lockout import (
     MAX_FAILED_KEPT,
     MAX_NAME_CHARS,
+    NAME_WITHOUT_KEY,
     OFFLINE_LOCK_FIRST_S,
     OFFLINE_LOCK_MAX_S,
     OFFLINE_LOGIN_ATTEMPTS,
@@ -137,11 +138,10 @@ def test_failed_attempts_are_kept_until_a_caller_recorded_them(db: Path, wall: l
     fail(db, "evil\x1b[31m" + "x" * 200)
     wall[0] += 5
     key = unlock_laptop_key(db, PASSWORD, "dr.a")
-    evil = ("evil\\x1b[31m" + "x" * 200)[:MAX_NAME_CHARS]
     assert key.failed_logins == (
         FailedLogin("dr.a", START_MS),
         FailedLogin("", START_MS + 5),
-        FailedLogin(evil, START_MS + 10),
+        FailedLogin(NAME_WITHOUT_KEY, START_MS + 10),  # a name with no copy: not kept
     )
     assert key.failed_logins_dropped == 0
     assert all(f.username.isprintable() for f in key.failed_logins)
@@ -154,7 +154,22 @@ def test_failed_attempts_are_kept_until_a_caller_recorded_them(db: Path, wall: l
     fail(db, "dr.b")
     key.failures_recorded()
     assert key.failed_logins == ()
-    assert unlock_laptop_key(db, PASSWORD).failed_logins == (FailedLogin("dr.b", START_MS + 20),)
+    assert unlock_laptop_key(db, PASSWORD).failed_logins == (
+        FailedLogin(NAME_WITHOUT_KEY, START_MS + 20),
+    )
+
+
+def test_a_password_typed_as_the_name_is_not_kept_in_the_key_file(
+    db: Path, wall: list[int]
+) -> None:
+    """Reproduced: the key file, plain text beside the database, kept every name typed at
+    a failed unlock, so a password typed in the name's field (a common slip) could be
+    read off a lost laptop's disk. Only a name that holds a copy of the key is kept."""
+    fail(db, "Tr0ub4dor&3")
+    assert "Tr0ub4dor" not in key_file_for(db).read_text()
+    assert [f["username"] for f in attempts_in(db)["failed"]] == [NAME_WITHOUT_KEY]
+    fail(db, "dr.a")  # an account of this laptop: kept, as before
+    assert [f["username"] for f in attempts_in(db)["failed"]] == [NAME_WITHOUT_KEY, "dr.a"]
 
 
 def test_at_most_the_latest_hundred_are_kept_and_the_rest_counted(
@@ -179,7 +194,7 @@ def test_adding_a_user_keeps_the_count_another_process_wrote(db: Path, wall: lis
     fail(db, "dr.b")
     writer.remember("dr.b", "nurse password")
     assert attempts_in(db)["failures"] == 1
-    assert [f["username"] for f in attempts_in(db)["failed"]] == ["dr.b"]
+    assert [f["username"] for f in attempts_in(db)["failed"]] == [NAME_WITHOUT_KEY]
     assert KeyRing.load(key_file_for(db)).users() == ["dr.a", "dr.b"]
     # And a count written after the new copy keeps the copy.
     fail(db, "dr.c")

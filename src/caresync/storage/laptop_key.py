@@ -72,7 +72,13 @@ from caresync.exceptions import (
     StorageError,
     WrongPasswordError,
 )
-from caresync.lockout import FailedLogin, UnlockAttempts, lock_seconds, locked_error
+from caresync.lockout import (
+    NAME_WITHOUT_KEY,
+    FailedLogin,
+    UnlockAttempts,
+    lock_seconds,
+    locked_error,
+)
 from caresync.storage._cipher import KEY_BYTES, connect
 from caresync.storage._lock import WriterLock
 from caresync.storage.encrypt_in_place import rekey_in_place
@@ -273,12 +279,16 @@ def _unlock(
         )
     now_ms = _wall_ms()
     this: list[FailedLogin] = []
+    holders = frozenset(ring.users())
 
     def count(attempts: UnlockAttempts) -> UnlockAttempts:
         locked = locked_error(attempts.locked_until_ms, now_ms)
         if locked is not None:
             raise locked
-        counted, attempt = attempts.attempt(username, now_ms)
+        # A name that holds no copy is not kept: it may be a password typed in the
+        # name's field, and the key file beside the database is plain text.
+        kept = username if username is None or username in holders else NAME_WITHOUT_KEY
+        counted, attempt = attempts.attempt(kept, now_ms)
         this.append(attempt)
         return counted
 
