@@ -1629,23 +1629,27 @@ class SyncServer:
         # The person index's pairs (version 12 on) go with the cards: a laptop then
         # compares only those, not every stored card sharing a blocking key.
         send_pairs = send_persons and version is not None and version >= COPY_PAIRS_SINCE
+        if request.after_record_id is not None and request.after_record_id == conn.copy_last:
+            done_before, bytes_before = conn.copy_done, conn.copy_bytes
+        else:
+            # A copy starts, or resumes on a new connection (or at a point of the client's
+            # choosing): count once for the progress (the bytes sent before a resume point
+            # are not known here). Outside the commit lock: a count reads every id of the
+            # organisation, and a client choosing resume points must not hold every push
+            # for as long. Records are only ever added, so what a batch says it has done
+            # never falls short of this total (a final batch's counts meet).
+            conn.copy_total = await self.store.count_records(organisation)
+            done_before, bytes_before = 0, 0
+            if request.after_record_id is not None:
+                done_before = len(await self.store.record_ids(organisation))
+                done_before -= len(
+                    await self.store.record_ids(organisation, after=request.after_record_id)
+                )
         # Under the commit lock: the records, their conflict rows and the feed head
         # are read as of one moment (a push committing in between would pair a
         # record's state with rows of another state), in every process.
         async with self._commit_lock, self.store.exclusive_commits():
             checkpoint = await self.store.feed_head()
-            if request.after_record_id is not None and request.after_record_id == conn.copy_last:
-                done_before, bytes_before = conn.copy_done, conn.copy_bytes
-            else:
-                # A copy starts, or resumes on a new connection: count once for the
-                # progress (the bytes sent before a resume point are not known here).
-                conn.copy_total = await self.store.count_records(organisation)
-                done_before, bytes_before = 0, 0
-                if request.after_record_id is not None:
-                    done_before = len(await self.store.record_ids(organisation))
-                    done_before -= len(
-                        await self.store.record_ids(organisation, after=request.after_record_id)
-                    )
             # One read for the page: its records as stored, with their rows and cards
             # as stored, none of it through the record cache (which a copy would churn).
             page = await self.store.copy_page(
