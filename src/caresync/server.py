@@ -2318,12 +2318,18 @@ class SyncServer:
                 "push from %s committed, but its checks were not noted: %s", replica_id, exc
             )
         origin = replica_id or None
-        await self._follower.committed(
-            [
-                FeedItem(seq, rid, update, pusher.organisation, origin)
-                for seq, rid, update in entries
-            ]
-        )
+        try:
+            await self._follower.committed(
+                [
+                    FeedItem(seq, rid, update, pusher.organisation, origin)
+                    for seq, rid, update in entries
+                ]
+            )
+        except StorageError as exc:
+            # Committed already: the push is acknowledged, not reported as not stored.
+            # The follower's mark did not move, so these entries go live with the next
+            # commit's (ahead of it) or the next catch-up, and pulls read them as ever.
+            logger.warning("push from %s committed, but not relayed live yet: %s", replica_id, exc)
         for hook in self.on_commit:
             result = hook(entries[-1][0])
             if result is not None:
