@@ -297,12 +297,7 @@ def _adding(cur: CachedRecord | None, writes: Sequence[WriteLike], indexes: list
     update (:func:`~caresync.records.spans.simple_span`) whose clocks the record or
     an earlier update holds adds nothing. Any other update is kept, as before.
     """
-    if cur is None:
-        clocks: dict[bytes, int] | None = {}
-    elif cur.clocks is not None:
-        clocks = dict(cur.clocks)
-    else:
-        clocks = decode_clocks(cur.state_vector)
+    clocks = _clocks_of(cur)
     if clocks is None:
         return indexes
     adding: list[int] = []
@@ -322,6 +317,16 @@ def _adding(cur: CachedRecord | None, writes: Sequence[WriteLike], indexes: list
     return adding
 
 
+def _clocks_of(cur: CachedRecord | None) -> dict[bytes, int] | None:
+    """A copy of the stored record's clocks to advance ({} for a record new here); None
+    when its state vector is not one :func:`decode_clocks` vouches for."""
+    if cur is None:
+        return {}
+    if cur.clocks is not None:
+        return dict(cur.clocks)
+    return decode_clocks(cur.state_vector)
+
+
 def _advance_simply(
     cur: CachedRecord | None, updates: Sequence[bytes]
 ) -> tuple[dict[bytes, int], bool] | None:
@@ -330,12 +335,7 @@ def _advance_simply(
     None when any update is not simple, or would wait for one not yet held
     (it starts past its client's clock): the general way decides those.
     """
-    if cur is None:
-        clocks: dict[bytes, int] | None = {}
-    elif cur.clocks is not None:
-        clocks = dict(cur.clocks)
-    else:
-        clocks = decode_clocks(cur.state_vector)
+    clocks = _clocks_of(cur)
     if clocks is None:
         return None
     moved = advance_clocks(clocks, updates)
