@@ -270,6 +270,9 @@ class HubSender:
         # ``_paused_until`` (doubling with ``_refusals`` in a row), then one summary tries.
         self._paused_until: int | None = None
         self._refusals = 0
+        # A due summary this round left to another sender sending it now: the next round
+        # comes after a short wait, not at once (its row stays due meanwhile).
+        self._busy = False
 
     def wake(self, record_ids: Iterable[str] = ()) -> None:
         """Look at the outbox now: a commit changed it, or changed ``record_ids`` (a held
@@ -335,6 +338,7 @@ class HubSender:
             self._rewalk = False
             self._walking, self._walked = True, None
         changed, self._changed = self._changed, set()
+        self._busy = False
         try:
             await self._revisit(changed)
             whole = self._walking and self._walked is None
@@ -352,9 +356,10 @@ class HubSender:
         if bounded or not walked:
             return 0  # a bounded round: the rest are due now, the next round sends them
         earliest = await self.store.hub_next_attempt_ms()
-        if earliest is None:
-            return None
-        return max(0, earliest - self._now_ms())
+        wait = None if earliest is None else max(0, earliest - self._now_ms())
+        if self._busy:  # due, but being sent elsewhere: look again in a while, not at once
+            return self._base if wait is None else max(wait, self._base)
+        return wait
 
     async def _revisit(self, changed: set[str]) -> None:
         """Attempt the held rows that a change of ``changed`` could release: those this
@@ -453,7 +458,23 @@ class HubSender:
 
     async def attempt(self, record_id: str) -> str | None:
         """One attempt for one record: held, acknowledged already, or a PUT. Returns the
-        state it left (None: no row)."""
+        state it left (None: no row, or another sender is sending it now).
+
+        The whole attempt holds the store's claim on the record
+        (:meth:`~caresync.storage.ServerStore.hub_sending`): with several processes on
+        one database, each with its sender, two versions of one summary are never in
+        flight at once, so an older one cannot reach the hub after a newer one. A
+        record another sender is sending is left to it (it finds the newer version due
+        once its own is answered); this sender looks again after a short wait."""
+        async with self.store.hub_sending(record_id) as mine:
+            if not mine:
+                self._busy = True
+                self._changed.add(record_id)  # a held one is looked at again too
+                return None
+            return await self._attempt_claimed(record_id)
+
+    async def _attempt_claimed(self, record_id: str) -> str | None:
+        """:meth:`attempt`, the record's claim held."""
         try:
             snap = await self._snapshot(record_id)
         except StorageError:

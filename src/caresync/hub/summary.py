@@ -17,12 +17,13 @@ on each ``PUT`` and a resend is harmless; the same record gives the same bytes.
 from __future__ import annotations
 
 import html
+import json
 from typing import Any
 
 from caresync.conflicts import RecordView
 from caresync.fhir.export import bundle_bytes, bundle_for_record
 from caresync.fhir.validation import validate_resource
-from caresync.fhir.vocabulary import resource_id
+from caresync.fhir.vocabulary import EXT_FIELD, resource_id
 
 __all__ = ["SUMMARY_SYSTEM", "summary_bundle", "summary_bytes", "summary_id"]
 
@@ -119,6 +120,66 @@ def _label(resource: dict[str, Any]) -> str:
     return text if isinstance(text, str) and text else "(not named)"
 
 
+def _item(resource: dict[str, Any]) -> str:
+    """One line of a section's narrative: the entry's name and what a clinician must not
+    misread — its status (a stopped drug, a refuted allergy, a resolved problem), an
+    allergy's criticality and reaction, a drug's dose. A viewer shows the narrative, not
+    the coded elements, so it says what they say."""
+    details: list[str] = []
+    if resource["resourceType"] == "MedicationStatement":
+        status = str(resource.get("status"))
+        if status == "unknown":  # required: written too when the record holds no FHIR code
+            status = _field_text(resource, "status") or "status unknown"
+        details.append(status)
+        dose = ((resource.get("dosage") or [{}])[0]).get("text")
+        if isinstance(dose, str) and dose:
+            details.append(dose)
+    else:
+        statuses = [
+            _code(resource.get("clinicalStatus")) or _field_text(resource, "status"),
+            _code(resource.get("verificationStatus")) or _field_text(resource, "verification"),
+        ]
+        said = [s for s in statuses if s]
+        details.append(", ".join(said) if said else "status not recorded")
+        if resource["resourceType"] == "AllergyIntolerance":
+            criticality = resource.get("criticality") or _field_text(resource, "criticality")
+            if criticality:
+                details.append(f"criticality {criticality}")
+            reactions = resource.get("reaction") or [{}]
+            manifestation = (reactions[0].get("manifestation") or [{}])[0].get("text")
+            if isinstance(manifestation, str) and manifestation:
+                details.append(f"reaction: {manifestation}")
+    return f"{_label(resource)} ({'; '.join(details)})"
+
+
+def _code(concept: Any) -> str | None:
+    """The first code of a CodeableConcept (a status), or None."""
+    if not isinstance(concept, dict):
+        return None
+    for coding in concept.get("coding", ()):
+        code = coding.get("code")
+        if isinstance(code, str) and code:
+            return code
+    return None
+
+
+def _field_text(resource: dict[str, Any], name: str) -> str | None:
+    """A text value of field ``name`` that its element could not hold (a status outside
+    the value set, ``criticality: "severe"``), from the ``field`` extension, or None."""
+    for extension in resource.get("extension", ()):
+        if extension.get("url") != EXT_FIELD:
+            continue
+        parts = {p.get("url"): p for p in extension.get("extension", ())}
+        if parts.get("name", {}).get("valueString") != name or "value" not in parts:
+            continue
+        try:
+            value = json.loads(parts["value"].get("valueString", ""))
+        except ValueError:
+            return None
+        return value if isinstance(value, str) and value else None
+    return None
+
+
 def _section(
     title: str, code: str, display: str, resources: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -127,7 +188,7 @@ def _section(
         "code": {"coding": [{"system": _LOINC, "code": code, "display": display}]},
     }
     if resources:
-        items = "".join(f"<li>{html.escape(_label(r))}</li>" for r in resources)
+        items = "".join(f"<li>{html.escape(_item(r))}</li>" for r in resources)
         div = f'<div xmlns="{_XHTML}"><ul>{items}</ul></div>'
         section["text"] = {"status": "generated", "div": div}
         section["entry"] = [{"reference": f"urn:uuid:{r['id']}"} for r in resources]

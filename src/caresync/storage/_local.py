@@ -10,7 +10,21 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from caresync.exceptions import InvalidInputError
 
-__all__ = ["LocalCommits", "check_timeout"]
+__all__ = ["LocalCommits", "check_timeout", "claim"]
+
+
+@asynccontextmanager
+async def claim(held: set[str], key: str) -> AsyncIterator[bool]:
+    """True inside (and ``key`` in ``held`` until the end) if ``key`` was not in ``held``;
+    False, changing nothing, if it was."""
+    if key in held:
+        yield False
+        return
+    held.add(key)
+    try:
+        yield True
+    finally:
+        held.discard(key)
 
 
 def check_timeout(timeout_s: object) -> float:
@@ -30,6 +44,12 @@ class LocalCommits:
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self._fed = asyncio.Event()
+        self._sending: set[str] = set()
+
+    def hub_sending(self, record_id: str) -> AbstractAsyncContextManager[bool]:
+        """A claim on sending one record's hub summary within this process (see
+        ``ServerStore.hub_sending``): True inside if nobody else here holds it."""
+        return claim(self._sending, record_id)
 
     def exclusive(self) -> AbstractAsyncContextManager[None]:
         """The process-local commit lock (see ``ServerStore.exclusive_commits``)."""

@@ -1565,6 +1565,16 @@ class ServerStore(ReplicaStore, Protocol):
         """Note that a summary of the record is being sent now (``last_attempt_ms``)."""
         ...
 
+    def hub_sending(self, record_id: str) -> AbstractAsyncContextManager[bool]:
+        """A hub sender holds this while it sends one record's summary (its snapshot, the
+        request and the outcome): True inside if no other holder, in this process or in
+        another on the same database, is sending that record now; False if one is (leave
+        the row to it: it finds a newer version due once its own is answered). So two
+        requests for one patient are never in flight at once, and an older summary never
+        reaches the hub after a newer one. A process that dies lets go with it.
+        """
+        ...
+
     async def record_hub_outcome(self, record_id: str, version: int, outcome: HubOutcome) -> bool:
         """Store what became of sending ``version`` of the record's summary.
 

@@ -280,6 +280,10 @@ class MemoryStore:
         """A process-local lock (see ``ServerStore.exclusive_commits``)."""
         return self._commits.exclusive()
 
+    def hub_sending(self, record_id: str) -> AbstractAsyncContextManager[bool]:
+        """A process-local claim (see ``ServerStore.hub_sending``): one process sends."""
+        return self._commits.hub_sending(record_id)
+
     async def wait_for_feed(self, timeout_s: float) -> bool:
         """Until this store's feed gained an entry since the last wait, or the timeout."""
         self._open_or_raise("waiting for the feed")

@@ -140,6 +140,10 @@ class PostgresCore:
         self._listen_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._gate: asyncio.Lock | None = None
         self._section_head: int | None = None
+        # The hub sender's claims (see .shared.hub_sending): this process's, and the
+        # connection holding their advisory locks.
+        self._hub_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        self._sending: set[str] = set()
         # A commit made with synchronous_commit off (append_audit(durable=False)) that
         # no make_durable has followed yet. Touched on the store's thread only.
         self._unsynced = False
@@ -235,11 +239,11 @@ class PostgresCore:
 
     async def close(self) -> None:
         """Close the store's connections. Closing twice is harmless."""
-        for extra in (self._lock_conn, self._listen_conn):
+        for extra in (self._lock_conn, self._listen_conn, self._hub_conn):
             if extra is not None:
                 with contextlib.suppress(psycopg.Error):
                     await extra.close()
-        self._lock_conn = self._listen_conn = None
+        self._lock_conn = self._listen_conn = self._hub_conn = None
         conn, self._conn = self._conn, None
         if conn is None:
             return

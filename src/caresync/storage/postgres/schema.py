@@ -99,6 +99,11 @@ PUSH_LOCK = 0x63727379_0003
 """The session advisory lock a server holds from reading a push's records to its commit
 (``exclusive_commits``), on a connection of its own."""
 
+HUB_SENDING_LOCK = 0x63727379
+"""The first key of the session advisory locks (two-key form: this, then ``hashtext`` of
+the record id) a hub sender holds while it sends one record's summary (``hub_sending``),
+on a connection of its own."""
+
 FEED_CHANNEL = "caresync_feed"
 """The LISTEN/NOTIFY channel: a feed write notifies it with its new head seq, in its
 transaction (delivered once committed)."""

@@ -33,16 +33,18 @@ from typing import Any
 import psycopg
 
 from caresync.exceptions import StorageError
-from caresync.storage._local import check_timeout
+from caresync.storage._local import check_timeout, claim
+from caresync.storage.base import check_text
 from caresync.storage.postgres._sql import feed_head
 from caresync.storage.postgres.core import PostgresCore
-from caresync.storage.postgres.schema import FEED_CHANNEL, PUSH_LOCK
+from caresync.storage.postgres.schema import FEED_CHANNEL, HUB_SENDING_LOCK, PUSH_LOCK
 
 __all__ = ["LISTENER_NAME", "SharedPart"]
 
 LISTENER_NAME = "caresync-listen"
 """The ``application_name`` of a store's listening connection."""
 _LOCKER_NAME = "caresync-commit-lock"
+_HUB_LOCKER_NAME = "caresync-hub-sending"
 _CONNECT_TIMEOUT_S = 10
 
 logger = logging.getLogger("caresync.storage.postgres")
@@ -93,6 +95,74 @@ class SharedPart(PostgresCore):
                 except BaseException:
                     await self._drop_locker()  # cancelled: never leave the lock held
                     raise
+
+    def hub_sending(self, record_id: str) -> AbstractAsyncContextManager[bool]:
+        """A claim on sending one record's summary, across every process on the database
+        (see ``ServerStore.hub_sending``): a session advisory lock, tried (never waited
+        for), on a connection of its own; a process that dies releases it with it."""
+        check_text(record_id, "record_id")
+        return self._hub_claim(record_id)
+
+    @asynccontextmanager
+    async def _hub_claim(self, record_id: str) -> AsyncIterator[bool]:
+        # This process's claims first: a session lock is re-entrant, so two senders of
+        # one process would both get it.
+        async with claim(self._sending, record_id) as mine:
+            if not mine:
+                yield False
+                return
+            conn = await self._hub_locker()
+            key = (HUB_SENDING_LOCK, record_id)
+            try:
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key)
+                row = await cursor.fetchone()
+            except BaseException as exc:
+                await self._drop_hub_locker()  # whatever it may hold goes with its session
+                if isinstance(exc, psycopg.Error):
+                    raise StorageError(
+                        f"cannot claim the hub summary of {record_id} on {self.where} "
+                        f"({' '.join(str(exc).split())})"
+                    ) from None
+                raise
+            if row is None or row[0] is not True:
+                yield False  # another process is sending it
+                return
+            try:
+                yield True
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+                except psycopg.Error:
+                    await self._drop_hub_locker()  # the session, and the lock, are gone
+                except BaseException:
+                    await self._drop_hub_locker()  # cancelled: never leave the lock held
+                    raise
+
+    async def _hub_locker(self) -> AsyncConn:
+        conn = self._hub_conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        await self._drop_hub_locker()
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._url,
+                autocommit=True,
+                connect_timeout=_CONNECT_TIMEOUT_S,
+                application_name=_HUB_LOCKER_NAME,
+            )
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot connect to {self.where} to claim a hub summary "
+                f"({' '.join(str(exc).split())})"
+            ) from None
+        self._hub_conn = conn
+        return conn
+
+    async def _drop_hub_locker(self) -> None:
+        conn, self._hub_conn = self._hub_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     async def _locker(self) -> AsyncConn:
         conn = self._lock_conn
