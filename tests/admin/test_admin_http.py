@@ -12,9 +12,11 @@ import asyncio
 import json
 import logging
 import ssl
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -286,3 +288,62 @@ async def test_a_right_password_without_the_right_is_throttled_like_a_wrong_one(
         assert tries == [401, 401, 429]
     finally:
         await clinic.close()
+
+
+async def test_a_request_another_sites_page_made_checks_no_password(
+    clinic: Clinic, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reproduced: a page on any other site could make an administrator's browser, which
+    keeps the Basic credentials for the window, request the page again and again (an
+    ``<img>`` or ``<link>`` pointing at it): each request cost the server an argon2 check
+    (and its lock: the administrator's own page got 429, the account's logins waited).
+    A browser says who made a request (``Sec-Fetch-Site``, ``-Mode``, ``-Dest``): only the
+    page's own origin, and the user (typed, bookmarked, a link followed into the window),
+    are answered; nothing else is checked."""
+
+    def fetch(path: str, site: str | None, *, mode: str = "no-cors", dest: str = "image") -> int:
+        request = urllib.request.Request(clinic.http_url + path)
+        request.add_header("Authorization", basic(ADMIN))
+        if site is not None:
+            request.add_header("Sec-Fetch-Site", site)
+            request.add_header("Sec-Fetch-Mode", mode)
+            request.add_header("Sec-Fetch-Dest", dest)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    gate = clinic.server.gate
+    checks: list[str] = []
+    check_password = gate.check_password
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        checks.append(args[1])
+        return await check_password(*args, **kwargs)
+
+    monkeypatch.setattr(gate, "check_password", counted)
+    caplog.set_level(logging.INFO, logger="caresync.server")
+    for path in ("/admin", "/admin/state.json"):
+        for site in ("cross-site", "same-site", "Cross-Site"):
+            assert await asyncio.to_thread(fetch, path, site) == 403, (path, site)
+        # A frame is not the window: the page cannot be seen there (it may not be framed).
+        framed = await asyncio.to_thread(fetch, path, "cross-site", mode="navigate", dest="iframe")
+        assert framed == 403
+    assert checks == []
+    failed = [
+        r for r in caplog.records if getattr(r, "caresync", {}).get("event") == "login_failed"
+    ]
+    assert failed == []
+    # The page itself (typed, reloaded, its own refresh) and clients that say nothing.
+    for site in ("none", "same-origin", None):
+        opened = await asyncio.to_thread(fetch, "/admin", site, mode="navigate", dest="document")
+        assert opened == 200, site
+    # A link followed from another site's page (an intranet's) opens it in the window.
+    followed = await asyncio.to_thread(
+        fetch, "/admin", "cross-site", mode="navigate", dest="document"
+    )
+    assert followed == 200
+    # Its stylesheet says nothing and checks nothing: any page may load it.
+    assert await asyncio.to_thread(fetch, "/admin/admin.css", "cross-site") == 200
+    assert checks == ["boss"] * 4

@@ -3,8 +3,9 @@
 ``GET /admin`` (the page), ``GET /admin/state.json`` (the same, for scripts) and
 ``GET /admin/admin.css`` (its stylesheet, which needs no login: it says nothing).
 The first two need an administrator's Basic credentials (see
-:mod:`caresync.admin.access`): over plain HTTP from another machine they are
-refused (403) before any password is asked for; without credentials, 401 and a
+:mod:`caresync.admin.access`): over plain HTTP from another machine, or asked for by
+another site's page (``Sec-Fetch-Site``), they are refused (403) before any password
+is asked for or checked; without credentials, 401 and a
 challenge; a wrong password, 401, slowed by the server's throttle, logged and
 audited as a failed login (``throttled``: 429); an account that is not an
 administrator, 403. Nothing here writes but those failures' audit entries.
@@ -77,6 +78,8 @@ class AdminPage:
             return HttpAnswer(405, _TEXT, b"only GET\n", (("Allow", "GET"), *PAGE_HEADERS))
         if route == "/admin/admin.css":
             return HttpAnswer(200, _CSS, STYLESHEET, PAGE_HEADERS)
+        if _made_by_another_site(request):
+            return _plain(403, "the admin page is not answered to what another site's page asks\n")
         if not may_send_password(tls=request.tls, remote_host=request.remote_host):
             return _plain(
                 403,
@@ -162,6 +165,24 @@ class AdminPage:
                 reason=f"unhealthy: {reason}",
                 connections_open=host.connections_open(),
             )
+
+
+def _made_by_another_site(request: HttpRequest) -> bool:
+    """True when a browser says another site's page made the request (``Sec-Fetch-Site``),
+    other than by opening it in the window (a link followed: the user sees it).
+
+    A browser keeps the administrator's Basic credentials for the window and sends them
+    with requests any other page makes to this origin (an ``<img>``, a frame, a script
+    pointing here): each would cost an argon2 check, and hold the page's one check at a
+    time. The page itself is opened by the user (``none``), from a link (a top-level
+    navigation) or reloads itself (``same-origin``); a client that says nothing (a
+    script, curl) is not a browser led by another page."""
+    site = (request.header("Sec-Fetch-Site") or "").strip().lower()
+    if site not in ("cross-site", "same-site"):
+        return False
+    mode = (request.header("Sec-Fetch-Mode") or "").strip().lower()
+    dest = (request.header("Sec-Fetch-Dest") or "").strip().lower()
+    return not (mode == "navigate" and dest == "document")
 
 
 def _plain(status: int, text: str) -> HttpAnswer:

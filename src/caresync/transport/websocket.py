@@ -431,11 +431,20 @@ async def serve_websockets(
         )
 
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        if http_handler is None:
+        answer = None
+        if http_handler is not None:
+            client = client_of(connection, request)
+            about = HttpRequest(tuple(request.headers.raw_items()), client.host, client.tls)
+            answer = await http_handler(request.method, request.path, about)
+        if connection.protocol.eof_sent:
+            # The peer sent bytes after its request that are no websocket frame (an empty
+            # line, a pipelined request): websockets failed the connection and ended our
+            # side of it already, then fails an assertion sending any answer (an
+            # "unexpected internal error" logged for anyone's request). No answer can go
+            # out now: close, and websockets sends none.
+            connection.transport.abort()
+            await connection.wait_closed()
             return None
-        client = client_of(connection, request)
-        about = HttpRequest(tuple(request.headers.raw_items()), client.host, client.tls)
-        answer = await http_handler(request.method, request.path, about)
         if answer is None:
             return None
         status = http.HTTPStatus(answer.status)
@@ -473,6 +482,7 @@ async def serve_websockets(
             max_queue=max_queued_frames,
             compression=None,
             process_request=process_request,
+            server_header=None,  # no "Server: Python/3.x websockets/y" to anyone who asks
         )
     except ValueError as exc:  # a host that is not one (a NUL, an over-long label)
         raise InvalidInputError(f"cannot listen on {host!r:.100}: {exc}") from None
