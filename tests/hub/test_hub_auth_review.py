@@ -28,7 +28,7 @@ from tests.hub.fhirhub import FhirHub
 from tests.hub.test_hub_outbox import Clock, marked_patient, rows
 
 from caresync.exceptions import InvalidInputError
-from caresync.hub.sender import HubSender, read_hub_token
+from caresync.hub.sender import HubSender, hub_url, read_hub_token
 from caresync.hub.status import laptop_summaries
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VydmVy.dG9rZW4-_~+/=="
@@ -372,3 +372,21 @@ async def test_a_token_for_this_machine_never_goes_through_a_proxy(
     finally:
         await laptop.close()
         await server.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://registrar:s3cret-pw@hub.example:notaport/fhir",  # httpx refuses it
+        "ftp://registrar:s3cret-pw@hub.example/fhir",  # not http(s)
+        "https://registrar:s3cret-pw@hub.example/fhir?x=1",  # a query
+    ],
+)
+def test_a_refused_hub_url_never_shows_its_password(url: str) -> None:
+    """Reviewed: the refusal quoted the URL whole, a password in it included, into the
+    operator's terminal and the server's log."""
+    with pytest.raises(InvalidInputError) as refused:
+        hub_url(url)
+    assert "s3cret-pw" not in str(refused.value)
+    assert "registrar" not in str(refused.value)
+    assert "***@hub.example" in str(refused.value)

@@ -129,18 +129,35 @@ def require_http() -> Any:
 def hub_url(url: str) -> str:
     """The hub's base URL, checked: ``http://`` or ``https://``, a host, no query."""
     httpx = require_http()
+    shown = _without_userinfo(url)
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise InvalidInputError(f"{url!r:.100} is not a hub URL: {exc}") from None
+        # httpx's reason may quote the URL: said only of a URL with no password in it.
+        reason = f": {exc}" if shown == url else ""
+        raise InvalidInputError(f"{shown!r:.100} is not a hub URL{reason}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise InvalidInputError(
-            f"{url!r:.100} is not a hub URL: give http(s)://host[:port][/base], the FHIR "
+            f"{shown!r:.100} is not a hub URL: give http(s)://host[:port][/base], the FHIR "
             "server's base (summaries go to {URL}/Bundle/{id})"
         )
     if parsed.query or parsed.fragment:
-        raise InvalidInputError(f"{url!r:.100}: a hub URL has no query or fragment")
+        raise InvalidInputError(f"{shown!r:.100}: a hub URL has no query or fragment")
     return url.rstrip("/")
+
+
+def _without_userinfo(url: object) -> object:
+    """``url`` as an error may show it: a ``user:password@`` in it replaced by ``***@``
+    (an operator's password must not reach a log or a terminal through a refusal)."""
+    if not isinstance(url, str):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
 
 
 @dataclass(frozen=True, slots=True)
