@@ -24,7 +24,7 @@ from tests.hub.test_hub_outbox import Clock, rows
 from tests.postgres import fresh_schema
 
 import caresync.hub.sender
-from caresync.hub.model import HUB_PATH
+from caresync.hub.model import HUB_PATH, RETRY_BASE_MS
 from caresync.hub.sender import HubSender, HubSnapshot
 from caresync.hub.summary import summary_id
 from caresync.replica import Replica
@@ -405,3 +405,40 @@ async def test_a_push_through_another_process_releases_a_summary_held_here(
                 await laptop.close()
                 await a.close()
                 await b.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_held_row_another_sender_was_attempting_is_looked_at_again(
+    kind: str, tmp_path: Path
+) -> None:
+    """Review finding: a new sender whose walk of the held rows met one that another
+    sender was attempting just then (its claim, ``hub_sending``, taken) left it, and never
+    looked at it again: the walk had passed it, and a change of what it waits on woke
+    nothing, as this sender had never learned what that was. Were the other sender gone
+    (its process stopped), the summary stayed held for good though its finding was
+    closed. Now a row left to another sender is looked at again in the next round."""
+    async with _store(kind, tmp_path) as inner:
+        (held,) = await _marked(inner, 1)
+        await _hold(inner, [held])
+        store, hub, snapshots = Counting(inner), Hub(), Snapshots(inner)
+        snapshots.held = {held: ("neighbour",)}
+        sender = _sender(store, snapshots, hub)
+        try:
+            async with inner.hub_sending(held) as elsewhere:  # another sender's attempt
+                assert elsewhere
+                assert await sender.run_once() == RETRY_BASE_MS  # left to it: a while
+                assert snapshots.taken == []
+            # The other sender is gone; the next round (a second later) looks at it.
+            assert await sender.run_once() is None
+            assert snapshots.taken == [held]
+            assert sender.waiting == 1
+            del snapshots.held[held]  # the neighbour's change closes the finding
+            sender.wake(["neighbour"])
+            assert await sender.run_once() is None
+            assert hub.paths == [f"/fhir/Bundle/{summary_id(held)}"]
+            sent = await inner.hub_summary(held)
+            assert sent is not None
+            assert sent.state == "sent"
+        finally:
+            await sender.close()
+            await hub.client.aclose()

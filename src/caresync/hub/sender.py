@@ -288,8 +288,11 @@ class HubSender:
         self._paused_until: int | None = None
         self._refusals = 0
         # A due summary this round left to another sender sending it now: the next round
-        # comes after a short wait, not at once (its row stays due meanwhile).
+        # comes after a short wait, not at once (its row stays due meanwhile), and looks
+        # at the rows so left (``_left``) again: a held one among them may be one this
+        # sender never learned the waits of (its walk passed it), so no change would.
         self._busy = False
+        self._left: set[str] = set()
 
     def wake(self, record_ids: Iterable[str] = ()) -> None:
         """Look at the outbox now: a commit changed it, or changed ``record_ids`` (a held
@@ -355,9 +358,10 @@ class HubSender:
             self._rewalk = False
             self._walking, self._walked = True, None
         changed, self._changed = self._changed, set()
+        left, self._left = self._left, set()
         self._busy = False
         try:
-            await self._revisit(changed)
+            await self._revisit(changed, left)
             whole = self._walking and self._walked is None
             walked = not self._walking or await self._walk_held(now)
             # Then the due pending ones, from the first: the held walk, bounded per round,
@@ -367,6 +371,7 @@ class HubSender:
         except BaseException:
             # Nothing is lost: what this round was to look at, the next one looks at.
             self._changed |= changed
+            self._left |= left
             raise
         if self._paused_until is not None:  # credentials refused: the round stopped there
             return max(1, self._paused_until - self._now_ms())
@@ -378,18 +383,19 @@ class HubSender:
             return self._base if wait is None else max(wait, self._base)
         return wait
 
-    async def _revisit(self, changed: set[str]) -> None:
+    async def _revisit(self, changed: set[str], left: set[str]) -> None:
         """Attempt the held rows that a change of ``changed`` could release: those this
-        sender saw held waiting on one of them (their own record included). Nothing is
-        read for a record no held row waits on: a push rewrites its own record's row
-        (pending, which the due pages attempt, or held by its own conflicts, which only
-        its own next change can release)."""
-        waiting: set[str] = set()
+        sender saw held waiting on one of them (their own record included), and the rows
+        ``left`` to another sender last round, if held. Nothing is read for a record no
+        held row waits on: a push rewrites its own record's row (pending, which the due
+        pages attempt, or held by its own conflicts, which only its own next change can
+        release)."""
+        waiting = set(left)
         for record_id in changed:
             waiting.update(self._waiting.get(record_id, ()))
         for record_id in sorted(waiting):
             if self._paused_until is not None:
-                self._changed.add(record_id)  # looked at once the pause is over
+                self._left.add(record_id)  # looked at once the pause is over
                 continue
             row = await self.store.hub_summary(record_id)
             if row is None:
@@ -486,7 +492,7 @@ class HubSender:
         async with self.store.hub_sending(record_id) as mine:
             if not mine:
                 self._busy = True
-                self._changed.add(record_id)  # a held one is looked at again too
+                self._left.add(record_id)  # looked at again next round, held or not
                 return None
             return await self._attempt_claimed(record_id)
 
