@@ -2724,6 +2724,45 @@ class ServerStoreSuite(ReplicaStoreSuite):
             assert await store.write_remote([remote(p, p.created)], to_feed=True) == [1]
         assert await store.feed_head() == 1
 
+    async def test_hub_sending_is_one_holders_claim_per_record(self, store: ServerStore) -> None:
+        """``hub_sending``: True for the first holder of a record, False for any other
+        while it holds it (and a refused claim lets nothing go); another record is
+        another claim; an error or a cancellation inside lets go. (Across processes, a
+        shared store's own tests show it.)"""
+        async with store.hub_sending("r1") as mine:
+            assert mine
+            async with store.hub_sending("r1") as again:
+                assert not again
+            async with store.hub_sending("r1") as still:
+                assert not still  # the refusal above let nothing go
+            async with store.hub_sending("r2") as other:
+                assert other
+        async with store.hub_sending("r1") as after:
+            assert after
+
+        async def fail() -> None:
+            async with store.hub_sending("r1") as mine:
+                assert mine
+                raise RuntimeError("the attempt failed")
+
+        with pytest.raises(RuntimeError):
+            await fail()
+        entered, never = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with store.hub_sending("r1") as held:
+                assert held
+                entered.set()
+                await never.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.wait_for(entered.wait(), 10)
+        holder.cancel()
+        await asyncio.wait({holder}, timeout=10)
+        assert holder.cancelled()
+        async with store.hub_sending("r1") as after_cancel:
+            assert after_cancel
+
     async def test_a_feed_write_wakes_a_waiter(self, store: ServerStore) -> None:
         waiting = asyncio.create_task(store.wait_for_feed(30))
         p = Patient()
