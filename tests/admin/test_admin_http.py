@@ -347,3 +347,33 @@ async def test_a_request_another_sites_page_made_checks_no_password(
     # Its stylesheet says nothing and checks nothing: any page may load it.
     assert await asyncio.to_thread(fetch, "/admin/admin.css", "cross-site") == 200
     assert checks == ["boss"] * 4
+
+
+async def test_a_window_another_site_opened_is_cut_from_it(clinic: Clinic) -> None:
+    """Review finding: a top-level navigation from another site is answered (a link
+    followed), but a script may make those too: a page that opened a window once (one
+    click) keeps a handle to it and could move it to the admin page again and again
+    (``w.location = ...``), each request checked with the window's kept credentials (an
+    argon2 check, and the page's one check at a time). Every admin answer now says
+    ``Cross-Origin-Opener-Policy: same-origin``: a browser then cuts the window from the
+    page that opened it (its handle reads closed), so that page moves it once at most."""
+
+    def navigate(path: str, authorization: str | None) -> tuple[int, str | None]:
+        request = urllib.request.Request(clinic.http_url + path)
+        if authorization is not None:
+            request.add_header("Authorization", authorization)
+        for name, value in (("Site", "cross-site"), ("Mode", "navigate"), ("Dest", "document")):
+            request.add_header(f"Sec-Fetch-{name}", value)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status), answer.headers["Cross-Origin-Opener-Policy"]
+        except urllib.error.HTTPError as error:
+            return int(error.code), error.headers["Cross-Origin-Opener-Policy"]
+
+    for path in ("/admin", "/admin/state.json"):
+        for authorization, status in ((None, 401), (basic(ADMIN), 200), ("Basic !!!", 401)):
+            answered = await asyncio.to_thread(navigate, path, authorization)
+            assert answered == (status, "same-origin"), (path, authorization)
+    # Every admin answer, an unknown path's too.
+    status, headers, _ = await get(clinic, "/admin/nothing-here")
+    assert (status, headers.get("Cross-Origin-Opener-Policy")) == (404, "same-origin")

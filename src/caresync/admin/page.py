@@ -40,6 +40,10 @@ PAGE_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
+    # A window another site's page opened and moved here is cut from that page (its
+    # handle reads closed): it cannot move it here again and again, each time with the
+    # window's kept credentials (an argon2 check each).
+    ("Cross-Origin-Opener-Policy", "same-origin"),
 )
 """Sent with every admin answer."""
 
