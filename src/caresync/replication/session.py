@@ -1711,8 +1711,9 @@ class SessionContext:
                     # the server that proved its key locks this laptop (for good).
                     unproven = WrongServerError(
                         f"the server at {session.channel.peer} said this replica was revoked "
-                        f"({error}) before it proved its identity: not locked (an impostor, "
-                        "or a server older than this laptop); unsynced changes are kept"
+                        f"({error}) before it proved its identity: not locked, and "
+                        "unsynced changes are kept. If that is the clinic's server, it is "
+                        "older than this laptop: have it upgraded; else it is an impostor"
                     )
                     host.status.last_error = str(unproven)
                     raise unproven from error
