@@ -1153,27 +1153,6 @@ class Session:
         batch = await self.expect(CopyBatch)
         try:
             while True:
-                if batch.in_parts is not None:
-                    # The next record is larger than one frame: taken in parts once the
-                    # batches before it are committed, then the copy goes on after it.
-                    if committing is not None:
-                        await committing
-                        committing = None
-                    if reported is not None:
-                        if progress is not None:
-                            progress(reported)
-                        reported = None
-                    if await store.get_meta(meta.COPY_CHECKPOINT) is None:
-                        await store.set_meta(
-                            meta.COPY_CHECKPOINT,
-                            FeedPosition(batch.feed_checkpoint, batch.feed_epoch).to_meta(),
-                        )
-                    await self._copy_in_parts(batch.in_parts)
-                    copied += 1  # counted as a batch's records are, held here before or not
-                    resume = batch.in_parts
-                    self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
-                    batch = await self.expect(CopyBatch)
-                    continue
                 updates = batch.records  # (record_id, update) pairs already
                 # Rows are taken as they are only with the records' cards (version 5
                 # on): without them every record would have to be built anyway.
@@ -1192,7 +1171,7 @@ class Session:
                     if progress is not None:
                         progress(reported)
                     reported = None
-                if not batch.final:
+                if not batch.final and batch.in_parts is None:
                     # Asked before this batch is committed: the server reads the next
                     # while this laptop writes.
                     self.protocol.request_copy(
@@ -1210,6 +1189,16 @@ class Session:
                         meta.COPY_CHECKPOINT,
                         FeedPosition(batch.feed_checkpoint, batch.feed_epoch).to_meta(),
                     )
+                if batch.in_parts is not None:
+                    # The next record is larger than one frame (a batch of none naming
+                    # it): taken in parts now the batches before it are committed, then
+                    # the copy goes on after it.
+                    await self._copy_in_parts(batch.in_parts)
+                    copied += 1  # counted as a batch's records are, held here before or not
+                    resume = batch.in_parts
+                    self.protocol.request_copy(resume, batch_records, rulebook, batch_bytes)
+                    batch = await self.expect(CopyBatch)
+                    continue
                 if updates:
                     # Records after the resume point are new here, unless this laptop
                     # created them itself: one query instead of a lookup per record.
