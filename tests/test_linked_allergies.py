@@ -87,10 +87,11 @@ def test_a_linked_allergy_is_checked_against_this_records_prescription(
             "stop Augmentin 625 mg",
             "continue Augmentin 625 mg despite the allergy",
         ]
-        # What a decision writes is this record's: the medication's status.
+        # What a decision writes is this record's: the medication's status (the one it
+        # keeps, for "continue": active, as a medication with no status reads).
         assert [c.writes for c in conflict.candidates] == [
             ((f"medications/{medication}/status", "stopped"),),
-            (),
+            ((f"medications/{medication}/status", "active"),),
         ]
         # The "stop" side stands for the allergy: who recorded it, on the other chart.
         assert (conflict.candidates[0].author, conflict.candidates[0].replica) == (
@@ -287,7 +288,7 @@ def test_deciding_to_continue_despite_the_allergy_keeps_the_prescription() -> No
     assert here.acknowledgement(block.id).value == {
         "decision": "continue amoxicillin despite the allergy",
         "outcome": 1,
-        "writes": {},
+        "writes": {f"medications/{medication}/status": "active"},
     }
     # The pair is still there; the decision covers it.
     assert any(fid == block.id for fid, _ in rules.findings(here, linked=(there,)))
@@ -309,20 +310,25 @@ def test_concurrent_different_decisions_on_a_linked_finding_read_as_the_decision
         {"substance": "penicillin", "criticality": "high"}, "amoxicillin"
     )
     south = copy(north, "laptop-6")
+    status = f"medications/{medication}/status"
     (block,) = by_rule(north, linked=(there,))
     assert by_rule(south, linked=(there,)) == [block]
     rules.resolve(north, block.id, choose=0, author="dr.n", linked=(there,))
     rules.resolve(south, block.id, choose=1, author="dr.s", linked=(there,))
     exchange(north, south)
-    (clash,) = rules.conflicts(north, linked=(there,))
+    # The decisions, and the status each wrote (stopped, and active: kept).
+    (clash,) = [c for c in rules.conflicts(north, linked=(there,)) if c.subject != status]
+    assert [c.subject for c in rules.conflicts(north, linked=(there,))] == sorted(
+        [clash.subject, status]
+    )
     assert clash.kind is ConflictKind.FIELD
     assert clash.subject == ACK_PREFIX + block.id
     assert sorted(str(c.value) for c in clash.candidates) == [
         "continue amoxicillin despite the allergy",
         "stop amoxicillin",
     ]
-    assert rules.conflicts(south, linked=(there,)) == [clash]
-    assert rules.conflicts(north) == [clash]  # the decisions are this record's own data
+    assert rules.conflicts(south, linked=(there,)) == rules.conflicts(north, linked=(there,))
+    assert rules.conflicts(north) == rules.conflicts(north, linked=(there,))  # its own data
     stop = next(i for i, c in enumerate(clash.candidates) if c.value == "stop amoxicillin")
     rules.resolve(north, clash.id, choose=stop, author="dr.n", linked=(there,))
     exchange(north, south)

@@ -167,3 +167,26 @@ def test_an_allergy_blocks_a_brand_name_prescription_made_elsewhere(clinic: Clin
     _sync(east, north, south)
     fields = _json("record show --db {db} {rid} --json", db=south, rid=record)["fields"]
     assert fields[f"medications/{med}/status"] == "stopped"
+
+
+def test_the_listing_on_screen_says_what_each_candidate_writes(clinic: Clinic) -> None:
+    """A candidate's words ("stopped") are not all it writes (the dose too): the screen
+    showed only the words, so a person choosing on it did not see the dose it sets."""
+    _north, _south, east, record, med = _medication(clinic, "words")
+    finding = _one(
+        _json("conflicts list --db {db} --json", db=east)["conflicts"], "stopped-vs-dose-change"
+    )
+    assert finding["candidates"][0]["writes"] == {
+        f"medications/{med}/status": "stopped",
+        f"medications/{med}/dose": "7.5 mg",
+    }
+    shown = inproc("conflicts list --db {db} --record {rid}", db=east, rid=record).ok().stdout
+    rows = [line for line in shown.splitlines() if line.lstrip().startswith(("0 ", "1 "))]
+    assert len(rows) == 2, shown
+    stopped, continued = rows
+    assert "writes" in shown
+    assert '"stopped"' in stopped
+    for said in ('status: "stopped"', 'dose: "7.5 mg"'):
+        assert said in stopped
+    for said in ('status: "active"', 'dose: "7.5 mg"'):
+        assert said in continued

@@ -156,3 +156,39 @@ def test_linking_is_refused_with_a_message(clinic: Clinic) -> None:
     apart = inproc("record unlink --db {db} {a} {b}", db=laptop, a=record, b=record)
     assert apart.code == ExitCode.USAGE
     assert "Traceback" not in itself.stderr + unknown.stderr + apart.stderr
+
+
+def test_a_linked_charts_contested_medication_is_shown_as_contested(clinic: Clinic) -> None:
+    """`record show` of the allergy's chart lists the linked chart's medications; one a
+    `block` finding involves is its conflict and candidates there too, never a settled
+    value (it showed "status": "active" while the finding asked whether it stands)."""
+    north, south, east, first, second = _duplicate(clinic, "shown", "1979-11-03")
+    _json("record link --db {db} {a} {b} --json", db=east, a=first, b=second)
+    _sync(east, north, south)
+    _json(
+        "record add-entry --db {db} {rid} allergies {fields} --json",
+        db=north,
+        rid=first,
+        fields='{"substance": "penicillin", "criticality": "high"}',
+    )
+    med = _json(
+        "record add-entry --db {db} {rid} medications {fields} --json",
+        db=south,
+        rid=second,
+        fields='{"drug": "Augmentin 625 mg", "status": "active"}',
+    )["entry_id"]
+    _sync(north, south, east, north)
+    [block] = _conflicts(east, "allergy-vs-prescription", first, second)
+    for db in (east, clinic.db):  # a laptop's database, and the server's
+        shown = _json("record show --db {db} {rid} --json", db=db, rid=first)
+        [chart] = shown["linked"]
+        [medication] = chart["medications"]
+        assert medication["entry_id"] == med
+        assert medication["drug"]["conflict"] == block["id"]
+        assert medication["status"]["conflict"] == block["id"]  # not "active"
+        assert [c["value"] for c in medication["status"]["candidates"]] == [
+            "stop Augmentin 625 mg",
+            "continue Augmentin 625 mg despite the allergy",
+        ]
+    rendered = inproc("record show --db {db} {rid}", db=east, rid=first).ok().stdout
+    assert f"CONFLICT {block['id']}" in rendered

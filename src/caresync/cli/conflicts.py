@@ -217,14 +217,27 @@ def _render_list(console: Console, data: Mapping[str, Any]) -> None:
         )
         console.print(escaped(f"  {c['message']}"), markup=False)
         table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
-        for column in ("N", "value", "author", "replica", "at"):
+        # An outcome's words are not all it writes ("stopped" sets the dose too): say it.
+        writes = any(cand.get("writes") for cand in c["candidates"])
+        for column in ("N", "value", *(("writes",) if writes else ()), "author", "replica", "at"):
             table.add_column(column, overflow="fold")
         for n, cand in enumerate(c["candidates"]):
             who = cand["author"]
             if cand["author_name"] != who:
                 who = f"{cand['author_name']} ({who})"
-            table.add_row(*cells(n, repr_value(cand["value"]), who, cand["replica"], cand["at"]))
+            said = (_writes_said(cand.get("writes") or {}),) if writes else ()
+            table.add_row(
+                *cells(n, repr_value(cand["value"]), *said, who, cand["replica"], cand["at"])
+            )
         console.print(table)
+
+
+def _writes_said(writes: Mapping[str, Any]) -> str:
+    """What choosing a candidate writes, each field by its last name: ``status: "stopped";
+    dose: "7.5 mg"`` (its full path is in ``--json``), or ``nothing``."""
+    if not writes:
+        return "nothing"
+    return "; ".join(f"{path.rpartition('/')[2]}: {repr_value(v)}" for path, v in writes.items())
 
 
 def repr_value(value: Any) -> str:

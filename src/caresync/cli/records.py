@@ -339,7 +339,10 @@ def _show(args: argparse.Namespace, out: Output) -> int:
             conflicts = await conflicts_json(reader, await reader.conflicts(args.record_id))
             names = (await reader.author_names([args.record_id]))[args.record_id]
             linked = [
-                linked_summary(await reader.view(other))
+                linked_summary(
+                    await reader.view(other),
+                    await conflicts_json(reader, await reader.conflicts(other)),
+                )
                 for other in await reader.linked_records(args.record_id)
             ]
         finally:
@@ -376,14 +379,27 @@ LINKED_COLLECTIONS = ("allergies", "medications")
 """What ``record show`` lists of each record linked to the one shown."""
 
 
-def linked_summary(view: RecordView) -> dict[str, Any]:
-    """A linked record as ``record show`` lists it: its name, allergies and medications."""
+def linked_summary(
+    view: RecordView, conflicts: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A linked record as ``record show`` lists it: its name, allergies and medications.
+
+    ``conflicts`` are that record's open conflicts (``--json`` form): a field one of
+    its ``block`` findings involves shows as that finding, as in :func:`show_record`.
+    """
+    contested = _contested(view, conflicts or [])
     return {
         "record_id": view.record_id,
         "display_name": display_name(view),
         **{
             collection: [
-                {"entry_id": entry.id, **{n: field_json(f) for n, f in entry.fields.items()}}
+                {
+                    "entry_id": entry.id,
+                    **{
+                        n: contested.get(f"{collection}/{entry.id}/{n}") or field_json(f)
+                        for n, f in entry.fields.items()
+                    },
+                }
                 for entry in view.entries(collection)
             ]
             for collection in LINKED_COLLECTIONS
@@ -492,16 +508,10 @@ def show_record(
     settled value until a person chooses: it shows as that finding and its candidates,
     as a field conflict does.
     """
-    fields = {path: field_json(view.get(path), names) for path in view.paths()}
-    for conflict in conflicts:
-        if conflict.get("severity") != "block":
-            continue
-        for path in conflict.get("paths", ()):
-            if path in fields and not view.get(path).in_conflict:  # its own conflict shows
-                fields[path] = {
-                    "conflict": conflict["id"],
-                    "candidates": conflict["candidates"],
-                }
+    contested = _contested(view, conflicts)
+    fields = {
+        path: contested.get(path) or field_json(view.get(path), names) for path in view.paths()
+    }
     data: dict[str, Any] = {
         "record_id": view.record_id,
         "fields": fields,
@@ -514,9 +524,36 @@ def show_record(
     return data
 
 
+def _contested(view: RecordView, conflicts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The fields an open ``block`` finding involves, each shown as that finding and its
+    candidates (a field in conflict itself shows its own conflict: left out here)."""
+    contested: dict[str, dict[str, Any]] = {}
+    for conflict in conflicts:
+        if conflict.get("severity") != "block":
+            continue
+        for path in conflict.get("paths", ()):
+            state = view.get(path)
+            if state.exists and not state.in_conflict and path not in contested:
+                contested[path] = {"conflict": conflict["id"], "candidates": conflict["candidates"]}
+    return contested
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text_ = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text_ if len(text_) <= limit else text_[: limit - 1] + "…"
+
+
+def _is_conflict(value: Any) -> bool:
+    return isinstance(value, dict) and "conflict" in value and "candidates" in value
+
+
+def _shown(value: Any) -> str:
+    """A field as ``record show`` prints it: its value, or CONFLICT and every candidate."""
+    if not _is_conflict(value):
+        return _short(value)
+    return f"CONFLICT {value['conflict']}: " + " | ".join(
+        f"[{i}] {_short(c['value'], 30)} ({c['author']})" for i, c in enumerate(value["candidates"])
+    )
 
 
 def _render_show(console: Console, data: Mapping[str, Any]) -> None:
@@ -525,19 +562,7 @@ def _render_show(console: Console, data: Mapping[str, Any]) -> None:
     table.add_column("field", overflow="fold")
     table.add_column("value", overflow="fold")
     for path, value in data["fields"].items():
-        if isinstance(value, dict) and "conflict" in value and "candidates" in value:
-            shown = (
-                "CONFLICT "
-                + value["conflict"]
-                + ": "
-                + " | ".join(
-                    f"[{i}] {_short(c['value'], 30)} ({c['author']})"
-                    for i, c in enumerate(value["candidates"])
-                )
-            )
-        else:
-            shown = _short(value)
-        table.add_row(*cells(path, shown))
+        table.add_row(*cells(path, _shown(value)))
     console.print(table)
     conflicts = data["conflicts"]
     console.print(f"{len(conflicts)} open conflict(s)", markup=False)
@@ -552,8 +577,12 @@ def _render_show(console: Console, data: Mapping[str, Any]) -> None:
         )
         for collection in LINKED_COLLECTIONS:
             for entry in linked[collection]:
-                fields = {k: v for k, v in entry.items() if k != "entry_id"}
-                console.print(escaped(f"  {collection}: {_short(fields, 90)}"), markup=False)
+                fields = "; ".join(
+                    f"{k}: {_shown(v) if _is_conflict(v) else _short(v, 40)}"
+                    for k, v in entry.items()
+                    if k != "entry_id"
+                )
+                console.print(escaped(f"  {collection}: {fields}"), markup=False)
     for path, revisions in data.get("history", {}).items():
         console.print(escaped(f"history of {path}:"), markup=False, style="bold")
         for rev in revisions:

@@ -81,7 +81,9 @@ _ENTERED_IN_ERROR_VERSUS_EDIT = 4  # 2: outcomes; entries named by their content
 # equal to what the marker saw is no edit; every collection of the schema; a count's change
 # is kept (a count is never written back) and said in words; 4: a count's concurrent change
 # is a change even when it stores what the marker saw (a dispensing of the same size)
-_ALLERGY_VERSUS_PRESCRIPTION = 3  # the substance table is part of its identity; 3: outcomes
+_ALLERGY_VERSUS_PRESCRIPTION = 4  # the substance table is part of its identity; 3: outcomes;
+# 4: "continue ... despite the allergy" writes the status it keeps (it wrote nothing, so
+# chosen over a concurrent "stop" decision it left the medication stopped)
 _DUPLICATE_ALLERGY = 1
 _TERMINAL_ENCOUNTER_CLASH = 2  # 2: the encounter named by its content, not its id
 _NOTE_CHANGED_WHILE_SIGNED = 2  # 2: the note named by its content, not its id
@@ -287,7 +289,7 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
         identity=f"{__name__}:allergy_versus_prescription(table={table.digest()})",
     )
     def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
-        medications: list[tuple[str, tuple[Revision, ...]]] | None = None  # read when needed
+        medications: list[tuple[str, tuple[Revision, ...], JSONValue]] | None = None  # if needed
         for chart in (view, *view.linked):
             allergies = [
                 a
@@ -298,7 +300,7 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
                 continue
             if medications is None:
                 medications = [
-                    (m, _field(view, "medications", m, "drug"))
+                    (m, _field(view, "medications", m, "drug"), _status_kept(view, m))
                     for m in view.entry_ids("medications")
                     if _is_active(view, "medications", m, INACTIVE_MEDICATION_STATUSES)
                 ]
@@ -311,7 +313,7 @@ def _allergies_versus(
     table: SubstanceTable,
     chart: RecordView,
     allergies: list[str],
-    medications: list[tuple[str, tuple[Revision, ...]]],
+    medications: list[tuple[str, tuple[Revision, ...], JSONValue]],
     *,
     own: bool,
 ) -> Iterator[Finding]:
@@ -333,7 +335,7 @@ def _allergies_versus(
             reading = table.read(substance.value)
             if own and reading.unrecognised:
                 yield _not_recognised(allergy, substance, reading)
-            for medication, drugs in medications:
+            for medication, drugs, status in medications:
                 for drug in drugs:
                     match = table.match(substance.value, drug.value)
                     if match is None:
@@ -344,8 +346,26 @@ def _allergies_versus(
                     if why is None and reading.anaphylaxis:
                         why = "anaphylaxis is recorded"
                     yield _allergy_finding(
-                        allergy, medication, substance, drug, match, why, linked=linked
+                        allergy,
+                        medication,
+                        substance,
+                        drug,
+                        match,
+                        why,
+                        linked=linked,
+                        status=status,
                     )
+
+
+def _status_kept(view: RecordView, medication: str) -> JSONValue:
+    """The status "continue despite the allergy" keeps: the medication's, or ``active``
+    if it has none or its heads disagree (a deciding over those heads is refused: they
+    are a field conflict of their own, to be settled first)."""
+    values = {
+        canonical_json(h.value): h.value
+        for h in _field(view, "medications", medication, STATUS_FIELD)
+    }
+    return next(iter(values.values())) if len(values) == 1 else "active"
 
 
 def _serious(view: RecordView, allergy: str) -> str | None:
@@ -387,13 +407,15 @@ def _allergy_finding(
     serious: str | None,
     *,
     linked: str | None = None,
+    status: JSONValue = "active",
 ) -> Finding:
     """The finding of one allergy against one prescription of the record.
 
     ``linked`` is the id of the record the allergy is recorded on when that is
     not this record but one linked to it as the same person: the message says
     so, and the key names that record and its allergy entry (so the finding
-    never shares an id with one of an allergy of this record).
+    never shares an id with one of an allergy of this record). ``status`` is
+    the medication's status, which "continue despite the allergy" writes.
     """
     read_as = f" (read as {match.allergen})" if match.corrected else ""
     if linked is None:
@@ -406,6 +428,7 @@ def _allergy_finding(
         )
         pair = f"{_LINKED}{linked}/{allergy}/{medication}"
     said = f"{allergy_said} and {drug.value!r} prescribed by {_who(drug)}: {match.reason}"
+    status_path = f"medications/{medication}/{STATUS_FIELD}"
     if serious is not None and not match.cross_reactivity:
         return Finding(
             rule="allergy-vs-prescription",
@@ -414,14 +437,12 @@ def _allergy_finding(
             revisions=(substance.id, drug.id),
             key=f"{pair}/block",  # a flag acknowledged earlier does not cover it
             outcomes=(
-                Outcome(
-                    f"stop {_words(drug.value)}",
-                    ((f"medications/{medication}/{STATUS_FIELD}", "stopped"),),
-                    substance.id,
-                ),
+                Outcome(f"stop {_words(drug.value)}", ((status_path, "stopped"),), substance.id),
                 Outcome(
                     f"continue {_words(drug.value)} despite the allergy",
-                    (),
+                    # The status it keeps, written: chosen over a concurrent "stop"
+                    # decision, the medication is then active again, as chosen.
+                    ((status_path, status),),
                     drug.id,
                 ),
             ),

@@ -324,6 +324,8 @@ class Rulebook:
         A field conflict is resolved by an ordinary write whose parents are all the
         current heads, so it replicates like any edit and works offline. A rule
         finding is resolved by recording the chosen candidate as the decision.
+        Concurrent different decisions on one finding are settled by choosing one
+        of them (a new ``value`` is refused there: it would decide nothing).
         A finding made with linked records is resolved with the same ``linked``;
         whatever is written, decision included, is written to ``record``.
         """
@@ -341,7 +343,9 @@ class Rulebook:
         if conflict.kind is ConflictKind.FIELD:
             path = conflict.subject
             if path.startswith(ACK_PREFIX):
-                return _settle_decisions(record, conflict, choose, value, author)
+                if choose is None:
+                    raise InvalidResolutionError(_no_new_decision(conflict))
+                return _settle_decisions(record, conflict, choose, author)
             # ``value`` was checked above to be given when ``choose`` is not.
             new_value = cast(
                 JSONValue, conflict.candidates[choose].value if choose is not None else value
@@ -524,24 +528,82 @@ def _decision_conflict(
     )
 
 
-def _settle_decisions(
-    record: Record,
-    conflict: Conflict,
-    choose: int | None,
-    value: JSONValue | object,
-    author: str,
-) -> Revision:
-    """Settle concurrent decisions: write the chosen one's outcome again, over every head."""
+def _no_new_decision(conflict: Conflict) -> str:
+    """Why concurrent decisions are not settled with a new value, and what to do."""
+    n = len(conflict.candidates)
+    return (
+        f"conflict {conflict.id} is between {n} decisions on one finding: choose one of "
+        f"them (choose=N, `conflicts resolve {conflict.id} --choose N`, N from 0 to {n - 1}); "
+        "a value entered here would be recorded as the decision without writing any field "
+        "the finding involves. To decide otherwise, write those fields themselves"
+    )
+
+
+def _settle_decisions(record: Record, conflict: Conflict, choose: int, author: str) -> Revision:
+    """Settle concurrent decisions: write the chosen one's outcome again, over every head.
+
+    Refused, with nothing written, while a path it writes also holds a concurrent
+    value none of the decisions shows, or while a path another decision wrote (and
+    this one does not) still holds what that decision wrote there: either way the
+    record would then say something the person did not choose.
+    """
     finding_id = conflict.subject[len(ACK_PREFIX) :]
-    if choose is None:
-        return record.acknowledge_finding(finding_id, cast(JSONValue, value), author=author)
     chosen = conflict.candidates[choose]
+    _refuse_unshown_values(record, conflict, chosen.writes)
+    _refuse_writes_left_standing(record, conflict, chosen)
     stored = record.revision(chosen.revision)
     decision = stored.value if stored is not None else chosen.value
     with record.batch():
         for path, written in chosen.writes:
             record.set(path, written, author=author)
         return record.acknowledge_finding(finding_id, decision, author=author)
+
+
+def _refuse_unshown_values(
+    record: Record, conflict: Conflict, writes: Sequence[tuple[str, JSONValue]]
+) -> None:
+    """Refuse to settle decisions over a concurrent value none of them shows: a path
+    the chosen one writes whose heads disagree, one of them holding a value no
+    decision wrote there (a third laptop's dose). That path's own field conflict is
+    listed, to be settled first."""
+    for path, _value in writes:
+        state = record.get(path)
+        if not state.in_conflict:
+            continue
+        shown = {canonical_json(v) for c in conflict.candidates for p, v in c.writes if p == path}
+        unshown = [h for h in state.heads if canonical_json(h.value) not in shown]
+        if unshown:
+            values = ", ".join(repr(head.value) for head in unshown)
+            field = describe_path(record, path, record.schema)
+            raise UnknownConflictError(
+                f"conflict {conflict.id}: {field} also holds {values}, which none of these "
+                f"decisions shows (it was written concurrently); that field's conflict "
+                f"{state.conflict_id} is listed: resolve that conflict first, then choose "
+                "a decision"
+            )
+
+
+def _refuse_writes_left_standing(record: Record, conflict: Conflict, chosen: Candidate) -> None:
+    """Refuse a decision that does not write a path another decision wrote while that
+    path still holds what the other wrote: the record would say the other decision
+    (a "stop" standing under a chosen "continue" that wrote nothing, as caresync
+    recorded that outcome before it wrote the status it keeps)."""
+    written = {path for path, _v in chosen.writes}
+    for other in conflict.candidates:
+        if other.revision == chosen.revision:
+            continue
+        for path, value in other.writes:
+            if path in written or path.startswith(ACK_PREFIX):
+                continue
+            wanted = canonical_json(value)
+            if any(canonical_json(h.value) == wanted for h in record.get(path).heads):
+                field = describe_path(record, path, record.schema)
+                raise InvalidResolutionError(
+                    f"conflict {conflict.id}: decision {chosen.value!r} does not say what "
+                    f"{field} should be, and it holds {value!r} as decision {other.value!r} "
+                    f"by {other.author} wrote it; write {field} as it should be "
+                    f"(`record set` {path}), then choose again"
+                )
 
 
 def _name(rule: Rule) -> object:
