@@ -107,6 +107,32 @@ def test_negated_names_do_not_match() -> None:
 @pytest.mark.parametrize(
     ("allergen", "drug", "kind"),
     [
+        ("penicillin", "Amoxicillin500mg", MatchKind.CLASS),
+        ("penicillin", "Amoxil500mg caps", MatchKind.CLASS),
+        ("amoxicillin", "amoxicillin250mg/5ml", MatchKind.SAME),
+        ("penicillin", "Augmentin625", MatchKind.CLASS),
+        ("NSAIDs", "ibuprofen400mg", MatchKind.CLASS),
+        ("penicillin", "amoxicilin500mg", MatchKind.CLASS),  # glued and misspelt
+        ("aspirin", "ASA81", MatchKind.SAME),
+        ("aspirin", "5ASA 400 mg", MatchKind.CROSS_REACTIVITY),  # mesalazine, not "ASA"
+        ("amoxicillin500mg", "Amoxil 250 mg", MatchKind.SAME),  # the allergen so written
+        ("ondansetron", "Ondansetron8mg", MatchKind.SAME),  # outside the table too
+    ],
+)
+def test_a_dose_written_against_the_name_does_not_hide_it(
+    allergen: str, drug: str, kind: MatchKind
+) -> None:
+    # A word was letters and digits together: "amoxicillin500mg" was one unknown
+    # word, so a penicillin allergy let "Amoxicillin500mg" through unflagged.
+    match = T.match(allergen, drug)
+    assert match is not None, (allergen, drug)
+    assert match.kind is kind, match
+    assert not T.matches(allergen, "metformin500mg")
+
+
+@pytest.mark.parametrize(
+    ("allergen", "drug", "kind"),
+    [
         ("penicillin", "Augmentin", MatchKind.CLASS),
         ("amoxicillin", "Amoxil", MatchKind.SAME),
         ("amoxicillin", "flucloxacillin", MatchKind.CLASS),  # one penicillin: all

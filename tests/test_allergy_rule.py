@@ -133,6 +133,37 @@ def test_inactive_allergies_and_stopped_drugs_are_not_checked() -> None:
     assert by_rule(a, ALLERGY) == []
 
 
+@pytest.mark.parametrize("verification", ["refuted", "entered-in-error"])
+def test_a_refuted_allergy_blocks_nothing(verification: str) -> None:
+    # FHIR keeps the two apart: a refuted allergy is clinicalStatus active (required
+    # unless entered-in-error) and verificationStatus refuted, which caresync's FHIR
+    # import writes as status "active" and verification "refuted". The rule read the
+    # status only: an allergy ruled out by testing blocked every amoxicillin.
+    allergy = {"substance": "penicillin", "criticality": "high", "status": "active"}
+    a, b = chart({**allergy, "verification": verification}, "amoxicillin")
+    a.add_entry("allergies", {"substance": "kiwi", "verification": verification}, author="dr.a")
+    a.add_entry("allergies", {"substance": "Penicillin", "verification": "refuted"}, author="dr.a")
+    assert by_rule(a, ALLERGY) == []
+    assert by_rule(a, UNRECOGNISED) == []
+    assert by_rule(a, "duplicate-allergy") == []
+    # Confirmed, unconfirmed, or in dispute (a conflict): checked as before.
+    (entry,) = [e for e in a.entry_ids("allergies") if a.value(f"allergies/{e}/criticality")]
+    exchange(a, b)
+    a.set(f"allergies/{entry}/verification", "confirmed", author="dr.a")
+    b.set(f"allergies/{entry}/verification", "unconfirmed", author="dr.b")
+    exchange(a, b)
+    (block,) = by_rule(a, ALLERGY)
+    assert block.severity is Severity.BLOCK
+    a.set(f"allergies/{entry}/verification", verification, author="dr.a")
+    assert by_rule(a, ALLERGY) == []
+    b.set(f"allergies/{entry}/verification", "confirmed", author="dr.b")
+    exchange(a, b)  # refuted on one laptop, confirmed on the other: still checked
+    assert [c.severity for c in by_rule(a, ALLERGY)] == [Severity.BLOCK]
+    # A verification that is no text refutes nothing (and breaks no rule).
+    a.set(f"allergies/{entry}/verification", ["refuted"], author="dr.a")
+    assert [c.severity for c in by_rule(a, ALLERGY)] == [Severity.BLOCK]
+
+
 # ------------------------------------------------------- allergens not recognised
 
 

@@ -112,6 +112,68 @@ def test_cards_meet_by_their_keys_only_when_worth_comparing() -> None:
     assert not a.blocking_keys() & stranger.blocking_keys()
 
 
+@pytest.mark.parametrize(
+    ("written", "other"),
+    [
+        ("12/04/1990", "12/04/1990"),  # both typed day first: the same text
+        ("12/04/1990", "1990-04-12"),  # a clerk's day-first date, an ISO one from FHIR
+        ("12.04.1990", "1990-04-12"),
+        ("12-4-1990", "1990-04-12"),
+        ("1990/04/12", "1990-04-12"),
+        ("1990-4-12", "1990-04-12"),
+        ("19900412", "1990-04-12"),
+        ("04/25/1990", "1990-04-25"),  # month first, as only it can be read
+    ],
+)
+def test_a_birth_date_written_another_way_is_the_same_date(written: str, other: str) -> None:
+    # Read as its digits, "12/04/1990" never equalled "1990-04-12", nor itself
+    # ("12041990" was a birth date "alike as far as both go"): the same person,
+    # registered twice with the same name and date, was no possible duplicate.
+    first = card(name="Awa Ndiaye", birthDate=written)
+    second = card(name="Awa Ndiaye", birthDate=other)
+    pair = pair_of(first, second)
+    assert pair is not None, match_score(first, second)
+    assert "same birth date" in pair.reasons
+    assert first.blocking_keys() & second.blocking_keys() - {f"r:{first.record_id}"}
+
+
+def test_a_day_first_date_of_another_person_is_still_another_date() -> None:
+    # Read as a date, not as a number: 03/04/1990 is 3 April, not 4 March, and
+    # a date that cannot be a day of a year is read as before (its digits).
+    assert card(birthDate="03/04/1990").birth_dates == ("1990-04-03",)
+    assert card(birthDate="31/02/1990").birth_dates == ("31021990",)
+    pair = pair_of(card(name="Awa Ndiaye", birthDate="03/04/1990"), card(**AWA))
+    assert pair is None or "same birth date" not in pair.reasons
+
+
+@pytest.mark.parametrize(
+    ("written", "other"),
+    [
+        ("Søren Ødegård", "Soren Odegard"),  # letters NFKD does not decompose
+        ("Łukasz Żółć", "Lukasz Zolc"),
+        ("Đặng Văn An", "Dang Van An"),
+        ("Æsa Ba", "Aesa Ba"),
+        ("محمد ولد أحمد", "محمد ولد أحمد"),  # a name in Arabic script, twice
+        ("Иван Петров", "Иван Петров"),  # in Cyrillic
+        ("አበበ በቀለ", "አበበ በቀለ"),  # in Ge'ez (Amharic)
+    ],
+)
+def test_a_name_in_any_script_identifies_its_person(written: str, other: str) -> None:
+    # Folded to [a-z0-9], letters outside ASCII that NFKD does not decompose were
+    # dropped: "Søren" read as "s" and "ren", an Arabic or Cyrillic name as no name at
+    # all, so the same person registered twice with the same name and birth date
+    # scored the birth date alone (4) and was never a possible duplicate.
+    first = card(name=written, birthDate="1990-04-12")
+    second = card(name=other, birthDate="1990-04-12")
+    assert first.names
+    pair = pair_of(first, second)
+    assert pair is not None, match_score(first, second)
+    assert "same name" in pair.reasons
+    assert first.blocking_keys() & second.blocking_keys() - {f"r:{first.record_id}"}
+    stranger = card(name="Fatou Ba", birthDate="1990-04-12")
+    assert pair_of(first, stranger) is None
+
+
 def test_a_field_in_conflict_contributes_every_value() -> None:
     record = patient(name="Awa Ndiaye")
     fork = Record.from_update(record.record_id, record.update_since(), replica="laptop-2")

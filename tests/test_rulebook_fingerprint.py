@@ -123,10 +123,12 @@ def test_a_builtin_rule_version_is_part_of_it() -> None:
     described = rule_fingerprint(table_rule)
     assert described is not None
     assert described[0].startswith("caresync.conflicts.builtin:allergy_versus_prescription(table=")
-    assert described[1] == "int:4"  # 3: outcomes; 4: "continue" writes the status it keeps
+    # 2: matching, severities, unrecognised; 3: outcomes; 4: "continue" writes the status
+    # it keeps, doses typed against names, verification refuted
+    assert described[1] == "int:4"
     assert rule_fingerprint(duplicate_allergy) == (
         "caresync.conflicts.builtin:duplicate_allergy",
-        "int:1",
+        "int:2",
     )
 
 

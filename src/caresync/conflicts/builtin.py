@@ -48,6 +48,7 @@ from caresync.records import (
 __all__ = [
     "ENTERED_IN_ERROR",
     "INACTIVE_ALLERGY_STATUSES",
+    "INACTIVE_ALLERGY_VERIFICATIONS",
     "INACTIVE_MEDICATION_STATUSES",
     "TERMINAL_ENCOUNTER_STATUSES",
     "Rule",
@@ -66,6 +67,10 @@ Rule = Callable[[RecordView], Iterable[Finding]]
 ENTERED_IN_ERROR = "entered-in-error"
 INACTIVE_MEDICATION_STATUSES = frozenset({"stopped", ENTERED_IN_ERROR, "completed", "cancelled"})
 INACTIVE_ALLERGY_STATUSES = frozenset({ENTERED_IN_ERROR, "inactive", "resolved", "refuted"})
+# An allergy's ``verification`` (FHIR's verificationStatus, kept apart from its status
+# by caresync's FHIR import: a refuted allergy is clinicalStatus active there).
+ALLERGY_VERIFICATION_FIELD = "verification"
+INACTIVE_ALLERGY_VERIFICATIONS = frozenset({ENTERED_IN_ERROR, "refuted"})
 TERMINAL_ENCOUNTER_STATUSES = frozenset({"finished", "cancelled", ENTERED_IN_ERROR})
 
 
@@ -83,8 +88,10 @@ _ENTERED_IN_ERROR_VERSUS_EDIT = 4  # 2: outcomes; entries named by their content
 # is a change even when it stores what the marker saw (a dispensing of the same size)
 _ALLERGY_VERSUS_PRESCRIPTION = 4  # the substance table is part of its identity; 3: outcomes;
 # 4: "continue ... despite the allergy" writes the status it keeps (it wrote nothing, so
-# chosen over a concurrent "stop" decision it left the medication stopped)
-_DUPLICATE_ALLERGY = 1
+# chosen over a concurrent "stop" decision it left the medication stopped); a dose typed
+# against a name ("Amoxicillin500mg") is read apart; an allergy whose verification is
+# refuted or entered-in-error is not checked
+_DUPLICATE_ALLERGY = 2  # 2: an allergy whose verification is refuted is no duplicate
 _TERMINAL_ENCOUNTER_CLASH = 2  # 2: the encounter named by its content, not its id
 _NOTE_CHANGED_WHILE_SIGNED = 2  # 2: the note named by its content, not its id
 
@@ -155,6 +162,20 @@ def _is_active(view: RecordView, collection: str, entry_id: str, inactive: froze
     """Active unless every status candidate says otherwise (a conflict counts as active)."""
     statuses = _field(view, collection, entry_id, STATUS_FIELD)
     return not statuses or any(s.value not in inactive for s in statuses)
+
+
+def _allergy_active(view: RecordView, allergy: str) -> bool:
+    """Active by its status (:func:`_is_active`) and not refuted by its verification:
+    unless every verification candidate is refuted or entered-in-error (one laptop's
+    "refuted" against another's "confirmed" is still checked)."""
+    if not _is_active(view, "allergies", allergy, INACTIVE_ALLERGY_STATUSES):
+        return False
+    verifications = _field(view, "allergies", allergy, ALLERGY_VERIFICATION_FIELD)
+    # Any JSON may be there (no schema types it): only text can refute.
+    return not verifications or any(
+        not isinstance(v.value, str) or v.value not in INACTIVE_ALLERGY_VERIFICATIONS
+        for v in verifications
+    )
 
 
 @versioned(_STOPPED_VERSUS_DOSE_CHANGE)
@@ -291,11 +312,7 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
     def allergy_versus_prescription(view: RecordView) -> Iterator[Finding]:
         medications: list[tuple[str, tuple[Revision, ...], JSONValue]] | None = None  # if needed
         for chart in (view, *view.linked):
-            allergies = [
-                a
-                for a in chart.entry_ids("allergies")
-                if _is_active(chart, "allergies", a, INACTIVE_ALLERGY_STATUSES)
-            ]
+            allergies = [a for a in chart.entry_ids("allergies") if _allergy_active(chart, a)]
             if not allergies:
                 continue
             if medications is None:
@@ -482,7 +499,7 @@ def duplicate_allergy(view: RecordView) -> Iterator[Finding]:
     """The same allergy entered twice as separate active entries (flag)."""
     by_substance: dict[str, list[Revision]] = {}
     for allergy in view.entry_ids("allergies"):
-        if not _is_active(view, "allergies", allergy, INACTIVE_ALLERGY_STATUSES):
+        if not _allergy_active(view, allergy):
             continue
         seen_here: set[str] = set()
         for substance in _field(view, "allergies", allergy, "substance"):

@@ -126,11 +126,17 @@ class Reading:
 # ------------------------------------------------------------------ text
 
 
+# Letters and digits are separate words: a dose typed against the name
+# ("Amoxicillin500mg", "Augmentin625") must not hide the name.
+_TOKEN = re.compile(r"[^\W\d_]+|\d+")
+
+
 def _tokens(text: str) -> tuple[str, ...]:
-    """Words of a text: accents dropped, lower case, split at anything not a letter or digit."""
+    """Words of a text: accents dropped, lower case, split at anything not a letter or
+    digit and between letters and digits ("amoxicillin500mg": amoxicillin, 500, mg)."""
     decomposed = unicodedata.normalize("NFKD", text)
     plain = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
-    return tuple(re.findall(r"[^\W_]+", plain))
+    return tuple(_TOKEN.findall(plain))
 
 
 def _key(text: str) -> str:

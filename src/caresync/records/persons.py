@@ -16,6 +16,7 @@ and a person decides.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import unicodedata
@@ -34,6 +35,7 @@ from caresync.records.revision import Revision
 from caresync.records.values import JSONValue
 
 __all__ = [
+    "CARD_FORMAT",
     "DIFFERENT_PEOPLE",
     "DISPUTED_RULE",
     "DUPLICATE_RULE",
@@ -54,8 +56,18 @@ __all__ = [
     "person_card",
 ]
 
-PERSON_MATCH_VERSION = 1
-"""Bumped whenever cards are read, keys made or pairs scored differently (re-indexes)."""
+PERSON_MATCH_VERSION = 2  # 2: birth dates written D/M/Y, Y/M/D, YYYYMMDD read as dates;
+# names in any script, and letters NFKD does not decompose (ø, ł, đ, æ), kept
+"""Bumped whenever cards are read, keys made or pairs scored differently (re-indexes).
+
+Part of every rulebook's fingerprint: a database indexed under another version
+is re-indexed at its next open, and replicas trust each other's cards and pairs
+only under the same one. Not the format of a card's bytes (:data:`CARD_FORMAT`),
+which a stored card keeps until then.
+"""
+
+CARD_FORMAT = 1
+"""The ``"v"`` of a card's bytes: bumped only when what a card holds changes shape."""
 
 LINKS_FIELD = "links"
 """The field under which a record keeps its link decisions: ``links/<other record id>``."""
@@ -96,7 +108,29 @@ _MIN_IDENTIFIER = 4
 _MIN_PHONE_DIGITS = 7
 _PHONE_DIGITS_KEPT = 9  # the subscriber part: "+221 77 123 45 67" equals "77 123 45 67"
 _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
-_TOKEN = re.compile(r"[a-z0-9]+")
+# A whole date written otherwise: year first (1990/04/12, 1990-4-12, 19900412) or last
+# (12/04/1990, 12.04.1990, 04/25/1990), read before _DATE (which would keep "1990" only).
+_YEAR_FIRST = re.compile(r"(\d{4})(?:[-/. ](\d{1,2})[-/. ](\d{1,2})|(\d{2})(\d{2}))(?!\d)")
+_YEAR_LAST = re.compile(r"(\d{1,2})[-/. ](\d{1,2})[-/. ](\d{4})(?!\d)")
+# Letters and digits of any script: a name written in Arabic, Cyrillic or Ge'ez
+# script is a name too (an ASCII-only token dropped it, and split "Søren" in two).
+_TOKEN = re.compile(r"[^\W_]+")
+# Latin letters NFKD does not decompose, as they are written without their mark.
+_UNMARKED = str.maketrans(
+    {
+        "ø": "o",
+        "ł": "l",
+        "đ": "d",
+        "ð": "d",
+        "ħ": "h",
+        "\u0131": "i",
+        "æ": "ae",
+        "œ": "oe",
+        "þ": "th",
+    }
+)
+# Marks written as an apostrophe ("N'Diaye", "N\u2019Diaye", "N`Diaye"): each joins.
+_APOSTROPHES = str.maketrans(dict.fromkeys("'\u2018\u2019\u02bc\u0060\u00b4", None))
 _SEXES = {
     "m": "male",
     "male": "male",
@@ -187,7 +221,7 @@ class PersonCard:
 
     def to_bytes(self) -> bytes:
         """The card as compact JSON (what the store keeps and a first copy carries)."""
-        data: dict[str, Any] = {"v": PERSON_MATCH_VERSION, "id": self.record_id}
+        data: dict[str, Any] = {"v": CARD_FORMAT, "id": self.record_id}
         if self.display:
             data["display"] = self.display
         for name, value in (
@@ -220,10 +254,10 @@ class PersonCard:
                 raw = json.loads(data)
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise InvalidInputError(f"person card: not JSON ({exc})") from None
-        if not isinstance(raw, dict) or raw.get("v") != PERSON_MATCH_VERSION:
+        if not isinstance(raw, dict) or raw.get("v") != CARD_FORMAT:
             raise InvalidInputError(
-                f"person card: not a card of version {PERSON_MATCH_VERSION} (an object with "
-                f'"v": {PERSON_MATCH_VERSION})'
+                f"person card: not a card of version {CARD_FORMAT} (an object with "
+                f'"v": {CARD_FORMAT})'
             )
         # A card as to_bytes writes it takes one quick pass (a first copy reads 100,000s);
         # anything else the careful one, which gives the same card or names the fault.
@@ -478,10 +512,10 @@ def _alternatives(value: JSONValue) -> Iterator[JSONValue]:
 def _fold(text: str) -> str:
     """Lower case, accents and punctuation gone: "N'Diaye, Aïssatou" → "n diaye aissatou"."""
     # An apostrophe joins ("N'Diaye" is "ndiaye"); anything else between letters splits.
-    text = text[: _MAX_TEXT * 4].replace("'", "").replace("\u2019", "")
+    text = text[: _MAX_TEXT * 4].translate(_APOSTROPHES)
     decomposed = unicodedata.normalize("NFKD", text)
     plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(_TOKEN.findall(plain.casefold()))
+    return " ".join(_TOKEN.findall(plain.casefold().translate(_UNMARKED)))
 
 
 def _name_text(value: JSONValue) -> str:
@@ -514,6 +548,9 @@ def _birth_date(value: JSONValue) -> str:
     if not isinstance(value, str):
         return ""
     text = value.strip()[:32]
+    whole = _whole_date(text)
+    if whole:
+        return whole
     match = _DATE.match(text)
     if match is not None:
         return match.group(0)
@@ -521,11 +558,37 @@ def _birth_date(value: JSONValue) -> str:
     return digits if len(digits) >= 4 else ""
 
 
+def _whole_date(text: str) -> str:
+    """A whole date written otherwise than ``YYYY-MM-DD``, as ``YYYY-MM-DD``; "" if none.
+
+    Day first when both could be the month (12/04/1990 is 12 April, as written where
+    caresync is used; a month-first reader's date is then "day and month swapped",
+    which still scores); month first only when the first cannot be a month
+    (04/25/1990). Not a day of that month (31/02/1990): "", read as before.
+    """
+    found = _YEAR_FIRST.match(text)
+    if found is not None:
+        year, month, day = found[1], found[2] or found[4], found[3] or found[5]
+    else:
+        found = _YEAR_LAST.match(text)
+        if found is None:
+            return ""
+        day, month, year = found[1], found[2], found[3]
+        if int(month) > 12 >= int(day):
+            day, month = month, day
+    try:
+        return datetime.date(int(year), int(month), int(day)).isoformat()
+    except ValueError:
+        return ""
+
+
 def _sex(value: JSONValue) -> str:
     if not isinstance(value, str):
         return ""
     folded = _fold(value)
-    if folded in _UNKNOWN_SEX:
+    # Words outside ASCII say nothing known here (as when _fold dropped them): one
+    # chart's "أنثى" against another's "female" must not count as a different sex.
+    if folded in _UNKNOWN_SEX or not folded.isascii():
         return ""
     return _SEXES.get(folded, folded[:_MAX_TEXT])
 
@@ -892,7 +955,7 @@ def _typed_card(data: bytes) -> PersonCard | None:
         typed = _TYPED_CARD.decode(data)
     except (msgspec.DecodeError, ValueError):
         return None
-    if typed.v != PERSON_MATCH_VERSION:
+    if typed.v != CARD_FORMAT:
         return None
     return _card_of_typed(typed)
 
@@ -975,7 +1038,7 @@ class PersonCards(Mapping[str, PersonCard]):
                     found = None
             if (
                 found is not None
-                and found.v == PERSON_MATCH_VERSION
+                and found.v == CARD_FORMAT
                 and found.id == record_id
                 and type(record_id) is str
             ):
