@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, start_server
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, start_server
 
-from caresync.exceptions import AuthenticationError, SyncRefusedError
+from caresync.exceptions import AuthenticationError, StorageError, SyncRefusedError
+from caresync.replica import ReplicaState
 from caresync.server import SyncServer
-from caresync.storage import SessionRow
+from caresync.storage import ReplicaInfo, SessionRow, SQLiteStore
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -81,6 +82,47 @@ async def test_a_login_checked_before_its_session_ended_opens_nothing(
                 await laptop.sync(username="dr.a", password=NEW_PASSWORD)  # the new one works
             if ending == "revoke":
                 assert laptop.locked
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_revocation_seen_while_the_store_failed_is_looked_at_again(
+    tmp_path: Path,
+) -> None:
+    """The watcher's re-check that meets a failing store is tried again next round.
+
+    A laptop revoked by another process (``caresync replica revoke`` beside the server) is
+    ended by the server's watcher when the accounts generation moves. If the first
+    re-check after the move fails (a busy disk, a dropped PostgreSQL connection), the
+    generation must not count as handled: before, it did, and the revoked laptop stayed
+    connected, live, until some other account changed or its session expired (12 h).
+    """
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    store = server.store
+    original = store.get_replica
+    failures: list[str] = []
+    armed = asyncio.Event()
+
+    async def get_replica(replica_id: str) -> ReplicaInfo | None:
+        if armed.is_set() and not failures:
+            failures.append(replica_id)
+            raise StorageError("database is locked (the disk is busy)")
+        return await original(replica_id)
+
+    store.get_replica = get_replica  # type: ignore[method-assign]
+    try:
+        async with live(laptop) as run, asyncio.timeout(LIMIT_S):
+            await run.states.reach(ReplicaState.ONLINE)
+            async with SQLiteStore.open(tmp_path / "server.db", accounts_only=True) as admin:
+                assert laptop.replica_id is not None
+                await admin.revoke_replica(laptop.replica_id)
+            armed.set()
+            error = await run.outcome()  # told and closed, once the store answers again
+            assert isinstance(error, SyncRefusedError)
+            assert failures == [laptop.replica_id]  # the first re-check did fail
+            assert laptop.locked
     finally:
         await laptop.close()
         await server.close()
