@@ -21,6 +21,9 @@ A connection is trusted in steps, and nothing moves before its step:
    guesses at once gains nothing either. An unknown user costs as long as a wrong
    password. A store that cannot be read fails the login (never lets it through).
    Sessions expire for good at an absolute time; resuming never extends one.
+   A password login reads the account and the replica again once its session is
+   stored, and deletes it if a new password, a disabled account, a revocation or a
+   new secret came in between (they ended every session stored before them).
 4. **Enrol** needs a password login on the same connection (never a resumed
    session), and gives the new replica its secret, returned once.
 5. **Authorship** of every pushed revision: a replica pushes only what it
@@ -41,6 +44,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -188,7 +192,63 @@ class Gatekeeper:
                 await self._failed(keys[1:])  # the address guessed; the account was right
                 return proof
             new_secret = proof
-        return await self._open_session(login.username, login.organisation, replica_id, new_secret)
+        opened = await self._open_session(
+            login.username, login.organisation, replica_id, new_secret
+        )
+        # The checks above and the session's commit are store trips apart: a password
+        # changed, an account disabled or a laptop revoked in between ended the user's
+        # sessions before this one was stored, and nothing would ever end it. Read
+        # again now that it is stored: a change from here on deletes it, as any other.
+        secret = new_secret if new_secret is not None else login.replica_secret
+        ended = await self._ended_meanwhile(checked, replica_id, secret)
+        if ended is not None:
+            await self.store.end_sessions(token_hash=opened.session_hash)
+            refusal, counted = ended
+            await self._failed({"all": keys, "address": keys[1:], "none": []}[counted])
+            return refusal
+        return opened
+
+    async def _ended_meanwhile(
+        self, checked: UserAccount, replica_id: str | None, secret: bytes | None
+    ) -> tuple[Refused, Literal["all", "address", "none"]] | None:
+        """Why a session just stored for ``checked`` (on ``replica_id``, proved by
+        ``secret``) must not stand, and which of the login's keys count it as failed
+        (``all``: the account's too, for a password that is no longer its own; a
+        revoked laptop's, none, as at its Hello); None if it may."""
+        organisation, username = checked.organisation, checked.username
+        account = await self.store.get_user(organisation, username)
+        if account is None or account.password_hash != checked.password_hash:
+            return (
+                Refused(
+                    ErrorCode.BAD_CREDENTIALS,
+                    f"the password of {username} in {organisation} changed while this "
+                    "login was being checked: log in with the new one",
+                ),
+                "all",
+            )
+        if account.disabled:
+            return (
+                Refused(
+                    ErrorCode.BAD_CREDENTIALS,
+                    f"the account {username} in {organisation} is disabled; ask an administrator",
+                ),
+                "address",
+            )
+        if replica_id is None:
+            return None
+        info = await self.store.get_replica(replica_id)
+        if info is None or info.revoked:
+            return Refused(ErrorCode.REVOKED, f"replica {replica_id} was revoked"), "none"
+        if not secret_matches(secret, await self.store.replica_secret_hash(replica_id)):
+            return (
+                Refused(
+                    ErrorCode.BAD_CREDENTIALS,
+                    f"replica {replica_id} was given a new secret while this login was "
+                    "being checked: only the laptop holding it can log in as it",
+                ),
+                "address",
+            )
+        return None
 
     async def check_password(
         self,

@@ -974,8 +974,10 @@ class SyncServer:
                     c.login is not None and c.login.expires_ms <= now for c in self._connections
                 )
                 if current != generation or expired:
-                    generation = current
                     closed = await self.recheck_sessions()
+                    # Handled only once every connection was looked at: a re-check the
+                    # store failed is tried again next round, not taken as done.
+                    generation = current
                     if closed:
                         self.events.sessions_ended(closed)
             except StorageError as exc:  # a busy or full disk: try again next round

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,13 @@ class ImportPlan:
     """Record ids the file names without the organisation they belong to (an export from
     before organisations were written, another tool): imported only over a record this
     replica holds, since another organisation's would be refused at every push."""
+    earlier: Mapping[str, str] = field(default_factory=dict)
+    """Each record id derived from a Patient's id within the importing organisation, and
+    the id the Patient's id alone derives: what this caresync derived before, and
+    derives on a laptop not yet enrolled. A record held under the earlier id is
+    updated there (see :func:`charts_from_resources`'s ``earlier``)."""
+    found: tuple[FoundResource, ...] = ()
+    """The resources the plan was made of (to plan again, keeping earlier ids)."""
 
 
 @dataclass(slots=True)
@@ -155,7 +162,9 @@ def _local_name(found: FoundResource) -> str:
     )
 
 
-def _record_id(found: FoundResource, organisation: str | None) -> tuple[str, bool]:
+def _record_id(
+    found: FoundResource, organisation: str | None, earlier: Collection[str] = ()
+) -> tuple[str, bool]:
     """The record a Patient is, and whether its id is derived (not the file's own)."""
     own = _identifier(found.resource, RECORD_SYSTEM)
     if own is not None:
@@ -171,7 +180,27 @@ def _record_id(found: FoundResource, organisation: str | None) -> tuple[str, boo
             # whose id also names us: two organisations importing it get two records.
             return str(_derived_id("record", organisation, assigner, own)), True
         return own, False
-    return str(_derived_id("Patient", _local_name(found))), True
+    return _patient_record_id(_local_name(found), organisation, earlier), True
+
+
+def _earlier_id(local_name: str) -> str:
+    """The record id the Patient's own id alone derives (no organisation in it)."""
+    return str(_derived_id("Patient", local_name))
+
+
+def _patient_record_id(local_name: str, organisation: str | None, earlier: Collection[str]) -> str:
+    """The record id of a Patient that names no caresync record id, from its own id.
+
+    Derived within the importing organisation: two organisations receiving files from
+    one hospital (its ``Patient/p-42``) get records of their own, not one id that the
+    first to sync owns and the server refuses to the other at every push (telling it,
+    too, that the other holds that patient). A laptop not yet enrolled, and a record
+    imported before (``earlier`` holds its id), keep the id the Patient's id alone
+    derives."""
+    legacy = _earlier_id(local_name)
+    if organisation is None or legacy in earlier:
+        return legacy
+    return str(_derived_id("Patient", organisation, local_name))
 
 
 def _assigner(resource: Resource) -> str | None:
@@ -310,14 +339,21 @@ def _refuse_constant(name: str) -> object:
 
 
 def charts_from_resources(
-    found: Sequence[FoundResource], *, organisation: str | None = None
+    found: Sequence[FoundResource],
+    *,
+    organisation: str | None = None,
+    earlier: Collection[str] = frozenset(),
 ) -> ImportPlan:
     """One chart per Patient of validated ``found`` resources (InvalidFhirError if they do
     not make charts: a resource of no Patient, two Patients for one record, ...).
 
     ``organisation``: the importing replica's; a Patient whose caresync record id another
-    organisation assigned becomes a record of its own (an id derived from that one)."""
+    organisation assigned becomes a record of its own (an id derived from that one), and
+    so does a Patient of another system (an id derived from its own and the organisation).
+    ``earlier``: record ids the Patient's id alone derives that the replica holds (a
+    record imported before organisations were in the id, or before enrolment): kept."""
     derived_ids: set[str] = set()
+    earlier_ids: dict[str, str] = {}
     unassigned: set[str] = set()
     patients: dict[str, str] = {}  # reference -> record id
     patient_found: dict[str, FoundResource] = {}
@@ -325,9 +361,13 @@ def charts_from_resources(
     for item in found:
         if item.resource.get("resourceType") != "Patient":
             continue
-        record_id, derived_id = _record_id(item, organisation)
+        record_id, derived_id = _record_id(item, organisation, earlier)
         if derived_id:
             derived_ids.add(record_id)
+            if _identifier(item.resource, RECORD_SYSTEM) is None:
+                legacy = _earlier_id(_local_name(item))
+                if legacy != record_id:
+                    earlier_ids[record_id] = legacy
         elif _assigner(item.resource) is None:
             unassigned.add(record_id)
         if record_id in patient_found:
@@ -438,6 +478,8 @@ def charts_from_resources(
         dict(sorted(ignored.items())),
         frozenset(derived_ids),
         frozenset(unassigned),
+        earlier_ids,
+        tuple(found),
     )
 
 

@@ -77,6 +77,21 @@ def plan_import(data: bytes, *, organisation: str | None = None) -> ImportPlan:
     return charts_from_resources(read_fhir(data), organisation=organisation)
 
 
+async def _keeping_earlier_ids(
+    replica: Replica, plan: ImportPlan, organisation: str | None
+) -> ImportPlan:
+    """``plan``, made again to update the records this replica holds under the ids
+    their Patients' ids alone derive (imported before organisations were in those ids,
+    or before enrolment) rather than make a second record of each."""
+    if not plan.earlier or not plan.found:
+        return plan
+    held = await replica.store.state_vectors([*plan.earlier, *plan.earlier.values()])
+    keep = frozenset(old for new, old in plan.earlier.items() if new not in held and old in held)
+    if not keep:
+        return plan
+    return charts_from_resources(plan.found, organisation=organisation, earlier=keep)
+
+
 async def import_fhir(
     replica: Replica, source: bytes | ImportPlan, *, author: str | None = None
 ) -> ImportReport:
@@ -96,6 +111,7 @@ async def import_fhir(
         if isinstance(source, ImportPlan)
         else plan_import(source, organisation=replica.identity.organisation)
     )
+    plan = await _keeping_earlier_ids(replica, plan, organisation)
     ids = [chart.record_id for chart in plan.charts]
     stored = await replica.store.load_many(ids)
     records: list[tuple[Record, AppliedChart, bytes]] = []
