@@ -336,7 +336,9 @@ class Replica:
         ones in a row (counted in the key file; no password is tried until the
         lock has passed). Each online login then wraps the key for that user
         too. Failed attempts since they were last recorded are in
-        :attr:`pending_failed_logins`.
+        :attr:`pending_failed_logins`. The login kept in the database (:attr:`user`)
+        counts for this opening only if ``password`` opens that user's copy of the key
+        too: opened with a colleague's password, nobody is logged in until they log in.
 
         **Without a password a new database is a plain SQLite file**, whatever
         ``encrypt`` says (it matters only when a password is given): tests,
@@ -394,6 +396,7 @@ class Replica:
                 database_key=database_key,
                 connector=connector,
                 pool_size=pool_size,
+                password=password,
             )
         except BaseException:
             await store.close()
@@ -412,13 +415,18 @@ class Replica:
         database_key: LaptopKey | None = None,
         connector: Connector | None = None,
         pool_size: int = DEFAULT_POOL_SIZE,
+        password: str | None = None,
     ) -> Replica:
         """A replica over a store already open (read-only tools use this); writes nothing
         but its audit trail.
 
         ``database_key``: the unlocked key an encrypted store was opened with
-        (each online login wraps it for that user too). ``connector`` and ``pool_size``:
-        as in :meth:`open`.
+        (each online login wraps it for that user too), and ``password``, the password
+        that unlocked it: the login kept in the store is this replica's only if that
+        password opens the logged-in user's copy of the key too (without it, only if
+        that user is ``database_key.unlocked_by``); otherwise someone else opened the
+        laptop, and nobody is logged in until they log in. ``connector`` and
+        ``pool_size``: as in :meth:`open`.
 
         What the replica keeps in its store is read here: whether it is locked,
         its secret, the server key it pinned, and who is logged in.
@@ -438,7 +446,7 @@ class Replica:
             connector=connector,
             pool_size=pool_size,
         )
-        await replica.logins.load()
+        await replica.logins.load(password=password)
         await replica._record_failed_unlocks()
         return replica
 
@@ -1152,7 +1160,13 @@ class Replica:
     # ------------------------------------------------------------ audit trail
 
     def _actor(self) -> str:
-        return self.logins.user or ANONYMOUS
+        """Who an audit entry names: the account logged in; else, on an encrypted laptop,
+        the user whose password opened it (who is at the keyboard); else nobody known."""
+        user = self.logins.user
+        if user is not None:
+            return user
+        key = self.logins.database_key
+        return ANONYMOUS if key is None else key.unlocked_by
 
     async def audit(
         self,
