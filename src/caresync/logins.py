@@ -141,12 +141,31 @@ class LaptopLogins:
         self.database_key = database_key
         """The key an encrypted database was opened with (None: a plain database)."""
         self._login: _Login | None = None
+        self._set_aside: str | None = None
+        """Who is logged in in the store, not this opening's (see :meth:`load`)."""
         self._names: dict[str, str] = {}
 
-    async def load(self) -> None:
-        """Read who is logged in and the account names from the store."""
+    async def load(self, *, password: str | None = None) -> None:
+        """Read who is logged in and the account names from the store.
+
+        On an encrypted database, the login kept there is this opening's only if
+        ``password`` (the one that unlocked :attr:`database_key`) opens that user's copy
+        of the key too: otherwise someone else opened the laptop, and nobody is logged
+        in for them until they log in (the login kept is left in the store).
+        """
         text = await self.store.get_meta(_CURRENT)
-        self._login = _Login.from_text(text) if text else None
+        login = _Login.from_text(text) if text else None
+        self._set_aside = None
+        key = self.database_key
+        if login is not None and key is not None and login.user != key.unlocked_by:
+            # The password at the keyboard says who is there: a login survives closing
+            # the program, and must not pass to a colleague who opens it next.
+            theirs = password is not None and await asyncio.to_thread(
+                key.opens_for, login.user, password
+            )
+            if not theirs:
+                self._set_aside, login = login.user, None
+        self._login = login
         names = await self.store.get_meta(_ACCOUNT_NAMES)
         self._names = _names_from_text(names) if names else {}
 
@@ -170,10 +189,7 @@ class LaptopLogins:
         """
         login = self._login
         if login is None:
-            raise NotLoggedInError(
-                "nobody is logged in on this laptop: log in first (`caresync login --db DB`, "
-                "or `caresync sync --db DB --username NAME`)"
-            )
+            raise NotLoggedInError(self._nobody())
         now = _wall_ms()
         if self._idle(login, now):
             raise NotLoggedInError(
@@ -248,7 +264,7 @@ class LaptopLogins:
     async def logout(self) -> None:
         """Nobody is logged in any more (edits raise NotLoggedInError until a login)."""
         await self.store.set_meta(_CURRENT, "")  # empty: nobody
-        self._login = None
+        self._login = self._set_aside = None
 
     # --------------------------------------------------------------- names
 
@@ -269,6 +285,20 @@ class LaptopLogins:
 
     # ------------------------------------------------------------- internals
 
+    def _nobody(self) -> str:
+        key = self.database_key
+        if self._set_aside is not None and key is not None:
+            opener = key.unlocked_by
+            return (
+                f"{opener}'s password opened this laptop, and the login kept here is "
+                f"{self._set_aside}'s, not theirs: log in as {opener} first (`caresync login "
+                f"--db DB --username {opener}`); nothing was written"
+            )
+        return (
+            "nobody is logged in on this laptop: log in first (`caresync login --db DB`, "
+            "or `caresync sync --db DB --username NAME`)"
+        )
+
     def _idle(self, login: _Login, now_ms: int) -> bool:
         return self.idle_s is not None and now_ms - login.active_ms > self.idle_s * 1000
 
@@ -278,7 +308,7 @@ class LaptopLogins:
 
     async def _set(self, login: _Login) -> None:
         await self.store.set_meta(_CURRENT, login.to_text())
-        self._login = login
+        self._login, self._set_aside = login, None
 
     async def _failures(self) -> tuple[int, int]:
         """Failed offline logins in a row, and until when (ms) none is checked."""

@@ -59,6 +59,7 @@ from caresync.conflicts.duplicates import paired_record
 from caresync.credentials import key_fingerprint, parse_fingerprint
 from caresync.exceptions import (
     AuthenticationError,
+    AuthorError,
     ConnectionLostError,
     CorruptDatabaseError,
     InvalidInputError,
@@ -336,7 +337,9 @@ class Replica:
         ones in a row (counted in the key file; no password is tried until the
         lock has passed). Each online login then wraps the key for that user
         too. Failed attempts since they were last recorded are in
-        :attr:`pending_failed_logins`.
+        :attr:`pending_failed_logins`. The login kept in the database (:attr:`user`)
+        counts for this opening only if ``password`` opens that user's copy of the key
+        too: opened with a colleague's password, nobody is logged in until they log in.
 
         **Without a password a new database is a plain SQLite file**, whatever
         ``encrypt`` says (it matters only when a password is given): tests,
@@ -394,6 +397,7 @@ class Replica:
                 database_key=database_key,
                 connector=connector,
                 pool_size=pool_size,
+                password=password,
             )
         except BaseException:
             await store.close()
@@ -412,13 +416,18 @@ class Replica:
         database_key: LaptopKey | None = None,
         connector: Connector | None = None,
         pool_size: int = DEFAULT_POOL_SIZE,
+        password: str | None = None,
     ) -> Replica:
         """A replica over a store already open (read-only tools use this); writes nothing
         but its audit trail.
 
         ``database_key``: the unlocked key an encrypted store was opened with
-        (each online login wraps it for that user too). ``connector`` and ``pool_size``:
-        as in :meth:`open`.
+        (each online login wraps it for that user too), and ``password``, the password
+        that unlocked it: the login kept in the store is this replica's only if that
+        password opens the logged-in user's copy of the key too (without it, only if
+        that user is ``database_key.unlocked_by``); otherwise someone else opened the
+        laptop, and nobody is logged in until they log in. ``connector`` and
+        ``pool_size``: as in :meth:`open`.
 
         What the replica keeps in its store is read here: whether it is locked,
         its secret, the server key it pinned, and who is logged in.
@@ -438,7 +447,7 @@ class Replica:
             connector=connector,
             pool_size=pool_size,
         )
-        await replica.logins.load()
+        await replica.logins.load(password=password)
         await replica._record_failed_unlocks()
         return replica
 
@@ -674,17 +683,24 @@ class Replica:
         that was made to it. What a sync committed to a record since it was read is
         merged into it first (its rows and card are of the record as stored). Copies
         of these records already loaded are read again.
+
+        On an enrolled laptop these are edits like any other: someone must be logged in
+        (NotLoggedInError), and every revision an update adds must name that account as
+        its author (AuthorError) and this replica as its writer (InvalidInputError);
+        otherwise nothing is written.
         """
         for record, update in edited:
             _check_sendable(record.record_id, update)
         if not edited:
             return
-        actor = self._actor()
+        actor = await self.logins.author(None) if self.enrolled else self._actor()
         async with self.writing(record.record_id for record, _update in edited):
             # Read before the lock was taken: a sync may have committed to them since.
             stored = await self.store.load_many([record.record_id for record, _u in edited])
-            for record, _update in edited:
+            for record, update in edited:
                 state = stored.get(record.record_id)
+                if self.enrolled:
+                    self._check_written_here(record.record_id, state, update, actor)
                 if state is not None:
                     record.apply_update(state)
             edits = [
@@ -699,6 +715,35 @@ class Replica:
             ]
             audit = [AuditEvent(actor, "import", edit.record_id) for edit in edits]
             await self.store.write_local_many(edits, audit=audit)
+
+    def _check_written_here(
+        self, record_id: str, state: bytes | None, update: bytes, actor: str
+    ) -> None:
+        """Refuse an update that adds a revision not written here by ``actor``: the edit
+        would be someone else's in their name, or one the server refuses for good, left
+        in the outbox keeping back what follows it. Reads the record as stored."""
+        if state is None:
+            held: set[str] = set()
+            after = Record.from_update(record_id, update, replica=self.replica_id)
+        else:
+            after = Record.from_update(record_id, state, replica=self.replica_id)
+            held = {rev.id for rev in after.revisions()}
+            after.apply_update(update)
+        for rev in after.revisions():
+            if rev.id in held:
+                continue
+            if rev.replica != self.replica_id:
+                raise InvalidInputError(
+                    f"record {record_id}: revision {rev.id} was written on replica "
+                    f"{shown(rev.replica)}, not on this one ({self.replica_id}): a laptop "
+                    "pushes only its own changes; nothing was written"
+                )
+            if rev.author != actor:
+                raise AuthorError(
+                    f"record {record_id}: {shown(rev.author)} is not the account logged in "
+                    f"on this laptop ({actor}): every entry is written as the account "
+                    "logged in; nothing was written"
+                )
 
     @contextlib.asynccontextmanager
     async def writing(self, record_ids: Iterable[str]) -> AsyncIterator[None]:
@@ -1152,7 +1197,13 @@ class Replica:
     # ------------------------------------------------------------ audit trail
 
     def _actor(self) -> str:
-        return self.logins.user or ANONYMOUS
+        """Who an audit entry names: the account logged in; else, on an encrypted laptop,
+        the user whose password opened it (who is at the keyboard); else nobody known."""
+        user = self.logins.user
+        if user is not None:
+            return user
+        key = self.logins.database_key
+        return ANONYMOUS if key is None else key.unlocked_by
 
     async def audit(
         self,

@@ -108,10 +108,20 @@ def test_another_user_gets_a_key_at_their_first_online_login(
     inproc(login, db=laptop, password="nurse-pw-1").ok()
     monkeypatch.delenv("CARESYNC_UNLOCK_PASSWORD")
     # Now either password opens it; the nurse is logged in and writes as herself.
-    assert status(laptop)["user"] == "nurse.k"
-    assert inproc("status --db {db} --json", db=laptop, password="nurse-pw-1").ok().json()
+    as_nurse = inproc("status --db {db} --json", db=laptop, password="nurse-pw-1").ok().json()
+    assert as_nurse["user"] == "nurse.k"
     record_id = inproc("record new --db {db} --json", db=laptop, password="nurse-pw-1").ok()
     assert record_id.json()["author"] == "nurse.k"
+    # dr.a's password opens it too, but her login is not the nurse's (see
+    # tests/e2e/test_encrypted_opener.py): nothing is written in the nurse's name.
+    assert status(laptop)["user"] is None
+    before = digest(laptop)
+    refused(
+        inproc("record new --db {db}", db=laptop),
+        ExitCode.REFUSED,
+        "dr.a's password opened this laptop, and the login kept here is nurse.k's",
+    )
+    assert digest(laptop) == before
 
 
 def test_caresync_encrypt_converts_a_plain_laptop_in_place(clinic: Clinic) -> None:

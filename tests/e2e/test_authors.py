@@ -245,6 +245,52 @@ async def test_a_fhir_import_is_written_as_the_account_logged_in(tmp_path: Path)
         await server.close()
 
 
+async def test_records_committed_from_outside_are_written_as_the_account_logged_in(
+    tmp_path: Path,
+) -> None:
+    # The bug: commit_records (the import path of the embedding API) stored whatever
+    # authors and replicas the revisions named, with nobody logged in too: a revision by
+    # an account that never logged in here waited in the outbox for ever, refused by the
+    # server, and one by a colleague who did log in here was taken in their name.
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")  # dr.a enrolled it, logged in
+    try:
+        record_id = await laptop.create_record()
+        await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
+        await laptop.login_offline("dr.a", PASSWORD)  # dr.b logged in here once; dr.a now
+
+        async def edited(author: str, replica: str | None = None) -> tuple[Record, bytes]:
+            stored = await laptop.store.load(record_id)
+            assert stored is not None
+            chart = Record.from_update(record_id, stored, replica=replica or laptop.replica_id)
+            seen = chart.state_vector()
+            chart.set("weightKg", 70, author=author)
+            return chart, chart.update_since(seen)
+
+        pending = (await laptop.status()).pending
+        for author, replica, error, match in (
+            ("dr.b", None, AuthorError, r"'dr\.b' is not the account logged in"),
+            ("dr.nobody", None, AuthorError, r"'dr\.nobody' is not the account logged in"),
+            ("dr.a", "laptop-elsewhere", InvalidInputError, "written on replica"),
+        ):
+            with pytest.raises(error, match=match):
+                await laptop.commit_records([await edited(author, replica)])
+            assert (await laptop.status()).pending == pending  # nothing stored
+        await laptop.logout()
+        with pytest.raises(NotLoggedInError):
+            await laptop.commit_records([await edited("dr.a")])
+        assert (await laptop.status()).pending == pending
+
+        await laptop.login_offline("dr.a", PASSWORD)
+        await laptop.commit_records([await edited("dr.a")])
+        assert (await laptop.status()).pending == pending + 1
+        assert (await laptop.sync()).uploaded == 1  # the server takes it as dr.a's
+        assert await _server_field(server, record_id, "weightKg") == 70
+    finally:
+        await laptop.close()
+        await server.close()
+
+
 async def test_a_refused_push_does_not_undo_a_password_login(tmp_path: Path) -> None:
     server = await start_server(tmp_path)
     laptop = await Replica.open(tmp_path / "laptop.db", username="dr.a", password=PASSWORD)

@@ -349,7 +349,10 @@ async def open_reader(path: str | Path) -> Reader:
             server := await open_server_store(path, accounts_only=True),
             await _identity(server, path),
         )
-    key = await laptop_key(path)
+    password = await database_password(path)
+    key = None
+    if password is not None:
+        key = await asyncio.to_thread(unlock_laptop_key, path, password)
     store = await SQLiteStore.open(
         path,
         create=False,
@@ -360,9 +363,12 @@ async def open_reader(path: str | Path) -> Reader:
         identity = await _identity(store, path)
         if identity.role == "server":
             return ServerReader(store, identity)
-        return LaptopReader(
-            await Replica.from_store(store, identity, rulebook=_rulebook, database_key=key)
+        # With the password: the login kept is the reader's only if it opens that
+        # user's copy of the key (see LaptopLogins.load).
+        replica = await Replica.from_store(
+            store, identity, rulebook=_rulebook, database_key=key, password=password
         )
+        return LaptopReader(replica)
     except BaseException:
         await store.close()
         raise

@@ -320,12 +320,31 @@ def copy_encrypted(source: Path, key: bytes | None, target: Path, new_key: bytes
         for pragma in AEGIS_SETTINGS
     )
     # The same key string as connect's (see _open). The URI stays in this process:
-    # it is a bound parameter, never logged.
+    # it is a bound parameter, never logged, and never in an error (below).
     target_uri = f"{target.resolve().as_uri()}?{settings}&key={new_key.hex()}"
+    failed: sqlite3.Error | None = None
     try:
         conn.execute("VACUUM INTO ?", (target_uri,))
+    except SQLITE_ERRORS as exc:
+        failed = _without_key(exc, target_uri, target, new_key)
     finally:
         conn.close()
+    if failed is not None:
+        # Raised outside the handler: SQLite names a file it cannot open by the whole
+        # URI, key included, and the original errors (chained, or as the context a
+        # traceback prints) would carry it into every log.
+        raise failed
+
+
+def _without_key(exc: sqlite3.Error, uri: str, target: Path, key: bytes) -> sqlite3.Error:
+    """An error of the same kind as ``exc``, its message naming ``target`` where it named
+    ``uri``, and never holding ``key``; SQLite's result code kept."""
+    message = str(exc).replace(uri, str(target)).replace(key.hex(), "<the key>")
+    error = type(exc)(message)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        error.sqlite_errorcode = code
+    return error
 
 
 def _open(

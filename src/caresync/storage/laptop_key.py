@@ -55,6 +55,7 @@ passwords are never stored, logged or shown.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import secrets
 import time
@@ -138,6 +139,18 @@ class LaptopKey:
         password replacing the old one), and save the key file. Blocks for one
         argon2id derivation: call it in a thread."""
         self.ring.add_user(username, password, self.key, params=self.params)
+
+    def opens_for(self, username: str, password: str) -> bool:
+        """Whether ``password`` (the one that unlocked this key) opens ``username``'s
+        copy too: two users who share a password are both who it names. Blocks for one
+        argon2id derivation (none when it is :attr:`unlocked_by`'s); not counted
+        against the guessing lock, since this password opened the database already."""
+        if username == self.unlocked_by:
+            return True
+        try:
+            return hmac.compare_digest(self.ring.unlock(username, password), self.key)
+        except (WrongPasswordError, KeyFileError, InvalidInputError):
+            return False
 
     def failures_recorded(self) -> None:
         """Say that :attr:`failed_logins` (and the dropped count) were recorded elsewhere,
