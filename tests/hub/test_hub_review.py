@@ -179,7 +179,7 @@ async def test_one_claim_on_sending_a_summary_and_a_closed_store_lets_go(
                 async with second.hub_sending("r2") as elsewhere:
                     assert elsewhere  # another record is another claim
                 if kind == "postgres":
-                    await first.close()  # the process is gone: so is its claim
+                    await first.close()  # its store closed: its claims go with it, at once
                     async with second.hub_sending("r1") as taken:
                         assert taken
             async with second.hub_sending("r1") as after:

@@ -239,6 +239,14 @@ class PostgresCore:
 
     async def close(self) -> None:
         """Close the store's connections. Closing twice is harmless."""
+        hub = self._hub_conn
+        if hub is not None and not hub.closed and not hub.broken:
+            # Let go of the hub claims before the connection goes: the server frees a
+            # closed session's locks only once its backend has exited, a moment after
+            # close() returns, so another process could still find a claim held.
+            with contextlib.suppress(psycopg.Error, TimeoutError):
+                async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                    await hub.execute("SELECT pg_advisory_unlock_all()")
         for extra in (self._lock_conn, self._listen_conn, self._hub_conn):
             if extra is not None:
                 with contextlib.suppress(psycopg.Error):
