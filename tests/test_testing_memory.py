@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.test_testing_harness_truth import (  # noqa: F401 - collected again, on memory
+    test_assert_converged_compares_the_conflicts_each_laptop_shows,
+    test_quiescent_waits_for_a_laptop_that_missed_that_the_server_went_back,
+    test_quiescent_waits_for_pushes_the_server_acknowledged_and_then_lost,
+)
 from tests.test_testing_plugin import (  # noqa: F401 - collected again, on memory
     test_a_conflict_made_offline_is_seen_alike_by_every_laptop_and_the_server,
     test_a_laptop_restarted_while_offline_keeps_its_unsynced_work,

@@ -35,6 +35,7 @@ from argon2 import PasswordHasher
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.exceptions import InvalidInputError
 from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
+from caresync.replication.epochs import FeedPosition
 from caresync.server import SyncServer
 from caresync.storage import SQLiteStore
 from caresync.testing.checks import Snapshot, describe_differences, lag, snapshot
@@ -124,7 +125,8 @@ class Laptop(Replica):
         self._live_task: asyncio.Task[None] | None = None
         self._live_stop: asyncio.Event | None = None
         self._error_seen = False
-        self._verified = 0  # feed entries up to here are known to be held
+        # Feed entries up to here (under this feed epoch) are known to be held.
+        self._verified = FeedPosition(0, None)
 
     def __repr__(self) -> str:
         switch = "online" if self.is_online else "offline"
@@ -593,8 +595,10 @@ class Clinic:
     async def quiescent(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait until every online laptop holds what the server holds, and vice versa.
 
-        That is: its outbox is empty (the server acknowledged every local change) and
-        it holds every entry of the server's change feed its organisation may see.
+        That is: its outbox is empty (the server acknowledged every local change, and
+        still holds them: a restored server may not) and it holds every entry of the
+        server's change feed its organisation may see (its checkpoint trusted only if
+        the server's feed still labels it so).
         Laptops in live mode are waited for, until they are ``ONLINE`` again too; the
         others are synced, one explicit round
         each, as often as needed (at most :data:`MAX_ROUNDS` rounds). Offline and
@@ -683,7 +687,8 @@ class Clinic:
     async def assert_converged(self, *laptops: Laptop) -> None:
         """Check that laptops (default: every online one) hold exactly what the server holds.
 
-        Compares every record's revision ids and open conflict ids with the server's
+        Compares every record's revision ids, the open conflicts the replica lists (as
+        its ``conflicts()`` lists them) and its conflict index rows with the server's
         records of the laptop's organisation; call it after :meth:`quiescent`. Raises
         :class:`NotConvergedError` listing the differences.
         """
