@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from caresync.testing import Clinic, Laptop, NotConvergedError
+from caresync.exceptions import InvalidInputError
+from caresync.testing import Clinic, ClinicFactory, Laptop, NotConvergedError
 
 
 async def value(laptop: Laptop, record_id: str, path: str) -> object:
@@ -84,3 +85,31 @@ async def test_assert_converged_compares_the_conflicts_each_laptop_shows(
     [line] = caught.value.differences["north"]
     assert f"record {record_id}" in line
     assert conflict.id in line
+
+
+async def test_laptops_not_of_this_clinic_and_bad_timeouts_are_refused_saying_why(
+    clinic_factory: ClinicFactory,
+) -> None:
+    clinic = await clinic_factory("clinic")
+    other = await clinic_factory("other")
+    north = await clinic.laptop("north")
+    foreign = await other.laptop("foreign")
+    await foreign.set(await foreign.create_record(), "name", "Awa")
+    # Another clinic's laptop is not compared with this clinic's server, nor logged in here.
+    with pytest.raises(InvalidInputError, match="'foreign' is not a laptop of this clinic"):
+        await clinic.assert_converged(foreign)
+    with pytest.raises(InvalidInputError, match="'foreign' is not a laptop of this clinic"):
+        await clinic.log_in(foreign, "dr.new")
+    with pytest.raises(InvalidInputError, match="not a laptop of this clinic: 'north'"):
+        await clinic.assert_converged("north")  # type: ignore[arg-type]
+    # The object reopen() replaced is closed: the message names the one to use.
+    again = await clinic.reopen("north")
+    with pytest.raises(InvalidInputError, match=r"reopened.*clinic\.laptops\['north'\]"):
+        await clinic.assert_converged(north)
+    with pytest.raises(InvalidInputError, match=r"reopened.*clinic\.laptops\['north'\]"):
+        await clinic.log_in(north, "dr.new")
+    await clinic.assert_converged(again)
+    for bad in (0, -1, "5", float("nan"), True):
+        with pytest.raises(InvalidInputError, match="timeout must be a positive number"):
+            await clinic.quiescent(timeout=bad)  # type: ignore[arg-type]
+    await clinic.quiescent(timeout=5)

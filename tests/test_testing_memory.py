@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from tests.test_testing_harness_truth import (  # noqa: F401 - collected again, on memory
     test_assert_converged_compares_the_conflicts_each_laptop_shows,
+    test_laptops_not_of_this_clinic_and_bad_timeouts_are_refused_saying_why,
     test_quiescent_waits_for_a_laptop_that_missed_that_the_server_went_back,
     test_quiescent_waits_for_pushes_the_server_acknowledged_and_then_lost,
 )

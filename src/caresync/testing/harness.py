@@ -328,8 +328,7 @@ class Clinic:
         for label, text in (("organisation", organisation), ("user", user), ("password", password)):
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInputError(f"the clinic's {label} must be a non-empty string")
-        if not isinstance(timeout, int | float) or not timeout > 0:
-            raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout}")
+        timeout = _checked_timeout(timeout)
         self.directory = Path(directory)
         self.organisation = organisation
         self.user = user
@@ -530,10 +529,32 @@ class Clinic:
         The laptop must be online and not in live mode. Afterwards the clinician can
         also log in there offline (``laptop.login_offline(username, clinic.password)``).
         """
+        self._own(laptop)
         org = laptop.identity.organisation or self.organisation
         if (org, username) not in self._users:
             await self.add_user(username, organisation=org)
         await laptop.login(username, self.password, organisation=org, url=laptop.link.url)
+
+    def _own(self, laptop: object) -> Laptop:
+        """``laptop`` if it is one of this clinic's laptops as they are now; else an
+        InvalidInputError saying which object to pass."""
+        if isinstance(laptop, Laptop):
+            current = self._laptops.get(laptop.name)
+            if current is laptop:
+                return laptop
+            if current is not None and current._link is laptop._link:
+                raise InvalidInputError(
+                    f"laptop {laptop.name!r} was reopened and this object closed: use the "
+                    f"Laptop reopen() returned (clinic.laptops[{laptop.name!r}])"
+                )
+            raise InvalidInputError(
+                f"laptop {laptop.name!r} is not a laptop of this clinic (another clinic "
+                "made it): pass a Laptop this clinic's laptop() made"
+            )
+        raise InvalidInputError(
+            f"not a laptop of this clinic: {laptop!r} (pass the Laptop objects "
+            "clinic.laptop() returned, e.g. clinic.laptops[name])"
+        )
 
     async def reopen(self, name: str, *, live: bool = False) -> Laptop:
         """Close a laptop's database and open it again, as when its application restarts.
@@ -607,7 +628,7 @@ class Clinic:
         raises at once what a laptop's sync or live mode raised.
         """
         server = self.server
-        limit = self.timeout if timeout is None else timeout
+        limit = self.timeout if timeout is None else _checked_timeout(timeout)
         try:
             async with asyncio.timeout(limit) as deadline:
                 await self._settle(server)
@@ -693,9 +714,10 @@ class Clinic:
         :class:`NotConvergedError` listing the differences.
         """
         server = self.server
+        checked = [self._own(laptop) for laptop in laptops] or self._settling()
         expected: dict[str | None, Snapshot] = {}
         differences: dict[str, list[str]] = {}
-        for laptop in laptops or tuple(self._settling()):
+        for laptop in checked:
             organisation = laptop.identity.organisation
             if organisation not in expected:
                 expected[organisation] = await snapshot(
@@ -711,6 +733,13 @@ class Clinic:
             raise NotConvergedError(
                 "laptops differ from the server: " + _listing(listing), differences
             )
+
+
+def _checked_timeout(timeout: object) -> float:
+    """A wait's bound in seconds: a positive number (not a bool, not NaN)."""
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
+        raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 def _listing(by_laptop: Mapping[str, str]) -> str:
