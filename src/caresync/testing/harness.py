@@ -26,6 +26,7 @@ import contextlib
 import re
 import shutil
 import types
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,9 @@ class Clinic:
     ``transport`` is ``"websocket"`` (default: sockets on 127.0.0.1, each link a TCP
     relay) or ``"memory"`` (a :class:`~caresync.transport.MemoryNetwork`, no sockets);
     ``delay`` (memory only) holds every frame that many seconds, both ways.
+    ``network`` (memory only) is a network to share with other clinics, so that a laptop
+    of one can be sent to another's server: each server listens there under its own
+    name (the first ``server``); by default a clinic has a network of its own.
     ``password_hasher`` hashes the accounts' passwords on the server and the offline-login
     hash on each laptop: :data:`TEST_PASSWORD_HASHER` unless given (``PasswordHasher()``
     for production's cost).
@@ -320,11 +324,16 @@ class Clinic:
         transport: str = "websocket",
         delay: float = 0.0,
         password_hasher: PasswordHasher = TEST_PASSWORD_HASHER,
+        network: MemoryNetwork | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise InvalidInputError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         if delay and transport != "memory":
             raise InvalidInputError("a delay needs transport='memory' (sockets take their own)")
+        if network is not None and (
+            transport != "memory" or not isinstance(network, MemoryNetwork)
+        ):
+            raise InvalidInputError("network must be a MemoryNetwork, with transport='memory'")
         for label, text in (("organisation", organisation), ("user", user), ("password", password)):
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInputError(f"the clinic's {label} must be a non-empty string")
@@ -339,9 +348,15 @@ class Clinic:
         self.password_hasher = password_hasher
         self.timeout = float(timeout)
         self.transport = transport
-        self.network: MemoryNetwork | None = (
-            MemoryNetwork(delay=delay) if transport == "memory" else None
-        )
+        self._link_delay: float | None = None  # a shared network's links take the clinic's
+        self._host = "server"
+        if network is not None:
+            self._link_delay = delay or None
+            self._host = _claim_host(network, self.directory.name)
+        elif transport == "memory":
+            network = MemoryNetwork(delay=delay)
+            _claim_host(network, self.directory.name)
+        self.network: MemoryNetwork | None = network
         """The in-memory network (``transport="memory"`` only)."""
         self._server: SyncServer | None = None
         self._port = 0
@@ -393,7 +408,7 @@ class Clinic:
         )
         try:
             if self.network is not None:  # the same name again: links find it as they were
-                await server.listen(self.network.host("server"))
+                await server.listen(self.network.host(self._host))
             else:
                 self._port = (await server.serve("127.0.0.1", 0)).port
         except BaseException:
@@ -502,9 +517,11 @@ class Clinic:
         async with contextlib.AsyncExitStack() as undo:
             link: Link | MemoryLink
             if self.network is not None:
-                if name in self.network.links:  # pragma: no cover - names are unique above
-                    raise InvalidInputError(f"this clinic already has a link named {name!r}")
-                link = self.network.link(name)
+                link = self.network.link(
+                    _link_name(self.network, self._host, name),
+                    to=self._host,
+                    delay=self._link_delay,
+                )
             else:
                 link = await Link.open("127.0.0.1", port)
             undo.push_async_callback(link.close)
@@ -733,6 +750,35 @@ class Clinic:
             raise NotConvergedError(
                 "laptops differ from the server: " + _listing(listing), differences
             )
+
+
+_HOSTS: weakref.WeakKeyDictionary[MemoryNetwork, set[str]] = weakref.WeakKeyDictionary()
+"""The server names clinics took on each network (a stopped server keeps its name)."""
+
+
+def _claim_host(network: MemoryNetwork, directory_name: str) -> str:
+    """A name for a clinic's server on ``network`` no other clinic took: ``server`` first,
+    then the clinic's directory name (``clinic_factory("second")``: ``memory://second``)."""
+    taken = _HOSTS.setdefault(network, set())
+    candidates = ["server", directory_name]
+    candidates += [f"server-{n}" for n in range(2, len(taken) + 3)]
+    for name in candidates:
+        if _NAME.fullmatch(name) and name not in taken and not network.listening(name):
+            taken.add(name)
+            return name
+    raise AssertionError("unreachable: more candidates than names taken")  # pragma: no cover
+
+
+def _link_name(network: MemoryNetwork, host: str, laptop: str) -> str:
+    """The laptop's name, or, where another clinic's laptop of that name shares the
+    network, ``<server name>.<laptop>``: a network gives one link per name."""
+    for name in (laptop, f"{host}.{laptop}"):
+        if _NAME.fullmatch(name) and name not in network.links:
+            return name
+    raise InvalidInputError(
+        f"another clinic on this network has a laptop named {laptop!r}, and "
+        f"{host}.{laptop} is not a link name either: name this laptop otherwise"
+    )
 
 
 def _checked_timeout(timeout: object) -> float:
