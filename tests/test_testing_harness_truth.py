@@ -10,9 +10,12 @@ and laptops on SQLite files; collected again on the in-memory channel by
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from caresync.exceptions import InvalidInputError
+from caresync.storage.base import IncomingUpdate
 from caresync.testing import Clinic, ClinicFactory, Laptop, NotConvergedError
 
 
@@ -113,3 +116,37 @@ async def test_laptops_not_of_this_clinic_and_bad_timeouts_are_refused_saying_wh
         with pytest.raises(InvalidInputError, match="timeout must be a positive number"):
             await clinic.quiescent(timeout=bad)  # type: ignore[arg-type]
     await clinic.quiescent(timeout=5)
+
+
+async def test_a_push_the_server_acknowledged_but_did_not_store_fails_assert_converged(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    north = await clinic.laptop("north")
+    south = await clinic.laptop("south", live=True)
+    record_id = await north.create_record()
+    await clinic.quiescent()
+    # A fault injected into the server's store: the first update of the next push is
+    # acknowledged (and counted in the server's push mark) but never stored.
+    store = clinic.server.store
+    write_remote = store.write_remote
+    dropped: list[str] = []
+
+    async def dropping(items: list[IncomingUpdate], **options: Any) -> list[int]:
+        if options.get("origin") and not dropped and len(items) > 1:
+            dropped.append(items[0].record_id)
+            return [0, *await write_remote(items[1:], **options)]
+        return await write_remote(items, **options)
+
+    monkeypatch.setattr(store, "write_remote", dropping)
+    north.offline()
+    await north.set(record_id, "name", "Mariama Diop")
+    await north.set(record_id, "sex", "female")
+    north.online()
+    await clinic.quiescent()  # nothing is in flight: what the server lost is lost
+    assert dropped == [record_id]
+    assert (await north.status()).pending == 0
+    await clinic.assert_converged(south)  # south holds what the server holds
+    with pytest.raises(NotConvergedError) as caught:
+        await clinic.assert_converged()
+    assert list(caught.value.differences) == ["north"]
+    assert "the server lacks" in caught.value.differences["north"][0]
