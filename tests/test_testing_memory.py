@@ -3,8 +3,9 @@
 The ``caresync_transport`` fixture is overridden here, so the ``clinic`` fixtures make
 clinics on a :class:`~caresync.transport.MemoryNetwork`; the plugin's own tests
 (imported below, collected again in this module) then cut links, reconnect, run live
-laptops and check convergence over memory. Two of them are about sockets and stay
-websocket-only: the link's own address, and a laptop sent to a second clinic's port.
+laptops and check convergence over memory. One is about sockets and stays
+websocket-only: the link's own address. (A laptop sent to a second clinic's server runs
+here too: the clinics of one test share a network, each server under its own name.)
 Real parts otherwise: SyncServer and replicas on SQLite files. Nothing sleeps.
 """
 
@@ -16,8 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.test_testing_harness_truth import (  # noqa: F401 - collected again, on memory
+    test_assert_converged_compares_the_conflicts_each_laptop_shows,
+    test_laptops_not_of_this_clinic_and_bad_timeouts_are_refused_saying_why,
+    test_quiescent_waits_for_a_laptop_that_missed_that_the_server_went_back,
+    test_quiescent_waits_for_pushes_the_server_acknowledged_and_then_lost,
+)
 from tests.test_testing_plugin import (  # noqa: F401 - collected again, on memory
     test_a_conflict_made_offline_is_seen_alike_by_every_laptop_and_the_server,
+    test_a_laptop_refuses_another_clinics_server,
     test_a_laptop_restarted_while_offline_keeps_its_unsynced_work,
     test_a_laptop_whose_live_mode_fails_makes_quiescent_raise_why,
     test_assert_converged_lists_what_a_laptop_holds_that_the_server_lacks,
@@ -32,8 +40,8 @@ from tests.test_testing_plugin import (  # noqa: F401 - collected again, on memo
 
 from caresync import ConnectionLostError, InvalidInputError
 from caresync.replica import ReplicaState
-from caresync.testing import Clinic
-from caresync.transport import MemoryLink
+from caresync.testing import Clinic, ClinicFactory
+from caresync.transport import MemoryLink, MemoryNetwork
 
 LIMIT_S = 20.0
 
@@ -139,3 +147,35 @@ def test_the_plugin_option_and_ini_key_choose_the_transport(tmp_path: Path) -> N
     done = _pytest(tmp_path, ini="caresync_transport = pigeon\n")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "caresync_transport must be websocket or memory" in done.stdout
+
+
+async def test_the_clinics_of_a_test_share_a_network_each_server_under_its_own_name(
+    clinic_factory: ClinicFactory, tmp_path: Path
+) -> None:
+    for bad in (dict(network=MemoryNetwork()), dict(transport="memory", network="memory")):
+        with pytest.raises(InvalidInputError, match="network must be a MemoryNetwork"):
+            Clinic(tmp_path / "bad", **bad)  # type: ignore[arg-type]
+    first = await clinic_factory("first")
+    second = await clinic_factory("second", organisation="other", user="dr.other")
+    assert first.network is not None
+    assert first.network is second.network
+    assert first.url == "memory://server"  # the first keeps the name a lone clinic has
+    assert second.url == "memory://second"
+    # A laptop name may be used in both clinics: each reaches its own server.
+    mine, theirs = await first.laptop("north"), await second.laptop("north")
+    assert mine.link is not theirs.link
+    assert mine.identity.server_url == first.url
+    assert theirs.identity.server_url == second.url
+    record_id = await theirs.create_record()
+    await second.quiescent()
+    assert await second.server.store.has_record(record_id)
+    assert not await first.server.store.has_record(record_id)
+    # The link of one clinic's laptop is cut alone.
+    theirs.offline()
+    assert mine.link.up
+    assert (await mine.sync()).uploaded == 0
+    await second.restart_server()  # back under its own name
+    assert second.url == "memory://second"
+    theirs.online()
+    await second.quiescent()
+    await second.assert_converged()

@@ -165,6 +165,9 @@ class EditReport:
 
     writes: list[tuple[str, str, JSONValue]] = field(default_factory=list)
     """(record id, path, value) per value written, each committed when it was logged."""
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)
+    """(record id, revision id, conflict id) per decision made (a resolution or an
+    acknowledgement: the revision its call returned), each committed when it was logged."""
     resolved: int = 0
 
 
@@ -285,8 +288,9 @@ class LaptopShare:
         if resolves:
             # Awaited first, then added: ``report.resolved += await ...`` reads the count
             # before the await, and laptops editing side by side then lose each other's.
-            resolved = await self._resolve(laptop, author, rng)
-            report.resolved += resolved
+            decisions = await self._resolve(laptop, author, rng)
+            report.decisions.extend(decisions)
+            report.resolved += len(decisions)
         for edit in edits:
             rid = self.scenario.patients[edit.patient].record_id
             if edit.op == "set":
@@ -304,22 +308,25 @@ class LaptopShare:
                     report.writes.append((rid, f"{edit.path}/{entry_id}/{name}", value))
             self.advance(1)
 
-    async def _resolve(self, laptop: Replica, author: str, rng: random.Random) -> int:
-        """Settle the first few conflicts this laptop sees, as a clinician would, offline."""
+    async def _resolve(
+        self, laptop: Replica, author: str, rng: random.Random
+    ) -> list[tuple[str, str, str]]:
+        """Settle the first few conflicts this laptop sees, as a clinician would, offline;
+        each decision as (record id, revision id, conflict id), for the oracle."""
         conflicts = sorted(await laptop.conflicts(), key=settling_order)
-        resolved = 0
+        decisions: list[tuple[str, str, str]] = []
         for conflict in conflicts[:RESOLUTIONS_PER_RESOLVER]:
             try:
                 if conflict.kind is ConflictKind.FIELD or conflict.severity is Severity.BLOCK:
                     order = candidate_order(conflict)
                     choice = order[rng.randrange(len(order))]
-                    await laptop.resolve(conflict.id, choose=choice, author=author)
+                    made = await laptop.resolve(conflict.id, choose=choice, author=author)
                 else:
-                    await laptop.acknowledge(conflict.id, author=author)
+                    made = await laptop.acknowledge(conflict.id, author=author)
             except UnknownConflictError:
                 continue  # settling an earlier one settled this one too
-            resolved += 1
-        return resolved
+            decisions.append((conflict.record_id, made.id, conflict.id))
+        return decisions
 
     async def sync(self, indices: Iterable[int], pull: bool = True) -> tuple[int, int]:
         """One sync of each of this share's laptops among ``indices``, several at once

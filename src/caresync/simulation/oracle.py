@@ -20,7 +20,8 @@ where it is wide and thorough where it is narrow:
    the server's stands for the digest; any other laptop's digest is read here.
 2. **The server, in full.** Every record is loaded once; every value the
    oracle logged must be one of its revisions (current, candidate or history:
-   promise 1), the conflicts the rulebook computes must be exactly the indexed
+   promise 1), and so must every decision's revision (logged by id: the value a
+   decision chooses exists already), the conflicts the rulebook computes must be exactly the indexed
    ones, and the stored state vector must be the document's.
 3. **A seeded sample of laptops, in full**, held to the same standard and
    compared with the server field by field (heads, conflicts, revision ids).
@@ -349,10 +350,17 @@ class Oracle:
     def __init__(self, rulebook: Rulebook) -> None:
         self.rulebook = rulebook
         self._written: dict[str, set[tuple[str, str]]] = {}
+        self._decided: dict[str, dict[str, str]] = {}
 
     def wrote(self, record_id: str, path: str, value: JSONValue) -> None:
         """Log that ``value`` was written at ``path`` of record ``record_id``."""
         self._written.setdefault(record_id, set()).add((path, canonical_json(value)))
+
+    def decided(self, record_id: str, revision_id: str, conflict_id: str) -> None:
+        """Log that a decision on ``conflict_id`` (a resolution or an acknowledgement)
+        wrote revision ``revision_id`` to record ``record_id``: the revision its call
+        returned. Checked by id, since the value it chose exists already (a candidate)."""
+        self._decided.setdefault(record_id, {})[revision_id] = conflict_id
 
     @property
     def values_logged(self) -> int:
@@ -360,7 +368,9 @@ class Oracle:
         return sum(len(values) for values in self._written.values())
 
     def lost(self, replicas: Iterable[Mapping[str, Record]]) -> list[tuple[str, str, str]]:
-        """Logged values found in none of ``replicas``' records, as (record, path, value)."""
+        """Logged values found in none of ``replicas``' records, as (record, path, value);
+        then logged decisions whose revision none holds, as (record, "decision",
+        "<revision id> on conflict <id>")."""
         replicas = list(replicas)
         lost: list[tuple[str, str, str]] = []
         for record_id, values in sorted(self._written.items()):
@@ -370,6 +380,16 @@ class Oracle:
                 if record is not None:
                     reachable.update((rev.path, rev.value_key) for rev in record.revisions())
             lost.extend((record_id, path, value) for path, value in sorted(values - reachable))
+        for record_id, decisions in sorted(self._decided.items()):
+            held: set[str] = set()
+            for records in replicas:
+                record = records.get(record_id)
+                if record is not None:
+                    held.update(rev.id for rev in record.revisions())
+            lost.extend(
+                (record_id, "decision", f"{revision_id} on conflict {decisions[revision_id]}")
+                for revision_id in sorted(decisions.keys() - held)
+            )
         return lost
 
     async def check(

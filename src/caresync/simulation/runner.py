@@ -212,6 +212,8 @@ class _Run:
                 for report in await self._laptops("edit", None, round_.index):
                     for rid, path, value in report.writes:
                         self.oracle.wrote(rid, path, value)
+                    for rid, revision_id, conflict_id in report.decisions:
+                        self.oracle.decided(rid, revision_id, conflict_id)
                     result.conflicts_resolved += report.resolved
                 online = sorted(round_.online)
                 # The online laptops push, all of them, before any pulls: each then pulls

@@ -17,6 +17,7 @@ import pytest
 if TYPE_CHECKING:
     from caresync.conflicts import Rulebook
     from caresync.testing.harness import Clinic
+    from caresync.transport import MemoryNetwork
 
 __all__ = [
     "MISSING_ASYNCIO",
@@ -178,15 +179,21 @@ async def clinic_factory(
     """Make started clinics in ``tmp_path``; all are closed after the test."""
     from caresync.exceptions import InvalidInputError
     from caresync.testing.harness import Clinic
+    from caresync.transport import MemoryNetwork
 
     made: dict[str, Clinic] = {}
     transport = caresync_transport
+    networks: list[MemoryNetwork] = []  # one for the test's clinics on memory, made once
 
     async def make(name: str = "clinic", **options: Any) -> Clinic:
         if name in made:
             raise InvalidInputError(f"this test already has a clinic named {name!r}")
         options.setdefault("rulebook", caresync_rulebook)
         options.setdefault("transport", transport)
+        if options["transport"] == "memory" and "network" not in options:
+            # Shared: a laptop sent to another clinic's server reaches it, as on sockets.
+            networks[:] = networks or [MemoryNetwork()]
+            options["network"] = networks[0]
         clinic = Clinic(tmp_path / name, **options)
         await clinic.start()
         made[name] = clinic

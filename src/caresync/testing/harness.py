@@ -26,6 +26,7 @@ import contextlib
 import re
 import shutil
 import types
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from argon2 import PasswordHasher
 from caresync.conflicts import DEFAULT_RULEBOOK, Rulebook
 from caresync.exceptions import InvalidInputError
 from caresync.replica import Replica, ReplicaState, SyncLimits, backoff_delays
+from caresync.replication.epochs import FeedPosition
 from caresync.server import SyncServer
 from caresync.storage import SQLiteStore
 from caresync.testing.checks import Snapshot, describe_differences, lag, snapshot
@@ -124,7 +126,8 @@ class Laptop(Replica):
         self._live_task: asyncio.Task[None] | None = None
         self._live_stop: asyncio.Event | None = None
         self._error_seen = False
-        self._verified = 0  # feed entries up to here are known to be held
+        # Feed entries up to here (under this feed epoch) are known to be held.
+        self._verified = FeedPosition(0, None)
 
     def __repr__(self) -> str:
         switch = "online" if self.is_online else "offline"
@@ -301,6 +304,9 @@ class Clinic:
     ``transport`` is ``"websocket"`` (default: sockets on 127.0.0.1, each link a TCP
     relay) or ``"memory"`` (a :class:`~caresync.transport.MemoryNetwork`, no sockets);
     ``delay`` (memory only) holds every frame that many seconds, both ways.
+    ``network`` (memory only) is a network to share with other clinics, so that a laptop
+    of one can be sent to another's server: each server listens there under its own
+    name (the first ``server``); by default a clinic has a network of its own.
     ``password_hasher`` hashes the accounts' passwords on the server and the offline-login
     hash on each laptop: :data:`TEST_PASSWORD_HASHER` unless given (``PasswordHasher()``
     for production's cost).
@@ -318,16 +324,20 @@ class Clinic:
         transport: str = "websocket",
         delay: float = 0.0,
         password_hasher: PasswordHasher = TEST_PASSWORD_HASHER,
+        network: MemoryNetwork | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise InvalidInputError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         if delay and transport != "memory":
             raise InvalidInputError("a delay needs transport='memory' (sockets take their own)")
+        if network is not None and (
+            transport != "memory" or not isinstance(network, MemoryNetwork)
+        ):
+            raise InvalidInputError("network must be a MemoryNetwork, with transport='memory'")
         for label, text in (("organisation", organisation), ("user", user), ("password", password)):
             if not isinstance(text, str) or not text.strip():
                 raise InvalidInputError(f"the clinic's {label} must be a non-empty string")
-        if not isinstance(timeout, int | float) or not timeout > 0:
-            raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout}")
+        timeout = _checked_timeout(timeout)
         self.directory = Path(directory)
         self.organisation = organisation
         self.user = user
@@ -338,9 +348,15 @@ class Clinic:
         self.password_hasher = password_hasher
         self.timeout = float(timeout)
         self.transport = transport
-        self.network: MemoryNetwork | None = (
-            MemoryNetwork(delay=delay) if transport == "memory" else None
-        )
+        self._link_delay: float | None = None  # a shared network's links take the clinic's
+        self._host = "server"
+        if network is not None:
+            self._link_delay = delay or None
+            self._host = _claim_host(network, self.directory.name)
+        elif transport == "memory":
+            network = MemoryNetwork(delay=delay)
+            _claim_host(network, self.directory.name)
+        self.network: MemoryNetwork | None = network
         """The in-memory network (``transport="memory"`` only)."""
         self._server: SyncServer | None = None
         self._port = 0
@@ -392,7 +408,7 @@ class Clinic:
         )
         try:
             if self.network is not None:  # the same name again: links find it as they were
-                await server.listen(self.network.host("server"))
+                await server.listen(self.network.host(self._host))
             else:
                 self._port = (await server.serve("127.0.0.1", 0)).port
         except BaseException:
@@ -501,9 +517,11 @@ class Clinic:
         async with contextlib.AsyncExitStack() as undo:
             link: Link | MemoryLink
             if self.network is not None:
-                if name in self.network.links:  # pragma: no cover - names are unique above
-                    raise InvalidInputError(f"this clinic already has a link named {name!r}")
-                link = self.network.link(name)
+                link = self.network.link(
+                    _link_name(self.network, self._host, name),
+                    to=self._host,
+                    delay=self._link_delay,
+                )
             else:
                 link = await Link.open("127.0.0.1", port)
             undo.push_async_callback(link.close)
@@ -528,10 +546,32 @@ class Clinic:
         The laptop must be online and not in live mode. Afterwards the clinician can
         also log in there offline (``laptop.login_offline(username, clinic.password)``).
         """
+        self._own(laptop)
         org = laptop.identity.organisation or self.organisation
         if (org, username) not in self._users:
             await self.add_user(username, organisation=org)
         await laptop.login(username, self.password, organisation=org, url=laptop.link.url)
+
+    def _own(self, laptop: object) -> Laptop:
+        """``laptop`` if it is one of this clinic's laptops as they are now; else an
+        InvalidInputError saying which object to pass."""
+        if isinstance(laptop, Laptop):
+            current = self._laptops.get(laptop.name)
+            if current is laptop:
+                return laptop
+            if current is not None and current._link is laptop._link:
+                raise InvalidInputError(
+                    f"laptop {laptop.name!r} was reopened and this object closed: use the "
+                    f"Laptop reopen() returned (clinic.laptops[{laptop.name!r}])"
+                )
+            raise InvalidInputError(
+                f"laptop {laptop.name!r} is not a laptop of this clinic (another clinic "
+                "made it): pass a Laptop this clinic's laptop() made"
+            )
+        raise InvalidInputError(
+            f"not a laptop of this clinic: {laptop!r} (pass the Laptop objects "
+            "clinic.laptop() returned, e.g. clinic.laptops[name])"
+        )
 
     async def reopen(self, name: str, *, live: bool = False) -> Laptop:
         """Close a laptop's database and open it again, as when its application restarts.
@@ -593,8 +633,10 @@ class Clinic:
     async def quiescent(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Wait until every online laptop holds what the server holds, and vice versa.
 
-        That is: its outbox is empty (the server acknowledged every local change) and
-        it holds every entry of the server's change feed its organisation may see.
+        That is: its outbox is empty (the server acknowledged every local change, and
+        still holds them: a restored server may not) and it holds every entry of the
+        server's change feed its organisation may see (its checkpoint trusted only if
+        the server's feed still labels it so).
         Laptops in live mode are waited for, until they are ``ONLINE`` again too; the
         others are synced, one explicit round
         each, as often as needed (at most :data:`MAX_ROUNDS` rounds). Offline and
@@ -603,7 +645,7 @@ class Clinic:
         raises at once what a laptop's sync or live mode raised.
         """
         server = self.server
-        limit = self.timeout if timeout is None else timeout
+        limit = self.timeout if timeout is None else _checked_timeout(timeout)
         try:
             async with asyncio.timeout(limit) as deadline:
                 await self._settle(server)
@@ -683,14 +725,16 @@ class Clinic:
     async def assert_converged(self, *laptops: Laptop) -> None:
         """Check that laptops (default: every online one) hold exactly what the server holds.
 
-        Compares every record's revision ids and open conflict ids with the server's
+        Compares every record's revision ids, the open conflicts the replica lists (as
+        its ``conflicts()`` lists them) and its conflict index rows with the server's
         records of the laptop's organisation; call it after :meth:`quiescent`. Raises
         :class:`NotConvergedError` listing the differences.
         """
         server = self.server
+        checked = [self._own(laptop) for laptop in laptops] or self._settling()
         expected: dict[str | None, Snapshot] = {}
         differences: dict[str, list[str]] = {}
-        for laptop in laptops or tuple(self._settling()):
+        for laptop in checked:
             organisation = laptop.identity.organisation
             if organisation not in expected:
                 expected[organisation] = await snapshot(
@@ -706,6 +750,42 @@ class Clinic:
             raise NotConvergedError(
                 "laptops differ from the server: " + _listing(listing), differences
             )
+
+
+_HOSTS: weakref.WeakKeyDictionary[MemoryNetwork, set[str]] = weakref.WeakKeyDictionary()
+"""The server names clinics took on each network (a stopped server keeps its name)."""
+
+
+def _claim_host(network: MemoryNetwork, directory_name: str) -> str:
+    """A name for a clinic's server on ``network`` no other clinic took: ``server`` first,
+    then the clinic's directory name (``clinic_factory("second")``: ``memory://second``)."""
+    taken = _HOSTS.setdefault(network, set())
+    candidates = ["server", directory_name]
+    candidates += [f"server-{n}" for n in range(2, len(taken) + 3)]
+    for name in candidates:
+        if _NAME.fullmatch(name) and name not in taken and not network.listening(name):
+            taken.add(name)
+            return name
+    raise AssertionError("unreachable: more candidates than names taken")  # pragma: no cover
+
+
+def _link_name(network: MemoryNetwork, host: str, laptop: str) -> str:
+    """The laptop's name, or, where another clinic's laptop of that name shares the
+    network, ``<server name>.<laptop>``: a network gives one link per name."""
+    for name in (laptop, f"{host}.{laptop}"):
+        if _NAME.fullmatch(name) and name not in network.links:
+            return name
+    raise InvalidInputError(
+        f"another clinic on this network has a laptop named {laptop!r}, and "
+        f"{host}.{laptop} is not a link name either: name this laptop otherwise"
+    )
+
+
+def _checked_timeout(timeout: object) -> float:
+    """A wait's bound in seconds: a positive number (not a bool, not NaN)."""
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
+        raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 def _listing(by_laptop: Mapping[str, str]) -> str:
