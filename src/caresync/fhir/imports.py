@@ -7,16 +7,19 @@ importing person. Nothing here touches a database: the shell
 (:mod:`caresync.fhir.shell`) commits every record of a file in one transaction.
 
 Which record a Patient is: the value of its caresync record-id identifier, else
-a UUID derived from its ``id`` (or its entry's ``fullUrl``), so importing the
-same file twice updates the same record. Which entry a resource is: its
-caresync entry-id identifier, else an id derived the same way.
+a UUID derived from its ``id`` (or its entry's ``fullUrl``) and, on an enrolled
+replica, its organisation, so importing the same file twice updates the same
+record, and two organisations' ``Patient/1`` are two records (one of another
+organisation's id would be refused at every push, holding back the outbox).
+Which entry a resource is: its caresync entry-id identifier, else an id derived
+the same way.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +74,15 @@ class ImportPlan:
     """Record ids the file names without the organisation they belong to (an export from
     before organisations were written, another tool): imported only over a record this
     replica holds, since another organisation's would be refused at every push."""
+    organisation: str | None = None
+    """The organisation the plan was made for (``charts_from_resources``)."""
+    resources: Sequence[FoundResource] = field(default=(), repr=False, compare=False)
+    """The resources it was made of: the shell plans them again for a replica of another
+    organisation, or one that holds records of :attr:`earlier`."""
+    earlier: frozenset[str] = frozenset()
+    """The ids earlier imports derived for the file's Patients of no caresync record id,
+    from their id alone (before the organisation went into them): planned again with
+    those a replica holds as ``held``, the file updates the records those imports made."""
 
 
 @dataclass(slots=True)
@@ -155,7 +167,9 @@ def _local_name(found: FoundResource) -> str:
     )
 
 
-def _record_id(found: FoundResource, organisation: str | None) -> tuple[str, bool]:
+def _record_id(
+    found: FoundResource, organisation: str | None, held: Container[str]
+) -> tuple[str, bool]:
     """The record a Patient is, and whether its id is derived (not the file's own)."""
     own = _identifier(found.resource, RECORD_SYSTEM)
     if own is not None:
@@ -171,7 +185,19 @@ def _record_id(found: FoundResource, organisation: str | None) -> tuple[str, boo
             # whose id also names us: two organisations importing it get two records.
             return str(_derived_id("record", organisation, assigner, own)), True
         return own, False
-    return str(_derived_id("Patient", _local_name(found))), True
+    earlier = _earlier_id(found)
+    if organisation is None or earlier in held:
+        return earlier, True
+    # The organisation in it: two organisations' Patient/1 (ids are local to each source)
+    # are two records. One id for both would be the first importer's record, and the
+    # other's creation refused at every push, holding back everything after it.
+    return str(_derived_id("Patient", organisation, _local_name(found))), True
+
+
+def _earlier_id(found: FoundResource) -> str:
+    """The id derived from the Patient's id alone: a replica of no organisation's, and
+    what every import made before the organisation went into it."""
+    return str(_derived_id("Patient", _local_name(found)))
 
 
 def _assigner(resource: Resource) -> str | None:
@@ -310,14 +336,21 @@ def _refuse_constant(name: str) -> object:
 
 
 def charts_from_resources(
-    found: Sequence[FoundResource], *, organisation: str | None = None
+    found: Sequence[FoundResource],
+    *,
+    organisation: str | None = None,
+    held: Container[str] = frozenset(),
 ) -> ImportPlan:
     """One chart per Patient of validated ``found`` resources (InvalidFhirError if they do
     not make charts: a resource of no Patient, two Patients for one record, ...).
 
     ``organisation``: the importing replica's; a Patient whose caresync record id another
-    organisation assigned becomes a record of its own (an id derived from that one)."""
+    organisation assigned becomes a record of its own (an id derived from that one), and
+    a Patient of no caresync record id a record whose id is derived from its id and the
+    organisation, unless its earlier id (:attr:`ImportPlan.earlier`) is in ``held``
+    (record ids the replica holds)."""
     derived_ids: set[str] = set()
+    earlier: set[str] = set()
     unassigned: set[str] = set()
     patients: dict[str, str] = {}  # reference -> record id
     patient_found: dict[str, FoundResource] = {}
@@ -325,9 +358,11 @@ def charts_from_resources(
     for item in found:
         if item.resource.get("resourceType") != "Patient":
             continue
-        record_id, derived_id = _record_id(item, organisation)
+        record_id, derived_id = _record_id(item, organisation, held)
         if derived_id:
             derived_ids.add(record_id)
+            if organisation is not None:
+                earlier.add(_earlier_id(item))
         elif _assigner(item.resource) is None:
             unassigned.add(record_id)
         if record_id in patient_found:
@@ -438,6 +473,9 @@ def charts_from_resources(
         dict(sorted(ignored.items())),
         frozenset(derived_ids),
         frozenset(unassigned),
+        organisation,
+        tuple(found),
+        frozenset(earlier),
     )
 
 

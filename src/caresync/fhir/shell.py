@@ -71,10 +71,27 @@ async def export_record(replica: Replica, record_id: str) -> dict[str, Any]:
 def plan_import(data: bytes, *, organisation: str | None = None) -> ImportPlan:
     """The charts a FHIR file (a Bundle, or NDJSON) holds, every resource validated.
 
-    ``organisation``: the importing replica's (a record id another organisation assigned
-    then names a record of this one's; see :func:`charts_from_resources`)."""
+    ``organisation``: the importing replica's (a record id another organisation assigned,
+    or a Patient's own id, then names a record of this one's; see
+    :func:`charts_from_resources`). :func:`import_fhir` plans it again for its replica
+    where that differs."""
     require_models()
     return charts_from_resources(read_fhir(data), organisation=organisation)
+
+
+async def _planned_for(replica: Replica, plan: ImportPlan) -> ImportPlan:
+    """``plan`` as made for ``replica``: for its organisation (a Patient's derived id
+    names it), keeping the records earlier imports derived without it that it holds."""
+    organisation = replica.identity.organisation
+    if not plan.resources:
+        return plan  # made by hand, not by plan_import: taken as it is
+    if plan.organisation != organisation:
+        plan = charts_from_resources(plan.resources, organisation=organisation)
+    if plan.earlier:
+        held = await replica.store.record_organisations(sorted(plan.earlier))
+        if held:
+            plan = charts_from_resources(plan.resources, organisation=organisation, held=held)
+    return plan
 
 
 async def import_fhir(
@@ -91,11 +108,9 @@ async def import_fhir(
     """
     author = await replica.author_of(author)
     organisation = replica.identity.organisation  # None: not enrolled, no server to refuse
-    plan = (
-        source
-        if isinstance(source, ImportPlan)
-        else plan_import(source, organisation=replica.identity.organisation)
-    )
+    if not isinstance(source, ImportPlan):
+        source = plan_import(source, organisation=organisation)
+    plan = await _planned_for(replica, source)
     ids = [chart.record_id for chart in plan.charts]
     stored = await replica.store.load_many(ids)
     records: list[tuple[Record, AppliedChart, bytes]] = []
