@@ -59,6 +59,7 @@ from caresync.conflicts.duplicates import paired_record
 from caresync.credentials import key_fingerprint, parse_fingerprint
 from caresync.exceptions import (
     AuthenticationError,
+    AuthorError,
     ConnectionLostError,
     CorruptDatabaseError,
     InvalidInputError,
@@ -153,6 +154,7 @@ T = TypeVar("T")
 _UNSET: Any = object()
 _hasher = PasswordHasher()
 logger = logging.getLogger("caresync.replica")
+_AUTHOR_PAGE = 500  # outbox entries, then records, read at a time for their authors
 
 LAPTOP_CHECKPOINT_PAGES = 8192
 """A laptop's write-ahead log grows to this many pages (32 MiB) before a commit copies it
@@ -1223,6 +1225,8 @@ class Replica:
 
         The binding is stored before the copy starts: if the copy is interrupted,
         :meth:`sync` (or :meth:`stay_connected`) resumes it where it stopped.
+        AuthorError (nothing enrolled) if a change made here before names as its author
+        no account of ``organisation``: the server would refuse it at every push.
         """
         if self.enrolled:
             raise InvalidInputError(
@@ -1233,6 +1237,7 @@ class Replica:
         self.connector.check_url(url, insecure=insecure)
         async with self._sync_lock, Session.connect(self._host, url, ssl, expected) as session:
             await session.login(username, password, organisation)
+            await self._refuse_unknown_authors(session.accounts, organisation)
             # Noted before Enrol goes: from then on the server may commit it and the
             # answer be lost, and it gives the id again only to the account that asked.
             asked_as = await self._known_meta.get_meta(meta.ENROLLING) or username
@@ -1264,6 +1269,48 @@ class Replica:
             report = await session.synchronise(progress)
         self._checkpoint_soon()  # the copy's last commits: not in the next sync's
         return report
+
+    async def _refuse_unknown_authors(
+        self, accounts: Collection[str] | None, organisation: str
+    ) -> None:
+        """Before a laptop enrols: refuse (AuthorError; nothing enrolled) if a change it
+        made before, waiting in its outbox, names as author no account of the
+        organisation. The server takes an entry only from an account that logged in on
+        the laptop: that one would be refused at every push, and every change after it
+        would wait behind it for good. (An author who is an account logs in once.)"""
+        if accounts is None:
+            return  # a server before protocol version 6 names no accounts to check
+        unknown = sorted(await self._pending_authors() - frozenset(accounts))
+        if unknown:
+            named = ", ".join(shown(author) for author in unknown[:5])
+            raise AuthorError(
+                f"this laptop's unsynced changes name {named} as author, and "
+                f"{'that is no account' if len(unknown) == 1 else 'those are no accounts'} "
+                f"of {organisation} on this server: it would refuse them at every push, and "
+                "every change after them would wait for ever. Nothing was enrolled: add "
+                "accounts of those names to the organisation first (caresync user add), "
+                "or enrol a new, empty database (this one keeps its changes)"
+            )
+
+    async def _pending_authors(self) -> frozenset[str]:
+        """The authors of this replica's revisions in the records its outbox names."""
+        record_ids: dict[str, None] = {}
+        after = 0
+        while page := await self.store.pending(_AUTHOR_PAGE, after_seq=after):
+            record_ids.update(dict.fromkeys(item.record_id for item in page))
+            after = page[-1].seq
+        ordered = sorted(record_ids)
+        authors: dict[str, None] = {}
+        for start in range(0, len(ordered), _AUTHOR_PAGE):
+            loaded = await self.store.load_many(ordered[start : start + _AUTHOR_PAGE])
+            for record_id, state in loaded.items():
+                record = Record.from_update(record_id, state, replica=self.replica_id)
+                authors.update(
+                    (rev.author, None)
+                    for rev in record.revisions()
+                    if rev.replica == self.replica_id
+                )
+        return frozenset(authors)
 
     async def enrol_again(
         self,

@@ -421,3 +421,49 @@ async def test_a_record_an_earlier_import_made_is_updated_by_the_same_file(
         await a.close()
         await colleague.close()
         await server.close()
+
+
+async def test_changes_before_enrolment_by_no_account_keep_the_laptop_from_enrolling(
+    tmp_path: Path,
+) -> None:
+    # The bug: the laptop enrolled, then every push was refused for good (the author had
+    # never logged in there, nor could), and every later change waited behind it.
+    server = await start_server(tmp_path)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        record_id = await laptop.create_record()
+        await laptop.set(record_id, "name", "Awa Diop", author="nurse joy")
+        pending = (await laptop.status()).pending
+        with pytest.raises(AuthorError, match=r"'nurse joy' as author.*Nothing was enrolled"):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+        assert not laptop.enrolled
+        assert await server.store.get_replica(laptop.replica_id) is None
+        assert (await laptop.status()).pending == pending  # kept
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_changes_before_enrolment_by_accounts_go_once_each_has_logged_in(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        record_id = await laptop.create_record()
+        await laptop.set(record_id, "name", "Awa Diop", author="dr.a")
+        await laptop.set(record_id, "birthDate", "1990-01-01", author="dr.b")
+        # dr.b has not logged in here yet: enrolled, and the push waits for dr.b.
+        with pytest.raises(SyncRefusedError, match=r"names 'dr\.b' as its author"):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+        assert laptop.enrolled
+        await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
+        assert (await laptop.status()).pending == 0
+        assert await _server_field(server, record_id, "birthDate") == "1990-01-01"
+    finally:
+        await laptop.close()
+        await server.close()
