@@ -548,7 +548,9 @@ class Replica:
 
         On an enrolled laptop someone must be logged in (NotLoggedInError).
         ``record_id``: the new record's id; one this replica holds already raises
-        InvalidInputError (nothing is written).
+        InvalidInputError (nothing is written). It must be unique across the server's
+        organisations (the default, a random UUID, is): one another organisation's record
+        has there is refused at every push, and every change after it waits behind it.
         """
         actor = await self.logins.author(None) if self.enrolled else self._actor()
         async with self._write_lock:
