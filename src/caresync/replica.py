@@ -99,6 +99,7 @@ from caresync.records.persons import (
     link_path,
     person_card,
 )
+from caresync.records.spans import simple_items, simple_pieces
 from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, ServerCheck, TrustedCopy, absorb
 from caresync.replication.index import ensure_index
@@ -155,6 +156,11 @@ _UNSET: Any = object()
 _hasher = PasswordHasher()
 logger = logging.getLogger("caresync.replica")
 _AUTHOR_PAGE = 500  # outbox entries, then records, read at a time for their authors
+_PIECE_ITEMS = 1000
+"""Entries in one piece of a large local update (an import): far below what a server
+admits in one update (``AdmissionLimits.max_revisions``, 10,000 by default)."""
+_PIECE_BYTES = 1 << 20
+"""Bytes a piece grows to before the next begins (one entry may be more)."""
 
 LAPTOP_CHECKPOINT_PAGES = 8192
 """A laptop's write-ahead log grows to this many pages (32 MiB) before a commit copies it
@@ -677,10 +683,14 @@ class Replica:
         (``replica=self.replica_id``) holding the record's whole state, and the update
         that was made to it. What a sync committed to a record since it was read is
         merged into it first (its rows and card are of the record as stored). Copies
-        of these records already loaded are read again.
+        of these records already loaded are read again. An update of more than
+        1,000 entries, or too large for a frame, is kept in the outbox as several,
+        which a server admits one after another.
         """
-        for record, update in edited:
-            _check_sendable(record.record_id, update)
+        # An import may write thousands of entries into one record (a lab history):
+        # one update of them all would be refused at every push (a server admits at
+        # most 10,000 entries, and a frame's bytes, in one), holding back the outbox.
+        pieces = [_pieces_to_send(record.record_id, update) for record, update in edited]
         if not edited:
             return
         actor = self._actor()
@@ -692,16 +702,18 @@ class Replica:
                 if state is not None:
                     record.apply_update(state)
             edits = [
+                # The record's rows and card with its last piece, written after the others.
                 IncomingUpdate(
                     record.record_id,
-                    update,
-                    self._pool.rows(record),
+                    piece,
+                    self._pool.rows(record) if last else None,
                     self.identity.organisation,
-                    person_card(record),
+                    person_card(record) if last else None,
                 )
-                for record, update in edited
+                for (record, _update), parts in zip(edited, pieces, strict=True)
+                for piece, last in zip(parts, _last_marks(len(parts)), strict=True)
             ]
-            audit = [AuditEvent(actor, "import", edit.record_id) for edit in edits]
+            audit = [AuditEvent(actor, "import", record.record_id) for record, _u in edited]
             await self.store.write_local_many(edits, audit=audit)
 
     @contextlib.asynccontextmanager
@@ -1699,6 +1711,29 @@ def _check_sendable(record_id: str, update: bytes) -> None:
             f"this change to record {record_id} takes {size} bytes, more than one sync "
             f"frame carries ({room}); nothing was written: make it as several smaller edits"
         )
+
+
+def _pieces_to_send(record_id: str, update: bytes) -> list[bytes]:
+    """``update`` as the outbox keeps it: itself, or, past :data:`_PIECE_ITEMS` entries
+    or a frame's bytes, its entries in pieces of at most that many entries and about
+    :data:`_PIECE_BYTES` each, in order (the server admits each after the ones before
+    it). Refuses (InvalidInputError) what no piece could carry, as :func:`_check_sendable`."""
+    read = simple_items(update)
+    room = DEFAULT_MAX_FRAME_BYTES - BATCH_OVERHEAD_BYTES
+    large = item_wire_size(record_id, update) > room
+    if read is not None and (len(read.items) > _PIECE_ITEMS or large):
+        pieces = simple_pieces(update, None, max_items=_PIECE_ITEMS, max_bytes=_PIECE_BYTES)
+        if pieces:
+            for piece in pieces:
+                _check_sendable(record_id, piece)
+            return pieces
+    _check_sendable(record_id, update)
+    return [update]
+
+
+def _last_marks(count: int) -> list[bool]:
+    """``[False, ..., False, True]``, ``count`` long: which piece is a record's last."""
+    return [index == count - 1 for index in range(count)]
 
 
 def _commits_lazily(store: LaptopStore) -> bool:
