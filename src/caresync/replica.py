@@ -99,6 +99,7 @@ from caresync.records.persons import (
     link_path,
     person_card,
 )
+from caresync.records.spans import simple_items, simple_pieces
 from caresync.replication import meta
 from caresync.replication.absorb import PreparedCopy, ServerCheck, TrustedCopy, absorb
 from caresync.replication.index import ensure_index
@@ -154,6 +155,12 @@ T = TypeVar("T")
 _UNSET: Any = object()
 _hasher = PasswordHasher()
 logger = logging.getLogger("caresync.replica")
+_AUTHOR_PAGE = 500  # outbox entries, then records, read at a time for their authors
+_PIECE_ITEMS = 1000
+"""Entries in one piece of a large local update (an import): far below what a server
+admits in one update (``AdmissionLimits.max_revisions``, 10,000 by default)."""
+_PIECE_BYTES = 1 << 20
+"""Bytes a piece grows to before the next begins (one entry may be more)."""
 
 LAPTOP_CHECKPOINT_PAGES = 8192
 """A laptop's write-ahead log grows to this many pages (32 MiB) before a commit copies it
@@ -555,7 +562,9 @@ class Replica:
 
         On an enrolled laptop someone must be logged in (NotLoggedInError).
         ``record_id``: the new record's id; one this replica holds already raises
-        InvalidInputError (nothing is written).
+        InvalidInputError (nothing is written). It must be unique across the server's
+        organisations (the default, a random UUID, is): one another organisation's record
+        has there is refused at every push, and every change after it waits behind it.
         """
         actor = await self.logins.author(None) if self.enrolled else self._actor()
         async with self._write_lock:
@@ -682,15 +691,19 @@ class Replica:
         (``replica=self.replica_id``) holding the record's whole state, and the update
         that was made to it. What a sync committed to a record since it was read is
         merged into it first (its rows and card are of the record as stored). Copies
-        of these records already loaded are read again.
+        of these records already loaded are read again. An update of more than
+        1,000 entries, or too large for a frame, is kept in the outbox as several,
+        which a server admits one after another.
 
         On an enrolled laptop these are edits like any other: someone must be logged in
         (NotLoggedInError), and every revision an update adds must name that account as
         its author (AuthorError) and this replica as its writer (InvalidInputError);
         otherwise nothing is written.
         """
-        for record, update in edited:
-            _check_sendable(record.record_id, update)
+        # An import may write thousands of entries into one record (a lab history):
+        # one update of them all would be refused at every push (a server admits at
+        # most 10,000 entries, and a frame's bytes, in one), holding back the outbox.
+        pieces = [_pieces_to_send(record.record_id, update) for record, update in edited]
         if not edited:
             return
         actor = await self.logins.author(None) if self.enrolled else self._actor()
@@ -704,16 +717,18 @@ class Replica:
                 if state is not None:
                     record.apply_update(state)
             edits = [
+                # The record's rows and card with its last piece, written after the others.
                 IncomingUpdate(
                     record.record_id,
-                    update,
-                    self._pool.rows(record),
+                    piece,
+                    self._pool.rows(record) if last else None,
                     self.identity.organisation,
-                    person_card(record),
+                    person_card(record) if last else None,
                 )
-                for record, update in edited
+                for (record, _update), parts in zip(edited, pieces, strict=True)
+                for piece, last in zip(parts, _last_marks(len(parts)), strict=True)
             ]
-            audit = [AuditEvent(actor, "import", edit.record_id) for edit in edits]
+            audit = [AuditEvent(actor, "import", record.record_id) for record, _u in edited]
             await self.store.write_local_many(edits, audit=audit)
 
     def _check_written_here(
@@ -1274,6 +1289,8 @@ class Replica:
 
         The binding is stored before the copy starts: if the copy is interrupted,
         :meth:`sync` (or :meth:`stay_connected`) resumes it where it stopped.
+        AuthorError (nothing enrolled) if a change made here before names as its author
+        no account of ``organisation``: the server would refuse it at every push.
         """
         if self.enrolled:
             raise InvalidInputError(
@@ -1284,6 +1301,7 @@ class Replica:
         self.connector.check_url(url, insecure=insecure)
         async with self._sync_lock, Session.connect(self._host, url, ssl, expected) as session:
             await session.login(username, password, organisation)
+            await self._refuse_unknown_authors(session.accounts, organisation)
             # Noted before Enrol goes: from then on the server may commit it and the
             # answer be lost, and it gives the id again only to the account that asked.
             asked_as = await self._known_meta.get_meta(meta.ENROLLING) or username
@@ -1315,6 +1333,48 @@ class Replica:
             report = await session.synchronise(progress)
         self._checkpoint_soon()  # the copy's last commits: not in the next sync's
         return report
+
+    async def _refuse_unknown_authors(
+        self, accounts: Collection[str] | None, organisation: str
+    ) -> None:
+        """Before a laptop enrols: refuse (AuthorError; nothing enrolled) if a change it
+        made before, waiting in its outbox, names as author no account of the
+        organisation. The server takes an entry only from an account that logged in on
+        the laptop: that one would be refused at every push, and every change after it
+        would wait behind it for good. (An author who is an account logs in once.)"""
+        if accounts is None:
+            return  # a server before protocol version 6 names no accounts to check
+        unknown = sorted(await self._pending_authors() - frozenset(accounts))
+        if unknown:
+            named = ", ".join(shown(author) for author in unknown[:5])
+            raise AuthorError(
+                f"this laptop's unsynced changes name {named} as author, and "
+                f"{'that is no account' if len(unknown) == 1 else 'those are no accounts'} "
+                f"of {organisation} on this server: it would refuse them at every push, and "
+                "every change after them would wait for ever. Nothing was enrolled: add "
+                "accounts of those names to the organisation first (caresync user add), "
+                "or enrol a new, empty database (this one keeps its changes)"
+            )
+
+    async def _pending_authors(self) -> frozenset[str]:
+        """The authors of this replica's revisions in the records its outbox names."""
+        record_ids: dict[str, None] = {}
+        after = 0
+        while page := await self.store.pending(_AUTHOR_PAGE, after_seq=after):
+            record_ids.update(dict.fromkeys(item.record_id for item in page))
+            after = page[-1].seq
+        ordered = sorted(record_ids)
+        authors: dict[str, None] = {}
+        for start in range(0, len(ordered), _AUTHOR_PAGE):
+            loaded = await self.store.load_many(ordered[start : start + _AUTHOR_PAGE])
+            for record_id, state in loaded.items():
+                record = Record.from_update(record_id, state, replica=self.replica_id)
+                authors.update(
+                    (rev.author, None)
+                    for rev in record.revisions()
+                    if rev.replica == self.replica_id
+                )
+        return frozenset(authors)
 
     async def enrol_again(
         self,
@@ -1701,6 +1761,29 @@ def _check_sendable(record_id: str, update: bytes) -> None:
             f"this change to record {record_id} takes {size} bytes, more than one sync "
             f"frame carries ({room}); nothing was written: make it as several smaller edits"
         )
+
+
+def _pieces_to_send(record_id: str, update: bytes) -> list[bytes]:
+    """``update`` as the outbox keeps it: itself, or, past :data:`_PIECE_ITEMS` entries
+    or a frame's bytes, its entries in pieces of at most that many entries and about
+    :data:`_PIECE_BYTES` each, in order (the server admits each after the ones before
+    it). Refuses (InvalidInputError) what no piece could carry, as :func:`_check_sendable`."""
+    read = simple_items(update)
+    room = DEFAULT_MAX_FRAME_BYTES - BATCH_OVERHEAD_BYTES
+    large = item_wire_size(record_id, update) > room
+    if read is not None and (len(read.items) > _PIECE_ITEMS or large):
+        pieces = simple_pieces(update, None, max_items=_PIECE_ITEMS, max_bytes=_PIECE_BYTES)
+        if pieces:
+            for piece in pieces:
+                _check_sendable(record_id, piece)
+            return pieces
+    _check_sendable(record_id, update)
+    return [update]
+
+
+def _last_marks(count: int) -> list[bool]:
+    """``[False, ..., False, True]``, ``count`` long: which piece is a record's last."""
+    return [index == count - 1 for index in range(count)]
 
 
 def _commits_lazily(store: LaptopStore) -> bool:

@@ -11,6 +11,7 @@ would push).
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ from caresync.exceptions import (
     NotLoggedInError,
     SyncRefusedError,
 )
-from caresync.fhir import bundle_bytes, export_record, import_fhir
+from caresync.fhir import bundle_bytes, export_record, import_fhir, plan_import
+from caresync.fhir.vocabulary import NAMESPACE
 from caresync.logins import LOGIN_IDLE_S
 from caresync.records import Record
 from caresync.replica import Replica
@@ -402,4 +404,112 @@ async def test_a_record_id_without_its_organisation_is_imported_only_over_one_he
     finally:
         await laptop.close()
         await elsewhere.close()
+        await server.close()
+
+
+def _patient_1(name: str) -> bytes:
+    """A file from a clinic's own system: its Patient's id is local to that system."""
+    return json.dumps({"resourceType": "Patient", "id": "1", "name": [{"text": name}]}).encode()
+
+
+async def test_two_organisations_importing_their_own_patient_1_keep_syncing(
+    tmp_path: Path,
+) -> None:
+    # The bug: a Patient of no caresync record id got an id derived from its own id alone,
+    # so clinic-b's Patient/1 was clinic-a's record: its creation was refused at every push
+    # and every later edit of that laptop, on any patient, stayed in its outbox for good.
+    server = await start_server(tmp_path)
+    a = await enrolled(tmp_path, server, "a")
+    b = await enrolled_in(tmp_path, server, "b", "dr.x", "clinic-b")
+    try:
+        [in_a] = (await import_fhir(a, _patient_1("Awa Diop"))).record_ids
+        await a.sync()
+        [in_b] = (await import_fhir(b, _patient_1("Jean Dupont"))).record_ids
+        assert in_b != in_a
+        later = await b.create_record()
+        await b.set(later, "name", "Moussa Ba")
+        await b.sync()  # taken, not refused
+        assert (await b.status()).pending == 0
+        assert await _server_field(server, in_b, "name") == "Jean Dupont"
+        assert await _server_field(server, later, "name") == "Moussa Ba"
+        assert await _server_field(server, in_a, "name") == "Awa Diop"
+        # Importing the file again updates the same record, on each side.
+        assert (await import_fhir(b, _patient_1("Jean Dupont"))).record_ids == [in_b]
+        assert (await import_fhir(a, _patient_1("Awa Diop"))).record_ids == [in_a]
+        # A plan made for no organisation (as `caresync fhir import` checks a file) too.
+        planned = plan_import(_patient_1("Jean Dupont"))
+        assert (await import_fhir(b, planned)).record_ids == [in_b]
+    finally:
+        await a.close()
+        await b.close()
+        await server.close()
+
+
+async def test_a_record_an_earlier_import_made_is_updated_by_the_same_file(
+    tmp_path: Path,
+) -> None:
+    """Imports before the organisation went into derived ids made records under the
+    Patient's id alone: the same file imported again updates those, on every laptop that
+    holds them, rather than making a second record of the same patient."""
+    server = await start_server(tmp_path)
+    a = await enrolled(tmp_path, server, "a")
+    colleague = await enrolled(tmp_path, server, "colleague", "dr.b")
+    try:
+        earlier = str(uuid.uuid5(NAMESPACE, "import\x1fPatient\x1f1"))  # what imports derived
+        await a.create_record(record_id=earlier)
+        await a.set(earlier, "name", "Awa Diop")
+        await a.sync()
+        await colleague.sync()
+        for laptop in (a, colleague):
+            report = await import_fhir(laptop, _patient_1("Awa Diop"))
+            assert report.record_ids == [earlier]
+    finally:
+        await a.close()
+        await colleague.close()
+        await server.close()
+
+
+async def test_changes_before_enrolment_by_no_account_keep_the_laptop_from_enrolling(
+    tmp_path: Path,
+) -> None:
+    # The bug: the laptop enrolled, then every push was refused for good (the author had
+    # never logged in there, nor could), and every later change waited behind it.
+    server = await start_server(tmp_path)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        record_id = await laptop.create_record()
+        await laptop.set(record_id, "name", "Awa Diop", author="nurse joy")
+        pending = (await laptop.status()).pending
+        with pytest.raises(AuthorError, match=r"'nurse joy' as author.*Nothing was enrolled"):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+        assert not laptop.enrolled
+        assert await server.store.get_replica(laptop.replica_id) is None
+        assert (await laptop.status()).pending == pending  # kept
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_changes_before_enrolment_by_accounts_go_once_each_has_logged_in(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    laptop = await Replica.open(tmp_path / "laptop.db")
+    try:
+        record_id = await laptop.create_record()
+        await laptop.set(record_id, "name", "Awa Diop", author="dr.a")
+        await laptop.set(record_id, "birthDate", "1990-01-01", author="dr.b")
+        # dr.b has not logged in here yet: enrolled, and the push waits for dr.b.
+        with pytest.raises(SyncRefusedError, match=r"names 'dr\.b' as its author"):
+            await laptop.enrol(
+                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+            )
+        assert laptop.enrolled
+        await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
+        assert (await laptop.status()).pending == 0
+        assert await _server_field(server, record_id, "birthDate") == "1990-01-01"
+    finally:
+        await laptop.close()
         await server.close()

@@ -451,6 +451,28 @@ async def test_durability_settings(tmp_path: Path) -> None:
         assert await store._run("pragmas", pragmas) == ("wal", 2, "normal")
 
 
+async def test_commits_pass_the_drive_cache_on_macos_too(tmp_path: Path) -> None:
+    # The bug: on macOS fsync() leaves the data in the drive's cache (F_FULLFSYNC flushes
+    # it), so synchronous = FULL alone did not keep a returned edit through a power cut.
+    path = tmp_path / "laptop.db"
+    key = bytes(range(32))
+
+    def pragmas(raw: sqlite3.Connection) -> tuple[Any, ...]:
+        return tuple(
+            raw.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("fullfsync", "checkpoint_fullfsync")
+        )
+
+    async with SQLiteStore.open(tmp_path / "plain.db") as plain:
+        assert await plain._run("pragmas", pragmas) == (1, 1)
+    async with (
+        SQLiteStore.open(path, key=key) as writer,
+        SQLiteStore.open(path, key=key, accounts_only=True) as accounts,
+    ):
+        assert await writer._run("pragmas", pragmas) == (1, 1)
+        assert (await accounts._run("pragmas", pragmas))[0] == 1  # it writes accounts
+
+
 # -------------------------------------------------- what opening and listing read
 
 

@@ -27,6 +27,7 @@ from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output, cells, escaped
 from caresync.exceptions import AuditError
 from caresync.storage import ReplicaStore
+from caresync.storage._fsync import sync_file
 from caresync.storage.unsynced import private_opener
 
 __all__ = ["entry_json", "register"]
@@ -246,7 +247,7 @@ def _export(args: argparse.Namespace, out: Output) -> int:
         with open(args.out, "x", encoding="utf-8", opener=private_opener) as handle:
             handle.writelines(to_lines(entries))
             handle.flush()
-            os.fsync(handle.fileno())
+            sync_file(handle.fileno())
     except FileExistsError:
         raise CliError(
             f"{args.out} exists already; audit export never overwrites a file", ExitCode.USAGE

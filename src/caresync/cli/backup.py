@@ -30,6 +30,7 @@ from caresync.cli.databases import store_key
 from caresync.cli.errors import CliError, ExitCode
 from caresync.cli.output import Output
 from caresync.storage import Identity, SQLiteStore, key_file_for
+from caresync.storage._fsync import sync_file
 from caresync.storage.servers import is_database_url, shown_database
 from caresync.storage.unsynced import PRIVATE_FILE_MODE
 
@@ -113,7 +114,7 @@ def _copy_key_file(source: Path, keys: Path) -> None:
     try:
         shutil.copyfile(source, partial)  # into the 0600 file made for it
         with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
+            sync_file(handle.fileno())
         os.link(partial, keys)  # never over an existing file
         # Its name durable too, as the database's: without it the backup opens with no
         # password after a power cut (the database's own fsync came before this link).
@@ -164,7 +165,7 @@ def _copy(source: Path, target: Path) -> None:
         finally:
             src.close()
         with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
+            sync_file(handle.fileno())
         os.link(partial, target)  # fails if target appeared meanwhile: nothing overwritten
         directory = os.open(target.parent, os.O_RDONLY)
         try:

@@ -78,6 +78,9 @@ class ImportPlan:
     updated there (see :func:`charts_from_resources`'s ``earlier``)."""
     found: tuple[FoundResource, ...] = ()
     """The resources the plan was made of (to plan again, keeping earlier ids)."""
+    organisation: str | None = None
+    """The organisation the plan was made for: an import by a replica of another (a
+    plan made with none, say) plans ``found`` again for its own."""
 
 
 @dataclass(slots=True)
@@ -480,6 +483,7 @@ def charts_from_resources(
         frozenset(unassigned),
         earlier_ids,
         tuple(found),
+        organisation,
     )
 
 

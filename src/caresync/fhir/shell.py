@@ -106,11 +106,14 @@ async def import_fhir(
     """
     author = await replica.author_of(author)
     organisation = replica.identity.organisation  # None: not enrolled, no server to refuse
-    plan = (
-        source
-        if isinstance(source, ImportPlan)
-        else plan_import(source, organisation=replica.identity.organisation)
-    )
+    if not isinstance(source, ImportPlan):
+        plan = plan_import(source, organisation=organisation)
+    elif source.found and source.organisation != organisation:
+        # Made for another organisation (plan_import without one): the derived record ids
+        # name the organisation, so they are planned again for this replica's.
+        plan = charts_from_resources(source.found, organisation=organisation)
+    else:
+        plan = source
     plan = await _keeping_earlier_ids(replica, plan, organisation)
     ids = [chart.record_id for chart in plan.charts]
     stored = await replica.store.load_many(ids)

@@ -544,6 +544,8 @@ class Session:
         self.include_own = False  # pull this replica's own updates too (after a restore)
         self._token_to_store: tuple[str, str, str] | None = None  # token, user, password
         self._names_to_store: dict[str, str] | None = None  # account → display name
+        self.accounts: frozenset[str] | None = None
+        """The organisation's accounts the login named (protocol version 6 on), else None."""
         self._audit_after: int | None = None  # send own audit entries after this one
         self._outbox_said: tuple[int, int | None] | None = None  # the last OutboxReport sent
         # The outbox as the login read it (nothing renumbered): the first report's.
@@ -824,6 +826,7 @@ class Session:
         host = self.host
         if session.accounts is not None:
             self._names_to_store = dict(session.accounts)
+            self.accounts = frozenset(self._names_to_store)
         if session.replica_secret is not None:
             # The server gave a replica enrolled before secrets its first one: keep it
             # now, or this laptop could never log in again.

@@ -69,6 +69,7 @@ from caresync.storage._cipher import (
     connect,
     copy_encrypted,
 )
+from caresync.storage._fsync import sync_file
 from caresync.storage._lock import WriterLock
 
 __all__ = ["REKEY_STEPS", "STEPS", "encrypt_in_place", "reencrypt_in_place", "rekey_in_place"]
@@ -249,7 +250,7 @@ def _export(database: Path, copy: Path, key: bytes, source_key: bytes | None) ->
     else:
         _sqlcipher_export(database, copy, key)  # SQLCipher's own module only
     with copy.open("rb+") as file:
-        os.fsync(file.fileno())
+        sync_file(file.fileno())
 
 
 def _sqlcipher_export(database: Path, copy: Path, key: bytes) -> None:

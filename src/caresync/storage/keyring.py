@@ -80,6 +80,7 @@ from caresync.exceptions import (
 from caresync.lockout import UnlockAttempts
 from caresync.names import check_username
 from caresync.storage._cipher import KEY_BYTES, check_key
+from caresync.storage._fsync import sync_file
 from caresync.storage.unsynced import PRIVATE_FILE_MODE
 
 try:
@@ -505,7 +506,7 @@ class KeyRing:
                 fd = -1
                 file.write(data)
                 file.flush()
-                os.fsync(file.fileno())
+                sync_file(file.fileno())
             if exclusive:
                 os.link(tmp, self.path)  # never over an existing file
             else:

@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from caresync.exceptions import ExportFileError
+from caresync.storage._fsync import sync_file
 
 __all__ = [
     "ENCRYPTED_EXPORT_FORMAT",
@@ -207,7 +208,7 @@ def write_export_file(
         with open(target, "xb", opener=private_opener) as file:
             file.write(data)
             file.flush()
-            os.fsync(file.fileno())
+            sync_file(file.fileno())
     except FileExistsError:
         raise ExportFileError(
             f"{target} exists already; an export never overwrites a file, choose a new name"

@@ -332,6 +332,7 @@ class SQLiteCore:
             raw.execute("PRAGMA query_only = 1")
         else:
             raw.execute("PRAGMA synchronous = FULL")
+            raw.execute("PRAGMA fullfsync = ON")  # as CONNECTION_PRAGMAS: on macOS too
         version = read_marks(raw).user_version
         if version != SCHEMA_VERSION:
             raise StorageError(

@@ -22,6 +22,7 @@ from caresync.storage._cipher import (
     refuse_plain,
     refuse_unless_plain,
 )
+from caresync.storage._fsync import sync_file
 from caresync.storage.migrations import create_schema, read_header, read_marks, refuse_unless_ours
 from caresync.storage.sqlite._sql import _translate
 
@@ -111,7 +112,7 @@ def _backup_into(raw: sqlite3.Connection, target: Path, key: bytes | None) -> No
         finally:
             copy.close()
         with partial_copy.open("rb+") as file:
-            os.fsync(file.fileno())
+            sync_file(file.fileno())
         os.link(partial_copy, target)  # fails if target appeared meanwhile
         directory = os.open(target.parent, os.O_RDONLY)
         try:
@@ -155,7 +156,7 @@ def _create_file(path: Path, now_ms: int, key: bytes | None) -> None:
         finally:
             conn.close()  # checkpoints the write-ahead log into the file, and removes it
         with tmp.open("rb+") as file:
-            os.fsync(file.fileno())
+            sync_file(file.fileno())
         _link_into_place(tmp, path)
     except SQLITE_ERRORS as exc:
         raise _translate(exc, f"creating {path}") from exc
@@ -184,7 +185,7 @@ def _link_into_place(tmp: Path, path: Path) -> None:
             while chunk := source.read(1 << 20):
                 target.write(chunk)
             target.flush()
-            os.fsync(target.fileno())
+            sync_file(target.fileno())
     # Our connection used WAL; the link is the only name the database keeps.
     if path.stat().st_size == 0:
         raise StorageError(f"{path} was created empty")
