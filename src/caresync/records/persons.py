@@ -56,8 +56,10 @@ __all__ = [
     "person_card",
 ]
 
-PERSON_MATCH_VERSION = 2  # 2: birth dates written D/M/Y, Y/M/D, YYYYMMDD read as dates;
-# names in any script, and letters NFKD does not decompose (ø, ł, đ, æ), kept
+PERSON_MATCH_VERSION = 3  # 2: birth dates written D/M/Y, Y/M/D, YYYYMMDD read as dates;
+# names in any script, and letters NFKD does not decompose (ø, ł, đ, æ), kept; 3: a name
+# in Han, kana or Hangul read as one word whatever its spaces (family name first), and
+# scored as a whole name, not as one word of it
 """Bumped whenever cards are read, keys made or pairs scored differently (re-indexes).
 
 Part of every rulebook's fingerprint: a database indexed under another version
@@ -115,6 +117,12 @@ _YEAR_LAST = re.compile(r"(\d{1,2})[-/. ](\d{1,2})[-/. ](\d{4})(?!\d)")
 # Letters and digits of any script: a name written in Arabic, Cyrillic or Ge'ez
 # script is a name too (an ASCII-only token dropped it, and split "Søren" in two).
 _TOKEN = re.compile(r"[^\W_]+")
+# Scripts that write a name without spaces between its parts: Han, kana, Hangul (its
+# syllables, and the jamo NFKD decomposes them into). A run of them is one word.
+_UNSPACED = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003134f]+"
+)
 # Latin letters NFKD does not decompose, as they are written without their mark.
 _UNMARKED = str.maketrans(
     {
@@ -402,7 +410,12 @@ def _key_list(
     if births and names:
         starts: Collection[str]
         pairs: Collection[str]
-        if len(names) == 1 and len(names[0]) == 2:
+        if (
+            len(names) == 1
+            and len(names[0]) == 2
+            and names[0][0].isascii()
+            and names[0][1].isascii()
+        ):
             # One name of two tokens, most cards: no comprehension over the name's pairs.
             a, b = names[0]
             starts = (a[:3],) if a[:3] == b[:3] else (a[:3], b[:3])
@@ -410,6 +423,9 @@ def _key_list(
         else:
             starts = {t[:3] for name in names for t in name}
             pairs = {f"{a}|{b}" for name in names for a in name for b in name if a < b}
+            # A whole name in one word ("王小明") pairs with itself: alike, it scores
+            # as two words alike do, so it needs the year key they have.
+            pairs |= {f"{t}|{t}" for name in names for t in name if _name_size((t,)) == 2}
         for birth in births:
             if len(birth) == 10:
                 day = "d:" + birth + "|"
@@ -518,14 +534,14 @@ def _fold(text: str) -> str:
     return " ".join(_TOKEN.findall(plain.casefold().translate(_UNMARKED)))
 
 
-def _name_text(value: JSONValue) -> str:
+def _name_text(value: JSONValue, *, family_first: bool = False) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
         if isinstance(value.get("text"), str):
             return str(value["text"])
         parts: list[str] = []
-        for key in ("given", "family"):
+        for key in ("family", "given") if family_first else ("given", "family"):
             part = value.get(key)
             if isinstance(part, str):
                 parts.append(part)
@@ -536,8 +552,27 @@ def _name_text(value: JSONValue) -> str:
 
 
 def _name_tokens(value: JSONValue) -> tuple[str, ...]:
-    tokens = [t for t in _fold(_name_text(value)).split() if t not in _TITLES]
+    # Parts family first: as a name without spaces is written ("山田太郎"), and the
+    # order of words elsewhere does not count (tokens are sorted).
+    words = _fold(_name_text(value, family_first=True)).split()
+    tokens: list[str] = []
+    for word in words:
+        if tokens and _is_unspaced(word) and _is_unspaced(tokens[-1]):
+            tokens[-1] += word  # "王 小明" is "王小明": spaces there are the writer's
+        elif word not in _TITLES:
+            tokens.append(word)
     return tuple(sorted(dict.fromkeys(tokens)))[:_MAX_ITEMS]
+
+
+def _is_unspaced(token: str) -> bool:
+    """True for a word of a script written without spaces (Han, kana, Hangul)."""
+    return not token.isascii() and _UNSPACED.fullmatch(token) is not None
+
+
+def _name_size(name: tuple[str, ...]) -> int:
+    """How many parts a name has: a word written without spaces, of two letters or
+    more, holds the family name and the given name ("王小明" is a whole name)."""
+    return sum(2 if len(t) > 1 and _is_unspaced(t) else 1 for t in name)
 
 
 def _display_name(value: JSONValue) -> str:
@@ -719,7 +754,7 @@ def _name_points(xs: Sequence[tuple[str, ...]], ys: Sequence[tuple[str, ...]]) -
         for b in ys:
             similarity = _name_similarity(a, b)
             if similarity > best:
-                best, shortest = similarity, min(len(a), len(b))
+                best, shortest = similarity, min(_name_size(a), _name_size(b))
     points = _NAME_NONE + (_NAME_FULL - _NAME_NONE) * best
     if shortest < 2:
         points = min(points, _ONE_TOKEN_NAME_CAP)
