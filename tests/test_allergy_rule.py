@@ -163,6 +163,10 @@ def test_a_refuted_allergy_blocks_nothing(verification: str) -> None:
     # A verification that is no text refutes nothing (and breaks no rule).
     a.set(f"allergies/{entry}/verification", ["refuted"], author="dr.a")
     assert [c.severity for c in by_rule(a, ALLERGY)] == [Severity.BLOCK]
+    # Nor does text that is not the code itself: the allergy is checked, not hidden.
+    for written in ("Refuted", " refuted", "refuted?", "not refuted"):
+        a.set(f"allergies/{entry}/verification", written, author="dr.a")
+        assert [c.severity for c in by_rule(a, ALLERGY)] == [Severity.BLOCK], written
 
 
 # ------------------------------------------------------- allergens not recognised
