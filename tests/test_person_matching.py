@@ -137,6 +137,35 @@ def test_a_birth_date_written_another_way_is_the_same_date(written: str, other: 
     assert first.blocking_keys() & second.blocking_keys() - {f"r:{first.record_id}"}
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "12 Apr 1990",
+        "12-Apr-1990",  # as many hospital systems print it
+        "12 April 1990",
+        "April 12, 1990",
+        "Apr 12 1990",
+        "12 avril 1990",
+        "12 avr. 1990",
+    ],
+)
+def test_a_birth_date_with_its_month_in_words_is_the_same_date(written: str) -> None:
+    # Read as its digits ("121990"), "12 Apr 1990" was a "different birth date" (-4)
+    # from 1990-04-12, and only "alike as far as both go" with itself.
+    assert card(birthDate=written).birth_dates == ("1990-04-12",)
+    first = card(name="Awa Ndiaye", birthDate=written)
+    pair = pair_of(first, card(**AWA))
+    assert pair is not None, match_score(first, card(**AWA))
+    assert "same birth date" in pair.reasons
+
+
+def test_a_birth_date_with_another_month_in_words_is_another_date() -> None:
+    # "12 Apr 1990" and "12 Nov 1990" were both "121990": a birth year alike.
+    april, november = card(birthDate="12 Apr 1990"), card(birthDate="12 Nov 1990")
+    assert match_score(april, november)[1] == ("different birth date",)
+    assert card(birthDate="12 Foo 1990").birth_dates == ("121990",)  # no month: as before
+
+
 def test_a_day_first_date_of_another_person_is_still_another_date() -> None:
     # Read as a date, not as a number: 03/04/1990 is 3 April, not 4 March, and
     # a date that cannot be a day of a year is read as before (its digits).

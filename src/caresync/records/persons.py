@@ -59,7 +59,7 @@ __all__ = [
 PERSON_MATCH_VERSION = 3  # 2: birth dates written D/M/Y, Y/M/D, YYYYMMDD read as dates;
 # names in any script, and letters NFKD does not decompose (ø, ł, đ, æ), kept; 3: a name
 # in Han, kana or Hangul read as one word whatever its spaces (family name first), and
-# scored as a whole name, not as one word of it
+# scored as a whole name, not as one word of it; a month in words (12 Apr 1990) read
 """Bumped whenever cards are read, keys made or pairs scored differently (re-indexes).
 
 Part of every rulebook's fingerprint: a database indexed under another version
@@ -114,6 +114,35 @@ _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 # (12/04/1990, 12.04.1990, 04/25/1990), read before _DATE (which would keep "1990" only).
 _YEAR_FIRST = re.compile(r"(\d{4})(?:[-/. ](\d{1,2})[-/. ](\d{1,2})|(\d{2})(\d{2}))(?!\d)")
 _YEAR_LAST = re.compile(r"(\d{1,2})[-/. ](\d{1,2})[-/. ](\d{4})(?!\d)")
+# The month in words, in English or French: day first (12 Apr 1990, 12-Apr-1990,
+# 12 avril 1990) or month first (April 12, 1990).
+_DAY_MONTH_WORD = re.compile(
+    r"(\d{1,2})(?:st|nd|rd|th|er)?[-/. ]+([^\W\d_]+)\.?[-/., ]+(\d{4})(?!\d)"
+)
+_MONTH_WORD_DAY = re.compile(
+    r"([^\W\d_]+)\.?[-/. ]+(\d{1,2})(?:st|nd|rd|th|er)?,?[-/. ]+(\d{4})(?!\d)"
+)
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            "jan january janv janvier",
+            "feb february fev fevr fevrier",
+            "mar march mars",
+            "apr april avr avril",
+            "may mai",
+            "jun june juin",
+            "jul july juil juillet",
+            "aug august aou aout",
+            "sep sept september septembre",
+            "oct october octobre",
+            "nov november novembre",
+            "dec december decembre",
+        ),
+        start=1,
+    )
+    for name in names.split()
+}
 # Letters and digits of any script: a name written in Arabic, Cyrillic or Ge'ez
 # script is a name too (an ASCII-only token dropped it, and split "Søren" in two).
 _TOKEN = re.compile(r"[^\W_]+")
@@ -604,17 +633,27 @@ def _whole_date(text: str) -> str:
     found = _YEAR_FIRST.match(text)
     if found is not None:
         year, month, day = found[1], found[2] or found[4], found[3] or found[5]
-    else:
-        found = _YEAR_LAST.match(text)
-        if found is None:
-            return ""
+    elif (found := _YEAR_LAST.match(text)) is not None:
         day, month, year = found[1], found[2], found[3]
         if int(month) > 12 >= int(day):
             day, month = month, day
+    elif (found := _DAY_MONTH_WORD.match(text)) is not None:
+        day, month, year = found[1], _month(found[2]), found[3]
+    elif (found := _MONTH_WORD_DAY.match(text)) is not None:
+        month, day, year = _month(found[1]), found[2], found[3]
+    else:
+        return ""
     try:
         return datetime.date(int(year), int(month), int(day)).isoformat()
     except ValueError:
         return ""
+
+
+def _month(word: str) -> str:
+    """The number of a month written in words ("Apr", "avril", "Août"), or "0" if none."""
+    decomposed = unicodedata.normalize("NFKD", word.casefold())
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return str(_MONTHS.get(plain, 0))
 
 
 def _sex(value: JSONValue) -> str:
