@@ -16,6 +16,7 @@ from caresync import (
     Conflict,
     InvalidInputError,
     InvalidResolutionError,
+    JSONValue,
     Record,
     Rulebook,
     Severity,
@@ -162,6 +163,10 @@ def test_a_refuted_allergy_blocks_nothing(verification: str) -> None:
     # A verification that is no text refutes nothing (and breaks no rule).
     a.set(f"allergies/{entry}/verification", ["refuted"], author="dr.a")
     assert [c.severity for c in by_rule(a, ALLERGY)] == [Severity.BLOCK]
+    # Nor does text that is not the code itself: the allergy is checked, not hidden.
+    for written in ("Refuted", " refuted", "refuted?", "not refuted"):
+        a.set(f"allergies/{entry}/verification", written, author="dr.a")
+        assert [c.severity for c in by_rule(a, ALLERGY)] == [Severity.BLOCK], written
 
 
 # ------------------------------------------------------- allergens not recognised
@@ -212,6 +217,109 @@ def test_a_substance_that_is_not_text_is_not_recognised() -> None:
     a.add_entry("allergies", {"substance": {"code": "91936005"}}, author="dr.a")
     (info,) = by_rule(a, UNRECOGNISED)
     assert "not recognised" in info.message
+
+
+# ------------------------------------------- drugs and allergens that are not plain text
+
+UNCHECKED = "prescription-not-checked"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+
+
+@pytest.mark.parametrize(
+    ("drug", "read"),
+    [
+        ({"text": "Amoxicillin 500 mg"}, "Amoxicillin 500 mg"),
+        (
+            {"coding": [{"system": RXNORM, "code": "723", "display": "Amoxicillin"}]},
+            "Amoxicillin",
+        ),
+        (["Augmentin 625 mg"], "Augmentin 625 mg"),
+    ],
+)
+def test_a_coded_drug_is_checked_by_the_text_it_holds(drug: JSONValue, read: str) -> None:
+    # An application storing the drug as a CodeableConcept-like object: it was never
+    # checked (the table reads text only) and nothing said so, so a penicillin
+    # anaphylaxis let amoxicillin through on every replica.
+    a, b = replicas()
+    a.add_entry("allergies", {"substance": "Penicillin", "criticality": "high"}, author="dr.a")
+    med = b.add_entry("medications", {"drug": drug}, author="dr.b")
+    exchange(a, b)
+    (block,) = by_rule(a, ALLERGY)
+    assert block.severity is Severity.BLOCK
+    assert f"{read!r} prescribed by dr.b" in block.message
+    assert "a penicillin" in block.message
+    assert [o.label for o in block.outcomes] == [
+        f"stop {read}",
+        f"continue {read} despite the allergy",
+    ]
+    assert by_rule(b, ALLERGY) == [block]
+    assert by_rule(a, UNCHECKED) == []
+    rules.resolve(a, block.id, choose=0, author="dr.a")
+    assert a.value(f"medications/{med}/status") == "stopped"
+
+
+def test_a_coded_allergen_is_checked_by_the_text_it_holds() -> None:
+    (a,) = replicas(1)
+    coded = {
+        "coding": [{"system": SNOMED, "code": "91936005", "display": "Allergy to penicillin"}],
+        "text": "Penicillin allergy",
+    }
+    a.add_entry("allergies", {"substance": coded}, author="dr.a")
+    a.add_entry("medications", {"drug": "Augmentin 625 mg"}, author="dr.a")
+    (flag,) = by_rule(a, ALLERGY)
+    assert "it contains amoxicillin, a penicillin" in flag.message
+    assert by_rule(a, UNRECOGNISED) == []  # read: nothing to say it is not checked
+
+
+def test_a_coded_allergen_the_table_does_not_know_still_matches_its_own_name() -> None:
+    (a,) = replicas(1)
+    a.add_entry("allergies", {"substance": {"text": "Kiwi"}}, author="dr.a")
+    a.add_entry("medications", {"drug": {"text": "Kiwi fruit extract"}}, author="dr.a")
+    (info,) = by_rule(a, UNRECOGNISED)
+    assert "only for its own name" in info.message
+    (flag,) = by_rule(a, ALLERGY)
+    assert "'Kiwi'" in flag.message
+
+
+def test_a_value_holding_no_name_is_said_to_be_unchecked() -> None:
+    # A coded allergen with no words in it was said to be checked "for its own name",
+    # which it never was (only text is matched); a coded drug with none was never
+    # checked against any allergy and nothing said so.
+    (a,) = replicas(1)
+    a.add_entry("allergies", {"substance": {"code": "91936005"}}, author="dr.a")
+    (info,) = by_rule(a, UNRECOGNISED)
+    assert "not recognised" in info.message
+    assert "only for its own name" not in info.message
+    assert "holds no name" in info.message
+    assert by_rule(a, UNCHECKED) == []  # no prescription yet
+    coded = {"coding": [{"system": RXNORM, "code": "723"}]}
+    med = a.add_entry("medications", {"drug": coded}, author="dr.a")
+    a.add_entry("medications", {"drug": "paracetamol 1 g"}, author="dr.a")
+    (unchecked,) = by_rule(a, UNCHECKED)
+    assert unchecked.severity is Severity.INFO
+    assert "not checked against the patient's allergies" in unchecked.message
+    assert "723" in unchecked.message
+    assert by_rule(a, ALLERGY) == []  # a code system's address names no drug
+    a.set_status("medications", med, "stopped", author="dr.a")
+    assert by_rule(a, UNCHECKED) == []
+
+
+def test_a_coded_drug_is_not_said_unchecked_when_there_is_no_allergy() -> None:
+    (a,) = replicas(1)
+    a.add_entry("medications", {"drug": {"code": "723"}}, author="dr.a")
+    assert rules.conflicts(a) == []
+
+
+def test_an_allergen_in_another_script_is_checked_for_its_own_name() -> None:
+    # Names keep letters of any script elsewhere; here an allergen with no a-z letter
+    # was skipped as empty: no note that it is unchecked, and no match of its own name.
+    (a,) = replicas(1)
+    a.add_entry("allergies", {"substance": "Пенициллин"}, author="dr.a")
+    a.add_entry("medications", {"drug": "Пенициллин 500мг"}, author="dr.a")  # noqa: RUF001
+    (info,) = by_rule(a, UNRECOGNISED)
+    assert "'Пенициллин'" in info.message
+    assert len(by_rule(a, ALLERGY)) == 1
 
 
 # ------------------------------------------------------------------ determinism

@@ -2,9 +2,13 @@
 
 Three replicas of one chart (a high-criticality penicillin allergy, Augmentin prescribed)
 stop, restart and re-dose the drug, decide whatever is open, and exchange updates one at
-a time, out of order and twice. Invariants: replicas holding the same revisions list
-the same open conflicts; a "stop" decision never covers the allergy finding while the
-drug is active (it is open again, or another decision covers it, or decisions disagree).
+a time, out of order and twice. A second allergy (amoxicillin) makes a second finding on
+the same drug, so "continue" on one and "stop" on the other can be decided concurrently;
+allergies are refuted and confirmed (also as "Refuted" and a list, which refute nothing);
+the drug is rewritten as a coded value. Invariants: replicas holding the same revisions
+list the same open conflicts; a "stop" decision never covers the allergy finding while
+the drug is active (it is open again, or another decision covers it, or decisions
+disagree).
 """
 
 from __future__ import annotations
@@ -27,15 +31,19 @@ def _allergy_findings(record: Record) -> list[str]:
 class DecisionsConverge(RuleBasedStateMachine):
     net: Network
     med: str
+    allergies: tuple[str, str]
 
     @initialize()
     def start(self) -> None:
         self.net = Network.start(3)
         first = self.net.replicas[0]
-        first.add_entry(
-            "allergies",
-            {"substance": "penicillin", "status": "active", "criticality": "high"},
-            author="dr.a",
+        self.allergies = tuple(  # type: ignore[assignment]
+            first.add_entry(
+                "allergies",
+                {"substance": substance, "status": "active", "criticality": "high"},
+                author="dr.a",
+            )
+            for substance in ("penicillin", "amoxicillin")
         )
         self.med = first.add_entry(
             "medications",
@@ -51,6 +59,22 @@ class DecisionsConverge(RuleBasedStateMachine):
     @rule(i=replica_index, dose=st.sampled_from(("5 mg", "7.5 mg")))
     def set_dose(self, i: int, dose: str) -> None:
         self.net.replicas[i].set(f"medications/{self.med}/dose", dose, author=f"a{i}")
+
+    @rule(
+        i=replica_index,
+        which=st.integers(0, 1),
+        verification=st.sampled_from(("confirmed", "refuted", "Refuted", ["refuted"])),
+    )
+    def set_verification(self, i: int, which: int, verification: str | list[str]) -> None:
+        path = f"allergies/{self.allergies[which]}/verification"
+        self.net.replicas[i].set(path, verification, author=f"a{i}")
+
+    @rule(
+        i=replica_index,
+        drug=st.sampled_from(("Augmentin 625 mg", {"text": "Augmentin 625 mg"}, "paracetamol")),
+    )
+    def set_drug(self, i: int, drug: str | dict[str, str]) -> None:
+        self.net.replicas[i].set(f"medications/{self.med}/drug", drug, author=f"a{i}")
 
     @rule(i=replica_index, which=st.integers(0, 10), choose=st.integers(0, 3))
     def decide(self, i: int, which: int, choose: int) -> None:

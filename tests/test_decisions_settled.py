@@ -21,10 +21,15 @@ from tests.helpers import exchange, replicas
 from caresync import (
     DEFAULT_RULEBOOK,
     ConflictKind,
+    Finding,
     InvalidResolutionError,
+    Outcome,
     Record,
+    RecordView,
+    Rulebook,
     Severity,
     UnknownConflictError,
+    UnknownEntryError,
 )
 from caresync.records import ACK_PREFIX
 
@@ -180,3 +185,98 @@ def test_a_decision_that_leaves_another_decisions_write_standing_is_refused() ->
     rules.resolve(c, conflict.id, choose=pick, author="dr.c")
     assert c.value(status) == "active"
     assert rules.conflicts(c) == []
+
+
+@pytest.mark.parametrize(
+    "bad_write",
+    [
+        ("_ack/another-finding", {"decision": "acknowledged"}),  # reserved for caresync
+        ("medications/no-such-entry/status", "active"),  # an entry this replica lacks
+        ("notes bad//path", "x"),  # not a path
+    ],
+)
+def test_choosing_a_decision_with_a_write_this_replica_refuses_writes_nothing(
+    bad_write: tuple[str, str | dict[str, str]],
+) -> None:
+    """A peer's decision names the fields it writes (a newer application's schema, a
+    broken or hostile client): choosing it wrote the fields it could, then raised at the
+    first it could not, leaving the medication active with no decision recorded, and
+    the next write of the record sent that half along."""
+    a, b = replicas()
+    a.add_entry(
+        "allergies",
+        {"substance": "penicillin", "status": "active", "criticality": "high"},
+        author="dr.a",
+    )
+    med = b.add_entry(
+        "medications", {"drug": "Augmentin 625 mg", "status": "active"}, author="dr.b"
+    )
+    exchange(a, b)
+    [found] = rules.conflicts(a)
+    finding = found.id
+    rules.resolve(a, finding, choose=0, author="dr.a")  # stop
+    status = f"medications/{med}/status"
+    path, value = bad_write
+    b.set(status, "active", author="dr.b")  # what b's decision wrote, as resolve would
+    b.acknowledge_finding(
+        finding,
+        {
+            "decision": "continue regardless",
+            "outcome": 1,
+            "writes": {status: "active", path: value},
+        },
+        author="dr.b",
+    )
+    exchange(a, b)
+    conflict = decision_conflict(a, finding)
+    pick = [c.value for c in rules.conflict(a, conflict).candidates].index("continue regardless")
+    before = a.update_since()
+    statuses = sorted(str(h.value) for h in a.get(status).heads)
+    with pytest.raises(InvalidResolutionError, match="nothing was written") as raised:
+        rules.resolve(a, conflict, choose=pick, author="dr.c")
+    assert path in str(raised.value)
+    assert a.update_since() == before
+    assert sorted(str(h.value) for h in a.get(status).heads) == statuses
+    assert decision_conflict(a, finding) == conflict  # still open
+
+
+def _writes_a_missing_entry(view: RecordView) -> list[Finding]:
+    """An application's rule whose second outcome writes a field of no entry."""
+    meds = view.entry_ids("medications")
+    if not meds:
+        return []
+    status = view.get(f"medications/{meds[0]}/status")
+    return [
+        Finding(
+            rule="app-rule",
+            severity=Severity.BLOCK,
+            message="choose",
+            revisions=tuple(h.id for h in status.heads),
+            key=meds[0],
+            outcomes=(
+                Outcome("keep", ((f"medications/{meds[0]}/status", "active"),), status.heads[0].id),
+                Outcome(
+                    "stop and note",
+                    (
+                        (f"medications/{meds[0]}/status", "stopped"),
+                        ("medications/no-such-entry/status", "stopped"),
+                    ),
+                    status.heads[0].id,
+                ),
+            ),
+        )
+    ]
+
+
+def test_an_outcome_with_a_write_the_record_refuses_writes_nothing() -> None:
+    """The same for a rule's own outcome: the status was stopped, then the second write
+    raised, and the record said "stopped" with no decision recorded."""
+    book = Rulebook([_writes_a_missing_entry])
+    (a,) = replicas(1)
+    med = a.add_entry("medications", {"drug": "warfarin", "status": "active"}, author="dr.a")
+    [finding] = book.conflicts(a)
+    before = a.update_since()
+    with pytest.raises(UnknownEntryError):
+        book.resolve(a, finding.id, choose=1, author="dr.a")
+    assert a.update_since() == before
+    assert a.value(f"medications/{med}/status") == "active"

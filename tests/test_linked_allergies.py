@@ -103,6 +103,22 @@ def test_a_linked_allergy_is_checked_against_this_records_prescription(
     assert all(p.startswith(f"medications/{medication}/") for p in conflict.paths)
 
 
+def test_a_coded_prescription_is_checked_against_a_linked_allergy_or_said_unchecked() -> None:
+    here, there, medication, _ = person(
+        {"substance": {"text": "Penicillin"}, "criticality": "high"}, "placeholder"
+    )
+    drug = f"medications/{medication}/drug"
+    here.set(drug, {"coding": [{"code": "723", "display": "Amoxicillin"}]}, author="dr.b")
+    (block,) = by_rule(here, linked=(there,))
+    assert block.severity is Severity.BLOCK
+    assert "'Amoxicillin' prescribed" in block.message
+    here.set(drug, {"coding": [{"code": "723"}]}, author="dr.b")
+    assert by_rule(here, linked=(there,)) == []
+    (unchecked,) = by_rule(here, "prescription-not-checked", linked=(there,))
+    assert unchecked.record_id == here.record_id
+    assert by_rule(here, "prescription-not-checked") == []  # no allergy of its own
+
+
 def test_the_severity_is_read_on_the_chart_that_records_the_allergy() -> None:
     here, there, _, allergy = person({"substance": "penicillin"}, "amoxicillin")
     (flag,) = by_rule(here, linked=(there,))

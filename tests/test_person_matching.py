@@ -137,6 +137,35 @@ def test_a_birth_date_written_another_way_is_the_same_date(written: str, other: 
     assert first.blocking_keys() & second.blocking_keys() - {f"r:{first.record_id}"}
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "12 Apr 1990",
+        "12-Apr-1990",  # as many hospital systems print it
+        "12 April 1990",
+        "April 12, 1990",
+        "Apr 12 1990",
+        "12 avril 1990",
+        "12 avr. 1990",
+    ],
+)
+def test_a_birth_date_with_its_month_in_words_is_the_same_date(written: str) -> None:
+    # Read as its digits ("121990"), "12 Apr 1990" was a "different birth date" (-4)
+    # from 1990-04-12, and only "alike as far as both go" with itself.
+    assert card(birthDate=written).birth_dates == ("1990-04-12",)
+    first = card(name="Awa Ndiaye", birthDate=written)
+    pair = pair_of(first, card(**AWA))
+    assert pair is not None, match_score(first, card(**AWA))
+    assert "same birth date" in pair.reasons
+
+
+def test_a_birth_date_with_another_month_in_words_is_another_date() -> None:
+    # "12 Apr 1990" and "12 Nov 1990" were both "121990": a birth year alike.
+    april, november = card(birthDate="12 Apr 1990"), card(birthDate="12 Nov 1990")
+    assert match_score(april, november)[1] == ("different birth date",)
+    assert card(birthDate="12 Foo 1990").birth_dates == ("121990",)  # no month: as before
+
+
 def test_a_day_first_date_of_another_person_is_still_another_date() -> None:
     # Read as a date, not as a number: 03/04/1990 is 3 April, not 4 March, and
     # a date that cannot be a day of a year is read as before (its digits).
@@ -172,6 +201,54 @@ def test_a_name_in_any_script_identifies_its_person(written: str, other: str) ->
     assert first.blocking_keys() & second.blocking_keys() - {f"r:{first.record_id}"}
     stranger = card(name="Fatou Ba", birthDate="1990-04-12")
     assert pair_of(first, stranger) is None
+
+
+@pytest.mark.parametrize(
+    ("written", "other"),
+    [
+        ("王小明", "王小明"),  # Chinese, written without spaces
+        ("王 小明", "王小明"),  # the same name, one clerk spaced it
+        ("山田太郎", "山田 太郎"),  # Japanese
+        ("山田太郎", {"family": "山田", "given": ["太郎"]}),  # parts, given first in the data
+        ("김민준", "김민준"),  # Korean
+    ],
+)
+def test_a_name_written_without_spaces_identifies_its_person(
+    written: str, other: str | dict[str, object]
+) -> None:
+    # Names in Han, kana or Hangul are written without spaces: the whole name was one
+    # token, scored as a name of one word ("Awa" alone, at most 2), so the same person
+    # registered twice with the same name and birth date scored 6 and was never a
+    # possible duplicate; "山田太郎" against "山田 太郎" was a "different name".
+    first = card(name=written, birthDate="1990-04-12")
+    second = card(name=other, birthDate="1990-04-12")
+    pair = pair_of(first, second)
+    assert pair is not None, match_score(first, second)
+    assert "same name" in pair.reasons
+    assert first.blocking_keys() & second.blocking_keys() - {f"r:{first.record_id}"}
+    # Day and month swapped, the same name and sex: compared (a year key) and a pair.
+    swapped = card(name=written, birthDate="1990-12-04", sex="female")
+    again = card(name=other, birthDate="1990-04-12", sex="female")
+    assert swapped.blocking_keys() & again.blocking_keys() - {f"r:{swapped.record_id}"}
+    assert pair_of(swapped, again) is not None
+
+
+@pytest.mark.parametrize(
+    ("one", "another"),
+    [
+        ("王小明", "王小红"),  # one character of the given name differs
+        ("王小明", "李小明"),  # another family
+        ("田中太郎", "中田太郎"),  # Tanaka and Nakata: the same characters, in another order
+        ("山田太郎", "山田次郎"),
+    ],
+)
+def test_names_without_spaces_of_different_people_are_not_the_same_name(
+    one: str, another: str
+) -> None:
+    first = card(name=one, birthDate="1990-04-12")
+    second = card(name=another, birthDate="1990-04-12")
+    assert pair_of(first, second) is None, match_score(first, second)
+    assert "same name" not in match_score(first, second)[1]
 
 
 def test_a_field_in_conflict_contributes_every_value() -> None:
@@ -324,6 +401,7 @@ def cards(draw: st.DrawFn) -> PersonCard:
 
 
 _TOKENS = ["awa", "ndiaye", "moussa", "fatou", "ba", "aissatou", "diallo", "mamadou"]
+_TOKENS += ["王小明", "山田", "太郎", "김민준"]  # names written without spaces, and parts
 _LETTERS = "adiouy"
 
 
@@ -418,6 +496,8 @@ def _keys_as_sets(card: PersonCard) -> frozenset[str]:
     keys.update(f"p:{phone}" for phone in card.phones)
     tokens = {t for name in card.names for t in name}
     pairs = {(a, b) for name in card.names for a in name for b in name if a < b}
+    # A whole name written without spaces in one word pairs with itself.
+    pairs |= {(t, t) for name in card.names for t in name if len(t) > 1 and t[0] >= "\u4e00"}
     for birth in card.birth_dates:
         if len(birth) == 10:
             keys.update(f"d:{birth}|{t[:3]}" for t in tokens)
@@ -426,10 +506,11 @@ def _keys_as_sets(card: PersonCard) -> frozenset[str]:
 
 
 _token = st.text("abdeiouy|", min_size=1, max_size=6)
+_name_token = st.one_of(_token, st.text("王小明", min_size=1, max_size=3))
 _any_cards = st.builds(
     PersonCard,
     record_id=st.text("abc-1", min_size=1, max_size=5),
-    names=st.lists(st.lists(_token, max_size=4).map(tuple), max_size=3).map(tuple),
+    names=st.lists(st.lists(_name_token, max_size=4).map(tuple), max_size=3).map(tuple),
     birth_dates=st.lists(
         st.sampled_from(["1990-04-12", "1990-04", "1991", "", "1990-04-13"]), max_size=3
     ).map(tuple),

@@ -124,8 +124,9 @@ def test_a_builtin_rule_version_is_part_of_it() -> None:
     assert described is not None
     assert described[0].startswith("caresync.conflicts.builtin:allergy_versus_prescription(table=")
     # 2: matching, severities, unrecognised; 3: outcomes; 4: "continue" writes the status
-    # it keeps, doses typed against names, verification refuted
-    assert described[1] == "int:4"
+    # it keeps, doses typed against names, verification refuted; 5: coded (not text)
+    # drugs and allergens read by their texts, or said unchecked; any script read
+    assert described[1] == "int:5"
     assert rule_fingerprint(duplicate_allergy) == (
         "caresync.conflicts.builtin:duplicate_allergy",
         "int:2",

@@ -17,6 +17,7 @@ notes             every field frozen by a ``signature``
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 
 from caresync.conflicts.counts import count_below_zero
@@ -26,6 +27,7 @@ from caresync.conflicts.model import Finding, Outcome, Severity
 from caresync.conflicts.substances import (
     DEFAULT_SUBSTANCES,
     Match,
+    MatchKind,
     Reading,
     SubstanceTable,
     normalise,
@@ -86,11 +88,14 @@ _ENTERED_IN_ERROR_VERSUS_EDIT = 4  # 2: outcomes; entries named by their content
 # equal to what the marker saw is no edit; every collection of the schema; a count's change
 # is kept (a count is never written back) and said in words; 4: a count's concurrent change
 # is a change even when it stores what the marker saw (a dispensing of the same size)
-_ALLERGY_VERSUS_PRESCRIPTION = 4  # the substance table is part of its identity; 3: outcomes;
+_ALLERGY_VERSUS_PRESCRIPTION = 5  # the substance table is part of its identity; 3: outcomes;
 # 4: "continue ... despite the allergy" writes the status it keeps (it wrote nothing, so
 # chosen over a concurrent "stop" decision it left the medication stopped); a dose typed
 # against a name ("Amoxicillin500mg") is read apart; an allergy whose verification is
-# refuted or entered-in-error is not checked
+# refuted or entered-in-error is not checked; 5: a drug or allergen that is not text (a
+# coded value, CodeableConcept-like) is read by the texts it holds, and one holding none is
+# said to be unchecked (``prescription-not-checked``; an allergen's note no longer says it is
+# checked for its own name); an allergen in a script other than Latin is read, not skipped
 _DUPLICATE_ALLERGY = 2  # 2: an allergy whose verification is refuted is no duplicate
 _TERMINAL_ENCOUNTER_CLASH = 2  # 2: the encounter named by its content, not its id
 _NOTE_CHANGED_WHILE_SIGNED = 2  # 2: the note named by its content, not its id
@@ -299,6 +304,12 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
     only. An allergen the table does not recognise gets an ``info`` finding
     (``allergen-not-recognised``): prescriptions are not checked against it.
 
+    A drug or allergen that is not text (a coded value an application stores as
+    an object or a list, CodeableConcept-like) is read by the texts it holds
+    (:func:`_texts`). One that holds none is checked against nothing, and said
+    so: ``allergen-not-recognised`` for the allergen, ``prescription-not-checked``
+    (``info``) for an active medication of a record with an active allergy.
+
     The allergies of the records linked to this one as the same person
     (``view.linked``) are checked against this record's medications alike, and
     found on this record, the one whose prescription they would change; an
@@ -322,6 +333,10 @@ def allergy_versus_prescription(table: SubstanceTable = DEFAULT_SUBSTANCES) -> R
                     if _is_active(view, "medications", m, INACTIVE_MEDICATION_STATUSES)
                 ]
             yield from _allergies_versus(table, chart, allergies, medications, own=chart is view)
+        for medication, drugs, _ in medications or ():
+            for drug in drugs:
+                if drug.value is not None and not _texts(drug.value):
+                    yield _prescription_not_checked(view, medication, drug)
 
     return allergy_versus_prescription
 
@@ -345,18 +360,20 @@ def _allergies_versus(
         serious: str | None = None  # why the allergy blocks; read on the first match
         serious_read = False
         for substance in _field(chart, "allergies", allergy, "substance"):
-            if substance.value is None or (
-                isinstance(substance.value, str) and not normalise(substance.value)
-            ):
+            allergens = _texts(substance.value)
+            if not allergens:
+                if own and not isinstance(substance.value, str | None):
+                    yield _holds_no_name(allergy, substance)
                 continue
-            reading = table.read(substance.value)
+            reading = _reading(table, allergens)
             if own and reading.unrecognised:
                 yield _not_recognised(allergy, substance, reading)
             for medication, drugs, status in medications:
                 for drug in drugs:
-                    match = table.match(substance.value, drug.value)
-                    if match is None:
+                    found = _best_match(table, allergens, _texts(drug.value))
+                    if found is None:
                         continue
+                    match, allergen, drug_text = found
                     if not serious_read:
                         serious, serious_read = _serious(chart, allergy), True
                     why = serious
@@ -371,7 +388,70 @@ def _allergies_versus(
                         why,
                         linked=linked,
                         status=status,
+                        read=(allergen, drug_text),
                     )
+
+
+def _texts(value: JSONValue) -> tuple[str, ...]:
+    """The texts a value names a drug or an allergen by, in an order every replica shares.
+
+    Text is itself, if it has a letter or digit of any script ("Пенициллин" is a
+    name; "  " is none). In a list or an object (a coded value, CodeableConcept-like:
+    ``{"coding": [{"system": ..., "code": "723", "display": "Amoxicillin"}],
+    "text": ...}``), as the reaction is read, every text at any depth, taken in the
+    order of the object's keys sorted, except those with no letter (a numeric code
+    names nothing the table can read) and URIs (a coding's ``system``, not a name).
+    """
+    if isinstance(value, str):
+        return (value,) if any(c.isalnum() for c in value) else ()
+    found: dict[str, None] = {}
+    _collect_texts(value, found)
+    return tuple(found)
+
+
+def _collect_texts(value: JSONValue, found: dict[str, None]) -> None:
+    if isinstance(value, str):
+        if any(c.isalpha() for c in value) and not _URI.match(value):
+            found[value] = None
+    elif isinstance(value, list):
+        for item in value:
+            _collect_texts(item, found)
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            _collect_texts(value[key], found)
+
+
+_URI = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|urn:)", re.IGNORECASE)
+_MATCH_RANK = {MatchKind.SAME: 0, MatchKind.CLASS: 1, MatchKind.CROSS_REACTIVITY: 2}
+
+
+def _reading(table: SubstanceTable, texts: tuple[str, ...]) -> Reading:
+    """How the table reads an allergen's texts, together: what it knows in any of them."""
+    if len(texts) == 1:
+        return table.read(texts[0])
+    readings = [table.read(t) for t in texts]
+    return Reading(
+        recognised=tuple(sorted({r for x in readings for r in x.recognised})),
+        unrecognised=tuple(dict.fromkeys(u for x in readings for u in x.unrecognised)),
+        corrected=any(x.corrected for x in readings),
+        anaphylaxis=any(x.anaphylaxis for x in readings),
+    )
+
+
+def _best_match(
+    table: SubstanceTable, allergens: tuple[str, ...], drugs: tuple[str, ...]
+) -> tuple[Match, str, str] | None:
+    """The best reason any of an allergen's texts rules out any of a drug's, with those
+    two texts; the first such pair when several are as good."""
+    best: tuple[Match, str, str] | None = None
+    for allergen in allergens:
+        for drug in drugs:
+            match = table.match(allergen, drug)
+            if match is not None and (
+                best is None or _MATCH_RANK[match.kind] < _MATCH_RANK[best[0].kind]
+            ):
+                best = (match, allergen, drug)
+    return best
 
 
 def _status_kept(view: RecordView, medication: str) -> JSONValue:
@@ -425,6 +505,7 @@ def _allergy_finding(
     *,
     linked: str | None = None,
     status: JSONValue = "active",
+    read: tuple[str, str] | None = None,
 ) -> Finding:
     """The finding of one allergy against one prescription of the record.
 
@@ -433,18 +514,24 @@ def _allergy_finding(
     so, and the key names that record and its allergy entry (so the finding
     never shares an id with one of an allergy of this record). ``status`` is
     the medication's status, which "continue despite the allergy" writes.
+    ``read`` is the allergen's and the drug's texts that matched, which name
+    them when their values are not text (a coded value).
     """
+    allergen_text, drug_text = read or (_words(substance.value), _words(drug.value))
+    allergen_shown = _shown(substance.value, allergen_text)
+    drug_shown = _shown(drug.value, drug_text)
+    drug_words = drug_text if not isinstance(drug.value, str) else _words(drug.value)
     read_as = f" (read as {match.allergen})" if match.corrected else ""
     if linked is None:
-        allergy_said = f"allergy to {substance.value!r}{read_as} (recorded by {_who(substance)})"
+        allergy_said = f"allergy to {allergen_shown}{read_as} (recorded by {_who(substance)})"
         pair = f"{allergy}/{medication}"
     else:
         allergy_said = (
-            f"allergy to {substance.value!r}{read_as} recorded on the linked record {linked} "
+            f"allergy to {allergen_shown}{read_as} recorded on the linked record {linked} "
             f"of the same person (by {_who(substance)})"
         )
         pair = f"{_LINKED}{linked}/{allergy}/{medication}"
-    said = f"{allergy_said} and {drug.value!r} prescribed by {_who(drug)}: {match.reason}"
+    said = f"{allergy_said} and {drug_shown} prescribed by {_who(drug)}: {match.reason}"
     status_path = f"medications/{medication}/{STATUS_FIELD}"
     if serious is not None and not match.cross_reactivity:
         return Finding(
@@ -454,9 +541,9 @@ def _allergy_finding(
             revisions=(substance.id, drug.id),
             key=f"{pair}/block",  # a flag acknowledged earlier does not cover it
             outcomes=(
-                Outcome(f"stop {_words(drug.value)}", ((status_path, "stopped"),), substance.id),
+                Outcome(f"stop {drug_words}", ((status_path, "stopped"),), substance.id),
                 Outcome(
-                    f"continue {_words(drug.value)} despite the allergy",
+                    f"continue {drug_words} despite the allergy",
                     # The status it keeps, written: chosen over a concurrent "stop"
                     # decision, the medication is then active again, as chosen.
                     ((status_path, status),),
@@ -473,15 +560,23 @@ def _allergy_finding(
     )
 
 
+def _shown(value: JSONValue, text: str) -> str:
+    """A drug or allergen in a message: its text quoted, or, if it is not text, the text
+    of it that was read (a coded value's whole JSON would bury the name)."""
+    return repr(value) if isinstance(value, str) else repr(text)
+
+
 def _not_recognised(allergy: str, substance: Revision, reading: Reading) -> Finding:
+    shown = (
+        repr(substance.value)
+        if isinstance(substance.value, str)
+        else _words(substance.value)  # a coded value: shown whole, none of its texts chosen
+    )
     if reading.recognised:
         unknown = ", ".join(repr(u) for u in reading.unrecognised)
-        said = (
-            f"allergy to {substance.value!r} (recorded by {_who(substance)}): {unknown} "
-            "not recognised"
-        )
+        said = f"allergy to {shown} (recorded by {_who(substance)}): {unknown} not recognised"
     else:
-        said = f"allergy to {substance.value!r} (recorded by {_who(substance)}) not recognised"
+        said = f"allergy to {shown} (recorded by {_who(substance)}) not recognised"
     return Finding(
         rule="allergen-not-recognised",
         severity=Severity.INFO,
@@ -491,6 +586,38 @@ def _not_recognised(allergy: str, substance: Revision, reading: Reading) -> Find
         ),
         revisions=(substance.id,),
         key=allergy,
+    )
+
+
+def _holds_no_name(allergy: str, substance: Revision) -> Finding:
+    """The note of an allergen that is not text and holds none: nothing is checked."""
+    return Finding(
+        rule="allergen-not-recognised",
+        severity=Severity.INFO,
+        message=(
+            f"allergy recorded as {_words(substance.value)} (by {_who(substance)}) not "
+            "recognised: it holds no name to read, so no prescription is checked against "
+            "it; check them by hand or record the substance by name"
+        ),
+        revisions=(substance.id,),
+        key=allergy,
+    )
+
+
+def _prescription_not_checked(view: RecordView, medication: str, drug: Revision) -> Finding:
+    """The note of an active medication whose drug is not text and holds none, on a record
+    with an active allergy: the allergy check cannot read it."""
+    return Finding(
+        rule="prescription-not-checked",
+        severity=Severity.INFO,
+        message=(
+            f"{describe_entry(view, 'medications', medication)} is recorded as "
+            f"{_words(drug.value)} (by {_who(drug)}), which holds no name to read: it is "
+            "not checked against the patient's allergies; check it by hand or record the "
+            "drug by name"
+        ),
+        revisions=(drug.id,),
+        key=medication,
     )
 
 

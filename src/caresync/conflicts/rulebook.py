@@ -447,6 +447,8 @@ def _apply_decision(record: Record, conflict: Conflict, choose: int, author: str
         )
     outcome = conflict.outcomes[choose]
     _refuse_unseen_values(record, conflict, outcome.writes)
+    for path, value in outcome.writes:
+        record.check_set(path, value)  # every write checked before the first is made
     decision: dict[str, JSONValue] = {
         "decision": outcome.label,
         "outcome": choose,
@@ -551,12 +553,28 @@ def _settle_decisions(record: Record, conflict: Conflict, choose: int, author: s
     chosen = conflict.candidates[choose]
     _refuse_unshown_values(record, conflict, chosen.writes)
     _refuse_writes_left_standing(record, conflict, chosen)
+    _refuse_unwritable(record, conflict, chosen)
     stored = record.revision(chosen.revision)
     decision = stored.value if stored is not None else chosen.value
     with record.batch():
         for path, written in chosen.writes:
             record.set(path, written, author=author)
         return record.acknowledge_finding(finding_id, decision, author=author)
+
+
+def _refuse_unwritable(record: Record, conflict: Conflict, chosen: Candidate) -> None:
+    """Refuse a decision naming a write this replica refuses, before writing any: its
+    writes come from the peer that decided (a newer application's schema, a broken
+    client), and Yjs cannot take back the writes made before the one that fails."""
+    for path, value in chosen.writes:
+        try:
+            record.check_set(path, value)
+        except CaresyncError as exc:
+            raise InvalidResolutionError(
+                f"conflict {conflict.id}: decision {chosen.value!r} by {chosen.author} "
+                f"writes {path!r}, which cannot be written here ({exc}); nothing was "
+                "written: choose another decision, or write the fields themselves"
+            ) from exc
 
 
 def _refuse_unshown_values(

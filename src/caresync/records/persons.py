@@ -56,8 +56,10 @@ __all__ = [
     "person_card",
 ]
 
-PERSON_MATCH_VERSION = 2  # 2: birth dates written D/M/Y, Y/M/D, YYYYMMDD read as dates;
-# names in any script, and letters NFKD does not decompose (ø, ł, đ, æ), kept
+PERSON_MATCH_VERSION = 3  # 2: birth dates written D/M/Y, Y/M/D, YYYYMMDD read as dates;
+# names in any script, and letters NFKD does not decompose (ø, ł, đ, æ), kept; 3: a name
+# in Han, kana or Hangul read as one word whatever its spaces (family name first), and
+# scored as a whole name, not as one word of it; a month in words (12 Apr 1990) read
 """Bumped whenever cards are read, keys made or pairs scored differently (re-indexes).
 
 Part of every rulebook's fingerprint: a database indexed under another version
@@ -112,9 +114,44 @@ _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 # (12/04/1990, 12.04.1990, 04/25/1990), read before _DATE (which would keep "1990" only).
 _YEAR_FIRST = re.compile(r"(\d{4})(?:[-/. ](\d{1,2})[-/. ](\d{1,2})|(\d{2})(\d{2}))(?!\d)")
 _YEAR_LAST = re.compile(r"(\d{1,2})[-/. ](\d{1,2})[-/. ](\d{4})(?!\d)")
+# The month in words, in English or French: day first (12 Apr 1990, 12-Apr-1990,
+# 12 avril 1990) or month first (April 12, 1990).
+_DAY_MONTH_WORD = re.compile(
+    r"(\d{1,2})(?:st|nd|rd|th|er)?[-/. ]+([^\W\d_]+)\.?[-/., ]+(\d{4})(?!\d)"
+)
+_MONTH_WORD_DAY = re.compile(
+    r"([^\W\d_]+)\.?[-/. ]+(\d{1,2})(?:st|nd|rd|th|er)?,?[-/. ]+(\d{4})(?!\d)"
+)
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            "jan january janv janvier",
+            "feb february fev fevr fevrier",
+            "mar march mars",
+            "apr april avr avril",
+            "may mai",
+            "jun june juin",
+            "jul july juil juillet",
+            "aug august aou aout",
+            "sep sept september septembre",
+            "oct october octobre",
+            "nov november novembre",
+            "dec december decembre",
+        ),
+        start=1,
+    )
+    for name in names.split()
+}
 # Letters and digits of any script: a name written in Arabic, Cyrillic or Ge'ez
 # script is a name too (an ASCII-only token dropped it, and split "Søren" in two).
 _TOKEN = re.compile(r"[^\W_]+")
+# Scripts that write a name without spaces between its parts: Han, kana, Hangul (its
+# syllables, and the jamo NFKD decomposes them into). A run of them is one word.
+_UNSPACED = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003134f]+"
+)
 # Latin letters NFKD does not decompose, as they are written without their mark.
 _UNMARKED = str.maketrans(
     {
@@ -402,7 +439,12 @@ def _key_list(
     if births and names:
         starts: Collection[str]
         pairs: Collection[str]
-        if len(names) == 1 and len(names[0]) == 2:
+        if (
+            len(names) == 1
+            and len(names[0]) == 2
+            and names[0][0].isascii()
+            and names[0][1].isascii()
+        ):
             # One name of two tokens, most cards: no comprehension over the name's pairs.
             a, b = names[0]
             starts = (a[:3],) if a[:3] == b[:3] else (a[:3], b[:3])
@@ -410,6 +452,9 @@ def _key_list(
         else:
             starts = {t[:3] for name in names for t in name}
             pairs = {f"{a}|{b}" for name in names for a in name for b in name if a < b}
+            # A whole name in one word ("王小明") pairs with itself: alike, it scores
+            # as two words alike do, so it needs the year key they have.
+            pairs |= {f"{t}|{t}" for name in names for t in name if _name_size((t,)) == 2}
         for birth in births:
             if len(birth) == 10:
                 day = "d:" + birth + "|"
@@ -518,14 +563,14 @@ def _fold(text: str) -> str:
     return " ".join(_TOKEN.findall(plain.casefold().translate(_UNMARKED)))
 
 
-def _name_text(value: JSONValue) -> str:
+def _name_text(value: JSONValue, *, family_first: bool = False) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
         if isinstance(value.get("text"), str):
             return str(value["text"])
         parts: list[str] = []
-        for key in ("given", "family"):
+        for key in ("family", "given") if family_first else ("given", "family"):
             part = value.get(key)
             if isinstance(part, str):
                 parts.append(part)
@@ -536,8 +581,27 @@ def _name_text(value: JSONValue) -> str:
 
 
 def _name_tokens(value: JSONValue) -> tuple[str, ...]:
-    tokens = [t for t in _fold(_name_text(value)).split() if t not in _TITLES]
+    # Parts family first: as a name without spaces is written ("山田太郎"), and the
+    # order of words elsewhere does not count (tokens are sorted).
+    words = _fold(_name_text(value, family_first=True)).split()
+    tokens: list[str] = []
+    for word in words:
+        if tokens and _is_unspaced(word) and _is_unspaced(tokens[-1]):
+            tokens[-1] += word  # "王 小明" is "王小明": spaces there are the writer's
+        elif word not in _TITLES:
+            tokens.append(word)
     return tuple(sorted(dict.fromkeys(tokens)))[:_MAX_ITEMS]
+
+
+def _is_unspaced(token: str) -> bool:
+    """True for a word of a script written without spaces (Han, kana, Hangul)."""
+    return not token.isascii() and _UNSPACED.fullmatch(token) is not None
+
+
+def _name_size(name: tuple[str, ...]) -> int:
+    """How many parts a name has: a word written without spaces, of two letters or
+    more, holds the family name and the given name ("王小明" is a whole name)."""
+    return sum(2 if len(t) > 1 and _is_unspaced(t) else 1 for t in name)
 
 
 def _display_name(value: JSONValue) -> str:
@@ -569,17 +633,27 @@ def _whole_date(text: str) -> str:
     found = _YEAR_FIRST.match(text)
     if found is not None:
         year, month, day = found[1], found[2] or found[4], found[3] or found[5]
-    else:
-        found = _YEAR_LAST.match(text)
-        if found is None:
-            return ""
+    elif (found := _YEAR_LAST.match(text)) is not None:
         day, month, year = found[1], found[2], found[3]
         if int(month) > 12 >= int(day):
             day, month = month, day
+    elif (found := _DAY_MONTH_WORD.match(text)) is not None:
+        day, month, year = found[1], _month(found[2]), found[3]
+    elif (found := _MONTH_WORD_DAY.match(text)) is not None:
+        month, day, year = _month(found[1]), found[2], found[3]
+    else:
+        return ""
     try:
         return datetime.date(int(year), int(month), int(day)).isoformat()
     except ValueError:
         return ""
+
+
+def _month(word: str) -> str:
+    """The number of a month written in words ("Apr", "avril", "Août"), or "0" if none."""
+    decomposed = unicodedata.normalize("NFKD", word.casefold())
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return str(_MONTHS.get(plain, 0))
 
 
 def _sex(value: JSONValue) -> str:
@@ -719,7 +793,7 @@ def _name_points(xs: Sequence[tuple[str, ...]], ys: Sequence[tuple[str, ...]]) -
         for b in ys:
             similarity = _name_similarity(a, b)
             if similarity > best:
-                best, shortest = similarity, min(len(a), len(b))
+                best, shortest = similarity, min(_name_size(a), _name_size(b))
     points = _NAME_NONE + (_NAME_FULL - _NAME_NONE) * best
     if shortest < 2:
         points = min(points, _ONE_TOKEN_NAME_CAP)

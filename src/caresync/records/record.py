@@ -466,6 +466,19 @@ class Record:
         concurrent change elsewhere still adds up. See :meth:`adjust`.
         """
         _check_name(author, "author")
+        entry_key, stored = self._checked_set(path, value)
+        return self._write(path, stored, author, entry_key)
+
+    def check_set(self, path: str, value: JSONValue) -> None:
+        """Raise what :meth:`set` would raise for writing ``value`` at ``path``; write nothing.
+
+        For a caller that writes several fields as one decision: Yjs cannot take a
+        write back, so each is checked before the first is made.
+        """
+        self._checked_set(path, value)
+
+    def _checked_set(self, path: str, value: JSONValue) -> tuple[tuple[str, str] | None, JSONValue]:
+        """The checks of :meth:`set`: the write's entry key and the value to store."""
         checked = self._checked_paths
         known = checked.get(path) if checked is not None else None
         if known is None:
@@ -484,9 +497,8 @@ class Record:
             total = self._count_total(path)
             if type(value) is not int:
                 raise InvalidValueError(_not_a_count(path, value, "count"))
-            stored = self._count_value(path, value - total, value, known[1])
-            return self._write(path, stored, author, entry_key)
-        return self._write(path, value, author, entry_key)
+            return entry_key, self._count_value(path, value - total, value, known[1])
+        return entry_key, value
 
     def adjust(self, path: str, change: int, *, author: str) -> Revision:
         """Change a count by ``change`` (dispensing one box: -1); returns the revision.
