@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from tests.e2e.live_helpers import (
     LIMIT_S,
     PASSWORD,
@@ -212,6 +213,35 @@ async def test_a_revocation_between_the_logins_checks_and_its_connection_ends_it
                 assert "revoked" in str(error)
         assert done.is_set()
         assert laptop.locked
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_password_hashed_again_during_a_login_is_still_its_password(
+    tmp_path: Path,
+) -> None:
+    """The login's re-check asks whether the password is still the account's, not
+    whether its hash is unchanged: the same password hashed again (at a higher cost,
+    ``set_password_hash(..., end_sessions=False)``, as an application that upgrades
+    hashes at login does) refused the login as a changed password and counted a failed
+    guess against the account and the address, though the password was right."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        stronger = PasswordHasher(time_cost=3, memory_cost=16 * 1024)
+
+        async def rehash() -> None:
+            new_hash = await asyncio.to_thread(stronger.hash, PASSWORD)
+            await server.store.set_password_hash("clinic-a", "dr.a", new_hash, end_sessions=False)
+
+        stored = _act_before_the_session_is_stored(server, rehash)
+        async with asyncio.timeout(LIMIT_S):
+            report = await laptop.sync(username="dr.a", password=PASSWORD)
+            assert report.conflicts_open == 0
+            [session] = stored
+            assert await server.store.get_session(session.token_hash) is not None
+            await laptop.sync()  # the session stands, and resumes
     finally:
         await laptop.close()
         await server.close()
