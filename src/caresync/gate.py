@@ -200,7 +200,7 @@ class Gatekeeper:
         # sessions before this one was stored, and nothing would ever end it. Read
         # again now that it is stored: a change from here on deletes it, as any other.
         secret = new_secret if new_secret is not None else login.replica_secret
-        ended = await self._ended_meanwhile(checked, replica_id, secret)
+        ended = await self._ended_meanwhile(checked, replica_id, secret, login.password)
         if ended is not None:
             await self.store.end_sessions(token_hash=opened.session_hash)
             refusal, counted = ended
@@ -209,15 +209,15 @@ class Gatekeeper:
         return opened
 
     async def _ended_meanwhile(
-        self, checked: UserAccount, replica_id: str | None, secret: bytes | None
+        self, checked: UserAccount, replica_id: str | None, secret: bytes | None, password: str
     ) -> tuple[Refused, Literal["all", "address", "none"]] | None:
         """Why a session just stored for ``checked`` (on ``replica_id``, proved by
-        ``secret``) must not stand, and which of the login's keys count it as failed
-        (``all``: the account's too, for a password that is no longer its own; a
-        revoked laptop's, none, as at its Hello); None if it may."""
+        ``secret``, logged in with ``password``) must not stand, and which of the login's
+        keys count it as failed (``all``: the account's too, for a password that is no
+        longer its own; a revoked laptop's, none, as at its Hello); None if it may."""
         organisation, username = checked.organisation, checked.username
         account = await self.store.get_user(organisation, username)
-        if account is None or account.password_hash != checked.password_hash:
+        if account is None or not await self._still_its_password(checked, account, password):
             return (
                 Refused(
                     ErrorCode.BAD_CREDENTIALS,
@@ -249,6 +249,17 @@ class Gatekeeper:
                 "address",
             )
         return None
+
+    async def _still_its_password(
+        self, checked: UserAccount, account: UserAccount, password: str
+    ) -> bool:
+        """Whether ``password``, checked against ``checked``'s hash, is ``account``'s
+        password still. A new hash is not a new password: the same one hashed again (at
+        a higher cost, ``set_password_hash(..., end_sessions=False)``), or set again,
+        is checked against it (one more argon2 check, only when the hash changed)."""
+        if account.password_hash == checked.password_hash:
+            return True
+        return await asyncio.to_thread(_verify, self.hasher, account.password_hash, password)
 
     async def check_password(
         self,

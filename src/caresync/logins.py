@@ -82,6 +82,7 @@ _OFFLINE_LOGIN = meta.OFFLINE_LOGIN_PREFIX
 _OFFLINE_FAILURES = meta.OFFLINE_FAILURES
 _CURRENT = meta.CURRENT_LOGIN
 _ACCOUNT_NAMES = meta.ACCOUNT_NAMES
+_SESSION_USER = meta.SESSION_USER
 _ACTIVE_EVERY_MS = 60_000  # activity is written down at most this often
 
 
@@ -144,6 +145,8 @@ class LaptopLogins:
         self._set_aside: str | None = None
         """Who is logged in in the store, not this opening's (see :meth:`load`)."""
         self._names: dict[str, str] = {}
+        self._session_user: str | None = None
+        """The account of the server session kept here (the last online login)."""
 
     async def load(self, *, password: str | None = None) -> None:
         """Read who is logged in and the account names from the store.
@@ -168,6 +171,7 @@ class LaptopLogins:
         self._login = login
         names = await self.store.get_meta(_ACCOUNT_NAMES)
         self._names = _names_from_text(names) if names else {}
+        self._session_user = await self.store.get_meta(_SESSION_USER) or None
 
     # ----------------------------------------------------------------- who
 
@@ -261,6 +265,32 @@ class LaptopLogins:
         """True if ``user`` has logged in online on this laptop (as the server knows too)."""
         return await self.store.get_meta(_OFFLINE_LOGIN + user) is not None
 
+    async def session_kept(self, user: str) -> None:
+        """Note that the server session about to be kept here is ``user``'s."""
+        await self.store.set_meta(_SESSION_USER, user)
+        self._session_user = user
+
+    def resume_refusal(self) -> str | None:
+        """Why the server session kept here (the last online login's) may not be resumed
+        now, or None if it may.
+
+        The session acts on the server as that account: only that account may resume
+        it. Who is at the laptop is the login kept for this opening (idle or not), else,
+        on an encrypted laptop, the user whose password opened it; on a plain laptop
+        with nobody logged in, nobody is known and the session resumes as before.
+        Otherwise a colleague logged in offline, or one who only opened the laptop
+        (their own account perhaps disabled on the server since, or their password
+        changed: both still open it offline), would sync as someone else.
+        """
+        here, session_user = self._here(), self._session_user
+        if session_user is None or here is None or here == session_user:
+            return None
+        return (
+            f"the server session kept on this laptop is {session_user}'s, and {here} is at "
+            f"it now: a session is resumed only by its own account. Log in with your "
+            f"password to sync (`caresync sync --db DB --username {here}`); nothing was sent"
+        )
+
     async def logout(self) -> None:
         """Nobody is logged in any more (edits raise NotLoggedInError until a login)."""
         await self.store.set_meta(_CURRENT, "")  # empty: nobody
@@ -298,6 +328,13 @@ class LaptopLogins:
             "nobody is logged in on this laptop: log in first (`caresync login --db DB`, "
             "or `caresync sync --db DB --username NAME`)"
         )
+
+    def _here(self) -> str | None:
+        """Who is at the laptop: see :meth:`resume_refusal`."""
+        if self._login is not None:
+            return self._login.user
+        key = self.database_key
+        return None if key is None else key.unlocked_by
 
     def _idle(self, login: _Login, now_ms: int) -> bool:
         return self.idle_s is not None and now_ms - login.active_ms > self.idle_s * 1000

@@ -1522,7 +1522,9 @@ class Replica:
         ``url`` may point elsewhere only if it is the same server: it must prove
         it holds the key pinned at enrolment before anything moves. Logs in with
         ``username``/``password``, or else with the session from the last online
-        login. Raises :class:`~caresync.exceptions.ConnectionLostError` if the
+        login, which only that account resumes (someone else logged in here, or whose
+        password opened an encrypted laptop: AuthenticationError, nothing sent).
+        Raises :class:`~caresync.exceptions.ConnectionLostError` if the
         link fails (unsynced work stays in the outbox; call again), or a
         :class:`~caresync.exceptions.SyncRefusedError` for a refusal.
         ``insecure`` allows plain ``ws://`` to another machine. ``pull=False`` only
@@ -1591,7 +1593,8 @@ class Replica:
     ) -> None:
         """Stay in step with the server until ``stop`` is set (live mode).
 
-        Each connection resumes the session of the last online login, runs a
+        Each connection resumes the session of the last online login (only for that
+        account, as :meth:`sync`), runs a
         full round (first copy if unfinished, push, pull), subscribes to the
         live feed, then commits every live update with its checkpoint and
         pushes each local edit as soon as it is committed. States:

@@ -583,6 +583,8 @@ class SyncServer:
         self.login_timeout_s = login_timeout_s
         self.max_pending_logins = max_pending_logins
         self.security_poll_s = security_poll_s
+        self._rechecks = 0
+        """How many re-checks of the connections began (see :meth:`_still_open`)."""
         self.gate = Gatekeeper(
             store,
             server_id=server_id,
@@ -923,29 +925,36 @@ class SyncServer:
     async def recheck_sessions(self) -> int:
         """Close every connection whose session ended (revoked, expired, new password,
         disabled account); returns how many. Runs by itself every ``security_poll_s``."""
+        self._rechecks += 1  # before any await: a login under way sees it (_on_login)
         closed = 0
         for conn in list(self._connections):
-            login = conn.login
-            if login is None:
+            if conn.login is None:
                 continue
-            replica_id = conn.protocol.replica_id
-            revoked = False
-            if replica_id is not None:
-                info = await self.store.get_replica(replica_id)
-                revoked = info is None or info.revoked
-            if revoked:
-                await self._end(conn, ErrorCode.REVOKED, f"replica {replica_id} was revoked")
-            elif not await self.gate.session_valid(login.session_hash):
-                await self._end(
-                    conn,
-                    ErrorCode.SESSION_EXPIRED,
-                    "the session ended (expired, a new password, or the account was disabled): "
-                    "log in with your password",
-                )
-            else:
+            ended = await self._session_ended(conn)
+            if ended is None:
                 continue
+            await self._end(conn, ended.code, ended.message)
             closed += 1
         return closed
+
+    async def _session_ended(self, conn: _Connection) -> Refused | None:
+        """Why the session of a logged-in ``conn`` ended (its replica revoked; the session
+        expired or deleted by a new password or a disabled account), or None."""
+        login = conn.login
+        if login is None:
+            return None
+        replica_id = conn.protocol.replica_id
+        if replica_id is not None:
+            info = await self.store.get_replica(replica_id)
+            if info is None or info.revoked:
+                return Refused(ErrorCode.REVOKED, f"replica {replica_id} was revoked")
+        if not await self.gate.session_valid(login.session_hash):
+            return Refused(
+                ErrorCode.SESSION_EXPIRED,
+                "the session ended (expired, a new password, or the account was disabled): "
+                "log in with your password",
+            )
+        return None
 
     async def _end(self, conn: _Connection, code: str, message: str) -> None:
         """Tell the peer why (a fatal Error), then close its connection."""
@@ -1404,10 +1413,13 @@ class SyncServer:
         address = conn.channel.remote_host
         if await self._refuse_old_client(conn, login):
             return
+        rechecks = self._rechecks
         if isinstance(login, Authenticate):
             outcome = await self.gate.password_login(login, hello, address)
         else:
             outcome = await self.gate.resume(login, hello, address)
+        if not isinstance(outcome, Refused) and self._rechecks != rechecks:
+            outcome = await self._still_open(conn, outcome)
         if isinstance(outcome, Refused):
             conn.protocol.reject(outcome.code, outcome.message)
             conn.protocol.errors_sent()  # logged here as a failed login, not as a refusal too
@@ -1462,6 +1474,22 @@ class SyncServer:
             conn.login_unsynced = True
             self._sync_logins_soon()
         self.events.logged_in(conn.channel.peer, outcome.user, outcome.organisation, replica_id)
+
+    async def _still_open(self, conn: _Connection, outcome: Login) -> Login | Refused:
+        """``outcome``, a login the gate accepted while a re-check of the connections ran
+        (the watcher's, or a revocation's here), if its session still stands now.
+
+        The gate read the store before this connection was logged in, and that re-check
+        passed it by as not logged in: a revocation, a new password or a disabled account
+        it was looking for, committed after the gate's reads, would be marked handled and
+        never looked at again (a revoked laptop served, live, until its session's end).
+        Logged in first, then read: any later change meets it at the next re-check."""
+        conn.login = outcome  # seen by every re-check from now on
+        try:
+            ended = await self._session_ended(conn)
+        finally:
+            conn.login = None  # set for good by the caller, with no await in between
+        return outcome if ended is None else ended
 
     async def _refuse_old_client(
         self, conn: _Connection, login: Authenticate | ResumeSession

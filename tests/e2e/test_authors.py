@@ -286,7 +286,9 @@ async def test_records_committed_from_outside_are_written_as_the_account_logged_
         await laptop.login_offline("dr.a", PASSWORD)
         await laptop.commit_records([await edited("dr.a")])
         assert (await laptop.status()).pending == pending + 1
-        assert (await laptop.sync()).uploaded == 1  # the server takes it as dr.a's
+        # dr.a logs in online to sync (the session kept here is dr.b's, not to resume).
+        report = await laptop.sync(username="dr.a", password=PASSWORD, organisation="clinic-a")
+        assert report.uploaded == 1  # the server takes it as dr.a's
         assert await _server_field(server, record_id, "weightKg") == 70
     finally:
         await laptop.close()

@@ -16,7 +16,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, start_server
+from argon2 import PasswordHasher
+from tests.e2e.live_helpers import (
+    LIMIT_S,
+    PASSWORD,
+    Signal,
+    enrolled,
+    live,
+    start_server,
+    until,
+)
 
 from caresync.exceptions import AuthenticationError, StorageError, SyncRefusedError
 from caresync.replica import ReplicaState
@@ -123,6 +132,116 @@ async def test_a_revocation_seen_while_the_store_failed_is_looked_at_again(
             assert isinstance(error, SyncRefusedError)
             assert failures == [laptop.replica_id]  # the first re-check did fail
             assert laptop.locked
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+def _revoke_in_the_read(
+    server: SyncServer, server_db: Path, method: str, replica_id: str, *, skip: int = 0
+) -> asyncio.Event:
+    """Make the server store's ``method`` read as asked, and, at the call after the
+    first ``skip``, then have another process revoke ``replica_id`` and the server's
+    watcher go round over its connections, before that read's answer reaches the
+    login. Returns an event set once it did."""
+    store = server.store
+    original = getattr(store, method)
+    original_generation = store.accounts_generation
+    generation_reads = Signal()
+    calls: list[object] = []
+    done = asyncio.Event()
+
+    async def accounts_generation() -> int:
+        generation = await original_generation()
+        generation_reads()
+        return generation
+
+    async def read(*args: object, **kwargs: object) -> object:
+        answer = await original(*args, **kwargs)
+        calls.append(args)
+        if len(calls) == skip + 1:
+            async with SQLiteStore.open(server_db, accounts_only=True) as admin:
+                await admin.revoke_replica(replica_id)  # as another process does
+            # A read of the generation may have begun before the commit: the third one
+            # after it comes only once the watcher's re-check of the new one has ended.
+            seen = generation_reads.count
+            await until(_true_when(lambda: generation_reads.count >= seen + 3), generation_reads)
+            done.set()
+        return answer
+
+    store.accounts_generation = accounts_generation  # type: ignore[method-assign]
+    server.security_poll_s = 0.01
+    setattr(store, method, read)
+    return done
+
+
+def _true_when(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
+@pytest.mark.parametrize("login", ["password", "resumed"])
+async def test_a_revocation_between_the_logins_checks_and_its_connection_ends_it(
+    tmp_path: Path, login: str
+) -> None:
+    """A revocation committed after the login's last read, and seen by the watcher
+    before the connection counted as logged in, still ends the connection.
+
+    The watcher re-checks only logged-in connections, then takes the change as handled:
+    before, this connection was passed by while its login was under way and never looked
+    at again (a revoked laptop served, live, until its session's end, up to 12 h).
+    """
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        replica_id, db = laptop.replica_id, tmp_path / "server.db"
+        assert replica_id is not None
+        if login == "password":  # the gate's re-check reads it second (after the proof)
+            done = _revoke_in_the_read(server, db, "replica_secret_hash", replica_id, skip=1)
+        else:
+            done = _revoke_in_the_read(server, db, "read_resume", replica_id)
+        async with asyncio.timeout(LIMIT_S):
+            if login == "password":
+                with pytest.raises(SyncRefusedError, match="revoked"):
+                    await laptop.sync(username="dr.a", password=PASSWORD)
+            else:
+                async with live(laptop) as run:
+                    error = await run.outcome()  # before: online, and never told
+                assert isinstance(error, SyncRefusedError)
+                assert "revoked" in str(error)
+        assert done.is_set()
+        assert laptop.locked
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_password_hashed_again_during_a_login_is_still_its_password(
+    tmp_path: Path,
+) -> None:
+    """The login's re-check asks whether the password is still the account's, not
+    whether its hash is unchanged: the same password hashed again (at a higher cost,
+    ``set_password_hash(..., end_sessions=False)``, as an application that upgrades
+    hashes at login does) refused the login as a changed password and counted a failed
+    guess against the account and the address, though the password was right."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        stronger = PasswordHasher(time_cost=3, memory_cost=16 * 1024)
+
+        async def rehash() -> None:
+            new_hash = await asyncio.to_thread(stronger.hash, PASSWORD)
+            await server.store.set_password_hash("clinic-a", "dr.a", new_hash, end_sessions=False)
+
+        stored = _act_before_the_session_is_stored(server, rehash)
+        async with asyncio.timeout(LIMIT_S):
+            report = await laptop.sync(username="dr.a", password=PASSWORD)
+            assert report.conflicts_open == 0
+            [session] = stored
+            assert await server.store.get_session(session.token_hash) is not None
+            await laptop.sync()  # the session stands, and resumes
     finally:
         await laptop.close()
         await server.close()

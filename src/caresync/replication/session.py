@@ -799,6 +799,10 @@ class Session:
             raise AuthenticationError(
                 "this laptop holds no replica secret yet: log in with a password once"
             )
+        # Before anything is sent: the session acts on the server as its account.
+        refusal = self.host.logins.resume_refusal()
+        if refusal is not None:
+            raise AuthenticationError(refusal)
         self.protocol.resume_session(token, self.host.secret)
         if pull_ahead:
             await self.flush()  # the login travels while this laptop reads what to ask
@@ -964,9 +968,9 @@ class Session:
             return
         token, user, password = self._token_to_store
         self._token_to_store = None
-        store = self.host.store
+        # Its account first: a token stored without it would resume as the one before.
+        await self.host.logins.session_kept(user)
         await self.host.known_meta.set_meta(meta.SESSION_TOKEN, token)
-        await store.set_meta(meta.SESSION_USER, user)
         await self.host.logins.logged_in_online(user, password)
         await self.host.audit("login", None, "online", actor=user)
 
