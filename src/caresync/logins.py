@@ -125,6 +125,9 @@ ENDED_ENABLED = "enabled"
 """Why an offline login ended: the account was disabled on the server, and is enabled
 again (an online login gives it back)."""
 
+_ENDS = (ENDED_DISABLED, ENDED_PASSWORD)
+"""The reasons that end an offline login and take the key copy under that password."""
+
 _WHY = {
     ENDED_DISABLED: "disabled on the server",
     ENDED_PASSWORD: "password changed on the server: log in online",
@@ -331,9 +334,17 @@ class LaptopLogins:
                 continue
             now = self._judge(was, state)
             if now == was:
+                # A copy kept when it ended (its user had opened the laptop then): the
+                # first login while someone else opened it takes it away.
+                if (
+                    now.ended in _ENDS
+                    and self._copy_to_drop(user)
+                    and await self._drop_copy(user) == "removed"
+                ):
+                    ended.append(OfflineLoginEnded(user, now.ended, "removed"))
                 continue
             known[user], changed = now, True
-            if now.ended in (ENDED_DISABLED, ENDED_PASSWORD) and now.ended != was.ended:
+            if now.ended in _ENDS and now.ended != was.ended:
                 ended.append(await self._end_offline(user, now.ended))
         if changed:
             await self._keep_known(known)
@@ -375,6 +386,15 @@ class LaptopLogins:
             if self._set_aside == user:
                 self._set_aside = None
         return OfflineLoginEnded(user, reason, await self._drop_copy(user))
+
+    def _copy_to_drop(self, user: str) -> bool:
+        """Whether ``user`` still holds a copy of an encrypted laptop's key that may go
+        (as the key file was last read: :meth:`_drop_copy` checks it again)."""
+        key = self.database_key
+        if key is None or user == key.unlocked_by:
+            return False
+        users = key.ring.users()
+        return user in users and len(users) > 1
 
     async def _drop_copy(self, user: str) -> str:
         """Remove ``user``'s copy of an encrypted laptop's key, unless it is the last one

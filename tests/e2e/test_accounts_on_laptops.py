@@ -239,6 +239,56 @@ async def test_the_copy_that_opened_the_laptop_is_kept_and_rewrapped_at_the_onli
         await server.close()
 
 
+async def test_a_copy_kept_for_its_opener_goes_at_a_login_while_another_opened_it(
+    tmp_path: Path,
+) -> None:
+    server = await start_server(tmp_path)
+    await server.add_user(ORG, NURSE, NURSE_PASSWORD)
+    laptop = await enrolled(
+        tmp_path, server, "laptop", username="dr.a", password=PASSWORD, kdf=CHEAP
+    )
+    try:
+        await laptop.sync(username=NURSE, password=NURSE_PASSWORD, organisation=ORG)
+        await laptop.sync(username="dr.a", password=PASSWORD, organisation=ORG)
+    finally:
+        await laptop.close()
+    db = tmp_path / "laptop.db"
+    await server.disable_user(ORG, NURSE)
+    # The nurse opens the laptop; dr.a's sync ends her offline login, her copy stays.
+    laptop = await Replica.open(db, username=NURSE, password=NURSE_PASSWORD, kdf=CHEAP)
+    try:
+        await laptop.sync()
+        assert KeyRing.load(key_file_for(db)).users() == ["dr.a", NURSE]
+        with pytest.raises(AuthenticationError, match="disabled on the server"):
+            await laptop.login_offline(NURSE, NURSE_PASSWORD)
+    finally:
+        await laptop.close()
+    # dr.a opens it next: the next login takes the nurse's copy away, once.
+    laptop = await Replica.open(db, username="dr.a", password=PASSWORD, kdf=CHEAP)
+    try:
+        await laptop.sync()
+        assert KeyRing.load(key_file_for(db)).users() == ["dr.a"]
+        await laptop.sync()
+        details = [
+            (e.actor, e.detail)
+            for e in await laptop.store.audit_entries()
+            if e.detail and e.detail.startswith("offline login ended")
+        ]
+        assert details == [
+            (
+                NURSE,
+                "offline login ended: disabled on the server; copy of the key kept: "
+                "their password opened this laptop now",
+            ),
+            (NURSE, "offline login ended: disabled on the server; copy of the key removed"),
+        ]
+    finally:
+        await laptop.close()
+        await server.close()
+    with pytest.raises(WrongPasswordError):
+        await Replica.open(db, username=NURSE, password=NURSE_PASSWORD, kdf=CHEAP)
+
+
 async def test_a_version_15_laptop_with_this_server_works_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
