@@ -1429,9 +1429,7 @@ class SyncServer:
             )
             return
         conn.user, conn.organisation, conn.login = outcome.user, outcome.organisation, outcome
-        accounts, account_states = await self._accounts_told(
-            conn, outcome.organisation, outcome.accounts
-        )
+        accounts, account_states = await self._accounts_told(conn, outcome)
         conn.protocol.accept_authentication(
             outcome.token,
             outcome.expires_ms,
@@ -1584,17 +1582,20 @@ class SyncServer:
         conn.protocol.ack_audit(up_to)
 
     async def _accounts_told(
-        self, conn: _Connection, organisation: str, known: dict[str, str] | None = None
+        self, conn: _Connection, login: Login
     ) -> tuple[list[AccountName] | None, list[AccountState] | None]:
-        """The organisation's accounts and display names, for a peer that reads them
-        (``known``: as the login read them already); and, for a peer of version 16 on,
-        whether each is disabled and its password mark (read with the names, in one
-        read, so the two lists name the same accounts)."""
+        """The login's organisation's accounts and display names, for a peer that reads
+        them; and, for a peer of version 16 on, whether each is disabled and its password
+        mark (read with the names, in one read, so the two lists name the same accounts).
+        What the login read already (a resumed one) is not read again."""
         version = conn.protocol.protocol_version
         if version is None or version < Authenticated.FIELDS_SINCE["accounts"]:
             return None, None
+        organisation, known = login.organisation, login.accounts
         if version >= ACCOUNT_STATES_SINCE:
-            standings = await self.store.account_standings(organisation)
+            standings = login.standings
+            if standings is None:
+                standings = await self.store.account_standings(organisation)
             users = sorted(standings)
             return (
                 [AccountName(user, standings[user].display_name) for user in users],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
@@ -287,6 +288,33 @@ async def test_a_copy_kept_for_its_opener_goes_at_a_login_while_another_opened_i
         await server.close()
     with pytest.raises(WrongPasswordError):
         await Replica.open(db, username=NURSE, password=NURSE_PASSWORD, kdf=CHEAP)
+
+
+async def test_a_resumed_login_reads_the_standings_in_its_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync with nothing to do costs the server no store call more than before: the
+    standings come with the resumed login's other reads (``read_resume``)."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    calls: list[str] = []
+    for name in ("account_standings", "organisation_accounts"):
+        original = getattr(server.store, name)
+
+        async def counted(*args: object, _original: Any = original, _name: str = name) -> Any:
+            calls.append(_name)
+            return await _original(*args)
+
+        monkeypatch.setattr(server.store, name, counted)
+    try:
+        await server.disable_user(ORG, "dr.b")
+        await laptop.sync()
+        assert calls == []
+        await laptop.sync(username="dr.a", password=PASSWORD, organisation=ORG)
+        assert calls == ["account_standings"]  # a password login reads them once
+    finally:
+        await laptop.close()
+        await server.close()
 
 
 async def test_a_version_15_laptop_with_this_server_works_as_before(

@@ -748,6 +748,9 @@ class ResumeReads:
     """The end of the replica's audit chain held here (:meth:`ReplicaStore.audit_tail`)."""
     meta: dict[str, str | None]
     """The meta values asked for, by key (:meth:`ReplicaStore.get_meta`)."""
+    standings: dict[str, AccountStanding] | None = None
+    """The same accounts' standings (:meth:`ServerStore.account_standings`), read with
+    them (``accounts`` holds their display names); None without a session."""
 
 
 def check_outbox_report(
@@ -1802,7 +1805,8 @@ class ServerStore(ReplicaStore, Protocol):
     ) -> ResumeReads:
         """Everything a resumed login reads, together (see :class:`ResumeReads`): the
         session of ``token_hash``, the replica ``replica_id``, its secret hash and audit tail, the
-        session's account and its organisation's accounts, and ``meta_keys``. Each
+        session's account and its organisation's accounts (names and standings), and
+        ``meta_keys``. Each
         value is what its single read returns; a store may read them in one trip
         (SQLite: one job on its thread), which a login waits for.
         """

@@ -2694,6 +2694,7 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert reads.account == await store.get_user("clinic", "dr.a")
         assert reads.accounts == await store.organisation_accounts("clinic")
         assert reads.accounts == {"dr.a": "Dr A", "dr.b": "dr.b"}
+        assert reads.standings == await store.account_standings("clinic")
         assert reads.audit_tail == await store.audit_tail("r1")
         assert reads.audit_tail[0] == 2
         assert reads.meta == {"pushed:r1": "17", "absent": None}
@@ -2701,6 +2702,7 @@ class ServerStoreSuite(ReplicaStoreSuite):
         none = await store.read_resume("hash-x", "r9")
         assert (none.session, none.replica, none.secret_hash) == (None, None, None)
         assert (none.account, none.accounts, none.meta) == (None, None, {})
+        assert none.standings is None
         assert none.audit_tail == await store.audit_tail("r9")
         for bad in ("", None, 7):
             with pytest.raises(InvalidInputError):

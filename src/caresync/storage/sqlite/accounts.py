@@ -81,14 +81,17 @@ def sql_organisation_accounts(
     }
 
 
-def sql_account_standings(raw: sqlite3.Connection, organisation: str) -> dict[str, AccountStanding]:
-    """Every account of the organisation: shown name, disabled, password mark."""
+def sql_account_standings(
+    raw: sqlite3.Connection, organisation: str, limit: int = -1
+) -> dict[str, AccountStanding]:
+    """Every account of the organisation: shown name, disabled, password mark; the first
+    ``limit`` by username only, if given."""
     return {
         str(name): account_standing(name, shown, disabled_ms, mark)
         for name, shown, disabled_ms, mark in raw.execute(
             "SELECT username, display_name, disabled_ms, password_mark FROM users"
-            " WHERE organisation = ? ORDER BY username",
-            (organisation,),
+            " WHERE organisation = ? ORDER BY username LIMIT ?",
+            (organisation, limit),
         )
     }
 
