@@ -15,15 +15,19 @@ Real parts: a server on 127.0.0.1 (SQLite), laptops in plain and encrypted SQLit
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli.clitools import inproc
 from tests.e2e.live_helpers import PASSWORD, enrolled, start_server
 
 import caresync.replication.session
 import caresync.server
+from caresync.cli.errors import ExitCode
 from caresync.exceptions import AuthenticationError, WrongPasswordError
 from caresync.protocol import ServerProtocol
 from caresync.records import Record
@@ -137,6 +141,35 @@ async def test_a_changed_password_ends_the_offline_login_until_an_online_one(
     finally:
         await laptop.close()
         await server.close()
+
+
+def test_caresync_status_and_login_say_why_an_offline_login_ended(tmp_path: Path) -> None:
+    async def disable_the_nurse() -> None:
+        server = await start_server(tmp_path)
+        await server.add_user(ORG, NURSE, NURSE_PASSWORD)
+        laptop = await enrolled(tmp_path, server, "laptop")
+        try:
+            await _nurse_writes_offline(laptop)
+            await server.disable_user(ORG, NURSE)
+            await server.set_password(ORG, "dr.b", NEW_PASSWORD)  # never logged in there
+            await laptop.sync()
+        finally:
+            await laptop.close()
+            await server.close()
+
+    asyncio.run(disable_the_nurse())
+    db = tmp_path / "laptop.db"
+    status = inproc("status --db {db} --json", db=db).ok().json()
+    assert status["offline_logins_ended"] == {NURSE: "disabled on the server"}
+    assert status["pending"] == 0
+    shown = inproc("status --db {db}", db=db).ok().stdout
+    assert re.search(rf"no offline login +{NURSE}: disabled on the server", shown)
+    refused = inproc(
+        "login --db {db} --username {user}", db=db, user=NURSE, password=NURSE_PASSWORD
+    )
+    assert refused.code == ExitCode.REFUSED
+    assert f"{NURSE}'s account is disabled on the server" in refused.error_line()
+    assert inproc("login --db {db} --username dr.a --json", db=db).ok().json()["username"] == "dr.a"
 
 
 async def _encrypted_shared_laptop(tmp_path: Path, server: SyncServer) -> Path:

@@ -985,7 +985,7 @@ class Session:
         """End the offline logins the server no longer allows (disabled accounts,
         changed passwords), each with an entry in the audit trail, as its account."""
         for ended in await self.host.logins.learn_accounts(states, logging_in=logging_in):
-            logger.warning("offline login of %s ended: %s", ended.user, ended.audit_detail())
+            logger.warning("%s: %s", ended.user, ended.audit_detail())
             await self.host.audit("logout", None, ended.audit_detail(), actor=ended.user)
 
     async def synchronise(self, progress: ProgressCallback | None, pull: bool = True) -> SyncReport:
