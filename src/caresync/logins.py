@@ -94,13 +94,13 @@ from caresync.storage import ReplicaStore
 from caresync.storage.laptop_key import LaptopKey
 
 __all__ = [
+    "ENDED_DISABLED",
+    "ENDED_ENABLED",
+    "ENDED_PASSWORD",
     "LOGIN_IDLE_S",
     "OFFLINE_LOCK_FIRST_S",
     "OFFLINE_LOCK_MAX_S",
     "OFFLINE_LOGIN_ATTEMPTS",
-    "ENDED_DISABLED",
-    "ENDED_ENABLED",
-    "ENDED_PASSWORD",
     "LaptopLogins",
     "OfflineLoginEnded",
 ]
@@ -182,11 +182,7 @@ class OfflineLoginEnded:
 
     def audit_detail(self) -> str:
         """The detail of the audit entry that records it (at most 256 characters)."""
-        why = (
-            "disabled on the server"
-            if self.reason == ENDED_DISABLED
-            else ("password changed on the server")
-        )
+        why = _WHY[self.reason].partition(":")[0]  # without the advice
         copy = f"; copy of the key {self.key_copy}" if self.key_copy else ""
         return f"offline login ended: {why}{copy}"[:256]
 
@@ -227,6 +223,9 @@ class LaptopLogins:
         self._set_aside: str | None = None
         """Who is logged in in the store, not this opening's (see :meth:`load`)."""
         self._names: dict[str, str] = {}
+        # What the store holds of ACCOUNT_MARKS, read at load: a sync then reads nothing.
+        self._marks: dict[str, _Known] | None = None
+        self._marks_read = False
 
     async def load(self, *, password: str | None = None) -> None:
         """Read who is logged in and the account names from the store.
@@ -251,6 +250,9 @@ class LaptopLogins:
         self._login = login
         names = await self.store.get_meta(_ACCOUNT_NAMES)
         self._names = _names_from_text(names) if names else {}
+        marks = await self.store.get_meta(_ACCOUNT_MARKS)
+        self._marks = None if marks is None else _known_from_text(marks)
+        self._marks_read = True
 
     # ----------------------------------------------------------------- who
 
@@ -442,9 +444,13 @@ class LaptopLogins:
 
     async def _known(self) -> dict[str, _Known] | None:
         """What the laptop keeps of the accounts that logged in online here (None:
-        nothing yet; see :data:`~caresync.replication.meta.ACCOUNT_MARKS`)."""
-        text = await self.store.get_meta(_ACCOUNT_MARKS)
-        return None if text is None else _known_from_text(text)
+        nothing yet; see :data:`~caresync.replication.meta.ACCOUNT_MARKS`), as read at
+        :meth:`load` and written since (a copy)."""
+        if not self._marks_read:  # not loaded: never taken for "nothing yet"
+            text = await self.store.get_meta(_ACCOUNT_MARKS)
+            self._marks = None if text is None else _known_from_text(text)
+            self._marks_read = True
+        return None if self._marks is None else dict(self._marks)
 
     async def _keep_known(self, known: Mapping[str, _Known]) -> None:
         await self.store.set_meta(
@@ -453,6 +459,7 @@ class LaptopLogins:
                 {user: {"mark": k.mark, "ended": k.ended} for user, k in sorted(known.items())}
             ),
         )
+        self._marks, self._marks_read = dict(known), True
 
     async def login_offline(self, username: str, password: str) -> None:
         """Check a password offline and log ``username`` in; see the module docstring.

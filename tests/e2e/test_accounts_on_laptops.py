@@ -32,6 +32,7 @@ from caresync.exceptions import AuthenticationError, WrongPasswordError
 from caresync.protocol import ServerProtocol
 from caresync.records import Record
 from caresync.replica import Replica
+from caresync.replication import meta
 from caresync.server import SyncServer
 from caresync.storage import KdfParams, KeyRing, key_file_for
 
@@ -85,6 +86,9 @@ async def test_a_disabled_account_no_longer_logs_in_offline_and_its_work_still_s
         with pytest.raises(AuthenticationError, match="disabled on the server"):
             await laptop.login_offline(NURSE, NURSE_PASSWORD)
         await laptop.login_offline("dr.a", PASSWORD)  # a colleague is not touched
+        # What she wrote here may still be imported here (an export put back after a
+        # restore): she logged in on this laptop, as the server knows.
+        assert await laptop.logins.logged_in_here(NURSE)
         ended = [e for e in await laptop.store.audit_entries() if e.detail and "ended" in e.detail]
         assert [(e.actor, e.action, e.detail) for e in ended] == [
             (NURSE, "logout", "offline login ended: disabled on the server")
@@ -345,6 +349,39 @@ async def test_a_resumed_login_reads_the_standings_in_its_one_read(
         assert calls == []
         await laptop.sync(username="dr.a", password=PASSWORD, organisation=ORG)
         assert calls == ["account_standings"]  # a password login reads them once
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_a_sync_with_nothing_to_do_reads_and_writes_no_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marks are read when the laptop opens and written only when they change: a
+    sync with nothing new hands the laptop's store no job for them."""
+    server = await start_server(tmp_path)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    await laptop.sync(username="dr.b", password=PASSWORD, organisation=ORG)
+    seen: list[tuple[str, str]] = []
+    for name in ("get_meta", "set_meta"):
+        original = getattr(laptop.store, name)
+
+        async def counted(
+            key: str, *rest: Any, _original: Any = original, _name: str = name
+        ) -> Any:
+            if key == meta.ACCOUNT_MARKS or key.startswith(meta.OFFLINE_LOGIN_PREFIX):
+                seen.append((_name, key))
+            return await _original(key, *rest)
+
+        monkeypatch.setattr(laptop.store, name, counted)
+    try:
+        await laptop.sync()
+        assert seen == []
+        await server.disable_user(ORG, "dr.b")
+        await laptop.sync(username="dr.a", password=PASSWORD, organisation=ORG)
+        assert ("set_meta", meta.ACCOUNT_MARKS) in seen
+        assert ("set_meta", meta.OFFLINE_LOGIN_PREFIX + "dr.b") in seen
+        assert ("get_meta", meta.ACCOUNT_MARKS) not in seen
     finally:
         await laptop.close()
         await server.close()
