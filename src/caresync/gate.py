@@ -68,7 +68,7 @@ from caresync.protocol import (
 )
 from caresync.records import Revision
 from caresync.replication import meta
-from caresync.storage import ServerStore, SessionRow, UserAccount
+from caresync.storage import AccountStanding, ServerStore, SessionRow, UserAccount
 from caresync.throttle import LoginThrottle, ThrottleKey, address_key, key_text
 
 __all__ = ["PUSHED_KEY_PREFIX", "SERVER_KEY_META", "Gatekeeper", "Login", "Refused"]
@@ -101,6 +101,8 @@ class Login:
     new_secret: bytes | None
     accounts: dict[str, str] | None = None
     """The organisation's accounts, when the login read them already (a resumed one)."""
+    standings: dict[str, AccountStanding] | None = None
+    """Their standings (disabled, password mark), read with them."""
     audit_tail: tuple[int, bytes] | None = None
     """The end of the replica's audit chain held here, when the login read it already."""
 
@@ -417,6 +419,7 @@ class Gatekeeper:
             None,
             accounts=reads.accounts,
             audit_tail=reads.audit_tail,
+            standings=reads.standings,
         )
 
     async def enrol(

@@ -46,7 +46,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -202,6 +202,11 @@ class ReplicaStatus:
     audit_refused: str | None = None
     """Why the server refused this laptop's audit entries at the last sync (they stay here,
     and are sent again); None when it took them."""
+    offline_logins_ended: Mapping[str, str] = field(default_factory=dict)
+    """The accounts whose offline login this laptop ended on its server's word, and why:
+    ``"disabled on the server"``, ``"password changed on the server: log in online"``
+    (see :meth:`LaptopLogins.learn_accounts <caresync.logins.LaptopLogins.learn_accounts>`);
+    an online login of that account gives it back."""
 
 
 ReceivedListener = Callable[[tuple[str, ...]], None]
@@ -1139,6 +1144,7 @@ class Replica:
             last_error=self._status.last_error,
             quarantined=await self.store.count_quarantined(),
             audit_refused=await self.store.get_meta(meta.AUDIT_REFUSED) or None,
+            offline_logins_ended=await self.logins.ended_offline(),
             **await self._client_versions(),
         )
 

@@ -77,6 +77,7 @@ from caresync.observe import (
     StoreFigures,
 )
 from caresync.protocol import (
+    ACCOUNT_STATES_SINCE,
     BATCH_OVERHEAD_BYTES,
     COPY_PAIRS_SINCE,
     DEFAULT_MAX_FRAME_BYTES,
@@ -87,6 +88,7 @@ from caresync.protocol import (
     PROTOCOL_VERSION,
     RECORD_PARTS_SINCE,
     AccountName,
+    AccountState,
     AuditBatch,
     Authenticate,
     Authenticated,
@@ -1439,6 +1441,7 @@ class SyncServer:
             )
             return
         conn.user, conn.organisation, conn.login = outcome.user, outcome.organisation, outcome
+        accounts, account_states = await self._accounts_told(conn, outcome)
         conn.protocol.accept_authentication(
             outcome.token,
             outcome.expires_ms,
@@ -1446,10 +1449,11 @@ class SyncServer:
             outcome.organisation,
             pushed_up_to=outcome.pushed_up_to,
             replica_secret=outcome.new_secret,
-            accounts=await self._account_names(conn, outcome.organisation, outcome.accounts),
+            accounts=accounts,
             audit_tail=await self._audit_tail(conn, outcome.audit_tail),
             client_newest=self.client_newest_version,
             client_min=self.client_min_version,
+            account_states=account_states,
         )
         # Authenticated goes now, and the login is recorded while it travels: this
         # connection handles nothing more (no request is read) until the records
@@ -1605,16 +1609,31 @@ class SyncServer:
             return
         conn.protocol.ack_audit(up_to)
 
-    async def _account_names(
-        self, conn: _Connection, organisation: str, known: dict[str, str] | None = None
-    ) -> list[AccountName] | None:
-        """The organisation's accounts and display names, for a peer that reads them
-        (``known``: as the login read them already)."""
+    async def _accounts_told(
+        self, conn: _Connection, login: Login
+    ) -> tuple[list[AccountName] | None, list[AccountState] | None]:
+        """The login's organisation's accounts and display names, for a peer that reads
+        them; and, for a peer of version 16 on, whether each is disabled and its password
+        mark (read with the names, in one read, so the two lists name the same accounts).
+        What the login read already (a resumed one) is not read again."""
         version = conn.protocol.protocol_version
         if version is None or version < Authenticated.FIELDS_SINCE["accounts"]:
-            return None
+            return None, None
+        organisation, known = login.organisation, login.accounts
+        if version >= ACCOUNT_STATES_SINCE:
+            standings = login.standings
+            if standings is None:
+                standings = await self.store.account_standings(organisation)
+            users = sorted(standings)
+            return (
+                [AccountName(user, standings[user].display_name) for user in users],
+                [
+                    AccountState(user, standings[user].disabled, standings[user].password_mark)
+                    for user in users
+                ],
+            )
         names = known if known is not None else await self.store.organisation_accounts(organisation)
-        return [AccountName(user, names[user]) for user in sorted(names)]
+        return [AccountName(user, names[user]) for user in sorted(names)], None
 
     async def _on_enrol(self, conn: _Connection, enrol: Enrol) -> None:
         login = conn.login

@@ -91,6 +91,7 @@ async def status_of(reader: Reader) -> dict[str, Any]:
             "update_available": status.update_available,
             "update_required": status.update_required,
             "audit_refused": status.audit_refused,
+            "offline_logins_ended": dict(status.offline_logins_ended),
             "hub_pending": hub_pending(await laptop_summaries(replica)),
         }
     return await _server_status(reader)
@@ -165,5 +166,9 @@ def _render(console: Console, data: Mapping[str, Any]) -> None:
             continue
         if key in ("quarantined", "quarantined_records") and not value:
             continue  # shown only when something was kept aside
+        if key == "offline_logins_ended":
+            for user, why in (value or {}).items():  # one line each: who cannot, and why
+                table.add_row(*cells("no offline login", f"{user}: {why}"))
+            continue
         table.add_row(*cells(key, value))
     console.print(table)

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_PART_VECTOR_BYTES",
     "MAX_STATE_VECTOR_BYTES",
     "MAX_NONCE_BYTES",
+    "MAX_PASSWORD_MARK_BYTES",
     "MAX_SECRET_BYTES",
     "MAX_ID_LENGTH",
     "MAX_MAX_FRAME_BYTES",
@@ -66,13 +67,16 @@ __all__ = [
     "MESSAGE_TYPES",
     "MIN_MAX_FRAME_BYTES",
     "MIN_NONCE_BYTES",
+    "MIN_PASSWORD_MARK_BYTES",
     "MIN_SECRET_BYTES",
     "PROTOCOL_VERSION",
     "RECORD_PARTS_SINCE",
+    "ACCOUNT_STATES_SINCE",
     "SERVER_KEY_BYTES",
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
     "AccountName",
+    "AccountState",
     "AuditAck",
     "AuditBatch",
     "Authenticate",
@@ -138,10 +142,16 @@ RECORD_PARTS_SINCE = 15
 """The first protocol version in which a first copy takes a record larger than one frame
 in parts (:attr:`CopyBatch.in_parts`, :class:`RecordPartRequest`, :class:`RecordPart`)."""
 
-PROTOCOL_VERSION = 15
+ACCOUNT_STATES_SINCE = 16
+"""The first protocol version whose ``Authenticated`` says, per account of the
+organisation, whether it is disabled and a mark of its password
+(:attr:`Authenticated.account_states`), so that laptops end offline logins the server
+no longer allows."""
+
+PROTOCOL_VERSION = 16
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -234,6 +244,13 @@ of no records naming it (:attr:`CopyBatch.in_parts`); the client asks for it in 
 :class:`RecordPart` continuing the record from that state within one frame, until one
 says ``final``; then it resumes the copy after that record. Before, such a copy was
 refused at that record (``too_large``) and the enrolment stopped there.
+
+Version :data:`ACCOUNT_STATES_SINCE` adds :attr:`Authenticated.account_states`: beside
+each account's name, whether it is disabled and its **password mark**, an opaque value
+the server changes whenever the account's password changes (random, so it tells
+nothing of the password). A laptop that learns from its proven server that an account
+was disabled, or that its password changed since it last logged in online there, ends
+that account's offline logins (see :mod:`caresync.logins`).
 """
 
 MAX_VERSION_TEXT = 64
@@ -248,6 +265,9 @@ SIGNATURE_BYTES = 64
 """An Ed25519 signature."""
 MIN_SECRET_BYTES = 16
 MAX_SECRET_BYTES = 64
+MIN_PASSWORD_MARK_BYTES = 8
+MAX_PASSWORD_MARK_BYTES = 64
+"""The bounds of an :class:`AccountState`'s ``password_mark`` (caresync's servers send 16)."""
 
 MAX_VERSION = 0xFFFF
 """The largest protocol version number the envelope may carry."""
@@ -490,6 +510,17 @@ class AccountName(NamedTuple):
 
     username: str
     display_name: str
+
+
+class AccountState(NamedTuple):
+    """What a laptop must know of an account to allow its offline logins (protocol
+    version :data:`ACCOUNT_STATES_SINCE` on): whether it is disabled, and its password
+    mark, an opaque value (:data:`MIN_PASSWORD_MARK_BYTES` to
+    :data:`MAX_PASSWORD_MARK_BYTES` bytes) that changes whenever its password does."""
+
+    username: str
+    disabled: bool
+    password_mark: bytes
 
 
 class CopyConflict(NamedTuple):
@@ -862,6 +893,7 @@ class Authenticated(Message):
             "audit_hash": 7,
             "client_newest": 7,
             "client_min": 7,
+            "account_states": ACCOUNT_STATES_SINCE,
         }
     )
 
@@ -876,6 +908,7 @@ class Authenticated(Message):
     audit_hash: bytes | None = None
     client_newest: str | None = None
     client_min: str | None = None
+    account_states: tuple[AccountState, ...] | None = None
 
     def __post_init__(self) -> None:
         _text("Authenticated", "session_token", self.session_token, MAX_TOKEN_LENGTH, secret=True)
@@ -900,15 +933,28 @@ class Authenticated(Message):
             _opt_blob("Authenticated", "audit_hash", self.audit_hash, HASH_BYTES, HASH_BYTES)
         _opt_version("Authenticated", "client_newest", self.client_newest)
         _opt_version("Authenticated", "client_min", self.client_min)
+        if self.account_states is not None:
+            states = _account_states(self.account_states)
+            named = None if self.accounts is None else [a.username for a in self.accounts]
+            if named != [state.username for state in states]:
+                _bad(
+                    "Authenticated",
+                    "account_states",
+                    "sent with accounts, one state for each account, in the same order",
+                    f"{len(states)} states",
+                )
+            _set(self, "account_states", states)
 
     def __repr__(self) -> str:
         secret = "'***'" if self.replica_secret else None
         accounts = None if self.accounts is None else f"<{len(self.accounts)} accounts>"
+        states = None if self.account_states is None else f"<{len(self.account_states)} states>"
         return (
             f"Authenticated(session_token='***', expires_at_ms={self.expires_at_ms}, "
             f"user={self.user!r}, organisation={self.organisation!r}, "
             f"pushed_up_to={self.pushed_up_to!r}, replica_secret={secret}, "
-            f"accounts={accounts}, audit_seq={self.audit_seq!r})"
+            f"accounts={accounts}, audit_seq={self.audit_seq!r}, "
+            f"account_states={states})"
         )
 
 
@@ -925,6 +971,29 @@ def _account_names(value: object) -> tuple[AccountName, ...]:
         _text(owner, "accounts[].display_name", item.display_name, MAX_NAME_LENGTH)
         if out and item.username <= out[-1].username:
             _bad(owner, "accounts", "in strictly ascending username order", item.username)
+        out.append(item)
+    return tuple(out)
+
+
+def _account_states(value: object) -> tuple[AccountState, ...]:
+    """Validate Authenticated.account_states: (username, disabled, password mark)
+    triples, by username."""
+    owner = "Authenticated"
+    out: list[AccountState] = []
+    for item in _items(owner, "account_states", value, allow_empty=True):
+        if type(item) is not AccountState:
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                _bad(owner, "account_states[]", "a (username, disabled, password_mark)", item)
+            item = AccountState(*item)
+        _text(owner, "account_states[].username", item.username, MAX_NAME_LENGTH)
+        _bool(owner, "account_states[].disabled", item.disabled)
+        _blob(
+            owner,
+            "account_states[].password_mark",
+            item.password_mark,
+            MIN_PASSWORD_MARK_BYTES,
+            MAX_PASSWORD_MARK_BYTES,
+        )
         out.append(item)
     return tuple(out)
 

@@ -68,6 +68,7 @@ from caresync.protocol.codec import (
 )
 from caresync.protocol.errors import ErrorCode
 from caresync.protocol.messages import (
+    ACCOUNT_STATES_SINCE,
     CARD_REFERENCE_SINCE,
     COALESCED_PULL_SINCE,
     DEFAULT_MAX_FRAME_BYTES,
@@ -77,6 +78,7 @@ from caresync.protocol.messages import (
     RECORD_PARTS_SINCE,
     SUPPORTED_VERSIONS,
     AccountName,
+    AccountState,
     AuditAck,
     AuditBatch,
     Authenticate,
@@ -339,6 +341,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         audit_tail: tuple[int, bytes] | None = None,
         client_newest: str | None = None,
         client_min: str | None = None,
+        account_states: Sequence[AccountState] | None = None,
     ) -> None:
         """Queue Authenticated (AUTHENTICATING → READY).
 
@@ -349,7 +352,9 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         "not said", before), ``audit_tail`` (the number and hash of the last entry of
         the replica's audit chain held here), ``client_newest`` and ``client_min``
         (the newest caresync version the server knows, the oldest it accepts) from
-        version 7 on.
+        version 7 on, ``account_states`` (whether each account of ``accounts`` is
+        disabled, and its password mark) from version
+        :data:`~caresync.protocol.messages.ACCOUNT_STATES_SINCE` on.
         """
         if self._version is not None and self._version < ProveServer.SINCE_VERSION:
             pushed_up_to = replica_secret = None
@@ -358,6 +363,8 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
         if self._version is not None and self._version < AuditBatch.SINCE_VERSION:
             audit_tail = None
             client_newest = client_min = None
+        if self._version is not None and self._version < ACCOUNT_STATES_SINCE:
+            account_states = None
         message = Authenticated(
             session_token,
             expires_at_ms,
@@ -370,6 +377,7 @@ class ServerProtocol(SyncProtocol[ServerState, ServerEvent]):
             None if audit_tail is None else audit_tail[1],
             client_newest,
             client_min,
+            None if account_states is None else tuple(account_states),
         )
         asked = (
             self._credentials.organisation if isinstance(self._credentials, Authenticate) else None

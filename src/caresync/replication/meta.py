@@ -13,6 +13,7 @@ from caresync.storage.base import ReplicaStore
 
 __all__ = [
     "ACCOUNT_NAMES",
+    "ACCOUNT_MARKS",
     "ACKED",
     "AUDIT_REFUSED",
     "AUDIT_SENT",
@@ -110,6 +111,13 @@ CURRENT_LOGIN = "login.current"
 """JSON {"user", "since_ms", "active_ms"}: who is logged in."""
 ACCOUNT_NAMES = "accounts.names"
 """JSON {username: display name}, from the server."""
+ACCOUNT_MARKS = "accounts.marks"
+"""JSON {username: {"mark": hex, "ended": why}} for every account that logged in online
+on this laptop: ``mark``, the password mark the server gave at their last online login
+here ("" when not told: a server before protocol version 16); ``ended``, why the laptop
+ended their offline logins on the server's word ("" none, "disabled", "password", or
+"enabled": disabled, then enabled again). Absent until the first login on a server of
+version 16 on, which takes every account holding an offline login then."""
 
 # --- a server
 SERVER_KEY = "server.key"

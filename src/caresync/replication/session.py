@@ -65,6 +65,7 @@ from caresync.protocol import (
     MAX_MAX_FRAME_BYTES,
     MAX_PUSH_ITEMS,
     SUPPORTED_VERSIONS,
+    AccountState,
     AuditAck,
     Authenticated,
     ClientProtocol,
@@ -546,6 +547,8 @@ class Session:
         self._names_to_store: dict[str, str] | None = None  # account → display name
         self.accounts: frozenset[str] | None = None
         """The organisation's accounts the login named (protocol version 6 on), else None."""
+        # What the proven server says of its accounts (version 16), acted on with the names.
+        self._states_to_learn: tuple[AccountState, ...] | None = None
         self._audit_after: int | None = None  # send own audit entries after this one
         self._outbox_said: tuple[int, int | None] | None = None  # the last OutboxReport sent
         # The outbox as the login read it (nothing renumbered): the first report's.
@@ -831,6 +834,10 @@ class Session:
         if session.accounts is not None:
             self._names_to_store = dict(session.accounts)
             self.accounts = frozenset(self._names_to_store)
+        if session.account_states is not None and self.protocol.server_confirmed:
+            # Only the server that proved it holds the pinned key may end offline logins:
+            # the protocol sends no credential before that proof, so this always holds.
+            self._states_to_learn = session.account_states
         if session.replica_secret is not None:
             # The server gave a replica enrolled before secrets its first one: keep it
             # now, or this laptop could never log in again.
@@ -959,6 +966,10 @@ class Session:
         if self._names_to_store is not None:
             await self.host.logins.remember_names(self._names_to_store)
             self._names_to_store = None
+        states, self._states_to_learn = self._states_to_learn, None
+        logging_in = None if self._token_to_store is None else self._token_to_store[1]
+        if states is not None:
+            await self._learn_accounts(states, logging_in)
         if self.protocol.replica_id is not None:
             # Logged in as this laptop, with its secret: no enrolment of it waits for an
             # answer, and a note of one (its answer lost, then a newer backup put back;
@@ -971,8 +982,18 @@ class Session:
         # Its account first: a token stored without it would resume as the one before.
         await self.host.logins.session_kept(user)
         await self.host.known_meta.set_meta(meta.SESSION_TOKEN, token)
-        await self.host.logins.logged_in_online(user, password)
+        marks = {state.username: state.password_mark for state in states or ()}
+        await self.host.logins.logged_in_online(user, password, mark=marks.get(user))
         await self.host.audit("login", None, "online", actor=user)
+
+    async def _learn_accounts(
+        self, states: tuple[AccountState, ...], logging_in: str | None
+    ) -> None:
+        """End the offline logins the server no longer allows (disabled accounts,
+        changed passwords), each with an entry in the audit trail, as its account."""
+        for ended in await self.host.logins.learn_accounts(states, logging_in=logging_in):
+            logger.warning("%s: %s", ended.user, ended.audit_detail())
+            await self.host.audit("logout", None, ended.audit_detail(), actor=ended.user)
 
     async def synchronise(self, progress: ProgressCallback | None, pull: bool = True) -> SyncReport:
         """One round: push, then (``pull``) finish the first copy and pull."""

@@ -8,6 +8,7 @@ from caresync.lockout import FailedLogin, UnlockAttempts
 from caresync.storage.base import (
     HUB_STATES,
     OUTBOX_SEQ_LIMIT,
+    AccountStanding,
     ConflictRow,
     CopiedRecords,
     CopyPage,
@@ -109,6 +110,7 @@ __all__ = [
     "ThrottlePolicy",
     "UnlockAttempts",
     "UserAccount",
+    "AccountStanding",
     "create_laptop_key",
     "is_encrypted",
     "key_file_for",

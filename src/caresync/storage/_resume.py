@@ -33,10 +33,11 @@ async def read_resume_one_by_one(
     """:class:`ResumeReads` from the store's single reads, one after another."""
     token_hash, replica_id, keys = check_resume_query(token_hash, replica_id, meta_keys)
     session = await store.get_session(token_hash)
-    account = accounts = None
+    account = accounts = standings = None
     if session is not None:
         account = await store.get_user(session.organisation, session.username)
-        accounts = await store.organisation_accounts(session.organisation)
+        standings = await store.account_standings(session.organisation)
+        accounts = {user: standing.display_name for user, standing in standings.items()}
     return ResumeReads(
         session=session,
         replica=await store.get_replica(replica_id),
@@ -45,4 +46,5 @@ async def read_resume_one_by_one(
         accounts=accounts,
         audit_tail=await store.audit_tail(replica_id),
         meta={key: await store.get_meta(key) for key in keys},
+        standings=standings,
     )

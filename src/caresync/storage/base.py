@@ -81,6 +81,10 @@ __all__ = [
     "Store",
     "StoreOpener",
     "UserAccount",
+    "AccountStanding",
+    "PASSWORD_MARK_BYTES",
+    "new_password_mark",
+    "account_standing",
     "card_digest",
     "new_feed_epoch",
     "own_identity",
@@ -626,6 +630,45 @@ class UserAccount:
         return self.display_name or self.username
 
 
+PASSWORD_MARK_BYTES = 16
+"""The size of an account's password mark (:class:`AccountStanding`)."""
+
+
+def new_password_mark() -> bytes:
+    """A fresh password mark: random, so it tells nothing of the password it goes with."""
+    return secrets.token_bytes(PASSWORD_MARK_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStanding:
+    """What laptops are told of an account at each login (protocol version 16 on), so
+    that they allow offline logins only as the server would
+    (:meth:`ServerStore.account_standings`)."""
+
+    display_name: str
+    """How people see the account (its username when it has no display name)."""
+    disabled: bool
+    """True while the account is disabled."""
+    password_mark: bytes
+    """An opaque value that changes whenever the account's password is set, and only
+    then (not when the same password is hashed again): random, it reveals nothing of
+    the password or its hash."""
+
+
+def account_standing(
+    username: object, shown: object, disabled_ms: object, mark: object
+) -> AccountStanding:
+    """An account's row (username, display name, disabled_ms, password mark) as laptops
+    are told of it. A row without a mark (added by a process older than marks, still
+    running beside a migrated database) is told 16 zero bytes: stable, so not taken for
+    a new password at every login; its next password gets a random one."""
+    return AccountStanding(
+        str(shown or username),
+        disabled_ms is not None,
+        bytes(mark) if isinstance(mark, (bytes, bytearray, memoryview)) else bytes(16),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaInfo:
     """A server's bookkeeping of one enrolled replica."""
@@ -705,6 +748,9 @@ class ResumeReads:
     """The end of the replica's audit chain held here (:meth:`ReplicaStore.audit_tail`)."""
     meta: dict[str, str | None]
     """The meta values asked for, by key (:meth:`ReplicaStore.get_meta`)."""
+    standings: dict[str, AccountStanding] | None = None
+    """The same accounts' standings (:meth:`ServerStore.account_standings`), read with
+    them (``accounts`` holds their display names); None without a session."""
 
 
 def check_outbox_report(
@@ -1620,6 +1666,12 @@ class ServerStore(ReplicaStore, Protocol):
         """
         ...
 
+    async def account_standings(self, organisation: str) -> dict[str, AccountStanding]:
+        """Every account of the organisation (disabled ones too), by username: its shown
+        name, whether it is disabled, and its password mark (see
+        :class:`AccountStanding`). What a login tells a laptop of version 16 on."""
+        ...
+
     async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
         """The accounts that have logged in on each replica (by a password login bound
         to it, or by enrolling it); a replica no one logged in on is left out."""
@@ -1632,9 +1684,10 @@ class ServerStore(ReplicaStore, Protocol):
     async def set_password_hash(
         self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
     ) -> None:
-        """Replace a user's password hash; a new password ends the user's sessions.
+        """Replace a user's password hash; a new password ends the user's sessions and
+        gives the account a new password mark (:class:`AccountStanding`).
 
-        ``end_sessions=False`` keeps them (a rehash of the same password).
+        ``end_sessions=False`` keeps both (a rehash of the same password).
         """
         ...
 
@@ -1752,7 +1805,8 @@ class ServerStore(ReplicaStore, Protocol):
     ) -> ResumeReads:
         """Everything a resumed login reads, together (see :class:`ResumeReads`): the
         session of ``token_hash``, the replica ``replica_id``, its secret hash and audit tail, the
-        session's account and its organisation's accounts, and ``meta_keys``. Each
+        session's account and its organisation's accounts (names and standings), and
+        ``meta_keys``. Each
         value is what its single read returns; a store may read them in one trip
         (SQLite: one job on its thread), which a login waits for.
         """

@@ -349,7 +349,9 @@ def _no_copy_opens(database: Path, username: str | None, *, laptop: bool) -> str
         "online login on this laptop, or a password changed on the server since): log in "
         f"online once with `caresync sync --db {database} --username {user} --unlock`, "
         "CARESYNC_UNLOCK_PASSWORD set to a password that opens it now (the user's old one, "
-        "or a colleague's)."
+        "or a colleague's). An account disabled on the server no longer opens it (the "
+        "laptop removed its copy when it learnt of it): `caresync status` on the laptop "
+        "says whose offline login ended, and why."
     )
 
 

@@ -96,6 +96,7 @@ from caresync.storage._writes import (
 )
 from caresync.storage.base import (
     HUB_STATES,
+    AccountStanding,
     ConflictRow,
     CopiedRecords,
     CopyPage,
@@ -119,6 +120,7 @@ from caresync.storage.base import (
     StoreOpener,
     StrPath,
     UserAccount,
+    account_standing,
     card_digest,
     check_claims_free,
     check_client_id,
@@ -132,6 +134,7 @@ from caresync.storage.base import (
     check_session_selector,
     check_text,
     hub_versions,
+    new_password_mark,
     unknown_records_error,
 )
 from caresync.storage.cache import CachedRecord
@@ -178,6 +181,7 @@ class MemoryStore:
         self._feed_epochs: dict[int, int] = {}  # first_seq -> epoch
         self._conflicts: dict[str, dict[str, ConflictRow]] = {}
         self._users: dict[tuple[str, str], UserAccount] = {}
+        self._password_marks: dict[tuple[str, str], bytes] = {}
         self._replicas: dict[str, ReplicaInfo] = {}
         self._replica_accounts: dict[str, set[str]] = {}
         self._secrets: dict[str, str] = {}
@@ -1265,6 +1269,7 @@ class MemoryStore:
             display_name=display_name,
             admin=admin,
         )
+        self._password_marks[organisation, username] = new_password_mark()
 
     async def get_user(self, organisation: str, username: str) -> UserAccount | None:
         """A user of the organisation, or None."""
@@ -1290,6 +1295,18 @@ class MemoryStore:
             if org == organisation
         }
 
+    async def account_standings(self, organisation: str) -> dict[str, AccountStanding]:
+        """Every account of the organisation: shown name, disabled, password mark."""
+        check_text(organisation, "organisation")
+        self._open_or_raise(f"reading the accounts of {organisation!r}")
+        return {
+            user.username: account_standing(
+                user.username, user.display_name, user.disabled_ms, self._password_marks.get(key)
+            )
+            for key, user in sorted(self._users.items())
+            if key[0] == organisation
+        }
+
     async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
         """The accounts that have logged in on each of these replicas."""
         wanted = {check_text(r, "replica_id") for r in replica_ids}
@@ -1303,11 +1320,13 @@ class MemoryStore:
     async def set_password_hash(
         self, organisation: str, username: str, password_hash: str, *, end_sessions: bool = True
     ) -> None:
-        """Replace a user's password hash; a new password ends the user's sessions."""
+        """Replace a user's password hash; a new password ends the user's sessions and
+        gets a new password mark."""
         check_password_change(organisation, username, password_hash)
         user = self._user_or_raise(organisation, username)
         self._users[organisation, username] = dataclasses.replace(user, password_hash=password_hash)
         if end_sessions:
+            self._password_marks[organisation, username] = new_password_mark()
             self._end_sessions_where(
                 lambda s: (s.organisation, s.username) == (organisation, username)
             )

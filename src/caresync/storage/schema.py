@@ -190,6 +190,15 @@ Version 19 names each stretch of the server's change feed a server process wrote
     its checkpoint names entries this server no longer holds (see
     :mod:`caresync.replication.epochs`).
 
+Version 20 gives each account a password mark (protocol version 16: laptops learn
+whose password changed)::
+
+    users      + password_mark      16 random bytes, new whenever the password is set
+                                    (not when the same password is hashed again)
+
+    The step gives every existing account a random mark; a laptop that recorded none
+    takes the first one it is told (see :mod:`caresync.logins`).
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -632,6 +641,13 @@ _V18 = (
 
 _V19 = ("CREATE TABLE feed_epochs (first_seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL)",)
 
+_V20 = (
+    # A password mark per account (protocol version 16): random, so it tells nothing
+    # of the password; randomblob() is evaluated for each row.
+    "ALTER TABLE users ADD COLUMN password_mark BLOB",
+    "UPDATE users SET password_mark = randomblob(16)",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -652,6 +668,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     17: _V17,
     18: _V18,
     19: _V19,
+    20: _V20,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

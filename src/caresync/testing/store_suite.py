@@ -91,6 +91,7 @@ from caresync.storage import (
     card_digest,
 )
 from caresync.storage._audit import MAX_LINES
+from caresync.storage.base import PASSWORD_MARK_BYTES
 from caresync.testing.store_data import (
     READ,
     WRITE,
@@ -2511,6 +2512,42 @@ class ServerStoreSuite(ReplicaStoreSuite):
         with pytest.raises(InvalidInputError, match="no user"):
             await store.set_user_disabled("clinic", "nobody", True)
 
+    async def test_account_standings_say_disabled_and_a_mark_that_changes_with_the_password(
+        self, store: ServerStore
+    ) -> None:
+        """What laptops are told at a login (protocol version 16): per account of the
+        organisation, its shown name, whether it is disabled, and a password mark that
+        changes when a new password is set, and only then (a rehash keeps it)."""
+        await store.add_user("clinic", "dr.a", "hash-a", display_name="Dr A")
+        await store.add_user("clinic", "dr.b", "hash-b")
+        await store.add_user("other", "dr.a", "hash-x")
+        first = await store.account_standings("clinic")
+        assert sorted(first) == ["dr.a", "dr.b"]
+        assert (first["dr.a"].display_name, first["dr.b"].display_name) == ("Dr A", "dr.b")
+        assert not first["dr.a"].disabled
+        assert not first["dr.b"].disabled
+        marks = [first["dr.a"].password_mark, first["dr.b"].password_mark]
+        marks.append((await store.account_standings("other"))["dr.a"].password_mark)
+        assert all(type(m) is bytes and len(m) == PASSWORD_MARK_BYTES for m in marks)
+        assert len(set(marks)) == 3  # random: one account's mark tells nothing of another's
+        assert all(b"hash" not in m for m in marks)
+
+        await store.set_password_hash("clinic", "dr.a", "rehash-a", end_sessions=False)
+        assert (await store.account_standings("clinic"))["dr.a"] == first["dr.a"]
+        await store.set_password_hash("clinic", "dr.a", "new-a")
+        changed = await store.account_standings("clinic")
+        assert changed["dr.a"].password_mark != first["dr.a"].password_mark
+        assert changed["dr.b"] == first["dr.b"]
+        await store.set_user_disabled("clinic", "dr.b", True)
+        disabled = (await store.account_standings("clinic"))["dr.b"]
+        assert disabled.disabled
+        assert disabled.password_mark == first["dr.b"].password_mark
+        await store.set_user_disabled("clinic", "dr.b", False)
+        assert (await store.account_standings("clinic"))["dr.b"] == first["dr.b"]
+        with pytest.raises(InvalidInputError):
+            await store.set_password_hash("clinic", "nobody", "x")
+        assert await store.account_standings("nowhere") == {}
+
     async def test_the_admin_flag_is_kept_with_the_account(self, store: ServerStore) -> None:
         """An account is an administrator only when made one (``add_user(admin=True)``
         or ``set_user_admin``); the flag survives other account changes, leaves the
@@ -2657,6 +2694,7 @@ class ServerStoreSuite(ReplicaStoreSuite):
         assert reads.account == await store.get_user("clinic", "dr.a")
         assert reads.accounts == await store.organisation_accounts("clinic")
         assert reads.accounts == {"dr.a": "Dr A", "dr.b": "dr.b"}
+        assert reads.standings == await store.account_standings("clinic")
         assert reads.audit_tail == await store.audit_tail("r1")
         assert reads.audit_tail[0] == 2
         assert reads.meta == {"pushed:r1": "17", "absent": None}
@@ -2664,6 +2702,7 @@ class ServerStoreSuite(ReplicaStoreSuite):
         none = await store.read_resume("hash-x", "r9")
         assert (none.session, none.replica, none.secret_hash) == (None, None, None)
         assert (none.account, none.accounts, none.meta) == (None, None, {})
+        assert none.standings is None
         assert none.audit_tail == await store.audit_tail("r9")
         for bad in ("", None, 7):
             with pytest.raises(InvalidInputError):

@@ -22,12 +22,15 @@ from caresync.storage._arguments import (
     user_exists,
 )
 from caresync.storage.base import (
+    AccountStanding,
     ReplicaInfo,
     UserAccount,
+    account_standing,
     check_count,
     check_optional_text,
     check_outbox_report,
     check_text,
+    new_password_mark,
 )
 from caresync.storage.postgres._sql import Conn
 from caresync.storage.postgres.audit import append_own
@@ -64,9 +67,17 @@ class AccountsPart(PostgresCore):
                 # ON CONFLICT: another process adding the same name at once is refused too.
                 if not raw.execute(
                     "INSERT INTO users (organisation, username, password_hash, created_ms,"
-                    " display_name, admin) VALUES (%s, %s, %s, %s, %s, %s)"
+                    " display_name, admin, password_mark) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING",
-                    (organisation, username, password_hash, now, display_name, admin),
+                    (
+                        organisation,
+                        username,
+                        password_hash,
+                        now,
+                        display_name,
+                        admin,
+                        new_password_mark(),
+                    ),
                 ).rowcount:
                     raise user_exists(organisation, username)
 
@@ -126,6 +137,22 @@ class AccountsPart(PostgresCore):
 
         return await self._run(f"listing the accounts of {organisation!r}", job)
 
+    async def account_standings(self, organisation: str) -> dict[str, AccountStanding]:
+        """Every account of the organisation: shown name, disabled, password mark."""
+        check_text(organisation, "organisation")
+
+        def job(raw: Conn) -> dict[str, AccountStanding]:
+            return {
+                str(name): account_standing(name, shown, disabled_ms, mark)
+                for name, shown, disabled_ms, mark in raw.execute(
+                    "SELECT username, display_name, disabled_ms, password_mark FROM users"
+                    " WHERE organisation = %s ORDER BY username",
+                    (organisation,),
+                )
+            }
+
+        return await self._run(f"reading the accounts of {organisation!r}", job)
+
     async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
         """The accounts that have logged in on each of these replicas."""
         wanted = sorted({check_text(r, "replica_id") for r in replica_ids})
@@ -154,9 +181,14 @@ class AccountsPart(PostgresCore):
 
         def job(raw: Conn) -> None:
             def body() -> None:
+                # A new password gets a new mark (laptops then end its offline logins);
+                # a rehash of the same password keeps it.
+                mark = new_password_mark() if end_sessions else None
                 changed = raw.execute(
-                    "UPDATE users SET password_hash = %s WHERE organisation = %s AND username = %s",
-                    (password_hash, organisation, username),
+                    "UPDATE users SET password_hash = %s,"
+                    " password_mark = COALESCE(%s::bytea, password_mark)"
+                    " WHERE organisation = %s AND username = %s",
+                    (password_hash, mark, organisation, username),
                 ).rowcount
                 if not changed:
                     raise no_user(organisation, username)

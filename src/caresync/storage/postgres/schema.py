@@ -65,6 +65,14 @@ counterpart: one process serves an SQLite database, and keeps them in memory)::
     count and the lock in SQL (row-locked: two processes failing at once both count);
     idle rows are deleted a few at a time by the index, and at most max_tracked kept.
 
+Version 7 gives each account a password mark (the SQLite store's version 20; protocol
+version 16)::
+
+    users      + password_mark bytea   16 random bytes, new whenever the password is set
+
+    The step gives every existing account a random mark (``gen_random_uuid()``,
+    built in from PostgreSQL 13: 122 random bits).
+
 As in SQLite, an update written into the feed is stored once, as a feed row: a
 record is its state, its log rows and its feed rows after ``feed_folded``.
 
@@ -314,6 +322,13 @@ _V6 = (
     "CREATE INDEX login_failures_by_last ON login_failures (last_ms)",
 )
 
+_V7 = (
+    # A password mark per account (protocol version 16): random, so it tells nothing
+    # of the password; gen_random_uuid() is evaluated for each row.
+    "ALTER TABLE users ADD COLUMN password_mark bytea",
+    "UPDATE users SET password_mark = decode(replace(gen_random_uuid()::text, '-', ''), 'hex')",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -321,6 +336,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     4: _V4,
     5: _V5,
     6: _V6,
+    7: _V7,
 }
 """Statements that bring a schema from version N-1 to N. Never edit a released step."""
 

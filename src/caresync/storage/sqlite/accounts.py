@@ -24,12 +24,15 @@ from caresync.storage._arguments import (
 )
 from caresync.storage._audit import sql_append
 from caresync.storage.base import (
+    AccountStanding,
     ReplicaInfo,
     UserAccount,
+    account_standing,
     check_count,
     check_optional_text,
     check_outbox_report,
     check_text,
+    new_password_mark,
 )
 from caresync.storage.sqlite._sql import _IN_CHUNK, _marks
 from caresync.storage.sqlite.core import SQLiteCore
@@ -37,6 +40,7 @@ from caresync.storage.sqlite.sessions import _bump_accounts_generation, _end_use
 
 __all__ = [
     "AccountsPart",
+    "sql_account_standings",
     "sql_organisation_accounts",
     "sql_replica",
     "sql_secret_hash",
@@ -72,6 +76,21 @@ def sql_organisation_accounts(
         for name, shown in raw.execute(
             "SELECT username, display_name FROM users WHERE organisation = ? ORDER BY username"
             " LIMIT ?",
+            (organisation, limit),
+        )
+    }
+
+
+def sql_account_standings(
+    raw: sqlite3.Connection, organisation: str, limit: int = -1
+) -> dict[str, AccountStanding]:
+    """Every account of the organisation: shown name, disabled, password mark; the first
+    ``limit`` by username only, if given."""
+    return {
+        str(name): account_standing(name, shown, disabled_ms, mark)
+        for name, shown, disabled_ms, mark in raw.execute(
+            "SELECT username, display_name, disabled_ms, password_mark FROM users"
+            " WHERE organisation = ? ORDER BY username LIMIT ?",
             (organisation, limit),
         )
     }
@@ -118,8 +137,16 @@ class AccountsPart(SQLiteCore):
                     raise user_exists(organisation, username)
                 raw.execute(
                     "INSERT INTO users (organisation, username, password_hash, created_ms,"
-                    " display_name, admin) VALUES (?, ?, ?, ?, ?, ?)",
-                    (organisation, username, password_hash, now, display_name, int(admin)),
+                    " display_name, admin, password_mark) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        organisation,
+                        username,
+                        password_hash,
+                        now,
+                        display_name,
+                        int(admin),
+                        new_password_mark(),
+                    ),
                 )
 
             self._write(raw, body, accounts=True)
@@ -161,6 +188,15 @@ class AccountsPart(SQLiteCore):
             lambda raw: sql_organisation_accounts(raw, organisation),
         )
 
+    async def account_standings(self, organisation: str) -> dict[str, AccountStanding]:
+        """Every account of the organisation: shown name, disabled, password mark."""
+        check_text(organisation, "organisation")
+
+        return await self._run(
+            f"reading the accounts of {organisation!r}",
+            lambda raw: sql_account_standings(raw, organisation),
+        )
+
     async def replica_accounts(self, replica_ids: Collection[str]) -> dict[str, frozenset[str]]:
         """The accounts that have logged in on each of these replicas."""
         wanted = sorted({check_text(r, "replica_id") for r in replica_ids})
@@ -192,9 +228,14 @@ class AccountsPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> None:
             def body() -> None:
+                # A new password gets a new mark (laptops then end its offline logins);
+                # a rehash of the same password keeps it.
+                mark = new_password_mark() if end_sessions else None
                 changed = raw.execute(
-                    "UPDATE users SET password_hash = ? WHERE organisation = ? AND username = ?",
-                    (password_hash, organisation, username),
+                    "UPDATE users SET password_hash = ?,"
+                    " password_mark = COALESCE(?, password_mark)"
+                    " WHERE organisation = ? AND username = ?",
+                    (password_hash, mark, organisation, username),
                 ).rowcount
                 if not changed:
                     raise no_user(organisation, username)

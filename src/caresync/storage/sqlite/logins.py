@@ -10,7 +10,7 @@ from caresync.exceptions import StorageError
 from caresync.storage._resume import check_resume_query
 from caresync.storage.base import ResumeReads
 from caresync.storage.sqlite.accounts import (
-    sql_organisation_accounts,
+    sql_account_standings,
     sql_replica,
     sql_secret_hash,
     sql_user,
@@ -80,16 +80,17 @@ class LoginsPart(SQLiteCore):
             raw.execute("BEGIN")  # one snapshot for every read
             try:
                 session = sql_session(raw, token_hash)
-                account = accounts = None
+                account = accounts = standings = None
                 if session is not None:
                     organisation = session.organisation
                     large = self._large_organisations
                     if most >= 0 and organisation in large:
                         return None  # known to be large: read whole on the thread
                     account = sql_user(raw, organisation, session.username)
-                    accounts = sql_organisation_accounts(
+                    standings = sql_account_standings(
                         raw, organisation, -1 if most < 0 else most + 1
                     )
+                    accounts = {user: s.display_name for user, s in standings.items()}
                     # One job at a time: one writer of the set, whichever thread.
                     if len(accounts) > BRIEF_ACCOUNTS:
                         large.add(organisation)
@@ -105,6 +106,7 @@ class LoginsPart(SQLiteCore):
                     accounts=accounts,
                     audit_tail=sql_newest_tail(raw, replica_id),
                     meta={key: sql_meta(raw, key) for key in keys},
+                    standings=standings,
                 )
             finally:
                 if raw.in_transaction:  # SQLite may have rolled back itself (I/O error)
