@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.e2e.live_helpers import PASSWORD, enrolled
 from tests.e2e.restore_helpers import back_up, port_of, put_back, serve, values
-from tests.storage.store_helpers import undo_version_19
+from tests.storage.store_helpers import undo_version_19, undo_version_20
 
 from caresync.exceptions import CaresyncError, RemoteProtocolError
 from caresync.protocol import ErrorCode
@@ -270,6 +270,7 @@ def _as_version_18(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
+        undo_version_20(conn)
         undo_version_19(conn)
         conn.execute("PRAGMA user_version = 18")
         conn.execute("COMMIT")

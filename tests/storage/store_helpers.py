@@ -29,12 +29,19 @@ __all__ = [
     "undo_version_18",
     "as_version_17",
     "undo_version_19",
+    "undo_version_20",
 ]
 
 
 def snapshot(directory: Path) -> dict[str, str]:
     """Every file in a directory and its digest."""
     return {p.name: digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def undo_version_20(conn: sqlite3.Connection) -> None:
+    """Take a database of this release back to what version 19 held (inside the caller's
+    transaction): Yjs clients bound deployment-wide only (``yjs_clients``)."""
+    conn.execute("DROP TABLE record_clients")
 
 
 def undo_version_19(conn: sqlite3.Connection) -> None:
@@ -70,6 +77,7 @@ def as_version_17(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
+        undo_version_20(conn)
         undo_version_19(conn)
         undo_version_18(conn)
         conn.execute("PRAGMA user_version = 17")

@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from store_helpers import undo_version_18, undo_version_19
+from store_helpers import undo_version_18, undo_version_19, undo_version_20
 
 from caresync.records.persons import DIFFERENT_PEOPLE, SAME_PERSON, UNLINKED, link_path
 from caresync.storage import MemoryStore, SQLiteStore
@@ -35,6 +35,7 @@ def _put_own_rows(path: Path, orgs: dict[str, str | None], version: int | None) 
         )
         if version is not None:
             # Nor had a database of then the tables of versions 17 and 18.
+            undo_version_20(conn)
             undo_version_19(conn)
             undo_version_18(conn)
             conn.execute("DROP TABLE person_keys_copied")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from store_helpers import undo_version_18, undo_version_19
+from store_helpers import undo_version_18, undo_version_19, undo_version_20
 
 from caresync.records.persons import SAME_PERSON, PairState, PersonPair, link_path
 from caresync.storage import SCHEMA_VERSION, MemoryStore, SQLiteStore, Store
@@ -43,6 +43,7 @@ def _put_own_rows(path: Path, ids: list[str], org: str, *, version: int | None) 
         )
         if version is not None:
             # Nor had a database of then the tables of versions 17 and 18.
+            undo_version_20(conn)
             undo_version_19(conn)
             undo_version_18(conn)
             conn.execute("DROP TABLE person_keys_copied")
