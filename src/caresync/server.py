@@ -2229,6 +2229,9 @@ class SyncServer:
         # The Yjs clients this batch writes new changes under, with the record of each:
         # a client id means something only within one record, and is bound per record.
         writers: set[tuple[str, int]] = set()
+        # And those whose changes the record held already: a resend is harmless from
+        # the client's owner, and never comes from anyone else (see Admission.last_client).
+        senders: set[tuple[str, int]] = set()
         revisions: list[tuple[str, Revision]] = []  # what the batch adds, by record
         replica_id = pusher.replica_id
 
@@ -2242,10 +2245,12 @@ class SyncServer:
                 revisions.extend((record_id, rev) for rev in admission.admit(update))
                 if admission.last_writer is not None:
                     writers.add((record_id, admission.last_writer))
+                elif admission.last_client is not None:
+                    senders.add((record_id, admission.last_client))
 
         async def vet(taken: Mapping[str, Taken]) -> WriteOptions:
             await self._check_authorship(pusher, revisions)
-            bound = await self._client_owners(writers)
+            bound = await self._client_owners(writers | senders)
             for (record_id, client), owner in sorted(bound.items()):
                 if owner != replica_id:
                     raise RefusedUpdateError(

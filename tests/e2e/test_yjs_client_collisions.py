@@ -102,6 +102,40 @@ async def test_two_laptops_drawing_one_client_id_for_two_records_both_sync(
         await server.close()
 
 
+async def test_one_client_id_drawn_by_two_laptops_in_one_record_is_refused_not_lost(
+    tmp_path: Path,
+) -> None:
+    """Both laptops open the record and draw the same id: the second edit takes the same
+    clocks as the first. It is refused, every time, never acknowledged as held."""
+    server = await start_server(tmp_path)
+    a = await enrolled(tmp_path, server, "laptop-a")
+    b = await enrolled(tmp_path, server, "laptop-b", user="dr.b")
+    try:
+        record_id = await a.create_record()
+        await a.set(record_id, "name", "Awa Diop", author="dr.a")
+        await a.sync()
+        stored = await server.store.load(record_id)
+        assert stored is not None
+        mine = edited_as(CLIENT, record_id, stored, a.replica_id, "dr.a", "1990-01-01")
+        theirs = edited_as(CLIENT, record_id, stored, b.replica_id, "dr.b", "1991-02-02")
+        head = await server.store.feed_head()
+        async with raw_session(server, a) as session:
+            assert isinstance(await session.push(1_000, record_id, mine), PushAck)
+        async with raw_session(server, b) as session:
+            for seq in (1_000, 1_001):  # sent again: refused again
+                reply = await session.push(seq, record_id, theirs)
+                assert_refused_as_taken(reply, record_id, CLIENT)
+        assert await server.store.feed_head() == head + 1
+        # The owner sending its own again is harmless.
+        async with raw_session(server, a) as session:
+            assert isinstance(await session.push(1_001, record_id, mine), PushAck)
+        assert await server.store.feed_head() == head + 1
+    finally:
+        await a.close()
+        await b.close()
+        await server.close()
+
+
 async def _forged_in_place(
     server: SyncServer, record_id: str, owner: str, forger_laptop: Any, client: int
 ) -> None:
