@@ -2729,6 +2729,9 @@ class ServerStoreSuite(ReplicaStoreSuite):
             (first.id, 7): "r1",
             (second.id, 7): "r2",
         }
+        # Asked many at once (a large push), in as many reads as the store needs.
+        many = [(record_id, client) for record_id in (first.id, second.id) for client in range(600)]
+        assert await store.client_owners(many) == {(first.id, 7): "r1", (second.id, 7): "r2"}
         edit = IncomingUpdate(second.id, second.edit("birthDate", "1990"), None, "clinic")
         with pytest.raises(RefusedUpdateError, match=f"record {second.id}"):
             await store.write_remote([edit], to_feed=True, claim_clients={(second.id, 7): "r1"})

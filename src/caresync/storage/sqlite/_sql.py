@@ -110,8 +110,9 @@ def _client_owners(
     """The replica each ``(record_id, client)`` pair is bound to: its own row, else the
     client's row of before version 20 where the record's stored state vector lists it."""
     found: dict[RecordClient, str] = {}
-    for start in range(0, len(wanted), _IN_CHUNK):
-        chunk = wanted[start : start + _IN_CHUNK]
+    step = _IN_CHUNK // 2  # two parameters a pair
+    for start in range(0, len(wanted), step):
+        chunk = wanted[start : start + step]
         args = [value for pair in chunk for value in pair]
         for record_id, client, replica_id in raw.execute(
             "SELECT record_id, client, replica_id FROM record_clients"
