@@ -36,7 +36,7 @@ import ssl as ssl_module
 import time
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -616,7 +616,7 @@ class SyncServer:
         self._pending_logins = 0
         # What pushes check, remembered: both only ever gain entries, never change
         # (in any process: a stored fact stays true; only a miss is read, under the lock).
-        self._owners: _Remembered[int, str] = _Remembered(_REMEMBERED)
+        self._owners: _Remembered[tuple[str, int], str] = _Remembered(_REMEMBERED)
         self._organisations: _Remembered[str, str] = _Remembered(_REMEMBERED)
         # Each record's check as stored after its last commit, for live frames (version 8).
         self._checks: _Remembered[str, RecordCheck] = _Remembered(_CHECKS_REMEMBERED)
@@ -2273,7 +2273,12 @@ class SyncServer:
             if owner is not None and owner != pusher.organisation:
                 # Said the same way whatever the reason: nothing about the record leaks.
                 raise _Forbidden(f"record {record_id} cannot be written by this replica")
-        writers: dict[int, str] = {}  # Yjs client ids this batch writes new changes under
+        # The Yjs clients this batch writes new changes under, with the record of each:
+        # a client id means something only within one record, and is bound per record.
+        writers: set[tuple[str, int]] = set()
+        # And those whose changes the record held already: a resend is harmless from
+        # the client's owner, and never comes from anyone else (see Admission.last_client).
+        senders: set[tuple[str, int]] = set()
         revisions: list[tuple[str, Revision]] = []  # what the batch adds, by record
         replica_id = pusher.replica_id
 
@@ -2286,18 +2291,20 @@ class SyncServer:
             for update in updates:
                 revisions.extend((record_id, rev) for rev in admission.admit(update))
                 if admission.last_writer is not None:
-                    writers[admission.last_writer] = record_id
+                    writers.add((record_id, admission.last_writer))
+                elif admission.last_client is not None:
+                    senders.add((record_id, admission.last_client))
 
         async def vet(taken: Mapping[str, Taken]) -> WriteOptions:
             await self._check_authorship(pusher, revisions)
-            bound = await self._client_owners(writers)
-            for client, owner in bound.items():
+            bound = await self._client_owners(writers | senders)
+            for (record_id, client), owner in sorted(bound.items()):
                 if owner != replica_id:
                     raise RefusedUpdateError(
-                        f"record {writers[client]}: update refused: it writes as Yjs client "
-                        f"{client}, which another replica writes with (a document's client id "
-                        "belongs to its writer; never reuse one)",
-                        record_id=writers[client],
+                        f"record {record_id}: update refused: it writes as Yjs client "
+                        f"{client}, which another replica writes with in this record (a "
+                        "document's client id belongs to its writer; never reuse one)",
+                        record_id=record_id,
                     )
             if pusher.vouched_by is not None and taken:
                 # Every check passed: the operator's word is on record before the commit,
@@ -2317,7 +2324,7 @@ class SyncServer:
             return WriteOptions(
                 to_feed=True,
                 origin=replica_id or None,
-                claim_clients=dict.fromkeys(writers.keys() - bound.keys(), replica_id),
+                claim_clients=dict.fromkeys(writers - bound.keys(), replica_id),
                 hub=hub or None,
             )
 
@@ -2344,8 +2351,8 @@ class SyncServer:
             # gave another organisation meanwhile. Said as above: nothing leaks.
             logger.info("push from %s refused by the store: %s", replica_id, exc)
             raise _Forbidden("a record of this push cannot be written by this replica") from None
-        for client in writers:
-            self._owners.put(client, replica_id)  # committed: now theirs
+        for pair in writers:
+            self._owners.put(pair, replica_id)  # committed: now theirs
         for record_id in record_ids:
             if pusher.organisation is not None:
                 self._organisations.put(record_id, pusher.organisation)
@@ -2421,8 +2428,13 @@ class SyncServer:
             known.update(read)
         return known
 
-    async def _client_owners(self, clients: dict[int, str]) -> dict[int, str]:
-        """The replica each Yjs client id is bound to: remembered, else read."""
+    async def _client_owners(
+        self, clients: Collection[tuple[str, int]]
+    ) -> dict[tuple[str, int], str]:
+        """The replica each (record, Yjs client) is bound to: remembered, else read.
+
+        A binding never changes once read (a legacy one holds for a client its record
+        lists, and a record never forgets a client), so it is remembered for good."""
         known = {c: owner for c in clients if (owner := self._owners.get(c)) is not None}
         missing = [c for c in clients if c not in known]
         if missing:

@@ -241,31 +241,38 @@ async def test_a_revocation_through_one_server_ends_a_live_session_on_the_other(
 async def test_two_pushes_claiming_one_yjs_client_for_two_replicas_one_wins(
     clinic_url: str,
 ) -> None:
-    """Through two stores at once: exactly one claim is kept, the other batch is
-    refused whole and stores nothing."""
+    """Through two stores at once, two claims of one Yjs client in one record: exactly
+    one is kept, the other batch is refused whole and stores nothing."""
     from caresync.exceptions import RefusedUpdateError
     from caresync.storage import IncomingUpdate
     from caresync.storage.postgres import PostgresStore
     from caresync.testing.store_data import Patient
 
     async with PostgresStore.open(clinic_url) as one, PostgresStore.open(clinic_url) as two:
-        p, q = Patient("laptop-p"), Patient("laptop-q")
+        patient = Patient("laptop-p")
+        await one.write_remote(
+            [IncomingUpdate(patient.id, patient.created, None, "clinic-a")], to_feed=True
+        )
+        edits = {"laptop-p": patient.edit("birthDate"), "laptop-q": patient.edit("gender")}
         head = await one.feed_head()
 
-        async def claim(store: PostgresStore, patient: Patient, replica: str) -> object:
-            item = IncomingUpdate(patient.id, patient.created, None, "clinic-a")
+        async def claim(store: PostgresStore, replica: str) -> object:
+            item = IncomingUpdate(patient.id, edits[replica], None, "clinic-a")
             try:
                 async with store.exclusive_commits():
                     return await store.write_remote(
-                        [item], to_feed=True, origin=replica, claim_clients={4242: replica}
+                        [item],
+                        to_feed=True,
+                        origin=replica,
+                        claim_clients={(patient.id, 4242): replica},
                     )
             except RefusedUpdateError as exc:
                 return exc
 
-        outcomes = await asyncio.gather(claim(one, p, "laptop-p"), claim(two, q, "laptop-q"))
+        outcomes = await asyncio.gather(claim(one, "laptop-p"), claim(two, "laptop-q"))
         refused = [o for o in outcomes if isinstance(o, RefusedUpdateError)]
         assert len(refused) == 1
-        owner = (await one.client_owners([4242]))[4242]
+        owner = (await one.client_owners([(patient.id, 4242)]))[(patient.id, 4242)]
         assert await one.feed_head() == head + 1
         [kept] = await one.feed_since(head, limit=5)
         assert kept.origin == owner

@@ -30,6 +30,7 @@ __all__ = [
     "as_version_17",
     "undo_version_19",
     "undo_version_20",
+    "undo_version_21",
 ]
 
 
@@ -38,9 +39,16 @@ def snapshot(directory: Path) -> dict[str, str]:
     return {p.name: digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+def undo_version_21(conn: sqlite3.Connection) -> None:
+    """Take a database of this release back to what version 20 held (inside the caller's
+    transaction): Yjs clients bound deployment-wide only (``yjs_clients``)."""
+    conn.execute("DROP TABLE record_clients")
+
+
 def undo_version_20(conn: sqlite3.Connection) -> None:
     """Take a database of this release back to what version 19 held (inside the caller's
-    transaction): accounts without password marks."""
+    transaction): accounts without password marks, Yjs clients bound deployment-wide."""
+    undo_version_21(conn)
     conn.execute("ALTER TABLE users DROP COLUMN password_mark")
 
 

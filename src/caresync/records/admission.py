@@ -194,6 +194,14 @@ class Admission:
         so nobody else can write under it: otherwise a peer that copied a laptop's
         client id and its next clock would make that laptop's next edit look
         "held already", acknowledged and never stored."""
+        self.last_client: int | None = None
+        """The Yjs client id of the update the last successful :meth:`admit` read,
+        whether it took anything or found it all held already.
+
+        A replica sends only updates of its own clients, so one that sends another's
+        client's changes, even ones held already, is refused, not acknowledged: a
+        laptop whose random client id is another's within one record would otherwise
+        see its edit, at clocks the other took first, acknowledged and never stored."""
 
     @classmethod
     def from_state_vector(
@@ -324,6 +332,7 @@ class Admission:
                 f"up to clock {known}: send the earlier updates first, in order"
             )
         self.last_writer = None
+        self.last_client = _client_number(read.client)
         if read.end <= known:
             return []  # resent: held already
         revisions: list[Revision] = []
@@ -342,7 +351,7 @@ class Admission:
             keys.add(key)
             revisions.append(self._check_revision(key, stored, now))
         self._clocks[read.client] = read.end
-        self.last_writer = _client_number(read.client)
+        self.last_writer = self.last_client
         self._added |= keys
         self._meta_id = meta_id
         return revisions

@@ -124,7 +124,7 @@ class WriteOptions:
 
     to_feed: bool = False
     origin: str | None = None
-    claim_clients: Mapping[int, str] | None = None
+    claim_clients: Mapping[tuple[str, int], str] | None = None  # (record_id, client)
     hub: Mapping[str, HubMark] | None = None
 
 

@@ -25,6 +25,7 @@ from caresync.storage.base import (
     HubOutcome,
     IncomingUpdate,
     QuarantinedUpdate,
+    RecordClient,
     SessionRow,
     check_bytes,
     check_client_claims,
@@ -105,7 +106,7 @@ class RemoteBatch(NamedTuple):
 
     writes: list[IncomingUpdate]
     kept_aside: tuple[QuarantinedUpdate, ...]
-    claims: dict[int, str]
+    claims: dict[RecordClient, str]
     marks: dict[str, HubMark]
 
 

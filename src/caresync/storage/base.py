@@ -49,6 +49,7 @@ from caresync.exceptions import (
     UnknownRecordError,
 )
 from caresync.records.persons import PairState, PersonCard, PersonCards, PersonPair
+from caresync.storage._updates import decode_state_vector
 from caresync.throttle import ThrottlePolicy
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "OutboxItem",
     "OutboxSummary",
     "QuarantinedUpdate",
+    "RecordClient",
     "ReplicaInfo",
     "OUTBOX_SEQ_LIMIT",
     "OpenCounts",
@@ -834,25 +836,76 @@ def check_quarantine(items: object) -> tuple[QuarantinedUpdate, ...]:
     return out
 
 
-def check_client_claims(value: object) -> dict[int, str]:
-    """Yjs client ids (ints below 2**53) and the replica each is bound to, checked."""
+RecordClient = tuple[str, int]
+"""A Yjs client id within one record: ``(record_id, client)``. A client id means something
+only within one document, so a server binds it to a replica per record."""
+
+
+def check_record_clients(value: object) -> list[RecordClient]:
+    """``(record_id, client)`` pairs, checked, each once, in a stable order."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Collection):
+        raise InvalidInputError("clients must be a collection of (record_id, client) pairs")
+    return sorted({_check_record_client(pair) for pair in value})
+
+
+def _check_record_client(pair: object) -> RecordClient:
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise InvalidInputError(
+            f"a Yjs client of a record is (record_id, client), not {pair!r:.60}"
+        )
+    return check_text(pair[0], "record_id"), check_client_id(pair[1])
+
+
+def check_client_claims(value: object) -> dict[RecordClient, str]:
+    """``(record_id, client)`` pairs and the replica each is bound to, checked."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidInputError("claim_clients must map Yjs client ids to replica ids")
-    return {check_client_id(c): check_text(r, "replica_id") for c, r in value.items()}
+        raise InvalidInputError(
+            "claim_clients must map (record_id, Yjs client id) pairs to replica ids"
+        )
+    return {_check_record_client(k): check_text(r, "replica_id") for k, r in value.items()}
 
 
-def check_claims_free(claims: Mapping[int, str], owners: Mapping[int, str]) -> None:
+def check_claims_free(
+    claims: Mapping[RecordClient, str], owners: Mapping[RecordClient, str]
+) -> None:
     """Refuse (RefusedUpdateError, before anything is stored) a claim of a Yjs client id
-    that another replica holds already: two processes cannot both bind one id."""
-    for client, replica_id in claims.items():
-        owner = owners.get(client)
+    that another replica holds already in that record: two processes cannot both bind it."""
+    for (record_id, client), replica_id in claims.items():
+        owner = owners.get((record_id, client))
         if owner is not None and owner != replica_id:
             raise RefusedUpdateError(
-                f"Yjs client {client} is bound to another replica; nothing was stored "
-                "(a document's client id belongs to its writer; never reuse one)"
+                f"record {record_id}: Yjs client {client} is bound to another replica in "
+                "this record; nothing was stored (a document's client id belongs to its "
+                "writer; never reuse one)",
+                record_id=record_id,
             )
+
+
+def legacy_owners(
+    legacy: Mapping[int, str],
+    wanted: Collection[RecordClient],
+    vectors: Mapping[str, bytes],
+) -> dict[RecordClient, str]:
+    """What the global bindings of before per-record ones (``legacy``: client -> replica)
+    still say: a pair's legacy owner counts only where its record's stored state vector
+    lists the client (``vectors``: record id -> state vector). Every write under a bound
+    client was its owner's, so such a record's ops of the client are that owner's; in a
+    record that holds none of them, the client is new and the legacy row says nothing."""
+    found: dict[RecordClient, str] = {}
+    clients: dict[str, set[int]] = {}
+    for record_id, client in wanted:
+        owner = legacy.get(client)
+        vector = vectors.get(record_id)
+        if owner is None or vector is None:
+            continue
+        if record_id not in clients:
+            # Any clock, 0 included: a client seen only in a waiting update is listed at 0.
+            clients[record_id] = set(decode_state_vector(vector))
+        if client in clients[record_id]:
+            found[(record_id, client)] = owner
+    return found
 
 
 def check_client_id(value: object) -> int:
@@ -1096,7 +1149,7 @@ class ReplicaStore(Protocol):
         to_feed: bool = False,
         origin: str | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
-        claim_clients: Mapping[int, str] | None = None,
+        claim_clients: Mapping[RecordClient, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
         durable: bool = True,
     ) -> list[int]:
@@ -1106,8 +1159,11 @@ class ReplicaStore(Protocol):
         each feed row, so that :meth:`feed_since` can leave a replica's own
         updates out of what it is sent back. ``quarantine`` holds updates that
         could not be merged, kept aside in the same transaction.
-        ``claim_clients`` binds Yjs client ids to the replica that wrote with
-        them (a server's bookkeeping; a client id bound already keeps its owner).
+        ``claim_clients`` binds ``(record_id, client)`` pairs, Yjs client ids within
+        one record, to the replica that wrote with them (a server's bookkeeping; a
+        pair bound already keeps its owner, and a claim of a pair another replica
+        holds, by :meth:`ServerStore.client_owners`' rule, refuses the batch with
+        ``RefusedUpdateError``, nothing stored).
         An item's ``person`` replaces its record's card and pairs in the same
         transaction; a batch leaves the pairs that writing its cards one by one
         would leave.
@@ -1549,8 +1605,14 @@ class ServerStore(ReplicaStore, Protocol):
         ...
 
     # Yjs client owners
-    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
-        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
+    async def client_owners(self, clients: Collection[RecordClient]) -> dict[RecordClient, str]:
+        """The replica each ``(record_id, client)`` pair is bound to (unbound ones are absent).
+
+        A pair's own binding (``claim_clients``); failing that, for a database of before
+        per-record bindings, the client's old deployment-wide binding, but only where the
+        record's stored state vector lists the client (its ops there were that owner's).
+        A client a record holds nothing of is unbound in it, whatever other records say.
+        """
         ...
 
     # health-hub outbox

@@ -114,6 +114,7 @@ from caresync.storage.base import (
     OutboxItem,
     OutboxSummary,
     QuarantinedUpdate,
+    RecordClient,
     ReplicaInfo,
     ResumeReads,
     SessionRow,
@@ -123,13 +124,13 @@ from caresync.storage.base import (
     account_standing,
     card_digest,
     check_claims_free,
-    check_client_id,
     check_conflicts,
     check_conflicts_by_record,
     check_count,
     check_optional_text,
     check_outbox_report,
     check_persons_by_record,
+    check_record_clients,
     check_record_ids,
     check_session_selector,
     check_text,
@@ -195,7 +196,8 @@ class MemoryStore:
         self._hub_mark = 0
         self._hub_changes: dict[str, int] = {}
         self._hub_removed: dict[tuple[str, str], tuple[int, int]] = {}
-        self._client_owners: dict[int, str] = {}
+        # Yjs client ids bound per record (an in-memory store has no older bindings).
+        self._client_owners: dict[RecordClient, str] = {}
         self._commits = LocalCommits()  # one process writes it: a local lock suffices
         # The person index: cards with their record's organisation, the holders of
         # each (organisation, key), and the pairs, also by record.
@@ -449,7 +451,7 @@ class MemoryStore:
         to_feed: bool = False,
         origin: str | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
-        claim_clients: Mapping[int, str] | None = None,
+        claim_clients: Mapping[RecordClient, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
         durable: bool = True,
     ) -> list[int]:
@@ -476,8 +478,8 @@ class MemoryStore:
                 seqs[i] = seq
             if any(seqs):
                 self._commits.fed()
-        for client, replica_id in claims.items():
-            self._client_owners.setdefault(client, replica_id)
+        for pair, replica_id in claims.items():
+            self._client_owners.setdefault(pair, replica_id)
         now = self._now_ms()
         for q in kept_aside:
             self._quarantine.append(
@@ -772,11 +774,11 @@ class MemoryStore:
             return len(self._records)
         return sum(1 for r in self._records.values() if r.organisation == organisation)
 
-    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
-        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
-        wanted = {check_client_id(c) for c in clients}
+    async def client_owners(self, clients: Collection[RecordClient]) -> dict[RecordClient, str]:
+        """The replica each ``(record_id, client)`` pair is bound to (unbound ones are absent)."""
+        wanted = check_record_clients(clients)
         self._open_or_raise("reading Yjs client owners")
-        return {c: self._client_owners[c] for c in wanted if c in self._client_owners}
+        return {p: self._client_owners[p] for p in wanted if p in self._client_owners}
 
     async def record_organisations(self, record_ids: Sequence[str]) -> dict[str, str | None]:
         """The organisation of each stored record named (unknown ids are absent)."""

@@ -58,6 +58,7 @@ Version 7 keeps who may sync, and what a laptop could not merge::
               WITHOUT ROWID; indexes by expiry, replica and user
     quarantine (id PK, record_id, data, reason, received_ms)   updates a laptop could not merge
     yjs_clients (client PK, replica_id)   which replica first wrote under each Yjs client id
+                                          (read, no longer written, from version 21 on)
 
     and deletes the ``session:<token>`` meta rows of version 6 (plain tokens, now
     kept only as hashes: their laptops log in with a password once).
@@ -198,6 +199,20 @@ whose password changed)::
 
     The step gives every existing account a random mark; a laptop that recorded none
     takes the first one it is told (see :mod:`caresync.logins`).
+
+Version 21 binds Yjs client ids per record, not across the whole deployment::
+
+    record_clients (record_id, client) PK, replica_id   WITHOUT ROWID
+                   which replica first wrote under each client id in each record
+
+    A client id means something only within one document, and a laptop draws a new
+    random one (53 bits) each time it opens a record: bound deployment-wide, two
+    laptops' ids collide once tens of millions are drawn, and the loser's pushes were
+    refused for good. ``yjs_clients`` is kept, no longer written: its rows still bind a
+    client in a record whose stored state vector lists it (every write under a bound
+    client was its owner's), and say nothing of a record that holds none of its ops
+    (see ``ServerStore.client_owners``). No row is copied: that would decode every
+    record's state vector.
 
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
@@ -648,6 +663,16 @@ _V20 = (
     "UPDATE users SET password_mark = randomblob(16)",
 )
 
+_V21 = (
+    # A Yjs client id bound to its first writer within one record (see the module's text).
+    """CREATE TABLE record_clients (
+        record_id TEXT NOT NULL,
+        client INTEGER NOT NULL,
+        replica_id TEXT NOT NULL,
+        PRIMARY KEY (record_id, client)
+    ) WITHOUT ROWID""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -669,6 +694,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     18: _V18,
     19: _V19,
     20: _V20,
+    21: _V21,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

@@ -2716,19 +2716,65 @@ class ServerStoreSuite(ReplicaStoreSuite):
 
     async def test_yjs_clients_keep_their_first_owner(self, store: ServerStore) -> None:
         patient = Patient()
-        item = IncomingUpdate(patient.id, patient.created, None, "clinic")
-        await store.write_remote([item], to_feed=True, claim_clients={7: "r1", 2**52: "r1"})
-        # A claim of a bound id by another replica refuses the whole batch (two
+        rid = patient.id
+        item = IncomingUpdate(rid, patient.created, None, "clinic")
+        await store.write_remote(
+            [item], to_feed=True, claim_clients={(rid, 7): "r1", (rid, 2**52): "r1"}
+        )
+        # A claim of a bound pair by another replica refuses the whole batch (two
         # processes racing to bind one id: exactly one wins); the same owner again is fine.
-        edit = IncomingUpdate(patient.id, patient.edit("birthDate", "1990"), None, "clinic")
-        with pytest.raises(RefusedUpdateError, match="Yjs client 7"):
-            await store.write_remote([edit], to_feed=True, claim_clients={7: "r2", 9: "r2"})
+        edit = IncomingUpdate(rid, patient.edit("birthDate", "1990"), None, "clinic")
+        with pytest.raises(RefusedUpdateError, match="Yjs client 7") as refused:
+            await store.write_remote(
+                [edit], to_feed=True, claim_clients={(rid, 7): "r2", (rid, 9): "r2"}
+            )
+        assert refused.value.record_id == rid
         assert await store.feed_head() == 1
-        await store.write_remote([edit], to_feed=True, claim_clients={7: "r1", 9: "r2"})
-        assert await store.client_owners([7, 9, 2**52, 11]) == {7: "r1", 9: "r2", 2**52: "r1"}
+        assert await store.client_owners([(rid, 9)]) == {}  # nothing of the batch kept
+        await store.write_remote(
+            [edit], to_feed=True, claim_clients={(rid, 7): "r1", (rid, 9): "r2"}
+        )
+        asked = [(rid, 7), (rid, 9), (rid, 2**52), (rid, 11)]
+        assert await store.client_owners(asked) == {
+            (rid, 7): "r1",
+            (rid, 9): "r2",
+            (rid, 2**52): "r1",
+        }
         assert await store.feed_head() == 2
         with pytest.raises(InvalidInputError, match="Yjs client id"):
-            await store.client_owners([2**53])
+            await store.client_owners([(rid, 2**53)])
+        with pytest.raises(InvalidInputError, match="record_id, client"):
+            await store.client_owners([7])  # type: ignore[list-item]
+        with pytest.raises(InvalidInputError, match="claim_clients"):
+            await store.write_remote([edit], to_feed=True, claim_clients=[(rid, 7)])  # type: ignore[arg-type]
+
+    async def test_yjs_clients_are_bound_per_record(self, store: ServerStore) -> None:
+        """A client id means something only within one record: the same id bound in one
+        record is free in every other (two laptops' random ids may collide), and each
+        record keeps its own first owner."""
+        first, second = Patient(), Patient()
+        await store.write_remote(
+            [IncomingUpdate(first.id, first.created, None, "clinic")],
+            to_feed=True,
+            claim_clients={(first.id, 7): "r1"},
+        )
+        assert await store.client_owners([(first.id, 7), (second.id, 7)]) == {(first.id, 7): "r1"}
+        await store.write_remote(
+            [IncomingUpdate(second.id, second.created, None, "clinic")],
+            to_feed=True,
+            claim_clients={(second.id, 7): "r2"},
+        )
+        assert await store.client_owners([(first.id, 7), (second.id, 7)]) == {
+            (first.id, 7): "r1",
+            (second.id, 7): "r2",
+        }
+        # Asked many at once (a large push), in as many reads as the store needs.
+        many = [(record_id, client) for record_id in (first.id, second.id) for client in range(600)]
+        assert await store.client_owners(many) == {(first.id, 7): "r1", (second.id, 7): "r2"}
+        edit = IncomingUpdate(second.id, second.edit("birthDate", "1990"), None, "clinic")
+        with pytest.raises(RefusedUpdateError, match=f"record {second.id}"):
+            await store.write_remote([edit], to_feed=True, claim_clients={(second.id, 7): "r1"})
+        assert await store.feed_head() == 2
 
     async def test_a_meta_value_set_if_absent_keeps_the_first(self, store: ServerStore) -> None:
         assert await store.set_meta_if_absent("server-key", "first") == "first"

@@ -13,7 +13,7 @@ from psycopg import errors as pg_errors
 
 from caresync.exceptions import CorruptDatabaseError, StorageError, UnknownRecordError
 from caresync.storage._updates import EMPTY_UPDATE, merge_stored
-from caresync.storage.base import ConflictRow, Identity
+from caresync.storage.base import ConflictRow, Identity, RecordClient, legacy_owners
 
 __all__ = [
     "Conn",
@@ -80,6 +80,41 @@ def full(raw: Conn, record_id: str) -> bytes:
     if not row[0]:
         return state
     return merge_stored(state, pieces(raw, row[1], row[2]), record_id=record_id)
+
+
+def client_owners_of(raw: Conn, wanted: Sequence[RecordClient]) -> dict[RecordClient, str]:
+    """The replica each ``(record_id, client)`` pair is bound to: its own row, else the
+    client's row of before schema version 8 where the record's stored state vector lists it."""
+    if not wanted:
+        return {}
+    found: dict[RecordClient, str] = {
+        (str(record_id), int(client)): str(replica_id)
+        for record_id, client, replica_id in raw.execute(
+            "SELECT c.record_id, c.client, c.replica_id FROM record_clients c"
+            " JOIN unnest(%s::text[], %s::bigint[]) AS w (record_id, client)"
+            " ON c.record_id = w.record_id AND c.client = w.client",
+            ([r for r, _c in wanted], [c for _r, c in wanted]),
+        )
+    }
+    rest = [pair for pair in wanted if pair not in found]
+    legacy = {
+        int(client): str(replica_id)
+        for client, replica_id in raw.execute(
+            "SELECT client, replica_id FROM yjs_clients WHERE client = ANY(%s)",
+            (sorted({client for _record, client in rest}),),
+        )
+    }
+    if not legacy:  # the usual case: no row of before version 8 names these clients
+        return found
+    records = sorted({record_id for record_id, client in rest if client in legacy})
+    vectors = {
+        str(record_id): bytes(vector)
+        for record_id, vector in raw.execute(
+            "SELECT record_id, state_vector FROM records WHERE record_id = ANY(%s)", (records,)
+        )
+    }
+    found.update(legacy_owners(legacy, rest, vectors))
+    return found
 
 
 def put_meta(raw: Conn, key: str, value: str) -> None:

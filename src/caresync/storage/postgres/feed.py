@@ -6,8 +6,8 @@ from collections.abc import Collection
 
 from caresync.exceptions import CorruptDatabaseError
 from caresync.storage._arguments import check_feed_epoch, check_feed_query
-from caresync.storage.base import FeedEpoch, FeedItem, check_client_id
-from caresync.storage.postgres._sql import Conn, feed_head
+from caresync.storage.base import FeedEpoch, FeedItem, RecordClient, check_record_clients
+from caresync.storage.postgres._sql import Conn, client_owners_of, feed_head
 from caresync.storage.postgres.core import PostgresCore
 
 __all__ = ["FeedPart"]
@@ -16,17 +16,13 @@ __all__ = ["FeedPart"]
 class FeedPart(PostgresCore):
     """A server's change feed, and the owners of Yjs client ids."""
 
-    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
-        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
-        wanted = sorted({check_client_id(c) for c in clients})
+    async def client_owners(self, clients: Collection[RecordClient]) -> dict[RecordClient, str]:
+        """The replica each ``(record_id, client)`` pair is bound to (unbound ones are
+        absent; see ``ServerStore.client_owners``)."""
+        wanted = check_record_clients(clients)
 
-        def job(raw: Conn) -> dict[int, str]:
-            return {
-                int(client): str(replica_id)
-                for client, replica_id in raw.execute(
-                    "SELECT client, replica_id FROM yjs_clients WHERE client = ANY(%s)", (wanted,)
-                )
-            }
+        def job(raw: Conn) -> dict[RecordClient, str]:
+            return client_owners_of(raw, wanted)
 
         return await self._run("reading Yjs client owners", job)
 

@@ -21,7 +21,7 @@ sorted by code point, ``COLLATE "C"``, as Python and SQLite sort it)::
     conflicts    (record_id, id) PK, kind, subject, severity, payload
     users, replicas, replica_accounts, sessions         accounts and who may sync
     quarantine   (id identity PK, record_id, data, reason, received_ms)
-    yjs_clients  (client PK, replica_id)
+    yjs_clients  (client PK, replica_id)                 (no longer written from version 7)
     person_cards, person_keys, person_pairs             the person index
     audit_trail  (replica_id, line, seq) PK ...         append-only (triggers refuse
                                                          UPDATE and DELETE)
@@ -72,6 +72,15 @@ version 16)::
 
     The step gives every existing account a random mark (``gen_random_uuid()``,
     built in from PostgreSQL 13: 122 random bits).
+
+Version 8 binds Yjs client ids per record (the SQLite store's version 21)::
+
+    record_clients (record_id, client) PK, replica_id
+                   which replica first wrote under each client id in each record
+
+    ``yjs_clients`` is kept and no longer written: its rows still bind a client in a
+    record whose stored state vector lists it, and say nothing of a record that holds
+    none of its ops (see ``ServerStore.client_owners``).
 
 As in SQLite, an update written into the feed is stored once, as a feed row: a
 record is its state, its log rows and its feed rows after ``feed_folded``.
@@ -329,6 +338,16 @@ _V7 = (
     "UPDATE users SET password_mark = decode(replace(gen_random_uuid()::text, '-', ''), 'hex')",
 )
 
+_V8 = (
+    # A Yjs client id bound to its first writer within one record (the SQLite step 21).
+    """CREATE TABLE record_clients (
+        record_id text COLLATE "C" NOT NULL,
+        client bigint NOT NULL,
+        replica_id text COLLATE "C" NOT NULL,
+        PRIMARY KEY (record_id, client)
+    )""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -337,6 +356,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     5: _V5,
     6: _V6,
     7: _V7,
+    8: _V8,
 }
 """Statements that bring a schema from version N-1 to N. Never edit a released step."""
 

@@ -16,6 +16,7 @@ from caresync.storage.base import (
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
+    RecordClient,
     check_claims_free,
     check_conflicts,
     check_conflicts_by_record,
@@ -26,6 +27,7 @@ from caresync.storage.base import (
 )
 from caresync.storage.postgres._sql import (
     Conn,
+    client_owners_of,
     feed_head,
     full,
     put_meta,
@@ -64,7 +66,7 @@ class RecordWritesPart(PostgresCore):
         to_feed: bool = False,
         origin: str | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
-        claim_clients: Mapping[int, str] | None = None,
+        claim_clients: Mapping[RecordClient, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
         durable: bool = True,
     ) -> list[int]:
@@ -87,6 +89,11 @@ class RecordWritesPart(PostgresCore):
             def body() -> list[int]:
                 if not durable:
                     raw.execute("SET LOCAL synchronous_commit = off")
+                if claims:
+                    # Under the feed lock, so two processes cannot both bind one pair; read
+                    # before the batch is stored (a legacy binding counts where the record
+                    # held the client's ops before this write).
+                    check_claims_free(claims, client_owners_of(raw, sorted(claims)))
                 planned = plan_writes(
                     writes,
                     self._known(raw, writes),
@@ -115,23 +122,12 @@ class RecordWritesPart(PostgresCore):
                         raw.execute("SELECT pg_notify(%s, %s)", (FEED_CHANNEL, str(rows[-1][0])))
                         if self._section_head is not None:
                             self._section_head = rows[-1][0]  # the head this commit leaves
-                if claims:
-                    wanted = list(claims)
-                    owners = {
-                        int(client): str(replica_id)
-                        for client, replica_id in raw.execute(
-                            "SELECT client, replica_id FROM yjs_clients WHERE client = ANY(%s)",
-                            (wanted,),
-                        )
-                    }
-                    # Under the feed lock: two processes cannot both bind one client id.
-                    check_claims_free(claims, owners)
                 with raw.cursor() as cursor:
                     if claims:
                         cursor.executemany(
-                            "INSERT INTO yjs_clients (client, replica_id) VALUES (%s, %s)"
-                            " ON CONFLICT (client) DO NOTHING",
-                            list(claims.items()),
+                            "INSERT INTO record_clients (record_id, client, replica_id)"
+                            " VALUES (%s, %s, %s) ON CONFLICT (record_id, client) DO NOTHING",
+                            [(rid, client, owner) for (rid, client), owner in claims.items()],
                         )
                     if kept_aside:
                         cursor.executemany(

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 from caresync.exceptions import CorruptDatabaseError, StorageError, UnknownRecordError
 from caresync.storage._updates import EMPTY_UPDATE, merge_stored
-from caresync.storage.base import ConflictRow, Identity
+from caresync.storage.base import ConflictRow, Identity, RecordClient, legacy_owners
 from caresync.storage.schema import HEAD_JOIN as _HEAD_JOIN
+from caresync.storage.schema import HEAD_VECTOR as _HEAD_VECTOR
 
 T = TypeVar("T")
 
@@ -101,6 +102,47 @@ def _pieces(raw: sqlite3.Connection, key: int | None, folded: int) -> list[bytes
         )
     ]
     return log
+
+
+def _client_owners(
+    raw: sqlite3.Connection, wanted: Sequence[RecordClient]
+) -> dict[RecordClient, str]:
+    """The replica each ``(record_id, client)`` pair is bound to: its own row, else the
+    client's row of before version 21 where the record's stored state vector lists it."""
+    found: dict[RecordClient, str] = {}
+    step = _IN_CHUNK // 2  # two parameters a pair
+    for start in range(0, len(wanted), step):
+        chunk = wanted[start : start + step]
+        args = [value for pair in chunk for value in pair]
+        for record_id, client, replica_id in raw.execute(
+            "SELECT record_id, client, replica_id FROM record_clients"
+            f" WHERE (record_id, client) IN (VALUES {','.join(['(?, ?)'] * len(chunk))})",
+            args,
+        ):
+            found[(str(record_id), int(client))] = str(replica_id)
+    rest = [pair for pair in wanted if pair not in found]
+    clients = sorted({client for _record, client in rest})
+    legacy: dict[int, str] = {}
+    for chunk_of_clients in _chunks(clients):
+        for client, replica_id in raw.execute(
+            f"SELECT client, replica_id FROM yjs_clients WHERE client IN"
+            f" ({_marks(len(chunk_of_clients))})",
+            list(chunk_of_clients),
+        ):
+            legacy[int(client)] = str(replica_id)
+    if not legacy:  # the usual case: no row of before version 21 names these clients
+        return found
+    records = sorted({record_id for record_id, client in rest if client in legacy})
+    vectors: dict[str, bytes] = {}
+    for chunk_of_ids in _chunks(records):
+        for record_id, vector in raw.execute(
+            f"SELECT r.record_id, {_HEAD_VECTOR} FROM records r{_HEAD_JOIN}"
+            f" WHERE r.record_id IN ({_marks(len(chunk_of_ids))})",
+            list(chunk_of_ids),
+        ):
+            vectors[str(record_id)] = bytes(vector)
+    found.update(legacy_owners(legacy, rest, vectors))
+    return found
 
 
 def _put_meta(raw: sqlite3.Connection, key: str, value: str) -> None:

@@ -11,9 +11,10 @@ from caresync.storage._arguments import check_feed_epoch, check_feed_query
 from caresync.storage.base import (
     FeedEpoch,
     FeedItem,
-    check_client_id,
+    RecordClient,
+    check_record_clients,
 )
-from caresync.storage.sqlite._sql import _IN_CHUNK, _feed_head, _marks
+from caresync.storage.sqlite._sql import _IN_CHUNK, _client_owners, _feed_head, _marks
 from caresync.storage.sqlite.core import SQLiteCore
 
 __all__ = ["FeedPart"]
@@ -24,21 +25,13 @@ _tuple_new: Any = tuple.__new__  # cls(*fields) of a named tuple cls, in one C c
 class FeedPart(SQLiteCore):
     """A server's change feed, and the owners of Yjs client ids."""
 
-    async def client_owners(self, clients: Collection[int]) -> dict[int, str]:
-        """The replica each of these Yjs client ids is bound to (unbound ones are absent)."""
-        wanted = sorted({check_client_id(c) for c in clients})
+    async def client_owners(self, clients: Collection[RecordClient]) -> dict[RecordClient, str]:
+        """The replica each ``(record_id, client)`` pair is bound to (unbound ones are
+        absent; see ``ServerStore.client_owners``)."""
+        wanted = check_record_clients(clients)
 
-        def job(raw: sqlite3.Connection) -> dict[int, str]:
-            found: dict[int, str] = {}
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
-                for client, replica_id in raw.execute(
-                    "SELECT client, replica_id FROM yjs_clients"
-                    f" WHERE client IN ({_marks(len(chunk))})",
-                    chunk,
-                ):
-                    found[int(client)] = str(replica_id)
-            return found
+        def job(raw: sqlite3.Connection) -> dict[RecordClient, str]:
+            return _client_owners(raw, wanted)
 
         return await self._run("reading Yjs client owners", job)
 

@@ -25,6 +25,7 @@ from caresync.storage.base import (
     HubMark,
     IncomingUpdate,
     QuarantinedUpdate,
+    RecordClient,
     card_digest,
     check_claims_free,
     check_conflicts,
@@ -38,6 +39,7 @@ from caresync.storage.base import (
 )
 from caresync.storage.sqlite._sql import (
     _chunks,
+    _client_owners,
     _feed_head,
     _full,
     _marks,
@@ -74,7 +76,7 @@ class RecordWritesPart(SQLiteCore):
         to_feed: bool = False,
         origin: str | None = None,
         quarantine: Sequence[QuarantinedUpdate] = (),
-        claim_clients: Mapping[int, str] | None = None,
+        claim_clients: Mapping[RecordClient, str] | None = None,
         hub: Mapping[str, HubMark] | None = None,
         durable: bool = True,
     ) -> list[int]:
@@ -95,6 +97,11 @@ class RecordWritesPart(SQLiteCore):
 
         def job(raw: sqlite3.Connection) -> list[int]:
             def body() -> tuple[list[int], dict[str, PlannedRecord]]:
+                if claims:
+                    # Read before the batch is stored: a client's legacy binding counts
+                    # where the record held its ops before this write.
+                    owners = _client_owners(raw, sorted(claims))
+                    check_claims_free(claims, owners)  # raised: the transaction rolls back
                 planned = plan_writes(
                     writes,
                     self._known(raw, writes),
@@ -119,19 +126,10 @@ class RecordWritesPart(SQLiteCore):
                         rows,
                     )
                 if claims:
-                    wanted = list(claims)
-                    owners = {
-                        int(client): str(replica_id)
-                        for client, replica_id in raw.execute(
-                            "SELECT client, replica_id FROM yjs_clients WHERE client IN"
-                            f" ({','.join('?' * len(wanted))})",
-                            wanted,
-                        )
-                    }
-                    check_claims_free(claims, owners)  # raised: the transaction rolls back
                     raw.executemany(
-                        "INSERT OR IGNORE INTO yjs_clients (client, replica_id) VALUES (?, ?)",
-                        list(claims.items()),
+                        "INSERT OR IGNORE INTO record_clients (record_id, client, replica_id)"
+                        " VALUES (?, ?, ?)",
+                        [(rid, client, owner) for (rid, client), owner in claims.items()],
                     )
                 if kept_aside:
                     raw.executemany(
