@@ -29,6 +29,7 @@ __all__ = [
     "undo_version_18",
     "as_version_17",
     "undo_version_19",
+    "undo_version_20",
 ]
 
 
@@ -37,9 +38,17 @@ def snapshot(directory: Path) -> dict[str, str]:
     return {p.name: digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+def undo_version_20(conn: sqlite3.Connection) -> None:
+    """Take a database of this release back to what version 19 held (inside the caller's
+    transaction): nothing set aside (the database must hold none)."""
+    conn.execute("DROP TABLE outbox_aside")
+    conn.execute("DROP TABLE set_aside")
+
+
 def undo_version_19(conn: sqlite3.Connection) -> None:
     """Take a database of this release back to what version 18 held (inside the caller's
-    transaction): no feed epochs."""
+    transaction): nothing set aside, no feed epochs."""
+    undo_version_20(conn)
     conn.execute("DROP TABLE feed_epochs")
 
 

@@ -69,6 +69,8 @@ __all__ = [
     "MIN_SECRET_BYTES",
     "PROTOCOL_VERSION",
     "RECORD_PARTS_SINCE",
+    "REFUSED_RECORD_DETAIL",
+    "SET_ASIDE_SINCE",
     "SERVER_KEY_BYTES",
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
@@ -138,10 +140,18 @@ RECORD_PARTS_SINCE = 15
 """The first protocol version in which a first copy takes a record larger than one frame
 in parts (:attr:`CopyBatch.in_parts`, :class:`RecordPartRequest`, :class:`RecordPart`)."""
 
-PROTOCOL_VERSION = 15
+SET_ASIDE_SINCE = 16
+"""The first protocol version in which a non-fatal push refusal caused by one record's
+updates names that record in its detail (:data:`REFUSED_RECORD_DETAIL`): the laptop sets
+that record's outbox entries aside and pushes the rest."""
+
+REFUSED_RECORD_DETAIL = "record_id"
+"""The :attr:`Error.detail` key naming the record a push refusal is about (version 16 on)."""
+
+PROTOCOL_VERSION = 16
 """The newest protocol version this caresync speaks."""
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
 """Every protocol version this caresync speaks, oldest first.
 
 Version 2 adds :class:`OutboxReport`. Version 3 adds :class:`LiveBatch` (several
@@ -234,6 +244,15 @@ of no records naming it (:attr:`CopyBatch.in_parts`); the client asks for it in 
 :class:`RecordPart` continuing the record from that state within one frame, until one
 says ``final``; then it resumes the copy after that record. Before, such a copy was
 refused at that record (``too_large``) and the enrolment stopped there.
+
+Version :data:`SET_ASIDE_SINCE` changes no message's layout: a non-fatal refusal of a
+push that one record's updates caused (an update admission refuses, an author the
+server does not accept, a record of another organisation, an update too large for a
+frame) names that record in :attr:`Error.detail` under
+:data:`REFUSED_RECORD_DETAIL`. Nothing of the batch was stored, as before; the laptop
+sets that record's entries aside (kept, listed with the reason, tried again at the next
+sync) and pushes the rest, so one refused entry no longer holds back every later
+change. A refusal of the whole push (``busy``, too many updates) names no record.
 """
 
 MAX_VERSION_TEXT = 64

@@ -7,6 +7,7 @@ that keep unsynced work from ever being deleted.
 from caresync.lockout import FailedLogin, UnlockAttempts
 from caresync.storage.base import (
     HUB_STATES,
+    MAX_REASON_LENGTH,
     OUTBOX_SEQ_LIMIT,
     ConflictRow,
     CopiedRecords,
@@ -32,6 +33,7 @@ from caresync.storage.base import (
     Role,
     ServerStore,
     SessionRow,
+    SetAsideRecord,
     Store,
     StoreOpener,
     UserAccount,
@@ -76,6 +78,7 @@ __all__ = [
     "FeedItem",
     "HeldState",
     "HUB_STATES",
+    "MAX_REASON_LENGTH",
     "OUTBOX_SEQ_LIMIT",
     "HubChanges",
     "HubMark",
@@ -95,6 +98,7 @@ __all__ = [
     "OutboxItem",
     "OutboxSummary",
     "QuarantinedUpdate",
+    "SetAsideRecord",
     "RecordCache",
     "ReplicaInfo",
     "ReplicaStore",

@@ -190,6 +190,16 @@ Version 19 names each stretch of the server's change feed a server process wrote
     its checkpoint names entries this server no longer holds (see
     :mod:`caresync.replication.epochs`).
 
+Version 20 keeps a laptop's entries of a record the server refused apart from the rest
+of its outbox (protocol version 16, :meth:`~caresync.storage.base.LaptopStore.set_aside`)::
+
+    set_aside    (record_id PK, reason, since_ms)        a record refused, and why
+    outbox_aside (seq PK, record_id, data, created_ms)   its entries, with their outbox seqs
+
+    Entries move between ``outbox`` and ``outbox_aside`` in one transaction each way,
+    keeping their order (a seq is never given out twice, so the two tables never share
+    one); both are unsynced work (exported, counted, never acknowledged away).
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -632,6 +642,21 @@ _V18 = (
 
 _V19 = ("CREATE TABLE feed_epochs (first_seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL)",)
 
+_V20 = (
+    # A laptop's outbox entries of a record the server refused, set aside (protocol 16).
+    """CREATE TABLE set_aside (
+        record_id TEXT PRIMARY KEY NOT NULL,
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE outbox_aside (
+        seq INTEGER PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    )""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -652,6 +677,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     17: _V17,
     18: _V18,
     19: _V19,
+    20: _V20,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 
