@@ -12,12 +12,14 @@ files.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from tests.cli.clitools import inproc
 from tests.e2e.live_helpers import PASSWORD, enrolled
 
 import caresync.server
@@ -189,6 +191,29 @@ async def test_a_version_15_server_refuses_the_sync_as_before_and_the_entry_stay
         status = await laptop.status()
         assert status.pending == 1
         assert status.set_aside == ()
+    finally:
+        await laptop.close()
+        await server.close()
+
+
+async def test_caresync_sync_says_which_record_was_set_aside_and_why(tmp_path: Path) -> None:
+    server = await clocked_server(tmp_path, Clock(), TIGHT)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    try:
+        record = await laptop.create_record()
+        await laptop.set(record, "note", LONG_NOTE, author="dr.a")
+        await laptop.close()
+        # The command runs its own event loop: in a thread, while this one serves.
+        db = tmp_path / "laptop.db"
+        result = await asyncio.to_thread(inproc, "sync --db {db} --json", db=db)
+        assert result.code == 0, result.stderr
+        [held] = result.json()["set_aside"]
+        # The record's creation and its note: never pushed, both held back with it.
+        assert (held["record_id"], held["entries"]) == (record, 2)
+        assert "the limit is 2000" in held["reason"]
+        text = await asyncio.to_thread(inproc, "sync --db {db}", db=db)
+        assert text.code == 0, text.stderr
+        assert f"record {record}: 2 change(s) refused by the server" in text.stdout
     finally:
         await laptop.close()
         await server.close()

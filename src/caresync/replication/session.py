@@ -1102,6 +1102,9 @@ class Session:
         # (first: a sync cut short in between is refused again, and comes back here).
         await self.host.known_meta.set_meta(meta.HUB_MARK, "0")
         queued = await store.queue_again(again, checkpoint=(meta.CHECKPOINT, "0"))
+        # What was set aside may have been refused for the history this server lost (an
+        # update that continues it): the next push tries it again, with the rest.
+        self._retried_aside = False
         # Then what the server acknowledges from now on, from its mark: after the queue
         # (a sync cut short in between finds the mark short again, and comes back here).
         self._lost_pushes = None

@@ -1115,6 +1115,9 @@ class MemoryStore:
                 problems.append(f"{len(orphans)} {name} rows belong to no stored record")
         if self._outbox and max(self._outbox) > self._outbox_head:
             problems.append("outbox numbers run ahead of their sequence")
+        unlisted = sum(1 for i in self._aside.values() if i.record_id not in self._set_aside)
+        if unlisted:  # set aside, and never tried again: a record nobody is told of
+            problems.append(f"{unlisted} outbox rows set aside belong to no record set aside")
         return problems
 
     # -------------------------------------------------------------- audit trail
