@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli.clitools import inproc
-from tests.e2e.live_helpers import PASSWORD, enrolled
+from tests.e2e.live_helpers import LIMIT_S, PASSWORD, enrolled, live, until, watch
 
 import caresync.server
 from caresync import Replica
@@ -28,6 +28,7 @@ from caresync.cli.status import _status
 from caresync.exceptions import ProtocolError, StorageError
 from caresync.protocol import ServerProtocol
 from caresync.records.admission import AdmissionLimits
+from caresync.replica import ReplicaState
 from caresync.server import SyncServer
 from caresync.storage.unsynced import read_export_file
 
@@ -216,4 +217,45 @@ async def test_caresync_sync_says_which_record_was_set_aside_and_why(tmp_path: P
         assert f"record {record}: 2 change(s) refused by the server" in text.stdout
     finally:
         await laptop.close()
+        await server.close()
+
+
+async def test_a_live_laptop_sets_a_refused_record_aside_and_stays_connected(
+    tmp_path: Path,
+) -> None:
+    server = await clocked_server(tmp_path, Clock(), TIGHT)
+    laptop = await enrolled(tmp_path, server, "laptop")
+    colleague = await enrolled(tmp_path, server, "colleague", user="dr.b")
+    try:
+        refused = await laptop.create_record()
+        other = await laptop.create_record()
+        await laptop.sync()
+        signal = watch(laptop, server=server)
+        async with live(laptop) as run:
+            await run.states.reach(ReplicaState.ONLINE)
+            await laptop.set(refused, "note", LONG_NOTE, author="dr.a")
+            # Still live: a later edit of another patient goes, a colleague's comes.
+            await laptop.set(other, "name", "Fatou Sow", author="dr.a")
+            shared = await colleague.create_record()
+            await colleague.set(shared, "name", "Awa Ba", author="dr.b")
+            await colleague.sync()
+
+            async def in_step() -> bool:
+                on_server = await server.store.load(other)
+                named = on_server is not None and b"Fatou Sow" in on_server
+                return named and shared in await laptop.record_ids()
+
+            async with asyncio.timeout(LIMIT_S):
+                await until(in_step, signal)
+            # Pushed in order: the refused note's batch came first, and was set aside.
+            status = await laptop.status()
+            assert [held.record_id for held in status.set_aside] == [refused]
+            assert status.pending == 1
+            assert laptop.state is ReplicaState.ONLINE
+        await colleague.sync()
+        assert (await colleague.record(other)).value("name") == "Fatou Sow"
+        assert (await colleague.record(refused)).value("note") is None
+    finally:
+        await laptop.close()
+        await colleague.close()
         await server.close()
