@@ -193,6 +193,9 @@ class OutboxPart(RecordWritesPart):
         the outbox, in order, in one transaction; returns how many entries moved."""
 
         def job(raw: sqlite3.Connection) -> int:
+            if not raw.execute("SELECT EXISTS (SELECT 1 FROM set_aside)").fetchone()[0]:
+                return 0  # the usual case: no write transaction (a sync with nothing to do)
+
             def body() -> int:
                 rows = raw.execute(
                     "SELECT seq, record_id, data, created_ms FROM outbox_aside"
