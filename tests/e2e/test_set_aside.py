@@ -259,3 +259,27 @@ async def test_a_live_laptop_sets_a_refused_record_aside_and_stays_connected(
         await laptop.close()
         await colleague.close()
         await server.close()
+
+
+@pytest.mark.parametrize(("version", "named"), [(15, False), (16, True)])
+def test_the_server_names_the_refused_record_only_to_a_peer_of_version_16(
+    version: int, named: bool
+) -> None:
+    """A peer of version 15 or older is refused as before: the frame it gets has no key
+    it was never told of."""
+    refused: list[tuple[object, ...]] = []
+
+    class Peer:
+        protocol_version = version
+
+        def refuse(self, *args: object, detail: object = None) -> None:
+            refused.append((*args, detail))
+
+    class Conn:
+        protocol = Peer()
+
+    caresync.server._refuse_push(Conn(), "bad_message", "refused", "record-1")  # type: ignore[arg-type]
+    caresync.server._refuse_push(Conn(), "busy", "not stored", "")  # type: ignore[arg-type]
+    [(_, _, _, detail), (_, _, _, whole)] = refused
+    assert detail == ({"record_id": "record-1"} if named else None)
+    assert whole is None  # a refusal of the push as a whole names nothing
