@@ -7,6 +7,7 @@ replica); cards travel in a first copy, so their bytes are checked as untrusted.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -488,6 +489,18 @@ def test_the_card_is_compact_json() -> None:
 # ----------------------------------------------------------------- keys and bytes, quickly
 
 
+# Scripts written without spaces between a name's parts (Han, kana, Hangul), as the
+# definition names them; a word of them only ("王小明", not "一0") is a whole name.
+_UNSPACED_WORD = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003134f]+"
+)
+
+
+def _unspaced(token: str) -> bool:
+    return _UNSPACED_WORD.fullmatch(token) is not None
+
+
 def _keys_as_sets(card: PersonCard) -> frozenset[str]:
     """Blocking keys as the plain sets of their definition (the quick lists must agree)."""
     keys = {f"r:{card.record_id}"}
@@ -497,7 +510,7 @@ def _keys_as_sets(card: PersonCard) -> frozenset[str]:
     tokens = {t for name in card.names for t in name}
     pairs = {(a, b) for name in card.names for a in name for b in name if a < b}
     # A whole name written without spaces in one word pairs with itself.
-    pairs |= {(t, t) for name in card.names for t in name if len(t) > 1 and t[0] >= "\u4e00"}
+    pairs |= {(t, t) for name in card.names for t in name if len(t) > 1 and _unspaced(t)}
     for birth in card.birth_dates:
         if len(birth) == 10:
             keys.update(f"d:{birth}|{t[:3]}" for t in tokens)

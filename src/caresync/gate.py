@@ -503,8 +503,11 @@ class Gatekeeper:
             f"({pusher}); a replica pushes only its own changes"
         )
 
-    async def unknown_author(self, revisions: Sequence[tuple[str, Revision]]) -> str | None:
-        """Why a revision's author may not have written it, or None if every one may.
+    async def unknown_author(
+        self, revisions: Sequence[tuple[str, Revision]]
+    ) -> tuple[str, str] | None:
+        """The record of a revision whose author may not have written it, and why; or
+        None if every one may.
 
         Each ``(record_id, revision)`` must name as author an account that has
         logged in on the revision's replica.
@@ -512,7 +515,7 @@ class Gatekeeper:
         accounts = await self.store.replica_accounts({rev.replica for _rid, rev in revisions})
         for record_id, rev in revisions:
             if rev.author not in accounts.get(rev.replica, frozenset()):
-                return (
+                return record_id, (
                     f"record {record_id}: revision {rev.id} names {shown(rev.author)} as its "
                     f"author, and no account of that name has logged in on replica "
                     f"{rev.replica}; caresync stamps every entry with the account logged in "

@@ -122,6 +122,7 @@ from caresync.storage import (
     KdfParams,
     LaptopStore,
     QuarantinedUpdate,
+    SetAsideRecord,
     SQLiteStore,
     key_file_for,
     own_identity,
@@ -177,7 +178,7 @@ class ReplicaStatus:
     server_id: str | None
     organisation: str | None
     pending: int
-    """Local changes the server has not acknowledged."""
+    """Local changes the server has not acknowledged (those set aside too)."""
     oldest_pending_age_s: float | None
     last_sync: datetime | None
     """When the local copy was last known in step with the server (now, while ONLINE)."""
@@ -207,6 +208,10 @@ class ReplicaStatus:
     ``"disabled on the server"``, ``"password changed on the server: log in online"``
     (see :meth:`LaptopLogins.learn_accounts <caresync.logins.LaptopLogins.learn_accounts>`);
     an online login of that account gives it back."""
+    set_aside: tuple[SetAsideRecord, ...] = ()
+    """Records whose changes the server refused (protocol version 16 on), each with the
+    server's reason: held back, kept, tried again at each sync until the server takes
+    them; every other change syncs meanwhile. Empty when none is."""
 
 
 ReceivedListener = Callable[[tuple[str, ...]], None]
@@ -1123,6 +1128,7 @@ class Replica:
         now = time.time()
         outbox = await self.store.outbox_summary()
         oldest = outbox.oldest_pending_ms
+        set_aside = tuple(await self.store.set_aside_records())
         stored = await self.store.get_meta(meta.LAST_SYNC_MS)
         known = [int(stored)] if stored else []
         if self._status.last_sync_ms is not None:
@@ -1135,7 +1141,7 @@ class Replica:
             replica_id=self.replica_id,
             server_id=self.identity.server_id,
             organisation=self.identity.organisation,
-            pending=outbox.pending,
+            pending=await self.store.pending_count(),  # what is set aside too
             oldest_pending_age_s=None if oldest is None else max(0.0, now - oldest / 1000),
             last_sync=None if last_s is None else datetime.fromtimestamp(last_s, tz=UTC),
             copy_age_s=None if last_s is None else max(0.0, now - last_s),
@@ -1145,6 +1151,7 @@ class Replica:
             quarantined=await self.store.count_quarantined(),
             audit_refused=await self.store.get_meta(meta.AUDIT_REFUSED) or None,
             offline_logins_ended=await self.logins.ended_offline(),
+            set_aside=set_aside,
             **await self._client_versions(),
         )
 

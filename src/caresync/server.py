@@ -87,6 +87,8 @@ from caresync.protocol import (
     MAX_SEQ,
     PROTOCOL_VERSION,
     RECORD_PARTS_SINCE,
+    REFUSED_RECORD_DETAIL,
+    SET_ASIDE_SINCE,
     AccountName,
     AccountState,
     AuditBatch,
@@ -322,6 +324,16 @@ def _after_revocation(
     return None
 
 
+def _refuse_push(conn: _Connection, code: str, message: str, record_id: str) -> None:
+    """Refuse the connection's push (non-fatally); from protocol version 16 on, name the
+    record whose updates caused it, so that the laptop sets them aside and pushes the
+    rest (``record_id`` "": the push as a whole, named nowhere)."""
+    version = conn.protocol.protocol_version or 0
+    named = record_id and version >= SET_ASIDE_SINCE
+    detail = {REFUSED_RECORD_DETAIL: record_id} if named else None
+    conn.protocol.refuse(RequestKind.PUSH, code, message, detail=detail)
+
+
 def _whole_organisation(_record_id: str) -> bool:
     """Whether a record of the laptop's organisation is in its first copy: every one is
     (a partial copy will pass its own test to :func:`_pairs_by_second`)."""
@@ -367,7 +379,12 @@ class _EntryTooLarge(CaresyncError):
 
 class _Forbidden(CaresyncError):
     """A push this replica may not make: a record of another organisation, or revisions
-    it did not write (see Gatekeeper.foreign_writers and unknown_author)."""
+    it did not write (see Gatekeeper.foreign_writers and unknown_author). ``record_id``:
+    the record it is about, when one is ("": the push as a whole)."""
+
+    def __init__(self, message: str, *, record_id: str = "") -> None:
+        super().__init__(message)
+        self.record_id = record_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -2184,7 +2201,7 @@ class SyncServer:
         """
         replica_id = conn.protocol.replica_id or ""
         key = PUSHED_KEY_PREFIX + replica_id
-        refusal: tuple[str, str] | None = None
+        refusal: tuple[str, str, str] | None = None  # code, message, record ("": none)
         if len(batch.items) > MAX_PUSH_ITEMS:
             # Checked before anything: a push is merged on the event loop under the commit
             # lock, and tens of thousands of tiny updates would hold every connection.
@@ -2201,12 +2218,13 @@ class SyncServer:
         frame = conn.protocol.max_frame_bytes
         for item in batch.items:
             if not _fits_alone(item.record_id, item.update, frame):
-                conn.protocol.refuse(
-                    RequestKind.PUSH,
+                _refuse_push(
+                    conn,
                     ErrorCode.TOO_LARGE,
                     f"push refused, nothing stored: the update of record {item.record_id} "
                     f"takes {len(item.update)} bytes, more than one frame of {frame} bytes "
                     "to a laptop can carry; it stays in the outbox of the laptop that made it",
+                    item.record_id,
                 )
                 return
         async with self._commit_lock:
@@ -2216,18 +2234,23 @@ class SyncServer:
             except (InvalidUpdateError, RecordMismatchError) as exc:
                 # Nothing was stored: an update the schema forbids, that is not one,
                 # or that names another record would reach every replica.
-                refusal = (ErrorCode.BAD_MESSAGE, f"push refused, nothing stored: {exc}")
+                refusal = (
+                    ErrorCode.BAD_MESSAGE,
+                    f"push refused, nothing stored: {exc}",
+                    getattr(exc, "record_id", ""),
+                )
             except _Forbidden as exc:
-                refusal = (ErrorCode.FORBIDDEN, str(exc))
+                refusal = (ErrorCode.FORBIDDEN, str(exc), exc.record_id)
             except StorageError as exc:
                 logger.error("push from %s not stored: %s", replica_id, exc)
                 refusal = (
                     ErrorCode.BUSY,
                     f"the server could not store this push ({exc}); nothing was committed; "
                     "it stays in your outbox: try again later",
+                    "",
                 )
             if refusal is not None:
-                conn.protocol.refuse(RequestKind.PUSH, *refusal)
+                _refuse_push(conn, *refusal)
                 return
             # Acknowledge only now: the batch is committed (or was, before a resend).
             conn.protocol.ack_push(batch.items[-1].local_seq)
@@ -2272,7 +2295,9 @@ class SyncServer:
         for record_id, owner in owners.items():
             if owner is not None and owner != pusher.organisation:
                 # Said the same way whatever the reason: nothing about the record leaks.
-                raise _Forbidden(f"record {record_id} cannot be written by this replica")
+                raise _Forbidden(
+                    f"record {record_id} cannot be written by this replica", record_id=record_id
+                )
         # The Yjs clients this batch writes new changes under, with the record of each:
         # a client id means something only within one record, and is bound per record.
         writers: set[tuple[str, int]] = set()
@@ -2402,12 +2427,18 @@ class SyncServer:
             return
         replicas = {rev.replica for _rid, rev in revisions}
         why = self.gate.foreign_writers(pusher.replica_id, replicas)
-        if why is None and pusher.vouched_by is None:
-            why = await self.gate.unknown_author(revisions)
-        if why is None and pusher.revoked_ms is not None:
-            why = _after_revocation(pusher.replica_id, pusher.revoked_ms, revisions)
         if why is not None:
-            raise _Forbidden(f"push refused, nothing stored: {why}")
+            # The first record holding a foreign revision is the one the refusal is about.
+            record_id = next(rid for rid, rev in revisions if rev.replica != pusher.replica_id)
+            raise _Forbidden(f"push refused, nothing stored: {why}", record_id=record_id)
+        if pusher.vouched_by is None:
+            found = await self.gate.unknown_author(revisions)
+            if found is not None:
+                raise _Forbidden(f"push refused, nothing stored: {found[1]}", record_id=found[0])
+        if pusher.revoked_ms is not None:
+            why = _after_revocation(pusher.replica_id, pusher.revoked_ms, revisions)
+            if why is not None:
+                raise _Forbidden(f"push refused, nothing stored: {why}")
 
     async def _record_organisations(self, record_ids: list[str]) -> dict[str, str | None]:
         """Each stored record's organisation: remembered, else read (one query for the rest).

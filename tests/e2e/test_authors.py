@@ -11,6 +11,7 @@ would push).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -24,7 +25,6 @@ from caresync.exceptions import (
     InvalidFhirError,
     InvalidInputError,
     NotLoggedInError,
-    SyncRefusedError,
 )
 from caresync.fhir import bundle_bytes, export_record, import_fhir, plan_import
 from caresync.fhir.vocabulary import NAMESPACE
@@ -126,9 +126,12 @@ async def test_the_server_refuses_an_author_who_never_logged_in_there(tmp_path: 
         await laptop.store.write_local(
             record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
         )
-        with pytest.raises(SyncRefusedError, match=r"names 'dr\.b' as its author") as refused:
-            await laptop.sync()
-        assert "nothing stored" in str(refused.value)
+        # Set aside (protocol version 16): the sync goes on, the record is named, and why.
+        [held] = (await laptop.sync()).set_aside
+        assert held.record_id == record_id
+        assert re.search(r"names 'dr\.b' as its author", held.reason)
+        assert held.reason.startswith("forbidden:")
+        assert "nothing stored" in held.reason
         assert await server.store.feed_head() == head  # nothing stored
         assert (await laptop.status()).pending == 1  # the laptop keeps it
         assert await _server_field(server, record_id, "weightKg") is None
@@ -150,8 +153,9 @@ async def test_the_server_refuses_changes_another_replica_wrote(tmp_path: Path) 
         await laptop.store.write_local(
             record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
         )
-        with pytest.raises(SyncRefusedError, match=f"written on replica '{other.replica_id}'"):
-            await laptop.sync()
+        [held] = (await laptop.sync()).set_aside
+        assert (held.record_id, held.entries) == (record_id, 1)
+        assert f"written on replica '{other.replica_id}'" in held.reason
         assert await server.store.feed_head() == head
         assert (await laptop.status()).pending == 1
     finally:
@@ -190,8 +194,9 @@ async def test_no_laptop_pushes_another_laptops_changes_even_a_revoked_ones(
         await other.store.write_local(
             record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
         )
-        with pytest.raises(SyncRefusedError, match="pushes only its own changes"):
-            await other.sync()
+        [held] = (await other.sync()).set_aside
+        assert held.record_id == record_id
+        assert "pushes only its own changes" in held.reason
         assert await server.store.feed_head() == head
         assert await _server_field(server, record_id, "allergies-note") is None
     finally:
@@ -307,8 +312,9 @@ async def test_a_refused_push_does_not_undo_a_password_login(tmp_path: Path) -> 
         await laptop.store.write_local(
             record_id, forged.update_since(), conflicts=(), organisation="clinic-a"
         )
-        with pytest.raises(SyncRefusedError):
-            await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
+        # Refused and set aside; against a server before version 16 the sync raised.
+        report = await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
+        assert [held.record_id for held in report.set_aside] == [record_id]
         # dr.b's password was right: dr.b is logged in, and holds a copy of the key.
         assert laptop.user == "dr.b"
         assert laptop.logins.database_key is not None
@@ -503,11 +509,14 @@ async def test_changes_before_enrolment_by_accounts_go_once_each_has_logged_in(
         record_id = await laptop.create_record()
         await laptop.set(record_id, "name", "Awa Diop", author="dr.a")
         await laptop.set(record_id, "birthDate", "1990-01-01", author="dr.b")
-        # dr.b has not logged in here yet: enrolled, and the push waits for dr.b.
-        with pytest.raises(SyncRefusedError, match=r"names 'dr\.b' as its author"):
-            await laptop.enrol(
-                server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
-            )
+        # dr.b has not logged in here yet: enrolled, and the record waits for dr.b, set
+        # aside with the server's reason.
+        report = await laptop.enrol(
+            server.url, username="dr.a", password=PASSWORD, organisation="clinic-a"
+        )
+        [held] = report.set_aside
+        assert held.record_id == record_id
+        assert re.search(r"names 'dr\.b' as its author", held.reason)
         assert laptop.enrolled
         await laptop.sync(username="dr.b", password=PASSWORD, organisation="clinic-a")
         assert (await laptop.status()).pending == 0

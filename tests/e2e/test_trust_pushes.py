@@ -210,9 +210,7 @@ async def test_a_record_of_another_organisation_is_forbidden_without_a_hint(
 
 
 async def test_a_laptop_whose_push_is_refused_keeps_it_and_says_why(tmp_path: Path) -> None:
-    """A laptop's own refused push stays in its outbox; sync raises with the reason."""
-    from caresync.exceptions import ProtocolError
-
+    """A laptop's own refused push is kept, set aside; the sync says the record and why."""
     server = await start_server(tmp_path)
     laptop = await enrolled(tmp_path, server, "laptop")
     try:
@@ -224,9 +222,12 @@ async def test_a_laptop_whose_push_is_refused_keeps_it_and_says_why(tmp_path: Pa
         pool_clock._now = lambda: real_now() + 10 * 24 * 3600 * 1000
         await laptop.set(record, "weight", 70, author="dr.a")
         pool_clock._now = real_now
-        with pytest.raises(ProtocolError, match="check the laptop's clock"):
-            await laptop.sync()
-        assert (await laptop.status()).pending == 1  # kept, for a person to look at
+        [held] = (await laptop.sync()).set_aside
+        assert held.record_id == record
+        assert "check the laptop's clock" in held.reason
+        status = await laptop.status()
+        assert status.pending == 1  # kept, for a person to look at
+        assert status.set_aside == (held,)
     finally:
         await laptop.close()
         await server.close()

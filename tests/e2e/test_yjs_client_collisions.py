@@ -182,6 +182,8 @@ def _as_version_20(path: Path) -> None:
             " SELECT client, replica_id FROM record_clients"
         )
         conn.execute("DROP TABLE record_clients")
+        conn.execute("DROP TABLE outbox_aside")  # version 22's
+        conn.execute("DROP TABLE set_aside")
         conn.execute("PRAGMA user_version = 20")
         conn.execute("COMMIT")
     finally:

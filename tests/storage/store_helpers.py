@@ -31,6 +31,7 @@ __all__ = [
     "undo_version_19",
     "undo_version_20",
     "undo_version_21",
+    "undo_version_22",
 ]
 
 
@@ -39,9 +40,17 @@ def snapshot(directory: Path) -> dict[str, str]:
     return {p.name: digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+def undo_version_22(conn: sqlite3.Connection) -> None:
+    """Take a database of this release back to what version 21 held (inside the caller's
+    transaction): nothing set aside (the database must hold none)."""
+    conn.execute("DROP TABLE outbox_aside")
+    conn.execute("DROP TABLE set_aside")
+
+
 def undo_version_21(conn: sqlite3.Connection) -> None:
     """Take a database of this release back to what version 20 held (inside the caller's
-    transaction): Yjs clients bound deployment-wide only (``yjs_clients``)."""
+    transaction): nothing set aside, Yjs clients bound deployment-wide only."""
+    undo_version_22(conn)
     conn.execute("DROP TABLE record_clients")
 
 
@@ -54,7 +63,7 @@ def undo_version_20(conn: sqlite3.Connection) -> None:
 
 def undo_version_19(conn: sqlite3.Connection) -> None:
     """Take a database of this release back to what version 18 held (inside the caller's
-    transaction): no password marks, no feed epochs."""
+    transaction): nothing set aside, no password marks, no feed epochs."""
     undo_version_20(conn)
     conn.execute("DROP TABLE feed_epochs")
 

@@ -70,6 +70,8 @@ async def test_a_version_20_sqlite_servers_bindings_hold_per_record(tmp_path: Pa
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("BEGIN")
+        conn.execute("DROP TABLE outbox_aside")  # version 22's
+        conn.execute("DROP TABLE set_aside")
         conn.execute("DROP TABLE record_clients")
         conn.execute(
             "INSERT INTO yjs_clients (client, replica_id) VALUES (?, 'laptop-1')", (CLIENT,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -92,6 +93,16 @@ async def status_of(reader: Reader) -> dict[str, Any]:
             "update_required": status.update_required,
             "audit_refused": status.audit_refused,
             "offline_logins_ended": dict(status.offline_logins_ended),
+            # Records whose changes the server refused: held back, kept, and why.
+            "set_aside": [
+                {
+                    "record_id": held.record_id,
+                    "reason": held.reason,
+                    "since": datetime.fromtimestamp(held.since_ms / 1000, tz=UTC).isoformat(),
+                    "entries": held.entries,
+                }
+                for held in status.set_aside
+            ],
             "hub_pending": hub_pending(await laptop_summaries(replica)),
         }
     return await _server_status(reader)
@@ -164,11 +175,17 @@ def _render(console: Console, data: Mapping[str, Any]) -> None:
     for key, value in data.items():
         if value is None and key in ("server_url", "state", "copy_age_s", "org", "user"):
             continue
-        if key in ("quarantined", "quarantined_records") and not value:
+        if key in ("quarantined", "quarantined_records", "set_aside") and not value:
             continue  # shown only when something was kept aside
         if key == "offline_logins_ended":
             for user, why in (value or {}).items():  # one line each: who cannot, and why
                 table.add_row(*cells("no offline login", f"{user}: {why}"))
+            continue
+        if key == "set_aside":
+            for held in value:  # one row a record: what to look at, and the server's reason
+                table.add_row(
+                    *cells(key, f"{held['record_id']} ({held['entries']}): {held['reason']}")
+                )
             continue
         table.add_row(*cells(key, value))
     console.print(table)

@@ -331,6 +331,11 @@ async def _result(replica: Replica, report: SyncReport) -> dict[str, Any]:
         "pending": status.pending,
         "records": status.records,
         "quarantined": status.quarantined,
+        # Records whose changes the server refused: held back, kept, and the server's words.
+        "set_aside": [
+            {"record_id": held.record_id, "reason": held.reason, "entries": held.entries}
+            for held in report.set_aside
+        ],
         "server_key": replica.pinned_server_key,
     }
 
@@ -354,6 +359,12 @@ def _render(verb: str) -> Any:
             console.print(
                 f"{data['quarantined']} update(s) from the server could not be merged and "
                 "were kept aside: see `caresync status`",
+                markup=False,
+            )
+        for held in data.get("set_aside", ()):
+            console.print(
+                f"record {held['record_id']}: {held['entries']} change(s) refused by the "
+                f"server, kept and tried again at the next sync: {held['reason']}",
                 markup=False,
             )
 

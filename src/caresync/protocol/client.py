@@ -69,6 +69,7 @@ from caresync.protocol.messages import (
     DEFAULT_PULL_LIMIT,
     FEED_EPOCHS_SINCE,
     HUB_CHANGES_SINCE,
+    SET_ASIDE_SINCE,
     SUPPORTED_VERSIONS,
     AuditAck,
     AuditBatch,
@@ -477,6 +478,12 @@ class ClientProtocol(SyncProtocol[ClientState, ClientEvent]):
         """Queue AuditBatch: entries of this replica's own audit chain, in order
         (READY, enrolled, protocol version 7 on: :attr:`can_send_audit`)."""
         self._send_sync(AuditBatch(tuple(entries)))
+
+    @property
+    def can_set_aside(self) -> bool:
+        """True once the agreed protocol version (16 on) names the record a push refusal
+        is about (:data:`~caresync.protocol.messages.REFUSED_RECORD_DETAIL`)."""
+        return self._version is not None and self._version >= SET_ASIDE_SINCE
 
     @property
     def can_report_outbox(self) -> bool:

@@ -72,6 +72,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RECORD_PARTS_SINCE",
     "ACCOUNT_STATES_SINCE",
+    "REFUSED_RECORD_DETAIL",
+    "SET_ASIDE_SINCE",
     "SERVER_KEY_BYTES",
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
@@ -147,6 +149,13 @@ ACCOUNT_STATES_SINCE = 16
 organisation, whether it is disabled and a mark of its password
 (:attr:`Authenticated.account_states`), so that laptops end offline logins the server
 no longer allows."""
+SET_ASIDE_SINCE = 16
+"""The first protocol version in which a non-fatal push refusal caused by one record's
+updates names that record in its detail (:data:`REFUSED_RECORD_DETAIL`): the laptop sets
+that record's outbox entries aside and pushes the rest."""
+
+REFUSED_RECORD_DETAIL = "record_id"
+"""The :attr:`Error.detail` key naming the record a push refusal is about (version 16 on)."""
 
 PROTOCOL_VERSION = 16
 """The newest protocol version this caresync speaks."""
@@ -251,6 +260,14 @@ the server changes whenever the account's password changes (random, so it tells
 nothing of the password). A laptop that learns from its proven server that an account
 was disabled, or that its password changed since it last logged in online there, ends
 that account's offline logins (see :mod:`caresync.logins`).
+Version :data:`SET_ASIDE_SINCE` changes no message's layout: a non-fatal refusal of a
+push that one record's updates caused (an update admission refuses, an author the
+server does not accept, a record of another organisation, an update too large for a
+frame) names that record in :attr:`Error.detail` under
+:data:`REFUSED_RECORD_DETAIL`. Nothing of the batch was stored, as before; the laptop
+sets that record's entries aside (kept, listed with the reason, tried again at the next
+sync) and pushes the rest, so one refused entry no longer holds back every later
+change. A refusal of the whole push (``busy``, too many updates) names no record.
 """
 
 MAX_VERSION_TEXT = 64

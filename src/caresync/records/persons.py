@@ -1163,6 +1163,7 @@ class PersonCards(Mapping[str, PersonCard]):
                 or len(births := typed.birth) != 1
                 or len(names := typed.names) != 1
                 or len(name := names[0]) != 2
+                or not (name[0].isascii() and name[1].isascii())  # a whole name in one word
             ):
                 add(row_keys(record_id))
                 continue

@@ -64,6 +64,7 @@ from caresync.protocol import (
     MAX_BATCH_ITEMS,
     MAX_MAX_FRAME_BYTES,
     MAX_PUSH_ITEMS,
+    REFUSED_RECORD_DETAIL,
     SUPPORTED_VERSIONS,
     AccountState,
     AuditAck,
@@ -97,12 +98,14 @@ from caresync.replication.epochs import FeedPosition, own_items
 from caresync.replication.parts import PartsTaken
 from caresync.replication.status import ReplicaState, SyncStatus
 from caresync.storage import (
+    MAX_REASON_LENGTH,
     OUTBOX_SEQ_LIMIT,
     ConflictRow,
     CopiedRecords,
     Identity,
     LaptopStore,
     OutboxSummary,
+    SetAsideRecord,
 )
 from caresync.transport import (
     Channel,
@@ -200,6 +203,10 @@ class SyncReport:
     """The server had forgotten part of its change feed (restored from an older backup):
     this round sent again everything this laptop wrote (the server stored what it
     lacked) and pulled the feed from its start (see :mod:`caresync.replication.epochs`)."""
+    set_aside: tuple[SetAsideRecord, ...] = ()
+    """Records whose changes the server refused, held back after this round with its
+    reason (protocol version 16 on): the rest was pushed and pulled; these are kept and
+    tried again at the next sync, until the server takes them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,6 +577,7 @@ class Session:
         self._live_batches = 0  # live batches committed: the sync above sees if more came
         self._reader: asyncio.Task[None] | None = None
         self._read_error: BaseException | None = None
+        self._retried_aside = False  # this session queued what was set aside again
 
     @classmethod
     def connect(
@@ -759,13 +767,18 @@ class Session:
 
     async def expect(self, kind: type[T]) -> T:
         """The next reply of ``kind`` (others are passed over); a refusal raises."""
+        reply = await self._reply_or_error(kind)
+        if isinstance(reply, Error):
+            raise error_for(reply.code, reply.message)
+        return reply
+
+    async def _reply_or_error(self, kind: type[T]) -> T | Error:
+        """The next reply of ``kind``, or the non-fatal Error refusing the request."""
         while True:
             await self.flush()
             event = await self._next_reply()
-            if isinstance(event, kind):
+            if isinstance(event, kind | Error):
                 return event
-            if isinstance(event, Error):
-                raise error_for(event.code, event.message)
             if isinstance(event, Goodbye):
                 raise ConnectionLostError(f"the server closed the session: {event.reason}")
 
@@ -1058,6 +1071,7 @@ class Session:
             conflicts_open=await host.count_conflicts(),
             copied=copied,
             server_went_back=went_back,
+            set_aside=tuple(await host.store.set_aside_records()),
         )
 
     async def after_server_forgot(self, why: str) -> int:
@@ -1113,6 +1127,9 @@ class Session:
         # (first: a sync cut short in between is refused again, and comes back here).
         await self.host.known_meta.set_meta(meta.HUB_MARK, "0")
         queued = await store.queue_again(again, checkpoint=(meta.CHECKPOINT, "0"))
+        # What was set aside may have been refused for the history this server lost (an
+        # update that continues it): the next push tries it again, with the rest.
+        self._retried_aside = False
         # Then what the server acknowledges from now on, from its mark: after the queue
         # (a sync cut short in between finds the mark short again, and comes back here).
         self._lost_pushes = None
@@ -1317,8 +1334,21 @@ class Session:
         await self.host.take_in([(record_id, update) for update in taken.updates], resume)
 
     async def push(self) -> int:
-        """Push the whole outbox, a batch at a time, each acknowledged before the next."""
+        """Push the whole outbox, a batch at a time, each acknowledged before the next.
+
+        The first push of a session queues what was set aside again (tried again once
+        per connection: the cause may be fixed); later ones set aside the new entries of
+        a record still set aside (they build on what the server refused). A refusal
+        naming one record of the batch (protocol version 16 on) sets that record aside
+        and goes on with the rest; any other refusal raises, the outbox kept."""
         store = self.host.store
+        if not self._retried_aside:
+            self._retried_aside = True
+            # Against a server older than version 16 too: it refuses them as before.
+            await store.take_back_set_aside()
+        else:
+            for held in await store.set_aside_records():
+                await store.set_aside(held.record_id, held.reason)
         uploaded = 0
         after = 0
         while True:
@@ -1350,7 +1380,10 @@ class Session:
                 ahead, self._ahead = self._ahead, None
                 await self.flush()  # the push travels meanwhile
                 await self._drop_reply(ahead)
-            ack = await self.expect(PushAck)
+            ack = await self._reply_or_error(PushAck)
+            if isinstance(ack, Error):
+                await self._set_aside(ack, batch)
+                continue  # nothing of the batch was stored: the rest goes again
             # Leave the outbox only what the server says it committed, and remember how
             # far (a server that later says less went back in time).
             dropped = await store.acknowledge(
@@ -1360,6 +1393,29 @@ class Session:
             after = ack.up_to_local_seq
             if dropped:
                 self.host.acknowledged(dropped)
+
+    async def _set_aside(self, refusal: Error, batch: Sequence[tuple[int, str, bytes]]) -> None:
+        """Set aside the record a push refusal names (protocol version 16 on), or raise
+        the refusal as before: one that names none refuses the push as a whole (a busy
+        server), and an older server names none. The record must be one of the batch's,
+        and have entries to move: each refusal so takes a record out of what is pushed."""
+        refused = error_for(refusal.code, refusal.message)
+        named = refusal.detail.get(REFUSED_RECORD_DETAIL)
+        if not self.protocol.can_set_aside or named is None:
+            raise refused
+        if not isinstance(named, str) or named not in {rid for _seq, rid, _u in batch}:
+            raise RemoteProtocolError(
+                f"the server refused a push for record {named!r:.140}, which it did not hold"
+                f" ({refused})"
+            )
+        reason = str(refused)[:MAX_REASON_LENGTH]
+        if not await self.host.store.set_aside(named, reason):
+            raise refused  # none of its entries waits any more (discarded meanwhile)
+        logger.warning(
+            "record %s set aside (its changes are kept and tried again at the next sync): %s",
+            named,
+            reason,
+        )
 
     async def _pull_ask(self) -> _PullAsk:
         """What the pull's first request asks, as this laptop's store says now."""

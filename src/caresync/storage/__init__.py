@@ -7,6 +7,7 @@ that keep unsynced work from ever being deleted.
 from caresync.lockout import FailedLogin, UnlockAttempts
 from caresync.storage.base import (
     HUB_STATES,
+    MAX_REASON_LENGTH,
     OUTBOX_SEQ_LIMIT,
     AccountStanding,
     ConflictRow,
@@ -33,6 +34,7 @@ from caresync.storage.base import (
     Role,
     ServerStore,
     SessionRow,
+    SetAsideRecord,
     Store,
     StoreOpener,
     UserAccount,
@@ -77,6 +79,7 @@ __all__ = [
     "FeedItem",
     "HeldState",
     "HUB_STATES",
+    "MAX_REASON_LENGTH",
     "OUTBOX_SEQ_LIMIT",
     "HubChanges",
     "HubMark",
@@ -96,6 +99,7 @@ __all__ = [
     "OutboxItem",
     "OutboxSummary",
     "QuarantinedUpdate",
+    "SetAsideRecord",
     "RecordCache",
     "ReplicaInfo",
     "ReplicaStore",

@@ -73,6 +73,8 @@ __all__ = [
     "QuarantinedUpdate",
     "RecordClient",
     "ReplicaInfo",
+    "SetAsideRecord",
+    "MAX_REASON_LENGTH",
     "OUTBOX_SEQ_LIMIT",
     "OpenCounts",
     "ResumeReads",
@@ -224,6 +226,26 @@ class OutboxSummary:
     def acknowledged_up_to(self) -> int:
         """The highest seq the server is known here to have acknowledged."""
         return self.last_seq if self.first_seq is None else self.first_seq - 1
+
+
+MAX_REASON_LENGTH = 4096
+"""The longest reason kept for a record set aside (a server's message is at most this)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetAsideRecord:
+    """A record whose outbox entries the server refused, set aside so that the rest of
+    the outbox goes on (protocol version 16 on).
+
+    Its entries are kept (never deleted: exported with the unsynced work) and tried
+    again at each sync; the record leaves this list once the server took them all.
+    ``reason``: the server's words at the last refusal; ``since_ms``: when it was first
+    refused; ``entries``: how many of the record's updates wait, set aside or queued."""
+
+    record_id: str
+    reason: str
+    since_ms: int
+    entries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1432,7 +1454,8 @@ class LaptopStore(ReplicaStore, Protocol):
         ...
 
     async def pending_count(self) -> int:
-        """How many local updates wait for the server's acknowledgement."""
+        """How many local updates wait for the server's acknowledgement (set-aside
+        ones too)."""
         ...
 
     async def oldest_pending_ms(self) -> int | None:
@@ -1443,7 +1466,8 @@ class LaptopStore(ReplicaStore, Protocol):
         self, up_to_seq: int, *, checkpoint: tuple[str, str] | None = None
     ) -> int:
         """Drop outbox rows with seq <= ``up_to_seq``; returns how many were dropped.
-        With ``checkpoint``, that meta key is set in the same transaction."""
+        With ``checkpoint``, that meta key is set in the same transaction, and a record
+        set aside with no entry left leaves that list (:meth:`set_aside_records`)."""
         ...
 
     async def outbox_summary(self) -> OutboxSummary:
@@ -1477,9 +1501,29 @@ class LaptopStore(ReplicaStore, Protocol):
         """
         ...
 
+    async def set_aside(self, record_id: str, reason: str) -> int:
+        """The server refused ``record_id``'s updates (``reason``): move its outbox
+        entries aside, in order, and list it with the reason, in one transaction.
+        Entries set aside are not :meth:`pending`, still counted by :meth:`pending_count`,
+        exported by :meth:`export_unsynced`, and never dropped by :meth:`acknowledge`.
+        Returns how many entries were moved (0: none waits; the record is still listed)."""
+        ...
+
+    async def take_back_set_aside(self) -> int:
+        """Queue every set-aside entry at the end of the outbox again, each record's with
+        its later entries after it, in order, in one transaction (to be tried again);
+        the records stay listed until :meth:`acknowledge` takes their last entry.
+        Returns how many entries were queued."""
+        ...
+
+    async def set_aside_records(self) -> list[SetAsideRecord]:
+        """The records set aside, by record id."""
+        ...
+
     # unsynced work
     async def export_unsynced(self, path: StrPath) -> int:
-        """Write every pending update to a new file at ``path``; returns how many."""
+        """Write every pending update (set-aside ones too) to a new file at ``path``;
+        returns how many."""
         ...
 
     async def import_unsynced(
@@ -1501,7 +1545,8 @@ class LaptopStore(ReplicaStore, Protocol):
         ...
 
     async def discard_unsynced(self, *, exported_to: StrPath) -> int:
-        """Empty the outbox, only if ``exported_to`` holds every pending update."""
+        """Empty the outbox and what is set aside, only if ``exported_to`` holds every
+        pending update."""
         ...
 
 

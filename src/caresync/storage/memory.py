@@ -96,6 +96,7 @@ from caresync.storage._writes import (
 )
 from caresync.storage.base import (
     HUB_STATES,
+    MAX_REASON_LENGTH,
     AccountStanding,
     ConflictRow,
     CopiedRecords,
@@ -118,6 +119,7 @@ from caresync.storage.base import (
     ReplicaInfo,
     ResumeReads,
     SessionRow,
+    SetAsideRecord,
     StoreOpener,
     StrPath,
     UserAccount,
@@ -178,6 +180,9 @@ class MemoryStore:
         self._records: dict[str, _Record] = {}
         self._outbox: dict[int, OutboxItem] = {}
         self._outbox_head = 0
+        # Entries of records the server refused, by seq, and each record's (reason, since).
+        self._aside: dict[int, OutboxItem] = {}
+        self._set_aside: dict[str, tuple[str, int]] = {}
         self._feed: list[FeedItem] = []
         self._feed_epochs: dict[int, int] = {}  # first_seq -> epoch
         self._conflicts: dict[str, dict[str, ConflictRow]] = {}
@@ -903,7 +908,46 @@ class MemoryStore:
     async def pending_count(self) -> int:
         """How many local updates wait for acknowledgement."""
         self._open_or_raise("counting the outbox")
-        return len(self._outbox)
+        return len(self._outbox) + len(self._aside)
+
+    async def set_aside(self, record_id: str, reason: str) -> int:
+        """Move ``record_id``'s outbox entries aside and list it with ``reason``."""
+        check_text(record_id, "record_id")
+        check_text(reason, "reason", max_length=MAX_REASON_LENGTH)
+        self._open_or_raise(f"setting record {record_id} aside")
+        moved = [seq for seq, item in self._outbox.items() if item.record_id == record_id]
+        for seq in moved:
+            self._aside[seq] = self._outbox.pop(seq)
+        since = self._set_aside.get(record_id, (reason, self._now_ms()))[1]
+        self._set_aside[record_id] = (reason, since)
+        return len(moved)
+
+    async def take_back_set_aside(self) -> int:
+        """Queue every set-aside record's entries at the end of the outbox, in order."""
+        self._open_or_raise("queueing entries set aside again")
+        listed = self._set_aside.keys()
+        waiting = [seq for seq, item in self._outbox.items() if item.record_id in listed]
+        moved = sorted(
+            [*self._aside.values(), *(self._outbox.pop(seq) for seq in waiting)],
+            key=lambda item: item.seq,
+        )
+        self._aside.clear()
+        for item in moved:
+            self._outbox_head += 1
+            self._outbox[self._outbox_head] = dataclasses.replace(item, seq=self._outbox_head)
+        return len(moved)
+
+    async def set_aside_records(self) -> list[SetAsideRecord]:
+        """The records set aside, by record id, with how many of their entries wait."""
+        self._open_or_raise("reading the records set aside")
+        counts: dict[str, int] = dict.fromkeys(self._set_aside, 0)
+        for item in [*self._outbox.values(), *self._aside.values()]:
+            if item.record_id in counts:
+                counts[item.record_id] += 1
+        return [
+            SetAsideRecord(record_id, reason, since, counts[record_id])
+            for record_id, (reason, since) in sorted(self._set_aside.items())
+        ]
 
     async def oldest_pending_ms(self) -> int | None:
         """When the oldest unacknowledged update was written, or None."""
@@ -925,6 +969,10 @@ class MemoryStore:
         done = [seq for seq in self._outbox if seq <= up_to_seq]
         for seq in done:
             del self._outbox[seq]
+        if done:  # a record set aside whose entries were all taken leaves the list
+            held = {item.record_id for item in [*self._outbox.values(), *self._aside.values()]}
+            for record_id in [r for r in self._set_aside if r not in held]:
+                del self._set_aside[record_id]
         if checkpoint is not None:
             self._meta[checkpoint[0]] = checkpoint[1]
         return len(done)
@@ -1062,7 +1110,7 @@ class MemoryStore:
             except InvalidInputError as exc:
                 problems.append(f"record {record_id}: {exc}")
         for name, ids in (
-            ("outbox", {i.record_id for i in self._outbox.values()}),
+            ("outbox", {i.record_id for i in [*self._outbox.values(), *self._aside.values()]}),
             ("feed", {i.record_id for i in self._feed}),
             ("conflicts", set(self._conflicts)),
             ("person cards", set(self._cards)),
@@ -1073,6 +1121,9 @@ class MemoryStore:
                 problems.append(f"{len(orphans)} {name} rows belong to no stored record")
         if self._outbox and max(self._outbox) > self._outbox_head:
             problems.append("outbox numbers run ahead of their sequence")
+        unlisted = sum(1 for i in self._aside.values() if i.record_id not in self._set_aside)
+        if unlisted:  # set aside, and never tried again: a record nobody is told of
+            problems.append(f"{unlisted} outbox rows set aside belong to no record set aside")
         return problems
 
     # -------------------------------------------------------------- audit trail
@@ -1188,7 +1239,7 @@ class MemoryStore:
                     item.created_ms,
                     item.update,
                 )
-                for _, item in sorted(self._outbox.items())
+                for _, item in sorted([*self._outbox.items(), *self._aside.items()])
             ),
         )
         await asyncio.to_thread(write_export_file, path, export)
@@ -1221,7 +1272,7 @@ class MemoryStore:
         kept = export.keys()
         missing = [
             seq
-            for seq, item in sorted(self._outbox.items())
+            for seq, item in sorted([*self._outbox.items(), *self._aside.items()])
             if content_key(item.record_id, item.update) not in kept
         ]
         if missing:
@@ -1229,8 +1280,10 @@ class MemoryStore:
                 f"refused to discard unsynced changes: {len(missing)} pending updates "
                 f"(outbox {missing[0]}...) are not in {exported_to}; export them again"
             )
-        count = len(self._outbox)
+        count = len(self._outbox) + len(self._aside)
         self._outbox.clear()
+        self._aside.clear()
+        self._set_aside.clear()
         return count
 
     # --------------------------------------------------------------- quarantine

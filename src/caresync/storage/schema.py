@@ -214,6 +214,16 @@ Version 21 binds Yjs client ids per record, not across the whole deployment::
     (see ``ServerStore.client_owners``). No row is copied: that would decode every
     record's state vector.
 
+Version 22 keeps a laptop's entries of a record the server refused apart from the rest
+of its outbox (protocol version 16, :meth:`~caresync.storage.base.LaptopStore.set_aside`)::
+
+    set_aside    (record_id PK, reason, since_ms)        a record refused, and why
+    outbox_aside (seq PK, record_id, data, created_ms)   its entries, with their outbox seqs
+
+    Entries move between ``outbox`` and ``outbox_aside`` in one transaction each way,
+    keeping their order (a seq is never given out twice, so the two tables never share
+    one); both are unsynced work (exported, counted, never acknowledged away).
+
 A record holds its state, its log rows, and its feed rows after
 ``feed_folded``. An update written with ``to_feed`` (the server) is stored once,
 as a feed row, instead of as a log row and a feed row; compaction folds the
@@ -673,6 +683,21 @@ _V21 = (
     ) WITHOUT ROWID""",
 )
 
+_V22 = (
+    # A laptop's outbox entries of a record the server refused, set aside (protocol 16).
+    """CREATE TABLE set_aside (
+        record_id TEXT PRIMARY KEY NOT NULL,
+        reason TEXT NOT NULL,
+        since_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE outbox_aside (
+        seq INTEGER PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    )""",
+)
+
 SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     1: _V1,
     2: _V2,
@@ -695,6 +720,7 @@ SCHEMA_STEPS: dict[int, tuple[str, ...]] = {
     19: _V19,
     20: _V20,
     21: _V21,
+    22: _V22,
 }
 """Statements that bring a database from version N-1 to N. Never edit a released step."""
 

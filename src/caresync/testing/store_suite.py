@@ -1065,6 +1065,58 @@ class LaptopStoreSuite(ReplicaStoreSuite):
         assert loaded is not None
         assert len(revision_ids(loaded, p.id)) == 2  # the records keep the edits
 
+    async def test_a_record_set_aside_keeps_its_entries_apart_until_taken(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        held, other = Patient(), Patient()
+        first = await store.write_local(held.id, held.created, conflicts=None)
+        await store.write_local(other.id, other.created, conflicts=None)
+        assert await store.set_aside(held.id, "bad_message: refused") == 1
+        # Not pushed, yet unsynced: counted, never acknowledged away, exported.
+        assert [item.record_id for item in await store.pending()] == [other.id]
+        assert await store.pending_count() == 2
+        await store.acknowledge(first + 1)
+        assert await store.pending_count() == 1
+        [listed] = await store.set_aside_records()
+        assert (listed.record_id, listed.reason, listed.entries) == (
+            held.id,
+            "bad_message: refused",
+            1,
+        )
+        later = held.edit()
+        await store.write_local(held.id, later, conflicts=None)  # builds on what was refused
+        export = tmp_path / "unsynced.caresync"
+        assert await store.export_unsynced(export) == 2
+        assert (await store.set_aside_records())[0].entries == 2
+        assert await store.check() == []
+        # Queued again: the set-aside entry first, then the later one, after all else.
+        assert await store.take_back_set_aside() == 2
+        again = await store.pending()
+        assert [item.update for item in again] == [held.created, later]
+        assert again[0].seq > first + 1
+        assert [r.record_id for r in await store.set_aside_records()] == [held.id]
+        await store.acknowledge(again[-1].seq)  # taken: the record leaves the list
+        assert await store.set_aside_records() == []
+        assert await store.pending_count() == 0
+
+    async def test_discarding_needs_an_export_holding_what_was_set_aside(
+        self, store: LaptopStore, tmp_path: Path
+    ) -> None:
+        p = Patient()
+        await store.write_local(p.id, p.created, conflicts=None)
+        partial = tmp_path / "before.caresync"
+        await store.export_unsynced(partial)
+        await store.write_local(p.id, p.edit(), conflicts=None)
+        await store.set_aside(p.id, "forbidden: refused")
+        with pytest.raises(UnsyncedChangesError):
+            await store.discard_unsynced(exported_to=partial)
+        assert await store.pending_count() == 2
+        complete = tmp_path / "complete.caresync"
+        await store.export_unsynced(complete)
+        assert await store.discard_unsynced(exported_to=complete) == 2
+        assert await store.pending_count() == 0
+        assert await store.set_aside_records() == []
+
     async def test_an_export_never_overwrites_a_file(
         self, store: LaptopStore, tmp_path: Path
     ) -> None:

@@ -18,17 +18,26 @@ from caresync.storage._arguments import (
 from caresync.storage._audit import check_events, sql_append
 from caresync.storage._writes import PlannedRecord, Write, local_writes, plan_writes
 from caresync.storage.base import (
+    MAX_REASON_LENGTH,
     ConflictRow,
     IncomingUpdate,
     OutboxItem,
     OutboxSummary,
+    SetAsideRecord,
     check_count,
+    check_text,
 )
 from caresync.storage.sqlite._sql import _expect_sequence, _full, _put_meta, _scalar, _sequence
 from caresync.storage.sqlite.core import BRIEF_ROWS
 from caresync.storage.sqlite.writes import RecordWritesPart
 
 __all__ = ["OutboxPart"]
+
+_FORGET_SETTLED = (
+    "DELETE FROM set_aside WHERE record_id NOT IN (SELECT record_id FROM outbox)"
+    " AND record_id NOT IN (SELECT record_id FROM outbox_aside)"
+)
+"""A record set aside whose entries the server has all taken leaves the list."""
 
 BRIEF_UPDATE_BYTES = 64 * 1024
 """The largest update the outbox's brief read takes (a page with a larger one is read
@@ -143,10 +152,88 @@ class OutboxPart(RecordWritesPart):
         return await self._read_few("reading the outbox", few, lambda raw: read(raw, limit))
 
     async def pending_count(self) -> int:
-        """How many local updates wait for the server's acknowledgement."""
+        """How many local updates wait for the server's acknowledgement (set aside too)."""
         return await self._run(
-            "counting the outbox", lambda raw: _scalar(raw, "SELECT COUNT(*) FROM outbox")
+            "counting the outbox",
+            lambda raw: _scalar(
+                raw,
+                "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM outbox_aside)",
+            ),
         )
+
+    async def set_aside(self, record_id: str, reason: str) -> int:
+        """Move ``record_id``'s outbox entries aside and list it with ``reason``, in one
+        transaction; returns how many entries moved."""
+        check_text(record_id, "record_id")
+        check_text(reason, "reason", max_length=MAX_REASON_LENGTH)
+        now = self._now_ms()
+
+        def job(raw: sqlite3.Connection) -> int:
+            def body() -> int:
+                raw.execute(
+                    "INSERT INTO outbox_aside (seq, record_id, data, created_ms)"
+                    " SELECT seq, record_id, data, created_ms FROM outbox WHERE record_id = ?",
+                    (record_id,),
+                )
+                moved = raw.execute("DELETE FROM outbox WHERE record_id = ?", (record_id,)).rowcount
+                # First refused then: the reason is the server's latest word.
+                raw.execute(
+                    "INSERT INTO set_aside (record_id, reason, since_ms) VALUES (?, ?, ?)"
+                    " ON CONFLICT (record_id) DO UPDATE SET reason = excluded.reason",
+                    (record_id, reason, now),
+                )
+                return moved
+
+            return self._write(raw, body)
+
+        return await self._run(f"setting record {record_id} aside", job)
+
+    async def take_back_set_aside(self) -> int:
+        """Queue every set-aside record's entries (set aside, then waiting) at the end of
+        the outbox, in order, in one transaction; returns how many entries moved."""
+
+        def job(raw: sqlite3.Connection) -> int:
+            if not raw.execute("SELECT EXISTS (SELECT 1 FROM set_aside)").fetchone()[0]:
+                return 0  # the usual case: no write transaction (a sync with nothing to do)
+
+            def body() -> int:
+                rows = raw.execute(
+                    "SELECT seq, record_id, data, created_ms FROM outbox_aside"
+                    " UNION ALL SELECT seq, record_id, data, created_ms FROM outbox"
+                    " WHERE record_id IN (SELECT record_id FROM set_aside) ORDER BY 1"
+                ).fetchall()
+                if not rows:
+                    return 0
+                raw.execute("DELETE FROM outbox_aside")
+                raw.execute(
+                    "DELETE FROM outbox WHERE record_id IN (SELECT record_id FROM set_aside)"
+                )
+                # New seqs after every one given out: pushed after what waits, in order.
+                raw.executemany(
+                    "INSERT INTO outbox (record_id, data, created_ms) VALUES (?, ?, ?)",
+                    [(record_id, data, created_ms) for _seq, record_id, data, created_ms in rows],
+                )
+                return len(rows)
+
+            return self._write(raw, body)
+
+        return await self._run("queueing entries set aside again", job)
+
+    async def set_aside_records(self) -> list[SetAsideRecord]:
+        """The records set aside, by record id, with how many of their entries wait."""
+
+        def job(raw: sqlite3.Connection) -> list[SetAsideRecord]:
+            return [
+                SetAsideRecord(record_id, reason, since_ms, entries)
+                for record_id, reason, since_ms, entries in raw.execute(
+                    "SELECT s.record_id, s.reason, s.since_ms,"
+                    " (SELECT COUNT(*) FROM outbox_aside a WHERE a.record_id = s.record_id)"
+                    " + (SELECT COUNT(*) FROM outbox o WHERE o.record_id = s.record_id)"
+                    " FROM set_aside s ORDER BY s.record_id"
+                )
+            ]
+
+        return await self._run("reading the records set aside", job)
 
     async def oldest_pending_ms(self) -> int | None:
         """When the oldest unacknowledged update was written (ms), or None if none waits."""
@@ -175,6 +262,8 @@ class OutboxPart(RecordWritesPart):
                 if up_to_seq > head:
                     raise beyond_outbox(up_to_seq, head)
                 dropped = raw.execute("DELETE FROM outbox WHERE seq <= ?", (up_to_seq,)).rowcount
+                if dropped:
+                    raw.execute(_FORGET_SETTLED)
                 if checkpoint is not None:
                     _put_meta(raw, checkpoint[0], checkpoint[1])
                 return dropped

@@ -40,8 +40,11 @@ class UnsyncedPart(OutboxPart):
 
         def job(raw: sqlite3.Connection) -> UnsyncedExport:
             identity = _read_identity(raw)
+            # What was set aside is unsynced work too (it keeps its outbox seq).
             rows = raw.execute(
-                "SELECT o.seq, o.record_id, r.organisation, o.created_ms, o.data FROM outbox o"
+                "SELECT o.seq, o.record_id, r.organisation, o.created_ms, o.data"
+                " FROM (SELECT seq, record_id, created_ms, data FROM outbox"
+                " UNION ALL SELECT seq, record_id, created_ms, data FROM outbox_aside) o"
                 " LEFT JOIN records r ON r.record_id = o.record_id ORDER BY o.seq"
             ).fetchall()
             return UnsyncedExport(
@@ -77,7 +80,8 @@ class UnsyncedPart(OutboxPart):
         return len(seqs)
 
     async def discard_unsynced(self, *, exported_to: StrPath) -> int:
-        """Empty the outbox, if and only if ``exported_to`` holds every pending update.
+        """Empty the outbox and what is set aside, if and only if ``exported_to`` holds
+        every pending update.
 
         Raises UnsyncedChangesError (and deletes nothing) when the file is
         missing, damaged, or lacks any pending update. The records keep the
@@ -93,7 +97,10 @@ class UnsyncedPart(OutboxPart):
 
         def job(raw: sqlite3.Connection) -> int:
             def body() -> int:
-                rows = raw.execute("SELECT seq, record_id, data FROM outbox ORDER BY seq")
+                rows = raw.execute(
+                    "SELECT seq, record_id, data FROM outbox"
+                    " UNION ALL SELECT seq, record_id, data FROM outbox_aside ORDER BY seq"
+                )
                 missing = [
                     seq
                     for seq, record_id, data in rows
@@ -104,7 +111,9 @@ class UnsyncedPart(OutboxPart):
                         f"refused to discard unsynced changes: {len(missing)} pending updates "
                         f"(outbox {missing[0]}...) are not in {exported_to}; export them again"
                     )
-                return raw.execute("DELETE FROM outbox").rowcount
+                aside = raw.execute("DELETE FROM outbox_aside").rowcount
+                raw.execute("DELETE FROM set_aside")
+                return raw.execute("DELETE FROM outbox").rowcount + aside
 
             return self._write(raw, body)
 

@@ -60,6 +60,14 @@ from caresync.storage.sqlite.persons import (
 __all__ = ["RecordWritesPart"]
 
 
+def _unsynced(raw: sqlite3.Connection) -> bool:
+    """Whether any local change waits for the server (in the outbox, or set aside)."""
+    found = raw.execute(
+        "SELECT EXISTS (SELECT 1 FROM outbox) OR EXISTS (SELECT 1 FROM outbox_aside)"
+    ).fetchone()
+    return bool(found[0])
+
+
 def _last(row: tuple[object, ...]) -> str:
     """An UPDATE row's record id (its last parameter)."""
     return str(row[-1])
@@ -266,7 +274,7 @@ class RecordWritesPart(SQLiteCore):
             _replace_conflicts_of(raw, conflicts, conflicts.keys())  # new: nothing to delete
         if persons:
             named = records.pairs
-            if named is not None and raw.execute("SELECT 1 FROM outbox LIMIT 1").fetchone():
+            if named is not None and _unsynced(raw):
                 # Local changes the server has not acknowledged: cards here it may not
                 # have paired as they are. The pairs are found here, as without it.
                 named = None
