@@ -137,3 +137,28 @@ async def test_a_large_update_in_the_outbox_is_read_on_the_connections_thread(
         assert steps.elsewhere == 0
     finally:
         await store.close()
+
+
+async def test_nothing_set_aside_is_asked_without_a_hop(tmp_path: Path) -> None:
+    """Every sync's first push takes back what was set aside, and later pushes list it:
+    with nothing set aside (almost always), both are brief reads, no hop (read once
+    more: each was a hop of a sync with nothing to do)."""
+    store = await _laptop(tmp_path, 2, 0)
+    try:
+        with counted(store) as steps:
+            assert await store.take_back_set_aside() == 0
+            assert await store.set_aside_records() == []
+        assert steps.elsewhere == 0  # no hop to the connection's thread
+        assert 0 < steps.on_loop < STEPS_ON_LOOP_BOUND
+        # Something set aside: read (and moved) on the connection's thread, as before.
+        [item, _second] = await store.pending(10)
+        assert await store.set_aside(item.record_id, "refused") == 1
+        with counted(store) as steps:
+            [held] = await store.set_aside_records()
+            assert held.record_id == item.record_id
+            assert await store.take_back_set_aside() == 1
+        assert steps.elsewhere > 0
+        # Queued again, still listed until the server takes it.
+        assert [r.entries for r in await store.set_aside_records()] == [1]
+    finally:
+        await store.close()

@@ -193,7 +193,7 @@ class OutboxPart(RecordWritesPart):
         the outbox, in order, in one transaction; returns how many entries moved."""
 
         def job(raw: sqlite3.Connection) -> int:
-            if not raw.execute("SELECT EXISTS (SELECT 1 FROM set_aside)").fetchone()[0]:
+            if not _any_set_aside(raw):
                 return 0  # the usual case: no write transaction (a sync with nothing to do)
 
             def body() -> int:
@@ -217,7 +217,11 @@ class OutboxPart(RecordWritesPart):
 
             return self._write(raw, body)
 
-        return await self._run("queueing entries set aside again", job)
+        # Every sync's first push asks: with nothing set aside, a brief read, no hop.
+        def none(raw: sqlite3.Connection) -> int | None:
+            return None if _any_set_aside(raw) else 0
+
+        return await self._read_few("queueing entries set aside again", none, job)
 
     async def set_aside_records(self) -> list[SetAsideRecord]:
         """The records set aside, by record id, with how many of their entries wait."""
@@ -233,7 +237,11 @@ class OutboxPart(RecordWritesPart):
                 )
             ]
 
-        return await self._run("reading the records set aside", job)
+        # Every push after a session's first asks: with none, a brief read, no hop.
+        def none(raw: sqlite3.Connection) -> list[SetAsideRecord] | None:
+            return None if _any_set_aside(raw) else []
+
+        return await self._read_few("reading the records set aside", none, job)
 
     async def oldest_pending_ms(self) -> int | None:
         """When the oldest unacknowledged update was written (ms), or None if none waits."""
@@ -371,3 +379,8 @@ class OutboxPart(RecordWritesPart):
             return self._write(raw, body)
 
         return await self._run("renumbering the outbox", job)
+
+
+def _any_set_aside(raw: sqlite3.Connection) -> bool:
+    """Whether any record is set aside (almost never: one indexed look)."""
+    return bool(raw.execute("SELECT EXISTS (SELECT 1 FROM set_aside)").fetchone()[0])
